@@ -1,0 +1,61 @@
+//! `berth`: parses arguments, calls into `envfile-spec` and `berth-runtime`, renders output
+//! and errors. No runtime logic lives here.
+
+mod args;
+mod commands;
+mod exit;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::exit::CliError;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Some(dir) = &cli.global.directory {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            let err = CliError::usage(format!(
+                "cannot change to {}: {e}; check the path given to -C",
+                dir.display()
+            ));
+            std::process::exit(err.report());
+        }
+    }
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(err) => err.report(),
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32, CliError> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Completions { shell } => commands::completions::print(shell),
+        Command::Manpages { dir } => commands::completions::manpages(&dir),
+        other => Err(CliError::not_yet(command_name(&other), g)),
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Init(_) => "init",
+        Command::Validate(_) => "validate",
+        Command::Up(_) => "up",
+        Command::Down(_) => "down",
+        Command::Destroy(_) => "destroy",
+        Command::Shell(_) => "shell",
+        Command::Exec(_) => "exec",
+        Command::Run(_) => "run",
+        Command::Status(_) => "status",
+        Command::Ls(_) => "ls",
+        Command::Logs(_) => "logs",
+        Command::Image(_) => "image",
+        Command::Snapshot(_) => "snapshot",
+        Command::Sync(_) => "sync",
+        Command::Doctor(_) => "doctor",
+        Command::Schema => "schema",
+        Command::Completions { .. } => "completions",
+        Command::Manpages { .. } => "manpages",
+    }
+}

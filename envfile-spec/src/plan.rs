@@ -1,0 +1,291 @@
+//! The normalized plan: what `berth up` reconciles. Every default is filled in and every host
+//! path is absolute, so two plans compare equal exactly when they would produce the same
+//! environment. [`Plan::hash`] is stable across runs and berth versions of the same format
+//! version; [`Plan::section_hashes`] lets `up` say which parts changed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::reference::ImageReference;
+
+/// Version of the berth.toml format this plan was made from.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Environment name: `[a-z0-9-]`, at most 63 characters.
+    pub name: String,
+    /// Absolute path of the berth.toml this plan came from.
+    pub file: PathBuf,
+    /// Absolute path of the folder holding the berth.toml (relative paths resolve here).
+    pub project_dir: PathBuf,
+    pub backend: BackendKind,
+    pub on_up: Vec<String>,
+    pub image: ImagePlan,
+    pub env: BTreeMap<String, String>,
+    pub mounts: Vec<MountPlan>,
+    pub ports: Vec<PortPlan>,
+    pub resources: Resources,
+    pub network: NetworkPlan,
+    pub shell: ShellPlan,
+    pub services: BTreeMap<String, ServicePlan>,
+    /// Present exactly when `backend = "vm"`.
+    pub vm: Option<VmPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Container,
+    Vm,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImagePlan {
+    pub from: ImageSource,
+    pub packages: Vec<String>,
+    pub setup: Vec<String>,
+}
+
+/// Where the base image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ImageSource {
+    /// An OCI image in a registry.
+    Oci { reference: ImageReference },
+    /// A Debian (or derivative) suite bootstrapped with debootstrap/mmdebstrap.
+    Debootstrap {
+        suite: String,
+        /// Mirror URL; `None` means the host's configured Debian mirror.
+        mirror: Option<String>,
+    },
+    /// A directory on the host holding a root filesystem (absolute path).
+    Rootfs { path: PathBuf },
+    /// A tar archive of a root filesystem (absolute path).
+    Tar { path: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPlan {
+    /// For `bind` and `sync`: absolute host path. For `volume`: the volume's name.
+    /// For `tmpfs`: `None`.
+    pub source: Option<String>,
+    /// Absolute path inside the environment.
+    pub target: String,
+    pub kind: MountKind,
+    pub readonly: bool,
+    /// `sync` only: gitignore-style patterns not synchronized.
+    pub ignore: Vec<String>,
+    /// `tmpfs` only: size limit in bytes.
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Bind,
+    Sync,
+    Volume,
+    Tmpfs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortPlan {
+    pub host: u16,
+    pub guest: u16,
+    pub protocol: Protocol,
+    /// Host address the forwarder binds; 127.0.0.1 unless the file says otherwise.
+    pub address: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Memory limit in bytes.
+    pub memory: Option<u64>,
+    /// CPU limit in cores (e.g. 1.5).
+    pub cpus: Option<f64>,
+    /// Maximum number of processes.
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    pub mode: NetworkMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Isolated,
+    Host,
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellPlan {
+    /// User inside; `None` means the user that maps to the invoking host user.
+    pub user: Option<String>,
+    /// Working directory inside; `None` means the first mount's target, else `/`.
+    pub workdir: Option<String>,
+    /// Command for `berth shell`; default `["/bin/sh", "-l"]`.
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePlan {
+    pub command: Vec<String>,
+    pub restart: RestartPolicy,
+    pub env: BTreeMap<String, String>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    No,
+    OnFailure,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmPlan {
+    pub kernel: KernelSource,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    pub vcpus: u32,
+    pub vmm: VmmKind,
+    /// Host path of the kernel's `lib/modules/VERSION` folder, for a path kernel.
+    pub modules: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum KernelSource {
+    /// A Debian kernel package, fetched from the archive (`debian:PACKAGE[=VERSION]`).
+    Debian {
+        package: String,
+        version: Option<String>,
+    },
+    /// A kernel image on the host (absolute path): `vmlinux` ELF or `bzImage`.
+    Path { path: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmmKind {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+/// Sections of a plan that can change independently; `up` redoes only what a change touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Section {
+    Name,
+    Backend,
+    Image,
+    Env,
+    Mounts,
+    Ports,
+    Resources,
+    Network,
+    Shell,
+    Services,
+    OnUp,
+    Vm,
+}
+
+impl Section {
+    pub const ALL: [Section; 12] = [
+        Section::Name,
+        Section::Backend,
+        Section::Image,
+        Section::Env,
+        Section::Mounts,
+        Section::Ports,
+        Section::Resources,
+        Section::Network,
+        Section::Shell,
+        Section::Services,
+        Section::OnUp,
+        Section::Vm,
+    ];
+
+    /// The name used for this section in berth.toml and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Name => "name",
+            Section::Backend => "backend",
+            Section::Image => "image",
+            Section::Env => "env",
+            Section::Mounts => "mounts",
+            Section::Ports => "ports",
+            Section::Resources => "resources",
+            Section::Network => "network",
+            Section::Shell => "shell",
+            Section::Services => "services",
+            Section::OnUp => "on_up",
+            Section::Vm => "vm",
+        }
+    }
+}
+
+fn sha256_json<T: Serialize>(value: &T) -> String {
+    // Serialization of these types cannot fail: no maps with non-string keys, no floats NaN
+    // issues matter for hashing (NaN is rejected by validation).
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(Sha256::digest(&bytes))
+}
+
+impl Plan {
+    /// Stable content hash (hex sha256) of the whole plan, format version included.
+    pub fn hash(&self) -> String {
+        sha256_json(&(FORMAT_VERSION, self))
+    }
+
+    /// One hash per section, so a later `up` can tell exactly what changed.
+    pub fn section_hashes(&self) -> BTreeMap<Section, String> {
+        Section::ALL
+            .iter()
+            .map(|&s| (s, self.section_hash(s)))
+            .collect()
+    }
+
+    pub fn section_hash(&self, section: Section) -> String {
+        match section {
+            Section::Name => sha256_json(&self.name),
+            Section::Backend => sha256_json(&self.backend),
+            Section::Image => sha256_json(&self.image),
+            Section::Env => sha256_json(&self.env),
+            Section::Mounts => sha256_json(&self.mounts),
+            Section::Ports => sha256_json(&self.ports),
+            Section::Resources => sha256_json(&self.resources),
+            Section::Network => sha256_json(&self.network),
+            Section::Shell => sha256_json(&self.shell),
+            Section::Services => sha256_json(&self.services),
+            Section::OnUp => sha256_json(&self.on_up),
+            Section::Vm => sha256_json(&self.vm),
+        }
+    }
+
+    /// Sections whose content differs between `self` and `other`, in file order.
+    pub fn changed_sections(&self, other: &Plan) -> Vec<Section> {
+        Section::ALL
+            .iter()
+            .copied()
+            .filter(|&s| self.section_hash(s) != other.section_hash(s))
+            .collect()
+    }
+}

@@ -1,0 +1,452 @@
+//! Where berth keeps its data, how it writes it and how it serializes access.
+//!
+//! Layout under the berth home (`BERTH_HOME`, else `/var/lib/berth` for root, else
+//! `$XDG_DATA_HOME/berth` or `~/.local/share/berth`):
+//!
+//! ```text
+//! blobs/sha256/<hex>        content-addressed blobs, verified before they are renamed in
+//! layers/<diff-id-hex>/     unpacked layers, read-only, shared by every image and environment
+//! images/<ref-hash>.json    image reference → manifest digest → layer chain
+//! envs/<env-id>/            one per environment: state.json, lock, control.sock, upper/, work/, logs/
+//! volumes/<name>/           named volumes, kept across `destroy` unless `--volumes`
+//! kernels/<version>/        VM kernels and modules
+//! tmp/                      staging area on the same filesystem, so renames are atomic
+//! locks/                    store-wide locks (image store)
+//! ```
+//!
+//! Every state file is written with [`atomic_write`]: write to a temporary file in the same
+//! directory, fsync it, rename it over the target, fsync the directory. A reader therefore sees
+//! the old or the new content, never a torn one, whatever kills the writer.
+//!
+//! Locks are `flock(2)` locks on files ([`FileLock`]); the kernel drops them when the holder
+//! dies, so a `kill -9` never leaves a stale lock behind.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Errors about berth's own state directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot determine where berth keeps its data: neither BERTH_HOME, XDG_DATA_HOME nor HOME is set; set BERTH_HOME to a writable folder")]
+    NoHome,
+    #[error("cannot create berth's state folder {path}: {source}; check its permissions or set BERTH_HOME to a writable folder")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{path} is corrupt ({source}); remove it (or run `berth destroy`) and try again")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("{what} is busy: another berth command holds {path}; wait for it to finish")]
+    Busy { what: String, path: PathBuf },
+}
+
+/// The root of berth's on-disk state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BerthHome {
+    root: PathBuf,
+}
+
+impl BerthHome {
+    /// The home chosen from the environment: `BERTH_HOME`, `/var/lib/berth` for root, or the
+    /// user's XDG data folder. Creates the folder layout when missing.
+    pub fn discover() -> Result<Self, StateError> {
+        let root = if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
+            PathBuf::from(h)
+        } else if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/var/lib/berth")
+        } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            PathBuf::from(x).join("berth")
+        } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            PathBuf::from(h).join(".local/share/berth")
+        } else {
+            return Err(StateError::NoHome);
+        };
+        Self::at(root)
+    }
+
+    /// A home at an explicit path (tests), created when missing.
+    pub fn at(root: impl Into<PathBuf>) -> Result<Self, StateError> {
+        let root = root.into();
+        let root = if root.is_relative() {
+            std::env::current_dir()
+                .map_err(|source| StateError::CreateDir {
+                    path: root.clone(),
+                    source,
+                })?
+                .join(root)
+        } else {
+            root
+        };
+        let home = BerthHome { root };
+        for dir in [
+            home.blobs_dir(),
+            home.layers_dir(),
+            home.images_dir(),
+            home.envs_dir(),
+            home.volumes_dir(),
+            home.kernels_dir(),
+            home.tmp_dir(),
+            home.locks_dir(),
+        ] {
+            create_dir_all(&dir)?;
+        }
+        Ok(home)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("blobs/sha256")
+    }
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+    pub fn envs_dir(&self) -> PathBuf {
+        self.root.join("envs")
+    }
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    pub fn kernels_dir(&self) -> PathBuf {
+        self.root.join("kernels")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+    /// The folder of one environment.
+    pub fn env_dir(&self, env_id: &str) -> PathBuf {
+        self.envs_dir().join(env_id)
+    }
+
+    /// A fresh, uniquely named staging folder under `tmp/`, removed when the guard drops
+    /// (unless [`StagingDir::keep`] is called after its content was renamed elsewhere).
+    pub fn staging_dir(&self, purpose: &str) -> Result<StagingDir, StateError> {
+        let path = self.tmp_dir().join(format!(
+            "{purpose}-{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        create_dir_all(&path)?;
+        Ok(StagingDir { path: Some(path) })
+    }
+}
+
+/// An identifier for an environment that is stable for one berth.toml: its name plus a short
+/// hash of the file's absolute path, so two projects both named `web` do not collide.
+pub fn env_id(name: &str, envfile: &Path) -> String {
+    let digest = Sha256::digest(envfile.as_os_str().as_encoded_bytes());
+    format!("{name}-{}", &hex::encode(digest)[..8])
+}
+
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}{n:x}")
+}
+
+/// A temporary folder removed on drop unless kept.
+#[derive(Debug)]
+pub struct StagingDir {
+    path: Option<PathBuf>,
+}
+
+impl StagingDir {
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+    /// Stop managing the folder (its content was moved to its final place).
+    pub fn keep(mut self) -> PathBuf {
+        self.path.take().unwrap_or_default()
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = remove_tree(&p);
+        }
+    }
+}
+
+/// Removes a tree, first making read-only directories writable (unpacked layers can contain
+/// mode-0555 folders that `remove_dir_all` cannot empty when not root).
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            make_writable(path);
+            match fs::remove_dir_all(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        }
+    }
+}
+
+fn make_writable(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
+    if meta.is_dir() {
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+        if let Ok(rd) = fs::read_dir(path) {
+            for e in rd.flatten() {
+                make_writable(&e.path());
+            }
+        }
+    }
+}
+
+pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
+    fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file in the same folder, fsync,
+/// rename, fsync of the folder.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or(OsStr::new("state"));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        unique_suffix()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+/// Serializes `value` as pretty JSON and writes it with [`atomic_write`].
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Write {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    atomic_write(path, &bytes)
+}
+
+/// Reads JSON written by [`write_json`]; `Ok(None)` when the file does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Whether a lock is shared (readers) or exclusive (writers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An `flock(2)` lock on a file, released on drop or when the process dies.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Blocks until the lock is held.
+    pub fn acquire(path: &Path, mode: LockMode) -> Result<Self, StateError> {
+        let file = Self::open(path)?;
+        flock(&file, mode, false).map_err(|source| StateError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(FileLock {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Takes the lock if free; `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<Self>, StateError> {
+        let file = Self::open(path)?;
+        match flock(&file, mode, true) {
+            Ok(()) => Ok(Some(FileLock {
+                file,
+                path: path.to_path_buf(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(source) => Err(StateError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open(path: &Path) -> Result<File, StateError> {
+        if let Some(dir) = path.parent() {
+            create_dir_all(dir)?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| StateError::Lock {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+}
+
+fn flock(file: &File, mode: LockMode, nonblocking: bool) -> io::Result<()> {
+    let mut op = match mode {
+        LockMode::Shared => libc::LOCK_SH,
+        LockMode::Exclusive => libc::LOCK_EX,
+    };
+    if nonblocking {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        atomic_write(&p, b"one").unwrap();
+        atomic_write(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn json_round_trip_and_corrupt_file_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.json");
+        assert_eq!(read_json::<Vec<u32>>(&p).unwrap(), None);
+        write_json(&p, &vec![1u32, 2]).unwrap();
+        assert_eq!(read_json::<Vec<u32>>(&p).unwrap(), Some(vec![1, 2]));
+        fs::write(&p, b"{not json").unwrap();
+        assert!(matches!(
+            read_json::<Vec<u32>>(&p),
+            Err(StateError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn exclusive_lock_excludes_and_is_released_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let held = FileLock::acquire(&p, LockMode::Exclusive).unwrap();
+        assert!(FileLock::try_acquire(&p, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        assert!(FileLock::try_acquire(&p, LockMode::Shared)
+            .unwrap()
+            .is_none());
+        drop(held);
+        let a = FileLock::try_acquire(&p, LockMode::Shared)
+            .unwrap()
+            .unwrap();
+        let b = FileLock::try_acquire(&p, LockMode::Shared).unwrap();
+        assert!(b.is_some());
+        assert!(FileLock::try_acquire(&p, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop(a);
+    }
+
+    #[test]
+    fn home_layout_is_created_and_staging_is_cleaned() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path().join("h")).unwrap();
+        assert!(home.blobs_dir().is_dir() && home.layers_dir().is_dir() && home.tmp_dir().is_dir());
+        let s = home.staging_dir("pull").unwrap();
+        let sp = s.path().to_path_buf();
+        fs::write(sp.join("x"), b"1").unwrap();
+        drop(s);
+        assert!(!sp.exists());
+    }
+
+    #[test]
+    fn env_ids_differ_by_path() {
+        let a = env_id("web", Path::new("/a/berth.toml"));
+        let b = env_id("web", Path::new("/b/berth.toml"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("web-") && a.len() == "web-".len() + 8);
+    }
+}

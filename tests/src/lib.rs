@@ -1,0 +1,74 @@
+//! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
+//! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Path of the `berth` binary under test: `BERTH_BIN`, else `target/<profile>/berth` of this
+/// workspace (built by `scripts/test` before the tests run).
+pub fn berth_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTH_BIN") {
+        return PathBuf::from(p);
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("berth");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "the berth binary was not found under {}; run `cargo build -p berth-cli` first (scripts/test does)",
+        target.display()
+    );
+}
+
+/// A berth invocation with its own BERTH_HOME, removed on drop.
+pub struct Berth {
+    pub home: tempfile::TempDir,
+}
+
+impl Default for Berth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Berth {
+    pub fn new() -> Self {
+        Berth {
+            home: tempfile::Builder::new()
+                .prefix("berth-home-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// A command for the real binary with this test's home.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(berth_bin());
+        c.env("BERTH_HOME", self.home.path());
+        c.env("NO_COLOR", "1");
+        c.env_remove("BERTH_ABORT_AT");
+        c
+    }
+
+    /// Runs berth with `args` in `dir` and returns its output.
+    pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
+        self.cmd().current_dir(dir).args(args).output().unwrap()
+    }
+}
+
+/// Text of stdout and stderr, for assertions and failure messages.
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
