@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod envfile;
 mod exit;
 
 use clap::Parser;
@@ -33,6 +34,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
+        Command::Validate(flags) => commands::validate::run(g, flags),
+        Command::Init(args) => commands::init::run(g, &args),
+        Command::Schema => commands::schema::run(),
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }

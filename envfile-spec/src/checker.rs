@@ -1173,14 +1173,14 @@ impl<'a> Checker<'a> {
                 }),
                 None => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             };
-            let (Some((host, hspan)), Some((guest, _)), Some(protocol), Some(address)) =
-                (host, guest, protocol, address)
+            let (Some((host, hspan)), Some(protocol), Some(address)) = (host, protocol, address)
             else {
                 continue;
             };
+            // Clashes are checked even when `guest` is wrong, so all errors show at once.
             let plan = PortPlan {
                 host,
-                guest,
+                guest: guest.as_ref().map_or(0, |g| g.0),
                 protocol,
                 address,
             };
@@ -1193,11 +1193,15 @@ impl<'a> Checker<'a> {
                         "host port {host}/{} on {address} is already forwarded",
                         protocol_str(protocol)
                     ),
-                    Some(format!("the first forward of host port {host} is on line {line}; pick another host port")),
+                    Some(format!(
+                        "the first forward of host port {host} is on line {line}; pick another host port"
+                    )),
                 );
             }
             seen.push((plan.clone(), hspan));
-            out.push(plan);
+            if guest.is_some() {
+                out.push(plan);
+            }
         }
         if !tables.is_empty() && mode != NetworkMode::Isolated {
             let mode_str = if mode == NetworkMode::Host {
@@ -1474,7 +1478,7 @@ impl<'a> Checker<'a> {
                         ErrorKind::MissingKernel,
                         backend_span.unwrap_or(0..0),
                         "backend = \"vm\" needs a `[vm]` table with a `kernel`",
-                        Some("add:  [vm]  kernel = \"debian:linux-image-cloud-amd64\"".into()),
+                        Some("add a `[vm]` table with kernel = \"debian:linux-image-cloud-amd64\" (or the path of a vmlinux/bzImage)".into()),
                     );
                 }
                 None
