@@ -145,7 +145,7 @@ impl<'a> Checker<'a> {
             Some((item, span)) => {
                 let b = self.enumeration(item, span.clone(), "backend", keys::BACKENDS);
                 (
-                    if b.as_deref() == Some("vm") {
+                    if b == Some("vm") {
                         BackendKind::Vm
                     } else {
                         BackendKind::Container

@@ -277,9 +277,10 @@ impl Converter {
                 };
                 if value.contains("${") {
                     self.skip(
-                        full.clone(),
-                        "uses ${…} substitution, which berth does not expand; kept literally, edit it in [env]",
+                        full,
+                        format!("{value:?} uses ${{…}} substitution, which berth does not expand; set it in [env] by hand"),
                     );
+                    continue;
                 }
                 if value.contains('\0') {
                     self.skip(full, "contains a NUL character");
@@ -528,6 +529,10 @@ mod tests {
         assert!(t.contains("NODE_ENV = \"development\""));
         assert!(t.contains("TZ = \"Europe/Berlin\""), "remoteEnv wins: {t}");
         assert!(!t.contains("TZ = \"UTC\""));
+        assert!(
+            !t.contains("PATH"),
+            "substituted values are not written: {t}"
+        );
         assert!(t.contains("source = \".\"\ntarget = \"/workspaces/my-app\""));
         assert!(t.contains("user = \"node\"\nworkdir = \"/workspaces/my-app\""));
         let k = keys(&c);

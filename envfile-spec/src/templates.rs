@@ -27,7 +27,7 @@ impl Template {
         let mut out = String::new();
         let mut inserted = false;
         for l in self.text.split_inclusive('\n') {
-            if !inserted && !(l.starts_with('#') || l.trim().is_empty()) {
+            if !(inserted || l.starts_with('#') || l.trim().is_empty()) {
                 out.push_str(&line);
                 out.push('\n');
                 inserted = true;

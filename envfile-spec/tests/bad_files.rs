@@ -12,7 +12,11 @@ struct Case {
     errors: &'static [(K, usize, usize)],
 }
 
-const fn case(name: &'static str, text: &'static str, errors: &'static [(K, usize, usize)]) -> Case {
+const fn case(
+    name: &'static str,
+    text: &'static str,
+    errors: &'static [(K, usize, usize)],
+) -> Case {
     Case {
         name,
         text: text.as_bytes(),
@@ -163,7 +167,10 @@ const CASES: &[Case] = &[
 
 /// A project folder with a `src/` folder and a `file.txt`, for path checks.
 fn project() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("berth-bad-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("berth-bad-")
+        .tempdir()
+        .unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
     std::fs::write(dir.path().join("file.txt"), "x").unwrap();
     dir
@@ -189,16 +196,26 @@ fn every_bad_file_fails_with_exact_kinds_and_places() {
     for c in CASES {
         let got = errors_of(c.text, dir.path());
         if got != c.errors {
-            failures.push(format!("{}:\n  expected {:?}\n  got      {:?}", c.name, c.errors, got));
+            failures.push(format!(
+                "{}:\n  expected {:?}\n  got      {:?}",
+                c.name, c.errors, got
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn the_table_covers_every_error_kind() {
-    let covered: std::collections::BTreeSet<K> =
-        CASES.iter().flat_map(|c| c.errors.iter().map(|e| e.0)).collect();
+    let covered: std::collections::BTreeSet<K> = CASES
+        .iter()
+        .flat_map(|c| c.errors.iter().map(|e| e.0))
+        .collect();
     for kind in K::ALL {
         // Warnings and unreadable files are tested elsewhere.
         if matches!(kind, K::IgnoredSetting | K::Unreadable) {
@@ -219,7 +236,11 @@ fn every_diagnostic_renders_with_file_line_and_snippet() {
                 "{}: no location in\n{text}",
                 c.name
             );
-            assert!(text.contains(&format!("error[{}]", d.kind.code())), "{}", c.name);
+            assert!(
+                text.contains(&format!("error[{}]", d.kind.code())),
+                "{}",
+                c.name
+            );
             assert!(d.help.is_some(), "{}: {} has no help", c.name, d.kind);
         }
         assert!(text.contains('^'), "{}: no caret in\n{text}", c.name);

@@ -28,9 +28,8 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
             ))
         })?;
     }
-    let cwd = std::env::current_dir().map_err(|e| {
-        CliError::new(EXIT_ERROR, format!("cannot read the current folder: {e}"))
-    })?;
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::new(EXIT_ERROR, format!("cannot read the current folder: {e}")))?;
     let shown = global
         .file
         .clone()
@@ -119,14 +118,13 @@ fn from_devcontainer(
     }
     write(target, &toml)?;
     if !global.quiet {
-        println!(
-            "created {} from {}",
-            shown.display(),
-            json_path.display()
-        );
+        println!("created {} from {}", shown.display(), json_path.display());
     }
     if !conversion.skipped.is_empty() {
-        eprintln!("not converted (edit {} by hand if you need these):", shown.display());
+        eprintln!(
+            "not converted (edit {} by hand if you need these):",
+            shown.display()
+        );
         for s in &conversion.skipped {
             eprintln!("  - {}: {}", s.key, s.reason);
         }
@@ -164,5 +162,6 @@ fn set_name(toml: &str, name: &str) -> String {
 }
 
 fn write(target: &Path, text: &str) -> Result<(), CliError> {
-    berth_runtime::state::atomic_write(target, text.as_bytes()).map_err(|e| from_error(EXIT_ERROR, &e))
+    berth_runtime::state::atomic_write(target, text.as_bytes())
+        .map_err(|e| from_error(EXIT_ERROR, &e))
 }
