@@ -167,7 +167,7 @@ impl<'a> Checker<'a> {
         let ports = self.ports(&root, network.mode);
         let resources = self.resources(&root);
         let shell = self.shell(&root, &mounts);
-        let services = self.services(&root);
+        let services = self.services(&root, shell.workdir.as_deref().unwrap_or("/"));
         let vm = self.vm(&root, backend, backend_span);
 
         Plan {
@@ -1341,7 +1341,7 @@ impl<'a> Checker<'a> {
         plan
     }
 
-    fn services(&mut self, root: &Tbl<'_>) -> BTreeMap<String, ServicePlan> {
+    fn services(&mut self, root: &Tbl<'_>, default_workdir: &str) -> BTreeMap<String, ServicePlan> {
         let mut out = BTreeMap::new();
         let Some((item, _)) = root.get("services") else {
             return out;
@@ -1428,7 +1428,7 @@ impl<'a> Checker<'a> {
                         command,
                         restart,
                         env,
-                        workdir,
+                        workdir: Some(workdir.unwrap_or_else(|| default_workdir.to_string())),
                     },
                 );
             }

@@ -459,6 +459,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::reversed_empty_ranges)] // a reversed span is exactly what is tested
     fn spans_out_of_range_do_not_panic() {
         let mut r = Report::new("f".into(), "é".into());
         r.push(ErrorKind::TomlSyntax, Severity::Error, 1..99, "x", None);

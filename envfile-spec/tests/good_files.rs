@@ -280,7 +280,7 @@ modules = "./kernel/modules"
             command: vec!["postgres".into(), "-D".into(), "/data".into()],
             restart: RestartPolicy::OnFailure,
             env: BTreeMap::new(),
-            workdir: None,
+            workdir: Some("/work/src".into()),
         }
     );
     assert_eq!(
