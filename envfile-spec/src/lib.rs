@@ -21,6 +21,6 @@ pub mod size;
 pub mod templates;
 
 pub use diagnostic::{Diagnostic, ErrorKind, Report, Severity};
-pub use load::{discover, load, parse, Loaded, FILE_NAME};
+pub use load::{discover, load, parse, Loaded, FILE_NAME, MAX_FILE_SIZE};
 pub use plan::Plan;
 pub use reference::{ImageReference, ReferenceError};

@@ -1,5 +1,6 @@
 //! Entry points: find a berth.toml, read it, check it, and turn it into a [`Plan`].
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::checker::{normalize_path, Checker};
@@ -8,6 +9,9 @@ use crate::plan::Plan;
 
 /// The name of the file berth looks for.
 pub const FILE_NAME: &str = "berth.toml";
+
+/// Largest berth.toml [`load`] reads.
+pub const MAX_FILE_SIZE: u64 = 4 << 20;
 
 /// A valid berth.toml: its plan, and the warnings it produced (possibly none).
 #[derive(Debug, Clone)]
@@ -21,19 +25,36 @@ pub struct Loaded {
 /// warning) of the file; a file that cannot be read gives a report with one `unreadable`
 /// diagnostic.
 pub fn load(path: &Path) -> Result<Loaded, Report> {
-    match std::fs::read(path) {
-        Ok(bytes) => parse(&bytes, path),
-        Err(e) => {
-            let mut report = Report::new(path.to_path_buf(), String::new());
-            report.push(
-                ErrorKind::Unreadable,
-                Severity::Error,
-                0..0,
-                format!("cannot read {}: {e}", path.display()),
-                Some("check that the file exists and that you may read it".into()),
-            );
-            Err(report)
-        }
+    let unreadable = |message: String, help: &str| {
+        let mut report = Report::new(path.to_path_buf(), String::new());
+        report.push(
+            ErrorKind::Unreadable,
+            Severity::Error,
+            0..0,
+            message,
+            Some(help.to_string()),
+        );
+        report
+    };
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        // Bounded, so that `-f /dev/zero` or a huge file cannot exhaust memory.
+        f.take(MAX_FILE_SIZE + 1).read_to_end(&mut bytes)
+    });
+    match read {
+        Err(e) => Err(unreadable(
+            format!("cannot read {}: {e}", path.display()),
+            "check that the file exists and that you may read it",
+        )),
+        Ok(n) if n as u64 > MAX_FILE_SIZE => Err(unreadable(
+            format!(
+                "{} is larger than {} MiB",
+                path.display(),
+                MAX_FILE_SIZE >> 20
+            ),
+            "a berth.toml is a small text file; check that -f names the right file",
+        )),
+        Ok(_) => parse(&bytes, path),
     }
 }
 

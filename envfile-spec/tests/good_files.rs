@@ -405,6 +405,13 @@ fn relative_file_paths_resolve_against_the_current_folder() {
 }
 
 #[test]
+fn endless_files_are_refused() {
+    let report = load(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(report.diagnostics[0].kind, ErrorKind::Unreadable);
+    assert!(report.diagnostics[0].message.contains("larger than 4 MiB"));
+}
+
+#[test]
 fn unreadable_file_is_reported() {
     let dir = tempdir("berth-unread-");
     let report = load(&dir.path().join("missing.toml")).unwrap_err();
