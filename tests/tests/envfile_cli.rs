@@ -377,3 +377,36 @@ fn schema_prints_json() {
     assert_eq!(v["$schema"], "http://json-schema.org/draft-07/schema#");
     assert!(v["properties"]["image"]["properties"]["from"].is_object());
 }
+
+/// Runs `berth validate` in `dir` on a pseudo-terminal (util-linux `script`), returning what
+/// the terminal showed; `None` when `script` is not installed.
+fn validate_on_a_terminal(b: &Berth, dir: &Path, no_color: Option<&str>) -> Option<String> {
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-q", "-e", "-c"])
+        .arg(format!("{} validate", berth_e2e::berth_bin().display()))
+        .arg("/dev/null")
+        .current_dir(dir)
+        .env("BERTH_HOME", b.home.path())
+        .stdin(std::process::Stdio::null());
+    match no_color {
+        Some(v) => cmd.env("NO_COLOR", v),
+        None => cmd.env_remove("NO_COLOR"),
+    };
+    let out = cmd.output().ok()?;
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn colors_only_on_a_terminal_without_no_color() {
+    let b = Berth::new();
+    let dir = project("berth-color-");
+    write(dir.path(), "berth.toml", BAD);
+    let Some(colored) = validate_on_a_terminal(&b, dir.path(), None) else {
+        eprintln!("skipping: util-linux `script` is not installed (apt-get install bsdutils)");
+        return;
+    };
+    assert!(colored.contains("\x1b[1;31merror[bad-name]"), "{colored:?}");
+    let plain = validate_on_a_terminal(&b, dir.path(), Some("1")).unwrap();
+    assert!(plain.contains("error[bad-name]"), "{plain:?}");
+    assert!(!plain.contains("\x1b["), "{plain:?}");
+}
