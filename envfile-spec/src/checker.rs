@@ -141,19 +141,17 @@ impl<'a> Checker<'a> {
             ),
         };
 
-        let (backend, backend_span) = match root.get("backend") {
+        // `backend_known` is false after a bad `backend` value: then the [vm] cross-checks
+        // would only repeat that error.
+        let (backend, backend_span, backend_known) = match root.get("backend") {
             Some((item, span)) => {
-                let b = self.enumeration(item, span.clone(), "backend", keys::BACKENDS);
-                (
-                    if b == Some("vm") {
-                        BackendKind::Vm
-                    } else {
-                        BackendKind::Container
-                    },
-                    Some(span),
-                )
+                match self.enumeration(item, span.clone(), "backend", keys::BACKENDS) {
+                    Some("vm") => (BackendKind::Vm, Some(span), true),
+                    Some(_) => (BackendKind::Container, Some(span), true),
+                    None => (BackendKind::Container, Some(span), false),
+                }
             }
-            None => (BackendKind::Container, None),
+            None => (BackendKind::Container, None, true),
         };
 
         let on_up = self.string_list(&root, "on_up", true);
@@ -168,7 +166,7 @@ impl<'a> Checker<'a> {
         let resources = self.resources(&root);
         let shell = self.shell(&root, &mounts);
         let services = self.services(&root, shell.workdir.as_deref().unwrap_or("/"));
-        let vm = self.vm(&root, backend, backend_span);
+        let vm = self.vm(&root, backend, backend_span, backend_known);
 
         Plan {
             name,
@@ -1441,10 +1439,11 @@ impl<'a> Checker<'a> {
         root: &Tbl<'_>,
         backend: BackendKind,
         backend_span: Option<Span>,
+        backend_known: bool,
     ) -> Option<VmPlan> {
         let present = root.get("vm").is_some();
         let t = self.sub_table(root, "vm", "write `[vm]` with kernel = \"…\"");
-        if present && backend != BackendKind::Vm {
+        if present && backend != BackendKind::Vm && backend_known {
             let span = t
                 .as_ref()
                 .map_or_else(|| root.key_span("vm"), |t| t.span.clone());

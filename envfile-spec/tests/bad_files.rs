@@ -159,7 +159,7 @@ const CASES: &[Case] = &[
             (K::BadPort, 11, 9),
             (K::BadSize, 13, 10),
             (K::OutOfRange, 14, 8),
-            (K::VmWithoutBackend, 15, 1),
+            // no vm-without-backend: that would repeat the bad `backend` value
             (K::PathNotFound, 16, 10),
         ],
     ),
@@ -244,5 +244,54 @@ fn every_diagnostic_renders_with_file_line_and_snippet() {
             assert!(d.help.is_some(), "{}: {} has no help", c.name, d.kind);
         }
         assert!(text.contains('^'), "{}: no caret in\n{text}", c.name);
+    }
+}
+
+/// Every key of the key table is really read and type-checked: a date-time (a type no key
+/// accepts) in any key gives `wrong-type` on that key's line, never `unknown-key`.
+#[test]
+fn every_known_key_is_type_checked() {
+    let dir = project();
+    for spec in envfile_spec::keys::KEYS {
+        let (table, leaf) = match spec.path.rsplit_once('.') {
+            Some((t, l)) => (t.replace(".*", ".svc"), l),
+            None => (String::new(), spec.path),
+        };
+        let header = match table.strip_suffix("[]") {
+            Some(aot) => format!("[[{aot}]]\n"),
+            None if table.is_empty() => String::new(),
+            None => format!("[{table}]\n"),
+        };
+        let (top, rest) = if header.is_empty() {
+            (format!("{leaf} = 1979-05-27T07:32:00Z\n"), String::new())
+        } else {
+            (
+                String::new(),
+                format!("{header}{leaf} = 1979-05-27T07:32:00Z\n"),
+            )
+        };
+        let image = if spec.path == "image" || table == "image" {
+            ""
+        } else {
+            "[image]\nfrom = \"debian\"\n"
+        };
+        let text = format!("{top}{image}{rest}");
+        let line = text.lines().position(|l| l.contains("1979")).unwrap() + 1;
+        let report = parse(text.as_bytes(), &dir.path().join("berth.toml")).expect_err(spec.path);
+        assert!(
+            report
+                .diagnostics
+                .iter()
+                .any(|d| d.kind == K::WrongType && d.line == line),
+            "{}: no wrong-type on line {line}:\n{}",
+            spec.path,
+            report.render(false)
+        );
+        assert!(
+            !report.diagnostics.iter().any(|d| d.kind == K::UnknownKey),
+            "{}: reported as unknown:\n{}",
+            spec.path,
+            report.render(false)
+        );
     }
 }
