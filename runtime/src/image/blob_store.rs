@@ -209,6 +209,12 @@ impl PartialBlob {
         &self.digest
     }
 
+    /// Writes buffered bytes to the partial file.
+    pub fn flush(&mut self) -> Result<(), ImageError> {
+        let f = self.file.as_mut().expect("open until commit");
+        f.flush().map_err(ImageError::io(&self.path))
+    }
+
     /// Drops what was there (the server ignored a range request).
     pub fn restart(&mut self) -> Result<(), ImageError> {
         let f = self.file.as_mut().expect("open until commit");
@@ -272,6 +278,11 @@ impl PartialBlob {
         let dest = self.store.path(&self.digest);
         fs::rename(&self.path, &dest).map_err(ImageError::io(&dest))?;
         Ok(dest)
+    }
+
+    /// Gives up without keeping anything (the blob arrived by another way).
+    pub fn abandon(mut self) {
+        self.discard();
     }
 
     fn discard(&mut self) {

@@ -2,11 +2,19 @@
 //! unpacking into a shared layer store, local bases, image records, export/import, the lock
 //! file and cached build steps. [`ImageStore`] is the entry point.
 
+pub mod auth;
+pub mod bases;
 pub mod blob_store;
 pub mod digest;
 pub mod error;
+pub mod image_store;
+pub mod layer_store;
+pub mod layer_writer;
 pub mod manifest;
 pub mod progress;
+pub mod pull;
+pub mod registry;
+pub mod store;
 pub mod unpack;
 pub mod xattrs;
 
@@ -23,3 +31,12 @@ pub(crate) fn unique_suffix() -> String {
         .unwrap_or(0);
     format!("{nanos:x}{n:x}")
 }
+
+pub use image_store::{ImageConfig, ImageRecord, LayerRecord};
+pub use manifest::Platform;
+pub use progress::{LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress};
+pub use pull::PullOptions;
+pub use registry::RegistryOptions;
+pub use store::{
+    ImageListing, ImageStore, ImageSummary, PruneReport, ResolveOptions, ResolvedImage,
+};

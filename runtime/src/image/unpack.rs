@@ -480,13 +480,15 @@ impl Unpacker<'_> {
                     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
                 ) {
                     Ok(st) if st.st_mode & libc::S_IFMT != libc::S_IFDIR => {}
-                    _ => return Err(self.unsafe_entry(
-                        &path,
-                        format!(
+                    _ => {
+                        return Err(self.unsafe_entry(
+                            &path,
+                            format!(
                             "is a hard link to `{}`, which is not an earlier file of this layer",
                             target.display()
                         ),
-                    )),
+                        ))
+                    }
                 }
                 if tcomps == comps {
                     return Ok(());
