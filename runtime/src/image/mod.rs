@@ -7,6 +7,7 @@ pub mod bases;
 pub mod blob_store;
 pub mod digest;
 pub mod error;
+pub mod export;
 pub mod image_store;
 pub mod layer_store;
 pub mod layer_writer;

@@ -655,7 +655,7 @@ pub fn decompressed(file: File) -> io::Result<Box<dyn Read + Send>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
