@@ -17,6 +17,7 @@ use crate::state::{BerthHome, FileLock, LockMode};
 pub struct BlobStore {
     dir: PathBuf,
     tmp: PathBuf,
+    locks: PathBuf,
 }
 
 impl BlobStore {
@@ -24,6 +25,7 @@ impl BlobStore {
         BlobStore {
             dir: home.blobs_dir(),
             tmp: home.tmp_dir(),
+            locks: home.locks_dir().join("blobs"),
         }
     }
 
@@ -55,6 +57,12 @@ impl BlobStore {
                 Digest::parse(&format!("sha256:{}", name.to_string_lossy())).ok()
             })
             .collect())
+    }
+
+    /// Removes the per-blob download locks. Only while no download can run (under the
+    /// store's exclusive lock, as `prune` holds it).
+    pub fn remove_download_locks(&self) {
+        let _ = crate::state::remove_tree(&self.locks);
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<(), ImageError> {
@@ -135,10 +143,7 @@ impl BlobStore {
         origin: &str,
     ) -> Result<PartialBlob, ImageError> {
         let path = self.tmp.join(format!("blob-{}.partial", digest.hex()));
-        let lock = FileLock::acquire(
-            &self.tmp.join(format!("blob-{}.lock", digest.hex())),
-            LockMode::Exclusive,
-        )?;
+        let lock = FileLock::acquire(&self.locks.join(digest.hex()), LockMode::Exclusive)?;
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -281,7 +281,7 @@ impl RegistryClient {
                 return Ok(());
             }
             let mut h = HeaderMap::new();
-            if partial.len() > 0 {
+            if !partial.is_empty() {
                 let v = format!("bytes={}-", partial.len());
                 h.insert(RANGE, HeaderValue::from_str(&v).expect("ascii"));
             }
@@ -302,7 +302,7 @@ impl RegistryClient {
                     }
                 }
                 StatusCode::OK => {
-                    if partial.len() > 0 {
+                    if !partial.is_empty() {
                         partial.restart()?;
                     }
                 }

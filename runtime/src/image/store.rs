@@ -324,6 +324,7 @@ impl ImageStore {
             }
         }
         let mut report = PruneReport::default();
+        self.blobs.remove_download_locks();
         for d in self.layers.list()? {
             if !keep_layers.contains(&d) {
                 report.bytes_freed += self.layers.meta(&d).map(|m| m.size).unwrap_or(0);
