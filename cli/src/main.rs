@@ -34,6 +34,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
         Command::Image(cmd) => commands::image::run(cmd, g),
+        Command::Doctor(j) => commands::doctor::run(j.json),
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }
