@@ -8,9 +8,10 @@ use berth_runtime::image::export::CacheReport;
 use berth_runtime::image::progress::human_bytes;
 use berth_runtime::image::{
     ImageStore, LineProgress, Progress, ProgressReporter, PullOptions, QuietProgress,
-    RegistryOptions, TransferProgress,
+    RegistryOptions, ResolveOptions, TransferProgress,
 };
 use berth_runtime::state::BerthHome;
+use envfile_spec::plan::ImageSource;
 use envfile_spec::reference::ImageReference;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -82,15 +83,20 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
             reference,
             insecure,
         } => {
-            let r =
-                ImageReference::parse(&reference).map_err(|e| CliError::usage(format!("{e}")))?;
-            let opts = PullOptions {
-                registry: RegistryOptions { insecure },
-                progress: progress(g),
-                ..PullOptions::default()
+            let source = parse_source(&reference)?;
+            let opts = ResolveOptions {
+                pull: PullOptions {
+                    registry: RegistryOptions { insecure },
+                    progress: progress(g),
+                    ..PullOptions::default()
+                },
+                // `pull` asks the registry again even when the image is here (a local
+                // base is re-imported only when its content changed).
+                update: matches!(source, ImageSource::Oci { .. }),
+                pinned: None,
             };
-            let record = store.pull(&r, &opts).map_err(fail)?;
-            println!("{} {}", record.name, record.manifest_digest);
+            let image = store.resolve(&source, &opts).map_err(fail)?;
+            println!("{} {}", image.name, image.manifest_digest);
             Ok(0)
         }
         ImageCommand::Ls(flag) => {
@@ -239,6 +245,29 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
             Ok(0)
         }
     }
+}
+
+/// What `berth image pull` accepts: an OCI reference, or a local base as in berth.toml's
+/// `[image].from` (`debootstrap:SUITE`, `rootfs:DIR`, `tar:FILE`).
+fn parse_source(s: &str) -> Result<ImageSource, CliError> {
+    if let Some(suite) = s.strip_prefix("debootstrap:") {
+        return Ok(ImageSource::Debootstrap {
+            suite: suite.to_string(),
+            mirror: None,
+        });
+    }
+    if let Some(p) = s.strip_prefix("rootfs:") {
+        return Ok(ImageSource::Rootfs {
+            path: absolute(Path::new(p))?,
+        });
+    }
+    if let Some(p) = s.strip_prefix("tar:") {
+        return Ok(ImageSource::Tar {
+            path: absolute(Path::new(p))?,
+        });
+    }
+    let reference = ImageReference::parse(s).map_err(|e| CliError::usage(format!("{e}")))?;
+    Ok(ImageSource::Oci { reference })
 }
 
 fn report_cache(verb: &str, r: &CacheReport, g: &GlobalArgs) {

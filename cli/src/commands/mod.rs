@@ -1,5 +1,5 @@
 //! One module per command.
 
 pub mod completions;
-pub mod image;
 pub mod doctor;
+pub mod image;

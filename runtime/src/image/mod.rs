@@ -11,6 +11,7 @@ pub mod export;
 pub mod image_store;
 pub mod layer_store;
 pub mod layer_writer;
+pub mod lockfile;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
