@@ -37,6 +37,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Validate(flags) => commands::validate::run(g, flags),
         Command::Init(args) => commands::init::run(g, &args),
         Command::Schema => commands::schema::run(),
+        Command::Image(cmd) => commands::image::run(cmd, g),
         Command::Doctor(j) => commands::doctor::run(j.json),
         other => Err(CliError::not_yet(command_name(&other), g)),
     }

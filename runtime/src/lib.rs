@@ -2,4 +2,5 @@
 //! the design: state layout, locking, process model.
 
 pub mod doctor;
+pub mod image;
 pub mod state;

@@ -5,3 +5,4 @@ pub mod doctor;
 pub mod init;
 pub mod schema;
 pub mod validate;
+pub mod image;
