@@ -301,6 +301,8 @@ pub enum LockMode {
 /// An `flock(2)` lock on a file, released on drop or when the process dies.
 #[derive(Debug)]
 pub struct FileLock {
+    /// Held (never read) so the lock lives as long as this value.
+    #[allow(dead_code)]
     file: File,
     path: PathBuf,
 }
