@@ -2,7 +2,7 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod image;
 pub mod init;
 pub mod schema;
 pub mod validate;
-pub mod image;
