@@ -106,8 +106,13 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
         )))));
     let state = tryr!(ContainerState::load(state_dir));
     let _ = nix::unistd::setsid();
-    if let Some(cg) = &state.cgroups {
-        tryr!(cg.driver().join(std::process::id() as i32));
+    // The starter put this process into the cgroups before exec; a stop that raced with the
+    // start has already removed them and recorded it.
+    if state.phase != super::state::Phase::Starting {
+        return Err((
+            Some(report_fd),
+            ContainerError::Setup("the environment was stopped while starting".into()),
+        ));
     }
     checkpoint("cgroups-joined");
     let mapping = state.mapping.clone();

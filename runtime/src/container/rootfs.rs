@@ -180,7 +180,18 @@ impl<'a> OverlayRootfs<'a> {
                 nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
                     .context(|| format!("cannot chown {}", p.display()))?;
             }
-            let t = ensure_in_root(root, &format!("/etc/{name}"), false, owner)?;
+            let t = match ensure_in_root(root, &format!("/etc/{name}"), false, owner) {
+                Ok(t) => t,
+                // A single-id rootless environment over a layer it does not own cannot create
+                // files in the image's /etc; it keeps the image's version then.
+                Err(ContainerError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EACCES) =>
+                {
+                    eprintln!("berth: cannot create /etc/{name} in the image (permission denied); keeping the image's");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             bind(&p, &fd_path(&t), false)?;
         }
         Ok(())
