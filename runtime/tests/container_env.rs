@@ -59,6 +59,15 @@ fn main() {
             build_step_runs_once_and_keeps_upper,
         ),
         ("rootless_single_id", rootless_single_id),
+        (
+            "privileged_runs_from_a_sealed_memfd",
+            privileged_runs_from_a_sealed_memfd,
+        ),
+        (
+            "network_namespace_hook_and_host_mode",
+            network_namespace_hook_and_host_mode,
+        ),
+        ("concurrent_environments", concurrent_environments),
     ]);
 }
 
@@ -477,7 +486,10 @@ fn tty_exec_through_a_pty() {
             )
             .unwrap();
         let slave = pty.slave;
+        let (tid_tx, client_tid) = std::sync::mpsc::channel();
         let client = std::thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            tid_tx.send(unsafe { libc::pthread_self() }).unwrap();
             berth_runtime::container::terminal::run_terminal(session, slave.as_fd(), slave.as_fd())
                 .unwrap()
         });
@@ -490,6 +502,39 @@ fn tty_exec_through_a_pty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "terminal output so far: {seen:?}"
+            );
+            let mut buf = [0u8; 4096];
+            let n = term.read(&mut buf).unwrap();
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        // Window size follows SIGWINCH.
+        let ws = libc::winsize {
+            ws_row: 40,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on the test's own PTY master.
+        assert_eq!(
+            unsafe {
+                libc::ioctl(
+                    std::os::fd::AsRawFd::as_raw_fd(&term),
+                    libc::TIOCSWINSZ,
+                    &ws,
+                )
+            },
+            0
+        );
+        let tid = client_tid.recv().unwrap();
+        // SAFETY: signalling a live thread of this process (it blocks SIGWINCH into a signalfd).
+        assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGWINCH) }, 0);
+        sleep_ms(50);
+        term.write_all(b"stty size\r").unwrap();
+        let mut seen = String::new();
+        while !seen.contains("40 100") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "after resize: {seen:?}"
             );
             let mut buf = [0u8; 4096];
             let n = term.read(&mut buf).unwrap();
@@ -534,10 +579,22 @@ fn volume_tmpfs_and_readonly_mounts() {
             readonly: true,
             idmap: true,
         });
+        spec.mounts.push(MountSpec::Bind {
+            source: ro.path().to_path_buf(),
+            target: "/ro-plain".into(),
+            readonly: true,
+            idmap: false,
+        });
         let env = Env::start(spec.clone(), home);
         assert_eq!(env.sh("echo kept > /data/x && id -u > /data/who").0, 0);
         assert_eq!(env.run(&["cat", "/ro/f"]).1, "ro\n");
         assert_ne!(env.sh("echo no > /ro/g").0, 0, "read-only bind is writable");
+        assert_eq!(env.run(&["cat", "/ro-plain/f"]).1, "ro\n");
+        assert_ne!(
+            env.sh("echo no > /ro-plain/g").0,
+            0,
+            "read-only plain bind is writable"
+        );
         let (_, df, _) = env.sh("df -k /scratch | tail -1");
         assert!(
             df.split_whitespace().nth(1) == Some("1024"),
@@ -744,4 +801,111 @@ fn rootless_child(rootfs: &Path, home: &Path) -> i32 {
             1
         }
     }
+}
+
+fn privileged_runs_from_a_sealed_memfd() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (mut spec, home) = Env::spec("priv", rootfs.path());
+        spec.privileged = true;
+        let env = Env::start(spec, home);
+        let (code, out, err) = env.run(&["readlink", "/proc/1/exe"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("memfd:berth"), "supervisor runs from {out:?}");
+        assert_ne!(
+            env.sh("echo x >> /proc/1/exe").0,
+            0,
+            "the supervisor's binary is writable"
+        );
+        let (_, status, _) = env.run(&["cat", "/proc/self/status"]);
+        assert!(
+            status
+                .lines()
+                .any(|l| l.starts_with("Seccomp:") && l.ends_with('0')),
+            "privileged has no filter"
+        );
+        assert_eq!(env.run(&["id", "-u"]).1.trim(), "0");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&fs::metadata(&env.spec.upper_dir).unwrap()),
+            0
+        );
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+fn network_namespace_hook_and_host_mode() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("net", rootfs.path());
+        let mut seen = None;
+        let host_ns = fs::read_link("/proc/self/ns/net").unwrap();
+        ContainerBackend
+            .start_with_hook(&spec, &mut |pid| {
+                seen = Some(fs::read_link(format!("/proc/{pid}/ns/net")).unwrap());
+                Ok(())
+            })
+            .unwrap();
+        let env = Env { spec, home };
+        let ns = seen.expect("hook not called");
+        assert_ne!(
+            ns, host_ns,
+            "isolated mode must have its own network namespace"
+        );
+        let (_, dev, _) = env.run(&["cat", "/proc/net/dev"]);
+        let ifaces: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .map(str::trim)
+            .collect();
+        assert_eq!(ifaces, vec!["lo"]);
+
+        let (mut spec, home) = Env::spec("hostnet", rootfs.path());
+        spec.network = envfile_spec::plan::NetworkMode::Host;
+        let host = Env::start(spec, home);
+        assert_ne!(
+            host.sh("echo x > /sys/kernel/uevent_helper").0,
+            0,
+            "host /sys must be read-only"
+        );
+        let (_, dev, _) = host.run(&["cat", "/proc/net/dev"]);
+        assert_eq!(
+            dev.lines().count(),
+            fs::read_to_string("/proc/net/dev").unwrap().lines().count()
+        );
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+fn concurrent_environments() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..10)
+                .map(|i| {
+                    let rootfs = rootfs.path().to_path_buf();
+                    scope.spawn(move || {
+                        let (mut spec, home) = Env::spec(&format!("conc{i}"), &rootfs);
+                        spec.resources.pids = Some(64);
+                        let env = Env { spec, home };
+                        for round in 0..2 {
+                            ContainerBackend
+                                .start(&env.spec)
+                                .unwrap_or_else(|e| panic!("env {i} round {round}: {e}"));
+                            let (code, out, _) = env.sh(&format!("echo {i}-{round}; hostname"));
+                            assert_eq!((code, out), (0, format!("{i}-{round}\nconc{i}\n")));
+                            env.stop();
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+        });
+    }
+    LeakCheck::snapshot().assert_same(&before);
 }

@@ -138,7 +138,8 @@ impl ContainerBackend {
             .append(true)
             .open(&log_path)
             .context(|| format!("cannot open {}", log_path.display()))?;
-        let mut cmd = supervisor_command(&spec.state_dir);
+        let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
+            .context(|| "cannot prepare berth's supervisor".to_string())?;
         cmd.stdin(Stdio::null())
             .stdout(
                 log.try_clone()

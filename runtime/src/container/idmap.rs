@@ -382,14 +382,29 @@ struct MountAttr {
 /// the current mount namespace): files owned by host ids appear as the ids that map to them in
 /// the user namespace `userns`. `target` is a path the kernel resolves, e.g. `/proc/self/fd/N`.
 pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: bool) -> Result<()> {
+    attach_clone(source, target, Some(userns), readonly)
+}
+
+/// Attaches a clone of the mount at `source` on `target` (resolved by the kernel, following
+/// magic links such as `/proc/self/fd/N`), optionally id-mapped into `userns` and/or
+/// read-only. Without id-mapping the clone is recursive, like `mount --rbind`, and read-only
+/// applies to every mount in it. Setting the attributes on the detached clone avoids a
+/// remount, which could not reach a mount attached on an fd path.
+pub fn attach_clone(
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    readonly: bool,
+) -> Result<()> {
     let src = cstr(source)?;
+    let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive,
         )
     };
     if fd < 0 {
@@ -401,31 +416,37 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: b
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_set: if userns.is_some() {
+            MOUNT_ATTR_IDMAP
+        } else {
+            0
+        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let empty = c"";
-    // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(ContainerError::io(
-            format!(
-                "cannot make an id-mapped mount of {} (mount_setattr); the filesystem or kernel may not support id-mapped mounts (Linux 5.12+)",
-                source.display()
-            ),
-            std::io::Error::last_os_error(),
-        ));
+    if attr.attr_set != 0 {
+        // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(ContainerError::io(
+                format!(
+                    "cannot set the attributes of the mount of {} (mount_setattr); id-mapped mounts need Linux 5.12+ and a filesystem that supports them",
+                    source.display()
+                ),
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     let dst = cstr(target)?;
     // SAFETY: move_mount of our tree fd onto a NUL-terminated target path.
