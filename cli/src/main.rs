@@ -33,6 +33,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
+        Command::Supervisor { state_dir } => {
+            Ok(berth_runtime::container::supervisor::main(&state_dir))
+        }
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }
@@ -57,5 +60,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Schema => "schema",
         Command::Completions { .. } => "completions",
         Command::Manpages { .. } => "manpages",
+        Command::Supervisor { .. } => "__supervisor",
     }
 }

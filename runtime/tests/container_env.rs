@@ -23,9 +23,11 @@ fn main() {
     // Helper modes, run as a child process by the tests below.
     match args.get(1).map(String::as_str) {
         Some("__start_env") => std::process::exit(start_env_child(&args[2])),
-        Some("__rootless_check") => {
-            std::process::exit(rootless_child(Path::new(&args[2]), Path::new(&args[3])))
-        }
+        Some("__rootless_check") => std::process::exit(rootless_child(
+            Path::new(&args[2]),
+            Path::new(&args[3]),
+            &args[4],
+        )),
         _ => {}
     }
     if let Some(why) = support::skip_reason() {
@@ -58,7 +60,7 @@ fn main() {
             "build_step_runs_once_and_keeps_upper",
             build_step_runs_once_and_keeps_upper,
         ),
-        ("rootless_single_id", rootless_single_id),
+        ("rootless_start_exec_stop", rootless_start_exec_stop),
         (
             "privileged_runs_from_a_sealed_memfd",
             privileged_runs_from_a_sealed_memfd,
@@ -441,7 +443,10 @@ fn abort_at_every_start_step_is_repaired() {
             .unwrap();
         assert!(!out.status.success(), "start did not stop at {step}");
         let st = ContainerBackend.status(&spec.state_dir).unwrap();
-        assert_ne!(st.status, EnvStatus::Running, "{step}: {st:?}");
+        assert!(
+            matches!(st.status, EnvStatus::Dead | EnvStatus::Stopped),
+            "{step}: {st:?}"
+        );
         ContainerBackend
             .stop(&spec.state_dir, Duration::from_secs(2))
             .unwrap_or_else(|e| panic!("stop after abort at {step}: {e}"));
@@ -669,7 +674,7 @@ fn build_step_runs_once_and_keeps_upper() {
 
 const ROOTLESS_USER: &str = "berthtest";
 
-fn rootless_single_id() {
+fn rootless_start_exec_stop() {
     let created = std::process::Command::new("id")
         .arg(ROOTLESS_USER)
         .output()
@@ -724,31 +729,71 @@ fn rootless_single_id() {
         .status()
         .unwrap();
     assert!(st.success());
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid",
-            ROOTLESS_USER,
-            "--regid",
-            ROOTLESS_USER,
-            "--init-groups",
-            "--reset-env",
-        ])
-        .arg("--")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "__rootless_check",
-            rootfs.path().to_str().unwrap(),
-            home.path().to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "rootless check failed:\n{stderr}");
+    let run_as_user = |mode: &str| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                ROOTLESS_USER,
+                "--regid",
+                ROOTLESS_USER,
+                "--init-groups",
+                "--reset-env",
+            ])
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "__rootless_check",
+                rootfs.path().to_str().unwrap(),
+                home.path().to_str().unwrap(),
+                mode,
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "rootless check ({mode}) failed:\n{stderr}"
+        );
+    };
+    run_as_user("single");
+    // With a subordinate id range, newuidmap/newgidmap map 65536 ids. Only with the user this
+    // test created, whose /etc/subuid entries it can add and remove again.
+    if created && Path::new("/usr/bin/newuidmap").exists() {
+        struct Restore(Vec<(&'static str, Option<Vec<u8>>)>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                for (p, c) in &self.0 {
+                    let _ = match c {
+                        Some(c) => fs::write(p, c),
+                        None => fs::remove_file(p),
+                    };
+                }
+            }
+        }
+        let _restore = Restore(
+            ["/etc/subuid", "/etc/subgid"]
+                .iter()
+                .map(|p| (*p, fs::read(p).ok()))
+                .collect(),
+        );
+        for p in ["/etc/subuid", "/etc/subgid"] {
+            let mut c = fs::read_to_string(p).unwrap_or_default();
+            c.push_str(&format!("{ROOTLESS_USER}:300000:65536\n"));
+            fs::write(p, c).unwrap();
+        }
+        let _ = fs::remove_dir_all(home.path().join("envs"));
+        run_as_user("subuid");
+        eprintln!("  checked rootless with subordinate ids through newuidmap/newgidmap");
+    } else {
+        eprintln!(
+            "  note: rootless with subordinate ids not checked (user existed or no newuidmap)"
+        );
+    }
     LeakCheck::snapshot().assert_same(&before);
 }
 
 /// Child mode, run as an unprivileged user: start, exec, stop with a single-id mapping.
-fn rootless_child(rootfs: &Path, home: &Path) -> i32 {
+fn rootless_child(rootfs: &Path, home: &Path, mode: &str) -> i32 {
     let dir = home.join("envs/rootless");
     let mut spec = berth_runtime::container::ContainerSpec::new(
         "rootless",
@@ -756,7 +801,10 @@ fn rootless_child(rootfs: &Path, home: &Path) -> i32 {
         &dir,
         vec![rootfs.to_path_buf()],
     );
-    spec.user_mapping = berth_runtime::container::UserMappingChoice::SingleId;
+    spec.user_mapping = match mode {
+        "single" => berth_runtime::container::UserMappingChoice::SingleId,
+        _ => berth_runtime::container::UserMappingChoice::Auto,
+    };
     if let Err(e) = ContainerBackend.start(&spec) {
         eprintln!(
             "rootless start: {e}\n{}",
@@ -771,7 +819,7 @@ fn rootless_child(rootfs: &Path, home: &Path) -> i32 {
         argv: vec![
             "sh".into(),
             "-c".into(),
-            "id -u; hostname; echo x > /etc/new-file; cat /proc/1/cmdline".into(),
+            "id -u; hostname; echo x > /etc/new-file; wc -l < /proc/self/uid_map; cat /proc/1/cmdline".into(),
         ],
         ..Default::default()
     };
@@ -784,7 +832,27 @@ fn rootless_child(rootfs: &Path, home: &Path) -> i32 {
         f.read_to_string(&mut s).unwrap();
         s
     };
+    // With subordinate ids, other users inside work too.
+    let dev = ContainerBackend.exec(
+        &dir,
+        &ExecRequest {
+            argv: vec!["true".into()],
+            user: Some("dev".into()),
+            ..Default::default()
+        },
+        [null.as_fd(), null.as_fd(), null.as_fd()],
+    );
+    let lines = if mode == "single" { "1\n" } else { "2\n" };
+    let dev_ok = if mode == "single" {
+        matches!(dev, Ok(c) if c != 0)
+    } else {
+        matches!(dev, Ok(0))
+    };
     let stopped = ContainerBackend.stop(&dir, Duration::from_secs(5));
+    if !text.contains(&format!("rootless\n{lines}")) || !dev_ok {
+        eprintln!("{mode}: unexpected map or user switch: {text:?}, dev: {dev:?}");
+        return 1;
+    }
     match (code, stopped) {
         (Ok(0), Ok(())) if text.starts_with("0\nrootless\n") && text.contains("__supervisor") => {
             let owner = std::os::unix::fs::MetadataExt::uid(

@@ -86,6 +86,7 @@ impl ContainerBackend {
         state.mapping = mapping.clone();
         state.cgroups = cgroups;
         state.supervisor = None;
+        state.starter = ProcessRef::of(std::process::id() as i32);
         state.started_at = None;
         state.last_error = None;
         state.save(dir)?;
@@ -93,6 +94,7 @@ impl ContainerBackend {
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
             Ok(pid) => {
                 state.phase = Phase::Running;
+                state.starter = None;
                 state.started_at = Some(now_secs());
                 state.save(dir)?;
                 Ok(Started {
@@ -227,6 +229,7 @@ impl ContainerBackend {
         let _ = fs::remove_file(dir.join("control.sock"));
         state.phase = Phase::Stopped;
         state.supervisor = None;
+        state.starter = None;
         state.cgroups = None;
         state.started_at = None;
         state.save(dir)
@@ -240,7 +243,9 @@ impl ContainerBackend {
             (Phase::Stopped, _) => EnvStatus::Stopped,
             (Phase::Running, Some(_)) => EnvStatus::Running,
             (Phase::Starting, Some(_)) => EnvStatus::Starting,
-            (Phase::Starting, None) if state.supervisor.is_none() => EnvStatus::Starting,
+            (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => {
+                EnvStatus::Starting
+            }
             _ => EnvStatus::Dead,
         };
         let mut report = StatusReport {
