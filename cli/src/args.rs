@@ -81,6 +81,9 @@ pub enum Command {
     /// Write the man pages into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+    /// Internal: run as an environment's launcher and supervisor (started by `up`).
+    #[command(name = "__supervisor", hide = true)]
+    Supervisor { state_dir: PathBuf },
 }
 
 #[derive(Debug, Args, Clone, Copy)]
