@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bases;
 pub mod blob_store;
+pub mod build;
 pub mod digest;
 pub mod error;
 pub mod export;
