@@ -549,7 +549,15 @@ fn rm_and_prune_keep_what_environments_use() {
             && layer_dir(home, &c.layers[1].diff_id()).exists()
     );
     fs::remove_dir_all(home.join("envs/web-1234abcd")).unwrap();
+    // What a killed pull leaves behind goes too.
+    fs::create_dir_all(home.join("tmp/layer-999-dead/usr")).unwrap();
+    fs::write(home.join("tmp/blob-abc.partial"), b"half").unwrap();
     ok(&b, &["image", "prune"]);
+    assert!(
+        entries(home, "tmp").is_empty(),
+        "{:?}",
+        entries(home, "tmp")
+    );
     assert!(
         entries(home, "layers").is_empty(),
         "{:?}",

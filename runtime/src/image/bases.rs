@@ -218,6 +218,7 @@ impl ImageStore {
         name: Option<&str>,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if !dir.is_dir() {
             return Err(ImageError::Base(format!(
                 "rootfs folder {} does not exist or is not a folder; fix `from = \"rootfs:…\"` in berth.toml",
@@ -249,6 +250,7 @@ impl ImageStore {
         name: Option<&str>,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if !path.is_file() {
             return Err(ImageError::Base(format!(
                 "rootfs tar {} does not exist or is not a file",
@@ -276,6 +278,7 @@ impl ImageStore {
         update: bool,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if suite.is_empty()
             || !suite
                 .bytes()
