@@ -307,6 +307,40 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Removes what interrupted image operations left in `tmp/` (partial downloads, staging
+    /// folders). Only under the exclusive store lock: every image operation holds it shared.
+    fn remove_leftovers(&self) -> u64 {
+        const PREFIXES: [&str; 10] = [
+            "blob-",
+            "layer-",
+            "tree-",
+            "import-",
+            "cache-",
+            "removing-",
+            "build-upper-",
+            "build-work-",
+            "debootstrap-",
+            "blob-import-",
+        ];
+        let mut freed = 0;
+        let Ok(rd) = fs::read_dir(self.home.tmp_dir()) else {
+            return 0;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if PREFIXES.iter().any(|p| name.starts_with(p)) {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    let _ = crate::state::remove_tree(&p);
+                } else {
+                    freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        freed
+    }
+
     /// Removes layers and blobs that no image record and no environment references.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         let _lock = FileLock::acquire(&self.lock_path(), LockMode::Exclusive)?;
@@ -325,6 +359,7 @@ impl ImageStore {
         }
         let mut report = PruneReport::default();
         self.blobs.remove_download_locks();
+        report.bytes_freed += self.remove_leftovers();
         for d in self.layers.list()? {
             if !keep_layers.contains(&d) {
                 report.bytes_freed += self.layers.meta(&d).map(|m| m.size).unwrap_or(0);
