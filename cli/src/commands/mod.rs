@@ -7,6 +7,7 @@ pub mod exec;
 pub mod image;
 pub mod init;
 pub mod logs;
+pub mod run;
 pub mod schema;
 pub mod status;
 pub mod up;

@@ -18,6 +18,10 @@ pub enum EnvError {
     OnUpFailed { command: String, code: i32 },
     #[error("`backend = \"vm\"` needs the VM backend, which this build of berth does not include yet; use `backend = \"container\"`")]
     VmUnavailable,
+    #[error("invalid --name {name:?}: {why}")]
+    BadRunName { name: String, why: String },
+    #[error("an environment named {name} already exists; choose another --name or remove it with `berth --environment {name} destroy`")]
+    RunNameTaken { name: String },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
