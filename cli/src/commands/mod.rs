@@ -9,6 +9,7 @@ pub mod init;
 pub mod logs;
 pub mod run;
 pub mod schema;
+pub mod snapshot;
 pub mod status;
 pub mod up;
 pub mod validate;

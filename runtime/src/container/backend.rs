@@ -235,6 +235,16 @@ impl ContainerBackend {
         state.save(dir)
     }
 
+    /// Freezes or thaws every process of a running environment (cgroup freezer). A no-op
+    /// for an environment that is not running.
+    pub fn set_frozen(&self, state_dir: &Path, frozen: bool) -> Result<()> {
+        let state = ContainerState::load(state_dir)?;
+        match (&state.cgroups, state.supervisor.filter(|s| s.alive())) {
+            (Some(l), Some(_)) => l.driver().set_frozen(frozen),
+            _ => Ok(()),
+        }
+    }
+
     /// Running, stopped or dead, with live usage from the cgroup.
     pub fn status(&self, state_dir: &Path) -> Result<StatusReport> {
         let state = ContainerState::load(state_dir)?;

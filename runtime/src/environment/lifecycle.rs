@@ -112,8 +112,8 @@ pub struct Environments {
 }
 
 /// An environment's folder and its held lock.
-struct Locked {
-    dir: PathBuf,
+pub(super) struct Locked {
+    pub(super) dir: PathBuf,
     _lock: FileLock,
 }
 
@@ -136,7 +136,7 @@ impl Environments {
     }
 
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
-    fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
+    pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
         state::create_dir_all(&dir)?;
         let path = dir.join("lock");

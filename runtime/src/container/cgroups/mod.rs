@@ -44,6 +44,23 @@ pub trait Cgroup {
     fn remove(&self) -> Result<()>;
     /// Every directory this cgroup owns (for state files and leak checks).
     fn dirs(&self) -> Vec<PathBuf>;
+    /// Freezes (or thaws) every process inside and returns once the kernel reports the new
+    /// state, so a snapshot sees a writable layer nobody is changing.
+    fn set_frozen(&self, frozen: bool) -> Result<()>;
+}
+
+/// Polls `read` until it returns true (a freezer state change), for at most `limit`.
+pub(crate) fn wait_until(limit: std::time::Duration, mut read: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    loop {
+        if read() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Where an environment's cgroups live; recorded in state.json before they are created.

@@ -41,6 +41,24 @@ pub fn cfs_quota_us(cpus: f64) -> u64 {
 }
 
 impl Cgroup for CgroupV1 {
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let d = self.dir("freezer").ok_or_else(|| missing("freezer"))?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        write_file(d, "freezer.state", want)?;
+        let state = d.join("freezer.state");
+        let done = super::wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == want)
+        });
+        if done {
+            Ok(())
+        } else {
+            Err(crate::container::error::ContainerError::Invalid(format!(
+                "the freezer cgroup {} did not reach {want} within 10 s; try again, or stop the environment first",
+                d.display()
+            )))
+        }
+    }
+
     fn create(&self) -> Result<()> {
         for d in self.unique_dirs() {
             std::fs::create_dir_all(&d).context(|| {

@@ -73,6 +73,23 @@ pub fn cpu_max(cpus: Option<f64>) -> String {
 }
 
 impl Cgroup for CgroupV2 {
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        write_file(&self.dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+        let events = self.dir.join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let done = super::wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(&events).is_ok_and(|s| s.lines().any(|l| l.trim() == want))
+        });
+        if done {
+            Ok(())
+        } else {
+            Err(crate::container::error::ContainerError::Invalid(format!(
+                "cgroup {} did not reach `{want}` within 10 s; try again, or stop the environment first",
+                self.dir.display()
+            )))
+        }
+    }
+
     fn create(&self) -> Result<()> {
         fs::create_dir_all(&self.dir).context(|| {
             format!(
