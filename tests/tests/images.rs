@@ -725,3 +725,65 @@ fn concurrent_pulls_and_a_prune_during_a_pull_are_safe() {
     let ls: serde_json::Value = serde_json::from_str(&ok(&b, &["image", "ls", "--json"])).unwrap();
     assert_eq!(ls["images"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn pulls_an_image_built_by_umoci_and_pushed_by_skopeo() {
+    if !Path::new("/usr/bin/umoci").exists() || !Path::new("/usr/bin/skopeo").exists() {
+        eprintln!("SKIP: umoci and skopeo are needed (apt-get install umoci skopeo)");
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    let w = tempfile::tempdir().unwrap();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    fs::write(src.join("hostname"), b"bb\n").unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(w.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&["umoci", "init", "--layout", "oci"]);
+    run(&["umoci", "new", "--image", "oci:bb"]);
+    run(&["umoci", "insert", "--image", "oci:bb", "src", "/"]);
+    run(&[
+        "umoci",
+        "config",
+        "--image",
+        "oci:bb",
+        "--config.cmd",
+        "/bin/sh",
+    ]);
+    let dest = format!("docker://{}/umoci/bb:latest", reg.addr);
+    run(&[
+        "skopeo",
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        "oci:oci:bb",
+        &dest,
+    ]);
+    let b = Berth::new();
+    ok(
+        &b,
+        &["image", "pull", &format!("{}/umoci/bb:latest", reg.addr)],
+    );
+    let layer = fs::read_dir(b.home.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    assert_eq!(
+        fs::read(layer.join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(fs::read(layer.join("hostname")).unwrap(), b"bb\n");
+}
