@@ -680,8 +680,8 @@ impl Unpacker<'_> {
 
 /// Opens a layer blob for reading, decompressing gzip or zstd as its first bytes say (the
 /// media type is not trusted for this).
-pub fn decompressed(file: File) -> io::Result<Box<dyn Read + Send>> {
-    let mut r = io::BufReader::with_capacity(1 << 20, file);
+pub fn decompressed(source: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
+    let mut r = io::BufReader::with_capacity(1 << 20, source);
     let head = io::BufRead::fill_buf(&mut r)?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
