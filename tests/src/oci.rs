@@ -399,6 +399,23 @@ impl FakeRegistry {
     /// Serves `routes`; with `require_token`, every /v2/ request needs the bearer token that
     /// its `/token` endpoint hands out for the challenge's service and scope.
     pub fn start(routes: Routes, require_token: bool) -> FakeRegistry {
+        Self::start_with(routes, require_token, None)
+    }
+
+    /// Like [`FakeRegistry::start`]; with `token_basic` (`user:password`), the token
+    /// endpoint hands out tokens only to requests with those basic credentials.
+    pub fn start_with(
+        routes: Routes,
+        require_token: bool,
+        token_basic: Option<&str>,
+    ) -> FakeRegistry {
+        let token_basic = token_basic.map(|c| {
+            use base64::Engine as _;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        });
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -412,8 +429,9 @@ impl FakeRegistry {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (r, s, sl, a) = (routes.clone(), s2.clone(), sl2.clone(), a2.clone());
+                        let basic = token_basic.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(stream, &r, &s, &sl, require_token, &a);
+                            let _ = serve(stream, &r, &s, &sl, require_token, basic.as_deref(), &a);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -453,6 +471,7 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
     slow: &AtomicBool,
     require_token: bool,
+    token_basic: Option<&str>,
     addr: &str,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -494,6 +513,9 @@ fn serve(
     if path == "/token" {
         let ok = query.contains("scope=repository%3A") || query.contains("scope=repository:");
         let ok = ok && query.contains("service=fixture");
+        let ok = ok
+            && token_basic
+                .is_none_or(|b| headers.get("authorization").map(String::as_str) == Some(b));
         if ok {
             let body = format!(r#"{{"token":"{TOKEN}"}}"#);
             return respond(

@@ -787,3 +787,36 @@ fn pulls_an_image_built_by_umoci_and_pushed_by_skopeo() {
     );
     assert_eq!(fs::read(layer.join("hostname")).unwrap(), b"bb\n");
 }
+
+#[test]
+fn token_service_gets_credentials_from_docker_config() {
+    let img = Image::new(vec![busybox_layer(Compression::Gzip)], host_arch());
+    let mut routes = Routes::default();
+    img.routes("private/bb", "v1", &mut routes);
+    let fake = FakeRegistry::start_with(routes, true, Some("ci-user:s3cret"));
+    let reference = format!("{}/private/bb:v1", fake.addr);
+    // Without credentials the token service refuses.
+    let b = Berth::new();
+    let err = fails(&b, &["image", "pull", &reference]);
+    assert!(
+        err.contains("refused access") && err.contains("docker login"),
+        "{err}"
+    );
+    // With ~/.docker/config.json-style credentials (auths.<host>.auth = base64 user:password).
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = format!(
+        r#"{{"auths":{{"{}":{{"auth":"Y2ktdXNlcjpzM2NyZXQ="}}}}}}"#,
+        fake.addr
+    );
+    fs::write(cfg.path().join("config.json"), auth).unwrap();
+    let o = b
+        .cmd()
+        .env("DOCKER_CONFIG", cfg.path())
+        .args(["image", "pull", &reference])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(layer_dir(b.home.path(), &img.layers[0].diff_id())
+        .join("bin/busybox")
+        .is_file());
+}
