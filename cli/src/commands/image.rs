@@ -2,70 +2,17 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
-use std::sync::Arc;
 
 use berth_runtime::image::export::CacheReport;
 use berth_runtime::image::progress::human_bytes;
-use berth_runtime::image::{
-    ImageStore, LineProgress, Progress, ProgressReporter, PullOptions, QuietProgress,
-    RegistryOptions, ResolveOptions, TransferProgress,
-};
+use berth_runtime::image::{ImageStore, PullOptions, RegistryOptions, ResolveOptions};
 use berth_runtime::state::BerthHome;
 use envfile_spec::plan::ImageSource;
 use envfile_spec::reference::ImageReference;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{GlobalArgs, ImageCommand};
 use crate::exit::{from_error, CliError, EXIT_ERROR};
-
-/// Progress bars on a terminal: one bar per transfer.
-struct BarProgress {
-    multi: MultiProgress,
-}
-
-struct Bar(ProgressBar);
-
-impl ProgressReporter for BarProgress {
-    fn message(&self, text: &str) {
-        let _ = self.multi.println(text);
-    }
-    fn start(&self, label: &str, total: Option<u64>) -> Box<dyn TransferProgress> {
-        let bar = match total {
-            Some(t) => ProgressBar::new(t),
-            None => ProgressBar::new_spinner(),
-        };
-        let style = ProgressStyle::with_template(
-            "{msg:32} {bar:30} {bytes:>10}/{total_bytes:10} {bytes_per_sec}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
-        let bar = self
-            .multi
-            .add(bar.with_style(style).with_message(label.to_string()));
-        Box::new(Bar(bar))
-    }
-}
-
-impl TransferProgress for Bar {
-    fn advance(&mut self, bytes: u64) {
-        self.0.inc(bytes);
-    }
-    fn finish(&mut self, note: &str) {
-        let msg = format!("{} {note}", self.0.message());
-        self.0.finish_with_message(msg);
-    }
-}
-
-fn progress(g: &GlobalArgs) -> Progress {
-    if g.quiet {
-        Arc::new(QuietProgress)
-    } else if std::io::stderr().is_terminal() {
-        Arc::new(BarProgress {
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
-        })
-    } else {
-        Arc::new(LineProgress)
-    }
-}
+use crate::progress::progress;
 
 fn store() -> Result<ImageStore, CliError> {
     let home = BerthHome::discover().map_err(|e| from_error(EXIT_ERROR, &e))?;

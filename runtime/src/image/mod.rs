@@ -6,11 +6,11 @@
 //!
 //! ```text
 //! let store = ImageStore::open(&home);
-//! let _guard = store.lock_shared()?;              // until state.json lists the layers
+//! let _guard = store.lock_shared()?;              // until env.json lists the layers
 //! let (base, _) = store.resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &opts)?;
 //! let image = store.build(&base, &plan.image.packages, &plan.image.setup, &runner, &progress)?;
 //! // image.layers: unpacked layer dirs, bottom → top (overlay lowerdir= wants them reversed)
-//! // image.diff_ids: write them to envs/<id>/state.json as "layers": [...] so prune keeps them
+//! // image.diff_ids: write them to envs/<id>/env.json as "layers": [...] so prune keeps them
 //! // image.config: Env, Cmd, Entrypoint, WorkingDir, User of the image
 //! ```
 //!

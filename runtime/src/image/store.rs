@@ -4,7 +4,7 @@
 //! Concurrency: operations that add content (pull, import, resolve, build) hold
 //! `locks/images.lock` shared; `prune` holds it exclusive, so it never removes what a
 //! concurrent berth is adding. Environments record the layers they use in
-//! `envs/<id>/state.json` (`"layers": ["sha256:…", …]`); prune keeps those.
+//! `envs/<id>/env.json` (`"layers": ["sha256:…", …]`); prune keeps those.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -108,7 +108,7 @@ impl ImageStore {
     }
 
     /// Holds the store lock shared: content is being added or used. An environment backend
-    /// holds this from `resolve` until its state.json lists the layers, so a concurrent
+    /// holds this from `resolve` until its env.json lists the layers, so a concurrent
     /// `prune` cannot remove them in between.
     pub fn lock_shared(&self) -> Result<FileLock, ImageError> {
         Ok(FileLock::acquire(&self.lock_path(), LockMode::Shared)?)
@@ -276,7 +276,7 @@ impl ImageStore {
             return Ok(out);
         };
         for e in rd.flatten() {
-            let state = e.path().join("state.json");
+            let state = e.path().join(crate::environment::RECORD_FILE);
             let v: Option<serde_json::Value> = match read_json(&state) {
                 Ok(v) => v,
                 Err(err) => {
