@@ -541,7 +541,7 @@ fn rm_and_prune_keep_what_environments_use() {
     // An environment that uses c's layers keeps them after c's record is gone.
     fs::create_dir_all(home.join("envs/web-1234abcd")).unwrap();
     let state = serde_json::json!({"layers": [base.diff_id(), c.layers[1].diff_id()]});
-    fs::write(home.join("envs/web-1234abcd/state.json"), state.to_string()).unwrap();
+    fs::write(home.join("envs/web-1234abcd/env.json"), state.to_string()).unwrap();
     ok(&b, &["image", "rm", &rc]);
     ok(&b, &["image", "prune"]);
     assert!(
