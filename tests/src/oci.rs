@@ -201,6 +201,14 @@ pub fn index_of(images: &[(&Image, &str)]) -> Vec<u8> {
     .unwrap()
 }
 
+/// An IPv4 address of this machine that is not loopback, if it has one.
+pub fn non_loopback_ipv4() -> Option<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -409,6 +417,16 @@ impl FakeRegistry {
         require_token: bool,
         token_basic: Option<&str>,
     ) -> FakeRegistry {
+        Self::start_on("127.0.0.1", routes, require_token, token_basic)
+    }
+
+    /// Like [`FakeRegistry::start_with`], listening on `ip` (its `addr` names that ip).
+    pub fn start_on(
+        ip: &str,
+        routes: Routes,
+        require_token: bool,
+        token_basic: Option<&str>,
+    ) -> FakeRegistry {
         let token_basic = token_basic.map(|c| {
             use base64::Engine as _;
             format!(
@@ -416,7 +434,7 @@ impl FakeRegistry {
                 base64::engine::general_purpose::STANDARD.encode(c)
             )
         });
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));

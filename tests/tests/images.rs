@@ -786,6 +786,27 @@ fn pulls_an_image_built_by_umoci_and_pushed_by_skopeo() {
         fs::read("/bin/busybox").unwrap()
     );
     assert_eq!(fs::read(layer.join("hostname")).unwrap(), b"bb\n");
+    // The OCI layout umoci wrote imports as the same image.
+    let b2 = Berth::new();
+    let layout = w.path().join("oci");
+    ok(
+        &b2,
+        &[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "umoci/bb",
+        ],
+    );
+    let ls1: serde_json::Value = serde_json::from_str(&ok(&b, &["image", "ls", "--json"])).unwrap();
+    let ls2: serde_json::Value =
+        serde_json::from_str(&ok(&b2, &["image", "ls", "--json"])).unwrap();
+    assert_eq!(ls1["images"][0]["id"], ls2["images"][0]["id"]);
+    assert_eq!(
+        ls1["images"][0]["manifest_digest"],
+        ls2["images"][0]["manifest_digest"]
+    );
 }
 
 #[test]
@@ -816,6 +837,30 @@ fn token_service_gets_credentials_from_docker_config() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(layer_dir(b.home.path(), &img.layers[0].diff_id())
+        .join("bin/busybox")
+        .is_file());
+}
+
+#[test]
+fn insecure_falls_back_to_plain_http_for_a_registry_off_loopback() {
+    let Some(ip) = berth_e2e::oci::non_loopback_ipv4() else {
+        eprintln!("SKIP: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let img = Image::new(vec![busybox_layer(Compression::Gzip)], host_arch());
+    let mut routes = Routes::default();
+    img.routes("bb", "latest", &mut routes);
+    let fake = FakeRegistry::start_on(&ip, routes, false, None);
+    let b = Berth::new();
+    let reference = format!("{}/bb:latest", fake.addr);
+    // Not loopback: HTTPS only, which this plain-HTTP registry cannot speak.
+    let err = fails(&b, &["image", "pull", &reference]);
+    assert!(
+        err.contains("https://") && err.contains("--insecure"),
+        "{err}"
+    );
+    ok(&b, &["image", "pull", "--insecure", &reference]);
     assert!(layer_dir(b.home.path(), &img.layers[0].diff_id())
         .join("bin/busybox")
         .is_file());

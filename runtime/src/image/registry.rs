@@ -46,15 +46,14 @@ pub struct RegistryClient {
 const ATTEMPTS: u32 = 3;
 
 impl RegistryClient {
+    /// A client for `reference`'s repository. Loopback registries are spoken to over plain
+    /// HTTP. With `insecure`, another registry is tried over HTTPS without certificate checks
+    /// first and over plain HTTP when that fails (as Docker's insecure registries are).
     pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
-        let scheme = if opts.insecure || reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .timeout(None)
+            .danger_accept_invalid_certs(opts.insecure)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| ImageError::Http {
@@ -62,9 +61,27 @@ impl RegistryClient {
                 url: String::new(),
                 source,
             })?;
+        let host = reference.api_host();
+        let base = if reference.is_loopback() {
+            format!("http://{host}")
+        } else if opts.insecure {
+            let https = format!("https://{host}");
+            let reachable = http
+                .get(format!("{https}/v2/"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .is_ok();
+            if reachable {
+                https
+            } else {
+                format!("http://{host}")
+            }
+        } else {
+            format!("https://{host}")
+        };
         Ok(RegistryClient {
             http,
-            base: format!("{scheme}://{}", reference.api_host()),
+            base,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             credentials: docker_credentials(&reference.registry),
