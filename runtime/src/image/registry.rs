@@ -253,6 +253,16 @@ impl RegistryClient {
 
     /// Fetches a small blob (a config) into memory, verified.
     pub fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        const LIMIT: u64 = 16 << 20;
+        if desc.size > LIMIT {
+            return Err(ImageError::malformed(
+                format!("config {} of {}", desc.digest, self.origin()),
+                format!(
+                    "it claims {} bytes; berth reads configs up to {LIMIT}",
+                    desc.size
+                ),
+            ));
+        }
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, desc.digest);
         let resp = self.get(&url, HeaderMap::new())?;
         if !resp.status().is_success() {
