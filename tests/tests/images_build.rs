@@ -121,4 +121,24 @@ fn setup_steps_become_cached_layers_with_real_whiteouts() {
     assert!(!err.contains("setup[1]: echo two > /two (cached)"), "{err}");
     assert_eq!(exec(&b, dir.path(), &["cat", "/two"]), "two\n");
     assert_eq!(exec(&b, dir.path(), &["cat", "/etc/old"]), "old");
+
+    // Prune drops the step edited away (and its whiteout layer), keeps what the
+    // environment runs on.
+    let o = b.run_in(dir.path(), &["image", "prune"]);
+    let (_, err) = text(&o);
+    assert!(
+        o.status.success() && err.contains("removed 1 cached build steps"),
+        "{err}"
+    );
+    assert!(!whiteout_layer.exists());
+    assert_eq!(exec(&b, dir.path(), &["cat", "/two"]), "two\n");
+    let ls: serde_json::Value =
+        serde_json::from_slice(&b.run_in(dir.path(), &["image", "ls", "--json"]).stdout).unwrap();
+    let builds = ls["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"].as_str().unwrap().starts_with("build:"))
+        .count();
+    assert_eq!(builds, 2, "{ls}");
 }
