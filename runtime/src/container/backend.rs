@@ -64,6 +64,7 @@ impl ContainerBackend {
         hook: &mut dyn FnMut(i32) -> Result<()>,
     ) -> Result<Started> {
         let t0 = Instant::now();
+        super::fault::checkpoint("start");
         spec.validate()?;
         let dir = &spec.state_dir;
         fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
@@ -93,6 +94,7 @@ impl ContainerBackend {
         checkpoint("state-written");
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
             Ok(pid) => {
+                super::fault::checkpoint("started");
                 state.phase = Phase::Running;
                 state.starter = None;
                 state.started_at = Some(now_secs());
@@ -131,7 +133,7 @@ impl ContainerBackend {
             cg.apply(&spec.resources)?;
         }
         checkpoint("cgroups-created");
-        crate::state::write_json(&spec.spec_file(), spec)?;
+        crate::state::write_json_volatile(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let log_path = spec.logs_dir().join("supervisor.log");
@@ -154,10 +156,9 @@ impl ContainerBackend {
         let procs_files: Vec<fs::File> = match &state.cgroups {
             Some(l) => l
                 .driver()
-                .dirs()
-                .iter()
-                .map(|d| {
-                    let p = d.join("cgroup.procs");
+                .self_join_files()
+                .into_iter()
+                .map(|p| {
                     fs::OpenOptions::new()
                         .write(true)
                         .open(&p)

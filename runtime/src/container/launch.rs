@@ -61,6 +61,7 @@ pub fn report(fd: &OwnedFd, ev: &LaunchEvent) {
 
 /// Entry point of the hidden subcommand. Never returns for the supervisor process.
 pub fn main(state_dir: &Path) -> i32 {
+    checkpoint("launcher-exec");
     let is_pipe = |fd: RawFd| {
         // SAFETY: fstat into a zeroed stat struct; fails harmlessly on a closed fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };

@@ -44,6 +44,8 @@ pub trait Cgroup {
     fn remove(&self) -> Result<()>;
     /// Every directory this cgroup owns (for state files and leak checks).
     fn dirs(&self) -> Vec<PathBuf>;
+    /// Files a single-threaded process writes "0" to in order to move itself in, cheaply.
+    fn self_join_files(&self) -> Vec<PathBuf>;
 }
 
 /// Where an environment's cgroups live; recorded in state.json before they are created.

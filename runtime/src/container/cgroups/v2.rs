@@ -137,6 +137,10 @@ impl Cgroup for CgroupV2 {
     fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }
+
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("cgroup.procs")]
+    }
 }
 
 #[cfg(test)]
