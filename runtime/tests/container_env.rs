@@ -613,6 +613,12 @@ fn volume_tmpfs_and_readonly_mounts() {
             env.sh_after_restart("cat /data/x; ls /scratch | wc -l"),
             "kept\n0\n"
         );
+        // destroy removes the environment's folder but keeps the named volume.
+        ContainerBackend
+            .destroy(env.dir(), Duration::from_secs(5))
+            .unwrap();
+        assert!(!env.dir().exists());
+        assert_eq!(fs::read_to_string(vol.join("x")).unwrap(), "kept\n");
     }
     LeakCheck::snapshot().assert_same(&before);
 }
@@ -836,7 +842,11 @@ fn rootless_child(rootfs: &Path, home: &Path, mode: &str) -> i32 {
     let dev = ContainerBackend.exec(
         &dir,
         &ExecRequest {
-            argv: vec!["true".into()],
+            argv: vec![
+                "sh".into(),
+                "-c".into(),
+                "mkdir /tmp/d && echo x > /tmp/d/f".into(),
+            ],
             user: Some("dev".into()),
             ..Default::default()
         },
@@ -860,6 +870,15 @@ fn rootless_child(rootfs: &Path, home: &Path, mode: &str) -> i32 {
             );
             if owner != nix::unistd::getuid().as_raw() {
                 eprintln!("new file owned by {owner}, expected the invoking user");
+                return 1;
+            }
+            // destroy removes everything, also what other users inside created.
+            if let Err(e) = ContainerBackend.destroy(&dir, Duration::from_secs(5)) {
+                eprintln!("destroy: {e}");
+                return 1;
+            }
+            if dir.exists() {
+                eprintln!("destroy left {}", dir.display());
                 return 1;
             }
             0

@@ -57,6 +57,12 @@ pub fn run_pid1(
     go: OwnedFd,
     rootless: bool,
 ) -> ! {
+    super::security::close_fds_except(&[
+        listener.as_raw_fd(),
+        logs.as_raw_fd(),
+        report_fd.as_raw_fd(),
+        go.as_raw_fd(),
+    ]);
     let code = match setup_and_serve(
         &spec,
         mapping.as_ref(),
@@ -109,6 +115,11 @@ fn setup_and_serve(
     sup.start_services();
     checkpoint("ready");
     report(report_fd, &LaunchEvent::Ready);
+    // Done reporting: let the starter see end-of-file (the fd number stays valid).
+    if let Ok(null) = fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto a descriptor this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), report_fd.as_raw_fd()) };
+    }
     sup.run();
     Ok(())
 }
@@ -532,6 +543,12 @@ impl Supervisor {
         id: u64,
         req: &ExecRequest,
     ) -> std::result::Result<(i32, Option<OwnedFd>), String> {
+        // Whatever descriptors came with this request are used now or closed.
+        let passed: Vec<OwnedFd> = self
+            .conns
+            .get_mut(&id)
+            .map(|c| c.fds.drain(..).collect())
+            .unwrap_or_default();
         if req.argv.is_empty() {
             return Err("exec needs a command".into());
         }
@@ -547,15 +564,9 @@ impl Supervisor {
             )?;
             Ok((pid, Some(master)))
         } else {
-            let c = self.conns.get_mut(&id).ok_or("connection gone")?;
-            if c.fds.len() < 3 {
-                return Err("exec without a terminal needs stdin, stdout and stderr passed as file descriptors".into());
-            }
-            let fds = [
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-            ];
+            let fds: [OwnedFd; 3] = passed.try_into().map_err(|_| {
+                "exec without a terminal needs exactly stdin, stdout and stderr passed as file descriptors".to_string()
+            })?;
             let pid = self.spawn(
                 &req.argv,
                 &req.env,
