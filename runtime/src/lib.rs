@@ -3,4 +3,7 @@
 
 pub mod backend;
 pub mod container;
+pub mod doctor;
+pub mod environment;
+pub mod image;
 pub mod state;

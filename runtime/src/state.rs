@@ -328,9 +328,8 @@ pub enum LockMode {
 /// An `flock(2)` lock on a file, released on drop or when the process dies.
 #[derive(Debug)]
 pub struct FileLock {
-    /// Held (never read) so the lock lives as long as this value.
-    #[allow(dead_code)]
-    file: File,
+    /// Held open for the lock's lifetime: closing the descriptor releases the lock.
+    _file: File,
     path: PathBuf,
 }
 
@@ -343,7 +342,7 @@ impl FileLock {
             source,
         })?;
         Ok(FileLock {
-            file,
+            _file: file,
             path: path.to_path_buf(),
         })
     }
@@ -353,7 +352,7 @@ impl FileLock {
         let file = Self::open(path)?;
         match flock(&file, mode, true) {
             Ok(()) => Ok(Some(FileLock {
-                file,
+                _file: file,
                 path: path.to_path_buf(),
             })),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
