@@ -74,6 +74,7 @@ fn main() {
             "cgroup_v2_driver_on_the_unified_hierarchy",
             cgroup_v2_driver_on_the_unified_hierarchy,
         ),
+        ("long_state_dir_path", long_state_dir_path),
     ]);
 }
 
@@ -648,7 +649,7 @@ fn build_step_runs_once_and_keeps_upper() {
             argv: vec![
                 "sh".into(),
                 "-c".into(),
-                "echo built > /etc/built; echo to-out; echo to-err >&2; exit 4".into(),
+                "echo built > /etc/built; echo to-out; echo to-err >&2; sleep 30 & exit 4".into(),
             ],
             env: vec!["A=1".into()],
             workdir: None,
@@ -1059,4 +1060,26 @@ fn cgroup_v2_driver_on_the_unified_hierarchy() {
     kill_and_remove(&*cg, Duration::from_secs(5)).unwrap();
     let _ = nix::sys::wait::waitpid(child, None);
     assert!(!dir.exists(), "cgroup dir left behind");
+}
+
+/// The control socket's path exceeds sockaddr_un's 108 bytes: still reachable.
+fn long_state_dir_path() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (mut spec, home) = Env::spec("long", rootfs.path());
+        let deep = home
+            .path()
+            .join("x".repeat(50))
+            .join("y".repeat(50))
+            .join("envs/long");
+        spec.state_dir = deep.clone();
+        spec.upper_dir = deep.join("upper");
+        spec.work_dir = deep.join("work");
+        assert!(spec.control_socket().as_os_str().len() > 108);
+        let env = Env::start(spec, home);
+        assert_eq!(env.run(&["true"]).0, 0);
+        env.stop();
+    }
+    LeakCheck::snapshot().assert_same(&before);
 }

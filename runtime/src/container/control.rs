@@ -223,6 +223,21 @@ pub fn recv_with_fds(
     }
 }
 
+/// Runs `f` with a path to the socket `path` that fits in `sockaddr_un` (107 bytes): long
+/// paths are reached through `/proc/self/fd/<fd of its folder>/<name>`.
+pub fn with_socket_path<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let d = std::fs::File::open(dir)?;
+    let short = std::path::PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
+    f(&short)
+}
+
 /// A blocking client connection to a supervisor.
 pub struct ControlClient {
     stream: UnixStream,
@@ -232,7 +247,7 @@ pub struct ControlClient {
 
 impl ControlClient {
     pub fn connect(socket: &Path) -> Result<ControlClient> {
-        let stream = UnixStream::connect(socket).map_err(|e| {
+        let stream = with_socket_path(socket, |p| UnixStream::connect(p)).map_err(|e| {
             ContainerError::io(
                 format!(
                     "cannot connect to the environment's supervisor at {}; is the environment running (`berth status`)?",
@@ -472,6 +487,19 @@ mod tests {
         let mut d = FrameDecoder::default();
         d.push(&[0, 0]);
         assert_eq!(d.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn long_socket_paths_work() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        assert!(path.as_os_str().len() > 108);
+        let l = with_socket_path(&path, |p| std::os::unix::net::UnixListener::bind(p)).unwrap();
+        assert!(path.exists());
+        let c = with_socket_path(&path, |p| UnixStream::connect(p)).unwrap();
+        drop((l, c));
     }
 
     #[test]

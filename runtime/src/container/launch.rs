@@ -287,7 +287,7 @@ fn become_root(m: &IdMapping) -> Result<()> {
 fn bind_control_socket(spec: &ContainerSpec) -> Result<UnixListener> {
     let path = spec.control_socket();
     let _ = fs::remove_file(&path);
-    let l = UnixListener::bind(&path)
+    let l = super::control::with_socket_path(&path, |p| UnixListener::bind(p))
         .context(|| format!("cannot create the control socket {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .context(|| format!("cannot chmod {}", path.display()))?;
