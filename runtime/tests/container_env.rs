@@ -75,6 +75,7 @@ fn main() {
             cgroup_v2_driver_on_the_unified_hierarchy,
         ),
         ("long_state_dir_path", long_state_dir_path),
+        ("control_protocol_edge_cases", control_protocol_edge_cases),
     ]);
 }
 
@@ -1080,6 +1081,90 @@ fn long_state_dir_path() {
         let env = Env::start(spec, home);
         assert_eq!(env.run(&["true"]).0, 0);
         env.stop();
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// Garbage on the control socket gets an error, never a dead supervisor; signals reach the
+/// process group of an exec; a vanished caller's processes get SIGHUP.
+fn control_protocol_edge_cases() {
+    use berth_runtime::container::control::{self, ControlClient, Request, Response};
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("proto", rootfs.path());
+        let env = Env::start(spec, home);
+        let sock = env.spec.control_socket();
+        let garbage: [&[u8]; 5] = [
+            &[0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o'],
+            &[0xff, 0xff, 0xff, 0xff],
+            &[0, 0, 0, 2, b'{', b'}'],
+            &[0, 0, 0, 4, b'n', b'u', b'l', b'l'],
+            b"\x00\x00",
+        ];
+        for g in garbage {
+            let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+            s.write_all(g).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            if answer.len() > 4 {
+                let r: Response = serde_json::from_slice(&answer[4..]).unwrap();
+                assert!(matches!(r, Response::Error { .. }), "{r:?}");
+            }
+        }
+        // exec without its three fds is refused with an explanation.
+        let mut c = ControlClient::connect(&sock).unwrap();
+        c.send(
+            &Request::Exec(ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            }),
+            &[],
+        )
+        .unwrap();
+        assert!(matches!(c.receive().unwrap().0, Response::Error { .. }));
+        assert!(control::ping(&sock));
+
+        // A forwarded signal ends the process: 128 + 15.
+        let null = fs::File::open("/dev/null").unwrap();
+        let mut s = ContainerBackend
+            .exec_start(
+                env.dir(),
+                &ExecRequest {
+                    argv: vec!["sleep".into(), "100".into()],
+                    ..Default::default()
+                },
+                [null.as_fd(), null.as_fd(), null.as_fd()],
+            )
+            .unwrap();
+        s.signal(libc::SIGTERM).unwrap();
+        assert_eq!(s.wait().unwrap(), 143);
+
+        // A caller that goes away takes its processes with it (SIGHUP to their group).
+        let s = ContainerBackend
+            .exec_start(
+                env.dir(),
+                &ExecRequest {
+                    argv: vec!["sleep".into(), "101".into()],
+                    ..Default::default()
+                },
+                [null.as_fd(), null.as_fd(), null.as_fd()],
+            )
+            .unwrap();
+        let visible = |env: &Env| env.sh("ps -o args | grep -q '^sleep 101'").0 == 0;
+        assert!(visible(&env), "the check must see the running process");
+        drop(s);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while visible(&env) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "orphaned exec still running"
+            );
+            sleep_ms(20);
+        }
     }
     LeakCheck::snapshot().assert_same(&before);
 }
