@@ -76,6 +76,7 @@ fn main() {
         ),
         ("long_state_dir_path", long_state_dir_path),
         ("control_protocol_edge_cases", control_protocol_edge_cases),
+        ("freeze_and_thaw", freeze_and_thaw),
     ]);
 }
 
@@ -1165,6 +1166,29 @@ fn control_protocol_edge_cases() {
             );
             sleep_ms(20);
         }
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+fn freeze_and_thaw() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("freeze", rootfs.path());
+        let env = Env::start(spec, home);
+        env.sh("(while true; do echo x >> /tmp/n; done) >/dev/null 2>&1 &");
+        let counter = env.spec.upper_dir.join("tmp/n");
+        let read = || fs::metadata(&counter).map(|m| m.len()).unwrap_or(0);
+        sleep_ms(100);
+        ContainerBackend.freeze(env.dir(), true).unwrap();
+        let a = read();
+        assert!(a > 0, "the writer never ran");
+        sleep_ms(200);
+        assert_eq!(read(), a, "a frozen environment kept running");
+        ContainerBackend.freeze(env.dir(), false).unwrap();
+        sleep_ms(200);
+        assert_ne!(read(), a, "a thawed environment did not resume");
+        env.stop();
     }
     LeakCheck::snapshot().assert_same(&before);
 }

@@ -261,6 +261,17 @@ impl ContainerBackend {
         }
     }
 
+    /// Freezes (`true`) or thaws every process of a running environment through its cgroup
+    /// (for consistent snapshots of the writable layer).
+    pub fn freeze(&self, state_dir: &Path, frozen: bool) -> Result<()> {
+        self.running_socket(state_dir)?;
+        let state = ContainerState::load(state_dir)?;
+        let layout = state.cgroups.ok_or_else(|| {
+            ContainerError::Invalid("this environment has no cgroups (rootless on cgroup v1), so it cannot be frozen; stop it instead".into())
+        })?;
+        layout.driver().freeze(frozen, Duration::from_secs(10))
+    }
+
     /// Running, stopped or dead, with live usage from the cgroup.
     pub fn status(&self, state_dir: &Path) -> Result<StatusReport> {
         let state = ContainerState::load(state_dir)?;

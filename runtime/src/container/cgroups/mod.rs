@@ -46,6 +46,27 @@ pub trait Cgroup {
     fn dirs(&self) -> Vec<PathBuf>;
     /// Files a single-threaded process writes "0" to in order to move itself in, cheaply.
     fn self_join_files(&self) -> Vec<PathBuf>;
+    /// Stops (`true`) or resumes every process inside; returns once the kernel reports the
+    /// new state (or after `timeout`, as an error).
+    fn freeze(&self, frozen: bool, timeout: Duration) -> Result<()>;
+}
+
+/// Polls `done` until it holds or `timeout` passes.
+pub(crate) fn wait_until(
+    timeout: Duration,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(ContainerError::Setup(format!(
+                "{what} did not complete within {timeout:?}; try again"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// Where an environment's cgroups live; recorded in state.json before they are created.

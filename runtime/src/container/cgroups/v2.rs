@@ -138,6 +138,15 @@ impl Cgroup for CgroupV2 {
         vec![self.dir.clone()]
     }
 
+    fn freeze(&self, frozen: bool, timeout: std::time::Duration) -> Result<()> {
+        write_file(&self.dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        super::wait_until(timeout, "freezing the environment", || {
+            fs::read_to_string(self.dir.join("cgroup.events"))
+                .is_ok_and(|s| s.lines().any(|l| l == want))
+        })
+    }
+
     fn self_join_files(&self) -> Vec<PathBuf> {
         vec![self.dir.join("cgroup.procs")]
     }
