@@ -1156,7 +1156,14 @@ fn control_protocol_edge_cases() {
             )
             .unwrap();
         let visible = |env: &Env| env.sh("ps -o args | grep -q '^sleep 101'").0 == 0;
-        assert!(visible(&env), "the check must see the running process");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !visible(&env) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the check must see the running process"
+            );
+            sleep_ms(10);
+        }
         drop(s);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while visible(&env) {

@@ -502,7 +502,11 @@ impl Supervisor {
                 let owns = self.conns.get(&id).is_some_and(|c| c.pids.contains(&pid));
                 let r = match (owns, Signal::try_from(signal)) {
                     (true, Ok(sig)) => {
-                        let _ = kill(Pid::from_raw(-pid), sig);
+                        // Its group exists once the child called setsid; until then, the process
+                        // itself (the signal stays pending until it execs).
+                        if kill(Pid::from_raw(-pid), sig).is_err() {
+                            let _ = kill(Pid::from_raw(pid), sig);
+                        }
                         None
                     }
                     (false, _) => Some(format!("process {pid} was not started by this connection")),
