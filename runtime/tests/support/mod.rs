@@ -163,6 +163,7 @@ impl Drop for Env {
 /// berth processes. Compare a snapshot taken before with one taken after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeakCheck {
+    pub net_devices: BTreeSet<String>,
     pub mounts: BTreeSet<String>,
     pub cgroups: BTreeSet<PathBuf>,
     pub processes: BTreeSet<String>,
@@ -198,7 +199,13 @@ impl LeakCheck {
                 processes.insert(format!("{name} {cmd}"));
             }
         }
+        let net_devices = fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
         LeakCheck {
+            net_devices,
             mounts,
             cgroups,
             processes,
@@ -210,6 +217,8 @@ impl LeakCheck {
         let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
             a.symmetric_difference(b).cloned().collect()
         };
+        let n = diff(&self.net_devices, &after.net_devices);
+        assert!(n.is_empty(), "network devices leaked: {n:#?}");
         let m = diff(&self.mounts, &after.mounts);
         assert!(m.is_empty(), "mounts leaked or lost: {m:#?}");
         let c: Vec<_> = self.cgroups.symmetric_difference(&after.cgroups).collect();
