@@ -263,6 +263,18 @@ pub fn kill_and_remove(cg: &dyn Cgroup, timeout: Duration) -> Result<()> {
     }
 }
 
+/// `create_dir_all` that tolerates another environment removing the shared `berth/` parent
+/// between its steps (each environment removes that parent when it looks empty).
+pub(crate) fn create_cgroup_dir(dir: &Path) -> io::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 10 => attempt += 1,
+            r => return r,
+        }
+    }
+}
+
 pub(crate) fn write_file(dir: &Path, file: &str, value: &str) -> Result<()> {
     let p = dir.join(file);
     fs::write(&p, value).context(|| format!("cannot write {value:?} to {}", p.display()))

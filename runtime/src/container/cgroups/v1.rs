@@ -43,7 +43,7 @@ pub fn cfs_quota_us(cpus: f64) -> u64 {
 impl Cgroup for CgroupV1 {
     fn create(&self) -> Result<()> {
         for d in self.unique_dirs() {
-            std::fs::create_dir_all(&d).context(|| {
+            super::create_cgroup_dir(&d).context(|| {
                 format!("cannot create cgroup {}; berth needs root (or a delegated cgroup) for resource limits", d.display())
             })?;
         }

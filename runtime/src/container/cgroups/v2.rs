@@ -74,7 +74,7 @@ pub fn cpu_max(cpus: Option<f64>) -> String {
 
 impl Cgroup for CgroupV2 {
     fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).context(|| {
+        super::create_cgroup_dir(&self.dir).context(|| {
             format!(
                 "cannot create cgroup {}; berth needs root or a delegated cgroup",
                 self.dir.display()
