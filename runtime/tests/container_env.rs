@@ -77,6 +77,7 @@ fn main() {
         ("long_state_dir_path", long_state_dir_path),
         ("control_protocol_edge_cases", control_protocol_edge_cases),
         ("freeze_and_thaw", freeze_and_thaw),
+        ("stop_escalates_to_sigkill", stop_escalates_to_sigkill),
     ]);
 }
 
@@ -1196,6 +1197,36 @@ fn freeze_and_thaw() {
         sleep_ms(200);
         assert_ne!(read(), a, "a thawed environment did not resume");
         env.stop();
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// A process that ignores SIGTERM is killed after the grace period; nothing is left.
+fn stop_escalates_to_sigkill() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("stubborn", rootfs.path());
+        let env = Env::start(spec, home);
+        assert_eq!(
+            env.sh("(trap '' TERM; while true; do sleep 1; done) >/dev/null 2>&1 &")
+                .0,
+            0
+        );
+        sleep_ms(100);
+        let t = std::time::Instant::now();
+        ContainerBackend
+            .stop(env.dir(), Duration::from_millis(300))
+            .unwrap();
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(300),
+            "stop did not wait for the grace period: {took:?}"
+        );
+        assert_eq!(
+            ContainerBackend.status(env.dir()).unwrap().status,
+            EnvStatus::Stopped
+        );
     }
     LeakCheck::snapshot().assert_same(&before);
 }
