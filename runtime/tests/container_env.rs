@@ -85,7 +85,7 @@ fn isolation_exec_and_cleanup() {
     let before = LeakCheck::snapshot();
     {
         let rootfs = BusyboxRootfs::new();
-        let shared = tempfile::tempdir().unwrap();
+        let shared = support::temp_dir();
         fs::write(shared.path().join("from-host"), "hello from host\n").unwrap();
         let (mut spec, home) = Env::spec("iso", rootfs.path());
         spec.mounts.push(MountSpec::Bind {
@@ -573,7 +573,7 @@ fn volume_tmpfs_and_readonly_mounts() {
     let before = LeakCheck::snapshot();
     {
         let rootfs = BusyboxRootfs::new();
-        let ro = tempfile::tempdir().unwrap();
+        let ro = support::temp_dir();
         fs::write(ro.path().join("f"), "ro\n").unwrap();
         let (mut spec, home) = Env::spec("mounts", rootfs.path());
         let vol = home.path().join("volumes/data");
@@ -636,7 +636,7 @@ fn build_step_runs_once_and_keeps_upper() {
     let before = LeakCheck::snapshot();
     {
         let rootfs = BusyboxRootfs::new();
-        let t = tempfile::tempdir().unwrap();
+        let t = support::temp_dir();
         let (upper, work, scratch) = (
             t.path().join("upper"),
             t.path().join("work"),
@@ -721,10 +721,7 @@ fn rootless_start_exec_stop() {
     let _del = DelUser(created);
     let before = LeakCheck::snapshot();
     let rootfs = BusyboxRootfs::new();
-    let home = tempfile::Builder::new()
-        .prefix("berth-rootless-")
-        .tempdir()
-        .unwrap();
+    let home = support::temp_dir();
     let user = nix::unistd::User::from_name(ROOTLESS_USER)
         .unwrap()
         .unwrap();
