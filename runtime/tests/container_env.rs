@@ -1185,12 +1185,12 @@ fn freeze_and_thaw() {
         let counter = env.spec.upper_dir.join("tmp/n");
         let read = || fs::metadata(&counter).map(|m| m.len()).unwrap_or(0);
         sleep_ms(100);
-        ContainerBackend.freeze(env.dir(), true).unwrap();
+        ContainerBackend.set_frozen(env.dir(), true).unwrap();
         let a = read();
         assert!(a > 0, "the writer never ran");
         sleep_ms(200);
         assert_eq!(read(), a, "a frozen environment kept running");
-        ContainerBackend.freeze(env.dir(), false).unwrap();
+        ContainerBackend.set_frozen(env.dir(), false).unwrap();
         sleep_ms(200);
         assert_ne!(read(), a, "a thawed environment did not resume");
         env.stop();

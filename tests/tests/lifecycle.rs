@@ -408,3 +408,122 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
             .find(|p| p.exists())
     })
 }
+
+#[test]
+fn snapshots_capture_and_restore_the_writable_layer() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo one > /root/a; rm /etc/group; mkdir /opt; echo x > /opt/f",
+        ],
+    );
+    let out = ok(&b, p.path(), &["snapshot", "save", "s1"]);
+    assert!(out.contains("saved snapshot s1"), "{out}");
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo two > /root/a; rm -r /opt; echo b > /root/b",
+        ],
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&b, p.path(), &["snapshot", "ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["name"], "s1");
+    // Restoring a running environment restarts it on the snapshot's layer.
+    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    assert!(out.contains("started it again"), "{out}");
+    let o = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/a /opt/f; ls /root; test -e /etc/group || echo group-gone",
+        ],
+    );
+    assert_eq!(o, "one\nx\na\ngroup-gone\n");
+    // Restore on a stopped environment keeps it stopped.
+    ok(&b, p.path(), &["down"]);
+    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    assert!(!out.contains("started it again"), "{out}");
+    ok(&b, p.path(), &["snapshot", "rm", "s1"]);
+    let o = b.run_in(p.path(), &["snapshot", "restore", "s1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no snapshot s1"), "{:?}", text(&o));
+    let o = b.run_in(p.path(), &["snapshot", "save", "../escape"]);
+    assert_eq!(o.status.code(), Some(1));
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn setup_steps_are_cached_layers() {
+    require_root!();
+    let toml = BASIC.replace(
+        "from = \"rootfs:./rootfs\"",
+        "from = \"rootfs:./rootfs\"\nsetup = [\"echo one > /etc/built\", \"echo two >> /etc/built\"]",
+    );
+    let p = project(&toml);
+    let b = Berth::new();
+    let o = b.run_in(p.path(), &["up"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\ntwo\n"
+    );
+    // Editing step 2 reruns step 2 only.
+    std::fs::write(
+        p.path().join("berth.toml"),
+        toml.replace("echo two", "echo TWO")
+            .replace("{name}", &p.name),
+    )
+    .unwrap();
+    let o = b.run_in(p.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("changed: image"), "{out}");
+    assert!(
+        err.contains("setup[0]: echo one > /etc/built (cached)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("setup[1]: echo TWO >> /etc/built (cached)"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\nTWO\n"
+    );
+    // A failing step reports its exit code and leaves the running environment alone.
+    std::fs::write(
+        p.path().join("berth.toml"),
+        toml.replace("echo two >> /etc/built", "echo partial; exit 7")
+            .replace("{name}", &p.name),
+    )
+    .unwrap();
+    let o = b.run_in(p.path(), &["up"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains('7') && err.contains("partial"), "{err}");
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\nTWO\n"
+    );
+    ok(&b, p.path(), &["destroy"]);
+}

@@ -261,15 +261,14 @@ impl ContainerBackend {
         }
     }
 
-    /// Freezes (`true`) or thaws every process of a running environment through its cgroup
-    /// (for consistent snapshots of the writable layer).
-    pub fn freeze(&self, state_dir: &Path, frozen: bool) -> Result<()> {
-        self.running_socket(state_dir)?;
+    /// Freezes or thaws every process of a running environment (cgroup freezer). A no-op
+    /// for an environment that is not running.
+    pub fn set_frozen(&self, state_dir: &Path, frozen: bool) -> Result<()> {
         let state = ContainerState::load(state_dir)?;
-        let layout = state.cgroups.ok_or_else(|| {
-            ContainerError::Invalid("this environment has no cgroups (rootless on cgroup v1), so it cannot be frozen; stop it instead".into())
-        })?;
-        layout.driver().freeze(frozen, Duration::from_secs(10))
+        match (&state.cgroups, state.supervisor.filter(|s| s.alive())) {
+            (Some(l), Some(_)) => l.driver().set_frozen(frozen),
+            _ => Ok(()),
+        }
     }
 
     /// Running, stopped or dead, with live usage from the cgroup.

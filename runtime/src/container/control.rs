@@ -299,6 +299,12 @@ impl ControlClient {
         }
     }
 
+    /// Whether a complete or partial answer already sits in this client's buffer: polling the
+    /// socket would not report it, so check this before waiting on [`raw_fd`](Self::raw_fd).
+    pub fn has_buffered(&self) -> bool {
+        self.decoder.pending() > 0
+    }
+
     /// Sends a request and expects exactly one answer.
     pub fn call(&mut self, req: &Request) -> Result<Response> {
         self.send(req, &[])?;
@@ -343,6 +349,13 @@ impl ExecSession {
                 _ => continue,
             }
         }
+    }
+
+    /// The exit status (or part of it) was already read off the socket together with an
+    /// earlier answer: `wait` returns without blocking then, but the socket will not poll
+    /// readable. Check this before polling [`control_fd`](Self::control_fd).
+    pub fn reply_buffered(&self) -> bool {
+        self.client.has_buffered()
     }
 
     /// The control connection's fd (readable when the exit status arrives).

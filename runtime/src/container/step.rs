@@ -117,9 +117,19 @@ fn pump(
                 which.push(i);
             }
         }
-        let _ = poll(&mut fds, PollTimeout::NONE);
+        // An exit status that came in with the Started answer sits in the client's buffer
+        // and never makes the socket readable: do not block then.
+        let buffered = session.reply_buffered();
+        let _ = poll(
+            &mut fds,
+            if buffered {
+                PollTimeout::ZERO
+            } else {
+                PollTimeout::NONE
+            },
+        );
         let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
-        let exited = ready(&fds[0]);
+        let exited = buffered || ready(&fds[0]);
         let readable: Vec<usize> = fds[1..]
             .iter()
             .zip(&which)

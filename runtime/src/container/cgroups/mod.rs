@@ -46,27 +46,23 @@ pub trait Cgroup {
     fn dirs(&self) -> Vec<PathBuf>;
     /// Files a single-threaded process writes "0" to in order to move itself in, cheaply.
     fn self_join_files(&self) -> Vec<PathBuf>;
-    /// Stops (`true`) or resumes every process inside; returns once the kernel reports the
-    /// new state (or after `timeout`, as an error).
-    fn freeze(&self, frozen: bool, timeout: Duration) -> Result<()>;
+    /// Freezes (or thaws) every process inside and returns once the kernel reports the new
+    /// state, so a snapshot sees a writable layer nobody is changing.
+    fn set_frozen(&self, frozen: bool) -> Result<()>;
 }
 
-/// Polls `done` until it holds or `timeout` passes.
-pub(crate) fn wait_until(
-    timeout: Duration,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            return Err(ContainerError::Setup(format!(
-                "{what} did not complete within {timeout:?}; try again"
-            )));
+/// Polls `read` until it returns true (a freezer state change), for at most `limit`.
+pub(crate) fn wait_until(limit: std::time::Duration, mut read: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    loop {
+        if read() {
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(())
 }
 
 /// Where an environment's cgroups live; recorded in state.json before they are created.

