@@ -78,6 +78,10 @@ fn main() {
         ("control_protocol_edge_cases", control_protocol_edge_cases),
         ("freeze_and_thaw", freeze_and_thaw),
         ("stop_escalates_to_sigkill", stop_escalates_to_sigkill),
+        (
+            "hung_supervisor_does_not_block_stop",
+            hung_supervisor_does_not_block_stop,
+        ),
     ]);
 }
 
@@ -1220,6 +1224,33 @@ fn stop_escalates_to_sigkill() {
             took >= Duration::from_millis(300),
             "stop did not wait for the grace period: {took:?}"
         );
+        assert_eq!(
+            ContainerBackend.status(env.dir()).unwrap().status,
+            EnvStatus::Stopped
+        );
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// A supervisor that stopped answering (SIGSTOP here) does not hang status or stop: status
+/// still reports the process, stop gives up waiting for an answer and kills it.
+fn hung_supervisor_does_not_block_stop() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("hung", rootfs.path());
+        let env = Env::start(spec, home);
+        let pid = ContainerBackend.status(env.dir()).unwrap().pid.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+        let st = ContainerBackend.status(env.dir()).unwrap();
+        assert_eq!((st.status, st.processes), (EnvStatus::Running, None));
+        ContainerBackend
+            .stop(env.dir(), Duration::from_secs(1))
+            .unwrap();
         assert_eq!(
             ContainerBackend.status(env.dir()).unwrap().status,
             EnvStatus::Stopped
