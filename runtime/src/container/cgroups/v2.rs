@@ -91,7 +91,7 @@ impl Cgroup for CgroupV2 {
     }
 
     fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).context(|| {
+        super::create_cgroup_dir(&self.dir).context(|| {
             format!(
                 "cannot create cgroup {}; berth needs root or a delegated cgroup",
                 self.dir.display()
@@ -153,6 +153,10 @@ impl Cgroup for CgroupV2 {
 
     fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("cgroup.procs")]
     }
 }
 
