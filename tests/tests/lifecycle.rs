@@ -527,3 +527,74 @@ fn setup_steps_are_cached_layers() {
     );
     ok(&b, p.path(), &["destroy"]);
 }
+
+#[test]
+fn logs_follow_prints_new_output() {
+    require_root!();
+    let toml = BASIC.replace(
+        "ticker = { command = [\"sh\", \"-c\", \"echo tick; sleep 1000\"] }",
+        "ticker = { command = [\"sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done\"] }",
+    );
+    let p = project(&toml);
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["logs", "-F", "-n", "1", "ticker"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    use std::io::Read;
+    while seen.lines().count() < 4 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "logs -F ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let nums: Vec<u32> = seen
+        .lines()
+        .take(4)
+        .map(|l| l.trim_start_matches("tick-").parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
+    ok(&b, p.path(), &["destroy"]);
+}
+
+#[test]
+fn concurrent_commands_on_ten_environments() {
+    require_root!();
+    let projects: Vec<Project> = (0..10).map(|_| project(BASIC)).collect();
+    let b = Berth::new();
+    let befores: Vec<HostSnapshot> = projects.iter().map(|p| p.snapshot(&b)).collect();
+    // Two threads per environment, each doing up / exec / down: the per-environment lock
+    // serializes them, different environments run in parallel.
+    std::thread::scope(|s| {
+        for p in &projects {
+            for _ in 0..2 {
+                let b = &b;
+                s.spawn(move || {
+                    ok(b, p.path(), &["-q", "up"]);
+                    // The other thread may take it down meanwhile: then exec reports a
+                    // stopped environment (3), or `true` is stopped with it (143 / 137).
+                    let o = b.run_in(p.path(), &["exec", "--", "true"]);
+                    assert!(
+                        matches!(o.status.code(), Some(0 | 3 | 137 | 143)),
+                        "{:?} {:?}",
+                        o.status,
+                        text(&o)
+                    );
+                    ok(b, p.path(), &["-q", "down"]);
+                });
+            }
+        }
+    });
+    for (p, before) in projects.iter().zip(&befores) {
+        ok(&b, p.path(), &["-q", "destroy"]);
+        before.assert_nothing_leaked(&p.snapshot(&b));
+    }
+}

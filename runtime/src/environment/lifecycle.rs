@@ -447,7 +447,8 @@ impl Environments {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        Ok(self.backend.exec(&dir, req, stdio)?)
+        let r = self.backend.exec(&dir, req, stdio);
+        self.unless_stopped(record, &dir, r)
     }
 
     /// Starts a command without waiting for it, to forward signals or enforce a deadline.
@@ -458,7 +459,8 @@ impl Environments {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<ExecSession, EnvError> {
         let dir = self.running_dir(record)?;
-        Ok(self.backend.exec_start(&dir, req, stdio)?)
+        let r = self.backend.exec_start(&dir, req, stdio);
+        self.unless_stopped(record, &dir, r)
     }
 
     /// Makes a throw-away environment permanent (`run --keep`): garbage collection no
@@ -475,7 +477,33 @@ impl Environments {
     /// An interactive command on the caller's terminal (or plain stdio when not a terminal).
     pub fn shell(&self, record: &EnvRecord, req: &ExecRequest) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        Ok(self.backend.shell(&dir, req)?)
+        let r = self.backend.shell(&dir, req);
+        self.unless_stopped(record, &dir, r)
+    }
+
+    /// A command that failed because the environment stopped under it (a concurrent `down`
+    /// refused or dropped the control connection) reports "not running", not a broken
+    /// socket.
+    fn unless_stopped<T>(
+        &self,
+        record: &EnvRecord,
+        dir: &Path,
+        r: Result<T, crate::container::ContainerError>,
+    ) -> Result<T, EnvError> {
+        r.map_err(|e| {
+            let running = matches!(
+                self.backend.status(dir).map(|s| s.status),
+                Ok(EnvStatus::Running)
+            );
+            // A supervisor that still answers is up: the error is the command's own.
+            if running && crate::container::control::ping(&dir.join("control.sock")) {
+                e.into()
+            } else {
+                EnvError::NotRunning {
+                    name: record.name.clone(),
+                }
+            }
+        })
     }
 
     /// The environment's folder, when it is running.
