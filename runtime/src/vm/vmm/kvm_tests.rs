@@ -118,3 +118,40 @@ fn i8042_reset_is_a_clean_exit() {
     let reason = Machine::create(cfg).unwrap().run().unwrap();
     assert_eq!(reason, ExitReason::Reset);
 }
+
+#[test]
+fn irqchip_pit_and_irqfds_with_serial_and_reset() {
+    if !kvm_usable() {
+        return;
+    }
+    // With the in-kernel irqchip HLT no longer exits, so the guest resets instead.
+    let code = vec![
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'o', // mov al, 'o'
+        0xee, // out dx, al
+        0xb0, b'k', // mov al, 'k'
+        0xee, // out dx, al
+        0xb0, 0xfe, // mov al, 0xfe
+        0xe6, 0x64, // out 0x64, al
+        0xf4, // hlt
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, [0u8; 4096]).unwrap();
+    let (mut cfg, out) = machine(
+        code,
+        vec![
+            DeviceConfig::Block {
+                path: disk,
+                read_only: false,
+            },
+            DeviceConfig::Console {
+                socket: dir.path().join("control.sock"),
+            },
+        ],
+    );
+    cfg.irqchip = true;
+    let reason = Machine::create(cfg).unwrap().run().unwrap();
+    assert_eq!(reason, ExitReason::Reset);
+    assert_eq!(&*out.0.lock().unwrap(), b"ok");
+}
