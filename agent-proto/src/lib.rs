@@ -12,9 +12,11 @@
 //! a u32 count. Decoding never panics: a malformed, truncated or oversized frame is a
 //! [`ProtoError`].
 
+pub mod client;
 mod codec;
 mod message;
 
+pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Frame, Message, MountRequest, Restart, ServiceSpec, Setup};
 
