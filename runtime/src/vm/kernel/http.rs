@@ -76,14 +76,13 @@ pub fn get(url: &str) -> Result<Body, HttpError> {
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(io_err)?;
         let mut w = stream.try_clone().map_err(io_err)?;
-        write!(
-            w,
+        let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: berth/{}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n",
             u.path,
             u.host,
             env!("CARGO_PKG_VERSION")
-        )
-        .map_err(io_err)?;
+        );
+        w.write_all(request.as_bytes()).map_err(io_err)?;
         let mut r = BufReader::new(stream);
         let mut status_line = String::new();
         r.read_line(&mut status_line).map_err(io_err)?;
@@ -233,8 +232,11 @@ mod tests {
         let server = std::thread::spawn(move || {
             for i in 0..2 {
                 let (mut s, _) = listener.accept().unwrap();
-                let mut req = [0u8; 1024];
-                let _ = s.read(&mut req);
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                    req.push(byte[0]);
+                }
                 let resp: &[u8] = if i == 0 {
                     b"HTTP/1.1 302 Found\r\nLocation: /real\r\nContent-Length: 0\r\n\r\n"
                 } else {
