@@ -15,7 +15,8 @@ const NEW_ROOT: &str = "/newroot";
 fn log(msg: &str) {
     // The kernel console (serial) is the only log before the control channel exists.
     if let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = sys::write_all(f.as_raw_fd(), format!("berth-agent: {msg}\n").as_bytes());
+        // Level 3 (error): shown on the console even with `quiet`.
+        let _ = sys::write_all(f.as_raw_fd(), format!("<3>berth-agent: {msg}\n").as_bytes());
     } else {
         eprintln!("berth-agent: {msg}");
     }
@@ -73,7 +74,27 @@ fn mount_basics(root: &str) {
     );
 }
 
+/// `module.param=value` words of the kernel command line for `module`, as the parameter string
+/// finit_module takes (modprobe does this for loadable modules; the kernel only applies them
+/// to built-in ones). `virtio_mmio.device=` is how the VMM announces its devices.
+fn module_params(cmdline: &str, module: &str) -> String {
+    let prefix = format!("{module}.");
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix(&prefix))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `/lib/modules/02-virtio_mmio.ko` → `virtio_mmio`.
+fn module_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let file = file.strip_suffix(".ko").unwrap_or(file);
+    file.split_once('-').map_or(file, |(_, n)| n)
+}
+
 fn load_modules() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let Ok(list) = std::fs::read_to_string(MODULE_LIST) else {
         return;
     };
@@ -85,8 +106,10 @@ fn load_modules() {
                 continue;
             }
         };
-        let params = c"";
-        // SAFETY: finit_module on an open module file with an empty parameter string.
+        let Ok(params) = sys::cstr(&module_params(&cmdline, module_name(path))) else {
+            continue;
+        };
+        // SAFETY: finit_module on an open module file with a NUL-terminated parameter string.
         let r =
             unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), 0) };
         if r != 0 {
@@ -194,5 +217,20 @@ mod tests {
         assert_eq!(cmdline_value(c, "berth.root").as_deref(), Some("/dev/vdb"));
         assert_eq!(cmdline_value(c, "berth.hostname").as_deref(), Some("web"));
         assert_eq!(cmdline_value(c, "berth.rootfstype"), None);
+    }
+
+    #[test]
+    fn module_parameters_from_cmdline() {
+        let c = "quiet virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=4K@0xd0000000:5 virtio_blk.x=1";
+        assert_eq!(
+            module_params(c, "virtio_mmio"),
+            "device=512@0xfeb00e00:12 device=4K@0xd0000000:5"
+        );
+        assert_eq!(module_params(c, "ext4"), "");
+        assert_eq!(module_name("/lib/modules/02-virtio_mmio.ko"), "virtio_mmio");
+        assert_eq!(
+            module_name("/lib/modules/10-vmw_vsock_virtio_transport.ko"),
+            "vmw_vsock_virtio_transport"
+        );
     }
 }

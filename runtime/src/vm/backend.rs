@@ -233,17 +233,22 @@ impl VmBackend {
         let kernel = kernels.ensure(&spec.kernel, spec.modules.as_deref(), &self.mirror)?;
         let initramfs = kernels.initramfs(&kernel, &agent)?;
         let base = RootDisks::new(self.home.clone()).base_image(&spec.layers, spec.disk_size)?;
-        let disk = match provider {
-            Provider::Qemu => {
-                let d = spec.state_dir.join("disk.qcow2");
-                qcow2_overlay(&base, &d)?;
-                d
-            }
-            Provider::Kvm => {
-                let d = spec.state_dir.join("disk.img");
-                raw_copy(&base, &d)?;
-                d
-            }
+        // qemu gets a qcow2 overlay when qemu-img is there (or the environment already has
+        // one), else a private raw copy like berth's VMM.
+        let qcow2 = spec.state_dir.join("disk.qcow2");
+        let use_qcow2 = provider == Provider::Qemu
+            && (qcow2.exists()
+                || std::process::Command::new("qemu-img")
+                    .arg("--version")
+                    .output()
+                    .is_ok());
+        let (disk, disk_format) = if use_qcow2 {
+            qcow2_overlay(&base, &qcow2)?;
+            (qcow2, "qcow2")
+        } else {
+            let d = spec.state_dir.join("disk.img");
+            raw_copy(&base, &d)?;
+            (d, "raw")
         };
         let control_socket = spec.state_dir.join("control.sock");
         let console_log = logs.join("console.log");
@@ -275,6 +280,7 @@ impl VmBackend {
                 kernel: kernel.image.clone(),
                 initramfs,
                 disk,
+                disk_format,
                 memory_mib: (spec.memory >> 20).max(64),
                 vcpus: spec.vcpus.max(1),
                 accel,

@@ -1,6 +1,7 @@
-//! The qemu provider: `qemu-system-x86_64 -M microvm` with the kernel, berth's initramfs, the
-//! root disk on virtio-blk (virtio-mmio), the serial console in a log file and the control
-//! channel on a virtio-serial port backed by a Unix-socket chardev. TCG unless the host has
+//! The qemu provider: `qemu-system-x86_64 -M pc` with the kernel, berth's initramfs, the root
+//! disk on virtio-blk, the serial console in a log file and the control channel on a
+//! virtio-serial port backed by a Unix-socket chardev (virtio-pci devices; see `args` for why
+//! not microvm). TCG unless the host has
 //! hardware KVM. qemu daemonizes itself once its devices and sockets are set up.
 
 use std::ffi::OsString;
@@ -22,6 +23,8 @@ pub struct QemuConfig {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     pub disk: PathBuf,
+    /// `qcow2` (overlay on the cached base image) or `raw` (a private copy).
+    pub disk_format: &'static str,
     pub memory_mib: u64,
     pub vcpus: u32,
     pub accel: Accel,
@@ -46,7 +49,10 @@ impl QemuConfig {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: &str| a.push(s.into());
         push("-M");
-        push("microvm");
+        // The `pc` machine with virtio-pci: Debian's kernels find virtio-mmio devices only
+        // through ACPI (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), and under TCG qemu 7.2's ACPI
+        // microvm delivers no timer interrupts to them.
+        push("pc");
         push("-accel");
         push(match self.accel {
             Accel::Tcg => "tcg",
@@ -81,7 +87,7 @@ impl QemuConfig {
         push("-serial");
         push("chardev:console");
         push("-device");
-        push("virtio-serial-device");
+        push("virtio-serial-pci");
         push("-chardev");
         push(&format!(
             "socket,id=control,path={},server=on,wait=off",
@@ -95,7 +101,7 @@ impl QemuConfig {
             path(&self.disk)
         ));
         push("-device");
-        push("virtio-blk-device,drive=root");
+        push("virtio-blk-pci,drive=root");
         push("-daemonize");
         push("-pidfile");
         push(&path(&self.pidfile));
@@ -146,6 +152,7 @@ mod tests {
             kernel: "/k/vmlinuz".into(),
             initramfs: "/k/initrd,1.gz".into(),
             disk: "/e/disk.qcow2".into(),
+            disk_format: "qcow2",
             memory_mib: 512,
             vcpus: 2,
             accel: Accel::Tcg,

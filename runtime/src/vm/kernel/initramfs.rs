@@ -11,6 +11,7 @@ use super::KernelError;
 /// Modules the guest needs when they are not built in, in the order wanted.
 pub const WANTED_MODULES: &[&str] = &[
     "virtio_mmio",
+    "virtio_pci",
     "virtio_blk",
     "virtio_console",
     "ext4",
@@ -141,6 +142,105 @@ pub fn modules_load_order(dep: &BTreeMap<String, Vec<String>>, wanted: &[&str]) 
     order
 }
 
+/// The `depends=` list of a module's `.modinfo` ELF section (Debian's packages ship no
+/// modules.dep: depmod makes it at install time).
+pub fn modinfo_depends(elf: &[u8]) -> Option<Vec<String>> {
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if elf.get(0..4)? != b"\x7fELF" || elf.get(4)? != &2 || elf.get(5)? != &1 {
+        return None;
+    }
+    let shoff = usize::try_from(u64_at(0x28)?).ok()?;
+    let shentsize = usize::from(u16_at(0x3a)?);
+    let shnum = usize::from(u16_at(0x3c)?);
+    let shstrndx = usize::from(u16_at(0x3e)?);
+    let section = |i: usize| -> Option<(u32, usize, usize)> {
+        let base = shoff.checked_add(i.checked_mul(shentsize)?)?;
+        let name = u32::from_le_bytes(elf.get(base..base + 4)?.try_into().ok()?);
+        let off = usize::try_from(u64_at(base + 0x18)?).ok()?;
+        let size = usize::try_from(u64_at(base + 0x20)?).ok()?;
+        Some((name, off, size))
+    };
+    let (_, str_off, str_size) = section(shstrndx)?;
+    let names = elf.get(str_off..str_off.checked_add(str_size)?)?;
+    for i in 0..shnum {
+        let (name, off, size) = section(i)?;
+        let n = names.get(name as usize..)?;
+        let n = &n[..n.iter().position(|&b| b == 0)?];
+        if n == b".modinfo" {
+            let data = elf.get(off..off.checked_add(size)?)?;
+            for field in data.split(|&b| b == 0) {
+                if let Some(d) = field.strip_prefix(b"depends=") {
+                    let d = String::from_utf8_lossy(d);
+                    return Some(
+                        d.split(',')
+                            .filter(|x| !x.is_empty())
+                            .map(|x| x.replace('-', "_"))
+                            .collect(),
+                    );
+                }
+            }
+            return Some(Vec::new());
+        }
+    }
+    None
+}
+
+/// Builds the modules.dep map from the modules' own `.modinfo` for the wanted modules and
+/// their dependencies.
+fn modules_dep_from_modinfo(
+    mdir: &Path,
+    wanted: &[&str],
+) -> Result<BTreeMap<String, Vec<String>>, KernelError> {
+    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else if p.to_string_lossy().contains(".ko") {
+                if let Ok(rel) = p.strip_prefix(root) {
+                    let rel = rel.to_string_lossy().to_string();
+                    out.insert(module_name(&rel), rel);
+                }
+            }
+        }
+    }
+    let mut paths = BTreeMap::new();
+    walk(mdir, mdir, &mut paths);
+    let mut dep: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut todo: Vec<String> = wanted.iter().map(|w| w.replace('-', "_")).collect();
+    // Direct dependencies per module path.
+    let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    while let Some(name) = todo.pop() {
+        let Some(rel) = paths.get(&name) else {
+            continue;
+        };
+        if direct.contains_key(rel) {
+            continue;
+        }
+        let deps = modinfo_depends(&read_module(&mdir.join(rel))?).unwrap_or_default();
+        let dep_paths: Vec<String> = deps.iter().filter_map(|d| paths.get(d).cloned()).collect();
+        todo.extend(deps);
+        direct.insert(rel.clone(), dep_paths);
+    }
+    // modules.dep style: the full closure, the one needed last first.
+    for m in direct.keys() {
+        let mut closure = Vec::new();
+        let mut stack = direct[m].clone();
+        while let Some(d) = stack.pop() {
+            if !closure.contains(&d) {
+                stack.extend(direct.get(&d).cloned().unwrap_or_default());
+                closure.push(d);
+            }
+        }
+        dep.insert(m.clone(), closure);
+    }
+    Ok(dep)
+}
+
 fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let raw = std::fs::read(path).map_err(|e| KernelError::Io {
         path: path.to_path_buf(),
@@ -204,8 +304,12 @@ pub fn build_initramfs(
         cpio.file("init", 0o755, &agent_bytes)?;
         let mut list = Vec::new();
         if let Some(mdir) = modules_dir {
-            let dep_text = std::fs::read_to_string(mdir.join("modules.dep")).unwrap_or_default();
-            let order = modules_load_order(&parse_modules_dep(&dep_text), WANTED_MODULES);
+            let dep = match std::fs::read_to_string(mdir.join("modules.dep")) {
+                Ok(text) => parse_modules_dep(&text),
+                Err(_) => modules_dep_from_modinfo(mdir, WANTED_MODULES)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?,
+            };
+            let order = modules_load_order(&dep, WANTED_MODULES);
             for (i, rel) in order.iter().enumerate() {
                 let data = read_module(&mdir.join(rel))
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -249,6 +353,72 @@ kernel/sound/other.ko.xz:\n";
                 "virtio_console"
             ]
         );
+    }
+
+    /// A minimal ELF64 with a section-name table and a `.modinfo` section.
+    fn fake_module(modinfo: &[u8]) -> Vec<u8> {
+        let shstr = b"\0.shstrtab\0.modinfo\0";
+        let mut elf = vec![0u8; 64];
+        elf[0..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        let shstr_off = elf.len();
+        elf.extend_from_slice(shstr);
+        let modinfo_off = elf.len();
+        elf.extend_from_slice(modinfo);
+        let shoff = elf.len();
+        let mut section = |name: u32, off: usize, size: usize| {
+            let mut sh = [0u8; 64];
+            sh[0..4].copy_from_slice(&name.to_le_bytes());
+            sh[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            sh[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            elf.extend_from_slice(&sh);
+        };
+        section(0, 0, 0);
+        section(1, shstr_off, shstr.len());
+        section(11, modinfo_off, modinfo.len());
+        elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        elf[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn modinfo_depends_from_elf() {
+        let m = fake_module(b"license=GPL\0depends=virtio,virtio-ring\0name=virtio_blk\0");
+        assert_eq!(
+            modinfo_depends(&m),
+            Some(vec!["virtio".to_string(), "virtio_ring".to_string()])
+        );
+        let none = fake_module(b"depends=\0");
+        assert_eq!(modinfo_depends(&none), Some(vec![]));
+        assert_eq!(modinfo_depends(b"not an elf"), None);
+        for cut in 0..m.len() {
+            let _ = modinfo_depends(&m[..cut]);
+        }
+    }
+
+    #[test]
+    fn dependencies_without_modules_dep() {
+        let d = tempfile::tempdir().unwrap();
+        let virtio = d.path().join("kernel/drivers/virtio");
+        std::fs::create_dir_all(&virtio).unwrap();
+        std::fs::write(virtio.join("virtio.ko"), fake_module(b"depends=\0")).unwrap();
+        std::fs::write(
+            virtio.join("virtio_ring.ko"),
+            fake_module(b"depends=virtio\0"),
+        )
+        .unwrap();
+        std::fs::write(
+            virtio.join("virtio_mmio.ko"),
+            fake_module(b"depends=virtio_ring,virtio\0"),
+        )
+        .unwrap();
+        let dep = modules_dep_from_modinfo(d.path(), &["virtio_mmio", "not_there"]).unwrap();
+        let order = modules_load_order(&dep, &["virtio_mmio"]);
+        let names: Vec<String> = order.iter().map(|p| module_name(p)).collect();
+        assert_eq!(names, vec!["virtio", "virtio_ring", "virtio_mmio"]);
     }
 
     #[test]

@@ -39,6 +39,9 @@ struct KernelRecord {
     release: String,
 }
 
+/// Bump when the initramfs layout or module selection changes, so cached ones are rebuilt.
+const INITRAMFS_FORMAT: u32 = 3;
+
 pub struct KernelStore {
     home: BerthHome,
 }
@@ -152,6 +155,7 @@ impl KernelStore {
             })?;
             staging.keep();
         }
+        state::create_dir_all(&self.dir().join("index"))?;
         state::write_json(&index, &record)?;
         self.cached(&record.release)
             .ok_or(KernelError::MissingImage(final_dir.join("vmlinuz")))
@@ -163,7 +167,10 @@ impl KernelStore {
             path: agent.to_path_buf(),
             source: e,
         })?;
-        let key = short_hash(&agent_bytes);
+        // The initramfs depends on the agent build, the modules and how berth packs them.
+        let mut id = agent_bytes;
+        id.extend_from_slice(format!("|{:?}|{INITRAMFS_FORMAT}", kernel.modules).as_bytes());
+        let key = short_hash(&id);
         let base = if kernel.image.starts_with(self.dir()) {
             kernel
                 .image
