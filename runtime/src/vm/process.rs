@@ -78,7 +78,7 @@ mod tests {
 
     #[test]
     fn tracks_a_child_and_its_death() {
-        let child = std::process::Command::new("sleep")
+        let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
@@ -94,6 +94,7 @@ mod tests {
         );
         rec.terminate(Duration::from_secs(5));
         assert!(!rec.is_alive());
+        let _ = child.wait();
         assert!(ProcessRecord::of(i32::MAX).is_none());
     }
 }

@@ -101,7 +101,7 @@ mod tests {
         for w in ends.windows(2) {
             assert!(w[0].0 + w[0].1 <= w[1].0);
         }
-        assert!(PDE_ADDR + PDE_COUNT * 4096 <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+        const { assert!(PDE_ADDR + PDE_COUNT * 4096 <= CMDLINE_ADDR) };
+        const { assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START) };
     }
 }

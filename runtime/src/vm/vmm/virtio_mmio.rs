@@ -180,11 +180,7 @@ impl MmioTransport {
             reg::QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
             reg::QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
             reg::QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
-            reg::QUEUE_NOTIFY => {
-                if self.active {
-                    self.device.queue_notify(v as u16);
-                }
-            }
+            reg::QUEUE_NOTIFY if self.active => self.device.queue_notify(v as u16),
             reg::INTERRUPT_ACK => self.interrupt.ack(v),
             reg::STATUS => self.set_status(v),
             _ => {}
