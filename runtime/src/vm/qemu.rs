@@ -169,12 +169,13 @@ mod tests {
             .collect();
         let joined = a.join(" ");
         assert!(
-            joined.starts_with("-M microvm -accel tcg -m 512M -smp 2"),
+            joined.starts_with("-M pc -accel tcg -m 512M -smp 2"),
             "{joined}"
         );
         assert!(!joined.contains("-enable-kvm") && !joined.contains("accel kvm"));
         assert!(joined.contains("socket,id=control,path=/e/control.sock,server=on,wait=off"));
         assert!(joined.contains("virtserialport,chardev=control,name=berth.0"));
+        assert!(joined.contains("virtio-blk-pci,drive=root") && joined.contains("format=qcow2"));
         assert!(
             joined.contains("-initrd /k/initrd,,1.gz"),
             "commas in paths are escaped"
