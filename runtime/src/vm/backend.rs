@@ -304,6 +304,7 @@ impl VmBackend {
                 };
                 let cfg_path = spec.state_dir.join("vmm.json");
                 state::write_json(&cfg_path, &cfg)?;
+                // BERTH_VMM_EXE (berth-vmm), else the running berth binary's `internal-vmm`.
                 let exe = std::env::var_os("BERTH_VMM_EXE")
                     .map(PathBuf::from)
                     .or_else(|| std::env::current_exe().ok())
