@@ -127,28 +127,32 @@ impl Server {
                     "the control channel descriptor is not open",
                 ));
             }
-            if channel.survives_disconnect() {
-                let was = self.connected;
-                self.connected = ctl_ev & libc::POLLHUP == 0;
-                if was && !self.connected {
+            // A virtio port whose host side is closed polls as readable + hangup and reads 0;
+            // data the host sent just before closing is still read first.
+            let readable = ctl_ev & (libc::POLLIN | libc::POLLERR) != 0;
+            let hangup = ctl_ev & libc::POLLHUP != 0;
+            if !readable && hangup && channel.survives_disconnect() {
+                if self.connected {
                     self.host_disconnected(&mut frames);
                 }
-                if !self.connected {
-                    // The port reports hangup until the host reconnects: check again shortly.
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            if self.connected && ctl_ev & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                self.connected = false;
+                std::thread::sleep(Duration::from_millis(50));
+            } else if readable || hangup {
                 match sys::read(ctl, &mut buf) {
                     Ok(0) => {
                         if !channel.survives_disconnect() {
                             self.kill_all_sessions();
                             return Ok(());
                         }
+                        if self.connected {
+                            self.host_disconnected(&mut frames);
+                        }
                         self.connected = false;
-                        self.host_disconnected(&mut frames);
+                        // Hangup is reported until the host reconnects: check again shortly.
+                        std::thread::sleep(Duration::from_millis(50));
                     }
                     Ok(n) => {
+                        self.connected = true;
                         frames.push(&buf[..n]);
                         loop {
                             match frames.next_frame() {

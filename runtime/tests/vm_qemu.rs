@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_runtime::state::BerthHome;
 use berth_runtime::vm::kernel::Mirror;
 use berth_runtime::vm::{VmBackend, VmSpec};
-use envfile_spec::plan::{KernelSource, MountKind, MountPlan, VmmKind};
+use envfile_spec::plan::{KernelSource, MountKind, MountPlan, RestartPolicy, ServicePlan, VmmKind};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -119,7 +119,19 @@ fn debian_kernel_under_qemu_tcg() {
         vcpus: 1,
         vmm: VmmKind::Qemu,
         env: BTreeMap::from([("GREETING".to_string(), "hello-from-env".to_string())]),
-        services: BTreeMap::new(),
+        services: BTreeMap::from([(
+            "ticker".to_string(),
+            ServicePlan {
+                command: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo $SVC_VAR >> /tmp/ticker; exit 1".into(),
+                ],
+                restart: RestartPolicy::OnFailure,
+                env: BTreeMap::from([("SVC_VAR".to_string(), "tick".to_string())]),
+                workdir: None,
+            },
+        )]),
         mounts: vec![MountPlan {
             source: None,
             target: "/scratch".into(),
@@ -168,6 +180,15 @@ fn debian_kernel_under_qemu_tcg() {
         String::from_utf8_lossy(&out.stdout),
         "vmtest\nhello-from-env\nup\n1\n"
     );
+    // The service runs with its environment and is restarted after failing (1 s back-off).
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = conn.run(&["cat", "/tmp/ticker"]).unwrap();
+    let ticks = String::from_utf8_lossy(&out.stdout).matches("tick").count();
+    assert!(
+        ticks >= 2,
+        "service ran {ticks} times: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = conn
         .run(&["/bin/sh", "-c", "echo persisted > /root/state && sync"])
         .unwrap();
@@ -183,6 +204,12 @@ fn debian_kernel_under_qemu_tcg() {
     let pid = st.process.unwrap();
     backend.stop(&state_dir, Duration::from_secs(20)).unwrap();
     assert!(!pid.is_alive(), "qemu still runs after stop");
+    // The guest powered itself off (agent → reboot → qemu -no-reboot exits), no kill needed.
+    let console = std::fs::read_to_string(&st.console_log).unwrap_or_default();
+    assert!(
+        console.contains("reboot: Restarting system"),
+        "no clean poweroff:\n{console}"
+    );
     assert!(!state_dir.join("control.sock").exists());
     assert!(!state_dir.join("qemu.pid").exists());
     assert!(!backend.status(&state_dir).unwrap().running);
@@ -213,6 +240,7 @@ fn debian_kernel_under_qemu_tcg() {
         .exec_capture(&state_dir, &["cat", "/root/state"])
         .unwrap();
     assert_eq!(out.stdout, b"persisted\n");
-    backend.stop(&state_dir, Duration::from_secs(20)).unwrap();
+    backend.destroy(&state_dir).unwrap();
     assert!(!st.process.unwrap().is_alive());
+    assert!(!st.disk.exists(), "destroy removes the environment's disk");
 }

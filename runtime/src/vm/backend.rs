@@ -463,6 +463,20 @@ impl VmBackend {
         Ok(())
     }
 
+    /// Stops the VM and deletes the environment's disk (the cached base image stays).
+    pub fn destroy(&self, state_dir: &Path) -> Result<(), VmError> {
+        self.stop(state_dir, Duration::from_secs(10))?;
+        for f in ["disk.qcow2", "disk.img", "vmm.json"] {
+            let p = state_dir.join(f);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmError::Io { path: p, source: e }),
+            }
+        }
+        Ok(())
+    }
+
     fn cleanup(&self, state_dir: &Path, st: &VmState) {
         let _ = std::fs::remove_file(&st.control_socket);
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
