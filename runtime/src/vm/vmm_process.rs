@@ -58,6 +58,7 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
             kernel: cfg.kernel.clone(),
             initramfs: Some(cfg.initramfs.clone()),
             cmdline: cfg.cmdline.clone(),
+            acpi: true,
         }),
         Box::new(console),
     );

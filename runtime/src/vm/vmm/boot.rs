@@ -9,6 +9,7 @@ use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::{BzImage, Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::acpi::{build_tables, RSDP_ADDR};
 use super::boot_params::{build_boot_params, BootLocations};
 use super::gdt::boot_gdt;
 use super::layout::{
@@ -61,6 +62,10 @@ pub struct LinuxBoot {
     pub initramfs: Option<PathBuf>,
     /// Command line without the device announcements (berth adds those).
     pub cmdline: String,
+    /// Describe the devices and vCPUs in ACPI tables (DSDT/MADT); otherwise announce the
+    /// virtio-mmio devices on the command line (needs CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and
+    /// gives the guest one CPU).
+    pub acpi: bool,
 }
 
 /// Loads kernel, initramfs and command line into `mem` and writes the boot structures.
@@ -69,9 +74,19 @@ pub fn load_linux(
     mem_size: u64,
     boot: &LinuxBoot,
     devices: &[MmioAnnouncement],
+    vcpus: u8,
 ) -> Result<BootEntry, VmmError> {
     let (rip, header) = load_kernel(mem, &boot.kernel)?;
-    let cmdline = build_cmdline(&boot.cmdline, devices)?;
+    let cmdline_devices = if boot.acpi { &[][..] } else { devices };
+    let cmdline = build_cmdline(&boot.cmdline, cmdline_devices)?;
+    let mut rsdp = 0;
+    if boot.acpi {
+        for (addr, bytes) in build_tables(vcpus, devices).map_err(VmmError::Boot)? {
+            mem.write_slice(&bytes, GuestAddress(addr))
+                .map_err(|e| VmmError::Boot(format!("cannot write ACPI tables: {e}")))?;
+        }
+        rsdp = RSDP_ADDR;
+    }
     linux_loader::loader::load_cmdline(mem, GuestAddress(CMDLINE_ADDR), &cmdline)
         .map_err(|e| VmmError::Cmdline(e.to_string()))?;
     let cmdline_len = cmdline
@@ -99,6 +114,8 @@ pub fn load_linux(
         },
     )
     .map_err(|e| VmmError::Boot(e.to_string()))?;
+    let mut params = params;
+    params.acpi_rsdp_addr = rsdp;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_ADDR))
         .map_err(|e| VmmError::Boot(format!("cannot write the zero page: {e}")))?;
     let cr3 = write_boot_tables(mem)?;
@@ -259,8 +276,10 @@ mod tests {
                 kernel: k,
                 initramfs: None,
                 cmdline: String::new(),
+                acpi: true,
             },
             &[],
+            1,
         )
         .unwrap_err();
         assert!(

@@ -185,7 +185,13 @@ impl Machine {
         }
         match config.boot {
             GuestBoot::Linux(boot) => {
-                let entry = load_linux(&mem, config.mem_size, &boot, &announcements)?;
+                let entry = load_linux(
+                    &mem,
+                    config.mem_size,
+                    &boot,
+                    &announcements,
+                    config.vcpus.max(1),
+                )?;
                 for (index, fd) in vcpus.iter().enumerate() {
                     vcpu::configure_cpuid(&kvm, fd, index as u8)?;
                     if config.irqchip {

@@ -5,6 +5,7 @@
 //! Never boot a Linux kernel through `kvm_pvm` (see `crate::doctor::KvmKind::Pvm`): the
 //! backend refuses before it gets here.
 
+pub mod acpi;
 pub mod boot;
 pub mod boot_params;
 pub mod bus;
