@@ -5,8 +5,7 @@
 #
 #   bench/vm.sh [RUNS]            default 3 runs per provider
 #   BERTH_BENCH_KERNEL=debian:linux-image-cloud-amd64 (default) or a kernel path
-#   BERTH_TEST_KVM_KERNEL=/path/vmlinux  kernel for the own-VMM runs (needs built-in virtio-mmio
-#                                        with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES, ext4, virtio_blk, virtio_console)
+#   BERTH_TEST_KVM_KERNEL=...  kernel for the own-VMM runs (default: the same as qemu's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
@@ -54,7 +53,7 @@ report "qemu ($(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1
 
 if [ "${BERTH_TEST_KVM_BOOT:-}" = 1 ]; then
   : > "$WORK/kvm.jsonl"
-  for _ in $(seq "$RUNS"); do run kvm x "${BERTH_TEST_KVM_KERNEL:?set BERTH_TEST_KVM_KERNEL}" >> "$WORK/kvm.jsonl"; done
+  for _ in $(seq "$RUNS"); do run kvm x "${BERTH_TEST_KVM_KERNEL:-$KERNEL}" >> "$WORK/kvm.jsonl"; done
   report "berth VMM (kvm)" "$WORK/kvm.jsonl"
 else
   echo "== berth VMM: skipped (set BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM)"
