@@ -87,6 +87,10 @@ pub struct VmState {
     pub started_at_ms: u64,
     /// Milliseconds from VMM start to agent ready.
     pub boot_ms: Option<u64>,
+    /// Host side of the guest's vsock (berth's VMM): connect and send `CONNECT <port>\n` to
+    /// reach a guest port; guest connections to host port P arrive at `<path>_<P>`.
+    #[serde(default)]
+    pub vsock_socket: Option<PathBuf>,
 }
 
 /// What `berth status` shows for a VM.
@@ -272,6 +276,7 @@ impl VmBackend {
             kernel_release: kernel.release.clone(),
             started_at_ms: now_ms(),
             boot_ms: None,
+            vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
         };
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         let started = Instant::now();
@@ -301,6 +306,7 @@ impl VmBackend {
                     memory: spec.memory,
                     vcpus: spec.vcpus.clamp(1, 255) as u8,
                     cmdline,
+                    vsock: st.vsock_socket.clone(),
                 };
                 let cfg_path = spec.state_dir.join("vmm.json");
                 state::write_json(&cfg_path, &cfg)?;
@@ -479,6 +485,9 @@ impl VmBackend {
 
     fn cleanup(&self, state_dir: &Path, st: &VmState) {
         let _ = std::fs::remove_file(&st.control_socket);
+        if let Some(v) = &st.vsock_socket {
+            let _ = std::fs::remove_file(v);
+        }
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
         let _ = std::fs::remove_file(state_dir.join("control.lock"));
         let _ = std::fs::remove_file(vm_json(state_dir));
@@ -576,6 +585,7 @@ mod tests {
             kernel_release: "6.1".into(),
             started_at_ms: 0,
             boot_ms: Some(1),
+            vsock_socket: None,
         };
         state::write_json(&env.join("vm.json"), &st).unwrap();
         assert!(b.status(&env).unwrap().running);

@@ -14,6 +14,9 @@ use super::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
 
+/// The guest's vsock context id.
+pub const GUEST_CID: u64 = 3;
+
 /// The hidden CLI subcommand that runs [`run`].
 pub const SUBCOMMAND: &str = "internal-vmm";
 
@@ -27,6 +30,9 @@ pub struct VmmProcessConfig {
     pub memory: u64,
     pub vcpus: u8,
     pub cmdline: String,
+    /// virtio-vsock (hybrid model) Unix socket, guest CID 3.
+    #[serde(default)]
+    pub vsock: Option<PathBuf>,
 }
 
 /// Refuses to boot a Linux kernel through KVM unless it is hardware KVM (or explicitly
@@ -72,6 +78,12 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
             socket: cfg.control_socket.clone(),
         },
     ];
+    if let Some(uds) = &cfg.vsock {
+        mc.devices.push(DeviceConfig::Vsock {
+            cid: GUEST_CID,
+            uds: uds.clone(),
+        });
+    }
     // SIGTERM (from `down`, after the guest had its chance to power off) stops the VM. Block
     // it before any thread exists so every thread inherits the mask and only the waiter sees it.
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();

@@ -148,6 +148,10 @@ fn irqchip_pit_and_irqfds_with_serial_and_reset() {
             DeviceConfig::Console {
                 socket: dir.path().join("control.sock"),
             },
+            DeviceConfig::Vsock {
+                cid: 3,
+                uds: dir.path().join("vsock.sock"),
+            },
         ],
     );
     cfg.irqchip = true;

@@ -29,6 +29,7 @@ use super::virtio_blk::VirtioBlock;
 use super::virtio_console::VirtioConsole;
 use super::virtio_device::{VirtioDevice, VirtioInterrupt};
 use super::virtio_mmio::MmioTransport;
+use super::virtio_vsock::VirtioVsock;
 use super::VmmError;
 
 /// What the boot vCPU runs.
@@ -45,6 +46,8 @@ pub enum DeviceConfig {
     Block { path: PathBuf, read_only: bool },
     /// virtio-console bridged to a host Unix socket (the control channel).
     Console { socket: PathBuf },
+    /// virtio-vsock with guest CID `cid`, bridged to Unix sockets at `uds` (hybrid model).
+    Vsock { cid: u64, uds: PathBuf },
 }
 
 pub struct MachineConfig {
@@ -165,6 +168,7 @@ impl Machine {
                     Box::new(VirtioBlock::open(&path, read_only)?)
                 }
                 DeviceConfig::Console { socket } => Box::new(VirtioConsole::listen(&socket)?),
+                DeviceConfig::Vsock { cid, uds } => Box::new(VirtioVsock::new(cid, &uds)?),
             };
             let transport =
                 MmioTransport::new(device, mem.clone(), VirtioInterrupt::new(line(irq)?));

@@ -22,6 +22,7 @@ pub mod virtio_blk;
 pub mod virtio_console;
 pub mod virtio_device;
 pub mod virtio_mmio;
+pub mod virtio_vsock;
 
 #[cfg(test)]
 mod kvm_tests;

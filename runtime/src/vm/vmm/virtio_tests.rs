@@ -293,3 +293,177 @@ fn console_bridges_guest_and_host_socket() {
     drop(t);
     assert!(!sock.exists(), "socket removed when the device goes away");
 }
+
+mod vsock {
+    use super::*;
+    use crate::vm::vmm::virtio_vsock::*;
+    use std::io::BufRead;
+
+    const GUEST_CID: u64 = 3;
+
+    fn guest_hdr(src_port: u32, dst_port: u32, op: u16, len: u32) -> Header {
+        Header {
+            src_cid: GUEST_CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            kind: 1,
+            op,
+            buf_alloc: 65536,
+            ..Header::default()
+        }
+    }
+
+    /// Sends a packet from the guest through the TX queue.
+    fn send(
+        t: &mut MmioTransport,
+        tx: &mut Driver,
+        mem: &GuestMemoryMmap,
+        h: Header,
+        data: &[u8],
+        at: u64,
+    ) {
+        mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
+        if data.is_empty() {
+            tx.add_chain(&[(at, HDR_LEN as u32, false)]);
+        } else {
+            mem.write_slice(data, GuestAddress(at + 0x100)).unwrap();
+            tx.add_chain(&[
+                (at, HDR_LEN as u32, false),
+                (at + 0x100, data.len() as u32, false),
+            ]);
+        }
+        Driver::reg_write(t, 0x50, 1);
+    }
+
+    /// Waits for the `n`-th packet in the RX used ring; returns header and payload.
+    fn recv(rx: &Driver, mem: &GuestMemoryMmap, n: u16, bufs: &[u64]) -> (Header, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rx.used_idx() <= n {
+            assert!(Instant::now() < deadline, "no packet {n} from the device");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (id, len) = rx.used_elem(n);
+        let buf = bufs[id as usize % bufs.len()];
+        let mut b = vec![0u8; len as usize];
+        mem.read_slice(&mut b, GuestAddress(buf)).unwrap();
+        let h = Header::from_bytes(&b).unwrap();
+        (h, b[HDR_LEN..].to_vec())
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = guest_hdr(1, 2, OP_RW, 9);
+        assert_eq!(Header::from_bytes(&h.to_bytes()), Some(h));
+        assert_eq!(Header::from_bytes(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn guest_and_host_initiated_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let host_listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let dev = VirtioVsock::new(GUEST_CID, &uds).unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(dev),
+            mem.clone(),
+            VirtioInterrupt::new(IrqLine::inert(7)),
+        );
+        assert_eq!(Driver::reg_read(&mut t, 0x8), 19, "device id = vsock");
+        let mut cid = [0u8; 8];
+        t.read(0x100, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+        let mut qs = Driver::init(&mut t, &mem, 3);
+        let (rx, rest) = qs.split_at_mut(1);
+        let (rx, tx) = (&mut rx[0], &mut rest[0]);
+        // Eight receive buffers, one per descriptor (chain heads 0..8 map to these).
+        let bufs: Vec<u64> = (0..8).map(|i| 0x80000 + i * 0x1000).collect();
+        for b in &bufs {
+            rx.add_chain(&[(*b, 0x1000, true)]);
+        }
+        Driver::reg_write(&mut t, 0x50, 0);
+
+        // Guest connects to host port 1234.
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5000, 1234, OP_REQUEST, 0),
+            &[],
+            0x60000,
+        );
+        let (mut host_side, _) = host_listener.accept().unwrap();
+        let (h, _) = recv(rx, &mem, 0, &bufs);
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_RESPONSE, 1234, 5000, GUEST_CID)
+        );
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5000, 1234, OP_RW, 4),
+            b"ping",
+            0x61000,
+        );
+        let mut got = [0u8; 4];
+        host_side.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        host_side.write_all(b"pong").unwrap();
+        let (h, data) = recv(rx, &mem, 1, &bufs);
+        assert_eq!((h.op, h.len), (OP_RW, 4));
+        assert_eq!(data, b"pong");
+        // Host closes: the guest is told to shut down.
+        drop(host_side);
+        let (h, _) = recv(rx, &mem, 2, &bufs);
+        assert_eq!(h.op, OP_SHUTDOWN);
+
+        // Host connects to guest port 52.
+        let mut host = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        let (h, _) = recv(rx, &mem, 3, &bufs);
+        assert_eq!((h.op, h.dst_port), (OP_REQUEST, 52));
+        let host_port = h.src_port;
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(52, host_port, OP_RESPONSE, 0),
+            &[],
+            0x62000,
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(host.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, format!("OK {host_port}\n"));
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(52, host_port, OP_RW, 5),
+            b"hello",
+            0x63000,
+        );
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+
+        // A guest connection to a port nobody listens on is refused.
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5001, 9999, OP_REQUEST, 0),
+            &[],
+            0x64000,
+        );
+        let (h, _) = recv(rx, &mem, 4, &bufs);
+        assert_eq!((h.op, h.dst_port), (OP_RST, 5001));
+        drop(t);
+        assert!(!uds.exists());
+    }
+}
