@@ -14,7 +14,7 @@ KERNEL=${BERTH_BENCH_KERNEL:-debian:linux-image-cloud-amd64}
 RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/agent-static \
   cargo build -q --release -p berth-agent --target x86_64-unknown-linux-gnu
 AGENT=$PWD/target/agent-static/x86_64-unknown-linux-gnu/release/berth-agent
-cargo build -q --release -p berth-runtime --example vm_up_down --bin berth-vmm
+cargo build -q --release -p berth-runtime --example vm_up_down --example vmm_overhead --bin berth-vmm
 DRIVER=$PWD/target/release/examples/vm_up_down
 export BERTH_VMM_EXE=$PWD/target/release/berth-vmm
 
@@ -50,6 +50,9 @@ run qemu warmup "$KERNEL" > /dev/null   # fetch the kernel, build disk and initr
 : > "$WORK/qemu.jsonl"
 for _ in $(seq "$RUNS"); do run qemu x "$KERNEL" >> "$WORK/qemu.jsonl"; done
 report "qemu ($(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1))" "$WORK/qemu.jsonl"
+
+# berth's VMM with a two-byte real-mode guest (safe on kvm_pvm): the VMM's own RSS.
+echo "== berth VMM overhead (idle tiny guest, 256 MiB guest memory mapped): $(target/release/examples/vmm_overhead)"
 
 if [ "${BERTH_TEST_KVM_BOOT:-}" = 1 ]; then
   : > "$WORK/kvm.jsonl"
