@@ -61,23 +61,38 @@ fn make_raw(fd: &OwnedFd) {
     }
 }
 
-/// Waits up to `timeout` for the channel device to appear.
-pub fn open_control_channel(timeout: Duration) -> io::Result<Channel> {
+/// How many control channels berth offers (`berth.0`..; one host client each).
+pub const MAX_CHANNELS: usize = 8;
+
+/// Waits up to `timeout` for the first control channel, then opens all that exist: the
+/// virtio-serial ports `berth.N` (qemu), else `/dev/hvcN` (berth's VMM: one virtio-console per
+/// channel).
+pub fn open_control_channels(timeout: Duration) -> io::Result<Vec<Channel>> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let want_hvc = cmdline
         .split_whitespace()
-        .any(|a| a == "berth.channel=hvc0");
+        .any(|a| a == "berth.channel=hvc0" || a == "berth.channel=hvc");
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(dev) = find_named_port(PORT_NAME) {
-            if let Ok(fd) = open_rw(&dev) {
-                return Ok(Channel::Port(fd));
+        let named = find_named_port(PORT_NAME).is_some();
+        if named || (want_hvc && std::path::Path::new("/dev/hvc0").exists()) {
+            // The other ports are announced right after the first; give them a moment.
+            std::thread::sleep(Duration::from_millis(300));
+            let mut out = Vec::new();
+            for i in 0..MAX_CHANNELS {
+                if named {
+                    if let Some(fd) =
+                        find_named_port(&format!("berth.{i}")).and_then(|dev| open_rw(&dev).ok())
+                    {
+                        out.push(Channel::Port(fd));
+                    }
+                } else if let Ok(fd) = open_rw(&format!("/dev/hvc{i}")) {
+                    make_raw(&fd);
+                    out.push(Channel::Port(fd));
+                }
             }
-        }
-        if want_hvc {
-            if let Ok(fd) = open_rw("/dev/hvc0") {
-                make_raw(&fd);
-                return Ok(Channel::Port(fd));
+            if !out.is_empty() {
+                return Ok(out);
             }
         }
         if Instant::now() > deadline {

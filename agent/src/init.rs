@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use crate::channel::open_control_channel;
+use crate::channel::open_control_channels;
 use crate::serve::Server;
 use crate::sys;
 
@@ -191,7 +191,7 @@ pub fn run_as_init() -> ! {
         unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) };
     }
     // Loopback up is left to the networking setup; nothing else is needed to serve.
-    let channel = match open_control_channel(Duration::from_secs(10)) {
+    let channels = match open_control_channels(Duration::from_secs(10)) {
         Ok(c) => c,
         Err(e) => {
             log(&e.to_string());
@@ -200,7 +200,7 @@ pub fn run_as_init() -> ! {
     };
     log(&format!("ready after {} ms", sys::uptime_ms()));
     let mut server = Server::new(true);
-    if let Err(e) = server.run(channel) {
+    if let Err(e) = server.run(channels) {
         log(&format!("control channel failed: {e}"));
     }
     debug_assert!(server.is_init());

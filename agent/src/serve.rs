@@ -34,12 +34,24 @@ struct Service {
     restart_at: Option<Instant>,
 }
 
+/// A session is named by its channel and the id the host chose on that channel.
+type Key = (usize, u32);
+
+/// One control channel (the host may use several at once, one client each).
+struct Chan {
+    fd: i32,
+    /// A virtio port survives host disconnects; a plain stream does not.
+    survives: bool,
+    connected: bool,
+    frames: FrameBuffer,
+}
+
 pub struct Server {
     is_init: bool,
-    sessions: HashMap<u32, Session>,
+    sessions: HashMap<Key, Session>,
     services: Vec<Service>,
     env: Vec<(String, String)>,
-    connected: bool,
+    chans: Vec<Chan>,
     poweroff: bool,
 }
 
@@ -60,37 +72,49 @@ impl Server {
             sessions: HashMap::new(),
             services: Vec::new(),
             env: default_env(),
-            connected: false,
+            chans: Vec::new(),
             poweroff: false,
         }
     }
 
-    /// Serves until the stream ends (`Channel::Stream`) or a poweroff is requested.
-    pub fn run(&mut self, channel: Channel) -> io::Result<()> {
-        let ctl = channel.fd().as_raw_fd();
+    /// Serves the channels until a stream channel ends or a poweroff is requested.
+    pub fn run(&mut self, channels: Vec<Channel>) -> io::Result<()> {
+        self.chans = channels
+            .iter()
+            .map(|c| Chan {
+                fd: c.fd().as_raw_fd(),
+                survives: c.survives_disconnect(),
+                connected: !c.survives_disconnect(),
+                frames: FrameBuffer::new(),
+            })
+            .collect();
         let sigchld = sys::sigchld_fd()?;
-        let mut frames = FrameBuffer::new();
         let mut buf = vec![0u8; READ_CHUNK];
-        self.connected = !channel.survives_disconnect();
         loop {
             if self.poweroff {
                 return Ok(());
             }
-            // Poll set: control, SIGCHLD, then each session's output and pending input.
-            let mut fds = vec![
-                libc::pollfd {
-                    fd: ctl,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sigchld.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            let mut owners: Vec<(u32, u8)> = Vec::new();
-            for (&id, s) in &self.sessions {
+            // A disconnected virtio port polls as hangup until the host comes back, so it is
+            // left out of the poll set and probed on a short timer instead.
+            let mut fds = vec![libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut polled_chans = Vec::new();
+            for (i, c) in self.chans.iter().enumerate() {
+                if c.connected {
+                    fds.push(libc::pollfd {
+                        fd: c.fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    polled_chans.push(i);
+                }
+            }
+            let first_session = fds.len();
+            let mut owners: Vec<(Key, u8)> = Vec::new();
+            for (&key, s) in &self.sessions {
                 for (which, fd) in [(1u8, &s.stdout), (2u8, &s.stderr)] {
                     if let Some(fd) = fd {
                         fds.push(libc::pollfd {
@@ -98,7 +122,7 @@ impl Server {
                             events: libc::POLLIN,
                             revents: 0,
                         });
-                        owners.push((id, which));
+                        owners.push((key, which));
                     }
                 }
                 if let (Some(fd), false) = (&s.stdin, s.stdin_buf.is_empty()) {
@@ -107,10 +131,13 @@ impl Server {
                         events: libc::POLLOUT,
                         revents: 0,
                     });
-                    owners.push((id, 0));
+                    owners.push((key, 0));
                 }
             }
-            let timeout = self.poll_timeout();
+            let mut timeout = self.poll_timeout();
+            if self.chans.iter().any(|c| !c.connected) {
+                timeout = timeout.min(20);
+            }
             // SAFETY: fds is a valid array of pollfd for its length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
@@ -120,84 +147,104 @@ impl Server {
                 }
                 return Err(e);
             }
-            let ctl_ev = fds[0].revents;
-            if ctl_ev & libc::POLLNVAL != 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "the control channel descriptor is not open",
-                ));
-            }
-            // A virtio port whose host side is closed polls as readable + hangup and reads 0;
-            // data the host sent just before closing is still read first.
-            let readable = ctl_ev & (libc::POLLIN | libc::POLLERR) != 0;
-            let hangup = ctl_ev & libc::POLLHUP != 0;
-            if !readable && hangup && channel.survives_disconnect() {
-                if self.connected {
-                    self.host_disconnected(&mut frames);
+            let mut to_read: Vec<usize> = Vec::new();
+            for (slot, &chan) in polled_chans.iter().enumerate() {
+                let ev = fds[1 + slot].revents;
+                if ev & libc::POLLNVAL != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a control channel descriptor is not open",
+                    ));
                 }
-                self.connected = false;
-                std::thread::sleep(Duration::from_millis(50));
-            } else if readable || hangup {
-                match sys::read(ctl, &mut buf) {
-                    Ok(0) => {
-                        if !channel.survives_disconnect() {
-                            self.kill_all_sessions();
-                            return Ok(());
-                        }
-                        if self.connected {
-                            self.host_disconnected(&mut frames);
-                        }
-                        self.connected = false;
-                        // Hangup is reported until the host reconnects: check again shortly.
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Ok(n) => {
-                        self.connected = true;
-                        frames.push(&buf[..n]);
-                        loop {
-                            match frames.next_frame() {
-                                Ok(Some(f)) => self.handle(ctl, f),
-                                Ok(None) => break,
-                                Err(e) => {
-                                    self.send(
-                                        ctl,
-                                        0,
-                                        Message::Error {
-                                            message: e.to_string(),
-                                        },
-                                    );
-                                    frames.resync();
-                                }
-                            }
-                        }
-                    }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
-                        ) => {}
-                    Err(e) => return Err(e),
+                if ev != 0 {
+                    to_read.push(chan);
                 }
             }
-            if fds[1].revents & libc::POLLIN != 0 {
+            for (i, c) in self.chans.iter().enumerate() {
+                if !c.connected {
+                    let mut p = libc::pollfd {
+                        fd: c.fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 0) };
+                    // Readable (maybe with hangup): data the host sent, or 0 while it is away.
+                    if p.revents & libc::POLLIN != 0 {
+                        to_read.push(i);
+                    }
+                }
+            }
+            for chan in to_read {
+                if !self.read_channel(chan, &mut buf)? {
+                    self.kill_all_sessions();
+                    return Ok(());
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
                 let mut sink = [0u8; 128 * 8];
                 while sys::read(sigchld.as_raw_fd(), &mut sink).is_ok_and(|n| n > 0) {}
             }
             // Reap on every round: cheap, and no exit is ever missed.
             self.reap();
-            for (i, (id, which)) in owners.iter().enumerate() {
-                let ev = fds[i + 2].revents;
-                if ev == 0 {
+            for (i, (key, which)) in owners.iter().enumerate() {
+                if fds[first_session + i].revents == 0 {
                     continue;
                 }
                 if *which == 0 {
-                    self.flush_stdin(*id);
+                    self.flush_stdin(*key);
                 } else {
-                    self.pump_output(ctl, *id, *which, &mut buf);
+                    self.pump_output(*key, *which, &mut buf);
                 }
             }
-            self.finish_sessions(ctl);
+            self.finish_sessions();
             self.restart_services();
+        }
+    }
+
+    /// Reads and handles what channel `chan` has; false when a stream channel ended.
+    fn read_channel(&mut self, chan: usize, buf: &mut [u8]) -> io::Result<bool> {
+        let fd = self.chans[chan].fd;
+        match sys::read(fd, buf) {
+            Ok(0) => {
+                if !self.chans[chan].survives {
+                    return Ok(false);
+                }
+                if self.chans[chan].connected {
+                    self.host_disconnected(chan);
+                }
+                Ok(true)
+            }
+            Ok(n) => {
+                self.chans[chan].connected = true;
+                self.chans[chan].frames.push(&buf[..n]);
+                loop {
+                    match self.chans[chan].frames.next_frame() {
+                        Ok(Some(f)) => self.handle(chan, f),
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.send(
+                                chan,
+                                0,
+                                Message::Error {
+                                    message: e.to_string(),
+                                },
+                            );
+                            self.chans[chan].frames.resync();
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -212,21 +259,32 @@ impl Server {
             .min(1000)
     }
 
-    fn send(&mut self, ctl: i32, session: u32, message: Message) {
-        if !self.connected {
+    fn send(&mut self, chan: usize, session: u32, message: Message) {
+        let Some(c) = self.chans.get_mut(chan) else {
+            return;
+        };
+        if !c.connected {
             return;
         }
         let Ok(bytes) = encode(&Frame { session, message }) else {
             return;
         };
-        if sys::write_all(ctl, &bytes).is_err() {
-            self.connected = false;
+        if sys::write_all(c.fd, &bytes).is_err() {
+            c.connected = false;
         }
     }
 
-    fn host_disconnected(&mut self, frames: &mut FrameBuffer) {
-        *frames = FrameBuffer::new();
-        self.kill_all_sessions();
+    /// The host closed channel `chan`: its sessions end (like a hung-up terminal).
+    fn host_disconnected(&mut self, chan: usize) {
+        self.chans[chan].connected = false;
+        self.chans[chan].frames = FrameBuffer::new();
+        for (key, s) in &self.sessions {
+            if key.0 == chan {
+                // SAFETY: kill on the session's process group; no memory involved.
+                unsafe { libc::kill(-s.pid, libc::SIGHUP) };
+                unsafe { libc::kill(-s.pid, libc::SIGKILL) };
+            }
+        }
     }
 
     fn kill_all_sessions(&mut self) {
@@ -237,8 +295,9 @@ impl Server {
         }
     }
 
-    fn handle(&mut self, ctl: i32, frame: Frame) {
+    fn handle(&mut self, ctl: usize, frame: Frame) {
         let id = frame.session;
+        let key = (ctl, id);
         match frame.message {
             Message::Hello { nonce } => {
                 let ack = Message::HelloAck {
@@ -253,9 +312,9 @@ impl Server {
                 Ok(()) => self.send(ctl, id, Message::SetupDone),
                 Err(e) => self.send(ctl, id, Message::Error { message: e }),
             },
-            Message::Exec(exec) => self.start_exec(ctl, id, exec),
+            Message::Exec(exec) => self.start_exec(key, exec),
             Message::Stdin(data) => {
-                if let Some(s) = self.sessions.get_mut(&id) {
+                if let Some(s) = self.sessions.get_mut(&key) {
                     if data.is_empty() {
                         s.stdin_eof = true;
                         if s.tty {
@@ -264,7 +323,7 @@ impl Server {
                     } else {
                         s.stdin_buf.extend_from_slice(&data);
                     }
-                    self.flush_stdin(id);
+                    self.flush_stdin(key);
                 }
             }
             Message::Resize { rows, cols } => {
@@ -272,13 +331,13 @@ impl Server {
                     stdin: Some(m),
                     tty: true,
                     ..
-                }) = self.sessions.get(&id)
+                }) = self.sessions.get(&key)
                 {
                     sys::set_winsize(m.as_raw_fd(), rows, cols);
                 }
             }
             Message::Signal { signal } => {
-                if let Some(s) = self.sessions.get(&id) {
+                if let Some(s) = self.sessions.get(&key) {
                     // SAFETY: kill on the session's process group, or on the process itself
                     // when it has not made its own session yet.
                     unsafe {
@@ -346,8 +405,9 @@ impl Server {
         Ok(())
     }
 
-    fn start_exec(&mut self, ctl: i32, id: u32, exec: Exec) {
-        if self.sessions.contains_key(&id) {
+    fn start_exec(&mut self, key: Key, exec: Exec) {
+        let (ctl, id) = key;
+        if self.sessions.contains_key(&key) {
             self.send(
                 ctl,
                 id,
@@ -403,7 +463,7 @@ impl Server {
             Ok(p) => {
                 self.send(ctl, id, Message::Started { pid: p.pid as u32 });
                 self.sessions.insert(
-                    id,
+                    key,
                     Session {
                         pid: p.pid,
                         tty: exec.tty,
@@ -436,8 +496,8 @@ impl Server {
         }
     }
 
-    fn flush_stdin(&mut self, id: u32) {
-        let Some(s) = self.sessions.get_mut(&id) else {
+    fn flush_stdin(&mut self, key: Key) {
+        let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
         let Some(fd) = &s.stdin else {
@@ -465,8 +525,9 @@ impl Server {
         }
     }
 
-    fn pump_output(&mut self, ctl: i32, id: u32, which: u8, buf: &mut [u8]) {
-        let Some(s) = self.sessions.get_mut(&id) else {
+    fn pump_output(&mut self, key: Key, which: u8, buf: &mut [u8]) {
+        let (ctl, id) = key;
+        let Some(s) = self.sessions.get_mut(&key) else {
             return;
         };
         let slot = if which == 1 {
@@ -527,24 +588,24 @@ impl Server {
         }
     }
 
-    fn finish_sessions(&mut self, ctl: i32) {
-        let done: Vec<u32> = self
+    fn finish_sessions(&mut self) {
+        let done: Vec<Key> = self
             .sessions
             .iter()
             .filter(|(_, s)| {
                 s.status.is_some() && (s.tty || (s.stdout.is_none() && s.stderr.is_none()))
             })
-            .map(|(id, _)| *id)
+            .map(|(key, _)| *key)
             .collect();
         let mut buf = vec![0u8; READ_CHUNK];
-        for id in done {
+        for key in done {
             // A terminal may still hold output the process wrote just before exiting.
-            while self.sessions.get(&id).is_some_and(|s| s.stdout.is_some()) {
+            while self.sessions.get(&key).is_some_and(|s| s.stdout.is_some()) {
                 let before = self
                     .sessions
-                    .get(&id)
+                    .get(&key)
                     .and_then(|s| s.stdout.as_ref().map(|f| f.as_raw_fd()));
-                self.pump_output(ctl, id, 1, &mut buf);
+                self.pump_output(key, 1, &mut buf);
                 let mut p = libc::pollfd {
                     fd: before.unwrap_or(-1),
                     events: libc::POLLIN,
@@ -556,9 +617,9 @@ impl Server {
                     break;
                 }
             }
-            if let Some(s) = self.sessions.remove(&id) {
+            if let Some(s) = self.sessions.remove(&key) {
                 let (code, signal) = s.status.unwrap_or((0, 0));
-                self.send(ctl, id, Message::Exit { code, signal });
+                self.send(key.0, key.1, Message::Exit { code, signal });
             }
         }
     }

@@ -193,12 +193,33 @@ fn debian_kernel_under_qemu_tcg() {
         .run(&["/bin/sh", "-c", "echo persisted > /root/state && sync"])
         .unwrap();
     assert_eq!(out.status.code, 0);
-    // One control connection at a time.
+    // Other clients use the other channels while this one is open; an exec in one channel
+    // runs while a session in another is still going.
+    let mut second = backend.connect(&state_dir).unwrap();
+    let slow = conn
+        .client
+        .start(berth_runtime::vm::agent_proto::Exec {
+            argv: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "read line; echo got $line".into(),
+            ],
+            ..Default::default()
+        })
+        .unwrap();
+    let quick = second.run(&["echo", "parallel"]).unwrap();
+    assert_eq!(quick.stdout, b"parallel\n");
+    slow.stdin(b"hello\n").unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = conn.client.wait(&slow, &mut out, &mut err).unwrap();
+    assert_eq!((status.code, out.as_slice()), (0, &b"got hello\n"[..]));
+    let third = backend.connect(&state_dir).unwrap();
+    let fourth = backend.connect(&state_dir).unwrap();
     assert!(matches!(
         backend.connect(&state_dir),
         Err(berth_runtime::vm::VmError::Busy)
     ));
-    drop(conn);
+    drop((second, third, fourth, conn));
 
     // down: nothing left behind.
     let pid = st.process.unwrap();

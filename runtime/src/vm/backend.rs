@@ -100,7 +100,7 @@ pub struct VmStatus {
     pub state: Option<VmState>,
 }
 
-/// A connection to a running VM's agent; holds the control lock (one client at a time).
+/// A connection to a running VM's agent; holds its channel's lock (one client per channel).
 pub struct VmConnection {
     pub client: Client,
     _lock: FileLock,
@@ -262,7 +262,7 @@ impl VmBackend {
             spec.name
         );
         if provider == Provider::Kvm {
-            cmdline.push_str(" berth.channel=hvc0 i8042.noaux i8042.nomux i8042.dumbkbd");
+            cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
         }
         let mut st = VmState {
             provider,
@@ -323,7 +323,7 @@ impl VmBackend {
         st.process = Some(process);
         state::write_json(&vm_json(&spec.state_dir), &st)?;
 
-        let ready = self.wait_ready(&spec.state_dir, &st, spec.boot_timeout, started);
+        let ready = self.wait_ready(&st, spec.boot_timeout, started);
         let mut conn = match ready {
             Ok(c) => c,
             Err(e) => {
@@ -360,7 +360,6 @@ impl VmBackend {
 
     fn wait_ready(
         &self,
-        state_dir: &Path,
         st: &VmState,
         timeout: Duration,
         since: Instant,
@@ -386,7 +385,7 @@ impl VmBackend {
                 });
             }
             if st.control_socket.exists() {
-                match self.connect_with(state_dir, st, left.min(Duration::from_secs(2))) {
+                match self.connect_with(st, left.min(Duration::from_secs(2))) {
                     Ok(c) => return Ok(c),
                     Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) => {}
                     Err(VmError::Agent(_)) => std::thread::sleep(Duration::from_millis(100)),
@@ -398,30 +397,35 @@ impl VmBackend {
         }
     }
 
-    fn connect_with(
-        &self,
-        state_dir: &Path,
-        st: &VmState,
-        timeout: Duration,
-    ) -> Result<VmConnection, VmError> {
-        let lock = FileLock::try_acquire(&state_dir.join("control.lock"), LockMode::Exclusive)?
-            .ok_or(VmError::Busy)?;
-        let stream = UnixStream::connect(&st.control_socket).map_err(|e| VmError::Io {
-            path: st.control_socket.clone(),
-            source: e,
-        })?;
-        let mut client = Client::new(stream)?;
-        client.hello(timeout)?;
-        Ok(VmConnection {
-            client,
-            _lock: lock,
-        })
+    fn connect_with(&self, st: &VmState, timeout: Duration) -> Result<VmConnection, VmError> {
+        // The first free channel; each serves one client.
+        for socket in super::control_sockets(&st.control_socket) {
+            let Some(lock) =
+                FileLock::try_acquire(&super::control_lock(&socket), LockMode::Exclusive)?
+            else {
+                continue;
+            };
+            if !socket.exists() {
+                continue;
+            }
+            let stream = UnixStream::connect(&socket).map_err(|e| VmError::Io {
+                path: socket.clone(),
+                source: e,
+            })?;
+            let mut client = Client::new(stream)?;
+            client.hello(timeout)?;
+            return Ok(VmConnection {
+                client,
+                _lock: lock,
+            });
+        }
+        Err(VmError::Busy)
     }
 
     /// Connects to the running VM's agent (for exec and shell).
     pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
         let st = self.running_state(state_dir)?;
-        self.connect_with(state_dir, &st, Duration::from_secs(10))
+        self.connect_with(&st, Duration::from_secs(10))
     }
 
     fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
@@ -459,7 +463,7 @@ impl VmBackend {
         };
         if let Some(p) = st.process.filter(|p| p.is_alive()) {
             let asked = self
-                .connect_with(state_dir, &st, Duration::from_secs(2))
+                .connect_with(&st, Duration::from_secs(2))
                 .and_then(|mut c| Ok(c.client.poweroff()?));
             if asked.is_err() || !p.wait_gone(grace) {
                 p.terminate(Duration::from_secs(3));
@@ -484,12 +488,14 @@ impl VmBackend {
     }
 
     fn cleanup(&self, state_dir: &Path, st: &VmState) {
-        let _ = std::fs::remove_file(&st.control_socket);
+        for socket in super::control_sockets(&st.control_socket) {
+            let _ = std::fs::remove_file(super::control_lock(&socket));
+            let _ = std::fs::remove_file(socket);
+        }
         if let Some(v) = &st.vsock_socket {
             let _ = std::fs::remove_file(v);
         }
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
-        let _ = std::fs::remove_file(state_dir.join("control.lock"));
         let _ = std::fs::remove_file(vm_json(state_dir));
     }
 }

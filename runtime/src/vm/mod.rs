@@ -10,7 +10,26 @@ pub mod rootdisk;
 pub mod vmm;
 pub mod vmm_process;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Control channels offered to the agent: `control.sock`, `control-1.sock`, ... (one client
+/// each, so `exec` works while a `shell` is open).
+pub const CONTROL_CHANNELS: usize = 4;
+
+/// The sockets of all control channels, given the first (`…/control.sock`).
+pub fn control_sockets(first: &Path) -> Vec<PathBuf> {
+    (0..CONTROL_CHANNELS)
+        .map(|i| match i {
+            0 => first.to_path_buf(),
+            i => first.with_file_name(format!("control-{i}.sock")),
+        })
+        .collect()
+}
+
+/// The lock a client holds while it uses channel socket `socket`.
+pub fn control_lock(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
+}
 
 pub use backend::{Provider, VmBackend, VmConnection, VmSpec, VmState, VmStatus};
 pub use berth_agent_proto as agent_proto;
@@ -48,7 +67,7 @@ pub enum VmError {
     Boot { reason: String, console: String },
     #[error("the VM is not running; start it with `berth up`")]
     NotRunning,
-    #[error("another berth command is talking to this VM (one control connection at a time); wait for it to finish")]
+    #[error("all control channels of this VM are in use by other berth commands; wait for one to finish")]
     Busy,
     #[error("on_up command `{command}` failed with exit code {code}: {stderr}")]
     OnUp {

@@ -88,13 +88,18 @@ impl QemuConfig {
         push("chardev:console");
         push("-device");
         push("virtio-serial-pci");
-        push("-chardev");
-        push(&format!(
-            "socket,id=control,path={},server=on,wait=off",
-            path(&self.control_socket)
-        ));
-        push("-device");
-        push("virtserialport,chardev=control,name=berth.0");
+        for (i, sock) in super::control_sockets(&self.control_socket)
+            .iter()
+            .enumerate()
+        {
+            push("-chardev");
+            push(&format!(
+                "socket,id=control{i},path={},server=on,wait=off",
+                path(sock)
+            ));
+            push("-device");
+            push(&format!("virtserialport,chardev=control{i},name=berth.{i}"));
+        }
         push("-drive");
         push(&format!(
             "id=root,file={},format=qcow2,if=none,discard=unmap",
@@ -110,7 +115,9 @@ impl QemuConfig {
 
     /// Starts qemu; returns once it runs in the background (its control socket exists).
     pub fn launch(&self) -> Result<ProcessRecord, QemuError> {
-        let _ = std::fs::remove_file(&self.control_socket);
+        for sock in super::control_sockets(&self.control_socket) {
+            let _ = std::fs::remove_file(sock);
+        }
         let log = std::fs::File::create(&self.qemu_log).map_err(QemuError::Spawn)?;
         let status = Command::new(QEMU_BINARY)
             .args(self.args())
@@ -173,8 +180,10 @@ mod tests {
             "{joined}"
         );
         assert!(!joined.contains("-enable-kvm") && !joined.contains("accel kvm"));
-        assert!(joined.contains("socket,id=control,path=/e/control.sock,server=on,wait=off"));
-        assert!(joined.contains("virtserialport,chardev=control,name=berth.0"));
+        assert!(joined.contains("socket,id=control0,path=/e/control.sock,server=on,wait=off"));
+        assert!(joined.contains("socket,id=control3,path=/e/control-3.sock,server=on,wait=off"));
+        assert!(joined.contains("virtserialport,chardev=control0,name=berth.0"));
+        assert!(joined.contains("virtserialport,chardev=control3,name=berth.3"));
         assert!(joined.contains("virtio-blk-pci,drive=root") && joined.contains("format=qcow2"));
         assert!(
             joined.contains("-initrd /k/initrd,,1.gz"),

@@ -69,15 +69,13 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
         Box::new(console),
     );
     mc.vcpus = cfg.vcpus;
-    mc.devices = vec![
-        DeviceConfig::Block {
-            path: cfg.disk.clone(),
-            read_only: false,
-        },
-        DeviceConfig::Console {
-            socket: cfg.control_socket.clone(),
-        },
-    ];
+    mc.devices = vec![DeviceConfig::Block {
+        path: cfg.disk.clone(),
+        read_only: false,
+    }];
+    for socket in super::control_sockets(&cfg.control_socket) {
+        mc.devices.push(DeviceConfig::Console { socket });
+    }
     if let Some(uds) = &cfg.vsock {
         mc.devices.push(DeviceConfig::Vsock {
             cid: GUEST_CID,
@@ -104,7 +102,9 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
         exit.request(ExitReason::Stopped);
     });
     let reason = machine.run()?;
-    let _ = std::fs::remove_file(&cfg.control_socket);
+    for socket in super::control_sockets(&cfg.control_socket) {
+        let _ = std::fs::remove_file(socket);
+    }
     Ok(reason)
 }
 
