@@ -67,12 +67,19 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
-type SharedWriter = Arc<Mutex<UnixStream>>;
+/// The write half of the connection, shared by the client and its session handles, with
+/// whatever must live exactly as long as the connection (the caller's channel lock).
+struct Link {
+    stream: UnixStream,
+    _guard: Option<Box<dyn Send>>,
+}
+
+type SharedWriter = Arc<Mutex<Link>>;
 
 fn send(writer: &SharedWriter, session: u32, message: Message) -> Result<(), ClientError> {
     let bytes = encode(&Frame { session, message }).map_err(ClientError::Protocol)?;
     let mut w = writer.lock().unwrap_or_else(|p| p.into_inner());
-    w.write_all(&bytes)?;
+    w.stream.write_all(&bytes)?;
     Ok(())
 }
 
@@ -132,7 +139,19 @@ pub struct Client {
 
 impl Client {
     pub fn new(stream: UnixStream) -> Result<Self, ClientError> {
-        let writer = Arc::new(Mutex::new(stream.try_clone()?));
+        Self::with_guard(stream, None)
+    }
+
+    /// Like [`Client::new`]; `guard` is dropped when the connection closes, i.e. when the
+    /// client and every [`SessionHandle`] are gone.
+    pub fn with_guard(
+        stream: UnixStream,
+        guard: Option<Box<dyn Send>>,
+    ) -> Result<Self, ClientError> {
+        let writer = Arc::new(Mutex::new(Link {
+            stream: stream.try_clone()?,
+            _guard: guard,
+        }));
         Ok(Client {
             reader: stream,
             writer,

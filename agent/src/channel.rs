@@ -44,7 +44,10 @@ fn open_rw(path: &str) -> io::Result<OwnedFd> {
     let p = sys::cstr(path)?;
     // SAFETY: valid path; the returned descriptor is owned below.
     let fd = sys::check(unsafe {
-        libc::open(p.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY)
+        libc::open(
+            p.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
     })?;
     // SAFETY: open returned a fresh descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -269,8 +269,14 @@ impl Server {
         let Ok(bytes) = encode(&Frame { session, message }) else {
             return;
         };
-        if sys::write_all(c.fd, &bytes).is_err() {
-            c.connected = false;
+        let written = if c.survives {
+            // The host may vanish mid-frame; never let one channel stall the agent.
+            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2))
+        } else {
+            sys::write_all(c.fd, &bytes)
+        };
+        if written.is_err() {
+            self.host_disconnected(chan);
         }
     }
 

@@ -105,6 +105,39 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes all of `buf` to a non-blocking descriptor, waiting at most `limit` for room; fails
+/// at once when the peer hung up (a virtio port blocks writers while the host is away).
+pub fn write_all_bounded(fd: RawFd, mut buf: &[u8], limit: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !buf.is_empty() {
+        match write(fd, buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, left.as_millis().min(100) as i32) };
+                if p.revents & (libc::POLLHUP | libc::POLLERR) != 0
+                    && p.revents & libc::POLLOUT == 0
+                {
+                    return Err(io::ErrorKind::BrokenPipe.into());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A PTY pair `(master, slave)`.
 pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     let (mut m, mut s) = (0, 0);

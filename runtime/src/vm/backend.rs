@@ -100,10 +100,10 @@ pub struct VmStatus {
     pub state: Option<VmState>,
 }
 
-/// A connection to a running VM's agent; holds its channel's lock (one client per channel).
+/// A connection to a running VM's agent. Its channel's lock lives inside the connection, so
+/// the channel stays reserved while the client or any of its session handles exists.
 pub struct VmConnection {
     pub client: Client,
-    _lock: FileLock,
 }
 
 impl VmConnection {
@@ -412,12 +412,9 @@ impl VmBackend {
                 path: socket.clone(),
                 source: e,
             })?;
-            let mut client = Client::new(stream)?;
+            let mut client = Client::with_guard(stream, Some(Box::new(lock)))?;
             client.hello(timeout)?;
-            return Ok(VmConnection {
-                client,
-                _lock: lock,
-            });
+            return Ok(VmConnection { client });
         }
         Err(VmError::Busy)
     }
