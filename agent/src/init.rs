@@ -199,11 +199,10 @@ pub fn run_as_init() -> ! {
         }
     };
     log(&format!("ready after {} ms", sys::uptime_ms()));
-    let mut server = Server::new(true);
+    let mut server = Server::new();
     if let Err(e) = server.run(channels) {
         log(&format!("control channel failed: {e}"));
     }
-    debug_assert!(server.is_init());
     stop_vm();
 }
 

@@ -26,7 +26,7 @@ fn main() {
         };
         // SAFETY: the caller hands us this descriptor to own.
         let stream = unsafe { OwnedFd::from_raw_fd(fd) };
-        let code = match serve::Server::new(false).run(vec![channel::Channel::Stream(stream)]) {
+        let code = match serve::Server::new().run(vec![channel::Channel::Stream(stream)]) {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("berth-agent: {e}");

@@ -47,7 +47,6 @@ struct Chan {
 }
 
 pub struct Server {
-    is_init: bool,
     sessions: HashMap<Key, Session>,
     services: Vec<Service>,
     env: Vec<(String, String)>,
@@ -66,9 +65,8 @@ fn default_env() -> Vec<(String, String)> {
 }
 
 impl Server {
-    pub fn new(is_init: bool) -> Self {
+    pub fn new() -> Self {
         Server {
-            is_init,
             sessions: HashMap::new(),
             services: Vec::new(),
             env: default_env(),
@@ -667,9 +665,5 @@ impl Server {
                 }
             }
         }
-    }
-
-    pub fn is_init(&self) -> bool {
-        self.is_init
     }
 }

@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use berth_agent_proto::{Client, ExitStatus, MountRequest, Output, Restart, ServiceSpec, Setup};
+use berth_agent_proto::{Client, MountRequest, Output, Restart, ServiceSpec, Setup};
 use envfile_spec::plan::{
     KernelSource, MountKind, MountPlan, PortPlan, RestartPolicy, ServicePlan, VmmKind,
 };
@@ -495,11 +495,6 @@ impl VmBackend {
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
         let _ = std::fs::remove_file(vm_json(state_dir));
     }
-}
-
-/// Turns an exit status into a shell-style exit code.
-pub fn exit_code(status: ExitStatus) -> i32 {
-    status.code
 }
 
 #[cfg(test)]
