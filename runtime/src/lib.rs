@@ -7,3 +7,4 @@ pub mod doctor;
 pub mod environment;
 pub mod image;
 pub mod state;
+pub mod vm;
