@@ -33,6 +33,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
+        Command::Doctor(j) => commands::doctor::run(j.json),
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }

@@ -301,7 +301,8 @@ pub enum LockMode {
 /// An `flock(2)` lock on a file, released on drop or when the process dies.
 #[derive(Debug)]
 pub struct FileLock {
-    file: File,
+    /// Held open for the lock's lifetime: closing the descriptor releases the lock.
+    _file: File,
     path: PathBuf,
 }
 
@@ -314,7 +315,7 @@ impl FileLock {
             source,
         })?;
         Ok(FileLock {
-            file,
+            _file: file,
             path: path.to_path_buf(),
         })
     }
@@ -324,7 +325,7 @@ impl FileLock {
         let file = Self::open(path)?;
         match flock(&file, mode, true) {
             Ok(()) => Ok(Some(FileLock {
-                file,
+                _file: file,
                 path: path.to_path_buf(),
             })),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),

@@ -1,0 +1,32 @@
+//! `berth doctor`: what this host offers berth, with a fix for each missing piece.
+
+use berth_runtime::doctor::{diagnose, CheckStatus, HostRoot};
+
+use crate::exit::CliError;
+
+pub fn run(json: bool) -> Result<i32, CliError> {
+    let report = diagnose(&HostRoot::real());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        for c in &report.checks {
+            let mark = match c.status {
+                CheckStatus::Ok => "ok  ",
+                CheckStatus::Warn => "warn",
+                CheckStatus::Missing => "MISS",
+            };
+            println!("[{mark}] {:width$}  {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("       {:width$}  fix: {fix}", "");
+            }
+        }
+        println!();
+        println!("vmm = \"auto\" uses: {}", report.vmm_auto);
+    }
+    // Missing pieces are reported, not fatal: exit 1 so scripts can tell.
+    Ok(if report.healthy() { 0 } else { 1 })
+}

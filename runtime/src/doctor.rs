@@ -1,0 +1,565 @@
+//! Host capability probes for `berth doctor`: what this machine offers berth (namespaces,
+//! overlayfs, cgroups, rootless prerequisites, KVM, qemu, image tools) and a one-line fix for
+//! each missing piece. Probes only read `/proc`, `/sys` and `PATH`, except the namespace probe,
+//! which forks a child that tries `unshare(2)` and exits.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// Outcome of one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckStatus {
+    /// Present and usable.
+    Ok,
+    /// Usable with a limitation the user should know about.
+    Warn,
+    /// Missing; the features that need it will fail.
+    Missing,
+}
+
+/// One line of the doctor's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was probed (`user namespaces`, `overlayfs`, ...).
+    pub name: &'static str,
+    pub status: CheckStatus,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it, when not `Ok`.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: CheckStatus::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn warn(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: CheckStatus::Warn,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+    fn missing(name: &'static str, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Check {
+            name,
+            status: CheckStatus::Missing,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// What kind of KVM this host has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvmKind {
+    /// No usable /dev/kvm.
+    Absent,
+    /// Hardware-assisted KVM (kvm_intel / kvm_amd): boots stock kernels.
+    Hardware,
+    /// `kvm_pvm`, the pagetable-based nested KVM: runs tiny guests, but booting a stock Linux
+    /// kernel through it can restart the host.
+    Pvm,
+    /// /dev/kvm exists but its provider is unknown.
+    Unknown,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoctorReport {
+    pub checks: Vec<Check>,
+    pub kvm: KvmKind,
+    /// Which VMM `vmm = "auto"` picks here, and why.
+    pub vmm_auto: String,
+}
+
+impl DoctorReport {
+    /// True when nothing is missing.
+    pub fn healthy(&self) -> bool {
+        self.checks.iter().all(|c| c.status != CheckStatus::Missing)
+    }
+}
+
+/// Where to look for things; the real host uses `/`, tests use a fake tree.
+#[derive(Debug, Clone)]
+pub struct HostRoot {
+    root: PathBuf,
+    path_dirs: Vec<PathBuf>,
+    /// Whether to run the namespace probe (forks; only against the real host).
+    probe_namespaces: bool,
+}
+
+impl HostRoot {
+    /// The machine berth runs on.
+    pub fn real() -> Self {
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        HostRoot {
+            root: PathBuf::from("/"),
+            path_dirs,
+            probe_namespaces: true,
+        }
+    }
+
+    /// A fake host rooted at `root` with `PATH` = `root/bin` (tests).
+    pub fn fake(root: &Path) -> Self {
+        HostRoot {
+            root: root.to_path_buf(),
+            path_dirs: vec![root.join("bin")],
+            probe_namespaces: false,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.root.join(p.trim_start_matches('/'))
+    }
+
+    fn read(&self, p: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(p)).ok()
+    }
+
+    fn exists(&self, p: &str) -> bool {
+        self.path(p).exists()
+    }
+
+    /// The first executable named `name` on PATH.
+    pub fn which(&self, name: &str) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        self.path_dirs.iter().map(|d| d.join(name)).find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    }
+}
+
+/// Runs every probe against `host`.
+pub fn diagnose(host: &HostRoot) -> DoctorReport {
+    let kvm = kvm_kind(host);
+    let mut checks = vec![
+        check_namespaces(host),
+        check_overlayfs(host),
+        check_idmapped_mounts(host),
+    ];
+    checks.extend(check_cgroups(host));
+    checks.extend(check_rootless(host));
+    checks.push(check_kvm(host, kvm));
+    checks.push(check_tool(
+        host,
+        "qemu",
+        &["qemu-system-x86_64"],
+        "needed for `vmm = \"qemu\"` (and `auto` without hardware KVM)",
+        "apt-get install qemu-system-x86",
+    ));
+    checks.push(check_tool(
+        host,
+        "debootstrap",
+        &["mmdebstrap", "debootstrap"],
+        "needed for `from = \"debootstrap:SUITE\"` images",
+        "apt-get install debootstrap",
+    ));
+    checks.push(check_tool(
+        host,
+        "mkfs.ext4",
+        &["mkfs.ext4"],
+        "needed to build VM root disks",
+        "apt-get install e2fsprogs",
+    ));
+    checks.push(check_tool(
+        host,
+        "nftables",
+        &["nft"],
+        "needed for NAT of isolated networks when running as root",
+        "apt-get install nftables",
+    ));
+    let vmm_auto = match kvm {
+        KvmKind::Hardware => "berth's own KVM VMM (hardware KVM present)".to_string(),
+        KvmKind::Pvm => "qemu under TCG: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel".to_string(),
+        KvmKind::Unknown => "qemu: the KVM provider is unknown, so berth does not risk booting a kernel through it".to_string(),
+        KvmKind::Absent => "qemu under TCG (no /dev/kvm)".to_string(),
+    };
+    DoctorReport {
+        checks,
+        kvm,
+        vmm_auto,
+    }
+}
+
+fn check_namespaces(host: &HostRoot) -> Check {
+    const NAME: &str = "namespaces";
+    let kinds = ["mnt", "pid", "net", "uts", "ipc", "cgroup", "user"];
+    let absent: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| !host.exists(&format!("/proc/self/ns/{k}")))
+        .collect();
+    if !absent.is_empty() {
+        return Check::missing(
+            NAME,
+            format!("the kernel lacks {} namespaces", absent.join(", ")),
+            "use a kernel built with CONFIG_NAMESPACES and all namespace types",
+        );
+    }
+    let max_userns = host
+        .read("/proc/sys/user/max_user_namespaces")
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if max_userns == Some(0) {
+        return Check::missing(
+            NAME,
+            "user namespaces are disabled (user.max_user_namespaces = 0)",
+            "sysctl -w user.max_user_namespaces=15000",
+        );
+    }
+    if host.probe_namespaces {
+        if let Err(e) = probe_unshare() {
+            return Check::missing(
+                NAME,
+                format!("unshare of user/mount/pid/net/uts/ipc namespaces failed: {e}"),
+                "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1, or AppArmor's kernel.apparmor_restrict_unprivileged_userns=0)",
+            );
+        }
+    }
+    Check::ok(NAME, "user, mount, pid, net, uts, ipc, cgroup: usable")
+}
+
+/// Forks a child that creates every namespace kind berth uses, and reports whether it could.
+fn probe_unshare() -> Result<(), String> {
+    use nix::sched::CloneFlags;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    // SAFETY: the child only calls async-signal-safe unshare(2) and _exit(2).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = match nix::sched::unshare(flags) {
+                Ok(()) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: _exit never returns and skips atexit handlers inherited from the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(WaitStatus::Exited(_, errno)) => Err(nix::errno::Errno::from_raw(errno).desc().to_string()),
+            Ok(other) => Err(format!("probe ended with {other:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
+fn check_overlayfs(host: &HostRoot) -> Check {
+    const NAME: &str = "overlayfs";
+    let fs = host.read("/proc/filesystems").unwrap_or_default();
+    if fs.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
+        Check::ok(NAME, "available")
+    } else if host.exists("/sys/module/overlay") {
+        Check::ok(NAME, "module loaded")
+    } else {
+        Check::missing(
+            NAME,
+            "overlay is not in /proc/filesystems",
+            "modprobe overlay (and add `overlay` to /etc/modules-load.d/berth.conf)",
+        )
+    }
+}
+
+/// Kernel release as (major, minor), from /proc/sys/kernel/osrelease.
+fn kernel_version(host: &HostRoot) -> Option<(u32, u32)> {
+    let rel = host.read("/proc/sys/kernel/osrelease")?;
+    let mut it = rel.trim().split(['.', '-']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn check_idmapped_mounts(host: &HostRoot) -> Check {
+    const NAME: &str = "id-mapped mounts";
+    match kernel_version(host) {
+        Some(v) if v >= (5, 19) => Check::ok(NAME, format!("kernel {}.{} supports them on ext4, xfs, btrfs, tmpfs and overlayfs lowers", v.0, v.1)),
+        Some(v) => Check::warn(
+            NAME,
+            format!("kernel {}.{} predates id-mapped overlay lowers (5.19)", v.0, v.1),
+            "berth falls back to copying ownership; upgrade the kernel for shared layers in user namespaces",
+        ),
+        None => Check::warn(NAME, "kernel version unknown", "check `uname -r` is 5.19 or newer"),
+    }
+}
+
+/// How cgroups are mounted on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CgroupLayout {
+    /// v1 controllers mounted (`memory`, `cpu`, `pids`, ...).
+    pub v1_controllers: Vec<String>,
+    /// Mount point of the cgroup2 hierarchy, if any.
+    pub v2_mount: Option<PathBuf>,
+    /// Controllers enabled in the cgroup2 hierarchy.
+    pub v2_controllers: Vec<String>,
+}
+
+/// Reads the cgroup mounts from `/proc/self/mounts`.
+pub fn cgroup_layout(host: &HostRoot) -> CgroupLayout {
+    let mounts = host.read("/proc/self/mounts").unwrap_or_default();
+    let mut v1 = Vec::new();
+    let mut v2_mount = None;
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 4 {
+            continue;
+        }
+        match f[2] {
+            "cgroup" => {
+                for opt in f[3].split(',') {
+                    if ["memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices", "hugetlb", "net_cls", "perf_event"].contains(&opt) {
+                        v1.push(opt.to_string());
+                    }
+                }
+            }
+            "cgroup2" => v2_mount = Some(PathBuf::from(f[1])),
+            _ => {}
+        }
+    }
+    let v2_controllers = v2_mount
+        .as_ref()
+        .and_then(|m| std::fs::read_to_string(host.root.join(m.strip_prefix("/").unwrap_or(m)).join("cgroup.controllers")).ok())
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    v1.sort();
+    v1.dedup();
+    CgroupLayout {
+        v1_controllers: v1,
+        v2_mount,
+        v2_controllers,
+    }
+}
+
+fn check_cgroups(host: &HostRoot) -> Vec<Check> {
+    const NAME: &str = "cgroups";
+    let l = cgroup_layout(host);
+    let needed = ["memory", "cpu", "pids"];
+    let v2_has = |c: &str| l.v2_controllers.iter().any(|x| x == c);
+    let v1_has = |c: &str| l.v1_controllers.iter().any(|x| x == c);
+    let missing: Vec<&str> = needed.iter().copied().filter(|c| !v1_has(c) && !v2_has(c)).collect();
+    let mode = match (l.v1_controllers.is_empty(), &l.v2_mount) {
+        (true, Some(_)) => "unified (v2)".to_string(),
+        (false, Some(m)) => format!("hybrid: v1 controllers, cgroup2 at {}", m.display()),
+        (false, None) => "legacy (v1 only)".to_string(),
+        (true, None) => "none mounted".to_string(),
+    };
+    let detail = format!(
+        "{mode}; v1: [{}]; v2: [{}]",
+        l.v1_controllers.join(" "),
+        l.v2_controllers.join(" ")
+    );
+    if missing.is_empty() {
+        vec![Check::ok(NAME, detail)]
+    } else {
+        vec![Check::missing(
+            NAME,
+            format!("{detail}; no {} controller", missing.join("/")),
+            "mount the cgroup controllers (systemd does this at boot), or resource limits in [resources] cannot be applied",
+        )]
+    }
+}
+
+/// The current user's name, from the passwd database.
+fn user_name(host: &HostRoot, uid: u32) -> Option<String> {
+    let passwd = host.read("/etc/passwd")?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+    })
+}
+
+fn check_rootless(host: &HostRoot) -> Vec<Check> {
+    let mut out = Vec::new();
+    let tools = ["newuidmap", "newgidmap"];
+    let absent: Vec<&str> = tools.iter().copied().filter(|t| host.which(t).is_none()).collect();
+    out.push(if absent.is_empty() {
+        Check::ok("rootless id mapping", "newuidmap and newgidmap found")
+    } else {
+        Check::warn(
+            "rootless id mapping",
+            format!("{} not found: rootless environments map only your own uid", absent.join(" and ")),
+            "apt-get install uidmap",
+        )
+    });
+    let uid = nix::unistd::getuid().as_raw();
+    let name = user_name(host, uid).unwrap_or_else(|| uid.to_string());
+    let subuid = host.read("/etc/subuid").unwrap_or_default();
+    let has_range = subuid
+        .lines()
+        .any(|l| l.split(':').next().is_some_and(|u| u == name || u == uid.to_string()));
+    out.push(if has_range {
+        Check::ok("subordinate ids", format!("{name} has a range in /etc/subuid"))
+    } else if uid == 0 {
+        Check::ok(
+            "subordinate ids",
+            "root has no /etc/subuid range: berth maps environments to 100000-165535",
+        )
+    } else {
+        Check::warn(
+            "subordinate ids",
+            format!("{name} has no range in /etc/subuid"),
+            format!("usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"),
+        )
+    });
+    out.push(
+        match ["pasta", "slirp4netns"].iter().find_map(|t| host.which(t)) {
+            Some(p) => Check::ok("rootless networking", format!("{}", p.display())),
+            None => Check::warn(
+                "rootless networking",
+                "neither pasta nor slirp4netns found: rootless environments get no outbound network",
+                "apt-get install passt",
+            ),
+        },
+    );
+    out
+}
+
+/// Which KVM provider backs /dev/kvm.
+pub fn kvm_kind(host: &HostRoot) -> KvmKind {
+    if !host.exists("/dev/kvm") {
+        return KvmKind::Absent;
+    }
+    if host.exists("/sys/module/kvm_pvm") {
+        KvmKind::Pvm
+    } else if host.exists("/sys/module/kvm_intel") || host.exists("/sys/module/kvm_amd") {
+        KvmKind::Hardware
+    } else {
+        KvmKind::Unknown
+    }
+}
+
+fn check_kvm(host: &HostRoot, kind: KvmKind) -> Check {
+    const NAME: &str = "kvm";
+    match kind {
+        KvmKind::Hardware => {
+            let writable = nix::unistd::access(&host.path("/dev/kvm"), nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_ok();
+            if writable {
+                Check::ok(NAME, "hardware KVM (/dev/kvm usable): berth's own VMM boots micro-VMs")
+            } else {
+                Check::warn(NAME, "hardware KVM, but /dev/kvm is not writable by you", "add yourself to the `kvm` group: usermod -aG kvm $USER, then log in again")
+            }
+        }
+        KvmKind::Pvm => Check::warn(
+            NAME,
+            "/dev/kvm is kvm_pvm (nested, pagetable-based): booting a stock Linux kernel through it can restart this machine",
+            "berth uses qemu under TCG for VMs here (slower); run VMs on a host with hardware KVM for full speed",
+        ),
+        KvmKind::Unknown => Check::warn(
+            NAME,
+            "/dev/kvm exists but neither kvm_intel, kvm_amd nor kvm_pvm is loaded",
+            "berth uses qemu for VMs; set vmm = \"kvm\" only if you know this KVM boots stock kernels",
+        ),
+        KvmKind::Absent => Check::warn(
+            NAME,
+            "no /dev/kvm: VMs run under qemu's TCG emulation",
+            "enable virtualization in the firmware and modprobe kvm_intel (or kvm_amd)",
+        ),
+    }
+}
+
+fn check_tool(host: &HostRoot, name: &'static str, candidates: &[&str], why: &str, fix: &str) -> Check {
+    match candidates.iter().find_map(|c| host.which(c)) {
+        Some(p) => Check::ok(name, p.display().to_string()),
+        None => Check::warn(name, format!("not found; {why}"), fix),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn fake_host() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let w = |p: &str, s: &str| {
+            let p = d.path().join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, s).unwrap();
+        };
+        for ns in ["mnt", "pid", "net", "uts", "ipc", "cgroup", "user"] {
+            w(&format!("proc/self/ns/{ns}"), "");
+        }
+        w("proc/sys/user/max_user_namespaces", "1000\n");
+        w("proc/filesystems", "nodev\ttmpfs\nnodev\toverlay\n");
+        w("proc/sys/kernel/osrelease", "6.18.44-fc\n");
+        w(
+            "proc/self/mounts",
+            "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n",
+        );
+        w("sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
+        w("dev/kvm", "");
+        fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).unwrap();
+        d
+    }
+
+    fn find<'a>(r: &'a DoctorReport, name: &str) -> &'a Check {
+        r.checks.iter().find(|c| c.name == name).unwrap()
+    }
+
+    #[test]
+    fn pvm_is_detected_and_auto_picks_qemu() {
+        let d = fake_host();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        assert_eq!(r.kvm, KvmKind::Pvm);
+        assert!(r.vmm_auto.contains("qemu"));
+        let k = find(&r, "kvm");
+        assert_eq!(k.status, CheckStatus::Warn);
+        assert!(k.detail.contains("kvm_pvm"));
+    }
+
+    #[test]
+    fn hybrid_cgroups_are_described() {
+        let d = fake_host();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        let c = find(&r, "cgroups");
+        assert_eq!(c.status, CheckStatus::Ok, "{c:?}");
+        assert!(c.detail.contains("hybrid"), "{}", c.detail);
+        assert!(c.detail.contains("hugetlb"));
+    }
+
+    #[test]
+    fn missing_pieces_come_with_a_fix() {
+        let d = fake_host();
+        fs::write(d.path().join("proc/filesystems"), "nodev\ttmpfs\n").unwrap();
+        fs::write(d.path().join("proc/sys/user/max_user_namespaces"), "0\n").unwrap();
+        fs::write(d.path().join("proc/self/mounts"), "").unwrap();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        assert!(!r.healthy());
+        for name in ["overlayfs", "namespaces", "cgroups"] {
+            let c = find(&r, name);
+            assert_eq!(c.status, CheckStatus::Missing, "{c:?}");
+            assert!(c.fix.as_deref().is_some_and(|f| !f.is_empty()));
+        }
+        assert!(find(&r, "qemu").fix.as_deref().unwrap().contains("qemu-system-x86"));
+    }
+
+    #[test]
+    fn hardware_kvm_and_tools_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = fake_host();
+        fs::remove_dir(d.path().join("sys/module/kvm_pvm")).unwrap();
+        fs::create_dir_all(d.path().join("sys/module/kvm_intel")).unwrap();
+        fs::create_dir_all(d.path().join("bin")).unwrap();
+        let q = d.path().join("bin/qemu-system-x86_64");
+        fs::write(&q, "#!/bin/sh\n").unwrap();
+        fs::set_permissions(&q, fs::Permissions::from_mode(0o755)).unwrap();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        assert_eq!(r.kvm, KvmKind::Hardware);
+        assert!(r.vmm_auto.contains("own KVM VMM"));
+        assert_eq!(find(&r, "qemu").status, CheckStatus::Ok);
+    }
+}
