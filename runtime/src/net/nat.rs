@@ -1,0 +1,159 @@
+//! Outbound access for environments on the bridge: IPv4 forwarding and an nftables table that
+//! masquerades the bridge subnet and stops environments from routing to each other.
+//!
+//! The table belongs to berth alone (`inet berth` by default) and is replaced in one `nft -f`
+//! transaction, so it is never half-applied and never touches anyone else's rules.
+
+use std::fs;
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+
+use super::subnet::Subnet;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Errors from applying or removing the NAT rules.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("cannot run nft: {0}; install nftables (Debian package `nftables`)")]
+    Spawn(io::Error),
+    #[error("nft rejected berth's ruleset for table inet {table}: {stderr}; check that the kernel has nf_tables (modprobe nf_tables nft_masq)")]
+    Rejected { table: String, stderr: String },
+    #[error("cannot enable IPv4 forwarding ({IP_FORWARD}): {0}; environments would have no outbound network")]
+    Forwarding(io::Error),
+}
+
+/// The nftables ruleset berth owns for one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRules {
+    pub table: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+}
+
+impl NatRules {
+    /// The ruleset text: created, flushed and refilled in one transaction.
+    pub fn ruleset(&self) -> String {
+        let NatRules {
+            table,
+            bridge,
+            subnet,
+        } = self;
+        format!(
+            "table inet {table} {{}}\n\
+             flush table inet {table}\n\
+             table inet {table} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{bridge}\" oifname \"{bridge}\" drop\n\
+             \t}}\n\
+             }}\n"
+        )
+    }
+
+    /// Installs (or refreshes) the table.
+    pub fn apply(&self) -> Result<(), NatError> {
+        nft(&self.ruleset()).map_err(|e| match e {
+            NftFailure::Spawn(e) => NatError::Spawn(e),
+            NftFailure::Rejected(stderr) => NatError::Rejected {
+                table: self.table.clone(),
+                stderr,
+            },
+        })
+    }
+
+    /// Removes the table; a table that is already gone is fine.
+    pub fn remove(table: &str) -> Result<(), NatError> {
+        match nft(&format!(
+            "table inet {table} {{}}\ndelete table inet {table}\n"
+        )) {
+            Ok(()) => Ok(()),
+            Err(NftFailure::Spawn(e)) => Err(NatError::Spawn(e)),
+            Err(NftFailure::Rejected(stderr)) => Err(NatError::Rejected {
+                table: table.to_string(),
+                stderr,
+            }),
+        }
+    }
+
+    /// Whether the table exists.
+    pub fn exists(table: &str) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+enum NftFailure {
+    Spawn(io::Error),
+    Rejected(String),
+}
+
+fn nft(script: &str) -> Result<(), NftFailure> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftFailure::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftFailure::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftFailure::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftFailure::Rejected(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Turns IPv4 forwarding on; returns the previous value ("0" or "1") so it can be restored.
+pub fn enable_ipv4_forwarding() -> Result<String, NatError> {
+    let before = fs::read_to_string(IP_FORWARD)
+        .map_err(NatError::Forwarding)?
+        .trim()
+        .to_string();
+    if before != "1" {
+        fs::write(IP_FORWARD, "1").map_err(NatError::Forwarding)?;
+    }
+    Ok(before)
+}
+
+/// Puts IPv4 forwarding back to `value` (what [`enable_ipv4_forwarding`] returned).
+pub fn restore_ipv4_forwarding(value: &str) -> Result<(), NatError> {
+    if value == "1" {
+        return Ok(());
+    }
+    fs::write(IP_FORWARD, value).map_err(NatError::Forwarding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_masquerades_the_subnet_and_drops_env_to_env_routing() {
+        let r = NatRules {
+            table: "berth".into(),
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".parse().unwrap(),
+        }
+        .ruleset();
+        assert!(r.starts_with("table inet berth {}\nflush table inet berth\n"));
+        assert!(r.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
+        assert!(r.contains("iifname \"berth0\" oifname \"berth0\" drop"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Rootless isolated networking with `pasta` (Debian package `passt`): a user-mode network
+//! stack attached to the environment's namespace. It gives the environment the host's
+//! addresses and routes, DNS and outbound TCP/UDP without any privilege, and forwards the
+//! declared ports from the host into the namespace.
+//!
+//! An unprivileged supervisor cannot enter a namespace owned by another user namespace
+//! (`setns` wants `CAP_SYS_ADMIN` in its own namespace too), so in rootless mode pasta does the
+//! port forwarding itself; berth only checks beforehand that the host ports are free, to give
+//! the same clear error as the root forwarder.
+
+use std::ffi::OsString;
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use envfile_spec::plan::Protocol;
+
+use super::error::NetError;
+use super::forward::{ForwardError, ForwardSpec};
+use super::network::EnvNamespaces;
+use super::port_owner::find_port_holder;
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/usr/bin:/bin"));
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// The pasta binary rootless environments use, or why there is none (for `berth doctor`).
+pub fn rootless_network_available() -> Result<PathBuf, String> {
+    let pasta = find_on_path("pasta").ok_or_else(|| {
+        "pasta not found on PATH: rootless environments would have no network; install the Debian package `passt`".to_string()
+    })?;
+    let out = Command::new(&pasta)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            format!(
+                "{} cannot run: {e}; reinstall the Debian package `passt`",
+                pasta.display()
+            )
+        })?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} --version failed ({}); reinstall the Debian package `passt`",
+            pasta.display(),
+            out.status
+        ));
+    }
+    Ok(pasta)
+}
+
+/// Fails like the root forwarder when a host port of `specs` is taken, naming the holder.
+pub fn check_ports_free(specs: &[ForwardSpec]) -> Result<(), ForwardError> {
+    for s in specs {
+        let r = match s.protocol {
+            Protocol::Tcp => TcpListener::bind(s.host).map(drop),
+            Protocol::Udp => UdpSocket::bind(s.host).map(drop),
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EADDRINUSE) => {
+                return Err(ForwardError::PortInUse {
+                    protocol: s.protocol,
+                    addr: s.host,
+                    holder: find_port_holder(s.protocol, s.host),
+                })
+            }
+            Err(source) => {
+                return Err(ForwardError::Bind {
+                    protocol: s.protocol,
+                    addr: s.host,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// pasta's notation for one forwarded port: `ADDRESS/HOSTPORT:GUESTPORT`.
+fn port_arg(s: &ForwardSpec) -> String {
+    format!("{}/{}:{}", s.host.ip(), s.host.port(), s.guest_port)
+}
+
+/// The command line that attaches pasta to the namespaces at the given paths.
+pub fn pasta_args(
+    netns: &Path,
+    userns: Option<&Path>,
+    pid_file: &Path,
+    specs: &[ForwardSpec],
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--config-net".into(), "--quiet".into()];
+    if let Some(u) = userns {
+        args.extend(["--userns".into(), u.into()]);
+    }
+    args.extend(["--netns".into(), netns.into()]);
+    args.extend(["--pid".into(), pid_file.into()]);
+    for (flag, proto) in [("-t", Protocol::Tcp), ("-u", Protocol::Udp)] {
+        let ports: Vec<String> = specs
+            .iter()
+            .filter(|s| s.protocol == proto)
+            .map(port_arg)
+            .collect();
+        if ports.is_empty() {
+            args.extend([flag.into(), "none".into()]);
+        }
+        for p in ports {
+            args.extend([flag.into(), p.into()]);
+        }
+    }
+    // Nothing is forwarded from the namespace back to the host's ports.
+    args.extend(["-T".into(), "none".into(), "-U".into(), "none".into()]);
+    args
+}
+
+/// A running pasta process attached to one environment; stopped on drop.
+#[derive(Debug)]
+pub struct Pasta {
+    pid: u32,
+}
+
+impl Pasta {
+    /// Starts pasta on the environment's namespaces and waits until it has configured the
+    /// network (pasta forks to the background only after that).
+    pub fn start(
+        env_dir: &Path,
+        ns: EnvNamespaces<'_>,
+        specs: &[ForwardSpec],
+    ) -> Result<Pasta, NetError> {
+        let bin = rootless_network_available().map_err(NetError::Rootless)?;
+        let me = std::process::id();
+        let netns = PathBuf::from(format!("/proc/{me}/fd/{}", ns.net.as_raw_fd()));
+        let userns = ns
+            .user
+            .map(|u| PathBuf::from(format!("/proc/{me}/fd/{}", u.as_raw_fd())));
+        let pid_file = env_dir.join("pasta.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let out = Command::new(&bin)
+            .args(pasta_args(&netns, userns.as_deref(), &pid_file, specs))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| NetError::Rootless(format!("cannot run {}: {e}", bin.display())))?;
+        if !out.status.success() {
+            return Err(NetError::Rootless(format!(
+                "pasta failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                NetError::Rootless(format!(
+                    "pasta started but wrote no pid to {}",
+                    pid_file.display()
+                ))
+            })?;
+        Ok(Pasta { pid })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Drop for Pasta {
+    fn drop(&mut self) {
+        stop(self.pid);
+    }
+}
+
+/// Stops the pasta process `pid`, if that pid still is pasta (it may have exited and the
+/// number been reused).
+pub fn stop(pid: u32) {
+    let is_pasta = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().starts_with("pasta"))
+        .unwrap_or(false);
+    if is_pasta {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn command_line_forwards_declared_ports_only() {
+        let specs = [
+            ForwardSpec {
+                protocol: Protocol::Tcp,
+                host: "127.0.0.1:8080".parse::<SocketAddr>().unwrap(),
+                guest_port: 80,
+                shared: false,
+            },
+            ForwardSpec {
+                protocol: Protocol::Tcp,
+                host: "0.0.0.0:2222".parse::<SocketAddr>().unwrap(),
+                guest_port: 22,
+                shared: false,
+            },
+        ];
+        let args: Vec<String> = pasta_args(
+            Path::new("/proc/1/fd/3"),
+            None,
+            Path::new("/e/pasta.pid"),
+            &specs,
+        )
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+        let line = args.join(" ");
+        assert!(line.contains("--netns /proc/1/fd/3"), "{line}");
+        assert!(
+            line.contains("-t 127.0.0.1/8080:80 -t 0.0.0.0/2222:22"),
+            "{line}"
+        );
+        assert!(
+            line.contains("-u none") && line.contains("-T none -U none"),
+            "{line}"
+        );
+        assert!(!line.contains("--userns"));
+    }
+
+    #[test]
+    fn busy_port_is_reported_with_its_holder() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = ForwardSpec {
+            protocol: Protocol::Tcp,
+            host: held.local_addr().unwrap(),
+            guest_port: 1,
+            shared: false,
+        };
+        let msg = check_ports_free(&[spec]).unwrap_err().to_string();
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+    }
+}
