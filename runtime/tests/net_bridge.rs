@@ -75,6 +75,7 @@ fn setup(resolv_conf: &str) -> Setup {
             resolv_conf: resolv,
             upstream_resolv_conf: home_dir.path().join("no-such-file"),
         },
+        user_mode: Some(false),
     };
     Setup {
         network: Network::new(&home, options.clone()),

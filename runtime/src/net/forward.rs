@@ -10,8 +10,8 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,14 +20,12 @@ use serde::{Deserialize, Serialize};
 
 use super::dialer::Dialer;
 use super::port_owner::{find_port_holder, PortHolder};
-use super::relay::relay;
-use super::sys::{self, Interest, StopSignal};
+use super::sys::{self, StopSignal};
+use super::tcp_loop::serve_tcp;
 use super::udp_relay::serve_udp;
 
 /// A UDP session with no traffic in either direction for this long is closed.
 pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Stack size of a connection thread (they hold only a few small structures).
-const CONNECTION_STACK: usize = 128 * 1024;
 
 /// One forwarded port: host address and port → guest port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,40 +96,11 @@ impl fmt::Display for ForwardedPort {
     }
 }
 
-/// Counts live connection threads so [`PortForwarder`] can wait for them on drop.
-#[derive(Default)]
-struct LiveCount {
-    n: Mutex<usize>,
-    zero: Condvar,
-}
-
-impl LiveCount {
-    fn enter(&self) {
-        if let Ok(mut n) = self.n.lock() {
-            *n += 1;
-        }
-    }
-    fn leave(&self) {
-        if let Ok(mut n) = self.n.lock() {
-            *n -= 1;
-            if *n == 0 {
-                self.zero.notify_all();
-            }
-        }
-    }
-    fn wait_zero(&self, limit: Duration) {
-        if let Ok(n) = self.n.lock() {
-            let _ = self.zero.wait_timeout_while(n, limit, |n| *n > 0);
-        }
-    }
-}
-
 /// Running forwarders of one environment. Dropping it (or [`PortForwarder::stop`]) closes
 /// the listening sockets and resets the connections in flight.
 pub struct PortForwarder {
     stop: Arc<StopSignal>,
     threads: Vec<JoinHandle<()>>,
-    live: Arc<LiveCount>,
     ports: Vec<ForwardedPort>,
 }
 
@@ -157,11 +126,9 @@ impl PortForwarder {
             bound.push((*spec, bind(spec)?));
         }
         let stop = Arc::new(StopSignal::new().map_err(ForwardError::Thread)?);
-        let live = Arc::new(LiveCount::default());
         let mut forwarder = PortForwarder {
             stop: stop.clone(),
             threads: Vec::new(),
-            live: live.clone(),
             ports: Vec::new(),
         };
         for (spec, sock) in bound {
@@ -170,12 +137,12 @@ impl PortForwarder {
                 Bound::Udp(u) => u.local_addr(),
             }
             .map_err(ForwardError::Thread)?;
-            let (dialer, stop, live) = (dialer.clone(), stop.clone(), live.clone());
+            let (dialer, stop) = (dialer.clone(), stop.clone());
             let name = format!("berth-fwd-{}", local.port());
             let handle = std::thread::Builder::new()
                 .name(name)
                 .spawn(move || match sock {
-                    Bound::Tcp(l) => serve_tcp(l, spec.guest_port, dialer, stop, live),
+                    Bound::Tcp(l) => serve_tcp(l, spec.guest_port, dialer, stop),
                     Bound::Udp(u) => serve_udp(u, spec.guest_port, dialer, stop, UDP_IDLE_TIMEOUT),
                 })
                 .map_err(ForwardError::Thread)?; // `forwarder` drops here: threads stop.
@@ -202,8 +169,6 @@ impl Drop for PortForwarder {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        // Connection threads see the same signal and reset their sockets at once.
-        self.live.wait_zero(Duration::from_secs(5));
     }
 }
 
@@ -247,71 +212,6 @@ fn bind(spec: &ForwardSpec) -> Result<Bound, ForwardError> {
         }
         Protocol::Udp => Bound::Udp(UdpSocket::from(sock)),
     })
-}
-
-fn serve_tcp(
-    listener: TcpListener,
-    guest_port: u16,
-    dialer: Arc<dyn Dialer>,
-    stop: Arc<StopSignal>,
-    live: Arc<LiveCount>,
-) {
-    loop {
-        let interests = [
-            Interest {
-                fd: listener.as_raw_fd(),
-                read: true,
-                write: false,
-            },
-            stop.interest(),
-        ];
-        match sys::poll(&interests, -1) {
-            Ok(r) if r[1].readable => return,
-            Ok(_) => {}
-            Err(_) => return,
-        }
-        loop {
-            let client = match listener.accept() {
-                Ok((c, _)) => c,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EMFILE)
-                        || e.raw_os_error() == Some(libc::ENFILE) =>
-                {
-                    // Out of descriptors: back off instead of spinning on the ready listener.
-                    std::thread::sleep(Duration::from_millis(50));
-                    break;
-                }
-                Err(_) => continue,
-            };
-            let _ = client.set_nodelay(true);
-            let (dialer, stop, live2) = (dialer.clone(), stop.clone(), live.clone());
-            live.enter();
-            let spawned = std::thread::Builder::new()
-                .stack_size(CONNECTION_STACK)
-                .spawn(move || {
-                    connection(OwnedFd::from(client), guest_port, &*dialer, &stop);
-                    live2.leave();
-                });
-            if spawned.is_err() {
-                live.leave();
-            }
-        }
-    }
-}
-
-fn connection(client: OwnedFd, guest_port: u16, dialer: &dyn Dialer, stop: &StopSignal) {
-    match dialer.dial_tcp(guest_port) {
-        Ok(guest) => {
-            let _ = sys::set_int_option(guest.as_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-            relay(client, guest, stop);
-        }
-        Err(_) => {
-            // Nobody listens inside (or the environment is gone): the client sees a reset
-            // right away, the closest thing to the "connection refused" it would get directly.
-            sys::set_linger_reset(client.as_fd());
-        }
-    }
 }
 
 #[cfg(test)]

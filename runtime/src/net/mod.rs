@@ -22,6 +22,7 @@ pub mod port_owner;
 pub mod relay;
 pub mod subnet;
 mod sys;
+pub mod tcp_loop;
 pub mod udp_relay;
 
 pub use error::NetError;

@@ -35,6 +35,8 @@ use super::pasta::{self, Pasta};
 pub struct NetworkOptions {
     pub bridge: BridgeConfig,
     pub resolvers: ResolverSources,
+    /// Isolated mode through pasta (user-mode networking): `None` = exactly when not root.
+    pub user_mode: Option<bool>,
 }
 
 /// The namespaces of the environment being attached.
@@ -136,6 +138,10 @@ impl Network {
         }
     }
 
+    pub fn options(&self) -> &NetworkOptions {
+        &self.options
+    }
+
     fn record_path(&self, env_id: &str) -> PathBuf {
         self.home.env_dir(env_id).join("network.json")
     }
@@ -171,7 +177,8 @@ impl Network {
             dns: None,
             pasta: None,
         };
-        let rootless_isolated = mode == NetworkMode::Isolated && !is_root();
+        let rootless_isolated =
+            mode == NetworkMode::Isolated && self.options.user_mode.unwrap_or(!is_root());
         // Ports are bound first: a port in use fails before anything else exists.
         if mode != NetworkMode::Host && !rootless_isolated && !specs.is_empty() {
             let dialer = NetnsDialer::new(ns.net, format!("environment {env_id}"))

@@ -10,7 +10,8 @@
 
 use std::ffi::OsString;
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -100,6 +101,10 @@ pub fn pasta_args(
     specs: &[ForwardSpec],
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--config-net".into(), "--quiet".into()];
+    if nix::unistd::geteuid().is_root() {
+        // As root pasta would switch to nobody before opening the namespace paths.
+        args.extend(["--runas".into(), "0".into()]);
+    }
     if let Some(u) = userns {
         args.extend(["--userns".into(), u.into()]);
     }
@@ -138,16 +143,34 @@ impl Pasta {
         specs: &[ForwardSpec],
     ) -> Result<Pasta, NetError> {
         let bin = rootless_network_available().map_err(NetError::Rootless)?;
-        let me = std::process::id();
-        let netns = PathBuf::from(format!("/proc/{me}/fd/{}", ns.net.as_raw_fd()));
+        // pasta opens the namespaces by path. `/proc/self/fd/N` of its own inherited
+        // descriptors always passes the kernel's access check, whereas another process's
+        // `/proc/PID/...` fails once pasta has dropped its capabilities.
+        let inherit: Vec<RawFd> = std::iter::once(ns.net.as_raw_fd())
+            .chain(ns.user.map(|u| u.as_raw_fd()))
+            .collect();
+        let netns = PathBuf::from(format!("/proc/self/fd/{}", ns.net.as_raw_fd()));
         let userns = ns
             .user
-            .map(|u| PathBuf::from(format!("/proc/{me}/fd/{}", u.as_raw_fd())));
+            .map(|u| PathBuf::from(format!("/proc/self/fd/{}", u.as_raw_fd())));
         let pid_file = env_dir.join("pasta.pid");
         let _ = std::fs::remove_file(&pid_file);
-        let out = Command::new(&bin)
-            .args(pasta_args(&netns, userns.as_deref(), &pid_file, specs))
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(&bin);
+        cmd.args(pasta_args(&netns, userns.as_deref(), &pid_file, specs))
+            .stdin(Stdio::null());
+        // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
+        // which is async-signal-safe; it touches no memory shared with the parent's threads.
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &inherit {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
             .output()
             .map_err(|e| NetError::Rootless(format!("cannot run {}: {e}", bin.display())))?;
         if !out.status.success() {
@@ -183,8 +206,14 @@ impl Drop for Pasta {
 /// Stops the pasta process `pid`, if that pid still is pasta (it may have exited and the
 /// number been reused).
 pub fn stop(pid: u32) {
-    let is_pasta = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("pasta"))
+    // Its command name may be `passt.avx2` (pasta re-executes the build for the CPU), so
+    // look at how it was invoked.
+    let is_pasta = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let argv0 = c.split(|&b| b == 0).next().unwrap_or_default();
+            let name = argv0.rsplit(|&b| b == b'/').next().unwrap_or_default();
+            name.starts_with(b"pasta")
+        })
         .unwrap_or(false);
     if is_pasta {
         let _ = nix::sys::signal::kill(

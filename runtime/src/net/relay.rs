@@ -7,14 +7,14 @@
 //! An error on either side (reset, broken pipe) or the stop signal resets both connections.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use super::sys::{self, Interest, StopSignal};
 
 /// Bytes requested per `splice` call; the kernel moves at most what the pipe holds.
 const SPLICE_CHUNK: usize = 1 << 20;
 /// Pipe capacity asked for (the default 64 KiB halves throughput on fast links).
-const PIPE_SIZE: usize = 1 << 18;
+const PIPE_SIZE: usize = 1 << 20;
 /// Buffer size of the copy fallback.
 const COPY_BUFFER: usize = 1 << 16;
 
@@ -129,67 +129,125 @@ impl Mover {
     }
 }
 
-/// Relays between `a` and `b` until both directions ended, one side failed, or `stop` was
-/// raised. Both sockets are closed on return.
-pub fn relay(a: OwnedFd, b: OwnedFd, stop: &StopSignal) -> RelayEnd {
-    for s in [&a, &b] {
-        if let Err(e) = sys::set_nonblocking(s.as_fd(), true) {
-            reset_both(&a, &b);
-            return RelayEnd::Failed(e.kind());
-        }
+/// Where a [`Conversation`] stands after [`Conversation::advance`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Still flowing: wait for the sockets to become ready as `want` says.
+    Open { want: [Want; 2] },
+    /// Both directions ended in order.
+    Finished,
+    /// One side failed; call [`Conversation::reset`].
+    Failed(io::ErrorKind),
+}
+
+/// What one socket of a conversation waits for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Want {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// A conversation between two connected, non-blocking stream sockets: both directions
+/// advance as far as the sockets allow on each call, so it can be driven by poll, epoll
+/// (edge-triggered included) or a plain loop.
+pub struct Conversation {
+    a: OwnedFd,
+    b: OwnedFd,
+    /// [0]: a → b, [1]: b → a.
+    dirs: [Direction; 2],
+}
+
+impl Conversation {
+    /// Makes both sockets non-blocking and prepares the two directions.
+    pub fn new(a: OwnedFd, b: OwnedFd) -> io::Result<Conversation> {
+        sys::set_nonblocking(a.as_fd(), true)?;
+        sys::set_nonblocking(b.as_fd(), true)?;
+        Ok(Conversation {
+            a,
+            b,
+            dirs: [Direction::new(), Direction::new()],
+        })
     }
-    // [0]: a → b, [1]: b → a.
-    let mut dirs = [Direction::new(), Direction::new()];
-    loop {
-        let mut want = [(false, false); 2]; // per socket: (read, write)
-        for (i, dir) in dirs.iter_mut().enumerate() {
+
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.a.as_raw_fd(), self.b.as_raw_fd()]
+    }
+
+    /// Moves whatever can be moved now, in both directions.
+    pub fn advance(&mut self) -> Progress {
+        let mut want = [Want::default(); 2];
+        for (i, dir) in self.dirs.iter_mut().enumerate() {
             if dir.done {
                 continue;
             }
-            let (src, dst) = if i == 0 { (&a, &b) } else { (&b, &a) };
+            let (src, dst) = if i == 0 {
+                (&self.a, &self.b)
+            } else {
+                (&self.b, &self.a)
+            };
             match dir.step(src.as_fd(), dst.as_fd()) {
-                Step::WaitRead => want[i].0 = true,
-                Step::WaitWrite => want[1 - i].1 = true,
+                Step::WaitRead => want[i].read = true,
+                Step::WaitWrite => want[1 - i].write = true,
                 Step::Done => {}
-                Step::Failed(e) => {
-                    reset_both(&a, &b);
-                    return RelayEnd::Failed(e.kind());
-                }
+                Step::Failed(e) => return Progress::Failed(e.kind()),
             }
         }
-        if dirs.iter().all(|d| d.done) {
-            return RelayEnd::Finished;
+        if self.dirs.iter().all(|d| d.done) {
+            Progress::Finished
+        } else {
+            Progress::Open { want }
         }
+    }
+
+    /// Closes both sockets with a reset.
+    pub fn reset(self) {
+        sys::set_linger_reset(self.a.as_fd());
+        sys::set_linger_reset(self.b.as_fd());
+    }
+}
+
+/// Relays between `a` and `b` on the calling thread until both directions ended, one side
+/// failed, or `stop` was raised. Both sockets are closed on return.
+pub fn relay(a: OwnedFd, b: OwnedFd, stop: &StopSignal) -> RelayEnd {
+    let (ra, rb) = (a.as_raw_fd(), b.as_raw_fd());
+    let mut conv = match Conversation::new(a, b) {
+        Ok(c) => c,
+        Err(e) => return RelayEnd::Failed(e.kind()),
+    };
+    loop {
+        let want = match conv.advance() {
+            Progress::Finished => return RelayEnd::Finished,
+            Progress::Failed(kind) => {
+                conv.reset();
+                return RelayEnd::Failed(kind);
+            }
+            Progress::Open { want } => want,
+        };
         let interests = [
             Interest {
-                fd: a.as_raw_fd(),
-                read: want[0].0,
-                write: want[0].1,
+                fd: ra,
+                read: want[0].read,
+                write: want[0].write,
             },
             Interest {
-                fd: b.as_raw_fd(),
-                read: want[1].0,
-                write: want[1].1,
+                fd: rb,
+                read: want[1].read,
+                write: want[1].write,
             },
             stop.interest(),
         ];
         match sys::poll(&interests, -1) {
             Ok(ready) if ready[2].readable => {
-                reset_both(&a, &b);
+                conv.reset();
                 return RelayEnd::Stopped;
             }
             Ok(_) => {}
             Err(e) => {
-                reset_both(&a, &b);
+                conv.reset();
                 return RelayEnd::Failed(e.kind());
             }
         }
     }
-}
-
-fn reset_both(a: &OwnedFd, b: &OwnedFd) {
-    sys::set_linger_reset(a.as_fd());
-    sys::set_linger_reset(b.as_fd());
 }
 
 #[cfg(test)]

@@ -370,3 +370,89 @@ pub fn socket_error(fd: BorrowedFd<'_>) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(err))
     }
 }
+
+/// An epoll instance.
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+/// Readiness reported by [`Epoll::wait`] for one registered token.
+#[derive(Debug, Clone, Copy)]
+pub struct EpollEvent {
+    pub token: u64,
+}
+
+impl Epoll {
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: epoll_create1 with a flag only; on success the descriptor is ours.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+        // SAFETY: `fd` was just returned by the kernel.
+        Ok(Epoll {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Registers `fd` under `token` for (level-triggered) readability and/or writability.
+    pub fn add(&self, fd: RawFd, token: u64, read: bool, write: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, read, write)
+    }
+
+    /// Changes what `fd` is watched for.
+    pub fn modify(&self, fd: RawFd, token: u64, read: bool, write: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, read, write)
+    }
+
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        fd: RawFd,
+        token: u64,
+        read: bool,
+        write: bool,
+    ) -> io::Result<()> {
+        let events =
+            (if read { libc::EPOLLIN } else { 0 }) | (if write { libc::EPOLLOUT } else { 0 });
+        let mut ev = libc::epoll_event {
+            events: events as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event; both descriptors are valid.
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd, &mut ev) }).map(drop)
+    }
+
+    /// Unregisters `fd` (before it is closed).
+    pub fn delete(&self, fd: RawFd) {
+        // SAFETY: EPOLL_CTL_DEL ignores the event argument; a null pointer is allowed.
+        unsafe {
+            libc::epoll_ctl(
+                self.fd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Waits for events (`timeout_ms < 0`: forever) and appends them to `out`.
+    pub fn wait(&self, out: &mut Vec<EpollEvent>, timeout_ms: i32) -> io::Result<()> {
+        // SAFETY: epoll_event is plain old data; all-zero is valid.
+        let mut evs: [libc::epoll_event; 64] = unsafe { std::mem::zeroed() };
+        // SAFETY: `evs` has room for 64 events.
+        let n = unsafe { libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), 64, timeout_ms) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        out.extend(
+            evs[..n as usize]
+                .iter()
+                .map(|e| EpollEvent { token: e.u64 }),
+        );
+        Ok(())
+    }
+}
