@@ -64,7 +64,17 @@ fn serve(l: TcpListener) {
     });
 }
 
-fn throughput(addr: SocketAddr, bytes: u64) -> f64 {
+/// CPU time (user + system) this process has used so far, in seconds: every thread counts,
+/// client, forwarder and server alike.
+fn cpu_seconds() -> f64 {
+    let r = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).unwrap();
+    let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+    t(r.user_time()) + t(r.system_time())
+}
+
+/// (Gbit/s, CPU seconds per GiB moved) of one bulk upload.
+fn throughput(addr: SocketAddr, bytes: u64) -> (f64, f64) {
+    let cpu0 = cpu_seconds();
     let mut c = TcpStream::connect(addr).unwrap();
     let buf = vec![0x5au8; 1 << 18];
     let start = Instant::now();
@@ -80,7 +90,8 @@ fn throughput(addr: SocketAddr, bytes: u64) -> f64 {
     c.read_exact(&mut count).unwrap();
     let secs = start.elapsed().as_secs_f64();
     assert_eq!(u64::from_le_bytes(count), bytes, "server got everything");
-    bytes as f64 * 8.0 / secs / 1e9
+    let cpu = (cpu_seconds() - cpu0) / (bytes as f64 / (1u64 << 30) as f64);
+    (bytes as f64 * 8.0 / secs / 1e9, cpu)
 }
 
 /// Microseconds per connect + 1-byte request + 1-byte answer, sorted.
@@ -98,6 +109,12 @@ fn latencies(addr: SocketAddr, n: usize) -> Vec<f64> {
         .collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v
+}
+
+/// A copy of `f`'s descriptor without close-on-exec, for a child to open as /proc/self/fd/N.
+fn inheritable_dup(f: &File) -> i32 {
+    // SAFETY: dup of a descriptor we own; the copy stays open for the whole run on purpose.
+    unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(f)) }
 }
 
 fn latencies_try(addr: SocketAddr) -> bool {
@@ -146,11 +163,7 @@ fn main() {
     let pasta_port = 15201u16;
     let mut pasta = std::process::Command::new("pasta")
         .args(["--foreground", "--quiet", "--runas", "0", "--netns"])
-        .arg(format!(
-            "/proc/{}/fd/{}",
-            std::process::id(),
-            std::os::fd::AsRawFd::as_raw_fd(&ns)
-        ))
+        .arg(format!("/proc/self/fd/{}", inheritable_dup(&ns)))
         .args([
             "-t",
             &format!("127.0.0.1/{pasta_port}:5201"),
@@ -185,7 +198,12 @@ fn main() {
             p_tp.push(throughput(pasta_addr, bytes));
         }
     }
-    let best = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+    let best = |v: &[(f64, f64)]| v.iter().map(|x| x.0).fold(0.0, f64::max);
+    let cpu = |v: &[(f64, f64)]| {
+        let mut c: Vec<f64> = v.iter().map(|x| x.1).collect();
+        c.sort_by(|a, b| a.total_cmp(b));
+        c[c.len() / 2]
+    };
     let (d, f) = (best(&d_tp), best(&f_tp));
     println!("throughput, {mib} MiB per run, best of 3 (Gbit/s):");
     println!("  direct loopback   {d:8.2}");
@@ -194,6 +212,13 @@ fn main() {
         println!("  pasta -t (reference) {:5.2}", best(&p_tp));
     }
     println!("  ratio forwarded/direct: {:.2}", f / d);
+    println!(
+        "CPU time per GiB moved, all threads, median (s): direct {:.3}, forwarded {:.3} (forwarder adds {:.3}){}",
+        cpu(&d_tp),
+        cpu(&f_tp),
+        cpu(&f_tp) - cpu(&d_tp),
+        if pasta_ok { " [pasta runs in its own process: not counted]" } else { "" }
+    );
 
     let dl = latencies(direct_addr, conns);
     let fl = latencies(fwd_addr, conns);

@@ -14,7 +14,7 @@ use super::sys::{self, Interest, StopSignal};
 /// Bytes requested per `splice` call; the kernel moves at most what the pipe holds.
 const SPLICE_CHUNK: usize = 1 << 20;
 /// Pipe capacity asked for (the default 64 KiB halves throughput on fast links).
-const PIPE_SIZE: usize = 1 << 20;
+const PIPE_SIZE: usize = 1 << 18;
 /// Buffer size of the copy fallback.
 const COPY_BUFFER: usize = 1 << 16;
 
