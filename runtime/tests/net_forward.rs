@@ -253,3 +253,34 @@ fn udp_datagrams_are_forwarded_per_client() {
     session_ports.dedup();
     assert_eq!(session_ports.len(), 3, "each client has its own session");
 }
+
+#[test]
+fn supervisor_inside_the_namespace_serves_ports_bound_on_the_host() {
+    if !have_root("supervisor_inside_the_namespace_serves_ports_bound_on_the_host") {
+        return;
+    }
+    use berth_runtime::net::dialer::LoopbackDialer;
+    use berth_runtime::net::forward::BoundPorts;
+    let ns = TestNetns::new();
+    echo_server(&ns, 7005);
+    // Bound in the host's namespace (where a launcher runs before it unshares) ...
+    let bound = BoundPorts::bind(&[spec(Protocol::Tcp, 7005), spec(Protocol::Udp, 7006)]).unwrap();
+    let ports = bound.ports();
+    let udp_server = ns.run(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, 7006)).unwrap());
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp_server.recv_from(&mut buf) {
+            let _ = udp_server.send_to(&buf[..n], from);
+        }
+    });
+    // ... served by threads that live inside the environment's namespace (the supervisor).
+    let fwd = ns.run(move || bound.start(Arc::new(LoopbackDialer)).unwrap());
+    assert_eq!(round_trip(ports[0].bound, b"inside").unwrap(), b"inside");
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    c.send_to(b"udp inside", ports[1].bound).unwrap();
+    let mut buf = [0u8; 64];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"udp inside");
+    drop(fwd);
+}

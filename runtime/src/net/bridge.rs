@@ -134,10 +134,17 @@ impl Bridge {
     /// Leases an address for `env_id`, sets up the bridge, NAT and forwarding when this is
     /// the first environment, and plugs a veth pair into `netns` (peer `eth0`, address,
     /// default route via the bridge, loopback up).
-    pub fn attach(&self, env_id: &str, netns: &File) -> Result<Lease, NetError> {
+    /// `dns_stub`: the host's IPv4 loopback resolver, to which DNS sent to the bridge
+    /// address is redirected.
+    pub fn attach(
+        &self,
+        env_id: &str,
+        netns: &File,
+        dns_stub: Option<Ipv4Addr>,
+    ) -> Result<Lease, NetError> {
         let _lock = self.lock()?;
         let mut nl = netlink()?;
-        let mut st = self.prepare_bridge(&mut nl)?;
+        let mut st = self.prepare_bridge(&mut nl, dns_stub)?;
         prune_stale_leases(&mut st, &mut nl, env_id);
         let address = match st.leases.get(env_id) {
             Some(a) => *a,
@@ -165,7 +172,11 @@ impl Bridge {
 
     /// Reads the state, creating the bridge, its address, the NAT table and forwarding when
     /// they are missing. Each step is recorded before it is taken.
-    fn prepare_bridge(&self, nl: &mut Netlink) -> Result<BridgeState, NetError> {
+    fn prepare_bridge(
+        &self,
+        nl: &mut Netlink,
+        dns_stub: Option<Ipv4Addr>,
+    ) -> Result<BridgeState, NetError> {
         let name = self.config.name.clone();
         let existing = nl
             .link_index(&name)
@@ -217,10 +228,14 @@ impl Bridge {
         }
         nl.set_up(index)
             .map_err(|e| NetError::link(format!("bring bridge {name} up"), e))?;
+        if dns_stub.is_some() {
+            nat::allow_loopback_destinations(&name)?;
+        }
         NatRules {
             table: st.nft_table.clone(),
             bridge: name.clone(),
             subnet: st.subnet,
+            dns_stub,
         }
         .apply()?;
         if st.ip_forward_before.is_none() {

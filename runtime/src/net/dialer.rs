@@ -6,6 +6,8 @@
 //!
 //! - [`NetnsDialer`]: a helper thread inside the environment's network namespace creates the
 //!   socket there (works without any bridge or address: it connects to the guest's loopback).
+//! - [`LoopbackDialer`]: the forwarder itself runs inside the environment's namespace and
+//!   serves host ports bound before it got there.
 //! - [`AddressDialer`]: connects from the host to an address the environment owns (the bridge
 //!   address of a container, or a stub resolver on the host for the DNS forwarder).
 //! - a VM backend implements the trait with a vsock/agent connection.
@@ -55,47 +57,79 @@ fn timeout_ms() -> i32 {
     DIAL_TIMEOUT.as_millis() as i32
 }
 
+/// Connects a fresh socket from `make` to `port` on IPv4 loopback, then, when nothing answers
+/// there, on IPv6 loopback: a server may be bound to 127.0.0.1 only, to [::] or to ::1 only.
+fn dial_loopback(
+    make: impl Fn(SocketKind) -> io::Result<OwnedFd>,
+    port: u16,
+) -> io::Result<OwnedFd> {
+    let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let sock = make(SocketKind {
+        family: libc::AF_INET,
+        ty: libc::SOCK_STREAM,
+    })?;
+    let first = match sys::connect(sock.as_fd(), &v4, timeout_ms()) {
+        Ok(()) => return Ok(sock),
+        Err(e) => e,
+    };
+    if first.kind() != io::ErrorKind::ConnectionRefused {
+        return Err(first);
+    }
+    let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+    let Ok(sock6) = make(SocketKind {
+        family: libc::AF_INET6,
+        ty: libc::SOCK_STREAM,
+    }) else {
+        return Err(first);
+    };
+    match sys::connect(sock6.as_fd(), &v6, timeout_ms()) {
+        Ok(()) => Ok(sock6),
+        Err(_) => Err(first),
+    }
+}
+
+fn udp_loopback(sock: OwnedFd, port: u16) -> io::Result<UdpSocket> {
+    let udp = UdpSocket::from(sock);
+    udp.connect((Ipv4Addr::LOCALHOST, port))?;
+    Ok(udp)
+}
+
+const UDP4: SocketKind = SocketKind {
+    family: libc::AF_INET,
+    ty: libc::SOCK_DGRAM,
+};
+
 impl Dialer for NetnsDialer {
     fn dial_tcp(&self, port: u16) -> io::Result<OwnedFd> {
-        // A server bound to 127.0.0.1 only, to [::] or to ::1 only: try IPv4 loopback, then
-        // IPv6 loopback when nothing answered on IPv4.
-        let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let sock = self.factory.socket(SocketKind {
-            family: libc::AF_INET,
-            ty: libc::SOCK_STREAM,
-        })?;
-        let first = match sys::connect(sock.as_fd(), &v4, timeout_ms()) {
-            Ok(()) => return Ok(sock),
-            Err(e) => e,
-        };
-        if first.kind() != io::ErrorKind::ConnectionRefused {
-            return Err(first);
-        }
-        let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        let Ok(sock6) = self.factory.socket(SocketKind {
-            family: libc::AF_INET6,
-            ty: libc::SOCK_STREAM,
-        }) else {
-            return Err(first);
-        };
-        match sys::connect(sock6.as_fd(), &v6, timeout_ms()) {
-            Ok(()) => Ok(sock6),
-            Err(_) => Err(first),
-        }
+        dial_loopback(|k| self.factory.socket(k), port)
     }
 
     fn dial_udp(&self, port: u16) -> io::Result<UdpSocket> {
-        let sock = self.factory.socket(SocketKind {
-            family: libc::AF_INET,
-            ty: libc::SOCK_DGRAM,
-        })?;
-        let udp = UdpSocket::from(sock);
-        udp.connect((Ipv4Addr::LOCALHOST, port))?;
-        Ok(udp)
+        udp_loopback(self.factory.socket(UDP4)?, port)
     }
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+}
+
+/// Dials loopback ports of the network namespace the forwarder's threads run in: for a
+/// supervisor that lives inside the environment and serves host ports bound before it
+/// entered the environment's namespace ([`super::forward::BoundPorts`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoopbackDialer;
+
+impl Dialer for LoopbackDialer {
+    fn dial_tcp(&self, port: u16) -> io::Result<OwnedFd> {
+        dial_loopback(|k| sys::socket(k.family, k.ty, 0), port)
+    }
+
+    fn dial_udp(&self, port: u16) -> io::Result<UdpSocket> {
+        udp_loopback(sys::socket(UDP4.family, UDP4.ty, 0)?, port)
+    }
+
+    fn describe(&self) -> String {
+        "the environment's loopback".into()
     }
 }
 

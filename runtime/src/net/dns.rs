@@ -6,8 +6,11 @@
 //! a local dnsmasq), that address means the environment's own loopback inside it, so:
 //! 1. the real upstreams from systemd-resolved's `/run/systemd/resolve/resolv.conf` are used
 //!    when that file names any;
-//! 2. otherwise berth forwards DNS (UDP and TCP port 53) from the bridge address to the stub
-//!    ([`DnsForwarder`]) and the environment's resolv.conf names the bridge address.
+//! 2. otherwise the environment's resolv.conf names the bridge address, and DNS sent there
+//!    is redirected to the stub in the kernel: a DNAT rule in berth's nftables table plus
+//!    `route_localnet` on the bridge (no process needed, so DNS works for as long as the
+//!    bridge exists, whichever process set it up). Only an IPv6 stub (`::1`), which an IPv4
+//!    redirect cannot reach, is served by a userspace [`DnsForwarder`] instead.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -94,19 +97,16 @@ impl ResolvConf {
 pub enum DnsPlan {
     /// The environment talks to these resolvers itself.
     Direct(ResolvConf),
-    /// The host resolver is a loopback stub: forward from `listen` (the bridge address) to
-    /// `upstream`; the environment's resolv.conf names `listen`.
-    Forward {
-        upstream: IpAddr,
-        listen: Ipv4Addr,
-        conf: ResolvConf,
-    },
+    /// The host resolver is a loopback stub: the environment's resolv.conf names the bridge
+    /// address, and DNS sent there is passed on to `stub` (by a DNAT rule for an IPv4 stub,
+    /// by a [`DnsForwarder`] for an IPv6 one). `conf` carries the search domains and options.
+    Stub { stub: IpAddr, conf: ResolvConf },
 }
 
 impl DnsPlan {
     /// Decides from the host's resolv.conf text and systemd-resolved's upstream list (when
-    /// present); `gateway` is the bridge address a forwarder would listen on.
-    pub fn decide(host: &str, upstream: Option<&str>, gateway: Ipv4Addr) -> DnsPlan {
+    /// present).
+    pub fn decide(host: &str, upstream: Option<&str>) -> DnsPlan {
         let host = ResolvConf::parse(host);
         let reachable = host.reachable_nameservers();
         if !reachable.is_empty() {
@@ -131,31 +131,44 @@ impl DnsPlan {
             .first()
             .copied()
             .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        DnsPlan::Forward {
-            upstream: stub,
-            listen: gateway,
+        DnsPlan::Stub {
+            stub,
             conf: ResolvConf {
-                nameservers: vec![IpAddr::V4(gateway)],
+                nameservers: Vec::new(),
                 ..host
             },
         }
     }
 
     /// Reads the host's files and decides.
-    pub fn for_host(sources: &ResolverSources, gateway: Ipv4Addr) -> DnsPlan {
+    pub fn for_host(sources: &ResolverSources) -> DnsPlan {
         let read = |p: &Path| std::fs::read_to_string(p).ok();
         DnsPlan::decide(
             &read(&sources.resolv_conf).unwrap_or_default(),
             read(&sources.upstream_resolv_conf).as_deref(),
-            gateway,
         )
     }
 
-    /// The resolv.conf the environment gets.
-    pub fn resolv_conf(&self) -> String {
+    /// The IPv4 loopback stub to redirect DNS to, if that is the plan.
+    pub fn ipv4_stub(&self) -> Option<Ipv4Addr> {
+        match self {
+            DnsPlan::Stub {
+                stub: IpAddr::V4(v4),
+                ..
+            } => Some(*v4),
+            _ => None,
+        }
+    }
+
+    /// The resolv.conf of an environment whose bridge address is `gateway`.
+    pub fn resolv_conf(&self, gateway: Ipv4Addr) -> String {
         match self {
             DnsPlan::Direct(c) => c.render(),
-            DnsPlan::Forward { conf, .. } => conf.render(),
+            DnsPlan::Stub { conf, .. } => ResolvConf {
+                nameservers: vec![IpAddr::V4(gateway)],
+                ..conf.clone()
+            }
+            .render(),
         }
     }
 }
@@ -198,18 +211,19 @@ mod tests {
     #[test]
     fn ordinary_resolvers_are_copied() {
         let host = "# generated\nnameserver 10.255.255.53\nnameserver ::1\nsearch corp.example\noptions edns0 ndots:2\n";
-        let plan = DnsPlan::decide(host, None, GW);
+        let plan = DnsPlan::decide(host, None);
         assert_eq!(
-            plan.resolv_conf(),
+            plan.resolv_conf(GW),
             "# written by berth from the host's resolver configuration\nnameserver 10.255.255.53\nsearch corp.example\noptions edns0 ndots:2\n"
         );
+        assert_eq!(plan.ipv4_stub(), None);
     }
 
     #[test]
     fn systemd_stub_uses_its_upstreams() {
         let host = "nameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n";
         let upstream = "nameserver 192.0.2.53\nnameserver 2001:db8::53\n";
-        match DnsPlan::decide(host, Some(upstream), GW) {
+        match DnsPlan::decide(host, Some(upstream)) {
             DnsPlan::Direct(c) => {
                 assert_eq!(c.nameservers.len(), 2);
                 assert_eq!(c.search, vec!["lan"]);
@@ -219,28 +233,25 @@ mod tests {
     }
 
     #[test]
-    fn loopback_stub_without_upstreams_is_forwarded_from_the_bridge() {
+    fn loopback_stub_without_upstreams_is_reached_through_the_bridge() {
         let plan = DnsPlan::decide(
-            "nameserver 127.0.0.1\n",
+            "nameserver 127.0.0.1\nsearch lan\n",
             Some("nameserver 127.0.0.53\n"),
-            GW,
         );
-        assert_eq!(
-            plan,
-            DnsPlan::Forward {
-                upstream: "127.0.0.1".parse().unwrap(),
-                listen: GW,
-                conf: ResolvConf {
-                    nameservers: vec![IpAddr::V4(GW)],
-                    ..Default::default()
-                }
-            }
+        assert_eq!(plan.ipv4_stub(), Some(Ipv4Addr::LOCALHOST));
+        let rc = plan.resolv_conf(GW);
+        assert!(
+            rc.contains("nameserver 10.88.0.1\n") && rc.contains("search lan\n"),
+            "{rc}"
         );
-        assert!(plan.resolv_conf().contains("nameserver 10.88.0.1\n"));
+        assert!(!rc.contains("127.0.0.1"));
         // An empty resolv.conf means 127.0.0.1 to the resolver library.
-        assert!(matches!(
-            DnsPlan::decide("", None, GW),
-            DnsPlan::Forward { .. }
-        ));
+        assert_eq!(
+            DnsPlan::decide("", None).ipv4_stub(),
+            Some(Ipv4Addr::LOCALHOST)
+        );
+        // An IPv6 stub cannot be reached by an IPv4 redirect.
+        let v6 = DnsPlan::decide("nameserver ::1\n", None);
+        assert!(matches!(v6, DnsPlan::Stub { .. }) && v6.ipv4_stub().is_none());
     }
 }

@@ -112,44 +112,85 @@ impl fmt::Debug for PortForwarder {
     }
 }
 
+#[derive(Debug)]
 enum Bound {
     Tcp(TcpListener),
     Udp(UdpSocket),
 }
 
-impl PortForwarder {
-    /// Binds every host port of `specs`, then starts forwarding them through `dialer`.
-    /// Fails without starting anything when any port cannot be bound.
-    pub fn start(specs: &[ForwardSpec], dialer: Arc<dyn Dialer>) -> Result<Self, ForwardError> {
-        let mut bound = Vec::with_capacity(specs.len());
+/// Host ports bound but not yet served: the first half of [`PortForwarder::start`].
+///
+/// Binding and serving can happen in different places. A container supervisor that lives
+/// inside the environment's network namespace binds the host ports while its process is
+/// still in the host's namespace (the sockets keep that namespace, also across `fork`), and
+/// serves them later from inside with a [`super::dialer::LoopbackDialer`].
+#[derive(Debug)]
+pub struct BoundPorts {
+    ports: Vec<(ForwardedPort, Bound)>,
+}
+
+impl BoundPorts {
+    /// Binds every host port of `specs`; fails, releasing what was bound, when any port
+    /// cannot be bound (a port in use names the process holding it).
+    pub fn bind(specs: &[ForwardSpec]) -> Result<BoundPorts, ForwardError> {
+        let mut ports = Vec::with_capacity(specs.len());
         for spec in specs {
-            bound.push((*spec, bind(spec)?));
+            let sock = bind(spec)?;
+            let local = match &sock {
+                Bound::Tcp(l) => l.local_addr(),
+                Bound::Udp(u) => u.local_addr(),
+            }
+            .map_err(|source| ForwardError::Bind {
+                protocol: spec.protocol,
+                addr: spec.host,
+                source,
+            })?;
+            ports.push((
+                ForwardedPort {
+                    spec: *spec,
+                    bound: local,
+                },
+                sock,
+            ));
         }
+        Ok(BoundPorts { ports })
+    }
+
+    /// The ports with the addresses actually bound.
+    pub fn ports(&self) -> Vec<ForwardedPort> {
+        self.ports.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// Starts serving every port through `dialer`: one thread per port.
+    pub fn start(self, dialer: Arc<dyn Dialer>) -> Result<PortForwarder, ForwardError> {
         let stop = Arc::new(StopSignal::new().map_err(ForwardError::Thread)?);
         let mut forwarder = PortForwarder {
             stop: stop.clone(),
             threads: Vec::new(),
             ports: Vec::new(),
         };
-        for (spec, sock) in bound {
-            let local = match &sock {
-                Bound::Tcp(l) => l.local_addr(),
-                Bound::Udp(u) => u.local_addr(),
-            }
-            .map_err(ForwardError::Thread)?;
+        for (port, sock) in self.ports {
             let (dialer, stop) = (dialer.clone(), stop.clone());
-            let name = format!("berth-fwd-{}", local.port());
+            let guest = port.spec.guest_port;
             let handle = std::thread::Builder::new()
-                .name(name)
+                .name(format!("berth-fwd-{}", port.bound.port()))
                 .spawn(move || match sock {
-                    Bound::Tcp(l) => serve_tcp(l, spec.guest_port, dialer, stop),
-                    Bound::Udp(u) => serve_udp(u, spec.guest_port, dialer, stop, UDP_IDLE_TIMEOUT),
+                    Bound::Tcp(l) => serve_tcp(l, guest, dialer, stop),
+                    Bound::Udp(u) => serve_udp(u, guest, dialer, stop, UDP_IDLE_TIMEOUT),
                 })
                 .map_err(ForwardError::Thread)?; // `forwarder` drops here: threads stop.
             forwarder.threads.push(handle);
-            forwarder.ports.push(ForwardedPort { spec, bound: local });
+            forwarder.ports.push(port);
         }
         Ok(forwarder)
+    }
+}
+
+impl PortForwarder {
+    /// Binds every host port of `specs`, then starts forwarding them through `dialer`.
+    /// Fails without starting anything when any port cannot be bound.
+    pub fn start(specs: &[ForwardSpec], dialer: Arc<dyn Dialer>) -> Result<Self, ForwardError> {
+        BoundPorts::bind(specs)?.start(dialer)
     }
 
     /// The forwarded ports with the addresses actually bound.

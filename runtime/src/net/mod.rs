@@ -26,5 +26,5 @@ pub mod tcp_loop;
 pub mod udp_relay;
 
 pub use error::NetError;
-pub use network::{EnvNamespaces, NetAttachment, NetRecord, Network, NetworkOptions};
+pub use network::{EnvNamespaces, NetAttachment, NetPlumbing, NetRecord, Network, NetworkOptions};
 pub use pasta::rootless_network_available;

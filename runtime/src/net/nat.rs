@@ -21,6 +21,10 @@ pub enum NatError {
     Rejected { table: String, stderr: String },
     #[error("cannot enable IPv4 forwarding ({IP_FORWARD}): {0}; environments would have no outbound network")]
     Forwarding(io::Error),
+    #[error(
+        "cannot set {path}: {source}; DNS through the host's loopback resolver would not work"
+    )]
+    Sysctl { path: String, source: io::Error },
 }
 
 /// The nftables ruleset berth owns for one bridge.
@@ -29,6 +33,9 @@ pub struct NatRules {
     pub table: String,
     pub bridge: String,
     pub subnet: Subnet,
+    /// The host's DNS stub resolver on IPv4 loopback (systemd-resolved's 127.0.0.53, a local
+    /// dnsmasq), when it has one: DNS sent to the bridge address is redirected to it.
+    pub dns_stub: Option<std::net::Ipv4Addr>,
 }
 
 impl NatRules {
@@ -38,7 +45,19 @@ impl NatRules {
             table,
             bridge,
             subnet,
+            dns_stub,
         } = self;
+        let gateway = subnet.gateway();
+        let dns = match dns_stub {
+            Some(stub) => format!(
+                "\tchain prerouting {{\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \t\tiifname \"{bridge}\" ip daddr {gateway} udp dport 53 dnat ip to {stub}:53\n\
+                 \t\tiifname \"{bridge}\" ip daddr {gateway} tcp dport 53 dnat ip to {stub}:53\n\
+                 \t}}\n"
+            ),
+            None => String::new(),
+        };
         format!(
             "table inet {table} {{}}\n\
              flush table inet {table}\n\
@@ -51,6 +70,7 @@ impl NatRules {
              \t\ttype filter hook forward priority filter; policy accept;\n\
              \t\tiifname \"{bridge}\" oifname \"{bridge}\" drop\n\
              \t}}\n\
+             {dns}\
              }}\n"
         )
     }
@@ -120,6 +140,13 @@ fn nft(script: &str) -> Result<(), NftFailure> {
     }
 }
 
+/// Lets packets from the bridge be routed to loopback addresses (needed for the DNS
+/// redirect to a 127.x stub). The setting belongs to the bridge and disappears with it.
+pub fn allow_loopback_destinations(bridge: &str) -> Result<(), NatError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    fs::write(&path, "1").map_err(|source| NatError::Sysctl { path, source })
+}
+
 /// Turns IPv4 forwarding on; returns the previous value ("0" or "1") so it can be restored.
 pub fn enable_ipv4_forwarding() -> Result<String, NatError> {
     let before = fs::read_to_string(IP_FORWARD)
@@ -150,10 +177,27 @@ mod tests {
             table: "berth".into(),
             bridge: "berth0".into(),
             subnet: "10.88.0.0/16".parse().unwrap(),
+            dns_stub: None,
         }
         .ruleset();
         assert!(r.starts_with("table inet berth {}\nflush table inet berth\n"));
         assert!(r.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
         assert!(r.contains("iifname \"berth0\" oifname \"berth0\" drop"));
+        assert!(!r.contains("dnat"));
+    }
+
+    #[test]
+    fn a_loopback_stub_resolver_is_reached_by_dnat_from_the_bridge_address() {
+        let r = NatRules {
+            table: "berth".into(),
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".parse().unwrap(),
+            dns_stub: Some("127.0.0.53".parse().unwrap()),
+        }
+        .ruleset();
+        assert!(r.contains(
+            "iifname \"berth0\" ip daddr 10.88.0.1 udp dport 53 dnat ip to 127.0.0.53:53"
+        ));
+        assert!(r.contains("tcp dport 53 dnat ip to 127.0.0.53:53"));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! isolated, root      veth on bridge berth0 + NAT + DNS; ports through a NetnsDialer
-//! isolated, rootless  pasta (user-mode networking), which also forwards the ports
+//! isolated, rootless  pasta (user-mode networking); ports through pasta (`attach`) or the
+//!                     supervisor's own forwarder (`plumb` + BoundPorts + LoopbackDialer)
 //! none                loopback only; ports still forwarded through a NetnsDialer
 //! host                nothing to do: the environment shares the host's stack and ports
 //! ```
@@ -13,7 +14,7 @@
 //! also after the supervisor was killed with `kill -9`.
 
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use super::bridge::{Bridge, BridgeConfig};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
-use super::forward::{ForwardSpec, ForwardedPort, PortForwarder};
+use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, PortForwarder};
 use super::netlink::Netlink;
 use super::pasta::{self, Pasta};
 
@@ -70,23 +71,34 @@ pub struct NetRecord {
     pub ports: Vec<ForwardedPort>,
 }
 
-/// A live attachment: what the backend needs to finish the environment, plus the running
-/// forwarders. Keep it alive as long as the environment runs (in its supervisor); dropping
-/// it stops the forwarders. Host-side interfaces and rules stay until [`Network::detach`].
+/// The host-side plumbing of an environment's network, as [`Network::plumb`] made it. It
+/// lives until [`Network::detach`], whichever process made it (pasta keeps running too).
 #[derive(Debug)]
-pub struct NetAttachment {
+pub struct NetPlumbing {
     /// The environment's IPv4 address (bridge mode).
     pub address: Option<Ipv4Addr>,
     /// Its default gateway (bridge mode).
     pub gateway: Option<Ipv4Addr>,
     /// Content for the environment's `/etc/resolv.conf`; `None` means keep what the image
-    /// or host provides (`host` mode, `none` mode).
+    /// or host provides (`host` mode, `none` mode, pasta which serves DNS itself).
+    pub resolv_conf: Option<String>,
+    /// Only when the host's resolver is an IPv6 loopback stub (`::1`): the userspace DNS
+    /// forwarder on the bridge address. Keep it alive as long as the environment runs.
+    pub dns_forwarder: Option<DnsForwarder>,
+}
+
+/// A live attachment ([`Network::attach`]): the plumbing plus the port forwarders running
+/// in this process. Keep it alive as long as the environment runs; dropping it stops the
+/// forwarders. Interfaces, rules and pasta stay until [`Network::detach`].
+#[derive(Debug)]
+pub struct NetAttachment {
+    pub address: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
     pub resolv_conf: Option<String>,
     /// Forwarded ports with the host addresses actually bound.
     pub ports: Vec<ForwardedPort>,
     forwarder: Option<PortForwarder>,
-    dns: Option<DnsForwarder>,
-    pasta: Option<Pasta>,
+    dns_forwarder: Option<DnsForwarder>,
 }
 
 impl NetAttachment {
@@ -99,8 +111,7 @@ impl NetAttachment {
 impl Drop for NetAttachment {
     fn drop(&mut self) {
         drop(self.forwarder.take());
-        drop(self.dns.take());
-        drop(self.pasta.take());
+        drop(self.dns_forwarder.take());
     }
 }
 
@@ -157,9 +168,16 @@ impl Network {
         Ok(state::read_json(&self.record_path(env_id))?)
     }
 
+    /// Whether isolated mode goes through pasta (user-mode networking) here.
+    pub fn uses_pasta(&self, mode: NetworkMode) -> bool {
+        mode == NetworkMode::Isolated && self.options.user_mode.unwrap_or(!is_root())
+    }
+
     /// Gives the environment whose namespaces are `ns` the network `mode` asks for and
-    /// forwards `ports` into it. On error nothing is left behind: no port bound, no
-    /// interface, no rule, no record.
+    /// forwards `ports` into it from this process, which must be in the host's network
+    /// namespace and live as long as the environment (a VM supervisor, a test). As root the
+    /// forwarder dials into the namespace itself; rootless (pasta) pasta forwards the ports.
+    /// On error nothing is left behind: no port bound, no interface, no rule, no record.
     pub fn attach(
         &self,
         env_id: &str,
@@ -168,31 +186,83 @@ impl Network {
         ports: &[PortPlan],
     ) -> Result<NetAttachment, NetError> {
         let specs: Vec<ForwardSpec> = ports.iter().map(ForwardSpec::from).collect();
-        let mut att = NetAttachment {
+        let pasta_forwards = self.uses_pasta(mode);
+        // Ports are bound first: a port in use fails before anything else exists.
+        let bound = if mode != NetworkMode::Host && !pasta_forwards && !specs.is_empty() {
+            let bound = BoundPorts::bind(&specs)?;
+            let dialer = NetnsDialer::new(ns.net, format!("environment {env_id}"))
+                .map_err(NetError::Namespace)?;
+            Some((bound, dialer))
+        } else {
+            None
+        };
+        let pasta_specs: &[ForwardSpec] = if pasta_forwards { &specs } else { &[] };
+        let plumbing = self.plumb(env_id, ns, mode, pasta_specs)?;
+        let mut rollback = Rollback {
+            net: self,
+            env_id,
+            armed: true,
+        };
+        let (forwarder, ports) = match bound {
+            Some((bound, dialer)) => {
+                let f = bound.start(Arc::new(dialer))?;
+                let ports = f.ports().to_vec();
+                (Some(f), ports)
+            }
+            None if pasta_forwards => (
+                None,
+                specs
+                    .iter()
+                    .map(|s| ForwardedPort {
+                        spec: *s,
+                        bound: s.host,
+                    })
+                    .collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        if mode != NetworkMode::Host {
+            if let Some(mut record) = self.record(env_id)? {
+                record.ports = ports.clone();
+                self.save(env_id, &record)?;
+            }
+        }
+        rollback.armed = false;
+        Ok(NetAttachment {
+            address: plumbing.address,
+            gateway: plumbing.gateway,
+            resolv_conf: plumbing.resolv_conf,
+            ports,
+            forwarder,
+            dns_forwarder: plumbing.dns_forwarder,
+        })
+    }
+
+    /// Sets up the environment's network on the host side only, without port forwarding:
+    /// for a backend whose long-lived process cannot stay in the host's namespace (the
+    /// container supervisor forwards ports itself with [`BoundPorts`] and
+    /// [`super::dialer::LoopbackDialer`]). Call it from the host's network namespace, once
+    /// the environment's namespaces exist and before anything runs inside.
+    /// `pasta_ports`: ports pasta should forward (rootless `attach` only; else empty).
+    pub fn plumb(
+        &self,
+        env_id: &str,
+        ns: EnvNamespaces<'_>,
+        mode: NetworkMode,
+        pasta_ports: &[ForwardSpec],
+    ) -> Result<NetPlumbing, NetError> {
+        let mut plumbing = NetPlumbing {
             address: None,
             gateway: None,
             resolv_conf: None,
-            ports: Vec::new(),
-            forwarder: None,
-            dns: None,
-            pasta: None,
+            dns_forwarder: None,
         };
-        let rootless_isolated =
-            mode == NetworkMode::Isolated && self.options.user_mode.unwrap_or(!is_root());
-        // Ports are bound first: a port in use fails before anything else exists.
-        if mode != NetworkMode::Host && !rootless_isolated && !specs.is_empty() {
-            let dialer = NetnsDialer::new(ns.net, format!("environment {env_id}"))
-                .map_err(NetError::Namespace)?;
-            let fwd = PortForwarder::start(&specs, Arc::new(dialer))?;
-            att.ports = fwd.ports().to_vec();
-            att.forwarder = Some(fwd);
-        }
         let mut record = NetRecord {
             mode,
             plumbing: Plumbing::Nothing,
             address: None,
             gateway: None,
-            ports: att.ports.clone(),
+            ports: Vec::new(),
         };
         let mut rollback = Rollback {
             net: self,
@@ -200,26 +270,20 @@ impl Network {
             armed: true,
         };
         match mode {
-            NetworkMode::Host => {}
+            NetworkMode::Host => {
+                rollback.armed = false;
+                return Ok(plumbing);
+            }
             NetworkMode::None => {
                 self.save(env_id, &record)?;
                 loopback_up(ns.net)?;
             }
-            NetworkMode::Isolated if rootless_isolated => {
-                pasta::check_ports_free(&specs)?;
+            NetworkMode::Isolated if self.uses_pasta(mode) => {
+                pasta::check_ports_free(pasta_ports)?;
                 record.plumbing = Plumbing::Pasta { pid: None };
                 self.save(env_id, &record)?;
-                let p = Pasta::start(&self.home.env_dir(env_id), ns, &specs)?;
+                let p = Pasta::start(&self.home.env_dir(env_id), ns, pasta_ports)?;
                 record.plumbing = Plumbing::Pasta { pid: Some(p.pid()) };
-                att.ports = specs
-                    .iter()
-                    .map(|s| ForwardedPort {
-                        spec: *s,
-                        bound: s.host,
-                    })
-                    .collect();
-                record.ports = att.ports.clone();
-                att.pasta = Some(p);
             }
             NetworkMode::Isolated => {
                 let cfg = &self.options.bridge;
@@ -228,26 +292,26 @@ impl Network {
                     nft_table: cfg.nft_table.clone(),
                 };
                 self.save(env_id, &record)?;
-                let lease = Bridge::new(&self.home, cfg.clone()).attach(env_id, ns.net)?;
-                let dns = DnsPlan::for_host(&self.options.resolvers, lease.gateway);
-                if let DnsPlan::Forward {
-                    upstream, listen, ..
+                let dns = DnsPlan::for_host(&self.options.resolvers);
+                let lease =
+                    Bridge::new(&self.home, cfg.clone()).attach(env_id, ns.net, dns.ipv4_stub())?;
+                if let DnsPlan::Stub {
+                    stub: stub @ IpAddr::V6(_),
+                    ..
                 } = &dns
                 {
-                    att.dns = Some(DnsForwarder::start(*listen, *upstream)?);
+                    plumbing.dns_forwarder = Some(DnsForwarder::start(lease.gateway, *stub)?);
                 }
-                att.resolv_conf = Some(dns.resolv_conf());
-                att.address = Some(lease.address);
-                att.gateway = Some(lease.gateway);
-                record.address = att.address;
-                record.gateway = att.gateway;
+                plumbing.resolv_conf = Some(dns.resolv_conf(lease.gateway));
+                plumbing.address = Some(lease.address);
+                plumbing.gateway = Some(lease.gateway);
+                record.address = plumbing.address;
+                record.gateway = plumbing.gateway;
             }
         }
-        if mode != NetworkMode::Host {
-            self.save(env_id, &record)?;
-        }
+        self.save(env_id, &record)?;
         rollback.armed = false;
-        Ok(att)
+        Ok(plumbing)
     }
 
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,

@@ -128,7 +128,8 @@ pub fn pasta_args(
     args
 }
 
-/// A running pasta process attached to one environment; stopped on drop.
+/// A running pasta process attached to one environment. It runs on its own (pasta forks to
+/// the background) until [`stop`] — [`super::Network::detach`] calls that from the record.
 #[derive(Debug)]
 pub struct Pasta {
     pid: u32,
@@ -194,12 +195,6 @@ impl Pasta {
 
     pub fn pid(&self) -> u32 {
         self.pid
-    }
-}
-
-impl Drop for Pasta {
-    fn drop(&mut self) {
-        stop(self.pid);
     }
 }
 
