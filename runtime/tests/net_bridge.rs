@@ -264,3 +264,43 @@ fn ordinary_host_resolvers_are_used_directly() {
     assert!(!link_exists(&s.bridge));
     assert!(!Path::new(&format!("/sys/class/net/{}", veth_name("env-c"))).exists());
 }
+
+#[test]
+fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
+    if !have_root("detach_from_the_record_cleans_up_after_a_dead_supervisor") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-x".into(), "env-y".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let x = TestNetns::new();
+    let att_x = attach(&s.network, "env-x", &x, &[]);
+    // The supervisor of env-x dies (kill -9): its attachment is never dropped and its
+    // namespace goes away, taking the veth pair with it.
+    std::mem::forget(att_x);
+    drop(x);
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        !link_exists(&veth_name("env-x"))
+    });
+    assert!(gone, "the veth goes with its namespace");
+    // Another environment comes up meanwhile: env-x's stale lease is dropped.
+    let y = TestNetns::new();
+    let att_y = attach(&s.network, "env-y", &y, &[]);
+    drop(att_y);
+    s.network.detach("env-y").unwrap();
+    assert!(!link_exists(&s.bridge), "env-x's stale lease does not keep the bridge");
+    // `berth down` of env-x, from another process: only the record is left to clean.
+    let later = Network::new(
+        &BerthHome::at(s._home_dir.path().join("home")).unwrap(),
+        NetworkOptions::default(),
+    );
+    assert!(later.record("env-x").unwrap().is_some());
+    later.detach("env-x").unwrap();
+    assert!(later.record("env-x").unwrap().is_none());
+    assert!(!NatRules::exists(&s.table));
+}

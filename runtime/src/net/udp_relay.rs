@@ -166,3 +166,63 @@ fn replies(
         map.remove(&client);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::dialer::AddressDialer;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// Echoes each datagram prefixed with the sender's port.
+    fn port_echo() -> u16 {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let mut r = from.port().to_string().into_bytes();
+                r.push(b':');
+                r.extend_from_slice(&buf[..n]);
+                let _ = s.send_to(&r, from);
+            }
+        });
+        port
+    }
+
+    fn session_port(c: &UdpSocket) -> String {
+        c.send(b"x").unwrap();
+        let mut buf = [0u8; 64];
+        let n = c.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n])
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn idle_sessions_are_closed_and_reopened_on_demand() {
+        let guest = port_echo();
+        let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+        host.set_nonblocking(true).unwrap();
+        let addr = host.local_addr().unwrap();
+        let stop = Arc::new(StopSignal::new().unwrap());
+        let dialer: Arc<dyn Dialer> = Arc::new(AddressDialer {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        });
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || {
+            serve_udp(host, guest, dialer, s2, Duration::from_millis(100))
+        });
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.connect(addr).unwrap();
+        let first = session_port(&c);
+        assert_eq!(session_port(&c), first, "one session while traffic flows");
+        // Well past the idle timeout the session is gone; the next datagram opens a new one.
+        std::thread::sleep(Duration::from_millis(1000));
+        assert_ne!(session_port(&c), first);
+        stop.raise();
+        t.join().unwrap();
+    }
+}
