@@ -293,7 +293,10 @@ fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
     let att_y = attach(&s.network, "env-y", &y, &[]);
     drop(att_y);
     s.network.detach("env-y").unwrap();
-    assert!(!link_exists(&s.bridge), "env-x's stale lease does not keep the bridge");
+    assert!(
+        !link_exists(&s.bridge),
+        "env-x's stale lease does not keep the bridge"
+    );
     // `berth down` of env-x, from another process: only the record is left to clean.
     let later = Network::new(
         &BerthHome::at(s._home_dir.path().join("home")).unwrap(),
@@ -303,4 +306,76 @@ fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
     later.detach("env-x").unwrap();
     assert!(later.record("env-x").unwrap().is_none());
     assert!(!NatRules::exists(&s.table));
+}
+
+/// A veth from the host to a namespace standing for "the outside world", removed on drop.
+struct Uplink {
+    name: String,
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = nl.delete_link_named(&self.name);
+        }
+    }
+}
+
+#[test]
+fn outbound_traffic_is_routed_and_masqueraded() {
+    if !have_root("outbound_traffic_is_routed_and_masqueraded") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-o".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    // "Outside": a namespace behind its own veth, 10.232.N.0/30, host end .1, far end .2.
+    let outside = TestNetns::new();
+    let octet = s.subnet_prefix.rsplit('.').next().unwrap().to_string();
+    let host_ip: Ipv4Addr = format!("10.232.{octet}.1").parse().unwrap();
+    let far_ip: Ipv4Addr = format!("10.232.{octet}.2").parse().unwrap();
+    let uplink = Uplink {
+        name: format!("bu{}", &s.bridge[2..]),
+    };
+    let mut nl = Netlink::open().unwrap();
+    nl.create_veth(
+        &uplink.name,
+        0,
+        "uplink0",
+        std::os::fd::AsFd::as_fd(&outside.file),
+        1500,
+    )
+    .unwrap();
+    let idx = nl.link_index(&uplink.name).unwrap().unwrap();
+    nl.add_address(idx, host_ip, 30).unwrap();
+    nl.set_up(idx).unwrap();
+    outside.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        let i = nl.link_index("uplink0").unwrap().unwrap();
+        nl.add_address(i, far_ip, 30).unwrap();
+        nl.set_up(i).unwrap();
+    });
+    // The outside server tells each client the address it sees.
+    let server = outside.run(move || TcpListener::bind((far_ip, 8080)).unwrap());
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let peer = c.peer_addr().unwrap().ip().to_string();
+            let _ = c.write_all(peer.as_bytes());
+        }
+    });
+    let env = TestNetns::new();
+    let att = attach(&s.network, "env-o", &env, &[]);
+    let seen = fetch_inside(&env, SocketAddr::from((far_ip, 8080)), HANG).unwrap();
+    assert_eq!(
+        seen,
+        host_ip.to_string(),
+        "the outside sees the host's address, not the environment's {:?}",
+        att.address
+    );
+    drop(att);
+    s.network.detach("env-o").unwrap();
 }

@@ -3,7 +3,7 @@
 //!
 //! The bridge (`berth0`), its nftables table and IPv4 forwarding exist while at least one
 //! environment holds a lease; the last release removes them. The shared state (subnet,
-//! leases, the forwarding setting found before berth changed it) lives in
+//! leases) lives in
 //! `BERTH_HOME/net/bridge-<name>.json`, read and written only under
 //! `BERTH_HOME/locks/net-<name>.lock`. Each change to the host is recorded *before* it is
 //! made, so a crash at any point leaves a record that `release` can clean up from.
@@ -60,8 +60,6 @@ pub struct BridgeState {
     pub bridge: String,
     pub subnet: Subnet,
     pub nft_table: String,
-    /// `/proc/sys/net/ipv4/ip_forward` before berth turned it on; restored at teardown.
-    pub ip_forward_before: Option<String>,
     /// Environment id → its address.
     pub leases: BTreeMap<String, Ipv4Addr>,
 }
@@ -181,7 +179,7 @@ impl Bridge {
         let existing = nl
             .link_index(&name)
             .map_err(|e| NetError::link(format!("look up bridge {name}"), e))?;
-        let mut st = match (self.state()?, existing) {
+        let st = match (self.state()?, existing) {
             // Known bridge: still re-assert address, link state, rules and forwarding (cheap,
             // idempotent), in case someone flushed the ruleset or the host rebooted.
             (Some(st), _) => st,
@@ -196,7 +194,6 @@ impl Bridge {
                     bridge: name.clone(),
                     subnet,
                     nft_table: self.config.nft_table.clone(),
-                    ip_forward_before: None,
                     leases: BTreeMap::new(),
                 }
             }
@@ -238,20 +235,13 @@ impl Bridge {
             dns_stub,
         }
         .apply()?;
-        if st.ip_forward_before.is_none() {
-            // Record the old value first: a crash right after enabling still restores it.
-            let before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "0".into());
-            st.ip_forward_before = Some(before);
-            self.save(&st)?;
-        }
         nat::enable_ipv4_forwarding()?;
         Ok(st)
     }
 
     /// Unplugs `env_id` (its veth), drops its lease and, when it was the last, removes the
-    /// NAT table and the bridge and restores IPv4 forwarding. Idempotent.
+    /// NAT table and the bridge and restores IPv4 forwarding (unless another berth bridge
+    /// still needs it). Idempotent.
     pub fn detach(&self, env_id: &str) -> Result<(), NetError> {
         let _lock = self.lock()?;
         let mut nl = netlink()?;
@@ -269,9 +259,7 @@ impl Bridge {
         NatRules::remove(&st.nft_table)?;
         nl.delete_link_named(&st.bridge)
             .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
-        if let Some(before) = &st.ip_forward_before {
-            nat::restore_ipv4_forwarding(before)?;
-        }
+        nat::release_ipv4_forwarding(&st.nft_table)?;
         match std::fs::remove_file(self.state_path()) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(NetError::State(state::StateError::Write {
@@ -406,7 +394,6 @@ mod tests {
             bridge: "b".into(),
             subnet: "10.9.0.0/29".parse().unwrap(),
             nft_table: "t".into(),
-            ip_forward_before: None,
             leases: BTreeMap::new(),
         };
         let mut got = Vec::new();

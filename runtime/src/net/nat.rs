@@ -147,24 +147,54 @@ pub fn allow_loopback_destinations(bridge: &str) -> Result<(), NatError> {
     fs::write(&path, "1").map_err(|source| NatError::Sysctl { path, source })
 }
 
-/// Turns IPv4 forwarding on; returns the previous value ("0" or "1") so it can be restored.
-pub fn enable_ipv4_forwarding() -> Result<String, NatError> {
-    let before = fs::read_to_string(IP_FORWARD)
-        .map_err(NatError::Forwarding)?
-        .trim()
-        .to_string();
-    if before != "1" {
-        fs::write(IP_FORWARD, "1").map_err(NatError::Forwarding)?;
-    }
-    Ok(before)
-}
+/// Where the value of `ip_forward` from before any berth bridge existed is kept. It is
+/// host-wide (several berth homes, or tests, may each have a bridge) and on tmpfs, so a
+/// reboot, which resets `ip_forward`, forgets it too.
+const FORWARD_NOTE: &str = "/run/berth-ipv4-forward.before";
 
-/// Puts IPv4 forwarding back to `value` (what [`enable_ipv4_forwarding`] returned).
-pub fn restore_ipv4_forwarding(value: &str) -> Result<(), NatError> {
-    if value == "1" {
+/// Turns IPv4 forwarding on, first noting the previous value when berth is the one turning
+/// it on.
+pub fn enable_ipv4_forwarding() -> Result<(), NatError> {
+    let now = fs::read_to_string(IP_FORWARD).map_err(NatError::Forwarding)?;
+    if now.trim() == "1" {
         return Ok(());
     }
-    fs::write(IP_FORWARD, value).map_err(NatError::Forwarding)
+    if !std::path::Path::new(FORWARD_NOTE).exists() {
+        fs::write(FORWARD_NOTE, now.trim()).map_err(|source| NatError::Sysctl {
+            path: FORWARD_NOTE.into(),
+            source,
+        })?;
+    }
+    fs::write(IP_FORWARD, "1").map_err(NatError::Forwarding)
+}
+
+/// Puts IPv4 forwarding back to what it was before berth turned it on, unless another
+/// berth table (another bridge) still needs it. `own_table` is the table being removed.
+pub fn release_ipv4_forwarding(own_table: &str) -> Result<(), NatError> {
+    if other_berth_tables(own_table) {
+        return Ok(());
+    }
+    let Ok(before) = fs::read_to_string(FORWARD_NOTE) else {
+        return Ok(());
+    };
+    fs::write(IP_FORWARD, before.trim()).map_err(NatError::Forwarding)?;
+    let _ = fs::remove_file(FORWARD_NOTE);
+    Ok(())
+}
+
+/// Whether nftables holds an `inet` table of berth's (named `berth…`) besides `own_table`.
+fn other_berth_tables(own_table: &str) -> bool {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.strip_prefix("table inet ")
+            .map(|name| name.trim())
+            .is_some_and(|name| name.starts_with("berth") && name != own_table)
+    })
 }
 
 #[cfg(test)]

@@ -275,8 +275,9 @@ impl Netlink {
         self.request(msg).map(drop)
     }
 
-    /// Creates a veth pair: `host_name` here, attached to bridge `master`; `peer_name` created
-    /// directly inside the network namespace `peer_netns`. Both ends get `mtu`.
+    /// Creates a veth pair: `host_name` here, attached to bridge `master` (0: none);
+    /// `peer_name` created directly inside the network namespace `peer_netns`. Both ends get
+    /// `mtu`.
     pub fn create_veth(
         &mut self,
         host_name: &str,
@@ -288,8 +289,11 @@ impl Netlink {
         let mut msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(libc::AF_UNSPEC as u8, 0, 0, 0)
             .str_attr(IFLA_IFNAME, host_name)
-            .u32_attr(IFLA_MTU, mtu)
-            .u32_attr(IFLA_MASTER, master)
+            .u32_attr(IFLA_MTU, mtu);
+        if master != 0 {
+            msg = msg.u32_attr(IFLA_MASTER, master);
+        }
+        let mut msg = msg
             .nest(IFLA_LINKINFO)
             .str_attr(IFLA_INFO_KIND, "veth")
             .nest(IFLA_INFO_DATA)

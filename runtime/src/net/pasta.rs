@@ -35,8 +35,13 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         })
 }
 
-/// The pasta binary rootless environments use, or why there is none (for `berth doctor`).
+/// The TUN device pasta opens inside the environment's namespace.
+const TUN: &str = "/dev/net/tun";
+
+/// The pasta binary rootless environments use, or why they cannot have a network (for
+/// `berth doctor`): pasta missing or broken, or `/dev/net/tun` not usable by this user.
 pub fn rootless_network_available() -> Result<PathBuf, String> {
+    tun_usable()?;
     let pasta = find_on_path("pasta").ok_or_else(|| {
         "pasta not found on PATH: rootless environments would have no network; install the Debian package `passt`".to_string()
     })?;
@@ -58,6 +63,20 @@ pub fn rootless_network_available() -> Result<PathBuf, String> {
         ));
     }
     Ok(pasta)
+}
+
+fn tun_usable() -> Result<(), String> {
+    use nix::unistd::{access, AccessFlags};
+    if !std::path::Path::new(TUN).exists() {
+        return Err(format!(
+            "{TUN} is missing: pasta needs the TUN device; load the module (`modprobe tun`)"
+        ));
+    }
+    access(TUN, AccessFlags::R_OK | AccessFlags::W_OK).map_err(|e| {
+        format!(
+            "{TUN} cannot be opened by this user ({e}): pasta needs it for rootless networking; as root run `chmod 0666 {TUN}` (the usual mode)"
+        )
+    })
 }
 
 /// Fails like the root forwarder when a host port of `specs` is taken, naming the holder.
