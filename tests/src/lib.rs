@@ -1,6 +1,8 @@
 //! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
 //! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
 
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
