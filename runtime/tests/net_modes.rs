@@ -4,20 +4,25 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use berth_runtime::net::bridge::BridgeConfig;
+use berth_runtime::net::dns::ResolverSources;
 use berth_runtime::net::netlink::Netlink;
 use berth_runtime::net::{EnvNamespaces, NetError, Network, NetworkOptions};
 use berth_runtime::state::BerthHome;
-use common::{have_root, random_suffix, TestNetns};
+use common::{dns_answer, dns_query, fake_dns_server, have_root, random_suffix, TestNetns};
 use envfile_spec::plan::{NetworkMode, PortPlan, Protocol};
 
 const HANG: Duration = Duration::from_secs(20);
 
 fn network(home: &std::path::Path, user_mode: bool) -> Network {
     let suffix = random_suffix();
+    // The host "uses a loopback stub resolver" at 127.0.0.1 (a fake one the test runs).
+    let resolv = home.join("host-resolv.conf");
+    std::fs::create_dir_all(home).unwrap();
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
     Network::new(
         &BerthHome::at(home).unwrap(),
         NetworkOptions {
@@ -26,8 +31,11 @@ fn network(home: &std::path::Path, user_mode: bool) -> Network {
                 nft_table: format!("berth_test_{suffix}"),
                 subnet: None,
             },
+            resolvers: ResolverSources {
+                resolv_conf: resolv,
+                upstream_resolv_conf: home.join("no-such-file"),
+            },
             user_mode: Some(user_mode),
-            ..Default::default()
         },
     )
 }
@@ -117,6 +125,32 @@ fn pasta_configures_the_namespace_and_forwards_ports() {
         "no default route inside: {links}"
     );
     assert_eq!(fetch(host_port), "through pasta");
+    // DNS: the environment asks the gateway address, which pasta maps to the host's
+    // loopback, where the stub answers.
+    match UdpSocket::bind("127.0.0.1:53") {
+        Err(e) => eprintln!("pasta DNS not checked: cannot bind 127.0.0.1:53 ({e})"),
+        Ok(stub) => {
+            fake_dns_server(stub, "pasta.berth.test", Ipv4Addr::new(192, 0, 2, 78));
+            let rc = att.resolv_conf.clone().unwrap();
+            let server: Ipv4Addr = rc
+                .lines()
+                .find_map(|l| l.strip_prefix("nameserver "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let answer = ns.run(move || {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.set_read_timeout(Some(HANG)).unwrap();
+                s.send_to(&dns_query(7, "pasta.berth.test"), (server, 53))
+                    .unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.recv(&mut buf).unwrap();
+                dns_answer(&buf[..n])
+            });
+            assert_eq!(answer, Some(Ipv4Addr::new(192, 0, 2, 78)), "{rc}");
+        }
+    }
     drop(att);
     net.detach("env-p").unwrap();
     // pasta is gone (or a zombie of nobody's) shortly after detach.

@@ -30,6 +30,7 @@ use super::error::NetError;
 use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, PortForwarder};
 use super::netlink::Netlink;
 use super::pasta::{self, Pasta};
+use super::subnet;
 
 /// Settings of the networking layer; [`Default`] is what berth uses.
 #[derive(Debug, Clone, Default)]
@@ -80,7 +81,7 @@ pub struct NetPlumbing {
     /// Its default gateway (bridge mode).
     pub gateway: Option<Ipv4Addr>,
     /// Content for the environment's `/etc/resolv.conf`; `None` means keep what the image
-    /// or host provides (`host` mode, `none` mode, pasta which serves DNS itself).
+    /// or host provides (`host` mode, `none` mode).
     pub resolv_conf: Option<String>,
     /// Only when the host's resolver is an IPv6 loopback stub (`::1`): the userspace DNS
     /// forwarder on the bridge address. Keep it alive as long as the environment runs.
@@ -282,8 +283,25 @@ impl Network {
                 pasta::check_ports_free(pasta_ports)?;
                 record.plumbing = Plumbing::Pasta { pid: None };
                 self.save(env_id, &record)?;
-                let p = Pasta::start(&self.home.env_dir(env_id), ns, pasta_ports)?;
+                // pasta copies the host's addresses and routes, so ordinary resolvers are
+                // reached as they are. A stub on 127.0.0.1 is reached through the gateway
+                // address, which pasta maps to the host's loopback; another loopback stub
+                // through pasta's DNS mapping (`--dns-forward`, recent pasta versions).
+                let dns = DnsPlan::for_host(&self.options.resolvers);
+                let (stub, nameserver) = match &dns {
+                    DnsPlan::Stub {
+                        stub: IpAddr::V4(v4),
+                        ..
+                    } if *v4 == Ipv4Addr::LOCALHOST => (
+                        None,
+                        subnet::host_default_gateway().unwrap_or(pasta::PASTA_DNS),
+                    ),
+                    DnsPlan::Stub { stub, .. } => (Some(*stub), pasta::PASTA_DNS),
+                    DnsPlan::Direct(_) => (None, pasta::PASTA_DNS),
+                };
+                let p = Pasta::start(&self.home.env_dir(env_id), ns, pasta_ports, stub)?;
                 record.plumbing = Plumbing::Pasta { pid: Some(p.pid()) };
+                plumbing.resolv_conf = Some(dns.resolv_conf(nameserver));
             }
             NetworkMode::Isolated => {
                 let cfg = &self.options.bridge;

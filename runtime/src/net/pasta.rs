@@ -9,7 +9,7 @@
 //! the same clear error as the root forwarder.
 
 use std::ffi::OsString;
-use std::net::{TcpListener, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -112,14 +112,29 @@ fn port_arg(s: &ForwardSpec) -> String {
     format!("{}/{}:{}", s.host.ip(), s.host.port(), s.guest_port)
 }
 
-/// The command line that attaches pasta to the namespaces at the given paths.
+/// The address the environment sends DNS to when the host's resolver is a loopback stub:
+/// pasta maps it to that stub (`--dns-forward`). Link-local, so it never clashes with a
+/// real network the environment might reach.
+pub const PASTA_DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 53);
+
+/// The command line that attaches pasta to the namespaces at the given paths. `dns_stub`:
+/// the host's loopback resolver, reached from inside at [`PASTA_DNS`].
 pub fn pasta_args(
     netns: &Path,
     userns: Option<&Path>,
     pid_file: &Path,
     specs: &[ForwardSpec],
+    dns_stub: Option<IpAddr>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["--config-net".into(), "--quiet".into()];
+    if let Some(stub) = dns_stub {
+        args.extend([
+            "--dns".into(),
+            stub.to_string().into(),
+            "--dns-forward".into(),
+            PASTA_DNS.to_string().into(),
+        ]);
+    }
     if nix::unistd::geteuid().is_root() {
         // As root pasta would switch to nobody before opening the namespace paths.
         args.extend(["--runas".into(), "0".into()]);
@@ -161,6 +176,7 @@ impl Pasta {
         env_dir: &Path,
         ns: EnvNamespaces<'_>,
         specs: &[ForwardSpec],
+        dns_stub: Option<IpAddr>,
     ) -> Result<Pasta, NetError> {
         let bin = rootless_network_available().map_err(NetError::Rootless)?;
         // pasta opens the namespaces by path. `/proc/self/fd/N` of its own inherited
@@ -176,8 +192,14 @@ impl Pasta {
         let pid_file = env_dir.join("pasta.pid");
         let _ = std::fs::remove_file(&pid_file);
         let mut cmd = Command::new(&bin);
-        cmd.args(pasta_args(&netns, userns.as_deref(), &pid_file, specs))
-            .stdin(Stdio::null());
+        cmd.args(pasta_args(
+            &netns,
+            userns.as_deref(),
+            &pid_file,
+            specs,
+            dns_stub,
+        ))
+        .stdin(Stdio::null());
         // SAFETY: the closure runs in the forked child before exec and only calls fcntl,
         // which is async-signal-safe; it touches no memory shared with the parent's threads.
         unsafe {
@@ -263,6 +285,7 @@ mod tests {
             None,
             Path::new("/e/pasta.pid"),
             &specs,
+            Some("127.0.0.53".parse().unwrap()),
         )
         .into_iter()
         .map(|a| a.into_string().unwrap())
@@ -278,6 +301,10 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains("--userns"));
+        assert!(
+            line.contains("--dns 127.0.0.53 --dns-forward 169.254.1.53"),
+            "{line}"
+        );
     }
 
     #[test]

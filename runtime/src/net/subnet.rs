@@ -153,6 +153,24 @@ fn parse_proc_route(text: &str) -> Vec<HostRoute> {
         .collect()
 }
 
+/// The gateway of the host's IPv4 default route, if it has one.
+pub fn host_default_gateway() -> Option<Ipv4Addr> {
+    let text = fs::read_to_string("/proc/net/route").ok()?;
+    default_gateway(&text)
+}
+
+fn default_gateway(text: &str) -> Option<Ipv4Addr> {
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (dest, gw, mask) = (f.get(1)?, f.get(2)?, f.get(7)?);
+        if *dest != "00000000" || *mask != "00000000" {
+            return None;
+        }
+        let gw = u32::from_str_radix(gw, 16).ok()?;
+        (gw != 0).then(|| Ipv4Addr::from(gw.to_ne_bytes()))
+    })
+}
+
 /// The subnet for berth's bridge `bridge`: `BERTH_SUBNET` when set (`requested`), else the
 /// first of the defaults that overlaps no host route (routes through `bridge` itself, which
 /// berth made, do not count).
@@ -217,6 +235,7 @@ mod tests {
 eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 docker0\t000058AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+        assert_eq!(default_gateway(text), Some(Ipv4Addr::new(192, 0, 2, 1)));
         let r = parse_proc_route(text);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].subnet.to_string(), "192.0.2.0/24");
