@@ -379,3 +379,35 @@ fn outbound_traffic_is_routed_and_masqueraded() {
     drop(att);
     s.network.detach("env-o").unwrap();
 }
+
+#[test]
+fn ipv6_stub_resolver_is_relayed_from_the_bridge() {
+    if !have_root("ipv6_stub_resolver_is_relayed_from_the_bridge") {
+        return;
+    }
+    let s = setup("nameserver ::1\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-6".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let stub = match UdpSocket::bind("[::1]:53") {
+        Ok(stub) => stub,
+        Err(e) => {
+            eprintln!("skipping ipv6_stub_resolver_is_relayed_from_the_bridge: cannot bind [::1]:53 ({e})");
+            return;
+        }
+    };
+    fake_dns_server(stub, "six.berth.test", Ipv4Addr::new(192, 0, 2, 6));
+    let ns = TestNetns::new();
+    let att = attach(&s.network, "env-6", &ns, &[]);
+    let gateway = att.gateway.unwrap();
+    assert_eq!(nameserver(att.resolv_conf.as_deref().unwrap()), gateway);
+    assert_eq!(
+        resolve_inside(&ns, gateway, "six.berth.test"),
+        Some(Ipv4Addr::new(192, 0, 2, 6))
+    );
+    drop(att);
+    s.network.detach("env-6").unwrap();
+}

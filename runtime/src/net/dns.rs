@@ -149,6 +149,36 @@ impl DnsPlan {
         )
     }
 
+    /// The plan for an environment with IPv4 only (the bridge): IPv6 resolvers are dropped
+    /// from a direct plan, and when only IPv6 ones remain the environment asks the bridge
+    /// address, which relays to the first of them (like a stub).
+    pub fn for_ipv4_only(self) -> DnsPlan {
+        match self {
+            DnsPlan::Direct(c) => {
+                let v4: Vec<IpAddr> = c
+                    .nameservers
+                    .iter()
+                    .copied()
+                    .filter(IpAddr::is_ipv4)
+                    .collect();
+                match (v4.is_empty(), c.nameservers.first().copied()) {
+                    (true, Some(v6)) => DnsPlan::Stub {
+                        stub: v6,
+                        conf: ResolvConf {
+                            nameservers: Vec::new(),
+                            ..c
+                        },
+                    },
+                    _ => DnsPlan::Direct(ResolvConf {
+                        nameservers: v4,
+                        ..c
+                    }),
+                }
+            }
+            stub => stub,
+        }
+    }
+
     /// The IPv4 loopback stub to redirect DNS to, if that is the plan.
     pub fn ipv4_stub(&self) -> Option<Ipv4Addr> {
         match self {
@@ -217,6 +247,34 @@ mod tests {
             "# written by berth from the host's resolver configuration\nnameserver 10.255.255.53\nsearch corp.example\noptions edns0 ndots:2\n"
         );
         assert_eq!(plan.ipv4_stub(), None);
+    }
+
+    #[test]
+    fn ipv4_only_environments_drop_or_relay_ipv6_resolvers() {
+        let mixed = DnsPlan::decide("nameserver 2001:db8::1\nnameserver 192.0.2.1\n", None);
+        assert_eq!(
+            mixed
+                .for_ipv4_only()
+                .resolv_conf(GW)
+                .lines()
+                .filter(|l| l.starts_with("nameserver"))
+                .collect::<Vec<_>>(),
+            ["nameserver 192.0.2.1"]
+        );
+        let v6 = DnsPlan::decide("nameserver 2001:db8::1\n", None).for_ipv4_only();
+        assert!(matches!(
+            v6,
+            DnsPlan::Stub {
+                stub: IpAddr::V6(_),
+                ..
+            }
+        ));
+        assert!(v6.resolv_conf(GW).contains("nameserver 10.88.0.1"));
+        assert_eq!(
+            v6.ipv4_stub(),
+            None,
+            "relayed by the userspace forwarder, not DNAT"
+        );
     }
 
     #[test]

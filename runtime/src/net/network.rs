@@ -83,8 +83,9 @@ pub struct NetPlumbing {
     /// Content for the environment's `/etc/resolv.conf`; `None` means keep what the image
     /// or host provides (`host` mode, `none` mode).
     pub resolv_conf: Option<String>,
-    /// Only when the host's resolver is an IPv6 loopback stub (`::1`): the userspace DNS
-    /// forwarder on the bridge address. Keep it alive as long as the environment runs.
+    /// Only when the host's resolvers are all IPv6 (a `::1` stub, or IPv6 servers the
+    /// IPv4-only bridge cannot reach): the userspace DNS relay on the bridge address. Keep it
+    /// alive as long as the environment runs.
     pub dns_forwarder: Option<DnsForwarder>,
 }
 
@@ -310,7 +311,7 @@ impl Network {
                     nft_table: cfg.nft_table.clone(),
                 };
                 self.save(env_id, &record)?;
-                let dns = DnsPlan::for_host(&self.options.resolvers);
+                let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
                 let lease =
                     Bridge::new(&self.home, cfg.clone()).attach(env_id, ns.net, dns.ipv4_stub())?;
                 if let DnsPlan::Stub {
