@@ -76,6 +76,7 @@ fn setup(resolv_conf: &str) -> Setup {
             upstream_resolv_conf: home_dir.path().join("no-such-file"),
         },
         user_mode: Some(false),
+        ..Default::default()
     };
     Setup {
         network: Network::new(&home, options.clone()),

@@ -36,6 +36,7 @@ fn network(home: &std::path::Path, user_mode: bool) -> Network {
                 upstream_resolv_conf: home.join("no-such-file"),
             },
             user_mode: Some(user_mode),
+            ..Default::default()
         },
     )
 }

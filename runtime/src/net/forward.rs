@@ -118,6 +118,16 @@ enum Bound {
     Udp(UdpSocket),
 }
 
+/// What to do when a declared host port is taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnPortInUse {
+    /// Fail, naming the process holding the port.
+    #[default]
+    Fail,
+    /// Use any free port on the same address instead.
+    PickFree,
+}
+
 /// Host ports bound but not yet served: the first half of [`PortForwarder::start`].
 ///
 /// Binding and serving can happen in different places. A container supervisor that lives
@@ -133,9 +143,27 @@ impl BoundPorts {
     /// Binds every host port of `specs`; fails, releasing what was bound, when any port
     /// cannot be bound (a port in use names the process holding it).
     pub fn bind(specs: &[ForwardSpec]) -> Result<BoundPorts, ForwardError> {
+        BoundPorts::bind_with(specs, OnPortInUse::Fail)
+    }
+
+    /// Like [`BoundPorts::bind`]; with [`OnPortInUse::PickFree`] a host port that is taken
+    /// is replaced by a free one on the same address (`berth run --publish-auto`);
+    /// [`BoundPorts::ports`] tells which.
+    pub fn bind_with(
+        specs: &[ForwardSpec],
+        in_use: OnPortInUse,
+    ) -> Result<BoundPorts, ForwardError> {
         let mut ports = Vec::with_capacity(specs.len());
         for spec in specs {
-            let sock = bind(spec)?;
+            let sock = match (bind(spec), in_use) {
+                (Err(ForwardError::PortInUse { .. }), OnPortInUse::PickFree) => {
+                    bind(&ForwardSpec {
+                        host: SocketAddr::new(spec.host.ip(), 0),
+                        ..*spec
+                    })?
+                }
+                (r, _) => r?,
+            };
             let local = match &sock {
                 Bound::Tcp(l) => l.local_addr(),
                 Bound::Udp(u) => u.local_addr(),
@@ -321,6 +349,24 @@ mod tests {
         assert!(msg.contains("already in use"), "{msg}");
         // The first port, bound before the failure, was released again.
         TcpListener::bind(free_addr).unwrap();
+    }
+
+    #[test]
+    fn a_taken_port_is_replaced_when_asked_to_pick_a_free_one() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let spec = ForwardSpec {
+            host: held.local_addr().unwrap(),
+            ..loopback(80, Protocol::Tcp)
+        };
+        assert!(matches!(
+            BoundPorts::bind_with(&[spec], OnPortInUse::Fail),
+            Err(ForwardError::PortInUse { .. })
+        ));
+        let bound = BoundPorts::bind_with(&[spec], OnPortInUse::PickFree).unwrap();
+        let got = bound.ports()[0];
+        assert_eq!(got.spec, spec, "the declared port is kept for messages");
+        assert_ne!(got.bound.port(), spec.host.port());
+        assert_ne!(got.bound.port(), 0);
     }
 
     #[test]

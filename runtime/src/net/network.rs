@@ -27,7 +27,7 @@ use super::bridge::{Bridge, BridgeConfig};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
-use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, PortForwarder};
+use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, OnPortInUse, PortForwarder};
 use super::netlink::Netlink;
 use super::pasta::{self, Pasta};
 use super::subnet;
@@ -39,6 +39,8 @@ pub struct NetworkOptions {
     pub resolvers: ResolverSources,
     /// Isolated mode through pasta (user-mode networking): `None` = exactly when not root.
     pub user_mode: Option<bool>,
+    /// What [`Network::attach`] does when a declared host port is taken.
+    pub on_port_in_use: OnPortInUse,
 }
 
 /// The namespaces of the environment being attached.
@@ -191,7 +193,7 @@ impl Network {
         let pasta_forwards = self.uses_pasta(mode);
         // Ports are bound first: a port in use fails before anything else exists.
         let bound = if mode != NetworkMode::Host && !pasta_forwards && !specs.is_empty() {
-            let bound = BoundPorts::bind(&specs)?;
+            let bound = BoundPorts::bind_with(&specs, self.options.on_port_in_use)?;
             let dialer = NetnsDialer::new(ns.net, format!("environment {env_id}"))
                 .map_err(NetError::Namespace)?;
             Some((bound, dialer))
