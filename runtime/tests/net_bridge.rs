@@ -284,7 +284,7 @@ fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
     // namespace goes away, taking the veth pair with it.
     std::mem::forget(att_x);
     drop(x);
-    let gone = (0..200).any(|_| {
+    let gone = (0..1000).any(|_| {
         std::thread::sleep(Duration::from_millis(10));
         !link_exists(&veth_name("env-x"))
     });

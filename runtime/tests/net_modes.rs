@@ -155,7 +155,7 @@ fn pasta_configures_the_namespace_and_forwards_ports() {
     drop(att);
     net.detach("env-p").unwrap();
     // pasta is gone (or a zombie of nobody's) shortly after detach.
-    let gone = (0..100).any(|_| {
+    let gone = (0..500).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| s.contains(") Z "))
