@@ -284,3 +284,118 @@ fn supervisor_inside_the_namespace_serves_ports_bound_on_the_host() {
     assert_eq!(&buf[..n], b"udp inside");
     drop(fwd);
 }
+
+/// Environment variable that turns `rootless_forwarding_helper` on: "FD,HOST_PORT,GUEST_PORT".
+const ROOTLESS_HELPER: &str = "BERTH_TEST_ROOTLESS_FWD";
+
+#[test]
+fn rootless_supervisor_serves_ports_bound_on_the_host() {
+    if !have_root("rootless_supervisor_serves_ports_bound_on_the_host") {
+        return;
+    }
+    use berth_runtime::net::forward::BoundPorts;
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    // As a rootless container: the listening socket is made in the host's namespace, the
+    // supervisor runs as an unprivileged user in its own user and network namespace.
+    let bound = BoundPorts::bind(&[spec(Protocol::Tcp, 7100)]).unwrap();
+    let (port, fd) = bound.into_parts().pop().unwrap();
+    let raw = fd.as_raw_fd();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "--net"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rootless_forwarding_helper",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(
+            ROOTLESS_HELPER,
+            format!("{raw},{},{}", port.bound.port(), 7100),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    // SAFETY: only fcntl (async-signal-safe) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::fcntl(raw, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(fd);
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let ready =
+        std::iter::from_fn(|| rx.recv_timeout(HANG).ok()).find(|l| l.contains("helper ready"));
+    let result = ready.as_ref().map(|_| round_trip(port.bound, b"rootless"));
+    drop(child.stdin.take());
+    let status = child.wait().unwrap();
+    let line = ready.expect("the unprivileged helper started");
+    assert!(line.contains("uid 65534"), "{line}");
+    assert_eq!(result.unwrap().unwrap(), b"rootless");
+    assert!(status.success(), "helper failed: {status}");
+}
+
+#[test]
+#[ignore = "helper of rootless_supervisor_serves_ports_bound_on_the_host (runs unprivileged)"]
+fn rootless_forwarding_helper() {
+    use berth_runtime::net::dialer::LoopbackDialer;
+    use berth_runtime::net::forward::{BoundPorts, ForwardedPort};
+    use berth_runtime::net::netlink::Netlink;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Ok(arg) = std::env::var(ROOTLESS_HELPER) else {
+        eprintln!("rootless_forwarding_helper only runs when started by its test");
+        return;
+    };
+    let n: Vec<i32> = arg.split(',').map(|x| x.parse().unwrap()).collect();
+    let (fd, host_port, guest) = (n[0], n[1] as u16, n[2] as u16);
+    let mut nl = Netlink::open().unwrap();
+    let lo = nl.link_index("lo").unwrap().unwrap();
+    nl.set_up(lo).unwrap();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, guest)).unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            let _ = s.write_all(&buf);
+        }
+    });
+    // SAFETY: the test that started this process placed a listening socket at `fd` for it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let spec = ForwardSpec {
+        host: SocketAddr::from((Ipv4Addr::LOCALHOST, host_port)),
+        ..spec(Protocol::Tcp, guest)
+    };
+    let part = ForwardedPort {
+        spec,
+        bound: spec.host,
+    };
+    let fwd = BoundPorts::from_parts(vec![(part, sock)])
+        .unwrap()
+        .start(Arc::new(LoopbackDialer))
+        .unwrap();
+    // The uid as the host sees it: this user namespace maps root to 65534.
+    let host_uid = std::fs::read_to_string("/proc/self/uid_map")
+        .ok()
+        .and_then(|m| m.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_default();
+    println!("helper ready, uid {host_uid}");
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_to_string(&mut rest);
+    drop(fwd);
+}

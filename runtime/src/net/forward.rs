@@ -10,7 +10,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -187,6 +187,39 @@ impl BoundPorts {
     /// The ports with the addresses actually bound.
     pub fn ports(&self) -> Vec<ForwardedPort> {
         self.ports.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// The listening sockets, for handing to another process (across `exec` they need
+    /// `FD_CLOEXEC` cleared; the receiver rebuilds them with [`BoundPorts::from_parts`]).
+    pub fn into_parts(self) -> Vec<(ForwardedPort, OwnedFd)> {
+        self.ports
+            .into_iter()
+            .map(|(p, b)| {
+                let fd = match b {
+                    Bound::Tcp(l) => OwnedFd::from(l),
+                    Bound::Udp(u) => OwnedFd::from(u),
+                };
+                (p, fd)
+            })
+            .collect()
+    }
+
+    /// Rebuilds bound ports from [`BoundPorts::into_parts`]. The sockets are made
+    /// non-blocking again (a descriptor passed between processes keeps its flags, but not
+    /// every hand-over preserves them).
+    pub fn from_parts(parts: Vec<(ForwardedPort, OwnedFd)>) -> io::Result<BoundPorts> {
+        let ports = parts
+            .into_iter()
+            .map(|(p, fd)| {
+                sys::set_nonblocking(fd.as_fd(), true)?;
+                let b = match p.spec.protocol {
+                    Protocol::Tcp => Bound::Tcp(TcpListener::from(fd)),
+                    Protocol::Udp => Bound::Udp(UdpSocket::from(fd)),
+                };
+                Ok((p, b))
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(BoundPorts { ports })
     }
 
     /// Starts serving every port through `dialer`: one thread per port.
