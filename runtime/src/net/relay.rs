@@ -41,6 +41,8 @@ struct Direction {
     pending: usize,
     eof: bool,
     done: bool,
+    /// What the last step stopped on: `src` readable (`Some(true)`) or `dst` writable.
+    waits_for_read: Option<bool>,
 }
 
 enum Step {
@@ -69,6 +71,7 @@ impl Direction {
             pending: 0,
             eof: false,
             done: false,
+            waits_for_read: None,
         }
     }
 
@@ -175,28 +178,48 @@ impl Conversation {
 
     /// Moves whatever can be moved now, in both directions.
     pub fn advance(&mut self) -> Progress {
-        let mut want = [Want::default(); 2];
-        for (i, dir) in self.dirs.iter_mut().enumerate() {
-            if dir.done {
-                continue;
-            }
+        self.advance_ready([true; 2], [true; 2])
+    }
+
+    /// Moves what can be moved after a readiness report: `readable[s]`/`writable[s]` for
+    /// socket `s` (0: `a`, 1: `b`). Only the directions that can make progress are tried, so
+    /// a one-way bulk transfer costs no system calls on the idle direction.
+    pub fn advance_ready(&mut self, readable: [bool; 2], writable: [bool; 2]) -> Progress {
+        for i in 0..2 {
+            let dir = &mut self.dirs[i];
             let (src, dst) = if i == 0 {
                 (&self.a, &self.b)
             } else {
                 (&self.b, &self.a)
             };
-            match dir.step(src.as_fd(), dst.as_fd()) {
-                Step::WaitRead => want[i].read = true,
-                Step::WaitWrite => want[1 - i].write = true,
-                Step::Done => {}
-                Step::Failed(e) => return Progress::Failed(e.kind()),
+            let ready = match dir.waits_for_read {
+                None => true,
+                Some(true) => readable[i],
+                Some(false) => writable[1 - i],
+            };
+            if dir.done || !ready {
+                continue;
             }
+            dir.waits_for_read = match dir.step(src.as_fd(), dst.as_fd()) {
+                Step::WaitRead => Some(true),
+                Step::WaitWrite => Some(false),
+                Step::Done => None,
+                Step::Failed(e) => return Progress::Failed(e.kind()),
+            };
         }
         if self.dirs.iter().all(|d| d.done) {
-            Progress::Finished
-        } else {
-            Progress::Open { want }
+            return Progress::Finished;
         }
+        let mut want = [Want::default(); 2];
+        for (i, dir) in self.dirs.iter().enumerate() {
+            match dir.waits_for_read {
+                _ if dir.done => {}
+                Some(true) => want[i].read = true,
+                Some(false) => want[1 - i].write = true,
+                None => {}
+            }
+        }
+        Progress::Open { want }
     }
 
     /// Closes both sockets with a reset.

@@ -381,6 +381,10 @@ pub struct Epoll {
 #[derive(Debug, Clone, Copy)]
 pub struct EpollEvent {
     pub token: u64,
+    /// Readable, or hung up / in error (a read will tell which).
+    pub readable: bool,
+    /// Writable, or in error (a write will tell).
+    pub writable: bool,
 }
 
 impl Epoll {
@@ -448,11 +452,14 @@ impl Epoll {
                 Err(e)
             };
         }
-        out.extend(
-            evs[..n as usize]
-                .iter()
-                .map(|e| EpollEvent { token: e.u64 }),
-        );
+        out.extend(evs[..n as usize].iter().map(|e| {
+            let trouble = e.events & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0;
+            EpollEvent {
+                token: e.u64,
+                readable: trouble || e.events & libc::EPOLLIN as u32 != 0,
+                writable: trouble || e.events & libc::EPOLLOUT as u32 != 0,
+            }
+        }));
         Ok(())
     }
 }

@@ -65,7 +65,11 @@ pub fn serve_tcp(
                     let Some(conn) = conns.get_mut(&id) else {
                         continue;
                     };
-                    match conn.conv.advance() {
+                    let side = (token & 1) as usize;
+                    let (mut readable, mut writable) = ([false; 2], [false; 2]);
+                    readable[side] = ev.readable;
+                    writable[side] = ev.writable;
+                    match conn.conv.advance_ready(readable, writable) {
                         Progress::Open { want } => {
                             if conn.watch(&epoll, id, want).is_err() {
                                 if let Some(c) = conns.remove(&id) {
