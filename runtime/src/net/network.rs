@@ -335,6 +335,20 @@ impl Network {
         Ok(plumbing)
     }
 
+    /// Notes the forwarded ports in the environment's record, for `berth status` (the
+    /// container backend forwards them itself; [`Network::attach`] records its own).
+    pub fn record_ports(&self, env_id: &str, ports: &[ForwardedPort]) -> Result<(), NetError> {
+        let mut record = self.record(env_id)?.unwrap_or(NetRecord {
+            mode: NetworkMode::Host,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        });
+        record.ports = ports.to_vec();
+        self.save(env_id, &record)
+    }
+
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
     /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
