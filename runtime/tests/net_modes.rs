@@ -190,6 +190,11 @@ fn none_mode_has_loopback_and_forwarded_ports() {
     assert_eq!(att.address, None);
     assert_eq!(att.resolv_conf, None);
     assert_eq!(fetch(att.ports[0].bound.port()), "loopback only");
+    // The record tells `berth status` what is forwarded.
+    let record = net.record("env-n").unwrap().unwrap();
+    assert_eq!(record.ports, att.ports);
+    net.record_ports("env-n", &[]).unwrap();
+    assert!(net.record("env-n").unwrap().unwrap().ports.is_empty());
     let links = ns.run(|| {
         let mut nl = Netlink::open().unwrap();
         (nl.link_index("lo").unwrap(), nl.link_index("eth0").unwrap())
