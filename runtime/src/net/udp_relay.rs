@@ -1,4 +1,4 @@
-//! UDP forwarding: one host socket, one session per client address.
+//! UDP forwarding: one host socket, one session per client address, all on one thread.
 //!
 //! Each client address that sends to the host port gets its own socket into the environment
 //! (from the [`Dialer`]), so replies find their way back to the right client. A session
@@ -7,24 +7,86 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::dialer::Dialer;
-use super::sys::{self, Interest, StopSignal};
+use super::sys::{Epoll, StopSignal};
 
 /// Largest datagram relayed (the UDP maximum).
 const MAX_DATAGRAM: usize = 65_535;
 /// Sessions beyond this are not opened (their datagrams are dropped) until others expire.
 const MAX_SESSIONS: usize = 4096;
 
+const HOST: u64 = 0;
+const STOP: u64 = 1;
+const FIRST_SESSION: u64 = 2;
+
 struct Session {
     guest: UdpSocket,
-    last_active: Mutex<Instant>,
+    client: SocketAddr,
+    last_active: Instant,
 }
 
-type Sessions = Arc<Mutex<HashMap<SocketAddr, Arc<Session>>>>;
+/// The sessions of one forwarded port.
+struct Sessions {
+    by_client: HashMap<SocketAddr, u64>,
+    by_token: HashMap<u64, Session>,
+    next: u64,
+}
+
+impl Sessions {
+    /// The session of `client`, opened (and watched) when new.
+    fn get_or_open(
+        &mut self,
+        client: SocketAddr,
+        guest_port: u16,
+        dialer: &dyn Dialer,
+        epoll: &Epoll,
+    ) -> Option<&mut Session> {
+        let token = match self.by_client.get(&client) {
+            Some(t) => *t,
+            None => {
+                if self.by_token.len() >= MAX_SESSIONS {
+                    return None;
+                }
+                let guest = dialer.dial_udp(guest_port).ok()?;
+                guest.set_nonblocking(true).ok()?;
+                let token = self.next;
+                epoll.add(guest.as_raw_fd(), token, true, false).ok()?;
+                self.next += 1;
+                self.by_client.insert(client, token);
+                self.by_token.insert(
+                    token,
+                    Session {
+                        guest,
+                        client,
+                        last_active: Instant::now(),
+                    },
+                );
+                token
+            }
+        };
+        self.by_token.get_mut(&token)
+    }
+
+    /// Closes the sessions idle for `idle` or longer.
+    fn expire(&mut self, idle: Duration, epoll: &Epoll) {
+        let stale: Vec<u64> = self
+            .by_token
+            .iter()
+            .filter(|(_, s)| s.last_active.elapsed() >= idle)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in stale {
+            if let Some(s) = self.by_token.remove(&t) {
+                epoll.delete(s.guest.as_raw_fd());
+                self.by_client.remove(&s.client);
+            }
+        }
+    }
+}
 
 /// Serves one forwarded UDP port until `stop` is raised. `host` must be non-blocking.
 pub fn serve_udp(
@@ -34,136 +96,67 @@ pub fn serve_udp(
     stop: Arc<StopSignal>,
     idle: Duration,
 ) {
-    let host = Arc::new(host);
-    let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
+    let Ok(epoll) = Epoll::new() else { return };
+    if epoll.add(host.as_raw_fd(), HOST, true, false).is_err()
+        || epoll
+            .add(stop.as_fd().as_raw_fd(), STOP, true, false)
+            .is_err()
+    {
+        return;
+    }
+    let mut sessions = Sessions {
+        by_client: HashMap::new(),
+        by_token: HashMap::new(),
+        next: FIRST_SESSION,
+    };
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut events = Vec::with_capacity(64);
+    // Idle sessions are swept a few times per idle period.
+    let sweep_ms = (idle.as_millis() / 4).clamp(1, 1000) as i32;
+    let mut last_sweep = Instant::now();
     loop {
-        let interests = [
-            Interest {
-                fd: host.as_raw_fd(),
-                read: true,
-                write: false,
-            },
-            stop.interest(),
-        ];
-        match sys::poll(&interests, -1) {
-            Ok(r) if r[1].readable => return,
-            Ok(_) => {}
-            Err(_) => return,
+        events.clear();
+        if epoll.wait(&mut events, sweep_ms).is_err() {
+            return;
         }
-        loop {
-            let (n, client) = match host.recv_from(&mut buf) {
-                Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // An ICMP error for an earlier reply to a client that went away.
-                Err(_) => continue,
-            };
-            let Some(session) =
-                session_for(&sessions, client, &host, guest_port, &dialer, &stop, idle)
-            else {
-                continue;
-            };
-            if let Ok(mut t) = session.last_active.lock() {
-                *t = Instant::now();
-            }
-            // A datagram the environment cannot take is dropped, as the network would.
-            let _ = session.guest.send(&buf[..n]);
-        }
-    }
-}
-
-fn session_for(
-    sessions: &Sessions,
-    client: SocketAddr,
-    host: &Arc<UdpSocket>,
-    guest_port: u16,
-    dialer: &Arc<dyn Dialer>,
-    stop: &Arc<StopSignal>,
-    idle: Duration,
-) -> Option<Arc<Session>> {
-    let mut map = sessions.lock().ok()?;
-    if let Some(s) = map.get(&client) {
-        return Some(s.clone());
-    }
-    if map.len() >= MAX_SESSIONS {
-        return None;
-    }
-    let guest = dialer.dial_udp(guest_port).ok()?;
-    guest.set_nonblocking(true).ok()?;
-    let session = Arc::new(Session {
-        guest,
-        last_active: Mutex::new(Instant::now()),
-    });
-    let (s, h, st, all) = (
-        session.clone(),
-        host.clone(),
-        stop.clone(),
-        sessions.clone(),
-    );
-    std::thread::Builder::new()
-        .name("berth-udp".into())
-        .stack_size(256 * 1024)
-        .spawn(move || replies(s, client, h, st, all, idle))
-        .ok()?;
-    map.insert(client, session.clone());
-    Some(session)
-}
-
-/// Sends what the environment answers back to `client`, until the session idles out.
-fn replies(
-    session: Arc<Session>,
-    client: SocketAddr,
-    host: Arc<UdpSocket>,
-    stop: Arc<StopSignal>,
-    sessions: Sessions,
-    idle: Duration,
-) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let timeout_ms = idle.as_millis().clamp(1, i32::MAX as u128) as i32;
-    loop {
-        let interests = [
-            Interest {
-                fd: session.guest.as_raw_fd(),
-                read: true,
-                write: false,
-            },
-            stop.interest(),
-        ];
-        match sys::poll(&interests, timeout_ms) {
-            Ok(r) if r[1].readable => break,
-            Ok(r) if r[0].readable || r[0].closed => loop {
-                match session.guest.recv(&mut buf) {
-                    Ok(n) => {
-                        let _ = host.send_to(&buf[..n], client);
-                        if let Ok(mut t) = session.last_active.lock() {
-                            *t = Instant::now();
+        for ev in &events {
+            match ev.token {
+                STOP => return,
+                HOST => loop {
+                    let (n, client) = match host.recv_from(&mut buf) {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // An ICMP error for an earlier reply to a client that went away.
+                        Err(_) => continue,
+                    };
+                    if let Some(s) = sessions.get_or_open(client, guest_port, &*dialer, &epoll) {
+                        s.last_active = Instant::now();
+                        // A datagram the environment cannot take is dropped, as a network would.
+                        let _ = s.guest.send(&buf[..n]);
+                    }
+                },
+                token => {
+                    let Some(s) = sessions.by_token.get_mut(&token) else {
+                        continue;
+                    };
+                    loop {
+                        match s.guest.recv(&mut buf) {
+                            Ok(n) => {
+                                let _ = host.send_to(&buf[..n], s.client);
+                                s.last_active = Instant::now();
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                            // ECONNREFUSED: nothing listens on the guest port (ICMP unreachable).
+                            Err(_) => break,
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ECONNREFUSED: nothing listens on the guest port (ICMP unreachable).
-                    Err(_) => break,
-                }
-            },
-            Ok(_) => {
-                // Timed out: close the session when it has really been idle for `idle`.
-                let Ok(mut map) = sessions.lock() else {
-                    break;
-                };
-                let quiet = session
-                    .last_active
-                    .lock()
-                    .map(|t| t.elapsed() >= idle)
-                    .unwrap_or(true);
-                if quiet {
-                    map.remove(&client);
-                    return;
                 }
             }
-            Err(_) => break,
         }
-    }
-    if let Ok(mut map) = sessions.lock() {
-        map.remove(&client);
+        if last_sweep.elapsed().as_millis() >= sweep_ms as u128 {
+            sessions.expire(idle, &epoll);
+            last_sweep = Instant::now();
+        }
     }
 }
 
