@@ -33,9 +33,17 @@ pub struct Current {
 
 impl Current {
     pub fn load(g: &GlobalArgs) -> Result<Current, CliError> {
-        let Loaded { plan, .. } = load_plan(g)?;
         let envs = environments()?;
         envs.collect_garbage();
+        if let Some(name) = &g.environment {
+            let record = envs.find(name).map_err(env_error)?;
+            return Ok(Current {
+                plan: record.plan.clone(),
+                envs,
+                record: Some(record),
+            });
+        }
+        let Loaded { plan, .. } = load_plan(g)?;
         let id = Environments::env_id(&plan);
         let record = match envs.find(&id) {
             Ok(r) => Some(r),

@@ -60,6 +60,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Exec(args) => commands::exec::exec(g, &args),
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
+        Command::Supervisor { state_dir } => {
+            Ok(berth_runtime::container::supervisor::main(&state_dir))
+        }
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }
@@ -84,5 +87,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Schema => "schema",
         Command::Completions { .. } => "completions",
         Command::Manpages { .. } => "manpages",
+        Command::Supervisor { .. } => "__supervisor",
     }
 }

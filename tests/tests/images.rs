@@ -549,7 +549,15 @@ fn rm_and_prune_keep_what_environments_use() {
             && layer_dir(home, &c.layers[1].diff_id()).exists()
     );
     fs::remove_dir_all(home.join("envs/web-1234abcd")).unwrap();
+    // What a killed pull leaves behind goes too.
+    fs::create_dir_all(home.join("tmp/layer-999-dead/usr")).unwrap();
+    fs::write(home.join("tmp/blob-abc.partial"), b"half").unwrap();
     ok(&b, &["image", "prune"]);
+    assert!(
+        entries(home, "tmp").is_empty(),
+        "{:?}",
+        entries(home, "tmp")
+    );
     assert!(
         entries(home, "layers").is_empty(),
         "{:?}",
@@ -660,4 +668,60 @@ fn rootfs_tar_and_oci_layout_round_trip_and_ci_cache_restores_a_store() {
     assert_eq!(ls3["images"].as_array().unwrap().len(), 2);
     assert_eq!(ls3["total_size"], ls["total_size"]);
     assert_blobs_intact(b3.home.path());
+}
+
+#[test]
+fn concurrent_pulls_and_a_prune_during_a_pull_are_safe() {
+    let mut t = TarBuilder::new();
+    t.file("big", &noise(2 << 20, 11));
+    let img = Image::new(
+        vec![
+            busybox_layer(Compression::Gzip),
+            Layer::new(t.finish(), Compression::Gzip),
+        ],
+        host_arch(),
+    );
+    let mut routes = Routes::default();
+    img.routes("c", "latest", &mut routes);
+    let fake = FakeRegistry::start(routes, false);
+    fake.slow.store(true, std::sync::atomic::Ordering::SeqCst);
+    let b = Berth::new();
+    let reference = format!("{}/c:latest", fake.addr);
+    let spawn = |args: &[&str]| {
+        b.cmd()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let p1 = spawn(&["image", "pull", &reference]);
+    let p2 = spawn(&["image", "pull", &reference]);
+    // Start prune once a download is under way: it must wait for the pulls, not delete
+    // their partial blobs or fresh layers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fs::read_dir(b.home.path().join("tmp"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+    {
+        assert!(Instant::now() < deadline, "no download started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pr = spawn(&["image", "prune"]);
+    for c in [p1, p2, pr] {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for l in &img.layers {
+        assert!(layer_dir(b.home.path(), &l.diff_id()).is_dir());
+    }
+    assert_eq!(
+        fs::read(layer_dir(b.home.path(), &img.layers[1].diff_id()).join("big")).unwrap(),
+        noise(2 << 20, 11)
+    );
+    assert_blobs_intact(b.home.path());
+    let ls: serde_json::Value = serde_json::from_str(&ok(&b, &["image", "ls", "--json"])).unwrap();
+    assert_eq!(ls["images"].as_array().unwrap().len(), 1);
 }

@@ -86,6 +86,7 @@ impl ContainerBackend {
         state.mapping = mapping.clone();
         state.cgroups = cgroups;
         state.supervisor = None;
+        state.starter = ProcessRef::of(std::process::id() as i32);
         state.started_at = None;
         state.last_error = None;
         state.save(dir)?;
@@ -93,6 +94,7 @@ impl ContainerBackend {
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
             Ok(pid) => {
                 state.phase = Phase::Running;
+                state.starter = None;
                 state.started_at = Some(now_secs());
                 state.save(dir)?;
                 Ok(Started {
@@ -138,7 +140,8 @@ impl ContainerBackend {
             .append(true)
             .open(&log_path)
             .context(|| format!("cannot open {}", log_path.display()))?;
-        let mut cmd = supervisor_command(&spec.state_dir);
+        let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
+            .context(|| "cannot prepare berth's supervisor".to_string())?;
         cmd.stdin(Stdio::null())
             .stdout(
                 log.try_clone()
@@ -146,10 +149,34 @@ impl ContainerBackend {
             )
             .stderr(log)
             .env_remove("RUST_BACKTRACE");
+        // The launcher enters the cgroups before it runs a single instruction of its own, so a
+        // stop racing with this start always finds (and kills) it.
+        let procs_files: Vec<fs::File> = match &state.cgroups {
+            Some(l) => l
+                .driver()
+                .dirs()
+                .iter()
+                .map(|d| {
+                    let p = d.join("cgroup.procs");
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .context(|| format!("cannot open {}", p.display()))
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        let procs_fds: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
         let (rw, gr) = (report_w.as_raw_fd(), go_r.as_raw_fd());
-        // SAFETY: only async-signal-safe fcntl/dup2 calls between fork and exec.
+        // SAFETY: only async-signal-safe write/fcntl/dup2 calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                for fd in &procs_fds {
+                    // "0" moves the writing process itself.
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 let a = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
                 let b = libc::fcntl(gr, libc::F_DUPFD_CLOEXEC, 10);
                 if a < 0
@@ -165,7 +192,7 @@ impl ContainerBackend {
         let mut child = cmd
             .spawn()
             .context(|| "cannot start berth's supervisor process".to_string())?;
-        drop((report_w, go_r));
+        drop((report_w, go_r, procs_files));
         checkpoint("supervisor-spawned");
         let outcome = read_launch_events(report_r, go_w, state, &spec.state_dir, hook);
         let _ = child.wait();
@@ -202,6 +229,7 @@ impl ContainerBackend {
         let _ = fs::remove_file(dir.join("control.sock"));
         state.phase = Phase::Stopped;
         state.supervisor = None;
+        state.starter = None;
         state.cgroups = None;
         state.started_at = None;
         state.save(dir)
@@ -215,7 +243,9 @@ impl ContainerBackend {
             (Phase::Stopped, _) => EnvStatus::Stopped,
             (Phase::Running, Some(_)) => EnvStatus::Running,
             (Phase::Starting, Some(_)) => EnvStatus::Starting,
-            (Phase::Starting, None) if state.supervisor.is_none() => EnvStatus::Starting,
+            (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => {
+                EnvStatus::Starting
+            }
             _ => EnvStatus::Dead,
         };
         let mut report = StatusReport {

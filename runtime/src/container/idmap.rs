@@ -42,6 +42,10 @@ pub struct IdMapping {
     pub uids: Vec<IdRange>,
     pub gids: Vec<IdRange>,
     pub writer: MapWriter,
+    /// setgroups(2) must be denied before a single-id map can be written by an unprivileged
+    /// user, and stays denied inside.
+    #[serde(default)]
+    pub deny_setgroups: bool,
 }
 
 impl IdMapping {
@@ -58,7 +62,7 @@ impl IdMapping {
     }
     /// A single-id map cannot call setgroups(2): "deny" must be written first.
     pub fn needs_setgroups_deny(&self) -> bool {
-        self.writer == MapWriter::Direct && !nix::unistd::geteuid().is_root()
+        self.deny_setgroups
     }
 
     /// The text for `/proc/<pid>/uid_map`.
@@ -156,6 +160,40 @@ pub fn parse_subid(content: &str, user: &str, id: u32) -> Vec<(u32, u32)> {
         .collect()
 }
 
+/// Every `(start, count)` in a /etc/subuid-style file.
+pub fn all_subid_ranges(content: &str) -> Vec<(u32, u32)> {
+    content
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.trim().split(':');
+            let (_, start, count) = (it.next()?, it.next()?, it.next()?);
+            Some((start.trim().parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Root's range when /etc/subuid has none for root: 100000+65536 unless a user's
+/// subordinate ids overlap it, else the first free 65536-aligned block above all of them.
+pub fn root_fallback_start(taken: &[(u32, u32)]) -> u32 {
+    let overlaps = |s: u64| {
+        taken.iter().any(|&(ts, tc)| {
+            let (ts, te) = (ts as u64, ts as u64 + tc as u64);
+            s < te && ts < s + ROOT_FALLBACK_COUNT as u64
+        })
+    };
+    let mut start = ROOT_FALLBACK_START as u64;
+    while overlaps(start) {
+        let end = taken
+            .iter()
+            .map(|&(s, c)| s as u64 + c as u64)
+            .filter(|&e| e > start)
+            .min()
+            .unwrap_or(start + 1);
+        start = end.div_ceil(ROOT_FALLBACK_COUNT as u64) * ROOT_FALLBACK_COUNT as u64;
+    }
+    start.min((u32::MAX - ROOT_FALLBACK_COUNT) as u64) as u32
+}
+
 /// Facts about the invoking user, so the choice logic is testable without touching the host.
 #[derive(Debug, Clone)]
 pub struct Invoker {
@@ -165,6 +203,9 @@ pub struct Invoker {
     pub subuid: Vec<(u32, u32)>,
     pub subgid: Vec<(u32, u32)>,
     pub have_newidmap: bool,
+    /// Every range in /etc/subuid and /etc/subgid (of any user), so root's fallback range
+    /// never overlaps a rootless user's subordinate ids.
+    pub taken: Vec<(u32, u32)>,
 }
 
 impl Invoker {
@@ -183,9 +224,14 @@ impl Invoker {
                 .iter()
                 .any(|d| Path::new(d).join(tool).exists())
         };
+        let taken = [read("/etc/subuid"), read("/etc/subgid")]
+            .iter()
+            .flat_map(|t| all_subid_ranges(t))
+            .collect();
         Invoker {
             uid,
             gid,
+            taken,
             subuid: parse_subid(&read("/etc/subuid"), &name, uid),
             subgid: parse_subid(&read("/etc/subgid"), &name, uid),
             name,
@@ -221,6 +267,7 @@ pub fn choose(
             count: 1,
         }],
         writer: MapWriter::Direct,
+        deny_setgroups: uid != 0,
     };
     let range = |start: u32, count: u32| IdMapping {
         uids: vec![IdRange {
@@ -234,6 +281,7 @@ pub fn choose(
             count,
         }],
         writer: MapWriter::Direct,
+        deny_setgroups: false,
     };
     if choice == UserMappingChoice::Host {
         if who.uid != 0 {
@@ -273,8 +321,9 @@ pub fn choose(
                     count: gc.min(ROOT_FALLBACK_COUNT),
                 }],
                 writer: MapWriter::Direct,
+                deny_setgroups: false,
             },
-            _ => range(ROOT_FALLBACK_START, ROOT_FALLBACK_COUNT),
+            _ => range(root_fallback_start(&who.taken), ROOT_FALLBACK_COUNT),
         },
         UserMappingChoice::Auto => {
             match (who.subuid.first(), who.subgid.first(), who.have_newidmap) {
@@ -304,6 +353,7 @@ pub fn choose(
                         },
                     ],
                     writer: MapWriter::NewIdMap,
+                    deny_setgroups: false,
                 },
                 _ => single(who.uid, who.gid),
             }
@@ -332,14 +382,29 @@ struct MountAttr {
 /// the current mount namespace): files owned by host ids appear as the ids that map to them in
 /// the user namespace `userns`. `target` is a path the kernel resolves, e.g. `/proc/self/fd/N`.
 pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: bool) -> Result<()> {
+    attach_clone(source, target, Some(userns), readonly)
+}
+
+/// Attaches a clone of the mount at `source` on `target` (resolved by the kernel, following
+/// magic links such as `/proc/self/fd/N`), optionally id-mapped into `userns` and/or
+/// read-only. Without id-mapping the clone is recursive, like `mount --rbind`, and read-only
+/// applies to every mount in it. Setting the attributes on the detached clone avoids a
+/// remount, which could not reach a mount attached on an fd path.
+pub fn attach_clone(
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    readonly: bool,
+) -> Result<()> {
     let src = cstr(source)?;
+    let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             src.as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive,
         )
     };
     if fd < 0 {
@@ -351,31 +416,37 @@ pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: b
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_set: if userns.is_some() {
+            MOUNT_ATTR_IDMAP
+        } else {
+            0
+        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     let empty = c"";
-    // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(ContainerError::io(
-            format!(
-                "cannot make an id-mapped mount of {} (mount_setattr); the filesystem or kernel may not support id-mapped mounts (Linux 5.12+)",
-                source.display()
-            ),
-            std::io::Error::last_os_error(),
-        ));
+    if attr.attr_set != 0 {
+        // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(ContainerError::io(
+                format!(
+                    "cannot set the attributes of the mount of {} (mount_setattr); id-mapped mounts need Linux 5.12+ and a filesystem that supports them",
+                    source.display()
+                ),
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     let dst = cstr(target)?;
     // SAFETY: move_mount of our tree fd onto a NUL-terminated target path.
@@ -419,7 +490,23 @@ mod tests {
             subuid: if sub { vec![(300000, 65536)] } else { vec![] },
             subgid: if sub { vec![(400000, 65536)] } else { vec![] },
             have_newidmap: helper,
+            taken: vec![],
         }
+    }
+
+    #[test]
+    fn root_fallback_avoids_users_subordinate_ids() {
+        assert_eq!(root_fallback_start(&[]), 100000);
+        assert_eq!(root_fallback_start(&[(165536, 65536)]), 100000);
+        assert_eq!(root_fallback_start(&[(100000, 65536)]), 196608);
+        assert_eq!(
+            root_fallback_start(&[(100000, 65536), (165536, 65536), (231072, 10)]),
+            262144
+        );
+        let mut w = who(0, false, false);
+        w.taken = vec![(100000, 65536)];
+        let m = choose(UserMappingChoice::Auto, false, &w).unwrap().unwrap();
+        assert_eq!(m.host_uid(0), Some(196608));
     }
 
     #[test]
@@ -461,6 +548,10 @@ mod tests {
             .unwrap();
         assert_eq!(m.uid_map_text(), "0 1000 1\n");
         assert!(!m.has_gid(5));
+        assert!(
+            m.needs_setgroups_deny(),
+            "an unprivileged single-id map needs setgroups denied"
+        );
         let m = choose(UserMappingChoice::SingleId, false, &who(1000, true, true))
             .unwrap()
             .unwrap();

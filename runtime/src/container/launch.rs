@@ -61,6 +61,15 @@ pub fn report(fd: &OwnedFd, ev: &LaunchEvent) {
 
 /// Entry point of the hidden subcommand. Never returns for the supervisor process.
 pub fn main(state_dir: &Path) -> i32 {
+    let is_pipe = |fd: RawFd| {
+        // SAFETY: fstat into a zeroed stat struct; fails harmlessly on a closed fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    };
+    if !is_pipe(REPORT_FD) || !is_pipe(GO_FD) {
+        eprintln!("berth: `{SUPERVISOR_ARG}` is internal; `berth up` starts it");
+        return 2;
+    }
     // SAFETY: the starter placed the report pipe at REPORT_FD and the go pipe at GO_FD; this
     // process owns them from here on.
     let (report_fd, go_fd) =
@@ -106,8 +115,13 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
         )))));
     let state = tryr!(ContainerState::load(state_dir));
     let _ = nix::unistd::setsid();
-    if let Some(cg) = &state.cgroups {
-        tryr!(cg.driver().join(std::process::id() as i32));
+    // The starter put this process into the cgroups before exec; a stop that raced with the
+    // start has already removed them and recorded it.
+    if state.phase != super::state::Phase::Starting {
+        return Err((
+            Some(report_fd),
+            ContainerError::Setup("the environment was stopped while starting".into()),
+        ));
     }
     checkpoint("cgroups-joined");
     let mapping = state.mapping.clone();

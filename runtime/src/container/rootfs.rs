@@ -20,7 +20,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
 use super::error::{ContainerError, Context, Result};
-use super::idmap::{idmapped_bind, IdMapping};
+use super::idmap::{attach_clone, idmapped_bind, IdMapping};
 use super::spec::{ContainerSpec, MountSpec};
 
 /// OCI runtime-spec default masked paths.
@@ -180,7 +180,18 @@ impl<'a> OverlayRootfs<'a> {
                 nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
                     .context(|| format!("cannot chown {}", p.display()))?;
             }
-            let t = ensure_in_root(root, &format!("/etc/{name}"), false, owner)?;
+            let t = match ensure_in_root(root, &format!("/etc/{name}"), false, owner) {
+                Ok(t) => t,
+                // A single-id rootless environment over a layer it does not own cannot create
+                // files in the image's /etc; it keeps the image's version then.
+                Err(ContainerError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EACCES) =>
+                {
+                    eprintln!("berth: cannot create /etc/{name} in the image (permission denied); keeping the image's");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             bind(&p, &fd_path(&t), false)?;
         }
         Ok(())
@@ -227,15 +238,7 @@ impl<'a> OverlayRootfs<'a> {
         };
         if sysfs.is_err() {
             // Sharing the host's network namespace: sysfs may only be bind-mounted.
-            mount(
-                Some("/sys"),
-                &fd_path(&sys_t),
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .context(|| "cannot bind-mount /sys into the environment".to_string())?;
-            remount_readonly(&fd_path(&sys_t))?;
+            bind(Path::new("/sys"), &fd_path(&sys_t), true)?;
         }
 
         self.mount_dev(root.as_fd())?;
@@ -386,6 +389,9 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
 }
 
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    if readonly {
+        return attach_clone(source, target, None, true);
+    }
     mount(
         Some(source),
         target,
@@ -398,11 +404,7 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
             "cannot bind-mount {} into the environment",
             source.display()
         )
-    })?;
-    if readonly {
-        remount_readonly(target)?;
-    }
-    Ok(())
+    })
 }
 
 /// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec).

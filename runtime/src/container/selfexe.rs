@@ -1,7 +1,15 @@
-//! Protection against the `/proc/self/exe` overwrite class of attack (runc's CVE-2019-5736):
-//! the launcher and supervisor run from a sealed, read-only memfd copy of berth's binary, so a
-//! process inside that reaches `/proc/<pid>/exe` of a berth process finds an anonymous,
-//! immutable file instead of the host's `berth` binary.
+//! Protection against the `/proc/self/exe` overwrite class of attack (runc's CVE-2019-5736).
+//!
+//! Two layers:
+//! - The supervisor is not dumpable (`PR_SET_DUMPABLE 0`), so processes inside, which lack
+//!   `CAP_SYS_PTRACE`, cannot open `/proc/1/exe` (nor `/proc/1/root`, `environ`, `mem`), and
+//!   children forked from it stay non-dumpable until their own `execve`.
+//! - When the environment's root is the host's root (no user namespace: `privileged`, or
+//!   build steps), where an open `/proc/<pid>/exe` could be written through, the launcher and
+//!   supervisor run from a sealed, read-only memfd copy of berth's binary instead: the file
+//!   reachable there is anonymous and immutable. With a user namespace the environment's root
+//!   is an unprivileged host id that cannot write berth's binary anyway, and skipping the copy
+//!   keeps each idle environment from pinning its own copy of the binary in memory.
 
 use std::fs::File;
 use std::io;
@@ -50,16 +58,17 @@ pub fn make_sealed(exe: &Path) -> io::Result<OwnedFd> {
     Ok(OwnedFd::from(dst))
 }
 
-/// `berth __supervisor <state-dir>` run from the sealed copy (falls back to /proc/self/exe
-/// when memfds are unavailable, e.g. under a very restrictive seccomp policy).
-pub fn supervisor_command(state_dir: &Path) -> Command {
-    let program = match sealed_self() {
-        Ok(fd) => format!("/proc/self/fd/{}", fd.as_raw_fd()),
-        Err(_) => "/proc/self/exe".to_string(),
+/// `berth __supervisor <state-dir>`, from the sealed copy when `sealed` (an error if that
+/// copy cannot be made), else from `/proc/self/exe`.
+pub fn supervisor_command(state_dir: &Path, sealed: bool) -> io::Result<Command> {
+    let program = if sealed {
+        format!("/proc/self/fd/{}", sealed_self()?.as_raw_fd())
+    } else {
+        "/proc/self/exe".to_string()
     };
     let mut c = Command::new(program);
     c.arg(SUPERVISOR_ARG).arg(state_dir);
-    c
+    Ok(c)
 }
 
 #[cfg(test)]

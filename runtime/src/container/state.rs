@@ -69,6 +69,10 @@ pub struct ContainerState {
     /// The cgroups, recorded before they are created.
     #[serde(default)]
     pub cgroups: Option<CgroupLayout>,
+    /// The berth process running `start`, while it runs (a start whose starter died without
+    /// a supervisor is dead, not starting).
+    #[serde(default)]
+    pub starter: Option<ProcessRef>,
     /// The supervisor (PID 1 inside), once known.
     #[serde(default)]
     pub supervisor: Option<ProcessRef>,

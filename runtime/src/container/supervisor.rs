@@ -35,6 +35,12 @@ use super::spec::ContainerSpec;
 use super::state::now_secs;
 use super::users;
 
+/// Entry point of berth's hidden `__supervisor <state-dir>` subcommand: the launcher, which
+/// becomes the supervisor (see [`launch`](super::launch)). Returns the launcher's exit code.
+pub fn main(state_dir: &std::path::Path) -> i32 {
+    super::launch::main(state_dir)
+}
+
 /// Default grace period when the supervisor itself receives SIGTERM.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -9,6 +9,7 @@ use envfile_spec::plan::{BackendKind, Section};
 use envfile_spec::Plan;
 use serde::Serialize;
 
+use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use crate::backend::{EnvStatus, StatusReport};
@@ -191,9 +192,26 @@ impl Environments {
             update: opts.update,
             pinned: None,
         };
-        let (image, _) =
+        // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
+        let _store = self.images.lock_shared()?;
+        let (base, _) =
             self.images
                 .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
+        let image = if plan.image.packages.is_empty() && plan.image.setup.is_empty() {
+            base
+        } else {
+            let scratch = self.home.staging_dir("build")?;
+            let runner = ContainerStepRunner {
+                scratch: scratch.path().to_path_buf(),
+            };
+            self.images.build(
+                &base,
+                &plan.image.packages,
+                &plan.image.setup,
+                &runner,
+                &opts.progress,
+            )?
+        };
         let layer_dirs = image.layers.clone();
 
         let action = match (&previous, status) {

@@ -9,11 +9,13 @@
 //! changed since the last `up`), and garbage collection of throw-away environments whose
 //! `berth run` was killed.
 
+mod build_runner;
 mod error;
 mod gc;
 mod lifecycle;
 mod record;
 
+pub use build_runner::ContainerStepRunner;
 pub use error::EnvError;
 pub use lifecycle::{EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport};
-pub use record::{EnvRecord, Ephemeral, ImageUse};
+pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};

@@ -118,11 +118,20 @@ impl ImageStore {
         progress: &Progress,
     ) -> Result<LayerRecord, ImageError> {
         let media_type = sniff_layer_media_type(path)?;
-        let (digest, size) = file_digest(path)?;
+        // Copy first (the kernel copies: copy_file_range), then hash the copy: the digest is
+        // that of the bytes stored, even if the source changes meanwhile.
+        let tmp = self.home.tmp_dir().join(format!(
+            "import-{}-{}",
+            std::process::id(),
+            super::unique_suffix()
+        ));
+        let guard = TempFile(Some(tmp.clone()));
+        fs::copy(path, &tmp).map_err(ImageError::io(&tmp))?;
+        let (digest, size) = file_digest(&tmp)?;
         if !self.blobs.contains(&digest) {
-            let f = File::open(path).map_err(ImageError::io(path))?;
-            self.blobs.put_stream(f, &path.display().to_string())?;
+            fs::rename(&tmp, self.blobs.path(&digest)).map_err(ImageError::io(&tmp))?;
         }
+        drop(guard);
         let blob = self.blobs.path(&digest);
         // The diff-id of a blob unpacked before is in some record; else unpack to learn it.
         let known = self
@@ -209,6 +218,7 @@ impl ImageStore {
         name: Option<&str>,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if !dir.is_dir() {
             return Err(ImageError::Base(format!(
                 "rootfs folder {} does not exist or is not a folder; fix `from = \"rootfs:…\"` in berth.toml",
@@ -240,6 +250,7 @@ impl ImageStore {
         name: Option<&str>,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if !path.is_file() {
             return Err(ImageError::Base(format!(
                 "rootfs tar {} does not exist or is not a file",
@@ -267,6 +278,7 @@ impl ImageStore {
         update: bool,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        let _lock = self.lock_shared()?;
         if suite.is_empty()
             || !suite
                 .bytes()

@@ -128,6 +128,7 @@ impl ImageStore {
         record: &ImageRecord,
         out: impl Write,
     ) -> Result<(), ImageError> {
+        let _lock = self.lock_shared()?;
         let dirs = self.layer_dirs(record)?;
         let view = merged_view(&dirs).map_err(|e| ImageError::Io {
             path: self.home.layers_dir(),
@@ -151,6 +152,7 @@ impl ImageStore {
     /// Writes an OCI image layout at `dir` holding the image (blobs hard-linked when the
     /// filesystem allows).
     pub fn export_oci_layout(&self, record: &ImageRecord, dir: &Path) -> Result<(), ImageError> {
+        let _lock = self.lock_shared()?;
         let blobs_dir = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs_dir).map_err(ImageError::io(&blobs_dir))?;
         let mut digests = vec![record.manifest_digest.clone(), record.config_digest.clone()];

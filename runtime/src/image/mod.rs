@@ -1,10 +1,27 @@
 //! The image side of berth: registry pulls, the content-addressed blob store, safe layer
 //! unpacking into a shared layer store, local bases, image records, export/import, the lock
 //! file and cached build steps. [`ImageStore`] is the entry point.
+//!
+//! For an environment backend:
+//!
+//! ```text
+//! let store = ImageStore::open(&home);
+//! let _guard = store.lock_shared()?;              // until env.json lists the layers
+//! let (base, _) = store.resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &opts)?;
+//! let image = store.build(&base, &plan.image.packages, &plan.image.setup, &runner, &progress)?;
+//! // image.layers: unpacked layer dirs, bottom → top (overlay lowerdir= wants them reversed)
+//! // image.diff_ids: write them to envs/<id>/env.json as "layers": [...] so prune keeps them
+//! // image.config: Env, Cmd, Entrypoint, WorkingDir, User of the image
+//! ```
+//!
+//! Layers unpacked as root carry `trusted.overlay.opaque` and 0:0 character-device whiteouts;
+//! unpacked without root, opaque directories carry `user.overlay.opaque` instead (mount the
+//! overlay with `userxattr`, as inside a user namespace).
 
 pub mod auth;
 pub mod bases;
 pub mod blob_store;
+pub mod build;
 pub mod digest;
 pub mod error;
 pub mod export;

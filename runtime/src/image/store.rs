@@ -4,7 +4,7 @@
 //! Concurrency: operations that add content (pull, import, resolve, build) hold
 //! `locks/images.lock` shared; `prune` holds it exclusive, so it never removes what a
 //! concurrent berth is adding. Environments record the layers they use in
-//! `envs/<id>/state.json` (`"layers": ["sha256:…", …]`); prune keeps those.
+//! `envs/<id>/env.json` (`"layers": ["sha256:…", …]`); prune keeps those.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -108,7 +108,7 @@ impl ImageStore {
     }
 
     /// Holds the store lock shared: content is being added or used. An environment backend
-    /// holds this from `resolve` until its state.json lists the layers, so a concurrent
+    /// holds this from `resolve` until its env.json lists the layers, so a concurrent
     /// `prune` cannot remove them in between.
     pub fn lock_shared(&self) -> Result<FileLock, ImageError> {
         Ok(FileLock::acquire(&self.lock_path(), LockMode::Shared)?)
@@ -276,7 +276,7 @@ impl ImageStore {
             return Ok(out);
         };
         for e in rd.flatten() {
-            let state = e.path().join("state.json");
+            let state = e.path().join(crate::environment::RECORD_FILE);
             let v: Option<serde_json::Value> = match read_json(&state) {
                 Ok(v) => v,
                 Err(err) => {
@@ -307,6 +307,40 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// Removes what interrupted image operations left in `tmp/` (partial downloads, staging
+    /// folders). Only under the exclusive store lock: every image operation holds it shared.
+    fn remove_leftovers(&self) -> u64 {
+        const PREFIXES: [&str; 10] = [
+            "blob-",
+            "layer-",
+            "tree-",
+            "import-",
+            "cache-",
+            "removing-",
+            "build-upper-",
+            "build-work-",
+            "debootstrap-",
+            "blob-import-",
+        ];
+        let mut freed = 0;
+        let Ok(rd) = fs::read_dir(self.home.tmp_dir()) else {
+            return 0;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if PREFIXES.iter().any(|p| name.starts_with(p)) {
+                let p = e.path();
+                if p.is_dir() && !p.is_symlink() {
+                    let _ = crate::state::remove_tree(&p);
+                } else {
+                    freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    let _ = fs::remove_file(&p);
+                }
+            }
+        }
+        freed
+    }
+
     /// Removes layers and blobs that no image record and no environment references.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         let _lock = FileLock::acquire(&self.lock_path(), LockMode::Exclusive)?;
@@ -325,6 +359,7 @@ impl ImageStore {
         }
         let mut report = PruneReport::default();
         self.blobs.remove_download_locks();
+        report.bytes_freed += self.remove_leftovers();
         for d in self.layers.list()? {
             if !keep_layers.contains(&d) {
                 report.bytes_freed += self.layers.meta(&d).map(|m| m.size).unwrap_or(0);

@@ -136,6 +136,14 @@ impl Env {
         (code, read(out), read(err))
     }
 
+    /// Starts the (stopped) environment again, runs a script, stops it; returns its stdout.
+    pub fn sh_after_restart(&self, script: &str) -> String {
+        ContainerBackend.start(&self.spec).unwrap();
+        let out = self.sh(script).1;
+        self.stop();
+        out
+    }
+
     pub fn stop(&self) {
         ContainerBackend
             .stop(self.dir(), Duration::from_secs(5))
