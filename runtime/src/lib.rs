@@ -6,5 +6,6 @@ pub mod container;
 pub mod doctor;
 pub mod environment;
 pub mod image;
+pub mod net;
 pub mod state;
 pub mod vm;

@@ -1,0 +1,233 @@
+//! Outbound access for environments on the bridge: IPv4 forwarding and an nftables table that
+//! masquerades the bridge subnet and stops environments from routing to each other.
+//!
+//! The table belongs to berth alone (`inet berth` by default) and is replaced in one `nft -f`
+//! transaction, so it is never half-applied and never touches anyone else's rules.
+
+use std::fs;
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+
+use super::subnet::Subnet;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// Errors from applying or removing the NAT rules.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    #[error("cannot run nft: {0}; install nftables (Debian package `nftables`)")]
+    Spawn(io::Error),
+    #[error("nft rejected berth's ruleset for table inet {table}: {stderr}; check that the kernel has nf_tables (modprobe nf_tables nft_masq)")]
+    Rejected { table: String, stderr: String },
+    #[error("cannot enable IPv4 forwarding ({IP_FORWARD}): {0}; environments would have no outbound network")]
+    Forwarding(io::Error),
+    #[error(
+        "cannot set {path}: {source}; DNS through the host's loopback resolver would not work"
+    )]
+    Sysctl { path: String, source: io::Error },
+}
+
+/// The nftables ruleset berth owns for one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatRules {
+    pub table: String,
+    pub bridge: String,
+    pub subnet: Subnet,
+    /// The host's DNS stub resolver on IPv4 loopback (systemd-resolved's 127.0.0.53, a local
+    /// dnsmasq), when it has one: DNS sent to the bridge address is redirected to it.
+    pub dns_stub: Option<std::net::Ipv4Addr>,
+}
+
+impl NatRules {
+    /// The ruleset text: created, flushed and refilled in one transaction.
+    pub fn ruleset(&self) -> String {
+        let NatRules {
+            table,
+            bridge,
+            subnet,
+            dns_stub,
+        } = self;
+        let gateway = subnet.gateway();
+        let dns = match dns_stub {
+            Some(stub) => format!(
+                "\tchain prerouting {{\n\
+                 \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+                 \t\tiifname \"{bridge}\" ip daddr {gateway} udp dport 53 dnat ip to {stub}:53\n\
+                 \t\tiifname \"{bridge}\" ip daddr {gateway} tcp dport 53 dnat ip to {stub}:53\n\
+                 \t}}\n"
+            ),
+            None => String::new(),
+        };
+        format!(
+            "table inet {table} {{}}\n\
+             flush table inet {table}\n\
+             table inet {table} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {subnet} ip daddr != {subnet} masquerade\n\
+             \t}}\n\
+             \tchain forward {{\n\
+             \t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{bridge}\" oifname \"{bridge}\" drop\n\
+             \t}}\n\
+             {dns}\
+             }}\n"
+        )
+    }
+
+    /// Installs (or refreshes) the table.
+    pub fn apply(&self) -> Result<(), NatError> {
+        nft(&self.ruleset()).map_err(|e| match e {
+            NftFailure::Spawn(e) => NatError::Spawn(e),
+            NftFailure::Rejected(stderr) => NatError::Rejected {
+                table: self.table.clone(),
+                stderr,
+            },
+        })
+    }
+
+    /// Removes the table; a table that is already gone is fine.
+    pub fn remove(table: &str) -> Result<(), NatError> {
+        match nft(&format!(
+            "table inet {table} {{}}\ndelete table inet {table}\n"
+        )) {
+            Ok(()) => Ok(()),
+            Err(NftFailure::Spawn(e)) => Err(NatError::Spawn(e)),
+            Err(NftFailure::Rejected(stderr)) => Err(NatError::Rejected {
+                table: table.to_string(),
+                stderr,
+            }),
+        }
+    }
+
+    /// Whether the table exists.
+    pub fn exists(table: &str) -> bool {
+        Command::new("nft")
+            .args(["list", "table", "inet", table])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+}
+
+enum NftFailure {
+    Spawn(io::Error),
+    Rejected(String),
+}
+
+fn nft(script: &str) -> Result<(), NftFailure> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftFailure::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftFailure::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftFailure::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NftFailure::Rejected(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Lets packets from the bridge be routed to loopback addresses (needed for the DNS
+/// redirect to a 127.x stub). The setting belongs to the bridge and disappears with it.
+pub fn allow_loopback_destinations(bridge: &str) -> Result<(), NatError> {
+    let path = format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet");
+    fs::write(&path, "1").map_err(|source| NatError::Sysctl { path, source })
+}
+
+/// Where the value of `ip_forward` from before any berth bridge existed is kept. It is
+/// host-wide (several berth homes, or tests, may each have a bridge) and on tmpfs, so a
+/// reboot, which resets `ip_forward`, forgets it too.
+const FORWARD_NOTE: &str = "/run/berth-ipv4-forward.before";
+
+/// Turns IPv4 forwarding on, first noting the previous value when berth is the one turning
+/// it on.
+pub fn enable_ipv4_forwarding() -> Result<(), NatError> {
+    let now = fs::read_to_string(IP_FORWARD).map_err(NatError::Forwarding)?;
+    if now.trim() == "1" {
+        return Ok(());
+    }
+    if !std::path::Path::new(FORWARD_NOTE).exists() {
+        fs::write(FORWARD_NOTE, now.trim()).map_err(|source| NatError::Sysctl {
+            path: FORWARD_NOTE.into(),
+            source,
+        })?;
+    }
+    fs::write(IP_FORWARD, "1").map_err(NatError::Forwarding)
+}
+
+/// Puts IPv4 forwarding back to what it was before berth turned it on, unless another
+/// berth table (another bridge) still needs it. `own_table` is the table being removed.
+pub fn release_ipv4_forwarding(own_table: &str) -> Result<(), NatError> {
+    if other_berth_tables(own_table) {
+        return Ok(());
+    }
+    let Ok(before) = fs::read_to_string(FORWARD_NOTE) else {
+        return Ok(());
+    };
+    fs::write(IP_FORWARD, before.trim()).map_err(NatError::Forwarding)?;
+    let _ = fs::remove_file(FORWARD_NOTE);
+    Ok(())
+}
+
+/// Whether nftables holds an `inet` table of berth's (named `berth…`) besides `own_table`.
+fn other_berth_tables(own_table: &str) -> bool {
+    let Ok(out) = Command::new("nft")
+        .args(["list", "tables", "inet"])
+        .output()
+    else {
+        return false;
+    };
+    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+        l.strip_prefix("table inet ")
+            .map(|name| name.trim())
+            .is_some_and(|name| name.starts_with("berth") && name != own_table)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_masquerades_the_subnet_and_drops_env_to_env_routing() {
+        let r = NatRules {
+            table: "berth".into(),
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".parse().unwrap(),
+            dns_stub: None,
+        }
+        .ruleset();
+        assert!(r.starts_with("table inet berth {}\nflush table inet berth\n"));
+        assert!(r.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
+        assert!(r.contains("iifname \"berth0\" oifname \"berth0\" drop"));
+        assert!(!r.contains("dnat"));
+    }
+
+    #[test]
+    fn a_loopback_stub_resolver_is_reached_by_dnat_from_the_bridge_address() {
+        let r = NatRules {
+            table: "berth".into(),
+            bridge: "berth0".into(),
+            subnet: "10.88.0.0/16".parse().unwrap(),
+            dns_stub: Some("127.0.0.53".parse().unwrap()),
+        }
+        .ruleset();
+        assert!(r.contains(
+            "iifname \"berth0\" ip daddr 10.88.0.1 udp dport 53 dnat ip to 127.0.0.53:53"
+        ));
+        assert!(r.contains("tcp dport 53 dnat ip to 127.0.0.53:53"));
+    }
+}

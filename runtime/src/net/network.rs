@@ -1,0 +1,395 @@
+//! The networking entry point the backends call: attach an environment's network namespace
+//! according to `network.mode`, forward its `[[ports]]`, and detach it again.
+//!
+//! ```text
+//! isolated, root      veth on bridge berth0 + NAT + DNS; ports through a NetnsDialer
+//! isolated, rootless  pasta (user-mode networking); ports through pasta (`attach`) or the
+//!                     supervisor's own forwarder (`plumb` + BoundPorts + LoopbackDialer)
+//! none                loopback only; ports still forwarded through a NetnsDialer
+//! host                nothing to do: the environment shares the host's stack and ports
+//! ```
+//!
+//! Everything [`Network::attach`] creates on the host is first written to
+//! `envs/<id>/network.json`, so [`Network::detach`] can remove it later from any process,
+//! also after the supervisor was killed with `kill -9`.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use envfile_spec::plan::{NetworkMode, PortPlan};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{self, BerthHome};
+
+use super::bridge::{Bridge, BridgeConfig};
+use super::dialer::NetnsDialer;
+use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
+use super::error::NetError;
+use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, OnPortInUse, PortForwarder};
+use super::netlink::Netlink;
+use super::pasta::{self, Pasta};
+use super::subnet;
+
+/// Settings of the networking layer; [`Default`] is what berth uses.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    pub bridge: BridgeConfig,
+    pub resolvers: ResolverSources,
+    /// Isolated mode through pasta (user-mode networking): `None` = exactly when not root.
+    pub user_mode: Option<bool>,
+    /// What [`Network::attach`] does when a declared host port is taken.
+    pub on_port_in_use: OnPortInUse,
+}
+
+/// The namespaces of the environment being attached.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvNamespaces<'a> {
+    /// Its network namespace (`/proc/PID/ns/net`).
+    pub net: &'a File,
+    /// Its user namespace (`/proc/PID/ns/user`) when it has its own (rootless); pasta joins it.
+    pub user: Option<&'a File>,
+}
+
+/// How an environment's network was set up, as recorded for [`Network::detach`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Plumbing {
+    /// A veth pair on berth's bridge.
+    Bridge { bridge: String, nft_table: String },
+    /// A pasta process (`pid` once it runs).
+    Pasta { pid: Option<u32> },
+    /// Loopback only (`none`) or the host's stack (`host`): nothing on the host to remove.
+    Nothing,
+}
+
+/// The record in `envs/<id>/network.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub mode: NetworkMode,
+    pub plumbing: Plumbing,
+    pub address: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub ports: Vec<ForwardedPort>,
+}
+
+/// The host-side plumbing of an environment's network, as [`Network::plumb`] made it. It
+/// lives until [`Network::detach`], whichever process made it (pasta keeps running too).
+#[derive(Debug)]
+pub struct NetPlumbing {
+    /// The environment's IPv4 address (bridge mode).
+    pub address: Option<Ipv4Addr>,
+    /// Its default gateway (bridge mode).
+    pub gateway: Option<Ipv4Addr>,
+    /// Content for the environment's `/etc/resolv.conf`; `None` means keep what the image
+    /// or host provides (`host` mode, `none` mode).
+    pub resolv_conf: Option<String>,
+    /// Only when the host's resolvers are all IPv6 (a `::1` stub, or IPv6 servers the
+    /// IPv4-only bridge cannot reach): the userspace DNS relay on the bridge address. Keep it
+    /// alive as long as the environment runs.
+    pub dns_forwarder: Option<DnsForwarder>,
+}
+
+/// A live attachment ([`Network::attach`]): the plumbing plus the port forwarders running
+/// in this process. Keep it alive as long as the environment runs; dropping it stops the
+/// forwarders. Interfaces, rules and pasta stay until [`Network::detach`].
+#[derive(Debug)]
+pub struct NetAttachment {
+    pub address: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub resolv_conf: Option<String>,
+    /// Forwarded ports with the host addresses actually bound.
+    pub ports: Vec<ForwardedPort>,
+    forwarder: Option<PortForwarder>,
+    dns_forwarder: Option<DnsForwarder>,
+}
+
+impl NetAttachment {
+    /// Stops the forwarders (the supervisor calls this before [`Network::detach`]).
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+impl Drop for NetAttachment {
+    fn drop(&mut self) {
+        drop(self.forwarder.take());
+        drop(self.dns_forwarder.take());
+    }
+}
+
+/// Attaches and detaches environments' networks for one berth home.
+#[derive(Debug, Clone)]
+pub struct Network {
+    home: BerthHome,
+    options: NetworkOptions,
+}
+
+/// Removes what a failed attach created, unless disarmed.
+struct Rollback<'a> {
+    net: &'a Network,
+    env_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.net.detach(self.env_id);
+        }
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+impl Network {
+    pub fn new(home: &BerthHome, options: NetworkOptions) -> Network {
+        Network {
+            home: home.clone(),
+            options,
+        }
+    }
+
+    pub fn options(&self) -> &NetworkOptions {
+        &self.options
+    }
+
+    fn record_path(&self, env_id: &str) -> PathBuf {
+        self.home.env_dir(env_id).join("network.json")
+    }
+
+    fn save(&self, env_id: &str, record: &NetRecord) -> Result<(), NetError> {
+        let path = self.record_path(env_id);
+        state::create_dir_all(&self.home.env_dir(env_id))?;
+        Ok(state::write_json(&path, record)?)
+    }
+
+    /// The recorded network of an environment, if it is attached.
+    pub fn record(&self, env_id: &str) -> Result<Option<NetRecord>, NetError> {
+        Ok(state::read_json(&self.record_path(env_id))?)
+    }
+
+    /// Whether isolated mode goes through pasta (user-mode networking) here.
+    pub fn uses_pasta(&self, mode: NetworkMode) -> bool {
+        mode == NetworkMode::Isolated && self.options.user_mode.unwrap_or(!is_root())
+    }
+
+    /// Gives the environment whose namespaces are `ns` the network `mode` asks for and
+    /// forwards `ports` into it from this process, which must be in the host's network
+    /// namespace and live as long as the environment (a VM supervisor, a test). As root the
+    /// forwarder dials into the namespace itself; rootless (pasta) pasta forwards the ports.
+    /// On error nothing is left behind: no port bound, no interface, no rule, no record.
+    pub fn attach(
+        &self,
+        env_id: &str,
+        ns: EnvNamespaces<'_>,
+        mode: NetworkMode,
+        ports: &[PortPlan],
+    ) -> Result<NetAttachment, NetError> {
+        let specs: Vec<ForwardSpec> = ports.iter().map(ForwardSpec::from).collect();
+        let pasta_forwards = self.uses_pasta(mode);
+        // Ports are bound first: a port in use fails before anything else exists.
+        let bound = if mode != NetworkMode::Host && !pasta_forwards && !specs.is_empty() {
+            let bound = BoundPorts::bind_with(&specs, self.options.on_port_in_use)?;
+            let dialer = NetnsDialer::new(ns.net, format!("environment {env_id}"))
+                .map_err(NetError::Namespace)?;
+            Some((bound, dialer))
+        } else {
+            None
+        };
+        let pasta_specs: &[ForwardSpec] = if pasta_forwards { &specs } else { &[] };
+        let plumbing = self.plumb(env_id, ns, mode, pasta_specs)?;
+        let mut rollback = Rollback {
+            net: self,
+            env_id,
+            armed: true,
+        };
+        let (forwarder, ports) = match bound {
+            Some((bound, dialer)) => {
+                let f = bound.start(Arc::new(dialer))?;
+                let ports = f.ports().to_vec();
+                (Some(f), ports)
+            }
+            None if pasta_forwards => (
+                None,
+                specs
+                    .iter()
+                    .map(|s| ForwardedPort {
+                        spec: *s,
+                        bound: s.host,
+                    })
+                    .collect(),
+            ),
+            None => (None, Vec::new()),
+        };
+        if mode != NetworkMode::Host {
+            if let Some(mut record) = self.record(env_id)? {
+                record.ports = ports.clone();
+                self.save(env_id, &record)?;
+            }
+        }
+        rollback.armed = false;
+        Ok(NetAttachment {
+            address: plumbing.address,
+            gateway: plumbing.gateway,
+            resolv_conf: plumbing.resolv_conf,
+            ports,
+            forwarder,
+            dns_forwarder: plumbing.dns_forwarder,
+        })
+    }
+
+    /// Sets up the environment's network on the host side only, without port forwarding:
+    /// for a backend whose long-lived process cannot stay in the host's namespace (the
+    /// container supervisor forwards ports itself with [`BoundPorts`] and
+    /// [`super::dialer::LoopbackDialer`]). Call it from the host's network namespace, once
+    /// the environment's namespaces exist and before anything runs inside.
+    /// `pasta_ports`: ports pasta should forward (rootless `attach` only; else empty).
+    pub fn plumb(
+        &self,
+        env_id: &str,
+        ns: EnvNamespaces<'_>,
+        mode: NetworkMode,
+        pasta_ports: &[ForwardSpec],
+    ) -> Result<NetPlumbing, NetError> {
+        let mut plumbing = NetPlumbing {
+            address: None,
+            gateway: None,
+            resolv_conf: None,
+            dns_forwarder: None,
+        };
+        let mut record = NetRecord {
+            mode,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        };
+        let mut rollback = Rollback {
+            net: self,
+            env_id,
+            armed: true,
+        };
+        match mode {
+            NetworkMode::Host => {
+                rollback.armed = false;
+                return Ok(plumbing);
+            }
+            NetworkMode::None => {
+                self.save(env_id, &record)?;
+                loopback_up(ns.net)?;
+            }
+            NetworkMode::Isolated if self.uses_pasta(mode) => {
+                pasta::check_ports_free(pasta_ports)?;
+                record.plumbing = Plumbing::Pasta { pid: None };
+                self.save(env_id, &record)?;
+                // pasta copies the host's addresses and routes, so ordinary resolvers are
+                // reached as they are. A stub on 127.0.0.1 is reached through the gateway
+                // address, which pasta maps to the host's loopback; another loopback stub
+                // through pasta's DNS mapping (`--dns-forward`, recent pasta versions).
+                let dns = DnsPlan::for_host(&self.options.resolvers);
+                let (stub, nameserver) = match &dns {
+                    DnsPlan::Stub {
+                        stub: IpAddr::V4(v4),
+                        ..
+                    } if *v4 == Ipv4Addr::LOCALHOST => (
+                        None,
+                        subnet::host_default_gateway().unwrap_or(pasta::PASTA_DNS),
+                    ),
+                    DnsPlan::Stub { stub, .. } => (Some(*stub), pasta::PASTA_DNS),
+                    DnsPlan::Direct(_) => (None, pasta::PASTA_DNS),
+                };
+                let p = Pasta::start(&self.home.env_dir(env_id), ns, pasta_ports, stub)?;
+                record.plumbing = Plumbing::Pasta { pid: Some(p.pid()) };
+                plumbing.resolv_conf = Some(dns.resolv_conf(nameserver));
+            }
+            NetworkMode::Isolated => {
+                let cfg = &self.options.bridge;
+                record.plumbing = Plumbing::Bridge {
+                    bridge: cfg.name.clone(),
+                    nft_table: cfg.nft_table.clone(),
+                };
+                self.save(env_id, &record)?;
+                let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
+                let lease =
+                    Bridge::new(&self.home, cfg.clone()).attach(env_id, ns.net, dns.ipv4_stub())?;
+                if let DnsPlan::Stub {
+                    stub: stub @ IpAddr::V6(_),
+                    ..
+                } = &dns
+                {
+                    plumbing.dns_forwarder = Some(DnsForwarder::start(lease.gateway, *stub)?);
+                }
+                plumbing.resolv_conf = Some(dns.resolv_conf(lease.gateway));
+                plumbing.address = Some(lease.address);
+                plumbing.gateway = Some(lease.gateway);
+                record.address = plumbing.address;
+                record.gateway = plumbing.gateway;
+            }
+        }
+        self.save(env_id, &record)?;
+        rollback.armed = false;
+        Ok(plumbing)
+    }
+
+    /// Notes the forwarded ports in the environment's record, for `berth status` (the
+    /// container backend forwards them itself; [`Network::attach`] records its own).
+    pub fn record_ports(&self, env_id: &str, ports: &[ForwardedPort]) -> Result<(), NetError> {
+        let mut record = self.record(env_id)?.unwrap_or(NetRecord {
+            mode: NetworkMode::Host,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        });
+        record.ports = ports.to_vec();
+        self.save(env_id, &record)
+    }
+
+    /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
+    /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
+    /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
+    /// Forwarders live in the attaching process and end with its [`NetAttachment`].
+    pub fn detach(&self, env_id: &str) -> Result<(), NetError> {
+        let Some(record) = self.record(env_id)? else {
+            return Ok(());
+        };
+        match &record.plumbing {
+            Plumbing::Bridge { bridge, nft_table } => {
+                let cfg = BridgeConfig {
+                    name: bridge.clone(),
+                    nft_table: nft_table.clone(),
+                    subnet: None,
+                };
+                Bridge::new(&self.home, cfg).detach(env_id)?;
+            }
+            Plumbing::Pasta { pid: Some(pid) } => pasta::stop(*pid),
+            Plumbing::Pasta { pid: None } | Plumbing::Nothing => {}
+        }
+        match std::fs::remove_file(self.record_path(env_id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(NetError::State(state::StateError::Write {
+                    path: self.record_path(env_id),
+                    source: e,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Brings the loopback interface of `netns` up.
+pub fn loopback_up(netns: &File) -> Result<(), NetError> {
+    let mut nl = Netlink::open_in(netns).map_err(NetError::Namespace)?;
+    let lo = nl
+        .link_index("lo")
+        .map_err(|e| NetError::link("look up lo inside the environment", e))?;
+    if let Some(lo) = lo {
+        nl.set_up(lo)
+            .map_err(|e| NetError::link("bring lo up inside the environment", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,414 @@
+//! Isolated mode as root, with real traffic: two namespaces attached to a test bridge reach a
+//! server on the host by name and address, cannot reach each other, and detaching the last
+//! one removes the veths, the bridge and the nftables table.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::time::Duration;
+
+use berth_runtime::net::bridge::{veth_name, BridgeConfig};
+use berth_runtime::net::dns::ResolverSources;
+use berth_runtime::net::nat::NatRules;
+use berth_runtime::net::netlink::Netlink;
+use berth_runtime::net::{EnvNamespaces, NetAttachment, Network, NetworkOptions};
+use berth_runtime::state::BerthHome;
+use common::{dns_answer, dns_query, fake_dns_server, have_root, random_suffix, TestNetns};
+use envfile_spec::plan::{NetworkMode, PortPlan, Protocol};
+
+/// A hang detector, not a speed assertion.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Removes whatever a bridge test may have left, whatever happened: detach of each
+/// environment, then the bridge and table by name.
+struct Cleanup {
+    network: Network,
+    envs: Vec<String>,
+    bridge: String,
+    table: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for e in &self.envs {
+            let _ = self.network.detach(e);
+        }
+        if let Ok(mut nl) = Netlink::open() {
+            for e in &self.envs {
+                let _ = nl.delete_link_named(&veth_name(e));
+            }
+            let _ = nl.delete_link_named(&self.bridge);
+        }
+        let _ = NatRules::remove(&self.table);
+    }
+}
+
+struct Setup {
+    _home_dir: tempfile::TempDir,
+    network: Network,
+    bridge: String,
+    table: String,
+    subnet_prefix: String,
+}
+
+fn setup(resolv_conf: &str) -> Setup {
+    let home_dir = tempfile::tempdir().unwrap();
+    let home = BerthHome::at(home_dir.path().join("home")).unwrap();
+    let suffix = random_suffix();
+    let octet = u8::from_str_radix(&suffix[..2], 16).unwrap();
+    let subnet_prefix = format!("10.231.{octet}");
+    let resolv = home_dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        resolv_conf.replace("GATEWAY", &format!("{subnet_prefix}.1")),
+    )
+    .unwrap();
+    let options = NetworkOptions {
+        bridge: BridgeConfig {
+            name: format!("bt{suffix}"),
+            nft_table: format!("berth_test_{suffix}"),
+            subnet: Some(format!("{subnet_prefix}.0/24")),
+        },
+        resolvers: ResolverSources {
+            resolv_conf: resolv,
+            upstream_resolv_conf: home_dir.path().join("no-such-file"),
+        },
+        user_mode: Some(false),
+        ..Default::default()
+    };
+    Setup {
+        network: Network::new(&home, options.clone()),
+        bridge: options.bridge.name,
+        table: options.bridge.nft_table,
+        subnet_prefix,
+        _home_dir: home_dir,
+    }
+}
+
+fn attach(net: &Network, env: &str, ns: &TestNetns, ports: &[PortPlan]) -> NetAttachment {
+    net.attach(
+        env,
+        EnvNamespaces {
+            net: &ns.file,
+            user: None,
+        },
+        NetworkMode::Isolated,
+        ports,
+    )
+    .unwrap()
+}
+
+fn nameserver(resolv_conf: &str) -> Ipv4Addr {
+    resolv_conf
+        .lines()
+        .find_map(|l| l.strip_prefix("nameserver "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Inside `ns`: resolves `name` through `server` over UDP.
+fn resolve_inside(ns: &TestNetns, server: Ipv4Addr, name: &str) -> Option<Ipv4Addr> {
+    let name = name.to_string();
+    ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(HANG)).unwrap();
+        s.send_to(&dns_query(0x4242, &name), (server, 53)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf).ok()?;
+        dns_answer(&buf[..n])
+    })
+}
+
+/// Inside `ns`: connects to `addr` and reads what the server says.
+fn fetch_inside(ns: &TestNetns, addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    ns.run(move || {
+        let mut c = TcpStream::connect_timeout(&addr, timeout)?;
+        c.set_read_timeout(Some(HANG))?;
+        let mut s = String::new();
+        c.read_to_string(&mut s)?;
+        Ok(s)
+    })
+}
+
+fn greeter(l: TcpListener, text: &'static str) {
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = s.write_all(text.as_bytes());
+        }
+    });
+}
+
+fn link_exists(name: &str) -> bool {
+    Netlink::open().unwrap().link_index(name).unwrap().is_some()
+}
+
+#[test]
+fn two_environments_reach_the_host_by_name_and_not_each_other() {
+    if !have_root("two_environments_reach_the_host_by_name_and_not_each_other") {
+        return;
+    }
+    // The host "uses a stub resolver on loopback": berth must forward DNS from the bridge.
+    let s = setup("nameserver 127.0.0.77\nsearch example.test\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-a".into(), "env-b".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let gateway: Ipv4Addr = format!("{}.1", s.subnet_prefix).parse().unwrap();
+    let stub = UdpSocket::bind("127.0.0.77:53").unwrap();
+    fake_dns_server(stub, "host.berth.test", gateway);
+
+    let (a, b) = (TestNetns::new(), TestNetns::new());
+    // A server inside A, reached through a forwarded port in bridge mode too.
+    let inside = a.run(|| TcpListener::bind("127.0.0.1:8000").unwrap());
+    greeter(inside, "from env a");
+    let port = PortPlan {
+        host: 0,
+        guest: 8000,
+        protocol: Protocol::Tcp,
+        address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let att_a = attach(&s.network, "env-a", &a, &[port]);
+    let att_b = attach(&s.network, "env-b", &b, &[]);
+    assert!(link_exists(&s.bridge));
+    assert!(NatRules::exists(&s.table));
+    let (addr_a, addr_b) = (att_a.address.unwrap(), att_b.address.unwrap());
+    assert_ne!(addr_a, addr_b);
+    assert_eq!(att_a.gateway, Some(gateway));
+    let rc = att_a.resolv_conf.clone().unwrap();
+    assert_eq!(nameserver(&rc), gateway, "{rc}");
+    assert!(rc.contains("search example.test"), "{rc}");
+
+    let mut c = TcpStream::connect(att_a.ports[0].bound).unwrap();
+    c.set_read_timeout(Some(HANG)).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "from env a");
+
+    // A server on the host side, on the bridge address.
+    let host_server = TcpListener::bind((gateway, 0)).unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    greeter(host_server, "from the host");
+    for (ns, att) in [(&a, &att_a), (&b, &att_b)] {
+        let server = nameserver(att.resolv_conf.as_deref().unwrap());
+        let ip = resolve_inside(ns, server, "host.berth.test").expect("name resolves inside");
+        assert_eq!(ip, gateway);
+        let by_name = fetch_inside(ns, SocketAddr::from((ip, host_port)), HANG).unwrap();
+        assert_eq!(by_name, "from the host");
+        let by_addr = fetch_inside(ns, SocketAddr::from((gateway, host_port)), HANG).unwrap();
+        assert_eq!(by_addr, "from the host");
+    }
+
+    // B serves on its own address; the host reaches it, A must not.
+    let in_b = b.run(|| TcpListener::bind("0.0.0.0:9000").unwrap());
+    greeter(in_b, "from env b");
+    let b_addr = SocketAddr::from((addr_b, 9000));
+    let mut from_host = TcpStream::connect_timeout(&b_addr, HANG).unwrap();
+    let mut got = String::new();
+    from_host.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "from env b");
+    let across = fetch_inside(&a, b_addr, Duration::from_secs(3));
+    assert!(across.is_err(), "env a reached env b: {across:?}");
+
+    // Detach: A leaves the bridge in place for B; B's detach removes everything.
+    drop(att_a);
+    s.network.detach("env-a").unwrap();
+    assert!(!link_exists(&veth_name("env-a")));
+    assert!(link_exists(&s.bridge));
+    drop(att_b);
+    s.network.detach("env-b").unwrap();
+    s.network.detach("env-b").unwrap(); // idempotent
+    assert!(!link_exists(&veth_name("env-b")));
+    assert!(
+        !link_exists(&s.bridge),
+        "bridge removed with the last environment"
+    );
+    assert!(
+        !NatRules::exists(&s.table),
+        "nft table removed with the last environment"
+    );
+}
+
+#[test]
+fn ordinary_host_resolvers_are_used_directly() {
+    if !have_root("ordinary_host_resolvers_are_used_directly") {
+        return;
+    }
+    // The host's resolver is an ordinary address (here: a fake one on the bridge address,
+    // which the test starts once the bridge exists).
+    let s = setup("nameserver GATEWAY\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-c".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let ns = TestNetns::new();
+    let att = attach(&s.network, "env-c", &ns, &[]);
+    let gateway = att.gateway.unwrap();
+    let rc = att.resolv_conf.clone().unwrap();
+    assert_eq!(nameserver(&rc), gateway, "copied from the host: {rc}");
+    let upstream = UdpSocket::bind((gateway, 53)).unwrap();
+    fake_dns_server(upstream, "direct.berth.test", Ipv4Addr::new(192, 0, 2, 99));
+    assert_eq!(
+        resolve_inside(&ns, gateway, "direct.berth.test"),
+        Some(Ipv4Addr::new(192, 0, 2, 99))
+    );
+    drop(att);
+    s.network.detach("env-c").unwrap();
+    assert!(!link_exists(&s.bridge));
+    assert!(!Path::new(&format!("/sys/class/net/{}", veth_name("env-c"))).exists());
+}
+
+#[test]
+fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
+    if !have_root("detach_from_the_record_cleans_up_after_a_dead_supervisor") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-x".into(), "env-y".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let x = TestNetns::new();
+    let att_x = attach(&s.network, "env-x", &x, &[]);
+    // The supervisor of env-x dies (kill -9): its attachment is never dropped and its
+    // namespace goes away, taking the veth pair with it.
+    std::mem::forget(att_x);
+    drop(x);
+    let gone = (0..1000).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        !link_exists(&veth_name("env-x"))
+    });
+    assert!(gone, "the veth goes with its namespace");
+    // Another environment comes up meanwhile: env-x's stale lease is dropped.
+    let y = TestNetns::new();
+    let att_y = attach(&s.network, "env-y", &y, &[]);
+    drop(att_y);
+    s.network.detach("env-y").unwrap();
+    assert!(
+        !link_exists(&s.bridge),
+        "env-x's stale lease does not keep the bridge"
+    );
+    // `berth down` of env-x, from another process: only the record is left to clean.
+    let later = Network::new(
+        &BerthHome::at(s._home_dir.path().join("home")).unwrap(),
+        NetworkOptions::default(),
+    );
+    assert!(later.record("env-x").unwrap().is_some());
+    later.detach("env-x").unwrap();
+    assert!(later.record("env-x").unwrap().is_none());
+    assert!(!NatRules::exists(&s.table));
+}
+
+/// A veth from the host to a namespace standing for "the outside world", removed on drop.
+struct Uplink {
+    name: String,
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        if let Ok(mut nl) = Netlink::open() {
+            let _ = nl.delete_link_named(&self.name);
+        }
+    }
+}
+
+#[test]
+fn outbound_traffic_is_routed_and_masqueraded() {
+    if !have_root("outbound_traffic_is_routed_and_masqueraded") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-o".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    // "Outside": a namespace behind its own veth, 10.232.N.0/30, host end .1, far end .2.
+    let outside = TestNetns::new();
+    let octet = s.subnet_prefix.rsplit('.').next().unwrap().to_string();
+    let host_ip: Ipv4Addr = format!("10.232.{octet}.1").parse().unwrap();
+    let far_ip: Ipv4Addr = format!("10.232.{octet}.2").parse().unwrap();
+    let uplink = Uplink {
+        name: format!("bu{}", &s.bridge[2..]),
+    };
+    let mut nl = Netlink::open().unwrap();
+    nl.create_veth(
+        &uplink.name,
+        0,
+        "uplink0",
+        std::os::fd::AsFd::as_fd(&outside.file),
+        1500,
+    )
+    .unwrap();
+    let idx = nl.link_index(&uplink.name).unwrap().unwrap();
+    nl.add_address(idx, host_ip, 30).unwrap();
+    nl.set_up(idx).unwrap();
+    outside.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        let i = nl.link_index("uplink0").unwrap().unwrap();
+        nl.add_address(i, far_ip, 30).unwrap();
+        nl.set_up(i).unwrap();
+    });
+    // The outside server tells each client the address it sees.
+    let server = outside.run(move || TcpListener::bind((far_ip, 8080)).unwrap());
+    std::thread::spawn(move || {
+        for mut c in server.incoming().flatten() {
+            let peer = c.peer_addr().unwrap().ip().to_string();
+            let _ = c.write_all(peer.as_bytes());
+        }
+    });
+    let env = TestNetns::new();
+    let att = attach(&s.network, "env-o", &env, &[]);
+    let seen = fetch_inside(&env, SocketAddr::from((far_ip, 8080)), HANG).unwrap();
+    assert_eq!(
+        seen,
+        host_ip.to_string(),
+        "the outside sees the host's address, not the environment's {:?}",
+        att.address
+    );
+    drop(att);
+    s.network.detach("env-o").unwrap();
+}
+
+#[test]
+fn ipv6_stub_resolver_is_relayed_from_the_bridge() {
+    if !have_root("ipv6_stub_resolver_is_relayed_from_the_bridge") {
+        return;
+    }
+    let s = setup("nameserver ::1\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-6".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let stub = match UdpSocket::bind("[::1]:53") {
+        Ok(stub) => stub,
+        Err(e) => {
+            eprintln!("skipping ipv6_stub_resolver_is_relayed_from_the_bridge: cannot bind [::1]:53 ({e})");
+            return;
+        }
+    };
+    fake_dns_server(stub, "six.berth.test", Ipv4Addr::new(192, 0, 2, 6));
+    let ns = TestNetns::new();
+    let att = attach(&s.network, "env-6", &ns, &[]);
+    let gateway = att.gateway.unwrap();
+    assert_eq!(nameserver(att.resolv_conf.as_deref().unwrap()), gateway);
+    assert_eq!(
+        resolve_inside(&ns, gateway, "six.berth.test"),
+        Some(Ipv4Addr::new(192, 0, 2, 6))
+    );
+    drop(att);
+    s.network.detach("env-6").unwrap();
+}
