@@ -2,7 +2,10 @@
 //! berth.toml, and error conversion.
 
 use berth_runtime::environment::{EnvError, EnvRecord, Environments};
+use berth_runtime::net::network::Plumbing;
+use berth_runtime::net::NetRecord;
 use berth_runtime::state::BerthHome;
+use envfile_spec::plan::NetworkMode;
 use envfile_spec::{Loaded, Plan};
 
 use crate::args::GlobalArgs;
@@ -71,4 +74,27 @@ pub fn human_duration(d: std::time::Duration) -> String {
     } else {
         format!("{:.1} s", ms / 1000.0)
     }
+}
+
+/// How an environment is reached, one line each: its address (or why it has none), then
+/// every forwarded port (`127.0.0.1:8080 → 80/tcp`, noting a replaced host port).
+pub fn network_lines(rec: &NetRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    match (rec.address, rec.gateway, rec.mode, &rec.plumbing) {
+        (Some(a), Some(g), _, _) => out.push(format!("address {a}, gateway {g}")),
+        (_, _, NetworkMode::None, _) => out.push("loopback only, no outbound network".into()),
+        (_, _, _, Plumbing::Pasta { .. }) => {
+            out.push("user-mode networking (pasta): the host's addresses".into())
+        }
+        _ => {}
+    }
+    for p in &rec.ports {
+        let note = if p.bound != p.spec.host {
+            format!(" ({} was taken)", p.spec.host)
+        } else {
+            String::new()
+        };
+        out.push(format!("{p}{note}"));
+    }
+    out
 }

@@ -463,16 +463,30 @@ fn check_rootless(host: &HostRoot) -> Vec<Check> {
             format!("usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"),
         )
     });
-    out.push(
-        match ["pasta", "slirp4netns"].iter().find_map(|t| host.which(t)) {
-            Some(p) => Check::ok("rootless networking", format!("{}", p.display())),
+    out.push(if host.probe_namespaces {
+        // The real host: pasta must run and this user must be able to open /dev/net/tun.
+        match crate::net::rootless_network_available() {
+            Ok(p) => Check::ok("rootless networking", format!("pasta: {}", p.display())),
+            Err(why) => Check::warn(
+                "rootless networking",
+                format!("{why}; rootless environments then get loopback only (their [[ports]] are still forwarded)"),
+                if host.which("pasta").is_none() {
+                    "apt-get install passt"
+                } else {
+                    "as root: chmod 0666 /dev/net/tun"
+                },
+            ),
+        }
+    } else {
+        match host.which("pasta") {
+            Some(p) => Check::ok("rootless networking", format!("pasta: {}", p.display())),
             None => Check::warn(
                 "rootless networking",
-                "neither pasta nor slirp4netns found: rootless environments get no outbound network",
+                "pasta not found: rootless environments get loopback only (their [[ports]] are still forwarded)",
                 "apt-get install passt",
             ),
-        },
-    );
+        }
+    });
     out
 }
 

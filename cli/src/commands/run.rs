@@ -16,7 +16,7 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use crate::args::{GlobalArgs, RunArgs};
 use crate::commands::exec::parse_env;
 use crate::envfile::load_plan;
-use crate::environment::{env_error, environments, human_duration};
+use crate::environment::{env_error, environments, human_duration, network_lines};
 use crate::exit::{CliError, EXIT_USAGE};
 use crate::progress::progress;
 
@@ -72,6 +72,8 @@ struct Summary {
     environment: String,
     kept: bool,
     timed_out: bool,
+    /// Forwarded ports with the host addresses actually bound.
+    ports: Vec<berth_runtime::net::forward::ForwardedPort>,
     durations_ms: Durations,
 }
 
@@ -112,6 +114,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         progress: progress(g),
         env_id: Some(env_id.clone()),
         ephemeral: owner,
+        publish_auto: args.publish_auto,
         ..UpOptions::default()
     };
     let up = match envs.up(&run_plan, &opts) {
@@ -123,6 +126,18 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
     };
     for n in &up.notices {
         eprintln!("notice: {n}");
+    }
+    // On stderr: stdout belongs to CMD. Always shown when a port was replaced.
+    let ports = up
+        .network
+        .as_ref()
+        .map(|n| n.ports.clone())
+        .unwrap_or_default();
+    let replaced = ports.iter().any(|p| p.bound != p.spec.host);
+    if !g.quiet || replaced {
+        for line in up.network.iter().flat_map(network_lines) {
+            eprintln!("{}: {line}", run_plan.name);
+        }
     }
     let t_run = Instant::now();
     let (code, timed_out) = match run_command(&envs, &env_id, &run_plan, args, env, timeout) {
@@ -153,6 +168,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
             environment: run_plan.name.clone(),
             kept: keep,
             timed_out,
+            ports,
             durations_ms: Durations {
                 build: up.image_elapsed.as_millis(),
                 start: up.elapsed.saturating_sub(up.image_elapsed).as_millis(),

@@ -4,7 +4,7 @@ use berth_runtime::backend::EnvStatus;
 use berth_runtime::image::progress::human_bytes;
 
 use crate::args::GlobalArgs;
-use crate::environment::{env_error, environments, human_duration, Current};
+use crate::environment::{env_error, environments, human_duration, network_lines, Current};
 use crate::exit::{CliError, EXIT_NOT_RUNNING};
 
 fn status_word(s: EnvStatus) -> &'static str {
@@ -53,6 +53,9 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
     }
     if let Some(up) = r.uptime {
         println!("uptime:   {}", human_duration(up));
+    }
+    for (i, line) in view.network.iter().flat_map(network_lines).enumerate() {
+        println!("{}{line}", if i == 0 { "network:  " } else { "          " });
     }
     if let Some(u) = &r.usage {
         let mem = u

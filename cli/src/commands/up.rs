@@ -3,7 +3,7 @@
 use berth_runtime::environment::{UpAction, UpOptions, UpReport};
 
 use crate::args::{GlobalArgs, UpArgs};
-use crate::environment::{env_error, human_duration, Current};
+use crate::environment::{env_error, human_duration, network_lines, Current};
 use crate::exit::CliError;
 use crate::progress::progress;
 
@@ -40,5 +40,8 @@ fn print_report(r: &UpReport) {
                 println!("{} restarted in {t} (changed: {})", r.name, list.join(", "));
             }
         }
+    }
+    for line in r.network.iter().flat_map(network_lines) {
+        println!("{}: {line}", r.name);
     }
 }

@@ -21,6 +21,7 @@ use super::fault::checkpoint;
 use super::idmap::{self, IdMapping, Invoker};
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
+use super::network;
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
 use super::state::{now_secs, ContainerState, Phase, ProcessRef};
@@ -195,7 +196,7 @@ impl ContainerBackend {
             .context(|| "cannot start berth's supervisor process".to_string())?;
         drop((report_w, go_r, procs_files));
         checkpoint("supervisor-spawned");
-        let outcome = read_launch_events(report_r, go_w, state, &spec.state_dir, hook);
+        let outcome = read_launch_events(report_r, go_w, state, spec, mapping.is_some(), hook);
         let _ = child.wait();
         outcome
     }
@@ -231,6 +232,8 @@ impl ContainerBackend {
             kill_and_remove(&*l.driver(), Duration::from_secs(10))?;
         }
         let _ = fs::remove_file(dir.join("control.sock"));
+        // After the processes: the namespace is gone, so its end of the veth pair too.
+        network::detach(dir)?;
         state.phase = Phase::Stopped;
         state.supervisor = None;
         state.starter = None;
@@ -426,11 +429,14 @@ fn read_launch_events(
     report_r: OwnedFd,
     go_w: OwnedFd,
     state: &mut ContainerState,
-    dir: &Path,
+    spec: &ContainerSpec,
+    own_userns: bool,
     hook: &mut dyn FnMut(i32) -> Result<()>,
 ) -> Result<i32> {
+    let dir = &spec.state_dir;
     let mut reader = BufReader::new(fs::File::from(report_r));
     let mut pid = None;
+    let mut ports = Vec::new();
     let mut go = Some(go_w);
     let mut line = String::new();
     loop {
@@ -449,11 +455,13 @@ fn read_launch_events(
                 pid = Some(p);
                 state.supervisor = ProcessRef::of(p);
                 state.save(dir)?;
+                network::attach(spec, p, own_userns, &ports)?;
                 hook(p)?;
                 if let Some(g) = go.take() {
                     send_byte(&g, 1);
                 }
             }
+            Ok(LaunchEvent::Ports { ports: p }) => ports = p,
             Ok(LaunchEvent::Ready) => {
                 return pid.ok_or_else(|| {
                     ContainerError::Setup("the supervisor reported ready without a pid".into())

@@ -25,6 +25,12 @@ pub enum ContainerError {
     NotRunning { env_id: String },
     #[error(transparent)]
     State(#[from] StateError),
+    /// A `[[ports]]` host port cannot be bound (taken: the message names the holder).
+    #[error(transparent)]
+    Forward(#[from] crate::net::forward::ForwardError),
+    /// Setting up or removing the environment's network failed.
+    #[error(transparent)]
+    Network(#[from] crate::net::NetError),
 }
 
 impl ContainerError {

@@ -28,6 +28,7 @@ use super::rootfs::OverlayRootfs;
 use super::spec::ContainerSpec;
 use super::state::ContainerState;
 use super::supervisor;
+use crate::net::forward::{BoundPorts, ForwardedPort, OnPortInUse};
 
 /// The hidden argument that turns berth's binary into the launcher.
 pub const SUPERVISOR_ARG: &str = "__supervisor";
@@ -43,6 +44,10 @@ pub enum LaunchEvent {
     /// The supervisor's pid in the host's pid namespace.
     Pid {
         pid: i32,
+    },
+    /// The host ports the launcher bound for `[[ports]]` (sent before [`LaunchEvent::Pid`]).
+    Ports {
+        ports: Vec<ForwardedPort>,
     },
     Ready,
     Error {
@@ -135,6 +140,16 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
         (Some(m), true) => m.host_uid(0).zip(m.host_gid(0)),
         _ => None,
     };
+    // Ports first, while still in the host's network namespace: a port in use fails the
+    // start here, naming its holder, before anything else exists. The sockets stay in the
+    // host's namespace across the unshare and are inherited by the supervisor.
+    let ports = tryr!(bind_ports(&spec));
+    report(
+        &report_fd,
+        &LaunchEvent::Ports {
+            ports: ports.iter().map(|(p, _)| *p).collect(),
+        },
+    );
     let listener = tryr!(bind_control_socket(&spec));
     let logs = tryr!(open_logs_dir(&spec, owner));
     let (to_child_r, to_child_w) = tryr!(pipe());
@@ -153,6 +168,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                 logs,
                 &report_fd,
                 go_fd,
+                ports,
                 !is_root,
             );
             if let Err(e) = r {
@@ -167,7 +183,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
             unsafe { libc::_exit(1) }
         }
         ForkResult::Parent { child } => {
-            drop((to_child_r, from_child_w, listener, logs, go_fd));
+            drop((to_child_r, from_child_w, listener, logs, go_fd, ports));
             if recv_byte(&from_child_r) != Some(1) {
                 let _ = waitpid(child, None);
                 return Err((
@@ -219,6 +235,7 @@ fn namespace_child(
     logs: OwnedFd,
     report_fd: &OwnedFd,
     start_fd: OwnedFd,
+    ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> Result<()> {
     if mapping.is_some() {
@@ -255,6 +272,7 @@ fn namespace_child(
                 logs,
                 report_dup,
                 start_fd,
+                ports,
                 rootless,
             )
         }
@@ -282,6 +300,20 @@ fn become_root(m: &IdMapping) -> Result<()> {
     }
     nix::unistd::setresuid(zero_u, zero_u, zero_u)
         .context(|| "cannot become uid 0 in the user namespace".to_string())
+}
+
+/// Binds the host ports of `[[ports]]` (none when the environment shares the host's network).
+fn bind_ports(spec: &ContainerSpec) -> Result<Vec<(ForwardedPort, OwnedFd)>> {
+    if spec.network == envfile_spec::plan::NetworkMode::Host || spec.ports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let on_clash = if spec.publish_auto {
+        OnPortInUse::PickFree
+    } else {
+        OnPortInUse::Fail
+    };
+    let bound = BoundPorts::bind_with(&spec.ports, on_clash)?;
+    Ok(bound.into_parts())
 }
 
 fn bind_control_socket(spec: &ContainerSpec) -> Result<UnixListener> {

@@ -51,6 +51,7 @@ pub mod idmap;
 pub mod launch;
 pub mod logs;
 pub mod namespaces;
+pub mod network;
 pub mod rootfs;
 pub mod security;
 pub mod selfexe;

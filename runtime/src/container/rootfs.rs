@@ -160,13 +160,13 @@ impl<'a> OverlayRootfs<'a> {
         let dir = self.spec.state_dir.join("etc");
         mkdir_p(&dir)?;
         let host = &self.spec.hostname;
-        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        // Networking replaces this for isolated environments: a 127.x stub resolver of the
-        // host is unreachable from a separate network namespace.
+        // With its own network namespace the environment reaches no resolver until its
+        // network is set up; the starter's network step then rewrites this file in place
+        // (see `container::network`), before anything runs inside.
         let resolv = if self.spec.network == NetworkMode::Host {
-            resolv
+            fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
         } else {
-            filter_loopback_nameservers(&resolv)
+            "# berth: this environment has no DNS (loopback only)\n".to_string()
         };
         let files = [
             ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n")),
@@ -358,20 +358,6 @@ impl<'a> OverlayRootfs<'a> {
         );
         Ok(())
     }
-}
-
-/// Drops `nameserver 127.x`/`::1` lines (unreachable from another network namespace).
-pub fn filter_loopback_nameservers(resolv: &str) -> String {
-    resolv
-        .lines()
-        .filter(|l| {
-            let mut w = l.split_whitespace();
-            !(w.next() == Some("nameserver")
-                && w.next()
-                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
-        })
-        .map(|l| format!("{l}\n"))
-        .collect()
 }
 
 fn mkdir_p(p: &Path) -> Result<()> {
@@ -614,15 +600,6 @@ pub fn ensure_in_root(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_nameservers_are_dropped() {
-        let r = "search x\nnameserver 127.0.0.53\nnameserver 1.1.1.1\nnameserver ::1\n";
-        assert_eq!(
-            filter_loopback_nameservers(r),
-            "search x\nnameserver 1.1.1.1\n"
-        );
-    }
 
     #[test]
     fn ensure_in_root_creates_and_stays_confined() {

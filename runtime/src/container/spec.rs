@@ -8,6 +8,7 @@ use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Result};
+use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
 
 /// Default size bound of one service log file; one rotated file of the same size is kept.
@@ -39,6 +40,20 @@ pub struct ContainerSpec {
     pub image: ImageDefaults,
     /// Size bound of each service log file in bytes.
     pub log_limit: u64,
+    /// `[[ports]]`: host ports the launcher binds before it leaves the host's network
+    /// namespace and the supervisor forwards to the environment's loopback (not in `host`
+    /// mode, where the environment uses the host's ports itself).
+    #[serde(default)]
+    pub ports: Vec<ForwardSpec>,
+    /// A taken host port is replaced by a free one (`berth run --publish-auto`) instead of
+    /// failing the start.
+    #[serde(default)]
+    pub publish_auto: bool,
+    /// The berth home whose networking state (bridge, leases, `envs/<id>/network.json`) the
+    /// environment's network is set up in. `None`: nothing is set up on the host; an
+    /// environment with its own network namespace then has loopback only.
+    #[serde(default)]
+    pub net_home: Option<PathBuf>,
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -120,6 +135,9 @@ impl ContainerSpec {
             services: BTreeMap::new(),
             image: ImageDefaults::default(),
             log_limit: DEFAULT_LOG_LIMIT,
+            ports: Vec::new(),
+            publish_auto: false,
+            net_home: None,
         }
     }
 
@@ -174,6 +192,8 @@ impl ContainerSpec {
         spec.env = plan.env.clone();
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;
+        spec.ports = plan.ports.iter().map(ForwardSpec::from).collect();
+        spec.net_home = Some(home.root().to_path_buf());
         spec.privileged = privileged;
         spec.services = plan.services.clone();
         spec.image = image;

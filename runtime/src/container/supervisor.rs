@@ -1,8 +1,10 @@
 //! The supervisor: PID 1 of an environment. It reaps every process, runs the `[services]`
 //! with their restart policies (output into size-bounded logs), and serves the control socket
-//! (exec, tty exec, signal, status, stop). Single-threaded: one `poll` loop over the socket,
-//! a signalfd (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the connections and the services' output
-//! pipes, so forking a child is always safe.
+//! (exec, tty exec, signal, status, stop). One `poll` loop over the socket, a signalfd
+//! (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the connections and the services' output pipes. The
+//! only other threads are the `[[ports]]` forwarder's, which take no lock a forked child
+//! needs (their descriptors are all close-on-exec, glibc's malloc is fork-safe), so forking a
+//! child from the loop stays safe.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::CString;
@@ -10,6 +12,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::{RestartPolicy, ServicePlan};
@@ -34,6 +37,8 @@ use super::security::ProcessSecurity;
 use super::spec::ContainerSpec;
 use super::state::now_secs;
 use super::users;
+use crate::net::dialer::LoopbackDialer;
+use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 
 /// Entry point of berth's hidden `__supervisor <state-dir>` subcommand: the launcher, which
 /// becomes the supervisor (see [`launch`](super::launch)). Returns the launcher's exit code.
@@ -48,6 +53,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Runs as PID 1 in the new namespaces: waits for the starter's go, finishes the root
 /// filesystem, then supervises until stopped. Never returns. `rootless`: berth runs without
 /// host root (nested user namespaces stay allowed then).
+#[allow(clippy::too_many_arguments)]
 pub fn run_pid1(
     spec: ContainerSpec,
     mapping: Option<IdMapping>,
@@ -55,14 +61,17 @@ pub fn run_pid1(
     logs: OwnedFd,
     report_fd: OwnedFd,
     go: OwnedFd,
+    ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> ! {
-    super::security::close_fds_except(&[
+    let mut keep = vec![
         listener.as_raw_fd(),
         logs.as_raw_fd(),
         report_fd.as_raw_fd(),
         go.as_raw_fd(),
-    ]);
+    ];
+    keep.extend(ports.iter().map(|(_, fd)| fd.as_raw_fd()));
+    super::security::close_fds_except(&keep);
     let code = match setup_and_serve(
         &spec,
         mapping.as_ref(),
@@ -70,6 +79,7 @@ pub fn run_pid1(
         logs,
         &report_fd,
         go,
+        ports,
         rootless,
     ) {
         Ok(()) => 0,
@@ -86,6 +96,7 @@ pub fn run_pid1(
     std::process::exit(code)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn setup_and_serve(
     spec: &ContainerSpec,
     mapping: Option<&IdMapping>,
@@ -93,6 +104,7 @@ fn setup_and_serve(
     logs: OwnedFd,
     report_fd: &OwnedFd,
     go: OwnedFd,
+    ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> Result<()> {
     if recv_byte(&go) != Some(1) {
@@ -102,6 +114,11 @@ fn setup_and_serve(
     }
     drop(go);
     let new_netns = spec.network != envfile_spec::plan::NetworkMode::Host;
+    if new_netns {
+        // Forwarded ports reach services through loopback; as the namespace's own root this
+        // works rootless too, where nothing outside may enter the namespace.
+        super::network::loopback_up_here()?;
+    }
     OverlayRootfs::new(spec, mapping).enter(new_netns)?;
     nix::unistd::sethostname(&spec.hostname)
         .context(|| format!("cannot set the hostname to {}", spec.hostname))?;
@@ -112,6 +129,9 @@ fn setup_and_serve(
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let security = ProcessSecurity::new(spec.privileged, rootless)?;
     let mut sup = Supervisor::new(spec.clone(), security, listener, logs)?;
+    // After Supervisor::new blocked the signals: the forwarder's threads inherit the mask,
+    // so SIGCHLD and SIGTERM keep arriving at the signalfd of the main loop.
+    sup._forwarder = start_forwarding(ports)?;
     sup.start_services();
     checkpoint("ready");
     report(report_fd, &LaunchEvent::Ready);
@@ -122,6 +142,17 @@ fn setup_and_serve(
     }
     sup.run();
     Ok(())
+}
+
+/// Serves the host ports the launcher bound, dialing the environment's loopback. The
+/// forwarder lives as long as the supervisor: forwarded ports end with the environment.
+fn start_forwarding(ports: Vec<(ForwardedPort, OwnedFd)>) -> Result<Option<PortForwarder>> {
+    if ports.is_empty() {
+        return Ok(None);
+    }
+    let bound = BoundPorts::from_parts(ports)
+        .context(|| "cannot take over the forwarded ports".to_string())?;
+    Ok(Some(bound.start(Arc::new(LoopbackDialer))?))
 }
 
 struct Conn {
@@ -163,6 +194,8 @@ struct Supervisor {
     started_at: u64,
     stop_deadline: Option<Instant>,
     killed: bool,
+    /// The `[[ports]]` forwarder (its own threads; see the module documentation).
+    _forwarder: Option<PortForwarder>,
 }
 
 impl Supervisor {
@@ -214,6 +247,7 @@ impl Supervisor {
             started_at: now_secs(),
             stop_deadline: None,
             killed: false,
+            _forwarder: None,
         })
     }
 

@@ -17,6 +17,7 @@ use crate::container::control::{ExecRequest, ExecSession};
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions};
+use crate::net::{NetRecord, Network, NetworkOptions};
 use crate::state::{self, BerthHome, FileLock, LockMode};
 
 /// How `up` should go.
@@ -36,6 +37,8 @@ pub struct UpOptions {
     pub ephemeral: Option<Ephemeral>,
     /// Grace period when a running environment must be restarted.
     pub stop_timeout: Duration,
+    /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
+    pub publish_auto: bool,
 }
 
 impl Default for UpOptions {
@@ -48,6 +51,7 @@ impl Default for UpOptions {
             env_id: None,
             ephemeral: None,
             stop_timeout: Duration::from_secs(10),
+            publish_auto: false,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct UpReport {
     pub image_elapsed: Duration,
     /// Things the user should know (fallbacks, a reset writable layer, …).
     pub notices: Vec<String>,
+    /// Address and forwarded ports (`None` when the environment shares the host's network).
+    pub network: Option<NetRecord>,
 }
 
 /// One line of `berth ls`.
@@ -102,6 +108,8 @@ pub struct EnvView {
     pub pending_changes: Vec<Section>,
     #[serde(flatten)]
     pub report: StatusReport,
+    /// Address, gateway and forwarded ports while it runs.
+    pub network: Option<NetRecord>,
 }
 
 /// All environments under one berth home.
@@ -171,6 +179,7 @@ impl Environments {
                 && !opts.update
             {
                 return Ok(UpReport {
+                    network: self.network_record(&env_id),
                     env_id,
                     name: plan.name.clone(),
                     action: UpAction::Unchanged,
@@ -277,7 +286,7 @@ impl Environments {
             workdir: image.config.working_dir.clone(),
             user: image.config.user.clone(),
         };
-        let (spec, spec_notices) = ContainerSpec::from_plan(
+        let (mut spec, spec_notices) = ContainerSpec::from_plan(
             plan,
             &self.home,
             &env_id,
@@ -286,6 +295,13 @@ impl Environments {
             opts.privileged,
         )?;
         notices.extend(spec_notices);
+        spec.publish_auto = opts.publish_auto;
+        if let (_, Some(n)) = crate::container::network::effective_mode(
+            &Network::new(&self.home, NetworkOptions::default()),
+            spec.network,
+        ) {
+            notices.push(n);
+        }
         let started = self.backend.start(&spec)?;
 
         for command in &plan.on_up {
@@ -320,6 +336,7 @@ impl Environments {
         };
         record.save(dir)?;
         Ok(UpReport {
+            network: self.network_record(&env_id),
             env_id,
             name: plan.name.clone(),
             action,
@@ -328,6 +345,14 @@ impl Environments {
             image_elapsed,
             notices,
         })
+    }
+
+    /// The environment's network as recorded while it runs.
+    fn network_record(&self, env_id: &str) -> Option<NetRecord> {
+        Network::new(&self.home, NetworkOptions::default())
+            .record(env_id)
+            .ok()
+            .flatten()
     }
 
     /// Finds an environment by id, or by name when exactly one has it.
@@ -405,6 +430,10 @@ impl Environments {
     pub fn status(&self, record: &EnvRecord, current: Option<&Plan>) -> Result<EnvView, EnvError> {
         let dir = self.home.env_dir(&record.env_id);
         let report = self.backend.status(&dir)?;
+        let network = match report.status {
+            EnvStatus::Running => self.network_record(&record.env_id),
+            _ => None,
+        };
         Ok(EnvView {
             env_id: record.env_id.clone(),
             name: record.name.clone(),
@@ -414,6 +443,7 @@ impl Environments {
                 .map(|p| record.plan.changed_sections(p))
                 .unwrap_or_default(),
             report,
+            network,
         })
     }
 

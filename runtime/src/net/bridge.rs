@@ -41,12 +41,42 @@ pub struct BridgeConfig {
     pub subnet: Option<String>,
 }
 
+/// Names another bridge than `berth0` (and the nftables table of the same name), e.g. for
+/// berth homes side by side on one host, whose leases must not mix.
+pub const BRIDGE_ENV: &str = "BERTH_BRIDGE";
+
+/// The bridge name `BERTH_BRIDGE` asks for (`None` when unset or empty), or why it cannot be
+/// used: it must start with `berth` (berth recognises its own tables by that) and be at most
+/// 15 lowercase letters, digits or `_`, so it is valid both as an interface and a table name.
+pub fn bridge_name_from_env() -> Result<Option<String>, String> {
+    let Some(name) = std::env::var(BRIDGE_ENV).ok().filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let ok = name.starts_with("berth")
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(Some(name))
+    } else {
+        Err(format!(
+            "{BRIDGE_ENV}={name:?}: a bridge name must start with `berth` and have at most 15 lowercase letters, digits or `_`"
+        ))
+    }
+}
+
 impl Default for BridgeConfig {
-    /// `berth0`, table `inet berth`, subnet from `BERTH_SUBNET` when set.
+    /// `berth0`, table `inet berth` (or both named by a valid `BERTH_BRIDGE`), subnet from
+    /// `BERTH_SUBNET` when set.
     fn default() -> Self {
+        let (name, nft_table) = match bridge_name_from_env() {
+            Ok(Some(name)) => (name.clone(), name),
+            _ => ("berth0".into(), "berth".into()),
+        };
         BridgeConfig {
-            name: "berth0".into(),
-            nft_table: "berth".into(),
+            name,
+            nft_table,
             subnet: std::env::var(subnet::SUBNET_ENV)
                 .ok()
                 .filter(|s| !s.trim().is_empty()),

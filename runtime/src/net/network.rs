@@ -335,6 +335,20 @@ impl Network {
         Ok(plumbing)
     }
 
+    /// Records an environment that has loopback only and brings it up itself (a container
+    /// supervisor does, also rootless, where nothing outside may enter its namespace): there
+    /// is nothing on the host to set up or remove.
+    pub fn record_loopback_only(&self, env_id: &str) -> Result<(), NetError> {
+        let record = NetRecord {
+            mode: NetworkMode::None,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        };
+        self.save(env_id, &record)
+    }
+
     /// Notes the forwarded ports in the environment's record, for `berth status` (the
     /// container backend forwards them itself; [`Network::attach`] records its own).
     pub fn record_ports(&self, env_id: &str, ports: &[ForwardedPort]) -> Result<(), NetError> {

@@ -1,0 +1,153 @@
+//! The container backend's side of networking ([`crate::net`]), split by where each step
+//! can run (see the module documentation of `net`):
+//!
+//! - the launcher binds the `[[ports]]` host ports before it unshares
+//!   ([`launch`](super::launch));
+//! - the starter, once the namespaces exist and before anything runs inside, plumbs the
+//!   environment's network namespace ([`attach`]): bridge, veth and NAT as root, pasta
+//!   rootless, nothing for `host`; loopback only for `none` and for rootless isolated mode
+//!   when pasta cannot run here (then with a notice). It writes the environment's
+//!   `/etc/resolv.conf` and records the forwarded ports in `envs/<id>/network.json`;
+//! - the supervisor brings its loopback up ([`loopback_up_here`]) and serves the ports;
+//! - every stop, also after a `kill -9`, removes what [`attach`] made ([`detach`]), driven by
+//!   the record.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use envfile_spec::plan::NetworkMode;
+
+use super::error::{ContainerError, Context, Result};
+use super::spec::ContainerSpec;
+use crate::net::bridge::bridge_name_from_env;
+use crate::net::forward::ForwardedPort;
+use crate::net::netlink::Netlink;
+use crate::net::{rootless_network_available, EnvNamespaces, Network, NetworkOptions};
+use crate::state::BerthHome;
+
+fn network_in(home: &Path) -> Result<Network> {
+    let home = BerthHome::at(home)?;
+    Ok(Network::new(&home, NetworkOptions::default()))
+}
+
+/// The network mode the environment actually gets: rootless isolated mode needs pasta, and
+/// without it (missing, or `/dev/net/tun` not usable by this user) the environment keeps
+/// loopback only, its ports still forwarded by the supervisor.
+pub fn effective_mode(network: &Network, wanted: NetworkMode) -> (NetworkMode, Option<String>) {
+    if network.uses_pasta(wanted) {
+        if let Err(why) = rootless_network_available() {
+            return (
+                NetworkMode::None,
+                Some(format!(
+                    "no outbound network for this rootless environment (loopback only; [[ports]] are still forwarded): {why}"
+                )),
+            );
+        }
+    }
+    (wanted, None)
+}
+
+/// The starter's network step for the environment whose supervisor has host pid `pid`;
+/// `ports` are the host ports the launcher bound. (`berth up` tells the user when the
+/// environment gets less network than it asked for, see [`effective_mode`].)
+pub fn attach(
+    spec: &ContainerSpec,
+    pid: i32,
+    own_userns: bool,
+    ports: &[ForwardedPort],
+) -> Result<()> {
+    if spec.network == NetworkMode::Host {
+        return Ok(());
+    }
+    let Some(home) = &spec.net_home else {
+        return Ok(());
+    };
+    let network = network_in(home)?;
+    let (mode, _) = effective_mode(&network, spec.network);
+    match mode {
+        NetworkMode::Host => return Ok(()),
+        NetworkMode::None => network.record_loopback_only(&spec.env_id)?,
+        NetworkMode::Isolated => {
+            if !network.uses_pasta(mode) {
+                bridge_name_from_env().map_err(ContainerError::Invalid)?;
+            }
+            let ns_path = |kind: &str| PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
+            let open = |p: PathBuf| {
+                File::open(&p).context(|| {
+                    format!(
+                        "cannot open {} of the starting environment (did its supervisor exit?)",
+                        p.display()
+                    )
+                })
+            };
+            let net = open(ns_path("net"))?;
+            let rootless = !nix::unistd::geteuid().is_root();
+            let user = match own_userns && rootless {
+                true => Some(open(ns_path("user"))?),
+                false => None,
+            };
+            let plumbing = network.plumb(
+                &spec.env_id,
+                EnvNamespaces {
+                    net: &net,
+                    user: user.as_ref(),
+                },
+                mode,
+                &[],
+            )?;
+            if plumbing.dns_forwarder.is_some() {
+                // Its relay would have to live in a host-side process for as long as the
+                // environment runs; a container has none.
+                eprintln!("berth: notice: the host's resolvers are IPv6-only, which the IPv4 bridge cannot reach: DNS inside {} will not work; give the host an IPv4 resolver", spec.hostname);
+            }
+            if let Some(conf) = &plumbing.resolv_conf {
+                rewrite_in_place(&resolv_conf_file(spec), conf)?;
+            }
+        }
+    }
+    network.record_ports(&spec.env_id, ports)?;
+    Ok(())
+}
+
+/// Removes what [`attach`] set up on the host for the environment in `state_dir` (veth,
+/// lease, bridge and NAT table when it was the last, pasta). Idempotent; a no-op for an
+/// environment that never had a network.
+pub fn detach(state_dir: &Path) -> Result<()> {
+    let spec: Option<ContainerSpec> = crate::state::read_json(&state_dir.join("spec.json"))?;
+    let Some(spec) = spec else {
+        return Ok(());
+    };
+    let Some(home) = &spec.net_home else {
+        return Ok(());
+    };
+    network_in(home)?.detach(&spec.env_id)?;
+    Ok(())
+}
+
+/// Where the environment's `/etc/resolv.conf` comes from: a file in its state folder, bound
+/// over the image's by [`OverlayRootfs`](super::rootfs::OverlayRootfs).
+pub fn resolv_conf_file(spec: &ContainerSpec) -> PathBuf {
+    spec.state_dir.join("etc").join("resolv.conf")
+}
+
+/// Rewrites `path` keeping its inode: it is already bind-mounted into the environment.
+fn rewrite_in_place(path: &Path, content: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .context(|| format!("cannot open {}", path.display()))?;
+    f.write_all(content.as_bytes())
+        .context(|| format!("cannot write {}", path.display()))
+}
+
+/// Brings up the loopback interface of the calling process's network namespace.
+pub fn loopback_up_here() -> Result<()> {
+    let what = || "cannot bring up the environment's loopback interface".to_string();
+    let mut nl = Netlink::open().context(what)?;
+    if let Some(lo) = nl.link_index("lo").context(what)? {
+        nl.set_up(lo).context(what)?;
+    }
+    Ok(())
+}
