@@ -12,6 +12,8 @@ pub struct HostSnapshot {
     pub cgroups: BTreeSet<String>,
     pub berth_processes: BTreeSet<String>,
     pub net_devices: BTreeSet<String>,
+    /// nftables tables (`inet berth…`).
+    pub nft_tables: BTreeSet<String>,
 }
 
 impl HostSnapshot {
@@ -25,6 +27,7 @@ impl HostSnapshot {
         keep(&mut s.cgroups);
         keep(&mut s.berth_processes);
         keep(&mut s.net_devices);
+        keep(&mut s.nft_tables);
         s
     }
 
@@ -96,11 +99,23 @@ impl HostSnapshot {
                     .collect()
             })
             .unwrap_or_default();
+        let nft_tables = std::process::Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| l.contains("berth"))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         HostSnapshot {
             mounts,
             cgroups,
             berth_processes,
             net_devices,
+            nft_tables,
         }
     }
 
@@ -120,6 +135,7 @@ impl HostSnapshot {
                 "network devices",
                 diff(&self.net_devices, &after.net_devices),
             ),
+            ("nftables tables", diff(&self.nft_tables, &after.nft_tables)),
         ];
         let found: Vec<String> = leaks
             .iter()
@@ -147,6 +163,38 @@ fn walk_dirs(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
             f(&p);
             walk_dirs(&p, depth - 1, f);
         }
+    }
+}
+
+/// The host-side veth name of an environment: the formula of
+/// `berth_runtime::net::bridge::veth_name` (the network tests check that a running
+/// environment's veth has exactly this name, so a change there fails them).
+pub fn veth_name(env_id: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "bv{}",
+        &hex::encode(sha2::Sha256::digest(env_id.as_bytes()))[..10]
+    )
+}
+
+/// Copies a host program and the shared libraries `ldd` lists into `rootfs`, at the same
+/// paths (for tools busybox lacks, e.g. `socat` as a UDP echo server).
+pub fn copy_program_with_libs(program: &Path, rootfs: &Path) {
+    let out = std::process::Command::new("ldd")
+        .arg(program)
+        .output()
+        .expect("ldd (libc-bin) is needed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let files = std::iter::once(program.to_path_buf()).chain(
+        text.split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(std::path::PathBuf::from),
+    );
+    for f in files {
+        let to = rootfs.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to)
+            .unwrap_or_else(|e| panic!("cannot copy {} into the rootfs: {e}", f.display()));
     }
 }
 

@@ -32,9 +32,15 @@ pub fn berth_bin() -> PathBuf {
     );
 }
 
-/// A berth invocation with its own BERTH_HOME, removed on drop.
+/// A berth invocation with its own BERTH_HOME, removed on drop. Each has its own bridge
+/// (`BERTH_BRIDGE`) on its own subnet (`BERTH_SUBNET`), so tests running in parallel never
+/// share leases, and "the bridge goes with the last environment" holds per test.
 pub struct Berth {
     pub home: tempfile::TempDir,
+    /// Bridge and nftables table name of this home's isolated environments.
+    pub bridge: String,
+    /// Its IPv4 subnet (a /24).
+    pub subnet: String,
 }
 
 impl Default for Berth {
@@ -45,11 +51,16 @@ impl Default for Berth {
 
 impl Berth {
     pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
         Berth {
             home: tempfile::Builder::new()
                 .prefix("berth-home-")
                 .tempdir()
                 .unwrap(),
+            bridge: format!("berth{:05x}{:04x}", pid & 0xfffff, n & 0xffff),
+            subnet: format!("10.{}.{}.0/24", 128 + pid % 96, n % 256),
         }
     }
 
@@ -57,6 +68,8 @@ impl Berth {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(berth_bin());
         c.env("BERTH_HOME", self.home.path());
+        c.env("BERTH_BRIDGE", &self.bridge);
+        c.env("BERTH_SUBNET", &self.subnet);
         c.env("NO_COLOR", "1");
         c.env_remove("BERTH_ABORT_AT");
         c
