@@ -98,3 +98,55 @@ pub fn network_lines(rec: &NetRecord) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_runtime::net::forward::{ForwardSpec, ForwardedPort};
+    use envfile_spec::plan::Protocol;
+
+    #[test]
+    fn network_lines_show_address_ports_and_replaced_host_ports() {
+        let spec = |host: &str, guest, protocol| ForwardSpec {
+            protocol,
+            host: host.parse().unwrap(),
+            guest_port: guest,
+            shared: false,
+        };
+        let rec = NetRecord {
+            mode: NetworkMode::Isolated,
+            plumbing: Plumbing::Bridge {
+                bridge: "berth0".into(),
+                nft_table: "berth".into(),
+            },
+            address: Some("10.88.0.2".parse().unwrap()),
+            gateway: Some("10.88.0.1".parse().unwrap()),
+            ports: vec![
+                ForwardedPort {
+                    spec: spec("127.0.0.1:8080", 80, Protocol::Tcp),
+                    bound: "127.0.0.1:8080".parse().unwrap(),
+                },
+                ForwardedPort {
+                    spec: spec("127.0.0.1:5353", 53, Protocol::Udp),
+                    bound: "127.0.0.1:40000".parse().unwrap(),
+                },
+            ],
+        };
+        assert_eq!(
+            network_lines(&rec),
+            [
+                "address 10.88.0.2, gateway 10.88.0.1",
+                "127.0.0.1:8080 → 80/tcp",
+                "127.0.0.1:40000 → 53/udp (127.0.0.1:5353 was taken)",
+            ]
+        );
+        let none = NetRecord {
+            mode: NetworkMode::None,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        };
+        assert_eq!(network_lines(&none), ["loopback only, no outbound network"]);
+    }
+}

@@ -696,3 +696,41 @@ fn rootless_environment_forwards_its_ports() {
         "the forwarded port outlived the environment"
     );
 }
+
+#[test]
+fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
+    require_root!();
+    let tcp = free_port();
+    let p = web_project(tcp, free_port(), "127.0.0.1");
+    let b = Berth::new();
+    let before = snapshot(&b, &[&p], &[]);
+    ok(&b, p.path(), &["up"]);
+    let st = status_json(&b, p.path());
+    let env_id = st["env_id"].as_str().unwrap().to_string();
+    let pid = st["pid"].as_i64().unwrap() as i32;
+    wait_http((Ipv4Addr::LOCALHOST, tcp).into());
+    // SAFETY: kill(2) on the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let t0 = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && t0.elapsed() < HANG {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The forwarder died with its supervisor; the host side waits for `down`.
+    assert!(TcpStream::connect(("127.0.0.1", tcp)).is_err());
+    assert!(link_exists(&b.bridge) && nft_table_exists(&b.bridge));
+    ok(&b, p.path(), &["down"]);
+    assert!(!link_exists(&veth_name(&env_id)));
+    assert!(
+        !link_exists(&b.bridge),
+        "down after kill -9 left the bridge"
+    );
+    assert!(
+        !nft_table_exists(&b.bridge),
+        "down after kill -9 left the table"
+    );
+    // And the port is free for the next start.
+    ok(&b, p.path(), &["up"]);
+    wait_http((Ipv4Addr::LOCALHOST, tcp).into());
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
+}

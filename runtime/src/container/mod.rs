@@ -12,6 +12,12 @@
 //!             └─ grandchild = PID 1 = supervisor: /proc, /sys, /dev, pivot_root, masks,
 //!                hostname, services, control loop
 //! ```
+//! Networking ([`network`]): the launcher binds the `[[ports]]` host ports before it
+//! unshares; once the namespaces exist the starter plumbs the network namespace (bridge +
+//! veth + NAT as root, pasta rootless, loopback only for `none` or without pasta) and writes
+//! `/etc/resolv.conf`; the supervisor brings loopback up and forwards the ports from inside
+//! for its lifetime; every stop removes the host side again, driven by `network.json`.
+//!
 //! The launcher and the child exit once the supervisor is ready; the supervisor stays, in its
 //! own session. All mounts live in private mount namespaces, so nothing leaks to the host's
 //! mount table even when everything is killed with SIGKILL.

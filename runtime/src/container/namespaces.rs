@@ -12,10 +12,10 @@ use super::error::{Context, Result};
 /// Namespaces unshared after the user namespace: mount, uts, ipc, pid, cgroup, and net unless
 /// the environment shares the host's network.
 ///
-/// Networking hook: with `NetworkMode::Isolated` the new network namespace starts with only
-/// a loopback device; the caller of `ContainerBackend::start_with_hook` receives the
-/// supervisor's host pid (its namespaces are `/proc/<pid>/ns/*`) before the environment is
-/// set up further and can add interfaces there.
+/// The new network namespace starts with only a loopback device; the starter's network step
+/// ([`network::attach`](super::network::attach)) and then the caller's hook of
+/// `ContainerBackend::start_with_hook` receive the supervisor's host pid (its namespaces are
+/// `/proc/<pid>/ns/*`) before the environment is set up further.
 pub fn environment_flags(network: NetworkMode) -> CloneFlags {
     let mut f = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS

@@ -49,16 +49,21 @@ pub const BRIDGE_ENV: &str = "BERTH_BRIDGE";
 /// used: it must start with `berth` (berth recognises its own tables by that) and be at most
 /// 15 lowercase letters, digits or `_`, so it is valid both as an interface and a table name.
 pub fn bridge_name_from_env() -> Result<Option<String>, String> {
-    let Some(name) = std::env::var(BRIDGE_ENV).ok().filter(|s| !s.is_empty()) else {
-        return Ok(None);
-    };
+    match std::env::var(BRIDGE_ENV).ok().filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(name) => check_bridge_name(&name).map(|()| Some(name)),
+    }
+}
+
+/// Whether `name` can name berth's bridge and its nftables table.
+pub fn check_bridge_name(name: &str) -> Result<(), String> {
     let ok = name.starts_with("berth")
         && name.len() <= 15
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if ok {
-        Ok(Some(name))
+        Ok(())
     } else {
         Err(format!(
             "{BRIDGE_ENV}={name:?}: a bridge name must start with `berth` and have at most 15 lowercase letters, digits or `_`"
@@ -410,6 +415,22 @@ fn configure_guest(netns: &File, lease: &Lease) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bridge_names_must_be_berths_and_fit_both_namespaces() {
+        assert!(check_bridge_name("berth0").is_ok());
+        assert!(check_bridge_name("berth_ci_12345").is_ok());
+        for bad in [
+            "br0",
+            "berth-ci",
+            "Berth0",
+            "berth0123456789ab",
+            "berth0;drop",
+        ] {
+            let e = check_bridge_name(bad).unwrap_err();
+            assert!(e.contains("BERTH_BRIDGE"), "{e}");
+        }
+    }
 
     #[test]
     fn veth_names_fit_ifnamsiz_and_differ() {

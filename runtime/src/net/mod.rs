@@ -39,7 +39,12 @@
 //!    (idempotent; driven by `envs/<id>/network.json`).
 //!
 //! `BERTH_SUBNET` overrides the bridge subnet (default 10.88.0.0/16, or the first of a few
-//! fallbacks that overlaps no host route).
+//! fallbacks that overlaps no host route); `BERTH_BRIDGE` the bridge and nftables table name
+//! (default `berth0` / `berth`), for berth homes side by side whose leases must not mix (the
+//! end-to-end tests give each home its own).
+//!
+//! The container backend follows these steps in `container::network` (and `launch`,
+//! `supervisor`); its ports need no [`NetAttachment`].
 
 pub mod bridge;
 pub mod dialer;
