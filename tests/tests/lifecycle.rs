@@ -20,7 +20,7 @@ impl Project {
     }
     /// Host resources that belong to this test.
     fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy()])
+        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
     }
 }
 

@@ -734,3 +734,50 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
     ok(&b, p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
 }
+
+#[test]
+fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_host() {
+    require_root!();
+    let tcp = free_port();
+    let p = Project::new(&format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n\
+         [[ports]]\nhost = {tcp}\nguest = 80\n{SERVICES}"
+    ));
+    let b = Berth::new();
+    let before = snapshot(&b, &[&p], &[]);
+    let out = ok(&b, p.path(), &["up"]);
+    assert!(out.contains("loopback only, no outbound network"), "{out}");
+    assert!(out.contains(&format!("127.0.0.1:{tcp} → 80/tcp")), "{out}");
+    let links = ok(&b, p.path(), &["exec", "--", "ip", "-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "more than loopback: {links}");
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    let web: SocketAddr = (Ipv4Addr::LOCALHOST, tcp).into();
+    wait_http(web);
+    assert_eq!(
+        http_get(web, "/index.html").unwrap(),
+        b"hello from inside\n"
+    );
+    assert!(!link_exists(&b.bridge), "none mode made a bridge");
+    let st = status_json(&b, p.path());
+    let env_id = st["env_id"].as_str().unwrap().to_string();
+    assert_eq!(st["network"]["mode"], "none", "{st}");
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id.clone()]));
+
+    // host mode: the host's interfaces, nothing set up, ports not forwarded (and said so).
+    let h = Project::new(&format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"host\"\n\
+         [[ports]]\nhost = {tcp}\nguest = 80\n"
+    ));
+    let o = b.run_in(h.path(), &["up"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let (out, err) = text(&o);
+    assert!(err.contains("not forwarded"), "{err}");
+    assert!(!out.contains("→"), "{out}");
+    let inside = ok(&b, h.path(), &["exec", "--", "ip", "-o", "link"]);
+    let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
+    assert_eq!(inside.lines().count(), host_links, "{inside}");
+    assert!(!link_exists(&b.bridge));
+    ok(&b, h.path(), &["destroy"]);
+    before.assert_nothing_leaked(&snapshot(&b, &[&p, &h], &[env_id]));
+}

@@ -50,7 +50,7 @@ impl Project {
         self.dir.path()
     }
     fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy()])
+        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
     }
 }
 

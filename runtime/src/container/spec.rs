@@ -193,6 +193,11 @@ impl ContainerSpec {
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;
         spec.ports = plan.ports.iter().map(ForwardSpec::from).collect();
+        if spec.network == NetworkMode::Host && !spec.ports.is_empty() {
+            notices.push(
+                "network.mode = \"host\": [[ports]] are not forwarded; services inside listen on the host's ports directly".into(),
+            );
+        }
         spec.net_home = Some(home.root().to_path_buf());
         spec.privileged = privileged;
         spec.services = plan.services.clone();
