@@ -762,7 +762,7 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
     let env_id = st["env_id"].as_str().unwrap().to_string();
     assert_eq!(st["network"]["mode"], "none", "{st}");
     ok(&b, p.path(), &["destroy"]);
-    before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id.clone()]));
+    before.assert_nothing_leaked(&snapshot(&b, &[&p], std::slice::from_ref(&env_id)));
 
     // host mode: the host's interfaces, nothing set up, ports not forwarded (and said so).
     let h = Project::new(&format!(
