@@ -157,7 +157,9 @@ pub fn env_id(name: &str, envfile: &Path) -> String {
     format!("{name}-{}", &hex::encode(digest)[..8])
 }
 
-fn unique_suffix() -> String {
+/// A suffix unique within this process and unlikely across processes (for temp names that
+/// also carry the pid).
+pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);

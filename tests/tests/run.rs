@@ -267,14 +267,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[test]
-fn sigterm_stops_the_command_and_cleans_up() {
-    require_root!();
-    let p = Project::new();
-    let b = Berth::new();
-    let before = p.snapshot(&b);
+/// Starts `berth run` of a long command and returns once the command runs inside.
+fn start_long_run(p: &Project, b: &Berth) -> std::process::Child {
     let marker = p.path().join("started");
-    let mut child = b
+    let child = b
         .cmd()
         .current_dir(p.path())
         .args([
@@ -288,6 +284,16 @@ fn sigterm_stops_the_command_and_cleans_up() {
         .spawn()
         .unwrap();
     wait_for("the command to start", || marker.exists());
+    child
+}
+
+#[test]
+fn sigterm_stops_the_command_and_cleans_up() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let mut child = start_long_run(&p, &b);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -304,21 +310,7 @@ fn sigkill_of_berth_run_is_collected_by_the_next_command() {
     let p = Project::new();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    let marker = p.path().join("started");
-    let mut child = b
-        .cmd()
-        .current_dir(p.path())
-        .args([
-            "-q",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "touch /work/started; sleep 60",
-        ])
-        .spawn()
-        .unwrap();
-    wait_for("the command to start", || marker.exists());
+    let mut child = start_long_run(&p, &b);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
