@@ -3,3 +3,4 @@
 
 pub mod doctor;
 pub mod state;
+pub mod sync;
