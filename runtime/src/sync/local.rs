@@ -17,13 +17,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use notify::{EventKind, RecursiveMode, Watcher};
-
 use super::ignore::IgnoreRules;
-use super::transport::{EventSink, Staged, Transport, TransportError, WatchEvent, Watching};
+use super::transport::{EventSink, Staged, Transport, TransportError, Watching};
+use super::watch::watch_tree;
 use super::tree::{
     file_name, hash_reader, is_normal_rel, is_temp_name, join, parent, Entry, EntryKind, Scan,
     TEMP_MARKER,
@@ -496,108 +494,8 @@ impl Transport for LocalTransport {
     }
 
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {
-        let sink: Arc<EventSink> = Arc::new(sink);
-        let root = self.root.clone();
-        let make_handler = || {
-            let sink = sink.clone();
-            let root = root.clone();
-            move |res: notify::Result<notify::Event>| match res {
-                Ok(ev) => {
-                    for e in map_event(&root, &ev) {
-                        sink(e);
-                    }
-                }
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    sink(WatchEvent::Failed {
-                        message: e.to_string(),
-                        limit: true,
-                    })
-                }
-                // Paths vanishing while watches are added are normal; the engine rescans.
-                Err(_) => sink(WatchEvent::Rescan),
-            }
-        };
-        let mut polling_reason = force_poll.then(|| "polling requested".to_string());
-        if !force_poll {
-            match notify::RecommendedWatcher::new(make_handler(), notify::Config::default()) {
-                Ok(mut w) => match w.watch(&self.root, RecursiveMode::Recursive) {
-                    Ok(()) => {
-                        return Ok(Watching {
-                            guard: Box::new(w),
-                            polling: None,
-                        })
-                    }
-                    Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                        polling_reason = Some(
-                            TransportError::WatchLimit {
-                                side: self.label.clone(),
-                                detail: e.to_string(),
-                            }
-                            .to_string(),
-                        );
-                    }
-                    Err(e) => {
-                        return Err(TransportError::Watch {
-                            side: self.label.clone(),
-                            detail: e.to_string(),
-                        })
-                    }
-                },
-                Err(e) => polling_reason = Some(format!("inotify unavailable: {e}")),
-            }
-        }
-        let mut w = notify::PollWatcher::new(
-            make_handler(),
-            notify::Config::default().with_poll_interval(self.poll_interval),
-        )
-        .map_err(|e| TransportError::Watch {
-            side: self.label.clone(),
-            detail: e.to_string(),
-        })?;
-        w.watch(&self.root, RecursiveMode::Recursive)
-            .map_err(|e| TransportError::Watch {
-                side: self.label.clone(),
-                detail: e.to_string(),
-            })?;
-        Ok(Watching {
-            guard: Box::new(w),
-            polling: polling_reason,
-        })
+        watch_tree(&self.label, &self.root, sink, force_poll, self.poll_interval)
     }
-}
-
-/// Turns a notify event into what the engine needs: which relative paths to look at again
-/// and whether their subtrees may have changed. Reads (open, close-without-write) are dropped,
-/// so the engine's own reads do not echo.
-fn map_event(root: &Path, ev: &notify::Event) -> Vec<WatchEvent> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    if ev.need_rescan() {
-        return vec![WatchEvent::Rescan];
-    }
-    let deep = match ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        EventKind::Access(_) => return Vec::new(),
-        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Metadata(_)) => {
-            false
-        }
-        _ => true,
-    };
-    ev.paths
-        .iter()
-        .filter_map(|p| {
-            let rel = p.strip_prefix(root).ok()?.to_str()?;
-            if rel.is_empty() {
-                return None;
-            }
-            if rel.split('/').any(is_temp_name) {
-                return None;
-            }
-            Some(WatchEvent::Changed {
-                rel: rel.to_string(),
-                deep,
-            })
-        })
-        .collect()
 }
 
 fn fd_path(fd: &OwnedFd, name: &str) -> PathBuf {
