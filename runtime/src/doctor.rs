@@ -182,8 +182,14 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
     ));
     let vmm_auto = match kvm {
         KvmKind::Hardware => "berth's own KVM VMM (hardware KVM present)".to_string(),
-        KvmKind::Pvm => "qemu under TCG: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel".to_string(),
-        KvmKind::Unknown => "qemu: the KVM provider is unknown, so berth does not risk booting a kernel through it".to_string(),
+        KvmKind::Pvm => {
+            "qemu under TCG: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel"
+                .to_string()
+        }
+        KvmKind::Unknown => {
+            "qemu: the KVM provider is unknown, so berth does not risk booting a kernel through it"
+                .to_string()
+        }
         KvmKind::Absent => "qemu under TCG (no /dev/kvm)".to_string(),
     };
     DoctorReport {
@@ -253,7 +259,9 @@ fn probe_unshare() -> Result<(), String> {
         }
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, errno)) => Err(nix::errno::Errno::from_raw(errno).desc().to_string()),
+            Ok(WaitStatus::Exited(_, errno)) => {
+                Err(nix::errno::Errno::from_raw(errno).desc().to_string())
+            }
             Ok(other) => Err(format!("probe ended with {other:?}")),
             Err(e) => Err(e.to_string()),
         },
@@ -264,7 +272,10 @@ fn probe_unshare() -> Result<(), String> {
 fn check_overlayfs(host: &HostRoot) -> Check {
     const NAME: &str = "overlayfs";
     let fs = host.read("/proc/filesystems").unwrap_or_default();
-    if fs.lines().any(|l| l.split_whitespace().last() == Some("overlay")) {
+    if fs
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
         Check::ok(NAME, "available")
     } else if host.exists("/sys/module/overlay") {
         Check::ok(NAME, "module loaded")
@@ -321,7 +332,21 @@ pub fn cgroup_layout(host: &HostRoot) -> CgroupLayout {
         match f[2] {
             "cgroup" => {
                 for opt in f[3].split(',') {
-                    if ["memory", "cpu", "cpuacct", "pids", "freezer", "cpuset", "blkio", "devices", "hugetlb", "net_cls", "perf_event"].contains(&opt) {
+                    if [
+                        "memory",
+                        "cpu",
+                        "cpuacct",
+                        "pids",
+                        "freezer",
+                        "cpuset",
+                        "blkio",
+                        "devices",
+                        "hugetlb",
+                        "net_cls",
+                        "perf_event",
+                    ]
+                    .contains(&opt)
+                    {
                         v1.push(opt.to_string());
                     }
                 }
@@ -332,7 +357,14 @@ pub fn cgroup_layout(host: &HostRoot) -> CgroupLayout {
     }
     let v2_controllers = v2_mount
         .as_ref()
-        .and_then(|m| std::fs::read_to_string(host.root.join(m.strip_prefix("/").unwrap_or(m)).join("cgroup.controllers")).ok())
+        .and_then(|m| {
+            std::fs::read_to_string(
+                host.root
+                    .join(m.strip_prefix("/").unwrap_or(m))
+                    .join("cgroup.controllers"),
+            )
+            .ok()
+        })
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     v1.sort();
@@ -350,7 +382,11 @@ fn check_cgroups(host: &HostRoot) -> Vec<Check> {
     let needed = ["memory", "cpu", "pids"];
     let v2_has = |c: &str| l.v2_controllers.iter().any(|x| x == c);
     let v1_has = |c: &str| l.v1_controllers.iter().any(|x| x == c);
-    let missing: Vec<&str> = needed.iter().copied().filter(|c| !v1_has(c) && !v2_has(c)).collect();
+    let missing: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|c| !v1_has(c) && !v2_has(c))
+        .collect();
     let mode = match (l.v1_controllers.is_empty(), &l.v2_mount) {
         (true, Some(_)) => "unified (v2)".to_string(),
         (false, Some(m)) => format!("hybrid: v1 controllers, cgroup2 at {}", m.display()),
@@ -385,24 +421,36 @@ fn user_name(host: &HostRoot, uid: u32) -> Option<String> {
 fn check_rootless(host: &HostRoot) -> Vec<Check> {
     let mut out = Vec::new();
     let tools = ["newuidmap", "newgidmap"];
-    let absent: Vec<&str> = tools.iter().copied().filter(|t| host.which(t).is_none()).collect();
+    let absent: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| host.which(t).is_none())
+        .collect();
     out.push(if absent.is_empty() {
         Check::ok("rootless id mapping", "newuidmap and newgidmap found")
     } else {
         Check::warn(
             "rootless id mapping",
-            format!("{} not found: rootless environments map only your own uid", absent.join(" and ")),
+            format!(
+                "{} not found: rootless environments map only your own uid",
+                absent.join(" and ")
+            ),
             "apt-get install uidmap",
         )
     });
     let uid = nix::unistd::getuid().as_raw();
     let name = user_name(host, uid).unwrap_or_else(|| uid.to_string());
     let subuid = host.read("/etc/subuid").unwrap_or_default();
-    let has_range = subuid
-        .lines()
-        .any(|l| l.split(':').next().is_some_and(|u| u == name || u == uid.to_string()));
+    let has_range = subuid.lines().any(|l| {
+        l.split(':')
+            .next()
+            .is_some_and(|u| u == name || u == uid.to_string())
+    });
     out.push(if has_range {
-        Check::ok("subordinate ids", format!("{name} has a range in /etc/subuid"))
+        Check::ok(
+            "subordinate ids",
+            format!("{name} has a range in /etc/subuid"),
+        )
     } else if uid == 0 {
         Check::ok(
             "subordinate ids",
@@ -471,7 +519,13 @@ fn check_kvm(host: &HostRoot, kind: KvmKind) -> Check {
     }
 }
 
-fn check_tool(host: &HostRoot, name: &'static str, candidates: &[&str], why: &str, fix: &str) -> Check {
+fn check_tool(
+    host: &HostRoot,
+    name: &'static str,
+    candidates: &[&str],
+    why: &str,
+    fix: &str,
+) -> Check {
     match candidates.iter().find_map(|c| host.which(c)) {
         Some(p) => Check::ok(name, p.display().to_string()),
         None => Check::warn(name, format!("not found; {why}"), fix),
@@ -544,7 +598,11 @@ mod tests {
             assert_eq!(c.status, CheckStatus::Missing, "{c:?}");
             assert!(c.fix.as_deref().is_some_and(|f| !f.is_empty()));
         }
-        assert!(find(&r, "qemu").fix.as_deref().unwrap().contains("qemu-system-x86"));
+        assert!(find(&r, "qemu")
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("qemu-system-x86"));
     }
 
     #[test]

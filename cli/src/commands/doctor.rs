@@ -12,7 +12,12 @@ pub fn run(json: bool) -> Result<i32, CliError> {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
     } else {
-        let width = report.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+        let width = report
+            .checks
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(0);
         for c in &report.checks {
             let mark = match c.status {
                 CheckStatus::Ok => "ok  ",

@@ -173,10 +173,7 @@ impl BaseStore {
         }
         let lo = format!("{dir}/");
         let hi = format!("{dir}0"); // '0' is the byte after '/'
-        self.entries
-            .range(lo..hi)
-            .map(|(k, _)| k.clone())
-            .collect()
+        self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect()
     }
 
     /// Records the new base of `rel` (`None`: the path is gone on both sides) and appends it
@@ -222,10 +219,12 @@ impl BaseStore {
             source: io::Error::other(e),
         })?;
         state::atomic_write(&self.snapshot, &bytes)?;
-        self.journal.set_len(0).map_err(|source| StateError::Write {
-            path: self.journal_path.clone(),
-            source,
-        })?;
+        self.journal
+            .set_len(0)
+            .map_err(|source| StateError::Write {
+                path: self.journal_path.clone(),
+                source,
+            })?;
         self.journal_lines = 0;
         Ok(())
     }
@@ -304,6 +303,9 @@ mod tests {
         for p in ["a", "a/x", "a/y/z", "a-b", "a.c", "ab"] {
             s.set(p, Some(be(1))).unwrap();
         }
-        assert_eq!(s.paths_under("a"), vec!["a/x".to_string(), "a/y/z".to_string()]);
+        assert_eq!(
+            s.paths_under("a"),
+            vec!["a/x".to_string(), "a/y/z".to_string()]
+        );
     }
 }

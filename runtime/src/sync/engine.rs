@@ -179,6 +179,16 @@ fn idx(side: Side) -> usize {
     }
 }
 
+/// What one reconcile pass did.
+struct PassResult {
+    /// Changes made on disk (copies, removals, folders, modes, conflict copies).
+    applied: u64,
+    /// Paths that changed while being synchronized and must be looked at again.
+    retries: u64,
+    /// The last failure that is not transient.
+    failure: Option<String>,
+}
+
 /// What applying one path achieved.
 enum Outcome {
     Done,
@@ -220,11 +230,7 @@ impl<'a> Worker<'a> {
 
     fn update_status(&mut self, force: bool, f: impl FnOnce(&mut SyncStatus)) {
         let snapshot = {
-            let mut st = self
-                .engine
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut st = self.engine.status.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut st);
             st.updated_unix_ms = now_ms();
             st.clone()
@@ -235,11 +241,7 @@ impl<'a> Worker<'a> {
                 .is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
         if due {
             if let Err(e) = status::write_status(&self.cfg().state_dir, &snapshot) {
-                let mut st = self
-                    .engine
-                    .status
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut st = self.engine.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.last_error = Some(e.to_string());
             }
             self.status_written = Some(Instant::now());
@@ -376,7 +378,12 @@ impl<'a> Worker<'a> {
         for _ in 0..MAX_FLUSH_PASSES {
             self.update_status(true, |s| s.state = SyncState::Scanning);
             match self.full_pass(stop) {
-                Ok(0) => return Ok(()),
+                Ok(p) if p.applied == 0 && p.retries == 0 => {
+                    return match p.failure {
+                        None => Ok(()),
+                        Some(f) => Err(f),
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
             }
@@ -398,9 +405,8 @@ impl<'a> Worker<'a> {
         changed
     }
 
-    /// Scans both sides completely and reconciles every path. Returns the number of paths
-    /// that needed work (0 = both sides were already identical).
-    fn full_pass(&mut self, stop: &AtomicBool) -> Result<usize, SyncError> {
+    /// Scans both sides completely and reconciles every path.
+    fn full_pass(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
         // Twice at most: the second time when .gitignore files met change the rules.
@@ -434,12 +440,12 @@ impl<'a> Worker<'a> {
         paths.extend(self.base.entries().keys().cloned());
         let paths = self.filter_ignored(paths, &trees);
         let [mut host, mut env] = trees;
-        let (work, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        let (result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
         let now = Instant::now();
         for r in retry {
             self.dirty.retry(r, now);
         }
-        Ok(work)
+        Ok(result)
     }
 
     /// Drops ignored paths; their base entries are forgotten (they are no longer synced).
@@ -563,14 +569,14 @@ impl<'a> Worker<'a> {
         self.rebuild_rules()
     }
 
-    /// Decides and applies every path. Returns (paths that needed work, paths to retry).
+    /// Decides and applies every path. Returns what was done and the paths to retry.
     fn apply(
         &mut self,
         paths: Vec<String>,
         host: &mut Tree,
         env: &mut Tree,
         stop: &AtomicBool,
-    ) -> Result<(usize, Vec<String>), SyncError> {
+    ) -> Result<(PassResult, Vec<String>), SyncError> {
         let mut decisions = Vec::new();
         for p in paths {
             let mut d = decide(host.get(&p), env.get(&p), self.base.get(&p));
@@ -702,6 +708,11 @@ impl<'a> Worker<'a> {
                 Outcome::Failed(m) => failed = Some(m),
             }
         }
+        let result = PassResult {
+            applied: applied + conflicts,
+            retries: retry.len() as u64,
+            failure: failed.clone(),
+        };
         self.update_status(false, |s| {
             s.applied += applied;
             s.conflicts += conflicts;
@@ -709,7 +720,7 @@ impl<'a> Worker<'a> {
                 s.last_error = Some(m);
             }
         });
-        Ok((work, retry))
+        Ok((result, retry))
     }
 
     fn transport_failure(&self, e: TransportError) -> Outcome {
@@ -899,4 +910,3 @@ fn needs_removal(src: Option<&Entry>, dst: &Entry) -> bool {
         Some(s) => (s.kind == EntryKind::Dir) != (dst.kind == EntryKind::Dir),
     }
 }
-

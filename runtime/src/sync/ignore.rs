@@ -66,9 +66,10 @@ impl IgnoreRules {
     /// changed (the same text added twice for one folder counts once). Lines that do not
     /// parse are skipped, as git does.
     pub fn add_gitignore(&mut self, dir: &str, text: &str) -> bool {
-        let entry = self.gitignores.entry(dir.to_string()).or_insert_with(|| {
-            (Vec::new(), Gitignore::empty())
-        });
+        let entry = self
+            .gitignores
+            .entry(dir.to_string())
+            .or_insert_with(|| (Vec::new(), Gitignore::empty()));
         if entry.0.iter().any(|t| t == text) {
             return false;
         }
@@ -177,9 +178,15 @@ mod tests {
         assert!(r.is_ignored("target/debug/x", false));
         assert!(r.is_ignored("web/node_modules/a/b.js", false));
         assert!(r.is_ignored("a/b.log", false));
-        assert!(!r.is_ignored("target", false), "target/ only matches folders");
+        assert!(
+            !r.is_ignored("target", false),
+            "target/ only matches folders"
+        );
         assert!(!r.is_ignored("src/main.rs", false));
-        assert!(!r.is_ignored(".git/config", false), ".git is synced by default");
+        assert!(
+            !r.is_ignored(".git/config", false),
+            ".git is synced by default"
+        );
     }
 
     #[test]
@@ -201,7 +208,10 @@ mod tests {
         assert!(r.is_ignored("sub/a.o", false));
         assert!(!r.is_ignored("sub/keep.o", false));
         assert!(r.is_ignored("sub/gen/x.rs", false));
-        assert!(!r.is_ignored("gen/x.rs", false), "sub's rules do not apply at the root");
+        assert!(
+            !r.is_ignored("gen/x.rs", false),
+            "sub's rules do not apply at the root"
+        );
     }
 
     #[test]

@@ -21,11 +21,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ignore::IgnoreRules;
 use super::transport::{EventSink, Staged, Transport, TransportError, Watching};
-use super::watch::watch_tree;
 use super::tree::{
     file_name, hash_reader, is_normal_rel, is_temp_name, join, parent, Entry, EntryKind, Scan,
     TEMP_MARKER,
 };
+use super::watch::watch_tree;
 
 /// A synced folder reachable by path.
 pub struct LocalTransport {
@@ -494,7 +494,13 @@ impl Transport for LocalTransport {
     }
 
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {
-        watch_tree(&self.label, &self.root, sink, force_poll, self.poll_interval)
+        watch_tree(
+            &self.label,
+            &self.root,
+            sink,
+            force_poll,
+            self.poll_interval,
+        )
     }
 }
 
@@ -560,9 +566,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let tr = t(d.path());
         let s = tr
-            .stage_file("a/b/c.sh", &mut &b"#!/bin/sh\n"[..], 0o755, 1_500_000_000_123_456_789)
+            .stage_file(
+                "a/b/c.sh",
+                &mut &b"#!/bin/sh\n"[..],
+                0o755,
+                1_500_000_000_123_456_789,
+            )
             .unwrap();
-        assert!(!d.path().join("a/b/c.sh").exists(), "not visible before commit");
+        assert!(
+            !d.path().join("a/b/c.sh").exists(),
+            "not visible before commit"
+        );
         let e = tr.commit(s, None).unwrap();
         assert_eq!(e.kind, EntryKind::File);
         assert_eq!(e.mode, 0o755);

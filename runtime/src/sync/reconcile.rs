@@ -148,9 +148,7 @@ pub fn decide(host: Option<&Entry>, env: Option<&Entry>, base: Option<&BaseEntry
                         Decision::Propagate { from: Side::Host }
                     } else if h.kind == EntryKind::Dir {
                         Decision::Conflict { winner: Side::Host }
-                    } else if e.kind == EntryKind::Dir {
-                        Decision::Conflict { winner: Side::Env }
-                    } else if e.mtime_ns > h.mtime_ns {
+                    } else if e.kind == EntryKind::Dir || e.mtime_ns > h.mtime_ns {
                         Decision::Conflict { winner: Side::Env }
                     } else {
                         Decision::Conflict { winner: Side::Host }
@@ -266,7 +264,10 @@ mod tests {
         let a = file(3, 10, Some("x"));
         let b = file(3, 11, Some("x"));
         assert_eq!(decide(Some(&a), Some(&b), None), Decision::Record);
-        assert_eq!(decide(None, None, Some(&base_of(&a, "x"))), Decision::Record);
+        assert_eq!(
+            decide(None, None, Some(&base_of(&a, "x"))),
+            Decision::Record
+        );
         assert_eq!(decide(Some(&dir()), Some(&dir()), None), Decision::Record);
     }
 
@@ -301,7 +302,10 @@ mod tests {
 
     #[test]
     fn conflict_names_are_unique() {
-        assert_eq!(conflict_name("a/b.txt", 5, |_| false), "a/b.txt.berth-conflict-5");
+        assert_eq!(
+            conflict_name("a/b.txt", 5, |_| false),
+            "a/b.txt.berth-conflict-5"
+        );
         assert_eq!(
             conflict_name("a", 5, |n| n == "a.berth-conflict-5"),
             "a.berth-conflict-5-1"

@@ -189,7 +189,10 @@ mod tests {
         s.pending = 12;
         s.conflicts = 2;
         s.last_error = Some("boom".into());
-        assert_eq!(s.to_string(), "syncing 12 paths, 2 conflicts, last error: boom");
+        assert_eq!(
+            s.to_string(),
+            "syncing 12 paths, 2 conflicts, last error: boom"
+        );
     }
 
     #[test]
