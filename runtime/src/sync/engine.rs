@@ -7,7 +7,7 @@
 //! then creations and updates parents-first. Every applied change is journaled in the base at
 //! once, so a `kill -9` at any point leaves a base that a restart merges correctly.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +23,7 @@ use super::reconcile::{conflict_name, decide, Decision};
 use super::status::{self, now_ms, SyncState, SyncStatus};
 use super::transport::{Transport, TransportError, WatchEvent, Watching};
 use super::tree::{file_name, parent, Entry, EntryKind, HashingReader, Tree};
-use super::watch::{Batch, Debounce, Dirty};
+use super::watch::{Batch, Debounce, Dirty, DirtyPath};
 use super::SyncError;
 use crate::state::{FileLock, LockMode};
 
@@ -155,6 +155,8 @@ impl SyncEngine {
 
 /// Flush passes before giving up on reaching a quiet state (changes keep arriving).
 const MAX_FLUSH_PASSES: usize = 20;
+/// Remembered writes for echo suppression before the memory is cleared.
+const MAX_ECHOES: usize = 200_000;
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: usize = 5;
 
@@ -167,6 +169,8 @@ struct Worker<'a> {
     gitignores: [BTreeMap<String, String>; 2],
     watchers: [Option<Watching>; 2],
     dirty: Dirty,
+    /// What the engine last wrote per path and side, to recognize the watcher's echo.
+    echo: HashMap<String, (Side, Option<Entry>)>,
     status_written: Option<Instant>,
     flushed: u64,
     first_pass: bool,
@@ -211,6 +215,7 @@ impl<'a> Worker<'a> {
             gitignores: [BTreeMap::new(), BTreeMap::new()],
             watchers: [None, None],
             dirty: Dirty::default(),
+            echo: HashMap::new(),
             status_written: None,
             flushed,
             first_pass: true,
@@ -366,9 +371,9 @@ impl<'a> Worker<'a> {
                     s.polling = Some(msg.clone());
                     s.last_error = Some(msg);
                 });
-                self.dirty.add(WatchEvent::Rescan, Instant::now());
+                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
             }
-            ev => self.dirty.add(ev, Instant::now()),
+            ev => self.dirty.add(Some(side), ev, Instant::now()),
         }
         Ok(())
     }
@@ -407,6 +412,20 @@ impl<'a> Worker<'a> {
 
     /// Scans both sides completely and reconciles every path.
     fn full_pass(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
+        let t = Instant::now();
+        let r = self.full_pass_inner(stop);
+        if let Ok(p) = &r {
+            trace(format_args!(
+                "full pass: {} applied, {} retries in {:?}",
+                p.applied,
+                p.retries,
+                t.elapsed()
+            ));
+        }
+        r
+    }
+
+    fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
         // Twice at most: the second time when .gitignore files met change the rules.
@@ -468,6 +487,18 @@ impl<'a> Worker<'a> {
 
     /// Reconciles the paths a batch of events named.
     fn apply_batch(&mut self, batch: Batch, stop: &AtomicBool) -> Result<(), SyncError> {
+        let t = Instant::now();
+        let (n, rescan) = (batch.paths.len(), batch.rescan);
+        let r = self.apply_batch_inner(batch, stop);
+        trace(format_args!(
+            "batch of {n} paths{} took {:?}",
+            if rescan { " (rescan)" } else { "" },
+            t.elapsed()
+        ));
+        r
+    }
+
+    fn apply_batch_inner(&mut self, batch: Batch, stop: &AtomicBool) -> Result<(), SyncError> {
         if batch.rescan {
             self.update_status(false, |s| s.state = SyncState::Scanning);
             self.full_pass(stop)?;
@@ -482,12 +513,16 @@ impl<'a> Worker<'a> {
         let mut scanned: HashSet<String> = HashSet::new();
         let mut gitignore_dirs = BTreeSet::new();
         // Deep paths first, shortest first, so their subtrees cover the rest.
-        let mut order: Vec<(String, bool)> = batch.paths.into_iter().collect();
-        order.sort_by_key(|(p, deep)| (!*deep, p.len()));
-        for (rel, mut deep) in order {
+        let mut order: Vec<(String, DirtyPath)> = batch.paths.into_iter().collect();
+        order.sort_by_key(|(p, d)| (!d.deep, p.len()));
+        for (rel, dp) in order {
             if covered(&rel, &scanned) {
                 continue;
             }
+            if self.is_echo(&rel, dp) {
+                continue;
+            }
+            let mut deep = dp.deep;
             if file_name(&rel) == ".gitignore" {
                 gitignore_dirs.insert(parent(&rel).to_string());
             }
@@ -538,13 +573,41 @@ impl<'a> Worker<'a> {
         }
         if !gitignore_dirs.is_empty() && self.reload_gitignores(&gitignore_dirs) {
             // Rules changed: what they now include or exclude needs a complete look.
-            self.dirty.add(WatchEvent::Rescan, now);
+            self.dirty.add(None, WatchEvent::Rescan, now);
         }
         self.update_status(true, |s| {
             s.state = SyncState::Watching;
             s.pending = 0;
         });
         Ok(())
+    }
+
+    /// Whether the events for `rel` are only the echo of the engine's own write: reported by
+    /// the side it wrote, which still holds exactly what was written. Folders are never
+    /// treated as echoes (something may have been created inside before it was watched).
+    fn is_echo(&mut self, rel: &str, dp: DirtyPath) -> bool {
+        let Some((side, expected)) = self.echo.get(rel) else {
+            return false;
+        };
+        let side = *side;
+        let is_echo = dp.only_side() == Some(side)
+            && expected.as_ref().map(|e| e.kind) != Some(EntryKind::Dir)
+            && match (self.side(side).stat(rel), expected) {
+                (Ok(None), None) => true,
+                (Ok(Some(now)), Some(exp)) => now.same_state(exp),
+                _ => false,
+            };
+        if !is_echo {
+            self.echo.remove(rel);
+        }
+        is_echo
+    }
+
+    fn expect_echo(&mut self, side: Side, rel: &str, entry: Option<Entry>) {
+        if self.echo.len() >= MAX_ECHOES {
+            self.echo.clear();
+        }
+        self.echo.insert(rel.to_string(), (side, entry));
     }
 
     /// Rereads the `.gitignore` of these folders on both sides; whether the rules changed.
@@ -556,7 +619,7 @@ impl<'a> Worker<'a> {
                 } else {
                     format!("{dir}/.gitignore")
                 };
-                let text = self.side(side).read_file(&rel).ok().and_then(|mut r| {
+                let text = self.side(side).read_file(&rel).ok().and_then(|(_, mut r)| {
                     let mut s = String::new();
                     r.read_to_string(&mut s).ok().map(|_| s)
                 });
@@ -626,6 +689,7 @@ impl<'a> Worker<'a> {
                                     applied += 1;
                                     if src.is_none() {
                                         let _ = self.base.set(p, None);
+                                        self.expect_echo(from.other(), p, None);
                                     }
                                     tree_mut(from.other(), host, env).remove(p);
                                     Outcome::Done
@@ -799,6 +863,7 @@ impl<'a> Worker<'a> {
         };
         let hash = src_final.hash.clone();
         let _ = self.base.set(rel, Some(BaseEntry::agreed(h, e, hash)));
+        self.expect_echo(to, rel, Some(dst_final.clone()));
         tree_mut(to, host, env).insert(rel.to_string(), dst_final);
         Ok(())
     }
@@ -843,17 +908,22 @@ impl<'a> Worker<'a> {
             path: rel.to_string(),
         };
         for _ in 0..COPY_ATTEMPTS {
-            let Some(before) = src.stat(rel)? else {
-                return Err(changed());
+            let (before, file) = match src.read_file(rel) {
+                Ok(f) => f,
+                Err(TransportError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    return Err(changed())
+                }
+                Err(e) => return Err(e),
             };
-            if before.kind != EntryKind::File {
-                return Err(changed());
-            }
-            let mut reader = HashingReader::new(src.read_file(rel)?);
+            let mut reader = HashingReader::new(file);
             let staged = dst.stage_file(rel, &mut reader, before.mode, before.mtime_ns)?;
-            let (hash, bytes) = reader.finish();
-            let after = src.stat(rel)?;
-            if bytes != before.size || after.as_ref().is_none_or(|a| !a.same_state(&before)) {
+            let (hash, bytes, mut file) = reader.finish_with_inner();
+            // Written to while we read it? (A file replaced by a rename is fine: we copied
+            // the old one whole, and the rename brings its own event.)
+            let after = file.entry_now().ok();
+            if bytes != before.size || after.is_none_or(|a| !a.same_state(&before)) {
                 dst.discard(staged);
                 continue;
             }
@@ -863,6 +933,14 @@ impl<'a> Worker<'a> {
             return Ok((before, written));
         }
         Err(changed())
+    }
+}
+
+/// Timing lines on stderr when `BERTH_SYNC_TRACE` is set (for diagnosis and benchmarks).
+fn trace(args: std::fmt::Arguments<'_>) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("BERTH_SYNC_TRACE").is_some()) {
+        eprintln!("berth sync: {args}");
     }
 }
 

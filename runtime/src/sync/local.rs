@@ -13,14 +13,14 @@
 use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::ignore::IgnoreRules;
-use super::transport::{EventSink, Staged, Transport, TransportError, Watching};
+use super::transport::{EventSink, SourceFile, Staged, Transport, TransportError, Watching};
 use super::tree::{
     file_name, hash_reader, is_normal_rel, is_temp_name, join, parent, Entry, EntryKind, Scan,
     TEMP_MARKER,
@@ -131,16 +131,8 @@ impl LocalTransport {
             .map_err(|e| self.err("open", "", e))?;
         let dir = parent(rel);
         for comp in dir.split('/') {
-            match fs::create_dir(fd_path(&cur, comp)) {
-                Ok(()) => {
-                    let p = fd_path(&cur, comp);
-                    if let Some((u, g)) = self.owner {
-                        std::os::unix::fs::lchown(&p, Some(u), Some(g))
-                            .map_err(|e| self.err("chown", dir, e))?;
-                    }
-                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
-                        .map_err(|e| self.err("chmod", dir, e))?;
-                }
+            match mkdir_at(&cur, comp, 0o755, self.owner) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(self.err("create folder", dir, e)),
             }
@@ -151,21 +143,7 @@ impl LocalTransport {
     }
 
     fn lstat_at(&self, dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
-        let p = fd_path(dir, name);
-        let meta = match fs::symlink_metadata(&p) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let target = if meta.file_type().is_symlink() {
-            match fs::read_link(&p)?.into_os_string().into_string() {
-                Ok(t) => Some(t),
-                Err(_) => return Ok(None),
-            }
-        } else {
-            None
-        };
-        Ok(Entry::from_metadata(&meta, target))
+        lstat_at(dir, name)
     }
 
     fn temp_name(&self, name: &str) -> String {
@@ -197,10 +175,8 @@ impl LocalTransport {
             Err(e) => return Err(self.err("list", dir_rel, e)),
         };
         let mut names = Vec::new();
-        let rd = fs::read_dir(fd_path(&fd, "")).map_err(|e| self.err("list", dir_rel, e))?;
-        for ent in rd {
-            let ent = ent.map_err(|e| self.err("list", dir_rel, e))?;
-            match ent.file_name().into_string() {
+        for n in list_dir(&fd).map_err(|e| self.err("list", dir_rel, e))? {
+            match n.into_string() {
                 Ok(n) => names.push(n),
                 Err(n) => scan.skipped.push((
                     join(dir_rel, &n.to_string_lossy()),
@@ -294,7 +270,7 @@ impl Transport for LocalTransport {
 
     fn hash(&self, rel: &str) -> Result<Option<String>, TransportError> {
         let mut f = match self.read_file(rel) {
-            Ok(f) => f,
+            Ok((_, f)) => f,
             Err(TransportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 return Ok(None)
             }
@@ -305,21 +281,21 @@ impl Transport for LocalTransport {
             .map_err(|e| self.err("read", rel, e))
     }
 
-    fn read_file(&self, rel: &str) -> Result<Box<dyn Read + Send>, TransportError> {
+    fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
         self.check(rel)?;
         let fd = self
             .open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK)
             .map_err(|e| self.err("open", rel, e))?;
-        let f = File::from(fd);
-        let meta = f.metadata().map_err(|e| self.err("stat", rel, e))?;
-        if !meta.is_file() {
+        let mut f = LocalSource(File::from(fd));
+        let entry = f.entry_now().map_err(|e| self.err("stat", rel, e))?;
+        if entry.kind != EntryKind::File {
             return Err(self.err(
                 "read",
                 rel,
                 io::Error::new(io::ErrorKind::NotFound, "not a regular file"),
             ));
         }
-        Ok(Box::new(f))
+        Ok((entry, Box::new(f)))
     }
 
     fn stage_file(
@@ -331,24 +307,25 @@ impl Transport for LocalTransport {
     ) -> Result<Staged, TransportError> {
         let dir = self.ensure_parent(rel)?;
         let temp_name = self.temp_name(file_name(rel));
-        let path = fd_path(&dir, &temp_name);
         let result = (|| -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&path)?;
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = match data.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                f.write_all(&buf[..n])?;
-            }
+            let mut f = File::from(openat2_beneath_mode(
+                &dir,
+                &temp_name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?);
+            COPY_BUF.with_borrow_mut(|buf| -> io::Result<()> {
+                buf.resize(128 * 1024, 0);
+                loop {
+                    let n = match data.read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    f.write_all(&buf[..n])?;
+                }
+            })?;
             if let Some((u, g)) = self.owner {
                 std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
             }
@@ -360,9 +337,10 @@ impl Transport for LocalTransport {
             Ok(()) => Ok(Staged {
                 rel: rel.to_string(),
                 temp_name,
+                handle: Some(Box::new(dir)),
             }),
             Err(e) => {
-                let _ = fs::remove_file(&path);
+                let _ = unlink_at(&dir, &temp_name, false);
                 Err(self.err("write", rel, e))
             }
         }
@@ -371,27 +349,35 @@ impl Transport for LocalTransport {
     fn stage_symlink(&self, rel: &str, target: &str) -> Result<Staged, TransportError> {
         let dir = self.ensure_parent(rel)?;
         let temp_name = self.temp_name(file_name(rel));
-        let path = fd_path(&dir, &temp_name);
-        std::os::unix::fs::symlink(target, &path).map_err(|e| self.err("symlink", rel, e))?;
-        if let Some((u, g)) = self.owner {
-            if let Err(e) = std::os::unix::fs::lchown(&path, Some(u), Some(g)) {
-                let _ = fs::remove_file(&path);
+        nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), temp_name.as_str())
+            .map_err(|e| self.err("symlink", rel, e.into()))?;
+        if let Some(owner) = self.owner {
+            if let Err(e) = chown_at(&dir, &temp_name, owner) {
+                let _ = unlink_at(&dir, &temp_name, false);
                 return Err(self.err("chown", rel, e));
             }
         }
         Ok(Staged {
             rel: rel.to_string(),
             temp_name,
+            handle: Some(Box::new(dir)),
         })
     }
 
-    fn commit(&self, staged: Staged, expect: Option<&Entry>) -> Result<Entry, TransportError> {
-        let dir = match self.parent_fd(&staged.rel) {
-            Ok(d) => d,
-            Err(e) => {
-                self.discard(staged);
-                return Err(e);
-            }
+    fn commit(&self, mut staged: Staged, expect: Option<&Entry>) -> Result<Entry, TransportError> {
+        let kept = staged
+            .handle
+            .take()
+            .and_then(|h| h.downcast::<OwnedFd>().ok());
+        let dir = match kept {
+            Some(d) => *d,
+            None => match self.parent_fd(&staged.rel) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.discard(staged);
+                    return Err(e);
+                }
+            },
         };
         let name = file_name(&staged.rel);
         let current = self.lstat_at(&dir, name);
@@ -400,16 +386,15 @@ impl Transport for LocalTransport {
             (Ok(Some(c)), Some(e)) => c.same_state(e) && c.kind != EntryKind::Dir,
             _ => false,
         };
-        let temp = fd_path(&dir, &staged.temp_name);
         if !unchanged {
-            let _ = fs::remove_file(&temp);
+            let _ = unlink_at(&dir, &staged.temp_name, false);
             return Err(TransportError::Changed {
                 side: self.label.clone(),
                 path: staged.rel,
             });
         }
-        if let Err(e) = fs::rename(&temp, fd_path(&dir, name)) {
-            let _ = fs::remove_file(&temp);
+        if let Err(e) = rename_at(&dir, &staged.temp_name, &dir, name) {
+            let _ = unlink_at(&dir, &staged.temp_name, false);
             return Err(self.err("rename into place", &staged.rel, e));
         }
         match self.lstat_at(&dir, name) {
@@ -423,8 +408,15 @@ impl Transport for LocalTransport {
     }
 
     fn discard(&self, staged: Staged) {
-        if let Ok(dir) = self.parent_fd(&staged.rel) {
-            let _ = fs::remove_file(fd_path(&dir, &staged.temp_name));
+        match staged.handle.and_then(|h| h.downcast::<OwnedFd>().ok()) {
+            Some(dir) => {
+                let _ = unlink_at(&dir, &staged.temp_name, false);
+            }
+            None => {
+                if let Ok(dir) = self.parent_fd(&staged.rel) {
+                    let _ = unlink_at(&dir, &staged.temp_name, false);
+                }
+            }
         }
     }
 
@@ -444,13 +436,7 @@ impl Transport for LocalTransport {
                 })
             }
         }
-        let p = fd_path(&dir, name);
-        let r = if expect.kind == EntryKind::Dir {
-            fs::remove_dir(&p)
-        } else {
-            fs::remove_file(&p)
-        };
-        match r {
+        match unlink_at(&dir, name, expect.kind == EntryKind::Dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err("remove", rel, e)),
@@ -460,20 +446,14 @@ impl Transport for LocalTransport {
     fn rename(&self, from: &str, to: &str) -> Result<(), TransportError> {
         let a = self.parent_fd(from)?;
         let b = self.parent_fd(to)?;
-        fs::rename(fd_path(&a, file_name(from)), fd_path(&b, file_name(to)))
-            .map_err(|e| self.err("rename", from, e))
+        rename_at(&a, file_name(from), &b, file_name(to)).map_err(|e| self.err("rename", from, e))
     }
 
     fn mkdir(&self, rel: &str, mode: u32) -> Result<Entry, TransportError> {
         let dir = self.ensure_parent(rel)?;
         let name = file_name(rel);
-        match fs::create_dir(fd_path(&dir, name)) {
-            Ok(()) => {
-                if let Some((u, g)) = self.owner {
-                    std::os::unix::fs::lchown(fd_path(&dir, name), Some(u), Some(g))
-                        .map_err(|e| self.err("chown", rel, e))?;
-                }
-            }
+        match mkdir_at(&dir, name, mode, self.owner) {
+            Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(self.err("create folder", rel, e)),
         }
@@ -512,6 +492,128 @@ fn fd_path(fd: &OwnedFd, name: &str) -> PathBuf {
     }
 }
 
+thread_local! {
+    /// Copy buffer, reused across files (allocating and zeroing one per file shows in profiles).
+    static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A file opened for copying; its entry is re-read from the descriptor.
+struct LocalSource(File);
+
+impl Read for LocalSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl SourceFile for LocalSource {
+    fn entry_now(&mut self) -> io::Result<Entry> {
+        let meta = self.0.metadata()?;
+        Entry::from_metadata(&meta, None).ok_or_else(|| io::Error::other("not a regular file"))
+    }
+}
+
+/// `lstat` of `name` in the folder `dir`.
+fn lstat_at(dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
+    use nix::fcntl::AtFlags;
+    let st = match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+    {
+        Ok(st) => st,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => EntryKind::File,
+        libc::S_IFDIR => EntryKind::Dir,
+        libc::S_IFLNK => EntryKind::Symlink,
+        _ => return Ok(None),
+    };
+    let target = if kind == EntryKind::Symlink {
+        match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+            Ok(t) => match t.into_string() {
+                Ok(t) => Some(t),
+                Err(_) => return Ok(None),
+            },
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    Ok(Some(Entry {
+        kind,
+        mode: if kind == EntryKind::Symlink {
+            0
+        } else {
+            st.st_mode & 0o7777
+        },
+        size: if kind == EntryKind::File {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec,
+        target,
+        hash: None,
+    }))
+}
+
+/// The names in a folder (without `.` and `..`).
+fn list_dir(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    // Dir takes its own descriptor: duplicate ours.
+    let dup = dir.try_clone()?;
+    let mut d = nix::dir::Dir::from_fd(dup.into_raw_fd())?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &str, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+    nix::sys::stat::mkdirat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )?;
+    if let Some(owner) = owner {
+        chown_at(dir, name, owner)?;
+    }
+    // mkdir applies the umask; set the exact bits through a descriptor of the new folder.
+    let fd = openat2_beneath(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    File::from(fd).set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+}
+
+fn chown_at(dir: &OwnedFd, name: &str, (uid, gid): (u32, u32)) -> io::Result<()> {
+    nix::unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+fn unlink_at(dir: &OwnedFd, name: &str, is_dir: bool) -> io::Result<()> {
+    let flag = if is_dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, flag).map_err(io::Error::from)
+}
+
+fn rename_at(a: &OwnedFd, from: &str, b: &OwnedFd, to: &str) -> io::Result<()> {
+    nix::fcntl::renameat(Some(a.as_raw_fd()), from, Some(b.as_raw_fd()), to)
+        .map_err(io::Error::from)
+}
+
 fn time_from_ns(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -524,10 +626,16 @@ fn time_from_ns(ns: i64) -> SystemTime {
 /// refusing `..` escapes and every symlink (including the last component, unless `O_PATH |
 /// O_NOFOLLOW` is given).
 fn openat2_beneath(dir: &OwnedFd, rel: &str, flags: i32) -> io::Result<OwnedFd> {
+    openat2_beneath_mode(dir, rel, flags, 0)
+}
+
+/// [`openat2_beneath`] with the mode for a file created by `O_CREAT`.
+fn openat2_beneath_mode(dir: &OwnedFd, rel: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let c = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: `open_how` is a plain C struct of integers; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode);
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
     loop {
         // SAFETY: openat2 reads `c` (NUL-terminated, alive for the call) and `how` (a valid
@@ -601,7 +709,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
         let tr = t(d.path());
         assert!(matches!(
-            tr.read_file("link/secret"),
+            tr.read_file("link/secret").map(|_| ()),
             Err(TransportError::Escapes { .. })
         ));
         assert!(matches!(

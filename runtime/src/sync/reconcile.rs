@@ -3,8 +3,9 @@
 //!
 //! Rules:
 //! - A side *changed* a path when its entry differs from the base in kind, permission bits,
-//!   symlink target, or (files) size or mtime — unless only the mtime differs and the content
-//!   hash still equals the base's (a `touch` or a rewrite with the same bytes).
+//!   symlink target, or (files) size or mtime. When only the mtime differs and the other side
+//!   changed too, the content hash is compared with the base's first, so a `touch` does not
+//!   turn into a conflict; a touch on one side alone is just copied.
 //! - Only one side changed: its state is propagated (create, update, chmod, delete).
 //! - Both changed to the same state: nothing to copy; the base is updated.
 //! - Both changed differently — a **conflict**: a folder beats a non-folder; otherwise the
@@ -113,8 +114,16 @@ fn base_stale(host: Option<&Entry>, env: Option<&Entry>, b: Option<&BaseEntry>) 
 /// Decides what to do with one path. Entries' `hash` fields are used when filled in; when a
 /// decision needs a hash that is missing, [`Decision::NeedHash`] says which.
 pub fn decide(host: Option<&Entry>, env: Option<&Entry>, base: Option<&BaseEntry>) -> Decision {
-    let hc = side_change(Side::Host, host, base);
-    let ec = side_change(Side::Env, env, base);
+    let mut hc = side_change(Side::Host, host, base);
+    let mut ec = side_change(Side::Env, env, base);
+    // A touched file on one side only is simply copied (with its mtime): hashing first would
+    // read it twice. The hash matters only to keep a touch from turning into a conflict.
+    if hc == Change::NeedHash && ec == Change::Unchanged {
+        hc = Change::Changed;
+    }
+    if ec == Change::NeedHash && hc == Change::Unchanged {
+        ec = Change::Changed;
+    }
     if hc == Change::NeedHash || ec == Change::NeedHash {
         return Decision::NeedHash {
             host: hc == Change::NeedHash,
@@ -230,23 +239,33 @@ mod tests {
     }
 
     #[test]
-    fn touch_without_content_change_needs_a_hash_then_only_refreshes_the_base() {
+    fn touch_is_copied_alone_and_hashed_when_the_other_side_changed_too() {
         let f = file(3, 10, None);
         let b = base_of(&f, "h");
         let touched = file(3, 20, None);
         assert_eq!(
             decide(Some(&touched), Some(&f), Some(&b)),
+            Decision::Propagate { from: Side::Host }
+        );
+        let env_edit = file(5, 30, None);
+        assert_eq!(
+            decide(Some(&touched), Some(&env_edit), Some(&b)),
             Decision::NeedHash {
                 host: true,
                 env: false
             }
         );
         let touched = file(3, 20, Some("h"));
+        assert_eq!(
+            decide(Some(&touched), Some(&env_edit), Some(&b)),
+            Decision::Propagate { from: Side::Env },
+            "the touch was no change: env's edit propagates without a conflict"
+        );
         assert_eq!(decide(Some(&touched), Some(&f), Some(&b)), Decision::Record);
         let edited = file(3, 20, Some("other"));
         assert_eq!(
-            decide(Some(&edited), Some(&f), Some(&b)),
-            Decision::Propagate { from: Side::Host }
+            decide(Some(&edited), Some(&env_edit), Some(&b)),
+            Decision::Conflict { winner: Side::Env }
         );
     }
 

@@ -53,12 +53,30 @@ impl TransportError {
 }
 
 /// A file or symlink written under a temporary name, not yet visible under its real name.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {
     /// The relative path it will get.
     pub rel: String,
     /// The temporary file's name in the same folder.
     pub temp_name: String,
+    /// Transport-private state kept from staging to commit (the local transport keeps the
+    /// folder's descriptor, so the rename happens in the folder the file was written in).
+    pub handle: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("rel", &self.rel)
+            .field("temp_name", &self.temp_name)
+            .finish()
+    }
+}
+
+/// A file opened for copying.
+pub trait SourceFile: Read + Send {
+    /// The file's entry as it is now (the local transport asks the open descriptor), to tell
+    /// whether it changed while it was read.
+    fn entry_now(&mut self) -> io::Result<Entry>;
 }
 
 /// What a watcher reports.
@@ -99,8 +117,8 @@ pub trait Transport: Send + Sync {
     /// Hex sha256 of the file at `rel`; `None` when it is not a regular file.
     fn hash(&self, rel: &str) -> Result<Option<String>, TransportError>;
 
-    /// Opens the file at `rel` for reading (refusing symlinks).
-    fn read_file(&self, rel: &str) -> Result<Box<dyn Read + Send>, TransportError>;
+    /// Opens the file at `rel` for reading (refusing symlinks). Returns its entry at opening.
+    fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError>;
 
     /// Writes `data` to a temporary file beside `rel` (creating missing parent folders), with
     /// permission bits `mode` and modification time `mtime_ns`.

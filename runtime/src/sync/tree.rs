@@ -191,6 +191,10 @@ impl<R: Read> HashingReader<R> {
     pub fn finish(self) -> (String, u64) {
         (hex::encode(self.hasher.finalize()), self.bytes)
     }
+    /// Like [`Self::finish`], also giving the inner reader back.
+    pub fn finish_with_inner(self) -> (String, u64, R) {
+        (hex::encode(self.hasher.finalize()), self.bytes, self.inner)
+    }
 }
 
 impl<R: Read> Read for HashingReader<R> {

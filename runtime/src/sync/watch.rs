@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
+use super::base::Side;
 use super::transport::{EventSink, TransportError, WatchEvent, Watching};
 use super::tree::is_temp_name;
 
@@ -135,10 +136,29 @@ impl Default for Debounce {
     }
 }
 
+/// Why a path is waiting: which sides reported it, and whether its subtree may have changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirtyPath {
+    pub deep: bool,
+    pub host: bool,
+    pub env: bool,
+}
+
+impl DirtyPath {
+    /// The one side that reported the path, if only one did.
+    pub fn only_side(&self) -> Option<Side> {
+        match (self.host, self.env) {
+            (true, false) => Some(Side::Host),
+            (false, true) => Some(Side::Env),
+            _ => None,
+        }
+    }
+}
+
 /// Paths waiting to be reconciled.
 #[derive(Debug, Default)]
 pub struct Dirty {
-    paths: BTreeMap<String, bool>,
+    paths: BTreeMap<String, DirtyPath>,
     rescan: bool,
     first: Option<Instant>,
     last: Option<Instant>,
@@ -147,18 +167,21 @@ pub struct Dirty {
 /// A batch taken from [`Dirty`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Batch {
-    /// Relative path → whether its subtree must be rescanned.
-    pub paths: BTreeMap<String, bool>,
+    /// Relative path → what is known about its change.
+    pub paths: BTreeMap<String, DirtyPath>,
     /// Everything must be rescanned.
     pub rescan: bool,
 }
 
 impl Dirty {
-    pub fn add(&mut self, ev: WatchEvent, now: Instant) {
+    /// Adds an event reported by `side` (`None`: not from a watcher; look at both sides).
+    pub fn add(&mut self, side: Option<Side>, ev: WatchEvent, now: Instant) {
         match ev {
             WatchEvent::Changed { rel, deep } => {
-                let d = self.paths.entry(rel).or_insert(false);
-                *d |= deep;
+                let d = self.paths.entry(rel).or_default();
+                d.deep |= deep;
+                d.host |= side != Some(Side::Env);
+                d.env |= side != Some(Side::Host);
             }
             WatchEvent::Rescan => self.rescan = true,
             WatchEvent::Failed { .. } => return,
@@ -169,7 +192,7 @@ impl Dirty {
 
     /// Marks a path for another look (after a transfer was interrupted by a change).
     pub fn retry(&mut self, rel: String, now: Instant) {
-        self.add(WatchEvent::Changed { rel, deep: true }, now);
+        self.add(None, WatchEvent::Changed { rel, deep: true }, now);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -218,11 +241,11 @@ mod tests {
         let t0 = Instant::now();
         let mut dirty = Dirty::default();
         assert_eq!(dirty.due_in(t0, d), None);
-        dirty.add(ch("a", false), t0);
+        dirty.add(Some(Side::Host), ch("a", false), t0);
         assert_eq!(dirty.due_in(t0, d), Some(Duration::from_millis(5)));
         // Events every 3 ms keep pushing the quiet deadline, up to the cap.
         for i in 1..30 {
-            dirty.add(ch("b", false), t0 + Duration::from_millis(3 * i));
+            dirty.add(Some(Side::Env), ch("b", false), t0 + Duration::from_millis(3 * i));
         }
         let now = t0 + Duration::from_millis(40);
         assert_eq!(dirty.due_in(now, d), Some(Duration::from_millis(10)));
@@ -235,9 +258,14 @@ mod tests {
     fn deep_flag_is_sticky_and_reads_are_dropped() {
         let mut dirty = Dirty::default();
         let now = Instant::now();
-        dirty.add(ch("a", true), now);
-        dirty.add(ch("a", false), now);
-        assert_eq!(dirty.take().paths.get("a"), Some(&true));
+        dirty.add(Some(Side::Host), ch("a", true), now);
+        dirty.add(Some(Side::Host), ch("a", false), now);
+        let a = dirty.take().paths["a"];
+        assert!(a.deep);
+        assert_eq!(a.only_side(), Some(Side::Host));
+        dirty.add(Some(Side::Host), ch("a", false), now);
+        dirty.add(Some(Side::Env), ch("a", false), now);
+        assert_eq!(dirty.take().paths["a"].only_side(), None);
 
         use notify::event::{AccessKind, AccessMode, CreateKind};
         let root = Path::new("/r");
