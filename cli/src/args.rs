@@ -28,6 +28,10 @@ pub struct GlobalArgs {
     /// Change to DIR before doing anything.
     #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
     pub directory: Option<PathBuf>,
+    /// Work on an existing environment by name or id (see `berth ls`) instead of the one of
+    /// the berth.toml here.
+    #[arg(long = "environment", global = true, value_name = "NAME")]
+    pub environment: Option<String>,
     /// Print less: only errors and requested output.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -77,6 +81,9 @@ pub enum Command {
     /// Write the man pages into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
+    /// Internal: run as an environment's launcher and supervisor (started by `up`).
+    #[command(name = "__supervisor", hide = true)]
+    Supervisor { state_dir: PathBuf },
 }
 
 #[derive(Debug, Args, Clone, Copy)]

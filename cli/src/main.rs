@@ -3,7 +3,10 @@
 
 mod args;
 mod commands;
+mod envfile;
+mod environment;
 mod exit;
+mod progress;
 
 use clap::Parser;
 
@@ -11,6 +14,17 @@ use crate::args::{Cli, Command};
 use crate::exit::CliError;
 
 fn main() {
+    // The supervisor is berth's own binary re-executed (from a sealed copy) by `up`.
+    let mut argv = std::env::args_os();
+    if argv
+        .nth(1)
+        .is_some_and(|a| a == berth_runtime::container::launch::SUPERVISOR_ARG)
+    {
+        let dir = argv.next().unwrap_or_default();
+        std::process::exit(berth_runtime::container::launch::main(
+            std::path::Path::new(&dir),
+        ));
+    }
     let cli = Cli::parse();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {
@@ -33,7 +47,22 @@ fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.command {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),
+        Command::Validate(flags) => commands::validate::run(g, flags),
+        Command::Init(args) => commands::init::run(g, &args),
+        Command::Schema => commands::schema::run(),
+        Command::Image(cmd) => commands::image::run(cmd, g),
         Command::Doctor(j) => commands::doctor::run(j.json),
+        Command::Up(args) => commands::up::run(g, &args),
+        Command::Down(args) => commands::down::down(g, &args),
+        Command::Destroy(args) => commands::down::destroy(g, &args),
+        Command::Status(j) => commands::status::status(g, j.json),
+        Command::Ls(j) => commands::status::ls(g, j.json),
+        Command::Exec(args) => commands::exec::exec(g, &args),
+        Command::Shell(args) => commands::exec::shell(g, &args),
+        Command::Logs(args) => commands::logs::run(g, &args),
+        Command::Supervisor { state_dir } => {
+            Ok(berth_runtime::container::supervisor::main(&state_dir))
+        }
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }
@@ -58,5 +87,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Schema => "schema",
         Command::Completions { .. } => "completions",
         Command::Manpages { .. } => "manpages",
+        Command::Supervisor { .. } => "__supervisor",
     }
 }

@@ -1,14 +1,26 @@
 //! The `berth.toml` format, version 1.
 //!
-//! Data flows one way: bytes → [`parse`] (TOML with spans, every error collected as a
-//! [`Diagnostic`]) → [`model::EnvFile`] (typed, validated) → [`plan::Plan`] (defaults filled,
-//! paths absolute, stable content hash). Nothing here does I/O beyond reading the file and
-//! checking that mount sources exist.
+//! Data flows one way: bytes → [`parse`] (TOML with spans via `toml_edit`, walked by hand so
+//! that every problem of a file is collected as a [`Diagnostic`]) → [`plan::Plan`] (defaults
+//! filled, paths absolute, stable content hash). Nothing here does I/O beyond reading the file
+//! and checking that host paths (mount sources, rootfs/tar images, kernels) exist.
 //!
-//! The human reference is `SPEC.md` beside this crate.
+//! The human reference is `SPEC.md` beside this crate; the editor schema is
+//! `berth.schema.json` ([`schema::json_schema`]).
 
+mod checker;
+pub mod devcontainer;
+pub mod diagnostic;
+pub mod keys;
+mod load;
+pub mod name;
 pub mod plan;
 pub mod reference;
+pub mod schema;
+pub mod size;
+pub mod templates;
 
+pub use diagnostic::{Diagnostic, ErrorKind, Report, Severity};
+pub use load::{discover, load, parse, Loaded, FILE_NAME, MAX_FILE_SIZE};
 pub use plan::Plan;
 pub use reference::{ImageReference, ReferenceError};

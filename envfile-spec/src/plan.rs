@@ -136,7 +136,8 @@ pub enum NetworkMode {
 pub struct ShellPlan {
     /// User inside; `None` means the user that maps to the invoking host user.
     pub user: Option<String>,
-    /// Working directory inside; `None` means the first mount's target, else `/`.
+    /// Working directory inside; always set after normalization (default: the first mount's
+    /// target, else `/`).
     pub workdir: Option<String>,
     /// Command for `berth shell`; default `["/bin/sh", "-l"]`.
     pub command: Vec<String>,
@@ -146,7 +147,9 @@ pub struct ShellPlan {
 pub struct ServicePlan {
     pub command: Vec<String>,
     pub restart: RestartPolicy,
+    /// Variables for this service only (on top of the plan's `env`).
     pub env: BTreeMap<String, String>,
+    /// Working directory inside; always set after normalization (default: the shell's workdir).
     pub workdir: Option<String>,
 }
 

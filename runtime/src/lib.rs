@@ -1,6 +1,10 @@
 //! Everything that makes and runs berth environments. See `README.md` beside this crate for
 //! the design: state layout, locking, process model.
 
+pub mod backend;
+pub mod container;
 pub mod doctor;
+pub mod environment;
+pub mod image;
 pub mod state;
 pub mod sync;

@@ -1,6 +1,9 @@
 //! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
 //! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
 
+pub mod host;
+pub mod oci;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -62,6 +65,25 @@ impl Berth {
     /// Runs berth with `args` in `dir` and returns its output.
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
         self.cmd().current_dir(dir).args(args).output().unwrap()
+    }
+}
+
+impl Drop for Berth {
+    /// Tears down every environment the test left (also when it failed half-way), so no
+    /// supervisor, mount or cgroup outlives the test.
+    fn drop(&mut self) {
+        let Ok(out) = self.cmd().args(["ls", "--json"]).output() else {
+            return;
+        };
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for env in list.as_array().into_iter().flatten() {
+            if let Some(id) = env.get("env_id").and_then(|v| v.as_str()) {
+                let _ = self
+                    .cmd()
+                    .args(["--environment", id, "destroy", "--timeout", "2"])
+                    .output();
+            }
+        }
     }
 }
 

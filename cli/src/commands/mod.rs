@@ -2,3 +2,12 @@
 
 pub mod completions;
 pub mod doctor;
+pub mod down;
+pub mod exec;
+pub mod image;
+pub mod init;
+pub mod logs;
+pub mod schema;
+pub mod status;
+pub mod up;
+pub mod validate;

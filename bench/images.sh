@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Image-side benchmarks, each against a reference tool in the same run:
+#  1. unpack: `berth image import layer.tar.gz` (hash + store the blob + safe unpack) vs
+#     `tar -xzf` of the same ~200 MB gzip layer;
+#  2. pull: `berth image pull` of a 4-layer image from a loopback docker-registry (download,
+#     verify, unpack) vs `skopeo copy` of it to a local OCI dir (download only), and vs
+#     `skopeo copy` + `umoci unpack` (download and unpack, like berth).
+# Needs: hyperfine, docker-registry, skopeo, umoci, python3. Run as root (tar keeps owners).
+# Usage: bench/images.sh [MB]   (default 200)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MB=${1:-200}
+RUNS=${RUNS:-5}
+cargo build --release -p berth-cli >&2
+BERTH=$PWD/target/release/berth
+W=$(mktemp -d /var/tmp/berth-bench.XXXXXX)
+REG_PID=
+cleanup() {
+  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT INT TERM
+
+echo "== corpus: the first $MB MB of /usr/share and /usr/lib/x86_64-linux-gnu (sorted)" >&2
+find /usr/share /usr/lib/x86_64-linux-gnu -type f -printf '%s %p\n' 2>/dev/null | sort -k2 |
+  awk -v max=$((MB * 1024 * 1024)) '{ s += $1; if (s > max) exit; print substr($0, index($0, " ") + 1) }' > "$W/files"
+tar -czf "$W/layer.tar.gz" -T "$W/files" 2>/dev/null
+RAW=$(tar -tvzf "$W/layer.tar.gz" | awk '{ s += $3 } END { print s }')
+echo "layer: $(wc -l < "$W/files") files, $((RAW / 1000000)) MB content, $(( $(stat -c %s "$W/layer.tar.gz") / 1000000 )) MB gzip" >&2
+
+hyperfine --runs "$RUNS" --export-json "$W/unpack.json" \
+  --prepare "rm -rf $W/x $W/h; mkdir $W/x" \
+  -n "tar -xzf" "tar -xzf $W/layer.tar.gz -C $W/x" \
+  -n "berth image import" "BERTH_HOME=$W/h $BERTH -q image import $W/layer.tar.gz --name bench/layer"
+
+echo "== pull: 4 layers in a loopback docker-registry" >&2
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$W/reg.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $W/reg}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$PORT}
+YML
+docker-registry serve "$W/reg.yml" >/dev/null 2>&1 &
+REG_PID=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$PORT/v2/" >/dev/null && break; sleep 0.1; done
+split -n l/4 -d "$W/files" "$W/part."
+(cd "$W" && umoci init --layout oci && umoci new --image oci:bench) >/dev/null
+for p in "$W"/part.*; do
+  rm -rf "$W/src" && mkdir "$W/src"
+  tar -cf - -T "$p" 2>/dev/null | tar -xf - -C "$W/src"
+  (cd "$W" && umoci insert --image oci:bench src /) >/dev/null
+done
+skopeo copy -q --dest-tls-verify=false "oci:$W/oci:bench" "docker://127.0.0.1:$PORT/bench:latest"
+REF=127.0.0.1:$PORT/bench:latest
+hyperfine --runs "$RUNS" --export-json "$W/pull.json" \
+  --prepare "rm -rf $W/h $W/d $W/b" \
+  -n "skopeo copy" "skopeo copy -q --src-tls-verify=false docker://$REF oci:$W/d:latest" \
+  -n "skopeo copy + umoci unpack" "skopeo copy -q --src-tls-verify=false docker://$REF oci:$W/d:latest && umoci unpack --image $W/d:latest $W/b >/dev/null" \
+  -n "berth image pull" "BERTH_HOME=$W/h $BERTH -q image pull $REF"
+
+python3 - "$W/unpack.json" "$W/pull.json" "$RAW" <<'PY'
+import json, sys
+def med(path):
+    return {r["command"]: r["median"] for r in json.load(open(path))["results"]}
+u, p, raw = med(sys.argv[1]), med(sys.argv[2]), int(sys.argv[3])
+print()
+print("unpack of a %d MB layer (median):" % (raw // 1000000))
+for k, v in u.items():
+    print("  %-28s %7.2f s  %6.0f MB/s" % (k, v, raw / v / 1e6))
+print("  ratio berth/tar: %.2fx (target <= 1.2x)" % (u["berth image import"] / u["tar -xzf"]))
+print("pull of a 4-layer image from loopback (median):")
+for k, v in p.items():
+    print("  %-28s %7.2f s" % (k, v))
+print("  ratio berth/skopeo copy: %.2fx (target < 1.0x; berth also unpacks)" % (p["berth image pull"] / p["skopeo copy"]))
+print("  ratio berth/(skopeo copy + umoci unpack): %.2fx" % (p["berth image pull"] / p["skopeo copy + umoci unpack"]))
+PY

@@ -1,0 +1,66 @@
+//! `berth exec -- CMD…` and `berth shell`.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+
+use berth_runtime::container::control::ExecRequest;
+
+use crate::args::{ExecArgs, GlobalArgs, ShellArgs};
+use crate::environment::{env_error, Current};
+use crate::exit::{CliError, EXIT_USAGE};
+
+/// Checks `KEY=VAL` arguments of `-e`.
+pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {
+    for p in pairs {
+        match p.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !k.contains(char::is_whitespace) => {}
+            _ => {
+                return Err(CliError::new(
+                    EXIT_USAGE,
+                    format!("-e {p:?}: expected KEY=VALUE, e.g. -e RUST_LOG=debug"),
+                ))
+            }
+        }
+    }
+    Ok(pairs.to_vec())
+}
+
+pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
+    let cur = Current::load(g)?;
+    let record = cur.require()?;
+    let req = ExecRequest {
+        argv: args.command.clone(),
+        env: parse_env(&args.env)?,
+        cwd: args
+            .workdir
+            .clone()
+            .or_else(|| cur.plan.shell.workdir.clone()),
+        user: args.user.clone().or_else(|| cur.plan.shell.user.clone()),
+        tty: args.tty,
+        winsize: None,
+    };
+    if args.tty {
+        return cur.envs.shell(record, &req).map_err(env_error);
+    }
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    cur.envs
+        .exec(record, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
+        .map_err(env_error)
+}
+
+pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
+    let cur = Current::load(g)?;
+    let record = cur.require()?;
+    let req = ExecRequest {
+        argv: cur.plan.shell.command.clone(),
+        env: Vec::new(),
+        cwd: args
+            .workdir
+            .clone()
+            .or_else(|| cur.plan.shell.workdir.clone()),
+        user: args.user.clone().or_else(|| cur.plan.shell.user.clone()),
+        tty: std::io::stdin().is_terminal(),
+        winsize: None,
+    };
+    cur.envs.shell(record, &req).map_err(env_error)
+}

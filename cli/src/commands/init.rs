@@ -1,0 +1,167 @@
+//! `berth init`: writes a starter berth.toml from a template, or converts a devcontainer.json.
+
+use std::path::{Path, PathBuf};
+
+use envfile_spec::{devcontainer, name, templates};
+
+use crate::args::{GlobalArgs, InitArgs};
+use crate::envfile::stderr_color;
+use crate::exit::{from_error, CliError, EXIT_ERROR};
+
+pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
+    if args.list {
+        for t in templates::list() {
+            let default = if t.name == templates::DEFAULT_TEMPLATE {
+                " (default)"
+            } else {
+                ""
+            };
+            println!("{:<10} {}{default}", t.name, t.description());
+        }
+        return Ok(0);
+    }
+    if let Some(n) = &args.name {
+        name::check_name(n).map_err(|why| {
+            CliError::usage(format!(
+                "--name {n:?}: {why} (e.g. --name {})",
+                name::derive_name(n)
+            ))
+        })?;
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::new(EXIT_ERROR, format!("cannot read the current folder: {e}")))?;
+    let shown = global
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(envfile_spec::FILE_NAME));
+    let target = cwd.join(&shown);
+    if target.exists() && !args.force {
+        return Err(CliError::new(
+            EXIT_ERROR,
+            format!(
+                "{} already exists; pass --force to overwrite it (or edit it)",
+                shown.display()
+            ),
+        ));
+    }
+    match &args.from_devcontainer {
+        Some(json) => from_devcontainer(global, args, &cwd.join(json), &target, &shown),
+        None => from_template(global, args, &target, &shown),
+    }
+}
+
+fn from_template(
+    global: &GlobalArgs,
+    args: &InitArgs,
+    target: &Path,
+    shown: &Path,
+) -> Result<i32, CliError> {
+    let wanted = args
+        .template
+        .as_deref()
+        .unwrap_or(templates::DEFAULT_TEMPLATE);
+    let Some(template) = templates::get(wanted) else {
+        let names: Vec<&str> = templates::list().iter().map(|t| t.name).collect();
+        return Err(CliError::usage(format!(
+            "there is no template {wanted:?}; choose one of: {} (see `berth init --list`)",
+            names.join(", ")
+        )));
+    };
+    let text = template.text_with_name(args.name.as_deref());
+    // A template always validates in a fresh folder; check before writing anyway, so a broken
+    // template never lands on disk.
+    let loaded = envfile_spec::parse(text.as_bytes(), target)
+        .map_err(|report| CliError::rendered(EXIT_ERROR, report.render(stderr_color())))?;
+    write(target, &text)?;
+    if !global.quiet {
+        println!(
+            "created {} from template `{}` (environment `{}`)",
+            shown.display(),
+            template.name,
+            loaded.plan.name
+        );
+        println!("next: `berth up`, then `berth shell`");
+    }
+    Ok(0)
+}
+
+fn from_devcontainer(
+    global: &GlobalArgs,
+    args: &InitArgs,
+    json_path: &Path,
+    target: &Path,
+    shown: &Path,
+) -> Result<i32, CliError> {
+    let text = std::fs::read_to_string(json_path).map_err(|e| {
+        CliError::new(
+            EXIT_ERROR,
+            format!(
+                "cannot read {}: {e}; pass the path of a devcontainer.json to --from-devcontainer",
+                json_path.display()
+            ),
+        )
+    })?;
+    let folder_name = target
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let conversion = devcontainer::convert(&text, &folder_name).map_err(|e| {
+        CliError::new(
+            EXIT_ERROR,
+            format!("{}: {e}; fix the file and retry", json_path.display()),
+        )
+    })?;
+    let mut toml = conversion.toml;
+    if let Some(n) = &args.name {
+        toml = set_name(&toml, n);
+    }
+    write(target, &toml)?;
+    if !global.quiet {
+        println!("created {} from {}", shown.display(), json_path.display());
+    }
+    if !conversion.skipped.is_empty() {
+        eprintln!(
+            "not converted (edit {} by hand if you need these):",
+            shown.display()
+        );
+        for s in &conversion.skipped {
+            eprintln!("  - {}: {}", s.key, s.reason);
+        }
+    }
+    match envfile_spec::load(target) {
+        Ok(loaded) => {
+            if !loaded.warnings.is_empty() {
+                eprint!("{}", loaded.warnings.render(stderr_color()));
+            }
+            Ok(0)
+        }
+        Err(mut report) => {
+            report.file = shown.to_path_buf();
+            eprint!("{}", report.render(stderr_color()));
+            Err(CliError::new(
+                EXIT_ERROR,
+                format!(
+                    "{} was written but does not validate yet; fix the problems above, then run `berth validate`",
+                    shown.display()
+                ),
+            ))
+        }
+    }
+}
+
+/// Sets the top-level `name` of a berth.toml text, keeping its comments and layout.
+fn set_name(toml: &str, name: &str) -> String {
+    match toml.parse::<toml_edit::DocumentMut>() {
+        Ok(mut doc) => {
+            doc["name"] = toml_edit::value(name);
+            doc.to_string()
+        }
+        Err(_) => toml.to_string(),
+    }
+}
+
+fn write(target: &Path, text: &str) -> Result<(), CliError> {
+    berth_runtime::state::atomic_write(target, text.as_bytes())
+        .map_err(|e| from_error(EXIT_ERROR, &e))
+}

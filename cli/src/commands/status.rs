@@ -1,0 +1,147 @@
+//! `berth status` and `berth ls`.
+
+use berth_runtime::backend::EnvStatus;
+use berth_runtime::image::progress::human_bytes;
+
+use crate::args::GlobalArgs;
+use crate::environment::{env_error, environments, human_duration, Current};
+use crate::exit::{CliError, EXIT_NOT_RUNNING};
+
+fn status_word(s: EnvStatus) -> &'static str {
+    match s {
+        EnvStatus::Running => "running",
+        EnvStatus::Starting => "starting",
+        EnvStatus::Stopped => "stopped",
+        EnvStatus::Dead => "dead (supervisor gone; `berth up` or `berth down` repairs it)",
+    }
+}
+
+pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
+    let cur = Current::load(g)?;
+    let Some(record) = &cur.record else {
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"name": cur.plan.name, "status": "absent"})
+            );
+        } else {
+            println!("{}: not created; run `berth up`", cur.plan.name);
+        }
+        return Ok(EXIT_NOT_RUNNING);
+    };
+    let view = cur
+        .envs
+        .status(record, Some(&cur.plan))
+        .map_err(env_error)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    let r = &view.report;
+    println!("name:     {}", view.name);
+    println!("id:       {}", view.env_id);
+    println!("file:     {}", view.file.display());
+    println!("status:   {}", status_word(r.status));
+    if let Some(img) = &view.image {
+        println!("image:    {img}");
+    }
+    if let Some(pid) = r.pid {
+        println!("pid:      {pid} (supervisor, on the host)");
+    }
+    if let Some(up) = r.uptime {
+        println!("uptime:   {}", human_duration(up));
+    }
+    if let Some(u) = &r.usage {
+        let mem = u
+            .memory_current
+            .map(human_bytes)
+            .unwrap_or_else(|| "-".into());
+        let limit = record
+            .plan
+            .resources
+            .memory
+            .map(|m| format!(" of {}", human_bytes(m)))
+            .unwrap_or_default();
+        let peak = u
+            .memory_peak
+            .map(|p| format!(", peak {}", human_bytes(p)))
+            .unwrap_or_default();
+        println!("memory:   {mem}{limit}{peak}");
+        if let Some(ns) = u.cpu_usage_ns {
+            println!("cpu:      {:.2} s used", ns as f64 / 1e9);
+        }
+        if let Some(p) = u.pids_current {
+            let limit = record
+                .plan
+                .resources
+                .pids
+                .map(|m| format!(" of {m}"))
+                .unwrap_or_default();
+            println!("pids:     {p}{limit}");
+        }
+        if let Some(k) = u.oom_kills.filter(|k| *k > 0) {
+            println!("oom:      {k} process(es) killed for exceeding the memory limit");
+        }
+    }
+    for s in &r.services {
+        let state = match (s.pid, s.last_exit) {
+            (Some(pid), _) => format!("running (pid {pid} inside)"),
+            (None, Some(code)) => format!("exited with {code}"),
+            (None, None) => "not started".into(),
+        };
+        println!("service:  {} {state}, {} restart(s)", s.name, s.restarts);
+    }
+    if let Some(e) = &r.last_error {
+        println!("last error: {e}");
+    }
+    if !view.pending_changes.is_empty() {
+        let list: Vec<&str> = view.pending_changes.iter().map(|s| s.as_str()).collect();
+        println!(
+            "pending:  berth.toml changed ({}); run `berth up` to apply",
+            list.join(", ")
+        );
+    }
+    Ok(if r.status == EnvStatus::Running {
+        0
+    } else {
+        EXIT_NOT_RUNNING
+    })
+}
+
+pub fn ls(_g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
+    let envs = environments()?;
+    let list = envs.list().map_err(env_error)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+        return Ok(0);
+    }
+    if list.is_empty() {
+        println!("no environments; run `berth up` in a project folder");
+        return Ok(0);
+    }
+    println!("{:<24} {:<9} {:<40} FILE", "NAME", "STATUS", "IMAGE");
+    for e in list {
+        let status = match e.status {
+            EnvStatus::Dead => "dead",
+            s => status_word(s),
+        };
+        println!(
+            "{:<24} {:<9} {:<40} {}",
+            if e.ephemeral {
+                format!("{} (run)", e.name)
+            } else {
+                e.name
+            },
+            status,
+            e.image.unwrap_or_else(|| "-".into()),
+            e.file.display()
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,44 @@
+//! `berth up`: reconcile berth.toml into a running environment.
+
+use berth_runtime::environment::{UpAction, UpOptions, UpReport};
+
+use crate::args::{GlobalArgs, UpArgs};
+use crate::environment::{env_error, human_duration, Current};
+use crate::exit::CliError;
+use crate::progress::progress;
+
+pub fn run(g: &GlobalArgs, args: &UpArgs) -> Result<i32, CliError> {
+    let cur = Current::load(g)?;
+    let opts = UpOptions {
+        rebuild: args.rebuild,
+        update: args.update,
+        privileged: args.privileged,
+        progress: progress(g),
+        ..UpOptions::default()
+    };
+    let report = cur.envs.up(&cur.plan, &opts).map_err(env_error)?;
+    if !g.quiet {
+        print_report(&report);
+    }
+    Ok(0)
+}
+
+fn print_report(r: &UpReport) {
+    for n in &r.notices {
+        eprintln!("notice: {n}");
+    }
+    let t = human_duration(r.elapsed);
+    match &r.action {
+        UpAction::Unchanged => println!("{} is up to date ({t})", r.name),
+        UpAction::Created => println!("{} created and started in {t}", r.name),
+        UpAction::Started => println!("{} started in {t}", r.name),
+        UpAction::Recreated { changed } => {
+            let list: Vec<&str> = changed.iter().map(|s| s.as_str()).collect();
+            if list.is_empty() {
+                println!("{} restarted in {t}", r.name);
+            } else {
+                println!("{} restarted in {t} (changed: {})", r.name, list.join(", "));
+            }
+        }
+    }
+}

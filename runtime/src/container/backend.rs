@@ -1,0 +1,437 @@
+//! [`ContainerBackend`]: start, stop, exec, shell and status of container environments.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Gid, Pid, Uid};
+
+use crate::backend::Backend;
+pub use crate::backend::{EnvStatus, Started, StatusReport};
+
+use super::cgroups::{kill_and_remove, CgroupLayout};
+use super::control::{self, ExecRequest, ExecSession};
+use super::error::{ContainerError, Context, Result};
+use super::fault::checkpoint;
+use super::idmap::{self, IdMapping, Invoker};
+use super::launch::LaunchEvent;
+use super::namespaces::{pipe, send_byte};
+use super::selfexe::supervisor_command;
+use super::spec::{ContainerSpec, MountSpec};
+use super::state::{now_secs, ContainerState, Phase, ProcessRef};
+
+/// Runs environments as containers. Stateless: everything lives in the state dir. The caller
+/// serializes commands on one environment with its lock (`envs/<id>/lock`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContainerBackend;
+
+impl Backend for ContainerBackend {
+    type Spec = ContainerSpec;
+    type Error = ContainerError;
+
+    fn start(&self, spec: &ContainerSpec) -> Result<Started> {
+        self.start_with_hook(spec, &mut |_| Ok(()))
+    }
+    fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        ContainerBackend::stop(self, state_dir, timeout)
+    }
+    fn exec(&self, state_dir: &Path, req: &ExecRequest, stdio: [BorrowedFd<'_>; 3]) -> Result<i32> {
+        ContainerBackend::exec(self, state_dir, req, stdio)
+    }
+    fn status(&self, state_dir: &Path) -> Result<StatusReport> {
+        ContainerBackend::status(self, state_dir)
+    }
+}
+
+impl ContainerBackend {
+    /// Starts the environment. Returns when the supervisor accepts commands.
+    pub fn start(&self, spec: &ContainerSpec) -> Result<Started> {
+        self.start_with_hook(spec, &mut |_| Ok(()))
+    }
+
+    /// Like [`start`](Self::start), calling `hook(pid)` once the environment's namespaces exist
+    /// and before anything runs inside: `pid` is the supervisor's host pid, so
+    /// `/proc/<pid>/ns/net` is the environment's network namespace (networking adds its
+    /// interfaces there).
+    pub fn start_with_hook(
+        &self,
+        spec: &ContainerSpec,
+        hook: &mut dyn FnMut(i32) -> Result<()>,
+    ) -> Result<Started> {
+        let t0 = Instant::now();
+        spec.validate()?;
+        let dir = &spec.state_dir;
+        fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
+        let mut state = ContainerState::load(dir)?;
+        if let Some(s) = state.supervisor {
+            if s.alive() && state.phase == Phase::Running {
+                return Err(ContainerError::Invalid(format!(
+                    "environment {} is already running (supervisor pid {}); stop it first with `berth down`",
+                    spec.env_id, s.pid
+                )));
+            }
+        }
+        if state.phase != Phase::Stopped || state.cgroups.is_some() || state.supervisor.is_some() {
+            self.cleanup(dir, &mut state)?;
+        }
+        let who = Invoker::current();
+        let mapping = idmap::choose(spec.user_mapping, spec.privileged, &who)?;
+        let cgroups = choose_cgroups(spec, who.uid == 0)?;
+        state.phase = Phase::Starting;
+        state.mapping = mapping.clone();
+        state.cgroups = cgroups;
+        state.supervisor = None;
+        state.starter = ProcessRef::of(std::process::id() as i32);
+        state.started_at = None;
+        state.last_error = None;
+        state.save(dir)?;
+        checkpoint("state-written");
+        match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
+            Ok(pid) => {
+                state.phase = Phase::Running;
+                state.starter = None;
+                state.started_at = Some(now_secs());
+                state.save(dir)?;
+                Ok(Started {
+                    pid,
+                    control_socket: spec.control_socket(),
+                    elapsed: t0.elapsed(),
+                })
+            }
+            Err(e) => {
+                let _ = self.cleanup(dir, &mut state);
+                state.last_error = Some(e.to_string());
+                let _ = state.save(dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        spec: &ContainerSpec,
+        state: &mut ContainerState,
+        mapping: Option<&IdMapping>,
+        is_root: bool,
+        hook: &mut dyn FnMut(i32) -> Result<()>,
+    ) -> Result<i32> {
+        let owner = match (mapping, is_root) {
+            (Some(m), true) => m.host_uid(0).zip(m.host_gid(0)),
+            _ => None,
+        };
+        prepare_dirs(spec, owner)?;
+        if let Some(l) = &state.cgroups {
+            let cg = l.driver();
+            cg.create()?;
+            cg.apply(&spec.resources)?;
+        }
+        checkpoint("cgroups-created");
+        crate::state::write_json(&spec.spec_file(), spec)?;
+        let (report_r, report_w) = pipe()?;
+        let (go_r, go_w) = pipe()?;
+        let log_path = spec.logs_dir().join("supervisor.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .context(|| format!("cannot open {}", log_path.display()))?;
+        let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
+            .context(|| "cannot prepare berth's supervisor".to_string())?;
+        cmd.stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .context(|| "cannot duplicate the log fd".to_string())?,
+            )
+            .stderr(log)
+            .env_remove("RUST_BACKTRACE");
+        // The launcher enters the cgroups before it runs a single instruction of its own, so a
+        // stop racing with this start always finds (and kills) it.
+        let procs_files: Vec<fs::File> = match &state.cgroups {
+            Some(l) => l
+                .driver()
+                .dirs()
+                .iter()
+                .map(|d| {
+                    let p = d.join("cgroup.procs");
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .context(|| format!("cannot open {}", p.display()))
+                })
+                .collect::<Result<_>>()?,
+            None => Vec::new(),
+        };
+        let procs_fds: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
+        let (rw, gr) = (report_w.as_raw_fd(), go_r.as_raw_fd());
+        // SAFETY: only async-signal-safe write/fcntl/dup2 calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &procs_fds {
+                    // "0" moves the writing process itself.
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                let a = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
+                let b = libc::fcntl(gr, libc::F_DUPFD_CLOEXEC, 10);
+                if a < 0
+                    || b < 0
+                    || libc::dup2(a, super::launch::REPORT_FD) < 0
+                    || libc::dup2(b, super::launch::GO_FD) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .context(|| "cannot start berth's supervisor process".to_string())?;
+        drop((report_w, go_r, procs_files));
+        checkpoint("supervisor-spawned");
+        let outcome = read_launch_events(report_r, go_w, state, &spec.state_dir, hook);
+        let _ = child.wait();
+        outcome
+    }
+
+    /// Stops the environment: SIGTERM to all processes, SIGKILL after `timeout`; then removes
+    /// its cgroups and control socket. Also cleans up after a crashed supervisor or a start
+    /// that was interrupted. Stopping a stopped environment is a no-op.
+    pub fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        let mut state = ContainerState::load(state_dir)?;
+        if let Some(s) = state.supervisor.filter(|s| s.alive()) {
+            let socket = state_dir.join("control.sock");
+            if control::request_stop(&socket, timeout.as_millis() as u64).is_ok() {
+                wait_gone(&s, timeout + Duration::from_secs(3));
+            }
+            if s.alive() {
+                let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+                wait_gone(&s, Duration::from_secs(5));
+            }
+        }
+        self.cleanup(state_dir, &mut state)
+    }
+
+    /// Kills whatever is left and removes cgroups and socket; records `stopped`.
+    fn cleanup(&self, dir: &Path, state: &mut ContainerState) -> Result<()> {
+        if let Some(s) = state.supervisor.filter(|s| s.alive()) {
+            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
+            wait_gone(&s, Duration::from_secs(5));
+        }
+        if let Some(l) = &state.cgroups {
+            kill_and_remove(&*l.driver(), Duration::from_secs(10))?;
+        }
+        let _ = fs::remove_file(dir.join("control.sock"));
+        state.phase = Phase::Stopped;
+        state.supervisor = None;
+        state.starter = None;
+        state.cgroups = None;
+        state.started_at = None;
+        state.save(dir)
+    }
+
+    /// Running, stopped or dead, with live usage from the cgroup.
+    pub fn status(&self, state_dir: &Path) -> Result<StatusReport> {
+        let state = ContainerState::load(state_dir)?;
+        let alive = state.supervisor.filter(|s| s.alive());
+        let status = match (state.phase, alive) {
+            (Phase::Stopped, _) => EnvStatus::Stopped,
+            (Phase::Running, Some(_)) => EnvStatus::Running,
+            (Phase::Starting, Some(_)) => EnvStatus::Starting,
+            (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => {
+                EnvStatus::Starting
+            }
+            _ => EnvStatus::Dead,
+        };
+        let mut report = StatusReport {
+            status,
+            pid: alive.map(|s| s.pid),
+            uptime: None,
+            usage: None,
+            services: Vec::new(),
+            processes: None,
+            last_error: state.last_error.clone(),
+        };
+        if status == EnvStatus::Running {
+            report.uptime = state
+                .started_at
+                .map(|t| Duration::from_secs(now_secs().saturating_sub(t)));
+            report.usage = state.cgroups.as_ref().map(|l| l.driver().usage());
+            if let Ok(s) = control::status(&state_dir.join("control.sock")) {
+                report.services = s.services;
+                report.processes = Some(s.processes);
+            }
+        }
+        Ok(report)
+    }
+
+    fn running_socket(&self, state_dir: &Path) -> Result<std::path::PathBuf> {
+        let state = ContainerState::load(state_dir)?;
+        match state.supervisor {
+            Some(s) if state.phase == Phase::Running && s.alive() => {
+                Ok(state_dir.join("control.sock"))
+            }
+            _ => Err(ContainerError::NotRunning {
+                env_id: state_dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Runs a command with the caller's stdin/stdout/stderr; returns its exit code.
+    pub fn exec(
+        &self,
+        state_dir: &Path,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<i32> {
+        control::exec(&self.running_socket(state_dir)?, req, stdio)
+    }
+
+    /// Starts a command without waiting (to forward signals with [`ExecSession::signal`]).
+    pub fn exec_start(
+        &self,
+        state_dir: &Path,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<ExecSession> {
+        control::exec_start(&self.running_socket(state_dir)?, req, stdio)
+    }
+
+    /// Starts a command on a new PTY inside; drive it with
+    /// [`terminal::run_terminal`](super::terminal::run_terminal).
+    pub fn exec_tty(&self, state_dir: &Path, req: &ExecRequest) -> Result<ExecSession> {
+        control::exec_tty(&self.running_socket(state_dir)?, req)
+    }
+
+    /// An interactive command on the caller's terminal (raw mode, window size following
+    /// SIGWINCH); when `stdin` is not a terminal, a plain exec with the caller's fds.
+    pub fn shell(&self, state_dir: &Path, req: &ExecRequest) -> Result<i32> {
+        let stdin = std::io::stdin();
+        let stdout = std::io::stdout();
+        let stderr = std::io::stderr();
+        use std::os::fd::AsFd;
+        if nix::unistd::isatty(stdin.as_raw_fd()).unwrap_or(false) {
+            let mut r = req.clone();
+            r.winsize = super::terminal::window_size(stdin.as_fd());
+            let session = self.exec_tty(state_dir, &r)?;
+            super::terminal::run_terminal(session, stdin.as_fd(), stdout.as_fd())
+        } else {
+            let mut r = req.clone();
+            r.tty = false;
+            self.exec(
+                state_dir,
+                &r,
+                [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+            )
+        }
+    }
+}
+
+fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLayout>> {
+    let wants_limits = spec.resources.memory.is_some()
+        || spec.resources.cpus.is_some()
+        || spec.resources.pids.is_some();
+    if is_root {
+        return Ok(Some(CgroupLayout::discover(&spec.env_id)?));
+    }
+    // Rootless: only a delegated cgroup v2 subtree is writable.
+    match CgroupLayout::discover(&spec.env_id) {
+        Ok(l @ CgroupLayout::V2 { .. }) if l.driver().create().is_ok() => {
+            let _ = l.driver().remove();
+            Ok(Some(l))
+        }
+        _ if wants_limits => Err(ContainerError::Invalid(
+            "resource limits need writable cgroups: without root this needs cgroup v2 with a delegated subtree (systemd user session); this host has none, so remove [resources] or run berth as root".into(),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Creates upper/work dirs, volume dirs and the logs dir; new ones are owned by the
+/// environment's root (`owner`, host ids).
+fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
+    let chown = |p: &Path| -> Result<()> {
+        if let Some((u, g)) = owner {
+            nix::unistd::chown(p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                .context(|| format!("cannot chown {}", p.display()))?;
+        }
+        Ok(())
+    };
+    for d in [&spec.upper_dir, &spec.work_dir] {
+        if !d.exists() {
+            fs::create_dir_all(d).context(|| format!("cannot create {}", d.display()))?;
+            if d == &spec.upper_dir {
+                chown(d)?;
+            }
+        }
+    }
+    for m in &spec.mounts {
+        if let MountSpec::Volume { source, .. } = m {
+            if !source.exists() {
+                fs::create_dir_all(source)
+                    .context(|| format!("cannot create volume {}", source.display()))?;
+                chown(source)?;
+            }
+        }
+    }
+    let logs = spec.logs_dir();
+    fs::create_dir_all(&logs).context(|| format!("cannot create {}", logs.display()))
+}
+
+fn read_launch_events(
+    report_r: OwnedFd,
+    go_w: OwnedFd,
+    state: &mut ContainerState,
+    dir: &Path,
+    hook: &mut dyn FnMut(i32) -> Result<()>,
+) -> Result<i32> {
+    let mut reader = BufReader::new(fs::File::from(report_r));
+    let mut pid = None;
+    let mut go = Some(go_w);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .context(|| "cannot read from the supervisor".to_string())?;
+        if n == 0 {
+            return Err(ContainerError::Setup(format!(
+                "the supervisor exited while starting; see {}/logs/supervisor.log",
+                dir.display()
+            )));
+        }
+        match serde_json::from_str::<LaunchEvent>(line.trim()) {
+            Ok(LaunchEvent::Pid { pid: p }) => {
+                pid = Some(p);
+                state.supervisor = ProcessRef::of(p);
+                state.save(dir)?;
+                hook(p)?;
+                if let Some(g) = go.take() {
+                    send_byte(&g, 1);
+                }
+            }
+            Ok(LaunchEvent::Ready) => {
+                return pid.ok_or_else(|| {
+                    ContainerError::Setup("the supervisor reported ready without a pid".into())
+                });
+            }
+            Ok(LaunchEvent::Error { message }) => return Err(ContainerError::Setup(message)),
+            Err(_) => continue,
+        }
+    }
+}
+
+fn wait_gone(p: &ProcessRef, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while p.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}

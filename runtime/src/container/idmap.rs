@@ -1,0 +1,581 @@
+//! User and group id mappings of the environment's user namespace: choosing them (root's or the
+//! user's subordinate range, or a single id), writing them (directly or through
+//! newuidmap/newgidmap), and id-mapped mounts (`open_tree` + `mount_setattr` + `move_mount`).
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{ContainerError, Context, Result};
+use super::spec::UserMappingChoice;
+
+/// Host range used for root when /etc/subuid has no entry for root.
+pub const ROOT_FALLBACK_START: u32 = 100000;
+pub const ROOT_FALLBACK_COUNT: u32 = 65536;
+
+/// `count` ids starting at `inside` in the namespace are `outside`.. on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdRange {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+/// How the maps get written into `/proc/<pid>/{uid,gid}_map`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MapWriter {
+    /// Written by berth itself: host root, or a single-id map of the caller's own ids.
+    Direct,
+    /// Through the setuid helpers newuidmap/newgidmap (rootless with /etc/subuid ranges).
+    NewIdMap,
+}
+
+/// A complete mapping for one user namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+    pub writer: MapWriter,
+    /// setgroups(2) must be denied before a single-id map can be written by an unprivileged
+    /// user, and stays denied inside.
+    #[serde(default)]
+    pub deny_setgroups: bool,
+}
+
+impl IdMapping {
+    /// The host id that an id inside maps to.
+    pub fn host_uid(&self, inside: u32) -> Option<u32> {
+        map_one(&self.uids, inside)
+    }
+    pub fn host_gid(&self, inside: u32) -> Option<u32> {
+        map_one(&self.gids, inside)
+    }
+    /// Whether a gid inside has a host counterpart (e.g. gid 5 `tty` for devpts).
+    pub fn has_gid(&self, inside: u32) -> bool {
+        self.host_gid(inside).is_some()
+    }
+    /// A single-id map cannot call setgroups(2): "deny" must be written first.
+    pub fn needs_setgroups_deny(&self) -> bool {
+        self.deny_setgroups
+    }
+
+    /// The text for `/proc/<pid>/uid_map`.
+    pub fn uid_map_text(&self) -> String {
+        map_text(&self.uids)
+    }
+    pub fn gid_map_text(&self) -> String {
+        map_text(&self.gids)
+    }
+
+    /// Writes the maps of process `pid` (which has just unshared its user namespace).
+    pub fn write_for(&self, pid: i32) -> Result<()> {
+        match self.writer {
+            MapWriter::Direct => {
+                if self.needs_setgroups_deny() {
+                    let p = format!("/proc/{pid}/setgroups");
+                    fs::write(&p, "deny").context(|| format!("cannot write {p}"))?;
+                }
+                for (file, text) in [
+                    ("uid_map", self.uid_map_text()),
+                    ("gid_map", self.gid_map_text()),
+                ] {
+                    let p = format!("/proc/{pid}/{file}");
+                    fs::write(&p, text.as_bytes()).context(|| {
+                        format!(
+                            "cannot write the user namespace map {p} ({})",
+                            text.trim().replace('\n', "; ")
+                        )
+                    })?;
+                }
+                Ok(())
+            }
+            MapWriter::NewIdMap => {
+                run_map_helper("newuidmap", pid, &self.uids)?;
+                run_map_helper("newgidmap", pid, &self.gids)
+            }
+        }
+    }
+}
+
+fn map_one(ranges: &[IdRange], inside: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| inside >= r.inside && inside - r.inside < r.count)
+        .map(|r| r.outside + (inside - r.inside))
+}
+
+fn map_text(ranges: &[IdRange]) -> String {
+    ranges
+        .iter()
+        .map(|r| format!("{} {} {}\n", r.inside, r.outside, r.count))
+        .collect()
+}
+
+fn run_map_helper(helper: &str, pid: i32, ranges: &[IdRange]) -> Result<()> {
+    let mut cmd = Command::new(helper);
+    cmd.arg(pid.to_string());
+    for r in ranges {
+        cmd.args([
+            r.inside.to_string(),
+            r.outside.to_string(),
+            r.count.to_string(),
+        ]);
+    }
+    let out = cmd.output().context(|| {
+        format!("cannot run {helper}; install Debian's `uidmap` package or set the user mapping to single-id")
+    })?;
+    if !out.status.success() {
+        return Err(ContainerError::Setup(format!(
+            "{helper} failed ({}): {}; check /etc/subuid and /etc/subgid",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Ranges of `user` (name or numeric uid) in a /etc/subuid-style file.
+pub fn parse_subid(content: &str, user: &str, id: u32) -> Vec<(u32, u32)> {
+    content
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if l.is_empty() || l.starts_with('#') {
+                return None;
+            }
+            let mut it = l.split(':');
+            let (who, start, count) = (it.next()?, it.next()?, it.next()?);
+            if who != user && who != id.to_string() {
+                return None;
+            }
+            Some((start.trim().parse().ok()?, count.trim().parse().ok()?))
+        })
+        .filter(|&(_, c)| c > 0)
+        .collect()
+}
+
+/// Every `(start, count)` in a /etc/subuid-style file.
+pub fn all_subid_ranges(content: &str) -> Vec<(u32, u32)> {
+    content
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.trim().split(':');
+            let (_, start, count) = (it.next()?, it.next()?, it.next()?);
+            Some((start.trim().parse().ok()?, count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Root's range when /etc/subuid has none for root: 100000+65536 unless a user's
+/// subordinate ids overlap it, else the first free 65536-aligned block above all of them.
+pub fn root_fallback_start(taken: &[(u32, u32)]) -> u32 {
+    let overlaps = |s: u64| {
+        taken.iter().any(|&(ts, tc)| {
+            let (ts, te) = (ts as u64, ts as u64 + tc as u64);
+            s < te && ts < s + ROOT_FALLBACK_COUNT as u64
+        })
+    };
+    let mut start = ROOT_FALLBACK_START as u64;
+    while overlaps(start) {
+        let end = taken
+            .iter()
+            .map(|&(s, c)| s as u64 + c as u64)
+            .filter(|&e| e > start)
+            .min()
+            .unwrap_or(start + 1);
+        start = end.div_ceil(ROOT_FALLBACK_COUNT as u64) * ROOT_FALLBACK_COUNT as u64;
+    }
+    start.min((u32::MAX - ROOT_FALLBACK_COUNT) as u64) as u32
+}
+
+/// Facts about the invoking user, so the choice logic is testable without touching the host.
+#[derive(Debug, Clone)]
+pub struct Invoker {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub subuid: Vec<(u32, u32)>,
+    pub subgid: Vec<(u32, u32)>,
+    pub have_newidmap: bool,
+    /// Every range in /etc/subuid and /etc/subgid (of any user), so root's fallback range
+    /// never overlaps a rootless user's subordinate ids.
+    pub taken: Vec<(u32, u32)>,
+}
+
+impl Invoker {
+    /// The current process's user, /etc/subuid and /etc/subgid, and whether newuidmap exists.
+    pub fn current() -> Invoker {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let name = nix::unistd::User::from_uid(uid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string());
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let have = |tool: &str| {
+            ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+                .iter()
+                .any(|d| Path::new(d).join(tool).exists())
+        };
+        let taken = [read("/etc/subuid"), read("/etc/subgid")]
+            .iter()
+            .flat_map(|t| all_subid_ranges(t))
+            .collect();
+        Invoker {
+            uid,
+            gid,
+            taken,
+            subuid: parse_subid(&read("/etc/subuid"), &name, uid),
+            subgid: parse_subid(&read("/etc/subgid"), &name, uid),
+            name,
+            have_newidmap: have("newuidmap") && have("newgidmap"),
+        }
+    }
+}
+
+/// The mapping for a choice; `None` when privileged (no user namespace at all).
+pub fn choose(
+    choice: UserMappingChoice,
+    privileged: bool,
+    who: &Invoker,
+) -> Result<Option<IdMapping>> {
+    if privileged {
+        if who.uid != 0 {
+            return Err(ContainerError::Invalid(
+                "privileged environments need host root; run berth as root or drop --privileged"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let single = |uid: u32, gid: u32| IdMapping {
+        uids: vec![IdRange {
+            inside: 0,
+            outside: uid,
+            count: 1,
+        }],
+        gids: vec![IdRange {
+            inside: 0,
+            outside: gid,
+            count: 1,
+        }],
+        writer: MapWriter::Direct,
+        deny_setgroups: uid != 0,
+    };
+    let range = |start: u32, count: u32| IdMapping {
+        uids: vec![IdRange {
+            inside: 0,
+            outside: start,
+            count,
+        }],
+        gids: vec![IdRange {
+            inside: 0,
+            outside: start,
+            count,
+        }],
+        writer: MapWriter::Direct,
+        deny_setgroups: false,
+    };
+    if choice == UserMappingChoice::Host {
+        if who.uid != 0 {
+            return Err(ContainerError::Invalid(
+                "running without a user namespace needs host root".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    Ok(Some(match choice {
+        UserMappingChoice::Host => unreachable!("handled above"),
+        UserMappingChoice::SingleId => single(who.uid, who.gid),
+        UserMappingChoice::Range { host_start, count } => {
+            if who.uid != 0 {
+                return Err(ContainerError::Invalid(
+                    "an explicit id range needs host root; use the automatic mapping when rootless"
+                        .into(),
+                ));
+            }
+            if count == 0 || host_start == 0 {
+                return Err(ContainerError::Invalid(
+                    "an id range must start above 0 and hold at least one id".into(),
+                ));
+            }
+            range(host_start, count)
+        }
+        UserMappingChoice::Auto if who.uid == 0 => match (who.subuid.first(), who.subgid.first()) {
+            (Some(&(us, uc)), Some(&(gs, gc))) => IdMapping {
+                uids: vec![IdRange {
+                    inside: 0,
+                    outside: us,
+                    count: uc.min(ROOT_FALLBACK_COUNT),
+                }],
+                gids: vec![IdRange {
+                    inside: 0,
+                    outside: gs,
+                    count: gc.min(ROOT_FALLBACK_COUNT),
+                }],
+                writer: MapWriter::Direct,
+                deny_setgroups: false,
+            },
+            _ => range(root_fallback_start(&who.taken), ROOT_FALLBACK_COUNT),
+        },
+        UserMappingChoice::Auto => {
+            match (who.subuid.first(), who.subgid.first(), who.have_newidmap) {
+                (Some(&(us, uc)), Some(&(gs, gc)), true) => IdMapping {
+                    uids: vec![
+                        IdRange {
+                            inside: 0,
+                            outside: who.uid,
+                            count: 1,
+                        },
+                        IdRange {
+                            inside: 1,
+                            outside: us,
+                            count: uc.min(ROOT_FALLBACK_COUNT - 1),
+                        },
+                    ],
+                    gids: vec![
+                        IdRange {
+                            inside: 0,
+                            outside: who.gid,
+                            count: 1,
+                        },
+                        IdRange {
+                            inside: 1,
+                            outside: gs,
+                            count: gc.min(ROOT_FALLBACK_COUNT - 1),
+                        },
+                    ],
+                    writer: MapWriter::NewIdMap,
+                    deny_setgroups: false,
+                },
+                _ => single(who.uid, who.gid),
+            }
+        }
+    }))
+}
+
+// The new mount API, not wrapped by nix 0.29.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x0000_0010;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Attaches an id-mapped clone of `source` at `target` (an existing, empty directory or file in
+/// the current mount namespace): files owned by host ids appear as the ids that map to them in
+/// the user namespace `userns`. `target` is a path the kernel resolves, e.g. `/proc/self/fd/N`.
+pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: bool) -> Result<()> {
+    attach_clone(source, target, Some(userns), readonly)
+}
+
+/// Attaches a clone of the mount at `source` on `target` (resolved by the kernel, following
+/// magic links such as `/proc/self/fd/N`), optionally id-mapped into `userns` and/or
+/// read-only. Without id-mapping the clone is recursive, like `mount --rbind`, and read-only
+/// applies to every mount in it. Setting the attributes on the detached clone avoids a
+/// remount, which could not reach a mount attached on an fd path.
+pub fn attach_clone(
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    readonly: bool,
+) -> Result<()> {
+    let src = cstr(source)?;
+    let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | recursive,
+        )
+    };
+    if fd < 0 {
+        return Err(ContainerError::io(
+            format!("cannot clone the mount of {} (open_tree)", source.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let attr = MountAttr {
+        attr_set: if userns.is_some() {
+            MOUNT_ATTR_IDMAP
+        } else {
+            0
+        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
+    };
+    let empty = c"";
+    if attr.attr_set != 0 {
+        // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                empty.as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(ContainerError::io(
+                format!(
+                    "cannot set the attributes of the mount of {} (mount_setattr); id-mapped mounts need Linux 5.12+ and a filesystem that supports them",
+                    source.display()
+                ),
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    let dst = cstr(target)?;
+    // SAFETY: move_mount of our tree fd onto a NUL-terminated target path.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS,
+        )
+    };
+    if rc < 0 {
+        return Err(ContainerError::io(
+            format!(
+                "cannot attach the id-mapped mount of {} at {}",
+                source.display(),
+                target.display()
+            ),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| ContainerError::Invalid(format!("path {} contains a NUL byte", p.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(uid: u32, sub: bool, helper: bool) -> Invoker {
+        Invoker {
+            uid,
+            gid: uid,
+            name: "u".into(),
+            subuid: if sub { vec![(300000, 65536)] } else { vec![] },
+            subgid: if sub { vec![(400000, 65536)] } else { vec![] },
+            have_newidmap: helper,
+            taken: vec![],
+        }
+    }
+
+    #[test]
+    fn root_fallback_avoids_users_subordinate_ids() {
+        assert_eq!(root_fallback_start(&[]), 100000);
+        assert_eq!(root_fallback_start(&[(165536, 65536)]), 100000);
+        assert_eq!(root_fallback_start(&[(100000, 65536)]), 196608);
+        assert_eq!(
+            root_fallback_start(&[(100000, 65536), (165536, 65536), (231072, 10)]),
+            262144
+        );
+        let mut w = who(0, false, false);
+        w.taken = vec![(100000, 65536)];
+        let m = choose(UserMappingChoice::Auto, false, &w).unwrap().unwrap();
+        assert_eq!(m.host_uid(0), Some(196608));
+    }
+
+    #[test]
+    fn subid_parsing_matches_name_or_uid_and_skips_junk() {
+        let t = "# c\nroot:100000:65536\nu:1:0\nbad\n1000:200000:10\nu:300000:5\n";
+        assert_eq!(parse_subid(t, "root", 0), vec![(100000, 65536)]);
+        assert_eq!(parse_subid(t, "u", 1000), vec![(200000, 10), (300000, 5)]);
+        assert!(parse_subid(t, "x", 7).is_empty());
+    }
+
+    #[test]
+    fn root_uses_subuid_else_fixed_range() {
+        let m = choose(UserMappingChoice::Auto, false, &who(0, false, false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uid_map_text(), "0 100000 65536\n");
+        assert_eq!(m.host_uid(0), Some(100000));
+        assert_eq!(m.host_uid(65535), Some(165535));
+        assert_eq!(m.host_uid(65536), None);
+        let m = choose(UserMappingChoice::Auto, false, &who(0, true, false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uid_map_text(), "0 300000 65536\n");
+        assert_eq!(m.gid_map_text(), "0 400000 65536\n");
+        assert_eq!(m.writer, MapWriter::Direct);
+    }
+
+    #[test]
+    fn rootless_uses_helpers_only_with_ranges_and_tools() {
+        let m = choose(UserMappingChoice::Auto, false, &who(1000, true, true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.writer, MapWriter::NewIdMap);
+        assert_eq!(m.uid_map_text(), "0 1000 1\n1 300000 65535\n");
+        assert_eq!(m.host_uid(0), Some(1000));
+        assert_eq!(m.host_uid(1), Some(300000));
+        let m = choose(UserMappingChoice::Auto, false, &who(1000, true, false))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.uid_map_text(), "0 1000 1\n");
+        assert!(!m.has_gid(5));
+        assert!(
+            m.needs_setgroups_deny(),
+            "an unprivileged single-id map needs setgroups denied"
+        );
+        let m = choose(UserMappingChoice::SingleId, false, &who(1000, true, true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.writer, MapWriter::Direct);
+        assert_eq!(m.gid_map_text(), "0 1000 1\n");
+    }
+
+    #[test]
+    fn privileged_and_ranges_need_root() {
+        assert!(choose(UserMappingChoice::Auto, true, &who(0, false, false))
+            .unwrap()
+            .is_none());
+        assert!(choose(UserMappingChoice::Auto, true, &who(1000, false, false)).is_err());
+        let r = UserMappingChoice::Range {
+            host_start: 500000,
+            count: 10,
+        };
+        assert!(choose(r, false, &who(1000, false, false)).is_err());
+        let m = choose(r, false, &who(0, false, false)).unwrap().unwrap();
+        assert_eq!(m.uid_map_text(), "0 500000 10\n");
+        let z = UserMappingChoice::Range {
+            host_start: 0,
+            count: 10,
+        };
+        assert!(choose(z, false, &who(0, false, false)).is_err());
+    }
+}

@@ -1,0 +1,306 @@
+//! The launcher: `berth __supervisor <state-dir>`, re-executed by `ContainerBackend::start`.
+//! It joins the cgroups, creates the namespaces in the right order with its child, mounts the
+//! root filesystem, and forks the supervisor (PID 1 of the environment); see the module
+//! documentation of `container` for the process tree. Progress and errors go to the starter
+//! as JSON lines on fd [`REPORT_FD`]; the supervisor waits for one byte on [`GO_FD`] (sent
+//! after the starter's network hook) before it sets up the rest.
+
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Gid, Uid};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ContainerError, Context, Result};
+use super::fault::checkpoint;
+use super::idmap::IdMapping;
+use super::namespaces::{
+    enter, environment_flags, make_mounts_private, pipe, private_mount_namespace, recv_byte,
+    send_byte,
+};
+use super::rootfs::OverlayRootfs;
+use super::spec::ContainerSpec;
+use super::state::ContainerState;
+use super::supervisor;
+
+/// The hidden argument that turns berth's binary into the launcher.
+pub const SUPERVISOR_ARG: &str = "__supervisor";
+/// Where the launcher finds the report pipe (write end).
+pub const REPORT_FD: RawFd = 3;
+/// Where the launcher finds the go pipe (read end).
+pub const GO_FD: RawFd = 4;
+
+/// Messages from the launcher chain to the starter, one JSON object per line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum LaunchEvent {
+    /// The supervisor's pid in the host's pid namespace.
+    Pid {
+        pid: i32,
+    },
+    Ready,
+    Error {
+        message: String,
+    },
+}
+
+pub fn report(fd: &OwnedFd, ev: &LaunchEvent) {
+    let mut line = serde_json::to_vec(ev).unwrap_or_default();
+    line.push(b'\n');
+    // SAFETY: we borrow the fd for one write; the File is forgotten, not closed.
+    let mut f = unsafe { fs::File::from_raw_fd(fd.as_raw_fd()) };
+    let _ = f.write_all(&line);
+    std::mem::forget(f);
+}
+
+/// Entry point of the hidden subcommand. Never returns for the supervisor process.
+pub fn main(state_dir: &Path) -> i32 {
+    let is_pipe = |fd: RawFd| {
+        // SAFETY: fstat into a zeroed stat struct; fails harmlessly on a closed fd.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
+    };
+    if !is_pipe(REPORT_FD) || !is_pipe(GO_FD) {
+        eprintln!("berth: `{SUPERVISOR_ARG}` is internal; `berth up` starts it");
+        return 2;
+    }
+    // SAFETY: the starter placed the report pipe at REPORT_FD and the go pipe at GO_FD; this
+    // process owns them from here on.
+    let (report_fd, go_fd) =
+        unsafe { (OwnedFd::from_raw_fd(REPORT_FD), OwnedFd::from_raw_fd(GO_FD)) };
+    for fd in [&report_fd, &go_fd] {
+        let _ = nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
+    }
+    match launch(state_dir, report_fd, go_fd) {
+        Ok(()) => 0,
+        Err((fd, e)) => {
+            if let Some(fd) = fd {
+                report(
+                    &fd,
+                    &LaunchEvent::Error {
+                        message: e.to_string(),
+                    },
+                );
+            }
+            1
+        }
+    }
+}
+
+type LaunchError = (Option<OwnedFd>, ContainerError);
+
+fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), LaunchError> {
+    macro_rules! tryr {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => return Err((Some(report_fd), e.into())),
+            }
+        };
+    }
+    let spec: ContainerSpec = tryr!(crate::state::read_json(&state_dir.join("spec.json"))
+        .map_err(ContainerError::from)
+        .and_then(|s| s.ok_or_else(|| ContainerError::Setup(format!(
+            "{}/spec.json is missing",
+            state_dir.display()
+        )))));
+    let state = tryr!(ContainerState::load(state_dir));
+    let _ = nix::unistd::setsid();
+    // The starter put this process into the cgroups before exec; a stop that raced with the
+    // start has already removed them and recorded it.
+    if state.phase != super::state::Phase::Starting {
+        return Err((
+            Some(report_fd),
+            ContainerError::Setup("the environment was stopped while starting".into()),
+        ));
+    }
+    checkpoint("cgroups-joined");
+    let mapping = state.mapping.clone();
+    let is_root = nix::unistd::geteuid().is_root();
+    let host_side_mounts = mapping.is_none() || is_root;
+    if host_side_mounts {
+        tryr!(private_mount_namespace());
+    }
+    let owner = match (&mapping, is_root) {
+        (Some(m), true) => m.host_uid(0).zip(m.host_gid(0)),
+        _ => None,
+    };
+    let listener = tryr!(bind_control_socket(&spec, owner));
+    let logs = tryr!(open_logs_dir(&spec, owner));
+    let (to_child_r, to_child_w) = tryr!(pipe());
+    let (from_child_r, from_child_w) = tryr!(pipe());
+    // SAFETY: this process is single-threaded (freshly exec'd, no threads started).
+    match tryr!(unsafe { fork() }.context(|| "cannot fork".to_string())) {
+        ForkResult::Child => {
+            drop((to_child_w, from_child_r));
+            let r = namespace_child(
+                &spec,
+                mapping.as_ref(),
+                host_side_mounts,
+                to_child_r,
+                from_child_w,
+                listener,
+                logs,
+                &report_fd,
+                go_fd,
+                !is_root,
+            );
+            if let Err(e) = r {
+                report(
+                    &report_fd,
+                    &LaunchEvent::Error {
+                        message: e.to_string(),
+                    },
+                );
+            }
+            // SAFETY: leave without running the parent's atexit handlers or destructors twice.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => {
+            drop((to_child_r, from_child_w, listener, logs, go_fd));
+            if recv_byte(&from_child_r) != Some(1) {
+                let _ = waitpid(child, None);
+                return Err((
+                    None,
+                    ContainerError::Setup("the namespace setup process failed".into()),
+                ));
+            }
+            let result = (|| -> Result<()> {
+                if let Some(m) = &mapping {
+                    m.write_for(child.as_raw())?;
+                }
+                checkpoint("userns-mapped");
+                if host_side_mounts {
+                    let ns = match &mapping {
+                        Some(_) => Some(OwnedFd::from(
+                            fs::File::open(format!("/proc/{child}/ns/user")).context(|| {
+                                "cannot open the environment's user namespace".to_string()
+                            })?,
+                        )),
+                        None => None,
+                    };
+                    OverlayRootfs::new(&spec, mapping.as_ref()).mount_layers(ns.as_ref(), owner)?;
+                }
+                checkpoint("rootfs-mounted");
+                Ok(())
+            })();
+            send_byte(&to_child_w, if result.is_ok() { 1 } else { 0 });
+            let st = waitpid(child, None);
+            if let Err(e) = result {
+                return Err((Some(report_fd), e));
+            }
+            match st {
+                Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+                // The child reported its own error.
+                _ => Err((None, ContainerError::Setup("namespace setup failed".into()))),
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn namespace_child(
+    spec: &ContainerSpec,
+    mapping: Option<&IdMapping>,
+    host_side_mounts: bool,
+    go: OwnedFd,
+    ready: OwnedFd,
+    listener: UnixListener,
+    logs: OwnedFd,
+    report_fd: &OwnedFd,
+    start_fd: OwnedFd,
+    rootless: bool,
+) -> Result<()> {
+    if mapping.is_some() {
+        enter(CloneFlags::CLONE_NEWUSER)?;
+    }
+    send_byte(&ready, 1);
+    if recv_byte(&go) != Some(1) {
+        // The launcher failed and reported why.
+        // SAFETY: plain exit of a forked child.
+        unsafe { libc::_exit(1) }
+    }
+    if let Some(m) = mapping {
+        become_root(m)?;
+    }
+    if !host_side_mounts {
+        private_mount_namespace()?;
+        OverlayRootfs::new(spec, mapping).mount_layers(None, None)?;
+    }
+    enter(environment_flags(spec.network))?;
+    if !host_side_mounts {
+        make_mounts_private()?;
+    }
+    // SAFETY: single-threaded process.
+    match unsafe { fork() }.context(|| "cannot fork the supervisor".to_string())? {
+        ForkResult::Child => {
+            // SAFETY: the report fd stays valid in the child; re-own a duplicate for the supervisor.
+            let report_dup = report_fd
+                .try_clone()
+                .context(|| "cannot duplicate the report pipe".to_string())?;
+            supervisor::run_pid1(
+                spec.clone(),
+                mapping.cloned(),
+                listener,
+                logs,
+                report_dup,
+                start_fd,
+                rootless,
+            )
+        }
+        ForkResult::Parent { child } => {
+            report(
+                report_fd,
+                &LaunchEvent::Pid {
+                    pid: child.as_raw(),
+                },
+            );
+            // SAFETY: plain exit of a forked child; the supervisor is reparented.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+/// Switches to uid/gid 0 inside the new user namespace (its mapped root).
+fn become_root(m: &IdMapping) -> Result<()> {
+    let zero_g = Gid::from_raw(0);
+    let zero_u = Uid::from_raw(0);
+    nix::unistd::setresgid(zero_g, zero_g, zero_g)
+        .context(|| "cannot become gid 0 in the user namespace".to_string())?;
+    if !m.needs_setgroups_deny() {
+        nix::unistd::setgroups(&[]).context(|| "cannot clear supplementary groups".to_string())?;
+    }
+    nix::unistd::setresuid(zero_u, zero_u, zero_u)
+        .context(|| "cannot become uid 0 in the user namespace".to_string())
+}
+
+fn bind_control_socket(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<UnixListener> {
+    let path = spec.control_socket();
+    let _ = fs::remove_file(&path);
+    let l = UnixListener::bind(&path)
+        .context(|| format!("cannot create the control socket {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .context(|| format!("cannot chmod {}", path.display()))?;
+    let _ = owner;
+    Ok(l)
+}
+
+fn open_logs_dir(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<OwnedFd> {
+    let dir = spec.logs_dir();
+    fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    if let Some((u, g)) = owner {
+        nix::unistd::chown(&dir, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+            .context(|| format!("cannot chown {}", dir.display()))?;
+    }
+    let f = fs::File::open(&dir).context(|| format!("cannot open {}", dir.display()))?;
+    Ok(OwnedFd::from(f))
+}

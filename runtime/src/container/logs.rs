@@ -1,0 +1,173 @@
+//! Service logs: `envs/<id>/logs/<service>.log`, size-bounded. When a file would grow past the
+//! limit it is renamed to `<service>.log.1` (replacing the previous one) and a new file starts,
+//! so a service never uses more than twice the limit on disk.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Appends to one service's log through a directory fd (the supervisor no longer sees the
+/// host path after pivot_root).
+pub struct LogFile {
+    dir: OwnedFd,
+    name: String,
+    limit: u64,
+    file: Option<File>,
+    size: u64,
+}
+
+impl LogFile {
+    pub fn new(dir: &OwnedFd, service: &str, limit: u64) -> io::Result<LogFile> {
+        Ok(LogFile {
+            dir: dir.try_clone()?,
+            name: format!("{service}.log"),
+            limit: limit.max(1024),
+            file: None,
+            size: 0,
+        })
+    }
+
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let c = CString::new(self.name.as_str())
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: openat relative to our directory fd with a NUL-terminated name.
+            let fd = unsafe {
+                libc::openat(
+                    self.dir.as_raw_fd(),
+                    c.as_ptr(),
+                    libc::O_WRONLY
+                        | libc::O_APPEND
+                        | libc::O_CREAT
+                        | libc::O_CLOEXEC
+                        | libc::O_NOFOLLOW,
+                    0o640,
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd we own.
+            let f = unsafe { File::from_raw_fd(fd) };
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("opened above"))
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let from = CString::new(self.name.as_str())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let to = CString::new(format!("{}.1", self.name))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: renameat within our directory fd.
+        if unsafe {
+            libc::renameat(
+                self.dir.as_raw_fd(),
+                from.as_ptr(),
+                self.dir.as_raw_fd(),
+                to.as_ptr(),
+            )
+        } != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        self.size = 0;
+        Ok(())
+    }
+
+    /// Appends bytes, rotating first when they would push the file over the limit.
+    pub fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            self.open()?;
+            let room = self.limit.saturating_sub(self.size);
+            if room == 0 {
+                self.rotate()?;
+                continue;
+            }
+            let n = (room as usize).min(bytes.len());
+            let f = self.open()?;
+            f.write_all(&bytes[..n])?;
+            self.size += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}
+
+/// Log files of a service, oldest first (the rotated one, then the current one).
+pub fn service_log_files(state_dir: &Path, service: &str) -> Vec<PathBuf> {
+    let dir = state_dir.join("logs");
+    [
+        dir.join(format!("{service}.log.1")),
+        dir.join(format!("{service}.log")),
+    ]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect()
+}
+
+/// Names of services that have logs.
+pub fn services_with_logs(state_dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(state_dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .map(str::to_string)
+        })
+        .filter(|n| n != "supervisor")
+        .collect();
+    v.sort();
+    v
+}
+
+/// The whole kept output of a service.
+pub fn read_service_log(state_dir: &Path, service: &str) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for p in service_log_files(state_dir, service) {
+        out.extend(std::fs::read(p)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_rotates_at_the_limit_and_keeps_one_old_file() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = OwnedFd::from(File::open(d.path()).unwrap());
+        let mut l = LogFile::new(&dir, "web", 1024).unwrap();
+        l.append(&[b'a'; 1000]).unwrap();
+        l.append(&[b'b'; 100]).unwrap();
+        let cur = std::fs::read(d.path().join("web.log")).unwrap();
+        let old = std::fs::read(d.path().join("web.log.1")).unwrap();
+        assert_eq!(old.len(), 1024);
+        assert_eq!(cur, vec![b'b'; 76]);
+        l.append(&[b'c'; 3000]).unwrap();
+        for f in ["web.log", "web.log.1"] {
+            assert!(std::fs::metadata(d.path().join(f)).unwrap().len() <= 1024);
+        }
+        let state = d.path().parent().unwrap();
+        let _ = state;
+    }
+
+    #[test]
+    fn reader_concatenates_old_then_current() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("logs")).unwrap();
+        std::fs::write(d.path().join("logs/s.log.1"), "old\n").unwrap();
+        std::fs::write(d.path().join("logs/s.log"), "new\n").unwrap();
+        std::fs::write(d.path().join("logs/supervisor.log"), "x").unwrap();
+        assert_eq!(read_service_log(d.path(), "s").unwrap(), b"old\nnew\n");
+        assert_eq!(services_with_logs(d.path()), vec!["s".to_string()]);
+    }
+}

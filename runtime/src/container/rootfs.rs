@@ -1,0 +1,654 @@
+//! [`OverlayRootfs`]: the environment's root filesystem. An overlay of the image layers
+//! (id-mapped when the environment has a user namespace and berth is root) with the
+//! environment's upper/work dirs, the `[[mounts]]`, `/etc/hosts`, `/etc/hostname` and
+//! `/etc/resolv.conf`; then, inside the new namespaces, `/proc`, `/sys` (read-only), `/dev`
+//! (tmpfs, standard nodes, its own devpts, shm, mqueue), `pivot_root`, and the OCI default
+//! masked and read-only paths.
+//!
+//! Every path inside the rootfs is resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink in an
+//! image (`/work -> /root`) can never redirect a mount onto the host.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use envfile_spec::plan::NetworkMode;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+use nix::unistd::{Gid, Uid};
+
+use super::error::{ContainerError, Context, Result};
+use super::idmap::{attach_clone, idmapped_bind, IdMapping};
+use super::spec::{ContainerSpec, MountSpec};
+
+/// OCI runtime-spec default masked paths.
+pub const MASKED_PATHS: [&str; 10] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+];
+
+/// OCI runtime-spec default read-only paths.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Device nodes every environment gets: (name, major, minor).
+pub const DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// The root filesystem of one environment, mounted at `<state_dir>/rootfs`.
+pub struct OverlayRootfs<'a> {
+    spec: &'a ContainerSpec,
+    mapping: Option<&'a IdMapping>,
+}
+
+/// Who owns files berth creates: the environment's root as seen from the current namespace.
+type Owner = Option<(u32, u32)>;
+
+impl<'a> OverlayRootfs<'a> {
+    pub fn new(spec: &'a ContainerSpec, mapping: Option<&'a IdMapping>) -> Self {
+        OverlayRootfs { spec, mapping }
+    }
+
+    pub fn mount_point(&self) -> PathBuf {
+        self.spec.state_dir.join("rootfs")
+    }
+
+    /// Stage 1, in a private mount namespace: the overlay, the `[[mounts]]` except tmpfs, and
+    /// the files under /etc. `idmap_userns` is the environment's user namespace when berth is
+    /// root (layers and `idmap` binds are id-mapped into it); `owner` is the host id pair of the
+    /// environment's root, for files berth creates (`None` when already inside the namespace).
+    pub fn mount_layers(&self, idmap_userns: Option<&OwnedFd>, owner: Owner) -> Result<()> {
+        let spec = self.spec;
+        let target = self.mount_point();
+        mkdir_p(&target)?;
+        let mut lowers = Vec::new();
+        for (i, layer) in spec.lower_layers.iter().enumerate() {
+            match idmap_userns {
+                Some(ns) => {
+                    let at = spec.state_dir.join("lower").join(i.to_string());
+                    mkdir_p(&at)?;
+                    idmapped_bind(layer, &at, ns, true)?;
+                    lowers.push(at);
+                }
+                None => lowers.push(layer.clone()),
+            }
+        }
+        // overlayfs lists lowerdirs top first.
+        let lowerdir: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir.join(":"),
+            spec.upper_dir.display(),
+            spec.work_dir.display()
+        );
+        if owner.is_none() && self.mapping.is_some() {
+            // Mounted from inside a user namespace: trusted.* xattrs are not available.
+            opts.push_str(",userxattr");
+        }
+        mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).context(|| {
+            format!(
+                "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
+                target.display()
+            )
+        })?;
+        let root = open_dir(&target)?;
+        let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
+        mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
+        for m in mounts {
+            match m {
+                MountSpec::Bind {
+                    source,
+                    target,
+                    readonly,
+                    idmap,
+                } => {
+                    let is_dir = fs::metadata(source)
+                        .context(|| {
+                            format!(
+                                "mount source {} is missing; create it or fix [[mounts]]",
+                                source.display()
+                            )
+                        })?
+                        .is_dir();
+                    let t = ensure_in_root(root.as_fd(), target, is_dir, owner)?;
+                    match (idmap_userns, idmap) {
+                        (Some(ns), true) => idmapped_bind(source, &fd_path(&t), ns, *readonly)?,
+                        _ => bind(source, &fd_path(&t), *readonly)?,
+                    }
+                }
+                MountSpec::Volume {
+                    source,
+                    target,
+                    readonly,
+                } => {
+                    let t = ensure_in_root(root.as_fd(), target, true, owner)?;
+                    bind(source, &fd_path(&t), *readonly)?;
+                }
+                MountSpec::Tmpfs { .. } => {}
+            }
+        }
+        self.write_etc_files(root.as_fd(), owner)?;
+        Ok(())
+    }
+
+    fn write_etc_files(&self, root: BorrowedFd<'_>, owner: Owner) -> Result<()> {
+        let dir = self.spec.state_dir.join("etc");
+        mkdir_p(&dir)?;
+        let host = &self.spec.hostname;
+        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // Networking replaces this for isolated environments: a 127.x stub resolver of the
+        // host is unreachable from a separate network namespace.
+        let resolv = if self.spec.network == NetworkMode::Host {
+            resolv
+        } else {
+            filter_loopback_nameservers(&resolv)
+        };
+        let files = [
+            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n")),
+            ("hostname", format!("{host}\n")),
+            ("resolv.conf", resolv),
+        ];
+        for (name, content) in files {
+            let p = dir.join(name);
+            fs::write(&p, content).context(|| format!("cannot write {}", p.display()))?;
+            if let Some((u, g)) = owner {
+                nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                    .context(|| format!("cannot chown {}", p.display()))?;
+            }
+            let t = match ensure_in_root(root, &format!("/etc/{name}"), false, owner) {
+                Ok(t) => t,
+                // A single-id rootless environment over a layer it does not own cannot create
+                // files in the image's /etc; it keeps the image's version then.
+                Err(ContainerError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EACCES) =>
+                {
+                    eprintln!("berth: cannot create /etc/{name} in the image (permission denied); keeping the image's");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            bind(&p, &fd_path(&t), false)?;
+        }
+        Ok(())
+    }
+
+    /// Stage 2, inside the environment's namespaces (as its root): kernel filesystems,
+    /// /dev, tmpfs mounts, `pivot_root`, masked and read-only paths.
+    pub fn enter(&self, new_netns: bool) -> Result<()> {
+        let rootfs = self.mount_point();
+        // Mounts made outside this user namespace are locked here, and pivot_root refuses a
+        // locked new root: a recursive bind of the rootfs onto itself is a new, unlocked mount.
+        mount(
+            Some(&rootfs),
+            &rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .context(|| format!("cannot bind {} onto itself", rootfs.display()))?;
+        let root = open_dir(&rootfs)?;
+        let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+        let proc_t = ensure_in_root(root.as_fd(), "/proc", true, None)?;
+        mount(
+            Some("proc"),
+            &fd_path(&proc_t),
+            Some("proc"),
+            nosuid_nodev_noexec,
+            None::<&str>,
+        )
+        .context(|| "cannot mount /proc in the environment".to_string())?;
+
+        let sys_t = ensure_in_root(root.as_fd(), "/sys", true, None)?;
+        let sysfs = if new_netns {
+            mount(
+                Some("sysfs"),
+                &fd_path(&sys_t),
+                Some("sysfs"),
+                nosuid_nodev_noexec | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        } else {
+            Err(nix::errno::Errno::EPERM)
+        };
+        if sysfs.is_err() {
+            // Sharing the host's network namespace: sysfs may only be bind-mounted.
+            bind(Path::new("/sys"), &fd_path(&sys_t), true)?;
+        }
+
+        self.mount_dev(root.as_fd())?;
+
+        for m in &self.spec.mounts {
+            if let MountSpec::Tmpfs { target, size } = m {
+                let t = ensure_in_root(root.as_fd(), target, true, None)?;
+                let mut opts = "mode=755".to_string();
+                if let Some(s) = size {
+                    opts.push_str(&format!(",size={s}"));
+                }
+                mount(
+                    Some("tmpfs"),
+                    &fd_path(&t),
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                    Some(opts.as_str()),
+                )
+                .context(|| format!("cannot mount a tmpfs at {target}"))?;
+            }
+        }
+        drop((proc_t, sys_t, root));
+
+        nix::unistd::chdir(&rootfs).context(|| format!("cannot enter {}", rootfs.display()))?;
+        nix::unistd::pivot_root(".", ".")
+            .context(|| "pivot_root into the environment failed".to_string())?;
+        umount2(".", MntFlags::MNT_DETACH)
+            .context(|| "cannot detach the host's root filesystem".to_string())?;
+        nix::unistd::chdir("/").context(|| "cannot chdir to / after pivot_root".to_string())?;
+
+        for p in MASKED_PATHS {
+            mask_path(p)?;
+        }
+        for p in READONLY_PATHS {
+            readonly_path(p)?;
+        }
+        Ok(())
+    }
+
+    fn mount_dev(&self, root: BorrowedFd<'_>) -> Result<()> {
+        let dev_t = ensure_in_root(root, "/dev", true, None)?;
+        let dev = fd_path(&dev_t);
+        mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )
+        .context(|| "cannot mount a tmpfs on /dev".to_string())?;
+        // Re-open: the fd above points below the new tmpfs.
+        drop(dev_t);
+        let dev_t = ensure_in_root(root, "/dev", true, None)?;
+        let dev = fd_path(&dev_t);
+        for (name, major, minor) in DEVICES {
+            let p = dev.join(name);
+            let made = if self.mapping.is_none() {
+                nix::sys::stat::mknod(
+                    &p,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    Mode::from_bits_truncate(0o666),
+                    nix::sys::stat::makedev(major, minor),
+                )
+                .is_ok()
+            } else {
+                false
+            };
+            if !made {
+                // In a user namespace device nodes cannot be created: bind the host's.
+                fs::File::create(&p).context(|| format!("cannot create /dev/{name}"))?;
+                bind(&Path::new("/dev").join(name), &p, false)?;
+            }
+        }
+        for (link, to) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+            ("ptmx", "pts/ptmx"),
+        ] {
+            std::os::unix::fs::symlink(to, dev.join(link))
+                .context(|| format!("cannot create /dev/{link}"))?;
+        }
+        let pts = dev.join("pts");
+        mkdir_p(&pts)?;
+        let mut opts = "newinstance,ptmxmode=0666,mode=0620".to_string();
+        if self.mapping.is_none_or(|m| m.has_gid(5)) {
+            opts.push_str(",gid=5");
+        }
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some(opts.as_str()),
+        )
+        .context(|| "cannot mount /dev/pts".to_string())?;
+        let shm = dev.join("shm");
+        mkdir_p(&shm)?;
+        mount(
+            Some("shm"),
+            &shm,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )
+        .context(|| "cannot mount /dev/shm".to_string())?;
+        let mq = dev.join("mqueue");
+        mkdir_p(&mq)?;
+        // Optional: some kernels lack POSIX message queues.
+        let _ = mount(
+            Some("mqueue"),
+            &mq,
+            Some("mqueue"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        );
+        Ok(())
+    }
+}
+
+/// Drops `nameserver 127.x`/`::1` lines (unreachable from another network namespace).
+pub fn filter_loopback_nameservers(resolv: &str) -> String {
+    resolv
+        .lines()
+        .filter(|l| {
+            let mut w = l.split_whitespace();
+            !(w.next() == Some("nameserver")
+                && w.next()
+                    .is_some_and(|a| a.starts_with("127.") || a == "::1"))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn mkdir_p(p: &Path) -> Result<()> {
+    fs::create_dir_all(p).context(|| format!("cannot create {}", p.display()))
+}
+
+fn open_dir(p: &Path) -> Result<OwnedFd> {
+    let f = fs::File::open(p).context(|| format!("cannot open {}", p.display()))?;
+    Ok(OwnedFd::from(f))
+}
+
+/// `/proc/self/fd/N`: lets mount(2) act on exactly the object we resolved.
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
+    if readonly {
+        return attach_clone(source, target, None, true);
+    }
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context(|| {
+        format!(
+            "cannot bind-mount {} into the environment",
+            source.display()
+        )
+    })
+}
+
+/// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec).
+fn remount_readonly(target: &Path) -> Result<()> {
+    let st = nix::sys::statvfs::statvfs(target)
+        .context(|| format!("cannot statvfs {}", target.display()))?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    use nix::sys::statvfs::FsFlags;
+    for (f, m) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(f) {
+            flags |= m;
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .context(|| format!("cannot make {} read-only", target.display()))
+}
+
+fn mask_path(p: &str) -> Result<()> {
+    let meta = match fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(ContainerError::io(
+                format!("cannot inspect {p} to mask it"),
+                e,
+            ))
+        }
+    };
+    let r = if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            Some("size=0"),
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    r.context(|| format!("cannot mask {p}"))
+}
+
+fn readonly_path(p: &str) -> Result<()> {
+    match mount(
+        Some(p),
+        p,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    ) {
+        Ok(()) => remount_readonly(Path::new(p)),
+        Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(e) => Err(ContainerError::sys(
+            format!("cannot bind {p} to make it read-only"),
+            e,
+        )),
+    }
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// openat2 relative to `root` with `root` as the filesystem root for the lookup.
+fn openat2_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: openat2 with a valid dirfd, NUL-terminated path and a correctly sized open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh fd from the kernel, owned by nobody else.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+}
+
+/// Resolves `target` (absolute, inside the rootfs) confined to the rootfs, creating missing
+/// directories (and the last component as a directory or empty file), and returns an `O_PATH`
+/// fd to it. Created entries get `owner` when given.
+pub fn ensure_in_root(
+    root: BorrowedFd<'_>,
+    target: &str,
+    is_dir: bool,
+    owner: Owner,
+) -> Result<OwnedFd> {
+    let comps: Vec<&str> = target
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.contains(&"..") {
+        return Err(ContainerError::Invalid(format!(
+            "path {target:?} must not contain `..`"
+        )));
+    }
+    let mut parent = openat2_in_root(root, ".", libc::O_PATH | libc::O_DIRECTORY)
+        .context(|| "cannot open the root filesystem".to_string())?;
+    let mut sofar = String::new();
+    for (i, comp) in comps.iter().enumerate() {
+        sofar.push('/');
+        sofar.push_str(comp);
+        let last = i + 1 == comps.len();
+        let want_dir = !last || is_dir;
+        let flags = libc::O_PATH | if want_dir { libc::O_DIRECTORY } else { 0 };
+        let fd = match openat2_in_root(root, &sofar, flags) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let name = CString::new(*comp)
+                    .map_err(|_| ContainerError::Invalid(format!("bad path {target:?}")))?;
+                // SAFETY: creating an entry named `name` in the directory `parent` refers to.
+                let rc = unsafe {
+                    if want_dir {
+                        libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755)
+                    } else {
+                        let fd = libc::openat(
+                            parent.as_raw_fd(),
+                            name.as_ptr(),
+                            libc::O_CREAT
+                                | libc::O_EXCL
+                                | libc::O_WRONLY
+                                | libc::O_CLOEXEC
+                                | libc::O_NOFOLLOW,
+                            0o644,
+                        );
+                        if fd >= 0 {
+                            libc::close(fd);
+                            0
+                        } else {
+                            -1
+                        }
+                    }
+                };
+                if rc != 0 {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::EEXIST) {
+                        return Err(ContainerError::io(
+                            format!("cannot create {sofar} in the environment"),
+                            e,
+                        ));
+                    }
+                }
+                if let Some((u, g)) = owner {
+                    // SAFETY: fchownat on an entry of `parent`, not following symlinks.
+                    unsafe {
+                        libc::fchownat(
+                            parent.as_raw_fd(),
+                            name.as_ptr(),
+                            u,
+                            g,
+                            libc::AT_SYMLINK_NOFOLLOW,
+                        )
+                    };
+                }
+                openat2_in_root(root, &sofar, flags)
+                    .context(|| format!("cannot open {sofar} in the environment"))?
+            }
+            Err(e) => {
+                return Err(ContainerError::io(
+                    format!(
+                        "cannot resolve {sofar} in the environment (is it a {}?)",
+                        if want_dir { "directory" } else { "file" }
+                    ),
+                    e,
+                ))
+            }
+        };
+        parent = fd;
+    }
+    Ok(parent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_nameservers_are_dropped() {
+        let r = "search x\nnameserver 127.0.0.53\nnameserver 1.1.1.1\nnameserver ::1\n";
+        assert_eq!(
+            filter_loopback_nameservers(r),
+            "search x\nnameserver 1.1.1.1\n"
+        );
+    }
+
+    #[test]
+    fn ensure_in_root_creates_and_stays_confined() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let outside = t.path().join("outside");
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(&outside).unwrap();
+        // A hostile absolute symlink must resolve inside the root, not on the host.
+        std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
+        fs::create_dir_all(root.join(outside.strip_prefix("/").unwrap())).unwrap();
+        let rfd = open_dir(&root).unwrap();
+        let fd = ensure_in_root(rfd.as_fd(), "/evil/x/y", true, None).unwrap();
+        drop(fd);
+        assert!(!outside.join("x").exists(), "escaped the root");
+        assert!(root
+            .join(outside.strip_prefix("/").unwrap())
+            .join("x/y")
+            .is_dir());
+        let f = ensure_in_root(rfd.as_fd(), "/etc/hosts", false, None).unwrap();
+        drop(f);
+        assert!(root.join("etc/hosts").is_file());
+        assert!(ensure_in_root(rfd.as_fd(), "/a/../b", true, None).is_err());
+        // A dangling symlink is an error, never a path on the host.
+        std::os::unix::fs::symlink("/nowhere", root.join("dangling")).unwrap();
+        assert!(ensure_in_root(rfd.as_fd(), "/dangling/x", true, None).is_err());
+        assert!(!Path::new("/nowhere").exists());
+    }
+}

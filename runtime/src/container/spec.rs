@@ -1,0 +1,279 @@
+//! [`ContainerSpec`]: everything the container backend needs to start one environment. It is
+//! written to `envs/<id>/spec.json` and read back by the supervisor process, so it is plain data.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
+use serde::{Deserialize, Serialize};
+
+use super::error::{ContainerError, Result};
+use crate::state::BerthHome;
+
+/// Default size bound of one service log file; one rotated file of the same size is kept.
+pub const DEFAULT_LOG_LIMIT: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub env_id: String,
+    /// Hostname inside (the environment's name).
+    pub hostname: String,
+    /// `envs/<id>`: state.json, spec.json, control.sock, logs/ live here.
+    pub state_dir: PathBuf,
+    /// Read-only image layers, bottom first.
+    pub lower_layers: Vec<PathBuf>,
+    /// The environment's writable layer; kept across `down`/`up`.
+    pub upper_dir: PathBuf,
+    /// overlayfs work dir, on the same filesystem as `upper_dir`.
+    pub work_dir: PathBuf,
+    pub mounts: Vec<MountSpec>,
+    /// Environment variables of every process (after the image's, before a request's own).
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub network: NetworkMode,
+    pub user_mapping: UserMappingChoice,
+    /// Run without a user namespace, with all capabilities and no seccomp filter: the
+    /// environment's root is the host's root. Only for trusted images.
+    pub privileged: bool,
+    pub services: BTreeMap<String, ServicePlan>,
+    pub image: ImageDefaults,
+    /// Size bound of each service log file in bytes.
+    pub log_limit: u64,
+}
+
+/// One mount inside the environment, host paths already resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum MountSpec {
+    /// A host file or folder. `idmap` shows host ownership as-is inside a user namespace
+    /// (host uid 0 appears as root inside) through an id-mapped mount; it needs host root.
+    Bind {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+        idmap: bool,
+    },
+    /// A named volume: a folder under `volumes/`, created on demand, owned by the
+    /// environment's root.
+    Volume {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// A fresh tmpfs, optionally size-limited (bytes).
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+impl MountSpec {
+    pub fn target(&self) -> &str {
+        match self {
+            MountSpec::Bind { target, .. }
+            | MountSpec::Volume { target, .. }
+            | MountSpec::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// How user ids inside map to the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum UserMappingChoice {
+    /// Root: the root user's range in /etc/subuid, else 100000+65536. Other users: their
+    /// /etc/subuid range through newuidmap/newgidmap when both exist, else a single id.
+    #[default]
+    Auto,
+    /// Only the invoking user, as root inside.
+    SingleId,
+    /// An explicit range: inside 0..count is host `host_start`..`host_start+count` (root only).
+    Range { host_start: u32, count: u32 },
+    /// No user namespace: ids inside are the host's (root only). Unlike `privileged`,
+    /// capabilities and the seccomp filter still apply. Used for image build steps, whose
+    /// files must carry real ids.
+    Host,
+}
+
+/// Defaults that come from the image's config.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageDefaults {
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+impl ContainerSpec {
+    /// A spec with defaults: upper/work under the state dir, no mounts, isolated network.
+    pub fn new(env_id: &str, hostname: &str, state_dir: &Path, lower_layers: Vec<PathBuf>) -> Self {
+        ContainerSpec {
+            env_id: env_id.to_string(),
+            hostname: hostname.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            lower_layers,
+            upper_dir: state_dir.join("upper"),
+            work_dir: state_dir.join("work"),
+            mounts: Vec::new(),
+            env: BTreeMap::new(),
+            resources: Resources::default(),
+            network: NetworkMode::Isolated,
+            user_mapping: UserMappingChoice::Auto,
+            privileged: false,
+            services: BTreeMap::new(),
+            image: ImageDefaults::default(),
+            log_limit: DEFAULT_LOG_LIMIT,
+        }
+    }
+
+    /// The spec for a plan's environment. Returns notices to print (e.g. `sync` mounts that
+    /// fall back to bind mounts).
+    pub fn from_plan(
+        plan: &Plan,
+        home: &BerthHome,
+        env_id: &str,
+        lower_layers: Vec<PathBuf>,
+        image: ImageDefaults,
+        privileged: bool,
+    ) -> Result<(Self, Vec<String>)> {
+        let mut spec = ContainerSpec::new(env_id, &plan.name, &home.env_dir(env_id), lower_layers);
+        let mut notices = Vec::new();
+        for m in &plan.mounts {
+            let source = m.source.clone();
+            let need_source = || {
+                source.clone().ok_or_else(|| {
+                    ContainerError::Invalid(format!(
+                        "mount at {} has no source; give `source` in berth.toml",
+                        m.target
+                    ))
+                })
+            };
+            spec.mounts.push(match m.kind {
+                MountKind::Bind | MountKind::Sync => {
+                    if m.kind == MountKind::Sync {
+                        notices.push(format!(
+                            "mount {}: live sync is not available yet, using a bind mount",
+                            m.target
+                        ));
+                    }
+                    MountSpec::Bind {
+                        source: PathBuf::from(need_source()?),
+                        target: m.target.clone(),
+                        readonly: m.readonly,
+                        idmap: true,
+                    }
+                }
+                MountKind::Volume => MountSpec::Volume {
+                    source: home.volumes_dir().join(need_source()?),
+                    target: m.target.clone(),
+                    readonly: m.readonly,
+                },
+                MountKind::Tmpfs => MountSpec::Tmpfs {
+                    target: m.target.clone(),
+                    size: m.size,
+                },
+            });
+        }
+        spec.env = plan.env.clone();
+        spec.resources = plan.resources.clone();
+        spec.network = plan.network.mode;
+        spec.privileged = privileged;
+        spec.services = plan.services.clone();
+        spec.image = image;
+        spec.validate()?;
+        Ok((spec, notices))
+    }
+
+    /// Checks what the kernel would otherwise reject with a less clear message.
+    pub fn validate(&self) -> Result<()> {
+        if self.lower_layers.is_empty() {
+            return Err(ContainerError::Invalid(
+                "no image layers given; build the image first".into(),
+            ));
+        }
+        for l in &self.lower_layers {
+            let s = l.to_string_lossy();
+            if s.contains(':') || s.contains(',') || !l.is_absolute() {
+                return Err(ContainerError::Invalid(format!(
+                    "layer path {s} must be absolute and contain neither ':' nor ','; move BERTH_HOME to a plain path"
+                )));
+            }
+        }
+        for p in [&self.upper_dir, &self.work_dir] {
+            let s = p.to_string_lossy();
+            if s.contains(':') || s.contains(',') || !p.is_absolute() {
+                return Err(ContainerError::Invalid(format!(
+                    "{s} must be absolute and contain neither ':' nor ','"
+                )));
+            }
+        }
+        for m in &self.mounts {
+            let t = m.target();
+            if !t.starts_with('/') || t.split('/').any(|c| c == "..") || t == "/" {
+                return Err(ContainerError::Invalid(format!(
+                    "mount target {t:?} must be an absolute path below / without `..`"
+                )));
+            }
+        }
+        if self.hostname.is_empty() || self.hostname.len() > 64 {
+            return Err(ContainerError::Invalid(format!(
+                "hostname {:?} must have 1 to 64 characters",
+                self.hostname
+            )));
+        }
+        if let Some(c) = self.resources.cpus {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(ContainerError::Invalid(format!(
+                    "cpus = {c} must be a positive number"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+    pub fn spec_file(&self) -> PathBuf {
+        self.state_dir.join("spec.json")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_rejects_bad_targets_and_layers() {
+        let d = Path::new("/tmp/x");
+        let mut s = ContainerSpec::new("e", "e", d, vec![PathBuf::from("/l")]);
+        assert!(s.validate().is_ok());
+        s.mounts.push(MountSpec::Tmpfs {
+            target: "/a/../../etc".into(),
+            size: None,
+        });
+        assert!(s.validate().is_err());
+        s.mounts.clear();
+        s.lower_layers = vec![PathBuf::from("/a:b")];
+        assert!(s.validate().is_err());
+        s.lower_layers.clear();
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let mut s = ContainerSpec::new("e", "h", Path::new("/s"), vec![PathBuf::from("/l")]);
+        s.mounts.push(MountSpec::Bind {
+            source: "/src".into(),
+            target: "/w".into(),
+            readonly: true,
+            idmap: true,
+        });
+        s.user_mapping = UserMappingChoice::Range {
+            host_start: 200000,
+            count: 65536,
+        };
+        let j = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<ContainerSpec>(&j).unwrap(), s);
+    }
+}

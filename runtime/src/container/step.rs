@@ -1,0 +1,135 @@
+//! One-shot runs for image builds: a command in a fresh environment over the given layers,
+//! its output streamed to a callback, nothing kept but what it wrote into `upper`.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use envfile_spec::plan::NetworkMode;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::backend::ContainerBackend;
+use super::control::ExecRequest;
+use super::error::{Context, Result};
+use super::spec::{ContainerSpec, UserMappingChoice};
+
+/// Which output stream bytes came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+/// A build step to run.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    /// Image layers so far, bottom first.
+    pub lower_layers: Vec<PathBuf>,
+    /// Receives the step's changes (becomes the next layer).
+    pub upper: PathBuf,
+    /// overlayfs work dir on the upper's filesystem.
+    pub work: PathBuf,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    /// Package installs need the network: builds default to the host's.
+    pub network: NetworkMode,
+    /// A scratch folder for the step's state (removed afterwards), e.g. under `tmp/`.
+    pub scratch: PathBuf,
+}
+
+/// Runs one step; returns the command's exit code.
+///
+/// As root the step runs without a user namespace, so files it creates in `upper` carry the
+/// real ids the shared layer store needs (capabilities are still cut to the default set and
+/// the seccomp filter applies). Without root it runs in a user namespace mapping the user to
+/// root, so the files belong to the user, like the rest of a rootless store.
+pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8])) -> Result<i32> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let id = format!(
+        "step-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let state_dir = req.scratch.join(&id);
+    let mut spec = ContainerSpec::new(&id, "berth-build", &state_dir, req.lower_layers.clone());
+    spec.upper_dir = req.upper.clone();
+    spec.work_dir = req.work.clone();
+    spec.network = req.network;
+    spec.user_mapping = if nix::unistd::geteuid().is_root() {
+        UserMappingChoice::Host
+    } else {
+        UserMappingChoice::Auto
+    };
+    let backend = ContainerBackend;
+    let result = (|| {
+        backend.start(&spec)?;
+        let (out_r, out_w) = super::namespaces::pipe()?;
+        let (err_r, err_w) = super::namespaces::pipe()?;
+        let null =
+            std::fs::File::open("/dev/null").context(|| "cannot open /dev/null".to_string())?;
+        let exec = ExecRequest {
+            argv: req.argv.clone(),
+            env: req.env.clone(),
+            cwd: req.workdir.clone(),
+            ..Default::default()
+        };
+        let session = backend.exec_start(
+            &state_dir,
+            &exec,
+            [null.as_fd(), out_w.as_fd(), err_w.as_fd()],
+        )?;
+        drop((out_w, err_w, null));
+        pump(session, out_r, err_r, on_output)
+    })();
+    let stopped = backend.stop(&state_dir, Duration::from_secs(5));
+    let _ = crate::state::remove_tree(&state_dir);
+    let code = result?;
+    stopped?;
+    Ok(code)
+}
+
+fn pump(
+    session: super::control::ExecSession,
+    out: OwnedFd,
+    err: OwnedFd,
+    on_output: &mut dyn FnMut(OutputStream, &[u8]),
+) -> Result<i32> {
+    let mut open = [Some(out), Some(err)];
+    let mut buf = [0u8; 16384];
+    while open.iter().any(Option::is_some) {
+        let mut fds = Vec::new();
+        let mut which = Vec::new();
+        for (i, f) in open.iter().enumerate() {
+            if let Some(f) = f {
+                fds.push(PollFd::new(f.as_fd(), PollFlags::POLLIN));
+                which.push(i);
+            }
+        }
+        let _ = poll(&mut fds, PollTimeout::NONE);
+        let ready: Vec<usize> = fds
+            .iter()
+            .zip(&which)
+            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, i)| *i)
+            .collect();
+        drop(fds);
+        for i in ready {
+            let Some(f) = &open[i] else { continue };
+            match nix::unistd::read(f.as_raw_fd(), &mut buf) {
+                Ok(0) | Err(_) => open[i] = None,
+                Ok(n) => on_output(
+                    if i == 0 {
+                        OutputStream::Stdout
+                    } else {
+                        OutputStream::Stderr
+                    },
+                    &buf[..n],
+                ),
+            }
+        }
+    }
+    session.wait()
+}

@@ -1,0 +1,40 @@
+//! Image build steps run by the container backend: the bridge between
+//! [`image::build::StepRunner`](crate::image::build::StepRunner) and
+//! [`container::step::run_step`](crate::container::step::run_step).
+
+use std::path::{Path, PathBuf};
+
+use envfile_spec::plan::NetworkMode;
+
+use crate::container::step::{run_step, StepRequest};
+use crate::image::build::{StepRunner, StepRunnerError};
+
+/// Runs each build step in a throw-away container with the host's network (package
+/// installs need it), its scratch state under `scratch`.
+pub struct ContainerStepRunner {
+    pub scratch: PathBuf,
+}
+
+impl StepRunner for ContainerStepRunner {
+    fn run_step(
+        &self,
+        lower_layers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        command: &[String],
+        env: &[(String, String)],
+        output: &mut dyn FnMut(&[u8]),
+    ) -> Result<i32, StepRunnerError> {
+        let req = StepRequest {
+            lower_layers: lower_layers.to_vec(),
+            upper: upper.to_path_buf(),
+            work: work.to_path_buf(),
+            argv: command.to_vec(),
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            workdir: None,
+            network: NetworkMode::Host,
+            scratch: self.scratch.clone(),
+        };
+        run_step(&req, &mut |_, bytes| output(bytes)).map_err(|e| Box::new(e) as StepRunnerError)
+    }
+}

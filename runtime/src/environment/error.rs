@@ -1,0 +1,27 @@
+//! Errors of environment operations. Each says what failed and what to do next.
+
+use crate::container::ContainerError;
+use crate::image::ImageError;
+use crate::state::StateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    #[error("no environment {name} on this machine; run `berth up` to create it")]
+    NotFound { name: String },
+    #[error("environment {name} is not running; start it with `berth up`")]
+    NotRunning { name: String },
+    #[error(
+        "environment {name} is busy: another berth command is changing it; wait for it to finish"
+    )]
+    Busy { name: String },
+    #[error("on_up step `{command}` exited with code {code}; the environment is running: fix the step and run `berth up` again, or look inside with `berth shell`")]
+    OnUpFailed { command: String, code: i32 },
+    #[error("`backend = \"vm\"` needs the VM backend, which this build of berth does not include yet; use `backend = \"container\"`")]
+    VmUnavailable,
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}

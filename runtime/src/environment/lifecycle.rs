@@ -1,0 +1,499 @@
+//! `up`, `down`, `destroy`, `status`, `ls`, `exec`: the reconcile loop over one environment.
+
+use std::fs;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use envfile_spec::plan::{BackendKind, Section};
+use envfile_spec::Plan;
+use serde::Serialize;
+
+use super::build_runner::ContainerStepRunner;
+use super::error::EnvError;
+use super::record::{EnvRecord, Ephemeral, ImageUse};
+use crate::backend::{EnvStatus, StatusReport};
+use crate::container::control::ExecRequest;
+use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
+use crate::image::lockfile::lock_path_for;
+use crate::image::{ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions};
+use crate::state::{self, BerthHome, FileLock, LockMode};
+
+/// How `up` should go.
+#[derive(Clone)]
+pub struct UpOptions {
+    /// Recreate even when nothing changed.
+    pub rebuild: bool,
+    /// Re-resolve the image and refresh berth.lock.
+    pub update: bool,
+    /// No user namespace: the environment's root is the host's root.
+    pub privileged: bool,
+    /// Where pulls and builds report.
+    pub progress: Progress,
+    /// For `berth run`: the environment's own id instead of the one derived from the plan.
+    pub env_id: Option<String>,
+    /// For `berth run`: the process that owns the throw-away environment.
+    pub ephemeral: Option<Ephemeral>,
+    /// Grace period when a running environment must be restarted.
+    pub stop_timeout: Duration,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            rebuild: false,
+            update: false,
+            privileged: false,
+            progress: std::sync::Arc::new(QuietProgress),
+            env_id: None,
+            ephemeral: None,
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What `up` did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum UpAction {
+    /// Running and the plan is unchanged: nothing was done.
+    Unchanged,
+    /// Created for the first time.
+    Created,
+    /// Existed but was stopped (or dead); started again.
+    Started,
+    /// Was running with another plan; these sections changed.
+    Recreated { changed: Vec<Section> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub env_id: String,
+    pub name: String,
+    pub action: UpAction,
+    /// Supervisor pid on the host.
+    pub pid: Option<i32>,
+    pub elapsed: Duration,
+    /// Things the user should know (fallbacks, a reset writable layer, …).
+    pub notices: Vec<String>,
+}
+
+/// One line of `berth ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvSummary {
+    pub env_id: String,
+    pub name: String,
+    pub file: PathBuf,
+    pub status: EnvStatus,
+    pub image: Option<String>,
+    pub ephemeral: bool,
+}
+
+/// What `berth status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvView {
+    pub env_id: String,
+    pub name: String,
+    pub file: PathBuf,
+    pub image: Option<String>,
+    /// The berth.toml changed since the last `up`: these sections differ.
+    pub pending_changes: Vec<Section>,
+    #[serde(flatten)]
+    pub report: StatusReport,
+}
+
+/// All environments under one berth home.
+pub struct Environments {
+    home: BerthHome,
+    images: ImageStore,
+    backend: ContainerBackend,
+}
+
+/// An environment's folder and its held lock.
+struct Locked {
+    dir: PathBuf,
+    _lock: FileLock,
+}
+
+impl Environments {
+    pub fn open(home: &BerthHome) -> Self {
+        Environments {
+            home: home.clone(),
+            images: ImageStore::open(home),
+            backend: ContainerBackend,
+        }
+    }
+
+    pub fn home(&self) -> &BerthHome {
+        &self.home
+    }
+
+    /// The id of the environment a plan describes.
+    pub fn env_id(plan: &Plan) -> String {
+        state::env_id(&plan.name, &plan.file)
+    }
+
+    /// Takes the environment's lock, waiting (and saying so) while another command holds it.
+    fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
+        let dir = self.home.env_dir(env_id);
+        state::create_dir_all(&dir)?;
+        let path = dir.join("lock");
+        let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
+            Some(l) => l,
+            None => {
+                progress.message(&format!(
+                    "waiting for another berth command on {env_id} to finish"
+                ));
+                FileLock::acquire(&path, LockMode::Exclusive)?
+            }
+        };
+        Ok(Locked { dir, _lock: lock })
+    }
+
+    /// Reconciles the plan into a running environment.
+    pub fn up(&self, plan: &Plan, opts: &UpOptions) -> Result<UpReport, EnvError> {
+        let t0 = Instant::now();
+        self.collect_garbage();
+        let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
+        let locked = self.lock(&env_id, &opts.progress)?;
+        let dir = &locked.dir;
+        let previous = EnvRecord::load(dir)?;
+        let status = self.backend.status(dir)?.status;
+        let hash = plan.hash();
+        if let Some(prev) = &previous {
+            if status == EnvStatus::Running
+                && prev.converged
+                && prev.plan_hash == hash
+                && prev.privileged == opts.privileged
+                && !opts.rebuild
+                && !opts.update
+            {
+                return Ok(UpReport {
+                    env_id,
+                    name: plan.name.clone(),
+                    action: UpAction::Unchanged,
+                    pid: self.backend.status(dir)?.pid,
+                    elapsed: t0.elapsed(),
+                    notices: Vec::new(),
+                });
+            }
+        }
+        if plan.backend == BackendKind::Vm {
+            return Err(EnvError::VmUnavailable);
+        }
+        let mut notices = Vec::new();
+
+        // The image: resolved (pulled, imported, bootstrapped) and pinned in berth.lock.
+        let resolve = ResolveOptions {
+            pull: PullOptions {
+                progress: opts.progress.clone(),
+                ..PullOptions::default()
+            },
+            update: opts.update,
+            pinned: None,
+        };
+        // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
+        let _store = self.images.lock_shared()?;
+        let (base, _) =
+            self.images
+                .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
+        let image = if plan.image.packages.is_empty() && plan.image.setup.is_empty() {
+            base
+        } else {
+            let scratch = self.home.staging_dir("build")?;
+            let runner = ContainerStepRunner {
+                scratch: scratch.path().to_path_buf(),
+            };
+            self.images.build(
+                &base,
+                &plan.image.packages,
+                &plan.image.setup,
+                &runner,
+                &opts.progress,
+            )?
+        };
+        let layer_dirs = image.layers.clone();
+
+        let action = match (&previous, status) {
+            (None, _) => UpAction::Created,
+            (Some(prev), EnvStatus::Running | EnvStatus::Starting) => UpAction::Recreated {
+                changed: prev.plan.changed_sections(plan),
+            },
+            (Some(_), _) => UpAction::Started,
+        };
+        if status != EnvStatus::Stopped {
+            self.backend.stop(dir, opts.stop_timeout)?;
+        }
+
+        // A writable layer made on another base would not make sense on this one: keep it
+        // aside (one generation) instead of deleting the user's changes.
+        if let Some(prev_image) = previous.as_ref().and_then(|p| p.image.as_ref()) {
+            if prev_image.layer_dirs != layer_dirs && dir_has_entries(&dir.join("upper")) {
+                let aside = dir.join("upper.previous");
+                let _ = state::remove_tree(&aside);
+                fs::rename(dir.join("upper"), &aside).map_err(|source| {
+                    crate::state::StateError::Write {
+                        path: aside.clone(),
+                        source,
+                    }
+                })?;
+                let _ = state::remove_tree(&dir.join("work"));
+                notices.push(format!(
+                    "the base image changed, so the environment starts from a fresh writable layer; the previous one is kept in {}",
+                    aside.display()
+                ));
+            }
+        }
+
+        let record = EnvRecord {
+            env_id: env_id.clone(),
+            name: plan.name.clone(),
+            file: plan.file.clone(),
+            plan: plan.clone(),
+            plan_hash: hash,
+            converged: false,
+            image: Some(ImageUse {
+                name: image.name.clone(),
+                id: image.id.to_string(),
+                layer_dirs: layer_dirs.clone(),
+            }),
+            layers: image.diff_ids.iter().map(|d| d.to_string()).collect(),
+            privileged: opts.privileged,
+            created_at: previous
+                .as_ref()
+                .map(|p| p.created_at)
+                .unwrap_or_else(now_secs),
+            ephemeral: opts.ephemeral,
+        };
+        record.save(dir)?;
+
+        let defaults = ImageDefaults {
+            env: image.config.env.clone(),
+            workdir: image.config.working_dir.clone(),
+            user: image.config.user.clone(),
+        };
+        let (spec, spec_notices) = ContainerSpec::from_plan(
+            plan,
+            &self.home,
+            &env_id,
+            layer_dirs,
+            defaults,
+            opts.privileged,
+        )?;
+        notices.extend(spec_notices);
+        let started = self.backend.start(&spec)?;
+
+        for command in &plan.on_up {
+            let req = ExecRequest {
+                argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
+                env: Vec::new(),
+                cwd: plan.shell.workdir.clone(),
+                user: plan.shell.user.clone(),
+                tty: false,
+                winsize: None,
+            };
+            let devnull =
+                fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {
+                    path: "/dev/null".into(),
+                    source,
+                })?;
+            let out = std::io::stdout();
+            let err = std::io::stderr();
+            let code = self
+                .backend
+                .exec(dir, &req, [devnull.as_fd(), out.as_fd(), err.as_fd()])?;
+            if code != 0 {
+                return Err(EnvError::OnUpFailed {
+                    command: command.clone(),
+                    code,
+                });
+            }
+        }
+        let record = EnvRecord {
+            converged: true,
+            ..record
+        };
+        record.save(dir)?;
+        Ok(UpReport {
+            env_id,
+            name: plan.name.clone(),
+            action,
+            pid: Some(started.pid),
+            elapsed: t0.elapsed(),
+            notices,
+        })
+    }
+
+    /// Finds an environment by id, or by name when exactly one has it.
+    pub fn find(&self, id_or_name: &str) -> Result<EnvRecord, EnvError> {
+        if let Some(r) = EnvRecord::load(&self.home.env_dir(id_or_name))? {
+            return Ok(r);
+        }
+        let matches: Vec<EnvRecord> = self
+            .records()?
+            .into_iter()
+            .filter(|r| r.name == id_or_name)
+            .collect();
+        match <[EnvRecord; 1]>::try_from(matches) {
+            Ok([r]) => Ok(r),
+            Err(_) => Err(EnvError::NotFound {
+                name: id_or_name.to_string(),
+            }),
+        }
+    }
+
+    /// Every environment record on this machine.
+    pub fn records(&self) -> Result<Vec<EnvRecord>, EnvError> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(self.home.envs_dir()) else {
+            return Ok(out);
+        };
+        for entry in rd.flatten() {
+            if let Ok(Some(r)) = EnvRecord::load(&entry.path()) {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));
+        Ok(out)
+    }
+
+    /// Stops the environment; its writable layer stays. Returns whether it was running.
+    pub fn down(&self, env_id: &str, timeout: Duration) -> Result<bool, EnvError> {
+        let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
+        let was = self.backend.status(&locked.dir)?.status;
+        self.backend.stop(&locked.dir, timeout)?;
+        if let Some(mut r) = EnvRecord::load(&locked.dir)? {
+            r.converged = false;
+            r.save(&locked.dir)?;
+        }
+        Ok(was != EnvStatus::Stopped)
+    }
+
+    /// Stops the environment and removes its folder (writable layer, logs, record); with
+    /// `volumes`, also the named volumes its plan uses.
+    pub fn destroy(&self, env_id: &str, volumes: bool, timeout: Duration) -> Result<(), EnvError> {
+        let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
+        self.backend.stop(&locked.dir, timeout)?;
+        if volumes {
+            if let Some(r) = EnvRecord::load(&locked.dir)? {
+                for m in &r.plan.mounts {
+                    if m.kind == envfile_spec::plan::MountKind::Volume {
+                        if let Some(name) = &m.source {
+                            state::remove_tree(&self.home.volumes_dir().join(name)).map_err(
+                                |source| crate::state::StateError::Write {
+                                    path: self.home.volumes_dir().join(name),
+                                    source,
+                                },
+                            )?;
+                        }
+                    }
+                }
+            }
+        }
+        // Remove everything but the lock we hold, then the folder itself.
+        remove_env_dir(&locked.dir)?;
+        Ok(())
+    }
+
+    /// State, usage and pending changes of an environment.
+    pub fn status(&self, record: &EnvRecord, current: Option<&Plan>) -> Result<EnvView, EnvError> {
+        let dir = self.home.env_dir(&record.env_id);
+        let report = self.backend.status(&dir)?;
+        Ok(EnvView {
+            env_id: record.env_id.clone(),
+            name: record.name.clone(),
+            file: record.file.clone(),
+            image: record.image.as_ref().map(|i| i.name.clone()),
+            pending_changes: current
+                .map(|p| record.plan.changed_sections(p))
+                .unwrap_or_default(),
+            report,
+        })
+    }
+
+    /// Every environment with its state.
+    pub fn list(&self) -> Result<Vec<EnvSummary>, EnvError> {
+        self.collect_garbage();
+        let mut out = Vec::new();
+        for r in self.records()? {
+            let status = self
+                .backend
+                .status(&self.home.env_dir(&r.env_id))
+                .map(|s| s.status)
+                .unwrap_or(EnvStatus::Dead);
+            out.push(EnvSummary {
+                env_id: r.env_id,
+                name: r.name,
+                file: r.file,
+                status,
+                image: r.image.map(|i| i.name),
+                ephemeral: r.ephemeral.is_some(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs a command inside the running environment with the given stdio.
+    pub fn exec(
+        &self,
+        record: &EnvRecord,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<i32, EnvError> {
+        let dir = self.running_dir(record)?;
+        Ok(self.backend.exec(&dir, req, stdio)?)
+    }
+
+    /// An interactive command on the caller's terminal (or plain stdio when not a terminal).
+    pub fn shell(&self, record: &EnvRecord, req: &ExecRequest) -> Result<i32, EnvError> {
+        let dir = self.running_dir(record)?;
+        Ok(self.backend.shell(&dir, req)?)
+    }
+
+    /// The environment's folder, when it is running.
+    pub fn running_dir(&self, record: &EnvRecord) -> Result<PathBuf, EnvError> {
+        let dir = self.home.env_dir(&record.env_id);
+        match self.backend.status(&dir)?.status {
+            EnvStatus::Running => Ok(dir),
+            _ => Err(EnvError::NotRunning {
+                name: record.name.clone(),
+            }),
+        }
+    }
+}
+
+fn dir_has_entries(p: &Path) -> bool {
+    fs::read_dir(p).is_ok_and(|mut rd| rd.next().is_some())
+}
+
+/// Removes an environment folder. The lock file goes last, while we still hold it, so a
+/// waiting command wakes up to a folder that no longer has a record.
+fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
+    let err = |path: &Path, source| crate::state::StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.file_name().is_some_and(|n| n == "lock") {
+                continue;
+            }
+            if p.is_dir() && !p.is_symlink() {
+                state::remove_tree(&p).map_err(|s| err(&p, s))?;
+            } else {
+                fs::remove_file(&p).map_err(|s| err(&p, s))?;
+            }
+        }
+    }
+    let _ = fs::remove_file(dir.join("lock"));
+    let _ = fs::remove_dir(dir);
+    Ok(())
+}
+
+pub(super) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,66 @@
+//! `envs/<id>/env.json`: what berth applied to an environment, written atomically before the
+//! backend is asked to create anything, so every later command knows what exists.
+
+use std::path::{Path, PathBuf};
+
+use envfile_spec::Plan;
+use serde::{Deserialize, Serialize};
+
+use crate::container::state::ProcessRef;
+use crate::state::{read_json, write_json, StateError};
+
+/// File name of the record inside the environment's folder.
+pub const RECORD_FILE: &str = "env.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvRecord {
+    pub env_id: String,
+    pub name: String,
+    /// The berth.toml the environment was made from.
+    pub file: PathBuf,
+    /// The plan last applied.
+    pub plan: Plan,
+    /// `plan.hash()` of that plan.
+    pub plan_hash: String,
+    /// The last `up` finished (started and ran every `on_up` step). When false, the next
+    /// `up` restarts the environment even if the plan is unchanged.
+    pub converged: bool,
+    /// The image the writable layer was made on.
+    pub image: Option<ImageUse>,
+    /// Diff-ids of every layer in use, bottom first (kept from `image prune`).
+    pub layers: Vec<String>,
+    /// Ran without a user namespace (`up --privileged`).
+    #[serde(default)]
+    pub privileged: bool,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// Set for throw-away environments of `berth run`: they belong to that process.
+    #[serde(default)]
+    pub ephemeral: Option<Ephemeral>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUse {
+    /// Record name (`docker.io/library/debian:bookworm`, `rootfs:/abs/dir`, …).
+    pub name: String,
+    /// Image id (config digest).
+    pub id: String,
+    /// Layer folders, bottom first (base layers, then build-step layers).
+    pub layer_dirs: Vec<PathBuf>,
+}
+
+/// The owner of a throw-away environment: when it is gone, the environment is garbage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ephemeral {
+    pub owner: ProcessRef,
+}
+
+impl EnvRecord {
+    pub fn load(env_dir: &Path) -> Result<Option<EnvRecord>, StateError> {
+        read_json(&env_dir.join(RECORD_FILE))
+    }
+
+    pub fn save(&self, env_dir: &Path) -> Result<(), StateError> {
+        write_json(&env_dir.join(RECORD_FILE), self)
+    }
+}

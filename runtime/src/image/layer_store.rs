@@ -1,0 +1,204 @@
+//! The layer store: `layers/<diff-id-hex>/` holds one unpacked layer, shared by every image
+//! and environment that uses it, with its metadata beside it in `layers/<diff-id-hex>.json`.
+//! A layer is unpacked into a staging folder under `tmp/` and renamed in whole, so a layer
+//! directory that exists is always complete.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::digest::Digest;
+use super::error::ImageError;
+use super::unpack::{decompressed, unpack, UnpackOptions};
+use crate::state::{read_json, remove_tree, write_json, BerthHome};
+
+/// What the store knows about one unpacked layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerMeta {
+    pub diff_id: Digest,
+    /// Bytes of file content in the layer (its size on disk, roughly).
+    pub size: u64,
+    /// Length of the uncompressed tar stream.
+    pub tar_size: u64,
+    /// Unix time the layer was unpacked.
+    pub created: u64,
+    /// Device nodes left out because the layer was unpacked without root.
+    #[serde(default)]
+    pub skipped_devices: u64,
+    /// Whether the layer was unpacked as root (ownership kept, trusted.* whiteout attributes).
+    #[serde(default)]
+    pub privileged: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerStore {
+    home: BerthHome,
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A reader that reports how many bytes passed.
+struct Counting<'a, R> {
+    inner: R,
+    on_read: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.on_read)(n as u64);
+        Ok(n)
+    }
+}
+
+impl LayerStore {
+    pub fn new(home: &BerthHome) -> Self {
+        LayerStore { home: home.clone() }
+    }
+
+    pub fn path(&self, diff_id: &Digest) -> PathBuf {
+        self.home.layers_dir().join(diff_id.hex())
+    }
+
+    fn meta_path(&self, diff_id: &Digest) -> PathBuf {
+        self.home
+            .layers_dir()
+            .join(format!("{}.json", diff_id.hex()))
+    }
+
+    pub fn contains(&self, diff_id: &Digest) -> bool {
+        self.path(diff_id).is_dir()
+    }
+
+    pub fn meta(&self, diff_id: &Digest) -> Option<LayerMeta> {
+        read_json(&self.meta_path(diff_id)).ok().flatten()
+    }
+
+    /// Diff-ids of every unpacked layer.
+    pub fn list(&self) -> Result<Vec<Digest>, ImageError> {
+        let dir = self.home.layers_dir();
+        let rd = fs::read_dir(&dir).map_err(ImageError::io(&dir))?;
+        Ok(rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| {
+                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
+            })
+            .collect())
+    }
+
+    /// Unpacks the layer blob at `blob` (tar, tar+gzip or tar+zstd) unless the layer is
+    /// already there. With `expected`, the result must have that diff-id. `label` names the
+    /// layer in errors; `on_read` sees the uncompressed bytes as they are unpacked.
+    pub fn unpack_blob(
+        &self,
+        blob: &Path,
+        expected: Option<&Digest>,
+        label: &str,
+        on_read: &mut dyn FnMut(u64),
+    ) -> Result<LayerMeta, ImageError> {
+        if let Some(d) = expected {
+            if self.contains(d) {
+                return Ok(self.meta(d).unwrap_or_else(|| self.fallback_meta(d)));
+            }
+        }
+        let file = File::open(blob).map_err(ImageError::io(blob))?;
+        let reader = decompressed(file).map_err(ImageError::io(blob))?;
+        self.unpack_stream(reader, expected, label, on_read)
+    }
+
+    /// Like [`LayerStore::unpack_blob`] for an uncompressed tar stream.
+    pub fn unpack_stream(
+        &self,
+        reader: impl Read,
+        expected: Option<&Digest>,
+        label: &str,
+        on_read: &mut dyn FnMut(u64),
+    ) -> Result<LayerMeta, ImageError> {
+        let staging = self.home.staging_dir("layer")?;
+        let opts = UnpackOptions::for_current_user();
+        let report = unpack(
+            Counting {
+                inner: reader,
+                on_read,
+            },
+            staging.path(),
+            label,
+            opts,
+        )?;
+        if let Some(exp) = expected {
+            if *exp != report.diff_id {
+                return Err(ImageError::DiffIdMismatch {
+                    layer: label.to_string(),
+                    expected: exp.to_string(),
+                    actual: report.diff_id.to_string(),
+                });
+            }
+        }
+        let meta = LayerMeta {
+            diff_id: report.diff_id.clone(),
+            size: report.content_size,
+            tar_size: report.tar_size,
+            created: now(),
+            skipped_devices: report.skipped_devices,
+            privileged: opts.privileged,
+        };
+        self.commit(staging, &meta)?;
+        Ok(meta)
+    }
+
+    /// Moves an unpacked staging folder in as layer `meta.diff_id` (another process may have
+    /// put the same layer there first: then ours is dropped).
+    pub(crate) fn commit(
+        &self,
+        staging: crate::state::StagingDir,
+        meta: &LayerMeta,
+    ) -> Result<(), ImageError> {
+        let dest = self.path(&meta.diff_id);
+        match fs::rename(staging.path(), &dest) {
+            Ok(()) => {
+                staging.keep();
+            }
+            Err(_) if dest.is_dir() => drop(staging),
+            Err(e) => return Err(ImageError::io(&dest)(e)),
+        }
+        if self.meta(&meta.diff_id).is_none() {
+            write_json(&self.meta_path(&meta.diff_id), meta)?;
+        }
+        Ok(())
+    }
+
+    fn fallback_meta(&self, d: &Digest) -> LayerMeta {
+        LayerMeta {
+            diff_id: d.clone(),
+            size: 0,
+            tar_size: 0,
+            created: 0,
+            skipped_devices: 0,
+            privileged: false,
+        }
+    }
+
+    /// Removes a layer: renamed out of the store first, so it disappears atomically.
+    pub fn remove(&self, diff_id: &Digest) -> Result<(), ImageError> {
+        let dir = self.path(diff_id);
+        let _ = fs::remove_file(self.meta_path(diff_id));
+        if dir.exists() {
+            let tmp = self.home.tmp_dir().join(format!(
+                "removing-{}-{}",
+                diff_id.short(),
+                super::unique_suffix()
+            ));
+            fs::rename(&dir, &tmp).map_err(ImageError::io(&dir))?;
+            remove_tree(&tmp).map_err(ImageError::io(&tmp))?;
+        }
+        Ok(())
+    }
+}

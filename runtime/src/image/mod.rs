@@ -1,0 +1,61 @@
+//! The image side of berth: registry pulls, the content-addressed blob store, safe layer
+//! unpacking into a shared layer store, local bases, image records, export/import, the lock
+//! file and cached build steps. [`ImageStore`] is the entry point.
+//!
+//! For an environment backend:
+//!
+//! ```text
+//! let store = ImageStore::open(&home);
+//! let _guard = store.lock_shared()?;              // until env.json lists the layers
+//! let (base, _) = store.resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &opts)?;
+//! let image = store.build(&base, &plan.image.packages, &plan.image.setup, &runner, &progress)?;
+//! // image.layers: unpacked layer dirs, bottom → top (overlay lowerdir= wants them reversed)
+//! // image.diff_ids: write them to envs/<id>/env.json as "layers": [...] so prune keeps them
+//! // image.config: Env, Cmd, Entrypoint, WorkingDir, User of the image
+//! ```
+//!
+//! Layers unpacked as root carry `trusted.overlay.opaque` and 0:0 character-device whiteouts;
+//! unpacked without root, opaque directories carry `user.overlay.opaque` instead (mount the
+//! overlay with `userxattr`, as inside a user namespace).
+
+pub mod auth;
+pub mod bases;
+pub mod blob_store;
+pub mod build;
+pub mod digest;
+pub mod error;
+pub mod export;
+pub mod image_store;
+pub mod layer_store;
+pub mod layer_writer;
+pub mod lockfile;
+pub mod manifest;
+pub mod progress;
+pub mod pull;
+pub mod registry;
+pub mod store;
+pub mod unpack;
+pub mod xattrs;
+
+pub use digest::Digest;
+pub use error::ImageError;
+
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos:x}{n:x}")
+}
+
+pub use image_store::{ImageConfig, ImageRecord, LayerRecord};
+pub use manifest::Platform;
+pub use progress::{LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress};
+pub use pull::PullOptions;
+pub use registry::RegistryOptions;
+pub use store::{
+    ImageListing, ImageStore, ImageSummary, PruneReport, ResolveOptions, ResolvedImage,
+};

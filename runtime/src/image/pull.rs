@@ -1,0 +1,252 @@
+//! Pulling an image: manifest (or index → platform manifest), config, then the layers in
+//! parallel, each downloaded into the blob store and unpacked into the layer store. Blobs
+//! and layers already present are not fetched again.
+
+use std::sync::Mutex;
+
+use envfile_spec::reference::ImageReference;
+
+use super::blob_store::BlobStore;
+use super::digest::Digest;
+use super::error::ImageError;
+use super::image_store::{ImageConfig, ImageRecord, LayerRecord};
+use super::layer_store::{now, LayerStore};
+use super::manifest::{
+    is_layer_media_type, ConfigFile, Descriptor, Manifest, ManifestKind, Platform,
+};
+use super::progress::Progress;
+use super::registry::{RegistryClient, RegistryOptions};
+
+/// How to pull.
+#[derive(Clone)]
+pub struct PullOptions {
+    pub registry: RegistryOptions,
+    pub platform: Platform,
+    pub progress: Progress,
+    /// Layers fetched at the same time.
+    pub jobs: usize,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            registry: RegistryOptions::default(),
+            platform: Platform::host(),
+            progress: std::sync::Arc::new(super::progress::QuietProgress),
+            jobs: 4,
+        }
+    }
+}
+
+pub(crate) struct Puller<'a> {
+    pub blobs: &'a BlobStore,
+    pub layers: &'a LayerStore,
+}
+
+impl Puller<'_> {
+    /// Pulls `reference` and returns the record to store under `name`.
+    pub fn pull(
+        &self,
+        reference: &ImageReference,
+        name: &str,
+        opts: &PullOptions,
+    ) -> Result<ImageRecord, ImageError> {
+        let client = RegistryClient::new(reference, &opts.registry)?;
+        let origin = client.origin();
+        let top = client.manifest(reference.manifest_reference())?;
+        let (manifest_bytes, manifest_digest, index_digest) = match ManifestKind::parse(
+            &top.bytes,
+            &top.media_type,
+            &format!("manifest of {reference}"),
+        )? {
+            ManifestKind::Image(_) => (top.bytes, top.digest, None),
+            ManifestKind::Index(idx) => {
+                let chosen = select_platform(&idx.manifests, &opts.platform).ok_or_else(|| {
+                    ImageError::NoMatchingPlatform {
+                        reference: reference.to_string(),
+                        platform: opts.platform.to_string(),
+                        available: idx
+                            .manifests
+                            .iter()
+                            .filter_map(|m| m.platform.as_ref().map(|p| p.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    }
+                })?;
+                let m = client.manifest(chosen.digest.as_str())?;
+                (m.bytes, m.digest, Some(top.digest))
+            }
+        };
+        let manifest: Manifest =
+            match ManifestKind::parse(&manifest_bytes, "", &format!("manifest of {reference}"))? {
+                ManifestKind::Image(m) => m,
+                ManifestKind::Index(_) => {
+                    return Err(ImageError::malformed(
+                        format!("manifest of {reference}"),
+                        "an index points to another index",
+                    ))
+                }
+            };
+        for l in &manifest.layers {
+            if !is_layer_media_type(&l.media_type) {
+                return Err(ImageError::UnsupportedMediaType {
+                    registry: reference.registry.clone(),
+                    what: format!("layer {} of {reference}", l.digest),
+                    media_type: l.media_type.clone(),
+                });
+            }
+        }
+        let config_bytes = if self.blobs.contains(&manifest.config.digest) {
+            self.blobs.read(&manifest.config.digest)?
+        } else {
+            let b = client.blob_bytes(&manifest.config)?;
+            self.blobs
+                .put_bytes(&b, Some(&manifest.config.digest), &origin)?;
+            b
+        };
+        let config: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
+            ImageError::malformed(
+                format!("image config {} of {reference}", manifest.config.digest),
+                e,
+            )
+        })?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(ImageError::malformed(
+                format!("image {reference}"),
+                format!(
+                    "the manifest lists {} layers but the config {} diff-ids",
+                    manifest.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
+            ));
+        }
+        let pairs: Vec<(Descriptor, Digest)> = manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(config.rootfs.diff_ids.iter().cloned())
+            .collect();
+        self.fetch_layers(&client, &pairs, opts)?;
+        self.blobs
+            .put_bytes(&manifest_bytes, Some(&manifest_digest), &origin)?;
+        Ok(ImageRecord {
+            name: name.to_string(),
+            manifest_digest,
+            config_digest: manifest.config.digest.clone(),
+            index_digest,
+            platform: format!("{}/{}", config.os, config.architecture),
+            config: ImageConfig::from(config.config.as_ref()),
+            layers: pairs
+                .into_iter()
+                .map(|(d, diff_id)| LayerRecord {
+                    digest: d.digest,
+                    media_type: d.media_type,
+                    size: d.size,
+                    diff_id,
+                })
+                .collect(),
+            created: now(),
+        })
+    }
+
+    fn fetch_layers(
+        &self,
+        client: &RegistryClient,
+        pairs: &[(Descriptor, Digest)],
+        opts: &PullOptions,
+    ) -> Result<(), ImageError> {
+        let mut todo: Vec<&(Descriptor, Digest)> = Vec::new();
+        for p in pairs {
+            let present = self.blobs.contains(&p.0.digest) && self.layers.contains(&p.1);
+            if !present && !todo.iter().any(|t| t.0.digest == p.0.digest) {
+                todo.push(p);
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let queue = Mutex::new(todo.into_iter());
+        let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
+        let workers = opts.jobs.clamp(1, 8);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some((desc, diff_id)) = next else { return };
+                    if let Err(e) = self.fetch_one(client, desc, diff_id, opts) {
+                        if let Ok(mut g) = first_error.lock() {
+                            g.get_or_insert(e);
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        match first_error.into_inner().ok().flatten() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn fetch_one(
+        &self,
+        client: &RegistryClient,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        opts: &PullOptions,
+    ) -> Result<(), ImageError> {
+        let label = format!("layer {}", desc.digest.short());
+        if !self.blobs.contains(&desc.digest) {
+            let mut partial = self
+                .blobs
+                .begin(&desc.digest, desc.size, &client.origin())?;
+            if self.blobs.contains(&desc.digest) {
+                // Another berth fetched it while this one waited.
+                partial.abandon();
+            } else {
+                let mut bar = opts
+                    .progress
+                    .start(&format!("{label} download"), Some(desc.size));
+                abort_point("blob-download");
+                client.blob_into(desc, &mut partial, bar.as_mut())?;
+                partial.commit()?;
+                bar.finish("downloaded");
+            }
+        }
+        if !self.layers.contains(diff_id) {
+            let blob = self.blobs.path(&desc.digest);
+            self.layers.unpack_blob(
+                &blob,
+                Some(diff_id),
+                &format!("{} ({})", desc.digest, client.origin()),
+                &mut |_| {},
+            )?;
+            opts.progress.message(&format!("{label}: unpacked"));
+        }
+        Ok(())
+    }
+}
+
+/// The index entry for `want`; an index with a single entry without platform is taken as is.
+pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Option<&'a Descriptor> {
+    manifests
+        .iter()
+        .find(|m| m.platform.as_ref().is_some_and(|p| want.matches(p)))
+        .or_else(|| match manifests {
+            [only] if only.platform.is_none() => Some(only),
+            _ => None,
+        })
+}
+
+/// Test hook: `BERTH_ABORT_AT=<point>` kills the process there (as a crash would).
+pub(crate) fn abort_point(point: &str) {
+    if std::env::var("BERTH_ABORT_AT").is_ok_and(|v| v == point) {
+        // SAFETY: raising SIGKILL on ourselves; no memory is involved.
+        unsafe {
+            libc::raise(libc::SIGKILL);
+        }
+    }
+}

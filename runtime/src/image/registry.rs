@@ -1,0 +1,353 @@
+//! A client for the OCI distribution API v2 (pull side): manifests, indexes, blobs with
+//! resume, anonymous and bearer-token access, Docker config credentials.
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use envfile_spec::reference::ImageReference;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::StatusCode;
+
+use super::auth::{docker_credentials, Challenge, Credentials};
+use super::blob_store::PartialBlob;
+use super::digest::Digest;
+use super::error::ImageError;
+use super::manifest::{Descriptor, MANIFEST_ACCEPT};
+use super::progress::TransferProgress;
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Speak plain HTTP even to a registry that is not on loopback.
+    pub insecure: bool,
+}
+
+/// A manifest or index as fetched, with the digest of its exact bytes.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+/// One repository of one registry.
+pub struct RegistryClient {
+    http: Client,
+    base: String,
+    registry: String,
+    repository: String,
+    credentials: Option<Credentials>,
+    /// The `Authorization` value that last worked (a bearer token or basic credentials).
+    authorization: Mutex<Option<String>>,
+}
+
+const ATTEMPTS: u32 = 3;
+
+impl RegistryClient {
+    pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
+        let scheme = if opts.insecure || reference.is_loopback() {
+            "http"
+        } else {
+            "https"
+        };
+        let http = Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(None)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ImageError::Http {
+                registry: reference.registry.clone(),
+                url: String::new(),
+                source,
+            })?;
+        Ok(RegistryClient {
+            http,
+            base: format!("{scheme}://{}", reference.api_host()),
+            registry: reference.registry.clone(),
+            repository: reference.repository.clone(),
+            credentials: docker_credentials(&reference.registry),
+            authorization: Mutex::new(None),
+        })
+    }
+
+    /// `registry/repository`, for messages.
+    pub fn origin(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    fn http_err(&self, url: &str, source: reqwest::Error) -> ImageError {
+        ImageError::Http {
+            registry: self.registry.clone(),
+            url: url.to_string(),
+            source,
+        }
+    }
+
+    /// GET with the current authorization; on 401 answers the challenge once and retries.
+    fn get(&self, url: &str, headers: HeaderMap) -> Result<Response, ImageError> {
+        let send = |auth: Option<&String>| {
+            let mut req = self.http.get(url).headers(headers.clone());
+            if let Some(a) = auth {
+                req = req.header(AUTHORIZATION, a);
+            }
+            req.send().map_err(|e| self.http_err(url, e))
+        };
+        let current = self.authorization.lock().map(|g| g.clone()).unwrap_or(None);
+        let resp = send(current.as_ref())?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Challenge::parse);
+        let Some(challenge) = challenge else {
+            return Err(self.unauthorized("the registry asked for credentials without saying how"));
+        };
+        let auth = match challenge.scheme.as_str() {
+            "bearer" => format!("Bearer {}", self.fetch_token(&challenge)?),
+            "basic" => match &self.credentials {
+                Some(c) => c.basic_header(),
+                None => {
+                    return Err(self.unauthorized("the registry needs a user name and password"))
+                }
+            },
+            other => {
+                return Err(
+                    self.unauthorized(&format!("unsupported authentication scheme `{other}`"))
+                )
+            }
+        };
+        if let Ok(mut g) = self.authorization.lock() {
+            *g = Some(auth.clone());
+        }
+        let resp = send(Some(&auth))?;
+        if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
+            return Err(self.unauthorized(&format!(
+                "still {} after authenticating",
+                resp.status().as_u16()
+            )));
+        }
+        Ok(resp)
+    }
+
+    fn unauthorized(&self, detail: &str) -> ImageError {
+        ImageError::Unauthorized {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// The token flow: GET realm?service=…&scope=…, with basic credentials when known.
+    fn fetch_token(&self, c: &Challenge) -> Result<String, ImageError> {
+        let realm = c
+            .params
+            .get("realm")
+            .ok_or_else(|| self.unauthorized("the bearer challenge names no realm"))?;
+        let scope = c
+            .params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let mut query: Vec<(&str, &str)> = vec![("scope", scope.as_str())];
+        if let Some(s) = c.params.get("service") {
+            query.push(("service", s.as_str()));
+        }
+        let mut req = self.http.get(realm).query(&query);
+        if let Some(cred) = &self.credentials {
+            req = req.header(AUTHORIZATION, cred.basic_header());
+        }
+        let resp = req.send().map_err(|e| self.http_err(realm, e))?;
+        if !resp.status().is_success() {
+            return Err(self.unauthorized(&format!(
+                "the token service {realm} answered {}",
+                resp.status().as_u16()
+            )));
+        }
+        let v: serde_json::Value = resp.json().map_err(|e| self.http_err(realm, e))?;
+        v.get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                self.unauthorized(&format!("the token service {realm} returned no token"))
+            })
+    }
+
+    fn status_error(&self, url: &str, resp: Response) -> ImageError {
+        let status = resp.status().as_u16();
+        let mut body = String::new();
+        let _ = resp.take(2048).read_to_string(&mut body);
+        ImageError::RegistryStatus {
+            registry: self.registry.clone(),
+            url: url.to_string(),
+            status,
+            body: body.trim().to_string(),
+        }
+    }
+
+    /// Fetches a manifest or index by tag or digest. When `reference` is a digest, the bytes
+    /// are verified against it.
+    pub fn manifest(&self, reference: &str) -> Result<FetchedManifest, ImageError> {
+        let url = format!(
+            "{}/v2/{}/manifests/{}",
+            self.base, self.repository, reference
+        );
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
+        let resp = self.get(&url, h)?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(ImageError::ManifestNotFound {
+                registry: self.registry.clone(),
+                reference: format!("{}:{}", self.repository, reference),
+            });
+        }
+        if !resp.status().is_success() {
+            return Err(self.status_error(&url, resp));
+        }
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut bytes = Vec::new();
+        resp.take(16 << 20)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ImageError::io(&url)(e))?;
+        let digest = Digest::of(&bytes);
+        if reference.starts_with("sha256:") && digest.as_str() != reference {
+            return Err(ImageError::DigestMismatch {
+                digest: reference.to_string(),
+                origin: self.origin(),
+                actual: digest.to_string(),
+            });
+        }
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// Fetches a small blob (a config) into memory, verified.
+    pub fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, desc.digest);
+        let resp = self.get(&url, HeaderMap::new())?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(&url, resp));
+        }
+        let mut bytes = Vec::new();
+        resp.take(desc.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| ImageError::io(&url)(e))?;
+        if bytes.len() as u64 != desc.size {
+            return Err(ImageError::SizeMismatch {
+                digest: desc.digest.to_string(),
+                origin: self.origin(),
+                expected: desc.size,
+                actual: bytes.len() as u64,
+            });
+        }
+        let actual = Digest::of(&bytes);
+        if actual != desc.digest {
+            return Err(ImageError::DigestMismatch {
+                digest: desc.digest.to_string(),
+                origin: self.origin(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Downloads a blob into `partial`, resuming from what it already holds with a `Range`
+    /// request, retrying a broken transfer a few times. The caller commits (verifies) it.
+    pub fn blob_into(
+        &self,
+        desc: &Descriptor,
+        partial: &mut PartialBlob,
+        progress: &mut dyn TransferProgress,
+    ) -> Result<(), ImageError> {
+        let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, desc.digest);
+        progress.advance(partial.len());
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if partial.len() == desc.size {
+                return Ok(());
+            }
+            let mut h = HeaderMap::new();
+            if !partial.is_empty() {
+                let v = format!("bytes={}-", partial.len());
+                h.insert(RANGE, HeaderValue::from_str(&v).expect("ascii"));
+            }
+            let resp = self.get(&url, h)?;
+            match resp.status() {
+                StatusCode::PARTIAL_CONTENT => {
+                    let start = resp
+                        .headers()
+                        .get(reqwest::header::CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("bytes "))
+                        .and_then(|v| v.split('-').next())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if start != Some(partial.len()) {
+                        // Not the range asked for: start over.
+                        partial.restart()?;
+                        continue;
+                    }
+                }
+                StatusCode::OK => {
+                    if !partial.is_empty() {
+                        partial.restart()?;
+                    }
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    partial.restart()?;
+                    continue;
+                }
+                _ => return Err(self.status_error(&url, resp)),
+            }
+            match self.copy_body(resp, partial, progress) {
+                Ok(()) => return Ok(()),
+                Err(e @ ImageError::Io { .. }) if attempt < ATTEMPTS => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn copy_body(
+        &self,
+        mut resp: Response,
+        partial: &mut PartialBlob,
+        progress: &mut dyn TransferProgress,
+    ) -> Result<(), ImageError> {
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = match resp.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ImageError::Io {
+                        path: format!("{} (blob {})", self.origin(), partial.digest()).into(),
+                        source: e,
+                    })
+                }
+            };
+            partial.append(&buf[..n])?;
+            progress.advance(n as u64);
+            if std::env::var_os("BERTH_ABORT_AT").is_some() {
+                partial.flush()?;
+                super::pull::abort_point("blob-midway");
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Host resources a berth command can leave behind, snapshotted before and after a test:
+//! mounts, cgroup folders under every controller, processes, network devices. A test asserts
+//! the two snapshots are equal once it has torn down what it made.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// What exists on the host at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSnapshot {
+    pub mounts: BTreeSet<String>,
+    pub cgroups: BTreeSet<String>,
+    pub berth_processes: BTreeSet<String>,
+    pub net_devices: BTreeSet<String>,
+}
+
+impl HostSnapshot {
+    /// Takes a snapshot of the resources whose description contains one of `tags` (a test's
+    /// berth home, project folder or environment name), so that tests running in parallel
+    /// and unrelated activity on the machine do not make each other fail.
+    pub fn take(tags: &[&str]) -> HostSnapshot {
+        let mut s = Self::take_all();
+        let keep = |set: &mut BTreeSet<String>| set.retain(|e| tags.iter().any(|t| e.contains(t)));
+        keep(&mut s.mounts);
+        keep(&mut s.cgroups);
+        keep(&mut s.berth_processes);
+        keep(&mut s.net_devices);
+        s
+    }
+
+    /// Everything berth-related on the host.
+    pub fn take_all() -> HostSnapshot {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("berth"))
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(3)
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        let mut cgroups = BTreeSet::new();
+        for line in std::fs::read_to_string("/proc/self/cgroup")
+            .unwrap_or_default()
+            .lines()
+        {
+            let mut parts = line.splitn(3, ':');
+            let (_, ctrls, path) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or("/"),
+            );
+            let ctrl = ctrls
+                .split(',')
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("name=");
+            let base = if ctrl.is_empty() {
+                "/sys/fs/cgroup/unified".to_string()
+            } else {
+                format!("/sys/fs/cgroup/{ctrl}")
+            };
+            let root = format!("{base}{path}");
+            walk_dirs(Path::new(&root), 3, &mut |p| {
+                let s = p.to_string_lossy();
+                if s.contains("berth") {
+                    cgroups.insert(s.into_owned());
+                }
+            });
+        }
+        let mut berth_processes = BTreeSet::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                else {
+                    continue;
+                };
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                if cmd.contains("__supervisor") {
+                    berth_processes.insert(format!("{pid} {cmd}"));
+                }
+            }
+        }
+        let net_devices = std::fs::read_dir("/sys/class/net")
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("berth") || n.starts_with("bv"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        HostSnapshot {
+            mounts,
+            cgroups,
+            berth_processes,
+            net_devices,
+        }
+    }
+
+    /// Panics with a readable diff when `after` has resources `self` did not.
+    pub fn assert_nothing_leaked(&self, after: &HostSnapshot) {
+        let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| -> Vec<String> {
+            b.difference(a).cloned().collect()
+        };
+        let leaks = [
+            ("mounts", diff(&self.mounts, &after.mounts)),
+            ("cgroups", diff(&self.cgroups, &after.cgroups)),
+            (
+                "processes",
+                diff(&self.berth_processes, &after.berth_processes),
+            ),
+            (
+                "network devices",
+                diff(&self.net_devices, &after.net_devices),
+            ),
+        ];
+        let found: Vec<String> = leaks
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| format!("{k}: {v:?}"))
+            .collect();
+        assert!(
+            found.is_empty(),
+            "leaked host resources:\n{}",
+            found.join("\n")
+        );
+    }
+}
+
+fn walk_dirs(dir: &Path, depth: usize, f: &mut dyn FnMut(&Path)) {
+    if depth == 0 {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let p = e.path();
+            f(&p);
+            walk_dirs(&p, depth - 1, f);
+        }
+    }
+}
+
+/// Why a root-only test cannot run here, or `None` when it can.
+pub fn root_skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc_geteuid() };
+    (euid != 0).then(|| format!("needs root (euid is {euid}); CI runs the suite as root"))
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+/// Builds a busybox root filesystem in `dir` from Debian's busybox-static.
+pub fn busybox_rootfs(dir: &Path) {
+    let bb = Path::new("/bin/busybox");
+    assert!(
+        bb.exists(),
+        "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps does)"
+    );
+    for d in [
+        "bin", "etc", "proc", "sys", "dev", "tmp", "root", "work", "usr/bin", "var",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy(bb, dir.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new(bb)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" || applet.is_empty() {
+            continue;
+        }
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(dir.join("etc/group"), "root:x:0:\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}

@@ -1,0 +1,634 @@
+//! Test fixtures for the image side: OCI images built in memory (layers, configs, manifests,
+//! indexes), a real `docker-registry` on loopback to push them to, and a small fake registry
+//! that can demand bearer tokens, throttle or corrupt blobs and count requests.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// One layer: its uncompressed tar and the blob as pushed.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub tar: Vec<u8>,
+    pub blob: Vec<u8>,
+    pub media_type: String,
+}
+
+impl Layer {
+    pub fn new(tar: Vec<u8>, c: Compression) -> Layer {
+        let (blob, media_type) = match c {
+            Compression::None => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&tar).unwrap();
+                (
+                    e.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
+            }
+            Compression::Zstd => (
+                zstd::encode_all(&tar[..], 3).unwrap(),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+        };
+        Layer {
+            tar,
+            blob,
+            media_type: media_type.to_string(),
+        }
+    }
+    pub fn digest(&self) -> String {
+        sha256(&self.blob)
+    }
+    pub fn diff_id(&self) -> String {
+        sha256(&self.tar)
+    }
+}
+
+/// Builds layer tars entry by entry. Paths are written verbatim (no checks), so tests can
+/// build malicious layers too.
+#[derive(Default)]
+pub struct TarBuilder {
+    out: Vec<u8>,
+}
+
+impl TarBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn raw(&mut self, name: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> &mut Self {
+        assert!(
+            name.len() < 100 && link.len() < 100,
+            "fixture names must be short"
+        );
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..107].copy_from_slice(format!("{mode:07o}").as_bytes());
+        h[108..115].copy_from_slice(b"0000000");
+        h[116..123].copy_from_slice(b"0000000");
+        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
+        h[136..147].copy_from_slice(b"14000000000");
+        h[156] = kind;
+        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|b| *b as u32).sum();
+        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+        self.out.extend_from_slice(&h);
+        self.out.extend_from_slice(data);
+        let pad = self.out.len().div_ceil(512) * 512;
+        self.out.resize(pad, 0);
+        self
+    }
+    pub fn dir(&mut self, name: &str) -> &mut Self {
+        self.raw(name, b'5', 0o755, "", b"")
+    }
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.raw(name, b'0', 0o644, "", data)
+    }
+    pub fn exec(&mut self, name: &str, data: &[u8]) -> &mut Self {
+        self.raw(name, b'0', 0o755, "", data)
+    }
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(name, b'2', 0o777, target, b"")
+    }
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
+        self.raw(name, b'1', 0o644, target, b"")
+    }
+    pub fn finish(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.out);
+        out.extend_from_slice(&[0u8; 1024]);
+        out
+    }
+}
+
+/// A busybox root filesystem layer: /bin/busybox plus a few applet links.
+pub fn busybox_layer(c: Compression) -> Layer {
+    let bb =
+        std::fs::read("/bin/busybox").expect("busybox-static must be installed (/bin/busybox)");
+    let mut t = TarBuilder::new();
+    t.dir("bin/").exec("bin/busybox", &bb);
+    for applet in ["sh", "ls", "cat", "true", "echo"] {
+        t.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    t.dir("etc/").file("etc/hostname", b"bb\n");
+    Layer::new(t.finish(), c)
+}
+
+/// An image: layers plus its config and manifest bytes.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub layers: Vec<Layer>,
+    pub config: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+impl Image {
+    pub fn new(layers: Vec<Layer>, arch: &str) -> Image {
+        let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id()).collect();
+        let config = serde_json::to_vec(&serde_json::json!({
+            "architecture": arch,
+            "os": "linux",
+            "config": {"Env": ["PATH=/bin", "FIXTURE=1"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }))
+        .unwrap();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": sha256(&config), "size": config.len()},
+            "layers": layers.iter().map(|l| serde_json::json!({
+                "mediaType": l.media_type, "digest": l.digest(), "size": l.blob.len()
+            })).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        Image {
+            layers,
+            config,
+            manifest,
+        }
+    }
+    pub fn manifest_digest(&self) -> String {
+        sha256(&self.manifest)
+    }
+
+    /// Every blob and manifest, as a fake registry serves them for `repo`.
+    pub fn routes(&self, repo: &str, tag: &str, routes: &mut Routes) {
+        for l in &self.layers {
+            routes.blob(repo, &l.blob);
+        }
+        routes.blob(repo, &self.config);
+        routes.manifest(repo, tag, OCI_MANIFEST, &self.manifest);
+        routes.manifest(repo, &self.manifest_digest(), OCI_MANIFEST, &self.manifest);
+    }
+}
+
+/// An index over (image, arch) pairs.
+pub fn index_of(images: &[(&Image, &str)]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": images.iter().map(|(i, arch)| serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": i.manifest_digest(), "size": i.manifest.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        })).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Debian's `docker-registry` serving on a random loopback port from a temp folder; killed
+/// on drop.
+pub struct Registry {
+    child: Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    http: reqwest::blocking::Client,
+}
+
+impl Registry {
+    /// Starts the registry, or `None` (with a message) when it is not installed.
+    pub fn start() -> Option<Registry> {
+        let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            eprintln!("SKIP: docker-registry is not installed (apt-get install docker-registry)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}}}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let reg = Registry {
+            child,
+            addr,
+            _dir: dir,
+            http: reqwest::blocking::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reg.http.get(format!("http://{}/v2/", reg.addr)).send() {
+                if r.status().is_success() {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not come up on {}",
+                reg.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(reg)
+    }
+
+    pub fn push_blob(&self, repo: &str, bytes: &[u8]) {
+        let digest = sha256(bytes);
+        let head = self
+            .http
+            .head(format!("http://{}/v2/{repo}/blobs/{digest}", self.addr))
+            .send()
+            .unwrap();
+        if head.status().is_success() {
+            return;
+        }
+        let r = self
+            .http
+            .post(format!("http://{}/v2/{repo}/blobs/uploads/", self.addr))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "start upload: {:?}", r.text());
+        let loc = r.headers()["location"].to_str().unwrap().to_string();
+        let loc = if loc.starts_with("http") {
+            loc
+        } else {
+            format!("http://{}{loc}", self.addr)
+        };
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        let r = self
+            .http
+            .put(format!("{loc}{sep}digest={digest}"))
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "finish upload: {:?}", r.text());
+    }
+
+    pub fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+        let r = self
+            .http
+            .put(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                self.addr
+            ))
+            .header("content-type", media_type)
+            .body(bytes.to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201, "push manifest: {:?}", r.text());
+    }
+
+    pub fn push_image(&self, repo: &str, tag: &str, image: &Image) {
+        for l in &image.layers {
+            self.push_blob(repo, &l.blob);
+        }
+        self.push_blob(repo, &image.config);
+        self.push_manifest(repo, tag, OCI_MANIFEST, &image.manifest);
+    }
+
+    /// Pushes the images by digest and an index over them under `tag`.
+    pub fn push_index(&self, repo: &str, tag: &str, images: &[(&Image, &str)]) -> Vec<u8> {
+        for (img, _) in images {
+            for l in &img.layers {
+                self.push_blob(repo, &l.blob);
+            }
+            self.push_blob(repo, &img.config);
+            self.push_manifest(repo, &img.manifest_digest(), OCI_MANIFEST, &img.manifest);
+        }
+        let idx = index_of(images);
+        self.push_manifest(repo, tag, OCI_INDEX, &idx);
+        idx
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a fake registry serves: path → (content type, bytes).
+#[derive(Debug, Clone, Default)]
+pub struct Routes {
+    map: BTreeMap<String, (String, Vec<u8>)>,
+}
+
+impl Routes {
+    pub fn blob(&mut self, repo: &str, bytes: &[u8]) {
+        self.map.insert(
+            format!("/v2/{repo}/blobs/{}", sha256(bytes)),
+            ("application/octet-stream".into(), bytes.to_vec()),
+        );
+    }
+    /// Serves `bytes` under `digest` (a corrupt blob when they do not match).
+    pub fn blob_as(&mut self, repo: &str, digest: &str, bytes: &[u8]) {
+        self.map.insert(
+            format!("/v2/{repo}/blobs/{digest}"),
+            ("application/octet-stream".into(), bytes.to_vec()),
+        );
+    }
+    pub fn manifest(&mut self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) {
+        self.map.insert(
+            format!("/v2/{repo}/manifests/{reference}"),
+            (media_type.into(), bytes.to_vec()),
+        );
+    }
+}
+
+/// One request the fake registry saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub range: Option<String>,
+    pub authorized: bool,
+}
+
+/// A minimal registry on loopback (HTTP/1.1, one connection per request).
+pub struct FakeRegistry {
+    pub addr: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, blob bodies are sent slowly (64 KiB every 25 ms).
+    pub slow: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const TOKEN: &str = "fixture-token-3f9a";
+
+impl FakeRegistry {
+    /// Serves `routes`; with `require_token`, every /v2/ request needs the bearer token that
+    /// its `/token` endpoint hands out for the challenge's service and scope.
+    pub fn start(routes: Routes, require_token: bool) -> FakeRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let slow = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s2, sl2, st2, a2) = (seen.clone(), slow.clone(), stop.clone(), addr.clone());
+        let routes = Arc::new(routes);
+        let thread = std::thread::spawn(move || {
+            while !st2.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (r, s, sl, a) = (routes.clone(), s2.clone(), sl2.clone(), a2.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve(stream, &r, &s, &sl, require_token, &a);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FakeRegistry {
+            addr,
+            seen,
+            slow,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    routes: &Routes,
+    seen: &Mutex<Vec<Seen>>,
+    slow: &AtomicBool,
+    require_token: bool,
+    addr: &str,
+) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let authorized =
+        headers.get("authorization").map(String::as_str) == Some(&format!("Bearer {TOKEN}"));
+    seen.lock().unwrap().push(Seen {
+        path: path.to_string(),
+        range: headers.get("range").cloned(),
+        authorized,
+    });
+    let mut out = stream;
+    let respond =
+        |out: &mut TcpStream, status: &str, extra: &str, body: &[u8]| -> std::io::Result<()> {
+            write!(
+                out,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+                body.len()
+            )?;
+            out.write_all(body)
+        };
+    if path == "/token" {
+        let ok = query.contains("scope=repository%3A") || query.contains("scope=repository:");
+        let ok = ok && query.contains("service=fixture");
+        if ok {
+            let body = format!(r#"{{"token":"{TOKEN}"}}"#);
+            return respond(
+                &mut out,
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+            );
+        }
+        return respond(&mut out, "400 Bad Request", "", b"bad token request");
+    }
+    if require_token && !authorized {
+        let repo = path
+            .strip_prefix("/v2/")
+            .and_then(|p| {
+                p.split_once("/manifests/")
+                    .or_else(|| p.split_once("/blobs/"))
+            })
+            .map(|(r, _)| r)
+            .unwrap_or("");
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://{addr}/token\",service=\"fixture\",scope=\"repository:{repo}:pull\"\r\n"
+        );
+        return respond(
+            &mut out,
+            "401 Unauthorized",
+            &challenge,
+            b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+        );
+    }
+    if path == "/v2/" {
+        return respond(&mut out, "200 OK", "", b"{}");
+    }
+    let Some((ctype, body)) = routes.map.get(path) else {
+        return respond(
+            &mut out,
+            "404 Not Found",
+            "",
+            b"{\"errors\":[{\"code\":\"MANIFEST_UNKNOWN\"}]}",
+        );
+    };
+    let start = headers
+        .get("range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|s| *s < body.len());
+    let digest_header = if path.contains("/manifests/") {
+        format!("Docker-Content-Digest: {}\r\n", sha256(body))
+    } else {
+        String::new()
+    };
+    let (status, extra, slice) = match start {
+        Some(s) => (
+            "206 Partial Content",
+            format!(
+                "Content-Type: {ctype}\r\nContent-Range: bytes {s}-{}/{}\r\n{digest_header}",
+                body.len() - 1,
+                body.len()
+            ),
+            &body[s..],
+        ),
+        None => (
+            "200 OK",
+            format!("Content-Type: {ctype}\r\n{digest_header}"),
+            &body[..],
+        ),
+    };
+    if method == "HEAD" {
+        return respond(&mut out, status, &extra, b"");
+    }
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
+        slice.len()
+    )?;
+    if path.contains("/blobs/") && slow.load(Ordering::SeqCst) {
+        for chunk in slice.chunks(64 * 1024) {
+            out.write_all(chunk)?;
+            out.flush()?;
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        Ok(())
+    } else {
+        out.write_all(slice)
+    }
+}
+
+/// Sum of the sizes of all files under `dir` (as `du -b` would count content).
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
+/// Checks that every blob in a berth home hashes to its name.
+pub fn assert_blobs_intact(home: &Path) {
+    let dir = home.join("blobs/sha256");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let mut f = std::fs::File::open(e.path()).unwrap();
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        assert_eq!(
+            hex::encode(h.finalize()),
+            e.file_name().to_string_lossy(),
+            "corrupt blob {}",
+            e.path().display()
+        );
+    }
+}
+
+/// The unpacked layer folder for a diff-id in a berth home.
+pub fn layer_dir(home: &Path, diff_id: &str) -> PathBuf {
+    home.join("layers")
+        .join(diff_id.trim_start_matches("sha256:"))
+}

@@ -1,0 +1,410 @@
+//! `up` / `status` / `exec` / `shell` / `logs` / `down` / `destroy` through the real binary,
+//! on a busybox root filesystem, with a leak check after each test.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
+use berth_e2e::{text, Berth};
+
+/// A project folder with a busybox rootfs and a berth.toml; `{name}` in the body becomes a
+/// name unique to this test, so parallel tests never share an environment.
+struct Project {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Project {
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    /// Host resources that belong to this test.
+    fn snapshot(&self, b: &Berth) -> HostSnapshot {
+        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy()])
+    }
+}
+
+fn project(toml: &str) -> Project {
+    let dir = tempfile::Builder::new()
+        .prefix("berth-proj-")
+        .tempdir()
+        .unwrap();
+    busybox_rootfs(&dir.path().join("rootfs"));
+    let tag = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase();
+    let name = format!(
+        "life-{}",
+        tag.trim_start_matches("berth-proj-")
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+    );
+    std::fs::write(dir.path().join("berth.toml"), toml.replace("{name}", &name)).unwrap();
+    Project { dir, name }
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
+    let o = b.run_in(dir, args);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "berth {args:?} failed ({:?}):\n{out}\n{err}",
+        o.status
+    );
+    out
+}
+
+const BASIC: &str = r#"
+name = "{name}"
+on_up = ["echo on-up-ran > /tmp/on_up"]
+[image]
+from = "rootfs:./rootfs"
+[env]
+GREETING = "hi there"
+[[mounts]]
+source = "."
+target = "/work"
+[resources]
+memory = "128MiB"
+pids = 64
+[shell]
+workdir = "/work"
+[services]
+ticker = { command = ["sh", "-c", "echo tick; sleep 1000"] }
+"#;
+
+#[test]
+fn up_exec_status_down_destroy_leave_nothing_behind() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let out = ok(&b, p.path(), &["up"]);
+    assert!(out.contains("created and started"), "{out}");
+
+    // Isolation: pid 1 is the supervisor, the host's processes are invisible, hostname is
+    // the environment's name, env vars and workdir come from the file.
+    let ps = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -c '^[0-9]'",
+        ],
+    );
+    assert!(ps.contains("__supervisor"), "{ps}");
+    let count: u32 = ps.lines().last().unwrap().trim().parse().unwrap();
+    assert!(count < 10, "too many processes visible inside: {count}");
+    let o = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "hostname; echo $GREETING; pwd; cat /tmp/on_up",
+        ],
+    );
+    assert_eq!(o, format!("{}\nhi there\n/work\non-up-ran\n", p.name));
+
+    // Exit codes and separate streams pass through exactly.
+    for code in [0, 1, 3, 137] {
+        let o = b.run_in(
+            p.path(),
+            &[
+                "exec",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo out; echo err >&2; exit {code}"),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(code));
+        assert_eq!(text(&o), ("out\n".to_string(), "err\n".to_string()));
+    }
+    let o = b.run_in(
+        p.path(),
+        &[
+            "exec",
+            "-e",
+            "A=1",
+            "-w",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $A; pwd",
+        ],
+    );
+    assert_eq!(text(&o).0, "1\n/tmp\n");
+
+    // The live mount works both ways.
+    std::fs::write(p.path().join("from-host"), "h").unwrap();
+    let o = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /work/from-host; echo i > /work/from-inside",
+        ],
+    );
+    assert_eq!(o, "h");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("from-inside")).unwrap(),
+        "i\n"
+    );
+
+    // A no-op up is recognized.
+    let out = ok(&b, p.path(), &["up"]);
+    assert!(out.contains("up to date"), "{out}");
+
+    let st = ok(&b, p.path(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(v["status"], "running");
+    assert!(v["usage"]["pids_current"].as_u64().unwrap() >= 2, "{st}");
+
+    let logs = ok(&b, p.path(), &["logs", "ticker"]);
+    assert!(logs.contains("tick"), "{logs}");
+
+    ok(&b, p.path(), &["down"]);
+    let o = b.run_in(p.path(), &["status"]);
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    let o = b.run_in(p.path(), &["exec", "--", "true"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(text(&o).1.contains("not running"), "{:?}", text(&o));
+
+    // The writable layer survives down/up; destroy removes it.
+    ok(&b, p.path(), &["up"]);
+    ok(
+        &b,
+        p.path(),
+        &["exec", "--", "sh", "-c", "echo kept > /root/state"],
+    );
+    ok(&b, p.path(), &["down"]);
+    ok(&b, p.path(), &["up"]);
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/root/state"]),
+        "kept\n"
+    );
+    ok(&b, p.path(), &["destroy"]);
+    ok(&b, p.path(), &["up"]);
+    let o = b.run_in(p.path(), &["exec", "--", "cat", "/root/state"]);
+    assert_eq!(o.status.code(), Some(1));
+    ok(&b, p.path(), &["destroy"]);
+    assert_eq!(
+        std::fs::read_dir(b.home.path().join("envs"))
+            .unwrap()
+            .count(),
+        0
+    );
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn changed_file_is_reported_and_applied() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    let toml = BASIC
+        .replace("pids = 64", "pids = 80")
+        .replace("{name}", &p.name);
+    std::fs::write(p.path().join("berth.toml"), toml).unwrap();
+    let st = b.run_in(p.path(), &["status"]);
+    assert!(
+        text(&st)
+            .0
+            .contains("pending:  berth.toml changed (resources)"),
+        "{:?}",
+        text(&st)
+    );
+    let out = ok(&b, p.path(), &["up"]);
+    assert!(
+        out.contains("restarted") && out.contains("changed: resources"),
+        "{out}"
+    );
+    let st = ok(&b, p.path(), &["status"]);
+    assert!(st.contains("of 80"), "{st}");
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn memory_and_pids_limits_are_enforced() {
+    require_root!();
+    let p = project(&BASIC.replace(
+        "[services]\nticker = { command = [\"sh\", \"-c\", \"echo tick; sleep 1000\"] }\n",
+        "",
+    ));
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    // A shell variable of 200 MB does not fit in 128 MiB: the shell is OOM-killed.
+    let o = b.run_in(
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "a=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived",
+        ],
+    );
+    assert_ne!(
+        text(&o).0,
+        "survived\n",
+        "a 256 MiB allocation survived a 128 MiB limit"
+    );
+    let st = ok(&b, p.path(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert!(v["usage"]["oom_kills"].as_u64().unwrap_or(0) >= 1, "{st}");
+    // 64 pids at most: a fork bomb is stopped, the environment survives.
+    let o = b.run_in(
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 100); do sleep 5 & done 2>/dev/null; wait; echo done",
+        ],
+    );
+    let _ = o;
+    let o = b.run_in(p.path(), &["exec", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn killed_supervisor_is_reported_dead_and_repaired() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&b, p.path(), &["status", "--json"])).unwrap();
+    let pid = st["pid"].as_i64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let o = b.run_in(p.path(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], "dead", "{:?}", text(&o));
+    let out = ok(&b, p.path(), &["up"]);
+    assert!(out.contains("started"), "{out}");
+    assert_eq!(ok(&b, p.path(), &["exec", "--", "echo", "back"]), "back\n");
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn shell_without_a_terminal_reads_stdin() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["shell"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo from-shell $(pwd)\nexit 4\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "from-shell /work\n");
+    ok(&b, p.path(), &["destroy"]);
+}
+
+#[test]
+fn shell_on_a_terminal_is_interactive() {
+    require_root!();
+    if which("script").is_none() {
+        eprintln!("skipped: `script` (bsdutils) is not installed");
+        return;
+    }
+    let p = project(BASIC);
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    // `script` gives berth a real terminal on stdin/stdout.
+    let bin = berth_e2e::berth_bin();
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &format!("{} shell", bin.display()), "/dev/null"])
+        .env("BERTH_HOME", b.home.path())
+        .current_dir(p.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"tty; echo marker-$((6*7))\n").unwrap();
+    stdin.write_all(b"exit 5\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("/dev/pts/"), "no terminal inside: {out}");
+    assert!(out.contains("marker-42"), "{out}");
+    drop(stdin);
+    ok(&b, p.path(), &["destroy"]);
+}
+
+#[test]
+fn env_option_reaches_an_environment_from_anywhere() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    let elsewhere = tempfile::tempdir().unwrap();
+    assert_eq!(
+        ok(
+            &b,
+            elsewhere.path(),
+            &["--environment", &p.name, "exec", "--", "hostname"]
+        ),
+        format!("{}\n", p.name)
+    );
+    let ls = ok(&b, elsewhere.path(), &["ls"]);
+    assert!(ls.contains(&p.name) && ls.contains("running"), "{ls}");
+    ok(&b, elsewhere.path(), &["--environment", &p.name, "destroy"]);
+    let o = b.run_in(elsewhere.path(), &["--environment", &p.name, "status"]);
+    assert_eq!(o.status.code(), Some(3));
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    })
+}
