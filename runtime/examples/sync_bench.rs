@@ -133,7 +133,11 @@ fn wait_content(p: &Path, content: &str, out: &mut Vec<f64>, t: Instant) {
             out.push(ms(t.elapsed()));
             return;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "edit never arrived at {}", p.display());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "edit never arrived at {}",
+            p.display()
+        );
         std::thread::sleep(Duration::from_micros(50));
     }
 }
@@ -193,13 +197,6 @@ fn bind_mount(src: &Path, dst: &Path) -> Option<PathBuf> {
     )
     .ok()?;
     fs::create_dir_all(dst).ok()?;
-    mount(
-        Some(src),
-        dst,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .ok()?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).ok()?;
     Some(dst.to_path_buf())
 }

@@ -516,12 +516,12 @@ impl SourceFile for LocalSource {
 /// `lstat` of `name` in the folder `dir`.
 fn lstat_at(dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
     use nix::fcntl::AtFlags;
-    let st = match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-    {
-        Ok(st) => st,
-        Err(nix::errno::Errno::ENOENT) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
+    let st =
+        match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
     let kind = match st.st_mode & libc::S_IFMT {
         libc::S_IFREG => EntryKind::File,
         libc::S_IFDIR => EntryKind::Dir,

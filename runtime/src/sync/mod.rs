@@ -42,6 +42,14 @@ pub use status::{read_status, request_flush, SyncState, SyncStatus};
 pub use transport::Transport;
 pub use watch::Debounce;
 
+/// The state folder of the sync for mount number `mount_index` (its position in the plan's
+/// `mounts`) of environment `env_id`: `envs/<env-id>/sync/<mount-index>/`.
+pub fn state_dir(home: &crate::state::BerthHome, env_id: &str, mount_index: usize) -> PathBuf {
+    home.env_dir(env_id)
+        .join("sync")
+        .join(mount_index.to_string())
+}
+
 /// Errors of a sync as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

@@ -245,7 +245,11 @@ mod tests {
         assert_eq!(dirty.due_in(t0, d), Some(Duration::from_millis(5)));
         // Events every 3 ms keep pushing the quiet deadline, up to the cap.
         for i in 1..30 {
-            dirty.add(Some(Side::Env), ch("b", false), t0 + Duration::from_millis(3 * i));
+            dirty.add(
+                Some(Side::Env),
+                ch("b", false),
+                t0 + Duration::from_millis(3 * i),
+            );
         }
         let now = t0 + Duration::from_millis(40);
         assert_eq!(dirty.due_in(now, d), Some(Duration::from_millis(10)));
