@@ -29,6 +29,10 @@ impl Running {
     fn start(cfg: SyncConfig, host: &Path, env: &Path) -> Running {
         let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", host).unwrap());
         let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", env).unwrap());
+        Running::with(cfg, h, e)
+    }
+
+    fn with(cfg: SyncConfig, h: Arc<dyn Transport>, e: Arc<dyn Transport>) -> Running {
         let engine = Arc::new(SyncEngine::new(cfg, h, e));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -496,7 +500,11 @@ impl Drop for ChildGuard {
 }
 
 fn spawn_child(d: &Dirs) -> ChildGuard {
-    let child = Command::new(std::env::current_exe().unwrap())
+    spawn_child_with(d, Command::new(std::env::current_exe().unwrap()))
+}
+
+fn spawn_child_with(d: &Dirs, mut cmd: Command) -> ChildGuard {
+    let child = cmd
         .args(["child_engine", "--exact", "--ignored", "--nocapture"])
         .env("SYNC_TEST_HOST", &d.host)
         .env("SYNC_TEST_ENV", &d.env)
@@ -554,4 +562,67 @@ fn kill_during_burst_then_restart_converges() {
     assert_eq!(read(&d.env.join("pre3")).as_deref(), Some("edited 3"));
     assert_eq!(read(&d.host.join("env2990")).as_deref(), Some("env 2990"));
     assert!(!d.env.join("burst/7").exists() && d.env.join("burst/8").exists());
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn env_side_files_get_the_mapped_owner() {
+    use std::os::unix::fs::MetadataExt;
+    if !is_root() {
+        eprintln!("skipped: chown to another user needs root");
+        return;
+    }
+    let d = dirs();
+    let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", &d.host).unwrap());
+    let e: Arc<dyn Transport> = Arc::new(
+        LocalTransport::open("env", &d.env)
+            .unwrap()
+            .with_owner(4321, 4322),
+    );
+    let r = Running::with(cfg(&d), h, e);
+    fs::create_dir(d.host.join("dir")).unwrap();
+    fs::write(d.host.join("dir/file"), "x").unwrap();
+    symlink("file", d.host.join("dir/link")).unwrap();
+    r.flush();
+    for p in ["dir", "dir/file", "dir/link"] {
+        let m = fs::symlink_metadata(d.env.join(p)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4321, 4322), "{p}");
+    }
+    r.stop();
+}
+
+#[test]
+fn watch_limit_falls_back_to_polling_with_a_clear_message() {
+    if !is_root() {
+        eprintln!("skipped: lowering the inotify limit in a user namespace is done as root here");
+        return;
+    }
+    let d = dirs();
+    for i in 0..20 {
+        fs::create_dir(d.host.join(format!("d{i}"))).unwrap();
+    }
+    // A user namespace has its own inotify limits: lower it there only, not for the host.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        "echo 5 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+    ])
+    .arg(std::env::current_exe().unwrap());
+    let _child = spawn_child_with(&d, cmd);
+    let st = berth_runtime::sync::read_status(&d.state).unwrap().unwrap();
+    let polling = st.polling.expect("polling fallback reported");
+    assert!(
+        polling.contains("sysctl fs.inotify.max_user_watches=524288"),
+        "{polling}"
+    );
+    fs::write(d.host.join("d3/new"), "polled").unwrap();
+    wait_for("change found by polling", || {
+        read(&d.env.join("d3/new")).as_deref() == Some("polled")
+    });
 }
