@@ -22,7 +22,7 @@ use super::ignore::IgnoreRules;
 use super::reconcile::{conflict_name, decide, Decision};
 use super::status::{self, now_ms, SyncState, SyncStatus};
 use super::transport::{Transport, TransportError, WatchEvent, Watching};
-use super::tree::{file_name, parent, Entry, EntryKind, HashingReader, Tree};
+use super::tree::{file_name, is_within, parent, Entry, EntryKind, HashingReader, Tree};
 use super::watch::{Batch, Debounce, Dirty, DirtyPath};
 use super::SyncError;
 use crate::state::{FileLock, LockMode};
@@ -285,6 +285,7 @@ impl<'a> Worker<'a> {
         });
         let mut waiters: Vec<Sender<Result<(), String>>> = Vec::new();
         let mut last_request_check = Instant::now();
+        let mut retry_full_at: Option<Instant> = None;
         let debounce = self.cfg().debounce;
         while !stop.load(Ordering::Relaxed) {
             let wait = self
@@ -305,7 +306,19 @@ impl<'a> Worker<'a> {
                 .is_some_and(|d| d.is_zero())
             {
                 let batch = self.dirty.take();
-                self.apply_batch(batch, stop)?;
+                if let Err(e) = self.apply_batch(batch, stop) {
+                    // E.g. a side's folder became unreadable: report, look again in a second.
+                    let msg = e.to_string();
+                    self.update_status(true, |s| {
+                        s.last_error = Some(msg);
+                        s.state = SyncState::Watching;
+                    });
+                    retry_full_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            if retry_full_at.is_some_and(|t| Instant::now() >= t) {
+                retry_full_at = None;
+                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
             }
             let mut requested = None;
             if now.duration_since(last_request_check) >= Duration::from_millis(100) {
@@ -428,6 +441,7 @@ impl<'a> Worker<'a> {
     fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
+        let mut unreadable = Vec::new();
         // Twice at most: the second time when .gitignore files met change the rules.
         for _ in 0..2 {
             for side in [Side::Host, Side::Env] {
@@ -445,6 +459,13 @@ impl<'a> Worker<'a> {
                         .iter()
                         .map(|(p, why)| format!("{}: {p} ({why})", side.name())),
                 );
+                skipped.extend(scan.unreadable.iter().map(|p| {
+                    format!(
+                        "{}: {p}/ (cannot be listed: permission denied)",
+                        side.name()
+                    )
+                }));
+                unreadable.extend(scan.unreadable);
                 self.gitignores[idx(side)] = scan.gitignores;
                 trees[idx(side)] = scan.entries;
             }
@@ -458,6 +479,7 @@ impl<'a> Worker<'a> {
         paths.extend(trees[1].keys().cloned());
         paths.extend(self.base.entries().keys().cloned());
         let paths = self.filter_ignored(paths, &trees);
+        let paths = without_unknown(paths, &unreadable);
         let [mut host, mut env] = trees;
         let (result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
         let now = Instant::now();
@@ -512,6 +534,7 @@ impl<'a> Worker<'a> {
         let mut paths = BTreeSet::new();
         let mut scanned: HashSet<String> = HashSet::new();
         let mut gitignore_dirs = BTreeSet::new();
+        let mut unreadable = Vec::new();
         // Deep paths first, shortest first, so their subtrees cover the rest.
         let mut order: Vec<(String, DirtyPath)> = batch.paths.into_iter().collect();
         order.sort_by_key(|(p, d)| (!d.deep, p.len()));
@@ -526,8 +549,10 @@ impl<'a> Worker<'a> {
             if file_name(&rel) == ".gitignore" {
                 gitignore_dirs.insert(parent(&rel).to_string());
             }
-            let h = self.side(Side::Host).stat(&rel).unwrap_or(None);
-            let e = self.side(Side::Env).stat(&rel).unwrap_or(None);
+            let (Some(h), Some(e)) = (self.look(Side::Host, &rel), self.look(Side::Env, &rel))
+            else {
+                continue; // could not be read: unknown, not deleted; the error is in the status
+            };
             let is_dir = |x: &Option<Entry>| x.as_ref().map(|e| e.kind) == Some(EntryKind::Dir);
             let base_dir = self.base.get(&rel).map(|b| b.kind) == Some(EntryKind::Dir);
             // A folder that appeared, vanished or changed kind: its subtree changed too.
@@ -541,8 +566,18 @@ impl<'a> Worker<'a> {
                 continue;
             }
             if deep && (is_dir(&h) || is_dir(&e) || base_dir) {
-                for side in [Side::Host, Side::Env] {
-                    let scan = self.side(side).scan(&rel, &self.rules)?;
+                let scans =
+                    [Side::Host, Side::Env].map(|side| self.side(side).scan(&rel, &self.rules));
+                let [Ok(hs), Ok(es)] = scans else {
+                    let msg = scans
+                        .into_iter()
+                        .find_map(|r| r.err())
+                        .map(|e| e.to_string());
+                    self.update_status(true, |s| s.last_error = msg);
+                    continue;
+                };
+                for (side, scan) in [(Side::Host, hs), (Side::Env, es)] {
+                    unreadable.extend(scan.unreadable.iter().cloned());
                     for (dir, text) in scan.gitignores {
                         if self.gitignores[idx(side)].get(&dir) != Some(&text) {
                             gitignore_dirs.insert(dir);
@@ -565,6 +600,7 @@ impl<'a> Worker<'a> {
             }
         }
         let paths = self.filter_ignored(paths, &trees);
+        let paths = without_unknown(paths, &unreadable);
         let [mut host, mut env] = trees;
         let (_, retry) = self.apply(paths, &mut host, &mut env, stop)?;
         let now = Instant::now();
@@ -580,6 +616,21 @@ impl<'a> Worker<'a> {
             s.pending = 0;
         });
         Ok(())
+    }
+
+    /// `stat` of one side for reconciling: `Some(None)` when the path is not in the tree
+    /// (missing, or behind a symlink). `None` (error recorded) when the side could not be
+    /// read: the path's state is then unknown and must not be taken for a deletion.
+    fn look(&mut self, side: Side, rel: &str) -> Option<Option<Entry>> {
+        match self.side(side).stat(rel) {
+            Ok(e) => Some(e),
+            Err(TransportError::Escapes { .. }) => Some(None),
+            Err(e) => {
+                let msg = e.to_string();
+                self.update_status(true, |s| s.last_error = Some(msg));
+                None
+            }
+        }
     }
 
     /// Whether the events for `rel` are only the echo of the engine's own write: reported by
@@ -944,6 +995,17 @@ fn trace(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Drops paths below folders whose content could not be read on some side.
+fn without_unknown(paths: Vec<String>, unreadable: &[String]) -> Vec<String> {
+    if unreadable.is_empty() {
+        return paths;
+    }
+    paths
+        .into_iter()
+        .filter(|p| !unreadable.iter().any(|u| p != u && is_within(p, u)))
+        .collect()
+}
+
 fn covered(rel: &str, scanned: &HashSet<String>) -> bool {
     let mut p = rel;
     loop {
@@ -986,5 +1048,49 @@ fn needs_removal(src: Option<&Entry>, dst: &Entry) -> bool {
     match src {
         None => true,
         Some(s) => (s.kind == EntryKind::Dir) != (dst.kind == EntryKind::Dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_below_unreadable_folders_are_left_out() {
+        let paths = ["a", "a/x", "a/y/z", "ab", "b/c"].map(String::from).to_vec();
+        let kept = without_unknown(paths, &["a".to_string()]);
+        assert_eq!(kept, vec!["a", "ab", "b/c"]);
+    }
+
+    #[test]
+    fn covered_by_a_scanned_ancestor() {
+        let scanned: HashSet<String> = ["a/b".to_string()].into();
+        assert!(covered("a/b", &scanned));
+        assert!(covered("a/b/c/d", &scanned));
+        assert!(!covered("a/bc", &scanned));
+        assert!(!covered("a", &scanned));
+        let all: HashSet<String> = ["".to_string()].into();
+        assert!(covered("x/y", &all));
+    }
+
+    #[test]
+    fn removal_needed_only_across_folder_and_non_folder() {
+        let f = Entry {
+            kind: EntryKind::File,
+            mode: 0o644,
+            size: 1,
+            mtime_ns: 1,
+            target: None,
+            hash: None,
+        };
+        let mut l = f.clone();
+        l.kind = EntryKind::Symlink;
+        let mut d = f.clone();
+        d.kind = EntryKind::Dir;
+        assert!(needs_removal(None, &f));
+        assert!(!needs_removal(Some(&l), &f), "rename replaces a file by a link");
+        assert!(needs_removal(Some(&d), &f));
+        assert!(needs_removal(Some(&f), &d));
+        assert!(!needs_removal(Some(&d), &d));
     }
 }

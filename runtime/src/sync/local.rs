@@ -168,14 +168,21 @@ impl LocalTransport {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                scan.skipped
-                    .push((dir_rel.to_string(), "permission denied".into()));
+                scan.unreadable.push(dir_rel.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(self.err("list", dir_rel, e)),
+        };
+        let listed = match list_dir(&fd) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                scan.unreadable.push(dir_rel.to_string());
                 return Ok(());
             }
             Err(e) => return Err(self.err("list", dir_rel, e)),
         };
         let mut names = Vec::new();
-        for n in list_dir(&fd).map_err(|e| self.err("list", dir_rel, e))? {
+        for n in listed {
             match n.into_string() {
                 Ok(n) => names.push(n),
                 Err(n) => scan.skipped.push((

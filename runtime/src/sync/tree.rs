@@ -108,6 +108,9 @@ pub struct Scan {
     pub leftovers: Vec<String>,
     /// Paths not synchronized because of their type or name, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Folders whose content could not be listed (permission denied): what is below them is
+    /// unknown, and must not be mistaken for deleted.
+    pub unreadable: Vec<String>,
 }
 
 /// Marker in the names of berth's temporary files; such names are never synchronized.
