@@ -58,6 +58,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status(j) => commands::status::status(g, j.json),
         Command::Ls(j) => commands::status::ls(g, j.json),
         Command::Exec(args) => commands::exec::exec(g, &args),
+        Command::Sync(args) => commands::sync::run(g, &args),
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
         Command::Supervisor { state_dir } => {

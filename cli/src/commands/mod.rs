@@ -9,5 +9,6 @@ pub mod init;
 pub mod logs;
 pub mod schema;
 pub mod status;
+pub mod sync;
 pub mod up;
 pub mod validate;

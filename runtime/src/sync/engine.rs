@@ -1057,7 +1057,9 @@ mod tests {
 
     #[test]
     fn paths_below_unreadable_folders_are_left_out() {
-        let paths = ["a", "a/x", "a/y/z", "ab", "b/c"].map(String::from).to_vec();
+        let paths = ["a", "a/x", "a/y/z", "ab", "b/c"]
+            .map(String::from)
+            .to_vec();
         let kept = without_unknown(paths, &["a".to_string()]);
         assert_eq!(kept, vec!["a", "ab", "b/c"]);
     }
@@ -1088,7 +1090,10 @@ mod tests {
         let mut d = f.clone();
         d.kind = EntryKind::Dir;
         assert!(needs_removal(None, &f));
-        assert!(!needs_removal(Some(&l), &f), "rename replaces a file by a link");
+        assert!(
+            !needs_removal(Some(&l), &f),
+            "rename replaces a file by a link"
+        );
         assert!(needs_removal(Some(&d), &f));
         assert!(needs_removal(Some(&f), &d));
         assert!(!needs_removal(Some(&d), &d));
