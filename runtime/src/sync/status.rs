@@ -112,8 +112,24 @@ pub fn read_status(state_dir: &Path) -> Result<Option<SyncStatus>, StateError> {
     state::read_json(&status_path(state_dir))
 }
 
+/// Writes `status.json` by temp file + rename, without `fsync`: a reader never sees a torn
+/// file, and the status is rewritten after every batch, so a durable copy would only add
+/// latency (the base, which must survive crashes, is written durably elsewhere).
 pub(crate) fn write_status(state_dir: &Path, s: &SyncStatus) -> Result<(), StateError> {
-    state::write_json(&status_path(state_dir), s)
+    let path = status_path(state_dir);
+    let err = |source| StateError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut bytes = serde_json::to_vec_pretty(s).map_err(|e| err(std::io::Error::other(e)))?;
+    bytes.push(b'\n');
+    let tmp = state_dir.join(format!(".status.json.tmp-{}", std::process::id()));
+    fs::write(&tmp, &bytes)
+        .and_then(|()| fs::rename(&tmp, &path))
+        .map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            err(e)
+        })
 }
 
 /// The highest flush number requested so far.
