@@ -626,3 +626,58 @@ fn watch_limit_falls_back_to_polling_with_a_clear_message() {
         read(&d.env.join("d3/new")).as_deref() == Some("polled")
     });
 }
+
+/// Clears the immutable flag on drop, so the temporary folder can be removed.
+struct Immutable(PathBuf);
+impl Immutable {
+    fn set(p: &Path) -> Option<Immutable> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Immutable(p.to_path_buf()))
+    }
+}
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn failed_transfer_leaves_the_target_intact_and_fails_the_flush() {
+    if !is_root() {
+        eprintln!("skipped: making a file immutable (chattr +i) needs root");
+        return;
+    }
+    let d = dirs();
+    fs::write(d.host.join("a"), "v1").unwrap();
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    let Some(lock) = Immutable::set(&d.env.join("a")) else {
+        eprintln!("skipped: chattr +i is not supported on this filesystem");
+        return;
+    };
+    fs::write(d.host.join("a"), "v2 is longer").unwrap();
+    let e = r.engine.flush(WAIT).unwrap_err().to_string();
+    assert!(e.contains("\"a\""), "{e}");
+    assert_eq!(
+        read(&d.env.join("a")).as_deref(),
+        Some("v1"),
+        "target intact"
+    );
+    let names: Vec<_> = fs::read_dir(&d.env)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    // The same failure reaches a flush requested by another process.
+    let e = request_flush(&d.state, WAIT).unwrap_err().to_string();
+    assert!(e.contains("\"a\""), "{e}");
+    drop(lock);
+    r.flush();
+    assert_eq!(read(&d.env.join("a")).as_deref(), Some("v2 is longer"));
+    r.stop();
+}

@@ -155,6 +155,8 @@ impl SyncEngine {
 
 /// Flush passes before giving up on reaching a quiet state (changes keep arriving).
 const MAX_FLUSH_PASSES: usize = 20;
+/// How long after a failed path everything is looked at again.
+const FAILURE_RETRY: Duration = Duration::from_secs(5);
 /// Remembered writes for echo suppression before the memory is cleared.
 const MAX_ECHOES: usize = 200_000;
 /// Attempts to copy a file that keeps changing while it is read.
@@ -171,6 +173,8 @@ struct Worker<'a> {
     dirty: Dirty,
     /// What the engine last wrote per path and side, to recognize the watcher's echo.
     echo: HashMap<String, (Side, Option<Entry>)>,
+    /// When to rescan everything after a failure (paths that failed get no new event).
+    rescan_at: Option<Instant>,
     status_written: Option<Instant>,
     flushed: u64,
     first_pass: bool,
@@ -216,6 +220,7 @@ impl<'a> Worker<'a> {
             watchers: [None, None],
             dirty: Dirty::default(),
             echo: HashMap::new(),
+            rescan_at: None,
             status_written: None,
             flushed,
             first_pass: true,
@@ -279,13 +284,15 @@ impl<'a> Worker<'a> {
         self.update_status(true, |s| s.state = SyncState::Scanning);
         self.full_pass(stop)?;
         self.first_pass = false;
+        // Flush requests made before the start are served by the initial pass.
+        let flushed = self.flushed;
         self.update_status(true, |s| {
             s.state = SyncState::Watching;
             s.pending = 0;
+            s.flushed = flushed;
         });
         let mut waiters: Vec<Sender<Result<(), String>>> = Vec::new();
         let mut last_request_check = Instant::now();
-        let mut retry_full_at: Option<Instant> = None;
         let debounce = self.cfg().debounce;
         while !stop.load(Ordering::Relaxed) {
             let wait = self
@@ -313,11 +320,11 @@ impl<'a> Worker<'a> {
                         s.last_error = Some(msg);
                         s.state = SyncState::Watching;
                     });
-                    retry_full_at = Some(Instant::now() + Duration::from_secs(1));
+                    self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
                 }
             }
-            if retry_full_at.is_some_and(|t| Instant::now() >= t) {
-                retry_full_at = None;
+            if self.rescan_at.is_some_and(|t| Instant::now() >= t) {
+                self.rescan_at = None;
                 self.dirty.add(None, WatchEvent::Rescan, Instant::now());
             }
             let mut requested = None;
@@ -330,17 +337,31 @@ impl<'a> Worker<'a> {
             }
             if !waiters.is_empty() || requested.is_some() {
                 let r = self.flush_passes(stop);
+                let mut failed_request = None;
                 if let Some(n) = requested {
-                    if r.is_ok() {
-                        self.flushed = n;
+                    match &r {
+                        Ok(()) => self.flushed = n,
+                        Err(_) => {
+                            // Report it to the requester, who then stops waiting.
+                            failed_request = Some(n);
+                            self.flushed = n;
+                        }
                     }
                 }
                 let flushed = self.flushed;
+                let error = r.clone().err();
                 for w in waiters.drain(..) {
                     let _ = w.send(r.clone());
                 }
                 self.update_status(true, |s| {
-                    s.flushed = flushed;
+                    if let Some(n) = failed_request {
+                        s.flush_failed = n;
+                    } else if requested.is_some() {
+                        s.flushed = flushed;
+                    }
+                    if let Some(e) = error {
+                        s.last_error = Some(format!("flush: {e}"));
+                    }
                     s.state = SyncState::Watching;
                 });
             }
@@ -822,6 +843,9 @@ impl<'a> Worker<'a> {
                 Outcome::Retry => retry.push(p.clone()),
                 Outcome::Failed(m) => failed = Some(m),
             }
+        }
+        if failed.is_some() && self.rescan_at.is_none() {
+            self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
         }
         let result = PassResult {
             applied: applied + conflicts,

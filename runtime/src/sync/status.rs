@@ -53,6 +53,9 @@ pub struct SyncStatus {
     pub skipped: Vec<String>,
     /// The last flush request number served.
     pub flushed: u64,
+    /// The last flush request number that failed (see `last_error`).
+    #[serde(default)]
+    pub flush_failed: u64,
     pub updated_unix_ms: u64,
 }
 
@@ -71,6 +74,7 @@ impl SyncStatus {
             polling: None,
             skipped: Vec::new(),
             flushed: 0,
+            flush_failed: 0,
             updated_unix_ms: now_ms(),
         }
     }
@@ -153,6 +157,12 @@ pub fn request_flush(state_dir: &Path, timeout: Duration) -> Result<(), SyncErro
     loop {
         let st = read_status(state_dir)?;
         match &st {
+            Some(s) if s.flush_failed >= n => {
+                return Err(SyncError::Failed {
+                    name: s.name.clone(),
+                    message: s.last_error.clone().unwrap_or_default(),
+                })
+            }
             Some(s) if s.flushed >= n => return Ok(()),
             Some(s) if s.state == SyncState::Failed => {
                 return Err(SyncError::Failed {
