@@ -463,37 +463,34 @@ impl<'a> Worker<'a> {
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
         let mut unreadable = Vec::new();
-        // Twice at most: the second time when .gitignore files met change the rules.
-        for _ in 0..2 {
-            for side in [Side::Host, Side::Env] {
-                let scan = self.side(side).scan("", &self.rules)?;
-                if self.first_pass {
-                    for rel in &scan.leftovers {
-                        // We hold the engine lock: temp files are from a killed engine.
-                        if let Ok(Some(e)) = self.side(side).stat(rel) {
-                            let _ = self.side(side).remove(rel, &e);
-                        }
+        // One scan per side: each scanner applies its own side's .gitignore files as it
+        // descends; what only the other side's rules ignore is filtered out below.
+        for side in [Side::Host, Side::Env] {
+            let scan = self.side(side).scan("", &self.rules)?;
+            if self.first_pass {
+                for rel in &scan.leftovers {
+                    // We hold the engine lock: temp files are from a killed engine.
+                    if let Ok(Some(e)) = self.side(side).stat(rel) {
+                        let _ = self.side(side).remove(rel, &e);
                     }
                 }
-                skipped.extend(
-                    scan.skipped
-                        .iter()
-                        .map(|(p, why)| format!("{}: {p} ({why})", side.name())),
-                );
-                skipped.extend(scan.unreadable.iter().map(|p| {
-                    format!(
-                        "{}: {p}/ (cannot be listed: permission denied)",
-                        side.name()
-                    )
-                }));
-                unreadable.extend(scan.unreadable);
-                self.gitignores[idx(side)] = scan.gitignores;
-                trees[idx(side)] = scan.entries;
             }
-            if !self.rebuild_rules() {
-                break;
-            }
+            skipped.extend(
+                scan.skipped
+                    .iter()
+                    .map(|(p, why)| format!("{}: {p} ({why})", side.name())),
+            );
+            skipped.extend(scan.unreadable.iter().map(|p| {
+                format!(
+                    "{}: {p}/ (cannot be listed: permission denied)",
+                    side.name()
+                )
+            }));
+            unreadable.extend(scan.unreadable);
+            self.gitignores[idx(side)] = scan.gitignores;
+            trees[idx(side)] = scan.entries;
         }
+        self.rebuild_rules();
         skipped.truncate(100);
         self.update_status(false, |s| s.skipped = skipped);
         let mut paths: BTreeSet<String> = trees[0].keys().cloned().collect();
