@@ -73,7 +73,17 @@ pub fn watch_tree(
                 }
                 Err(e) => return Err(watch_err(e)),
             },
-            Err(e) => polling = Some(format!("{label}: inotify unavailable ({e}); polling")),
+            Err(e) => {
+                let hint = match &e.kind {
+                    notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
+                        "the inotify instance limit is reached; raise it with `sysctl fs.inotify.max_user_instances=1024`; "
+                    }
+                    _ => "",
+                };
+                polling = Some(format!(
+                    "{label}: inotify unavailable ({e}); {hint}berth falls back to polling meanwhile"
+                ))
+            }
         }
     }
     let mut w = notify::PollWatcher::new(
