@@ -684,3 +684,239 @@ fn failed_transfer_leaves_the_target_intact_and_fails_the_flush() {
     assert_eq!(read(&d.env.join("a")).as_deref(), Some("v2 is longer"));
     r.stop();
 }
+
+/// A transport that injects a concurrent edit at a chosen moment, to drive the race paths.
+struct Meddler {
+    inner: LocalTransport,
+    root: PathBuf,
+    /// Before a file is staged on this side: write this content to it first (once).
+    edit_before_commit: std::sync::Mutex<Option<(String, &'static str)>>,
+    /// While a file is read from this side: append to it after the first read (once per count).
+    grow_while_read: std::sync::Mutex<Option<(String, usize)>>,
+}
+
+impl Meddler {
+    fn new(root: &Path) -> Meddler {
+        Meddler {
+            inner: LocalTransport::open("meddled", root).unwrap(),
+            root: root.to_path_buf(),
+            edit_before_commit: Default::default(),
+            grow_while_read: Default::default(),
+        }
+    }
+}
+
+struct GrowingReader {
+    inner: Box<dyn berth_runtime::sync::transport::SourceFile>,
+    path: PathBuf,
+    grow: bool,
+}
+
+impl std::io::Read for GrowingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.grow {
+            self.grow = false;
+            let mut f = fs::OpenOptions::new().append(true).open(&self.path)?;
+            std::io::Write::write_all(&mut f, b" and more")?;
+        }
+        Ok(n)
+    }
+}
+
+impl berth_runtime::sync::transport::SourceFile for GrowingReader {
+    fn entry_now(&mut self) -> std::io::Result<berth_runtime::sync::tree::Entry> {
+        self.inner.entry_now()
+    }
+}
+
+impl Transport for Meddler {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn scan(
+        &self,
+        rel: &str,
+        rules: &berth_runtime::sync::ignore::IgnoreRules,
+    ) -> Result<berth_runtime::sync::tree::Scan, berth_runtime::sync::transport::TransportError>
+    {
+        self.inner.scan(rel, rules)
+    }
+    fn stat(
+        &self,
+        rel: &str,
+    ) -> Result<
+        Option<berth_runtime::sync::tree::Entry>,
+        berth_runtime::sync::transport::TransportError,
+    > {
+        self.inner.stat(rel)
+    }
+    fn hash(
+        &self,
+        rel: &str,
+    ) -> Result<Option<String>, berth_runtime::sync::transport::TransportError> {
+        self.inner.hash(rel)
+    }
+    fn read_file(
+        &self,
+        rel: &str,
+    ) -> Result<
+        (
+            berth_runtime::sync::tree::Entry,
+            Box<dyn berth_runtime::sync::transport::SourceFile>,
+        ),
+        berth_runtime::sync::transport::TransportError,
+    > {
+        let (e, inner) = self.inner.read_file(rel)?;
+        let mut g = self.grow_while_read.lock().unwrap();
+        let grow = match g.as_mut() {
+            Some((p, n)) if p == rel && *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        Ok((
+            e,
+            Box::new(GrowingReader {
+                inner,
+                path: self.root.join(rel),
+                grow,
+            }),
+        ))
+    }
+    fn stage_file(
+        &self,
+        rel: &str,
+        data: &mut dyn std::io::Read,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<
+        berth_runtime::sync::transport::Staged,
+        berth_runtime::sync::transport::TransportError,
+    > {
+        let staged = self.inner.stage_file(rel, data, mode, mtime_ns)?;
+        if let Some((p, text)) = self
+            .edit_before_commit
+            .lock()
+            .unwrap()
+            .take_if(|(p, _)| p == rel)
+        {
+            fs::write(self.root.join(&p), text).unwrap();
+        }
+        Ok(staged)
+    }
+    fn stage_symlink(
+        &self,
+        rel: &str,
+        target: &str,
+    ) -> Result<
+        berth_runtime::sync::transport::Staged,
+        berth_runtime::sync::transport::TransportError,
+    > {
+        self.inner.stage_symlink(rel, target)
+    }
+    fn commit(
+        &self,
+        staged: berth_runtime::sync::transport::Staged,
+        expect: Option<&berth_runtime::sync::tree::Entry>,
+    ) -> Result<berth_runtime::sync::tree::Entry, berth_runtime::sync::transport::TransportError>
+    {
+        self.inner.commit(staged, expect)
+    }
+    fn discard(&self, staged: berth_runtime::sync::transport::Staged) {
+        self.inner.discard(staged)
+    }
+    fn remove(
+        &self,
+        rel: &str,
+        expect: &berth_runtime::sync::tree::Entry,
+    ) -> Result<(), berth_runtime::sync::transport::TransportError> {
+        self.inner.remove(rel, expect)
+    }
+    fn rename(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(), berth_runtime::sync::transport::TransportError> {
+        self.inner.rename(from, to)
+    }
+    fn mkdir(
+        &self,
+        rel: &str,
+        mode: u32,
+    ) -> Result<berth_runtime::sync::tree::Entry, berth_runtime::sync::transport::TransportError>
+    {
+        self.inner.mkdir(rel, mode)
+    }
+    fn set_mode(
+        &self,
+        rel: &str,
+        mode: u32,
+    ) -> Result<berth_runtime::sync::tree::Entry, berth_runtime::sync::transport::TransportError>
+    {
+        self.inner.set_mode(rel, mode)
+    }
+    fn watch(
+        &self,
+        sink: berth_runtime::sync::transport::EventSink,
+        force_poll: bool,
+    ) -> Result<
+        berth_runtime::sync::transport::Watching,
+        berth_runtime::sync::transport::TransportError,
+    > {
+        self.inner.watch(sink, force_poll)
+    }
+}
+
+#[test]
+fn edit_on_the_target_during_a_transfer_becomes_a_conflict_not_a_loss() {
+    let d = dirs();
+    fs::write(d.host.join("f"), "base").unwrap();
+    let env = Arc::new(Meddler::new(&d.env));
+    let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", &d.host).unwrap());
+    let r = Running::with(cfg(&d), h, env.clone());
+    r.flush();
+    // The host edits f; while the engine stages the copy on env, env edits f too.
+    *env.edit_before_commit.lock().unwrap() = Some(("f".into(), "env edit during transfer"));
+    fs::write(d.host.join("f"), "host edit").unwrap();
+    r.flush();
+    assert_same(&d);
+    let mut versions: Vec<String> = fs::read_dir(&d.env)
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        vec!["env edit during transfer", "host edit"],
+        "both kept"
+    );
+    assert!(
+        env.edit_before_commit.lock().unwrap().is_none(),
+        "the edit was injected"
+    );
+    assert_eq!(r.engine.status().conflicts, 1);
+    r.stop();
+}
+
+#[test]
+fn file_growing_while_copied_is_copied_again() {
+    let d = dirs();
+    let host = Arc::new(Meddler::new(&d.host));
+    let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", &d.env).unwrap());
+    let r = Running::with(cfg(&d), host.clone(), e);
+    *host.grow_while_read.lock().unwrap() = Some(("log".into(), 2));
+    fs::write(d.host.join("log"), "start").unwrap();
+    r.flush();
+    assert_same(&d);
+    assert_eq!(
+        read(&d.env.join("log")).as_deref(),
+        Some("start and more and more")
+    );
+    assert_eq!(
+        host.grow_while_read.lock().unwrap().as_ref().map(|g| g.1),
+        Some(0)
+    );
+    r.stop();
+}
