@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -155,6 +155,8 @@ impl SyncEngine {
 
 /// Flush passes before giving up on reaching a quiet state (changes keep arriving).
 const MAX_FLUSH_PASSES: usize = 20;
+/// Runs of at least this many file copies are copied by several threads.
+const PARALLEL_COPIES_FROM: usize = 8;
 /// How long after a failed path everything is looked at again.
 const FAILURE_RETRY: Duration = Duration::from_secs(5);
 /// Remembered writes for echo suppression before the memory is cleared.
@@ -798,14 +800,44 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        // Phase 2: creations and updates (parents first), and base records.
-        for (p, d) in decisions.iter() {
+        // Phase 2: creations and updates (parents first), and base records. Runs of plain
+        // file copies (no folder created in between) are copied in parallel.
+        let todo: Vec<&(String, Decision)> = decisions
+            .iter()
+            .filter(|(p, _)| !blocked.contains(p))
+            .collect();
+        let mut i = 0;
+        while i < todo.len() {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            if blocked.contains(p) {
+            let mut jobs = Vec::new();
+            while let Some((p, d)) = todo.get(i + jobs.len()) {
+                match self.copy_job(p, *d, host, env) {
+                    Some(job) => jobs.push(job),
+                    None => break,
+                }
+            }
+            if jobs.len() >= PARALLEL_COPIES_FROM {
+                i += jobs.len();
+                let results = self.copy_files(&jobs, stop);
+                for (job, r) in jobs.into_iter().zip(results) {
+                    match r {
+                        Ok((s, d)) => {
+                            applied += 1;
+                            self.record_put(job.from, &job.rel, s, d, host, env);
+                        }
+                        Err(e) => match self.transport_failure(e) {
+                            Outcome::Done => {}
+                            Outcome::Retry => retry.push(job.rel),
+                            Outcome::Failed(m) => failed = Some(m),
+                        },
+                    }
+                }
                 continue;
             }
+            let (p, d) = todo[i];
+            i += 1;
             let outcome = match *d {
                 Decision::Record => {
                     let r = match (host.get(p), env.get(p)) {
@@ -821,16 +853,13 @@ impl<'a> Worker<'a> {
                 Decision::Propagate { from } | Decision::Conflict { winner: from } => {
                     match pick(from, host, env, p).0.cloned() {
                         None => Outcome::Done, // removal done in phase 1
-                        Some(src) => {
-                            let r = self.put(from, p, &src, host, env);
-                            if r.is_ok() {
+                        Some(src) => match self.put(from, p, &src, host, env) {
+                            Ok(()) => {
                                 applied += 1;
+                                Outcome::Done
                             }
-                            match r {
-                                Ok(()) => Outcome::Done,
-                                Err(e) => self.transport_failure(e),
-                            }
-                        }
+                            Err(e) => self.transport_failure(e),
+                        },
                     }
                 }
                 _ => Outcome::Done,
@@ -922,13 +951,106 @@ impl<'a> Worker<'a> {
                 (src.clone(), dst.commit(staged, dst_now.as_ref())?)
             }
             EntryKind::File => {
-                if let Some(e) = self.mode_only(from, rel, src, dst_now.as_ref()) {
-                    e
+                if self.mode_only_applies(from, rel, src, dst_now.as_ref()) {
+                    let new = dst.set_mode(rel, src.mode)?;
+                    let mut src = src.clone();
+                    src.hash = self.base.get(rel).and_then(|b| b.hash.clone());
+                    (src, new)
                 } else {
-                    self.copy_file(from, rel, dst_now.as_ref())?
+                    let src_t = self.side(from).clone();
+                    copy_file(&*src_t, &*dst, rel, dst_now.as_ref())?
                 }
             }
         };
+        self.record_put(from, rel, src_final, dst_final, host, env);
+        Ok(())
+    }
+
+    /// Whether only the permission bits of an otherwise unchanged file differ (chmod, no copy).
+    fn mode_only_applies(&self, from: Side, rel: &str, src: &Entry, dst: Option<&Entry>) -> bool {
+        let (Some(b), Some(dst)) = (self.base.get(rel), dst) else {
+            return false;
+        };
+        let to = from.other();
+        b.kind == EntryKind::File
+            && dst.kind == EntryKind::File
+            && src.size == b.size
+            && dst.size == b.size
+            && src.mtime_ns == b.mtime(from)
+            && dst.mtime_ns == b.mtime(to)
+            && src.mode != dst.mode
+    }
+
+    /// Copies a batch of files with a few threads (they are independent: no folder is
+    /// created between them). Results come back in order; a job not run because `stop` was
+    /// set reports `Changed` (looked at again later).
+    fn copy_files(&self, jobs: &[CopyJob], stop: &AtomicBool) -> Vec<CopyResult> {
+        let host: &dyn Transport = &*self.engine.host;
+        let env: &dyn Transport = &*self.engine.env;
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<CopyResult>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
+        let threads = copy_threads().min(jobs.len());
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(k) else { break };
+                    let (src, dst) = match job.from {
+                        Side::Host => (host, env),
+                        Side::Env => (env, host),
+                    };
+                    let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
+                    *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                });
+            }
+        });
+        slots
+            .into_iter()
+            .zip(jobs)
+            .map(|(slot, job)| {
+                slot.into_inner()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .unwrap_or_else(|| {
+                        Err(TransportError::Changed {
+                            side: "engine".into(),
+                            path: job.rel.clone(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// The copy job for a decision, when it is a plain file copy.
+    fn copy_job(&self, rel: &str, d: Decision, host: &Tree, env: &Tree) -> Option<CopyJob> {
+        let (Decision::Propagate { from } | Decision::Conflict { winner: from }) = d else {
+            return None;
+        };
+        let (src, dst) = pick(from, host, env, rel);
+        let src = src?;
+        if src.kind != EntryKind::File || self.mode_only_applies(from, rel, src, dst) {
+            return None;
+        }
+        Some(CopyJob {
+            from,
+            rel: rel.to_string(),
+            dst_expect: dst.cloned(),
+        })
+    }
+
+    /// Records a finished put: base, expected echo, and the destination tree.
+    fn record_put(
+        &mut self,
+        from: Side,
+        rel: &str,
+        src_final: Entry,
+        dst_final: Entry,
+        host: &mut Tree,
+        env: &mut Tree,
+    ) {
+        let to = from.other();
         let (h, e) = match from {
             Side::Host => (&src_final, &dst_final),
             Side::Env => (&dst_final, &src_final),
@@ -937,75 +1059,64 @@ impl<'a> Worker<'a> {
         let _ = self.base.set(rel, Some(BaseEntry::agreed(h, e, hash)));
         self.expect_echo(to, rel, Some(dst_final.clone()));
         tree_mut(to, host, env).insert(rel.to_string(), dst_final);
-        Ok(())
     }
+}
 
-    /// When only the permission bits of an otherwise unchanged file differ: chmod, no copy.
-    fn mode_only(
-        &self,
-        from: Side,
-        rel: &str,
-        src: &Entry,
-        dst: Option<&Entry>,
-    ) -> Option<(Entry, Entry)> {
-        let b = self.base.get(rel)?;
-        let dst = dst?;
-        let to = from.other();
-        let same_content = b.kind == EntryKind::File
-            && dst.kind == EntryKind::File
-            && src.size == b.size
-            && dst.size == b.size
-            && src.mtime_ns == b.mtime(from)
-            && dst.mtime_ns == b.mtime(to);
-        if !same_content || src.mode == dst.mode {
-            return None;
-        }
-        let new = self.side(to).set_mode(rel, src.mode).ok()?;
-        let mut src = src.clone();
-        src.hash = b.hash.clone();
-        Some((src, new))
-    }
+/// The source entry copied (with its hash) and the entry written, or why not.
+type CopyResult = Result<(Entry, Entry), TransportError>;
 
-    /// Copies a file whole, retrying while the source changes under the copy.
-    fn copy_file(
-        &self,
-        from: Side,
-        rel: &str,
-        dst_expect: Option<&Entry>,
-    ) -> Result<(Entry, Entry), TransportError> {
-        let src = self.side(from);
-        let dst = self.side(from.other());
-        let changed = || TransportError::Changed {
-            side: src.describe(),
-            path: rel.to_string(),
-        };
-        for _ in 0..COPY_ATTEMPTS {
-            let (before, file) = match src.read_file(rel) {
-                Ok(f) => f,
-                Err(TransportError::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    return Err(changed())
-                }
-                Err(e) => return Err(e),
-            };
-            let mut reader = HashingReader::new(file);
-            let staged = dst.stage_file(rel, &mut reader, before.mode, before.mtime_ns)?;
-            let (hash, bytes, mut file) = reader.finish_with_inner();
-            // Written to while we read it? (A file replaced by a rename is fine: we copied
-            // the old one whole, and the rename brings its own event.)
-            let after = file.entry_now().ok();
-            if bytes != before.size || after.is_none_or(|a| !a.same_state(&before)) {
-                dst.discard(staged);
-                continue;
+/// One file to copy.
+struct CopyJob {
+    from: Side,
+    rel: String,
+    dst_expect: Option<Entry>,
+}
+
+/// Copy threads: the machine's parallelism, at most 4.
+fn copy_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4)
+}
+
+/// Copies a file whole from `src` to `dst`, retrying while the source changes under the copy.
+fn copy_file(
+    src: &dyn Transport,
+    dst: &dyn Transport,
+    rel: &str,
+    dst_expect: Option<&Entry>,
+) -> Result<(Entry, Entry), TransportError> {
+    let changed = || TransportError::Changed {
+        side: src.describe(),
+        path: rel.to_string(),
+    };
+    for _ in 0..COPY_ATTEMPTS {
+        let (before, file) = match src.read_file(rel) {
+            Ok(f) => f,
+            Err(TransportError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(changed())
             }
-            let written = dst.commit(staged, dst_expect)?;
-            let mut before = before;
-            before.hash = Some(hash);
-            return Ok((before, written));
+            Err(e) => return Err(e),
+        };
+        let mut reader = HashingReader::new(file);
+        let staged = dst.stage_file(rel, &mut reader, before.mode, before.mtime_ns)?;
+        let (hash, bytes, mut file) = reader.finish_with_inner();
+        // Written to while we read it? (A file replaced by a rename is fine: we copied
+        // the old one whole, and the rename brings its own event.)
+        let after = file.entry_now().ok();
+        if bytes != before.size || after.is_none_or(|a| !a.same_state(&before)) {
+            dst.discard(staged);
+            continue;
         }
-        Err(changed())
+        let written = dst.commit(staged, dst_expect)?;
+        let mut before = before;
+        before.hash = Some(hash);
+        return Ok((before, written));
     }
+    Err(changed())
 }
 
 /// Timing lines on stderr when `BERTH_SYNC_TRACE` is set (for diagnosis and benchmarks).
