@@ -21,9 +21,9 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== corpus: the first $MB MB of /usr/share and /usr/lib/x86_64-linux-gnu (sorted)" >&2
+echo "== corpus: $MB MB of files under 4 MB from /usr/share and /usr/lib/x86_64-linux-gnu (sorted)" >&2
 find /usr/share /usr/lib/x86_64-linux-gnu -type f -printf '%s %p\n' 2>/dev/null | sort -k2 |
-  awk -v max=$((MB * 1024 * 1024)) '{ s += $1; if (s > max) exit; print substr($0, index($0, " ") + 1) }' > "$W/files"
+  awk -v max=$((MB * 1024 * 1024)) '$1 < 4000000 && s + $1 <= max { s += $1; print substr($0, index($0, " ") + 1) }' > "$W/files"
 tar -czf "$W/layer.tar.gz" -T "$W/files" 2>/dev/null
 RAW=$(tar -tvzf "$W/layer.tar.gz" | awk '{ s += $3 } END { print s }')
 echo "layer: $(wc -l < "$W/files") files, $((RAW / 1000000)) MB content, $(( $(stat -c %s "$W/layer.tar.gz") / 1000000 )) MB gzip" >&2

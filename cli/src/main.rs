@@ -61,6 +61,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Sync(args) => commands::sync::run(g, &args),
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
+        Command::Run(args) => commands::run::run(g, &args),
+        Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }

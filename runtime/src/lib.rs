@@ -8,3 +8,4 @@ pub mod environment;
 pub mod image;
 pub mod state;
 pub mod sync;
+pub mod vm;

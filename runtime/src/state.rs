@@ -233,6 +233,18 @@ pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
 /// Writes `bytes` to `path` atomically and durably: temp file in the same folder, fsync,
 /// rename, fsync of the folder.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    replace_file(path, bytes, true)
+}
+
+/// Like [`atomic_write`] but without fsync: readers still see the old or the new content and a
+/// killed writer leaves no torn file, but a power loss may lose the update. For runtime state
+/// that means nothing after a reboot anyway (which processes run, which cgroups exist), where
+/// two fsyncs per update would dominate the cost of starting an environment.
+pub fn replace_volatile(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    replace_file(path, bytes, false)
+}
+
+fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateError> {
     let err = |source| StateError::Write {
         path: path.to_path_buf(),
         source,
@@ -252,9 +264,14 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
             .mode(0o644)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -270,6 +287,16 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), Sta
     })?;
     bytes.push(b'\n');
     atomic_write(path, &bytes)
+}
+
+/// [`write_json`] through [`replace_volatile`]: no fsync.
+pub fn write_json_volatile<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Write {
+        path: path.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    replace_volatile(path, &bytes)
 }
 
 /// Reads JSON written by [`write_json`]; `Ok(None)` when the file does not exist.

@@ -201,6 +201,14 @@ pub fn index_of(images: &[(&Image, &str)]) -> Vec<u8> {
     .unwrap()
 }
 
+/// An IPv4 address of this machine that is not loopback, if it has one.
+pub fn non_loopback_ipv4() -> Option<String> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -399,7 +407,34 @@ impl FakeRegistry {
     /// Serves `routes`; with `require_token`, every /v2/ request needs the bearer token that
     /// its `/token` endpoint hands out for the challenge's service and scope.
     pub fn start(routes: Routes, require_token: bool) -> FakeRegistry {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_with(routes, require_token, None)
+    }
+
+    /// Like [`FakeRegistry::start`]; with `token_basic` (`user:password`), the token
+    /// endpoint hands out tokens only to requests with those basic credentials.
+    pub fn start_with(
+        routes: Routes,
+        require_token: bool,
+        token_basic: Option<&str>,
+    ) -> FakeRegistry {
+        Self::start_on("127.0.0.1", routes, require_token, token_basic)
+    }
+
+    /// Like [`FakeRegistry::start_with`], listening on `ip` (its `addr` names that ip).
+    pub fn start_on(
+        ip: &str,
+        routes: Routes,
+        require_token: bool,
+        token_basic: Option<&str>,
+    ) -> FakeRegistry {
+        let token_basic = token_basic.map(|c| {
+            use base64::Engine as _;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(c)
+            )
+        });
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -412,8 +447,9 @@ impl FakeRegistry {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let (r, s, sl, a) = (routes.clone(), s2.clone(), sl2.clone(), a2.clone());
+                        let basic = token_basic.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(stream, &r, &s, &sl, require_token, &a);
+                            let _ = serve(stream, &r, &s, &sl, require_token, basic.as_deref(), &a);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -453,6 +489,7 @@ fn serve(
     seen: &Mutex<Vec<Seen>>,
     slow: &AtomicBool,
     require_token: bool,
+    token_basic: Option<&str>,
     addr: &str,
 ) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
@@ -494,6 +531,9 @@ fn serve(
     if path == "/token" {
         let ok = query.contains("scope=repository%3A") || query.contains("scope=repository:");
         let ok = ok && query.contains("service=fixture");
+        let ok = ok
+            && token_basic
+                .is_none_or(|b| headers.get("authorization").map(String::as_str) == Some(b));
         if ok {
             let body = format!(r#"{{"token":"{TOKEN}"}}"#);
             return respond(

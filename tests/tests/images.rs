@@ -541,7 +541,7 @@ fn rm_and_prune_keep_what_environments_use() {
     // An environment that uses c's layers keeps them after c's record is gone.
     fs::create_dir_all(home.join("envs/web-1234abcd")).unwrap();
     let state = serde_json::json!({"layers": [base.diff_id(), c.layers[1].diff_id()]});
-    fs::write(home.join("envs/web-1234abcd/state.json"), state.to_string()).unwrap();
+    fs::write(home.join("envs/web-1234abcd/env.json"), state.to_string()).unwrap();
     ok(&b, &["image", "rm", &rc]);
     ok(&b, &["image", "prune"]);
     assert!(
@@ -724,4 +724,144 @@ fn concurrent_pulls_and_a_prune_during_a_pull_are_safe() {
     assert_blobs_intact(b.home.path());
     let ls: serde_json::Value = serde_json::from_str(&ok(&b, &["image", "ls", "--json"])).unwrap();
     assert_eq!(ls["images"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn pulls_an_image_built_by_umoci_and_pushed_by_skopeo() {
+    if !Path::new("/usr/bin/umoci").exists() || !Path::new("/usr/bin/skopeo").exists() {
+        eprintln!("SKIP: umoci and skopeo are needed (apt-get install umoci skopeo)");
+        return;
+    }
+    let Some(reg) = Registry::start() else { return };
+    let w = tempfile::tempdir().unwrap();
+    let src = w.path().join("src");
+    fs::create_dir_all(src.join("bin")).unwrap();
+    fs::copy("/bin/busybox", src.join("bin/busybox")).unwrap();
+    fs::write(src.join("hostname"), b"bb\n").unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(w.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run(&["umoci", "init", "--layout", "oci"]);
+    run(&["umoci", "new", "--image", "oci:bb"]);
+    run(&["umoci", "insert", "--image", "oci:bb", "src", "/"]);
+    run(&[
+        "umoci",
+        "config",
+        "--image",
+        "oci:bb",
+        "--config.cmd",
+        "/bin/sh",
+    ]);
+    let dest = format!("docker://{}/umoci/bb:latest", reg.addr);
+    run(&[
+        "skopeo",
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        "oci:oci:bb",
+        &dest,
+    ]);
+    let b = Berth::new();
+    ok(
+        &b,
+        &["image", "pull", &format!("{}/umoci/bb:latest", reg.addr)],
+    );
+    let layer = fs::read_dir(b.home.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .unwrap()
+        .path();
+    assert_eq!(
+        fs::read(layer.join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(fs::read(layer.join("hostname")).unwrap(), b"bb\n");
+    // The OCI layout umoci wrote imports as the same image.
+    let b2 = Berth::new();
+    let layout = w.path().join("oci");
+    ok(
+        &b2,
+        &[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "umoci/bb",
+        ],
+    );
+    let ls1: serde_json::Value = serde_json::from_str(&ok(&b, &["image", "ls", "--json"])).unwrap();
+    let ls2: serde_json::Value =
+        serde_json::from_str(&ok(&b2, &["image", "ls", "--json"])).unwrap();
+    assert_eq!(ls1["images"][0]["id"], ls2["images"][0]["id"]);
+    assert_eq!(
+        ls1["images"][0]["manifest_digest"],
+        ls2["images"][0]["manifest_digest"]
+    );
+}
+
+#[test]
+fn token_service_gets_credentials_from_docker_config() {
+    let img = Image::new(vec![busybox_layer(Compression::Gzip)], host_arch());
+    let mut routes = Routes::default();
+    img.routes("private/bb", "v1", &mut routes);
+    let fake = FakeRegistry::start_with(routes, true, Some("ci-user:s3cret"));
+    let reference = format!("{}/private/bb:v1", fake.addr);
+    // Without credentials the token service refuses.
+    let b = Berth::new();
+    let err = fails(&b, &["image", "pull", &reference]);
+    assert!(
+        err.contains("refused access") && err.contains("docker login"),
+        "{err}"
+    );
+    // With ~/.docker/config.json-style credentials (auths.<host>.auth = base64 user:password).
+    let cfg = tempfile::tempdir().unwrap();
+    let auth = format!(
+        r#"{{"auths":{{"{}":{{"auth":"Y2ktdXNlcjpzM2NyZXQ="}}}}}}"#,
+        fake.addr
+    );
+    fs::write(cfg.path().join("config.json"), auth).unwrap();
+    let o = b
+        .cmd()
+        .env("DOCKER_CONFIG", cfg.path())
+        .args(["image", "pull", &reference])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(layer_dir(b.home.path(), &img.layers[0].diff_id())
+        .join("bin/busybox")
+        .is_file());
+}
+
+#[test]
+fn insecure_falls_back_to_plain_http_for_a_registry_off_loopback() {
+    let Some(ip) = berth_e2e::oci::non_loopback_ipv4() else {
+        eprintln!("SKIP: this machine has no non-loopback IPv4 address");
+        return;
+    };
+    let img = Image::new(vec![busybox_layer(Compression::Gzip)], host_arch());
+    let mut routes = Routes::default();
+    img.routes("bb", "latest", &mut routes);
+    let fake = FakeRegistry::start_on(&ip, routes, false, None);
+    let b = Berth::new();
+    let reference = format!("{}/bb:latest", fake.addr);
+    // Not loopback: HTTPS only, which this plain-HTTP registry cannot speak.
+    let err = fails(&b, &["image", "pull", &reference]);
+    assert!(
+        err.contains("https://") && err.contains("--insecure"),
+        "{err}"
+    );
+    ok(&b, &["image", "pull", "--insecure", &reference]);
+    assert!(layer_dir(b.home.path(), &img.layers[0].diff_id())
+        .join("bin/busybox")
+        .is_file());
 }

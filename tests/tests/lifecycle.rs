@@ -408,3 +408,193 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
             .find(|p| p.exists())
     })
 }
+
+#[test]
+fn snapshots_capture_and_restore_the_writable_layer() {
+    require_root!();
+    let p = project(BASIC);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo one > /root/a; rm /etc/group; mkdir /opt; echo x > /opt/f",
+        ],
+    );
+    let out = ok(&b, p.path(), &["snapshot", "save", "s1"]);
+    assert!(out.contains("saved snapshot s1"), "{out}");
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo two > /root/a; rm -r /opt; echo b > /root/b",
+        ],
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&b, p.path(), &["snapshot", "ls", "--json"])).unwrap();
+    assert_eq!(ls[0]["name"], "s1");
+    // Restoring a running environment restarts it on the snapshot's layer.
+    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    assert!(out.contains("started it again"), "{out}");
+    let o = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/a /opt/f; ls /root; test -e /etc/group || echo group-gone",
+        ],
+    );
+    assert_eq!(o, "one\nx\na\ngroup-gone\n");
+    // Restore on a stopped environment keeps it stopped.
+    ok(&b, p.path(), &["down"]);
+    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    assert!(!out.contains("started it again"), "{out}");
+    ok(&b, p.path(), &["snapshot", "rm", "s1"]);
+    let o = b.run_in(p.path(), &["snapshot", "restore", "s1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("no snapshot s1"), "{:?}", text(&o));
+    let o = b.run_in(p.path(), &["snapshot", "save", "../escape"]);
+    assert_eq!(o.status.code(), Some(1));
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn setup_steps_are_cached_layers() {
+    require_root!();
+    let toml = BASIC.replace(
+        "from = \"rootfs:./rootfs\"",
+        "from = \"rootfs:./rootfs\"\nsetup = [\"echo one > /etc/built\", \"echo two >> /etc/built\"]",
+    );
+    let p = project(&toml);
+    let b = Berth::new();
+    let o = b.run_in(p.path(), &["up"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\ntwo\n"
+    );
+    // Editing step 2 reruns step 2 only.
+    std::fs::write(
+        p.path().join("berth.toml"),
+        toml.replace("echo two", "echo TWO")
+            .replace("{name}", &p.name),
+    )
+    .unwrap();
+    let o = b.run_in(p.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.contains("changed: image"), "{out}");
+    assert!(
+        err.contains("setup[0]: echo one > /etc/built (cached)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("setup[1]: echo TWO >> /etc/built (cached)"),
+        "{err}"
+    );
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\nTWO\n"
+    );
+    // A failing step reports its exit code and leaves the running environment alone.
+    std::fs::write(
+        p.path().join("berth.toml"),
+        toml.replace("echo two >> /etc/built", "echo partial; exit 7")
+            .replace("{name}", &p.name),
+    )
+    .unwrap();
+    let o = b.run_in(p.path(), &["up"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(err.contains('7') && err.contains("partial"), "{err}");
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        "one\nTWO\n"
+    );
+    ok(&b, p.path(), &["destroy"]);
+}
+
+#[test]
+fn logs_follow_prints_new_output() {
+    require_root!();
+    let toml = BASIC.replace(
+        "ticker = { command = [\"sh\", \"-c\", \"echo tick; sleep 1000\"] }",
+        "ticker = { command = [\"sh\", \"-c\", \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done\"] }",
+    );
+    let p = project(&toml);
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["logs", "-F", "-n", "1", "ticker"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    use std::io::Read;
+    while seen.lines().count() < 4 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "logs -F ended: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let nums: Vec<u32> = seen
+        .lines()
+        .take(4)
+        .map(|l| l.trim_start_matches("tick-").parse().unwrap())
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
+    ok(&b, p.path(), &["destroy"]);
+}
+
+#[test]
+fn concurrent_commands_on_ten_environments() {
+    require_root!();
+    let projects: Vec<Project> = (0..10).map(|_| project(BASIC)).collect();
+    let b = Berth::new();
+    let befores: Vec<HostSnapshot> = projects.iter().map(|p| p.snapshot(&b)).collect();
+    // Two threads per environment, each doing up / exec / down: the per-environment lock
+    // serializes them, different environments run in parallel.
+    std::thread::scope(|s| {
+        for p in &projects {
+            for _ in 0..2 {
+                let b = &b;
+                s.spawn(move || {
+                    ok(b, p.path(), &["-q", "up"]);
+                    // The other thread may take it down meanwhile: then exec reports a
+                    // stopped environment (3), or `true` is stopped with it (143 / 137).
+                    let o = b.run_in(p.path(), &["exec", "--", "true"]);
+                    assert!(
+                        matches!(o.status.code(), Some(0 | 3 | 137 | 143)),
+                        "{:?} {:?}",
+                        o.status,
+                        text(&o)
+                    );
+                    ok(b, p.path(), &["-q", "down"]);
+                });
+            }
+        }
+    });
+    for (p, before) in projects.iter().zip(&befores) {
+        ok(&b, p.path(), &["-q", "destroy"]);
+        before.assert_nothing_leaked(&p.snapshot(&b));
+    }
+}

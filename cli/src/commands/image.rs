@@ -94,7 +94,8 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
             let r = store.prune().map_err(fail)?;
             if !g.quiet {
                 eprintln!(
-                    "removed {} layers and {} blobs, freed {}",
+                    "removed {} cached build steps, {} layers and {} blobs, freed {}",
+                    r.build_steps_removed,
                     r.layers_removed,
                     r.blobs_removed,
                     human_bytes(r.bytes_freed)

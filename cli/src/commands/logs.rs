@@ -2,11 +2,11 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_runtime::container::logs::{service_log_files, services_with_logs};
+use berth_runtime::container::logs::{service_log_files, services_with_logs, LogFollower};
 
 use crate::args::{GlobalArgs, LogsArgs};
 use crate::environment::Current;
@@ -39,23 +39,15 @@ pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     };
     let prefix = services.len() > 1;
     let mut out = std::io::stdout().lock();
-    let mut followed = Vec::new();
     for s in &services {
-        let files = service_log_files(&dir, s);
-        let lines = last_lines(&files, args.tail);
-        for l in lines {
+        for l in last_lines(&service_log_files(&dir, s), args.tail) {
             write_line(&mut out, prefix.then_some(s.as_str()), &l);
-        }
-        if let Some(current) = files.last() {
-            let len = std::fs::metadata(current).map(|m| m.len()).unwrap_or(0);
-            followed.push((s.clone(), current.clone(), len));
-        } else {
-            followed.push((s.clone(), dir.join("logs").join(format!("{s}.log")), 0));
         }
     }
     let _ = out.flush();
+    drop(out);
     if args.follow {
-        follow(&mut followed, prefix);
+        follow(&dir, &services, prefix);
     }
     Ok(0)
 }
@@ -82,39 +74,27 @@ fn last_lines(files: &[PathBuf], n: Option<usize>) -> Vec<String> {
     keep.into()
 }
 
-/// Prints what is appended to each file until interrupted; notices rotation (file shrank).
-fn follow(files: &mut [(String, PathBuf, u64)], prefix: bool) {
-    let mut partial: Vec<Vec<u8>> = vec![Vec::new(); files.len()];
+/// Prints what is appended to each service's log until interrupted (rotation included).
+fn follow(dir: &Path, services: &[String], prefix: bool) {
+    let mut followers: Vec<(LogFollower, Vec<u8>)> = services
+        .iter()
+        .map(|s| (LogFollower::new(dir, s, false), Vec::new()))
+        .collect();
     loop {
-        for (i, (name, path, pos)) in files.iter_mut().enumerate() {
-            let len = std::fs::metadata(path.as_path())
-                .map(|m| m.len())
-                .unwrap_or(0);
-            if len < *pos {
-                *pos = 0;
+        for ((f, partial), name) in followers.iter_mut().zip(services) {
+            let Ok(bytes) = f.poll() else { continue };
+            if bytes.is_empty() {
+                continue;
             }
-            if len > *pos {
-                if let Some(bytes) = read_from(path, *pos) {
-                    *pos += bytes.len() as u64;
-                    partial[i].extend_from_slice(&bytes);
-                    let mut out = std::io::stdout().lock();
-                    while let Some(nl) = partial[i].iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = partial[i].drain(..=nl).collect();
-                        let text = String::from_utf8_lossy(&line[..line.len() - 1]);
-                        write_line(&mut out, prefix.then_some(name.as_str()), &text);
-                    }
-                    let _ = out.flush();
-                }
+            partial.extend_from_slice(&bytes);
+            let mut out = std::io::stdout().lock();
+            while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                write_line(&mut out, prefix.then_some(name.as_str()), &text);
             }
+            let _ = out.flush();
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn read_from(path: &Path, pos: u64) -> Option<Vec<u8>> {
-    let mut f = File::open(path).ok()?;
-    f.seek(SeekFrom::Start(pos)).ok()?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
-    Some(buf)
 }

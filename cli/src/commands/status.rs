@@ -139,9 +139,19 @@ pub fn ls(_g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
                 e.name
             },
             status,
-            e.image.unwrap_or_else(|| "-".into()),
+            e.image
+                .map(|i| short_image(&i))
+                .unwrap_or_else(|| "-".into()),
             e.file.display()
         );
     }
     Ok(0)
+}
+
+/// Image names for a table column: built images are named by a 64-hex key; show 12.
+fn short_image(name: &str) -> String {
+    match name.strip_prefix("build:") {
+        Some(key) if key.len() > 12 => format!("build:{}", &key[..12]),
+        _ => name.to_string(),
+    }
 }

@@ -64,6 +64,7 @@ impl ContainerBackend {
         hook: &mut dyn FnMut(i32) -> Result<()>,
     ) -> Result<Started> {
         let t0 = Instant::now();
+        super::fault::checkpoint("start");
         spec.validate()?;
         let dir = &spec.state_dir;
         fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
@@ -93,6 +94,7 @@ impl ContainerBackend {
         checkpoint("state-written");
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
             Ok(pid) => {
+                super::fault::checkpoint("started");
                 state.phase = Phase::Running;
                 state.starter = None;
                 state.started_at = Some(now_secs());
@@ -131,7 +133,7 @@ impl ContainerBackend {
             cg.apply(&spec.resources)?;
         }
         checkpoint("cgroups-created");
-        crate::state::write_json(&spec.spec_file(), spec)?;
+        crate::state::write_json_volatile(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let log_path = spec.logs_dir().join("supervisor.log");
@@ -154,10 +156,9 @@ impl ContainerBackend {
         let procs_files: Vec<fs::File> = match &state.cgroups {
             Some(l) => l
                 .driver()
-                .dirs()
-                .iter()
-                .map(|d| {
-                    let p = d.join("cgroup.procs");
+                .self_join_files()
+                .into_iter()
+                .map(|p| {
                     fs::OpenOptions::new()
                         .write(true)
                         .open(&p)
@@ -203,6 +204,9 @@ impl ContainerBackend {
     /// its cgroups and control socket. Also cleans up after a crashed supervisor or a start
     /// that was interrupted. Stopping a stopped environment is a no-op.
     pub fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        if !state_dir.exists() {
+            return Ok(());
+        }
         let mut state = ContainerState::load(state_dir)?;
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
             let socket = state_dir.join("control.sock");
@@ -233,6 +237,38 @@ impl ContainerBackend {
         state.cgroups = None;
         state.started_at = None;
         state.save(dir)
+    }
+
+    /// Stops the environment and removes its state folder: writable layer, logs, state.
+    /// Named volumes live under `volumes/` and stay. When berth runs rootless with
+    /// subordinate ids, files created by other users inside belong to ids the invoking user
+    /// cannot remove directly; they are removed from inside a user namespace with the
+    /// environment's mapping.
+    pub fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        self.stop(state_dir, timeout)?;
+        let mapping = ContainerState::load(state_dir)?.mapping;
+        match crate::state::remove_tree(state_dir) {
+            Ok(()) => Ok(()),
+            Err(e) => match mapping {
+                Some(m) if !nix::unistd::geteuid().is_root() => {
+                    remove_tree_as_mapped_root(state_dir, &m)
+                }
+                _ => Err(ContainerError::io(
+                    format!("cannot remove {}", state_dir.display()),
+                    e,
+                )),
+            },
+        }
+    }
+
+    /// Freezes or thaws every process of a running environment (cgroup freezer). A no-op
+    /// for an environment that is not running.
+    pub fn set_frozen(&self, state_dir: &Path, frozen: bool) -> Result<()> {
+        let state = ContainerState::load(state_dir)?;
+        match (&state.cgroups, state.supervisor.filter(|s| s.alive())) {
+            (Some(l), Some(_)) => l.driver().set_frozen(frozen),
+            _ => Ok(()),
+        }
     }
 
     /// Running, stopped or dead, with live usage from the cgroup.
@@ -433,5 +469,49 @@ fn wait_gone(p: &ProcessRef, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while p.alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Removes `path` from a child process in a new user namespace with `mapping`, as its root.
+fn remove_tree_as_mapped_root(path: &Path, mapping: &IdMapping) -> Result<()> {
+    use super::namespaces::recv_byte;
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    // SAFETY: the child only runs the removal and exits; berth's commands are single-threaded
+    // when they destroy an environment, and the child touches no locks held by other threads
+    // (remove_tree allocates, which glibc's fork handlers make safe).
+    match unsafe { nix::unistd::fork() }.context(|| "cannot fork".to_string())? {
+        nix::unistd::ForkResult::Child => {
+            drop((ready_r, go_w));
+            let ok = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).is_ok()
+                && send_byte(&ready_w, 1)
+                && recv_byte(&go_r) == Some(1)
+                && nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0))
+                    .is_ok()
+                && nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0))
+                    .is_ok()
+                && crate::state::remove_tree(path).is_ok();
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop((ready_w, go_r));
+            let mapped = match recv_byte(&ready_r) {
+                Some(1) => mapping.write_for(child.as_raw()),
+                _ => Err(ContainerError::Setup(
+                    "the removal helper could not create a user namespace".into(),
+                )),
+            };
+            send_byte(&go_w, u8::from(mapped.is_ok()));
+            let status = nix::sys::wait::waitpid(child, None);
+            mapped?;
+            match status {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                _ => Err(ContainerError::Setup(format!(
+                    "cannot remove {} even as the environment's root; remove it by hand",
+                    path.display()
+                ))),
+            }
+        }
     }
 }

@@ -22,6 +22,8 @@ use super::error::{ContainerError, Result};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 1 << 20;
+/// How long ping, status and stop wait for the supervisor's answer.
+pub const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most descriptors one frame may carry.
 pub const MAX_FDS: usize = 3;
 
@@ -223,6 +225,21 @@ pub fn recv_with_fds(
     }
 }
 
+/// Runs `f` with a path to the socket `path` that fits in `sockaddr_un` (107 bytes): long
+/// paths are reached through `/proc/self/fd/<fd of its folder>/<name>`.
+pub fn with_socket_path<T>(path: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().len() < 100 {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let d = std::fs::File::open(dir)?;
+    let short = std::path::PathBuf::from(format!("/proc/self/fd/{}", d.as_raw_fd())).join(name);
+    f(&short)
+}
+
 /// A blocking client connection to a supervisor.
 pub struct ControlClient {
     stream: UnixStream,
@@ -232,7 +249,7 @@ pub struct ControlClient {
 
 impl ControlClient {
     pub fn connect(socket: &Path) -> Result<ControlClient> {
-        let stream = UnixStream::connect(socket).map_err(|e| {
+        let stream = with_socket_path(socket, |p| UnixStream::connect(p)).map_err(|e| {
             ContainerError::io(
                 format!(
                     "cannot connect to the environment's supervisor at {}; is the environment running (`berth status`)?",
@@ -246,6 +263,16 @@ impl ControlClient {
             decoder: FrameDecoder::default(),
             fds: VecDeque::new(),
         })
+    }
+
+    /// A connection for a request the supervisor answers at once (ping, status, stop): a
+    /// supervisor that does not answer within [`REPLY_TIMEOUT`] is reported, not waited for.
+    pub fn connect_for_reply(socket: &Path) -> Result<ControlClient> {
+        let c = Self::connect(socket)?;
+        c.stream
+            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .map_err(|e| ContainerError::io("cannot set a timeout on the control socket", e))?;
+        Ok(c)
     }
 
     pub fn send(&mut self, req: &Request, fds: &[RawFd]) -> Result<()> {
@@ -273,8 +300,15 @@ impl ControlClient {
             }
             let mut buf = [0u8; 8192];
             use std::os::fd::AsFd;
-            let n = recv_with_fds(self.stream.as_fd(), &mut buf, &mut self.fds)
-                .map_err(|e| ContainerError::Protocol(format!("cannot read answer: {e}")))?;
+            let n = recv_with_fds(self.stream.as_fd(), &mut buf, &mut self.fds).map_err(|e| {
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    ContainerError::Protocol(format!(
+                        "the supervisor did not answer within {REPLY_TIMEOUT:?}; it may be hung (`berth down` kills it)"
+                    ))
+                } else {
+                    ContainerError::Protocol(format!("cannot read answer: {e}"))
+                }
+            })?;
             if n == 0 {
                 return Err(ContainerError::Protocol(
                     "the supervisor closed the connection (did the environment stop?)".into(),
@@ -282,6 +316,12 @@ impl ControlClient {
             }
             self.decoder.push(&buf[..n]);
         }
+    }
+
+    /// Whether a complete or partial answer already sits in this client's buffer: polling the
+    /// socket would not report it, so check this before waiting on [`raw_fd`](Self::raw_fd).
+    pub fn has_buffered(&self) -> bool {
+        self.decoder.pending() > 0
     }
 
     /// Sends a request and expects exactly one answer.
@@ -328,6 +368,13 @@ impl ExecSession {
                 _ => continue,
             }
         }
+    }
+
+    /// The exit status (or part of it) was already read off the socket together with an
+    /// earlier answer: `wait` returns without blocking then, but the socket will not poll
+    /// readable. Check this before polling [`control_fd`](Self::control_fd).
+    pub fn reply_buffered(&self) -> bool {
+        self.client.has_buffered()
     }
 
     /// The control connection's fd (readable when the exit status arrives).
@@ -379,7 +426,7 @@ pub fn exec_tty(socket: &Path, req: &ExecRequest) -> Result<ExecSession> {
 
 /// The supervisor's view: services, process count, start time.
 pub fn status(socket: &Path) -> Result<SupervisorStatus> {
-    match ControlClient::connect(socket)?.call(&Request::Status)? {
+    match ControlClient::connect_for_reply(socket)?.call(&Request::Status)? {
         Response::Status(s) => Ok(s),
         other => Err(ContainerError::Protocol(format!(
             "unexpected answer {other:?}"
@@ -389,14 +436,14 @@ pub fn status(socket: &Path) -> Result<SupervisorStatus> {
 
 /// Whether a supervisor answers on `socket`.
 pub fn ping(socket: &Path) -> bool {
-    ControlClient::connect(socket)
+    ControlClient::connect_for_reply(socket)
         .and_then(|mut c| c.call(&Request::Ping))
         .is_ok_and(|r| r == Response::Pong)
 }
 
 /// Asks the supervisor to stop everything (SIGTERM, SIGKILL after `grace_ms`) and exit.
 pub fn request_stop(socket: &Path, grace_ms: u64) -> Result<()> {
-    match ControlClient::connect(socket)?.call(&Request::Stop { grace_ms })? {
+    match ControlClient::connect_for_reply(socket)?.call(&Request::Stop { grace_ms })? {
         Response::Stopping => Ok(()),
         other => Err(ContainerError::Protocol(format!(
             "unexpected answer {other:?}"
@@ -472,6 +519,29 @@ mod tests {
         let mut d = FrameDecoder::default();
         d.push(&[0, 0]);
         assert_eq!(d.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn a_silent_supervisor_is_reported_not_waited_for() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("control.sock");
+        // Bound and listening, never answering: connect succeeds, the answer never comes.
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let e = status(&path).unwrap_err();
+        assert!(e.to_string().contains("did not answer"), "{e}");
+    }
+
+    #[test]
+    fn long_socket_paths_work() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        assert!(path.as_os_str().len() > 108);
+        let l = with_socket_path(&path, |p| std::os::unix::net::UnixListener::bind(p)).unwrap();
+        assert!(path.exists());
+        let c = with_socket_path(&path, |p| UnixStream::connect(p)).unwrap();
+        drop((l, c));
     }
 
     #[test]

@@ -283,16 +283,15 @@ pub fn choose(
         writer: MapWriter::Direct,
         deny_setgroups: false,
     };
-    if choice == UserMappingChoice::Host {
-        if who.uid != 0 {
-            return Err(ContainerError::Invalid(
-                "running without a user namespace needs host root".into(),
-            ));
-        }
-        return Ok(None);
-    }
     Ok(Some(match choice {
-        UserMappingChoice::Host => unreachable!("handled above"),
+        UserMappingChoice::Host => {
+            if who.uid != 0 {
+                return Err(ContainerError::Invalid(
+                    "running without a user namespace needs host root".into(),
+                ));
+            }
+            return Ok(None);
+        }
         UserMappingChoice::SingleId => single(who.uid, who.gid),
         UserMappingChoice::Range { host_start, count } => {
             if who.uid != 0 {

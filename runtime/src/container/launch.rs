@@ -61,6 +61,7 @@ pub fn report(fd: &OwnedFd, ev: &LaunchEvent) {
 
 /// Entry point of the hidden subcommand. Never returns for the supervisor process.
 pub fn main(state_dir: &Path) -> i32 {
+    checkpoint("launcher-exec");
     let is_pipe = |fd: RawFd| {
         // SAFETY: fstat into a zeroed stat struct; fails harmlessly on a closed fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
@@ -134,7 +135,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
         (Some(m), true) => m.host_uid(0).zip(m.host_gid(0)),
         _ => None,
     };
-    let listener = tryr!(bind_control_socket(&spec, owner));
+    let listener = tryr!(bind_control_socket(&spec));
     let logs = tryr!(open_logs_dir(&spec, owner));
     let (to_child_r, to_child_w) = tryr!(pipe());
     let (from_child_r, from_child_w) = tryr!(pipe());
@@ -283,14 +284,13 @@ fn become_root(m: &IdMapping) -> Result<()> {
         .context(|| "cannot become uid 0 in the user namespace".to_string())
 }
 
-fn bind_control_socket(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<UnixListener> {
+fn bind_control_socket(spec: &ContainerSpec) -> Result<UnixListener> {
     let path = spec.control_socket();
     let _ = fs::remove_file(&path);
-    let l = UnixListener::bind(&path)
+    let l = super::control::with_socket_path(&path, |p| UnixListener::bind(p))
         .context(|| format!("cannot create the control socket {}", path.display()))?;
     fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
         .context(|| format!("cannot chmod {}", path.display()))?;
-    let _ = owner;
     Ok(l)
 }
 

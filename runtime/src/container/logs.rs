@@ -137,6 +137,75 @@ pub fn read_service_log(state_dir: &Path, service: &str) -> io::Result<Vec<u8>> 
     Ok(out)
 }
 
+/// Follows a service's log like `tail -f`, across rotations: each [`poll`](Self::poll)
+/// returns what was appended since the last one.
+pub struct LogFollower {
+    dir: PathBuf,
+    name: String,
+    /// Inode and offset of the file read so far.
+    pos: Option<(u64, u64)>,
+}
+
+impl LogFollower {
+    /// Starts at the current end (`from_start = false`) or with the whole kept log.
+    pub fn new(state_dir: &Path, service: &str, from_start: bool) -> LogFollower {
+        let mut f = LogFollower {
+            dir: state_dir.join("logs"),
+            name: format!("{service}.log"),
+            pos: None,
+        };
+        if !from_start {
+            if let Ok(m) = std::fs::metadata(f.dir.join(&f.name)) {
+                use std::os::unix::fs::MetadataExt;
+                f.pos = Some((m.ino(), m.len()));
+            }
+        }
+        f
+    }
+
+    /// New bytes since the last call (empty when nothing changed).
+    pub fn poll(&mut self) -> io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let current = self.dir.join(&self.name);
+        let rotated = self.dir.join(format!("{}.1", self.name));
+        let mut out = Vec::new();
+        let read_from = |p: &Path, off: u64, out: &mut Vec<u8>| -> io::Result<u64> {
+            let mut f = File::open(p)?;
+            f.seek(SeekFrom::Start(off))?;
+            let n = f.read_to_end(out)?;
+            Ok(off + n as u64)
+        };
+        let cur_meta = match std::fs::metadata(&current) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        match self.pos {
+            Some((ino, off)) if ino == cur_meta.ino() => {
+                let end = read_from(&current, off, &mut out)?;
+                self.pos = Some((ino, end));
+            }
+            Some((ino, off)) => {
+                // Rotated since the last poll: finish the old file, then read the new one.
+                if std::fs::metadata(&rotated).is_ok_and(|m| m.ino() == ino) {
+                    read_from(&rotated, off, &mut out)?;
+                }
+                let end = read_from(&current, 0, &mut out)?;
+                self.pos = Some((cur_meta.ino(), end));
+            }
+            None => {
+                if std::fs::metadata(&rotated).is_ok() {
+                    read_from(&rotated, 0, &mut out)?;
+                }
+                let end = read_from(&current, 0, &mut out)?;
+                self.pos = Some((cur_meta.ino(), end));
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +227,26 @@ mod tests {
         }
         let state = d.path().parent().unwrap();
         let _ = state;
+    }
+
+    #[test]
+    fn follower_sees_appends_and_rotations() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("logs")).unwrap();
+        let dir = OwnedFd::from(File::open(d.path().join("logs")).unwrap());
+        let mut l = LogFile::new(&dir, "s", 1024).unwrap();
+        l.append(b"before\n").unwrap();
+        let mut tail = LogFollower::new(d.path(), "s", false);
+        let mut all = LogFollower::new(d.path(), "s", true);
+        assert_eq!(tail.poll().unwrap(), b"");
+        l.append(b"one\n").unwrap();
+        assert_eq!(tail.poll().unwrap(), b"one\n");
+        assert_eq!(all.poll().unwrap(), b"before\none\n");
+        let big = vec![b'x'; 1500];
+        l.append(&big).unwrap();
+        let got = tail.poll().unwrap();
+        assert_eq!(got, big, "rotation must not lose or repeat bytes");
+        assert_eq!(tail.poll().unwrap(), b"");
     }
 
     #[test]

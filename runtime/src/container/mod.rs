@@ -15,6 +15,32 @@
 //! The launcher and the child exit once the supervisor is ready; the supervisor stays, in its
 //! own session. All mounts live in private mount namespaces, so nothing leaks to the host's
 //! mount table even when everything is killed with SIGKILL.
+//!
+//! **User namespace by default.** As root the environment's ids map to root's /etc/subuid
+//! range, else 100000+65536 (moved above any user's subordinate range when they overlap);
+//! image layers are attached as id-mapped mounts so their root-owned files appear owned by
+//! root inside while the writable layer belongs to the mapped root. Rootless: the user's
+//! subordinate range via newuidmap/newgidmap, else a single-id map. `privileged` runs
+//! without a user namespace, capability cut or seccomp filter.
+//!
+//! **Security of processes inside** ([`security`]): OCI default capabilities (bounding set
+//! included), `no_new_privs`, a seccomp filter (modules, kexec, bpf, keyrings, perf,
+//! handle-based opens, clock/swap/reboot, mount API, new user namespaces unless rootless),
+//! all fds from 3 up closed before exec. The supervisor is not dumpable (no ptrace, no
+//! `/proc/1/exe` from inside); without a user namespace it also runs from a sealed memfd
+//! ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
+//! symlinks cannot redirect mounts onto the host.
+//!
+//! **Crash safety.** `state.json` ([`state`]) records the id mapping and the cgroup paths
+//! before they are created, then the starter and the supervisor (pid + start time). The
+//! launcher enters the cgroups before its first instruction, so every process of the
+//! environment is in them; `stop` (also after a `kill -9` of anything, or an aborted start:
+//! `BERTH_ABORT_AT=<step>`, see [`fault`]) kills what is in the cgroups, removes them and the
+//! socket. A dying starter closes the "go" pipe, which makes a half-started supervisor exit.
+//!
+//! **Tests.** Unit tests beside each module; `runtime/tests/container_env.rs` starts real
+//! environments over a busybox rootfs (root; it also runs a rootless check as a user it
+//! creates). Speed and density: `bench/container.sh`.
 
 pub mod backend;
 pub mod cgroups;

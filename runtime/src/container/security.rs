@@ -284,6 +284,23 @@ pub fn close_fds_from(first: u32) {
     }
 }
 
+/// Closes every fd except 0-2 and `keep` (the supervisor drops what the launcher chain left
+/// open: sync pipes, duplicate report fds).
+pub fn close_fds_except(keep: &[i32]) {
+    let mut keep: Vec<u32> = keep.iter().filter(|&&f| f > 2).map(|&f| f as u32).collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut from = 3u32;
+    for k in keep {
+        if k > from {
+            // SAFETY: closes only descriptors between the kept ones.
+            unsafe { libc::syscall(libc::SYS_close_range, from, k - 1, 0) };
+        }
+        from = k + 1;
+    }
+    close_fds_from(from);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroups::CgroupLayout;
 use super::error::Result;
 use super::idmap::IdMapping;
-use crate::state::{read_json, write_json};
+use crate::state::{read_json, write_json_volatile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -94,8 +94,10 @@ impl ContainerState {
     pub fn load(state_dir: &Path) -> Result<ContainerState> {
         Ok(read_json(&Self::path(state_dir))?.unwrap_or_default())
     }
+    /// Atomic (never torn, also if berth is killed) but not fsynced: this state describes
+    /// processes and cgroups, which do not survive a power loss either.
     pub fn save(&self, state_dir: &Path) -> Result<()> {
-        Ok(write_json(&Self::path(state_dir), self)?)
+        Ok(write_json_volatile(&Self::path(state_dir), self)?)
     }
 }
 

@@ -92,15 +92,24 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
 }
 
 fn pump(
-    session: super::control::ExecSession,
+    mut session: super::control::ExecSession,
     out: OwnedFd,
     err: OwnedFd,
     on_output: &mut dyn FnMut(OutputStream, &[u8]),
 ) -> Result<i32> {
     let mut open = [Some(out), Some(err)];
     let mut buf = [0u8; 16384];
-    while open.iter().any(Option::is_some) {
-        let mut fds = Vec::new();
+    let stream = |i: usize| {
+        if i == 0 {
+            OutputStream::Stdout
+        } else {
+            OutputStream::Stderr
+        }
+    };
+    // SAFETY: the control fd lives in `session` for this whole function.
+    let control = unsafe { std::os::fd::BorrowedFd::borrow_raw(session.control_fd()) };
+    loop {
+        let mut fds = vec![PollFd::new(control, PollFlags::POLLIN)];
         let mut which = Vec::new();
         for (i, f) in open.iter().enumerate() {
             if let Some(f) = f {
@@ -108,28 +117,51 @@ fn pump(
                 which.push(i);
             }
         }
-        let _ = poll(&mut fds, PollTimeout::NONE);
-        let ready: Vec<usize> = fds
+        // An exit status that came in with the Started answer sits in the client's buffer
+        // and never makes the socket readable: do not block then.
+        let buffered = session.reply_buffered();
+        let _ = poll(
+            &mut fds,
+            if buffered {
+                PollTimeout::ZERO
+            } else {
+                PollTimeout::NONE
+            },
+        );
+        let ready = |p: &PollFd| p.revents().is_some_and(|r| !r.is_empty());
+        let exited = buffered || ready(&fds[0]);
+        let readable: Vec<usize> = fds[1..]
             .iter()
             .zip(&which)
-            .filter(|(p, _)| p.revents().is_some_and(|r| !r.is_empty()))
+            .filter(|(p, _)| ready(p))
             .map(|(_, i)| *i)
             .collect();
         drop(fds);
-        for i in ready {
+        for i in readable {
             let Some(f) = &open[i] else { continue };
             match nix::unistd::read(f.as_raw_fd(), &mut buf) {
                 Ok(0) | Err(_) => open[i] = None,
-                Ok(n) => on_output(
-                    if i == 0 {
-                        OutputStream::Stdout
-                    } else {
-                        OutputStream::Stderr
-                    },
-                    &buf[..n],
-                ),
+                Ok(n) => on_output(stream(i), &buf[..n]),
             }
         }
+        if exited {
+            let code = session.wait_ref()?;
+            // The command is done; take what it left in the pipes without waiting for
+            // background processes that may still hold them open.
+            for (i, f) in open.iter().enumerate() {
+                let Some(f) = f else { continue };
+                let _ = nix::fcntl::fcntl(
+                    f.as_raw_fd(),
+                    nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+                );
+                while let Ok(n) = nix::unistd::read(f.as_raw_fd(), &mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    on_output(stream(i), &buf[..n]);
+                }
+            }
+            return Ok(code);
+        }
     }
-    session.wait()
 }

@@ -57,6 +57,12 @@ pub fn run_pid1(
     go: OwnedFd,
     rootless: bool,
 ) -> ! {
+    super::security::close_fds_except(&[
+        listener.as_raw_fd(),
+        logs.as_raw_fd(),
+        report_fd.as_raw_fd(),
+        go.as_raw_fd(),
+    ]);
     let code = match setup_and_serve(
         &spec,
         mapping.as_ref(),
@@ -109,6 +115,11 @@ fn setup_and_serve(
     sup.start_services();
     checkpoint("ready");
     report(report_fd, &LaunchEvent::Ready);
+    // Done reporting: let the starter see end-of-file (the fd number stays valid).
+    if let Ok(null) = fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto a descriptor this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), report_fd.as_raw_fd()) };
+    }
     sup.run();
     Ok(())
 }
@@ -491,7 +502,11 @@ impl Supervisor {
                 let owns = self.conns.get(&id).is_some_and(|c| c.pids.contains(&pid));
                 let r = match (owns, Signal::try_from(signal)) {
                     (true, Ok(sig)) => {
-                        let _ = kill(Pid::from_raw(-pid), sig);
+                        // Its group exists once the child called setsid; until then, the process
+                        // itself (the signal stays pending until it execs).
+                        if kill(Pid::from_raw(-pid), sig).is_err() {
+                            let _ = kill(Pid::from_raw(pid), sig);
+                        }
                         None
                     }
                     (false, _) => Some(format!("process {pid} was not started by this connection")),
@@ -532,6 +547,12 @@ impl Supervisor {
         id: u64,
         req: &ExecRequest,
     ) -> std::result::Result<(i32, Option<OwnedFd>), String> {
+        // Whatever descriptors came with this request are used now or closed.
+        let passed: Vec<OwnedFd> = self
+            .conns
+            .get_mut(&id)
+            .map(|c| c.fds.drain(..).collect())
+            .unwrap_or_default();
         if req.argv.is_empty() {
             return Err("exec needs a command".into());
         }
@@ -547,15 +568,9 @@ impl Supervisor {
             )?;
             Ok((pid, Some(master)))
         } else {
-            let c = self.conns.get_mut(&id).ok_or("connection gone")?;
-            if c.fds.len() < 3 {
-                return Err("exec without a terminal needs stdin, stdout and stderr passed as file descriptors".into());
-            }
-            let fds = [
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-                c.fds.pop_front().unwrap_or_else(|| unreachable!()),
-            ];
+            let fds: [OwnedFd; 3] = passed.try_into().map_err(|_| {
+                "exec without a terminal needs exactly stdin, stdout and stderr passed as file descriptors".to_string()
+            })?;
             let pid = self.spawn(
                 &req.argv,
                 &req.env,

@@ -127,7 +127,14 @@ pub fn run_terminal(
         if let Some(s) = &sigfd {
             fds.push(PollFd::new(s.as_fd(), PollFlags::POLLIN));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        // An exit status read together with the Started answer never makes the socket
+        // readable again: do not block then.
+        let timeout = if session.reply_buffered() {
+            PollTimeout::ZERO
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => break Err(ContainerError::io("poll on the terminal failed", e.into())),
         }
@@ -136,8 +143,12 @@ pub fn run_terminal(
                 .and_then(|f| f.revents())
                 .is_some_and(|r| !r.is_empty())
         };
-        let (c_ready, m_ready, i_ready, s_ready) =
-            (ready(0), ready(mi), ready(ii), sigfd.is_some() && ready(si));
+        let (c_ready, m_ready, i_ready, s_ready) = (
+            ready(0) || session.reply_buffered(),
+            ready(mi),
+            ready(ii),
+            sigfd.is_some() && ready(si),
+        );
         drop(fds);
         if m_ready && master_open {
             match nix::unistd::read(master.as_raw_fd(), &mut buf) {

@@ -18,6 +18,20 @@ pub enum EnvError {
     OnUpFailed { command: String, code: i32 },
     #[error("`backend = \"vm\"` needs the VM backend, which this build of berth does not include yet; use `backend = \"container\"`")]
     VmUnavailable,
+    #[error("invalid --name {name:?}: {why}")]
+    BadRunName { name: String, why: String },
+    #[error("an environment named {name} already exists; choose another --name or remove it with `berth --environment {name} destroy`")]
+    RunNameTaken { name: String },
+    #[error("invalid snapshot name {name:?}: use letters, digits, `.`, `_` and `-` (at most 128, not starting with `.`)")]
+    BadSnapshotName { name: String },
+    #[error("environment {env} has no snapshot {name}; `berth snapshot ls` lists them")]
+    SnapshotNotFound { name: String, env: String },
+    #[error("snapshot {name} was taken on image {snapshot_image}, but the environment now uses {current_image}; restore it after going back to that image, or remove it with `berth snapshot rm {name}`")]
+    SnapshotImageMismatch {
+        name: String,
+        snapshot_image: String,
+        current_image: String,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]

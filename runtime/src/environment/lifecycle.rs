@@ -13,7 +13,7 @@ use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use crate::backend::{EnvStatus, StatusReport};
-use crate::container::control::ExecRequest;
+use crate::container::control::{ExecRequest, ExecSession};
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions};
@@ -74,6 +74,8 @@ pub struct UpReport {
     /// Supervisor pid on the host.
     pub pid: Option<i32>,
     pub elapsed: Duration,
+    /// Part of `elapsed` spent resolving and building the image.
+    pub image_elapsed: Duration,
     /// Things the user should know (fallbacks, a reset writable layer, …).
     pub notices: Vec<String>,
 }
@@ -110,8 +112,8 @@ pub struct Environments {
 }
 
 /// An environment's folder and its held lock.
-struct Locked {
-    dir: PathBuf,
+pub(super) struct Locked {
+    pub(super) dir: PathBuf,
     _lock: FileLock,
 }
 
@@ -134,7 +136,7 @@ impl Environments {
     }
 
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
-    fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
+    pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
         state::create_dir_all(&dir)?;
         let path = dir.join("lock");
@@ -174,6 +176,7 @@ impl Environments {
                     action: UpAction::Unchanged,
                     pid: self.backend.status(dir)?.pid,
                     elapsed: t0.elapsed(),
+                    image_elapsed: Duration::ZERO,
                     notices: Vec::new(),
                 });
             }
@@ -192,6 +195,7 @@ impl Environments {
             update: opts.update,
             pinned: None,
         };
+        let t_image = Instant::now();
         // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
         let _store = self.images.lock_shared()?;
         let (base, _) =
@@ -213,6 +217,7 @@ impl Environments {
             )?
         };
         let layer_dirs = image.layers.clone();
+        let image_elapsed = t_image.elapsed();
 
         let action = match (&previous, status) {
             (None, _) => UpAction::Created,
@@ -320,6 +325,7 @@ impl Environments {
             action,
             pid: Some(started.pid),
             elapsed: t0.elapsed(),
+            image_elapsed,
             notices,
         })
     }
@@ -441,13 +447,63 @@ impl Environments {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        Ok(self.backend.exec(&dir, req, stdio)?)
+        let r = self.backend.exec(&dir, req, stdio);
+        self.unless_stopped(record, &dir, r)
+    }
+
+    /// Starts a command without waiting for it, to forward signals or enforce a deadline.
+    pub fn exec_start(
+        &self,
+        record: &EnvRecord,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<ExecSession, EnvError> {
+        let dir = self.running_dir(record)?;
+        let r = self.backend.exec_start(&dir, req, stdio);
+        self.unless_stopped(record, &dir, r)
+    }
+
+    /// Makes a throw-away environment permanent (`run --keep`): garbage collection no
+    /// longer removes it when its `berth run` ends.
+    pub fn keep(&self, env_id: &str) -> Result<(), EnvError> {
+        let dir = self.home.env_dir(env_id);
+        if let Some(mut r) = EnvRecord::load(&dir)? {
+            r.ephemeral = None;
+            r.save(&dir)?;
+        }
+        Ok(())
     }
 
     /// An interactive command on the caller's terminal (or plain stdio when not a terminal).
     pub fn shell(&self, record: &EnvRecord, req: &ExecRequest) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        Ok(self.backend.shell(&dir, req)?)
+        let r = self.backend.shell(&dir, req);
+        self.unless_stopped(record, &dir, r)
+    }
+
+    /// A command that failed because the environment stopped under it (a concurrent `down`
+    /// refused or dropped the control connection) reports "not running", not a broken
+    /// socket.
+    fn unless_stopped<T>(
+        &self,
+        record: &EnvRecord,
+        dir: &Path,
+        r: Result<T, crate::container::ContainerError>,
+    ) -> Result<T, EnvError> {
+        r.map_err(|e| {
+            let running = matches!(
+                self.backend.status(dir).map(|s| s.status),
+                Ok(EnvStatus::Running)
+            );
+            // A supervisor that still answers is up: the error is the command's own.
+            if running && crate::container::control::ping(&dir.join("control.sock")) {
+                e.into()
+            } else {
+                EnvError::NotRunning {
+                    name: record.name.clone(),
+                }
+            }
+        })
     }
 
     /// The environment's folder, when it is running.

@@ -10,12 +10,16 @@
 //! `berth run` was killed.
 
 mod build_runner;
+mod ephemeral;
 mod error;
 mod gc;
 mod lifecycle;
 mod record;
+mod snapshot;
 
 pub use build_runner::ContainerStepRunner;
+pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
 pub use lifecycle::{EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport};
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
+pub use snapshot::SnapshotInfo;

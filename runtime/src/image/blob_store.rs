@@ -182,6 +182,7 @@ impl BlobStore {
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             hasher,
             len,
+            tee: None,
             _lock: lock,
         })
     }
@@ -197,6 +198,7 @@ pub struct PartialBlob {
     file: Option<io::BufWriter<File>>,
     hasher: Sha256,
     len: u64,
+    tee: Option<BlobTee>,
     _lock: FileLock,
 }
 
@@ -212,6 +214,32 @@ impl PartialBlob {
 
     pub fn digest(&self) -> &Digest {
         &self.digest
+    }
+
+    /// Also passes every byte appended from now on to the returned reader (to unpack while
+    /// downloading). Only for a fresh download: `None` when bytes are already there. The
+    /// reader ends cleanly only after [`PartialBlob::commit`] verified the blob; an
+    /// interrupted, restarted or corrupt download makes it fail instead.
+    pub fn tee(&mut self) -> Option<TeeReader> {
+        if self.len > 0 {
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(32);
+        self.tee = Some(BlobTee {
+            tx: Some(tx),
+            intact: true,
+        });
+        Some(TeeReader {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        })
+    }
+
+    /// Whether the tee (if any) saw every byte of the blob exactly once.
+    pub fn tee_intact(&self) -> bool {
+        self.tee.as_ref().is_some_and(|t| t.intact)
     }
 
     /// Writes buffered bytes to the partial file.
@@ -230,6 +258,9 @@ impl PartialBlob {
             .map_err(ImageError::io(&self.path))?;
         self.hasher = Sha256::new();
         self.len = 0;
+        if let Some(t) = self.tee.as_mut() {
+            t.abort();
+        }
         Ok(())
     }
 
@@ -248,6 +279,9 @@ impl PartialBlob {
         f.write_all(bytes).map_err(ImageError::io(&self.path))?;
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
+        if let Some(t) = self.tee.as_mut() {
+            t.send(bytes);
+        }
         Ok(())
     }
 
@@ -282,6 +316,9 @@ impl PartialBlob {
         drop(file);
         let dest = self.store.path(&self.digest);
         fs::rename(&self.path, &dest).map_err(ImageError::io(&dest))?;
+        if let Some(t) = self.tee.as_mut() {
+            t.end();
+        }
         Ok(dest)
     }
 
@@ -292,7 +329,77 @@ impl PartialBlob {
 
     fn discard(&mut self) {
         self.file = None;
+        if let Some(t) = self.tee.as_mut() {
+            t.abort();
+        }
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+enum TeeMsg {
+    Data(Vec<u8>),
+    /// The blob was verified: the stream is complete.
+    End,
+}
+
+/// The sending side of [`PartialBlob::tee`]. Dropping it without `end` aborts the reader.
+struct BlobTee {
+    tx: Option<std::sync::mpsc::SyncSender<TeeMsg>>,
+    intact: bool,
+}
+
+impl BlobTee {
+    fn send(&mut self, bytes: &[u8]) {
+        if let Some(tx) = &self.tx {
+            if tx.send(TeeMsg::Data(bytes.to_vec())).is_err() {
+                // The reader stopped (its unpack failed); the download goes on.
+                self.tx = None;
+            }
+        }
+    }
+    fn abort(&mut self) {
+        self.tx = None;
+        self.intact = false;
+    }
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(TeeMsg::End);
+        }
+    }
+}
+
+/// Reads the bytes of a blob as they are downloaded.
+pub struct TeeReader {
+    rx: std::sync::mpsc::Receiver<TeeMsg>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(TeeMsg::Data(d)) => {
+                    self.chunk = d;
+                    self.pos = 0;
+                }
+                Ok(TeeMsg::End) => self.done = true,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the download was interrupted or did not verify",
+                    ))
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
@@ -341,6 +448,44 @@ mod tests {
         let path = p.commit().unwrap();
         assert_eq!(fs::read(path).unwrap(), data);
         assert!(s.contains(&digest));
+    }
+
+    #[test]
+    fn tee_sees_a_verified_blob_and_fails_on_a_corrupt_or_restarted_one() {
+        let (_d, s) = store();
+        let data = b"streamed while downloading".to_vec();
+        let digest = Digest::of(&data);
+        let mut p = s.begin(&digest, data.len() as u64, "t").unwrap();
+        let mut r = p.tee().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        });
+        p.append(&data[..5]).unwrap();
+        p.append(&data[5..]).unwrap();
+        assert!(p.tee_intact());
+        p.commit().unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), data);
+
+        let bad = Digest::of(b"other");
+        let mut p = s.begin(&bad, 5, "t").unwrap();
+        let mut r = p.tee().unwrap();
+        let reader = std::thread::spawn(move || r.read_to_end(&mut Vec::new()));
+        p.append(b"wrong").unwrap();
+        assert!(p.commit().is_err());
+        assert!(
+            reader.join().unwrap().is_err(),
+            "a corrupt blob must not read as complete"
+        );
+
+        let mut p = s.begin(&bad, 5, "t").unwrap();
+        let mut r = p.tee().unwrap();
+        let reader = std::thread::spawn(move || r.read_to_end(&mut Vec::new()));
+        p.append(b"ot").unwrap();
+        p.restart().unwrap();
+        assert!(!p.tee_intact());
+        drop(p);
+        assert!(reader.join().unwrap().is_err());
     }
 
     #[test]

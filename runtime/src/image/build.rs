@@ -4,7 +4,9 @@
 //!
 //! Each step's cache key is the hash of its parent's key and the step itself, so editing
 //! step 3 rebuilds steps 3 and later only. A cached step is an image record named
-//! `build:<key>` (layers so far + the step's layer); `berth image rm build:<key>` drops one.
+//! `build:<key>` (layers so far + the step's layer). `berth image prune` drops the cached
+//! steps whose layer no environment or image uses any more (steps edited away, or those of
+//! destroyed environments).
 //! A failing step leaves the cache as it was.
 
 use std::collections::VecDeque;
@@ -166,7 +168,7 @@ pub fn plan_steps(
 
 /// Name of the image record that caches a step.
 pub fn cache_name(key: &str) -> String {
-    format!("build:{key}")
+    format!("{}{key}", super::store::BUILD_PREFIX)
 }
 
 const TAIL_LINES: usize = 20;

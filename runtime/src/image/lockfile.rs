@@ -1,7 +1,7 @@
 //! `berth.lock`, beside berth.toml: the image a project resolved to, so everyone who clones
 //! the project gets the same bytes. Written on the first resolve, honoured afterwards (a
 //! registry image is pulled by the locked manifest digest, whatever its tag points to now),
-//! refreshed by `--update`. The format is described in `envfile-spec/LOCKFILE.md`.
+//! refreshed by `--update`. The format is described in `envfile-spec/SPEC.md` (section `berth.lock`).
 
 use std::path::{Path, PathBuf};
 

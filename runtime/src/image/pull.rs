@@ -16,6 +16,7 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
+use super::unpack::decompressed;
 
 /// How to pull.
 #[derive(Clone)]
@@ -199,6 +200,7 @@ impl Puller<'_> {
         opts: &PullOptions,
     ) -> Result<(), ImageError> {
         let label = format!("layer {}", desc.digest.short());
+        let layer_label = format!("{} ({})", desc.digest, client.origin());
         if !self.blobs.contains(&desc.digest) {
             let mut partial = self
                 .blobs
@@ -211,8 +213,50 @@ impl Puller<'_> {
                     .progress
                     .start(&format!("{label} download"), Some(desc.size));
                 abort_point("blob-download");
-                client.blob_into(desc, &mut partial, bar.as_mut())?;
-                partial.commit()?;
+                // A fresh download is unpacked while it arrives; the layer is committed
+                // only when its diff-id matches, and the blob only when its digest does.
+                let tee = if self.layers.contains(diff_id) {
+                    None
+                } else {
+                    partial.tee()
+                };
+                let streamed = std::thread::scope(|s| {
+                    let unpacker = tee.map(|reader| {
+                        s.spawn(|| {
+                            let r = decompressed(reader).map_err(|e| ImageError::BadArchive {
+                                layer: layer_label.clone(),
+                                source: e,
+                            })?;
+                            self.layers
+                                .unpack_stream(r, Some(diff_id), &layer_label, &mut |_| {})
+                        })
+                    });
+                    // Committing or dropping the partial blob ends the tee: the unpacker
+                    // then finishes or fails, so joining it cannot hang.
+                    let downloaded = match client.blob_into(desc, &mut partial, bar.as_mut()) {
+                        Ok(()) => {
+                            let intact = partial.tee_intact();
+                            partial.commit().map(|_| intact)
+                        }
+                        Err(e) => {
+                            drop(partial);
+                            Err(e)
+                        }
+                    };
+                    let unpacked = unpacker.map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(ImageError::Base(format!(
+                                "unpacking {layer_label} panicked"
+                            )))
+                        })
+                    });
+                    (downloaded, unpacked)
+                });
+                match streamed {
+                    (Err(e), _) => return Err(e),
+                    (Ok(true), Some(Err(e))) => return Err(e),
+                    _ => {}
+                }
                 bar.finish("downloaded");
             }
         }

@@ -46,15 +46,14 @@ pub struct RegistryClient {
 const ATTEMPTS: u32 = 3;
 
 impl RegistryClient {
+    /// A client for `reference`'s repository. Loopback registries are spoken to over plain
+    /// HTTP. With `insecure`, another registry is tried over HTTPS without certificate checks
+    /// first and over plain HTTP when that fails (as Docker's insecure registries are).
     pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
-        let scheme = if opts.insecure || reference.is_loopback() {
-            "http"
-        } else {
-            "https"
-        };
         let http = Client::builder()
             .connect_timeout(Duration::from_secs(30))
             .timeout(None)
+            .danger_accept_invalid_certs(opts.insecure)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|source| ImageError::Http {
@@ -62,9 +61,27 @@ impl RegistryClient {
                 url: String::new(),
                 source,
             })?;
+        let host = reference.api_host();
+        let base = if reference.is_loopback() {
+            format!("http://{host}")
+        } else if opts.insecure {
+            let https = format!("https://{host}");
+            let reachable = http
+                .get(format!("{https}/v2/"))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .is_ok();
+            if reachable {
+                https
+            } else {
+                format!("http://{host}")
+            }
+        } else {
+            format!("https://{host}")
+        };
         Ok(RegistryClient {
             http,
-            base: format!("{scheme}://{}", reference.api_host()),
+            base,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
             credentials: docker_credentials(&reference.registry),
@@ -236,6 +253,16 @@ impl RegistryClient {
 
     /// Fetches a small blob (a config) into memory, verified.
     pub fn blob_bytes(&self, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        const LIMIT: u64 = 16 << 20;
+        if desc.size > LIMIT {
+            return Err(ImageError::malformed(
+                format!("config {} of {}", desc.digest, self.origin()),
+                format!(
+                    "it claims {} bytes; berth reads configs up to {LIMIT}",
+                    desc.size
+                ),
+            ));
+        }
         let url = format!("{}/v2/{}/blobs/{}", self.base, self.repository, desc.digest);
         let resp = self.get(&url, HeaderMap::new())?;
         if !resp.status().is_success() {

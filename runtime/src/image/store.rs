@@ -22,6 +22,9 @@ use super::layer_store::LayerStore;
 use super::pull::{PullOptions, Puller};
 use crate::state::{read_json, BerthHome, FileLock, LockMode};
 
+/// Name prefix of the image records that cache build steps.
+pub(crate) const BUILD_PREFIX: &str = "build:";
+
 /// An image ready for an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedImage {
@@ -74,6 +77,8 @@ pub struct ImageListing {
 /// What `prune` removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PruneReport {
+    /// Cached build steps no environment or image uses any more.
+    pub build_steps_removed: usize,
     pub layers_removed: usize,
     pub blobs_removed: usize,
     pub bytes_freed: u64,
@@ -344,9 +349,31 @@ impl ImageStore {
     /// Removes layers and blobs that no image record and no environment references.
     pub fn prune(&self) -> Result<PruneReport, ImageError> {
         let _lock = FileLock::acquire(&self.lock_path(), LockMode::Exclusive)?;
-        let mut keep_layers = self.env_layers()?;
+        let env_layers = self.env_layers()?;
+        let mut report = PruneReport::default();
+        // Cached build steps stay while their layer is in use: by an environment, or by an
+        // image that is not itself build cache. Steps edited away go.
+        let records = self.records.list()?;
+        let image_layers: BTreeSet<Digest> = records
+            .iter()
+            .filter(|r| !r.name.starts_with(BUILD_PREFIX))
+            .flat_map(|r| r.layers.iter().map(|l| l.diff_id.clone()))
+            .collect();
+        let mut kept = Vec::new();
+        for r in records {
+            let used = r.layers.last().is_none_or(|top| {
+                env_layers.contains(&top.diff_id) || image_layers.contains(&top.diff_id)
+            });
+            if r.name.starts_with(BUILD_PREFIX) && !used {
+                self.records.remove(&r.name)?;
+                report.build_steps_removed += 1;
+            } else {
+                kept.push(r);
+            }
+        }
+        let mut keep_layers = env_layers;
         let mut keep_blobs = BTreeSet::new();
-        for r in self.records.list()? {
+        for r in kept {
             keep_blobs.insert(r.manifest_digest.clone());
             keep_blobs.insert(r.config_digest.clone());
             if let Some(i) = &r.index_digest {
@@ -357,7 +384,6 @@ impl ImageStore {
                 keep_layers.insert(l.diff_id.clone());
             }
         }
-        let mut report = PruneReport::default();
         self.blobs.remove_download_locks();
         report.bytes_freed += self.remove_leftovers();
         for d in self.layers.list()? {

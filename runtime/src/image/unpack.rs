@@ -96,7 +96,7 @@ pub fn unpack(
         entries: 0,
         skipped_devices: 0,
     };
-    let mut archive = tar::Archive::new(Hashing::new(reader));
+    let mut archive = tar::Archive::new(EofPadding::new(Hashing::new(reader)));
     let bad = |source| ImageError::BadArchive {
         layer: layer.to_string(),
         source,
@@ -106,9 +106,9 @@ pub fn unpack(
         u.entry(&mut entry)?;
     }
     u.finish_dirs()?;
-    let mut hashing = archive.into_inner();
-    io::copy(&mut hashing, &mut io::sink()).map_err(bad)?;
-    let (_, diff_id, tar_size) = hashing.finish();
+    let mut padded = archive.into_inner();
+    io::copy(&mut padded, &mut io::sink()).map_err(bad)?;
+    let (_, diff_id, tar_size) = padded.inner.finish();
     Ok(UnpackReport {
         diff_id,
         tar_size,
@@ -116,6 +116,44 @@ pub fn unpack(
         entries: u.entries,
         skipped_devices: u.skipped_devices,
     })
+}
+
+/// Completes a tar stream that ends without its final padding and end-of-archive blocks
+/// (some tools, e.g. umoci 0.4, write such layers; Go's reader accepts them) by yielding
+/// zeros after the real end. The diff-id is hashed below this, over the real bytes only.
+struct EofPadding<R> {
+    inner: R,
+    seen: u64,
+    /// Zeros still to yield once the inner stream has ended.
+    pad: Option<u64>,
+}
+
+impl<R> EofPadding<R> {
+    fn new(inner: R) -> Self {
+        EofPadding {
+            inner,
+            seen: 0,
+            pad: None,
+        }
+    }
+}
+
+impl<R: Read> Read for EofPadding<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pad.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.seen += n as u64;
+                return Ok(n);
+            }
+            self.pad = Some((512 - self.seen % 512) % 512 + 1024);
+        }
+        let left = self.pad.unwrap_or(0);
+        let n = (buf.len() as u64).min(left) as usize;
+        buf[..n].fill(0);
+        self.pad = Some(left - n as u64);
+        Ok(n)
+    }
 }
 
 /// Opens a directory of the host (the staging folder) as the root of resolution.
@@ -642,8 +680,8 @@ impl Unpacker<'_> {
 
 /// Opens a layer blob for reading, decompressing gzip or zstd as its first bytes say (the
 /// media type is not trusted for this).
-pub fn decompressed(file: File) -> io::Result<Box<dyn Read + Send>> {
-    let mut r = io::BufReader::with_capacity(1 << 20, file);
+pub fn decompressed(source: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
+    let mut r = io::BufReader::with_capacity(1 << 20, source);
     let head = io::BufRead::fill_buf(&mut r)?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
@@ -849,6 +887,18 @@ pub(crate) mod tests {
         r.unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"original");
         assert_eq!(fs::read(d.path().join("layer/f")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn accepts_a_stream_without_end_padding_and_hashes_the_real_bytes() {
+        // What umoci 0.4 writes: a header and 3 bytes of data, then nothing.
+        let mut t = raw_entry("hostname", b'0', "", b"bb\n");
+        t.truncate(512 + 3);
+        let (d, r) = run(&t);
+        let r = r.unwrap();
+        assert_eq!(r.diff_id, Digest::of(&t));
+        assert_eq!(r.tar_size, t.len() as u64);
+        assert_eq!(fs::read(d.path().join("layer/hostname")).unwrap(), b"bb\n");
     }
 
     #[test]

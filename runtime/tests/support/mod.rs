@@ -14,6 +14,21 @@ use std::time::Duration;
 use berth_runtime::container::control::ExecRequest;
 use berth_runtime::container::{ContainerBackend, ContainerSpec};
 
+/// A marker in every path these tests create (temp dirs, so state dirs and socket paths), so
+/// that leak checks look only at this test process's own mounts, cgroups and processes: other
+/// berth test suites may run on the same machine at the same time.
+pub fn marker() -> String {
+    format!("berth-ct-{}-", std::process::id())
+}
+
+/// A fresh temp dir carrying the [`marker`].
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&marker())
+        .tempdir()
+        .unwrap()
+}
+
 /// Why these tests cannot run here, if they cannot.
 pub fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
@@ -32,10 +47,7 @@ pub struct BusyboxRootfs {
 
 impl BusyboxRootfs {
     pub fn new() -> BusyboxRootfs {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-bb-")
-            .tempdir()
-            .unwrap();
+        let dir = temp_dir();
         let r = dir.path();
         for d in [
             "bin", "etc", "root", "tmp", "proc", "sys", "dev", "home/dev", "var", "usr/bin",
@@ -77,10 +89,7 @@ pub struct Env {
 impl Env {
     /// A spec over `rootfs` in a fresh state dir; tweak it, then call [`Env::start`].
     pub fn spec(name: &str, rootfs: &Path) -> (ContainerSpec, tempfile::TempDir) {
-        let home = tempfile::Builder::new()
-            .prefix("berth-home-")
-            .tempdir()
-            .unwrap();
+        let home = temp_dir();
         let id = format!("{name}-{}", std::process::id());
         let spec = ContainerSpec::new(
             &id,
@@ -160,7 +169,10 @@ impl Drop for Env {
 }
 
 /// Host state that an environment must not leave behind: mounts, cgroup directories, and
-/// berth processes. Compare a snapshot taken before with one taken after.
+/// berth processes, limited to this test process's own (see [`marker`]). Environments never
+/// create host network devices (their network namespace holds only a loopback), so those are
+/// not compared: other suites on the machine create veths concurrently. Compare a snapshot
+/// taken before with one taken after.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeakCheck {
     pub mounts: BTreeSet<String>,
@@ -170,13 +182,13 @@ pub struct LeakCheck {
 
 impl LeakCheck {
     pub fn snapshot() -> LeakCheck {
+        let marker = marker();
+        let pid_suffix = format!("-{}", std::process::id());
         let mounts = fs::read_to_string("/proc/self/mountinfo")
             .unwrap()
             .lines()
-            .map(|l| {
-                // Drop the mount and parent ids; keep what is mounted where.
-                l.splitn(3, ' ').nth(2).unwrap_or("").to_string()
-            })
+            .filter(|l| l.contains(&marker))
+            .map(|l| l.splitn(3, ' ').nth(2).unwrap_or("").to_string())
             .collect();
         let mut cgroups = BTreeSet::new();
         for ctrl in fs::read_dir("/sys/fs/cgroup")
@@ -186,6 +198,12 @@ impl LeakCheck {
         {
             walk_berth_dirs(&ctrl.path(), &mut cgroups, 0);
         }
+        // Environment ids of these tests end in the test process's pid.
+        cgroups.retain(|p: &PathBuf| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&pid_suffix) || n.contains(&format!("{pid_suffix}-")))
+        });
         let mut processes = BTreeSet::new();
         for e in fs::read_dir("/proc").unwrap().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -194,7 +212,7 @@ impl LeakCheck {
             }
             let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("__supervisor") || cmd.contains("berth-bb-") {
+            if cmd.contains(&marker) {
                 processes.insert(format!("{name} {cmd}"));
             }
         }

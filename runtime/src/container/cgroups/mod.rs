@@ -44,6 +44,25 @@ pub trait Cgroup {
     fn remove(&self) -> Result<()>;
     /// Every directory this cgroup owns (for state files and leak checks).
     fn dirs(&self) -> Vec<PathBuf>;
+    /// Files a single-threaded process writes "0" to in order to move itself in, cheaply.
+    fn self_join_files(&self) -> Vec<PathBuf>;
+    /// Freezes (or thaws) every process inside and returns once the kernel reports the new
+    /// state, so a snapshot sees a writable layer nobody is changing.
+    fn set_frozen(&self, frozen: bool) -> Result<()>;
+}
+
+/// Polls `read` until it returns true (a freezer state change), for at most `limit`.
+pub(crate) fn wait_until(limit: std::time::Duration, mut read: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    loop {
+        if read() {
+            return true;
+        }
+        if t0.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 /// Where an environment's cgroups live; recorded in state.json before they are created.
@@ -236,6 +255,18 @@ pub fn kill_and_remove(cg: &dyn Cgroup, timeout: Duration) -> Result<()> {
                 std::thread::sleep(Duration::from_millis(5));
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `create_dir_all` that tolerates another environment removing the shared `berth/` parent
+/// between its steps (each environment removes that parent when it looks empty).
+pub(crate) fn create_cgroup_dir(dir: &Path) -> io::Result<()> {
+    let mut attempt = 0;
+    loop {
+        match fs::create_dir_all(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 10 => attempt += 1,
+            r => return r,
         }
     }
 }

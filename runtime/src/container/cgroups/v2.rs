@@ -73,8 +73,25 @@ pub fn cpu_max(cpus: Option<f64>) -> String {
 }
 
 impl Cgroup for CgroupV2 {
+    fn set_frozen(&self, frozen: bool) -> Result<()> {
+        write_file(&self.dir, "cgroup.freeze", if frozen { "1" } else { "0" })?;
+        let events = self.dir.join("cgroup.events");
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let done = super::wait_until(std::time::Duration::from_secs(10), || {
+            std::fs::read_to_string(&events).is_ok_and(|s| s.lines().any(|l| l.trim() == want))
+        });
+        if done {
+            Ok(())
+        } else {
+            Err(crate::container::error::ContainerError::Invalid(format!(
+                "cgroup {} did not reach `{want}` within 10 s; try again, or stop the environment first",
+                self.dir.display()
+            )))
+        }
+    }
+
     fn create(&self) -> Result<()> {
-        fs::create_dir_all(&self.dir).context(|| {
+        super::create_cgroup_dir(&self.dir).context(|| {
             format!(
                 "cannot create cgroup {}; berth needs root or a delegated cgroup",
                 self.dir.display()
@@ -136,6 +153,10 @@ impl Cgroup for CgroupV2 {
 
     fn dirs(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
+    }
+
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("cgroup.procs")]
     }
 }
 

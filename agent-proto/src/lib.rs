@@ -1,0 +1,62 @@
+//! The control protocol between berth (host) and `berth-agent` (guest), over any reliable byte
+//! stream (virtio-serial port, virtio-console, vsock, a Unix socket in tests).
+//!
+//! Every frame is a 12-byte header followed by a payload:
+//!
+//! ```text
+//! magic "BF" (2) | version (1) | kind (1) | session u32 LE (4) | payload length u32 LE (4)
+//! ```
+//!
+//! `session` ties stream frames to one `Exec` (0 for control messages). Payload fields are
+//! little-endian integers, strings and byte strings prefixed by a u32 length, lists prefixed by
+//! a u32 count. Decoding never panics: a malformed, truncated or oversized frame is a
+//! [`ProtoError`].
+
+pub mod client;
+mod codec;
+mod message;
+
+pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
+pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
+pub use message::{Exec, Frame, Message, MountRequest, Restart, ServiceSpec, Setup};
+
+/// Why bytes are not a valid frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProtoError {
+    /// The stream is not at a frame boundary (or not speaking this protocol).
+    BadMagic([u8; 2]),
+    /// The peer speaks another protocol version.
+    UnsupportedVersion(u8),
+    /// A message kind this side does not know.
+    UnknownKind(u8),
+    /// The payload exceeds [`MAX_PAYLOAD`].
+    TooLarge(u64),
+    /// A field runs past the end of the payload.
+    Truncated { field: &'static str },
+    /// The payload has bytes left after the last field.
+    TrailingBytes(usize),
+    /// A string field is not UTF-8.
+    NotUtf8 { field: &'static str },
+    /// A field has a value outside its range.
+    Invalid { field: &'static str },
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProtoError::BadMagic(m) => write!(f, "not a berth agent frame (starts with {m:02x?}); is the other end a berth agent?"),
+            ProtoError::UnsupportedVersion(v) => write!(f, "agent protocol version {v} is not supported (this side speaks {VERSION}); use matching berth and berth-agent builds"),
+            ProtoError::UnknownKind(k) => write!(f, "unknown agent message kind {k}"),
+            ProtoError::TooLarge(n) => write!(f, "agent frame of {n} bytes exceeds the {MAX_PAYLOAD}-byte limit"),
+            ProtoError::Truncated { field } => write!(f, "agent frame truncated in field `{field}`"),
+            ProtoError::TrailingBytes(n) => write!(f, "agent frame has {n} unexpected trailing bytes"),
+            ProtoError::NotUtf8 { field } => write!(f, "agent frame field `{field}` is not UTF-8"),
+            ProtoError::Invalid { field } => write!(f, "agent frame field `{field}` has an invalid value"),
+        }
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,412 @@
+//! The messages and their payload encoding.
+
+use crate::ProtoError;
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub session: u32,
+    pub message: Message,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Host → agent, first frame on every connection.
+    Hello {
+        nonce: u64,
+    },
+    /// Agent → host: answer to `Hello` (same nonce).
+    HelloAck {
+        nonce: u64,
+        agent_version: String,
+        kernel_release: String,
+        /// Setup has finished and the agent serves `Exec`.
+        ready: bool,
+    },
+    /// Agent → host: boot finished (root mounted, control channel open).
+    Ready {
+        kernel_release: String,
+        uptime_ms: u64,
+    },
+    /// Host → agent: hostname, mounts, environment and services.
+    Setup(Setup),
+    /// Agent → host: `Setup` applied.
+    SetupDone,
+    /// Host → agent: run a process in session `Frame::session`.
+    Exec(Exec),
+    /// Agent → host: the process runs.
+    Started {
+        pid: u32,
+    },
+    /// Host → agent: bytes for the process's stdin; empty means end of input.
+    Stdin(Vec<u8>),
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Agent → host: the process ended after all its output was sent. `signal` is 0 unless it
+    /// was killed by a signal (then `code` is 128 + signal).
+    Exit {
+        code: i32,
+        signal: i32,
+    },
+    /// Host → agent: the terminal size changed.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Host → agent: deliver a signal to the session's process group.
+    Signal {
+        signal: i32,
+    },
+    /// Either way: the request in this session failed.
+    Error {
+        message: String,
+    },
+    /// Host → agent: sync and stop the VM.
+    Poweroff,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Exec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// User name or numeric uid inside the guest; `None` = root.
+    pub user: Option<String>,
+    pub tty: bool,
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Setup {
+    pub hostname: String,
+    pub mounts: Vec<MountRequest>,
+    /// Environment for every process the agent starts.
+    pub env: Vec<(String, String)>,
+    pub services: Vec<ServiceSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountRequest {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub options: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    No = 0,
+    OnFailure = 1,
+    Always = 2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub restart: Restart,
+}
+
+impl Message {
+    pub(crate) fn kind(&self) -> u8 {
+        match self {
+            Message::Hello { .. } => 1,
+            Message::HelloAck { .. } => 2,
+            Message::Ready { .. } => 3,
+            Message::Setup(_) => 4,
+            Message::SetupDone => 5,
+            Message::Exec(_) => 6,
+            Message::Started { .. } => 7,
+            Message::Stdin(_) => 8,
+            Message::Stdout(_) => 9,
+            Message::Stderr(_) => 10,
+            Message::Exit { .. } => 11,
+            Message::Resize { .. } => 12,
+            Message::Signal { .. } => 13,
+            Message::Error { .. } => 14,
+            Message::Poweroff => 15,
+        }
+    }
+
+    pub(crate) fn encode_payload(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        match self {
+            Message::Hello { nonce } => w.u64(*nonce),
+            Message::HelloAck {
+                nonce,
+                agent_version,
+                kernel_release,
+                ready,
+            } => {
+                w.u64(*nonce);
+                w.str(agent_version);
+                w.str(kernel_release);
+                w.bool(*ready);
+            }
+            Message::Ready {
+                kernel_release,
+                uptime_ms,
+            } => {
+                w.str(kernel_release);
+                w.u64(*uptime_ms);
+            }
+            Message::Setup(s) => {
+                w.str(&s.hostname);
+                w.u32(s.mounts.len() as u32);
+                for m in &s.mounts {
+                    w.str(&m.source);
+                    w.str(&m.target);
+                    w.str(&m.fstype);
+                    w.str(&m.options);
+                }
+                w.pairs(&s.env);
+                w.u32(s.services.len() as u32);
+                for svc in &s.services {
+                    w.str(&svc.name);
+                    w.strs(&svc.argv);
+                    w.pairs(&svc.env);
+                    w.opt(&svc.cwd);
+                    w.u8(svc.restart as u8);
+                }
+            }
+            Message::SetupDone | Message::Poweroff => {}
+            Message::Exec(e) => {
+                w.strs(&e.argv);
+                w.pairs(&e.env);
+                w.opt(&e.cwd);
+                w.opt(&e.user);
+                w.bool(e.tty);
+                w.u16(e.rows);
+                w.u16(e.cols);
+            }
+            Message::Started { pid } => w.u32(*pid),
+            Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) => w.0.extend_from_slice(b),
+            Message::Exit { code, signal } => {
+                w.u32(*code as u32);
+                w.u32(*signal as u32);
+            }
+            Message::Resize { rows, cols } => {
+                w.u16(*rows);
+                w.u16(*cols);
+            }
+            Message::Signal { signal } => w.u32(*signal as u32),
+            Message::Error { message } => w.str(message),
+        }
+    }
+
+    pub(crate) fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, ProtoError> {
+        let mut r = Reader { buf: payload };
+        let m = match kind {
+            1 => Message::Hello {
+                nonce: r.u64("nonce")?,
+            },
+            2 => Message::HelloAck {
+                nonce: r.u64("nonce")?,
+                agent_version: r.str("agent_version")?,
+                kernel_release: r.str("kernel_release")?,
+                ready: r.bool("ready")?,
+            },
+            3 => Message::Ready {
+                kernel_release: r.str("kernel_release")?,
+                uptime_ms: r.u64("uptime_ms")?,
+            },
+            4 => {
+                let hostname = r.str("hostname")?;
+                let n = r.count("mounts", 16)?;
+                let mut mounts = Vec::with_capacity(n);
+                for _ in 0..n {
+                    mounts.push(MountRequest {
+                        source: r.str("mount.source")?,
+                        target: r.str("mount.target")?,
+                        fstype: r.str("mount.fstype")?,
+                        options: r.str("mount.options")?,
+                    });
+                }
+                let env = r.pairs("env")?;
+                let n = r.count("services", 17)?;
+                let mut services = Vec::with_capacity(n);
+                for _ in 0..n {
+                    services.push(ServiceSpec {
+                        name: r.str("service.name")?,
+                        argv: r.strs("service.argv")?,
+                        env: r.pairs("service.env")?,
+                        cwd: r.opt("service.cwd")?,
+                        restart: match r.u8("service.restart")? {
+                            0 => Restart::No,
+                            1 => Restart::OnFailure,
+                            2 => Restart::Always,
+                            _ => {
+                                return Err(ProtoError::Invalid {
+                                    field: "service.restart",
+                                })
+                            }
+                        },
+                    });
+                }
+                Message::Setup(Setup {
+                    hostname,
+                    mounts,
+                    env,
+                    services,
+                })
+            }
+            5 => Message::SetupDone,
+            6 => Message::Exec(Exec {
+                argv: r.strs("argv")?,
+                env: r.pairs("env")?,
+                cwd: r.opt("cwd")?,
+                user: r.opt("user")?,
+                tty: r.bool("tty")?,
+                rows: r.u16("rows")?,
+                cols: r.u16("cols")?,
+            }),
+            7 => Message::Started { pid: r.u32("pid")? },
+            8 => Message::Stdin(r.rest()),
+            9 => Message::Stdout(r.rest()),
+            10 => Message::Stderr(r.rest()),
+            11 => Message::Exit {
+                code: r.u32("code")? as i32,
+                signal: r.u32("signal")? as i32,
+            },
+            12 => Message::Resize {
+                rows: r.u16("rows")?,
+                cols: r.u16("cols")?,
+            },
+            13 => Message::Signal {
+                signal: r.u32("signal")? as i32,
+            },
+            14 => Message::Error {
+                message: r.str("message")?,
+            },
+            15 => Message::Poweroff,
+            k => return Err(ProtoError::UnknownKind(k)),
+        };
+        if !r.buf.is_empty() {
+            return Err(ProtoError::TrailingBytes(r.buf.len()));
+        }
+        Ok(m)
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn bool(&mut self, v: bool) {
+        self.0.push(v as u8);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn strs(&mut self, v: &[String]) {
+        self.u32(v.len() as u32);
+        for s in v {
+            self.str(s);
+        }
+    }
+    fn pairs(&mut self, v: &[(String, String)]) {
+        self.u32(v.len() as u32);
+        for (k, val) in v {
+            self.str(k);
+            self.str(val);
+        }
+    }
+    fn opt(&mut self, v: &Option<String>) {
+        match v {
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+            None => self.u8(0),
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&[u8], ProtoError> {
+        if self.buf.len() < n {
+            return Err(ProtoError::Truncated { field });
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ProtoError> {
+        let b = self.take(N, field)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(b);
+        Ok(out)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, ProtoError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn bool(&mut self, field: &'static str) -> Result<bool, ProtoError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(ProtoError::Invalid { field }),
+        }
+    }
+    fn u16(&mut self, field: &'static str) -> Result<u16, ProtoError> {
+        Ok(u16::from_le_bytes(self.array(field)?))
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, ProtoError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, ProtoError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+    /// A count of items of at least `min_item` bytes each; rejected when the payload could
+    /// not hold that many (so a hostile count never drives a huge allocation).
+    fn count(&mut self, field: &'static str, min_item: usize) -> Result<usize, ProtoError> {
+        let n = self.u32(field)? as usize;
+        if n.saturating_mul(min_item) > self.buf.len() {
+            return Err(ProtoError::Truncated { field });
+        }
+        Ok(n)
+    }
+    fn str(&mut self, field: &'static str) -> Result<String, ProtoError> {
+        let n = self.u32(field)? as usize;
+        let b = self.take(n, field)?;
+        String::from_utf8(b.to_vec()).map_err(|_| ProtoError::NotUtf8 { field })
+    }
+    fn strs(&mut self, field: &'static str) -> Result<Vec<String>, ProtoError> {
+        let n = self.count(field, 4)?;
+        (0..n).map(|_| self.str(field)).collect()
+    }
+    fn pairs(&mut self, field: &'static str) -> Result<Vec<(String, String)>, ProtoError> {
+        let n = self.count(field, 8)?;
+        (0..n)
+            .map(|_| Ok((self.str(field)?, self.str(field)?)))
+            .collect()
+    }
+    fn opt(&mut self, field: &'static str) -> Result<Option<String>, ProtoError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => Ok(Some(self.str(field)?)),
+            _ => Err(ProtoError::Invalid { field }),
+        }
+    }
+    fn rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf).to_vec()
+    }
+}

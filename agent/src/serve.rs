@@ -1,0 +1,669 @@
+//! The agent's event loop: control frames in, process output and exit statuses out.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use berth_agent_proto::{
+    encode, Exec, Frame, FrameBuffer, Message, Restart, ServiceSpec, Setup, MAX_PAYLOAD,
+};
+
+use crate::channel::Channel;
+use crate::session::{spawn, SpawnRequest};
+use crate::sys;
+use crate::users;
+
+const READ_CHUNK: usize = 64 * 1024;
+const SERVICE_LOG_DIR: &str = "/var/log/berth";
+
+struct Session {
+    pid: i32,
+    tty: bool,
+    stdin: Option<OwnedFd>,
+    stdin_buf: Vec<u8>,
+    stdin_eof: bool,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    status: Option<(i32, i32)>,
+}
+
+struct Service {
+    spec: ServiceSpec,
+    pid: Option<i32>,
+    restart_at: Option<Instant>,
+}
+
+/// A session is named by its channel and the id the host chose on that channel.
+type Key = (usize, u32);
+
+/// One control channel (the host may use several at once, one client each).
+struct Chan {
+    fd: i32,
+    /// A virtio port survives host disconnects; a plain stream does not.
+    survives: bool,
+    connected: bool,
+    frames: FrameBuffer,
+}
+
+pub struct Server {
+    sessions: HashMap<Key, Session>,
+    services: Vec<Service>,
+    env: Vec<(String, String)>,
+    chans: Vec<Chan>,
+    poweroff: bool,
+}
+
+fn default_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("HOME".into(), "/root".into()),
+    ]
+}
+
+impl Server {
+    pub fn new() -> Self {
+        Server {
+            sessions: HashMap::new(),
+            services: Vec::new(),
+            env: default_env(),
+            chans: Vec::new(),
+            poweroff: false,
+        }
+    }
+
+    /// Serves the channels until a stream channel ends or a poweroff is requested.
+    pub fn run(&mut self, channels: Vec<Channel>) -> io::Result<()> {
+        self.chans = channels
+            .iter()
+            .map(|c| Chan {
+                fd: c.fd().as_raw_fd(),
+                survives: c.survives_disconnect(),
+                connected: !c.survives_disconnect(),
+                frames: FrameBuffer::new(),
+            })
+            .collect();
+        let sigchld = sys::sigchld_fd()?;
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            if self.poweroff {
+                return Ok(());
+            }
+            // A disconnected virtio port polls as hangup until the host comes back, so it is
+            // left out of the poll set and probed on a short timer instead.
+            let mut fds = vec![libc::pollfd {
+                fd: sigchld.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            let mut polled_chans = Vec::new();
+            for (i, c) in self.chans.iter().enumerate() {
+                if c.connected {
+                    fds.push(libc::pollfd {
+                        fd: c.fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    });
+                    polled_chans.push(i);
+                }
+            }
+            let first_session = fds.len();
+            let mut owners: Vec<(Key, u8)> = Vec::new();
+            for (&key, s) in &self.sessions {
+                for (which, fd) in [(1u8, &s.stdout), (2u8, &s.stderr)] {
+                    if let Some(fd) = fd {
+                        fds.push(libc::pollfd {
+                            fd: fd.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        });
+                        owners.push((key, which));
+                    }
+                }
+                if let (Some(fd), false) = (&s.stdin, s.stdin_buf.is_empty()) {
+                    fds.push(libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLOUT,
+                        revents: 0,
+                    });
+                    owners.push((key, 0));
+                }
+            }
+            let mut timeout = self.poll_timeout();
+            if self.chans.iter().any(|c| !c.connected) {
+                timeout = timeout.min(20);
+            }
+            // SAFETY: fds is a valid array of pollfd for its length.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut to_read: Vec<usize> = Vec::new();
+            for (slot, &chan) in polled_chans.iter().enumerate() {
+                let ev = fds[1 + slot].revents;
+                if ev & libc::POLLNVAL != 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "a control channel descriptor is not open",
+                    ));
+                }
+                if ev != 0 {
+                    to_read.push(chan);
+                }
+            }
+            for (i, c) in self.chans.iter().enumerate() {
+                if !c.connected {
+                    let mut p = libc::pollfd {
+                        fd: c.fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, 0) };
+                    // Readable (maybe with hangup): data the host sent, or 0 while it is away.
+                    if p.revents & libc::POLLIN != 0 {
+                        to_read.push(i);
+                    }
+                }
+            }
+            for chan in to_read {
+                if !self.read_channel(chan, &mut buf)? {
+                    self.kill_all_sessions();
+                    return Ok(());
+                }
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                let mut sink = [0u8; 128 * 8];
+                while sys::read(sigchld.as_raw_fd(), &mut sink).is_ok_and(|n| n > 0) {}
+            }
+            // Reap on every round: cheap, and no exit is ever missed.
+            self.reap();
+            for (i, (key, which)) in owners.iter().enumerate() {
+                if fds[first_session + i].revents == 0 {
+                    continue;
+                }
+                if *which == 0 {
+                    self.flush_stdin(*key);
+                } else {
+                    self.pump_output(*key, *which, &mut buf);
+                }
+            }
+            self.finish_sessions();
+            self.restart_services();
+        }
+    }
+
+    /// Reads and handles what channel `chan` has; false when a stream channel ended.
+    fn read_channel(&mut self, chan: usize, buf: &mut [u8]) -> io::Result<bool> {
+        let fd = self.chans[chan].fd;
+        match sys::read(fd, buf) {
+            Ok(0) => {
+                if !self.chans[chan].survives {
+                    return Ok(false);
+                }
+                if self.chans[chan].connected {
+                    self.host_disconnected(chan);
+                }
+                Ok(true)
+            }
+            Ok(n) => {
+                self.chans[chan].connected = true;
+                self.chans[chan].frames.push(&buf[..n]);
+                loop {
+                    match self.chans[chan].frames.next_frame() {
+                        Ok(Some(f)) => self.handle(chan, f),
+                        Ok(None) => break,
+                        Err(e) => {
+                            self.send(
+                                chan,
+                                0,
+                                Message::Error {
+                                    message: e.to_string(),
+                                },
+                            );
+                            self.chans[chan].frames.resync();
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn poll_timeout(&self) -> i32 {
+        let now = Instant::now();
+        self.services
+            .iter()
+            .filter_map(|s| s.restart_at)
+            .map(|t| t.saturating_duration_since(now).as_millis() as i32 + 1)
+            .min()
+            .unwrap_or(1000)
+            .min(1000)
+    }
+
+    fn send(&mut self, chan: usize, session: u32, message: Message) {
+        let Some(c) = self.chans.get_mut(chan) else {
+            return;
+        };
+        if !c.connected {
+            return;
+        }
+        let Ok(bytes) = encode(&Frame { session, message }) else {
+            return;
+        };
+        let written = if c.survives {
+            // The host may vanish mid-frame; never let one channel stall the agent.
+            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2))
+        } else {
+            sys::write_all(c.fd, &bytes)
+        };
+        if written.is_err() {
+            self.host_disconnected(chan);
+        }
+    }
+
+    /// The host closed channel `chan`: its sessions end (like a hung-up terminal).
+    fn host_disconnected(&mut self, chan: usize) {
+        self.chans[chan].connected = false;
+        self.chans[chan].frames = FrameBuffer::new();
+        for (key, s) in &self.sessions {
+            if key.0 == chan {
+                // SAFETY: kill on the session's process group; no memory involved.
+                unsafe { libc::kill(-s.pid, libc::SIGHUP) };
+                unsafe { libc::kill(-s.pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    fn kill_all_sessions(&mut self) {
+        for s in self.sessions.values() {
+            // SAFETY: kill on the session's process group; no memory involved.
+            unsafe { libc::kill(-s.pid, libc::SIGHUP) };
+            unsafe { libc::kill(-s.pid, libc::SIGKILL) };
+        }
+    }
+
+    fn handle(&mut self, ctl: usize, frame: Frame) {
+        let id = frame.session;
+        let key = (ctl, id);
+        match frame.message {
+            Message::Hello { nonce } => {
+                let ack = Message::HelloAck {
+                    nonce,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    kernel_release: sys::kernel_release(),
+                    ready: true,
+                };
+                self.send(ctl, 0, ack);
+            }
+            Message::Setup(setup) => match self.apply_setup(setup) {
+                Ok(()) => self.send(ctl, id, Message::SetupDone),
+                Err(e) => self.send(ctl, id, Message::Error { message: e }),
+            },
+            Message::Exec(exec) => self.start_exec(key, exec),
+            Message::Stdin(data) => {
+                if let Some(s) = self.sessions.get_mut(&key) {
+                    if data.is_empty() {
+                        s.stdin_eof = true;
+                        if s.tty {
+                            s.stdin_buf.push(4); // ^D: end of input on a terminal
+                        }
+                    } else {
+                        s.stdin_buf.extend_from_slice(&data);
+                    }
+                    self.flush_stdin(key);
+                }
+            }
+            Message::Resize { rows, cols } => {
+                if let Some(Session {
+                    stdin: Some(m),
+                    tty: true,
+                    ..
+                }) = self.sessions.get(&key)
+                {
+                    sys::set_winsize(m.as_raw_fd(), rows, cols);
+                }
+            }
+            Message::Signal { signal } => {
+                if let Some(s) = self.sessions.get(&key) {
+                    // SAFETY: kill on the session's process group, or on the process itself
+                    // when it has not made its own session yet.
+                    unsafe {
+                        if libc::kill(-s.pid, signal) != 0 {
+                            libc::kill(s.pid, signal);
+                        }
+                    }
+                }
+            }
+            Message::Poweroff => {
+                self.kill_all_sessions();
+                for svc in &self.services {
+                    if let Some(pid) = svc.pid {
+                        // SAFETY: kill on a service's process group.
+                        unsafe { libc::kill(-pid, libc::SIGTERM) };
+                    }
+                }
+                self.services.clear();
+                // SAFETY: sync has no arguments.
+                unsafe { libc::sync() };
+                self.poweroff = true;
+            }
+            other => {
+                let message = format!("unexpected message from the host: {other:?}");
+                self.send(ctl, id, Message::Error { message });
+            }
+        }
+    }
+
+    fn apply_setup(&mut self, setup: Setup) -> Result<(), String> {
+        if !setup.hostname.is_empty() {
+            // SAFETY: pointer and length of a valid byte string.
+            let r =
+                unsafe { libc::sethostname(setup.hostname.as_ptr().cast(), setup.hostname.len()) };
+            if r != 0 {
+                return Err(format!(
+                    "cannot set the hostname to {}: {}",
+                    setup.hostname,
+                    io::Error::last_os_error()
+                ));
+            }
+        }
+        for m in &setup.mounts {
+            std::fs::create_dir_all(&m.target)
+                .map_err(|e| format!("cannot create mount point {}: {e}", m.target))?;
+            sys::mount(&m.source, &m.target, &m.fstype, 0, &m.options).map_err(|e| {
+                format!(
+                    "cannot mount {} ({}) on {}: {e}",
+                    m.source, m.fstype, m.target
+                )
+            })?;
+        }
+        for (k, v) in setup.env {
+            self.env.retain(|(ek, _)| *ek != k);
+            self.env.push((k, v));
+        }
+        for spec in setup.services {
+            self.services.push(Service {
+                spec,
+                pid: None,
+                restart_at: Some(Instant::now()),
+            });
+        }
+        self.restart_services();
+        Ok(())
+    }
+
+    fn start_exec(&mut self, key: Key, exec: Exec) {
+        let (ctl, id) = key;
+        if self.sessions.contains_key(&key) {
+            self.send(
+                ctl,
+                id,
+                Message::Error {
+                    message: format!("session {id} is already running"),
+                },
+            );
+            return;
+        }
+        let user = match exec.user.as_deref() {
+            None | Some("root") | Some("0") => users::root(),
+            Some(spec) => {
+                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+                match users::resolve(spec, &passwd) {
+                    Some(u) => u,
+                    None => {
+                        self.send(
+                            ctl,
+                            id,
+                            Message::Error {
+                                message: format!("no user {spec} in the guest's /etc/passwd"),
+                            },
+                        );
+                        self.send(
+                            ctl,
+                            id,
+                            Message::Exit {
+                                code: 126,
+                                signal: 0,
+                            },
+                        );
+                        return;
+                    }
+                }
+            }
+        };
+        let mut env = self.env.clone();
+        env.retain(|(k, _)| k != "HOME");
+        env.push(("HOME".into(), user.home.clone()));
+        for (k, v) in exec.env {
+            env.retain(|(ek, _)| *ek != k);
+            env.push((k, v));
+        }
+        let req = SpawnRequest {
+            argv: &exec.argv,
+            env: &env,
+            cwd: exec.cwd.as_deref(),
+            user: &user,
+            tty: exec.tty.then_some((exec.rows, exec.cols)),
+            log: None,
+        };
+        match spawn(&req) {
+            Ok(p) => {
+                self.send(ctl, id, Message::Started { pid: p.pid as u32 });
+                self.sessions.insert(
+                    key,
+                    Session {
+                        pid: p.pid,
+                        tty: exec.tty,
+                        stdin: p.stdin,
+                        stdin_buf: Vec::new(),
+                        stdin_eof: false,
+                        stdout: p.stdout,
+                        stderr: p.stderr,
+                        status: None,
+                    },
+                );
+            }
+            Err(e) => {
+                self.send(
+                    ctl,
+                    id,
+                    Message::Error {
+                        message: format!("cannot start {:?}: {e}", exec.argv),
+                    },
+                );
+                self.send(
+                    ctl,
+                    id,
+                    Message::Exit {
+                        code: 127,
+                        signal: 0,
+                    },
+                );
+            }
+        }
+    }
+
+    fn flush_stdin(&mut self, key: Key) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let Some(fd) = &s.stdin else {
+            s.stdin_buf.clear();
+            return;
+        };
+        while !s.stdin_buf.is_empty() {
+            match sys::write(fd.as_raw_fd(), &s.stdin_buf) {
+                Ok(n) => {
+                    s.stdin_buf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    s.stdin_buf.clear();
+                    if !s.tty {
+                        s.stdin = None;
+                    }
+                    return;
+                }
+            }
+        }
+        if s.stdin_eof && !s.tty {
+            s.stdin = None;
+        }
+    }
+
+    fn pump_output(&mut self, key: Key, which: u8, buf: &mut [u8]) {
+        let (ctl, id) = key;
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        let slot = if which == 1 {
+            &mut s.stdout
+        } else {
+            &mut s.stderr
+        };
+        let Some(fd) = slot else { return };
+        let n = buf.len().min(MAX_PAYLOAD);
+        match sys::read(fd.as_raw_fd(), &mut buf[..n]) {
+            Ok(0) => *slot = None,
+            Ok(n) => {
+                let data = buf[..n].to_vec();
+                let m = if which == 1 {
+                    Message::Stdout(data)
+                } else {
+                    Message::Stderr(data)
+                };
+                self.send(ctl, id, m);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            // EIO: the PTY's last slave closed.
+            Err(_) => *slot = None,
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: waitpid with a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            let decoded = if libc::WIFEXITED(status) {
+                (libc::WEXITSTATUS(status), 0)
+            } else if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                (128 + sig, sig)
+            } else {
+                continue;
+            };
+            if let Some(s) = self.sessions.values_mut().find(|s| s.pid == pid) {
+                s.status = Some(decoded);
+            } else if let Some(svc) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
+                svc.pid = None;
+                let again = match svc.spec.restart {
+                    Restart::Always => true,
+                    Restart::OnFailure => decoded.0 != 0,
+                    Restart::No => false,
+                };
+                svc.restart_at = again.then(|| Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn finish_sessions(&mut self) {
+        let done: Vec<Key> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.status.is_some() && (s.tty || (s.stdout.is_none() && s.stderr.is_none()))
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        let mut buf = vec![0u8; READ_CHUNK];
+        for key in done {
+            // A terminal may still hold output the process wrote just before exiting.
+            while self.sessions.get(&key).is_some_and(|s| s.stdout.is_some()) {
+                let before = self
+                    .sessions
+                    .get(&key)
+                    .and_then(|s| s.stdout.as_ref().map(|f| f.as_raw_fd()));
+                self.pump_output(key, 1, &mut buf);
+                let mut p = libc::pollfd {
+                    fd: before.unwrap_or(-1),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                let ready = unsafe { libc::poll(&mut p, 1, 0) };
+                if ready <= 0 || p.revents & libc::POLLIN == 0 {
+                    break;
+                }
+            }
+            if let Some(s) = self.sessions.remove(&key) {
+                let (code, signal) = s.status.unwrap_or((0, 0));
+                self.send(key.0, key.1, Message::Exit { code, signal });
+            }
+        }
+    }
+
+    fn restart_services(&mut self) {
+        let now = Instant::now();
+        let env = self.env.clone();
+        for svc in &mut self.services {
+            let Some(at) = svc.restart_at else { continue };
+            if at > now {
+                continue;
+            }
+            svc.restart_at = None;
+            let _ = std::fs::create_dir_all(SERVICE_LOG_DIR);
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(format!("{SERVICE_LOG_DIR}/{}.log", svc.spec.name));
+            let Ok(log) = log else { continue };
+            let log: OwnedFd = log.into();
+            let mut senv = env.clone();
+            senv.extend(svc.spec.env.iter().cloned());
+            let req = SpawnRequest {
+                argv: &svc.spec.argv,
+                env: &senv,
+                cwd: svc.spec.cwd.as_deref().or(Some("/")),
+                user: &users::root(),
+                tty: None,
+                log: Some(&log),
+            };
+            match spawn(&req) {
+                Ok(p) => svc.pid = Some(p.pid),
+                Err(e) => {
+                    let _ = sys::write_all(
+                        log.as_raw_fd(),
+                        format!("berth-agent: cannot start service: {e}\n").as_bytes(),
+                    );
+                    svc.restart_at = Some(now + Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}

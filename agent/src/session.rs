@@ -1,0 +1,176 @@
+//! Starting processes for `exec`, `shell` and services: fork, new session, pipes or a PTY,
+//! user switch, working directory, PATH search, execve.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::sys;
+use crate::users::User;
+
+pub struct SpawnRequest<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: Option<&'a str>,
+    pub user: &'a User,
+    /// `Some((rows, cols))`: run on a new PTY.
+    pub tty: Option<(u16, u16)>,
+    /// Send stdout and stderr here instead of pipes (service logs); stdin is /dev/null then.
+    pub log: Option<&'a OwnedFd>,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    /// Write end of stdin (pipe) or the PTY master.
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+fn value<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Candidate paths for `argv[0]`: itself when it has a slash, else each PATH entry.
+fn candidates(arg0: &str, env: &[(String, String)]) -> Vec<String> {
+    if arg0.contains('/') {
+        return vec![arg0.to_string()];
+    }
+    value(env, "PATH")
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| format!("{d}/{arg0}"))
+        .collect()
+}
+
+pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
+    let Some(arg0) = req.argv.first() else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
+    };
+    let argv: Vec<CString> = req
+        .argv
+        .iter()
+        .map(|a| sys::cstr(a))
+        .collect::<io::Result<_>>()?;
+    let envp: Vec<CString> = req
+        .env
+        .iter()
+        .map(|(k, v)| sys::cstr(&format!("{k}={v}")))
+        .collect::<io::Result<_>>()?;
+    let paths: Vec<CString> = candidates(arg0, req.env)
+        .iter()
+        .map(|p| sys::cstr(p))
+        .collect::<io::Result<_>>()?;
+    let cwd = sys::cstr(req.cwd.unwrap_or(&req.user.home))?;
+    let fail_msg = |what: &str| format!("berth-agent: cannot {what} {arg0}: ");
+    let (msg_chdir, msg_exec) = (fail_msg("change directory for"), fail_msg("run"));
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+
+    // Parent ends and child ends.
+    let mut parent: [Option<OwnedFd>; 3] = [None, None, None];
+    let child: [Option<RawFd>; 3];
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    let devnull;
+    if let Some((rows, cols)) = req.tty {
+        let (master, slave) = sys::openpty(rows, cols)?;
+        let m2 = master.try_clone()?;
+        child = [Some(slave.as_raw_fd()); 3];
+        parent = [Some(master), Some(m2), None];
+        keep.push(slave);
+    } else if let Some(log) = req.log {
+        devnull = std::fs::File::open("/dev/null")?;
+        child = [
+            Some(devnull.as_raw_fd()),
+            Some(log.as_raw_fd()),
+            Some(log.as_raw_fd()),
+        ];
+    } else {
+        let (in_r, in_w) = sys::pipe()?;
+        let (out_r, out_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        child = [
+            Some(in_r.as_raw_fd()),
+            Some(out_w.as_raw_fd()),
+            Some(err_w.as_raw_fd()),
+        ];
+        parent = [Some(in_w), Some(out_r), Some(err_r)];
+        keep.extend([in_r, out_w, err_w]);
+    }
+    let tty = req.tty.is_some();
+    let (uid, gid) = (req.user.uid, req.user.gid);
+
+    // SAFETY: the agent is single-threaded, so the child may run any code until exec; it only
+    // uses memory prepared above and async-signal-safe calls.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: in the child, raw syscalls on descriptors and strings prepared above.
+        unsafe {
+            sys::unblock_all_signals();
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            libc::setsid();
+            for (target, fd) in child.iter().enumerate() {
+                if let Some(fd) = fd {
+                    libc::dup2(*fd, target as i32);
+                }
+            }
+            if tty {
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+            if uid != 0 || gid != 0 {
+                libc::setgroups(0, std::ptr::null());
+                libc::setgid(gid);
+                libc::setuid(uid);
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                let e = io::Error::last_os_error().to_string();
+                let _ = sys::write_all(2, format!("{msg_chdir}{e}\n").as_bytes());
+                libc::_exit(126);
+            }
+            let mut last = libc::ENOENT;
+            for p in &paths {
+                libc::execve(p.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+                let errno = *libc::__errno_location();
+                if errno != libc::ENOENT || last == libc::ENOENT {
+                    last = errno;
+                }
+            }
+            let e = io::Error::from_raw_os_error(last).to_string();
+            let _ = sys::write_all(2, format!("{msg_exec}{e}\n").as_bytes());
+            libc::_exit(if last == libc::ENOENT { 127 } else { 126 });
+        }
+    }
+    drop(keep);
+    let [stdin, stdout, stderr] = parent;
+    for fd in [&stdin, &stdout, &stderr].into_iter().flatten() {
+        sys::set_nonblocking(fd.as_raw_fd())?;
+    }
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_search() {
+        let env = vec![("PATH".to_string(), "/a::/b".to_string())];
+        assert_eq!(candidates("ls", &env), vec!["/a/ls", "/b/ls"]);
+        assert_eq!(candidates("./x", &env), vec!["./x"]);
+        assert!(candidates("sh", &[]).contains(&"/bin/sh".to_string()));
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# VM benchmark: time from `VmBackend::start` to agent ready, and the VMM process's RSS, for
+# qemu (TCG here; KVM on hardware-KVM hosts) and, with BERTH_TEST_KVM_BOOT=1 on a host with
+# hardware KVM, berth's own VMM. Never boots a kernel through KVM on kvm_pvm (berth refuses).
+#
+#   bench/vm.sh [RUNS]            default 3 runs per provider
+#   BERTH_BENCH_KERNEL=debian:linux-image-cloud-amd64 (default) or a kernel path
+#   BERTH_TEST_KVM_KERNEL=...  kernel for the own-VMM runs (default: the same as qemu's)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-3}
+KERNEL=${BERTH_BENCH_KERNEL:-debian:linux-image-cloud-amd64}
+
+RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/agent-static \
+  cargo build -q --release -p berth-agent --target x86_64-unknown-linux-gnu
+AGENT=$PWD/target/agent-static/x86_64-unknown-linux-gnu/release/berth-agent
+cargo build -q --release -p berth-runtime --example vm_up_down --example vmm_overhead --bin berth-vmm
+DRIVER=$PWD/target/release/examples/vm_up_down
+export BERTH_VMM_EXE=$PWD/target/release/berth-vmm
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$WORK/rootfs/bin" "$WORK/rootfs"/{etc,dev,proc,sys,tmp,run,root}
+cp /bin/busybox "$WORK/rootfs/bin/"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -sf busybox "$WORK/rootfs/bin/$a"; done
+echo 'root:x:0:0:root:/root:/bin/sh' > "$WORK/rootfs/etc/passwd"
+# Kernels are cached across runs of this script.
+CACHE=$PWD/target/berth-test-cache/kernels
+mkdir -p "$CACHE"
+
+run() { # provider kernel
+  local home="$WORK/home-$1-$2"
+  mkdir -p "$home"; ln -sfn "$CACHE" "$home/kernels"
+  "$DRIVER" --vmm "$1" --kernel "$3" --rootfs "$WORK/rootfs" --agent "$AGENT" --home "$home"
+  rm -rf "$home"
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+report() { # name file
+  local f=$2
+  echo "== $1 ($RUNS runs): $(head -1 "$f" | sed 's/.*"kernel":"\([^"]*\)".*/kernel \1/')"
+  for k in up_ms vmm_to_agent_ms down_ms vmm_rss_kib; do
+    printf '  %-16s median %s\n' "$k" "$(sed "s/.*\"$k\":\([0-9]*\).*/\1/" "$f" | median)"
+  done
+  echo "  guest memory $(sed 's/.*"guest_memory_kib":\([0-9]*\).*/\1/' "$f" | head -1) KiB; RSS includes the guest pages qemu touched"
+}
+
+run qemu warmup "$KERNEL" > /dev/null   # fetch the kernel, build disk and initramfs once
+: > "$WORK/qemu.jsonl"
+for _ in $(seq "$RUNS"); do run qemu x "$KERNEL" >> "$WORK/qemu.jsonl"; done
+report "qemu ($(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1))" "$WORK/qemu.jsonl"
+
+# berth's VMM with a two-byte real-mode guest (safe on kvm_pvm): the VMM's own RSS.
+echo "== berth VMM overhead (idle tiny guest, 256 MiB guest memory mapped): $(target/release/examples/vmm_overhead)"
+
+if [ "${BERTH_TEST_KVM_BOOT:-}" = 1 ]; then
+  : > "$WORK/kvm.jsonl"
+  for _ in $(seq "$RUNS"); do run kvm x "${BERTH_TEST_KVM_KERNEL:-$KERNEL}" >> "$WORK/kvm.jsonl"; done
+  report "berth VMM (kvm)" "$WORK/kvm.jsonl"
+else
+  echo "== berth VMM: skipped (set BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM)"
+fi

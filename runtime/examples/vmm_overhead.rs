@@ -1,0 +1,66 @@
+//! Memory overhead of berth's VMM: a VM with 256 MiB of guest memory, the in-kernel irqchip,
+//! serial, i8042 and three virtio devices runs a two-byte real-mode loop (`jmp $`, safe on any
+//! KVM, kvm_pvm included) while this measures the process's RSS. Guest memory the guest never
+//! touches is not resident, so the RSS is the VMM's own overhead. Used by bench/vm.sh.
+
+use std::time::Duration;
+
+use berth_runtime::vm::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        println!("{{\"skipped\":\"/dev/kvm is not usable\"}}");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("berth-vmm-overhead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let disk = dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let before = rss_kib();
+    let mut cfg = MachineConfig::new(
+        256 << 20,
+        GuestBoot::RealMode {
+            code: vec![0xeb, 0xfe],
+            load_addr: 0x1000,
+        },
+        Box::new(std::io::sink()),
+    );
+    cfg.devices = vec![
+        DeviceConfig::Block {
+            path: disk,
+            read_only: false,
+        },
+        DeviceConfig::Console {
+            socket: dir.join("control.sock"),
+        },
+        DeviceConfig::Vsock {
+            cid: 3,
+            uds: dir.join("vsock.sock"),
+        },
+    ];
+    let machine = Machine::create(cfg).expect("create VM");
+    let exit = machine.exit_signal();
+    let t = std::thread::spawn(move || machine.run());
+    std::thread::sleep(Duration::from_millis(300));
+    let running = rss_kib();
+    exit.request(ExitReason::Stopped);
+    let reason = t.join().unwrap().expect("run");
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{{\"process_rss_before_vm_kib\":{before},\"vmm_rss_running_kib\":{running},\"guest_memory_kib\":{},\"exit\":\"{reason:?}\"}}", 256 << 10);
+}

@@ -1,0 +1,598 @@
+//! `VmBackend`: start, connect to, stop and inspect an environment's VM, whichever provider
+//! runs it. State lives in the environment folder:
+//!
+//! ```text
+//! envs/<id>/vm.json        VmState: provider, VMM pid + start time, kernel, boot time
+//! envs/<id>/disk.qcow2     the environment's copy-on-write root disk (qemu)
+//! envs/<id>/disk.img       the same for berth's VMM
+//! envs/<id>/control.sock   control channel to the agent (one client at a time)
+//! envs/<id>/logs/console.log  the guest's serial console
+//! ```
+//!
+//! The caller (the CLI) holds the environment's lock around `start` and `stop`.
+
+use std::collections::BTreeMap;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use berth_agent_proto::{Client, MountRequest, Output, Restart, ServiceSpec, Setup};
+use envfile_spec::plan::{
+    KernelSource, MountKind, MountPlan, PortPlan, RestartPolicy, ServicePlan, VmmKind,
+};
+use serde::{Deserialize, Serialize};
+
+use super::kernel::{KernelStore, Mirror};
+use super::process::ProcessRecord;
+use super::qemu::{Accel, QemuConfig};
+use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
+use super::vmm_process::{self, check_kvm_can_boot_linux, VmmProcessConfig};
+use super::VmError;
+use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::state::{self, BerthHome, FileLock, LockMode};
+
+/// Everything needed to run one environment as a VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// Environment name (the guest's hostname).
+    pub name: String,
+    /// The environment's folder (`BerthHome::env_dir`).
+    pub state_dir: PathBuf,
+    /// Root filesystem layers, bottom → top.
+    pub layers: Vec<PathBuf>,
+    pub kernel: KernelSource,
+    /// `lib/modules/<version>` of a path kernel.
+    pub modules: Option<PathBuf>,
+    /// Guest memory in bytes.
+    pub memory: u64,
+    pub vcpus: u32,
+    pub vmm: VmmKind,
+    pub env: BTreeMap<String, String>,
+    pub services: BTreeMap<String, ServicePlan>,
+    /// `tmpfs` mounts are made in the guest; other kinds are handled by the sync/volume code.
+    pub mounts: Vec<MountPlan>,
+    /// Forwarded later by the networking code (over the control channel or a tap device).
+    pub ports: Vec<PortPlan>,
+    pub on_up: Vec<String>,
+    /// Size of the root disk; default twice the layers' size, at least 1 GiB.
+    pub disk_size: Option<u64>,
+    /// The static berth-agent; default `BERTH_AGENT`, else `berth-agent` beside the running
+    /// executable.
+    pub agent: Option<PathBuf>,
+    /// How long to wait for the agent after the VMM started.
+    pub boot_timeout: Duration,
+}
+
+/// Which program runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Qemu,
+    Kvm,
+}
+
+/// Recorded in `vm.json` before the VMM starts and completed once the agent is ready.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmState {
+    pub provider: Provider,
+    pub accel: String,
+    pub process: Option<ProcessRecord>,
+    pub control_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub disk: PathBuf,
+    pub vcpus: u32,
+    pub memory: u64,
+    pub kernel_release: String,
+    /// Unix time (ms) the VMM was started.
+    pub started_at_ms: u64,
+    /// Milliseconds from VMM start to agent ready.
+    pub boot_ms: Option<u64>,
+    /// Host side of the guest's vsock (berth's VMM): connect and send `CONNECT <port>\n` to
+    /// reach a guest port; guest connections to host port P arrive at `<path>_<P>`.
+    #[serde(default)]
+    pub vsock_socket: Option<PathBuf>,
+}
+
+/// What `berth status` shows for a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub running: bool,
+    pub state: Option<VmState>,
+}
+
+/// A connection to a running VM's agent. Its channel's lock lives inside the connection, so
+/// the channel stays reserved while the client or any of its session handles exists.
+pub struct VmConnection {
+    pub client: Client,
+}
+
+impl VmConnection {
+    /// Runs `argv` and collects its output.
+    pub fn run(&mut self, argv: &[&str]) -> Result<Output, VmError> {
+        Ok(self.client.run(argv)?)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn vm_json(state_dir: &Path) -> PathBuf {
+    state_dir.join("vm.json")
+}
+
+/// The last `n` lines of the console log, for error messages.
+pub fn console_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).to_string())
+        .unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Chooses the provider for `vmm` on a host with `kind` KVM.
+pub fn choose_provider(vmm: VmmKind, kind: KvmKind) -> Result<(Provider, Accel), VmError> {
+    match vmm {
+        VmmKind::Qemu => Ok((
+            Provider::Qemu,
+            if kind == KvmKind::Hardware {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            },
+        )),
+        VmmKind::Kvm => {
+            check_kvm_can_boot_linux(kind)?;
+            Ok((Provider::Kvm, Accel::Kvm))
+        }
+        VmmKind::Auto => Ok(match kind {
+            KvmKind::Hardware => (Provider::Kvm, Accel::Kvm),
+            _ => (Provider::Qemu, Accel::Tcg),
+        }),
+    }
+}
+
+fn find_agent(spec: &VmSpec) -> Result<PathBuf, VmError> {
+    let candidate = spec
+        .agent
+        .clone()
+        .or_else(|| std::env::var_os("BERTH_AGENT").map(PathBuf::from))
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|e| e.parent().map(|d| d.join("berth-agent")))
+        });
+    match candidate {
+        Some(p) if p.is_file() => Ok(p),
+        other => Err(VmError::NoAgent(other)),
+    }
+}
+
+fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
+    spec.services
+        .iter()
+        .map(|(name, s)| ServiceSpec {
+            name: name.clone(),
+            argv: s.command.clone(),
+            env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: s.workdir.clone(),
+            restart: match s.restart {
+                RestartPolicy::No => Restart::No,
+                RestartPolicy::OnFailure => Restart::OnFailure,
+                RestartPolicy::Always => Restart::Always,
+            },
+        })
+        .collect()
+}
+
+fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
+    spec.mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Tmpfs)
+        .map(|m| MountRequest {
+            source: "tmpfs".into(),
+            target: m.target.clone(),
+            fstype: "tmpfs".into(),
+            options: m.size.map(|s| format!("size={s}")).unwrap_or_default(),
+        })
+        .collect()
+}
+
+pub struct VmBackend {
+    home: BerthHome,
+    mirror: Mirror,
+}
+
+impl VmBackend {
+    pub fn new(home: BerthHome) -> Self {
+        VmBackend {
+            home,
+            mirror: Mirror::discover(),
+        }
+    }
+
+    pub fn with_mirror(home: BerthHome, mirror: Mirror) -> Self {
+        VmBackend { home, mirror }
+    }
+
+    /// Boots the VM (unless it already runs), waits for the agent, applies hostname, mounts,
+    /// environment and services, and runs `on_up`. Returns the recorded state.
+    pub fn start(&self, spec: &VmSpec) -> Result<VmState, VmError> {
+        if let Some(st) = self
+            .status(&spec.state_dir)?
+            .state
+            .filter(|_| self.is_running(&spec.state_dir))
+        {
+            return Ok(st);
+        }
+        let (provider, accel) = choose_provider(spec.vmm, kvm_kind(&HostRoot::real()))?;
+        state::create_dir_all(&spec.state_dir)?;
+        let logs = spec.state_dir.join("logs");
+        state::create_dir_all(&logs)?;
+        let agent = find_agent(spec)?;
+        let kernels = KernelStore::new(self.home.clone());
+        let kernel = kernels.ensure(&spec.kernel, spec.modules.as_deref(), &self.mirror)?;
+        let initramfs = kernels.initramfs(&kernel, &agent)?;
+        let base = RootDisks::new(self.home.clone()).base_image(&spec.layers, spec.disk_size)?;
+        // qemu gets a qcow2 overlay when qemu-img is there (or the environment already has
+        // one), else a private raw copy like berth's VMM.
+        let qcow2 = spec.state_dir.join("disk.qcow2");
+        let use_qcow2 = provider == Provider::Qemu
+            && (qcow2.exists()
+                || std::process::Command::new("qemu-img")
+                    .arg("--version")
+                    .output()
+                    .is_ok());
+        let (disk, disk_format) = if use_qcow2 {
+            qcow2_overlay(&base, &qcow2)?;
+            (qcow2, "qcow2")
+        } else {
+            let d = spec.state_dir.join("disk.img");
+            raw_copy(&base, &d)?;
+            (d, "raw")
+        };
+        let control_socket = spec.state_dir.join("control.sock");
+        let console_log = logs.join("console.log");
+        let _ = std::fs::remove_file(&console_log);
+        let mut cmdline = format!(
+            "console=ttyS0 reboot=k panic=-1 quiet loglevel=4 berth.root=/dev/vda berth.hostname={}",
+            spec.name
+        );
+        if provider == Provider::Kvm {
+            cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
+        }
+        let mut st = VmState {
+            provider,
+            accel: format!("{accel:?}").to_lowercase(),
+            process: None,
+            control_socket: control_socket.clone(),
+            console_log: console_log.clone(),
+            disk: disk.clone(),
+            vcpus: spec.vcpus.max(1),
+            memory: spec.memory,
+            kernel_release: kernel.release.clone(),
+            started_at_ms: now_ms(),
+            boot_ms: None,
+            vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
+        };
+        state::write_json(&vm_json(&spec.state_dir), &st)?;
+        let started = Instant::now();
+        let process = match provider {
+            Provider::Qemu => QemuConfig {
+                kernel: kernel.image.clone(),
+                initramfs,
+                disk,
+                disk_format,
+                memory_mib: (spec.memory >> 20).max(64),
+                vcpus: spec.vcpus.max(1),
+                accel,
+                cmdline,
+                console_log: console_log.clone(),
+                control_socket: control_socket.clone(),
+                pidfile: spec.state_dir.join("qemu.pid"),
+                qemu_log: logs.join("qemu.log"),
+            }
+            .launch()?,
+            Provider::Kvm => {
+                let cfg = VmmProcessConfig {
+                    kernel: kernel.image.clone(),
+                    initramfs,
+                    disk,
+                    control_socket: control_socket.clone(),
+                    console_log: console_log.clone(),
+                    memory: spec.memory,
+                    vcpus: spec.vcpus.clamp(1, 255) as u8,
+                    cmdline,
+                    vsock: st.vsock_socket.clone(),
+                };
+                let cfg_path = spec.state_dir.join("vmm.json");
+                state::write_json(&cfg_path, &cfg)?;
+                // BERTH_VMM_EXE (berth-vmm), else the running berth binary's `internal-vmm`.
+                let exe = std::env::var_os("BERTH_VMM_EXE")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::current_exe().ok())
+                    .ok_or_else(|| {
+                        VmError::Config("cannot find the berth executable to run the VMM".into())
+                    })?;
+                vmm_process::launch(&exe, &cfg_path, &logs.join("vmm.log"))?
+            }
+        };
+        st.process = Some(process);
+        state::write_json(&vm_json(&spec.state_dir), &st)?;
+
+        let ready = self.wait_ready(&st, spec.boot_timeout, started);
+        let mut conn = match ready {
+            Ok(c) => c,
+            Err(e) => {
+                process.terminate(Duration::from_secs(2));
+                self.cleanup(&spec.state_dir, &st);
+                return Err(e);
+            }
+        };
+        st.boot_ms = Some(started.elapsed().as_millis() as u64);
+        let setup = Setup {
+            hostname: spec.name.clone(),
+            mounts: guest_mounts(spec),
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            services: services(spec),
+        };
+        conn.client.setup(setup, Duration::from_secs(30))?;
+        for cmd in &spec.on_up {
+            let out = conn.client.run(&["/bin/sh", "-c", cmd])?;
+            if out.status.code != 0 {
+                return Err(VmError::OnUp {
+                    command: cmd.clone(),
+                    code: out.status.code,
+                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                });
+            }
+        }
+        state::write_json(&vm_json(&spec.state_dir), &st)?;
+        Ok(st)
+    }
+
+    fn wait_ready(
+        &self,
+        st: &VmState,
+        timeout: Duration,
+        since: Instant,
+    ) -> Result<VmConnection, VmError> {
+        let deadline = since + timeout;
+        loop {
+            let alive = st.process.is_some_and(|p| p.is_alive());
+            if !alive {
+                return Err(VmError::Boot {
+                    reason: "the VMM exited before the agent was ready".into(),
+                    console: console_tail(&st.console_log, 25),
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(VmError::Boot {
+                    reason: format!(
+                        "the agent did not answer within {}s; the kernel may lack CONFIG_VIRTIO_MMIO, CONFIG_VIRTIO_BLK, \
+                         CONFIG_VIRTIO_CONSOLE, CONFIG_EXT4_FS or CONFIG_DEVTMPFS (as built-ins or modules)",
+                        timeout.as_secs()
+                    ),
+                    console: console_tail(&st.console_log, 25),
+                });
+            }
+            if st.control_socket.exists() {
+                match self.connect_with(st, left.min(Duration::from_secs(2))) {
+                    Ok(c) => return Ok(c),
+                    Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) => {}
+                    Err(VmError::Agent(_)) => std::thread::sleep(Duration::from_millis(100)),
+                    Err(e) => return Err(e),
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn connect_with(&self, st: &VmState, timeout: Duration) -> Result<VmConnection, VmError> {
+        // The first free channel; each serves one client.
+        for socket in super::control_sockets(&st.control_socket) {
+            let Some(lock) =
+                FileLock::try_acquire(&super::control_lock(&socket), LockMode::Exclusive)?
+            else {
+                continue;
+            };
+            if !socket.exists() {
+                continue;
+            }
+            let stream = UnixStream::connect(&socket).map_err(|e| VmError::Io {
+                path: socket.clone(),
+                source: e,
+            })?;
+            let mut client = Client::with_guard(stream, Some(Box::new(lock)))?;
+            client.hello(timeout)?;
+            return Ok(VmConnection { client });
+        }
+        Err(VmError::Busy)
+    }
+
+    /// Connects to the running VM's agent (for exec and shell).
+    pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
+        let st = self.running_state(state_dir)?;
+        self.connect_with(&st, Duration::from_secs(10))
+    }
+
+    fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
+        let st: VmState = state::read_json(&vm_json(state_dir))?.ok_or(VmError::NotRunning)?;
+        if !st.process.is_some_and(|p| p.is_alive()) {
+            return Err(VmError::NotRunning);
+        }
+        Ok(st)
+    }
+
+    /// Runs `argv` in the VM and collects its output.
+    pub fn exec_capture(&self, state_dir: &Path, argv: &[&str]) -> Result<Output, VmError> {
+        self.connect(state_dir)?.run(argv)
+    }
+
+    pub fn is_running(&self, state_dir: &Path) -> bool {
+        self.running_state(state_dir).is_ok()
+    }
+
+    pub fn status(&self, state_dir: &Path) -> Result<VmStatus, VmError> {
+        let st: Option<VmState> = state::read_json(&vm_json(state_dir))?;
+        let running = st
+            .as_ref()
+            .and_then(|s| s.process)
+            .is_some_and(|p| p.is_alive());
+        Ok(VmStatus { running, state: st })
+    }
+
+    /// Asks the agent to power off, waits up to `grace`, then kills the VMM. Removes the
+    /// control socket and pid file; keeps the disk. Safe to call when the VM is not running
+    /// (or its VMM was killed): it cleans up what is left.
+    pub fn stop(&self, state_dir: &Path, grace: Duration) -> Result<(), VmError> {
+        let Some(st) = state::read_json::<VmState>(&vm_json(state_dir))? else {
+            return Ok(());
+        };
+        if let Some(p) = st.process.filter(|p| p.is_alive()) {
+            let asked = self
+                .connect_with(&st, Duration::from_secs(2))
+                .and_then(|mut c| Ok(c.client.poweroff()?));
+            if asked.is_err() || !p.wait_gone(grace) {
+                p.terminate(Duration::from_secs(3));
+            }
+        }
+        self.cleanup(state_dir, &st);
+        Ok(())
+    }
+
+    /// Stops the VM and deletes the environment's disk (the cached base image stays).
+    pub fn destroy(&self, state_dir: &Path) -> Result<(), VmError> {
+        self.stop(state_dir, Duration::from_secs(10))?;
+        for f in ["disk.qcow2", "disk.img", "vmm.json"] {
+            let p = state_dir.join(f);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(VmError::Io { path: p, source: e }),
+            }
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self, state_dir: &Path, st: &VmState) {
+        for socket in super::control_sockets(&st.control_socket) {
+            let _ = std::fs::remove_file(super::control_lock(&socket));
+            let _ = std::fs::remove_file(socket);
+        }
+        if let Some(v) = &st.vsock_socket {
+            let _ = std::fs::remove_file(v);
+        }
+        let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
+        let _ = std::fs::remove_file(vm_json(state_dir));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_choice_never_boots_linux_on_kvm_pvm() {
+        use KvmKind::*;
+        assert_eq!(
+            choose_provider(VmmKind::Auto, Pvm).unwrap(),
+            (Provider::Qemu, Accel::Tcg)
+        );
+        assert_eq!(
+            choose_provider(VmmKind::Auto, Unknown).unwrap(),
+            (Provider::Qemu, Accel::Tcg)
+        );
+        assert_eq!(
+            choose_provider(VmmKind::Auto, Absent).unwrap(),
+            (Provider::Qemu, Accel::Tcg)
+        );
+        assert_eq!(
+            choose_provider(VmmKind::Auto, Hardware).unwrap(),
+            (Provider::Kvm, Accel::Kvm)
+        );
+        assert_eq!(
+            choose_provider(VmmKind::Qemu, Pvm).unwrap(),
+            (Provider::Qemu, Accel::Tcg)
+        );
+        assert_eq!(
+            choose_provider(VmmKind::Qemu, Hardware).unwrap(),
+            (Provider::Qemu, Accel::Kvm)
+        );
+        assert!(matches!(
+            choose_provider(VmmKind::Kvm, Pvm),
+            Err(VmError::UnsafeKvm)
+        ));
+        assert!(matches!(
+            choose_provider(VmmKind::Kvm, Absent),
+            Err(VmError::NoKvm)
+        ));
+    }
+
+    #[test]
+    fn stop_and_status_without_a_vm() {
+        let d = tempfile::tempdir().unwrap();
+        let b = VmBackend::with_mirror(
+            BerthHome::at(d.path()).unwrap(),
+            Mirror {
+                url: "http://127.0.0.1:9".into(),
+                suites: vec![],
+            },
+        );
+        let env = d.path().join("envs/x");
+        assert!(!b.status(&env).unwrap().running);
+        b.stop(&env, Duration::from_secs(1)).unwrap();
+        assert!(matches!(b.connect(&env), Err(VmError::NotRunning)));
+    }
+
+    #[test]
+    fn dead_vmm_is_reported_and_cleaned_up() {
+        let d = tempfile::tempdir().unwrap();
+        let b = VmBackend::with_mirror(
+            BerthHome::at(d.path()).unwrap(),
+            Mirror {
+                url: "http://127.0.0.1:9".into(),
+                suites: vec![],
+            },
+        );
+        let env = d.path().join("env");
+        std::fs::create_dir_all(&env).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let rec = ProcessRecord::of(child.id() as i32).unwrap();
+        let st = VmState {
+            provider: Provider::Qemu,
+            accel: "tcg".into(),
+            process: Some(rec),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.qcow2"),
+            vcpus: 1,
+            memory: 1 << 28,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: None,
+        };
+        state::write_json(&env.join("vm.json"), &st).unwrap();
+        assert!(b.status(&env).unwrap().running);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let s = b.status(&env).unwrap();
+        assert!(!s.running, "kill -9 of the VMM shows as not running");
+        assert!(matches!(b.connect(&env), Err(VmError::NotRunning)));
+        b.stop(&env, Duration::from_secs(1)).unwrap();
+        assert!(!env.join("vm.json").exists());
+    }
+}

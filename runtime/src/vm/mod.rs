@@ -1,0 +1,78 @@
+//! The VM backend: the same berth.toml as a micro-VM. Two providers share the guest side
+//! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (`vmm`) and qemu (`qemu`).
+//! [`VmBackend`] is the entry point for the CLI.
+
+pub mod backend;
+pub mod kernel;
+pub mod process;
+pub mod qemu;
+pub mod rootdisk;
+pub mod vmm;
+pub mod vmm_process;
+
+use std::path::{Path, PathBuf};
+
+/// Control channels offered to the agent: `control.sock`, `control-1.sock`, ... (one client
+/// each, so `exec` works while a `shell` is open).
+pub const CONTROL_CHANNELS: usize = 4;
+
+/// The sockets of all control channels, given the first (`…/control.sock`).
+pub fn control_sockets(first: &Path) -> Vec<PathBuf> {
+    (0..CONTROL_CHANNELS)
+        .map(|i| match i {
+            0 => first.to_path_buf(),
+            i => first.with_file_name(format!("control-{i}.sock")),
+        })
+        .collect()
+}
+
+/// The lock a client holds while it uses channel socket `socket`.
+pub fn control_lock(socket: &Path) -> PathBuf {
+    socket.with_extension("lock")
+}
+
+pub use backend::{Provider, VmBackend, VmConnection, VmSpec, VmState, VmStatus};
+pub use berth_agent_proto as agent_proto;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("/dev/kvm here is kvm_pvm, which cannot safely boot a Linux kernel (it may restart the host); use vmm = \"qemu\" (or \"auto\")")]
+    UnsafeKvm,
+    #[error(
+        "vmm = \"kvm\" needs /dev/kvm, which this host lacks; use vmm = \"qemu\" (or \"auto\")"
+    )]
+    NoKvm,
+    #[error("the static berth-agent was not found{}; build it with `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p berth-agent --target x86_64-unknown-linux-gnu` and set BERTH_AGENT to its path", .0.as_ref().map(|p| format!(" (looked at {})", p.display())).unwrap_or_default())]
+    NoAgent(Option<PathBuf>),
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    #[error(transparent)]
+    Disk(#[from] rootdisk::DiskError),
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Agent(#[from] berth_agent_proto::ClientError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("VM configuration: {0}")]
+    Config(String),
+    #[error("the VM did not become ready: {reason}\n--- last console lines ---\n{console}")]
+    Boot { reason: String, console: String },
+    #[error("the VM is not running; start it with `berth up`")]
+    NotRunning,
+    #[error("all control channels of this VM are in use by other berth commands; wait for one to finish")]
+    Busy,
+    #[error("on_up command `{command}` failed with exit code {code}: {stderr}")]
+    OnUp {
+        command: String,
+        code: i32,
+        stderr: String,
+    },
+}

@@ -1,0 +1,199 @@
+//! The qemu provider: `qemu-system-x86_64 -M pc` with the kernel, berth's initramfs, the root
+//! disk on virtio-blk, the serial console in a log file and the control channel on a
+//! virtio-serial port backed by a Unix-socket chardev (virtio-pci devices; see `args` for why
+//! not microvm). TCG unless the host has
+//! hardware KVM. qemu daemonizes itself once its devices and sockets are set up.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::process::ProcessRecord;
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Tcg,
+    Kvm,
+}
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub disk: PathBuf,
+    /// `qcow2` (overlay on the cached base image) or `raw` (a private copy).
+    pub disk_format: &'static str,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub accel: Accel,
+    pub cmdline: String,
+    pub console_log: PathBuf,
+    pub control_socket: PathBuf,
+    pub pidfile: PathBuf,
+    /// qemu's own messages.
+    pub qemu_log: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("cannot run {QEMU_BINARY}: {0}; install it (Debian: apt-get install qemu-system-x86)")]
+    Spawn(std::io::Error),
+    #[error("qemu failed to start the VM: {0}")]
+    Failed(String),
+}
+
+impl QemuConfig {
+    pub fn args(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::new();
+        let mut push = |s: &str| a.push(s.into());
+        push("-M");
+        // The `pc` machine with virtio-pci: Debian's kernels find virtio-mmio devices only
+        // through ACPI (no CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES), and under TCG qemu 7.2's ACPI
+        // microvm delivers no timer interrupts to them.
+        push("pc");
+        push("-accel");
+        push(match self.accel {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        });
+        if self.accel == Accel::Kvm {
+            push("-cpu");
+            push("host");
+        }
+        push("-m");
+        push(&format!("{}M", self.memory_mib));
+        push("-smp");
+        push(&self.vcpus.max(1).to_string());
+        for s in [
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ] {
+            push(s);
+        }
+        let path = |p: &Path| p.to_string_lossy().replace(',', ",,");
+        push("-kernel");
+        push(&path(&self.kernel));
+        push("-initrd");
+        push(&path(&self.initramfs));
+        push("-append");
+        push(&self.cmdline);
+        push("-chardev");
+        push(&format!("file,id=console,path={}", path(&self.console_log)));
+        push("-serial");
+        push("chardev:console");
+        push("-device");
+        push("virtio-serial-pci");
+        for (i, sock) in super::control_sockets(&self.control_socket)
+            .iter()
+            .enumerate()
+        {
+            push("-chardev");
+            push(&format!(
+                "socket,id=control{i},path={},server=on,wait=off",
+                path(sock)
+            ));
+            push("-device");
+            push(&format!("virtserialport,chardev=control{i},name=berth.{i}"));
+        }
+        push("-drive");
+        push(&format!(
+            "id=root,file={},format=qcow2,if=none,discard=unmap",
+            path(&self.disk)
+        ));
+        push("-device");
+        push("virtio-blk-pci,drive=root");
+        push("-daemonize");
+        push("-pidfile");
+        push(&path(&self.pidfile));
+        a
+    }
+
+    /// Starts qemu; returns once it runs in the background (its control socket exists).
+    pub fn launch(&self) -> Result<ProcessRecord, QemuError> {
+        for sock in super::control_sockets(&self.control_socket) {
+            let _ = std::fs::remove_file(sock);
+        }
+        let log = std::fs::File::create(&self.qemu_log).map_err(QemuError::Spawn)?;
+        let status = Command::new(QEMU_BINARY)
+            .args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .status()
+            .map_err(QemuError::Spawn)?;
+        let messages = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+        if !status.success() {
+            return Err(QemuError::Failed(format!("{status}: {}", messages.trim())));
+        }
+        let pid: i32 = std::fs::read_to_string(&self.pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| {
+                QemuError::Failed(format!(
+                    "no pid in {}: {}",
+                    self.pidfile.display(),
+                    messages.trim()
+                ))
+            })?;
+        ProcessRecord::of(pid).ok_or_else(|| {
+            QemuError::Failed(format!(
+                "qemu (pid {pid}) exited right away: {}",
+                messages.trim()
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        let c = QemuConfig {
+            kernel: "/k/vmlinuz".into(),
+            initramfs: "/k/initrd,1.gz".into(),
+            disk: "/e/disk.qcow2".into(),
+            disk_format: "qcow2",
+            memory_mib: 512,
+            vcpus: 2,
+            accel: Accel::Tcg,
+            cmdline: "console=ttyS0".into(),
+            console_log: "/e/console.log".into(),
+            control_socket: "/e/control.sock".into(),
+            pidfile: "/e/qemu.pid".into(),
+            qemu_log: "/e/qemu.log".into(),
+        };
+        let a: Vec<String> = c
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().to_string())
+            .collect();
+        let joined = a.join(" ");
+        assert!(
+            joined.starts_with("-M pc -accel tcg -m 512M -smp 2"),
+            "{joined}"
+        );
+        assert!(!joined.contains("-enable-kvm") && !joined.contains("accel kvm"));
+        assert!(joined.contains("socket,id=control0,path=/e/control.sock,server=on,wait=off"));
+        assert!(joined.contains("socket,id=control3,path=/e/control-3.sock,server=on,wait=off"));
+        assert!(joined.contains("virtserialport,chardev=control0,name=berth.0"));
+        assert!(joined.contains("virtserialport,chardev=control3,name=berth.3"));
+        assert!(joined.contains("virtio-blk-pci,drive=root") && joined.contains("format=qcow2"));
+        assert!(
+            joined.contains("-initrd /k/initrd,,1.gz"),
+            "commas in paths are escaped"
+        );
+        assert!(joined.contains("-no-reboot") && joined.contains("-daemonize"));
+        let kvm = QemuConfig {
+            accel: Accel::Kvm,
+            ..c
+        };
+        assert!(kvm.args().iter().any(|s| s == "kvm"));
+    }
+}

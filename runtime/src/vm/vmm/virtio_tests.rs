@@ -1,0 +1,469 @@
+//! virtio-mmio transport and devices driven by a simulated guest driver: registers programmed
+//! through the bus interface, descriptors and rings written into guest memory.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::bus::BusDevice;
+use super::irq::IrqLine;
+use super::virtio_blk::{VirtioBlock, REQ_IN, REQ_OUT, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
+use super::virtio_console::VirtioConsole;
+use super::virtio_device::VirtioInterrupt;
+use super::virtio_mmio::{MmioTransport, MAGIC_VALUE};
+
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+
+/// A guest driver for one split queue.
+struct Driver {
+    mem: GuestMemoryMmap,
+    desc: u64,
+    avail: u64,
+    used: u64,
+    size: u16,
+    next_desc: u16,
+    avail_idx: u16,
+}
+
+impl Driver {
+    fn reg_read(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn reg_write(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    /// Negotiates features and sets up `queues` queues at fixed addresses; returns one driver
+    /// per queue.
+    fn init(t: &mut MmioTransport, mem: &GuestMemoryMmap, queues: u16) -> Vec<Driver> {
+        assert_eq!(Self::reg_read(t, 0), MAGIC_VALUE);
+        assert_eq!(Self::reg_read(t, 4), 2);
+        Self::reg_write(t, 0x70, 1 | 2);
+        Self::reg_write(t, 0x14, 1);
+        let hi = Self::reg_read(t, 0x10);
+        assert_eq!(hi & 1, 1, "VIRTIO_F_VERSION_1 offered");
+        Self::reg_write(t, 0x24, 1);
+        Self::reg_write(t, 0x20, 1);
+        Self::reg_write(t, 0x70, 1 | 2 | 8);
+        assert_eq!(Self::reg_read(t, 0x70) & 8, 8, "FEATURES_OK kept");
+        let mut drivers = Vec::new();
+        for q in 0..queues {
+            let base = 0x10000 + u64::from(q) * 0x4000;
+            Self::reg_write(t, 0x30, u32::from(q));
+            assert!(Self::reg_read(t, 0x34) >= 8);
+            Self::reg_write(t, 0x38, 8);
+            Self::reg_write(t, 0x80, base as u32);
+            Self::reg_write(t, 0x84, 0);
+            Self::reg_write(t, 0x90, (base + 0x1000) as u32);
+            Self::reg_write(t, 0xa0, (base + 0x2000) as u32);
+            Self::reg_write(t, 0x44, 1);
+            drivers.push(Driver {
+                mem: mem.clone(),
+                desc: base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+                size: 8,
+                next_desc: 0,
+                avail_idx: 0,
+            });
+        }
+        Self::reg_write(t, 0x70, 1 | 2 | 8 | 4);
+        assert!(t.is_active());
+        drivers
+    }
+
+    /// Writes a chain of `(addr, len, device_writable)` buffers and makes it available.
+    fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, (addr, len, w)) in bufs.iter().enumerate() {
+            let idx = self.next_desc % self.size;
+            let mut flags = if *w { WRITE } else { 0 };
+            let next = (idx + 1) % self.size;
+            if i + 1 < bufs.len() {
+                flags |= NEXT;
+            }
+            let at = self.desc + u64::from(idx) * 16;
+            self.mem.write_obj(*addr, GuestAddress(at)).unwrap();
+            self.mem.write_obj(*len, GuestAddress(at + 8)).unwrap();
+            self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+            self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+            self.next_desc += 1;
+        }
+        let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
+        self.mem
+            .write_obj(head % self.size, GuestAddress(slot))
+            .unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        head
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(self.used + 2)).unwrap()
+    }
+
+    /// `(id, len)` of used element `n`.
+    fn used_elem(&self, n: u16) -> (u32, u32) {
+        let at = self.used + 4 + u64::from(n % self.size) * 8;
+        (
+            self.mem.read_obj(GuestAddress(at)).unwrap(),
+            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
+        )
+    }
+}
+
+fn block_header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
+    mem.write_obj(kind, GuestAddress(at)).unwrap();
+    mem.write_obj(0u32, GuestAddress(at + 4)).unwrap();
+    mem.write_obj(sector, GuestAddress(at + 8)).unwrap();
+}
+
+#[test]
+fn block_reads_writes_and_rejects_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    let mut content = vec![0u8; 8 * 512];
+    for (i, b) in content.iter_mut().enumerate() {
+        *b = (i / 512) as u8 + 1;
+    }
+    std::fs::write(&disk, &content).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let interrupt = VirtioInterrupt::new(IrqLine::inert(5));
+    let dev = VirtioBlock::open(&disk, false).unwrap();
+    // A second opener is refused: the disk is locked.
+    assert!(VirtioBlock::open(&disk, false)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("in use"));
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone(), interrupt.clone());
+    assert_eq!(Driver::reg_read(&mut t, 0x8), 2, "device id = block");
+    let mut cap = [0u8; 8];
+    t.read(0x100, &mut cap);
+    assert_eq!(u64::from_le_bytes(cap), 8, "capacity in sectors");
+    let mut q = Driver::init(&mut t, &mem, 1).remove(0);
+
+    // Read sector 3.
+    block_header(&mem, 0x40000, REQ_IN, 3);
+    let head = q.add_chain(&[
+        (0x40000, 16, false),
+        (0x41000, 512, true),
+        (0x42000, 1, true),
+    ]);
+    Driver::reg_write(&mut t, 0x50, 0);
+    assert_eq!(q.used_idx(), 1);
+    assert_eq!(q.used_elem(0), (u32::from(head), 513));
+    let mut data = [0u8; 512];
+    mem.read_slice(&mut data, GuestAddress(0x41000)).unwrap();
+    assert!(data.iter().all(|&b| b == 4));
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x42000)).unwrap(),
+        STATUS_OK
+    );
+    assert_eq!(
+        Driver::reg_read(&mut t, 0x60) & 1,
+        1,
+        "used-ring interrupt raised"
+    );
+    Driver::reg_write(&mut t, 0x64, 1);
+    assert_eq!(Driver::reg_read(&mut t, 0x60), 0);
+
+    // Write sector 6 from two buffers.
+    block_header(&mem, 0x40000, REQ_OUT, 6);
+    mem.write_slice(&[0xaa; 256], GuestAddress(0x43000))
+        .unwrap();
+    mem.write_slice(&[0xbb; 256], GuestAddress(0x44000))
+        .unwrap();
+    q.add_chain(&[
+        (0x40000, 16, false),
+        (0x43000, 256, false),
+        (0x44000, 256, false),
+        (0x42000, 1, true),
+    ]);
+    Driver::reg_write(&mut t, 0x50, 0);
+    assert_eq!(q.used_idx(), 2);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x42000)).unwrap(),
+        STATUS_OK
+    );
+    let f = std::fs::File::open(&disk).unwrap();
+    let mut back = [0u8; 512];
+    f.read_exact_at(&mut back, 6 * 512).unwrap();
+    assert!(back[..256].iter().all(|&b| b == 0xaa) && back[256..].iter().all(|&b| b == 0xbb));
+
+    // Past the end of the disk: I/O error, nothing read.
+    block_header(&mem, 0x40000, REQ_IN, 7);
+    q.add_chain(&[
+        (0x40000, 16, false),
+        (0x41000, 1024, true),
+        (0x42000, 1, true),
+    ]);
+    Driver::reg_write(&mut t, 0x50, 0);
+    assert_eq!(q.used_idx(), 3);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x42000)).unwrap(),
+        STATUS_IOERR
+    );
+
+    // Unknown request type.
+    block_header(&mem, 0x40000, 99, 0);
+    q.add_chain(&[(0x40000, 16, false), (0x42000, 1, true)]);
+    Driver::reg_write(&mut t, 0x50, 0);
+    assert_eq!(
+        mem.read_obj::<u8>(GuestAddress(0x42000)).unwrap(),
+        STATUS_UNSUPP
+    );
+
+    // A chain whose header points outside guest memory does not panic.
+    q.add_chain(&[(0x7fff_0000, 16, false), (0x42000, 1, true)]);
+    Driver::reg_write(&mut t, 0x50, 0);
+    assert_eq!(q.used_idx(), 5);
+
+    // Reset returns the device to its initial state.
+    Driver::reg_write(&mut t, 0x70, 0);
+    assert!(!t.is_active());
+    assert_eq!(Driver::reg_read(&mut t, 0x70), 0);
+}
+
+#[test]
+fn transport_refuses_unoffered_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("d");
+    std::fs::write(&disk, [0u8; 512]).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let mut t = MmioTransport::new(
+        Box::new(VirtioBlock::open(&disk, true).unwrap()),
+        mem,
+        VirtioInterrupt::new(IrqLine::inert(5)),
+    );
+    Driver::reg_write(&mut t, 0x24, 0);
+    Driver::reg_write(&mut t, 0x20, 1 << 30);
+    Driver::reg_write(&mut t, 0x70, 1 | 2 | 8);
+    assert_eq!(Driver::reg_read(&mut t, 0x70) & 8, 0);
+}
+
+#[test]
+fn console_bridges_guest_and_host_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("control.sock");
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let console = VirtioConsole::listen(&sock).unwrap();
+    let mut t = MmioTransport::new(
+        Box::new(console),
+        mem.clone(),
+        VirtioInterrupt::new(IrqLine::inert(6)),
+    );
+    assert_eq!(Driver::reg_read(&mut t, 0x8), 3, "device id = console");
+    let mut queues = Driver::init(&mut t, &mem, 2);
+    let (rx, tx) = queues.split_at_mut(1);
+    let (rx, tx) = (&mut rx[0], &mut tx[0]);
+    rx.add_chain(&[(0x50000, 64, true)]);
+    Driver::reg_write(&mut t, 0x50, 0);
+
+    let mut host = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    host.write_all(b"hello").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while rx.used_idx() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "host bytes never reached the guest"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(rx.used_elem(0).1, 5);
+    let mut got = [0u8; 5];
+    mem.read_slice(&mut got, GuestAddress(0x50000)).unwrap();
+    assert_eq!(&got, b"hello");
+
+    mem.write_slice(b"pong", GuestAddress(0x60000)).unwrap();
+    tx.add_chain(&[(0x60000, 4, false)]);
+    Driver::reg_write(&mut t, 0x50, 1);
+    assert_eq!(tx.used_idx(), 1);
+    let mut back = [0u8; 4];
+    host.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"pong");
+    drop(t);
+    assert!(!sock.exists(), "socket removed when the device goes away");
+}
+
+mod vsock {
+    use super::*;
+    use crate::vm::vmm::virtio_vsock::*;
+    use std::io::BufRead;
+
+    const GUEST_CID: u64 = 3;
+
+    fn guest_hdr(src_port: u32, dst_port: u32, op: u16, len: u32) -> Header {
+        Header {
+            src_cid: GUEST_CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len,
+            kind: 1,
+            op,
+            buf_alloc: 65536,
+            ..Header::default()
+        }
+    }
+
+    /// Sends a packet from the guest through the TX queue.
+    fn send(
+        t: &mut MmioTransport,
+        tx: &mut Driver,
+        mem: &GuestMemoryMmap,
+        h: Header,
+        data: &[u8],
+        at: u64,
+    ) {
+        mem.write_slice(&h.to_bytes(), GuestAddress(at)).unwrap();
+        if data.is_empty() {
+            tx.add_chain(&[(at, HDR_LEN as u32, false)]);
+        } else {
+            mem.write_slice(data, GuestAddress(at + 0x100)).unwrap();
+            tx.add_chain(&[
+                (at, HDR_LEN as u32, false),
+                (at + 0x100, data.len() as u32, false),
+            ]);
+        }
+        Driver::reg_write(t, 0x50, 1);
+    }
+
+    /// Waits for the `n`-th packet in the RX used ring; returns header and payload.
+    fn recv(rx: &Driver, mem: &GuestMemoryMmap, n: u16, bufs: &[u64]) -> (Header, Vec<u8>) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rx.used_idx() <= n {
+            assert!(Instant::now() < deadline, "no packet {n} from the device");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (id, len) = rx.used_elem(n);
+        let buf = bufs[id as usize % bufs.len()];
+        let mut b = vec![0u8; len as usize];
+        mem.read_slice(&mut b, GuestAddress(buf)).unwrap();
+        let h = Header::from_bytes(&b).unwrap();
+        (h, b[HDR_LEN..].to_vec())
+    }
+
+    #[test]
+    fn header_round_trip() {
+        let h = guest_hdr(1, 2, OP_RW, 9);
+        assert_eq!(Header::from_bytes(&h.to_bytes()), Some(h));
+        assert_eq!(Header::from_bytes(&[0u8; 10]), None);
+    }
+
+    #[test]
+    fn guest_and_host_initiated_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("v.sock");
+        let host_listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let dev = VirtioVsock::new(GUEST_CID, &uds).unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(dev),
+            mem.clone(),
+            VirtioInterrupt::new(IrqLine::inert(7)),
+        );
+        assert_eq!(Driver::reg_read(&mut t, 0x8), 19, "device id = vsock");
+        let mut cid = [0u8; 8];
+        t.read(0x100, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+        let mut qs = Driver::init(&mut t, &mem, 3);
+        let (rx, rest) = qs.split_at_mut(1);
+        let (rx, tx) = (&mut rx[0], &mut rest[0]);
+        // Eight receive buffers, one per descriptor (chain heads 0..8 map to these).
+        let bufs: Vec<u64> = (0..8).map(|i| 0x80000 + i * 0x1000).collect();
+        for b in &bufs {
+            rx.add_chain(&[(*b, 0x1000, true)]);
+        }
+        Driver::reg_write(&mut t, 0x50, 0);
+
+        // Guest connects to host port 1234.
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5000, 1234, OP_REQUEST, 0),
+            &[],
+            0x60000,
+        );
+        let (mut host_side, _) = host_listener.accept().unwrap();
+        let (h, _) = recv(rx, &mem, 0, &bufs);
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_RESPONSE, 1234, 5000, GUEST_CID)
+        );
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5000, 1234, OP_RW, 4),
+            b"ping",
+            0x61000,
+        );
+        let mut got = [0u8; 4];
+        host_side.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        host_side.write_all(b"pong").unwrap();
+        let (h, data) = recv(rx, &mem, 1, &bufs);
+        assert_eq!((h.op, h.len), (OP_RW, 4));
+        assert_eq!(data, b"pong");
+        // Host closes: the guest is told to shut down.
+        drop(host_side);
+        let (h, _) = recv(rx, &mem, 2, &bufs);
+        assert_eq!(h.op, OP_SHUTDOWN);
+
+        // Host connects to guest port 52.
+        let mut host = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+        host.write_all(b"CONNECT 52\n").unwrap();
+        let (h, _) = recv(rx, &mem, 3, &bufs);
+        assert_eq!((h.op, h.dst_port), (OP_REQUEST, 52));
+        let host_port = h.src_port;
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(52, host_port, OP_RESPONSE, 0),
+            &[],
+            0x62000,
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(host.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, format!("OK {host_port}\n"));
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(52, host_port, OP_RW, 5),
+            b"hello",
+            0x63000,
+        );
+        let mut got = [0u8; 5];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello");
+
+        // A guest connection to a port nobody listens on is refused.
+        send(
+            &mut t,
+            tx,
+            &mem,
+            guest_hdr(5001, 9999, OP_REQUEST, 0),
+            &[],
+            0x64000,
+        );
+        let (h, _) = recv(rx, &mem, 4, &bufs);
+        assert_eq!((h.op, h.dst_port), (OP_RST, 5001));
+        drop(t);
+        assert!(!uds.exists());
+    }
+}

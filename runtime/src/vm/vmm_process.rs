@@ -1,0 +1,159 @@
+//! berth's own VMM as the environment's supervisor process: the CLI re-executes itself as
+//! `berth internal-vmm <config.json>`, which runs [`run`] until the guest stops.
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use super::process::ProcessRecord;
+use super::vmm::boot::LinuxBoot;
+use super::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
+use super::VmError;
+use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+
+/// The guest's vsock context id.
+pub const GUEST_CID: u64 = 3;
+
+/// The hidden CLI subcommand that runs [`run`].
+pub const SUBCOMMAND: &str = "internal-vmm";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmProcessConfig {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub disk: PathBuf,
+    pub control_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub memory: u64,
+    pub vcpus: u8,
+    pub cmdline: String,
+    /// virtio-vsock (hybrid model) Unix socket, guest CID 3.
+    #[serde(default)]
+    pub vsock: Option<PathBuf>,
+}
+
+/// Refuses to boot a Linux kernel through KVM unless it is hardware KVM (or explicitly
+/// unknown): `kvm_pvm` can restart the whole host when a stock kernel boots on it.
+pub fn check_kvm_can_boot_linux(kind: KvmKind) -> Result<(), VmError> {
+    match kind {
+        KvmKind::Hardware | KvmKind::Unknown => Ok(()),
+        KvmKind::Pvm => Err(VmError::UnsafeKvm),
+        KvmKind::Absent => Err(VmError::NoKvm),
+    }
+}
+
+/// Runs the VM in this process until it stops.
+pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
+    check_kvm_can_boot_linux(kvm_kind(&HostRoot::real()))?;
+    let cfg: VmmProcessConfig = crate::state::read_json(config_path)?
+        .ok_or_else(|| VmError::Config(format!("{} does not exist", config_path.display())))?;
+    let console = File::options()
+        .create(true)
+        .append(true)
+        .open(&cfg.console_log)
+        .map_err(|e| VmError::Io {
+            path: cfg.console_log.clone(),
+            source: e,
+        })?;
+    let mut mc = MachineConfig::new(
+        cfg.memory,
+        GuestBoot::Linux(LinuxBoot {
+            kernel: cfg.kernel.clone(),
+            initramfs: Some(cfg.initramfs.clone()),
+            cmdline: cfg.cmdline.clone(),
+            acpi: true,
+        }),
+        Box::new(console),
+    );
+    mc.vcpus = cfg.vcpus;
+    mc.devices = vec![DeviceConfig::Block {
+        path: cfg.disk.clone(),
+        read_only: false,
+    }];
+    for socket in super::control_sockets(&cfg.control_socket) {
+        mc.devices.push(DeviceConfig::Console { socket });
+    }
+    if let Some(uds) = &cfg.vsock {
+        mc.devices.push(DeviceConfig::Vsock {
+            cid: GUEST_CID,
+            uds: uds.clone(),
+        });
+    }
+    // SIGTERM (from `down`, after the guest had its chance to power off) stops the VM. Block
+    // it before any thread exists so every thread inherits the mask and only the waiter sees it.
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigset operations on a local, then the calling thread's mask.
+    let set = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+        set.assume_init()
+    };
+    let machine = Machine::create(mc)?;
+    let exit = machine.exit_signal();
+    std::thread::spawn(move || {
+        let mut sig = 0;
+        // SAFETY: sigwait on a set of blocked signals with a valid out-pointer.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        exit.request(ExitReason::Stopped);
+    });
+    let reason = machine.run()?;
+    for socket in super::control_sockets(&cfg.control_socket) {
+        let _ = std::fs::remove_file(socket);
+    }
+    Ok(reason)
+}
+
+/// Starts `exe internal-vmm config` in its own session, detached from the terminal.
+pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessRecord, VmError> {
+    let out = File::create(log).map_err(|e| VmError::Io {
+        path: log.to_path_buf(),
+        source: e,
+    })?;
+    let err = out.try_clone().map_err(|e| VmError::Io {
+        path: log.to_path_buf(),
+        source: e,
+    })?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(SUBCOMMAND)
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid between fork and exec touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        })
+    };
+    let child = cmd.spawn().map_err(|e| VmError::Io {
+        path: exe.to_path_buf(),
+        source: e,
+    })?;
+    ProcessRecord::of(child.id() as i32)
+        .ok_or_else(|| VmError::Config("the VMM process exited right away".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_kvm_pvm_and_missing_kvm() {
+        assert!(matches!(
+            check_kvm_can_boot_linux(KvmKind::Pvm),
+            Err(VmError::UnsafeKvm)
+        ));
+        assert!(matches!(
+            check_kvm_can_boot_linux(KvmKind::Absent),
+            Err(VmError::NoKvm)
+        ));
+        assert!(check_kvm_can_boot_linux(KvmKind::Hardware).is_ok());
+        assert!(VmError::UnsafeKvm.to_string().contains("kvm_pvm"));
+    }
+}

@@ -1,0 +1,334 @@
+//! `berth run -- CMD` through the real binary: exit codes, output, timeouts, parallel runs,
+//! private source copies, signals, and nothing left behind.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
+use berth_e2e::{text, Berth};
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+struct Project {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Project {
+    fn new() -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-run-")
+            .tempdir()
+            .unwrap();
+        busybox_rootfs(&dir.path().join("rootfs"));
+        let tag: String = dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_lowercase()
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .collect();
+        let name = format!("r{}", &tag[tag.len() - 6..]);
+        let toml = format!(
+            "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n[shell]\nworkdir = \"/work\"\n"
+        );
+        std::fs::write(dir.path().join("berth.toml"), toml).unwrap();
+        std::fs::write(dir.path().join("checked-in.txt"), "original\n").unwrap();
+        Project { dir, name }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn snapshot(&self, b: &Berth) -> HostSnapshot {
+        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy()])
+    }
+}
+
+fn envs_left(b: &Berth) -> usize {
+    std::fs::read_dir(b.home.path().join("envs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn exit_codes_and_output_pass_through_and_nothing_is_left() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    for code in [0, 1, 3, 137] {
+        let o = b.run_in(
+            p.path(),
+            &[
+                "-q",
+                "run",
+                "--",
+                "sh",
+                "-c",
+                &format!("echo out; echo err >&2; exit {code}"),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(code), "{:?}", text(&o));
+        assert_eq!(text(&o), ("out\n".to_string(), "err\n".to_string()));
+    }
+    // A process killed by SIGKILL inside reports 137 like a shell would.
+    let o = b.run_in(p.path(), &["-q", "run", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(137));
+    // 1 MB on each stream arrives complete and separate.
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "head -c 1048576 /dev/zero | tr '\\0' o; head -c 1048576 /dev/zero | tr '\\0' e >&2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(o.stdout.len(), 1 << 20);
+    assert_eq!(o.stderr.len(), 1 << 20);
+    assert!(o.stdout.iter().all(|&c| c == b'o') && o.stderr.iter().all(|&c| c == b'e'));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn timeout_kills_the_environment_and_exits_124() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--timeout",
+            "500ms",
+            "--",
+            "sh",
+            "-c",
+            "sleep 30 & sleep 30",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(124), "{:?}", text(&o));
+    assert!(text(&o).1.contains("timed out"), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn parallel_runs_are_isolated_from_each_other() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            b.cmd()
+                .current_dir(p.path())
+                .args([
+                    "-q",
+                    "run",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("echo {i} > /tmp/mine; sleep 0.5; ls /tmp; cat /tmp/mine; hostname"),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut hostnames = std::collections::BTreeSet::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "run {i}: {out}\n{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[..2],
+            ["mine", &i.to_string()[..]],
+            "run {i} saw another's /tmp: {out}"
+        );
+        hostnames.insert(lines[2].to_string());
+    }
+    assert_eq!(hostnames.len(), 8, "runs shared a name: {hostnames:?}");
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn copy_source_leaves_the_checkout_untouched() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--copy-source",
+            "--",
+            "sh",
+            "-c",
+            "cat /work/checked-in.txt; echo changed > /work/checked-in.txt; touch /work/new",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(text(&o).0, "original\n");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("checked-in.txt")).unwrap(),
+        "original\n"
+    );
+    assert!(!p.path().join("new").exists());
+    // Without --copy-source the mount is live.
+    let o = b.run_in(p.path(), &["-q", "run", "--", "touch", "/work/new"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(p.path().join("new").exists());
+}
+
+#[test]
+fn keep_on_failure_leaves_the_environment_for_debugging() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let o = b.run_in(
+        p.path(),
+        &[
+            "run",
+            "--keep-on-failure",
+            "--name",
+            &format!("{}-dbg", p.name),
+            "--",
+            "sh",
+            "-c",
+            "echo state > /root/x; exit 2",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("shell"), "{:?}", text(&o));
+    let env = format!("{}-dbg", p.name);
+    let o = b.run_in(
+        p.path(),
+        &["--environment", &env, "exec", "--", "cat", "/root/x"],
+    );
+    assert_eq!(text(&o).0, "state\n");
+    // A run that succeeds is not kept.
+    let o = b.run_in(p.path(), &["-q", "run", "--keep-on-failure", "--", "true"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(envs_left(&b), 1);
+    let o = b.run_in(p.path(), &["--environment", &env, "destroy"]);
+    assert!(o.status.success());
+    // The name is free again; a taken name is refused.
+    let o = b.run_in(p.path(), &["-q", "run", "--name", "bad_name", "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("--name"), "{:?}", text(&o));
+}
+
+#[test]
+fn json_summary_reports_durations() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let o = b.run_in(
+        p.path(),
+        &["-q", "run", "--json", "--", "sh", "-c", "exit 5"],
+    );
+    assert_eq!(o.status.code(), Some(5));
+    let last = text(&o).0.lines().last().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["exit_code"], 5);
+    for k in ["build", "start", "run", "teardown", "total"] {
+        assert!(v["durations_ms"][k].is_u64(), "{last}");
+    }
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn sigterm_stops_the_command_and_cleans_up() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let marker = p.path().join("started");
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args([
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "touch /work/started; sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    wait_for("the command to start", || marker.exists());
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn sigkill_of_berth_run_is_collected_by_the_next_command() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let marker = p.path().join("started");
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args([
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "touch /work/started; sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    wait_for("the command to start", || marker.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(
+        envs_left(&b),
+        1,
+        "the killed run's environment should still be there"
+    );
+    // Any berth command collects it.
+    let o = b.run_in(p.path(), &["ls"]);
+    assert!(o.status.success());
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
