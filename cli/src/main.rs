@@ -66,30 +66,5 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }
-        other => Err(CliError::not_yet(command_name(&other), g)),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Init(_) => "init",
-        Command::Validate(_) => "validate",
-        Command::Up(_) => "up",
-        Command::Down(_) => "down",
-        Command::Destroy(_) => "destroy",
-        Command::Shell(_) => "shell",
-        Command::Exec(_) => "exec",
-        Command::Run(_) => "run",
-        Command::Status(_) => "status",
-        Command::Ls(_) => "ls",
-        Command::Logs(_) => "logs",
-        Command::Image(_) => "image",
-        Command::Snapshot(_) => "snapshot",
-        Command::Sync(_) => "sync",
-        Command::Doctor(_) => "doctor",
-        Command::Schema => "schema",
-        Command::Completions { .. } => "completions",
-        Command::Manpages { .. } => "manpages",
-        Command::Supervisor { .. } => "__supervisor",
     }
 }
