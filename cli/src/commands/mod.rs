@@ -11,5 +11,6 @@ pub mod run;
 pub mod schema;
 pub mod snapshot;
 pub mod status;
+pub mod sync;
 pub mod up;
 pub mod validate;
