@@ -84,6 +84,9 @@ pub enum Command {
     /// Internal: run as an environment's launcher and supervisor (started by `up`).
     #[command(name = "__supervisor", hide = true)]
     Supervisor { state_dir: PathBuf },
+    /// Internal: keep an environment's `sync` mounts in sync (started by `up`).
+    #[command(name = "__sync", hide = true)]
+    SyncProcess { env_dir: PathBuf },
 }
 
 #[derive(Debug, Args, Clone, Copy)]

@@ -63,6 +63,9 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Logs(args) => commands::logs::run(g, &args),
         Command::Run(args) => commands::run::run(g, &args),
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
+        Command::SyncProcess { env_dir } => {
+            Ok(berth_runtime::environment::live_sync::main(&env_dir))
+        }
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }

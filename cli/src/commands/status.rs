@@ -94,6 +94,9 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
         };
         println!("service:  {} {state}, {} restart(s)", s.name, s.restarts);
     }
+    for line in crate::commands::sync::status_lines(cur.envs.home(), record) {
+        println!("sync:     {line}");
+    }
     if let Some(e) = &r.last_error {
         println!("last error: {e}");
     }

@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use berth_runtime::environment::EnvRecord;
+use berth_runtime::state::BerthHome;
 use berth_runtime::sync::{self, SyncError};
-use envfile_spec::plan::MountKind;
+use envfile_spec::plan::{MountKind, MountPlan};
 
 use crate::args::{GlobalArgs, SyncArgs};
 use crate::environment::Current;
@@ -60,15 +62,37 @@ pub fn run(g: &GlobalArgs, args: &SyncArgs) -> Result<i32, CliError> {
         println!("{}: no sync mounts", record.plan.name);
     }
     for (m, s) in rows {
-        let state = match s {
-            Some(s) => s.to_string(),
-            None => "not started".to_string(),
-        };
-        println!(
-            "{} ⇄ {}: {state}",
-            m.source.as_deref().unwrap_or("-"),
-            m.target
-        );
+        println!("{}", describe(m, s.as_ref()));
     }
     Ok(0)
+}
+
+/// One line per sync mount: `SOURCE ⇄ TARGET: STATE`.
+fn describe(m: &MountPlan, s: Option<&sync::SyncStatus>) -> String {
+    let state = match s {
+        Some(s) => s.to_string(),
+        None => "not started".to_string(),
+    };
+    format!(
+        "{} ⇄ {}: {state}",
+        m.source.as_deref().unwrap_or("-"),
+        m.target
+    )
+}
+
+/// The sync lines `berth status` shows for an environment.
+pub fn status_lines(home: &BerthHome, record: &EnvRecord) -> Vec<String> {
+    record
+        .plan
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.kind == MountKind::Sync)
+        .map(|(i, m)| {
+            let status = sync::read_status(&sync::state_dir(home, &record.env_id, i))
+                .ok()
+                .flatten();
+            describe(m, status.as_ref())
+        })
+        .collect()
 }

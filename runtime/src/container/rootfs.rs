@@ -63,7 +63,8 @@ pub struct OverlayRootfs<'a> {
 }
 
 /// Who owns files berth creates: the environment's root as seen from the current namespace.
-type Owner = Option<(u32, u32)>;
+/// Owner (uid, gid) given to created entries; `None` keeps the creator's.
+pub type Owner = Option<(u32, u32)>;
 
 impl<'a> OverlayRootfs<'a> {
     pub fn new(spec: &'a ContainerSpec, mapping: Option<&'a IdMapping>) -> Self {

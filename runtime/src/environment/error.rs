@@ -32,6 +32,8 @@ pub enum EnvError {
         snapshot_image: String,
         current_image: String,
     },
+    #[error("live sync could not start: {message}")]
+    SyncFailed { message: String },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]

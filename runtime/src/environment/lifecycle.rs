@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
+use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::{ExecRequest, ExecSession};
@@ -227,6 +228,7 @@ impl Environments {
             (Some(_), _) => UpAction::Started,
         };
         if status != EnvStatus::Stopped {
+            live_sync::stop(dir);
             self.backend.stop(dir, opts.stop_timeout)?;
         }
 
@@ -287,6 +289,7 @@ impl Environments {
         )?;
         notices.extend(spec_notices);
         let started = self.backend.start(&spec)?;
+        live_sync::start(&self.home, &record)?;
 
         for command in &plan.on_up {
             let req = ExecRequest {
@@ -367,6 +370,7 @@ impl Environments {
     pub fn down(&self, env_id: &str, timeout: Duration) -> Result<bool, EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
         let was = self.backend.status(&locked.dir)?.status;
+        live_sync::stop(&locked.dir);
         self.backend.stop(&locked.dir, timeout)?;
         if let Some(mut r) = EnvRecord::load(&locked.dir)? {
             r.converged = false;
@@ -379,6 +383,7 @@ impl Environments {
     /// `volumes`, also the named volumes its plan uses.
     pub fn destroy(&self, env_id: &str, volumes: bool, timeout: Duration) -> Result<(), EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
+        live_sync::stop(&locked.dir);
         self.backend.stop(&locked.dir, timeout)?;
         if volumes {
             if let Some(r) = EnvRecord::load(&locked.dir)? {

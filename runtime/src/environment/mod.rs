@@ -14,6 +14,7 @@ mod ephemeral;
 mod error;
 mod gc;
 mod lifecycle;
+pub mod live_sync;
 mod record;
 mod snapshot;
 

@@ -159,6 +159,7 @@ impl Environments {
             }
             let backend = ContainerBackend;
             was_running = backend.status(dir)?.status != EnvStatus::Stopped;
+            super::live_sync::stop(dir);
             backend.stop(dir, Duration::from_secs(10))?;
             let staging = dir.join("upper.restore");
             let _ = state::remove_tree(&staging);
