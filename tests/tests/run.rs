@@ -324,3 +324,41 @@ fn sigkill_of_berth_run_is_collected_by_the_next_command() {
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+#[test]
+fn ci_cache_carries_built_layers_to_a_fresh_machine() {
+    require_root!();
+    let p = Project::new();
+    let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap().replace(
+        "from = \"rootfs:./rootfs\"",
+        "from = \"rootfs:./rootfs\"\nsetup = [\"echo built > /etc/built\", \"echo more >> /etc/built\"]",
+    );
+    std::fs::write(p.path().join("berth.toml"), toml).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("berth-cache");
+    // Job 1 builds and exports.
+    let job1 = Berth::new();
+    let o = job1.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
+    assert_eq!(text(&o).0, "built\nmore\n", "{:?}", text(&o));
+    let o = job1.run_in(
+        p.path(),
+        &["image", "export", "--cache", cache_dir.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    // Job 2 starts from an empty store, imports, and runs no build step.
+    let job2 = Berth::new();
+    let o = job2.run_in(
+        p.path(),
+        &["image", "import", "--cache", cache_dir.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = job2.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
+    let (out, err) = text(&o);
+    assert_eq!(out, "built\nmore\n", "{err}");
+    let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("setup[")).collect();
+    assert!(!steps.is_empty(), "{err}");
+    assert!(
+        steps.iter().all(|l| l.ends_with("(cached)")),
+        "a step ran again:\n{err}"
+    );
+}
