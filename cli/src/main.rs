@@ -65,6 +65,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }
+        Command::InternalVmm { config } => Ok(commands::vmm::run(&config)),
         other => Err(CliError::not_yet(command_name(&other), g)),
     }
 }
@@ -90,5 +91,6 @@ fn command_name(c: &Command) -> &'static str {
         Command::Completions { .. } => "completions",
         Command::Manpages { .. } => "manpages",
         Command::Supervisor { .. } => "__supervisor",
+        Command::InternalVmm { .. } => "internal-vmm",
     }
 }

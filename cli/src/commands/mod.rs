@@ -13,3 +13,4 @@ pub mod snapshot;
 pub mod status;
 pub mod up;
 pub mod validate;
+pub mod vmm;
