@@ -183,14 +183,14 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
     let vmm_auto = match kvm {
         KvmKind::Hardware => "berth's own KVM VMM (hardware KVM present)".to_string(),
         KvmKind::Pvm => {
-            "qemu under TCG: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel"
+            "qemu (-M pc) under TCG emulation: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel"
                 .to_string()
         }
         KvmKind::Unknown => {
-            "qemu: the KVM provider is unknown, so berth does not risk booting a kernel through it"
+            "qemu (-M pc) under TCG emulation: the KVM provider is unknown, so berth does not risk booting a kernel through it"
                 .to_string()
         }
-        KvmKind::Absent => "qemu under TCG (no /dev/kvm)".to_string(),
+        KvmKind::Absent => "qemu (-M pc) under TCG emulation (no /dev/kvm)".to_string(),
     };
     DoctorReport {
         checks,

@@ -63,10 +63,10 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             Provider::Kvm => "berth's VMM",
         };
         println!(
-            "vm:       {provider} ({}), {} vCPU(s), {} memory",
+            "vm:       {provider} ({}), {} vCPU(s), {} MiB memory",
             vm.accel,
             vm.vcpus,
-            human_bytes(vm.memory)
+            vm.memory >> 20
         );
         println!("kernel:   {}", vm.kernel_release);
         if let Some(ms) = vm.boot_ms {

@@ -333,7 +333,8 @@ impl Environments {
                 &mut notices,
             )?),
             BackendKind::Vm => {
-                let mut spec = vm_env::spec_from_plan(plan, dir, layer_dirs)?;
+                let (mut spec, vm_notices) = vm_env::spec_from_plan(plan, dir, layer_dirs)?;
+                notices.extend(vm_notices);
                 // The image's own variables (PATH, …) under the plan's, as for containers.
                 for kv in &image.config.env {
                     if let Some((k, v)) = kv.split_once('=') {

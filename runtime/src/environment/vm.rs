@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envfile_spec::plan::KernelSource;
+use envfile_spec::plan::{KernelSource, MountKind};
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -49,16 +49,17 @@ impl From<&VmState> for VmView {
     }
 }
 
-/// The VM for `plan` (which must have a `[vm]` section), root filesystem from `layers`.
+/// The VM for `plan` (which must have a `[vm]` section), root filesystem from `layers`, and
+/// notices for what of the plan a VM does not provide yet.
 pub(super) fn spec_from_plan(
     plan: &Plan,
     state_dir: &Path,
     layers: Vec<PathBuf>,
-) -> Result<VmSpec, VmError> {
+) -> Result<(VmSpec, Vec<String>), VmError> {
     let vm = plan.vm.as_ref().ok_or_else(|| {
         VmError::Config("backend = \"vm\" needs a [vm] section with at least `kernel`".into())
     })?;
-    Ok(VmSpec {
+    let spec = VmSpec {
         name: plan.name.clone(),
         state_dir: state_dir.to_path_buf(),
         layers,
@@ -78,7 +79,36 @@ pub(super) fn spec_from_plan(
         disk_size: None,
         agent: None,
         boot_timeout: BOOT_TIMEOUT,
-    })
+    };
+    Ok((spec, unsupported(plan)))
+}
+
+/// What of `plan` a VM environment does not provide yet, one notice each.
+fn unsupported(plan: &Plan) -> Vec<String> {
+    let mut notices: Vec<String> = plan
+        .mounts
+        .iter()
+        .filter(|m| m.kind != MountKind::Tmpfs)
+        .map(|m| {
+            let kind = match m.kind {
+                MountKind::Bind => "bind",
+                MountKind::Sync => "sync",
+                MountKind::Volume => "volume",
+                MountKind::Tmpfs => "tmpfs",
+            };
+            format!(
+                "the {kind} mount on {} is not available in VM environments yet and was skipped; only tmpfs mounts are",
+                m.target
+            )
+        })
+        .collect();
+    if !plan.ports.is_empty() {
+        notices.push(
+            "ports are not forwarded into VM environments yet; reach services with `berth exec`"
+                .into(),
+        );
+    }
+    notices
 }
 
 /// Running, stopped or dead (VMM gone while `vm.json` says it runs), with the VM's facts.
@@ -148,6 +178,81 @@ mod tests {
         assert_eq!((e.rows, e.cols, e.tty), (40, 120, true));
         assert_eq!(e.cwd.as_deref(), Some("/work"));
         assert_eq!(e.user.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn a_vm_whose_vmm_died_is_dead() {
+        use crate::vm::process::ProcessRecord;
+        let d = tempfile::tempdir().unwrap();
+        let home = crate::state::BerthHome::at(d.path()).unwrap();
+        let b = VmBackend::new(home);
+        let env = d.path().join("env");
+        std::fs::create_dir_all(&env).unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let st = VmState {
+            provider: Provider::Qemu,
+            accel: "tcg".into(),
+            process: ProcessRecord::of(child.id() as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.qcow2"),
+            vcpus: 2,
+            memory: 256 << 20,
+            kernel_release: "6.1.0-test".into(),
+            started_at_ms: crate::vm::backend::now_ms(),
+            boot_ms: Some(1500),
+            vsock_socket: None,
+        };
+        crate::state::write_json(&env.join("vm.json"), &st).unwrap();
+        let (r, facts) = report(&b, &env).unwrap();
+        assert_eq!(r.status, EnvStatus::Running);
+        assert_eq!(r.pid, Some(child.id() as i32));
+        let facts = facts.unwrap();
+        assert_eq!((facts.vcpus, facts.memory), (2, 256 << 20));
+        assert_eq!(facts.kernel_release, "6.1.0-test");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let (r, facts) = report(&b, &env).unwrap();
+        assert_eq!(r.status, EnvStatus::Dead);
+        assert_eq!(r.pid, None);
+        assert!(facts.is_some(), "the facts stay visible for a dead VM");
+    }
+
+    #[test]
+    fn unsupported_parts_of_a_plan_are_named() {
+        use envfile_spec::plan::MountPlan;
+        let mount = |kind, target: &str| MountPlan {
+            source: Some("/src".into()),
+            target: target.into(),
+            kind,
+            readonly: false,
+            ignore: vec![],
+            size: None,
+        };
+        let mut plan: Plan = serde_json::from_value(serde_json::json!({
+            "name": "x", "file": "/p/berth.toml", "project_dir": "/p", "backend": "vm",
+            "on_up": [], "image": {"from": {"kind": "rootfs", "path": "/r"}, "packages": [], "setup": []},
+            "env": {}, "mounts": [], "ports": [], "resources": {},
+            "network": {"mode": "isolated"},
+            "shell": {"user": null, "workdir": "/", "command": ["/bin/sh"]},
+            "services": {},
+            "vm": {"kernel": {"kind": "debian", "package": "linux-image-cloud-amd64", "version": null},
+                   "memory": 268435456, "vcpus": 1, "vmm": "qemu", "modules": null}
+        }))
+        .unwrap();
+        plan.mounts = vec![
+            mount(MountKind::Bind, "/Work"),
+            mount(MountKind::Tmpfs, "/t"),
+        ];
+        let (spec, notices) = spec_from_plan(&plan, Path::new("/s"), vec![]).unwrap();
+        assert_eq!(spec.mounts.len(), 2);
+        assert_eq!(notices.len(), 1);
+        assert!(notices[0].contains("bind mount on /Work"), "{notices:?}");
+        plan.vm = None;
+        assert!(spec_from_plan(&plan, Path::new("/s"), vec![]).is_err());
     }
 
     #[test]
