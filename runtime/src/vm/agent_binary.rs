@@ -5,11 +5,15 @@
 //! 2. `BERTH_AGENT`,
 //! 3. `berth-agent` beside the running berth executable (`scripts/build-agent` puts it there,
 //!    and a package installs both into one folder),
-//! 4. `../lib/berth/berth-agent` relative to the berth executable (FHS-style installs).
+//! 4. `../lib/berth/berth-agent` relative to the berth executable (FHS-style installs),
+//! 5. in a development checkout, `target/agent-static/…/berth-agent` where
+//!    `scripts/build-agent` builds it.
 //!
-//! An explicit path (1 or 2) is the only candidate. A dynamically linked agent is refused: the
-//! guest's root filesystem need not have the host's C library (a busybox image has none), and
-//! cargo's own (non-static) build of the crate lands at `target/*/berth-agent` too.
+//! An explicit path (1 or 2) is the only candidate. A dynamically linked agent is never used:
+//! the guest's root filesystem need not have the host's C library (a busybox image has none).
+//! Among 3–5 such a file is passed over, because cargo's own (non-static) build of the crate
+//! lands at `target/<profile>/berth-agent`, beside a development berth, on every workspace
+//! build.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -28,20 +32,30 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, VmError> {
             .and_then(|exe| exe.parent().map(beside))
             .unwrap_or_default(),
     };
+    // A dynamically linked file is passed over (cargo's own build of the crate sits beside
+    // target/*/berth); it is named in the error only when nothing better is found.
+    let mut dynamic = None;
     for c in &candidates {
         if !c.is_file() {
             continue;
         }
-        return match is_static_elf(c) {
-            Ok(true) => Ok(c.clone()),
-            Ok(false) => Err(VmError::DynamicAgent(c.clone())),
-            Err(e) => Err(VmError::Io {
-                path: c.clone(),
-                source: e,
-            }),
-        };
+        match is_static_elf(c) {
+            Ok(true) => return Ok(c.clone()),
+            Ok(false) => {
+                dynamic.get_or_insert_with(|| c.clone());
+            }
+            Err(e) => {
+                return Err(VmError::Io {
+                    path: c.clone(),
+                    source: e,
+                })
+            }
+        }
     }
-    Err(VmError::NoAgent(candidates))
+    Err(match dynamic {
+        Some(d) => VmError::DynamicAgent(d),
+        None => VmError::NoAgent(candidates),
+    })
 }
 
 /// Candidates relative to the folder of the berth executable.
@@ -49,8 +63,13 @@ fn beside(exe_dir: &Path) -> Vec<PathBuf> {
     vec![
         exe_dir.join("berth-agent"),
         exe_dir.join("../lib/berth/berth-agent"),
+        exe_dir.join(DEV_BUILD),
     ]
 }
+
+/// Where `scripts/build-agent` builds the agent, relative to `target/<profile>/`: found in a
+/// development checkout even after a workspace build put cargo's dynamic agent beside berth.
+const DEV_BUILD: &str = "../agent-static/x86_64-unknown-linux-gnu/release/berth-agent";
 
 /// Whether `path` is an ELF executable without a program interpreter (statically linked).
 /// A file that is not a 64-bit little-endian ELF counts as not static.
@@ -151,6 +170,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn candidates_beside_the_executable() {
+        let c = beside(Path::new("/opt/berth/bin"));
+        assert_eq!(c[0], Path::new("/opt/berth/bin/berth-agent"));
+        assert!(c[1].ends_with("../lib/berth/berth-agent"));
+        assert_eq!(
+            Path::new("/w/target/debug").join(DEV_BUILD),
+            Path::new(
+                "/w/target/debug/../agent-static/x86_64-unknown-linux-gnu/release/berth-agent"
+            )
+        );
     }
 
     #[test]
