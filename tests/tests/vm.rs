@@ -1,6 +1,6 @@
 //! `backend = "vm"` through the real binary, under qemu TCG (never KVM on the development
-//! machines): `up`, `exec` (guest kernel, exit codes, separate stdout/stderr, stdin), `shell`
-//! on a terminal, `status --json` with the VM's facts, reconcile, kill -9 of qemu → dead →
+//! machines): `up`, `exec` (guest kernel, exit codes, separate stdout/stderr, stdin), `logs`
+//! of a service, `shell` on a terminal, `status --json` with the VM's facts, reconcile, kill -9 of qemu → dead →
 //! `up` recovers, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
 //!
 //! berth is used as installed: the binary and the static `berth-agent` copied into one
@@ -158,6 +158,8 @@ kernel = "debian:linux-image-cloud-amd64"
 vmm = "qemu"
 memory = "256MiB"
 vcpus = 1
+[services]
+ticker = { command = ["sh", "-c", "echo tick $GREETING; echo tock; sleep 1000"] }
 "#;
 
 #[test]
@@ -264,6 +266,22 @@ fn vm_environment_through_the_cli() {
         String::from_utf8_lossy(&o.stdout),
         "got hello x1\nhello from the plan\non-up-ran\n"
     );
+
+    // logs: the service's output, kept in the guest.
+    let mut logs = String::new();
+    for _ in 0..50 {
+        logs = vm.ok(&["logs", "-n", "1"]);
+        if !logs.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(logs, "tock\n");
+    assert_eq!(
+        vm.ok(&["logs", "ticker"]),
+        "tick hello from the plan\ntock\n"
+    );
+    assert_ne!(vm.run(&["logs", "nope"]).status.code(), Some(0));
 
     // shell on a terminal: the guest's PTY has the caller's size and follows a resize.
     if have("expect", "-v") {

@@ -4,6 +4,7 @@
 
 pub mod agent_binary;
 pub mod backend;
+pub mod guest_logs;
 pub mod kernel;
 pub mod process;
 pub mod qemu;
