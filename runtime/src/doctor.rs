@@ -58,6 +58,19 @@ impl Check {
     }
 }
 
+/// Whether the static `berth-agent` that VMs need is where this berth looks for it.
+pub fn agent_check() -> Check {
+    const NAME: &str = "vm agent";
+    match crate::vm::agent_binary::locate(None) {
+        Ok(p) => Check::ok(NAME, format!("static berth-agent at {}", p.display())),
+        Err(e) => Check::warn(
+            NAME,
+            format!("VMs cannot start: {e}"),
+            "install berth-agent beside berth (from a source tree: scripts/build-agent), or set BERTH_AGENT",
+        ),
+    }
+}
+
 /// What kind of KVM this host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
