@@ -472,7 +472,7 @@ impl Environments {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
         match Self::kind_at(&locked.dir) {
             BackendKind::Container => self.backend.stop(&locked.dir, timeout)?,
-            BackendKind::Vm => self.vms.destroy(&locked.dir)?,
+            BackendKind::Vm => self.vms.destroy(&locked.dir, timeout)?,
         }
         if volumes {
             if let Some(r) = EnvRecord::load(&locked.dir)? {

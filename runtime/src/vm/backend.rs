@@ -454,9 +454,10 @@ impl VmBackend {
         Ok(())
     }
 
-    /// Stops the VM and deletes the environment's disk (the cached base image stays).
-    pub fn destroy(&self, state_dir: &Path) -> Result<(), VmError> {
-        self.stop(state_dir, Duration::from_secs(10))?;
+    /// Stops the VM (see [`stop`](Self::stop) for `grace`) and deletes the environment's disk
+    /// (the cached base image stays).
+    pub fn destroy(&self, state_dir: &Path, grace: Duration) -> Result<(), VmError> {
+        self.stop(state_dir, grace)?;
         for f in ["disk.qcow2", "disk.img", "vmm.json"] {
             let p = state_dir.join(f);
             match std::fs::remove_file(&p) {
