@@ -69,5 +69,6 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }
+        Command::InternalVmm { config } => Ok(commands::vmm::run(&config)),
     }
 }

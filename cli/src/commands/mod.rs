@@ -14,3 +14,4 @@ pub mod status;
 pub mod sync;
 pub mod up;
 pub mod validate;
+pub mod vmm;
