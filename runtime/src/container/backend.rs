@@ -150,14 +150,15 @@ impl ContainerBackend {
             .stderr(log)
             .env_remove("RUST_BACKTRACE");
         // The launcher enters the cgroups before it runs a single instruction of its own, so a
-        // stop racing with this start always finds (and kills) it.
+        // stop racing with this start always finds (and kills) it. The forked child is
+        // single-threaded, so it may join through the per-thread file (see `self_join_file`).
         let procs_files: Vec<fs::File> = match &state.cgroups {
             Some(l) => l
                 .driver()
                 .dirs()
                 .iter()
                 .map(|d| {
-                    let p = d.join("cgroup.procs");
+                    let p = d.join(l.self_join_file());
                     fs::OpenOptions::new()
                         .write(true)
                         .open(&p)
