@@ -131,7 +131,7 @@ impl ContainerBackend {
             cg.apply(&spec.resources)?;
         }
         checkpoint("cgroups-created");
-        crate::state::write_json(&spec.spec_file(), spec)?;
+        crate::state::write_json_if_changed(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
         let log_path = spec.logs_dir().join("supervisor.log");
