@@ -73,7 +73,7 @@ traced_up() {
 }
 # Only the calls below stop the process (--seccomp-bpf), so strace adds little time.
 traced_up --seccomp-bpf -tt -T -o "$W/trace.txt" \
-  -e trace=execve,fsync,fdatasync,rename,mount,pivot_root,write,wait4,exit_group
+  -e trace=execve,fsync,fdatasync,rename,mkdir,mount,pivot_root,write,wait4,exit_group
 "$BERTH" -C "$P" -q down
 
 echo "== density: $DENSITY idle environments of one image" >&2
@@ -203,7 +203,8 @@ for l in open(f"{w}/trace.txt"):
 t0 = events[0][0] if events else 0
 marks = [
     (r'execve\("[^"]*/berth"', "berth up starts"),
-    (r'rename\(.*/env\.json"', "env.json written: plan read, image resolved"),
+    (r'rename\(.*/state\.json"', "state.json: starting (plan read, image resolved, old state cleaned)"),
+    (r'mkdir\("/sys/fs/cgroup', "cgroups being created"),
     (r'write\(\d+, "0", 1\)', "launcher moves into its cgroups"),
     (r'execve\("/proc/self/(exe|fd/)', "launcher exec'd (berth __supervisor)"),
     (r'mount\("overlay"', "overlay root mounted"),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Times commands interleaved: round 1 runs every command once, round 2 again, and so on, so
-that load from other work on a busy machine hits all of them alike and their ratios stay
-meaningful. Prints nothing but progress; writes hyperfine-style JSON.
+"""Times commands interleaved: round 1 runs every command once, round 2 again (starting one
+command later), and so on, so that load from other work on a busy machine hits all of them
+alike and their ratios stay meaningful. Prints nothing but progress; writes hyperfine-style JSON.
 
 usage: interleave.py --runs N --warmup N --json OUT [--mntns PATH] [--pause S] SPEC...
   SPEC is a JSON object: {"name": ..., "cmd": [argv], "prepare": [argv] (optional, untimed,
@@ -72,7 +72,9 @@ def main():
     ns_fd = os.open(a.mntns, os.O_RDONLY) if a.mntns else None
     times = {s["name"]: [] for s in specs}
     for i in range(a.warmup + a.runs):
-        for s in specs:
+        # Each round starts one command later, so no command always follows the same one.
+        k = i % len(specs)
+        for s in specs[k:] + specs[:k]:
             t = run(s, ns_fd, a.pause)
             if i >= a.warmup:
                 times[s["name"]].append(t)

@@ -153,7 +153,7 @@ cg_dirs() {
     while read -r d; do if [ -d "$d" ]; then find "$d" -mindepth 1 -maxdepth 1 -type d; fi; done | sort -u
 }
 count_mounts() { grep -c "$W" /proc/self/mountinfo || true; }
-count_procs() { grep -l -s "$W" /proc/[0-9]*/cmdline 2>/dev/null | wc -l || true; }
+count_procs() { pgrep -fc -- "$W" || true; }
 
 # host_report: date, machine and load average for the report header.
 host_report() {
