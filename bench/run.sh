@@ -23,11 +23,15 @@ B_TRUE=$(crun_bundle true '["/bin/true"]')
 "$BERTH" -C "$P" -q run -- true
 
 crun_ns_start
-echo "== berth run -- true vs crun run, bwrap ($RUNS interleaved rounds)" >&2
-interleave "$W/run.json" \
-  "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
-  "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
-  "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")"
+# Back to back and each alone, as in container.sh (see bench/README.md).
+for mode in b2b alone; do
+  if [ $mode = b2b ]; then pause=0; else pause=0.1; fi
+  echo "== berth run -- true vs crun run, bwrap ($mode, $RUNS interleaved rounds)" >&2
+  PAUSE=$pause interleave "$W/run-$mode.json" \
+    "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
+    "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
+    "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")"
+done
 
 echo "== $SEQ sequential berth run -- true" >&2
 sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
@@ -43,16 +47,19 @@ python3 - "$W" "$RUNS" "$SEQ" <<'PY' > "$W/table.txt"
 import json, sys
 w, runs, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
 med = {}
-for f in ("run",):
-    for r in json.load(open(f"{w}/{f}.json"))["results"]:
-        med[r["command"]] = (r["median"] * 1000, (r.get("stddev") or 0) * 1000)
-print(f"berth run end to end: {runs} interleaved rounds, ms")
-print(f"  {'command':40} {'median':>8} {'stddev':>8}")
-for k, (m, s) in med.items():
-    print(f"  {k:40} {m:8.2f} {s:8.2f}")
-r = med["berth run -- true"][0] / med["crun run"][0]
-print(f"  ratio berth run / crun run: {r:.2f}x  target <= 1.3x ({'met' if r <= 1.3 else 'MISSED'})")
-print(f"  ratio berth run / bwrap:    {med['berth run -- true'][0] / med['bwrap'][0]:.2f}x  (for reference)")
+for mode in ("b2b", "alone"):
+    for r in json.load(open(f"{w}/run-{mode}.json"))["results"]:
+        med.setdefault(r["command"], {})[mode] = (r["median"] * 1000, r["stddev"] * 1000)
+print(f"berth run end to end: {runs} interleaved rounds; median (and stddev), ms")
+print("  back to back: one command right after the other; alone: 0.1 s of quiet before each")
+print(f"  {'command':40} {'back to back':>16} {'alone':>16}")
+for k, m in med.items():
+    print(f"  {k:40} {'%8.2f (%5.2f)' % m['b2b']:>16} {'%8.2f (%5.2f)' % m['alone']:>16}")
+r = [med["berth run -- true"][x][0] / med["crun run"][x][0] for x in ("b2b", "alone")]
+verdict = "/".join("met" if x <= 1.3 else "MISSED" for x in r)
+print(f"  ratio berth run / crun run: {r[0]:.2f}x back to back, {r[1]:.2f}x alone  target <= 1.3x ({verdict})")
+rb = [med["berth run -- true"][x][0] / med["bwrap"][x][0] for x in ("b2b", "alone")]
+print(f"  ratio berth run / bwrap:    {rb[0]:.2f}x back to back, {rb[1]:.2f}x alone  (for reference)")
 rows = [list(map(int, l.split())) for l in open(f"{w}/seq.txt")]
 print()
 print(f"{seq} sequential `berth run -- true`: first / last / max (grows = last > first)")
