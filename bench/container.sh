@@ -86,6 +86,11 @@ on_exit "for i in \$(seq $DENSITY); do $BERTH -C $W/d/\$i -q down -t 1; done"
 t0=$(date +%s%N)
 for i in $(seq "$DENSITY"); do "$BERTH" -C "$W/d/$i" -q up; done
 t1=$(date +%s%N)
+# berth commands look at every environment (garbage collection of abandoned `berth run`s):
+# the warm no-op `up` and `exec` again, with all of them present.
+RUNS=10 PAUSE=0 interleave "$W/warm-dense.json" \
+  "$(spec "berth up (no change)" host "" "$BERTH -C $W/d/1 -q up")" \
+  "$(spec "berth exec -- true" host "" "$BERTH -C $W/d/1 exec -- true")"
 avail_after=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 python3 - "$BERTH_HOME" "$DENSITY" "$W/density.json" "$avail_before" "$avail_after" <<'PY'
 import json, os, sys, subprocess
@@ -248,6 +253,10 @@ print(f"  memory per idle environment: {mib(per_env):.2f} MiB (cgroup usage + PS
       f"target < 2 MiB ({'met' if per_env < 2048 else 'MISSED'})")
 print(f"  upper bound, host RSS + cgroup usage (counts the supervisor twice and berth's shared binary "
       f"pages once per environment): {mib(bound):.2f} MiB ({'met' if bound < 2048 else 'MISSED'})")
+dense = {r["command"]: r["median"] * 1000 for r in json.load(open(f"{w}/warm-dense.json"))["results"]}
+print(f"  with all {n} present (back to back, median of 10): warm berth up (no change) "
+      f"{dense['berth up (no change)']:.2f} ms (target < 10 ms: {'met' if dense['berth up (no change)'] < 10 else 'MISSED'}), "
+      f"berth exec -- true {dense['berth exec -- true']:.2f} ms")
 disk, upper = d["env_disk_kib"], d["upper_kib"]
 med_disk = sorted(disk)[len(disk) // 2] if disk else 0
 print(f"  disk per environment (du of envs/<id>): median {med_disk} KiB, max {max(disk, default=0)} KiB; "
