@@ -116,7 +116,9 @@ project() {
 BENCH_CGROUPS=()
 bench_cgroup() {
   [ -e /sys/fs/cgroup/cgroup.controllers ] && return 0
-  local ctrls path c d
+  local ctrls path c d table
+  # Read the table once: /proc/self/cgroup changes as this shell moves.
+  table=$(cat /proc/self/cgroup)
   while IFS=: read -r _ ctrls path; do
     for c in memory cpu cpuacct pids freezer; do
       case ",$ctrls," in *",$c,"*) ;; *) continue ;; esac
@@ -126,7 +128,7 @@ bench_cgroup() {
       echo $$ > "$d/cgroup.procs"
       BENCH_CGROUPS+=("$d")
     done
-  done < /proc/self/cgroup
+  done <<< "$table"
 }
 
 bench_cgroup_remove() {
