@@ -176,10 +176,15 @@ impl<'a> OverlayRootfs<'a> {
         ];
         for (name, content) in files {
             let p = dir.join(name);
-            fs::write(&p, content).context(|| format!("cannot write {}", p.display()))?;
+            write_if_changed(&p, content.as_bytes())
+                .context(|| format!("cannot write {}", p.display()))?;
             if let Some((u, g)) = owner {
-                nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
-                    .context(|| format!("cannot chown {}", p.display()))?;
+                use std::os::unix::fs::MetadataExt;
+                let owned = fs::metadata(&p).is_ok_and(|m| m.uid() == u && m.gid() == g);
+                if !owned {
+                    nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                        .context(|| format!("cannot chown {}", p.display()))?;
+                }
             }
             let t = match ensure_in_root(root, &format!("/etc/{name}"), false, owner) {
                 Ok(t) => t,
@@ -612,9 +617,41 @@ pub fn ensure_in_root(
     Ok(parent)
 }
 
+/// Writes `content` to `path` unless it already holds exactly that. A restart then leaves
+/// the environment's /etc files alone: truncating a file on ext4 can wait for the journal,
+/// which cost milliseconds on every start.
+fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    match fs::read(path) {
+        Ok(old) if old == content => Ok(()),
+        _ => fs::write(path, content),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etc_files_are_rewritten_only_when_their_content_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("hosts");
+        write_if_changed(&p, b"a\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"a\n");
+        let before = fs::metadata(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_if_changed(&p, b"a\n").unwrap();
+        let same = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (before.mtime(), before.mtime_nsec()),
+            (same.mtime(), same.mtime_nsec()),
+            "an unchanged file must not be written again"
+        );
+        write_if_changed(&p, b"longer content\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"longer content\n");
+        write_if_changed(&p, b"b\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"b\n");
+    }
 
     #[test]
     fn loopback_nameservers_are_dropped() {
