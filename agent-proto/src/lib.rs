@@ -20,6 +20,9 @@ pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHand
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Frame, Message, MountRequest, Restart, ServiceSpec, Setup};
 
+/// Where the agent writes each `[services]` entry's output in the guest: `<dir>/<name>.log`.
+pub const SERVICE_LOG_DIR: &str = "/var/log/berth";
+
 /// Why bytes are not a valid frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProtoError {

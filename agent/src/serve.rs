@@ -15,7 +15,7 @@ use crate::sys;
 use crate::users;
 
 const READ_CHUNK: usize = 64 * 1024;
-const SERVICE_LOG_DIR: &str = "/var/log/berth";
+use berth_agent_proto::SERVICE_LOG_DIR;
 
 struct Session {
     pid: i32,

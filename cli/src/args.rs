@@ -84,6 +84,13 @@ pub enum Command {
     /// Internal: run as an environment's launcher and supervisor (started by `up`).
     #[command(name = "__supervisor", hide = true)]
     Supervisor { state_dir: PathBuf },
+    /// Internal: keep an environment's `sync` mounts in sync (started by `up`).
+    #[command(name = "__sync", hide = true)]
+    SyncProcess { env_dir: PathBuf },
+    /// Internal: run berth's own VMM for one VM (started by `up` for `vmm = "kvm"`); the
+    /// name is `berth_runtime::vm::vmm_process::SUBCOMMAND`.
+    #[command(name = "internal-vmm", hide = true)]
+    InternalVmm { config: PathBuf },
 }
 
 #[derive(Debug, Args, Clone, Copy)]

@@ -6,15 +6,11 @@
 //! | 1 | error: invalid berth.toml, failed operation |
 //! | 2 | usage error (bad arguments) |
 //! | 3 | the environment does not exist or is not running |
-//! | 4 | the command is not available in this build yet |
 //! | N | `exec`/`run`: the command's own exit code (124: `run --timeout` expired) |
-
-use crate::args::GlobalArgs;
 
 pub const EXIT_ERROR: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_NOT_RUNNING: i32 = 3;
-pub const EXIT_UNAVAILABLE: i32 = 4;
 
 /// An error that ends the command: what to print and which code to exit with.
 #[derive(Debug)]
@@ -45,13 +41,6 @@ impl CliError {
             message: text,
             rendered: true,
         }
-    }
-
-    pub fn not_yet(command: &str, _g: &GlobalArgs) -> Self {
-        Self::new(
-            EXIT_UNAVAILABLE,
-            format!("`berth {command}` is not available in this build of berth yet"),
-        )
     }
 
     /// Prints the error to stderr and returns the exit code.

@@ -58,37 +58,17 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Status(j) => commands::status::status(g, j.json),
         Command::Ls(j) => commands::status::ls(g, j.json),
         Command::Exec(args) => commands::exec::exec(g, &args),
+        Command::Sync(args) => commands::sync::run(g, &args),
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
         Command::Run(args) => commands::run::run(g, &args),
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
+        Command::SyncProcess { env_dir } => {
+            Ok(berth_runtime::environment::live_sync::main(&env_dir))
+        }
         Command::Supervisor { state_dir } => {
             Ok(berth_runtime::container::supervisor::main(&state_dir))
         }
-        other => Err(CliError::not_yet(command_name(&other), g)),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Init(_) => "init",
-        Command::Validate(_) => "validate",
-        Command::Up(_) => "up",
-        Command::Down(_) => "down",
-        Command::Destroy(_) => "destroy",
-        Command::Shell(_) => "shell",
-        Command::Exec(_) => "exec",
-        Command::Run(_) => "run",
-        Command::Status(_) => "status",
-        Command::Ls(_) => "ls",
-        Command::Logs(_) => "logs",
-        Command::Image(_) => "image",
-        Command::Snapshot(_) => "snapshot",
-        Command::Sync(_) => "sync",
-        Command::Doctor(_) => "doctor",
-        Command::Schema => "schema",
-        Command::Completions { .. } => "completions",
-        Command::Manpages { .. } => "manpages",
-        Command::Supervisor { .. } => "__supervisor",
+        Command::InternalVmm { config } => Ok(commands::vmm::run(&config)),
     }
 }

@@ -58,6 +58,19 @@ impl Check {
     }
 }
 
+/// Whether the static `berth-agent` that VMs need is where this berth looks for it.
+pub fn agent_check() -> Check {
+    const NAME: &str = "vm agent";
+    match crate::vm::agent_binary::locate(None) {
+        Ok(p) => Check::ok(NAME, format!("static berth-agent at {}", p.display())),
+        Err(e) => Check::warn(
+            NAME,
+            format!("VMs cannot start: {e}"),
+            "install berth-agent beside berth (from a source tree: scripts/build-agent), or set BERTH_AGENT",
+        ),
+    }
+}
+
 /// What kind of KVM this host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,14 +196,14 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
     let vmm_auto = match kvm {
         KvmKind::Hardware => "berth's own KVM VMM (hardware KVM present)".to_string(),
         KvmKind::Pvm => {
-            "qemu under TCG: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel"
+            "qemu (-M pc) under TCG emulation: /dev/kvm is kvm_pvm, which cannot safely boot a stock Linux kernel"
                 .to_string()
         }
         KvmKind::Unknown => {
-            "qemu: the KVM provider is unknown, so berth does not risk booting a kernel through it"
+            "qemu (-M pc) under TCG emulation: the KVM provider is unknown, so berth does not risk booting a kernel through it"
                 .to_string()
         }
-        KvmKind::Absent => "qemu under TCG (no /dev/kvm)".to_string(),
+        KvmKind::Absent => "qemu (-M pc) under TCG emulation (no /dev/kvm)".to_string(),
     };
     DoctorReport {
         checks,

@@ -8,4 +8,5 @@ pub mod environment;
 pub mod image;
 pub mod net;
 pub mod state;
+pub mod sync;
 pub mod vm;

@@ -157,7 +157,9 @@ pub fn env_id(name: &str, envfile: &Path) -> String {
     format!("{name}-{}", &hex::encode(digest)[..8])
 }
 
-fn unique_suffix() -> String {
+/// A suffix unique within this process and unlikely across processes (for temp names that
+/// also carry the pid).
+pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -281,12 +283,32 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateErr
 
 /// Serializes `value` as pretty JSON and writes it with [`atomic_write`].
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    atomic_write(path, &json_bytes(path, value)?)
+}
+
+/// Like [`write_json`], but leaves `path` alone when it is a regular file that already holds
+/// exactly these bytes: an unchanged state file then costs a read instead of two fsyncs
+/// (milliseconds each on a busy disk). Its content was made durable by the `atomic_write`
+/// that put it there.
+pub fn write_json_if_changed<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = json_bytes(path, value)?;
+    let is_file = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    if is_file && fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    atomic_write(path, &bytes)
+}
+
+fn json_bytes<T: serde::Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, StateError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| StateError::Write {
         path: path.to_path_buf(),
         source: io::Error::other(e),
     })?;
     bytes.push(b'\n');
-    atomic_write(path, &bytes)
+    Ok(bytes)
 }
 
 /// [`write_json`] through [`replace_volatile`]: no fsync.
@@ -410,6 +432,35 @@ fn flock(file: &File, mode: LockMode, nonblocking: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_json_is_not_rewritten_but_changes_and_symlinks_are() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("env.json");
+        write_json_if_changed(&p, &vec![1, 2]).unwrap();
+        let ino = fs::metadata(&p).unwrap().ino();
+        write_json_if_changed(&p, &vec![1, 2]).unwrap();
+        assert_eq!(
+            fs::metadata(&p).unwrap().ino(),
+            ino,
+            "same content: left alone"
+        );
+        write_json_if_changed(&p, &vec![3]).unwrap();
+        assert_ne!(
+            fs::metadata(&p).unwrap().ino(),
+            ino,
+            "new content: replaced"
+        );
+        assert_eq!(read_json::<Vec<i32>>(&p).unwrap(), Some(vec![3]));
+        // A symlink holding the same bytes is replaced by a regular file, as write_json does.
+        let target = t.path().join("elsewhere.json");
+        fs::copy(&p, &target).unwrap();
+        let link = t.path().join("link.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        write_json_if_changed(&link, &vec![3]).unwrap();
+        assert!(fs::symlink_metadata(&link).unwrap().file_type().is_file());
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {

@@ -81,7 +81,11 @@ fn connections_leave_no_descriptors_behind() {
     };
     let before = settle();
     round(300);
-    // The forwarder closes its side as soon as each conversation ends; wait for that.
+    // The forwarder closes its side as soon as each conversation ends; wait for that. The
+    // dialer's pool of ready sockets refills in the background, so it may hold up to
+    // `SPARE` more (or fewer) than when `before` was counted; a leak of 900 connections'
+    // sockets is far beyond that.
+    let bound = before + berth_runtime::net::netns::SPARE;
     let after = (0..400)
         .map(|_| {
             std::thread::sleep(Duration::from_millis(25));
@@ -90,8 +94,9 @@ fn connections_leave_no_descriptors_behind() {
         .find(|&n| n <= before)
         .unwrap_or_else(open_fds);
     assert!(
-        after <= before,
-        "descriptors: {before} before, {after} after 900 connections"
+        after <= bound,
+        "descriptors: {before} before, {after} after 900 connections (the dialer's spare pool accounts for at most {})",
+        berth_runtime::net::netns::SPARE
     );
     drop(fwd);
 }

@@ -261,7 +261,9 @@ fn debian_kernel_under_qemu_tcg() {
         .exec_capture(&state_dir, &["cat", "/root/state"])
         .unwrap();
     assert_eq!(out.stdout, b"persisted\n");
-    backend.destroy(&state_dir).unwrap();
+    backend
+        .destroy(&state_dir, Duration::from_secs(10))
+        .unwrap();
     assert!(!st.process.unwrap().is_alive());
     assert!(!st.disk.exists(), "destroy removes the environment's disk");
 }

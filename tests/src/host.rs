@@ -86,7 +86,11 @@ impl HostSnapshot {
                 };
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                if cmd.contains("__supervisor") {
+                // Container supervisors and VMMs (berth's own, or qemu for a VM environment).
+                if cmd.contains("__supervisor")
+                    || cmd.contains("internal-vmm")
+                    || cmd.starts_with("qemu-system")
+                {
                     berth_processes.insert(format!("{pid} {cmd}"));
                 }
             }

@@ -18,6 +18,15 @@ impl Project {
     fn path(&self) -> &Path {
         self.dir.path()
     }
+    /// Replaces the berth.toml (`{name}` filled in as at creation).
+    fn rewrite(&self, toml: &str) {
+        std::fs::write(
+            self.path().join("berth.toml"),
+            toml.replace("{name}", &self.name),
+        )
+        .unwrap();
+    }
+
     /// Host resources that belong to this test.
     fn snapshot(&self, b: &Berth) -> HostSnapshot {
         HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
@@ -225,10 +234,7 @@ fn changed_file_is_reported_and_applied() {
     let b = Berth::new();
     let before = p.snapshot(&b);
     ok(&b, p.path(), &["up"]);
-    let toml = BASIC
-        .replace("pids = 64", "pids = 80")
-        .replace("{name}", &p.name);
-    std::fs::write(p.path().join("berth.toml"), toml).unwrap();
+    p.rewrite(&BASIC.replace("pids = 64", "pids = 80"));
     let st = b.run_in(p.path(), &["status"]);
     assert!(
         text(&st)
@@ -488,12 +494,7 @@ fn setup_steps_are_cached_layers() {
         "one\ntwo\n"
     );
     // Editing step 2 reruns step 2 only.
-    std::fs::write(
-        p.path().join("berth.toml"),
-        toml.replace("echo two", "echo TWO")
-            .replace("{name}", &p.name),
-    )
-    .unwrap();
+    p.rewrite(&toml.replace("echo two", "echo TWO"));
     let o = b.run_in(p.path(), &["up"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -511,12 +512,7 @@ fn setup_steps_are_cached_layers() {
         "one\nTWO\n"
     );
     // A failing step reports its exit code and leaves the running environment alone.
-    std::fs::write(
-        p.path().join("berth.toml"),
-        toml.replace("echo two >> /etc/built", "echo partial; exit 7")
-            .replace("{name}", &p.name),
-    )
-    .unwrap();
+    p.rewrite(&toml.replace("echo two >> /etc/built", "echo partial; exit 7"));
     let o = b.run_in(p.path(), &["up"]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o).1;

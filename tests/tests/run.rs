@@ -267,14 +267,10 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-#[test]
-fn sigterm_stops_the_command_and_cleans_up() {
-    require_root!();
-    let p = Project::new();
-    let b = Berth::new();
-    let before = p.snapshot(&b);
+/// Starts `berth run` of a long command and returns once the command runs inside.
+fn start_long_run(p: &Project, b: &Berth) -> std::process::Child {
     let marker = p.path().join("started");
-    let mut child = b
+    let child = b
         .cmd()
         .current_dir(p.path())
         .args([
@@ -288,6 +284,16 @@ fn sigterm_stops_the_command_and_cleans_up() {
         .spawn()
         .unwrap();
     wait_for("the command to start", || marker.exists());
+    child
+}
+
+#[test]
+fn sigterm_stops_the_command_and_cleans_up() {
+    require_root!();
+    let p = Project::new();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let mut child = start_long_run(&p, &b);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -304,21 +310,7 @@ fn sigkill_of_berth_run_is_collected_by_the_next_command() {
     let p = Project::new();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    let marker = p.path().join("started");
-    let mut child = b
-        .cmd()
-        .current_dir(p.path())
-        .args([
-            "-q",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "touch /work/started; sleep 60",
-        ])
-        .spawn()
-        .unwrap();
-    wait_for("the command to start", || marker.exists());
+    let mut child = start_long_run(&p, &b);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
@@ -331,4 +323,42 @@ fn sigkill_of_berth_run_is_collected_by_the_next_command() {
     assert!(o.status.success());
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn ci_cache_carries_built_layers_to_a_fresh_machine() {
+    require_root!();
+    let p = Project::new();
+    let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap().replace(
+        "from = \"rootfs:./rootfs\"",
+        "from = \"rootfs:./rootfs\"\nsetup = [\"echo built > /etc/built\", \"echo more >> /etc/built\"]",
+    );
+    std::fs::write(p.path().join("berth.toml"), toml).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = cache.path().join("berth-cache");
+    // Job 1 builds and exports.
+    let job1 = Berth::new();
+    let o = job1.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
+    assert_eq!(text(&o).0, "built\nmore\n", "{:?}", text(&o));
+    let o = job1.run_in(
+        p.path(),
+        &["image", "export", "--cache", cache_dir.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    // Job 2 starts from an empty store, imports, and runs no build step.
+    let job2 = Berth::new();
+    let o = job2.run_in(
+        p.path(),
+        &["image", "import", "--cache", cache_dir.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = job2.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
+    let (out, err) = text(&o);
+    assert_eq!(out, "built\nmore\n", "{err}");
+    let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("setup[")).collect();
+    assert!(!steps.is_empty(), "{err}");
+    assert!(
+        steps.iter().all(|l| l.ends_with("(cached)")),
+        "a step ran again:\n{err}"
+    );
 }

@@ -1,11 +1,12 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
-use berth_runtime::doctor::{diagnose, CheckStatus, HostRoot};
+use berth_runtime::doctor::{agent_check, diagnose, CheckStatus, HostRoot};
 
 use crate::exit::CliError;
 
 pub fn run(json: bool) -> Result<i32, CliError> {
-    let report = diagnose(&HostRoot::real());
+    let mut report = diagnose(&HostRoot::real());
+    report.checks.push(agent_check());
     if json {
         println!(
             "{}",

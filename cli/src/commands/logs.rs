@@ -1,21 +1,27 @@
-//! `berth logs [SERVICE] [-F] [-n N]`: the services' output, kept in size-bounded files.
+//! `berth logs [SERVICE] [-F] [-n N]`: the services' output, kept in size-bounded files (for
+//! a VM, inside the guest, read there through the agent).
 
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_runtime::container::control::ExecRequest;
 use berth_runtime::container::logs::{service_log_files, services_with_logs, LogFollower};
+use berth_runtime::vm::guest_logs;
+use envfile_spec::plan::BackendKind;
 
 use crate::args::{GlobalArgs, LogsArgs};
-use crate::environment::Current;
+use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_ERROR};
 
 pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let record = cur.require()?;
     let dir = cur.envs.home().env_dir(&record.env_id);
+    let is_vm = record.plan.backend == BackendKind::Vm;
     let services = match &args.service {
         Some(s) => {
             if !record.plan.services.contains_key(s) {
@@ -35,8 +41,25 @@ pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
             }
             vec![s.clone()]
         }
+        None if is_vm => record.plan.services.keys().cloned().collect(),
         None => services_with_logs(&dir),
     };
+    if is_vm {
+        // The services' logs live in the guest: read there.
+        let req = ExecRequest {
+            argv: guest_logs::logs_argv(&services, args.tail, args.follow),
+            env: Vec::new(),
+            cwd: None,
+            user: None,
+            tty: false,
+            winsize: None,
+        };
+        let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        return cur
+            .envs
+            .exec(record, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
+            .map_err(env_error);
+    }
     let prefix = services.len() > 1;
     let mut out = std::io::stdout().lock();
     for s in &services {

@@ -11,5 +11,7 @@ pub mod run;
 pub mod schema;
 pub mod snapshot;
 pub mod status;
+pub mod sync;
 pub mod up;
 pub mod validate;
+pub mod vmm;

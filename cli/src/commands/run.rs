@@ -10,7 +10,6 @@ use berth_runtime::container::control::ExecRequest;
 use berth_runtime::container::state::ProcessRef;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
 use envfile_spec::Loaded;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 use crate::args::{GlobalArgs, RunArgs};
@@ -216,13 +215,10 @@ fn run_command(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut term_sent: Option<Instant> = None;
     loop {
-        // SAFETY: the session owns this fd and outlives the poll.
-        let fd = unsafe { BorrowedFd::borrow_raw(session.control_fd()) };
-        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        let ready =
-            session.reply_buffered() || poll(&mut fds, PollTimeout::from(100u16)).unwrap_or(0) > 0;
-        if ready {
-            let code = session.wait().map_err(|e| env_error(e.into()))?;
+        if let Some(code) = session
+            .wait_timeout(Duration::from_millis(100))
+            .map_err(env_error)?
+        {
             return Ok((code, false));
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

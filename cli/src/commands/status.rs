@@ -2,6 +2,7 @@
 
 use berth_runtime::backend::EnvStatus;
 use berth_runtime::image::progress::human_bytes;
+use berth_runtime::vm::Provider;
 
 use crate::args::GlobalArgs;
 use crate::environment::{env_error, environments, human_duration, network_lines, Current};
@@ -12,7 +13,7 @@ fn status_word(s: EnvStatus) -> &'static str {
         EnvStatus::Running => "running",
         EnvStatus::Starting => "starting",
         EnvStatus::Stopped => "stopped",
-        EnvStatus::Dead => "dead (supervisor gone; `berth up` or `berth down` repairs it)",
+        EnvStatus::Dead => "dead (supervisor or VMM gone; `berth up` or `berth down` repairs it)",
     }
 }
 
@@ -49,7 +50,32 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
         println!("image:    {img}");
     }
     if let Some(pid) = r.pid {
-        println!("pid:      {pid} (supervisor, on the host)");
+        let what = if view.vm.is_some() {
+            "VMM"
+        } else {
+            "supervisor"
+        };
+        println!("pid:      {pid} ({what}, on the host)");
+    }
+    if let Some(vm) = &view.vm {
+        let provider = match vm.provider {
+            Provider::Qemu => "qemu",
+            Provider::Kvm => "berth's VMM",
+        };
+        println!(
+            "vm:       {provider} ({}), {} vCPU(s), {} MiB memory",
+            vm.accel,
+            vm.vcpus,
+            vm.memory >> 20
+        );
+        println!("kernel:   {}", vm.kernel_release);
+        if let Some(ms) = vm.boot_ms {
+            println!(
+                "boot:     {} from VMM start to agent ready",
+                human_duration(std::time::Duration::from_millis(ms))
+            );
+        }
+        println!("console:  {}", vm.console_log.display());
     }
     if let Some(up) = r.uptime {
         println!("uptime:   {}", human_duration(up));
@@ -96,6 +122,9 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             (None, None) => "not started".into(),
         };
         println!("service:  {} {state}, {} restart(s)", s.name, s.restarts);
+    }
+    for line in crate::commands::sync::status_lines(cur.envs.home(), record) {
+        println!("sync:     {line}");
     }
     if let Some(e) = &r.last_error {
         println!("last error: {e}");

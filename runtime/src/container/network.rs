@@ -13,12 +13,12 @@
 //!   the record.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use envfile_spec::plan::NetworkMode;
 
 use super::error::{ContainerError, Context, Result};
+use super::rootfs::{write_if_changed, NO_DNS_RESOLV_CONF};
 use super::spec::ContainerSpec;
 use crate::net::bridge::bridge_name_from_env;
 use crate::net::forward::ForwardedPort;
@@ -67,7 +67,10 @@ pub fn attach(
     let (mode, _) = effective_mode(&network, spec.network);
     match mode {
         NetworkMode::Host => return Ok(()),
-        NetworkMode::None => network.record_loopback_only(&spec.env_id)?,
+        NetworkMode::None => {
+            network.record_loopback_only(&spec.env_id)?;
+            write_resolv_conf(spec, NO_DNS_RESOLV_CONF)?;
+        }
         NetworkMode::Isolated => {
             if !network.uses_pasta(mode) {
                 bridge_name_from_env().map_err(ContainerError::Invalid)?;
@@ -101,9 +104,11 @@ pub fn attach(
                 // environment runs; a container has none.
                 eprintln!("berth: notice: the host's resolvers are IPv6-only, which the IPv4 bridge cannot reach: DNS inside {} will not work; give the host an IPv4 resolver", spec.hostname);
             }
-            if let Some(conf) = &plumbing.resolv_conf {
-                rewrite_in_place(&resolv_conf_file(spec), conf)?;
-            }
+            let conf = plumbing
+                .resolv_conf
+                .as_deref()
+                .unwrap_or(NO_DNS_RESOLV_CONF);
+            write_resolv_conf(spec, conf)?;
         }
     }
     network.record_ports(&spec.env_id, ports)?;
@@ -131,14 +136,11 @@ pub fn resolv_conf_file(spec: &ContainerSpec) -> PathBuf {
     spec.state_dir.join("etc").join("resolv.conf")
 }
 
-/// Rewrites `path` keeping its inode: it is already bind-mounted into the environment.
-fn rewrite_in_place(path: &Path, content: &str) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .context(|| format!("cannot open {}", path.display()))?;
-    f.write_all(content.as_bytes())
+/// Writes the environment's resolv.conf, keeping the file's inode: it is bind-mounted into
+/// the environment already.
+fn write_resolv_conf(spec: &ContainerSpec, content: &str) -> Result<()> {
+    let path = resolv_conf_file(spec);
+    write_if_changed(&path, content.as_bytes())
         .context(|| format!("cannot write {}", path.display()))
 }
 

@@ -63,7 +63,8 @@ pub struct OverlayRootfs<'a> {
 }
 
 /// Who owns files berth creates: the environment's root as seen from the current namespace.
-type Owner = Option<(u32, u32)>;
+/// Owner (uid, gid) given to created entries; `None` keeps the creator's.
+pub type Owner = Option<(u32, u32)>;
 
 impl<'a> OverlayRootfs<'a> {
     pub fn new(spec: &'a ContainerSpec, mapping: Option<&'a IdMapping>) -> Self {
@@ -161,24 +162,32 @@ impl<'a> OverlayRootfs<'a> {
         mkdir_p(&dir)?;
         let host = &self.spec.hostname;
         // With its own network namespace the environment reaches no resolver until its
-        // network is set up; the starter's network step then rewrites this file in place
-        // (see `container::network`), before anything runs inside.
-        let resolv = if self.spec.network == NetworkMode::Host {
-            fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
-        } else {
-            "# berth: this environment has no DNS (loopback only)\n".to_string()
+        // network is set up: the starter's network step writes this file then, in place
+        // (see `container::network`), before anything runs inside. Until then it keeps
+        // what the last start wrote, or says there is no DNS.
+        let resolv = match self.spec.network {
+            NetworkMode::Host => Some(fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            _ if dir.join("resolv.conf").exists() => None,
+            _ => Some(NO_DNS_RESOLV_CONF.to_string()),
         };
         let files = [
-            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n")),
-            ("hostname", format!("{host}\n")),
+            ("hosts", Some(format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{host}\n"))),
+            ("hostname", Some(format!("{host}\n"))),
             ("resolv.conf", resolv),
         ];
         for (name, content) in files {
             let p = dir.join(name);
-            fs::write(&p, content).context(|| format!("cannot write {}", p.display()))?;
+            if let Some(content) = content {
+                write_if_changed(&p, content.as_bytes())
+                    .context(|| format!("cannot write {}", p.display()))?;
+            }
             if let Some((u, g)) = owner {
-                nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
-                    .context(|| format!("cannot chown {}", p.display()))?;
+                use std::os::unix::fs::MetadataExt;
+                let owned = fs::metadata(&p).is_ok_and(|m| m.uid() == u && m.gid() == g);
+                if !owned {
+                    nix::unistd::chown(&p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
+                        .context(|| format!("cannot chown {}", p.display()))?;
+                }
             }
             let t = match ensure_in_root(root, &format!("/etc/{name}"), false, owner) {
                 Ok(t) => t,
@@ -597,9 +606,45 @@ pub fn ensure_in_root(
     Ok(parent)
 }
 
+/// `/etc/resolv.conf` of an environment that has no resolver to reach (loopback only).
+pub const NO_DNS_RESOLV_CONF: &str = "# berth: this environment has no DNS (loopback only)\n";
+
+/// Writes `content` to `path` unless it already holds exactly that. A restart then leaves
+/// the environment's /etc files alone: truncating a file on ext4 can wait for the journal,
+/// which cost milliseconds on every start. The file keeps its inode (it may be bind-mounted
+/// into a starting environment already).
+pub fn write_if_changed(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    match fs::read(path) {
+        Ok(old) if old == content => Ok(()),
+        _ => fs::write(path, content),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn etc_files_are_rewritten_only_when_their_content_changes() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("hosts");
+        write_if_changed(&p, b"a\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"a\n");
+        let before = fs::metadata(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_if_changed(&p, b"a\n").unwrap();
+        let same = fs::metadata(&p).unwrap();
+        assert_eq!(
+            (before.mtime(), before.mtime_nsec()),
+            (same.mtime(), same.mtime_nsec()),
+            "an unchanged file must not be written again"
+        );
+        write_if_changed(&p, b"longer content\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"longer content\n");
+        write_if_changed(&p, b"b\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"b\n");
+    }
 
     #[test]
     fn ensure_in_root_creates_and_stays_confined() {

@@ -141,8 +141,8 @@ impl ContainerSpec {
         }
     }
 
-    /// The spec for a plan's environment. Returns notices to print (e.g. `sync` mounts that
-    /// fall back to bind mounts).
+    /// The spec for a plan's environment. Returns notices to print (none today; `sync` mounts
+    /// are not mounted but kept in sync by `environment::live_sync`).
     pub fn from_plan(
         plan: &Plan,
         home: &BerthHome,
@@ -152,7 +152,7 @@ impl ContainerSpec {
         privileged: bool,
     ) -> Result<(Self, Vec<String>)> {
         let mut spec = ContainerSpec::new(env_id, &plan.name, &home.env_dir(env_id), lower_layers);
-        let mut notices = Vec::new();
+        let mut notices: Vec<String> = Vec::new();
         for m in &plan.mounts {
             let source = m.source.clone();
             let need_source = || {
@@ -164,20 +164,14 @@ impl ContainerSpec {
                 })
             };
             spec.mounts.push(match m.kind {
-                MountKind::Bind | MountKind::Sync => {
-                    if m.kind == MountKind::Sync {
-                        notices.push(format!(
-                            "mount {}: live sync is not available yet, using a bind mount",
-                            m.target
-                        ));
-                    }
-                    MountSpec::Bind {
-                        source: PathBuf::from(need_source()?),
-                        target: m.target.clone(),
-                        readonly: m.readonly,
-                        idmap: true,
-                    }
-                }
+                MountKind::Bind => MountSpec::Bind {
+                    source: PathBuf::from(need_source()?),
+                    target: m.target.clone(),
+                    readonly: m.readonly,
+                    idmap: true,
+                },
+                // Kept in sync by berth's sync process (environment::live_sync), not mounted.
+                MountKind::Sync => continue,
                 MountKind::Volume => MountSpec::Volume {
                     source: home.volumes_dir().join(need_source()?),
                     target: m.target.clone(),

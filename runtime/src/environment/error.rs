@@ -3,6 +3,7 @@
 use crate::container::ContainerError;
 use crate::image::ImageError;
 use crate::state::StateError;
+use crate::vm::VmError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
@@ -16,8 +17,8 @@ pub enum EnvError {
     Busy { name: String },
     #[error("on_up step `{command}` exited with code {code}; the environment is running: fix the step and run `berth up` again, or look inside with `berth shell`")]
     OnUpFailed { command: String, code: i32 },
-    #[error("`backend = \"vm\"` needs the VM backend, which this build of berth does not include yet; use `backend = \"container\"`")]
-    VmUnavailable,
+    #[error("snapshots of VM environments ({name}) are not supported yet; copy files out with `berth exec`, or use `backend = \"container\"` for snapshots")]
+    SnapshotUnsupportedForVm { name: String },
     #[error("invalid --name {name:?}: {why}")]
     BadRunName { name: String, why: String },
     #[error("an environment named {name} already exists; choose another --name or remove it with `berth --environment {name} destroy`")]
@@ -32,10 +33,14 @@ pub enum EnvError {
         snapshot_image: String,
         current_image: String,
     },
+    #[error("live sync could not start: {message}")]
+    SyncFailed { message: String },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
 }

@@ -4,19 +4,42 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 use super::lifecycle::Environments;
-use super::record::EnvRecord;
-use crate::state::{FileLock, LockMode};
+use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
+use crate::state::{read_json, FileLock, LockMode};
+
+/// The one field of `env.json` garbage collection looks at first.
+#[derive(Deserialize)]
+struct EphemeralField {
+    #[serde(default)]
+    ephemeral: Option<Ephemeral>,
+}
 
 impl Environments {
     /// Destroys every ephemeral environment whose owner process no longer exists. Returns
     /// the ids removed. Environments locked by a live command are left alone.
     pub fn collect_garbage(&self) -> Vec<String> {
         let mut removed = Vec::new();
-        let Ok(records) = self.records() else {
+        let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
             return removed;
         };
-        for r in records {
+        // Every command runs this, over every environment: read only the `ephemeral` field
+        // of each record (most are not), and the whole record only of orphans.
+        let mut orphans: Vec<EnvRecord> = rd
+            .flatten()
+            .filter(|e| {
+                read_json::<EphemeralField>(&e.path().join(RECORD_FILE))
+                    .ok()
+                    .flatten()
+                    .and_then(|f| f.ephemeral)
+                    .is_some_and(|e| !e.owner.alive())
+            })
+            .filter_map(|e| EnvRecord::load(&e.path()).ok().flatten())
+            .collect();
+        orphans.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));
+        for r in orphans {
             let Some(e) = r.ephemeral else { continue };
             if e.owner.alive() {
                 continue;

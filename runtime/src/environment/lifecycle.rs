@@ -11,14 +11,21 @@ use serde::Serialize;
 
 use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
+use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
+use super::session::CommandSession;
+use super::vm::{self as vm_env, VmView};
 use crate::backend::{EnvStatus, StatusReport};
-use crate::container::control::{ExecRequest, ExecSession};
+use crate::container::control::ExecRequest;
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
 use crate::image::lockfile::lock_path_for;
-use crate::image::{ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions};
+use crate::image::{
+    ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
+};
 use crate::net::{NetRecord, Network, NetworkOptions};
 use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::vm::session::{run_terminal, VmCommand};
+use crate::vm::{VmBackend, VmError};
 
 /// How `up` should go.
 #[derive(Clone)]
@@ -110,6 +117,10 @@ pub struct EnvView {
     pub report: StatusReport,
     /// Address, gateway and forwarded ports while it runs.
     pub network: Option<NetRecord>,
+    /// VM facts (provider, vCPUs, memory, kernel, boot time) while a VM environment runs or
+    /// after its VMM died.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmView>,
 }
 
 /// All environments under one berth home.
@@ -117,6 +128,7 @@ pub struct Environments {
     home: BerthHome,
     images: ImageStore,
     backend: ContainerBackend,
+    vms: VmBackend,
 }
 
 /// An environment's folder and its held lock.
@@ -131,6 +143,7 @@ impl Environments {
             home: home.clone(),
             images: ImageStore::open(home),
             backend: ContainerBackend,
+            vms: VmBackend::new(home.clone()),
         }
     }
 
@@ -141,6 +154,39 @@ impl Environments {
     /// The id of the environment a plan describes.
     pub fn env_id(plan: &Plan) -> String {
         state::env_id(&plan.name, &plan.file)
+    }
+
+    /// The backend the record in `dir` says the environment runs on (a folder without a
+    /// record holds at most a container's leftovers).
+    fn kind_at(dir: &Path) -> BackendKind {
+        EnvRecord::load(dir)
+            .ok()
+            .flatten()
+            .map(|r| r.plan.backend)
+            .unwrap_or(BackendKind::Container)
+    }
+
+    /// State of the environment in `dir` on backend `kind`, with VM facts for a VM.
+    fn report_at(
+        &self,
+        dir: &Path,
+        kind: BackendKind,
+    ) -> Result<(StatusReport, Option<VmView>), EnvError> {
+        match kind {
+            BackendKind::Container => Ok((self.backend.status(dir)?, None)),
+            BackendKind::Vm => Ok(vm_env::report(&self.vms, dir)?),
+        }
+    }
+
+    /// Stops the environment in `dir` (also cleans up after a dead one).
+    fn stop_at(&self, dir: &Path, kind: BackendKind, timeout: Duration) -> Result<(), EnvError> {
+        // The sync process goes first: it reads the environment through its supervisor.
+        live_sync::stop(dir);
+        match kind {
+            BackendKind::Container => self.backend.stop(dir, timeout)?,
+            BackendKind::Vm => self.vms.stop(dir, timeout)?,
+        }
+        Ok(())
     }
 
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
@@ -168,7 +214,14 @@ impl Environments {
         let locked = self.lock(&env_id, &opts.progress)?;
         let dir = &locked.dir;
         let previous = EnvRecord::load(dir)?;
-        let status = self.backend.status(dir)?.status;
+        // A running environment is stopped by the backend it runs on, which is the plan's
+        // only if the backend did not change.
+        let previous_kind = previous
+            .as_ref()
+            .map(|p| p.plan.backend)
+            .unwrap_or(plan.backend);
+        let (current, _) = self.report_at(dir, previous_kind)?;
+        let status = current.status;
         let hash = plan.hash();
         if let Some(prev) = &previous {
             if status == EnvStatus::Running
@@ -183,15 +236,12 @@ impl Environments {
                     env_id,
                     name: plan.name.clone(),
                     action: UpAction::Unchanged,
-                    pid: self.backend.status(dir)?.pid,
+                    pid: current.pid,
                     elapsed: t0.elapsed(),
                     image_elapsed: Duration::ZERO,
                     notices: Vec::new(),
                 });
             }
-        }
-        if plan.backend == BackendKind::Vm {
-            return Err(EnvError::VmUnavailable);
         }
         let mut notices = Vec::new();
 
@@ -236,12 +286,15 @@ impl Environments {
             (Some(_), _) => UpAction::Started,
         };
         if status != EnvStatus::Stopped {
-            self.backend.stop(dir, opts.stop_timeout)?;
+            self.stop_at(dir, previous_kind, opts.stop_timeout)?;
         }
 
-        // A writable layer made on another base would not make sense on this one: keep it
-        // aside (one generation) instead of deleting the user's changes.
+        // A writable layer (or VM disk) made on another base would not make sense on this
+        // one: keep it aside (one generation) instead of deleting the user's changes.
         if let Some(prev_image) = previous.as_ref().and_then(|p| p.image.as_ref()) {
+            if prev_image.layer_dirs != layer_dirs {
+                notices.extend(set_disks_aside(dir)?);
+            }
             if prev_image.layer_dirs != layer_dirs && dir_has_entries(&dir.join("upper")) {
                 let aside = dir.join("upper.previous");
                 let _ = state::remove_tree(&aside);
@@ -281,6 +334,53 @@ impl Environments {
         };
         record.save(dir)?;
 
+        let pid = match plan.backend {
+            BackendKind::Container => {
+                Some(self.start_container(&record, dir, &image, layer_dirs, opts, &mut notices)?)
+            }
+            BackendKind::Vm => {
+                let (mut spec, vm_notices) = vm_env::spec_from_plan(plan, dir, layer_dirs)?;
+                notices.extend(vm_notices);
+                // The image's own variables (PATH, …) under the plan's, as for containers.
+                for kv in &image.config.env {
+                    if let Some((k, v)) = kv.split_once('=') {
+                        spec.env
+                            .entry(k.to_string())
+                            .or_insert_with(|| v.to_string());
+                    }
+                }
+                let st = self.vms.start(&spec)?;
+                st.process.map(|p| p.pid)
+            }
+        };
+        let record = EnvRecord {
+            converged: true,
+            ..record
+        };
+        record.save(dir)?;
+        Ok(UpReport {
+            network: self.network_record(&env_id),
+            env_id,
+            name: plan.name.clone(),
+            action,
+            pid,
+            elapsed: t0.elapsed(),
+            image_elapsed,
+            notices,
+        })
+    }
+
+    /// Starts the container of `plan` and runs its `on_up` steps; returns the supervisor pid.
+    fn start_container(
+        &self,
+        record: &EnvRecord,
+        dir: &Path,
+        image: &ResolvedImage,
+        layer_dirs: Vec<PathBuf>,
+        opts: &UpOptions,
+        notices: &mut Vec<String>,
+    ) -> Result<i32, EnvError> {
+        let (plan, env_id) = (&record.plan, record.env_id.as_str());
         let defaults = ImageDefaults {
             env: image.config.env.clone(),
             workdir: image.config.working_dir.clone(),
@@ -289,7 +389,7 @@ impl Environments {
         let (mut spec, spec_notices) = ContainerSpec::from_plan(
             plan,
             &self.home,
-            &env_id,
+            env_id,
             layer_dirs,
             defaults,
             opts.privileged,
@@ -303,6 +403,7 @@ impl Environments {
             notices.push(n);
         }
         let started = self.backend.start(&spec)?;
+        live_sync::start(&self.home, record)?;
 
         for command in &plan.on_up {
             let req = ExecRequest {
@@ -330,21 +431,7 @@ impl Environments {
                 });
             }
         }
-        let record = EnvRecord {
-            converged: true,
-            ..record
-        };
-        record.save(dir)?;
-        Ok(UpReport {
-            network: self.network_record(&env_id),
-            env_id,
-            name: plan.name.clone(),
-            action,
-            pid: Some(started.pid),
-            elapsed: t0.elapsed(),
-            image_elapsed,
-            notices,
-        })
+        Ok(started.pid)
     }
 
     /// The environment's network as recorded while it runs.
@@ -391,8 +478,9 @@ impl Environments {
     /// Stops the environment; its writable layer stays. Returns whether it was running.
     pub fn down(&self, env_id: &str, timeout: Duration) -> Result<bool, EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
-        let was = self.backend.status(&locked.dir)?.status;
-        self.backend.stop(&locked.dir, timeout)?;
+        let kind = Self::kind_at(&locked.dir);
+        let was = self.report_at(&locked.dir, kind)?.0.status;
+        self.stop_at(&locked.dir, kind, timeout)?;
         if let Some(mut r) = EnvRecord::load(&locked.dir)? {
             r.converged = false;
             r.save(&locked.dir)?;
@@ -404,7 +492,11 @@ impl Environments {
     /// `volumes`, also the named volumes its plan uses.
     pub fn destroy(&self, env_id: &str, volumes: bool, timeout: Duration) -> Result<(), EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
-        self.backend.stop(&locked.dir, timeout)?;
+        live_sync::stop(&locked.dir);
+        match Self::kind_at(&locked.dir) {
+            BackendKind::Container => self.backend.stop(&locked.dir, timeout)?,
+            BackendKind::Vm => self.vms.destroy(&locked.dir, timeout)?,
+        }
         if volumes {
             if let Some(r) = EnvRecord::load(&locked.dir)? {
                 for m in &r.plan.mounts {
@@ -429,7 +521,7 @@ impl Environments {
     /// State, usage and pending changes of an environment.
     pub fn status(&self, record: &EnvRecord, current: Option<&Plan>) -> Result<EnvView, EnvError> {
         let dir = self.home.env_dir(&record.env_id);
-        let report = self.backend.status(&dir)?;
+        let (report, vm) = self.report_at(&dir, record.plan.backend)?;
         let network = match report.status {
             EnvStatus::Running => self.network_record(&record.env_id),
             _ => None,
@@ -444,6 +536,7 @@ impl Environments {
                 .unwrap_or_default(),
             report,
             network,
+            vm,
         })
     }
 
@@ -453,9 +546,8 @@ impl Environments {
         let mut out = Vec::new();
         for r in self.records()? {
             let status = self
-                .backend
-                .status(&self.home.env_dir(&r.env_id))
-                .map(|s| s.status)
+                .report_at(&self.home.env_dir(&r.env_id), r.plan.backend)
+                .map(|(s, _)| s.status)
                 .unwrap_or(EnvStatus::Dead);
             out.push(EnvSummary {
                 env_id: r.env_id,
@@ -477,8 +569,16 @@ impl Environments {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        let r = self.backend.exec(&dir, req, stdio);
-        self.unless_stopped(record, &dir, r)
+        match record.plan.backend {
+            BackendKind::Container => {
+                let r = self.backend.exec(&dir, req, stdio);
+                self.unless_stopped(record, &dir, r)
+            }
+            BackendKind::Vm => {
+                let r = self.vm_command(&dir, req, stdio).and_then(VmCommand::wait);
+                self.unless_vm_stopped(record, &dir, r)
+            }
+        }
     }
 
     /// Starts a command without waiting for it, to forward signals or enforce a deadline.
@@ -487,10 +587,32 @@ impl Environments {
         record: &EnvRecord,
         req: &ExecRequest,
         stdio: [BorrowedFd<'_>; 3],
-    ) -> Result<ExecSession, EnvError> {
+    ) -> Result<CommandSession, EnvError> {
         let dir = self.running_dir(record)?;
-        let r = self.backend.exec_start(&dir, req, stdio);
-        self.unless_stopped(record, &dir, r)
+        match record.plan.backend {
+            BackendKind::Container => {
+                let r = self.backend.exec_start(&dir, req, stdio);
+                self.unless_stopped(record, &dir, r)
+                    .map(CommandSession::Container)
+            }
+            BackendKind::Vm => {
+                let r = self.vm_command(&dir, req, stdio);
+                self.unless_vm_stopped(record, &dir, r)
+                    .map(CommandSession::Vm)
+            }
+        }
+    }
+
+    /// Starts `req` in the VM in `dir` with the given stdio (never on a terminal).
+    fn vm_command(
+        &self,
+        dir: &Path,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<VmCommand, VmError> {
+        let mut exec = vm_env::exec_of(req);
+        exec.tty = false;
+        VmCommand::start(self.vms.connect(dir)?, exec, stdio)
     }
 
     /// Makes a throw-away environment permanent (`run --keep`): garbage collection no
@@ -507,8 +629,43 @@ impl Environments {
     /// An interactive command on the caller's terminal (or plain stdio when not a terminal).
     pub fn shell(&self, record: &EnvRecord, req: &ExecRequest) -> Result<i32, EnvError> {
         let dir = self.running_dir(record)?;
-        let r = self.backend.shell(&dir, req);
-        self.unless_stopped(record, &dir, r)
+        match record.plan.backend {
+            BackendKind::Container => {
+                let r = self.backend.shell(&dir, req);
+                self.unless_stopped(record, &dir, r)
+            }
+            BackendKind::Vm => {
+                let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+                let stdio = [i.as_fd(), o.as_fd(), e.as_fd()];
+                let r = if req.tty && std::io::IsTerminal::is_terminal(&i) {
+                    self.vms
+                        .connect(&dir)
+                        .and_then(|conn| run_terminal(conn, vm_env::exec_of(req), stdio))
+                } else {
+                    self.vm_command(&dir, req, stdio).and_then(VmCommand::wait)
+                };
+                self.unless_vm_stopped(record, &dir, r)
+            }
+        }
+    }
+
+    /// Like [`unless_stopped`](Self::unless_stopped) for a VM: a command that failed because
+    /// the VM is gone reports "not running".
+    fn unless_vm_stopped<T>(
+        &self,
+        record: &EnvRecord,
+        dir: &Path,
+        r: Result<T, VmError>,
+    ) -> Result<T, EnvError> {
+        r.map_err(|e| {
+            if matches!(e, VmError::NotRunning) || !self.vms.is_running(dir) {
+                EnvError::NotRunning {
+                    name: record.name.clone(),
+                }
+            } else {
+                e.into()
+            }
+        })
     }
 
     /// A command that failed because the environment stopped under it (a concurrent `down`
@@ -539,13 +696,37 @@ impl Environments {
     /// The environment's folder, when it is running.
     pub fn running_dir(&self, record: &EnvRecord) -> Result<PathBuf, EnvError> {
         let dir = self.home.env_dir(&record.env_id);
-        match self.backend.status(&dir)?.status {
+        match self.report_at(&dir, record.plan.backend)?.0.status {
             EnvStatus::Running => Ok(dir),
             _ => Err(EnvError::NotRunning {
                 name: record.name.clone(),
             }),
         }
     }
+}
+
+/// Renames the environment's VM disk (if any) to `*.previous`, replacing an older one; says
+/// so in the returned notice.
+fn set_disks_aside(dir: &Path) -> Result<Option<String>, EnvError> {
+    let mut moved = Vec::new();
+    for name in vm_env::DISK_FILES {
+        let disk = dir.join(name);
+        if !disk.exists() {
+            continue;
+        }
+        let aside = dir.join(format!("{name}.previous"));
+        fs::rename(&disk, &aside).map_err(|source| crate::state::StateError::Write {
+            path: aside.clone(),
+            source,
+        })?;
+        moved.push(aside.display().to_string());
+    }
+    Ok((!moved.is_empty()).then(|| {
+        format!(
+            "the base image changed, so the VM starts from a fresh disk; the previous one is kept as {}",
+            moved.join(", ")
+        )
+    }))
 }
 
 fn dir_has_entries(p: &Path) -> bool {

@@ -3,7 +3,8 @@
 //!
 //! This module orchestrates; it owns no mechanism. Images come from
 //! [`ImageStore`](crate::image::ImageStore), processes from the
-//! [`ContainerBackend`](crate::container::ContainerBackend). What it adds is the environment
+//! [`ContainerBackend`](crate::container::ContainerBackend) or the
+//! [`VmBackend`](crate::vm::VmBackend), chosen by the plan's `backend`. What it adds is the environment
 //! record (`envs/<id>/env.json`: the plan that was applied, its hash, the image and layers in
 //! use), the per-environment lock that serializes commands, the reconcile decision (what
 //! changed since the last `up`), and garbage collection of throw-away environments whose
@@ -14,12 +15,17 @@ mod ephemeral;
 mod error;
 mod gc;
 mod lifecycle;
+pub mod live_sync;
 mod record;
+mod session;
 mod snapshot;
+mod vm;
 
 pub use build_runner::ContainerStepRunner;
 pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
 pub use lifecycle::{EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport};
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
+pub use session::CommandSession;
 pub use snapshot::SnapshotInfo;
+pub use vm::VmView;

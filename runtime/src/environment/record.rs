@@ -7,7 +7,7 @@ use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
 use crate::container::state::ProcessRef;
-use crate::state::{read_json, write_json, StateError};
+use crate::state::{read_json, write_json_if_changed, StateError};
 
 /// File name of the record inside the environment's folder.
 pub const RECORD_FILE: &str = "env.json";
@@ -61,6 +61,6 @@ impl EnvRecord {
     }
 
     pub fn save(&self, env_dir: &Path) -> Result<(), StateError> {
-        write_json(&env_dir.join(RECORD_FILE), self)
+        write_json_if_changed(&env_dir.join(RECORD_FILE), self)
     }
 }

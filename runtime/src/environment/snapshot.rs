@@ -41,6 +41,16 @@ fn snapshots_dir(env_dir: &Path) -> PathBuf {
     env_dir.join("snapshots")
 }
 
+/// Snapshots capture a container's writable layer; a VM's disk is not covered yet.
+fn refuse_vm(record: &EnvRecord) -> Result<(), EnvError> {
+    if record.plan.backend == envfile_spec::plan::BackendKind::Vm {
+        return Err(EnvError::SnapshotUnsupportedForVm {
+            name: record.name.clone(),
+        });
+    }
+    Ok(())
+}
+
 fn check_snapshot_name(name: &str) -> Result<(), EnvError> {
     let ok = !name.is_empty()
         && name.len() <= 128
@@ -71,6 +81,7 @@ impl Environments {
     /// that name only when the new one is complete).
     pub fn snapshot_save(&self, record: &EnvRecord, name: &str) -> Result<SnapshotInfo, EnvError> {
         check_snapshot_name(name)?;
+        refuse_vm(record)?;
         let quiet: Progress = Arc::new(QuietProgress);
         let locked = self.lock(&record.env_id, &quiet)?;
         let dir = &locked.dir;
@@ -137,6 +148,7 @@ impl Environments {
         progress: Progress,
     ) -> Result<bool, EnvError> {
         check_snapshot_name(name)?;
+        refuse_vm(record)?;
         let was_running;
         {
             let locked = self.lock(&record.env_id, &progress)?;
@@ -159,6 +171,7 @@ impl Environments {
             }
             let backend = ContainerBackend;
             was_running = backend.status(dir)?.status != EnvStatus::Stopped;
+            super::live_sync::stop(dir);
             backend.stop(dir, Duration::from_secs(10))?;
             let staging = dir.join("upper.restore");
             let _ = state::remove_tree(&staging);

@@ -40,16 +40,7 @@ pub mod xattrs;
 pub use digest::Digest;
 pub use error::ImageError;
 
-pub(crate) fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}{n:x}")
-}
+pub(crate) use crate::state::unique_suffix;
 
 pub use image_store::{ImageConfig, ImageRecord, LayerRecord};
 pub use manifest::Platform;

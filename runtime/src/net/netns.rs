@@ -50,7 +50,7 @@ pub struct SocketKind {
 }
 
 /// Sockets kept ready per kind, so a connection never waits for the helper thread.
-const SPARE: usize = 8;
+pub const SPARE: usize = 8;
 
 enum Request {
     /// Create one socket now and send it back.

@@ -56,8 +56,7 @@ pub struct VmSpec {
     pub on_up: Vec<String>,
     /// Size of the root disk; default twice the layers' size, at least 1 GiB.
     pub disk_size: Option<u64>,
-    /// The static berth-agent; default `BERTH_AGENT`, else `berth-agent` beside the running
-    /// executable.
+    /// The static berth-agent; default: see [`agent_binary::locate`](super::agent_binary::locate).
     pub agent: Option<PathBuf>,
     /// How long to wait for the agent after the VMM started.
     pub boot_timeout: Duration,
@@ -113,7 +112,8 @@ impl VmConnection {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -152,22 +152,6 @@ pub fn choose_provider(vmm: VmmKind, kind: KvmKind) -> Result<(Provider, Accel),
             KvmKind::Hardware => (Provider::Kvm, Accel::Kvm),
             _ => (Provider::Qemu, Accel::Tcg),
         }),
-    }
-}
-
-fn find_agent(spec: &VmSpec) -> Result<PathBuf, VmError> {
-    let candidate = spec
-        .agent
-        .clone()
-        .or_else(|| std::env::var_os("BERTH_AGENT").map(PathBuf::from))
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .and_then(|e| e.parent().map(|d| d.join("berth-agent")))
-        });
-    match candidate {
-        Some(p) if p.is_file() => Ok(p),
-        other => Err(VmError::NoAgent(other)),
     }
 }
 
@@ -232,7 +216,7 @@ impl VmBackend {
         state::create_dir_all(&spec.state_dir)?;
         let logs = spec.state_dir.join("logs");
         state::create_dir_all(&logs)?;
-        let agent = find_agent(spec)?;
+        let agent = super::agent_binary::locate(spec.agent.as_deref())?;
         let kernels = KernelStore::new(self.home.clone());
         let kernel = kernels.ensure(&spec.kernel, spec.modules.as_deref(), &self.mirror)?;
         let initramfs = kernels.initramfs(&kernel, &agent)?;
@@ -470,9 +454,10 @@ impl VmBackend {
         Ok(())
     }
 
-    /// Stops the VM and deletes the environment's disk (the cached base image stays).
-    pub fn destroy(&self, state_dir: &Path) -> Result<(), VmError> {
-        self.stop(state_dir, Duration::from_secs(10))?;
+    /// Stops the VM (see [`stop`](Self::stop) for `grace`) and deletes the environment's disk
+    /// (the cached base image stays).
+    pub fn destroy(&self, state_dir: &Path, grace: Duration) -> Result<(), VmError> {
+        self.stop(state_dir, grace)?;
         for f in ["disk.qcow2", "disk.img", "vmm.json"] {
             let p = state_dir.join(f);
             match std::fs::remove_file(&p) {

@@ -2,11 +2,14 @@
 //! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (`vmm`) and qemu (`qemu`).
 //! [`VmBackend`] is the entry point for the CLI.
 
+pub mod agent_binary;
 pub mod backend;
+pub mod guest_logs;
 pub mod kernel;
 pub mod process;
 pub mod qemu;
 pub mod rootdisk;
+pub mod session;
 pub mod vmm;
 pub mod vmm_process;
 
@@ -42,8 +45,10 @@ pub enum VmError {
         "vmm = \"kvm\" needs /dev/kvm, which this host lacks; use vmm = \"qemu\" (or \"auto\")"
     )]
     NoKvm,
-    #[error("the static berth-agent was not found{}; build it with `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p berth-agent --target x86_64-unknown-linux-gnu` and set BERTH_AGENT to its path", .0.as_ref().map(|p| format!(" (looked at {})", p.display())).unwrap_or_default())]
-    NoAgent(Option<PathBuf>),
+    #[error("the static berth-agent was not found (looked at: {}); run `scripts/build-agent` in berth's source tree (it installs the agent beside the berth binary), or set BERTH_AGENT to a berth-agent built with `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p berth-agent --release --target x86_64-unknown-linux-gnu`", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoAgent(Vec<PathBuf>),
+    #[error("{0} is dynamically linked, but the agent must run inside any guest image: build it with `scripts/build-agent` (static, `-C target-feature=+crt-static`)")]
+    DynamicAgent(PathBuf),
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error(transparent)]

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `berth run` benchmarks (issue 7), against peer tools measured in the same run:
+#  1. `berth run -- true` end to end from a cached image (fresh writable layer, start, run,
+#     tear down) vs `crun run` of /bin/true on the same rootfs (and bwrap, for reference);
+#  2. SEQ (default 100) sequential `berth run -- true`: berth's peak RSS, mount count, berth
+#     cgroup dirs, environment dirs and disk use of BERTH_HOME must not grow (first/last).
+# Targets are reported, not asserted: the script fails only when something does not work.
+# Needs root, crun, bwrap (bubblewrap), busybox-static, jq, python3, GNU time.
+# Commands are timed interleaved (bench/interleave.py), so load from other work on the machine
+# hits berth and its peers alike.
+# Usage: bench/run.sh        RUNS=30 (rounds), SEQ=100 (sequential runs)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+RUNS=${RUNS:-30}
+SEQ=${SEQ:-100}
+need /usr/bin/time
+bench_setup
+
+P=$W/proj
+project "$P" bench-run
+B_TRUE=$(crun_bundle true '["/bin/true"]')
+# The first run imports the rootfs as a layer (not measured).
+"$BERTH" -C "$P" -q run -- true
+
+crun_ns_start
+# Back to back and each alone, as in container.sh (see bench/README.md).
+for mode in b2b alone; do
+  if [ $mode = b2b ]; then pause=0; else pause=0.1; fi
+  echo "== berth run -- true vs crun run, bwrap ($mode, $RUNS interleaved rounds)" >&2
+  PAUSE=$pause interleave "$W/run-$mode.json" \
+    "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
+    "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
+    "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")"
+done
+
+echo "== $SEQ sequential berth run -- true" >&2
+sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
+  echo "$1 $(wc -l < /proc/self/mountinfo) $(count_mounts) $(cg_dirs | wc -l) $(find "$BERTH_HOME/envs" -mindepth 1 -maxdepth 1 | wc -l) $(du -sk "$BERTH_HOME" | cut -f1)"
+}
+: > "$W/seq.txt"
+for i in $(seq "$SEQ"); do
+  /usr/bin/time -f %M -o "$W/rss" "$BERTH" -C "$P" -q run -- true
+  sample "$(cat "$W/rss")" >> "$W/seq.txt"
+done
+
+python3 - "$W" "$RUNS" "$SEQ" <<'PY' > "$W/table.txt"
+import json, sys
+w, runs, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
+med = {}
+for mode in ("b2b", "alone"):
+    for r in json.load(open(f"{w}/run-{mode}.json"))["results"]:
+        med.setdefault(r["command"], {})[mode] = (r["median"] * 1000, r["stddev"] * 1000)
+print(f"berth run end to end: {runs} interleaved rounds; median (and stddev), ms")
+print("  back to back: one command right after the other; alone: 0.1 s of quiet before each")
+print(f"  {'command':40} {'back to back':>16} {'alone':>16}")
+for k, m in med.items():
+    print(f"  {k:40} {'%8.2f (%5.2f)' % m['b2b']:>16} {'%8.2f (%5.2f)' % m['alone']:>16}")
+r = [med["berth run -- true"][x][0] / med["crun run"][x][0] for x in ("b2b", "alone")]
+verdict = "/".join("met" if x <= 1.3 else "MISSED" for x in r)
+print(f"  ratio berth run / crun run: {r[0]:.2f}x back to back, {r[1]:.2f}x alone  target <= 1.3x ({verdict})")
+rb = [med["berth run -- true"][x][0] / med["bwrap"][x][0] for x in ("b2b", "alone")]
+print(f"  ratio berth run / bwrap:    {rb[0]:.2f}x back to back, {rb[1]:.2f}x alone  (for reference)")
+rows = [list(map(int, l.split())) for l in open(f"{w}/seq.txt")]
+print()
+print(f"{seq} sequential `berth run -- true`: first / last / max (grows = last > first)")
+names = ["peak RSS of berth (KiB)", "host mountinfo lines (all)*", "mounts under the bench dir", "berth cgroup dirs",
+         "environment dirs", "disk use of BERTH_HOME (KiB)"]
+grew = False
+for i, n in enumerate(names):
+    col = [r[i] for r in rows]
+    g = col[-1] > col[0]
+    # Peak RSS varies by a few pages from run to run; count real growth only.
+    if i == 0:
+        g = col[-1] > col[0] * 1.1
+    if i == 1:
+        g = False  # other activity on the machine moves this one; shown for information
+    grew |= g
+    print(f"  {n:32} {col[0]:>8} {col[-1]:>8} {max(col):>8}  {'GREW' if g else 'no growth'}")
+print(f"  target: no growth ({'met' if not grew else 'MISSED'})")
+print("  * includes mounts made by anything else on the machine; not part of the verdict")
+PY
+echo
+echo "berth run benchmark"
+host_report
+echo
+cat "$W/table.txt"

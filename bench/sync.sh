@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Live-sync benchmark: single-edit latency (p50/p95 over 1,000 edits) host → env, against a bind
+# mount (floor); time to converge after a 10,000-file initial copy and a 10,000-file change,
+# against `rsync -a --delete` of the same tree and change in the same run. Prints ratios.
+# Usage: bench/sync.sh [EDITS] [PARENT_DIR]   (PARENT_DIR: /var/tmp, a disk; /dev/shm for tmpfs)
+# Run as root for the bind-mount floor (a private mount namespace of the benchmark process).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v rsync >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -qq rsync >/dev/null; else echo "rsync is missing: apt-get install rsync" >&2; exit 1; fi
+fi
+cargo build -q --release -p berth-runtime --example sync_bench
+dir="${2:-/var/tmp}/berth-sync-bench-$$"
+echo "sync benchmark in $dir ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
+exec target/release/examples/sync_bench "$dir" "${1:-1000}"

@@ -1,0 +1,98 @@
+//! `berth sync`: the state of each `type = "sync"` mount of the environment; with `--flush`,
+//! waits until both sides of every sync mount are identical.
+
+use std::time::Duration;
+
+use berth_runtime::environment::EnvRecord;
+use berth_runtime::state::BerthHome;
+use berth_runtime::sync::{self, SyncError};
+use envfile_spec::plan::{MountKind, MountPlan};
+
+use crate::args::{GlobalArgs, SyncArgs};
+use crate::environment::Current;
+use crate::exit::{from_error, CliError, EXIT_ERROR, EXIT_NOT_RUNNING};
+
+/// How long `--flush` waits for one mount.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn sync_error(e: SyncError) -> CliError {
+    let code = match e {
+        SyncError::NotRunning { .. } => EXIT_NOT_RUNNING,
+        _ => EXIT_ERROR,
+    };
+    from_error(code, &e)
+}
+
+pub fn run(g: &GlobalArgs, args: &SyncArgs) -> Result<i32, CliError> {
+    let cur = Current::load(g)?;
+    let record = cur.require()?;
+    let mounts: Vec<_> = record
+        .plan
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.kind == MountKind::Sync)
+        .map(|(i, m)| (sync::state_dir(cur.envs.home(), &record.env_id, i), m))
+        .collect();
+    if args.flush {
+        for (dir, _) in &mounts {
+            sync::request_flush(dir, FLUSH_TIMEOUT).map_err(sync_error)?;
+        }
+    }
+    let mut rows = Vec::new();
+    for (dir, m) in &mounts {
+        let status = sync::read_status(dir).map_err(|e| from_error(EXIT_ERROR, &e))?;
+        rows.push((m, status));
+    }
+    if args.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(m, s)| {
+                serde_json::json!({
+                    "source": m.source,
+                    "target": m.target,
+                    "status": s,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(0);
+    }
+    if rows.is_empty() {
+        println!("{}: no sync mounts", record.plan.name);
+    }
+    for (m, s) in rows {
+        println!("{}", describe(m, s.as_ref()));
+    }
+    Ok(0)
+}
+
+/// One line per sync mount: `SOURCE ⇄ TARGET: STATE`.
+fn describe(m: &MountPlan, s: Option<&sync::SyncStatus>) -> String {
+    let state = match s {
+        Some(s) => s.to_string(),
+        None => "not started".to_string(),
+    };
+    format!(
+        "{} ⇄ {}: {state}",
+        m.source.as_deref().unwrap_or("-"),
+        m.target
+    )
+}
+
+/// The sync lines `berth status` shows for an environment.
+pub fn status_lines(home: &BerthHome, record: &EnvRecord) -> Vec<String> {
+    record
+        .plan
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.kind == MountKind::Sync)
+        .map(|(i, m)| {
+            let status = sync::read_status(&sync::state_dir(home, &record.env_id, i))
+                .ok()
+                .flatten();
+            describe(m, status.as_ref())
+        })
+        .collect()
+}

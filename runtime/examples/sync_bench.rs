@@ -1,0 +1,202 @@
+//! Benchmark of the sync engine, run by `bench/sync.sh`:
+//! - latency of single edits: write on the host side, poll until the env side shows it
+//!   (p50/p95/max over N edits), against a bind mount of the same folder (the floor);
+//! - a 10,000-file initial copy and a 10,000-file change: time until both sides are identical,
+//!   against `rsync -a --delete` of the same tree and change (and a bind mount: 0 after the write).
+//!
+//! Usage: `sync_bench [WORKDIR] [EDITS]` (default: a temporary folder under /var/tmp, 1000).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_runtime::sync::{LocalTransport, SyncConfig, SyncEngine, SyncState, Transport};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let work = match args.get(1) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::temp_dir().join(format!("berth-sync-bench-{}", std::process::id())),
+    };
+    let edits: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).unwrap();
+    let guard = Cleanup(work.clone());
+    let (host, env, state, rsync_dst) = (
+        work.join("host"),
+        work.join("env"),
+        work.join("state"),
+        work.join("rsync"),
+    );
+    for d in [&host, &env, &rsync_dst] {
+        fs::create_dir_all(d).unwrap();
+    }
+    let bind = bind_mount(&host, &work.join("bind"));
+
+    // Engine.
+    let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", &host).unwrap());
+    let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", &env).unwrap());
+    let engine = Arc::new(SyncEngine::new(SyncConfig::new("bench", &state), h, e));
+    let stop = Arc::new(AtomicBool::new(false));
+    let runner = {
+        let (engine, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || engine.run(&stop))
+    };
+    while engine.status().state != SyncState::Watching {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // 1. Single-edit latency.
+    fs::create_dir_all(host.join("src")).unwrap();
+    let mut lat = Vec::with_capacity(edits);
+    let mut floor = Vec::with_capacity(edits);
+    for i in 0..edits {
+        let name = format!("src/file{}.rs", i % 10);
+        let content = format!("// edit {i}\nfn main() {{}}\n");
+        let t = Instant::now();
+        fs::write(host.join(&name), &content).unwrap();
+        wait_content(&env.join(&name), &content, &mut lat, t);
+        if let Some(b) = &bind {
+            let content = format!("// floor {i}\n");
+            let t = Instant::now();
+            fs::write(host.join("floor.txt"), &content).unwrap();
+            wait_content(&b.join("floor.txt"), &content, &mut floor, t);
+        }
+    }
+    report("single edit, host → env", &mut lat);
+    if bind.is_some() {
+        report("single edit, bind mount (floor)", &mut floor);
+    } else {
+        println!("bind mount floor: skipped (needs root for a private mount namespace)");
+    }
+
+    // 2. 10,000-file tree: initial copy.
+    let t = Instant::now();
+    write_tree(&host.join("tree"), "v1");
+    let write_ms = ms(t.elapsed());
+    let t = Instant::now();
+    engine.flush(Duration::from_secs(600)).unwrap();
+    let berth_initial = ms(t.elapsed());
+    let rsync_initial = rsync(&host, &rsync_dst);
+    println!(
+        "10,000-file initial copy (writing it took {write_ms:.0} ms): after the write berth {berth_initial:.0} ms, rsync -a {rsync_initial:.0} ms, bind mount 0 ms; berth/rsync = {:.2}",
+        berth_initial / rsync_initial
+    );
+
+    // 3. 10,000-file change (every file rewritten).
+    let t = Instant::now();
+    write_tree(&host.join("tree"), "v2");
+    let write_ms = ms(t.elapsed());
+    let t = Instant::now();
+    engine.flush(Duration::from_secs(600)).unwrap();
+    let berth_change = ms(t.elapsed());
+    let rsync_change = rsync(&host, &rsync_dst);
+    println!(
+        "10,000-file change (writing it took {write_ms:.0} ms): after the write berth {berth_change:.0} ms, rsync -a {rsync_change:.0} ms, bind mount 0 ms; berth/rsync = {:.2}",
+        berth_change / rsync_change
+    );
+    // Including the write: berth syncs while the change is being written.
+    println!(
+        "10,000-file change incl. writing: berth {:.0} ms, rsync (write then rsync) {:.0} ms; ratio {:.2}",
+        write_ms + berth_change,
+        write_ms + rsync_change,
+        (write_ms + berth_change) / (write_ms + rsync_change)
+    );
+    let st = engine.status();
+    assert_eq!(st.last_error, None, "engine reported an error");
+
+    stop.store(true, Ordering::Relaxed);
+    runner.join().unwrap().unwrap();
+    if let Some(b) = &bind {
+        let _ = nix::mount::umount2(b, nix::mount::MntFlags::MNT_DETACH);
+    }
+    drop(guard);
+}
+
+struct Cleanup(PathBuf);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn wait_content(p: &Path, content: &str, out: &mut Vec<f64>, t: Instant) {
+    loop {
+        if fs::read_to_string(p).is_ok_and(|c| c == content) {
+            out.push(ms(t.elapsed()));
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "edit never arrived at {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn report(what: &str, v: &mut [f64]) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{what}: n={} p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms",
+        v.len(),
+        pct(0.5),
+        pct(0.95),
+        v[v.len() - 1]
+    );
+}
+
+fn write_tree(root: &Path, version: &str) {
+    for i in 0..100 {
+        let d = root.join(format!("d{i:02}"));
+        fs::create_dir_all(&d).unwrap();
+        for j in 0..100 {
+            fs::write(
+                d.join(format!("f{j:02}.txt")),
+                format!("{version} {i} {j}\n{}", "x".repeat(200)),
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn rsync(src: &Path, dst: &Path) -> f64 {
+    let t = Instant::now();
+    let st = Command::new("rsync")
+        .arg("-a")
+        .arg("--delete")
+        .arg(format!("{}/", src.display()))
+        .arg(format!("{}/", dst.display()))
+        .status()
+        .expect("rsync is installed");
+    assert!(st.success());
+    ms(t.elapsed())
+}
+
+/// Bind-mounts `src` at `dst` in a private mount namespace of this process (root only).
+fn bind_mount(src: &Path, dst: &Path) -> Option<PathBuf> {
+    use nix::mount::{mount, MsFlags};
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).ok()?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .ok()?;
+    fs::create_dir_all(dst).ok()?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).ok()?;
+    Some(dst.to_path_buf())
+}

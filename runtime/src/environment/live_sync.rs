@@ -1,0 +1,245 @@
+//! The process that keeps an environment's `type = "sync"` mounts in sync: `berth __sync
+//! <env-dir>`, one per running container environment that has sync mounts, started by `up`
+//! after the container and stopped by `down` before it.
+//!
+//! It runs on the host, as the invoking user, so the host side of each mount is written with
+//! the user's own rights; the environment side is reached through the supervisor's root
+//! (`/proc/<pid>/root`), resolved with `openat2(RESOLVE_IN_ROOT)` so that no symlink in the
+//! image can point the sync at a host folder. Files it creates inside belong to the
+//! environment's root (its mapped host ids). It exits by itself when the environment's
+//! supervisor is gone, and records itself in `sync.json` (pid + start time) so any later
+//! command can stop a stale one.
+
+use std::fs::{self, File};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envfile_spec::plan::MountKind;
+use serde::{Deserialize, Serialize};
+
+use super::error::EnvError;
+use super::record::EnvRecord;
+use crate::container::rootfs::ensure_in_root;
+use crate::container::state::{ContainerState, ProcessRef};
+use crate::state::{read_json, write_json, BerthHome, StateError};
+use crate::sync::{self, LocalTransport, SyncConfig, SyncEngine, Transport};
+
+/// Hidden subcommand that runs [`main`].
+pub const SYNC_ARG: &str = "__sync";
+const RECORD: &str = "sync.json";
+/// How long `up` waits for the first full pass of every sync mount.
+const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct SyncProcessRecord {
+    process: ProcessRef,
+}
+
+/// Indexes (positions in the plan's mounts) of the sync mounts.
+fn sync_mounts(record: &EnvRecord) -> Vec<usize> {
+    record
+        .plan
+        .mounts
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.kind == MountKind::Sync)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Starts the sync process of a freshly started environment and waits until every sync
+/// mount finished its first pass (so `up && exec make` sees the sources). No-op without
+/// sync mounts.
+pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
+    let mounts = sync_mounts(record);
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let dir = home.env_dir(&record.env_id);
+    stop(&dir);
+    let log = dir.join("logs").join("sync.log");
+    let _ = fs::create_dir_all(dir.join("logs"));
+    let out = File::create(&log).map_err(|source| StateError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let err = out.try_clone().map_err(|source| StateError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(|source| StateError::Read {
+        path: "/proc/self/exe".into(),
+        source,
+    })?;
+    let mut cmd = Command::new(exe);
+    cmd.arg(SYNC_ARG)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    // SAFETY: setsid in the child before exec is async-signal-safe; it detaches the sync
+    // process from the caller's terminal session so it outlives `berth up`.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|source| StateError::Write {
+        path: log.clone(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    if let Some(process) = ProcessRef::of(pid) {
+        write_json(&dir.join(RECORD), &SyncProcessRecord { process })?;
+    }
+    // Reap it if it dies while we wait; once we return, init adopts it.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    for i in mounts {
+        let state = sync::state_dir(home, &record.env_id, i);
+        let t0 = Instant::now();
+        // The engine announces itself in its status file; until then a flush finds nobody.
+        loop {
+            match sync::request_flush(&state, INITIAL_SYNC_TIMEOUT) {
+                Ok(()) => break,
+                Err(sync::SyncError::NotRunning { .. })
+                    if t0.elapsed() < Duration::from_secs(30) =>
+                {
+                    if !ProcessRef::of(pid).is_some_and(|p| p.alive()) {
+                        return Err(EnvError::SyncFailed {
+                            message: format!(
+                                "the sync process exited at start; see {}",
+                                log.display()
+                            ),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    return Err(EnvError::SyncFailed {
+                        message: format!("{e} (log: {})", log.display()),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops the environment's sync process, if one runs (SIGTERM, then SIGKILL after 5 s).
+pub fn stop(env_dir: &Path) {
+    let path = env_dir.join(RECORD);
+    if let Ok(Some(r)) = read_json::<SyncProcessRecord>(&path) {
+        let p = r.process;
+        if p.alive() {
+            // SAFETY: kill(2) on a pid whose identity (start time) was just checked.
+            unsafe { libc::kill(p.pid, libc::SIGTERM) };
+            let t0 = Instant::now();
+            while p.alive() && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if p.alive() {
+                // SAFETY: as above.
+                unsafe { libc::kill(p.pid, libc::SIGKILL) };
+            }
+        }
+    }
+    let _ = fs::remove_file(path);
+}
+
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMINATE.store(true, Ordering::SeqCst);
+}
+
+/// Entry point of `berth __sync <env-dir>`: runs one engine per sync mount until SIGTERM or
+/// until the environment's supervisor is gone. Returns the exit code.
+pub fn main(env_dir: &Path) -> i32 {
+    match serve(env_dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("berth sync: {e}");
+            1
+        }
+    }
+}
+
+fn serve(env_dir: &Path) -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+    let record = EnvRecord::load(env_dir)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no environment record in {}", env_dir.display()))?;
+    let state = ContainerState::load(env_dir).map_err(|e| e.to_string())?;
+    let supervisor = state
+        .supervisor
+        .filter(|s| s.alive())
+        .ok_or("the environment is not running")?;
+    let env_owner = state
+        .mapping
+        .as_ref()
+        .and_then(|m| m.host_uid(0).zip(m.host_gid(0)));
+    let home_dir = env_dir
+        .parent()
+        .and_then(Path::parent)
+        .ok_or("cannot tell berth's home from the environment folder")?;
+    let home = BerthHome::at(home_dir).map_err(|e| e.to_string())?;
+    let proc_root = File::open(format!("/proc/{}/root", supervisor.pid))
+        .map_err(|e| format!("cannot open the environment's root: {e}"))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    // Keeps the environment-side folders open for the engines' lifetime.
+    let mut env_dirs = Vec::new();
+    for i in sync_mounts(&record) {
+        let m = &record.plan.mounts[i];
+        let source = m.source.clone().ok_or("a sync mount has no source")?;
+        let host_meta = fs::metadata(&source).map_err(|e| format!("{source}: {e}"))?;
+        let target = ensure_in_root(proc_root.as_fd(), &m.target, true, env_owner)
+            .map_err(|e| format!("cannot create {} inside: {e}", m.target))?;
+        let env_path = format!("/proc/self/fd/{}", target.as_raw_fd());
+        let host = LocalTransport::open("host", &source)
+            .map_err(|e| e.to_string())?
+            .with_owner(host_meta.uid(), host_meta.gid());
+        let mut env = LocalTransport::open("env", &env_path).map_err(|e| e.to_string())?;
+        if let Some((uid, gid)) = env_owner {
+            env = env.with_owner(uid, gid);
+        }
+        env_dirs.push(target);
+        let config = SyncConfig::for_mount(m, sync::state_dir(&home, &record.env_id, i));
+        let engine = SyncEngine::new(config, Arc::new(host) as Arc<dyn Transport>, Arc::new(env));
+        let stop = stop.clone();
+        let target_name = m.target.clone();
+        workers.push(std::thread::spawn(move || {
+            if let Err(e) = engine.run(&stop) {
+                eprintln!("berth sync: {target_name}: {e}");
+            }
+        }));
+    }
+    while !TERMINATE.load(Ordering::SeqCst) && supervisor.alive() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        let _ = w.join();
+    }
+    drop(env_dirs);
+    Ok(())
+}

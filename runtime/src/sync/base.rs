@@ -1,0 +1,311 @@
+//! The last synchronized state ("base") of every path, persisted so that a restarted engine
+//! can tell which side changed what while it was not running — the third leg of the
+//! three-way merge in [`super::reconcile`].
+//!
+//! On disk, in the sync's state folder: `base.json` (a snapshot, written with
+//! [`crate::state::atomic_write`]) plus `base.journal`, one JSON line per change appended
+//! right after the change was made on disk. A `kill -9` therefore loses at most the line being
+//! written (an unparsable last line is skipped); replaying the journal over the snapshot is
+//! idempotent, so a crash between writing a new snapshot and truncating the journal is harmless.
+//! The journal is folded into the snapshot when it grows long and when the engine stops.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::tree::{Entry, EntryKind};
+use crate::state::{self, StateError};
+
+/// Which side of a sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Host,
+    Env,
+}
+
+impl Side {
+    pub fn other(self) -> Side {
+        match self {
+            Side::Host => Side::Env,
+            Side::Env => Side::Host,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Host => "host",
+            Side::Env => "env",
+        }
+    }
+}
+
+/// One path as it was when both sides last agreed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseEntry {
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Hex sha256 of the content (files), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// Each side's mtime at that moment (they can differ by filesystem precision).
+    pub host_mtime_ns: i64,
+    pub env_mtime_ns: i64,
+}
+
+impl BaseEntry {
+    /// The base recorded when `host` and `env` agree; `hash` is the content's hash if known.
+    pub fn agreed(host: &Entry, env: &Entry, hash: Option<String>) -> BaseEntry {
+        BaseEntry {
+            kind: host.kind,
+            mode: host.mode,
+            size: host.size,
+            target: host.target.clone(),
+            hash: if host.kind == EntryKind::File {
+                hash
+            } else {
+                None
+            },
+            host_mtime_ns: host.mtime_ns,
+            env_mtime_ns: env.mtime_ns,
+        }
+    }
+    pub fn mtime(&self, side: Side) -> i64 {
+        match side {
+            Side::Host => self.host_mtime_ns,
+            Side::Env => self.env_mtime_ns,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    entries: BTreeMap<String, BaseEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalLine {
+    p: String,
+    e: Option<BaseEntry>,
+}
+
+/// Journal lines after which the journal is folded into the snapshot.
+const COMPACT_AFTER: usize = 20_000;
+
+/// The persisted base state.
+pub struct BaseStore {
+    snapshot: PathBuf,
+    journal_path: PathBuf,
+    entries: BTreeMap<String, BaseEntry>,
+    journal: File,
+    journal_lines: usize,
+}
+
+impl BaseStore {
+    /// Loads the base from `dir` (empty when there is none yet) and compacts it.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        state::create_dir_all(dir)?;
+        let snapshot = dir.join("base.json");
+        let journal_path = dir.join("base.journal");
+        let mut entries = state::read_json::<Snapshot>(&snapshot)?
+            .map(|s| s.entries)
+            .unwrap_or_default();
+        match File::open(&journal_path) {
+            Ok(f) => {
+                for line in BufReader::new(f).lines() {
+                    let Ok(line) = line else { break };
+                    // A torn last line (killed mid-write) does not parse: stop there.
+                    let Ok(j) = serde_json::from_str::<JournalLine>(&line) else {
+                        break;
+                    };
+                    match j.e {
+                        Some(e) => entries.insert(j.p, e),
+                        None => entries.remove(&j.p),
+                    };
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: journal_path,
+                    source,
+                })
+            }
+        }
+        let journal = open_journal(&journal_path)?;
+        let mut store = BaseStore {
+            snapshot,
+            journal_path,
+            entries,
+            journal,
+            journal_lines: 0,
+        };
+        store.compact()?;
+        Ok(store)
+    }
+
+    pub fn get(&self, rel: &str) -> Option<&BaseEntry> {
+        self.entries.get(rel)
+    }
+
+    pub fn entries(&self) -> &BTreeMap<String, BaseEntry> {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Paths strictly below folder `dir` (`""` = everything).
+    pub fn paths_under(&self, dir: &str) -> Vec<String> {
+        if dir.is_empty() {
+            return self.entries.keys().cloned().collect();
+        }
+        let lo = format!("{dir}/");
+        let hi = format!("{dir}0"); // '0' is the byte after '/'
+        self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Records the new base of `rel` (`None`: the path is gone on both sides) and appends it
+    /// to the journal.
+    pub fn set(&mut self, rel: &str, entry: Option<BaseEntry>) -> Result<(), StateError> {
+        if self.entries.get(rel) == entry.as_ref() {
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(&JournalLine {
+            p: rel.to_string(),
+            e: entry.clone(),
+        })
+        .map_err(|e| StateError::Write {
+            path: self.journal_path.clone(),
+            source: io::Error::other(e),
+        })?;
+        line.push(b'\n');
+        self.journal
+            .write_all(&line)
+            .map_err(|source| StateError::Write {
+                path: self.journal_path.clone(),
+                source,
+            })?;
+        self.journal_lines += 1;
+        match entry {
+            Some(e) => self.entries.insert(rel.to_string(), e),
+            None => self.entries.remove(rel),
+        };
+        if self.journal_lines >= COMPACT_AFTER {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a fresh snapshot and empties the journal.
+    pub fn compact(&mut self) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec(&Snapshot {
+            version: 1,
+            entries: self.entries.clone(),
+        })
+        .map_err(|e| StateError::Write {
+            path: self.snapshot.clone(),
+            source: io::Error::other(e),
+        })?;
+        state::atomic_write(&self.snapshot, &bytes)?;
+        self.journal
+            .set_len(0)
+            .map_err(|source| StateError::Write {
+                path: self.journal_path.clone(),
+                source,
+            })?;
+        self.journal_lines = 0;
+        Ok(())
+    }
+}
+
+fn open_journal(path: &Path) -> Result<File, StateError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| StateError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Removes a sync's persisted base (the next start treats both sides as unsynchronized).
+pub fn forget(dir: &Path) -> io::Result<()> {
+    for name in ["base.json", "base.journal"] {
+        match fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn be(size: u64) -> BaseEntry {
+        BaseEntry {
+            kind: EntryKind::File,
+            mode: 0o644,
+            size,
+            target: None,
+            hash: Some("ab".into()),
+            host_mtime_ns: 1,
+            env_mtime_ns: 2,
+        }
+    }
+
+    #[test]
+    fn journal_survives_without_compaction_and_torn_lines_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = BaseStore::open(d.path()).unwrap();
+            s.set("a", Some(be(1))).unwrap();
+            s.set("b", Some(be(2))).unwrap();
+            s.set("a", None).unwrap();
+            s.set("c/d", Some(be(3))).unwrap();
+            // Dropped without compact(), as by kill -9.
+        }
+        let mut j = OpenOptions::new()
+            .append(true)
+            .open(d.path().join("base.journal"))
+            .unwrap();
+        j.write_all(b"{\"p\":\"torn").unwrap();
+        let s = BaseStore::open(d.path()).unwrap();
+        assert_eq!(s.get("a"), None);
+        assert_eq!(s.get("b"), Some(&be(2)));
+        assert_eq!(s.paths_under("c"), vec!["c/d".to_string()]);
+        assert_eq!(s.paths_under("").len(), 2);
+        assert_eq!(
+            fs::metadata(d.path().join("base.journal")).unwrap().len(),
+            0,
+            "compacted on open"
+        );
+    }
+
+    #[test]
+    fn paths_under_does_not_include_siblings_with_common_prefix() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = BaseStore::open(d.path()).unwrap();
+        for p in ["a", "a/x", "a/y/z", "a-b", "a.c", "ab"] {
+            s.set(p, Some(be(1))).unwrap();
+        }
+        assert_eq!(
+            s.paths_under("a"),
+            vec!["a/x".to_string(), "a/y/z".to_string()]
+        );
+    }
+}

@@ -1,0 +1,792 @@
+//! A [`Transport`] for a folder this process can reach by path: the host's source folder, or
+//! an environment's folder seen through `/proc/<pid>/root/<target>` (or from a helper running
+//! inside the environment's mount namespace).
+//!
+//! The root is opened once; every later operation resolves its relative path from that file
+//! descriptor with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so a symlink anywhere on
+//! the way — even one swapped in by a process on that side while the engine runs — makes the
+//! operation fail instead of reading or writing outside the tree. This matters for
+//! `/proc/<pid>/root`: an absolute symlink inside a container would otherwise resolve against
+//! the *host's* root. Final components are handled through `/proc/self/fd/<dirfd>/<name>`
+//! with calls that do not follow a final symlink (`lstat`, `rename`, `unlink`, `O_NOFOLLOW`).
+
+use std::ffi::CString;
+use std::fs::{self, File, FileTimes, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::ignore::IgnoreRules;
+use super::transport::{EventSink, SourceFile, Staged, Transport, TransportError, Watching};
+use super::tree::{
+    file_name, hash_reader, is_normal_rel, is_temp_name, join, parent, Entry, EntryKind, Scan,
+    TEMP_MARKER,
+};
+use super::watch::watch_tree;
+
+/// A synced folder reachable by path.
+pub struct LocalTransport {
+    label: String,
+    root: PathBuf,
+    root_fd: OwnedFd,
+    owner: Option<(u32, u32)>,
+    poll_interval: Duration,
+    counter: AtomicU64,
+}
+
+impl LocalTransport {
+    /// Opens `root` (which must be an existing folder; it may itself be reached through
+    /// symlinks or `/proc/<pid>/root`). `label` names the side in messages (`host`, `env`).
+    pub fn open(label: &str, root: impl Into<PathBuf>) -> Result<Self, TransportError> {
+        let root = root.into();
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&root)
+            .map_err(|source| TransportError::Io {
+                side: format!("{label} {}", root.display()),
+                op: "open the synced folder",
+                path: String::new(),
+                source,
+            })?;
+        Ok(LocalTransport {
+            label: format!("{label} {}", root.display()),
+            root,
+            root_fd: OwnedFd::from(file),
+            owner: None,
+            poll_interval: Duration::from_millis(500),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// Everything this transport creates gets this owner (the environment's user, mapped).
+    pub fn with_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.owner = Some((uid, gid));
+        self
+    }
+
+    /// How often the polling fallback rescans.
+    pub fn with_poll_interval(mut self, every: Duration) -> Self {
+        self.poll_interval = every;
+        self
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn err(&self, op: &'static str, rel: &str, source: io::Error) -> TransportError {
+        match source.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::EXDEV) => TransportError::Escapes {
+                side: self.label.clone(),
+                path: rel.to_string(),
+            },
+            Some(libc::ENOTEMPTY) => TransportError::NotEmpty {
+                side: self.label.clone(),
+                path: rel.to_string(),
+            },
+            _ => TransportError::Io {
+                side: self.label.clone(),
+                op,
+                path: rel.to_string(),
+                source,
+            },
+        }
+    }
+
+    fn check(&self, rel: &str) -> Result<(), TransportError> {
+        if is_normal_rel(rel) {
+            Ok(())
+        } else {
+            Err(TransportError::Escapes {
+                side: self.label.clone(),
+                path: rel.to_string(),
+            })
+        }
+    }
+
+    /// Opens `rel` (`""` = the root) beneath the root without following any symlink.
+    fn open_beneath(&self, rel: &str, flags: i32) -> io::Result<OwnedFd> {
+        openat2_beneath(&self.root_fd, if rel.is_empty() { "." } else { rel }, flags)
+    }
+
+    /// The folder holding `rel`, as an `O_PATH` descriptor.
+    fn parent_fd(&self, rel: &str) -> Result<OwnedFd, TransportError> {
+        self.check(rel)?;
+        self.open_beneath(parent(rel), libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| self.err("open the folder of", rel, e))
+    }
+
+    /// Like [`Self::parent_fd`] but creates missing folders (mode 0755, owned by the owner).
+    fn ensure_parent(&self, rel: &str) -> Result<OwnedFd, TransportError> {
+        match self.parent_fd(rel) {
+            Err(TransportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {}
+            r => return r,
+        }
+        let mut cur = self
+            .open_beneath("", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| self.err("open", "", e))?;
+        let dir = parent(rel);
+        for comp in dir.split('/') {
+            match mkdir_at(&cur, comp, 0o755, self.owner) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(self.err("create folder", dir, e)),
+            }
+            cur = openat2_beneath(&cur, comp, libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(|e| self.err("open folder", dir, e))?;
+        }
+        Ok(cur)
+    }
+
+    fn lstat_at(&self, dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
+        lstat_at(dir, name)
+    }
+
+    fn temp_name(&self, name: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let suffix = format!("{TEMP_MARKER}{}-{n}", std::process::id());
+        // Keep within NAME_MAX (255 bytes).
+        let keep = name
+            .char_indices()
+            .take_while(|(i, c)| i + c.len_utf8() <= 200)
+            .map(|(_, c)| c)
+            .collect::<String>();
+        format!(".{keep}{suffix}")
+    }
+
+    fn walk(
+        &self,
+        dir_rel: &str,
+        rules: &mut IgnoreRules,
+        scan: &mut Scan,
+    ) -> Result<(), TransportError> {
+        let fd = match self.open_beneath(dir_rel, libc::O_RDONLY | libc::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                scan.unreadable.push(dir_rel.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(self.err("list", dir_rel, e)),
+        };
+        let listed = match list_dir(&fd) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                scan.unreadable.push(dir_rel.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(self.err("list", dir_rel, e)),
+        };
+        let mut names = Vec::new();
+        for n in listed {
+            match n.into_string() {
+                Ok(n) => names.push(n),
+                Err(n) => scan.skipped.push((
+                    join(dir_rel, &n.to_string_lossy()),
+                    "name is not UTF-8".into(),
+                )),
+            }
+        }
+        names.sort();
+        if names.iter().any(|n| n == ".gitignore") {
+            if let Ok(f) = openat2_beneath(&fd, ".gitignore", libc::O_RDONLY | libc::O_NONBLOCK) {
+                let mut text = String::new();
+                if File::from(f).read_to_string(&mut text).is_ok() {
+                    rules.add_gitignore(dir_rel, &text);
+                    scan.gitignores.insert(dir_rel.to_string(), text);
+                }
+            }
+        }
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel = join(dir_rel, &name);
+            if is_temp_name(&name) {
+                scan.leftovers.push(rel);
+                continue;
+            }
+            let entry = match self.lstat_at(&fd, &name) {
+                Ok(Some(e)) => e,
+                Ok(None) => {
+                    scan.skipped
+                        .push((rel, "not a file, folder or symlink".into()));
+                    continue;
+                }
+                Err(e) => return Err(self.err("stat", &rel, e)),
+            };
+            let is_dir = entry.kind == EntryKind::Dir;
+            if rules.is_ignored(&rel, is_dir) {
+                continue;
+            }
+            scan.entries.insert(rel.clone(), entry);
+            if is_dir {
+                subdirs.push(rel);
+            }
+        }
+        drop(fd);
+        for sub in subdirs {
+            self.walk(&sub, rules, scan)?;
+        }
+        Ok(())
+    }
+}
+
+impl Transport for LocalTransport {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+
+    fn scan(&self, rel: &str, rules: &IgnoreRules) -> Result<Scan, TransportError> {
+        let mut scan = Scan::default();
+        let mut rules = rules.clone();
+        if !rel.is_empty() {
+            match self.stat(rel)? {
+                Some(e) if !rules.is_ignored(rel, e.kind == EntryKind::Dir) => {
+                    let is_dir = e.kind == EntryKind::Dir;
+                    scan.entries.insert(rel.to_string(), e);
+                    if !is_dir {
+                        return Ok(scan);
+                    }
+                }
+                _ => return Ok(scan),
+            }
+        }
+        self.walk(rel, &mut rules, &mut scan)?;
+        Ok(scan)
+    }
+
+    fn stat(&self, rel: &str) -> Result<Option<Entry>, TransportError> {
+        let dir = match self.parent_fd(rel) {
+            Ok(d) => d,
+            Err(TransportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(TransportError::Io { source, .. })
+                if source.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        self.lstat_at(&dir, file_name(rel))
+            .map_err(|e| self.err("stat", rel, e))
+    }
+
+    fn hash(&self, rel: &str) -> Result<Option<String>, TransportError> {
+        let mut f = match self.read_file(rel) {
+            Ok((_, f)) => f,
+            Err(TransportError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        };
+        hash_reader(&mut f)
+            .map(|(h, _)| Some(h))
+            .map_err(|e| self.err("read", rel, e))
+    }
+
+    fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
+        self.check(rel)?;
+        let fd = self
+            .open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK)
+            .map_err(|e| self.err("open", rel, e))?;
+        let mut f = LocalSource(File::from(fd));
+        let entry = f.entry_now().map_err(|e| self.err("stat", rel, e))?;
+        if entry.kind != EntryKind::File {
+            return Err(self.err(
+                "read",
+                rel,
+                io::Error::new(io::ErrorKind::NotFound, "not a regular file"),
+            ));
+        }
+        Ok((entry, Box::new(f)))
+    }
+
+    fn stage_file(
+        &self,
+        rel: &str,
+        data: &mut dyn Read,
+        mode: u32,
+        mtime_ns: i64,
+    ) -> Result<Staged, TransportError> {
+        let dir = self.ensure_parent(rel)?;
+        let temp_name = self.temp_name(file_name(rel));
+        let result = (|| -> io::Result<()> {
+            let mut f = File::from(openat2_beneath_mode(
+                &dir,
+                &temp_name,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                0o600,
+            )?);
+            COPY_BUF.with_borrow_mut(|buf| -> io::Result<()> {
+                buf.resize(128 * 1024, 0);
+                loop {
+                    let n = match data.read(buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    };
+                    f.write_all(&buf[..n])?;
+                }
+            })?;
+            if let Some((u, g)) = self.owner {
+                std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
+            }
+            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            f.set_times(FileTimes::new().set_modified(time_from_ns(mtime_ns)))?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(Staged {
+                rel: rel.to_string(),
+                temp_name,
+                handle: Some(Box::new(dir)),
+            }),
+            Err(e) => {
+                let _ = unlink_at(&dir, &temp_name, false);
+                Err(self.err("write", rel, e))
+            }
+        }
+    }
+
+    fn stage_symlink(&self, rel: &str, target: &str) -> Result<Staged, TransportError> {
+        let dir = self.ensure_parent(rel)?;
+        let temp_name = self.temp_name(file_name(rel));
+        nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), temp_name.as_str())
+            .map_err(|e| self.err("symlink", rel, e.into()))?;
+        if let Some(owner) = self.owner {
+            if let Err(e) = chown_at(&dir, &temp_name, owner) {
+                let _ = unlink_at(&dir, &temp_name, false);
+                return Err(self.err("chown", rel, e));
+            }
+        }
+        Ok(Staged {
+            rel: rel.to_string(),
+            temp_name,
+            handle: Some(Box::new(dir)),
+        })
+    }
+
+    fn commit(&self, mut staged: Staged, expect: Option<&Entry>) -> Result<Entry, TransportError> {
+        let kept = staged
+            .handle
+            .take()
+            .and_then(|h| h.downcast::<OwnedFd>().ok());
+        let dir = match kept {
+            Some(d) => *d,
+            None => match self.parent_fd(&staged.rel) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.discard(staged);
+                    return Err(e);
+                }
+            },
+        };
+        let name = file_name(&staged.rel);
+        let current = self.lstat_at(&dir, name);
+        let unchanged = match (&current, expect) {
+            (Ok(None), None) => true,
+            (Ok(Some(c)), Some(e)) => c.same_state(e) && c.kind != EntryKind::Dir,
+            _ => false,
+        };
+        if !unchanged {
+            let _ = unlink_at(&dir, &staged.temp_name, false);
+            return Err(TransportError::Changed {
+                side: self.label.clone(),
+                path: staged.rel,
+            });
+        }
+        if let Err(e) = rename_at(&dir, &staged.temp_name, &dir, name) {
+            let _ = unlink_at(&dir, &staged.temp_name, false);
+            return Err(self.err("rename into place", &staged.rel, e));
+        }
+        match self.lstat_at(&dir, name) {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(TransportError::Changed {
+                side: self.label.clone(),
+                path: staged.rel,
+            }),
+            Err(e) => Err(self.err("stat", &staged.rel, e)),
+        }
+    }
+
+    fn discard(&self, staged: Staged) {
+        match staged.handle.and_then(|h| h.downcast::<OwnedFd>().ok()) {
+            Some(dir) => {
+                let _ = unlink_at(&dir, &staged.temp_name, false);
+            }
+            None => {
+                if let Ok(dir) = self.parent_fd(&staged.rel) {
+                    let _ = unlink_at(&dir, &staged.temp_name, false);
+                }
+            }
+        }
+    }
+
+    fn remove(&self, rel: &str, expect: &Entry) -> Result<(), TransportError> {
+        let dir = self.parent_fd(rel)?;
+        let name = file_name(rel);
+        match self
+            .lstat_at(&dir, name)
+            .map_err(|e| self.err("stat", rel, e))?
+        {
+            None => return Ok(()),
+            Some(c) if c.same_state(expect) => {}
+            Some(_) => {
+                return Err(TransportError::Changed {
+                    side: self.label.clone(),
+                    path: rel.to_string(),
+                })
+            }
+        }
+        match unlink_at(&dir, name, expect.kind == EntryKind::Dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("remove", rel, e)),
+        }
+    }
+
+    fn rename(&self, from: &str, to: &str) -> Result<(), TransportError> {
+        let a = self.parent_fd(from)?;
+        let b = self.parent_fd(to)?;
+        rename_at(&a, file_name(from), &b, file_name(to)).map_err(|e| self.err("rename", from, e))
+    }
+
+    fn mkdir(&self, rel: &str, mode: u32) -> Result<Entry, TransportError> {
+        let dir = self.ensure_parent(rel)?;
+        let name = file_name(rel);
+        match mkdir_at(&dir, name, mode, self.owner) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(self.err("create folder", rel, e)),
+        }
+        self.set_mode(rel, mode)
+    }
+
+    fn set_mode(&self, rel: &str, mode: u32) -> Result<Entry, TransportError> {
+        self.check(rel)?;
+        let fd = self
+            .open_beneath(rel, libc::O_PATH)
+            .map_err(|e| self.err("open", rel, e))?;
+        fs::set_permissions(fd_path(&fd, ""), fs::Permissions::from_mode(mode & 0o7777))
+            .map_err(|e| self.err("chmod", rel, e))?;
+        self.stat(rel)?.ok_or_else(|| TransportError::Changed {
+            side: self.label.clone(),
+            path: rel.to_string(),
+        })
+    }
+
+    fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {
+        watch_tree(
+            &self.label,
+            &self.root,
+            sink,
+            force_poll,
+            self.poll_interval,
+        )
+    }
+}
+
+fn fd_path(fd: &OwnedFd, name: &str) -> PathBuf {
+    if name.is_empty() {
+        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    } else {
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd()))
+    }
+}
+
+thread_local! {
+    /// Copy buffer, reused across files (allocating and zeroing one per file shows in profiles).
+    static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A file opened for copying; its entry is re-read from the descriptor.
+struct LocalSource(File);
+
+impl Read for LocalSource {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl SourceFile for LocalSource {
+    fn entry_now(&mut self) -> io::Result<Entry> {
+        let meta = self.0.metadata()?;
+        Entry::from_metadata(&meta, None).ok_or_else(|| io::Error::other("not a regular file"))
+    }
+}
+
+/// `lstat` of `name` in the folder `dir`.
+fn lstat_at(dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
+    use nix::fcntl::AtFlags;
+    let st =
+        match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => EntryKind::File,
+        libc::S_IFDIR => EntryKind::Dir,
+        libc::S_IFLNK => EntryKind::Symlink,
+        _ => return Ok(None),
+    };
+    let target = if kind == EntryKind::Symlink {
+        match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
+            Ok(t) => match t.into_string() {
+                Ok(t) => Some(t),
+                Err(_) => return Ok(None),
+            },
+            Err(nix::errno::Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    Ok(Some(Entry {
+        kind,
+        mode: if kind == EntryKind::Symlink {
+            0
+        } else {
+            st.st_mode & 0o7777
+        },
+        size: if kind == EntryKind::File {
+            st.st_size as u64
+        } else {
+            0
+        },
+        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec,
+        target,
+        hash: None,
+    }))
+}
+
+/// The names in a folder (without `.` and `..`).
+fn list_dir(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    // Dir takes its own descriptor: duplicate ours.
+    let dup = dir.try_clone()?;
+    let mut d = nix::dir::Dir::from_fd(dup.into_raw_fd())?;
+    let mut names = Vec::new();
+    for ent in d.iter() {
+        let ent = ent?;
+        let n = ent.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(std::ffi::OsStr::from_bytes(n).to_os_string());
+        }
+    }
+    Ok(names)
+}
+
+fn mkdir_at(dir: &OwnedFd, name: &str, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+    nix::sys::stat::mkdirat(
+        Some(dir.as_raw_fd()),
+        name,
+        nix::sys::stat::Mode::from_bits_truncate(0o700),
+    )?;
+    if let Some(owner) = owner {
+        chown_at(dir, name, owner)?;
+    }
+    // mkdir applies the umask; set the exact bits through a descriptor of the new folder.
+    let fd = openat2_beneath(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    File::from(fd).set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+}
+
+fn chown_at(dir: &OwnedFd, name: &str, (uid, gid): (u32, u32)) -> io::Result<()> {
+    nix::unistd::fchownat(
+        Some(dir.as_raw_fd()),
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
+}
+
+fn unlink_at(dir: &OwnedFd, name: &str, is_dir: bool) -> io::Result<()> {
+    let flag = if is_dir {
+        nix::unistd::UnlinkatFlags::RemoveDir
+    } else {
+        nix::unistd::UnlinkatFlags::NoRemoveDir
+    };
+    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, flag).map_err(io::Error::from)
+}
+
+fn rename_at(a: &OwnedFd, from: &str, b: &OwnedFd, to: &str) -> io::Result<()> {
+    nix::fcntl::renameat(Some(a.as_raw_fd()), from, Some(b.as_raw_fd()), to)
+        .map_err(io::Error::from)
+}
+
+fn time_from_ns(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// `openat2(dir, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: opens `rel` below `dir`
+/// refusing `..` escapes and every symlink (including the last component, unless `O_PATH |
+/// O_NOFOLLOW` is given).
+fn openat2_beneath(dir: &OwnedFd, rel: &str, flags: i32) -> io::Result<OwnedFd> {
+    openat2_beneath_mode(dir, rel, flags, 0)
+}
+
+/// [`openat2_beneath`] with the mode for a file created by `O_CREAT`.
+fn openat2_beneath_mode(dir: &OwnedFd, rel: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let c = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `open_how` is a plain C struct of integers; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode);
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    loop {
+        // SAFETY: openat2 reads `c` (NUL-terminated, alive for the call) and `how` (a valid
+        // struct whose size we pass); it returns a new descriptor we take ownership of.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if rc >= 0 {
+            // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) });
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(dir: &Path) -> LocalTransport {
+        LocalTransport::open("test", dir).unwrap()
+    }
+
+    #[test]
+    fn stage_and_commit_write_atomically_with_mode_and_mtime() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = t(d.path());
+        let s = tr
+            .stage_file(
+                "a/b/c.sh",
+                &mut &b"#!/bin/sh\n"[..],
+                0o755,
+                1_500_000_000_123_456_789,
+            )
+            .unwrap();
+        assert!(
+            !d.path().join("a/b/c.sh").exists(),
+            "not visible before commit"
+        );
+        let e = tr.commit(s, None).unwrap();
+        assert_eq!(e.kind, EntryKind::File);
+        assert_eq!(e.mode, 0o755);
+        assert_eq!(e.mtime_ns, 1_500_000_000_123_456_789);
+        assert_eq!(fs::read(d.path().join("a/b/c.sh")).unwrap(), b"#!/bin/sh\n");
+        // A commit whose expectation no longer holds leaves the file alone.
+        let s = tr.stage_file("a/b/c.sh", &mut &b"x"[..], 0o644, 0).unwrap();
+        assert!(matches!(
+            tr.commit(s, None),
+            Err(TransportError::Changed { .. })
+        ));
+        assert_eq!(fs::read(d.path().join("a/b/c.sh")).unwrap(), b"#!/bin/sh\n");
+        let leftovers: Vec<_> = fs::read_dir(d.path().join("a/b")).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temp file removed");
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
+        let tr = t(d.path());
+        assert!(matches!(
+            tr.read_file("link/secret").map(|_| ()),
+            Err(TransportError::Escapes { .. })
+        ));
+        assert!(matches!(
+            tr.stage_file("link/new", &mut &b"x"[..], 0o644, 0),
+            Err(TransportError::Escapes { .. })
+        ));
+        assert!(!outside.path().join("new").exists());
+        assert!(tr.stat("link/secret").is_err() || tr.stat("link/secret").unwrap().is_none());
+        let e = tr.stat("link").unwrap().unwrap();
+        assert_eq!(e.kind, EntryKind::Symlink);
+        assert_eq!(e.target.as_deref(), outside.path().to_str());
+        let scan = tr.scan("", &IgnoreRules::new(&[]).unwrap()).unwrap();
+        assert_eq!(scan.entries.len(), 1, "the link, not what it points to");
+        assert!(matches!(
+            tr.stat("../x"),
+            Err(TransportError::Escapes { .. })
+        ));
+    }
+
+    #[test]
+    fn scan_reads_gitignores_and_reports_leftovers() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("src/gen")).unwrap();
+        fs::write(d.path().join(".gitignore"), "*.o\n").unwrap();
+        fs::write(d.path().join("src/a.rs"), "x").unwrap();
+        fs::write(d.path().join("src/a.o"), "x").unwrap();
+        fs::write(d.path().join("src/gen/z"), "x").unwrap();
+        fs::write(d.path().join(format!("src/.a.rs{TEMP_MARKER}1-1")), "x").unwrap();
+        let tr = t(d.path());
+        let rules = IgnoreRules::new(&["gen/".to_string()]).unwrap();
+        let scan = tr.scan("", &rules).unwrap();
+        let keys: Vec<&str> = scan.entries.keys().map(|s| s.as_str()).collect();
+        assert_eq!(keys, vec![".gitignore", "src", "src/a.rs"]);
+        assert_eq!(scan.gitignores.get("").map(|s| s.as_str()), Some("*.o\n"));
+        assert_eq!(scan.leftovers.len(), 1);
+        let sub = tr.scan("src/a.rs", &rules).unwrap();
+        assert_eq!(sub.entries.len(), 1);
+        assert!(tr.scan("missing", &rules).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn remove_refuses_changed_entries_and_keeps_nonempty_folders() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("dir")).unwrap();
+        fs::write(d.path().join("dir/f"), "1").unwrap();
+        let tr = t(d.path());
+        let f = tr.stat("dir/f").unwrap().unwrap();
+        let dir = tr.stat("dir").unwrap().unwrap();
+        assert!(matches!(
+            tr.remove("dir", &dir),
+            Err(TransportError::NotEmpty { .. })
+        ));
+        let mut stale = f.clone();
+        stale.size += 1;
+        assert!(matches!(
+            tr.remove("dir/f", &stale),
+            Err(TransportError::Changed { .. })
+        ));
+        tr.remove("dir/f", &f).unwrap();
+        tr.remove("dir", &dir).unwrap();
+        assert!(!d.path().join("dir").exists());
+    }
+
+    #[test]
+    fn mkdir_and_set_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = t(d.path());
+        let e = tr.mkdir("x/y", 0o700).unwrap();
+        assert_eq!((e.kind, e.mode), (EntryKind::Dir, 0o700));
+        fs::write(d.path().join("x/f"), "1").unwrap();
+        assert_eq!(tr.set_mode("x/f", 0o751).unwrap().mode, 0o751);
+    }
+}
