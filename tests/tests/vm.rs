@@ -160,7 +160,43 @@ memory = "256MiB"
 vcpus = 1
 [services]
 ticker = { command = ["sh", "-c", "echo tick $GREETING; echo tock; sleep 1000"] }
+web = { command = ["sh", "-c", "mkdir -p /srv && echo served-from-the-guest > /srv/index.html && exec httpd -f -p 80 -h /srv"] }
+[[ports]]
+host = {port}
+guest = 80
 "#;
+
+/// A host port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` through the forwarded host port; the guest's service may still be starting.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..100 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.contains("200") => return body,
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the forwarded port {port} never answered: {last}");
+}
 
 #[test]
 fn vm_environment_through_the_cli() {
@@ -179,6 +215,7 @@ fn vm_environment_through_the_cli() {
         .tempdir()
         .unwrap();
     busybox_rootfs(&project.path().join("rootfs"));
+    let port = free_port();
     let name = format!(
         "vm-{}",
         project
@@ -192,7 +229,8 @@ fn vm_environment_through_the_cli() {
     );
     std::fs::write(
         project.path().join("berth.toml"),
-        TOML.replace("{name}", &name),
+        TOML.replace("{name}", &name)
+            .replace("{port}", &port.to_string()),
     )
     .unwrap();
     let vm = Vm {
@@ -204,8 +242,14 @@ fn vm_environment_through_the_cli() {
     let before = HostSnapshot::take(&[&home]);
 
     // up: the image's layers become the VM's disk; the agent is found beside berth.
-    let out = vm.ok(&["up"]);
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up failed:\n{out}\n{err}");
     assert!(out.contains("created and started"), "{out}");
+    assert!(
+        !err.contains("not forwarded") && !out.contains("not forwarded"),
+        "qemu VMs forward ports: {out}\n{err}"
+    );
     let st = vm.status();
     assert_eq!(st["status"], "running", "{st}");
     let facts = &st["vm"];
@@ -267,6 +311,15 @@ fn vm_environment_through_the_cli() {
         "got hello x1\nhello from the plan\non-up-ran\n"
     );
 
+    // ports: the guest's NIC is up on qemu's user network and its web service answers
+    // through the forwarded host port.
+    assert!(http_get(port).contains("served-from-the-guest"));
+    let ip = vm.ok(&["exec", "--", "sh", "-c", "ip -4 addr; cat /etc/resolv.conf"]);
+    assert!(
+        ip.contains("10.0.2.15/24") && ip.contains("nameserver 10.0.2.3"),
+        "{ip}"
+    );
+
     // logs: the service's output, kept in the guest.
     let mut logs = String::new();
     for _ in 0..50 {
@@ -276,7 +329,8 @@ fn vm_environment_through_the_cli() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(logs, "tock\n");
+    // Two services (ticker, and web which prints nothing): lines carry the service's name.
+    assert_eq!(logs, "ticker | tock\n");
     assert_eq!(
         vm.ok(&["logs", "ticker"]),
         "tick hello from the plan\ntock\n"
@@ -366,6 +420,27 @@ exit [lindex $result 3]
         "a stopped VM shows no VM facts: {st}"
     );
     assert_eq!(vm.run(&["exec", "--", "true"]).status.code(), Some(3));
+
+    // A busy host port: `up` fails before starting qemu, naming the port and its holder,
+    // and leaves nothing running.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up with a busy port succeeded:\n{out}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    drop(holder);
+    let st = vm.status();
+    assert_eq!(st["status"], "stopped", "{st}");
+    for f in ["control.sock", "qemu.pid", "vm.json"] {
+        assert!(!env_dir.join(f).exists(), "{f} left after a failed up");
+    }
 
     // destroy removes the environment's folder (its disk with it).
     vm.ok(&["destroy"]);

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envfile_spec::plan::{KernelSource, MountKind};
+use envfile_spec::plan::{KernelSource, MountKind, VmPlan};
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -80,11 +80,11 @@ pub(super) fn spec_from_plan(
         agent: None,
         boot_timeout: BOOT_TIMEOUT,
     };
-    Ok((spec, unsupported(plan)))
+    Ok((spec, unsupported(plan, vm)))
 }
 
 /// What of `plan` a VM environment does not provide yet, one notice each.
-fn unsupported(plan: &Plan) -> Vec<String> {
+fn unsupported(plan: &Plan, vm: &VmPlan) -> Vec<String> {
     let mut notices: Vec<String> = plan
         .mounts
         .iter()
@@ -102,9 +102,13 @@ fn unsupported(plan: &Plan) -> Vec<String> {
             )
         })
         .collect();
-    if !plan.ports.is_empty() {
+    let provider = crate::vm::backend::choose_provider(
+        vm.vmm,
+        crate::doctor::kvm_kind(&crate::doctor::HostRoot::real()),
+    );
+    if !plan.ports.is_empty() && matches!(provider, Ok((Provider::Kvm, _))) {
         notices.push(
-            "ports are not forwarded into VM environments yet; reach services with `berth exec`"
+            "ports are not forwarded by berth's own VMM yet (chosen by vmm = \"kvm\" or \"auto\" on hardware KVM); use vmm = \"qemu\" or reach services with `berth exec`"
                 .into(),
         );
     }

@@ -29,6 +29,7 @@ use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
 use super::vmm_process::{self, check_kvm_can_boot_linux, VmmProcessConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::net::forward::{BoundPorts, ForwardSpec};
 use crate::state::{self, BerthHome, FileLock, LockMode};
 
 /// Everything needed to run one environment as a VM.
@@ -51,7 +52,7 @@ pub struct VmSpec {
     pub services: BTreeMap<String, ServicePlan>,
     /// `tmpfs` mounts are made in the guest; other kinds are handled by the sync/volume code.
     pub mounts: Vec<MountPlan>,
-    /// Forwarded later by the networking code (over the control channel or a tap device).
+    /// Forwarded by qemu's user-mode network (`hostfwd`); berth's own VMM has no network yet.
     pub ports: Vec<PortPlan>,
     pub on_up: Vec<String>,
     /// Size of the root disk; default twice the layers' size, at least 1 GiB.
@@ -185,6 +186,15 @@ fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
         .collect()
 }
 
+/// Fails, naming the port and the process holding it, when a host port of `ports` is taken:
+/// qemu's own message for a failed `hostfwd` does not say which. The ports are bound briefly
+/// and released for qemu.
+fn check_ports_free(ports: &[PortPlan]) -> Result<(), VmError> {
+    let specs: Vec<ForwardSpec> = ports.iter().map(ForwardSpec::from).collect();
+    drop(BoundPorts::bind(&specs)?);
+    Ok(())
+}
+
 pub struct VmBackend {
     home: BerthHome,
     mirror: Mirror,
@@ -213,6 +223,9 @@ impl VmBackend {
             return Ok(st);
         }
         let (provider, accel) = choose_provider(spec.vmm, kvm_kind(&HostRoot::real()))?;
+        if provider == Provider::Qemu {
+            check_ports_free(&spec.ports)?;
+        }
         state::create_dir_all(&spec.state_dir)?;
         let logs = spec.state_dir.join("logs");
         state::create_dir_all(&logs)?;
@@ -247,6 +260,9 @@ impl VmBackend {
         );
         if provider == Provider::Kvm {
             cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
+        } else {
+            cmdline.push(' ');
+            cmdline.push_str(super::qemu::GUEST_NET_CMDLINE);
         }
         let mut st = VmState {
             provider,
@@ -278,6 +294,7 @@ impl VmBackend {
                 control_socket: control_socket.clone(),
                 pidfile: spec.state_dir.join("qemu.pid"),
                 qemu_log: logs.join("qemu.log"),
+                ports: spec.ports.clone(),
             }
             .launch()?,
             Provider::Kvm => {

@@ -58,6 +58,8 @@ pub enum VmError {
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
     #[error(transparent)]
+    Ports(#[from] crate::net::forward::ForwardError),
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Agent(#[from] berth_agent_proto::ClientError),

@@ -8,6 +8,8 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use envfile_spec::plan::{PortPlan, Protocol};
+
 use super::process::ProcessRecord;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
@@ -34,6 +36,26 @@ pub struct QemuConfig {
     pub pidfile: PathBuf,
     /// qemu's own messages.
     pub qemu_log: PathBuf,
+    /// Host ports forwarded to the guest by the user-mode network (the NIC is always there,
+    /// so the guest reaches outside).
+    pub ports: Vec<PortPlan>,
+}
+
+/// The guest's address on qemu's user-mode network (slirp's defaults), as the agent reads it
+/// from the kernel command line.
+pub const GUEST_NET_CMDLINE: &str = "berth.ip=10.0.2.15/24 berth.gw=10.0.2.2 berth.dns=10.0.2.3";
+
+/// `hostfwd=tcp:127.0.0.1:8080-:80` for one `[[ports]]` entry.
+fn hostfwd(p: &PortPlan) -> String {
+    let proto = match p.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    let addr = match p.address {
+        std::net::IpAddr::V4(a) => a.to_string(),
+        std::net::IpAddr::V6(a) => format!("[{a}]"),
+    };
+    format!("hostfwd={proto}:{addr}:{}-:{}", p.host, p.guest)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +129,15 @@ impl QemuConfig {
         ));
         push("-device");
         push("virtio-blk-pci,drive=root");
+        let mut netdev = String::from("user,id=net0");
+        for p in &self.ports {
+            netdev.push(',');
+            netdev.push_str(&hostfwd(p));
+        }
+        push("-netdev");
+        push(&netdev);
+        push("-device");
+        push("virtio-net-pci,netdev=net0");
         push("-daemonize");
         push("-pidfile");
         push(&path(&self.pidfile));
@@ -168,6 +199,20 @@ mod tests {
             control_socket: "/e/control.sock".into(),
             pidfile: "/e/qemu.pid".into(),
             qemu_log: "/e/qemu.log".into(),
+            ports: vec![
+                PortPlan {
+                    host: 8080,
+                    guest: 80,
+                    protocol: Protocol::Tcp,
+                    address: "127.0.0.1".parse().unwrap(),
+                },
+                PortPlan {
+                    host: 5353,
+                    guest: 53,
+                    protocol: Protocol::Udp,
+                    address: "::1".parse().unwrap(),
+                },
+            ],
         };
         let a: Vec<String> = c
             .args()
@@ -190,6 +235,13 @@ mod tests {
             "commas in paths are escaped"
         );
         assert!(joined.contains("-no-reboot") && joined.contains("-daemonize"));
+        assert!(
+            joined.contains(
+                "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:[::1]:5353-:53 \
+                 -device virtio-net-pci,netdev=net0"
+            ),
+            "{joined}"
+        );
         let kvm = QemuConfig {
             accel: Accel::Kvm,
             ..c
