@@ -387,7 +387,8 @@ impl Server {
         for m in &setup.mounts {
             std::fs::create_dir_all(&m.target)
                 .map_err(|e| format!("cannot create mount point {}: {e}", m.target))?;
-            sys::mount(&m.source, &m.target, &m.fstype, 0, &m.options).map_err(|e| {
+            let (flags, data) = mount_flags(&m.options);
+            sys::mount(&m.source, &m.target, &m.fstype, flags, &data).map_err(|e| {
                 format!(
                     "cannot mount {} ({}) on {}: {e}",
                     m.source, m.fstype, m.target
@@ -665,5 +666,33 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// `ro` among a mount's options is the read-only flag; the rest is the filesystem's data.
+fn mount_flags(options: &str) -> (libc::c_ulong, String) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => flags |= libc::MS_RDONLY,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_flags;
+
+    #[test]
+    fn read_only_is_a_flag() {
+        assert_eq!(mount_flags(""), (0, String::new()));
+        assert_eq!(mount_flags("size=1024"), (0, "size=1024".into()));
+        assert_eq!(
+            mount_flags("ro,size=1024"),
+            (libc::MS_RDONLY, "size=1024".into())
+        );
     }
 }

@@ -135,6 +135,20 @@ fn process_gone(pid: i64) -> bool {
     }
 }
 
+/// The virtiofsd processes serving folders of the environment in `env_dir`.
+fn virtiofsd_of(env_dir: &Path) -> Vec<String> {
+    let dir = env_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("virtiofsd") && cmd.contains(&dir)).then_some(cmd)
+        })
+        .collect()
+}
+
 fn wait_gone(pid: i64) -> bool {
     for _ in 0..100 {
         if process_gone(pid) {
@@ -164,6 +178,18 @@ web = { command = ["sh", "-c", "mkdir -p /srv && echo served-from-the-guest > /s
 [[ports]]
 host = {port}
 guest = 80
+[[mounts]]
+source = "./src"
+target = "/work"
+type = "sync"
+[[mounts]]
+source = "./src"
+target = "/ro"
+readonly = true
+[[mounts]]
+source = "cache"
+target = "/cache"
+type = "volume"
 "#;
 
 /// A host port nobody listens on right now.
@@ -216,6 +242,9 @@ fn vm_environment_through_the_cli() {
         .unwrap();
     busybox_rootfs(&project.path().join("rootfs"));
     let port = free_port();
+    let src = project.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "from the host\n").unwrap();
     let name = format!(
         "vm-{}",
         project
@@ -250,6 +279,11 @@ fn vm_environment_through_the_cli() {
         !err.contains("not forwarded") && !out.contains("not forwarded"),
         "qemu VMs forward ports: {out}\n{err}"
     );
+    assert!(
+        err.contains("sync mount on /work is served to the VM as a live share"),
+        "{err}"
+    );
+    assert!(!err.contains("skipped"), "qemu VMs skip no mounts: {err}");
     let st = vm.status();
     assert_eq!(st["status"], "running", "{st}");
     let facts = &st["vm"];
@@ -318,6 +352,46 @@ fn vm_environment_through_the_cli() {
     assert!(
         ip.contains("10.0.2.15/24") && ip.contains("nameserver 10.0.2.3"),
         "{ip}"
+    );
+
+    // Shared folders (virtio-fs): host files appear inside, guest writes appear on the host,
+    // at once both ways; read-only mounts refuse writes; a volume lives under volumes/.
+    assert_eq!(
+        virtiofsd_of(&env_dir).len(),
+        3,
+        "one virtiofsd per shared folder"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/hello.txt"]),
+        "from the host\n"
+    );
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo from the guest > /work/out.txt",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(src.join("out.txt")).unwrap(),
+        "from the guest\n"
+    );
+    std::fs::write(src.join("late.txt"), "written while up\n").unwrap();
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/late.txt"]),
+        "written while up\n"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
+        "from the host\n"
+    );
+    let o = vm.run(&["exec", "--", "touch", "/ro/nope"]);
+    assert_ne!(o.status.code(), Some(0), "a read-only share took a write");
+    assert!(!src.join("nope").exists());
+    vm.ok(&["exec", "--", "sh", "-c", "echo kept > /cache/v.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(berth.home.path().join("volumes/cache/v.txt")).unwrap(),
+        "kept\n"
     );
 
     // logs: the service's output, kept in the guest.
@@ -394,6 +468,17 @@ exit [lindex $result 3]
     let out = vm.ok(&["down"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(wait_gone(pid), "qemu still runs after down");
+    for _ in 0..50 {
+        if virtiofsd_of(&env_dir).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        virtiofsd_of(&env_dir),
+        Vec::<String>::new(),
+        "virtiofsd left after down"
+    );
     for f in [
         "control.sock",
         "control-1.sock",

@@ -26,6 +26,7 @@ use super::kernel::{KernelStore, Mirror};
 use super::process::ProcessRecord;
 use super::qemu::{Accel, QemuConfig};
 use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
+use super::shared_folder::{locate_virtiofsd, shared_folders, SharedFolder};
 use super::vmm_process::{self, check_kvm_can_boot_linux, VmmProcessConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
@@ -91,6 +92,9 @@ pub struct VmState {
     /// reach a guest port; guest connections to host port P arrive at `<path>_<P>`.
     #[serde(default)]
     pub vsock_socket: Option<PathBuf>,
+    /// The virtiofsd processes serving the VM's shared folders (qemu); they end with qemu.
+    #[serde(default)]
+    pub shares: Vec<ProcessRecord>,
 }
 
 /// What `berth status` shows for a VM.
@@ -173,8 +177,11 @@ fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
         .collect()
 }
 
-fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
-    spec.mounts
+/// tmpfs mounts, then the shared folders (virtio-fs tags) in their place; `ro` is read by
+/// the agent as the read-only flag.
+fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
+    let tmpfs = spec
+        .mounts
         .iter()
         .filter(|m| m.kind == MountKind::Tmpfs)
         .map(|m| MountRequest {
@@ -182,8 +189,44 @@ fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
             target: m.target.clone(),
             fstype: "tmpfs".into(),
             options: m.size.map(|s| format!("size={s}")).unwrap_or_default(),
-        })
-        .collect()
+        });
+    let shared = shares.iter().map(|f| MountRequest {
+        source: f.tag.clone(),
+        target: f.target.clone(),
+        fstype: "virtiofs".into(),
+        options: if f.readonly {
+            "ro".into()
+        } else {
+            String::new()
+        },
+    });
+    tmpfs.chain(shared).collect()
+}
+
+/// Starts one virtiofsd per shared folder; on failure ends those already started.
+fn start_shares(shares: &[SharedFolder], logs: &Path) -> Result<Vec<ProcessRecord>, VmError> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let exe = locate_virtiofsd().ok_or_else(|| {
+        VmError::Config(format!(
+            "bind, sync and volume mounts of a VM are shared through virtio-fs, but virtiofsd was not found (looked at: {}); install it (Debian: apt-get install qemu-system-common, or virtiofsd)",
+            super::shared_folder::VIRTIOFSD_PATHS.join(", ")
+        ))
+    })?;
+    let mut started = Vec::new();
+    for (i, f) in shares.iter().enumerate() {
+        match super::shared_folder::start(&exe, f, &logs.join(format!("virtiofsd-{i}.log"))) {
+            Ok(p) => started.push(p),
+            Err(e) => {
+                for p in started {
+                    p.terminate(Duration::from_secs(2));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(started)
 }
 
 /// Fails, naming the port and the process holding it, when a host port of `ports` is taken:
@@ -223,9 +266,14 @@ impl VmBackend {
             return Ok(st);
         }
         let (provider, accel) = choose_provider(spec.vmm, kvm_kind(&HostRoot::real()))?;
-        if provider == Provider::Qemu {
+        // berth's own VMM has neither network nor shared folders yet (the environment layer
+        // says so in its notices).
+        let shares = if provider == Provider::Qemu {
             check_ports_free(&spec.ports)?;
-        }
+            shared_folders(&spec.mounts, &self.home.volumes_dir(), &spec.state_dir)?
+        } else {
+            Vec::new()
+        };
         state::create_dir_all(&spec.state_dir)?;
         let logs = spec.state_dir.join("logs");
         state::create_dir_all(&logs)?;
@@ -277,10 +325,13 @@ impl VmBackend {
             started_at_ms: now_ms(),
             boot_ms: None,
             vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
+            shares: Vec::new(),
         };
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         let started = Instant::now();
-        let process = match provider {
+        st.shares = start_shares(&shares, &logs)?;
+        state::write_json(&vm_json(&spec.state_dir), &st)?;
+        let launched = match provider {
             Provider::Qemu => QemuConfig {
                 kernel: kernel.image.clone(),
                 initramfs,
@@ -295,8 +346,10 @@ impl VmBackend {
                 pidfile: spec.state_dir.join("qemu.pid"),
                 qemu_log: logs.join("qemu.log"),
                 ports: spec.ports.clone(),
+                shares: shares.clone(),
             }
-            .launch()?,
+            .launch()
+            .map_err(VmError::from),
             Provider::Kvm => {
                 let cfg = VmmProcessConfig {
                     kernel: kernel.image.clone(),
@@ -318,7 +371,14 @@ impl VmBackend {
                     .ok_or_else(|| {
                         VmError::Config("cannot find the berth executable to run the VMM".into())
                     })?;
-                vmm_process::launch(&exe, &cfg_path, &logs.join("vmm.log"))?
+                vmm_process::launch(&exe, &cfg_path, &logs.join("vmm.log"))
+            }
+        };
+        let process = match launched {
+            Ok(p) => p,
+            Err(e) => {
+                self.cleanup(&spec.state_dir, &st);
+                return Err(e);
             }
         };
         st.process = Some(process);
@@ -336,7 +396,7 @@ impl VmBackend {
         st.boot_ms = Some(started.elapsed().as_millis() as u64);
         let setup = Setup {
             hostname: spec.name.clone(),
-            mounts: guest_mounts(spec),
+            mounts: guest_mounts(spec, &shares),
             env: spec
                 .env
                 .iter()
@@ -487,6 +547,15 @@ impl VmBackend {
     }
 
     fn cleanup(&self, state_dir: &Path, st: &VmState) {
+        // virtiofsd ends when qemu disconnects; one that hangs on is ended here.
+        for p in &st.shares {
+            if !p.wait_gone(Duration::from_millis(500)) {
+                p.terminate(Duration::from_secs(2));
+            }
+        }
+        for i in 0..st.shares.len() {
+            let _ = std::fs::remove_file(state_dir.join(format!("fs-{i}.sock")));
+        }
         for socket in super::control_sockets(&st.control_socket) {
             let _ = std::fs::remove_file(super::control_lock(&socket));
             let _ = std::fs::remove_file(socket);
@@ -586,6 +655,7 @@ mod tests {
             started_at_ms: 0,
             boot_ms: Some(1),
             vsock_socket: None,
+            shares: vec![],
         };
         state::write_json(&env.join("vm.json"), &st).unwrap();
         assert!(b.status(&env).unwrap().running);

@@ -10,6 +10,7 @@ pub mod process;
 pub mod qemu;
 pub mod rootdisk;
 pub mod session;
+pub mod shared_folder;
 pub mod vmm;
 pub mod vmm_process;
 

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use envfile_spec::plan::{PortPlan, Protocol};
 
 use super::process::ProcessRecord;
+use super::shared_folder::SharedFolder;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -39,6 +40,8 @@ pub struct QemuConfig {
     /// Host ports forwarded to the guest by the user-mode network (the NIC is always there,
     /// so the guest reaches outside).
     pub ports: Vec<PortPlan>,
+    /// Host folders served by virtiofsd (already listening on their sockets).
+    pub shares: Vec<SharedFolder>,
 }
 
 /// The guest's address on qemu's user-mode network (slirp's defaults), as the agent reads it
@@ -86,6 +89,16 @@ impl QemuConfig {
         }
         push("-m");
         push(&format!("{}M", self.memory_mib));
+        if !self.shares.is_empty() {
+            // vhost-user devices need guest memory that virtiofsd can map.
+            push("-object");
+            push(&format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                self.memory_mib
+            ));
+            push("-numa");
+            push("node,memdev=mem");
+        }
         push("-smp");
         push(&self.vcpus.max(1).to_string());
         for s in [
@@ -138,6 +151,12 @@ impl QemuConfig {
         push(&netdev);
         push("-device");
         push("virtio-net-pci,netdev=net0");
+        for (i, f) in self.shares.iter().enumerate() {
+            push("-chardev");
+            push(&format!("socket,id=fs{i},path={}", path(&f.socket)));
+            push("-device");
+            push(&format!("vhost-user-fs-pci,chardev=fs{i},tag={}", f.tag));
+        }
         push("-daemonize");
         push("-pidfile");
         push(&path(&self.pidfile));
@@ -213,6 +232,7 @@ mod tests {
                     address: "::1".parse().unwrap(),
                 },
             ],
+            shares: vec![],
         };
         let a: Vec<String> = c
             .args()
@@ -242,6 +262,30 @@ mod tests {
             ),
             "{joined}"
         );
+        assert!(!joined.contains("memory-backend") && !joined.contains("vhost-user-fs"));
+        let shared = QemuConfig {
+            shares: vec![SharedFolder {
+                tag: "berth0".into(),
+                source: "/src".into(),
+                target: "/w".into(),
+                readonly: false,
+                socket: "/e/fs-0.sock".into(),
+            }],
+            ..c.clone()
+        };
+        let joined = shared
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem"),
+            "{joined}"
+        );
+        assert!(joined.contains(
+            "-chardev socket,id=fs0,path=/e/fs-0.sock -device vhost-user-fs-pci,chardev=fs0,tag=berth0"
+        ));
         let kvm = QemuConfig {
             accel: Accel::Kvm,
             ..c
