@@ -114,10 +114,26 @@ impl Vm<'_> {
         let (out, err) = text(&o);
         assert!(
             o.status.success(),
-            "berth {args:?} failed ({:?}):\n{out}\n{err}",
-            o.status
+            "berth {args:?} failed ({:?}):\n{out}\n{err}\n{}",
+            o.status,
+            self.consoles()
         );
         out
+    }
+
+    /// The guests' console logs, for failure messages.
+    fn consoles(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.berth.home.path().join("envs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = e.path().join("logs/console.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+        }
+        all
     }
 
     fn status(&self) -> serde_json::Value {
@@ -353,6 +369,25 @@ fn vm_environment_through_the_cli() {
         ip.contains("10.0.2.15/24") && ip.contains("nameserver 10.0.2.3"),
         "{ip}"
     );
+    // Outbound: the default route reaches the host (10.0.2.2 is the host's loopback).
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    let accepted = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut s, _) = outside.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got
+    });
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo out-of-the-guest | nc -w 5 10.0.2.2 {outside_port}"),
+    ]);
+    assert_eq!(accepted.join().unwrap(), "out-of-the-guest\n");
 
     // Shared folders (virtio-fs): host files appear inside, guest writes appear on the host,
     // at once both ways; read-only mounts refuse writes; a volume lives under volumes/.

@@ -269,6 +269,7 @@ impl VmBackend {
         // berth's own VMM has neither network nor shared folders yet (the environment layer
         // says so in its notices).
         let shares = if provider == Provider::Qemu {
+            super::qemu::check_ports(&spec.ports)?;
             check_ports_free(&spec.ports)?;
             shared_folders(&spec.mounts, &self.home.volumes_dir(), &spec.state_dir)?
         } else {

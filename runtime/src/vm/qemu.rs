@@ -48,17 +48,24 @@ pub struct QemuConfig {
 /// from the kernel command line.
 pub const GUEST_NET_CMDLINE: &str = "berth.ip=10.0.2.15/24 berth.gw=10.0.2.2 berth.dns=10.0.2.3";
 
-/// `hostfwd=tcp:127.0.0.1:8080-:80` for one `[[ports]]` entry.
+/// `hostfwd=tcp:127.0.0.1:8080-:80` for one `[[ports]]` entry (IPv4: see [`check_ports`]).
 fn hostfwd(p: &PortPlan) -> String {
     let proto = match p.protocol {
         Protocol::Tcp => "tcp",
         Protocol::Udp => "udp",
     };
-    let addr = match p.address {
-        std::net::IpAddr::V4(a) => a.to_string(),
-        std::net::IpAddr::V6(a) => format!("[{a}]"),
-    };
-    format!("hostfwd={proto}:{addr}:{}-:{}", p.host, p.guest)
+    format!("hostfwd={proto}:{}:{}-:{}", p.address, p.host, p.guest)
+}
+
+/// qemu's user network (7.2, Debian 12) forwards only from IPv4 host addresses.
+pub fn check_ports(ports: &[PortPlan]) -> Result<(), QemuError> {
+    match ports.iter().find(|p| p.address.is_ipv6()) {
+        Some(p) => Err(QemuError::Ipv6Port {
+            address: p.address,
+            port: p.host,
+        }),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,11 @@ pub enum QemuError {
     Spawn(std::io::Error),
     #[error("qemu failed to start the VM: {0}")]
     Failed(String),
+    #[error("[[ports]] host port {port} on {address}: qemu's user network forwards only from IPv4 host addresses; use `address = \"127.0.0.1\"` (or another IPv4 address)")]
+    Ipv6Port {
+        address: std::net::IpAddr,
+        port: u16,
+    },
 }
 
 impl QemuConfig {
@@ -229,7 +241,7 @@ mod tests {
                     host: 5353,
                     guest: 53,
                     protocol: Protocol::Udp,
-                    address: "::1".parse().unwrap(),
+                    address: "0.0.0.0".parse().unwrap(),
                 },
             ],
             shares: vec![],
@@ -257,12 +269,17 @@ mod tests {
         assert!(joined.contains("-no-reboot") && joined.contains("-daemonize"));
         assert!(
             joined.contains(
-                "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:[::1]:5353-:53 \
+                "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53 \
                  -device virtio-net-pci,netdev=net0"
             ),
             "{joined}"
         );
         assert!(!joined.contains("memory-backend") && !joined.contains("vhost-user-fs"));
+        assert!(check_ports(&c.ports).is_ok());
+        let mut v6 = c.ports.clone();
+        v6[0].address = "::1".parse().unwrap();
+        let e = check_ports(&v6).unwrap_err().to_string();
+        assert!(e.contains("8080 on ::1") && e.contains("IPv4"), "{e}");
         let shared = QemuConfig {
             shares: vec![SharedFolder {
                 tag: "berth0".into(),
