@@ -481,10 +481,23 @@ impl VmBackend {
         Err(VmError::Busy)
     }
 
-    /// Connects to the running VM's agent (for exec and shell).
+    /// Connects to the running VM's agent (for exec and shell). An unanswered hello is tried
+    /// again on a fresh connection: the agent resets a channel when the host side closes, so
+    /// a handshake lost while the previous client was going away gets a clean retry.
     pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
         let st = self.running_state(state_dir)?;
-        self.connect_with(&st, Duration::from_secs(10))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.connect_with(&st, Duration::from_secs(4)) {
+                Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) if attempt < 3 => {
+                    if !self.is_running(state_dir) {
+                        return Err(VmError::NotRunning);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
