@@ -7,6 +7,8 @@
 //! envs/<id>/disk.img       the same for berth's VMM
 //! envs/<id>/control.sock   control channel to the agent (one client at a time)
 //! envs/<id>/logs/console.log  the guest's serial console
+//! envs/<id>/fs-<n>.sock    virtiofsd's socket for shared folder n (qemu)
+//! envs/<id>/logs/virtiofsd-<n>.log  its messages
 //! ```
 //!
 //! The caller (the CLI) holds the environment's lock around `start` and `stop`.
@@ -51,7 +53,8 @@ pub struct VmSpec {
     pub vmm: VmmKind,
     pub env: BTreeMap<String, String>,
     pub services: BTreeMap<String, ServicePlan>,
-    /// `tmpfs` mounts are made in the guest; other kinds are handled by the sync/volume code.
+    /// `tmpfs` mounts are made in the guest; under qemu, `bind`, `sync` and `volume` mounts
+    /// are host folders shared live through virtio-fs ([`super::shared_folder`]).
     pub mounts: Vec<MountPlan>,
     /// Forwarded by qemu's user-mode network (`hostfwd`); berth's own VMM has no network yet.
     pub ports: Vec<PortPlan>,
