@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envfile_spec::plan::{KernelSource, MountKind};
+use envfile_spec::plan::{KernelSource, MountKind, NetworkMode};
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -76,6 +76,7 @@ pub(super) fn spec_from_plan(
         services: plan.services.clone(),
         mounts: plan.mounts.clone(),
         ports: plan.ports.clone(),
+        network: plan.network.mode,
         on_up: plan.on_up.clone(),
         disk_size: None,
         agent: None,
@@ -112,6 +113,12 @@ fn unsupported(plan: &Plan, provider: Option<Provider>) -> Vec<String> {
             }
         })
         .collect();
+    if plan.network.mode == NetworkMode::Host && provider == Some(Provider::Qemu) {
+        notices.push(
+            "network = \"host\" cannot share the host's interfaces with a VM: it gets qemu's user network (outbound NAT); reach its services through [[ports]]"
+                .into(),
+        );
+    }
     if !plan.ports.is_empty() && own_vmm {
         notices.push(
             "ports are not forwarded by berth's own VMM yet (chosen by vmm = \"kvm\" or \"auto\" on hardware KVM); use vmm = \"qemu\" or reach services with `berth exec`"
@@ -281,6 +288,14 @@ mod tests {
         );
         assert!(
             notices[2].contains("ports are not forwarded"),
+            "{notices:?}"
+        );
+        plan.network.mode = NetworkMode::Host;
+        let notices = unsupported(&plan, Some(Provider::Qemu));
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("network = \"host\" cannot share")),
             "{notices:?}"
         );
         plan.vm = None;

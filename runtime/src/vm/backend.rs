@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_agent_proto::{Client, MountRequest, Output, Restart, ServiceSpec, Setup};
 use envfile_spec::plan::{
-    KernelSource, MountKind, MountPlan, PortPlan, RestartPolicy, ServicePlan, VmmKind,
+    KernelSource, MountKind, MountPlan, NetworkMode, PortPlan, RestartPolicy, ServicePlan, VmmKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,9 @@ pub struct VmSpec {
     pub mounts: Vec<MountPlan>,
     /// Forwarded by qemu's user-mode network (`hostfwd`); berth's own VMM has no network yet.
     pub ports: Vec<PortPlan>,
+    /// `none`: the guest reaches nothing outside (forwarded ports still answer); `isolated`
+    /// and `host` both get qemu's user network (a VM cannot share the host's interfaces).
+    pub network: NetworkMode,
     pub on_up: Vec<String>,
     /// Size of the root disk; default twice the layers' size, at least 1 GiB.
     pub disk_size: Option<u64>,
@@ -350,6 +353,7 @@ impl VmBackend {
                 pidfile: spec.state_dir.join("qemu.pid"),
                 qemu_log: logs.join("qemu.log"),
                 ports: spec.ports.clone(),
+                outbound: spec.network != NetworkMode::None,
                 shares: shares.clone(),
             }
             .launch()

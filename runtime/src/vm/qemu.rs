@@ -1,7 +1,8 @@
 //! The qemu provider: `qemu-system-x86_64 -M pc` with the kernel, berth's initramfs, the root
 //! disk on virtio-blk, the serial console in a log file and the control channel on a
 //! virtio-serial port backed by a Unix-socket chardev (virtio-pci devices; see `args` for why
-//! not microvm). TCG unless the host has
+//! not microvm), a virtio-net NIC on qemu's user network (`hostfwd` per forwarded port,
+//! `restrict=on` for `network = "none"`) and virtio-fs devices for shared folders. TCG unless the host has
 //! hardware KVM. qemu daemonizes itself once its devices and sockets are set up.
 
 use std::ffi::OsString;
@@ -40,6 +41,8 @@ pub struct QemuConfig {
     /// Host ports forwarded to the guest by the user-mode network (the NIC is always there,
     /// so the guest reaches outside).
     pub ports: Vec<PortPlan>,
+    /// Whether the guest may open connections to the outside (`restrict=off`).
+    pub outbound: bool,
     /// Host folders served by virtiofsd (already listening on their sockets).
     pub shares: Vec<SharedFolder>,
 }
@@ -155,6 +158,9 @@ impl QemuConfig {
         push("-device");
         push("virtio-blk-pci,drive=root");
         let mut netdev = String::from("user,id=net0");
+        if !self.outbound {
+            netdev.push_str(",restrict=on");
+        }
         for p in &self.ports {
             netdev.push(',');
             netdev.push_str(&hostfwd(p));
@@ -244,6 +250,7 @@ mod tests {
                     address: "0.0.0.0".parse().unwrap(),
                 },
             ],
+            outbound: true,
             shares: vec![],
         };
         let a: Vec<String> = c
@@ -276,6 +283,20 @@ mod tests {
         );
         assert!(!joined.contains("memory-backend") && !joined.contains("vhost-user-fs"));
         assert!(check_ports(&c.ports).is_ok());
+        let offline = QemuConfig {
+            outbound: false,
+            ..c.clone()
+        };
+        let joined_offline = offline
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined_offline.contains("-netdev user,id=net0,restrict=on,hostfwd=tcp:"),
+            "{joined_offline}"
+        );
         let mut v6 = c.ports.clone();
         v6[0].address = "::1".parse().unwrap();
         let e = check_ports(&v6).unwrap_err().to_string();
