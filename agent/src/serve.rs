@@ -38,12 +38,18 @@ struct Service {
 type Key = (usize, u32);
 
 /// One control channel (the host may use several at once, one client each).
+/// How long a channel that just received data may look hung up before writes to it fail.
+const HUP_GRACE: Duration = Duration::from_millis(1000);
+
 struct Chan {
     fd: i32,
     /// A virtio port survives host disconnects; a plain stream does not.
     survives: bool,
     connected: bool,
     frames: FrameBuffer,
+    /// When the host last sent data: a host that just (re)connected may still look hung up
+    /// to the guest for a moment (see [`sys::write_all_bounded`]).
+    last_input: Option<std::time::Instant>,
 }
 
 pub struct Server {
@@ -84,6 +90,7 @@ impl Server {
                 survives: c.survives_disconnect(),
                 connected: !c.survives_disconnect(),
                 frames: FrameBuffer::new(),
+                last_input: None,
             })
             .collect();
         let sigchld = sys::sigchld_fd()?;
@@ -215,6 +222,7 @@ impl Server {
             }
             Ok(n) => {
                 self.chans[chan].connected = true;
+                self.chans[chan].last_input = Some(std::time::Instant::now());
                 self.chans[chan].frames.push(&buf[..n]);
                 loop {
                     match self.chans[chan].frames.next_frame() {
@@ -268,8 +276,15 @@ impl Server {
             return;
         };
         let written = if c.survives {
-            // The host may vanish mid-frame; never let one channel stall the agent.
-            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2))
+            // The host may vanish mid-frame; never let one channel stall the agent. A hangup
+            // right after the host sent something is the news of its connection still on the
+            // way (virtio-serial delivers data and port events on separate queues): wait a
+            // little for it instead of dropping the answer.
+            let hup_grace = match c.last_input {
+                Some(t) if t.elapsed() < HUP_GRACE => HUP_GRACE,
+                _ => Duration::ZERO,
+            };
+            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2), hup_grace)
         } else {
             sys::write_all(c.fd, &bytes)
         };
