@@ -190,7 +190,9 @@ pub fn run_as_init() -> ! {
         // SAFETY: pointer and length of a valid byte string.
         unsafe { libc::sethostname(h.as_ptr().cast(), h.len()) };
     }
-    // Loopback up is left to the networking setup; nothing else is needed to serve.
+    if let Err(e) = crate::net::configure(&cmdline) {
+        log(&format!("network setup failed: {e}"));
+    }
     let channels = match open_control_channels(Duration::from_secs(10)) {
         Ok(c) => c,
         Err(e) => {

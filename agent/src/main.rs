@@ -7,6 +7,7 @@
 
 mod channel;
 mod init;
+mod net;
 mod serve;
 mod session;
 mod sys;

@@ -38,12 +38,18 @@ struct Service {
 type Key = (usize, u32);
 
 /// One control channel (the host may use several at once, one client each).
+/// How long a channel that just received data may look hung up before writes to it fail.
+const HUP_GRACE: Duration = Duration::from_millis(1000);
+
 struct Chan {
     fd: i32,
     /// A virtio port survives host disconnects; a plain stream does not.
     survives: bool,
     connected: bool,
     frames: FrameBuffer,
+    /// When the host last sent data: a host that just (re)connected may still look hung up
+    /// to the guest for a moment (see [`sys::write_all_bounded`]).
+    last_input: Option<std::time::Instant>,
 }
 
 pub struct Server {
@@ -84,6 +90,7 @@ impl Server {
                 survives: c.survives_disconnect(),
                 connected: !c.survives_disconnect(),
                 frames: FrameBuffer::new(),
+                last_input: None,
             })
             .collect();
         let sigchld = sys::sigchld_fd()?;
@@ -215,6 +222,7 @@ impl Server {
             }
             Ok(n) => {
                 self.chans[chan].connected = true;
+                self.chans[chan].last_input = Some(std::time::Instant::now());
                 self.chans[chan].frames.push(&buf[..n]);
                 loop {
                     match self.chans[chan].frames.next_frame() {
@@ -268,8 +276,15 @@ impl Server {
             return;
         };
         let written = if c.survives {
-            // The host may vanish mid-frame; never let one channel stall the agent.
-            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2))
+            // The host may vanish mid-frame; never let one channel stall the agent. A hangup
+            // right after the host sent something is the news of its connection still on the
+            // way (virtio-serial delivers data and port events on separate queues): wait a
+            // little for it instead of dropping the answer.
+            let hup_grace = match c.last_input {
+                Some(t) if t.elapsed() < HUP_GRACE => HUP_GRACE,
+                _ => Duration::ZERO,
+            };
+            sys::write_all_bounded(c.fd, &bytes, Duration::from_secs(2), hup_grace)
         } else {
             sys::write_all(c.fd, &bytes)
         };
@@ -387,7 +402,8 @@ impl Server {
         for m in &setup.mounts {
             std::fs::create_dir_all(&m.target)
                 .map_err(|e| format!("cannot create mount point {}: {e}", m.target))?;
-            sys::mount(&m.source, &m.target, &m.fstype, 0, &m.options).map_err(|e| {
+            let (flags, data) = mount_flags(&m.options);
+            sys::mount(&m.source, &m.target, &m.fstype, flags, &data).map_err(|e| {
                 format!(
                     "cannot mount {} ({}) on {}: {e}",
                     m.source, m.fstype, m.target
@@ -665,5 +681,33 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// `ro` among a mount's options is the read-only flag; the rest is the filesystem's data.
+fn mount_flags(options: &str) -> (libc::c_ulong, String) {
+    let mut flags = 0;
+    let mut data = Vec::new();
+    for o in options.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => flags |= libc::MS_RDONLY,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_flags;
+
+    #[test]
+    fn read_only_is_a_flag() {
+        assert_eq!(mount_flags(""), (0, String::new()));
+        assert_eq!(mount_flags("size=1024"), (0, "size=1024".into()));
+        assert_eq!(
+            mount_flags("ro,size=1024"),
+            (libc::MS_RDONLY, "size=1024".into())
+        );
     }
 }

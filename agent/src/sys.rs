@@ -106,9 +106,16 @@ pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// Writes all of `buf` to a non-blocking descriptor, waiting at most `limit` for room; fails
-/// at once when the peer hung up (a virtio port blocks writers while the host is away).
-pub fn write_all_bounded(fd: RawFd, mut buf: &[u8], limit: std::time::Duration) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + limit;
+/// when the peer hung up (a virtio port blocks writers while the host is away) and stays so
+/// for longer than `hup_grace` (zero: at once).
+pub fn write_all_bounded(
+    fd: RawFd,
+    mut buf: &[u8],
+    limit: std::time::Duration,
+    hup_grace: std::time::Duration,
+) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    let deadline = start + limit;
     while !buf.is_empty() {
         match write(fd, buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -129,7 +136,11 @@ pub fn write_all_bounded(fd: RawFd, mut buf: &[u8], limit: std::time::Duration) 
                 if p.revents & (libc::POLLHUP | libc::POLLERR) != 0
                     && p.revents & libc::POLLOUT == 0
                 {
-                    return Err(io::ErrorKind::BrokenPipe.into());
+                    if start.elapsed() >= hup_grace {
+                        return Err(io::ErrorKind::BrokenPipe.into());
+                    }
+                    // A hung-up descriptor polls at once: pace the wait.
+                    std::thread::sleep(std::time::Duration::from_millis(10));
                 }
             }
             Err(e) => return Err(e),

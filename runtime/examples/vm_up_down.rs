@@ -69,6 +69,7 @@ fn main() {
         services: BTreeMap::new(),
         mounts: vec![],
         ports: vec![],
+        network: envfile_spec::plan::NetworkMode::Isolated,
         on_up: vec![],
         disk_size: Some(256 << 20),
         agent: Some(need("--agent").into()),

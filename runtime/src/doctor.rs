@@ -71,6 +71,22 @@ pub fn agent_check() -> Check {
     }
 }
 
+/// Whether virtiofsd is there to share `bind`, `sync` and `volume` mounts with qemu VMs.
+pub fn virtiofsd_check() -> Check {
+    const NAME: &str = "vm folders";
+    match crate::vm::shared_folder::locate_virtiofsd() {
+        Some(p) => Check::ok(NAME, format!("virtiofsd at {}", p.display())),
+        None => Check::warn(
+            NAME,
+            format!(
+                "no virtiofsd (looked at: {}): VMs with bind, sync or volume mounts cannot start",
+                crate::vm::shared_folder::VIRTIOFSD_PATHS.join(", ")
+            ),
+            "apt-get install qemu-system-common (Debian 12) or virtiofsd",
+        ),
+    }
+}
+
 /// What kind of KVM this host has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -64,6 +64,7 @@ fn real_kernel_under_berths_vmm() {
         services: BTreeMap::new(),
         mounts: vec![],
         ports: vec![],
+        network: envfile_spec::plan::NetworkMode::Isolated,
         on_up: vec![],
         disk_size: Some(128 << 20),
         agent: Some(agent),

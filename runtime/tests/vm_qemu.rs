@@ -141,6 +141,7 @@ fn debian_kernel_under_qemu_tcg() {
             size: Some(1 << 20),
         }],
         ports: vec![],
+        network: envfile_spec::plan::NetworkMode::Isolated,
         on_up: vec!["echo up > /root/on_up_ran".into()],
         disk_size: Some(256 << 20),
         agent: Some(static_agent()),

@@ -86,10 +86,12 @@ impl HostSnapshot {
                 };
                 let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                // Container supervisors and VMMs (berth's own, or qemu for a VM environment).
+                // Container supervisors and VMMs (berth's own, or qemu for a VM environment,
+                // with the virtiofsd serving its shared folders).
                 if cmd.contains("__supervisor")
                     || cmd.contains("internal-vmm")
                     || cmd.starts_with("qemu-system")
+                    || cmd.contains("virtiofsd")
                 {
                     berth_processes.insert(format!("{pid} {cmd}"));
                 }

@@ -114,10 +114,26 @@ impl Vm<'_> {
         let (out, err) = text(&o);
         assert!(
             o.status.success(),
-            "berth {args:?} failed ({:?}):\n{out}\n{err}",
-            o.status
+            "berth {args:?} failed ({:?}):\n{out}\n{err}\n{}",
+            o.status,
+            self.consoles()
         );
         out
+    }
+
+    /// The guests' console logs, for failure messages.
+    fn consoles(&self) -> String {
+        let mut all = String::new();
+        for e in std::fs::read_dir(self.berth.home.path().join("envs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = e.path().join("logs/console.log");
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+        }
+        all
     }
 
     fn status(&self) -> serde_json::Value {
@@ -133,6 +149,20 @@ fn process_gone(pid: i64) -> bool {
             .rsplit_once(") ")
             .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
     }
+}
+
+/// The virtiofsd processes serving folders of the environment in `env_dir`.
+fn virtiofsd_of(env_dir: &Path) -> Vec<String> {
+    let dir = env_dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains("virtiofsd") && cmd.contains(&dir)).then_some(cmd)
+        })
+        .collect()
 }
 
 fn wait_gone(pid: i64) -> bool {
@@ -160,7 +190,55 @@ memory = "256MiB"
 vcpus = 1
 [services]
 ticker = { command = ["sh", "-c", "echo tick $GREETING; echo tock; sleep 1000"] }
+web = { command = ["sh", "-c", "mkdir -p /srv && echo served-from-the-guest > /srv/index.html && exec httpd -f -p 80 -h /srv"] }
+[[ports]]
+host = {port}
+guest = 80
+[[mounts]]
+source = "./src"
+target = "/work"
+type = "sync"
+[[mounts]]
+source = "./src"
+target = "/ro"
+readonly = true
+[[mounts]]
+source = "cache"
+target = "/cache"
+type = "volume"
 "#;
+
+/// A host port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET /` through the forwarded host port; the guest's service may still be starting.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..100 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.contains("200") => return body,
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the forwarded port {port} never answered: {last}");
+}
 
 #[test]
 fn vm_environment_through_the_cli() {
@@ -179,6 +257,10 @@ fn vm_environment_through_the_cli() {
         .tempdir()
         .unwrap();
     busybox_rootfs(&project.path().join("rootfs"));
+    let port = free_port();
+    let src = project.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "from the host\n").unwrap();
     let name = format!(
         "vm-{}",
         project
@@ -192,7 +274,8 @@ fn vm_environment_through_the_cli() {
     );
     std::fs::write(
         project.path().join("berth.toml"),
-        TOML.replace("{name}", &name),
+        TOML.replace("{name}", &name)
+            .replace("{port}", &port.to_string()),
     )
     .unwrap();
     let vm = Vm {
@@ -204,8 +287,19 @@ fn vm_environment_through_the_cli() {
     let before = HostSnapshot::take(&[&home]);
 
     // up: the image's layers become the VM's disk; the agent is found beside berth.
-    let out = vm.ok(&["up"]);
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up failed:\n{out}\n{err}");
     assert!(out.contains("created and started"), "{out}");
+    assert!(
+        !err.contains("not forwarded") && !out.contains("not forwarded"),
+        "qemu VMs forward ports: {out}\n{err}"
+    );
+    assert!(
+        err.contains("sync mount on /work is served to the VM as a live share"),
+        "{err}"
+    );
+    assert!(!err.contains("skipped"), "qemu VMs skip no mounts: {err}");
     let st = vm.status();
     assert_eq!(st["status"], "running", "{st}");
     let facts = &st["vm"];
@@ -267,6 +361,74 @@ fn vm_environment_through_the_cli() {
         "got hello x1\nhello from the plan\non-up-ran\n"
     );
 
+    // ports: the guest's NIC is up on qemu's user network and its web service answers
+    // through the forwarded host port.
+    assert!(http_get(port).contains("served-from-the-guest"));
+    let ip = vm.ok(&["exec", "--", "sh", "-c", "ip -4 addr; cat /etc/resolv.conf"]);
+    assert!(
+        ip.contains("10.0.2.15/24") && ip.contains("nameserver 10.0.2.3"),
+        "{ip}"
+    );
+    // Outbound: the default route reaches the host (10.0.2.2 is the host's loopback).
+    let outside = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let outside_port = outside.local_addr().unwrap().port();
+    let accepted = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut s, _) = outside.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        got
+    });
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        &format!("echo out-of-the-guest | nc -w 5 10.0.2.2 {outside_port}"),
+    ]);
+    assert_eq!(accepted.join().unwrap(), "out-of-the-guest\n");
+
+    // Shared folders (virtio-fs): host files appear inside, guest writes appear on the host,
+    // at once both ways; read-only mounts refuse writes; a volume lives under volumes/.
+    assert_eq!(
+        virtiofsd_of(&env_dir).len(),
+        3,
+        "one virtiofsd per shared folder"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/hello.txt"]),
+        "from the host\n"
+    );
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo from the guest > /work/out.txt",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(src.join("out.txt")).unwrap(),
+        "from the guest\n"
+    );
+    std::fs::write(src.join("late.txt"), "written while up\n").unwrap();
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/late.txt"]),
+        "written while up\n"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
+        "from the host\n"
+    );
+    let o = vm.run(&["exec", "--", "touch", "/ro/nope"]);
+    assert_ne!(o.status.code(), Some(0), "a read-only share took a write");
+    assert!(!src.join("nope").exists());
+    vm.ok(&["exec", "--", "sh", "-c", "echo kept > /cache/v.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(berth.home.path().join("volumes/cache/v.txt")).unwrap(),
+        "kept\n"
+    );
+
     // logs: the service's output, kept in the guest.
     let mut logs = String::new();
     for _ in 0..50 {
@@ -276,7 +438,8 @@ fn vm_environment_through_the_cli() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(logs, "tock\n");
+    // Two services (ticker, and web which prints nothing): lines carry the service's name.
+    assert_eq!(logs, "ticker | tock\n");
     assert_eq!(
         vm.ok(&["logs", "ticker"]),
         "tick hello from the plan\ntock\n"
@@ -340,6 +503,17 @@ exit [lindex $result 3]
     let out = vm.ok(&["down"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(wait_gone(pid), "qemu still runs after down");
+    for _ in 0..50 {
+        if virtiofsd_of(&env_dir).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        virtiofsd_of(&env_dir),
+        Vec::<String>::new(),
+        "virtiofsd left after down"
+    );
     for f in [
         "control.sock",
         "control-1.sock",
@@ -366,6 +540,27 @@ exit [lindex $result 3]
         "a stopped VM shows no VM facts: {st}"
     );
     assert_eq!(vm.run(&["exec", "--", "true"]).status.code(), Some(3));
+
+    // A busy host port: `up` fails before starting qemu, naming the port and its holder,
+    // and leaves nothing running.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up with a busy port succeeded:\n{out}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("pid {}", std::process::id())),
+        "{err}"
+    );
+    drop(holder);
+    let st = vm.status();
+    assert_eq!(st["status"], "stopped", "{st}");
+    for f in ["control.sock", "qemu.pid", "vm.json"] {
+        assert!(!env_dir.join(f).exists(), "{f} left after a failed up");
+    }
 
     // destroy removes the environment's folder (its disk with it).
     vm.ok(&["destroy"]);

@@ -1,12 +1,13 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
-use berth_runtime::doctor::{agent_check, diagnose, CheckStatus, HostRoot};
+use berth_runtime::doctor::{agent_check, diagnose, virtiofsd_check, CheckStatus, HostRoot};
 
 use crate::exit::CliError;
 
 pub fn run(json: bool) -> Result<i32, CliError> {
     let mut report = diagnose(&HostRoot::real());
     report.checks.push(agent_check());
+    report.checks.push(virtiofsd_check());
     if json {
         println!(
             "{}",

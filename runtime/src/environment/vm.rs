@@ -5,13 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use envfile_spec::plan::{KernelSource, MountKind};
+use envfile_spec::plan::{KernelSource, MountKind, NetworkMode};
 use envfile_spec::Plan;
 use serde::Serialize;
 
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::vm::agent_proto::Exec;
+use crate::vm::shared_folder::kind_name;
 use crate::vm::{Provider, VmBackend, VmError, VmSpec, VmState};
 
 /// How long `up` waits for the guest's agent (TCG boots of a stock kernel take seconds).
@@ -75,36 +76,52 @@ pub(super) fn spec_from_plan(
         services: plan.services.clone(),
         mounts: plan.mounts.clone(),
         ports: plan.ports.clone(),
+        network: plan.network.mode,
         on_up: plan.on_up.clone(),
         disk_size: None,
         agent: None,
         boot_timeout: BOOT_TIMEOUT,
     };
-    Ok((spec, unsupported(plan)))
+    let provider = crate::vm::backend::choose_provider(
+        vm.vmm,
+        crate::doctor::kvm_kind(&crate::doctor::HostRoot::real()),
+    )
+    .ok()
+    .map(|(p, _)| p);
+    Ok((spec, unsupported(plan, provider)))
 }
 
-/// What of `plan` a VM environment does not provide yet, one notice each.
-fn unsupported(plan: &Plan) -> Vec<String> {
+/// Notices for what of `plan` a VM run by `provider` serves differently or not at all.
+fn unsupported(plan: &Plan, provider: Option<Provider>) -> Vec<String> {
+    let own_vmm = provider == Some(Provider::Kvm);
     let mut notices: Vec<String> = plan
         .mounts
         .iter()
         .filter(|m| m.kind != MountKind::Tmpfs)
-        .map(|m| {
-            let kind = match m.kind {
-                MountKind::Bind => "bind",
-                MountKind::Sync => "sync",
-                MountKind::Volume => "volume",
-                MountKind::Tmpfs => "tmpfs",
-            };
-            format!(
-                "the {kind} mount on {} is not available in VM environments yet and was skipped; only tmpfs mounts are",
-                m.target
-            )
+        .filter_map(|m| {
+            let kind = kind_name(m.kind);
+            if own_vmm {
+                Some(format!(
+                    "the {kind} mount on {} was skipped: berth's own VMM (vmm = \"kvm\", or \"auto\" on hardware KVM) shares no folders yet; use vmm = \"qemu\"",
+                    m.target
+                ))
+            } else {
+                (m.kind == MountKind::Sync).then(|| format!(
+                    "the sync mount on {} is served to the VM as a live share (virtio-fs): changes show on both sides at once, and `ignore` patterns do not apply",
+                    m.target
+                ))
+            }
         })
         .collect();
-    if !plan.ports.is_empty() {
+    if plan.network.mode == NetworkMode::Host && provider == Some(Provider::Qemu) {
         notices.push(
-            "ports are not forwarded into VM environments yet; reach services with `berth exec`"
+            "network = \"host\" cannot share the host's interfaces with a VM: it gets qemu's user network (outbound NAT); reach its services through [[ports]]"
+                .into(),
+        );
+    }
+    if !plan.ports.is_empty() && own_vmm {
+        notices.push(
+            "ports are not forwarded by berth's own VMM yet (chosen by vmm = \"kvm\" or \"auto\" on hardware KVM); use vmm = \"qemu\" or reach services with `berth exec`"
                 .into(),
         );
     }
@@ -205,6 +222,7 @@ mod tests {
             started_at_ms: crate::vm::backend::now_ms(),
             boot_ms: Some(1500),
             vsock_socket: None,
+            shares: vec![],
         };
         crate::state::write_json(&env.join("vm.json"), &st).unwrap();
         let (r, facts) = report(&b, &env).unwrap();
@@ -247,10 +265,39 @@ mod tests {
             mount(MountKind::Bind, "/Work"),
             mount(MountKind::Tmpfs, "/t"),
         ];
-        let (spec, notices) = spec_from_plan(&plan, Path::new("/s"), vec![]).unwrap();
+        let (spec, _) = spec_from_plan(&plan, Path::new("/s"), vec![]).unwrap();
         assert_eq!(spec.mounts.len(), 2);
-        assert_eq!(notices.len(), 1);
-        assert!(notices[0].contains("bind mount on /Work"), "{notices:?}");
+        // qemu shares bind mounts as they are, and says how it serves sync mounts.
+        assert!(unsupported(&plan, Some(Provider::Qemu)).is_empty());
+        plan.mounts.push(mount(MountKind::Sync, "/Sync"));
+        plan.ports = vec![envfile_spec::plan::PortPlan {
+            host: 8080,
+            guest: 80,
+            protocol: envfile_spec::plan::Protocol::Tcp,
+            address: "127.0.0.1".parse().unwrap(),
+        }];
+        let notices = unsupported(&plan, Some(Provider::Qemu));
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("sync mount on /Sync is served to the VM as a live share"));
+        // berth's own VMM skips folders and ports, saying so.
+        let notices = unsupported(&plan, Some(Provider::Kvm));
+        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert!(
+            notices[0].contains("bind mount on /Work was skipped"),
+            "{notices:?}"
+        );
+        assert!(
+            notices[2].contains("ports are not forwarded"),
+            "{notices:?}"
+        );
+        plan.network.mode = NetworkMode::Host;
+        let notices = unsupported(&plan, Some(Provider::Qemu));
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("network = \"host\" cannot share")),
+            "{notices:?}"
+        );
         plan.vm = None;
         assert!(spec_from_plan(&plan, Path::new("/s"), vec![]).is_err());
     }

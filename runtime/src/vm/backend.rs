@@ -7,6 +7,8 @@
 //! envs/<id>/disk.img       the same for berth's VMM
 //! envs/<id>/control.sock   control channel to the agent (one client at a time)
 //! envs/<id>/logs/console.log  the guest's serial console
+//! envs/<id>/fs-<n>.sock    virtiofsd's socket for shared folder n (qemu)
+//! envs/<id>/logs/virtiofsd-<n>.log  its messages
 //! ```
 //!
 //! The caller (the CLI) holds the environment's lock around `start` and `stop`.
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use berth_agent_proto::{Client, MountRequest, Output, Restart, ServiceSpec, Setup};
 use envfile_spec::plan::{
-    KernelSource, MountKind, MountPlan, PortPlan, RestartPolicy, ServicePlan, VmmKind,
+    KernelSource, MountKind, MountPlan, NetworkMode, PortPlan, RestartPolicy, ServicePlan, VmmKind,
 };
 use serde::{Deserialize, Serialize};
 
@@ -26,9 +28,11 @@ use super::kernel::{KernelStore, Mirror};
 use super::process::ProcessRecord;
 use super::qemu::{Accel, QemuConfig};
 use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
+use super::shared_folder::{locate_virtiofsd, shared_folders, SharedFolder};
 use super::vmm_process::{self, check_kvm_can_boot_linux, VmmProcessConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::net::forward::{BoundPorts, ForwardSpec};
 use crate::state::{self, BerthHome, FileLock, LockMode};
 
 /// Everything needed to run one environment as a VM.
@@ -49,10 +53,14 @@ pub struct VmSpec {
     pub vmm: VmmKind,
     pub env: BTreeMap<String, String>,
     pub services: BTreeMap<String, ServicePlan>,
-    /// `tmpfs` mounts are made in the guest; other kinds are handled by the sync/volume code.
+    /// `tmpfs` mounts are made in the guest; under qemu, `bind`, `sync` and `volume` mounts
+    /// are host folders shared live through virtio-fs ([`super::shared_folder`]).
     pub mounts: Vec<MountPlan>,
-    /// Forwarded later by the networking code (over the control channel or a tap device).
+    /// Forwarded by qemu's user-mode network (`hostfwd`); berth's own VMM has no network yet.
     pub ports: Vec<PortPlan>,
+    /// `none`: the guest reaches nothing outside (forwarded ports still answer); `isolated`
+    /// and `host` both get qemu's user network (a VM cannot share the host's interfaces).
+    pub network: NetworkMode,
     pub on_up: Vec<String>,
     /// Size of the root disk; default twice the layers' size, at least 1 GiB.
     pub disk_size: Option<u64>,
@@ -90,6 +98,9 @@ pub struct VmState {
     /// reach a guest port; guest connections to host port P arrive at `<path>_<P>`.
     #[serde(default)]
     pub vsock_socket: Option<PathBuf>,
+    /// The virtiofsd processes serving the VM's shared folders (qemu); they end with qemu.
+    #[serde(default)]
+    pub shares: Vec<ProcessRecord>,
 }
 
 /// What `berth status` shows for a VM.
@@ -172,8 +183,11 @@ fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
         .collect()
 }
 
-fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
-    spec.mounts
+/// tmpfs mounts, then the shared folders (virtio-fs tags) in their place; `ro` is read by
+/// the agent as the read-only flag.
+fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
+    let tmpfs = spec
+        .mounts
         .iter()
         .filter(|m| m.kind == MountKind::Tmpfs)
         .map(|m| MountRequest {
@@ -181,8 +195,53 @@ fn guest_mounts(spec: &VmSpec) -> Vec<MountRequest> {
             target: m.target.clone(),
             fstype: "tmpfs".into(),
             options: m.size.map(|s| format!("size={s}")).unwrap_or_default(),
-        })
-        .collect()
+        });
+    let shared = shares.iter().map(|f| MountRequest {
+        source: f.tag.clone(),
+        target: f.target.clone(),
+        fstype: "virtiofs".into(),
+        options: if f.readonly {
+            "ro".into()
+        } else {
+            String::new()
+        },
+    });
+    tmpfs.chain(shared).collect()
+}
+
+/// Starts one virtiofsd per shared folder; on failure ends those already started.
+fn start_shares(shares: &[SharedFolder], logs: &Path) -> Result<Vec<ProcessRecord>, VmError> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let exe = locate_virtiofsd().ok_or_else(|| {
+        VmError::Config(format!(
+            "bind, sync and volume mounts of a VM are shared through virtio-fs, but virtiofsd was not found (looked at: {}); install it (Debian: apt-get install qemu-system-common, or virtiofsd)",
+            super::shared_folder::VIRTIOFSD_PATHS.join(", ")
+        ))
+    })?;
+    let mut started = Vec::new();
+    for (i, f) in shares.iter().enumerate() {
+        match super::shared_folder::start(&exe, f, &logs.join(format!("virtiofsd-{i}.log"))) {
+            Ok(p) => started.push(p),
+            Err(e) => {
+                for p in started {
+                    p.terminate(Duration::from_secs(2));
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Fails, naming the port and the process holding it, when a host port of `ports` is taken:
+/// qemu's own message for a failed `hostfwd` does not say which. The ports are bound briefly
+/// and released for qemu.
+fn check_ports_free(ports: &[PortPlan]) -> Result<(), VmError> {
+    let specs: Vec<ForwardSpec> = ports.iter().map(ForwardSpec::from).collect();
+    drop(BoundPorts::bind(&specs)?);
+    Ok(())
 }
 
 pub struct VmBackend {
@@ -213,6 +272,15 @@ impl VmBackend {
             return Ok(st);
         }
         let (provider, accel) = choose_provider(spec.vmm, kvm_kind(&HostRoot::real()))?;
+        // berth's own VMM has neither network nor shared folders yet (the environment layer
+        // says so in its notices).
+        let shares = if provider == Provider::Qemu {
+            super::qemu::check_ports(&spec.ports)?;
+            check_ports_free(&spec.ports)?;
+            shared_folders(&spec.mounts, &self.home.volumes_dir(), &spec.state_dir)?
+        } else {
+            Vec::new()
+        };
         state::create_dir_all(&spec.state_dir)?;
         let logs = spec.state_dir.join("logs");
         state::create_dir_all(&logs)?;
@@ -247,6 +315,9 @@ impl VmBackend {
         );
         if provider == Provider::Kvm {
             cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
+        } else {
+            cmdline.push(' ');
+            cmdline.push_str(super::qemu::GUEST_NET_CMDLINE);
         }
         let mut st = VmState {
             provider,
@@ -261,10 +332,13 @@ impl VmBackend {
             started_at_ms: now_ms(),
             boot_ms: None,
             vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
+            shares: Vec::new(),
         };
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         let started = Instant::now();
-        let process = match provider {
+        st.shares = start_shares(&shares, &logs)?;
+        state::write_json(&vm_json(&spec.state_dir), &st)?;
+        let launched = match provider {
             Provider::Qemu => QemuConfig {
                 kernel: kernel.image.clone(),
                 initramfs,
@@ -278,8 +352,12 @@ impl VmBackend {
                 control_socket: control_socket.clone(),
                 pidfile: spec.state_dir.join("qemu.pid"),
                 qemu_log: logs.join("qemu.log"),
+                ports: spec.ports.clone(),
+                outbound: spec.network != NetworkMode::None,
+                shares: shares.clone(),
             }
-            .launch()?,
+            .launch()
+            .map_err(VmError::from),
             Provider::Kvm => {
                 let cfg = VmmProcessConfig {
                     kernel: kernel.image.clone(),
@@ -301,7 +379,14 @@ impl VmBackend {
                     .ok_or_else(|| {
                         VmError::Config("cannot find the berth executable to run the VMM".into())
                     })?;
-                vmm_process::launch(&exe, &cfg_path, &logs.join("vmm.log"))?
+                vmm_process::launch(&exe, &cfg_path, &logs.join("vmm.log"))
+            }
+        };
+        let process = match launched {
+            Ok(p) => p,
+            Err(e) => {
+                self.cleanup(&spec.state_dir, &st);
+                return Err(e);
             }
         };
         st.process = Some(process);
@@ -319,7 +404,7 @@ impl VmBackend {
         st.boot_ms = Some(started.elapsed().as_millis() as u64);
         let setup = Setup {
             hostname: spec.name.clone(),
-            mounts: guest_mounts(spec),
+            mounts: guest_mounts(spec, &shares),
             env: spec
                 .env
                 .iter()
@@ -403,10 +488,23 @@ impl VmBackend {
         Err(VmError::Busy)
     }
 
-    /// Connects to the running VM's agent (for exec and shell).
+    /// Connects to the running VM's agent (for exec and shell). An unanswered hello is tried
+    /// again on a fresh connection: the agent resets a channel when the host side closes, so
+    /// a handshake lost while the previous client was going away gets a clean retry.
     pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
         let st = self.running_state(state_dir)?;
-        self.connect_with(&st, Duration::from_secs(10))
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.connect_with(&st, Duration::from_secs(4)) {
+                Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) if attempt < 3 => {
+                    if !self.is_running(state_dir) {
+                        return Err(VmError::NotRunning);
+                    }
+                }
+                other => return other,
+            }
+        }
     }
 
     fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
@@ -470,6 +568,15 @@ impl VmBackend {
     }
 
     fn cleanup(&self, state_dir: &Path, st: &VmState) {
+        // virtiofsd ends when qemu disconnects; one that hangs on is ended here.
+        for p in &st.shares {
+            if !p.wait_gone(Duration::from_millis(500)) {
+                p.terminate(Duration::from_secs(2));
+            }
+        }
+        for i in 0..st.shares.len() {
+            let _ = std::fs::remove_file(state_dir.join(format!("fs-{i}.sock")));
+        }
         for socket in super::control_sockets(&st.control_socket) {
             let _ = std::fs::remove_file(super::control_lock(&socket));
             let _ = std::fs::remove_file(socket);
@@ -569,6 +676,7 @@ mod tests {
             started_at_ms: 0,
             boot_ms: Some(1),
             vsock_socket: None,
+            shares: vec![],
         };
         state::write_json(&env.join("vm.json"), &st).unwrap();
         assert!(b.status(&env).unwrap().running);

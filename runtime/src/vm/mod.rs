@@ -10,6 +10,7 @@ pub mod process;
 pub mod qemu;
 pub mod rootdisk;
 pub mod session;
+pub mod shared_folder;
 pub mod vmm;
 pub mod vmm_process;
 
@@ -57,6 +58,8 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    #[error(transparent)]
+    Ports(#[from] crate::net::forward::ForwardError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]

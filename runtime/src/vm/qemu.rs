@@ -1,14 +1,18 @@
 //! The qemu provider: `qemu-system-x86_64 -M pc` with the kernel, berth's initramfs, the root
 //! disk on virtio-blk, the serial console in a log file and the control channel on a
 //! virtio-serial port backed by a Unix-socket chardev (virtio-pci devices; see `args` for why
-//! not microvm). TCG unless the host has
+//! not microvm), a virtio-net NIC on qemu's user network (`hostfwd` per forwarded port,
+//! `restrict=on` for `network = "none"`) and virtio-fs devices for shared folders. TCG unless the host has
 //! hardware KVM. qemu daemonizes itself once its devices and sockets are set up.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use envfile_spec::plan::{PortPlan, Protocol};
+
 use super::process::ProcessRecord;
+use super::shared_folder::SharedFolder;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -34,6 +38,37 @@ pub struct QemuConfig {
     pub pidfile: PathBuf,
     /// qemu's own messages.
     pub qemu_log: PathBuf,
+    /// Host ports forwarded to the guest by the user-mode network (the NIC is always there,
+    /// so the guest reaches outside).
+    pub ports: Vec<PortPlan>,
+    /// Whether the guest may open connections to the outside (`restrict=off`).
+    pub outbound: bool,
+    /// Host folders served by virtiofsd (already listening on their sockets).
+    pub shares: Vec<SharedFolder>,
+}
+
+/// The guest's address on qemu's user-mode network (slirp's defaults), as the agent reads it
+/// from the kernel command line.
+pub const GUEST_NET_CMDLINE: &str = "berth.ip=10.0.2.15/24 berth.gw=10.0.2.2 berth.dns=10.0.2.3";
+
+/// `hostfwd=tcp:127.0.0.1:8080-:80` for one `[[ports]]` entry (IPv4: see [`check_ports`]).
+fn hostfwd(p: &PortPlan) -> String {
+    let proto = match p.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    format!("hostfwd={proto}:{}:{}-:{}", p.address, p.host, p.guest)
+}
+
+/// qemu's user network (7.2, Debian 12) forwards only from IPv4 host addresses.
+pub fn check_ports(ports: &[PortPlan]) -> Result<(), QemuError> {
+    match ports.iter().find(|p| p.address.is_ipv6()) {
+        Some(p) => Err(QemuError::Ipv6Port {
+            address: p.address,
+            port: p.host,
+        }),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +77,11 @@ pub enum QemuError {
     Spawn(std::io::Error),
     #[error("qemu failed to start the VM: {0}")]
     Failed(String),
+    #[error("[[ports]] host port {port} on {address}: qemu's user network forwards only from IPv4 host addresses; use `address = \"127.0.0.1\"` (or another IPv4 address)")]
+    Ipv6Port {
+        address: std::net::IpAddr,
+        port: u16,
+    },
 }
 
 impl QemuConfig {
@@ -64,6 +104,16 @@ impl QemuConfig {
         }
         push("-m");
         push(&format!("{}M", self.memory_mib));
+        if !self.shares.is_empty() {
+            // vhost-user devices need guest memory that virtiofsd can map.
+            push("-object");
+            push(&format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                self.memory_mib
+            ));
+            push("-numa");
+            push("node,memdev=mem");
+        }
         push("-smp");
         push(&self.vcpus.max(1).to_string());
         for s in [
@@ -107,6 +157,24 @@ impl QemuConfig {
         ));
         push("-device");
         push("virtio-blk-pci,drive=root");
+        let mut netdev = String::from("user,id=net0");
+        if !self.outbound {
+            netdev.push_str(",restrict=on");
+        }
+        for p in &self.ports {
+            netdev.push(',');
+            netdev.push_str(&hostfwd(p));
+        }
+        push("-netdev");
+        push(&netdev);
+        push("-device");
+        push("virtio-net-pci,netdev=net0");
+        for (i, f) in self.shares.iter().enumerate() {
+            push("-chardev");
+            push(&format!("socket,id=fs{i},path={}", path(&f.socket)));
+            push("-device");
+            push(&format!("vhost-user-fs-pci,chardev=fs{i},tag={}", f.tag));
+        }
         push("-daemonize");
         push("-pidfile");
         push(&path(&self.pidfile));
@@ -168,6 +236,22 @@ mod tests {
             control_socket: "/e/control.sock".into(),
             pidfile: "/e/qemu.pid".into(),
             qemu_log: "/e/qemu.log".into(),
+            ports: vec![
+                PortPlan {
+                    host: 8080,
+                    guest: 80,
+                    protocol: Protocol::Tcp,
+                    address: "127.0.0.1".parse().unwrap(),
+                },
+                PortPlan {
+                    host: 5353,
+                    guest: 53,
+                    protocol: Protocol::Udp,
+                    address: "0.0.0.0".parse().unwrap(),
+                },
+            ],
+            outbound: true,
+            shares: vec![],
         };
         let a: Vec<String> = c
             .args()
@@ -190,6 +274,56 @@ mod tests {
             "commas in paths are escaped"
         );
         assert!(joined.contains("-no-reboot") && joined.contains("-daemonize"));
+        assert!(
+            joined.contains(
+                "-netdev user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:0.0.0.0:5353-:53 \
+                 -device virtio-net-pci,netdev=net0"
+            ),
+            "{joined}"
+        );
+        assert!(!joined.contains("memory-backend") && !joined.contains("vhost-user-fs"));
+        assert!(check_ports(&c.ports).is_ok());
+        let offline = QemuConfig {
+            outbound: false,
+            ..c.clone()
+        };
+        let joined_offline = offline
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined_offline.contains("-netdev user,id=net0,restrict=on,hostfwd=tcp:"),
+            "{joined_offline}"
+        );
+        let mut v6 = c.ports.clone();
+        v6[0].address = "::1".parse().unwrap();
+        let e = check_ports(&v6).unwrap_err().to_string();
+        assert!(e.contains("8080 on ::1") && e.contains("IPv4"), "{e}");
+        let shared = QemuConfig {
+            shares: vec![SharedFolder {
+                tag: "berth0".into(),
+                source: "/src".into(),
+                target: "/w".into(),
+                readonly: false,
+                socket: "/e/fs-0.sock".into(),
+            }],
+            ..c.clone()
+        };
+        let joined = shared
+            .args()
+            .iter()
+            .map(|s| s.to_string_lossy().to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            joined.contains("-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem"),
+            "{joined}"
+        );
+        assert!(joined.contains(
+            "-chardev socket,id=fs0,path=/e/fs-0.sock -device vhost-user-fs-pci,chardev=fs0,tag=berth0"
+        ));
         let kvm = QemuConfig {
             accel: Accel::Kvm,
             ..c

@@ -17,6 +17,9 @@ pub const WANTED_MODULES: &[&str] = &[
     "ext4",
     "virtio_net",
     "vmw_vsock_virtio_transport",
+    // Shared folders (virtio-fs).
+    "fuse",
+    "virtiofs",
 ];
 
 /// A newc cpio archive being written.

@@ -169,7 +169,14 @@ impl KernelStore {
         })?;
         // The initramfs depends on the agent build, the modules and how berth packs them.
         let mut id = agent_bytes;
-        id.extend_from_slice(format!("|{:?}|{INITRAMFS_FORMAT}", kernel.modules).as_bytes());
+        id.extend_from_slice(
+            format!(
+                "|{:?}|{INITRAMFS_FORMAT}|{:?}",
+                kernel.modules,
+                super::initramfs::WANTED_MODULES
+            )
+            .as_bytes(),
+        );
         let key = short_hash(&id);
         let base = if kernel.image.starts_with(self.dir()) {
             kernel

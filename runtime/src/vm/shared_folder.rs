@@ -1,0 +1,223 @@
+//! Host folders shared live with a qemu VM through virtio-fs: one `virtiofsd` per folder
+//! (qemu's, shipped by Debian's qemu-system-common, or the standalone Rust one), serving a
+//! vhost-user socket that qemu's `vhost-user-fs-pci` device connects to. The guest mounts the
+//! device's tag with `-t virtiofs`. `virtiofsd` ends by itself once qemu disconnects.
+//!
+//! The Debian cloud kernel has no 9p, but it has `fuse` and `virtiofs` as modules: that is why
+//! berth uses virtio-fs rather than qemu's simpler `-virtfs`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envfile_spec::plan::{MountKind, MountPlan};
+
+use super::process::ProcessRecord;
+use super::VmError;
+
+/// Where Debian (and others) install virtiofsd: the Rust one first, then qemu's C one.
+pub const VIRTIOFSD_PATHS: &[&str] = &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
+
+/// One host folder shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedFolder {
+    /// The virtio-fs tag the guest mounts (`berth0`, `berth1`, …).
+    pub tag: String,
+    pub source: PathBuf,
+    /// Absolute path in the guest.
+    pub target: String,
+    pub readonly: bool,
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+}
+
+/// The `bind`, `sync` and `volume` mounts of `mounts` as shared folders; volumes live under
+/// `volumes_dir` (created when missing).
+pub fn shared_folders(
+    mounts: &[MountPlan],
+    volumes_dir: &Path,
+    state_dir: &Path,
+) -> Result<Vec<SharedFolder>, VmError> {
+    let mut out = Vec::new();
+    for m in mounts {
+        if m.kind == MountKind::Tmpfs {
+            continue;
+        }
+        let source = m.source.as_deref().ok_or_else(|| {
+            VmError::Config(format!(
+                "the mount at {} has no source; give `source` in berth.toml",
+                m.target
+            ))
+        })?;
+        let source = match m.kind {
+            MountKind::Volume => {
+                let dir = volumes_dir.join(source);
+                crate::state::create_dir_all(&dir)?;
+                dir
+            }
+            _ => PathBuf::from(source),
+        };
+        if !source.is_dir() {
+            return Err(VmError::Config(format!(
+                "the {} mount at {} shares {}, which is not a folder on this host; create it or fix `source` in berth.toml",
+                kind_name(m.kind),
+                m.target,
+                source.display()
+            )));
+        }
+        let i = out.len();
+        out.push(SharedFolder {
+            tag: format!("berth{i}"),
+            source,
+            target: m.target.clone(),
+            readonly: m.readonly,
+            socket: state_dir.join(format!("fs-{i}.sock")),
+        });
+    }
+    Ok(out)
+}
+
+pub fn kind_name(k: MountKind) -> &'static str {
+    match k {
+        MountKind::Bind => "bind",
+        MountKind::Sync => "sync",
+        MountKind::Volume => "volume",
+        MountKind::Tmpfs => "tmpfs",
+    }
+}
+
+/// The installed virtiofsd, if any.
+pub fn locate_virtiofsd() -> Option<PathBuf> {
+    VIRTIOFSD_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// virtiofsd's arguments: the Rust one takes `--shared-dir`, qemu's C one `-o source=`.
+fn virtiofsd_args(exe: &Path, f: &SharedFolder) -> Vec<String> {
+    let socket = format!("--socket-path={}", f.socket.display());
+    if exe.starts_with("/usr/lib/qemu") {
+        vec![
+            socket,
+            format!("-o source={}", f.source.display()),
+            "-o cache=none".into(),
+            // One process (no pid namespace with a child): ending it ends the server.
+            "-o sandbox=chroot".into(),
+        ]
+    } else {
+        vec![
+            socket,
+            format!("--shared-dir={}", f.source.display()),
+            "--cache=never".into(),
+            "--sandbox=chroot".into(),
+        ]
+    }
+}
+
+/// Starts virtiofsd for `f`, returns once its socket exists. Its messages go to `log`.
+pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, VmError> {
+    let _ = std::fs::remove_file(&f.socket);
+    let io = |source| VmError::Io {
+        path: log.to_path_buf(),
+        source,
+    };
+    let out = std::fs::File::create(log).map_err(io)?;
+    let mut cmd = Command::new(exe);
+    let mut args = Vec::new();
+    for a in virtiofsd_args(exe, f) {
+        // `-o x=y` as two arguments.
+        match a.strip_prefix("-o ") {
+            Some(rest) => args.extend(["-o".to_string(), rest.to_string()]),
+            None => args.push(a),
+        }
+    }
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().map_err(io)?)
+        .stderr(out);
+    // Its own process group: a Ctrl-C meant for `berth up` does not end the share.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().map_err(|e| VmError::Io {
+        path: exe.to_path_buf(),
+        source: e,
+    })?;
+    let rec = ProcessRecord::of(child.id() as i32);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if f.socket.exists() {
+            if let Some(rec) = rec {
+                return Ok(rec);
+            }
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(VmError::Config(format!(
+                "virtiofsd could not share {} ({}): {}",
+                f.source.display(),
+                exited.map_or("no socket after 10 s".to_string(), |s| s.to_string()),
+                std::fs::read_to_string(log).unwrap_or_default().trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mount(kind: MountKind, source: Option<&str>, target: &str) -> MountPlan {
+        MountPlan {
+            source: source.map(String::from),
+            target: target.into(),
+            kind,
+            readonly: kind == MountKind::Bind,
+            ignore: vec![],
+            size: None,
+        }
+    }
+
+    #[test]
+    fn bind_sync_and_volume_mounts_become_shares() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let src_s = src.to_str().unwrap();
+        let mounts = vec![
+            mount(MountKind::Tmpfs, None, "/t"),
+            mount(MountKind::Bind, Some(src_s), "/b"),
+            mount(MountKind::Sync, Some(src_s), "/s"),
+            mount(MountKind::Volume, Some("data"), "/v"),
+        ];
+        let shares = shared_folders(&mounts, &d.path().join("volumes"), Path::new("/e")).unwrap();
+        assert_eq!(shares.len(), 3);
+        assert_eq!(shares[0].tag, "berth0");
+        assert_eq!(shares[0].target, "/b");
+        assert!(shares[0].readonly);
+        assert_eq!(shares[1].socket, Path::new("/e/fs-1.sock"));
+        assert_eq!(shares[2].source, d.path().join("volumes/data"));
+        assert!(d.path().join("volumes/data").is_dir(), "volume created");
+
+        let missing = vec![mount(MountKind::Bind, Some("/nonexistent/x"), "/b")];
+        let e = shared_folders(&missing, d.path(), Path::new("/e")).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x"), "{e}");
+    }
+
+    #[test]
+    fn virtiofsd_flavours() {
+        let f = SharedFolder {
+            tag: "berth0".into(),
+            source: "/src".into(),
+            target: "/w".into(),
+            readonly: false,
+            socket: "/e/fs-0.sock".into(),
+        };
+        let c = virtiofsd_args(Path::new("/usr/lib/qemu/virtiofsd"), &f);
+        assert!(c.contains(&"-o source=/src".to_string()), "{c:?}");
+        let r = virtiofsd_args(Path::new("/usr/libexec/virtiofsd"), &f);
+        assert!(r.contains(&"--shared-dir=/src".to_string()), "{r:?}");
+    }
+}
