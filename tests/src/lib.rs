@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod oci;
+pub mod user;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

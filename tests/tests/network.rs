@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use berth_e2e::host::{
     busybox_rootfs, copy_program_with_libs, root_skip_reason, veth_name, HostSnapshot,
 };
-use berth_e2e::{berth_bin, text, Berth};
+use berth_e2e::user::TestUser;
+use berth_e2e::{text, Berth};
 use sha2::{Digest, Sha256};
 
 macro_rules! require_root {
@@ -597,61 +598,16 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &ids));
 }
 
-/// A throw-away unprivileged user, removed on drop.
-struct TestUser {
-    name: String,
-}
-
-impl TestUser {
-    fn create() -> TestUser {
-        let name = format!("berthnet{}", std::process::id() % 100000);
-        let st = Command::new("useradd")
-            .args(["--create-home", "--shell", "/bin/sh", &name])
-            .status()
-            .expect("useradd (package passwd) is needed for the rootless test");
-        assert!(st.success(), "useradd {name} failed");
-        TestUser { name }
-    }
-
-    fn berth(&self, dir: &Path, args: &[&str]) -> Output {
-        Command::new("runuser")
-            .args(["-u", &self.name, "--", "env"])
-            .arg(format!("HOME=/home/{}", self.name))
-            .args(["XDG_DATA_HOME=", "BERTH_HOME=", "NO_COLOR=1"])
-            .arg(berth_bin())
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.name])
-            .status();
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .status();
-    }
-}
-
 #[test]
 fn rootless_environment_forwards_its_ports() {
     if let Some(why) = root_skip_reason() {
         eprintln!("skipped: {why} (to create the test user)");
         return;
     }
-    let user = TestUser::create();
+    let user = TestUser::create("berthnet");
     let tcp = free_port();
     let p = web_project(tcp, free_port(), "127.0.0.1");
-    let st = Command::new("chown")
-        .args(["-R", &user.name])
-        .arg(p.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    user.own(p.path());
     let ok = |args: &[&str]| {
         let o = user.berth(p.path(), args);
         assert!(

@@ -2,61 +2,11 @@
 //! the real binary, run with `runuser` as a user this test creates (and removes).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use berth_e2e::host::{busybox_rootfs, root_skip_reason};
-use berth_e2e::{berth_bin, text};
-
-/// A throw-away unprivileged user, removed on drop.
-struct TestUser {
-    name: String,
-}
-
-impl TestUser {
-    fn create() -> TestUser {
-        let name = format!("berthrl{}", std::process::id() % 100000);
-        let st = Command::new("useradd")
-            .args(["--create-home", "--shell", "/bin/sh", &name])
-            .status()
-            .expect("useradd (package passwd) is needed for the rootless test");
-        assert!(st.success(), "useradd {name} failed");
-        TestUser { name }
-    }
-
-    fn home(&self) -> String {
-        format!("/home/{}", self.name)
-    }
-
-    /// Runs berth as this user in `dir`.
-    fn berth(&self, dir: &Path, args: &[&str]) -> Output {
-        Command::new("runuser")
-            .arg("-u")
-            .arg(&self.name)
-            .arg("--")
-            .arg("env")
-            .arg(format!("HOME={}", self.home()))
-            .arg("XDG_DATA_HOME=")
-            .arg("BERTH_HOME=")
-            .arg("NO_COLOR=1")
-            .arg(berth_bin())
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        // Whatever the test left running belongs to this user: stop it before removing them.
-        let _ = Command::new("pkill")
-            .args(["-KILL", "-u", &self.name])
-            .status();
-        let _ = Command::new("userdel")
-            .args(["--remove", &self.name])
-            .status();
-    }
-}
+use berth_e2e::text;
+use berth_e2e::user::TestUser;
 
 #[test]
 fn an_unprivileged_user_runs_the_daily_loop() {
@@ -64,7 +14,7 @@ fn an_unprivileged_user_runs_the_daily_loop() {
         eprintln!("skipped: {why} (to create the test user)");
         return;
     }
-    let user = TestUser::create();
+    let user = TestUser::create("berthrl");
     let proj = tempfile::Builder::new()
         .prefix("berth-rootless-")
         .tempdir()
@@ -75,12 +25,7 @@ fn an_unprivileged_user_runs_the_daily_loop() {
         "name = \"rl\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n",
     )
     .unwrap();
-    let st = Command::new("chown")
-        .args(["-R", &user.name])
-        .arg(proj.path())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    user.own(proj.path());
     let ok = |args: &[&str]| {
         let o = user.berth(proj.path(), args);
         assert!(

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use berth_runtime::environment::EnvRecord;
+use berth_runtime::environment::{live_sync, EnvRecord};
 use berth_runtime::state::BerthHome;
 use berth_runtime::sync::{self, SyncError};
-use envfile_spec::plan::{MountKind, MountPlan};
+use envfile_spec::plan::MountPlan;
 
 use crate::args::{GlobalArgs, SyncArgs};
 use crate::environment::Current;
@@ -26,13 +26,14 @@ fn sync_error(e: SyncError) -> CliError {
 pub fn run(g: &GlobalArgs, args: &SyncArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let record = cur.require()?;
-    let mounts: Vec<_> = record
-        .plan
-        .mounts
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.kind == MountKind::Sync)
-        .map(|(i, m)| (sync::state_dir(cur.envs.home(), &record.env_id, i), m))
+    let mounts: Vec<_> = live_sync::sync_mounts(record)
+        .into_iter()
+        .map(|i| {
+            (
+                sync::state_dir(cur.envs.home(), &record.env_id, i),
+                &record.plan.mounts[i],
+            )
+        })
         .collect();
     if args.flush {
         for (dir, _) in &mounts {
@@ -82,17 +83,13 @@ fn describe(m: &MountPlan, s: Option<&sync::SyncStatus>) -> String {
 
 /// The sync lines `berth status` shows for an environment.
 pub fn status_lines(home: &BerthHome, record: &EnvRecord) -> Vec<String> {
-    record
-        .plan
-        .mounts
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.kind == MountKind::Sync)
-        .map(|(i, m)| {
+    live_sync::sync_mounts(record)
+        .into_iter()
+        .map(|i| {
             let status = sync::read_status(&sync::state_dir(home, &record.env_id, i))
                 .ok()
                 .flatten();
-            describe(m, status.as_ref())
+            describe(&record.plan.mounts[i], status.as_ref())
         })
         .collect()
 }

@@ -13,9 +13,8 @@
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +41,7 @@ struct SyncProcessRecord {
 }
 
 /// Indexes (positions in the plan's mounts) of the sync mounts.
-fn sync_mounts(record: &EnvRecord) -> Vec<usize> {
+pub fn sync_mounts(record: &EnvRecord) -> Vec<usize> {
     record
         .plan
         .mounts
@@ -65,33 +64,13 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
     stop(&dir);
     let log = dir.join("logs").join("sync.log");
     let _ = fs::create_dir_all(dir.join("logs"));
-    let out = File::create(&log).map_err(|source| StateError::Write {
-        path: log.clone(),
-        source,
-    })?;
-    let err = out.try_clone().map_err(|source| StateError::Write {
-        path: log.clone(),
-        source,
-    })?;
     let exe = std::env::current_exe().map_err(|source| StateError::Read {
         path: "/proc/self/exe".into(),
         source,
     })?;
     let mut cmd = Command::new(exe);
-    cmd.arg(SYNC_ARG)
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: setsid in the child before exec is async-signal-safe; it detaches the sync
-    // process from the caller's terminal session so it outlives `berth up`.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(|source| StateError::Write {
+    cmd.arg(SYNC_ARG).arg(&dir);
+    let child = crate::detach::spawn_detached(cmd, &log).map_err(|source| StateError::Write {
         path: log.clone(),
         source,
     })?;

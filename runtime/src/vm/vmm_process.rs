@@ -2,9 +2,8 @@
 //! `berth internal-vmm <config.json>`, which runs [`run`] until the guest stops.
 
 use std::fs::File;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,28 +109,9 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
 
 /// Starts `exe internal-vmm config` in its own session, detached from the terminal.
 pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessRecord, VmError> {
-    let out = File::create(log).map_err(|e| VmError::Io {
-        path: log.to_path_buf(),
-        source: e,
-    })?;
-    let err = out.try_clone().map_err(|e| VmError::Io {
-        path: log.to_path_buf(),
-        source: e,
-    })?;
     let mut cmd = Command::new(exe);
-    cmd.arg(SUBCOMMAND)
-        .arg(config_path)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    // SAFETY: setsid between fork and exec touches no memory.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        })
-    };
-    let child = cmd.spawn().map_err(|e| VmError::Io {
+    cmd.arg(SUBCOMMAND).arg(config_path);
+    let child = crate::detach::spawn_detached(cmd, log).map_err(|e| VmError::Io {
         path: exe.to_path_buf(),
         source: e,
     })?;
