@@ -594,3 +594,37 @@ fn concurrent_commands_on_ten_environments() {
         before.assert_nothing_leaked(&p.snapshot(&b));
     }
 }
+
+#[test]
+fn a_state_folder_the_environment_cannot_reach_is_named() {
+    require_root!();
+    let p = project(BASIC);
+    // A berth home inside a folder only root may enter: the environment's root (an
+    // unprivileged host uid) could not reach its own files.
+    let private = tempfile::Builder::new()
+        .prefix("berth-private-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let home = private.path().join("home");
+    let o = berth_e2e::Berth::new()
+        .cmd()
+        .env("BERTH_HOME", &home)
+        .current_dir(p.path())
+        .arg("up")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o).1;
+    assert!(
+        err.contains(&format!("{} is not searchable", private.path().display()))
+            && err.contains("chmod o+x"),
+        "{err}"
+    );
+    let snapshot = HostSnapshot::take(&[&p.name, &home.to_string_lossy()]);
+    assert!(
+        snapshot.berth_processes.is_empty() && snapshot.cgroups.is_empty(),
+        "{snapshot:?}"
+    );
+}

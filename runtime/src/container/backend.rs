@@ -83,6 +83,9 @@ impl ContainerBackend {
         }
         let who = Invoker::current();
         let mapping = idmap::choose(spec.user_mapping, spec.privileged, &who)?;
+        if let (Some(m), true) = (&mapping, who.uid == 0) {
+            check_reachable_by_mapped_root(spec, m)?;
+        }
         let cgroups = choose_cgroups(spec, who.uid == 0)?;
         state.phase = Phase::Starting;
         state.mapping = mapping.clone();
@@ -561,4 +564,34 @@ fn remove_tree_as_mapped_root(path: &Path, mapping: &IdMapping) -> Result<()> {
             }
         }
     }
+}
+
+/// The environment's root is an unprivileged host uid (e.g. 100000): it must be able to walk
+/// to its state folder and layers. A folder on the way without search permission for others
+/// (e.g. BERTH_HOME under a mode-0700 temp dir) would fail later with a bare EACCES from
+/// mount(2); say which folder and what to do instead.
+fn check_reachable_by_mapped_root(spec: &ContainerSpec, mapping: &IdMapping) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(root_uid) = mapping.host_uid(0) else {
+        return Ok(());
+    };
+    let mut paths = vec![spec.state_dir.clone()];
+    paths.extend(spec.lower_layers.iter().cloned());
+    for p in &paths {
+        for dir in p.ancestors().skip(1) {
+            let Ok(meta) = fs::metadata(dir) else {
+                continue;
+            };
+            let searchable = meta.mode() & 0o001 != 0 || meta.uid() == root_uid;
+            if !searchable {
+                return Err(ContainerError::Invalid(format!(
+                    "{} is not searchable by the environment's root (host uid {root_uid}), so it cannot reach {}; run `chmod o+x {}` or keep BERTH_HOME under a folder others may traverse",
+                    dir.display(),
+                    p.display(),
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
