@@ -13,40 +13,16 @@ use berth_runtime::vm::kernel::Mirror;
 use berth_runtime::vm::{VmBackend, VmSpec};
 use envfile_spec::plan::{KernelSource, MountKind, MountPlan, RestartPolicy, ServicePlan, VmmKind};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn have(tool: &str, arg: &str) -> bool {
     Command::new(tool).arg(arg).output().is_ok()
 }
 
 /// The static agent: BERTH_AGENT, else built into target/agent-static.
 fn static_agent() -> PathBuf {
-    if let Some(p) = std::env::var_os("BERTH_AGENT") {
-        return p.into();
+    match std::env::var_os("BERTH_AGENT") {
+        Some(p) => p.into(),
+        None => berth_e2e::vm::static_agent(),
     }
-    let target_dir = workspace().join("target/agent-static");
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "berth-agent",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(workspace())
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the static agent failed");
-    target_dir.join("x86_64-unknown-linux-gnu/release/berth-agent")
 }
 
 fn busybox_rootfs(dir: &Path) {
@@ -97,7 +73,7 @@ fn debian_kernel_under_qemu_tcg() {
     let tmp = tempfile::tempdir().unwrap();
     let home = BerthHome::at(tmp.path().join("home")).unwrap();
     // Kernels are cached across test runs (a download of ~30 MB), everything else is private.
-    let kernel_cache = workspace().join("target/berth-test-cache/kernels");
+    let kernel_cache = berth_e2e::vm::kernel_cache();
     std::fs::create_dir_all(&kernel_cache).unwrap();
     let _ = std::fs::remove_dir(home.kernels_dir());
     std::os::unix::fs::symlink(&kernel_cache, home.kernels_dir()).unwrap();

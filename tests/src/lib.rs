@@ -4,6 +4,7 @@
 pub mod host;
 pub mod oci;
 pub mod user;
+pub mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -15,13 +15,6 @@ use std::time::Duration;
 use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
 use berth_e2e::{berth_bin, text, Berth};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 fn have(tool: &str, arg: &str) -> bool {
     Command::new(tool)
         .arg(arg)
@@ -48,29 +41,6 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-/// The static agent, built by `scripts/build-agent` (or here, the same way, when missing).
-fn static_agent() -> PathBuf {
-    let target_dir = workspace().join("target/agent-static");
-    let built = target_dir.join("x86_64-unknown-linux-gnu/release/berth-agent");
-    let st = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "berth-agent",
-            "--release",
-            "--target",
-            "x86_64-unknown-linux-gnu",
-        ])
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env("CARGO_TARGET_DIR", &target_dir)
-        .current_dir(workspace())
-        .status()
-        .unwrap();
-    assert!(st.success(), "building the static agent failed");
-    built
-}
-
 /// berth as a package installs it: the binary with the static agent beside it.
 struct Installed {
     dir: tempfile::TempDir,
@@ -83,7 +53,11 @@ impl Installed {
             .tempdir()
             .unwrap();
         std::fs::copy(berth_bin(), dir.path().join("berth")).unwrap();
-        std::fs::copy(static_agent(), dir.path().join("berth-agent")).unwrap();
+        std::fs::copy(
+            berth_e2e::vm::static_agent(),
+            dir.path().join("berth-agent"),
+        )
+        .unwrap();
         Installed { dir }
     }
 }
@@ -248,7 +222,7 @@ fn vm_environment_through_the_cli() {
     }
     let berth = Berth::new();
     // The kernel cache the runtime's vm_qemu test uses: downloaded once per checkout.
-    let kernel_cache = workspace().join("target/berth-test-cache/kernels");
+    let kernel_cache = berth_e2e::vm::kernel_cache();
     std::fs::create_dir_all(&kernel_cache).unwrap();
     std::os::unix::fs::symlink(&kernel_cache, berth.home.path().join("kernels")).unwrap();
     let installed = Installed::new();
