@@ -80,7 +80,9 @@ impl TarBuilder {
         Self::default()
     }
 
-    fn raw(&mut self, name: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> &mut Self {
+    /// Appends one entry with a raw ustar header: any name, type flag, mode and link target,
+    /// unchecked (for traversal tests the tar crate's builder refuses to produce).
+    pub fn raw(&mut self, name: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> &mut Self {
         assert!(
             name.len() < 100 && link.len() < 100,
             "fixture names must be short"
@@ -120,8 +122,12 @@ impl TarBuilder {
     pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.raw(name, b'1', 0o644, target, b"")
     }
+    /// The entries so far, without the end-of-archive blocks (to concatenate).
+    pub fn entries(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
     pub fn finish(&mut self) -> Vec<u8> {
-        let mut out = std::mem::take(&mut self.out);
+        let mut out = self.entries();
         out.extend_from_slice(&[0u8; 1024]);
         out
     }

@@ -735,27 +735,12 @@ pub(crate) mod tests {
         b.into_inner().unwrap()
     }
 
-    /// Writes a raw ustar header with an arbitrary (unchecked) name, for traversal tests the
-    /// tar crate's builder refuses to produce.
+    /// One tar entry with an arbitrary (unchecked) name, for traversal tests the tar crate's
+    /// builder refuses to produce.
     fn raw_entry(name: &str, kind: u8, link: &str, data: &[u8]) -> Vec<u8> {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..107].copy_from_slice(b"0000644");
-        h[108..115].copy_from_slice(b"0000000");
-        h[116..123].copy_from_slice(b"0000000");
-        h[124..135].copy_from_slice(format!("{:011o}", data.len()).as_bytes());
-        h[136..147].copy_from_slice(b"00000000000");
-        h[156] = kind;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|b| *b as u32).sum();
-        h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-        let mut out = h.to_vec();
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-        out
+        berth_e2e::oci::TarBuilder::new()
+            .raw(name, kind, 0o644, link, data)
+            .entries()
     }
 
     fn finish(mut v: Vec<u8>) -> Vec<u8> {
