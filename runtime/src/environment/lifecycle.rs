@@ -206,10 +206,10 @@ impl Environments {
         Ok(Locked { dir, _lock: lock })
     }
 
-    /// Reconciles the plan into a running environment.
+    /// Reconciles the plan into a running environment. Garbage collection of orphaned `berth
+    /// run` environments is the caller's (every berth command runs it once at its start).
     pub fn up(&self, plan: &Plan, opts: &UpOptions) -> Result<UpReport, EnvError> {
         let t0 = Instant::now();
-        self.collect_garbage();
         let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
         let locked = self.lock(&env_id, &opts.progress)?;
         let dir = &locked.dir;
