@@ -1,15 +1,14 @@
 //! Live two-way sync of a host folder and a folder inside an environment (`type = "sync"`
 //! mounts, and VM source folders).
 //!
+//! Trees, ignore rules, the `Transport` trait, the local transport and the watcher are in
+//! `berth-sync-transport` (shared with the VM agent) and re-exported here.
+//!
 //! | module | concern |
 //! |---|---|
-//! | [`tree`] | entries and their metadata, relative paths, hashing |
-//! | [`ignore`] | which paths are left alone (mount patterns + `.gitignore`) |
 //! | [`base`] | the persisted last-synchronized state (snapshot + journal) |
 //! | [`reconcile`] | the three-way decision per path, conflict rule |
-//! | [`transport`] | the `Transport` trait: one side of a sync |
-//! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`) |
-//! | [`watch`] | inotify/polling watcher and debouncing |
+//! | [`watch`] | debouncing of watch events |
 //! | [`engine`] | `SyncEngine`: initial reconcile, continuous sync, flush |
 //! | [`status`] | `status.json`, flush requests from other processes |
 //!
@@ -25,13 +24,11 @@
 
 pub mod base;
 pub mod engine;
-pub mod ignore;
-pub mod local;
 pub mod reconcile;
 pub mod status;
-pub mod transport;
-pub mod tree;
 pub mod watch;
+
+pub use berth_sync_transport::{ignore, local, transport, tree};
 
 use std::path::PathBuf;
 

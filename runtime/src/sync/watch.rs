@@ -1,132 +1,16 @@
-//! Change notification and debouncing.
+//! Debouncing of watch events ([`berth_sync_transport::watch`] produces them).
 //!
-//! [`watch_tree`] watches a folder recursively with inotify (through `notify`), or with a
-//! polling watcher when inotify is unavailable or its watch limit is reached. Events are reduced
-//! to "look at this relative path again (and its subtree if `deep`)"; reads are dropped so the
-//! engine's own reads do not echo back.
-//!
-//! [`Dirty`] collects those paths and says when to act: `quiet` after the last event (so a
+//! [`Dirty`] collects the changed paths and says when to act: `quiet` after the last event (so a
 //! single save is picked up within a few milliseconds), but at most `max_delay` after the first
 //! one (so a long burst such as `git checkout` is synchronized in slices while it runs).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notify::{EventKind, RecursiveMode, Watcher};
-
 use super::base::Side;
-use super::transport::{EventSink, TransportError, WatchEvent, Watching};
-use super::tree::is_temp_name;
+use super::transport::WatchEvent;
 
-/// Watches `root` recursively; see the module documentation. `label` names the side.
-pub fn watch_tree(
-    label: &str,
-    root: &Path,
-    sink: EventSink,
-    force_poll: bool,
-    poll_interval: Duration,
-) -> Result<Watching, TransportError> {
-    let sink: Arc<EventSink> = Arc::new(sink);
-    let make_handler = || {
-        let sink = sink.clone();
-        let root = root.to_path_buf();
-        move |res: notify::Result<notify::Event>| match res {
-            Ok(ev) => {
-                for e in map_event(&root, &ev) {
-                    sink(e);
-                }
-            }
-            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                sink(WatchEvent::Failed {
-                    message: e.to_string(),
-                    limit: true,
-                })
-            }
-            // Paths vanishing while watches are added are normal; a rescan covers them.
-            Err(_) => sink(WatchEvent::Rescan),
-        }
-    };
-    let watch_err = |e: notify::Error| TransportError::Watch {
-        side: label.to_string(),
-        detail: e.to_string(),
-    };
-    let mut polling = force_poll.then(|| "polling requested".to_string());
-    if !force_poll {
-        match notify::RecommendedWatcher::new(make_handler(), notify::Config::default()) {
-            Ok(mut w) => match w.watch(root, RecursiveMode::Recursive) {
-                Ok(()) => {
-                    return Ok(Watching {
-                        guard: Box::new(w),
-                        polling: None,
-                    })
-                }
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    polling = Some(
-                        TransportError::WatchLimit {
-                            side: label.to_string(),
-                            detail: e.to_string(),
-                        }
-                        .to_string(),
-                    );
-                }
-                Err(e) => return Err(watch_err(e)),
-            },
-            Err(e) => {
-                let hint = match &e.kind {
-                    notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
-                        "the inotify instance limit is reached; raise it with `sysctl fs.inotify.max_user_instances=1024`; "
-                    }
-                    _ => "",
-                };
-                polling = Some(format!(
-                    "{label}: inotify unavailable ({e}); {hint}berth falls back to polling meanwhile"
-                ))
-            }
-        }
-    }
-    let mut w = notify::PollWatcher::new(
-        make_handler(),
-        notify::Config::default().with_poll_interval(poll_interval),
-    )
-    .map_err(watch_err)?;
-    w.watch(root, RecursiveMode::Recursive).map_err(watch_err)?;
-    Ok(Watching {
-        guard: Box::new(w),
-        polling,
-    })
-}
-
-/// Turns a notify event into the paths to look at again.
-pub fn map_event(root: &Path, ev: &notify::Event) -> Vec<WatchEvent> {
-    use notify::event::{AccessKind, AccessMode, ModifyKind};
-    if ev.need_rescan() {
-        return vec![WatchEvent::Rescan];
-    }
-    let deep = match ev.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
-        EventKind::Access(_) => return Vec::new(),
-        EventKind::Modify(ModifyKind::Data(_)) | EventKind::Modify(ModifyKind::Metadata(_)) => {
-            false
-        }
-        // Creations, removals and renames may concern whole folders.
-        _ => true,
-    };
-    ev.paths
-        .iter()
-        .filter_map(|p| {
-            let rel = p.strip_prefix(root).ok()?.to_str()?;
-            if rel.is_empty() || rel.split('/').any(is_temp_name) {
-                return None;
-            }
-            Some(WatchEvent::Changed {
-                rel: rel.to_string(),
-                deep,
-            })
-        })
-        .collect()
-}
+pub use berth_sync_transport::watch::watch_tree;
 
 /// Debounce timing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +153,7 @@ mod tests {
     }
 
     #[test]
-    fn deep_flag_is_sticky_and_reads_are_dropped() {
+    fn deep_flag_is_sticky() {
         let mut dirty = Dirty::default();
         let now = Instant::now();
         dirty.add(Some(Side::Host), ch("a", true), now);
@@ -280,17 +164,5 @@ mod tests {
         dirty.add(Some(Side::Host), ch("a", false), now);
         dirty.add(Some(Side::Env), ch("a", false), now);
         assert_eq!(dirty.take().paths["a"].only_side(), None);
-
-        use notify::event::{AccessKind, AccessMode, CreateKind};
-        let root = Path::new("/r");
-        let read = notify::Event::new(EventKind::Access(AccessKind::Close(AccessMode::Read)))
-            .add_path("/r/x".into());
-        assert!(map_event(root, &read).is_empty());
-        let create =
-            notify::Event::new(EventKind::Create(CreateKind::Folder)).add_path("/r/d".into());
-        assert_eq!(map_event(root, &create), vec![ch("d", true)]);
-        let temp = notify::Event::new(EventKind::Create(CreateKind::File))
-            .add_path("/r/.x.berth-sync-tmp-1-2".into());
-        assert!(map_event(root, &temp).is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! either side's rules ignore it, so a folder one side ignores (say `node_modules/` built inside)
 //! is never copied, changed or deleted on either side.
 //!
-//! berth's own temporary files ([`super::tree::TEMP_MARKER`]) are always ignored. `.git` is
+//! berth's own temporary files ([`crate::tree::TEMP_MARKER`]) are always ignored. `.git` is
 //! *not* ignored by default: it is synchronized like any folder, so `git status` and tools that
 //! call `git describe` work on both sides. Add `.git/` to the mount's `ignore` to keep the two
 //! repositories separate.
@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
-use super::tree::{is_temp_name, is_within, TEMP_MARKER};
+use crate::tree::{is_temp_name, is_within, TEMP_MARKER};
 
 /// A pattern that could not be parsed.
 #[derive(Debug, thiserror::Error)]

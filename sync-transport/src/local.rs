@@ -19,13 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::ignore::IgnoreRules;
-use super::transport::{EventSink, SourceFile, Staged, Transport, TransportError, Watching};
-use super::tree::{
+use crate::ignore::IgnoreRules;
+use crate::transport::{EventSink, SourceFile, Staged, Transport, TransportError, Watching};
+use crate::tree::{
     file_name, hash_reader, is_normal_rel, is_temp_name, join, parent, Entry, EntryKind, Scan,
     TEMP_MARKER,
 };
-use super::watch::watch_tree;
+use crate::watch::watch_tree;
 
 /// A synced folder reachable by path.
 pub struct LocalTransport {

@@ -3,7 +3,7 @@
 //! drives a local folder, a container's mount namespace (`/proc/<pid>/root/<target>` or a helper
 //! inside it) or a VM's agent channel.
 //!
-//! Every path is relative to the synced root ([`super::tree`]); a transport must refuse to
+//! Every path is relative to the synced root ([`crate::tree`]); a transport must refuse to
 //! resolve any symlink on the way to a path, so nothing outside the root is ever read or written.
 //! Writes are two-phase: [`Transport::stage_file`] writes a temporary file beside the target and
 //! [`Transport::commit`] renames it over the target only if the target is still what the
@@ -12,8 +12,8 @@
 
 use std::io::{self, Read};
 
-use super::ignore::IgnoreRules;
-use super::tree::{Entry, Scan};
+use crate::ignore::IgnoreRules;
+use crate::tree::{Entry, Scan};
 
 /// Errors of one transport operation.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,20 @@
+//! One side of a live sync, shared by berth on the host and `berth-agent` inside a VM.
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`tree`] | entries and their metadata, relative paths, hashing |
+//! | [`ignore`] | which paths are left alone (mount patterns + `.gitignore`) |
+//! | [`transport`] | the `Transport` trait: one side of a sync |
+//! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`, a VM guest's own folder) |
+//! | [`watch`] | inotify/polling watcher |
+//!
+//! The sync engine itself (three-way reconcile, base, debounce) lives in `berth-runtime`.
+
+pub mod ignore;
+pub mod local;
+pub mod transport;
+pub mod tree;
+pub mod watch;
+
+pub use local::LocalTransport;
+pub use transport::Transport;
