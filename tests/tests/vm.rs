@@ -397,6 +397,22 @@ fn vm_environment_through_the_cli() {
     let o = vm.run(&["exec", "--", "touch", "/ro/nope"]);
     assert_ne!(o.status.code(), Some(0), "a read-only share took a write");
     assert!(!src.join("nope").exists());
+    // The host enforces it: a guest that remounts the share read-write still cannot write.
+    let o = vm.run(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "mount -o remount,rw /ro && grep ' /ro ' /proc/mounts && touch /ro/nope",
+    ]);
+    let (out, err) = text(&o);
+    assert!(
+        out.contains(" rw,") || out.contains(" rw "),
+        "the guest could not remount /ro rw: {out}\n{err}"
+    );
+    assert_ne!(o.status.code(), Some(0), "a remounted read-only share took a write");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!src.join("nope").exists());
     vm.ok(&["exec", "--", "sh", "-c", "echo kept > /cache/v.txt"]);
     assert_eq!(
         std::fs::read_to_string(berth.home.path().join("volumes/cache/v.txt")).unwrap(),
