@@ -410,7 +410,11 @@ fn vm_environment_through_the_cli() {
         out.contains(" rw,") || out.contains(" rw "),
         "the guest could not remount /ro rw: {out}\n{err}"
     );
-    assert_ne!(o.status.code(), Some(0), "a remounted read-only share took a write");
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a remounted read-only share took a write"
+    );
     assert!(err.contains("Read-only file system"), "{err}");
     assert!(!src.join("nope").exists());
     vm.ok(&["exec", "--", "sh", "-c", "echo kept > /cache/v.txt"]);

@@ -638,6 +638,7 @@ mod tests {
             Mirror {
                 url: "http://127.0.0.1:9".into(),
                 suites: vec![],
+                keyrings: vec![],
             },
         );
         let env = d.path().join("envs/x");
@@ -654,6 +655,7 @@ mod tests {
             Mirror {
                 url: "http://127.0.0.1:9".into(),
                 suites: vec![],
+                keyrings: vec![],
             },
         );
         let env = d.path().join("env");

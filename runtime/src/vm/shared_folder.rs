@@ -146,9 +146,8 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
     // Its own process group: a Ctrl-C meant for `berth up` does not end the share.
     cmd.process_group(0);
     if f.readonly {
-        let source = CString::new(f.source.as_os_str().as_bytes()).map_err(|_| {
-            VmError::Config(format!("{} contains a NUL byte", f.source.display()))
-        })?;
+        let source = CString::new(f.source.as_os_str().as_bytes())
+            .map_err(|_| VmError::Config(format!("{} contains a NUL byte", f.source.display())))?;
         // SAFETY: the closure only makes raw syscalls (unshare, mount, mount_setattr) on
         // memory prepared before the fork; it allocates nothing.
         unsafe {
