@@ -1,7 +1,7 @@
 //! `backend = "vm"` through the real binary, under qemu TCG (never KVM on the development
 //! machines): `up`, `exec` (guest kernel, exit codes, separate stdout/stderr, stdin), `logs`
 //! of a service, `shell` on a terminal, `status --json` with the VM's facts, reconcile, kill -9 of qemu → dead →
-//! `up` recovers, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
+//! `up` recovers, `snapshot save|ls|restore|rm` of the disk, read-only shares enforced by the host, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
 //!
 //! berth is used as installed: the binary and the static `berth-agent` copied into one
 //! folder, no BERTH_AGENT. The Debian kernel is cached in `target/berth-test-cache/kernels`
@@ -492,6 +492,59 @@ exit [lindex $result 3]
     assert_eq!(st["status"], "running");
     let pid = st["pid"].as_i64().unwrap();
     assert_eq!(vm.ok(&["exec", "--", "cat", "/root/state"]), "kept\n");
+
+    // snapshot: the disk of the running VM (synced, paused while copied, resumed), valid
+    // after the base image cache is cleared; restore reboots the VM on the old disk.
+    vm.ok(&["exec", "--", "sh", "-c", "echo before > /root/snap.txt"]);
+    let out = vm.ok(&["snapshot", "save", "one"]);
+    assert!(out.contains("saved snapshot one of"), "{out}");
+    assert_eq!(vm.status()["pid"].as_i64(), Some(pid), "save kept the VM");
+    assert_eq!(vm.ok(&["exec", "--", "cat", "/root/snap.txt"]), "before\n");
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo after > /root/snap.txt; echo new > /root/extra; sync",
+    ]);
+    let list: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["snapshot", "ls", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "one", "{list}");
+    let folder = env_dir
+        .join("snapshots")
+        .join(list[0]["disk"].as_str().unwrap());
+    assert!(folder.join("disk.qcow2").is_file() && folder.join("base.ext4").is_file());
+    for e in std::fs::read_dir(berth.home.path().join("disks"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "ext4") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = vm.ok(&["snapshot", "restore", "one"]);
+    assert!(
+        out.contains("restored snapshot one of") && out.contains("started it again"),
+        "{out}"
+    );
+    let st = vm.status();
+    assert_eq!(st["status"], "running", "{st}");
+    let restarted = st["pid"].as_i64().unwrap();
+    assert!(wait_gone(pid), "the VM was not stopped for the restore");
+    let pid = restarted;
+    assert_eq!(
+        vm.ok(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/snap.txt /root/state; ls /root"
+        ]),
+        "before\nkept\non_up\nsnap.txt\nstate\n"
+    );
+    vm.ok(&["snapshot", "rm", "one"]);
+    assert!(vm.ok(&["snapshot", "ls"]).contains("has no snapshots"));
+    assert!(!folder.exists(), "rm left {}", folder.display());
 
     // down: the guest powers off; no process, socket, pid file or disk lock stays.
     let out = vm.ok(&["down"]);
