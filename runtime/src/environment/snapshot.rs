@@ -389,6 +389,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sweep_removes_what_a_killed_save_left_and_keeps_recorded_snapshots() {
+        let d = tempfile::tempdir().unwrap();
+        let snaps = d.path();
+        let info = |name: &str, disk: Option<&str>| SnapshotInfo {
+            name: name.into(),
+            created_at: 1,
+            size: 0,
+            image_id: None,
+            disk: disk.map(String::from),
+        };
+        write_json(&snaps.join("a.json"), &info("a", Some("a.1.vm"))).unwrap();
+        write_json(&snaps.join("c.json"), &info("c", None)).unwrap();
+        for dir in ["a.1.vm", "a.0.vm", "b.2.vm", ".b.3.partial"] {
+            fs::create_dir(snaps.join(dir)).unwrap();
+            fs::write(snaps.join(dir).join("disk.qcow2"), "x").unwrap();
+        }
+        fs::write(snaps.join("c.tar"), "t").unwrap();
+        fs::write(snaps.join(".d.tar.partial"), "t").unwrap();
+        sweep(snaps).unwrap();
+        let mut left: Vec<String> = fs::read_dir(snaps)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["a.1.vm", "a.json", "c.json", "c.tar"]);
+    }
+
+    #[test]
     fn snapshot_names_are_plain_file_names() {
         for ok in ["before-upgrade", "v1.2", "a_b"] {
             assert!(check_snapshot_name(ok).is_ok(), "{ok}");
