@@ -586,6 +586,24 @@ exit [lindex $result 3]
         st.get("vm").is_none(),
         "a stopped VM shows no VM facts: {st}"
     );
+    // A stopped VM's snapshot is its disk as it is; restoring it does not start the VM.
+    vm.ok(&["snapshot", "save", "two"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["snapshot", "ls", "--json"])).unwrap();
+    let saved = env_dir
+        .join("snapshots")
+        .join(list[0]["disk"].as_str().unwrap())
+        .join("disk.qcow2");
+    let out = vm.ok(&["snapshot", "restore", "two"]);
+    assert!(!out.contains("started it again"), "{out}");
+    assert_eq!(vm.status()["status"], "stopped");
+    let same = Command::new("qemu-img")
+        .arg("compare")
+        .arg(env_dir.join("disk.qcow2"))
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{:?}", text(&same));
     assert_eq!(vm.run(&["exec", "--", "true"]).status.code(), Some(3));
 
     // A busy host port: `up` fails before starting qemu, naming the port and its holder,

@@ -161,8 +161,9 @@ impl QemuConfig {
         push("chardev=qmp,mode=control");
         push("-drive");
         push(&format!(
-            "id=root,file={},format=qcow2,if=none,discard=unmap",
-            path(&self.disk)
+            "id=root,file={},format={},if=none,discard=unmap",
+            path(&self.disk),
+            self.disk_format
         ));
         push("-device");
         push("virtio-blk-pci,drive=root");
