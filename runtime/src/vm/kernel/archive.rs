@@ -437,6 +437,97 @@ pub fn pick(
 mod tests {
     use super::*;
 
+    /// Serves `files` (path → body, 404 otherwise) on 127.0.0.1 until a request for `/stop`.
+    fn serve(files: HashMap<String, Vec<u8>>) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let mut s = s.unwrap();
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                    req.push(byte[0]);
+                }
+                let req = String::from_utf8_lossy(&req).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                let resp = match files.get(&path) {
+                    Some(body) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend(body);
+                        r
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = s.write_all(&resp);
+                if path == "/stop" {
+                    break;
+                }
+            }
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn release_files_are_used_only_when_signed() {
+        if std::process::Command::new("gpgv")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: gpgv is missing (apt-get install gpgv)");
+            return;
+        }
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm/kernel/testdata");
+        let read = |n: &str| std::fs::read(data.join(n)).unwrap();
+        let files: HashMap<String, Vec<u8>> = [
+            ("/dists/clear/InRelease", read("InRelease")),
+            ("/dists/detached/Release", read("Release")),
+            ("/dists/detached/Release.gpg", read("Release.gpg")),
+            ("/dists/unsigned/Release", read("Release")),
+            ("/dists/stranger/InRelease", read("InRelease.unknown")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let (url, server) = serve(files);
+        let m = Mirror {
+            url: url.clone(),
+            suites: vec![],
+            keyrings: vec![data.join("trusted.gpg")],
+        };
+        let release = String::from_utf8(read("Release")).unwrap();
+        let (from, text) = signed_release(&m, "clear").unwrap().unwrap();
+        assert_eq!(
+            (from.as_str(), text.as_str()),
+            (
+                format!("{url}/dists/clear/InRelease").as_str(),
+                release.as_str()
+            )
+        );
+        let (from, text) = signed_release(&m, "detached").unwrap().unwrap();
+        assert!(from.ends_with("/dists/detached/Release"), "{from}");
+        assert_eq!(text, release);
+        let e = signed_release(&m, "unsigned").unwrap_err().to_string();
+        assert!(
+            e.contains("is not signed by a trusted key") && e.contains("Release.gpg"),
+            "{e}"
+        );
+        let e = signed_release(&m, "stranger").unwrap_err().to_string();
+        assert!(e.contains("keys the keyrings do not have"), "{e}");
+        assert!(signed_release(&m, "absent").unwrap().is_none());
+        let _ = http::get(&format!("{url}/stop"));
+        server.join().unwrap();
+    }
+
     #[test]
     fn versions_order_like_dpkg() {
         use Ordering::*;
