@@ -149,6 +149,29 @@ fn wait_gone(pid: i64) -> bool {
     false
 }
 
+/// Runs a QMP command on qemu's monitor socket (as a `snapshot save` killed midway would
+/// have: `stop` leaves the VM paused).
+fn qmp(socket: &Path, command: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\": \"{cmd}\"}}").unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.contains("\"error\""), "{cmd}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
+}
+
 const TOML: &str = r#"
 name = "{name}"
 backend = "vm"
@@ -496,6 +519,8 @@ exit [lindex $result 3]
     // snapshot: the disk of the running VM (synced, paused while copied, resumed), valid
     // after the base image cache is cleared; restore reboots the VM on the old disk.
     vm.ok(&["exec", "--", "sh", "-c", "echo before > /root/snap.txt"]);
+    // A VM left paused by an interrupted save is resumed by the next one.
+    qmp(&env_dir.join("qmp.sock"), "stop");
     let out = vm.ok(&["snapshot", "save", "one"]);
     assert!(out.contains("saved snapshot one of"), "{out}");
     assert_eq!(vm.status()["pid"].as_i64(), Some(pid), "save kept the VM");

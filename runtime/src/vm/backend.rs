@@ -589,6 +589,10 @@ impl VmBackend {
                 "berth's own VMM cannot pause a running VM for a snapshot yet; stop it with `berth down` first (snapshots of a stopped VM work)".into(),
             )),
         };
+        let mut monitor = super::qmp::Qmp::connect(&qmp, Duration::from_secs(30))?;
+        // A save that was killed while the VM was paused left it so: resume it first (a
+        // no-op on a running VM), or the guest could not run `sync`.
+        monitor.execute("cont")?;
         let out = self.exec_capture(state_dir, &["sync"])?;
         if out.status.code != 0 {
             return Err(VmError::Config(format!(
@@ -597,7 +601,6 @@ impl VmBackend {
                 String::from_utf8_lossy(&out.stderr).trim()
             )));
         }
-        let mut monitor = super::qmp::Qmp::connect(&qmp, Duration::from_secs(30))?;
         monitor.execute("stop")?;
         let copied = super::disk_snapshot::capture(&st.disk, dest);
         let resumed = monitor.execute("cont");
