@@ -42,6 +42,7 @@ struct Verdict {
 
 fn parse_status(status: &str) -> Verdict {
     let mut v = Verdict::default();
+    let mut valid = Vec::new();
     for line in status.lines() {
         let Some(rest) = line.strip_prefix("[GNUPG:] ") else {
             continue;
@@ -52,13 +53,19 @@ fn parse_status(status: &str) -> Verdict {
         };
         let id = id.to_string();
         match kw {
-            "VALIDSIG" => v.valid.push(id),
+            "VALIDSIG" => valid.push(id),
             "BADSIG" => v.bad.push(id),
             "NO_PUBKEY" => v.unknown.push(id),
             "EXPKEYSIG" | "REVKEYSIG" | "EXPSIG" => v.unusable.push(id),
             _ => {}
         }
     }
+    // gpgv reports a good signature by an expired or revoked key as VALIDSIG too; apt does
+    // not count it, nor does berth (VALIDSIG names the fingerprint, the others the key id).
+    v.valid = valid
+        .into_iter()
+        .filter(|fpr: &String| !v.unusable.iter().any(|k| fpr.ends_with(k.as_str())))
+        .collect();
     v
 }
 
@@ -337,5 +344,10 @@ mod tests {
         assert_eq!(v.valid, vec!["4D64FEC119C2029067D6E791F8D2585B8783D481"]);
         assert_eq!(v.unknown, vec!["6ED0E7B82643E131"]);
         assert!(v.bad.is_empty());
+        let expired = parse_status(
+            "[GNUPG:] EXPKEYSIG F8D2585B8783D481 Debian\n[GNUPG:] VALIDSIG 4D64FEC119C2029067D6E791F8D2585B8783D481 2026-07-11\n",
+        );
+        assert!(expired.valid.is_empty(), "{expired:?}");
+        assert_eq!(expired.unusable, vec!["F8D2585B8783D481"]);
     }
 }
