@@ -269,11 +269,11 @@ pub enum ImageCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
-    /// Save the environment's writable layer under NAME.
+    /// Save the environment's writable layer (a VM's disk) under NAME.
     Save { name: String },
     /// List snapshots of this environment.
     Ls(JsonFlag),
-    /// Put a snapshot back as the environment's writable layer.
+    /// Put a snapshot back as the environment's writable layer (a VM's disk).
     Restore { name: String },
     /// Remove a snapshot.
     Rm { name: String },

@@ -1,7 +1,7 @@
 //! `backend = "vm"` through the real binary, under qemu TCG (never KVM on the development
 //! machines): `up`, `exec` (guest kernel, exit codes, separate stdout/stderr, stdin), `logs`
 //! of a service, `shell` on a terminal, `status --json` with the VM's facts, reconcile, kill -9 of qemu → dead →
-//! `up` recovers, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
+//! `up` recovers, `snapshot save|ls|restore|rm` of the disk, read-only shares enforced by the host, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
 //!
 //! berth is used as installed: the binary and the static `berth-agent` copied into one
 //! folder, no BERTH_AGENT. The Debian kernel is cached in `target/berth-test-cache/kernels`
@@ -147,6 +147,29 @@ fn wait_gone(pid: i64) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     false
+}
+
+/// Runs a QMP command on qemu's monitor socket (as a `snapshot save` killed midway would
+/// have: `stop` leaves the VM paused).
+fn qmp(socket: &Path, command: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    for cmd in ["qmp_capabilities", command] {
+        writeln!(w, "{{\"execute\": \"{cmd}\"}}").unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            assert!(!line.contains("\"error\""), "{cmd}: {line}");
+            if line.contains("\"return\"") {
+                break;
+            }
+        }
+    }
 }
 
 const TOML: &str = r#"
@@ -397,6 +420,26 @@ fn vm_environment_through_the_cli() {
     let o = vm.run(&["exec", "--", "touch", "/ro/nope"]);
     assert_ne!(o.status.code(), Some(0), "a read-only share took a write");
     assert!(!src.join("nope").exists());
+    // The host enforces it: a guest that remounts the share read-write still cannot write.
+    let o = vm.run(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "mount -o remount,rw /ro && grep ' /ro ' /proc/mounts && touch /ro/nope",
+    ]);
+    let (out, err) = text(&o);
+    assert!(
+        out.contains(" rw,") || out.contains(" rw "),
+        "the guest could not remount /ro rw: {out}\n{err}"
+    );
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "a remounted read-only share took a write"
+    );
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert!(!src.join("nope").exists());
     vm.ok(&["exec", "--", "sh", "-c", "echo kept > /cache/v.txt"]);
     assert_eq!(
         std::fs::read_to_string(berth.home.path().join("volumes/cache/v.txt")).unwrap(),
@@ -473,6 +516,61 @@ exit [lindex $result 3]
     let pid = st["pid"].as_i64().unwrap();
     assert_eq!(vm.ok(&["exec", "--", "cat", "/root/state"]), "kept\n");
 
+    // snapshot: the disk of the running VM (synced, paused while copied, resumed), valid
+    // after the base image cache is cleared; restore reboots the VM on the old disk.
+    vm.ok(&["exec", "--", "sh", "-c", "echo before > /root/snap.txt"]);
+    // A VM left paused by an interrupted save is resumed by the next one.
+    qmp(&env_dir.join("qmp.sock"), "stop");
+    let out = vm.ok(&["snapshot", "save", "one"]);
+    assert!(out.contains("saved snapshot one of"), "{out}");
+    assert_eq!(vm.status()["pid"].as_i64(), Some(pid), "save kept the VM");
+    assert_eq!(vm.ok(&["exec", "--", "cat", "/root/snap.txt"]), "before\n");
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo after > /root/snap.txt; echo new > /root/extra; sync",
+    ]);
+    let list: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["snapshot", "ls", "--json"])).unwrap();
+    assert_eq!(list[0]["name"], "one", "{list}");
+    let folder = env_dir
+        .join("snapshots")
+        .join(list[0]["disk"].as_str().unwrap());
+    assert!(folder.join("disk.qcow2").is_file() && folder.join("base.ext4").is_file());
+    for e in std::fs::read_dir(berth.home.path().join("disks"))
+        .unwrap()
+        .flatten()
+    {
+        if e.path().extension().is_some_and(|x| x == "ext4") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let out = vm.ok(&["snapshot", "restore", "one"]);
+    assert!(
+        out.contains("restored snapshot one of") && out.contains("started it again"),
+        "{out}"
+    );
+    let st = vm.status();
+    assert_eq!(st["status"], "running", "{st}");
+    let restarted = st["pid"].as_i64().unwrap();
+    assert!(wait_gone(pid), "the VM was not stopped for the restore");
+    let pid = restarted;
+    assert_eq!(
+        vm.ok(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /root/snap.txt /root/state; ls /root"
+        ]),
+        "before\nkept\non_up\nsnap.txt\nstate\n"
+    );
+    vm.ok(&["snapshot", "rm", "one"]);
+    assert!(vm.ok(&["snapshot", "ls"]).contains("has no snapshots"));
+    assert!(!folder.exists(), "rm left {}", folder.display());
+
     // down: the guest powers off; no process, socket, pid file or disk lock stays.
     let out = vm.ok(&["down"]);
     assert!(out.contains("stopped"), "{out}");
@@ -513,6 +611,24 @@ exit [lindex $result 3]
         st.get("vm").is_none(),
         "a stopped VM shows no VM facts: {st}"
     );
+    // A stopped VM's snapshot is its disk as it is; restoring it does not start the VM.
+    vm.ok(&["snapshot", "save", "two"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&vm.ok(&["snapshot", "ls", "--json"])).unwrap();
+    let saved = env_dir
+        .join("snapshots")
+        .join(list[0]["disk"].as_str().unwrap())
+        .join("disk.qcow2");
+    let out = vm.ok(&["snapshot", "restore", "two"]);
+    assert!(!out.contains("started it again"), "{out}");
+    assert_eq!(vm.status()["status"], "stopped");
+    let same = Command::new("qemu-img")
+        .arg("compare")
+        .arg(env_dir.join("disk.qcow2"))
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(same.status.success(), "{:?}", text(&same));
     assert_eq!(vm.run(&["exec", "--", "true"]).status.code(), Some(3));
 
     // A busy host port: `up` fails before starting qemu, naming the port and its holder,

@@ -1,4 +1,5 @@
-//! `berth snapshot save|ls|restore|rm`: the environment's writable layer, captured by name.
+//! `berth snapshot save|ls|restore|rm`: the environment's writable layer (a VM's disk),
+//! captured by name.
 
 use berth_runtime::image::progress::human_bytes;
 

@@ -17,8 +17,13 @@ pub enum EnvError {
     Busy { name: String },
     #[error("on_up step `{command}` exited with code {code}; the environment is running: fix the step and run `berth up` again, or look inside with `berth shell`")]
     OnUpFailed { command: String, code: i32 },
-    #[error("snapshots of VM environments ({name}) are not supported yet; copy files out with `berth exec`, or use `backend = \"container\"` for snapshots")]
-    SnapshotUnsupportedForVm { name: String },
+    #[error("snapshot {name} of {env} holds {holds}, but the environment now needs {needs} (its backend changed); remove it with `berth snapshot rm {name}`")]
+    SnapshotBackendMismatch {
+        name: String,
+        env: String,
+        holds: &'static str,
+        needs: &'static str,
+    },
     #[error("invalid --name {name:?}: {why}")]
     BadRunName { name: String, why: String },
     #[error("an environment named {name} already exists; choose another --name or remove it with `berth --environment {name} destroy`")]

@@ -128,7 +128,7 @@ pub struct Environments {
     home: BerthHome,
     images: ImageStore,
     backend: ContainerBackend,
-    vms: VmBackend,
+    pub(super) vms: VmBackend,
 }
 
 /// An environment's folder and its held lock.

@@ -223,6 +223,7 @@ mod tests {
             boot_ms: Some(1500),
             vsock_socket: None,
             shares: vec![],
+            qmp_socket: None,
         };
         crate::state::write_json(&env.join("vm.json"), &st).unwrap();
         let (r, facts) = report(&b, &env).unwrap();

@@ -6,6 +6,7 @@
 //! envs/<id>/disk.qcow2     the environment's copy-on-write root disk (qemu)
 //! envs/<id>/disk.img       the same for berth's VMM
 //! envs/<id>/control.sock   control channel to the agent (one client at a time)
+//! envs/<id>/qmp.sock       qemu's machine protocol (pauses the VM for disk snapshots)
 //! envs/<id>/logs/console.log  the guest's serial console
 //! envs/<id>/fs-<n>.sock    virtiofsd's socket for shared folder n (qemu)
 //! envs/<id>/logs/virtiofsd-<n>.log  its messages
@@ -101,6 +102,9 @@ pub struct VmState {
     /// The virtiofsd processes serving the VM's shared folders (qemu); they end with qemu.
     #[serde(default)]
     pub shares: Vec<ProcessRecord>,
+    /// qemu's QMP socket (none for berth's VMM, or a VM started by an older berth).
+    #[serde(default)]
+    pub qmp_socket: Option<PathBuf>,
 }
 
 /// What `berth status` shows for a VM.
@@ -333,6 +337,7 @@ impl VmBackend {
             boot_ms: None,
             vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
             shares: Vec::new(),
+            qmp_socket: (provider == Provider::Qemu).then(|| spec.state_dir.join("qmp.sock")),
         };
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         let started = Instant::now();
@@ -351,6 +356,7 @@ impl VmBackend {
                 console_log: console_log.clone(),
                 control_socket: control_socket.clone(),
                 pidfile: spec.state_dir.join("qemu.pid"),
+                qmp_socket: spec.state_dir.join("qmp.sock"),
                 qemu_log: logs.join("qemu.log"),
                 ports: spec.ports.clone(),
                 outbound: spec.network != NetworkMode::None,
@@ -552,6 +558,57 @@ impl VmBackend {
         Ok(())
     }
 
+    /// Fills the new folder `dest` with a self-contained copy of the environment's disk (see
+    /// [`disk_snapshot`](super::disk_snapshot)). A stopped VM's disk is copied as it is. A
+    /// running qemu VM is made consistent first: `sync` in the guest writes its caches to the
+    /// disk, then qemu pauses the VM (QMP `stop`, which drains and flushes qemu's block layer)
+    /// while the disk file is copied, and resumes it (`cont`). What the guest wrote before the
+    /// snapshot is in it; a write in flight at that moment is cut as by a power loss, which
+    /// ext4's journal recovers from.
+    pub fn snapshot_disk(&self, state_dir: &Path, dest: &Path) -> Result<(), VmError> {
+        let status = self.status(state_dir)?;
+        let Some(st) = status.state.filter(|_| status.running) else {
+            let disk = [super::disk_snapshot::QCOW2, super::disk_snapshot::RAW]
+                .iter()
+                .map(|d| state_dir.join(d))
+                .find(|d| d.exists())
+                .ok_or_else(|| {
+                    VmError::Config(
+                        "this VM environment has no disk yet (it was never started); start it with `berth up` first".into(),
+                    )
+                })?;
+            super::disk_snapshot::capture(&disk, dest)?;
+            return Ok(());
+        };
+        let qmp = match (st.provider, &st.qmp_socket) {
+            (Provider::Qemu, Some(q)) => q.clone(),
+            (Provider::Qemu, None) => return Err(VmError::Config(
+                "this VM was started by an older berth that gave qemu no monitor socket; restart it (`berth down`, `berth up`) to snapshot it while it runs, or snapshot it stopped".into(),
+            )),
+            (Provider::Kvm, _) => return Err(VmError::Config(
+                "berth's own VMM cannot pause a running VM for a snapshot yet; stop it with `berth down` first (snapshots of a stopped VM work)".into(),
+            )),
+        };
+        let mut monitor = super::qmp::Qmp::connect(&qmp, Duration::from_secs(30))?;
+        // A save that was killed while the VM was paused left it so: resume it first (a
+        // no-op on a running VM), or the guest could not run `sync`.
+        monitor.execute("cont")?;
+        let out = self.exec_capture(state_dir, &["sync"])?;
+        if out.status.code != 0 {
+            return Err(VmError::Config(format!(
+                "`sync` in the guest failed (exit code {}): {}",
+                out.status.code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        monitor.execute("stop")?;
+        let copied = super::disk_snapshot::capture(&st.disk, dest);
+        let resumed = monitor.execute("cont");
+        copied?;
+        resumed?;
+        Ok(())
+    }
+
     /// Stops the VM (see [`stop`](Self::stop) for `grace`) and deletes the environment's disk
     /// (the cached base image stays).
     pub fn destroy(&self, state_dir: &Path, grace: Duration) -> Result<(), VmError> {
@@ -564,6 +621,7 @@ impl VmBackend {
                 Err(e) => return Err(VmError::Io { path: p, source: e }),
             }
         }
+        super::disk_snapshot::sweep_bases(state_dir)?;
         Ok(())
     }
 
@@ -583,6 +641,9 @@ impl VmBackend {
         }
         if let Some(v) = &st.vsock_socket {
             let _ = std::fs::remove_file(v);
+        }
+        if let Some(q) = &st.qmp_socket {
+            let _ = std::fs::remove_file(q);
         }
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
         let _ = std::fs::remove_file(vm_json(state_dir));
@@ -638,6 +699,7 @@ mod tests {
             Mirror {
                 url: "http://127.0.0.1:9".into(),
                 suites: vec![],
+                keyrings: vec![],
             },
         );
         let env = d.path().join("envs/x");
@@ -654,6 +716,7 @@ mod tests {
             Mirror {
                 url: "http://127.0.0.1:9".into(),
                 suites: vec![],
+                keyrings: vec![],
             },
         );
         let env = d.path().join("env");
@@ -677,6 +740,7 @@ mod tests {
             boot_ms: Some(1),
             vsock_socket: None,
             shares: vec![],
+            qmp_socket: None,
         };
         state::write_json(&env.join("vm.json"), &st).unwrap();
         assert!(b.status(&env).unwrap().running);

@@ -4,10 +4,12 @@
 
 pub mod agent_binary;
 pub mod backend;
+pub mod disk_snapshot;
 pub mod guest_logs;
 pub mod kernel;
 pub mod process;
 pub mod qemu;
+pub mod qmp;
 pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
@@ -58,6 +60,8 @@ pub enum VmError {
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    #[error(transparent)]
+    Qmp(#[from] qmp::QmpError),
     #[error(transparent)]
     Ports(#[from] crate::net::forward::ForwardError),
     #[error(transparent)]

@@ -36,6 +36,8 @@ pub struct QemuConfig {
     pub console_log: PathBuf,
     pub control_socket: PathBuf,
     pub pidfile: PathBuf,
+    /// qemu's machine protocol socket (QMP), for pausing the VM while its disk is copied.
+    pub qmp_socket: PathBuf,
     /// qemu's own messages.
     pub qemu_log: PathBuf,
     /// Host ports forwarded to the guest by the user-mode network (the NIC is always there,
@@ -150,10 +152,18 @@ impl QemuConfig {
             push("-device");
             push(&format!("virtserialport,chardev=control{i},name=berth.{i}"));
         }
+        push("-chardev");
+        push(&format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            path(&self.qmp_socket)
+        ));
+        push("-mon");
+        push("chardev=qmp,mode=control");
         push("-drive");
         push(&format!(
-            "id=root,file={},format=qcow2,if=none,discard=unmap",
-            path(&self.disk)
+            "id=root,file={},format={},if=none,discard=unmap",
+            path(&self.disk),
+            self.disk_format
         ));
         push("-device");
         push("virtio-blk-pci,drive=root");
@@ -186,6 +196,7 @@ impl QemuConfig {
         for sock in super::control_sockets(&self.control_socket) {
             let _ = std::fs::remove_file(sock);
         }
+        let _ = std::fs::remove_file(&self.qmp_socket);
         let log = std::fs::File::create(&self.qemu_log).map_err(QemuError::Spawn)?;
         let status = Command::new(QEMU_BINARY)
             .args(self.args())
@@ -235,6 +246,7 @@ mod tests {
             console_log: "/e/console.log".into(),
             control_socket: "/e/control.sock".into(),
             pidfile: "/e/qemu.pid".into(),
+            qmp_socket: "/e/qmp.sock".into(),
             qemu_log: "/e/qemu.log".into(),
             ports: vec![
                 PortPlan {
@@ -268,6 +280,9 @@ mod tests {
         assert!(joined.contains("socket,id=control3,path=/e/control-3.sock,server=on,wait=off"));
         assert!(joined.contains("virtserialport,chardev=control0,name=berth.0"));
         assert!(joined.contains("virtserialport,chardev=control3,name=berth.3"));
+        assert!(joined.contains(
+            "-chardev socket,id=qmp,path=/e/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control"
+        ));
         assert!(joined.contains("virtio-blk-pci,drive=root") && joined.contains("format=qcow2"));
         assert!(
             joined.contains("-initrd /k/initrd,,1.gz"),

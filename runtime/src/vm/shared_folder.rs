@@ -5,7 +5,14 @@
 //!
 //! The Debian cloud kernel has no 9p, but it has `fuse` and `virtiofs` as modules: that is why
 //! berth uses virtio-fs rather than qemu's simpler `-virtfs`.
+//!
+//! A `readonly` share is enforced on the host: its virtiofsd starts in a mount namespace of its
+//! own where the folder is a recursively read-only bind mount (qemu's C virtiofsd has no
+//! read-only option), so a guest that remounts the share `rw` still gets `EROFS`.
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -137,10 +144,28 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         .stdout(out.try_clone().map_err(io)?)
         .stderr(out);
     // Its own process group: a Ctrl-C meant for `berth up` does not end the share.
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd.spawn().map_err(|e| VmError::Io {
-        path: exe.to_path_buf(),
-        source: e,
+    cmd.process_group(0);
+    if f.readonly {
+        let source = CString::new(f.source.as_os_str().as_bytes())
+            .map_err(|_| VmError::Config(format!("{} contains a NUL byte", f.source.display())))?;
+        // SAFETY: the closure only makes raw syscalls (unshare, mount, mount_setattr) on
+        // memory prepared before the fork; it allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || read_only_view(&source));
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        if f.readonly {
+            VmError::Config(format!(
+                "cannot start virtiofsd for the read-only share of {} in a mount namespace where the folder is read-only: {e}; berth needs root (CAP_SYS_ADMIN) for read-only VM shares",
+                f.source.display()
+            ))
+        } else {
+            VmError::Io {
+                path: exe.to_path_buf(),
+                source: e,
+            }
+        }
     })?;
     let rec = ProcessRecord::of(child.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -162,6 +187,84 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
             )));
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn check(rc: libc::c_long) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// In the calling process (a child between fork and exec): a private mount namespace in
+/// which `source`, with everything mounted below it, is read-only. Only raw syscalls.
+fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them; a failure is
+    // returned as the spawn error.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        // Nothing done here propagates back to the host's mounts.
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                source.as_ptr(),
+                source.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // Before Linux 5.12: the share's own mount read-only (not its submounts).
+            return check(
+                libc::mount(
+                    std::ptr::null(),
+                    source.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
+                .into(),
+            );
+        }
+        check(rc)
     }
 }
 
@@ -219,5 +322,35 @@ mod tests {
         assert!(c.contains(&"-o source=/src".to_string()), "{c:?}");
         let r = virtiofsd_args(Path::new("/usr/libexec/virtiofsd"), &f);
         assert!(r.contains(&"--shared-dir=/src".to_string()), "{r:?}");
+    }
+
+    #[test]
+    fn a_read_only_view_refuses_writes_even_to_root_and_leaves_the_host_alone() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: read-only views need root (a mount namespace)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let c = CString::new(src.as_os_str().as_bytes()).unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        // Even root (as virtiofsd runs) cannot write through the view.
+        cmd.args(["-c", "touch \"$1/in-view\"; echo $?", "sh"])
+            .arg(&src)
+            .stderr(Stdio::null());
+        // SAFETY: see `start`.
+        unsafe {
+            cmd.pre_exec(move || read_only_view(&c));
+        }
+        let out = cmd.output().unwrap();
+        assert_ne!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+        assert!(!src.join("in-view").exists());
+        std::fs::write(src.join("on-host"), "x").unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(src.to_str().unwrap()),
+            "the read-only bind mount leaked into the host's namespace"
+        );
     }
 }

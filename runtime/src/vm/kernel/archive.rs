@@ -1,10 +1,11 @@
-//! The Debian archive's indexes: mirror discovery from the host's apt sources, `Release`
-//! (sha256 of every index), `Packages.xz` (sha256 of every .deb), Debian version ordering and
+//! The Debian archive's indexes: mirror discovery from the host's apt sources, `InRelease`
+//! (or `Release` + `Release.gpg`, authenticated by [`super::signature`]: sha256 of every index), `Packages.xz` (sha256 of every .deb), Debian version ordering and
 //! following a kernel metapackage to the versioned image package.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::io::Read;
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 
@@ -19,11 +20,14 @@ pub const DEFAULT_SUITES: &[&str] = &["bookworm", "bookworm-updates"];
 pub struct Mirror {
     pub url: String,
     pub suites: Vec<String>,
+    /// Keyrings whose keys may sign the mirror's `Release` files.
+    pub keyrings: Vec<PathBuf>,
 }
 
 impl Mirror {
     /// `BERTH_DEBIAN_MIRROR` / `BERTH_DEBIAN_SUITES` (comma separated), else the host's first
-    /// Debian apt source, else deb.debian.org bookworm.
+    /// Debian apt source, else deb.debian.org bookworm; signed by a key of
+    /// `BERTH_DEBIAN_KEYRING` (`:`-separated files), else of Debian's archive keyring.
     pub fn discover() -> Mirror {
         let from_host = std::fs::read_dir("/etc/apt/sources.list.d")
             .into_iter()
@@ -40,7 +44,9 @@ impl Mirror {
         let mut m = from_host.unwrap_or_else(|| Mirror {
             url: DEFAULT_MIRROR.into(),
             suites: DEFAULT_SUITES.iter().map(|s| s.to_string()).collect(),
+            keyrings: Vec::new(),
         });
+        m.keyrings = super::signature::keyrings_from_env();
         if let Ok(url) = std::env::var("BERTH_DEBIAN_MIRROR") {
             m.url = url;
         }
@@ -74,7 +80,11 @@ pub fn mirror_from_deb822(text: &str) -> Option<Mirror> {
             .split_whitespace()
             .map(String::from)
             .collect();
-        return Some(Mirror { url: uri, suites });
+        return Some(Mirror {
+            url: uri,
+            suites,
+            keyrings: Vec::new(),
+        });
     }
     None
 }
@@ -103,7 +113,11 @@ pub fn mirror_from_one_line(text: &str) -> Option<Mirror> {
         }
         suites.push(s.to_string());
     }
-    Some(Mirror { url: url?, suites })
+    Some(Mirror {
+        url: url?,
+        suites,
+        keyrings: Vec::new(),
+    })
 }
 
 /// Parses deb822 text (blank-line separated stanzas, continuation lines start with space).
@@ -301,6 +315,55 @@ pub fn fetch_verified(url: &str, sha256: &str, size: Option<u64>) -> Result<Vec<
     Ok(data)
 }
 
+fn get_all(url: &str) -> Result<Option<Vec<u8>>, KernelError> {
+    match http::get(url) {
+        Ok(mut b) => {
+            let mut data = Vec::new();
+            b.read_to_end(&mut data)
+                .map_err(|e| KernelError::Download {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+            Ok(Some(data))
+        }
+        Err(http::HttpError::Status { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The authenticated `Release` text of `suite` (from `InRelease`, else `Release` +
+/// `Release.gpg`) and the address it came from; `None` when the mirror has no such suite.
+/// A `Release` without a signature is refused, never used.
+fn signed_release(mirror: &Mirror, suite: &str) -> Result<Option<(String, String)>, KernelError> {
+    let base = format!("{}/dists/{suite}", mirror.url);
+    let in_release = format!("{base}/InRelease");
+    if let Some(data) = get_all(&in_release)? {
+        let text = super::signature::verify_clearsigned(&in_release, &data, &mirror.keyrings)?;
+        return Ok(Some((in_release, text)));
+    }
+    let release_url = format!("{base}/Release");
+    let Some(release) = get_all(&release_url)? else {
+        return Ok(None);
+    };
+    let sig_url = format!("{base}/Release.gpg");
+    let signature = get_all(&sig_url)?.ok_or_else(|| KernelError::Signature {
+        url: release_url.clone(),
+        keyrings: mirror
+            .keyrings
+            .iter()
+            .map(|k| k.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        reason: format!("the mirror has neither {in_release} nor {sig_url}"),
+    })?;
+    super::signature::verify_detached(&release_url, &release, &signature, &mirror.keyrings)?;
+    let text = String::from_utf8(release).map_err(|_| KernelError::Index {
+        url: release_url.clone(),
+        reason: "not UTF-8".into(),
+    })?;
+    Ok(Some((release_url, text)))
+}
+
 /// Finds `package` (at `version`, else the newest) across the mirror's suites and follows
 /// metapackages to the package that holds the kernel.
 pub fn resolve(
@@ -310,19 +373,9 @@ pub fn resolve(
 ) -> Result<PackageEntry, KernelError> {
     let mut all = Vec::new();
     for suite in &mirror.suites {
-        let release_url = format!("{}/dists/{suite}/Release", mirror.url);
-        let mut release = String::new();
-        match http::get(&release_url) {
-            Ok(mut b) => {
-                b.read_to_string(&mut release)
-                    .map_err(|e| KernelError::Download {
-                        url: release_url.clone(),
-                        reason: e.to_string(),
-                    })?;
-            }
-            Err(http::HttpError::Status { status: 404, .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
+        let Some((release_url, release)) = signed_release(mirror, suite)? else {
+            continue;
+        };
         let sums = release_checksums(&release);
         let index = "main/binary-amd64/Packages.xz";
         let Some((sha, size)) = sums.get(index) else {
@@ -384,6 +437,97 @@ pub fn pick(
 mod tests {
     use super::*;
 
+    /// Serves `files` (path → body, 404 otherwise) on 127.0.0.1 until a request for `/stop`.
+    fn serve(files: HashMap<String, Vec<u8>>) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                let mut s = s.unwrap();
+                let mut req = Vec::new();
+                let mut byte = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                    req.push(byte[0]);
+                }
+                let req = String::from_utf8_lossy(&req).into_owned();
+                let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                let resp = match files.get(&path) {
+                    Some(body) => {
+                        let mut r = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        r.extend(body);
+                        r
+                    }
+                    None => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = s.write_all(&resp);
+                if path == "/stop" {
+                    break;
+                }
+            }
+        });
+        (url, server)
+    }
+
+    #[test]
+    fn release_files_are_used_only_when_signed() {
+        if std::process::Command::new("gpgv")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("skipping: gpgv is missing (apt-get install gpgv)");
+            return;
+        }
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/vm/kernel/testdata");
+        let read = |n: &str| std::fs::read(data.join(n)).unwrap();
+        let files: HashMap<String, Vec<u8>> = [
+            ("/dists/clear/InRelease", read("InRelease")),
+            ("/dists/detached/Release", read("Release")),
+            ("/dists/detached/Release.gpg", read("Release.gpg")),
+            ("/dists/unsigned/Release", read("Release")),
+            ("/dists/stranger/InRelease", read("InRelease.unknown")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let (url, server) = serve(files);
+        let m = Mirror {
+            url: url.clone(),
+            suites: vec![],
+            keyrings: vec![data.join("trusted.gpg")],
+        };
+        let release = String::from_utf8(read("Release")).unwrap();
+        let (from, text) = signed_release(&m, "clear").unwrap().unwrap();
+        assert_eq!(
+            (from.as_str(), text.as_str()),
+            (
+                format!("{url}/dists/clear/InRelease").as_str(),
+                release.as_str()
+            )
+        );
+        let (from, text) = signed_release(&m, "detached").unwrap().unwrap();
+        assert!(from.ends_with("/dists/detached/Release"), "{from}");
+        assert_eq!(text, release);
+        let e = signed_release(&m, "unsigned").unwrap_err().to_string();
+        assert!(
+            e.contains("is not signed by a trusted key") && e.contains("Release.gpg"),
+            "{e}"
+        );
+        let e = signed_release(&m, "stranger").unwrap_err().to_string();
+        assert!(e.contains("keys the keyrings do not have"), "{e}");
+        assert!(signed_release(&m, "absent").unwrap().is_none());
+        let _ = http::get(&format!("{url}/stop"));
+        server.join().unwrap();
+    }
+
     #[test]
     fn versions_order_like_dpkg() {
         use Ordering::*;
@@ -430,6 +574,7 @@ mod tests {
         let m = Mirror {
             url: "http://x".into(),
             suites: vec!["s".into()],
+            keyrings: vec![],
         };
         let img = pick(&all, "linux-image-cloud-amd64", None, &m).unwrap();
         assert_eq!(img.name, "linux-image-6.1.0-56-cloud-amd64");

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod deb;
 pub mod http;
 pub mod initramfs;
+pub mod signature;
 pub mod store;
 
 use std::path::PathBuf;
@@ -33,6 +34,16 @@ pub enum KernelError {
     },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("{url} is not signed by a trusted key ({keyrings}): {reason}; check that BERTH_DEBIAN_MIRROR is a Debian mirror, or for a mirror with keys of its own put its keyring in BERTH_DEBIAN_KEYRING (`:`-separated files)")]
+    Signature {
+        url: String,
+        keyrings: String,
+        reason: String,
+    },
+    #[error("the archive keyring {path} does not exist; install it (Debian: apt-get install debian-archive-keyring) or name your keyring files in BERTH_DEBIAN_KEYRING (`:`-separated)")]
+    Keyring { path: PathBuf },
+    #[error("gpgv is needed to check the signature of {url} before trusting its checksums; install it (Debian: apt-get install gpgv)")]
+    NoGpgv { url: String },
     #[error("kernel image {0} does not exist; fix [vm].kernel in berth.toml")]
     MissingImage(PathBuf),
 }

@@ -219,6 +219,7 @@ mod tests {
         let m = Mirror {
             url: "http://127.0.0.1:9".into(),
             suites: vec![],
+            keyrings: vec![],
         };
         let img = dir.path().join("bzImage");
         std::fs::write(&img, b"k").unwrap();
@@ -257,6 +258,7 @@ mod tests {
         let m = Mirror {
             url: "http://127.0.0.1:9".into(),
             suites: vec!["bookworm".into()],
+            keyrings: vec![],
         };
         let e = store
             .ensure(
@@ -270,7 +272,7 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string()
-                .contains("cannot fetch http://127.0.0.1:9/dists/bookworm/Release"),
+                .contains("cannot fetch http://127.0.0.1:9/dists/bookworm/InRelease"),
             "{e}"
         );
     }
