@@ -14,6 +14,8 @@
 //!   resolv.conf and the DNS redirect to a loopback stub).
 //! - [`pasta`]: isolated mode rootless; [`rootless_network_available`] for `berth doctor`.
 //! - [`network`]: the entry point, [`Network`] (`attach`, `plumb`, `detach`).
+//! - [`tap`]: tap interfaces, the host side of a VM's virtio-net device (berth's own VMM);
+//!   [`Network::plumb_tap`] plugs one into the bridge.
 //! - [`netlink`], [`netns`], [`port_owner`]: the system interfaces underneath.
 //!
 //! # How a backend uses it
@@ -60,6 +62,7 @@ pub mod port_owner;
 pub mod relay;
 pub mod subnet;
 mod sys;
+pub mod tap;
 pub mod tcp_loop;
 pub mod udp_relay;
 
