@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{self, BerthHome};
 
-use super::bridge::{Bridge, BridgeConfig};
+use super::bridge::{veth_name, Bridge, BridgeConfig};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
@@ -89,6 +89,25 @@ pub struct NetPlumbing {
     /// IPv4-only bridge cannot reach): the userspace DNS relay on the bridge address. Keep it
     /// alive as long as the environment runs.
     pub dns_forwarder: Option<DnsForwarder>,
+}
+
+/// The host side of a VM's network under berth's own VMM, as [`Network::plumb_tap`] made it:
+/// a persistent tap on the bridge and the guest's address plan. It lives until
+/// [`Network::detach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPlumbing {
+    /// The tap interface the VMM attaches its virtio-net device to.
+    pub tap: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// The resolver the guest asks: the host's first IPv4 resolver, or the bridge address
+    /// when the host's resolver is a loopback stub (redirected there by the NAT table) or
+    /// IPv6 only (see `dns_relay`).
+    pub nameserver: Ipv4Addr,
+    /// The host's resolvers are all IPv6: a [`DnsForwarder`] from the bridge address to this
+    /// one must run as long as the VM does (the VMM process runs it).
+    pub dns_relay: Option<IpAddr>,
 }
 
 /// A live attachment ([`Network::attach`]): the plumbing plus the port forwarders running
@@ -333,6 +352,65 @@ impl Network {
         self.save(env_id, &record)?;
         rollback.armed = false;
         Ok(plumbing)
+    }
+
+    /// Plugs a VM of berth's own VMM into the bridge (isolated mode as root): leases an
+    /// address, creates the bridge, NAT and forwarding when it is the first user, and a
+    /// persistent tap for the VMM (see [`Bridge::attach_tap`]). Recorded like a container's
+    /// veth, so [`Network::detach`] removes it, also after the VMM was killed. On error
+    /// nothing is left behind.
+    pub fn plumb_tap(&self, env_id: &str) -> Result<TapPlumbing, NetError> {
+        if !is_root() {
+            return Err(NetError::TapNeedsRoot);
+        }
+        let cfg = &self.options.bridge;
+        let mut record = NetRecord {
+            mode: NetworkMode::Isolated,
+            plumbing: Plumbing::Bridge {
+                bridge: cfg.name.clone(),
+                nft_table: cfg.nft_table.clone(),
+            },
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        };
+        let mut rollback = Rollback {
+            net: self,
+            env_id,
+            armed: true,
+        };
+        self.save(env_id, &record)?;
+        let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
+        let lease = Bridge::new(&self.home, cfg.clone()).attach_tap(env_id, dns.ipv4_stub())?;
+        let (nameserver, dns_relay) = match &dns {
+            DnsPlan::Direct(c) => (
+                c.nameservers
+                    .iter()
+                    .find_map(|ip| match ip {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .unwrap_or(lease.gateway),
+                None,
+            ),
+            DnsPlan::Stub {
+                stub: stub @ IpAddr::V6(_),
+                ..
+            } => (lease.gateway, Some(*stub)),
+            DnsPlan::Stub { .. } => (lease.gateway, None),
+        };
+        record.address = Some(lease.address);
+        record.gateway = Some(lease.gateway);
+        self.save(env_id, &record)?;
+        rollback.armed = false;
+        Ok(TapPlumbing {
+            tap: veth_name(env_id),
+            address: lease.address,
+            prefix: lease.subnet.prefix(),
+            gateway: lease.gateway,
+            nameserver,
+            dns_relay,
+        })
     }
 
     /// Records an environment that has loopback only and brings it up itself (a container

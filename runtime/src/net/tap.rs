@@ -125,6 +125,14 @@ impl AsFd for Tap {
     }
 }
 
+/// A stable, locally administered unicast MAC address for the guest of `seed` (an
+/// environment id).
+pub fn guest_mac(seed: &str) -> [u8; 6] {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(seed.as_bytes());
+    [0x02, d[0], d[1], d[2], d[3], d[4]]
+}
+
 /// Creates the persistent tap interface `name` (or takes over an existing one).
 pub fn create_persistent(name: &str) -> io::Result<()> {
     Tap::open(name)?.set_persistent(true)
@@ -168,6 +176,14 @@ pub(crate) fn test_tap(name: &str) -> Option<Tap> {
 mod tests {
     use super::*;
     use crate::net::netlink::Netlink;
+
+    #[test]
+    fn guest_macs_are_local_unicast_and_stable() {
+        let m = guest_mac("web-1234");
+        assert_eq!(m[0] & 0x03, 0x02, "locally administered, unicast");
+        assert_eq!(m, guest_mac("web-1234"));
+        assert_ne!(m, guest_mac("web-4321"));
+    }
 
     #[test]
     fn names_must_fit_ifnamsiz() {
