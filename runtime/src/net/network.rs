@@ -473,6 +473,44 @@ impl Network {
     }
 }
 
+/// A [`Network`] on a bridge of its own for a test in `home` (`tag` keeps tests apart), or
+/// `None` with the reason printed: the bridge and its NAT need root and nft.
+#[cfg(test)]
+pub(crate) fn test_network(home: &BerthHome, tag: &str) -> Option<Network> {
+    if !is_root() {
+        eprintln!("skipping: berth's bridge needs root (CAP_NET_ADMIN)");
+        return None;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: nft (nftables) is not installed");
+        return None;
+    }
+    let name = format!("berth_t{tag}{}", std::process::id() % 100_000);
+    Some(Network::new(
+        home,
+        NetworkOptions {
+            bridge: BridgeConfig {
+                name: name.clone(),
+                nft_table: name,
+                subnet: None,
+            },
+            ..NetworkOptions::default()
+        },
+    ))
+}
+
+/// The bridge interface `port` is plugged into, if any.
+#[cfg(test)]
+pub(crate) fn master_of(port: &str) -> Option<String> {
+    std::fs::read_link(format!("/sys/class/net/{port}/master"))
+        .ok()
+        .and_then(|p| p.file_name()?.to_str().map(str::to_string))
+}
+
 /// Brings the loopback interface of `netns` up.
 pub fn loopback_up(netns: &File) -> Result<(), NetError> {
     let mut nl = Netlink::open_in(netns).map_err(NetError::Namespace)?;

@@ -267,11 +267,18 @@ fn guest_net_cmdline(t: &TapPlumbing) -> String {
 pub struct VmBackend {
     home: BerthHome,
     mirror: Mirror,
+    net_options: NetworkOptions,
 }
 
 impl VmBackend {
     fn network(&self) -> Network {
-        Network::new(&self.home, NetworkOptions::default())
+        Network::new(&self.home, self.net_options.clone())
+    }
+
+    /// Another bridge for the VMs' taps than berth's default (tests).
+    pub fn with_network_options(mut self, options: NetworkOptions) -> Self {
+        self.net_options = options;
+        self
     }
 
     /// The environment id of `state_dir` when it is an environment folder of this home (the
@@ -285,11 +292,16 @@ impl VmBackend {
         VmBackend {
             home,
             mirror: Mirror::discover(),
+            net_options: NetworkOptions::default(),
         }
     }
 
     pub fn with_mirror(home: BerthHome, mirror: Mirror) -> Self {
-        VmBackend { home, mirror }
+        VmBackend {
+            home,
+            mirror,
+            net_options: NetworkOptions::default(),
+        }
     }
 
     /// Boots the VM (unless it already runs), waits for the agent, applies hostname, mounts,
@@ -765,5 +777,76 @@ mod tests {
         assert!(matches!(b.connect(&env), Err(VmError::NotRunning)));
         b.stop(&env, Duration::from_secs(1)).unwrap();
         assert!(!env.join("vm.json").exists());
+    }
+
+    #[test]
+    fn a_killed_networked_vmm_leaves_no_tap_once_stopped() {
+        use crate::net::bridge::veth_name;
+        use crate::net::nat::NatRules;
+        use crate::net::network::{master_of, test_network};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "b") else {
+            return;
+        };
+        let bridge = net.options().bridge.name.clone();
+        let b = VmBackend::with_mirror(
+            home.clone(),
+            Mirror {
+                url: "http://127.0.0.1:9".into(),
+                suites: vec![],
+            },
+        )
+        .with_network_options(net.options().clone());
+        let id = "vmnet-stop";
+        let env = home.env_dir(id);
+        assert_eq!(b.env_id(&env).as_deref(), Some(id));
+        let t = net.plumb_tap(id).unwrap();
+        assert_eq!(t.tap, veth_name(id));
+        assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+        assert_eq!(net.record(id).unwrap().unwrap().address, Some(t.address));
+        assert!(NatRules::exists(&bridge));
+        let cmdline = guest_net_cmdline(&t);
+        assert!(
+            cmdline.contains(&format!("berth.ip={}/{}", t.address, t.prefix))
+                && cmdline.contains(&format!("berth.gw={}", t.gateway)),
+            "{cmdline}"
+        );
+
+        // A VMM (stand-in) killed with -9: the tap and lease stay behind it...
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let st = VmState {
+            provider: Provider::Kvm,
+            accel: "kvm".into(),
+            process: ProcessRecord::of(child.id() as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.img"),
+            vcpus: 1,
+            memory: 1 << 28,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: Some(env.join("vsock.sock")),
+            shares: vec![],
+        };
+        state::write_json(&env.join("vm.json"), &st).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!b.status(&env).unwrap().running);
+        assert!(master_of(&t.tap).is_some(), "the tap outlives its VMM");
+
+        // ...until the next stop, which removes tap, lease, NAT and the bridge (its last user).
+        b.stop(&env, Duration::from_secs(1)).unwrap();
+        let mut nl = crate::net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
+        assert!(!NatRules::exists(&bridge), "NAT table removed");
+        assert!(net.record(id).unwrap().is_none(), "network record removed");
+        // Stopping again finds nothing to do.
+        b.stop(&env, Duration::from_secs(1)).unwrap();
     }
 }
