@@ -68,7 +68,10 @@ fn main() {
         Ok(m) => m,
         Err(e) if net => {
             let _ = std::fs::remove_dir_all(&dir);
-            println!("{{\"skipped\":\"virtio-net: {}\"}}", e.to_string().replace('"', "'"));
+            println!(
+                "{{\"skipped\":\"virtio-net: {}\"}}",
+                e.to_string().replace('"', "'")
+            );
             return;
         }
         Err(e) => panic!("create VM: {e}"),

@@ -323,7 +323,9 @@ mod tests {
         plan.network.mode = NetworkMode::Host;
         let notices = unsupported(&plan, Some(Provider::Kvm), true);
         assert!(
-            notices.iter().any(|n| n.contains("plugs it into berth's bridge")),
+            notices
+                .iter()
+                .any(|n| n.contains("plugs it into berth's bridge")),
             "{notices:?}"
         );
         plan.network.mode = NetworkMode::Host;

@@ -408,7 +408,8 @@ fn plug_tap(nl: &mut Netlink, env_id: &str, bridge_index: u32) -> Result<(), Net
     // A tap of an earlier run (its VMM was killed): replace it.
     nl.delete_link_named(&tap)
         .map_err(|e| NetError::link(format!("delete stale tap {tap}"), e))?;
-    super::tap::create_persistent(&tap).map_err(|e| NetError::link(format!("create tap {tap}"), e))?;
+    super::tap::create_persistent(&tap)
+        .map_err(|e| NetError::link(format!("create tap {tap}"), e))?;
     let plugged = (|| {
         let index = nl
             .link_index(&tap)?

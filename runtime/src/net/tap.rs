@@ -149,9 +149,9 @@ pub fn tap_usable() -> Result<(), String> {
     let probe = format!("bprobe{}", std::process::id() % 100_000_000);
     match Tap::open(&probe) {
         Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => Err(
-            format!("{e}: creating a tap needs root (CAP_NET_ADMIN)"),
-        ),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) => {
+            Err(format!("{e}: creating a tap needs root (CAP_NET_ADMIN)"))
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -201,7 +201,10 @@ mod tests {
         tap.set_persistent(true).unwrap();
         drop(tap);
         let mut nl = Netlink::open().unwrap();
-        assert!(nl.link_index(&name).unwrap().is_some(), "persistent tap kept");
+        assert!(
+            nl.link_index(&name).unwrap().is_some(),
+            "persistent tap kept"
+        );
         // A second opener attaches to the same interface.
         let again = Tap::open(&name).unwrap();
         let mut buf = [0u8; 64];

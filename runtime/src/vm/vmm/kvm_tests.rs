@@ -194,7 +194,11 @@ fn net_device_on_a_bridged_tap_is_seen_by_the_guest() {
     );
     let reason = Machine::create(cfg).unwrap().run().unwrap();
     assert_eq!(reason, ExitReason::Halted);
-    assert_eq!(&*out.0.lock().unwrap(), &[1, 0, 0, 0], "virtio device id 1 = network");
+    assert_eq!(
+        &*out.0.lock().unwrap(),
+        &[1, 0, 0, 0],
+        "virtio device id 1 = network"
+    );
     // The persistent tap stays on the bridge after the VMM let go, until detach.
     assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
     net.detach(id).unwrap();

@@ -135,7 +135,11 @@ fn rx_loop(tap: &Tap, shared: &Mutex<Shared>, kick: &EventFd, stop: &EventFd) {
         let mut fds = [
             pollfd(stop.as_raw_fd()),
             pollfd(kick.as_raw_fd()),
-            pollfd(if want_tap { tap.as_fd().as_raw_fd() } else { -1 }),
+            pollfd(if want_tap {
+                tap.as_fd().as_raw_fd()
+            } else {
+                -1
+            }),
         ];
         // SAFETY: `fds` is a valid array of three pollfd structures (fd -1 is ignored).
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -143,7 +147,10 @@ fn rx_loop(tap: &Tap, shared: &Mutex<Shared>, kick: &EventFd, stop: &EventFd) {
             if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            eprintln!("virtio-net: poll failed: {}", std::io::Error::last_os_error());
+            eprintln!(
+                "virtio-net: poll failed: {}",
+                std::io::Error::last_os_error()
+            );
             return;
         }
         if fds[0].revents != 0 {

@@ -504,7 +504,11 @@ mod net {
             let proto = (libc::ETH_P_ALL as u16).to_be();
             // SAFETY: socket has no pointer arguments; the fd is owned right away.
             let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-            assert!(raw >= 0, "packet socket: {}", std::io::Error::last_os_error());
+            assert!(
+                raw >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: raw is a fresh descriptor nobody else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             // SAFETY: sockaddr_ll is plain data; zeroes are valid.
@@ -560,7 +564,12 @@ mod net {
                     std::mem::size_of::<libc::sockaddr_ll>() as u32,
                 )
             };
-            assert_eq!(rc, frame.len() as isize, "{}", std::io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                frame.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
         }
 
         /// The next frame with `ethertype` that the interface received (from the device).
@@ -587,7 +596,7 @@ mod net {
                     std::io::Error::last_os_error()
                 );
                 let f = &buf[..n as usize];
-                if sll.sll_pkttype != libc::PACKET_OUTGOING as u8
+                if sll.sll_pkttype != libc::PACKET_OUTGOING
                     && f.len() >= 14
                     && u16::from_be_bytes([f[12], f[13]]) == ethertype
                 {
@@ -626,7 +635,11 @@ mod net {
         t.read(0x100, &mut mac);
         assert_eq!(mac, GUEST_MAC, "MAC in the configuration space");
         Driver::reg_write(&mut t, 0x14, 0);
-        assert_ne!(Driver::reg_read(&mut t, 0x10) & (1 << 5), 0, "VIRTIO_NET_F_MAC");
+        assert_ne!(
+            Driver::reg_read(&mut t, 0x10) & (1 << 5),
+            0,
+            "VIRTIO_NET_F_MAC"
+        );
         let mut qs = Driver::init(&mut t, &mem, 2);
         let tx = qs.pop().unwrap();
         let rx = qs.pop().unwrap();
@@ -642,17 +655,25 @@ mod net {
     fn wait_used(q: &Driver, n: u16) {
         let deadline = Instant::now() + Duration::from_secs(5);
         while q.used_idx() != n {
-            assert!(Instant::now() < deadline, "used index stayed at {}", q.used_idx());
+            assert!(
+                Instant::now() < deadline,
+                "used index stayed at {}",
+                q.used_idx()
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
     }
 
     /// Sends `f` from the guest: header and frame in two descriptors.
     fn guest_send(r: &mut Rig, f: &[u8]) {
-        r.mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000)).unwrap();
+        r.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000))
+            .unwrap();
         r.mem.write_slice(f, GuestAddress(0x61000)).unwrap();
-        r.tx
-            .add_chain(&[(0x60000, HDR_LEN as u32, false), (0x61000, f.len() as u32, false)]);
+        r.tx.add_chain(&[
+            (0x60000, HDR_LEN as u32, false),
+            (0x61000, f.len() as u32, false),
+        ]);
         Driver::reg_write(&mut r.t, 0x50, 1);
     }
 
@@ -664,16 +685,30 @@ mod net {
         };
         // Three times around both 8-entry rings.
         for i in 0..24u16 {
-            let out = frame([0xff; 6], GUEST_MAC, ETHERTYPE_TX, format!("tx {i}").as_bytes());
+            let out = frame(
+                [0xff; 6],
+                GUEST_MAC,
+                ETHERTYPE_TX,
+                format!("tx {i}").as_bytes(),
+            );
             guest_send(&mut r, &out);
             assert_eq!(r.tx.used_idx(), i + 1, "tx chain {i} used");
-            assert_eq!(r.host.recv(ETHERTYPE_TX), out, "frame {i} came out of the tap");
+            assert_eq!(
+                r.host.recv(ETHERTYPE_TX),
+                out,
+                "frame {i} came out of the tap"
+            );
 
             // One receive buffer in two descriptors: the header lands in the first.
             let buf = 0x80000 + u64::from(i % 8) * 0x1000;
             r.rx.add_chain(&[(buf, 10, true), (buf + 0x100, 2048, true)]);
             Driver::reg_write(&mut r.t, 0x50, 0);
-            let inbound = frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, format!("rx {i}").as_bytes());
+            let inbound = frame(
+                GUEST_MAC,
+                HOST_MAC,
+                ETHERTYPE_RX,
+                format!("rx {i}").as_bytes(),
+            );
             r.host.send(&inbound);
             wait_used(&r.rx, i + 1);
             let (id, len) = r.rx.used_elem(i);
@@ -684,15 +719,26 @@ mod net {
             r.mem
                 .read_slice(&mut hdr[10..], GuestAddress(buf + 0x100))
                 .unwrap();
-            assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "no offloads, one buffer");
+            assert_eq!(
+                hdr,
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                "no offloads, one buffer"
+            );
             let mut got = vec![0u8; inbound.len()];
             r.mem
                 .read_slice(&mut got, GuestAddress(buf + 0x102))
                 .unwrap();
             assert_eq!(got, inbound, "frame {i} reached the guest");
         }
-        assert_ne!(Driver::reg_read(&mut r.t, 0x60) & 1, 0, "used-ring interrupt");
-        assert_eq!(Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_ne!(
+            Driver::reg_read(&mut r.t, 0x60) & 1,
+            0,
+            "used-ring interrupt"
+        );
+        assert_eq!(
+            Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
+            0
+        );
     }
 
     #[test]
@@ -726,7 +772,10 @@ mod net {
             .read_slice(&mut got, GuestAddress(0x81000 + HDR_LEN as u64))
             .unwrap();
         assert_eq!(got, small);
-        assert_eq!(Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET, 0);
+        assert_eq!(
+            Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
+            0
+        );
     }
 
     fn assert_needs_reset(t: &mut MmioTransport) {
@@ -767,9 +816,7 @@ mod net {
         // The driver claims more available buffers than the queue holds.
         let mut qs = Driver::init(&mut r.t, &r.mem, 2);
         let tx = qs.pop().unwrap();
-        r.mem
-            .write_obj(100u16, GuestAddress(tx.avail + 2))
-            .unwrap();
+        r.mem.write_obj(100u16, GuestAddress(tx.avail + 2)).unwrap();
         Driver::reg_write(&mut r.t, 0x50, 1);
         assert_needs_reset(&mut r.t);
 
@@ -782,7 +829,10 @@ mod net {
             .send(&frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, b"nowhere"));
         let deadline = Instant::now() + Duration::from_secs(5);
         while Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET == 0 {
-            assert!(Instant::now() < deadline, "the device never flagged the chain");
+            assert!(
+                Instant::now() < deadline,
+                "the device never flagged the chain"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(rx.used_idx(), 0);
