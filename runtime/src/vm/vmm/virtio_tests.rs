@@ -846,3 +846,83 @@ mod net {
         assert_eq!(r.host.recv(ETHERTYPE_TX), out);
     }
 }
+
+/// The plumbing and the device together: a simulated guest on a tap that
+/// `Network::plumb_tap` put on a test bridge asks the bridge's address by ARP and gets the
+/// host's answer.
+#[test]
+fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
+    use crate::net::network::test_network;
+    use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
+    let dir = tempfile::tempdir().unwrap();
+    let home = crate::state::BerthHome::at(dir.path()).unwrap();
+    let Some(net) = test_network(&home, "a") else {
+        return;
+    };
+    let id = "vmnet-arp";
+    let t = net.plumb_tap(id).unwrap();
+    let mac = crate::net::tap::guest_mac(id);
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let dev = VirtioNet::open(&t.tap, mac).unwrap();
+    let mut tr = MmioTransport::new(
+        Box::new(dev),
+        mem.clone(),
+        VirtioInterrupt::new(IrqLine::inert(8)),
+    );
+    let mut qs = Driver::init(&mut tr, &mem, 2);
+    let mut tx = qs.pop().unwrap();
+    let mut rx = qs.pop().unwrap();
+    for i in 0..8u64 {
+        rx.add_chain(&[(0x80000 + i * 0x1000, 2048, true)]);
+    }
+    Driver::reg_write(&mut tr, 0x50, 0);
+
+    // ARP request: who has the gateway? tell the guest.
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&t.address.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&t.gateway.octets());
+    arp.resize(60, 0);
+    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000))
+        .unwrap();
+    mem.write_slice(&arp, GuestAddress(0x60000 + HDR_LEN as u64))
+        .unwrap();
+    tx.add_chain(&[(0x60000, (HDR_LEN + arp.len()) as u32, false)]);
+    Driver::reg_write(&mut tr, 0x50, 1);
+    assert_eq!(tx.used_idx(), 1);
+
+    // The host's reply (other frames the host sends by itself are passed over).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0u16;
+    let reply = loop {
+        assert!(Instant::now() < deadline, "no ARP reply from the bridge");
+        if rx.used_idx() == seen {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let (id, len) = rx.used_elem(seen);
+        seen += 1;
+        let mut f = vec![0u8; len as usize];
+        mem.read_slice(&mut f, GuestAddress(0x80000 + u64::from(id) * 0x1000))
+            .unwrap();
+        let f = f.split_off(HDR_LEN);
+        if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
+            break f;
+        }
+    };
+    assert_eq!(&reply[0..6], &mac, "addressed to the guest");
+    assert_eq!(
+        &reply[28..32],
+        &t.gateway.octets(),
+        "the bridge answers for the gateway"
+    );
+    assert_eq!(&reply[38..42], &t.address.octets());
+    drop(tr);
+    net.detach(id).unwrap();
+    let mut nl = crate::net::netlink::Netlink::open().unwrap();
+    assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+}
