@@ -47,6 +47,12 @@
 //!
 //! The container backend follows these steps in `container::network` (and `launch`,
 //! `supervisor`); its ports need no [`NetAttachment`].
+//!
+//! A VM of berth's own VMM has no namespace on the host: the VM backend calls
+//! [`Network::plumb_tap`] (lease, bridge, NAT, a persistent tap for the VMM), puts the address
+//! plan on the guest's kernel command line, and the VMM process serves the ports with
+//! [`forward::PortForwarder`] and a [`dialer::AddressDialer`] to the guest's address.
+//! [`Network::detach`] removes the tap like a veth.
 
 pub mod bridge;
 pub mod dialer;

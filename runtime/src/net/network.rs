@@ -490,17 +490,40 @@ pub(crate) fn test_network(home: &BerthHome, tag: &str) -> Option<Network> {
         return None;
     }
     let name = format!("berth_t{tag}{}", std::process::id() % 100_000);
+    // A /24 of its own: tests running at once must not all pick the default subnet (two
+    // bridges with one subnet would steal each other's routes). Second octet by tag, third
+    // by process, moved on past host routes.
+    let second = 200 + tag.bytes().map(u32::from).sum::<u32>() % 50;
+    let routes = subnet::host_routes();
+    let subnet = (0..256u32)
+        .map(|i| format!("10.{second}.{}.0/24", (std::process::id() + i) % 256))
+        .find(|s| subnet::choose_subnet(Some(s), &routes, &name).is_ok())?;
     Some(Network::new(
         home,
         NetworkOptions {
             bridge: BridgeConfig {
                 name: name.clone(),
                 nft_table: name,
-                subnet: None,
+                subnet: Some(subnet),
             },
             ..NetworkOptions::default()
         },
     ))
+}
+
+/// Detaches a test's environment when dropped, so a failing assertion leaves no tap, lease,
+/// NAT table or bridge behind.
+#[cfg(test)]
+pub(crate) struct DetachOnDrop<'a> {
+    pub net: &'a Network,
+    pub env_id: &'a str,
+}
+
+#[cfg(test)]
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.net.detach(self.env_id);
+    }
 }
 
 /// The bridge interface `port` is plugged into, if any.

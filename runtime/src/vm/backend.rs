@@ -783,7 +783,7 @@ mod tests {
     fn a_killed_networked_vmm_leaves_no_tap_once_stopped() {
         use crate::net::bridge::veth_name;
         use crate::net::nat::NatRules;
-        use crate::net::network::{master_of, test_network};
+        use crate::net::network::{master_of, test_network, DetachOnDrop};
         let d = tempfile::tempdir().unwrap();
         let home = BerthHome::at(d.path()).unwrap();
         let Some(net) = test_network(&home, "b") else {
@@ -799,6 +799,10 @@ mod tests {
         )
         .with_network_options(net.options().clone());
         let id = "vmnet-stop";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
         let env = home.env_dir(id);
         assert_eq!(b.env_id(&env).as_deref(), Some(id));
         let t = net.plumb_tap(id).unwrap();

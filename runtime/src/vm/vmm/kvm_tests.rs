@@ -162,7 +162,7 @@ fn irqchip_pit_and_irqfds_with_serial_and_reset() {
 
 #[test]
 fn net_device_on_a_bridged_tap_is_seen_by_the_guest() {
-    use crate::net::network::{master_of, test_network};
+    use crate::net::network::{master_of, test_network, DetachOnDrop};
     if !kvm_usable() {
         return;
     }
@@ -172,6 +172,10 @@ fn net_device_on_a_bridged_tap_is_seen_by_the_guest() {
         return;
     };
     let id = "vmnet-kvm";
+    let _cleanup = DetachOnDrop {
+        net: &net,
+        env_id: id,
+    };
     let t = net.plumb_tap(id).unwrap();
     let bridge = net.options().bridge.name.clone();
     assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));

@@ -852,7 +852,7 @@ mod net {
 /// host's answer.
 #[test]
 fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
-    use crate::net::network::test_network;
+    use crate::net::network::{test_network, DetachOnDrop};
     use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
     let dir = tempfile::tempdir().unwrap();
     let home = crate::state::BerthHome::at(dir.path()).unwrap();
@@ -860,6 +860,10 @@ fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
         return;
     };
     let id = "vmnet-arp";
+    let _cleanup = DetachOnDrop {
+        net: &net,
+        env_id: id,
+    };
     let t = net.plumb_tap(id).unwrap();
     let mac = crate::net::tap::guest_mac(id);
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
@@ -895,7 +899,8 @@ fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
     Driver::reg_write(&mut tr, 0x50, 1);
     assert_eq!(tx.used_idx(), 1);
 
-    // The host's reply (other frames the host sends by itself are passed over).
+    // The host's reply. Other frames the host sends by itself (IPv6 neighbour discovery on
+    // the new bridge) are passed over, and their buffers given back.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = 0u16;
     let reply = loop {
@@ -906,9 +911,13 @@ fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
         }
         let (id, len) = rx.used_elem(seen);
         seen += 1;
+        let buf = 0x80000 + u64::from(id) * 0x1000;
         let mut f = vec![0u8; len as usize];
-        mem.read_slice(&mut f, GuestAddress(0x80000 + u64::from(id) * 0x1000))
-            .unwrap();
+        mem.read_slice(&mut f, GuestAddress(buf)).unwrap();
+        // One descriptor per chain: the next chain head is the descriptor just used.
+        assert_eq!(u32::from(rx.next_desc % rx.size), id);
+        rx.add_chain(&[(buf, 2048, true)]);
+        Driver::reg_write(&mut tr, 0x50, 0);
         let f = f.split_off(HDR_LEN);
         if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
             break f;
