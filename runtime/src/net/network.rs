@@ -101,10 +101,10 @@ pub struct TapPlumbing {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
-    /// The resolver the guest asks: the host's first IPv4 resolver, or the bridge address
-    /// when the host's resolver is a loopback stub (redirected there by the NAT table) or
-    /// IPv6 only (see `dns_relay`).
-    pub nameserver: Ipv4Addr,
+    /// The resolvers the guest asks: the host's IPv4 resolvers, or the bridge address when
+    /// the host's resolver is a loopback stub (redirected there by the NAT table) or IPv6
+    /// only (see `dns_relay`).
+    pub nameservers: Vec<Ipv4Addr>,
     /// The host's resolvers are all IPv6: a [`DnsForwarder`] from the bridge address to this
     /// one must run as long as the VM does (the VMM process runs it).
     pub dns_relay: Option<IpAddr>,
@@ -382,22 +382,30 @@ impl Network {
         self.save(env_id, &record)?;
         let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
         let lease = Bridge::new(&self.home, cfg.clone()).attach_tap(env_id, dns.ipv4_stub())?;
-        let (nameserver, dns_relay) = match &dns {
-            DnsPlan::Direct(c) => (
-                c.nameservers
+        let (nameservers, dns_relay) = match &dns {
+            DnsPlan::Direct(c) => {
+                let v4: Vec<Ipv4Addr> = c
+                    .nameservers
                     .iter()
-                    .find_map(|ip| match ip {
+                    .filter_map(|ip| match ip {
                         IpAddr::V4(v4) => Some(*v4),
                         IpAddr::V6(_) => None,
                     })
-                    .unwrap_or(lease.gateway),
-                None,
-            ),
+                    .collect();
+                (
+                    if v4.is_empty() {
+                        vec![lease.gateway]
+                    } else {
+                        v4
+                    },
+                    None,
+                )
+            }
             DnsPlan::Stub {
                 stub: stub @ IpAddr::V6(_),
                 ..
-            } => (lease.gateway, Some(*stub)),
-            DnsPlan::Stub { .. } => (lease.gateway, None),
+            } => (vec![lease.gateway], Some(*stub)),
+            DnsPlan::Stub { .. } => (vec![lease.gateway], None),
         };
         record.address = Some(lease.address);
         record.gateway = Some(lease.gateway);
@@ -408,7 +416,7 @@ impl Network {
             address: lease.address,
             prefix: lease.subnet.prefix(),
             gateway: lease.gateway,
-            nameserver,
+            nameservers,
             dns_relay,
         })
     }

@@ -258,9 +258,13 @@ pub fn vmm_networked(mode: NetworkMode) -> bool {
 
 /// The guest's address plan for the agent (see `agent/src/net.rs`).
 fn guest_net_cmdline(t: &TapPlumbing) -> String {
+    let dns: Vec<String> = t.nameservers.iter().map(|d| d.to_string()).collect();
     format!(
         "berth.ip={}/{} berth.gw={} berth.dns={}",
-        t.address, t.prefix, t.gateway, t.nameserver
+        t.address,
+        t.prefix,
+        t.gateway,
+        dns.join(",")
     )
 }
 
@@ -813,7 +817,8 @@ mod tests {
         let cmdline = guest_net_cmdline(&t);
         assert!(
             cmdline.contains(&format!("berth.ip={}/{}", t.address, t.prefix))
-                && cmdline.contains(&format!("berth.gw={}", t.gateway)),
+                && cmdline.contains(&format!("berth.gw={}", t.gateway))
+                && cmdline.contains(&format!("berth.dns={}", t.nameservers[0])),
             "{cmdline}"
         );
 
