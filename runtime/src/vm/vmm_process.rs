@@ -176,6 +176,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_vmm_process_forwards_ports_to_the_guest_address() {
+        use std::io::{Read, Write};
+        // The "guest": a listener on loopback, standing in for the VM's address on the bridge.
+        let guest = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let guest_port = guest.local_addr().unwrap().port();
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let net = VmmNet {
+            tap: "unused".into(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            guest: Ipv4Addr::LOCALHOST,
+            ports: vec![ForwardSpec {
+                protocol: envfile_spec::plan::Protocol::Tcp,
+                host: (Ipv4Addr::LOCALHOST, host_port).into(),
+                guest_port,
+                shared: false,
+            }],
+            dns_relay: None,
+        };
+        let (forwarder, dns) = serve_network(&net).unwrap();
+        assert!(dns.is_none());
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+        let (mut inside, _) = guest.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        inside.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        drop(forwarder);
+        // The forwarder ended with the VM: the host port is free again.
+        std::net::TcpListener::bind(("127.0.0.1", host_port)).unwrap();
+    }
+
+    #[test]
     fn refuses_kvm_pvm_and_missing_kvm() {
         assert!(matches!(
             check_kvm_can_boot_linux(KvmKind::Pvm),
