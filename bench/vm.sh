@@ -53,6 +53,7 @@ report "qemu ($(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1
 
 # berth's VMM with a two-byte real-mode guest (safe on kvm_pvm): the VMM's own RSS.
 echo "== berth VMM overhead (idle tiny guest, 256 MiB guest memory mapped): $(target/release/examples/vmm_overhead)"
+echo "== the same with virtio-net on a tap (root): $(target/release/examples/vmm_overhead net)"
 
 if [ "${BERTH_TEST_KVM_BOOT:-}" = 1 ]; then
   : > "$WORK/kvm.jsonl"

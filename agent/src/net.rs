@@ -1,5 +1,6 @@
 //! The guest's network at boot, without external tools: loopback up, and when the kernel
-//! command line has `berth.ip=ADDR/PREFIX` (with `berth.gw=` and `berth.dns=`), the first
+//! command line has `berth.ip=ADDR/PREFIX` (with `berth.gw=` and `berth.dns=` — one address or
+//! several separated by commas), the first
 //! Ethernet interface gets that address, a default route via the gateway, and
 //! `/etc/resolv.conf` names the DNS server. Plain ioctls (SIOCSIFADDR, SIOCSIFNETMASK,
 //! SIOCSIFFLAGS, SIOCADDRT) on an AF_INET socket.
@@ -17,7 +18,8 @@ pub struct NetConfig {
     pub addr: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
-    pub dns: Option<Ipv4Addr>,
+    /// Resolvers, in order (addresses that do not parse are left out).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl NetConfig {
@@ -35,7 +37,9 @@ impl NetConfig {
             addr: addr.parse().ok()?,
             prefix,
             gateway: value("berth.gw").and_then(|g| g.parse().ok()),
-            dns: value("berth.dns").and_then(|d| d.parse().ok()),
+            dns: value("berth.dns")
+                .map(|d| d.split(',').filter_map(|a| a.parse().ok()).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -191,11 +195,15 @@ pub fn configure(cmdline: &str) -> Result<Option<String>, String> {
     if let Some(gw) = cfg.gateway {
         sock.add_default_route(gw).map_err(|e| e.to_string())?;
     }
-    if let Some(dns) = cfg.dns {
+    if !cfg.dns.is_empty() {
         // A dangling symlink (systemd-resolved's stub) would make the write fail.
         let _ = std::fs::remove_file("/etc/resolv.conf");
-        std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
-            .map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+        let conf: String = cfg
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect();
+        std::fs::write("/etc/resolv.conf", conf).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
     }
     Ok(Some(name))
 }
@@ -213,13 +221,20 @@ mod tests {
         assert_eq!(c.addr, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert_eq!(c.gateway, Some(Ipv4Addr::new(10, 0, 2, 2)));
-        assert_eq!(c.dns, Some(Ipv4Addr::new(10, 0, 2, 3)));
+        assert_eq!(c.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
         assert!(NetConfig::from_cmdline("console=ttyS0").is_none());
         assert!(NetConfig::from_cmdline("berth.ip=10.0.2.15/40").is_none());
         assert!(NetConfig::from_cmdline("berth.ip=nonsense/24").is_none());
         let c = NetConfig::from_cmdline("berth.ip=10.1.2.3/0").unwrap();
         assert_eq!(c.netmask(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(c.gateway, None);
+        assert!(c.dns.is_empty());
+        let c = NetConfig::from_cmdline("berth.ip=10.1.2.3/24 berth.dns=10.1.2.1,bogus,9.9.9.9")
+            .unwrap();
+        assert_eq!(
+            c.dns,
+            vec![Ipv4Addr::new(10, 1, 2, 1), Ipv4Addr::new(9, 9, 9, 9)]
+        );
     }
 
     #[test]

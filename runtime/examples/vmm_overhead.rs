@@ -1,7 +1,9 @@
 //! Memory overhead of berth's VMM: a VM with 256 MiB of guest memory, the in-kernel irqchip,
-//! serial, i8042 and three virtio devices runs a two-byte real-mode loop (`jmp $`, safe on any
-//! KVM, kvm_pvm included) while this measures the process's RSS. Guest memory the guest never
-//! touches is not resident, so the RSS is the VMM's own overhead. Used by bench/vm.sh.
+//! serial, i8042 and three virtio devices (block, console, vsock; with the argument `net` also
+//! virtio-net on a throw-away tap, which needs root) runs a two-byte real-mode loop (`jmp $`,
+//! safe on any KVM, kvm_pvm included) while this measures the process's RSS. Guest memory the
+//! guest never touches is not resident, so the RSS is the VMM's own overhead. Used by
+//! bench/vm.sh.
 
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ fn main() {
         println!("{{\"skipped\":\"/dev/kvm is not usable\"}}");
         return;
     }
+    let net = std::env::args().nth(1).as_deref() == Some("net");
     let dir = std::env::temp_dir().join(format!("berth-vmm-overhead-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let disk = dir.join("disk.img");
@@ -54,7 +57,25 @@ fn main() {
             uds: dir.join("vsock.sock"),
         },
     ];
-    let machine = Machine::create(cfg).expect("create VM");
+    if net {
+        // Not persistent: the tap goes away with the device.
+        cfg.devices.push(DeviceConfig::Net {
+            tap: format!("bvovh{}", std::process::id() % 1_000_000),
+            mac: [0x02, 0, 0, 0, 0, 1],
+        });
+    }
+    let machine = match Machine::create(cfg) {
+        Ok(m) => m,
+        Err(e) if net => {
+            let _ = std::fs::remove_dir_all(&dir);
+            println!(
+                "{{\"skipped\":\"virtio-net: {}\"}}",
+                e.to_string().replace('"', "'")
+            );
+            return;
+        }
+        Err(e) => panic!("create VM: {e}"),
+    };
     let exit = machine.exit_signal();
     let t = std::thread::spawn(move || machine.run());
     std::thread::sleep(Duration::from_millis(300));
@@ -62,5 +83,5 @@ fn main() {
     exit.request(ExitReason::Stopped);
     let reason = t.join().unwrap().expect("run");
     let _ = std::fs::remove_dir_all(&dir);
-    println!("{{\"process_rss_before_vm_kib\":{before},\"vmm_rss_running_kib\":{running},\"guest_memory_kib\":{},\"exit\":\"{reason:?}\"}}", 256 << 10);
+    println!("{{\"virtio_devices\":{},\"process_rss_before_vm_kib\":{before},\"vmm_rss_running_kib\":{running},\"guest_memory_kib\":{},\"exit\":\"{reason:?}\"}}", if net { 4 } else { 3 }, 256 << 10);
 }

@@ -123,7 +123,8 @@ impl DoctorReport {
 pub struct HostRoot {
     root: PathBuf,
     path_dirs: Vec<PathBuf>,
-    /// Whether to run the namespace probe (forks; only against the real host).
+    /// Whether to run the probes that act on the host (the namespace fork, the tap
+    /// creation); only against the real host.
     probe_namespaces: bool,
 }
 
@@ -181,6 +182,7 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
     checks.extend(check_cgroups(host));
     checks.extend(check_rootless(host));
     checks.push(check_kvm(host, kvm));
+    checks.push(check_tun(host));
     checks.push(check_tool(
         host,
         "qemu",
@@ -562,6 +564,34 @@ fn check_kvm(host: &HostRoot, kind: KvmKind) -> Check {
     }
 }
 
+/// Whether VMs of berth's own VMM can be networked: a tap on berth's bridge needs
+/// /dev/net/tun and CAP_NET_ADMIN.
+fn check_tun(host: &HostRoot) -> Check {
+    const NAME: &str = "tun";
+    const USE: &str = "VMs of berth's own VMM (vmm = \"kvm\") get no network";
+    if !host.exists(crate::net::tap::TUN_DEVICE) {
+        return Check::warn(
+            NAME,
+            format!("{} is missing: {USE}", crate::net::tap::TUN_DEVICE),
+            "modprobe tun (in a container, pass /dev/net/tun through); or use vmm = \"qemu\"",
+        );
+    }
+    if !host.probe_namespaces {
+        return Check::ok(NAME, format!("{} present", crate::net::tap::TUN_DEVICE));
+    }
+    match crate::net::tap::tap_usable() {
+        Ok(()) => Check::ok(
+            NAME,
+            "/dev/net/tun usable: VMs of berth's own VMM get a tap on berth's bridge",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot create a tap interface ({e}): {USE}"),
+            "run berth as root for networked VMs with vmm = \"kvm\", or use vmm = \"qemu\" (user-mode networking)",
+        ),
+    }
+}
+
 fn check_tool(
     host: &HostRoot,
     name: &'static str,
@@ -616,6 +646,19 @@ mod tests {
         let k = find(&r, "kvm");
         assert_eq!(k.status, CheckStatus::Warn);
         assert!(k.detail.contains("kvm_pvm"));
+    }
+
+    #[test]
+    fn tun_is_reported_for_vm_networking() {
+        let d = fake_host();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        let c = find(&r, "tun");
+        assert_eq!(c.status, CheckStatus::Warn, "{c:?}");
+        assert!(c.detail.contains("get no network"), "{c:?}");
+        fs::create_dir_all(d.path().join("dev/net")).unwrap();
+        fs::write(d.path().join("dev/net/tun"), "").unwrap();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        assert_eq!(find(&r, "tun").status, CheckStatus::Ok);
     }
 
     #[test]

@@ -11,9 +11,34 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_runtime::doctor::{kvm_kind, HostRoot, KvmKind};
+use berth_runtime::net::bridge::BridgeConfig;
+use berth_runtime::net::NetworkOptions;
 use berth_runtime::state::BerthHome;
 use berth_runtime::vm::{Provider, VmBackend, VmSpec};
-use envfile_spec::plan::{KernelSource, VmmKind};
+use envfile_spec::plan::{KernelSource, PortPlan, Protocol, RestartPolicy, ServicePlan, VmmKind};
+
+/// `GET /` through the forwarded host port (the guest's httpd may still be starting).
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..100 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.contains("200") => return body,
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the forwarded port {port} never answered: {last}");
+}
 
 #[test]
 fn real_kernel_under_berths_vmm() {
@@ -45,11 +70,36 @@ fn real_kernel_under_berths_vmm() {
     let layer = tmp.path().join("rootfs");
     std::fs::create_dir_all(layer.join("bin")).unwrap();
     std::fs::copy("/bin/busybox", layer.join("bin/busybox")).unwrap();
-    for a in ["sh", "uname", "cat", "echo", "grep"] {
+    for a in ["sh", "uname", "cat", "echo", "grep", "mkdir", "httpd"] {
         std::os::unix::fs::symlink("busybox", layer.join("bin").join(a)).unwrap();
     }
     let home = BerthHome::at(tmp.path().join("home")).unwrap();
-    let backend = VmBackend::new(home.clone());
+    // As root the VM is networked: on a bridge of its own, not the host's berth0.
+    let networked = nix::unistd::geteuid().is_root();
+    let bridge = format!("berth_kb{}", std::process::id() % 100_000);
+    let backend = VmBackend::new(home.clone()).with_network_options(NetworkOptions {
+        bridge: BridgeConfig {
+            name: bridge.clone(),
+            nft_table: bridge.clone(),
+            subnet: None,
+        },
+        ..NetworkOptions::default()
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = ServicePlan {
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "mkdir -p /srv && echo served-by-berths-vmm > /srv/index.html && exec httpd -f -p 80 -h /srv".into(),
+        ],
+        restart: RestartPolicy::No,
+        env: BTreeMap::new(),
+        workdir: None,
+    };
     let state_dir = home.env_dir("kvmboot-00000000");
     let spec = VmSpec {
         name: "kvmboot".into(),
@@ -61,9 +111,14 @@ fn real_kernel_under_berths_vmm() {
         vcpus: 2,
         vmm: VmmKind::Kvm,
         env: BTreeMap::new(),
-        services: BTreeMap::new(),
+        services: BTreeMap::from([("web".to_string(), web)]),
         mounts: vec![],
-        ports: vec![],
+        ports: vec![PortPlan {
+            host: port,
+            guest: 80,
+            protocol: Protocol::Tcp,
+            address: "127.0.0.1".parse().unwrap(),
+        }],
         network: envfile_spec::plan::NetworkMode::Isolated,
         on_up: vec![],
         disk_size: Some(128 << 20),
@@ -100,7 +155,15 @@ fn real_kernel_under_berths_vmm() {
         st.kernel_release,
         st.boot_ms.unwrap_or(0)
     );
+    if networked {
+        // virtio-net on the tap: the forwarded port reaches the guest's httpd.
+        assert!(http_get(port).contains("served-by-berths-vmm"));
+    }
     backend.stop(&state_dir, Duration::from_secs(10)).unwrap();
     assert!(!st.process.unwrap().is_alive());
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+        "tap and bridge removed"
+    );
     assert!(!state_dir.join("control.sock").exists());
 }

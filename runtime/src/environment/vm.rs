@@ -88,11 +88,13 @@ pub(super) fn spec_from_plan(
     )
     .ok()
     .map(|(p, _)| p);
-    Ok((spec, unsupported(plan, provider)))
+    let root = nix::unistd::geteuid().is_root();
+    Ok((spec, unsupported(plan, provider, root)))
 }
 
-/// Notices for what of `plan` a VM run by `provider` serves differently or not at all.
-fn unsupported(plan: &Plan, provider: Option<Provider>) -> Vec<String> {
+/// Notices for what of `plan` a VM run by `provider` serves differently or not at all
+/// (`root`: berth runs as root, which berth's own VMM needs for networking).
+fn unsupported(plan: &Plan, provider: Option<Provider>, root: bool) -> Vec<String> {
     let own_vmm = provider == Some(Provider::Kvm);
     let mut notices: Vec<String> = plan
         .mounts
@@ -119,11 +121,30 @@ fn unsupported(plan: &Plan, provider: Option<Provider>) -> Vec<String> {
                 .into(),
         );
     }
-    if !plan.ports.is_empty() && own_vmm {
-        notices.push(
-            "ports are not forwarded by berth's own VMM yet (chosen by vmm = \"kvm\" or \"auto\" on hardware KVM); use vmm = \"qemu\" or reach services with `berth exec`"
-                .into(),
-        );
+    if own_vmm {
+        let mode = plan.network.mode;
+        if mode == NetworkMode::Host && root {
+            notices.push(
+                "network = \"host\" cannot share the host's interfaces with a VM: berth's own VMM plugs it into berth's bridge like \"isolated\"; reach its services through [[ports]]"
+                    .into(),
+            );
+        }
+        if mode != NetworkMode::None && !root {
+            notices.push(
+                "the VM has no network: berth's own VMM (vmm = \"kvm\", or \"auto\" on hardware KVM) connects VMs through a tap on berth's bridge, which needs root; run berth as root or use vmm = \"qemu\" (user-mode networking)"
+                    .into(),
+            );
+        }
+        if !plan.ports.is_empty() && (mode == NetworkMode::None || !root) {
+            notices.push(format!(
+                "ports are not forwarded: berth's own VMM forwards them over the VM's network, which it {}; use vmm = \"qemu\" or reach services with `berth exec`",
+                if mode == NetworkMode::None {
+                    "does not have with network = \"none\""
+                } else {
+                    "does not have without root"
+                }
+            ));
+        }
     }
     notices
 }
@@ -269,7 +290,7 @@ mod tests {
         let (spec, _) = spec_from_plan(&plan, Path::new("/s"), vec![]).unwrap();
         assert_eq!(spec.mounts.len(), 2);
         // qemu shares bind mounts as they are, and says how it serves sync mounts.
-        assert!(unsupported(&plan, Some(Provider::Qemu)).is_empty());
+        assert!(unsupported(&plan, Some(Provider::Qemu), true).is_empty());
         plan.mounts.push(mount(MountKind::Sync, "/Sync"));
         plan.ports = vec![envfile_spec::plan::PortPlan {
             host: 8080,
@@ -277,22 +298,39 @@ mod tests {
             protocol: envfile_spec::plan::Protocol::Tcp,
             address: "127.0.0.1".parse().unwrap(),
         }];
-        let notices = unsupported(&plan, Some(Provider::Qemu));
+        let notices = unsupported(&plan, Some(Provider::Qemu), true);
         assert_eq!(notices.len(), 1, "{notices:?}");
         assert!(notices[0].contains("sync mount on /Sync is served to the VM as a live share"));
-        // berth's own VMM skips folders and ports, saying so.
-        let notices = unsupported(&plan, Some(Provider::Kvm));
-        assert_eq!(notices.len(), 3, "{notices:?}");
+        // berth's own VMM skips folders, saying so; as root it forwards the ports.
+        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        assert_eq!(notices.len(), 2, "{notices:?}");
         assert!(
             notices[0].contains("bind mount on /Work was skipped"),
             "{notices:?}"
         );
+        // Rootless it has no network, and says so once for the network, once for the ports.
+        let notices = unsupported(&plan, Some(Provider::Kvm), false);
+        assert_eq!(notices.len(), 4, "{notices:?}");
+        assert!(notices[2].contains("the VM has no network"), "{notices:?}");
         assert!(
-            notices[2].contains("ports are not forwarded"),
+            notices[3].contains("ports are not forwarded") && notices[3].contains("without root"),
+            "{notices:?}"
+        );
+        // network = "none": no device, so no ports either.
+        plan.network.mode = NetworkMode::None;
+        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        assert_eq!(notices.len(), 3, "{notices:?}");
+        assert!(notices[2].contains("network = \"none\""), "{notices:?}");
+        plan.network.mode = NetworkMode::Host;
+        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("plugs it into berth's bridge")),
             "{notices:?}"
         );
         plan.network.mode = NetworkMode::Host;
-        let notices = unsupported(&plan, Some(Provider::Qemu));
+        let notices = unsupported(&plan, Some(Provider::Qemu), true);
         assert!(
             notices
                 .iter()

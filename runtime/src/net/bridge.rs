@@ -107,7 +107,8 @@ pub struct Lease {
     pub subnet: Subnet,
 }
 
-/// The host-side veth name of an environment: short (IFNAMSIZ is 16) and stable.
+/// The host-side veth name of an environment (or the tap of a VM): short (IFNAMSIZ is 16)
+/// and stable.
 pub fn veth_name(env_id: &str) -> String {
     let d = Sha256::digest(env_id.as_bytes());
     format!("bv{}", &hex::encode(d)[..10])
@@ -177,8 +178,33 @@ impl Bridge {
     ) -> Result<Lease, NetError> {
         let _lock = self.lock()?;
         let mut nl = netlink()?;
-        let mut st = self.prepare_bridge(&mut nl, dns_stub)?;
-        prune_stale_leases(&mut st, &mut nl, env_id);
+        let (lease, bridge_index) = self.lease(&mut nl, env_id, dns_stub)?;
+        plug_veth(&mut nl, env_id, bridge_index, netns, &lease)?;
+        Ok(lease)
+    }
+
+    /// Like [`attach`](Self::attach) for a VM of berth's own VMM: leases an address and plugs
+    /// a persistent tap interface named [`veth_name`] into the bridge, for the VMM to attach
+    /// to ([`super::tap::Tap::open`]). The guest configures its own side (the address goes on
+    /// its kernel command line). [`detach`](Self::detach) removes the tap like a veth.
+    pub fn attach_tap(&self, env_id: &str, dns_stub: Option<Ipv4Addr>) -> Result<Lease, NetError> {
+        let _lock = self.lock()?;
+        let mut nl = netlink()?;
+        let (lease, bridge_index) = self.lease(&mut nl, env_id, dns_stub)?;
+        plug_tap(&mut nl, env_id, bridge_index)?;
+        Ok(lease)
+    }
+
+    /// Prepares the bridge and leases `env_id` an address (its old one if it has one);
+    /// returns the lease and the bridge's interface index. Called under the lock.
+    fn lease(
+        &self,
+        nl: &mut Netlink,
+        env_id: &str,
+        dns_stub: Option<Ipv4Addr>,
+    ) -> Result<(Lease, u32), NetError> {
+        let mut st = self.prepare_bridge(nl, dns_stub)?;
+        prune_stale_leases(&mut st, nl, env_id);
         let address = match st.leases.get(env_id) {
             Some(a) => *a,
             None => free_address(&st)?,
@@ -199,8 +225,7 @@ impl Bridge {
                     std::io::Error::from_raw_os_error(libc::ENODEV),
                 )
             })?;
-        plug_veth(&mut nl, env_id, bridge_index, netns, &lease)?;
-        Ok(lease)
+        Ok((lease, bridge_index))
     }
 
     /// Reads the state, creating the bridge, its address, the NAT table and forwarding when
@@ -376,6 +401,28 @@ fn plug_veth(
     nl.set_up(index)
         .map_err(|e| NetError::link(format!("bring veth {veth} up"), e))?;
     configure_guest(netns, lease)
+}
+
+fn plug_tap(nl: &mut Netlink, env_id: &str, bridge_index: u32) -> Result<(), NetError> {
+    let tap = veth_name(env_id);
+    // A tap of an earlier run (its VMM was killed): replace it.
+    nl.delete_link_named(&tap)
+        .map_err(|e| NetError::link(format!("delete stale tap {tap}"), e))?;
+    super::tap::create_persistent(&tap)
+        .map_err(|e| NetError::link(format!("create tap {tap}"), e))?;
+    let plugged = (|| {
+        let index = nl
+            .link_index(&tap)?
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV))?;
+        nl.set_master(index, bridge_index)?;
+        nl.set_bridge_port_isolated(index)?;
+        nl.set_up(index)
+    })();
+    if let Err(e) = plugged {
+        let _ = nl.delete_link_named(&tap);
+        return Err(NetError::link(format!("plug tap {tap} into the bridge"), e));
+    }
+    Ok(())
 }
 
 /// Inside the environment: loopback up, `eth0` addressed and up, default route via the bridge.

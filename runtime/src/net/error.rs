@@ -28,6 +28,8 @@ pub enum NetError {
     SubnetFull { subnet: String, leases: usize },
     #[error("cannot enter the environment's network namespace: {0}; the environment may have stopped — run `berth up` again")]
     Namespace(io::Error),
+    #[error("berth's own VMM connects a VM to berth's bridge through a tap interface, which needs root (CAP_NET_ADMIN); run berth as root, use vmm = \"qemu\" (user-mode networking), or set network.mode = \"none\"")]
+    TapNeedsRoot,
     #[error("rootless networking is unavailable: {0}")]
     Rootless(String),
 }

@@ -14,6 +14,8 @@
 //!   resolv.conf and the DNS redirect to a loopback stub).
 //! - [`pasta`]: isolated mode rootless; [`rootless_network_available`] for `berth doctor`.
 //! - [`network`]: the entry point, [`Network`] (`attach`, `plumb`, `detach`).
+//! - [`tap`]: tap interfaces, the host side of a VM's virtio-net device (berth's own VMM);
+//!   [`Network::plumb_tap`] plugs one into the bridge.
 //! - [`netlink`], [`netns`], [`port_owner`]: the system interfaces underneath.
 //!
 //! # How a backend uses it
@@ -45,6 +47,12 @@
 //!
 //! The container backend follows these steps in `container::network` (and `launch`,
 //! `supervisor`); its ports need no [`NetAttachment`].
+//!
+//! A VM of berth's own VMM has no namespace on the host: the VM backend calls
+//! [`Network::plumb_tap`] (lease, bridge, NAT, a persistent tap for the VMM), puts the address
+//! plan on the guest's kernel command line, and the VMM process serves the ports with
+//! [`forward::PortForwarder`] and a [`dialer::AddressDialer`] to the guest's address.
+//! [`Network::detach`] removes the tap like a veth.
 
 pub mod bridge;
 pub mod dialer;
@@ -60,9 +68,12 @@ pub mod port_owner;
 pub mod relay;
 pub mod subnet;
 mod sys;
+pub mod tap;
 pub mod tcp_loop;
 pub mod udp_relay;
 
 pub use error::NetError;
-pub use network::{EnvNamespaces, NetAttachment, NetPlumbing, NetRecord, Network, NetworkOptions};
+pub use network::{
+    EnvNamespaces, NetAttachment, NetPlumbing, NetRecord, Network, NetworkOptions, TapPlumbing,
+};
 pub use pasta::rootless_network_available;

@@ -309,6 +309,14 @@ impl Netlink {
         self.request(msg).map(drop)
     }
 
+    /// Makes interface `index` a port of bridge `master`.
+    pub fn set_master(&mut self, index: u32, master: u32) -> io::Result<()> {
+        let msg = Message::new(RTM_NEWLINK, 0)
+            .ifinfo(libc::AF_UNSPEC as u8, index, 0, 0)
+            .u32_attr(IFLA_MASTER, master);
+        self.request(msg).map(drop)
+    }
+
     /// Brings an interface up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let msg = Message::new(RTM_NEWLINK, 0).ifinfo(libc::AF_UNSPEC as u8, index, IFF_UP, IFF_UP);

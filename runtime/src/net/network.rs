@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{self, BerthHome};
 
-use super::bridge::{Bridge, BridgeConfig};
+use super::bridge::{veth_name, Bridge, BridgeConfig};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
@@ -89,6 +89,25 @@ pub struct NetPlumbing {
     /// IPv4-only bridge cannot reach): the userspace DNS relay on the bridge address. Keep it
     /// alive as long as the environment runs.
     pub dns_forwarder: Option<DnsForwarder>,
+}
+
+/// The host side of a VM's network under berth's own VMM, as [`Network::plumb_tap`] made it:
+/// a persistent tap on the bridge and the guest's address plan. It lives until
+/// [`Network::detach`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapPlumbing {
+    /// The tap interface the VMM attaches its virtio-net device to.
+    pub tap: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// The resolvers the guest asks: the host's IPv4 resolvers, or the bridge address when
+    /// the host's resolver is a loopback stub (redirected there by the NAT table) or IPv6
+    /// only (see `dns_relay`).
+    pub nameservers: Vec<Ipv4Addr>,
+    /// The host's resolvers are all IPv6: a [`DnsForwarder`] from the bridge address to this
+    /// one must run as long as the VM does (the VMM process runs it).
+    pub dns_relay: Option<IpAddr>,
 }
 
 /// A live attachment ([`Network::attach`]): the plumbing plus the port forwarders running
@@ -335,6 +354,73 @@ impl Network {
         Ok(plumbing)
     }
 
+    /// Plugs a VM of berth's own VMM into the bridge (isolated mode as root): leases an
+    /// address, creates the bridge, NAT and forwarding when it is the first user, and a
+    /// persistent tap for the VMM (see [`Bridge::attach_tap`]). Recorded like a container's
+    /// veth, so [`Network::detach`] removes it, also after the VMM was killed. On error
+    /// nothing is left behind.
+    pub fn plumb_tap(&self, env_id: &str) -> Result<TapPlumbing, NetError> {
+        if !is_root() {
+            return Err(NetError::TapNeedsRoot);
+        }
+        let cfg = &self.options.bridge;
+        let mut record = NetRecord {
+            mode: NetworkMode::Isolated,
+            plumbing: Plumbing::Bridge {
+                bridge: cfg.name.clone(),
+                nft_table: cfg.nft_table.clone(),
+            },
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+        };
+        let mut rollback = Rollback {
+            net: self,
+            env_id,
+            armed: true,
+        };
+        self.save(env_id, &record)?;
+        let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
+        let lease = Bridge::new(&self.home, cfg.clone()).attach_tap(env_id, dns.ipv4_stub())?;
+        let (nameservers, dns_relay) = match &dns {
+            DnsPlan::Direct(c) => {
+                let v4: Vec<Ipv4Addr> = c
+                    .nameservers
+                    .iter()
+                    .filter_map(|ip| match ip {
+                        IpAddr::V4(v4) => Some(*v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                (
+                    if v4.is_empty() {
+                        vec![lease.gateway]
+                    } else {
+                        v4
+                    },
+                    None,
+                )
+            }
+            DnsPlan::Stub {
+                stub: stub @ IpAddr::V6(_),
+                ..
+            } => (vec![lease.gateway], Some(*stub)),
+            DnsPlan::Stub { .. } => (vec![lease.gateway], None),
+        };
+        record.address = Some(lease.address);
+        record.gateway = Some(lease.gateway);
+        self.save(env_id, &record)?;
+        rollback.armed = false;
+        Ok(TapPlumbing {
+            tap: veth_name(env_id),
+            address: lease.address,
+            prefix: lease.subnet.prefix(),
+            gateway: lease.gateway,
+            nameservers,
+            dns_relay,
+        })
+    }
+
     /// Records an environment that has loopback only and brings it up itself (a container
     /// supervisor does, also rootless, where nothing outside may enter its namespace): there
     /// is nothing on the host to set up or remove.
@@ -393,6 +479,67 @@ impl Network {
             _ => Ok(()),
         }
     }
+}
+
+/// A [`Network`] on a bridge of its own for a test in `home` (`tag` keeps tests apart), or
+/// `None` with the reason printed: the bridge and its NAT need root and nft.
+#[cfg(test)]
+pub(crate) fn test_network(home: &BerthHome, tag: &str) -> Option<Network> {
+    if !is_root() {
+        eprintln!("skipping: berth's bridge needs root (CAP_NET_ADMIN)");
+        return None;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: nft (nftables) is not installed");
+        return None;
+    }
+    let name = format!("berth_t{tag}{}", std::process::id() % 100_000);
+    // A /24 of its own: tests running at once must not all pick the default subnet (two
+    // bridges with one subnet would steal each other's routes). Second octet by tag, third
+    // by process, moved on past host routes.
+    let second = 200 + tag.bytes().map(u32::from).sum::<u32>() % 50;
+    let routes = subnet::host_routes();
+    let subnet = (0..256u32)
+        .map(|i| format!("10.{second}.{}.0/24", (std::process::id() + i) % 256))
+        .find(|s| subnet::choose_subnet(Some(s), &routes, &name).is_ok())?;
+    Some(Network::new(
+        home,
+        NetworkOptions {
+            bridge: BridgeConfig {
+                name: name.clone(),
+                nft_table: name,
+                subnet: Some(subnet),
+            },
+            ..NetworkOptions::default()
+        },
+    ))
+}
+
+/// Detaches a test's environment when dropped, so a failing assertion leaves no tap, lease,
+/// NAT table or bridge behind.
+#[cfg(test)]
+pub(crate) struct DetachOnDrop<'a> {
+    pub net: &'a Network,
+    pub env_id: &'a str,
+}
+
+#[cfg(test)]
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.net.detach(self.env_id);
+    }
+}
+
+/// The bridge interface `port` is plugged into, if any.
+#[cfg(test)]
+pub(crate) fn master_of(port: &str) -> Option<String> {
+    std::fs::read_link(format!("/sys/class/net/{port}/master"))
+        .ok()
+        .and_then(|p| p.file_name()?.to_str().map(str::to_string))
 }
 
 /// Brings the loopback interface of `netns` up.

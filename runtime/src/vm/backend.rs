@@ -10,6 +10,7 @@
 //! envs/<id>/logs/console.log  the guest's serial console
 //! envs/<id>/fs-<n>.sock    virtiofsd's socket for shared folder n (qemu)
 //! envs/<id>/logs/virtiofsd-<n>.log  its messages
+//! envs/<id>/network.json   the tap, lease and ports of a networked VM of berth's VMM
 //! ```
 //!
 //! The caller (the CLI) holds the environment's lock around `start` and `stop`.
@@ -30,10 +31,11 @@ use super::process::ProcessRecord;
 use super::qemu::{Accel, QemuConfig};
 use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
 use super::shared_folder::{locate_virtiofsd, shared_folders, SharedFolder};
-use super::vmm_process::{self, check_kvm_can_boot_linux, VmmProcessConfig};
+use super::vmm_process::{self, check_kvm_can_boot_linux, VmmNet, VmmProcessConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
-use crate::net::forward::{BoundPorts, ForwardSpec};
+use crate::net::forward::{BoundPorts, ForwardSpec, ForwardedPort};
+use crate::net::{Network, NetworkOptions, TapPlumbing};
 use crate::state::{self, BerthHome, FileLock, LockMode};
 
 /// Everything needed to run one environment as a VM.
@@ -57,10 +59,13 @@ pub struct VmSpec {
     /// `tmpfs` mounts are made in the guest; under qemu, `bind`, `sync` and `volume` mounts
     /// are host folders shared live through virtio-fs ([`super::shared_folder`]).
     pub mounts: Vec<MountPlan>,
-    /// Forwarded by qemu's user-mode network (`hostfwd`); berth's own VMM has no network yet.
+    /// Forwarded by qemu's user-mode network (`hostfwd`), or, under berth's own VMM, by the
+    /// VMM process's port forwarder to the guest's address on berth's bridge.
     pub ports: Vec<PortPlan>,
-    /// `none`: the guest reaches nothing outside (forwarded ports still answer); `isolated`
-    /// and `host` both get qemu's user network (a VM cannot share the host's interfaces).
+    /// qemu: `none`: the guest reaches nothing outside (forwarded ports still answer);
+    /// `isolated` and `host` both get qemu's user network (a VM cannot share the host's
+    /// interfaces). berth's own VMM: `isolated` and `host` get a tap on berth's bridge (as
+    /// root; rootless the VM has no network device), `none` no network device at all.
     pub network: NetworkMode,
     pub on_up: Vec<String>,
     /// Size of the root disk; default twice the layers' size, at least 1 GiB.
@@ -248,21 +253,63 @@ fn check_ports_free(ports: &[PortPlan]) -> Result<(), VmError> {
     Ok(())
 }
 
+/// Whether berth's own VMM gives a VM with `mode` a network device: `isolated` and `host`
+/// (a VM cannot share the host's interfaces) get a tap on berth's bridge when berth runs as
+/// root; rootless there is none (tap interfaces need CAP_NET_ADMIN).
+pub fn vmm_networked(mode: NetworkMode) -> bool {
+    mode != NetworkMode::None && nix::unistd::geteuid().is_root()
+}
+
+/// The guest's address plan for the agent (see `agent/src/net.rs`).
+fn guest_net_cmdline(t: &TapPlumbing) -> String {
+    let dns: Vec<String> = t.nameservers.iter().map(|d| d.to_string()).collect();
+    format!(
+        "berth.ip={}/{} berth.gw={} berth.dns={}",
+        t.address,
+        t.prefix,
+        t.gateway,
+        dns.join(",")
+    )
+}
+
 pub struct VmBackend {
     home: BerthHome,
     mirror: Mirror,
+    net_options: NetworkOptions,
 }
 
 impl VmBackend {
+    fn network(&self) -> Network {
+        Network::new(&self.home, self.net_options.clone())
+    }
+
+    /// Another bridge for the VMs' taps than berth's default (tests).
+    pub fn with_network_options(mut self, options: NetworkOptions) -> Self {
+        self.net_options = options;
+        self
+    }
+
+    /// The environment id of `state_dir` when it is an environment folder of this home (the
+    /// key of its network record and lease).
+    fn env_id(&self, state_dir: &Path) -> Option<String> {
+        let name = state_dir.file_name()?.to_str()?;
+        (self.home.env_dir(name) == state_dir).then(|| name.to_string())
+    }
+
     pub fn new(home: BerthHome) -> Self {
         VmBackend {
             home,
             mirror: Mirror::discover(),
+            net_options: NetworkOptions::default(),
         }
     }
 
     pub fn with_mirror(home: BerthHome, mirror: Mirror) -> Self {
-        VmBackend { home, mirror }
+        VmBackend {
+            home,
+            mirror,
+            net_options: NetworkOptions::default(),
+        }
     }
 
     /// Boots the VM (unless it already runs), waits for the agent, applies hostname, mounts,
@@ -276,13 +323,20 @@ impl VmBackend {
             return Ok(st);
         }
         let (provider, accel) = choose_provider(spec.vmm, kvm_kind(&HostRoot::real()))?;
-        // berth's own VMM has neither network nor shared folders yet (the environment layer
-        // says so in its notices).
+        // berth's own VMM has no shared folders yet, and networking only as root (the
+        // environment layer says so in its notices).
+        let tap_env = match provider {
+            Provider::Kvm if vmm_networked(spec.network) => self.env_id(&spec.state_dir),
+            _ => None,
+        };
         let shares = if provider == Provider::Qemu {
             super::qemu::check_ports(&spec.ports)?;
             check_ports_free(&spec.ports)?;
             shared_folders(&spec.mounts, &self.home.volumes_dir(), &spec.state_dir)?
         } else {
+            if tap_env.is_some() {
+                check_ports_free(&spec.ports)?;
+            }
             Vec::new()
         };
         state::create_dir_all(&spec.state_dir)?;
@@ -317,8 +371,17 @@ impl VmBackend {
             "console=ttyS0 reboot=k panic=-1 quiet loglevel=4 berth.root=/dev/vda berth.hostname={}",
             spec.name
         );
+        // The tap, lease and NAT (a failed start removes them again in `cleanup`).
+        let tap = match &tap_env {
+            Some(id) => Some((id.clone(), self.network().plumb_tap(id)?)),
+            None => None,
+        };
         if provider == Provider::Kvm {
             cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
+            if let Some((_, t)) = &tap {
+                cmdline.push(' ');
+                cmdline.push_str(&guest_net_cmdline(t));
+            }
         } else {
             cmdline.push(' ');
             cmdline.push_str(super::qemu::GUEST_NET_CMDLINE);
@@ -375,6 +438,13 @@ impl VmBackend {
                     vcpus: spec.vcpus.clamp(1, 255) as u8,
                     cmdline,
                     vsock: st.vsock_socket.clone(),
+                    net: tap.as_ref().map(|(id, t)| VmmNet {
+                        tap: t.tap.clone(),
+                        mac: crate::net::tap::guest_mac(id),
+                        guest: t.address,
+                        ports: spec.ports.iter().map(ForwardSpec::from).collect(),
+                        dns_relay: t.dns_relay.map(|up| (t.gateway, up)),
+                    }),
                 };
                 let cfg_path = spec.state_dir.join("vmm.json");
                 state::write_json(&cfg_path, &cfg)?;
@@ -391,19 +461,34 @@ impl VmBackend {
         let process = match launched {
             Ok(p) => p,
             Err(e) => {
-                self.cleanup(&spec.state_dir, &st);
+                let _ = self.cleanup(&spec.state_dir, &st);
                 return Err(e);
             }
         };
         st.process = Some(process);
         state::write_json(&vm_json(&spec.state_dir), &st)?;
+        if let Some((id, _)) = &tap {
+            // For `berth status`: the VMM process serves these.
+            let ports: Vec<ForwardedPort> = spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let spec = ForwardSpec::from(p);
+                    ForwardedPort {
+                        spec,
+                        bound: spec.host,
+                    }
+                })
+                .collect();
+            self.network().record_ports(id, &ports)?;
+        }
 
         let ready = self.wait_ready(&st, spec.boot_timeout, started);
         let mut conn = match ready {
             Ok(c) => c,
             Err(e) => {
                 process.terminate(Duration::from_secs(2));
-                self.cleanup(&spec.state_dir, &st);
+                let _ = self.cleanup(&spec.state_dir, &st);
                 return Err(e);
             }
         };
@@ -544,7 +629,8 @@ impl VmBackend {
     /// (or its VMM was killed): it cleans up what is left.
     pub fn stop(&self, state_dir: &Path, grace: Duration) -> Result<(), VmError> {
         let Some(st) = state::read_json::<VmState>(&vm_json(state_dir))? else {
-            return Ok(());
+            // Also without vm.json: a network left by an interrupted start.
+            return self.release_network(state_dir);
         };
         if let Some(p) = st.process.filter(|p| p.is_alive()) {
             let asked = self
@@ -554,8 +640,7 @@ impl VmBackend {
                 p.terminate(Duration::from_secs(3));
             }
         }
-        self.cleanup(state_dir, &st);
-        Ok(())
+        self.cleanup(state_dir, &st)
     }
 
     /// Fills the new folder `dest` with a self-contained copy of the environment's disk (see
@@ -625,7 +710,15 @@ impl VmBackend {
         Ok(())
     }
 
-    fn cleanup(&self, state_dir: &Path, st: &VmState) {
+    /// Removes the VM's tap, its lease, and the bridge and NAT when it was their last user.
+    fn release_network(&self, state_dir: &Path) -> Result<(), VmError> {
+        match self.env_id(state_dir) {
+            Some(id) => Ok(self.network().detach(&id)?),
+            None => Ok(()),
+        }
+    }
+
+    fn cleanup(&self, state_dir: &Path, st: &VmState) -> Result<(), VmError> {
         // virtiofsd ends when qemu disconnects; one that hangs on is ended here.
         for p in &st.shares {
             if !p.wait_gone(Duration::from_millis(500)) {
@@ -647,6 +740,7 @@ impl VmBackend {
         }
         let _ = std::fs::remove_file(state_dir.join("qemu.pid"));
         let _ = std::fs::remove_file(vm_json(state_dir));
+        self.release_network(state_dir)
     }
 }
 
@@ -751,5 +845,81 @@ mod tests {
         assert!(matches!(b.connect(&env), Err(VmError::NotRunning)));
         b.stop(&env, Duration::from_secs(1)).unwrap();
         assert!(!env.join("vm.json").exists());
+    }
+
+    #[test]
+    fn a_killed_networked_vmm_leaves_no_tap_once_stopped() {
+        use crate::net::bridge::veth_name;
+        use crate::net::nat::NatRules;
+        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "b") else {
+            return;
+        };
+        let bridge = net.options().bridge.name.clone();
+        let b = VmBackend::with_mirror(
+            home.clone(),
+            Mirror {
+                url: "http://127.0.0.1:9".into(),
+                suites: vec![],
+            },
+        )
+        .with_network_options(net.options().clone());
+        let id = "vmnet-stop";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let env = home.env_dir(id);
+        assert_eq!(b.env_id(&env).as_deref(), Some(id));
+        let t = net.plumb_tap(id).unwrap();
+        assert_eq!(t.tap, veth_name(id));
+        assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+        assert_eq!(net.record(id).unwrap().unwrap().address, Some(t.address));
+        assert!(NatRules::exists(&bridge));
+        let cmdline = guest_net_cmdline(&t);
+        assert!(
+            cmdline.contains(&format!("berth.ip={}/{}", t.address, t.prefix))
+                && cmdline.contains(&format!("berth.gw={}", t.gateway))
+                && cmdline.contains(&format!("berth.dns={}", t.nameservers[0])),
+            "{cmdline}"
+        );
+
+        // A VMM (stand-in) killed with -9: the tap and lease stay behind it...
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let st = VmState {
+            provider: Provider::Kvm,
+            accel: "kvm".into(),
+            process: ProcessRecord::of(child.id() as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.img"),
+            vcpus: 1,
+            memory: 1 << 28,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: Some(env.join("vsock.sock")),
+            shares: vec![],
+        };
+        state::write_json(&env.join("vm.json"), &st).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!b.status(&env).unwrap().running);
+        assert!(master_of(&t.tap).is_some(), "the tap outlives its VMM");
+
+        // ...until the next stop, which removes tap, lease, NAT and the bridge (its last user).
+        b.stop(&env, Duration::from_secs(1)).unwrap();
+        let mut nl = crate::net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
+        assert!(!NatRules::exists(&bridge), "NAT table removed");
+        assert!(net.record(id).unwrap().is_none(), "network record removed");
+        // Stopping again finds nothing to do.
+        b.stop(&env, Duration::from_secs(1)).unwrap();
     }
 }

@@ -65,6 +65,8 @@ pub enum VmError {
     #[error(transparent)]
     Ports(#[from] crate::net::forward::ForwardError),
     #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Agent(#[from] berth_agent_proto::ClientError),

@@ -2,8 +2,10 @@
 //! `berth internal-vmm <config.json>`, which runs [`run`] until the guest stops.
 
 use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,9 @@ use super::vmm::boot::LinuxBoot;
 use super::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::net::dialer::AddressDialer;
+use crate::net::dns::DnsForwarder;
+use crate::net::forward::{ForwardSpec, PortForwarder};
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;
@@ -32,6 +37,25 @@ pub struct VmmProcessConfig {
     /// virtio-vsock (hybrid model) Unix socket, guest CID 3.
     #[serde(default)]
     pub vsock: Option<PathBuf>,
+    /// virtio-net on a tap of berth's bridge, and what this process serves for it.
+    #[serde(default)]
+    pub net: Option<VmmNet>,
+}
+
+/// The VM's network as the VMM process runs it: the device, and the `[[ports]]` forwarder
+/// (and DNS relay) that must live as long as the VM, in the host's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmNet {
+    /// The tap interface (created and plugged into the bridge by the backend).
+    pub tap: String,
+    pub mac: [u8; 6],
+    /// The guest's address: forwarded ports are dialed there.
+    pub guest: Ipv4Addr,
+    pub ports: Vec<ForwardSpec>,
+    /// `(bridge address, upstream)`: relay DNS sent to the bridge address (IPv6-only host
+    /// resolvers).
+    #[serde(default)]
+    pub dns_relay: Option<(Ipv4Addr, IpAddr)>,
 }
 
 /// Refuses to boot a Linux kernel through KVM unless it is hardware KVM (or explicitly
@@ -81,6 +105,12 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
             uds: uds.clone(),
         });
     }
+    if let Some(net) = &cfg.net {
+        mc.devices.push(DeviceConfig::Net {
+            tap: net.tap.clone(),
+            mac: net.mac,
+        });
+    }
     // SIGTERM (from `down`, after the guest had its chance to power off) stops the VM. Block
     // it before any thread exists so every thread inherits the mask and only the waiter sees it.
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
@@ -93,6 +123,11 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
         set.assume_init()
     };
     let machine = Machine::create(mc)?;
+    // Started after the signal mask, so their threads inherit it; they end with the process.
+    let _forwarders = match &cfg.net {
+        Some(net) => serve_network(net)?,
+        None => (None, None),
+    };
     let exit = machine.exit_signal();
     std::thread::spawn(move || {
         let mut sig = 0;
@@ -105,6 +140,23 @@ pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
         let _ = std::fs::remove_file(socket);
     }
     Ok(reason)
+}
+
+/// The port forwarder to the guest's address and the DNS relay, as `net` asks.
+fn serve_network(net: &VmmNet) -> Result<(Option<PortForwarder>, Option<DnsForwarder>), VmError> {
+    let ports = if net.ports.is_empty() {
+        None
+    } else {
+        let dialer = AddressDialer {
+            ip: IpAddr::V4(net.guest),
+        };
+        Some(PortForwarder::start(&net.ports, Arc::new(dialer))?)
+    };
+    let dns = match net.dns_relay {
+        Some((listen, upstream)) => Some(DnsForwarder::start(listen, upstream)?),
+        None => None,
+    };
+    Ok((ports, dns))
 }
 
 /// Starts `exe internal-vmm config` in its own session, detached from the terminal.
@@ -122,6 +174,42 @@ pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessRecor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vmm_process_forwards_ports_to_the_guest_address() {
+        use std::io::{Read, Write};
+        // The "guest": a listener on loopback, standing in for the VM's address on the bridge.
+        let guest = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let guest_port = guest.local_addr().unwrap().port();
+        let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let net = VmmNet {
+            tap: "unused".into(),
+            mac: [0x02, 0, 0, 0, 0, 1],
+            guest: Ipv4Addr::LOCALHOST,
+            ports: vec![ForwardSpec {
+                protocol: envfile_spec::plan::Protocol::Tcp,
+                host: (Ipv4Addr::LOCALHOST, host_port).into(),
+                guest_port,
+                shared: false,
+            }],
+            dns_relay: None,
+        };
+        let (forwarder, dns) = serve_network(&net).unwrap();
+        assert!(dns.is_none());
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", host_port)).unwrap();
+        let (mut inside, _) = guest.accept().unwrap();
+        client.write_all(b"ping").unwrap();
+        let mut got = [0u8; 4];
+        inside.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        drop(forwarder);
+        // The forwarder ended with the VM: the host port is free again.
+        std::net::TcpListener::bind(("127.0.0.1", host_port)).unwrap();
+    }
 
     #[test]
     fn refuses_kvm_pvm_and_missing_kvm() {

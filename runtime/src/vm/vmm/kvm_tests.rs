@@ -159,3 +159,54 @@ fn irqchip_pit_and_irqfds_with_serial_and_reset() {
     assert_eq!(reason, ExitReason::Reset);
     assert_eq!(&*out.0.lock().unwrap(), b"ok");
 }
+
+#[test]
+fn net_device_on_a_bridged_tap_is_seen_by_the_guest() {
+    use crate::net::network::{master_of, test_network, DetachOnDrop};
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let home = crate::state::BerthHome::at(dir.path()).unwrap();
+    let Some(net) = test_network(&home, "k") else {
+        return;
+    };
+    let id = "vmnet-kvm";
+    let _cleanup = DetachOnDrop {
+        net: &net,
+        env_id: id,
+    };
+    let t = net.plumb_tap(id).unwrap();
+    let bridge = net.options().bridge.name.clone();
+    assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+    let mut code = vec![
+        0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb8, 0x00, 0xd0, // mov ax, 0xd000
+        0x8e, 0xd8, // mov ds, ax
+        0x66, 0xa1, 0x08, 0x00, // mov eax, [8]  (DeviceID)
+    ];
+    for _ in 0..3 {
+        code.extend_from_slice(&[0xee, 0x66, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
+    }
+    code.extend_from_slice(&[0xee, 0xf4]); // out dx, al; hlt
+    let (cfg, out) = machine(
+        code,
+        vec![DeviceConfig::Net {
+            tap: t.tap.clone(),
+            mac: crate::net::tap::guest_mac(id),
+        }],
+    );
+    let reason = Machine::create(cfg).unwrap().run().unwrap();
+    assert_eq!(reason, ExitReason::Halted);
+    assert_eq!(
+        &*out.0.lock().unwrap(),
+        &[1, 0, 0, 0],
+        "virtio device id 1 = network"
+    );
+    // The persistent tap stays on the bridge after the VMM let go, until detach.
+    assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+    net.detach(id).unwrap();
+    let mut nl = crate::net::netlink::Netlink::open().unwrap();
+    assert_eq!(nl.link_index(&t.tap).unwrap(), None);
+    assert_eq!(nl.link_index(&bridge).unwrap(), None);
+}

@@ -29,6 +29,7 @@ use super::virtio_blk::VirtioBlock;
 use super::virtio_console::VirtioConsole;
 use super::virtio_device::{VirtioDevice, VirtioInterrupt};
 use super::virtio_mmio::MmioTransport;
+use super::virtio_net::VirtioNet;
 use super::virtio_vsock::VirtioVsock;
 use super::VmmError;
 
@@ -48,6 +49,8 @@ pub enum DeviceConfig {
     Console { socket: PathBuf },
     /// virtio-vsock with guest CID `cid`, bridged to Unix sockets at `uds` (hybrid model).
     Vsock { cid: u64, uds: PathBuf },
+    /// virtio-net on the host tap interface `tap`, guest MAC `mac`.
+    Net { tap: String, mac: [u8; 6] },
 }
 
 pub struct MachineConfig {
@@ -169,6 +172,7 @@ impl Machine {
                 }
                 DeviceConfig::Console { socket } => Box::new(VirtioConsole::listen(&socket)?),
                 DeviceConfig::Vsock { cid, uds } => Box::new(VirtioVsock::new(cid, &uds)?),
+                DeviceConfig::Net { tap, mac } => Box::new(VirtioNet::open(&tap, mac)?),
             };
             let transport =
                 MmioTransport::new(device, mem.clone(), VirtioInterrupt::new(line(irq)?));

@@ -1,6 +1,6 @@
 //! berth's own VMM on KVM (rust-vmm crates), in the spirit of Firecracker: direct Linux boot,
 //! in-kernel irqchip and PIT, 8250 serial console, i8042 reset, and virtio-mmio devices
-//! (block for the root disk, console for the control channel).
+//! (block for the root disk, console for the control channel, vsock, and network on a tap).
 //!
 //! Never boot a Linux kernel through `kvm_pvm` (see `crate::doctor::KvmKind::Pvm`): the
 //! backend refuses before it gets here.
@@ -22,6 +22,7 @@ pub mod virtio_blk;
 pub mod virtio_console;
 pub mod virtio_device;
 pub mod virtio_mmio;
+pub mod virtio_net;
 pub mod virtio_vsock;
 
 #[cfg(test)]
@@ -58,6 +59,8 @@ pub enum VmmError {
     },
     #[error("device layout: {0}")]
     Bus(#[from] bus::BusOverlap),
+    #[error("network device: {0}")]
+    Net(String),
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
 }

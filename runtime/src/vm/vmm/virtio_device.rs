@@ -1,7 +1,7 @@
 //! What a virtio device model implements, independent of the transport, and the interrupt it
 //! raises when it has used buffers.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -15,10 +15,12 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const INT_USED_RING: u32 = 1;
 pub const INT_CONFIG: u32 = 2;
 
-/// The interrupt of one virtio-mmio device: the InterruptStatus bits and the line.
+/// The interrupt of one virtio-mmio device: the InterruptStatus bits and the line, and
+/// whether the device found the driver's queues broken (DEVICE_NEEDS_RESET).
 #[derive(Clone)]
 pub struct VirtioInterrupt {
     status: Arc<AtomicU32>,
+    needs_reset: Arc<AtomicBool>,
     line: IrqLine,
 }
 
@@ -26,8 +28,27 @@ impl VirtioInterrupt {
     pub fn new(line: IrqLine) -> Self {
         VirtioInterrupt {
             status: Arc::new(AtomicU32::new(0)),
+            needs_reset: Arc::new(AtomicBool::new(false)),
             line,
         }
+    }
+
+    /// The device cannot go on with what the driver gave it (a malformed descriptor chain):
+    /// the transport reports DEVICE_NEEDS_RESET and a configuration-change interrupt tells
+    /// the driver, which must reset the device.
+    pub fn signal_needs_reset(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        self.line.trigger();
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// A device reset clears the error state.
+    pub fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     pub fn signal_used_queue(&self) {
@@ -52,7 +73,7 @@ pub struct ActiveQueues {
 }
 
 pub trait VirtioDevice: Send {
-    /// Virtio device id (2 = block, 3 = console, 19 = vsock).
+    /// Virtio device id (1 = network, 2 = block, 3 = console, 19 = vsock).
     fn device_type(&self) -> u32;
     /// Offered feature bits (include `VIRTIO_F_VERSION_1`).
     fn features(&self) -> u64;

@@ -14,6 +14,8 @@ const STATUS_ACKNOWLEDGE: u32 = 1;
 const STATUS_DRIVER: u32 = 2;
 const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
+/// Set by the device when it hit an unrecoverable error in what the driver gave it.
+pub const STATUS_DEVICE_NEEDS_RESET: u32 = 0x40;
 const STATUS_FAILED: u32 = 0x80;
 
 mod reg {
@@ -99,6 +101,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.interrupt.ack(u32::MAX);
+        self.interrupt.clear_needs_reset();
     }
 
     fn set_status(&mut self, value: u32) {
@@ -145,6 +148,7 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => q.map_or(0, |q| u32::from(q.max_size())),
             reg::QUEUE_READY => q.map_or(0, |q| u32::from(q.ready())),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
+            reg::STATUS if self.interrupt.needs_reset() => self.status | STATUS_DEVICE_NEEDS_RESET,
             reg::STATUS => self.status,
             reg::CONFIG_GENERATION => 0,
             _ => 0,

@@ -467,3 +467,471 @@ mod vsock {
         assert!(!uds.exists());
     }
 }
+
+/// virtio-net against a real tap interface: frames are seen from the host side through a
+/// packet socket bound to the tap. Needs root (the tests say so and skip otherwise).
+mod net {
+    use super::*;
+    use crate::net::netlink::Netlink;
+    use crate::net::tap::test_tap;
+    use crate::vm::vmm::virtio_mmio::STATUS_DEVICE_NEEDS_RESET;
+    use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    const GUEST_MAC: [u8; 6] = [0x02, 0xbe, 0x27, 0x00, 0x00, 0x01];
+    const HOST_MAC: [u8; 6] = [0x02, 0xbe, 0x27, 0x00, 0x00, 0x02];
+    const ETHERTYPE_TX: u16 = 0x88b5;
+    const ETHERTYPE_RX: u16 = 0x88b6;
+
+    fn frame(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f.resize(f.len().max(60), 0);
+        f
+    }
+
+    /// A packet socket on interface `index` that sees every frame (host side of the tap).
+    struct PacketSocket {
+        fd: OwnedFd,
+        index: i32,
+    }
+
+    impl PacketSocket {
+        fn bind(index: u32) -> PacketSocket {
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            // SAFETY: socket has no pointer arguments; the fd is owned right away.
+            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+            assert!(
+                raw >= 0,
+                "packet socket: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: raw is a fresh descriptor nobody else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+            // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto;
+            sll.sll_ifindex = index as i32;
+            // SAFETY: bind with a valid sockaddr_ll and its size.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 5,
+                tv_usec: 0,
+            };
+            // SAFETY: SO_RCVTIMEO with a valid timeval and its size.
+            unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
+            };
+            PacketSocket {
+                fd,
+                index: index as i32,
+            }
+        }
+
+        /// Transmits `frame` on the interface (towards the tap's reader: the device).
+        fn send(&self, frame: &[u8]) {
+            // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = self.index;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+            // SAFETY: sendto with a valid buffer, address and sizes.
+            let rc = unsafe {
+                libc::sendto(
+                    self.fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(
+                rc,
+                frame.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
+
+        /// The next frame with `ethertype` that the interface received (from the device).
+        fn recv(&self, ethertype: u16) -> Vec<u8> {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                // SAFETY: sockaddr_ll is plain data; zeroes are valid.
+                let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+                let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                // SAFETY: recvfrom into a buffer and address we own, with their sizes.
+                let n = unsafe {
+                    libc::recvfrom(
+                        self.fd.as_raw_fd(),
+                        buf.as_mut_ptr().cast(),
+                        buf.len(),
+                        0,
+                        (&mut sll as *mut libc::sockaddr_ll).cast(),
+                        &mut len,
+                    )
+                };
+                assert!(
+                    n >= 0,
+                    "no frame from the device: {}",
+                    std::io::Error::last_os_error()
+                );
+                let f = &buf[..n as usize];
+                if sll.sll_pkttype != libc::PACKET_OUTGOING
+                    && f.len() >= 14
+                    && u16::from_be_bytes([f[12], f[13]]) == ethertype
+                {
+                    return f.to_vec();
+                }
+            }
+        }
+    }
+
+    struct Rig {
+        t: MmioTransport,
+        mem: GuestMemoryMmap,
+        rx: Driver,
+        tx: Driver,
+        host: PacketSocket,
+    }
+
+    /// A device on a fresh tap `name` (up, IPv6 off so the host sends nothing by itself), a
+    /// driver with both queues, and the host-side socket. `None`: skipped (not root).
+    fn rig(name: &str) -> Option<Rig> {
+        let tap = test_tap(name)?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
+        let mut nl = Netlink::open().unwrap();
+        let index = nl.link_index(name).unwrap().unwrap();
+        nl.set_up(index).unwrap();
+        let host = PacketSocket::bind(index);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let dev = VirtioNet::with_tap(tap, GUEST_MAC).unwrap();
+        let mut t = MmioTransport::new(
+            Box::new(dev),
+            mem.clone(),
+            VirtioInterrupt::new(IrqLine::inert(8)),
+        );
+        assert_eq!(Driver::reg_read(&mut t, 0x8), 1, "device id = network");
+        let mut mac = [0u8; 6];
+        t.read(0x100, &mut mac);
+        assert_eq!(mac, GUEST_MAC, "MAC in the configuration space");
+        Driver::reg_write(&mut t, 0x14, 0);
+        assert_ne!(
+            Driver::reg_read(&mut t, 0x10) & (1 << 5),
+            0,
+            "VIRTIO_NET_F_MAC"
+        );
+        let mut qs = Driver::init(&mut t, &mem, 2);
+        let tx = qs.pop().unwrap();
+        let rx = qs.pop().unwrap();
+        Some(Rig {
+            t,
+            mem,
+            rx,
+            tx,
+            host,
+        })
+    }
+
+    fn wait_used(q: &Driver, n: u16) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while q.used_idx() != n {
+            assert!(
+                Instant::now() < deadline,
+                "used index stayed at {}",
+                q.used_idx()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Sends `f` from the guest: header and frame in two descriptors.
+    fn guest_send(r: &mut Rig, f: &[u8]) {
+        r.mem
+            .write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000))
+            .unwrap();
+        r.mem.write_slice(f, GuestAddress(0x61000)).unwrap();
+        r.tx.add_chain(&[
+            (0x60000, HDR_LEN as u32, false),
+            (0x61000, f.len() as u32, false),
+        ]);
+        Driver::reg_write(&mut r.t, 0x50, 1);
+    }
+
+    #[test]
+    fn frames_cross_the_tap_both_ways_and_the_queues_wrap() {
+        let name = format!("bna{}", std::process::id() % 10_000_000);
+        let Some(mut r) = rig(&name) else {
+            return;
+        };
+        // Three times around both 8-entry rings.
+        for i in 0..24u16 {
+            let out = frame(
+                [0xff; 6],
+                GUEST_MAC,
+                ETHERTYPE_TX,
+                format!("tx {i}").as_bytes(),
+            );
+            guest_send(&mut r, &out);
+            assert_eq!(r.tx.used_idx(), i + 1, "tx chain {i} used");
+            assert_eq!(
+                r.host.recv(ETHERTYPE_TX),
+                out,
+                "frame {i} came out of the tap"
+            );
+
+            // One receive buffer in two descriptors: the header lands in the first.
+            let buf = 0x80000 + u64::from(i % 8) * 0x1000;
+            r.rx.add_chain(&[(buf, 10, true), (buf + 0x100, 2048, true)]);
+            Driver::reg_write(&mut r.t, 0x50, 0);
+            let inbound = frame(
+                GUEST_MAC,
+                HOST_MAC,
+                ETHERTYPE_RX,
+                format!("rx {i}").as_bytes(),
+            );
+            r.host.send(&inbound);
+            wait_used(&r.rx, i + 1);
+            let (id, len) = r.rx.used_elem(i);
+            assert_eq!(id, u32::from((2 * i) % 8), "chain head of rx buffer {i}");
+            assert_eq!(len as usize, HDR_LEN + inbound.len());
+            let mut hdr = [0u8; HDR_LEN];
+            r.mem.read_slice(&mut hdr[..10], GuestAddress(buf)).unwrap();
+            r.mem
+                .read_slice(&mut hdr[10..], GuestAddress(buf + 0x100))
+                .unwrap();
+            assert_eq!(
+                hdr,
+                [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                "no offloads, one buffer"
+            );
+            let mut got = vec![0u8; inbound.len()];
+            r.mem
+                .read_slice(&mut got, GuestAddress(buf + 0x102))
+                .unwrap();
+            assert_eq!(got, inbound, "frame {i} reached the guest");
+        }
+        assert_ne!(
+            Driver::reg_read(&mut r.t, 0x60) & 1,
+            0,
+            "used-ring interrupt"
+        );
+        assert_eq!(
+            Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
+            0
+        );
+    }
+
+    #[test]
+    fn a_frame_waits_for_a_buffer_and_one_too_big_is_dropped() {
+        let name = format!("bnb{}", std::process::id() % 10_000_000);
+        let Some(mut r) = rig(&name) else {
+            return;
+        };
+        // No buffer yet: the frame waits in the device.
+        let first = frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, b"waits");
+        r.host.send(&first);
+        // Make sure the device read it from the tap (the tap's queue is empty again) before
+        // offering a buffer that is too small for the next one.
+        std::thread::sleep(Duration::from_millis(100));
+        r.rx.add_chain(&[(0x80000, 2048, true)]);
+        Driver::reg_write(&mut r.t, 0x50, 0);
+        wait_used(&r.rx, 1);
+        assert_eq!(r.rx.used_elem(0).1 as usize, HDR_LEN + first.len());
+        // A 64-byte buffer cannot take a 1000-byte frame: dropped, the buffer stays for the
+        // next frame that fits.
+        r.rx.add_chain(&[(0x81000, 64 + HDR_LEN as u32, true)]);
+        Driver::reg_write(&mut r.t, 0x50, 0);
+        r.host
+            .send(&frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, &[7u8; 1000]));
+        let small = frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, b"fits");
+        r.host.send(&small);
+        wait_used(&r.rx, 2);
+        assert_eq!(r.rx.used_elem(1).1 as usize, HDR_LEN + small.len());
+        let mut got = vec![0u8; small.len()];
+        r.mem
+            .read_slice(&mut got, GuestAddress(0x81000 + HDR_LEN as u64))
+            .unwrap();
+        assert_eq!(got, small);
+        assert_eq!(
+            Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
+            0
+        );
+    }
+
+    fn assert_needs_reset(t: &mut MmioTransport) {
+        assert_ne!(
+            Driver::reg_read(t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
+            0,
+            "DEVICE_NEEDS_RESET set"
+        );
+        assert_ne!(Driver::reg_read(t, 0x60) & 2, 0, "configuration interrupt");
+        Driver::reg_write(t, 0x70, 0);
+        assert_eq!(Driver::reg_read(t, 0x70), 0, "reset clears the error");
+    }
+
+    #[test]
+    fn malformed_chains_put_the_device_in_its_error_state() {
+        let name = format!("bnc{}", std::process::id() % 10_000_000);
+        let Some(mut r) = rig(&name) else {
+            return;
+        };
+        // A transmit chain with a device-writable buffer.
+        r.tx.add_chain(&[(0x60000, HDR_LEN as u32, false), (0x61000, 60, true)]);
+        Driver::reg_write(&mut r.t, 0x50, 1);
+        assert_needs_reset(&mut r.t);
+
+        // A transmit chain shorter than the header; then one whose buffer is outside guest
+        // memory.
+        for bufs in [
+            vec![(0x60000u64, 4u32, false)],
+            vec![(0x60000, HDR_LEN as u32, false), (0x7fff_0000, 60, false)],
+        ] {
+            let mut qs = Driver::init(&mut r.t, &r.mem, 2);
+            let mut tx = qs.pop().unwrap();
+            tx.add_chain(&bufs);
+            Driver::reg_write(&mut r.t, 0x50, 1);
+            assert_needs_reset(&mut r.t);
+        }
+
+        // The driver claims more available buffers than the queue holds.
+        let mut qs = Driver::init(&mut r.t, &r.mem, 2);
+        let tx = qs.pop().unwrap();
+        r.mem.write_obj(100u16, GuestAddress(tx.avail + 2)).unwrap();
+        Driver::reg_write(&mut r.t, 0x50, 1);
+        assert_needs_reset(&mut r.t);
+
+        // A receive buffer the device may not write; the frame meant for it is not delivered.
+        let mut qs = Driver::init(&mut r.t, &r.mem, 2);
+        let mut rx = qs.remove(0);
+        rx.add_chain(&[(0x80000, 2048, false)]);
+        Driver::reg_write(&mut r.t, 0x50, 0);
+        r.host
+            .send(&frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, b"nowhere"));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the device never flagged the chain"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(rx.used_idx(), 0);
+        assert_needs_reset(&mut r.t);
+
+        // After a reset the device works again.
+        let mut qs = Driver::init(&mut r.t, &r.mem, 2);
+        r.tx = qs.pop().unwrap();
+        let out = frame([0xff; 6], GUEST_MAC, ETHERTYPE_TX, b"after reset");
+        guest_send(&mut r, &out);
+        assert_eq!(r.host.recv(ETHERTYPE_TX), out);
+    }
+}
+
+/// The plumbing and the device together: a simulated guest on a tap that
+/// `Network::plumb_tap` put on a test bridge asks the bridge's address by ARP and gets the
+/// host's answer.
+#[test]
+fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
+    use crate::net::network::{test_network, DetachOnDrop};
+    use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
+    let dir = tempfile::tempdir().unwrap();
+    let home = crate::state::BerthHome::at(dir.path()).unwrap();
+    let Some(net) = test_network(&home, "a") else {
+        return;
+    };
+    let id = "vmnet-arp";
+    let _cleanup = DetachOnDrop {
+        net: &net,
+        env_id: id,
+    };
+    let t = net.plumb_tap(id).unwrap();
+    let mac = crate::net::tap::guest_mac(id);
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+    let dev = VirtioNet::open(&t.tap, mac).unwrap();
+    let mut tr = MmioTransport::new(
+        Box::new(dev),
+        mem.clone(),
+        VirtioInterrupt::new(IrqLine::inert(8)),
+    );
+    let mut qs = Driver::init(&mut tr, &mem, 2);
+    let mut tx = qs.pop().unwrap();
+    let mut rx = qs.pop().unwrap();
+    for i in 0..8u64 {
+        rx.add_chain(&[(0x80000 + i * 0x1000, 2048, true)]);
+    }
+    Driver::reg_write(&mut tr, 0x50, 0);
+
+    // ARP request: who has the gateway? tell the guest.
+    let mut arp = Vec::new();
+    arp.extend_from_slice(&[0xff; 6]);
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&t.address.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&t.gateway.octets());
+    arp.resize(60, 0);
+    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000))
+        .unwrap();
+    mem.write_slice(&arp, GuestAddress(0x60000 + HDR_LEN as u64))
+        .unwrap();
+    tx.add_chain(&[(0x60000, (HDR_LEN + arp.len()) as u32, false)]);
+    Driver::reg_write(&mut tr, 0x50, 1);
+    assert_eq!(tx.used_idx(), 1);
+
+    // The host's reply. Other frames the host sends by itself (IPv6 neighbour discovery on
+    // the new bridge) are passed over, and their buffers given back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = 0u16;
+    let reply = loop {
+        assert!(Instant::now() < deadline, "no ARP reply from the bridge");
+        if rx.used_idx() == seen {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
+        let (id, len) = rx.used_elem(seen);
+        seen += 1;
+        let buf = 0x80000 + u64::from(id) * 0x1000;
+        let mut f = vec![0u8; len as usize];
+        mem.read_slice(&mut f, GuestAddress(buf)).unwrap();
+        // One descriptor per chain: the next chain head is the descriptor just used.
+        assert_eq!(u32::from(rx.next_desc % rx.size), id);
+        rx.add_chain(&[(buf, 2048, true)]);
+        Driver::reg_write(&mut tr, 0x50, 0);
+        let f = f.split_off(HDR_LEN);
+        if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
+            break f;
+        }
+    };
+    assert_eq!(&reply[0..6], &mac, "addressed to the guest");
+    assert_eq!(
+        &reply[28..32],
+        &t.gateway.octets(),
+        "the bridge answers for the gateway"
+    );
+    assert_eq!(&reply[38..42], &t.address.octets());
+    drop(tr);
+    net.detach(id).unwrap();
+    let mut nl = crate::net::netlink::Netlink::open().unwrap();
+    assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+}
