@@ -863,6 +863,7 @@ mod tests {
             Mirror {
                 url: "http://127.0.0.1:9".into(),
                 suites: vec![],
+                keyrings: vec![],
             },
         )
         .with_network_options(net.options().clone());
@@ -902,6 +903,7 @@ mod tests {
             memory: 1 << 28,
             kernel_release: "6.1".into(),
             started_at_ms: 0,
+            qmp_socket: None,
             boot_ms: Some(1),
             vsock_socket: Some(env.join("vsock.sock")),
             shares: vec![],
