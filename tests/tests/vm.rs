@@ -525,6 +525,20 @@ exit [lindex $result 3]
     assert!(out.contains("saved snapshot one of"), "{out}");
     assert_eq!(vm.status()["pid"].as_i64(), Some(pid), "save kept the VM");
     assert_eq!(vm.ok(&["exec", "--", "cat", "/root/snap.txt"]), "before\n");
+    // Left paused by a killed save, the VM is resumed (with a notice) by exec, and by up.
+    qmp(&env_dir.join("qmp.sock"), "stop");
+    let o = vm.run(&["exec", "--", "cat", "/root/snap.txt"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "exec of a paused VM:\n{out}\n{err}");
+    assert_eq!(out, "before\n");
+    assert!(err.contains("the VM was paused"), "{err}");
+    qmp(&env_dir.join("qmp.sock"), "stop");
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success() && out.contains("is up to date"), "{out}\n{err}");
+    assert!(err.contains("the VM was paused"), "{out}\n{err}");
+    assert_eq!(vm.ok(&["exec", "--", "cat", "/root/snap.txt"]), "before\n");
+    assert!(!vm.run(&["exec", "--", "true"]).stderr.starts_with(b"berth: notice"));
     vm.ok(&[
         "exec",
         "--",

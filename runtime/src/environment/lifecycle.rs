@@ -231,6 +231,12 @@ impl Environments {
                 && !opts.rebuild
                 && !opts.update
             {
+                // A qemu VM a killed `snapshot save` left paused would not answer (we hold
+                // the lock: no save is under way).
+                let mut notices = Vec::new();
+                if plan.backend == BackendKind::Vm && self.vms.resume_if_paused(dir)? {
+                    notices.push(crate::vm::backend::PAUSED_NOTICE.to_string());
+                }
                 return Ok(UpReport {
                     network: self.network_record(&env_id),
                     env_id,
@@ -239,7 +245,7 @@ impl Environments {
                     pid: current.pid,
                     elapsed: t0.elapsed(),
                     image_elapsed: Duration::ZERO,
-                    notices: Vec::new(),
+                    notices,
                 });
             }
         }

@@ -31,7 +31,7 @@ use super::process::ProcessRecord;
 use super::qemu::{Accel, QemuConfig};
 use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
 use super::shared_folder::{locate_virtiofsd, shared_folders, SharedFolder};
-use super::vmm_process::{self, check_kvm_can_boot_linux, VmmNet, VmmProcessConfig};
+use super::vmm_process::{self, check_kvm_can_boot_linux, NetOwner, VmmNet, VmmProcessConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
 use crate::net::forward::{BoundPorts, ForwardSpec, ForwardedPort};
@@ -111,6 +111,12 @@ pub struct VmState {
     #[serde(default)]
     pub qmp_socket: Option<PathBuf>,
 }
+
+/// Said when a VM left paused was resumed.
+pub const PAUSED_NOTICE: &str = "the VM was paused (a `berth snapshot save` was interrupted while it copied the disk); resumed it";
+
+/// The environment's lock file in its folder (the CLI's lock around `up`, `down`, `snapshot`).
+pub const ENV_LOCK: &str = "lock";
 
 /// What `berth status` shows for a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,6 +278,41 @@ fn guest_net_cmdline(t: &TapPlumbing) -> String {
     )
 }
 
+/// The tap, lease and NAT of a VM being started: detached again when dropped armed, so a
+/// start that fails before its VMM runs leaves no network device behind. Disarmed once the
+/// VMM process runs: from then on it releases the network itself when it ends (see
+/// [`vmm_process`]), and `stop` (or the next start) after a `kill -9`.
+struct TapGuard {
+    net: Network,
+    env_id: String,
+    plumbing: TapPlumbing,
+    armed: bool,
+}
+
+impl TapGuard {
+    fn plumb(net: Network, env_id: &str) -> Result<TapGuard, VmError> {
+        let plumbing = net.plumb_tap(env_id)?;
+        Ok(TapGuard {
+            net,
+            env_id: env_id.to_string(),
+            plumbing,
+            armed: true,
+        })
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TapGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.net.detach(&self.env_id);
+        }
+    }
+}
+
 pub struct VmBackend {
     home: BerthHome,
     mirror: Mirror,
@@ -371,16 +412,31 @@ impl VmBackend {
             "console=ttyS0 reboot=k panic=-1 quiet loglevel=4 berth.root=/dev/vda berth.hostname={}",
             spec.name
         );
-        // The tap, lease and NAT (a failed start removes them again in `cleanup`).
-        let tap = match &tap_env {
-            Some(id) => Some((id.clone(), self.network().plumb_tap(id)?)),
+        // The tap, lease and NAT: removed again if the start fails before the VMM runs.
+        let mut tap = match &tap_env {
+            Some(id) => Some(TapGuard::plumb(self.network(), id)?),
             None => None,
         };
+        if let Some(g) = &tap {
+            // For `berth status`: the VMM process serves these.
+            let ports: Vec<ForwardedPort> = spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let spec = ForwardSpec::from(p);
+                    ForwardedPort {
+                        spec,
+                        bound: spec.host,
+                    }
+                })
+                .collect();
+            g.net.record_ports(&g.env_id, &ports)?;
+        }
         if provider == Provider::Kvm {
             cmdline.push_str(" berth.channel=hvc i8042.noaux i8042.nomux i8042.dumbkbd");
-            if let Some((_, t)) = &tap {
+            if let Some(g) = &tap {
                 cmdline.push(' ');
-                cmdline.push_str(&guest_net_cmdline(t));
+                cmdline.push_str(&guest_net_cmdline(&g.plumbing));
             }
         } else {
             cmdline.push(' ');
@@ -438,12 +494,19 @@ impl VmBackend {
                     vcpus: spec.vcpus.clamp(1, 255) as u8,
                     cmdline,
                     vsock: st.vsock_socket.clone(),
-                    net: tap.as_ref().map(|(id, t)| VmmNet {
-                        tap: t.tap.clone(),
-                        mac: crate::net::tap::guest_mac(id),
-                        guest: t.address,
-                        ports: spec.ports.iter().map(ForwardSpec::from).collect(),
-                        dns_relay: t.dns_relay.map(|up| (t.gateway, up)),
+                    net: tap.as_ref().map(|g| {
+                        let t = &g.plumbing;
+                        VmmNet {
+                            tap: t.tap.clone(),
+                            mac: crate::net::tap::guest_mac(&g.env_id),
+                            guest: t.address,
+                            ports: spec.ports.iter().map(ForwardSpec::from).collect(),
+                            dns_relay: t.dns_relay.map(|up| (t.gateway, up)),
+                            owner: Some(NetOwner {
+                                home: self.home.root().to_path_buf(),
+                                env_id: g.env_id.clone(),
+                            }),
+                        }
                     }),
                 };
                 let cfg_path = spec.state_dir.join("vmm.json");
@@ -465,22 +528,15 @@ impl VmBackend {
                 return Err(e);
             }
         };
+        // The VMM runs: the failures below end it, and `cleanup` releases the network.
+        if let Some(g) = &mut tap {
+            g.disarm();
+        }
         st.process = Some(process);
-        state::write_json(&vm_json(&spec.state_dir), &st)?;
-        if let Some((id, _)) = &tap {
-            // For `berth status`: the VMM process serves these.
-            let ports: Vec<ForwardedPort> = spec
-                .ports
-                .iter()
-                .map(|p| {
-                    let spec = ForwardSpec::from(p);
-                    ForwardedPort {
-                        spec,
-                        bound: spec.host,
-                    }
-                })
-                .collect();
-            self.network().record_ports(id, &ports)?;
+        if let Err(e) = state::write_json(&vm_json(&spec.state_dir), &st) {
+            process.terminate(Duration::from_secs(2));
+            let _ = self.cleanup(&spec.state_dir, &st);
+            return Err(e.into());
         }
 
         let ready = self.wait_ready(&st, spec.boot_timeout, started);
@@ -579,11 +635,30 @@ impl VmBackend {
         Err(VmError::Busy)
     }
 
-    /// Connects to the running VM's agent (for exec and shell). An unanswered hello is tried
-    /// again on a fresh connection: the agent resets a channel when the host side closes, so
-    /// a handshake lost while the previous client was going away gets a clean retry.
+    /// Resumes a running qemu VM that was left paused (a `berth snapshot save` killed while
+    /// it copied the disk): its guest answers nothing until then. Returns whether it was
+    /// paused. The caller holds the environment's lock, so no save is under way.
+    pub fn resume_if_paused(&self, state_dir: &Path) -> Result<bool, VmError> {
+        let Ok(st) = self.running_state(state_dir) else {
+            return Ok(false);
+        };
+        let (Provider::Qemu, Some(qmp)) = (st.provider, &st.qmp_socket) else {
+            return Ok(false);
+        };
+        let mut monitor = super::qmp::Qmp::connect(qmp, Duration::from_secs(10))?;
+        Ok(monitor.resume_if_paused()?)
+    }
+
+    /// Connects to the running VM's agent (for exec and shell). A qemu VM left paused is
+    /// resumed first (with a notice) unless another command holds the environment's lock (a
+    /// save in progress resumes it itself). An unanswered hello is tried again on a fresh
+    /// connection: the agent resets a channel when the host side closes, so a handshake lost
+    /// while the previous client was going away gets a clean retry.
     pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
         let st = self.running_state(state_dir)?;
+        if st.provider == Provider::Qemu && self.resume_unlocked(state_dir) {
+            eprintln!("berth: notice: {PAUSED_NOTICE}");
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -596,6 +671,18 @@ impl VmBackend {
                 other => return other,
             }
         }
+    }
+
+    /// [`resume_if_paused`](Self::resume_if_paused) when the environment's lock is free (it is
+    /// held while checking); whether the VM was paused. A failed check is left to the
+    /// connection that follows to report.
+    fn resume_unlocked(&self, state_dir: &Path) -> bool {
+        let Ok(Some(_lock)) =
+            FileLock::try_acquire(&state_dir.join(ENV_LOCK), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        matches!(self.resume_if_paused(state_dir), Ok(true))
     }
 
     fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
@@ -845,6 +932,103 @@ mod tests {
         assert!(matches!(b.connect(&env), Err(VmError::NotRunning)));
         b.stop(&env, Duration::from_secs(1)).unwrap();
         assert!(!env.join("vm.json").exists());
+    }
+
+    /// A start that fails between plumbing the tap and launching the VMM removes the tap,
+    /// lease and NAT again; once the VMM runs, the tap stays for it.
+    #[test]
+    fn a_failed_start_leaves_no_tap() {
+        use crate::net::nat::NatRules;
+        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "g") else {
+            return;
+        };
+        let bridge = net.options().bridge.name.clone();
+        let id = "vmnet-guard";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let failed_start = || -> Result<String, VmError> {
+            let g = TapGuard::plumb(net.clone(), id)?;
+            assert_eq!(master_of(&g.plumbing.tap).as_deref(), Some(bridge.as_str()));
+            // What a failure before the launch looks like (e.g. writing vm.json).
+            let _: VmState = state::read_json(&d.path().join("missing.json"))?
+                .ok_or_else(|| VmError::Config(g.plumbing.tap.clone()))?;
+            unreachable!()
+        };
+        let tap = match failed_start() {
+            Err(VmError::Config(tap)) => tap,
+            other => panic!("{:?}", other.err()),
+        };
+        let mut nl = crate::net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.link_index(&tap).unwrap(), None, "tap removed");
+        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
+        assert!(!NatRules::exists(&bridge), "NAT table removed");
+        assert!(net.record(id).unwrap().is_none(), "lease and record removed");
+
+        let mut g = TapGuard::plumb(net.clone(), id).unwrap();
+        g.disarm();
+        drop(g);
+        assert_eq!(master_of(&tap).as_deref(), Some(bridge.as_str()), "kept for the VMM");
+    }
+
+    /// A qemu VM left paused by a killed `snapshot save` is resumed by the next connect (or
+    /// `up`); while another command holds the environment's lock, connect leaves it alone.
+    #[test]
+    fn a_vm_left_paused_is_resumed() {
+        let d = tempfile::tempdir().unwrap();
+        let b = VmBackend::with_mirror(
+            BerthHome::at(d.path()).unwrap(),
+            Mirror {
+                url: "http://127.0.0.1:9".into(),
+                suites: vec![],
+                keyrings: vec![],
+            },
+        );
+        let env = d.path().join("env");
+        std::fs::create_dir_all(&env).unwrap();
+        let Some(qemu) = super::super::qmp::TestQemu::start(&env) else {
+            return;
+        };
+        let st = VmState {
+            provider: Provider::Qemu,
+            accel: "tcg".into(),
+            process: ProcessRecord::of(qemu.child.id() as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.qcow2"),
+            vcpus: 1,
+            memory: 32 << 20,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: None,
+            shares: vec![],
+            qmp_socket: Some(qemu.qmp.clone()),
+        };
+        state::write_json(&env.join("vm.json"), &st).unwrap();
+        // qemu's monitor serves one client at a time: a connection per step.
+        let monitor = || super::super::qmp::Qmp::connect(&qemu.qmp, Duration::from_secs(10));
+        let run = |cmd: &str| monitor().unwrap().execute(cmd).unwrap();
+        let run_state = || monitor().unwrap().run_state().unwrap();
+        run("cont");
+        assert!(!b.resume_if_paused(&env).unwrap(), "a running VM is left alone");
+        assert_eq!(run_state(), "running");
+        run("stop");
+
+        let lock = FileLock::acquire(&env.join(ENV_LOCK), LockMode::Exclusive).unwrap();
+        assert!(!b.resume_unlocked(&env), "a save may be under way");
+        assert_eq!(run_state(), "paused");
+        drop(lock);
+        assert!(b.resume_unlocked(&env));
+        assert_eq!(run_state(), "running");
+
+        run("stop");
+        assert!(b.resume_if_paused(&env).unwrap());
+        assert_eq!(run_state(), "running");
     }
 
     #[test]

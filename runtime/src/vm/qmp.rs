@@ -1,6 +1,7 @@
 //! A minimal client of qemu's machine protocol (QMP, JSON lines on the `qmp.sock` monitor
 //! socket berth gives every qemu VM): enough to pause the guest (`stop`, which also drains
-//! and flushes qemu's block layer, so the disk file is complete) and to resume it (`cont`).
+//! and flushes qemu's block layer, so the disk file is complete), to resume it (`cont`), and to
+//! ask whether it runs (`query-status`: a save killed mid-copy leaves it paused).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -104,6 +105,28 @@ impl Qmp {
     }
 }
 
+impl Qmp {
+    /// qemu's run state (`query-status`): `running`, `paused` (after `stop`), `prelaunch`
+    /// (started with `-S`), `shutdown`, ...
+    pub fn run_state(&mut self) -> Result<String, QmpError> {
+        let r = self.execute("query-status")?;
+        r.get("status")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| self.refused("query-status", format!("no status in {r}")))
+    }
+
+    /// Resumes a VM that `stop` paused; returns whether it was paused. A VM in any other
+    /// state is left as it is.
+    pub fn resume_if_paused(&mut self) -> Result<bool, QmpError> {
+        if self.run_state()? != "paused" {
+            return Ok(false);
+        }
+        self.execute("cont")?;
+        Ok(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,5 +167,77 @@ mod tests {
         );
         drop(q);
         assert_eq!(server.join().unwrap(), ["qmp_capabilities", "stop", "nope"]);
+    }
+}
+
+/// A real qemu for tests, started paused (`-S`) without a kernel or disk, so nothing boots:
+/// only its monitor is used. Killed when dropped.
+#[cfg(test)]
+pub(crate) struct TestQemu {
+    pub child: std::process::Child,
+    pub qmp: PathBuf,
+}
+
+#[cfg(test)]
+impl TestQemu {
+    /// `None` (with the reason printed) when qemu-system-x86_64 is not installed.
+    pub fn start(dir: &Path) -> Option<TestQemu> {
+        let qmp = dir.join("qmp.sock");
+        let spawned = std::process::Command::new(super::qemu::QEMU_BINARY)
+            .args(["-accel", "tcg", "-S", "-nodefaults", "-display", "none", "-m", "32"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.display()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("skipping: cannot run {}: {e}", super::qemu::QEMU_BINARY);
+                return None;
+            }
+        };
+        // The socket appears once qemu is listening.
+        while !qmp.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("qemu exited before its monitor listened: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(TestQemu { child, qmp })
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestQemu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod qemu_tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_qemu_is_resumed_and_a_running_one_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let Some(qemu) = TestQemu::start(d.path()) else {
+            return;
+        };
+        let mut q = Qmp::connect(&qemu.qmp, Duration::from_secs(10)).unwrap();
+        // Started with -S: not paused by `stop`, so not ours to resume.
+        assert_eq!(q.run_state().unwrap(), "prelaunch");
+        assert!(!q.resume_if_paused().unwrap());
+        assert_eq!(q.run_state().unwrap(), "prelaunch");
+        q.execute("cont").unwrap();
+        assert_eq!(q.run_state().unwrap(), "running");
+        assert!(!q.resume_if_paused().unwrap());
+        // What a killed `snapshot save` leaves: paused by `stop`.
+        q.execute("stop").unwrap();
+        assert_eq!(q.run_state().unwrap(), "paused");
+        assert!(q.resume_if_paused().unwrap());
+        assert_eq!(q.run_state().unwrap(), "running");
     }
 }

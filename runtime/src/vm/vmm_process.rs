@@ -17,6 +17,8 @@ use crate::doctor::{kvm_kind, HostRoot, KvmKind};
 use crate::net::dialer::AddressDialer;
 use crate::net::dns::DnsForwarder;
 use crate::net::forward::{ForwardSpec, PortForwarder};
+use crate::net::{Network, NetworkOptions};
+use crate::state::{BerthHome, FileLock, LockMode};
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;
@@ -56,6 +58,36 @@ pub struct VmmNet {
     /// resolvers).
     #[serde(default)]
     pub dns_relay: Option<(Ipv4Addr, IpAddr)>,
+    /// Whose tap and lease these are: the process releases them when the VM ends.
+    #[serde(default)]
+    pub owner: Option<NetOwner>,
+}
+
+/// The environment a VMM process's network belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetOwner {
+    /// The berth home's root.
+    pub home: PathBuf,
+    pub env_id: String,
+}
+
+/// Releases the VM's tap, lease (and the bridge and NAT when it was their last user) once
+/// the VM has ended, so a guest that powered itself off leaves no network device behind.
+/// When a berth command holds the environment's lock (`down` waiting for this process,
+/// `up` whose start failed), that command releases them itself: this one leaves them to it,
+/// so it never detaches a network a new start is plumbing. Returns whether it released them.
+pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
+    let home = BerthHome::at(&owner.home)?;
+    let dir = home.env_dir(&owner.env_id);
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    let Some(_lock) = FileLock::try_acquire(&dir.join(super::backend::ENV_LOCK), LockMode::Exclusive)?
+    else {
+        return Ok(false);
+    };
+    Network::new(&home, NetworkOptions::default()).detach(&owner.env_id)?;
+    Ok(true)
 }
 
 /// Refuses to boot a Linux kernel through KVM unless it is hardware KVM (or explicitly
@@ -68,11 +100,25 @@ pub fn check_kvm_can_boot_linux(kind: KvmKind) -> Result<(), VmError> {
     }
 }
 
-/// Runs the VM in this process until it stops.
+/// Runs the VM in this process until it stops, then releases its network (see
+/// [`release_network`]).
 pub fn run(config_path: &Path) -> Result<ExitReason, VmError> {
     check_kvm_can_boot_linux(kvm_kind(&HostRoot::real()))?;
     let cfg: VmmProcessConfig = crate::state::read_json(config_path)?
         .ok_or_else(|| VmError::Config(format!("{} does not exist", config_path.display())))?;
+    let reason = run_machine(&cfg);
+    if let Some(owner) = cfg.net.as_ref().and_then(|n| n.owner.as_ref()) {
+        if let Err(e) = release_network(owner) {
+            eprintln!(
+                "berth-vmm: releasing the network of {}: {e}; `berth down` removes it",
+                owner.env_id
+            );
+        }
+    }
+    reason
+}
+
+fn run_machine(cfg: &VmmProcessConfig) -> Result<ExitReason, VmError> {
     let console = File::options()
         .create(true)
         .append(true)
@@ -197,6 +243,7 @@ mod tests {
                 shared: false,
             }],
             dns_relay: None,
+            owner: None,
         };
         let (forwarder, dns) = serve_network(&net).unwrap();
         assert!(dns.is_none());
@@ -209,6 +256,49 @@ mod tests {
         drop(forwarder);
         // The forwarder ended with the VM: the host port is free again.
         std::net::TcpListener::bind(("127.0.0.1", host_port)).unwrap();
+    }
+
+    /// The guest powered itself off: the VMM process releases tap, lease, NAT and bridge,
+    /// unless a berth command holds the environment's lock (then that command does).
+    #[test]
+    fn the_vmm_process_releases_its_network_when_the_vm_ends() {
+        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "r") else {
+            return;
+        };
+        let bridge = net.options().bridge.name.clone();
+        let id = "vmnet-release";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let owner = NetOwner {
+            home: d.path().to_path_buf(),
+            env_id: id.into(),
+        };
+        let t = net.plumb_tap(id).unwrap();
+        assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+
+        // `down` holds the lock while it waits for the VMM: left to it.
+        let lock = FileLock::acquire(
+            &home.env_dir(id).join(super::super::backend::ENV_LOCK),
+            LockMode::Exclusive,
+        )
+        .unwrap();
+        assert!(!release_network(&owner).unwrap());
+        assert!(master_of(&t.tap).is_some(), "left to the lock holder");
+        drop(lock);
+
+        assert!(release_network(&owner).unwrap());
+        let mut nl = crate::net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
+        assert!(net.record(id).unwrap().is_none(), "lease and record removed");
+        // Once more (the environment was destroyed meanwhile): nothing to do.
+        std::fs::remove_dir_all(home.env_dir(id)).unwrap();
+        assert!(!release_network(&owner).unwrap());
     }
 
     #[test]
