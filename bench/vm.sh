@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# VM benchmark: time from `VmBackend::start` to agent ready, and the VMM process's RSS, for
-# qemu (TCG here; KVM on hardware-KVM hosts) and, with BERTH_TEST_KVM_BOOT=1 on a host with
-# hardware KVM, berth's own VMM. Never boots a kernel through KVM on kvm_pvm (berth refuses).
+# VM benchmark: time from `VmBackend::start` to agent ready, and the VMM process's memory
+# overhead (RSS minus the resident guest RAM, see runtime/src/vm/vmm_memory.rs), for qemu (TCG
+# here; KVM on hardware-KVM hosts) and berth's own VMM: booting Linux only with
+# BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM, else with an idle tiny guest. Never boots
+# a kernel through KVM on kvm_pvm (berth refuses).
 #
 #   bench/vm.sh [RUNS]            default 3 runs per provider
 #   BERTH_BENCH_KERNEL=debian:linux-image-cloud-amd64 (default) or a kernel path
@@ -36,29 +38,55 @@ run() { # provider kernel
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+field() { sed "s/.*\"$1\":\([0-9]*\).*/\1/"; }  # field NAME < jsonl
 
 report() { # name file
   local f=$2
   echo "== $1 ($RUNS runs): $(head -1 "$f" | sed 's/.*"kernel":"\([^"]*\)".*/kernel \1/')"
-  for k in up_ms vmm_to_agent_ms down_ms vmm_rss_kib; do
-    printf '  %-16s median %s\n' "$k" "$(sed "s/.*\"$k\":\([0-9]*\).*/\1/" "$f" | median)"
+  for k in up_ms vmm_to_agent_ms down_ms; do
+    printf '  %-16s median %s\n' "$k" "$(field $k < "$f" | median)"
   done
-  echo "  guest memory $(sed 's/.*"guest_memory_kib":\([0-9]*\).*/\1/' "$f" | head -1) KiB; RSS includes the guest pages qemu touched"
+}
+
+# Memory, side by side: the VMM process's RSS, the resident part of its guest RAM mapping
+# (found in /proc/PID/smaps by its size), and the difference, the VMM's own overhead.
+MEMORY=()
+memory_row() { # label file
+  MEMORY+=("$(printf '  %-44s %9s %11s %9s' "$1" "$(field vmm_rss_kib < "$2" | median)" \
+    "$(field guest_rss_kib < "$2" | median)" "$(field vmm_overhead_kib < "$2" | median)")")
 }
 
 run qemu warmup "$KERNEL" > /dev/null   # fetch the kernel, build disk and initramfs once
 : > "$WORK/qemu.jsonl"
 for _ in $(seq "$RUNS"); do run qemu x "$KERNEL" >> "$WORK/qemu.jsonl"; done
-report "qemu ($(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1))" "$WORK/qemu.jsonl"
-
-# berth's VMM with a two-byte real-mode guest (safe on kvm_pvm): the VMM's own RSS.
-echo "== berth VMM overhead (idle tiny guest, 256 MiB guest memory mapped): $(target/release/examples/vmm_overhead)"
-echo "== the same with virtio-net on a tap (root): $(target/release/examples/vmm_overhead net)"
+ACCEL=$(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1)
+report "qemu ($ACCEL)" "$WORK/qemu.jsonl"
+memory_row "qemu ($ACCEL), booted Linux, 256 MiB" "$WORK/qemu.jsonl"
 
 if [ "${BERTH_TEST_KVM_BOOT:-}" = 1 ]; then
   : > "$WORK/kvm.jsonl"
   for _ in $(seq "$RUNS"); do run kvm x "${BERTH_TEST_KVM_KERNEL:-$KERNEL}" >> "$WORK/kvm.jsonl"; done
   report "berth VMM (kvm)" "$WORK/kvm.jsonl"
+  memory_row "berth VMM (kvm), booted Linux, 256 MiB" "$WORK/kvm.jsonl"
 else
-  echo "== berth VMM: skipped (set BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM)"
+  echo "== berth VMM booting Linux: skipped (set BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM)"
 fi
+
+# berth's VMM with a two-byte real-mode guest (safe on kvm_pvm): the VMM's own memory.
+: > "$WORK/tiny.jsonl"; : > "$WORK/tiny-net.jsonl"
+for _ in $(seq "$RUNS"); do
+  target/release/examples/vmm_overhead >> "$WORK/tiny.jsonl"
+  target/release/examples/vmm_overhead net >> "$WORK/tiny-net.jsonl"
+done
+for f in tiny tiny-net; do
+  if grep -q skipped "$WORK/$f.jsonl"; then echo "== berth VMM ($f): $(head -1 "$WORK/$f.jsonl")"; fi
+done
+grep -q skipped "$WORK/tiny.jsonl" ||
+  memory_row "berth VMM, idle tiny guest, 3 virtio devices" "$WORK/tiny.jsonl"
+grep -q skipped "$WORK/tiny-net.jsonl" ||
+  memory_row "berth VMM, the same + virtio-net on a tap" "$WORK/tiny-net.jsonl"
+
+echo "== memory of the VMM process, KiB (medians of $RUNS runs)"
+printf '  %-44s %9s %11s %9s\n' "" "RSS" "guest RAM" "overhead"
+printf '%s\n' "${MEMORY[@]}"
+echo "  overhead = RSS minus the resident pages of the guest RAM mapping; load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,4 +1,5 @@
-//! Boots one VM through `VmBackend`, prints timing and the VMM's memory as JSON, runs
+//! Boots one VM through `VmBackend`, prints timing and the VMM's memory (RSS, the guest RAM's
+//! part of it, and the rest: the VMM's overhead) as JSON, runs
 //! `uname -r` in it and stops it. Used by bench/vm.sh.
 //!
 //! vm_up_down --vmm qemu|kvm --kernel debian:PACKAGE|/path/to/kernel --rootfs DIR --agent PATH
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_runtime::state::BerthHome;
+use berth_runtime::vm::vmm_memory::{self, guest_mappings};
 use berth_runtime::vm::{VmBackend, VmSpec};
 use envfile_spec::plan::{KernelSource, VmmKind};
 
@@ -16,17 +18,6 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:")
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn main() {
@@ -87,7 +78,9 @@ fn main() {
         }
     };
     let pid = st.process.map(|p| p.pid).unwrap_or(0);
-    let rss = rss_kib(pid);
+    // RSS, and the part of it that is the guest's RAM (the pages the booted guest touched).
+    let mem = vmm_memory::of_process(pid, &guest_mappings(st.provider, memory))
+        .unwrap_or_else(|e| panic!("{e}"));
     let uname = backend
         .exec_capture(&state_dir, &["uname", "-r"])
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
@@ -97,12 +90,15 @@ fn main() {
         .expect("stop");
     let down_ms = t.elapsed().as_millis();
     println!(
-        "{{\"provider\":\"{:?}\",\"accel\":\"{}\",\"kernel\":\"{}\",\"uname\":\"{}\",\"up_ms\":{up_ms},\"vmm_to_agent_ms\":{},\"down_ms\":{down_ms},\"vmm_rss_kib\":{rss},\"guest_memory_kib\":{}}}",
+        "{{\"provider\":\"{:?}\",\"accel\":\"{}\",\"kernel\":\"{}\",\"uname\":\"{}\",\"up_ms\":{up_ms},\"vmm_to_agent_ms\":{},\"down_ms\":{down_ms},\"vmm_rss_kib\":{},\"guest_rss_kib\":{},\"vmm_overhead_kib\":{},\"guest_memory_kib\":{}}}",
         st.provider,
         st.accel,
         st.kernel_release,
         uname.unwrap_or_else(|e| format!("error: {e}")),
         st.boot_ms.unwrap_or(0),
+        mem.rss_kib,
+        mem.guest_rss_kib,
+        mem.overhead_kib(),
         memory >> 10
     );
 }

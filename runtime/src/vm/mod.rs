@@ -14,6 +14,7 @@ pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
 pub mod vmm;
+pub mod vmm_memory;
 pub mod vmm_process;
 
 use std::path::{Path, PathBuf};
