@@ -159,8 +159,22 @@ fn real_kernel_under_berths_vmm() {
         // virtio-net on the tap: the forwarded port reaches the guest's httpd.
         assert!(http_get(port).contains("served-by-berths-vmm"));
     }
+    // The guest powers itself off: the VMM process ends and releases tap, lease and bridge
+    // itself, before any `down`.
+    let vmm = st.process.unwrap();
+    backend
+        .connect(&state_dir)
+        .unwrap()
+        .client
+        .poweroff()
+        .unwrap();
+    assert!(vmm.wait_gone(Duration::from_secs(30)), "the VMM ended");
+    assert!(
+        !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
+        "the VMM released its tap and the bridge when the guest powered off"
+    );
     backend.stop(&state_dir, Duration::from_secs(10)).unwrap();
-    assert!(!st.process.unwrap().is_alive());
+    assert!(!vmm.is_alive());
     assert!(
         !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
         "tap and bridge removed"

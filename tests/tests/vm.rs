@@ -535,10 +535,16 @@ exit [lindex $result 3]
     qmp(&env_dir.join("qmp.sock"), "stop");
     let o = vm.run(&["up"]);
     let (out, err) = text(&o);
-    assert!(o.status.success() && out.contains("is up to date"), "{out}\n{err}");
+    assert!(
+        o.status.success() && out.contains("is up to date"),
+        "{out}\n{err}"
+    );
     assert!(err.contains("the VM was paused"), "{out}\n{err}");
     assert_eq!(vm.ok(&["exec", "--", "cat", "/root/snap.txt"]), "before\n");
-    assert!(!vm.run(&["exec", "--", "true"]).stderr.starts_with(b"berth: notice"));
+    assert!(!vm
+        .run(&["exec", "--", "true"])
+        .stderr
+        .starts_with(b"berth: notice"));
     vm.ok(&[
         "exec",
         "--",

@@ -677,8 +677,7 @@ impl VmBackend {
     /// held while checking); whether the VM was paused. A failed check is left to the
     /// connection that follows to report.
     fn resume_unlocked(&self, state_dir: &Path) -> bool {
-        let Ok(Some(_lock)) =
-            FileLock::try_acquire(&state_dir.join(ENV_LOCK), LockMode::Exclusive)
+        let Ok(Some(_lock)) = FileLock::try_acquire(&state_dir.join(ENV_LOCK), LockMode::Exclusive)
         else {
             return false;
         };
@@ -967,12 +966,19 @@ mod tests {
         assert_eq!(nl.link_index(&tap).unwrap(), None, "tap removed");
         assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
         assert!(!NatRules::exists(&bridge), "NAT table removed");
-        assert!(net.record(id).unwrap().is_none(), "lease and record removed");
+        assert!(
+            net.record(id).unwrap().is_none(),
+            "lease and record removed"
+        );
 
         let mut g = TapGuard::plumb(net.clone(), id).unwrap();
         g.disarm();
         drop(g);
-        assert_eq!(master_of(&tap).as_deref(), Some(bridge.as_str()), "kept for the VMM");
+        assert_eq!(
+            master_of(&tap).as_deref(),
+            Some(bridge.as_str()),
+            "kept for the VMM"
+        );
     }
 
     /// A qemu VM left paused by a killed `snapshot save` is resumed by the next connect (or
@@ -1015,7 +1021,10 @@ mod tests {
         let run = |cmd: &str| monitor().unwrap().execute(cmd).unwrap();
         let run_state = || monitor().unwrap().run_state().unwrap();
         run("cont");
-        assert!(!b.resume_if_paused(&env).unwrap(), "a running VM is left alone");
+        assert!(
+            !b.resume_if_paused(&env).unwrap(),
+            "a running VM is left alone"
+        );
         assert_eq!(run_state(), "running");
         run("stop");
 

@@ -184,7 +184,16 @@ impl TestQemu {
     pub fn start(dir: &Path) -> Option<TestQemu> {
         let qmp = dir.join("qmp.sock");
         let spawned = std::process::Command::new(super::qemu::QEMU_BINARY)
-            .args(["-accel", "tcg", "-S", "-nodefaults", "-display", "none", "-m", "32"])
+            .args([
+                "-accel",
+                "tcg",
+                "-S",
+                "-nodefaults",
+                "-display",
+                "none",
+                "-m",
+                "32",
+            ])
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", qmp.display()))
             .stdin(std::process::Stdio::null())

@@ -73,7 +73,12 @@ fn mappings(smaps: &str) -> Vec<Mapping> {
     for line in smaps.lines() {
         let mut words = line.split_whitespace();
         let Some(first) = words.next() else { continue };
-        let mut kib = || words.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let mut kib = || {
+            words
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         match first {
             "Size:" => {
                 if let Some(m) = out.last_mut() {
@@ -86,7 +91,9 @@ fn mappings(smaps: &str) -> Vec<Mapping> {
                 }
             }
             // A mapping's header: `start-end perms offset dev inode [path]`.
-            _ if first.contains('-') && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') => {
+            _ if first.contains('-')
+                && first.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') =>
+            {
                 out.push(Mapping {
                     size_kib: 0,
                     rss_kib: 0,

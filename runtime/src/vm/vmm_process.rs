@@ -82,7 +82,8 @@ pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
     if !dir.is_dir() {
         return Ok(false);
     }
-    let Some(_lock) = FileLock::try_acquire(&dir.join(super::backend::ENV_LOCK), LockMode::Exclusive)?
+    let Some(_lock) =
+        FileLock::try_acquire(&dir.join(super::backend::ENV_LOCK), LockMode::Exclusive)?
     else {
         return Ok(false);
     };
@@ -295,7 +296,10 @@ mod tests {
         let mut nl = crate::net::netlink::Netlink::open().unwrap();
         assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
         assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
-        assert!(net.record(id).unwrap().is_none(), "lease and record removed");
+        assert!(
+            net.record(id).unwrap().is_none(),
+            "lease and record removed"
+        );
         // Once more (the environment was destroyed meanwhile): nothing to do.
         std::fs::remove_dir_all(home.env_dir(id)).unwrap();
         assert!(!release_network(&owner).unwrap());
