@@ -1,6 +1,7 @@
 //! Garbage collection of throw-away environments whose `berth run` process is gone (killed
 //! with SIGKILL, crashed, machine rebooted). Every berth command that touches environments
-//! runs it first, so nothing a killed run created outlives the next command.
+//! runs it first, so nothing a killed run created outlives the next command. The same pass
+//! releases the network of a VM whose VMM was killed.
 
 use std::time::Duration;
 
@@ -9,6 +10,10 @@ use serde::Deserialize;
 use super::lifecycle::Environments;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
 use crate::state::{read_json, FileLock, LockMode};
+
+/// An environment's network record and VM state (see `vm/backend.rs`).
+const NETWORK_FILE: &str = "network.json";
+const VM_FILE: &str = "vm.json";
 
 /// The one field of `env.json` garbage collection looks at first.
 #[derive(Deserialize)]
@@ -58,11 +63,118 @@ impl Environments {
                 removed.push(r.env_id);
             }
         }
+        self.release_dead_vm_networks();
         removed
+    }
+
+    /// Releases the tap, lease and NAT of VMs whose VMM is gone without releasing them
+    /// (killed with SIGKILL; a VMM that ends otherwise releases them itself). `vm.json` stays,
+    /// so the environment still shows as dead until `down` or `up`. Environments locked by a
+    /// command (a start plumbing its tap) are left alone. Returns the ids released.
+    pub fn release_dead_vm_networks(&self) -> Vec<String> {
+        let mut released = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
+            return released;
+        };
+        for e in rd.flatten() {
+            let dir = e.path();
+            // Cheap checks first: every command runs this over every environment.
+            if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
+                continue;
+            }
+            let Ok(Some(_lock)) = FileLock::try_acquire(&dir.join("lock"), LockMode::Exclusive)
+            else {
+                continue;
+            };
+            if self.vms.is_running(&dir) {
+                continue;
+            }
+            if self.vms.release_network(&dir).is_ok() {
+                released.extend(e.file_name().to_str().map(str::to_string));
+            }
+        }
+        released
     }
 
     /// Whether a record's environment belongs to a `berth run` that is gone.
     pub fn is_orphan(record: &EnvRecord) -> bool {
         record.ephemeral.is_some_and(|e| !e.owner.alive())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::network::{master_of, test_network, DetachOnDrop};
+    use crate::state::{write_json, BerthHome};
+    use crate::vm::process::ProcessRecord;
+    use crate::vm::{Provider, VmState};
+
+    fn vm_state(env: &std::path::Path, pid: u32) -> VmState {
+        VmState {
+            provider: Provider::Kvm,
+            accel: "kvm".into(),
+            process: ProcessRecord::of(pid as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join("disk.img"),
+            vcpus: 1,
+            memory: 1 << 28,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: None,
+            shares: vec![],
+            qmp_socket: None,
+        }
+    }
+
+    /// kill -9 of a networked VMM: the next command's garbage collection removes the tap,
+    /// lease, NAT and bridge; a live VMM's, and a locked environment's, are left alone.
+    #[test]
+    fn the_network_of_a_killed_vmm_is_released_by_the_next_command() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "c") else {
+            return;
+        };
+        let bridge = net.options().bridge.name.clone();
+        let id = "vmnet-gc";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let envs = Environments::open(&home);
+        let env = home.env_dir(id);
+        let t = net.plumb_tap(id).unwrap();
+
+        // The VMM (stand-in) runs: its network stays.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        write_json(&env.join(VM_FILE), &vm_state(&env, child.id())).unwrap();
+        assert!(envs.release_dead_vm_networks().is_empty());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Killed, but a command holds the environment's lock (a start plumbing its tap).
+        let lock = FileLock::acquire(&env.join("lock"), LockMode::Exclusive).unwrap();
+        assert!(envs.release_dead_vm_networks().is_empty());
+        assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
+        drop(lock);
+
+        envs.collect_garbage();
+        let mut nl = crate::net::netlink::Netlink::open().unwrap();
+        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
+        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
+        assert!(
+            net.record(id).unwrap().is_none(),
+            "lease and record removed"
+        );
+        assert!(
+            env.join(VM_FILE).exists(),
+            "still shown as dead until down/up"
+        );
+        assert!(envs.release_dead_vm_networks().is_empty(), "nothing left");
     }
 }

@@ -797,7 +797,7 @@ impl VmBackend {
     }
 
     /// Removes the VM's tap, its lease, and the bridge and NAT when it was their last user.
-    fn release_network(&self, state_dir: &Path) -> Result<(), VmError> {
+    pub fn release_network(&self, state_dir: &Path) -> Result<(), VmError> {
         match self.env_id(state_dir) {
             Some(id) => Ok(self.network().detach(&id)?),
             None => Ok(()),

@@ -77,6 +77,10 @@ pub struct NetOwner {
 /// `up` whose start failed), that command releases them itself: this one leaves them to it,
 /// so it never detaches a network a new start is plumbing. Returns whether it released them.
 pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
+    // A home removed meanwhile is not made again (`BerthHome::at` creates its folders).
+    if !owner.home.is_dir() {
+        return Ok(false);
+    }
     let home = BerthHome::at(&owner.home)?;
     let dir = home.env_dir(&owner.env_id);
     if !dir.is_dir() {
@@ -303,6 +307,12 @@ mod tests {
         // Once more (the environment was destroyed meanwhile): nothing to do.
         std::fs::remove_dir_all(home.env_dir(id)).unwrap();
         assert!(!release_network(&owner).unwrap());
+        let gone = NetOwner {
+            home: d.path().join("removed-home"),
+            env_id: id.into(),
+        };
+        assert!(!release_network(&gone).unwrap());
+        assert!(!gone.home.exists(), "a removed home is not made again");
     }
 
     #[test]
