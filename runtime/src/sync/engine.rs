@@ -800,44 +800,18 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        // Phase 2: creations and updates (parents first), and base records. Runs of plain
-        // file copies (no folder created in between) are copied in parallel.
-        let todo: Vec<&(String, Decision)> = decisions
-            .iter()
-            .filter(|(p, _)| !blocked.contains(p))
-            .collect();
-        let mut i = 0;
-        while i < todo.len() {
+        // Phase 2: creations and updates (parents first) and base records. Plain file copies
+        // are collected and made afterwards, so that many of them run in parallel: their
+        // folders exist by then (created in this loop, in path order, with their modes).
+        let mut jobs = Vec::new();
+        for (p, d) in decisions.iter().filter(|(p, _)| !blocked.contains(p)) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let mut jobs = Vec::new();
-            while let Some((p, d)) = todo.get(i + jobs.len()) {
-                match self.copy_job(p, *d, host, env) {
-                    Some(job) => jobs.push(job),
-                    None => break,
-                }
-            }
-            if jobs.len() >= PARALLEL_COPIES_FROM {
-                i += jobs.len();
-                let results = self.copy_files(&jobs, stop);
-                for (job, r) in jobs.into_iter().zip(results) {
-                    match r {
-                        Ok((s, d)) => {
-                            applied += 1;
-                            self.record_put(job.from, &job.rel, s, d, host, env);
-                        }
-                        Err(e) => match self.transport_failure(e) {
-                            Outcome::Done => {}
-                            Outcome::Retry => retry.push(job.rel),
-                            Outcome::Failed(m) => failed = Some(m),
-                        },
-                    }
-                }
+            if let Some(job) = self.copy_job(p, *d, host, env) {
+                jobs.push(job);
                 continue;
             }
-            let (p, d) = todo[i];
-            i += 1;
             let outcome = match *d {
                 Decision::Record => {
                     let r = match (host.get(p), env.get(p)) {
@@ -869,6 +843,40 @@ impl<'a> Worker<'a> {
                 Outcome::Retry => retry.push(p.clone()),
                 Outcome::Failed(m) => failed = Some(m),
             }
+        }
+        // Phase 3: the file copies.
+        let results = if jobs.len() >= PARALLEL_COPIES_FROM {
+            self.copy_files(&jobs, stop)
+        } else {
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (src, dst) = match job.from {
+                    Side::Host => (&self.engine.host, &self.engine.env),
+                    Side::Env => (&self.engine.env, &self.engine.host),
+                };
+                results.push(copy_file(&**src, &**dst, &job.rel, job.dst_expect.as_ref()));
+            }
+            results
+        };
+        for (job, r) in jobs.into_iter().zip(results) {
+            match r {
+                Ok((s, d)) => {
+                    applied += 1;
+                    self.record_put(job.from, &job.rel, s, d, host, env);
+                }
+                Err(e) => match self.transport_failure(e) {
+                    Outcome::Done => {}
+                    Outcome::Retry => retry.push(job.rel),
+                    Outcome::Failed(m) => failed = Some(m),
+                },
+            }
+        }
+        // Journal lines of this round reach the file before anything else is looked at.
+        if let Err(e) = self.base.write_journal() {
+            failed = Some(e.to_string());
         }
         if failed.is_some() && self.rescan_at.is_none() {
             self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
@@ -981,29 +989,34 @@ impl<'a> Worker<'a> {
             && src.mode != dst.mode
     }
 
-    /// Copies a batch of files with a few threads (they are independent: no folder is
-    /// created between them). Results come back in order; a job not run because `stop` was
-    /// set reports `Changed` (looked at again later).
+    /// Copies a batch of files with a few threads (they are independent: their folders
+    /// exist). Each thread takes all the files of one folder at a time ([`folder_groups`]).
+    /// Results come back in order; a job not run because `stop` was set reports `Changed`
+    /// (looked at again later).
     fn copy_files(&self, jobs: &[CopyJob], stop: &AtomicBool) -> Vec<CopyResult> {
         let host: &dyn Transport = &*self.engine.host;
         let env: &dyn Transport = &*self.engine.env;
+        let threads = copy_threads().min(jobs.len());
+        let groups = folder_groups(jobs, threads);
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<CopyResult>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        let threads = copy_threads().min(jobs.len());
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| loop {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(group) = groups.get(g) else { break };
+                    for &k in group {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let job = &jobs[k];
+                        let (src, dst) = match job.from {
+                            Side::Host => (host, env),
+                            Side::Env => (env, host),
+                        };
+                        let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
+                        *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(k) else { break };
-                    let (src, dst) = match job.from {
-                        Side::Host => (host, env),
-                        Side::Env => (env, host),
-                    };
-                    let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
-                    *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                 });
             }
         });
@@ -1070,6 +1083,27 @@ struct CopyJob {
     from: Side,
     rel: String,
     dst_expect: Option<Entry>,
+}
+
+/// The jobs (indexes into `jobs`) grouped by folder, in order of first appearance, so that
+/// each copy thread works in a folder of its own: the kernel serializes creating and renaming
+/// entries of one folder on that folder's lock, and threads in the same folder spend their
+/// time waiting (spinning) for it. With fewer folders than `threads`, every job is a group of
+/// its own (sharing folders then still overlaps the reading and writing of contents).
+fn folder_groups(jobs: &[CopyJob], threads: usize) -> Vec<Vec<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (k, job) in jobs.iter().enumerate() {
+        let g = *index.entry(parent(&job.rel)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(k);
+    }
+    if groups.len() < threads {
+        return (0..jobs.len()).map(|k| vec![k]).collect();
+    }
+    groups
 }
 
 /// Copy threads: the machine's parallelism, at most 4.
