@@ -345,6 +345,72 @@ fn git_checkout_between_branches_converges() {
     r.stop();
 }
 
+/// One big round mixing what the copy phase must not reorder: new nested folders with their
+/// modes (created before the files copied into them), files replaced by folders and folders
+/// by files, removed and renamed folders, and updates — far more copies than one thread does.
+#[test]
+fn big_round_of_mixed_changes_converges_in_one_flush() {
+    let d = dirs();
+    for i in 0..30 {
+        let dir = d.host.join(format!("a{i}"));
+        fs::create_dir(&dir).unwrap();
+        for j in 0..20 {
+            fs::write(dir.join(format!("{j}")), format!("a {i} {j}")).unwrap();
+        }
+        fs::write(d.host.join(format!("file{i}")), format!("file {i}")).unwrap();
+    }
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    assert_same(&d);
+    for i in 0..30 {
+        let dir = d.host.join(format!("a{i}"));
+        match i % 5 {
+            0 => fs::remove_dir_all(&dir).unwrap(),
+            1 => fs::rename(&dir, d.host.join(format!("renamed{i}"))).unwrap(),
+            2 => {
+                // A folder becomes a file.
+                fs::remove_dir_all(&dir).unwrap();
+                fs::write(&dir, format!("now a file {i}")).unwrap();
+            }
+            _ => {
+                for j in 0..20 {
+                    fs::write(dir.join(format!("{j}")), format!("a {i} {j} v2")).unwrap();
+                }
+            }
+        }
+        // A file becomes a folder of files, below a new nested folder with its own mode.
+        let f = d.host.join(format!("file{i}"));
+        fs::remove_file(&f).unwrap();
+        fs::create_dir_all(f.join("x/y")).unwrap();
+        fs::set_permissions(f.join("x"), fs::Permissions::from_mode(0o750)).unwrap();
+        for j in 0..10 {
+            fs::write(f.join(format!("x/y/{j}")), format!("deep {i} {j}")).unwrap();
+        }
+    }
+    r.flush();
+    assert_same(&d);
+    let env = digest(&d.env);
+    assert_eq!(env.get("file3/x").map(|s| s.as_str()), Some("d 750"));
+    assert_eq!(
+        read(&d.env.join("file3/x/y/9")).as_deref(),
+        Some("deep 3 9")
+    );
+    assert_eq!(read(&d.env.join("a2")).as_deref(), Some("now a file 2"));
+    assert_eq!(read(&d.env.join("renamed1/4")).as_deref(), Some("a 1 4"));
+    assert_eq!(read(&d.env.join("a3/19")).as_deref(), Some("a 3 19 v2"));
+    assert!(!d.env.join("a0").exists() && !d.env.join("a1").exists());
+    assert!(
+        env.keys().all(|k| !k.contains("berth-")),
+        "no temp or conflict files"
+    );
+    r.stop();
+    // The base journal of that round made it to disk: a restart finds nothing to do.
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    assert_eq!(r.engine.status().applied, 0);
+    r.stop();
+}
+
 #[test]
 fn conflicting_edits_keep_both_versions() {
     let d = dirs();

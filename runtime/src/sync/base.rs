@@ -331,6 +331,38 @@ mod tests {
     }
 
     #[test]
+    fn journal_lines_are_written_per_round_and_when_many_are_pending() {
+        let d = tempfile::tempdir().unwrap();
+        let journal = d.path().join("base.journal");
+        let mut s = BaseStore::open(d.path()).unwrap();
+        s.set("a", Some(be(1))).unwrap();
+        s.set("b", Some(be(2))).unwrap();
+        assert_eq!(
+            fs::metadata(&journal).unwrap().len(),
+            0,
+            "pending in memory"
+        );
+        s.write_journal().unwrap();
+        s.set("c", Some(be(3))).unwrap();
+        // Killed before the end of the round: its lines are lost, the earlier ones kept.
+        std::mem::forget(s);
+        let s = BaseStore::open(d.path()).unwrap();
+        assert_eq!(s.get("a"), Some(&be(1)));
+        assert_eq!(s.get("b"), Some(&be(2)));
+        assert_eq!(s.get("c"), None);
+        drop(s);
+        // A long round writes as it goes.
+        let mut s = BaseStore::open(d.path()).unwrap();
+        for i in 0..PENDING_MAX / 50 {
+            s.set(&format!("many/{i}"), Some(be(i as u64))).unwrap();
+        }
+        assert!(fs::metadata(&journal).unwrap().len() > 0);
+        std::mem::forget(s);
+        let s = BaseStore::open(d.path()).unwrap();
+        assert!(s.get("many/0").is_some());
+    }
+
+    #[test]
     fn paths_under_does_not_include_siblings_with_common_prefix() {
         let d = tempfile::tempdir().unwrap();
         let mut s = BaseStore::open(d.path()).unwrap();

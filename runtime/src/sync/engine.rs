@@ -466,9 +466,19 @@ impl<'a> Worker<'a> {
         let mut skipped = Vec::new();
         let mut unreadable = Vec::new();
         // One scan per side: each scanner applies its own side's .gitignore files as it
-        // descends; what only the other side's rules ignore is filtered out below.
-        for side in [Side::Host, Side::Env] {
-            let scan = self.side(side).scan("", &self.rules)?;
+        // descends; what only the other side's rules ignore is filtered out below. Both run
+        // at once (each mostly waits for its own side's filesystem or channel).
+        let scans = {
+            let (host, env, rules) = (&self.engine.host, &self.engine.env, &self.rules);
+            std::thread::scope(|s| {
+                let h = s.spawn(|| host.scan("", rules));
+                let e = env.scan("", rules);
+                let h = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                [h, e]
+            })
+        };
+        for (side, scan) in [Side::Host, Side::Env].into_iter().zip(scans) {
+            let scan = scan?;
             if self.first_pass {
                 for rel in &scan.leftovers {
                     // We hold the engine lock: temp files are from a killed engine.
@@ -1239,6 +1249,28 @@ mod tests {
         assert!(!covered("a", &scanned));
         let all: HashSet<String> = ["".to_string()].into();
         assert!(covered("x/y", &all));
+    }
+
+    #[test]
+    fn copy_jobs_are_grouped_by_folder() {
+        let job = |rel: &str| CopyJob {
+            from: Side::Host,
+            rel: rel.to_string(),
+            dst_expect: None,
+        };
+        // Path order interleaves a folder's files with its subfolder's.
+        let jobs: Vec<CopyJob> = ["a/1", "a/b/1", "a/b/2", "a/c", "top", "z/1", "a/d"]
+            .into_iter()
+            .map(job)
+            .collect();
+        assert_eq!(
+            folder_groups(&jobs, 2),
+            vec![vec![0, 3, 6], vec![1, 2], vec![4], vec![5]]
+        );
+        // Fewer folders than threads: one job per group.
+        let jobs: Vec<CopyJob> = ["a/1", "a/2", "a/3"].into_iter().map(job).collect();
+        assert_eq!(folder_groups(&jobs, 2), vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(folder_groups(&jobs, 1), vec![vec![0, 1, 2]]);
     }
 
     #[test]
