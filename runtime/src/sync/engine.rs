@@ -157,6 +157,8 @@ impl SyncEngine {
 const MAX_FLUSH_PASSES: usize = 20;
 /// Runs of at least this many file copies are copied by several threads.
 const PARALLEL_COPIES_FROM: usize = 8;
+/// Batches of at least this many paths have both sides' entries looked up by two threads.
+const PREFETCH_FROM: usize = 64;
 /// How long after a failed path everything is looked at again.
 const FAILURE_RETRY: Duration = Duration::from_secs(5);
 /// Remembered writes for echo suppression before the memory is cleared.
@@ -568,19 +570,22 @@ impl<'a> Worker<'a> {
         // Deep paths first, shortest first, so their subtrees cover the rest.
         let mut order: Vec<(String, DirtyPath)> = batch.paths.into_iter().collect();
         order.sort_by_key(|(p, d)| (!d.deep, p.len()));
+        let mut pre = self.prefetch_stats(&order);
         for (rel, dp) in order {
             if covered(&rel, &scanned) {
                 continue;
             }
-            if self.is_echo(&rel, dp) {
+            if self.is_echo(&rel, dp, &pre) {
                 continue;
             }
             let mut deep = dp.deep;
             if file_name(&rel) == ".gitignore" {
                 gitignore_dirs.insert(parent(&rel).to_string());
             }
-            let (Some(h), Some(e)) = (self.look(Side::Host, &rel), self.look(Side::Env, &rel))
-            else {
+            let (Some(h), Some(e)) = (
+                self.look(Side::Host, &rel, &mut pre),
+                self.look(Side::Env, &rel, &mut pre),
+            ) else {
                 continue; // could not be read: unknown, not deleted; the error is in the status
             };
             let is_dir = |x: &Option<Entry>| x.as_ref().map(|e| e.kind) == Some(EntryKind::Dir);
@@ -651,8 +656,12 @@ impl<'a> Worker<'a> {
     /// `stat` of one side for reconciling: `Some(None)` when the path is not in the tree
     /// (missing, or behind a symlink). `None` (error recorded) when the side could not be
     /// read: the path's state is then unknown and must not be taken for a deletion.
-    fn look(&mut self, side: Side, rel: &str) -> Option<Option<Entry>> {
-        match self.side(side).stat(rel) {
+    fn look(&mut self, side: Side, rel: &str, pre: &mut Prefetched) -> Option<Option<Entry>> {
+        let stat = match pre[idx(side)].remove(rel) {
+            Some(r) => r,
+            None => self.side(side).stat(rel),
+        };
+        match stat {
             Ok(e) => Some(e),
             Err(TransportError::Escapes { .. }) => Some(None),
             Err(e) => {
@@ -666,22 +675,55 @@ impl<'a> Worker<'a> {
     /// Whether the events for `rel` are only the echo of the engine's own write: reported by
     /// the side it wrote, which still holds exactly what was written. Folders are never
     /// treated as echoes (something may have been created inside before it was watched).
-    fn is_echo(&mut self, rel: &str, dp: DirtyPath) -> bool {
+    fn is_echo(&mut self, rel: &str, dp: DirtyPath, pre: &Prefetched) -> bool {
         let Some((side, expected)) = self.echo.get(rel) else {
             return false;
         };
         let side = *side;
         let is_echo = dp.only_side() == Some(side)
             && expected.as_ref().map(|e| e.kind) != Some(EntryKind::Dir)
-            && match (self.side(side).stat(rel), expected) {
-                (Ok(None), None) => true,
-                (Ok(Some(now)), Some(exp)) => now.same_state(exp),
-                _ => false,
+            && match pre[idx(side)].get(rel) {
+                Some(Ok(now)) => same_or_both_missing(now.as_ref(), expected.as_ref()),
+                Some(Err(_)) => false,
+                None => match self.side(side).stat(rel) {
+                    Ok(now) => same_or_both_missing(now.as_ref(), expected.as_ref()),
+                    Err(_) => false,
+                },
             };
         if !is_echo {
             self.echo.remove(rel);
         }
         is_echo
+    }
+
+    /// For a big batch, the `stat` of both sides of every path not below a deep path (those
+    /// are usually covered by a scan of that folder), taken by one thread per side at once.
+    /// Small batches (a single save) are looked at path by path.
+    fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
+        if order.len() < PREFETCH_FROM {
+            return [HashMap::new(), HashMap::new()];
+        }
+        let deep: HashSet<String> = order
+            .iter()
+            .filter(|(_, d)| d.deep)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let todo: Vec<&str> = order
+            .iter()
+            .filter(|(p, d)| !d.deep && !covered(p, &deep))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        let stat_all = |t: &Arc<dyn Transport>| {
+            todo.iter()
+                .map(|p| (p.to_string(), t.stat(p)))
+                .collect::<HashMap<_, _>>()
+        };
+        let (host, env) = (&self.engine.host, &self.engine.env);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| stat_all(host));
+            let e = stat_all(env);
+            [h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), e]
+        })
     }
 
     fn expect_echo(&mut self, side: Side, rel: &str, entry: Option<Entry>) {
@@ -1082,6 +1124,18 @@ impl<'a> Worker<'a> {
         let _ = self.base.set(rel, Some(BaseEntry::agreed(h, e, hash)));
         self.expect_echo(to, rel, Some(dst_final.clone()));
         tree_mut(to, host, env).insert(rel.to_string(), dst_final);
+    }
+}
+
+/// Entries of a batch's paths looked up ahead, per side ([`Worker::prefetch_stats`]).
+type Prefetched = [HashMap<String, Result<Option<Entry>, TransportError>>; 2];
+
+/// Whether a path's entry now is the one expected (`None`: missing).
+fn same_or_both_missing(now: Option<&Entry>, expected: Option<&Entry>) -> bool {
+    match (now, expected) {
+        (None, None) => true,
+        (Some(n), Some(e)) => n.same_state(e),
+        _ => false,
     }
 }
 
