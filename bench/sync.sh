@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Live-sync benchmark: single-edit latency (p50/p95 over 1,000 edits) host → env, against a bind
 # mount (floor); time to converge after a 10,000-file initial copy and a 10,000-file change,
-# against `rsync -a --delete` of the same tree and change in the same run. Prints ratios.
+# against `rsync -a --delete --modify-window=-1` of the same tree and change in the same run.
+# Prints ratios and CPU times.
 # Usage: bench/sync.sh [EDITS] [PARENT_DIR]   (PARENT_DIR: /var/tmp, a disk; /dev/shm for tmpfs)
 # Run as root for the bind-mount floor (a private mount namespace of the benchmark process).
 set -euo pipefail

@@ -2,8 +2,8 @@
 //! - latency of single edits: write on the host side, poll until the env side shows it
 //!   (p50/p95/max over N edits), against a bind mount of the same folder (the floor);
 //! - a 10,000-file initial copy and a 10,000-file change: time until both sides are identical,
-//!   against `rsync -a --delete` of the same tree and change (and a bind mount: 0 after the write),
-//!   with the CPU time each used (the engine's threads from the start of the write to the end
+//!   against `rsync -a --delete --modify-window=-1` of the same tree and change (and a bind
+//!   mount: 0 after the write), with the CPU time each used (the engine's threads from the start of the write to the end
 //!   of the flush; rsync's processes): on a loaded machine wall times vary from run to run,
 //!   CPU times much less.
 //!
@@ -199,6 +199,10 @@ fn rsync(src: &Path, dst: &Path) -> (f64, f64) {
     let st = Command::new("rsync")
         .arg("-a")
         .arg("--delete")
+        // Compare mtimes to the nanosecond, as berth does: by default rsync compares whole
+        // seconds and skips files rewritten within the second of the previous copy (same
+        // size), which made its column sometimes a no-op.
+        .arg("--modify-window=-1")
         .arg(format!("{}/", src.display()))
         .arg(format!("{}/", dst.display()))
         .status()

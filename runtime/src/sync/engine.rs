@@ -697,8 +697,9 @@ impl<'a> Worker<'a> {
     }
 
     /// For a big batch, the `stat` of both sides of every path not below a deep path (those
-    /// are usually covered by a scan of that folder), taken by one thread per side at once.
-    /// Small batches (a single save) are looked at path by path.
+    /// are usually covered by a scan of that folder), taken by one thread per side at once;
+    /// for a likely echo of the engine's own write, only of the side it wrote. Small batches
+    /// (a single save) are looked at path by path.
     fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
         if order.len() < PREFETCH_FROM {
             return [HashMap::new(), HashMap::new()];
@@ -708,20 +709,32 @@ impl<'a> Worker<'a> {
             .filter(|(_, d)| d.deep)
             .map(|(p, _)| p.clone())
             .collect();
-        let todo: Vec<&str> = order
-            .iter()
-            .filter(|(p, d)| !d.deep && !covered(p, &deep))
-            .map(|(p, _)| p.as_str())
-            .collect();
-        let stat_all = |t: &Arc<dyn Transport>| {
-            todo.iter()
+        let mut todo: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+        for (p, d) in order {
+            if d.deep || covered(p, &deep) {
+                continue;
+            }
+            let echo_side = self
+                .echo
+                .get(p)
+                .map(|(side, _)| *side)
+                .filter(|side| d.only_side() == Some(*side));
+            for side in [Side::Host, Side::Env] {
+                if echo_side.is_none_or(|e| e == side) {
+                    todo[idx(side)].push(p.as_str());
+                }
+            }
+        }
+        let stat_all = |t: &Arc<dyn Transport>, paths: &[&str]| {
+            paths
+                .iter()
                 .map(|p| (p.to_string(), t.stat(p)))
                 .collect::<HashMap<_, _>>()
         };
         let (host, env) = (&self.engine.host, &self.engine.env);
         std::thread::scope(|s| {
-            let h = s.spawn(|| stat_all(host));
-            let e = stat_all(env);
+            let h = s.spawn(|| stat_all(host, &todo[0]));
+            let e = stat_all(env, &todo[1]);
             [h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), e]
         })
     }
