@@ -464,6 +464,7 @@ impl<'a> Worker<'a> {
     }
 
     fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
+        let t = Instant::now();
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
         let mut unreadable = Vec::new();
@@ -505,6 +506,10 @@ impl<'a> Worker<'a> {
             trees[idx(side)] = scan.entries;
         }
         self.rebuild_rules();
+        trace(format_args!(
+            "full pass: both sides scanned in {:?}",
+            t.elapsed()
+        ));
         skipped.truncate(100);
         self.update_status(false, |s| s.skipped = skipped);
         let mut paths: BTreeSet<String> = trees[0].keys().cloned().collect();
@@ -512,6 +517,11 @@ impl<'a> Worker<'a> {
         paths.extend(self.base.entries().keys().cloned());
         let paths = self.filter_ignored(paths, &trees);
         let paths = without_unknown(paths, &unreadable);
+        trace(format_args!(
+            "full pass: {} paths to decide after {:?}",
+            paths.len(),
+            t.elapsed()
+        ));
         let [mut host, mut env] = trees;
         let (result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
         let now = Instant::now();
