@@ -340,7 +340,7 @@ impl<'a> Worker<'a> {
                 }
             }
             if !waiters.is_empty() || requested.is_some() {
-                let r = self.flush_passes(stop);
+                let r = self.flush_passes(rx, &mut waiters, stop);
                 let mut failed_request = None;
                 if let Some(n) = requested {
                     match &r {
@@ -417,9 +417,19 @@ impl<'a> Worker<'a> {
     }
 
     /// Full passes until one finds nothing to do: both sides are then identical.
-    fn flush_passes(&mut self, stop: &AtomicBool) -> Result<(), String> {
+    /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
+    /// after them).
+    fn flush_passes(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
         for _ in 0..MAX_FLUSH_PASSES {
             self.update_status(true, |s| s.state = SyncState::Scanning);
+            if let Err(e) = self.drop_covered_events(rx, waiters) {
+                return Err(e.to_string());
+            }
             match self.full_pass(stop) {
                 Ok(p) if p.applied == 0 && p.retries == 0 => {
                     return match p.failure {
@@ -437,6 +447,31 @@ impl<'a> Worker<'a> {
         Err(format!(
             "changes kept arriving during {MAX_FLUSH_PASSES} complete passes"
         ))
+    }
+
+    /// Before a full pass: takes every message already received and forgets the paths
+    /// waiting for a batch. They describe changes made before the scan about to start, which
+    /// sees their result; without this, a flush after a big burst would be followed by a
+    /// batch re-reading every path of the burst (and of the engine's own writes) once more.
+    /// Events still to come (changes made during the pass) are kept, as always.
+    fn drop_covered_events(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Watch(side, ev) => self.on_event(side, ev)?,
+                Msg::Flush(r) => waiters.push(r),
+            }
+        }
+        let dropped = self.dirty.take();
+        trace(format_args!(
+            "full pass covers {} waiting paths{}",
+            dropped.paths.len(),
+            if dropped.rescan { " and a rescan" } else { "" }
+        ));
+        Ok(())
     }
 
     fn rebuild_rules(&mut self) -> bool {
