@@ -274,7 +274,11 @@ impl<'a> Worker<'a> {
         let w = self.side(side).watch(sink, force_poll)?;
         if let Some(reason) = &w.polling {
             let reason = reason.clone();
-            self.update_status(true, |s| s.polling = Some(reason));
+            // Keep a reason already given (the other side's watch limit, say): "polling
+            // requested" after a failure would hide the message naming the sysctl.
+            self.update_status(true, |s| {
+                s.polling.get_or_insert(reason);
+            });
         }
         self.watchers[idx(side)] = Some(w);
         Ok(())
