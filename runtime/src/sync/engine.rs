@@ -1,11 +1,14 @@
 //! The sync engine: an initial three-way reconcile of both sides against the persisted base,
 //! then continuous sync of what the watchers report, until a stop flag is set.
 //!
-//! One thread does all the work (no two operations on one path ever race inside the engine);
-//! watchers feed it through a channel. Each batch of dirty paths is looked at on both sides,
-//! decided by [`super::reconcile::decide`] and applied in two phases: removals deepest-first,
-//! then creations and updates parents-first. Every applied change is journaled in the base at
-//! once, so a `kill -9` at any point leaves a base that a restart merges correctly.
+//! One thread decides everything (no two operations on one path ever race inside the engine);
+//! watchers feed it through a channel. Each batch of dirty paths is looked at on both sides
+//! (big batches: one lookup thread per side), decided by [`super::reconcile::decide`] and
+//! applied in three phases: removals deepest-first; folders, symlinks and modes parents-first;
+//! then the file copies, by a few threads that each take whole folders. Every applied change
+//! is recorded in the base, and the round's journal lines are written when it ends, so a
+//! `kill -9` at any point leaves a base that a restart merges correctly (changes of the round
+//! cut short are found equal on both sides and recorded again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read as _;
