@@ -110,28 +110,35 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// kind, mode and content hash (or link target) of every entry below `root`.
 fn digest(root: &Path) -> BTreeMap<String, String> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let mut names: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    try_digest(root).unwrap()
+}
+
+/// [`digest`], or the error met when an entry vanished while it was read (the engine is
+/// still at work).
+fn try_digest(root: &Path) -> std::io::Result<BTreeMap<String, String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> std::io::Result<()> {
+        let mut names = fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
         names.sort_by_key(|e| e.file_name());
         for e in names {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let m = fs::symlink_metadata(&p).unwrap();
+            let m = fs::symlink_metadata(&p)?;
             let mode = m.permissions().mode() & 0o7777;
             if m.file_type().is_symlink() {
-                out.insert(rel, format!("l {}", fs::read_link(&p).unwrap().display()));
+                out.insert(rel, format!("l {}", fs::read_link(&p)?.display()));
             } else if m.is_dir() {
                 out.insert(rel, format!("d {mode:o}"));
-                walk(root, &p, out);
+                walk(root, &p, out)?;
             } else {
-                let h = hex::encode(Sha256::digest(fs::read(&p).unwrap()));
+                let h = hex::encode(Sha256::digest(fs::read(&p)?));
                 out.insert(rel, format!("f {mode:o} {h}"));
             }
         }
+        Ok(())
     }
     let mut out = BTreeMap::new();
-    walk(root, root, &mut out);
-    out
+    walk(root, root, &mut out)?;
+    Ok(out)
 }
 
 fn assert_same(d: &Dirs) {
@@ -342,6 +349,104 @@ fn git_checkout_between_branches_converges() {
         "env checkout is clean"
     );
     assert!(d.env.join("o5/3.rs").exists() && !d.env.join("m5/0.rs").exists());
+    r.stop();
+}
+
+/// One big round mixing what the copy phase must not reorder: new nested folders with their
+/// modes (created before the files copied into them), files replaced by folders and folders
+/// by files, removed and renamed folders, and updates — far more copies than one thread does.
+#[test]
+fn big_round_of_mixed_changes_converges_in_one_flush() {
+    let d = dirs();
+    for i in 0..30 {
+        let dir = d.host.join(format!("a{i}"));
+        fs::create_dir(&dir).unwrap();
+        for j in 0..20 {
+            fs::write(dir.join(format!("{j}")), format!("a {i} {j}")).unwrap();
+        }
+        fs::write(d.host.join(format!("file{i}")), format!("file {i}")).unwrap();
+    }
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    assert_same(&d);
+    for i in 0..30 {
+        let dir = d.host.join(format!("a{i}"));
+        match i % 5 {
+            0 => fs::remove_dir_all(&dir).unwrap(),
+            1 => fs::rename(&dir, d.host.join(format!("renamed{i}"))).unwrap(),
+            2 => {
+                // A folder becomes a file.
+                fs::remove_dir_all(&dir).unwrap();
+                fs::write(&dir, format!("now a file {i}")).unwrap();
+            }
+            _ => {
+                for j in 0..20 {
+                    fs::write(dir.join(format!("{j}")), format!("a {i} {j} v2")).unwrap();
+                }
+            }
+        }
+        // A file becomes a folder of files, below a new nested folder with its own mode.
+        let f = d.host.join(format!("file{i}"));
+        fs::remove_file(&f).unwrap();
+        fs::create_dir_all(f.join("x/y")).unwrap();
+        fs::set_permissions(f.join("x"), fs::Permissions::from_mode(0o750)).unwrap();
+        for j in 0..10 {
+            fs::write(f.join(format!("x/y/{j}")), format!("deep {i} {j}")).unwrap();
+        }
+    }
+    r.flush();
+    assert_same(&d);
+    let env = digest(&d.env);
+    assert_eq!(env.get("file3/x").map(|s| s.as_str()), Some("d 750"));
+    assert_eq!(
+        read(&d.env.join("file3/x/y/9")).as_deref(),
+        Some("deep 3 9")
+    );
+    assert_eq!(read(&d.env.join("a2")).as_deref(), Some("now a file 2"));
+    assert_eq!(read(&d.env.join("renamed1/4")).as_deref(), Some("a 1 4"));
+    assert_eq!(read(&d.env.join("a3/19")).as_deref(), Some("a 3 19 v2"));
+    assert!(!d.env.join("a0").exists() && !d.env.join("a1").exists());
+    assert!(
+        env.keys().all(|k| !k.contains("berth-")),
+        "no temp or conflict files"
+    );
+    r.stop();
+    // The base journal of that round made it to disk: a restart finds nothing to do.
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    assert_eq!(r.engine.status().applied, 0);
+    r.stop();
+}
+
+/// A burst on both sides, synchronized by the watchers alone (no flush): big batches have
+/// their entries looked up ahead by one thread per side, echoes of the engine's own writes
+/// included.
+#[test]
+fn burst_on_both_sides_converges_without_a_flush() {
+    let d = dirs();
+    fs::create_dir(d.host.join("h")).unwrap();
+    for i in 0..100 {
+        fs::write(d.host.join(format!("h/{i}")), format!("h {i}")).unwrap();
+    }
+    let r = Running::start(cfg(&d), &d.host, &d.env);
+    r.flush();
+    for i in 0..300 {
+        fs::write(d.host.join(format!("h/new{i}")), format!("new {i}")).unwrap();
+        if i < 100 {
+            if i % 2 == 0 {
+                fs::remove_file(d.env.join(format!("h/{i}"))).unwrap();
+            } else {
+                fs::write(d.env.join(format!("h/{i}")), format!("env {i}")).unwrap();
+            }
+        }
+    }
+    wait_for(
+        "both sides to converge",
+        || matches!((try_digest(&d.host), try_digest(&d.env)), (Ok(h), Ok(e)) if h == e),
+    );
+    assert_eq!(read(&d.env.join("h/new299")).as_deref(), Some("new 299"));
+    assert_eq!(read(&d.host.join("h/7")).as_deref(), Some("env 7"));
+    assert!(!d.host.join("h/8").exists());
     r.stop();
 }
 

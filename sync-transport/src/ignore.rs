@@ -119,17 +119,24 @@ impl IgnoreRules {
         }
         // Walk the path from the root down: a folder ignored by any .gitignore hides what is
         // below it; for the path itself the deepest .gitignore with an opinion decides.
-        let comps: Vec<&str> = rel.split('/').collect();
-        for depth in 1..=comps.len() {
-            let sub = comps[..depth].join("/");
-            let sub_is_dir = depth < comps.len() || is_dir;
+        // (Every scanned entry is checked: the prefixes are slices of `rel`, not new strings.)
+        if self.gitignores.is_empty() {
+            return false;
+        }
+        let ends = rel
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain(std::iter::once(rel.len()));
+        for end in ends {
+            let sub = &rel[..end];
+            let sub_is_dir = end < rel.len() || is_dir;
             let mut verdict = None;
             for (dir, (_, gi)) in &self.gitignores {
-                if !is_within(&sub, dir) || sub == *dir {
+                if !is_within(sub, dir) || sub == *dir {
                     continue;
                 }
                 let local = if dir.is_empty() {
-                    sub.as_str()
+                    sub
                 } else {
                     &sub[dir.len() + 1..]
                 };

@@ -35,6 +35,8 @@ pub struct LocalTransport {
     owner: Option<(u32, u32)>,
     poll_interval: Duration,
     counter: AtomicU64,
+    /// This process's id, part of every temporary name (asked once: `getpid` is a system call).
+    pid: u32,
 }
 
 impl LocalTransport {
@@ -59,6 +61,7 @@ impl LocalTransport {
             owner: None,
             poll_interval: Duration::from_millis(500),
             counter: AtomicU64::new(0),
+            pid: std::process::id(),
         })
     }
 
@@ -148,7 +151,7 @@ impl LocalTransport {
 
     fn temp_name(&self, name: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let suffix = format!("{TEMP_MARKER}{}-{n}", std::process::id());
+        let suffix = format!("{TEMP_MARKER}{}-{n}", self.pid);
         // Keep within NAME_MAX (255 bytes).
         let keep = name
             .char_indices()

@@ -3,11 +3,18 @@
 //! three-way merge in [`super::reconcile`].
 //!
 //! On disk, in the sync's state folder: `base.json` (a snapshot, written with
-//! [`crate::state::atomic_write`]) plus `base.journal`, one JSON line per change appended
-//! right after the change was made on disk. A `kill -9` therefore loses at most the line being
-//! written (an unparsable last line is skipped); replaying the journal over the snapshot is
-//! idempotent, so a crash between writing a new snapshot and truncating the journal is harmless.
-//! The journal is folded into the snapshot when it grows long and when the engine stops.
+//! [`crate::state::atomic_write`]) plus `base.journal`, one JSON line per change. Lines are
+//! collected in memory while a round of changes is applied and appended with one `write` at
+//! the end of the round ([`BaseStore::write_journal`]; also whenever 64 KiB are pending), so a
+//! 10,000-file round costs a few dozen writes instead of 10,000. A `kill -9` therefore loses
+//! the lines of the round under way (and a torn last line, which is skipped): for those paths
+//! the base is the one before the round, and the restart's three-way merge finds both sides
+//! equal and records them (comparing hashes when only mtimes tell them apart) — nothing is
+//! copied back or lost. Replaying the journal over the snapshot is idempotent, so a crash
+//! between writing a new snapshot and truncating the journal is harmless. The journal is
+//! folded into the snapshot when it grows long and when the engine stops. Neither the journal
+//! nor synchronized files are `fsync`ed (like `rsync`): after a power loss the restart merges
+//! whatever the disk kept, as after an edit made while the engine was stopped.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -104,8 +111,13 @@ pub struct BaseStore {
     journal_path: PathBuf,
     entries: BTreeMap<String, BaseEntry>,
     journal: File,
+    /// Journal lines not yet written to `journal`.
+    pending: Vec<u8>,
     journal_lines: usize,
 }
+
+/// Pending journal bytes that trigger a write before the end of the round.
+const PENDING_MAX: usize = 64 * 1024;
 
 impl BaseStore {
     /// Loads the base from `dir` (empty when there is none yet) and compacts it.
@@ -144,6 +156,7 @@ impl BaseStore {
             journal_path,
             entries,
             journal,
+            pending: Vec::new(),
             journal_lines: 0,
         };
         store.compact()?;
@@ -176,8 +189,8 @@ impl BaseStore {
         self.entries.range(lo..hi).map(|(k, _)| k.clone()).collect()
     }
 
-    /// Records the new base of `rel` (`None`: the path is gone on both sides) and appends it
-    /// to the journal.
+    /// Records the new base of `rel` (`None`: the path is gone on both sides) and adds it to
+    /// the journal lines written by the next [`Self::write_journal`].
     pub fn set(&mut self, rel: &str, entry: Option<BaseEntry>) -> Result<(), StateError> {
         if self.entries.get(rel) == entry.as_ref() {
             return Ok(());
@@ -191,21 +204,34 @@ impl BaseStore {
             source: io::Error::other(e),
         })?;
         line.push(b'\n');
-        self.journal
-            .write_all(&line)
-            .map_err(|source| StateError::Write {
-                path: self.journal_path.clone(),
-                source,
-            })?;
+        self.pending.extend_from_slice(&line);
         self.journal_lines += 1;
         match entry {
             Some(e) => self.entries.insert(rel.to_string(), e),
             None => self.entries.remove(rel),
         };
+        if self.pending.len() >= PENDING_MAX {
+            self.write_journal()?;
+        }
         if self.journal_lines >= COMPACT_AFTER {
             self.compact()?;
         }
         Ok(())
+    }
+
+    /// Appends the pending journal lines to the journal file (no `fsync`: the page cache
+    /// survives the engine being killed).
+    pub fn write_journal(&mut self) -> Result<(), StateError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let r = self.journal.write_all(&self.pending);
+        // Dropped on failure too: the next snapshot (compaction) holds what they say.
+        self.pending.clear();
+        r.map_err(|source| StateError::Write {
+            path: self.journal_path.clone(),
+            source,
+        })
     }
 
     /// Writes a fresh snapshot and empties the journal.
@@ -219,6 +245,8 @@ impl BaseStore {
             source: io::Error::other(e),
         })?;
         state::atomic_write(&self.snapshot, &bytes)?;
+        // The snapshot holds what the pending lines say.
+        self.pending.clear();
         self.journal
             .set_len(0)
             .map_err(|source| StateError::Write {
@@ -227,6 +255,12 @@ impl BaseStore {
             })?;
         self.journal_lines = 0;
         Ok(())
+    }
+}
+
+impl Drop for BaseStore {
+    fn drop(&mut self) {
+        let _ = self.write_journal();
     }
 }
 
@@ -294,6 +328,38 @@ mod tests {
             0,
             "compacted on open"
         );
+    }
+
+    #[test]
+    fn journal_lines_are_written_per_round_and_when_many_are_pending() {
+        let d = tempfile::tempdir().unwrap();
+        let journal = d.path().join("base.journal");
+        let mut s = BaseStore::open(d.path()).unwrap();
+        s.set("a", Some(be(1))).unwrap();
+        s.set("b", Some(be(2))).unwrap();
+        assert_eq!(
+            fs::metadata(&journal).unwrap().len(),
+            0,
+            "pending in memory"
+        );
+        s.write_journal().unwrap();
+        s.set("c", Some(be(3))).unwrap();
+        // Killed before the end of the round: its lines are lost, the earlier ones kept.
+        std::mem::forget(s);
+        let s = BaseStore::open(d.path()).unwrap();
+        assert_eq!(s.get("a"), Some(&be(1)));
+        assert_eq!(s.get("b"), Some(&be(2)));
+        assert_eq!(s.get("c"), None);
+        drop(s);
+        // A long round writes as it goes.
+        let mut s = BaseStore::open(d.path()).unwrap();
+        for i in 0..PENDING_MAX / 50 {
+            s.set(&format!("many/{i}"), Some(be(i as u64))).unwrap();
+        }
+        assert!(fs::metadata(&journal).unwrap().len() > 0);
+        std::mem::forget(s);
+        let s = BaseStore::open(d.path()).unwrap();
+        assert!(s.get("many/0").is_some());
     }
 
     #[test]

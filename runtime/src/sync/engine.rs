@@ -1,11 +1,14 @@
 //! The sync engine: an initial three-way reconcile of both sides against the persisted base,
 //! then continuous sync of what the watchers report, until a stop flag is set.
 //!
-//! One thread does all the work (no two operations on one path ever race inside the engine);
-//! watchers feed it through a channel. Each batch of dirty paths is looked at on both sides,
-//! decided by [`super::reconcile::decide`] and applied in two phases: removals deepest-first,
-//! then creations and updates parents-first. Every applied change is journaled in the base at
-//! once, so a `kill -9` at any point leaves a base that a restart merges correctly.
+//! One thread decides everything (no two operations on one path ever race inside the engine);
+//! watchers feed it through a channel. Each batch of dirty paths is looked at on both sides
+//! (big batches: one lookup thread per side), decided by [`super::reconcile::decide`] and
+//! applied in three phases: removals deepest-first; folders, symlinks and modes parents-first;
+//! then the file copies, by a few threads that each take whole folders. Every applied change
+//! is recorded in the base, and the round's journal lines are written when it ends, so a
+//! `kill -9` at any point leaves a base that a restart merges correctly (changes of the round
+//! cut short are found equal on both sides and recorded again).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Read as _;
@@ -157,6 +160,8 @@ impl SyncEngine {
 const MAX_FLUSH_PASSES: usize = 20;
 /// Runs of at least this many file copies are copied by several threads.
 const PARALLEL_COPIES_FROM: usize = 8;
+/// Batches of at least this many paths have both sides' entries looked up by two threads.
+const PREFETCH_FROM: usize = 64;
 /// How long after a failed path everything is looked at again.
 const FAILURE_RETRY: Duration = Duration::from_secs(5);
 /// Remembered writes for echo suppression before the memory is cleared.
@@ -272,7 +277,11 @@ impl<'a> Worker<'a> {
         let w = self.side(side).watch(sink, force_poll)?;
         if let Some(reason) = &w.polling {
             let reason = reason.clone();
-            self.update_status(true, |s| s.polling = Some(reason));
+            // Keep a reason already given (the other side's watch limit, say): "polling
+            // requested" after a failure would hide the message naming the sysctl.
+            self.update_status(true, |s| {
+                s.polling.get_or_insert(reason);
+            });
         }
         self.watchers[idx(side)] = Some(w);
         Ok(())
@@ -338,7 +347,7 @@ impl<'a> Worker<'a> {
                 }
             }
             if !waiters.is_empty() || requested.is_some() {
-                let r = self.flush_passes(stop);
+                let r = self.flush_passes(rx, &mut waiters, stop);
                 let mut failed_request = None;
                 if let Some(n) = requested {
                     match &r {
@@ -415,9 +424,19 @@ impl<'a> Worker<'a> {
     }
 
     /// Full passes until one finds nothing to do: both sides are then identical.
-    fn flush_passes(&mut self, stop: &AtomicBool) -> Result<(), String> {
+    /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
+    /// after them).
+    fn flush_passes(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
         for _ in 0..MAX_FLUSH_PASSES {
             self.update_status(true, |s| s.state = SyncState::Scanning);
+            if let Err(e) = self.drop_covered_events(rx, waiters) {
+                return Err(e.to_string());
+            }
             match self.full_pass(stop) {
                 Ok(p) if p.applied == 0 && p.retries == 0 => {
                     return match p.failure {
@@ -435,6 +454,31 @@ impl<'a> Worker<'a> {
         Err(format!(
             "changes kept arriving during {MAX_FLUSH_PASSES} complete passes"
         ))
+    }
+
+    /// Before a full pass: takes every message already received and forgets the paths
+    /// waiting for a batch. They describe changes made before the scan about to start, which
+    /// sees their result; without this, a flush after a big burst would be followed by a
+    /// batch re-reading every path of the burst (and of the engine's own writes) once more.
+    /// Events still to come (changes made during the pass) are kept, as always.
+    fn drop_covered_events(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Watch(side, ev) => self.on_event(side, ev)?,
+                Msg::Flush(r) => waiters.push(r),
+            }
+        }
+        let dropped = self.dirty.take();
+        trace(format_args!(
+            "full pass covers {} waiting paths{}",
+            dropped.paths.len(),
+            if dropped.rescan { " and a rescan" } else { "" }
+        ));
+        Ok(())
     }
 
     fn rebuild_rules(&mut self) -> bool {
@@ -462,13 +506,24 @@ impl<'a> Worker<'a> {
     }
 
     fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
+        let t = Instant::now();
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();
         let mut unreadable = Vec::new();
         // One scan per side: each scanner applies its own side's .gitignore files as it
-        // descends; what only the other side's rules ignore is filtered out below.
-        for side in [Side::Host, Side::Env] {
-            let scan = self.side(side).scan("", &self.rules)?;
+        // descends; what only the other side's rules ignore is filtered out below. Both run
+        // at once (each mostly waits for its own side's filesystem or channel).
+        let scans = {
+            let (host, env, rules) = (&self.engine.host, &self.engine.env, &self.rules);
+            std::thread::scope(|s| {
+                let h = s.spawn(|| host.scan("", rules));
+                let e = env.scan("", rules);
+                let h = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                [h, e]
+            })
+        };
+        for (side, scan) in [Side::Host, Side::Env].into_iter().zip(scans) {
+            let scan = scan?;
             if self.first_pass {
                 for rel in &scan.leftovers {
                     // We hold the engine lock: temp files are from a killed engine.
@@ -493,6 +548,10 @@ impl<'a> Worker<'a> {
             trees[idx(side)] = scan.entries;
         }
         self.rebuild_rules();
+        trace(format_args!(
+            "full pass: both sides scanned in {:?}",
+            t.elapsed()
+        ));
         skipped.truncate(100);
         self.update_status(false, |s| s.skipped = skipped);
         let mut paths: BTreeSet<String> = trees[0].keys().cloned().collect();
@@ -500,6 +559,11 @@ impl<'a> Worker<'a> {
         paths.extend(self.base.entries().keys().cloned());
         let paths = self.filter_ignored(paths, &trees);
         let paths = without_unknown(paths, &unreadable);
+        trace(format_args!(
+            "full pass: {} paths to decide after {:?}",
+            paths.len(),
+            t.elapsed()
+        ));
         let [mut host, mut env] = trees;
         let (result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
         let now = Instant::now();
@@ -558,19 +622,22 @@ impl<'a> Worker<'a> {
         // Deep paths first, shortest first, so their subtrees cover the rest.
         let mut order: Vec<(String, DirtyPath)> = batch.paths.into_iter().collect();
         order.sort_by_key(|(p, d)| (!d.deep, p.len()));
+        let mut pre = self.prefetch_stats(&order);
         for (rel, dp) in order {
             if covered(&rel, &scanned) {
                 continue;
             }
-            if self.is_echo(&rel, dp) {
+            if self.is_echo(&rel, dp, &pre) {
                 continue;
             }
             let mut deep = dp.deep;
             if file_name(&rel) == ".gitignore" {
                 gitignore_dirs.insert(parent(&rel).to_string());
             }
-            let (Some(h), Some(e)) = (self.look(Side::Host, &rel), self.look(Side::Env, &rel))
-            else {
+            let (Some(h), Some(e)) = (
+                self.look(Side::Host, &rel, &mut pre),
+                self.look(Side::Env, &rel, &mut pre),
+            ) else {
                 continue; // could not be read: unknown, not deleted; the error is in the status
             };
             let is_dir = |x: &Option<Entry>| x.as_ref().map(|e| e.kind) == Some(EntryKind::Dir);
@@ -641,8 +708,12 @@ impl<'a> Worker<'a> {
     /// `stat` of one side for reconciling: `Some(None)` when the path is not in the tree
     /// (missing, or behind a symlink). `None` (error recorded) when the side could not be
     /// read: the path's state is then unknown and must not be taken for a deletion.
-    fn look(&mut self, side: Side, rel: &str) -> Option<Option<Entry>> {
-        match self.side(side).stat(rel) {
+    fn look(&mut self, side: Side, rel: &str, pre: &mut Prefetched) -> Option<Option<Entry>> {
+        let stat = match pre[idx(side)].remove(rel) {
+            Some(r) => r,
+            None => self.side(side).stat(rel),
+        };
+        match stat {
             Ok(e) => Some(e),
             Err(TransportError::Escapes { .. }) => Some(None),
             Err(e) => {
@@ -656,22 +727,68 @@ impl<'a> Worker<'a> {
     /// Whether the events for `rel` are only the echo of the engine's own write: reported by
     /// the side it wrote, which still holds exactly what was written. Folders are never
     /// treated as echoes (something may have been created inside before it was watched).
-    fn is_echo(&mut self, rel: &str, dp: DirtyPath) -> bool {
+    fn is_echo(&mut self, rel: &str, dp: DirtyPath, pre: &Prefetched) -> bool {
         let Some((side, expected)) = self.echo.get(rel) else {
             return false;
         };
         let side = *side;
         let is_echo = dp.only_side() == Some(side)
             && expected.as_ref().map(|e| e.kind) != Some(EntryKind::Dir)
-            && match (self.side(side).stat(rel), expected) {
-                (Ok(None), None) => true,
-                (Ok(Some(now)), Some(exp)) => now.same_state(exp),
-                _ => false,
+            && match pre[idx(side)].get(rel) {
+                Some(Ok(now)) => same_or_both_missing(now.as_ref(), expected.as_ref()),
+                Some(Err(_)) => false,
+                None => match self.side(side).stat(rel) {
+                    Ok(now) => same_or_both_missing(now.as_ref(), expected.as_ref()),
+                    Err(_) => false,
+                },
             };
         if !is_echo {
             self.echo.remove(rel);
         }
         is_echo
+    }
+
+    /// For a big batch, the `stat` of both sides of every path not below a deep path (those
+    /// are usually covered by a scan of that folder), taken by one thread per side at once;
+    /// for a likely echo of the engine's own write, only of the side it wrote. Small batches
+    /// (a single save) are looked at path by path.
+    fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
+        if order.len() < PREFETCH_FROM {
+            return [HashMap::new(), HashMap::new()];
+        }
+        let deep: HashSet<String> = order
+            .iter()
+            .filter(|(_, d)| d.deep)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let mut todo: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+        for (p, d) in order {
+            if d.deep || covered(p, &deep) {
+                continue;
+            }
+            let echo_side = self
+                .echo
+                .get(p)
+                .map(|(side, _)| *side)
+                .filter(|side| d.only_side() == Some(*side));
+            for side in [Side::Host, Side::Env] {
+                if echo_side.is_none_or(|e| e == side) {
+                    todo[idx(side)].push(p.as_str());
+                }
+            }
+        }
+        let stat_all = |t: &Arc<dyn Transport>, paths: &[&str]| {
+            paths
+                .iter()
+                .map(|p| (p.to_string(), t.stat(p)))
+                .collect::<HashMap<_, _>>()
+        };
+        let (host, env) = (&self.engine.host, &self.engine.env);
+        std::thread::scope(|s| {
+            let h = s.spawn(|| stat_all(host, &todo[0]));
+            let e = stat_all(env, &todo[1]);
+            [h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), e]
+        })
     }
 
     fn expect_echo(&mut self, side: Side, rel: &str, entry: Option<Entry>) {
@@ -800,44 +917,18 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-        // Phase 2: creations and updates (parents first), and base records. Runs of plain
-        // file copies (no folder created in between) are copied in parallel.
-        let todo: Vec<&(String, Decision)> = decisions
-            .iter()
-            .filter(|(p, _)| !blocked.contains(p))
-            .collect();
-        let mut i = 0;
-        while i < todo.len() {
+        // Phase 2: creations and updates (parents first) and base records. Plain file copies
+        // are collected and made afterwards, so that many of them run in parallel: their
+        // folders exist by then (created in this loop, in path order, with their modes).
+        let mut jobs = Vec::new();
+        for (p, d) in decisions.iter().filter(|(p, _)| !blocked.contains(p)) {
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let mut jobs = Vec::new();
-            while let Some((p, d)) = todo.get(i + jobs.len()) {
-                match self.copy_job(p, *d, host, env) {
-                    Some(job) => jobs.push(job),
-                    None => break,
-                }
-            }
-            if jobs.len() >= PARALLEL_COPIES_FROM {
-                i += jobs.len();
-                let results = self.copy_files(&jobs, stop);
-                for (job, r) in jobs.into_iter().zip(results) {
-                    match r {
-                        Ok((s, d)) => {
-                            applied += 1;
-                            self.record_put(job.from, &job.rel, s, d, host, env);
-                        }
-                        Err(e) => match self.transport_failure(e) {
-                            Outcome::Done => {}
-                            Outcome::Retry => retry.push(job.rel),
-                            Outcome::Failed(m) => failed = Some(m),
-                        },
-                    }
-                }
+            if let Some(job) = self.copy_job(p, *d, host, env) {
+                jobs.push(job);
                 continue;
             }
-            let (p, d) = todo[i];
-            i += 1;
             let outcome = match *d {
                 Decision::Record => {
                     let r = match (host.get(p), env.get(p)) {
@@ -869,6 +960,40 @@ impl<'a> Worker<'a> {
                 Outcome::Retry => retry.push(p.clone()),
                 Outcome::Failed(m) => failed = Some(m),
             }
+        }
+        // Phase 3: the file copies.
+        let results = if jobs.len() >= PARALLEL_COPIES_FROM {
+            self.copy_files(&jobs, stop)
+        } else {
+            let mut results = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (src, dst) = match job.from {
+                    Side::Host => (&self.engine.host, &self.engine.env),
+                    Side::Env => (&self.engine.env, &self.engine.host),
+                };
+                results.push(copy_file(&**src, &**dst, &job.rel, job.dst_expect.as_ref()));
+            }
+            results
+        };
+        for (job, r) in jobs.into_iter().zip(results) {
+            match r {
+                Ok((s, d)) => {
+                    applied += 1;
+                    self.record_put(job.from, &job.rel, s, d, host, env);
+                }
+                Err(e) => match self.transport_failure(e) {
+                    Outcome::Done => {}
+                    Outcome::Retry => retry.push(job.rel),
+                    Outcome::Failed(m) => failed = Some(m),
+                },
+            }
+        }
+        // Journal lines of this round reach the file before anything else is looked at.
+        if let Err(e) = self.base.write_journal() {
+            failed = Some(e.to_string());
         }
         if failed.is_some() && self.rescan_at.is_none() {
             self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
@@ -981,29 +1106,34 @@ impl<'a> Worker<'a> {
             && src.mode != dst.mode
     }
 
-    /// Copies a batch of files with a few threads (they are independent: no folder is
-    /// created between them). Results come back in order; a job not run because `stop` was
-    /// set reports `Changed` (looked at again later).
+    /// Copies a batch of files with a few threads (they are independent: their folders
+    /// exist). Each thread takes all the files of one folder at a time ([`folder_groups`]).
+    /// Results come back in order; a job not run because `stop` was set reports `Changed`
+    /// (looked at again later).
     fn copy_files(&self, jobs: &[CopyJob], stop: &AtomicBool) -> Vec<CopyResult> {
         let host: &dyn Transport = &*self.engine.host;
         let env: &dyn Transport = &*self.engine.env;
+        let threads = copy_threads().min(jobs.len());
+        let groups = folder_groups(jobs, threads);
         let next = AtomicUsize::new(0);
         let slots: Vec<Mutex<Option<CopyResult>>> = jobs.iter().map(|_| Mutex::new(None)).collect();
-        let threads = copy_threads().min(jobs.len());
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| loop {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
+                    let g = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(group) = groups.get(g) else { break };
+                    for &k in group {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let job = &jobs[k];
+                        let (src, dst) = match job.from {
+                            Side::Host => (host, env),
+                            Side::Env => (env, host),
+                        };
+                        let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
+                        *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(k) else { break };
-                    let (src, dst) = match job.from {
-                        Side::Host => (host, env),
-                        Side::Env => (env, host),
-                    };
-                    let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
-                    *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                 });
             }
         });
@@ -1062,6 +1192,18 @@ impl<'a> Worker<'a> {
     }
 }
 
+/// Entries of a batch's paths looked up ahead, per side ([`Worker::prefetch_stats`]).
+type Prefetched = [HashMap<String, Result<Option<Entry>, TransportError>>; 2];
+
+/// Whether a path's entry now is the one expected (`None`: missing).
+fn same_or_both_missing(now: Option<&Entry>, expected: Option<&Entry>) -> bool {
+    match (now, expected) {
+        (None, None) => true,
+        (Some(n), Some(e)) => n.same_state(e),
+        _ => false,
+    }
+}
+
 /// The source entry copied (with its hash) and the entry written, or why not.
 type CopyResult = Result<(Entry, Entry), TransportError>;
 
@@ -1070,6 +1212,27 @@ struct CopyJob {
     from: Side,
     rel: String,
     dst_expect: Option<Entry>,
+}
+
+/// The jobs (indexes into `jobs`) grouped by folder, in order of first appearance, so that
+/// each copy thread works in a folder of its own: the kernel serializes creating and renaming
+/// entries of one folder on that folder's lock, and threads in the same folder spend their
+/// time waiting (spinning) for it. With fewer folders than `threads`, every job is a group of
+/// its own (sharing folders then still overlaps the reading and writing of contents).
+fn folder_groups(jobs: &[CopyJob], threads: usize) -> Vec<Vec<usize>> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (k, job) in jobs.iter().enumerate() {
+        let g = *index.entry(parent(&job.rel)).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(k);
+    }
+    if groups.len() < threads {
+        return (0..jobs.len()).map(|k| vec![k]).collect();
+    }
+    groups
 }
 
 /// Copy threads: the machine's parallelism, at most 4.
@@ -1205,6 +1368,28 @@ mod tests {
         assert!(!covered("a", &scanned));
         let all: HashSet<String> = ["".to_string()].into();
         assert!(covered("x/y", &all));
+    }
+
+    #[test]
+    fn copy_jobs_are_grouped_by_folder() {
+        let job = |rel: &str| CopyJob {
+            from: Side::Host,
+            rel: rel.to_string(),
+            dst_expect: None,
+        };
+        // Path order interleaves a folder's files with its subfolder's.
+        let jobs: Vec<CopyJob> = ["a/1", "a/b/1", "a/b/2", "a/c", "top", "z/1", "a/d"]
+            .into_iter()
+            .map(job)
+            .collect();
+        assert_eq!(
+            folder_groups(&jobs, 2),
+            vec![vec![0, 3, 6], vec![1, 2], vec![4], vec![5]]
+        );
+        // Fewer folders than threads: one job per group.
+        let jobs: Vec<CopyJob> = ["a/1", "a/2", "a/3"].into_iter().map(job).collect();
+        assert_eq!(folder_groups(&jobs, 2), vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(folder_groups(&jobs, 1), vec![vec![0, 1, 2]]);
     }
 
     #[test]
