@@ -349,7 +349,15 @@ impl Environments {
                             .or_insert_with(|| v.to_string());
                     }
                 }
+                // `on_up` runs once the synced folders are in (as for containers).
+                let on_up = if live_sync::sync_mounts(&record).is_empty() {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut spec.on_up)
+                };
                 let st = self.vms.start(&spec)?;
+                live_sync::start(&self.home, &record)?;
+                self.vms.run_on_up(dir, &on_up)?;
                 st.process.map(|p| p.pid)
             }
         };

@@ -28,13 +28,14 @@ pub mod reconcile;
 pub mod status;
 pub mod watch;
 
-pub use berth_sync_transport::{ignore, local, transport, tree};
+pub use berth_sync_transport::{delta, ignore, local, remote, transport, tree, wire};
 
 use std::path::PathBuf;
 
 pub use base::Side;
 pub use engine::{SyncConfig, SyncEngine};
 pub use local::LocalTransport;
+pub use remote::RemoteTransport;
 pub use status::{read_status, request_flush, SyncState, SyncStatus};
 pub use transport::Transport;
 pub use watch::Debounce;

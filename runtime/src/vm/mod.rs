@@ -11,6 +11,7 @@ pub mod qemu;
 pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
+pub mod sync_channel;
 pub mod vmm;
 pub mod vmm_process;
 
