@@ -261,13 +261,10 @@ fn serve_vm(env_dir: &Path, record: &EnvRecord, home: &BerthHome) -> Result<(), 
                 .map_err(|e| e.to_string())?
                 .with_owner(host_meta.uid(), host_meta.gid()),
         );
-        let env = RemoteTransport::connect(
-            &format!("env {}", m.target),
-            stream.reader,
-            stream.writer,
-        )
-        .map_err(|e| format!("{}: {e}", m.target))?
-        .with_basis(host.clone());
+        let env =
+            RemoteTransport::connect(&format!("env {}", m.target), stream.reader, stream.writer)
+                .map_err(|e| format!("{}: {e}", m.target))?
+                .with_basis(host.clone());
         let config = SyncConfig::for_mount(m, sync::state_dir(home, &record.env_id, i));
         let engine = SyncEngine::new(config, host, Arc::new(env));
         let stop = stop.clone();
@@ -293,7 +290,10 @@ fn serve_vm(env_dir: &Path, record: &EnvRecord, home: &BerthHome) -> Result<(), 
         let _ = w.join();
     }
     if !TERMINATE.load(Ordering::SeqCst) {
-        return Err("the VM or its agent connection went away; the next `berth up` restarts the sync".into());
+        return Err(
+            "the VM or its agent connection went away; the next `berth up` restarts the sync"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ pub mod reconcile;
 pub mod status;
 pub mod watch;
 
-pub use berth_sync_transport::{delta, ignore, local, remote, transport, tree, wire};
+pub use berth_sync_transport::{delta, ignore, local, remote, serve, transport, tree, wire};
 
 use std::path::PathBuf;
 

@@ -191,7 +191,14 @@ mod tests {
         };
         assert_eq!(
             serve_argv(&f),
-            ["/proc/1/exe", "sync-serve", "--root", "/work", "--owner", "0:0"]
+            [
+                "/proc/1/exe",
+                "sync-serve",
+                "--root",
+                "/work",
+                "--owner",
+                "0:0"
+            ]
         );
         let f = GuestFolder {
             target: "/src".into(),
