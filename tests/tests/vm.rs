@@ -95,7 +95,7 @@ impl Vm<'_> {
         out
     }
 
-    /// The guests' console logs, for failure messages.
+    /// The guests' console logs and the sync processes' logs, for failure messages.
     fn consoles(&self) -> String {
         let mut all = String::new();
         for e in std::fs::read_dir(self.berth.home.path().join("envs"))
@@ -103,9 +103,11 @@ impl Vm<'_> {
             .flatten()
             .flatten()
         {
-            let log = e.path().join("logs/console.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+            for name in ["console.log", "sync.log"] {
+                let log = e.path().join("logs").join(name);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+            }
         }
         all
     }
@@ -475,6 +477,22 @@ exit [lindex $result 3]
     let out = vm.ok(&["up"]);
     assert!(out.contains("is up to date"), "{out}");
     assert_eq!(vm.status()["pid"].as_i64(), Some(pid));
+    // kill -9 of the sync process: the next `up` (nothing else changed) restarts it, and it
+    // catches up with what changed meanwhile.
+    // SAFETY: SIGKILL to the sync process this test's `up` started.
+    unsafe { libc::kill(first_sync as i32, libc::SIGKILL) };
+    assert!(wait_gone(first_sync));
+    std::fs::write(src.join("while-killed.txt"), "sync was down\n").unwrap();
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success() && out.contains("is up to date"), "{out}\n{err}");
+    assert!(err.contains("sync process was not running"), "{err}");
+    vm.ok(&["sync", "--flush"]);
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/while-killed.txt"]),
+        "sync was down\n"
+    );
+    let first_sync = sync_pid(&sync_json().expect("sync.json after the restart"));
     vm.ok(&["exec", "--", "sh", "-c", "echo kept > /root/state; sync"]);
 
     // kill -9 of qemu: status says dead, exec says not running, up recovers with the disk.

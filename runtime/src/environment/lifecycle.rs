@@ -231,6 +231,12 @@ impl Environments {
                 && !opts.rebuild
                 && !opts.update
             {
+                let mut notices = Vec::new();
+                if live_sync::ensure(&self.home, prev)? {
+                    notices.push(
+                        "the sync process was not running; it was restarted and caught up".into(),
+                    );
+                }
                 return Ok(UpReport {
                     network: self.network_record(&env_id),
                     env_id,
@@ -239,7 +245,7 @@ impl Environments {
                     pid: current.pid,
                     elapsed: t0.elapsed(),
                     image_elapsed: Duration::ZERO,
-                    notices: Vec::new(),
+                    notices,
                 });
             }
         }

@@ -123,6 +123,21 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
     Ok(())
 }
 
+/// Whether the environment's sync process runs.
+pub fn running(env_dir: &Path) -> bool {
+    matches!(read_json::<SyncProcessRecord>(&env_dir.join(RECORD)), Ok(Some(r)) if r.process.alive())
+}
+
+/// Restarts the sync process of a running environment when it is gone (killed, or it ended
+/// with its VM's connection); returns whether it had to. Its base makes it converge.
+pub fn ensure(home: &BerthHome, record: &EnvRecord) -> Result<bool, EnvError> {
+    if sync_mounts(record).is_empty() || running(&home.env_dir(&record.env_id)) {
+        return Ok(false);
+    }
+    start(home, record)?;
+    Ok(true)
+}
+
 /// Stops the environment's sync process, if one runs (SIGTERM, then SIGKILL after 5 s).
 pub fn stop(env_dir: &Path) {
     let path = env_dir.join(RECORD);
