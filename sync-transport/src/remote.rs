@@ -368,7 +368,7 @@ impl RemoteTransport {
                 rel,
             )
         })();
-        let r = sent.and_then(|()| Ok(sh.recv_msg(&rx, rel)));
+        let r = sent.map(|()| sh.recv_msg(&rx, rel));
         sh.unregister(id);
         let answer = r?;
         if let Some(e) = read_error {

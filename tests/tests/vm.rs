@@ -485,7 +485,10 @@ exit [lindex $result 3]
     std::fs::write(src.join("while-killed.txt"), "sync was down\n").unwrap();
     let o = vm.run(&["up"]);
     let (out, err) = text(&o);
-    assert!(o.status.success() && out.contains("is up to date"), "{out}\n{err}");
+    assert!(
+        o.status.success() && out.contains("is up to date"),
+        "{out}\n{err}"
+    );
     assert!(err.contains("sync process was not running"), "{err}");
     vm.ok(&["sync", "--flush"]);
     assert_eq!(
