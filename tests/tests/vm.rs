@@ -405,6 +405,13 @@ fn vm_environment_through_the_cli() {
         "guest.o\n",
         "ignored file copied into the guest"
     );
+    // `berth status` and `berth sync` show the mount as for a container.
+    let human = vm.ok(&["status"]);
+    assert!(human.contains(" ⇄ /work: "), "{human}");
+    assert!(
+        vm.ok(&["sync"]).contains(" ⇄ /work: watching"),
+        "sync state"
+    );
     let sync_json = || std::fs::read_to_string(env_dir.join("sync.json")).ok();
     let sync_pid = |j: &str| -> i64 {
         let v: serde_json::Value = serde_json::from_str(j).unwrap();
@@ -487,7 +494,8 @@ exit [lindex $result 3]
     let (out, err) = text(&o);
     assert!(
         o.status.success() && out.contains("is up to date"),
-        "{out}\n{err}"
+        "{out}\n{err}\n{}",
+        vm.consoles()
     );
     assert!(err.contains("sync process was not running"), "{err}");
     vm.ok(&["sync", "--flush"]);

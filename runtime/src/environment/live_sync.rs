@@ -263,23 +263,24 @@ fn serve_vm(env_dir: &Path, record: &EnvRecord, home: &BerthHome) -> Result<(), 
             owner: Some((0, 0)),
         })
         .collect();
-    let conn = vms.connect(env_dir).map_err(|e| e.to_string())?;
-    let (streams, alive) = open_streams(conn, &folders).map_err(|e| e.to_string())?;
+    // A channel just given up by a previous sync process (killed) may still be reset by the
+    // agent while we connect: a failed start is tried again on a fresh connection.
+    let mut attempt = 0;
+    let (remotes, alive) = loop {
+        attempt += 1;
+        match connect_remotes(&vms, env_dir, record, &mounts, &folders) {
+            Ok(r) => break r,
+            Err(e) if attempt < 5 && !TERMINATE.load(Ordering::SeqCst) => {
+                eprintln!("berth sync: connecting to the VM failed ({e}); trying again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
-    for (&i, stream) in mounts.iter().zip(streams) {
+    for (&i, (host, env)) in mounts.iter().zip(remotes) {
         let m = &record.plan.mounts[i];
-        let source = m.source.clone().ok_or("a synced mount has no source")?;
-        let host_meta = fs::metadata(&source).map_err(|e| format!("{source}: {e}"))?;
-        let host: Arc<dyn Transport> = Arc::new(
-            LocalTransport::open("host", &source)
-                .map_err(|e| e.to_string())?
-                .with_owner(host_meta.uid(), host_meta.gid()),
-        );
-        let env =
-            RemoteTransport::connect(&format!("env {}", m.target), stream.reader, stream.writer)
-                .map_err(|e| format!("{}: {e}", m.target))?
-                .with_basis(host.clone());
         let config = SyncConfig::for_mount(m, sync::state_dir(home, &record.env_id, i));
         let engine = SyncEngine::new(config, host, Arc::new(env));
         let stop = stop.clone();
@@ -311,4 +312,34 @@ fn serve_vm(env_dir: &Path, record: &EnvRecord, home: &BerthHome) -> Result<(), 
         );
     }
     Ok(())
+}
+
+/// The host and guest transports of every mount, over one new agent connection.
+#[allow(clippy::type_complexity)]
+fn connect_remotes(
+    vms: &VmBackend,
+    env_dir: &Path,
+    record: &EnvRecord,
+    mounts: &[usize],
+    folders: &[GuestFolder],
+) -> Result<(Vec<(Arc<dyn Transport>, RemoteTransport)>, Arc<AtomicBool>), String> {
+    let conn = vms.connect(env_dir).map_err(|e| e.to_string())?;
+    let (streams, alive) = open_streams(conn, folders).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (&i, stream) in mounts.iter().zip(streams) {
+        let m = &record.plan.mounts[i];
+        let source = m.source.clone().ok_or("a synced mount has no source")?;
+        let host_meta = fs::metadata(&source).map_err(|e| format!("{source}: {e}"))?;
+        let host: Arc<dyn Transport> = Arc::new(
+            LocalTransport::open("host", &source)
+                .map_err(|e| e.to_string())?
+                .with_owner(host_meta.uid(), host_meta.gid()),
+        );
+        let env =
+            RemoteTransport::connect(&format!("env {}", m.target), stream.reader, stream.writer)
+                .map_err(|e| format!("{}: {e}", m.target))?
+                .with_basis(host.clone());
+        out.push((host, env));
+    }
+    Ok((out, alive))
 }
