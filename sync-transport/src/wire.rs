@@ -540,6 +540,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any byte string decodes to frames or a clean error, and whatever a stream of
+        /// frames was cut or corrupted into never panics the reader.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let mut r = &bytes[..];
+            for _ in 0..64 {
+                match read_frame(&mut r) {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+
+        #[test]
+        fn data_frames_round_trip(id in proptest::num::u32::ANY, data in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let mut v = Vec::new();
+            write_data(&mut v, id, &data).unwrap();
+            let (f, n) = read_frame(&mut &v[..]).unwrap().unwrap();
+            proptest::prop_assert_eq!(n, v.len());
+            proptest::prop_assert_eq!(f, Frame::Data { id, data });
+        }
+    }
+
     #[test]
     fn errors_keep_their_kind() {
         let cases = [
