@@ -4,6 +4,9 @@
 # here; KVM on hardware-KVM hosts) and berth's own VMM: booting Linux only with
 # BERTH_TEST_KVM_BOOT=1 on a host with hardware KVM, else with an idle tiny guest. Never boots
 # a kernel through KVM on kvm_pvm (berth refuses).
+# Then live sync over the agent channel (qemu): round trip of a file written on the host,
+# seen by a guest loop that answers with a file of its own, seen back on the host (p50/p95
+# over SYNC_EDITS edits, default 50); host -> guest visibility is about half of it.
 #
 #   bench/vm.sh [RUNS]            default 3 runs per provider
 #   BERTH_BENCH_KERNEL=debian:linux-image-cloud-amd64 (default) or a kernel path
@@ -17,6 +20,8 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/agent-static \
   cargo build -q --release -p berth-agent --target x86_64-unknown-linux-gnu
 AGENT=$PWD/target/agent-static/x86_64-unknown-linux-gnu/release/berth-agent
 cargo build -q --release -p berth-runtime --example vm_up_down --example vmm_overhead --bin berth-vmm
+cargo build -q --release -p berth-cli
+BERTH=$PWD/target/release/berth
 DRIVER=$PWD/target/release/examples/vm_up_down
 export BERTH_VMM_EXE=$PWD/target/release/berth-vmm
 
@@ -90,3 +95,38 @@ echo "== memory of the VMM process, KiB (medians of $RUNS runs)"
 printf '  %-44s %9s %11s %9s\n' "" "RSS" "guest RAM" "overhead"
 printf '%s\n' "${MEMORY[@]}"
 echo "  overhead = RSS minus the resident pages of the guest RAM mapping; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Live sync over the agent channel: ping-N written on the host; a guest loop waits for it
+# (polling every 0.5 ms) and writes pong-N; the host waits for pong-N (polling every 1 ms).
+sync_latency() {
+  local proj="$WORK/syncproj" home="$WORK/home-sync" n=${SYNC_EDITS:-50}
+  mkdir -p "$proj/src" "$home"; ln -sfn "$CACHE" "$home/kernels"
+  cp -a "$WORK/rootfs" "$proj/rootfs"
+  printf '%s\n' 'name = "sync-bench"' 'backend = "vm"' '[image]' 'from = "rootfs:./rootfs"' \
+    '[vm]' "kernel = \"$KERNEL\"" 'vmm = "qemu"' 'memory = "256MiB"' 'vcpus = 1' \
+    '[[mounts]]' 'source = "./src"' 'target = "/work"' 'type = "sync"' > "$proj/berth.toml"
+  (
+    cd "$proj"
+    export BERTH_HOME="$home" BERTH_AGENT="$AGENT"
+    "$BERTH" up > /dev/null 2>&1
+    "$BERTH" exec -- sh -c "i=1; while [ \$i -le $n ]; do while [ ! -e /work/ping-\$i ]; do usleep 500; done; echo > /work/pong-\$i; i=\$((i+1)); done" &
+    responder=$!
+    sleep 2   # the guest loop is running
+    : > "$WORK/rtt"
+    for i in $(seq "$n"); do
+      t0=$(date +%s%N)
+      echo "$i" > "src/ping-$i"
+      while [ ! -e "src/pong-$i" ]; do sleep 0.001; done
+      t1=$(date +%s%N)
+      echo $(( (t1 - t0) / 1000 )) >> "$WORK/rtt"
+    done
+    wait "$responder"
+    "$BERTH" down > /dev/null
+  )
+  rm -rf "$home"
+  local p50 p95
+  p50=$(sort -n "$WORK/rtt" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+  p95=$(sort -n "$WORK/rtt" | awk '{a[NR]=$1} END {i=int(NR*0.95+0.5); if (i<1) i=1; print a[i]}')
+  echo "== live sync over the agent channel (qemu $(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1), $n edits): round trip host -> guest -> host p50 $((p50 / 1000)).$(( (p50 % 1000) / 100 )) ms, p95 $((p95 / 1000)).$(( (p95 % 1000) / 100 )) ms (host -> guest visibility is about half)"
+}
+sync_latency

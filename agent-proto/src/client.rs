@@ -284,6 +284,12 @@ impl Client {
         }
     }
 
+    /// The next frame of any session, waiting as long as it takes: for callers that run
+    /// several sessions on one connection and route their output themselves.
+    pub fn next_frame(&mut self) -> Result<Frame, ClientError> {
+        self.recv(None, "frame")
+    }
+
     /// Runs `argv` without input and collects its output.
     pub fn run(&mut self, argv: &[&str]) -> Result<Output, ClientError> {
         let h = self.start(Exec {

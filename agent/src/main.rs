@@ -3,13 +3,16 @@
 //! As PID 1 of the initramfs it mounts the basics, loads the kernel modules berth packed
 //! (`/berth/modules`), mounts the root disk and switches into it, then serves the control
 //! channel (virtio-serial port `berth.0`, else `/dev/hvc0`). With `--serve-fd N` it serves an
-//! already-open stream instead (used by tests on the host).
+//! already-open stream instead (used by tests on the host). `sync-serve --root DIR` serves
+//! a synced folder over stdin/stdout (started by the host as an exec session of
+//! `/proc/1/exe`; see `sync_serve`).
 
 mod channel;
 mod init;
 mod net;
 mod serve;
 mod session;
+mod sync_serve;
 mod sys;
 mod users;
 
@@ -17,6 +20,9 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(|s| s.as_str()) == Some("sync-serve") {
+        std::process::exit(sync_serve::main(&args[2..]));
+    }
     if let Some(pos) = args.iter().position(|a| a == "--serve-fd") {
         let fd: i32 = match args.get(pos + 1).and_then(|s| s.parse().ok()) {
             Some(fd) => fd,

@@ -12,9 +12,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use berth_runtime::sync::{
-    request_flush, LocalTransport, SyncConfig, SyncEngine, SyncState, Transport,
+    request_flush, LocalTransport, RemoteTransport, SyncConfig, SyncEngine, SyncState, Transport,
 };
 use sha2::{Digest, Sha256};
+use std::os::unix::net::UnixStream;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -30,6 +31,27 @@ impl Running {
         let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", host).unwrap());
         let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", env).unwrap());
         Running::with(cfg, h, e)
+    }
+
+    /// Like [`Running::start`], the env side reached through the wire protocol: a
+    /// `RemoteTransport` talking to a server on `env` over a socketpair (as in a VM).
+    fn start_remote(cfg: SyncConfig, host: &Path, env: &Path) -> Running {
+        let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", host).unwrap());
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let env = env.to_path_buf();
+        std::thread::spawn(move || {
+            let t = LocalTransport::open("env", &env).unwrap();
+            let mut r = a.try_clone().unwrap();
+            berth_sync_serve(&mut r, a, &t);
+        });
+        let e = RemoteTransport::connect(
+            "env",
+            Box::new(b.try_clone().unwrap()),
+            Box::new(ShutdownOnDrop(b)),
+        )
+        .unwrap()
+        .with_basis(h.clone());
+        Running::with(cfg, h, Arc::new(e))
     }
 
     fn with(cfg: SyncConfig, h: Arc<dyn Transport>, e: Arc<dyn Transport>) -> Running {
@@ -73,6 +95,30 @@ impl Drop for Running {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+fn berth_sync_serve(r: &mut UnixStream, w: UnixStream, t: &LocalTransport) {
+    if let Err(e) = berth_runtime::sync::serve::serve(r, Box::new(w), t) {
+        eprintln!("sync server: {e}");
+    }
+}
+
+/// The writing half of a socket; dropping it ends the stream for the peer.
+struct ShutdownOnDrop(UnixStream);
+
+impl std::io::Write for ShutdownOnDrop {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Drop for ShutdownOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
 }
 
@@ -168,10 +214,17 @@ fn set_mtime(p: &Path, secs_ago: u64) {
         .unwrap();
 }
 
+/// How a test reaches the env side: directly, or through the wire protocol.
+type Start = fn(SyncConfig, &Path, &Path) -> Running;
+
 /// Every kind of change made on one side shows up on the other, in both directions.
 fn changes_propagate(from_host: bool) {
+    changes_propagate_with(from_host, Running::start)
+}
+
+fn changes_propagate_with(from_host: bool, start: Start) {
     let d = dirs();
-    let r = Running::start(cfg(&d), &d.host, &d.env);
+    let r = start(cfg(&d), &d.host, &d.env);
     let (a, b) = if from_host {
         (d.host.clone(), d.env.clone())
     } else {
@@ -452,10 +505,14 @@ fn burst_on_both_sides_converges_without_a_flush() {
 
 #[test]
 fn conflicting_edits_keep_both_versions() {
+    conflicting_edits_keep_both_versions_with(Running::start)
+}
+
+fn conflicting_edits_keep_both_versions_with(start: Start) {
     let d = dirs();
     fs::write(d.host.join("notes.txt"), "base\n").unwrap();
     fs::write(d.host.join("gone.txt"), "base\n").unwrap();
-    let r = Running::start(cfg(&d), &d.host, &d.env);
+    let r = start(cfg(&d), &d.host, &d.env);
     r.flush();
     r.stop();
     // Both sides edit while the engine is not running; env's edit is newer.
@@ -466,7 +523,7 @@ fn conflicting_edits_keep_both_versions() {
     // One side deletes what the other edits: the edit wins.
     fs::remove_file(d.host.join("gone.txt")).unwrap();
     fs::write(d.env.join("gone.txt"), "env kept editing\n").unwrap();
-    let r = Running::start(cfg(&d), &d.host, &d.env);
+    let r = start(cfg(&d), &d.host, &d.env);
     r.flush();
     assert_same(&d);
     assert_eq!(
@@ -493,11 +550,15 @@ fn conflicting_edits_keep_both_versions() {
 
 #[test]
 fn ignored_paths_stay_on_their_side() {
+    ignored_paths_stay_on_their_side_with(Running::start)
+}
+
+fn ignored_paths_stay_on_their_side_with(start: Start) {
     let d = dirs();
     let mut c = cfg(&d);
     c.ignore = vec!["target/".into(), "node_modules/".into()];
     fs::write(d.host.join(".gitignore"), "*.log\n/build/\n").unwrap();
-    let r = Running::start(c, &d.host, &d.env);
+    let r = start(c, &d.host, &d.env);
     fs::create_dir_all(d.host.join("target/debug")).unwrap();
     fs::write(d.host.join("target/debug/app"), "bin").unwrap();
     fs::write(d.host.join("debug.log"), "log").unwrap();
@@ -1023,5 +1084,48 @@ fn file_growing_while_copied_is_copied_again() {
         host.grow_while_read.lock().unwrap().as_ref().map(|g| g.1),
         Some(0)
     );
+    r.stop();
+}
+
+// The same engine tests with the env side behind the wire protocol (as for a VM).
+
+#[test]
+fn remote_host_changes_propagate_to_env() {
+    changes_propagate_with(true, Running::start_remote);
+}
+
+#[test]
+fn remote_env_changes_propagate_to_host() {
+    changes_propagate_with(false, Running::start_remote);
+}
+
+#[test]
+fn remote_conflicting_edits_keep_both_versions() {
+    conflicting_edits_keep_both_versions_with(Running::start_remote);
+}
+
+#[test]
+fn remote_ignored_paths_stay_on_their_side() {
+    ignored_paths_stay_on_their_side_with(Running::start_remote);
+}
+
+#[test]
+fn remote_large_file_edits_converge_both_ways() {
+    let d = dirs();
+    let r = Running::start_remote(cfg(&d), &d.host, &d.env);
+    let mut big: Vec<u8> = (0..(3u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    fs::write(d.host.join("big.bin"), &big).unwrap();
+    r.flush();
+    big[1_000_000] ^= 1;
+    fs::write(d.host.join("big.bin"), &big).unwrap();
+    r.flush();
+    assert!(fs::read(d.env.join("big.bin")).unwrap() == big);
+    big[2_000_000] ^= 1;
+    fs::write(d.env.join("big.bin"), &big).unwrap();
+    r.flush();
+    assert!(fs::read(d.host.join("big.bin")).unwrap() == big);
+    assert_same(&d);
     r.stop();
 }

@@ -7,14 +7,24 @@
 //! | [`transport`] | the `Transport` trait: one side of a sync |
 //! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`, a VM guest's own folder) |
 //! | [`watch`] | inotify/polling watcher |
+//! | [`wire`] | the byte-stream protocol that carries a transport (frames, messages, errors) |
+//! | [`serve`](mod@serve) | answers that protocol with any transport (`berth-agent sync-serve`) |
+//! | [`remote`] | `RemoteTransport`: a transport on the far end of such a stream |
+//! | [`delta`] | rsync-style block signatures and copy/literal ops for large files |
 //!
 //! The sync engine itself (three-way reconcile, base, debounce) lives in `berth-runtime`.
 
+pub mod delta;
 pub mod ignore;
 pub mod local;
+pub mod remote;
+pub mod serve;
 pub mod transport;
 pub mod tree;
 pub mod watch;
+pub mod wire;
 
 pub use local::LocalTransport;
+pub use remote::RemoteTransport;
+pub use serve::serve;
 pub use transport::Transport;

@@ -95,7 +95,7 @@ impl Vm<'_> {
         out
     }
 
-    /// The guests' console logs, for failure messages.
+    /// The guests' console logs and the sync processes' logs, for failure messages.
     fn consoles(&self) -> String {
         let mut all = String::new();
         for e in std::fs::read_dir(self.berth.home.path().join("envs"))
@@ -103,9 +103,11 @@ impl Vm<'_> {
             .flatten()
             .flatten()
         {
-            let log = e.path().join("logs/console.log");
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+            for name in ["console.log", "sync.log"] {
+                let log = e.path().join("logs").join(name);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
+            }
         }
         all
     }
@@ -175,7 +177,7 @@ fn qmp(socket: &Path, command: &str) {
 const TOML: &str = r#"
 name = "{name}"
 backend = "vm"
-on_up = ["echo on-up-ran >> /root/on_up"]
+on_up = ["echo on-up-ran >> /root/on_up", "test -f /work/hello.txt"]
 [image]
 from = "rootfs:./rootfs"
 [env]
@@ -195,6 +197,7 @@ guest = 80
 source = "./src"
 target = "/work"
 type = "sync"
+ignore = ["build/"]
 [[mounts]]
 source = "./src"
 target = "/ro"
@@ -292,10 +295,8 @@ fn vm_environment_through_the_cli() {
         !err.contains("not forwarded") && !out.contains("not forwarded"),
         "qemu VMs forward ports: {out}\n{err}"
     );
-    assert!(
-        err.contains("sync mount on /work is served to the VM as a live share"),
-        "{err}"
-    );
+    // The sync mount is synced over the agent channel: no notice about it.
+    assert!(!err.contains("/work"), "{err}");
     assert!(!err.contains("skipped"), "qemu VMs skip no mounts: {err}");
     let st = vm.status();
     assert_eq!(st["status"], "running", "{st}");
@@ -386,12 +387,14 @@ fn vm_environment_through_the_cli() {
     ]);
     assert_eq!(accepted.join().unwrap(), "out-of-the-guest\n");
 
-    // Shared folders (virtio-fs): host files appear inside, guest writes appear on the host,
-    // at once both ways; read-only mounts refuse writes; a volume lives under volumes/.
+    // The sync mount (live sync over the agent channel): `up` waited for the first pass,
+    // changes go both ways (visible after `berth sync --flush`), the ignored folder stays
+    // on its side. Bind and volume mounts are virtio-fs shares: read-only mounts refuse
+    // writes; a volume lives under volumes/.
     assert_eq!(
         virtiofsd_of(&env_dir).len(),
-        3,
-        "one virtiofsd per shared folder"
+        2,
+        "one virtiofsd per shared folder (the sync mount has none)"
     );
     assert_eq!(
         vm.ok(&["exec", "--", "cat", "/work/hello.txt"]),
@@ -402,17 +405,42 @@ fn vm_environment_through_the_cli() {
         "--",
         "sh",
         "-c",
-        "echo from the guest > /work/out.txt",
+        "echo from the guest > /work/out.txt; mkdir -p /work/build; echo obj > /work/build/guest.o",
     ]);
+    std::fs::write(src.join("late.txt"), "written while up\n").unwrap();
+    std::fs::create_dir(src.join("build")).unwrap();
+    std::fs::write(src.join("build/host.o"), "obj\n").unwrap();
+    vm.ok(&["sync", "--flush"]);
     assert_eq!(
         std::fs::read_to_string(src.join("out.txt")).unwrap(),
         "from the guest\n"
     );
-    std::fs::write(src.join("late.txt"), "written while up\n").unwrap();
     assert_eq!(
         vm.ok(&["exec", "--", "cat", "/work/late.txt"]),
         "written while up\n"
     );
+    assert!(
+        !src.join("build/guest.o").exists(),
+        "ignored file copied to the host"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "ls", "/work/build"]),
+        "guest.o\n",
+        "ignored file copied into the guest"
+    );
+    // `berth status` and `berth sync` show the mount as for a container.
+    let human = vm.ok(&["status"]);
+    assert!(human.contains(" ⇄ /work: "), "{human}");
+    assert!(
+        vm.ok(&["sync"]).contains(" ⇄ /work: watching"),
+        "sync state"
+    );
+    let sync_json = || std::fs::read_to_string(env_dir.join("sync.json")).ok();
+    let sync_pid = |j: &str| -> i64 {
+        let v: serde_json::Value = serde_json::from_str(j).unwrap();
+        v["process"]["pid"].as_i64().unwrap()
+    };
+    let first_sync = sync_pid(&sync_json().expect("sync.json while up"));
     assert_eq!(
         vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
         "from the host\n"
@@ -499,6 +527,26 @@ exit [lindex $result 3]
     let out = vm.ok(&["up"]);
     assert!(out.contains("is up to date"), "{out}");
     assert_eq!(vm.status()["pid"].as_i64(), Some(pid));
+    // kill -9 of the sync process: the next `up` (nothing else changed) restarts it, and it
+    // catches up with what changed meanwhile.
+    // SAFETY: SIGKILL to the sync process this test's `up` started.
+    unsafe { libc::kill(first_sync as i32, libc::SIGKILL) };
+    assert!(wait_gone(first_sync));
+    std::fs::write(src.join("while-killed.txt"), "sync was down\n").unwrap();
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success() && out.contains("is up to date"),
+        "{out}\n{err}\n{}",
+        vm.consoles()
+    );
+    assert!(err.contains("sync process was not running"), "{err}");
+    vm.ok(&["sync", "--flush"]);
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/while-killed.txt"]),
+        "sync was down\n"
+    );
+    let first_sync = sync_pid(&sync_json().expect("sync.json after the restart"));
     vm.ok(&["exec", "--", "sh", "-c", "echo kept > /root/state; sync"]);
 
     // kill -9 of qemu: status says dead, exec says not running, up recovers with the disk.
@@ -509,12 +557,25 @@ exit [lindex $result 3]
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(st["status"], "dead", "{st}");
     assert_eq!(vm.run(&["exec", "--", "true"]).status.code(), Some(3));
+    // The sync process notices and ends; nothing on the host is lost, and the next `up`
+    // starts a new one that converges with what changed meanwhile.
+    assert!(wait_gone(first_sync), "the sync process outlived its VM");
+    assert_eq!(
+        std::fs::read_to_string(src.join("out.txt")).unwrap(),
+        "from the guest\n"
+    );
+    std::fs::write(src.join("while-down.txt"), "written while down\n").unwrap();
     let out = vm.ok(&["up"]);
     assert!(out.contains("started"), "{out}");
     let st = vm.status();
     assert_eq!(st["status"], "running");
     let pid = st["pid"].as_i64().unwrap();
     assert_eq!(vm.ok(&["exec", "--", "cat", "/root/state"]), "kept\n");
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/work/while-down.txt"]),
+        "written while down\n"
+    );
+    let second_sync = sync_pid(&sync_json().expect("sync.json after up"));
 
     // snapshot: the disk of the running VM (synced, paused while copied, resumed), valid
     // after the base image cache is cleared; restore reboots the VM on the old disk.
@@ -595,6 +656,11 @@ exit [lindex $result 3]
     let out = vm.ok(&["down"]);
     assert!(out.contains("stopped"), "{out}");
     assert!(wait_gone(pid), "qemu still runs after down");
+    assert!(
+        process_gone(second_sync),
+        "the sync process outlived `down`"
+    );
+    assert!(sync_json().is_none(), "sync.json left after down");
     for _ in 0..50 {
         if virtiofsd_of(&env_dir).is_empty() {
             break;

@@ -237,6 +237,11 @@ impl Environments {
                 if plan.backend == BackendKind::Vm && self.vms.resume_if_paused(dir)? {
                     notices.push(crate::vm::backend::PAUSED_NOTICE.to_string());
                 }
+                if live_sync::ensure(&self.home, prev)? {
+                    notices.push(
+                        "the sync process was not running; it was restarted and caught up".into(),
+                    );
+                }
                 return Ok(UpReport {
                     network: self.network_record(&env_id),
                     env_id,
@@ -355,7 +360,15 @@ impl Environments {
                             .or_insert_with(|| v.to_string());
                     }
                 }
+                // `on_up` runs once the synced folders are in (as for containers).
+                let on_up = if live_sync::sync_mounts(&record).is_empty() {
+                    Vec::new()
+                } else {
+                    std::mem::take(&mut spec.on_up)
+                };
                 let st = self.vms.start(&spec)?;
+                live_sync::start(&self.home, &record)?;
+                self.vms.run_on_up(dir, &on_up)?;
                 st.process.map(|p| p.pid)
             }
         };

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::vm::agent_proto::Exec;
-use crate::vm::shared_folder::kind_name;
+use crate::vm::shared_folder::{locate_virtiofsd, served_by_sync};
 use crate::vm::{Provider, VmBackend, VmError, VmSpec, VmState};
 
 /// How long `up` waits for the guest's agent (TCG boots of a stock kernel take seconds).
@@ -82,37 +82,69 @@ pub(super) fn spec_from_plan(
         agent: None,
         boot_timeout: BOOT_TIMEOUT,
     };
-    let provider = crate::vm::backend::choose_provider(
+    Ok((
+        spec,
+        unsupported(
+            plan,
+            provider_of(plan),
+            nix::unistd::geteuid().is_root(),
+            locate_virtiofsd().is_some(),
+        ),
+    ))
+}
+
+/// Whether the VM of `plan` shares host folders through virtio-fs (qemu with virtiofsd).
+fn shares_folders(provider: Option<Provider>) -> bool {
+    provider == Some(Provider::Qemu) && locate_virtiofsd().is_some()
+}
+
+/// The provider that will run `plan`'s VM on this host, when one can.
+fn provider_of(plan: &Plan) -> Option<Provider> {
+    let vm = plan.vm.as_ref()?;
+    crate::vm::backend::choose_provider(
         vm.vmm,
         crate::doctor::kvm_kind(&crate::doctor::HostRoot::real()),
     )
     .ok()
-    .map(|(p, _)| p);
-    let root = nix::unistd::geteuid().is_root();
-    Ok((spec, unsupported(plan, provider, root)))
+    .map(|(p, _)| p)
+}
+
+/// Whether the mount `kind` of `plan`'s VM is served by the live sync over the agent channel
+/// (see [`crate::vm::shared_folder::served_by_sync`]).
+pub(crate) fn mount_served_by_sync(plan: &Plan, kind: MountKind) -> bool {
+    served_by_sync(kind, shares_folders(provider_of(plan)))
 }
 
 /// Notices for what of `plan` a VM run by `provider` serves differently or not at all
-/// (`root`: berth runs as root, which berth's own VMM needs for networking).
-fn unsupported(plan: &Plan, provider: Option<Provider>, root: bool) -> Vec<String> {
+/// (`root`: berth runs as root, which berth's own VMM needs for networking; `virtiofsd`:
+/// virtiofsd is installed).
+fn unsupported(
+    plan: &Plan,
+    provider: Option<Provider>,
+    root: bool,
+    virtiofsd: bool,
+) -> Vec<String> {
     let own_vmm = provider == Some(Provider::Kvm);
+    let shares = provider == Some(Provider::Qemu) && virtiofsd;
     let mut notices: Vec<String> = plan
         .mounts
         .iter()
-        .filter(|m| m.kind != MountKind::Tmpfs)
-        .filter_map(|m| {
-            let kind = kind_name(m.kind);
-            if own_vmm {
-                Some(format!(
-                    "the {kind} mount on {} was skipped: berth's own VMM (vmm = \"kvm\", or \"auto\" on hardware KVM) shares no folders yet; use vmm = \"qemu\"",
-                    m.target
-                ))
-            } else {
-                (m.kind == MountKind::Sync).then(|| format!(
-                    "the sync mount on {} is served to the VM as a live share (virtio-fs): changes show on both sides at once, and `ignore` patterns do not apply",
-                    m.target
-                ))
-            }
+        .filter_map(|m| match m.kind {
+            MountKind::Volume if own_vmm => Some(format!(
+                "the volume mount on {} was skipped: berth's own VMM (vmm = \"kvm\", or \"auto\" on hardware KVM) shares no folders yet; use vmm = \"qemu\"",
+                m.target
+            )),
+            MountKind::Bind if !shares => Some(format!(
+                "the bind mount on {} is served as a sync mount (copied both ways over the agent channel, changes show after a moment){}: {}",
+                m.target,
+                if m.readonly { "; `readonly` is not enforced" } else { "" },
+                if own_vmm {
+                    "berth's own VMM shares no folders"
+                } else {
+                    "virtiofsd is not installed (Debian: apt-get install virtiofsd)"
+                }
+            )),
+            _ => None,
         })
         .collect();
     if plan.network.mode == NetworkMode::Host && provider == Some(Provider::Qemu) {
@@ -289,27 +321,40 @@ mod tests {
         ];
         let (spec, _) = spec_from_plan(&plan, Path::new("/s"), vec![]).unwrap();
         assert_eq!(spec.mounts.len(), 2);
-        // qemu shares bind mounts as they are, and says how it serves sync mounts.
-        assert!(unsupported(&plan, Some(Provider::Qemu), true).is_empty());
+        // qemu shares bind mounts as they are; sync mounts are synced, which needs no notice.
         plan.mounts.push(mount(MountKind::Sync, "/Sync"));
+        assert!(unsupported(&plan, Some(Provider::Qemu), true, true).is_empty());
+        // Without virtiofsd, a bind mount is served as a sync mount, saying so.
+        let notices = unsupported(&plan, Some(Provider::Qemu), true, false);
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(
+            notices[0].contains("bind mount on /Work is served as a sync mount")
+                && notices[0].contains("virtiofsd is not installed"),
+            "{notices:?}"
+        );
+        plan.mounts.push(mount(MountKind::Volume, "/Vol"));
         plan.ports = vec![envfile_spec::plan::PortPlan {
             host: 8080,
             guest: 80,
             protocol: envfile_spec::plan::Protocol::Tcp,
             address: "127.0.0.1".parse().unwrap(),
         }];
-        let notices = unsupported(&plan, Some(Provider::Qemu), true);
-        assert_eq!(notices.len(), 1, "{notices:?}");
-        assert!(notices[0].contains("sync mount on /Sync is served to the VM as a live share"));
-        // berth's own VMM skips folders, saying so; as root it forwards the ports.
-        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        assert!(unsupported(&plan, Some(Provider::Qemu), true, true).is_empty());
+        // berth's own VMM syncs bind mounts and skips volumes, saying so; as root it forwards
+        // the ports.
+        let notices = unsupported(&plan, Some(Provider::Kvm), true, true);
         assert_eq!(notices.len(), 2, "{notices:?}");
         assert!(
-            notices[0].contains("bind mount on /Work was skipped"),
+            notices[0].contains("bind mount on /Work is served as a sync mount")
+                && notices[0].contains("own VMM shares no folders"),
+            "{notices:?}"
+        );
+        assert!(
+            notices[1].contains("volume mount on /Vol was skipped"),
             "{notices:?}"
         );
         // Rootless it has no network, and says so once for the network, once for the ports.
-        let notices = unsupported(&plan, Some(Provider::Kvm), false);
+        let notices = unsupported(&plan, Some(Provider::Kvm), false, true);
         assert_eq!(notices.len(), 4, "{notices:?}");
         assert!(notices[2].contains("the VM has no network"), "{notices:?}");
         assert!(
@@ -318,11 +363,11 @@ mod tests {
         );
         // network = "none": no device, so no ports either.
         plan.network.mode = NetworkMode::None;
-        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        let notices = unsupported(&plan, Some(Provider::Kvm), true, true);
         assert_eq!(notices.len(), 3, "{notices:?}");
         assert!(notices[2].contains("network = \"none\""), "{notices:?}");
         plan.network.mode = NetworkMode::Host;
-        let notices = unsupported(&plan, Some(Provider::Kvm), true);
+        let notices = unsupported(&plan, Some(Provider::Kvm), true, true);
         assert!(
             notices
                 .iter()
@@ -330,7 +375,7 @@ mod tests {
             "{notices:?}"
         );
         plan.network.mode = NetworkMode::Host;
-        let notices = unsupported(&plan, Some(Provider::Qemu), true);
+        let notices = unsupported(&plan, Some(Provider::Qemu), true, true);
         assert!(
             notices
                 .iter()

@@ -14,8 +14,9 @@
 //!
 //! Rules in short: both directions; a path changed on one side is propagated; changed on both
 //! sides differently → newest mtime wins and the other version is kept as
-//! `NAME.berth-conflict-<unix-time>`; an edit beats a deletion. Files are copied whole (no delta
-//! transfer yet), to a temporary file that is renamed into place only if the target did not
+//! `NAME.berth-conflict-<unix-time>`; an edit beats a deletion. Files are copied whole between local
+//! folders, and as rsync-style deltas over the VM agent channel when large
+//! (`berth_sync_transport::delta`), to a temporary file that is renamed into place only if the target did not
 //! change meanwhile. Symlinks are copied as symlinks and never followed. Permission bits and
 //! mtimes are kept; the environment side's owner is set by the transport
 //! ([`local::LocalTransport::with_owner`]). FIFOs, sockets, devices and non-UTF-8 names are not
@@ -28,13 +29,14 @@ pub mod reconcile;
 pub mod status;
 pub mod watch;
 
-pub use berth_sync_transport::{ignore, local, transport, tree};
+pub use berth_sync_transport::{delta, ignore, local, remote, serve, transport, tree, wire};
 
 use std::path::PathBuf;
 
 pub use base::Side;
 pub use engine::{SyncConfig, SyncEngine};
 pub use local::LocalTransport;
+pub use remote::RemoteTransport;
 pub use status::{read_status, request_flush, SyncState, SyncStatus};
 pub use transport::Transport;
 pub use watch::Debounce;

@@ -164,7 +164,9 @@ pub fn request_flush(state_dir: &Path, timeout: Duration) -> Result<(), SyncErro
                 })
             }
             Some(s) if s.flushed >= n => return Ok(()),
-            Some(s) if s.state == SyncState::Failed => {
+            // A failure recorded by a process that is gone (its VM went away) is stale: the
+            // engine restarted by the next `up` has not announced itself yet.
+            Some(s) if s.state == SyncState::Failed && process_alive(s.pid) => {
                 return Err(SyncError::Failed {
                     name: s.name.clone(),
                     message: s.last_error.clone().unwrap_or_default(),

@@ -56,8 +56,9 @@ pub struct VmSpec {
     pub vmm: VmmKind,
     pub env: BTreeMap<String, String>,
     pub services: BTreeMap<String, ServicePlan>,
-    /// `tmpfs` mounts are made in the guest; under qemu, `bind`, `sync` and `volume` mounts
-    /// are host folders shared live through virtio-fs ([`super::shared_folder`]).
+    /// `tmpfs` mounts are made in the guest; under qemu, `bind` and `volume` mounts are host
+    /// folders shared live through virtio-fs ([`super::shared_folder`]). `sync` mounts (and
+    /// `bind` mounts without virtio-fs) are left to the live sync over the agent channel.
     pub mounts: Vec<MountPlan>,
     /// Forwarded by qemu's user-mode network (`hostfwd`), or, under berth's own VMM, by the
     /// VMM process's port forwarder to the guest's address on berth's bridge.
@@ -198,6 +199,21 @@ fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
         .collect()
 }
 
+/// Runs each command with `/bin/sh -c`; the first failure is the error.
+fn run_on_up(conn: &mut VmConnection, commands: &[String]) -> Result<(), VmError> {
+    for cmd in commands {
+        let out = conn.client.run(&["/bin/sh", "-c", cmd])?;
+        if out.status.code != 0 {
+            return Err(VmError::OnUp {
+                command: cmd.clone(),
+                code: out.status.code,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// tmpfs mounts, then the shared folders (virtio-fs tags) in their place; `ro` is read by
 /// the agent as the read-only flag.
 fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
@@ -231,7 +247,7 @@ fn start_shares(shares: &[SharedFolder], logs: &Path) -> Result<Vec<ProcessRecor
     }
     let exe = locate_virtiofsd().ok_or_else(|| {
         VmError::Config(format!(
-            "bind, sync and volume mounts of a VM are shared through virtio-fs, but virtiofsd was not found (looked at: {}); install it (Debian: apt-get install qemu-system-common, or virtiofsd)",
+            "volume mounts of a VM are shared through virtio-fs, but virtiofsd was not found (looked at: {}); install it (Debian: apt-get install qemu-system-common, or virtiofsd)",
             super::shared_folder::VIRTIOFSD_PATHS.join(", ")
         ))
     })?;
@@ -373,7 +389,12 @@ impl VmBackend {
         let shares = if provider == Provider::Qemu {
             super::qemu::check_ports(&spec.ports)?;
             check_ports_free(&spec.ports)?;
-            shared_folders(&spec.mounts, &self.home.volumes_dir(), &spec.state_dir)?
+            shared_folders(
+                &spec.mounts,
+                &self.home.volumes_dir(),
+                &spec.state_dir,
+                locate_virtiofsd().is_some(),
+            )?
         } else {
             if tap_env.is_some() {
                 check_ports_free(&spec.ports)?;
@@ -560,18 +581,18 @@ impl VmBackend {
             services: services(spec),
         };
         conn.client.setup(setup, Duration::from_secs(30))?;
-        for cmd in &spec.on_up {
-            let out = conn.client.run(&["/bin/sh", "-c", cmd])?;
-            if out.status.code != 0 {
-                return Err(VmError::OnUp {
-                    command: cmd.clone(),
-                    code: out.status.code,
-                    stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-                });
-            }
-        }
+        run_on_up(&mut conn, &spec.on_up)?;
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         Ok(st)
+    }
+
+    /// Runs `on_up` commands in the running VM (the environment layer does this itself, after
+    /// the live sync's first pass, when the VM has synced folders).
+    pub fn run_on_up(&self, state_dir: &Path, commands: &[String]) -> Result<(), VmError> {
+        if commands.is_empty() {
+            return Ok(());
+        }
+        run_on_up(&mut self.connect(state_dir)?, commands)
     }
 
     fn wait_ready(

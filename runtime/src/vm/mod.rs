@@ -13,6 +13,7 @@ pub mod qmp;
 pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
+pub mod sync_channel;
 pub mod vmm;
 pub mod vmm_memory;
 pub mod vmm_process;

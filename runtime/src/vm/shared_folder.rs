@@ -38,16 +38,30 @@ pub struct SharedFolder {
     pub socket: PathBuf,
 }
 
-/// The `bind`, `sync` and `volume` mounts of `mounts` as shared folders; volumes live under
-/// `volumes_dir` (created when missing).
+/// Whether a VM mount of `kind` is served by berth's live sync over the agent channel
+/// (`environment::live_sync`) instead of a virtio-fs share: `sync` mounts always (so their
+/// `ignore` patterns apply), `bind` mounts when the VM cannot share folders (`shares` false:
+/// berth's own VMM, or qemu without virtiofsd).
+pub fn served_by_sync(kind: MountKind, shares: bool) -> bool {
+    match kind {
+        MountKind::Sync => true,
+        MountKind::Bind => !shares,
+        MountKind::Volume | MountKind::Tmpfs => false,
+    }
+}
+
+/// The `bind` and `volume` mounts of `mounts` as shared folders (`sync` mounts, and `bind`
+/// mounts when `virtiofsd` is false, are served by live sync instead: [`served_by_sync`]);
+/// volumes live under `volumes_dir` (created when missing).
 pub fn shared_folders(
     mounts: &[MountPlan],
     volumes_dir: &Path,
     state_dir: &Path,
+    virtiofsd: bool,
 ) -> Result<Vec<SharedFolder>, VmError> {
     let mut out = Vec::new();
     for m in mounts {
-        if m.kind == MountKind::Tmpfs {
+        if m.kind == MountKind::Tmpfs || served_by_sync(m.kind, virtiofsd) {
             continue;
         }
         let source = m.source.as_deref().ok_or_else(|| {
@@ -284,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn bind_sync_and_volume_mounts_become_shares() {
+    fn bind_and_volume_mounts_become_shares_sync_mounts_do_not() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("src");
         std::fs::create_dir(&src).unwrap();
@@ -295,17 +309,26 @@ mod tests {
             mount(MountKind::Sync, Some(src_s), "/s"),
             mount(MountKind::Volume, Some("data"), "/v"),
         ];
-        let shares = shared_folders(&mounts, &d.path().join("volumes"), Path::new("/e")).unwrap();
-        assert_eq!(shares.len(), 3);
+        let volumes = d.path().join("volumes");
+        let shares = shared_folders(&mounts, &volumes, Path::new("/e"), true).unwrap();
+        assert_eq!(shares.len(), 2);
         assert_eq!(shares[0].tag, "berth0");
         assert_eq!(shares[0].target, "/b");
         assert!(shares[0].readonly);
         assert_eq!(shares[1].socket, Path::new("/e/fs-1.sock"));
-        assert_eq!(shares[2].source, d.path().join("volumes/data"));
+        assert_eq!(shares[1].source, d.path().join("volumes/data"));
         assert!(d.path().join("volumes/data").is_dir(), "volume created");
+        // Without virtiofsd the bind mount is left to live sync too.
+        let shares = shared_folders(&mounts, &volumes, Path::new("/e"), false).unwrap();
+        assert_eq!(shares.len(), 1);
+        assert_eq!(shares[0].target, "/v");
+        assert!(served_by_sync(MountKind::Sync, true));
+        assert!(!served_by_sync(MountKind::Bind, true));
+        assert!(served_by_sync(MountKind::Bind, false));
+        assert!(!served_by_sync(MountKind::Volume, false));
 
         let missing = vec![mount(MountKind::Bind, Some("/nonexistent/x"), "/b")];
-        let e = shared_folders(&missing, d.path(), Path::new("/e")).unwrap_err();
+        let e = shared_folders(&missing, d.path(), Path::new("/e"), true).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x"), "{e}");
     }
 
