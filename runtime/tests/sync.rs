@@ -1129,3 +1129,52 @@ fn remote_large_file_edits_converge_both_ways() {
     assert_same(&d);
     r.stop();
 }
+
+/// A `readonly` mount's sync copies host → env only: edits, new files, deletions and mode
+/// changes made on the env side are undone, the host is never written, and no conflict copy
+/// appears; host changes still arrive.
+fn one_way_sync_undoes_env_changes_with(start: Start) {
+    let d = dirs();
+    fs::create_dir(d.host.join("src")).unwrap();
+    fs::write(d.host.join("src/a.txt"), "host a\n").unwrap();
+    fs::write(d.host.join("b.txt"), "host b\n").unwrap();
+    let mut c = cfg(&d);
+    c.host_to_env_only = true;
+    let r = start(c, &d.host, &d.env);
+    r.flush();
+    assert_same(&d);
+    let host_before = digest(&d.host);
+
+    fs::write(d.env.join("src/a.txt"), "edited inside\n").unwrap();
+    fs::write(d.env.join("new.txt"), "made inside\n").unwrap();
+    fs::create_dir(d.env.join("made-dir")).unwrap();
+    fs::write(d.env.join("made-dir/x"), "x\n").unwrap();
+    fs::remove_file(d.env.join("b.txt")).unwrap();
+    fs::set_permissions(d.env.join("src"), fs::Permissions::from_mode(0o700)).unwrap();
+    wait_for("env changes to be undone", || {
+        try_digest(&d.env).ok().as_ref() == Some(&host_before)
+    });
+    r.flush();
+    assert_eq!(digest(&d.host), host_before, "the host was written");
+    assert_same(&d);
+
+    // Host → env still works.
+    fs::write(d.host.join("src/a.txt"), "host a, edited\n").unwrap();
+    r.flush();
+    assert_eq!(
+        read(&d.env.join("src/a.txt")).as_deref(),
+        Some("host a, edited\n")
+    );
+    assert_same(&d);
+    r.stop();
+}
+
+#[test]
+fn one_way_sync_undoes_env_changes() {
+    one_way_sync_undoes_env_changes_with(Running::start)
+}
+
+#[test]
+fn remote_one_way_sync_undoes_env_changes() {
+    one_way_sync_undoes_env_changes_with(Running::start_remote)
+}

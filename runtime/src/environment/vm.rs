@@ -137,7 +137,7 @@ fn unsupported(
             MountKind::Bind if !shares => Some(format!(
                 "the bind mount on {} is served as a sync mount (copied both ways over the agent channel, changes show after a moment){}: {}",
                 m.target,
-                if m.readonly { "; `readonly` is not enforced" } else { "" },
+                if m.readonly { "; being `readonly`, it is copied host → guest only and changes made inside are undone" } else { "" },
                 if own_vmm {
                     "berth's own VMM shares no folders"
                 } else {

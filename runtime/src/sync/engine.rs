@@ -42,6 +42,9 @@ pub struct SyncConfig {
     pub debounce: Debounce,
     /// Use the polling watcher on both sides from the start.
     pub force_poll: bool,
+    /// Copy host → environment only (a `readonly` mount): the host's state wins every
+    /// difference, so a change made inside is undone and never reaches the host.
+    pub host_to_env_only: bool,
 }
 
 impl SyncConfig {
@@ -52,6 +55,7 @@ impl SyncConfig {
             ignore: Vec::new(),
             debounce: Debounce::default(),
             force_poll: false,
+            host_to_env_only: false,
         }
     }
 
@@ -59,6 +63,7 @@ impl SyncConfig {
     pub fn for_mount(mount: &MountPlan, state_dir: impl Into<PathBuf>) -> Self {
         let mut c = SyncConfig::new(&mount.target, state_dir);
         c.ignore = mount.ignore.clone();
+        c.host_to_env_only = mount.readonly;
         c
     }
 }
@@ -843,6 +848,9 @@ impl<'a> Worker<'a> {
                     continue; // vanished while hashed; its event will bring it back
                 }
             }
+            if self.cfg().host_to_env_only {
+                d = host_wins(d);
+            }
             if d != Decision::Nothing {
                 decisions.push((p, d));
             }
@@ -1314,6 +1322,17 @@ fn covered(rel: &str, scanned: &HashSet<String>) -> bool {
         if p.is_empty() {
             return scanned.contains("");
         }
+    }
+}
+
+/// A one-way (host → environment) sync's decision: whatever differs, the host's state is
+/// applied to the environment, and nothing is ever kept as a conflict copy.
+fn host_wins(d: Decision) -> Decision {
+    match d {
+        Decision::Propagate { .. } | Decision::Conflict { .. } => {
+            Decision::Propagate { from: Side::Host }
+        }
+        other => other,
     }
 }
 
