@@ -481,6 +481,26 @@ impl Transport for RemoteTransport {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<Staged, TransportError> {
+        // A new content below the delta threshold travels whole: no round trip for the old
+        // file's signatures (most files of a source tree).
+        let read_err = |source| TransportError::Io {
+            side: "source".into(),
+            op: "read",
+            path: rel.into(),
+            source,
+        };
+        let mut head = Vec::new();
+        (&mut *data)
+            .take(DELTA_MIN)
+            .read_to_end(&mut head)
+            .map_err(read_err)?;
+        if (head.len() as u64) < DELTA_MIN {
+            let answer =
+                self.send_stage(rel, mode, mtime_ns, StageBody::Reader(&mut &head[..]))??;
+            return self.staged(answer, rel);
+        }
+        let mut chained = io::Cursor::new(head).chain(data);
+        let data: &mut dyn Read = &mut chained;
         let sigs = match self.shared.call(Msg::Signatures { rel: rel.into() }, rel)? {
             Msg::Sigs { sigs } => sigs,
             _ => return Err(self.shared.unexpected(rel, "a message")),
@@ -491,15 +511,10 @@ impl Transport for RemoteTransport {
         };
         // Hold the new content (up to the delta limit) to match it against the old blocks.
         let mut content = Vec::new();
-        let read = data
+        let read = (&mut *data)
             .take(DELTA_MAX + 1)
             .read_to_end(&mut content)
-            .map_err(|source| TransportError::Io {
-                side: "source".into(),
-                op: "read",
-                path: rel.into(),
-                source,
-            })?;
+            .map_err(read_err)?;
         if read as u64 > DELTA_MAX {
             let mut rest = io::Cursor::new(content).chain(data);
             let answer = self.send_stage(rel, mode, mtime_ns, StageBody::Reader(&mut rest))??;
@@ -1018,6 +1033,26 @@ mod tests {
         assert!(got == newer);
         assert!(t.bytes_received() - before > SIZE as u64);
         drop(f);
+        drop(t);
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn a_small_new_content_is_sent_whole_without_asking_for_signatures() {
+        let env = tempfile::tempdir().unwrap();
+        // A large old file would answer a signature request with thousands of block sums.
+        fs::write(env.path().join("f.bin"), data(2 << 20, 5)).unwrap();
+        let (t, server) = remote(env.path());
+        let expect = t.stat("f.bin").unwrap();
+        let before = t.bytes_received();
+        let staged = t.stage_file("f.bin", &mut &b"small"[..], 0o644, 0).unwrap();
+        let received = t.bytes_received() - before;
+        t.commit(staged, expect.as_ref()).unwrap();
+        assert_eq!(fs::read(env.path().join("f.bin")).unwrap(), b"small");
+        assert!(
+            received < 4096,
+            "received {received} bytes: the old file's signatures were asked for"
+        );
         drop(t);
         server.join().unwrap().unwrap();
     }
