@@ -8,15 +8,31 @@
 //! [`DELTA_MAX`] bytes; other files are sent whole.
 
 use std::collections::HashMap;
+use std::io::Read;
 
 use sha2::{Digest, Sha256};
 
+use crate::transport::Transport;
+use crate::tree::EntryKind;
 use crate::wire::Signatures;
 
 /// Files below this size are sent whole (a delta would not pay for its round trip).
 pub const DELTA_MIN: u64 = 1 << 20;
 /// Files above this size are sent whole (both sides would hold them in memory).
 pub const DELTA_MAX: u64 = 256 << 20;
+
+/// The current content of the file at `rel` on `t` when a delta against it may pay (a regular
+/// file between [`DELTA_MIN`] and [`DELTA_MAX`] bytes), else `None`.
+pub fn basis(t: &dyn Transport, rel: &str) -> Option<Vec<u8>> {
+    let e = t.stat(rel).ok()??;
+    if e.kind != EntryKind::File || e.size < DELTA_MIN || e.size > DELTA_MAX {
+        return None;
+    }
+    let (_, mut f) = t.read_file(rel).ok()?;
+    let mut v = Vec::with_capacity(e.size as usize);
+    f.read_to_end(&mut v).ok()?;
+    Some(v)
+}
 
 /// One step of rebuilding the new content.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ use crate::ignore::IgnoreRules;
 use crate::transport::{
     EventSink, SourceFile, Staged, Transport, TransportError, WatchEvent, Watching,
 };
-use crate::tree::{Entry, EntryKind, Scan};
+use crate::tree::{Entry, Scan};
 use crate::wire::{read_frame, write_data, write_frame, Frame, Msg, WireRules, CHUNK, VERSION};
 
 /// Frames buffered per request before the reader thread waits for its consumer.
@@ -430,7 +430,7 @@ impl Transport for RemoteTransport {
     }
 
     fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
-        let old = self.basis.as_ref().and_then(|b| local_basis(&**b, rel));
+        let old = self.basis.as_ref().and_then(|b| delta::basis(&**b, rel));
         let sigs = old.as_deref().map(delta::signatures);
         let block = sigs.as_ref().map(|s| s.block).unwrap_or(0);
         let sh = &self.shared;
@@ -654,18 +654,6 @@ fn take_token(staged: &mut Staged) -> u64 {
         .unwrap_or(0)
 }
 
-/// The local version of `rel` when a delta against it may pay.
-fn local_basis(t: &dyn Transport, rel: &str) -> Option<Vec<u8>> {
-    let e = t.stat(rel).ok()??;
-    if e.kind != EntryKind::File || e.size < DELTA_MIN || e.size > DELTA_MAX {
-        return None;
-    }
-    let (_, mut f) = t.read_file(rel).ok()?;
-    let mut v = Vec::with_capacity(e.size as usize);
-    f.read_to_end(&mut v).ok()?;
-    Some(v)
-}
-
 /// Stops a remote watch when dropped.
 struct Unwatch {
     shared: Arc<Shared>,
@@ -787,6 +775,7 @@ impl Drop for RemoteSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tree::EntryKind;
     use crate::LocalTransport;
     use std::fs;
     use std::os::unix::fs::PermissionsExt;

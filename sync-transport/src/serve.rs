@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use crate::delta::{self, DELTA_MAX, DELTA_MIN};
+use crate::delta::{self, DELTA_MAX};
 use crate::ignore::IgnoreRules;
 use crate::transport::{Staged, Transport, TransportError, Watching};
-use crate::tree::EntryKind;
 use crate::wire::{
     read_frame, write_data, write_frame, ErrorMsg, Frame, Msg, WireError, CHUNK, VERSION,
 };
@@ -140,7 +139,7 @@ impl Server<'_> {
             Msg::Hash { rel } => self.answer(id, t.hash(&rel).map(|hash| Msg::Hashed { hash })),
             Msg::ReadFile { rel, sigs } => self.read_file(id, &rel, sigs),
             Msg::Signatures { rel } => {
-                let sigs = read_basis(t, &rel).map(|old| delta::signatures(&old));
+                let sigs = delta::basis(t, &rel).map(|old| delta::signatures(&old));
                 self.reply(id, Msg::Sigs { sigs })
             }
             Msg::StageBegin {
@@ -308,7 +307,11 @@ impl Server<'_> {
         mtime_ns: i64,
         delta: bool,
     ) -> Result<(), WireError> {
-        let basis = if delta { read_basis(self.t, rel) } else { None };
+        let basis = if delta {
+            delta::basis(self.t, rel)
+        } else {
+            None
+        };
         let mut incoming = StageReader {
             reader,
             id,
@@ -334,18 +337,6 @@ impl Server<'_> {
         let r = r.map(|s| self.keep(s));
         self.answer(id, r)
     }
-}
-
-/// The current content of the file at `rel` when a delta against it may pay.
-fn read_basis(t: &dyn Transport, rel: &str) -> Option<Vec<u8>> {
-    let entry = t.stat(rel).ok()??;
-    if entry.kind != EntryKind::File || entry.size < DELTA_MIN || entry.size > DELTA_MAX {
-        return None;
-    }
-    let (_, mut f) = t.read_file(rel).ok()?;
-    let mut old = Vec::with_capacity(entry.size as usize);
-    f.read_to_end(&mut old).ok()?;
-    Some(old)
 }
 
 /// The content of a stage stream, as a reader for [`Transport::stage_file`].

@@ -18,37 +18,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::rootdisk::DiskError;
+use super::rootdisk::{io_err, run, DiskError};
 
 pub const QCOW2: &str = "disk.qcow2";
 pub const RAW: &str = "disk.img";
 pub const BASE: &str = "base.ext4";
 /// Earlier disks the environment keeps (`up` sets one aside when the image changes).
 const PREVIOUS_QCOW2: &str = "disk.qcow2.previous";
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DiskError + '_ {
-    move |source| DiskError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn run(cmd: &mut Command, package: &'static str) -> Result<Vec<u8>, DiskError> {
-    let tool = format!("{cmd:?}");
-    let out = cmd.output().map_err(|e| DiskError::Tool {
-        tool: tool.clone(),
-        package,
-        detail: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(DiskError::Tool {
-            tool,
-            package,
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(out.stdout)
-}
 
 /// A sparse (reflinked where the filesystem can) copy of `src`.
 fn copy_file(src: &Path, dst: &Path) -> Result<(), DiskError> {

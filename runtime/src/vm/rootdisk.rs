@@ -29,14 +29,15 @@ pub enum DiskError {
     State(#[from] state::StateError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
     move |source| DiskError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn run(cmd: &mut Command, package: &'static str) -> Result<(), DiskError> {
+/// Runs a tool of Debian package `package`; its stdout, or its stderr as the error.
+pub(super) fn run(cmd: &mut Command, package: &'static str) -> Result<Vec<u8>, DiskError> {
     let tool = format!("{cmd:?}");
     let out = cmd.output().map_err(|e| DiskError::Tool {
         tool: tool.clone(),
@@ -50,7 +51,7 @@ fn run(cmd: &mut Command, package: &'static str) -> Result<(), DiskError> {
             detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(())
+    Ok(out.stdout)
 }
 
 /// Copies `src` over `dst` (merging), applying OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`).

@@ -204,16 +204,7 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
     }
 }
 
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
+use crate::container::idmap::{MountAttr, AT_RECURSIVE, MOUNT_ATTR_RDONLY};
 
 fn check(rc: libc::c_long) -> std::io::Result<()> {
     if rc < 0 {
