@@ -895,14 +895,7 @@ mod tests {
     #[test]
     fn stop_and_status_without_a_vm() {
         let d = tempfile::tempdir().unwrap();
-        let b = VmBackend::with_mirror(
-            BerthHome::at(d.path()).unwrap(),
-            Mirror {
-                url: "http://127.0.0.1:9".into(),
-                suites: vec![],
-                keyrings: vec![],
-            },
-        );
+        let b = VmBackend::with_mirror(BerthHome::at(d.path()).unwrap(), Mirror::unreachable());
         let env = d.path().join("envs/x");
         assert!(!b.status(&env).unwrap().running);
         b.stop(&env, Duration::from_secs(1)).unwrap();
@@ -912,14 +905,7 @@ mod tests {
     #[test]
     fn dead_vmm_is_reported_and_cleaned_up() {
         let d = tempfile::tempdir().unwrap();
-        let b = VmBackend::with_mirror(
-            BerthHome::at(d.path()).unwrap(),
-            Mirror {
-                url: "http://127.0.0.1:9".into(),
-                suites: vec![],
-                keyrings: vec![],
-            },
-        );
+        let b = VmBackend::with_mirror(BerthHome::at(d.path()).unwrap(), Mirror::unreachable());
         let env = d.path().join("env");
         std::fs::create_dir_all(&env).unwrap();
         let mut child = std::process::Command::new("sleep")
@@ -1007,14 +993,7 @@ mod tests {
     #[test]
     fn a_vm_left_paused_is_resumed() {
         let d = tempfile::tempdir().unwrap();
-        let b = VmBackend::with_mirror(
-            BerthHome::at(d.path()).unwrap(),
-            Mirror {
-                url: "http://127.0.0.1:9".into(),
-                suites: vec![],
-                keyrings: vec![],
-            },
-        );
+        let b = VmBackend::with_mirror(BerthHome::at(d.path()).unwrap(), Mirror::unreachable());
         let env = d.path().join("env");
         std::fs::create_dir_all(&env).unwrap();
         let Some(qemu) = super::super::qmp::TestQemu::start(&env) else {
@@ -1072,15 +1051,8 @@ mod tests {
             return;
         };
         let bridge = net.options().bridge.name.clone();
-        let b = VmBackend::with_mirror(
-            home.clone(),
-            Mirror {
-                url: "http://127.0.0.1:9".into(),
-                suites: vec![],
-                keyrings: vec![],
-            },
-        )
-        .with_network_options(net.options().clone());
+        let b = VmBackend::with_mirror(home.clone(), Mirror::unreachable())
+            .with_network_options(net.options().clone());
         let id = "vmnet-stop";
         let _cleanup = DetachOnDrop {
             net: &net,

@@ -25,6 +25,16 @@ pub struct Mirror {
 }
 
 impl Mirror {
+    /// A mirror nothing listens on, with no suites and no keys (tests that must not fetch).
+    #[cfg(test)]
+    pub fn unreachable() -> Mirror {
+        Mirror {
+            url: "http://127.0.0.1:9".into(),
+            suites: Vec::new(),
+            keyrings: Vec::new(),
+        }
+    }
+
     /// `BERTH_DEBIAN_MIRROR` / `BERTH_DEBIAN_SUITES` (comma separated), else the host's first
     /// Debian apt source, else deb.debian.org bookworm; signed by a key of
     /// `BERTH_DEBIAN_KEYRING` (`:`-separated files), else of Debian's archive keyring.
