@@ -6,11 +6,13 @@
 //! | [`ignore`] | which paths are left alone (mount patterns + `.gitignore`) |
 //! | [`transport`] | the `Transport` trait: one side of a sync |
 //! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`, a VM guest's own folder) |
-//! | [`watch`] | inotify/polling watcher |
+//! | [`watch`] | the watcher of a tree: inotify, or polling as a fallback |
+//! | [`inotify`] | berth's recursive inotify watcher (one thread, only the events the engine needs) |
 //!
 //! The sync engine itself (three-way reconcile, base, debounce) lives in `berth-runtime`.
 
 pub mod ignore;
+pub mod inotify;
 pub mod local;
 pub mod transport;
 pub mod tree;
