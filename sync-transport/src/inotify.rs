@@ -108,7 +108,8 @@ impl Tree {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|e| StartError::Other(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
         // SAFETY: `c` is a valid NUL-terminated path; the descriptor is an inotify instance.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK | ADD_FLAGS) };
+        let wd =
+            unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK | ADD_FLAGS) };
         if wd < 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -205,7 +206,8 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
         }
         loop {
             // SAFETY: reads into `buf`, whose length is passed.
-            let len = unsafe { libc::read(tree.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let len =
+                unsafe { libc::read(tree.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if len < 0 {
                 let e = io::Error::last_os_error();
                 match e.kind() {
@@ -285,12 +287,17 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         let Ok(name) = std::str::from_utf8(raw.name) else {
             continue;
         };
+        let is_dir = raw.mask & libc::IN_ISDIR != 0;
+        // The engine's own temporary files (most events of the side it writes to) are
+        // dropped before anything is allocated for them.
+        if !is_dir && is_temp_name(name) {
+            continue;
+        }
         let rel = if dir.is_empty() {
             name.to_string()
         } else {
             format!("{dir}/{name}")
         };
-        let is_dir = raw.mask & libc::IN_ISDIR != 0;
         if is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
             tree.remove_recursive(&rel);
         }
@@ -342,7 +349,9 @@ mod tests {
         let sink: EventSink = Box::new(move |e| {
             let _ = tx.lock().unwrap().send(e);
         });
-        let w = start(root, Arc::new(sink)).map_err(|e| format!("{e:?}")).unwrap();
+        let w = start(root, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
         (w, rx)
     }
 
@@ -447,12 +456,18 @@ mod tests {
                 let _ = go.recv();
             }
         });
-        let _w = start(r, Arc::new(sink)).map_err(|e| format!("{e:?}")).unwrap();
+        let _w = start(r, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
         fs::set_permissions(r.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
         until(&rx, &ch("a", false));
         // Alternating files: identical consecutive events would be merged by the kernel.
         for i in 0..max + 10 {
-            let (f, mode) = if i % 2 == 0 { ("a", 0o644) } else { ("b", 0o600) };
+            let (f, mode) = if i % 2 == 0 {
+                ("a", 0o644)
+            } else {
+                ("b", 0o600)
+            };
             fs::set_permissions(r.join(f), fs::Permissions::from_mode(mode)).unwrap();
         }
         go_tx.send(()).unwrap();
