@@ -420,11 +420,18 @@ mod tests {
         let (_w, rx) = watch(r);
         fs::create_dir_all(r.join("d/a/b/c")).unwrap();
         fs::write(r.join("d/a/b/c/early"), "").unwrap();
-        until(&rx, &ch("d", true));
-        // Every folder of the new subtree got a watch: a later file deep inside is reported
-        // by itself (the early one is covered by the deep report of "d" or its own event).
+        // Events are read in order: once the root's event for "s1" is reported, every event
+        // of the burst has been handled. The folder was reported as a subtree (after its
+        // watch was added, so whatever was created in it afterwards has events of its own).
+        fs::write(r.join("s1"), "").unwrap();
+        let before = until(&rx, &ch("s1", true));
+        assert!(before.contains(&ch("d", true)), "{before:?}");
+        // Every folder of the subtree got a watch, however fast it was created: a file in
+        // the deepest one is reported by itself.
         fs::write(r.join("d/a/b/c/late"), "").unwrap();
-        until(&rx, &ch("d/a/b/c/late", true));
+        fs::write(r.join("s2"), "").unwrap();
+        let before = until(&rx, &ch("s2", true));
+        assert!(before.contains(&ch("d/a/b/c/late", true)), "{before:?}");
         // Moved in from outside the tree: watched as well.
         let out = tempfile::tempdir().unwrap();
         fs::create_dir_all(out.path().join("m/n")).unwrap();
