@@ -6,7 +6,8 @@
 //! | [`ignore`] | which paths are left alone (mount patterns + `.gitignore`) |
 //! | [`transport`] | the `Transport` trait: one side of a sync |
 //! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`, a VM guest's own folder) |
-//! | [`watch`] | inotify/polling watcher |
+//! | [`watch`] | the watcher of a tree: inotify, or polling as a fallback |
+//! | [`inotify`] | berth's recursive inotify watcher (one thread, only the events the engine needs) |
 //! | [`wire`] | the byte-stream protocol that carries a transport (frames, messages, errors) |
 //! | [`serve`](mod@serve) | answers that protocol with any transport (`berth-agent sync-serve`) |
 //! | [`remote`] | `RemoteTransport`: a transport on the far end of such a stream |
@@ -16,6 +17,7 @@
 
 pub mod delta;
 pub mod ignore;
+pub mod inotify;
 pub mod local;
 pub mod remote;
 pub mod serve;

@@ -1,13 +1,15 @@
-//! Change notification: [`watch_tree`] watches a folder recursively with inotify (through
-//! `notify`), or with a polling watcher when inotify is unavailable or its watch limit is
-//! reached. Events are reduced to "look at this relative path again (and its subtree if
-//! `deep`)"; reads are dropped so the engine's own reads do not echo back.
+//! Change notification: [`watch_tree`] watches a folder recursively with berth's own inotify
+//! watcher ([`crate::inotify`]), or with `notify`'s polling watcher when inotify is unavailable
+//! or its watch limit is reached. Events are reduced to "look at this relative path again (and
+//! its subtree if `deep`)"; reads are never watched, so the engine's own reads do not echo back.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use notify::{EventKind, RecursiveMode, Watcher};
+
+use crate::inotify::{self, StartError};
 
 use crate::transport::{EventSink, TransportError, WatchEvent, Watching};
 use crate::tree::is_temp_name;
@@ -46,31 +48,33 @@ pub fn watch_tree(
     };
     let mut polling = force_poll.then(|| "polling requested".to_string());
     if !force_poll {
-        match notify::RecommendedWatcher::new(make_handler(), notify::Config::default()) {
-            Ok(mut w) => match w.watch(root, RecursiveMode::Recursive) {
-                Ok(()) => {
-                    return Ok(Watching {
-                        guard: Box::new(w),
-                        polling: None,
-                    })
-                }
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    polling = Some(
-                        TransportError::WatchLimit {
-                            side: label.to_string(),
-                            detail: e.to_string(),
-                        }
-                        .to_string(),
-                    );
-                }
-                Err(e) => return Err(watch_err(e)),
-            },
-            Err(e) => {
-                let hint = match &e.kind {
-                    notify::ErrorKind::Io(io) if io.raw_os_error() == Some(libc::EMFILE) => {
-                        "the inotify instance limit is reached; raise it with `sysctl fs.inotify.max_user_instances=1024`; "
+        match inotify::start(root, sink.clone()) {
+            Ok(w) => {
+                return Ok(Watching {
+                    guard: Box::new(w),
+                    polling: None,
+                })
+            }
+            Err(StartError::Limit(e)) => {
+                polling = Some(
+                    TransportError::WatchLimit {
+                        side: label.to_string(),
+                        detail: e.to_string(),
                     }
-                    _ => "",
+                    .to_string(),
+                );
+            }
+            Err(StartError::Other(e)) => {
+                return Err(TransportError::Watch {
+                    side: label.to_string(),
+                    detail: e.to_string(),
+                })
+            }
+            Err(StartError::Init(e)) => {
+                let hint = if e.raw_os_error() == Some(libc::EMFILE) {
+                    "the inotify instance limit is reached; raise it with `sysctl fs.inotify.max_user_instances=1024`; "
+                } else {
+                    ""
                 };
                 polling = Some(format!(
                     "{label}: inotify unavailable ({e}); {hint}berth falls back to polling meanwhile"
@@ -90,7 +94,7 @@ pub fn watch_tree(
     })
 }
 
-/// Turns a notify event into the paths to look at again.
+/// Turns a notify event (of the polling watcher) into the paths to look at again.
 pub fn map_event(root: &Path, ev: &notify::Event) -> Vec<WatchEvent> {
     use notify::event::{AccessKind, AccessMode, ModifyKind};
     if ev.need_rescan() {

@@ -1,0 +1,516 @@
+//! berth's own recursive inotify watcher (see [`super::watch_tree`]).
+//!
+//! One reader thread per watched tree. The mask holds only what the engine acts on: no
+//! `IN_OPEN`, `IN_ACCESS` or `IN_CLOSE_NOWRITE`, so the engine's own reads do not echo back as
+//! events. `IN_MODIFY` is kept: a file written while held open (a log) or truncated by path
+//! must not wait for a close that may never come; the debounce folds its events per path.
+//! Folders that appear get watches before they are reported (deep), so whatever is created in
+//! them right away is either seen by the engine's scan of the folder or reported by the watch.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::transport::{EventSink, WatchEvent};
+use crate::tree::is_temp_name;
+
+/// The events watched on every folder.
+const MASK: u32 = libc::IN_CLOSE_WRITE
+    | libc::IN_MODIFY
+    | libc::IN_ATTRIB
+    | libc::IN_CREATE
+    | libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
+/// Flags of every `inotify_add_watch`: folders only, symlinks never followed, no events for
+/// files already unlinked.
+const ADD_FLAGS: u32 = libc::IN_ONLYDIR | libc::IN_DONT_FOLLOW | libc::IN_EXCL_UNLINK;
+
+/// Why the watch could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// `inotify_init1` failed (EMFILE: the instance limit).
+    Init(io::Error),
+    /// `inotify_add_watch` hit the watch limit (ENOSPC).
+    Limit(io::Error),
+    /// Anything else (the root cannot be watched, the thread cannot start...).
+    Other(io::Error),
+}
+
+/// The running watcher; dropping it stops and joins the reader thread, which closes the
+/// inotify descriptor.
+pub struct InotifyWatch {
+    /// An eventfd shared with the thread; any write stops it.
+    stop: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for InotifyWatch {
+    fn drop(&mut self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes the 8-byte counter increment an eventfd expects from a valid buffer.
+        unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Watch descriptors and the relative folder each one watches.
+struct Tree {
+    fd: OwnedFd,
+    root: PathBuf,
+    wds: HashMap<i32, String>,
+}
+
+impl Tree {
+    /// Adds watches to `rel` and every folder below it (symlinks are not followed). Folders
+    /// that vanish meanwhile are skipped; the watch limit is an error.
+    fn add_recursive(&mut self, rel: &str) -> Result<(), StartError> {
+        let mut stack = vec![rel.to_string()];
+        while let Some(rel) = stack.pop() {
+            let path = if rel.is_empty() {
+                self.root.clone()
+            } else {
+                self.root.join(&rel)
+            };
+            match self.add_one(&path, &rel) {
+                Ok(()) => {}
+                Err(StartError::Other(_)) if !rel.is_empty() => continue,
+                Err(e) => return Err(e),
+            }
+            let Ok(entries) = fs::read_dir(&path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                        continue;
+                    };
+                    stack.push(if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_one(&mut self, path: &Path, rel: &str) -> Result<(), StartError> {
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| StartError::Other(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        // SAFETY: `c` is a valid NUL-terminated path; the descriptor is an inotify instance.
+        let wd =
+            unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK | ADD_FLAGS) };
+        if wd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                StartError::Limit(e)
+            } else {
+                StartError::Other(e)
+            });
+        }
+        // An inode already watched (a folder renamed within the tree) keeps its descriptor.
+        self.wds.insert(wd, rel.to_string());
+        Ok(())
+    }
+
+    /// Removes the watches of `rel` and of every folder below it (moved out of its place).
+    fn remove_recursive(&mut self, rel: &str) {
+        let prefix = format!("{rel}/");
+        let gone: Vec<i32> = self
+            .wds
+            .iter()
+            .filter(|(_, r)| r.as_str() == rel || r.starts_with(&prefix))
+            .map(|(wd, _)| *wd)
+            .collect();
+        for wd in gone {
+            self.wds.remove(&wd);
+            // SAFETY: plain syscall on our inotify descriptor; an already gone watch is EINVAL.
+            unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), wd) };
+        }
+    }
+}
+
+/// Starts watching `root`: every folder gets its watch before this returns.
+pub fn start(root: &Path, sink: Arc<EventSink>) -> Result<InotifyWatch, StartError> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(StartError::Init(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut tree = Tree {
+        fd,
+        root: root.to_path_buf(),
+        wds: HashMap::new(),
+    };
+    tree.add_recursive("")?;
+    // SAFETY: plain syscall; the result is checked before use.
+    let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if stop < 0 {
+        return Err(StartError::Other(io::Error::last_os_error()));
+    }
+    // SAFETY: `stop` is a new descriptor nobody else owns.
+    let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
+    let thread_stop = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("berth-inotify".into())
+        .spawn(move || run(tree, &thread_stop, &sink))
+        .map_err(StartError::Other)?;
+    Ok(InotifyWatch {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// The reader thread: waits for events or the stop byte, reports events until stopped.
+fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: tree.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            sink(WatchEvent::Failed {
+                message: format!("inotify: poll failed: {}", io::Error::last_os_error()),
+                limit: false,
+            });
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
+        loop {
+            // SAFETY: reads into `buf`, whose length is passed.
+            let len =
+                unsafe { libc::read(tree.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if len < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        sink(WatchEvent::Failed {
+                            message: format!("inotify: read failed: {e}"),
+                            limit: false,
+                        });
+                        return;
+                    }
+                }
+            }
+            if !handle_buffer(&mut tree, &buf[..len as usize], sink) {
+                return;
+            }
+        }
+    }
+}
+
+/// One raw event from the buffer.
+struct Raw<'a> {
+    wd: i32,
+    mask: u32,
+    name: &'a [u8],
+}
+
+/// Splits a buffer read from inotify into its events.
+fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
+    const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + HEAD <= buf.len() {
+        // SAFETY: `HEAD` bytes are in bounds; read_unaligned copes with any alignment.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        let end = (at + HEAD + ev.len as usize).min(buf.len());
+        let name = &buf[at + HEAD..end];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        out.push(Raw {
+            wd: ev.wd,
+            mask: ev.mask,
+            name,
+        });
+        at = end;
+    }
+    out
+}
+
+/// Reports the events of one buffer; `false` when the watch is over (its limit was hit).
+fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
+    for raw in parse(buf) {
+        if raw.mask & libc::IN_Q_OVERFLOW != 0 {
+            // Folders created meanwhile may have no watch yet: add what is missing first.
+            if let Err(e) = tree.add_recursive("") {
+                return limit_reached(e, sink);
+            }
+            sink(WatchEvent::Rescan);
+            continue;
+        }
+        if raw.mask & libc::IN_IGNORED != 0 {
+            tree.wds.remove(&raw.wd);
+            continue;
+        }
+        let Some(dir) = tree.wds.get(&raw.wd) else {
+            continue;
+        };
+        if raw.name.is_empty() {
+            // IN_DELETE_SELF / IN_MOVE_SELF: the parent's event reports the path; the root
+            // itself going away needs a full look.
+            if dir.is_empty() && raw.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0 {
+                sink(WatchEvent::Rescan);
+            }
+            continue;
+        }
+        let Ok(name) = std::str::from_utf8(raw.name) else {
+            continue;
+        };
+        let is_dir = raw.mask & libc::IN_ISDIR != 0;
+        // The engine's own temporary files (most events of the side it writes to) are
+        // dropped before anything is allocated for them.
+        if !is_dir && is_temp_name(name) {
+            continue;
+        }
+        let rel = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        if is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
+            tree.remove_recursive(&rel);
+        }
+        if is_dir && raw.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+            if let Err(e) = tree.add_recursive(&rel) {
+                return limit_reached(e, sink);
+            }
+        }
+        if rel.split('/').any(is_temp_name) {
+            continue;
+        }
+        // Creations, removals and renames may concern whole folders.
+        let deep = raw.mask
+            & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
+            != 0;
+        sink(WatchEvent::Changed { rel, deep });
+    }
+    true
+}
+
+/// Reports a watch limit hit while adding watches to new folders; the watch stops.
+fn limit_reached(e: StartError, sink: &EventSink) -> bool {
+    match e {
+        StartError::Limit(e) => {
+            sink(WatchEvent::Failed {
+                message: e.to_string(),
+                limit: true,
+            });
+            false
+        }
+        // Only the root's watch can fail otherwise (it vanished): look at everything.
+        StartError::Init(_) | StartError::Other(_) => {
+            sink(WatchEvent::Rescan);
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+    use std::time::Duration;
+
+    fn watch(root: &Path) -> (InotifyWatch, Receiver<WatchEvent>) {
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let sink: EventSink = Box::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        });
+        let w = start(root, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        (w, rx)
+    }
+
+    fn ch(rel: &str, deep: bool) -> WatchEvent {
+        WatchEvent::Changed {
+            rel: rel.into(),
+            deep,
+        }
+    }
+
+    /// Receives until `want` arrives (a generous bound so a stuck watcher fails the test
+    /// instead of hanging it); returns what came before it.
+    fn until(rx: &Receiver<WatchEvent>, want: &WatchEvent) -> Vec<WatchEvent> {
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(e) if &e == want => return seen,
+                Ok(e) => seen.push(e),
+                Err(e) => panic!("{want:?} never came ({e:?}); got {seen:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn files_and_folders_created_modified_renamed_and_removed_are_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::create_dir(r.join("old")).unwrap();
+        fs::write(r.join("kept"), "k").unwrap();
+        let (_w, rx) = watch(r);
+        fs::write(r.join("f"), "1").unwrap();
+        until(&rx, &ch("f", true));
+        until(&rx, &ch("f", false)); // its close after writing
+        fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        until(&rx, &ch("f", false));
+        fs::rename(r.join("f"), r.join("g")).unwrap();
+        let before = until(&rx, &ch("g", true));
+        assert!(before.contains(&ch("f", true)), "{before:?}");
+        fs::remove_file(r.join("g")).unwrap();
+        until(&rx, &ch("g", true));
+        // A folder existing at the start is watched; a renamed one keeps being watched under
+        // its new name.
+        fs::write(r.join("old/x"), "").unwrap();
+        until(&rx, &ch("old/x", true));
+        fs::rename(r.join("old"), r.join("new")).unwrap();
+        let before = until(&rx, &ch("new", true));
+        assert!(before.contains(&ch("old", true)), "{before:?}");
+        fs::write(r.join("new/y"), "").unwrap();
+        until(&rx, &ch("new/y", true));
+        fs::remove_file(r.join("new/x")).unwrap();
+        fs::remove_file(r.join("new/y")).unwrap();
+        fs::remove_dir(r.join("new")).unwrap();
+        until(&rx, &ch("new", true));
+        // Reads are not watched; temporary names are dropped.
+        fs::write(r.join(".a.berth-sync-tmp-1-2"), "").unwrap();
+        assert_eq!(fs::read(r.join("kept")).unwrap(), b"k");
+        fs::write(r.join("last"), "").unwrap();
+        let before = until(&rx, &ch("last", true));
+        assert!(before.is_empty(), "{before:?}");
+    }
+
+    #[test]
+    fn a_file_written_while_held_open_is_reported_before_its_close() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let mut log = fs::File::create(r.join("log")).unwrap();
+        let (_w, rx) = watch(r);
+        log.write_all(b"a line\n").unwrap();
+        until(&rx, &ch("log", false));
+        drop(log);
+    }
+
+    #[test]
+    fn a_folder_filled_right_after_its_creation_is_watched_throughout() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let (_w, rx) = watch(r);
+        fs::create_dir_all(r.join("d/a/b/c")).unwrap();
+        fs::write(r.join("d/a/b/c/early"), "").unwrap();
+        // Events are read in order: once the root's event for "s1" is reported, every event
+        // of the burst has been handled. The folder was reported as a subtree (after its
+        // watch was added, so whatever was created in it afterwards has events of its own).
+        fs::write(r.join("s1"), "").unwrap();
+        let before = until(&rx, &ch("s1", true));
+        assert!(before.contains(&ch("d", true)), "{before:?}");
+        // Every folder of the subtree got a watch, however fast it was created: a file in
+        // the deepest one is reported by itself.
+        fs::write(r.join("d/a/b/c/late"), "").unwrap();
+        fs::write(r.join("s2"), "").unwrap();
+        let before = until(&rx, &ch("s2", true));
+        assert!(before.contains(&ch("d/a/b/c/late", true)), "{before:?}");
+        // Moved in from outside the tree: watched as well.
+        let out = tempfile::tempdir().unwrap();
+        fs::create_dir_all(out.path().join("m/n")).unwrap();
+        fs::rename(out.path().join("m"), r.join("m")).unwrap();
+        until(&rx, &ch("m", true));
+        fs::write(r.join("m/n/z"), "").unwrap();
+        until(&rx, &ch("m/n/z", true));
+    }
+
+    #[test]
+    fn a_queue_overflow_asks_for_a_rescan() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::write(r.join("a"), "").unwrap();
+        fs::write(r.join("b"), "").unwrap();
+        let max: usize = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The sink blocks on the first event until the queue has overflowed.
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let state = std::sync::Mutex::new((tx, Some(go_rx)));
+        let sink: EventSink = Box::new(move |e| {
+            let mut s = state.lock().unwrap();
+            let _ = s.0.send(e);
+            if let Some(go) = s.1.take() {
+                let _ = go.recv();
+            }
+        });
+        let _w = start(r, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        fs::set_permissions(r.join("a"), fs::Permissions::from_mode(0o600)).unwrap();
+        until(&rx, &ch("a", false));
+        // Alternating files: identical consecutive events would be merged by the kernel.
+        for i in 0..max + 10 {
+            let (f, mode) = if i % 2 == 0 {
+                ("a", 0o644)
+            } else {
+                ("b", 0o600)
+            };
+            fs::set_permissions(r.join(f), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        go_tx.send(()).unwrap();
+        until(&rx, &WatchEvent::Rescan);
+    }
+
+    #[test]
+    fn dropping_the_watch_ends_its_thread() {
+        let t = tempfile::tempdir().unwrap();
+        let (w, rx) = watch(t.path());
+        let (done_tx, done_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            drop(w);
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("drop returned (it joins the reader thread)");
+        // The thread held the only reference to the sink: it is gone with the thread.
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(30)),
+            Err(RecvTimeoutError::Disconnected)
+        );
+    }
+}
