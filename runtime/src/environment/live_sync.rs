@@ -328,8 +328,9 @@ fn connect_remotes(
     let mut out = Vec::new();
     for (&i, stream) in mounts.iter().zip(streams) {
         let m = &record.plan.mounts[i];
-        let source = m.source.clone().ok_or("a synced mount has no source")?;
-        let host_meta = fs::metadata(&source).map_err(|e| format!("{source}: {e}"))?;
+        let source = crate::vm::shared_folder::host_folder(m, &vms.home().volumes_dir())
+            .map_err(|e| e.to_string())?;
+        let host_meta = fs::metadata(&source).map_err(|e| format!("{}: {e}", source.display()))?;
         let host: Arc<dyn Transport> = Arc::new(
             LocalTransport::open("host", &source)
                 .map_err(|e| e.to_string())?

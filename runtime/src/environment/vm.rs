@@ -130,12 +130,9 @@ fn unsupported(
         .mounts
         .iter()
         .filter_map(|m| match m.kind {
-            MountKind::Volume if own_vmm => Some(format!(
-                "the volume mount on {} was skipped: berth's own VMM (vmm = \"kvm\", or \"auto\" on hardware KVM) shares no folders yet; use vmm = \"qemu\"",
-                m.target
-            )),
-            MountKind::Bind if !shares => Some(format!(
-                "the bind mount on {} is served as a sync mount (copied both ways over the agent channel, changes show after a moment){}: {}",
+            MountKind::Bind | MountKind::Volume if !shares => Some(format!(
+                "the {} mount on {} is served as a sync mount (copied both ways over the agent channel, changes show after a moment){}: {}",
+                if m.kind == MountKind::Bind { "bind" } else { "volume" },
                 m.target,
                 if m.readonly { "; being `readonly`, it is copied host → guest only and changes made inside are undone" } else { "" },
                 if own_vmm {
@@ -340,8 +337,8 @@ mod tests {
             address: "127.0.0.1".parse().unwrap(),
         }];
         assert!(unsupported(&plan, Some(Provider::Qemu), true, true).is_empty());
-        // berth's own VMM syncs bind mounts and skips volumes, saying so; as root it forwards
-        // the ports.
+        // berth's own VMM syncs bind and volume mounts, saying so; as root it forwards the
+        // ports.
         let notices = unsupported(&plan, Some(Provider::Kvm), true, true);
         assert_eq!(notices.len(), 2, "{notices:?}");
         assert!(
@@ -350,7 +347,7 @@ mod tests {
             "{notices:?}"
         );
         assert!(
-            notices[1].contains("volume mount on /Vol was skipped"),
+            notices[1].contains("volume mount on /Vol is served as a sync mount"),
             "{notices:?}"
         );
         // Rootless it has no network, and says so once for the network, once for the ports.

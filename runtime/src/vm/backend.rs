@@ -336,6 +336,11 @@ pub struct VmBackend {
 }
 
 impl VmBackend {
+    /// The berth home this backend keeps its VMs in.
+    pub fn home(&self) -> &BerthHome {
+        &self.home
+    }
+
     fn network(&self) -> Network {
         Network::new(&self.home, self.net_options.clone())
     }

@@ -40,14 +40,34 @@ pub struct SharedFolder {
 
 /// Whether a VM mount of `kind` is served by berth's live sync over the agent channel
 /// (`environment::live_sync`) instead of a virtio-fs share: `sync` mounts always (so their
-/// `ignore` patterns apply), `bind` mounts when the VM cannot share folders (`shares` false:
-/// berth's own VMM, or qemu without virtiofsd).
+/// `ignore` patterns apply), `bind` and `volume` mounts when the VM cannot share folders
+/// (`shares` false: berth's own VMM, or qemu without virtiofsd; a volume's folder under
+/// `volumes/` is then synced like a bind mount's).
 pub fn served_by_sync(kind: MountKind, shares: bool) -> bool {
     match kind {
         MountKind::Sync => true,
-        MountKind::Bind => !shares,
-        MountKind::Volume | MountKind::Tmpfs => false,
+        MountKind::Bind | MountKind::Volume => !shares,
+        MountKind::Tmpfs => false,
     }
+}
+
+/// The host folder of a mount that has one: a `volume`'s folder under `volumes_dir` (created
+/// when missing), else the mount's `source` itself.
+pub fn host_folder(m: &MountPlan, volumes_dir: &Path) -> Result<PathBuf, VmError> {
+    let source = m.source.as_deref().ok_or_else(|| {
+        VmError::Config(format!(
+            "the mount at {} has no source; give `source` in berth.toml",
+            m.target
+        ))
+    })?;
+    Ok(match m.kind {
+        MountKind::Volume => {
+            let dir = volumes_dir.join(source);
+            crate::state::create_dir_all(&dir)?;
+            dir
+        }
+        _ => PathBuf::from(source),
+    })
 }
 
 /// The `bind` and `volume` mounts of `mounts` as shared folders (`sync` mounts, and `bind`
@@ -64,20 +84,7 @@ pub fn shared_folders(
         if m.kind == MountKind::Tmpfs || served_by_sync(m.kind, virtiofsd) {
             continue;
         }
-        let source = m.source.as_deref().ok_or_else(|| {
-            VmError::Config(format!(
-                "the mount at {} has no source; give `source` in berth.toml",
-                m.target
-            ))
-        })?;
-        let source = match m.kind {
-            MountKind::Volume => {
-                let dir = volumes_dir.join(source);
-                crate::state::create_dir_all(&dir)?;
-                dir
-            }
-            _ => PathBuf::from(source),
-        };
+        let source = host_folder(m, volumes_dir)?;
         if !source.is_dir() {
             return Err(VmError::Config(format!(
                 "the {} mount at {} shares {}, which is not a folder on this host; create it or fix `source` in berth.toml",
@@ -309,14 +316,21 @@ mod tests {
         assert_eq!(shares[1].socket, Path::new("/e/fs-1.sock"));
         assert_eq!(shares[1].source, d.path().join("volumes/data"));
         assert!(d.path().join("volumes/data").is_dir(), "volume created");
-        // Without virtiofsd the bind mount is left to live sync too.
+        // Without virtiofsd the bind and volume mounts are left to live sync too; a volume's
+        // host folder is its folder under volumes/.
         let shares = shared_folders(&mounts, &volumes, Path::new("/e"), false).unwrap();
-        assert_eq!(shares.len(), 1);
-        assert_eq!(shares[0].target, "/v");
+        assert!(shares.is_empty(), "{shares:?}");
         assert!(served_by_sync(MountKind::Sync, true));
         assert!(!served_by_sync(MountKind::Bind, true));
         assert!(served_by_sync(MountKind::Bind, false));
-        assert!(!served_by_sync(MountKind::Volume, false));
+        assert!(!served_by_sync(MountKind::Volume, true));
+        assert!(served_by_sync(MountKind::Volume, false));
+        assert!(!served_by_sync(MountKind::Tmpfs, false));
+        assert_eq!(
+            host_folder(&mounts[3], &volumes).unwrap(),
+            d.path().join("volumes/data")
+        );
+        assert_eq!(host_folder(&mounts[1], &volumes).unwrap(), src);
 
         let missing = vec![mount(MountKind::Bind, Some("/nonexistent/x"), "/b")];
         let e = shared_folders(&missing, d.path(), Path::new("/e"), true).unwrap_err();
