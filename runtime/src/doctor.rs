@@ -71,7 +71,7 @@ pub fn agent_check() -> Check {
     }
 }
 
-/// Whether virtiofsd is there to share `bind`, `sync` and `volume` mounts with qemu VMs.
+/// Whether virtiofsd is there to share `bind` and `volume` mounts with qemu VMs.
 pub fn virtiofsd_check() -> Check {
     const NAME: &str = "vm folders";
     match crate::vm::shared_folder::locate_virtiofsd() {
@@ -79,8 +79,9 @@ pub fn virtiofsd_check() -> Check {
         None => Check::warn(
             NAME,
             format!(
-                "no virtiofsd (looked at: {}): VMs with bind, sync or volume mounts cannot start",
-                crate::vm::shared_folder::VIRTIOFSD_PATHS.join(", ")
+                "no virtiofsd (looked at: {}, or {}): VM bind and volume mounts are served by live sync instead of a live share",
+                crate::vm::shared_folder::VIRTIOFSD_PATHS.join(", "),
+                crate::vm::shared_folder::VIRTIOFSD_ENV
             ),
             "apt-get install qemu-system-common (Debian 12) or virtiofsd",
         ),

@@ -1,7 +1,7 @@
 //! `backend = "vm"` through the real binary, under qemu TCG (never KVM on the development
 //! machines): `up`, `exec` (guest kernel, exit codes, separate stdout/stderr, stdin), `logs`
 //! of a service, `shell` on a terminal, `status --json` with the VM's facts, reconcile, kill -9 of qemu → dead →
-//! `up` recovers, `snapshot save|ls|restore|rm` of the disk, read-only shares enforced by the host, `down` leaves no process, socket or disk lock, `destroy`, and `run`.
+//! `up` recovers, `snapshot save|ls|restore|rm` of the disk, read-only shares enforced by the host, `down` leaves no process, socket or disk lock, `destroy`, and `run`; without virtio-fs, bind and volume mounts served by live sync (read-only one-way).
 //!
 //! berth is used as installed: the binary and the static `berth-agent` copied into one
 //! folder, no BERTH_AGENT. The Debian kernel is cached in `target/berth-test-cache/kernels`
@@ -66,6 +66,8 @@ struct Vm<'a> {
     berth: &'a Berth,
     exe: PathBuf,
     project: PathBuf,
+    /// Extra environment of every command.
+    env: Vec<(&'static str, &'static str)>,
 }
 
 impl Vm<'_> {
@@ -74,6 +76,7 @@ impl Vm<'_> {
         c.env("BERTH_HOME", self.berth.home.path())
             .env("NO_COLOR", "1")
             .env_remove("BERTH_AGENT")
+            .envs(self.env.iter().copied())
             .current_dir(&self.project)
             .args(args);
         c
@@ -282,6 +285,7 @@ fn vm_environment_through_the_cli() {
         berth: &berth,
         exe: installed.dir.path().join("berth"),
         project: project.path().to_path_buf(),
+        env: Vec::new(),
     };
     let home = berth.home.path().to_string_lossy().into_owned();
     let before = HostSnapshot::take(&[&home]);
@@ -760,4 +764,146 @@ exit [lindex $result 3]
 
     let after = HostSnapshot::take(&[&home]);
     before.assert_nothing_leaked(&after);
+}
+
+/// Without virtio-fs (here forced with `BERTH_VIRTIOFSD=none`; berth's own VMM always), `bind`
+/// and `volume` mounts are served by live sync over the agent channel: `up` says so, the
+/// folders arrive, a volume's guest writes reach its folder under volumes/, a `readonly` bind
+/// mount is one-way (an edit inside is undone, the host keeps its file), and `down` leaves
+/// no sync process and no virtiofsd.
+#[test]
+fn vm_folders_without_virtio_fs_are_synced() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let berth = Berth::new();
+    let kernel_cache = berth_e2e::vm::kernel_cache();
+    std::fs::create_dir_all(&kernel_cache).unwrap();
+    std::os::unix::fs::symlink(&kernel_cache, berth.home.path().join("kernels")).unwrap();
+    let installed = Installed::new();
+    let project = tempfile::Builder::new()
+        .prefix("berth-vmsyncproj-")
+        .tempdir()
+        .unwrap();
+    busybox_rootfs(&project.path().join("rootfs"));
+    let src = project.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("hello.txt"), "from the host\n").unwrap();
+    std::fs::write(
+        project.path().join("berth.toml"),
+        r#"name = "vm-nofs"
+backend = "vm"
+[image]
+from = "rootfs:./rootfs"
+[vm]
+kernel = "debian:linux-image-cloud-amd64"
+vmm = "qemu"
+memory = "256MiB"
+vcpus = 1
+[[mounts]]
+source = "./src"
+target = "/ro"
+readonly = true
+[[mounts]]
+source = "data"
+target = "/data"
+type = "volume"
+"#,
+    )
+    .unwrap();
+    let vm = Vm {
+        berth: &berth,
+        exe: installed.dir.path().join("berth"),
+        project: project.path().to_path_buf(),
+        env: vec![("BERTH_VIRTIOFSD", "none")],
+    };
+    let home = berth.home.path().to_string_lossy().into_owned();
+    let before = HostSnapshot::take(&[&home]);
+
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "up failed:\n{out}\n{err}\n{}",
+        vm.consoles()
+    );
+    for what in ["bind mount on /ro", "volume mount on /data"] {
+        assert!(
+            err.contains(&format!("{what} is served as a sync mount")),
+            "no notice for the {what}: {err}"
+        );
+    }
+    let st = vm.status();
+    let env_dir = berth
+        .home
+        .path()
+        .join("envs")
+        .join(st["env_id"].as_str().unwrap());
+    let pid = st["pid"].as_i64().unwrap();
+    assert!(virtiofsd_of(&env_dir).is_empty(), "virtiofsd runs");
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
+        "from the host\n"
+    );
+
+    // The volume: guest writes reach volumes/data on the host.
+    vm.ok(&["exec", "--", "sh", "-c", "echo kept > /data/state.txt"]);
+    vm.ok(&["sync", "--flush"]);
+    assert_eq!(
+        std::fs::read_to_string(berth.home.path().join("volumes/data/state.txt")).unwrap(),
+        "kept\n"
+    );
+
+    // The read-only bind mount: an edit and a new file inside are undone; the host is
+    // untouched; host edits still arrive.
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo changed inside > /ro/hello.txt; echo new > /ro/made-inside.txt",
+    ]);
+    vm.ok(&["sync", "--flush"]);
+    assert_eq!(
+        std::fs::read_to_string(src.join("hello.txt")).unwrap(),
+        "from the host\n"
+    );
+    assert!(
+        !src.join("made-inside.txt").exists(),
+        "a guest file reached the host"
+    );
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
+        "from the host\n",
+        "the edit inside was not undone"
+    );
+    assert_eq!(
+        vm.run(&["exec", "--", "test", "-e", "/ro/made-inside.txt"])
+            .status
+            .code(),
+        Some(1),
+        "the file made inside was not removed"
+    );
+    std::fs::write(src.join("hello.txt"), "edited on the host\n").unwrap();
+    vm.ok(&["sync", "--flush"]);
+    assert_eq!(
+        vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
+        "edited on the host\n"
+    );
+
+    let sync_pid = {
+        let j = std::fs::read_to_string(env_dir.join("sync.json")).expect("sync.json while up");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v["process"]["pid"].as_i64().unwrap()
+    };
+    vm.ok(&["down"]);
+    assert!(wait_gone(pid), "qemu still runs after down");
+    assert!(wait_gone(sync_pid), "the sync process outlived `down`");
+    assert!(
+        !env_dir.join("sync.json").exists(),
+        "sync.json left after down"
+    );
+    vm.ok(&["destroy"]);
+    before.assert_nothing_leaked(&HostSnapshot::take(&[&home]));
 }

@@ -114,12 +114,20 @@ pub fn kind_name(k: MountKind) -> &'static str {
     }
 }
 
-/// The installed virtiofsd, if any.
+/// Overrides where virtiofsd is: a path, or `none` to serve every folder by live sync.
+pub const VIRTIOFSD_ENV: &str = "BERTH_VIRTIOFSD";
+
+/// The virtiofsd to use, if any: `BERTH_VIRTIOFSD` (a path, or `none`), else the first of
+/// [`VIRTIOFSD_PATHS`] installed.
 pub fn locate_virtiofsd() -> Option<PathBuf> {
-    VIRTIOFSD_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    match std::env::var_os(VIRTIOFSD_ENV) {
+        Some(v) if v == "none" => None,
+        Some(v) if !v.is_empty() => Some(PathBuf::from(v)).filter(|p| p.is_file()),
+        _ => VIRTIOFSD_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file()),
+    }
 }
 
 /// virtiofsd's arguments: the Rust one takes `--shared-dir`, qemu's C one `-o source=`.
