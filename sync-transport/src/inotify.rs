@@ -30,8 +30,8 @@ const MASK: u32 = libc::IN_CLOSE_WRITE
     | libc::IN_MOVED_TO
     | libc::IN_DELETE_SELF
     | libc::IN_MOVE_SELF;
-/// Flags of every `inotify_add_watch`: folders only, symlinks never followed, no events for
-/// files already unlinked.
+/// Flags of every `inotify_add_watch`: folders only, symlinks never followed (but the root's),
+/// no events for files already unlinked.
 const ADD_FLAGS: u32 = libc::IN_ONLYDIR | libc::IN_DONT_FOLLOW | libc::IN_EXCL_UNLINK;
 
 /// Why the watch could not start.
@@ -109,9 +109,15 @@ impl Tree {
     fn add_one(&mut self, path: &Path, rel: &str) -> Result<(), StartError> {
         let c = CString::new(path.as_os_str().as_bytes())
             .map_err(|e| StartError::Other(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        // The root may be given through a link berth chose (`/proc/self/fd/N` of a folder
+        // resolved beneath a container's root): it is followed; folders below never are.
+        let flags = if rel.is_empty() {
+            ADD_FLAGS & !libc::IN_DONT_FOLLOW
+        } else {
+            ADD_FLAGS
+        };
         // SAFETY: `c` is a valid NUL-terminated path; the descriptor is an inotify instance.
-        let wd =
-            unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK | ADD_FLAGS) };
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), MASK | flags) };
         if wd < 0 {
             let e = io::Error::last_os_error();
             return Err(if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -413,6 +419,18 @@ mod tests {
         fs::write(r.join("last"), "").unwrap();
         let before = until(&rx, &ch("last", true));
         assert!(before.is_empty(), "{before:?}");
+    }
+
+    #[test]
+    fn a_root_given_as_a_descriptor_link_is_watched() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("sub")).unwrap();
+        let dir = fs::File::open(t.path()).unwrap();
+        let link = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let (_w, rx) = watch(&link);
+        fs::write(t.path().join("sub/f"), "x").unwrap();
+        until(&rx, &ch("sub/f", true));
+        drop(dir);
     }
 
     #[test]
