@@ -205,20 +205,26 @@ pub fn apply(old: &[u8], block: u32, ops: &[Op]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// `n` pseudo-random bytes from `seed` (test content that does not compress or repeat).
+#[cfg(test)]
+pub(crate) fn test_data(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn data(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 33) as u8
-            })
-            .collect()
+        test_data(n, seed)
     }
 
     fn literal_bytes(ops: &[Op]) -> usize {

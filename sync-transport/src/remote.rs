@@ -821,17 +821,7 @@ mod tests {
 
     use crate::serve::serve;
 
-    fn data(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 33) as u8
-            })
-            .collect()
-    }
+    use crate::delta::test_data as data;
 
     #[test]
     fn every_operation_works_across_the_wire() {

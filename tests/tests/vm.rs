@@ -243,27 +243,31 @@ fn http_get(port: u16) -> String {
     panic!("the forwarded port {port} never answered: {last}");
 }
 
-#[test]
-fn vm_environment_through_the_cli() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+/// A berth home using the shared kernel cache, berth installed with its agent, and a
+/// project folder (prefix `prefix`) holding a busybox `rootfs/` and `src/hello.txt`.
+fn workspace(prefix: &str) -> (Berth, Installed, tempfile::TempDir, PathBuf) {
     let berth = Berth::new();
     // The kernel cache the runtime's vm_qemu test uses: downloaded once per checkout.
     let kernel_cache = berth_e2e::vm::kernel_cache();
     std::fs::create_dir_all(&kernel_cache).unwrap();
     std::os::unix::fs::symlink(&kernel_cache, berth.home.path().join("kernels")).unwrap();
     let installed = Installed::new();
-    let project = tempfile::Builder::new()
-        .prefix("berth-vmproj-")
-        .tempdir()
-        .unwrap();
+    let project = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
     busybox_rootfs(&project.path().join("rootfs"));
-    let port = free_port();
     let src = project.path().join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("hello.txt"), "from the host\n").unwrap();
+    (berth, installed, project, src)
+}
+
+#[test]
+fn vm_environment_through_the_cli() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (berth, installed, project, src) = workspace("berth-vmproj-");
+    let port = free_port();
     let name = format!(
         "vm-{}",
         project
@@ -777,19 +781,7 @@ fn vm_folders_without_virtio_fs_are_synced() {
         eprintln!("skipped: {why}");
         return;
     }
-    let berth = Berth::new();
-    let kernel_cache = berth_e2e::vm::kernel_cache();
-    std::fs::create_dir_all(&kernel_cache).unwrap();
-    std::os::unix::fs::symlink(&kernel_cache, berth.home.path().join("kernels")).unwrap();
-    let installed = Installed::new();
-    let project = tempfile::Builder::new()
-        .prefix("berth-vmsyncproj-")
-        .tempdir()
-        .unwrap();
-    busybox_rootfs(&project.path().join("rootfs"));
-    let src = project.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("hello.txt"), "from the host\n").unwrap();
+    let (berth, installed, project, src) = workspace("berth-vmsyncproj-");
     std::fs::write(
         project.path().join("berth.toml"),
         r#"name = "vm-nofs"
