@@ -105,29 +105,9 @@ impl Environments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::network::{master_of, test_network, DetachOnDrop};
+    use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
     use crate::state::{write_json, BerthHome};
-    use crate::vm::process::ProcessRecord;
     use crate::vm::{Provider, VmState};
-
-    fn vm_state(env: &std::path::Path, pid: u32) -> VmState {
-        VmState {
-            provider: Provider::Kvm,
-            accel: "kvm".into(),
-            process: ProcessRecord::of(pid as i32),
-            control_socket: env.join("control.sock"),
-            console_log: env.join("console.log"),
-            disk: env.join("disk.img"),
-            vcpus: 1,
-            memory: 1 << 28,
-            kernel_release: "6.1".into(),
-            started_at_ms: 0,
-            boot_ms: Some(1),
-            vsock_socket: None,
-            shares: vec![],
-            qmp_socket: None,
-        }
-    }
 
     /// kill -9 of a networked VMM: the next command's garbage collection removes the tap,
     /// lease, NAT and bridge; a live VMM's, and a locked environment's, are left alone.
@@ -153,7 +133,11 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        write_json(&env.join(VM_FILE), &vm_state(&env, child.id())).unwrap();
+        write_json(
+            &env.join(VM_FILE),
+            &VmState::stand_in(Provider::Kvm, &env, child.id()),
+        )
+        .unwrap();
         assert!(envs.release_dead_vm_networks().is_empty());
         child.kill().unwrap();
         child.wait().unwrap();
@@ -164,13 +148,7 @@ mod tests {
         drop(lock);
 
         envs.collect_garbage();
-        let mut nl = crate::net::netlink::Netlink::open().unwrap();
-        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
-        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
-        assert!(
-            net.record(id).unwrap().is_none(),
-            "lease and record removed"
-        );
+        assert_released(&net, id, &t.tap);
         assert!(
             env.join(VM_FILE).exists(),
             "still shown as dead until down/up"

@@ -534,6 +534,21 @@ impl Drop for DetachOnDrop<'_> {
     }
 }
 
+/// Asserts that everything `env_id` had of `net` is gone: its tap `tap`, its lease and record,
+/// and (it was the bridge's last user) the bridge and its NAT table.
+#[cfg(test)]
+pub(crate) fn assert_released(net: &Network, env_id: &str, tap: &str) {
+    let bridge = &net.options().bridge.name;
+    let mut nl = super::netlink::Netlink::open().unwrap();
+    assert_eq!(nl.link_index(tap).unwrap(), None, "tap removed");
+    assert_eq!(nl.link_index(bridge).unwrap(), None, "bridge removed");
+    assert!(!super::nat::NatRules::exists(bridge), "NAT table removed");
+    assert!(
+        net.record(env_id).unwrap().is_none(),
+        "lease and record removed"
+    );
+}
+
 /// The bridge interface `port` is plugged into, if any.
 #[cfg(test)]
 pub(crate) fn master_of(port: &str) -> Option<String> {

@@ -113,6 +113,31 @@ pub struct VmState {
     pub qmp_socket: Option<PathBuf>,
 }
 
+#[cfg(test)]
+impl VmState {
+    /// The record of a 256 MiB, 1-vCPU VM of `provider` in `env` whose VMM is `pid` (tests
+    /// stand a plain process in for the VMM).
+    pub(crate) fn stand_in(provider: Provider, env: &Path, pid: u32) -> VmState {
+        let kvm = provider == Provider::Kvm;
+        VmState {
+            provider,
+            accel: if kvm { "kvm" } else { "tcg" }.into(),
+            process: ProcessRecord::of(pid as i32),
+            control_socket: env.join("control.sock"),
+            console_log: env.join("console.log"),
+            disk: env.join(if kvm { "disk.img" } else { "disk.qcow2" }),
+            vcpus: 1,
+            memory: 1 << 28,
+            kernel_release: "6.1".into(),
+            started_at_ms: 0,
+            boot_ms: Some(1),
+            vsock_socket: kvm.then(|| env.join("vsock.sock")),
+            shares: vec![],
+            qmp_socket: None,
+        }
+    }
+}
+
 /// Said when a VM left paused was resumed.
 pub const PAUSED_NOTICE: &str = "the VM was paused (a `berth snapshot save` was interrupted while it copied the disk); resumed it";
 
@@ -917,23 +942,8 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let rec = ProcessRecord::of(child.id() as i32).unwrap();
-        let st = VmState {
-            provider: Provider::Qemu,
-            accel: "tcg".into(),
-            process: Some(rec),
-            control_socket: env.join("control.sock"),
-            console_log: env.join("console.log"),
-            disk: env.join("disk.qcow2"),
-            vcpus: 1,
-            memory: 1 << 28,
-            kernel_release: "6.1".into(),
-            started_at_ms: 0,
-            boot_ms: Some(1),
-            vsock_socket: None,
-            shares: vec![],
-            qmp_socket: None,
-        };
+        let st = VmState::stand_in(Provider::Qemu, &env, child.id());
+        assert!(st.process.is_some());
         state::write_json(&env.join("vm.json"), &st).unwrap();
         assert!(b.status(&env).unwrap().running);
         child.kill().unwrap();
@@ -949,8 +959,7 @@ mod tests {
     /// lease and NAT again; once the VMM runs, the tap stays for it.
     #[test]
     fn a_failed_start_leaves_no_tap() {
-        use crate::net::nat::NatRules;
-        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
         let d = tempfile::tempdir().unwrap();
         let home = BerthHome::at(d.path()).unwrap();
         let Some(net) = test_network(&home, "g") else {
@@ -974,14 +983,7 @@ mod tests {
             Err(VmError::Config(tap)) => tap,
             other => panic!("{:?}", other.err()),
         };
-        let mut nl = crate::net::netlink::Netlink::open().unwrap();
-        assert_eq!(nl.link_index(&tap).unwrap(), None, "tap removed");
-        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
-        assert!(!NatRules::exists(&bridge), "NAT table removed");
-        assert!(
-            net.record(id).unwrap().is_none(),
-            "lease and record removed"
-        );
+        assert_released(&net, id, &tap);
 
         let mut g = TapGuard::plumb(net.clone(), id).unwrap();
         g.disarm();
@@ -1049,7 +1051,7 @@ mod tests {
     fn a_killed_networked_vmm_leaves_no_tap_once_stopped() {
         use crate::net::bridge::veth_name;
         use crate::net::nat::NatRules;
-        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
         let d = tempfile::tempdir().unwrap();
         let home = BerthHome::at(d.path()).unwrap();
         let Some(net) = test_network(&home, "b") else {
@@ -1083,22 +1085,7 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let st = VmState {
-            provider: Provider::Kvm,
-            accel: "kvm".into(),
-            process: ProcessRecord::of(child.id() as i32),
-            control_socket: env.join("control.sock"),
-            console_log: env.join("console.log"),
-            disk: env.join("disk.img"),
-            vcpus: 1,
-            memory: 1 << 28,
-            kernel_release: "6.1".into(),
-            started_at_ms: 0,
-            qmp_socket: None,
-            boot_ms: Some(1),
-            vsock_socket: Some(env.join("vsock.sock")),
-            shares: vec![],
-        };
+        let st = VmState::stand_in(Provider::Kvm, &env, child.id());
         state::write_json(&env.join("vm.json"), &st).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
@@ -1107,11 +1094,7 @@ mod tests {
 
         // ...until the next stop, which removes tap, lease, NAT and the bridge (its last user).
         b.stop(&env, Duration::from_secs(1)).unwrap();
-        let mut nl = crate::net::netlink::Netlink::open().unwrap();
-        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
-        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
-        assert!(!NatRules::exists(&bridge), "NAT table removed");
-        assert!(net.record(id).unwrap().is_none(), "network record removed");
+        assert_released(&net, id, &t.tap);
         // Stopping again finds nothing to do.
         b.stop(&env, Duration::from_secs(1)).unwrap();
     }

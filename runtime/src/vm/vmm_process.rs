@@ -267,7 +267,7 @@ mod tests {
     /// unless a berth command holds the environment's lock (then that command does).
     #[test]
     fn the_vmm_process_releases_its_network_when_the_vm_ends() {
-        use crate::net::network::{master_of, test_network, DetachOnDrop};
+        use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
         let d = tempfile::tempdir().unwrap();
         let home = BerthHome::at(d.path()).unwrap();
         let Some(net) = test_network(&home, "r") else {
@@ -297,13 +297,7 @@ mod tests {
         drop(lock);
 
         assert!(release_network(&owner).unwrap());
-        let mut nl = crate::net::netlink::Netlink::open().unwrap();
-        assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
-        assert_eq!(nl.link_index(&bridge).unwrap(), None, "bridge removed");
-        assert!(
-            net.record(id).unwrap().is_none(),
-            "lease and record removed"
-        );
+        assert_released(&net, id, &t.tap);
         // Once more (the environment was destroyed meanwhile): nothing to do.
         std::fs::remove_dir_all(home.env_dir(id)).unwrap();
         assert!(!release_network(&owner).unwrap());
