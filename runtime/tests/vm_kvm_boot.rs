@@ -17,29 +17,6 @@ use berth_runtime::state::BerthHome;
 use berth_runtime::vm::{Provider, VmBackend, VmSpec};
 use envfile_spec::plan::{KernelSource, PortPlan, Protocol, RestartPolicy, ServicePlan, VmmKind};
 
-/// `GET /` through the forwarded host port (the guest's httpd may still be starting).
-fn http_get(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut last = String::new();
-    for _ in 0..100 {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.contains("200") => return body,
-            Ok(body) => last = body,
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the forwarded port {port} never answered: {last}");
-}
-
 #[test]
 fn real_kernel_under_berths_vmm() {
     if std::env::var("BERTH_TEST_KVM_BOOT").as_deref() != Ok("1") {
@@ -157,7 +134,10 @@ fn real_kernel_under_berths_vmm() {
     );
     if networked {
         // virtio-net on the tap: the forwarded port reaches the guest's httpd.
-        assert!(http_get(port).contains("served-by-berths-vmm"));
+        assert!(
+            berth_e2e::vm::http_get_forwarded(port, Duration::from_secs(10))
+                .contains("served-by-berths-vmm")
+        );
     }
     // The guest powers itself off: the VMM process ends and releases tap, lease and bridge
     // itself, before any `down`.

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -38,4 +39,29 @@ pub fn static_agent() -> PathBuf {
         .unwrap();
     assert!(st.success(), "building the static agent failed");
     target_dir.join("x86_64-unknown-linux-gnu/release/berth-agent")
+}
+
+/// `GET /index.html` through a VM's forwarded host `port`, retried while the guest's service
+/// may still be starting (100 tries, 100 ms apart; each read waits up to `read_timeout`);
+/// the whole answer once it says 200.
+pub fn http_get_forwarded(port: u16, read_timeout: Duration) -> String {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..100 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(read_timeout))?;
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) if body.contains("200") => return body,
+            Ok(body) => last = body,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the forwarded port {port} never answered: {last}");
 }

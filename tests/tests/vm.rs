@@ -220,29 +220,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `GET /` through the forwarded host port; the guest's service may still be starting.
-fn http_get(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut last = String::new();
-    for _ in 0..100 {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) if body.contains("200") => return body,
-            Ok(body) => last = body,
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the forwarded port {port} never answered: {last}");
-}
-
 /// A berth home using the shared kernel cache, berth installed with its agent, and a
 /// project folder (prefix `prefix`) holding a busybox `rootfs/` and `src/hello.txt`.
 fn workspace(prefix: &str) -> (Berth, Installed, tempfile::TempDir, PathBuf) {
@@ -369,7 +346,10 @@ fn vm_environment_through_the_cli() {
 
     // ports: the guest's NIC is up on qemu's user network and its web service answers
     // through the forwarded host port.
-    assert!(http_get(port).contains("served-from-the-guest"));
+    assert!(
+        berth_e2e::vm::http_get_forwarded(port, Duration::from_secs(20))
+            .contains("served-from-the-guest")
+    );
     let ip = vm.ok(&["exec", "--", "sh", "-c", "ip -4 addr; cat /etc/resolv.conf"]);
     assert!(
         ip.contains("10.0.2.15/24") && ip.contains("nameserver 10.0.2.3"),

@@ -249,7 +249,6 @@ mod tests {
 
     #[test]
     fn a_vm_whose_vmm_died_is_dead() {
-        use crate::vm::process::ProcessRecord;
         let d = tempfile::tempdir().unwrap();
         let home = crate::state::BerthHome::at(d.path()).unwrap();
         let b = VmBackend::new(home);
@@ -260,20 +259,11 @@ mod tests {
             .spawn()
             .unwrap();
         let st = VmState {
-            provider: Provider::Qemu,
-            accel: "tcg".into(),
-            process: ProcessRecord::of(child.id() as i32),
-            control_socket: env.join("control.sock"),
-            console_log: env.join("console.log"),
-            disk: env.join("disk.qcow2"),
             vcpus: 2,
-            memory: 256 << 20,
             kernel_release: "6.1.0-test".into(),
             started_at_ms: crate::vm::backend::now_ms(),
             boot_ms: Some(1500),
-            vsock_socket: None,
-            shares: vec![],
-            qmp_socket: None,
+            ..VmState::stand_in(Provider::Qemu, &env, child.id())
         };
         crate::state::write_json(&env.join("vm.json"), &st).unwrap();
         let (r, facts) = report(&b, &env).unwrap();
