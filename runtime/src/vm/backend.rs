@@ -700,16 +700,13 @@ impl VmBackend {
         Ok(monitor.resume_if_paused()?)
     }
 
-    /// Connects to the running VM's agent (for exec and shell). A qemu VM left paused is
-    /// resumed first (with a notice) unless another command holds the environment's lock (a
-    /// save in progress resumes it itself). An unanswered hello is tried again on a fresh
-    /// connection: the agent resets a channel when the host side closes, so a handshake lost
-    /// while the previous client was going away gets a clean retry.
+    /// Connects to the running VM's agent (for exec and shell). An unanswered hello is tried
+    /// again on a fresh connection: the agent resets a channel when the host side closes, so a
+    /// handshake lost while the previous client was going away gets a clean retry. Before that
+    /// retry, a qemu VM left paused is resumed (with a notice) unless another command holds
+    /// the environment's lock (a save in progress resumes it itself).
     pub fn connect(&self, state_dir: &Path) -> Result<VmConnection, VmError> {
         let st = self.running_state(state_dir)?;
-        if st.provider == Provider::Qemu && self.resume_unlocked(state_dir) {
-            eprintln!("berth: notice: {PAUSED_NOTICE}");
-        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -717,6 +714,11 @@ impl VmBackend {
                 Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) if attempt < 3 => {
                     if !self.is_running(state_dir) {
                         return Err(VmError::NotRunning);
+                    }
+                    // A paused VM does not answer: only then is qemu asked (one QMP round
+                    // trip on this rare path instead of on every exec).
+                    if st.provider == Provider::Qemu && self.resume_unlocked(state_dir) {
+                        eprintln!("berth: notice: {PAUSED_NOTICE}");
                     }
                 }
                 other => return other,
