@@ -1,6 +1,7 @@
 //! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
 //! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
 
+pub mod debian;
 pub mod host;
 pub mod oci;
 pub mod user;

@@ -63,3 +63,22 @@ fn debootstrap_bookworm_is_bootstrapped_once_and_cached() {
         "bootstrapped twice: {err2}"
     );
 }
+
+/// The shared test base (`berth_e2e::debian`): a home seeded from the machine-wide cache
+/// resolves `debootstrap:bookworm` without bootstrapping, and the base is a real Debian.
+#[test]
+fn seeded_home_resolves_bookworm_from_the_cache() {
+    if let Some(why) = berth_e2e::debian::unavailable() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let b = Berth::new();
+    berth_e2e::debian::seed_bookworm(&b);
+    let o = b.run_in(Path::new("/"), &["image", "pull", "debootstrap:bookworm"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        !format!("{out}{err}").contains("bootstrapping"),
+        "resolved by bootstrapping again:\n{out}\n{err}"
+    );
+}
