@@ -3,19 +3,32 @@
 //! caller's Ctrl-C does not reach them), stdin from /dev/null, stdout and stderr appended to
 //! a log file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// Spawns `cmd` detached, its output going to `log` (created or truncated).
+/// Spawns `cmd` detached, its output going to `log` (created with mode 0600 or truncated; a
+/// symlink in its place or its folder's is refused, not followed: logs live in state folders
+/// an environment's processes may have reached).
 pub fn spawn_detached(mut cmd: Command, log: &Path) -> io::Result<Child> {
-    let out: File = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(log)?;
+    use std::os::fd::AsFd;
+    let (Some(dir), Some(name)) = (log.parent(), log.file_name().and_then(|n| n.to_str())) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", log.display()),
+        ));
+    };
+    let folder =
+        crate::state::open_dir_nofollow(dir).map_err(|e| crate::state::refuse_link(dir, e))?;
+    let out: File = crate::state::open_beneath(
+        folder.as_fd(),
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOCTTY,
+        0o600,
+    )
+    .map_err(|e| crate::state::refuse_link(log, e))?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: setsid between fork and exec is async-signal-safe and touches no memory.

@@ -281,6 +281,91 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateErr
     result.map_err(err)
 }
 
+/// `openat2(2)`'s `struct open_how`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Opens `name` (a relative path) under the open folder `dir` without following a symlink
+/// anywhere and without leaving `dir`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)`, always close-on-exec. For files in state folders that something
+/// other than berth could have replaced by a link (logs a process inside can reach). A link
+/// gives `ELOOP`, which [`refuse_link`] turns into a message.
+pub fn open_beneath(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    flags: i32,
+    mode: u32,
+) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and a correctly sized
+        // open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
+            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+            return Err(e);
+        }
+    }
+}
+
+/// Opens the folder `path` itself, refusing a symlink in its place (`O_NOFOLLOW`): the
+/// anchor for [`open_beneath`]. Close-on-exec.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `e` with `path` and the way out in its message when it is the kernel refusing a symlink
+/// (`ELOOP`, or `ENOTDIR` from `O_DIRECTORY | O_NOFOLLOW` on a link); other errors unchanged.
+pub fn refuse_link(path: &Path, e: io::Error) -> io::Error {
+    let is_link = e.raw_os_error() == Some(libc::ELOOP)
+        || (e.raw_os_error() == Some(libc::ENOTDIR)
+            && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()));
+    if !is_link {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{} is a symbolic link (or passes through one): berth does not follow links in its \
+             state folders, as something inside the environment may have planted it; remove it \
+             and try again",
+            path.display()
+        ),
+    )
+}
+
 /// Serializes `value` as pretty JSON and writes it with [`atomic_write`].
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     atomic_write(path, &json_bytes(path, value)?)

@@ -140,12 +140,10 @@ impl ContainerBackend {
         crate::state::write_json_volatile(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
-        let log_path = spec.logs_dir().join("supervisor.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .context(|| format!("cannot open {}", log_path.display()))?;
+        let logs_dir = spec.logs_dir();
+        let log = super::logs::open_logs_dir(&spec.state_dir)
+            .and_then(|d| super::logs::open_for_append(&d, &logs_dir, "supervisor.log"))
+            .context(|| format!("cannot open {}/supervisor.log", logs_dir.display()))?;
         let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
             .context(|| "cannot prepare berth's supervisor".to_string())?;
         cmd.stdin(Stdio::null())
@@ -425,8 +423,9 @@ fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
             }
         }
     }
-    let logs = spec.logs_dir();
-    fs::create_dir_all(&logs).context(|| format!("cannot create {}", logs.display()))
+    super::logs::open_logs_dir(&spec.state_dir)
+        .map(drop)
+        .context(|| format!("cannot create {}", spec.logs_dir().display()))
 }
 
 fn read_launch_events(
