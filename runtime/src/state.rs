@@ -50,6 +50,47 @@ pub enum StateError {
     Lock { path: PathBuf, source: io::Error },
     #[error("{what} is busy: another berth command holds {path}; wait for it to finish")]
     Busy { what: String, path: PathBuf },
+    #[error("permission denied: {path} belongs to {owner}, and berth keeps each user's environments private; use your own berth home (unset BERTH_HOME) or run berth as {owner}")]
+    NotYours { path: PathBuf, owner: String },
+}
+
+/// The name of the user `uid` (or `uid N` when it has none), for messages.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// `Err(NotYours)` when `path` exists, belongs to another user, and this process is not root
+/// (root manages every user's environments, as with any system service).
+pub fn check_owner(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        return Ok(());
+    }
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.uid() != me.as_raw() => Err(StateError::NotYours {
+            path: path.to_path_buf(),
+            owner: user_name(m.uid()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `source` as [`StateError::NotYours`] when it is a permission error on something of
+/// another user's under `dir`, else as [`StateError::Read`] of `path`.
+pub fn read_error(dir: &Path, path: &Path, source: io::Error) -> StateError {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        if let Err(e) = check_owner(dir) {
+            return e;
+        }
+    }
+    StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The root of berth's on-disk state.
@@ -89,6 +130,9 @@ impl BerthHome {
         } else {
             root
         };
+        // Someone else's home (BERTH_HOME pointing at root's /var/lib/berth): refused whole,
+        // before anything is created in it or read from it.
+        check_owner(&root)?;
         let home = BerthHome { root };
         for dir in [
             home.blobs_dir(),
@@ -225,6 +269,41 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// Creates the folder `path` (and its parents) with mode 0700 for the folder itself, or
+/// narrows an existing one to at most 0710 (environment folders of older versions were 0755):
+/// environment folders hold `[env]` values, logs and the control socket, for their owner only.
+pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StateError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = fs::symlink_metadata(path).map_err(err)?;
+            if !m.is_dir() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "it exists and is not a folder; remove it",
+                )));
+            }
+            // Group search (0710) is how a container's mapped root reaches its rootfs.
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o067 != 0 {
+                check_owner(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o710))
+                    .map_err(err)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
     fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
         path: path.to_path_buf(),
@@ -263,7 +342,7 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateErr
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
@@ -380,8 +459,19 @@ pub fn write_json_if_changed<T: serde::Serialize>(
     value: &T,
 ) -> Result<(), StateError> {
     let bytes = json_bytes(path, value)?;
-    let is_file = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    let meta = fs::symlink_metadata(path).ok();
+    let is_file = meta.as_ref().is_some_and(|m| m.file_type().is_file());
     if is_file && fs::read(path).is_ok_and(|old| old == bytes) {
+        // Written 0644 by an older version: narrowed like a rewrite would.
+        use std::os::unix::fs::PermissionsExt;
+        if meta.is_some_and(|m| m.permissions().mode() & 0o077 != 0) {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+                StateError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
         return Ok(());
     }
     atomic_write(path, &bytes)
@@ -418,10 +508,11 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
                 })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Read {
-            path: path.to_path_buf(),
+        Err(source) => Err(read_error(
+            path.parent().unwrap_or(Path::new("/")),
+            path,
             source,
-        }),
+        )),
     }
 }
 
@@ -483,12 +574,19 @@ impl FileLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| StateError::Lock {
-                path: path.to_path_buf(),
-                source,
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    if let Err(e) = check_owner(path.parent().unwrap_or(Path::new("/"))) {
+                        return e;
+                    }
+                }
+                StateError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })
     }
 }

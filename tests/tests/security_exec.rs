@@ -299,6 +299,70 @@ fn berth_does_not_follow_links_planted_in_the_log_folder() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+#[test]
+fn secrets_are_private_and_other_users_are_refused() {
+    require_root!();
+    let p = project(WITH_SERVICE);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    // As /var/lib/berth is made: a home other users may enter.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(b.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(&b, p.path(), &["up"]);
+    let state = env_dir(&b);
+    let id = state.file_name().unwrap().to_string_lossy().into_owned();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let user = berth_e2e::user::TestUser::create("bsecx");
+
+    // The payload: another local user reads the environment's `[env]` values.
+    for f in ["env.json", "spec.json"] {
+        let path = state.join(f);
+        assert!(
+            std::fs::read_to_string(&path).unwrap().contains("do-not-leak-4711"),
+            "{f} no longer holds the value: the test needs another file"
+        );
+        let o = user.run("cat", &[path.to_str().unwrap()]);
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("do-not-leak-4711"),
+            "another user read {f}"
+        );
+    }
+    // 0700, or 0710 for the group of the environment's mapped root (to reach its rootfs).
+    assert_eq!(mode(&state) & 0o767, 0o700, "{}", state.display());
+    let o = user.run("ls", &[state.to_str().unwrap()]);
+    assert!(!o.status.success(), "another user listed the environment's folder");
+    for f in ["env.json", "spec.json", "state.json", "lock"] {
+        assert_eq!(mode(&state.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&state.join("logs")), 0o700);
+
+    // Another user's berth on this home: refused, saying whose it is, never "not running".
+    let elsewhere = Path::new("/");
+    let home = b.home.path();
+    for args in [
+        vec!["ls"],
+        vec!["--environment", &id, "status"],
+        vec!["--environment", &id, "exec", "--", "true"],
+        vec!["--environment", &id, "shell"],
+        vec!["--environment", &id, "logs"],
+    ] {
+        let o = user.berth_with_home(home, elsewhere, &args);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "berth {args:?} as another user:\n{out}{err}");
+        assert!(
+            !out.contains(&p.name) && !err.contains("not running"),
+            "berth {args:?} as another user:\n{out}{err}"
+        );
+        assert!(
+            err.contains("permission denied") && err.contains("root"),
+            "berth {args:?} does not say whose the environments are:\n{err}"
+        );
+    }
+    drop(user);
+    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
 #[allow(dead_code)]
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();

@@ -192,7 +192,7 @@ impl Environments {
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
     pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
-        state::create_dir_all(&dir)?;
+        state::create_private_dir(&dir)?;
         let path = dir.join("lock");
         let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
             Some(l) => l,
@@ -486,8 +486,11 @@ impl Environments {
             return Ok(out);
         };
         for entry in rd.flatten() {
-            if let Ok(Some(r)) = EnvRecord::load(&entry.path()) {
-                out.push(r);
+            match EnvRecord::load(&entry.path()) {
+                Ok(Some(r)) => out.push(r),
+                // Another user's environment in this home: say so rather than hide it.
+                Err(e @ crate::state::StateError::NotYours { .. }) => return Err(e.into()),
+                _ => {}
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));
