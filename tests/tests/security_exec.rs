@@ -363,7 +363,93 @@ fn secrets_are_private_and_other_users_are_refused() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
-#[allow(dead_code)]
+/// The supervisor's pid on the host and whether the environment runs, from `status --json`.
+fn supervisor(b: &Berth, dir: &Path) -> (Option<i64>, String) {
+    let out = ok(b, dir, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (v["pid"].as_i64(), v["status"].as_str().unwrap_or("").to_string())
+}
+
+#[test]
+fn signals_from_inside_do_not_end_the_environment() {
+    require_root!();
+    let p = project(WITH_SERVICE);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    let (pid, status) = supervisor(&b, p.path());
+    assert_eq!(status, "running");
+    // The payload: the environment's root signals its PID 1 (the supervisor).
+    for sig in ["TERM", "HUP", "INT", "QUIT", "USR1", "USR2", "ALRM", "PIPE", "TRAP"] {
+        let o = b.run_in(
+            p.path(),
+            &["exec", "--", "sh", "-c", &format!("kill -{sig} 1; sleep 0.3; true")],
+        );
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "after SIG{sig}: {out}{err}");
+        let (now, status) = supervisor(&b, p.path());
+        assert_eq!(status, "running", "SIG{sig} from inside ended the environment");
+        assert_eq!(now, pid, "SIG{sig} from inside replaced the supervisor");
+    }
+    let ps = ok(&b, p.path(), &["exec", "--", "sh", "-c", "ps -o pid,args"]);
+    assert!(ps.contains("sleep 1000"), "the service was stopped: {ps}");
+
+    // The host's signal still stops it (as does `down`).
+    let pid = pid.expect("a running environment has a supervisor pid");
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    wait_for("the supervisor to stop on the host's SIGTERM", Duration::from_secs(15), || {
+        supervisor(&b, p.path()).1 != "running"
+    });
+    ok(&b, p.path(), &["up"]);
+    ok(&b, p.path(), &["down", "--timeout", "5"]);
+    assert_eq!(supervisor(&b, p.path()).1, "stopped");
+    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn a_failed_first_up_leaves_no_environment_behind() {
+    require_root!();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let p = project(&format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n\
+         [[ports]]\nhost = {port}\nguest = 80\n\
+         [services]\nticker = {{ command = [\"sleep\", \"1000\"] }}\n"
+    ));
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = run(&b, p.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up with a taken port: {out}{err}");
+    assert!(err.contains(&port.to_string()), "the error names the port: {err}");
+    let left: Vec<PathBuf> = std::fs::read_dir(b.home.path().join("envs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "a failed first up left {left:?}");
+    let ls = ok(&b, p.path(), &["ls", "--json"]);
+    assert!(!ls.contains(&p.name), "ls lists the failed environment: {ls}");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+
+    // Once the port is free, up works; a later failed up keeps the existing environment.
+    drop(held);
+    ok(&b, p.path(), &["up"]);
+    ok(&b, p.path(), &["down", "--timeout", "2"]);
+    let again = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let o = run(&b, p.path(), &["up"]);
+    assert!(!o.status.success());
+    assert!(env_dir(&b).join("env.json").exists(), "a failed re-up removed the environment");
+    drop(again);
+    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {

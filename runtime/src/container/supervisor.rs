@@ -1,7 +1,7 @@
 //! The supervisor: PID 1 of an environment. It reaps every process, runs the `[services]`
 //! with their restart policies (output into size-bounded logs), and serves the control socket
 //! (exec, tty exec, signal, status, stop). One `poll` loop over the socket, a signalfd
-//! (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the connections and the services' output pipes. The
+//! (SIGCHLD; SIGTERM, SIGINT, SIGHUP from the host only), the connections and the services' output pipes. The
 //! only other threads are the `[[ports]]` forwarder's, which take no lock a forked child
 //! needs (their descriptors are all close-on-exec, glibc's malloc is fork-safe), so forking a
 //! child from the loop stays safe.
@@ -365,10 +365,8 @@ impl Supervisor {
 
     fn handle_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => {}
-                Ok(_) => self.begin_stop(DEFAULT_GRACE),
-                Err(_) => {}
+            if stops_the_environment(info.ssi_signo, info.ssi_pid) {
+                self.begin_stop(DEFAULT_GRACE);
             }
         }
         self.reap();
@@ -806,6 +804,17 @@ pub fn cwd_is_inside_root() -> bool {
     rc > 0 && buf[0] == b'/'
 }
 
+/// Whether a SIGTERM/SIGINT/SIGHUP read from the signalfd stops the environment: only when
+/// it comes from outside the environment's pid namespace (the host: `kill` of the supervisor,
+/// system shutdown), where the sender has no pid in this namespace and `ssi_pid` is 0. A
+/// process inside sending `kill -TERM 1` has its own pid there and is ignored, as an init
+/// ignores it; the other default-action signals from inside never arrive (the kernel drops
+/// them for a pid namespace's init that has no handler for them), SIGKILL/SIGSTOP included.
+fn stops_the_environment(signo: u32, sender_pid: u32) -> bool {
+    let stopping = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    stopping.contains(&(signo as i32)) && sender_pid == 0
+}
+
 /// Runs in the forked child; returns only on failure (step name, errno).
 #[allow(clippy::too_many_arguments)]
 fn child_exec(
@@ -1022,6 +1031,15 @@ mod tests {
         assert!(e.contains(&"TERM=xterm".to_string()));
         assert!(e.contains(&"HOSTNAME=host".to_string()));
         assert_eq!(e.iter().filter(|v| v.starts_with("A=")).count(), 1);
+    }
+
+    #[test]
+    fn only_the_hosts_stop_signals_stop_the_environment() {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert!(stops_the_environment(sig as u32, 0), "{sig} from the host");
+            assert!(!stops_the_environment(sig as u32, 7), "{sig} from pid 7 inside");
+        }
+        assert!(!stops_the_environment(libc::SIGCHLD as u32, 0));
     }
 
     #[test]

@@ -212,8 +212,40 @@ impl Environments {
         let t0 = Instant::now();
         let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
         let locked = self.lock(&env_id, &opts.progress)?;
-        let dir = &locked.dir;
-        let previous = EnvRecord::load(dir)?;
+        let previous = EnvRecord::load(&locked.dir)?;
+        let first = previous.is_none();
+        let result = self.up_locked(plan, opts, t0, env_id, &locked.dir, previous);
+        if result.is_err() && first {
+            // Nothing of an environment that never came up stays: processes, cgroups,
+            // network, sync process, and its folder (the lock goes last, as in `destroy`).
+            self.undo_first_up(&locked.dir, plan.backend);
+        }
+        result
+    }
+
+    /// Removes what a failed first `up` of the environment in `dir` left. Best effort: the
+    /// error the caller reports is the `up`'s.
+    fn undo_first_up(&self, dir: &Path, kind: BackendKind) {
+        live_sync::stop(dir);
+        let timeout = Duration::from_secs(2);
+        let stopped = match kind {
+            BackendKind::Container => self.backend.stop(dir, timeout).map_err(EnvError::from),
+            BackendKind::Vm => self.vms.destroy(dir, timeout).map_err(EnvError::from),
+        };
+        if stopped.is_ok() {
+            let _ = remove_env_dir(dir);
+        }
+    }
+
+    fn up_locked(
+        &self,
+        plan: &Plan,
+        opts: &UpOptions,
+        t0: Instant,
+        env_id: String,
+        dir: &Path,
+        previous: Option<EnvRecord>,
+    ) -> Result<UpReport, EnvError> {
         // A running environment is stopped by the backend it runs on, which is the plan's
         // only if the backend did not change.
         let previous_kind = previous
