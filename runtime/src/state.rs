@@ -705,6 +705,92 @@ mod tests {
     }
 
     #[test]
+    fn state_files_and_environment_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let env = d.path().join("envs/e1");
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o700);
+        atomic_write(&env.join("env.json"), b"{}").unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+        drop(FileLock::acquire(&env.join("lock"), LockMode::Exclusive).unwrap());
+        assert_eq!(mode(&env.join("lock")), 0o600);
+        // Made by an older version: narrowed; group search (a mapped root's) is kept.
+        fs::set_permissions(&env, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o710);
+        fs::set_permissions(&env.join("env.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+    }
+
+    #[test]
+    fn open_beneath_refuses_links_and_escapes() {
+        use std::os::fd::AsFd;
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("outside"), "x").unwrap();
+        let dir = d.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("ok.log"), "fine").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), dir.join("link.log")).unwrap();
+        let f = open_dir_nofollow(&dir).unwrap();
+        assert!(open_beneath(f.as_fd(), "ok.log", libc::O_RDONLY, 0).is_ok());
+        for bad in ["link.log", "../outside", "/etc/passwd"] {
+            let e = open_beneath(f.as_fd(), bad, libc::O_RDONLY, 0).unwrap_err();
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)),
+                "{bad}: {e}"
+            );
+        }
+        let e = open_beneath(f.as_fd(), "link.log", libc::O_RDONLY, 0).unwrap_err();
+        let e = refuse_link(&dir.join("link.log"), e);
+        assert!(e.to_string().contains("link.log is a symbolic link"), "{e}");
+        // The anchor folder itself replaced by a link.
+        let linked = d.path().join("linked");
+        std::os::unix::fs::symlink(&dir, &linked).unwrap();
+        let e = refuse_link(&linked, open_dir_nofollow(&linked).unwrap_err());
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn another_users_home_is_refused_naming_its_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to become another user; CI runs as root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_owner(d.path()).is_ok(), "root manages every home");
+        // SAFETY: the child only calls setresuid and this crate's code, then _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let nobody = nix::unistd::Uid::from_raw(65534);
+                let code = if nix::unistd::setresuid(nobody, nobody, nobody).is_err() {
+                    10
+                } else {
+                    match BerthHome::at(d.path()) {
+                        Err(StateError::NotYours { owner, .. }) if owner.contains("uid 0") => 0,
+                        _ => 1,
+                    }
+                };
+                // SAFETY: leaving the forked child without unwinding.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        assert!(
+            fs::read_dir(d.path()).unwrap().next().is_none(),
+            "nothing was created in the refused home"
+        );
+    }
+
+    #[test]
     fn env_ids_differ_by_path() {
         let a = env_id("web", Path::new("/a/berth.toml"));
         let b = env_id("web", Path::new("/b/berth.toml"));
