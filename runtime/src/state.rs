@@ -295,8 +295,7 @@ pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
             let mode = m.permissions().mode() & 0o777;
             if mode & 0o067 != 0 {
                 check_owner(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o710))
-                    .map_err(err)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o710)).map_err(err)?;
             }
             Ok(())
         }
@@ -720,7 +719,7 @@ mod tests {
         fs::set_permissions(&env, fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&env).unwrap();
         assert_eq!(mode(&env), 0o710);
-        fs::set_permissions(&env.join("env.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(env.join("env.json"), fs::Permissions::from_mode(0o644)).unwrap();
         write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
         write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
         assert_eq!(mode(&env.join("env.json")), 0o600);

@@ -50,7 +50,12 @@ fn project(toml: &str) -> Project {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     busybox_rootfs(&dir.path().join("rootfs"));
-    let tag = dir.path().file_name().unwrap().to_string_lossy().to_lowercase();
+    let tag = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase();
     let name = format!(
         "sec-{}",
         tag.trim_start_matches("berth-sec-")
@@ -154,7 +159,10 @@ fn exec_workdir_through_an_inherited_descriptor_stays_inside() {
         "markers written in the project folder"
     );
     // The environment itself is fine.
-    assert_eq!(ok(&b, p.path(), &["exec", "--", "echo", "alive"]), "alive\n");
+    assert_eq!(
+        ok(&b, p.path(), &["exec", "--", "echo", "alive"]),
+        "alive\n"
+    );
     let _ = state;
     ok(&b, p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
@@ -318,7 +326,9 @@ fn secrets_are_private_and_other_users_are_refused() {
     for f in ["env.json", "spec.json"] {
         let path = state.join(f);
         assert!(
-            std::fs::read_to_string(&path).unwrap().contains("do-not-leak-4711"),
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains("do-not-leak-4711"),
             "{f} no longer holds the value: the test needs another file"
         );
         let o = user.run("cat", &[path.to_str().unwrap()]);
@@ -330,7 +340,10 @@ fn secrets_are_private_and_other_users_are_refused() {
     // 0700, or 0710 for the group of the environment's mapped root (to reach its rootfs).
     assert_eq!(mode(&state) & 0o767, 0o700, "{}", state.display());
     let o = user.run("ls", &[state.to_str().unwrap()]);
-    assert!(!o.status.success(), "another user listed the environment's folder");
+    assert!(
+        !o.status.success(),
+        "another user listed the environment's folder"
+    );
     for f in ["env.json", "spec.json", "state.json", "lock"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
@@ -348,7 +361,10 @@ fn secrets_are_private_and_other_users_are_refused() {
     ] {
         let o = user.berth_with_home(home, elsewhere, &args);
         let (out, err) = text(&o);
-        assert!(!o.status.success(), "berth {args:?} as another user:\n{out}{err}");
+        assert!(
+            !o.status.success(),
+            "berth {args:?} as another user:\n{out}{err}"
+        );
         assert!(
             !out.contains(&p.name) && !err.contains("not running"),
             "berth {args:?} as another user:\n{out}{err}"
@@ -367,7 +383,10 @@ fn secrets_are_private_and_other_users_are_refused() {
 fn supervisor(b: &Berth, dir: &Path) -> (Option<i64>, String) {
     let out = ok(b, dir, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (v["pid"].as_i64(), v["status"].as_str().unwrap_or("").to_string())
+    (
+        v["pid"].as_i64(),
+        v["status"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 #[test]
@@ -380,15 +399,26 @@ fn signals_from_inside_do_not_end_the_environment() {
     let (pid, status) = supervisor(&b, p.path());
     assert_eq!(status, "running");
     // The payload: the environment's root signals its PID 1 (the supervisor).
-    for sig in ["TERM", "HUP", "INT", "QUIT", "USR1", "USR2", "ALRM", "PIPE", "TRAP"] {
+    for sig in [
+        "TERM", "HUP", "INT", "QUIT", "USR1", "USR2", "ALRM", "PIPE", "TRAP",
+    ] {
         let o = b.run_in(
             p.path(),
-            &["exec", "--", "sh", "-c", &format!("kill -{sig} 1; sleep 0.3; true")],
+            &[
+                "exec",
+                "--",
+                "sh",
+                "-c",
+                &format!("kill -{sig} 1; sleep 0.3; true"),
+            ],
         );
         let (out, err) = text(&o);
         assert!(o.status.success(), "after SIG{sig}: {out}{err}");
         let (now, status) = supervisor(&b, p.path());
-        assert_eq!(status, "running", "SIG{sig} from inside ended the environment");
+        assert_eq!(
+            status, "running",
+            "SIG{sig} from inside ended the environment"
+        );
         assert_eq!(now, pid, "SIG{sig} from inside replaced the supervisor");
     }
     let ps = ok(&b, p.path(), &["exec", "--", "sh", "-c", "ps -o pid,args"]);
@@ -401,9 +431,11 @@ fn signals_from_inside_do_not_end_the_environment() {
         .status()
         .unwrap();
     assert!(st.success());
-    wait_for("the supervisor to stop on the host's SIGTERM", Duration::from_secs(15), || {
-        supervisor(&b, p.path()).1 != "running"
-    });
+    wait_for(
+        "the supervisor to stop on the host's SIGTERM",
+        Duration::from_secs(15),
+        || supervisor(&b, p.path()).1 != "running",
+    );
     ok(&b, p.path(), &["up"]);
     ok(&b, p.path(), &["down", "--timeout", "5"]);
     assert_eq!(supervisor(&b, p.path()).1, "stopped");
@@ -426,7 +458,10 @@ fn a_failed_first_up_leaves_no_environment_behind() {
     let o = run(&b, p.path(), &["up"]);
     let (out, err) = text(&o);
     assert!(!o.status.success(), "up with a taken port: {out}{err}");
-    assert!(err.contains(&port.to_string()), "the error names the port: {err}");
+    assert!(
+        err.contains(&port.to_string()),
+        "the error names the port: {err}"
+    );
     let left: Vec<PathBuf> = std::fs::read_dir(b.home.path().join("envs"))
         .unwrap()
         .flatten()
@@ -434,7 +469,10 @@ fn a_failed_first_up_leaves_no_environment_behind() {
         .collect();
     assert!(left.is_empty(), "a failed first up left {left:?}");
     let ls = ok(&b, p.path(), &["ls", "--json"]);
-    assert!(!ls.contains(&p.name), "ls lists the failed environment: {ls}");
+    assert!(
+        !ls.contains(&p.name),
+        "ls lists the failed environment: {ls}"
+    );
     before.assert_nothing_leaked(&p.snapshot(&b));
 
     // Once the port is free, up works; a later failed up keeps the existing environment.
@@ -444,7 +482,10 @@ fn a_failed_first_up_leaves_no_environment_behind() {
     let again = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let o = run(&b, p.path(), &["up"]);
     assert!(!o.status.success());
-    assert!(env_dir(&b).join("env.json").exists(), "a failed re-up removed the environment");
+    assert!(
+        env_dir(&b).join("env.json").exists(),
+        "a failed re-up removed the environment"
+    );
     drop(again);
     ok(&b, p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));

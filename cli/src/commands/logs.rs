@@ -63,9 +63,8 @@ pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let prefix = services.len() > 1;
     let mut out = std::io::stdout().lock();
     for s in &services {
-        let files = open_service_logs(&dir, s).map_err(|e| {
-            CliError::new(EXIT_ERROR, format!("cannot read the logs of {s}: {e}"))
-        })?;
+        let files = open_service_logs(&dir, s)
+            .map_err(|e| CliError::new(EXIT_ERROR, format!("cannot read the logs of {s}: {e}")))?;
         for l in last_lines(files, args.tail) {
             write_line(&mut out, prefix.then_some(s.as_str()), &l);
         }

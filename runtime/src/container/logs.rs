@@ -8,7 +8,6 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-
 /// Appends to one service's log through a directory fd (the supervisor no longer sees the
 /// host path after pivot_root).
 pub struct LogFile {

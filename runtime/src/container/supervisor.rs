@@ -1037,7 +1037,10 @@ mod tests {
     fn only_the_hosts_stop_signals_stop_the_environment() {
         for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
             assert!(stops_the_environment(sig as u32, 0), "{sig} from the host");
-            assert!(!stops_the_environment(sig as u32, 7), "{sig} from pid 7 inside");
+            assert!(
+                !stops_the_environment(sig as u32, 7),
+                "{sig} from pid 7 inside"
+            );
         }
         assert!(!stops_the_environment(libc::SIGCHLD as u32, 0));
     }
