@@ -70,7 +70,8 @@ pub fn check_owner(path: &Path) -> Result<(), StateError> {
     if me.is_root() {
         return Ok(());
     }
-    match fs::symlink_metadata(path) {
+    // What the path names (a BERTH_HOME may be a link to the real folder).
+    match fs::metadata(path) {
         Ok(m) if m.uid() != me.as_raw() => Err(StateError::NotYours {
             path: path.to_path_buf(),
             owner: user_name(m.uid()),
