@@ -48,6 +48,31 @@ impl TestUser {
             .output()
             .unwrap()
     }
+
+    /// Runs berth as this user in `dir` with the berth home `home` (someone else's, for the
+    /// cross-user tests).
+    pub fn berth_with_home(&self, home: &Path, dir: &Path, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--", "env"])
+            .arg(format!("HOME={}", self.home()))
+            .arg(format!("BERTH_HOME={}", home.display()))
+            .args(["XDG_DATA_HOME=", "NO_COLOR=1"])
+            .arg(berth_bin())
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `program args` as this user (e.g. `cat` of a file that must stay private).
+    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--", program])
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    }
 }
 
 impl Drop for TestUser {

@@ -140,12 +140,10 @@ impl ContainerBackend {
         crate::state::write_json_volatile(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
-        let log_path = spec.logs_dir().join("supervisor.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .context(|| format!("cannot open {}", log_path.display()))?;
+        let logs_dir = spec.logs_dir();
+        let log = super::logs::open_logs_dir(&spec.state_dir)
+            .and_then(|d| super::logs::open_for_append(&d, &logs_dir, "supervisor.log"))
+            .context(|| format!("cannot open {}/supervisor.log", logs_dir.display()))?;
         let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
             .context(|| "cannot prepare berth's supervisor".to_string())?;
         cmd.stdin(Stdio::null())
@@ -401,6 +399,7 @@ fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLa
 /// Creates upper/work dirs, volume dirs and the logs dir; new ones are owned by the
 /// environment's root (`owner`, host ids).
 fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
+    open_state_dir_to(&spec.state_dir, owner.map(|(_, g)| g))?;
     let chown = |p: &Path| -> Result<()> {
         if let Some((u, g)) = owner {
             nix::unistd::chown(p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
@@ -425,8 +424,30 @@ fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
             }
         }
     }
-    let logs = spec.logs_dir();
-    fs::create_dir_all(&logs).context(|| format!("cannot create {}", logs.display()))
+    super::logs::open_logs_dir(&spec.state_dir)
+        .map(drop)
+        .context(|| format!("cannot create {}", spec.logs_dir().display()))
+}
+
+/// The environment's folder is its owner's alone (0700), except that with an id mapping the
+/// environment's root (host gid `gid`) must pass through it to reach `rootfs/` from inside
+/// its user namespace: then it is group `gid` with mode 0710 (search only; no other host
+/// user is in that group, which lies in berth's subordinate range). Every file in it is 0600.
+fn open_state_dir_to(dir: &Path, gid: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = crate::state::open_dir_nofollow(dir)
+        .map_err(|e| crate::state::refuse_link(dir, e))
+        .context(|| format!("cannot open {}", dir.display()))?;
+    let mode = match gid {
+        Some(g) => {
+            nix::unistd::fchown(f.as_raw_fd(), None, Some(Gid::from_raw(g)))
+                .context(|| format!("cannot chgrp {}", dir.display()))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .context(|| format!("cannot chmod {}", dir.display()))
 }
 
 fn read_launch_events(
