@@ -3,6 +3,7 @@
 
 pub mod host;
 pub mod oci;
+pub mod probe;
 pub mod user;
 pub mod vm;
 

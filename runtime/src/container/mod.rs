@@ -51,6 +51,7 @@
 pub mod backend;
 pub mod cgroups;
 pub mod control;
+pub mod devices;
 pub mod error;
 pub mod fault;
 pub mod idmap;
