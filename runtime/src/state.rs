@@ -68,18 +68,24 @@ impl BerthHome {
     /// The home chosen from the environment: `BERTH_HOME`, `/var/lib/berth` for root, or the
     /// user's XDG data folder. Creates the folder layout when missing.
     pub fn discover() -> Result<Self, StateError> {
-        let root = if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h)
-        } else if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/var/lib/berth")
-        } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(x).join("berth")
-        } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h).join(".local/share/berth")
-        } else {
-            return Err(StateError::NoHome);
-        };
-        Self::at(root)
+        Self::at(Self::locate()?)
+    }
+
+    /// The folder [`discover`](Self::discover) would use, without creating or changing it.
+    pub fn locate() -> Result<PathBuf, StateError> {
+        Ok(
+            if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h)
+            } else if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/berth")
+            } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(x).join("berth")
+            } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h).join(".local/share/berth")
+            } else {
+                return Err(StateError::NoHome);
+            },
+        )
     }
 
     /// A home at an explicit path (tests), created when missing.

@@ -337,3 +337,38 @@ fn devices_outside_dev_and_malformed_patterns_are_refused_with_their_position() 
     assert!(all.contains(":1:55") && all.contains(".."), "{all}");
     assert!(!all.contains(":1:12"), "/dev/kvm is valid: {all}");
 }
+
+#[test]
+fn doctor_reports_the_defences_and_an_open_store() {
+    let b = Berth::new();
+    let home = b.home.path();
+    assert!(b.run_in(Path::new("/"), &["ls"]).status.success());
+    let status_of = |b: &Berth| -> serde_json::Value {
+        let o = b.run_in(Path::new("/"), &["doctor", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("doctor --json: {e}: {:?}", text(&o)));
+        let mut by_name = serde_json::Map::new();
+        for c in report["checks"].as_array().unwrap() {
+            by_name.insert(c["name"].as_str().unwrap().to_string(), c.clone());
+        }
+        serde_json::Value::Object(by_name)
+    };
+    let checks = status_of(&b);
+    for name in ["device control", "seccomp", "user namespaces"] {
+        assert!(
+            checks.get(name).is_some(),
+            "doctor has no `{name}`: {checks}"
+        );
+    }
+    assert_eq!(checks["store permissions"]["status"], "ok", "{checks}");
+    fs::set_permissions(home.join("layers"), fs::Permissions::from_mode(0o755)).unwrap();
+    let checks = status_of(&b);
+    let store = &checks["store permissions"];
+    assert_eq!(store["status"], "missing", "{store}");
+    assert!(
+        store["fix"].as_str().unwrap().contains("chmod 700"),
+        "{store}"
+    );
+    assert!(b.run_in(Path::new("/"), &["ls"]).status.success());
+    assert_eq!(status_of(&b)["store permissions"]["status"], "ok");
+}

@@ -167,6 +167,12 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
     Ok(())
 }
 
+/// Loads (and drops) the default program: whether this kernel and this process can filter
+/// devices of cgroup v2 (`berth doctor`).
+pub fn probe_load() -> Result<()> {
+    load(&program(&crate::container::devices::DEFAULT_RULES)).map(drop)
+}
+
 fn load(insns: &[Insn]) -> Result<OwnedFd> {
     let license = CString::from(c"GPL");
     let mut log = vec![0u8; 64 * 1024];

@@ -150,7 +150,7 @@ impl CgroupLayout {
     }
 }
 
-fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
+pub(crate) fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
     let rel = own
         .strip_prefix(mount_root)
         .unwrap_or(own)
@@ -386,3 +386,6 @@ mod tests {
         assert_eq!(read_keyed(d.path(), "missing", "oom"), None);
     }
 }
+
+#[cfg(test)]
+mod device_tests;
