@@ -1,5 +1,5 @@
-//! Control groups of one environment: memory, cpu quota/period and pids limits, live usage, the
-//! process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
+//! Control groups of one environment: memory, cpu quota/period and pids limits, the device
+//! allowlist, live usage, the process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
 //! and a v2 ([`v2::CgroupV2`]) implementation. Environments are created nested under the cgroup
 //! berth itself runs in (from `/proc/self/cgroup`), as `<that>/berth/<env-id>`.
 
