@@ -372,3 +372,30 @@ fn doctor_reports_the_defences_and_an_open_store() {
     assert!(b.run_in(Path::new("/"), &["ls"]).status.success());
     assert_eq!(status_of(&b)["store permissions"]["status"], "ok");
 }
+
+#[test]
+fn a_device_node_in_a_bound_host_folder_does_not_open_inside() {
+    require_root!();
+    let probe = DeviceProbe::build();
+    let Some(s) = Setup::new(&probe, "") else {
+        return;
+    };
+    // A project folder holding a device node (an archive unpacked as root can leave one).
+    let shared = s.project.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let node = std::ffi::CString::new(shared.join("kvm").to_string_lossy().as_bytes()).unwrap();
+    // SAFETY: mknod on a NUL-terminated path in the test's own folder.
+    let rc = unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(10, 232)) };
+    assert_eq!(rc, 0, "mknod: {}", std::io::Error::last_os_error());
+    // The node is kept from the environment by the bind mount's nodev alone (EACCES), before
+    // the devices cgroup would answer EPERM.
+    let toml = fs::read_to_string(s.project.path().join("berth.toml")).unwrap();
+    fs::write(
+        s.project.path().join("berth.toml"),
+        format!("{toml}[[mounts]]\nsource = \"shared\"\ntarget = \"/work\"\n"),
+    )
+    .unwrap();
+    s.ok(&["up"]);
+    assert_eq!(s.exec(&["/opt/probe", "kvm", "/work/kvm"]), "open=EACCES\n");
+    s.ok(&["destroy"]);
+}
