@@ -25,6 +25,11 @@ pub struct Plan {
     pub project_dir: PathBuf,
     pub backend: BackendKind,
     pub on_up: Vec<String>,
+    /// Host devices the environment may use (`devices`): absolute paths under `/dev`, `*` and
+    /// `?` matching within one path component. Empty (the default) is left out of the
+    /// serialized plan, so plans from before the key hash as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     pub image: ImagePlan,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<MountPlan>,
@@ -208,10 +213,11 @@ pub enum Section {
     Services,
     OnUp,
     Vm,
+    Devices,
 }
 
 impl Section {
-    pub const ALL: [Section; 12] = [
+    pub const ALL: [Section; 13] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -224,6 +230,7 @@ impl Section {
         Section::Services,
         Section::OnUp,
         Section::Vm,
+        Section::Devices,
     ];
 
     /// The name used for this section in berth.toml and in messages.
@@ -241,6 +248,7 @@ impl Section {
             Section::Services => "services",
             Section::OnUp => "on_up",
             Section::Vm => "vm",
+            Section::Devices => "devices",
         }
     }
 }
@@ -280,6 +288,7 @@ impl Plan {
             Section::Services => sha256_json(&self.services),
             Section::OnUp => sha256_json(&self.on_up),
             Section::Vm => sha256_json(&self.vm),
+            Section::Devices => sha256_json(&self.devices),
         }
     }
 

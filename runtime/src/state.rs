@@ -37,6 +37,12 @@ pub enum StateError {
     NoHome,
     #[error("cannot create berth's state folder {path}: {source}; check its permissions or set BERTH_HOME to a writable folder")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot restrict {path} to mode {mode:04o} ({source}): berth keeps its store out of other users' reach; give the folder to the user running berth (`chown`) or set BERTH_HOME to a folder of your own")]
+    Permissions {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
@@ -104,18 +110,24 @@ impl BerthHome {
     /// The home chosen from the environment: `BERTH_HOME`, `/var/lib/berth` for root, or the
     /// user's XDG data folder. Creates the folder layout when missing.
     pub fn discover() -> Result<Self, StateError> {
-        let root = if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h)
-        } else if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/var/lib/berth")
-        } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(x).join("berth")
-        } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h).join(".local/share/berth")
-        } else {
-            return Err(StateError::NoHome);
-        };
-        Self::at(root)
+        Self::at(Self::locate()?)
+    }
+
+    /// The folder [`discover`](Self::discover) would use, without creating or changing it.
+    pub fn locate() -> Result<PathBuf, StateError> {
+        Ok(
+            if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h)
+            } else if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/berth")
+            } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(x).join("berth")
+            } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h).join(".local/share/berth")
+            } else {
+                return Err(StateError::NoHome);
+            },
+        )
     }
 
     /// A home at an explicit path (tests), created when missing.
@@ -147,7 +159,50 @@ impl BerthHome {
         ] {
             create_dir_all(&dir)?;
         }
+        home.restrict_access(nix::unistd::geteuid().is_root())?;
         Ok(home)
+    }
+
+    /// Keeps the store out of other local users' reach, as containerd and podman keep theirs:
+    /// unpacked layers hold the images' setuid files and device nodes, and an environment's
+    /// folder its writable layer. The home is `0711` for root (an environment's root, an
+    /// unprivileged host uid, must still walk through it and `envs/` to its own folder, which
+    /// the container backend gives it through the folder's group) and `0700` rootless (there
+    /// the environment's root is the user); `layers/`, `blobs/`, `images/`, `tmp/`,
+    /// `volumes/`, `kernels/` and `locks/` are `0700` (only berth's root-side processes open
+    /// them); each `envs/<id>/` loses every permission for others. A home made by an older
+    /// berth is tightened here, by the next command, without touching its content.
+    pub fn restrict_access(&self, as_root: bool) -> Result<(), StateError> {
+        let traversable = if as_root { 0o711 } else { 0o700 };
+        set_mode(&self.root, traversable)?;
+        set_mode(&self.envs_dir(), traversable)?;
+        for dir in [
+            self.root.join("blobs"),
+            self.layers_dir(),
+            self.images_dir(),
+            self.volumes_dir(),
+            self.kernels_dir(),
+            self.tmp_dir(),
+            self.locks_dir(),
+        ] {
+            set_mode(&dir, 0o700)?;
+        }
+        let Ok(envs) = fs::read_dir(self.envs_dir()) else {
+            return Ok(());
+        };
+        for entry in envs.flatten() {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() && mode & 0o067 != 0 {
+                // Group search stays: the container backend gives it to the environment's root.
+                set_mode(&path, mode & 0o710)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -302,6 +357,25 @@ pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
         }
         Err(e) => Err(err(e)),
     }
+/// Sets `path`'s permission bits to `mode` unless they already are (a no-op on every command
+/// after the first).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| StateError::Permissions {
+        path: path.to_path_buf(),
+        mode,
+        source,
+    })?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        StateError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        }
+    })
 }
 
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
@@ -788,6 +862,39 @@ mod tests {
             fs::read_dir(d.path()).unwrap().next().is_none(),
             "nothing was created in the refused home"
         );
+    fn the_store_is_private_and_an_old_home_is_tightened_without_data_loss() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("h");
+        let home = BerthHome::at(&root).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        fs::create_dir_all(home.layers_dir().join("abc/bin")).unwrap();
+        fs::write(home.layers_dir().join("abc/bin/tool"), b"x").unwrap();
+        fs::create_dir_all(home.env_dir("e-1").join("upper")).unwrap();
+        for p in [
+            root.clone(),
+            home.layers_dir(),
+            home.envs_dir(),
+            home.env_dir("e-1"),
+            root.join("blobs"),
+        ] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for as_root in [true, false] {
+            home.restrict_access(as_root).unwrap();
+            let top = if as_root { 0o711 } else { 0o700 };
+            assert_eq!(mode(&root), top);
+            assert_eq!(mode(&home.envs_dir()), top);
+            for p in [home.layers_dir(), root.join("blobs"), home.tmp_dir()] {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+            }
+            assert_eq!(mode(&home.env_dir("e-1")), 0o710);
+        }
+        assert_eq!(
+            fs::read(home.layers_dir().join("abc/bin/tool")).unwrap(),
+            b"x"
+        );
+        assert!(home.env_dir("e-1").join("upper").is_dir());
     }
 
     #[test]

@@ -36,6 +36,17 @@ impl TestUser {
         assert!(st.success(), "chown -R {} {}", self.name, path.display());
     }
 
+    /// Runs `program` with `args` as this user (from `/`); its output.
+    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--"])
+            .arg(program)
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    }
+
     /// Runs berth as this user in `dir`, with the user's own (default) berth home.
     pub fn berth(&self, dir: &Path, args: &[&str]) -> Output {
         Command::new("runuser")

@@ -135,6 +135,11 @@ impl ContainerBackend {
             let cg = l.driver();
             cg.create()?;
             cg.apply(&spec.resources)?;
+            // Rootless, the kernel refuses device programs, and nothing needs them: the
+            // layers are mounted inside the user namespace (nodev) and nobody can mknod.
+            if is_root && !spec.privileged {
+                cg.restrict_devices(&super::devices::rules(&spec.devices))?;
+            }
         }
         checkpoint("cgroups-created");
         crate::state::write_json_volatile(&spec.spec_file(), spec)?;
@@ -587,23 +592,27 @@ fn remove_tree_as_mapped_root(path: &Path, mapping: &IdMapping) -> Result<()> {
     }
 }
 
-/// The environment's root is an unprivileged host uid (e.g. 100000): it must be able to walk
-/// to its state folder and layers. A folder on the way without search permission for others
-/// (e.g. BERTH_HOME under a mode-0700 temp dir) would fail later with a bare EACCES from
-/// mount(2); say which folder and what to do instead.
+/// The environment's root is an unprivileged host uid (e.g. 100000): from inside its user
+/// namespace it must be able to walk to its state folder (`rootfs/` is bound there). The
+/// layers are opened by the launcher as the host's root (id-mapped binds), so `layers/` stays
+/// private. A folder on the way without search permission for others (e.g. BERTH_HOME under
+/// a mode-0700 temp dir) would fail later with a bare EACCES from mount(2); say which folder
+/// and what to do instead.
 fn check_reachable_by_mapped_root(spec: &ContainerSpec, mapping: &IdMapping) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Some(root_uid) = mapping.host_uid(0) else {
         return Ok(());
     };
-    let mut paths = vec![spec.state_dir.clone()];
-    paths.extend(spec.lower_layers.iter().cloned());
+    let root_gid = mapping.host_gid(0);
+    let paths = [spec.state_dir.clone()];
     for p in &paths {
         for dir in p.ancestors().skip(1) {
             let Ok(meta) = fs::metadata(dir) else {
                 continue;
             };
-            let searchable = meta.mode() & 0o001 != 0 || meta.uid() == root_uid;
+            let searchable = meta.mode() & 0o001 != 0
+                || meta.uid() == root_uid
+                || (Some(meta.gid()) == root_gid && meta.mode() & 0o010 != 0);
             if !searchable {
                 return Err(ContainerError::Invalid(format!(
                     "{} is not searchable by the environment's root (host uid {root_uid}), so it cannot reach {}; run `chmod o+x {}` or keep BERTH_HOME under a folder others may traverse",

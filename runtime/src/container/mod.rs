@@ -29,6 +29,12 @@
 //! subordinate range via newuidmap/newgidmap, else a single-id map. `privileged` runs
 //! without a user namespace, capability cut or seccomp filter.
 //!
+//! **Devices** ([`devices`]): only Docker's default devices and the project's `devices` open
+//! (devices cgroup: v1 `devices.allow`, v2 an eBPF program built in [`cgroups::device_bpf`]);
+//! the overlay, its lowers, volumes and bind mounts are `nodev`; `/dev` is a tmpfs holding
+//! the default nodes and the allowed host devices. The state folder is `0710` with the
+//! environment's root's group, so no other user reaches its writable layer.
+//!
 //! **Security of processes inside** ([`security`]): OCI default capabilities (bounding set
 //! included), `no_new_privs`, a seccomp filter (modules, kexec, bpf, keyrings, perf,
 //! handle-based opens, clock/swap/reboot, mount API, new user namespaces unless rootless),
@@ -51,6 +57,7 @@
 pub mod backend;
 pub mod cgroups;
 pub mod control;
+pub mod devices;
 pub mod error;
 pub mod fault;
 pub mod idmap;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
 use serde::{Deserialize, Serialize};
 
+use super::devices::HostDevice;
 use super::error::{ContainerError, Result};
 use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
@@ -54,6 +55,10 @@ pub struct ContainerSpec {
     /// environment with its own network namespace then has loopback only.
     #[serde(default)]
     pub net_home: Option<PathBuf>,
+    /// Host devices the environment may use (berth.toml's `devices`, resolved on the host):
+    /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
+    #[serde(default)]
+    pub devices: Vec<HostDevice>,
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -138,6 +143,7 @@ impl ContainerSpec {
             ports: Vec::new(),
             publish_auto: false,
             net_home: None,
+            devices: Vec::new(),
         }
     }
 
@@ -193,6 +199,7 @@ impl ContainerSpec {
             );
         }
         spec.net_home = Some(home.root().to_path_buf());
+        spec.devices = super::devices::resolve(&plan.devices, Path::new("/dev"))?;
         spec.privileged = privileged;
         spec.services = plan.services.clone();
         spec.image = image;

@@ -1,8 +1,9 @@
-//! Control groups of one environment: memory, cpu quota/period and pids limits, live usage, the
-//! process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
+//! Control groups of one environment: memory, cpu quota/period and pids limits, the device
+//! allowlist, live usage, the process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
 //! and a v2 ([`v2::CgroupV2`]) implementation. Environments are created nested under the cgroup
 //! berth itself runs in (from `/proc/self/cgroup`), as `<that>/berth/<env-id>`.
 
+pub mod device_bpf;
 pub mod v1;
 pub mod v2;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use envfile_spec::plan::Resources;
 use serde::{Deserialize, Serialize};
 
+use super::devices::DeviceRule;
 use super::error::{ContainerError, Context, Result};
 
 /// Live resource usage; `None` where the controller or file is missing.
@@ -35,6 +37,9 @@ pub trait Cgroup {
     fn create(&self) -> Result<()>;
     /// Writes the limits; a `None` limit is left unlimited.
     fn apply(&self, resources: &Resources) -> Result<()>;
+    /// Denies every device except `rules` (v1 `devices.deny`/`devices.allow`, v2 an eBPF
+    /// device program). Called once, on the fresh cgroup, before any process joins.
+    fn restrict_devices(&self, rules: &[DeviceRule]) -> Result<()>;
     /// Moves a process (and so all its future children) in.
     fn join(&self, pid: i32) -> Result<()>;
     /// Processes currently inside.
@@ -79,7 +84,7 @@ pub enum CgroupLayout {
 }
 
 /// v1 controllers berth uses.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
 impl CgroupLayout {
     /// The layout for `env_id` on this host, below the cgroup of the calling process.
@@ -145,7 +150,7 @@ impl CgroupLayout {
     }
 }
 
-fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
+pub(crate) fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
     let rel = own
         .strip_prefix(mount_root)
         .unwrap_or(own)
@@ -381,3 +386,6 @@ mod tests {
         assert_eq!(read_keyed(d.path(), "missing", "oom"), None);
     }
 }
+
+#[cfg(test)]
+mod device_tests;
