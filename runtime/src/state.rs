@@ -357,6 +357,8 @@ pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
         }
         Err(e) => Err(err(e)),
     }
+}
+
 /// Sets `path`'s permission bits to `mode` unless they already are (a no-op on every command
 /// after the first).
 pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
@@ -862,6 +864,9 @@ mod tests {
             fs::read_dir(d.path()).unwrap().next().is_none(),
             "nothing was created in the refused home"
         );
+    }
+
+    #[test]
     fn the_store_is_private_and_an_old_home_is_tightened_without_data_loss() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();

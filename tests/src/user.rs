@@ -36,17 +36,6 @@ impl TestUser {
         assert!(st.success(), "chown -R {} {}", self.name, path.display());
     }
 
-    /// Runs `program` with `args` as this user (from `/`); its output.
-    pub fn run(&self, program: &Path, args: &[&str]) -> Output {
-        Command::new("runuser")
-            .args(["-u", &self.name, "--"])
-            .arg(program)
-            .args(args)
-            .current_dir("/")
-            .output()
-            .unwrap()
-    }
-
     /// Runs berth as this user in `dir`, with the user's own (default) berth home.
     pub fn berth(&self, dir: &Path, args: &[&str]) -> Output {
         Command::new("runuser")
@@ -75,10 +64,12 @@ impl TestUser {
             .unwrap()
     }
 
-    /// Runs `program args` as this user (e.g. `cat` of a file that must stay private).
-    pub fn run(&self, program: &str, args: &[&str]) -> Output {
+    /// Runs `program args` as this user, from `/` (e.g. `cat` of a file that must stay
+    /// private, or a setuid file that must not make it root).
+    pub fn run(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
         Command::new("runuser")
-            .args(["-u", &self.name, "--", program])
+            .args(["-u", &self.name, "--"])
+            .arg(program)
             .args(args)
             .current_dir("/")
             .output()
