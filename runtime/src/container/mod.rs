@@ -57,6 +57,7 @@ pub mod error;
 pub mod fault;
 pub mod idmap;
 pub mod launch;
+pub mod layer_ids;
 pub mod logs;
 pub mod namespaces;
 pub mod network;
