@@ -100,7 +100,7 @@ fn setup_steps_run_in_the_environment_sandbox() {
         if up.try_wait().unwrap().is_some() {
             break;
         }
-        step_cgroup = find_process("sleep\02.71828\0")
+        step_cgroup = find_process("sleep\x002.71828\x00")
             .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/cgroup")).ok());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -126,6 +126,15 @@ fn setup_steps_run_in_the_environment_sandbox() {
             "the step's cgroup is not under berth's own:\n{cg}\n(berth's: {own})"
         );
     }
+
+    // The steps' network records went with them.
+    let leftovers: Vec<String> = fs::read_dir(b.home.path().join("envs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert!(leftovers.is_empty(), "build steps left {leftovers:?}");
 
     // A user namespace: root inside is not the host's root.
     for map in ["/uidmap", "/gidmap"] {
