@@ -8,7 +8,7 @@
 //! [`unmap_tree`] moves every id of the range back to the id it had inside, puts back the
 //! setuid/setgid bits and file capabilities chown(2) clears, and turns capabilities written
 //! inside the namespace (version 3, carrying the namespace's root as host uid) into the plain
-//! version 2 a root install writes. The step's processes are all gone by then (its cgroup
+//! version 2 a root install writes; named entries of POSIX ACLs get their ids moved back too. The step's processes are all gone by then (its cgroup
 //! was emptied), so nothing inside can swap paths while the tree is walked; symlinks are
 //! never followed.
 
@@ -23,6 +23,12 @@ use super::error::{Context, Result};
 use super::idmap::IdMapping;
 
 const CAPS_XATTR: &str = "security.capability";
+/// POSIX ACLs, whose named entries carry ids (read and written as host ids here).
+const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+const ACL_USER: u16 = 0x02;
+const ACL_GROUP: u16 = 0x08;
+const ACL_HEADER_LEN: usize = 4;
+const ACL_ENTRY_LEN: usize = 8;
 const VFS_CAP_REVISION_MASK: u32 = 0xFF00_0000;
 const VFS_CAP_REVISION_2: u32 = 0x0200_0000;
 const VFS_CAP_REVISION_3: u32 = 0x0300_0000;
@@ -74,7 +80,41 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
             set_xattr(path, CAPS_XATTR, &host)?;
         }
     }
+    if !meta.file_type().is_symlink() {
+        for key in ACL_XATTRS {
+            if let Some(acl) = get_xattr(path, key)? {
+                let inside = acl_ids_inside(&acl, mapping);
+                if inside != acl {
+                    set_xattr(path, key, &inside)?;
+                }
+            }
+        }
+    }
     Ok(())
+}
+
+/// A POSIX ACL (`system.posix_acl_*` layout: a 4-byte version, then 8-byte entries of tag,
+/// permissions and id) with the ids of its named user and group entries moved back from the
+/// mapped range; anything malformed is kept as it is.
+pub fn acl_ids_inside(value: &[u8], mapping: &IdMapping) -> Vec<u8> {
+    let mut out = value.to_vec();
+    if value.len() < ACL_HEADER_LEN || !(value.len() - ACL_HEADER_LEN).is_multiple_of(ACL_ENTRY_LEN)
+    {
+        return out;
+    }
+    for entry in out[ACL_HEADER_LEN..].chunks_exact_mut(ACL_ENTRY_LEN) {
+        let tag = u16::from_le_bytes([entry[0], entry[1]]);
+        let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
+        let inside = match tag {
+            ACL_USER => mapping.inside_uid(id),
+            ACL_GROUP => mapping.inside_gid(id),
+            _ => None,
+        };
+        if let Some(i) = inside {
+            entry[4..8].copy_from_slice(&i.to_le_bytes());
+        }
+    }
+    out
 }
 
 /// Capabilities as a host-root install writes them: a version 3 entry whose root id is the
@@ -100,17 +140,30 @@ fn cstr(p: &[u8]) -> io::Result<CString> {
 fn get_xattr(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {
     let (p, k) = (cstr(path.as_os_str().as_bytes())?, cstr(key.as_bytes())?);
     let mut buf = vec![0u8; 256];
-    // SAFETY: valid C strings; the buffer pointer/length describe a live allocation.
-    let n = unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
+    loop {
+        // SAFETY: valid C strings; the buffer pointer/length describe a live allocation.
+        let n =
+            unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
         let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(None),
-            _ => Err(e),
-        };
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            // Larger than the buffer (a long ACL): ask for the size, then read again.
+            Some(libc::ERANGE) => {
+                // SAFETY: a size query with a null buffer of length 0.
+                let size =
+                    unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), std::ptr::null_mut(), 0) };
+                if size < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                buf = vec![0u8; size as usize + 64];
+            }
+            _ => return Err(e),
+        }
     }
-    buf.truncate(n as usize);
-    Ok(Some(buf))
 }
 
 fn set_xattr(path: &Path, key: &str, value: &[u8]) -> io::Result<()> {
@@ -176,6 +229,39 @@ mod tests {
         assert_eq!(host_root_caps(&[1, 2, 3], &m), vec![1, 2, 3]);
     }
 
+    fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in entries {
+            v.extend_from_slice(&tag.to_le_bytes());
+            v.extend_from_slice(&perm.to_le_bytes());
+            v.extend_from_slice(&id.to_le_bytes());
+        }
+        v
+    }
+    const NONE: u32 = u32::MAX;
+    fn named_acl(user: u32, group: u32) -> Vec<u8> {
+        acl(&[
+            (0x01, 6, NONE),
+            (ACL_USER, 4, user),
+            (0x04, 4, NONE),
+            (ACL_GROUP, 4, group),
+            (0x10, 4, NONE),
+            (0x20, 4, NONE),
+        ])
+    }
+
+    #[test]
+    fn acl_named_entries_move_back() {
+        let m = mapping();
+        assert_eq!(
+            acl_ids_inside(&named_acl(301_234, 300_005), &m),
+            named_acl(1234, 5)
+        );
+        // Ids outside the range, and malformed values, stay.
+        assert_eq!(acl_ids_inside(&named_acl(7, 8), &m), named_acl(7, 8));
+        assert_eq!(acl_ids_inside(&[2, 0, 0], &m), vec![2, 0, 0]);
+    }
+
     #[test]
     fn ids_of_the_range_move_back_and_modes_survive() {
         if !nix::unistd::geteuid().is_root() {
@@ -198,6 +284,9 @@ mod tests {
         own(&file, 300_000, 300_042);
         fs::set_permissions(&file, fs::Permissions::from_mode(0o4755)).unwrap();
         set_xattr(&file, CAPS_XATTR, &v3(300_000)).unwrap();
+        // ext4 (the temp folder's usual filesystem) keeps POSIX ACLs.
+        let acl_dir = root.join("dir");
+        set_xattr(&acl_dir, ACL_XATTRS[1], &named_acl(301_234, 300_005)).unwrap();
         own(&root.join("dir/link"), 300_042, 300_042);
         own(&outside, 0, 0);
 
