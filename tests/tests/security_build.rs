@@ -227,3 +227,57 @@ fn apt_installs_a_package_in_the_build_sandbox() {
     assert_eq!((hello.uid(), hello.gid()), (0, 0));
     ok(&b, dir.path(), &["destroy"]);
 }
+
+#[test]
+fn rootless_build_steps_get_their_own_network_where_pasta_can_run() {
+    if let Some(why) = root_skip_reason() {
+        eprintln!("skipped: {why} (to create the test user)");
+        return;
+    }
+    let user = berth_e2e::user::TestUser::create("berthbs");
+    let (dir, name) = project("berth-buildrl-");
+    busybox_rootfs(&dir.path().join("rootfs"));
+    fs::write(
+        dir.path().join("berth.toml"),
+        format!("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\nsetup = [\"readlink /proc/self/ns/net > /netns; ls /sys/class/net > /netifs\"]\n"),
+    )
+    .unwrap();
+    user.own(dir.path());
+    let run = |args: &[&str]| {
+        let o = user.berth(dir.path(), args);
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success(),
+            "berth {args:?} as {}:\n{out}\n{err}",
+            user.name
+        );
+        out
+    };
+    run(&["up"]);
+    // pasta needs /dev/net/tun usable by the user (mode 0666, the usual one); without it the
+    // step keeps the user's own network (nothing of root's to reach), as berth documents.
+    let pasta = std::process::Command::new("runuser")
+        .args(["-u", &user.name, "--", "sh", "-c"])
+        .arg("command -v pasta >/dev/null && test -r /dev/net/tun -a -w /dev/net/tun")
+        .status()
+        .unwrap()
+        .success();
+    let host_ns = fs::read_link("/proc/self/ns/net").unwrap();
+    let step_ns = run(&["exec", "--", "cat", "/netns"]);
+    if pasta {
+        assert_ne!(
+            step_ns.trim(),
+            host_ns.to_string_lossy(),
+            "the rootless step ran in the host's network namespace although pasta can run"
+        );
+    } else {
+        eprintln!(
+            "note: pasta cannot run for {} here (/dev/net/tun); checked the fallback",
+            user.name
+        );
+        assert_eq!(step_ns.trim(), host_ns.to_string_lossy());
+    }
+    let ifs = run(&["exec", "--", "cat", "/netifs"]);
+    assert!(ifs.lines().any(|l| l == "lo"), "{ifs}");
+    run(&["destroy"]);
+}

@@ -63,7 +63,7 @@ impl ProcessSecurity {
         };
         seccomp::install(p).map_err(|e| {
             ContainerError::Setup(format!(
-                "cannot install the seccomp filter on the supervisor: {e}; the kernel needs CONFIG_SECCOMP_FILTER (`berth doctor` checks it), or start with `berth up --privileged`"
+                "cannot install the seccomp filter on the supervisor: {e}; berth needs a kernel built with CONFIG_SECCOMP_FILTER (see `grep Seccomp /proc/self/status`), or start trusted images with `berth up --privileged`"
             ))
         })
     }
