@@ -16,6 +16,7 @@ use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::spec::{ContainerSpec, UserMappingChoice};
 use super::state::ContainerState;
+use crate::state::BerthHome;
 
 /// Which output stream bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +104,8 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
     })();
     let stopped = backend.stop(&state_dir, Duration::from_secs(5));
     // What the step's network left in the home: its record's folder.
-    if let Some(home) = &req.net_home {
-        let _ = std::fs::remove_dir(home.join("envs").join(&id));
+    if let Some(home) = req.net_home.as_deref().and_then(|h| BerthHome::at(h).ok()) {
+        let _ = std::fs::remove_dir(home.env_dir(&id));
     }
     // The mapping the step really ran with (recorded by the start).
     let ran_with = ContainerState::load(&state_dir)
