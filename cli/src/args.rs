@@ -127,7 +127,8 @@ pub struct UpArgs {
     /// Re-resolve the image and refresh berth.lock.
     #[arg(long)]
     pub update: bool,
-    /// Run the environment without a user namespace (its root is the host's root).
+    /// Run the environment without a user namespace (its root is the host's root), with all
+    /// capabilities and no seccomp filter. Root only; for trusted images.
     #[arg(long)]
     pub privileged: bool,
 }

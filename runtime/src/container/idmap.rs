@@ -56,6 +56,13 @@ impl IdMapping {
     pub fn host_gid(&self, inside: u32) -> Option<u32> {
         map_one(&self.gids, inside)
     }
+    /// The id inside that host uid `host` appears as, if the mapping covers it.
+    pub fn inside_uid(&self, host: u32) -> Option<u32> {
+        map_back(&self.uids, host)
+    }
+    pub fn inside_gid(&self, host: u32) -> Option<u32> {
+        map_back(&self.gids, host)
+    }
     /// Whether a gid inside has a host counterpart (e.g. gid 5 `tty` for devpts).
     pub fn has_gid(&self, inside: u32) -> bool {
         self.host_gid(inside).is_some()
@@ -108,6 +115,13 @@ fn map_one(ranges: &[IdRange], inside: u32) -> Option<u32> {
         .iter()
         .find(|r| inside >= r.inside && inside - r.inside < r.count)
         .map(|r| r.outside + (inside - r.inside))
+}
+
+fn map_back(ranges: &[IdRange], host: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| host >= r.outside && host - r.outside < r.count)
+        .map(|r| r.inside + (host - r.outside))
 }
 
 fn map_text(ranges: &[IdRange]) -> String {
@@ -284,14 +298,6 @@ pub fn choose(
         deny_setgroups: false,
     };
     Ok(Some(match choice {
-        UserMappingChoice::Host => {
-            if who.uid != 0 {
-                return Err(ContainerError::Invalid(
-                    "running without a user namespace needs host root".into(),
-                ));
-            }
-            return Ok(None);
-        }
         UserMappingChoice::SingleId => single(who.uid, who.gid),
         UserMappingChoice::Range { host_start, count } => {
             if who.uid != 0 {

@@ -36,9 +36,11 @@
 //! environment's root's group, so no other user reaches its writable layer.
 //!
 //! **Security of processes inside** ([`security`]): OCI default capabilities (bounding set
-//! included), `no_new_privs`, a seccomp filter (modules, kexec, bpf, keyrings, perf,
-//! handle-based opens, clock/swap/reboot, mount API, new user namespaces unless rootless),
-//! all fds from 3 up closed before exec. The supervisor is not dumpable (no ptrace, no
+//! included), `no_new_privs`, the seccomp allowlist of Docker's default profile
+//! ([`seccomp`]: unlisted calls EPERM, unknown newer ones ENOSYS, argument filters on
+//! `socket`, `personality` and `clone`, other ABIs killed), installed by the supervisor on
+//! itself so PID 1, services and exec sessions all run under it; all fds from 3 up closed
+//! before exec. The supervisor is not dumpable (no ptrace, no
 //! `/proc/1/exe` from inside); without a user namespace it also runs from a sealed memfd
 //! ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
 //! symlinks cannot redirect mounts onto the host.
@@ -62,10 +64,13 @@ pub mod error;
 pub mod fault;
 pub mod idmap;
 pub mod launch;
+pub mod layer_ids;
 pub mod logs;
 pub mod namespaces;
 pub mod network;
 pub mod rootfs;
+pub mod seccomp;
+mod seccomp_syscalls;
 pub mod security;
 pub mod selfexe;
 pub mod spec;

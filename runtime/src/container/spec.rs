@@ -106,10 +106,6 @@ pub enum UserMappingChoice {
     SingleId,
     /// An explicit range: inside 0..count is host `host_start`..`host_start+count` (root only).
     Range { host_start: u32, count: u32 },
-    /// No user namespace: ids inside are the host's (root only). Unlike `privileged`,
-    /// capabilities and the seccomp filter still apply. Used for image build steps, whose
-    /// files must carry real ids.
-    Host,
 }
 
 /// Defaults that come from the image's config.

@@ -128,6 +128,9 @@ fn setup_and_serve(
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let security = ProcessSecurity::new(spec.privileged, rootless)?;
+    // Before any thread or process exists: the supervisor itself, and so everything it
+    // forks, runs under the allowlist from here on.
+    security.confine_supervisor()?;
     let mut sup = Supervisor::new(spec.clone(), security, listener, logs)?;
     // After Supervisor::new blocked the signals: the forwarder's threads inherit the mask,
     // so SIGCHLD and SIGTERM keep arriving at the signalfd of the main loop.

@@ -309,6 +309,7 @@ impl Environments {
             let scratch = self.home.staging_dir("build")?;
             let runner = ContainerStepRunner {
                 scratch: scratch.path().to_path_buf(),
+                net_home: self.home.root().to_path_buf(),
             };
             self.images.build(
                 &base,
