@@ -168,7 +168,7 @@ fn other_users_cannot_reach_setuid_files_or_device_nodes_of_the_store() {
 
     let user = TestUser::create("bsdev");
     // Payload 1: a setuid-root binary of the image, run by another user.
-    let o = user.run(&layer.join("opt/probe"), &["euid"]);
+    let o = user.run(layer.join("opt/probe"), &["euid"]);
     let (out, err) = text(&o);
     assert!(
         !o.status.success() && !out.contains("euid="),
