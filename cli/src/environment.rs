@@ -118,6 +118,7 @@ mod tests {
             plumbing: Plumbing::Bridge {
                 bridge: "berth0".into(),
                 nft_table: "berth".into(),
+                port: Some("bv0123456789".into()),
             },
             address: Some("10.88.0.2".parse().unwrap()),
             gateway: Some("10.88.0.1".parse().unwrap()),

@@ -14,7 +14,7 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::backend::Backend;
 pub use crate::backend::{EnvStatus, Started, StatusReport};
 
-use super::cgroups::{kill_and_remove, CgroupLayout};
+use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
 use super::control::{self, ExecRequest, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::fault::checkpoint;
@@ -382,11 +382,12 @@ fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLa
     let wants_limits = spec.resources.memory.is_some()
         || spec.resources.cpus.is_some()
         || spec.resources.pids.is_some();
+    let name = env_cgroup_name(&spec.env_id, &spec.state_dir);
     if is_root {
-        return Ok(Some(CgroupLayout::discover(&spec.env_id)?));
+        return Ok(Some(CgroupLayout::discover(&name)?));
     }
     // Rootless: only a delegated cgroup v2 subtree is writable.
-    match CgroupLayout::discover(&spec.env_id) {
+    match CgroupLayout::discover(&name) {
         Ok(l @ CgroupLayout::V2 { .. }) if l.driver().create().is_ok() => {
             let _ = l.driver().remove();
             Ok(Some(l))

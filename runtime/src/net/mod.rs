@@ -59,6 +59,7 @@ pub mod dialer;
 pub mod dns;
 pub mod error;
 pub mod forward;
+pub mod lease_store;
 pub mod nat;
 pub mod netlink;
 pub mod netns;
