@@ -513,12 +513,15 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
 
-    // Without --publish-auto the clash is an error naming it.
+    // Even without --publish-auto a run publishes elsewhere, naming the holder.
     let o = b.run_in(p.path(), &["run", "--", "true"]);
     let (_, err) = text(&o);
-    assert!(!o.status.success());
+    assert!(o.status.success(), "{err}");
     assert!(
-        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        err.contains(&format!(
+            "port {port} is in use (by pid {} (",
+            std::process::id()
+        )) && err.contains("; published on 127.0.0.1:"),
         "{err}"
     );
 
@@ -860,4 +863,58 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     );
     drop(server);
     before.assert_nothing_leaked(&take(&tags(&[&port1, &port2])));
+}
+
+/// `up` beside another project's running environment that holds the declared host port:
+/// the error names that environment and suggests `--publish-auto`, with which `up` publishes
+/// on a free port and says so.
+#[test]
+fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
+    require_root!();
+    let port = free_port();
+    let toml = format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[ports]]\nhost = {port}\nguest = 80\n"
+    );
+    let (holder, second) = (Project::new(&toml), Project::new(&toml));
+    let b = Berth::new();
+    let before = snapshot(&b, &[&holder, &second], &[]);
+    ok(&b, holder.path(), &["up"]);
+    let o = b.run_in(second.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up succeeded on a taken port: {out}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}"))
+            && err.contains(&format!("already in use by environment {}", holder.name))
+            && err.contains("--publish-auto"),
+        "the error names neither the environment nor the way out: {err}"
+    );
+    let o = b.run_in(second.path(), &["up", "--publish-auto"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {port} is in use (by environment {}); published on 127.0.0.1:",
+            holder.name
+        )),
+        "{err}"
+    );
+    let st = status_json(&b, second.path());
+    let bound: SocketAddr = st["network"]["ports"][0]["bound"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(bound.port(), port);
+    let ids: Vec<String> = [&holder, &second]
+        .iter()
+        .map(|p| {
+            status_json(&b, p.path())["env_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ok(&b, holder.path(), &["destroy"]);
+    ok(&b, second.path(), &["destroy"]);
+    before.assert_nothing_leaked(&snapshot(&b, &[&holder, &second], &ids));
 }

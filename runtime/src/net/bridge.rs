@@ -420,20 +420,20 @@ fn plug_veth(
 
 fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetError> {
     // A tap of an earlier run (its VMM was killed): replace it.
-    nl.delete_link_named(&tap)
+    nl.delete_link_named(tap)
         .map_err(|e| NetError::link(format!("delete stale tap {tap}"), e))?;
-    super::tap::create_persistent(&tap)
+    super::tap::create_persistent(tap)
         .map_err(|e| NetError::link(format!("create tap {tap}"), e))?;
     let plugged = (|| {
         let index = nl
-            .link_index(&tap)?
+            .link_index(tap)?
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV))?;
         nl.set_master(index, bridge_index)?;
         nl.set_bridge_port_isolated(index)?;
         nl.set_up(index)
     })();
     if let Err(e) = plugged {
-        let _ = nl.delete_link_named(&tap);
+        let _ = nl.delete_link_named(tap);
         return Err(NetError::link(format!("plug tap {tap} into the bridge"), e));
     }
     Ok(())
