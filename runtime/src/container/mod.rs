@@ -54,6 +54,7 @@ pub mod control;
 pub mod error;
 pub mod fault;
 pub mod idmap;
+pub mod idmap_record;
 pub mod launch;
 pub mod logs;
 pub mod namespaces;
