@@ -794,7 +794,7 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     let before = take(&tags(&[]));
     let server = HostServer::start(Ipv4Addr::UNSPECIFIED, "hello from the host\n");
     let host_addr = host_ipv4();
-    let reaches = |b: &Berth, gateway: Ipv4Addr| {
+    let reaches = |b: &Berth, gateway: Ipv4Addr, when: &str| {
         let mut targets = vec![gateway];
         targets.extend(host_addr);
         for ip in targets {
@@ -806,7 +806,8 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
             assert_eq!(
                 text(&o).0,
                 "hello from the host\n",
-                "{url} not reached from inside: {:?}",
+                "{url} not reached from inside ({when}, home {}): {:?}",
+                b.home.path().display(),
                 text(&o)
             );
         }
@@ -827,8 +828,8 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     let (port1, port2) = (recorded_port(&one, &id), recorded_port(&two, &id));
     assert_ne!(port1, port2, "one veth name for two environments");
     assert!(link_exists(&port1) && link_exists(&port2));
-    reaches(&one, gateway);
-    reaches(&two, gateway);
+    reaches(&one, gateway, "both up");
+    reaches(&two, gateway, "both up");
 
     // The last environment of home one goes: home two's keeps bridge, NAT and its traffic.
     ok(&one, p.path(), &["destroy"]);
@@ -844,7 +845,7 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     assert!(record_dir.exists(), "the lease record went with users left");
     let inside = ok(&two, p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
     assert!(inside.contains(&format!("{}/", addr(&st2))), "{inside}");
-    reaches(&two, gateway);
+    reaches(&two, gateway, "after the other home's destroy");
 
     // The last user of any home: everything goes.
     ok(&two, p.path(), &["destroy"]);

@@ -16,6 +16,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::state::BerthHome;
 
@@ -315,7 +316,7 @@ fn prepare_bridge(
     let index = match lookup(nl)? {
         Some(i) => i,
         None => {
-            nl.create_bridge(name)
+            nl.create_bridge(name, bridge_mac(name))
                 .map_err(|e| NetError::link(format!("create bridge {name}"), e))?;
             lookup(nl)?.ok_or_else(|| {
                 NetError::link(
@@ -348,6 +349,16 @@ fn prepare_bridge(
     .apply()?;
     nat::enable_ipv4_forwarding()?;
     Ok(index)
+}
+
+/// The bridge's own hardware address: stable (from its name), locally administered,
+/// unicast. Fixed, so removing a port never changes the MAC behind the gateway address.
+fn bridge_mac(name: &str) -> [u8; 6] {
+    let d = sha2::Sha256::digest(format!("berth bridge {name}").as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&d[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }
 
 /// Releases the leases of holders that are gone, except `keep`'s: an environment whose
@@ -491,6 +502,14 @@ mod tests {
             let e = check_bridge_name(bad).unwrap_err();
             assert!(e.contains("BERTH_BRIDGE"), "{e}");
         }
+    }
+
+    #[test]
+    fn bridge_macs_are_stable_local_unicast() {
+        let a = bridge_mac("berth0");
+        assert_eq!(a, bridge_mac("berth0"));
+        assert_ne!(a, bridge_mac("berth1"));
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
     }
 
     #[test]
