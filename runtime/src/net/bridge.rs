@@ -129,8 +129,22 @@ impl Bridge {
         &self.config
     }
 
-    fn store(&self) -> LeaseStore {
-        LeaseStore::for_bridge(&self.config.name)
+    /// The machine-wide record of the bridge. Its name becomes a path under
+    /// `/run/berth/net`, so it must be a plain interface name (also when it comes from an
+    /// environment's `network.json`): at most 15 lowercase letters, digits or `_`.
+    fn store(&self) -> Result<LeaseStore, NetError> {
+        let name = &self.config.name;
+        let plain = !name.is_empty()
+            && name.len() <= 15
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !plain {
+            return Err(NetError::Subnet(format!(
+                "{name:?} is not a bridge name berth makes (at most 15 lowercase letters, digits or `_`); check {BRIDGE_ENV} and the environment's network.json"
+            )));
+        }
+        Ok(LeaseStore::for_bridge(name))
     }
 
     fn holder(&self, env_id: &str) -> Holder {
@@ -139,7 +153,7 @@ impl Bridge {
 
     /// The machine-wide record of the bridge (every home's leases), if it is in use.
     pub fn state(&self) -> Result<Option<BridgeState>, NetError> {
-        self.store().peek()
+        self.store()?.peek()
     }
 
     /// Leases an address for `env_id`, sets up the bridge, NAT and forwarding when this is
@@ -153,7 +167,7 @@ impl Bridge {
         netns: &File,
         dns_stub: Option<Ipv4Addr>,
     ) -> Result<Lease, NetError> {
-        let lock = self.store().lock()?;
+        let lock = self.store()?.lock()?;
         let mut nl = netlink()?;
         let (lease, bridge_index) = self.lease(&lock, &mut nl, env_id, dns_stub)?;
         plug_veth(&mut nl, bridge_index, netns, &lease)?;
@@ -165,7 +179,7 @@ impl Bridge {
     /// to ([`super::tap::Tap::open`]). The guest configures its own side (the address goes on
     /// its kernel command line). [`detach`](Self::detach) removes the tap like a veth.
     pub fn attach_tap(&self, env_id: &str, dns_stub: Option<Ipv4Addr>) -> Result<Lease, NetError> {
-        let lock = self.store().lock()?;
+        let lock = self.store()?.lock()?;
         let mut nl = netlink()?;
         let (lease, bridge_index) = self.lease(&lock, &mut nl, env_id, dns_stub)?;
         plug_tap(&mut nl, &lease.port, bridge_index)?;
@@ -175,7 +189,7 @@ impl Bridge {
     /// The record under the lock, with this home's leases file of an earlier berth folded
     /// in.
     fn load(&self, lock: &StoreLock) -> Result<Option<BridgeState>, NetError> {
-        let store = self.store();
+        let store = self.store()?;
         let mut st = store.load(lock)?;
         store.adopt_home_file(
             lock,
@@ -229,7 +243,7 @@ impl Bridge {
         };
         // Recorded before anything is created: a crash from here on leaves a lease that
         // `detach` (or the next user's clean-up of departed holders) removes.
-        self.store().save(lock, &st)?;
+        self.store()?.save(lock, &st)?;
         let bridge_index = prepare_bridge(nl, &st, dns_stub)?;
         let lease = Lease {
             address: entry.address,
@@ -264,7 +278,7 @@ impl Bridge {
     /// the interface the environment's own record names, used when the lease is already
     /// gone. Idempotent.
     pub fn detach(&self, env_id: &str, recorded_port: Option<&str>) -> Result<(), NetError> {
-        let store = self.store();
+        let store = self.store()?;
         let lock = store.lock()?;
         let mut nl = netlink()?;
         let holder = self.holder(env_id);
@@ -501,6 +515,23 @@ mod tests {
         ] {
             let e = check_bridge_name(bad).unwrap_err();
             assert!(e.contains("BERTH_BRIDGE"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_bridge_name_that_is_no_plain_name_never_becomes_a_path() {
+        let home = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(home.path()).unwrap();
+        for bad in ["../../etc", "berth0/x", "", "Berth0"] {
+            let b = Bridge::new(
+                &home,
+                BridgeConfig {
+                    name: bad.into(),
+                    nft_table: "berth".into(),
+                    subnet: None,
+                },
+            );
+            assert!(b.store().is_err(), "{bad:?}");
         }
     }
 
