@@ -228,7 +228,7 @@ impl Bridge {
             }
         };
         let holder = self.holder(env_id);
-        release_departed(&mut st, nl, &holder);
+        release_departed(&mut st, nl, Some(&holder));
         let entry = match st.lease_of(&holder) {
             Some(l) => l.clone(),
             None => {
@@ -302,16 +302,52 @@ impl Bridge {
             // Nobody uses the bridge: the lock taken for this call is all there is.
             return store.remove(lock);
         };
-        release_departed(&mut st, &mut nl, &holder);
-        if !st.leases.is_empty() {
-            return store.save(&lock, &st);
-        }
-        NatRules::remove(&st.nft_table)?;
-        nl.delete_link_named(&st.bridge)
-            .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
-        nat::release_ipv4_forwarding(&st.nft_table)?;
-        store.remove(lock)
+        release_departed(&mut st, &mut nl, Some(&holder));
+        settle(&store, lock, &mut nl, &st)
     }
+
+    /// Garbage collection: releases the leases of holders that are gone (their
+    /// environment folder or their interface; see [`release_departed`]) and, when none is
+    /// left, removes the bridge, NAT table and record. Skips when the bridge has no record or
+    /// another process is changing it (that one releases them). Returns how many leases went.
+    pub fn collect_departed(&self) -> Result<usize, NetError> {
+        let store = self.store()?;
+        if !store.dir().exists() {
+            return Ok(0);
+        }
+        let Some(lock) = store.try_lock()? else {
+            return Ok(0);
+        };
+        let Some(mut st) = self.load(&lock)? else {
+            return Ok(0);
+        };
+        let mut nl = netlink()?;
+        let before = st.leases.len();
+        release_departed(&mut st, &mut nl, None);
+        let released = before - st.leases.len();
+        if released > 0 {
+            settle(&store, lock, &mut nl, &st)?;
+        }
+        Ok(released)
+    }
+}
+
+/// Saves the record, or, when no lease is left, removes the NAT table, the bridge, the
+/// record and its lock, and restores IPv4 forwarding (unless another berth bridge needs it).
+fn settle(
+    store: &LeaseStore,
+    lock: StoreLock,
+    nl: &mut Netlink,
+    st: &BridgeState,
+) -> Result<(), NetError> {
+    if !st.leases.is_empty() {
+        return store.save(&lock, st);
+    }
+    NatRules::remove(&st.nft_table)?;
+    nl.delete_link_named(&st.bridge)
+        .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
+    nat::release_ipv4_forwarding(&st.nft_table)?;
+    store.remove(lock)
 }
 
 /// Creates the bridge, its address, the NAT table and forwarding when they are missing;
@@ -378,9 +414,9 @@ fn bridge_mac(name: &str) -> [u8; 6] {
 /// Releases the leases of holders that are gone, except `keep`'s: an environment whose
 /// interface no longer exists (its namespace died, which removes the veth pair with it),
 /// or whose folder is gone (its home was deleted; its tap, if any, is removed here).
-fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: &Holder) {
+fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder>) {
     st.leases.retain(|l| {
-        if &l.holder == keep {
+        if Some(&l.holder) == keep {
             return true;
         }
         if !l.holder.env_dir().exists() {

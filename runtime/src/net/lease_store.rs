@@ -190,6 +190,15 @@ impl LeaseStore {
         })))
     }
 
+    /// Like [`lock`](Self::lock), but `None` at once when another process holds the lock
+    /// (or removed the record meanwhile).
+    pub fn try_lock(&self) -> Result<Option<StoreLock>, NetError> {
+        match FileLock::try_acquire(&self.lock_path(), LockMode::Exclusive)? {
+            Some(lock) if lock.is_current() => Ok(Some(StoreLock { _held: lock })),
+            _ => Ok(None),
+        }
+    }
+
     /// The record, if the bridge is in use.
     pub fn load(&self, _lock: &StoreLock) -> Result<Option<BridgeState>, NetError> {
         self.peek()

@@ -468,6 +468,16 @@ impl Network {
         self.save(env_id, &record)
     }
 
+    /// Garbage collection of the bridge (as root; rootless homes have none): releases the
+    /// leases of environments, of any berth home, that are gone (see
+    /// [`Bridge::collect_departed`]), and the bridge and NAT with the last. Returns how many.
+    pub fn collect_departed(&self) -> Result<usize, NetError> {
+        if !is_root() {
+            return Ok(0);
+        }
+        Bridge::new(&self.home, self.options.bridge.clone()).collect_departed()
+    }
+
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
     /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
