@@ -131,6 +131,9 @@ pub struct UpArgs {
     /// capabilities and no seccomp filter. Root only; for trusted images.
     #[arg(long)]
     pub privileged: bool,
+    /// Publish on a free host port when a declared one is taken (saying which).
+    #[arg(long)]
+    pub publish_auto: bool,
 }
 
 #[derive(Debug, Args)]
@@ -202,7 +205,8 @@ pub struct RunArgs {
     /// Give the run a private copy of the project instead of a live mount.
     #[arg(long)]
     pub copy_source: bool,
-    /// Pick free host ports when the declared ones are taken.
+    /// Pick free host ports when the declared ones are taken (what `run` always does; kept
+    /// for scripts that pass it).
     #[arg(long)]
     pub publish_auto: bool,
     /// Print a JSON summary at the end.

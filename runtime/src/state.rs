@@ -641,6 +641,17 @@ impl FileLock {
         &self.path
     }
 
+    /// Whether the locked file is still the one at [`path`](Self::path): `false` once
+    /// someone removed (or replaced) it, after which the lock guards nothing. Locks on files
+    /// that get removed (the last user cleans up) must re-acquire when this says `false`.
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), fs::metadata(&self.path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
+        }
+    }
+
     fn open(path: &Path) -> Result<File, StateError> {
         if let Some(dir) = path.parent() {
             create_dir_all(dir)?;

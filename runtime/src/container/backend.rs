@@ -14,11 +14,12 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::backend::Backend;
 pub use crate::backend::{EnvStatus, Started, StatusReport};
 
-use super::cgroups::{kill_and_remove, CgroupLayout};
+use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
 use super::control::{self, ExecRequest, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::fault::checkpoint;
-use super::idmap::{self, IdMapping, Invoker};
+use super::idmap::{IdMapping, Invoker};
+use super::idmap_record::stable_mapping;
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
 use super::network;
@@ -78,11 +79,12 @@ impl ContainerBackend {
                 )));
             }
         }
+        let recorded = state.mapping.clone();
         if state.phase != Phase::Stopped || state.cgroups.is_some() || state.supervisor.is_some() {
             self.cleanup(dir, &mut state)?;
         }
         let who = Invoker::current();
-        let mapping = idmap::choose(spec.user_mapping, spec.privileged, &who)?;
+        let (mapping, mapping_notice) = stable_mapping(spec, &who, recorded.as_ref())?;
         if let (Some(m), true) = (&mapping, who.uid == 0) {
             check_reachable_by_mapped_root(spec, m)?;
         }
@@ -107,6 +109,7 @@ impl ContainerBackend {
                     pid,
                     control_socket: spec.control_socket(),
                     elapsed: t0.elapsed(),
+                    notices: mapping_notice.into_iter().collect(),
                 })
             }
             Err(e) => {
@@ -385,11 +388,12 @@ fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLa
     let wants_limits = spec.resources.memory.is_some()
         || spec.resources.cpus.is_some()
         || spec.resources.pids.is_some();
+    let name = env_cgroup_name(&spec.env_id, &spec.state_dir);
     if is_root {
-        return Ok(Some(CgroupLayout::discover(&spec.env_id)?));
+        return Ok(Some(CgroupLayout::discover(&name)?));
     }
     // Rootless: only a delegated cgroup v2 subtree is writable.
-    match CgroupLayout::discover(&spec.env_id) {
+    match CgroupLayout::discover(&name) {
         Ok(l @ CgroupLayout::V2 { .. }) if l.driver().create().is_ok() => {
             let _ = l.driver().remove();
             Ok(Some(l))

@@ -63,6 +63,7 @@ pub mod devices;
 pub mod error;
 pub mod fault;
 pub mod idmap;
+pub mod idmap_record;
 pub mod launch;
 pub mod layer_ids;
 pub mod logs;

@@ -455,6 +455,7 @@ impl Environments {
             notices.push(n);
         }
         let started = self.backend.start(&spec)?;
+        notices.extend(started.notices.iter().cloned());
         live_sync::start(&self.home, record)?;
 
         for command in &plan.on_up {

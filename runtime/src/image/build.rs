@@ -173,6 +173,12 @@ pub fn cache_name(key: &str) -> String {
 
 const TAIL_LINES: usize = 20;
 
+/// The one line a build prints when every step was cached.
+pub fn all_cached_line(steps: usize) -> String {
+    let s = if steps == 1 { "" } else { "s" };
+    format!("build: {steps} step{s} cached, nothing to run")
+}
+
 impl ImageStore {
     /// Builds `packages` and `setup` on top of `base`, reusing cached steps, and returns the
     /// resulting image.
@@ -199,14 +205,27 @@ impl ImageStore {
             working_dir: base.config.working_dir.clone(),
             user: base.config.user.clone(),
         };
+        // Cached steps are named only when a later step runs (which of them were reused);
+        // when every step is cached, one line says so instead of a line per step.
+        let total = steps.len();
+        let mut cached: Vec<String> = Vec::new();
+        let mut ran = false;
         for step in steps {
             let name = cache_name(&step.key);
             if let Some(r) = self.records.get(&name)?.filter(|r| self.is_complete(r)) {
-                progress.message(&format!("{} (cached)", step.label));
+                if ran {
+                    progress.message(&format!("{} (cached)", step.label));
+                } else {
+                    cached.push(step.label.clone());
+                }
                 layers = r.layers.clone();
                 current = self.resolved(&r);
                 continue;
             }
+            for label in cached.drain(..) {
+                progress.message(&format!("{label} (cached)"));
+            }
+            ran = true;
             progress.message(&format!("{} …", step.label));
             let upper = self.home.staging_dir("build-upper")?;
             let work = self.home.staging_dir("build-work")?;
@@ -267,6 +286,9 @@ impl ImageStore {
             layers.push(layer);
             let record = self.record_local_image(&name, layers.clone(), run_config.clone())?;
             current = self.resolved(&record);
+        }
+        if !ran && total > 0 {
+            progress.message(&all_cached_line(total));
         }
         Ok(current)
     }
@@ -377,6 +399,51 @@ mod tests {
             "only the edited step reruns"
         );
         assert_eq!(img2.layers[..3], img.layers[..3]);
+    }
+
+    /// Keeps every progress message.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl crate::image::progress::ProgressReporter for Recorder {
+        fn message(&self, text: &str) {
+            self.0.lock().unwrap().push(text.to_string());
+        }
+        fn start(
+            &self,
+            label: &str,
+            total: Option<u64>,
+        ) -> Box<dyn crate::image::progress::TransferProgress> {
+            QuietProgress.start(label, total)
+        }
+    }
+
+    #[test]
+    fn an_all_cached_build_says_so_in_one_line_and_a_partial_one_names_what_it_reused() {
+        let (_d, store, base) = base_store();
+        let runner = FakeRunner {
+            calls: RefCell::new(Vec::new()),
+        };
+        let setup = vec!["echo one".to_string(), "echo two".to_string()];
+        let quiet: Progress = Arc::new(QuietProgress);
+        store.build(&base, &[], &setup, &runner, &quiet).unwrap();
+
+        let rec = Arc::new(Recorder::default());
+        let p: Progress = rec.clone();
+        store.build(&base, &[], &setup, &runner, &p).unwrap();
+        assert_eq!(*rec.0.lock().unwrap(), [all_cached_line(2)]);
+        assert_eq!(all_cached_line(2), "build: 2 steps cached, nothing to run");
+
+        rec.0.lock().unwrap().clear();
+        let edited = vec!["echo one".to_string(), "echo TWO".to_string()];
+        store.build(&base, &[], &edited, &runner, &p).unwrap();
+        let seen = rec.0.lock().unwrap().clone();
+        assert_eq!(seen[0], "setup[0]: echo one (cached)", "{seen:?}");
+        assert_eq!(seen[1], "setup[1]: echo TWO …", "{seen:?}");
+        assert!(
+            !seen.iter().any(|l| l.contains("nothing to run")),
+            "{seen:?}"
+        );
     }
 
     #[test]

@@ -86,14 +86,25 @@ pub enum CgroupLayout {
 /// v1 controllers berth uses.
 pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
 
+/// The name of an environment's cgroup (below `berth/`): its id plus a digest of its state
+/// folder, because environments of different berth homes (two CI jobs running one project)
+/// share an id, and commands run from one shell share the cgroup they nest under: a `down`
+/// in one home must never kill the other home's processes.
+pub fn env_cgroup_name(env_id: &str, state_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("{env_id}-{}", &hex::encode(d)[..8])
+}
+
 impl CgroupLayout {
-    /// The layout for `env_id` on this host, below the cgroup of the calling process.
-    pub fn discover(env_id: &str) -> Result<CgroupLayout> {
+    /// The layout for the cgroup `name` ([`env_cgroup_name`]) on this host, below the cgroup
+    /// of the calling process.
+    pub fn discover(name: &str) -> Result<CgroupLayout> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .context(|| "cannot read /proc/self/mountinfo".to_string())?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .context(|| "cannot read /proc/self/cgroup".to_string())?;
-        Self::from_tables(&mountinfo, &own, env_id)
+        Self::from_tables(&mountinfo, &own, name)
     }
 
     /// Pure part of [`discover`](Self::discover): the tables as text.
@@ -371,6 +382,10 @@ mod tests {
             }
         );
         assert!(CgroupLayout::from_tables("", "0::/\n", "e").is_err());
+        let a = env_cgroup_name("web-1", Path::new("/ci/job1/envs/web-1"));
+        let b = env_cgroup_name("web-1", Path::new("/ci/job2/envs/web-1"));
+        assert!(a.starts_with("web-1-") && b.starts_with("web-1-"));
+        assert_ne!(a, b, "one project in two homes gets two cgroups");
     }
 
     #[test]
