@@ -11,7 +11,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::backend::ContainerBackend;
 use super::control::ExecRequest;
-use super::error::{Context, Result};
+use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::spec::{ContainerSpec, UserMappingChoice};
@@ -62,7 +62,15 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let state_dir = req.scratch.join(&id);
+    // The step's state folder is an environment folder of the home (`envs/step-…`, which
+    // also holds its network record): the step's root must walk to its `rootfs/` from inside
+    // its user namespace, which the private `tmp/` would not let it do.
+    let state_dir = match req.net_home.as_deref() {
+        Some(h) => BerthHome::at(h)
+            .map_err(|e| ContainerError::Setup(e.to_string()))?
+            .env_dir(&id),
+        None => req.scratch.join(&id),
+    };
     let mut spec = ContainerSpec::new(&id, "berth-build", &state_dir, req.lower_layers.clone());
     spec.upper_dir = req.upper.clone();
     spec.work_dir = req.work.clone();
