@@ -51,6 +51,8 @@ impl Environments {
         };
         let env_id = Self::env_id(&run);
         let dir = self.home().env_dir(&env_id);
+        // Checked on the project itself: its copy would hide a link out of it.
+        super::mount_source::check_mount_sources(plan, self.home().root(), &dir)?;
         if EnvRecord::load(&dir)?.is_some() {
             return Err(EnvError::RunNameTaken { name: run.name });
         }
