@@ -225,6 +225,13 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`
+/// (`statvfs`: available blocks × fragment size).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
     fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
         path: path.to_path_buf(),

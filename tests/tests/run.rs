@@ -44,6 +44,12 @@ impl Project {
         );
         std::fs::write(dir.path().join("berth.toml"), toml).unwrap();
         std::fs::write(dir.path().join("checked-in.txt"), "original\n").unwrap();
+        // The environment's root acts as the owner of a bind-mounted folder; a folder of
+        // host root's is read-only to it (see tests/security_mounts.rs), so the checkout
+        // belongs to an ordinary (here: unnamed) user.
+        for p in [dir.path().to_path_buf(), dir.path().join("checked-in.txt")] {
+            std::os::unix::fs::chown(&p, Some(4242), Some(4242)).unwrap();
+        }
         Project { dir, name }
     }
     fn path(&self) -> &Path {

@@ -96,9 +96,13 @@ fn random_suffix() -> String {
 
 /// Copies a folder tree: files (content, mode, mtime), folders, symlinks as symlinks. Device
 /// nodes, sockets and fifos are skipped; nothing is followed out of the tree.
+/// As root the copy keeps the owners too: a bind mount maps the environment's root to the
+/// owner of the folder, so the copy of a user's project is writable inside exactly as the
+/// project itself is.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     fs::create_dir_all(to)?;
+    keep_owner(to, &meta)?;
     fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -114,9 +118,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
             copy_tree(&src, &dst)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(&src)?, &dst)?;
+            keep_owner(&dst, &entry.metadata()?)?;
         } else if ft.is_file() {
             fs::copy(&src, &dst)?;
             let m = entry.metadata()?;
+            // chown clears setuid/setgid bits: the mode is set again after it.
+            keep_owner(&dst, &m)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
             let mtime = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
             let _ = nix::sys::stat::utimensat(
                 None,
@@ -128,6 +136,14 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Gives `path` (not followed) the owner and group of `like` when berth runs as root.
+fn keep_owner(path: &Path, like: &fs::Metadata) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid()))
 }
 
 #[cfg(test)]

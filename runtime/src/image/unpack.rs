@@ -83,9 +83,26 @@ pub fn unpack(
     layer: &str,
     opts: UnpackOptions,
 ) -> Result<UnpackReport, ImageError> {
+    unpack_bounded(reader, dest, layer, opts, u64::MAX)
+}
+
+/// [`unpack`], refusing (with [`ImageError::NoSpace`]) a layer whose files would take more
+/// than `budget` bytes of disk. Runs of zeros (declared sparse holes, or zeros a dense entry
+/// carries) are not written but skipped over, so they take no space and do not count.
+/// On an error `dest` is left half-filled: the caller removes it (a staging folder).
+pub fn unpack_bounded(
+    reader: impl Read,
+    dest: &Path,
+    layer: &str,
+    opts: UnpackOptions,
+    budget: u64,
+) -> Result<UnpackReport, ImageError> {
     let root = open_dir_path(dest).map_err(ImageError::io(dest))?;
     let mut u = Unpacker {
         root,
+        dest,
+        budget,
+        allocated: 0,
         layer,
         opts,
         cache: None,
@@ -156,6 +173,48 @@ impl<R: Read> Read for EofPadding<R> {
     }
 }
 
+/// Granularity of hole detection: a filesystem block.
+const SPARSE_BLOCK: usize = 4096;
+static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+
+/// Writes `chunk` at the file's position, seeking over whole blocks of zeros instead of
+/// writing them (the file must be extended to its length afterwards). Returns the bytes
+/// written. The comparisons are `memcmp` against a zero buffer: fast even unoptimized.
+fn write_sparse(file: &mut File, chunk: &[u8]) -> io::Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    if chunk.len() <= ZEROS.len() && chunk == &ZEROS[..chunk.len()] {
+        file.seek(SeekFrom::Current(chunk.len() as i64))?;
+        return Ok(0);
+    }
+    let mut written = 0u64;
+    let mut data_start: Option<usize> = None;
+    let mut i = 0;
+    while i < chunk.len() {
+        let end = (i + SPARSE_BLOCK).min(chunk.len());
+        let block = &chunk[i..end];
+        let zero = block == &ZEROS[..block.len()];
+        match (zero, data_start) {
+            (false, None) => data_start = Some(i),
+            (true, Some(s)) => {
+                file.write_all(&chunk[s..i])?;
+                written += (i - s) as u64;
+                data_start = None;
+                file.seek(SeekFrom::Current(block.len() as i64))?;
+            }
+            (true, None) => {
+                file.seek(SeekFrom::Current(block.len() as i64))?;
+            }
+            (false, Some(_)) => {}
+        }
+        i = end;
+    }
+    if let Some(s) = data_start {
+        file.write_all(&chunk[s..])?;
+        written += (chunk.len() - s) as u64;
+    }
+    Ok(written)
+}
+
 /// Opens a directory of the host (the staging folder) as the root of resolution.
 fn open_dir_path(p: &Path) -> io::Result<OwnedFd> {
     let fd = openat(
@@ -212,6 +271,11 @@ struct DirMeta {
 
 struct Unpacker<'a> {
     root: OwnedFd,
+    dest: &'a Path,
+    /// Most bytes of file data this layer may write.
+    budget: u64,
+    /// Bytes of file data written so far (holes excluded).
+    allocated: u64,
     layer: &'a str,
     opts: UnpackOptions,
     /// The parent directory of the previous entry, reused while entries share it.
@@ -447,6 +511,7 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io_entry(&path, io::Error::from(e)))?;
                 // SAFETY: openat returned a fresh descriptor that nothing else owns.
                 let mut file = unsafe { File::from_raw_fd(fd) };
+                let mut size: u64 = 0;
                 loop {
                     let n = match entry.read(&mut self.buf) {
                         Ok(0) => break,
@@ -459,10 +524,26 @@ impl Unpacker<'_> {
                             })
                         }
                     };
-                    file.write_all(&self.buf[..n])
+                    let data = write_sparse(&mut file, &self.buf[..n])
                         .map_err(|e| self.io_entry(&path, e))?;
+                    size += n as u64;
                     self.report_content += n as u64;
+                    self.allocated = self.allocated.saturating_add(data);
+                    if self.allocated > self.budget {
+                        return Err(ImageError::NoSpace {
+                            what: format!(
+                                "layer {} (unpacking stopped at `{}`)",
+                                self.layer,
+                                path.display()
+                            ),
+                            need: self.allocated,
+                            free: self.budget,
+                            path: self.dest.to_path_buf(),
+                        });
+                    }
                 }
+                // A trailing hole: the length the entry declared.
+                file.set_len(size).map_err(|e| self.io_entry(&path, e))?;
                 let fd = file.as_raw_fd();
                 self.set_owner_xattrs(fd, None, &meta, &path)?;
                 stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
@@ -772,6 +853,112 @@ pub(crate) mod tests {
             2,
             "something escaped"
         );
+    }
+
+    /// A GNU sparse tar (GNU tar `--sparse`, Debian's tar) of a `size`-byte file holding
+    /// `marker` at `offset` and holes elsewhere.
+    fn gnu_sparse_tar(size: u64, offset: u64, marker: &[u8], extra: &[&str]) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = fs::File::create(d.path().join("big")).unwrap();
+        f.set_len(size).unwrap();
+        f.write_all_at(marker, offset).unwrap();
+        drop(f);
+        let out = std::process::Command::new("tar")
+            .args(["--sparse", "--format=gnu", "-cf", "-", "-C"])
+            .args(extra)
+            .arg(d.path())
+            .arg("big")
+            .output()
+            .expect("GNU tar (package tar) is needed for the sparse tests");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    #[test]
+    fn a_sparse_member_of_10_gib_is_written_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        const SIZE: u64 = 10 << 30;
+        let tar = gnu_sparse_tar(SIZE, 5 << 30, b"marker in the middle", &[]);
+        assert!(
+            tar.len() < 1 << 20,
+            "the tar itself is small: {}",
+            tar.len()
+        );
+        let d = tempfile::tempdir().unwrap();
+        let r = unpack_bounded(
+            &tar[..],
+            d.path(),
+            "sha256:sparse",
+            UnpackOptions::for_current_user(),
+            64 << 20,
+        )
+        .unwrap();
+        let m = fs::metadata(d.path().join("big")).unwrap();
+        assert_eq!(m.len(), SIZE);
+        assert!(
+            m.blocks() * 512 < 1 << 20,
+            "{} bytes allocated for a file of one short marker",
+            m.blocks() * 512
+        );
+        assert_eq!(r.diff_id, Digest::of(&tar));
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 20];
+        fs::File::open(d.path().join("big"))
+            .unwrap()
+            .read_exact_at(&mut buf, 5 << 30)
+            .unwrap();
+        assert_eq!(&buf, b"marker in the middle");
+    }
+
+    #[test]
+    fn zeros_of_a_dense_entry_become_holes_and_data_around_them_is_exact() {
+        use std::os::unix::fs::MetadataExt;
+        let mut data = vec![0u8; 3 << 20];
+        data[..5000].fill(7);
+        data[(2 << 20) + 100..(2 << 20) + 9000].fill(9);
+        *data.last_mut().unwrap() = 1;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "f", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let (d, r) = run(&tar);
+        r.unwrap();
+        let p = d.path().join("layer/f");
+        assert_eq!(fs::read(&p).unwrap(), data);
+        assert!(fs::metadata(&p).unwrap().blocks() * 512 < 1 << 20);
+    }
+
+    #[test]
+    fn a_layer_larger_than_its_budget_is_refused() {
+        let data = vec![b'a'; 2 << 20];
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "big", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let e = unpack_bounded(
+            &tar[..],
+            d.path(),
+            "sha256:bomb",
+            UnpackOptions::for_current_user(),
+            1 << 20,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ImageError::NoSpace { free, .. } if free == 1 << 20),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("sha256:bomb") && msg.contains("free"), "{msg}");
     }
 
     #[test]
