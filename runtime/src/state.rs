@@ -73,7 +73,49 @@ impl BerthHome {
         } else {
             return Err(StateError::NoHome);
         };
-        Self::at(root)
+        let home = Self::at(root)?;
+        home.sweep_tmp();
+        Ok(home)
+    }
+
+    /// Removes what killed berth processes left in `tmp/`: staging folders and temporary
+    /// files named `<purpose>-<pid>-<suffix>` whose process is gone (a `kill -9`, a crash,
+    /// a power loss), and partial downloads nobody resumed for a day (a download in progress
+    /// holds its lock and is never touched). Runs at the start of every command.
+    pub fn sweep_tmp(&self) {
+        const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+        let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if let Some(pid) = staging_pid(&name) {
+                if !process_alive(pid) {
+                    let _ = if path.is_dir() && !path.is_symlink() {
+                        remove_tree(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
+                }
+            } else if let Some(hex) = name
+                .strip_prefix("blob-")
+                .and_then(|n| n.strip_suffix(".partial"))
+            {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_PARTIAL);
+                if old {
+                    let lock = self.locks_dir().join("blobs").join(hex);
+                    if let Ok(Some(_held)) = FileLock::try_acquire(&lock, LockMode::Exclusive) {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
     }
 
     /// A home at an explicit path (tests), created when missing.
@@ -148,6 +190,30 @@ impl BerthHome {
         create_dir_all(&path)?;
         Ok(StagingDir { path: Some(path) })
     }
+}
+
+/// The pid in a temporary name `<purpose>-<pid>-<hex suffix>` (as [`BerthHome::staging_dir`]
+/// and the other writers under `tmp/` name them), or `None` for any other name.
+fn staging_pid(name: &str) -> Option<i32> {
+    let (rest, suffix) = name.rsplit_once('-')?;
+    let (purpose, pid) = rest.rsplit_once('-')?;
+    let valid_suffix = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid_purpose = !purpose.is_empty()
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit());
+    if !valid_suffix || !valid_purpose || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    pid.parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// Whether process `pid` exists (of any user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence; no memory is involved.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// An identifier for an environment that is stable for one berth.toml: its name plus a short
@@ -526,6 +592,46 @@ mod tests {
         fs::write(sp.join("x"), b"1").unwrap();
         drop(s);
         assert!(!sp.exists());
+    }
+
+    #[test]
+    fn the_next_command_removes_what_dead_processes_left_in_tmp() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let tmp = home.tmp_dir();
+        // A pid that cannot exist (above the kernel's pid_max limit).
+        let dead = tmp.join("layer-4194305-1a2b");
+        fs::create_dir_all(dead.join("usr/bin")).unwrap();
+        fs::write(dead.join("usr/bin/x"), b"half").unwrap();
+        fs::write(tmp.join("blob-import-4194305-ff"), b"half").unwrap();
+        let live = home.staging_dir("layer").unwrap();
+        let fresh_partial = tmp.join(format!("blob-{}.partial", "ab".repeat(32)));
+        fs::write(&fresh_partial, b"resumable").unwrap();
+        let old_partial = tmp.join(format!("blob-{}.partial", "cd".repeat(32)));
+        fs::write(&old_partial, b"abandoned").unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+        fs::File::options()
+            .write(true)
+            .open(&old_partial)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let other = tmp.join("removing-abc");
+        fs::create_dir(&other).unwrap();
+        home.sweep_tmp();
+        assert!(!dead.exists(), "a dead process's staging folder stays");
+        assert!(!tmp.join("blob-import-4194305-ff").exists());
+        assert!(
+            live.path().exists(),
+            "this process's staging folder was removed"
+        );
+        assert!(fresh_partial.exists(), "a resumable download was removed");
+        assert!(!old_partial.exists(), "a day-old partial download stays");
+        assert!(other.exists(), "a name without a pid was touched");
+        assert_eq!(staging_pid("layer-12-ab"), Some(12));
+        assert_eq!(staging_pid("build-upper-12-ab"), Some(12));
+        assert_eq!(staging_pid("removing-abc"), None);
+        assert_eq!(staging_pid("blob-ab.partial"), None);
     }
 
     #[test]
