@@ -97,13 +97,12 @@ impl Puller<'_> {
                 });
             }
         }
+        // The config is verified now but stored with the manifest, only once every layer
+        // arrived: a failed pull leaves nothing in the blob store.
         let config_bytes = if self.blobs.contains(&manifest.config.digest) {
             self.blobs.read(&manifest.config.digest)?
         } else {
-            let b = client.blob_bytes(&manifest.config)?;
-            self.blobs
-                .put_bytes(&b, Some(&manifest.config.digest), &origin)?;
-            b
+            client.blob_bytes(&manifest.config)?
         };
         let config: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
             ImageError::malformed(
@@ -128,6 +127,8 @@ impl Puller<'_> {
             .zip(config.rootfs.diff_ids.iter().cloned())
             .collect();
         self.fetch_layers(&client, &pairs, opts)?;
+        self.blobs
+            .put_bytes(&config_bytes, Some(&manifest.config.digest), &origin)?;
         self.blobs
             .put_bytes(&manifest_bytes, Some(&manifest_digest), &origin)?;
         Ok(ImageRecord {

@@ -52,23 +52,20 @@ impl RegistryClient {
     /// first and over plain HTTP when that fails (as Docker's insecure registries are).
     pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
         let timeouts = RegistryTimeouts::from_env()?;
-        // The blocking builder has no idle-read timeout of its own: it is set on the async
-        // builder it wraps. There is no overall timeout: a large layer may take hours, but
-        // a registry that goes quiet for `read` fails the pull.
-        let http = reqwest::blocking::ClientBuilder::from(
-            reqwest::Client::builder()
-                .connect_timeout(timeouts.connect)
-                .read_timeout(timeouts.read),
-        )
-        .timeout(None)
-        .danger_accept_invalid_certs(opts.insecure)
-        .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|source| ImageError::Http {
-            registry: reference.registry.clone(),
-            url: String::new(),
-            source,
-        })?;
+        // The blocking client's `timeout` bounds the wait for an answer and then each read
+        // of the body on its own (an idle timeout, not a total one: a large layer may take
+        // hours, but a registry that goes quiet for `read` fails the pull).
+        let http = Client::builder()
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.read)
+            .danger_accept_invalid_certs(opts.insecure)
+            .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| ImageError::Http {
+                registry: reference.registry.clone(),
+                url: String::new(),
+                source,
+            })?;
         let host = reference.api_host();
         let base = if reference.is_loopback() {
             format!("http://{host}")
