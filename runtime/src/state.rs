@@ -192,6 +192,65 @@ impl BerthHome {
     }
 }
 
+/// The write end of the pipe [`remove_staging_on_signals`]'s handler wakes its thread with.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the byte lives on this stack frame.
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// Makes SIGINT and SIGTERM remove this process's staging folders and temporary files in
+/// `tmp/` (half-unpacked layers, imports) before the process exits with 128 + the signal,
+/// as a shell reports it. Partial downloads stay: the next pull resumes them. For commands
+/// whose only lasting work is in `tmp/` until a final rename (image pulls); a `kill -9` is
+/// covered by [`BerthHome::sweep_tmp`] at the next command.
+pub fn remove_staging_on_signals(home: &BerthHome) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let tmp = home.tmp_dir();
+    std::thread::Builder::new()
+        .name("stop-signal".into())
+        .spawn(move || {
+            let mut b = [0u8; 1];
+            if nix::unistd::read(r.as_raw_fd(), &mut b).is_ok_and(|n| n == 1) {
+                let me = std::process::id() as i32;
+                if let Ok(rd) = fs::read_dir(&tmp) {
+                    for e in rd.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if staging_pid(&name) == Some(me) {
+                            let p = e.path();
+                            let _ = if p.is_dir() && !p.is_symlink() {
+                                remove_tree(&p)
+                            } else {
+                                fs::remove_file(&p)
+                            };
+                        }
+                    }
+                }
+                std::process::exit(128 + i32::from(b[0]));
+            }
+        })?;
+    SIGNAL_PIPE.store(
+        std::os::fd::IntoRawFd::into_raw_fd(w),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only writes one byte to a pipe, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
 /// The pid in a temporary name `<purpose>-<pid>-<hex suffix>` (as [`BerthHome::staging_dir`]
 /// and the other writers under `tmp/` name them), or `None` for any other name.
 fn staging_pid(name: &str) -> Option<i32> {

@@ -186,6 +186,18 @@ impl HostileRegistry {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (seen.clone(), stop.clone());
         let config_path = format!("/v2/huge/blobs/{}", sha256(&config));
+        // What the layer starts with: the first 64 KiB of a real gzipped tar of 4 MiB of
+        // incompressible data, so berth starts unpacking it.
+        let mut data = vec![0u8; 4 << 20];
+        let mut x: u32 = 12345;
+        for b in data.iter_mut() {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            *b = (x >> 16) as u8;
+        }
+        let mut t = berth_e2e::oci::TarBuilder::new();
+        t.file("payload", &data);
+        let mut prefix = Layer::new(t.finish(), Compression::Gzip).blob;
+        prefix.truncate(64 << 10);
         let thread = std::thread::spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 let Ok((mut c, _)) = l.accept() else {
@@ -228,7 +240,7 @@ impl HostileRegistry {
                         c,
                         "HTTP/1.1 200 OK\r\nContent-Length: {layer_size}\r\nConnection: close\r\n\r\n"
                     );
-                    let _ = c.write_all(&[0x1f, 0x8b]);
+                    let _ = c.write_all(&prefix);
                     std::thread::sleep(Duration::from_secs(20));
                 }
             }
@@ -396,4 +408,72 @@ fn a_sparse_10_gib_member_is_unpacked_sparse() {
         .unwrap();
     assert_eq!(&buf, b"middle");
     assert_eq!(entries(&b.home.path().join("tmp")), Vec::<String>::new());
+}
+
+/// Starts a pull from a registry that stalls in the middle of the layer and returns once
+/// berth unpacks it (its staging folder exists).
+fn stalled_pull(b: &Berth, server: &HostileRegistry) -> std::process::Child {
+    let child = b
+        .cmd()
+        .env("BERTH_REGISTRY_READ_TIMEOUT", "60")
+        .args(["image", "pull", &format!("{}/huge:1", server.addr)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !staging(b).iter().any(|n| n.starts_with("layer-")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no staging folder appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Entries of tmp/ other than partial downloads (which the next pull resumes).
+fn staging(b: &Berth) -> Vec<String> {
+    entries(&b.home.path().join("tmp"))
+        .into_iter()
+        .filter(|n| !n.ends_with(".partial"))
+        .collect()
+}
+
+#[test]
+fn sigterm_during_a_pull_leaves_no_half_unpacked_layer() {
+    let server = HostileRegistry::start(64 << 20);
+    let b = Berth::new();
+    let mut child = stalled_pull(&b, &server);
+    let st = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "berth ignored SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    assert_eq!(staging(&b), Vec::<String>::new(), "left in tmp/");
+}
+
+#[test]
+fn what_a_killed_pull_left_goes_at_the_next_command() {
+    let server = HostileRegistry::start(64 << 20);
+    let b = Berth::new();
+    let mut child = stalled_pull(&b, &server);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!staging(&b).is_empty(), "kill -9 left nothing to clean up");
+    let o = b.cmd().args(["image", "ls"]).output().unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(staging(&b), Vec::<String>::new(), "left in tmp/");
 }
