@@ -259,3 +259,33 @@ fn a_source_escaping_the_project_is_refused_unless_opted_in() {
     let o = b.run_in(dir.path(), &["destroy"]);
     assert!(o.status.success(), "destroy: {:?}", text(&o));
 }
+
+#[test]
+fn rootless_the_environments_root_is_the_invoking_user_on_bind_mounts() {
+    require_root!(); // to create the test user
+    let user = TestUser::create("bsecl");
+    let (dir, _name) = project("berth-secmnt-rootless-", PROJECT_MOUNT);
+    std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
+    std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
+    user.own(dir.path());
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    let run = |args: &[&str]| {
+        let o = user.berth(dir.path(), args);
+        assert!(o.status.success(), "berth {args:?}: {:?}", text(&o));
+    };
+    run(&["up"]);
+    run(&["exec", "--", "sh", "-c", PAYLOAD]);
+    run(&["destroy"]);
+    let bad = dangerous_files(dir.path(), uid);
+    assert!(bad.is_empty(), "privileged setuid/setgid files: {bad:?}");
+    assert_eq!(std::fs::metadata(dir.path().join("x")).unwrap().uid(), uid);
+    // The validator's refusals hold for everyone.
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        "name = \"x\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \"/\"\ntarget = \"/h\"\n",
+    )
+    .unwrap();
+    let o = user.berth(dir.path(), &["up"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("unsafe-mount-source"), "{:?}", text(&o));
+}
