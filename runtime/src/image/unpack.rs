@@ -19,7 +19,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -32,6 +32,7 @@ use nix::unistd::{self, Gid, Uid};
 
 use super::digest::{Digest, Hashing};
 use super::error::ImageError;
+use super::sparse::{self, write_sparse};
 use super::xattrs;
 
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -171,48 +172,6 @@ impl<R: Read> Read for EofPadding<R> {
         self.pad = Some(left - n as u64);
         Ok(n)
     }
-}
-
-/// Granularity of hole detection: a filesystem block.
-const SPARSE_BLOCK: usize = 4096;
-static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
-
-/// Writes `chunk` at the file's position, seeking over whole blocks of zeros instead of
-/// writing them (the file must be extended to its length afterwards). Returns the bytes
-/// written. The comparisons are `memcmp` against a zero buffer: fast even unoptimized.
-fn write_sparse(file: &mut File, chunk: &[u8]) -> io::Result<u64> {
-    use std::io::{Seek, SeekFrom};
-    if chunk.len() <= ZEROS.len() && chunk == &ZEROS[..chunk.len()] {
-        file.seek(SeekFrom::Current(chunk.len() as i64))?;
-        return Ok(0);
-    }
-    let mut written = 0u64;
-    let mut data_start: Option<usize> = None;
-    let mut i = 0;
-    while i < chunk.len() {
-        let end = (i + SPARSE_BLOCK).min(chunk.len());
-        let block = &chunk[i..end];
-        let zero = block == &ZEROS[..block.len()];
-        match (zero, data_start) {
-            (false, None) => data_start = Some(i),
-            (true, Some(s)) => {
-                file.write_all(&chunk[s..i])?;
-                written += (i - s) as u64;
-                data_start = None;
-                file.seek(SeekFrom::Current(block.len() as i64))?;
-            }
-            (true, None) => {
-                file.seek(SeekFrom::Current(block.len() as i64))?;
-            }
-            (false, Some(_)) => {}
-        }
-        i = end;
-    }
-    if let Some(s) = data_start {
-        file.write_all(&chunk[s..])?;
-        written += (chunk.len() - s) as u64;
-    }
-    Ok(written)
 }
 
 /// Opens a directory of the host (the staging folder) as the root of resolution.
@@ -414,37 +373,50 @@ impl Unpacker<'_> {
         ) {
             return Ok(());
         }
-        let path: PathBuf = entry
+        let mut xattrs = Vec::new();
+        let mut sparse_keys = Vec::new();
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                let Ok(key) = ext.key() else { continue };
+                if key.starts_with("GNU.sparse.") {
+                    sparse_keys.push((key.to_string(), ext.value_bytes().to_vec()));
+                }
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+                        continue;
+                    }
+                    if self.opts.privileged || name.starts_with("user.") {
+                        xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        let mut path: PathBuf = entry
             .path()
             .map_err(|e| ImageError::BadArchive {
                 layer: self.layer.to_string(),
                 source: e,
             })?
             .into_owned();
+        let sparse = match kind {
+            T::Regular | T::Continuous => {
+                sparse::from_pax(&sparse_keys).map_err(|r| self.unsafe_entry(&path, r))?
+            }
+            _ => None,
+        };
+        if let Some(name) = sparse.as_ref().and_then(|s| s.name.as_ref()) {
+            path = PathBuf::from(OsStr::from_bytes(name));
+        }
         let comps = clean_components(&path).map_err(|r| self.unsafe_entry(&path, r))?;
         self.entries += 1;
         let h = entry.header();
-        let mut meta = Meta {
+        let meta = Meta {
             mode: h.mode().unwrap_or(0o644) & 0o7777,
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
             mtime: h.mtime().unwrap_or(0) as i64,
-            xattrs: Vec::new(),
+            xattrs,
         };
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax.flatten() {
-                let Ok(key) = ext.key() else { continue };
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
-                        continue;
-                    }
-                    if self.opts.privileged || name.starts_with("user.") {
-                        meta.xattrs
-                            .push((name.to_string(), ext.value_bytes().to_vec()));
-                    }
-                }
-            }
-        }
         let Some((name, parent_comps)) = comps.split_last() else {
             if kind == T::Directory {
                 self.root_meta = Some((meta.mode, meta.mtime));
@@ -511,37 +483,10 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io_entry(&path, io::Error::from(e)))?;
                 // SAFETY: openat returned a fresh descriptor that nothing else owns.
                 let mut file = unsafe { File::from_raw_fd(fd) };
-                let mut size: u64 = 0;
-                loop {
-                    let n = match entry.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            return Err(ImageError::BadArchive {
-                                layer: self.layer.to_string(),
-                                source: e,
-                            })
-                        }
-                    };
-                    let data = write_sparse(&mut file, &self.buf[..n])
-                        .map_err(|e| self.io_entry(&path, e))?;
-                    size += n as u64;
-                    self.report_content += n as u64;
-                    self.allocated = self.allocated.saturating_add(data);
-                    if self.allocated > self.budget {
-                        return Err(ImageError::NoSpace {
-                            what: format!(
-                                "layer {} (unpacking stopped at `{}`)",
-                                self.layer,
-                                path.display()
-                            ),
-                            need: self.allocated,
-                            free: self.budget,
-                            path: self.dest.to_path_buf(),
-                        });
-                    }
-                }
+                let size = match &sparse {
+                    None => self.copy_data(entry, &mut file, &path, u64::MAX)?,
+                    Some(sp) => self.copy_pax_sparse(entry, &mut file, &path, sp)?,
+                };
                 // A trailing hole: the length the entry declared.
                 file.set_len(size).map_err(|e| self.io_entry(&path, e))?;
                 let fd = file.as_raw_fd();
@@ -678,6 +623,79 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Copies up to `limit` bytes (all, with `u64::MAX`) of the entry's data to `file` at its
+    /// position, runs of zero blocks as holes, within the layer's budget. Returns the bytes
+    /// copied.
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        file: &mut File,
+        path: &Path,
+        limit: u64,
+    ) -> Result<u64, ImageError> {
+        let mut copied: u64 = 0;
+        while copied < limit {
+            let want = (self.buf.len() as u64).min(limit - copied) as usize;
+            let n = match entry.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ImageError::BadArchive {
+                        layer: self.layer.to_string(),
+                        source: e,
+                    })
+                }
+            };
+            let data = write_sparse(file, &self.buf[..n]).map_err(|e| self.io_entry(path, e))?;
+            copied += n as u64;
+            self.report_content += n as u64;
+            self.allocated = self.allocated.saturating_add(data);
+            if self.allocated > self.budget {
+                return Err(ImageError::NoSpace {
+                    what: format!(
+                        "layer {} (unpacking stopped at `{}`)",
+                        self.layer,
+                        path.display()
+                    ),
+                    need: self.allocated,
+                    free: self.budget,
+                    path: self.dest.to_path_buf(),
+                });
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Writes a PAX sparse member: each data segment at its offset, holes between them.
+    /// Returns the file's real size.
+    fn copy_pax_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        file: &mut File,
+        path: &Path,
+        sp: &sparse::SparseMember,
+    ) -> Result<u64, ImageError> {
+        use std::io::{Seek, SeekFrom};
+        let stored = entry.size();
+        let (segments, map_len) = match &sp.segments {
+            Some(s) => (s.clone(), 0),
+            None => sparse::read_map_1_0(entry).map_err(|r| self.unsafe_entry(path, r))?,
+        };
+        let data_len = stored
+            .checked_sub(map_len)
+            .ok_or_else(|| self.unsafe_entry(path, "has a sparse map longer than its data"))?;
+        sparse::check(&segments, sp.real_size, data_len).map_err(|r| self.unsafe_entry(path, r))?;
+        for (off, len) in segments {
+            file.seek(SeekFrom::Start(off))
+                .map_err(|e| self.io_entry(path, e))?;
+            if self.copy_data(entry, file, path, len)? != len {
+                return Err(self.unsafe_entry(path, "ends before its sparse data"));
+            }
+        }
+        Ok(sp.real_size)
+    }
+
     /// Ownership (root only) and xattrs, on `fd` itself or on `fd/name` without following.
     fn set_owner_xattrs(
         &self,
@@ -777,6 +795,7 @@ pub fn decompressed(source: impl Read + Send + 'static) -> io::Result<Box<dyn Re
 pub(crate) mod tests {
     use super::*;
     use std::fs;
+    use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     /// Builds a tar from (path, kind, data/link) triples.
@@ -853,86 +872,6 @@ pub(crate) mod tests {
             2,
             "something escaped"
         );
-    }
-
-    /// A GNU sparse tar (GNU tar `--sparse`, Debian's tar) of a `size`-byte file holding
-    /// `marker` at `offset` and holes elsewhere.
-    fn gnu_sparse_tar(size: u64, offset: u64, marker: &[u8], extra: &[&str]) -> Vec<u8> {
-        use std::os::unix::fs::FileExt;
-        let d = tempfile::tempdir().unwrap();
-        let f = fs::File::create(d.path().join("big")).unwrap();
-        f.set_len(size).unwrap();
-        f.write_all_at(marker, offset).unwrap();
-        drop(f);
-        let out = std::process::Command::new("tar")
-            .args(["--sparse", "--format=gnu", "-cf", "-", "-C"])
-            .args(extra)
-            .arg(d.path())
-            .arg("big")
-            .output()
-            .expect("GNU tar (package tar) is needed for the sparse tests");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    }
-
-    #[test]
-    fn a_sparse_member_of_10_gib_is_written_sparse() {
-        use std::os::unix::fs::MetadataExt;
-        const SIZE: u64 = 10 << 30;
-        let tar = gnu_sparse_tar(SIZE, 5 << 30, b"marker in the middle", &[]);
-        assert!(
-            tar.len() < 1 << 20,
-            "the tar itself is small: {}",
-            tar.len()
-        );
-        let d = tempfile::tempdir().unwrap();
-        let r = unpack_bounded(
-            &tar[..],
-            d.path(),
-            "sha256:sparse",
-            UnpackOptions::for_current_user(),
-            64 << 20,
-        )
-        .unwrap();
-        let m = fs::metadata(d.path().join("big")).unwrap();
-        assert_eq!(m.len(), SIZE);
-        assert!(
-            m.blocks() * 512 < 1 << 20,
-            "{} bytes allocated for a file of one short marker",
-            m.blocks() * 512
-        );
-        assert_eq!(r.diff_id, Digest::of(&tar));
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 20];
-        fs::File::open(d.path().join("big"))
-            .unwrap()
-            .read_exact_at(&mut buf, 5 << 30)
-            .unwrap();
-        assert_eq!(&buf, b"marker in the middle");
-    }
-
-    #[test]
-    fn zeros_of_a_dense_entry_become_holes_and_data_around_them_is_exact() {
-        use std::os::unix::fs::MetadataExt;
-        let mut data = vec![0u8; 3 << 20];
-        data[..5000].fill(7);
-        data[(2 << 20) + 100..(2 << 20) + 9000].fill(9);
-        *data.last_mut().unwrap() = 1;
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = tar::Header::new_gnu();
-        h.set_mode(0o644);
-        h.set_size(data.len() as u64);
-        b.append_data(&mut h, "f", &data[..]).unwrap();
-        let tar = b.into_inner().unwrap();
-        let (d, r) = run(&tar);
-        r.unwrap();
-        let p = d.path().join("layer/f");
-        assert_eq!(fs::read(&p).unwrap(), data);
-        assert!(fs::metadata(&p).unwrap().blocks() * 512 < 1 << 20);
     }
 
     #[test]
