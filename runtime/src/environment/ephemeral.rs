@@ -59,10 +59,12 @@ impl Environments {
         if opts.copy_source {
             let copy = dir.join("source");
             state::create_dir_all(&dir)?;
-            copy_tree(&plan.project_dir, &copy).map_err(|source| StateError::Write {
-                path: copy.clone(),
-                source,
-            })?;
+            copy_tree(&plan.project_dir, &copy)
+                .and_then(|()| give_roots_files_to_env_root(&copy))
+                .map_err(|source| StateError::Write {
+                    path: copy.clone(),
+                    source,
+                })?;
             for m in &mut run.mounts {
                 if !matches!(m.kind, MountKind::Bind | MountKind::Sync) {
                     continue;
@@ -136,6 +138,45 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A private copy of a folder of host root's is of no use to the environment's root, which
+/// is an unprivileged host id on it (see `container::rootfs`): its files owned by host root
+/// (user or group) are given to the environment's root host ids instead. Nothing is lost —
+/// the copy is the environment's alone — and writes stay in the environment's id range, so
+/// `berth run --copy-source` works in a root-owned checkout (CI). Only as root, only for
+/// environments with a user namespace of their own.
+fn give_roots_files_to_env_root(copy: &Path) -> io::Result<()> {
+    use crate::container::idmap::{self, Invoker};
+    use crate::container::spec::UserMappingChoice;
+    let who = Invoker::current();
+    if who.uid != 0 {
+        return Ok(());
+    }
+    let Ok(Some(mapping)) = idmap::choose(UserMappingChoice::Auto, false, &who) else {
+        return Ok(());
+    };
+    let (Some(uid), Some(gid)) = (mapping.host_uid(0), mapping.host_gid(0)) else {
+        return Ok(());
+    };
+    fn walk(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let m = fs::symlink_metadata(p)?;
+        let (u, g) = ((m.uid() == 0).then_some(uid), (m.gid() == 0).then_some(gid));
+        if u.is_some() || g.is_some() {
+            std::os::unix::fs::lchown(p, u, g)?;
+            if m.is_file() {
+                // chown cleared setuid/setgid bits: the copy keeps its modes.
+                fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            }
+        }
+        if m.is_dir() {
+            for e in fs::read_dir(p)? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(copy, uid, gid)
 }
 
 /// Gives `path` (not followed) the owner and group of `like` when berth runs as root.
