@@ -373,10 +373,14 @@ impl<'a> Checker<'a> {
         match item.as_bool() {
             Some(b) => Some(b),
             None => {
-                let help = item
-                    .as_str()
-                    .filter(|s| *s == "true" || *s == "false")
-                    .map(|_| "write true or false without quotes".to_string());
+                let help = Some(
+                    if item.as_str().is_some_and(|s| s == "true" || s == "false") {
+                        "write true or false without quotes"
+                    } else {
+                        "write true or false"
+                    }
+                    .to_string(),
+                );
                 self.wrong_type(item, span, what, "a boolean (true or false)", help);
                 None
             }
@@ -1053,6 +1057,21 @@ impl<'a> Checker<'a> {
                 Some((item, span)) => self.boolean(item, span, "mounts.readonly").unwrap_or(false),
                 None => false,
             };
+            let unsafe_host_path = match m.get("unsafe_host_path") {
+                Some((item, span)) => {
+                    let v = self.boolean(item, span, "mounts.unsafe_host_path");
+                    if matches!(kind, Some(MountKind::Volume | MountKind::Tmpfs)) {
+                        self.error(
+                            ErrorKind::MisplacedKey,
+                            m.key_span("unsafe_host_path"),
+                            "`unsafe_host_path` applies only to bind and sync mounts (their source is a host path)",
+                            Some("remove `unsafe_host_path`".into()),
+                        );
+                    }
+                    v.unwrap_or(false)
+                }
+                None => false,
+            };
             let source = match (kind, m.get("source")) {
                 (Some(MountKind::Tmpfs), Some(_)) => {
                     self.error(
@@ -1091,7 +1110,21 @@ impl<'a> Checker<'a> {
                 }
                 (Some(_), Some((item, span))) => self
                     .string(item, span.clone(), "mounts.source")
-                    .and_then(|s| self.existing_path(&s, span, "mounts.source", None))
+                    .and_then(|s| {
+                        let p = self.existing_path(&s, span.clone(), "mounts.source", None)?;
+                        if !unsafe_host_path {
+                            if let Some(why) = unsafe_source(&s, &p, &self.project_dir) {
+                                self.error(
+                                    ErrorKind::UnsafeMountSource,
+                                    span,
+                                    format!("mount source {s:?} {why}"),
+                                    Some("mount a folder of the project instead; if you really mean to share this host path, add `unsafe_host_path = true` to this mount".into()),
+                                );
+                                return None;
+                            }
+                        }
+                        Some(p)
+                    })
                     .map(|p| p.to_string_lossy().into_owned()),
             };
             let ignore = match m.get("ignore") {
@@ -1134,6 +1167,7 @@ impl<'a> Checker<'a> {
                     readonly,
                     ignore,
                     size,
+                    unsafe_host_path,
                 });
             }
         }
@@ -1715,6 +1749,45 @@ fn value_text(item: &Item) -> String {
         Some(Value::Boolean(b)) => b.value().to_string(),
         _ => String::new(),
     }
+}
+
+/// Host paths no environment gets without `unsafe_host_path = true`: the host's kernel
+/// filesystems (a process inside could reconfigure or read the host through them).
+pub const UNSAFE_HOST_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// Why the mount source `written` (resolved lexically to `path`) is unsafe, or `None`.
+/// Reads only: the symbolic links on the way are resolved to see where a relative source
+/// really leads. `berth up` checks again when it mounts (a link may change in between).
+pub fn unsafe_source(written: &str, path: &Path, project_dir: &Path) -> Option<String> {
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for p in [path, resolved.as_path()] {
+        if p == Path::new("/") {
+            return Some("is the host's root folder".into());
+        }
+        if let Some(k) = UNSAFE_HOST_PATHS.iter().find(|k| p.starts_with(k)) {
+            return Some(format!("is inside {k}, a kernel filesystem of the host"));
+        }
+    }
+    let relative = !(written.starts_with('/') || written == "~" || written.starts_with("~/"));
+    if relative {
+        if !path.starts_with(project_dir) {
+            return Some(format!(
+                "leads outside the project folder {} through `..` (to {})",
+                project_dir.display(),
+                path.display()
+            ));
+        }
+        let project =
+            std::fs::canonicalize(project_dir).unwrap_or_else(|_| project_dir.to_path_buf());
+        if !resolved.starts_with(&project) {
+            return Some(format!(
+                "leads outside the project folder {} through a symbolic link (to {})",
+                project_dir.display(),
+                resolved.display()
+            ));
+        }
+    }
+    None
 }
 
 /// Lexical normalization: drops `.`, resolves `..` against earlier components, never touches

@@ -52,6 +52,9 @@ pub enum ErrorKind {
     BadUrl,
     /// A host path (mount source, rootfs, tar, kernel) that does not exist.
     PathNotFound,
+    /// A mount source berth refuses without `unsafe_host_path = true`: `/`, `/proc`, `/sys`,
+    /// `/dev`, or a relative source that leaves the project folder (`..`, a symbolic link).
+    UnsafeMountSource,
     /// A key that is valid only elsewhere (`size` on a bind mount, `mirror` without debootstrap).
     MisplacedKey,
     /// A `devices` entry that is not an absolute path under `/dev`, or a malformed pattern.
@@ -73,7 +76,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 30] = [
+    pub const ALL: [ErrorKind; 31] = [
         ErrorKind::NotUtf8,
         ErrorKind::TomlSyntax,
         ErrorKind::UnknownKey,
@@ -95,6 +98,7 @@ impl ErrorKind {
         ErrorKind::BadPackage,
         ErrorKind::BadUrl,
         ErrorKind::PathNotFound,
+        ErrorKind::UnsafeMountSource,
         ErrorKind::MisplacedKey,
         ErrorKind::BadDevice,
         ErrorKind::VmWithoutBackend,
@@ -130,6 +134,7 @@ impl ErrorKind {
             ErrorKind::BadPackage => "bad-package",
             ErrorKind::BadUrl => "bad-url",
             ErrorKind::PathNotFound => "path-not-found",
+            ErrorKind::UnsafeMountSource => "unsafe-mount-source",
             ErrorKind::MisplacedKey => "misplaced-key",
             ErrorKind::BadDevice => "bad-device",
             ErrorKind::VmWithoutBackend => "vm-without-backend",

@@ -69,6 +69,7 @@ pub const KEYS: &[KeySpec] = &[
     k("mounts[].readonly", KeyType::Boolean),
     k("mounts[].ignore", KeyType::StringArray),
     k("mounts[].size", KeyType::Size),
+    k("mounts[].unsafe_host_path", KeyType::Boolean),
     k("ports", KeyType::ArrayOfTables),
     k("ports[].host", KeyType::Integer),
     k("ports[].guest", KeyType::Integer),
@@ -156,7 +157,15 @@ mod tests {
         );
         assert_eq!(
             children("mounts[]"),
-            ["source", "target", "type", "readonly", "ignore", "size"]
+            [
+                "source",
+                "target",
+                "type",
+                "readonly",
+                "ignore",
+                "size",
+                "unsafe_host_path"
+            ]
         );
         assert_eq!(
             children("services.*"),

@@ -21,6 +21,7 @@ pub mod schema;
 pub mod size;
 pub mod templates;
 
+pub use checker::UNSAFE_HOST_PATHS;
 pub use diagnostic::{Diagnostic, ErrorKind, Report, Severity};
 pub use load::{discover, load, parse, Loaded, FILE_NAME, MAX_FILE_SIZE};
 pub use plan::Plan;

@@ -87,6 +87,12 @@ pub struct MountPlan {
     pub ignore: Vec<String>,
     /// `tmpfs` only: size limit in bytes.
     pub size: Option<u64>,
+    /// `bind`/`sync` only: the source may be `/`, a kernel filesystem, berth's own store or
+    /// outside the project folder (the user opted in with `unsafe_host_path = true`).
+    /// Omitted from the plan when false, so plans (and their hashes) of files without the
+    /// key are unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_host_path: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

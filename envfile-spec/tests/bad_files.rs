@@ -98,6 +98,11 @@ const CASES: &[Case] = &[
     case("size on bind", "mounts = [{ source = \".\", target = \"/w\", size = \"1G\" }]\n[image]\nfrom = \"debian\"\n", &[(K::MisplacedKey, 1, 42)]),
     case("ignore on bind", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \".\"\ntarget = \"/w\"\nignore = [\"target\"]\n", &[(K::MisplacedKey, 6, 1)]),
     case("bad tmpfs size", "[image]\nfrom = \"debian\"\n[[mounts]]\ntarget = \"/t\"\ntype = \"tmpfs\"\nsize = \"lots\"\n", &[(K::BadSize, 6, 8)]),
+    case("host root as source", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"/\"\ntarget = \"/host\"\n", &[(K::UnsafeMountSource, 4, 10)]),
+    case("proc as source", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"/proc/self\"\ntarget = \"/p\"\ntype = \"sync\"\n", &[(K::UnsafeMountSource, 4, 10)]),
+    case("source leaves the project", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"src/../..\"\ntarget = \"/up\"\n", &[(K::UnsafeMountSource, 4, 10)]),
+    case("unsafe_host_path on a volume", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"cache\"\ntarget = \"/c\"\ntype = \"volume\"\nunsafe_host_path = true\n", &[(K::MisplacedKey, 7, 1)]),
+    case("unsafe_host_path as string", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"/\"\ntarget = \"/h\"\nunsafe_host_path = \"yes\"\n", &[(K::UnsafeMountSource, 4, 10), (K::WrongType, 6, 20)]),
     case("bad volume name", "[image]\nfrom = \"debian\"\n[[mounts]]\nsource = \"../x\"\ntarget = \"/v\"\ntype = \"volume\"\n", &[(K::BadName, 4, 10)]),
     // --- ports --------------------------------------------------------------------------------
     case("port zero", "[image]\nfrom = \"debian\"\n[[ports]]\nhost = 0\nguest = 80\n", &[(K::BadPort, 4, 8)]),

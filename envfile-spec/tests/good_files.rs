@@ -201,6 +201,7 @@ modules = "./kernel/modules"
                 readonly: true,
                 ignore: vec![],
                 size: None,
+                unsafe_host_path: false,
             },
             MountPlan {
                 source: Some(d.to_string_lossy().into_owned()),
@@ -209,6 +210,7 @@ modules = "./kernel/modules"
                 readonly: false,
                 ignore: vec!["target/".into(), "*.o".into()],
                 size: None,
+                unsafe_host_path: false,
             },
             MountPlan {
                 source: Some("cache".into()),
@@ -217,6 +219,7 @@ modules = "./kernel/modules"
                 readonly: false,
                 ignore: vec![],
                 size: None,
+                unsafe_host_path: false,
             },
             MountPlan {
                 source: None,
@@ -225,6 +228,7 @@ modules = "./kernel/modules"
                 readonly: false,
                 ignore: vec![],
                 size: Some(512 << 20),
+                unsafe_host_path: false,
             },
         ]
     );

@@ -110,7 +110,9 @@ impl BerthHome {
     /// The home chosen from the environment: `BERTH_HOME`, `/var/lib/berth` for root, or the
     /// user's XDG data folder. Creates the folder layout when missing.
     pub fn discover() -> Result<Self, StateError> {
-        Self::at(Self::locate()?)
+        let home = Self::at(Self::locate()?)?;
+        home.sweep_tmp();
+        Ok(home)
     }
 
     /// The folder [`discover`](Self::discover) would use, without creating or changing it.
@@ -128,6 +130,46 @@ impl BerthHome {
                 return Err(StateError::NoHome);
             },
         )
+    }
+
+    /// Removes what killed berth processes left in `tmp/`: staging folders and temporary
+    /// files named `<purpose>-<pid>-<suffix>` whose process is gone (a `kill -9`, a crash,
+    /// a power loss), and partial downloads nobody resumed for a day (a download in progress
+    /// holds its lock and is never touched). Runs at the start of every command.
+    pub fn sweep_tmp(&self) {
+        const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+        let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            if let Some(pid) = staging_pid(&name) {
+                if !process_alive(pid) {
+                    let _ = if path.is_dir() && !path.is_symlink() {
+                        remove_tree(&path)
+                    } else {
+                        fs::remove_file(&path)
+                    };
+                }
+            } else if let Some(hex) = name
+                .strip_prefix("blob-")
+                .and_then(|n| n.strip_suffix(".partial"))
+            {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_PARTIAL);
+                if old {
+                    let lock = self.locks_dir().join("blobs").join(hex);
+                    if let Ok(Some(_held)) = FileLock::try_acquire(&lock, LockMode::Exclusive) {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
     }
 
     /// A home at an explicit path (tests), created when missing.
@@ -248,6 +290,89 @@ impl BerthHome {
         create_dir_all(&path)?;
         Ok(StagingDir { path: Some(path) })
     }
+}
+
+/// The write end of the pipe [`remove_staging_on_signals`]'s handler wakes its thread with.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; the byte lives on this stack frame.
+    unsafe {
+        libc::write(fd, (&b as *const u8).cast(), 1);
+    }
+}
+
+/// Makes SIGINT and SIGTERM remove this process's staging folders and temporary files in
+/// `tmp/` (half-unpacked layers, imports) before the process exits with 128 + the signal,
+/// as a shell reports it. Partial downloads stay: the next pull resumes them. For commands
+/// whose only lasting work is in `tmp/` until a final rename (image pulls); a `kill -9` is
+/// covered by [`BerthHome::sweep_tmp`] at the next command.
+pub fn remove_staging_on_signals(home: &BerthHome) -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let tmp = home.tmp_dir();
+    std::thread::Builder::new()
+        .name("stop-signal".into())
+        .spawn(move || {
+            let mut b = [0u8; 1];
+            if nix::unistd::read(r.as_raw_fd(), &mut b).is_ok_and(|n| n == 1) {
+                let me = std::process::id() as i32;
+                if let Ok(rd) = fs::read_dir(&tmp) {
+                    for e in rd.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if staging_pid(&name) == Some(me) {
+                            let p = e.path();
+                            let _ = if p.is_dir() && !p.is_symlink() {
+                                remove_tree(&p)
+                            } else {
+                                fs::remove_file(&p)
+                            };
+                        }
+                    }
+                }
+                std::process::exit(128 + i32::from(b[0]));
+            }
+        })?;
+    SIGNAL_PIPE.store(
+        std::os::fd::IntoRawFd::into_raw_fd(w),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let action = SigAction::new(
+        SigHandler::Handler(on_stop_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only writes one byte to a pipe, which is async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(io::Error::from)?;
+    }
+    Ok(())
+}
+
+/// The pid in a temporary name `<purpose>-<pid>-<hex suffix>` (as [`BerthHome::staging_dir`]
+/// and the other writers under `tmp/` name them), or `None` for any other name.
+fn staging_pid(name: &str) -> Option<i32> {
+    let (rest, suffix) = name.rsplit_once('-')?;
+    let (purpose, pid) = rest.rsplit_once('-')?;
+    let valid_suffix = !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_hexdigit());
+    let valid_purpose = !purpose.is_empty()
+        && purpose
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit());
+    if !valid_suffix || !valid_purpose || pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    pid.parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// Whether process `pid` exists (of any user).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence; no memory is involved.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// An identifier for an environment that is stable for one berth.toml: its name plus a short
@@ -378,6 +503,13 @@ pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
             source,
         }
     })
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`
+/// (`statvfs`: available blocks × fragment size).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
@@ -911,6 +1043,46 @@ mod tests {
             b"x"
         );
         assert!(home.env_dir("e-1").join("upper").is_dir());
+    }
+
+    #[test]
+    fn the_next_command_removes_what_dead_processes_left_in_tmp() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let tmp = home.tmp_dir();
+        // A pid that cannot exist (above the kernel's pid_max limit).
+        let dead = tmp.join("layer-4194305-1a2b");
+        fs::create_dir_all(dead.join("usr/bin")).unwrap();
+        fs::write(dead.join("usr/bin/x"), b"half").unwrap();
+        fs::write(tmp.join("blob-import-4194305-ff"), b"half").unwrap();
+        let live = home.staging_dir("layer").unwrap();
+        let fresh_partial = tmp.join(format!("blob-{}.partial", "ab".repeat(32)));
+        fs::write(&fresh_partial, b"resumable").unwrap();
+        let old_partial = tmp.join(format!("blob-{}.partial", "cd".repeat(32)));
+        fs::write(&old_partial, b"abandoned").unwrap();
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 24 * 3600);
+        fs::File::options()
+            .write(true)
+            .open(&old_partial)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let other = tmp.join("removing-abc");
+        fs::create_dir(&other).unwrap();
+        home.sweep_tmp();
+        assert!(!dead.exists(), "a dead process's staging folder stays");
+        assert!(!tmp.join("blob-import-4194305-ff").exists());
+        assert!(
+            live.path().exists(),
+            "this process's staging folder was removed"
+        );
+        assert!(fresh_partial.exists(), "a resumable download was removed");
+        assert!(!old_partial.exists(), "a day-old partial download stays");
+        assert!(other.exists(), "a name without a pid was touched");
+        assert_eq!(staging_pid("layer-12-ab"), Some(12));
+        assert_eq!(staging_pid("build-upper-12-ab"), Some(12));
+        assert_eq!(staging_pid("removing-abc"), None);
+        assert_eq!(staging_pid("blob-ab.partial"), None);
     }
 
     #[test]

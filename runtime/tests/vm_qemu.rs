@@ -115,6 +115,7 @@ fn debian_kernel_under_qemu_tcg() {
             readonly: false,
             ignore: vec![],
             size: Some(1 << 20),
+            unsafe_host_path: false,
         }],
         ports: vec![],
         network: envfile_spec::plan::NetworkMode::Isolated,

@@ -97,6 +97,10 @@ ticker = { command = ["sh", "-c", "echo tick; sleep 1000"] }
 fn up_exec_status_down_destroy_leave_nothing_behind() {
     require_root!();
     let p = project(BASIC);
+    // The environment's root acts as the owner of a bind-mounted folder; a folder of host
+    // root's is read-only to it (see tests/security_mounts.rs), so the project folder
+    // belongs to an ordinary (here: unnamed) user, as a developer's checkout does.
+    std::os::unix::fs::chown(p.path(), Some(4242), Some(4242)).unwrap();
     let b = Berth::new();
     let before = p.snapshot(&b);
     let out = ok(&b, p.path(), &["up"]);
@@ -179,6 +183,13 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     assert_eq!(
         std::fs::read_to_string(p.path().join("from-inside")).unwrap(),
         "i\n"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(p.path().join("from-inside")).unwrap();
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (4242, 4242),
+        "owned by the folder's owner"
     );
 
     // A no-op up is recognized.

@@ -44,6 +44,12 @@ impl Project {
         );
         std::fs::write(dir.path().join("berth.toml"), toml).unwrap();
         std::fs::write(dir.path().join("checked-in.txt"), "original\n").unwrap();
+        // The environment's root acts as the owner of a bind-mounted folder; a folder of
+        // host root's is read-only to it (see tests/security_mounts.rs), so the checkout
+        // belongs to an ordinary (here: unnamed) user.
+        for p in [dir.path().to_path_buf(), dir.path().join("checked-in.txt")] {
+            std::os::unix::fs::chown(&p, Some(4242), Some(4242)).unwrap();
+        }
         Project { dir, name }
     }
     fn path(&self) -> &Path {
@@ -237,6 +243,55 @@ fn keep_on_failure_leaves_the_environment_for_debugging() {
     let o = b.run_in(p.path(), &["-q", "run", "--name", "bad_name", "--", "true"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("--name"), "{:?}", text(&o));
+}
+
+/// CI runs as root in a checkout of root's: the live folder is read-only to the
+/// environment's root (an unprivileged host id there), but a private copy is the
+/// environment's own.
+#[test]
+fn copy_source_of_a_root_owned_checkout_is_writable_inside() {
+    require_root!();
+    let p = Project::new();
+    for f in [p.path().to_path_buf(), p.path().join("checked-in.txt")] {
+        std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
+    }
+    let b = Berth::new();
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "touch /work/live 2>/dev/null && echo wrote",
+        ],
+    );
+    assert_ne!(
+        text(&o).0,
+        "wrote\n",
+        "root's live folder was writable inside"
+    );
+    assert!(!p.path().join("live").exists());
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--copy-source",
+            "--",
+            "sh",
+            "-c",
+            "echo changed > /work/checked-in.txt && touch /work/new && echo ok",
+        ],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(text(&o).0, "ok\n");
+    assert_eq!(
+        std::fs::read_to_string(p.path().join("checked-in.txt")).unwrap(),
+        "original\n"
+    );
+    assert_eq!(envs_left(&b), 0);
 }
 
 #[test]

@@ -14,9 +14,10 @@ use crate::args::{GlobalArgs, ImageCommand};
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::progress::progress;
 
-fn store() -> Result<ImageStore, CliError> {
+fn store() -> Result<(BerthHome, ImageStore), CliError> {
     let home = BerthHome::discover().map_err(|e| from_error(EXIT_ERROR, &e))?;
-    Ok(ImageStore::open(&home))
+    let store = ImageStore::open(&home);
+    Ok((home, store))
 }
 
 fn fail(e: impl std::error::Error) -> CliError {
@@ -24,13 +25,16 @@ fn fail(e: impl std::error::Error) -> CliError {
 }
 
 pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
-    let store = store()?;
+    let (home, store) = store()?;
     match cmd {
         ImageCommand::Pull {
             reference,
             insecure,
         } => {
             let source = parse_source(&reference)?;
+            // Ctrl-C or SIGTERM: no half-unpacked layer stays in tmp/.
+            berth_runtime::state::remove_staging_on_signals(&home)
+                .map_err(|e| CliError::new(EXIT_ERROR, format!("cannot handle signals: {e}")))?;
             let opts = ResolveOptions {
                 pull: PullOptions {
                     registry: RegistryOptions { insecure },

@@ -110,6 +110,139 @@ impl IdMapping {
     }
 }
 
+impl IdMapping {
+    /// The mapping of an id-mapped bind mount of a host folder owned by `owner_uid` /
+    /// `owner_gid` (both non-zero): the environment's root reads and writes it as that owner,
+    /// and every other id of the environment as its own host id (the environment's
+    /// unprivileged range). No other host id is mapped, so files of other host users (root
+    /// included) appear as the overflow id, and nothing inside can create a file, change an
+    /// owner or set a setuid/setgid bit for a host id outside {owner, the environment's range}.
+    ///
+    /// An id-mapped mount translates an on-disk id `d` to the kernel id the mount's user
+    /// namespace maps `d` to, so the namespace returned here has `inside` = the on-disk id and
+    /// `outside` = the environment's host id.
+    pub fn for_bind_owner(&self, owner_uid: u32, owner_gid: u32) -> IdMapping {
+        IdMapping {
+            uids: owner_ranges(&self.uids, owner_uid),
+            gids: with_root_group_alias(owner_ranges(&self.gids, owner_gid)),
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        }
+    }
+}
+
+/// The overflow group: the host kernel id that the on-disk group 0 is shown as on an
+/// owner-mapped bind mount. It is not mapped in the environment's namespace, so the
+/// environment can neither chown a file to it nor keep a setgid bit on it (the kernel drops
+/// S_ISGID for a group the caller is neither in nor privileged over), while files of the
+/// owner that happen to have group root stay writable (an unmapped group would make the
+/// kernel refuse every write to them).
+const ROOT_GROUP_ALIAS: u32 = 65534;
+
+fn with_root_group_alias(mut ranges: Vec<IdRange>) -> Vec<IdRange> {
+    let taken = |id: u32, inside: bool| {
+        ranges.iter().any(|r| {
+            let first = if inside { r.inside } else { r.outside };
+            id >= first && id - first < r.count
+        })
+    };
+    if !taken(0, true) && !taken(ROOT_GROUP_ALIAS, false) {
+        ranges.push(IdRange {
+            inside: 0,
+            outside: ROOT_GROUP_ALIAS,
+            count: 1,
+        });
+    }
+    ranges
+}
+
+/// `owner` (on disk) is the environment's root; each other host id of `env` maps to itself.
+fn owner_ranges(env: &[IdRange], owner: u32) -> Vec<IdRange> {
+    let root = map_one(env, 0);
+    let mut out: Vec<IdRange> = Vec::new();
+    if let Some(root) = root {
+        out.push(IdRange {
+            inside: owner,
+            outside: root,
+            count: 1,
+        });
+    }
+    for r in env {
+        // The host ids of this range, minus the environment's root and the owner.
+        let mut start = u64::from(r.outside);
+        let end = u64::from(r.outside) + u64::from(r.count);
+        let mut cuts: Vec<u64> = [root, Some(owner)]
+            .into_iter()
+            .flatten()
+            .map(u64::from)
+            .filter(|c| *c >= start && *c < end)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.push(end);
+        for cut in cuts {
+            if cut > start {
+                let (Ok(first), Ok(count)) = (u32::try_from(start), u32::try_from(cut - start))
+                else {
+                    break;
+                };
+                out.push(IdRange {
+                    inside: first,
+                    outside: first,
+                    count,
+                });
+            }
+            start = cut + 1;
+        }
+    }
+    out
+}
+
+/// A user namespace with `mapping` (written directly: only host root may call this), as a
+/// descriptor for `mount_setattr(MOUNT_ATTR_IDMAP)`. A short-lived child process creates the
+/// namespace; it is gone when this returns, the descriptor keeps the namespace alive.
+/// The caller must be single-threaded (it forks).
+pub fn user_namespace_with(mapping: &IdMapping) -> Result<OwnedFd> {
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, pipe, read, write, ForkResult};
+    let (ready_r, ready_w) = pipe().context(|| "cannot create a pipe".to_string())?;
+    let (go_r, go_w) = pipe().context(|| "cannot create a pipe".to_string())?;
+    // SAFETY: the child only calls async-signal-safe functions (unshare, write, read, _exit).
+    match unsafe { fork() }.context(|| "cannot fork".to_string())? {
+        ForkResult::Child => {
+            drop((ready_r, go_w));
+            // SAFETY: raw syscalls on descriptors this child owns, then _exit.
+            unsafe {
+                let ok: u8 = u8::from(libc::unshare(libc::CLONE_NEWUSER) == 0);
+                libc::write(ready_w.as_raw_fd(), (&ok as *const u8).cast(), 1);
+                let mut b = 0u8;
+                libc::read(go_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                libc::_exit(0)
+            }
+        }
+        ForkResult::Parent { child } => {
+            drop((ready_w, go_r));
+            let mut b = [0u8; 1];
+            let unshared = read(ready_r.as_raw_fd(), &mut b).is_ok_and(|n| n == 1) && b[0] == 1;
+            let result = if unshared {
+                mapping.write_for(child.as_raw()).and_then(|()| {
+                    fs::File::open(format!("/proc/{child}/ns/user"))
+                        .map(OwnedFd::from)
+                        .context(|| "cannot open the mount's user namespace".to_string())
+                })
+            } else {
+                Err(ContainerError::Setup(
+                    "cannot create a user namespace for an id-mapped bind mount".into(),
+                ))
+            };
+            let _ = write(&go_w, &[1]);
+            drop(go_w);
+            let _ = waitpid(child, None);
+            result
+        }
+    }
+}
+
 fn map_one(ranges: &[IdRange], inside: u32) -> Option<u32> {
     ranges
         .iter()
@@ -373,6 +506,7 @@ pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x0000_0010;
 
@@ -392,24 +526,31 @@ pub fn idmapped_bind(
     source: &Path,
     target: &Path,
     userns: &OwnedFd,
-    readonly: bool,
-    nodev: bool,
+    flags: CloneFlags,
 ) -> Result<()> {
-    attach_clone(source, target, Some(userns), readonly, nodev)
+    attach_clone(source, target, Some(userns), flags)
+}
+
+/// Attributes of an attached mount clone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloneFlags {
+    pub readonly: bool,
+    /// Setuid/setgid bits and file capabilities are ignored on the mount.
+    pub nosuid: bool,
+    /// Device nodes on the mount cannot be opened.
+    pub nodev: bool,
 }
 
 /// Attaches a clone of the mount at `source` on `target` (resolved by the kernel, following
 /// magic links such as `/proc/self/fd/N`), optionally id-mapped into `userns` and/or
 /// read-only. Without id-mapping the clone is recursive, like `mount --rbind`, and read-only
-/// applies to every mount in it, as does `nodev` (device nodes on it cannot be opened).
-/// Setting the attributes on the detached clone avoids a remount, which could not reach a
-/// mount attached on an fd path.
+/// (and nosuid, nodev) apply to every mount in it. Setting the attributes on the detached clone
+/// avoids a remount, which could not reach a mount attached on an fd path.
 pub fn attach_clone(
     source: &Path,
     target: &Path,
     userns: Option<&OwnedFd>,
-    readonly: bool,
-    nodev: bool,
+    flags: CloneFlags,
 ) -> Result<()> {
     let src = cstr(source)?;
     let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
@@ -435,8 +576,9 @@ pub fn attach_clone(
             MOUNT_ATTR_IDMAP
         } else {
             0
-        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 }
-            | if nodev { MOUNT_ATTR_NODEV } else { 0 },
+        } | if flags.readonly { MOUNT_ATTR_RDONLY } else { 0 }
+            | if flags.nosuid { MOUNT_ATTR_NOSUID } else { 0 }
+            | if flags.nodev { MOUNT_ATTR_NODEV } else { 0 },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
@@ -508,6 +650,68 @@ mod tests {
             have_newidmap: helper,
             taken: vec![],
         }
+    }
+
+    #[test]
+    fn a_bind_owner_is_the_environments_root_and_no_other_host_user_is_mapped() {
+        let env = IdMapping {
+            uids: vec![IdRange {
+                inside: 0,
+                outside: 100000,
+                count: 65536,
+            }],
+            gids: vec![IdRange {
+                inside: 0,
+                outside: 200000,
+                count: 65536,
+            }],
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        };
+        let m = env.for_bind_owner(1000, 1000);
+        // On-disk 1000 (inside the mount's namespace) is the environment's root (100000).
+        assert_eq!(m.host_uid(1000), Some(100000));
+        assert_eq!(m.host_gid(1000), Some(200000));
+        // The environment's other ids are their own host ids; host root and other host
+        // users are not mapped (no file can be created or chowned to them).
+        assert_eq!(m.host_uid(100005), Some(100005));
+        assert_eq!(m.host_uid(0), None);
+        assert_eq!(m.host_uid(1001), None);
+        assert_eq!(m.host_uid(5), None);
+        assert_eq!(
+            m.host_uid(100000),
+            None,
+            "the environment's root is the owner"
+        );
+        // Group root shows as the overflow group, which the environment does not map.
+        assert_eq!(m.host_gid(0), Some(ROOT_GROUP_ALIAS));
+        assert!(env
+            .gids
+            .iter()
+            .all(|r| !(r.outside..r.outside + r.count).contains(&ROOT_GROUP_ALIAS)));
+        assert_eq!(m.uid_map_text(), "1000 100000 1\n100001 100001 65535\n");
+        // An owner inside the environment's own range is cut out of the identity part.
+        let m = env.for_bind_owner(100010, 5);
+        assert_eq!(
+            m.uids,
+            vec![
+                IdRange {
+                    inside: 100010,
+                    outside: 100000,
+                    count: 1
+                },
+                IdRange {
+                    inside: 100001,
+                    outside: 100001,
+                    count: 9
+                },
+                IdRange {
+                    inside: 100011,
+                    outside: 100011,
+                    count: 65525
+                },
+            ]
+        );
     }
 
     #[test]

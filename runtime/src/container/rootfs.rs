@@ -20,7 +20,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
 use super::error::{ContainerError, Context, Result};
-use super::idmap::{attach_clone, idmapped_bind, IdMapping};
+use super::idmap::{attach_clone, idmapped_bind, user_namespace_with, CloneFlags, IdMapping};
 use super::spec::{ContainerSpec, MountSpec};
 
 /// OCI runtime-spec default masked paths.
@@ -89,7 +89,12 @@ impl<'a> OverlayRootfs<'a> {
                 Some(ns) => {
                     let at = spec.state_dir.join("lower").join(i.to_string());
                     mkdir_p(&at)?;
-                    idmapped_bind(layer, &at, ns, true, true)?;
+                    let flags = CloneFlags {
+                        readonly: true,
+                        nosuid: false,
+                        nodev: true,
+                    };
+                    idmapped_bind(layer, &at, ns, flags)?;
                     lowers.push(at);
                 }
                 None => lowers.push(layer.clone()),
@@ -130,20 +135,31 @@ impl<'a> OverlayRootfs<'a> {
                     readonly,
                     idmap,
                 } => {
-                    let is_dir = fs::metadata(source)
-                        .context(|| {
-                            format!(
-                                "mount source {} is missing; create it or fix [[mounts]]",
-                                source.display()
-                            )
-                        })?
-                        .is_dir();
-                    let t = ensure_in_root(root.as_fd(), target, is_dir, owner)?;
-                    match (idmap_userns, idmap) {
-                        (Some(ns), true) => {
-                            idmapped_bind(source, &fd_path(&t), ns, *readonly, true)?
+                    let meta = fs::metadata(source).context(|| {
+                        format!(
+                            "mount source {} is missing; create it or fix [[mounts]]",
+                            source.display()
+                        )
+                    })?;
+                    let t = ensure_in_root(root.as_fd(), target, meta.is_dir(), owner)?;
+                    let flags = CloneFlags {
+                        readonly: *readonly,
+                        nosuid: true,
+                        nodev: true,
+                    };
+                    // The environment's root becomes the owner of the source folder, never
+                    // host root: see `IdMapping::for_bind_owner`. A folder owned by root is
+                    // bound without id-mapping, so files created in it belong to the
+                    // environment's unprivileged host range and root's files stay read-only
+                    // to it.
+                    use std::os::unix::fs::MetadataExt;
+                    match (idmap_userns, self.mapping, idmap) {
+                        (Some(_), Some(env), true) if meta.uid() != 0 => {
+                            let gid = owner_group(meta.uid(), meta.gid());
+                            let ns = user_namespace_with(&env.for_bind_owner(meta.uid(), gid))?;
+                            idmapped_bind(source, &fd_path(&t), &ns, flags)?
                         }
-                        _ => bind(source, &fd_path(&t), *readonly, true)?,
+                        _ => attach_clone(source, &fd_path(&t), None, flags)?,
                     }
                 }
                 MountSpec::Volume {
@@ -152,7 +168,12 @@ impl<'a> OverlayRootfs<'a> {
                     readonly,
                 } => {
                     let t = ensure_in_root(root.as_fd(), target, true, owner)?;
-                    bind(source, &fd_path(&t), *readonly, true)?;
+                    let flags = CloneFlags {
+                        readonly: *readonly,
+                        nosuid: true,
+                        nodev: true,
+                    };
+                    attach_clone(source, &fd_path(&t), None, flags)?;
                 }
                 MountSpec::Tmpfs { .. } => {}
             }
@@ -470,10 +491,31 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// The host group the environment's root gets on a bind mount of a folder owned by
+/// `uid`:`gid`: the folder's group, or the owner's primary group when the folder belongs to
+/// group root (so nothing inside can create a setgid-root file), or the owner's uid as a
+/// private group id when that is root too.
+fn owner_group(uid: u32, gid: u32) -> u32 {
+    if gid != 0 {
+        return gid;
+    }
+    nix::unistd::User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw())
+        .filter(|g| *g != 0)
+        .unwrap_or(uid)
+}
+
 /// A recursive bind mount; `nodev` for anything but the environment's device nodes.
 fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<()> {
     if readonly || nodev {
-        return attach_clone(source, target, None, readonly, nodev);
+        let flags = CloneFlags {
+            readonly,
+            nosuid: false,
+            nodev,
+        };
+        return attach_clone(source, target, None, flags);
     }
     mount(
         Some(source),

@@ -51,16 +51,20 @@ impl Environments {
         };
         let env_id = Self::env_id(&run);
         let dir = self.home().env_dir(&env_id);
+        // Checked on the project itself: its copy would hide a link out of it.
+        super::mount_source::check_mount_sources(plan, self.home().root(), &dir)?;
         if EnvRecord::load(&dir)?.is_some() {
             return Err(EnvError::RunNameTaken { name: run.name });
         }
         if opts.copy_source {
             let copy = dir.join("source");
             state::create_private_dir(&dir)?;
-            copy_tree(&plan.project_dir, &copy).map_err(|source| StateError::Write {
-                path: copy.clone(),
-                source,
-            })?;
+            copy_tree(&plan.project_dir, &copy)
+                .and_then(|()| give_roots_files_to_env_root(&copy))
+                .map_err(|source| StateError::Write {
+                    path: copy.clone(),
+                    source,
+                })?;
             for m in &mut run.mounts {
                 if !matches!(m.kind, MountKind::Bind | MountKind::Sync) {
                     continue;
@@ -94,9 +98,13 @@ fn random_suffix() -> String {
 
 /// Copies a folder tree: files (content, mode, mtime), folders, symlinks as symlinks. Device
 /// nodes, sockets and fifos are skipped; nothing is followed out of the tree.
+/// As root the copy keeps the owners too: a bind mount maps the environment's root to the
+/// owner of the folder, so the copy of a user's project is writable inside exactly as the
+/// project itself is.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(from)?;
     fs::create_dir_all(to)?;
+    keep_owner(to, &meta)?;
     fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -112,9 +120,13 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
             copy_tree(&src, &dst)?;
         } else if ft.is_symlink() {
             symlink(fs::read_link(&src)?, &dst)?;
+            keep_owner(&dst, &entry.metadata()?)?;
         } else if ft.is_file() {
             fs::copy(&src, &dst)?;
             let m = entry.metadata()?;
+            // chown clears setuid/setgid bits: the mode is set again after it.
+            keep_owner(&dst, &m)?;
+            fs::set_permissions(&dst, fs::Permissions::from_mode(m.mode() & 0o7777))?;
             let mtime = nix::sys::time::TimeSpec::new(m.mtime(), m.mtime_nsec());
             let _ = nix::sys::stat::utimensat(
                 None,
@@ -126,6 +138,53 @@ pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A private copy of a folder of host root's is of no use to the environment's root, which
+/// is an unprivileged host id on it (see `container::rootfs`): its files owned by host root
+/// (user or group) are given to the environment's root host ids instead. Nothing is lost —
+/// the copy is the environment's alone — and writes stay in the environment's id range, so
+/// `berth run --copy-source` works in a root-owned checkout (CI). Only as root, only for
+/// environments with a user namespace of their own.
+fn give_roots_files_to_env_root(copy: &Path) -> io::Result<()> {
+    use crate::container::idmap::{self, Invoker};
+    use crate::container::spec::UserMappingChoice;
+    let who = Invoker::current();
+    if who.uid != 0 {
+        return Ok(());
+    }
+    let Ok(Some(mapping)) = idmap::choose(UserMappingChoice::Auto, false, &who) else {
+        return Ok(());
+    };
+    let (Some(uid), Some(gid)) = (mapping.host_uid(0), mapping.host_gid(0)) else {
+        return Ok(());
+    };
+    fn walk(p: &Path, uid: u32, gid: u32) -> io::Result<()> {
+        let m = fs::symlink_metadata(p)?;
+        let (u, g) = ((m.uid() == 0).then_some(uid), (m.gid() == 0).then_some(gid));
+        if u.is_some() || g.is_some() {
+            std::os::unix::fs::lchown(p, u, g)?;
+            if m.is_file() {
+                // chown cleared setuid/setgid bits: the copy keeps its modes.
+                fs::set_permissions(p, fs::Permissions::from_mode(m.mode() & 0o7777))?;
+            }
+        }
+        if m.is_dir() {
+            for e in fs::read_dir(p)? {
+                walk(&e?.path(), uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+    walk(copy, uid, gid)
+}
+
+/// Gives `path` (not followed) the owner and group of `like` when berth runs as root.
+fn keep_owner(path: &Path, like: &fs::Metadata) -> io::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid()))
 }
 
 #[cfg(test)]

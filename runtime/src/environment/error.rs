@@ -38,6 +38,13 @@ pub enum EnvError {
         snapshot_image: String,
         current_image: String,
     },
+    #[error("mount at {target}: source {path} {why} (it resolves to {}); berth does not share it with an environment. Mount a folder of the project instead, or, if you really mean it, add `unsafe_host_path = true` to this [[mounts]] entry of berth.toml", resolved.display())]
+    UnsafeMountSource {
+        target: String,
+        path: String,
+        resolved: std::path::PathBuf,
+        why: String,
+    },
     #[error("live sync could not start: {message}")]
     SyncFailed { message: String },
     #[error(transparent)]

@@ -211,6 +211,11 @@ impl Environments {
     pub fn up(&self, plan: &Plan, opts: &UpOptions) -> Result<UpReport, EnvError> {
         let t0 = Instant::now();
         let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
+        super::mount_source::check_mount_sources(
+            plan,
+            self.home.root(),
+            &self.home.env_dir(&env_id),
+        )?;
         let locked = self.lock(&env_id, &opts.progress)?;
         let previous = EnvRecord::load(&locked.dir)?;
         let first = previous.is_none();

@@ -16,6 +16,7 @@ mod error;
 mod gc;
 mod lifecycle;
 pub mod live_sync;
+mod mount_source;
 mod record;
 mod session;
 mod snapshot;

@@ -290,6 +290,7 @@ mod tests {
             readonly: false,
             ignore: vec![],
             size: None,
+            unsafe_host_path: false,
         };
         let mut plan: Plan = serde_json::from_value(serde_json::json!({
             "name": "x", "file": "/p/berth.toml", "project_dir": "/p", "backend": "vm",

@@ -33,6 +33,22 @@ impl BlobStore {
         self.dir.join(digest.hex())
     }
 
+    /// The staging folder partial downloads are written to.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn partial_path(&self, digest: &Digest) -> PathBuf {
+        self.tmp.join(format!("blob-{}.partial", digest.hex()))
+    }
+
+    /// Bytes an interrupted download of `digest` left (resumed by the next one).
+    pub fn partial_len(&self, digest: &Digest) -> u64 {
+        fs::metadata(self.partial_path(digest))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
     pub fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
     }
@@ -142,7 +158,7 @@ impl BlobStore {
         expected_size: u64,
         origin: &str,
     ) -> Result<PartialBlob, ImageError> {
-        let path = self.tmp.join(format!("blob-{}.partial", digest.hex()));
+        let path = self.partial_path(digest);
         let lock = FileLock::acquire(&self.locks.join(digest.hex()), LockMode::Exclusive)?;
         let mut file = OpenOptions::new()
             .read(true)

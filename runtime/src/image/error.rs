@@ -21,6 +21,27 @@ pub enum ImageError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("registry {registry} did not {what} within {seconds} s ({url}); it may be down, overloaded or unreachable from here: try again later, check the address, or allow more time with {var}=SECONDS")]
+    RegistryTimeout {
+        registry: String,
+        url: String,
+        what: &'static str,
+        seconds: f64,
+        var: &'static str,
+    },
+    #[error("{var}={value:?} is not valid: expected {expected}; fix or unset it")]
+    InvalidSetting {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{what} needs {need} bytes, but only {free} bytes are free on the filesystem of {path}; nothing was kept. Free some space (`berth image prune` removes unused images) or set BERTH_HOME to a larger filesystem")]
+    NoSpace {
+        what: String,
+        need: u64,
+        free: u64,
+        path: PathBuf,
+    },
     #[error("registry {registry} answered {status} for {url}: {body}")]
     RegistryStatus {
         registry: String,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::digest::Digest;
 use super::error::ImageError;
-use super::unpack::{decompressed, unpack, UnpackOptions};
+use super::unpack::{decompressed, unpack_bounded, UnpackOptions};
 use crate::state::{read_json, remove_tree, write_json, BerthHome};
 
 /// What the store knows about one unpacked layer.
@@ -124,7 +124,13 @@ impl LayerStore {
     ) -> Result<LayerMeta, ImageError> {
         let staging = self.home.staging_dir("layer")?;
         let opts = UnpackOptions::for_current_user();
-        let report = unpack(
+        // A layer may use the free space of the home's filesystem but one reserve (5%,
+        // at least 64 MiB), so a decompression bomb fails cleanly before the disk is full;
+        // the staging folder goes with the error.
+        let free =
+            crate::state::free_bytes(staging.path()).map_err(ImageError::io(staging.path()))?;
+        let budget = free.saturating_sub((free / 20).max(64 << 20));
+        let report = unpack_bounded(
             Counting {
                 inner: reader,
                 on_read,
@@ -132,6 +138,7 @@ impl LayerStore {
             staging.path(),
             label,
             opts,
+            budget,
         )?;
         if let Some(exp) = expected {
             if *exp != report.diff_id {

@@ -33,6 +33,7 @@ pub mod manifest;
 pub mod progress;
 pub mod pull;
 pub mod registry;
+pub mod sparse;
 pub mod store;
 pub mod unpack;
 pub mod xattrs;

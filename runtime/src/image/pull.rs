@@ -97,13 +97,12 @@ impl Puller<'_> {
                 });
             }
         }
+        // The config is verified now but stored with the manifest, only once every layer
+        // arrived: a failed pull leaves nothing in the blob store.
         let config_bytes = if self.blobs.contains(&manifest.config.digest) {
             self.blobs.read(&manifest.config.digest)?
         } else {
-            let b = client.blob_bytes(&manifest.config)?;
-            self.blobs
-                .put_bytes(&b, Some(&manifest.config.digest), &origin)?;
-            b
+            client.blob_bytes(&manifest.config)?
         };
         let config: ConfigFile = serde_json::from_slice(&config_bytes).map_err(|e| {
             ImageError::malformed(
@@ -128,6 +127,8 @@ impl Puller<'_> {
             .zip(config.rootfs.diff_ids.iter().cloned())
             .collect();
         self.fetch_layers(&client, &pairs, opts)?;
+        self.blobs
+            .put_bytes(&config_bytes, Some(&manifest.config.digest), &origin)?;
         self.blobs
             .put_bytes(&manifest_bytes, Some(&manifest_digest), &origin)?;
         Ok(ImageRecord {
@@ -166,6 +167,7 @@ impl Puller<'_> {
         if todo.is_empty() {
             return Ok(());
         }
+        self.check_room(client, &todo)?;
         let queue = Mutex::new(todo.into_iter());
         let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
         let workers = opts.jobs.clamp(1, 8);
@@ -190,6 +192,43 @@ impl Puller<'_> {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// Refuses, before anything is downloaded, layers whose declared sizes (less what
+    /// earlier, interrupted downloads already hold) exceed the free space of the home's
+    /// filesystem: a registry cannot make berth fill the disk by declaring a huge layer.
+    /// (Unpacking is bounded separately, see `LayerStore::unpack_stream`.)
+    fn check_room(
+        &self,
+        client: &RegistryClient,
+        todo: &[&(Descriptor, Digest)],
+    ) -> Result<(), ImageError> {
+        let tmp = self.blobs.tmp_dir();
+        let free = crate::state::free_bytes(tmp).map_err(ImageError::io(tmp))?;
+        let mut need: u64 = 0;
+        for (d, _) in todo {
+            if !self.blobs.contains(&d.digest) {
+                let have = self.blobs.partial_len(&d.digest);
+                need = need.saturating_add(d.size.saturating_sub(have));
+            }
+        }
+        if need > free {
+            let what = match todo {
+                [(d, _)] => format!("layer {} of {}", d.digest, client.origin()),
+                _ => format!(
+                    "the {} layers of {} to download",
+                    todo.len(),
+                    client.origin()
+                ),
+            };
+            return Err(ImageError::NoSpace {
+                what,
+                need,
+                free,
+                path: tmp.to_path_buf(),
+            });
+        }
+        Ok(())
     }
 
     fn fetch_one(

@@ -35,6 +35,7 @@ pub struct FetchedManifest {
 /// One repository of one registry.
 pub struct RegistryClient {
     http: Client,
+    timeouts: RegistryTimeouts,
     base: String,
     registry: String,
     repository: String,
@@ -50,9 +51,13 @@ impl RegistryClient {
     /// HTTP. With `insecure`, another registry is tried over HTTPS without certificate checks
     /// first and over plain HTTP when that fails (as Docker's insecure registries are).
     pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
+        let timeouts = RegistryTimeouts::from_env()?;
+        // The blocking client's `timeout` bounds the wait for an answer and then each read
+        // of the body on its own (an idle timeout, not a total one: a large layer may take
+        // hours, but a registry that goes quiet for `read` fails the pull).
         let http = Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+            .connect_timeout(timeouts.connect)
+            .timeout(timeouts.read)
             .danger_accept_invalid_certs(opts.insecure)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -81,6 +86,7 @@ impl RegistryClient {
         };
         Ok(RegistryClient {
             http,
+            timeouts,
             base,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
@@ -95,10 +101,32 @@ impl RegistryClient {
     }
 
     fn http_err(&self, url: &str, source: reqwest::Error) -> ImageError {
+        if source.is_timeout() {
+            return self.timeout_err(url, source.is_connect());
+        }
         ImageError::Http {
             registry: self.registry.clone(),
             url: url.to_string(),
             source,
+        }
+    }
+
+    fn timeout_err(&self, url: &str, connecting: bool) -> ImageError {
+        let (what, after, var) = if connecting {
+            (
+                "accept a connection",
+                self.timeouts.connect,
+                CONNECT_TIMEOUT_VAR,
+            )
+        } else {
+            ("send anything", self.timeouts.read, READ_TIMEOUT_VAR)
+        };
+        ImageError::RegistryTimeout {
+            registry: self.registry.clone(),
+            url: url.to_string(),
+            what,
+            seconds: after.as_secs_f64(),
+            var,
         }
     }
 
@@ -362,6 +390,16 @@ impl RegistryClient {
                 Ok(0) => return Ok(()),
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A registry that went quiet: not retried (it is not a hiccup).
+                Err(e) if is_timeout(&e) => {
+                    let url = format!(
+                        "{}/v2/{}/blobs/{}",
+                        self.base,
+                        self.repository,
+                        partial.digest()
+                    );
+                    return Err(self.timeout_err(&url, false));
+                }
                 Err(e) => {
                     return Err(ImageError::Io {
                         path: format!("{} (blob {})", self.origin(), partial.digest()).into(),
@@ -375,6 +413,104 @@ impl RegistryClient {
                 partial.flush()?;
                 super::pull::abort_point("blob-midway");
             }
+        }
+    }
+}
+
+/// Environment variable: seconds to wait for a registry to accept a connection.
+pub const CONNECT_TIMEOUT_VAR: &str = "BERTH_REGISTRY_CONNECT_TIMEOUT";
+/// Environment variable: seconds a registry may stay silent (before answering a request, or
+/// in the middle of a download) before berth gives up.
+pub const READ_TIMEOUT_VAR: &str = "BERTH_REGISTRY_READ_TIMEOUT";
+
+/// How long berth waits for a registry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegistryTimeouts {
+    pub connect: Duration,
+    /// Idle time allowed between two reads (and before the answer's headers).
+    pub read: Duration,
+}
+
+impl Default for RegistryTimeouts {
+    fn default() -> Self {
+        RegistryTimeouts {
+            connect: Duration::from_secs(30),
+            read: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RegistryTimeouts {
+    /// The defaults, overridden by [`CONNECT_TIMEOUT_VAR`] / [`READ_TIMEOUT_VAR`].
+    pub fn from_env() -> Result<Self, ImageError> {
+        let d = RegistryTimeouts::default();
+        Ok(RegistryTimeouts {
+            connect: seconds_var(CONNECT_TIMEOUT_VAR, std::env::var(CONNECT_TIMEOUT_VAR).ok())?
+                .unwrap_or(d.connect),
+            read: seconds_var(READ_TIMEOUT_VAR, std::env::var(READ_TIMEOUT_VAR).ok())?
+                .unwrap_or(d.read),
+        })
+    }
+}
+
+/// A positive number of seconds (fractions allowed), or `None` when unset or empty.
+fn seconds_var(var: &'static str, value: Option<String>) -> Result<Option<Duration>, ImageError> {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(ImageError::InvalidSetting {
+            var,
+            value: v,
+            expected: "a number of seconds above 0 and at most 86400, e.g. 30 or 2.5",
+        }),
+    }
+}
+
+/// Whether a read error of a response body is reqwest's idle-read timeout.
+fn is_timeout(e: &std::io::Error) -> bool {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<reqwest::Error>() {
+            if r.is_timeout() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_variables_take_positive_seconds_and_name_a_bad_value() {
+        assert_eq!(seconds_var("V", None).unwrap(), None);
+        assert_eq!(seconds_var("V", Some(" ".into())).unwrap(), None);
+        assert_eq!(
+            seconds_var("V", Some("2".into())).unwrap(),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            seconds_var("V", Some("0.5".into())).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        for bad in ["0", "-1", "ten", "inf", "1e9"] {
+            let e = seconds_var("BERTH_X", Some(bad.into()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("BERTH_X") && e.contains(bad), "{e}");
         }
     }
 }

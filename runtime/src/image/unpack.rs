@@ -19,7 +19,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -32,6 +32,7 @@ use nix::unistd::{self, Gid, Uid};
 
 use super::digest::{Digest, Hashing};
 use super::error::ImageError;
+use super::sparse::{self, write_sparse};
 use super::xattrs;
 
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -83,9 +84,26 @@ pub fn unpack(
     layer: &str,
     opts: UnpackOptions,
 ) -> Result<UnpackReport, ImageError> {
+    unpack_bounded(reader, dest, layer, opts, u64::MAX)
+}
+
+/// [`unpack`], refusing (with [`ImageError::NoSpace`]) a layer whose files would take more
+/// than `budget` bytes of disk. Runs of zeros (declared sparse holes, or zeros a dense entry
+/// carries) are not written but skipped over, so they take no space and do not count.
+/// On an error `dest` is left half-filled: the caller removes it (a staging folder).
+pub fn unpack_bounded(
+    reader: impl Read,
+    dest: &Path,
+    layer: &str,
+    opts: UnpackOptions,
+    budget: u64,
+) -> Result<UnpackReport, ImageError> {
     let root = open_dir_path(dest).map_err(ImageError::io(dest))?;
     let mut u = Unpacker {
         root,
+        dest,
+        budget,
+        allocated: 0,
         layer,
         opts,
         cache: None,
@@ -212,6 +230,11 @@ struct DirMeta {
 
 struct Unpacker<'a> {
     root: OwnedFd,
+    dest: &'a Path,
+    /// Most bytes of file data this layer may write.
+    budget: u64,
+    /// Bytes of file data written so far (holes excluded).
+    allocated: u64,
     layer: &'a str,
     opts: UnpackOptions,
     /// The parent directory of the previous entry, reused while entries share it.
@@ -350,37 +373,50 @@ impl Unpacker<'_> {
         ) {
             return Ok(());
         }
-        let path: PathBuf = entry
+        let mut xattrs = Vec::new();
+        let mut sparse_keys = Vec::new();
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                let Ok(key) = ext.key() else { continue };
+                if key.starts_with("GNU.sparse.") {
+                    sparse_keys.push((key.to_string(), ext.value_bytes().to_vec()));
+                }
+                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
+                        continue;
+                    }
+                    if self.opts.privileged || name.starts_with("user.") {
+                        xattrs.push((name.to_string(), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        let mut path: PathBuf = entry
             .path()
             .map_err(|e| ImageError::BadArchive {
                 layer: self.layer.to_string(),
                 source: e,
             })?
             .into_owned();
+        let sparse = match kind {
+            T::Regular | T::Continuous => {
+                sparse::from_pax(&sparse_keys).map_err(|r| self.unsafe_entry(&path, r))?
+            }
+            _ => None,
+        };
+        if let Some(name) = sparse.as_ref().and_then(|s| s.name.as_ref()) {
+            path = PathBuf::from(OsStr::from_bytes(name));
+        }
         let comps = clean_components(&path).map_err(|r| self.unsafe_entry(&path, r))?;
         self.entries += 1;
         let h = entry.header();
-        let mut meta = Meta {
+        let meta = Meta {
             mode: h.mode().unwrap_or(0o644) & 0o7777,
             uid: h.uid().unwrap_or(0),
             gid: h.gid().unwrap_or(0),
             mtime: h.mtime().unwrap_or(0) as i64,
-            xattrs: Vec::new(),
+            xattrs,
         };
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax.flatten() {
-                let Ok(key) = ext.key() else { continue };
-                if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                    if name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.") {
-                        continue;
-                    }
-                    if self.opts.privileged || name.starts_with("user.") {
-                        meta.xattrs
-                            .push((name.to_string(), ext.value_bytes().to_vec()));
-                    }
-                }
-            }
-        }
         let Some((name, parent_comps)) = comps.split_last() else {
             if kind == T::Directory {
                 self.root_meta = Some((meta.mode, meta.mtime));
@@ -447,22 +483,12 @@ impl Unpacker<'_> {
                 .map_err(|e| self.io_entry(&path, io::Error::from(e)))?;
                 // SAFETY: openat returned a fresh descriptor that nothing else owns.
                 let mut file = unsafe { File::from_raw_fd(fd) };
-                loop {
-                    let n = match entry.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            return Err(ImageError::BadArchive {
-                                layer: self.layer.to_string(),
-                                source: e,
-                            })
-                        }
-                    };
-                    file.write_all(&self.buf[..n])
-                        .map_err(|e| self.io_entry(&path, e))?;
-                    self.report_content += n as u64;
-                }
+                let size = match &sparse {
+                    None => self.copy_data(entry, &mut file, &path, u64::MAX)?,
+                    Some(sp) => self.copy_pax_sparse(entry, &mut file, &path, sp)?,
+                };
+                // A trailing hole: the length the entry declared.
+                file.set_len(size).map_err(|e| self.io_entry(&path, e))?;
                 let fd = file.as_raw_fd();
                 self.set_owner_xattrs(fd, None, &meta, &path)?;
                 stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
@@ -597,6 +623,79 @@ impl Unpacker<'_> {
         }
     }
 
+    /// Copies up to `limit` bytes (all, with `u64::MAX`) of the entry's data to `file` at its
+    /// position, runs of zero blocks as holes, within the layer's budget. Returns the bytes
+    /// copied.
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        file: &mut File,
+        path: &Path,
+        limit: u64,
+    ) -> Result<u64, ImageError> {
+        let mut copied: u64 = 0;
+        while copied < limit {
+            let want = (self.buf.len() as u64).min(limit - copied) as usize;
+            let n = match entry.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ImageError::BadArchive {
+                        layer: self.layer.to_string(),
+                        source: e,
+                    })
+                }
+            };
+            let data = write_sparse(file, &self.buf[..n]).map_err(|e| self.io_entry(path, e))?;
+            copied += n as u64;
+            self.report_content += n as u64;
+            self.allocated = self.allocated.saturating_add(data);
+            if self.allocated > self.budget {
+                return Err(ImageError::NoSpace {
+                    what: format!(
+                        "layer {} (unpacking stopped at `{}`)",
+                        self.layer,
+                        path.display()
+                    ),
+                    need: self.allocated,
+                    free: self.budget,
+                    path: self.dest.to_path_buf(),
+                });
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Writes a PAX sparse member: each data segment at its offset, holes between them.
+    /// Returns the file's real size.
+    fn copy_pax_sparse<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        file: &mut File,
+        path: &Path,
+        sp: &sparse::SparseMember,
+    ) -> Result<u64, ImageError> {
+        use std::io::{Seek, SeekFrom};
+        let stored = entry.size();
+        let (segments, map_len) = match &sp.segments {
+            Some(s) => (s.clone(), 0),
+            None => sparse::read_map_1_0(entry).map_err(|r| self.unsafe_entry(path, r))?,
+        };
+        let data_len = stored
+            .checked_sub(map_len)
+            .ok_or_else(|| self.unsafe_entry(path, "has a sparse map longer than its data"))?;
+        sparse::check(&segments, sp.real_size, data_len).map_err(|r| self.unsafe_entry(path, r))?;
+        for (off, len) in segments {
+            file.seek(SeekFrom::Start(off))
+                .map_err(|e| self.io_entry(path, e))?;
+            if self.copy_data(entry, file, path, len)? != len {
+                return Err(self.unsafe_entry(path, "ends before its sparse data"));
+            }
+        }
+        Ok(sp.real_size)
+    }
+
     /// Ownership (root only) and xattrs, on `fd` itself or on `fd/name` without following.
     fn set_owner_xattrs(
         &self,
@@ -696,6 +795,7 @@ pub fn decompressed(source: impl Read + Send + 'static) -> io::Result<Box<dyn Re
 pub(crate) mod tests {
     use super::*;
     use std::fs;
+    use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     /// Builds a tar from (path, kind, data/link) triples.
@@ -772,6 +872,32 @@ pub(crate) mod tests {
             2,
             "something escaped"
         );
+    }
+
+    #[test]
+    fn a_layer_larger_than_its_budget_is_refused() {
+        let data = vec![b'a'; 2 << 20];
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, "big", &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let e = unpack_bounded(
+            &tar[..],
+            d.path(),
+            "sha256:bomb",
+            UnpackOptions::for_current_user(),
+            1 << 20,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ImageError::NoSpace { free, .. } if free == 1 << 20),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("sha256:bomb") && msg.contains("free"), "{msg}");
     }
 
     #[test]

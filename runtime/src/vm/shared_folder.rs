@@ -300,6 +300,7 @@ mod tests {
             readonly: kind == MountKind::Bind,
             ignore: vec![],
             size: None,
+            unsafe_host_path: false,
         }
     }
 

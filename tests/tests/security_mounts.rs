@@ -1,0 +1,291 @@
+//! Bind mounts must not hand the environment's root the host's root: a process inside may
+//! not leave a setuid/setgid file owned by a privileged host id in a bind-mounted folder, and
+//! dangerous sources (`/`, a symlink out of the project) are refused unless berth.toml opts in.
+//! Exploits with harmless payloads, through the real binary.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use berth_e2e::host::{busybox_rootfs, root_skip_reason};
+use berth_e2e::user::TestUser;
+use berth_e2e::{text, Berth};
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// A project folder with a busybox rootfs; `{name}` in `mounts` is replaced by a unique name.
+fn project(prefix: &str, mounts: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    busybox_rootfs(&dir.path().join("rootfs"));
+    let tag: String = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .to_lowercase()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    let name = format!("sec{}", &tag[tag.len() - 6..]);
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!(
+            "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n{mounts}"
+        ),
+    )
+    .unwrap();
+    (dir, name)
+}
+
+const PROJECT_MOUNT: &str = "[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n";
+
+/// What the environment's root tries: a copy of the host's `id` made setuid (so running it
+/// shows the effective uid it grants), and an existing file chowned to root and made
+/// setuid/setgid. Each step may fail; what counts is what is left on the host.
+const PAYLOAD: &str = "cp /work/id-program /work/x && chmod 4755 /work/x; \
+     chown 0:0 /work/existing; chmod 6755 /work/existing; \
+     cp /bin/busybox /work/bb && chmod 6755 /work/bb; true";
+
+/// Every file under `dir` that is setuid or setgid with a privileged owner or group (0), or
+/// owned by another host user than `allowed` (a uid below 65536 that is not the owner).
+fn dangerous_files(dir: &Path, allowed: u32) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let suid = m.mode() & 0o4000 != 0;
+            let sgid = m.mode() & 0o2000 != 0;
+            if (suid && m.uid() == 0) || (sgid && m.gid() == 0) {
+                bad.push(format!(
+                    "{} ({}:{} mode {:o})",
+                    e.path().display(),
+                    m.uid(),
+                    m.gid(),
+                    m.mode()
+                ));
+            }
+            if suid && m.uid() != allowed && m.uid() < 65536 {
+                bad.push(format!(
+                    "{} is setuid to host user {}",
+                    e.path().display(),
+                    m.uid()
+                ));
+            }
+        }
+    }
+    bad
+}
+
+fn run_payload(b: &Berth, dir: &Path) {
+    let o = b.run_in(dir, &["up"]);
+    assert!(o.status.success(), "up: {:?}", text(&o));
+    let o = b.run_in(dir, &["exec", "--", "sh", "-c", PAYLOAD]);
+    assert!(o.status.success(), "exec: {:?}", text(&o));
+    let o = b.run_in(dir, &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+}
+
+/// Runs `program` as `user` and returns its output (`id` prints `euid=0(root)` when it runs
+/// with host root's privileges).
+fn run_as(user: &TestUser, program: &Path) -> String {
+    let o = Command::new("runuser")
+        .args(["-u", &user.name, "--"])
+        .arg(program)
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn env_root_cannot_leave_a_setuid_root_file_in_a_user_owned_project() {
+    require_root!();
+    let user = TestUser::create("bsecu");
+    let b = Berth::new();
+    let (dir, _name) = project("berth-secmnt-user-", PROJECT_MOUNT);
+    std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
+    std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
+    user.own(dir.path());
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    run_payload(&b, dir.path());
+    let bad = dangerous_files(dir.path(), uid);
+    assert!(bad.is_empty(), "privileged setuid/setgid files: {bad:?}");
+    // The environment's root is the folder's owner: what it creates belongs to the user.
+    let x = dir.path().join("x");
+    let m = std::fs::metadata(&x).expect("the environment's root can write its owner's folder");
+    assert_eq!(m.uid(), uid, "/work/x belongs to the folder's owner");
+    assert!(
+        !run_as(&user, &x).contains("euid=0"),
+        "the test user gained euid 0"
+    );
+    // Nor does another local user (the folder opened to everyone for this check).
+    let other = TestUser::create("bseco");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(
+        !run_as(&other, &x).contains("euid=0"),
+        "another user gained euid 0"
+    );
+}
+
+#[test]
+fn env_root_cannot_leave_a_setuid_root_file_in_a_root_owned_project() {
+    require_root!();
+    let user = TestUser::create("bsecr");
+    let b = Berth::new();
+    let (dir, _name) = project("berth-secmnt-root-", PROJECT_MOUNT);
+    std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
+    std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    run_payload(&b, dir.path());
+    let bad = dangerous_files(dir.path(), 0);
+    assert!(bad.is_empty(), "privileged setuid/setgid files: {bad:?}");
+    let existing = std::fs::metadata(dir.path().join("existing")).unwrap();
+    assert_eq!(
+        existing.mode() & 0o7777,
+        0o644,
+        "root's file was changed from inside"
+    );
+    let x = dir.path().join("x");
+    if x.exists() {
+        assert!(
+            !run_as(&user, &x).contains("euid=0"),
+            "the test user gained euid 0 through {}",
+            x.display()
+        );
+    }
+}
+
+/// Output of `berth up` (expected to fail) in `dir`.
+fn refused(b: &Berth, dir: &Path) -> String {
+    let o = b.run_in(dir, &["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up was accepted:\n{out}\n{err}");
+    err
+}
+
+#[test]
+fn mounting_the_host_root_is_refused_unless_opted_in() {
+    let b = Berth::new();
+    let (dir, _name) = project(
+        "berth-secmnt-slash-",
+        "[[mounts]]\nsource = \"/\"\ntarget = \"/host\"\nreadonly = true\n",
+    );
+    let err = refused(&b, dir.path());
+    assert!(
+        err.contains("berth.toml:7:10"),
+        "line:col of the source: {err}"
+    );
+    assert!(err.contains("unsafe_host_path"), "names the opt-in: {err}");
+    let o = b.run_in(dir.path(), &["validate"]);
+    assert!(!o.status.success(), "validate accepts `/`: {:?}", text(&o));
+    for bad in ["/proc", "/sys/kernel", "/dev"] {
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            format!(
+                "name = \"x\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \"{bad}\"\ntarget = \"/h\"\n"
+            ),
+        )
+        .unwrap();
+        let o = b.run_in(dir.path(), &["validate"]);
+        assert!(!o.status.success(), "{bad} accepted: {:?}", text(&o));
+    }
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        "name = \"x\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \"/\"\ntarget = \"/host\"\nreadonly = true\nunsafe_host_path = true\n",
+    )
+    .unwrap();
+    let o = b.run_in(dir.path(), &["validate"]);
+    assert!(o.status.success(), "opt-in refused: {:?}", text(&o));
+}
+
+#[test]
+fn a_source_escaping_the_project_is_refused_unless_opted_in() {
+    require_root!();
+    let b = Berth::new();
+    let outside = tempfile::Builder::new()
+        .prefix("berth-secmnt-outside-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(outside.path().join("secret"), "host secret\n").unwrap();
+    let (dir, _name) = project(
+        "berth-secmnt-link-",
+        "[[mounts]]\nsource = \"./data\"\ntarget = \"/data\"\n",
+    );
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("data")).unwrap();
+    let err = refused(&b, dir.path());
+    assert!(err.contains("/data"), "names the mount: {err}");
+    assert!(err.contains("outside the project"), "says why: {err}");
+    assert!(err.contains("unsafe_host_path"), "names the opt-in: {err}");
+    // `..` out of the project is refused with its position.
+    let toml = std::fs::read_to_string(dir.path().join("berth.toml")).unwrap();
+    let parent = format!(
+        "../{}",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        toml.replace("./data", &parent),
+    )
+    .unwrap();
+    let err = refused(&b, dir.path());
+    assert!(err.contains("berth.toml:7:10"), "line:col: {err}");
+    // With the opt-in both are accepted, and the folder is really mounted.
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        format!("{toml}unsafe_host_path = true\n"),
+    )
+    .unwrap();
+    let o = b.run_in(dir.path(), &["up"]);
+    assert!(o.status.success(), "opt-in refused: {:?}", text(&o));
+    let o = b.run_in(dir.path(), &["exec", "--", "cat", "/data/secret"]);
+    assert_eq!(text(&o).0, "host secret\n", "{:?}", text(&o));
+    let o = b.run_in(dir.path(), &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+}
+
+#[test]
+fn rootless_the_environments_root_is_the_invoking_user_on_bind_mounts() {
+    require_root!(); // to create the test user
+    let user = TestUser::create("bsecl");
+    let (dir, _name) = project("berth-secmnt-rootless-", PROJECT_MOUNT);
+    std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
+    std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
+    user.own(dir.path());
+    let uid = std::fs::metadata(dir.path()).unwrap().uid();
+    let run = |args: &[&str]| {
+        let o = user.berth(dir.path(), args);
+        assert!(o.status.success(), "berth {args:?}: {:?}", text(&o));
+    };
+    run(&["up"]);
+    run(&["exec", "--", "sh", "-c", PAYLOAD]);
+    run(&["destroy"]);
+    let bad = dangerous_files(dir.path(), uid);
+    assert!(bad.is_empty(), "privileged setuid/setgid files: {bad:?}");
+    assert_eq!(std::fs::metadata(dir.path().join("x")).unwrap().uid(), uid);
+    // The validator's refusals hold for everyone.
+    std::fs::write(
+        dir.path().join("berth.toml"),
+        "name = \"x\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \"/\"\ntarget = \"/h\"\n",
+    )
+    .unwrap();
+    let o = user.berth(dir.path(), &["up"]);
+    assert!(!o.status.success());
+    assert!(text(&o).1.contains("unsafe-mount-source"), "{:?}", text(&o));
+}
