@@ -23,7 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{
-    encode, recv_with_fds, send_with_fds, ExecRequest, FrameDecoder, Request, Response,
+    encode, recv_with_fds, send_with_fds, CrashLoop, ExecRequest, FrameDecoder, Request, Response,
     ServiceStatus, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
@@ -169,8 +169,53 @@ struct Service {
     restarts: u32,
     last_exit: Option<i32>,
     restart_at: Option<Instant>,
+    /// When the recent runs ended (the last [`CrashLoop::WINDOW_SECS`] seconds' worth).
+    exits: VecDeque<Instant>,
+    /// Process group of the last run, killed before the next one starts.
+    last_group: Option<i32>,
     output: Option<OwnedFd>,
     log: Option<LogFile>,
+}
+
+impl Service {
+    /// Records an exit and forgets the ones older than the crash-loop window.
+    fn note_exit(&mut self, code: i32) {
+        let now = Instant::now();
+        self.last_exit = Some(code);
+        self.exits.push_back(now);
+        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
+        while self
+            .exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.exits.pop_front();
+        }
+    }
+
+    fn crash_loop(&self) -> Option<CrashLoop> {
+        let now = Instant::now();
+        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
+        let recent: Vec<&Instant> = self
+            .exits
+            .iter()
+            .filter(|t| now.duration_since(**t) <= window)
+            .collect();
+        if (recent.len() as u32) < CrashLoop::MIN_EXITS {
+            return None;
+        }
+        Some(CrashLoop {
+            exits: recent.len() as u32,
+            seconds: now.duration_since(*recent[0]).as_secs(),
+            last_exit: self.last_exit.unwrap_or(0),
+        })
+    }
+
+    /// Signals every process left in the service's process group (it runs as a session
+    /// leader, so the group id is its pid; the number is not reused while any member lives).
+    fn signal_group(&self, pgid: i32, sig: Signal) {
+        let _ = kill(Pid::from_raw(-pgid), sig);
+    }
 }
 
 enum Stdio {
@@ -231,6 +276,8 @@ impl Supervisor {
                 restarts: 0,
                 last_exit: None,
                 restart_at: Some(Instant::now()),
+                exits: VecDeque::new(),
+                last_group: None,
                 output: None,
                 log: LogFile::new(&logs, name, spec.log_limit).ok(),
             })
@@ -398,7 +445,12 @@ impl Supervisor {
         let stopping = self.stop_deadline.is_some();
         if let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
             s.pid = None;
-            s.last_exit = Some(code);
+            s.note_exit(code);
+            // What the service started lives on in its process group (a web server's workers,
+            // a reloader's child holding the port): end it with the service, SIGKILL for
+            // whatever ignores this before the next start.
+            s.signal_group(pid, Signal::SIGTERM);
+            s.last_group = Some(pid);
             let again = match s.plan.restart {
                 RestartPolicy::No => false,
                 RestartPolicy::OnFailure => code != 0,
@@ -629,6 +681,9 @@ impl Supervisor {
                 continue;
             }
             self.services[i].restart_at = None;
+            if let Some(pgid) = self.services[i].last_group.take() {
+                self.services[i].signal_group(pgid, Signal::SIGKILL);
+            }
             let plan = self.services[i].plan.clone();
             let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -660,7 +715,7 @@ impl Supervisor {
                             format!("[berth] cannot start service {}: {e}\n", s.name).as_bytes(),
                         );
                     }
-                    s.last_exit = Some(127);
+                    s.note_exit(127);
                 }
             }
         }
@@ -696,6 +751,7 @@ impl Supervisor {
                     pid: s.pid,
                     restarts: s.restarts,
                     last_exit: s.last_exit,
+                    crash_loop: s.crash_loop(),
                 })
                 .collect(),
             processes,

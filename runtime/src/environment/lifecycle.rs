@@ -242,6 +242,17 @@ impl Environments {
                         "the sync process was not running; it was restarted and caught up".into(),
                     );
                 }
+                // "Up to date" must not hide a service that keeps dying.
+                for s in &current.services {
+                    if let Some(c) = &s.crash_loop {
+                        notices.push(format!(
+                            "service {} is {}; see `berth logs {}`",
+                            s.name,
+                            c.describe(),
+                            s.name
+                        ));
+                    }
+                }
                 return Ok(UpReport {
                     network: self.network_record(&env_id),
                     env_id,

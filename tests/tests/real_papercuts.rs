@@ -1,0 +1,145 @@
+//! Papercuts found by running berth on real projects, each through the real binary: service
+//! restarts that leave the dead run's children behind, `[env] PATH` lost in login shells,
+//! mounts nested under the project mount, `debootstrap:` bases and their lock on a second
+//! machine, and smaller ones (image names, `destroy --volumes`, the supervisor's name).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
+use berth_e2e::{text, Berth};
+
+/// A project folder with a busybox rootfs; `{name}` in the berth.toml becomes a name unique
+/// to this test.
+struct Project {
+    dir: tempfile::TempDir,
+    name: String,
+}
+
+impl Project {
+    fn new(toml: &str) -> Project {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-cut-")
+            .tempdir()
+            .unwrap();
+        busybox_rootfs(&dir.path().join("rootfs"));
+        let tag = dir.path().file_name().unwrap().to_string_lossy();
+        let name = format!(
+            "cut-{}",
+            tag.trim_start_matches("berth-cut-")
+                .to_lowercase()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
+        let p = Project { dir, name };
+        p.write(toml);
+        p
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write(&self, toml: &str) {
+        std::fs::write(
+            self.path().join("berth.toml"),
+            toml.replace("{name}", &self.name),
+        )
+        .unwrap();
+    }
+
+    fn snapshot(&self, b: &Berth) -> HostSnapshot {
+        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
+    }
+}
+
+macro_rules! require_root {
+    () => {
+        if let Some(why) = root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
+    let o = b.run_in(dir, args);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "berth {args:?} failed ({:?}):\n{out}\n{err}",
+        o.status
+    );
+    format!("{out}{err}")
+}
+
+/// Polls `berth status --json` until `done` holds for the named service (30 s at most).
+fn wait_for_service(
+    b: &Berth,
+    dir: &Path,
+    service: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let st = ok(b, dir, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&st).unwrap();
+        let svc = v["services"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == service).cloned())
+            .unwrap_or_else(|| panic!("no service {service} in {st}"));
+        if done(&svc) {
+            return svc;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "service {service} never reached the expected state: {svc}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_restarted_service_takes_its_children_with_it_and_shows_as_crash_looping() {
+    require_root!();
+    // Each run leaves a child behind and dies, like a dev server whose reloader child keeps
+    // the port: before the fix, every restart added one more orphan.
+    let p = Project::new(
+        r#"
+name = "{name}"
+[image]
+from = "rootfs:./rootfs"
+[services]
+flaky = { command = ["sh", "-c", "sleep 1000 & sleep 0.2; exit 3"], restart = "always" }
+"#,
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    wait_for_service(&b, p.path(), "flaky", |s| {
+        s["restarts"].as_u64().unwrap_or(0) >= 4
+    });
+    let ps = ok(&b, p.path(), &["exec", "--", "ps"]);
+    let orphans = ps.lines().filter(|l| l.contains("sleep 1000")).count();
+    assert!(
+        orphans <= 1,
+        "{orphans} children of dead service runs are still alive:\n{ps}"
+    );
+    // status names the crash loop, with the count, the window and the exit code.
+    let st = ok(&b, p.path(), &["status"]);
+    let line = st
+        .lines()
+        .find(|l| l.contains("flaky"))
+        .unwrap_or_else(|| panic!("no service line:\n{st}"));
+    assert!(
+        line.contains("crash-looping: exited") && line.contains("last exit code 3"),
+        "{st}"
+    );
+    // `up` on an unchanged file does not just say "up to date".
+    let up = ok(&b, p.path(), &["up"]);
+    assert!(
+        up.contains("up to date") && up.contains("service flaky is crash-looping"),
+        "{up}"
+    );
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
