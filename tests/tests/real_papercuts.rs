@@ -52,6 +52,15 @@ impl Project {
     }
 }
 
+macro_rules! require_debian {
+    () => {
+        if let Some(why) = berth_e2e::debian::unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
 macro_rules! require_root {
     () => {
         if let Some(why) = root_skip_reason() {
@@ -140,6 +149,72 @@ flaky = { command = ["sh", "-c", "sleep 1000 & sleep 0.2; exit 3"], restart = "a
         up.contains("up to date") && up.contains("service flaky is crash-looping"),
         "{up}"
     );
+    ok(&b, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn env_path_survives_the_login_shell_of_a_debian_base() {
+    require_debian!();
+    // Debian's /etc/profile sets PATH from scratch for every login shell.
+    let p = Project::new(
+        r#"
+name = "{name}"
+[image]
+from = "debootstrap:bookworm"
+[env]
+PATH = "/opt/tool/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MESSAGE = "it's here"
+[services]
+probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
+"#,
+    );
+    let b = Berth::new();
+    berth_e2e::debian::seed_bookworm(&b);
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    // `berth shell` runs a login shell (/bin/sh -l); without a terminal it reads stdin.
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["shell"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo \"shell PATH=$PATH MESSAGE=$MESSAGE\"\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("shell PATH=/opt/tool/bin:/usr/local/sbin:")
+            && out.contains("MESSAGE=it's here"),
+        "the login shell lost [env]:\n{out}\n{err}"
+    );
+    // exec of a login shell, and a service started through one, alike.
+    let out = ok(
+        &b,
+        p.path(),
+        &["exec", "--", "sh", "-lc", "echo exec PATH=$PATH"],
+    );
+    assert!(out.contains("exec PATH=/opt/tool/bin:"), "{out}");
+    let t0 = Instant::now();
+    loop {
+        let logs = ok(&b, p.path(), &["logs", "probe"]);
+        if logs.contains("service PATH=") {
+            assert!(logs.contains("service PATH=/opt/tool/bin:"), "{logs}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "no output: {logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     ok(&b, p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

@@ -55,6 +55,7 @@ pub mod error;
 pub mod fault;
 pub mod idmap;
 pub mod launch;
+pub mod login_env;
 pub mod logs;
 pub mod namespaces;
 pub mod network;

@@ -123,6 +123,9 @@ fn setup_and_serve(
     nix::unistd::sethostname(&spec.hostname)
         .context(|| format!("cannot set the hostname to {}", spec.hostname))?;
     checkpoint("namespaces-entered");
+    if let Err(e) = super::login_env::write(std::path::Path::new("/"), &spec.env) {
+        eprintln!("berth: {e}; login shells may not see berth.toml's [env]");
+    }
     // Processes inside run as the same uid; without this they could ptrace PID 1, which keeps
     // every capability of the user namespace.
     // SAFETY: prctl with constant arguments.
