@@ -218,3 +218,64 @@ probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
     ok(&b, p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+#[test]
+fn a_volume_and_a_tmpfs_nested_under_the_project_mount_start_on_a_clean_checkout() {
+    require_root!();
+    // The node template's layout: the checkout at /work, node_modules a volume inside it; a
+    // fresh clone has no node_modules (nor .cache) folder.
+    let p = Project::new(
+        r#"
+name = "{name}"
+[image]
+from = "rootfs:./rootfs"
+[[mounts]]
+source = "."
+target = "/work"
+[[mounts]]
+source = "{name}-modules"
+target = "/work/node_modules"
+type = "volume"
+[[mounts]]
+target = "/work/.cache/tool"
+type = "tmpfs"
+"#,
+    );
+    // The checkout belongs to a user, as a real one does.
+    std::os::unix::fs::chown(p.path(), Some(1000), Some(1000)).unwrap();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo dep > /work/node_modules/dep.js && echo c > /work/.cache/tool/x",
+        ],
+    );
+    // What went into the volume and the tmpfs is not in the checkout.
+    assert!(!p.path().join("node_modules/dep.js").exists());
+    assert!(!p.path().join(".cache/tool/x").exists());
+    // The mount points berth had to create belong to the checkout's owner, not to root or
+    // to the environment's subordinate ids.
+    use std::os::unix::fs::MetadataExt;
+    for d in ["node_modules", ".cache", ".cache/tool"] {
+        let m = std::fs::metadata(p.path().join(d)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1000, 1000), "owner of {d}");
+    }
+    // The volume keeps its content across a restart.
+    ok(&b, p.path(), &["down"]);
+    ok(&b, p.path(), &["up"]);
+    let out = ok(
+        &b,
+        p.path(),
+        &["exec", "--", "cat", "/work/node_modules/dep.js"],
+    );
+    assert!(out.contains("dep"), "{out}");
+    ok(&b, p.path(), &["destroy", "--volumes"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
