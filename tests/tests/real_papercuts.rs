@@ -279,3 +279,135 @@ type = "tmpfs"
     ok(&b, p.path(), &["destroy", "--volumes"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// A project folder holding only `files` (a clone of another project's committed files).
+fn clone_of(src: &Path, files: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("berth-clone-")
+        .tempdir()
+        .unwrap();
+    for f in files {
+        std::fs::copy(src.join(f), d.path().join(f)).unwrap();
+    }
+    d
+}
+
+#[test]
+fn a_debootstrap_lock_is_honoured_on_a_second_machine_with_the_same_packages() {
+    require_debian!();
+    let p = Project::new(
+        r#"
+name = "{name}"
+[image]
+from = "debootstrap:bookworm"
+"#,
+    );
+    let first = Berth::new();
+    berth_e2e::debian::seed_bookworm(&first);
+    let before = p.snapshot(&first);
+    ok(&first, p.path(), &["up"]);
+    let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    assert!(
+        lock.contains("suite = \"bookworm\"") && lock.contains("\"libc6="),
+        "the lock does not record the package set:\n{lock}"
+    );
+    // sources.list has the updates and security suites, and apt can use them from inside.
+    let sources = ok(&first, p.path(), &["exec", "--", "cat", "/etc/apt/sources.list"]);
+    assert!(
+        sources.contains("bookworm-updates main") && sources.contains("bookworm-security main"),
+        "{sources}"
+    );
+    let apt = ok(&first, p.path(), &["exec", "--", "apt-get", "update"]);
+    assert!(
+        apt.contains("bookworm-security") && apt.contains("bookworm-updates"),
+        "{apt}"
+    );
+    ok(&first, p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&first));
+
+    // The second machine bootstrapped bookworm itself: the same packages in other bytes
+    // (here: the first machine's tree written by GNU tar instead of berth). Its home names
+    // that image as `debootstrap:` resolves it.
+    let ls: serde_json::Value = serde_json::from_str(&ok(
+        &first,
+        Path::new("/"),
+        &["image", "ls", "--json"],
+    ))
+    .unwrap();
+    let name = ls["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .find(|n| n.starts_with("debootstrap:bookworm "))
+        .unwrap_or_else(|| panic!("no bootstrapped image in {ls}"))
+        .to_string();
+    let layer = std::fs::read_dir(first.home.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("var/lib/dpkg/status").is_file())
+        .expect("the bootstrapped layer");
+    let work = tempfile::tempdir().unwrap();
+    let tar = work.path().join("other-machine.tar");
+    let st = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--xattrs", "-C"])
+        .arg(&layer)
+        .args(["-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let second = Berth::new();
+    ok(
+        &second,
+        Path::new("/"),
+        &["image", "import", tar.to_str().unwrap(), "--name", &name],
+    );
+    let clone = clone_of(p.path(), &["berth.toml", "berth.lock"]);
+    ok(&second, clone.path(), &["up"]);
+    assert_eq!(
+        std::fs::read_to_string(clone.path().join("berth.lock")).unwrap(),
+        lock,
+        "the lock was rewritten although it matched"
+    );
+    ok(&second, clone.path(), &["destroy"]);
+
+    // A machine whose bootstrap installed something else is told what differs and how to
+    // update the lock.
+    let extra = work.path().join("var/lib/dpkg");
+    std::fs::create_dir_all(&extra).unwrap();
+    let mut status = std::fs::read_to_string(layer.join("var/lib/dpkg/status")).unwrap();
+    status.push_str(
+        "\nPackage: berth-extra\nStatus: install ok installed\nPriority: optional\nVersion: 9.9\nDescription: test\n",
+    );
+    std::fs::write(extra.join("status"), status).unwrap();
+    let st = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-C"])
+        .arg(work.path())
+        .arg("-rf")
+        .arg(&tar)
+        .arg("./var/lib/dpkg/status")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ok(
+        &second,
+        Path::new("/"),
+        &["image", "import", tar.to_str().unwrap(), "--name", &name],
+    );
+    let clone = clone_of(p.path(), &["berth.toml", "berth.lock"]);
+    let o = second.run_in(clone.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("berth-extra 9.9 only here") && err.contains("berth up --update"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(clone.path().join("berth.lock")).unwrap(),
+        lock,
+        "a failed check changed the lock"
+    );
+}
