@@ -81,6 +81,7 @@ fn locked_tag_stays_on_its_digest_until_update() {
             .unwrap()
             .image
             .manifest
+            .unwrap()
             .as_str(),
         v2.manifest_digest()
     );
