@@ -49,7 +49,7 @@ fn create_nested_mount_points(mounts: &[&MountSpec], chown: bool) -> Result<()> 
             } => {
                 let pc = comps(t);
                 (pc.len() < target.len() && target.starts_with(&pc) && source.is_dir())
-                    .then(|| (source, pc.len()))
+                    .then_some((source, pc.len()))
             }
             _ => None,
         });
@@ -371,6 +371,15 @@ impl<'a> OverlayRootfs<'a> {
                     nix::sys::stat::makedev(major, minor),
                 )
                 .is_ok()
+                    // mknod applies the umask (0644 under 022), and every user must be able
+                    // to write /dev/null (apt's `_apt` sandbox user does: `apt-get update` in
+                    // a build step failed on `>/dev/null` without this).
+                    && {
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                            .context(|| format!("cannot chmod /dev/{name}"))?;
+                        true
+                    }
             } else {
                 false
             };
