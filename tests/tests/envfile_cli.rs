@@ -273,7 +273,17 @@ fn init_list_shows_every_template() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out).0;
     for name in [
-        "debian", "alpine", "rust", "python", "node", "go", "busybox",
+        "debian",
+        "alpine",
+        "rust",
+        "python",
+        "node",
+        "go",
+        "busybox",
+        "rust-docker",
+        "python-docker",
+        "node-docker",
+        "go-docker",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),
