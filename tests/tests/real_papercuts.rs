@@ -312,7 +312,11 @@ from = "debootstrap:bookworm"
         "the lock does not record the package set:\n{lock}"
     );
     // sources.list has the updates and security suites, and apt can use them from inside.
-    let sources = ok(&first, p.path(), &["exec", "--", "cat", "/etc/apt/sources.list"]);
+    let sources = ok(
+        &first,
+        p.path(),
+        &["exec", "--", "cat", "/etc/apt/sources.list"],
+    );
     assert!(
         sources.contains("bookworm-updates main") && sources.contains("bookworm-security main"),
         "{sources}"
@@ -328,12 +332,8 @@ from = "debootstrap:bookworm"
     // The second machine bootstrapped bookworm itself: the same packages in other bytes
     // (here: the first machine's tree written by GNU tar instead of berth). Its home names
     // that image as `debootstrap:` resolves it.
-    let ls: serde_json::Value = serde_json::from_str(&ok(
-        &first,
-        Path::new("/"),
-        &["image", "ls", "--json"],
-    ))
-    .unwrap();
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&first, Path::new("/"), &["image", "ls", "--json"])).unwrap();
     let name = ls["images"]
         .as_array()
         .unwrap()
@@ -410,4 +410,135 @@ from = "debootstrap:bookworm"
         lock,
         "a failed check changed the lock"
     );
+}
+
+#[test]
+fn small_ones_change_details_supervisor_name_and_volumes_after_destroy() {
+    require_root!();
+    let toml = r#"
+name = "{name}"
+[image]
+from = "rootfs:./rootfs"
+[env]
+A = "1"
+[[mounts]]
+source = "{name}-data"
+target = "/data"
+type = "volume"
+"#;
+    let p = Project::new(toml);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    ok(&b, p.path(), &["up"]);
+    // PID 1 is called berth-init, not `exe` (the memfd it runs from).
+    let comm = ok(&b, p.path(), &["exec", "--", "cat", "/proc/1/comm"]);
+    assert_eq!(comm.trim(), "berth-init");
+    // "changed:" says what changed inside a section.
+    p.write(&toml.replace("A = \"1\"", "A = \"1\"\nB = \"2\""));
+    let up = ok(&b, p.path(), &["up"]);
+    assert!(up.contains("changed: env (+B)"), "{up}");
+    ok(
+        &b,
+        p.path(),
+        &["exec", "--", "sh", "-c", "echo kept > /data/f"],
+    );
+    // destroy, then destroy --volumes: the volume goes too.
+    ok(&b, p.path(), &["destroy"]);
+    let volume = b
+        .home
+        .path()
+        .join("volumes")
+        .join(format!("{}-data", p.name));
+    assert!(
+        volume.join("f").exists(),
+        "destroy without --volumes kept no volume"
+    );
+    let out = ok(&b, p.path(), &["destroy", "--volumes"]);
+    assert!(
+        !volume.exists(),
+        "destroy --volumes after destroy left it: {out}"
+    );
+    assert!(out.contains(&format!("{}-data", p.name)), "{out}");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+#[test]
+fn image_ls_names_build_images_and_image_rm_accepts_what_it_prints() {
+    require_root!();
+    let p = Project::new(
+        r#"
+name = "{name}"
+[image]
+from = "rootfs:./rootfs"
+setup = ["echo one > /one", "echo two > /two"]
+"#,
+    );
+    let b = Berth::new();
+    ok(&b, p.path(), &["up"]);
+    ok(&b, p.path(), &["destroy"]);
+    let ls = ok(&b, p.path(), &["image", "ls"]);
+    let rows: Vec<(String, String)> = ls
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("total:"))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next().unwrap().to_string(), w.next().unwrap().to_string())
+        })
+        .collect();
+    let builds: Vec<&(String, String)> = rows
+        .iter()
+        .filter(|(n, _)| n.starts_with("build:"))
+        .collect();
+    assert_eq!(builds.len(), 2, "{ls}");
+    for l in ls.lines() {
+        assert!(
+            l.len() <= 100,
+            "a name overflows its column (the table breaks):\n{ls}"
+        );
+    }
+    // The printed name of one, the printed id of the other.
+    let o = ok(&b, p.path(), &["image", "rm", &builds[0].0]);
+    assert!(o.contains("removed build:"), "{o}");
+    let o = ok(&b, p.path(), &["image", "rm", &builds[1].1]);
+    assert!(o.contains("removed build:"), "{o}");
+    let ls = ok(&b, p.path(), &["image", "ls"]);
+    assert!(!ls.contains("build:"), "{ls}");
+}
+
+#[test]
+fn init_from_devcontainer_resolves_the_workspace_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let proj = dir.path().join("shop");
+    std::fs::create_dir_all(proj.join(".devcontainer")).unwrap();
+    // What VS Code generates, plus a variable berth cannot know.
+    std::fs::write(
+        proj.join(".devcontainer/devcontainer.json"),
+        r#"{
+  "name": "Shop",
+  "image": "docker.io/library/python:3.12",
+  "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}",
+  "postCreateCommand": "cd ${containerWorkspaceFolder} && pip install -r requirements.txt",
+  "postStartCommand": "echo ${localEnv:TOKEN}",
+  "remoteEnv": { "APP_DIR": "${containerWorkspaceFolder}/app" }
+}"#,
+    )
+    .unwrap();
+    let b = Berth::new();
+    let o = b.run_in(&proj, &["init", "--from-devcontainer"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    let toml = std::fs::read_to_string(proj.join("berth.toml")).unwrap();
+    assert!(
+        toml.contains("workdir = \"/workspaces/shop\"")
+            && toml.contains("cd /workspaces/shop && pip install")
+            && toml.contains("APP_DIR = \"/workspaces/shop/app\""),
+        "{toml}"
+    );
+    assert!(!toml.contains("${"), "unresolved variable written:\n{toml}");
+    assert!(
+        err.contains("postStartCommand"),
+        "not listed as not converted:\n{err}"
+    );
+    ok(&b, &proj, &["validate"]);
 }

@@ -64,6 +64,9 @@ pub fn run_pid1(
     ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> ! {
+    // Re-executed from a memfd, PID 1 would be called `exe` in `ps` and /proc/1/comm.
+    // SAFETY: prctl with a pointer to a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"berth-init".as_ptr(), 0, 0, 0) };
     let mut keep = vec![
         listener.as_raw_fd(),
         logs.as_raw_fd(),
