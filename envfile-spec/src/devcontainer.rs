@@ -92,11 +92,40 @@ impl Converter {
             "# Converted from devcontainer.json by `berth init --from-devcontainer`.\n",
         );
 
+        // First: commands and variables may name it (`${containerWorkspaceFolder}`).
+        let default_target = format!("/workspaces/{}", self.folder_name);
+        let workdir = match obj.get("workspaceFolder") {
+            Some(Value::String(w)) => match self.resolve(w, None) {
+                Some(w) if w.starts_with('/') => w,
+                Some(w) => {
+                    self.skip(
+                        "workspaceFolder",
+                        format!("{w:?} is not an absolute path; using {default_target}"),
+                    );
+                    default_target.clone()
+                }
+                None => {
+                    self.skip(
+                        "workspaceFolder",
+                        format!("{w:?} uses a ${{…}} variable berth cannot resolve; using {default_target}"),
+                    );
+                    default_target.clone()
+                }
+            },
+            Some(other) => {
+                self.skip(
+                    "workspaceFolder",
+                    format!("{other} is not an absolute path; using {default_target}"),
+                );
+                default_target.clone()
+            }
+            None => default_target.clone(),
+        };
+        let on_up = self.lifecycle_commands(obj, &workdir);
         // Top-level keys first: TOML puts every key after a [table] into that table.
         if let Some(name) = obj.get("name").and_then(Value::as_str) {
             out.push_str(&format!("name = {}\n", q(&derive_name(name))));
         }
-        let on_up = self.lifecycle_commands(obj);
         if !on_up.is_empty() {
             out.push_str("on_up = [\n");
             for c in &on_up {
@@ -107,10 +136,17 @@ impl Converter {
 
         out.push_str("\n[image]\n");
         match obj.get("image") {
-            Some(Value::String(image)) => out.push_str(&format!("from = {}\n", q(image))),
+            Some(Value::String(image)) if !image.contains("${") => {
+                out.push_str(&format!("from = {}\n", q(image)))
+            }
             other => {
-                if other.is_some() {
-                    self.skip("image", "not a string");
+                match other {
+                    Some(Value::String(image)) => self.skip(
+                        "image",
+                        format!("{image:?} uses a ${{…}} variable berth cannot resolve"),
+                    ),
+                    Some(_) => self.skip("image", "not a string"),
+                    None => {}
                 }
                 out.push_str(&format!(
                     "# TODO: devcontainer.json names no image; set the image your Dockerfile starts FROM.\nfrom = {}\n",
@@ -119,7 +155,7 @@ impl Converter {
             }
         }
 
-        let env = self.env(obj);
+        let env = self.env(obj, &workdir);
         if !env.is_empty() {
             out.push_str("\n[env]\n");
             for (k, v) in &env {
@@ -127,18 +163,6 @@ impl Converter {
             }
         }
 
-        let default_target = format!("/workspaces/{}", self.folder_name);
-        let workdir = match obj.get("workspaceFolder") {
-            Some(Value::String(w)) if w.starts_with('/') => w.clone(),
-            Some(other) => {
-                self.skip(
-                    "workspaceFolder",
-                    format!("{other} is not an absolute path; using {default_target}"),
-                );
-                default_target.clone()
-            }
-            None => default_target.clone(),
-        };
         let mut mounts = Vec::new();
         match obj.get("workspaceMount") {
             Some(Value::String(s)) => {
@@ -222,7 +246,21 @@ impl Converter {
         }
     }
 
-    fn lifecycle_commands(&mut self, obj: &Map<String, Value>) -> Vec<String> {
+    /// `s` with the variables berth can know replaced (`${localWorkspaceFolderBasename}`,
+    /// `${containerWorkspaceFolder}` when `workdir` is known, its basename); `None` when
+    /// another `${…}` is left.
+    fn resolve(&self, s: &str, workdir: Option<&str>) -> Option<String> {
+        let mut v = s.replace("${localWorkspaceFolderBasename}", &self.folder_name);
+        if let Some(w) = workdir {
+            let base = w.rsplit('/').find(|c| !c.is_empty()).unwrap_or("");
+            v = v
+                .replace("${containerWorkspaceFolder}", w)
+                .replace("${containerWorkspaceFolderBasename}", base);
+        }
+        (!v.contains("${")).then_some(v)
+    }
+
+    fn lifecycle_commands(&mut self, obj: &Map<String, Value>, workdir: &str) -> Vec<String> {
         let mut out = Vec::new();
         for key in [
             "onCreateCommand",
@@ -235,7 +273,13 @@ impl Converter {
                 Some(Value::Object(parallel)) => {
                     for (label, cmd) in parallel {
                         match command_line(cmd) {
-                            Some(c) => out.push(c),
+                            Some(c) => match self.resolve(&c, Some(workdir)) {
+                                Some(c) => out.push(c),
+                                None => self.skip(
+                                    format!("{key}.{label}"),
+                                    format!("{c:?} uses a ${{…}} variable berth cannot resolve"),
+                                ),
+                            },
                             None => self.skip(
                                 format!("{key}.{label}"),
                                 "not a string or an array of strings",
@@ -244,7 +288,13 @@ impl Converter {
                     }
                 }
                 Some(v) => match command_line(v) {
-                    Some(c) if !c.trim().is_empty() => out.push(c),
+                    Some(c) if !c.trim().is_empty() => match self.resolve(&c, Some(workdir)) {
+                        Some(c) => out.push(c),
+                        None => self.skip(
+                            key,
+                            format!("{c:?} uses a ${{…}} variable berth cannot resolve"),
+                        ),
+                    },
                     Some(_) => {}
                     None => self.skip(key, "not a string, an array of strings, or an object"),
                 },
@@ -253,7 +303,7 @@ impl Converter {
         out
     }
 
-    fn env(&mut self, obj: &Map<String, Value>) -> Vec<(String, String)> {
+    fn env(&mut self, obj: &Map<String, Value>, workdir: &str) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = Vec::new();
         for key in ["containerEnv", "remoteEnv"] {
             let Some(v) = obj.get(key) else { continue };
@@ -275,13 +325,13 @@ impl Converter {
                     }
                     other => other.to_string(),
                 };
-                if value.contains("${") {
+                let Some(value) = self.resolve(&value, Some(workdir)) else {
                     self.skip(
                         full,
                         format!("{value:?} uses ${{…}} substitution, which berth does not expand; set it in [env] by hand"),
                     );
                     continue;
-                }
+                };
                 if value.contains('\0') {
                     self.skip(full, "contains a NUL character");
                     continue;
@@ -590,6 +640,47 @@ mod tests {
         ] {
             assert!(k.contains(&expected), "{expected} not in {k:?}");
         }
+    }
+
+    #[test]
+    fn no_variable_is_left_unresolved_without_being_listed() {
+        let c = convert(
+            r#"{
+                "image": "debian",
+                "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}",
+                "postCreateCommand": "cd ${containerWorkspaceFolder} && make",
+                "postStartCommand": "echo ${localEnv:TOKEN}",
+                "remoteEnv": { "APP": "${containerWorkspaceFolder}/app", "P": "${containerEnv:PATH}:/x" }
+            }"#,
+            "proj",
+        )
+        .unwrap();
+        assert!(
+            c.toml.contains("target = \"/workspaces/proj\""),
+            "{}",
+            c.toml
+        );
+        assert!(
+            c.toml.contains("workdir = \"/workspaces/proj\""),
+            "{}",
+            c.toml
+        );
+        assert!(
+            c.toml.contains("\"cd /workspaces/proj && make\""),
+            "{}",
+            c.toml
+        );
+        assert!(
+            c.toml.contains("APP = \"/workspaces/proj/app\""),
+            "{}",
+            c.toml
+        );
+        assert!(!c.toml.contains("${"), "{}", c.toml);
+        let k = keys(&c);
+        assert!(
+            k.contains(&"postStartCommand") && k.contains(&"remoteEnv.P"),
+            "{k:?}"
+        );
     }
 
     #[test]

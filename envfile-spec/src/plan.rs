@@ -306,4 +306,81 @@ impl Plan {
             .filter(|&s| self.section_hash(s) != other.section_hash(s))
             .collect()
     }
+
+    /// What changed from `self` to `other`, one entry per changed section in file order:
+    /// the section's name, with details where they are short (`image (packages +make -curl)`,
+    /// `env (+DEBUG ~PATH)`).
+    pub fn describe_changes(&self, other: &Plan) -> Vec<String> {
+        self.changed_sections(other)
+            .into_iter()
+            .map(|s| {
+                let details = match s {
+                    Section::Image => image_changes(&self.image, &other.image),
+                    Section::Env => key_changes(&self.env, &other.env),
+                    _ => Vec::new(),
+                };
+                if details.is_empty() {
+                    s.as_str().to_string()
+                } else {
+                    format!("{} ({})", s.as_str(), details.join(", "))
+                }
+            })
+            .collect()
+    }
+}
+
+fn image_changes(old: &ImagePlan, new: &ImagePlan) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.from != new.from {
+        out.push("from".to_string());
+    }
+    let added: Vec<String> = new
+        .packages
+        .iter()
+        .filter(|p| !old.packages.contains(p))
+        .map(|p| format!("+{p}"))
+        .collect();
+    let removed: Vec<String> = old
+        .packages
+        .iter()
+        .filter(|p| !new.packages.contains(p))
+        .map(|p| format!("-{p}"))
+        .collect();
+    if !added.is_empty() || !removed.is_empty() {
+        out.push(format!(
+            "packages {}",
+            added
+                .into_iter()
+                .chain(removed)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    } else if old.packages != new.packages {
+        out.push("packages order".to_string());
+    }
+    if old.setup != new.setup {
+        out.push("setup".to_string());
+    }
+    out
+}
+
+fn key_changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<String> {
+    let mut parts = Vec::new();
+    for (k, v) in new {
+        match old.get(k) {
+            None => parts.push(format!("+{k}")),
+            Some(o) if o != v => parts.push(format!("~{k}")),
+            _ => {}
+        }
+    }
+    parts.extend(
+        old.keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(|k| format!("-{k}")),
+    );
+    if parts.is_empty() {
+        Vec::new()
+    } else {
+        vec![parts.join(" ")]
+    }
 }

@@ -62,16 +62,32 @@ const TEMPLATES: &[Template] = &[
         text: include_str!("../../templates/go.toml"),
     },
     Template {
+        name: "go-docker",
+        text: include_str!("../../templates/go-docker.toml"),
+    },
+    Template {
         name: "node",
         text: include_str!("../../templates/node.toml"),
+    },
+    Template {
+        name: "node-docker",
+        text: include_str!("../../templates/node-docker.toml"),
     },
     Template {
         name: "python",
         text: include_str!("../../templates/python.toml"),
     },
     Template {
+        name: "python-docker",
+        text: include_str!("../../templates/python-docker.toml"),
+    },
+    Template {
         name: "rust",
         text: include_str!("../../templates/rust.toml"),
+    },
+    Template {
+        name: "rust-docker",
+        text: include_str!("../../templates/rust-docker.toml"),
     },
 ];
 
@@ -92,13 +108,34 @@ mod tests {
     #[test]
     fn names_and_descriptions() {
         for required in [
-            "debian", "alpine", "rust", "python", "node", "go", "busybox",
+            "debian",
+            "alpine",
+            "rust",
+            "python",
+            "node",
+            "go",
+            "busybox",
+            "rust-docker",
+            "python-docker",
+            "node-docker",
+            "go-docker",
         ] {
             let t = get(required).unwrap_or_else(|| panic!("template {required} missing"));
             assert!(!t.description().is_empty(), "{required} has no description");
         }
         assert_eq!(list()[0].name, DEFAULT_TEMPLATE);
         assert!(get("nope").is_none());
+        // The plain language names need only the Debian mirror (and the language's own
+        // package registry once the project fetches dependencies).
+        for plain in ["rust", "python", "node", "go"] {
+            assert!(
+                get(plain)
+                    .unwrap()
+                    .text
+                    .contains("from = \"debootstrap:bookworm\""),
+                "{plain}"
+            );
+        }
     }
 
     #[test]

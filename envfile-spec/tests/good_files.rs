@@ -538,3 +538,28 @@ fn devices_in_a_vm_are_a_warning() {
         (ErrorKind::IgnoredSetting, 2, 1)
     );
 }
+
+#[test]
+fn changes_are_described_with_what_changed() {
+    let dir = tempdir("berth-describe-");
+    let base =
+        "[image]\nfrom = \"alpine\"\npackages = [\"curl\", \"git\"]\n[env]\nA = \"1\"\nB = \"2\"\n";
+    let a = ok(dir.path(), base);
+    let b = ok(
+        dir.path(),
+        &base
+            .replace("\"curl\", \"git\"", "\"git\", \"make\"")
+            .replace("B = \"2\"", "B = \"3\"\nC = \"4\""),
+    );
+    assert_eq!(
+        a.describe_changes(&b),
+        ["image (packages +make -curl)", "env (~B +C)"]
+    );
+    let c = ok(dir.path(), &base.replace("[env]\nA = \"1\"\n", "[env]\n"));
+    assert_eq!(a.describe_changes(&c), ["env (-A)"]);
+    let d = ok(
+        dir.path(),
+        &base.replace("from = \"alpine\"", "from = \"debian\"\nsetup = [\"true\"]"),
+    );
+    assert_eq!(a.describe_changes(&d), ["image (from, setup)"]);
+}

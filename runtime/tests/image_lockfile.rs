@@ -51,7 +51,10 @@ fn locked_tag_stays_on_its_digest_until_update() {
     assert_eq!(o, LockOutcome::Written);
     assert_eq!(r.manifest_digest.as_str(), v1.manifest_digest());
     let locked = LockFile::read(&lock).unwrap().unwrap();
-    assert_eq!(locked.image.manifest.as_str(), v1.manifest_digest());
+    assert_eq!(
+        locked.image.manifest.as_ref().unwrap().as_str(),
+        v1.manifest_digest()
+    );
     assert_eq!(locked.image.layers.len(), 2);
 
     // The tag moves; a fresh store (another clone's machine) still gets v1.
@@ -78,6 +81,7 @@ fn locked_tag_stays_on_its_digest_until_update() {
             .unwrap()
             .image
             .manifest
+            .unwrap()
             .as_str(),
         v2.manifest_digest()
     );

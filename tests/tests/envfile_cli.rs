@@ -240,7 +240,10 @@ fn init_writes_a_valid_file_and_refuses_to_overwrite() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     let written = std::fs::read_to_string(dir.join("berth.toml")).unwrap();
     assert!(written.contains("name = \"svc-1\""));
-    assert!(written.contains("rust:1-bookworm"));
+    assert!(
+        written.contains("from = \"debootstrap:bookworm\""),
+        "{written}"
+    );
     let out = b.run_in(&dir, &["validate"]);
     assert_eq!(text(&out).0, "ok: berth.toml (svc-1)\n");
 
@@ -273,7 +276,17 @@ fn init_list_shows_every_template() {
     assert_eq!(out.status.code(), Some(0));
     let stdout = text(&out).0;
     for name in [
-        "debian", "alpine", "rust", "python", "node", "go", "busybox",
+        "debian",
+        "alpine",
+        "rust",
+        "python",
+        "node",
+        "go",
+        "busybox",
+        "rust-docker",
+        "python-docker",
+        "node-docker",
+        "go-docker",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(name)),

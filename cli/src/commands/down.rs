@@ -31,8 +31,28 @@ pub fn down(g: &GlobalArgs, args: &DownArgs) -> Result<i32, CliError> {
 pub fn destroy(g: &GlobalArgs, args: &DestroyArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let Some(record) = &cur.record else {
+        if !args.volumes {
+            if !g.quiet {
+                println!("{} does not exist; nothing to destroy", cur.plan.name);
+            }
+            return Ok(0);
+        }
+        // Destroyed before without --volumes: the volumes berth.toml declares are still here.
+        let berth_runtime::environment::VolumesRemoved { removed, in_use } =
+            cur.envs.remove_plan_volumes(&cur.plan).map_err(env_error)?;
+        for (volume, user) in &in_use {
+            eprintln!("kept volume {volume}: environment {user} still uses it");
+        }
         if !g.quiet {
-            println!("{} does not exist; nothing to destroy", cur.plan.name);
+            if removed.is_empty() {
+                println!("{} does not exist and has no volumes left", cur.plan.name);
+            } else {
+                println!(
+                    "{} does not exist; removed its volumes {}",
+                    cur.plan.name,
+                    removed.join(", ")
+                );
+            }
         }
         return Ok(0);
     };

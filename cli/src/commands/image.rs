@@ -5,6 +5,7 @@ use std::path::Path;
 
 use berth_runtime::image::export::CacheReport;
 use berth_runtime::image::progress::human_bytes;
+use berth_runtime::image::store::SHORT_ID_LEN;
 use berth_runtime::image::{ImageStore, PullOptions, RegistryOptions, ResolveOptions};
 use berth_runtime::state::BerthHome;
 use envfile_spec::plan::ImageSource;
@@ -69,8 +70,8 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
                 let _ = writeln!(
                     out,
                     "{:<50} {:<14} {:>6} {:>10} {:>10}",
-                    i.name,
-                    &id[..12.min(id.len())],
+                    ImageStore::display_name(&i.name),
+                    &id[..SHORT_ID_LEN.min(id.len())],
                     i.layers,
                     human_bytes(i.size),
                     human_bytes(i.unique_size)

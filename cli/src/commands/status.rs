@@ -121,7 +121,15 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             (None, Some(code)) => format!("exited with {code}"),
             (None, None) => "not started".into(),
         };
-        println!("service:  {} {state}, {} restart(s)", s.name, s.restarts);
+        let looping = s
+            .crash_loop
+            .as_ref()
+            .map(|c| format!(" ({})", c.describe()))
+            .unwrap_or_default();
+        println!(
+            "service:  {} {state}, {} restart(s){looping}",
+            s.name, s.restarts
+        );
     }
     for line in crate::commands::sync::status_lines(cur.envs.home(), record) {
         println!("sync:     {line}");

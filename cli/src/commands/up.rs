@@ -38,8 +38,8 @@ fn print_report(r: &UpReport) {
         UpAction::Unchanged => println!("{} is up to date ({t})", r.name),
         UpAction::Created => println!("{} created and started in {t}", r.name),
         UpAction::Started => println!("{} started in {t}", r.name),
-        UpAction::Recreated { changed } => {
-            let list: Vec<&str> = changed.iter().map(|s| s.as_str()).collect();
+        UpAction::Recreated { details, .. } => {
+            let list: Vec<&str> = details.iter().map(|s| s.as_str()).collect();
             if list.is_empty() {
                 println!("{} restarted in {t}", r.name);
             } else {

@@ -96,6 +96,36 @@ pub struct ServiceStatus {
     pub restarts: u32,
     /// Exit code of the last run, if it ended.
     pub last_exit: Option<i32>,
+    /// Set while the service keeps exiting (see [`CrashLoop`]).
+    #[serde(default)]
+    pub crash_loop: Option<CrashLoop>,
+}
+
+/// A service that exited at least [`CrashLoop::MIN_EXITS`] times within the last
+/// [`CrashLoop::WINDOW_SECS`] seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashLoop {
+    /// Exits within the window.
+    pub exits: u32,
+    /// Seconds from the first of those exits until the status was taken.
+    pub seconds: u64,
+    /// Exit code of the last run (128 + signal number when killed by a signal).
+    pub last_exit: i32,
+}
+
+impl CrashLoop {
+    pub const MIN_EXITS: u32 = 3;
+    pub const WINDOW_SECS: u64 = 60;
+
+    /// `crash-looping: exited N times in M s, last exit code X`.
+    pub fn describe(&self) -> String {
+        format!(
+            "crash-looping: exited {} times in {} s, last exit code {}",
+            self.exits,
+            self.seconds.max(1),
+            self.last_exit
+        )
+    }
 }
 
 /// Encodes one frame.

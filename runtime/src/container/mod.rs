@@ -66,6 +66,7 @@ pub mod idmap;
 pub mod idmap_record;
 pub mod launch;
 pub mod layer_ids;
+pub mod login_env;
 pub mod logs;
 pub mod namespaces;
 pub mod network;

@@ -23,6 +23,64 @@ use super::error::{ContainerError, Context, Result};
 use super::idmap::{attach_clone, idmapped_bind, user_namespace_with, CloneFlags, IdMapping};
 use super::spec::{ContainerSpec, MountSpec};
 
+/// Mount points under a bind-mounted host folder (`/work/node_modules` with `.` at `/work`)
+/// that do not exist yet are created in that host folder before anything is mounted, from the
+/// host side and owned like the folder itself, as Docker does (a mount point must exist, and
+/// a bind shows the host folder as it is). Created through the mount instead, they would
+/// fail with EOVERFLOW on an id-mapped bind (host root has no id in the environment's
+/// mapping) or land owned by root (or the environment's subordinate ids) in the user's
+/// checkout. Paths resolve inside the host folder (`RESOLVE_IN_ROOT`): a symlink in the
+/// checkout cannot lead the creation out of it. `chown`: berth is host root and gives the
+/// new folders the owner of the bind's source (rootless, they belong to the caller anyway).
+fn create_nested_mount_points(mounts: &[&MountSpec], chown: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let comps = |t: &str| -> Vec<String> {
+        t.split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .map(str::to_string)
+            .collect()
+    };
+    for (i, m) in mounts.iter().enumerate() {
+        let target = comps(m.target());
+        // The deepest folder bind above this target (`mounts` is sorted by depth).
+        let parent = mounts[..i].iter().rev().find_map(|p| match p {
+            MountSpec::Bind {
+                source, target: t, ..
+            } => {
+                let pc = comps(t);
+                (pc.len() < target.len() && target.starts_with(&pc) && source.is_dir())
+                    .then_some((source, pc.len()))
+            }
+            _ => None,
+        });
+        let Some((source, depth)) = parent else {
+            continue;
+        };
+        let is_dir = match m {
+            MountSpec::Bind { source, .. } => fs::metadata(source).is_ok_and(|m| m.is_dir()),
+            _ => true,
+        };
+        let meta = fs::metadata(source).context(|| {
+            format!(
+                "mount source {} is missing; create it or fix [[mounts]]",
+                source.display()
+            )
+        })?;
+        let owner = chown.then(|| (meta.uid(), meta.gid()));
+        let host_root = open_dir(source)?;
+        let rel = format!("/{}", target[depth..].join("/"));
+        ensure_in_root(host_root.as_fd(), &rel, is_dir, owner).map_err(|e| {
+            ContainerError::Setup(format!(
+                "cannot create the mount point of {} inside {} (the folder mounted at /{}): {e}",
+                m.target(),
+                source.display(),
+                target[..depth].join("/")
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 /// OCI runtime-spec default masked paths.
 pub const MASKED_PATHS: [&str; 10] = [
     "/proc/acpi",
@@ -127,6 +185,7 @@ impl<'a> OverlayRootfs<'a> {
         let root = open_dir(&target)?;
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
+        create_nested_mount_points(&mounts, owner.is_some())?;
         for m in mounts {
             match m {
                 MountSpec::Bind {
@@ -415,6 +474,15 @@ impl<'a> OverlayRootfs<'a> {
                     nix::sys::stat::makedev(major, minor),
                 )
                 .is_ok()
+                    // mknod applies the umask (0644 under 022), and every user must be able
+                    // to write /dev/null (apt's `_apt` sandbox user does: `apt-get update` in
+                    // a build step failed on `>/dev/null` without this).
+                    && {
+                        use std::os::unix::fs::PermissionsExt;
+                        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
+                            .context(|| format!("cannot chmod /dev/{name}"))?;
+                        true
+                    }
             } else {
                 false
             };

@@ -23,7 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{
-    encode, recv_with_fds, send_with_fds, ExecRequest, FrameDecoder, Request, Response,
+    encode, recv_with_fds, send_with_fds, CrashLoop, ExecRequest, FrameDecoder, Request, Response,
     ServiceStatus, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
@@ -64,6 +64,9 @@ pub fn run_pid1(
     ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> ! {
+    // Re-executed from a memfd, PID 1 would be called `exe` in `ps` and /proc/1/comm.
+    // SAFETY: prctl with a pointer to a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"berth-init".as_ptr(), 0, 0, 0) };
     let mut keep = vec![
         listener.as_raw_fd(),
         logs.as_raw_fd(),
@@ -123,6 +126,9 @@ fn setup_and_serve(
     nix::unistd::sethostname(&spec.hostname)
         .context(|| format!("cannot set the hostname to {}", spec.hostname))?;
     checkpoint("namespaces-entered");
+    if let Err(e) = super::login_env::write(std::path::Path::new("/"), &spec.env) {
+        eprintln!("berth: {e}; login shells may not see berth.toml's [env]");
+    }
     // Processes inside run as the same uid; without this they could ptrace PID 1, which keeps
     // every capability of the user namespace.
     // SAFETY: prctl with constant arguments.
@@ -172,8 +178,53 @@ struct Service {
     restarts: u32,
     last_exit: Option<i32>,
     restart_at: Option<Instant>,
+    /// When the recent runs ended (the last [`CrashLoop::WINDOW_SECS`] seconds' worth).
+    exits: VecDeque<Instant>,
+    /// Process group of the last run, killed before the next one starts.
+    last_group: Option<i32>,
     output: Option<OwnedFd>,
     log: Option<LogFile>,
+}
+
+impl Service {
+    /// Records an exit and forgets the ones older than the crash-loop window.
+    fn note_exit(&mut self, code: i32) {
+        let now = Instant::now();
+        self.last_exit = Some(code);
+        self.exits.push_back(now);
+        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
+        while self
+            .exits
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.exits.pop_front();
+        }
+    }
+
+    fn crash_loop(&self) -> Option<CrashLoop> {
+        let now = Instant::now();
+        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
+        let recent: Vec<&Instant> = self
+            .exits
+            .iter()
+            .filter(|t| now.duration_since(**t) <= window)
+            .collect();
+        if (recent.len() as u32) < CrashLoop::MIN_EXITS {
+            return None;
+        }
+        Some(CrashLoop {
+            exits: recent.len() as u32,
+            seconds: now.duration_since(*recent[0]).as_secs(),
+            last_exit: self.last_exit.unwrap_or(0),
+        })
+    }
+
+    /// Signals every process left in the service's process group (it runs as a session
+    /// leader, so the group id is its pid; the number is not reused while any member lives).
+    fn signal_group(&self, pgid: i32, sig: Signal) {
+        let _ = kill(Pid::from_raw(-pgid), sig);
+    }
 }
 
 enum Stdio {
@@ -234,6 +285,8 @@ impl Supervisor {
                 restarts: 0,
                 last_exit: None,
                 restart_at: Some(Instant::now()),
+                exits: VecDeque::new(),
+                last_group: None,
                 output: None,
                 log: LogFile::new(&logs, name, spec.log_limit).ok(),
             })
@@ -399,7 +452,12 @@ impl Supervisor {
         let stopping = self.stop_deadline.is_some();
         if let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
             s.pid = None;
-            s.last_exit = Some(code);
+            s.note_exit(code);
+            // What the service started lives on in its process group (a web server's workers,
+            // a reloader's child holding the port): end it with the service, SIGKILL for
+            // whatever ignores this before the next start.
+            s.signal_group(pid, Signal::SIGTERM);
+            s.last_group = Some(pid);
             let again = match s.plan.restart {
                 RestartPolicy::No => false,
                 RestartPolicy::OnFailure => code != 0,
@@ -630,6 +688,9 @@ impl Supervisor {
                 continue;
             }
             self.services[i].restart_at = None;
+            if let Some(pgid) = self.services[i].last_group.take() {
+                self.services[i].signal_group(pgid, Signal::SIGKILL);
+            }
             let plan = self.services[i].plan.clone();
             let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -661,7 +722,7 @@ impl Supervisor {
                             format!("[berth] cannot start service {}: {e}\n", s.name).as_bytes(),
                         );
                     }
-                    s.last_exit = Some(127);
+                    s.note_exit(127);
                 }
             }
         }
@@ -697,6 +758,7 @@ impl Supervisor {
                     pid: s.pid,
                     restarts: s.restarts,
                     last_exit: s.last_exit,
+                    crash_loop: s.crash_loop(),
                 })
                 .collect(),
             processes,

@@ -73,8 +73,12 @@ pub enum UpAction {
     Created,
     /// Existed but was stopped (or dead); started again.
     Started,
-    /// Was running with another plan; these sections changed.
-    Recreated { changed: Vec<Section> },
+    /// Was running with another plan; these sections changed (`details`: the same, with
+    /// what changed in them, e.g. `image (packages +make)`).
+    Recreated {
+        changed: Vec<Section>,
+        details: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -91,6 +95,15 @@ pub struct UpReport {
     pub notices: Vec<String>,
     /// Address and forwarded ports (`None` when the environment shares the host's network).
     pub network: Option<NetRecord>,
+}
+
+/// What [`Environments::remove_plan_volumes`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumesRemoved {
+    /// Names of the volumes removed.
+    pub removed: Vec<String>,
+    /// Volumes kept because another environment mounts them: (volume, environment name).
+    pub in_use: Vec<(String, String)>,
 }
 
 /// One line of `berth ls`.
@@ -279,6 +292,17 @@ impl Environments {
                         "the sync process was not running; it was restarted and caught up".into(),
                     );
                 }
+                // "Up to date" must not hide a service that keeps dying.
+                for s in &current.services {
+                    if let Some(c) = &s.crash_loop {
+                        notices.push(format!(
+                            "service {} is {}; see `berth logs {}`",
+                            s.name,
+                            c.describe(),
+                            s.name
+                        ));
+                    }
+                }
                 return Ok(UpReport {
                     network: self.network_record(&env_id),
                     env_id,
@@ -331,6 +355,7 @@ impl Environments {
             (None, _) => UpAction::Created,
             (Some(prev), EnvStatus::Running | EnvStatus::Starting) => UpAction::Recreated {
                 changed: prev.plan.changed_sections(plan),
+                details: prev.plan.describe_changes(plan),
             },
             (Some(_), _) => UpAction::Started,
         };
@@ -577,6 +602,37 @@ impl Environments {
         // Remove everything but the lock we hold, then the folder itself.
         remove_env_dir(&locked.dir)?;
         Ok(())
+    }
+
+    /// `destroy --volumes` of a project whose environment is already gone: removes the
+    /// volumes its berth.toml declares, except those another environment still mounts.
+    pub fn remove_plan_volumes(&self, plan: &Plan) -> Result<VolumesRemoved, EnvError> {
+        let others = self.records()?;
+        let mut removed = Vec::new();
+        let mut in_use = Vec::new();
+        for name in plan
+            .mounts
+            .iter()
+            .filter(|m| m.kind == envfile_spec::plan::MountKind::Volume)
+            .filter_map(|m| m.source.as_ref())
+        {
+            if let Some(user) = others.iter().find(|r| {
+                r.plan.mounts.iter().any(|m| {
+                    m.kind == envfile_spec::plan::MountKind::Volume
+                        && m.source.as_ref() == Some(name)
+                })
+            }) {
+                in_use.push((name.clone(), user.name.clone()));
+                continue;
+            }
+            let path = self.home.volumes_dir().join(name);
+            if path.exists() {
+                state::remove_tree(&path)
+                    .map_err(|source| crate::state::StateError::Write { path, source })?;
+                removed.push(name.clone());
+            }
+        }
+        Ok(VolumesRemoved { removed, in_use })
     }
 
     /// State, usage and pending changes of an environment.

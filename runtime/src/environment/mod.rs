@@ -25,7 +25,9 @@ mod vm;
 pub use build_runner::ContainerStepRunner;
 pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
-pub use lifecycle::{EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport};
+pub use lifecycle::{
+    EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport, VolumesRemoved,
+};
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
 pub use session::CommandSession;
 pub use snapshot::SnapshotInfo;

@@ -346,6 +346,14 @@ impl ImageStore {
                 tail
             )));
         }
+        // The tools write only the suite itself; updates and security fixes come from
+        // SUITE-updates and SUITE-security, as on an installed Debian.
+        let sources = target.join("etc/apt/sources.list");
+        fs::write(
+            &sources,
+            apt_sources(suite, &mirror, &host_security_mirror()),
+        )
+        .map_err(ImageError::io(&sources))?;
         let layer = self.add_tree_layer(
             &target,
             WhiteoutMode::Plain,
@@ -373,13 +381,7 @@ pub fn debian_arch() -> String {
 /// The first Debian mirror the host's apt sources name (one-line or deb822 format), else
 /// `http://deb.debian.org/debian`.
 pub fn host_debian_mirror() -> String {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
-        let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-        more.sort();
-        files.extend(more);
-    }
-    for f in files {
+    for f in apt_source_files() {
         let Ok(text) = fs::read_to_string(&f) else {
             continue;
         };
@@ -388,6 +390,74 @@ pub fn host_debian_mirror() -> String {
         }
     }
     "http://deb.debian.org/debian".to_string()
+}
+
+/// The `sources.list` of a bootstrapped `suite`: the suite, `SUITE-updates` from `mirror` and
+/// `SUITE-security` from `security` (`SUITE/updates` before bullseye); unstable and
+/// experimental have neither.
+pub fn apt_sources(suite: &str, mirror: &str, security: &str) -> String {
+    let mut s = format!("# Written by berth for debootstrap:{suite}.\ndeb {mirror} {suite} main\n");
+    if matches!(suite, "sid" | "unstable" | "experimental" | "rc-buggy") {
+        return s;
+    }
+    s.push_str(&format!("deb {mirror} {suite}-updates main\n"));
+    let security_suite = if matches!(suite, "buster" | "stretch" | "jessie" | "oldoldstable") {
+        format!("{suite}/updates")
+    } else {
+        format!("{suite}-security")
+    };
+    s.push_str(&format!("deb {security} {security_suite} main\n"));
+    s
+}
+
+/// The Debian security archive the host's apt sources name (a mirror of it is what a
+/// machine with only its configured mirror can reach), else
+/// `http://deb.debian.org/debian-security`.
+pub fn host_security_mirror() -> String {
+    for f in apt_source_files() {
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
+        if let Some(m) = security_mirror_from_sources(&text) {
+            return m;
+        }
+    }
+    "http://deb.debian.org/debian-security".to_string()
+}
+
+fn apt_source_files() -> Vec<PathBuf> {
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(rd) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
+            .collect();
+        more.sort();
+        files.extend(more);
+    }
+    files
+}
+
+/// The security archive URL named in an apt sources file (one-line or deb822 format).
+pub fn security_mirror_from_sources(text: &str) -> Option<String> {
+    let good =
+        |u: &str| (u.starts_with("http://") || u.starts_with("https://")) && u.contains("security");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| {
+            let words: Vec<&str> = if let Some(rest) = l.strip_prefix("deb ") {
+                rest.split_whitespace().collect()
+            } else if let Some(uris) = l.strip_prefix("URIs:") {
+                uris.split_whitespace().collect()
+            } else {
+                Vec::new()
+            };
+            words
+        })
+        .find(|u| good(u))
+        .map(|u| u.trim_end_matches('/').to_string())
 }
 
 /// The main Debian archive URL named in an apt sources file, skipping security mirrors.
@@ -453,6 +523,39 @@ mod tests {
             Some("http://ftp.example/debian")
         );
         assert_eq!(mirror_from_sources("nothing"), None);
+        assert_eq!(
+            security_mirror_from_sources(deb822).as_deref(),
+            Some("http://security.debian.org/debian-security")
+        );
+        assert_eq!(
+            security_mirror_from_sources(
+                "deb http://m.example/debian bookworm main\ndeb http://m.example/debian-security/ bookworm-security main\n"
+            )
+            .as_deref(),
+            Some("http://m.example/debian-security")
+        );
+        assert_eq!(
+            security_mirror_from_sources("deb http://m/debian x main"),
+            None
+        );
+    }
+
+    #[test]
+    fn sources_list_has_updates_and_security_for_releases() {
+        let s = apt_sources("bookworm", "http://m/debian", "http://m/debian-security");
+        assert_eq!(
+            s,
+            "# Written by berth for debootstrap:bookworm.\n\
+             deb http://m/debian bookworm main\n\
+             deb http://m/debian bookworm-updates main\n\
+             deb http://m/debian-security bookworm-security main\n"
+        );
+        assert!(apt_sources("buster", "M", "S").contains("deb S buster/updates main"));
+        let sid = apt_sources("sid", "M", "S");
+        assert!(
+            !sid.contains("updates") && !sid.contains("security"),
+            "{sid}"
+        );
     }
 
     #[test]

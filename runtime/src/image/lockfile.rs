@@ -29,15 +29,36 @@ pub struct LockFile {
 pub struct LockedImage {
     /// `[image].from` as locked (`docker.io/library/debian:bookworm`, `rootfs:./root`, …).
     pub source: String,
-    /// Digest of the image manifest (for an index, of the chosen platform's manifest).
-    pub manifest: Digest,
-    /// Digest of the image config: the image id.
-    pub config: Digest,
+    /// Digest of the image manifest (for an index, of the chosen platform's manifest). Not
+    /// written for `debootstrap:` bases, whose bytes differ on every machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Digest>,
+    /// Digest of the image config: the image id (not for `debootstrap:` bases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Digest>,
     pub platform: String,
-    /// Layer blob digests, bottom to top.
+    /// Layer blob digests, bottom to top (not for `debootstrap:` bases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Digest>,
-    /// Uncompressed layer digests, bottom to top.
+    /// Uncompressed layer digests, bottom to top (not for `debootstrap:` bases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diff_ids: Vec<Digest>,
+    /// For a `debootstrap:` base: what was bootstrapped, checked instead of digests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debootstrap: Option<LockedBootstrap>,
+}
+
+/// A `debootstrap:` base as locked: the suite, where it came from, and the packages it
+/// installed (`name=version`, sorted), read from the tree's dpkg status. Two bootstraps of
+/// one suite never give the same bytes (timestamps, generated files), but they do give the
+/// same package set as long as the archive did not move on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockedBootstrap {
+    pub suite: String,
+    /// The mirror the locking machine bootstrapped from (information: another machine uses
+    /// its own mirror and matches when it gets the same packages).
+    pub mirror: String,
+    pub packages: Vec<String>,
 }
 
 /// What [`ImageStore::resolve_locked`] did with the lock file.
@@ -81,11 +102,32 @@ impl LockFile {
             version: LOCK_VERSION,
             image: LockedImage {
                 source,
-                manifest: record.manifest_digest.clone(),
-                config: record.config_digest.clone(),
+                manifest: Some(record.manifest_digest.clone()),
+                config: Some(record.config_digest.clone()),
                 platform: record.platform.clone(),
                 layers: record.layers.iter().map(|l| l.digest.clone()).collect(),
                 diff_ids: record.diff_ids(),
+                debootstrap: None,
+            },
+        }
+    }
+
+    /// The lock of a `debootstrap:` base: suite, mirror and package set, no digests.
+    pub fn for_bootstrap(
+        source: String,
+        record: &ImageRecord,
+        bootstrap: LockedBootstrap,
+    ) -> LockFile {
+        LockFile {
+            version: LOCK_VERSION,
+            image: LockedImage {
+                source,
+                manifest: None,
+                config: None,
+                platform: record.platform.clone(),
+                layers: Vec::new(),
+                diff_ids: Vec::new(),
+                debootstrap: Some(bootstrap),
             },
         }
     }
@@ -139,10 +181,19 @@ impl ImageStore {
         } else {
             LockFile::read(lock_path)?.filter(|l| l.image.source == key)
         };
+        if let ImageSource::Debootstrap { suite, .. } = source {
+            return self.resolve_locked_bootstrap(source, suite, &key, lock, lock_path, opts);
+        }
         if let Some(lock) = lock {
             let mut o = opts.clone();
             if matches!(source, ImageSource::Oci { .. }) {
-                o.pinned = Some(lock.image.manifest.clone());
+                let manifest = lock.image.manifest.clone().ok_or_else(|| {
+                    ImageError::malformed(
+                        lock_path.display().to_string(),
+                        format!("it locks {key} without image.manifest; run `berth up --update` to write it again"),
+                    )
+                })?;
+                o.pinned = Some(manifest);
             }
             let resolved = self.resolve(source, &o)?;
             if resolved.diff_ids != lock.image.diff_ids {
@@ -163,6 +214,121 @@ impl ImageStore {
         LockFile::for_record(key, &record).write(lock_path)?;
         Ok((resolved, LockOutcome::Written))
     }
+
+    /// A `debootstrap:` base against its lock: the package sets must be equal. A lock that
+    /// names no packages (written by an older berth, with digests no other machine can
+    /// reproduce) is rewritten.
+    fn resolve_locked_bootstrap(
+        &self,
+        source: &ImageSource,
+        suite: &str,
+        key: &str,
+        lock: Option<LockFile>,
+        lock_path: &Path,
+        opts: &ResolveOptions,
+    ) -> Result<(ResolvedImage, LockOutcome), ImageError> {
+        let resolved = self.resolve(source, opts)?;
+        let record = self
+            .records
+            .get(&resolved.name)?
+            .ok_or_else(|| ImageError::NotFound(resolved.name.clone()))?;
+        let packages = installed_packages(&resolved.layers)?;
+        // The record is named `debootstrap:SUITE MIRROR ARCH`.
+        let mirror = resolved
+            .name
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        if let Some(locked) = lock.as_ref().and_then(|l| l.image.debootstrap.as_ref()) {
+            if locked.packages == packages {
+                return Ok((resolved, LockOutcome::Honoured));
+            }
+            return Err(ImageError::Base(format!(
+                "{key} bootstrapped on this machine (from {mirror}) does not match {}, written from {}: {}. \
+                 Run `berth up --update` to bootstrap {suite} again and record this machine's packages in berth.lock (commit it), \
+                 or bring the locking machine's image with `berth image export --cache DIR` there and `berth image import --cache DIR` here",
+                lock_path.display(),
+                locked.mirror,
+                package_difference(&locked.packages, &packages)
+            )));
+        }
+        let bootstrap = LockedBootstrap {
+            suite: suite.to_string(),
+            mirror,
+            packages,
+        };
+        LockFile::for_bootstrap(key.to_string(), &record, bootstrap).write(lock_path)?;
+        Ok((resolved, LockOutcome::Written))
+    }
+}
+
+/// `name=version` of every installed package in the topmost layer that has a dpkg status
+/// file, sorted.
+pub fn installed_packages(layers: &[PathBuf]) -> Result<Vec<String>, ImageError> {
+    let Some(status) = layers
+        .iter()
+        .rev()
+        .map(|l| l.join("var/lib/dpkg/status"))
+        .find(|p| p.is_file())
+    else {
+        return Err(ImageError::Base(
+            "the bootstrapped tree has no var/lib/dpkg/status, so its packages cannot be locked; run `berth up --update` to bootstrap it again".into(),
+        ));
+    };
+    let text = std::fs::read_to_string(&status).map_err(ImageError::io(&status))?;
+    Ok(parse_dpkg_status(&text))
+}
+
+/// `name=version` of the installed packages in a dpkg status file, sorted.
+pub fn parse_dpkg_status(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let field = |name: &str| {
+            para.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let installed = field("Status").is_some_and(|s| s.ends_with(" installed"));
+        if let (true, Some(p), Some(v)) = (installed, field("Package"), field("Version")) {
+            out.push(format!("{p}={v}"));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What differs between two package sets, for a message: changed versions first, then
+/// packages only on one side; at most ten named.
+pub fn package_difference(locked: &[String], here: &[String]) -> String {
+    use std::collections::BTreeMap;
+    let split = |v: &[String]| -> BTreeMap<String, String> {
+        v.iter()
+            .filter_map(|e| e.split_once('='))
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let (a, b) = (split(locked), split(here));
+    let mut diffs = Vec::new();
+    for (n, va) in &a {
+        match b.get(n) {
+            Some(vb) if vb != va => diffs.push(format!("{n} {vb} here, {va} in the lock")),
+            None => diffs.push(format!("{n} {va} only in the lock")),
+            _ => {}
+        }
+    }
+    for (n, vb) in &b {
+        if !a.contains_key(n) {
+            diffs.push(format!("{n} {vb} only here"));
+        }
+    }
+    let total = diffs.len();
+    let mut text = diffs.into_iter().take(10).collect::<Vec<_>>().join(", ");
+    if total > 10 {
+        text.push_str(&format!(" and {} more", total - 10));
+    }
+    format!("{total} package(s) differ ({text})")
 }
 
 fn short_list(d: &[Digest]) -> String {
@@ -174,6 +340,20 @@ fn short_list(d: &[Digest]) -> String {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn dpkg_status_gives_the_installed_package_set() {
+        let status = "Package: b\nStatus: install ok installed\nVersion: 2\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: a\nStatus: install ok installed\nPriority: required\nVersion: 1:1.0-1\n";
+        assert_eq!(parse_dpkg_status(status), vec!["a=1:1.0-1", "b=2"]);
+        let d = package_difference(
+            &["a=1".into(), "b=2".into(), "c=3".into()],
+            &["a=1".into(), "b=2.1".into(), "d=4".into()],
+        );
+        assert_eq!(
+            d,
+            "3 package(s) differ (b 2.1 here, 2 in the lock, c 3 only in the lock, d 4 only here)"
+        );
+    }
 
     #[test]
     fn local_base_lock_is_written_honoured_and_detects_changed_content() {

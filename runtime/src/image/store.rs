@@ -24,6 +24,8 @@ use crate::state::{read_json, BerthHome, FileLock, LockMode};
 
 /// Name prefix of the image records that cache build steps.
 pub(crate) const BUILD_PREFIX: &str = "build:";
+/// Hex digits of a short build key or image id, as `berth image ls` prints them.
+pub const SHORT_ID_LEN: usize = 12;
 
 /// An image ready for an environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,14 +152,60 @@ impl ImageStore {
 
     /// A stored image by name (a reference is normalized first: `bb` finds
     /// `docker.io/library/bb:latest`).
+    /// `berth image ls` prints build images as `build:` + 12 hex digits and image ids as 12
+    /// hex digits: both are found too (a unique prefix of at least 12 digits).
     pub fn get(&self, name: &str) -> Result<Option<ImageRecord>, ImageError> {
         if let Some(r) = self.records.get(name)? {
             return Ok(Some(r));
         }
         if let Ok(r) = ImageReference::parse(name) {
-            return self.records.get(&r.to_string());
+            if let Some(r) = self.records.get(&r.to_string())? {
+                return Ok(Some(r));
+            }
+        }
+        let hex = |s: &str| s.len() >= SHORT_ID_LEN && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let unique = |mut found: Vec<ImageRecord>| (found.len() == 1).then(|| found.remove(0));
+        if let Some(prefix) = name.strip_prefix(BUILD_PREFIX).filter(|p| hex(p)) {
+            let found: Vec<ImageRecord> = self
+                .records
+                .list()?
+                .into_iter()
+                .filter(|r| {
+                    r.name
+                        .strip_prefix(BUILD_PREFIX)
+                        .is_some_and(|k| k.starts_with(prefix))
+                })
+                .collect();
+            return Ok(unique(found));
+        }
+        let id = name.strip_prefix("sha256:").unwrap_or(name);
+        if hex(id) {
+            let found: Vec<ImageRecord> = self
+                .records
+                .list()?
+                .into_iter()
+                .filter(|r| {
+                    r.config_digest
+                        .as_str()
+                        .strip_prefix("sha256:")
+                        .is_some_and(|d| d.starts_with(id))
+                })
+                .collect();
+            return Ok(unique(found));
         }
         Ok(None)
+    }
+
+    /// How `berth image ls` names an image: build step images by `build:` and the first
+    /// [`SHORT_ID_LEN`] digits of their key (which [`ImageStore::get`] accepts), others by
+    /// their full name.
+    pub fn display_name(name: &str) -> String {
+        match name.strip_prefix(BUILD_PREFIX) {
+            Some(key) if key.len() > SHORT_ID_LEN => {
+                format!("{BUILD_PREFIX}{}", &key[..SHORT_ID_LEN])
+            }
+            _ => name.to_string(),
+        }
     }
 
     /// Whether every layer of `record` is unpacked here.
