@@ -32,12 +32,16 @@ fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
 /// `berth init --template NAME` in a fresh folder holding `files`, `up`, then `test` inside
 /// the environment and in a `berth run`; each output must contain `expect`.
 fn template_runs_its_tests(template: &str, files: &[(&str, &str)], test: &[&str], expect: &str) {
-    let dir = tempfile::Builder::new()
+    // A checkout of root's in a private workspace (mode 0700), as a CI job running as root
+    // has it: the environment's root may write there (build outputs such as cargo's target/).
+    let workspace = tempfile::Builder::new()
         .prefix("berth-tpl-")
         .tempdir()
         .unwrap();
+    let dir = workspace.path().join("project");
+    std::fs::create_dir(&dir).unwrap();
     for (path, body) in files {
-        let p = dir.path().join(path);
+        let p = dir.join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, body).unwrap();
     }
@@ -46,28 +50,28 @@ fn template_runs_its_tests(template: &str, files: &[(&str, &str)], test: &[&str]
     let name = format!("tpl-{template}-{}", std::process::id());
     ok(
         &b,
-        dir.path(),
+        &dir,
         &["init", "--template", template, "--name", &name],
     );
-    let toml = std::fs::read_to_string(dir.path().join("berth.toml")).unwrap();
+    let toml = std::fs::read_to_string(dir.join("berth.toml")).unwrap();
     assert!(toml.contains("debootstrap:bookworm"), "{toml}");
     let t0 = Instant::now();
-    ok(&b, dir.path(), &["up"]);
+    ok(&b, &dir, &["up", "--publish-auto"]);
     eprintln!(
         "{template}: up (packages from the mirror) took {:?}",
         t0.elapsed()
     );
     let mut exec = vec!["exec", "--"];
     exec.extend_from_slice(test);
-    let out = ok(&b, dir.path(), &exec);
+    let out = ok(&b, &dir, &exec);
     assert!(out.contains(expect), "{template} test inside:\n{out}");
     // The template's ports are taken by the running environment: a run picks others.
     let mut run = vec!["run", "--publish-auto", "--"];
     run.extend_from_slice(test);
-    let out = ok(&b, dir.path(), &run);
+    let out = ok(&b, &dir, &run);
     assert!(out.contains(expect), "{template} test in berth run:\n{out}");
     eprintln!("{template}: everything took {:?}", t0.elapsed());
-    ok(&b, dir.path(), &["destroy", "--volumes"]);
+    ok(&b, &dir, &["destroy", "--volumes"]);
 }
 
 #[test]
