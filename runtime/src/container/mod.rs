@@ -69,6 +69,7 @@ pub mod layer_ids;
 pub mod logs;
 pub mod namespaces;
 pub mod network;
+pub mod root_bind;
 pub mod rootfs;
 pub mod seccomp;
 mod seccomp_syscalls;
