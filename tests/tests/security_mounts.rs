@@ -294,6 +294,58 @@ fn a_root_owned_project_in_a_private_root_folder_is_writable_by_the_environments
     }
 }
 
+/// The attacker's way around the private folder: mount it as well and open it from inside.
+/// It is root's and its own folder above (/tmp) is open, so the environment's root is
+/// unprivileged on it and cannot chmod it; and a folder above that lies inside one of the
+/// environment's mounts does not make the project private, so /work stays read-only to root's
+/// files too.
+#[test]
+fn the_environment_cannot_open_the_private_folder_above_its_project() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let b = Berth::new();
+    let private = tempfile::Builder::new()
+        .prefix("berth-secmnt-above-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mounts = format!(
+        "{PROJECT_MOUNT}[[mounts]]\nsource = \"..\"\ntarget = \"/up\"\nunsafe_host_path = true\n"
+    );
+    let (dir, _name) = project_in(private.path(), "proj-", &mounts);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = b.run_in(dir.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up: {out}\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("notice: bind mount on /work:") && l.contains("belongs to root")),
+        "/work is not private while its folder above is mounted: {err}"
+    );
+    let o = b.run_in(dir.path(), &["exec", "--", "chmod", "755", "/up"]);
+    assert!(
+        !o.status.success(),
+        "chmod of the private folder: {:?}",
+        text(&o)
+    );
+    let o = b.run_in(
+        dir.path(),
+        &["exec", "--", "sh", "-c", "echo x > /work/out"],
+    );
+    assert!(
+        !o.status.success(),
+        "root's project was writable: {:?}",
+        text(&o)
+    );
+    let o = b.run_in(dir.path(), &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+    assert_eq!(
+        std::fs::metadata(private.path()).unwrap().mode() & 0o7777,
+        0o700
+    );
+    assert!(!dir.path().join("out").exists());
+}
+
 /// Output of `berth up` (expected to fail) in `dir`.
 fn refused(b: &Berth, dir: &Path) -> String {
     let o = b.run_in(dir, &["up"]);
