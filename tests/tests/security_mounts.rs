@@ -156,7 +156,10 @@ fn env_root_cannot_leave_a_setuid_root_file_in_a_root_owned_project() {
     require_root!();
     let user = TestUser::create("bsecr");
     let b = Berth::new();
-    let (dir, _name) = project("berth-secmnt-root-", PROJECT_MOUNT);
+    // Directly in /tmp (open to everyone), whatever TMPDIR says.
+    let tmp = Path::new("/tmp");
+    assert_ne!(std::fs::metadata(tmp).unwrap().mode() & 0o011, 0);
+    let (dir, _name) = project_in(tmp, "berth-secmnt-root-", PROJECT_MOUNT);
     std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -306,7 +309,7 @@ fn the_environment_cannot_open_the_private_folder_above_its_project() {
     let b = Berth::new();
     let private = tempfile::Builder::new()
         .prefix("berth-secmnt-above-")
-        .tempdir()
+        .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let mounts = format!(
