@@ -298,6 +298,34 @@ mod tests {
     }
 
     #[test]
+    fn on_a_private_root_source_only_the_environments_root_is_host_root() {
+        use crate::container::idmap::{IdMapping, IdRange, MapWriter};
+        let range = |outside| {
+            vec![IdRange {
+                inside: 0,
+                outside,
+                count: 65536,
+            }]
+        };
+        let env = IdMapping {
+            uids: range(100000),
+            gids: range(100000),
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        };
+        let m = env.for_bind_owner(0, 0);
+        // On disk root (host root) is the environment's root (host 100000) ...
+        assert_eq!(m.inside_uid(100000), Some(0));
+        assert_eq!(m.inside_gid(100000), Some(0));
+        // ... and every other id of the environment stays its own unprivileged host id.
+        assert_eq!(m.inside_uid(100042), Some(100042));
+        assert_eq!(m.host_uid(100042), Some(100042));
+        for other in [1, 1000, 65534, 99999, 165536] {
+            assert_eq!(m.host_uid(other), None, "on-disk uid {other} is mapped");
+        }
+    }
+
+    #[test]
     fn the_notice_names_the_mount_and_the_three_ways_out() {
         let n = notice("/work", Path::new("/srv/app"));
         assert!(n.contains("/work") && n.contains("/srv/app"), "{n}");

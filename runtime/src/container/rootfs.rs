@@ -160,18 +160,34 @@ impl<'a> OverlayRootfs<'a> {
                     // id-mapping, so files created in it belong to the environment's
                     // unprivileged host range and root's files stay read-only to it.
                     use std::os::unix::fs::MetadataExt;
-                    let mapped_owner = meta.uid() != 0
-                        || root_bind::reachable_only_by_root(
-                            &opened,
-                            mounted.get_or_insert_with(|| root_bind::mounted_sources(spec)),
-                        );
+                    let from = fd_path(&opened);
+                    let named = |e: ContainerError| match e {
+                        // The mount is made from the descriptor: name the source instead.
+                        ContainerError::Io {
+                            context,
+                            source: err,
+                        } => ContainerError::Io {
+                            context: context.replace(
+                                &from.display().to_string(),
+                                &source.display().to_string(),
+                            ),
+                            source: err,
+                        },
+                        other => other,
+                    };
                     match (idmap_userns, self.mapping, idmap) {
-                        (Some(_), Some(env), true) if mapped_owner => {
+                        (Some(_), Some(env), true)
+                            if meta.uid() != 0
+                                || root_bind::reachable_only_by_root(
+                                    &opened,
+                                    mounted.get_or_insert_with(|| root_bind::mounted_sources(spec)),
+                                ) =>
+                        {
                             let gid = owner_group(meta.uid(), meta.gid());
                             let ns = user_namespace_with(&env.for_bind_owner(meta.uid(), gid))?;
-                            idmapped_bind(&fd_path(&opened), &fd_path(&t), &ns, flags)?
+                            idmapped_bind(&from, &fd_path(&t), &ns, flags).map_err(named)?
                         }
-                        _ => attach_clone(&fd_path(&opened), &fd_path(&t), None, flags)?,
+                        _ => attach_clone(&from, &fd_path(&t), None, flags).map_err(named)?,
                     }
                 }
                 MountSpec::Volume {
