@@ -22,7 +22,15 @@ macro_rules! require_root {
 
 /// A project folder with a busybox rootfs; `{name}` in `mounts` is replaced by a unique name.
 fn project(prefix: &str, mounts: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    project_in(&std::env::temp_dir(), prefix, mounts)
+}
+
+/// [`project`] in the folder `parent`.
+fn project_in(parent: &Path, prefix: &str, mounts: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .unwrap();
     busybox_rootfs(&dir.path().join("rootfs"));
     let tag: String = dir
         .path()
@@ -148,12 +156,56 @@ fn env_root_cannot_leave_a_setuid_root_file_in_a_root_owned_project() {
     require_root!();
     let user = TestUser::create("bsecr");
     let b = Berth::new();
-    let (dir, _name) = project("berth-secmnt-root-", PROJECT_MOUNT);
+    // Directly in /tmp (open to everyone), whatever TMPDIR says.
+    let tmp = Path::new("/tmp");
+    assert_ne!(std::fs::metadata(tmp).unwrap().mode() & 0o011, 0);
+    let (dir, _name) = project_in(tmp, "berth-secmnt-root-", PROJECT_MOUNT);
     std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    run_payload(&b, dir.path());
+    // /tmp lets everyone through: `up` says once that root's files stay read-only inside,
+    // and how to change it.
+    let o = b.run_in(dir.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up: {out}\n{err}");
+    let notices: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("notice:") && l.contains("belongs to root"))
+        .collect();
+    assert_eq!(
+        notices.len(),
+        1,
+        "one notice for the root-owned mount: {err}"
+    );
+    let n = notices[0];
+    let real = std::fs::canonicalize(dir.path()).unwrap();
+    for part in [
+        "/work".to_string(),
+        real.display().to_string(),
+        format!("chmod 700 {}", real.parent().unwrap().display()),
+        "chown -R USER".to_string(),
+        "berth run --copy-source".to_string(),
+    ] {
+        assert!(n.contains(&part), "the notice names {part}: {n}");
+    }
+    let o = b.run_in(
+        dir.path(),
+        &["exec", "--", "sh", "-c", "echo y >> /work/existing"],
+    );
+    assert!(
+        !o.status.success(),
+        "root's file is writable from inside: {:?}",
+        text(&o)
+    );
+    let o = b.run_in(dir.path(), &["exec", "--", "sh", "-c", PAYLOAD]);
+    assert!(o.status.success(), "exec: {:?}", text(&o));
+    let o = b.run_in(dir.path(), &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("existing")).unwrap(),
+        "marker\n"
+    );
     let bad = dangerous_files(dir.path(), 0);
     assert!(bad.is_empty(), "privileged setuid/setgid files: {bad:?}");
     let existing = std::fs::metadata(dir.path().join("existing")).unwrap();
@@ -170,6 +222,131 @@ fn env_root_cannot_leave_a_setuid_root_file_in_a_root_owned_project() {
             x.display()
         );
     }
+}
+
+/// Root's checkout inside a folder only root may enter (the CI case: berth as root in
+/// /root/...): the environment's root is host root there and builds in it, and whatever it
+/// leaves, setuid root included, stays out of every other user's reach.
+#[test]
+fn a_root_owned_project_in_a_private_root_folder_is_writable_by_the_environments_root() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let user = TestUser::create("bsecp");
+    let b = Berth::new();
+    let private = tempfile::Builder::new()
+        .prefix("berth-secmnt-private-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (dir, _name) = project_in(private.path(), "proj-", PROJECT_MOUNT);
+    // The project itself is open: the folder above it is what keeps others out.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
+    let o = b.run_in(dir.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up: {out}\n{err}");
+    assert!(
+        !err.contains("belongs to root"),
+        "no notice expected: {err}"
+    );
+    let o = b.run_in(
+        dir.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo x > /work/out && cp /bin/busybox /work/s && chmod 4755 /work/s && echo y >> /work/existing",
+        ],
+    );
+    assert!(o.status.success(), "the build cannot write: {:?}", text(&o));
+    let o = b.run_in(dir.path(), &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+    for f in ["out", "s", "existing"] {
+        let m = std::fs::metadata(dir.path().join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), (0, 0), "{f} belongs to host root");
+    }
+    assert_eq!(
+        std::fs::metadata(dir.path().join("s")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("existing")).unwrap(),
+        "marker\ny\n"
+    );
+    // The folder above is untouched, and no other user can even look at what was left.
+    assert_eq!(
+        std::fs::metadata(private.path()).unwrap().mode() & 0o7777,
+        0o700
+    );
+    for f in ["s", "out"] {
+        let path = dir.path().join(f);
+        let o = user.run("stat", &[path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("Permission denied"),
+            "{} is reachable by another user: {err}",
+            path.display()
+        );
+        let ran = run_as(&user, &path);
+        assert!(
+            !ran.contains("euid=0") && ran.contains("Permission denied"),
+            "another user ran {}: {ran}",
+            path.display()
+        );
+    }
+}
+
+/// The attacker's way around the private folder: mount it as well and open it from inside.
+/// It is root's and its own folder above (/tmp) is open, so the environment's root is
+/// unprivileged on it and cannot chmod it; and a folder above that lies inside one of the
+/// environment's mounts does not make the project private, so /work stays read-only to root's
+/// files too.
+#[test]
+fn the_environment_cannot_open_the_private_folder_above_its_project() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let b = Berth::new();
+    let private = tempfile::Builder::new()
+        .prefix("berth-secmnt-above-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mounts = format!(
+        "{PROJECT_MOUNT}[[mounts]]\nsource = \"..\"\ntarget = \"/up\"\nunsafe_host_path = true\n"
+    );
+    let (dir, _name) = project_in(private.path(), "proj-", &mounts);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = b.run_in(dir.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "up: {out}\n{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("notice: bind mount on /work:") && l.contains("belongs to root")),
+        "/work is not private while its folder above is mounted: {err}"
+    );
+    let o = b.run_in(dir.path(), &["exec", "--", "chmod", "755", "/up"]);
+    assert!(
+        !o.status.success(),
+        "chmod of the private folder: {:?}",
+        text(&o)
+    );
+    let o = b.run_in(
+        dir.path(),
+        &["exec", "--", "sh", "-c", "echo x > /work/out"],
+    );
+    assert!(
+        !o.status.success(),
+        "root's project was writable: {:?}",
+        text(&o)
+    );
+    let o = b.run_in(dir.path(), &["destroy"]);
+    assert!(o.status.success(), "destroy: {:?}", text(&o));
+    assert_eq!(
+        std::fs::metadata(private.path()).unwrap().mode() & 0o7777,
+        0o700
+    );
+    assert!(!dir.path().join("out").exists());
 }
 
 /// Output of `berth up` (expected to fail) in `dir`.

@@ -85,8 +85,12 @@ impl ContainerBackend {
         }
         let who = Invoker::current();
         let (mapping, mapping_notice) = stable_mapping(spec, &who, recorded.as_ref())?;
+        let mut notices: Vec<String> = mapping_notice.into_iter().collect();
         if let (Some(m), true) = (&mapping, who.uid == 0) {
             check_reachable_by_mapped_root(spec, m)?;
+            // Root-owned bind sources others can reach stay read-only to the environment's
+            // root: say so once here rather than let it meet EACCES inside.
+            notices.extend(super::root_bind::notices(spec));
         }
         let cgroups = choose_cgroups(spec, who.uid == 0)?;
         state.phase = Phase::Starting;
@@ -109,7 +113,7 @@ impl ContainerBackend {
                     pid,
                     control_socket: spec.control_socket(),
                     elapsed: t0.elapsed(),
-                    notices: mapping_notice.into_iter().collect(),
+                    notices,
                 })
             }
             Err(e) => {

@@ -112,7 +112,8 @@ impl IdMapping {
 
 impl IdMapping {
     /// The mapping of an id-mapped bind mount of a host folder owned by `owner_uid` /
-    /// `owner_gid` (both non-zero): the environment's root reads and writes it as that owner,
+    /// `owner_gid` (a user's, or root's when no other local user can reach the folder: see
+    /// `root_bind`): the environment's root reads and writes it as that owner,
     /// and every other id of the environment as its own host id (the environment's
     /// unprivileged range). No other host id is mapped, so files of other host users (root
     /// included) appear as the overflow id, and nothing inside can create a file, change an

@@ -70,6 +70,7 @@ pub mod login_env;
 pub mod logs;
 pub mod namespaces;
 pub mod network;
+pub mod root_bind;
 pub mod rootfs;
 pub mod seccomp;
 mod seccomp_syscalls;

@@ -21,6 +21,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{attach_clone, idmapped_bind, user_namespace_with, CloneFlags, IdMapping};
+use super::root_bind;
 use super::spec::{ContainerSpec, MountSpec};
 
 /// Mount points under a bind-mounted host folder (`/work/node_modules` with `.` at `/work`)
@@ -186,6 +187,7 @@ impl<'a> OverlayRootfs<'a> {
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
         create_nested_mount_points(&mounts, owner.is_some())?;
+        let mut mounted: Option<Vec<(u64, u64)>> = None;
         for m in mounts {
             match m {
                 MountSpec::Bind {
@@ -194,31 +196,57 @@ impl<'a> OverlayRootfs<'a> {
                     readonly,
                     idmap,
                 } => {
-                    let meta = fs::metadata(source).context(|| {
+                    // Opened once: the owner, the folders above and the mount are all of
+                    // this one object, whatever happens to the path meanwhile.
+                    let opened = root_bind::open_source(source).context(|| {
                         format!(
                             "mount source {} is missing; create it or fix [[mounts]]",
                             source.display()
                         )
                     })?;
+                    let meta = opened
+                        .metadata()
+                        .context(|| format!("cannot read the mount source {}", source.display()))?;
                     let t = ensure_in_root(root.as_fd(), target, meta.is_dir(), owner)?;
                     let flags = CloneFlags {
                         readonly: *readonly,
                         nosuid: true,
                         nodev: true,
                     };
-                    // The environment's root becomes the owner of the source folder, never
-                    // host root: see `IdMapping::for_bind_owner`. A folder owned by root is
-                    // bound without id-mapping, so files created in it belong to the
-                    // environment's unprivileged host range and root's files stay read-only
-                    // to it.
+                    // The environment's root becomes the owner of the source folder: see
+                    // `IdMapping::for_bind_owner`. A folder owned by root is bound so only
+                    // when no other local user can reach it (`root_bind`); otherwise without
+                    // id-mapping, so files created in it belong to the environment's
+                    // unprivileged host range and root's files stay read-only to it.
                     use std::os::unix::fs::MetadataExt;
+                    let from = fd_path(&opened);
+                    let named = |e: ContainerError| match e {
+                        // The mount is made from the descriptor: name the source instead.
+                        ContainerError::Io {
+                            context,
+                            source: err,
+                        } => ContainerError::Io {
+                            context: context.replace(
+                                &from.display().to_string(),
+                                &source.display().to_string(),
+                            ),
+                            source: err,
+                        },
+                        other => other,
+                    };
                     match (idmap_userns, self.mapping, idmap) {
-                        (Some(_), Some(env), true) if meta.uid() != 0 => {
+                        (Some(_), Some(env), true)
+                            if meta.uid() != 0
+                                || root_bind::reachable_only_by_root(
+                                    &opened,
+                                    mounted.get_or_insert_with(|| root_bind::mounted_sources(spec)),
+                                ) =>
+                        {
                             let gid = owner_group(meta.uid(), meta.gid());
                             let ns = user_namespace_with(&env.for_bind_owner(meta.uid(), gid))?;
-                            idmapped_bind(source, &fd_path(&t), &ns, flags)?
+                            idmapped_bind(&from, &fd_path(&t), &ns, flags).map_err(named)?
                         }
-                        _ => attach_clone(source, &fd_path(&t), None, flags)?,
+                        _ => attach_clone(&from, &fd_path(&t), None, flags).map_err(named)?,
                     }
                 }
                 MountSpec::Volume {
@@ -555,7 +583,7 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 }
 
 /// `/proc/self/fd/N`: lets mount(2) act on exactly the object we resolved.
-pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
