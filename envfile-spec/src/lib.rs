@@ -11,6 +11,7 @@
 mod checker;
 pub mod devcontainer;
 pub mod diagnostic;
+pub mod inputs;
 pub mod keys;
 mod load;
 pub mod name;
