@@ -518,7 +518,10 @@ fn build_inputs_workdir_host_ca_and_on_create() {
     );
     assert_eq!(plan.on_create, ["npm ci"]);
     assert_eq!(plan.image.inputs, ["package*.json"]);
-    assert_eq!(plan.image.workdir, "/app", "the mount of `.`, not the first mount");
+    assert_eq!(
+        plan.image.workdir, "/app",
+        "the mount of `.`, not the first mount"
+    );
     assert!(!plan.image.host_ca);
     let explicit = ok(
         dir.path(),

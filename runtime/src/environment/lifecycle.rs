@@ -18,6 +18,7 @@ use super::vm::{self as vm_env, VmView};
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
+use crate::image::build::{BuildInputs, BuildSpec, HostCas};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{
     ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
@@ -271,21 +272,13 @@ impl Environments {
         let (base, _) =
             self.images
                 .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
-        let image = if plan.image.packages.is_empty() && plan.image.setup.is_empty() {
-            base
-        } else {
-            let scratch = self.home.staging_dir("build")?;
-            let runner = ContainerStepRunner {
-                scratch: scratch.path().to_path_buf(),
-            };
-            self.images.build(
-                &base,
-                &plan.image.packages,
-                &plan.image.setup,
-                &runner,
-                &opts.progress,
-            )?
+        let spec = build_spec(plan)?;
+        let scratch = self.home.staging_dir("build")?;
+        let runner = ContainerStepRunner {
+            scratch: scratch.path().to_path_buf(),
         };
+        let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
+        drop(scratch);
         let layer_dirs = image.layers.clone();
         let image_elapsed = t_image.elapsed();
 
@@ -726,6 +719,36 @@ impl Environments {
 
 /// Renames the environment's VM disk (if any) to `*.previous`, replacing an older one; says
 /// so in the returned notice.
+/// What `up` builds over the base image: the plan's `[image]` build keys, its `[env]`, the
+/// expanded inputs and (unless `host_ca = false`) the host's CA certificates.
+pub(super) fn build_spec(plan: &Plan) -> Result<BuildSpec, EnvError> {
+    let inputs = if plan.image.inputs.is_empty() {
+        None
+    } else {
+        Some(BuildInputs::collect(&plan.project_dir, &plan.image.inputs)?)
+    };
+    let host_ca = if plan.image.host_ca {
+        HostCas::from_host().map_err(|source| crate::state::StateError::Read {
+            path: "/etc/ssl/certs".into(),
+            source,
+        })?
+    } else {
+        None
+    };
+    Ok(BuildSpec {
+        packages: plan.image.packages.clone(),
+        setup: plan.image.setup.clone(),
+        env: plan
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        workdir: plan.image.workdir.clone(),
+        inputs,
+        host_ca,
+    })
+}
+
 fn set_disks_aside(dir: &Path) -> Result<Option<String>, EnvError> {
     let mut moved = Vec::new();
     for name in vm_env::DISK_FILES {
