@@ -54,6 +54,9 @@ pub struct ContainerSpec {
     /// environment with its own network namespace then has loopback only.
     #[serde(default)]
     pub net_home: Option<PathBuf>,
+    /// Services wait for a `start_services` request (`on_create` runs first).
+    #[serde(default)]
+    pub hold_services: bool,
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -138,6 +141,7 @@ impl ContainerSpec {
             ports: Vec::new(),
             publish_auto: false,
             net_home: None,
+            hold_services: false,
         }
     }
 

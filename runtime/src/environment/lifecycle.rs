@@ -9,8 +9,10 @@ use envfile_spec::plan::{BackendKind, Section};
 use envfile_spec::Plan;
 use serde::Serialize;
 
+use super::build_plan::build_spec;
 use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
+use super::hooks::{self, Hook};
 use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::session::CommandSession;
@@ -18,7 +20,6 @@ use super::vm::{self as vm_env, VmView};
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
-use crate::image::build::{BuildInputs, BuildSpec, HostCas};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{
     ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
@@ -128,7 +129,7 @@ pub struct EnvView {
 pub struct Environments {
     home: BerthHome,
     images: ImageStore,
-    backend: ContainerBackend,
+    pub(super) backend: ContainerBackend,
     pub(super) vms: VmBackend,
 }
 
@@ -224,10 +225,14 @@ impl Environments {
         let (current, _) = self.report_at(dir, previous_kind)?;
         let status = current.status;
         let hash = plan.hash();
+        // What the build reads besides the plan (inputs, host certificates).
+        let spec = build_spec(plan)?;
+        let build_key = spec.content_key();
         if let Some(prev) = &previous {
             if status == EnvStatus::Running
                 && prev.converged
                 && prev.plan_hash == hash
+                && prev.build_key == build_key
                 && prev.privileged == opts.privileged
                 && !opts.rebuild
                 && !opts.update
@@ -272,7 +277,6 @@ impl Environments {
         let (base, _) =
             self.images
                 .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
-        let spec = build_spec(plan)?;
         let scratch = self.home.staging_dir("build")?;
         let runner = ContainerStepRunner {
             scratch: scratch.path().to_path_buf(),
@@ -284,19 +288,27 @@ impl Environments {
 
         let action = match (&previous, status) {
             (None, _) => UpAction::Created,
-            (Some(prev), EnvStatus::Running | EnvStatus::Starting) => UpAction::Recreated {
-                changed: prev.plan.changed_sections(plan),
-            },
+            (Some(prev), EnvStatus::Running | EnvStatus::Starting) => {
+                let mut changed = prev.plan.changed_sections(plan);
+                if prev.build_key != build_key && !changed.contains(&Section::Image) {
+                    changed.push(Section::Image);
+                    changed.sort();
+                }
+                UpAction::Recreated { changed }
+            }
             (Some(_), _) => UpAction::Started,
         };
         if status != EnvStatus::Stopped {
             self.stop_at(dir, previous_kind, opts.stop_timeout)?;
         }
 
+        // `on_create` ran on the writable layer the previous `up` used, if that one stays.
+        let mut on_create_done = previous.as_ref().and_then(|p| p.on_create_done.clone());
         // A writable layer (or VM disk) made on another base would not make sense on this
         // one: keep it aside (one generation) instead of deleting the user's changes.
         if let Some(prev_image) = previous.as_ref().and_then(|p| p.image.as_ref()) {
             if prev_image.layer_dirs != layer_dirs {
+                on_create_done = None;
                 notices.extend(set_disks_aside(dir)?);
             }
             if prev_image.layer_dirs != layer_dirs && dir_has_entries(&dir.join("upper")) {
@@ -335,12 +347,32 @@ impl Environments {
                 .map(|p| p.created_at)
                 .unwrap_or_else(now_secs),
             ephemeral: opts.ephemeral,
+            build_key: build_key.clone(),
+            on_create_done,
         };
         record.save(dir)?;
+        let create_key = hooks::on_create_key(plan);
+        let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
 
+        let mut record = record;
         let pid = match plan.backend {
             BackendKind::Container => {
-                Some(self.start_container(&record, dir, &image, layer_dirs, opts, &mut notices)?)
+                let pid = self.start_container(
+                    &record,
+                    &image,
+                    layer_dirs,
+                    opts,
+                    on_create_pending,
+                    &mut notices,
+                )?;
+                if on_create_pending {
+                    self.run_container_hook(dir, plan, Hook::OnCreate, &opts.progress)?;
+                    record.on_create_done = create_key;
+                    record.save(dir)?;
+                    self.backend.start_services(dir)?;
+                }
+                self.run_container_hook(dir, plan, Hook::OnUp, &opts.progress)?;
+                Some(pid)
             }
             BackendKind::Vm => {
                 let (mut spec, vm_notices) = vm_env::spec_from_plan(plan, dir, layer_dirs)?;
@@ -353,15 +385,17 @@ impl Environments {
                             .or_insert_with(|| v.to_string());
                     }
                 }
-                // `on_up` runs once the synced folders are in (as for containers).
-                let on_up = if live_sync::sync_mounts(&record).is_empty() {
-                    Vec::new()
-                } else {
-                    std::mem::take(&mut spec.on_up)
-                };
+                // `on_create` and `on_up` run once the synced folders are in (as for
+                // containers).
+                let on_up = std::mem::take(&mut spec.on_up);
                 let st = self.vms.start(&spec)?;
                 live_sync::start(&self.home, &record)?;
-                self.vms.run_on_up(dir, &on_up)?;
+                if on_create_pending {
+                    self.run_vm_hook(dir, &plan.on_create, Hook::OnCreate, &opts.progress)?;
+                    record.on_create_done = create_key;
+                    record.save(dir)?;
+                }
+                self.run_vm_hook(dir, &on_up, Hook::OnUp, &opts.progress)?;
                 st.process.map(|p| p.pid)
             }
         };
@@ -382,14 +416,15 @@ impl Environments {
         })
     }
 
-    /// Starts the container of `plan` and runs its `on_up` steps; returns the supervisor pid.
+    /// Starts the container of `plan` (its services held back with `hold_services`, for
+    /// `on_create`); returns the supervisor pid.
     fn start_container(
         &self,
         record: &EnvRecord,
-        dir: &Path,
         image: &ResolvedImage,
         layer_dirs: Vec<PathBuf>,
         opts: &UpOptions,
+        hold_services: bool,
         notices: &mut Vec<String>,
     ) -> Result<i32, EnvError> {
         let (plan, env_id) = (&record.plan, record.env_id.as_str());
@@ -408,6 +443,7 @@ impl Environments {
         )?;
         notices.extend(spec_notices);
         spec.publish_auto = opts.publish_auto;
+        spec.hold_services = hold_services;
         if let (_, Some(n)) = crate::container::network::effective_mode(
             &Network::new(&self.home, NetworkOptions::default()),
             spec.network,
@@ -417,32 +453,6 @@ impl Environments {
         let started = self.backend.start(&spec)?;
         live_sync::start(&self.home, record)?;
 
-        for command in &plan.on_up {
-            let req = ExecRequest {
-                argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
-                env: Vec::new(),
-                cwd: plan.shell.workdir.clone(),
-                user: plan.shell.user.clone(),
-                tty: false,
-                winsize: None,
-            };
-            let devnull =
-                fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {
-                    path: "/dev/null".into(),
-                    source,
-                })?;
-            let out = std::io::stdout();
-            let err = std::io::stderr();
-            let code = self
-                .backend
-                .exec(dir, &req, [devnull.as_fd(), out.as_fd(), err.as_fd()])?;
-            if code != 0 {
-                return Err(EnvError::OnUpFailed {
-                    command: command.clone(),
-                    code,
-                });
-            }
-        }
         Ok(started.pid)
     }
 
@@ -719,36 +729,6 @@ impl Environments {
 
 /// Renames the environment's VM disk (if any) to `*.previous`, replacing an older one; says
 /// so in the returned notice.
-/// What `up` builds over the base image: the plan's `[image]` build keys, its `[env]`, the
-/// expanded inputs and (unless `host_ca = false`) the host's CA certificates.
-pub(super) fn build_spec(plan: &Plan) -> Result<BuildSpec, EnvError> {
-    let inputs = if plan.image.inputs.is_empty() {
-        None
-    } else {
-        Some(BuildInputs::collect(&plan.project_dir, &plan.image.inputs)?)
-    };
-    let host_ca = if plan.image.host_ca {
-        HostCas::from_host().map_err(|source| crate::state::StateError::Read {
-            path: "/etc/ssl/certs".into(),
-            source,
-        })?
-    } else {
-        None
-    };
-    Ok(BuildSpec {
-        packages: plan.image.packages.clone(),
-        setup: plan.image.setup.clone(),
-        env: plan
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        workdir: plan.image.workdir.clone(),
-        inputs,
-        host_ca,
-    })
-}
-
 fn set_disks_aside(dir: &Path) -> Result<Option<String>, EnvError> {
     let mut moved = Vec::new();
     for name in vm_env::DISK_FILES {

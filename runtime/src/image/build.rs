@@ -131,6 +131,21 @@ pub struct BuildSpec {
     pub host_ca: Option<HostCas>,
 }
 
+impl BuildSpec {
+    /// Hash of what the build reads besides its settings (the inputs' and the host
+    /// certificates' content), `None` when it reads nothing else.
+    pub fn content_key(&self) -> Option<String> {
+        if self.inputs.is_none() && self.host_ca.is_none() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(self.inputs.as_ref().map_or("", |i| i.key()));
+        h.update(b"\n");
+        h.update(self.host_ca.as_ref().map_or("", |c| c.key()));
+        Some(hex::encode(h.finalize()))
+    }
+}
+
 impl Default for BuildSpec {
     fn default() -> Self {
         BuildSpec {
