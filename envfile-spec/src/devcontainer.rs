@@ -8,8 +8,8 @@
 //! - `workspaceMount` / `workspaceFolder` → the project mount and `[shell].workdir`
 //!   (default: the project folder on `/workspaces/FOLDER`, as the dev container CLI does)
 //! - `mounts` (string or object form) → `[[mounts]]`
-//! - `onCreateCommand`, `updateContentCommand`, `postCreateCommand`, `postStartCommand`
-//!   (string, array or object) → `on_up`, in that order
+//! - `onCreateCommand`, `updateContentCommand`, `postCreateCommand` (string, array or
+//!   object) → `on_create`, in that order; `postStartCommand` → `on_up`
 //! - `remoteUser` (else `containerUser`) → `[shell].user`
 //! - `hostRequirements.cpus` / `.memory` → `[resources]`
 //!
@@ -96,10 +96,22 @@ impl Converter {
         if let Some(name) = obj.get("name").and_then(Value::as_str) {
             out.push_str(&format!("name = {}\n", q(&derive_name(name))));
         }
-        let on_up = self.lifecycle_commands(obj);
-        if !on_up.is_empty() {
-            out.push_str("on_up = [\n");
-            for c in &on_up {
+        // Create-time commands run once per writable layer, as in dev containers.
+        let on_create = self.lifecycle_commands(
+            obj,
+            &[
+                "onCreateCommand",
+                "updateContentCommand",
+                "postCreateCommand",
+            ],
+        );
+        let on_up = self.lifecycle_commands(obj, &["postStartCommand"]);
+        for (key, list) in [("on_create", &on_create), ("on_up", &on_up)] {
+            if list.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("{key} = [\n"));
+            for c in list {
                 out.push_str(&format!("    {},\n", q(c)));
             }
             out.push_str("]\n");
@@ -222,14 +234,9 @@ impl Converter {
         }
     }
 
-    fn lifecycle_commands(&mut self, obj: &Map<String, Value>) -> Vec<String> {
+    fn lifecycle_commands(&mut self, obj: &Map<String, Value>, keys: &[&str]) -> Vec<String> {
         let mut out = Vec::new();
-        for key in [
-            "onCreateCommand",
-            "updateContentCommand",
-            "postCreateCommand",
-            "postStartCommand",
-        ] {
+        for &key in keys {
             match obj.get(key) {
                 None => {}
                 Some(Value::Object(parallel)) => {
@@ -520,7 +527,7 @@ mod tests {
             t.contains("from = \"mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye\"")
         );
         assert!(
-            t.contains("on_up = [\n    \"npm ci\",\n    \"npm run 'dev server'\",\n]"),
+            t.contains("on_create = [\n    \"npm ci\",\n]\non_up = [\n    \"npm run 'dev server'\",\n]"),
             "{t}"
         );
         assert!(t.contains("[[ports]]\nhost = 3000\nguest = 3000"));
