@@ -527,7 +527,9 @@ mod tests {
             t.contains("from = \"mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye\"")
         );
         assert!(
-            t.contains("on_create = [\n    \"npm ci\",\n]\non_up = [\n    \"npm run 'dev server'\",\n]"),
+            t.contains(
+                "on_create = [\n    \"npm ci\",\n]\non_up = [\n    \"npm run 'dev server'\",\n]"
+            ),
             "{t}"
         );
         assert!(t.contains("[[ports]]\nhost = 3000\nguest = 3000"));

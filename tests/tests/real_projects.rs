@@ -145,12 +145,22 @@ command = "if test -e /root/created.log; then echo after-on-create; else echo be
     // again on the same writable layer.
     assert!(b.run_in(dir, &["down"]).status.success());
     write(dir, "src/greeter/extra.py", "X = 43\n");
-    write(dir, "tests/test_greeter.py", "def test_nothing():\n    pass\n");
+    write(
+        dir,
+        "tests/test_greeter.py",
+        "def test_nothing():\n    pass\n",
+    );
     let (ok, out) = up(&b, dir);
     assert!(ok, "{out}");
-    assert!(steps_run(&out).is_empty(), "rebuilt after a source edit:\n{out}");
+    assert!(
+        steps_run(&out).is_empty(),
+        "rebuilt after a source edit:\n{out}"
+    );
     assert!(out.contains("setup[0]: pip install -e . (cached)"), "{out}");
-    assert!(!out.contains("on_create 1/1"), "on_create ran twice:\n{out}");
+    assert!(
+        !out.contains("on_create 1/1"),
+        "on_create ran twice:\n{out}"
+    );
     assert_eq!(exec(&b, dir, "cat /root/created.log").trim(), "created");
 
     // An edit to pyproject.toml reruns the steps that see it, not the packages; the new image
@@ -160,7 +170,8 @@ command = "if test -e /root/created.log; then echo after-on-create; else echo be
     assert!(ok, "{out}");
     let ran = steps_run(&out);
     assert!(
-        ran.contains(&"setup[0]: pip install -e .") && !ran.iter().any(|s| s.starts_with("packages")),
+        ran.contains(&"setup[0]: pip install -e .")
+            && !ran.iter().any(|s| s.starts_with("packages")),
         "{ran:?}\n{out}"
     );
     assert!(out.contains("packages: python3-pip (cached)"), "{out}");
@@ -187,7 +198,10 @@ command = "if test -e /root/created.log; then echo after-on-create; else echo be
         out.contains("CERTIFICATE_VERIFY_FAILED") || out.contains("certificate verify failed"),
         "{out}"
     );
-    assert!(out.contains("build step `setup[0]: pip install -e .` failed"), "{out}");
+    assert!(
+        out.contains("build step `setup[0]: pip install -e .` failed"),
+        "{out}"
+    );
 }
 
 const PACKAGE_JSON: &str = r#"{
@@ -293,11 +307,20 @@ target = "/work"
         "index.js",
         "const isNumber = require('is-number');\nconsole.log('is x a number:', isNumber('x'));\n",
     );
-    let o = b.run_in(dir, &["run", "--", "/bin/sh", "-c", "cat /root/first-run.txt"]);
+    let o = b.run_in(
+        dir,
+        &["run", "--", "/bin/sh", "-c", "cat /root/first-run.txt"],
+    );
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "{stdout}\n{stderr}");
     assert_eq!(stdout.trim(), "is x a number: false");
     assert!(steps_run(&stderr).is_empty(), "{stderr}");
-    assert!(stderr.contains("setup[0]: npm ci --no-audit --no-fund (cached)"), "{stderr}");
-    assert!(stderr.contains("on_create 1/1: node /work/index.js"), "{stderr}");
+    assert!(
+        stderr.contains("setup[0]: npm ci --no-audit --no-fund (cached)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("on_create 1/1: node /work/index.js"),
+        "{stderr}"
+    );
 }
