@@ -324,3 +324,100 @@ target = "/work"
         "{stderr}"
     );
 }
+
+/// `on_create` on a small image: a failing step fails `up` with its code and output and keeps
+/// the services held; the next `up` retries it on the same writable layer and then starts
+/// them; a plain restart does not run it; `destroy` (a fresh writable layer) and `berth run`
+/// do.
+#[test]
+fn on_create_is_retried_after_a_failure_and_runs_once_per_writable_layer() {
+    if let Some(why) = berth_e2e::host::root_skip_reason() {
+        eprintln!("SKIP: {why}");
+        return;
+    }
+    let b = Berth::new();
+    let project = tempfile::Builder::new()
+        .prefix("berth-create-")
+        .tempdir()
+        .unwrap();
+    let dir = project.path();
+    berth_e2e::host::busybox_rootfs(&dir.join("rootfs"));
+    write(
+        dir,
+        "berth.toml",
+        r#"on_create = ["echo creating >> /root/created.log", "echo checking; test -e /work/ready"]
+on_up = ["echo on-up-ran"]
+
+[image]
+from = "rootfs:./rootfs"
+
+[[mounts]]
+source = "."
+target = "/work"
+
+[services.probe]
+command = "date > /tmp/probe; exec sleep 100000"
+"#,
+    );
+    let (ok, out) = up(&b, dir);
+    assert!(!ok, "up succeeded with a failing on_create:\n{out}");
+    assert!(
+        out.contains("on_create 1/2: echo creating >> /root/created.log: done in "),
+        "{out}"
+    );
+    assert!(
+        out.contains("checking"),
+        "the step's output is shown:\n{out}"
+    );
+    assert!(
+        out.contains("on_create 2/2: echo checking; test -e /work/ready: failed with exit code 1")
+            && out.contains("exited with code 1"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("on-up-ran"),
+        "on_up ran after a failed on_create:\n{out}"
+    );
+    assert_eq!(
+        exec(&b, dir, "test -e /tmp/probe && echo started || echo held").trim(),
+        "held"
+    );
+
+    write(dir, "ready", "");
+    let (ok, out) = up(&b, dir);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("on_create 2/2: echo checking; test -e /work/ready: done in "),
+        "{out}"
+    );
+    assert!(out.contains("on_up 1/1: echo on-up-ran: done in "), "{out}");
+    assert_eq!(
+        exec(&b, dir, "cat /root/created.log"),
+        "creating\ncreating\n"
+    );
+    assert_eq!(
+        exec(&b, dir, "test -e /tmp/probe && echo started || echo held").trim(),
+        "started"
+    );
+
+    assert!(b.run_in(dir, &["down"]).status.success());
+    let (ok, out) = up(&b, dir);
+    assert!(ok, "{out}");
+    assert!(
+        !out.contains("on_create"),
+        "on_create ran on a restart:\n{out}"
+    );
+    assert!(out.contains("on_up 1/1: "), "{out}");
+
+    assert!(b.run_in(dir, &["destroy"]).status.success());
+    let (ok, out) = up(&b, dir);
+    assert!(ok, "{out}");
+    assert!(out.contains("on_create 1/2: "), "{out}");
+    assert_eq!(exec(&b, dir, "cat /root/created.log"), "creating\n");
+
+    let o = b.run_in(dir, &["run", "--", "cat", "/root/created.log"]);
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "creating\n");
+    assert!(stderr.contains("on_create 2/2: "), "{stderr}");
+}

@@ -122,11 +122,12 @@ impl Environments {
                     path: "/dev/null".into(),
                     source,
                 })?;
-            let out = std::io::stdout();
+            // Both streams to berth's stderr, beside the progress lines: stdout stays for
+            // `up --json` and for the command of `berth run`.
             let err = std::io::stderr();
             Ok(self
                 .backend
-                .exec(dir, &req, [devnull.as_fd(), out.as_fd(), err.as_fd()])?)
+                .exec(dir, &req, [devnull.as_fd(), err.as_fd(), err.as_fd()])?)
         })
     }
 
