@@ -127,9 +127,13 @@ pub struct UpArgs {
     /// Re-resolve the image and refresh berth.lock.
     #[arg(long)]
     pub update: bool,
-    /// Run the environment without a user namespace (its root is the host's root).
+    /// Run the environment without a user namespace (its root is the host's root), with all
+    /// capabilities and no seccomp filter. Root only; for trusted images.
     #[arg(long)]
     pub privileged: bool,
+    /// Publish on a free host port when a declared one is taken (saying which).
+    #[arg(long)]
+    pub publish_auto: bool,
 }
 
 #[derive(Debug, Args)]
@@ -201,7 +205,8 @@ pub struct RunArgs {
     /// Give the run a private copy of the project instead of a live mount.
     #[arg(long)]
     pub copy_source: bool,
-    /// Pick free host ports when the declared ones are taken.
+    /// Pick free host ports when the declared ones are taken (what `run` always does; kept
+    /// for scripts that pass it).
     #[arg(long)]
     pub publish_auto: bool,
     /// Print a JSON summary at the end.

@@ -3,6 +3,7 @@
 
 use berth_runtime::environment::{EnvError, EnvRecord, Environments};
 use berth_runtime::net::network::Plumbing;
+use berth_runtime::net::port_owner::find_port_holder;
 use berth_runtime::net::NetRecord;
 use berth_runtime::state::BerthHome;
 use envfile_spec::plan::NetworkMode;
@@ -99,6 +100,26 @@ pub fn network_lines(rec: &NetRecord) -> Vec<String> {
     out
 }
 
+/// One line per forwarded port published elsewhere than declared because its host port was
+/// taken, naming the holder (an environment by name) when it can be found:
+/// `port 8080 is in use (by environment web); published on 127.0.0.1:40123 instead`.
+pub fn replaced_port_lines(rec: &NetRecord) -> Vec<String> {
+    rec.ports
+        .iter()
+        .filter(|p| p.bound != p.spec.host)
+        .map(|p| {
+            let by = find_port_holder(p.spec.protocol, p.spec.host)
+                .map(|h| format!(" (by {h})"))
+                .unwrap_or_default();
+            format!(
+                "port {} is in use{by}; published on {} instead",
+                p.spec.host.port(),
+                p.bound
+            )
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +139,7 @@ mod tests {
             plumbing: Plumbing::Bridge {
                 bridge: "berth0".into(),
                 nft_table: "berth".into(),
+                port: Some("bv0123456789".into()),
             },
             address: Some("10.88.0.2".parse().unwrap()),
             gateway: Some("10.88.0.1".parse().unwrap()),

@@ -157,6 +157,7 @@ impl<'a> Checker<'a> {
 
         let on_create = self.string_list(&root, "on_create", true);
         let on_up = self.string_list(&root, "on_up", true);
+        let devices = self.devices(&root, backend);
         let mut image = self.image(&root);
         let env = match root.get("env") {
             Some((item, span)) => self.env_map(item, span, "env"),
@@ -186,6 +187,7 @@ impl<'a> Checker<'a> {
             backend,
             on_create,
             on_up,
+            devices,
             image,
             env,
             mounts,
@@ -196,6 +198,38 @@ impl<'a> Checker<'a> {
             services,
             vm,
         }
+    }
+
+    /// `devices`: absolute paths (or `*`/`?` patterns) under /dev; containers only.
+    fn devices(&mut self, root: &Tbl<'_>, backend: BackendKind) -> Vec<String> {
+        let Some((item, span)) = root.get("devices") else {
+            return Vec::new();
+        };
+        let Some(entries) = self.string_array(item, span.clone(), "devices", true) else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for (pattern, vspan) in entries {
+            if let Err(why) = crate::devices::check_pattern(&pattern) {
+                self.error(
+                    ErrorKind::BadDevice,
+                    vspan,
+                    format!("invalid device {why}"),
+                    Some("give a host device node such as \"/dev/kvm\", or a pattern such as \"/dev/dri/*\" (`*` and `?` match within one path component)".into()),
+                );
+            } else if !out.contains(&pattern) {
+                out.push(pattern);
+            }
+        }
+        if backend == BackendKind::Vm && !out.is_empty() {
+            self.warn(
+                ErrorKind::IgnoredSetting,
+                root.key_span("devices"),
+                "`devices` has no effect with backend = \"vm\": a VM's devices are its own",
+                Some("remove `devices`, or use backend = \"container\" to give host devices to the environment".into()),
+            );
+        }
+        out
     }
 
     // ----- generic readers ------------------------------------------------------------------

@@ -54,6 +54,8 @@ pub enum ErrorKind {
     PathNotFound,
     /// A key that is valid only elsewhere (`size` on a bind mount, `mirror` without debootstrap).
     MisplacedKey,
+    /// A `devices` entry that is not an absolute path under `/dev`, or a malformed pattern.
+    BadDevice,
     /// A `[vm]` table while `backend` is not `"vm"`.
     VmWithoutBackend,
     /// `backend = "vm"` without `[vm].kernel`.
@@ -71,7 +73,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 29] = [
+    pub const ALL: [ErrorKind; 30] = [
         ErrorKind::NotUtf8,
         ErrorKind::TomlSyntax,
         ErrorKind::UnknownKey,
@@ -94,6 +96,7 @@ impl ErrorKind {
         ErrorKind::BadUrl,
         ErrorKind::PathNotFound,
         ErrorKind::MisplacedKey,
+        ErrorKind::BadDevice,
         ErrorKind::VmWithoutBackend,
         ErrorKind::MissingKernel,
         ErrorKind::BadKernel,
@@ -128,6 +131,7 @@ impl ErrorKind {
             ErrorKind::BadUrl => "bad-url",
             ErrorKind::PathNotFound => "path-not-found",
             ErrorKind::MisplacedKey => "misplaced-key",
+            ErrorKind::BadDevice => "bad-device",
             ErrorKind::VmWithoutBackend => "vm-without-backend",
             ErrorKind::MissingKernel => "missing-kernel",
             ErrorKind::BadKernel => "bad-kernel",

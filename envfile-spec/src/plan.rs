@@ -28,6 +28,11 @@ pub struct Plan {
     #[serde(default)]
     pub on_create: Vec<String>,
     pub on_up: Vec<String>,
+    /// Host devices the environment may use (`devices`): absolute paths under `/dev`, `*` and
+    /// `?` matching within one path component. Empty (the default) is left out of the
+    /// serialized plan, so plans from before the key hash as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     pub image: ImagePlan,
     pub env: BTreeMap<String, String>,
     pub mounts: Vec<MountPlan>,
@@ -231,10 +236,11 @@ pub enum Section {
     OnCreate,
     OnUp,
     Vm,
+    Devices,
 }
 
 impl Section {
-    pub const ALL: [Section; 13] = [
+    pub const ALL: [Section; 14] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -248,6 +254,7 @@ impl Section {
         Section::OnCreate,
         Section::OnUp,
         Section::Vm,
+        Section::Devices,
     ];
 
     /// The name used for this section in berth.toml and in messages.
@@ -266,6 +273,7 @@ impl Section {
             Section::OnCreate => "on_create",
             Section::OnUp => "on_up",
             Section::Vm => "vm",
+            Section::Devices => "devices",
         }
     }
 }
@@ -306,6 +314,7 @@ impl Plan {
             Section::OnCreate => sha256_json(&self.on_create),
             Section::OnUp => sha256_json(&self.on_up),
             Section::Vm => sha256_json(&self.vm),
+            Section::Devices => sha256_json(&self.devices),
         }
     }
 

@@ -55,6 +55,8 @@ const CASES: &[Case] = &[
     case("mounts as a single table", "[image]\nfrom = \"debian\"\n[mounts]\ntarget = \"/w\"\n", &[(K::WrongType, 3, 1)]),
     case("ports element not a table", "ports = [8080]\n[image]\nfrom = \"debian\"\n", &[(K::WrongType, 1, 10)]),
     // --- top-level keys -----------------------------------------------------------------------
+    case("device outside /dev and malformed patterns", "devices = [\"/dev/kvm\", \"/tmp/evil\", \"/dev/dri/[card\", \"/dev/../etc/shadow\"]\n[image]\nfrom = \"debian\"\n", &[(K::BadDevice, 1, 24), (K::BadDevice, 1, 37), (K::BadDevice, 1, 55)]),
+    case("devices is a string", "devices = \"/dev/kvm\"\n[image]\nfrom = \"debian\"\n", &[(K::WrongType, 1, 11)]),
     case("uppercase name", "name = \"Web\"\n[image]\nfrom = \"debian\"\n", &[(K::BadName, 1, 8)]),
     case("name with underscore", "name = \"my_env\"\n[image]\nfrom = \"debian\"\n", &[(K::BadName, 1, 8)]),
     case("name too long", "name = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n[image]\nfrom = \"debian\"\n", &[(K::BadName, 1, 8)]),

@@ -538,3 +538,42 @@ fn build_inputs_workdir_host_ca_and_on_create() {
         ]
     );
 }
+
+#[test]
+fn devices_are_kept_in_order_without_duplicates_and_leave_old_plan_hashes_alone() {
+    let dir = tempdir("berth-dev-");
+    let plain = ok(dir.path(), "[image]\nfrom = \"alpine\"\n");
+    assert!(plain.devices.is_empty());
+    let json = serde_json::to_string(&plain).unwrap();
+    assert!(
+        !json.contains("devices"),
+        "an empty `devices` must not change the plan's hash: {json}"
+    );
+    let plan = ok(
+        dir.path(),
+        "devices = [\"/dev/kvm\", \"/dev/dri/*\", \"/dev/kvm\"]\n[image]\nfrom = \"alpine\"\n",
+    );
+    assert_eq!(plan.devices, ["/dev/kvm", "/dev/dri/*"]);
+    assert_eq!(plan.changed_sections(&plain), [Section::Devices]);
+}
+
+#[test]
+fn devices_in_a_vm_are_a_warning() {
+    let dir = tempdir("berth-devvm-");
+    let kernel = dir.path().join("vmlinuz");
+    std::fs::write(&kernel, b"k").unwrap();
+    let file = write(
+        dir.path(),
+        &format!(
+            "backend = \"vm\"\ndevices = [\"/dev/kvm\"]\n[image]\nfrom = \"alpine\"\n[vm]\nkernel = \"{}\"\n",
+            kernel.display()
+        ),
+    );
+    let loaded = load(&file).unwrap();
+    let w = &loaded.warnings.diagnostics;
+    assert_eq!(w.len(), 1, "{}", loaded.warnings.render(false));
+    assert_eq!(
+        (w[0].kind, w[0].line, w[0].column),
+        (ErrorKind::IgnoredSetting, 2, 1)
+    );
+}

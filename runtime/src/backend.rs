@@ -18,6 +18,10 @@ pub struct Started {
     pub control_socket: PathBuf,
     /// How long the start took.
     pub elapsed: Duration,
+    /// Things the user should know about this start (e.g. an id mapping kept although
+    /// `/etc/subuid` changed).
+    #[serde(default)]
+    pub notices: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+mod defences;
+pub use defences::store_check;
+
 /// Outcome of one probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -182,6 +185,7 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
     ];
     checks.extend(check_cgroups(host));
     checks.extend(check_rootless(host));
+    checks.extend(defences::defence_checks(host));
     checks.push(check_kvm(host, kvm));
     checks.push(check_tun(host));
     checks.push(check_tool(

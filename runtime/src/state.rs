@@ -37,6 +37,12 @@ pub enum StateError {
     NoHome,
     #[error("cannot create berth's state folder {path}: {source}; check its permissions or set BERTH_HOME to a writable folder")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot restrict {path} to mode {mode:04o} ({source}): berth keeps its store out of other users' reach; give the folder to the user running berth (`chown`) or set BERTH_HOME to a folder of your own")]
+    Permissions {
+        path: PathBuf,
+        mode: u32,
+        source: io::Error,
+    },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
     #[error("cannot read {path}: {source}")]
@@ -50,6 +56,48 @@ pub enum StateError {
     Lock { path: PathBuf, source: io::Error },
     #[error("{what} is busy: another berth command holds {path}; wait for it to finish")]
     Busy { what: String, path: PathBuf },
+    #[error("permission denied: {path} belongs to {owner}, and berth keeps each user's environments private; use your own berth home (unset BERTH_HOME) or run berth as {owner}")]
+    NotYours { path: PathBuf, owner: String },
+}
+
+/// The name of the user `uid` (or `uid N` when it has none), for messages.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => format!("{} (uid {uid})", u.name),
+        _ => format!("uid {uid}"),
+    }
+}
+
+/// `Err(NotYours)` when `path` exists, belongs to another user, and this process is not root
+/// (root manages every user's environments, as with any system service).
+pub fn check_owner(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        return Ok(());
+    }
+    // What the path names (a BERTH_HOME may be a link to the real folder).
+    match fs::metadata(path) {
+        Ok(m) if m.uid() != me.as_raw() => Err(StateError::NotYours {
+            path: path.to_path_buf(),
+            owner: user_name(m.uid()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `source` as [`StateError::NotYours`] when it is a permission error on something of
+/// another user's under `dir`, else as [`StateError::Read`] of `path`.
+pub fn read_error(dir: &Path, path: &Path, source: io::Error) -> StateError {
+    if source.kind() == io::ErrorKind::PermissionDenied {
+        if let Err(e) = check_owner(dir) {
+            return e;
+        }
+    }
+    StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The root of berth's on-disk state.
@@ -62,18 +110,24 @@ impl BerthHome {
     /// The home chosen from the environment: `BERTH_HOME`, `/var/lib/berth` for root, or the
     /// user's XDG data folder. Creates the folder layout when missing.
     pub fn discover() -> Result<Self, StateError> {
-        let root = if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h)
-        } else if nix::unistd::geteuid().is_root() {
-            PathBuf::from("/var/lib/berth")
-        } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(x).join("berth")
-        } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-            PathBuf::from(h).join(".local/share/berth")
-        } else {
-            return Err(StateError::NoHome);
-        };
-        Self::at(root)
+        Self::at(Self::locate()?)
+    }
+
+    /// The folder [`discover`](Self::discover) would use, without creating or changing it.
+    pub fn locate() -> Result<PathBuf, StateError> {
+        Ok(
+            if let Some(h) = std::env::var_os("BERTH_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h)
+            } else if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/berth")
+            } else if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(x).join("berth")
+            } else if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                PathBuf::from(h).join(".local/share/berth")
+            } else {
+                return Err(StateError::NoHome);
+            },
+        )
     }
 
     /// A home at an explicit path (tests), created when missing.
@@ -89,6 +143,9 @@ impl BerthHome {
         } else {
             root
         };
+        // Someone else's home (BERTH_HOME pointing at root's /var/lib/berth): refused whole,
+        // before anything is created in it or read from it.
+        check_owner(&root)?;
         let home = BerthHome { root };
         for dir in [
             home.blobs_dir(),
@@ -102,7 +159,50 @@ impl BerthHome {
         ] {
             create_dir_all(&dir)?;
         }
+        home.restrict_access(nix::unistd::geteuid().is_root())?;
         Ok(home)
+    }
+
+    /// Keeps the store out of other local users' reach, as containerd and podman keep theirs:
+    /// unpacked layers hold the images' setuid files and device nodes, and an environment's
+    /// folder its writable layer. The home is `0711` for root (an environment's root, an
+    /// unprivileged host uid, must still walk through it and `envs/` to its own folder, which
+    /// the container backend gives it through the folder's group) and `0700` rootless (there
+    /// the environment's root is the user); `layers/`, `blobs/`, `images/`, `tmp/`,
+    /// `volumes/`, `kernels/` and `locks/` are `0700` (only berth's root-side processes open
+    /// them); each `envs/<id>/` loses every permission for others. A home made by an older
+    /// berth is tightened here, by the next command, without touching its content.
+    pub fn restrict_access(&self, as_root: bool) -> Result<(), StateError> {
+        let traversable = if as_root { 0o711 } else { 0o700 };
+        set_mode(&self.root, traversable)?;
+        set_mode(&self.envs_dir(), traversable)?;
+        for dir in [
+            self.root.join("blobs"),
+            self.layers_dir(),
+            self.images_dir(),
+            self.volumes_dir(),
+            self.kernels_dir(),
+            self.tmp_dir(),
+            self.locks_dir(),
+        ] {
+            set_mode(&dir, 0o700)?;
+        }
+        let Ok(envs) = fs::read_dir(self.envs_dir()) else {
+            return Ok(());
+        };
+        for entry in envs.flatten() {
+            let path = entry.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.is_dir() && mode & 0o067 != 0 {
+                // Group search stays: the container backend gives it to the environment's root.
+                set_mode(&path, mode & 0o710)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn root(&self) -> &Path {
@@ -225,6 +325,61 @@ fn make_writable(path: &Path) {
     }
 }
 
+/// Creates the folder `path` (and its parents) with mode 0700 for the folder itself, or
+/// narrows an existing one to at most 0710 (environment folders of older versions were 0755):
+/// environment folders hold `[env]` values, logs and the control socket, for their owner only.
+pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StateError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = fs::symlink_metadata(path).map_err(err)?;
+            if !m.is_dir() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "it exists and is not a folder; remove it",
+                )));
+            }
+            // Group search (0710) is how a container's mapped root reaches its rootfs.
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o067 != 0 {
+                check_owner(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o710)).map_err(err)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Sets `path`'s permission bits to `mode` unless they already are (a no-op on every command
+/// after the first).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| StateError::Permissions {
+        path: path.to_path_buf(),
+        mode,
+        source,
+    })?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        StateError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        }
+    })
+}
+
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
     fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
         path: path.to_path_buf(),
@@ -263,7 +418,7 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateErr
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
         if durable {
@@ -281,6 +436,91 @@ fn replace_file(path: &Path, bytes: &[u8], durable: bool) -> Result<(), StateErr
     result.map_err(err)
 }
 
+/// `openat2(2)`'s `struct open_how`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Opens `name` (a relative path) under the open folder `dir` without following a symlink
+/// anywhere and without leaving `dir`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)`, always close-on-exec. For files in state folders that something
+/// other than berth could have replaced by a link (logs a process inside can reach). A link
+/// gives `ELOOP`, which [`refuse_link`] turns into a message.
+pub fn open_beneath(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    flags: i32,
+    mode: u32,
+) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    loop {
+        // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and a correctly sized
+        // open_how.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
+            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+        }
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+            return Err(e);
+        }
+    }
+}
+
+/// Opens the folder `path` itself, refusing a symlink in its place (`O_NOFOLLOW`): the
+/// anchor for [`open_beneath`]. Close-on-exec.
+pub fn open_dir_nofollow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// `e` with `path` and the way out in its message when it is the kernel refusing a symlink
+/// (`ELOOP`, or `ENOTDIR` from `O_DIRECTORY | O_NOFOLLOW` on a link); other errors unchanged.
+pub fn refuse_link(path: &Path, e: io::Error) -> io::Error {
+    let is_link = e.raw_os_error() == Some(libc::ELOOP)
+        || (e.raw_os_error() == Some(libc::ENOTDIR)
+            && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()));
+    if !is_link {
+        return e;
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "{} is a symbolic link (or passes through one): berth does not follow links in its \
+             state folders, as something inside the environment may have planted it; remove it \
+             and try again",
+            path.display()
+        ),
+    )
+}
+
 /// Serializes `value` as pretty JSON and writes it with [`atomic_write`].
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     atomic_write(path, &json_bytes(path, value)?)
@@ -295,8 +535,19 @@ pub fn write_json_if_changed<T: serde::Serialize>(
     value: &T,
 ) -> Result<(), StateError> {
     let bytes = json_bytes(path, value)?;
-    let is_file = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    let meta = fs::symlink_metadata(path).ok();
+    let is_file = meta.as_ref().is_some_and(|m| m.file_type().is_file());
     if is_file && fs::read(path).is_ok_and(|old| old == bytes) {
+        // Written 0644 by an older version: narrowed like a rewrite would.
+        use std::os::unix::fs::PermissionsExt;
+        if meta.is_some_and(|m| m.permissions().mode() & 0o077 != 0) {
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+                StateError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
+        }
         return Ok(());
     }
     atomic_write(path, &bytes)
@@ -333,10 +584,11 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
                 })
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Read {
-            path: path.to_path_buf(),
+        Err(source) => Err(read_error(
+            path.parent().unwrap_or(Path::new("/")),
+            path,
             source,
-        }),
+        )),
     }
 }
 
@@ -389,6 +641,17 @@ impl FileLock {
         &self.path
     }
 
+    /// Whether the locked file is still the one at [`path`](Self::path): `false` once
+    /// someone removed (or replaced) it, after which the lock guards nothing. Locks on files
+    /// that get removed (the last user cleans up) must re-acquire when this says `false`.
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), fs::metadata(&self.path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
+        }
+    }
+
     fn open(path: &Path) -> Result<File, StateError> {
         if let Some(dir) = path.parent() {
             create_dir_all(dir)?;
@@ -398,12 +661,19 @@ impl FileLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| StateError::Lock {
-                path: path.to_path_buf(),
-                source,
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    if let Err(e) = check_owner(path.parent().unwrap_or(Path::new("/"))) {
+                        return e;
+                    }
+                }
+                StateError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })
     }
 }
@@ -519,6 +789,128 @@ mod tests {
         fs::write(sp.join("x"), b"1").unwrap();
         drop(s);
         assert!(!sp.exists());
+    }
+
+    #[test]
+    fn state_files_and_environment_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let env = d.path().join("envs/e1");
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o700);
+        atomic_write(&env.join("env.json"), b"{}").unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+        drop(FileLock::acquire(&env.join("lock"), LockMode::Exclusive).unwrap());
+        assert_eq!(mode(&env.join("lock")), 0o600);
+        // Made by an older version: narrowed; group search (a mapped root's) is kept.
+        fs::set_permissions(&env, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o710);
+        fs::set_permissions(env.join("env.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+    }
+
+    #[test]
+    fn open_beneath_refuses_links_and_escapes() {
+        use std::os::fd::AsFd;
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("outside"), "x").unwrap();
+        let dir = d.path().join("logs");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("ok.log"), "fine").unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), dir.join("link.log")).unwrap();
+        let f = open_dir_nofollow(&dir).unwrap();
+        assert!(open_beneath(f.as_fd(), "ok.log", libc::O_RDONLY, 0).is_ok());
+        for bad in ["link.log", "../outside", "/etc/passwd"] {
+            let e = open_beneath(f.as_fd(), bad, libc::O_RDONLY, 0).unwrap_err();
+            assert!(
+                matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EXDEV)),
+                "{bad}: {e}"
+            );
+        }
+        let e = open_beneath(f.as_fd(), "link.log", libc::O_RDONLY, 0).unwrap_err();
+        let e = refuse_link(&dir.join("link.log"), e);
+        assert!(e.to_string().contains("link.log is a symbolic link"), "{e}");
+        // The anchor folder itself replaced by a link.
+        let linked = d.path().join("linked");
+        std::os::unix::fs::symlink(&dir, &linked).unwrap();
+        let e = refuse_link(&linked, open_dir_nofollow(&linked).unwrap_err());
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn another_users_home_is_refused_naming_its_owner() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to become another user; CI runs as root");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(check_owner(d.path()).is_ok(), "root manages every home");
+        // SAFETY: the child only calls setresuid and this crate's code, then _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let nobody = nix::unistd::Uid::from_raw(65534);
+                let code = if nix::unistd::setresuid(nobody, nobody, nobody).is_err() {
+                    10
+                } else {
+                    match BerthHome::at(d.path()) {
+                        Err(StateError::NotYours { owner, .. }) if owner.contains("uid 0") => 0,
+                        _ => 1,
+                    }
+                };
+                // SAFETY: leaving the forked child without unwinding.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(st, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+        assert!(
+            fs::read_dir(d.path()).unwrap().next().is_none(),
+            "nothing was created in the refused home"
+        );
+    }
+
+    #[test]
+    fn the_store_is_private_and_an_old_home_is_tightened_without_data_loss() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("h");
+        let home = BerthHome::at(&root).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        fs::create_dir_all(home.layers_dir().join("abc/bin")).unwrap();
+        fs::write(home.layers_dir().join("abc/bin/tool"), b"x").unwrap();
+        fs::create_dir_all(home.env_dir("e-1").join("upper")).unwrap();
+        for p in [
+            root.clone(),
+            home.layers_dir(),
+            home.envs_dir(),
+            home.env_dir("e-1"),
+            root.join("blobs"),
+        ] {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for as_root in [true, false] {
+            home.restrict_access(as_root).unwrap();
+            let top = if as_root { 0o711 } else { 0o700 };
+            assert_eq!(mode(&root), top);
+            assert_eq!(mode(&home.envs_dir()), top);
+            for p in [home.layers_dir(), root.join("blobs"), home.tmp_dir()] {
+                assert_eq!(mode(&p), 0o700, "{}", p.display());
+            }
+            assert_eq!(mode(&home.env_dir("e-1")), 0o710);
+        }
+        assert_eq!(
+            fs::read(home.layers_dir().join("abc/bin/tool")).unwrap(),
+            b"x"
+        );
+        assert!(home.env_dir("e-1").join("upper").is_dir());
     }
 
     #[test]

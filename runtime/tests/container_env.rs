@@ -660,8 +660,8 @@ fn build_step_runs_once_and_keeps_upper() {
             ],
             env: vec!["A=1".into()],
             workdir: None,
-            network: envfile_spec::plan::NetworkMode::None,
             scratch: scratch.clone(),
+            net_home: None,
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run_step(&req, &mut |s, b| match s {

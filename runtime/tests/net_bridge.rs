@@ -42,6 +42,9 @@ impl Drop for Cleanup {
             let _ = nl.delete_link_named(&self.bridge);
         }
         let _ = NatRules::remove(&self.table);
+        let _ = std::fs::remove_dir_all(
+            Path::new(berth_runtime::net::lease_store::MACHINE_NET_DIR).join(&self.bridge),
+        );
     }
 }
 
@@ -232,6 +235,12 @@ fn two_environments_reach_the_host_by_name_and_not_each_other() {
     assert!(
         !NatRules::exists(&s.table),
         "nft table removed with the last environment"
+    );
+    assert!(
+        !Path::new(berth_runtime::net::lease_store::MACHINE_NET_DIR)
+            .join(&s.bridge)
+            .exists(),
+        "machine-wide lease record removed with the last environment"
     );
 }
 

@@ -5,6 +5,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+/// Where berth keeps the machine-wide record of each bridge (leases of every home):
+/// `berth_runtime::net::lease_store::MACHINE_NET_DIR`.
+pub const BRIDGE_RECORDS: &str = "/run/berth/net";
+
 /// What exists on the host at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSnapshot {
@@ -14,6 +18,8 @@ pub struct HostSnapshot {
     pub net_devices: BTreeSet<String>,
     /// nftables tables (`inet berth…`).
     pub nft_tables: BTreeSet<String>,
+    /// Machine-wide bridge records (`/run/berth/net/<bridge>`).
+    pub bridge_records: BTreeSet<String>,
 }
 
 impl HostSnapshot {
@@ -28,6 +34,7 @@ impl HostSnapshot {
         keep(&mut s.berth_processes);
         keep(&mut s.net_devices);
         keep(&mut s.nft_tables);
+        keep(&mut s.bridge_records);
         s
     }
 
@@ -116,12 +123,20 @@ impl HostSnapshot {
                     .collect()
             })
             .unwrap_or_default();
+        let bridge_records = std::fs::read_dir(BRIDGE_RECORDS)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
         HostSnapshot {
             mounts,
             cgroups,
             berth_processes,
             net_devices,
             nft_tables,
+            bridge_records,
         }
     }
 
@@ -142,6 +157,10 @@ impl HostSnapshot {
                 diff(&self.net_devices, &after.net_devices),
             ),
             ("nftables tables", diff(&self.nft_tables, &after.nft_tables)),
+            (
+                "bridge records",
+                diff(&self.bridge_records, &after.bridge_records),
+            ),
         ];
         let found: Vec<String> = leaks
             .iter()

@@ -4,6 +4,7 @@
 pub mod debian;
 pub mod host;
 pub mod oci;
+pub mod probe;
 pub mod user;
 pub mod vm;
 

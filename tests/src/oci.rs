@@ -83,6 +83,19 @@ impl TarBuilder {
     /// Appends one entry with a raw ustar header: any name, type flag, mode and link target,
     /// unchecked (for traversal tests the tar crate's builder refuses to produce).
     pub fn raw(&mut self, name: &str, kind: u8, mode: u32, link: &str, data: &[u8]) -> &mut Self {
+        self.raw_dev(name, kind, mode, link, data, (0, 0))
+    }
+
+    /// Like [`raw`](Self::raw), with the device numbers of a character or block device.
+    fn raw_dev(
+        &mut self,
+        name: &str,
+        kind: u8,
+        mode: u32,
+        link: &str,
+        data: &[u8],
+        (major, minor): (u32, u32),
+    ) -> &mut Self {
         assert!(
             name.len() < 100 && link.len() < 100,
             "fixture names must be short"
@@ -98,6 +111,8 @@ impl TarBuilder {
         h[157..157 + link.len()].copy_from_slice(link.as_bytes());
         h[257..263].copy_from_slice(b"ustar\0");
         h[263..265].copy_from_slice(b"00");
+        h[329..336].copy_from_slice(format!("{major:07o}").as_bytes());
+        h[337..344].copy_from_slice(format!("{minor:07o}").as_bytes());
         h[148..156].copy_from_slice(b"        ");
         let sum: u32 = h.iter().map(|b| *b as u32).sum();
         h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
@@ -118,6 +133,10 @@ impl TarBuilder {
     }
     pub fn symlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.raw(name, b'2', 0o777, target, b"")
+    }
+    /// A character device node (type `3`) with the given mode bits, owned by root.
+    pub fn char_device(&mut self, name: &str, mode: u32, major: u32, minor: u32) -> &mut Self {
+        self.raw_dev(name, b'3', mode, "", b"", (major, minor))
     }
     pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Self {
         self.raw(name, b'1', 0o644, target, b"")

@@ -48,6 +48,33 @@ impl TestUser {
             .output()
             .unwrap()
     }
+
+    /// Runs berth as this user in `dir` with the berth home `home` (someone else's, for the
+    /// cross-user tests).
+    pub fn berth_with_home(&self, home: &Path, dir: &Path, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--", "env"])
+            .arg(format!("HOME={}", self.home()))
+            .arg(format!("BERTH_HOME={}", home.display()))
+            .args(["XDG_DATA_HOME=", "NO_COLOR=1"])
+            .arg(berth_bin())
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `program args` as this user, from `/` (e.g. `cat` of a file that must stay
+    /// private, or a setuid file that must not make it root).
+    pub fn run(&self, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--"])
+            .arg(program)
+            .args(args)
+            .current_dir("/")
+            .output()
+            .unwrap()
+    }
 }
 
 impl Drop for TestUser {

@@ -628,3 +628,125 @@ fn a_state_folder_the_environment_cannot_reach_is_named() {
         "{snapshot:?}"
     );
 }
+
+/// Sets root's entry in /etc/subuid and /etc/subgid for a test and puts the files back when
+/// dropped: exactly as they were, or, when something else changed them meanwhile (another
+/// test adding a user), with only root's entry restored.
+struct RootSubids {
+    original: Vec<(&'static str, String)>,
+}
+
+const SUBID_FILES: [&str; 2] = ["/etc/subuid", "/etc/subgid"];
+
+fn without_root(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("root:"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+impl RootSubids {
+    fn new() -> RootSubids {
+        RootSubids {
+            original: SUBID_FILES
+                .iter()
+                .map(|f| (*f, std::fs::read_to_string(f).unwrap_or_default()))
+                .collect(),
+        }
+    }
+
+    fn give_root(&self, start: u32) {
+        for f in SUBID_FILES {
+            let now = std::fs::read_to_string(f).unwrap_or_default();
+            std::fs::write(f, format!("{}root:{start}:65536\n", without_root(&now))).unwrap();
+        }
+    }
+}
+
+impl Drop for RootSubids {
+    fn drop(&mut self) {
+        for (f, original) in &self.original {
+            let now = std::fs::read_to_string(f).unwrap_or_default();
+            let restored = if without_root(&now) == without_root(original) {
+                original.clone()
+            } else {
+                let roots: String = original
+                    .lines()
+                    .filter(|l| l.starts_with("root:"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                format!("{}{roots}", without_root(&now))
+            };
+            let _ = std::fs::write(f, restored);
+        }
+    }
+}
+
+/// /etc/subuid moves root's range between two `up`s (an admin edits it; `adduser` takes the
+/// block root's fallback used): the environment keeps the mapping it was created with, so
+/// its writable layer and volume stay root's and writable inside, and `up` says why.
+#[test]
+fn the_id_mapping_survives_a_change_of_etc_subuid() {
+    require_root!();
+    let (a, b_start) = (2_100_000_000u32, 2_200_000_000u32);
+    let toml = "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n\
+                [[mounts]]\nsource = \"keep\"\ntarget = \"/data\"\ntype = \"volume\"\n";
+    let p = project(toml);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let subids = RootSubids::new();
+    subids.give_root(a);
+    ok(&b, p.path(), &["up"]);
+    ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo v > /data/f; echo u > /etc/upper-file",
+        ],
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&b, p.path(), &["status", "--json"])).unwrap();
+    let env_id = st["env_id"].as_str().unwrap().to_string();
+    use std::os::unix::fs::MetadataExt;
+    let upper_file = b
+        .home
+        .path()
+        .join("envs")
+        .join(&env_id)
+        .join("upper/etc/upper-file");
+    assert_eq!(
+        std::fs::metadata(&upper_file).unwrap().uid(),
+        a,
+        "the environment did not use root's range from /etc/subuid"
+    );
+    ok(&b, p.path(), &["down"]);
+
+    subids.give_root(b_start);
+    let o = b.run_in(p.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains("notice: /etc/subuid now gives root the host ids")
+            && err.contains(&a.to_string()),
+        "no notice about the changed /etc/subuid:\n{err}"
+    );
+    let owners = ok(
+        &b,
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "stat -c %u:%g /data/f /etc/upper-file && echo w >> /data/f && echo w >> /etc/upper-file && touch /data/new /etc/new && echo writable",
+        ],
+    );
+    assert_eq!(owners, "0:0\n0:0\nwritable\n", "files lost their owner");
+    drop(subids);
+    ok(&b, p.path(), &["destroy", "--volumes"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}

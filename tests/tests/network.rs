@@ -513,12 +513,15 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
 
-    // Without --publish-auto the clash is an error naming it.
+    // Even without --publish-auto a run publishes elsewhere, naming the holder.
     let o = b.run_in(p.path(), &["run", "--", "true"]);
     let (_, err) = text(&o);
-    assert!(!o.status.success());
+    assert!(o.status.success(), "{err}");
     assert!(
-        err.contains(&format!("127.0.0.1:{port}")) && err.contains("already in use"),
+        err.contains(&format!(
+            "port {port} is in use (by pid {} (",
+            std::process::id()
+        )) && err.contains("; published on 127.0.0.1:"),
         "{err}"
     );
 
@@ -736,4 +739,183 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
     assert!(!link_exists(&b.bridge));
     ok(&b, h.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p, &h], &[env_id]));
+}
+
+/// The host's own IPv4 address on an interface that is neither loopback nor a bridge of
+/// berth's (the one carrying its default route, or any other), for "outbound to the host".
+fn host_ipv4() -> Option<Ipv4Addr> {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (iface, addr) = (f.get(1)?, f.get(3)?);
+        if *iface == "lo" || iface.starts_with("berth") || iface.starts_with("bv") {
+            return None;
+        }
+        addr.split('/').next()?.parse().ok()
+    })
+}
+
+/// The host-side interface berth recorded for an environment of `b`.
+fn recorded_port(b: &Berth, env_id: &str) -> String {
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(b.home.path().join("envs").join(env_id).join("network.json")).unwrap(),
+    )
+    .unwrap();
+    rec["plumbing"]["port"].as_str().unwrap().to_string()
+}
+
+/// Two berth homes (two CI jobs, two users) on one bridge: the leases and the bridge's users
+/// are counted machine-wide, so each environment gets its own address, and destroying the
+/// last environment of one home leaves the bridge and NAT to the other home's environment.
+/// Both homes run the same project, so even their environment ids are equal.
+#[test]
+fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
+    require_root!();
+    let p = Project::new("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
+    let one = Berth::new();
+    let mut two = Berth::new();
+    two.bridge = one.bridge.clone();
+    two.subnet = one.subnet.clone();
+    let record_dir = Path::new(berth_e2e::host::BRIDGE_RECORDS).join(&one.bridge);
+    let tags = |ids: &[&str]| {
+        let mut t = vec![
+            one.home.path().to_string_lossy().into_owned(),
+            two.home.path().to_string_lossy().into_owned(),
+            one.bridge.clone(),
+            p.name.clone(),
+        ];
+        t.extend(ids.iter().map(|s| s.to_string()));
+        t
+    };
+    let take = |t: &[String]| HostSnapshot::take(&t.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = take(&tags(&[]));
+    let server = HostServer::start(Ipv4Addr::UNSPECIFIED, "hello from the host\n");
+    let host_addr = host_ipv4();
+    let reaches = |b: &Berth, gateway: Ipv4Addr, when: &str| {
+        let mut targets = vec![gateway];
+        targets.extend(host_addr);
+        for ip in targets {
+            let url = format!("http://{ip}:{}/", server.addr.port());
+            let o = b.run_in(
+                p.path(),
+                &["exec", "--", "timeout", "10", "wget", "-q", "-O", "-", &url],
+            );
+            assert_eq!(
+                text(&o).0,
+                "hello from the host\n",
+                "{url} not reached from inside ({when}, home {}): {:?}",
+                b.home.path().display(),
+                text(&o)
+            );
+        }
+    };
+
+    ok(&one, p.path(), &["up"]);
+    ok(&two, p.path(), &["up"]);
+    let (st1, st2) = (status_json(&one, p.path()), status_json(&two, p.path()));
+    let id = st1["env_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        st2["env_id"].as_str(),
+        Some(id.as_str()),
+        "one project, one id"
+    );
+    let addr = |st: &serde_json::Value| st["network"]["address"].as_str().unwrap().to_string();
+    assert_ne!(addr(&st1), addr(&st2), "two homes leased the same address");
+    let gateway: Ipv4Addr = st2["network"]["gateway"].as_str().unwrap().parse().unwrap();
+    let (port1, port2) = (recorded_port(&one, &id), recorded_port(&two, &id));
+    assert_ne!(port1, port2, "one veth name for two environments");
+    assert!(link_exists(&port1) && link_exists(&port2));
+    reaches(&one, gateway, "both up");
+    reaches(&two, gateway, "both up");
+
+    // The last environment of home one goes: home two's keeps bridge, NAT and its traffic.
+    ok(&one, p.path(), &["destroy"]);
+    assert!(!link_exists(&port1), "destroy left its veth {port1}");
+    assert!(
+        link_exists(&one.bridge),
+        "destroy in one home removed the bridge"
+    );
+    assert!(
+        nft_table_exists(&one.bridge),
+        "destroy in one home removed the NAT table"
+    );
+    assert!(record_dir.exists(), "the lease record went with users left");
+    let inside = ok(&two, p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
+    assert!(inside.contains(&format!("{}/", addr(&st2))), "{inside}");
+    reaches(&two, gateway, "after the other home's destroy");
+
+    // The last user of any home: everything goes.
+    ok(&two, p.path(), &["destroy"]);
+    assert!(!link_exists(&port2));
+    assert!(
+        !link_exists(&one.bridge),
+        "the bridge outlived its last environment"
+    );
+    assert!(
+        !nft_table_exists(&one.bridge),
+        "the NAT table outlived its last environment"
+    );
+    assert!(
+        !record_dir.exists(),
+        "the lease record outlived its last environment"
+    );
+    drop(server);
+    before.assert_nothing_leaked(&take(&tags(&[&port1, &port2])));
+}
+
+/// `up` beside another project's running environment that holds the declared host port:
+/// the error names that environment and suggests `--publish-auto`, with which `up` publishes
+/// on a free port and says so.
+#[test]
+fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
+    require_root!();
+    let port = free_port();
+    let toml = format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[ports]]\nhost = {port}\nguest = 80\n"
+    );
+    let (holder, second) = (Project::new(&toml), Project::new(&toml));
+    let b = Berth::new();
+    let before = snapshot(&b, &[&holder, &second], &[]);
+    ok(&b, holder.path(), &["up"]);
+    let o = b.run_in(second.path(), &["up"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "up succeeded on a taken port: {out}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}"))
+            && err.contains(&format!("already in use by environment {}", holder.name))
+            && err.contains("--publish-auto"),
+        "the error names neither the environment nor the way out: {err}"
+    );
+    let o = b.run_in(second.path(), &["up", "--publish-auto"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        err.contains(&format!(
+            "port {port} is in use (by environment {}); published on 127.0.0.1:",
+            holder.name
+        )),
+        "{err}"
+    );
+    let st = status_json(&b, second.path());
+    let bound: SocketAddr = st["network"]["ports"][0]["bound"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(bound.port(), port);
+    let ids: Vec<String> = [&holder, &second]
+        .iter()
+        .map(|p| {
+            status_json(&b, p.path())["env_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ok(&b, holder.path(), &["destroy"]);
+    ok(&b, second.path(), &["destroy"]);
+    before.assert_nothing_leaked(&snapshot(&b, &[&holder, &second], &ids));
 }

@@ -156,7 +156,10 @@ command = "if test -e /root/created.log; then echo after-on-create; else echo be
         steps_run(&out).is_empty(),
         "rebuilt after a source edit:\n{out}"
     );
-    assert!(out.contains("setup[0]: pip install -e . (cached)"), "{out}");
+    assert!(
+        out.contains("build: 3 steps cached, nothing to run"),
+        "{out}"
+    );
     assert!(
         !out.contains("on_create 1/1"),
         "on_create ran twice:\n{out}"
@@ -316,7 +319,7 @@ target = "/work"
     assert_eq!(stdout.trim(), "is x a number: false");
     assert!(steps_run(&stderr).is_empty(), "{stderr}");
     assert!(
-        stderr.contains("setup[0]: npm ci --no-audit --no-fund (cached)"),
+        stderr.contains("build: 3 steps cached, nothing to run"),
         "{stderr}"
     );
     assert!(

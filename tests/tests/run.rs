@@ -355,10 +355,87 @@ fn ci_cache_carries_built_layers_to_a_fresh_machine() {
     let o = job2.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
     let (out, err) = text(&o);
     assert_eq!(out, "built\nmore\n", "{err}");
-    let steps: Vec<&str> = err.lines().filter(|l| l.starts_with("setup[")).collect();
-    assert!(!steps.is_empty(), "{err}");
     assert!(
-        steps.iter().all(|l| l.ends_with("(cached)")),
+        err.lines()
+            .any(|l| l == "build: 2 steps cached, nothing to run"),
         "a step ran again:\n{err}"
     );
+    assert!(!err.contains("setup["), "a step ran again:\n{err}");
+}
+
+/// `berth run` next to the project's running dev environment, which holds the declared host
+/// port: the run publishes on a free port and says which and why; a fully cached build is one
+/// line, not a line per step; `--quiet` leaves nothing but the command's own output.
+#[test]
+fn run_beside_the_dev_environment_publishes_elsewhere_and_quiet_prints_only_the_output() {
+    require_root!();
+    let p = Project::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = std::fs::read_to_string(p.path().join("berth.toml"))
+        .unwrap()
+        .replace(
+            "from = \"rootfs:./rootfs\"",
+            "from = \"rootfs:./rootfs\"\nsetup = [\"echo built > /etc/built\", \"echo more >> /etc/built\"]",
+        );
+    std::fs::write(
+        p.path().join("berth.toml"),
+        format!("{toml}[[ports]]\nhost = {port}\nguest = 80\n"),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = b.run_in(p.path(), &["up"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    let o = b.run_in(p.path(), &["run", "--", "cat", "/etc/built"]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "run failed beside the dev environment:\n{err}"
+    );
+    assert_eq!(out, "built\nmore\n");
+    let line = err
+        .lines()
+        .find(|l| l.contains(&format!("port {port} is in use")))
+        .unwrap_or_else(|| panic!("no word on the taken port:\n{err}"));
+    assert!(
+        line.contains(&format!("(by environment {})", p.name))
+            && line.contains("; published on 127.0.0.1:")
+            && line.ends_with(" instead"),
+        "{line}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l == "build: 2 steps cached, nothing to run"),
+        "no one-line summary of the cached build:\n{err}"
+    );
+    assert!(!err.contains("(cached)"), "cached steps reprinted:\n{err}");
+
+    let o = b.run_in(
+        p.path(),
+        &[
+            "--quiet",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(out, "hello\n");
+    assert_eq!(
+        err, "oops\n",
+        "--quiet printed more than the command's output"
+    );
+
+    let o = b.run_in(p.path(), &["destroy"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
 }

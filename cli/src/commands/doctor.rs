@@ -1,6 +1,8 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
-use berth_runtime::doctor::{agent_check, diagnose, virtiofsd_check, CheckStatus, HostRoot};
+use berth_runtime::doctor::{
+    agent_check, diagnose, store_check, virtiofsd_check, CheckStatus, HostRoot,
+};
 
 use crate::exit::CliError;
 
@@ -8,6 +10,12 @@ pub fn run(json: bool) -> Result<i32, CliError> {
     let mut report = diagnose(&HostRoot::real());
     report.checks.push(agent_check());
     report.checks.push(virtiofsd_check());
+    // Inspected where it is, not created: the doctor reports, the next command tightens.
+    if let Ok(home) = berth_runtime::state::BerthHome::locate() {
+        report
+            .checks
+            .push(store_check(&home, nix::unistd::geteuid().as_raw()));
+    }
     if json {
         println!(
             "{}",

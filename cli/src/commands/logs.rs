@@ -5,11 +5,11 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use berth_runtime::container::control::ExecRequest;
-use berth_runtime::container::logs::{service_log_files, services_with_logs, LogFollower};
+use berth_runtime::container::logs::{open_service_logs, services_with_logs, LogFollower};
 use berth_runtime::vm::guest_logs;
 use envfile_spec::plan::BackendKind;
 
@@ -63,7 +63,9 @@ pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let prefix = services.len() > 1;
     let mut out = std::io::stdout().lock();
     for s in &services {
-        for l in last_lines(&service_log_files(&dir, s), args.tail) {
+        let files = open_service_logs(&dir, s)
+            .map_err(|e| CliError::new(EXIT_ERROR, format!("cannot read the logs of {s}: {e}")))?;
+        for l in last_lines(files, args.tail) {
             write_line(&mut out, prefix.then_some(s.as_str()), &l);
         }
     }
@@ -83,10 +85,9 @@ fn write_line(out: &mut impl Write, service: Option<&str>, line: &str) {
 }
 
 /// The last `n` lines of the concatenation of `files` (all when `n` is `None`).
-fn last_lines(files: &[PathBuf], n: Option<usize>) -> Vec<String> {
+fn last_lines(files: Vec<File>, n: Option<usize>) -> Vec<String> {
     let mut keep: VecDeque<String> = VecDeque::new();
-    for f in files {
-        let Ok(file) = File::open(f) else { continue };
+    for file in files {
         for line in BufReader::new(file).split(b'\n').map_while(Result::ok) {
             keep.push_back(String::from_utf8_lossy(&line).into_owned());
             if n.is_some_and(|n| keep.len() > n) {

@@ -15,7 +15,9 @@ use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal
 use crate::args::{GlobalArgs, RunArgs};
 use crate::commands::exec::parse_env;
 use crate::envfile::load_plan;
-use crate::environment::{env_error, environments, human_duration, network_lines};
+use crate::environment::{
+    env_error, environments, human_duration, network_lines, replaced_port_lines,
+};
 use crate::exit::{CliError, EXIT_USAGE};
 use crate::progress::progress;
 
@@ -113,7 +115,9 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         progress: progress(g),
         env_id: Some(env_id.clone()),
         ephemeral: owner,
-        publish_auto: args.publish_auto,
+        // A run next to the project's own running environment (or another run) must not
+        // fail on the ports that one holds: publish elsewhere and say where.
+        publish_auto: true,
         ..UpOptions::default()
     };
     let up = match envs.up(&run_plan, &opts) {
@@ -123,18 +127,20 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
             return Err(env_error(e));
         }
     };
-    for n in &up.notices {
-        eprintln!("notice: {n}");
-    }
-    // On stderr: stdout belongs to CMD. Always shown when a port was replaced.
+    // On stderr: stdout belongs to CMD. `--quiet`: nothing but CMD's output and errors.
     let ports = up
         .network
         .as_ref()
         .map(|n| n.ports.clone())
         .unwrap_or_default();
-    let replaced = ports.iter().any(|p| p.bound != p.spec.host);
-    if !g.quiet || replaced {
+    if !g.quiet {
+        for n in &up.notices {
+            eprintln!("notice: {n}");
+        }
         for line in up.network.iter().flat_map(network_lines) {
+            eprintln!("{}: {line}", run_plan.name);
+        }
+        for line in up.network.iter().flat_map(replaced_port_lines) {
             eprintln!("{}: {line}", run_plan.name);
         }
     }
@@ -152,11 +158,14 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
     let keep = !timed_out && (args.keep || (args.keep_on_failure && code != 0));
     if keep {
         envs.keep(&env_id).map_err(env_error)?;
+    }
+    if keep && !g.quiet {
         eprintln!(
             "kept {}: look inside with `berth --environment {} shell`, remove it with `berth --environment {} destroy`",
             run_plan.name, run_plan.name, run_plan.name
         );
-    } else {
+    }
+    if !keep {
         envs.destroy(&env_id, false, Duration::from_secs(5))
             .map_err(env_error)?;
     }

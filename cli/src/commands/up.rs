@@ -3,7 +3,7 @@
 use berth_runtime::environment::{UpAction, UpOptions, UpReport};
 
 use crate::args::{GlobalArgs, UpArgs};
-use crate::environment::{env_error, human_duration, network_lines, Current};
+use crate::environment::{env_error, human_duration, network_lines, replaced_port_lines, Current};
 use crate::exit::CliError;
 use crate::progress::progress;
 
@@ -13,12 +13,18 @@ pub fn run(g: &GlobalArgs, args: &UpArgs) -> Result<i32, CliError> {
         rebuild: args.rebuild,
         update: args.update,
         privileged: args.privileged,
+        publish_auto: args.publish_auto,
         progress: progress(g),
         ..UpOptions::default()
     };
     let report = cur.envs.up(&cur.plan, &opts).map_err(env_error)?;
     if !g.quiet {
         print_report(&report);
+    } else {
+        // Even quiet: a port published elsewhere than declared is something to know.
+        for line in report.network.iter().flat_map(replaced_port_lines) {
+            eprintln!("{}: {line}", report.name);
+        }
     }
     Ok(0)
 }
@@ -43,5 +49,8 @@ fn print_report(r: &UpReport) {
     }
     for line in r.network.iter().flat_map(network_lines) {
         println!("{}: {line}", r.name);
+    }
+    for line in r.network.iter().flat_map(replaced_port_lines) {
+        eprintln!("{}: {line}", r.name);
     }
 }

@@ -14,11 +14,12 @@ use nix::unistd::{Gid, Pid, Uid};
 use crate::backend::Backend;
 pub use crate::backend::{EnvStatus, Started, StatusReport};
 
-use super::cgroups::{kill_and_remove, CgroupLayout};
+use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
 use super::control::{self, ExecRequest, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::fault::checkpoint;
-use super::idmap::{self, IdMapping, Invoker};
+use super::idmap::{IdMapping, Invoker};
+use super::idmap_record::stable_mapping;
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
 use super::network;
@@ -78,11 +79,12 @@ impl ContainerBackend {
                 )));
             }
         }
+        let recorded = state.mapping.clone();
         if state.phase != Phase::Stopped || state.cgroups.is_some() || state.supervisor.is_some() {
             self.cleanup(dir, &mut state)?;
         }
         let who = Invoker::current();
-        let mapping = idmap::choose(spec.user_mapping, spec.privileged, &who)?;
+        let (mapping, mapping_notice) = stable_mapping(spec, &who, recorded.as_ref())?;
         if let (Some(m), true) = (&mapping, who.uid == 0) {
             check_reachable_by_mapped_root(spec, m)?;
         }
@@ -107,6 +109,7 @@ impl ContainerBackend {
                     pid,
                     control_socket: spec.control_socket(),
                     elapsed: t0.elapsed(),
+                    notices: mapping_notice.into_iter().collect(),
                 })
             }
             Err(e) => {
@@ -135,17 +138,20 @@ impl ContainerBackend {
             let cg = l.driver();
             cg.create()?;
             cg.apply(&spec.resources)?;
+            // Rootless, the kernel refuses device programs, and nothing needs them: the
+            // layers are mounted inside the user namespace (nodev) and nobody can mknod.
+            if is_root && !spec.privileged {
+                cg.restrict_devices(&super::devices::rules(&spec.devices))?;
+            }
         }
         checkpoint("cgroups-created");
         crate::state::write_json_volatile(&spec.spec_file(), spec)?;
         let (report_r, report_w) = pipe()?;
         let (go_r, go_w) = pipe()?;
-        let log_path = spec.logs_dir().join("supervisor.log");
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .context(|| format!("cannot open {}", log_path.display()))?;
+        let logs_dir = spec.logs_dir();
+        let log = super::logs::open_logs_dir(&spec.state_dir)
+            .and_then(|d| super::logs::open_for_append(&d, &logs_dir, "supervisor.log"))
+            .context(|| format!("cannot open {}/supervisor.log", logs_dir.display()))?;
         let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
             .context(|| "cannot prepare berth's supervisor".to_string())?;
         cmd.stdin(Stdio::null())
@@ -387,11 +393,12 @@ fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLa
     let wants_limits = spec.resources.memory.is_some()
         || spec.resources.cpus.is_some()
         || spec.resources.pids.is_some();
+    let name = env_cgroup_name(&spec.env_id, &spec.state_dir);
     if is_root {
-        return Ok(Some(CgroupLayout::discover(&spec.env_id)?));
+        return Ok(Some(CgroupLayout::discover(&name)?));
     }
     // Rootless: only a delegated cgroup v2 subtree is writable.
-    match CgroupLayout::discover(&spec.env_id) {
+    match CgroupLayout::discover(&name) {
         Ok(l @ CgroupLayout::V2 { .. }) if l.driver().create().is_ok() => {
             let _ = l.driver().remove();
             Ok(Some(l))
@@ -406,6 +413,7 @@ fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLa
 /// Creates upper/work dirs, volume dirs and the logs dir; new ones are owned by the
 /// environment's root (`owner`, host ids).
 fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
+    open_state_dir_to(&spec.state_dir, owner.map(|(_, g)| g))?;
     let chown = |p: &Path| -> Result<()> {
         if let Some((u, g)) = owner {
             nix::unistd::chown(p, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
@@ -430,8 +438,30 @@ fn prepare_dirs(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<()> {
             }
         }
     }
-    let logs = spec.logs_dir();
-    fs::create_dir_all(&logs).context(|| format!("cannot create {}", logs.display()))
+    super::logs::open_logs_dir(&spec.state_dir)
+        .map(drop)
+        .context(|| format!("cannot create {}", spec.logs_dir().display()))
+}
+
+/// The environment's folder is its owner's alone (0700), except that with an id mapping the
+/// environment's root (host gid `gid`) must pass through it to reach `rootfs/` from inside
+/// its user namespace: then it is group `gid` with mode 0710 (search only; no other host
+/// user is in that group, which lies in berth's subordinate range). Every file in it is 0600.
+fn open_state_dir_to(dir: &Path, gid: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let f = crate::state::open_dir_nofollow(dir)
+        .map_err(|e| crate::state::refuse_link(dir, e))
+        .context(|| format!("cannot open {}", dir.display()))?;
+    let mode = match gid {
+        Some(g) => {
+            nix::unistd::fchown(f.as_raw_fd(), None, Some(Gid::from_raw(g)))
+                .context(|| format!("cannot chgrp {}", dir.display()))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .context(|| format!("cannot chmod {}", dir.display()))
 }
 
 fn read_launch_events(
@@ -571,23 +601,27 @@ fn remove_tree_as_mapped_root(path: &Path, mapping: &IdMapping) -> Result<()> {
     }
 }
 
-/// The environment's root is an unprivileged host uid (e.g. 100000): it must be able to walk
-/// to its state folder and layers. A folder on the way without search permission for others
-/// (e.g. BERTH_HOME under a mode-0700 temp dir) would fail later with a bare EACCES from
-/// mount(2); say which folder and what to do instead.
+/// The environment's root is an unprivileged host uid (e.g. 100000): from inside its user
+/// namespace it must be able to walk to its state folder (`rootfs/` is bound there). The
+/// layers are opened by the launcher as the host's root (id-mapped binds), so `layers/` stays
+/// private. A folder on the way without search permission for others (e.g. BERTH_HOME under
+/// a mode-0700 temp dir) would fail later with a bare EACCES from mount(2); say which folder
+/// and what to do instead.
 fn check_reachable_by_mapped_root(spec: &ContainerSpec, mapping: &IdMapping) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let Some(root_uid) = mapping.host_uid(0) else {
         return Ok(());
     };
-    let mut paths = vec![spec.state_dir.clone()];
-    paths.extend(spec.lower_layers.iter().cloned());
+    let root_gid = mapping.host_gid(0);
+    let paths = [spec.state_dir.clone()];
     for p in &paths {
         for dir in p.ancestors().skip(1) {
             let Ok(meta) = fs::metadata(dir) else {
                 continue;
             };
-            let searchable = meta.mode() & 0o001 != 0 || meta.uid() == root_uid;
+            let searchable = meta.mode() & 0o001 != 0
+                || meta.uid() == root_uid
+                || (Some(meta.gid()) == root_gid && meta.mode() & 0o010 != 0);
             if !searchable {
                 return Err(ContainerError::Invalid(format!(
                     "{} is not searchable by the environment's root (host uid {root_uid}), so it cannot reach {}; run `chmod o+x {}` or keep BERTH_HOME under a folder others may traverse",

@@ -56,6 +56,13 @@ impl IdMapping {
     pub fn host_gid(&self, inside: u32) -> Option<u32> {
         map_one(&self.gids, inside)
     }
+    /// The id inside that host uid `host` appears as, if the mapping covers it.
+    pub fn inside_uid(&self, host: u32) -> Option<u32> {
+        map_back(&self.uids, host)
+    }
+    pub fn inside_gid(&self, host: u32) -> Option<u32> {
+        map_back(&self.gids, host)
+    }
     /// Whether a gid inside has a host counterpart (e.g. gid 5 `tty` for devpts).
     pub fn has_gid(&self, inside: u32) -> bool {
         self.host_gid(inside).is_some()
@@ -108,6 +115,13 @@ fn map_one(ranges: &[IdRange], inside: u32) -> Option<u32> {
         .iter()
         .find(|r| inside >= r.inside && inside - r.inside < r.count)
         .map(|r| r.outside + (inside - r.inside))
+}
+
+fn map_back(ranges: &[IdRange], host: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| host >= r.outside && host - r.outside < r.count)
+        .map(|r| r.inside + (host - r.outside))
 }
 
 fn map_text(ranges: &[IdRange]) -> String {
@@ -284,14 +298,6 @@ pub fn choose(
         deny_setgroups: false,
     };
     Ok(Some(match choice {
-        UserMappingChoice::Host => {
-            if who.uid != 0 {
-                return Err(ContainerError::Invalid(
-                    "running without a user namespace needs host root".into(),
-                ));
-            }
-            return Ok(None);
-        }
         UserMappingChoice::SingleId => single(who.uid, who.gid),
         UserMappingChoice::Range { host_start, count } => {
             if who.uid != 0 {
@@ -366,6 +372,7 @@ const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x0000_0010;
 
@@ -381,20 +388,28 @@ pub(crate) struct MountAttr {
 /// Attaches an id-mapped clone of `source` at `target` (an existing, empty directory or file in
 /// the current mount namespace): files owned by host ids appear as the ids that map to them in
 /// the user namespace `userns`. `target` is a path the kernel resolves, e.g. `/proc/self/fd/N`.
-pub fn idmapped_bind(source: &Path, target: &Path, userns: &OwnedFd, readonly: bool) -> Result<()> {
-    attach_clone(source, target, Some(userns), readonly)
+pub fn idmapped_bind(
+    source: &Path,
+    target: &Path,
+    userns: &OwnedFd,
+    readonly: bool,
+    nodev: bool,
+) -> Result<()> {
+    attach_clone(source, target, Some(userns), readonly, nodev)
 }
 
 /// Attaches a clone of the mount at `source` on `target` (resolved by the kernel, following
 /// magic links such as `/proc/self/fd/N`), optionally id-mapped into `userns` and/or
 /// read-only. Without id-mapping the clone is recursive, like `mount --rbind`, and read-only
-/// applies to every mount in it. Setting the attributes on the detached clone avoids a
-/// remount, which could not reach a mount attached on an fd path.
+/// applies to every mount in it, as does `nodev` (device nodes on it cannot be opened).
+/// Setting the attributes on the detached clone avoids a remount, which could not reach a
+/// mount attached on an fd path.
 pub fn attach_clone(
     source: &Path,
     target: &Path,
     userns: Option<&OwnedFd>,
     readonly: bool,
+    nodev: bool,
 ) -> Result<()> {
     let src = cstr(source)?;
     let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
@@ -420,7 +435,8 @@ pub fn attach_clone(
             MOUNT_ATTR_IDMAP
         } else {
             0
-        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 },
+        } | if readonly { MOUNT_ATTR_RDONLY } else { 0 }
+            | if nodev { MOUNT_ATTR_NODEV } else { 0 },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),

@@ -328,11 +328,16 @@ fn bind_control_socket(spec: &ContainerSpec) -> Result<UnixListener> {
 
 fn open_logs_dir(spec: &ContainerSpec, owner: Option<(u32, u32)>) -> Result<OwnedFd> {
     let dir = spec.logs_dir();
-    fs::create_dir_all(&dir).context(|| format!("cannot create {}", dir.display()))?;
+    let f = super::logs::open_logs_dir(&spec.state_dir)
+        .context(|| format!("cannot open {}", dir.display()))?;
     if let Some((u, g)) = owner {
-        nix::unistd::chown(&dir, Some(Uid::from_raw(u)), Some(Gid::from_raw(g)))
-            .context(|| format!("cannot chown {}", dir.display()))?;
+        // On the descriptor: a chown by path would follow a link planted in its place.
+        nix::unistd::fchown(
+            f.as_raw_fd(),
+            Some(Uid::from_raw(u)),
+            Some(Gid::from_raw(g)),
+        )
+        .context(|| format!("cannot chown {}", dir.display()))?;
     }
-    let f = fs::File::open(&dir).context(|| format!("cannot open {}", dir.display()))?;
     Ok(OwnedFd::from(f))
 }

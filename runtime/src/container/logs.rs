@@ -43,7 +43,7 @@ impl LogFile {
                         | libc::O_CREAT
                         | libc::O_CLOEXEC
                         | libc::O_NOFOLLOW,
-                    0o640,
+                    0o600,
                 )
             };
             if fd < 0 {
@@ -98,16 +98,62 @@ impl LogFile {
     }
 }
 
-/// Log files of a service, oldest first (the rotated one, then the current one).
-pub fn service_log_files(state_dir: &Path, service: &str) -> Vec<PathBuf> {
-    let dir = state_dir.join("logs");
-    [
-        dir.join(format!("{service}.log.1")),
-        dir.join(format!("{service}.log")),
-    ]
-    .into_iter()
-    .filter(|p| p.exists())
-    .collect()
+/// Creates `<state_dir>/logs` when missing (mode 0700) and opens it, refusing a symlink in its
+/// place: the anchor every log file is opened from.
+pub fn open_logs_dir(state_dir: &Path) -> io::Result<File> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = state_dir.join("logs");
+    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    crate::state::open_dir_nofollow(&path).map_err(|e| crate::state::refuse_link(&path, e))
+}
+
+/// Opens `name` in the open log folder `logs` (at `logs_path`, for messages) for appending,
+/// created with mode 0600, refusing a symlink in its place (berth, as root, would otherwise
+/// append to whatever file a planted link names).
+pub fn open_for_append(logs: &File, logs_path: &Path, name: &str) -> io::Result<File> {
+    use std::os::fd::AsFd;
+    crate::state::open_beneath(
+        logs.as_fd(),
+        name,
+        libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_NOCTTY,
+        0o600,
+    )
+    .map_err(|e| crate::state::refuse_link(&logs_path.join(name), e))
+}
+
+/// Opens `<state_dir>/logs/<name>` for reading without following a symlink on the way (the
+/// log folder is writable by the environment's root user, so whatever is in it may have been
+/// planted: berth runs as root and must not read a host file through it). `Ok(None)` when the
+/// file does not exist.
+pub fn open_log_file(state_dir: &Path, name: &str) -> io::Result<Option<File>> {
+    let dir_path = state_dir.join("logs");
+    let dir = match crate::state::open_dir_nofollow(&dir_path) {
+        Ok(d) => d,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::state::refuse_link(&dir_path, e)),
+    };
+    use std::os::fd::AsFd;
+    match crate::state::open_beneath(dir.as_fd(), name, libc::O_RDONLY | libc::O_NOCTTY, 0) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::state::refuse_link(&dir_path.join(name), e)),
+    }
+}
+
+/// The open log files of a service, oldest first (the rotated one, then the current one);
+/// a planted symlink in their place is an error naming it.
+pub fn open_service_logs(state_dir: &Path, service: &str) -> io::Result<Vec<File>> {
+    let mut files = Vec::new();
+    for name in [format!("{service}.log.1"), format!("{service}.log")] {
+        if let Some(f) = open_log_file(state_dir, &name)? {
+            files.push(f);
+        }
+    }
+    Ok(files)
 }
 
 /// Names of services that have logs.
@@ -130,17 +176,18 @@ pub fn services_with_logs(state_dir: &Path) -> Vec<String> {
 
 /// The whole kept output of a service.
 pub fn read_service_log(state_dir: &Path, service: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read;
     let mut out = Vec::new();
-    for p in service_log_files(state_dir, service) {
-        out.extend(std::fs::read(p)?);
+    for mut f in open_service_logs(state_dir, service)? {
+        f.read_to_end(&mut out)?;
     }
     Ok(out)
 }
 
 /// Follows a service's log like `tail -f`, across rotations: each [`poll`](Self::poll)
-/// returns what was appended since the last one.
+/// returns what was appended since the last one. Files are opened as by [`open_log_file`].
 pub struct LogFollower {
-    dir: PathBuf,
+    state_dir: PathBuf,
     name: String,
     /// Inode and offset of the file read so far.
     pos: Option<(u64, u64)>,
@@ -150,14 +197,16 @@ impl LogFollower {
     /// Starts at the current end (`from_start = false`) or with the whole kept log.
     pub fn new(state_dir: &Path, service: &str, from_start: bool) -> LogFollower {
         let mut f = LogFollower {
-            dir: state_dir.join("logs"),
+            state_dir: state_dir.to_path_buf(),
             name: format!("{service}.log"),
             pos: None,
         };
         if !from_start {
-            if let Ok(m) = std::fs::metadata(f.dir.join(&f.name)) {
-                use std::os::unix::fs::MetadataExt;
-                f.pos = Some((m.ino(), m.len()));
+            if let Ok(Some(file)) = open_log_file(state_dir, &f.name) {
+                if let Ok(m) = file.metadata() {
+                    use std::os::unix::fs::MetadataExt;
+                    f.pos = Some((m.ino(), m.len()));
+                }
             }
         }
         f
@@ -167,39 +216,38 @@ impl LogFollower {
     pub fn poll(&mut self) -> io::Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
         use std::os::unix::fs::MetadataExt;
-        let current = self.dir.join(&self.name);
-        let rotated = self.dir.join(format!("{}.1", self.name));
+        let rotated_name = format!("{}.1", self.name);
         let mut out = Vec::new();
-        let read_from = |p: &Path, off: u64, out: &mut Vec<u8>| -> io::Result<u64> {
-            let mut f = File::open(p)?;
+        let read_from = |mut f: File, off: u64, out: &mut Vec<u8>| -> io::Result<u64> {
             f.seek(SeekFrom::Start(off))?;
             let n = f.read_to_end(out)?;
             Ok(off + n as u64)
         };
-        let cur_meta = match std::fs::metadata(&current) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
+        let Some(current) = open_log_file(&self.state_dir, &self.name)? else {
+            return Ok(out);
         };
+        let cur_ino = current.metadata()?.ino();
         match self.pos {
-            Some((ino, off)) if ino == cur_meta.ino() => {
-                let end = read_from(&current, off, &mut out)?;
+            Some((ino, off)) if ino == cur_ino => {
+                let end = read_from(current, off, &mut out)?;
                 self.pos = Some((ino, end));
             }
             Some((ino, off)) => {
                 // Rotated since the last poll: finish the old file, then read the new one.
-                if std::fs::metadata(&rotated).is_ok_and(|m| m.ino() == ino) {
-                    read_from(&rotated, off, &mut out)?;
+                if let Some(old) = open_log_file(&self.state_dir, &rotated_name)? {
+                    if old.metadata()?.ino() == ino {
+                        read_from(old, off, &mut out)?;
+                    }
                 }
-                let end = read_from(&current, 0, &mut out)?;
-                self.pos = Some((cur_meta.ino(), end));
+                let end = read_from(current, 0, &mut out)?;
+                self.pos = Some((cur_ino, end));
             }
             None => {
-                if std::fs::metadata(&rotated).is_ok() {
-                    read_from(&rotated, 0, &mut out)?;
+                if let Some(old) = open_log_file(&self.state_dir, &rotated_name)? {
+                    read_from(old, 0, &mut out)?;
                 }
-                let end = read_from(&current, 0, &mut out)?;
-                self.pos = Some((cur_meta.ino(), end));
+                let end = read_from(current, 0, &mut out)?;
+                self.pos = Some((cur_ino, end));
             }
         }
         Ok(out)
@@ -258,5 +306,27 @@ mod tests {
         std::fs::write(d.path().join("logs/supervisor.log"), "x").unwrap();
         assert_eq!(read_service_log(d.path(), "s").unwrap(), b"old\nnew\n");
         assert_eq!(services_with_logs(d.path()), vec!["s".to_string()]);
+    }
+
+    #[test]
+    fn planted_links_are_refused_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "host secret\n").unwrap();
+        let state = d.path().join("env");
+        std::fs::create_dir_all(state.join("logs")).unwrap();
+        std::fs::write(state.join("logs/s.log"), "mine\n").unwrap();
+        std::os::unix::fs::symlink(&outside, state.join("logs/s.log.1")).unwrap();
+        let e = read_service_log(&state, "s").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert!(e.to_string().contains("s.log.1"), "{e}");
+        assert!(LogFollower::new(&state, "s", true).poll().is_err());
+        // The log folder itself replaced by a link.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("s.log"), "host secret\n").unwrap();
+        std::fs::remove_dir_all(state.join("logs")).unwrap();
+        std::os::unix::fs::symlink(other.path(), state.join("logs")).unwrap();
+        let e = read_service_log(&state, "s").unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
     }
 }

@@ -29,10 +29,18 @@
 //! subordinate range via newuidmap/newgidmap, else a single-id map. `privileged` runs
 //! without a user namespace, capability cut or seccomp filter.
 //!
+//! **Devices** ([`devices`]): only Docker's default devices and the project's `devices` open
+//! (devices cgroup: v1 `devices.allow`, v2 an eBPF program built in [`cgroups::device_bpf`]);
+//! the overlay, its lowers, volumes and bind mounts are `nodev`; `/dev` is a tmpfs holding
+//! the default nodes and the allowed host devices. The state folder is `0710` with the
+//! environment's root's group, so no other user reaches its writable layer.
+//!
 //! **Security of processes inside** ([`security`]): OCI default capabilities (bounding set
-//! included), `no_new_privs`, a seccomp filter (modules, kexec, bpf, keyrings, perf,
-//! handle-based opens, clock/swap/reboot, mount API, new user namespaces unless rootless),
-//! all fds from 3 up closed before exec. The supervisor is not dumpable (no ptrace, no
+//! included), `no_new_privs`, the seccomp allowlist of Docker's default profile
+//! ([`seccomp`]: unlisted calls EPERM, unknown newer ones ENOSYS, argument filters on
+//! `socket`, `personality` and `clone`, other ABIs killed), installed by the supervisor on
+//! itself so PID 1, services and exec sessions all run under it; all fds from 3 up closed
+//! before exec. The supervisor is not dumpable (no ptrace, no
 //! `/proc/1/exe` from inside); without a user namespace it also runs from a sealed memfd
 //! ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
 //! symlinks cannot redirect mounts onto the host.
@@ -51,14 +59,19 @@
 pub mod backend;
 pub mod cgroups;
 pub mod control;
+pub mod devices;
 pub mod error;
 pub mod fault;
 pub mod idmap;
+pub mod idmap_record;
 pub mod launch;
+pub mod layer_ids;
 pub mod logs;
 pub mod namespaces;
 pub mod network;
 pub mod rootfs;
+pub mod seccomp;
+mod seccomp_syscalls;
 pub mod security;
 pub mod selfexe;
 pub mod spec;

@@ -89,7 +89,7 @@ impl<'a> OverlayRootfs<'a> {
                 Some(ns) => {
                     let at = spec.state_dir.join("lower").join(i.to_string());
                     mkdir_p(&at)?;
-                    idmapped_bind(layer, &at, ns, true)?;
+                    idmapped_bind(layer, &at, ns, true, true)?;
                     lowers.push(at);
                 }
                 None => lowers.push(layer.clone()),
@@ -111,7 +111,9 @@ impl<'a> OverlayRootfs<'a> {
             // Mounted from inside a user namespace: trusted.* xattrs are not available.
             opts.push_str(",userxattr");
         }
-        mount(Some("overlay"), &target, Some("overlay"), MsFlags::empty(), Some(opts.as_str())).context(|| {
+        // nodev: a device node of an image (or one copied up) must never open through the
+        // environment's root; the devices it may use are bound into its own /dev.
+        mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str())).context(|| {
             format!(
                 "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
                 target.display()
@@ -138,8 +140,10 @@ impl<'a> OverlayRootfs<'a> {
                         .is_dir();
                     let t = ensure_in_root(root.as_fd(), target, is_dir, owner)?;
                     match (idmap_userns, idmap) {
-                        (Some(ns), true) => idmapped_bind(source, &fd_path(&t), ns, *readonly)?,
-                        _ => bind(source, &fd_path(&t), *readonly)?,
+                        (Some(ns), true) => {
+                            idmapped_bind(source, &fd_path(&t), ns, *readonly, true)?
+                        }
+                        _ => bind(source, &fd_path(&t), *readonly, true)?,
                     }
                 }
                 MountSpec::Volume {
@@ -148,12 +152,90 @@ impl<'a> OverlayRootfs<'a> {
                     readonly,
                 } => {
                     let t = ensure_in_root(root.as_fd(), target, true, owner)?;
-                    bind(source, &fd_path(&t), *readonly)?;
+                    bind(source, &fd_path(&t), *readonly, true)?;
                 }
                 MountSpec::Tmpfs { .. } => {}
             }
         }
         self.write_etc_files(root.as_fd(), owner)?;
+        self.stage_devices(owner)?;
+        Ok(())
+    }
+
+    /// Where stage 1 attaches host device `i` for stage 2 to bind into the environment's /dev.
+    fn staged_device(&self, i: usize) -> PathBuf {
+        self.spec.state_dir.join("devices").join(i.to_string())
+    }
+
+    /// Prepares each allowed host device at [`staged_device`](Self::staged_device), still in
+    /// the host's user namespace, for stage 2 to bind into the environment's /dev. As root
+    /// with a user namespace the host's node (e.g. `/dev/kvm`, 0600 root) would be out of the
+    /// environment's root's reach, and devtmpfs has no id-mapped mounts: berth makes a node
+    /// of the same type and number, mode and the environment's root as owner, on a tmpfs of
+    /// its own (not nodev). Otherwise the host's node is bound. The mounts live in the
+    /// launcher's private mount namespace only, so nothing is left behind.
+    fn stage_devices(&self, owner: Owner) -> Result<()> {
+        if self.spec.devices.is_empty() {
+            return Ok(());
+        }
+        let dir = self.spec.state_dir.join("devices");
+        mkdir_p(&dir)?;
+        if owner.is_some() {
+            mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("mode=755,size=64k"),
+            )
+            .context(|| format!("cannot mount a tmpfs for device nodes at {}", dir.display()))?;
+        }
+        for (i, d) in self.spec.devices.iter().enumerate() {
+            let at = self.staged_device(i);
+            let give = |e: ContainerError| {
+                ContainerError::Setup(format!(
+                    "cannot give {} (from `devices` in berth.toml) to the environment: {e}",
+                    d.path.display()
+                ))
+            };
+            match owner {
+                Some((uid, gid)) => {
+                    use std::os::unix::fs::MetadataExt;
+                    let meta = fs::metadata(&d.path)
+                        .map_err(|e| give(ContainerError::path_io("cannot inspect", &d.path, e)))?;
+                    let kind = match d.kind {
+                        super::devices::DeviceType::Char => nix::sys::stat::SFlag::S_IFCHR,
+                        super::devices::DeviceType::Block => nix::sys::stat::SFlag::S_IFBLK,
+                    };
+                    nix::sys::stat::mknod(
+                        &at,
+                        kind,
+                        Mode::from_bits_truncate(meta.mode() & 0o666),
+                        nix::sys::stat::makedev(d.major.into(), d.minor.into()),
+                    )
+                    .map_err(|e| {
+                        give(ContainerError::sys(
+                            format!("cannot mknod {}", at.display()),
+                            e,
+                        ))
+                    })?;
+                    nix::unistd::chown(&at, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                        .map_err(|e| {
+                            give(ContainerError::sys(
+                                format!("cannot chown {}", at.display()),
+                                e,
+                            ))
+                        })?;
+                }
+                None => {
+                    if !at.exists() {
+                        fs::File::create(&at)
+                            .map_err(|e| give(ContainerError::path_io("cannot create", &at, e)))?;
+                    }
+                    bind(&d.path, &at, false, false).map_err(give)?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -201,7 +283,7 @@ impl<'a> OverlayRootfs<'a> {
                 }
                 Err(e) => return Err(e),
             };
-            bind(&p, &fd_path(&t), false)?;
+            bind(&p, &fd_path(&t), false, true)?;
         }
         Ok(())
     }
@@ -247,7 +329,7 @@ impl<'a> OverlayRootfs<'a> {
         };
         if sysfs.is_err() {
             // Sharing the host's network namespace: sysfs may only be bind-mounted.
-            bind(Path::new("/sys"), &fd_path(&sys_t), true)?;
+            bind(Path::new("/sys"), &fd_path(&sys_t), true, true)?;
         }
 
         self.mount_dev(root.as_fd())?;
@@ -318,7 +400,7 @@ impl<'a> OverlayRootfs<'a> {
             if !made {
                 // In a user namespace device nodes cannot be created: bind the host's.
                 fs::File::create(&p).context(|| format!("cannot create /dev/{name}"))?;
-                bind(&Path::new("/dev").join(name), &p, false)?;
+                bind(&Path::new("/dev").join(name), &p, false, false)?;
             }
         }
         for (link, to) in [
@@ -330,6 +412,11 @@ impl<'a> OverlayRootfs<'a> {
         ] {
             std::os::unix::fs::symlink(to, dev.join(link))
                 .context(|| format!("cannot create /dev/{link}"))?;
+        }
+        for (i, d) in self.spec.devices.iter().enumerate() {
+            let inside = format!("/dev/{}", d.relative().display());
+            let t = ensure_in_root(root, &inside, false, None)?;
+            bind(&self.staged_device(i), &fd_path(&t), false, false)?;
         }
         let pts = dev.join("pts");
         mkdir_p(&pts)?;
@@ -383,9 +470,10 @@ pub fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn bind(source: &Path, target: &Path, readonly: bool) -> Result<()> {
-    if readonly {
-        return attach_clone(source, target, None, true);
+/// A recursive bind mount; `nodev` for anything but the environment's device nodes.
+fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<()> {
+    if readonly || nodev {
+        return attach_clone(source, target, None, readonly, nodev);
     }
     mount(
         Some(source),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
 use serde::{Deserialize, Serialize};
 
+use super::devices::HostDevice;
 use super::error::{ContainerError, Result};
 use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
@@ -57,6 +58,10 @@ pub struct ContainerSpec {
     /// Services wait for a `start_services` request (`on_create` runs first).
     #[serde(default)]
     pub hold_services: bool,
+    /// Host devices the environment may use (berth.toml's `devices`, resolved on the host):
+    /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
+    #[serde(default)]
+    pub devices: Vec<HostDevice>,
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -104,10 +109,6 @@ pub enum UserMappingChoice {
     SingleId,
     /// An explicit range: inside 0..count is host `host_start`..`host_start+count` (root only).
     Range { host_start: u32, count: u32 },
-    /// No user namespace: ids inside are the host's (root only). Unlike `privileged`,
-    /// capabilities and the seccomp filter still apply. Used for image build steps, whose
-    /// files must carry real ids.
-    Host,
 }
 
 /// Defaults that come from the image's config.
@@ -142,6 +143,7 @@ impl ContainerSpec {
             publish_auto: false,
             net_home: None,
             hold_services: false,
+            devices: Vec::new(),
         }
     }
 
@@ -197,6 +199,7 @@ impl ContainerSpec {
             );
         }
         spec.net_home = Some(home.root().to_path_buf());
+        spec.devices = super::devices::resolve(&plan.devices, Path::new("/dev"))?;
         spec.privileged = privileged;
         spec.services = plan.services.clone();
         spec.image = image;

@@ -11,8 +11,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::backend::ContainerBackend;
 use super::control::ExecRequest;
-use super::error::{Context, Result};
+use super::error::{ContainerError, Context, Result};
+use super::idmap::{self, Invoker};
+use super::layer_ids::unmap_tree;
 use super::spec::{ContainerSpec, UserMappingChoice};
+use super::state::ContainerState;
+use crate::state::BerthHome;
 
 /// Which output stream bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,18 +38,23 @@ pub struct StepRequest {
     /// `KEY=VALUE` entries.
     pub env: Vec<String>,
     pub workdir: Option<String>,
-    /// Package installs need the network: builds default to the host's.
-    pub network: NetworkMode,
     /// A scratch folder for the step's state (removed afterwards), e.g. under `tmp/`.
     pub scratch: PathBuf,
+    /// The berth home whose bridge, leases and NAT give the step its network, as for an
+    /// isolated environment; `None`: loopback only.
+    pub net_home: Option<PathBuf>,
 }
 
 /// Runs one step; returns the command's exit code.
 ///
-/// As root the step runs without a user namespace, so files it creates in `upper` carry the
-/// real ids the shared layer store needs (capabilities are still cut to the default set and
-/// the seccomp filter applies). Without root it runs in a user namespace mapping the user to
-/// root, so the files belong to the user, like the rest of a rootless store.
+/// The step runs in the sandbox of an environment: a user namespace (as root: root inside is
+/// the first id of root's subordinate range, the whole 65536 ids mapped, lower layers
+/// id-mapped in), a network namespace of its own on berth's bridge with outbound NAT (package
+/// installs need the network), a cgroup under berth's own, the default capabilities and the
+/// seccomp allowlist. As root, the ids the step wrote into `upper` are moved back from the
+/// mapped range afterwards ([`unmap_tree`]), so the layer holds the ids a root install
+/// would have left, like every other layer of the shared store. Without root the files
+/// belong to the user and the user's subordinate ids, like the rest of a rootless store.
 pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8])) -> Result<i32> {
     static N: AtomicU64 = AtomicU64::new(0);
     let id = format!(
@@ -53,16 +62,33 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    let state_dir = req.scratch.join(&id);
+    // The step's state folder is an environment folder of the home (`envs/step-…`, which
+    // also holds its network record): the step's root must walk to its `rootfs/` from inside
+    // its user namespace, which the private `tmp/` would not let it do.
+    let state_dir = match req.net_home.as_deref() {
+        Some(h) => BerthHome::at(h)
+            .map_err(|e| ContainerError::Setup(e.to_string()))?
+            .env_dir(&id),
+        None => req.scratch.join(&id),
+    };
     let mut spec = ContainerSpec::new(&id, "berth-build", &state_dir, req.lower_layers.clone());
     spec.upper_dir = req.upper.clone();
     spec.work_dir = req.work.clone();
-    spec.network = req.network;
-    spec.user_mapping = if nix::unistd::geteuid().is_root() {
-        UserMappingChoice::Host
-    } else {
-        UserMappingChoice::Auto
+    spec.user_mapping = UserMappingChoice::Auto;
+    spec.network = step_network();
+    spec.net_home = req.net_home.clone();
+    let who = Invoker::current();
+    // Root's mapping is known before the start: the upper's top folder must belong to the
+    // step's root, or it could not write to `/`.
+    let mapping = match who.uid {
+        0 => idmap::choose(spec.user_mapping, false, &who)?,
+        _ => None,
     };
+    if let Some(m) = &mapping {
+        let (u, g) = (m.host_uid(0), m.host_gid(0));
+        std::os::unix::fs::lchown(&req.upper, u, g)
+            .context(|| format!("cannot hand {} to the build step", req.upper.display()))?;
+    }
     let backend = ContainerBackend;
     let result = (|| {
         backend.start(&spec)?;
@@ -85,10 +111,34 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         pump(session, out_r, err_r, on_output)
     })();
     let stopped = backend.stop(&state_dir, Duration::from_secs(5));
+    // What the step's network left in the home: its record's folder.
+    if let Some(home) = req.net_home.as_deref().and_then(|h| BerthHome::at(h).ok()) {
+        let _ = std::fs::remove_dir(home.env_dir(&id));
+    }
+    // The mapping the step really ran with (recorded by the start).
+    let ran_with = ContainerState::load(&state_dir)
+        .ok()
+        .and_then(|s| s.mapping);
     let _ = crate::state::remove_tree(&state_dir);
     let code = result?;
     stopped?;
+    if mapping.is_some() {
+        if let Some(m) = ran_with.or(mapping) {
+            unmap_tree(&req.upper, &m)?;
+        }
+    }
     Ok(code)
+}
+
+/// Build steps get a network namespace of their own: on berth's bridge as root; rootless
+/// through pasta where it can run, else the invoking user's own network (a rootless step
+/// has nothing of the host's root to reach it with).
+fn step_network() -> NetworkMode {
+    if nix::unistd::geteuid().is_root() || crate::net::rootless_network_available().is_ok() {
+        NetworkMode::Isolated
+    } else {
+        NetworkMode::Host
+    }
 }
 
 fn pump(

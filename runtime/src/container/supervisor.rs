@@ -1,7 +1,7 @@
 //! The supervisor: PID 1 of an environment. It reaps every process, runs the `[services]`
 //! with their restart policies (output into size-bounded logs), and serves the control socket
 //! (exec, tty exec, signal, status, stop). One `poll` loop over the socket, a signalfd
-//! (SIGCHLD, SIGTERM, SIGINT, SIGHUP), the connections and the services' output pipes. The
+//! (SIGCHLD; SIGTERM, SIGINT, SIGHUP from the host only), the connections and the services' output pipes. The
 //! only other threads are the `[[ports]]` forwarder's, which take no lock a forked child
 //! needs (their descriptors are all close-on-exec, glibc's malloc is fork-safe), so forking a
 //! child from the loop stays safe.
@@ -33,7 +33,7 @@ use super::launch::{report, LaunchEvent};
 use super::logs::LogFile;
 use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
-use super::security::ProcessSecurity;
+use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
 use super::state::now_secs;
 use super::users;
@@ -128,6 +128,9 @@ fn setup_and_serve(
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     let security = ProcessSecurity::new(spec.privileged, rootless)?;
+    // Before any thread or process exists: the supervisor itself, and so everything it
+    // forks, runs under the allowlist from here on.
+    security.confine_supervisor()?;
     let mut sup = Supervisor::new(spec.clone(), security, listener, logs)?;
     // After Supervisor::new blocked the signals: the forwarder's threads inherit the mask,
     // so SIGCHLD and SIGTERM keep arriving at the signalfd of the main loop.
@@ -137,8 +140,8 @@ fn setup_and_serve(
     report(report_fd, &LaunchEvent::Ready);
     // Done reporting: let the starter see end-of-file (the fd number stays valid).
     if let Ok(null) = fs::File::open("/dev/null") {
-        // SAFETY: dup2 onto a descriptor this process owns.
-        unsafe { libc::dup2(null.as_raw_fd(), report_fd.as_raw_fd()) };
+        // SAFETY: dup3 onto a descriptor this process owns (close-on-exec, as dup2 would clear).
+        unsafe { libc::dup3(null.as_raw_fd(), report_fd.as_raw_fd(), libc::O_CLOEXEC) };
     }
     sup.run();
     Ok(())
@@ -365,10 +368,8 @@ impl Supervisor {
 
     fn handle_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGCHLD) => {}
-                Ok(_) => self.begin_stop(DEFAULT_GRACE),
-                Err(_) => {}
+            if stops_the_environment(info.ssi_signo, info.ssi_pid) {
+                self.begin_stop(DEFAULT_GRACE);
             }
         }
         self.reap();
@@ -773,20 +774,59 @@ impl Supervisor {
                     &c_env,
                     &c_cwd,
                 );
-                let (step, errno) = err;
-                let msg = format!(
-                    "berth: cannot run {}: {step}: {}\n",
-                    argv[0],
-                    io::Error::from_raw_os_error(errno)
-                );
+                let msg = exec_failure_message(&argv[0], &cwd, err);
                 // SAFETY: writing to our stderr and exiting without unwinding.
                 unsafe {
                     libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(if errno == libc::ENOENT { 127 } else { 126 })
+                    libc::_exit(if err.1 == libc::ENOENT { 127 } else { 126 })
                 }
             }
         }
     }
+}
+
+const STEP_CHDIR: &str = "change to the working directory";
+const STEP_CWD_OUTSIDE: &str = "working directory outside the environment";
+
+/// What the forked child prints when it cannot run `program` (the failing step and errno
+/// returned by [`child_exec`]); names the working directory when that was the problem.
+fn exec_failure_message(program: &str, cwd: &str, (step, errno): (&str, i32)) -> String {
+    match step {
+        STEP_CWD_OUTSIDE => format!(
+            "berth: cannot run {program}: the working directory {cwd} is outside the environment \
+             (it leads to a folder of the host); choose a folder inside the environment\n"
+        ),
+        STEP_CHDIR => format!(
+            "berth: cannot run {program}: cannot change to the working directory {cwd}: {}\n",
+            io::Error::from_raw_os_error(errno)
+        ),
+        _ => format!(
+            "berth: cannot run {program}: {step}: {}\n",
+            io::Error::from_raw_os_error(errno)
+        ),
+    }
+}
+
+/// Whether the current working directory is reachable from this process's root (runc's check
+/// since 1.1.12): the kernel's getcwd prefixes "(unreachable)" to a folder outside the root,
+/// e.g. one entered through a descriptor opened before pivot_root. A raw system call: the C
+/// library's wrapper hides the prefix behind ENOENT only in newer versions.
+pub fn cwd_is_inside_root() -> bool {
+    let mut buf = [0u8; libc::PATH_MAX as usize];
+    // SAFETY: getcwd writes at most buf.len() bytes into our buffer.
+    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
+    rc > 0 && buf[0] == b'/'
+}
+
+/// Whether a SIGTERM/SIGINT/SIGHUP read from the signalfd stops the environment: only when
+/// it comes from outside the environment's pid namespace (the host: `kill` of the supervisor,
+/// system shutdown), where the sender has no pid in this namespace and `ssi_pid` is 0. A
+/// process inside sending `kill -TERM 1` has its own pid there and is ignored, as an init
+/// ignores it; the other default-action signals from inside never arrive (the kernel drops
+/// them for a pid namespace's init that has no handler for them), SIGKILL/SIGSTOP included.
+fn stops_the_environment(signo: u32, sender_pid: u32) -> bool {
+    let stopping = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+    stopping.contains(&(signo as i32)) && sender_pid == 0
 }
 
 /// Runs in the forked child; returns only on failure (step name, errno).
@@ -851,6 +891,11 @@ fn child_exec(
             }
         }
     }
+    // Nothing but the three standard streams may be open from here on: a descriptor of a host
+    // folder the supervisor holds (its log folder, the control socket's) would otherwise be
+    // reachable as /proc/self/fd/N by the chdir below (CVE-2024-21626), and close-on-exec
+    // only takes effect at execve, after the chdir.
+    close_fds_from(3);
     if security.drop_bounding().is_err() {
         return ("drop capabilities", errno());
     }
@@ -871,7 +916,10 @@ fn child_exec(
     }
     // SAFETY: chdir with a NUL-terminated path.
     if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-        return ("change to the working directory", errno());
+        return (STEP_CHDIR, errno());
+    }
+    if !cwd_is_inside_root() {
+        return (STEP_CWD_OUTSIDE, libc::EXDEV);
     }
     if let Err(step) = security.apply_before_exec() {
         return (step, errno());
@@ -997,6 +1045,71 @@ mod tests {
         assert!(e.contains(&"TERM=xterm".to_string()));
         assert!(e.contains(&"HOSTNAME=host".to_string()));
         assert_eq!(e.iter().filter(|v| v.starts_with("A=")).count(), 1);
+    }
+
+    #[test]
+    fn only_the_hosts_stop_signals_stop_the_environment() {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            assert!(stops_the_environment(sig as u32, 0), "{sig} from the host");
+            assert!(
+                !stops_the_environment(sig as u32, 7),
+                "{sig} from pid 7 inside"
+            );
+        }
+        assert!(!stops_the_environment(libc::SIGCHLD as u32, 0));
+    }
+
+    #[test]
+    fn failures_name_the_working_directory() {
+        let m = exec_failure_message("sh", "/proc/self/fd/0", (STEP_CWD_OUTSIDE, libc::EXDEV));
+        assert!(
+            m.contains("/proc/self/fd/0 is outside the environment"),
+            "{m}"
+        );
+        let m = exec_failure_message("sh", "/nope", (STEP_CHDIR, libc::ENOENT));
+        assert!(m.contains("working directory /nope: No such file"), "{m}");
+        let m = exec_failure_message("sh", "/", ("exec", libc::ENOENT));
+        assert!(m.starts_with("berth: cannot run sh: exec: "), "{m}");
+    }
+
+    #[test]
+    fn a_cwd_outside_the_root_is_detected() {
+        // Needs chroot (root); the check itself runs in a forked child.
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for chroot; CI runs as root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("root")).unwrap();
+        let outside = fs::File::open(t.path()).unwrap();
+        let root = CString::new(t.path().join("root").to_str().unwrap()).unwrap();
+        // SAFETY: the child makes system calls only and leaves with _exit.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let mut code = 0;
+                // SAFETY: chroot/chdir/fchdir with valid arguments, in the child only.
+                unsafe {
+                    if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                        libc::_exit(10);
+                    }
+                    if !cwd_is_inside_root() {
+                        code |= 1;
+                    }
+                    // What /proc/self/fd/N of a folder opened before the chroot gives.
+                    if libc::fchdir(outside.as_raw_fd()) != 0 {
+                        libc::_exit(11);
+                    }
+                    if cwd_is_inside_root() {
+                        code |= 2;
+                    }
+                    libc::_exit(code);
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let st = waitpid(child, None).unwrap();
+                assert_eq!(st, WaitStatus::Exited(child, 0));
+            }
+        }
     }
 
     #[test]

@@ -4,15 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use envfile_spec::plan::NetworkMode;
-
 use crate::container::step::{run_step, StepRequest};
 use crate::image::build::{StepCommand, StepRunner, StepRunnerError};
 
-/// Runs each build step in a throw-away container with the host's network (package
-/// installs need it), its scratch state under `scratch`.
+/// Runs each build step in a throw-away container sandboxed like an environment (user,
+/// network, pid, mount namespaces; seccomp allowlist; default capabilities), its scratch
+/// state under `scratch`, its network on the bridge of the berth home `net_home`.
 pub struct ContainerStepRunner {
     pub scratch: PathBuf,
+    pub net_home: PathBuf,
 }
 
 impl StepRunner for ContainerStepRunner {
@@ -35,8 +35,8 @@ impl StepRunner for ContainerStepRunner {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect(),
             workdir: Some(command.workdir.to_string()),
-            network: NetworkMode::Host,
             scratch: self.scratch.clone(),
+            net_home: Some(self.net_home.clone()),
         };
         run_step(&req, &mut |_, bytes| output(bytes)).map_err(|e| Box::new(e) as StepRunnerError)
     }

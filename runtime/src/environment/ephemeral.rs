@@ -56,7 +56,7 @@ impl Environments {
         }
         if opts.copy_source {
             let copy = dir.join("source");
-            state::create_dir_all(&dir)?;
+            state::create_private_dir(&dir)?;
             copy_tree(&plan.project_dir, &copy).map_err(|source| StateError::Write {
                 path: copy.clone(),
                 source,

@@ -1,7 +1,8 @@
 //! Garbage collection of throw-away environments whose `berth run` process is gone (killed
 //! with SIGKILL, crashed, machine rebooted). Every berth command that touches environments
 //! runs it first, so nothing a killed run created outlives the next command. The same pass
-//! releases the network of a VM whose VMM was killed.
+//! releases the network of a VM whose VMM was killed, and the bridge leases of environments
+//! of any berth home that are gone.
 
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use serde::Deserialize;
 
 use super::lifecycle::Environments;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
+use crate::net::{Network, NetworkOptions};
 use crate::state::{read_json, FileLock, LockMode};
 
 /// An environment's network record and VM state (see `vm/backend.rs`).
@@ -64,6 +66,9 @@ impl Environments {
             }
         }
         self.release_dead_vm_networks();
+        // Leases on berth's bridge of environments of any home that are gone (a deleted
+        // home, a killed VMM whose home went with it): released machine-wide.
+        let _ = Network::new(self.home(), NetworkOptions::default()).collect_departed();
         removed
     }
 
@@ -154,5 +159,39 @@ mod tests {
             "still shown as dead until down/up"
         );
         assert!(envs.release_dead_vm_networks().is_empty(), "nothing left");
+    }
+
+    /// A CI job's home is deleted while its VM's tap is still on the shared bridge: the next
+    /// user of the bridge from another home releases the lease, the tap and, as the last,
+    /// the bridge, NAT table and record.
+    #[test]
+    fn the_lease_of_a_deleted_home_is_released_from_another_home() {
+        let gone = tempfile::tempdir().unwrap();
+        let gone_home = BerthHome::at(gone.path()).unwrap();
+        let Some(net) = test_network(&gone_home, "d") else {
+            return;
+        };
+        let id = "vmnet-gone";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let t = net.plumb_tap(id).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let other_home = BerthHome::at(other.path()).unwrap();
+        let from_other = Network::new(&other_home, net.options().clone());
+        assert_eq!(
+            from_other.collect_departed().unwrap(),
+            0,
+            "its holder exists"
+        );
+        assert_eq!(
+            master_of(&t.tap).as_deref(),
+            Some(net.options().bridge.name.as_str())
+        );
+
+        std::fs::remove_dir_all(gone_home.env_dir(id)).unwrap();
+        assert_eq!(from_other.collect_departed().unwrap(), 1);
+        assert_released(&net, id, &t.tap);
     }
 }

@@ -194,7 +194,7 @@ impl Environments {
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
     pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
-        state::create_dir_all(&dir)?;
+        state::create_private_dir(&dir)?;
         let path = dir.join("lock");
         let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
             Some(l) => l,
@@ -214,8 +214,40 @@ impl Environments {
         let t0 = Instant::now();
         let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
         let locked = self.lock(&env_id, &opts.progress)?;
-        let dir = &locked.dir;
-        let previous = EnvRecord::load(dir)?;
+        let previous = EnvRecord::load(&locked.dir)?;
+        let first = previous.is_none();
+        let result = self.up_locked(plan, opts, t0, env_id, &locked.dir, previous);
+        if result.is_err() && first {
+            // Nothing of an environment that never came up stays: processes, cgroups,
+            // network, sync process, and its folder (the lock goes last, as in `destroy`).
+            self.undo_first_up(&locked.dir, plan.backend);
+        }
+        result
+    }
+
+    /// Removes what a failed first `up` of the environment in `dir` left. Best effort: the
+    /// error the caller reports is the `up`'s.
+    fn undo_first_up(&self, dir: &Path, kind: BackendKind) {
+        live_sync::stop(dir);
+        let timeout = Duration::from_secs(2);
+        let stopped = match kind {
+            BackendKind::Container => self.backend.stop(dir, timeout).map_err(EnvError::from),
+            BackendKind::Vm => self.vms.destroy(dir, timeout).map_err(EnvError::from),
+        };
+        if stopped.is_ok() {
+            let _ = remove_env_dir(dir);
+        }
+    }
+
+    fn up_locked(
+        &self,
+        plan: &Plan,
+        opts: &UpOptions,
+        t0: Instant,
+        env_id: String,
+        dir: &Path,
+        previous: Option<EnvRecord>,
+    ) -> Result<UpReport, EnvError> {
         // A running environment is stopped by the backend it runs on, which is the plan's
         // only if the backend did not change.
         let previous_kind = previous
@@ -280,6 +312,7 @@ impl Environments {
         let scratch = self.home.staging_dir("build")?;
         let runner = ContainerStepRunner {
             scratch: scratch.path().to_path_buf(),
+            net_home: self.home.root().to_path_buf(),
         };
         let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
         drop(scratch);
@@ -451,6 +484,7 @@ impl Environments {
             notices.push(n);
         }
         let started = self.backend.start(&spec)?;
+        notices.extend(started.notices.iter().cloned());
         live_sync::start(&self.home, record)?;
 
         Ok(started.pid)
@@ -489,8 +523,11 @@ impl Environments {
             return Ok(out);
         };
         for entry in rd.flatten() {
-            if let Ok(Some(r)) = EnvRecord::load(&entry.path()) {
-                out.push(r);
+            match EnvRecord::load(&entry.path()) {
+                Ok(Some(r)) => out.push(r),
+                // Another user's environment in this home: say so rather than hide it.
+                Err(e @ crate::state::StateError::NotYours { .. }) => return Err(e.into()),
+                _ => {}
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));

@@ -72,7 +72,10 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
     let dir = home.env_dir(&record.env_id);
     stop(&dir);
     let log = dir.join("logs").join("sync.log");
-    let _ = fs::create_dir_all(dir.join("logs"));
+    crate::container::logs::open_logs_dir(&dir).map_err(|source| StateError::CreateDir {
+        path: dir.join("logs"),
+        source,
+    })?;
     let exe = std::env::current_exe().map_err(|source| StateError::Read {
         path: "/proc/self/exe".into(),
         source,

@@ -316,6 +316,12 @@ pub fn cache_name(key: &str) -> String {
 
 const TAIL_LINES: usize = 20;
 
+/// The one line a build prints when every step was cached.
+pub fn all_cached_line(steps: usize) -> String {
+    let s = if steps == 1 { "" } else { "s" };
+    format!("build: {steps} step{s} cached, nothing to run")
+}
+
 impl ImageStore {
     /// Builds `spec` on top of `base`, reusing cached steps, and returns the resulting image
     /// (`base` itself when there is nothing to build).
@@ -344,6 +350,15 @@ impl ImageStore {
             working_dir: base.config.working_dir.clone(),
             user: base.config.user.clone(),
         };
+        // Cached steps are named only when a later step runs (which of them were reused);
+        // when every step is cached, one line says so instead of a line per step (none for
+        // an image whose only step is berth's own certificate layer).
+        let total = steps
+            .iter()
+            .filter(|s| s.action != StepAction::HostCa)
+            .count();
+        let mut cached: Vec<String> = Vec::new();
+        let mut ran = false;
         for step in steps {
             if step.action == StepAction::HostCa {
                 // From this layer on, the image's own variables point at the bundle (under
@@ -358,11 +373,19 @@ impl ImageStore {
             }
             let name = cache_name(&step.key);
             if let Some(r) = self.records.get(&name)?.filter(|r| self.is_complete(r)) {
-                progress.message(&format!("{} (cached)", step.label));
+                if ran {
+                    progress.message(&format!("{} (cached)", step.label));
+                } else {
+                    cached.push(step.label.clone());
+                }
                 layers = r.layers.clone();
                 current = self.resolved(&r);
                 continue;
             }
+            for label in cached.drain(..) {
+                progress.message(&format!("{label} (cached)"));
+            }
+            ran = true;
             progress.message(&format!("{} …", step.label));
             let started = std::time::Instant::now();
             let upper = self.home.staging_dir("build-upper")?;
@@ -417,6 +440,9 @@ impl ImageStore {
                 step.label,
                 super::progress::human_duration(started.elapsed())
             ));
+        }
+        if !ran && total > 0 {
+            progress.message(&all_cached_line(total));
         }
         Ok(current)
     }
@@ -597,6 +623,53 @@ mod tests {
             "only the edited step reruns"
         );
         assert_eq!(img2.layers[..3], img.layers[..3]);
+    }
+
+    /// Keeps every progress message.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<String>>);
+
+    impl crate::image::progress::ProgressReporter for Recorder {
+        fn message(&self, text: &str) {
+            self.0.lock().unwrap().push(text.to_string());
+        }
+        fn start(
+            &self,
+            label: &str,
+            total: Option<u64>,
+        ) -> Box<dyn crate::image::progress::TransferProgress> {
+            QuietProgress.start(label, total)
+        }
+    }
+
+    #[test]
+    fn an_all_cached_build_says_so_in_one_line_and_a_partial_one_names_what_it_reused() {
+        let (_d, store, base) = base_store();
+        let runner = FakeRunner::default();
+        let setup = vec!["echo one".to_string(), "echo two".to_string()];
+        let quiet: Progress = Arc::new(QuietProgress);
+        store
+            .build(&base, &spec(&[], &setup), &runner, &quiet)
+            .unwrap();
+
+        let rec = Arc::new(Recorder::default());
+        let p: Progress = rec.clone();
+        store.build(&base, &spec(&[], &setup), &runner, &p).unwrap();
+        assert_eq!(*rec.0.lock().unwrap(), [all_cached_line(2)]);
+        assert_eq!(all_cached_line(2), "build: 2 steps cached, nothing to run");
+
+        rec.0.lock().unwrap().clear();
+        let edited = vec!["echo one".to_string(), "echo TWO".to_string()];
+        store
+            .build(&base, &spec(&[], &edited), &runner, &p)
+            .unwrap();
+        let seen = rec.0.lock().unwrap().clone();
+        assert_eq!(seen[0], "setup[0]: echo one (cached)", "{seen:?}");
+        assert_eq!(seen[1], "setup[1]: echo TWO …", "{seen:?}");
+        assert!(
+            !seen.iter().any(|l| l.contains("nothing to run")),
+            "{seen:?}"
+        );
     }
 
     #[test]

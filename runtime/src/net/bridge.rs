@@ -1,28 +1,27 @@
 //! Isolated mode as root: the host bridge, its address leases and one veth pair per
 //! environment.
 //!
-//! The bridge (`berth0`), its nftables table and IPv4 forwarding exist while at least one
-//! environment holds a lease; the last release removes them. The shared state (subnet,
-//! leases) lives in
-//! `BERTH_HOME/net/bridge-<name>.json`, read and written only under
-//! `BERTH_HOME/locks/net-<name>.lock`. Each change to the host is recorded *before* it is
-//! made, so a crash at any point leaves a record that `release` can clean up from.
+//! The bridge (`berth0`), its nftables table and IPv4 forwarding are host-wide: they exist
+//! while at least one environment of any berth home holds a lease, and the last release
+//! removes them. The shared state (subnet, every home's leases) is the machine-wide record
+//! of [`super::lease_store`] (`/run/berth/net/<bridge>/`), changed only under its lock. Each
+//! lease is recorded *before* the host is changed, so a crash at any point leaves a record
+//! that `detach` (or the next user's release of departed holders) cleans up from.
 //!
 //! Environments are kept apart at layer 2 by bridge-port isolation (`IFLA_BRPORT_ISOLATED`)
 //! on every veth, and at layer 3 by the nftables rule that drops bridge-to-bridge routing.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
-use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::state::BerthHome;
 
 use super::error::NetError;
+use super::lease_store::{port_name, BridgeState, Holder, LeaseEntry, LeaseStore, StoreLock};
 use super::nat::{self, NatRules};
 use super::netlink::Netlink;
 use super::subnet::{self, Subnet};
@@ -89,32 +88,25 @@ impl Default for BridgeConfig {
     }
 }
 
-/// What berth knows about its bridge, shared by all environments on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BridgeState {
-    pub bridge: String,
-    pub subnet: Subnet,
-    pub nft_table: String,
-    /// Environment id → its address.
-    pub leases: BTreeMap<String, Ipv4Addr>,
-}
-
 /// An environment's place on the bridge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     pub address: Ipv4Addr,
     pub gateway: Ipv4Addr,
     pub subnet: Subnet,
+    /// The host-side veth or tap plugged into the bridge for it.
+    pub port: String,
 }
 
-/// The host-side veth name of an environment (or the tap of a VM): short (IFNAMSIZ is 16)
-/// and stable.
+/// The usual host-side veth name of an environment (or the tap of a VM): short (IFNAMSIZ
+/// is 16) and stable. When another berth home's environment of the same id already holds
+/// it, the lease gets a name derived from the home as well ([`Lease::port`] is the truth).
 pub fn veth_name(env_id: &str) -> String {
-    let d = Sha256::digest(env_id.as_bytes());
-    format!("bv{}", &hex::encode(d)[..10])
+    port_name(env_id)
 }
 
-/// The bridge shared by the environments of one berth home.
+/// A bridge shared by the environments of every berth home on the host; `home` is the one
+/// whose environments this value attaches.
 #[derive(Debug, Clone)]
 pub struct Bridge {
     home: BerthHome,
@@ -137,32 +129,31 @@ impl Bridge {
         &self.config
     }
 
-    fn state_path(&self) -> PathBuf {
-        self.home
-            .root()
-            .join("net")
-            .join(format!("bridge-{}.json", self.config.name))
-    }
-
-    fn lock(&self) -> Result<FileLock, NetError> {
-        let path = self
-            .home
-            .locks_dir()
-            .join(format!("net-{}.lock", self.config.name));
-        Ok(FileLock::acquire(&path, LockMode::Exclusive)?)
-    }
-
-    fn save(&self, st: &BridgeState) -> Result<(), NetError> {
-        let path = self.state_path();
-        if let Some(dir) = path.parent() {
-            state::create_dir_all(dir)?;
+    /// The machine-wide record of the bridge. Its name becomes a path under
+    /// `/run/berth/net`, so it must be a plain interface name (also when it comes from an
+    /// environment's `network.json`): at most 15 lowercase letters, digits or `_`.
+    fn store(&self) -> Result<LeaseStore, NetError> {
+        let name = &self.config.name;
+        let plain = !name.is_empty()
+            && name.len() <= 15
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !plain {
+            return Err(NetError::Subnet(format!(
+                "{name:?} is not a bridge name berth makes (at most 15 lowercase letters, digits or `_`); check {BRIDGE_ENV} and the environment's network.json"
+            )));
         }
-        Ok(state::write_json(&path, st)?)
+        Ok(LeaseStore::for_bridge(name))
     }
 
-    /// The current shared state, if the bridge is set up.
+    fn holder(&self, env_id: &str) -> Holder {
+        Holder::new(self.home.root(), env_id)
+    }
+
+    /// The machine-wide record of the bridge (every home's leases), if it is in use.
     pub fn state(&self) -> Result<Option<BridgeState>, NetError> {
-        Ok(state::read_json(&self.state_path())?)
+        self.store()?.peek()
     }
 
     /// Leases an address for `env_id`, sets up the bridge, NAT and forwarding when this is
@@ -176,178 +167,264 @@ impl Bridge {
         netns: &File,
         dns_stub: Option<Ipv4Addr>,
     ) -> Result<Lease, NetError> {
-        let _lock = self.lock()?;
+        let lock = self.store()?.lock()?;
         let mut nl = netlink()?;
-        let (lease, bridge_index) = self.lease(&mut nl, env_id, dns_stub)?;
-        plug_veth(&mut nl, env_id, bridge_index, netns, &lease)?;
+        let (lease, bridge_index) = self.lease(&lock, &mut nl, env_id, dns_stub)?;
+        plug_veth(&mut nl, bridge_index, netns, &lease)?;
         Ok(lease)
     }
 
     /// Like [`attach`](Self::attach) for a VM of berth's own VMM: leases an address and plugs
-    /// a persistent tap interface named [`veth_name`] into the bridge, for the VMM to attach
+    /// a persistent tap interface named [`Lease::port`] into the bridge, for the VMM to attach
     /// to ([`super::tap::Tap::open`]). The guest configures its own side (the address goes on
     /// its kernel command line). [`detach`](Self::detach) removes the tap like a veth.
     pub fn attach_tap(&self, env_id: &str, dns_stub: Option<Ipv4Addr>) -> Result<Lease, NetError> {
-        let _lock = self.lock()?;
+        let lock = self.store()?.lock()?;
         let mut nl = netlink()?;
-        let (lease, bridge_index) = self.lease(&mut nl, env_id, dns_stub)?;
-        plug_tap(&mut nl, env_id, bridge_index)?;
+        let (lease, bridge_index) = self.lease(&lock, &mut nl, env_id, dns_stub)?;
+        plug_tap(&mut nl, &lease.port, bridge_index)?;
         Ok(lease)
     }
 
-    /// Prepares the bridge and leases `env_id` an address (its old one if it has one);
-    /// returns the lease and the bridge's interface index. Called under the lock.
+    /// The record under the lock, with this home's leases file of an earlier berth folded
+    /// in.
+    fn load(&self, lock: &StoreLock) -> Result<Option<BridgeState>, NetError> {
+        let store = self.store()?;
+        let mut st = store.load(lock)?;
+        store.adopt_home_file(
+            lock,
+            self.home.root(),
+            &self.config.name,
+            &self.config.nft_table,
+            &mut st,
+        )?;
+        Ok(st)
+    }
+
+    /// Leases `env_id` an address (its old one if it has one), recording it first, then
+    /// prepares the bridge; returns the lease and the bridge's interface index. Called
+    /// under the lock.
     fn lease(
         &self,
+        lock: &StoreLock,
         nl: &mut Netlink,
         env_id: &str,
         dns_stub: Option<Ipv4Addr>,
     ) -> Result<(Lease, u32), NetError> {
-        let mut st = self.prepare_bridge(nl, dns_stub)?;
-        prune_stale_leases(&mut st, nl, env_id);
-        let address = match st.leases.get(env_id) {
-            Some(a) => *a,
-            None => free_address(&st)?,
-        };
-        st.leases.insert(env_id.to_string(), address);
-        self.save(&st)?;
-        let lease = Lease {
-            address,
-            gateway: st.subnet.gateway(),
-            subnet: st.subnet,
-        };
-        let bridge_index = nl
-            .link_index(&st.bridge)
-            .map_err(|e| NetError::link(format!("find bridge {}", st.bridge), e))?
-            .ok_or_else(|| {
-                NetError::link(
-                    format!("find bridge {}", st.bridge),
-                    std::io::Error::from_raw_os_error(libc::ENODEV),
-                )
-            })?;
-        Ok((lease, bridge_index))
-    }
-
-    /// Reads the state, creating the bridge, its address, the NAT table and forwarding when
-    /// they are missing. Each step is recorded before it is taken.
-    fn prepare_bridge(
-        &self,
-        nl: &mut Netlink,
-        dns_stub: Option<Ipv4Addr>,
-    ) -> Result<BridgeState, NetError> {
         let name = self.config.name.clone();
-        let existing = nl
-            .link_index(&name)
-            .map_err(|e| NetError::link(format!("look up bridge {name}"), e))?;
-        let st = match (self.state()?, existing) {
-            // Known bridge: still re-assert address, link state, rules and forwarding (cheap,
-            // idempotent), in case someone flushed the ruleset or the host rebooted.
-            (Some(st), _) => st,
-            (None, _) => {
+        let mut st = match self.load(lock)? {
+            Some(st) if !st.leases.is_empty() => {
+                self.check_same_subnet(&st)?;
+                st
+            }
+            _ => {
                 let subnet = subnet::choose_subnet(
                     self.config.subnet.as_deref(),
                     &subnet::host_routes(),
                     &name,
                 )
                 .map_err(NetError::Subnet)?;
-                BridgeState {
-                    bridge: name.clone(),
-                    subnet,
-                    nft_table: self.config.nft_table.clone(),
-                    leases: BTreeMap::new(),
-                }
+                BridgeState::new(&name, subnet, &self.config.nft_table)
             }
         };
-        self.save(&st)?;
-        let index = match existing {
-            Some(i) => i,
+        let holder = self.holder(env_id);
+        release_departed(&mut st, nl, Some(&holder));
+        let entry = match st.lease_of(&holder) {
+            Some(l) => l.clone(),
             None => {
-                nl.create_bridge(&name)
-                    .map_err(|e| NetError::link(format!("create bridge {name}"), e))?;
-                nl.link_index(&name)
-                    .map_err(|e| NetError::link(format!("look up bridge {name}"), e))?
-                    .ok_or_else(|| {
-                        NetError::link(
-                            format!("look up bridge {name}"),
-                            std::io::Error::from_raw_os_error(libc::ENODEV),
-                        )
-                    })?
+                let entry = LeaseEntry {
+                    address: st.free_address()?,
+                    port: st.free_port_name(&holder),
+                    holder,
+                };
+                st.leases.push(entry.clone());
+                entry
             }
         };
-        match nl.add_address(index, st.subnet.gateway(), st.subnet.prefix()) {
-            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
-                return Err(NetError::link(
-                    format!("give bridge {name} the address {}", st.subnet.gateway()),
-                    e,
-                ))
-            }
-            _ => {}
-        }
-        nl.set_up(index)
-            .map_err(|e| NetError::link(format!("bring bridge {name} up"), e))?;
-        if dns_stub.is_some() {
-            nat::allow_loopback_destinations(&name)?;
-        }
-        NatRules {
-            table: st.nft_table.clone(),
-            bridge: name.clone(),
+        // Recorded before anything is created: a crash from here on leaves a lease that
+        // `detach` (or the next user's clean-up of departed holders) removes.
+        self.store()?.save(lock, &st)?;
+        let bridge_index = prepare_bridge(nl, &st, dns_stub)?;
+        let lease = Lease {
+            address: entry.address,
+            gateway: st.subnet.gateway(),
             subnet: st.subnet,
-            dns_stub,
-        }
-        .apply()?;
-        nat::enable_ipv4_forwarding()?;
-        Ok(st)
+            port: entry.port,
+        };
+        Ok((lease, bridge_index))
     }
 
-    /// Unplugs `env_id` (its veth), drops its lease and, when it was the last, removes the
-    /// NAT table and the bridge and restores IPv4 forwarding (unless another berth bridge
-    /// still needs it). Idempotent.
-    pub fn detach(&self, env_id: &str) -> Result<(), NetError> {
-        let _lock = self.lock()?;
-        let mut nl = netlink()?;
-        let veth = veth_name(env_id);
-        nl.delete_link_named(&veth)
-            .map_err(|e| NetError::link(format!("delete veth {veth}"), e))?;
-        let Some(mut st) = self.state()? else {
+    /// A subnet asked for (`BERTH_SUBNET`) must be the one the bridge already has: another
+    /// berth home (another job, another user) made it and its environments use it.
+    fn check_same_subnet(&self, st: &BridgeState) -> Result<(), NetError> {
+        let Some(asked) = self.config.subnet.as_deref() else {
             return Ok(());
         };
-        st.leases.remove(env_id);
-        prune_stale_leases(&mut st, &mut nl, env_id);
-        if !st.leases.is_empty() {
-            return self.save(&st);
+        match asked.parse::<Subnet>() {
+            Ok(s) if s != st.subnet => Err(NetError::SubnetInUse {
+                bridge: st.bridge.clone(),
+                subnet: st.subnet.to_string(),
+                asked: s.to_string(),
+                users: st.leases.len(),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(NetError::Subnet(format!("{}: {e}", subnet::SUBNET_ENV))),
         }
-        NatRules::remove(&st.nft_table)?;
-        nl.delete_link_named(&st.bridge)
-            .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
-        nat::release_ipv4_forwarding(&st.nft_table)?;
-        match std::fs::remove_file(self.state_path()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(NetError::State(state::StateError::Write {
-                    path: self.state_path(),
-                    source: e,
-                }))
-            }
-            _ => Ok(()),
+    }
+
+    /// Unplugs `env_id` (its veth or tap), drops its lease and, when it was the bridge's
+    /// last user in any berth home, removes the NAT table, the bridge and the record, and
+    /// restores IPv4 forwarding (unless another berth bridge still needs it). `recorded_port`:
+    /// the interface the environment's own record names, used when the lease is already
+    /// gone. Idempotent.
+    pub fn detach(&self, env_id: &str, recorded_port: Option<&str>) -> Result<(), NetError> {
+        let store = self.store()?;
+        let lock = store.lock()?;
+        let mut nl = netlink()?;
+        let holder = self.holder(env_id);
+        let mut st = self.load(&lock)?;
+        let port = match st.as_mut().and_then(|st| st.release(&holder)) {
+            Some(entry) => Some(entry.port),
+            None => recorded_port
+                .map(str::to_string)
+                .or_else(|| Some(veth_name(env_id)))
+                // Never another environment's interface of the same name.
+                .filter(|p| {
+                    !st.as_ref()
+                        .is_some_and(|st| st.port_used_by_other(p, &holder))
+                }),
+        };
+        if let Some(port) = port {
+            nl.delete_link_named(&port)
+                .map_err(|e| NetError::link(format!("delete interface {port}"), e))?;
         }
+        let Some(mut st) = st else {
+            // Nobody uses the bridge: the lock taken for this call is all there is.
+            return store.remove(lock);
+        };
+        release_departed(&mut st, &mut nl, Some(&holder));
+        settle(&store, lock, &mut nl, &st)
+    }
+
+    /// Garbage collection: releases the leases of holders that are gone (their
+    /// environment folder or their interface; see [`release_departed`]) and, when none is
+    /// left, removes the bridge, NAT table and record. Skips when the bridge has no record or
+    /// another process is changing it (that one releases them). Returns how many leases went.
+    pub fn collect_departed(&self) -> Result<usize, NetError> {
+        let store = self.store()?;
+        if !store.dir().exists() {
+            return Ok(0);
+        }
+        let Some(lock) = store.try_lock()? else {
+            return Ok(0);
+        };
+        let Some(mut st) = self.load(&lock)? else {
+            return Ok(0);
+        };
+        let mut nl = netlink()?;
+        let before = st.leases.len();
+        release_departed(&mut st, &mut nl, None);
+        let released = before - st.leases.len();
+        if released > 0 {
+            settle(&store, lock, &mut nl, &st)?;
+        }
+        Ok(released)
     }
 }
 
-/// Drops leases of environments whose veth no longer exists (their namespace died, which
-/// removes the veth pair with it), except `keep`'s.
-fn prune_stale_leases(st: &mut BridgeState, nl: &mut Netlink, keep: &str) {
-    st.leases
-        .retain(|env, _| env == keep || !matches!(nl.link_index(&veth_name(env)), Ok(None)));
+/// Saves the record, or, when no lease is left, removes the NAT table, the bridge, the
+/// record and its lock, and restores IPv4 forwarding (unless another berth bridge needs it).
+fn settle(
+    store: &LeaseStore,
+    lock: StoreLock,
+    nl: &mut Netlink,
+    st: &BridgeState,
+) -> Result<(), NetError> {
+    if !st.leases.is_empty() {
+        return store.save(&lock, st);
+    }
+    NatRules::remove(&st.nft_table)?;
+    nl.delete_link_named(&st.bridge)
+        .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
+    nat::release_ipv4_forwarding(&st.nft_table)?;
+    store.remove(lock)
 }
 
-fn free_address(st: &BridgeState) -> Result<Ipv4Addr, NetError> {
-    let taken: std::collections::BTreeSet<Ipv4Addr> = st.leases.values().copied().collect();
-    (2..)
-        .map_while(|n| st.subnet.host(n))
-        .find(|a| !taken.contains(a))
-        .ok_or_else(|| NetError::SubnetFull {
-            subnet: st.subnet.to_string(),
-            leases: st.leases.len(),
-        })
+/// Creates the bridge, its address, the NAT table and forwarding when they are missing;
+/// returns the bridge's interface index. A known bridge still gets them re-asserted (cheap,
+/// idempotent), in case someone flushed the ruleset or the host rebooted.
+fn prepare_bridge(
+    nl: &mut Netlink,
+    st: &BridgeState,
+    dns_stub: Option<Ipv4Addr>,
+) -> Result<u32, NetError> {
+    let name = &st.bridge;
+    let lookup = |nl: &mut Netlink| {
+        nl.link_index(name)
+            .map_err(|e| NetError::link(format!("look up bridge {name}"), e))
+    };
+    let index = match lookup(nl)? {
+        Some(i) => i,
+        None => {
+            nl.create_bridge(name, bridge_mac(name))
+                .map_err(|e| NetError::link(format!("create bridge {name}"), e))?;
+            lookup(nl)?.ok_or_else(|| {
+                NetError::link(
+                    format!("look up bridge {name}"),
+                    std::io::Error::from_raw_os_error(libc::ENODEV),
+                )
+            })?
+        }
+    };
+    match nl.add_address(index, st.subnet.gateway(), st.subnet.prefix()) {
+        Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+            return Err(NetError::link(
+                format!("give bridge {name} the address {}", st.subnet.gateway()),
+                e,
+            ))
+        }
+        _ => {}
+    }
+    nl.set_up(index)
+        .map_err(|e| NetError::link(format!("bring bridge {name} up"), e))?;
+    if dns_stub.is_some() {
+        nat::allow_loopback_destinations(name)?;
+    }
+    NatRules {
+        table: st.nft_table.clone(),
+        bridge: name.clone(),
+        subnet: st.subnet,
+        dns_stub,
+    }
+    .apply()?;
+    nat::enable_ipv4_forwarding()?;
+    Ok(index)
+}
+
+/// The bridge's own hardware address: stable (from its name), locally administered,
+/// unicast. Fixed, so removing a port never changes the MAC behind the gateway address.
+fn bridge_mac(name: &str) -> [u8; 6] {
+    let d = sha2::Sha256::digest(format!("berth bridge {name}").as_bytes());
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&d[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
+/// Releases the leases of holders that are gone, except `keep`'s: an environment whose
+/// interface no longer exists (its namespace died, which removes the veth pair with it),
+/// or whose folder is gone (its home was deleted; its tap, if any, is removed here).
+fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder>) {
+    st.leases.retain(|l| {
+        if Some(&l.holder) == keep {
+            return true;
+        }
+        if !l.holder.env_dir().exists() {
+            let _ = nl.delete_link_named(&l.port);
+            return false;
+        }
+        !matches!(nl.link_index(&l.port), Ok(None))
+    });
 }
 
 /// MTU of the interface carrying the host's default route (1500 when unknown), so that
@@ -370,17 +447,16 @@ fn uplink_mtu() -> u32 {
 
 fn plug_veth(
     nl: &mut Netlink,
-    env_id: &str,
     bridge_index: u32,
     netns: &File,
     lease: &Lease,
 ) -> Result<(), NetError> {
-    let veth = veth_name(env_id);
+    let veth = &lease.port;
     // A veth of an earlier run whose namespace is still alive: replace it.
-    nl.delete_link_named(&veth)
+    nl.delete_link_named(veth)
         .map_err(|e| NetError::link(format!("delete stale veth {veth}"), e))?;
     nl.create_veth(
-        &veth,
+        veth,
         bridge_index,
         GUEST_INTERFACE,
         netns.as_fd(),
@@ -388,7 +464,7 @@ fn plug_veth(
     )
     .map_err(|e| NetError::link(format!("create veth {veth}"), e))?;
     let index = nl
-        .link_index(&veth)
+        .link_index(veth)
         .map_err(|e| NetError::link(format!("look up veth {veth}"), e))?
         .ok_or_else(|| {
             NetError::link(
@@ -403,23 +479,22 @@ fn plug_veth(
     configure_guest(netns, lease)
 }
 
-fn plug_tap(nl: &mut Netlink, env_id: &str, bridge_index: u32) -> Result<(), NetError> {
-    let tap = veth_name(env_id);
+fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetError> {
     // A tap of an earlier run (its VMM was killed): replace it.
-    nl.delete_link_named(&tap)
+    nl.delete_link_named(tap)
         .map_err(|e| NetError::link(format!("delete stale tap {tap}"), e))?;
-    super::tap::create_persistent(&tap)
+    super::tap::create_persistent(tap)
         .map_err(|e| NetError::link(format!("create tap {tap}"), e))?;
     let plugged = (|| {
         let index = nl
-            .link_index(&tap)?
+            .link_index(tap)?
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV))?;
         nl.set_master(index, bridge_index)?;
         nl.set_bridge_port_isolated(index)?;
         nl.set_up(index)
     })();
     if let Err(e) = plugged {
-        let _ = nl.delete_link_named(&tap);
+        let _ = nl.delete_link_named(tap);
         return Err(NetError::link(format!("plug tap {tap} into the bridge"), e));
     }
     Ok(())
@@ -480,35 +555,34 @@ mod tests {
     }
 
     #[test]
+    fn a_bridge_name_that_is_no_plain_name_never_becomes_a_path() {
+        let home = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(home.path()).unwrap();
+        for bad in ["../../etc", "berth0/x", "", "Berth0"] {
+            let b = Bridge::new(
+                &home,
+                BridgeConfig {
+                    name: bad.into(),
+                    nft_table: "berth".into(),
+                    subnet: None,
+                },
+            );
+            assert!(b.store().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bridge_macs_are_stable_local_unicast() {
+        let a = bridge_mac("berth0");
+        assert_eq!(a, bridge_mac("berth0"));
+        assert_ne!(a, bridge_mac("berth1"));
+        assert_eq!(a[0] & 0x03, 0x02, "locally administered, unicast");
+    }
+
+    #[test]
     fn veth_names_fit_ifnamsiz_and_differ() {
         let a = veth_name("web-12345678");
         assert!(a.len() <= 15);
         assert_ne!(a, veth_name("web-87654321"));
-    }
-
-    #[test]
-    fn addresses_are_handed_out_lowest_first_and_never_twice() {
-        let mut st = BridgeState {
-            bridge: "b".into(),
-            subnet: "10.9.0.0/29".parse().unwrap(),
-            nft_table: "t".into(),
-            leases: BTreeMap::new(),
-        };
-        let mut got = Vec::new();
-        for i in 0..5 {
-            let a = free_address(&st).unwrap();
-            st.leases.insert(format!("e{i}"), a);
-            got.push(a.to_string());
-        }
-        assert_eq!(
-            got,
-            ["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.0.5", "10.9.0.6"]
-        );
-        assert!(matches!(
-            free_address(&st),
-            Err(NetError::SubnetFull { .. })
-        ));
-        st.leases.remove("e1");
-        assert_eq!(free_address(&st).unwrap().to_string(), "10.9.0.3");
     }
 }

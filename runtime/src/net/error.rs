@@ -26,6 +26,13 @@ pub enum NetError {
     Subnet(String),
     #[error("the environment network {subnet} is full ({leases} addresses leased); set BERTH_SUBNET to a larger range once every environment is down")]
     SubnetFull { subnet: String, leases: usize },
+    #[error("bridge {bridge} already uses the subnet {subnet} ({users} environment(s) of this or another berth home on it), but BERTH_SUBNET asks for {asked}; use BERTH_SUBNET={subnet}, unset it, or pick another bridge with BERTH_BRIDGE")]
+    SubnetInUse {
+        bridge: String,
+        subnet: String,
+        asked: String,
+        users: usize,
+    },
     #[error("cannot enter the environment's network namespace: {0}; the environment may have stopped — run `berth up` again")]
     Namespace(io::Error),
     #[error("berth's own VMM connects a VM to berth's bridge through a tap interface, which needs root (CAP_NET_ADMIN); run berth as root, use vmm = \"qemu\" (user-mode networking), or set network.mode = \"none\"")]

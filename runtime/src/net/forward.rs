@@ -60,8 +60,16 @@ fn proto(p: Protocol) -> &'static str {
 /// Why forwarding could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("cannot forward {} {addr}: the port is already in use{}; stop that process or choose another host port in [[ports]]",
-        proto(*protocol), holder.as_ref().map(|h| format!(" by {h}")).unwrap_or_default())]
+    #[error("cannot forward {} {addr}: the port is already in use{}; {}, choose another host port in [[ports]], or run `berth up --publish-auto` to publish on a free port instead",
+        proto(*protocol),
+        holder.as_ref().map(|h| match &h.environment {
+            Some(_) => format!(" by {h} (pid {})", h.pid),
+            None => format!(" by {h}"),
+        }).unwrap_or_default(),
+        match holder.as_ref().and_then(|h| h.environment.as_ref()) {
+            Some(_) => "stop that environment (`berth down` in its project)".to_string(),
+            None => "stop that process".to_string(),
+        })]
     PortInUse {
         protocol: Protocol,
         addr: SocketAddr,

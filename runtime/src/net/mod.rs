@@ -9,8 +9,9 @@
 //!   thread inside the environment's namespace), [`dialer::LoopbackDialer`] (the forwarder
 //!   itself runs inside), [`dialer::AddressDialer`] (an address); a VM backend adds a vsock
 //!   dialer by implementing [`dialer::Dialer`].
-//! - [`bridge`], [`nat`], [`dns`], [`subnet`]: isolated mode as root (bridge `berth0`, veth
-//!   per environment with bridge-port isolation, leases, nftables table `inet berth`,
+//! - [`bridge`], [`lease_store`], [`nat`], [`dns`], [`subnet`]: isolated mode as root (bridge
+//!   `berth0`, veth per environment with bridge-port isolation, machine-wide leases,
+//!   nftables table `inet berth`,
 //!   resolv.conf and the DNS redirect to a loopback stub).
 //! - [`pasta`]: isolated mode rootless; [`rootless_network_available`] for `berth doctor`.
 //! - [`network`]: the entry point, [`Network`] (`attach`, `plumb`, `detach`).
@@ -42,8 +43,10 @@
 //!
 //! `BERTH_SUBNET` overrides the bridge subnet (default 10.88.0.0/16, or the first of a few
 //! fallbacks that overlaps no host route); `BERTH_BRIDGE` the bridge and nftables table name
-//! (default `berth0` / `berth`), for berth homes side by side whose leases must not mix (the
-//! end-to-end tests give each home its own).
+//! (default `berth0` / `berth`). Leases and the bridge's users are counted machine-wide
+//! ([`lease_store`], `/run/berth/net/<bridge>/`), so any number of berth homes share one
+//! bridge; the end-to-end tests still give each home its own, so that "the bridge goes with
+//! the last environment" holds per test.
 //!
 //! The container backend follows these steps in `container::network` (and `launch`,
 //! `supervisor`); its ports need no [`NetAttachment`].
@@ -59,6 +62,7 @@ pub mod dialer;
 pub mod dns;
 pub mod error;
 pub mod forward;
+pub mod lease_store;
 pub mod nat;
 pub mod netlink;
 pub mod netns;

@@ -28,6 +28,7 @@ const RTM_SETLINK: u16 = 19;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
@@ -264,11 +265,14 @@ impl Netlink {
         }
     }
 
-    /// Creates a bridge interface (down, no address).
-    pub fn create_bridge(&mut self, name: &str) -> io::Result<()> {
+    /// Creates a bridge interface (down, no address) with the hardware address `mac`. A
+    /// bridge without one of its own takes the lowest of its ports' and changes it when that
+    /// port goes, which strands every other port's neighbour entry for the bridge's IP.
+    pub fn create_bridge(&mut self, name: &str, mac: [u8; 6]) -> io::Result<()> {
         let msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(libc::AF_UNSPEC as u8, 0, 0, 0)
             .str_attr(IFLA_IFNAME, name)
+            .attr(IFLA_ADDRESS, &mac)
             .nest(IFLA_LINKINFO)
             .str_attr(IFLA_INFO_KIND, "bridge")
             .end();

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{self, BerthHome};
 
-use super::bridge::{veth_name, Bridge, BridgeConfig};
+use super::bridge::{Bridge, BridgeConfig};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
@@ -56,8 +56,15 @@ pub struct EnvNamespaces<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Plumbing {
-    /// A veth pair on berth's bridge.
-    Bridge { bridge: String, nft_table: String },
+    /// A veth pair (or a VM's tap) on berth's bridge.
+    Bridge {
+        bridge: String,
+        nft_table: String,
+        /// The host-side interface, once leased (records of earlier berth versions have
+        /// none: theirs is [`super::bridge::veth_name`] of the environment id).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+    },
     /// A pasta process (`pid` once it runs).
     Pasta { pid: Option<u32> },
     /// Loopback only (`none`) or the host's stack (`host`): nothing on the host to remove.
@@ -330,6 +337,7 @@ impl Network {
                 record.plumbing = Plumbing::Bridge {
                     bridge: cfg.name.clone(),
                     nft_table: cfg.nft_table.clone(),
+                    port: None,
                 };
                 self.save(env_id, &record)?;
                 let dns = DnsPlan::for_host(&self.options.resolvers).for_ipv4_only();
@@ -343,6 +351,11 @@ impl Network {
                     plumbing.dns_forwarder = Some(DnsForwarder::start(lease.gateway, *stub)?);
                 }
                 plumbing.resolv_conf = Some(dns.resolv_conf(lease.gateway));
+                record.plumbing = Plumbing::Bridge {
+                    bridge: cfg.name.clone(),
+                    nft_table: cfg.nft_table.clone(),
+                    port: Some(lease.port.clone()),
+                };
                 plumbing.address = Some(lease.address);
                 plumbing.gateway = Some(lease.gateway);
                 record.address = plumbing.address;
@@ -369,6 +382,7 @@ impl Network {
             plumbing: Plumbing::Bridge {
                 bridge: cfg.name.clone(),
                 nft_table: cfg.nft_table.clone(),
+                port: None,
             },
             address: None,
             gateway: None,
@@ -409,10 +423,15 @@ impl Network {
         };
         record.address = Some(lease.address);
         record.gateway = Some(lease.gateway);
+        record.plumbing = Plumbing::Bridge {
+            bridge: cfg.name.clone(),
+            nft_table: cfg.nft_table.clone(),
+            port: Some(lease.port.clone()),
+        };
         self.save(env_id, &record)?;
         rollback.armed = false;
         Ok(TapPlumbing {
-            tap: veth_name(env_id),
+            tap: lease.port,
             address: lease.address,
             prefix: lease.subnet.prefix(),
             gateway: lease.gateway,
@@ -449,6 +468,16 @@ impl Network {
         self.save(env_id, &record)
     }
 
+    /// Garbage collection of the bridge (as root; rootless homes have none): releases the
+    /// leases of environments, of any berth home, that are gone (see
+    /// [`Bridge::collect_departed`]), and the bridge and NAT with the last. Returns how many.
+    pub fn collect_departed(&self) -> Result<usize, NetError> {
+        if !is_root() {
+            return Ok(0);
+        }
+        Bridge::new(&self.home, self.options.bridge.clone()).collect_departed()
+    }
+
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
     /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
@@ -458,13 +487,17 @@ impl Network {
             return Ok(());
         };
         match &record.plumbing {
-            Plumbing::Bridge { bridge, nft_table } => {
+            Plumbing::Bridge {
+                bridge,
+                nft_table,
+                port,
+            } => {
                 let cfg = BridgeConfig {
                     name: bridge.clone(),
                     nft_table: nft_table.clone(),
                     subnet: None,
                 };
-                Bridge::new(&self.home, cfg).detach(env_id)?;
+                Bridge::new(&self.home, cfg).detach(env_id, port.as_deref())?;
             }
             Plumbing::Pasta { pid: Some(pid) } => pasta::stop(*pid),
             Plumbing::Pasta { pid: None } | Plumbing::Nothing => {}
@@ -543,6 +576,12 @@ pub(crate) fn assert_released(net: &Network, env_id: &str, tap: &str) {
     assert_eq!(nl.link_index(tap).unwrap(), None, "tap removed");
     assert_eq!(nl.link_index(bridge).unwrap(), None, "bridge removed");
     assert!(!super::nat::NatRules::exists(bridge), "NAT table removed");
+    assert!(
+        !super::lease_store::LeaseStore::for_bridge(bridge)
+            .dir()
+            .exists(),
+        "machine-wide lease record removed"
+    );
     assert!(
         net.record(env_id).unwrap().is_none(),
         "lease and record removed"

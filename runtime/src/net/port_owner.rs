@@ -1,9 +1,11 @@
 //! Which process holds a port: socket inode from `/proc/net/{tcp,tcp6,udp,udp6}`, then the
-//! process whose `/proc/PID/fd/*` links to `socket:[INODE]`.
+//! process whose `/proc/PID/fd/*` links to `socket:[INODE]`, and whether that process is a
+//! berth environment's supervisor or VMM (then the environment is named).
 
 use std::fmt;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
 
 use envfile_spec::plan::Protocol;
 
@@ -13,12 +15,39 @@ pub struct PortHolder {
     pub pid: u32,
     /// The process's command name (`/proc/PID/comm`).
     pub name: String,
+    /// The berth environment whose supervisor (or VMM) the process is, by name.
+    pub environment: Option<String>,
 }
 
 impl fmt::Display for PortHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} ({})", self.pid, self.name)
+        match &self.environment {
+            Some(env) => write!(f, "environment {env}"),
+            None => write!(f, "pid {} ({})", self.pid, self.name),
+        }
     }
+}
+
+/// The environment whose supervisor or VMM has the command line `cmdline` (NUL-separated):
+/// `… __supervisor BERTH_HOME/envs/<id>` or `… internal-vmm BERTH_HOME/envs/<id>/vmm.json`.
+/// Named as its `env.json` says, else by its id.
+fn environment_of(cmdline: &[u8]) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let at = args
+        .iter()
+        .position(|a| *a == b"__supervisor" || *a == b"internal-vmm")?;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(args.get(at + 1)?));
+    let dir = if args[at] == b"internal-vmm" {
+        path.parent()?
+    } else {
+        path
+    };
+    let id = dir.file_name()?.to_str()?.to_string();
+    let name = fs::read(dir.join("env.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("name")?.as_str().map(str::to_string));
+    Some(name.unwrap_or(id))
 }
 
 /// TCP state number of a listening socket in `/proc/net/tcp`.
@@ -113,7 +142,14 @@ fn process_with_socket(inodes: &[u64]) -> Option<PortHolder> {
                 let name = fs::read_to_string(format!("/proc/{pid}/comm"))
                     .map(|s| s.trim_end().to_string())
                     .unwrap_or_else(|_| "?".into());
-                return Some(PortHolder { pid, name });
+                let environment = fs::read(format!("/proc/{pid}/cmdline"))
+                    .ok()
+                    .and_then(|c| environment_of(&c));
+                return Some(PortHolder {
+                    pid,
+                    name,
+                    environment,
+                });
             }
         }
     }
@@ -149,6 +185,33 @@ mod tests {
         assert_eq!(socket_inodes(table, Protocol::Tcp, b), vec![333]);
         let c: SocketAddr = "127.0.0.1:81".parse().unwrap();
         assert!(socket_inodes(table, Protocol::Tcp, c).is_empty());
+    }
+
+    #[test]
+    fn a_supervisor_or_vmm_is_named_by_its_environment() {
+        let d = tempfile::tempdir().unwrap();
+        let env = d.path().join("envs/web-12345678");
+        fs::create_dir_all(&env).unwrap();
+        let sup = format!("/proc/self/exe\0__supervisor\0{}\0", env.display());
+        assert_eq!(
+            environment_of(sup.as_bytes()).as_deref(),
+            Some("web-12345678")
+        );
+        fs::write(
+            env.join("env.json"),
+            r#"{"name":"web","env_id":"web-12345678"}"#,
+        )
+        .unwrap();
+        assert_eq!(environment_of(sup.as_bytes()).as_deref(), Some("web"));
+        let vmm = format!("berth\0internal-vmm\0{}/vmm.json\0", env.display());
+        assert_eq!(environment_of(vmm.as_bytes()).as_deref(), Some("web"));
+        assert_eq!(environment_of(b"nginx\0-g\0daemon off;\0"), None);
+        let holder = PortHolder {
+            pid: 7,
+            name: "exe".into(),
+            environment: Some("web".into()),
+        };
+        assert_eq!(holder.to_string(), "environment web");
     }
 
     #[test]

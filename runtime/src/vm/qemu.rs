@@ -197,7 +197,7 @@ impl QemuConfig {
             let _ = std::fs::remove_file(sock);
         }
         let _ = std::fs::remove_file(&self.qmp_socket);
-        let log = std::fs::File::create(&self.qemu_log).map_err(QemuError::Spawn)?;
+        let log = crate::detach::create_log_file(&self.qemu_log).map_err(QemuError::Spawn)?;
         let status = Command::new(QEMU_BINARY)
             .args(self.args())
             .stdin(Stdio::null())

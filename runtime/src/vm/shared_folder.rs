@@ -158,7 +158,7 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         path: log.to_path_buf(),
         source,
     };
-    let out = std::fs::File::create(log).map_err(io)?;
+    let out = crate::detach::create_log_file(log).map_err(io)?;
     let mut cmd = Command::new(exe);
     let mut args = Vec::new();
     for a in virtiofsd_args(exe, f) {

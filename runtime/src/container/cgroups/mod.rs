@@ -1,8 +1,9 @@
-//! Control groups of one environment: memory, cpu quota/period and pids limits, live usage, the
-//! process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
+//! Control groups of one environment: memory, cpu quota/period and pids limits, the device
+//! allowlist, live usage, the process list for a complete kill, removal. One trait, [`Cgroup`], with a v1 ([`v1::CgroupV1`])
 //! and a v2 ([`v2::CgroupV2`]) implementation. Environments are created nested under the cgroup
 //! berth itself runs in (from `/proc/self/cgroup`), as `<that>/berth/<env-id>`.
 
+pub mod device_bpf;
 pub mod v1;
 pub mod v2;
 
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use envfile_spec::plan::Resources;
 use serde::{Deserialize, Serialize};
 
+use super::devices::DeviceRule;
 use super::error::{ContainerError, Context, Result};
 
 /// Live resource usage; `None` where the controller or file is missing.
@@ -35,6 +37,9 @@ pub trait Cgroup {
     fn create(&self) -> Result<()>;
     /// Writes the limits; a `None` limit is left unlimited.
     fn apply(&self, resources: &Resources) -> Result<()>;
+    /// Denies every device except `rules` (v1 `devices.deny`/`devices.allow`, v2 an eBPF
+    /// device program). Called once, on the fresh cgroup, before any process joins.
+    fn restrict_devices(&self, rules: &[DeviceRule]) -> Result<()>;
     /// Moves a process (and so all its future children) in.
     fn join(&self, pid: i32) -> Result<()>;
     /// Processes currently inside.
@@ -79,16 +84,27 @@ pub enum CgroupLayout {
 }
 
 /// v1 controllers berth uses.
-pub const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+pub const V1_CONTROLLERS: [&str; 6] = ["memory", "cpu", "cpuacct", "pids", "freezer", "devices"];
+
+/// The name of an environment's cgroup (below `berth/`): its id plus a digest of its state
+/// folder, because environments of different berth homes (two CI jobs running one project)
+/// share an id, and commands run from one shell share the cgroup they nest under: a `down`
+/// in one home must never kill the other home's processes.
+pub fn env_cgroup_name(env_id: &str, state_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(state_dir.as_os_str().as_encoded_bytes());
+    format!("{env_id}-{}", &hex::encode(d)[..8])
+}
 
 impl CgroupLayout {
-    /// The layout for `env_id` on this host, below the cgroup of the calling process.
-    pub fn discover(env_id: &str) -> Result<CgroupLayout> {
+    /// The layout for the cgroup `name` ([`env_cgroup_name`]) on this host, below the cgroup
+    /// of the calling process.
+    pub fn discover(name: &str) -> Result<CgroupLayout> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .context(|| "cannot read /proc/self/mountinfo".to_string())?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .context(|| "cannot read /proc/self/cgroup".to_string())?;
-        Self::from_tables(&mountinfo, &own, env_id)
+        Self::from_tables(&mountinfo, &own, name)
     }
 
     /// Pure part of [`discover`](Self::discover): the tables as text.
@@ -145,7 +161,7 @@ impl CgroupLayout {
     }
 }
 
-fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
+pub(crate) fn join_cgroup(mount_point: &Path, mount_root: &str, own: &str) -> PathBuf {
     let rel = own
         .strip_prefix(mount_root)
         .unwrap_or(own)
@@ -366,6 +382,10 @@ mod tests {
             }
         );
         assert!(CgroupLayout::from_tables("", "0::/\n", "e").is_err());
+        let a = env_cgroup_name("web-1", Path::new("/ci/job1/envs/web-1"));
+        let b = env_cgroup_name("web-1", Path::new("/ci/job2/envs/web-1"));
+        assert!(a.starts_with("web-1-") && b.starts_with("web-1-"));
+        assert_ne!(a, b, "one project in two homes gets two cgroups");
     }
 
     #[test]
@@ -381,3 +401,6 @@ mod tests {
         assert_eq!(read_keyed(d.path(), "missing", "oom"), None);
     }
 }
+
+#[cfg(test)]
+mod device_tests;

@@ -1,4 +1,4 @@
-//! cgroup v1: one directory per hierarchy (memory, cpu, cpuacct, pids, freezer).
+//! cgroup v1: one directory per hierarchy (memory, cpu, cpuacct, pids, freezer, devices).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,7 @@ use envfile_spec::plan::Resources;
 use super::{
     read_keyed, read_procs, read_u64, remove_empty_parent, rmdir, write_file, Cgroup, Usage,
 };
+use crate::container::devices::DeviceRule;
 use crate::container::error::{Context, Result};
 
 /// CFS period berth uses for CPU quotas, microseconds.
@@ -85,6 +86,19 @@ impl Cgroup for CgroupV1 {
         if let Some(pids) = r.pids {
             let d = self.dir("pids").ok_or_else(|| missing("pids"))?;
             write_file(d, "pids.max", &pids.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn restrict_devices(&self, rules: &[DeviceRule]) -> Result<()> {
+        let d = self.dir("devices").ok_or_else(|| {
+            crate::container::error::ContainerError::Setup(
+                "the devices cgroup controller is not mounted on this host, so berth cannot keep environments from opening host devices; mount it (`mount -t cgroup -o devices cgroup /sys/fs/cgroup/devices`) or use cgroup v2".into(),
+            )
+        })?;
+        write_file(d, "devices.deny", "a")?;
+        for r in rules {
+            write_file(d, "devices.allow", &r.v1_line())?;
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use super::v1::{cfs_quota_us, CFS_PERIOD_US};
 use super::{
     read_keyed, read_procs, read_u64, remove_empty_parent, rmdir, write_file, Cgroup, Usage,
 };
+use crate::container::devices::DeviceRule;
 use crate::container::error::{ContainerError, Context, Result};
 
 pub struct CgroupV2 {
@@ -124,6 +125,10 @@ impl Cgroup for CgroupV2 {
             write_file(&self.dir, "pids.max", &pids.to_string())?;
         }
         Ok(())
+    }
+
+    fn restrict_devices(&self, rules: &[DeviceRule]) -> Result<()> {
+        super::device_bpf::attach(&self.dir, rules)
     }
 
     fn join(&self, pid: i32) -> Result<()> {
