@@ -217,7 +217,13 @@ impl Environments {
         let previous = EnvRecord::load(&locked.dir)?;
         let first = previous.is_none();
         let result = self.up_locked(plan, opts, t0, env_id, &locked.dir, previous);
-        if result.is_err() && first {
+        // A failed `on_create`/`on_up` step leaves an environment that came up (recorded,
+        // so `destroy` removes it) for `berth shell` to look into; the next `up` retries.
+        let hook_failed = matches!(
+            result,
+            Err(EnvError::OnCreateFailed { .. } | EnvError::OnUpFailed { .. })
+        );
+        if result.is_err() && first && !hook_failed {
             // Nothing of an environment that never came up stays: processes, cgroups,
             // network, sync process, and its folder (the lock goes last, as in `destroy`).
             self.undo_first_up(&locked.dir, plan.backend);
