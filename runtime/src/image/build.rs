@@ -263,13 +263,17 @@ pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedS
             ),
             None => (Vec::new(), ""),
         };
-        let shown = match names.len() {
-            0 => workdir.to_string(),
-            1..=4 => format!("{} → {workdir}", names.join(" ")),
-            n => format!("{} and {} more → {workdir}", names[..3].join(" "), n - 3),
+        let label = match names.len() {
+            0 => format!("workdir: {workdir}"),
+            1..=4 => format!("inputs: {} → {workdir}", names.join(" ")),
+            n => format!(
+                "inputs: {} and {} more → {workdir}",
+                names[..3].join(" "),
+                n - 3
+            ),
         };
         steps.push(PlannedStep {
-            label: format!("inputs: {shown}"),
+            label,
             action: StepAction::Inputs,
             key: chain(&[b"inputs", workdir.as_bytes(), key.as_bytes()]),
         });
@@ -351,11 +355,15 @@ impl ImageStore {
             user: base.config.user.clone(),
         };
         // Cached steps are named only when a later step runs (which of them were reused);
-        // when every step is cached, one line says so instead of a line per step (none for
-        // an image whose only step is berth's own certificate layer).
+        // when every step is cached, one line says so instead of a line per step (berth's own
+        // layers, the certificates and a workdir without inputs, are not counted).
         let total = steps
             .iter()
-            .filter(|s| s.action != StepAction::HostCa)
+            .filter(|s| match s.action {
+                StepAction::HostCa => false,
+                StepAction::Inputs => spec.inputs.is_some(),
+                StepAction::Run { .. } => true,
+            })
             .count();
         let mut cached: Vec<String> = Vec::new();
         let mut ran = false;
