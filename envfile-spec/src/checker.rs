@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 use toml_edit::{Item, TableLike, Value};
 
 use crate::diagnostic::{ErrorKind, Report, Severity};
+use crate::inputs;
 use crate::keys::{self, KeyType};
 use crate::name;
 use crate::plan::*;
@@ -154,14 +155,24 @@ impl<'a> Checker<'a> {
             None => (BackendKind::Container, None, true),
         };
 
+        let on_create = self.string_list(&root, "on_create", true);
         let on_up = self.string_list(&root, "on_up", true);
         let devices = self.devices(&root, backend);
-        let image = self.image(&root);
+        let mut image = self.image(&root);
         let env = match root.get("env") {
             Some((item, span)) => self.env_map(item, span, "env"),
             None => BTreeMap::new(),
         };
         let mounts = self.mounts(&root);
+        if image.workdir.is_empty() {
+            image.workdir = mounts
+                .iter()
+                .find(|m| {
+                    matches!(m.kind, MountKind::Bind | MountKind::Sync)
+                        && m.source.as_deref().map(Path::new) == Some(self.project_dir.as_path())
+                })
+                .map_or_else(|| "/".to_string(), |m| m.target.clone());
+        }
         let network = self.network(&root);
         let ports = self.ports(&root, network.mode);
         let resources = self.resources(&root);
@@ -174,6 +185,7 @@ impl<'a> Checker<'a> {
             file,
             project_dir: self.project_dir.clone(),
             backend,
+            on_create,
             on_up,
             devices,
             image,
@@ -841,6 +853,9 @@ impl<'a> Checker<'a> {
             },
             packages: Vec::new(),
             setup: Vec::new(),
+            inputs: Vec::new(),
+            workdir: String::new(),
+            host_ca: true,
         };
         if root.get("image").is_none() {
             self.error(
@@ -936,11 +951,77 @@ impl<'a> Checker<'a> {
             }
             None => fallback.from,
         };
+        let inputs = self.inputs(&img);
+        // Empty until the mounts are known (`check` fills in the default).
+        let workdir = img
+            .get("workdir")
+            .and_then(|(item, span)| {
+                let w = self.string(item, span.clone(), "image.workdir")?;
+                self.guest_path(&w, span, "image.workdir", false)
+            })
+            .unwrap_or_default();
+        let host_ca = img
+            .get("host_ca")
+            .and_then(|(item, span)| self.boolean(item, span, "image.host_ca"))
+            .unwrap_or(true);
         ImagePlan {
             from,
             packages,
             setup,
+            inputs,
+            workdir,
+            host_ca,
         }
+    }
+
+    /// `image.inputs`: every pattern well-formed and matching at least one project file.
+    fn inputs(&mut self, img: &Tbl<'_>) -> Vec<String> {
+        let Some((item, span)) = img.get("inputs") else {
+            return Vec::new();
+        };
+        let Some(list) = self.string_array(item, span.clone(), "image.inputs", true) else {
+            return Vec::new();
+        };
+        let mut good = Vec::new();
+        for (pattern, pspan) in &list {
+            match inputs::check_pattern(pattern) {
+                Ok(()) => good.push((pattern.clone(), pspan.clone())),
+                Err(why) => self.error(
+                    ErrorKind::InvalidValue,
+                    pspan.clone(),
+                    format!("`image.inputs` pattern {pattern:?}: {why}"),
+                    Some("write a pattern relative to the project folder, e.g. \"package*.json\" or \"src/**/*.py\"".into()),
+                ),
+            }
+        }
+        let patterns: Vec<String> = good.iter().map(|(p, _)| p.clone()).collect();
+        match inputs::expand(&self.project_dir, &patterns) {
+            Ok((_, matched)) => {
+                for ((pattern, pspan), hit) in good.iter().zip(matched) {
+                    if !hit {
+                        self.error(
+                            ErrorKind::PathNotFound,
+                            pspan.clone(),
+                            format!(
+                                "`image.inputs` pattern {pattern:?} matches no file in {}",
+                                self.project_dir.display()
+                            ),
+                            Some("fix the pattern (it is relative to the project folder), or remove it".into()),
+                        );
+                    }
+                }
+            }
+            Err(e) => self.error(
+                ErrorKind::PathNotFound,
+                span,
+                format!(
+                    "`image.inputs`: cannot list {}: {e}",
+                    self.project_dir.display()
+                ),
+                Some("make the project folder readable".into()),
+            ),
+        }
+        patterns
     }
 
     fn image_source(&mut self, s: &str, span: Span) -> Option<ImageSource> {

@@ -8,8 +8,8 @@
 //! - `workspaceMount` / `workspaceFolder` → the project mount and `[shell].workdir`
 //!   (default: the project folder on `/workspaces/FOLDER`, as the dev container CLI does)
 //! - `mounts` (string or object form) → `[[mounts]]`
-//! - `onCreateCommand`, `updateContentCommand`, `postCreateCommand`, `postStartCommand`
-//!   (string, array or object) → `on_up`, in that order
+//! - `onCreateCommand`, `updateContentCommand`, `postCreateCommand` (string, array or
+//!   object) → `on_create`, in that order; `postStartCommand` → `on_up`
 //! - `remoteUser` (else `containerUser`) → `[shell].user`
 //! - `hostRequirements.cpus` / `.memory` → `[resources]`
 //!
@@ -121,14 +121,27 @@ impl Converter {
             }
             None => default_target.clone(),
         };
-        let on_up = self.lifecycle_commands(obj, &workdir);
         // Top-level keys first: TOML puts every key after a [table] into that table.
         if let Some(name) = obj.get("name").and_then(Value::as_str) {
             out.push_str(&format!("name = {}\n", q(&derive_name(name))));
         }
-        if !on_up.is_empty() {
-            out.push_str("on_up = [\n");
-            for c in &on_up {
+        // Create-time commands run once per writable layer, as in dev containers.
+        let on_create = self.lifecycle_commands(
+            obj,
+            &[
+                "onCreateCommand",
+                "updateContentCommand",
+                "postCreateCommand",
+            ],
+            &workdir,
+        );
+        let on_up = self.lifecycle_commands(obj, &["postStartCommand"], &workdir);
+        for (key, list) in [("on_create", &on_create), ("on_up", &on_up)] {
+            if list.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("{key} = [\n"));
+            for c in list {
                 out.push_str(&format!("    {},\n", q(c)));
             }
             out.push_str("]\n");
@@ -260,14 +273,14 @@ impl Converter {
         (!v.contains("${")).then_some(v)
     }
 
-    fn lifecycle_commands(&mut self, obj: &Map<String, Value>, workdir: &str) -> Vec<String> {
+    fn lifecycle_commands(
+        &mut self,
+        obj: &Map<String, Value>,
+        keys: &[&str],
+        workdir: &str,
+    ) -> Vec<String> {
         let mut out = Vec::new();
-        for key in [
-            "onCreateCommand",
-            "updateContentCommand",
-            "postCreateCommand",
-            "postStartCommand",
-        ] {
+        for &key in keys {
             match obj.get(key) {
                 None => {}
                 Some(Value::Object(parallel)) => {
@@ -570,7 +583,9 @@ mod tests {
             t.contains("from = \"mcr.microsoft.com/devcontainers/typescript-node:1-20-bullseye\"")
         );
         assert!(
-            t.contains("on_up = [\n    \"npm ci\",\n    \"npm run 'dev server'\",\n]"),
+            t.contains(
+                "on_create = [\n    \"npm ci\",\n]\non_up = [\n    \"npm run 'dev server'\",\n]"
+            ),
             "{t}"
         );
         assert!(t.contains("[[ports]]\nhost = 3000\nguest = 3000"));

@@ -54,6 +54,7 @@ const fn k(path: &'static str, ty: KeyType) -> KeySpec {
 pub const KEYS: &[KeySpec] = &[
     k("name", KeyType::String),
     k("backend", KeyType::Enum(BACKENDS)),
+    k("on_create", KeyType::StringArray),
     k("on_up", KeyType::StringArray),
     k("devices", KeyType::StringArray),
     k("image", KeyType::Table),
@@ -61,6 +62,9 @@ pub const KEYS: &[KeySpec] = &[
     k("image.packages", KeyType::StringArray),
     k("image.setup", KeyType::StringArray),
     k("image.mirror", KeyType::String),
+    k("image.inputs", KeyType::StringArray),
+    k("image.workdir", KeyType::String),
+    k("image.host_ca", KeyType::Boolean),
     k("env", KeyType::StringMap),
     k("mounts", KeyType::ArrayOfTables),
     k("mounts[].source", KeyType::String),
@@ -142,6 +146,7 @@ mod tests {
             [
                 "name",
                 "backend",
+                "on_create",
                 "on_up",
                 "devices",
                 "image",

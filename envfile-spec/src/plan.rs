@@ -24,6 +24,9 @@ pub struct Plan {
     /// Absolute path of the folder holding the berth.toml (relative paths resolve here).
     pub project_dir: PathBuf,
     pub backend: BackendKind,
+    /// Run once after the writable layer is created, before services and `on_up`.
+    #[serde(default)]
+    pub on_create: Vec<String>,
     pub on_up: Vec<String>,
     /// Host devices the environment may use (`devices`): absolute paths under `/dev`, `*` and
     /// `?` matching within one path component. Empty (the default) is left out of the
@@ -54,6 +57,25 @@ pub struct ImagePlan {
     pub from: ImageSource,
     pub packages: Vec<String>,
     pub setup: Vec<String>,
+    /// Patterns (relative to the project folder) of the files copied into the build under
+    /// `workdir` before the `setup` steps; see [`crate::inputs`].
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Folder the `setup` steps run in and the inputs land in (absolute). Default: the target
+    /// of the first mount of the project folder, else `/`.
+    #[serde(default = "root_folder")]
+    pub workdir: String,
+    /// Make the host's trusted CA certificates available to builds and environments.
+    #[serde(default = "yes")]
+    pub host_ca: bool,
+}
+
+fn root_folder() -> String {
+    "/".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where the base image comes from.
@@ -217,13 +239,14 @@ pub enum Section {
     Network,
     Shell,
     Services,
+    OnCreate,
     OnUp,
     Vm,
     Devices,
 }
 
 impl Section {
-    pub const ALL: [Section; 13] = [
+    pub const ALL: [Section; 14] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -234,6 +257,7 @@ impl Section {
         Section::Network,
         Section::Shell,
         Section::Services,
+        Section::OnCreate,
         Section::OnUp,
         Section::Vm,
         Section::Devices,
@@ -252,6 +276,7 @@ impl Section {
             Section::Network => "network",
             Section::Shell => "shell",
             Section::Services => "services",
+            Section::OnCreate => "on_create",
             Section::OnUp => "on_up",
             Section::Vm => "vm",
             Section::Devices => "devices",
@@ -292,6 +317,7 @@ impl Plan {
             Section::Network => sha256_json(&self.network),
             Section::Shell => sha256_json(&self.shell),
             Section::Services => sha256_json(&self.services),
+            Section::OnCreate => sha256_json(&self.on_create),
             Section::OnUp => sha256_json(&self.on_up),
             Section::Vm => sha256_json(&self.vm),
             Section::Devices => sha256_json(&self.devices),

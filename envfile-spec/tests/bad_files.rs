@@ -79,6 +79,12 @@ const CASES: &[Case] = &[
     case("package not a string", "[image]\nfrom = \"debian\"\npackages = [\"git\", 1]\n", &[(K::WrongType, 3, 20)]),
     case("mirror without debootstrap", "[image]\nfrom = \"debian\"\nmirror = \"http://deb.debian.org/debian\"\n", &[(K::MisplacedKey, 3, 1)]),
     case("mirror not a url", "[image]\nfrom = \"debootstrap:bookworm\"\nmirror = \"deb.debian.org\"\n", &[(K::BadUrl, 3, 10)]),
+    case("inputs matching nothing", "[image]\nfrom = \"debian\"\ninputs = [\"file.txt\", \"package*.json\"]\n", &[(K::PathNotFound, 3, 23)]),
+    case("inputs leaving the project", "[image]\nfrom = \"debian\"\ninputs = [\"../x\"]\n", &[(K::InvalidValue, 3, 11)]),
+    case("inputs not a list", "[image]\nfrom = \"debian\"\ninputs = \"file.txt\"\n", &[(K::WrongType, 3, 10)]),
+    case("relative image workdir", "[image]\nfrom = \"debian\"\nworkdir = \"app\"\n", &[(K::RelativePath, 3, 11)]),
+    case("host_ca not a boolean", "[image]\nfrom = \"debian\"\nhost_ca = \"false\"\n", &[(K::WrongType, 3, 11)]),
+    case("empty on_create step", "on_create = [\"\"]\n[image]\nfrom = \"debian\"\n", &[(K::EmptyValue, 1, 14)]),
     // --- env ----------------------------------------------------------------------------------
     case("env name with dash", "[image]\nfrom = \"debian\"\n[env]\nMY-VAR = \"1\"\n", &[(K::BadEnvName, 4, 1)]),
     case("env name starting with digit", "[image]\nfrom = \"debian\"\n[env]\n\"1X\" = \"1\"\n", &[(K::BadEnvName, 4, 1)]),

@@ -69,6 +69,9 @@ fn defaults_are_filled_in() {
         }
     );
     assert!(plan.image.packages.is_empty() && plan.image.setup.is_empty());
+    assert!(plan.image.inputs.is_empty() && plan.image.host_ca);
+    assert_eq!(plan.image.workdir, "/", "no mount of the project folder");
+    assert!(plan.on_create.is_empty());
     assert!(plan.env.is_empty() && plan.mounts.is_empty() && plan.ports.is_empty());
     assert_eq!(plan.resources, Resources::default());
     assert_eq!(plan.network.mode, NetworkMode::Isolated);
@@ -182,6 +185,10 @@ modules = "./kernel/modules"
             },
             packages: vec!["git".into(), "curl=7.88.1-10".into(), "python3>3".into()],
             setup: vec!["make deps".into()],
+            inputs: Vec::new(),
+            // The first mount of the project folder (`./src` is not it).
+            workdir: "/sync".into(),
+            host_ca: true,
         }
     );
     assert_eq!(
@@ -448,7 +455,7 @@ fn discovery_walks_up_like_cargo() {
 #[test]
 fn hashes_are_stable_and_per_section() {
     let dir = tempdir("berth-hash-");
-    let base = "name = \"h\"\non_up = [\"true\"]\n[image]\nfrom = \"alpine:3.20\"\n[env]\nA = \"1\"\n[[mounts]]\nsource = \".\"\ntarget = \"/w\"\n[[ports]]\nhost = 1080\nguest = 80\n[resources]\nmemory = \"1G\"\n[shell]\nuser = \"dev\"\nworkdir = \"/w\"\n[services.s]\ncommand = [\"sleep\", \"1\"]\n";
+    let base = "name = \"h\"\non_up = [\"true\"]\n[image]\nfrom = \"alpine:3.20\"\nworkdir = \"/w\"\n[env]\nA = \"1\"\n[[mounts]]\nsource = \".\"\ntarget = \"/w\"\n[[ports]]\nhost = 1080\nguest = 80\n[resources]\nmemory = \"1G\"\n[shell]\nuser = \"dev\"\nworkdir = \"/w\"\n[services.s]\ncommand = [\"sleep\", \"1\"]\n";
     let a = ok(dir.path(), base);
     let b = ok(dir.path(), base);
     assert_eq!(a.hash(), b.hash());
@@ -497,7 +504,43 @@ fn a_defaulted_workdir_follows_the_first_mount() {
     let base = "[image]\nfrom = \"alpine\"\n[[mounts]]\nsource = \".\"\ntarget = \"/w\"\n";
     let a = ok(dir.path(), base);
     let b = ok(dir.path(), &base.replace("/w", "/x"));
-    assert_eq!(b.changed_sections(&a), [Section::Mounts, Section::Shell]);
+    // The build's workdir follows the mount of the project folder too.
+    assert_eq!(
+        b.changed_sections(&a),
+        [Section::Image, Section::Mounts, Section::Shell]
+    );
+}
+
+#[test]
+fn build_inputs_workdir_host_ca_and_on_create() {
+    let dir = tempdir("berth-inputs-");
+    std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("package-lock.json"), "{}").unwrap();
+    let plan = ok(
+        dir.path(),
+        "on_create = [\"npm ci\"]\n[image]\nfrom = \"debian\"\ninputs = [\"package*.json\"]\nhost_ca = false\n[[mounts]]\nsource = \"/tmp\"\ntarget = \"/tmp-host\"\n[[mounts]]\nsource = \".\"\ntarget = \"/app/\"\n",
+    );
+    assert_eq!(plan.on_create, ["npm ci"]);
+    assert_eq!(plan.image.inputs, ["package*.json"]);
+    assert_eq!(
+        plan.image.workdir, "/app",
+        "the mount of `.`, not the first mount"
+    );
+    assert!(!plan.image.host_ca);
+    let explicit = ok(
+        dir.path(),
+        "[image]\nfrom = \"debian\"\nworkdir = \"/opt/app/\"\n[[mounts]]\nsource = \".\"\ntarget = \"/app\"\n",
+    );
+    assert_eq!(explicit.image.workdir, "/opt/app");
+    assert_eq!(
+        explicit.changed_sections(&plan),
+        [
+            Section::Image,
+            Section::Mounts,
+            Section::Shell,
+            Section::OnCreate
+        ]
+    );
 }
 
 #[test]

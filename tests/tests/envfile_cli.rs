@@ -337,7 +337,7 @@ fn init_from_devcontainer() {
     assert!(stderr.contains("  - features: "), "{stderr}");
     let written = std::fs::read_to_string(dir.path().join("berth.toml")).unwrap();
     assert!(written.contains("name = \"py-tools\""), "{written}");
-    assert!(written.contains("on_up = [\n    \"pip install -r requirements.txt\",\n]"));
+    assert!(written.contains("on_create = [\n    \"pip install -r requirements.txt\",\n]"));
     let out = b.run_in(dir.path(), &["validate", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["valid"], true, "{v}");

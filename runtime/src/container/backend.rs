@@ -348,6 +348,11 @@ impl ContainerBackend {
         control::exec(&self.running_socket(state_dir)?, req, stdio)
     }
 
+    /// Starts the services of an environment started with `hold_services`.
+    pub fn start_services(&self, state_dir: &Path) -> Result<()> {
+        control::start_services(&self.running_socket(state_dir)?)
+    }
+
     /// Starts a command without waiting (to forward signals with [`ExecSession::signal`]).
     pub fn exec_start(
         &self,

@@ -40,6 +40,9 @@ pub enum Request {
         signal: i32,
     },
     Status,
+    /// Start the services an environment started with `hold_services` (answered `Pong`;
+    /// nothing happens when they already run).
+    StartServices,
     /// SIGTERM to every process, SIGKILL after `grace_ms`, then the supervisor exits.
     Stop {
         grace_ms: u64,
@@ -469,6 +472,16 @@ pub fn ping(socket: &Path) -> bool {
     ControlClient::connect_for_reply(socket)
         .and_then(|mut c| c.call(&Request::Ping))
         .is_ok_and(|r| r == Response::Pong)
+}
+
+/// Asks the supervisor to start the services it holds back (see `hold_services`).
+pub fn start_services(socket: &Path) -> Result<()> {
+    match ControlClient::connect_for_reply(socket)?.call(&Request::StartServices)? {
+        Response::Pong => Ok(()),
+        other => Err(ContainerError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
 }
 
 /// Asks the supervisor to stop everything (SIGTERM, SIGKILL after `grace_ms`) and exit.

@@ -55,6 +55,9 @@ pub struct ContainerSpec {
     /// environment with its own network namespace then has loopback only.
     #[serde(default)]
     pub net_home: Option<PathBuf>,
+    /// Services wait for a `start_services` request (`on_create` runs first).
+    #[serde(default)]
+    pub hold_services: bool,
     /// Host devices the environment may use (berth.toml's `devices`, resolved on the host):
     /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
     #[serde(default)]
@@ -139,6 +142,7 @@ impl ContainerSpec {
             ports: Vec::new(),
             publish_auto: false,
             net_home: None,
+            hold_services: false,
             devices: Vec::new(),
         }
     }

@@ -284,7 +284,7 @@ impl Supervisor {
                 pid: None,
                 restarts: 0,
                 last_exit: None,
-                restart_at: Some(Instant::now()),
+                restart_at: (!spec.hold_services).then(Instant::now),
                 exits: VecDeque::new(),
                 last_group: None,
                 output: None,
@@ -583,6 +583,17 @@ impl Supervisor {
     fn handle(&mut self, id: u64, req: Request) {
         match req {
             Request::Ping => self.respond(id, &Response::Pong, &[]),
+            Request::StartServices => {
+                let now = Instant::now();
+                for s in &mut self.services {
+                    // Held services never ran: no pid, no exit, no restart pending.
+                    if s.pid.is_none() && s.last_exit.is_none() && s.restart_at.is_none() {
+                        s.restart_at = Some(now);
+                    }
+                }
+                self.start_services();
+                self.respond(id, &Response::Pong, &[]);
+            }
             Request::Status => {
                 let st = self.status();
                 self.respond(id, &Response::Status(st), &[]);

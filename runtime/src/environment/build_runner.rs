@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::container::step::{run_step, StepRequest};
-use crate::image::build::{StepRunner, StepRunnerError};
+use crate::image::build::{StepCommand, StepRunner, StepRunnerError};
 
 /// Runs each build step in a throw-away container sandboxed like an environment (user,
 /// network, pid, mount namespaces; seccomp allowlist; default capabilities), its scratch
@@ -21,17 +21,20 @@ impl StepRunner for ContainerStepRunner {
         lower_layers: &[PathBuf],
         upper: &Path,
         work: &Path,
-        command: &[String],
-        env: &[(String, String)],
+        command: &StepCommand<'_>,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<i32, StepRunnerError> {
         let req = StepRequest {
             lower_layers: lower_layers.to_vec(),
             upper: upper.to_path_buf(),
             work: work.to_path_buf(),
-            argv: command.to_vec(),
-            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            workdir: None,
+            argv: command.argv.to_vec(),
+            env: command
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            workdir: Some(command.workdir.to_string()),
             scratch: self.scratch.clone(),
             net_home: Some(self.net_home.clone()),
         };

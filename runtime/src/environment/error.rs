@@ -17,6 +17,8 @@ pub enum EnvError {
     Busy { name: String },
     #[error("on_up step `{command}` exited with code {code}; the environment is running: fix the step and run `berth up` again, or look inside with `berth shell`")]
     OnUpFailed { command: String, code: i32 },
+    #[error("on_create step `{command}` exited with code {code}; on_create runs again on the next `berth up` (the environment is running, its services not started): fix the step and run `berth up` again, or look inside with `berth shell`")]
+    OnCreateFailed { command: String, code: i32 },
     #[error("snapshot {name} of {env} holds {holds}, but the environment now needs {needs} (its backend changed); remove it with `berth snapshot rm {name}`")]
     SnapshotBackendMismatch {
         name: String,

@@ -9,8 +9,10 @@ use envfile_spec::plan::{BackendKind, Section};
 use envfile_spec::Plan;
 use serde::Serialize;
 
+use super::build_plan::build_spec;
 use super::build_runner::ContainerStepRunner;
 use super::error::EnvError;
+use super::hooks::{self, Hook};
 use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::session::CommandSession;
@@ -140,7 +142,7 @@ pub struct EnvView {
 pub struct Environments {
     home: BerthHome,
     images: ImageStore,
-    backend: ContainerBackend,
+    pub(super) backend: ContainerBackend,
     pub(super) vms: VmBackend,
 }
 
@@ -233,7 +235,13 @@ impl Environments {
         let previous = EnvRecord::load(&locked.dir)?;
         let first = previous.is_none();
         let result = self.up_locked(plan, opts, t0, env_id, &locked.dir, previous);
-        if result.is_err() && first {
+        // A failed `on_create`/`on_up` step leaves an environment that came up (recorded,
+        // so `destroy` removes it) for `berth shell` to look into; the next `up` retries.
+        let hook_failed = matches!(
+            result,
+            Err(EnvError::OnCreateFailed { .. } | EnvError::OnUpFailed { .. })
+        );
+        if result.is_err() && first && !hook_failed {
             // Nothing of an environment that never came up stays: processes, cgroups,
             // network, sync process, and its folder (the lock goes last, as in `destroy`).
             self.undo_first_up(&locked.dir, plan.backend);
@@ -273,10 +281,14 @@ impl Environments {
         let (current, _) = self.report_at(dir, previous_kind)?;
         let status = current.status;
         let hash = plan.hash();
+        // What the build reads besides the plan (inputs, host certificates).
+        let spec = build_spec(plan)?;
+        let build_key = spec.content_key();
         if let Some(prev) = &previous {
             if status == EnvStatus::Running
                 && prev.converged
                 && prev.plan_hash == hash
+                && prev.build_key == build_key
                 && prev.privileged == opts.privileged
                 && !opts.rebuild
                 && !opts.update
@@ -332,41 +344,42 @@ impl Environments {
         let (base, _) =
             self.images
                 .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
-        let image = if plan.image.packages.is_empty() && plan.image.setup.is_empty() {
-            base
-        } else {
-            let scratch = self.home.staging_dir("build")?;
-            let runner = ContainerStepRunner {
-                scratch: scratch.path().to_path_buf(),
-                net_home: self.home.root().to_path_buf(),
-            };
-            self.images.build(
-                &base,
-                &plan.image.packages,
-                &plan.image.setup,
-                &runner,
-                &opts.progress,
-            )?
+        let scratch = self.home.staging_dir("build")?;
+        let runner = ContainerStepRunner {
+            scratch: scratch.path().to_path_buf(),
+            net_home: self.home.root().to_path_buf(),
         };
+        let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
+        drop(scratch);
         let layer_dirs = image.layers.clone();
         let image_elapsed = t_image.elapsed();
 
         let action = match (&previous, status) {
             (None, _) => UpAction::Created,
-            (Some(prev), EnvStatus::Running | EnvStatus::Starting) => UpAction::Recreated {
-                changed: prev.plan.changed_sections(plan),
-                details: prev.plan.describe_changes(plan),
-            },
+            (Some(prev), EnvStatus::Running | EnvStatus::Starting) => {
+                let mut changed = prev.plan.changed_sections(plan);
+                if prev.build_key != build_key && !changed.contains(&Section::Image) {
+                    changed.push(Section::Image);
+                    changed.sort();
+                }
+                UpAction::Recreated {
+                    changed,
+                    details: prev.plan.describe_changes(plan),
+                }
+            }
             (Some(_), _) => UpAction::Started,
         };
         if status != EnvStatus::Stopped {
             self.stop_at(dir, previous_kind, opts.stop_timeout)?;
         }
 
+        // `on_create` ran on the writable layer the previous `up` used, if that one stays.
+        let mut on_create_done = previous.as_ref().and_then(|p| p.on_create_done.clone());
         // A writable layer (or VM disk) made on another base would not make sense on this
         // one: keep it aside (one generation) instead of deleting the user's changes.
         if let Some(prev_image) = previous.as_ref().and_then(|p| p.image.as_ref()) {
             if prev_image.layer_dirs != layer_dirs {
+                on_create_done = None;
                 notices.extend(set_disks_aside(dir)?);
             }
             if prev_image.layer_dirs != layer_dirs && dir_has_entries(&dir.join("upper")) {
@@ -405,12 +418,32 @@ impl Environments {
                 .map(|p| p.created_at)
                 .unwrap_or_else(now_secs),
             ephemeral: opts.ephemeral,
+            build_key: build_key.clone(),
+            on_create_done,
         };
         record.save(dir)?;
+        let create_key = hooks::on_create_key(plan);
+        let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
 
+        let mut record = record;
         let pid = match plan.backend {
             BackendKind::Container => {
-                Some(self.start_container(&record, dir, &image, layer_dirs, opts, &mut notices)?)
+                let pid = self.start_container(
+                    &record,
+                    &image,
+                    layer_dirs,
+                    opts,
+                    on_create_pending,
+                    &mut notices,
+                )?;
+                if on_create_pending {
+                    self.run_container_hook(dir, plan, Hook::OnCreate, &opts.progress)?;
+                    record.on_create_done = create_key;
+                    record.save(dir)?;
+                    self.backend.start_services(dir)?;
+                }
+                self.run_container_hook(dir, plan, Hook::OnUp, &opts.progress)?;
+                Some(pid)
             }
             BackendKind::Vm => {
                 let (mut spec, vm_notices) = vm_env::spec_from_plan(plan, dir, layer_dirs)?;
@@ -423,15 +456,17 @@ impl Environments {
                             .or_insert_with(|| v.to_string());
                     }
                 }
-                // `on_up` runs once the synced folders are in (as for containers).
-                let on_up = if live_sync::sync_mounts(&record).is_empty() {
-                    Vec::new()
-                } else {
-                    std::mem::take(&mut spec.on_up)
-                };
+                // `on_create` and `on_up` run once the synced folders are in (as for
+                // containers).
+                let on_up = std::mem::take(&mut spec.on_up);
                 let st = self.vms.start(&spec)?;
                 live_sync::start(&self.home, &record)?;
-                self.vms.run_on_up(dir, &on_up)?;
+                if on_create_pending {
+                    self.run_vm_hook(dir, &plan.on_create, Hook::OnCreate, &opts.progress)?;
+                    record.on_create_done = create_key;
+                    record.save(dir)?;
+                }
+                self.run_vm_hook(dir, &on_up, Hook::OnUp, &opts.progress)?;
                 st.process.map(|p| p.pid)
             }
         };
@@ -452,14 +487,15 @@ impl Environments {
         })
     }
 
-    /// Starts the container of `plan` and runs its `on_up` steps; returns the supervisor pid.
+    /// Starts the container of `plan` (its services held back with `hold_services`, for
+    /// `on_create`); returns the supervisor pid.
     fn start_container(
         &self,
         record: &EnvRecord,
-        dir: &Path,
         image: &ResolvedImage,
         layer_dirs: Vec<PathBuf>,
         opts: &UpOptions,
+        hold_services: bool,
         notices: &mut Vec<String>,
     ) -> Result<i32, EnvError> {
         let (plan, env_id) = (&record.plan, record.env_id.as_str());
@@ -478,6 +514,7 @@ impl Environments {
         )?;
         notices.extend(spec_notices);
         spec.publish_auto = opts.publish_auto;
+        spec.hold_services = hold_services;
         if let (_, Some(n)) = crate::container::network::effective_mode(
             &Network::new(&self.home, NetworkOptions::default()),
             spec.network,
@@ -488,32 +525,6 @@ impl Environments {
         notices.extend(started.notices.iter().cloned());
         live_sync::start(&self.home, record)?;
 
-        for command in &plan.on_up {
-            let req = ExecRequest {
-                argv: vec!["/bin/sh".into(), "-c".into(), command.clone()],
-                env: Vec::new(),
-                cwd: plan.shell.workdir.clone(),
-                user: plan.shell.user.clone(),
-                tty: false,
-                winsize: None,
-            };
-            let devnull =
-                fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {
-                    path: "/dev/null".into(),
-                    source,
-                })?;
-            let out = std::io::stdout();
-            let err = std::io::stderr();
-            let code = self
-                .backend
-                .exec(dir, &req, [devnull.as_fd(), out.as_fd(), err.as_fd()])?;
-            if code != 0 {
-                return Err(EnvError::OnUpFailed {
-                    command: command.clone(),
-                    code,
-                });
-            }
-        }
         Ok(started.pid)
     }
 

@@ -10,10 +10,12 @@
 //! changed since the last `up`), and garbage collection of throw-away environments whose
 //! `berth run` was killed.
 
+mod build_plan;
 mod build_runner;
 mod ephemeral;
 mod error;
 mod gc;
+mod hooks;
 mod lifecycle;
 pub mod live_sync;
 mod mount_source;

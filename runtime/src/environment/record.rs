@@ -37,6 +37,14 @@ pub struct EnvRecord {
     /// Set for throw-away environments of `berth run`: they belong to that process.
     #[serde(default)]
     pub ephemeral: Option<Ephemeral>,
+    /// Content hash of what the build read besides the plan (the inputs, the host's CA
+    /// certificates): when it changes, `up` rebuilds even if the plan did not.
+    #[serde(default)]
+    pub build_key: Option<String>,
+    /// The `on_create` commands (their hash) that last succeeded on the current writable
+    /// layer; `None` until they did, and again when the writable layer is made anew.
+    #[serde(default)]
+    pub on_create_done: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,9 +1,13 @@
-//! Cached build steps: `[image].packages`, then each `[image].setup` command, each run over
-//! the layers so far by a [`StepRunner`] (the container backend) and captured as a new layer
-//! from the overlay upper directory.
+//! Cached build steps: the host's CA certificates ([`super::host_ca`]), `[image].packages`,
+//! the `[image].inputs` copied under `[image].workdir` ([`super::build_inputs`]), then each
+//! `[image].setup` command, run in the workdir with the plan's `[env]`. Command steps run
+//! over the layers so far by a [`StepRunner`] (the container backend) and are captured as a
+//! new layer from the overlay upper directory; the certificate and input layers are written
+//! by berth itself.
 //!
-//! Each step's cache key is the hash of its parent's key and the step itself, so editing
-//! step 3 rebuilds steps 3 and later only. A cached step is an image record named
+//! Each step's cache key is the hash of its parent's key and the step itself (for the
+//! certificates and inputs: their content hash), so editing step 3 rebuilds steps 3 and later
+//! only, and a changed input reruns the setup steps but not the packages. A cached step is an image record named
 //! `build:<key>` (layers so far + the step's layer). `berth image prune` drops the cached
 //! steps whose layer no environment or image uses any more (steps edited away, or those of
 //! destroyed environments).
@@ -14,7 +18,10 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+pub use super::build_inputs::BuildInputs;
 use super::error::ImageError;
+pub use super::host_ca::HostCas;
+use super::host_ca::CA_ENV;
 use super::layer_writer::WhiteoutMode;
 use super::manifest::RunConfig;
 use super::progress::Progress;
@@ -23,19 +30,28 @@ use super::store::{ImageStore, ResolvedImage};
 /// Error of a step runner (the backend's own error type, boxed).
 pub type StepRunnerError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The command of a build step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepCommand<'a> {
+    pub argv: &'a [String],
+    /// Folder it runs in (absolute, inside).
+    pub workdir: &'a str,
+    /// Its whole environment.
+    pub env: &'a [(String, String)],
+}
+
 /// Runs one build step in a throw-away container.
 pub trait StepRunner {
     /// Runs `command` with the root filesystem `lower_layers` (bottom → top, read-only)
     /// under an overlay whose upper directory is `upper` (empty, on the store's filesystem)
-    /// and work directory `work`, with `env` as its environment, passing everything the
-    /// command prints to `output`. Returns the command's exit code.
+    /// and work directory `work`, passing everything the command prints to `output`.
+    /// Returns the command's exit code.
     fn run_step(
         &self,
         lower_layers: &[PathBuf],
         upper: &Path,
         work: &Path,
-        command: &[String],
-        env: &[(String, String)],
+        command: &StepCommand<'_>,
         output: &mut dyn FnMut(&[u8]),
     ) -> Result<i32, StepRunnerError>;
 }
@@ -98,22 +114,118 @@ fn valid_package(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b".+_:=~-/@".contains(&b))
 }
 
+/// What a build puts on top of a base image.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// `[image].packages`.
+    pub packages: Vec<String>,
+    /// `[image].setup`.
+    pub setup: Vec<String>,
+    /// The plan's `[env]`, set (over the image's variables) in the setup steps.
+    pub env: Vec<(String, String)>,
+    /// `[image].workdir`: where the setup steps run and the inputs land.
+    pub workdir: String,
+    /// `[image].inputs`, expanded (`None` without inputs).
+    pub inputs: Option<BuildInputs>,
+    /// The host's CA certificates, when `[image].host_ca` is on and the host has any.
+    pub host_ca: Option<HostCas>,
+}
+
+impl BuildSpec {
+    /// Hash of what the build reads besides its settings (the inputs' and the host
+    /// certificates' content), `None` when it reads nothing else.
+    pub fn content_key(&self) -> Option<String> {
+        if self.inputs.is_none() && self.host_ca.is_none() {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(self.inputs.as_ref().map_or("", |i| i.key()));
+        h.update(b"\n");
+        h.update(self.host_ca.as_ref().map_or("", |c| c.key()));
+        Some(hex::encode(h.finalize()))
+    }
+}
+
+impl Default for BuildSpec {
+    fn default() -> Self {
+        BuildSpec {
+            packages: Vec::new(),
+            setup: Vec::new(),
+            env: Vec::new(),
+            workdir: "/".into(),
+            inputs: None,
+            host_ca: None,
+        }
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAction {
+    /// The layer with the host's CA certificates (written by berth itself).
+    HostCa,
+    /// The layer with the inputs under the workdir (written by berth itself).
+    Inputs,
+    /// A command run in a throw-away container.
+    Run {
+        command: Vec<String>,
+        workdir: String,
+        env: Vec<(String, String)>,
+    },
+}
+
 /// One step of a build, before it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedStep {
     pub label: String,
-    pub command: Vec<String>,
+    pub action: StepAction,
     /// Cache key: hash of the parent key and this step.
     pub key: String,
 }
 
-/// The steps for `packages` and `setup` over `base`, with their cache keys.
-pub fn plan_steps(
-    base: &ResolvedImage,
-    packages: &[String],
-    setup: &[String],
-) -> Result<Vec<PlannedStep>, ImageError> {
-    let mut commands: Vec<(String, Vec<String>)> = Vec::new();
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The steps over `base`, with their cache keys, in order: the host's CA certificates,
+/// `packages`, the inputs, each `setup` command. Each key chains its parent's, so a step
+/// reruns exactly when it or anything below it changed.
+pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedStep>, ImageError> {
+    // Variables of every command step: the image's, a PATH, the CA variables.
+    let mut step_env = base.config.env_pairs();
+    if !step_env.iter().any(|(k, _)| k == "PATH") {
+        step_env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if spec.host_ca.is_some() {
+        set_all(&mut step_env, &HostCas::env());
+    }
+    let mut parent = {
+        let mut h = Sha256::new();
+        h.update(b"berth-build-v1\n");
+        h.update(base.id.as_str());
+        for d in &base.diff_ids {
+            h.update(b"\n");
+            h.update(d.as_str());
+        }
+        hex::encode(h.finalize())
+    };
+    let mut chain = |parts: &[&[u8]]| {
+        let mut h = Sha256::new();
+        h.update(parent.as_bytes());
+        for p in parts {
+            h.update(b"\n");
+            h.update(p);
+        }
+        parent = hex::encode(h.finalize());
+        parent.clone()
+    };
+    let mut steps = Vec::new();
+    if let Some(cas) = &spec.host_ca {
+        steps.push(PlannedStep {
+            label: "host CA certificates".into(),
+            action: StepAction::HostCa,
+            key: chain(&[b"host-ca", cas.key().as_bytes()]),
+        });
+    }
+    let packages = &spec.packages;
     if !packages.is_empty() {
         if let Some(bad) = packages.iter().find(|p| !valid_package(p)) {
             return Err(ImageError::Build {
@@ -128,42 +240,77 @@ pub fn plan_steps(
                 base.name
             ),
         })?;
-        commands.push((
-            format!("packages: {}", packages.join(" ")),
-            pm.install_command(packages),
-        ));
-    }
-    for (i, s) in setup.iter().enumerate() {
-        commands.push((
-            format!("setup[{i}]: {s}"),
-            vec!["/bin/sh".into(), "-c".into(), s.clone()],
-        ));
-    }
-    let mut parent = {
-        let mut h = Sha256::new();
-        h.update(b"berth-build-v1\n");
-        h.update(base.id.as_str());
-        for d in &base.diff_ids {
-            h.update(b"\n");
-            h.update(d.as_str());
-        }
-        hex::encode(h.finalize())
-    };
-    Ok(commands
-        .into_iter()
-        .map(|(label, command)| {
-            let mut h = Sha256::new();
-            h.update(parent.as_bytes());
-            h.update(b"\n");
-            h.update(serde_json::to_vec(&command).unwrap_or_default());
-            parent = hex::encode(h.finalize());
-            PlannedStep {
-                label,
+        let command = pm.install_command(packages);
+        steps.push(PlannedStep {
+            label: format!("packages: {}", packages.join(" ")),
+            key: chain(&[&serde_json::to_vec(&command).unwrap_or_default()]),
+            action: StepAction::Run {
                 command,
-                key: parent.clone(),
-            }
-        })
-        .collect())
+                workdir: "/".into(),
+                env: step_env.clone(),
+            },
+        });
+    }
+    let workdir = spec.workdir.as_str();
+    if spec.inputs.is_some() || (!spec.setup.is_empty() && workdir != "/") {
+        let (names, key) = match &spec.inputs {
+            Some(i) => (
+                i.files()
+                    .iter()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>(),
+                i.key(),
+            ),
+            None => (Vec::new(), ""),
+        };
+        let label = match names.len() {
+            0 => format!("workdir: {workdir}"),
+            1..=4 => format!("inputs: {} → {workdir}", names.join(" ")),
+            n => format!(
+                "inputs: {} and {} more → {workdir}",
+                names[..3].join(" "),
+                n - 3
+            ),
+        };
+        steps.push(PlannedStep {
+            label,
+            action: StepAction::Inputs,
+            key: chain(&[b"inputs", workdir.as_bytes(), key.as_bytes()]),
+        });
+    }
+    let mut setup_env = step_env;
+    set_all(&mut setup_env, &spec.env);
+    for (i, s) in spec.setup.iter().enumerate() {
+        let command = vec!["/bin/sh".to_string(), "-c".to_string(), s.clone()];
+        let mut parts = vec![serde_json::to_vec(&command).unwrap_or_default()];
+        // The folder and the plan's variables change what a step does; left out when they
+        // are the defaults, so the keys of builds without them stay as they were.
+        if workdir != "/" || !spec.env.is_empty() {
+            parts.push(workdir.as_bytes().to_vec());
+            parts.push(serde_json::to_vec(&spec.env).unwrap_or_default());
+        }
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        steps.push(PlannedStep {
+            label: format!("setup[{i}]: {s}"),
+            key: chain(&parts),
+            action: StepAction::Run {
+                command,
+                workdir: workdir.to_string(),
+                env: setup_env.clone(),
+            },
+        });
+    }
+    Ok(steps)
+}
+
+/// Sets each of `vars` in `env`, replacing an earlier value.
+fn set_all(env: &mut Vec<(String, String)>, vars: &[(String, String)]) {
+    for (k, v) in vars {
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(e) => e.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
 }
 
 /// Name of the image record that caches a step.
@@ -180,17 +327,19 @@ pub fn all_cached_line(steps: usize) -> String {
 }
 
 impl ImageStore {
-    /// Builds `packages` and `setup` on top of `base`, reusing cached steps, and returns the
-    /// resulting image.
+    /// Builds `spec` on top of `base`, reusing cached steps, and returns the resulting image
+    /// (`base` itself when there is nothing to build).
     pub fn build(
         &self,
         base: &ResolvedImage,
-        packages: &[String],
-        setup: &[String],
+        spec: &BuildSpec,
         runner: &dyn StepRunner,
         progress: &Progress,
     ) -> Result<ResolvedImage, ImageError> {
-        let steps = plan_steps(base, packages, setup)?;
+        let steps = plan_steps(base, spec)?;
+        if steps.is_empty() {
+            return Ok(base.clone());
+        }
         let _lock = self.lock_shared()?;
         let base_record = self
             .records
@@ -198,7 +347,7 @@ impl ImageStore {
             .ok_or_else(|| ImageError::NotFound(base.name.clone()))?;
         let mut current = base.clone();
         let mut layers = base_record.layers.clone();
-        let run_config = RunConfig {
+        let mut run_config = RunConfig {
             env: Some(base.config.env.clone()),
             cmd: Some(base.config.cmd.clone()).filter(|c| !c.is_empty()),
             entrypoint: Some(base.config.entrypoint.clone()).filter(|c| !c.is_empty()),
@@ -206,11 +355,30 @@ impl ImageStore {
             user: base.config.user.clone(),
         };
         // Cached steps are named only when a later step runs (which of them were reused);
-        // when every step is cached, one line says so instead of a line per step.
-        let total = steps.len();
+        // when every step is cached, one line says so instead of a line per step (berth's own
+        // layers, the certificates and a workdir without inputs, are not counted).
+        let total = steps
+            .iter()
+            .filter(|s| match s.action {
+                StepAction::HostCa => false,
+                StepAction::Inputs => spec.inputs.is_some(),
+                StepAction::Run { .. } => true,
+            })
+            .count();
         let mut cached: Vec<String> = Vec::new();
         let mut ran = false;
         for step in steps {
+            if step.action == StepAction::HostCa {
+                // From this layer on, the image's own variables point at the bundle (under
+                // the plan's `[env]`, like every image variable).
+                let env = run_config.env.get_or_insert_with(Vec::new);
+                env.retain(|kv| {
+                    !CA_ENV
+                        .iter()
+                        .any(|k| kv.split_once('=').is_some_and(|(n, _)| n == *k))
+                });
+                env.extend(HostCas::env().into_iter().map(|(k, v)| format!("{k}={v}")));
+            }
             let name = cache_name(&step.key);
             if let Some(r) = self.records.get(&name)?.filter(|r| self.is_complete(r)) {
                 if ran {
@@ -227,76 +395,119 @@ impl ImageStore {
             }
             ran = true;
             progress.message(&format!("{} …", step.label));
+            let started = std::time::Instant::now();
             let upper = self.home.staging_dir("build-upper")?;
-            let work = self.home.staging_dir("build-work")?;
-            let mut env = base.config.env_pairs();
-            if !env.iter().any(|(k, _)| k == "PATH") {
-                env.push((
-                    "PATH".into(),
-                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-                ));
-            }
-            let mut tail: VecDeque<String> = VecDeque::new();
-            let mut partial = Vec::new();
-            let code = {
-                let mut sink = |bytes: &[u8]| {
-                    partial.extend_from_slice(bytes);
-                    while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
-                        let line = String::from_utf8_lossy(&partial[..nl]).into_owned();
-                        partial.drain(..=nl);
-                        progress.message(&format!("  | {line}"));
-                        tail.push_back(line);
-                        if tail.len() > TAIL_LINES {
-                            tail.pop_front();
-                        }
-                    }
-                };
-                runner.run_step(
-                    &current.layers,
+            match &step.action {
+                StepAction::HostCa => {
+                    let cas = spec.host_ca.as_ref().expect("planned with host CAs");
+                    cas.write_tree(&current.layers, upper.path())
+                        .map_err(|e| ImageError::Build {
+                            step: step.label.clone(),
+                            detail: format!("cannot write the certificates: {e}; set `host_ca = false` under [image] to build without them"),
+                        })?;
+                }
+                StepAction::Inputs => {
+                    let written = match &spec.inputs {
+                        Some(i) => i.write_tree(upper.path(), &spec.workdir),
+                        None => std::fs::DirBuilder::new()
+                            .recursive(true)
+                            .create(upper.path().join(spec.workdir.trim_start_matches('/'))),
+                    };
+                    written.map_err(|e| ImageError::Build {
+                        step: step.label.clone(),
+                        detail: format!("cannot copy the inputs: {e}"),
+                    })?;
+                }
+                StepAction::Run {
+                    command,
+                    workdir,
+                    env,
+                } => self.run_command_step(
+                    &step.label,
+                    &current,
                     upper.path(),
-                    work.path(),
-                    &step.command,
-                    &env,
-                    &mut sink,
-                )
+                    &StepCommand {
+                        argv: command,
+                        workdir,
+                        env,
+                    },
+                    runner,
+                    progress,
+                )?,
+            }
+            let mode = match step.action {
+                StepAction::Run { .. } => WhiteoutMode::FromOverlay,
+                _ => WhiteoutMode::Plain,
             };
-            if !partial.is_empty() {
-                tail.push_back(String::from_utf8_lossy(&partial).into_owned());
-            }
-            let code = code.map_err(|e| ImageError::Build {
-                step: step.label.clone(),
-                detail: format!("could not run it: {e}"),
-            })?;
-            if code != 0 {
-                let lines: Vec<String> = tail.into_iter().collect();
-                return Err(ImageError::Build {
-                    step: step.label.clone(),
-                    detail: format!(
-                        "exited with code {code}; last output:\n{}\nfix the step in berth.toml and run again (earlier steps stay cached)",
-                        lines.join("\n")
-                    ),
-                });
-            }
-            let layer = self.add_tree_layer(
-                upper.path(),
-                WhiteoutMode::FromOverlay,
-                &step.label,
-                progress,
-            )?;
+            let layer = self.add_tree_layer(upper.path(), mode, &step.label, progress)?;
             layers.push(layer);
             let record = self.record_local_image(&name, layers.clone(), run_config.clone())?;
             current = self.resolved(&record);
+            progress.message(&format!(
+                "{} done in {}",
+                step.label,
+                super::progress::human_duration(started.elapsed())
+            ));
         }
         if !ran && total > 0 {
             progress.message(&all_cached_line(total));
         }
         Ok(current)
     }
+
+    /// Runs one command step over `current` with `upper` as the overlay's upper folder.
+    fn run_command_step(
+        &self,
+        label: &str,
+        current: &ResolvedImage,
+        upper: &Path,
+        command: &StepCommand<'_>,
+        runner: &dyn StepRunner,
+        progress: &Progress,
+    ) -> Result<(), ImageError> {
+        let work = self.home.staging_dir("build-work")?;
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let mut partial = Vec::new();
+        let code = {
+            let mut sink = |bytes: &[u8]| {
+                partial.extend_from_slice(bytes);
+                while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&partial[..nl]).into_owned();
+                    partial.drain(..=nl);
+                    progress.message(&format!("  | {line}"));
+                    tail.push_back(line);
+                    if tail.len() > TAIL_LINES {
+                        tail.pop_front();
+                    }
+                }
+            };
+            runner.run_step(&current.layers, upper, work.path(), command, &mut sink)
+        };
+        if !partial.is_empty() {
+            tail.push_back(String::from_utf8_lossy(&partial).into_owned());
+        }
+        let code = code.map_err(|e| ImageError::Build {
+            step: label.to_string(),
+            detail: format!("could not run it: {e}"),
+        })?;
+        if code != 0 {
+            let lines: Vec<String> = tail.into_iter().collect();
+            return Err(ImageError::Build {
+                step: label.to_string(),
+                detail: format!(
+                    "exited with code {code}; last output:\n{}\nfix the step in berth.toml and run again (earlier steps stay cached)",
+                    lines.join("\n")
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::host_ca;
     use crate::image::progress::QuietProgress;
     use crate::state::BerthHome;
     use std::cell::RefCell;
@@ -304,8 +515,20 @@ mod tests {
     use std::sync::Arc;
 
     /// Writes `<step>.txt` into upper, whites out `etc/old` and fails on `exit N`.
+    #[derive(Default)]
     struct FakeRunner {
         calls: RefCell<Vec<Vec<String>>>,
+        /// Workdir, environment and lower layers of each call.
+        #[allow(clippy::type_complexity)]
+        seen: RefCell<Vec<(String, Vec<(String, String)>, Vec<PathBuf>)>>,
+    }
+
+    fn spec(packages: &[String], setup: &[String]) -> BuildSpec {
+        BuildSpec {
+            packages: packages.to_vec(),
+            setup: setup.to_vec(),
+            ..BuildSpec::default()
+        }
     }
 
     impl StepRunner for FakeRunner {
@@ -314,13 +537,18 @@ mod tests {
             lower: &[PathBuf],
             upper: &Path,
             _work: &Path,
-            command: &[String],
-            env: &[(String, String)],
+            step: &StepCommand<'_>,
             output: &mut dyn FnMut(&[u8]),
         ) -> Result<i32, StepRunnerError> {
-            assert!(env.iter().any(|(k, _)| k == "PATH"));
+            let command = step.argv;
+            assert!(step.env.iter().any(|(k, _)| k == "PATH"));
             assert!(lower[0].join("usr/bin/apt-get").exists());
             self.calls.borrow_mut().push(command.to_vec());
+            self.seen.borrow_mut().push((
+                step.workdir.to_string(),
+                step.env.to_vec(),
+                lower.to_vec(),
+            ));
             let script = command.last().unwrap();
             if let Some(code) = script.strip_prefix("exit ") {
                 output(b"working\nsomething broke\n");
@@ -358,12 +586,12 @@ mod tests {
     fn steps_become_cached_layers_and_only_changed_steps_rerun() {
         let (_d, store, base) = base_store();
         let p: Progress = Arc::new(QuietProgress);
-        let runner = FakeRunner {
-            calls: RefCell::new(Vec::new()),
-        };
+        let runner = FakeRunner::default();
         let pkgs = vec!["curl".to_string(), "git".to_string()];
         let setup = vec!["echo one".to_string(), "echo two".to_string()];
-        let img = store.build(&base, &pkgs, &setup, &runner, &p).unwrap();
+        let img = store
+            .build(&base, &spec(&pkgs, &setup), &runner, &p)
+            .unwrap();
         let calls = runner.calls.borrow().clone();
         assert_eq!(calls.len(), 3);
         assert!(
@@ -387,12 +615,16 @@ mod tests {
         assert!(names.contains(&"etc/.wh.old".to_string()), "{names:?}");
 
         runner.calls.borrow_mut().clear();
-        let again = store.build(&base, &pkgs, &setup, &runner, &p).unwrap();
+        let again = store
+            .build(&base, &spec(&pkgs, &setup), &runner, &p)
+            .unwrap();
         assert_eq!(again, img);
         assert!(runner.calls.borrow().is_empty());
 
         let edited = vec!["echo one".to_string(), "echo TWO".to_string()];
-        let img2 = store.build(&base, &pkgs, &edited, &runner, &p).unwrap();
+        let img2 = store
+            .build(&base, &spec(&pkgs, &edited), &runner, &p)
+            .unwrap();
         assert_eq!(
             runner.calls.borrow().len(),
             1,
@@ -421,22 +653,24 @@ mod tests {
     #[test]
     fn an_all_cached_build_says_so_in_one_line_and_a_partial_one_names_what_it_reused() {
         let (_d, store, base) = base_store();
-        let runner = FakeRunner {
-            calls: RefCell::new(Vec::new()),
-        };
+        let runner = FakeRunner::default();
         let setup = vec!["echo one".to_string(), "echo two".to_string()];
         let quiet: Progress = Arc::new(QuietProgress);
-        store.build(&base, &[], &setup, &runner, &quiet).unwrap();
+        store
+            .build(&base, &spec(&[], &setup), &runner, &quiet)
+            .unwrap();
 
         let rec = Arc::new(Recorder::default());
         let p: Progress = rec.clone();
-        store.build(&base, &[], &setup, &runner, &p).unwrap();
+        store.build(&base, &spec(&[], &setup), &runner, &p).unwrap();
         assert_eq!(*rec.0.lock().unwrap(), [all_cached_line(2)]);
         assert_eq!(all_cached_line(2), "build: 2 steps cached, nothing to run");
 
         rec.0.lock().unwrap().clear();
         let edited = vec!["echo one".to_string(), "echo TWO".to_string()];
-        store.build(&base, &[], &edited, &runner, &p).unwrap();
+        store
+            .build(&base, &spec(&[], &edited), &runner, &p)
+            .unwrap();
         let seen = rec.0.lock().unwrap().clone();
         assert_eq!(seen[0], "setup[0]: echo one (cached)", "{seen:?}");
         assert_eq!(seen[1], "setup[1]: echo TWO …", "{seen:?}");
@@ -450,12 +684,10 @@ mod tests {
     fn failing_step_reports_code_and_output_and_leaves_the_cache_alone() {
         let (d, store, base) = base_store();
         let p: Progress = Arc::new(QuietProgress);
-        let runner = FakeRunner {
-            calls: RefCell::new(Vec::new()),
-        };
+        let runner = FakeRunner::default();
         let before = store.records.list().unwrap().len();
         let err = store
-            .build(&base, &[], &["exit 3".to_string()], &runner, &p)
+            .build(&base, &spec(&[], &["exit 3".to_string()]), &runner, &p)
             .unwrap_err()
             .to_string();
         assert!(
@@ -465,8 +697,104 @@ mod tests {
         assert_eq!(store.records.list().unwrap().len(), before);
         assert_eq!(fs::read_dir(d.path().join("home/tmp")).unwrap().count(), 0);
         let bad = store
-            .build(&base, &["curl; rm -rf /".to_string()], &[], &runner, &p)
+            .build(
+                &base,
+                &spec(&["curl; rm -rf /".to_string()], &[]),
+                &runner,
+                &p,
+            )
             .unwrap_err();
         assert!(bad.to_string().contains("not a valid package name"));
+    }
+
+    #[test]
+    fn host_cas_come_first_and_inputs_rerun_only_the_setup_steps() {
+        let (d, store, base) = base_store();
+        let p: Progress = Arc::new(QuietProgress);
+        let runner = FakeRunner::default();
+        let project = d.path().join("project");
+        fs::create_dir_all(project.join("src")).unwrap();
+        fs::write(project.join("package.json"), "{}").unwrap();
+        fs::write(project.join("src/app.js"), "1").unwrap();
+        let host = d.path().join("host-ca.crt");
+        let cert =
+            |n: u8| format!("-----BEGIN CERTIFICATE-----\nQ{n}\n-----END CERTIFICATE-----\n");
+        fs::write(&host, cert(1)).unwrap();
+        let none = d.path().join("no-local");
+        let full = |host_cert: &Path| BuildSpec {
+            packages: vec!["nodejs".into()],
+            setup: vec!["npm ci".into(), "npm run build".into()],
+            env: vec![("NODE_ENV".into(), "development".into())],
+            workdir: "/work".into(),
+            inputs: Some(BuildInputs::collect(&project, &["package*.json".into()]).unwrap()),
+            host_ca: HostCas::from_paths(Some(host_cert), &none).unwrap(),
+        };
+        let img = store.build(&base, &full(&host), &runner, &p).unwrap();
+        // base, certificates, packages, inputs, two setup steps
+        assert_eq!(img.layers.len(), 6);
+        assert_eq!(
+            fs::read_to_string(img.layers[1].join("etc/berth/ca-certificates.crt")).unwrap(),
+            cert(1)
+        );
+        assert_eq!(
+            fs::read_to_string(img.layers[3].join("work/package.json")).unwrap(),
+            "{}"
+        );
+        assert!(!img.layers[3].join("work/src").exists());
+        assert!(img
+            .config
+            .env
+            .contains(&"SSL_CERT_FILE=/etc/berth/ca-certificates.crt".to_string()));
+        {
+            let seen = runner.seen.borrow();
+            let (packages_dir, packages_env, _) = &seen[0];
+            assert_eq!(packages_dir, "/");
+            assert!(packages_env.contains(&("PIP_CERT".into(), host_ca::BUNDLE_PATH.into())));
+            assert!(!packages_env.iter().any(|(k, _)| k == "NODE_ENV"));
+            let (setup_dir, setup_env, setup_lower) = &seen[1];
+            assert_eq!(setup_dir, "/work");
+            assert!(setup_env.contains(&("NODE_ENV".into(), "development".into())));
+            assert!(
+                setup_lower[3].join("work/package.json").exists(),
+                "the inputs are below the step"
+            );
+        }
+        runner.calls.borrow_mut().clear();
+
+        // An edit outside the inputs rebuilds nothing.
+        fs::write(project.join("src/app.js"), "2").unwrap();
+        assert_eq!(store.build(&base, &full(&host), &runner, &p).unwrap(), img);
+        assert!(runner.calls.borrow().is_empty());
+
+        // A changed input reruns the setup steps only.
+        fs::write(project.join("package.json"), "{\"x\":1}").unwrap();
+        let img2 = store.build(&base, &full(&host), &runner, &p).unwrap();
+        assert_eq!(
+            runner.calls.borrow().len(),
+            2,
+            "{:?}",
+            runner.calls.borrow()
+        );
+        assert_eq!(img2.layers[..3], img.layers[..3]);
+        runner.calls.borrow_mut().clear();
+
+        // Other host certificates rebuild from their layer on.
+        fs::write(&host, cert(2)).unwrap();
+        store.build(&base, &full(&host), &runner, &p).unwrap();
+        assert_eq!(runner.calls.borrow().len(), 3);
+        runner.calls.borrow_mut().clear();
+
+        // Without certificates, inputs or workdir the keys are those of before.
+        let plain = store
+            .build(
+                &base,
+                &spec(&["curl".into()], &["echo".into()]),
+                &runner,
+                &p,
+            )
+            .unwrap();
+        let steps = plan_steps(&base, &spec(&["curl".into()], &["echo".into()])).unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(plain.layers.len(), 3);
     }
 }

@@ -8,7 +8,7 @@
 //! let store = ImageStore::open(&home);
 //! let _guard = store.lock_shared()?;              // until env.json lists the layers
 //! let (base, _) = store.resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &opts)?;
-//! let image = store.build(&base, &plan.image.packages, &plan.image.setup, &runner, &progress)?;
+//! let image = store.build(&base, &BuildSpec { packages, setup, .. }, &runner, &progress)?;
 //! // image.layers: unpacked layer dirs, bottom → top (overlay lowerdir= wants them reversed)
 //! // image.diff_ids: write them to envs/<id>/env.json as "layers": [...] so prune keeps them
 //! // image.config: Env, Cmd, Entrypoint, WorkingDir, User of the image
@@ -22,9 +22,11 @@ pub mod auth;
 pub mod bases;
 pub mod blob_store;
 pub mod build;
+pub mod build_inputs;
 pub mod digest;
 pub mod error;
 pub mod export;
+pub mod host_ca;
 pub mod image_store;
 pub mod layer_store;
 pub mod layer_writer;
@@ -45,7 +47,9 @@ pub(crate) use crate::state::unique_suffix;
 
 pub use image_store::{ImageConfig, ImageRecord, LayerRecord};
 pub use manifest::Platform;
-pub use progress::{LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress};
+pub use progress::{
+    human_duration, LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress,
+};
 pub use pull::PullOptions;
 pub use registry::RegistryOptions;
 pub use store::{

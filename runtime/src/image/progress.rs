@@ -94,8 +94,26 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// `0.4s`, `12.3s`, `6m05s`-style durations for progress lines.
+pub fn human_duration(d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        let whole = d.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn human_durations() {
+        use std::time::Duration;
+        assert_eq!(super::human_duration(Duration::from_millis(400)), "0.4s");
+        assert_eq!(super::human_duration(Duration::from_secs(365)), "6m05s");
+    }
+
     #[test]
     fn human_sizes() {
         assert_eq!(super::human_bytes(999), "999 B");

@@ -1,0 +1,36 @@
+//! What `up` builds over an environment's base image, from its plan.
+
+use envfile_spec::Plan;
+
+use super::error::EnvError;
+use crate::image::build::{BuildInputs, BuildSpec, HostCas};
+
+/// What `up` builds over the base image: the plan's `[image]` build keys, its `[env]`, the
+/// expanded inputs and (unless `host_ca = false`) the host's CA certificates.
+pub(super) fn build_spec(plan: &Plan) -> Result<BuildSpec, EnvError> {
+    let inputs = if plan.image.inputs.is_empty() {
+        None
+    } else {
+        Some(BuildInputs::collect(&plan.project_dir, &plan.image.inputs)?)
+    };
+    let host_ca = if plan.image.host_ca {
+        HostCas::from_host().map_err(|source| crate::state::StateError::Read {
+            path: "/etc/ssl/certs".into(),
+            source,
+        })?
+    } else {
+        None
+    };
+    Ok(BuildSpec {
+        packages: plan.image.packages.clone(),
+        setup: plan.image.setup.clone(),
+        env: plan
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        workdir: plan.image.workdir.clone(),
+        inputs,
+        host_ca,
+    })
+}
