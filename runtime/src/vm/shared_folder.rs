@@ -9,8 +9,18 @@
 //! A `readonly` share is enforced on the host: its virtiofsd starts in a mount namespace of its
 //! own where the folder is a recursively read-only bind mount (qemu's C virtiofsd has no
 //! read-only option), so a guest that remounts the share `rw` still gets `EROFS`.
+//!
+//! berth run as root never lets a `bind` share act as host root: its virtiofsd runs in a user
+//! namespace whose root is the folder's owner ([`IdMapping::for_share_owner`]; the owner's
+//! group as for containers, [`owner_group`]), or, for a folder owned by root, the environment's
+//! unprivileged id range, and in a mount namespace of its own. What the guest's root creates
+//! belongs to the owner on the host, a setuid bit it sets gives the owner's rights at most, and
+//! files of host root (or any user the namespace does not map) are not writable from the
+//! guest. berth creates the vhost-user socket itself and hands it over (`--fd`), since the
+//! owner may not write berth's state folder. Rootless, virtiofsd runs as the user already.
 
 use std::ffi::CString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +28,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::{MountKind, MountPlan};
+
+use crate::container::idmap::{
+    choose, owner_group, user_namespace_with, IdMapping, Invoker, MountAttr, AT_RECURSIVE,
+    MOUNT_ATTR_RDONLY,
+};
+use crate::container::spec::UserMappingChoice;
 
 use super::process::ProcessRecord;
 use super::VmError;
@@ -34,6 +50,8 @@ pub struct SharedFolder {
     /// Absolute path in the guest.
     pub target: String,
     pub readonly: bool,
+    /// `bind` or `volume`: a bind share is served as its folder's owner, never as host root.
+    pub kind: MountKind,
     /// virtiofsd's vhost-user socket.
     pub socket: PathBuf,
 }
@@ -99,6 +117,7 @@ pub fn shared_folders(
             source,
             target: m.target.clone(),
             readonly: m.readonly,
+            kind: m.kind,
             socket: state_dir.join(format!("fs-{i}.sock")),
         });
     }
@@ -113,6 +132,9 @@ pub fn kind_name(k: MountKind) -> &'static str {
         MountKind::Tmpfs => "tmpfs",
     }
 }
+
+/// Set in each virtiofsd's environment: the vhost-user socket it serves.
+pub const SHARE_ENV: &str = "BERTH_SHARE_SOCKET";
 
 /// Overrides where virtiofsd is: a path, or `none` to serve every folder by live sync.
 pub const VIRTIOFSD_ENV: &str = "BERTH_VIRTIOFSD";
@@ -130,9 +152,14 @@ pub fn locate_virtiofsd() -> Option<PathBuf> {
     }
 }
 
-/// virtiofsd's arguments: the Rust one takes `--shared-dir`, qemu's C one `-o source=`.
-fn virtiofsd_args(exe: &Path, f: &SharedFolder) -> Vec<String> {
-    let socket = format!("--socket-path={}", f.socket.display());
+/// virtiofsd's arguments: the Rust one takes `--shared-dir`, qemu's C one `-o source=`. With
+/// `listen_fd`, virtiofsd serves that listening socket (berth made it) instead of creating
+/// `f.socket` itself.
+fn virtiofsd_args(exe: &Path, f: &SharedFolder, listen_fd: Option<i32>) -> Vec<String> {
+    let socket = match listen_fd {
+        Some(fd) => format!("--fd={fd}"),
+        None => format!("--socket-path={}", f.socket.display()),
+    };
     if exe.starts_with("/usr/lib/qemu") {
         vec![
             socket,
@@ -159,9 +186,15 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         source,
     };
     let out = crate::detach::create_log_file(log).map_err(io)?;
+    let identity = if nix::unistd::geteuid().is_root() && f.kind == MountKind::Bind {
+        Some(ShareIdentity::prepare(f)?)
+    } else {
+        None
+    };
+    let listen_fd = identity.as_ref().map(|i| i.listener.as_raw_fd());
     let mut cmd = Command::new(exe);
     let mut args = Vec::new();
-    for a in virtiofsd_args(exe, f) {
+    for a in virtiofsd_args(exe, f, listen_fd) {
         // `-o x=y` as two arguments.
         match a.strip_prefix("-o ") {
             Some(rest) => args.extend(["-o".to_string(), rest.to_string()]),
@@ -169,22 +202,45 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         }
     }
     cmd.args(&args)
+        // Which share this process serves, for `ps e` and the tests: with `--fd` its
+        // arguments no longer name the socket.
+        .env(SHARE_ENV, &f.socket)
         .stdin(Stdio::null())
         .stdout(out.try_clone().map_err(io)?)
         .stderr(out);
     // Its own process group: a Ctrl-C meant for `berth up` does not end the share.
     cmd.process_group(0);
-    if f.readonly {
-        let source = CString::new(f.source.as_os_str().as_bytes())
-            .map_err(|_| VmError::Config(format!("{} contains a NUL byte", f.source.display())))?;
-        // SAFETY: the closure only makes raw syscalls (unshare, mount, mount_setattr) on
-        // memory prepared before the fork; it allocates nothing.
+    let source = CString::new(f.source.as_os_str().as_bytes())
+        .map_err(|_| VmError::Config(format!("{} contains a NUL byte", f.source.display())))?;
+    let readonly = f.readonly;
+    let enter = identity
+        .as_ref()
+        .map(|i| (i.listener.as_raw_fd(), i.userns.as_raw_fd()));
+    if readonly || enter.is_some() {
+        // SAFETY: the closure only makes raw syscalls (unshare, mount, mount_setattr, fcntl,
+        // setns, set*id) on memory and descriptors prepared before the fork; it allocates
+        // nothing.
         unsafe {
-            cmd.pre_exec(move || read_only_view(&source));
+            cmd.pre_exec(move || {
+                if readonly {
+                    read_only_view(&source)?;
+                } else {
+                    own_mount_namespace()?;
+                }
+                match enter {
+                    Some((listener, userns)) => become_share_owner(listener, userns),
+                    None => Ok(()),
+                }
+            });
         }
     }
     let mut child = cmd.spawn().map_err(|e| {
-        if f.readonly {
+        if identity.is_some() {
+            VmError::Config(format!(
+                "cannot start virtiofsd for the share of {} as the folder's owner (a user and a mount namespace of its own): {e}; check that this kernel allows user namespaces (sysctl user.max_user_namespaces)",
+                f.source.display()
+            ))
+        } else if f.readonly {
             VmError::Config(format!(
                 "cannot start virtiofsd for the read-only share of {} in a mount namespace where the folder is read-only: {e}; berth needs root (CAP_SYS_ADMIN) for read-only VM shares",
                 f.source.display()
@@ -196,10 +252,17 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
             }
         }
     })?;
+    // virtiofsd has its copy of the listening socket now.
+    drop(identity);
     let rec = ProcessRecord::of(child.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if f.socket.exists() {
+        let ready = match listen_fd {
+            // It serves berth's socket once it waits for qemu's connection.
+            Some(_) => waits_in_accept(child.id()),
+            None => f.socket.exists(),
+        };
+        if ready {
             if let Some(rec) = rec {
                 return Ok(rec);
             }
@@ -211,15 +274,14 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
             return Err(VmError::Config(format!(
                 "virtiofsd could not share {} ({}): {}",
                 f.source.display(),
-                exited.map_or("no socket after 10 s".to_string(), |s| s.to_string()),
+                exited.map_or("not waiting for qemu after 10 s".to_string(), |s| s
+                    .to_string()),
                 std::fs::read_to_string(log).unwrap_or_default().trim()
             )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
-
-use crate::container::idmap::{MountAttr, AT_RECURSIVE, MOUNT_ATTR_RDONLY};
 
 fn check(rc: libc::c_long) -> std::io::Result<()> {
     if rc < 0 {
@@ -229,14 +291,65 @@ fn check(rc: libc::c_long) -> std::io::Result<()> {
     }
 }
 
-/// In the calling process (a child between fork and exec): a private mount namespace in
-/// which `source`, with everything mounted below it, is read-only. Only raw syscalls.
-fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
-    // SAFETY: plain syscalls on NUL-terminated strings that outlive them; a failure is
-    // returned as the spawn error.
+/// What a bind share's virtiofsd needs to act as the folder's owner (berth run as root): its
+/// user namespace, and the vhost-user socket berth listens on for it.
+struct ShareIdentity {
+    userns: std::os::fd::OwnedFd,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ShareIdentity {
+    fn prepare(f: &SharedFolder) -> Result<ShareIdentity, VmError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&f.source).map_err(|source| VmError::Io {
+            path: f.source.clone(),
+            source,
+        })?;
+        let mapping = share_mapping(meta.uid(), meta.gid(), &Invoker::current())?;
+        let userns = user_namespace_with(&mapping).map_err(|e| {
+            VmError::Config(format!(
+                "cannot create the user namespace that serves {} as its owner: {e}",
+                f.source.display()
+            ))
+        })?;
+        let _ = std::fs::remove_file(&f.socket);
+        let listener =
+            std::os::unix::net::UnixListener::bind(&f.socket).map_err(|source| VmError::Io {
+                path: f.socket.clone(),
+                source,
+            })?;
+        Ok(ShareIdentity { userns, listener })
+    }
+}
+
+/// The user namespace of the virtiofsd serving a folder owned by `uid`:`gid` when berth runs
+/// as root: the environment's automatic id range (as a container's), with the owner as root
+/// ([`IdMapping::for_share_owner`]); a folder of root's keeps the range's own root, an
+/// unprivileged host id, so the guest's root can neither write root's files nor create any.
+fn share_mapping(uid: u32, gid: u32, who: &Invoker) -> Result<IdMapping, VmError> {
+    let env = choose(UserMappingChoice::Auto, false, who)
+        .map_err(|e| VmError::Config(format!("cannot choose the share's ids: {e}")))?
+        .ok_or_else(|| VmError::Config("no id range for the share's virtiofsd".into()))?;
+    Ok(if uid == 0 {
+        env
+    } else {
+        env.for_share_owner(uid, owner_group(uid, gid))
+    })
+}
+
+/// Whether process `pid` is blocked in accept(2) (`/proc/<pid>/syscall`).
+fn waits_in_accept(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<libc::c_long>().ok())
+        .is_some_and(|n| n == libc::SYS_accept || n == libc::SYS_accept4)
+}
+
+/// In the calling process (a child between fork and exec): a private mount namespace.
+fn own_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on static NUL-terminated strings.
     unsafe {
         check(libc::unshare(libc::CLONE_NEWNS).into())?;
-        // Nothing done here propagates back to the host's mounts.
         check(
             libc::mount(
                 std::ptr::null(),
@@ -246,7 +359,31 @@ fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
                 std::ptr::null(),
             )
             .into(),
-        )?;
+        )
+    }
+}
+
+/// In the calling process (a child between fork and exec, host root): keeps `listener` open
+/// across exec, joins the user namespace `userns` and becomes its root (and group root,
+/// with no supplementary groups), so every file operation after exec is the folder's owner's.
+fn become_share_owner(listener: i32, userns: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on descriptors the parent keeps open until the child has exec'd.
+    unsafe {
+        check(libc::fcntl(listener, libc::F_SETFD, 0).into())?;
+        check(libc::setns(userns, libc::CLONE_NEWUSER).into())?;
+        check(libc::setresgid(0, 0, 0).into())?;
+        check(libc::setgroups(0, std::ptr::null()).into())?;
+        check(libc::setresuid(0, 0, 0).into())
+    }
+}
+
+/// In the calling process (a child between fork and exec): a private mount namespace in
+/// which `source`, with everything mounted below it, is read-only. Only raw syscalls.
+fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
+    own_mount_namespace()?;
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them; a failure is
+    // returned as the spawn error.
+    unsafe {
         check(
             libc::mount(
                 source.as_ptr(),
@@ -353,12 +490,18 @@ mod tests {
             source: "/src".into(),
             target: "/w".into(),
             readonly: false,
+            kind: MountKind::Bind,
             socket: "/e/fs-0.sock".into(),
         };
-        let c = virtiofsd_args(Path::new("/usr/lib/qemu/virtiofsd"), &f);
+        let c = virtiofsd_args(Path::new("/usr/lib/qemu/virtiofsd"), &f, None);
         assert!(c.contains(&"-o source=/src".to_string()), "{c:?}");
-        let r = virtiofsd_args(Path::new("/usr/libexec/virtiofsd"), &f);
+        assert!(
+            c.contains(&"--socket-path=/e/fs-0.sock".to_string()),
+            "{c:?}"
+        );
+        let r = virtiofsd_args(Path::new("/usr/libexec/virtiofsd"), &f, Some(7));
         assert!(r.contains(&"--shared-dir=/src".to_string()), "{r:?}");
+        assert!(r.contains(&"--fd=7".to_string()), "{r:?}");
     }
 
     #[test]
