@@ -901,8 +901,9 @@ fn vm_bind_share_acts_as_the_folders_owner_not_host_root() {
     let (berth, installed, project, src) = workspace("berth-vmownproj-");
     let user = berth_e2e::user::TestUser::create("berthvo");
     user.own(&src);
-    // The user can reach the folder (the project's temporary folder is root's 0700).
-    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    // The project folder is root's and private (as root's checkouts under /root are): the
+    // user's virtiofsd is served the folder without walking through it.
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let owner = std::fs::metadata(&src).unwrap().uid();
     assert_ne!(owner, 0);
     std::fs::write(src.join("roots.txt"), "root's\n").unwrap();
@@ -977,6 +978,8 @@ type = "bind"
     // A setuid bit the guest keeps is the owner's at most: running the file as the user does
     // not give euid 0 (Debian's busybox also drops privileges for most applets; the owner
     // check above is what proves it).
+    // The user can reach the file now.
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
     let id = src.join("id");
     std::os::unix::fs::symlink("s", &id).unwrap();
     let o = user.run(&id, &["-u"]);

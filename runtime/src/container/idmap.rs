@@ -567,14 +567,14 @@ pub fn choose(
 }
 
 // The new mount API, not wrapped by nix 0.29.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+pub(crate) const OPEN_TREE_CLONE: libc::c_uint = 1;
+pub(crate) const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+pub(crate) const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x0000_0010;
 
 /// `struct mount_attr` of `mount_setattr(2)`.

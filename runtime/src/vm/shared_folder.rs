@@ -13,7 +13,8 @@
 //! berth run as root never lets a `bind` share act as host root: its virtiofsd runs in a user
 //! namespace whose root is the folder's owner ([`IdMapping::for_share_owner`]; the owner's
 //! group as for containers, [`owner_group`]), or, for a folder owned by root, the environment's
-//! unprivileged id range, and in a mount namespace of its own. What the guest's root creates
+//! unprivileged id range, and in a mount namespace of its own where the folder is attached at
+//! [`STAGED_SOURCE`] (no search permission on its parents needed). What the guest's root creates
 //! belongs to the owner on the host, a setuid bit it sets gives the owner's rights at most, and
 //! files of host root (or any user the namespace does not map) are not writable from the
 //! guest. berth creates the vhost-user socket itself and hands it over (`--fd`), since the
@@ -31,7 +32,7 @@ use envfile_spec::plan::{MountKind, MountPlan};
 
 use crate::container::idmap::{
     choose, owner_group, user_namespace_with, IdMapping, Invoker, MountAttr, AT_RECURSIVE,
-    MOUNT_ATTR_RDONLY,
+    MOUNT_ATTR_RDONLY, MOVE_MOUNT_F_EMPTY_PATH, OPEN_TREE_CLOEXEC, OPEN_TREE_CLONE,
 };
 use crate::container::spec::UserMappingChoice;
 
@@ -178,7 +179,9 @@ fn virtiofsd_args(exe: &Path, f: &SharedFolder, listen_fd: Option<i32>) -> Vec<S
     }
 }
 
-/// Starts virtiofsd for `f`, returns once its socket exists. Its messages go to `log`.
+/// Starts virtiofsd for `f`, returns once it serves its socket (the socket exists, or, when
+/// berth made the socket, virtiofsd waits in `accept`). Its messages go to `log`. As root, a
+/// `bind` share's virtiofsd acts as the folder's owner ([`ShareIdentity`]).
 pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, VmError> {
     let _ = std::fs::remove_file(&f.socket);
     let io = |source| VmError::Io {
@@ -194,7 +197,14 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
     let listen_fd = identity.as_ref().map(|i| i.listener.as_raw_fd());
     let mut cmd = Command::new(exe);
     let mut args = Vec::new();
-    for a in virtiofsd_args(exe, f, listen_fd) {
+    let served = match identity {
+        Some(_) => SharedFolder {
+            source: STAGED_SOURCE.into(),
+            ..f.clone()
+        },
+        None => f.clone(),
+    };
+    for a in virtiofsd_args(exe, &served, listen_fd) {
         // `-o x=y` as two arguments.
         match a.strip_prefix("-o ") {
             Some(rest) => args.extend(["-o".to_string(), rest.to_string()]),
@@ -221,21 +231,18 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         // setns, set*id) on memory and descriptors prepared before the fork; it allocates
         // nothing.
         unsafe {
-            cmd.pre_exec(move || {
-                if readonly {
-                    read_only_view(&source)?;
-                } else {
-                    own_mount_namespace()?;
+            cmd.pre_exec(move || match enter {
+                Some((listener, userns)) => {
+                    staged_view(&source, readonly)?;
+                    become_share_owner(listener, userns)
                 }
-                match enter {
-                    Some((listener, userns)) => become_share_owner(listener, userns),
-                    None => Ok(()),
-                }
+                None => read_only_view(&source),
             });
         }
     }
     let mut child = cmd.spawn().map_err(|e| {
         if identity.is_some() {
+            let _ = std::fs::remove_file(&f.socket);
             VmError::Config(format!(
                 "cannot start virtiofsd for the share of {} as the folder's owner (a user and a mount namespace of its own): {e}; check that this kernel allows user namespaces (sysctl user.max_user_namespaces)",
                 f.source.display()
@@ -271,6 +278,9 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
         if exited.is_some() || Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
+            if listen_fd.is_some() {
+                let _ = std::fs::remove_file(&f.socket);
+            }
             return Err(VmError::Config(format!(
                 "virtiofsd could not share {} ({}): {}",
                 f.source.display(),
@@ -300,11 +310,17 @@ struct ShareIdentity {
 
 impl ShareIdentity {
     fn prepare(f: &SharedFolder) -> Result<ShareIdentity, VmError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(&f.source).map_err(|source| VmError::Io {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let io = |source| VmError::Io {
             path: f.source.clone(),
             source,
-        })?;
+        };
+        let folder = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(&f.source)
+            .map_err(io)?;
+        let meta = folder.metadata().map_err(io)?;
         let mapping = share_mapping(meta.uid(), meta.gid(), &Invoker::current())?;
         let userns = user_namespace_with(&mapping).map_err(|e| {
             VmError::Config(format!(
@@ -381,19 +397,95 @@ fn become_share_owner(listener: i32, userns: i32) -> std::io::Result<()> {
 /// which `source`, with everything mounted below it, is read-only. Only raw syscalls.
 fn read_only_view(source: &std::ffi::CStr) -> std::io::Result<()> {
     own_mount_namespace()?;
+    view_at(source, source, true)
+}
+
+/// Where a share's folder appears to a virtiofsd that acts as the folder's owner: on a tmpfs
+/// over `/tmp` in its own mount namespace, so it needs no search permission on the folder's
+/// parents (e.g. root's private checkout).
+const STAGED_SOURCE: &str = "/tmp/berth-share";
+
+/// In the calling process (a child between fork and exec, host root): a private mount
+/// namespace with a tmpfs (mode 0755) on `/tmp` and a clone of the folder `source`'s mount
+/// (taken before `/tmp` is covered, the folder may be below it) attached at
+/// [`STAGED_SOURCE`], read-only with everything below it when `readonly`.
+fn staged_view(source: &std::ffi::CStr, readonly: bool) -> std::io::Result<()> {
+    own_mount_namespace()?;
+    // SAFETY: plain syscalls on NUL-terminated strings that outlive them, a correctly sized
+    // mount_attr, and a tree descriptor this process owns and closes.
+    unsafe {
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE,
+        );
+        check(tree)?;
+        let tree = tree as libc::c_int;
+        if readonly {
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_RDONLY,
+                attr_clr: 0,
+                propagation: 0,
+                userns_fd: 0,
+            };
+            check(libc::syscall(
+                libc::SYS_mount_setattr,
+                tree,
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ))?;
+        }
+        check(
+            libc::mount(
+                c"berth-share".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                c"mode=0755,size=64k".as_ptr().cast(),
+            )
+            .into(),
+        )?;
+        check(libc::mkdir(c"/tmp/berth-share".as_ptr(), 0o755).into())?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c"/tmp/berth-share".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        ))?;
+        libc::close(tree);
+    }
+    Ok(())
+}
+
+/// Binds `source` (recursively) at `target`, read-only with everything below it when
+/// `readonly`. Only raw syscalls.
+fn view_at(
+    source: &std::ffi::CStr,
+    target: &std::ffi::CStr,
+    readonly: bool,
+) -> std::io::Result<()> {
     // SAFETY: plain syscalls on NUL-terminated strings that outlive them; a failure is
     // returned as the spawn error.
     unsafe {
         check(
             libc::mount(
                 source.as_ptr(),
-                source.as_ptr(),
+                target.as_ptr(),
                 std::ptr::null(),
                 libc::MS_BIND | libc::MS_REC,
                 std::ptr::null(),
             )
             .into(),
         )?;
+        if !readonly {
+            return Ok(());
+        }
+        let source = target;
         let attr = MountAttr {
             attr_set: MOUNT_ATTR_RDONLY,
             attr_clr: 0,
@@ -481,6 +573,31 @@ mod tests {
         let missing = vec![mount(MountKind::Bind, Some("/nonexistent/x"), "/b")];
         let e = shared_folders(&missing, d.path(), Path::new("/e"), true).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x"), "{e}");
+    }
+
+    #[test]
+    fn a_bind_shares_virtiofsd_is_the_owner_or_an_unprivileged_id_never_host_root() {
+        let root = Invoker {
+            uid: 0,
+            gid: 0,
+            name: "root".into(),
+            subuid: vec![],
+            subgid: vec![],
+            have_newidmap: false,
+            taken: vec![],
+        };
+        let m = share_mapping(1000, 1001, &root).unwrap();
+        assert_eq!((m.host_uid(0), m.host_gid(0)), (Some(1000), Some(1001)));
+        assert_eq!(
+            m.host_uid(5),
+            Some(100005),
+            "other guest ids: the environment's range"
+        );
+        assert_eq!((m.inside_uid(0), m.inside_gid(0)), (None, None));
+        // A folder of root's: the guest's root is the range's own root, host root unmapped.
+        let m = share_mapping(0, 0, &root).unwrap();
+        assert_eq!((m.host_uid(0), m.host_gid(0)), (Some(100000), Some(100000)));
+        assert_eq!((m.inside_uid(0), m.inside_gid(0)), (None, None));
     }
 
     #[test]
