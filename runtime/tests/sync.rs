@@ -1178,3 +1178,47 @@ fn one_way_sync_undoes_env_changes() {
 fn remote_one_way_sync_undoes_env_changes() {
     one_way_sync_undoes_env_changes_with(Running::start_remote)
 }
+
+/// A host folder written as root (berth as root syncing into a folder of root's) never gets
+/// a setuid-root or setgid-root file from the environment: the bits are dropped on the host,
+/// and then on the environment's side too, so both sides agree (nothing is copied again on
+/// every pass). A later chmod inside is dropped the same way; other mode changes still sync.
+#[test]
+fn env_setuid_files_never_become_setuid_root_on_the_host() {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: files owned by root need root");
+        return;
+    }
+    let d = dirs();
+    let h: Arc<dyn Transport> = Arc::new(
+        LocalTransport::open("host", &d.host)
+            .unwrap()
+            .with_owner(0, 0)
+            .without_root_setid(),
+    );
+    let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", &d.env).unwrap());
+    let r = Running::with(cfg(&d), h, e);
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    let chmod = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    let (hs, es) = (d.host.join("s"), d.env.join("s"));
+    fs::write(&es, "x").unwrap();
+    chmod(&es, 0o6755);
+    r.flush();
+    assert_eq!(fs::metadata(&hs).unwrap().uid(), 0);
+    assert_eq!(mode(&hs), 0o755, "a setuid-root file reached the host");
+    assert_eq!(
+        mode(&es),
+        0o755,
+        "the environment's copy kept the bits the host refused"
+    );
+    chmod(&es, 0o4755);
+    r.flush();
+    assert_eq!(mode(&hs), 0o755, "a chmod inside made a setuid-root file");
+    assert_eq!(mode(&es), 0o755);
+    chmod(&es, 0o700);
+    r.flush();
+    assert_eq!(mode(&hs), 0o700, "a plain chmod did not sync");
+    assert_same(&d);
+    r.stop();
+}

@@ -14,7 +14,7 @@ use std::ffi::CString;
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,8 @@ pub struct LocalTransport {
     root: PathBuf,
     root_fd: OwnedFd,
     owner: Option<(u32, u32)>,
+    /// Setuid (setgid) bits are dropped from files owned by user (group) root.
+    no_root_setid: bool,
     poll_interval: Duration,
     counter: AtomicU64,
     /// This process's id, part of every temporary name (asked once: `getpid` is a system call).
@@ -59,6 +61,7 @@ impl LocalTransport {
             root,
             root_fd: OwnedFd::from(file),
             owner: None,
+            no_root_setid: false,
             poll_interval: Duration::from_millis(500),
             counter: AtomicU64::new(0),
             pid: std::process::id(),
@@ -69,6 +72,28 @@ impl LocalTransport {
     pub fn with_owner(mut self, uid: u32, gid: u32) -> Self {
         self.owner = Some((uid, gid));
         self
+    }
+
+    /// Never gives a file owned by user root a setuid bit, or one of group root a setgid bit
+    /// (the bits are dropped from the mode written): for a host folder written by berth as
+    /// root, so that what an environment syncs there cannot become a setuid-root program.
+    pub fn without_root_setid(mut self) -> Self {
+        self.no_root_setid = true;
+        self
+    }
+
+    /// `mode` without the setuid/setgid bits a file owned by `uid`:`gid` may not get here.
+    fn allowed_mode(&self, mode: u32, uid: u32, gid: u32) -> u32 {
+        let mut mode = mode & 0o7777;
+        if self.no_root_setid {
+            if uid == 0 {
+                mode &= !libc::S_ISUID;
+            }
+            if gid == 0 {
+                mode &= !libc::S_ISGID;
+            }
+        }
+        mode
     }
 
     /// How often the polling fallback rescans.
@@ -339,7 +364,9 @@ impl Transport for LocalTransport {
             if let Some((u, g)) = self.owner {
                 std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
             }
-            f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
+            let meta = f.metadata()?;
+            let mode = self.allowed_mode(mode, meta.uid(), meta.gid());
+            f.set_permissions(fs::Permissions::from_mode(mode))?;
             f.set_times(FileTimes::new().set_modified(time_from_ns(mtime_ns)))?;
             Ok(())
         })();
@@ -475,7 +502,14 @@ impl Transport for LocalTransport {
         let fd = self
             .open_beneath(rel, libc::O_PATH)
             .map_err(|e| self.err("open", rel, e))?;
-        fs::set_permissions(fd_path(&fd, ""), fs::Permissions::from_mode(mode & 0o7777))
+        let st =
+            nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| self.err("stat", rel, e.into()))?;
+        let mode = if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+            self.allowed_mode(mode, st.st_uid, st.st_gid)
+        } else {
+            mode & 0o7777
+        };
+        fs::set_permissions(fd_path(&fd, ""), fs::Permissions::from_mode(mode))
             .map_err(|e| self.err("chmod", rel, e))?;
         self.stat(rel)?.ok_or_else(|| TransportError::Changed {
             side: self.label.clone(),

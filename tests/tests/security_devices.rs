@@ -278,9 +278,20 @@ fn a_build_step_with_mknod_cannot_open_host_devices() {
     let out = s.exec(&["cat", "/probe.out"]);
     // The KVM probe prints `api=N` only when the ioctl worked; `open=ok` must come from
     // /dev/null alone (the last line).
-    assert!(!out.contains("api="), "a build step reached /dev/kvm:\n{out}");
-    assert_eq!(out.matches("open=ok").count(), 1, "a build step opened 1:1:\n{out}");
-    assert_eq!(out.lines().last(), Some("open=ok"), "/dev/null must open:\n{out}");
+    assert!(
+        !out.contains("api="),
+        "a build step reached /dev/kvm:\n{out}"
+    );
+    assert_eq!(
+        out.matches("open=ok").count(),
+        1,
+        "a build step opened 1:1:\n{out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("open=ok"),
+        "/dev/null must open:\n{out}"
+    );
     s.ok(&["destroy"]);
 }
 

@@ -48,11 +48,7 @@ fn template_runs_its_tests(template: &str, files: &[(&str, &str)], test: &[&str]
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let name = format!("tpl-{template}-{}", std::process::id());
-    ok(
-        &b,
-        &dir,
-        &["init", "--template", template, "--name", &name],
-    );
+    ok(&b, &dir, &["init", "--template", template, "--name", &name]);
     let toml = std::fs::read_to_string(dir.join("berth.toml")).unwrap();
     assert!(toml.contains("debootstrap:bookworm"), "{toml}");
     let t0 = Instant::now();

@@ -130,7 +130,9 @@ fn process_gone(pid: i64) -> bool {
     }
 }
 
-/// The virtiofsd processes serving folders of the environment in `env_dir`.
+/// The virtiofsd processes serving folders of the environment in `env_dir` (named in their
+/// arguments, or, when berth hands them the socket, in their environment's
+/// `BERTH_SHARE_SOCKET`).
 fn virtiofsd_of(env_dir: &Path) -> Vec<String> {
     let dir = env_dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
@@ -139,7 +141,11 @@ fn virtiofsd_of(env_dir: &Path) -> Vec<String> {
         .filter_map(|e| {
             let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            (cmd.contains("virtiofsd") && cmd.contains(&dir)).then_some(cmd)
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            let environ = String::from_utf8_lossy(&environ);
+            let share = format!("BERTH_SHARE_SOCKET={dir}/");
+            (cmd.contains("virtiofsd") && (cmd.contains(&dir) || environ.contains(&share)))
+                .then_some(cmd)
         })
         .collect()
 }
@@ -882,6 +888,127 @@ type = "volume"
         !env_dir.join("sync.json").exists(),
         "sync.json left after down"
     );
+    vm.ok(&["destroy"]);
+    before.assert_nothing_leaked(&HostSnapshot::take(&[&home]));
+}
+
+/// A `bind` share of a folder owned by a local user (berth as root): virtiofsd acts as that
+/// user, never as host root. The guest's root copies busybox into the share and makes it
+/// setuid, and writes a file: on the host both belong to the folder's owner (so the setuid bit
+/// gives at most that user), and a file of host root's in the folder is not writable from the
+/// guest. Before berth ran virtiofsd in a user namespace, all of it belonged to host root.
+#[test]
+fn vm_bind_share_acts_as_the_folders_owner_not_host_root() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let (berth, installed, project, src) = workspace("berth-vmownproj-");
+    let user = berth_e2e::user::TestUser::create("berthvo");
+    user.own(&src);
+    // The project folder is root's and private (as root's checkouts under /root are): the
+    // user's virtiofsd is served the folder without walking through it.
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let owner = std::fs::metadata(&src).unwrap().uid();
+    assert_ne!(owner, 0);
+    std::fs::write(src.join("roots.txt"), "root's\n").unwrap();
+    std::fs::set_permissions(
+        src.join("roots.txt"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    std::fs::write(
+        project.path().join("berth.toml"),
+        r#"name = "vm-owner"
+backend = "vm"
+[image]
+from = "rootfs:./rootfs"
+[vm]
+kernel = "debian:linux-image-cloud-amd64"
+vmm = "qemu"
+memory = "256MiB"
+vcpus = 1
+[[mounts]]
+source = "./src"
+target = "/work"
+type = "bind"
+"#,
+    )
+    .unwrap();
+    let vm = Vm {
+        berth: &berth,
+        exe: installed.dir.path().join("berth"),
+        project: project.path().to_path_buf(),
+        env: Vec::new(),
+    };
+    let home = berth.home.path().to_string_lossy().into_owned();
+    let before = HostSnapshot::take(&[&home]);
+    let o = vm.run(&["up"]);
+    let (out, err) = text(&o);
+    assert!(
+        o.status.success(),
+        "up failed:\n{out}\n{err}\n{}",
+        vm.consoles()
+    );
+    let st = vm.status();
+    let env_dir = berth
+        .home
+        .path()
+        .join("envs")
+        .join(st["env_id"].as_str().unwrap());
+    assert_eq!(
+        virtiofsd_of(&env_dir).len(),
+        1,
+        "the share has no virtiofsd"
+    );
+
+    vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "cp /bin/busybox /work/s && chmod 4755 /work/s && echo x > /work/f",
+    ]);
+    let s = std::fs::metadata(src.join("s")).unwrap();
+    let f = std::fs::metadata(src.join("f")).unwrap();
+    assert_eq!(
+        (s.uid(), f.uid()),
+        (owner, owner),
+        "files the guest's root made belong to uid {} / {} on the host, not the folder's owner {owner}",
+        s.uid(),
+        f.uid()
+    );
+    assert_ne!(s.gid(), 0, "the setuid file has group root");
+    assert_ne!(f.gid(), 0, "the file has group root");
+    // A setuid bit the guest keeps is the owner's at most: running the file as the user does
+    // not give euid 0 (Debian's busybox also drops privileges for most applets; the owner
+    // check above is what proves it).
+    // The user can reach the file now.
+    std::fs::set_permissions(project.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let id = src.join("id");
+    std::os::unix::fs::symlink("s", &id).unwrap();
+    let o = user.run(&id, &["-u"]);
+    assert_eq!(text(&o).0.trim(), owner.to_string(), "{:?}", text(&o));
+    assert!(
+        s.mode() & 0o4000 == 0 || s.uid() != 0,
+        "a setuid host-root file was made"
+    );
+    // Inside, the owner's files appear as root's.
+    assert_eq!(
+        vm.ok(&["exec", "--", "stat", "-c", "%u", "/work/hello.txt"])
+            .trim(),
+        "0"
+    );
+    // Host root's file in the folder cannot be changed from the guest.
+    let o = vm.run(&["exec", "--", "sh", "-c", "echo guest >> /work/roots.txt"]);
+    assert_ne!(o.status.code(), Some(0), "the guest wrote root's file");
+    assert_eq!(
+        std::fs::read_to_string(src.join("roots.txt")).unwrap(),
+        "root's\n"
+    );
+
+    vm.ok(&["down"]);
     vm.ok(&["destroy"]);
     before.assert_nothing_leaked(&HostSnapshot::take(&[&home]));
 }

@@ -132,6 +132,73 @@ impl IdMapping {
     }
 }
 
+/// The host group the environment's root gets on a bind mount of a folder owned by
+/// `uid`:`gid` (a container's id-mapped mount, a VM's virtio-fs share): the folder's group, or
+/// the owner's primary group when the folder belongs to group root (so nothing inside can
+/// create a setgid-root file), or the owner's uid as a private group id when that is root too.
+pub fn owner_group(uid: u32, gid: u32) -> u32 {
+    if gid != 0 {
+        return gid;
+    }
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw())
+        .filter(|g| *g != 0)
+        .unwrap_or(uid)
+}
+
+impl IdMapping {
+    /// The user namespace of a process that serves a host folder owned by `owner_uid` /
+    /// `owner_gid` (both non-zero) for the environment (a VM's virtiofsd): its root is the
+    /// owner, so what the environment's root creates belongs to the owner on the host and a
+    /// setuid bit it sets gives at most the owner's rights; every other id keeps its host id of
+    /// this (the environment's) mapping, minus the owner's. Host root and every other host
+    /// user are not mapped: the process has no capability over their files, which it sees as
+    /// the overflow id.
+    ///
+    /// Unlike [`for_bind_owner`](Self::for_bind_owner) (an id-mapped mount: `inside` is the
+    /// on-disk id), this is a process's namespace: `inside` is the id the process acts as.
+    pub fn for_share_owner(&self, owner_uid: u32, owner_gid: u32) -> IdMapping {
+        let swap_root = |ranges: &[IdRange], owner: u32| {
+            let mut out = vec![IdRange {
+                inside: 0,
+                outside: owner,
+                count: 1,
+            }];
+            for r in ranges {
+                // This range's ids but 0 (now the owner) and whichever maps to the owner.
+                let mut cuts: Vec<u32> = [0u32]
+                    .into_iter()
+                    .chain(map_back(std::slice::from_ref(r), owner))
+                    .filter(|c| *c >= r.inside && *c - r.inside < r.count)
+                    .collect();
+                cuts.sort_unstable();
+                cuts.dedup();
+                let mut start = u64::from(r.inside);
+                let end = start + u64::from(r.count);
+                for cut in cuts.into_iter().map(u64::from).chain([end]) {
+                    if cut > start {
+                        out.push(IdRange {
+                            inside: start as u32,
+                            outside: r.outside + (start - u64::from(r.inside)) as u32,
+                            count: (cut - start) as u32,
+                        });
+                    }
+                    start = cut + 1;
+                }
+            }
+            out
+        };
+        IdMapping {
+            uids: swap_root(&self.uids, owner_uid),
+            gids: swap_root(&self.gids, owner_gid),
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        }
+    }
+}
+
 /// The overflow group: the host kernel id that the on-disk group 0 is shown as on an
 /// owner-mapped bind mount. It is not mapped in the environment's namespace, so the
 /// environment can neither chown a file to it nor keep a setgid bit on it (the kernel drops
@@ -501,14 +568,14 @@ pub fn choose(
 }
 
 // The new mount API, not wrapped by nix 0.29.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+pub(crate) const OPEN_TREE_CLONE: libc::c_uint = 1;
+pub(crate) const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+pub(crate) const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 const MOVE_MOUNT_T_SYMLINKS: libc::c_uint = 0x0000_0010;
 
 /// `struct mount_attr` of `mount_setattr(2)`.
@@ -713,6 +780,44 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn a_share_owner_is_the_serving_processs_root_and_host_root_is_not_mapped() {
+        let env = IdMapping {
+            uids: vec![IdRange {
+                inside: 0,
+                outside: 100000,
+                count: 65536,
+            }],
+            gids: vec![IdRange {
+                inside: 0,
+                outside: 200000,
+                count: 65536,
+            }],
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        };
+        let m = env.for_share_owner(1000, 1001);
+        assert_eq!(m.host_uid(0), Some(1000));
+        assert_eq!(m.host_gid(0), Some(1001));
+        assert_eq!(m.host_uid(1000), Some(101000));
+        assert_eq!(m.inside_uid(0), None, "host root is mapped");
+        assert_eq!(m.inside_gid(0), None, "host group root is mapped");
+        assert_eq!(
+            m.inside_uid(100000),
+            None,
+            "the environment's root stays unmapped"
+        );
+        assert_eq!(m.uid_map_text(), "0 1000 1\n1 100001 65535\n");
+        // An owner inside the environment's range is cut out of it (no id maps twice).
+        let m = env.for_share_owner(100010, 5);
+        assert_eq!(
+            m.uid_map_text(),
+            "0 100010 1\n1 100001 9\n11 100011 65525\n"
+        );
+        assert_eq!(m.inside_uid(100010), Some(0));
+        assert_eq!(m.host_uid(10), None);
     }
 
     #[test]

@@ -20,7 +20,9 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
 use super::error::{ContainerError, Context, Result};
-use super::idmap::{attach_clone, idmapped_bind, user_namespace_with, CloneFlags, IdMapping};
+use super::idmap::{
+    attach_clone, idmapped_bind, owner_group, user_namespace_with, CloneFlags, IdMapping,
+};
 use super::root_bind;
 use super::spec::{ContainerSpec, MountSpec};
 
@@ -585,22 +587,6 @@ fn open_dir(p: &Path) -> Result<OwnedFd> {
 /// `/proc/self/fd/N`: lets mount(2) act on exactly the object we resolved.
 pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-}
-
-/// The host group the environment's root gets on a bind mount of a folder owned by
-/// `uid`:`gid`: the folder's group, or the owner's primary group when the folder belongs to
-/// group root (so nothing inside can create a setgid-root file), or the owner's uid as a
-/// private group id when that is root too.
-fn owner_group(uid: u32, gid: u32) -> u32 {
-    if gid != 0 {
-        return gid;
-    }
-    nix::unistd::User::from_uid(Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .map(|u| u.gid.as_raw())
-        .filter(|g| *g != 0)
-        .unwrap_or(uid)
 }
 
 /// A recursive bind mount; `nodev` for anything but the environment's device nodes.

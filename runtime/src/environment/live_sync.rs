@@ -226,7 +226,8 @@ fn serve(env_dir: &Path) -> Result<(), String> {
         let env_path = format!("/proc/self/fd/{}", target.as_raw_fd());
         let host = LocalTransport::open("host", &source)
             .map_err(|e| e.to_string())?
-            .with_owner(host_meta.uid(), host_meta.gid());
+            .with_owner(host_meta.uid(), host_meta.gid())
+            .without_root_setid();
         let mut env = LocalTransport::open("env", &env_path).map_err(|e| e.to_string())?;
         if let Some((uid, gid)) = env_owner {
             env = env.with_owner(uid, gid);
@@ -337,7 +338,8 @@ fn connect_remotes(
         let host: Arc<dyn Transport> = Arc::new(
             LocalTransport::open("host", &source)
                 .map_err(|e| e.to_string())?
-                .with_owner(host_meta.uid(), host_meta.gid()),
+                .with_owner(host_meta.uid(), host_meta.gid())
+                .without_root_setid(),
         );
         let env =
             RemoteTransport::connect(&format!("env {}", m.target), stream.reader, stream.writer)

@@ -1179,6 +1179,29 @@ impl<'a> Worker<'a> {
     }
 
     /// Records a finished put: base, expected echo, and the destination tree.
+    /// When the side written refused only setuid/setgid bits of a file (a host folder of
+    /// root's drops them: `LocalTransport::without_root_setid`), the source side drops them
+    /// too, so both sides agree instead of the bits being copied again on every pass. The
+    /// source entry as it is now (unchanged if that chmod fails: the next pass retries).
+    fn settle_setid(&self, from: Side, rel: &str, src: Entry, dst: &Entry) -> Entry {
+        let setid = libc::S_ISUID | libc::S_ISGID;
+        if src.kind != EntryKind::File
+            || dst.kind != EntryKind::File
+            || src.mode == dst.mode
+            || (src.mode ^ dst.mode) & !setid != 0
+            || dst.mode & setid & !src.mode != 0
+        {
+            return src;
+        }
+        match self.side(from).set_mode(rel, dst.mode) {
+            Ok(mut now) if now.mode == dst.mode => {
+                now.hash = src.hash;
+                now
+            }
+            _ => src,
+        }
+    }
+
     fn record_put(
         &mut self,
         from: Side,
@@ -1189,6 +1212,7 @@ impl<'a> Worker<'a> {
         env: &mut Tree,
     ) {
         let to = from.other();
+        let src_final = self.settle_setid(from, rel, src_final, &dst_final);
         let (h, e) = match from {
             Side::Host => (&src_final, &dst_final),
             Side::Env => (&dst_final, &src_final),

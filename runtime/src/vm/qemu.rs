@@ -322,6 +322,7 @@ mod tests {
                 source: "/src".into(),
                 target: "/w".into(),
                 readonly: false,
+                kind: envfile_spec::plan::MountKind::Bind,
                 socket: "/e/fs-0.sock".into(),
             }],
             ..c.clone()
