@@ -11,16 +11,7 @@ use berth_e2e::host::root_skip_reason;
 use berth_e2e::oci::{busybox_layer, layer_dir, Compression, Image, Layer, Registry, TarBuilder};
 use berth_e2e::probe::DeviceProbe;
 use berth_e2e::user::TestUser;
-use berth_e2e::{text, Berth};
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
+use berth_e2e::{require_root, text, Berth};
 
 fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -101,9 +92,7 @@ impl Setup {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(ok, "berth {args:?} failed:\n{out}\n{err}");
-        out
+        self.b.ok(self.project.path(), args)
     }
 
     /// stdout of a command inside, whatever its exit code.
@@ -278,9 +267,20 @@ fn a_build_step_with_mknod_cannot_open_host_devices() {
     let out = s.exec(&["cat", "/probe.out"]);
     // The KVM probe prints `api=N` only when the ioctl worked; `open=ok` must come from
     // /dev/null alone (the last line).
-    assert!(!out.contains("api="), "a build step reached /dev/kvm:\n{out}");
-    assert_eq!(out.matches("open=ok").count(), 1, "a build step opened 1:1:\n{out}");
-    assert_eq!(out.lines().last(), Some("open=ok"), "/dev/null must open:\n{out}");
+    assert!(
+        !out.contains("api="),
+        "a build step reached /dev/kvm:\n{out}"
+    );
+    assert_eq!(
+        out.matches("open=ok").count(),
+        1,
+        "a build step opened 1:1:\n{out}"
+    );
+    assert_eq!(
+        out.lines().last(),
+        Some("open=ok"),
+        "/dev/null must open:\n{out}"
+    );
     s.ok(&["destroy"]);
 }
 
