@@ -1,5 +1,5 @@
 //! A project folder for end-to-end tests: a temporary folder holding a busybox root
-//! filesystem (`rootfs/`) and a berth.toml, with an environment name unique to the test so
+//! filesystem (`rootfs/`, unless left out) and a berth.toml, with an environment name unique to the test so
 //! parallel tests never share an environment. Removed on drop.
 
 use std::os::unix::fs::PermissionsExt;
@@ -25,6 +25,7 @@ pub struct ProjectBuilder {
     parent: Option<PathBuf>,
     mode: Option<u32>,
     owner: Option<u32>,
+    rootfs: bool,
 }
 
 impl Project {
@@ -37,6 +38,7 @@ impl Project {
             parent: None,
             mode: None,
             owner: None,
+            rootfs: true,
         }
     }
 
@@ -86,7 +88,14 @@ impl ProjectBuilder {
         self
     }
 
-    /// Makes the folder with `rootfs/` and the berth.toml `toml` (`{name}` filled in).
+    /// Leaves out the busybox `rootfs/`, for a project whose image comes from elsewhere
+    /// (`debootstrap:`, a registry).
+    pub fn without_rootfs(mut self) -> Self {
+        self.rootfs = false;
+        self
+    }
+
+    /// Makes the folder with `rootfs/` (unless [left out](Self::without_rootfs)) and the berth.toml `toml` (`{name}` filled in).
     pub fn create(self, toml: &str) -> Project {
         let mut builder = tempfile::Builder::new();
         builder.prefix(&self.dir_prefix);
@@ -98,7 +107,9 @@ impl ProjectBuilder {
         if let Some(mode) = self.mode {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        busybox_rootfs(&dir.path().join("rootfs"));
+        if self.rootfs {
+            busybox_rootfs(&dir.path().join("rootfs"));
+        }
         let name = format!("{}{}", self.name_prefix, random_part(dir.path()));
         let p = Project { dir, name };
         p.write(toml);
