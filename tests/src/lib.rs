@@ -1,5 +1,7 @@
-//! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
-//! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
+//! Support for berth's end-to-end tests: locating the real binary, isolated berth homes (with
+//! `ok` helpers that assert a command succeeded), project folders over a busybox rootfs
+//! ([`project`]), `require_root!` / `require_debian!` skips, and snapshots of host resources
+//! (mounts, cgroups, processes, network devices) for leak checks.
 
 pub mod debian;
 pub mod host;

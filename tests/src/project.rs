@@ -133,3 +133,44 @@ fn random_part(dir: &Path) -> String {
         .collect();
     alnum[alnum.len() - 6..].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_name_is_the_prefix_and_the_folders_random_part_in_lowercase() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = Project::builder("Berth-T-", "t-")
+            .in_folder(parent.path())
+            .mode(0o755)
+            .without_rootfs()
+            .create("name = \"{name}\"\n");
+        assert_eq!(p.path().parent(), Some(parent.path()));
+        let folder = p.path().file_name().unwrap().to_string_lossy().into_owned();
+        let random = folder.strip_prefix("Berth-T-").unwrap();
+        assert_eq!(p.name, format!("t-{}", random.to_lowercase()));
+        assert_eq!(
+            std::fs::read_to_string(p.path().join("berth.toml")).unwrap(),
+            format!("name = \"{}\"\n", p.name)
+        );
+        assert_eq!(std::fs::metadata(p.path()).unwrap().mode() & 0o7777, 0o755);
+        assert!(!p.path().join("rootfs").exists());
+    }
+
+    #[test]
+    fn the_owner_gets_the_folder_and_the_rootfs_is_there() {
+        if let Some(why) = crate::host::root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+        let p = Project::builder("berth-t-", "t").owner(4242).create("");
+        let m = std::fs::metadata(p.path()).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4242, 4242));
+        assert!(p.path().join("rootfs/bin/sh").exists());
+        let path = p.path().to_path_buf();
+        drop(p);
+        assert!(!path.exists(), "the project folder outlived its Project");
+    }
+}
