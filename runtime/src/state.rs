@@ -575,23 +575,23 @@ struct OpenHow {
     mode: u64,
     resolve: u64,
 }
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
+/// `openat2` resolve flags (linux/openat2.h).
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
-/// Opens `name` (a relative path) under the open folder `dir` without following a symlink
-/// anywhere and without leaving `dir`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
-/// RESOLVE_NO_MAGICLINKS)`, always close-on-exec. For files in state folders that something
-/// other than berth could have replaced by a link (logs a process inside can reach). A link
-/// gives `ELOOP`, which [`refuse_link`] turns into a message.
-pub fn open_beneath(
+/// `openat2(2)` of `path` relative to `dir` with the `RESOLVE_*` flags `resolve`, always
+/// close-on-exec, retried on `EINTR`/`EAGAIN`. `mode` is passed only with `O_CREAT`.
+pub fn openat2(
     dir: std::os::fd::BorrowedFd<'_>,
-    name: &str,
+    path: &str,
     flags: i32,
     mode: u32,
-) -> io::Result<File> {
+    resolve: u64,
+) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
-    let c = std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let c = std::ffi::CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: if flags & libc::O_CREAT != 0 {
@@ -599,7 +599,7 @@ pub fn open_beneath(
         } else {
             0
         },
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     loop {
         // SAFETY: openat2 with a valid dirfd, a NUL-terminated path and a correctly sized
@@ -615,13 +615,28 @@ pub fn open_beneath(
         };
         if fd >= 0 {
             // SAFETY: a fresh descriptor from the kernel, owned by nobody else.
-            return Ok(unsafe { File::from_raw_fd(fd as i32) });
+            return Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
         }
         let e = io::Error::last_os_error();
         if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
             return Err(e);
         }
     }
+}
+
+/// Opens `name` (a relative path) under the open folder `dir` without following a symlink
+/// anywhere and without leaving `dir`: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_MAGICLINKS)`, always close-on-exec. For files in state folders that something
+/// other than berth could have replaced by a link (logs a process inside can reach). A link
+/// gives `ELOOP`, which [`refuse_link`] turns into a message.
+pub fn open_beneath(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    flags: i32,
+    mode: u32,
+) -> io::Result<File> {
+    let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    openat2(dir, name, flags, mode, resolve).map(File::from)
 }
 
 /// Opens the folder `path` itself, refusing a symlink in its place (`O_NOFOLLOW`): the

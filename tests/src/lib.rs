@@ -1,10 +1,13 @@
-//! Support for berth's end-to-end tests: locating the real binary, isolated berth homes, and
-//! snapshots of host resources (mounts, cgroups, processes, network devices) for leak checks.
+//! Support for berth's end-to-end tests: locating the real binary, isolated berth homes (with
+//! `ok` helpers that assert a command succeeded), project folders over a busybox rootfs
+//! ([`project`]), `require_root!` / `require_debian!` skips, and snapshots of host resources
+//! (mounts, cgroups, processes, network devices) for leak checks.
 
 pub mod debian;
 pub mod host;
 pub mod oci;
 pub mod probe;
+pub mod project;
 pub mod user;
 pub mod vm;
 
@@ -83,6 +86,31 @@ impl Berth {
     pub fn run_in(&self, dir: &Path, args: &[&str]) -> Output {
         self.cmd().current_dir(dir).args(args).output().unwrap()
     }
+
+    /// Runs berth with `args` in `dir`, asserts that it succeeded (the failure message has
+    /// the exit status, stdout and stderr) and returns stdout and stderr.
+    pub fn ok_both(&self, dir: &Path, args: &[&str]) -> (String, String) {
+        let o = self.run_in(dir, args);
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success(),
+            "berth {args:?} failed ({:?}):\n{out}\n{err}",
+            o.status
+        );
+        (out, err)
+    }
+
+    /// [`ok_both`](Self::ok_both), returning stdout.
+    pub fn ok(&self, dir: &Path, args: &[&str]) -> String {
+        self.ok_both(dir, args).0
+    }
+
+    /// [`ok_both`](Self::ok_both), returning stdout followed by stderr (for messages berth
+    /// writes to either).
+    pub fn ok_combined(&self, dir: &Path, args: &[&str]) -> String {
+        let (out, err) = self.ok_both(dir, args);
+        format!("{out}{err}")
+    }
 }
 
 impl Drop for Berth {
@@ -102,6 +130,29 @@ impl Drop for Berth {
             }
         }
     }
+}
+
+/// Returns from the test (with the reason on stderr) unless it runs as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if let Some(why) = $crate::host::root_skip_reason() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+}
+
+/// Returns from the test (with the reason on stderr) unless the shared Debian base can be
+/// built here ([`debian::unavailable`]).
+#[macro_export]
+macro_rules! require_debian {
+    () => {
+        if let Some(why) = $crate::debian::unavailable() {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
 }
 
 /// Text of stdout and stderr, for assertions and failure messages.

@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason};
-use berth_e2e::{text, Berth};
+use berth_e2e::host::busybox_rootfs;
+use berth_e2e::{require_root, text, Berth};
 
 fn toml(name: &str, step2: &str) -> String {
     format!(
@@ -38,10 +38,7 @@ fn exec(b: &Berth, dir: &Path, cmd: &[&str]) -> String {
 
 #[test]
 fn setup_steps_become_cached_layers_with_real_whiteouts() {
-    if let Some(why) = root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    require_root!();
     let dir = tempfile::Builder::new()
         .prefix("berth-build-")
         .tempdir()

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use berth_e2e::{text, Berth};
+use berth_e2e::{require_debian, text, Berth};
 
 #[test]
 fn debootstrap_bookworm_is_bootstrapped_once_and_cached() {
@@ -68,10 +68,7 @@ fn debootstrap_bookworm_is_bootstrapped_once_and_cached() {
 /// resolves `debootstrap:bookworm` without bootstrapping, and the base is a real Debian.
 #[test]
 fn seeded_home_resolves_bookworm_from_the_cache() {
-    if let Some(why) = berth_e2e::debian::unavailable() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require_debian!();
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let o = b.run_in(Path::new("/"), &["image", "pull", "debootstrap:bookworm"]);

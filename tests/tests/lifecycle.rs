@@ -1,77 +1,16 @@
 //! `up` / `status` / `exec` / `shell` / `logs` / `down` / `destroy` through the real binary,
 //! on a busybox root filesystem, with a leak check after each test.
 
-use std::path::Path;
 use std::process::Stdio;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
-use berth_e2e::{text, Berth};
+use berth_e2e::host::HostSnapshot;
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, text, Berth};
 
 /// A project folder with a busybox rootfs and a berth.toml; `{name}` in the body becomes a
 /// name unique to this test, so parallel tests never share an environment.
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Project {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    /// Replaces the berth.toml (`{name}` filled in as at creation).
-    fn rewrite(&self, toml: &str) {
-        std::fs::write(
-            self.path().join("berth.toml"),
-            toml.replace("{name}", &self.name),
-        )
-        .unwrap();
-    }
-
-    /// Host resources that belong to this test.
-    fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
-    }
-}
-
 fn project(toml: &str) -> Project {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-proj-")
-        .tempdir()
-        .unwrap();
-    busybox_rootfs(&dir.path().join("rootfs"));
-    let tag = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase();
-    let name = format!(
-        "life-{}",
-        tag.trim_start_matches("berth-proj-")
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-    );
-    std::fs::write(dir.path().join("berth.toml"), toml.replace("{name}", &name)).unwrap();
-    Project { dir, name }
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status
-    );
-    out
+    Project::new("berth-proj-", "life-", toml)
 }
 
 const BASIC: &str = r#"
@@ -103,13 +42,12 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     std::os::unix::fs::chown(p.path(), Some(4242), Some(4242)).unwrap();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("created and started"), "{out}");
 
     // Isolation: pid 1 is the supervisor, the host's processes are invisible, hostname is
     // the environment's name, env vars and workdir come from the file.
-    let ps = ok(
-        &b,
+    let ps = b.ok(
         p.path(),
         &[
             "exec",
@@ -122,8 +60,7 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     assert!(ps.contains("__supervisor"), "{ps}");
     let count: u32 = ps.lines().last().unwrap().trim().parse().unwrap();
     assert!(count < 10, "too many processes visible inside: {count}");
-    let o = ok(
-        &b,
+    let o = b.ok(
         p.path(),
         &[
             "exec",
@@ -168,8 +105,7 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
 
     // The live mount works both ways.
     std::fs::write(p.path().join("from-host"), "h").unwrap();
-    let o = ok(
-        &b,
+    let o = b.ok(
         p.path(),
         &[
             "exec",
@@ -193,18 +129,18 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     );
 
     // A no-op up is recognized.
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("up to date"), "{out}");
 
-    let st = ok(&b, p.path(), &["status", "--json"]);
+    let st = b.ok(p.path(), &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(v["status"], "running");
     assert!(v["usage"]["pids_current"].as_u64().unwrap() >= 2, "{st}");
 
-    let logs = ok(&b, p.path(), &["logs", "ticker"]);
+    let logs = b.ok(p.path(), &["logs", "ticker"]);
     assert!(logs.contains("tick"), "{logs}");
 
-    ok(&b, p.path(), &["down"]);
+    b.ok(p.path(), &["down"]);
     let o = b.run_in(p.path(), &["status"]);
     assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
     let o = b.run_in(p.path(), &["exec", "--", "true"]);
@@ -212,23 +148,22 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     assert!(text(&o).1.contains("not running"), "{:?}", text(&o));
 
     // The writable layer survives down/up; destroy removes it.
-    ok(&b, p.path(), &["up"]);
-    ok(
-        &b,
+    b.ok(p.path(), &["up"]);
+    b.ok(
         p.path(),
         &["exec", "--", "sh", "-c", "echo kept > /root/state"],
     );
-    ok(&b, p.path(), &["down"]);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["down"]);
+    b.ok(p.path(), &["up"]);
     assert_eq!(
-        ok(&b, p.path(), &["exec", "--", "cat", "/root/state"]),
+        b.ok(p.path(), &["exec", "--", "cat", "/root/state"]),
         "kept\n"
     );
-    ok(&b, p.path(), &["destroy"]);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["destroy"]);
+    b.ok(p.path(), &["up"]);
     let o = b.run_in(p.path(), &["exec", "--", "cat", "/root/state"]);
     assert_eq!(o.status.code(), Some(1));
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     assert_eq!(
         std::fs::read_dir(b.home.path().join("envs"))
             .unwrap()
@@ -244,8 +179,8 @@ fn changed_file_is_reported_and_applied() {
     let p = project(BASIC);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
-    p.rewrite(&BASIC.replace("pids = 64", "pids = 80"));
+    b.ok(p.path(), &["up"]);
+    p.write(&BASIC.replace("pids = 64", "pids = 80"));
     let st = b.run_in(p.path(), &["status"]);
     assert!(
         text(&st)
@@ -254,14 +189,14 @@ fn changed_file_is_reported_and_applied() {
         "{:?}",
         text(&st)
     );
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(
         out.contains("restarted") && out.contains("changed: resources"),
         "{out}"
     );
-    let st = ok(&b, p.path(), &["status"]);
+    let st = b.ok(p.path(), &["status"]);
     assert!(st.contains("of 80"), "{st}");
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -274,7 +209,7 @@ fn memory_and_pids_limits_are_enforced() {
     ));
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     // A shell variable of 200 MB does not fit in 128 MiB: the shell is OOM-killed.
     let o = b.run_in(
         p.path(),
@@ -291,7 +226,7 @@ fn memory_and_pids_limits_are_enforced() {
         "survived\n",
         "a 256 MiB allocation survived a 128 MiB limit"
     );
-    let st = ok(&b, p.path(), &["status", "--json"]);
+    let st = b.ok(p.path(), &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert!(v["usage"]["oom_kills"].as_u64().unwrap_or(0) >= 1, "{st}");
     // 64 pids at most: a fork bomb is stopped, the environment survives.
@@ -308,7 +243,7 @@ fn memory_and_pids_limits_are_enforced() {
     let _ = o;
     let o = b.run_in(p.path(), &["exec", "--", "true"]);
     assert_eq!(o.status.code(), Some(0));
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -318,9 +253,9 @@ fn killed_supervisor_is_reported_dead_and_repaired() {
     let p = project(BASIC);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let st: serde_json::Value =
-        serde_json::from_str(&ok(&b, p.path(), &["status", "--json"])).unwrap();
+        serde_json::from_str(&b.ok(p.path(), &["status", "--json"])).unwrap();
     let pid = st["pid"].as_i64().unwrap();
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -330,10 +265,10 @@ fn killed_supervisor_is_reported_dead_and_repaired() {
     let o = b.run_in(p.path(), &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "dead", "{:?}", text(&o));
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("started"), "{out}");
-    assert_eq!(ok(&b, p.path(), &["exec", "--", "echo", "back"]), "back\n");
-    ok(&b, p.path(), &["destroy"]);
+    assert_eq!(b.ok(p.path(), &["exec", "--", "echo", "back"]), "back\n");
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -342,7 +277,7 @@ fn shell_without_a_terminal_reads_stdin() {
     require_root!();
     let p = project(BASIC);
     let b = Berth::new();
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let mut child = b
         .cmd()
         .current_dir(p.path())
@@ -361,7 +296,7 @@ fn shell_without_a_terminal_reads_stdin() {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(4));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "from-shell /work\n");
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
 }
 
 #[test]
@@ -373,7 +308,7 @@ fn shell_on_a_terminal_is_interactive() {
     }
     let p = project(BASIC);
     let b = Berth::new();
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     // `script` gives berth a real terminal on stdin/stdout.
     let bin = berth_e2e::berth_bin();
     let mut child = std::process::Command::new("script")
@@ -393,7 +328,7 @@ fn shell_on_a_terminal_is_interactive() {
     assert!(out.contains("/dev/pts/"), "no terminal inside: {out}");
     assert!(out.contains("marker-42"), "{out}");
     drop(stdin);
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
 }
 
 #[test]
@@ -401,19 +336,18 @@ fn env_option_reaches_an_environment_from_anywhere() {
     require_root!();
     let p = project(BASIC);
     let b = Berth::new();
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let elsewhere = tempfile::tempdir().unwrap();
     assert_eq!(
-        ok(
-            &b,
+        b.ok(
             elsewhere.path(),
             &["--environment", &p.name, "exec", "--", "hostname"]
         ),
         format!("{}\n", p.name)
     );
-    let ls = ok(&b, elsewhere.path(), &["ls"]);
+    let ls = b.ok(elsewhere.path(), &["ls"]);
     assert!(ls.contains(&p.name) && ls.contains("running"), "{ls}");
-    ok(&b, elsewhere.path(), &["--environment", &p.name, "destroy"]);
+    b.ok(elsewhere.path(), &["--environment", &p.name, "destroy"]);
     let o = b.run_in(elsewhere.path(), &["--environment", &p.name, "status"]);
     assert_eq!(o.status.code(), Some(3));
 }
@@ -432,9 +366,8 @@ fn snapshots_capture_and_restore_the_writable_layer() {
     let p = project(BASIC);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
-    ok(
-        &b,
+    b.ok(p.path(), &["up"]);
+    b.ok(
         p.path(),
         &[
             "exec",
@@ -444,10 +377,9 @@ fn snapshots_capture_and_restore_the_writable_layer() {
             "echo one > /root/a; rm /etc/group; mkdir /opt; echo x > /opt/f",
         ],
     );
-    let out = ok(&b, p.path(), &["snapshot", "save", "s1"]);
+    let out = b.ok(p.path(), &["snapshot", "save", "s1"]);
     assert!(out.contains("saved snapshot s1"), "{out}");
-    ok(
-        &b,
+    b.ok(
         p.path(),
         &[
             "exec",
@@ -458,13 +390,12 @@ fn snapshots_capture_and_restore_the_writable_layer() {
         ],
     );
     let ls: serde_json::Value =
-        serde_json::from_str(&ok(&b, p.path(), &["snapshot", "ls", "--json"])).unwrap();
+        serde_json::from_str(&b.ok(p.path(), &["snapshot", "ls", "--json"])).unwrap();
     assert_eq!(ls[0]["name"], "s1");
     // Restoring a running environment restarts it on the snapshot's layer.
-    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    let out = b.ok(p.path(), &["snapshot", "restore", "s1"]);
     assert!(out.contains("started it again"), "{out}");
-    let o = ok(
-        &b,
+    let o = b.ok(
         p.path(),
         &[
             "exec",
@@ -476,16 +407,16 @@ fn snapshots_capture_and_restore_the_writable_layer() {
     );
     assert_eq!(o, "one\nx\na\ngroup-gone\n");
     // Restore on a stopped environment keeps it stopped.
-    ok(&b, p.path(), &["down"]);
-    let out = ok(&b, p.path(), &["snapshot", "restore", "s1"]);
+    b.ok(p.path(), &["down"]);
+    let out = b.ok(p.path(), &["snapshot", "restore", "s1"]);
     assert!(!out.contains("started it again"), "{out}");
-    ok(&b, p.path(), &["snapshot", "rm", "s1"]);
+    b.ok(p.path(), &["snapshot", "rm", "s1"]);
     let o = b.run_in(p.path(), &["snapshot", "restore", "s1"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).1.contains("no snapshot s1"), "{:?}", text(&o));
     let o = b.run_in(p.path(), &["snapshot", "save", "../escape"]);
     assert_eq!(o.status.code(), Some(1));
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -501,11 +432,11 @@ fn setup_steps_are_cached_layers() {
     let o = b.run_in(p.path(), &["up"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert_eq!(
-        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        b.ok(p.path(), &["exec", "--", "cat", "/etc/built"]),
         "one\ntwo\n"
     );
     // Editing step 2 reruns step 2 only.
-    p.rewrite(&toml.replace("echo two", "echo TWO"));
+    p.write(&toml.replace("echo two", "echo TWO"));
     let o = b.run_in(p.path(), &["up"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
@@ -519,20 +450,20 @@ fn setup_steps_are_cached_layers() {
         "{err}"
     );
     assert_eq!(
-        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        b.ok(p.path(), &["exec", "--", "cat", "/etc/built"]),
         "one\nTWO\n"
     );
     // A failing step reports its exit code and leaves the running environment alone.
-    p.rewrite(&toml.replace("echo two >> /etc/built", "echo partial; exit 7"));
+    p.write(&toml.replace("echo two >> /etc/built", "echo partial; exit 7"));
     let o = b.run_in(p.path(), &["up"]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o).1;
     assert!(err.contains('7') && err.contains("partial"), "{err}");
     assert_eq!(
-        ok(&b, p.path(), &["exec", "--", "cat", "/etc/built"]),
+        b.ok(p.path(), &["exec", "--", "cat", "/etc/built"]),
         "one\nTWO\n"
     );
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
 }
 
 #[test]
@@ -544,7 +475,7 @@ fn logs_follow_prints_new_output() {
     );
     let p = project(&toml);
     let b = Berth::new();
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let mut child = b
         .cmd()
         .current_dir(p.path())
@@ -569,7 +500,7 @@ fn logs_follow_prints_new_output() {
         .map(|l| l.trim_start_matches("tick-").parse().unwrap())
         .collect();
     assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{seen}");
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
 }
 
 #[test]
@@ -585,7 +516,7 @@ fn concurrent_commands_on_ten_environments() {
             for _ in 0..2 {
                 let b = &b;
                 s.spawn(move || {
-                    ok(b, p.path(), &["-q", "up"]);
+                    b.ok(p.path(), &["-q", "up"]);
                     // The other thread may take it down meanwhile: then exec reports a
                     // stopped environment (3), or `true` is stopped with it (143 / 137).
                     let o = b.run_in(p.path(), &["exec", "--", "true"]);
@@ -595,13 +526,13 @@ fn concurrent_commands_on_ten_environments() {
                         o.status,
                         text(&o)
                     );
-                    ok(b, p.path(), &["-q", "down"]);
+                    b.ok(p.path(), &["-q", "down"]);
                 });
             }
         }
     });
     for (p, before) in projects.iter().zip(&befores) {
-        ok(&b, p.path(), &["-q", "destroy"]);
+        b.ok(p.path(), &["-q", "destroy"]);
         before.assert_nothing_leaked(&p.snapshot(&b));
     }
 }
@@ -707,9 +638,8 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
     let before = p.snapshot(&b);
     let subids = RootSubids::new();
     subids.give_root(a);
-    ok(&b, p.path(), &["up"]);
-    ok(
-        &b,
+    b.ok(p.path(), &["up"]);
+    b.ok(
         p.path(),
         &[
             "exec",
@@ -720,7 +650,7 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
         ],
     );
     let st: serde_json::Value =
-        serde_json::from_str(&ok(&b, p.path(), &["status", "--json"])).unwrap();
+        serde_json::from_str(&b.ok(p.path(), &["status", "--json"])).unwrap();
     let env_id = st["env_id"].as_str().unwrap().to_string();
     use std::os::unix::fs::MetadataExt;
     let upper_file = b
@@ -734,7 +664,7 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
         a,
         "the environment did not use root's range from /etc/subuid"
     );
-    ok(&b, p.path(), &["down"]);
+    b.ok(p.path(), &["down"]);
 
     subids.give_root(b_start);
     let o = b.run_in(p.path(), &["up"]);
@@ -745,9 +675,7 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
             && err.contains(&a.to_string()),
         "no notice about the changed /etc/subuid:\n{err}"
     );
-    let owners = ok(
-        &b,
-        p.path(),
+    let owners = b.ok(p.path(),
         &[
             "exec",
             "--",
@@ -758,6 +686,6 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
     );
     assert_eq!(owners, "0:0\n0:0\nwritable\n", "files lost their owner");
     drop(subids);
-    ok(&b, p.path(), &["destroy", "--volumes"]);
+    b.ok(p.path(), &["destroy", "--volumes"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

@@ -12,59 +12,23 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::host::{
-    busybox_rootfs, copy_program_with_libs, root_skip_reason, veth_name, HostSnapshot,
-};
+use berth_e2e::host::{copy_program_with_libs, root_skip_reason, veth_name, HostSnapshot};
+use berth_e2e::project::Project;
 use berth_e2e::user::TestUser;
-use berth_e2e::{text, Berth};
+use berth_e2e::{require_root, text, Berth};
 use sha2::{Digest, Sha256};
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
 
 /// Only detects a hang; never a speed assertion.
 const HANG: Duration = Duration::from_secs(30);
 
 /// A project folder with a busybox rootfs (plus socat as a UDP echo server) and `toml`, in
 /// which `{name}` becomes a name unique to this test.
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Project {
-    fn new(toml: &str) -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-net-")
-            .tempdir()
-            .unwrap();
-        let rootfs = dir.path().join("rootfs");
-        busybox_rootfs(&rootfs);
-        copy_program_with_libs(Path::new("/usr/bin/socat"), &rootfs);
-        std::fs::create_dir_all(dir.path().join("www")).unwrap();
-        std::fs::write(dir.path().join("www/index.html"), "hello from inside\n").unwrap();
-        let tag: String = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_lowercase()
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        let name = format!("n{}", &tag[tag.len() - 6..]);
-        std::fs::write(dir.path().join("berth.toml"), toml.replace("{name}", &name)).unwrap();
-        Project { dir, name }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
+fn project(toml: &str) -> Project {
+    let p = Project::new("berth-net-", "n", toml);
+    copy_program_with_libs(Path::new("/usr/bin/socat"), &p.path().join("rootfs"));
+    std::fs::create_dir_all(p.path().join("www")).unwrap();
+    std::fs::write(p.path().join("www/index.html"), "hello from inside\n").unwrap();
+    p
 }
 
 /// Host resources of this test: its home, project, bridge (and table), and the veths of
@@ -78,17 +42,6 @@ fn snapshot(b: &Berth, projects: &[&Project], env_ids: &[String]) -> HostSnapsho
     HostSnapshot::take(&tags)
 }
 
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status
-    );
-    out
-}
-
 /// A host port nobody uses right now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -99,7 +52,7 @@ fn free_port() -> u16 {
 }
 
 fn status_json(b: &Berth, dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&ok(b, dir, &["status", "--json"])).unwrap()
+    serde_json::from_str(&b.ok(dir, &["status", "--json"])).unwrap()
 }
 
 fn link_exists(name: &str) -> bool {
@@ -155,7 +108,7 @@ target = "/www"
 "#;
 
 fn web_project(tcp: u16, udp: u16, address: &str) -> Project {
-    Project::new(&format!(
+    project(&format!(
         "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n\
          [[ports]]\nhost = {tcp}\nguest = 80\naddress = \"{address}\"\n\
          [[ports]]\nhost = {udp}\nguest = 53\nprotocol = \"udp\"\n{SERVICES}"
@@ -182,7 +135,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
 
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(
         out.contains(&format!("127.0.0.1:{tcp} → 80/tcp")),
         "up prints the forwarded ports: {out}"
@@ -206,7 +159,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
         b.subnet
     );
     assert_eq!(net["ports"].as_array().unwrap().len(), 2, "{net}");
-    let human = ok(&b, p.path(), &["status"]);
+    let human = b.ok(p.path(), &["status"]);
     assert!(
         human.contains(&format!("address {address}, gateway {gateway}")),
         "{human}"
@@ -219,7 +172,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
     let veth = veth_name(&env_id);
     assert!(link_exists(&veth), "veth {veth} missing");
     assert!(link_exists(&b.bridge) && nft_table_exists(&b.bridge));
-    let inside = ok(&b, p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
+    let inside = b.ok(p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
     assert!(inside.contains(&format!("{address}/")), "{inside}");
 
     let web: SocketAddr = (Ipv4Addr::LOCALHOST, tcp).into();
@@ -264,7 +217,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
     }
     assert!(echoed >= 90, "only {echoed} of 100 datagrams came back");
 
-    ok(&b, p.path(), &["down"]);
+    b.ok(p.path(), &["down"]);
     assert!(!link_exists(&veth), "down left veth {veth}");
     assert!(!link_exists(&b.bridge), "down left the bridge");
     assert!(!nft_table_exists(&b.bridge), "down left the nftables table");
@@ -272,7 +225,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
         TcpStream::connect_timeout(&web, Duration::from_secs(2)).is_err(),
         "the forwarded port outlived the environment"
     );
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
 }
 
@@ -328,10 +281,10 @@ impl Drop for HostServer {
 #[test]
 fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
     require_root!();
-    let p = Project::new("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
+    let p = project("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let st = status_json(&b, p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let gateway: Ipv4Addr = st["network"]["gateway"].as_str().unwrap().parse().unwrap();
@@ -339,8 +292,7 @@ fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
     // By address: a server of this test on the bridge address.
     let server = HostServer::start(gateway, "hello from the host\n");
     let url = format!("http://{}/", server.addr);
-    let got = ok(
-        &b,
+    let got = b.ok(
         p.path(),
         &["exec", "--", "timeout", "10", "wget", "-q", "-O", "-", &url],
     );
@@ -350,7 +302,7 @@ fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
     // By name: the environment uses the host's resolvers (its resolv.conf is written by berth
     // from the host's). No name of our own can be put into the host's resolver, so a public
     // name the host itself resolves is used; without one (offline CI) this part is skipped.
-    let resolv = ok(&b, p.path(), &["exec", "--", "cat", "/etc/resolv.conf"]);
+    let resolv = b.ok(p.path(), &["exec", "--", "cat", "/etc/resolv.conf"]);
     assert!(resolv.contains("nameserver "), "{resolv}");
     let name = "deb.debian.org";
     match (name, 80).to_socket_addrs() {
@@ -359,7 +311,7 @@ fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
                 .filter(|a| a.is_ipv4())
                 .map(|a| a.ip().to_string())
                 .collect();
-            let o = ok(&b, p.path(), &["exec", "--", "nslookup", name]);
+            let o = b.ok(p.path(), &["exec", "--", "nslookup", name]);
             assert!(
                 host_view.iter().any(|a| o.contains(a.as_str())),
                 "inside, {name} resolved to something else than on the host ({host_view:?}):\n{o}"
@@ -376,7 +328,7 @@ fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
         }
         Err(e) => eprintln!("part skipped: the host's resolver cannot resolve {name} ({e}); resolution by name was not checked"),
     }
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
 }
 
@@ -404,7 +356,7 @@ fn a_busy_port_fails_up_naming_the_holder_and_nothing_is_left() {
     assert!(!nft_table_exists(&b.bridge));
     let env_id = st["env_id"].as_str().unwrap_or_default().to_string();
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
 }
 
 #[test]
@@ -416,8 +368,8 @@ fn environments_cannot_reach_each_other_but_can_use_forwarded_host_ports() {
     let c = web_project(port_b, free_port(), "0.0.0.0");
     let b = Berth::new();
     let before = snapshot(&b, &[&a, &c], &[]);
-    ok(&b, a.path(), &["up"]);
-    ok(&b, c.path(), &["up"]);
+    b.ok(a.path(), &["up"]);
+    b.ok(c.path(), &["up"]);
     let sa = status_json(&b, a.path());
     let sc = status_json(&b, c.path());
     let ids = vec![
@@ -451,8 +403,7 @@ fn environments_cannot_reach_each_other_but_can_use_forwarded_host_ports() {
     }
     // Through the other's forwarded host port on the host's bridge address: allowed.
     for (from, port) in [(&c, port_a), (&a, port_b)] {
-        let got = ok(
-            &b,
+        let got = b.ok(
             from.path(),
             &[
                 "exec",
@@ -469,13 +420,13 @@ fn environments_cannot_reach_each_other_but_can_use_forwarded_host_ports() {
         assert_eq!(got, "hello from inside\n");
     }
     // The bridge stays while one environment is on it, and goes with the last.
-    ok(&b, a.path(), &["down"]);
+    b.ok(a.path(), &["down"]);
     assert!(!link_exists(&veth_name(&ids[0])));
     assert!(link_exists(&b.bridge) && nft_table_exists(&b.bridge));
-    ok(&b, c.path(), &["down"]);
+    b.ok(c.path(), &["down"]);
     assert!(!link_exists(&b.bridge) && !nft_table_exists(&b.bridge));
-    ok(&b, a.path(), &["destroy"]);
-    ok(&b, c.path(), &["destroy"]);
+    b.ok(a.path(), &["destroy"]);
+    b.ok(c.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&a, &c], &ids));
 }
 
@@ -507,7 +458,7 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
     require_root!();
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    let p = Project::new(&format!(
+    let p = project(&format!(
         "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[ports]]\nhost = {port}\nguest = 80\n"
     ));
     let b = Berth::new();
@@ -569,7 +520,7 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
         assert_eq!(String::from_utf8_lossy(&body), format!("{run_name}\n"));
         ports.push(bound.port());
     }
-    let ls: serde_json::Value = serde_json::from_str(&ok(&b, p.path(), &["ls", "--json"])).unwrap();
+    let ls: serde_json::Value = serde_json::from_str(&b.ok(p.path(), &["ls", "--json"])).unwrap();
     for e in ls.as_array().unwrap() {
         ids.push(e["env_id"].as_str().unwrap().to_string());
     }
@@ -663,7 +614,7 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
     let p = web_project(tcp, free_port(), "127.0.0.1");
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let st = status_json(&b, p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let pid = st["pid"].as_i64().unwrap() as i32;
@@ -677,7 +628,7 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
     // The forwarder died with its supervisor; the host side waits for `down`.
     assert!(TcpStream::connect(("127.0.0.1", tcp)).is_err());
     assert!(link_exists(&b.bridge) && nft_table_exists(&b.bridge));
-    ok(&b, p.path(), &["down"]);
+    b.ok(p.path(), &["down"]);
     assert!(!link_exists(&veth_name(&env_id)));
     assert!(
         !link_exists(&b.bridge),
@@ -688,9 +639,9 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
         "down after kill -9 left the table"
     );
     // And the port is free for the next start.
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     wait_http((Ipv4Addr::LOCALHOST, tcp).into());
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
 }
 
@@ -698,16 +649,16 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
 fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_host() {
     require_root!();
     let tcp = free_port();
-    let p = Project::new(&format!(
+    let p = project(&format!(
         "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n\
          [[ports]]\nhost = {tcp}\nguest = 80\n{SERVICES}"
     ));
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
-    let out = ok(&b, p.path(), &["up"]);
+    let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("loopback only, no outbound network"), "{out}");
     assert!(out.contains(&format!("127.0.0.1:{tcp} → 80/tcp")), "{out}");
-    let links = ok(&b, p.path(), &["exec", "--", "ip", "-o", "link"]);
+    let links = b.ok(p.path(), &["exec", "--", "ip", "-o", "link"]);
     assert_eq!(links.lines().count(), 1, "more than loopback: {links}");
     assert!(links.contains("lo:") && links.contains("UP"), "{links}");
     let web: SocketAddr = (Ipv4Addr::LOCALHOST, tcp).into();
@@ -720,11 +671,11 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
     let st = status_json(&b, p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     assert_eq!(st["network"]["mode"], "none", "{st}");
-    ok(&b, p.path(), &["destroy"]);
+    b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], std::slice::from_ref(&env_id)));
 
     // host mode: the host's interfaces, nothing set up, ports not forwarded (and said so).
-    let h = Project::new(&format!(
+    let h = project(&format!(
         "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"host\"\n\
          [[ports]]\nhost = {tcp}\nguest = 80\n"
     ));
@@ -733,11 +684,11 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
     let (out, err) = text(&o);
     assert!(err.contains("not forwarded"), "{err}");
     assert!(!out.contains("→"), "{out}");
-    let inside = ok(&b, h.path(), &["exec", "--", "ip", "-o", "link"]);
+    let inside = b.ok(h.path(), &["exec", "--", "ip", "-o", "link"]);
     let host_links = std::fs::read_dir("/sys/class/net").unwrap().count();
     assert_eq!(inside.lines().count(), host_links, "{inside}");
     assert!(!link_exists(&b.bridge));
-    ok(&b, h.path(), &["destroy"]);
+    b.ok(h.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p, &h], &[env_id]));
 }
 
@@ -774,7 +725,7 @@ fn recorded_port(b: &Berth, env_id: &str) -> String {
 #[test]
 fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     require_root!();
-    let p = Project::new("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
+    let p = project("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
     let one = Berth::new();
     let mut two = Berth::new();
     two.bridge = one.bridge.clone();
@@ -813,8 +764,8 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
         }
     };
 
-    ok(&one, p.path(), &["up"]);
-    ok(&two, p.path(), &["up"]);
+    one.ok(p.path(), &["up"]);
+    two.ok(p.path(), &["up"]);
     let (st1, st2) = (status_json(&one, p.path()), status_json(&two, p.path()));
     let id = st1["env_id"].as_str().unwrap().to_string();
     assert_eq!(
@@ -832,7 +783,7 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
     reaches(&two, gateway, "both up");
 
     // The last environment of home one goes: home two's keeps bridge, NAT and its traffic.
-    ok(&one, p.path(), &["destroy"]);
+    one.ok(p.path(), &["destroy"]);
     assert!(!link_exists(&port1), "destroy left its veth {port1}");
     assert!(
         link_exists(&one.bridge),
@@ -843,12 +794,12 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
         "destroy in one home removed the NAT table"
     );
     assert!(record_dir.exists(), "the lease record went with users left");
-    let inside = ok(&two, p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
+    let inside = two.ok(p.path(), &["exec", "--", "ip", "-o", "-4", "addr"]);
     assert!(inside.contains(&format!("{}/", addr(&st2))), "{inside}");
     reaches(&two, gateway, "after the other home's destroy");
 
     // The last user of any home: everything goes.
-    ok(&two, p.path(), &["destroy"]);
+    two.ok(p.path(), &["destroy"]);
     assert!(!link_exists(&port2));
     assert!(
         !link_exists(&one.bridge),
@@ -876,10 +827,10 @@ fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
     let toml = format!(
         "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[ports]]\nhost = {port}\nguest = 80\n"
     );
-    let (holder, second) = (Project::new(&toml), Project::new(&toml));
+    let (holder, second) = (project(&toml), project(&toml));
     let b = Berth::new();
     let before = snapshot(&b, &[&holder, &second], &[]);
-    ok(&b, holder.path(), &["up"]);
+    b.ok(holder.path(), &["up"]);
     let o = b.run_in(second.path(), &["up"]);
     let (out, err) = text(&o);
     assert!(!o.status.success(), "up succeeded on a taken port: {out}");
@@ -915,7 +866,7 @@ fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
                 .to_string()
         })
         .collect();
-    ok(&b, holder.path(), &["destroy"]);
-    ok(&b, second.path(), &["destroy"]);
+    b.ok(holder.path(), &["destroy"]);
+    b.ok(second.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&holder, &second], &ids));
 }

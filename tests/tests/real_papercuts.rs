@@ -6,79 +6,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
-use berth_e2e::{text, Berth};
+use berth_e2e::project::Project;
+use berth_e2e::{require_debian, require_root, text, Berth};
 
 /// A project folder with a busybox rootfs; `{name}` in the berth.toml becomes a name unique
 /// to this test.
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Project {
-    fn new(toml: &str) -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-cut-")
-            .tempdir()
-            .unwrap();
-        busybox_rootfs(&dir.path().join("rootfs"));
-        let tag = dir.path().file_name().unwrap().to_string_lossy();
-        let name = format!(
-            "cut-{}",
-            tag.trim_start_matches("berth-cut-")
-                .to_lowercase()
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-        );
-        let p = Project { dir, name };
-        p.write(toml);
-        p
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn write(&self, toml: &str) {
-        std::fs::write(
-            self.path().join("berth.toml"),
-            toml.replace("{name}", &self.name),
-        )
-        .unwrap();
-    }
-
-    fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
-    }
-}
-
-macro_rules! require_debian {
-    () => {
-        if let Some(why) = berth_e2e::debian::unavailable() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status
-    );
-    format!("{out}{err}")
+fn project(toml: &str) -> Project {
+    Project::new("berth-cut-", "cut-", toml)
 }
 
 /// Polls `berth status --json` until `done` holds for the named service (30 s at most).
@@ -90,7 +24,7 @@ fn wait_for_service(
 ) -> serde_json::Value {
     let t0 = Instant::now();
     loop {
-        let st = ok(b, dir, &["status", "--json"]);
+        let st = b.ok_combined(dir, &["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&st).unwrap();
         let svc = v["services"]
             .as_array()
@@ -112,7 +46,7 @@ fn a_restarted_service_takes_its_children_with_it_and_shows_as_crash_looping() {
     require_root!();
     // Each run leaves a child behind and dies, like a dev server whose reloader child keeps
     // the port: before the fix, every restart added one more orphan.
-    let p = Project::new(
+    let p = project(
         r#"
 name = "{name}"
 [image]
@@ -123,18 +57,18 @@ flaky = { command = ["sh", "-c", "sleep 1000 & sleep 0.2; exit 3"], restart = "a
     );
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok_combined(p.path(), &["up"]);
     wait_for_service(&b, p.path(), "flaky", |s| {
         s["restarts"].as_u64().unwrap_or(0) >= 4
     });
-    let ps = ok(&b, p.path(), &["exec", "--", "ps"]);
+    let ps = b.ok_combined(p.path(), &["exec", "--", "ps"]);
     let orphans = ps.lines().filter(|l| l.contains("sleep 1000")).count();
     assert!(
         orphans <= 1,
         "{orphans} children of dead service runs are still alive:\n{ps}"
     );
     // status names the crash loop, with the count, the window and the exit code.
-    let st = ok(&b, p.path(), &["status"]);
+    let st = b.ok_combined(p.path(), &["status"]);
     let line = st
         .lines()
         .find(|l| l.contains("flaky"))
@@ -144,12 +78,12 @@ flaky = { command = ["sh", "-c", "sleep 1000 & sleep 0.2; exit 3"], restart = "a
         "{st}"
     );
     // `up` on an unchanged file does not just say "up to date".
-    let up = ok(&b, p.path(), &["up"]);
+    let up = b.ok_combined(p.path(), &["up"]);
     assert!(
         up.contains("up to date") && up.contains("service flaky is crash-looping"),
         "{up}"
     );
-    ok(&b, p.path(), &["destroy"]);
+    b.ok_combined(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -157,7 +91,7 @@ flaky = { command = ["sh", "-c", "sleep 1000 & sleep 0.2; exit 3"], restart = "a
 fn env_path_survives_the_login_shell_of_a_debian_base() {
     require_debian!();
     // Debian's /etc/profile sets PATH from scratch for every login shell.
-    let p = Project::new(
+    let p = project(
         r#"
 name = "{name}"
 [image]
@@ -172,7 +106,7 @@ probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok_combined(p.path(), &["up"]);
     // `berth shell` runs a login shell (/bin/sh -l); without a terminal it reads stdin.
     let mut child = b
         .cmd()
@@ -199,15 +133,14 @@ probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
         "the login shell lost [env]:\n{out}\n{err}"
     );
     // exec of a login shell, and a service started through one, alike.
-    let out = ok(
-        &b,
+    let out = b.ok_combined(
         p.path(),
         &["exec", "--", "sh", "-lc", "echo exec PATH=$PATH"],
     );
     assert!(out.contains("exec PATH=/opt/tool/bin:"), "{out}");
     let t0 = Instant::now();
     loop {
-        let logs = ok(&b, p.path(), &["logs", "probe"]);
+        let logs = b.ok_combined(p.path(), &["logs", "probe"]);
         if logs.contains("service PATH=") {
             assert!(logs.contains("service PATH=/opt/tool/bin:"), "{logs}");
             break;
@@ -215,7 +148,7 @@ probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
         assert!(t0.elapsed() < Duration::from_secs(20), "no output: {logs}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    ok(&b, p.path(), &["destroy"]);
+    b.ok_combined(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -224,7 +157,7 @@ fn a_volume_and_a_tmpfs_nested_under_the_project_mount_start_on_a_clean_checkout
     require_root!();
     // The node template's layout: the checkout at /work, node_modules a volume inside it; a
     // fresh clone has no node_modules (nor .cache) folder.
-    let p = Project::new(
+    let p = project(
         r#"
 name = "{name}"
 [image]
@@ -245,9 +178,8 @@ type = "tmpfs"
     std::os::unix::fs::chown(p.path(), Some(1000), Some(1000)).unwrap();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
-    ok(
-        &b,
+    b.ok_combined(p.path(), &["up"]);
+    b.ok_combined(
         p.path(),
         &[
             "exec",
@@ -268,15 +200,14 @@ type = "tmpfs"
         assert_eq!((m.uid(), m.gid()), (1000, 1000), "owner of {d}");
     }
     // The volume keeps its content across a restart.
-    ok(&b, p.path(), &["down"]);
-    ok(&b, p.path(), &["up"]);
-    let out = ok(
-        &b,
+    b.ok_combined(p.path(), &["down"]);
+    b.ok_combined(p.path(), &["up"]);
+    let out = b.ok_combined(
         p.path(),
         &["exec", "--", "cat", "/work/node_modules/dep.js"],
     );
     assert!(out.contains("dep"), "{out}");
-    ok(&b, p.path(), &["destroy", "--volumes"]);
+    b.ok_combined(p.path(), &["destroy", "--volumes"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -295,7 +226,7 @@ fn clone_of(src: &Path, files: &[&str]) -> tempfile::TempDir {
 #[test]
 fn a_debootstrap_lock_is_honoured_on_a_second_machine_with_the_same_packages() {
     require_debian!();
-    let p = Project::new(
+    let p = project(
         r#"
 name = "{name}"
 [image]
@@ -305,35 +236,32 @@ from = "debootstrap:bookworm"
     let first = Berth::new();
     berth_e2e::debian::seed_bookworm(&first);
     let before = p.snapshot(&first);
-    ok(&first, p.path(), &["up"]);
+    first.ok_combined(p.path(), &["up"]);
     let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
     assert!(
         lock.contains("suite = \"bookworm\"") && lock.contains("\"libc6="),
         "the lock does not record the package set:\n{lock}"
     );
     // sources.list has the updates and security suites, and apt can use them from inside.
-    let sources = ok(
-        &first,
-        p.path(),
-        &["exec", "--", "cat", "/etc/apt/sources.list"],
-    );
+    let sources = first.ok_combined(p.path(), &["exec", "--", "cat", "/etc/apt/sources.list"]);
     assert!(
         sources.contains("bookworm-updates main") && sources.contains("bookworm-security main"),
         "{sources}"
     );
-    let apt = ok(&first, p.path(), &["exec", "--", "apt-get", "update"]);
+    let apt = first.ok_combined(p.path(), &["exec", "--", "apt-get", "update"]);
     assert!(
         apt.contains("bookworm-security") && apt.contains("bookworm-updates"),
         "{apt}"
     );
-    ok(&first, p.path(), &["destroy"]);
+    first.ok_combined(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&first));
 
     // The second machine bootstrapped bookworm itself: the same packages in other bytes
     // (here: the first machine's tree written by GNU tar instead of berth). Its home names
     // that image as `debootstrap:` resolves it.
     let ls: serde_json::Value =
-        serde_json::from_str(&ok(&first, Path::new("/"), &["image", "ls", "--json"])).unwrap();
+        serde_json::from_str(&first.ok_combined(Path::new("/"), &["image", "ls", "--json"]))
+            .unwrap();
     let name = ls["images"]
         .as_array()
         .unwrap()
@@ -360,19 +288,18 @@ from = "debootstrap:bookworm"
         .unwrap();
     assert!(st.success());
     let second = Berth::new();
-    ok(
-        &second,
+    second.ok_combined(
         Path::new("/"),
         &["image", "import", tar.to_str().unwrap(), "--name", &name],
     );
     let clone = clone_of(p.path(), &["berth.toml", "berth.lock"]);
-    ok(&second, clone.path(), &["up"]);
+    second.ok_combined(clone.path(), &["up"]);
     assert_eq!(
         std::fs::read_to_string(clone.path().join("berth.lock")).unwrap(),
         lock,
         "the lock was rewritten although it matched"
     );
-    ok(&second, clone.path(), &["destroy"]);
+    second.ok_combined(clone.path(), &["destroy"]);
 
     // A machine whose bootstrap installed something else is told what differs and how to
     // update the lock.
@@ -392,8 +319,7 @@ from = "debootstrap:bookworm"
         .status()
         .unwrap();
     assert!(st.success());
-    ok(
-        &second,
+    second.ok_combined(
         Path::new("/"),
         &["image", "import", tar.to_str().unwrap(), "--name", &name],
     );
@@ -426,24 +352,20 @@ source = "{name}-data"
 target = "/data"
 type = "volume"
 "#;
-    let p = Project::new(toml);
+    let p = project(toml);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok_combined(p.path(), &["up"]);
     // PID 1 is called berth-init, not `exe` (the memfd it runs from).
-    let comm = ok(&b, p.path(), &["exec", "--", "cat", "/proc/1/comm"]);
+    let comm = b.ok_combined(p.path(), &["exec", "--", "cat", "/proc/1/comm"]);
     assert_eq!(comm.trim(), "berth-init");
     // "changed:" says what changed inside a section.
     p.write(&toml.replace("A = \"1\"", "A = \"1\"\nB = \"2\""));
-    let up = ok(&b, p.path(), &["up"]);
+    let up = b.ok_combined(p.path(), &["up"]);
     assert!(up.contains("changed: env (+B)"), "{up}");
-    ok(
-        &b,
-        p.path(),
-        &["exec", "--", "sh", "-c", "echo kept > /data/f"],
-    );
+    b.ok_combined(p.path(), &["exec", "--", "sh", "-c", "echo kept > /data/f"]);
     // destroy, then destroy --volumes: the volume goes too.
-    ok(&b, p.path(), &["destroy"]);
+    b.ok_combined(p.path(), &["destroy"]);
     let volume = b
         .home
         .path()
@@ -453,7 +375,7 @@ type = "volume"
         volume.join("f").exists(),
         "destroy without --volumes kept no volume"
     );
-    let out = ok(&b, p.path(), &["destroy", "--volumes"]);
+    let out = b.ok_combined(p.path(), &["destroy", "--volumes"]);
     assert!(
         !volume.exists(),
         "destroy --volumes after destroy left it: {out}"
@@ -465,7 +387,7 @@ type = "volume"
 #[test]
 fn image_ls_names_build_images_and_image_rm_accepts_what_it_prints() {
     require_root!();
-    let p = Project::new(
+    let p = project(
         r#"
 name = "{name}"
 [image]
@@ -474,9 +396,9 @@ setup = ["echo one > /one", "echo two > /two"]
 "#,
     );
     let b = Berth::new();
-    ok(&b, p.path(), &["up"]);
-    ok(&b, p.path(), &["destroy"]);
-    let ls = ok(&b, p.path(), &["image", "ls"]);
+    b.ok_combined(p.path(), &["up"]);
+    b.ok_combined(p.path(), &["destroy"]);
+    let ls = b.ok_combined(p.path(), &["image", "ls"]);
     let rows: Vec<(String, String)> = ls
         .lines()
         .skip(1)
@@ -498,11 +420,11 @@ setup = ["echo one > /one", "echo two > /two"]
         );
     }
     // The printed name of one, the printed id of the other.
-    let o = ok(&b, p.path(), &["image", "rm", &builds[0].0]);
+    let o = b.ok_combined(p.path(), &["image", "rm", &builds[0].0]);
     assert!(o.contains("removed build:"), "{o}");
-    let o = ok(&b, p.path(), &["image", "rm", &builds[1].1]);
+    let o = b.ok_combined(p.path(), &["image", "rm", &builds[1].1]);
     assert!(o.contains("removed build:"), "{o}");
-    let ls = ok(&b, p.path(), &["image", "ls"]);
+    let ls = b.ok_combined(p.path(), &["image", "ls"]);
     assert!(!ls.contains("build:"), "{ls}");
 }
 
@@ -540,5 +462,5 @@ fn init_from_devcontainer_resolves_the_workspace_variables() {
         err.contains("postStartCommand"),
         "not listed as not converted:\n{err}"
     );
-    ok(&b, &proj, &["validate"]);
+    b.ok_combined(&proj, &["validate"]);
 }

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-use berth_e2e::{text, Berth};
+use berth_e2e::{require_debian, require_root, text, Berth};
 
 fn write(dir: &Path, rel: &str, content: &str) {
     let p = dir.join(rel);
@@ -60,10 +60,7 @@ where = ["src"]
 /// with `host_ca = false` the same build fails on the proxy's certificate.
 #[test]
 fn python_package_with_cached_editable_install_on_create_and_host_cas() {
-    if let Some(why) = berth_e2e::debian::unavailable() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require_debian!();
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let project = tempfile::Builder::new()
@@ -248,10 +245,7 @@ const PACKAGE_LOCK: &str = r#"{
 /// mount with them; `berth run` gets the same image and on_create.
 #[test]
 fn node_package_npm_ci_cached_in_the_image() {
-    if let Some(why) = berth_e2e::debian::unavailable() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require_debian!();
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let project = tempfile::Builder::new()
@@ -334,10 +328,7 @@ target = "/work"
 /// do.
 #[test]
 fn on_create_is_retried_after_a_failure_and_runs_once_per_writable_layer() {
-    if let Some(why) = berth_e2e::host::root_skip_reason() {
-        eprintln!("SKIP: {why}");
-        return;
-    }
+    require_root!();
     let b = Berth::new();
     let project = tempfile::Builder::new()
         .prefix("berth-create-")

@@ -1,63 +1,24 @@
 //! `berth run -- CMD` through the real binary: exit codes, output, timeouts, parallel runs,
 //! private source copies, signals, and nothing left behind.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
-use berth_e2e::{text, Berth};
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, text, Berth};
 
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Project {
-    fn new() -> Project {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-run-")
-            .tempdir()
-            .unwrap();
-        busybox_rootfs(&dir.path().join("rootfs"));
-        let tag: String = dir
-            .path()
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .to_lowercase()
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect();
-        let name = format!("r{}", &tag[tag.len() - 6..]);
-        let toml = format!(
-            "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n[shell]\nworkdir = \"/work\"\n"
-        );
-        std::fs::write(dir.path().join("berth.toml"), toml).unwrap();
-        std::fs::write(dir.path().join("checked-in.txt"), "original\n").unwrap();
-        // The environment's root acts as the owner of a bind-mounted folder; a folder of
-        // host root's is read-only to it (see tests/security_mounts.rs), so the checkout
-        // belongs to an ordinary (here: unnamed) user.
-        for p in [dir.path().to_path_buf(), dir.path().join("checked-in.txt")] {
-            std::os::unix::fs::chown(&p, Some(4242), Some(4242)).unwrap();
-        }
-        Project { dir, name }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
-    }
+/// A checkout over a busybox rootfs with its folder at `/work` and a file checked in.
+fn project() -> Project {
+    // The environment's root acts as the owner of a bind-mounted folder; a folder of host
+    // root's is read-only to it (see tests/security_mounts.rs), so the checkout belongs to an
+    // ordinary (here: unnamed) user.
+    let p = Project::builder("berth-run-", "r").owner(4242).create(
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n[shell]\nworkdir = \"/work\"\n",
+    );
+    let file = p.path().join("checked-in.txt");
+    std::fs::write(&file, "original\n").unwrap();
+    std::os::unix::fs::chown(&file, Some(4242), Some(4242)).unwrap();
+    p
 }
 
 fn envs_left(b: &Berth) -> usize {
@@ -69,7 +30,7 @@ fn envs_left(b: &Berth) -> usize {
 #[test]
 fn exit_codes_and_output_pass_through_and_nothing_is_left() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let before = p.snapshot(&b);
     for code in [0, 1, 3, 137] {
@@ -113,7 +74,7 @@ fn exit_codes_and_output_pass_through_and_nothing_is_left() {
 #[test]
 fn timeout_kills_the_environment_and_exits_124() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let before = p.snapshot(&b);
     let o = b.run_in(
@@ -138,7 +99,7 @@ fn timeout_kills_the_environment_and_exits_124() {
 #[test]
 fn parallel_runs_are_isolated_from_each_other() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let before = p.snapshot(&b);
     let children: Vec<_> = (0..8)
@@ -180,7 +141,7 @@ fn parallel_runs_are_isolated_from_each_other() {
 #[test]
 fn copy_source_leaves_the_checkout_untouched() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let o = b.run_in(
         p.path(),
@@ -210,7 +171,7 @@ fn copy_source_leaves_the_checkout_untouched() {
 #[test]
 fn keep_on_failure_leaves_the_environment_for_debugging() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let o = b.run_in(
         p.path(),
@@ -251,7 +212,7 @@ fn keep_on_failure_leaves_the_environment_for_debugging() {
 #[test]
 fn copy_source_of_a_root_owned_checkout_is_writable_inside() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     for f in [p.path().to_path_buf(), p.path().join("checked-in.txt")] {
         std::os::unix::fs::chown(&f, Some(0), Some(0)).unwrap();
     }
@@ -297,7 +258,7 @@ fn copy_source_of_a_root_owned_checkout_is_writable_inside() {
 #[test]
 fn json_summary_reports_durations() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let o = b.run_in(
         p.path(),
@@ -345,7 +306,7 @@ fn start_long_run(p: &Project, b: &Berth) -> std::process::Child {
 #[test]
 fn sigterm_stops_the_command_and_cleans_up() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let before = p.snapshot(&b);
     let mut child = start_long_run(&p, &b);
@@ -362,7 +323,7 @@ fn sigterm_stops_the_command_and_cleans_up() {
 #[test]
 fn sigkill_of_berth_run_is_collected_by_the_next_command() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let b = Berth::new();
     let before = p.snapshot(&b);
     let mut child = start_long_run(&p, &b);
@@ -383,7 +344,7 @@ fn sigkill_of_berth_run_is_collected_by_the_next_command() {
 #[test]
 fn ci_cache_carries_built_layers_to_a_fresh_machine() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap().replace(
         "from = \"rootfs:./rootfs\"",
         "from = \"rootfs:./rootfs\"\nsetup = [\"echo built > /etc/built\", \"echo more >> /etc/built\"]",
@@ -424,7 +385,7 @@ fn ci_cache_carries_built_layers_to_a_fresh_machine() {
 #[test]
 fn run_beside_the_dev_environment_publishes_elsewhere_and_quiet_prints_only_the_output() {
     require_root!();
-    let p = Project::new();
+    let p = project();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

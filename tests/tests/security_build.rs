@@ -9,30 +9,12 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason};
-use berth_e2e::{text, Berth};
-
-fn project(prefix: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-    (dir, name)
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> (String, String) {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "berth {args:?} failed:\n{out}\n{err}");
-    (out, err)
-}
+use berth_e2e::host::root_skip_reason;
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, text, Berth};
 
 fn cat(b: &Berth, dir: &Path, file: &str) -> String {
-    ok(b, dir, &["exec", "--", "cat", file]).0
+    b.ok(dir, &["exec", "--", "cat", file])
 }
 
 /// The layer directory in the store that holds `rel`.
@@ -56,12 +38,7 @@ fn find_process(cmdline: &str) -> Option<u32> {
 
 #[test]
 fn setup_steps_run_in_the_environment_sandbox() {
-    if let Some(why) = root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let (dir, name) = project("berth-buildsec-");
-    busybox_rootfs(&dir.path().join("rootfs"));
+    require_root!();
     let steps = [
         // What the step sees of ids, network, cgroup and seccomp.
         "cat /proc/self/uid_map > /uidmap; cat /proc/self/gid_map > /gidmap; ls /sys/class/net > /netifs; readlink /proc/self/ns/net > /netns; grep ^Seccomp: /proc/self/status > /seccomp",
@@ -77,11 +54,11 @@ fn setup_steps_run_in_the_environment_sandbox() {
         .map(|s| format!("{s:?}"))
         .collect::<Vec<_>>()
         .join(", ");
-    fs::write(
-        dir.path().join("berth.toml"),
-        format!("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\nsetup = [{setup}]\n"),
-    )
-    .unwrap();
+    let dir = Project::new(
+        "berth-buildsec-",
+        "berthbuildsec",
+        &format!("name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\nsetup = [{setup}]\n"),
+    );
     let b = Berth::new();
     let p = dir.path();
     let mut up = b
@@ -175,38 +152,30 @@ fn setup_steps_run_in_the_environment_sandbox() {
     assert_eq!((meta("owned").uid(), meta("owned").gid()), (0, 0));
     assert_eq!((meta("suid").uid(), meta("suid").gid()), (0, 5));
     assert_eq!(meta("suid").mode() & 0o7777, 0o4755, "setuid bit kept");
-    let inside = ok(
-        &b,
-        p,
-        &[
-            "exec", "--", "stat", "-c", "%u:%g %a", "/owned/f", "/suid", "/",
-        ],
-    )
-    .0;
+    let inside = b
+        .ok_both(
+            p,
+            &[
+                "exec", "--", "stat", "-c", "%u:%g %a", "/owned/f", "/suid", "/",
+            ],
+        )
+        .0;
     assert_eq!(inside, "1000:1001 644\n0:5 4755\n0:0 755\n");
-    ok(&b, p, &["destroy"]);
+    b.ok_both(p, &["destroy"]);
 }
 
 #[test]
 fn apt_installs_a_package_in_the_build_sandbox() {
-    if let Some(why) = root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    require_root!();
     assert!(
         Path::new("/usr/sbin/debootstrap").exists() || Path::new("/usr/bin/mmdebstrap").exists(),
         "debootstrap is needed: apt-get install debootstrap (scripts/install-deps does)"
     );
-    let (dir, name) = project("berth-buildapt-");
-    fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            "name = \"{name}\"\n[image]\nfrom = \"debootstrap:bookworm\"\npackages = [\"hello\"]\nsetup = [\"cat /proc/self/uid_map > /uidmap\"]\n"
-        ),
-    )
-    .unwrap();
+    let dir = Project::builder("berth-buildapt-", "berthbuildapt")
+        .without_rootfs()
+        .create("name = \"{name}\"\n[image]\nfrom = \"debootstrap:bookworm\"\npackages = [\"hello\"]\nsetup = [\"cat /proc/self/uid_map > /uidmap\"]\n");
     let b = Berth::new();
-    let (out, err) = ok(&b, dir.path(), &["up"]);
+    let (out, err) = b.ok_both(dir.path(), &["up"]);
     // apt drops to its _apt user for downloads; without that user mapped it would go on
     // "unsandboxed as root" with only a notice.
     assert!(
@@ -214,7 +183,7 @@ fn apt_installs_a_package_in_the_build_sandbox() {
         "apt could not use its _apt sandbox:\n{out}\n{err}"
     );
     assert_eq!(
-        ok(&b, dir.path(), &["exec", "--", "hello"]).0,
+        b.ok_both(dir.path(), &["exec", "--", "hello"]).0,
         "Hello, world!\n"
     );
     let map = cat(&b, dir.path(), "/uidmap");
@@ -225,7 +194,7 @@ fn apt_installs_a_package_in_the_build_sandbox() {
     assert_eq!((status.uid(), status.gid()), (0, 0));
     let hello = fs::metadata(layer.join("usr/bin/hello")).unwrap();
     assert_eq!((hello.uid(), hello.gid()), (0, 0));
-    ok(&b, dir.path(), &["destroy"]);
+    b.ok_both(dir.path(), &["destroy"]);
 }
 
 #[test]
@@ -235,13 +204,11 @@ fn rootless_build_steps_get_their_own_network_where_pasta_can_run() {
         return;
     }
     let user = berth_e2e::user::TestUser::create("berthbs");
-    let (dir, name) = project("berth-buildrl-");
-    busybox_rootfs(&dir.path().join("rootfs"));
-    fs::write(
-        dir.path().join("berth.toml"),
-        format!("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\nsetup = [\"readlink /proc/self/ns/net > /netns; ls /sys/class/net > /netifs\"]\n"),
-    )
-    .unwrap();
+    let dir = Project::new(
+        "berth-buildrl-",
+        "berthbuildrl",
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\nsetup = [\"readlink /proc/self/ns/net > /netns; ls /sys/class/net > /netifs\"]\n",
+    );
     user.own(dir.path());
     let run = |args: &[&str]| {
         let o = user.berth(dir.path(), args);

@@ -10,17 +10,9 @@ use std::path::Path;
 use berth_e2e::host::root_skip_reason;
 use berth_e2e::oci::{busybox_layer, layer_dir, Compression, Image, Layer, Registry, TarBuilder};
 use berth_e2e::probe::DeviceProbe;
+use berth_e2e::project::Project;
 use berth_e2e::user::TestUser;
-use berth_e2e::{text, Berth};
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
+use berth_e2e::{require_root, text, Berth};
 
 fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
@@ -51,9 +43,8 @@ fn hostile_image(probe: &DeviceProbe) -> Image {
 struct Setup {
     _reg: Registry,
     b: Berth,
-    project: tempfile::TempDir,
+    project: Project,
     image: Image,
-    name: String,
 }
 
 impl Setup {
@@ -62,35 +53,17 @@ impl Setup {
         let image = hostile_image(probe);
         reg.push_image("hostile", "latest", &image);
         let b = Berth::new();
-        let project = tempfile::Builder::new()
-            .prefix("berth-sec-")
-            .tempdir()
-            .unwrap();
-        let name = format!(
-            "sec-{}",
-            project
-                .path()
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .trim_start_matches("berth-sec-")
-                .to_lowercase()
-                .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-        );
-        fs::write(
-            project.path().join("berth.toml"),
-            format!(
-                "name = \"{name}\"\n{extra_toml}\n[image]\nfrom = \"{}/hostile:latest\"\n",
+        let project = Project::builder("berth-sec-", "sec-")
+            .without_rootfs()
+            .create(&format!(
+                "name = \"{{name}}\"\n{extra_toml}\n[image]\nfrom = \"{}/hostile:latest\"\n",
                 reg.addr
-            ),
-        )
-        .unwrap();
+            ));
         Some(Setup {
             _reg: reg,
             b,
             project,
             image,
-            name,
         })
     }
 
@@ -101,9 +74,7 @@ impl Setup {
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(args);
-        assert!(ok, "berth {args:?} failed:\n{out}\n{err}");
-        out
+        self.b.ok(self.project.path(), args)
     }
 
     /// stdout of a command inside, whatever its exit code.
@@ -119,9 +90,9 @@ impl Setup {
         list.as_array()
             .unwrap()
             .iter()
-            .find(|e| e["name"] == self.name.as_str())
+            .find(|e| e["name"] == self.project.name.as_str())
             .and_then(|e| e["env_id"].as_str())
-            .unwrap_or_else(|| panic!("{} not in {out}", self.name))
+            .unwrap_or_else(|| panic!("{} not in {out}", self.project.name))
             .to_string()
     }
 

@@ -14,66 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
-use berth_e2e::{text, Berth};
-
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-    name: String,
-}
-
-impl Project {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
-    }
-}
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, text, Berth};
 
 /// A project folder with a busybox rootfs and `toml` (`{name}` replaced by a unique name).
 fn project(toml: &str) -> Project {
-    let dir = tempfile::Builder::new()
-        .prefix("berth-sec-")
-        .tempdir()
-        .unwrap();
     // Other users (the cross-user test) must be able to reach the project folder.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    busybox_rootfs(&dir.path().join("rootfs"));
-    let tag = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase();
-    let name = format!(
-        "sec-{}",
-        tag.trim_start_matches("berth-sec-")
-            .replace(|c: char| !c.is_ascii_alphanumeric(), "")
-    );
-    std::fs::write(dir.path().join("berth.toml"), toml.replace("{name}", &name)).unwrap();
-    Project { dir, name }
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status
-    );
-    out
+    Project::builder("berth-sec-", "sec-")
+        .mode(0o755)
+        .create(toml)
 }
 
 /// The single environment's state folder under the test's home.
@@ -127,7 +76,7 @@ fn exec_workdir_through_an_inherited_descriptor_stays_inside() {
     let p = project(WITH_SERVICE);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let state = env_dir(&b);
     let mut refused = Vec::new();
     for n in 3..=24 {
@@ -159,12 +108,9 @@ fn exec_workdir_through_an_inherited_descriptor_stays_inside() {
         "markers written in the project folder"
     );
     // The environment itself is fine.
-    assert_eq!(
-        ok(&b, p.path(), &["exec", "--", "echo", "alive"]),
-        "alive\n"
-    );
+    assert_eq!(b.ok(p.path(), &["exec", "--", "echo", "alive"]), "alive\n");
     let _ = state;
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -191,13 +137,13 @@ fn service_and_image_workdir_through_a_descriptor_stay_inside() {
     std::os::unix::fs::symlink("/proc/self/fd/4", p.path().join("rootfs/escape")).unwrap();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     // Give every service time to run its payload (or be refused).
     std::thread::sleep(Duration::from_millis(1500));
     let leaked = find_named(b.home.path(), "escape-marker");
     assert!(leaked.is_empty(), "markers written on the host: {leaked:?}");
     for (service, cwd) in [("fd4", "/proc/self/fd/4"), ("via-link", "/escape")] {
-        let logs = ok(&b, p.path(), &["logs", service]);
+        let logs = b.ok(p.path(), &["logs", service]);
         assert!(
             !logs.contains("ESCAPED"),
             "service {service} reached the state folder: {logs}"
@@ -207,7 +153,7 @@ fn service_and_image_workdir_through_a_descriptor_stay_inside() {
             "service {service}: the refusal does not name its folder: {logs}"
         );
     }
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -220,7 +166,7 @@ fn a_host_folder_passed_as_a_stream_is_no_way_out() {
     let p = project(WITH_SERVICE);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("host-only-file"), "x").unwrap();
     let o = b
@@ -245,7 +191,7 @@ fn a_host_folder_passed_as_a_stream_is_no_way_out() {
         err.contains("outside the environment") && err.contains("/proc/self/fd/0"),
         "{err}"
     );
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -266,7 +212,7 @@ fn berth_does_not_follow_links_planted_in_the_log_folder() {
     let p = project(WITH_SERVICE);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let state = env_dir(&b);
     let host = tempfile::tempdir().unwrap();
     let secret = host.path().join("host-secret");
@@ -287,7 +233,7 @@ fn berth_does_not_follow_links_planted_in_the_log_folder() {
     );
     std::fs::remove_file(logs.join("ticker.log.1")).unwrap();
 
-    ok(&b, p.path(), &["down", "--timeout", "2"]);
+    b.ok(p.path(), &["down", "--timeout", "2"]);
     std::fs::remove_file(logs.join("supervisor.log")).unwrap();
     std::os::unix::fs::symlink(&victim, logs.join("supervisor.log")).unwrap();
     let o = run(&b, p.path(), &["up"]);
@@ -302,8 +248,8 @@ fn berth_does_not_follow_links_planted_in_the_log_folder() {
         "{out}{err}"
     );
     std::fs::remove_file(logs.join("supervisor.log")).unwrap();
-    ok(&b, p.path(), &["up"]);
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["up"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -316,7 +262,7 @@ fn secrets_are_private_and_other_users_are_refused() {
     // As /var/lib/berth is made: a home other users may enter.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(b.home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let state = env_dir(&b);
     let id = state.file_name().unwrap().to_string_lossy().into_owned();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -375,13 +321,13 @@ fn secrets_are_private_and_other_users_are_refused() {
         );
     }
     drop(user);
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
 /// The supervisor's pid on the host and whether the environment runs, from `status --json`.
 fn supervisor(b: &Berth, dir: &Path) -> (Option<i64>, String) {
-    let out = ok(b, dir, &["status", "--json"]);
+    let out = b.ok(dir, &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     (
         v["pid"].as_i64(),
@@ -395,7 +341,7 @@ fn signals_from_inside_do_not_end_the_environment() {
     let p = project(WITH_SERVICE);
     let b = Berth::new();
     let before = p.snapshot(&b);
-    ok(&b, p.path(), &["up"]);
+    b.ok(p.path(), &["up"]);
     let (pid, status) = supervisor(&b, p.path());
     assert_eq!(status, "running");
     // The payload: the environment's root signals its PID 1 (the supervisor).
@@ -421,7 +367,7 @@ fn signals_from_inside_do_not_end_the_environment() {
         );
         assert_eq!(now, pid, "SIG{sig} from inside replaced the supervisor");
     }
-    let ps = ok(&b, p.path(), &["exec", "--", "sh", "-c", "ps -o pid,args"]);
+    let ps = b.ok(p.path(), &["exec", "--", "sh", "-c", "ps -o pid,args"]);
     assert!(ps.contains("sleep 1000"), "the service was stopped: {ps}");
 
     // The host's signal still stops it (as does `down`).
@@ -436,10 +382,10 @@ fn signals_from_inside_do_not_end_the_environment() {
         Duration::from_secs(15),
         || supervisor(&b, p.path()).1 != "running",
     );
-    ok(&b, p.path(), &["up"]);
-    ok(&b, p.path(), &["down", "--timeout", "5"]);
+    b.ok(p.path(), &["up"]);
+    b.ok(p.path(), &["down", "--timeout", "5"]);
     assert_eq!(supervisor(&b, p.path()).1, "stopped");
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
@@ -468,7 +414,7 @@ fn a_failed_first_up_leaves_no_environment_behind() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "a failed first up left {left:?}");
-    let ls = ok(&b, p.path(), &["ls", "--json"]);
+    let ls = b.ok(p.path(), &["ls", "--json"]);
     assert!(
         !ls.contains(&p.name),
         "ls lists the failed environment: {ls}"
@@ -477,8 +423,8 @@ fn a_failed_first_up_leaves_no_environment_behind() {
 
     // Once the port is free, up works; a later failed up keeps the existing environment.
     drop(held);
-    ok(&b, p.path(), &["up"]);
-    ok(&b, p.path(), &["down", "--timeout", "2"]);
+    b.ok(p.path(), &["up"]);
+    b.ok(p.path(), &["down", "--timeout", "2"]);
     let again = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let o = run(&b, p.path(), &["up"]);
     assert!(!o.status.success());
@@ -487,7 +433,7 @@ fn a_failed_first_up_leaves_no_environment_behind() {
         "a failed re-up removed the environment"
     );
     drop(again);
-    ok(&b, p.path(), &["destroy", "--timeout", "2"]);
+    b.ok(p.path(), &["destroy", "--timeout", "2"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 

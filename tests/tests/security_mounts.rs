@@ -7,49 +7,21 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason};
+use berth_e2e::project::Project;
 use berth_e2e::user::TestUser;
-use berth_e2e::{text, Berth};
+use berth_e2e::{require_root, text, Berth};
 
-macro_rules! require_root {
-    () => {
-        if let Some(why) = root_skip_reason() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-/// A project folder with a busybox rootfs; `{name}` in `mounts` is replaced by a unique name.
-fn project(prefix: &str, mounts: &str) -> (tempfile::TempDir, String) {
+/// A project folder with a busybox rootfs, no network and `mounts`; `{name}` in `mounts` is
+/// replaced by a unique name.
+fn project(prefix: &str, mounts: &str) -> Project {
     project_in(&std::env::temp_dir(), prefix, mounts)
 }
 
 /// [`project`] in the folder `parent`.
-fn project_in(parent: &Path, prefix: &str, mounts: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in(parent)
-        .unwrap();
-    busybox_rootfs(&dir.path().join("rootfs"));
-    let tag: String = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
-    let name = format!("sec{}", &tag[tag.len() - 6..]);
-    std::fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n{mounts}"
-        ),
-    )
-    .unwrap();
-    (dir, name)
+fn project_in(parent: &Path, prefix: &str, mounts: &str) -> Project {
+    Project::builder(prefix, "sec").in_folder(parent).create(&format!(
+        "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n{mounts}"
+    ))
 }
 
 const PROJECT_MOUNT: &str = "[[mounts]]\nsource = \".\"\ntarget = \"/work\"\n";
@@ -125,7 +97,7 @@ fn env_root_cannot_leave_a_setuid_root_file_in_a_user_owned_project() {
     require_root!();
     let user = TestUser::create("bsecu");
     let b = Berth::new();
-    let (dir, _name) = project("berth-secmnt-user-", PROJECT_MOUNT);
+    let dir = project("berth-secmnt-user-", PROJECT_MOUNT);
     std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
     user.own(dir.path());
@@ -159,7 +131,7 @@ fn env_root_cannot_leave_a_setuid_root_file_in_a_root_owned_project() {
     // Directly in /tmp (open to everyone), whatever TMPDIR says.
     let tmp = Path::new("/tmp");
     assert_ne!(std::fs::metadata(tmp).unwrap().mode() & 0o011, 0);
-    let (dir, _name) = project_in(tmp, "berth-secmnt-root-", PROJECT_MOUNT);
+    let dir = project_in(tmp, "berth-secmnt-root-", PROJECT_MOUNT);
     std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -238,7 +210,7 @@ fn a_root_owned_project_in_a_private_root_folder_is_writable_by_the_environments
         .tempdir()
         .unwrap();
     std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let (dir, _name) = project_in(private.path(), "proj-", PROJECT_MOUNT);
+    let dir = project_in(private.path(), "proj-", PROJECT_MOUNT);
     // The project itself is open: the folder above it is what keeps others out.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
@@ -315,7 +287,7 @@ fn the_environment_cannot_open_the_private_folder_above_its_project() {
     let mounts = format!(
         "{PROJECT_MOUNT}[[mounts]]\nsource = \"..\"\ntarget = \"/up\"\nunsafe_host_path = true\n"
     );
-    let (dir, _name) = project_in(private.path(), "proj-", &mounts);
+    let dir = project_in(private.path(), "proj-", &mounts);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = b.run_in(dir.path(), &["up"]);
     let (out, err) = text(&o);
@@ -360,7 +332,7 @@ fn refused(b: &Berth, dir: &Path) -> String {
 #[test]
 fn mounting_the_host_root_is_refused_unless_opted_in() {
     let b = Berth::new();
-    let (dir, _name) = project(
+    let dir = project(
         "berth-secmnt-slash-",
         "[[mounts]]\nsource = \"/\"\ntarget = \"/host\"\nreadonly = true\n",
     );
@@ -401,7 +373,7 @@ fn a_source_escaping_the_project_is_refused_unless_opted_in() {
         .tempdir()
         .unwrap();
     std::fs::write(outside.path().join("secret"), "host secret\n").unwrap();
-    let (dir, _name) = project(
+    let dir = project(
         "berth-secmnt-link-",
         "[[mounts]]\nsource = \"./data\"\ntarget = \"/data\"\n",
     );
@@ -441,7 +413,7 @@ fn a_source_escaping_the_project_is_refused_unless_opted_in() {
 fn rootless_the_environments_root_is_the_invoking_user_on_bind_mounts() {
     require_root!(); // to create the test user
     let user = TestUser::create("bsecl");
-    let (dir, _name) = project("berth-secmnt-rootless-", PROJECT_MOUNT);
+    let dir = project("berth-secmnt-rootless-", PROJECT_MOUNT);
     std::fs::copy("/usr/bin/id", dir.path().join("id-program")).unwrap();
     std::fs::write(dir.path().join("existing"), "marker\n").unwrap();
     user.own(dir.path());

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason};
-use berth_e2e::{text, Berth};
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, Berth};
 
 /// Each probe is one line `name=ok` or `name=ERRNONAME`. All arguments are harmless: null
 /// pointers, invalid descriptors, or calls whose success changes nothing outside the probe.
@@ -119,25 +119,6 @@ fn build_probe(to: &Path) {
     fs::remove_file(src).unwrap();
 }
 
-fn project(prefix: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
-    let name = dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "");
-    (dir, name)
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(o.status.success(), "berth {args:?} failed:\n{out}\n{err}");
-    out
-}
-
 fn probe_results(out: &str) -> BTreeMap<String, String> {
     out.lines()
         .filter_map(|l| l.split_once('='))
@@ -147,31 +128,23 @@ fn probe_results(out: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn every_process_inside_runs_under_the_allowlist() {
-    if let Some(why) = root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let (dir, name) = project("berth-seccomp-");
-    let rootfs = dir.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    build_probe(&rootfs.join("bin/probe"));
-    fs::write(
-        dir.path().join("berth.toml"),
-        format!(
-            r#"
+    require_root!();
+    let dir = Project::new(
+        "berth-seccomp-",
+        "berthseccomp",
+        r#"
 name = "{name}"
 [image]
 from = "rootfs:./rootfs"
 [services]
-sleeper = {{ command = ["sleep", "600"] }}
-"#
-        ),
-    )
-    .unwrap();
+sleeper = { command = ["sleep", "600"] }
+"#,
+    );
+    build_probe(&dir.path().join("rootfs/bin/probe"));
     let b = Berth::new();
-    ok(&b, dir.path(), &["up"]);
+    b.ok(dir.path(), &["up"]);
 
-    let got = probe_results(&ok(&b, dir.path(), &["exec", "--", "probe"]));
+    let got = probe_results(&b.ok(dir.path(), &["exec", "--", "probe"]));
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     for refused in [
         "keyctl",
@@ -213,9 +186,7 @@ sleeper = {{ command = ["sleep", "600"] }}
     assert_eq!(got, want, "probe results (left: got, right: wanted)");
 
     // A shell and package-manager-like file work.
-    let files = ok(
-        &b,
-        dir.path(),
+    let files = b.ok(dir.path(),
         &[
             "exec",
             "--",
@@ -230,9 +201,7 @@ sleeper = {{ command = ["sleep", "600"] }}
 
     // Every process inside carries the filter: the supervisor (PID 1), the service and this
     // exec session.
-    let modes = ok(
-        &b,
-        dir.path(),
+    let modes = b.ok(dir.path(),
         &[
             "exec",
             "--",
@@ -254,36 +223,30 @@ sleeper = {{ command = ["sleep", "600"] }}
         modes.iter().all(|(_, m)| *m == "2"),
         "every process inside should be in seccomp filter mode (2): {modes:?}"
     );
-    let pid1 = ok(&b, dir.path(), &["exec", "--", "cat", "/proc/1/status"]);
+    let pid1 = b.ok(dir.path(), &["exec", "--", "cat", "/proc/1/status"]);
     assert!(
         pid1.lines().any(|l| l == "Seccomp:\t2"),
         "the supervisor (PID 1) must run under the filter:\n{pid1}"
     );
-    ok(&b, dir.path(), &["destroy"]);
+    b.ok(dir.path(), &["destroy"]);
 }
 
 #[test]
 fn privileged_environments_run_without_the_filter() {
-    if let Some(why) = root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
-    let (dir, name) = project("berth-seccomp-priv-");
-    let rootfs = dir.path().join("rootfs");
-    busybox_rootfs(&rootfs);
-    build_probe(&rootfs.join("bin/probe"));
-    fs::write(
-        dir.path().join("berth.toml"),
-        format!("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n"),
-    )
-    .unwrap();
+    require_root!();
+    let dir = Project::new(
+        "berth-seccomp-priv-",
+        "berthseccomppriv",
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n",
+    );
+    build_probe(&dir.path().join("rootfs/bin/probe"));
     let b = Berth::new();
-    ok(&b, dir.path(), &["up", "--privileged"]);
-    let pid1 = ok(&b, dir.path(), &["exec", "--", "cat", "/proc/1/status"]);
+    b.ok(dir.path(), &["up", "--privileged"]);
+    let pid1 = b.ok(dir.path(), &["exec", "--", "cat", "/proc/1/status"]);
     assert!(pid1.lines().any(|l| l == "Seccomp:\t0"), "{pid1}");
-    let got = probe_results(&ok(&b, dir.path(), &["exec", "--", "probe"]));
+    let got = probe_results(&b.ok(dir.path(), &["exec", "--", "probe"]));
     // Not refused by a filter: the kernel answers (MPOL_DEFAULT with no node mask succeeds).
     assert_eq!(got["set_mempolicy"], "ok", "{got:?}");
     assert_eq!(got["tcp_loopback"], "ok", "{got:?}");
-    ok(&b, dir.path(), &["destroy"]);
+    b.ok(dir.path(), &["destroy"]);
 }

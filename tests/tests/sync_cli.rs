@@ -1,6 +1,6 @@
 //! `berth sync` through the real binary (the engine itself is tested in runtime/tests/sync.rs).
 
-use berth_e2e::{text, Berth};
+use berth_e2e::{require_root, text, Berth};
 
 #[test]
 fn sync_of_an_environment_never_created_exits_3() {
@@ -26,10 +26,7 @@ fn sync_of_an_environment_never_created_exits_3() {
 /// rules, `--flush`, and no sync process left after `down`.
 #[test]
 fn sync_mount_of_a_running_environment() {
-    if let Some(why) = berth_e2e::host::root_skip_reason() {
-        eprintln!("skipped: {why}");
-        return;
-    }
+    require_root!();
     let b = Berth::new();
     let dir = tempfile::Builder::new()
         .prefix("berth-sync-live-")

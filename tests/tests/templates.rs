@@ -4,30 +4,9 @@
 //! Each test starts from the shared `debootstrap:bookworm` base (`berth_e2e::debian`); the
 //! packages come from the mirror during `up`.
 
-use std::path::Path;
 use std::time::Instant;
 
-use berth_e2e::{text, Berth};
-
-macro_rules! require_debian {
-    () => {
-        if let Some(why) = berth_e2e::debian::unavailable() {
-            eprintln!("skipped: {why}");
-            return;
-        }
-    };
-}
-
-fn ok(b: &Berth, dir: &Path, args: &[&str]) -> String {
-    let o = b.run_in(dir, args);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "berth {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status
-    );
-    format!("{out}{err}")
-}
+use berth_e2e::{require_debian, Berth};
 
 /// `berth init --template NAME` in a fresh folder holding `files`, `up`, then `test` inside
 /// the environment and in a `berth run`; each output must contain `expect`.
@@ -48,26 +27,26 @@ fn template_runs_its_tests(template: &str, files: &[(&str, &str)], test: &[&str]
     let b = Berth::new();
     berth_e2e::debian::seed_bookworm(&b);
     let name = format!("tpl-{template}-{}", std::process::id());
-    ok(&b, &dir, &["init", "--template", template, "--name", &name]);
+    b.ok_combined(&dir, &["init", "--template", template, "--name", &name]);
     let toml = std::fs::read_to_string(dir.join("berth.toml")).unwrap();
     assert!(toml.contains("debootstrap:bookworm"), "{toml}");
     let t0 = Instant::now();
-    ok(&b, &dir, &["up", "--publish-auto"]);
+    b.ok_combined(&dir, &["up", "--publish-auto"]);
     eprintln!(
         "{template}: up (packages from the mirror) took {:?}",
         t0.elapsed()
     );
     let mut exec = vec!["exec", "--"];
     exec.extend_from_slice(test);
-    let out = ok(&b, &dir, &exec);
+    let out = b.ok_combined(&dir, &exec);
     assert!(out.contains(expect), "{template} test inside:\n{out}");
     // The template's ports are taken by the running environment: a run picks others.
     let mut run = vec!["run", "--publish-auto", "--"];
     run.extend_from_slice(test);
-    let out = ok(&b, &dir, &run);
+    let out = b.ok_combined(&dir, &run);
     assert!(out.contains(expect), "{template} test in berth run:\n{out}");
     eprintln!("{template}: everything took {:?}", t0.elapsed());
-    ok(&b, &dir, &["destroy", "--volumes"]);
+    b.ok_combined(&dir, &["destroy", "--volumes"]);
 }
 
 #[test]

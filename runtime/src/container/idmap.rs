@@ -110,6 +110,25 @@ impl IdMapping {
     }
 }
 
+#[cfg(test)]
+impl IdMapping {
+    /// Ids 0..65536 inside mapped to `outside..outside+65536` on the host, for both users and
+    /// groups, written directly (a root-range environment's mapping, for tests).
+    pub(crate) fn root_range(outside: u32) -> IdMapping {
+        let r = vec![IdRange {
+            inside: 0,
+            outside,
+            count: 65536,
+        }];
+        IdMapping {
+            uids: r.clone(),
+            gids: r,
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        }
+    }
+}
+
 impl IdMapping {
     /// The mapping of an id-mapped bind mount of a host folder owned by `owner_uid` /
     /// `owner_gid` (a user's, or root's when no other local user can reach the folder: see

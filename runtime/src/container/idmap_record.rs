@@ -196,20 +196,6 @@ pub fn shift_ownership(root: &Path, old: &IdMapping, new: &IdMapping) -> Result<
 mod tests {
     use super::*;
 
-    fn range(start: u32) -> IdMapping {
-        let r = vec![IdRange {
-            inside: 0,
-            outside: start,
-            count: 65536,
-        }];
-        IdMapping {
-            uids: r.clone(),
-            gids: r,
-            writer: MapWriter::Direct,
-            deny_setgroups: false,
-        }
-    }
-
     fn root_with(entry: Option<u32>, others: &[(u32, u32)]) -> Invoker {
         let own: Vec<(u32, u32)> = entry.map(|s| (s, 65536)).into_iter().collect();
         Invoker {
@@ -234,22 +220,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let spec = spec_in(d.path());
         let (m, notice) = stable_mapping(&spec, &root_with(Some(1_000_000), &[]), None).unwrap();
-        assert_eq!(m, Some(range(1_000_000)));
+        assert_eq!(m, Some(IdMapping::root_range(1_000_000)));
         assert!(notice.is_none());
         assert!(d.path().join(HOME_IDMAP_FILE).exists());
 
         // Root's entry moves: the home's record wins, with a notice naming both ranges.
         let moved = root_with(Some(2_000_000), &[]);
         let (m, notice) = stable_mapping(&spec, &moved, None).unwrap();
-        assert_eq!(m, Some(range(1_000_000)));
+        assert_eq!(m, Some(IdMapping::root_range(1_000_000)));
         let n = notice.unwrap();
         assert!(
             n.contains("2000000–2065535") && n.contains("1000000–1065535"),
             "{n}"
         );
         // The environment's own record beats the home's.
-        let (m, _) = stable_mapping(&spec, &moved, Some(&range(3_000_000))).unwrap();
-        assert_eq!(m, Some(range(3_000_000)));
+        let (m, _) =
+            stable_mapping(&spec, &moved, Some(&IdMapping::root_range(3_000_000))).unwrap();
+        assert_eq!(m, Some(IdMapping::root_range(3_000_000)));
         // Rootless, explicit and privileged choices are not touched.
         let mut single = spec.clone();
         single.user_mapping = UserMappingChoice::SingleId;
@@ -275,10 +262,11 @@ mod tests {
         std::os::unix::fs::lchown(&link, Some(100_000), Some(100_000)).unwrap();
         // Recorded with 100000; then `adduser` gave that block to a user, root has no entry.
         let who = root_with(None, &[(100_000, 65536)]);
-        let (m, notice) = stable_mapping(&spec, &who, Some(&range(100_000))).unwrap();
+        let (m, notice) =
+            stable_mapping(&spec, &who, Some(&IdMapping::root_range(100_000))).unwrap();
         let new = idmap::root_fallback_start(&who.taken);
         assert_eq!(new, 196_608);
-        assert_eq!(m, Some(range(new)));
+        assert_eq!(m, Some(IdMapping::root_range(new)));
         assert!(notice.unwrap().contains("moved the owners of 3 files"));
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(&f).unwrap();
@@ -288,7 +276,7 @@ mod tests {
         assert_eq!(fs::metadata("/etc/passwd").unwrap().uid(), 0);
         // Recorded: the next start keeps the new range without a word.
         let (m, notice) = stable_mapping(&spec, &who, None).unwrap();
-        assert_eq!(m, Some(range(new)));
+        assert_eq!(m, Some(IdMapping::root_range(new)));
         assert!(notice.is_none());
     }
 }

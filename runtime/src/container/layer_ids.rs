@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{Context, Result};
 use super::idmap::IdMapping;
+use crate::image::xattrs;
 
 const CAPS_XATTR: &str = "security.capability";
 /// POSIX ACLs, whose named entries carry ids (read and written as host ids here).
@@ -77,7 +78,7 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
     if let Some(caps) = caps {
         let host = host_root_caps(&caps, mapping);
         if moved || host != caps {
-            set_xattr(path, CAPS_XATTR, &host)?;
+            xattrs::set(path, CAPS_XATTR, &host)?;
         }
     }
     if !meta.file_type().is_symlink() {
@@ -85,7 +86,7 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
             if let Some(acl) = get_xattr(path, key)? {
                 let inside = acl_ids_inside(&acl, mapping);
                 if inside != acl {
-                    set_xattr(path, key, &inside)?;
+                    xattrs::set(path, key, &inside)?;
                 }
             }
         }
@@ -166,42 +167,9 @@ fn get_xattr(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn set_xattr(path: &Path, key: &str, value: &[u8]) -> io::Result<()> {
-    let (p, k) = (cstr(path.as_os_str().as_bytes())?, cstr(key.as_bytes())?);
-    // SAFETY: valid C strings; value pointer/length describe a live slice.
-    let rc = unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::container::idmap::{IdRange, MapWriter};
-
-    fn mapping() -> IdMapping {
-        let r = vec![IdRange {
-            inside: 0,
-            outside: 300_000,
-            count: 65536,
-        }];
-        IdMapping {
-            uids: r.clone(),
-            gids: r,
-            writer: MapWriter::Direct,
-            deny_setgroups: false,
-        }
-    }
 
     fn v3(rootid: u32) -> Vec<u8> {
         let mut v = (VFS_CAP_REVISION_3 | VFS_CAP_FLAGS_EFFECTIVE)
@@ -215,7 +183,7 @@ mod tests {
 
     #[test]
     fn namespace_root_caps_become_version_2() {
-        let m = mapping();
+        let m = IdMapping::root_range(300_000);
         let v2 = host_root_caps(&v3(300_000), &m);
         assert_eq!(v2.len(), VFS_CAP_V2_LEN);
         assert_eq!(
@@ -252,7 +220,7 @@ mod tests {
 
     #[test]
     fn acl_named_entries_move_back() {
-        let m = mapping();
+        let m = IdMapping::root_range(300_000);
         assert_eq!(
             acl_ids_inside(&named_acl(301_234, 300_005), &m),
             named_acl(1234, 5)
@@ -268,7 +236,7 @@ mod tests {
             eprintln!("skipped: chown to other ids needs root");
             return;
         }
-        let m = mapping();
+        let m = IdMapping::root_range(300_000);
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("upper");
         fs::create_dir_all(root.join("dir")).unwrap();
@@ -283,10 +251,10 @@ mod tests {
         own(&root.join("dir"), 301_000, 300_005);
         own(&file, 300_000, 300_042);
         fs::set_permissions(&file, fs::Permissions::from_mode(0o4755)).unwrap();
-        set_xattr(&file, CAPS_XATTR, &v3(300_000)).unwrap();
+        xattrs::set(&file, CAPS_XATTR, &v3(300_000)).unwrap();
         // ext4 (the temp folder's usual filesystem) keeps POSIX ACLs.
         let acl_dir = root.join("dir");
-        set_xattr(&acl_dir, ACL_XATTRS[1], &named_acl(301_234, 300_005)).unwrap();
+        xattrs::set(&acl_dir, ACL_XATTRS[1], &named_acl(301_234, 300_005)).unwrap();
         own(&root.join("dir/link"), 300_042, 300_042);
         own(&outside, 0, 0);
 

@@ -299,20 +299,8 @@ mod tests {
 
     #[test]
     fn on_a_private_root_source_only_the_environments_root_is_host_root() {
-        use crate::container::idmap::{IdMapping, IdRange, MapWriter};
-        let range = |outside| {
-            vec![IdRange {
-                inside: 0,
-                outside,
-                count: 65536,
-            }]
-        };
-        let env = IdMapping {
-            uids: range(100000),
-            gids: range(100000),
-            writer: MapWriter::Direct,
-            deny_setgroups: false,
-        };
+        use crate::container::idmap::IdMapping;
+        let env = IdMapping::root_range(100000);
         let m = env.for_bind_owner(0, 0);
         // On disk root (host root) is the environment's root (host 100000) ...
         assert_eq!(m.inside_uid(100000), Some(0));

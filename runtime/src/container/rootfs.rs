@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use envfile_spec::plan::NetworkMode;
@@ -25,6 +25,7 @@ use super::idmap::{
 };
 use super::root_bind;
 use super::spec::{ContainerSpec, MountSpec};
+use crate::state::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 
 /// Mount points under a bind-mounted host folder (`/work/node_modules` with `.` at `/work`)
 /// that do not exist yet are created in that host folder before anything is mounted, from the
@@ -684,44 +685,15 @@ fn readonly_path(p: &str) -> Result<()> {
     }
 }
 
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_IN_ROOT: u64 = 0x10;
-
 /// openat2 relative to `root` with `root` as the filesystem root for the lookup.
 fn openat2_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<OwnedFd> {
-    let c = CString::new(path).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    };
-    loop {
-        // SAFETY: openat2 with a valid dirfd, NUL-terminated path and a correctly sized open_how.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: a fresh fd from the kernel, owned by nobody else.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
-        }
-    }
+    crate::state::openat2(
+        root,
+        path,
+        flags,
+        0,
+        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Resolves `target` (absolute, inside the rootfs) confined to the rootfs, creating missing

@@ -20,6 +20,13 @@ pub fn set_at(dir: RawFd, name: &OsStr, key: &str, value: &[u8]) -> io::Result<(
     set_path(&p, key, value)
 }
 
+/// Sets `key` on `path` (not following a final symlink).
+pub fn set(path: &Path, key: &str, value: &[u8]) -> io::Result<()> {
+    let p = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    set_path(&p, key, value)
+}
+
 /// Sets `key` on the directory `dir` itself.
 pub fn set_fd(fd: RawFd, key: &str, value: &[u8]) -> io::Result<()> {
     let k = CString::new(key).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
