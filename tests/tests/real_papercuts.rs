@@ -393,6 +393,8 @@ name = "{name}"
 [image]
 from = "rootfs:./rootfs"
 setup = ["echo one > /one", "echo two > /two"]
+# Exactly the two setup steps as build images (no layer of the host's CA certificates).
+host_ca = false
 "#,
     );
     let b = Berth::new();
