@@ -17,6 +17,11 @@ fn template_runs_its_tests(template: &str, files: &[(&str, &str)], test: &[&str]
         .prefix("berth-tpl-")
         .tempdir()
         .unwrap();
+    std::fs::set_permissions(
+        workspace.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
     let dir = workspace.path().join("project");
     std::fs::create_dir(&dir).unwrap();
     for (path, body) in files {
