@@ -59,13 +59,14 @@ R=$W/chroot
 on_exit "umount -R $R/proc $R/dev 2>/dev/null"
 t0=$(secs)
 debootstrap --variant=minbase bookworm "$R" "$MIRROR" >/dev/null
-cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || {
-  mkdir -p "$R/etc/ssl/certs" && cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/"; }
 cp /etc/resolv.conf "$R/etc/resolv.conf"
 mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"
-chroot "$R" env DEBIAN_FRONTEND=noninteractive sh -c \
+chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive sh -c \
   'apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip python3-venv >/dev/null'
-chroot "$R" env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+# What berth does for its environments, by hand: the host's CA bundle (it trusts this
+# machine's TLS proxy) in place of the chroot's; a clean environment, as inside berth.
+cp /etc/ssl/certs/ca-certificates.crt "$R/etc/ssl/certs/ca-certificates.crt"
+chroot "$R" env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
   sh -c 'python3 -m venv /opt/venv && /opt/venv/bin/pip install -q six==1.16.0'
 t1=$(secs)
 HAND_COLD=$(elapsed "$t0" "$t1")
@@ -76,7 +77,7 @@ t0=$(secs); "$BERTH" -C "$P" -q up >&2; t1=$(secs)
 BERTH_RE=$(elapsed "$t0" "$t1")
 "$BERTH" -C "$P" -q destroy >&2 || true
 t0=$(secs)
-chroot "$R" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make >/dev/null
+chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends make >/dev/null
 t1=$(secs)
 HAND_RE=$(elapsed "$t0" "$t1")
 umount -R "$R/proc" "$R/dev"

@@ -581,6 +581,12 @@ pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 pub const RESOLVE_BENEATH: u64 = 0x08;
 pub const RESOLVE_IN_ROOT: u64 = 0x10;
 
+/// `/proc/self/fd/N` of an open descriptor: lets a path-taking call (mount(2), a chown, a
+/// read_link) act on exactly the object that was resolved and opened.
+pub fn fd_path(fd: &impl std::os::fd::AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
 /// `openat2(2)` of `path` relative to `dir` with the `RESOLVE_*` flags `resolve`, always
 /// close-on-exec, retried on `EINTR`/`EAGAIN`. `mode` is passed only with `O_CREAT`.
 pub fn openat2(

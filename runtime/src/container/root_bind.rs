@@ -28,8 +28,8 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use super::rootfs::fd_path;
 use super::spec::{ContainerSpec, MountSpec};
+use crate::state::fd_path;
 
 /// A folder on the way from a bind source up to `/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,6 +25,7 @@ use super::idmap::{
 };
 use super::root_bind;
 use super::spec::{ContainerSpec, MountSpec};
+use crate::state::fd_path;
 use crate::state::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 
 /// Mount points under a bind-mounted host folder (`/work/node_modules` with `.` at `/work`)
@@ -583,11 +584,6 @@ fn mkdir_p(p: &Path) -> Result<()> {
 fn open_dir(p: &Path) -> Result<OwnedFd> {
     let f = fs::File::open(p).context(|| format!("cannot open {}", p.display()))?;
     Ok(OwnedFd::from(f))
-}
-
-/// `/proc/self/fd/N`: lets mount(2) act on exactly the object we resolved.
-pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// A recursive bind mount; `nodev` for anything but the environment's device nodes.
