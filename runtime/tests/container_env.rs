@@ -89,8 +89,11 @@ fn isolation_exec_and_cleanup() {
     let before = LeakCheck::snapshot();
     {
         let rootfs = BusyboxRootfs::new();
+        // A developer's folder (not root's: a root-owned folder others can reach is bound
+        // with the environment's root unprivileged there, see SPEC.md `[[mounts]]`).
         let shared = support::temp_dir();
         fs::write(shared.path().join("from-host"), "hello from host\n").unwrap();
+        std::os::unix::fs::chown(shared.path(), Some(4242), Some(4242)).unwrap();
         let (mut spec, home) = Env::spec("iso", rootfs.path());
         spec.mounts.push(MountSpec::Bind {
             source: shared.path().to_path_buf(),
