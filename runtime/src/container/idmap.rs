@@ -739,22 +739,27 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_bind_owner_is_the_environments_root_and_no_other_host_user_is_mapped() {
-        let env = IdMapping {
-            uids: vec![IdRange {
+    /// An environment's mapping with different host ranges for users (100000+) and groups
+    /// (200000+), so a test tells them apart.
+    fn env_ids() -> IdMapping {
+        let range = |outside| {
+            vec![IdRange {
                 inside: 0,
-                outside: 100000,
+                outside,
                 count: 65536,
-            }],
-            gids: vec![IdRange {
-                inside: 0,
-                outside: 200000,
-                count: 65536,
-            }],
+            }]
+        };
+        IdMapping {
+            uids: range(100000),
+            gids: range(200000),
             writer: MapWriter::Direct,
             deny_setgroups: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_bind_owner_is_the_environments_root_and_no_other_host_user_is_mapped() {
+        let env = env_ids();
         let m = env.for_bind_owner(1000, 1000);
         // On-disk 1000 (inside the mount's namespace) is the environment's root (100000).
         assert_eq!(m.host_uid(1000), Some(100000));
@@ -803,20 +808,7 @@ mod tests {
 
     #[test]
     fn a_share_owner_is_the_serving_processs_root_and_host_root_is_not_mapped() {
-        let env = IdMapping {
-            uids: vec![IdRange {
-                inside: 0,
-                outside: 100000,
-                count: 65536,
-            }],
-            gids: vec![IdRange {
-                inside: 0,
-                outside: 200000,
-                count: 65536,
-            }],
-            writer: MapWriter::Direct,
-            deny_setgroups: false,
-        };
+        let env = env_ids();
         let m = env.for_share_owner(1000, 1001);
         assert_eq!(m.host_uid(0), Some(1000));
         assert_eq!(m.host_gid(0), Some(1001));
