@@ -12,10 +12,8 @@
 //! was emptied), so nothing inside can swap paths while the tree is walked; symlinks are
 //! never followed.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -63,7 +61,7 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
     let uid = mapping.inside_uid(meta.uid());
     let gid = mapping.inside_gid(meta.gid());
     let caps = match meta.is_file() {
-        true => get_xattr(path, CAPS_XATTR)?,
+        true => xattrs::read(path, CAPS_XATTR)?,
         false => None,
     };
     let moved = uid.is_some() || gid.is_some();
@@ -83,7 +81,7 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
     }
     if !meta.file_type().is_symlink() {
         for key in ACL_XATTRS {
-            if let Some(acl) = get_xattr(path, key)? {
+            if let Some(acl) = xattrs::read(path, key)? {
                 let inside = acl_ids_inside(&acl, mapping);
                 if inside != acl {
                     xattrs::set(path, key, &inside)?;
@@ -132,39 +130,6 @@ pub fn host_root_caps(value: &[u8], mapping: &IdMapping) -> Vec<u8> {
     let mut v2 = magic.to_le_bytes().to_vec();
     v2.extend_from_slice(&value[4..VFS_CAP_V2_LEN]);
     v2
-}
-
-fn cstr(p: &[u8]) -> io::Result<CString> {
-    CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-}
-
-fn get_xattr(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {
-    let (p, k) = (cstr(path.as_os_str().as_bytes())?, cstr(key.as_bytes())?);
-    let mut buf = vec![0u8; 256];
-    loop {
-        // SAFETY: valid C strings; the buffer pointer/length describe a live allocation.
-        let n =
-            unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            // Larger than the buffer (a long ACL): ask for the size, then read again.
-            Some(libc::ERANGE) => {
-                // SAFETY: a size query with a null buffer of length 0.
-                let size =
-                    unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), std::ptr::null_mut(), 0) };
-                if size < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                buf = vec![0u8; size as usize + 64];
-            }
-            _ => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -269,7 +234,7 @@ mod tests {
         assert_eq!(ids(&root.join("dir/link")), (42, 42));
         assert_eq!(ids(&outside), (0, 0));
         assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o4755);
-        let caps = get_xattr(&file, CAPS_XATTR).unwrap().unwrap();
+        let caps = xattrs::read(&file, CAPS_XATTR).unwrap().unwrap();
         assert_eq!(
             caps.len(),
             VFS_CAP_V2_LEN,

@@ -103,11 +103,40 @@ pub fn list(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// One attribute of `path` (not following a final symlink), if set.
+/// One attribute of `path` (not following a final symlink), if set; errors read as unset.
 pub fn get(path: &Path, key: &str) -> Option<Vec<u8>> {
-    list(path)
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v)
+    read(path, key).ok().flatten()
+}
+
+/// One attribute of `path` (not following a final symlink): `None` when it is not set or the
+/// filesystem has none; a real error otherwise.
+pub fn read(path: &Path, key: &str) -> io::Result<Option<Vec<u8>>> {
+    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(invalid)?;
+    let k = CString::new(key.as_bytes()).map_err(invalid)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: valid C strings; the buffer pointer/length describe a live allocation.
+        let n =
+            unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            // Larger than the buffer (a long ACL): ask for the size, then read again.
+            Some(libc::ERANGE) => {
+                // SAFETY: a size query with a null buffer of length 0.
+                let size =
+                    unsafe { libc::lgetxattr(p.as_ptr(), k.as_ptr(), std::ptr::null_mut(), 0) };
+                if size < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                buf = vec![0u8; size as usize + 64];
+            }
+            _ => return Err(e),
+        }
+    }
 }
