@@ -14,11 +14,11 @@
 //! layer and the volumes is repaired instead: every file owned by an id of the old range is
 //! given the same offset in the new range, and the new range is used and recorded.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, IdMapping, IdRange, Invoker, MapWriter};
+use super::layer_ids::{chown_keeping_setid, walk_tree};
 use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
 
 /// The home-level record of root's automatic mapping.
@@ -166,34 +166,23 @@ pub fn shift_ownership(root: &Path, old: &IdMapping, new: &IdMapping) -> Result<
             .map(|t| t.outside + (inside - t.inside))
     };
     let mut changed = 0u64;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let meta = fs::symlink_metadata(&p).context(|| format!("cannot stat {}", p.display()))?;
+    walk_tree(root, &mut |p, meta| {
         let uid = shift(meta.uid(), &old.uids, &new.uids);
         let gid = shift(meta.gid(), &old.gids, &new.gids);
         if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&p, uid, gid)
+            chown_keeping_setid(p, meta, uid, gid)
                 .context(|| format!("cannot change the owner of {}", p.display()))?;
-            // chown clears set-id bits of files; put the mode back as it was.
-            if meta.file_type().is_file() && meta.mode() & 0o6000 != 0 {
-                use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&p, fs::Permissions::from_mode(meta.mode() & 0o7777))
-                    .context(|| format!("cannot restore the mode of {}", p.display()))?;
-            }
             changed += 1;
         }
-        if meta.file_type().is_dir() {
-            for e in fs::read_dir(&p).context(|| format!("cannot read {}", p.display()))? {
-                let e = e.context(|| format!("cannot read {}", p.display()))?;
-                stack.push(e.path());
-            }
-        }
-    }
+        Ok(())
+    })?;
     Ok(changed)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn root_with(entry: Option<u32>, others: &[(u32, u32)]) -> Invoker {

@@ -39,6 +39,18 @@ const VFS_CAP_V3_LEN: usize = 24;
 /// range back to the ids inside; ids outside the range (overlayfs whiteouts, files copied up
 /// from lower layers) stay as they are.
 pub fn unmap_tree(root: &Path, mapping: &IdMapping) -> Result<()> {
+    walk_tree(root, &mut |path, meta| {
+        unmap_one(path, meta, mapping)
+            .context(|| format!("cannot give {} its ids back", path.display()))
+    })
+}
+
+/// Calls `visit` on `root` and everything below it (folders listed before they are visited),
+/// never following a symlink.
+pub fn walk_tree(
+    root: &Path,
+    visit: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
     let mut todo: Vec<PathBuf> = vec![root.to_path_buf()];
     while let Some(path) = todo.pop() {
         let meta =
@@ -51,8 +63,23 @@ pub fn unmap_tree(root: &Path, mapping: &IdMapping) -> Result<()> {
                 todo.push(entry.path());
             }
         }
-        unmap_one(&path, &meta, mapping)
-            .context(|| format!("cannot give {} its ids back", path.display()))?;
+        visit(&path, &meta)?;
+    }
+    Ok(())
+}
+
+/// `lchown` of `path` (described by `meta`, taken before) that keeps its setuid/setgid bits,
+/// which chown(2) clears.
+pub fn chown_keeping_setid(
+    path: &Path,
+    meta: &fs::Metadata,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<()> {
+    std::os::unix::fs::lchown(path, uid, gid)?;
+    let mode = meta.mode() & 0o7777;
+    if !meta.file_type().is_symlink() && mode & 0o6000 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -66,12 +93,8 @@ fn unmap_one(path: &Path, meta: &fs::Metadata, mapping: &IdMapping) -> io::Resul
     };
     let moved = uid.is_some() || gid.is_some();
     if moved {
-        std::os::unix::fs::lchown(path, uid, gid)?;
-        // chown(2) clears setuid/setgid and file capabilities of what it changes.
-        let mode = meta.mode() & 0o7777;
-        if !meta.file_type().is_symlink() && mode & 0o6000 != 0 {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
-        }
+        // chown(2) also clears file capabilities: they are written back below.
+        chown_keeping_setid(path, meta, uid, gid)?;
     }
     if let Some(caps) = caps {
         let host = host_root_caps(&caps, mapping);
