@@ -77,7 +77,6 @@ pub mod tcp_loop;
 pub mod udp_relay;
 
 pub use error::NetError;
-pub use network::{
-    EnvNamespaces, NetAttachment, NetPlumbing, NetRecord, Network, NetworkOptions, TapPlumbing,
-};
+pub use netns::EnvNamespaces;
+pub use network::{NetAttachment, NetPlumbing, NetRecord, Network, NetworkOptions, TapPlumbing};
 pub use pasta::rootless_network_available;

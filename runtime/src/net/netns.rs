@@ -15,6 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use super::sys;
 
+/// The namespaces of the environment being attached.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvNamespaces<'a> {
+    /// Its network namespace (`/proc/PID/ns/net`).
+    pub net: &'a File,
+    /// Its user namespace (`/proc/PID/ns/user`) when it has its own (rootless); pasta joins it.
+    pub user: Option<&'a File>,
+}
+
 /// Runs `f` on a short-lived thread that first entered the network namespace `netns`, and
 /// returns its result. The thread ends afterwards, so no other code ever runs in the wrong
 /// namespace by accident.

@@ -29,6 +29,7 @@ use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
 use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, OnPortInUse, PortForwarder};
 use super::netlink::Netlink;
+use super::netns::EnvNamespaces;
 use super::pasta::{self, Pasta};
 use super::subnet;
 
@@ -41,15 +42,6 @@ pub struct NetworkOptions {
     pub user_mode: Option<bool>,
     /// What [`Network::attach`] does when a declared host port is taken.
     pub on_port_in_use: OnPortInUse,
-}
-
-/// The namespaces of the environment being attached.
-#[derive(Debug, Clone, Copy)]
-pub struct EnvNamespaces<'a> {
-    /// Its network namespace (`/proc/PID/ns/net`).
-    pub net: &'a File,
-    /// Its user namespace (`/proc/PID/ns/user`) when it has its own (rootless); pasta joins it.
-    pub user: Option<&'a File>,
 }
 
 /// How an environment's network was set up, as recorded for [`Network::detach`].

@@ -19,7 +19,7 @@ use envfile_spec::plan::Protocol;
 
 use super::error::NetError;
 use super::forward::{ForwardError, ForwardSpec};
-use super::network::EnvNamespaces;
+use super::netns::EnvNamespaces;
 use super::port_owner::find_port_holder;
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
