@@ -18,7 +18,7 @@ pub mod layout;
 pub mod machine;
 pub mod paging;
 pub mod serial;
-pub mod tap;
+pub mod tap_device;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod virtio_console;

@@ -367,7 +367,7 @@ mod vsock {
 /// packet socket bound to the tap. Needs root (the tests say so and skip otherwise).
 mod net {
     use super::*;
-    use crate::tap::test_tap;
+    use crate::tap_device::test_tap;
     use crate::virtio_mmio::STATUS_DEVICE_NEEDS_RESET;
     use crate::virtio_net::{VirtioNet, HDR_LEN};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

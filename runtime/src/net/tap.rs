@@ -1,14 +1,14 @@
 //! Tap interfaces as berth's network plumbs them for VMs: the backend creates the interface
 //! *persistent* ([`create_persistent`]) and plugs it into berth's bridge before the VMM starts;
 //! the VMM attaches to it by name ([`Tap::open`], the device half, which lives in the VMM crate
-//! `berth_vmm::tap`). So the interface outlives a VMM killed with `kill -9`, and
+//! `berth_vmm::tap_device`). So the interface outlives a VMM killed with `kill -9`, and
 //! [`super::bridge::Bridge::detach`] removes it like a container's veth. Also the guest's MAC
 //! address and the probe `berth doctor` runs.
 
 use std::io;
 use std::path::Path;
 
-pub use berth_vmm::tap::{Tap, TUN_DEVICE};
+pub use berth_vmm::tap_device::{Tap, TUN_DEVICE};
 
 /// A stable, locally administered unicast MAC address for the guest of `seed` (an
 /// environment id).
