@@ -301,6 +301,7 @@ impl Server {
             if key.0 == chan {
                 // SAFETY: kill on the session's process group; no memory involved.
                 unsafe { libc::kill(-s.pid, libc::SIGHUP) };
+                // SAFETY: as above, kill takes no memory.
                 unsafe { libc::kill(-s.pid, libc::SIGKILL) };
             }
         }
@@ -310,6 +311,7 @@ impl Server {
         for s in self.sessions.values() {
             // SAFETY: kill on the session's process group; no memory involved.
             unsafe { libc::kill(-s.pid, libc::SIGHUP) };
+            // SAFETY: as above, kill takes no memory.
             unsafe { libc::kill(-s.pid, libc::SIGKILL) };
         }
     }

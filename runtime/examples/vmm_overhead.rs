@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use berth_runtime::vm::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 use berth_runtime::vm::vmm_memory;
+use berth_vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

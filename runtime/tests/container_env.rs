@@ -535,16 +535,14 @@ fn tty_exec_through_a_pty() {
             ws_ypixel: 0,
         };
         // SAFETY: TIOCSWINSZ with a valid winsize on the test's own PTY master.
-        assert_eq!(
-            unsafe {
-                libc::ioctl(
-                    std::os::fd::AsRawFd::as_raw_fd(&term),
-                    libc::TIOCSWINSZ,
-                    &ws,
-                )
-            },
-            0
-        );
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&term),
+                libc::TIOCSWINSZ,
+                &ws,
+            )
+        };
+        assert_eq!(rc, 0);
         let tid = client_tid.recv().unwrap();
         // SAFETY: signalling a live thread of this process (it blocks SIGWINCH into a signalfd).
         assert_eq!(unsafe { libc::pthread_kill(tid, libc::SIGWINCH) }, 0);

@@ -5,8 +5,7 @@
 
 use std::path::Path;
 
-use berth_runtime::vm::vmm::ExitReason;
-use berth_runtime::vm::vmm_process;
+use berth_runtime::vm::vmm_process::{self, ExitReason};
 
 pub fn run(config: &Path) -> i32 {
     match vmm_process::run(config) {

@@ -17,7 +17,7 @@ fn main() {
     match berth_runtime::vm::vmm_process::run(&PathBuf::from(config)) {
         Ok(reason) => {
             eprintln!("berth-vmm: VM stopped: {reason:?}");
-            let ok = !matches!(reason, berth_runtime::vm::vmm::ExitReason::Error(_));
+            let ok = !matches!(reason, berth_runtime::vm::vmm_process::ExitReason::Error(_));
             std::process::exit(if ok { 0 } else { 1 });
         }
         Err(e) => {

@@ -70,6 +70,7 @@ pub fn main(state_dir: &Path) -> i32 {
     let is_pipe = |fd: RawFd| {
         // SAFETY: fstat into a zeroed stat struct; fails harmlessly on a closed fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat writes into `st`, which we exclusively borrow; a closed fd only fails.
         (unsafe { libc::fstat(fd, &mut st) } == 0) && (st.st_mode & libc::S_IFMT) == libc::S_IFIFO
     };
     if !is_pipe(REPORT_FD) || !is_pipe(GO_FD) {

@@ -222,8 +222,8 @@ impl StopSignal {
     pub fn new() -> io::Result<Self> {
         // SAFETY: eventfd(2) with flags only; on success the descriptor is ours.
         let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-        // SAFETY: `fd` was just returned by the kernel.
         Ok(StopSignal {
+            // SAFETY: `fd` was just returned by the kernel.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }
@@ -391,8 +391,8 @@ impl Epoll {
     pub fn new() -> io::Result<Epoll> {
         // SAFETY: epoll_create1 with a flag only; on success the descriptor is ours.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
-        // SAFETY: `fd` was just returned by the kernel.
         Ok(Epoll {
+            // SAFETY: `fd` was just returned by the kernel.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -1,5 +1,6 @@
 //! The VM backend: the same berth.toml as a micro-VM. Two providers share the guest side
-//! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (`vmm`) and qemu (`qemu`).
+//! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (the `berth-vmm` crate, run as
+//! a process by `vmm_process`) and qemu (`qemu`).
 //! [`VmBackend`] is the entry point for the CLI.
 
 pub mod agent_binary;
@@ -14,9 +15,11 @@ pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
 pub mod sync_channel;
-pub mod vmm;
 pub mod vmm_memory;
 pub mod vmm_process;
+
+#[cfg(test)]
+mod vmm_network_tests;
 
 use std::path::{Path, PathBuf};
 
@@ -61,7 +64,7 @@ pub enum VmError {
     #[error(transparent)]
     Qemu(#[from] qemu::QemuError),
     #[error(transparent)]
-    Vmm(#[from] vmm::VmmError),
+    Vmm(#[from] berth_vmm::VmmError),
     #[error(transparent)]
     Qmp(#[from] qmp::QmpError),
     #[error(transparent)]

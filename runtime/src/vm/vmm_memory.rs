@@ -2,7 +2,7 @@
 //! guest pages it touched) and the VMM's own overhead. A process's RSS counts both, so the
 //! guest RAM mapping is found in `/proc/PID/smaps` by its size (the guest memory size; berth's
 //! VMM splits RAM above the 32-bit MMIO gap into two mappings, see
-//! [`ram_ranges`](super::vmm::layout::ram_ranges)) and its resident pages are subtracted.
+//! [`ram_ranges`](berth_vmm::layout::ram_ranges)) and its resident pages are subtracted.
 //! Used by the VM benchmark (`bench/vm.sh`).
 
 use std::path::PathBuf;
@@ -42,7 +42,7 @@ pub enum MemoryError {
 pub fn guest_mappings(provider: Provider, memory: u64) -> Vec<u64> {
     match provider {
         Provider::Qemu => vec![(memory >> 20).max(64) << 20],
-        Provider::Kvm => super::vmm::layout::ram_ranges(memory)
+        Provider::Kvm => berth_vmm::layout::ram_ranges(memory)
             .into_iter()
             .map(|(_, size)| size)
             .collect(),

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use berth_vmm::boot::LinuxBoot;
+use berth_vmm::{DeviceConfig, GuestBoot, Machine, MachineConfig};
 use serde::{Deserialize, Serialize};
 
 use super::process::ProcessRecord;
-use super::vmm::boot::LinuxBoot;
-use super::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
 use crate::net::dialer::AddressDialer;
@@ -19,6 +19,9 @@ use crate::net::dns::DnsForwarder;
 use crate::net::forward::{ForwardSpec, PortForwarder};
 use crate::net::{Network, NetworkOptions};
 use crate::state::{BerthHome, FileLock, LockMode};
+
+/// How the VM ended ([`run`]'s answer).
+pub use berth_vmm::ExitReason;
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;

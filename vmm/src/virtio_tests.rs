@@ -9,116 +9,11 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::bus::BusDevice;
 use super::irq::IrqLine;
+use super::test_guest::Driver;
 use super::virtio_blk::{VirtioBlock, REQ_IN, REQ_OUT, STATUS_IOERR, STATUS_OK, STATUS_UNSUPP};
 use super::virtio_console::VirtioConsole;
 use super::virtio_device::VirtioInterrupt;
-use super::virtio_mmio::{MmioTransport, MAGIC_VALUE};
-
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
-
-/// A guest driver for one split queue.
-struct Driver {
-    mem: GuestMemoryMmap,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    size: u16,
-    next_desc: u16,
-    avail_idx: u16,
-}
-
-impl Driver {
-    fn reg_read(t: &mut MmioTransport, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn reg_write(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
-    }
-
-    /// Negotiates features and sets up `queues` queues at fixed addresses; returns one driver
-    /// per queue.
-    fn init(t: &mut MmioTransport, mem: &GuestMemoryMmap, queues: u16) -> Vec<Driver> {
-        assert_eq!(Self::reg_read(t, 0), MAGIC_VALUE);
-        assert_eq!(Self::reg_read(t, 4), 2);
-        Self::reg_write(t, 0x70, 1 | 2);
-        Self::reg_write(t, 0x14, 1);
-        let hi = Self::reg_read(t, 0x10);
-        assert_eq!(hi & 1, 1, "VIRTIO_F_VERSION_1 offered");
-        Self::reg_write(t, 0x24, 1);
-        Self::reg_write(t, 0x20, 1);
-        Self::reg_write(t, 0x70, 1 | 2 | 8);
-        assert_eq!(Self::reg_read(t, 0x70) & 8, 8, "FEATURES_OK kept");
-        let mut drivers = Vec::new();
-        for q in 0..queues {
-            let base = 0x10000 + u64::from(q) * 0x4000;
-            Self::reg_write(t, 0x30, u32::from(q));
-            assert!(Self::reg_read(t, 0x34) >= 8);
-            Self::reg_write(t, 0x38, 8);
-            Self::reg_write(t, 0x80, base as u32);
-            Self::reg_write(t, 0x84, 0);
-            Self::reg_write(t, 0x90, (base + 0x1000) as u32);
-            Self::reg_write(t, 0xa0, (base + 0x2000) as u32);
-            Self::reg_write(t, 0x44, 1);
-            drivers.push(Driver {
-                mem: mem.clone(),
-                desc: base,
-                avail: base + 0x1000,
-                used: base + 0x2000,
-                size: 8,
-                next_desc: 0,
-                avail_idx: 0,
-            });
-        }
-        Self::reg_write(t, 0x70, 1 | 2 | 8 | 4);
-        assert!(t.is_active());
-        drivers
-    }
-
-    /// Writes a chain of `(addr, len, device_writable)` buffers and makes it available.
-    fn add_chain(&mut self, bufs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, (addr, len, w)) in bufs.iter().enumerate() {
-            let idx = self.next_desc % self.size;
-            let mut flags = if *w { WRITE } else { 0 };
-            let next = (idx + 1) % self.size;
-            if i + 1 < bufs.len() {
-                flags |= NEXT;
-            }
-            let at = self.desc + u64::from(idx) * 16;
-            self.mem.write_obj(*addr, GuestAddress(at)).unwrap();
-            self.mem.write_obj(*len, GuestAddress(at + 8)).unwrap();
-            self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-            self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
-            self.next_desc += 1;
-        }
-        let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
-        self.mem
-            .write_obj(head % self.size, GuestAddress(slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-        head
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(self.used + 2)).unwrap()
-    }
-
-    /// `(id, len)` of used element `n`.
-    fn used_elem(&self, n: u16) -> (u32, u32) {
-        let at = self.used + 4 + u64::from(n % self.size) * 8;
-        (
-            self.mem.read_obj(GuestAddress(at)).unwrap(),
-            self.mem.read_obj(GuestAddress(at + 4)).unwrap(),
-        )
-    }
-}
+use super::virtio_mmio::MmioTransport;
 
 fn block_header(mem: &GuestMemoryMmap, at: u64, kind: u32, sector: u64) {
     mem.write_obj(kind, GuestAddress(at)).unwrap();
@@ -296,7 +191,7 @@ fn console_bridges_guest_and_host_socket() {
 
 mod vsock {
     use super::*;
-    use crate::vm::vmm::virtio_vsock::*;
+    use crate::virtio_vsock::*;
     use std::io::BufRead;
 
     const GUEST_CID: u64 = 3;
@@ -472,10 +367,9 @@ mod vsock {
 /// packet socket bound to the tap. Needs root (the tests say so and skip otherwise).
 mod net {
     use super::*;
-    use crate::net::netlink::Netlink;
-    use crate::net::tap::test_tap;
-    use crate::vm::vmm::virtio_mmio::STATUS_DEVICE_NEEDS_RESET;
-    use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
+    use crate::tap_device::test_tap;
+    use crate::virtio_mmio::STATUS_DEVICE_NEEDS_RESET;
+    use crate::virtio_net::{VirtioNet, HDR_LEN};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     const GUEST_MAC: [u8; 6] = [0x02, 0xbe, 0x27, 0x00, 0x00, 0x01];
@@ -606,6 +500,44 @@ mod net {
         }
     }
 
+    /// Sets the interface `name` up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`) and
+    /// returns its index.
+    fn link_up(name: &str) -> u32 {
+        let cname = std::ffi::CString::new(name).unwrap();
+        // SAFETY: if_nametoindex reads the NUL-terminated string we own.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        assert_ne!(index, 0, "{name}: {}", std::io::Error::last_os_error());
+        // SAFETY: socket has no pointer arguments; the fd is owned right away.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: raw is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: ifreq is plain data; zeroes are valid.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS fills the ifreq we exclusively borrow.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
+        assert_eq!(
+            rc,
+            0,
+            "SIOCGIFFLAGS {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: after SIOCGIFFLAGS the union holds the flags.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS reads the ifreq we pass.
+        let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+        assert_eq!(
+            rc,
+            0,
+            "SIOCSIFFLAGS {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        index
+    }
+
     struct Rig {
         t: MmioTransport,
         mem: GuestMemoryMmap,
@@ -619,9 +551,7 @@ mod net {
     fn rig(name: &str) -> Option<Rig> {
         let tap = test_tap(name)?;
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        let mut nl = Netlink::open().unwrap();
-        let index = nl.link_index(name).unwrap().unwrap();
-        nl.set_up(index).unwrap();
+        let index = link_up(name);
         let host = PacketSocket::bind(index);
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let dev = VirtioNet::with_tap(tap, GUEST_MAC).unwrap();
@@ -845,104 +775,4 @@ mod net {
         guest_send(&mut r, &out);
         assert_eq!(r.host.recv(ETHERTYPE_TX), out);
     }
-}
-
-/// The plumbing and the device together: a simulated guest on a tap that
-/// `Network::plumb_tap` put on a test bridge asks the bridge's address by ARP and gets the
-/// host's answer.
-#[test]
-fn guest_on_a_plumbed_tap_reaches_the_host_bridge() {
-    use crate::net::network::{test_network, DetachOnDrop};
-    use crate::vm::vmm::virtio_net::{VirtioNet, HDR_LEN};
-    let dir = tempfile::tempdir().unwrap();
-    let home = crate::state::BerthHome::at(dir.path()).unwrap();
-    let Some(net) = test_network(&home, "a") else {
-        return;
-    };
-    let id = "vmnet-arp";
-    let _cleanup = DetachOnDrop {
-        net: &net,
-        env_id: id,
-    };
-    let t = net.plumb_tap(id).unwrap();
-    let mac = crate::net::tap::guest_mac(id);
-    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let dev = VirtioNet::open(&t.tap, mac).unwrap();
-    let mut tr = MmioTransport::new(
-        Box::new(dev),
-        mem.clone(),
-        VirtioInterrupt::new(IrqLine::inert(8)),
-    );
-    let mut qs = Driver::init(&mut tr, &mem, 2);
-    let mut tx = qs.pop().unwrap();
-    let mut rx = qs.pop().unwrap();
-    for i in 0..8u64 {
-        rx.add_chain(&[(0x80000 + i * 0x1000, 2048, true)]);
-    }
-    Driver::reg_write(&mut tr, 0x50, 0);
-
-    // ARP request: who has the gateway? tell the guest.
-    let mut arp = Vec::new();
-    arp.extend_from_slice(&[0xff; 6]);
-    arp.extend_from_slice(&mac);
-    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    arp.extend_from_slice(&mac);
-    arp.extend_from_slice(&t.address.octets());
-    arp.extend_from_slice(&[0; 6]);
-    arp.extend_from_slice(&t.gateway.octets());
-    arp.resize(60, 0);
-    mem.write_slice(&[0u8; HDR_LEN], GuestAddress(0x60000))
-        .unwrap();
-    mem.write_slice(&arp, GuestAddress(0x60000 + HDR_LEN as u64))
-        .unwrap();
-    tx.add_chain(&[(0x60000, (HDR_LEN + arp.len()) as u32, false)]);
-    Driver::reg_write(&mut tr, 0x50, 1);
-    assert_eq!(tx.used_idx(), 1);
-    let mut sent = 1u16;
-    let mut last_sent = Instant::now();
-
-    // The host's reply. Other frames the host sends by itself (IPv6 neighbour discovery on
-    // the new bridge) are passed over, and their buffers given back. As a real guest does,
-    // the request is repeated while no reply came (a port that just joined the bridge may
-    // drop the first frames while the host is busy).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = 0u16;
-    let reply = loop {
-        assert!(Instant::now() < deadline, "no ARP reply from the bridge");
-        if rx.used_idx() == seen {
-            if last_sent.elapsed() > Duration::from_millis(500) {
-                tx.add_chain(&[(0x60000, (HDR_LEN + arp.len()) as u32, false)]);
-                Driver::reg_write(&mut tr, 0x50, 1);
-                sent += 1;
-                assert_eq!(tx.used_idx(), sent);
-                last_sent = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        }
-        let (id, len) = rx.used_elem(seen);
-        seen += 1;
-        let buf = 0x80000 + u64::from(id) * 0x1000;
-        let mut f = vec![0u8; len as usize];
-        mem.read_slice(&mut f, GuestAddress(buf)).unwrap();
-        // One descriptor per chain: the next chain head is the descriptor just used.
-        assert_eq!(u32::from(rx.next_desc % rx.size), id);
-        rx.add_chain(&[(buf, 2048, true)]);
-        Driver::reg_write(&mut tr, 0x50, 0);
-        let f = f.split_off(HDR_LEN);
-        if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] {
-            break f;
-        }
-    };
-    assert_eq!(&reply[0..6], &mac, "addressed to the guest");
-    assert_eq!(
-        &reply[28..32],
-        &t.gateway.octets(),
-        "the bridge answers for the gateway"
-    );
-    assert_eq!(&reply[38..42], &t.address.octets());
-    drop(tr);
-    net.detach(id).unwrap();
-    let mut nl = crate::net::netlink::Netlink::open().unwrap();
-    assert_eq!(nl.link_index(&t.tap).unwrap(), None, "tap removed");
 }

@@ -1,4 +1,4 @@
-//! virtio-net backed by a tap interface on the host (see [`crate::net::tap`]).
+//! virtio-net backed by a tap interface on the host (see [`crate::tap_device`]).
 //!
 //! Features: `VIRTIO_F_VERSION_1` and `VIRTIO_NET_F_MAC` only: no checksum or segmentation
 //! offloads and no mergeable receive buffers, so every frame travels whole, fully
@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::virtio_blk::notification_needed;
 use super::virtio_device::{read_config_bytes, ActiveQueues, VirtioDevice, VIRTIO_F_VERSION_1};
 use super::VmmError;
-use crate::net::tap::Tap;
+use crate::tap_device::Tap;
 
 pub const DEVICE_TYPE_NET: u32 = 1;
 /// The device has a MAC address (in the configuration space).
@@ -81,7 +81,7 @@ impl VirtioNet {
         let tap = Tap::open(tap).map_err(|e| {
             VmmError::Net(format!(
                 "{e}; the VM's network needs root and {} (`berth doctor`)",
-                crate::net::tap::TUN_DEVICE
+                crate::tap_device::TUN_DEVICE
             ))
         })?;
         Self::with_tap(tap, mac)

@@ -2,8 +2,9 @@
 //! in-kernel irqchip and PIT, 8250 serial console, i8042 reset, and virtio-mmio devices
 //! (block for the root disk, console for the control channel, vsock, and network on a tap).
 //!
-//! Never boot a Linux kernel through `kvm_pvm` (see `crate::doctor::KvmKind::Pvm`): the
-//! backend refuses before it gets here.
+//! Never boot a Linux kernel through `kvm_pvm`: this crate does not probe the host, so its
+//! callers must refuse first (berth's runtime does, in `vm::vmm_process::run` and the VM
+//! backend, through its `kvm_kind` host probe).
 
 pub mod acpi;
 pub mod boot;
@@ -17,6 +18,7 @@ pub mod layout;
 pub mod machine;
 pub mod paging;
 pub mod serial;
+pub mod tap_device;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod virtio_console;
@@ -27,6 +29,8 @@ pub mod virtio_vsock;
 
 #[cfg(test)]
 mod kvm_tests;
+#[cfg(any(test, feature = "test-guest"))]
+pub mod test_guest;
 #[cfg(test)]
 mod virtio_tests;
 
