@@ -14,7 +14,7 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 
-use super::boot::MmioAnnouncement;
+use super::layout::MmioAnnouncement;
 use super::layout::{SERIAL_IRQ, SERIAL_PORT_BASE};
 
 /// Where the tables go: the BIOS area Linux scans for the RSDP (0xe0000-0xfffff).

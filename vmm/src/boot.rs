@@ -13,7 +13,8 @@ use super::acpi::{build_tables, RSDP_ADDR};
 use super::boot_params::{build_boot_params, BootLocations};
 use super::gdt::boot_gdt;
 use super::layout::{
-    CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, HIMEM_START, IDT_ADDR, MMIO_GAP_START, ZERO_PAGE_ADDR,
+    MmioAnnouncement, CMDLINE_ADDR, CMDLINE_MAX, GDT_ADDR, HIMEM_START, IDT_ADDR, MMIO_GAP_START,
+    ZERO_PAGE_ADDR,
 };
 use super::paging::write_identity_map;
 use super::VmmError;
@@ -23,14 +24,6 @@ use super::VmmError;
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 /// Highest initramfs end when the kernel does not say (the boot protocol's old default).
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
-
-/// A virtio-mmio device as the kernel command line announces it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MmioAnnouncement {
-    pub base: u64,
-    pub size: u64,
-    pub irq: u32,
-}
 
 /// The kernel command line: the user's part followed by one `virtio_mmio.device=` per device.
 pub fn build_cmdline(base: &str, devices: &[MmioAnnouncement]) -> Result<Cmdline, VmmError> {

@@ -35,6 +35,14 @@ pub const VIRTIO_MMIO_BASE: u64 = MMIO_GAP_START;
 pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 /// First interrupt line given to virtio-mmio devices (0-4 are taken by the PIT, keyboard, serial).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
+
+/// A virtio-mmio device as the kernel command line announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioAnnouncement {
+    pub base: u64,
+    pub size: u64,
+    pub irq: u32,
+}
 /// TSS and identity-map pages KVM needs on Intel (placed just below the MMIO gap end).
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;

@@ -14,11 +14,12 @@ use vm_memory::{
     MemoryRegionAddress,
 };
 
-use super::boot::{load_linux, LinuxBoot, MmioAnnouncement};
+use super::boot::{load_linux, LinuxBoot};
 use super::bus::Bus;
 use super::exit::{ExitReason, ExitSignal};
 use super::i8042::I8042;
 use super::irq::IrqLine;
+use super::layout::MmioAnnouncement;
 use super::layout::{
     ram_ranges, I8042_PORT_BASE, I8042_PORT_LEN, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR, SERIAL_IRQ,
     SERIAL_PORT_BASE, SERIAL_PORT_LEN, VIRTIO_IRQ_BASE, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE,
