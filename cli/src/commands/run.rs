@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_runtime::container::control::ExecRequest;
-use berth_runtime::container::state::ProcessRef;
+use berth_runtime::container::run_state::ProcessRef;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
 use envfile_spec::Loaded;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};

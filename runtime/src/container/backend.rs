@@ -22,10 +22,10 @@ use super::idmap::{IdMapping, Invoker};
 use super::idmap_record::stable_mapping;
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
-use super::network;
+use super::network_attach;
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
-use super::state::{now_secs, ContainerState, Phase, ProcessRef};
+use super::run_state::{now_secs, ContainerState, Phase, ProcessRef};
 
 /// Runs environments as containers. Stateless: everything lives in the state dir. The caller
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).
@@ -247,7 +247,7 @@ impl ContainerBackend {
         }
         let _ = fs::remove_file(dir.join("control.sock"));
         // After the processes: the namespace is gone, so its end of the veth pair too.
-        network::detach(dir)?;
+        network_attach::detach(dir)?;
         state.phase = Phase::Stopped;
         state.supervisor = None;
         state.starter = None;
@@ -498,7 +498,7 @@ fn read_launch_events(
                 pid = Some(p);
                 state.supervisor = ProcessRef::of(p);
                 state.save(dir)?;
-                network::attach(spec, p, own_userns, &ports)?;
+                network_attach::attach(spec, p, own_userns, &ports)?;
                 hook(p)?;
                 if let Some(g) = go.take() {
                     send_byte(&g, 1);

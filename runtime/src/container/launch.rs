@@ -26,7 +26,7 @@ use super::namespaces::{
 };
 use super::rootfs::OverlayRootfs;
 use super::spec::ContainerSpec;
-use super::state::ContainerState;
+use super::run_state::ContainerState;
 use super::supervisor;
 use crate::net::forward::{BoundPorts, ForwardedPort, OnPortInUse};
 
@@ -123,7 +123,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
     let _ = nix::unistd::setsid();
     // The starter put this process into the cgroups before exec; a stop that raced with the
     // start has already removed them and recorded it.
-    if state.phase != super::state::Phase::Starting {
+    if state.phase != super::run_state::Phase::Starting {
         return Err((
             Some(report_fd),
             ContainerError::Setup("the environment was stopped while starting".into()),

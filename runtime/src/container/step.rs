@@ -15,7 +15,7 @@ use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::spec::{ContainerSpec, UserMappingChoice};
-use super::state::ContainerState;
+use super::run_state::ContainerState;
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.

@@ -35,7 +35,7 @@ use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
 use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
-use super::state::now_secs;
+use super::run_state::now_secs;
 use super::users;
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
@@ -120,7 +120,7 @@ fn setup_and_serve(
     if new_netns {
         // Forwarded ports reach services through loopback; as the namespace's own root this
         // works rootless too, where nothing outside may enter the namespace.
-        super::network::loopback_up_here()?;
+        super::network_attach::loopback_up_here()?;
     }
     OverlayRootfs::new(spec, mapping).enter(new_netns)?;
     nix::unistd::sethostname(&spec.hostname)

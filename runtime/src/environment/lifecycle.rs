@@ -515,7 +515,7 @@ impl Environments {
         notices.extend(spec_notices);
         spec.publish_auto = opts.publish_auto;
         spec.hold_services = hold_services;
-        if let (_, Some(n)) = crate::container::network::effective_mode(
+        if let (_, Some(n)) = crate::container::network_attach::effective_mode(
             &Network::new(&self.home, NetworkOptions::default()),
             spec.network,
         ) {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::container::rootfs::ensure_in_root;
-use crate::container::state::{ContainerState, ProcessRef};
+use crate::container::run_state::{ContainerState, ProcessRef};
 use crate::state::{read_json, write_json, BerthHome, StateError};
 use crate::sync::{self, LocalTransport, RemoteTransport, SyncConfig, SyncEngine, Transport};
 use crate::vm::sync_channel::{open_streams, GuestFolder};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
-use crate::container::state::ProcessRef;
+use crate::container::run_state::ProcessRef;
 use crate::state::{read_json, write_json_if_changed, StateError};
 
 /// File name of the record inside the environment's folder.
