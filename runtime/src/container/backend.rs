@@ -23,9 +23,9 @@ use super::idmap_record::stable_mapping;
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
 use super::network_attach;
+use super::run_state::{now_secs, ContainerState, Phase, ProcessRef};
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
-use super::run_state::{now_secs, ContainerState, Phase, ProcessRef};
 
 /// Runs environments as containers. Stateless: everything lives in the state dir. The caller
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).

@@ -25,8 +25,8 @@ use super::namespaces::{
     send_byte,
 };
 use super::rootfs::OverlayRootfs;
-use super::spec::ContainerSpec;
 use super::run_state::ContainerState;
+use super::spec::ContainerSpec;
 use super::supervisor;
 use crate::net::forward::{BoundPorts, ForwardedPort, OnPortInUse};
 
