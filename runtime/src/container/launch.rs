@@ -18,7 +18,6 @@ use nix::unistd::{fork, ForkResult, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Context, Result};
-use super::fault::checkpoint;
 use super::idmap::IdMapping;
 use super::namespaces::{
     enter, environment_flags, make_mounts_private, pipe, private_mount_namespace, recv_byte,
@@ -28,6 +27,7 @@ use super::rootfs::OverlayRootfs;
 use super::run_state::ContainerState;
 use super::spec::ContainerSpec;
 use super::supervisor;
+use crate::host::fault_injection::checkpoint;
 use crate::net::forward::{BoundPorts, ForwardedPort, OnPortInUse};
 
 /// The hidden argument that turns berth's binary into the launcher.

@@ -27,16 +27,16 @@ use super::control::{
     ServiceStatus, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
-use super::fault::checkpoint;
 use super::idmap::IdMapping;
 use super::launch::{report, LaunchEvent};
 use super::logs::LogFile;
 use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
-use super::run_state::now_secs;
 use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
 use super::users;
+use crate::host::clock::now_secs;
+use crate::host::fault_injection::checkpoint;
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 

@@ -20,6 +20,7 @@ use super::vm::{self as vm_env, VmView};
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
+use crate::host::clock::now_secs;
 use crate::image::lockfile::lock_path_for;
 use crate::image::{
     ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
@@ -884,11 +885,4 @@ fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
     let _ = fs::remove_file(dir.join("lock"));
     let _ = fs::remove_dir(dir);
     Ok(())
-}
-
-pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

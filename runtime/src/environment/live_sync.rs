@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::container::rootfs::ensure_in_root;
-use crate::container::run_state::{ContainerState, ProcessRef};
+use crate::container::run_state::ContainerState;
+use crate::host::process::ProcessIdentity;
 use crate::state::{read_json, write_json, BerthHome, StateError};
 use crate::sync::{self, LocalTransport, RemoteTransport, SyncConfig, SyncEngine, Transport};
 use crate::vm::sync_channel::{open_streams, GuestFolder};
@@ -42,7 +43,7 @@ const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SyncProcessRecord {
-    process: ProcessRef,
+    process: ProcessIdentity,
 }
 
 /// Indexes (positions in the plan's mounts) of the mounts this process serves: the sync
@@ -87,7 +88,7 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
         source,
     })?;
     let pid = child.id() as i32;
-    if let Some(process) = ProcessRef::of(pid) {
+    if let Some(process) = ProcessIdentity::of(pid) {
         write_json(&dir.join(RECORD), &SyncProcessRecord { process })?;
     }
     // Reap it if it dies while we wait; once we return, init adopts it.
@@ -105,7 +106,7 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
                 Err(sync::SyncError::NotRunning { .. })
                     if t0.elapsed() < Duration::from_secs(30) =>
                 {
-                    if !ProcessRef::of(pid).is_some_and(|p| p.alive()) {
+                    if !ProcessIdentity::of(pid).is_some_and(|p| p.alive()) {
                         return Err(EnvError::SyncFailed {
                             message: format!(
                                 "the sync process exited at start; see {}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
-use crate::container::run_state::ProcessRef;
+use crate::host::process::ProcessIdentity;
 use crate::state::{read_json, write_json_if_changed, StateError};
 
 /// File name of the record inside the environment's folder.
@@ -60,7 +60,7 @@ pub struct ImageUse {
 /// The owner of a throw-away environment: when it is gone, the environment is garbage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ephemeral {
-    pub owner: ProcessRef,
+    pub owner: ProcessIdentity,
 }
 
 impl EnvRecord {

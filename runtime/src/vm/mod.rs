@@ -7,7 +7,6 @@ pub mod backend;
 pub mod disk_snapshot;
 pub mod guest_logs;
 pub mod kernel;
-pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rootdisk;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::process::ProcessRecord;
 use super::vmm::boot::LinuxBoot;
 use super::vmm::{DeviceConfig, ExitReason, GuestBoot, Machine, MachineConfig};
 use super::VmError;
 use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::host::process::ProcessIdentity;
 use crate::net::dialer::AddressDialer;
 use crate::net::dns::DnsForwarder;
 use crate::net::forward::{ForwardSpec, PortForwarder};
@@ -211,14 +211,14 @@ fn serve_network(net: &VmmNet) -> Result<(Option<PortForwarder>, Option<DnsForwa
 }
 
 /// Starts `exe internal-vmm config` in its own session, detached from the terminal.
-pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessRecord, VmError> {
+pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessIdentity, VmError> {
     let mut cmd = Command::new(exe);
     cmd.arg(SUBCOMMAND).arg(config_path);
     let child = crate::detach::spawn_detached(cmd, log).map_err(|e| VmError::Io {
         path: exe.to_path_buf(),
         source: e,
     })?;
-    ProcessRecord::of(child.id() as i32)
+    ProcessIdentity::of(child.id() as i32)
         .ok_or_else(|| VmError::Config("the VMM process exited right away".into()))
 }
 
