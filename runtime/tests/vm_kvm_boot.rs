@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_runtime::doctor::{kvm_kind, HostRoot, KvmKind};
+use berth_runtime::host::kvm::{kvm_kind, KvmKind};
+use berth_runtime::host::probe::HostRoot;
 use berth_runtime::net::bridge::BridgeConfig;
 use berth_runtime::net::NetworkOptions;
 use berth_runtime::state::BerthHome;

@@ -103,7 +103,7 @@ fn provider_of(plan: &Plan) -> Option<Provider> {
     let vm = plan.vm.as_ref()?;
     crate::vm::backend::choose_provider(
         vm.vmm,
-        crate::doctor::kvm_kind(&crate::doctor::HostRoot::real()),
+        crate::host::kvm::kvm_kind(&crate::host::probe::HostRoot::real()),
     )
     .ok()
     .map(|(p, _)| p)

@@ -4,6 +4,9 @@
 //! ([`fault_injection`]), and read-only probes of the machine ([`probe`]: the root to probe
 //! below, [`kvm`]: which KVM backs `/dev/kvm`, [`cgroup_layout`]: how cgroups are mounted).
 
+pub mod cgroup_layout;
 pub mod clock;
 pub mod fault_injection;
+pub mod kvm;
+pub mod probe;
 pub mod process;
