@@ -26,7 +26,7 @@ use crate::image::{
     ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
 };
 use crate::net::{NetRecord, Network, NetworkOptions};
-use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::state::{self, BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 use crate::vm::session::{run_terminal, VmCommand};
 use crate::vm::{VmBackend, VmError};
 
@@ -209,7 +209,7 @@ impl Environments {
     pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
         state::create_private_dir(&dir)?;
-        let path = dir.join("lock");
+        let path = self.home.env_lock(env_id);
         let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
             Some(l) => l,
             None => {
@@ -872,7 +872,7 @@ fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.file_name().is_some_and(|n| n == "lock") {
+            if p.file_name().is_some_and(|n| n == ENV_LOCK_FILE) {
                 continue;
             }
             if p.is_dir() && !p.is_symlink() {
@@ -882,7 +882,7 @@ fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
             }
         }
     }
-    let _ = fs::remove_file(dir.join("lock"));
+    let _ = fs::remove_file(dir.join(ENV_LOCK_FILE));
     let _ = fs::remove_dir(dir);
     Ok(())
 }

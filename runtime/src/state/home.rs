@@ -12,6 +12,10 @@ use super::private_dir::{create_dir_all, set_mode};
 use super::staging::{process_alive, remove_tree, staging_pid, unique_suffix, StagingDir};
 use super::{check_owner, StateError};
 
+/// File name of an environment's lock in its folder: every command that creates, changes or
+/// removes the environment holds it exclusively (`up`, `down`, `destroy`, `snapshot`, gc).
+pub const ENV_LOCK_FILE: &str = "lock";
+
 /// The root of berth's on-disk state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BerthHome {
@@ -189,6 +193,10 @@ impl BerthHome {
     /// The folder of one environment.
     pub fn env_dir(&self, env_id: &str) -> PathBuf {
         self.envs_dir().join(env_id)
+    }
+    /// The lock of one environment ([`ENV_LOCK_FILE`] in its folder).
+    pub fn env_lock(&self, env_id: &str) -> PathBuf {
+        self.env_dir(env_id).join(ENV_LOCK_FILE)
     }
 
     /// A fresh, uniquely named staging folder under `tmp/`, removed when the guard drops

@@ -23,6 +23,7 @@
 
 mod atomic_file;
 mod beneath;
+mod env_layers;
 mod home;
 mod lock;
 mod private_dir;
@@ -40,7 +41,8 @@ pub use beneath::{
     fd_path, open_beneath, open_dir_nofollow, openat2, refuse_link, RESOLVE_BENEATH,
     RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
 };
-pub use home::{env_id, BerthHome};
+pub use env_layers::{EnvLayersInUse, ENV_RECORD_FILE};
+pub use home::{env_id, BerthHome, ENV_LOCK_FILE};
 pub use lock::{FileLock, LockMode};
 pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
 pub use staging::{remove_staging_on_signals, remove_tree, unique_suffix, StagingDir};

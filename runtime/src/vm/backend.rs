@@ -37,7 +37,7 @@ use crate::host::probe::HostRoot;
 use crate::host::process::ProcessIdentity;
 use crate::net::forward::{BoundPorts, ForwardSpec, ForwardedPort};
 use crate::net::{Network, NetworkOptions, TapPlumbing};
-use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::state::{self, BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 
 /// Everything needed to run one environment as a VM.
 #[derive(Debug, Clone)]
@@ -141,9 +141,6 @@ impl VmState {
 
 /// Said when a VM left paused was resumed.
 pub const PAUSED_NOTICE: &str = "the VM was paused (a `berth snapshot save` was interrupted while it copied the disk); resumed it";
-
-/// The environment's lock file in its folder (the CLI's lock around `up`, `down`, `snapshot`).
-pub const ENV_LOCK: &str = "lock";
 
 /// What `berth status` shows for a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -723,7 +720,8 @@ impl VmBackend {
     /// held while checking); whether the VM was paused. A failed check is left to the
     /// connection that follows to report.
     fn resume_unlocked(&self, state_dir: &Path) -> bool {
-        let Ok(Some(_lock)) = FileLock::try_acquire(&state_dir.join(ENV_LOCK), LockMode::Exclusive)
+        let Ok(Some(_lock)) =
+            FileLock::try_acquire(&state_dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
         else {
             return false;
         };
@@ -1030,7 +1028,7 @@ mod tests {
         assert_eq!(run_state(), "running");
         run("stop");
 
-        let lock = FileLock::acquire(&env.join(ENV_LOCK), LockMode::Exclusive).unwrap();
+        let lock = FileLock::acquire(&env.join(ENV_LOCK_FILE), LockMode::Exclusive).unwrap();
         assert!(!b.resume_unlocked(&env), "a save may be under way");
         assert_eq!(run_state(), "paused");
         drop(lock);

@@ -19,7 +19,7 @@ use crate::net::dialer::AddressDialer;
 use crate::net::dns::DnsForwarder;
 use crate::net::forward::{ForwardSpec, PortForwarder};
 use crate::net::{Network, NetworkOptions};
-use crate::state::{BerthHome, FileLock, LockMode};
+use crate::state::{BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 
 /// The guest's vsock context id.
 pub const GUEST_CID: u64 = 3;
@@ -87,9 +87,7 @@ pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
     if !dir.is_dir() {
         return Ok(false);
     }
-    let Some(_lock) =
-        FileLock::try_acquire(&dir.join(super::backend::ENV_LOCK), LockMode::Exclusive)?
-    else {
+    let Some(_lock) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)? else {
         return Ok(false);
     };
     Network::new(&home, NetworkOptions::default()).detach(&owner.env_id)?;
@@ -288,11 +286,7 @@ mod tests {
         assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
 
         // `down` holds the lock while it waits for the VMM: left to it.
-        let lock = FileLock::acquire(
-            &home.env_dir(id).join(super::super::backend::ENV_LOCK),
-            LockMode::Exclusive,
-        )
-        .unwrap();
+        let lock = FileLock::acquire(&home.env_lock(id), LockMode::Exclusive).unwrap();
         assert!(!release_network(&owner).unwrap());
         assert!(master_of(&t.tap).is_some(), "left to the lock holder");
         drop(lock);
