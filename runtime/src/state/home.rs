@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use super::lock::{FileLock, LockMode};
 use super::private_dir::{create_dir_all, set_mode};
-use super::staging::{process_alive, remove_tree, staging_pid, unique_suffix, StagingDir};
+use super::staging::{self, process_alive, remove_tree, staging_pid, unique_suffix, StagingDir};
 use super::{check_owner, StateError};
 
 /// File name of an environment's lock in its folder: every command that creates, changes or
@@ -210,6 +210,13 @@ impl BerthHome {
         create_dir_all(&path)?;
         Ok(StagingDir { path: Some(path) })
     }
+}
+
+/// Makes SIGINT and SIGTERM remove this process's staging folders and temporary files in the
+/// home's `tmp/` before the process exits with 128 + the signal (see
+/// [`staging::remove_staging_on_signals`]).
+pub fn remove_staging_on_signals(home: &BerthHome) -> std::io::Result<()> {
+    staging::remove_staging_on_signals(home.tmp_dir())
 }
 
 /// An identifier for an environment that is stable for one berth.toml: its name plus a short

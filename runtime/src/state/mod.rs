@@ -42,10 +42,10 @@ pub use beneath::{
     RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS,
 };
 pub use env_layers::{EnvLayersInUse, ENV_RECORD_FILE};
-pub use home::{env_id, BerthHome, ENV_LOCK_FILE};
+pub use home::{env_id, remove_staging_on_signals, BerthHome, ENV_LOCK_FILE};
 pub use lock::{FileLock, LockMode};
 pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
-pub use staging::{remove_staging_on_signals, remove_tree, unique_suffix, StagingDir};
+pub use staging::{remove_tree, unique_suffix, StagingDir};
 
 /// Errors about berth's own state directory.
 #[derive(Debug, thiserror::Error)]

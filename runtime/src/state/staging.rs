@@ -7,8 +7,6 @@ use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use super::home::BerthHome;
-
 /// The write end of the pipe [`remove_staging_on_signals`]'s handler wakes its thread with.
 static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
@@ -25,11 +23,10 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// `tmp/` (half-unpacked layers, imports) before the process exits with 128 + the signal,
 /// as a shell reports it. Partial downloads stay: the next pull resumes them. For commands
 /// whose only lasting work is in `tmp/` until a final rename (image pulls); a `kill -9` is
-/// covered by [`BerthHome::sweep_tmp`] at the next command.
-pub fn remove_staging_on_signals(home: &BerthHome) -> io::Result<()> {
+/// covered by `BerthHome::sweep_tmp` at the next command. `tmp` is the home's `tmp/`.
+pub fn remove_staging_on_signals(tmp: PathBuf) -> io::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let tmp = home.tmp_dir();
     std::thread::Builder::new()
         .name("stop-signal".into())
         .spawn(move || {
@@ -68,7 +65,7 @@ pub fn remove_staging_on_signals(home: &BerthHome) -> io::Result<()> {
     Ok(())
 }
 
-/// The pid in a temporary name `<purpose>-<pid>-<hex suffix>` (as [`BerthHome::staging_dir`]
+/// The pid in a temporary name `<purpose>-<pid>-<hex suffix>` (as `BerthHome::staging_dir`
 /// and the other writers under `tmp/` name them), or `None` for any other name.
 pub(super) fn staging_pid(name: &str) -> Option<i32> {
     let (rest, suffix) = name.rsplit_once('-')?;

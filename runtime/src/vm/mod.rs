@@ -13,6 +13,8 @@ pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
 pub mod sync_channel;
+#[cfg(test)]
+mod vm_json_tests;
 pub mod vmm;
 pub mod vmm_memory;
 pub mod vmm_process;
