@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::host::cgroup_layout::HostCgroups;
 use crate::host::kvm::{kvm_kind, KvmKind};
-use crate::host::probe::HostRoot;
+use crate::host::probe::{unshare_namespaces, HostRoot};
 
 mod defences;
 pub use defences::store_check;
@@ -196,7 +196,7 @@ fn check_namespaces(host: &HostRoot) -> Check {
         );
     }
     if host.acts_on_host() {
-        if let Err(e) = probe_unshare() {
+        if let Err(e) = unshare_namespaces() {
             return Check::missing(
                 NAME,
                 format!("unshare of user/mount/pid/net/uts/ipc namespaces failed: {e}"),
@@ -205,39 +205,6 @@ fn check_namespaces(host: &HostRoot) -> Check {
         }
     }
     Check::ok(NAME, "user, mount, pid, net, uts, ipc, cgroup: usable")
-}
-
-/// Forks a child that creates every namespace kind berth uses, and reports whether it could.
-fn probe_unshare() -> Result<(), String> {
-    use nix::sched::CloneFlags;
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
-    // SAFETY: the child only calls async-signal-safe unshare(2) and _exit(2).
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let code = match nix::sched::unshare(flags) {
-                Ok(()) => 0,
-                Err(e) => e as i32,
-            };
-            // SAFETY: _exit never returns and skips atexit handlers inherited from the parent.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, errno)) => {
-                Err(nix::errno::Errno::from_raw(errno).desc().to_string())
-            }
-            Ok(other) => Err(format!("probe ended with {other:?}")),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(format!("fork: {e}")),
-    }
 }
 
 fn check_overlayfs(host: &HostRoot) -> Check {

@@ -73,6 +73,40 @@ impl HostRoot {
     }
 }
 
+/// Forks a child that creates every namespace kind berth uses (user, mount, pid, net, uts,
+/// ipc), and reports whether it could; the error names why not. Acts on the real host only.
+pub fn unshare_namespaces() -> Result<(), String> {
+    use nix::sched::CloneFlags;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    // SAFETY: the child only calls async-signal-safe unshare(2) and _exit(2).
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            let code = match nix::sched::unshare(flags) {
+                Ok(()) => 0,
+                Err(e) => e as i32,
+            };
+            // SAFETY: _exit never returns and skips atexit handlers inherited from the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
+            Ok(WaitStatus::Exited(_, errno)) => {
+                Err(nix::errno::Errno::from_raw(errno).desc().to_string())
+            }
+            Ok(other) => Err(format!("probe ended with {other:?}")),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +123,14 @@ mod tests {
         assert!(h.exists("/proc/sys/kernel/osrelease") && !h.exists("/dev/kvm"));
         assert_eq!(h.kernel_version(), Some((6, 18)));
         assert_eq!(h.which("sh"), None, "PATH is the fake root's bin/");
+    }
+
+    #[test]
+    fn root_can_create_every_namespace_kind() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: an unprivileged user's namespaces depend on the host's policy; CI runs as root");
+            return;
+        }
+        assert_eq!(unshare_namespaces(), Ok(()));
     }
 }
