@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::{BackendKind, MountKind};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::error::EnvError;
@@ -147,17 +148,13 @@ pub fn stop(env_dir: &Path) {
     let path = env_dir.join(RECORD);
     if let Ok(Some(r)) = read_json::<SyncProcessRecord>(&path) {
         let p = r.process;
-        if p.alive() {
-            // SAFETY: kill(2) on a pid whose identity (start time) was just checked.
-            unsafe { libc::kill(p.pid, libc::SIGTERM) };
+        // Signals reach only the recorded process (its identity is checked, through a pidfd).
+        if p.kill(Signal::SIGTERM) {
             let t0 = Instant::now();
             while p.alive() && t0.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            if p.alive() {
-                // SAFETY: as above.
-                unsafe { libc::kill(p.pid, libc::SIGKILL) };
-            }
+            p.kill(Signal::SIGKILL);
         }
     }
     let _ = fs::remove_file(path);
