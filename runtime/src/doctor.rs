@@ -1,11 +1,14 @@
-//! Host capability probes for `berth doctor`: what this machine offers berth (namespaces,
-//! overlayfs, cgroups, rootless prerequisites, KVM, qemu, image tools) and a one-line fix for
-//! each missing piece. Probes only read `/proc`, `/sys` and `PATH`, except the namespace probe,
-//! which forks a child that tries `unshare(2)` and exits.
-
-use std::path::{Path, PathBuf};
+//! `berth doctor`'s report: what this machine offers berth (namespaces, overlayfs, cgroups,
+//! rootless prerequisites, KVM, qemu, image tools) and a one-line fix for each missing piece,
+//! over the host probes of [`crate::host`] ([`HostRoot`], [`kvm_kind`], [`HostCgroups`]).
+//! Probes only read `/proc`, `/sys` and `PATH`, except the namespace probe, which forks a
+//! child that tries `unshare(2)` and exits.
 
 use serde::Serialize;
+
+use crate::host::cgroup_layout::HostCgroups;
+use crate::host::kvm::{kvm_kind, KvmKind};
+use crate::host::probe::{unshare_namespaces, HostRoot};
 
 mod defences;
 pub use defences::store_check;
@@ -91,21 +94,6 @@ pub fn virtiofsd_check() -> Check {
     }
 }
 
-/// What kind of KVM this host has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KvmKind {
-    /// No usable /dev/kvm.
-    Absent,
-    /// Hardware-assisted KVM (kvm_intel / kvm_amd): boots stock kernels.
-    Hardware,
-    /// `kvm_pvm`, the pagetable-based nested KVM: runs tiny guests, but booting a stock Linux
-    /// kernel through it can restart the host.
-    Pvm,
-    /// /dev/kvm exists but its provider is unknown.
-    Unknown,
-}
-
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 pub struct DoctorReport {
@@ -119,59 +107,6 @@ impl DoctorReport {
     /// True when nothing is missing.
     pub fn healthy(&self) -> bool {
         self.checks.iter().all(|c| c.status != CheckStatus::Missing)
-    }
-}
-
-/// Where to look for things; the real host uses `/`, tests use a fake tree.
-#[derive(Debug, Clone)]
-pub struct HostRoot {
-    root: PathBuf,
-    path_dirs: Vec<PathBuf>,
-    /// Whether to run the probes that act on the host (the namespace fork, the tap
-    /// creation); only against the real host.
-    probe_namespaces: bool,
-}
-
-impl HostRoot {
-    /// The machine berth runs on.
-    pub fn real() -> Self {
-        let path_dirs = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect())
-            .unwrap_or_default();
-        HostRoot {
-            root: PathBuf::from("/"),
-            path_dirs,
-            probe_namespaces: true,
-        }
-    }
-
-    /// A fake host rooted at `root` with `PATH` = `root/bin` (tests).
-    pub fn fake(root: &Path) -> Self {
-        HostRoot {
-            root: root.to_path_buf(),
-            path_dirs: vec![root.join("bin")],
-            probe_namespaces: false,
-        }
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.root.join(p.trim_start_matches('/'))
-    }
-
-    fn read(&self, p: &str) -> Option<String> {
-        std::fs::read_to_string(self.path(p)).ok()
-    }
-
-    fn exists(&self, p: &str) -> bool {
-        self.path(p).exists()
-    }
-
-    /// The first executable named `name` on PATH.
-    pub fn which(&self, name: &str) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
-        self.path_dirs.iter().map(|d| d.join(name)).find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
     }
 }
 
@@ -241,7 +176,7 @@ fn check_namespaces(host: &HostRoot) -> Check {
     let absent: Vec<&str> = kinds
         .iter()
         .copied()
-        .filter(|k| !host.exists(&format!("/proc/self/ns/{k}")))
+        .filter(|k| !host.exists(format!("/proc/self/ns/{k}")))
         .collect();
     if !absent.is_empty() {
         return Check::missing(
@@ -260,8 +195,8 @@ fn check_namespaces(host: &HostRoot) -> Check {
             "sysctl -w user.max_user_namespaces=15000",
         );
     }
-    if host.probe_namespaces {
-        if let Err(e) = probe_unshare() {
+    if host.acts_on_host() {
+        if let Err(e) = unshare_namespaces() {
             return Check::missing(
                 NAME,
                 format!("unshare of user/mount/pid/net/uts/ipc namespaces failed: {e}"),
@@ -270,39 +205,6 @@ fn check_namespaces(host: &HostRoot) -> Check {
         }
     }
     Check::ok(NAME, "user, mount, pid, net, uts, ipc, cgroup: usable")
-}
-
-/// Forks a child that creates every namespace kind berth uses, and reports whether it could.
-fn probe_unshare() -> Result<(), String> {
-    use nix::sched::CloneFlags;
-    use nix::sys::wait::{waitpid, WaitStatus};
-    use nix::unistd::{fork, ForkResult};
-    let flags = CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWPID
-        | CloneFlags::CLONE_NEWNET
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC;
-    // SAFETY: the child only calls async-signal-safe unshare(2) and _exit(2).
-    match unsafe { fork() } {
-        Ok(ForkResult::Child) => {
-            let code = match nix::sched::unshare(flags) {
-                Ok(()) => 0,
-                Err(e) => e as i32,
-            };
-            // SAFETY: _exit never returns and skips atexit handlers inherited from the parent.
-            unsafe { libc::_exit(code) }
-        }
-        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
-            Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-            Ok(WaitStatus::Exited(_, errno)) => {
-                Err(nix::errno::Errno::from_raw(errno).desc().to_string())
-            }
-            Ok(other) => Err(format!("probe ended with {other:?}")),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(format!("fork: {e}")),
-    }
 }
 
 fn check_overlayfs(host: &HostRoot) -> Check {
@@ -324,16 +226,9 @@ fn check_overlayfs(host: &HostRoot) -> Check {
     }
 }
 
-/// Kernel release as (major, minor), from /proc/sys/kernel/osrelease.
-fn kernel_version(host: &HostRoot) -> Option<(u32, u32)> {
-    let rel = host.read("/proc/sys/kernel/osrelease")?;
-    let mut it = rel.trim().split(['.', '-']);
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
 fn check_idmapped_mounts(host: &HostRoot) -> Check {
     const NAME: &str = "id-mapped mounts";
-    match kernel_version(host) {
+    match host.kernel_version() {
         Some(v) if v >= (5, 19) => Check::ok(NAME, format!("kernel {}.{} supports them on ext4, xfs, btrfs, tmpfs and overlayfs lowers", v.0, v.1)),
         Some(v) => Check::warn(
             NAME,
@@ -344,77 +239,9 @@ fn check_idmapped_mounts(host: &HostRoot) -> Check {
     }
 }
 
-/// How cgroups are mounted on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CgroupLayout {
-    /// v1 controllers mounted (`memory`, `cpu`, `pids`, ...).
-    pub v1_controllers: Vec<String>,
-    /// Mount point of the cgroup2 hierarchy, if any.
-    pub v2_mount: Option<PathBuf>,
-    /// Controllers enabled in the cgroup2 hierarchy.
-    pub v2_controllers: Vec<String>,
-}
-
-/// Reads the cgroup mounts from `/proc/self/mounts`.
-pub fn cgroup_layout(host: &HostRoot) -> CgroupLayout {
-    let mounts = host.read("/proc/self/mounts").unwrap_or_default();
-    let mut v1 = Vec::new();
-    let mut v2_mount = None;
-    for line in mounts.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 4 {
-            continue;
-        }
-        match f[2] {
-            "cgroup" => {
-                for opt in f[3].split(',') {
-                    if [
-                        "memory",
-                        "cpu",
-                        "cpuacct",
-                        "pids",
-                        "freezer",
-                        "cpuset",
-                        "blkio",
-                        "devices",
-                        "hugetlb",
-                        "net_cls",
-                        "perf_event",
-                    ]
-                    .contains(&opt)
-                    {
-                        v1.push(opt.to_string());
-                    }
-                }
-            }
-            "cgroup2" => v2_mount = Some(PathBuf::from(f[1])),
-            _ => {}
-        }
-    }
-    let v2_controllers = v2_mount
-        .as_ref()
-        .and_then(|m| {
-            std::fs::read_to_string(
-                host.root
-                    .join(m.strip_prefix("/").unwrap_or(m))
-                    .join("cgroup.controllers"),
-            )
-            .ok()
-        })
-        .map(|s| s.split_whitespace().map(str::to_string).collect())
-        .unwrap_or_default();
-    v1.sort();
-    v1.dedup();
-    CgroupLayout {
-        v1_controllers: v1,
-        v2_mount,
-        v2_controllers,
-    }
-}
-
 fn check_cgroups(host: &HostRoot) -> Vec<Check> {
     const NAME: &str = "cgroups";
-    let l = cgroup_layout(host);
+    let l = HostCgroups::read(host);
     let needed = ["memory", "cpu", "pids"];
     let v2_has = |c: &str| l.v2_controllers.iter().any(|x| x == c);
     let v1_has = |c: &str| l.v1_controllers.iter().any(|x| x == c);
@@ -499,7 +326,7 @@ fn check_rootless(host: &HostRoot) -> Vec<Check> {
             format!("usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name}"),
         )
     });
-    out.push(if host.probe_namespaces {
+    out.push(if host.acts_on_host() {
         // The real host: pasta must run and this user must be able to open /dev/net/tun.
         match crate::net::rootless_network_available() {
             Ok(p) => Check::ok("rootless networking", format!("pasta: {}", p.display())),
@@ -524,20 +351,6 @@ fn check_rootless(host: &HostRoot) -> Vec<Check> {
         }
     });
     out
-}
-
-/// Which KVM provider backs /dev/kvm.
-pub fn kvm_kind(host: &HostRoot) -> KvmKind {
-    if !host.exists("/dev/kvm") {
-        return KvmKind::Absent;
-    }
-    if host.exists("/sys/module/kvm_pvm") {
-        KvmKind::Pvm
-    } else if host.exists("/sys/module/kvm_intel") || host.exists("/sys/module/kvm_amd") {
-        KvmKind::Hardware
-    } else {
-        KvmKind::Unknown
-    }
 }
 
 fn check_kvm(host: &HostRoot, kind: KvmKind) -> Check {
@@ -581,7 +394,7 @@ fn check_tun(host: &HostRoot) -> Check {
             "modprobe tun (in a container, pass /dev/net/tun through); or use vmm = \"qemu\"",
         );
     }
-    if !host.probe_namespaces {
+    if !host.acts_on_host() {
         return Check::ok(NAME, format!("{} present", crate::net::tap::TUN_DEVICE));
     }
     match crate::net::tap::tap_usable() {
@@ -629,8 +442,8 @@ mod tests {
         w("proc/filesystems", "nodev\ttmpfs\nnodev\toverlay\n");
         w("proc/sys/kernel/osrelease", "6.18.44-fc\n");
         w(
-            "proc/self/mounts",
-            "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup /sys/fs/cgroup/pids cgroup rw,pids 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n",
+            "proc/self/mountinfo",
+            "39 34 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n40 34 0:35 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n41 34 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n35 34 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n",
         );
         w("sys/fs/cgroup/unified/cgroup.controllers", "hugetlb\n");
         w("dev/kvm", "");
@@ -681,7 +494,7 @@ mod tests {
         let d = fake_host();
         fs::write(d.path().join("proc/filesystems"), "nodev\ttmpfs\n").unwrap();
         fs::write(d.path().join("proc/sys/user/max_user_namespaces"), "0\n").unwrap();
-        fs::write(d.path().join("proc/self/mounts"), "").unwrap();
+        fs::write(d.path().join("proc/self/mountinfo"), "").unwrap();
         let r = diagnose(&HostRoot::fake(d.path()));
         assert!(!r.healthy());
         for name in ["overlayfs", "namespaces", "cgroups"] {

@@ -6,6 +6,7 @@ pub mod container;
 pub mod detach;
 pub mod doctor;
 pub mod environment;
+pub mod host;
 pub mod image;
 pub mod net;
 pub mod state;

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_runtime::doctor::{kvm_kind, HostRoot, KvmKind};
+use berth_runtime::host::kvm::{kvm_kind, KvmKind};
+use berth_runtime::host::probe::HostRoot;
 use berth_runtime::net::bridge::BridgeConfig;
 use berth_runtime::net::NetworkOptions;
 use berth_runtime::state::BerthHome;
@@ -148,13 +149,13 @@ fn real_kernel_under_berths_vmm() {
         .client
         .poweroff()
         .unwrap();
-    assert!(vmm.wait_gone(Duration::from_secs(30)), "the VMM ended");
+    assert!(vmm.wait_exit(Duration::from_secs(30)), "the VMM ended");
     assert!(
         !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
         "the VMM released its tap and the bridge when the guest powered off"
     );
     backend.stop(&state_dir, Duration::from_secs(10)).unwrap();
-    assert!(!vmm.is_alive());
+    assert!(!vmm.alive());
     assert!(
         !std::path::Path::new(&format!("/sys/class/net/{bridge}")).exists(),
         "tap and bridge removed"

@@ -202,7 +202,7 @@ fn debian_kernel_under_qemu_tcg() {
     // down: nothing left behind.
     let pid = st.process.unwrap();
     backend.stop(&state_dir, Duration::from_secs(20)).unwrap();
-    assert!(!pid.is_alive(), "qemu still runs after stop");
+    assert!(!pid.alive(), "qemu still runs after stop");
     // The guest powered itself off (agent → reboot → qemu -no-reboot exits), no kill needed.
     let console = std::fs::read_to_string(&st.console_log).unwrap_or_default();
     assert!(
@@ -232,7 +232,7 @@ fn debian_kernel_under_qemu_tcg() {
     let pid = st.process.unwrap();
     // SAFETY: SIGKILL to the qemu process this test started.
     unsafe { libc::kill(pid.pid, libc::SIGKILL) };
-    assert!(pid.wait_gone(Duration::from_secs(10)));
+    assert!(pid.wait_exit(Duration::from_secs(10)));
     assert!(!backend.status(&state_dir).unwrap().running);
     let st = backend.start(&spec).unwrap();
     let out = backend
@@ -242,6 +242,6 @@ fn debian_kernel_under_qemu_tcg() {
     backend
         .destroy(&state_dir, Duration::from_secs(10))
         .unwrap();
-    assert!(!st.process.unwrap().is_alive());
+    assert!(!st.process.unwrap().alive());
     assert!(!st.disk.exists(), "destroy removes the environment's disk");
 }

@@ -1,8 +1,7 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
-use berth_runtime::doctor::{
-    agent_check, diagnose, store_check, virtiofsd_check, CheckStatus, HostRoot,
-};
+use berth_runtime::doctor::{agent_check, diagnose, store_check, virtiofsd_check, CheckStatus};
+use berth_runtime::host::probe::HostRoot;
 
 use crate::exit::CliError;
 

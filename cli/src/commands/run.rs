@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_runtime::container::control::ExecRequest;
-use berth_runtime::container::state::ProcessRef;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
+use berth_runtime::host::process::ProcessIdentity;
 use envfile_spec::Loaded;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
@@ -110,7 +110,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
             },
         )
         .map_err(env_error)?;
-    let owner = ProcessRef::of(std::process::id() as i32).map(|owner| Ephemeral { owner });
+    let owner = ProcessIdentity::current().map(|owner| Ephemeral { owner });
     let opts = UpOptions {
         progress: progress(g),
         env_id: Some(env_id.clone()),

@@ -8,24 +8,26 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Uid};
 
 use crate::backend::Backend;
 pub use crate::backend::{EnvStatus, Started, StatusReport};
+use crate::host::clock::now_secs;
+use crate::host::fault_injection::checkpoint;
+use crate::host::process::ProcessIdentity;
 
 use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
 use super::control::{self, ExecRequest, ExecSession};
 use super::error::{ContainerError, Context, Result};
-use super::fault::checkpoint;
 use super::idmap::{IdMapping, Invoker};
 use super::idmap_record::stable_mapping;
 use super::launch::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
-use super::network;
+use super::network_attach;
+use super::run_state::{ContainerState, Phase};
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
-use super::state::{now_secs, ContainerState, Phase, ProcessRef};
 
 /// Runs environments as containers. Stateless: everything lives in the state dir. The caller
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).
@@ -66,7 +68,7 @@ impl ContainerBackend {
         hook: &mut dyn FnMut(i32) -> Result<()>,
     ) -> Result<Started> {
         let t0 = Instant::now();
-        super::fault::checkpoint("start");
+        checkpoint("start");
         spec.validate()?;
         let dir = &spec.state_dir;
         fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
@@ -97,14 +99,14 @@ impl ContainerBackend {
         state.mapping = mapping.clone();
         state.cgroups = cgroups;
         state.supervisor = None;
-        state.starter = ProcessRef::of(std::process::id() as i32);
+        state.starter = ProcessIdentity::current();
         state.started_at = None;
         state.last_error = None;
         state.save(dir)?;
         checkpoint("state-written");
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
             Ok(pid) => {
-                super::fault::checkpoint("started");
+                checkpoint("started");
                 state.phase = Phase::Running;
                 state.starter = None;
                 state.started_at = Some(now_secs());
@@ -226,11 +228,11 @@ impl ContainerBackend {
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
             let socket = state_dir.join("control.sock");
             if control::request_stop(&socket, timeout.as_millis() as u64).is_ok() {
-                wait_gone(&s, timeout + Duration::from_secs(3));
+                s.wait_exit(timeout + Duration::from_secs(3));
             }
             if s.alive() {
-                let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
-                wait_gone(&s, Duration::from_secs(5));
+                s.kill(Signal::SIGKILL);
+                s.wait_exit(Duration::from_secs(5));
             }
         }
         self.cleanup(state_dir, &mut state)
@@ -239,15 +241,15 @@ impl ContainerBackend {
     /// Kills whatever is left and removes cgroups and socket; records `stopped`.
     fn cleanup(&self, dir: &Path, state: &mut ContainerState) -> Result<()> {
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
-            let _ = kill(Pid::from_raw(s.pid), Signal::SIGKILL);
-            wait_gone(&s, Duration::from_secs(5));
+            s.kill(Signal::SIGKILL);
+            s.wait_exit(Duration::from_secs(5));
         }
         if let Some(l) = &state.cgroups {
             kill_and_remove(&*l.driver(), Duration::from_secs(10))?;
         }
         let _ = fs::remove_file(dir.join("control.sock"));
         // After the processes: the namespace is gone, so its end of the veth pair too.
-        network::detach(dir)?;
+        network_attach::detach(dir)?;
         state.phase = Phase::Stopped;
         state.supervisor = None;
         state.starter = None;
@@ -496,9 +498,9 @@ fn read_launch_events(
         match serde_json::from_str::<LaunchEvent>(line.trim()) {
             Ok(LaunchEvent::Pid { pid: p }) => {
                 pid = Some(p);
-                state.supervisor = ProcessRef::of(p);
+                state.supervisor = ProcessIdentity::of(p);
                 state.save(dir)?;
-                network::attach(spec, p, own_userns, &ports)?;
+                network_attach::attach(spec, p, own_userns, &ports)?;
                 hook(p)?;
                 if let Some(g) = go.take() {
                     send_byte(&g, 1);
@@ -513,51 +515,6 @@ fn read_launch_events(
             Ok(LaunchEvent::Error { message }) => return Err(ContainerError::Setup(message)),
             Err(_) => continue,
         }
-    }
-}
-
-/// Waits until `p` has exited (or `timeout` passed). Wakes up the moment it exits through a
-/// pidfd where the kernel has them, instead of polling /proc every 2 ms.
-fn wait_gone(p: &ProcessRef, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    let pidfd = open_pidfd(p.pid);
-    while p.alive() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match &pidfd {
-            // Checked against `alive()` after it was opened: if the pid had been reused, the
-            // loop has already ended. Re-check at least every 100 ms all the same.
-            Some(fd) => wait_readable(fd, left.min(Duration::from_millis(100))),
-            None => std::thread::sleep(left.min(Duration::from_millis(2))),
-        }
-    }
-}
-
-/// A pidfd for `pid` (readable once the process exits), or `None` without pidfd support.
-fn open_pidfd(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
-}
-
-fn wait_readable(fd: &OwnedFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the duration of the call.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-        // Not pollable after all: fall back to the plain interval rather than spin.
-        std::thread::sleep(Duration::from_millis(2));
     }
 }
 

@@ -18,16 +18,16 @@ use nix::unistd::{fork, ForkResult, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Context, Result};
-use super::fault::checkpoint;
 use super::idmap::IdMapping;
 use super::namespaces::{
     enter, environment_flags, make_mounts_private, pipe, private_mount_namespace, recv_byte,
     send_byte,
 };
 use super::rootfs::OverlayRootfs;
+use super::run_state::ContainerState;
 use super::spec::ContainerSpec;
-use super::state::ContainerState;
 use super::supervisor;
+use crate::host::fault_injection::checkpoint;
 use crate::net::forward::{BoundPorts, ForwardedPort, OnPortInUse};
 
 /// The hidden argument that turns berth's binary into the launcher.
@@ -124,7 +124,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
     let _ = nix::unistd::setsid();
     // The starter put this process into the cgroups before exec; a stop that raced with the
     // start has already removed them and recorded it.
-    if state.phase != super::state::Phase::Starting {
+    if state.phase != super::run_state::Phase::Starting {
         return Err((
             Some(report_fd),
             ContainerError::Setup("the environment was stopped while starting".into()),

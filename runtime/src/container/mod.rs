@@ -12,7 +12,7 @@
 //!             └─ grandchild = PID 1 = supervisor: /proc, /sys, /dev, pivot_root, masks,
 //!                hostname, services, control loop
 //! ```
-//! Networking ([`network`]): the launcher binds the `[[ports]]` host ports before it
+//! Networking ([`network_attach`]): the launcher binds the `[[ports]]` host ports before it
 //! unshares; once the namespaces exist the starter plumbs the network namespace (bridge +
 //! veth + NAT as root, pasta rootless, loopback only for `none` or without pasta) and writes
 //! `/etc/resolv.conf`; the supervisor brings loopback up and forwards the ports from inside
@@ -45,7 +45,7 @@
 //! ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
 //! symlinks cannot redirect mounts onto the host.
 //!
-//! **Crash safety.** `state.json` ([`state`]) records the id mapping and the cgroup paths
+//! **Crash safety.** `state.json` ([`run_state`]) records the id mapping and the cgroup paths
 //! before they are created, then the starter and the supervisor (pid + start time). The
 //! launcher enters the cgroups before its first instruction, so every process of the
 //! environment is in them; `stop` (also after a `kill -9` of anything, or an aborted start:
@@ -69,15 +69,15 @@ pub mod layer_ids;
 pub mod login_env;
 pub mod logs;
 pub mod namespaces;
-pub mod network;
+pub mod network_attach;
 pub mod root_bind;
 pub mod rootfs;
+pub mod run_state;
 pub mod seccomp;
 mod seccomp_syscalls;
 pub mod security;
 pub mod selfexe;
 pub mod spec;
-pub mod state;
 pub mod step;
 pub mod supervisor;
 pub mod terminal;

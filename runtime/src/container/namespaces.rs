@@ -13,7 +13,7 @@ use super::error::{Context, Result};
 /// the environment shares the host's network.
 ///
 /// The new network namespace starts with only a loopback device; the starter's network step
-/// ([`network::attach`](super::network::attach)) and then the caller's hook of
+/// ([`network_attach::attach`](super::network_attach::attach)) and then the caller's hook of
 /// `ContainerBackend::start_with_hook` receive the supervisor's host pid (its namespaces are
 /// `/proc/<pid>/ns/*`) before the environment is set up further.
 pub fn environment_flags(network: NetworkMode) -> CloneFlags {

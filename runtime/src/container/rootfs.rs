@@ -357,7 +357,7 @@ impl<'a> OverlayRootfs<'a> {
         let host = &self.spec.hostname;
         // With its own network namespace the environment reaches no resolver until its
         // network is set up: the starter's network step writes this file then, in place
-        // (see `container::network`), before anything runs inside. Until then it keeps
+        // (see `container::network_attach`), before anything runs inside. Until then it keeps
         // what the last start wrote, or says there is no DNS.
         let resolv = match self.spec.network {
             NetworkMode::Host => Some(fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),

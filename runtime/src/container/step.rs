@@ -14,8 +14,8 @@ use super::control::ExecRequest;
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
+use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, UserMappingChoice};
-use super::state::ContainerState;
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.

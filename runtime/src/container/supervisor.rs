@@ -27,7 +27,6 @@ use super::control::{
     ServiceStatus, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
-use super::fault::checkpoint;
 use super::idmap::IdMapping;
 use super::launch::{report, LaunchEvent};
 use super::logs::LogFile;
@@ -35,8 +34,9 @@ use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
 use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
-use super::state::now_secs;
 use super::users;
+use crate::host::clock::now_secs;
+use crate::host::fault_injection::checkpoint;
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 
@@ -120,7 +120,7 @@ fn setup_and_serve(
     if new_netns {
         // Forwarded ports reach services through loopback; as the namespace's own root this
         // works rootless too, where nothing outside may enter the namespace.
-        super::network::loopback_up_here()?;
+        super::network_attach::loopback_up_here()?;
     }
     OverlayRootfs::new(spec, mapping).enter(new_netns)?;
     nix::unistd::sethostname(&spec.hostname)

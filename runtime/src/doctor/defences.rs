@@ -6,7 +6,9 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{cgroup_layout, Check, HostRoot};
+use super::Check;
+use crate::host::cgroup_layout::HostCgroups;
+use crate::host::probe::HostRoot;
 
 /// Probes of the device, seccomp and user-namespace defences of `host`.
 pub fn defence_checks(host: &HostRoot) -> Vec<Check> {
@@ -21,7 +23,7 @@ pub fn defence_checks(host: &HostRoot) -> Vec<Check> {
 /// berth uses v1 (a v1 `memory` hierarchy exists), else cgroup v2 eBPF device programs.
 fn check_device_control(host: &HostRoot) -> Check {
     const NAME: &str = "device control";
-    let l = cgroup_layout(host);
+    let l = HostCgroups::read(host);
     let v1 = |c: &str| l.v1_controllers.iter().any(|x| x == c);
     if v1("memory") {
         return if v1("devices") {
@@ -44,7 +46,7 @@ fn check_device_control(host: &HostRoot) -> Check {
             "mount cgroup2 at /sys/fs/cgroup",
         );
     }
-    if !host.probe_namespaces {
+    if !host.acts_on_host() {
         // A fake host: the kernel's BPF syscall shows in /proc/sys/kernel.
         return if host.exists("/proc/sys/kernel/unprivileged_bpf_disabled") {
             Check::ok(NAME, "cgroup v2 eBPF device programs")
@@ -211,21 +213,22 @@ mod tests {
 
     #[test]
     fn device_control_on_v1_v2_and_without() {
-        let v1 = "cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n";
-        let (_d, h) = host_with(&[("proc/self/mounts", v1)]);
+        let v1 = "39 34 0:34 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let (_d, h) = host_with(&[("proc/self/mountinfo", v1)]);
         let c = check_device_control(&h);
         assert_eq!(c.status, CheckStatus::Missing, "{c:?}");
         assert!(c.fix.unwrap().contains("-o devices"));
-        let with_devices = format!("{v1}cgroup /sys/fs/cgroup/devices cgroup rw,devices 0 0\n");
-        let (_d, h) = host_with(&[("proc/self/mounts", &with_devices)]);
+        let with_devices =
+            format!("{v1}42 34 0:37 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n");
+        let (_d, h) = host_with(&[("proc/self/mountinfo", &with_devices)]);
         assert_eq!(check_device_control(&h).status, CheckStatus::Ok);
-        let v2 = "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n";
+        let v2 = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let (_d, h) = host_with(&[
-            ("proc/self/mounts", v2),
+            ("proc/self/mountinfo", v2),
             ("proc/sys/kernel/unprivileged_bpf_disabled", "2\n"),
         ]);
         assert_eq!(check_device_control(&h).status, CheckStatus::Ok);
-        let (_d, h) = host_with(&[("proc/self/mounts", v2)]);
+        let (_d, h) = host_with(&[("proc/self/mountinfo", v2)]);
         assert_eq!(check_device_control(&h).status, CheckStatus::Missing);
     }
 

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::lifecycle::Environments;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
 use crate::net::{Network, NetworkOptions};
-use crate::state::{read_json, FileLock, LockMode};
+use crate::state::{read_json, FileLock, LockMode, ENV_LOCK_FILE};
 
 /// An environment's network record and VM state (see `vm/backend.rs`).
 const NETWORK_FILE: &str = "network.json";
@@ -53,7 +53,8 @@ impl Environments {
             }
             let dir = self.home().env_dir(&r.env_id);
             // Someone else (another gc, or the owner's own teardown) holds it: skip.
-            let Ok(Some(lock)) = FileLock::try_acquire(&dir.join("lock"), LockMode::Exclusive)
+            let Ok(Some(lock)) =
+                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
             else {
                 continue;
             };
@@ -87,7 +88,8 @@ impl Environments {
             if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
                 continue;
             }
-            let Ok(Some(_lock)) = FileLock::try_acquire(&dir.join("lock"), LockMode::Exclusive)
+            let Ok(Some(_lock)) =
+                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
             else {
                 continue;
             };
@@ -147,7 +149,7 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         // Killed, but a command holds the environment's lock (a start plumbing its tap).
-        let lock = FileLock::acquire(&env.join("lock"), LockMode::Exclusive).unwrap();
+        let lock = FileLock::acquire(&env.join(ENV_LOCK_FILE), LockMode::Exclusive).unwrap();
         assert!(envs.release_dead_vm_networks().is_empty());
         assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
         drop(lock);

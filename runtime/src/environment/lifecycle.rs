@@ -20,12 +20,13 @@ use super::vm::{self as vm_env, VmView};
 use crate::backend::{EnvStatus, StatusReport};
 use crate::container::control::ExecRequest;
 use crate::container::{ContainerBackend, ContainerSpec, ImageDefaults};
+use crate::host::clock::now_secs;
 use crate::image::lockfile::lock_path_for;
 use crate::image::{
     ImageStore, Progress, PullOptions, QuietProgress, ResolveOptions, ResolvedImage,
 };
 use crate::net::{NetRecord, Network, NetworkOptions};
-use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::state::{self, BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 use crate::vm::session::{run_terminal, VmCommand};
 use crate::vm::{VmBackend, VmError};
 
@@ -208,7 +209,7 @@ impl Environments {
     pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
         state::create_private_dir(&dir)?;
-        let path = dir.join("lock");
+        let path = self.home.env_lock(env_id);
         let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
             Some(l) => l,
             None => {
@@ -515,7 +516,7 @@ impl Environments {
         notices.extend(spec_notices);
         spec.publish_auto = opts.publish_auto;
         spec.hold_services = hold_services;
-        if let (_, Some(n)) = crate::container::network::effective_mode(
+        if let (_, Some(n)) = crate::container::network_attach::effective_mode(
             &Network::new(&self.home, NetworkOptions::default()),
             spec.network,
         ) {
@@ -871,7 +872,7 @@ fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.file_name().is_some_and(|n| n == "lock") {
+            if p.file_name().is_some_and(|n| n == ENV_LOCK_FILE) {
                 continue;
             }
             if p.is_dir() && !p.is_symlink() {
@@ -881,14 +882,7 @@ fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
             }
         }
     }
-    let _ = fs::remove_file(dir.join("lock"));
+    let _ = fs::remove_file(dir.join(ENV_LOCK_FILE));
     let _ = fs::remove_dir(dir);
     Ok(())
-}
-
-pub(super) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

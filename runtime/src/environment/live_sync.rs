@@ -23,12 +23,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::{BackendKind, MountKind};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::container::rootfs::ensure_in_root;
-use crate::container::state::{ContainerState, ProcessRef};
+use crate::container::run_state::ContainerState;
+use crate::host::process::ProcessIdentity;
 use crate::state::{read_json, write_json, BerthHome, StateError};
 use crate::sync::{self, LocalTransport, RemoteTransport, SyncConfig, SyncEngine, Transport};
 use crate::vm::sync_channel::{open_streams, GuestFolder};
@@ -42,7 +44,7 @@ const INITIAL_SYNC_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct SyncProcessRecord {
-    process: ProcessRef,
+    process: ProcessIdentity,
 }
 
 /// Indexes (positions in the plan's mounts) of the mounts this process serves: the sync
@@ -87,7 +89,7 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
         source,
     })?;
     let pid = child.id() as i32;
-    if let Some(process) = ProcessRef::of(pid) {
+    if let Some(process) = ProcessIdentity::of(pid) {
         write_json(&dir.join(RECORD), &SyncProcessRecord { process })?;
     }
     // Reap it if it dies while we wait; once we return, init adopts it.
@@ -105,7 +107,7 @@ pub fn start(home: &BerthHome, record: &EnvRecord) -> Result<(), EnvError> {
                 Err(sync::SyncError::NotRunning { .. })
                     if t0.elapsed() < Duration::from_secs(30) =>
                 {
-                    if !ProcessRef::of(pid).is_some_and(|p| p.alive()) {
+                    if !ProcessIdentity::of(pid).is_some_and(|p| p.alive()) {
                         return Err(EnvError::SyncFailed {
                             message: format!(
                                 "the sync process exited at start; see {}",
@@ -146,17 +148,13 @@ pub fn stop(env_dir: &Path) {
     let path = env_dir.join(RECORD);
     if let Ok(Some(r)) = read_json::<SyncProcessRecord>(&path) {
         let p = r.process;
-        if p.alive() {
-            // SAFETY: kill(2) on a pid whose identity (start time) was just checked.
-            unsafe { libc::kill(p.pid, libc::SIGTERM) };
+        // Signals reach only the recorded process (its identity is checked, through a pidfd).
+        if p.kill(Signal::SIGTERM) {
             let t0 = Instant::now();
             while p.alive() && t0.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            if p.alive() {
-                // SAFETY: as above.
-                unsafe { libc::kill(p.pid, libc::SIGKILL) };
-            }
+            p.kill(Signal::SIGKILL);
         }
     }
     let _ = fs::remove_file(path);

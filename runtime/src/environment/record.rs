@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
-use crate::container::state::ProcessRef;
-use crate::state::{read_json, write_json_if_changed, StateError};
+use crate::host::process::ProcessIdentity;
+use crate::state::{read_json, write_json_if_changed, EnvLayersInUse, StateError};
 
 /// File name of the record inside the environment's folder.
-pub const RECORD_FILE: &str = "env.json";
+pub const RECORD_FILE: &str = crate::state::ENV_RECORD_FILE;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnvRecord {
@@ -60,7 +60,7 @@ pub struct ImageUse {
 /// The owner of a throw-away environment: when it is gone, the environment is garbage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ephemeral {
-    pub owner: ProcessRef,
+    pub owner: ProcessIdentity,
 }
 
 impl EnvRecord {
@@ -70,5 +70,56 @@ impl EnvRecord {
 
     pub fn save(&self, env_dir: &Path) -> Result<(), StateError> {
         write_json_if_changed(&env_dir.join(RECORD_FILE), self)
+    }
+
+    /// The layers this record keeps in use, as the image store reads them back
+    /// ([`EnvLayersInUse::load`]) from the saved record.
+    pub fn layers_in_use(&self) -> EnvLayersInUse {
+        EnvLayersInUse {
+            layers: self.layers.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_image_store_reads_the_layers_a_saved_record_keeps() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("berth.toml");
+        let plan = envfile_spec::parse(
+            b"name = \"web\"\n[image]\nfrom = \"docker.io/library/alpine:3.20\"\n",
+            &file,
+        )
+        .unwrap()
+        .plan;
+        let record = EnvRecord {
+            env_id: "web-1".into(),
+            name: "web".into(),
+            file,
+            plan_hash: plan.hash(),
+            plan,
+            converged: true,
+            image: None,
+            layers: vec![
+                format!("sha256:{}", "a".repeat(64)),
+                format!("sha256:{}", "b".repeat(64)),
+            ],
+            privileged: false,
+            created_at: 1,
+            ephemeral: None,
+            build_key: None,
+            on_create_done: None,
+        };
+        record.save(d.path()).unwrap();
+        let read = EnvLayersInUse::load(d.path()).unwrap().unwrap();
+        assert_eq!(read, record.layers_in_use());
+        assert_eq!(
+            read.diff_ids().collect::<Vec<_>>(),
+            record.layers,
+            "the layers prune keeps are the record's"
+        );
     }
 }

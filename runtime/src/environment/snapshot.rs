@@ -26,10 +26,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::error::EnvError;
-use super::lifecycle::{now_secs, Environments, UpOptions};
+use super::lifecycle::{Environments, UpOptions};
 use super::record::EnvRecord;
 use crate::backend::EnvStatus;
 use crate::container::ContainerBackend;
+use crate::host::clock::now_secs;
 use crate::image::layer_writer::{write_tree, WhiteoutMode};
 use crate::image::unpack::{unpack, UnpackOptions};
 use crate::image::{Progress, QuietProgress};

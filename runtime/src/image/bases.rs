@@ -15,7 +15,6 @@ use super::blob_store::{file_digest, TempFile};
 use super::digest::{Digest, Hashing};
 use super::error::ImageError;
 use super::image_store::{ImageConfig, ImageRecord, LayerRecord};
-use super::layer_store::now;
 use super::layer_writer::{write_tree, WhiteoutMode};
 use super::manifest::{
     ConfigFile, Descriptor, Manifest, Platform, RootFs, RunConfig, OCI_CONFIG, OCI_LAYER_GZIP,
@@ -23,6 +22,7 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::store::ImageStore;
+use crate::host::clock::now_secs;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -96,7 +96,7 @@ impl ImageStore {
             platform: platform.to_string(),
             config: ImageConfig::from(cfg.config.as_ref()),
             layers,
-            created: now(),
+            created: now_secs(),
         };
         self.records.put(&record)?;
         Ok(record)

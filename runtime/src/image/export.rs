@@ -13,7 +13,6 @@ use super::blob_store::file_digest;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::image_store::{ImageConfig, ImageRecord, LayerRecord};
-use super::layer_store::now;
 use super::layer_writer::{LayerTarWriter, WhiteoutMode};
 use super::manifest::{
     ConfigFile, Descriptor, Index, ManifestKind, Platform, OCI_INDEX, OCI_MANIFEST,
@@ -22,6 +21,7 @@ use super::progress::Progress;
 use super::pull::select_platform;
 use super::store::ImageStore;
 use super::xattrs;
+use crate::host::clock::now_secs;
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -328,7 +328,7 @@ impl ImageStore {
             platform: format!("{}/{}", cfg.os, cfg.architecture),
             config: ImageConfig::from(cfg.config.as_ref()),
             layers,
-            created: now(),
+            created: now_secs(),
         };
         self.records.put(&record)?;
         Ok(record)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::digest::Digest;
 use super::error::ImageError;
 use super::unpack::{decompressed, unpack_bounded, UnpackOptions};
+use crate::host::clock::now_secs;
 use crate::state::{read_json, remove_tree, write_json, BerthHome};
 
 /// What the store knows about one unpacked layer.
@@ -35,13 +36,6 @@ pub struct LayerMeta {
 #[derive(Debug, Clone)]
 pub struct LayerStore {
     home: BerthHome,
-}
-
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// A reader that reports how many bytes passed.
@@ -153,7 +147,7 @@ impl LayerStore {
             diff_id: report.diff_id.clone(),
             size: report.content_size,
             tar_size: report.tar_size,
-            created: now(),
+            created: now_secs(),
             skipped_devices: report.skipped_devices,
             privileged: opts.privileged,
         };

@@ -10,13 +10,15 @@ use super::blob_store::BlobStore;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::image_store::{ImageConfig, ImageRecord, LayerRecord};
-use super::layer_store::{now, LayerStore};
+use super::layer_store::LayerStore;
 use super::manifest::{
     is_layer_media_type, ConfigFile, Descriptor, Manifest, ManifestKind, Platform,
 };
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
 use super::unpack::decompressed;
+use crate::host::clock::now_secs;
+use crate::host::fault_injection::checkpoint;
 
 /// How to pull.
 #[derive(Clone)]
@@ -147,7 +149,7 @@ impl Puller<'_> {
                     diff_id,
                 })
                 .collect(),
-            created: now(),
+            created: now_secs(),
         })
     }
 
@@ -251,7 +253,7 @@ impl Puller<'_> {
                 let mut bar = opts
                     .progress
                     .start(&format!("{label} download"), Some(desc.size));
-                abort_point("blob-download");
+                checkpoint("blob-download");
                 // A fresh download is unpacked while it arrives; the layer is committed
                 // only when its diff-id matches, and the blob only when its digest does.
                 let tee = if self.layers.contains(diff_id) {
@@ -322,14 +324,4 @@ pub fn select_platform<'a>(manifests: &'a [Descriptor], want: &Platform) -> Opti
             [only] if only.platform.is_none() => Some(only),
             _ => None,
         })
-}
-
-/// Test hook: `BERTH_ABORT_AT=<point>` kills the process there (as a crash would).
-pub(crate) fn abort_point(point: &str) {
-    if std::env::var("BERTH_ABORT_AT").is_ok_and(|v| v == point) {
-        // SAFETY: raising SIGKILL on ourselves; no memory is involved.
-        unsafe {
-            libc::raise(libc::SIGKILL);
-        }
-    }
 }

@@ -16,6 +16,7 @@ use super::digest::Digest;
 use super::error::ImageError;
 use super::manifest::{Descriptor, MANIFEST_ACCEPT};
 use super::progress::TransferProgress;
+use crate::host::fault_injection;
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -409,9 +410,9 @@ impl RegistryClient {
             };
             partial.append(&buf[..n])?;
             progress.advance(n as u64);
-            if std::env::var_os("BERTH_ABORT_AT").is_some() {
+            if fault_injection::armed() {
                 partial.flush()?;
-                super::pull::abort_point("blob-midway");
+                fault_injection::checkpoint("blob-midway");
             }
         }
     }

@@ -20,7 +20,7 @@ use super::error::ImageError;
 use super::image_store::{ImageConfig, ImageRecord, RecordStore};
 use super::layer_store::LayerStore;
 use super::pull::{PullOptions, Puller};
-use crate::state::{read_json, BerthHome, FileLock, LockMode};
+use crate::state::{BerthHome, EnvLayersInUse, FileLock, LockMode};
 
 /// Name prefix of the image records that cache build steps.
 pub(crate) const BUILD_PREFIX: &str = "build:";
@@ -329,8 +329,7 @@ impl ImageStore {
             return Ok(out);
         };
         for e in rd.flatten() {
-            let state = e.path().join(crate::environment::RECORD_FILE);
-            let v: Option<serde_json::Value> = match read_json(&state) {
+            let in_use = match EnvLayersInUse::load(&e.path()) {
                 Ok(v) => v,
                 Err(err) => {
                     // Keep everything rather than guess what a damaged state uses.
@@ -340,20 +339,9 @@ impl ImageStore {
                     )));
                 }
             };
-            if let Some(layers) = v
-                .as_ref()
-                .and_then(|v| v.get("layers"))
-                .and_then(|l| l.as_array())
-            {
-                for l in layers.iter().filter_map(|l| l.as_str()) {
-                    let l = if l.starts_with("sha256:") {
-                        l.to_string()
-                    } else {
-                        format!("sha256:{l}")
-                    };
-                    if let Ok(d) = Digest::parse(&l) {
-                        out.insert(d);
-                    }
+            for l in in_use.iter().flat_map(EnvLayersInUse::diff_ids) {
+                if let Ok(d) = Digest::parse(&l) {
+                    out.insert(d);
                 }
             }
         }

@@ -48,7 +48,7 @@
 //! bridge; the end-to-end tests still give each home its own, so that "the bridge goes with
 //! the last environment" holds per test.
 //!
-//! The container backend follows these steps in `container::network` (and `launch`,
+//! The container backend follows these steps in `container::network_attach` (and `launch`,
 //! `supervisor`); its ports need no [`NetAttachment`].
 //!
 //! A VM of berth's own VMM has no namespace on the host: the VM backend calls

@@ -23,11 +23,12 @@ use envfile_spec::plan::MountPlan;
 use super::base::{BaseEntry, BaseStore, Side};
 use super::ignore::IgnoreRules;
 use super::reconcile::{conflict_name, decide, Decision};
-use super::status::{self, now_ms, SyncState, SyncStatus};
+use super::status::{self, SyncState, SyncStatus};
 use super::transport::{Transport, TransportError, WatchEvent, Watching};
 use super::tree::{file_name, is_within, parent, Entry, EntryKind, HashingReader, Tree};
 use super::watch::{Batch, Debounce, Dirty, DirtyPath};
 use super::SyncError;
+use crate::host::clock::now_ms;
 use crate::state::{FileLock, LockMode};
 
 /// How one sync is configured.

@@ -10,11 +10,12 @@
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::SyncError;
+use crate::host::clock::now_ms;
 use crate::state::{self, FileLock, LockMode, StateError};
 
 /// What a sync is doing.
@@ -197,13 +198,6 @@ fn process_alive(pid: u32) -> bool {
         Ok(()) => true,
         Err(e) => e == nix::errno::Errno::EPERM,
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

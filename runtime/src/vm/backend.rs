@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use berth_agent_proto::{Client, MountRequest, Output, Restart, ServiceSpec, Setup};
 use envfile_spec::plan::{
@@ -27,16 +27,17 @@ use envfile_spec::plan::{
 use serde::{Deserialize, Serialize};
 
 use super::kernel::{KernelStore, Mirror};
-use super::process::ProcessRecord;
 use super::qemu::{Accel, QemuConfig};
 use super::rootdisk::{qcow2_overlay, raw_copy, RootDisks};
 use super::shared_folder::{locate_virtiofsd, shared_folders, SharedFolder};
 use super::vmm_process::{self, check_kvm_can_boot_linux, NetOwner, VmmNet, VmmProcessConfig};
 use super::VmError;
-use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::host::kvm::{kvm_kind, KvmKind};
+use crate::host::probe::HostRoot;
+use crate::host::process::ProcessIdentity;
 use crate::net::forward::{BoundPorts, ForwardSpec, ForwardedPort};
 use crate::net::{Network, NetworkOptions, TapPlumbing};
-use crate::state::{self, BerthHome, FileLock, LockMode};
+use crate::state::{self, BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 
 /// Everything needed to run one environment as a VM.
 #[derive(Debug, Clone)]
@@ -90,7 +91,7 @@ pub enum Provider {
 pub struct VmState {
     pub provider: Provider,
     pub accel: String,
-    pub process: Option<ProcessRecord>,
+    pub process: Option<ProcessIdentity>,
     pub control_socket: PathBuf,
     pub console_log: PathBuf,
     pub disk: PathBuf,
@@ -107,7 +108,7 @@ pub struct VmState {
     pub vsock_socket: Option<PathBuf>,
     /// The virtiofsd processes serving the VM's shared folders (qemu); they end with qemu.
     #[serde(default)]
-    pub shares: Vec<ProcessRecord>,
+    pub shares: Vec<ProcessIdentity>,
     /// qemu's QMP socket (none for berth's VMM, or a VM started by an older berth).
     #[serde(default)]
     pub qmp_socket: Option<PathBuf>,
@@ -122,7 +123,7 @@ impl VmState {
         VmState {
             provider,
             accel: if kvm { "kvm" } else { "tcg" }.into(),
-            process: ProcessRecord::of(pid as i32),
+            process: ProcessIdentity::of(pid as i32),
             control_socket: env.join("control.sock"),
             console_log: env.join("console.log"),
             disk: env.join(if kvm { "disk.img" } else { "disk.qcow2" }),
@@ -140,9 +141,6 @@ impl VmState {
 
 /// Said when a VM left paused was resumed.
 pub const PAUSED_NOTICE: &str = "the VM was paused (a `berth snapshot save` was interrupted while it copied the disk); resumed it";
-
-/// The environment's lock file in its folder (the CLI's lock around `up`, `down`, `snapshot`).
-pub const ENV_LOCK: &str = "lock";
 
 /// What `berth status` shows for a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,14 +160,6 @@ impl VmConnection {
     pub fn run(&mut self, argv: &[&str]) -> Result<Output, VmError> {
         Ok(self.client.run(argv)?)
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn vm_json(state_dir: &Path) -> PathBuf {
@@ -266,7 +256,7 @@ fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
 }
 
 /// Starts one virtiofsd per shared folder; on failure ends those already started.
-fn start_shares(shares: &[SharedFolder], logs: &Path) -> Result<Vec<ProcessRecord>, VmError> {
+fn start_shares(shares: &[SharedFolder], logs: &Path) -> Result<Vec<ProcessIdentity>, VmError> {
     if shares.is_empty() {
         return Ok(Vec::new());
     }
@@ -503,7 +493,7 @@ impl VmBackend {
             vcpus: spec.vcpus.max(1),
             memory: spec.memory,
             kernel_release: kernel.release.clone(),
-            started_at_ms: now_ms(),
+            started_at_ms: crate::host::clock::now_ms(),
             boot_ms: None,
             vsock_socket: (provider == Provider::Kvm).then(|| spec.state_dir.join("vsock.sock")),
             shares: Vec::new(),
@@ -633,7 +623,7 @@ impl VmBackend {
     ) -> Result<VmConnection, VmError> {
         let deadline = since + timeout;
         loop {
-            let alive = st.process.is_some_and(|p| p.is_alive());
+            let alive = st.process.is_some_and(|p| p.alive());
             if !alive {
                 return Err(VmError::Boot {
                     reason: "the VMM exited before the agent was ready".into(),
@@ -730,7 +720,8 @@ impl VmBackend {
     /// held while checking); whether the VM was paused. A failed check is left to the
     /// connection that follows to report.
     fn resume_unlocked(&self, state_dir: &Path) -> bool {
-        let Ok(Some(_lock)) = FileLock::try_acquire(&state_dir.join(ENV_LOCK), LockMode::Exclusive)
+        let Ok(Some(_lock)) =
+            FileLock::try_acquire(&state_dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
         else {
             return false;
         };
@@ -739,7 +730,7 @@ impl VmBackend {
 
     fn running_state(&self, state_dir: &Path) -> Result<VmState, VmError> {
         let st: VmState = state::read_json(&vm_json(state_dir))?.ok_or(VmError::NotRunning)?;
-        if !st.process.is_some_and(|p| p.is_alive()) {
+        if !st.process.is_some_and(|p| p.alive()) {
             return Err(VmError::NotRunning);
         }
         Ok(st)
@@ -759,7 +750,7 @@ impl VmBackend {
         let running = st
             .as_ref()
             .and_then(|s| s.process)
-            .is_some_and(|p| p.is_alive());
+            .is_some_and(|p| p.alive());
         Ok(VmStatus { running, state: st })
     }
 
@@ -771,11 +762,11 @@ impl VmBackend {
             // Also without vm.json: a network left by an interrupted start.
             return self.release_network(state_dir);
         };
-        if let Some(p) = st.process.filter(|p| p.is_alive()) {
+        if let Some(p) = st.process.filter(|p| p.alive()) {
             let asked = self
                 .connect_with(&st, Duration::from_secs(2))
                 .and_then(|mut c| Ok(c.client.poweroff()?));
-            if asked.is_err() || !p.wait_gone(grace) {
+            if asked.is_err() || !p.wait_exit(grace) {
                 p.terminate(Duration::from_secs(3));
             }
         }
@@ -860,7 +851,7 @@ impl VmBackend {
     fn cleanup(&self, state_dir: &Path, st: &VmState) -> Result<(), VmError> {
         // virtiofsd ends when qemu disconnects; one that hangs on is ended here.
         for p in &st.shares {
-            if !p.wait_gone(Duration::from_millis(500)) {
+            if !p.wait_exit(Duration::from_millis(500)) {
                 p.terminate(Duration::from_secs(2));
             }
         }
@@ -1011,7 +1002,7 @@ mod tests {
         let st = VmState {
             provider: Provider::Qemu,
             accel: "tcg".into(),
-            process: ProcessRecord::of(qemu.child.id() as i32),
+            process: ProcessIdentity::of(qemu.child.id() as i32),
             control_socket: env.join("control.sock"),
             console_log: env.join("console.log"),
             disk: env.join("disk.qcow2"),
@@ -1037,7 +1028,7 @@ mod tests {
         assert_eq!(run_state(), "running");
         run("stop");
 
-        let lock = FileLock::acquire(&env.join(ENV_LOCK), LockMode::Exclusive).unwrap();
+        let lock = FileLock::acquire(&env.join(ENV_LOCK_FILE), LockMode::Exclusive).unwrap();
         assert!(!b.resume_unlocked(&env), "a save may be under way");
         assert_eq!(run_state(), "paused");
         drop(lock);

@@ -8,13 +8,14 @@ pub mod backend;
 pub mod disk_snapshot;
 pub mod guest_logs;
 pub mod kernel;
-pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rootdisk;
 pub mod session;
 pub mod shared_folder;
 pub mod sync_channel;
+#[cfg(test)]
+mod vm_json_tests;
 pub mod vmm_memory;
 pub mod vmm_process;
 

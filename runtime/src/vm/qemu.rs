@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 
 use envfile_spec::plan::{PortPlan, Protocol};
 
-use super::process::ProcessRecord;
 use super::shared_folder::SharedFolder;
+use crate::host::process::ProcessIdentity;
 
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 
@@ -192,7 +192,7 @@ impl QemuConfig {
     }
 
     /// Starts qemu; returns once it runs in the background (its control socket exists).
-    pub fn launch(&self) -> Result<ProcessRecord, QemuError> {
+    pub fn launch(&self) -> Result<ProcessIdentity, QemuError> {
         for sock in super::control_sockets(&self.control_socket) {
             let _ = std::fs::remove_file(sock);
         }
@@ -219,7 +219,7 @@ impl QemuConfig {
                     messages.trim()
                 ))
             })?;
-        ProcessRecord::of(pid).ok_or_else(|| {
+        ProcessIdentity::of(pid).ok_or_else(|| {
             QemuError::Failed(format!(
                 "qemu (pid {pid}) exited right away: {}",
                 messages.trim()

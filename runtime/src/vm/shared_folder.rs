@@ -36,8 +36,8 @@ use crate::container::idmap::{
 };
 use crate::container::spec::UserMappingChoice;
 
-use super::process::ProcessRecord;
 use super::VmError;
+use crate::host::process::ProcessIdentity;
 
 /// Where Debian (and others) install virtiofsd: the Rust one first, then qemu's C one.
 pub const VIRTIOFSD_PATHS: &[&str] = &["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
@@ -182,7 +182,7 @@ fn virtiofsd_args(exe: &Path, f: &SharedFolder, listen_fd: Option<i32>) -> Vec<S
 /// Starts virtiofsd for `f`, returns once it serves its socket (the socket exists, or, when
 /// berth made the socket, virtiofsd waits in `accept`). Its messages go to `log`. As root, a
 /// `bind` share's virtiofsd acts as the folder's owner ([`ShareIdentity`]).
-pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, VmError> {
+pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessIdentity, VmError> {
     let _ = std::fs::remove_file(&f.socket);
     let io = |source| VmError::Io {
         path: log.to_path_buf(),
@@ -261,7 +261,7 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessRecord, 
     })?;
     // virtiofsd has its copy of the listening socket now.
     drop(identity);
-    let rec = ProcessRecord::of(child.id() as i32);
+    let rec = ProcessIdentity::of(child.id() as i32);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let ready = match listen_fd {

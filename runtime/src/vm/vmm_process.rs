@@ -11,14 +11,15 @@ use berth_vmm::boot::LinuxBoot;
 use berth_vmm::{DeviceConfig, GuestBoot, Machine, MachineConfig};
 use serde::{Deserialize, Serialize};
 
-use super::process::ProcessRecord;
 use super::VmError;
-use crate::doctor::{kvm_kind, HostRoot, KvmKind};
+use crate::host::kvm::{kvm_kind, KvmKind};
+use crate::host::probe::HostRoot;
+use crate::host::process::ProcessIdentity;
 use crate::net::dialer::AddressDialer;
 use crate::net::dns::DnsForwarder;
 use crate::net::forward::{ForwardSpec, PortForwarder};
 use crate::net::{Network, NetworkOptions};
-use crate::state::{BerthHome, FileLock, LockMode};
+use crate::state::{BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
 
 /// How the VM ended ([`run`]'s answer).
 pub use berth_vmm::ExitReason;
@@ -89,9 +90,7 @@ pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
     if !dir.is_dir() {
         return Ok(false);
     }
-    let Some(_lock) =
-        FileLock::try_acquire(&dir.join(super::backend::ENV_LOCK), LockMode::Exclusive)?
-    else {
+    let Some(_lock) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)? else {
         return Ok(false);
     };
     Network::new(&home, NetworkOptions::default()).detach(&owner.env_id)?;
@@ -214,14 +213,14 @@ fn serve_network(net: &VmmNet) -> Result<(Option<PortForwarder>, Option<DnsForwa
 }
 
 /// Starts `exe internal-vmm config` in its own session, detached from the terminal.
-pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessRecord, VmError> {
+pub fn launch(exe: &Path, config_path: &Path, log: &Path) -> Result<ProcessIdentity, VmError> {
     let mut cmd = Command::new(exe);
     cmd.arg(SUBCOMMAND).arg(config_path);
     let child = crate::detach::spawn_detached(cmd, log).map_err(|e| VmError::Io {
         path: exe.to_path_buf(),
         source: e,
     })?;
-    ProcessRecord::of(child.id() as i32)
+    ProcessIdentity::of(child.id() as i32)
         .ok_or_else(|| VmError::Config("the VMM process exited right away".into()))
 }
 
@@ -290,11 +289,7 @@ mod tests {
         assert_eq!(master_of(&t.tap).as_deref(), Some(bridge.as_str()));
 
         // `down` holds the lock while it waits for the VMM: left to it.
-        let lock = FileLock::acquire(
-            &home.env_dir(id).join(super::super::backend::ENV_LOCK),
-            LockMode::Exclusive,
-        )
-        .unwrap();
+        let lock = FileLock::acquire(&home.env_lock(id), LockMode::Exclusive).unwrap();
         assert!(!release_network(&owner).unwrap());
         assert!(master_of(&t.tap).is_some(), "left to the lock holder");
         drop(lock);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::cgroups::CgroupLayout;
 use super::error::Result;
 use super::idmap::IdMapping;
+use crate::host::process::ProcessIdentity;
 use crate::state::{read_json, write_json_volatile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -17,46 +18,6 @@ pub enum Phase {
     Running,
     #[default]
     Stopped,
-}
-
-/// A process identified beyond its pid: pid numbers are reused, start times are not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessRef {
-    pub pid: i32,
-    /// Field 22 of /proc/<pid>/stat (clock ticks since boot).
-    pub start_time: u64,
-}
-
-impl ProcessRef {
-    pub fn of(pid: i32) -> Option<ProcessRef> {
-        Some(ProcessRef {
-            pid,
-            start_time: start_time(pid)?,
-        })
-    }
-    /// The same process is still there (not a reused pid, not a zombie).
-    pub fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time) && !is_zombie(self.pid)
-    }
-}
-
-fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let after = &s[s.rfind(')')? + 1..];
-    Some(after.split_whitespace().map(str::to_string).collect())
-}
-
-/// Start time of a process, from /proc/<pid>/stat.
-pub fn start_time(pid: i32) -> Option<u64> {
-    // After ')' the first field is field 3 (state); start time is field 22.
-    stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-fn is_zombie(pid: i32) -> bool {
-    stat_fields(pid)
-        .and_then(|f| f.first().cloned())
-        .is_some_and(|s| s == "Z" || s == "X")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -72,10 +33,10 @@ pub struct ContainerState {
     /// The berth process running `start`, while it runs (a start whose starter died without
     /// a supervisor is dead, not starting).
     #[serde(default)]
-    pub starter: Option<ProcessRef>,
+    pub starter: Option<ProcessIdentity>,
     /// The supervisor (PID 1 inside), once known.
     #[serde(default)]
-    pub supervisor: Option<ProcessRef>,
+    pub supervisor: Option<ProcessIdentity>,
     /// Seconds since the epoch when the environment became ready.
     #[serde(default)]
     pub started_at: Option<u64>,
@@ -101,27 +62,9 @@ impl ContainerState {
     }
 }
 
-pub fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn own_process_is_alive_and_fake_one_is_not() {
-        let me = ProcessRef::of(std::process::id() as i32).unwrap();
-        assert!(me.alive());
-        let reused = ProcessRef {
-            pid: me.pid,
-            start_time: me.start_time + 1,
-        };
-        assert!(!reused.alive());
-    }
 
     #[test]
     fn unknown_keys_survive_a_round_trip() {
@@ -140,5 +83,39 @@ mod tests {
             text.contains("\"plan_hash\": \"abc\"") && text.contains("\"stopped\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_state_json_of_the_previous_version_loads() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            ContainerState::path(d.path()),
+            r#"{
+  "phase": "running",
+  "mapping": null,
+  "cgroups": {"version": "v2", "dir": "/sys/fs/cgroup/berth/web-1"},
+  "starter": null,
+  "supervisor": {"pid": 4242, "start_time": 987654},
+  "started_at": 1700000000,
+  "last_error": null,
+  "plan_hash": "abc"
+}"#,
+        )
+        .unwrap();
+        let s = ContainerState::load(d.path()).unwrap();
+        assert_eq!(
+            s.supervisor,
+            Some(ProcessIdentity {
+                pid: 4242,
+                start_time: 987654
+            })
+        );
+        assert_eq!(
+            s.cgroups,
+            Some(CgroupLayout::V2 {
+                dir: "/sys/fs/cgroup/berth/web-1".into()
+            })
+        );
+        assert_eq!(s.started_at, Some(1700000000));
     }
 }

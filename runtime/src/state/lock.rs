@@ -1,0 +1,146 @@
+//! `flock(2)` locks on files ([`FileLock`]): the kernel drops them when the holder dies, so
+//! a `kill -9` never leaves a stale lock behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::private_dir::create_dir_all;
+use super::{check_owner, StateError};
+
+/// Whether a lock is shared (readers) or exclusive (writers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    Shared,
+    Exclusive,
+}
+
+/// An `flock(2)` lock on a file, released on drop or when the process dies.
+#[derive(Debug)]
+pub struct FileLock {
+    /// Held open for the lock's lifetime: closing the descriptor releases the lock.
+    _file: File,
+    path: PathBuf,
+}
+
+impl FileLock {
+    /// Blocks until the lock is held.
+    pub fn acquire(path: &Path, mode: LockMode) -> Result<Self, StateError> {
+        let file = Self::open(path)?;
+        flock(&file, mode, false).map_err(|source| StateError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(FileLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Takes the lock if free; `Ok(None)` when another process holds it.
+    pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<Self>, StateError> {
+        let file = Self::open(path)?;
+        match flock(&file, mode, true) {
+            Ok(()) => Ok(Some(FileLock {
+                _file: file,
+                path: path.to_path_buf(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(source) => Err(StateError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the locked file is still the one at [`path`](Self::path): `false` once
+    /// someone removed (or replaced) it, after which the lock guards nothing. Locks on files
+    /// that get removed (the last user cleans up) must re-acquire when this says `false`.
+    pub fn is_current(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), fs::metadata(&self.path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
+        }
+    }
+
+    fn open(path: &Path) -> Result<File, StateError> {
+        if let Some(dir) = path.parent() {
+            create_dir_all(dir)?;
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|source| {
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    if let Err(e) = check_owner(path.parent().unwrap_or(Path::new("/"))) {
+                        return e;
+                    }
+                }
+                StateError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })
+    }
+}
+
+fn flock(file: &File, mode: LockMode, nonblocking: bool) -> io::Result<()> {
+    let mut op = match mode {
+        LockMode::Shared => libc::LOCK_SH,
+        LockMode::Exclusive => libc::LOCK_EX,
+    };
+    if nonblocking {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exclusive_lock_excludes_and_is_released_on_drop() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("lock");
+        let held = FileLock::acquire(&p, LockMode::Exclusive).unwrap();
+        assert!(FileLock::try_acquire(&p, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        assert!(FileLock::try_acquire(&p, LockMode::Shared)
+            .unwrap()
+            .is_none());
+        drop(held);
+        let a = FileLock::try_acquire(&p, LockMode::Shared)
+            .unwrap()
+            .unwrap();
+        let b = FileLock::try_acquire(&p, LockMode::Shared).unwrap();
+        assert!(b.is_some());
+        assert!(FileLock::try_acquire(&p, LockMode::Exclusive)
+            .unwrap()
+            .is_none());
+        drop(a);
+    }
+}

@@ -1,0 +1,105 @@
+//! Folders of berth's store: created private to their owner, narrowed when an older version
+//! made them wider, and the free space left on their filesystem.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use super::{check_owner, StateError};
+
+/// Creates the folder `path` (and its parents) with mode 0700 for the folder itself, or
+/// narrows an existing one to at most 0710 (environment folders of older versions were 0755):
+/// environment folders hold `[env]` values, logs and the control socket, for their owner only.
+pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StateError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let m = fs::symlink_metadata(path).map_err(err)?;
+            if !m.is_dir() {
+                return Err(err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "it exists and is not a folder; remove it",
+                )));
+            }
+            // Group search (0710) is how a container's mapped root reaches its rootfs.
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o067 != 0 {
+                check_owner(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o710)).map_err(err)?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Sets `path`'s permission bits to `mode` unless they already are (a no-op on every command
+/// after the first).
+pub fn set_mode(path: &Path, mode: u32) -> Result<(), StateError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(path).map_err(|source| StateError::Permissions {
+        path: path.to_path_buf(),
+        mode,
+        source,
+    })?;
+    if meta.permissions().mode() & 0o7777 == mode {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        StateError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            source,
+        }
+    })
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `path`
+/// (`statvfs`: available blocks × fragment size).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(path)?;
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
+    fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{atomic_write, write_json_if_changed, FileLock, LockMode};
+
+    #[test]
+    fn state_files_and_environment_folders_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let env = d.path().join("envs/e1");
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o700);
+        atomic_write(&env.join("env.json"), b"{}").unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+        drop(FileLock::acquire(&env.join("lock"), LockMode::Exclusive).unwrap());
+        assert_eq!(mode(&env.join("lock")), 0o600);
+        // Made by an older version: narrowed; group search (a mapped root's) is kept.
+        fs::set_permissions(&env, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&env).unwrap();
+        assert_eq!(mode(&env), 0o710);
+        fs::set_permissions(env.join("env.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
+        assert_eq!(mode(&env.join("env.json")), 0o600);
+    }
+}
