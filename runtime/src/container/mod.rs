@@ -1,7 +1,7 @@
 //! The container backend: an environment is a set of Linux namespaces around an overlay root
 //! filesystem, limited by cgroups, with one supervisor process as its PID 1.
 //!
-//! Process model of [`ContainerBackend::start`](backend::ContainerBackend::start):
+//! Process model of [`ContainerBackend::start`](container_backend::ContainerBackend::start):
 //!
 //! ```text
 //! berth (caller)  ── writes state.json, creates cgroups, spec.json
@@ -56,7 +56,7 @@
 //! environments over a busybox rootfs (root; it also runs a rootless check as a user it
 //! creates). Speed and density: `bench/container.sh`.
 
-pub mod backend;
+pub mod container_backend;
 pub mod cgroups;
 pub mod control;
 pub mod devices;
@@ -83,6 +83,6 @@ pub mod supervisor;
 pub mod terminal;
 pub mod users;
 
-pub use backend::{ContainerBackend, EnvStatus, Started, StatusReport};
+pub use container_backend::{ContainerBackend, EnvStatus, Started, StatusReport};
 pub use error::ContainerError;
 pub use spec::{ContainerSpec, ImageDefaults, MountSpec, UserMappingChoice};

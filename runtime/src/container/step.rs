@@ -9,7 +9,7 @@ use std::time::Duration;
 use envfile_spec::plan::NetworkMode;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::backend::ContainerBackend;
+use super::container_backend::ContainerBackend;
 use super::control::ExecRequest;
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};

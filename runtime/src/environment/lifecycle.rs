@@ -26,7 +26,7 @@ use crate::image::{
 };
 use crate::net::{NetRecord, Network, NetworkOptions};
 use crate::state::{self, BerthHome, FileLock, LockMode};
-use crate::vm::session::{run_terminal, VmCommand};
+use crate::vm::command::{run_terminal, VmCommand};
 use crate::vm::{VmBackend, VmError};
 
 /// How `up` should go.
@@ -297,7 +297,7 @@ impl Environments {
                 // the lock: no save is under way).
                 let mut notices = Vec::new();
                 if plan.backend == BackendKind::Vm && self.vms.resume_if_paused(dir)? {
-                    notices.push(crate::vm::backend::PAUSED_NOTICE.to_string());
+                    notices.push(crate::vm::vm_backend::PAUSED_NOTICE.to_string());
                 }
                 if live_sync::ensure(&self.home, prev)? {
                     notices.push(

@@ -9,7 +9,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::error::EnvError;
 use crate::container::control::ExecSession;
-use crate::vm::session::VmCommand;
+use crate::vm::command::VmCommand;
 
 pub enum CommandSession {
     Container(ExecSession),

@@ -101,7 +101,7 @@ fn shares_folders(provider: Option<Provider>) -> bool {
 /// The provider that will run `plan`'s VM on this host, when one can.
 fn provider_of(plan: &Plan) -> Option<Provider> {
     let vm = plan.vm.as_ref()?;
-    crate::vm::backend::choose_provider(
+    crate::vm::vm_backend::choose_provider(
         vm.vmm,
         crate::doctor::kvm_kind(&crate::doctor::HostRoot::real()),
     )
@@ -194,7 +194,7 @@ pub(super) fn report(
         status,
         pid: running.and_then(|s| s.process).map(|p| p.pid),
         uptime: running.map(|s| {
-            Duration::from_millis(crate::vm::backend::now_ms().saturating_sub(s.started_at_ms))
+            Duration::from_millis(crate::vm::vm_backend::now_ms().saturating_sub(s.started_at_ms))
         }),
         usage: None,
         services: Vec::new(),
@@ -261,7 +261,7 @@ mod tests {
         let st = VmState {
             vcpus: 2,
             kernel_release: "6.1.0-test".into(),
-            started_at_ms: crate::vm::backend::now_ms(),
+            started_at_ms: crate::vm::vm_backend::now_ms(),
             boot_ms: Some(1500),
             ..VmState::stand_in(Provider::Qemu, &env, child.id())
         };

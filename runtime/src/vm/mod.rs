@@ -3,7 +3,7 @@
 //! [`VmBackend`] is the entry point for the CLI.
 
 pub mod agent_binary;
-pub mod backend;
+pub mod vm_backend;
 pub mod disk_snapshot;
 pub mod guest_logs;
 pub mod kernel;
@@ -11,7 +11,7 @@ pub mod process;
 pub mod qemu;
 pub mod qmp;
 pub mod rootdisk;
-pub mod session;
+pub mod command;
 pub mod shared_folder;
 pub mod sync_channel;
 pub mod vmm;
@@ -39,7 +39,7 @@ pub fn control_lock(socket: &Path) -> PathBuf {
     socket.with_extension("lock")
 }
 
-pub use backend::{Provider, VmBackend, VmConnection, VmSpec, VmState, VmStatus};
+pub use vm_backend::{Provider, VmBackend, VmConnection, VmSpec, VmState, VmStatus};
 pub use berth_agent_proto as agent_proto;
 
 #[derive(Debug, thiserror::Error)]
