@@ -11,11 +11,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 
-use crate::backend::Backend;
-pub use crate::backend::{EnvStatus, Started, StatusReport};
+use crate::backend::{EnvStatus, ExecRequest, Started, StatusReport};
 
 use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
-use super::control::{self, ExecRequest, ExecSession};
+use super::control::{self, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::fault::checkpoint;
 use super::idmap::{IdMapping, Invoker};
@@ -31,24 +30,6 @@ use super::state::{now_secs, ContainerState, Phase, ProcessRef};
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContainerBackend;
-
-impl Backend for ContainerBackend {
-    type Spec = ContainerSpec;
-    type Error = ContainerError;
-
-    fn start(&self, spec: &ContainerSpec) -> Result<Started> {
-        self.start_with_hook(spec, &mut |_| Ok(()))
-    }
-    fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
-        ContainerBackend::stop(self, state_dir, timeout)
-    }
-    fn exec(&self, state_dir: &Path, req: &ExecRequest, stdio: [BorrowedFd<'_>; 3]) -> Result<i32> {
-        ContainerBackend::exec(self, state_dir, req, stdio)
-    }
-    fn status(&self, state_dir: &Path) -> Result<StatusReport> {
-        ContainerBackend::status(self, state_dir)
-    }
-}
 
 impl ContainerBackend {
     /// Starts the environment. Returns when the supervisor accepts commands.
@@ -309,6 +290,7 @@ impl ContainerBackend {
             services: Vec::new(),
             processes: None,
             last_error: state.last_error.clone(),
+            vm: None,
         };
         if status == EnvStatus::Running {
             report.uptime = state

@@ -10,12 +10,12 @@ use envfile_spec::plan::NetworkMode;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::container_backend::ContainerBackend;
-use super::control::ExecRequest;
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::spec::{ContainerSpec, UserMappingChoice};
 use super::state::ContainerState;
+use crate::backend::ExecRequest;
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.

@@ -23,8 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{
-    encode, recv_with_fds, send_with_fds, CrashLoop, ExecRequest, FrameDecoder, Request, Response,
-    ServiceStatus, SupervisorStatus,
+    encode, recv_with_fds, send_with_fds, FrameDecoder, Request, Response, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
 use super::fault::checkpoint;
@@ -37,6 +36,7 @@ use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
 use super::state::now_secs;
 use super::users;
+use crate::backend::{CrashLoop, ExecRequest, ServiceStatus};
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 

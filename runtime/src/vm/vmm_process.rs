@@ -87,7 +87,7 @@ pub fn release_network(owner: &NetOwner) -> Result<bool, VmError> {
         return Ok(false);
     }
     let Some(_lock) =
-        FileLock::try_acquire(&dir.join(super::vm_backend::ENV_LOCK), LockMode::Exclusive)?
+        FileLock::try_acquire(&dir.join(super::vm_record::ENV_LOCK), LockMode::Exclusive)?
     else {
         return Ok(false);
     };
@@ -288,7 +288,7 @@ mod tests {
 
         // `down` holds the lock while it waits for the VMM: left to it.
         let lock = FileLock::acquire(
-            &home.env_dir(id).join(super::super::vm_backend::ENV_LOCK),
+            &home.env_dir(id).join(super::super::vm_record::ENV_LOCK),
             LockMode::Exclusive,
         )
         .unwrap();
