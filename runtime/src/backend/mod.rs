@@ -6,8 +6,8 @@
 //! (`container::ContainerBackend`) and the VM backend (`vm::VmBackend`) implement it, each
 //! turning the plan into its own spec. This module imports neither of them.
 
-mod command;
 mod error;
+mod exec_request;
 mod report;
 mod start;
 
@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use envfile_spec::Plan;
 
-pub use command::{CommandSession, ExecRequest};
 pub use error::BackendError;
+pub use exec_request::{CommandSession, ExecRequest};
 pub use report::{
     CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts, VmProvider,
 };

@@ -8,33 +8,33 @@
 //! [`Environments::backend`] and called only through the trait. What it adds is the environment
 //! record (`envs/<id>/env.json`: the plan that was applied, its hash, the image and layers in
 //! use), the per-environment lock that serializes commands, the reconcile decision (what
-//! changed since the last `up`: [`reconcile`], pure), and garbage collection of throw-away environments whose
+//! changed since the last `up`: [`up_decision`], pure), and garbage collection of throw-away environments whose
 //! `berth run` was killed.
 
 mod build_plan;
 mod build_runner;
-mod command;
 mod environments;
 mod ephemeral;
 mod error;
 mod gc;
 mod hooks;
+mod inside;
 mod inspect;
 pub mod live_sync;
 mod mount_source;
-mod reconcile;
 mod record;
 mod snapshot;
 mod teardown;
 mod up;
+mod up_decision;
 
 pub use build_runner::ContainerStepRunner;
 pub use environments::Environments;
 pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
 pub use inspect::{EnvSummary, EnvView};
-pub use reconcile::UpAction;
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
 pub use snapshot::SnapshotInfo;
 pub use teardown::VolumesRemoved;
 pub use up::{UpOptions, UpReport};
+pub use up_decision::UpAction;

@@ -3,11 +3,10 @@
 //! [`VmBackend`] is the entry point; it implements [`crate::backend::Backend`] (`vm_seam`).
 
 pub mod agent_binary;
-pub mod boot;
-pub mod command;
 pub mod connect;
 pub mod disk_snapshot;
 pub mod error;
+pub mod guest_command;
 pub mod guest_logs;
 pub mod kernel;
 pub mod process;
@@ -15,11 +14,12 @@ pub mod qemu;
 pub mod qmp;
 pub mod rootdisk;
 pub mod shared_folder;
-pub mod spec;
+pub mod startup;
 pub mod sync_channel;
 pub mod vm_backend;
 pub mod vm_record;
 pub mod vm_seam;
+pub mod vm_spec;
 pub mod vmm;
 pub mod vmm_memory;
 pub mod vmm_process;
@@ -49,6 +49,6 @@ pub use crate::backend::VmProvider as Provider;
 pub use berth_agent_proto as agent_proto;
 pub use connect::VmConnection;
 pub use error::VmError;
-pub use spec::VmSpec;
 pub use vm_backend::VmBackend;
 pub use vm_record::{VmState, VmStatus};
+pub use vm_spec::VmSpec;

@@ -201,7 +201,7 @@ impl VmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vm::boot::guest_net_cmdline;
+    use crate::vm::startup::guest_net_cmdline;
 
     #[test]
     fn stop_and_status_without_a_vm() {

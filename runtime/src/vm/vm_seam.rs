@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use envfile_spec::Plan;
 
 use super::agent_proto::Exec;
-use super::command::{run_terminal, VmCommand};
+use super::guest_command::{run_terminal, VmCommand};
 use super::shared_folder::{host_folder, served_by_sync};
-use super::spec::{shares_folders, VmSpec};
 use super::sync_channel::{open_streams, GuestFolder};
 use super::vm_record::{now_ms, vm_json, VmState, PAUSED_NOTICE};
+use super::vm_spec::{shares_folders, VmSpec};
 use super::{VmBackend, VmError};
 use crate::backend::{
     Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, SavedSnapshot,
@@ -256,7 +256,7 @@ impl Backend for VmBackend {
             })
             // Not running (`berth sync`, `berth status` of a stopped VM): what `up` would
             // choose now.
-            .unwrap_or_else(|| super::spec::would_share_folders(plan));
+            .unwrap_or_else(|| super::vm_spec::would_share_folders(plan));
         plan.mounts
             .iter()
             .enumerate()

@@ -392,7 +392,7 @@ mod tests {
         assert_eq!(spec.env.get("PATH").map(String::as_str), Some("/image/bin"));
         assert_eq!(spec.workdir.as_deref(), Some("/srv/app"));
         assert_eq!(spec.user.as_deref(), Some("app"));
-        let services = super::super::boot::services(&spec);
+        let services = super::super::startup::services(&spec);
         let cwd = |name: &str| {
             services
                 .iter()
