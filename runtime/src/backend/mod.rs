@@ -96,8 +96,8 @@ pub trait Backend {
     /// created (except the writable layer or disk). Also repairs a crashed or half-started
     /// one.
     fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
-    /// Stops the environment and removes what the backend keeps besides its folder's
-    /// ordinary files (the caller removes the folder afterwards).
+    /// Stops the environment and deletes what a stop keeps (a VM's disk); the caller
+    /// removes the environment's folder afterwards.
     fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
     fn status(&self, state_dir: &Path) -> Result<StatusReport, BackendError>;
     /// Whether the environment still answers: a command that failed while it does not

@@ -8,8 +8,13 @@
 //! [`Environments::backend`] and called only through the trait. What it adds is the environment
 //! record (`envs/<id>/env.json`: the plan that was applied, its hash, the image and layers in
 //! use), the per-environment lock that serializes commands, the reconcile decision (what
-//! changed since the last `up`: [`up_decision`], pure), and garbage collection of throw-away environments whose
-//! `berth run` was killed.
+//! changed since the last `up`: `up_decision.rs`, pure and unit-tested), and garbage
+//! collection of throw-away environments whose `berth run` was killed.
+//!
+//! Files by operation: `environments.rs` (the set, backend choice, locks), `up.rs`,
+//! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
+//! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
+//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`).
 
 mod build_plan;
 mod build_runner;
