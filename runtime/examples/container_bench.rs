@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_runtime::container::control::ExecRequest;
+use berth_runtime::backend::ExecRequest;
 use berth_runtime::container::{ContainerBackend, ContainerSpec};
 
 fn main() {

@@ -10,8 +10,9 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use berth_runtime::container::control::ExecRequest;
-use berth_runtime::container::{ContainerBackend, EnvStatus, MountSpec};
+use berth_runtime::backend::EnvStatus;
+use berth_runtime::backend::ExecRequest;
+use berth_runtime::container::{ContainerBackend, MountSpec};
 use support::{BusyboxRootfs, Env, LeakCheck};
 
 fn main() {

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
-use berth_runtime::container::control::ExecRequest;
+use berth_runtime::backend::ExecRequest;
 
 use crate::args::{ExecArgs, GlobalArgs, ShellArgs};
 use crate::environment::{env_error, Current};

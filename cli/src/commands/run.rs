@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_runtime::container::control::ExecRequest;
+use berth_runtime::backend::ExecRequest;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
 use berth_runtime::host::process::ProcessIdentity;
 use envfile_spec::Loaded;
@@ -226,7 +226,7 @@ fn run_command(
     loop {
         if let Some(code) = session
             .wait_timeout(Duration::from_millis(100))
-            .map_err(env_error)?
+            .map_err(|e| env_error(e.into()))?
         {
             return Ok((code, false));
         }

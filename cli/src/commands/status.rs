@@ -50,14 +50,14 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
         println!("image:    {img}");
     }
     if let Some(pid) = r.pid {
-        let what = if view.vm.is_some() {
+        let what = if view.report.vm.is_some() {
             "VMM"
         } else {
             "supervisor"
         };
         println!("pid:      {pid} ({what}, on the host)");
     }
-    if let Some(vm) = &view.vm {
+    if let Some(vm) = &view.report.vm {
         let provider = match vm.provider {
             Provider::Qemu => "qemu",
             Provider::Kvm => "berth's VMM",
@@ -131,7 +131,7 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             s.name, s.restarts
         );
     }
-    for line in crate::commands::sync::status_lines(cur.envs.home(), record) {
+    for line in crate::commands::sync::status_lines(&cur.envs, record) {
         println!("sync:     {line}");
     }
     if let Some(e) = &r.last_error {

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use berth_runtime::environment::{live_sync, EnvRecord};
-use berth_runtime::state::BerthHome;
+use berth_runtime::environment::{EnvRecord, Environments};
 use berth_runtime::sync::{self, SyncError};
 use envfile_spec::plan::MountPlan;
 
@@ -26,7 +25,9 @@ fn sync_error(e: SyncError) -> CliError {
 pub fn run(g: &GlobalArgs, args: &SyncArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let record = cur.require()?;
-    let mounts: Vec<_> = live_sync::sync_mounts(record)
+    let mounts: Vec<_> = cur
+        .envs
+        .sync_mounts(record)
         .into_iter()
         .map(|i| {
             (
@@ -82,8 +83,9 @@ fn describe(m: &MountPlan, s: Option<&sync::SyncStatus>) -> String {
 }
 
 /// The sync lines `berth status` shows for an environment.
-pub fn status_lines(home: &BerthHome, record: &EnvRecord) -> Vec<String> {
-    live_sync::sync_mounts(record)
+pub fn status_lines(envs: &Environments, record: &EnvRecord) -> Vec<String> {
+    let home = envs.home();
+    envs.sync_mounts(record)
         .into_iter()
         .map(|i| {
             let status = sync::read_status(&sync::state_dir(home, &record.env_id, i))

@@ -17,8 +17,8 @@ use std::path::Path;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
 
-use super::cgroups::Usage;
 use super::error::{ContainerError, Result};
+use crate::backend::{ExecRequest, ServiceStatus, Usage};
 
 /// Largest frame either side accepts.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -49,19 +49,6 @@ pub enum Request {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExecRequest {
-    pub argv: Vec<String>,
-    /// `KEY=VALUE` entries added to (and overriding) the environment's variables.
-    pub env: Vec<String>,
-    pub cwd: Option<String>,
-    /// `name`, `uid` or `uid:gid` inside; `None` = the image's user, else root.
-    pub user: Option<String>,
-    pub tty: bool,
-    /// Initial window size (rows, columns) for a tty.
-    pub winsize: Option<(u16, u16)>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
@@ -89,46 +76,6 @@ pub struct SupervisorStatus {
     pub processes: u32,
     #[serde(default)]
     pub usage: Option<Usage>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceStatus {
-    pub name: String,
-    /// Pid inside while running.
-    pub pid: Option<i32>,
-    pub restarts: u32,
-    /// Exit code of the last run, if it ended.
-    pub last_exit: Option<i32>,
-    /// Set while the service keeps exiting (see [`CrashLoop`]).
-    #[serde(default)]
-    pub crash_loop: Option<CrashLoop>,
-}
-
-/// A service that exited at least [`CrashLoop::MIN_EXITS`] times within the last
-/// [`CrashLoop::WINDOW_SECS`] seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CrashLoop {
-    /// Exits within the window.
-    pub exits: u32,
-    /// Seconds from the first of those exits until the status was taken.
-    pub seconds: u64,
-    /// Exit code of the last run (128 + signal number when killed by a signal).
-    pub last_exit: i32,
-}
-
-impl CrashLoop {
-    pub const MIN_EXITS: u32 = 3;
-    pub const WINDOW_SECS: u64 = 60;
-
-    /// `crash-looping: exited N times in M s, last exit code X`.
-    pub fn describe(&self) -> String {
-        format!(
-            "crash-looping: exited {} times in {} s, last exit code {}",
-            self.exits,
-            self.seconds.max(1),
-            self.last_exit
-        )
-    }
 }
 
 /// Encodes one frame.

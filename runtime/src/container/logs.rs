@@ -254,6 +254,79 @@ impl LogFollower {
     }
 }
 
+/// `berth logs` of a container: the last `tail` lines of each service's log (prefixed with
+/// the service's name when there are several) on stdout, then, with `follow`, what is
+/// appended until interrupted (rotation included).
+pub fn print_logs(
+    state_dir: &Path,
+    services: &[String],
+    tail: Option<usize>,
+    follow: bool,
+) -> super::error::Result<()> {
+    let prefix = services.len() > 1;
+    let mut out = std::io::stdout().lock();
+    for s in services {
+        let files = open_service_logs(state_dir, s)
+            .map_err(|e| super::ContainerError::io(format!("cannot read the logs of {s}"), e))?;
+        for l in last_lines(files, tail) {
+            write_line(&mut out, prefix.then_some(s.as_str()), &l);
+        }
+    }
+    let _ = out.flush();
+    drop(out);
+    if follow {
+        follow_logs(state_dir, services, prefix);
+    }
+    Ok(())
+}
+
+fn write_line(out: &mut impl Write, service: Option<&str>, line: &str) {
+    let _ = match service {
+        Some(s) => writeln!(out, "{s} | {line}"),
+        None => writeln!(out, "{line}"),
+    };
+}
+
+/// The last `n` lines of the concatenation of `files` (all when `n` is `None`).
+fn last_lines(files: Vec<File>, n: Option<usize>) -> Vec<String> {
+    use std::io::BufRead;
+    let mut keep: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for file in files {
+        for line in io::BufReader::new(file).split(b'\n').map_while(Result::ok) {
+            keep.push_back(String::from_utf8_lossy(&line).into_owned());
+            if n.is_some_and(|n| keep.len() > n) {
+                keep.pop_front();
+            }
+        }
+    }
+    keep.into()
+}
+
+/// Prints what is appended to each service's log until interrupted (rotation included).
+fn follow_logs(dir: &Path, services: &[String], prefix: bool) -> ! {
+    let mut followers: Vec<(LogFollower, Vec<u8>)> = services
+        .iter()
+        .map(|s| (LogFollower::new(dir, s, false), Vec::new()))
+        .collect();
+    loop {
+        for ((f, partial), name) in followers.iter_mut().zip(services) {
+            let Ok(bytes) = f.poll() else { continue };
+            if bytes.is_empty() {
+                continue;
+            }
+            partial.extend_from_slice(&bytes);
+            let mut out = std::io::stdout().lock();
+            while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=nl).collect();
+                let text = String::from_utf8_lossy(&line[..line.len() - 1]);
+                write_line(&mut out, prefix.then_some(name.as_str()), &text);
+            }
+            let _ = out.flush();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

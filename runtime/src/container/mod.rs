@@ -1,7 +1,7 @@
 //! The container backend: an environment is a set of Linux namespaces around an overlay root
 //! filesystem, limited by cgroups, with one supervisor process as its PID 1.
 //!
-//! Process model of [`ContainerBackend::start`](backend::ContainerBackend::start):
+//! Process model of [`ContainerBackend::start`](container_backend::ContainerBackend::start):
 //!
 //! ```text
 //! berth (caller)  ── writes state.json, creates cgroups, spec.json
@@ -56,8 +56,9 @@
 //! environments over a busybox rootfs (root; it also runs a rootless check as a user it
 //! creates). Speed and density: `bench/container.sh`.
 
-pub mod backend;
 pub mod cgroups;
+pub mod container_backend;
+pub mod container_seam;
 pub mod control;
 pub mod devices;
 pub mod error;
@@ -66,6 +67,7 @@ pub mod idmap;
 pub mod idmap_record;
 pub mod launch;
 pub mod layer_ids;
+pub mod layer_snapshot;
 pub mod login_env;
 pub mod logs;
 pub mod namespaces;
@@ -80,9 +82,10 @@ pub mod selfexe;
 pub mod spec;
 pub mod step;
 pub mod supervisor;
+pub mod sync_root;
 pub mod terminal;
 pub mod users;
 
-pub use backend::{ContainerBackend, EnvStatus, Started, StatusReport};
+pub use container_backend::ContainerBackend;
 pub use error::ContainerError;
-pub use spec::{ContainerSpec, ImageDefaults, MountSpec, UserMappingChoice};
+pub use spec::{ContainerSpec, MountSpec, UserMappingChoice};

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::HostDevice;
 use super::error::{ContainerError, Result};
+use crate::backend::ImageDefaults;
 use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
 
@@ -109,15 +110,6 @@ pub enum UserMappingChoice {
     SingleId,
     /// An explicit range: inside 0..count is host `host_start`..`host_start+count` (root only).
     Range { host_start: u32, count: u32 },
-}
-
-/// Defaults that come from the image's config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageDefaults {
-    /// `KEY=VALUE` entries.
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
 }
 
 impl ContainerSpec {

@@ -9,13 +9,13 @@ use std::time::Duration;
 use envfile_spec::plan::NetworkMode;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::backend::ContainerBackend;
-use super::control::ExecRequest;
+use super::container_backend::ContainerBackend;
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, UserMappingChoice};
+use crate::backend::ExecRequest;
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.

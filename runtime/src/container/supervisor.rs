@@ -23,8 +23,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::control::{
-    encode, recv_with_fds, send_with_fds, CrashLoop, ExecRequest, FrameDecoder, Request, Response,
-    ServiceStatus, SupervisorStatus,
+    encode, recv_with_fds, send_with_fds, FrameDecoder, Request, Response, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
 use super::idmap::IdMapping;
@@ -35,6 +34,7 @@ use super::rootfs::OverlayRootfs;
 use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
 use super::users;
+use crate::backend::{CrashLoop, ExecRequest, ServiceStatus};
 use crate::host::clock::now_secs;
 use crate::host::fault_injection::checkpoint;
 use crate::net::dialer::LoopbackDialer;

@@ -10,8 +10,8 @@ use std::path::Path;
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
+use super::environments::Environments;
 use super::error::EnvError;
-use super::lifecycle::Environments;
 use super::record::EnvRecord;
 use crate::state::{self, StateError};
 

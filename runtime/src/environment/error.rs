@@ -57,4 +57,6 @@ pub enum EnvError {
     State(#[from] StateError),
     #[error(transparent)]
     Vm(#[from] VmError),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
 }

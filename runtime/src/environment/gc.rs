@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::lifecycle::Environments;
+use super::environments::Environments;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
 use crate::net::{Network, NetworkOptions};
 use crate::state::{read_json, FileLock, LockMode, ENV_LOCK_FILE};
 
-/// An environment's network record and VM state (see `vm/backend.rs`).
+/// An environment's network record and VM state (see `vm/vm_record.rs`).
 const NETWORK_FILE: &str = "network.json";
 const VM_FILE: &str = "vm.json";
 

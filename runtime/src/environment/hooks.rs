@@ -7,7 +7,8 @@
 //! straight to berth's stdout/stderr. `on_create` is recorded as done in `env.json` only
 //! after every step succeeded, so a failed one runs again on the next `up`.
 //!
-//! VMs: the agent starts services at boot, so there services run before `on_create`.
+//! Both backends run the steps alike, through [`Backend::exec`]. VMs: the agent starts
+//! services at boot, so there services run before `on_create`.
 
 use std::fs;
 use std::os::fd::AsFd;
@@ -18,10 +19,8 @@ use envfile_spec::Plan;
 use sha2::{Digest as _, Sha256};
 
 use super::error::EnvError;
-use super::lifecycle::Environments;
-use crate::container::control::ExecRequest;
+use crate::backend::{Backend, ExecRequest};
 use crate::image::{human_duration, Progress};
-use crate::vm::VmError;
 
 /// Which list of commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,72 +88,42 @@ impl Steps<'_> {
     }
 }
 
-impl Environments {
-    /// Runs `hook`'s commands of `plan` in the running container of `dir`, as the shell's
-    /// user in the shell's folder, with berth's stdout and stderr.
-    pub(super) fn run_container_hook(
-        &self,
-        dir: &Path,
-        plan: &Plan,
-        hook: Hook,
-        progress: &Progress,
-    ) -> Result<(), EnvError> {
-        let commands = match hook {
-            Hook::OnCreate => &plan.on_create,
-            Hook::OnUp => &plan.on_up,
+/// Runs `hook`'s commands of `plan` in the running environment of `dir`, through the
+/// backend's exec like any command: as the shell's user in the shell's folder, stdin from
+/// /dev/null, stdout and stderr to berth's stderr.
+pub(super) fn run(
+    backend: &dyn Backend,
+    dir: &Path,
+    plan: &Plan,
+    hook: Hook,
+    progress: &Progress,
+) -> Result<(), EnvError> {
+    let commands = match hook {
+        Hook::OnCreate => &plan.on_create,
+        Hook::OnUp => &plan.on_up,
+    };
+    let steps = Steps {
+        hook,
+        total: commands.len(),
+        progress,
+    };
+    steps.run(commands, |command| {
+        let req = ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), command.to_string()],
+            env: Vec::new(),
+            cwd: plan.shell.workdir.clone(),
+            user: plan.shell.user.clone(),
+            tty: false,
+            winsize: None,
         };
-        let steps = Steps {
-            hook,
-            total: commands.len(),
-            progress,
-        };
-        steps.run(commands, |command| {
-            let req = ExecRequest {
-                argv: vec!["/bin/sh".into(), "-c".into(), command.to_string()],
-                env: Vec::new(),
-                cwd: plan.shell.workdir.clone(),
-                user: plan.shell.user.clone(),
-                tty: false,
-                winsize: None,
-            };
-            let devnull =
-                fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {
-                    path: "/dev/null".into(),
-                    source,
-                })?;
-            // Both streams to berth's stderr, beside the progress lines: stdout stays for
-            // `up --json` and for the command of `berth run`.
-            let err = std::io::stderr();
-            Ok(self
-                .backend
-                .exec(dir, &req, [devnull.as_fd(), err.as_fd(), err.as_fd()])?)
-        })
-    }
-
-    /// Runs `commands` in the running VM of `dir` (output shown when a step fails).
-    pub(super) fn run_vm_hook(
-        &self,
-        dir: &Path,
-        commands: &[String],
-        hook: Hook,
-        progress: &Progress,
-    ) -> Result<(), EnvError> {
-        let steps = Steps {
-            hook,
-            total: commands.len(),
-            progress,
-        };
-        steps.run(commands, |command| {
-            match self.vms.run_on_up(dir, &[command.to_string()]) {
-                Ok(()) => Ok(0),
-                Err(VmError::OnUp { code, stderr, .. }) => {
-                    for line in stderr.lines() {
-                        progress.message(&format!("  | {line}"));
-                    }
-                    Ok(code)
-                }
-                Err(e) => Err(e.into()),
-            }
-        })
-    }
+        let devnull =
+            fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {
+                path: "/dev/null".into(),
+                source,
+            })?;
+        // Both streams to berth's stderr, beside the progress lines: stdout stays for
+        // `up --json` and for the command of `berth run`.
+        let err = std::io::stderr();
+        Ok(backend.exec(dir, &req, [devnull.as_fd(), err.as_fd(), err.as_fd()])?)
+    })
 }

@@ -2,35 +2,44 @@
 //! from a [`Plan`](envfile_spec::Plan) by [`Environments::up`], stopped, destroyed, listed.
 //!
 //! This module orchestrates; it owns no mechanism. Images come from
-//! [`ImageStore`](crate::image::ImageStore), processes from the
-//! [`ContainerBackend`](crate::container::ContainerBackend) or the
-//! [`VmBackend`](crate::vm::VmBackend), chosen by the plan's `backend`. What it adds is the environment
+//! [`ImageStore`](crate::image::ImageStore), processes from a [`Backend`](crate::backend::Backend)
+//! (the [`ContainerBackend`](crate::container::ContainerBackend) or the
+//! [`VmBackend`](crate::vm::VmBackend)), picked once from the plan's `backend` by
+//! [`Environments::backend`] and called only through the trait. What it adds is the environment
 //! record (`envs/<id>/env.json`: the plan that was applied, its hash, the image and layers in
 //! use), the per-environment lock that serializes commands, the reconcile decision (what
-//! changed since the last `up`), and garbage collection of throw-away environments whose
-//! `berth run` was killed.
+//! changed since the last `up`: `up_decision.rs`, pure and unit-tested), and garbage
+//! collection of throw-away environments whose `berth run` was killed.
+//!
+//! Files by operation: `environments.rs` (the set, backend choice, locks), `up.rs`,
+//! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
+//! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
+//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`).
 
 mod build_plan;
 mod build_runner;
+mod environments;
 mod ephemeral;
 mod error;
 mod gc;
 mod hooks;
-mod lifecycle;
+mod inside;
+mod inspect;
 pub mod live_sync;
 mod mount_source;
 mod record;
-mod session;
 mod snapshot;
-mod vm;
+mod teardown;
+mod up;
+mod up_decision;
 
 pub use build_runner::ContainerStepRunner;
+pub use environments::Environments;
 pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
-pub use lifecycle::{
-    EnvSummary, EnvView, Environments, UpAction, UpOptions, UpReport, VolumesRemoved,
-};
+pub use inspect::{EnvSummary, EnvView};
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
-pub use session::CommandSession;
 pub use snapshot::SnapshotInfo;
-pub use vm::VmView;
+pub use teardown::VolumesRemoved;
+pub use up::{UpOptions, UpReport};
+pub use up_decision::UpAction;

@@ -13,26 +13,24 @@
 //! its disk is copied ([`crate::vm::VmBackend::snapshot_disk`]). Restoring stops the VM,
 //! puts the disk back and boots it again if it was running.
 //!
-//! Either kind is made in a hidden `.partial` file or folder and renamed into place; the
+//! Each backend makes its kind ([`Backend::snapshot_save`](crate::backend::Backend::snapshot_save),
+//! `container::layer_snapshot`, [`crate::vm::VmBackend::snapshot_disk`]); this module keeps
+//! the records, names and checks. Either kind is made in a hidden `.partial` file or folder and renamed into place; the
 //! JSON record is written (atomically) last, so a kill leaves no half snapshot: only
 //! leftovers without a record, removed by the next `save` or `rm`.
 
-use std::fs::{self, File};
-use std::io::{BufReader, BufWriter};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::environments::Environments;
 use super::error::EnvError;
-use super::lifecycle::{Environments, UpOptions};
 use super::record::EnvRecord;
-use crate::backend::EnvStatus;
-use crate::container::ContainerBackend;
+use super::up::UpOptions;
+use crate::backend::SnapshotForm;
 use crate::host::clock::now_secs;
-use crate::image::layer_writer::{write_tree, WhiteoutMode};
-use crate::image::unpack::{unpack, UnpackOptions};
 use crate::image::{Progress, QuietProgress};
 use crate::state::{self, read_json, write_json, StateError};
 
@@ -53,10 +51,6 @@ pub struct SnapshotInfo {
 
 fn snapshots_dir(env_dir: &Path) -> PathBuf {
     env_dir.join("snapshots")
-}
-
-fn is_vm(record: &EnvRecord) -> bool {
-    record.plan.backend == envfile_spec::plan::BackendKind::Vm
 }
 
 /// Removes what a killed `save` left: hidden `.partial` files and folders, and VM disk
@@ -117,139 +111,40 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EnvError + '_ {
 }
 
 impl Environments {
-    /// Captures the environment's writable layer under `name` (replacing an older snapshot of
-    /// that name only when the new one is complete).
+    /// Captures the environment's writable layer (or disk) under `name` (replacing an older
+    /// snapshot of that name only when the new one is complete).
     pub fn snapshot_save(&self, record: &EnvRecord, name: &str) -> Result<SnapshotInfo, EnvError> {
         check_snapshot_name(name)?;
-        if is_vm(record) {
-            return self.vm_snapshot_save(record, name);
-        }
-        let quiet: Progress = Arc::new(QuietProgress);
-        let locked = self.lock(&record.env_id, &quiet)?;
-        let dir = &locked.dir;
-        let upper = dir.join("upper");
-        let snaps = snapshots_dir(dir);
-        state::create_dir_all(&snaps)?;
-        let tar_path = snaps.join(format!("{name}.tar"));
-        let tmp = snaps.join(format!(".{name}.tar.partial"));
-        let backend = ContainerBackend;
-        backend.set_frozen(dir, true)?;
-        let written = (|| -> std::io::Result<()> {
-            let out = BufWriter::new(File::create(&tmp)?);
-            if upper.is_dir() {
-                let out = write_tree(&upper, out, WhiteoutMode::FromOverlay)?;
-                out.into_inner().map_err(|e| e.into_error())?.sync_all()
-            } else {
-                // A never-started environment has no changes: an empty layer.
-                let b = tar::Builder::new(out);
-                b.into_inner()?
-                    .into_inner()
-                    .map_err(|e| e.into_error())?
-                    .sync_all()
-            }
-        })();
-        let thawed = backend.set_frozen(dir, false);
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&tar_path)(e));
-        }
-        thawed?;
-        fs::rename(&tmp, &tar_path).map_err(io_err(&tar_path))?;
-        let info = SnapshotInfo {
-            name: name.to_string(),
-            created_at: now_secs(),
-            size: fs::metadata(&tar_path).map(|m| m.len()).unwrap_or(0),
-            image_id: record.image.as_ref().map(|i| i.id.clone()),
-            disk: None,
-        };
-        let meta = snaps.join(format!("{name}.json"));
-        let old = read_json::<SnapshotInfo>(&meta)?;
-        write_json(&meta, &info)?;
-        // A VM snapshot of that name (the backend changed) is replaced: its disk goes.
-        if let Some(d) = old.and_then(|o| o.disk) {
-            let _ = state::remove_tree(&snaps.join(d));
-        }
-        Ok(info)
-    }
-
-    /// A VM's snapshot: its disk, copied into a new folder named in the record.
-    fn vm_snapshot_save(&self, record: &EnvRecord, name: &str) -> Result<SnapshotInfo, EnvError> {
         let quiet: Progress = Arc::new(QuietProgress);
         let locked = self.lock(&record.env_id, &quiet)?;
         let dir = &locked.dir;
         let snaps = snapshots_dir(dir);
         state::create_dir_all(&snaps)?;
         sweep(&snaps)?;
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let staging = snaps.join(format!(".{name}.{nonce}.partial"));
-        fs::create_dir(&staging).map_err(io_err(&staging))?;
-        if let Err(e) = self.vms.snapshot_disk(dir, &staging) {
-            let _ = state::remove_tree(&staging);
-            return Err(e.into());
-        }
-        let folder = format!("{name}.{nonce}.vm");
-        let disk_dir = snaps.join(&folder);
-        fs::rename(&staging, &disk_dir).map_err(io_err(&disk_dir))?;
-        // The overlay's allocated bytes: the base is shared with the cache (a hard link).
-        let size = [
-            crate::vm::disk_snapshot::QCOW2,
-            crate::vm::disk_snapshot::RAW,
-        ]
-        .iter()
-        .filter_map(|f| fs::metadata(disk_dir.join(f)).ok())
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-        .sum();
+        let saved = self
+            .backend(record.plan.backend)
+            .snapshot_save(dir, &snaps, name)?;
         let info = SnapshotInfo {
             name: name.to_string(),
             created_at: now_secs(),
-            size,
+            size: saved.size,
             image_id: record.image.as_ref().map(|i| i.id.clone()),
-            disk: Some(folder.clone()),
+            disk: saved.disk.clone(),
         };
         let meta = snaps.join(format!("{name}.json"));
         let old = read_json::<SnapshotInfo>(&meta)?;
         write_json(&meta, &info)?;
-        if let Some(d) = old.as_ref().and_then(|o| o.disk.as_ref()) {
-            if *d != folder {
+        // What the snapshot of that name held before (a disk of an older save, or of another
+        // backend) goes.
+        if let Some(d) = old.and_then(|o| o.disk) {
+            if Some(&d) != saved.disk.as_ref() {
                 let _ = state::remove_tree(&snaps.join(d));
             }
         }
-        // A container snapshot of that name (the backend changed) is replaced.
-        let _ = fs::remove_file(snaps.join(format!("{name}.tar")));
-        Ok(info)
-    }
-
-    /// Puts a VM snapshot's disk back (the VM stopped meanwhile). Returns whether it ran.
-    fn vm_snapshot_restore(
-        &self,
-        record: &EnvRecord,
-        info: &SnapshotInfo,
-        dir: &Path,
-        progress: &Progress,
-    ) -> Result<bool, EnvError> {
-        let Some(folder) = &info.disk else {
-            return Err(EnvError::SnapshotBackendMismatch {
-                name: info.name.clone(),
-                env: record.name.clone(),
-                holds: "a container's writable layer",
-                needs: "a VM disk",
-            });
-        };
-        let was_running = self.vms.is_running(dir);
-        if was_running {
-            progress.message(&format!(
-                "stopping the VM of {} to put the disk of snapshot {} back; it boots again afterwards",
-                record.name, info.name
-            ));
+        if saved.disk.is_some() {
+            let _ = fs::remove_file(snaps.join(format!("{name}.tar")));
         }
-        super::live_sync::stop(dir);
-        self.vms.stop(dir, Duration::from_secs(10))?;
-        crate::vm::disk_snapshot::put_back(&snapshots_dir(dir).join(folder), dir)
-            .map_err(crate::vm::VmError::from)?;
-        Ok(was_running)
+        Ok(info)
     }
 
     /// Snapshots of an environment, oldest first.
@@ -289,53 +184,38 @@ impl Environments {
                         env: record.name.clone(),
                     }
                 })?;
-            if is_vm(record) {
-                was_running = self.vm_snapshot_restore(record, &info, dir, &progress)?;
-            } else {
-                if info.disk.is_some() {
-                    return Err(EnvError::SnapshotBackendMismatch {
-                        name: name.to_string(),
-                        env: record.name.clone(),
-                        holds: "a VM disk",
-                        needs: "a container's writable layer",
-                    });
-                }
-                let current = record.image.as_ref().map(|i| i.id.clone());
-                if info.image_id.is_some() && info.image_id != current {
-                    return Err(EnvError::SnapshotImageMismatch {
-                        name: name.to_string(),
-                        snapshot_image: info.image_id.unwrap_or_default(),
-                        current_image: current.unwrap_or_default(),
-                    });
-                }
-                let backend = ContainerBackend;
-                was_running = backend.status(dir)?.status != EnvStatus::Stopped;
-                super::live_sync::stop(dir);
-                backend.stop(dir, Duration::from_secs(10))?;
-                let staging = dir.join("upper.restore");
-                let _ = state::remove_tree(&staging);
-                state::create_dir_all(&staging)?;
-                let tar_path = snaps.join(format!("{name}.tar"));
-                let file = File::open(&tar_path).map_err(io_err(&tar_path))?;
-                if let Err(e) = unpack(
-                    BufReader::new(file),
-                    &staging,
-                    &format!("snapshot {name}"),
-                    UnpackOptions::for_current_user(),
-                ) {
-                    let _ = state::remove_tree(&staging);
-                    return Err(e.into());
-                }
-                let upper = dir.join("upper");
-                let old = dir.join("upper.replaced");
-                let _ = state::remove_tree(&old);
-                if upper.exists() {
-                    fs::rename(&upper, &old).map_err(io_err(&upper))?;
-                }
-                fs::rename(&staging, &upper).map_err(io_err(&upper))?;
-                let _ = state::remove_tree(&old);
-                let _ = state::remove_tree(&dir.join("work"));
+            let backend = self.backend(record.plan.backend);
+            let form = backend.snapshot_form();
+            let holds = match info.disk {
+                Some(_) => SnapshotForm::Disk,
+                None => SnapshotForm::Layer,
+            };
+            if holds != form {
+                return Err(EnvError::SnapshotBackendMismatch {
+                    name: name.to_string(),
+                    env: record.name.clone(),
+                    holds: holds.describe(),
+                    needs: form.describe(),
+                });
             }
+            // A layer only fits the image it was taken on (a disk carries its base along).
+            let current = record.image.as_ref().map(|i| i.id.clone());
+            if form == SnapshotForm::Layer && info.image_id.is_some() && info.image_id != current {
+                return Err(EnvError::SnapshotImageMismatch {
+                    name: name.to_string(),
+                    snapshot_image: info.image_id.unwrap_or_default(),
+                    current_image: current.unwrap_or_default(),
+                });
+            }
+            super::live_sync::stop(dir);
+            was_running = backend.snapshot_restore(
+                dir,
+                &snaps,
+                name,
+                info.disk.as_deref(),
+                &record.name,
+                &progress,
+            )?;
         }
         if was_running {
             let opts = UpOptions {

@@ -1,24 +1,30 @@
 //! The VM backend: the same berth.toml as a micro-VM. Two providers share the guest side
-//! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (the `berth-vmm` crate, run as
-//! a process by `vmm_process`) and qemu (`qemu`).
-//! [`VmBackend`] is the entry point for the CLI.
+//! (kernel, initramfs, root disk, agent): berth's own VMM on KVM (the `berth-vmm`
+//! crate, run as a process by `vmm_process`) and qemu (`qemu`).
+//! [`VmBackend`] is the entry point; it implements [`crate::backend::Backend`] (`vm_seam`).
 
 pub mod agent_binary;
-pub mod backend;
+pub mod connect;
 pub mod disk_snapshot;
+pub mod error;
+pub mod guest_command;
 pub mod guest_logs;
 pub mod kernel;
 pub mod qemu;
 pub mod qmp;
 pub mod rootdisk;
-pub mod session;
 pub mod shared_folder;
+pub mod startup;
 pub mod sync_channel;
-#[cfg(test)]
-mod vm_json_tests;
+pub mod vm_backend;
+pub mod vm_record;
+pub mod vm_seam;
+pub mod vm_spec;
 pub mod vmm_memory;
 pub mod vmm_process;
 
+#[cfg(test)]
+mod vm_json_tests;
 #[cfg(test)]
 mod vmm_network_tests;
 
@@ -43,56 +49,10 @@ pub fn control_lock(socket: &Path) -> PathBuf {
     socket.with_extension("lock")
 }
 
-pub use backend::{Provider, VmBackend, VmConnection, VmSpec, VmState, VmStatus};
+pub use crate::backend::VmProvider as Provider;
 pub use berth_agent_proto as agent_proto;
-
-#[derive(Debug, thiserror::Error)]
-pub enum VmError {
-    #[error("/dev/kvm here is kvm_pvm, which cannot safely boot a Linux kernel (it may restart the host); use vmm = \"qemu\" (or \"auto\")")]
-    UnsafeKvm,
-    #[error(
-        "vmm = \"kvm\" needs /dev/kvm, which this host lacks; use vmm = \"qemu\" (or \"auto\")"
-    )]
-    NoKvm,
-    #[error("the static berth-agent was not found (looked at: {}); run `scripts/build-agent` in berth's source tree (it installs the agent beside the berth binary), or set BERTH_AGENT to a berth-agent built with `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build -p berth-agent --release --target x86_64-unknown-linux-gnu`", .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
-    NoAgent(Vec<PathBuf>),
-    #[error("{0} is dynamically linked, but the agent must run inside any guest image: build it with `scripts/build-agent` (static, `-C target-feature=+crt-static`)")]
-    DynamicAgent(PathBuf),
-    #[error(transparent)]
-    Kernel(#[from] kernel::KernelError),
-    #[error(transparent)]
-    Disk(#[from] rootdisk::DiskError),
-    #[error(transparent)]
-    Qemu(#[from] qemu::QemuError),
-    #[error(transparent)]
-    Vmm(#[from] berth_vmm::VmmError),
-    #[error(transparent)]
-    Qmp(#[from] qmp::QmpError),
-    #[error(transparent)]
-    Ports(#[from] crate::net::forward::ForwardError),
-    #[error(transparent)]
-    Net(#[from] crate::net::NetError),
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    #[error(transparent)]
-    Agent(#[from] berth_agent_proto::ClientError),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("VM configuration: {0}")]
-    Config(String),
-    #[error("the VM did not become ready: {reason}\n--- last console lines ---\n{console}")]
-    Boot { reason: String, console: String },
-    #[error("the VM is not running; start it with `berth up`")]
-    NotRunning,
-    #[error("all control channels of this VM are in use by other berth commands; wait for one to finish")]
-    Busy,
-    #[error("on_up command `{command}` failed with exit code {code}: {stderr}")]
-    OnUp {
-        command: String,
-        code: i32,
-        stderr: String,
-    },
-}
+pub use connect::VmConnection;
+pub use error::VmError;
+pub use vm_backend::VmBackend;
+pub use vm_record::{VmState, VmStatus};
+pub use vm_spec::VmSpec;

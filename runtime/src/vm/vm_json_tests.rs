@@ -1,7 +1,7 @@
 //! `vm.json` written by earlier versions still loads: the VMM and virtiofsd processes were
 //! recorded with `starttime` before [`ProcessIdentity`] became the one process record.
 
-use super::backend::{Provider, VmState};
+use super::{Provider, VmState};
 use crate::host::process::ProcessIdentity;
 
 #[test]

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use super::backend::Provider;
+use super::Provider;
 
 /// A VMM process's resident memory, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use berth_runtime::container::control::ExecRequest;
+use berth_runtime::backend::ExecRequest;
 use berth_runtime::container::{ContainerBackend, ContainerSpec};
 
 /// A marker in every path these tests create (temp dirs, so state dirs and socket paths), so

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::Resources;
-use serde::{Deserialize, Serialize};
 
 use super::devices::DeviceRule;
 use super::error::{ContainerError, Context, Result};
@@ -23,17 +22,7 @@ use crate::host::cgroup_layout::CgroupLayoutError;
 #[cfg(test)]
 use crate::host::cgroup_layout::{join_cgroup, parse_cgroup_mounts, parse_proc_cgroup};
 
-/// Live resource usage; `None` where the controller or file is missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub memory_current: Option<u64>,
-    pub memory_peak: Option<u64>,
-    /// CPU time used, nanoseconds.
-    pub cpu_usage_ns: Option<u64>,
-    pub pids_current: Option<u64>,
-    /// Processes killed by the OOM killer because of this environment's memory limit.
-    pub oom_kills: Option<u64>,
-}
+use crate::backend::Usage;
 
 /// The operations the backend needs on an environment's cgroup(s).
 pub trait Cgroup {

@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::unistd::{Gid, Uid};
 
-use crate::backend::Backend;
-pub use crate::backend::{EnvStatus, Started, StatusReport};
+use crate::backend::{EnvStatus, ExecRequest, Started, StatusReport};
 use crate::host::clock::now_secs;
 use crate::host::fault_injection::checkpoint;
 use crate::host::process::ProcessIdentity;
 
 use super::cgroups::{env_cgroup_name, kill_and_remove, CgroupLayout};
-use super::control::{self, ExecRequest, ExecSession};
+use super::control::{self, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{IdMapping, Invoker};
 use super::idmap_record::stable_mapping;
@@ -33,24 +32,6 @@ use super::spec::{ContainerSpec, MountSpec};
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContainerBackend;
-
-impl Backend for ContainerBackend {
-    type Spec = ContainerSpec;
-    type Error = ContainerError;
-
-    fn start(&self, spec: &ContainerSpec) -> Result<Started> {
-        self.start_with_hook(spec, &mut |_| Ok(()))
-    }
-    fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
-        ContainerBackend::stop(self, state_dir, timeout)
-    }
-    fn exec(&self, state_dir: &Path, req: &ExecRequest, stdio: [BorrowedFd<'_>; 3]) -> Result<i32> {
-        ContainerBackend::exec(self, state_dir, req, stdio)
-    }
-    fn status(&self, state_dir: &Path) -> Result<StatusReport> {
-        ContainerBackend::status(self, state_dir)
-    }
-}
 
 impl ContainerBackend {
     /// Starts the environment. Returns when the supervisor accepts commands.
@@ -311,6 +292,7 @@ impl ContainerBackend {
             services: Vec::new(),
             processes: None,
             last_error: state.last_error.clone(),
+            vm: None,
         };
         if status == EnvStatus::Running {
             report.uptime = state

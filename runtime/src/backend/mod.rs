@@ -1,0 +1,165 @@
+//! The [`Backend`] trait: everything the environment layer needs from a way of running an
+//! environment (a container, a micro-VM), and the backend-neutral types it speaks in.
+//!
+//! `environment::Environments` picks one backend per environment (from the plan at `up`,
+//! from the record afterwards) and calls only through this trait; the container backend
+//! (`container::ContainerBackend`) and the VM backend (`vm::VmBackend`) implement it, each
+//! turning the plan into its own spec. This module imports neither of them.
+
+mod error;
+mod exec_request;
+mod report;
+mod start;
+
+use std::any::Any;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envfile_spec::Plan;
+
+pub use error::BackendError;
+pub use exec_request::{CommandSession, ExecRequest};
+pub use report::{
+    CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts, VmProvider,
+};
+pub use start::{ImageDefaults, StartRequest};
+
+use crate::image::Progress;
+use crate::state::BerthHome;
+use crate::sync::Transport;
+
+/// What `berth logs` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsRequest {
+    pub services: Vec<String>,
+    /// Only the last this many lines.
+    pub tail: Option<usize>,
+    /// Keep printing what is appended until interrupted.
+    pub follow: bool,
+}
+
+/// What a backend's snapshot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotForm {
+    /// A tar of the writable layer: only fits the image it was taken on.
+    Layer,
+    /// A self-contained copy of a disk (its base image pinned beside it).
+    Disk,
+}
+
+impl SnapshotForm {
+    /// How an error message names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SnapshotForm::Layer => "a container's writable layer",
+            SnapshotForm::Disk => "a VM disk",
+        }
+    }
+}
+
+/// What [`Backend::snapshot_save`] wrote under the snapshots folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSnapshot {
+    /// Bytes the snapshot takes.
+    pub size: u64,
+    /// The folder holding a disk snapshot (`None` for a layer's `<name>.tar`).
+    pub disk: Option<String>,
+}
+
+/// Both sides of every mount the live sync serves, and how it knows the environment is
+/// still there.
+pub struct SyncEndpoint {
+    /// (host side, environment side) per mount, in the order asked.
+    pub pairs: Vec<(Arc<dyn Transport>, Arc<dyn Transport>)>,
+    /// Whether the environment (and the channel to it) is still there; called every 200 ms.
+    pub alive: Box<dyn FnMut() -> bool + Send>,
+    /// When the environment goes away under the sync, say this and fail (`None`: end
+    /// quietly).
+    pub gone: Option<String>,
+    /// Held while the sync runs (folders kept open, the connection's reader).
+    pub keep: Box<dyn Any + Send>,
+}
+
+/// One way of running environments. Every method takes the environment's folder
+/// (`BerthHome::env_dir`); the caller holds the environment's lock around the ones that
+/// change it (start, stop, destroy, snapshots).
+pub trait Backend {
+    /// Starts the environment of `req.plan` and returns once it accepts commands; its
+    /// supervisor (or VMM) keeps running detached.
+    fn start(&self, req: &StartRequest<'_>) -> Result<Started, BackendError>;
+    /// Starts the services of an environment started with `hold_services` (a no-op where
+    /// services start with the environment).
+    fn start_services(&self, state_dir: &Path) -> Result<(), BackendError>;
+    /// SIGTERM to everything inside, SIGKILL after `timeout`, then removes what the start
+    /// created (except the writable layer or disk). Also repairs a crashed or half-started
+    /// one.
+    fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
+    /// Stops the environment and deletes what a stop keeps (a VM's disk); the caller
+    /// removes the environment's folder afterwards.
+    fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
+    fn status(&self, state_dir: &Path) -> Result<StatusReport, BackendError>;
+    /// Whether the environment still answers: a command that failed while it does not
+    /// failed because the environment stopped under it.
+    fn still_running(&self, state_dir: &Path) -> bool;
+    /// Resumes an environment left paused (a killed `snapshot save`); the notice to show
+    /// when it was.
+    fn resume_if_paused(&self, state_dir: &Path) -> Result<Option<String>, BackendError>;
+    /// Runs a command inside with the given stdin/stdout/stderr; returns its exit code.
+    fn exec(
+        &self,
+        state_dir: &Path,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<i32, BackendError>;
+    /// Starts a command without waiting for it, to forward signals or enforce a deadline.
+    fn exec_start(
+        &self,
+        state_dir: &Path,
+        req: &ExecRequest,
+        stdio: [BorrowedFd<'_>; 3],
+    ) -> Result<Box<dyn CommandSession>, BackendError>;
+    /// An interactive command on the caller's terminal (or plain stdio when not a terminal).
+    fn shell(&self, state_dir: &Path, req: &ExecRequest) -> Result<i32, BackendError>;
+    /// The services whose logs `berth logs` shows by default.
+    fn logged_services(&self, state_dir: &Path, plan: &Plan) -> Vec<String>;
+    /// Prints the services' logs on stdout; the exit code.
+    fn logs(&self, state_dir: &Path, req: &LogsRequest) -> Result<i32, BackendError>;
+    /// Keeps the writable state (layer, disk) aside because the image changed: the
+    /// environment starts fresh, the user's changes stay one generation. The notice to show.
+    fn set_aside(&self, state_dir: &Path) -> Result<Option<String>, BackendError>;
+    /// Indexes (in `plan.mounts`) of the mounts berth's sync process serves.
+    fn sync_mounts(&self, state_dir: &Path, plan: &Plan) -> Vec<usize>;
+    /// The two sides of each of `mounts` for the sync process of the running environment
+    /// (`cancelled`: give up retrying).
+    fn sync_endpoint(
+        &self,
+        state_dir: &Path,
+        home: &BerthHome,
+        plan: &Plan,
+        mounts: &[usize],
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<SyncEndpoint, String>;
+    /// What this backend's snapshots hold.
+    fn snapshot_form(&self) -> SnapshotForm;
+    /// Captures the environment's writable state as snapshot `name` in `snaps` (made in a
+    /// hidden `.partial` place and renamed in).
+    fn snapshot_save(
+        &self,
+        state_dir: &Path,
+        snaps: &Path,
+        name: &str,
+    ) -> Result<SavedSnapshot, BackendError>;
+    /// Stops the environment and puts snapshot `name` (`disk`: its folder) back; returns
+    /// whether it was running (the caller starts it again then).
+    fn snapshot_restore(
+        &self,
+        state_dir: &Path,
+        snaps: &Path,
+        name: &str,
+        disk: Option<&str>,
+        env_name: &str,
+        progress: &Progress,
+    ) -> Result<bool, BackendError>;
+}

@@ -1,0 +1,36 @@
+//! What a backend starts from: [`StartRequest`] (the environment's plan, its image's layers
+//! and defaults) and [`ImageDefaults`].
+
+use std::path::{Path, PathBuf};
+
+use envfile_spec::Plan;
+
+use crate::state::BerthHome;
+
+/// What the image's config sets for processes inside, under the plan's own settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageDefaults {
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// Everything a backend turns into its own spec to start an environment.
+pub struct StartRequest<'a> {
+    pub home: &'a BerthHome,
+    pub plan: &'a Plan,
+    pub env_id: &'a str,
+    /// The environment's folder (`home.env_dir(env_id)`).
+    pub state_dir: &'a Path,
+    /// The image's layer folders, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub image: ImageDefaults,
+    /// No user namespace (`up --privileged`; containers).
+    pub privileged: bool,
+    /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
+    pub publish_auto: bool,
+    /// Start without the services: `on_create` runs first, then
+    /// [`Backend::start_services`](super::Backend::start_services).
+    pub hold_services: bool,
+}

@@ -1,0 +1,85 @@
+//! `berth status` and `berth ls`: what an environment is doing, and every environment.
+
+use std::path::PathBuf;
+
+use envfile_spec::plan::Section;
+use envfile_spec::Plan;
+use serde::Serialize;
+
+use super::environments::Environments;
+use super::error::EnvError;
+use super::record::EnvRecord;
+use crate::backend::{EnvStatus, StatusReport};
+use crate::net::NetRecord;
+
+/// One line of `berth ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvSummary {
+    pub env_id: String,
+    pub name: String,
+    pub file: PathBuf,
+    pub status: EnvStatus,
+    pub image: Option<String>,
+    pub ephemeral: bool,
+}
+
+/// What `berth status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct EnvView {
+    pub env_id: String,
+    pub name: String,
+    pub file: PathBuf,
+    pub image: Option<String>,
+    /// The berth.toml changed since the last `up`: these sections differ.
+    pub pending_changes: Vec<Section>,
+    /// State and usage; for a VM also its facts (`vm`).
+    #[serde(flatten)]
+    pub report: StatusReport,
+    /// Address, gateway and forwarded ports while it runs.
+    pub network: Option<NetRecord>,
+}
+
+impl Environments {
+    /// State, usage and pending changes of an environment.
+    pub fn status(&self, record: &EnvRecord, current: Option<&Plan>) -> Result<EnvView, EnvError> {
+        let dir = self.home.env_dir(&record.env_id);
+        let report = self.backend(record.plan.backend).status(&dir)?;
+        let network = match report.status {
+            EnvStatus::Running => self.network_record(&record.env_id),
+            _ => None,
+        };
+        Ok(EnvView {
+            env_id: record.env_id.clone(),
+            name: record.name.clone(),
+            file: record.file.clone(),
+            image: record.image.as_ref().map(|i| i.name.clone()),
+            pending_changes: current
+                .map(|p| record.plan.changed_sections(p))
+                .unwrap_or_default(),
+            report,
+            network,
+        })
+    }
+
+    /// Every environment with its state.
+    pub fn list(&self) -> Result<Vec<EnvSummary>, EnvError> {
+        self.collect_garbage();
+        let mut out = Vec::new();
+        for r in self.records()? {
+            let status = self
+                .backend(r.plan.backend)
+                .status(&self.home.env_dir(&r.env_id))
+                .map(|s| s.status)
+                .unwrap_or(EnvStatus::Dead);
+            out.push(EnvSummary {
+                env_id: r.env_id,
+                name: r.name,
+                file: r.file,
+                status,
+                image: r.image.map(|i| i.name),
+                ephemeral: r.ephemeral.is_some(),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,291 @@
+//! `berth up`: reconciles a plan into a running environment, on the backend the plan names.
+
+use std::time::{Duration, Instant};
+
+use envfile_spec::Plan;
+use serde::Serialize;
+
+use super::build_plan::build_spec;
+use super::build_runner::ContainerStepRunner;
+use super::environments::{remove_env_dir, Environments};
+use super::error::EnvError;
+use super::hooks::{self, Hook};
+use super::live_sync;
+use super::record::{EnvRecord, Ephemeral, ImageUse};
+use super::up_decision::{decide, UpAction, Wanted};
+use crate::backend::{Backend, ImageDefaults, StartRequest};
+use crate::host::clock::now_secs;
+use crate::image::lockfile::lock_path_for;
+use crate::image::{Progress, PullOptions, QuietProgress, ResolveOptions};
+use crate::net::NetRecord;
+
+/// How `up` should go.
+#[derive(Clone)]
+pub struct UpOptions {
+    /// Recreate even when nothing changed.
+    pub rebuild: bool,
+    /// Re-resolve the image and refresh berth.lock.
+    pub update: bool,
+    /// No user namespace: the environment's root is the host's root.
+    pub privileged: bool,
+    /// Where pulls and builds report.
+    pub progress: Progress,
+    /// For `berth run`: the environment's own id instead of the one derived from the plan.
+    pub env_id: Option<String>,
+    /// For `berth run`: the process that owns the throw-away environment.
+    pub ephemeral: Option<Ephemeral>,
+    /// Grace period when a running environment must be restarted.
+    pub stop_timeout: Duration,
+    /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
+    pub publish_auto: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions {
+            rebuild: false,
+            update: false,
+            privileged: false,
+            progress: std::sync::Arc::new(QuietProgress),
+            env_id: None,
+            ephemeral: None,
+            stop_timeout: Duration::from_secs(10),
+            publish_auto: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub env_id: String,
+    pub name: String,
+    pub action: UpAction,
+    /// Supervisor pid on the host.
+    pub pid: Option<i32>,
+    pub elapsed: Duration,
+    /// Part of `elapsed` spent resolving and building the image.
+    pub image_elapsed: Duration,
+    /// Things the user should know (fallbacks, a reset writable layer, …).
+    pub notices: Vec<String>,
+    /// Address and forwarded ports (`None` when the environment shares the host's network).
+    pub network: Option<NetRecord>,
+}
+
+impl Environments {
+    /// Reconciles the plan into a running environment. Garbage collection of orphaned `berth
+    /// run` environments is the caller's (every berth command runs it once at its start).
+    pub fn up(&self, plan: &Plan, opts: &UpOptions) -> Result<UpReport, EnvError> {
+        let t0 = Instant::now();
+        let env_id = opts.env_id.clone().unwrap_or_else(|| Self::env_id(plan));
+        super::mount_source::check_mount_sources(
+            plan,
+            self.home.root(),
+            &self.home.env_dir(&env_id),
+        )?;
+        let locked = self.lock(&env_id, &opts.progress)?;
+        let previous = EnvRecord::load(&locked.dir)?;
+        let first = previous.is_none();
+        let result = self.up_locked(plan, opts, t0, env_id, &locked.dir, previous);
+        // A failed `on_create`/`on_up` step leaves an environment that came up (recorded,
+        // so `destroy` removes it) for `berth shell` to look into; the next `up` retries.
+        let hook_failed = matches!(
+            result,
+            Err(EnvError::OnCreateFailed { .. } | EnvError::OnUpFailed { .. })
+        );
+        if result.is_err() && first && !hook_failed {
+            // Nothing of an environment that never came up stays: processes, cgroups,
+            // network, sync process, and its folder (the lock goes last, as in `destroy`).
+            self.undo_first_up(&locked.dir, self.backend(plan.backend));
+        }
+        result
+    }
+
+    /// Removes what a failed first `up` of the environment in `dir` left. Best effort: the
+    /// error the caller reports is the `up`'s.
+    fn undo_first_up(&self, dir: &std::path::Path, backend: &dyn Backend) {
+        live_sync::stop(dir);
+        if backend.destroy(dir, Duration::from_secs(2)).is_ok() {
+            let _ = remove_env_dir(dir);
+        }
+    }
+
+    fn up_locked(
+        &self,
+        plan: &Plan,
+        opts: &UpOptions,
+        t0: Instant,
+        env_id: String,
+        dir: &std::path::Path,
+        previous: Option<EnvRecord>,
+    ) -> Result<UpReport, EnvError> {
+        let backend = self.backend(plan.backend);
+        // A running environment is stopped by the backend it runs on, which is the plan's
+        // only if the backend did not change.
+        let running_on = match &previous {
+            Some(p) => self.backend(p.plan.backend),
+            None => backend,
+        };
+        let current = running_on.status(dir)?;
+        let hash = plan.hash();
+        // What the build reads besides the plan (inputs, host certificates).
+        let spec = build_spec(plan)?;
+        let build_key = spec.content_key();
+        let wanted = Wanted {
+            rebuild: opts.rebuild,
+            update: opts.update,
+            privileged: opts.privileged,
+        };
+        let decision = decide(
+            previous.as_ref(),
+            current.status,
+            plan,
+            &hash,
+            &build_key,
+            wanted,
+        );
+        if let (UpAction::Unchanged, Some(prev)) = (&decision.action, &previous) {
+            // A qemu VM a killed `snapshot save` left paused would not answer (we hold
+            // the lock: no save is under way).
+            let mut notices: Vec<String> = backend.resume_if_paused(dir)?.into_iter().collect();
+            if live_sync::ensure(&self.home, backend, prev)? {
+                notices.push(
+                    "the sync process was not running; it was restarted and caught up".into(),
+                );
+            }
+            // "Up to date" must not hide a service that keeps dying.
+            for s in &current.services {
+                if let Some(c) = &s.crash_loop {
+                    notices.push(format!(
+                        "service {} is {}; see `berth logs {}`",
+                        s.name,
+                        c.describe(),
+                        s.name
+                    ));
+                }
+            }
+            return Ok(UpReport {
+                network: self.network_record(&env_id),
+                env_id,
+                name: plan.name.clone(),
+                action: UpAction::Unchanged,
+                pid: current.pid,
+                elapsed: t0.elapsed(),
+                image_elapsed: Duration::ZERO,
+                notices,
+            });
+        }
+        let mut notices = Vec::new();
+
+        // The image: resolved (pulled, imported, bootstrapped) and pinned in berth.lock.
+        let resolve = ResolveOptions {
+            pull: PullOptions {
+                progress: opts.progress.clone(),
+                ..PullOptions::default()
+            },
+            update: opts.update,
+            pinned: None,
+        };
+        let t_image = Instant::now();
+        // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
+        let _store = self.images.lock_shared()?;
+        let (base, _) =
+            self.images
+                .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
+        let scratch = self.home.staging_dir("build")?;
+        let runner = ContainerStepRunner {
+            scratch: scratch.path().to_path_buf(),
+            net_home: self.home.root().to_path_buf(),
+        };
+        let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
+        drop(scratch);
+        let layer_dirs = image.layers.clone();
+        let image_elapsed = t_image.elapsed();
+
+        if decision.stop_first {
+            live_sync::stop(dir);
+            running_on.stop(dir, opts.stop_timeout)?;
+        }
+
+        // `on_create` ran on the writable layer the previous `up` used, if that one stays.
+        let mut on_create_done = previous.as_ref().and_then(|p| p.on_create_done.clone());
+        // A writable layer (or VM disk) made on another base would not make sense on this
+        // one: keep it aside (one generation) instead of deleting the user's changes. The
+        // folder may hold what either backend left.
+        if let Some(prev_image) = previous.as_ref().and_then(|p| p.image.as_ref()) {
+            if prev_image.layer_dirs != layer_dirs {
+                on_create_done = None;
+                for b in self.all_backends() {
+                    notices.extend(b.set_aside(dir)?);
+                }
+            }
+        }
+
+        let mut record = EnvRecord {
+            env_id: env_id.clone(),
+            name: plan.name.clone(),
+            file: plan.file.clone(),
+            plan: plan.clone(),
+            plan_hash: hash,
+            converged: false,
+            image: Some(ImageUse {
+                name: image.name.clone(),
+                id: image.id.to_string(),
+                layer_dirs: layer_dirs.clone(),
+            }),
+            layers: image.diff_ids.iter().map(|d| d.to_string()).collect(),
+            privileged: opts.privileged,
+            created_at: previous
+                .as_ref()
+                .map(|p| p.created_at)
+                .unwrap_or_else(now_secs),
+            ephemeral: opts.ephemeral,
+            build_key: build_key.clone(),
+            on_create_done,
+        };
+        record.save(dir)?;
+        let create_key = hooks::on_create_key(plan);
+        let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
+
+        let started = backend.start(&StartRequest {
+            home: &self.home,
+            plan,
+            env_id: &env_id,
+            state_dir: dir,
+            layers: layer_dirs,
+            image: ImageDefaults {
+                env: image.config.env.clone(),
+                workdir: image.config.working_dir.clone(),
+                user: image.config.user.clone(),
+            },
+            privileged: opts.privileged,
+            publish_auto: opts.publish_auto,
+            // `on_create` runs before the services where the backend can hold them back.
+            hold_services: on_create_pending,
+        })?;
+        notices.extend(started.notices.iter().cloned());
+        // `on_create` and `on_up` run once the synced folders are in.
+        live_sync::start(&self.home, backend, &record)?;
+        if on_create_pending {
+            hooks::run(backend, dir, plan, Hook::OnCreate, &opts.progress)?;
+            record.on_create_done = create_key;
+            record.save(dir)?;
+            backend.start_services(dir)?;
+        }
+        hooks::run(backend, dir, plan, Hook::OnUp, &opts.progress)?;
+        let record = EnvRecord {
+            converged: true,
+            ..record
+        };
+        record.save(dir)?;
+        Ok(UpReport {
+            network: self.network_record(&env_id),
+            env_id,
+            name: plan.name.clone(),
+            action: decision.action,
+            pid: Some(started.pid),
+            elapsed: t0.elapsed(),
+            image_elapsed,
+            notices,
+        })
+    }
+}
