@@ -139,7 +139,7 @@ impl Checker<'_> {
     }
 
     /// `image.inputs`: every pattern well-formed and matching at least one project file.
-    pub(super) fn inputs(&mut self, img: &Tbl<'_>) -> Vec<String> {
+    fn inputs(&mut self, img: &Tbl<'_>) -> Vec<String> {
         let Some((item, span)) = img.get("inputs") else {
             return Vec::new();
         };
@@ -188,7 +188,7 @@ impl Checker<'_> {
         patterns
     }
 
-    pub(super) fn image_source(&mut self, s: &str, span: Span) -> Option<ImageSource> {
+    fn image_source(&mut self, s: &str, span: Span) -> Option<ImageSource> {
         let help = "use an OCI reference such as \"docker.io/library/debian:bookworm\", or \"debootstrap:bookworm\", \"rootfs:./dir\", \"tar:./rootfs.tar\"";
         if let Some(suite) = s.strip_prefix("debootstrap:") {
             let ok = !suite.is_empty()

@@ -24,7 +24,7 @@ pub(super) struct Tbl<'d> {
 }
 
 impl<'d> Tbl<'d> {
-    pub(super) fn key_display(&self, key: &str) -> String {
+    fn key_display(&self, key: &str) -> String {
         if self.display.is_empty() {
             key.to_string()
         } else {
@@ -135,7 +135,7 @@ impl Checker<'_> {
         }
     }
 
-    pub(super) fn clean_string(&mut self, s: &str, span: Span, what: &str) -> Option<String> {
+    fn clean_string(&mut self, s: &str, span: Span, what: &str) -> Option<String> {
         if s.contains('\0') {
             self.error(
                 ErrorKind::InvalidValue,
@@ -573,11 +573,11 @@ pub(super) fn show_key(k: &str) -> String {
     }
 }
 
-pub(super) fn last_part(what: &str) -> &str {
+fn last_part(what: &str) -> &str {
     what.rsplit('.').next().unwrap_or(what)
 }
 
-pub(super) fn type_with_article(item: &Item) -> &'static str {
+fn type_with_article(item: &Item) -> &'static str {
     match item {
         Item::None => "nothing",
         Item::Value(v) => value_type_with_article(v),
@@ -586,7 +586,7 @@ pub(super) fn type_with_article(item: &Item) -> &'static str {
     }
 }
 
-pub(super) fn value_type_with_article(v: &Value) -> &'static str {
+fn value_type_with_article(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",
         Value::Integer(_) => "an integer",
@@ -598,7 +598,7 @@ pub(super) fn value_type_with_article(v: &Value) -> &'static str {
     }
 }
 
-pub(super) fn value_text(item: &Item) -> String {
+fn value_text(item: &Item) -> String {
     match item.as_value() {
         Some(Value::Integer(i)) => i.value().to_string(),
         Some(Value::Float(f)) => f.value().to_string(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::file_copy::copy_file;
+use super::file_copy::{copy_file, CopyJob};
 use super::{Outcome, PassResult, Worker};
 use crate::sync::base::{BaseEntry, Side};
 use crate::sync::reconcile::{conflict_name, decide, Decision};
@@ -219,7 +219,7 @@ impl Worker<'_> {
         Ok((result, retry))
     }
 
-    pub(super) fn transport_failure(&self, e: TransportError) -> Outcome {
+    fn transport_failure(&self, e: TransportError) -> Outcome {
         if e.is_transient() {
             Outcome::Retry
         } else {
@@ -227,7 +227,7 @@ impl Worker<'_> {
         }
     }
 
-    pub(super) fn fill_hash(&self, side: Side, rel: &str, tree: &mut Tree) {
+    fn fill_hash(&self, side: Side, rel: &str, tree: &mut Tree) {
         if let Some(e) = tree.get_mut(rel) {
             if e.kind == EntryKind::File && e.hash.is_none() {
                 match self.side(side).hash(rel) {
@@ -241,7 +241,7 @@ impl Worker<'_> {
     }
 
     /// Renames the losing side's version to `NAME.berth-conflict-<time>`.
-    pub(super) fn keep_loser(
+    fn keep_loser(
         &mut self,
         loser: Side,
         rel: &str,
@@ -263,7 +263,7 @@ impl Worker<'_> {
     }
 
     /// Makes `to`'s side of `rel` equal to `src` (from side `from`) and records the base.
-    pub(super) fn put(
+    fn put(
         &mut self,
         from: Side,
         rel: &str,
@@ -298,13 +298,7 @@ impl Worker<'_> {
     }
 
     /// Whether only the permission bits of an otherwise unchanged file differ (chmod, no copy).
-    pub(super) fn mode_only_applies(
-        &self,
-        from: Side,
-        rel: &str,
-        src: &Entry,
-        dst: Option<&Entry>,
-    ) -> bool {
+    fn mode_only_applies(&self, from: Side, rel: &str, src: &Entry, dst: Option<&Entry>) -> bool {
         let (Some(b), Some(dst)) = (self.base.get(rel), dst) else {
             return false;
         };
@@ -318,12 +312,29 @@ impl Worker<'_> {
             && src.mode != dst.mode
     }
 
+    /// The copy job for a decision, when it is a plain file copy.
+    fn copy_job(&self, rel: &str, d: Decision, host: &Tree, env: &Tree) -> Option<CopyJob> {
+        let (Decision::Propagate { from } | Decision::Conflict { winner: from }) = d else {
+            return None;
+        };
+        let (src, dst) = pick(from, host, env, rel);
+        let src = src?;
+        if src.kind != EntryKind::File || self.mode_only_applies(from, rel, src, dst) {
+            return None;
+        }
+        Some(CopyJob {
+            from,
+            rel: rel.to_string(),
+            dst_expect: dst.cloned(),
+        })
+    }
+
     /// Records a finished put: base, expected echo, and the destination tree.
     /// When the side written refused only setuid/setgid bits of a file (a host folder of
     /// root's drops them: `LocalTransport::without_root_setid`), the source side drops them
     /// too, so both sides agree instead of the bits being copied again on every pass. The
     /// source entry as it is now (unchanged if that chmod fails: the next pass retries).
-    pub(super) fn settle_setid(&self, from: Side, rel: &str, src: Entry, dst: &Entry) -> Entry {
+    fn settle_setid(&self, from: Side, rel: &str, src: Entry, dst: &Entry) -> Entry {
         let setid = libc::S_ISUID | libc::S_ISGID;
         if src.kind != EntryKind::File
             || dst.kind != EntryKind::File
@@ -342,7 +353,7 @@ impl Worker<'_> {
         }
     }
 
-    pub(super) fn record_put(
+    fn record_put(
         &mut self,
         from: Side,
         rel: &str,
@@ -375,7 +386,7 @@ fn host_wins(d: Decision) -> Decision {
     }
 }
 
-pub(super) fn pick<'t>(
+fn pick<'t>(
     from: Side,
     host: &'t Tree,
     env: &'t Tree,

@@ -37,11 +37,7 @@ impl Worker<'_> {
         r
     }
 
-    pub(super) fn apply_batch_inner(
-        &mut self,
-        batch: Batch,
-        stop: &AtomicBool,
-    ) -> Result<(), SyncError> {
+    fn apply_batch_inner(&mut self, batch: Batch, stop: &AtomicBool) -> Result<(), SyncError> {
         if batch.rescan {
             self.update_status(false, |s| s.state = SyncState::Scanning);
             self.full_pass(stop)?;
@@ -169,7 +165,7 @@ impl Worker<'_> {
     /// Whether the events for `rel` are only the echo of the engine's own write: reported by
     /// the side it wrote, which still holds exactly what was written. Folders are never
     /// treated as echoes (something may have been created inside before it was watched).
-    pub(super) fn is_echo(&mut self, rel: &str, dp: DirtyPath, pre: &Prefetched) -> bool {
+    fn is_echo(&mut self, rel: &str, dp: DirtyPath, pre: &Prefetched) -> bool {
         let Some((side, expected)) = self.echo.get(rel) else {
             return false;
         };
@@ -194,7 +190,7 @@ impl Worker<'_> {
     /// are usually covered by a scan of that folder), taken by one thread per side at once;
     /// for a likely echo of the engine's own write, only of the side it wrote. Small batches
     /// (a single save) are looked at path by path.
-    pub(super) fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
+    fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
         if order.len() < PREFETCH_FROM {
             return [HashMap::new(), HashMap::new()];
         }
@@ -241,7 +237,7 @@ impl Worker<'_> {
     }
 
     /// Rereads the `.gitignore` of these folders on both sides; whether the rules changed.
-    pub(super) fn reload_gitignores(&mut self, dirs: &BTreeSet<String>) -> bool {
+    fn reload_gitignores(&mut self, dirs: &BTreeSet<String>) -> bool {
         for side in [Side::Host, Side::Env] {
             for dir in dirs {
                 let rel = if dir.is_empty() {

@@ -5,12 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::apply_phases::pick;
 use super::Worker;
 use crate::sync::base::Side;
-use crate::sync::reconcile::Decision;
 use crate::sync::transport::{Transport, TransportError};
-use crate::sync::tree::{parent, Entry, EntryKind, HashingReader, Tree};
+use crate::sync::tree::{parent, Entry, HashingReader};
 
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: usize = 5;
@@ -62,33 +60,10 @@ impl Worker<'_> {
             })
             .collect()
     }
-
-    /// The copy job for a decision, when it is a plain file copy.
-    pub(super) fn copy_job(
-        &self,
-        rel: &str,
-        d: Decision,
-        host: &Tree,
-        env: &Tree,
-    ) -> Option<CopyJob> {
-        let (Decision::Propagate { from } | Decision::Conflict { winner: from }) = d else {
-            return None;
-        };
-        let (src, dst) = pick(from, host, env, rel);
-        let src = src?;
-        if src.kind != EntryKind::File || self.mode_only_applies(from, rel, src, dst) {
-            return None;
-        }
-        Some(CopyJob {
-            from,
-            rel: rel.to_string(),
-            dst_expect: dst.cloned(),
-        })
-    }
 }
 
 /// The source entry copied (with its hash) and the entry written, or why not.
-pub(super) type CopyResult = Result<(Entry, Entry), TransportError>;
+type CopyResult = Result<(Entry, Entry), TransportError>;
 
 /// One file to copy.
 pub(super) struct CopyJob {

@@ -35,7 +35,7 @@ impl Worker<'_> {
         r
     }
 
-    pub(super) fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
+    fn full_pass_inner(&mut self, stop: &AtomicBool) -> Result<PassResult, SyncError> {
         let t = Instant::now();
         let mut trees = [Tree::new(), Tree::new()];
         let mut skipped = Vec::new();

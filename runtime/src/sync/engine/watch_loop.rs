@@ -17,7 +17,7 @@ use crate::sync::SyncError;
 const MAX_FLUSH_PASSES: usize = 20;
 
 impl Worker<'_> {
-    pub(super) fn start_watch(&mut self, side: Side, force_poll: bool) -> Result<(), SyncError> {
+    fn start_watch(&mut self, side: Side, force_poll: bool) -> Result<(), SyncError> {
         let tx = Mutex::new(self.tx.clone());
         let sink = Box::new(move |ev: WatchEvent| {
             let _ = tx
@@ -150,7 +150,7 @@ impl Worker<'_> {
         });
     }
 
-    pub(super) fn on_event(&mut self, side: Side, ev: WatchEvent) -> Result<(), SyncError> {
+    fn on_event(&mut self, side: Side, ev: WatchEvent) -> Result<(), SyncError> {
         match ev {
             WatchEvent::Failed { message, limit } => {
                 let msg = if limit {
@@ -182,7 +182,7 @@ impl Worker<'_> {
     /// Full passes until one finds nothing to do: both sides are then identical.
     /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
     /// after them).
-    pub(super) fn flush_passes(
+    fn flush_passes(
         &mut self,
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
@@ -217,7 +217,7 @@ impl Worker<'_> {
     /// sees their result; without this, a flush after a big burst would be followed by a
     /// batch re-reading every path of the burst (and of the engine's own writes) once more.
     /// Events still to come (changes made during the pass) are kept, as always.
-    pub(super) fn drop_covered_events(
+    fn drop_covered_events(
         &mut self,
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
