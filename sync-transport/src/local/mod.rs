@@ -9,11 +9,13 @@
 //! `/proc/<pid>/root`: an absolute symlink inside a container would otherwise resolve against
 //! the *host's* root. Final components are handled through `/proc/self/fd/<dirfd>/<name>`
 //! with calls that do not follow a final symlink (`lstat`, `rename`, `unlink`, `O_NOFOLLOW`).
+//! Those calls are in [`dir_fd_calls`].
 
-use std::ffi::CString;
+mod dir_fd_calls;
+
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +28,10 @@ use crate::tree::{
     TEMP_MARKER,
 };
 use crate::watch::watch_tree;
+use dir_fd_calls::{
+    chown_at, fd_path, list_dir, lstat_at, mkdir_at, openat2_beneath, openat2_beneath_mode,
+    rename_at, unlink_at,
+};
 
 /// A synced folder reachable by path.
 pub struct LocalTransport {
@@ -528,14 +534,6 @@ impl Transport for LocalTransport {
     }
 }
 
-fn fd_path(fd: &OwnedFd, name: &str) -> PathBuf {
-    if name.is_empty() {
-        PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-    } else {
-        PathBuf::from(format!("/proc/self/fd/{}/{name}", fd.as_raw_fd()))
-    }
-}
-
 thread_local! {
     /// Copy buffer, reused across files (allocating and zeroing one per file shows in profiles).
     static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -557,151 +555,11 @@ impl SourceFile for LocalSource {
     }
 }
 
-/// `lstat` of `name` in the folder `dir`.
-fn lstat_at(dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
-    use nix::fcntl::AtFlags;
-    let st =
-        match nix::sys::stat::fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(nix::errno::Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-    let kind = match st.st_mode & libc::S_IFMT {
-        libc::S_IFREG => EntryKind::File,
-        libc::S_IFDIR => EntryKind::Dir,
-        libc::S_IFLNK => EntryKind::Symlink,
-        _ => return Ok(None),
-    };
-    let target = if kind == EntryKind::Symlink {
-        match nix::fcntl::readlinkat(Some(dir.as_raw_fd()), name) {
-            Ok(t) => match t.into_string() {
-                Ok(t) => Some(t),
-                Err(_) => return Ok(None),
-            },
-            Err(nix::errno::Errno::ENOENT) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        }
-    } else {
-        None
-    };
-    Ok(Some(Entry {
-        kind,
-        mode: if kind == EntryKind::Symlink {
-            0
-        } else {
-            st.st_mode & 0o7777
-        },
-        size: if kind == EntryKind::File {
-            st.st_size as u64
-        } else {
-            0
-        },
-        mtime_ns: st.st_mtime.saturating_mul(1_000_000_000) + st.st_mtime_nsec,
-        target,
-        hash: None,
-    }))
-}
-
-/// The names in a folder (without `.` and `..`).
-fn list_dir(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
-    use std::os::unix::ffi::OsStrExt;
-    // Dir takes its own descriptor: duplicate ours.
-    let dup = dir.try_clone()?;
-    let mut d = nix::dir::Dir::from_fd(dup.into_raw_fd())?;
-    let mut names = Vec::new();
-    for ent in d.iter() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(std::ffi::OsStr::from_bytes(n).to_os_string());
-        }
-    }
-    Ok(names)
-}
-
-fn mkdir_at(dir: &OwnedFd, name: &str, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
-    nix::sys::stat::mkdirat(
-        Some(dir.as_raw_fd()),
-        name,
-        nix::sys::stat::Mode::from_bits_truncate(0o700),
-    )?;
-    if let Some(owner) = owner {
-        chown_at(dir, name, owner)?;
-    }
-    // mkdir applies the umask; set the exact bits through a descriptor of the new folder.
-    let fd = openat2_beneath(dir, name, libc::O_RDONLY | libc::O_DIRECTORY)?;
-    File::from(fd).set_permissions(fs::Permissions::from_mode(mode & 0o7777))
-}
-
-fn chown_at(dir: &OwnedFd, name: &str, (uid, gid): (u32, u32)) -> io::Result<()> {
-    nix::unistd::fchownat(
-        Some(dir.as_raw_fd()),
-        name,
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(io::Error::from)
-}
-
-fn unlink_at(dir: &OwnedFd, name: &str, is_dir: bool) -> io::Result<()> {
-    let flag = if is_dir {
-        nix::unistd::UnlinkatFlags::RemoveDir
-    } else {
-        nix::unistd::UnlinkatFlags::NoRemoveDir
-    };
-    nix::unistd::unlinkat(Some(dir.as_raw_fd()), name, flag).map_err(io::Error::from)
-}
-
-fn rename_at(a: &OwnedFd, from: &str, b: &OwnedFd, to: &str) -> io::Result<()> {
-    nix::fcntl::renameat(Some(a.as_raw_fd()), from, Some(b.as_raw_fd()), to)
-        .map_err(io::Error::from)
-}
-
 fn time_from_ns(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
         UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
-    }
-}
-
-/// `openat2(dir, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: opens `rel` below `dir`
-/// refusing `..` escapes and every symlink (including the last component, unless `O_PATH |
-/// O_NOFOLLOW` is given).
-fn openat2_beneath(dir: &OwnedFd, rel: &str, flags: i32) -> io::Result<OwnedFd> {
-    openat2_beneath_mode(dir, rel, flags, 0)
-}
-
-/// [`openat2_beneath`] with the mode for a file created by `O_CREAT`.
-fn openat2_beneath_mode(dir: &OwnedFd, rel: &str, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c = CString::new(rel).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `open_how` is a plain C struct of integers; all-zero is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = u64::from(mode);
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    loop {
-        // SAFETY: openat2 reads `c` (NUL-terminated, alive for the call) and `how` (a valid
-        // struct whose size we pass); it returns a new descriptor we take ownership of.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if rc >= 0 {
-            // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) });
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-            _ => return Err(e),
-        }
     }
 }
 

@@ -1,0 +1,118 @@
+//! `[services.*]`: long-running processes, their commands, restart policy and working folder.
+
+use std::collections::BTreeMap;
+
+use super::toml_readers::{show_key, Tbl};
+use super::Checker;
+use crate::diagnostic::ErrorKind;
+use crate::keys;
+use crate::plan::*;
+
+impl Checker<'_> {
+    pub(super) fn services(
+        &mut self,
+        root: &Tbl<'_>,
+        default_workdir: &str,
+    ) -> BTreeMap<String, ServicePlan> {
+        let mut out = BTreeMap::new();
+        let Some((item, _)) = root.get("services") else {
+            return out;
+        };
+        let span = self.item_head(item, root.key_span("services"));
+        let Some(t) = self.table(
+            item,
+            span,
+            "services",
+            "write each service as [services.NAME] with command = [...]",
+        ) else {
+            return out;
+        };
+        for (name, sitem) in t.iter() {
+            let kspan = t
+                .get_key_value(name)
+                .and_then(|(k, _)| k.span())
+                .unwrap_or(0..0);
+            if !is_service_name(name) {
+                self.error(
+                    ErrorKind::BadName,
+                    kspan.clone(),
+                    format!("`{}` is not a valid service name", show_key(name)),
+                    Some("use letters, digits, `_` and `-` (at most 63), starting with a letter or digit".into()),
+                );
+            }
+            let display = format!("services.{name}");
+            let head = self.item_head(sitem, kspan.clone());
+            let Some(st) = self.table(
+                sitem,
+                head.clone(),
+                &display,
+                &format!("write [services.{name}] with command = [...], or {name} = {{ command = [...] }}"),
+            ) else {
+                continue;
+            };
+            let svc = Tbl {
+                t: st,
+                span: head,
+                spec: "services.*",
+                display: display.clone(),
+            };
+            self.unknown_keys(&svc);
+            let command = match svc.get("command") {
+                None => {
+                    self.error(
+                        ErrorKind::MissingKey,
+                        svc.span.clone(),
+                        format!("service `{name}` has no `command`"),
+                        Some("add command = [\"program\", \"arg\"]".into()),
+                    );
+                    None
+                }
+                Some((item, span)) => self.command(item, span, &format!("{display}.command")),
+            };
+            let restart = match svc.get("restart") {
+                Some((item, span)) => {
+                    match self.enumeration(
+                        item,
+                        span,
+                        &format!("{display}.restart"),
+                        keys::RESTART_POLICIES,
+                    ) {
+                        Some("always") => RestartPolicy::Always,
+                        Some("on-failure") => RestartPolicy::OnFailure,
+                        _ => RestartPolicy::No,
+                    }
+                }
+                None => RestartPolicy::No,
+            };
+            let env = match svc.get("env") {
+                Some((item, span)) => self.env_map(item, span, &format!("{display}.env")),
+                None => BTreeMap::new(),
+            };
+            let workdir = svc.get("workdir").and_then(|(item, span)| {
+                let what = format!("{display}.workdir");
+                self.string(item, span.clone(), &what)
+                    .and_then(|w| self.guest_path(&w, span, &what, false))
+            });
+            if let Some(command) = command {
+                out.insert(
+                    name.to_string(),
+                    ServicePlan {
+                        command,
+                        restart,
+                        env,
+                        workdir: Some(workdir.unwrap_or_else(|| default_workdir.to_string())),
+                    },
+                );
+            }
+        }
+        out
+    }
+}
+
+fn is_service_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}

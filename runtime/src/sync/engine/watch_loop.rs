@@ -1,0 +1,239 @@
+//! The engine's loop: watchers feed events through a channel, debounced batches of dirty
+//! paths are applied, flush requests (from another thread or the flush file) are served by
+//! full passes until one finds nothing to do.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{idx, trace, Msg, Worker};
+use crate::sync::base::Side;
+use crate::sync::status::{self, SyncState};
+use crate::sync::transport::{TransportError, WatchEvent};
+use crate::sync::SyncError;
+
+/// Flush passes before giving up on reaching a quiet state (changes keep arriving).
+const MAX_FLUSH_PASSES: usize = 20;
+
+impl Worker<'_> {
+    fn start_watch(&mut self, side: Side, force_poll: bool) -> Result<(), SyncError> {
+        let tx = Mutex::new(self.tx.clone());
+        let sink = Box::new(move |ev: WatchEvent| {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Msg::Watch(side, ev));
+        });
+        self.watchers[idx(side)] = None;
+        let w = self.side(side).watch(sink, force_poll)?;
+        if let Some(reason) = &w.polling {
+            let reason = reason.clone();
+            // Keep a reason already given (the other side's watch limit, say): "polling
+            // requested" after a failure would hide the message naming the sysctl.
+            self.update_status(true, |s| {
+                s.polling.get_or_insert(reason);
+            });
+        }
+        self.watchers[idx(side)] = Some(w);
+        Ok(())
+    }
+
+    pub(super) fn run(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        stop: &AtomicBool,
+    ) -> Result<(), SyncError> {
+        // Watch first, so nothing changed during the initial scan is missed.
+        let poll = self.cfg().force_poll;
+        self.start_watch(Side::Host, poll)?;
+        self.start_watch(Side::Env, poll)?;
+        self.update_status(true, |s| s.state = SyncState::Scanning);
+        self.full_pass(stop)?;
+        self.first_pass = false;
+        // Flush requests made before the start are served by the initial pass.
+        let flushed = self.flushed;
+        self.update_status(true, |s| {
+            s.state = SyncState::Watching;
+            s.pending = 0;
+            s.flushed = flushed;
+        });
+        let mut waiters: Vec<Sender<Result<(), String>>> = Vec::new();
+        let mut last_request_check = Instant::now();
+        let debounce = self.cfg().debounce;
+        while !stop.load(Ordering::Relaxed) {
+            let wait = self
+                .dirty
+                .due_in(Instant::now(), debounce)
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Watch(side, ev)) => self.on_event(side, ev)?,
+                Ok(Msg::Flush(r)) => waiters.push(r),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if self
+                .dirty
+                .due_in(now, debounce)
+                .is_some_and(|d| d.is_zero())
+            {
+                let batch = self.dirty.take();
+                if let Err(e) = self.apply_batch(batch, stop) {
+                    // E.g. a side's folder became unreadable: report, look again in a second.
+                    let msg = e.to_string();
+                    self.update_status(true, |s| {
+                        s.last_error = Some(msg);
+                        s.state = SyncState::Watching;
+                    });
+                    self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+            if self.rescan_at.is_some_and(|t| Instant::now() >= t) {
+                self.rescan_at = None;
+                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
+            }
+            let mut requested = None;
+            if now.duration_since(last_request_check) >= Duration::from_millis(100) {
+                last_request_check = now;
+                let n = status::read_flush_request(&self.cfg().state_dir);
+                if n > self.flushed {
+                    requested = Some(n);
+                }
+            }
+            if !waiters.is_empty() || requested.is_some() {
+                let r = self.flush_passes(rx, &mut waiters, stop);
+                let mut failed_request = None;
+                if let Some(n) = requested {
+                    match &r {
+                        Ok(()) => self.flushed = n,
+                        Err(_) => {
+                            // Report it to the requester, who then stops waiting.
+                            failed_request = Some(n);
+                            self.flushed = n;
+                        }
+                    }
+                }
+                let flushed = self.flushed;
+                let error = r.clone().err();
+                for w in waiters.drain(..) {
+                    let _ = w.send(r.clone());
+                }
+                self.update_status(true, |s| {
+                    if let Some(n) = failed_request {
+                        s.flush_failed = n;
+                    } else if requested.is_some() {
+                        s.flushed = flushed;
+                    }
+                    if let Some(e) = error {
+                        s.last_error = Some(format!("flush: {e}"));
+                    }
+                    s.state = SyncState::Watching;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(&mut self, result: &Result<(), SyncError>) {
+        self.watchers = [None, None];
+        let compact = self.base.compact();
+        let ok = result.is_ok();
+        self.update_status(true, |s| {
+            if ok {
+                s.state = SyncState::Stopped;
+            }
+            if let Err(e) = compact {
+                s.last_error = Some(e.to_string());
+            }
+        });
+    }
+
+    fn on_event(&mut self, side: Side, ev: WatchEvent) -> Result<(), SyncError> {
+        match ev {
+            WatchEvent::Failed { message, limit } => {
+                let msg = if limit {
+                    TransportError::WatchLimit {
+                        side: self.side(side).describe(),
+                        detail: message,
+                    }
+                    .to_string()
+                } else {
+                    message
+                };
+                let polling = self.watchers[idx(side)]
+                    .as_ref()
+                    .is_some_and(|w| w.polling.is_some());
+                if !polling {
+                    self.start_watch(side, true)?;
+                }
+                self.update_status(true, |s| {
+                    s.polling = Some(msg.clone());
+                    s.last_error = Some(msg);
+                });
+                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
+            }
+            ev => self.dirty.add(Some(side), ev, Instant::now()),
+        }
+        Ok(())
+    }
+
+    /// Full passes until one finds nothing to do: both sides are then identical.
+    /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
+    /// after them).
+    fn flush_passes(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+        stop: &AtomicBool,
+    ) -> Result<(), String> {
+        for _ in 0..MAX_FLUSH_PASSES {
+            self.update_status(true, |s| s.state = SyncState::Scanning);
+            if let Err(e) = self.drop_covered_events(rx, waiters) {
+                return Err(e.to_string());
+            }
+            match self.full_pass(stop) {
+                Ok(p) if p.applied == 0 && p.retries == 0 => {
+                    return match p.failure {
+                        None => Ok(()),
+                        Some(f) => Err(f),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if stop.load(Ordering::Relaxed) {
+                return Err("the sync is stopping".into());
+            }
+        }
+        Err(format!(
+            "changes kept arriving during {MAX_FLUSH_PASSES} complete passes"
+        ))
+    }
+
+    /// Before a full pass: takes every message already received and forgets the paths
+    /// waiting for a batch. They describe changes made before the scan about to start, which
+    /// sees their result; without this, a flush after a big burst would be followed by a
+    /// batch re-reading every path of the burst (and of the engine's own writes) once more.
+    /// Events still to come (changes made during the pass) are kept, as always.
+    fn drop_covered_events(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Msg::Watch(side, ev) => self.on_event(side, ev)?,
+                Msg::Flush(r) => waiters.push(r),
+            }
+        }
+        let dropped = self.dirty.take();
+        trace(format_args!(
+            "full pass covers {} waiting paths{}",
+            dropped.paths.len(),
+            if dropped.rescan { " and a rescan" } else { "" }
+        ));
+        Ok(())
+    }
+}
