@@ -117,8 +117,8 @@ pub struct CrashLoop {
 }
 
 impl CrashLoop {
-    pub const MIN_EXITS: u32 = 3;
-    pub const WINDOW_SECS: u64 = 60;
+    pub const MIN_EXITS: u32 = berth_agent_proto::restart::CRASH_LOOP_MIN_EXITS;
+    pub const WINDOW_SECS: u64 = berth_agent_proto::restart::CRASH_LOOP_WINDOW.as_secs();
 
     /// `crash-looping: exited N times in M s, last exit code X`.
     pub fn describe(&self) -> String {

@@ -15,6 +15,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_agent_proto::restart::{exit_note, ServiceRuns};
+use berth_agent_proto::Restart;
 use envfile_spec::plan::{RestartPolicy, ServicePlan};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -175,11 +177,9 @@ struct Service {
     name: String,
     plan: ServicePlan,
     pid: Option<i32>,
-    restarts: u32,
-    last_exit: Option<i32>,
+    /// Restarts, last exit and recent exits (the restart policy's and crash loop's input).
+    runs: ServiceRuns,
     restart_at: Option<Instant>,
-    /// When the recent runs ended (the last [`CrashLoop::WINDOW_SECS`] seconds' worth).
-    exits: VecDeque<Instant>,
     /// Process group of the last run, killed before the next one starts.
     last_group: Option<i32>,
     output: Option<OwnedFd>,
@@ -187,36 +187,12 @@ struct Service {
 }
 
 impl Service {
-    /// Records an exit and forgets the ones older than the crash-loop window.
-    fn note_exit(&mut self, code: i32) {
-        let now = Instant::now();
-        self.last_exit = Some(code);
-        self.exits.push_back(now);
-        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
-        while self
-            .exits
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            self.exits.pop_front();
-        }
-    }
-
     fn crash_loop(&self) -> Option<CrashLoop> {
-        let now = Instant::now();
-        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
-        let recent: Vec<&Instant> = self
-            .exits
-            .iter()
-            .filter(|t| now.duration_since(**t) <= window)
-            .collect();
-        if (recent.len() as u32) < CrashLoop::MIN_EXITS {
-            return None;
-        }
+        let seen = self.runs.crash_loop(Instant::now())?;
         Some(CrashLoop {
-            exits: recent.len() as u32,
-            seconds: now.duration_since(*recent[0]).as_secs(),
-            last_exit: self.last_exit.unwrap_or(0),
+            exits: seen.exits,
+            seconds: seen.since.as_secs(),
+            last_exit: seen.last_exit,
         })
     }
 
@@ -282,10 +258,8 @@ impl Supervisor {
                 name: name.clone(),
                 plan: plan.clone(),
                 pid: None,
-                restarts: 0,
-                last_exit: None,
+                runs: ServiceRuns::default(),
                 restart_at: (!spec.hold_services).then(Instant::now),
-                exits: VecDeque::new(),
                 last_group: None,
                 output: None,
                 log: LogFile::new(&logs, name, spec.log_limit).ok(),
@@ -452,30 +426,17 @@ impl Supervisor {
         let stopping = self.stop_deadline.is_some();
         if let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
             s.pid = None;
-            s.note_exit(code);
+            let now = Instant::now();
+            let restart_in = s.runs.ended(policy(s.plan.restart), code, now, stopping);
             // What the service started lives on in its process group (a web server's workers,
             // a reloader's child holding the port): end it with the service, SIGKILL for
             // whatever ignores this before the next start.
             s.signal_group(pid, Signal::SIGTERM);
             s.last_group = Some(pid);
-            let again = match s.plan.restart {
-                RestartPolicy::No => false,
-                RestartPolicy::OnFailure => code != 0,
-                RestartPolicy::Always => true,
-            } && !stopping;
-            let delay =
-                Duration::from_millis(100u64 << s.restarts.min(6)).min(Duration::from_secs(10));
-            let note = if again {
-                s.restart_at = Some(Instant::now() + delay);
-                s.restarts += 1;
-                format!(
-                    "[berth] service {} exited with code {code}; restarting in {} ms\n",
-                    s.name,
-                    delay.as_millis()
-                )
-            } else {
-                format!("[berth] service {} exited with code {code}\n", s.name)
-            };
+            if let Some(delay) = restart_in {
+                s.restart_at = Some(now + delay);
+            }
+            let note = exit_note(&s.name, code, restart_in);
             // Read what is still in the pipe first so the note comes after the output.
             if let Some(fd) = s.output.take() {
                 drain_fd(&fd, s.log.as_mut());
@@ -587,7 +548,7 @@ impl Supervisor {
                 let now = Instant::now();
                 for s in &mut self.services {
                     // Held services never ran: no pid, no exit, no restart pending.
-                    if s.pid.is_none() && s.last_exit.is_none() && s.restart_at.is_none() {
+                    if s.pid.is_none() && s.runs.last_exit().is_none() && s.restart_at.is_none() {
                         s.restart_at = Some(now);
                     }
                 }
@@ -733,7 +694,9 @@ impl Supervisor {
                             format!("[berth] cannot start service {}: {e}\n", s.name).as_bytes(),
                         );
                     }
-                    s.note_exit(127);
+                    // Counts as a run that ended; not restarted (what failed here, before
+                    // the fork, fails the same way the next time).
+                    s.runs.record_exit(127, Instant::now());
                 }
             }
         }
@@ -767,8 +730,8 @@ impl Supervisor {
                 .map(|s| ServiceStatus {
                     name: s.name.clone(),
                     pid: s.pid,
-                    restarts: s.restarts,
-                    last_exit: s.last_exit,
+                    restarts: s.runs.restarts(),
+                    last_exit: s.runs.last_exit(),
                     crash_loop: s.crash_loop(),
                 })
                 .collect(),
@@ -844,6 +807,15 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+/// berth.toml's `restart` as the policy shared with the VM agent.
+fn policy(restart: RestartPolicy) -> Restart {
+    match restart {
+        RestartPolicy::No => Restart::No,
+        RestartPolicy::OnFailure => Restart::OnFailure,
+        RestartPolicy::Always => Restart::Always,
     }
 }
 
