@@ -11,7 +11,7 @@ use berth_agent_proto::{
 };
 
 use crate::channel::Channel;
-use crate::session::{spawn, SpawnRequest};
+use crate::spawn::{spawn, SpawnRequest};
 use crate::sys;
 use crate::users;
 
