@@ -81,9 +81,6 @@ pub enum Command {
     /// Write the man pages into DIR.
     #[command(hide = true)]
     Manpages { dir: PathBuf },
-    /// Internal: run as an environment's launcher and supervisor (started by `up`).
-    #[command(name = "__supervisor", hide = true)]
-    Supervisor { state_dir: PathBuf },
     /// Internal: keep an environment's `sync` mounts in sync (started by `up`).
     #[command(name = "__sync", hide = true)]
     SyncProcess { env_dir: PathBuf },

@@ -42,12 +42,6 @@ use super::users;
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 
-/// Entry point of berth's hidden `__supervisor <state-dir>` subcommand: the launcher, which
-/// becomes the supervisor (see [`launch`](super::launch)). Returns the launcher's exit code.
-pub fn main(state_dir: &std::path::Path) -> i32 {
-    super::launch::main(state_dir)
-}
-
 /// Default grace period when the supervisor itself receives SIGTERM.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
