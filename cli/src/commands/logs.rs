@@ -11,11 +11,24 @@ use std::time::Duration;
 use berth_runtime::container::control::ExecRequest;
 use berth_runtime::container::logs::{open_service_logs, services_with_logs, LogFollower};
 use berth_runtime::vm::guest_logs;
+use clap::Args;
 use envfile_spec::plan::BackendKind;
 
-use crate::args::{GlobalArgs, LogsArgs};
+use crate::args::GlobalArgs;
 use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_ERROR};
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Keep printing new output (`-f` is the global --file option).
+    #[arg(short = 'F', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long)]
+    pub tail: Option<usize>,
+}
 
 pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
