@@ -1,5 +1,5 @@
 //! The supervisor: PID 1 of an environment. It finishes the environment's setup, reaps every
-//! process, runs the `[services]` (their table and restart policy: [`services`](super::services))
+//! process, runs the `[services]` (their table and restart policy: `services.rs`)
 //! and serves the control socket (exec, tty exec, signal, status, stop); processes are started
 //! by [`fork_exec`](super::fork_exec). One `poll` loop over the socket, a signalfd (SIGCHLD;
 //! SIGTERM, SIGINT, SIGHUP from the host only), the connections and the services' output
