@@ -1,9 +1,10 @@
-//! The top of `berth`'s command line, declared with clap: the commands and the global
-//! options. Each command's own arguments live beside its code in `commands/<command>.rs`.
+//! The top of `berth`'s command line, declared with clap: the commands. Each command's own
+//! arguments live beside its code in `commands/<command>.rs`; the options every command
+//! takes in `global_args.rs`.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::commands::down::{DestroyArgs, DownArgs};
 use crate::commands::exec::{ExecArgs, ShellArgs};
@@ -14,6 +15,7 @@ use crate::commands::run::RunArgs;
 use crate::commands::snapshot::SnapshotCommand;
 use crate::commands::sync::SyncArgs;
 use crate::commands::up::UpArgs;
+use crate::global_args::{GlobalArgs, JsonFlag};
 
 /// Declarative dev environments from a berth.toml: containers in milliseconds, micro-VMs when
 /// you need another kernel. No daemon.
@@ -29,23 +31,6 @@ pub struct Cli {
     pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Args, Clone)]
-pub struct GlobalArgs {
-    /// Use this berth.toml instead of searching the current folder and its parents.
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Change to DIR before doing anything.
-    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
-    pub directory: Option<PathBuf>,
-    /// Work on an existing environment by name or id (see `berth ls`) instead of the one of
-    /// the berth.toml here.
-    #[arg(long = "environment", global = true, value_name = "NAME")]
-    pub environment: Option<String>,
-    /// Print less: only errors and requested output.
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,13 +84,6 @@ pub enum Command {
     /// name is `berth_runtime::vm::vmm_process::SUBCOMMAND`.
     #[command(name = "internal-vmm", hide = true)]
     InternalVmm { config: PathBuf },
-}
-
-#[derive(Debug, Args, Clone, Copy)]
-pub struct JsonFlag {
-    /// Print machine-readable JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[cfg(test)]

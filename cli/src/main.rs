@@ -6,6 +6,7 @@ mod commands;
 mod envfile;
 mod environment;
 mod exit;
+mod global_args;
 mod progress;
 
 use clap::Parser;

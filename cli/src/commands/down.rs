@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::args::GlobalArgs;
 use crate::environment::{env_error, Current};
 use crate::exit::CliError;
+use crate::global_args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct DownArgs {

@@ -6,9 +6,9 @@ use std::os::fd::AsFd;
 use berth_runtime::container::control::ExecRequest;
 use clap::Args;
 
-use crate::args::GlobalArgs;
 use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_USAGE};
+use crate::global_args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct ShellArgs {

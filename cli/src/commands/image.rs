@@ -12,8 +12,8 @@ use clap::Subcommand;
 use envfile_spec::plan::ImageSource;
 use envfile_spec::reference::ImageReference;
 
-use crate::args::{GlobalArgs, JsonFlag};
 use crate::exit::{from_error, CliError, EXIT_ERROR};
+use crate::global_args::{GlobalArgs, JsonFlag};
 use crate::progress::progress;
 
 #[derive(Debug, Subcommand)]

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use envfile_spec::{devcontainer, name, templates};
 
-use crate::args::GlobalArgs;
 use crate::envfile::stderr_color;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
+use crate::global_args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct InitArgs {

@@ -14,9 +14,9 @@ use berth_runtime::vm::guest_logs;
 use clap::Args;
 use envfile_spec::plan::BackendKind;
 
-use crate::args::GlobalArgs;
 use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_ERROR};
+use crate::global_args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {

@@ -13,13 +13,13 @@ use clap::Args;
 use envfile_spec::Loaded;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::args::GlobalArgs;
 use crate::commands::exec::parse_env;
 use crate::envfile::load_plan;
 use crate::environment::{
     env_error, environments, human_duration, network_lines, replaced_port_lines,
 };
 use crate::exit::{CliError, EXIT_USAGE};
+use crate::global_args::GlobalArgs;
 use crate::progress::progress;
 
 #[derive(Debug, Args)]

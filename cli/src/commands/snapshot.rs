@@ -4,9 +4,9 @@
 use berth_runtime::image::progress::human_bytes;
 use clap::Subcommand;
 
-use crate::args::{GlobalArgs, JsonFlag};
 use crate::environment::{env_error, Current};
 use crate::exit::CliError;
+use crate::global_args::{GlobalArgs, JsonFlag};
 use crate::progress::progress;
 
 #[derive(Debug, Subcommand)]

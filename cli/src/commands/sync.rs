@@ -9,9 +9,9 @@ use berth_runtime::sync::{self, SyncError};
 use clap::Args;
 use envfile_spec::plan::MountPlan;
 
-use crate::args::GlobalArgs;
 use crate::environment::Current;
 use crate::exit::{from_error, CliError, EXIT_ERROR, EXIT_NOT_RUNNING};
+use crate::global_args::GlobalArgs;
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {

@@ -3,9 +3,9 @@
 use berth_runtime::environment::{UpAction, UpOptions, UpReport};
 use clap::Args;
 
-use crate::args::GlobalArgs;
 use crate::environment::{env_error, human_duration, network_lines, replaced_port_lines, Current};
 use crate::exit::CliError;
+use crate::global_args::GlobalArgs;
 use crate::progress::progress;
 
 #[derive(Debug, Args)]
