@@ -11,7 +11,7 @@ mod channel;
 mod init;
 mod net;
 mod serve;
-mod session;
+mod spawn;
 mod sync_serve;
 mod sys;
 mod users;

@@ -5,12 +5,13 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use berth_agent_proto::restart::{exit_note, ServiceRuns};
 use berth_agent_proto::{
-    encode, Exec, Frame, FrameBuffer, Message, Restart, ServiceSpec, Setup, MAX_PAYLOAD,
+    encode, Exec, Frame, FrameBuffer, Message, ServiceSpec, Setup, MAX_PAYLOAD,
 };
 
 use crate::channel::Channel;
-use crate::session::{spawn, SpawnRequest};
+use crate::spawn::{spawn, SpawnRequest};
 use crate::sys;
 use crate::users;
 
@@ -32,6 +33,24 @@ struct Service {
     spec: ServiceSpec,
     pid: Option<i32>,
     restart_at: Option<Instant>,
+    /// Restarts and recent exits: the restart policy's back-off, as in a container.
+    runs: ServiceRuns,
+}
+
+impl Service {
+    /// The service's run ended with `code` at `now`: schedules the next run as its restart
+    /// policy says (with the back-off a container's supervisor uses) and returns the note for
+    /// its log.
+    fn ended(&mut self, code: i32, now: Instant) -> String {
+        self.pid = None;
+        let restart_in = self.runs.ended(self.spec.restart, code, now, false);
+        self.restart_at = restart_in.map(|delay| now + delay);
+        exit_note(&self.spec.name, code, restart_in)
+    }
+
+    fn log_path(&self) -> String {
+        format!("{SERVICE_LOG_DIR}/{}.log", self.spec.name)
+    }
 }
 
 /// A session is named by its channel and the id the host chose on that channel.
@@ -421,6 +440,7 @@ impl Server {
                 spec,
                 pid: None,
                 restart_at: Some(Instant::now()),
+                runs: ServiceRuns::default(),
             });
         }
         self.restart_services();
@@ -599,13 +619,13 @@ impl Server {
             if let Some(s) = self.sessions.values_mut().find(|s| s.pid == pid) {
                 s.status = Some(decoded);
             } else if let Some(svc) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
-                svc.pid = None;
-                let again = match svc.spec.restart {
-                    Restart::Always => true,
-                    Restart::OnFailure => decoded.0 != 0,
-                    Restart::No => false,
-                };
-                svc.restart_at = again.then(|| Instant::now() + Duration::from_secs(1));
+                let note = svc.ended(decoded.0, Instant::now());
+                let log = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(svc.log_path());
+                if let Ok(log) = log {
+                    let _ = sys::write_all(log.as_raw_fd(), note.as_bytes());
+                }
             }
         }
     }
@@ -659,7 +679,7 @@ impl Server {
             let log = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(format!("{SERVICE_LOG_DIR}/{}.log", svc.spec.name));
+                .open(svc.log_path());
             let Ok(log) = log else { continue };
             let log: OwnedFd = log.into();
             let mut senv = env.clone();
@@ -679,7 +699,9 @@ impl Server {
                         log.as_raw_fd(),
                         format!("berth-agent: cannot start service: {e}\n").as_bytes(),
                     );
-                    svc.restart_at = Some(now + Duration::from_secs(5));
+                    // Counts as a run that ended; not restarted (what failed here, before the
+                    // fork, fails the same way the next time), as in a container.
+                    svc.runs.record_exit(127, now);
                 }
             }
         }
@@ -701,7 +723,65 @@ fn mount_flags(options: &str) -> (libc::c_ulong, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::mount_flags;
+    use super::{mount_flags, Service};
+    use berth_agent_proto::{Restart, ServiceSpec};
+    use std::time::{Duration, Instant};
+
+    fn service(restart: Restart) -> Service {
+        Service {
+            spec: ServiceSpec {
+                name: "flaky".into(),
+                argv: vec!["false".into()],
+                env: Vec::new(),
+                cwd: None,
+                restart,
+            },
+            pid: Some(7),
+            restart_at: None,
+            runs: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_crashing_service_backs_off_as_in_a_container() {
+        let mut svc = service(Restart::Always);
+        let t0 = Instant::now();
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            let now = t0 + Duration::from_secs(i * 10);
+            let note = svc.ended(3, now);
+            assert_eq!(svc.pid, None);
+            let wait = svc.restart_at.expect("restarted") - now;
+            assert_eq!(
+                note,
+                format!(
+                    "[berth] service flaky exited with code 3; restarting in {} ms\n",
+                    wait.as_millis()
+                )
+            );
+            waits.push(wait.as_millis());
+        }
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 6400, 6400]);
+        let crash = svc.runs.crash_loop(t0 + Duration::from_secs(70)).unwrap();
+        assert_eq!((crash.exits, crash.last_exit), (7, 3));
+    }
+
+    #[test]
+    fn a_service_stays_stopped_when_its_policy_says_so() {
+        let mut svc = service(Restart::OnFailure);
+        let now = Instant::now();
+        assert_eq!(
+            svc.ended(0, now),
+            "[berth] service flaky exited with code 0\n"
+        );
+        assert_eq!(svc.restart_at, None);
+        let mut svc = service(Restart::No);
+        assert_eq!(
+            svc.ended(1, now),
+            "[berth] service flaky exited with code 1\n"
+        );
+        assert_eq!(svc.restart_at, None);
+    }
 
     #[test]
     fn read_only_is_a_flag() {

@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use berth_agent_proto::{Client, Exec};
+use berth_agent_proto::{Client, Exec, Restart, ServiceSpec, Setup};
 
 struct Agent {
     child: Child,
@@ -21,14 +21,42 @@ impl Drop for Agent {
 }
 
 fn start() -> Agent {
+    start_agent(false)
+}
+
+/// The agent in a mount namespace of its own with a tmpfs over `/var/log`, so what it writes
+/// to the services' logs (`/var/log/berth`) stays out of the host's. Needs root.
+fn start_agent(private_logs: bool) -> Agent {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let fd = theirs.into_raw_fd();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-agent"));
     cmd.arg("--serve-fd").arg(fd.to_string());
-    // SAFETY: only fcntl between fork and exec, to let the child inherit the socket.
+    // SAFETY: only system calls between fork and exec (fcntl to let the child inherit the
+    // socket; unshare and mount with static strings for the private /var/log).
     unsafe {
         cmd.pre_exec(move || {
             libc::fcntl(fd, libc::F_SETFD, 0);
+            if private_logs {
+                let none = std::ptr::null();
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        none,
+                        c"/".as_ptr(),
+                        none,
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        none.cast(),
+                    ) != 0
+                    || libc::mount(
+                        c"tmpfs".as_ptr(),
+                        c"/var/log".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        0,
+                        none.cast(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         })
     };
@@ -121,5 +149,62 @@ fn tty_session_reports_terminal_and_size() {
         String::from_utf8_lossy(&out).contains("33 101"),
         "{:?}",
         String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn a_crashing_service_restarts_with_a_growing_back_off() {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a private /var/log (mount namespace); CI runs as root");
+        return;
+    }
+    let mut a = start_agent(true);
+    let flaky = ServiceSpec {
+        name: "flaky".into(),
+        argv: vec!["/bin/sh".into(), "-c".into(), "echo run; exit 3".into()],
+        env: Vec::new(),
+        cwd: None,
+        restart: Restart::Always,
+    };
+    let setup = Setup {
+        services: vec![flaky],
+        ..Setup::default()
+    };
+    a.client.setup(setup, Duration::from_secs(10)).unwrap();
+    // The same back-off and log notes as a container's supervisor: 100 ms, then doubling.
+    let expected: Vec<String> = [100, 200, 400, 800]
+        .iter()
+        .map(|ms| format!("[berth] service flaky exited with code 3; restarting in {ms} ms"))
+        .collect();
+    let started = std::time::Instant::now();
+    let log = loop {
+        let out = a.client.run(&["cat", "/var/log/berth/flaky.log"]).unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
+        if log.lines().filter(|l| l.starts_with("[berth]")).count() >= expected.len() {
+            break log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the service did not exit and restart four times in 20 s:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 100 + 200 + 400 ms of waiting before the fourth run could end.
+    assert!(started.elapsed() >= Duration::from_millis(700), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            "run",
+            &expected[0],
+            "run",
+            &expected[1],
+            "run",
+            &expected[2],
+            "run",
+            &expected[3]
+        ],
+        "{log}"
     );
 }

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use envfile_spec::Loaded;
 
-use crate::args::GlobalArgs;
 use crate::exit::{CliError, EXIT_ERROR};
+use crate::global_args::GlobalArgs;
 
 /// Whether to color what goes to stderr: only on a terminal, and never with NO_COLOR set.
 pub fn stderr_color() -> bool {

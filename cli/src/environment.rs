@@ -9,9 +9,9 @@ use berth_runtime::state::BerthHome;
 use envfile_spec::plan::NetworkMode;
 use envfile_spec::{Loaded, Plan};
 
-use crate::args::GlobalArgs;
 use crate::envfile::load_plan;
 use crate::exit::{from_error, CliError, EXIT_ERROR, EXIT_NOT_RUNNING};
+use crate::global_args::GlobalArgs;
 
 /// The environments under this user's berth home.
 pub fn environments() -> Result<Environments, CliError> {

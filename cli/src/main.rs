@@ -6,6 +6,7 @@ mod commands;
 mod envfile;
 mod environment;
 mod exit;
+mod global_args;
 mod progress;
 
 use clap::Parser;
@@ -14,7 +15,9 @@ use crate::args::{Cli, Command};
 use crate::exit::CliError;
 
 fn main() {
-    // The supervisor is berth's own binary re-executed (from a sealed copy) by `up`.
+    // The supervisor is berth's own binary re-executed (from a sealed copy) by `up` as
+    // `berth __supervisor <state-dir>` (see `container::selfexe`); this is its only entry,
+    // before clap (which does not know the name).
     let mut argv = std::env::args_os();
     if argv
         .nth(1)
@@ -65,9 +68,6 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
         Command::SyncProcess { env_dir } => {
             Ok(berth_runtime::environment::live_sync::main(&env_dir))
-        }
-        Command::Supervisor { state_dir } => {
-            Ok(berth_runtime::container::supervisor::main(&state_dir))
         }
         Command::InternalVmm { config } => Ok(commands::vmm::run(&config)),
     }

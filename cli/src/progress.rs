@@ -9,7 +9,7 @@ use berth_runtime::image::{
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::args::GlobalArgs;
+use crate::global_args::GlobalArgs;
 
 /// Progress bars on a terminal: one bar per transfer.
 struct BarProgress {

@@ -15,9 +15,7 @@ use berth_runtime::container::{ContainerBackend, ContainerSpec};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(berth_runtime::container::launch::SUPERVISOR_ARG) {
-        std::process::exit(berth_runtime::container::supervisor::main(Path::new(
-            &args[2],
-        )));
+        std::process::exit(berth_runtime::container::launch::main(Path::new(&args[2])));
     }
     let rootfs = PathBuf::from(
         args.get(1)

@@ -2,9 +2,28 @@
 
 use std::time::Duration;
 
-use crate::args::{DestroyArgs, DownArgs, GlobalArgs};
+use clap::Args;
+
 use crate::environment::{env_error, Current};
 use crate::exit::CliError;
+use crate::global_args::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short, long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Also remove the named volumes the environment uses.
+    #[arg(long)]
+    pub volumes: bool,
+    /// Seconds to wait after SIGTERM before SIGKILL.
+    #[arg(short, long, default_value_t = 10)]
+    pub timeout: u64,
+}
 
 pub fn down(g: &GlobalArgs, args: &DownArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;

@@ -4,10 +4,40 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
 use berth_runtime::backend::ExecRequest;
+use clap::Args;
 
-use crate::args::{ExecArgs, GlobalArgs, ShellArgs};
 use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_USAGE};
+use crate::global_args::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// User inside the environment.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Working directory inside the environment.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Set an environment variable (KEY=VAL); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside the environment.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// User inside the environment.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Allocate a terminal even when stdin is not one.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
 
 /// Checks `KEY=VAL` arguments of `-e`.
 pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {

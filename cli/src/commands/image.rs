@@ -1,19 +1,63 @@
 //! `berth image pull|ls|rm|prune|import|export`.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use berth_runtime::image::export::CacheReport;
 use berth_runtime::image::progress::human_bytes;
 use berth_runtime::image::store::SHORT_ID_LEN;
 use berth_runtime::image::{ImageStore, PullOptions, RegistryOptions, ResolveOptions};
 use berth_runtime::state::BerthHome;
+use clap::Subcommand;
 use envfile_spec::plan::ImageSource;
 use envfile_spec::reference::ImageReference;
 
-use crate::args::{GlobalArgs, ImageCommand};
 use crate::exit::{from_error, CliError, EXIT_ERROR};
+use crate::global_args::{GlobalArgs, JsonFlag};
 use crate::progress::progress;
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry.
+    Pull {
+        /// Image reference (e.g. debian:bookworm, 127.0.0.1:5000/app@sha256:…).
+        reference: String,
+        /// Use plain HTTP / accept invalid certificates.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// List images and their sizes (shared layers counted once).
+    Ls(JsonFlag),
+    /// Remove an image (its layers go with `prune` when nothing else uses them).
+    Rm { reference: String },
+    /// Remove layers and blobs that no image or environment references.
+    Prune,
+    /// Import a root filesystem tar, an OCI layout, or a CI cache folder.
+    Import {
+        /// A rootfs tar or an OCI layout folder.
+        path: Option<PathBuf>,
+        /// Name to give the imported image.
+        #[arg(long)]
+        name: Option<String>,
+        /// Import layers from a CI cache folder written by `export --cache`.
+        #[arg(long, value_name = "DIR", conflicts_with = "path")]
+        cache: Option<PathBuf>,
+    },
+    /// Export an image as a rootfs tar or an OCI layout, or layers into a CI cache folder.
+    Export {
+        /// The image to export.
+        reference: Option<String>,
+        /// Output path (a .tar file, or a folder for --oci).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Write an OCI image layout instead of a flat rootfs tar.
+        #[arg(long)]
+        oci: bool,
+        /// Write all layers this project uses into a CI cache folder.
+        #[arg(long, value_name = "DIR", conflicts_with = "output")]
+        cache: Option<PathBuf>,
+    },
+}
 
 fn store() -> Result<(BerthHome, ImageStore), CliError> {
     let home = BerthHome::discover().map_err(|e| from_error(EXIT_ERROR, &e))?;

@@ -2,11 +2,31 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::Args;
 use envfile_spec::{devcontainer, name, templates};
 
-use crate::args::{GlobalArgs, InitArgs};
 use crate::envfile::stderr_color;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
+use crate::global_args::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Template to start from (see --list).
+    #[arg(short, long, value_name = "NAME", conflicts_with = "from_devcontainer")]
+    pub template: Option<String>,
+    /// List the templates and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Convert a .devcontainer/devcontainer.json (default: the one in this folder).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = ".devcontainer/devcontainer.json")]
+    pub from_devcontainer: Option<PathBuf>,
+    /// Overwrite an existing berth.toml.
+    #[arg(long)]
+    pub force: bool,
+    /// Environment name (default: the folder's name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
 
 pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
     if args.list {

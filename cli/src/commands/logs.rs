@@ -1,9 +1,22 @@
 //! `berth logs [SERVICE] [-F] [-n N]`: the services' output, kept in size-bounded files (for
 //! a VM, inside the guest, read there through the agent).
 
-use crate::args::{GlobalArgs, LogsArgs};
 use crate::environment::{env_error, Current};
 use crate::exit::{CliError, EXIT_ERROR};
+use crate::global_args::GlobalArgs;
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Only this service.
+    pub service: Option<String>,
+    /// Keep printing new output (`-f` is the global --file option).
+    #[arg(short = 'F', long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long)]
+    pub tail: Option<usize>,
+}
 
 pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;

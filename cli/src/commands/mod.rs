@@ -1,4 +1,4 @@
-//! One module per command.
+//! One module per command: its arguments (clap) beside the code that runs it.
 
 pub mod completions;
 pub mod doctor;

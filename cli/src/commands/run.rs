@@ -9,17 +9,53 @@ use std::time::{Duration, Instant};
 use berth_runtime::backend::ExecRequest;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
 use berth_runtime::host::process::ProcessIdentity;
+use clap::Args;
 use envfile_spec::Loaded;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::args::{GlobalArgs, RunArgs};
 use crate::commands::exec::parse_env;
 use crate::envfile::load_plan;
 use crate::environment::{
     env_error, environments, human_duration, network_lines, replaced_port_lines,
 };
 use crate::exit::{CliError, EXIT_USAGE};
+use crate::global_args::GlobalArgs;
 use crate::progress::progress;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Set an environment variable (KEY=VAL); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VAL")]
+    pub env: Vec<String>,
+    /// Working directory inside the environment.
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// Kill the environment after this long (e.g. 30s, 5m) and exit 124.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Keep the environment afterwards (for `berth shell`).
+    #[arg(long)]
+    pub keep: bool,
+    /// Keep the environment only when the command fails.
+    #[arg(long)]
+    pub keep_on_failure: bool,
+    /// Name of the throw-away environment (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Give the run a private copy of the project instead of a live mount.
+    #[arg(long)]
+    pub copy_source: bool,
+    /// Pick free host ports when the declared ones are taken (what `run` always does; kept
+    /// for scripts that pass it).
+    #[arg(long)]
+    pub publish_auto: bool,
+    /// Print a JSON summary at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
 
 /// Exit code when `--timeout` expired, as timeout(1) uses.
 const EXIT_TIMEOUT: i32 = 124;

@@ -2,11 +2,24 @@
 //! captured by name.
 
 use berth_runtime::image::progress::human_bytes;
+use clap::Subcommand;
 
-use crate::args::{GlobalArgs, SnapshotCommand};
 use crate::environment::{env_error, Current};
 use crate::exit::CliError;
+use crate::global_args::{GlobalArgs, JsonFlag};
 use crate::progress::progress;
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save the environment's writable layer (a VM's disk) under NAME.
+    Save { name: String },
+    /// List snapshots of this environment.
+    Ls(JsonFlag),
+    /// Put a snapshot back as the environment's writable layer (a VM's disk).
+    Restore { name: String },
+    /// Remove a snapshot.
+    Rm { name: String },
+}
 
 pub fn run(g: &GlobalArgs, cmd: &SnapshotCommand) -> Result<i32, CliError> {
     let cur = Current::load(g)?;

@@ -4,9 +4,9 @@ use berth_runtime::backend::EnvStatus;
 use berth_runtime::image::progress::human_bytes;
 use berth_runtime::vm::Provider;
 
-use crate::args::GlobalArgs;
 use crate::environment::{env_error, environments, human_duration, network_lines, Current};
 use crate::exit::{CliError, EXIT_NOT_RUNNING};
+use crate::global_args::GlobalArgs;
 
 fn status_word(s: EnvStatus) -> &'static str {
     match s {

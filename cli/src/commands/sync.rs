@@ -5,11 +5,22 @@ use std::time::Duration;
 
 use berth_runtime::environment::{EnvRecord, Environments};
 use berth_runtime::sync::{self, SyncError};
+use clap::Args;
 use envfile_spec::plan::MountPlan;
 
-use crate::args::{GlobalArgs, SyncArgs};
 use crate::environment::Current;
 use crate::exit::{from_error, CliError, EXIT_ERROR, EXIT_NOT_RUNNING};
+use crate::global_args::GlobalArgs;
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Wait until both sides of every sync mount are identical.
+    #[arg(long)]
+    pub flush: bool,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// How long `--flush` waits for one mount.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(600);

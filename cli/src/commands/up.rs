@@ -1,11 +1,29 @@
 //! `berth up`: reconcile berth.toml into a running environment.
 
 use berth_runtime::environment::{UpAction, UpOptions, UpReport};
+use clap::Args;
 
-use crate::args::{GlobalArgs, UpArgs};
 use crate::environment::{env_error, human_duration, network_lines, replaced_port_lines, Current};
 use crate::exit::CliError;
+use crate::global_args::GlobalArgs;
 use crate::progress::progress;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Rebuild the image and recreate the environment even if nothing changed.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Re-resolve the image and refresh berth.lock.
+    #[arg(long)]
+    pub update: bool,
+    /// Run the environment without a user namespace (its root is the host's root), with all
+    /// capabilities and no seccomp filter. Root only; for trusted images.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Publish on a free host port when a declared one is taken (saying which).
+    #[arg(long)]
+    pub publish_auto: bool,
+}
 
 pub fn run(g: &GlobalArgs, args: &UpArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;

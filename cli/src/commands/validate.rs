@@ -2,9 +2,9 @@
 
 use serde_json::json;
 
-use crate::args::{GlobalArgs, JsonFlag};
 use crate::envfile::{locate, stderr_color};
 use crate::exit::{CliError, EXIT_ERROR};
+use crate::global_args::{GlobalArgs, JsonFlag};
 
 pub fn run(global: &GlobalArgs, flags: JsonFlag) -> Result<i32, CliError> {
     let path = locate(global)?;

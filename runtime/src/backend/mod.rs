@@ -22,7 +22,8 @@ use envfile_spec::Plan;
 pub use error::BackendError;
 pub use exec_request::{CommandSession, ExecRequest};
 pub use report::{
-    CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts, VmProvider,
+    service_restart, CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts,
+    VmProvider,
 };
 pub use start::{ImageDefaults, StartRequest};
 

@@ -87,8 +87,8 @@ pub struct CrashLoop {
 }
 
 impl CrashLoop {
-    pub const MIN_EXITS: u32 = 3;
-    pub const WINDOW_SECS: u64 = 60;
+    pub const MIN_EXITS: u32 = berth_agent_proto::restart::CRASH_LOOP_MIN_EXITS;
+    pub const WINDOW_SECS: u64 = berth_agent_proto::restart::CRASH_LOOP_WINDOW.as_secs();
 
     /// `crash-looping: exited N times in M s, last exit code X`.
     pub fn describe(&self) -> String {
@@ -123,4 +123,16 @@ pub struct VmFacts {
     /// Milliseconds from VMM start to agent ready.
     pub boot_ms: Option<u64>,
     pub console_log: PathBuf,
+}
+
+/// The restart policy of a berth.toml service as both the container supervisor and the VM
+/// agent apply it (`berth_agent_proto::restart`: one decision, one back-off).
+pub fn service_restart(policy: envfile_spec::plan::RestartPolicy) -> berth_agent_proto::Restart {
+    use berth_agent_proto::Restart;
+    use envfile_spec::plan::RestartPolicy;
+    match policy {
+        RestartPolicy::No => Restart::No,
+        RestartPolicy::OnFailure => Restart::OnFailure,
+        RestartPolicy::Always => Restart::Always,
+    }
 }

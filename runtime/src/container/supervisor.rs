@@ -1,21 +1,20 @@
-//! The supervisor: PID 1 of an environment. It reaps every process, runs the `[services]`
-//! with their restart policies (output into size-bounded logs), and serves the control socket
-//! (exec, tty exec, signal, status, stop). One `poll` loop over the socket, a signalfd
-//! (SIGCHLD; SIGTERM, SIGINT, SIGHUP from the host only), the connections and the services' output pipes. The
-//! only other threads are the `[[ports]]` forwarder's, which take no lock a forked child
-//! needs (their descriptors are all close-on-exec, glibc's malloc is fork-safe), so forking a
-//! child from the loop stays safe.
+//! The supervisor: PID 1 of an environment. It finishes the environment's setup, reaps every
+//! process, runs the `[services]` (their table and restart policy: `services.rs`)
+//! and serves the control socket (exec, tty exec, signal, status, stop); processes are started
+//! by [`fork_exec`](super::fork_exec). One `poll` loop over the socket, a signalfd (SIGCHLD;
+//! SIGTERM, SIGINT, SIGHUP from the host only), the connections and the services' output
+//! pipes. The only other threads are the `[[ports]]` forwarder's, which take no lock a forked
+//! child needs (their descriptors are all close-on-exec, glibc's malloc is fork-safe), so
+//! forking a child from the loop stays safe.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envfile_spec::plan::{RestartPolicy, ServicePlan};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -26,29 +25,22 @@ use super::control::{
     encode, recv_with_fds, send_with_fds, FrameDecoder, Request, Response, SupervisorStatus,
 };
 use super::error::{ContainerError, Context, Result};
+use super::fork_exec::ProcessStarter;
 use super::idmap::IdMapping;
 use super::launch::{report, LaunchEvent};
-use super::logs::LogFile;
 use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
-use super::security::{close_fds_from, ProcessSecurity};
+use super::security::ProcessSecurity;
+use super::services::Services;
 use super::spec::ContainerSpec;
-use super::users;
-use crate::backend::{CrashLoop, ExecRequest, ServiceStatus};
+use crate::backend::ExecRequest;
 use crate::host::clock::now_secs;
 use crate::host::fault_injection::checkpoint;
 use crate::net::dialer::LoopbackDialer;
 use crate::net::forward::{BoundPorts, ForwardedPort, PortForwarder};
 
-/// Entry point of berth's hidden `__supervisor <state-dir>` subcommand: the launcher, which
-/// becomes the supervisor (see [`launch`](super::launch)). Returns the launcher's exit code.
-pub fn main(state_dir: &std::path::Path) -> i32 {
-    super::launch::main(state_dir)
-}
-
 /// Default grace period when the supervisor itself receives SIGTERM.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Runs as PID 1 in the new namespaces: waits for the starter's go, finishes the root
 /// filesystem, then supervises until stopped. Never returns. `rootless`: berth runs without
@@ -171,80 +163,14 @@ struct Conn {
     pids: Vec<i32>,
 }
 
-struct Service {
-    name: String,
-    plan: ServicePlan,
-    pid: Option<i32>,
-    restarts: u32,
-    last_exit: Option<i32>,
-    restart_at: Option<Instant>,
-    /// When the recent runs ended (the last [`CrashLoop::WINDOW_SECS`] seconds' worth).
-    exits: VecDeque<Instant>,
-    /// Process group of the last run, killed before the next one starts.
-    last_group: Option<i32>,
-    output: Option<OwnedFd>,
-    log: Option<LogFile>,
-}
-
-impl Service {
-    /// Records an exit and forgets the ones older than the crash-loop window.
-    fn note_exit(&mut self, code: i32) {
-        let now = Instant::now();
-        self.last_exit = Some(code);
-        self.exits.push_back(now);
-        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
-        while self
-            .exits
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > window)
-        {
-            self.exits.pop_front();
-        }
-    }
-
-    fn crash_loop(&self) -> Option<CrashLoop> {
-        let now = Instant::now();
-        let window = Duration::from_secs(CrashLoop::WINDOW_SECS);
-        let recent: Vec<&Instant> = self
-            .exits
-            .iter()
-            .filter(|t| now.duration_since(**t) <= window)
-            .collect();
-        if (recent.len() as u32) < CrashLoop::MIN_EXITS {
-            return None;
-        }
-        Some(CrashLoop {
-            exits: recent.len() as u32,
-            seconds: now.duration_since(*recent[0]).as_secs(),
-            last_exit: self.last_exit.unwrap_or(0),
-        })
-    }
-
-    /// Signals every process left in the service's process group (it runs as a session
-    /// leader, so the group id is its pid; the number is not reused while any member lives).
-    fn signal_group(&self, pgid: i32, sig: Signal) {
-        let _ = kill(Pid::from_raw(-pgid), sig);
-    }
-}
-
-enum Stdio {
-    /// stdin, stdout, stderr passed by the client.
-    Fds([OwnedFd; 3]),
-    /// The slave side of a PTY, by path inside the environment.
-    Pty(CString),
-    /// /dev/null in, a pipe out (services).
-    Pipe(OwnedFd),
-}
-
 struct Supervisor {
-    spec: ContainerSpec,
-    security: ProcessSecurity,
+    starter: ProcessStarter,
     listener: UnixListener,
     signals: SignalFd,
     conns: BTreeMap<u64, Conn>,
     next_conn: u64,
     execs: HashMap<i32, u64>,
-    services: Vec<Service>,
+    services: Services,
     started_at: u64,
     stop_deadline: Option<Instant>,
     killed: bool,
@@ -275,25 +201,9 @@ impl Supervisor {
         listener
             .set_nonblocking(true)
             .context(|| "cannot make the control socket non-blocking".to_string())?;
-        let services = spec
-            .services
-            .iter()
-            .map(|(name, plan)| Service {
-                name: name.clone(),
-                plan: plan.clone(),
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                restart_at: (!spec.hold_services).then(Instant::now),
-                exits: VecDeque::new(),
-                last_group: None,
-                output: None,
-                log: LogFile::new(&logs, name, spec.log_limit).ok(),
-            })
-            .collect();
+        let services = Services::new(&spec, &logs);
         Ok(Supervisor {
-            spec,
-            security,
+            starter: ProcessStarter { spec, security },
             listener,
             signals,
             conns: BTreeMap::new(),
@@ -325,12 +235,7 @@ impl Supervisor {
             }
             let timeout = self.poll_timeout();
             let conn_ids: Vec<u64> = self.conns.keys().copied().collect();
-            let svc_fds: Vec<(usize, RawFd)> = self
-                .services
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.output.as_ref().map(|f| (i, f.as_raw_fd())))
-                .collect();
+            let svc_fds = self.services.output_fds();
             let (sig_ready, accept_ready, conn_ready, svc_ready) = {
                 let mut pfds = vec![
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -378,20 +283,16 @@ impl Supervisor {
                 self.read_conn(id);
             }
             for i in svc_ready {
-                self.drain_service_output(i);
+                self.services.drain_output(i);
             }
         }
     }
 
     fn poll_timeout(&self) -> PollTimeout {
-        let mut next: Option<Instant> = self.stop_deadline;
-        if self.stop_deadline.is_none() {
-            for s in &self.services {
-                if let Some(t) = s.restart_at {
-                    next = Some(next.map_or(t, |n| n.min(t)));
-                }
-            }
-        }
+        let next = match self.stop_deadline {
+            Some(deadline) => Some(deadline),
+            None => self.services.next_start(),
+        };
         match next {
             None => PollTimeout::NONE,
             Some(t) => {
@@ -450,49 +351,14 @@ impl Supervisor {
             return;
         }
         let stopping = self.stop_deadline.is_some();
-        if let Some(s) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
-            s.pid = None;
-            s.note_exit(code);
-            // What the service started lives on in its process group (a web server's workers,
-            // a reloader's child holding the port): end it with the service, SIGKILL for
-            // whatever ignores this before the next start.
-            s.signal_group(pid, Signal::SIGTERM);
-            s.last_group = Some(pid);
-            let again = match s.plan.restart {
-                RestartPolicy::No => false,
-                RestartPolicy::OnFailure => code != 0,
-                RestartPolicy::Always => true,
-            } && !stopping;
-            let delay =
-                Duration::from_millis(100u64 << s.restarts.min(6)).min(Duration::from_secs(10));
-            let note = if again {
-                s.restart_at = Some(Instant::now() + delay);
-                s.restarts += 1;
-                format!(
-                    "[berth] service {} exited with code {code}; restarting in {} ms\n",
-                    s.name,
-                    delay.as_millis()
-                )
-            } else {
-                format!("[berth] service {} exited with code {code}\n", s.name)
-            };
-            // Read what is still in the pipe first so the note comes after the output.
-            if let Some(fd) = s.output.take() {
-                drain_fd(&fd, s.log.as_mut());
-            }
-            if let Some(l) = s.log.as_mut() {
-                let _ = l.append(note.as_bytes());
-            }
-        }
+        self.services.exited(pid, code, stopping);
     }
 
     fn begin_stop(&mut self, grace: Duration) {
         if self.stop_deadline.is_some() {
             return;
         }
-        for s in &mut self.services {
-            s.restart_at = None;
-        }
+        self.services.cancel_restarts();
         // From PID 1, pid -1 means every other process of the namespace.
         let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
         self.stop_deadline = Some(Instant::now() + grace);
@@ -584,13 +450,7 @@ impl Supervisor {
         match req {
             Request::Ping => self.respond(id, &Response::Pong, &[]),
             Request::StartServices => {
-                let now = Instant::now();
-                for s in &mut self.services {
-                    // Held services never ran: no pid, no exit, no restart pending.
-                    if s.pid.is_none() && s.last_exit.is_none() && s.restart_at.is_none() {
-                        s.restart_at = Some(now);
-                    }
-                }
+                self.services.release_held();
                 self.start_services();
                 self.respond(id, &Response::Pong, &[]);
             }
@@ -657,94 +517,14 @@ impl Supervisor {
             .get_mut(&id)
             .map(|c| c.fds.drain(..).collect())
             .unwrap_or_default();
-        if req.argv.is_empty() {
-            return Err("exec needs a command".into());
-        }
-        if req.tty {
-            let (master, slave) = open_pty(req.winsize)?;
-            let pid = self.spawn(
-                &req.argv,
-                &req.env,
-                req.cwd.as_deref(),
-                req.user.as_deref(),
-                Stdio::Pty(slave),
-                true,
-            )?;
-            Ok((pid, Some(master)))
-        } else {
-            let fds: [OwnedFd; 3] = passed.try_into().map_err(|_| {
-                "exec without a terminal needs exactly stdin, stdout and stderr passed as file descriptors".to_string()
-            })?;
-            let pid = self.spawn(
-                &req.argv,
-                &req.env,
-                req.cwd.as_deref(),
-                req.user.as_deref(),
-                Stdio::Fds(fds),
-                false,
-            )?;
-            Ok((pid, None))
-        }
+        self.starter.exec(req, passed)
     }
 
     fn start_services(&mut self) {
         if self.stop_deadline.is_some() {
             return;
         }
-        let now = Instant::now();
-        for i in 0..self.services.len() {
-            let due = self.services[i].restart_at.is_some_and(|t| t <= now)
-                && self.services[i].pid.is_none();
-            if !due {
-                continue;
-            }
-            self.services[i].restart_at = None;
-            if let Some(pgid) = self.services[i].last_group.take() {
-                self.services[i].signal_group(pgid, Signal::SIGKILL);
-            }
-            let plan = self.services[i].plan.clone();
-            let env: Vec<String> = plan.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            let started = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|e| format!("cannot create a pipe: {e}"))
-                .and_then(|(r, w)| {
-                    let _ = nix::fcntl::fcntl(
-                        r.as_raw_fd(),
-                        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-                    );
-                    self.spawn(
-                        &plan.command,
-                        &env,
-                        plan.workdir.as_deref(),
-                        None,
-                        Stdio::Pipe(w),
-                        false,
-                    )
-                    .map(|pid| (pid, r))
-                });
-            let s = &mut self.services[i];
-            match started {
-                Ok((pid, r)) => {
-                    s.pid = Some(pid);
-                    s.output = Some(r);
-                }
-                Err(e) => {
-                    if let Some(l) = s.log.as_mut() {
-                        let _ = l.append(
-                            format!("[berth] cannot start service {}: {e}\n", s.name).as_bytes(),
-                        );
-                    }
-                    s.note_exit(127);
-                }
-            }
-        }
-    }
-
-    fn drain_service_output(&mut self, i: usize) {
-        let s = &mut self.services[i];
-        let Some(fd) = s.output.as_ref() else { return };
-        if !drain_fd(fd, s.log.as_mut()) {
-            s.output = None;
-        }
+        self.services.start_due(&self.starter);
     }
 
     fn status(&self) -> SupervisorStatus {
@@ -761,123 +541,11 @@ impl Supervisor {
             .unwrap_or(0) as u32;
         SupervisorStatus {
             started_at: self.started_at,
-            services: self
-                .services
-                .iter()
-                .map(|s| ServiceStatus {
-                    name: s.name.clone(),
-                    pid: s.pid,
-                    restarts: s.restarts,
-                    last_exit: s.last_exit,
-                    crash_loop: s.crash_loop(),
-                })
-                .collect(),
+            services: self.services.status(),
             processes,
             usage: None,
         }
     }
-
-    /// Forks and execs one process with the environment's security profile.
-    fn spawn(
-        &self,
-        argv: &[String],
-        extra_env: &[String],
-        cwd: Option<&str>,
-        user: Option<&str>,
-        stdio: Stdio,
-        tty: bool,
-    ) -> std::result::Result<i32, String> {
-        if argv.is_empty() {
-            return Err("empty command".into());
-        }
-        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-        let group = fs::read_to_string("/etc/group").unwrap_or_default();
-        let who = users::resolve(user.or(self.spec.image.user.as_deref()), &passwd, &group)?;
-        let env = compose_env(&self.spec, &who.home, tty, extra_env);
-        let path_var = env
-            .iter()
-            .find_map(|e| e.strip_prefix("PATH="))
-            .unwrap_or(DEFAULT_PATH)
-            .to_string();
-        let program = find_program(&argv[0], &path_var);
-        let cwd = cwd
-            .or(self.spec.image.workdir.as_deref())
-            .unwrap_or("/")
-            .to_string();
-        let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
-        let c_prog = c(&program)?;
-        let c_argv: Vec<CString> = argv
-            .iter()
-            .map(|a| c(a))
-            .collect::<std::result::Result<_, _>>()?;
-        let c_env: Vec<CString> = env
-            .iter()
-            .map(|a| c(a))
-            .collect::<std::result::Result<_, _>>()?;
-        let c_cwd = c(&cwd)?;
-        let devnull = match &stdio {
-            Stdio::Pipe(_) => Some(
-                fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?,
-            ),
-            _ => None,
-        };
-        // SAFETY: the supervisor is single-threaded, so the child may run arbitrary code.
-        match unsafe { nix::unistd::fork() } {
-            Err(e) => Err(format!("cannot fork: {e}")),
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(child.as_raw()),
-            Ok(nix::unistd::ForkResult::Child) => {
-                let err = child_exec(
-                    &self.security,
-                    &who,
-                    &stdio,
-                    devnull.as_ref(),
-                    &c_prog,
-                    &c_argv,
-                    &c_env,
-                    &c_cwd,
-                );
-                let msg = exec_failure_message(&argv[0], &cwd, err);
-                // SAFETY: writing to our stderr and exiting without unwinding.
-                unsafe {
-                    libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(if err.1 == libc::ENOENT { 127 } else { 126 })
-                }
-            }
-        }
-    }
-}
-
-const STEP_CHDIR: &str = "change to the working directory";
-const STEP_CWD_OUTSIDE: &str = "working directory outside the environment";
-
-/// What the forked child prints when it cannot run `program` (the failing step and errno
-/// returned by [`child_exec`]); names the working directory when that was the problem.
-fn exec_failure_message(program: &str, cwd: &str, (step, errno): (&str, i32)) -> String {
-    match step {
-        STEP_CWD_OUTSIDE => format!(
-            "berth: cannot run {program}: the working directory {cwd} is outside the environment \
-             (it leads to a folder of the host); choose a folder inside the environment\n"
-        ),
-        STEP_CHDIR => format!(
-            "berth: cannot run {program}: cannot change to the working directory {cwd}: {}\n",
-            io::Error::from_raw_os_error(errno)
-        ),
-        _ => format!(
-            "berth: cannot run {program}: {step}: {}\n",
-            io::Error::from_raw_os_error(errno)
-        ),
-    }
-}
-
-/// Whether the current working directory is reachable from this process's root (runc's check
-/// since 1.1.12): the kernel's getcwd prefixes "(unreachable)" to a folder outside the root,
-/// e.g. one entered through a descriptor opened before pivot_root. A raw system call: the C
-/// library's wrapper hides the prefix behind ENOENT only in newer versions.
-pub fn cwd_is_inside_root() -> bool {
-    let mut buf = [0u8; libc::PATH_MAX as usize];
-    // SAFETY: getcwd writes at most buf.len() bytes into our buffer.
-    let rc = unsafe { libc::syscall(libc::SYS_getcwd, buf.as_mut_ptr(), buf.len()) };
-    rc > 0 && buf[0] == b'/'
 }
 
 /// Whether a SIGTERM/SIGINT/SIGHUP read from the signalfd stops the environment: only when
@@ -891,223 +559,9 @@ fn stops_the_environment(signo: u32, sender_pid: u32) -> bool {
     stopping.contains(&(signo as i32)) && sender_pid == 0
 }
 
-/// Runs in the forked child; returns only on failure (step name, errno).
-#[allow(clippy::too_many_arguments)]
-fn child_exec(
-    security: &ProcessSecurity,
-    who: &users::ResolvedUser,
-    stdio: &Stdio,
-    devnull: Option<&fs::File>,
-    prog: &CString,
-    argv: &[CString],
-    env: &[CString],
-    cwd: &CString,
-) -> (&'static str, i32) {
-    let errno = || {
-        io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    };
-    let _ = SigSet::all().thread_unblock();
-    // SAFETY: resetting signal dispositions to their defaults in the child before exec.
-    unsafe {
-        for s in [
-            libc::SIGPIPE,
-            libc::SIGCHLD,
-            libc::SIGTERM,
-            libc::SIGINT,
-            libc::SIGHUP,
-        ] {
-            libc::signal(s, libc::SIG_DFL);
-        }
-    }
-    let _ = nix::unistd::setsid();
-    // SAFETY: dup2/open/ioctl on descriptors this child owns.
-    unsafe {
-        match stdio {
-            Stdio::Fds(fds) => {
-                for (i, fd) in fds.iter().enumerate() {
-                    if libc::dup2(fd.as_raw_fd(), i as i32) < 0 {
-                        return ("redirect stdio", errno());
-                    }
-                }
-            }
-            Stdio::Pty(slave) => {
-                let fd = libc::open(slave.as_ptr(), libc::O_RDWR);
-                if fd < 0 {
-                    return ("open the terminal", errno());
-                }
-                if libc::ioctl(fd, libc::TIOCSCTTY, 0) < 0 {
-                    return ("make the terminal the controlling one", errno());
-                }
-                for i in 0..3 {
-                    libc::dup2(fd, i);
-                }
-            }
-            Stdio::Pipe(w) => {
-                if let Some(n) = devnull {
-                    libc::dup2(n.as_raw_fd(), 0);
-                }
-                libc::dup2(w.as_raw_fd(), 1);
-                libc::dup2(w.as_raw_fd(), 2);
-            }
-        }
-    }
-    // Nothing but the three standard streams may be open from here on: a descriptor of a host
-    // folder the supervisor holds (its log folder, the control socket's) would otherwise be
-    // reachable as /proc/self/fd/N by the chdir below (CVE-2024-21626), and close-on-exec
-    // only takes effect at execve, after the chdir.
-    close_fds_from(3);
-    if security.drop_bounding().is_err() {
-        return ("drop capabilities", errno());
-    }
-    let gids: Vec<nix::unistd::Gid> = who
-        .groups
-        .iter()
-        .map(|g| nix::unistd::Gid::from_raw(*g))
-        .collect();
-    // Fails in a single-id user namespace (setgroups denied); the gid below still applies.
-    let _ = nix::unistd::setgroups(&gids);
-    let g = nix::unistd::Gid::from_raw(who.gid);
-    let u = nix::unistd::Uid::from_raw(who.uid);
-    if let Err(e) = nix::unistd::setresgid(g, g, g) {
-        return ("switch group", e as i32);
-    }
-    if let Err(e) = nix::unistd::setresuid(u, u, u) {
-        return ("switch user", e as i32);
-    }
-    // SAFETY: chdir with a NUL-terminated path.
-    if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-        return (STEP_CHDIR, errno());
-    }
-    if !cwd_is_inside_root() {
-        return (STEP_CWD_OUTSIDE, libc::EXDEV);
-    }
-    if let Err(step) = security.apply_before_exec() {
-        return (step, errno());
-    }
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut env_p: Vec<*const libc::c_char> = env.iter().map(|a| a.as_ptr()).collect();
-    env_p.push(std::ptr::null());
-    // SAFETY: NULL-terminated arrays of pointers to live CStrings.
-    unsafe { libc::execve(prog.as_ptr(), argv_p.as_ptr(), env_p.as_ptr()) };
-    ("exec", errno())
-}
-
-/// Reads everything available; `false` on end of file.
-fn drain_fd(fd: &OwnedFd, mut log: Option<&mut LogFile>) -> bool {
-    let mut buf = [0u8; 16384];
-    loop {
-        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-            Ok(0) => return false,
-            Ok(n) => {
-                if let Some(l) = log.as_deref_mut() {
-                    let _ = l.append(&buf[..n]);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(nix::errno::Errno::EAGAIN) => return true,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// PATH, HOME, HOSTNAME (and TERM for a tty), then the image's, the spec's and the request's
-/// variables, later ones overriding earlier ones.
-pub fn compose_env(spec: &ContainerSpec, home: &str, tty: bool, extra: &[String]) -> Vec<String> {
-    let mut vars: Vec<(String, String)> = vec![
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("HOME".into(), home.into()),
-        ("HOSTNAME".into(), spec.hostname.clone()),
-    ];
-    if tty {
-        vars.push(("TERM".into(), "xterm".into()));
-    }
-    let mut set = |k: &str, v: &str| match vars.iter_mut().find(|(kk, _)| kk == k) {
-        Some(e) => e.1 = v.to_string(),
-        None => vars.push((k.to_string(), v.to_string())),
-    };
-    for e in &spec.image.env {
-        if let Some((k, v)) = e.split_once('=') {
-            set(k, v);
-        }
-    }
-    for (k, v) in &spec.env {
-        set(k, v);
-    }
-    for e in extra {
-        if let Some((k, v)) = e.split_once('=') {
-            set(k, v);
-        }
-    }
-    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
-}
-
-/// `name` searched in `path` when it has no slash; returned unchanged when not found (exec
-/// then reports it missing).
-pub fn find_program(name: &str, path: &str) -> String {
-    if name.contains('/') {
-        return name.to_string();
-    }
-    for dir in path.split(':').filter(|d| !d.is_empty()) {
-        let p = std::path::Path::new(dir).join(name);
-        if let Ok(m) = fs::metadata(&p) {
-            use std::os::unix::fs::PermissionsExt;
-            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
-                return p.to_string_lossy().into_owned();
-            }
-        }
-    }
-    name.to_string()
-}
-
-/// A new PTY in the environment's devpts: (master, slave path).
-fn open_pty(winsize: Option<(u16, u16)>) -> std::result::Result<(OwnedFd, CString), String> {
-    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
-    let master = posix_openpt(
-        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
-    )
-    .map_err(|e| format!("cannot open a terminal (/dev/ptmx): {e}"))?;
-    grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
-    unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
-    if let Some((rows, cols)) = winsize {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ with a valid winsize struct on our master fd.
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    }
-    use std::os::fd::IntoRawFd;
-    // SAFETY: PtyMaster gives up its fd; the OwnedFd is its only owner.
-    let fd = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
-    Ok((
-        fd,
-        CString::new(name).map_err(|_| "bad pty name".to_string())?,
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-
-    #[test]
-    fn env_layers_override_in_order() {
-        let mut s = ContainerSpec::new("e", "host", Path::new("/s"), vec!["/l".into()]);
-        s.image.env = vec!["PATH=/img".into(), "A=img".into()];
-        s.env.insert("A".into(), "spec".into());
-        let e = compose_env(&s, "/root", true, &["B=req".into(), "A=req".into()]);
-        assert!(e.contains(&"PATH=/img".to_string()));
-        assert!(e.contains(&"A=req".to_string()));
-        assert!(e.contains(&"TERM=xterm".to_string()));
-        assert!(e.contains(&"HOSTNAME=host".to_string()));
-        assert_eq!(e.iter().filter(|v| v.starts_with("A=")).count(), 1);
-    }
 
     #[test]
     fn only_the_hosts_stop_signals_stop_the_environment() {
@@ -1119,71 +573,5 @@ mod tests {
             );
         }
         assert!(!stops_the_environment(libc::SIGCHLD as u32, 0));
-    }
-
-    #[test]
-    fn failures_name_the_working_directory() {
-        let m = exec_failure_message("sh", "/proc/self/fd/0", (STEP_CWD_OUTSIDE, libc::EXDEV));
-        assert!(
-            m.contains("/proc/self/fd/0 is outside the environment"),
-            "{m}"
-        );
-        let m = exec_failure_message("sh", "/nope", (STEP_CHDIR, libc::ENOENT));
-        assert!(m.contains("working directory /nope: No such file"), "{m}");
-        let m = exec_failure_message("sh", "/", ("exec", libc::ENOENT));
-        assert!(m.starts_with("berth: cannot run sh: exec: "), "{m}");
-    }
-
-    #[test]
-    fn a_cwd_outside_the_root_is_detected() {
-        // Needs chroot (root); the check itself runs in a forked child.
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root for chroot; CI runs as root");
-            return;
-        }
-        let t = tempfile::tempdir().unwrap();
-        fs::create_dir(t.path().join("root")).unwrap();
-        let outside = fs::File::open(t.path()).unwrap();
-        let root = CString::new(t.path().join("root").to_str().unwrap()).unwrap();
-        // SAFETY: the child makes system calls only and leaves with _exit.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let mut code = 0;
-                // SAFETY: chroot/chdir/fchdir with valid arguments, in the child only.
-                unsafe {
-                    if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
-                        libc::_exit(10);
-                    }
-                    if !cwd_is_inside_root() {
-                        code |= 1;
-                    }
-                    // What /proc/self/fd/N of a folder opened before the chroot gives.
-                    if libc::fchdir(outside.as_raw_fd()) != 0 {
-                        libc::_exit(11);
-                    }
-                    if cwd_is_inside_root() {
-                        code |= 2;
-                    }
-                    libc::_exit(code);
-                }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                let st = waitpid(child, None).unwrap();
-                assert_eq!(st, WaitStatus::Exited(child, 0));
-            }
-        }
-    }
-
-    #[test]
-    fn programs_are_found_on_path() {
-        assert_eq!(find_program("/x/y", "/bin"), "/x/y");
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("tool");
-        fs::write(&p, "#!/bin/sh\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        let path = format!("/nonexistent:{}", t.path().display());
-        assert_eq!(find_program("tool", &path), p.to_string_lossy());
-        assert_eq!(find_program("missing", &path), "missing");
     }
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_agent_proto::{MountRequest, Restart, ServiceSpec, Setup};
-use envfile_spec::plan::{MountKind, NetworkMode, PortPlan, RestartPolicy};
+use berth_agent_proto::{MountRequest, ServiceSpec, Setup};
+use envfile_spec::plan::{MountKind, NetworkMode, PortPlan};
 
 use super::connect::VmConnection;
 use super::kernel::KernelStore;
@@ -34,11 +34,7 @@ pub(super) fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
             env: s.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             // The image's working directory, as for a container's services.
             cwd: s.workdir.clone().or_else(|| spec.workdir.clone()),
-            restart: match s.restart {
-                RestartPolicy::No => Restart::No,
-                RestartPolicy::OnFailure => Restart::OnFailure,
-                RestartPolicy::Always => Restart::Always,
-            },
+            restart: crate::backend::service_restart(s.restart),
         })
         .collect()
 }
