@@ -21,7 +21,7 @@ use super::control::{self, ExecSession};
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{IdMapping, Invoker};
 use super::idmap_record::stable_mapping;
-use super::launch::LaunchEvent;
+use super::launch_report::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
 use super::network_attach;
 use super::run_state::{ContainerState, Phase};

@@ -6,7 +6,6 @@
 //! after the starter's network hook) before it sets up the rest.
 
 use std::fs;
-use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
@@ -15,10 +14,10 @@ use std::path::Path;
 use nix::sched::CloneFlags;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Gid, Uid};
-use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Context, Result};
 use super::idmap::IdMapping;
+use super::launch_report::{report, LaunchEvent};
 use super::namespaces::{
     enter, environment_flags, make_mounts_private, pipe, private_mount_namespace, recv_byte,
     send_byte,
@@ -36,33 +35,6 @@ pub const SUPERVISOR_ARG: &str = "__supervisor";
 pub const REPORT_FD: RawFd = 3;
 /// Where the launcher finds the go pipe (read end).
 pub const GO_FD: RawFd = 4;
-
-/// Messages from the launcher chain to the starter, one JSON object per line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum LaunchEvent {
-    /// The supervisor's pid in the host's pid namespace.
-    Pid {
-        pid: i32,
-    },
-    /// The host ports the launcher bound for `[[ports]]` (sent before [`LaunchEvent::Pid`]).
-    Ports {
-        ports: Vec<ForwardedPort>,
-    },
-    Ready,
-    Error {
-        message: String,
-    },
-}
-
-pub fn report(fd: &OwnedFd, ev: &LaunchEvent) {
-    let mut line = serde_json::to_vec(ev).unwrap_or_default();
-    line.push(b'\n');
-    // SAFETY: we borrow the fd for one write; the File is forgotten, not closed.
-    let mut f = unsafe { fs::File::from_raw_fd(fd.as_raw_fd()) };
-    let _ = f.write_all(&line);
-    std::mem::forget(f);
-}
 
 /// Entry point of the hidden subcommand. Never returns for the supervisor process.
 pub fn main(state_dir: &Path) -> i32 {

@@ -67,6 +67,7 @@ pub mod fork_exec;
 pub mod idmap;
 pub mod idmap_record;
 pub mod launch;
+pub mod launch_report;
 pub mod layer_ids;
 pub mod layer_snapshot;
 pub mod login_env;

@@ -27,7 +27,7 @@ use super::control::{
 use super::error::{ContainerError, Context, Result};
 use super::fork_exec::ProcessStarter;
 use super::idmap::IdMapping;
-use super::launch::{report, LaunchEvent};
+use super::launch_report::{report, LaunchEvent};
 use super::namespaces::recv_byte;
 use super::rootfs::OverlayRootfs;
 use super::security::ProcessSecurity;
