@@ -16,6 +16,7 @@ pub mod client;
 mod codec;
 mod message;
 pub mod restart;
+pub mod users;
 
 pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};

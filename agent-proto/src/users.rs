@@ -1,5 +1,7 @@
 //! Resolving `user` strings (`name`, `uid`, `uid:gid`, `name:group`) against the environment's
-//! own /etc/passwd and /etc/group, as the supervisor sees them after pivot_root.
+//! own /etc/passwd and /etc/group: one meaning for the container supervisor (after
+//! pivot_root) and the VM agent (in the guest), so `user = "1000:1000"`, an image's `User`
+//! and `exec --user dev:wheel` mean the same thing in both backends.
 
 /// A user to run a process as.
 #[derive(Debug, Clone, PartialEq, Eq)]

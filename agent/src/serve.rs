@@ -461,30 +461,21 @@ impl Server {
         }
         let user = match exec.user.as_deref() {
             None | Some("root") | Some("0") => users::root(),
-            Some(spec) => {
-                let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-                match users::resolve(spec, &passwd) {
-                    Some(u) => u,
-                    None => {
-                        self.send(
-                            ctl,
-                            id,
-                            Message::Error {
-                                message: format!("no user {spec} in the guest's /etc/passwd"),
-                            },
-                        );
-                        self.send(
-                            ctl,
-                            id,
-                            Message::Exit {
-                                code: 126,
-                                signal: 0,
-                            },
-                        );
-                        return;
-                    }
+            Some(spec) => match users::resolve(spec) {
+                Ok(u) => u,
+                Err(message) => {
+                    self.send(ctl, id, Message::Error { message });
+                    self.send(
+                        ctl,
+                        id,
+                        Message::Exit {
+                            code: 126,
+                            signal: 0,
+                        },
+                    );
+                    return;
                 }
-            }
+            },
         };
         let mut env = self.env.clone();
         env.retain(|(k, _)| k != "HOME");

@@ -105,6 +105,7 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
     }
     let tty = req.tty.is_some();
     let (uid, gid) = (req.user.uid, req.user.gid);
+    let groups: Vec<libc::gid_t> = req.user.groups.clone();
 
     // SAFETY: the agent is single-threaded, so the child may run any code until exec; it only
     // uses memory prepared above and async-signal-safe calls.
@@ -127,7 +128,7 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
             if uid != 0 || gid != 0 {
-                libc::setgroups(0, std::ptr::null());
+                libc::setgroups(groups.len(), groups.as_ptr());
                 libc::setgid(gid);
                 libc::setuid(uid);
             }

@@ -14,8 +14,8 @@ use nix::sys::signal::SigSet;
 
 use super::security::{close_fds_from, ProcessSecurity};
 use super::spec::ContainerSpec;
-use super::users;
 use crate::backend::ExecRequest;
+use berth_agent_proto::users;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

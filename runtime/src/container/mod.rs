@@ -87,7 +87,6 @@ pub mod step;
 pub mod supervisor;
 pub mod sync_root;
 pub mod terminal;
-pub mod users;
 
 pub use container_backend::ContainerBackend;
 pub use error::ContainerError;
