@@ -41,26 +41,11 @@ pub fn tap_usable() -> Result<(), String> {
     }
 }
 
-/// Opens a tap for a test, or says why the test is skipped (no root, no `/dev/net/tun`).
-#[cfg(test)]
-pub(crate) fn test_tap(name: &str) -> Option<Tap> {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: tap devices need root (CAP_NET_ADMIN)");
-        return None;
-    }
-    match Tap::open(name) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            eprintln!("skipping: cannot create a tap device: {e}");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::netlink::Netlink;
+    use berth_vmm::tap_device::test_tap;
 
     #[test]
     fn guest_macs_are_local_unicast_and_stable() {
