@@ -12,6 +12,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -800,10 +801,10 @@ impl Supervisor {
             .unwrap_or(DEFAULT_PATH)
             .to_string();
         let program = find_program(&argv[0], &path_var);
-        let cwd = cwd
-            .or(self.spec.image.workdir.as_deref())
-            .unwrap_or("/")
-            .to_string();
+        let cwd = cwd.map_or_else(
+            || default_cwd(self.spec.image.workdir.as_deref()),
+            str::to_string,
+        );
         let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
         let c_prog = c(&program)?;
         let c_argv: Vec<CString> = argv
@@ -840,10 +841,24 @@ impl Supervisor {
                 // SAFETY: writing to our stderr and exiting without unwinding.
                 unsafe {
                     libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(if err.1 == libc::ENOENT { 127 } else { 126 })
+                    libc::_exit(if err == ("exec", libc::ENOENT) {
+                        127
+                    } else {
+                        126
+                    })
                 }
             }
         }
+    }
+}
+
+/// The working directory of a command that asked for none: the image's, or `/` when the image
+/// names none or the folder does not exist (as Docker does), the same as the VM agent. An
+/// asked-for folder that does not exist fails the command instead.
+fn default_cwd(image_workdir: Option<&str>) -> String {
+    match image_workdir {
+        Some(dir) if Path::new(dir).is_dir() => dir.to_string(),
+        _ => "/".to_string(),
     }
 }
 
@@ -1119,6 +1134,15 @@ mod tests {
             );
         }
         assert!(!stops_the_environment(libc::SIGCHLD as u32, 0));
+    }
+
+    #[test]
+    fn the_default_working_directory_falls_back_to_the_root() {
+        let tmp = std::env::temp_dir();
+        let tmp = tmp.to_str().unwrap();
+        assert_eq!(default_cwd(Some(tmp)), tmp);
+        assert_eq!(default_cwd(Some("/nonexistent/berth-default-cwd")), "/");
+        assert_eq!(default_cwd(None), "/");
     }
 
     #[test]
