@@ -5,6 +5,7 @@
 
 pub mod debian;
 pub mod host;
+pub mod nested;
 pub mod oci;
 pub mod probe;
 pub mod project;
