@@ -74,6 +74,15 @@ pub fn agent_check() -> Check {
     }
 }
 
+/// Whether the layer store of the berth home at `home` gets id-mapped mounts
+/// (`container::idmap_probe`), else berth copies the layers per id range.
+pub fn layer_idmap_check(home: &Path) -> Check {
+    match crate::container::idmap_probe::home_report(home) {
+        Ok(detail) => Check::ok("id-mapped layers", detail),
+        Err((detail, fix)) => Check::warn("id-mapped layers", detail, fix),
+    }
+}
+
 /// Whether virtiofsd is there to share `bind` and `volume` mounts with qemu VMs.
 pub fn virtiofsd_check() -> Check {
     const NAME: &str = "vm folders";

@@ -1,7 +1,7 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
 use berth_runtime::doctor::{
-    agent_check, diagnose, store_check, virtiofsd_check, CheckStatus, HostRoot,
+    agent_check, diagnose, layer_idmap_check, store_check, virtiofsd_check, CheckStatus, HostRoot,
 };
 
 use crate::exit::CliError;
@@ -15,6 +15,7 @@ pub fn run(json: bool) -> Result<i32, CliError> {
         report
             .checks
             .push(store_check(&home, nix::unistd::geteuid().as_raw()));
+        report.checks.push(layer_idmap_check(&home));
     }
     if json {
         println!(

@@ -60,7 +60,7 @@ pub fn user_namespace_with(mapping: &IdMapping) -> Result<OwnedFd> {
 pub(crate) const OPEN_TREE_CLONE: libc::c_uint = 1;
 pub(crate) const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 pub(crate) const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+pub(crate) const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;

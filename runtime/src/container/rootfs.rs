@@ -23,6 +23,7 @@ use super::error::{ContainerError, Context, Result};
 use super::idmap::{
     attach_clone, idmapped_bind, owner_group, user_namespace_with, CloneFlags, IdMapping,
 };
+use super::idmap_probe;
 pub use super::in_root::{ensure_in_root, Owner};
 use super::root_bind;
 pub use super::rootfs_enter::{DEVICES, MASKED_PATHS, READONLY_PATHS};
@@ -112,7 +113,7 @@ impl<'a> OverlayRootfs<'a> {
         mkdir_p(&target)?;
         let mut lowers = Vec::new();
         for (i, layer) in spec.lower_layers.iter().enumerate() {
-            match idmap_userns {
+            match idmap_userns.filter(|_| !spec.premapped_lowers) {
                 Some(ns) => {
                     let at = spec.state_dir.join("lower").join(i.to_string());
                     mkdir_p(&at)?;
@@ -145,12 +146,26 @@ impl<'a> OverlayRootfs<'a> {
         }
         // nodev: a device node of an image (or one copied up) must never open through the
         // environment's root; the devices it may use are bound into its own /dev.
-        mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str())).context(|| {
-            format!(
-                "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
-                target.display()
-            )
-        })?;
+        if let Err(e) = mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ) {
+            if let Some(refused) =
+                upper_refused(&spec.upper_dir, owner.is_none() && self.mapping.is_some())
+            {
+                return Err(refused);
+            }
+            return Err(ContainerError::sys(
+                format!(
+                    "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
+                    target.display()
+                ),
+                e,
+            ));
+        }
         let root = open_dir(&target)?;
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
@@ -202,13 +217,18 @@ impl<'a> OverlayRootfs<'a> {
                         },
                         other => other,
                     };
+                    // Where the source's filesystem refuses id-mapped mounts the folder is
+                    // bound as it is, so the environment's root stays an unprivileged host id
+                    // there (`up` says so: `root_bind::notices`); never the other way round.
                     match (idmap_userns, self.mapping, idmap) {
                         (Some(_), Some(env), true)
-                            if meta.uid() != 0
+                            if (meta.uid() != 0
                                 || root_bind::reachable_only_by_root(
                                     &opened,
                                     mounted.get_or_insert_with(|| root_bind::mounted_sources(spec)),
-                                ) =>
+                                ))
+                                && idmap_probe::probe(&from, spec.net_home.as_deref())?
+                                    .supported =>
                         {
                             let gid = owner_group(meta.uid(), meta.gid());
                             let ns = user_namespace_with(&env.for_bind_owner(meta.uid(), gid))?;
@@ -362,6 +382,47 @@ impl<'a> OverlayRootfs<'a> {
             bind(&p, &fd_path(&t), false, true)?;
         }
         Ok(())
+    }
+}
+
+/// When overlayfs refuses the filesystem of `upper` as a writable layer (FUSE filesystems,
+/// network filesystems: they lack whiteouts by rename, `O_TMPFILE` or trusted xattrs), the
+/// error that says so. Asked with a trial overlay of an empty folder whose upper and work dirs
+/// sit beside `upper`, removed again; `None` when the trial mounts (the failure was elsewhere).
+fn upper_refused(upper: &Path, userxattr: bool) -> Option<ContainerError> {
+    let parent = upper.parent()?;
+    let trial = parent.join(format!(".overlay-trial-{}", std::process::id()));
+    let dirs = ["lower", "upper", "work", "mnt"].map(|d| trial.join(d));
+    let made = dirs.iter().all(|d| fs::create_dir_all(d).is_ok());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{}",
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].display(),
+        if userxattr { ",userxattr" } else { "" }
+    );
+    let result = made.then(|| {
+        mount(
+            Some("overlay"),
+            &dirs[3],
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+    });
+    if let Some(Ok(())) = result {
+        let _ = nix::mount::umount2(&dirs[3], nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = crate::state::remove_tree(&trial);
+    match result {
+        Some(Err(e)) => {
+            let fs = super::idmap_probe::fs_type(parent).unwrap_or_else(|| "its filesystem".into());
+            Some(ContainerError::Setup(format!(
+                "overlayfs cannot keep the environment's writable layer on {fs} at {} ({e}: the kernel refuses {fs} as an overlay upper directory); put BERTH_HOME on a local filesystem such as ext4, xfs, btrfs or tmpfs",
+                upper.display()
+            )))
+        }
+        _ => None,
     }
 }
 
