@@ -60,7 +60,7 @@ pub fn probe(path: &Path, home: Option<&Path>) -> Result<IdmapSupport> {
     let meta =
         fs::metadata(path).map_err(|e| ContainerError::path_io("cannot inspect", path, e))?;
     let magic = nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64)
+        .map(|s| s.filesystem_type().0)
         .map_err(|e| ContainerError::sys(format!("cannot statfs {}", path.display()), e))?;
     let kernel = kernel_release();
     let cache_path = home.map(|h| h.join(CACHE_FILE));
@@ -180,15 +180,13 @@ pub fn is_refusal(e: &std::io::Error) -> bool {
 }
 
 fn errno_text(e: &std::io::Error) -> String {
-    let name = match e.raw_os_error() {
-        Some(libc::EINVAL) => "EINVAL",
-        Some(libc::EPERM) => "EPERM",
-        Some(libc::ENOSYS) => "ENOSYS",
-        Some(libc::EOPNOTSUPP) => "EOPNOTSUPP",
-        Some(libc::EACCES) => "EACCES",
-        _ => "error",
-    };
-    format!("{name}: {e}")
+    match e.raw_os_error() {
+        Some(code) => {
+            let errno = nix::errno::Errno::from_raw(code);
+            format!("{errno:?}: {}", errno.desc())
+        }
+        None => e.to_string(),
+    }
 }
 
 fn kernel_release() -> String {
