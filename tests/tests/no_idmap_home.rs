@@ -349,3 +349,44 @@ fn a_home_whose_filesystem_overlayfs_refuses_as_upper_fails_clearly_and_keeps_no
     let ls = b.ok(p.path(), &["ls", "--json"]);
     assert_eq!(ls.trim(), "[]", "{ls}");
 }
+
+/// A home in the temp folder, whatever its filesystem: where the kernel refuses id-mapped
+/// mounts there (`berth doctor` says so; the nested L1 guest runs this with TMPDIR on its
+/// overlay root, on kernel 6.1), the environment runs from layer copies and `up` says so;
+/// where it does not (ext4, tmpfs on this host), the layers are id-mapped and nothing is
+/// copied.
+#[test]
+fn a_home_in_the_temp_folder_runs_containers_with_or_without_id_mapped_mounts() {
+    require_root!();
+    let b = Berth::new();
+    let p = project("berth-noidm-tmp-", "");
+    std::fs::write(p.path().join("rootfs/owned-by-root"), "x").unwrap();
+    let doctor = text(&b.run_in(p.path(), &["doctor"])).0;
+    let line = doctor
+        .lines()
+        .find(|l| l.contains("id-mapped layers"))
+        .unwrap_or_else(|| panic!("no id-mapped layers line: {doctor}"))
+        .to_string();
+    let refused = line.contains("not available");
+    let (_, err) = b.ok_both(p.path(), &["up"]);
+    assert_eq!(
+        err.contains("berth uses copies of the image layers"),
+        refused,
+        "doctor: {line}\nup: {err}"
+    );
+    let out = b.ok(
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "id -u; stat -c %u /owned-by-root; echo w > /owned-by-root && cat /owned-by-root",
+        ],
+    );
+    assert_eq!(out, "0\n0\nw\n", "{out}");
+    let copies = b.home.path().join("layer-copies");
+    let copied = std::fs::read_dir(&copies).is_ok_and(|mut d| d.next().is_some());
+    assert_eq!(copied, refused, "layer copies: {copied}, doctor: {line}");
+    b.ok(p.path(), &["destroy"]);
+}
