@@ -25,7 +25,9 @@
 //! **User namespace by default.** As root the environment's ids map to root's /etc/subuid
 //! range, else 100000+65536 (moved above any user's subordinate range when they overlap);
 //! image layers are attached as id-mapped mounts so their root-owned files appear owned by
-//! root inside while the writable layer belongs to the mapped root. Rootless: the user's
+//! root inside while the writable layer belongs to the mapped root. Where the layers'
+//! filesystem has no id-mapped mounts ([`idmap_probe`]), copies owned by the environment's
+//! range are mounted instead ([`layer_copy`]). Rootless: the user's
 //! subordinate range via newuidmap/newgidmap, else a single-id map. `privileged` runs
 //! without a user namespace, capability cut or seccomp filter.
 //!
