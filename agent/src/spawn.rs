@@ -47,6 +47,12 @@ fn candidates(arg0: &str, env: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The start of the message a child prints when it cannot enter its working directory (the
+/// error follows); worded as the container supervisor's.
+fn chdir_failure_prefix(program: &str, cwd: &str) -> String {
+    format!("berth-agent: cannot run {program}: cannot change to the working directory {cwd}: ")
+}
+
 pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
     let Some(arg0) = req.argv.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
@@ -65,9 +71,17 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
         .iter()
         .map(|p| sys::cstr(p))
         .collect::<io::Result<_>>()?;
-    let cwd = sys::cstr(req.cwd.unwrap_or(&req.user.home))?;
-    let fail_msg = |what: &str| format!("berth-agent: cannot {what} {arg0}: ");
-    let (msg_chdir, msg_exec) = (fail_msg("change directory for"), fail_msg("run"));
+    // An asked-for working directory must exist; the default one (the user's home) falls back
+    // to `/` when the image has no such folder, as Docker does.
+    let cwd_text = req.cwd.unwrap_or(&req.user.home);
+    let cwd = sys::cstr(cwd_text)?;
+    let fallback_cwd = if req.cwd.is_none() {
+        Some(sys::cstr("/")?)
+    } else {
+        None
+    };
+    let msg_chdir = chdir_failure_prefix(arg0, cwd_text);
+    let msg_exec = format!("berth-agent: cannot run {arg0}: ");
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
@@ -132,7 +146,11 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
                 libc::setgid(gid);
                 libc::setuid(uid);
             }
-            if libc::chdir(cwd.as_ptr()) != 0 {
+            let entered = libc::chdir(cwd.as_ptr()) == 0
+                || fallback_cwd
+                    .as_ref()
+                    .is_some_and(|root| libc::chdir(root.as_ptr()) == 0);
+            if !entered {
                 let e = io::Error::last_os_error().to_string();
                 let _ = sys::write_all(2, format!("{msg_chdir}{e}\n").as_bytes());
                 libc::_exit(126);
@@ -166,6 +184,70 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `argv` as root with `home` and `cwd`; returns (exit code, stdout, stderr).
+    fn run(argv: &[&str], home: &str, cwd: Option<&str>) -> (i32, String, String) {
+        let user = User {
+            home: home.into(),
+            ..crate::users::root()
+        };
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let p = spawn(&SpawnRequest {
+            argv: &argv,
+            env: &[],
+            cwd,
+            user: &user,
+            tty: None,
+            log: None,
+        })
+        .unwrap();
+        drop(p.stdin);
+        let read_all = |fd: Option<OwnedFd>| {
+            let fd = fd.unwrap();
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match sys::read(fd.as_raw_fd(), &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(5))
+                    }
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        let (out, err) = (read_all(p.stdout), read_all(p.stderr));
+        let mut status = 0;
+        // SAFETY: waiting for the child this test started.
+        assert_eq!(unsafe { libc::waitpid(p.pid, &mut status, 0) }, p.pid);
+        (libc::WEXITSTATUS(status), out, err)
+    }
+
+    #[test]
+    fn a_missing_home_falls_back_to_the_root_folder() {
+        let gone = "/nonexistent/berth-agent-test-home";
+        let (code, out, err) = run(&["/bin/sh", "-c", "pwd"], gone, None);
+        assert_eq!((code, out.as_str()), (0, "/\n"), "stderr: {err}");
+        let home = std::env::temp_dir();
+        let (code, out, _) = run(&["/bin/sh", "-c", "pwd"], home.to_str().unwrap(), None);
+        assert_eq!((code, out.trim_end()), (0, home.to_str().unwrap()));
+    }
+
+    #[test]
+    fn an_asked_for_working_directory_must_exist() {
+        let gone = "/nonexistent/berth-agent-test-cwd";
+        let (code, out, err) = run(&["/bin/sh", "-c", "pwd"], "/", Some(gone));
+        assert_eq!((code, out.as_str()), (126, ""));
+        assert_eq!(
+            err,
+            format!(
+                "berth-agent: cannot run /bin/sh: cannot change to the working directory {gone}: \
+                 No such file or directory (os error 2)\n"
+            )
+        );
+    }
 
     #[test]
     fn path_search() {

@@ -4,6 +4,8 @@
 //! Probes only read `/proc`, `/sys` and `PATH`, except the namespace probe, which forks a
 //! child that tries `unshare(2)` and exits.
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::host::cgroup_layout::HostCgroups;
@@ -74,6 +76,15 @@ pub fn agent_check() -> Check {
             format!("VMs cannot start: {e}"),
             "install berth-agent beside berth (from a source tree: scripts/build-agent), or set BERTH_AGENT",
         ),
+    }
+}
+
+/// Whether the layer store of the berth home at `home` gets id-mapped mounts
+/// (`container::idmap_probe`), else berth copies the layers per id range.
+pub fn layer_idmap_check(home: &Path) -> Check {
+    match crate::container::idmap_probe::home_report(home) {
+        Ok(detail) => Check::ok("id-mapped layers", detail),
+        Err((detail, fix)) => Check::warn("id-mapped layers", detail, fix),
     }
 }
 

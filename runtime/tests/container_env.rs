@@ -308,16 +308,19 @@ fn pids_and_cpu_limits() {
         assert_eq!(env.run(&["true"]).0, 0);
         let state: serde_json::Value =
             serde_json::from_slice(&fs::read(env.dir().join("state.json")).unwrap()).unwrap();
-        let cpu_dir = state["cgroups"]["dirs"]["cpu"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        assert_eq!(
-            fs::read_to_string(Path::new(&cpu_dir).join("cpu.cfs_quota_us"))
-                .unwrap()
-                .trim(),
-            "50000"
-        );
+        // Half a core: a 50 ms quota per 100 ms period, in v1's or v2's file.
+        let cg = &state["cgroups"];
+        let (file, want) = match cg["version"].as_str() {
+            Some("v2") => (
+                Path::new(cg["dir"].as_str().unwrap()).join("cpu.max"),
+                "50000 100000",
+            ),
+            _ => (
+                Path::new(cg["dirs"]["cpu"].as_str().unwrap()).join("cpu.cfs_quota_us"),
+                "50000",
+            ),
+        };
+        assert_eq!(fs::read_to_string(&file).unwrap().trim(), want, "{file:?}");
     }
     LeakCheck::snapshot().assert_same(&before);
 }

@@ -160,6 +160,32 @@ fn debian_kernel_under_qemu_tcg() {
         String::from_utf8_lossy(&out.stdout),
         "vmtest\nhello-from-env\n1\n"
     );
+    // The default working directory is the user's home, or `/` when the image has no such
+    // folder (as Docker does); before, the agent refused to run the command (exit 126).
+    let out = conn
+        .run(&[
+            "/bin/sh",
+            "-c",
+            "echo nohome:x:1234:1234::/home/nohome:/bin/sh >> /etc/passwd",
+        ])
+        .unwrap();
+    assert_eq!(out.status.code, 0);
+    let no_home = conn
+        .client
+        .start(berth_runtime::vm::agent_proto::Exec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "pwd; id -u".into()],
+            user: Some("nohome".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let status = conn.client.wait(&no_home, &mut out, &mut err).unwrap();
+    assert_eq!(
+        (status.code, String::from_utf8_lossy(&out).as_ref()),
+        (0, "/\n1234\n"),
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
     // The service runs with its environment and is restarted after failing (1 s back-off).
     std::thread::sleep(Duration::from_millis(2500));
     let out = conn.run(&["cat", "/tmp/ticker"]).unwrap();

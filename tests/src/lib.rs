@@ -5,6 +5,7 @@
 
 pub mod debian;
 pub mod host;
+pub mod nested;
 pub mod oci;
 pub mod probe;
 pub mod project;
@@ -58,13 +59,18 @@ impl Default for Berth {
 
 impl Berth {
     pub fn new() -> Self {
+        Self::in_folder(&std::env::temp_dir())
+    }
+
+    /// A berth with its home in a fresh folder inside `parent` (a filesystem a test chose).
+    pub fn in_folder(parent: &Path) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         Berth {
             home: tempfile::Builder::new()
                 .prefix("berth-home-")
-                .tempdir()
+                .tempdir_in(parent)
                 .unwrap(),
             bridge: format!("berth{:05x}{:04x}", pid & 0xfffff, n & 0xffff),
             subnet: format!("10.{}.{}.0/24", 128 + pid % 96, n % 256),

@@ -19,8 +19,12 @@ pub fn kernel_cache() -> PathBuf {
 }
 
 /// The static agent, built the way `scripts/build-agent` builds it (into
-/// `target/agent-static`; a no-op when it is up to date).
+/// `target/agent-static`; a no-op when it is up to date). In the nested guest (no network,
+/// TCG) the harness hands over the one it built on the host: `BERTH_TEST_STATIC_AGENT`.
 pub fn static_agent() -> PathBuf {
+    if let Some(built) = std::env::var_os("BERTH_TEST_STATIC_AGENT") {
+        return PathBuf::from(built);
+    }
     let target_dir = workspace().join("target/agent-static");
     let st = Command::new(env!("CARGO"))
         .args([

@@ -763,7 +763,8 @@ exit [lindex $result 3]
 }
 
 /// Without virtio-fs (here forced with `BERTH_VIRTIOFSD=none`; berth's own VMM always), `bind`
-/// and `volume` mounts are served by live sync over the agent channel: `up` says so, the
+/// and `volume` mounts are served by live sync over the agent channel: `up` says so, an
+/// `exec -w` into a missing folder fails naming it, the
 /// folders arrive, a volume's guest writes reach its folder under volumes/, a `readonly` bind
 /// mount is one-way (an edit inside is undone, the host keeps its file), and `down` leaves
 /// no sync process and no virtiofsd.
@@ -829,6 +830,16 @@ type = "volume"
     assert_eq!(
         vm.ok(&["exec", "--", "cat", "/ro/hello.txt"]),
         "from the host\n"
+    );
+
+    // An asked-for working directory that does not exist fails the command, naming it (exit
+    // 126, worded as the container backend does).
+    let o = vm.run(&["exec", "-w", "/nope", "--", "true"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(126), "{out}\n{err}");
+    assert!(
+        err.contains("cannot change to the working directory /nope: No such file"),
+        "{err}"
     );
 
     // The volume: guest writes reach volumes/data on the host.

@@ -1,6 +1,8 @@
 //! `berth doctor`: what this host offers berth, with a fix for each missing piece.
 
-use berth_runtime::doctor::{agent_check, diagnose, store_check, virtiofsd_check, CheckStatus};
+use berth_runtime::doctor::{
+    agent_check, diagnose, layer_idmap_check, store_check, virtiofsd_check, CheckStatus,
+};
 use berth_runtime::host::probe::HostRoot;
 
 use crate::exit::CliError;
@@ -14,6 +16,7 @@ pub fn run(json: bool) -> Result<i32, CliError> {
         report
             .checks
             .push(store_check(&home, nix::unistd::geteuid().as_raw()));
+        report.checks.push(layer_idmap_check(&home));
     }
     if json {
         println!(

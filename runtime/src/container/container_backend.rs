@@ -75,6 +75,15 @@ impl ContainerBackend {
             // root: say so once here rather than let it meet EACCES inside.
             notices.extend(super::root_bind::notices(spec));
         }
+        // Where the layer store has no id-mapped mounts: copies owned by the environment's ids.
+        let copied = super::layer_copy::lowers_for(spec, mapping.as_ref(), who.uid == 0)?;
+        let spec = match &copied {
+            Some((with, notice)) => {
+                notices.push(notice.clone());
+                with
+            }
+            None => spec,
+        };
         let cgroups = choose_cgroups(spec, who.uid == 0)?;
         state.phase = Phase::Starting;
         state.mapping = mapping.clone();

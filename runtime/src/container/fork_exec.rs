@@ -9,6 +9,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
 use nix::sys::signal::SigSet;
 
@@ -97,10 +98,10 @@ impl ProcessStarter {
             .unwrap_or(DEFAULT_PATH)
             .to_string();
         let program = find_program(&argv[0], &path_var);
-        let cwd = cwd
-            .or(self.spec.image.workdir.as_deref())
-            .unwrap_or("/")
-            .to_string();
+        let cwd = cwd.map_or_else(
+            || default_cwd(self.spec.image.workdir.as_deref()),
+            str::to_string,
+        );
         let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"));
         let c_prog = c(&program)?;
         let c_argv: Vec<CString> = argv
@@ -137,10 +138,24 @@ impl ProcessStarter {
                 // SAFETY: writing to our stderr and exiting without unwinding.
                 unsafe {
                     libc::write(2, msg.as_ptr().cast(), msg.len());
-                    libc::_exit(if err.1 == libc::ENOENT { 127 } else { 126 })
+                    libc::_exit(if err == ("exec", libc::ENOENT) {
+                        127
+                    } else {
+                        126
+                    })
                 }
             }
         }
+    }
+}
+
+/// The working directory of a command that asked for none: the image's, or `/` when the image
+/// names none or the folder does not exist (as Docker does), the same as the VM agent. An
+/// asked-for folder that does not exist fails the command instead.
+fn default_cwd(image_workdir: Option<&str>) -> String {
+    match image_workdir {
+        Some(dir) if Path::new(dir).is_dir() => dir.to_string(),
+        _ => "/".to_string(),
     }
 }
 
@@ -376,6 +391,15 @@ mod tests {
         assert!(e.contains(&"TERM=xterm".to_string()));
         assert!(e.contains(&"HOSTNAME=host".to_string()));
         assert_eq!(e.iter().filter(|v| v.starts_with("A=")).count(), 1);
+    }
+
+    #[test]
+    fn the_default_working_directory_falls_back_to_the_root() {
+        let tmp = std::env::temp_dir();
+        let tmp = tmp.to_str().unwrap();
+        assert_eq!(default_cwd(Some(tmp)), tmp);
+        assert_eq!(default_cwd(Some("/nonexistent/berth-default-cwd")), "/");
+        assert_eq!(default_cwd(None), "/");
     }
 
     #[test]

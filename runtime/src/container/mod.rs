@@ -25,7 +25,9 @@
 //! **User namespace by default.** As root the environment's ids map to root's /etc/subuid
 //! range, else 100000+65536 (moved above any user's subordinate range when they overlap);
 //! image layers are attached as id-mapped mounts so their root-owned files appear owned by
-//! root inside while the writable layer belongs to the mapped root. Rootless: the user's
+//! root inside while the writable layer belongs to the mapped root. Where the layers'
+//! filesystem has no id-mapped mounts ([`idmap_probe`]), copies owned by the environment's
+//! range are mounted instead ([`layer_copy`]). Rootless: the user's
 //! subordinate range via newuidmap/newgidmap, else a single-id map. `privileged` runs
 //! without a user namespace, capability cut or seccomp filter.
 //!
@@ -65,17 +67,23 @@ pub mod error;
 pub mod fault;
 pub mod fork_exec;
 pub mod idmap;
+pub mod idmap_choice;
+pub mod idmap_probe;
 pub mod idmap_record;
+pub mod in_root;
 pub mod launch;
 pub mod launch_report;
+pub mod layer_copy;
 pub mod layer_ids;
 pub mod layer_snapshot;
 pub mod login_env;
 pub mod logs;
+pub mod mount_api;
 pub mod namespaces;
 pub mod network_attach;
 pub mod root_bind;
 pub mod rootfs;
+pub mod rootfs_enter;
 pub mod run_state;
 pub mod seccomp;
 mod seccomp_syscalls;

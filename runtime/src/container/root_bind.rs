@@ -169,6 +169,48 @@ pub fn notices(spec: &ContainerSpec) -> Vec<String> {
         }
         out.push(notice(target, source));
     }
+    out.extend(unmapped_notices(spec, &mounted));
+    out
+}
+
+/// One notice per bind mount berth would id-map but whose source's filesystem refuses
+/// id-mapped mounts: it is bound as it is instead, so the environment's root is an
+/// unprivileged host id there (the files of the folder's owner show as the overflow id and
+/// stay read-only to it unless their mode lets anyone write them). Never the insecure way out
+/// (the folder is not chowned, and its owner's ids are not given to the environment).
+fn unmapped_notices(spec: &ContainerSpec, mounted: &[(u64, u64)]) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in &spec.mounts {
+        let MountSpec::Bind {
+            source,
+            target,
+            idmap: true,
+            ..
+        } = m
+        else {
+            continue;
+        };
+        let Ok(file) = open_source(source) else {
+            continue;
+        };
+        let Ok(meta) = file.metadata() else { continue };
+        if meta.uid() == 0 && !reachable_only_by_root(&file, mounted) {
+            continue; // not id-mapped anyway, and noticed above
+        }
+        let Ok(s) = super::idmap_probe::probe(&fd_path(&file), spec.net_home.as_deref()) else {
+            continue;
+        };
+        if s.supported {
+            continue;
+        }
+        out.push(format!(
+            "bind mount on {target}: id-mapped mounts are not available on {} at {} ({}), so the folder is mounted without id-mapping: the environment's root is an unprivileged host user there, sees the files of {} as nobody (65534) and cannot change them; to write there, use `type = \"sync\"` for this mount or keep the folder on a filesystem with id-mapped mounts (ext4, xfs, btrfs)",
+            s.fs,
+            source.display(),
+            s.refusal.as_deref().unwrap_or("refused"),
+            crate::state::user_name(meta.uid()),
+        ));
+    }
     out
 }
 

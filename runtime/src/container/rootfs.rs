@@ -3,19 +3,19 @@
 //! environment's upper/work dirs, the `[[mounts]]`, `/etc/hosts`, `/etc/hostname` and
 //! `/etc/resolv.conf`; then, inside the new namespaces, `/proc`, `/sys` (read-only), `/dev`
 //! (tmpfs, standard nodes, its own devpts, shm, mqueue), `pivot_root`, and the OCI default
-//! masked and read-only paths.
+//! masked and read-only paths ([`rootfs_enter`](super::rootfs_enter)).
 //!
-//! Every path inside the rootfs is resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink in an
-//! image (`/work -> /root`) can never redirect a mount onto the host.
+//! Every path inside the rootfs is resolved with `openat2(RESOLVE_IN_ROOT)`
+//! ([`in_root`](super::in_root)), so a symlink in an image (`/work -> /root`) can never redirect
+//! a mount onto the host.
 
-use std::ffi::CString;
 use std::fs;
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use envfile_spec::plan::NetworkMode;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
@@ -23,10 +23,12 @@ use super::error::{ContainerError, Context, Result};
 use super::idmap::{
     attach_clone, idmapped_bind, owner_group, user_namespace_with, CloneFlags, IdMapping,
 };
+use super::idmap_probe;
+pub use super::in_root::{ensure_in_root, Owner};
 use super::root_bind;
+pub use super::rootfs_enter::{DEVICES, MASKED_PATHS, READONLY_PATHS};
 use super::spec::{ContainerSpec, MountSpec};
 use crate::state::fd_path;
-use crate::state::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS};
 
 /// Mount points under a bind-mounted host folder (`/work/node_modules` with `.` at `/work`)
 /// that do not exist yet are created in that host folder before anything is mounted, from the
@@ -86,48 +88,11 @@ fn create_nested_mount_points(mounts: &[&MountSpec], chown: bool) -> Result<()> 
     Ok(())
 }
 
-/// OCI runtime-spec default masked paths.
-pub const MASKED_PATHS: [&str; 10] = [
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-];
-
-/// OCI runtime-spec default read-only paths.
-pub const READONLY_PATHS: [&str; 5] = [
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
-
-/// Device nodes every environment gets: (name, major, minor).
-pub const DEVICES: [(&str, u64, u64); 6] = [
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
-
 /// The root filesystem of one environment, mounted at `<state_dir>/rootfs`.
 pub struct OverlayRootfs<'a> {
-    spec: &'a ContainerSpec,
-    mapping: Option<&'a IdMapping>,
+    pub(super) spec: &'a ContainerSpec,
+    pub(super) mapping: Option<&'a IdMapping>,
 }
-
-/// Who owns files berth creates: the environment's root as seen from the current namespace.
-/// Owner (uid, gid) given to created entries; `None` keeps the creator's.
-pub type Owner = Option<(u32, u32)>;
 
 impl<'a> OverlayRootfs<'a> {
     pub fn new(spec: &'a ContainerSpec, mapping: Option<&'a IdMapping>) -> Self {
@@ -148,7 +113,7 @@ impl<'a> OverlayRootfs<'a> {
         mkdir_p(&target)?;
         let mut lowers = Vec::new();
         for (i, layer) in spec.lower_layers.iter().enumerate() {
-            match idmap_userns {
+            match idmap_userns.filter(|_| !spec.premapped_lowers) {
                 Some(ns) => {
                     let at = spec.state_dir.join("lower").join(i.to_string());
                     mkdir_p(&at)?;
@@ -181,12 +146,26 @@ impl<'a> OverlayRootfs<'a> {
         }
         // nodev: a device node of an image (or one copied up) must never open through the
         // environment's root; the devices it may use are bound into its own /dev.
-        mount(Some("overlay"), &target, Some("overlay"), MsFlags::MS_NODEV, Some(opts.as_str())).context(|| {
-            format!(
-                "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
-                target.display()
-            )
-        })?;
+        if let Err(e) = mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ) {
+            if let Some(refused) =
+                upper_refused(&spec.upper_dir, owner.is_none() && self.mapping.is_some())
+            {
+                return Err(refused);
+            }
+            return Err(ContainerError::sys(
+                format!(
+                    "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
+                    target.display()
+                ),
+                e,
+            ));
+        }
         let root = open_dir(&target)?;
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
@@ -238,13 +217,18 @@ impl<'a> OverlayRootfs<'a> {
                         },
                         other => other,
                     };
+                    // Where the source's filesystem refuses id-mapped mounts the folder is
+                    // bound as it is, so the environment's root stays an unprivileged host id
+                    // there (`up` says so: `root_bind::notices`); never the other way round.
                     match (idmap_userns, self.mapping, idmap) {
                         (Some(_), Some(env), true)
-                            if meta.uid() != 0
+                            if (meta.uid() != 0
                                 || root_bind::reachable_only_by_root(
                                     &opened,
                                     mounted.get_or_insert_with(|| root_bind::mounted_sources(spec)),
-                                ) =>
+                                ))
+                                && idmap_probe::probe(&from, spec.net_home.as_deref())?
+                                    .supported =>
                         {
                             let gid = owner_group(meta.uid(), meta.gid());
                             let ns = user_namespace_with(&env.for_bind_owner(meta.uid(), gid))?;
@@ -275,7 +259,7 @@ impl<'a> OverlayRootfs<'a> {
     }
 
     /// Where stage 1 attaches host device `i` for stage 2 to bind into the environment's /dev.
-    fn staged_device(&self, i: usize) -> PathBuf {
+    pub(super) fn staged_device(&self, i: usize) -> PathBuf {
         self.spec.state_dir.join("devices").join(i.to_string())
     }
 
@@ -399,195 +383,60 @@ impl<'a> OverlayRootfs<'a> {
         }
         Ok(())
     }
+}
 
-    /// Stage 2, inside the environment's namespaces (as its root): kernel filesystems,
-    /// /dev, tmpfs mounts, `pivot_root`, masked and read-only paths.
-    pub fn enter(&self, new_netns: bool) -> Result<()> {
-        let rootfs = self.mount_point();
-        // Mounts made outside this user namespace are locked here, and pivot_root refuses a
-        // locked new root: a recursive bind of the rootfs onto itself is a new, unlocked mount.
+/// When overlayfs refuses the filesystem of `upper` as a writable layer (FUSE filesystems,
+/// network filesystems: they lack whiteouts by rename, `O_TMPFILE` or trusted xattrs), the
+/// error that says so. Asked with a trial overlay of an empty folder whose upper and work dirs
+/// sit beside `upper`, removed again; `None` when the trial mounts (the failure was elsewhere).
+fn upper_refused(upper: &Path, userxattr: bool) -> Option<ContainerError> {
+    let parent = upper.parent()?;
+    let trial = parent.join(format!(".overlay-trial-{}", std::process::id()));
+    let dirs = ["lower", "upper", "work", "mnt"].map(|d| trial.join(d));
+    let made = dirs.iter().all(|d| fs::create_dir_all(d).is_ok());
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}{}",
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].display(),
+        if userxattr { ",userxattr" } else { "" }
+    );
+    let result = made.then(|| {
         mount(
-            Some(&rootfs),
-            &rootfs,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .context(|| format!("cannot bind {} onto itself", rootfs.display()))?;
-        let root = open_dir(&rootfs)?;
-        let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-
-        let proc_t = ensure_in_root(root.as_fd(), "/proc", true, None)?;
-        mount(
-            Some("proc"),
-            &fd_path(&proc_t),
-            Some("proc"),
-            nosuid_nodev_noexec,
-            None::<&str>,
-        )
-        .context(|| "cannot mount /proc in the environment".to_string())?;
-
-        let sys_t = ensure_in_root(root.as_fd(), "/sys", true, None)?;
-        let sysfs = if new_netns {
-            mount(
-                Some("sysfs"),
-                &fd_path(&sys_t),
-                Some("sysfs"),
-                nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-                None::<&str>,
-            )
-        } else {
-            Err(nix::errno::Errno::EPERM)
-        };
-        if sysfs.is_err() {
-            // Sharing the host's network namespace: sysfs may only be bind-mounted.
-            bind(Path::new("/sys"), &fd_path(&sys_t), true, true)?;
-        }
-
-        self.mount_dev(root.as_fd())?;
-
-        for m in &self.spec.mounts {
-            if let MountSpec::Tmpfs { target, size } = m {
-                let t = ensure_in_root(root.as_fd(), target, true, None)?;
-                let mut opts = "mode=755".to_string();
-                if let Some(s) = size {
-                    opts.push_str(&format!(",size={s}"));
-                }
-                mount(
-                    Some("tmpfs"),
-                    &fd_path(&t),
-                    Some("tmpfs"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                    Some(opts.as_str()),
-                )
-                .context(|| format!("cannot mount a tmpfs at {target}"))?;
-            }
-        }
-        drop((proc_t, sys_t, root));
-
-        nix::unistd::chdir(&rootfs).context(|| format!("cannot enter {}", rootfs.display()))?;
-        nix::unistd::pivot_root(".", ".")
-            .context(|| "pivot_root into the environment failed".to_string())?;
-        umount2(".", MntFlags::MNT_DETACH)
-            .context(|| "cannot detach the host's root filesystem".to_string())?;
-        nix::unistd::chdir("/").context(|| "cannot chdir to / after pivot_root".to_string())?;
-
-        for p in MASKED_PATHS {
-            mask_path(p)?;
-        }
-        for p in READONLY_PATHS {
-            readonly_path(p)?;
-        }
-        Ok(())
-    }
-
-    fn mount_dev(&self, root: BorrowedFd<'_>) -> Result<()> {
-        let dev_t = ensure_in_root(root, "/dev", true, None)?;
-        let dev = fd_path(&dev_t);
-        mount(
-            Some("tmpfs"),
-            &dev,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
-            Some("mode=755,size=65536k"),
-        )
-        .context(|| "cannot mount a tmpfs on /dev".to_string())?;
-        // Re-open: the fd above points below the new tmpfs.
-        drop(dev_t);
-        let dev_t = ensure_in_root(root, "/dev", true, None)?;
-        let dev = fd_path(&dev_t);
-        for (name, major, minor) in DEVICES {
-            let p = dev.join(name);
-            let made = if self.mapping.is_none() {
-                nix::sys::stat::mknod(
-                    &p,
-                    nix::sys::stat::SFlag::S_IFCHR,
-                    Mode::from_bits_truncate(0o666),
-                    nix::sys::stat::makedev(major, minor),
-                )
-                .is_ok()
-                    // mknod applies the umask (0644 under 022), and every user must be able
-                    // to write /dev/null (apt's `_apt` sandbox user does: `apt-get update` in
-                    // a build step failed on `>/dev/null` without this).
-                    && {
-                        use std::os::unix::fs::PermissionsExt;
-                        fs::set_permissions(&p, fs::Permissions::from_mode(0o666))
-                            .context(|| format!("cannot chmod /dev/{name}"))?;
-                        true
-                    }
-            } else {
-                false
-            };
-            if !made {
-                // In a user namespace device nodes cannot be created: bind the host's.
-                fs::File::create(&p).context(|| format!("cannot create /dev/{name}"))?;
-                bind(&Path::new("/dev").join(name), &p, false, false)?;
-            }
-        }
-        for (link, to) in [
-            ("fd", "/proc/self/fd"),
-            ("stdin", "/proc/self/fd/0"),
-            ("stdout", "/proc/self/fd/1"),
-            ("stderr", "/proc/self/fd/2"),
-            ("ptmx", "pts/ptmx"),
-        ] {
-            std::os::unix::fs::symlink(to, dev.join(link))
-                .context(|| format!("cannot create /dev/{link}"))?;
-        }
-        for (i, d) in self.spec.devices.iter().enumerate() {
-            let inside = format!("/dev/{}", d.relative().display());
-            let t = ensure_in_root(root, &inside, false, None)?;
-            bind(&self.staged_device(i), &fd_path(&t), false, false)?;
-        }
-        let pts = dev.join("pts");
-        mkdir_p(&pts)?;
-        let mut opts = "newinstance,ptmxmode=0666,mode=0620".to_string();
-        if self.mapping.is_none_or(|m| m.has_gid(5)) {
-            opts.push_str(",gid=5");
-        }
-        mount(
-            Some("devpts"),
-            &pts,
-            Some("devpts"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("overlay"),
+            &dirs[3],
+            Some("overlay"),
+            MsFlags::MS_NODEV,
             Some(opts.as_str()),
         )
-        .context(|| "cannot mount /dev/pts".to_string())?;
-        let shm = dev.join("shm");
-        mkdir_p(&shm)?;
-        mount(
-            Some("shm"),
-            &shm,
-            Some("tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=1777,size=65536k"),
-        )
-        .context(|| "cannot mount /dev/shm".to_string())?;
-        let mq = dev.join("mqueue");
-        mkdir_p(&mq)?;
-        // Optional: some kernels lack POSIX message queues.
-        let _ = mount(
-            Some("mqueue"),
-            &mq,
-            Some("mqueue"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        );
-        Ok(())
+    });
+    if let Some(Ok(())) = result {
+        let _ = nix::mount::umount2(&dirs[3], nix::mount::MntFlags::MNT_DETACH);
+    }
+    let _ = crate::state::remove_tree(&trial);
+    match result {
+        Some(Err(e)) => {
+            let fs = super::idmap_probe::fs_type(parent).unwrap_or_else(|| "its filesystem".into());
+            Some(ContainerError::Setup(format!(
+                "overlayfs cannot keep the environment's writable layer on {fs} at {} ({e}: the kernel refuses {fs} as an overlay upper directory); put BERTH_HOME on a local filesystem such as ext4, xfs, btrfs or tmpfs",
+                upper.display()
+            )))
+        }
+        _ => None,
     }
 }
 
-fn mkdir_p(p: &Path) -> Result<()> {
+pub(super) fn mkdir_p(p: &Path) -> Result<()> {
     fs::create_dir_all(p).context(|| format!("cannot create {}", p.display()))
 }
 
-fn open_dir(p: &Path) -> Result<OwnedFd> {
+pub(super) fn open_dir(p: &Path) -> Result<OwnedFd> {
     let f = fs::File::open(p).context(|| format!("cannot open {}", p.display()))?;
     Ok(OwnedFd::from(f))
 }
 
 /// A recursive bind mount; `nodev` for anything but the environment's device nodes.
-fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<()> {
+pub(super) fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<()> {
     if readonly || nodev {
         let flags = CloneFlags {
             readonly,
@@ -609,181 +458,6 @@ fn bind(source: &Path, target: &Path, readonly: bool, nodev: bool) -> Result<()>
             source.display()
         )
     })
-}
-
-/// Remounts a bind mount read-only, keeping the flags the kernel locks (nosuid, nodev, noexec).
-fn remount_readonly(target: &Path) -> Result<()> {
-    let st = nix::sys::statvfs::statvfs(target)
-        .context(|| format!("cannot statvfs {}", target.display()))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-    use nix::sys::statvfs::FsFlags;
-    for (f, m) in [
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if st.flags().contains(f) {
-            flags |= m;
-        }
-    }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-        .context(|| format!("cannot make {} read-only", target.display()))
-}
-
-fn mask_path(p: &str) -> Result<()> {
-    let meta = match fs::metadata(p) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(ContainerError::io(
-                format!("cannot inspect {p} to mask it"),
-                e,
-            ))
-        }
-    };
-    let r = if meta.is_dir() {
-        mount(
-            Some("tmpfs"),
-            p,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            Some("size=0"),
-        )
-    } else {
-        mount(
-            Some("/dev/null"),
-            p,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-    };
-    r.context(|| format!("cannot mask {p}"))
-}
-
-fn readonly_path(p: &str) -> Result<()> {
-    match mount(
-        Some(p),
-        p,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    ) {
-        Ok(()) => remount_readonly(Path::new(p)),
-        Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(ContainerError::sys(
-            format!("cannot bind {p} to make it read-only"),
-            e,
-        )),
-    }
-}
-
-/// openat2 relative to `root` with `root` as the filesystem root for the lookup.
-fn openat2_in_root(root: BorrowedFd<'_>, path: &str, flags: i32) -> io::Result<OwnedFd> {
-    crate::state::openat2(
-        root,
-        path,
-        flags,
-        0,
-        RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
-    )
-}
-
-/// Resolves `target` (absolute, inside the rootfs) confined to the rootfs, creating missing
-/// directories (and the last component as a directory or empty file), and returns an `O_PATH`
-/// fd to it. Created entries get `owner` when given.
-pub fn ensure_in_root(
-    root: BorrowedFd<'_>,
-    target: &str,
-    is_dir: bool,
-    owner: Owner,
-) -> Result<OwnedFd> {
-    let comps: Vec<&str> = target
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    if comps.contains(&"..") {
-        return Err(ContainerError::Invalid(format!(
-            "path {target:?} must not contain `..`"
-        )));
-    }
-    let mut parent = openat2_in_root(root, ".", libc::O_PATH | libc::O_DIRECTORY)
-        .context(|| "cannot open the root filesystem".to_string())?;
-    let mut sofar = String::new();
-    for (i, comp) in comps.iter().enumerate() {
-        sofar.push('/');
-        sofar.push_str(comp);
-        let last = i + 1 == comps.len();
-        let want_dir = !last || is_dir;
-        let flags = libc::O_PATH | if want_dir { libc::O_DIRECTORY } else { 0 };
-        let fd = match openat2_in_root(root, &sofar, flags) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let name = CString::new(*comp)
-                    .map_err(|_| ContainerError::Invalid(format!("bad path {target:?}")))?;
-                // SAFETY: creating an entry named `name` in the directory `parent` refers to.
-                let rc = unsafe {
-                    if want_dir {
-                        libc::mkdirat(parent.as_raw_fd(), name.as_ptr(), 0o755)
-                    } else {
-                        let fd = libc::openat(
-                            parent.as_raw_fd(),
-                            name.as_ptr(),
-                            libc::O_CREAT
-                                | libc::O_EXCL
-                                | libc::O_WRONLY
-                                | libc::O_CLOEXEC
-                                | libc::O_NOFOLLOW,
-                            0o644,
-                        );
-                        if fd >= 0 {
-                            libc::close(fd);
-                            0
-                        } else {
-                            -1
-                        }
-                    }
-                };
-                if rc != 0 {
-                    let e = io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::EEXIST) {
-                        return Err(ContainerError::io(
-                            format!("cannot create {sofar} in the environment"),
-                            e,
-                        ));
-                    }
-                }
-                if let Some((u, g)) = owner {
-                    // SAFETY: fchownat on an entry of `parent`, not following symlinks.
-                    unsafe {
-                        libc::fchownat(
-                            parent.as_raw_fd(),
-                            name.as_ptr(),
-                            u,
-                            g,
-                            libc::AT_SYMLINK_NOFOLLOW,
-                        )
-                    };
-                }
-                openat2_in_root(root, &sofar, flags)
-                    .context(|| format!("cannot open {sofar} in the environment"))?
-            }
-            Err(e) => {
-                return Err(ContainerError::io(
-                    format!(
-                        "cannot resolve {sofar} in the environment (is it a {}?)",
-                        if want_dir { "directory" } else { "file" }
-                    ),
-                    e,
-                ))
-            }
-        };
-        parent = fd;
-    }
-    Ok(parent)
 }
 
 /// `/etc/resolv.conf` of an environment that has no resolver to reach (loopback only).

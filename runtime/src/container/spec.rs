@@ -25,6 +25,10 @@ pub struct ContainerSpec {
     pub state_dir: PathBuf,
     /// Read-only image layers, bottom first.
     pub lower_layers: Vec<PathBuf>,
+    /// The layers already carry the environment's ids (copies made where the layer store has
+    /// no id-mapped mounts, see `layer_copy`): mounted as they are, never id-mapped.
+    #[serde(default)]
+    pub premapped_lowers: bool,
     /// The environment's writable layer; kept across `down`/`up`.
     pub upper_dir: PathBuf,
     /// overlayfs work dir, on the same filesystem as `upper_dir`.
@@ -120,6 +124,7 @@ impl ContainerSpec {
             hostname: hostname.to_string(),
             state_dir: state_dir.to_path_buf(),
             lower_layers,
+            premapped_lowers: false,
             upper_dir: state_dir.join("upper"),
             work_dir: state_dir.join("work"),
             mounts: Vec::new(),

@@ -28,6 +28,7 @@ pub mod error;
 pub mod export;
 pub mod host_ca;
 pub mod image_store;
+pub mod layer_copies;
 pub mod layer_store;
 pub mod layer_writer;
 pub mod lockfile;

@@ -83,6 +83,9 @@ pub struct PruneReport {
     pub build_steps_removed: usize,
     pub layers_removed: usize,
     pub blobs_removed: usize,
+    /// Copies of layers owned by an id range (homes without id-mapped mounts) that no
+    /// environment uses.
+    pub layer_copies_removed: usize,
     pub bytes_freed: u64,
 }
 
@@ -429,6 +432,11 @@ impl ImageStore {
                 report.layers_removed += 1;
             }
         }
+        let (copies, copy_bytes) = super::layer_copies::LayerCopies::new(self.home.root())
+            .prune()
+            .map_err(|e| ImageError::Base(format!("{e}; prune removed no layer copies")))?;
+        report.layer_copies_removed = copies;
+        report.bytes_freed += copy_bytes;
         for d in self.blobs.list()? {
             if !keep_blobs.contains(&d) {
                 report.bytes_freed += self.blobs.size(&d).unwrap_or(0);

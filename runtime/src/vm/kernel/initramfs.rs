@@ -244,7 +244,19 @@ fn modules_dep_from_modinfo(
     Ok(dep)
 }
 
-fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
+/// The files (relative to the modules folder `mdir`) of the `wanted` modules and their
+/// dependencies, in load order: from modules.dep when the folder has one, else from the
+/// modules' own `.modinfo`. Wanted modules the folder lacks are built in (or absent) and skipped.
+pub fn resolve_modules(mdir: &Path, wanted: &[&str]) -> Result<Vec<String>, KernelError> {
+    let dep = match std::fs::read_to_string(mdir.join("modules.dep")) {
+        Ok(text) => parse_modules_dep(&text),
+        Err(_) => modules_dep_from_modinfo(mdir, wanted)?,
+    };
+    Ok(modules_load_order(&dep, wanted))
+}
+
+/// A module file's bytes, decompressed (`.ko.xz`, `.ko.zst`, `.ko.gz`) as `insmod` needs them.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, KernelError> {
     let raw = std::fs::read(path).map_err(|e| KernelError::Io {
         path: path.to_path_buf(),
         source: e,
@@ -307,12 +319,8 @@ pub fn build_initramfs(
         cpio.file("init", 0o755, &agent_bytes)?;
         let mut list = Vec::new();
         if let Some(mdir) = modules_dir {
-            let dep = match std::fs::read_to_string(mdir.join("modules.dep")) {
-                Ok(text) => parse_modules_dep(&text),
-                Err(_) => modules_dep_from_modinfo(mdir, WANTED_MODULES)
-                    .map_err(|e| std::io::Error::other(e.to_string()))?,
-            };
-            let order = modules_load_order(&dep, WANTED_MODULES);
+            let order = resolve_modules(mdir, WANTED_MODULES)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             for (i, rel) in order.iter().enumerate() {
                 let data = read_module(&mdir.join(rel))
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
