@@ -185,6 +185,42 @@ pub fn console_tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Why a VM's VMM ended before its agent answered: its own last words (`logs/vmm.log` of
+/// berth's VMM, `logs/qemu.log` of qemu), which the guest's console cannot have when the VMM
+/// failed before the kernel printed anything (it boots `quiet`).
+fn vmm_exit_reason(st: &VmState) -> String {
+    let log = st.console_log.with_file_name(match st.provider {
+        Provider::Kvm => "vmm.log",
+        Provider::Qemu => "qemu.log",
+    });
+    let said = console_tail(&log, 10);
+    if said.trim().is_empty() {
+        format!(
+            "the VMM exited before the agent was ready (it logged nothing to {})",
+            log.display()
+        )
+    } else {
+        format!(
+            "the VMM exited before the agent was ready; its log {} ends with:\n{}",
+            log.display(),
+            said.trim_end()
+        )
+    }
+}
+
+/// The last console lines of a VM that did not become ready, or why there are none.
+fn console_excerpt(console_log: &Path) -> String {
+    let tail = console_tail(console_log, 25);
+    if tail.trim().is_empty() {
+        format!(
+            "(none in {}: the guest printed nothing, it boots with `quiet` and its agent was not up yet)",
+            console_log.display()
+        )
+    } else {
+        tail
+    }
+}
+
 /// Chooses the provider for `vmm` on a host with `kind` KVM.
 pub fn choose_provider(vmm: VmmKind, kind: KvmKind) -> Result<(Provider, Accel), VmError> {
     match vmm {
@@ -636,8 +672,8 @@ impl VmBackend {
             let alive = st.process.is_some_and(|p| p.is_alive());
             if !alive {
                 return Err(VmError::Boot {
-                    reason: "the VMM exited before the agent was ready".into(),
-                    console: console_tail(&st.console_log, 25),
+                    reason: vmm_exit_reason(st),
+                    console: console_excerpt(&st.console_log),
                 });
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -648,7 +684,7 @@ impl VmBackend {
                          CONFIG_VIRTIO_CONSOLE, CONFIG_EXT4_FS or CONFIG_DEVTMPFS (as built-ins or modules)",
                         timeout.as_secs()
                     ),
-                    console: console_tail(&st.console_log, 25),
+                    console: console_excerpt(&st.console_log),
                 });
             }
             if st.control_socket.exists() {
@@ -886,6 +922,32 @@ impl VmBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vmm_that_exits_early_is_explained_by_its_own_log() {
+        // Before, the error had the reason "the VMM exited before the agent was ready" and an
+        // empty console excerpt (the guest boots quiet), nothing of what the VMM said.
+        let d = tempfile::tempdir().unwrap();
+        let st = VmState::stand_in(Provider::Kvm, d.path(), std::process::id());
+        assert!(vmm_exit_reason(&st).contains("it logged nothing to"));
+        std::fs::write(
+            d.path().join("vmm.log"),
+            "berth internal-vmm: cannot open tap bt0: No such device\n",
+        )
+        .unwrap();
+        let reason = vmm_exit_reason(&st);
+        assert!(
+            reason.ends_with("ends with:\nberth internal-vmm: cannot open tap bt0: No such device"),
+            "{reason}"
+        );
+        let excerpt = console_excerpt(&st.console_log);
+        assert!(excerpt.contains("the guest printed nothing"), "{excerpt}");
+        std::fs::write(&st.console_log, "[ 1.0] Linux version 6.1\n").unwrap();
+        assert_eq!(console_excerpt(&st.console_log), "[ 1.0] Linux version 6.1");
+        let qemu = VmState::stand_in(Provider::Qemu, d.path(), std::process::id());
+        std::fs::write(d.path().join("qemu.log"), "qemu: could not load kernel\n").unwrap();
+        assert!(vmm_exit_reason(&qemu).contains("qemu: could not load kernel"));
+    }
 
     #[test]
     fn provider_choice_never_boots_linux_on_kvm_pvm() {
