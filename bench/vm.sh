@@ -81,9 +81,9 @@ if [ "$MODE" = in-l1 ]; then
   # (-enable-kvm) and `--vmm kvm` berth's own VMM; same kernel, initramfs, disk and memory.
   EXEC_RUNS=${EXEC_RUNS:-20}
   run qemu warmup "$KERNEL" > /dev/null
-  for p in qemu kvm; do
-    : > "$WORK/$p.jsonl"
-    for _ in $(seq "$RUNS"); do run $p x "$KERNEL" --exec-runs "$EXEC_RUNS" >> "$WORK/$p.jsonl"; done
+  : > "$WORK/qemu.jsonl"; : > "$WORK/kvm.jsonl"
+  for _ in $(seq "$RUNS"); do   # interleaved, so a change of load hits both alike
+    for p in qemu kvm; do run $p x "$KERNEL" --exec-runs "$EXEC_RUNS" >> "$WORK/$p.jsonl"; done
   done
   ACCEL=$(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1)
   [ "$ACCEL" = kvm ] || { echo "bench: qemu ran with $ACCEL in L1, not KVM" >&2; exit 1; }
