@@ -9,18 +9,33 @@
 # over SYNC_EDITS edits, default 50); host -> guest visibility is about half of it.
 #
 #   bench/vm.sh [RUNS]            default 3 runs per provider
+#   bench/vm.sh nested [RUNS]     in the nested guest L1 (qemu TCG -cpu max on this host, its
+#                                 emulated kvm_amd; tests/src/nested.rs): berth's VMM against
+#                                 qemu -enable-kvm inside L1, same kernel, initramfs and memory
+#                                 (boot to agent ready, memory overhead, exec -- true round trip)
 #   BERTH_BENCH_KERNEL=debian:linux-image-cloud-amd64 (default) or a kernel path
 #   BERTH_TEST_KVM_KERNEL=...  kernel for the own-VMM runs (default: the same as qemu's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=host
+case "${1:-}" in nested | in-l1) MODE=$1; shift ;; esac
 RUNS=${1:-3}
 KERNEL=${BERTH_BENCH_KERNEL:-debian:linux-image-cloud-amd64}
 
-RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/agent-static \
-  cargo build -q --release -p berth-agent --target x86_64-unknown-linux-gnu
+# In L1 (started by `nested`) everything is built already, on the host.
+if [ "$MODE" != in-l1 ]; then
+  RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=target/agent-static \
+    cargo build -q --release -p berth-agent --target x86_64-unknown-linux-gnu
+  cargo build -q --release -p berth-runtime --example vm_up_down --example vmm_overhead --bin berth-vmm
+  cargo build -q --release -p berth-cli
+fi
+if [ "$MODE" = nested ]; then
+  # Never KVM on this host: L1 is qemu under TCG (the harness asserts it); inside it KVM is
+  # L1's emulated kvm_amd.
+  cargo build -q -p berth-e2e --example nested_sh
+  exec target/debug/examples/nested_sh --limit 5400 "$PWD/bench/vm.sh" in-l1 "$RUNS"
+fi
 AGENT=$PWD/target/agent-static/x86_64-unknown-linux-gnu/release/berth-agent
-cargo build -q --release -p berth-runtime --example vm_up_down --example vmm_overhead --bin berth-vmm
-cargo build -q --release -p berth-cli
 BERTH=$PWD/target/release/berth
 DRIVER=$PWD/target/release/examples/vm_up_down
 export BERTH_VMM_EXE=$PWD/target/release/berth-vmm
@@ -35,10 +50,10 @@ echo 'root:x:0:0:root:/root:/bin/sh' > "$WORK/rootfs/etc/passwd"
 CACHE=$PWD/target/berth-test-cache/kernels
 mkdir -p "$CACHE"
 
-run() { # provider kernel
+run() { # provider label kernel [driver options]
   local home="$WORK/home-$1-$2"
   mkdir -p "$home"; ln -sfn "$CACHE" "$home/kernels"
-  "$DRIVER" --vmm "$1" --kernel "$3" --rootfs "$WORK/rootfs" --agent "$AGENT" --home "$home"
+  "$DRIVER" --vmm "$1" --kernel "$3" --rootfs "$WORK/rootfs" --agent "$AGENT" --home "$home" "${@:4}"
   rm -rf "$home"
 }
 
@@ -60,6 +75,35 @@ memory_row() { # label file
   MEMORY+=("$(printf '  %-44s %9s %11s %9s' "$1" "$(field vmm_rss_kib < "$2" | median)" \
     "$(field guest_rss_kib < "$2" | median)" "$(field vmm_overhead_kib < "$2" | median)")")
 }
+
+if [ "$MODE" = in-l1 ]; then
+  # Inside L1: /dev/kvm is L1's emulated kvm_amd, so `--vmm qemu` is qemu with KVM
+  # (-enable-kvm) and `--vmm kvm` berth's own VMM; same kernel, initramfs, disk and memory.
+  EXEC_RUNS=${EXEC_RUNS:-20}
+  run qemu warmup "$KERNEL" > /dev/null
+  : > "$WORK/qemu.jsonl"; : > "$WORK/kvm.jsonl"
+  for _ in $(seq "$RUNS"); do   # interleaved, so a change of load hits both alike
+    for p in qemu kvm; do run $p x "$KERNEL" --exec-runs "$EXEC_RUNS" >> "$WORK/$p.jsonl"; done
+  done
+  ACCEL=$(sed 's/.*"accel":"\([^"]*\)".*/\1/' "$WORK/qemu.jsonl" | head -1)
+  [ "$ACCEL" = kvm ] || { echo "bench: qemu ran with $ACCEL in L1, not KVM" >&2; exit 1; }
+  med() { field "$1" < "$WORK/$2.jsonl" | median; }
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+  echo "== nested: in L1 (qemu TCG -cpu max on the host, 2 vCPUs, emulated kvm_amd), kernel $(head -1 "$WORK/kvm.jsonl" | sed 's/.*"kernel":"\([^"]*\)".*/\1/'), 256 MiB, 1 vCPU; medians of $RUNS runs, exec of $EXEC_RUNS"
+  printf '  %-40s %16s %14s %20s\n' "" "qemu -enable-kvm" "berth's VMM" "berth / qemu"
+  for k in vmm_to_agent_ms up_ms down_ms; do
+    q=$(med $k qemu); b=$(med $k kvm)
+    printf '  %-40s %13s ms %11s ms %20s\n' "$k" "$q" "$b" "$(ratio "$b" "$q")"
+  done
+  q=$(med exec_true_us qemu); b=$(med exec_true_us kvm)
+  printf '  %-40s %13s us %11s us %20s\n' "exec -- true round trip" "$q" "$b" "$(ratio "$b" "$q")"
+  for k in vmm_rss_kib guest_rss_kib vmm_overhead_kib; do
+    q=$(med $k qemu); b=$(med $k kvm)
+    printf '  %-40s %12s KiB %10s KiB %20s\n' "$k" "$q" "$b" "$(ratio "$b" "$q")"
+  done
+  echo "  overhead = VMM RSS minus the resident pages of its guest RAM mapping; L1 load average: $(cut -d' ' -f1-3 /proc/loadavg); host: 2 cores shared"
+  exit 0
+fi
 
 run qemu warmup "$KERNEL" > /dev/null   # fetch the kernel, build disk and initramfs once
 : > "$WORK/qemu.jsonl"

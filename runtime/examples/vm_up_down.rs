@@ -3,7 +3,9 @@
 //! `uname -r` in it and stops it. Used by bench/vm.sh.
 //!
 //! vm_up_down --vmm qemu|kvm --kernel debian:PACKAGE|/path/to/kernel --rootfs DIR --agent PATH
-//!            --home DIR [--memory-mib N]
+//!            --home DIR [--memory-mib N] [--exec-runs N]
+//!
+//! `--exec-runs N`: also times N `exec -- true` round trips through the agent (median, µs).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,13 +88,28 @@ fn main() {
     let uname = backend
         .exec_capture(&state_dir, &["uname", "-r"])
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let exec_runs: usize = arg(&args, "--exec-runs")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let mut exec_us: Vec<u128> = (0..exec_runs)
+        .map(|_| {
+            let t = Instant::now();
+            let o = backend
+                .exec_capture(&state_dir, &["true"])
+                .expect("exec -- true");
+            assert_eq!(o.status.code, 0, "exec -- true failed");
+            t.elapsed().as_micros()
+        })
+        .collect();
+    exec_us.sort_unstable();
+    let exec_true_us = exec_us.get(exec_us.len() / 2).copied().unwrap_or(0);
     let t = Instant::now();
     backend
         .stop(&state_dir, Duration::from_secs(20))
         .expect("stop");
     let down_ms = t.elapsed().as_millis();
     println!(
-        "{{\"provider\":\"{:?}\",\"accel\":\"{}\",\"kernel\":\"{}\",\"uname\":\"{}\",\"up_ms\":{up_ms},\"vmm_to_agent_ms\":{},\"down_ms\":{down_ms},\"vmm_rss_kib\":{},\"guest_rss_kib\":{},\"vmm_overhead_kib\":{},\"guest_memory_kib\":{}}}",
+        "{{\"provider\":\"{:?}\",\"accel\":\"{}\",\"kernel\":\"{}\",\"uname\":\"{}\",\"up_ms\":{up_ms},\"vmm_to_agent_ms\":{},\"down_ms\":{down_ms},\"vmm_rss_kib\":{},\"guest_rss_kib\":{},\"vmm_overhead_kib\":{},\"guest_memory_kib\":{},\"exec_true_us\":{exec_true_us}}}",
         st.provider,
         st.accel,
         st.kernel_release,

@@ -369,8 +369,9 @@ fn check_kvm(host: &HostRoot, kind: KvmKind) -> Check {
     match kind {
         KvmKind::Hardware => {
             let writable = nix::unistd::access(&host.path("/dev/kvm"), nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK).is_ok();
+            let module = if host.exists("/sys/module/kvm_amd") { "kvm_amd" } else { "kvm_intel" };
             if writable {
-                Check::ok(NAME, "hardware KVM (/dev/kvm usable): berth's own VMM boots micro-VMs")
+                Check::ok(NAME, format!("hardware KVM ({module}, /dev/kvm usable): berth's own VMM boots micro-VMs"))
             } else {
                 Check::warn(NAME, "hardware KVM, but /dev/kvm is not writable by you", "add yourself to the `kvm` group: usermod -aG kvm $USER, then log in again")
             }
@@ -534,5 +535,12 @@ mod tests {
         assert_eq!(r.kvm, KvmKind::Hardware);
         assert!(r.vmm_auto.contains("own KVM VMM"));
         assert_eq!(find(&r, "qemu").status, CheckStatus::Ok);
+        assert!(find(&r, "kvm").detail.contains("hardware KVM (kvm_intel,"));
+        // AMD (also what qemu's `-cpu max` emulates in the nested test guest).
+        fs::remove_dir(d.path().join("sys/module/kvm_intel")).unwrap();
+        fs::create_dir_all(d.path().join("sys/module/kvm_amd")).unwrap();
+        let r = diagnose(&HostRoot::fake(d.path()));
+        assert_eq!(r.kvm, KvmKind::Hardware);
+        assert!(find(&r, "kvm").detail.contains("hardware KVM (kvm_amd,"));
     }
 }

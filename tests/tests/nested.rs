@@ -3,9 +3,44 @@
 //! Needs root, qemu, virtiofsd, mkfs.ext4, busybox-static and a reachable Debian mirror (or the
 //! cached kernel); skips saying why otherwise.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use berth_e2e::nested::{Options, L1};
+use berth_e2e::nested::{test_binary, Options, L1};
+use berth_e2e::{berth_bin, text};
+
+/// One L1 at a time: each takes both cores and 3 GiB.
+static ONE_L1: Mutex<()> = Mutex::new(());
+
+fn boot(opts: &Options) -> (std::sync::MutexGuard<'static, ()>, L1) {
+    let guard = ONE_L1.lock().unwrap_or_else(|e| e.into_inner());
+    (guard, L1::boot(opts))
+}
+
+/// On this host (`/dev/kvm` is kvm_pvm) `berth doctor` warns that KVM cannot safely boot a
+/// kernel and `vmm = "auto"` picks qemu under TCG.
+#[test]
+fn doctor_on_the_host_refuses_kvm_pvm() {
+    if !std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("skipped: this host's /dev/kvm is not kvm_pvm");
+        return;
+    }
+    let o = std::process::Command::new(berth_bin())
+        .arg("doctor")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("[warn] kvm ") && l.contains("kvm_pvm")),
+        "{out}\n{err}"
+    );
+    assert!(
+        out.contains("vmm = \"auto\" uses: qemu (-M pc) under TCG emulation"),
+        "{out}\n{err}"
+    );
+}
 
 /// L1 boots, runs commands (exit codes and output come back), has the hardware-style KVM of
 /// an AMD machine with nested paging, the modules berth needs, the host's root read-only
@@ -17,7 +52,7 @@ fn l1_boots_and_runs_commands() {
         eprintln!("skipped: {why}");
         return;
     }
-    let mut l1 = L1::boot(&Options::default());
+    let (_one, mut l1) = boot(&Options::default());
     let o = l1.sh(
         "echo to-out; echo to-err >&2; exit 7",
         Duration::from_secs(30),
@@ -46,4 +81,56 @@ fn l1_boots_and_runs_commands() {
         l1.sh_ok("echo still-there", Duration::from_secs(10)),
         "still-there\n"
     );
+    // doctor in L1: hardware-style KVM (AMD), and `vmm = "auto"` picks berth's own VMM.
+    let doctor = l1.sh_ok(
+        &format!("NO_COLOR=1 '{}' doctor || true", berth_bin().display()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        doctor.lines().any(|l| l.starts_with("[ok  ] kvm ")
+            && l.contains("hardware KVM (kvm_amd, /dev/kvm usable)")),
+        "{doctor}"
+    );
+    assert!(
+        doctor.contains("vmm = \"auto\" uses: berth's own KVM VMM"),
+        "{doctor}"
+    );
+}
+
+/// berth's own VMM booting the Debian kernel on L1's KVM, through the real binary: the VM
+/// e2e tests of `tests/tests/vm.rs` with `vmm = "kvm"` (up, exec with exit codes and separate
+/// stdout/stderr and stdin, shell on a PTY, services and logs, sync mounts both ways, bind and
+/// volume mounts served by sync, `[[ports]]` through virtio-net on a tap on berth's bridge with
+/// NAT, outbound through the bridge, kill -9 of the VMM and recovery, snapshots of the stopped
+/// VM, down/destroy leaving nothing, `run`).
+#[test]
+fn berths_vmm_passes_the_vm_tests_in_l1() {
+    if let Some(why) = L1::unavailable() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let vm_tests = test_binary("vm");
+    let (_one, mut l1) = boot(&Options::default());
+    // One at a time, each with its own limit (generous: TCG under TCG on a shared 2-core
+    // machine; the limit catches a hang, it is no timing assertion).
+    for name in [
+        "vm_environment_through_the_cli",
+        "vm_folders_without_virtio_fs_are_synced",
+    ] {
+        let o = l1.run_test(
+            &vm_tests,
+            &[name],
+            &[("BERTH_TEST_VMM", "kvm")],
+            Duration::from_secs(1500),
+        );
+        assert!(
+            o.success(),
+            "{}",
+            l1.failure(&format!("{name} under berth's VMM"), &o)
+        );
+        eprintln!(
+            "nested: {name} passed under berth's VMM in {:.0} s",
+            o.elapsed.as_secs_f64()
+        );
+    }
 }

@@ -390,8 +390,8 @@ impl VmBackend {
             let alive = st.process.is_some_and(|p| p.alive());
             if !alive {
                 return Err(VmError::Boot {
-                    reason: "the VMM exited before the agent was ready".into(),
-                    console: console_tail(&st.console_log, 25),
+                    reason: vmm_exit_reason(st),
+                    console: console_excerpt(&st.console_log),
                 });
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -402,7 +402,7 @@ impl VmBackend {
                          CONFIG_VIRTIO_CONSOLE, CONFIG_EXT4_FS or CONFIG_DEVTMPFS (as built-ins or modules)",
                         timeout.as_secs()
                     ),
-                    console: console_tail(&st.console_log, 25),
+                    console: console_excerpt(&st.console_log),
                 });
             }
             if st.control_socket.exists() {
@@ -419,6 +419,42 @@ impl VmBackend {
     }
 }
 
+/// Why a VM's VMM ended before its agent answered: its own last words (`logs/vmm.log` of
+/// berth's VMM, `logs/qemu.log` of qemu), which the guest's console cannot have when the VMM
+/// failed before the kernel printed anything (it boots `quiet`).
+fn vmm_exit_reason(st: &VmState) -> String {
+    let log = st.console_log.with_file_name(match st.provider {
+        Provider::Kvm => "vmm.log",
+        Provider::Qemu => "qemu.log",
+    });
+    let said = console_tail(&log, 10);
+    if said.trim().is_empty() {
+        format!(
+            "the VMM exited before the agent was ready (it logged nothing to {})",
+            log.display()
+        )
+    } else {
+        format!(
+            "the VMM exited before the agent was ready; its log {} ends with:\n{}",
+            log.display(),
+            said.trim_end()
+        )
+    }
+}
+
+/// The last console lines of a VM that did not become ready, or why there are none.
+fn console_excerpt(console_log: &Path) -> String {
+    let tail = console_tail(console_log, 25);
+    if tail.trim().is_empty() {
+        format!(
+            "(none in {}: the guest printed nothing, it boots with `quiet` and its agent was not up yet)",
+            console_log.display()
+        )
+    } else {
+        tail
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +462,32 @@ mod tests {
 
     /// A start that fails between plumbing the tap and launching the VMM removes the tap,
     /// lease and NAT again; once the VMM runs, the tap stays for it.
+    #[test]
+    fn a_vmm_that_exits_early_is_explained_by_its_own_log() {
+        // Before, the error had the reason "the VMM exited before the agent was ready" and an
+        // empty console excerpt (the guest boots quiet), nothing of what the VMM said.
+        let d = tempfile::tempdir().unwrap();
+        let st = VmState::stand_in(Provider::Kvm, d.path(), std::process::id());
+        assert!(vmm_exit_reason(&st).contains("it logged nothing to"));
+        std::fs::write(
+            d.path().join("vmm.log"),
+            "berth internal-vmm: cannot open tap bt0: No such device\n",
+        )
+        .unwrap();
+        let reason = vmm_exit_reason(&st);
+        assert!(
+            reason.ends_with("ends with:\nberth internal-vmm: cannot open tap bt0: No such device"),
+            "{reason}"
+        );
+        let excerpt = console_excerpt(&st.console_log);
+        assert!(excerpt.contains("the guest printed nothing"), "{excerpt}");
+        std::fs::write(&st.console_log, "[ 1.0] Linux version 6.1\n").unwrap();
+        assert_eq!(console_excerpt(&st.console_log), "[ 1.0] Linux version 6.1");
+        let qemu = VmState::stand_in(Provider::Qemu, d.path(), std::process::id());
+        std::fs::write(d.path().join("qemu.log"), "qemu: could not load kernel\n").unwrap();
+        assert!(vmm_exit_reason(&qemu).contains("qemu: could not load kernel"));
+    }
+
     #[test]
     fn a_failed_start_leaves_no_tap() {
         use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
