@@ -275,7 +275,11 @@ impl L1 {
         for d in ["req", "res"] {
             fs::create_dir_all(xfer.join(d)).unwrap();
         }
-        fs::write(xfer.join("stage2.sh"), stage2(opts, &tmpdir)).unwrap();
+        fs::write(
+            xfer.join("stage2.sh"),
+            stage2(opts, &tmpdir, &kept_under_tmp()),
+        )
+        .unwrap();
         fs::write(xfer.join("runner.sh"), RUNNER).unwrap();
         let disk = l1.dir.path().join("disk.ext4");
         if opts.home == HomeFs::Ext4 {
@@ -621,8 +625,38 @@ exec $B switch_root /newroot /bin/busybox init
 const INITTAB: &str = "::sysinit:/bin/busybox sh /nested-xfer/stage2.sh\n\
 ::once:/bin/busybox sh /nested-xfer/runner.sh\n";
 
+/// The host folders L1 must still see although they are under `/tmp`, which L1 replaces by a
+/// fresh tmpfs: the workspace (test binaries, the berth binary, the static agent) and the
+/// cargo target folder, e.g. when CI checks the repository out under `/tmp`.
+fn kept_under_tmp() -> Vec<PathBuf> {
+    let mut keep = vec![crate::vm::workspace()];
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        keep.push(PathBuf::from(t));
+    }
+    keep.retain(|p| p.is_absolute() && p.starts_with("/tmp") && p != Path::new("/tmp"));
+    keep.dedup();
+    keep
+}
+
+/// The stage-2 lines that keep `keep` (host folders under `/tmp`) visible across the fresh
+/// tmpfs mounted on `/tmp`: bound aside before, moved back after.
+fn keep_across_tmp(keep: &[PathBuf]) -> (String, String) {
+    let (mut before, mut after) = (String::new(), String::new());
+    for (i, p) in keep.iter().enumerate() {
+        let p = p.display();
+        before.push_str(&format!(
+            "mkdir -p /run/nested-keep/{i} && mount --bind '{p}' /run/nested-keep/{i}\n"
+        ));
+        after.push_str(&format!(
+            "mkdir -p '{p}' && mount --move /run/nested-keep/{i} '{p}'\n"
+        ));
+    }
+    (before, after)
+}
+
 /// Stage 2 (busybox init's sysinit, in the new root): the usual mounts, cgroups, loopback.
-fn stage2(opts: &Options, tmpdir: &str) -> String {
+fn stage2(opts: &Options, tmpdir: &str, keep: &[PathBuf]) -> String {
+    let (keep_before, keep_after) = keep_across_tmp(keep);
     let cgroups = match opts.cgroups {
         Cgroups::V2 => "mount -t cgroup2 none /sys/fs/cgroup\n".to_string(),
         Cgroups::V1Hybrid => {
@@ -647,7 +681,9 @@ fn stage2(opts: &Options, tmpdir: &str) -> String {
          mount -t devpts -o ptmxmode=0666 devpts /dev/pts\n\
          mount -t tmpfs tmpfs /dev/shm\n\
          mount -t tmpfs -o mode=0755 tmpfs /run\n\
+         {keep_before}\
          mount -t tmpfs -o mode=1777 tmpfs /tmp\n\
+         {keep_after}\
          {cgroups}\
          /bin/busybox ip link set lo up\n\
          /bin/busybox hostname nested-l1\n\
@@ -678,7 +714,37 @@ done
 
 #[cfg(test)]
 mod tests {
-    use super::assert_tcg_only;
+    use super::{assert_tcg_only, keep_across_tmp, stage2, Cgroups, HomeFs, Options};
+    use std::path::PathBuf;
+
+    #[test]
+    fn a_workspace_under_tmp_stays_visible_in_l1() {
+        // CI may check the repository out under /tmp, which L1 covers with a fresh tmpfs:
+        // the workspace is bound aside before and moved back after that mount.
+        let keep = [PathBuf::from("/tmp/ci-clone/repo")];
+        let (before, after) = keep_across_tmp(&keep);
+        assert_eq!(
+            before,
+            "mkdir -p /run/nested-keep/0 && mount --bind '/tmp/ci-clone/repo' /run/nested-keep/0\n"
+        );
+        assert_eq!(
+            after,
+            "mkdir -p '/tmp/ci-clone/repo' && mount --move /run/nested-keep/0 '/tmp/ci-clone/repo'\n"
+        );
+        let opts = Options {
+            cgroups: Cgroups::V2,
+            home: HomeFs::Ext4,
+            ..Options::default()
+        };
+        let script = stage2(&opts, "/nested-disk/tmp", &keep);
+        let (b, t, a) = (
+            script.find("mount --bind").unwrap(),
+            script.find("tmpfs /tmp").unwrap(),
+            script.find("mount --move").unwrap(),
+        );
+        assert!(b < t && t < a, "{script}");
+        assert!(script.find("tmpfs /run").unwrap() < b, "{script}");
+    }
 
     fn args(s: &str) -> Vec<String> {
         s.split(' ').map(String::from).collect()
