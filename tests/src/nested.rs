@@ -168,8 +168,14 @@ pub struct L1 {
 /// The e2e test binary of this package named `name` (`tests/tests/<name>.rs`), built if needed
 /// (`cargo test --no-run`, which also works while the calling test runs).
 pub fn test_binary(name: &str) -> PathBuf {
+    package_test_binary("berth-e2e", name)
+}
+
+/// The integration test binary `name` of workspace package `package` (e.g. `berth-runtime`'s
+/// `runtime/tests/container_env.rs`), built if needed.
+pub fn package_test_binary(package: &str, name: &str) -> PathBuf {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").into()))
-        .args(["test", "--no-run", "-q", "-p", "berth-e2e", "--test", name])
+        .args(["test", "--no-run", "-q", "-p", package, "--test", name])
         .arg("--message-format=json")
         .current_dir(crate::vm::workspace())
         .stderr(Stdio::inherit())

@@ -4,40 +4,10 @@
 //! with the berth home on L1's overlay root, whose id-mapped mounts kernel 6.1 refuses. One L1
 //! boot runs them all. Needs what L1 needs; skips saying why otherwise.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use berth_e2e::nested::{test_binary, Cgroups, Options, L1};
-
-/// The integration test binary `name` of the berth-runtime package (`runtime/tests/<name>.rs`).
-fn runtime_test_binary(name: &str) -> PathBuf {
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "test",
-            "--no-run",
-            "-q",
-            "-p",
-            "berth-runtime",
-            "--test",
-            name,
-        ])
-        .arg("--message-format=json")
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the {name} test binary failed"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"]["name"] == name)
-        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo named no executable for the {name} test"))
-}
+use berth_e2e::nested::{package_test_binary, test_binary, Cgroups, Options, L1};
 
 /// Runs the tests `names` of `binary` in L1 after `setup` (shell), asserting each ran and passed.
 fn run_in_l1(l1: &mut L1, setup: &str, binary: &Path, names: &[&str], env: &[(&str, &str)]) {
@@ -77,7 +47,7 @@ fn limits_rootless_and_layer_copies_live_on_cgroup_v2_in_l1() {
         return;
     }
     // Built on the host before boot (L1 has no network).
-    let container_env = runtime_test_binary("container_env");
+    let container_env = package_test_binary("berth-runtime", "container_env");
     let rootless = test_binary("rootless");
     let no_idmap = test_binary("no_idmap_home");
     let started = std::time::Instant::now();
