@@ -8,14 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use berth_e2e::host::have;
 use berth_runtime::state::BerthHome;
 use berth_runtime::vm::kernel::Mirror;
 use berth_runtime::vm::{VmBackend, VmSpec};
 use envfile_spec::plan::{KernelSource, MountKind, MountPlan, RestartPolicy, ServicePlan, VmmKind};
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool).arg(arg).output().is_ok()
-}
 
 /// The static agent: BERTH_AGENT, else built into target/agent-static.
 fn static_agent() -> PathBuf {

@@ -224,6 +224,16 @@ pub fn copy_program_with_libs(program: &Path, rootfs: &Path) {
 }
 
 /// Why a root-only test cannot run here, or `None` when it can.
+/// Whether `tool arg` runs here (a tool the test needs is installed).
+pub fn have(tool: &str, arg: &str) -> bool {
+    std::process::Command::new(tool)
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
 pub fn root_skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc_geteuid() };

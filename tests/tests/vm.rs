@@ -17,17 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use berth_e2e::host::{busybox_rootfs, root_skip_reason, HostSnapshot};
+use berth_e2e::host::{busybox_rootfs, have, root_skip_reason, HostSnapshot};
 use berth_e2e::{berth_bin, text, Berth};
-
-fn have(tool: &str, arg: &str) -> bool {
-    Command::new(tool)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
 
 /// Whether the VMs run under berth's own VMM (`BERTH_TEST_VMM=kvm`, only inside the nested
 /// guest) instead of qemu under TCG.
