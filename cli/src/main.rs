@@ -45,8 +45,35 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Commands whose whole job is printing to stdout: when the reader goes away (`berth ls | head`),
+/// they end quietly, as `ls` or `tail -f` do, instead of panicking on a broken pipe. Commands that
+/// change state or relay a session keep Rust's ignored SIGPIPE and handle `EPIPE` as an error.
+fn only_prints(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Status(_)
+            | Command::Ls(_)
+            | Command::Logs(_)
+            | Command::Schema
+            | Command::Completions { .. }
+            | Command::Doctor(_)
+    )
+}
+
+/// Restores the default action of SIGPIPE (end the process) for this process only.
+fn end_quietly_on_broken_pipe() {
+    // SAFETY: sets a signal disposition to the default action; no handler code runs, and no
+    // other thread exists yet.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run(cli: Cli) -> Result<i32, CliError> {
     let g = &cli.global;
+    if only_prints(&cli.command) {
+        end_quietly_on_broken_pipe();
+    }
     match cli.command {
         Command::Completions { shell } => commands::completions::print(shell),
         Command::Manpages { dir } => commands::completions::manpages(&dir),

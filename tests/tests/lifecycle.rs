@@ -689,3 +689,31 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
     b.ok(p.path(), &["destroy", "--volumes"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// `berth ls | head -0` and `berth status --json | head -c1`: a reader that goes away ends the
+/// printing command quietly (as `ls` or `tail` end), never with a panic and exit code 101.
+#[test]
+fn printing_to_a_closed_pipe_ends_quietly() {
+    require_root!();
+    let p = project(BASIC);
+    std::os::unix::fs::chown(p.path(), Some(4242), Some(4242)).unwrap();
+    let b = Berth::new();
+    b.ok(p.path(), &["up"]);
+    for args in [&["ls"][..], &["status", "--json"], &["logs", "ticker"]] {
+        let mut child = b
+            .cmd()
+            .current_dir(p.path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader closes before berth writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "berth {args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "berth {args:?}: {err}");
+    }
+    b.ok(p.path(), &["destroy"]);
+}
