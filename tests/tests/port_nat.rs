@@ -5,7 +5,7 @@
 //! and a killed supervisor; and `route_localnet`, which the rules need on the bridge, does not
 //! open the host's 127.0.0.1 to an environment (kube-proxy's CVE-2020-8558).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
@@ -69,7 +69,12 @@ fn snapshot(b: &Berth, p: &Project, env_ids: &[&str]) -> HostSnapshot {
 /// The host table berth made for the environment's veth, as `nft list` prints it.
 fn host_table(env_id: &str) -> Option<String> {
     let o = Command::new("nft")
-        .args(["list", "table", "ip", &format!("berthp_{}", veth_name(env_id))])
+        .args([
+            "list",
+            "table",
+            "ip",
+            &format!("berthp_{}", veth_name(env_id)),
+        ])
         .output()
         .unwrap();
     o.status
@@ -148,7 +153,11 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
 
     // The kernel's path: the server inside sees the gateway, not the forwarder's 127.0.0.1.
     let lo: SocketAddr = (Ipv4Addr::LOCALHOST, lo_port).into();
-    assert_eq!(wait_peer(lo), gateway, "127.0.0.1:{lo_port} went through user space");
+    assert_eq!(
+        wait_peer(lo),
+        gateway,
+        "127.0.0.1:{lo_port} went through user space"
+    );
     let any: SocketAddr = (Ipv4Addr::LOCALHOST, any_port).into();
     assert_eq!(wait_peer(any), gateway);
     // A port on all addresses answers on the host's other addresses too.
@@ -156,9 +165,15 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
     if let Some(ip) = host_ipv4() {
         assert_eq!(peer_seen((ip, any_port).into()).unwrap(), gateway);
         // One forwarded on 127.0.0.1 does not.
-        assert!(refused((ip, lo_port).into()), "{ip}:{lo_port} reached 127.0.0.1's port");
+        assert!(
+            refused((ip, lo_port).into()),
+            "{ip}:{lo_port} reached 127.0.0.1's port"
+        );
     }
-    assert!(refused((gw, lo_port).into()), "{gw}:{lo_port} reached 127.0.0.1's port");
+    assert!(
+        refused((gw, lo_port).into()),
+        "{gw}:{lo_port} reached 127.0.0.1's port"
+    );
     let table = host_table(&env_id).expect("no host table for the environment's ports");
     assert!(
         table.contains(&format!("ip daddr 127.0.0.1 tcp dport {lo_port} dnat to")),
@@ -172,7 +187,13 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
         b.run_in(
             p.path(),
             &[
-                "exec", "--", "timeout", "5", "socat", "-T3", "-",
+                "exec",
+                "--",
+                "timeout",
+                "5",
+                "socat",
+                "-T3",
+                "-",
                 &format!("TCP:{gateway}:{port}"),
             ],
         )
@@ -250,12 +271,27 @@ fn port_rules_go_with_a_killed_supervisor_at_the_next_command_and_with_run() {
     // A throw-away run: the rules live as long as it does.
     let o = b.run_in(
         p.path(),
-        &["run", "--", "sh", "-c", "nft list tables 2>/dev/null; echo ran"],
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "nft list tables 2>/dev/null; echo ran",
+        ],
     );
     assert!(o.status.success(), "{:?}", text(&o));
     let ls: serde_json::Value = serde_json::from_str(&b.ok(p.path(), &["ls", "--json"])).unwrap();
-    assert_eq!(ls.as_array().map(Vec::len), Some(0), "{ls}");
-    let leftover = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(
+        !ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["ephemeral"] == true),
+        "the run is still listed: {ls}"
+    );
+    let leftover = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
     let leftover = String::from_utf8_lossy(&leftover.stdout).into_owned();
     assert!(
         !leftover.contains(&b.bridge),
@@ -265,50 +301,107 @@ fn port_rules_go_with_a_killed_supervisor_at_the_next_command_and_with_run() {
     before.assert_nothing_leaked(&snapshot(&b, &p, &[&env_id]));
 }
 
+/// An Ethernet frame carrying one UDP datagram (IPv4, no UDP checksum).
+fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let v: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
 /// kube-proxy's CVE-2020-8558: with `route_localnet` on the bridge (which the port rules
 /// need) the host would deliver packets for 127.0.0.1 that an environment sends to its
-/// gateway. Root inside the environment routes 127.0.0.1 via the gateway and sends a marker
-/// to a UDP and a TCP server bound to the host's 127.0.0.1: neither may see it.
+/// gateway's hardware address. The environment's root has CAP_NET_RAW (the OCI default), so
+/// it writes such a frame (UDP to a server bound to the host's 127.0.0.1, with a marker)
+/// straight onto its `eth0`: the server must not see it.
 #[test]
 fn an_environment_cannot_reach_the_hosts_loopback_through_its_gateway() {
     require_root!();
     let port = free_port();
-    let p = project(&ports_toml(&[(port, "127.0.0.1", 80)]));
+    let p = project(&format!(
+        "{}[[mounts]]\nsource = \"./x\"\ntarget = \"/x\"\n",
+        ports_toml(&[(port, "127.0.0.1", 80)])
+    ));
+    std::fs::create_dir_all(p.path().join("x")).unwrap();
     let b = Berth::new();
     let before = snapshot(&b, &p, &[]);
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_nonblocking(true).unwrap();
-    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-    tcp.set_nonblocking(true).unwrap();
-    let (u, t) = (
-        udp.local_addr().unwrap().port(),
-        tcp.local_addr().unwrap().port(),
-    );
+    let u = udp.local_addr().unwrap().port();
     b.ok(p.path(), &["up"]);
     let st = status_json(&b, p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
-    let gateway = st["network"]["gateway"].as_str().unwrap().to_string();
+    let address: Ipv4Addr = st["network"]["address"].as_str().unwrap().parse().unwrap();
     wait_peer((Ipv4Addr::LOCALHOST, port).into());
-    let bridge_localnet =
-        std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{}/route_localnet", b.bridge))
-            .unwrap();
-    assert_eq!(bridge_localnet.trim(), "1", "the premise: route_localnet on the bridge");
-
-    let script = format!(
-        "ip route del local 127.0.0.1 dev lo table local; \
-         ip route del local 127.0.0.0/8 dev lo table local; \
-         ip route add 127.0.0.1/32 via {gateway} dev eth0 || exit 9; \
-         ip route get 127.0.0.1; \
-         for i in 1 2 3; do echo berth-cve-2020-8558-marker | socat -u - UDP:127.0.0.1:{u}; done; \
-         echo berth-cve-2020-8558-marker | timeout 4 socat -u - TCP:127.0.0.1:{t},connect-timeout=3; \
-         echo tried"
+    let localnet = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", b.bridge);
+    assert_eq!(
+        std::fs::read_to_string(localnet).unwrap().trim(),
+        "1",
+        "the premise: route_localnet on the bridge"
     );
-    let o = b.run_in(p.path(), &["exec", "--", "sh", "-c", &script]);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success() && out.contains(&format!("via {gateway}")) && out.contains("tried"),
-        "the environment could not route 127.0.0.1 via its gateway, so nothing was tried: {out} {err}"
-    );
+    let gw_mac =
+        mac(&std::fs::read_to_string(format!("/sys/class/net/{}/address", b.bridge)).unwrap());
+    let env_mac = mac(&b.ok(
+        p.path(),
+        &["exec", "--", "cat", "/sys/class/net/eth0/address"],
+    ));
+    let marker = b"berth-cve-2020-8558-marker";
+    let frame = udp_frame(gw_mac, env_mac, address, Ipv4Addr::LOCALHOST, u, marker);
+    std::fs::write(p.path().join("x/frame"), &frame).unwrap();
+    for _ in 0..3 {
+        let o = b.run_in(
+            p.path(),
+            &[
+                "exec",
+                "--",
+                "socat",
+                "-u",
+                "OPEN:/x/frame",
+                "INTERFACE:eth0",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "the frame was not sent, nothing was tried: {:?}",
+            text(&o)
+        );
+    }
     std::thread::sleep(Duration::from_millis(500));
     let mut buf = [0u8; 64];
     match udp.recv_from(&mut buf) {
@@ -316,15 +409,6 @@ fn an_environment_cannot_reach_the_hosts_loopback_through_its_gateway() {
             "the host's 127.0.0.1:{u} got {:?} from {from}",
             String::from_utf8_lossy(&buf[..n])
         ),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
-    }
-    match tcp.accept() {
-        Ok((mut s, from)) => {
-            let mut got = String::new();
-            let _ = s.read_to_string(&mut got);
-            let _ = s.write_all(b"x");
-            panic!("the host's 127.0.0.1:{t} accepted {from}: {got:?}")
-        }
         Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock, "{e}"),
     }
     b.ok(p.path(), &["destroy"]);
