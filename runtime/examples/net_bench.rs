@@ -170,7 +170,10 @@ impl KernelPath {
         );
         net.plumb(
             BENCH_ENV,
-            EnvNamespaces { net: ns, user: None },
+            EnvNamespaces {
+                net: ns,
+                user: None,
+            },
             NetworkMode::Isolated,
             &[],
         )
@@ -210,6 +213,8 @@ struct Mode {
     addr: SocketAddr,
     tp: Vec<(f64, f64)>,
     lat: Vec<f64>,
+    /// CPU seconds (all threads of this process, user + system) spent on the connections.
+    lat_cpu: f64,
 }
 
 fn main() {
@@ -270,6 +275,7 @@ fn main() {
         addr,
         tp: Vec::new(),
         lat: Vec::new(),
+        lat_cpu: 0.0,
     };
     let mut modes = vec![
         mode("direct loopback", direct_addr),
@@ -298,7 +304,9 @@ fn main() {
     for r in 0..10 {
         for i in 0..modes.len() {
             let k = (i + r) % modes.len();
+            let cpu0 = cpu_seconds();
             let l = latencies(modes[k].addr, per_round);
+            modes[k].lat_cpu += cpu_seconds() - cpu0;
             modes[k].lat.extend(l);
         }
     }
@@ -328,19 +336,28 @@ fn main() {
             gbit(m),
             ratio(m),
             cpu(m),
-            if m.name.starts_with("pasta") { " [pasta's own process not counted]" } else { "" }
+            if m.name.starts_with("pasta") {
+                " [pasta's own process not counted]"
+            } else {
+                ""
+            }
         );
     }
-    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs):", per_round * 10);
+    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
     let d50 = pct(&modes[0].lat, 0.5);
+    let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;
     for m in &modes {
+        let cpu = m.lat_cpu / m.lat.len() as f64 * 1e6;
         println!(
-            "  {:<20} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}",
+            "  {:<20} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
             m.name,
             pct(&m.lat, 0.5),
             pct(&m.lat, 0.9),
             pct(&m.lat, 0.99),
-            pct(&m.lat, 0.5) - d50
+            pct(&m.lat, 0.5) - d50,
+            cpu,
+            cpu - dcpu,
+            if m.name.starts_with("pasta") { " [without pasta's process]" } else { "" }
         );
     }
     drop(fwd);

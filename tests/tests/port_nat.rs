@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::host::{copy_program_with_libs, veth_name, HostSnapshot};
 use berth_e2e::project::Project;
+use berth_e2e::user::TestUser;
 use berth_e2e::{require_root, text, Berth};
 
 /// Only detects a hang; never a speed assertion.
@@ -160,6 +161,16 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
     );
     let any: SocketAddr = (Ipv4Addr::LOCALHOST, any_port).into();
     assert_eq!(wait_peer(any), gateway);
+    // Another local user reaches it the same way.
+    let user = TestUser::create("berthpnat");
+    let o = user.run("socat", &["-T5", "-", &format!("TCP:127.0.0.1:{lo_port}")]);
+    assert_eq!(
+        text(&o).0.trim(),
+        gateway,
+        "as {}: {:?}",
+        user.name,
+        text(&o)
+    );
     // A port on all addresses answers on the host's other addresses too.
     assert_eq!(peer_seen((gw, any_port).into()).unwrap(), gateway);
     if let Some(ip) = host_ipv4() {

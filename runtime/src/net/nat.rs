@@ -31,7 +31,9 @@ pub enum NatError {
         "cannot set {path}: {source}; DNS through the host's loopback resolver would not work"
     )]
     Sysctl { path: String, source: io::Error },
-    #[error("cannot set {path}: {source}; forwarded ports fall back to berth's userspace forwarder")]
+    #[error(
+        "cannot set {path}: {source}; forwarded ports fall back to berth's userspace forwarder"
+    )]
     RouteLocalnet { path: String, source: io::Error },
     #[error("cannot write {path}: {source}; check that /run is writable by root")]
     Record { path: String, source: io::Error },

@@ -1,7 +1,7 @@
 //! Port forwarding in the kernel, as root on berth's bridge: nftables DNAT from the host's
 //! address and port to the environment's, in front of the userspace forwarder.
 //!
-//! Connections made on the host (a browser, `curl`, a test runner: what a developer does) to
+//! TCP connections made on the host (a browser, `curl`, a test runner: what a developer does) to
 //! a forwarded port are rewritten by conntrack to the environment's address and never touch
 //! the forwarder; the bytes move between two sockets, not four (see `bench/net.sh`). Per
 //! environment, two tables:
@@ -23,7 +23,7 @@
 //! userspace forwarder. The listening socket keeps the port reserved (a later binder gets
 //! `EADDRINUSE`, `ss -ltnp` and berth's port-in-use error name the environment), and serves
 //! what the rules leave to it: connections from other hosts and network namespaces (other
-//! environments through the gateway address), IPv6, and everything when the rules could not
+//! environments through the gateway address), IPv6, UDP, and everything when the rules could not
 //! be installed. Which addresses reach a port is therefore unchanged: a port forwarded on
 //! 127.0.0.1 is not reachable through the host's other addresses.
 //!
@@ -84,17 +84,21 @@ pub struct KernelForward<'a> {
     pub port: &'a str,
     /// The environment's address.
     pub address: Ipv4Addr,
-    /// The forwarded ports, with the host addresses the forwarder bound. IPv6 ones are left
-    /// to the forwarder (the bridge is IPv4 only).
+    /// The forwarded ports, with the host addresses the forwarder bound. IPv6 and UDP ones
+    /// are left to the forwarder (the bridge is IPv4 only; UDP see `redirected`).
     pub ports: &'a [ForwardedPort],
 }
 
 impl KernelForward<'_> {
     /// IPv4 host address (`None`: any local address) and port, protocol and guest port of
-    /// every port the rules take.
+    /// every port the rules take: TCP only. A UDP server inside that listens on all
+    /// addresses answers a datagram redirected to its 127.0.0.1 from the address its route
+    /// picks (`eth0`'s), which matches no connection, so UDP stays with the forwarder's relay
+    /// (it talks to the server from inside, over loopback).
     fn redirected(&self) -> Vec<(Option<Ipv4Addr>, u16, Protocol, u16)> {
         self.ports
             .iter()
+            .filter(|p| p.spec.protocol == Protocol::Tcp)
             .filter_map(|p| match p.bound.ip() {
                 IpAddr::V4(ip) => Some((
                     (!ip.is_unspecified()).then_some(ip),

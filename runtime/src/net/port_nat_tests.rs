@@ -28,7 +28,8 @@ fn rules(ports: &[ForwardedPort]) -> KernelForward<'_> {
 fn loopback_and_wildcard_ports_are_redirected_from_local_clients_only() {
     let ports = [
         fwd("127.0.0.1:8080", Protocol::Tcp, 80),
-        fwd("0.0.0.0:5353", Protocol::Udp, 53),
+        fwd("0.0.0.0:5353", Protocol::Tcp, 53),
+        fwd("0.0.0.0:5354", Protocol::Udp, 54),
         fwd("[::1]:9090", Protocol::Tcp, 90),
     ];
     let host = rules(&ports).host_ruleset().unwrap();
@@ -46,14 +47,18 @@ fn loopback_and_wildcard_ports_are_redirected_from_local_clients_only() {
     assert!(host.contains("ip daddr 10.88.0.7 tcp dport 80 ct state new drop"));
     let env = rules(&ports).env_ruleset();
     assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 80 dnat to 127.0.0.1:80"));
-    assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 udp dport 53 dnat to 127.0.0.1:53"));
+    assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 53 dnat to 127.0.0.1:53"));
+    assert!(!env.contains("udp"), "{env}");
     assert!(env.contains("iifname \"eth0\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop"));
     assert!(!env.contains("dport 90 "), "{env}");
 }
 
 #[test]
-fn only_ipv6_ports_need_no_rules() {
-    let ports = [fwd("[::]:9090", Protocol::Tcp, 90)];
+fn only_ipv6_or_udp_ports_need_no_rules() {
+    let ports = [
+        fwd("[::]:9090", Protocol::Tcp, 90),
+        fwd("127.0.0.1:5353", Protocol::Udp, 53),
+    ];
     assert_eq!(rules(&ports).host_ruleset(), None);
 }
 
