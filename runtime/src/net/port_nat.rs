@@ -131,7 +131,7 @@ impl KernelForward<'_> {
             return None;
         }
         let (table, bridge, env) = (table_name(self.port), self.bridge, self.address);
-        let mut output = String::new();
+        let (mut output, mut invalid) = (String::new(), String::new());
         for (host, port, protocol, guest) in &redirected {
             let to = match host {
                 Some(ip) => format!("ip daddr {ip}"),
@@ -139,12 +139,20 @@ impl KernelForward<'_> {
             };
             let p = proto(*protocol);
             output += &format!("\t\t{to} {p} dport {port} dnat to {env}:{guest}\n");
+            invalid += &format!("\t\t{to} {p} dport {port} ct state invalid drop\n");
         }
-        let mut forward = String::new();
+        let (mut forward, mut invalid_back) = (String::new(), String::new());
         for (protocol, guest) in self.guest_ports() {
             let p = proto(protocol);
             forward += &format!("\t\tip daddr {env} {p} dport {guest} ct state new drop\n");
+            invalid_back += &format!(
+                "\t\tiifname \"{bridge}\" ip saddr {env} {p} sport {guest} ct state invalid drop\n"
+            );
         }
+        // A packet conntrack finds out of window (it happens with SYN cookies under a full
+        // accept queue) is marked invalid and NAT skips it: it would reach the forwarder's
+        // socket (or the host's address) and reset the connection, as kube-proxy found
+        // (kubernetes#74839). Those are dropped; TCP retransmits them.
         // Named priorities are not accepted for the nat output hook by nft 1.0 (dstnat = -100).
         Some(format!(
             "table ip {table} {{}}\n\
@@ -162,6 +170,14 @@ impl KernelForward<'_> {
              \t\ttype filter hook forward priority filter; policy accept;\n\
              {forward}\
              \t}}\n\
+             \tchain output_invalid {{\n\
+             \t\ttype filter hook output priority filter; policy accept;\n\
+             {invalid}\
+             \t}}\n\
+             \tchain input_invalid {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             {invalid_back}\
+             \t}}\n\
              }}\n"
         ))
     }
@@ -169,11 +185,14 @@ impl KernelForward<'_> {
     /// The table inside the environment.
     pub fn env_ruleset(&self) -> String {
         let (table, eth, env) = (ENV_TABLE, GUEST_INTERFACE, self.address);
-        let mut prerouting = String::new();
+        let (mut prerouting, mut invalid) = (String::new(), String::new());
         for (protocol, guest) in self.guest_ports() {
             let p = proto(protocol);
             prerouting += &format!(
                 "\t\tiifname \"{eth}\" ip daddr {env} {p} dport {guest} dnat to 127.0.0.1:{guest}\n"
+            );
+            invalid += &format!(
+                "\t\tiifname \"{eth}\" ip daddr {env} {p} dport {guest} ct state invalid drop\n"
             );
         }
         format!(
@@ -187,6 +206,7 @@ impl KernelForward<'_> {
              \tchain input {{\n\
              \t\ttype filter hook input priority filter; policy accept;\n\
              \t\t{}\n\
+             {invalid}\
              \t}}\n\
              }}\n",
             nat::no_loopback_from(eth)

@@ -45,10 +45,16 @@ fn loopback_and_wildcard_ports_are_redirected_from_local_clients_only() {
     );
     assert!(host.contains("oifname \"berth0\" ip daddr 10.88.0.7 ct status dnat masquerade"));
     assert!(host.contains("ip daddr 10.88.0.7 tcp dport 80 ct state new drop"));
+    // Packets conntrack cannot place would skip NAT and reset the connection: dropped.
+    assert!(host.contains("ip daddr 127.0.0.1 tcp dport 8080 ct state invalid drop\n"));
+    assert!(
+        host.contains("iifname \"berth0\" ip saddr 10.88.0.7 tcp sport 80 ct state invalid drop\n")
+    );
     let env = rules(&ports).env_ruleset();
     assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 80 dnat to 127.0.0.1:80"));
     assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 53 dnat to 127.0.0.1:53"));
     assert!(!env.contains("udp"), "{env}");
+    assert!(env.contains("iifname \"eth0\" ip daddr 10.88.0.7 tcp dport 80 ct state invalid drop"));
     assert!(env.contains("iifname \"eth0\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop"));
     assert!(!env.contains("dport 90 "), "{env}");
 }
