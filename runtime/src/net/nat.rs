@@ -34,7 +34,7 @@ pub enum NatError {
     #[error(
         "cannot set {path}: {source}; forwarded ports fall back to berth's userspace forwarder"
     )]
-    RouteLocalnet { path: String, source: io::Error },
+    PortSysctl { path: String, source: io::Error },
     #[error("cannot write {path}: {source}; check that /run is writable by root")]
     Record { path: String, source: io::Error },
     #[error("cannot enter the environment's network namespace: {0}; the environment may have stopped — run `berth up` again")]

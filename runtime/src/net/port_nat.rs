@@ -234,6 +234,7 @@ impl KernelForward<'_> {
         let env = self.env_ruleset();
         run_in_netns(netns, || -> Result<(), NatError> {
             set_route_localnet(GUEST_INTERFACE)?;
+            no_syncookies()?;
             nft(&env).map_err(|e| e.into_error(ENV_TABLE))
         })
         .map_err(NatError::Namespace)??;
@@ -261,7 +262,23 @@ impl KernelForward<'_> {
 /// thread's network namespace. The setting goes with the interface.
 fn set_route_localnet(interface: &str) -> Result<(), NatError> {
     let path = format!("/proc/sys/net/ipv4/conf/{interface}/route_localnet");
-    fs::write(&path, "1").map_err(|source| NatError::RouteLocalnet { path, source })
+    fs::write(&path, "1").map_err(|source| NatError::PortSysctl { path, source })
+}
+
+/// Turns SYN cookies off in the calling thread's network namespace (the environment's).
+///
+/// Behind the userspace forwarder a server inside only ever saw the forwarder's connections,
+/// each sending its request in one piece once connected. Through DNAT it sees the clients
+/// themselves, as on plain loopback: when a burst overflows a small listen backlog (busybox
+/// httpd's is 9), the kernel answers with SYN cookies, and a client that already sent its
+/// request in several segments gets its second segment checked as a cookie, which fails, and
+/// is reset (the same happens on the host's own loopback). Without cookies the overflowing
+/// handshakes are retried by TCP instead (a delay, no error), as behind the forwarder. Only
+/// host-local clients reach the environment's ports this way, so the SYN-flood defence
+/// cookies give is not needed there.
+fn no_syncookies() -> Result<(), NatError> {
+    let path = "/proc/sys/net/ipv4/tcp_syncookies".to_string();
+    fs::write(&path, "0").map_err(|source| NatError::PortSysctl { path, source })
 }
 
 /// Removes the host table of the environment whose veth is `port`, and its record.
