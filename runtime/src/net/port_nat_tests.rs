@@ -37,10 +37,11 @@ fn loopback_and_wildcard_ports_are_redirected_from_local_clients_only() {
         host.starts_with("table ip berthp_bv0123456789 {}\nflush table ip berthp_bv0123456789\n")
     );
     assert!(host.contains("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.88.0.7:80\n"));
-    assert!(host.contains("fib daddr type local udp dport 5353 dnat to 10.88.0.7:53\n"));
-    // The IPv6 port stays with the forwarder; nothing is redirected from other hosts.
+    assert!(host.contains("fib daddr type local tcp dport 5353 dnat to 10.88.0.7:53\n"));
+    // The IPv6 and UDP ports stay with the forwarder; nothing comes from other hosts.
+    assert!(!host.contains("9090") && !host.contains("5354"), "{host}");
     assert!(
-        !host.contains("9090") && !host.contains("prerouting"),
+        !host.contains("udp") && !host.contains("prerouting"),
         "{host}"
     );
     assert!(host.contains("oifname \"berth0\" ip daddr 10.88.0.7 ct status dnat masquerade"));
