@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Port forwarding benchmark: throughput and per-connection latency through berth's forwarder
-# (host loopback -> PortForwarder -> server in a fresh network namespace) against a direct
-# loopback connection, in the same run; pasta's forwarder on the same namespace is measured
-# too when pasta is installed, as a reference. Needs root (it creates a network namespace).
+# Port forwarding benchmark: throughput and per-connection latency from host loopback into a
+# server on the loopback of a fresh network namespace, interleaved in one run: direct loopback
+# (the floor), berth as root (the namespace on a bridge `berthbench`, the port forwarded by
+# nftables DNAT, runtime/src/net/port_nat.rs), berth's userspace splice forwarder (rootless
+# containers, and the fallback), and pasta -t on the same namespace as a reference when pasta
+# runs here. Needs root (network namespace, bridge, nftables).
 #
 #   bench/net.sh [MiB per throughput run, default 1024] [connections for latency, default 2000]
 set -euo pipefail

@@ -1,6 +1,12 @@
 //! Port forwarding benchmark: throughput and per-connection latency through a forwarded port
-//! (host loopback → PortForwarder → server inside a fresh network namespace) against a
-//! direct loopback connection to the same kind of server, in the same run.
+//! into a server listening on the loopback of a fresh network namespace, against a direct
+//! loopback connection to the same kind of server, all in the same run and interleaved:
+//!
+//! - kernel: berth as root, the namespace on a bridge of berth's (`Network::plumb`) and the
+//!   port forwarded by nftables DNAT (`Network::forward_in_kernel`), the forwarder behind it;
+//! - splice: berth's userspace forwarder (`PortForwarder`, rootless containers and the
+//!   fallback), dialing into the namespace;
+//! - pasta `-t` on the same namespace, as a reference (when pasta is installed).
 //!
 //! Run as root: `cargo run --release -p berth-runtime --example net_bench [MiB] [connections]`
 //! (or `bench/net.sh`).
@@ -11,11 +17,14 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use berth_runtime::net::bridge::BridgeConfig;
 use berth_runtime::net::dialer::NetnsDialer;
 use berth_runtime::net::forward::{ForwardSpec, PortForwarder};
 use berth_runtime::net::netlink::Netlink;
 use berth_runtime::net::netns::run_in_netns;
-use envfile_spec::plan::Protocol;
+use berth_runtime::net::{EnvNamespaces, Network, NetworkOptions};
+use berth_runtime::state::BerthHome;
+use envfile_spec::plan::{NetworkMode, Protocol};
 
 fn new_netns() -> File {
     let f = std::thread::spawn(|| {
@@ -131,6 +140,83 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p) as usize]
 }
 
+/// The namespace `ns` on a bridge of its own (a bench home, bridge `berthbench`), with the
+/// guest port forwarded from a free 127.0.0.1 port by the kernel, the forwarder serving the
+/// same socket behind it as berth's supervisor does. Detached on drop.
+struct KernelPath {
+    net: Network,
+    _home: tempfile::TempDir,
+    _forwarder: PortForwarder,
+    addr: SocketAddr,
+}
+
+const BENCH_ENV: &str = "net-bench";
+
+impl KernelPath {
+    fn start(ns: &File, guest: u16) -> KernelPath {
+        let home_dir = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(home_dir.path()).unwrap();
+        let net = Network::new(
+            &home,
+            NetworkOptions {
+                bridge: BridgeConfig {
+                    name: "berthbench".into(),
+                    nft_table: "berthbench".into(),
+                    subnet: None,
+                },
+                user_mode: Some(false),
+                ..NetworkOptions::default()
+            },
+        );
+        net.plumb(
+            BENCH_ENV,
+            EnvNamespaces {
+                net: ns,
+                user: None,
+            },
+            NetworkMode::Isolated,
+            &[],
+        )
+        .expect("plumb the bench namespace onto bridge berthbench");
+        let fwd = PortForwarder::start(
+            &[ForwardSpec {
+                protocol: Protocol::Tcp,
+                host: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                guest_port: guest,
+                shared: false,
+            }],
+            Arc::new(NetnsDialer::new(ns, "bench namespace").unwrap()),
+        )
+        .unwrap();
+        let kernel = net
+            .forward_in_kernel(BENCH_ENV, ns, fwd.ports())
+            .expect("install the kernel port forwarding");
+        assert!(kernel, "the kernel forwards nothing");
+        let addr = fwd.ports()[0].bound;
+        KernelPath {
+            net,
+            _home: home_dir,
+            _forwarder: fwd,
+            addr,
+        }
+    }
+}
+
+impl Drop for KernelPath {
+    fn drop(&mut self) {
+        let _ = self.net.detach(BENCH_ENV);
+    }
+}
+
+struct Mode {
+    name: &'static str,
+    addr: SocketAddr,
+    tp: Vec<(f64, f64)>,
+    lat: Vec<f64>,
+    /// CPU seconds (all threads of this process, user + system) spent on the connections.
+    lat_cpu: f64,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mib: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2048);
@@ -147,6 +233,7 @@ fn main() {
     })
     .unwrap();
     serve(inside);
+    let kernel = KernelPath::start(&ns, 5201);
     let fwd = PortForwarder::start(
         &[ForwardSpec {
             protocol: Protocol::Tcp,
@@ -157,7 +244,6 @@ fn main() {
         Arc::new(NetnsDialer::new(&ns, "bench namespace").unwrap()),
     )
     .unwrap();
-    let fwd_addr = fwd.ports()[0].bound;
 
     // pasta's own forwarder (splice as well) on the same namespace, as a reference.
     let pasta_port = 15201u16;
@@ -184,72 +270,98 @@ fn main() {
             latencies_try(pasta_addr)
         });
 
-    // Warm up both paths.
-    throughput(direct_addr, 64 << 20);
-    throughput(fwd_addr, 64 << 20);
-    latencies(direct_addr, 100);
-    latencies(fwd_addr, 100);
-
-    let (mut d_tp, mut f_tp, mut p_tp) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
-        d_tp.push(throughput(direct_addr, bytes));
-        f_tp.push(throughput(fwd_addr, bytes));
-        if pasta_ok {
-            p_tp.push(throughput(pasta_addr, bytes));
+    let mode = |name, addr| Mode {
+        name,
+        addr,
+        tp: Vec::new(),
+        lat: Vec::new(),
+        lat_cpu: 0.0,
+    };
+    let mut modes = vec![
+        mode("direct loopback", direct_addr),
+        mode("kernel DNAT (root)", kernel.addr),
+        mode("splice (rootless)", fwd.ports()[0].bound),
+    ];
+    if pasta_ok {
+        modes.push(mode("pasta -t (ref.)", pasta_addr));
+    }
+    // Warm up every path.
+    for m in &modes {
+        throughput(m.addr, 64 << 20);
+        latencies(m.addr, 100);
+    }
+    // Interleaved: each round measures every mode once, starting one mode later each time,
+    // so load from other work on the machine hits all of them alike.
+    let rounds = 5;
+    for r in 0..rounds {
+        for i in 0..modes.len() {
+            let k = (i + r) % modes.len();
+            let t = throughput(modes[k].addr, bytes);
+            modes[k].tp.push(t);
         }
     }
-    let best = |v: &[(f64, f64)]| v.iter().map(|x| x.0).fold(0.0, f64::max);
-    let cpu = |v: &[(f64, f64)]| {
-        let mut c: Vec<f64> = v.iter().map(|x| x.1).collect();
-        c.sort_by(|a, b| a.total_cmp(b));
-        c[c.len() / 2]
-    };
-    let (d, f) = (best(&d_tp), best(&f_tp));
-    println!("throughput, {mib} MiB per run, best of 3 (Gbit/s):");
-    println!("  direct loopback   {d:8.2}");
-    println!("  forwarded         {f:8.2}");
-    if pasta_ok {
-        println!("  pasta -t (reference) {:5.2}", best(&p_tp));
+    let per_round = conns.div_ceil(10).max(1);
+    for r in 0..10 {
+        for i in 0..modes.len() {
+            let k = (i + r) % modes.len();
+            let cpu0 = cpu_seconds();
+            let l = latencies(modes[k].addr, per_round);
+            modes[k].lat_cpu += cpu_seconds() - cpu0;
+            modes[k].lat.extend(l);
+        }
     }
-    println!("  ratio forwarded/direct: {:.2}", f / d);
-    println!(
-        "CPU time per GiB moved, all threads, median (s): direct {:.3}, forwarded {:.3} (forwarder adds {:.3}){}",
-        cpu(&d_tp),
-        cpu(&f_tp),
-        cpu(&f_tp) - cpu(&d_tp),
-        if pasta_ok { " [pasta runs in its own process: not counted]" } else { "" }
-    );
-
-    let dl = latencies(direct_addr, conns);
-    let fl = latencies(fwd_addr, conns);
-    println!("connection latency, connect + 1-byte request/answer, {conns} sequential (µs):");
-    println!(
-        "  direct loopback   median {:7.1}  p90 {:7.1}  p99 {:7.1}",
-        pct(&dl, 0.5),
-        pct(&dl, 0.9),
-        pct(&dl, 0.99)
-    );
-    println!(
-        "  forwarded         median {:7.1}  p90 {:7.1}  p99 {:7.1}",
-        pct(&fl, 0.5),
-        pct(&fl, 0.9),
-        pct(&fl, 0.99)
-    );
-    if pasta_ok {
-        let pl = latencies(pasta_addr, conns);
+    for m in &mut modes {
+        m.lat.sort_by(|a, b| a.total_cmp(b));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let gbit = |m: &Mode| median(m.tp.iter().map(|x| x.0).collect());
+    let cpu = |m: &Mode| median(m.tp.iter().map(|x| x.1).collect());
+    // Per-round ratio to the direct run of the same round, then the median of those.
+    let ratio = |m: &Mode| {
+        median(
+            m.tp.iter()
+                .zip(&modes[0].tp)
+                .map(|(x, d)| x.0 / d.0)
+                .collect(),
+        )
+    };
+    println!("throughput, {mib} MiB per run, {rounds} interleaved rounds, median (Gbit/s; ratio to direct, median of per-round ratios; CPU s per GiB, all threads of this process):");
+    for m in &modes {
         println!(
-            "  pasta -t (ref.)   median {:7.1}  p90 {:7.1}  p99 {:7.1}",
-            pct(&pl, 0.5),
-            pct(&pl, 0.9),
-            pct(&pl, 0.99)
+            "  {:<20} {:8.2}   ratio {:.2}   cpu {:.3}{}",
+            m.name,
+            gbit(m),
+            ratio(m),
+            cpu(m),
+            if m.name.starts_with("pasta") {
+                " [pasta's own process not counted]"
+            } else {
+                ""
+            }
         );
     }
-    println!(
-        "  added by forwarding: median {:.1} µs (ratio {:.2})",
-        pct(&fl, 0.5) - pct(&dl, 0.5),
-        pct(&fl, 0.5) / pct(&dl, 0.5)
-    );
+    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
+    let d50 = pct(&modes[0].lat, 0.5);
+    let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;
+    for m in &modes {
+        let cpu = m.lat_cpu / m.lat.len() as f64 * 1e6;
+        println!(
+            "  {:<20} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
+            m.name,
+            pct(&m.lat, 0.5),
+            pct(&m.lat, 0.9),
+            pct(&m.lat, 0.99),
+            pct(&m.lat, 0.5) - d50,
+            cpu,
+            cpu - dcpu,
+            if m.name.starts_with("pasta") { " [without pasta's process]" } else { "" }
+        );
+    }
     drop(fwd);
+    drop(kernel);
     if let Some(p) = pasta.as_mut() {
         let _ = p.kill();
         let _ = p.wait();

@@ -109,6 +109,9 @@ pub fn attach(
                 .as_deref()
                 .unwrap_or(NO_DNS_RESOLV_CONF);
             write_resolv_conf(spec, conf)?;
+            if let Err(e) = network.forward_in_kernel(&spec.env_id, &net, ports) {
+                eprintln!("berth: notice: {e}; the ports of {} are forwarded in user space instead (slower)", spec.hostname);
+            }
         }
     }
     network.record_ports(&spec.env_id, ports)?;

@@ -17,6 +17,8 @@
 //! - [`network`]: the entry point, [`Network`] (`attach`, `plumb`, `detach`).
 //! - [`tap`]: tap interfaces, the host side of a VM's virtio-net device (berth's own VMM);
 //!   [`Network::plumb_tap`] plugs one into the bridge.
+//! - [`port_nat`]: as root on the bridge, forwarded ports in the kernel (nftables DNAT) in
+//!   front of the forwarder, for connections made on the host ([`Network::forward_in_kernel`]).
 //! - [`netlink`], [`netns`], [`port_owner`]: the system interfaces underneath.
 //!
 //! # How a backend uses it
@@ -68,6 +70,7 @@ pub mod netlink;
 pub mod netns;
 pub mod network;
 pub mod pasta;
+pub mod port_nat;
 pub mod port_owner;
 pub mod relay;
 pub mod subnet;

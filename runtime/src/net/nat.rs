@@ -1,6 +1,12 @@
 //! Outbound access for environments on the bridge: IPv4 forwarding and an nftables table that
 //! masquerades the bridge subnet and stops environments from routing to each other.
 //!
+//! The bridge may have `route_localnet` set (the DNS redirect to a loopback stub, kernel port
+//! forwarding from the host's 127.0.0.1, see [`super::port_nat`]). That alone would let an
+//! environment reach every service bound to the host's 127.0.0.1 by sending packets for
+//! 127.0.0.1 to its gateway (kube-proxy's CVE-2020-8558), so the table's `input` chain drops
+//! packets from the bridge to 127.0.0.0/8 unless berth's own DNAT rules put that address there.
+//!
 //! The table belongs to berth alone (`inet berth` by default) and is replaced in one `nft -f`
 //! transaction, so it is never half-applied and never touches anyone else's rules.
 
@@ -25,6 +31,14 @@ pub enum NatError {
         "cannot set {path}: {source}; DNS through the host's loopback resolver would not work"
     )]
     Sysctl { path: String, source: io::Error },
+    #[error(
+        "cannot set {path}: {source}; forwarded ports fall back to berth's userspace forwarder"
+    )]
+    PortSysctl { path: String, source: io::Error },
+    #[error("cannot write {path}: {source}; check that /run is writable by root")]
+    Record { path: String, source: io::Error },
+    #[error("cannot enter the environment's network namespace: {0}; the environment may have stopped — run `berth up` again")]
+    Namespace(io::Error),
 }
 
 /// The nftables ruleset berth owns for one bridge.
@@ -70,8 +84,13 @@ impl NatRules {
              \t\ttype filter hook forward priority filter; policy accept;\n\
              \t\tiifname \"{bridge}\" oifname \"{bridge}\" drop\n\
              \t}}\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority filter; policy accept;\n\
+             \t\t{}\n\
+             \t}}\n\
              {dns}\
-             }}\n"
+             }}\n",
+            no_loopback_from(bridge)
         )
     }
 
@@ -112,12 +131,33 @@ impl NatRules {
     }
 }
 
-enum NftFailure {
+/// The rule that keeps packets arriving on `interface` away from 127.0.0.0/8 unless a DNAT
+/// rule of berth's sent them there (conntrack status `dnat`; replies to such connections
+/// carry it too): with `route_localnet` on `interface` the kernel would otherwise deliver
+/// packets for the loopback addresses that a neighbour sends to it.
+pub fn no_loopback_from(interface: &str) -> String {
+    format!("iifname \"{interface}\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop")
+}
+
+pub(super) enum NftFailure {
     Spawn(io::Error),
     Rejected(String),
 }
 
-fn nft(script: &str) -> Result<(), NftFailure> {
+impl NftFailure {
+    pub(super) fn into_error(self, table: &str) -> NatError {
+        match self {
+            NftFailure::Spawn(e) => NatError::Spawn(e),
+            NftFailure::Rejected(stderr) => NatError::Rejected {
+                table: table.to_string(),
+                stderr,
+            },
+        }
+    }
+}
+
+/// Runs `nft -f -` with `script` (one transaction) in the calling thread's network namespace.
+pub(super) fn nft(script: &str) -> Result<(), NftFailure> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -213,7 +253,10 @@ mod tests {
         assert!(r.starts_with("table inet berth {}\nflush table inet berth\n"));
         assert!(r.contains("ip saddr 10.88.0.0/16 ip daddr != 10.88.0.0/16 masquerade"));
         assert!(r.contains("iifname \"berth0\" oifname \"berth0\" drop"));
-        assert!(!r.contains("dnat"));
+        assert!(!r.contains("dnat ip to"));
+        assert!(r.contains(
+            "type filter hook input priority filter; policy accept;\n\t\tiifname \"berth0\" ip daddr 127.0.0.0/8 ct status & dnat == 0 drop\n"
+        ));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use super::forward::{BoundPorts, ForwardSpec, ForwardedPort, OnPortInUse, PortFo
 use super::netlink::Netlink;
 use super::netns::EnvNamespaces;
 use super::pasta::{self, Pasta};
+use super::port_nat::{self, KernelForward};
 use super::subnet;
 
 /// Settings of the networking layer; [`Default`] is what berth uses.
@@ -460,13 +461,51 @@ impl Network {
         self.save(env_id, &record)
     }
 
+    /// As root on berth's bridge: forwards `ports` (bound by the environment's forwarder,
+    /// which keeps serving them) in the kernel too, for connections made on the host (see
+    /// [`port_nat`]). Call it after [`Network::plumb`], from the host's network namespace;
+    /// `netns` is the environment's. Returns whether the kernel forwards any port; `Ok(false)`
+    /// for other modes and IPv6-only ports. On error nothing was changed on the host and the
+    /// forwarder serves every connection, as without this step.
+    pub fn forward_in_kernel(
+        &self,
+        env_id: &str,
+        netns: &File,
+        ports: &[ForwardedPort],
+    ) -> Result<bool, NetError> {
+        let Some(record) = self.record(env_id)? else {
+            return Ok(false);
+        };
+        let (
+            Plumbing::Bridge {
+                bridge,
+                port: Some(port),
+                ..
+            },
+            Some(address),
+        ) = (&record.plumbing, record.address)
+        else {
+            return Ok(false);
+        };
+        Ok(KernelForward {
+            bridge,
+            port,
+            address,
+            ports,
+        }
+        .install(netns)?)
+    }
+
     /// Garbage collection of the bridge (as root; rootless homes have none): releases the
     /// leases of environments, of any berth home, that are gone (see
-    /// [`Bridge::collect_departed`]), and the bridge and NAT with the last. Returns how many.
+    /// [`Bridge::collect_departed`]), and the bridge and NAT with the last; removes the
+    /// kernel port forwarding of environments whose namespace is gone
+    /// ([`port_nat::collect_stale`]). Returns how many leases went.
     pub fn collect_departed(&self) -> Result<usize, NetError> {
         if !is_root() {
             return Ok(0);
         }
+        port_nat::collect_stale();
         Bridge::new(&self.home, self.options.bridge.clone()).collect_departed()
     }
 
@@ -484,6 +523,11 @@ impl Network {
                 nft_table,
                 port,
             } => {
+                // The port rules first: they must not outlive the address they send to.
+                // (A record without `port` is of a berth that made no port rules.)
+                if let Some(port) = port {
+                    port_nat::remove(port)?;
+                }
                 let cfg = BridgeConfig {
                     name: bridge.clone(),
                     nft_table: nft_table.clone(),
