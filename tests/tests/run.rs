@@ -455,3 +455,59 @@ fn run_beside_the_dev_environment_publishes_elsewhere_and_quiet_prints_only_the_
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// A `rootfs:` base is not read and hashed again while its metadata stamp is unchanged
+/// (`images/*.tree-stamp`), and a change that keeps each file's size and mtime (written in
+/// place, mtime put back as `touch -d` would) is still found: the ctime moved, berth hashes
+/// the tree again and refuses to run against berth.lock, saying to run `berth up --update`.
+#[test]
+fn a_rootfs_base_changed_in_place_with_its_old_mtime_is_refused_against_the_lock() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let stamps = || {
+        std::fs::read_dir(b.home.path().join("images"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tree-stamp"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // A tree changed within the last seconds is hashed and not stamped (a change within the
+    // same clock tick could hide): let the fresh rootfs settle.
+    std::thread::sleep(Duration::from_millis(3200));
+    for _ in 0..2 {
+        let o = b.run_in(p.path(), &["-q", "run", "--", "true"]);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    assert_eq!(stamps(), 1, "the unchanged base is stamped");
+    assert!(p.path().join("berth.lock").is_file());
+
+    let f = p.path().join("rootfs/etc/passwd");
+    let before = std::fs::metadata(&f).unwrap();
+    let content = std::fs::read_to_string(&f).unwrap();
+    let changed = content.replacen("root:x", "toor:x", 1);
+    assert_eq!(changed.len(), content.len());
+    std::fs::write(&f, changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&f).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap()),
+        "same size and mtime"
+    );
+    let o = b.run_in(p.path(), &["-q", "run", "--", "true"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("no longer matches") && err.contains("--update"),
+        "{err}"
+    );
+    assert_eq!(envs_left(&b), 0);
+}

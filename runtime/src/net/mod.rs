@@ -67,6 +67,7 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod nft_generation;
 pub mod pasta;
 pub mod port_owner;
 pub mod relay;
