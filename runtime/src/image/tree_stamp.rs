@@ -231,7 +231,7 @@ mod tests {
         let p = d.path();
         let take = || TreeStamp::take(p).unwrap().digest;
         let mut seen = vec![take()];
-        let mut changed = |what: &str, seen: &mut Vec<String>| {
+        let changed = |what: &str, seen: &mut Vec<String>| {
             let now = take();
             assert!(!seen.contains(&now), "{what} did not change the stamp");
             seen.push(now);

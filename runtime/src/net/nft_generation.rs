@@ -114,7 +114,8 @@ mod tests {
         m[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN).to_ne_bytes());
         assert_eq!(parse_reply(&m).unwrap(), 0x0102_0304);
         m.truncate(HEADER_LEN + NFGENMSG_LEN + 2);
-        m[0..4].copy_from_slice(&(m.len() as u32).to_ne_bytes());
+        let len = m.len() as u32;
+        m[0..4].copy_from_slice(&len.to_ne_bytes());
         assert!(parse_reply(&m).is_err());
     }
 
