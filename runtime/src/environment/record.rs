@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::process::ProcessIdentity;
 use crate::state::{
-    read_json, write_json_durable_once, write_json_if_changed, EnvLayersInUse, StateError,
+    read_json, write_json_durable_once, write_json_if_changed, write_json_volatile, EnvLayersInUse,
+    StateError,
 };
 
 /// File name of the record inside the environment's folder.
@@ -79,6 +80,21 @@ impl EnvRecord {
         let path = env_dir.join(RECORD_FILE);
         if self.ephemeral.is_some() {
             return write_json_durable_once(&path, self);
+        }
+        // `converged` alone flipped (a cold `up` finishing, `down`): only atomic. Lost to a
+        // power cut, the record says converged when nothing runs (the next `up` sees the
+        // environment stopped and starts it) or not converged (the next `up` restarts it):
+        // both as after the reboot itself.
+        let flipped = EnvRecord {
+            converged: !self.converged,
+            ..self.clone()
+        };
+        if std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EnvRecord>(&b).ok())
+            .is_some_and(|old| old == flipped)
+        {
+            return write_json_volatile(&path, self);
         }
         write_json_if_changed(&path, self)
     }
