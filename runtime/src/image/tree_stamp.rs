@@ -95,6 +95,8 @@ struct Walk {
 }
 
 impl Walk {
+    // `dev_t` and `nlink_t` are 32 bits wide on some architectures, 64 on x86_64.
+    #[allow(clippy::unnecessary_cast)]
     fn entry(&mut self, name: &[u8], st: &FileStat) {
         self.entries += 1;
         if (st.st_ctime, st.st_ctime_nsec) >= self.limit {
