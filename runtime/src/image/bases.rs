@@ -613,18 +613,23 @@ mod tests {
         );
     }
 
+    /// A store in `dir/home` and a rootfs folder `dir/root` holding `bin/hello`.
+    fn store_and_root(dir: &Path) -> (ImageStore, Progress, PathBuf) {
+        let home = crate::state::BerthHome::at(dir.join("home")).unwrap();
+        let p: Progress = std::sync::Arc::new(crate::image::progress::QuietProgress);
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::write(root.join("bin/hello"), b"hi").unwrap();
+        (ImageStore::open(&home), p, root)
+    }
+
     /// The stamp cache: an unchanged tree is not read again, and a content change that keeps
     /// the size and puts the mtime back (`touch -d`) is still hashed and found.
     #[test]
     fn an_unchanged_rootfs_is_not_hashed_again_and_a_same_size_same_mtime_change_is() {
         use std::os::unix::fs::MetadataExt;
         let d = tempfile::tempdir().unwrap();
-        let home = crate::state::BerthHome::at(d.path().join("home")).unwrap();
-        let store = ImageStore::open(&home);
-        let p: Progress = std::sync::Arc::new(crate::image::progress::QuietProgress);
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("bin")).unwrap();
-        fs::write(root.join("bin/hello"), b"hi").unwrap();
+        let (store, p, root) = store_and_root(d.path());
         let (fresh, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
         assert!(hashed);
         let (_, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
@@ -679,12 +684,7 @@ mod tests {
     #[test]
     fn rootfs_dir_and_tar_become_single_layer_images_keyed_by_content() {
         let d = tempfile::tempdir().unwrap();
-        let home = crate::state::BerthHome::at(d.path().join("home")).unwrap();
-        let store = ImageStore::open(&home);
-        let p: Progress = std::sync::Arc::new(crate::image::progress::QuietProgress);
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("bin")).unwrap();
-        fs::write(root.join("bin/hello"), b"hi").unwrap();
+        let (store, p, root) = store_and_root(d.path());
         let r1 = store.import_rootfs_dir(&root, None, &p).unwrap();
         let r2 = store.import_rootfs_dir(&root, None, &p).unwrap();
         assert_eq!(r1, r2);
