@@ -64,6 +64,11 @@ sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
 : > "$W/seq.txt"
 for i in $(seq "$SEQ"); do
   /usr/bin/time -f %M -o "$W/rss" "$BERTH" -C "$P" -q run -- true
+  # A run's folder is removed by a detached child after berth returns: count what stays.
+  for _ in $(seq 200); do
+    compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || break
+    sleep 0.01
+  done
   sample "$(cat "$W/rss")" >> "$W/seq.txt"
 done
 
