@@ -604,6 +604,55 @@ mod tests {
         }
     }
 
+    /// The NAT table is not re-applied while the ruleset generation says nobody touched it,
+    /// and is when someone did: a table deleted behind berth's back (`nft flush ruleset`,
+    /// an admin) is back after the next attach to the kept bridge.
+    #[test]
+    fn a_nat_table_removed_behind_berths_back_is_applied_again_by_the_next_attach() {
+        use crate::net::nat::NatRules;
+        use crate::net::network::{assert_released, test_network, DetachOnDrop};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "n") else {
+            return;
+        };
+        let table = net.options().bridge.nft_table.clone();
+        let applied = LeaseStore::for_bridge(&net.options().bridge.name)
+            .dir()
+            .join(APPLIED_FILE);
+        let _a = DetachOnDrop {
+            net: &net,
+            env_id: "gen-a",
+        };
+        let _b = DetachOnDrop {
+            net: &net,
+            env_id: "gen-b",
+        };
+        net.plumb_tap("gen-a").unwrap();
+        assert!(NatRules::exists(&table));
+        let noted = std::fs::read_to_string(&applied).unwrap();
+        let generation: u32 = noted.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            super::super::nft_generation::current().unwrap() >= generation,
+            "{noted}"
+        );
+
+        let deleted = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+        assert!(!NatRules::exists(&table));
+        let t = net.plumb_tap("gen-b").unwrap();
+        assert!(NatRules::exists(&table), "applied again");
+        assert_ne!(std::fs::read_to_string(&applied).unwrap(), noted);
+
+        net.detach("gen-a").unwrap();
+        net.detach("gen-b").unwrap();
+        assert_released(&net, "gen-b", &t.tap);
+        assert!(!applied.exists(), "removed with the bridge's record");
+    }
+
     #[test]
     fn bridge_macs_are_stable_local_unicast() {
         let a = bridge_mac("berth0");
