@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `berth run` benchmarks (issue 7), against peer tools measured in the same run:
+# `berth run` benchmarks (issues 7, 17), against peer tools measured in the same run:
 #  1. `berth run -- true` end to end from a cached image (fresh writable layer, start, run,
-#     tear down) vs `crun run` of /bin/true on the same rootfs (and bwrap, for reference);
+#     tear down) vs `crun run` of /bin/true on the same rootfs (and bwrap, for reference):
+#     with isolated networking as the only environment (bridge and NAT made and removed by
+#     each run), with the bridge kept up by another environment, and with network "none";
 #  2. SEQ (default 100) sequential `berth run -- true`: berth's peak RSS, mount count, berth
 #     cgroup dirs, environment dirs and disk use of BERTH_HOME must not grow (first/last).
 # Targets are reported, not asserted: the script fails only when something does not work.
@@ -18,20 +20,42 @@ bench_setup
 
 P=$W/proj
 project "$P" bench-run
+# The same with `[network] mode = "none"` (loopback only, as crun's default spec has).
+PN=$W/proj-none
+project "$PN" bench-run-none '[network]
+mode = "none"
+'
+# An environment kept up beside the runs, so that berth's bridge stays (see below).
+PK=$W/proj-keeper
+project "$PK" bench-keeper
 B_TRUE=$(crun_bundle true '["/bin/true"]')
 # The first run imports the rootfs as a layer (not measured).
 "$BERTH" -C "$P" -q run -- true
+"$BERTH" -C "$PN" -q run -- true
 
 crun_ns_start
-# Back to back and each alone, as in container.sh (see bench/README.md).
+# Back to back and each alone, as in container.sh (see bench/README.md). Isolated
+# networking (the default) as the only environment: berth's bridge and NAT table are made
+# and removed by every run. Then the same while another environment keeps the bridge up.
 for mode in b2b alone; do
   if [ $mode = b2b ]; then pause=0; else pause=0.1; fi
   echo "== berth run -- true vs crun run, bwrap ($mode, $RUNS interleaved rounds)" >&2
   PAUSE=$pause interleave "$W/run-$mode.json" \
     "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
+    "$(spec "berth run -- true (network none)" host "" "$BERTH -C $PN -q run -- true")" \
     "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
     "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")"
 done
+on_exit "$BERTH -C $PK -q down -t 1"
+"$BERTH" -C "$PK" -q up
+for mode in b2b alone; do
+  if [ $mode = b2b ]; then pause=0; else pause=0.1; fi
+  echo "== berth run -- true with the bridge kept up by another environment ($mode, $RUNS interleaved rounds)" >&2
+  PAUSE=$pause interleave "$W/kept-$mode.json" \
+    "$(spec "berth run -- true (bridge kept)" host "" "$BERTH -C $P -q run -- true")" \
+    "$(spec "crun run (same rounds)" ns "" "crun run -b $B_TRUE bench-true-$$")"
+done
+"$BERTH" -C "$PK" -q down
 
 echo "== $SEQ sequential berth run -- true" >&2
 sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
@@ -40,6 +64,11 @@ sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
 : > "$W/seq.txt"
 for i in $(seq "$SEQ"); do
   /usr/bin/time -f %M -o "$W/rss" "$BERTH" -C "$P" -q run -- true
+  # A run's folder is removed by a detached child after berth returns: count what stays.
+  for _ in $(seq 200); do
+    compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || break
+    sleep 0.01
+  done
   sample "$(cat "$W/rss")" >> "$W/seq.txt"
 done
 
@@ -48,18 +77,23 @@ import json, sys
 w, runs, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
 med = {}
 for mode in ("b2b", "alone"):
-    for r in json.load(open(f"{w}/run-{mode}.json"))["results"]:
-        med.setdefault(r["command"], {})[mode] = (r["median"] * 1000, r["stddev"] * 1000)
+    for f in ("run", "kept"):
+        for r in json.load(open(f"{w}/{f}-{mode}.json"))["results"]:
+            med.setdefault(r["command"], {})[mode] = (r["median"] * 1000, r["stddev"] * 1000)
 print(f"berth run end to end: {runs} interleaved rounds; median (and stddev), ms")
 print("  back to back: one command right after the other; alone: 0.1 s of quiet before each")
 print(f"  {'command':40} {'back to back':>16} {'alone':>16}")
 for k, m in med.items():
     print(f"  {k:40} {'%8.2f (%5.2f)' % m['b2b']:>16} {'%8.2f (%5.2f)' % m['alone']:>16}")
-r = [med["berth run -- true"][x][0] / med["crun run"][x][0] for x in ("b2b", "alone")]
-verdict = "/".join("met" if x <= 1.3 else "MISSED" for x in r)
-print(f"  ratio berth run / crun run: {r[0]:.2f}x back to back, {r[1]:.2f}x alone  target <= 1.3x ({verdict})")
+def ratio(label, a, b, target=1.0):
+    r = [med[a][x][0] / med[b][x][0] for x in ("b2b", "alone")]
+    verdict = "/".join("met" if x <= target else "MISSED" for x in r)
+    print(f"  {label:58} {r[0]:5.2f}x back to back, {r[1]:5.2f}x alone  target <= {target}x ({verdict})")
+ratio("berth run / crun run (isolated network, only environment)", "berth run -- true", "crun run")
+ratio("berth run / crun run (isolated network, bridge kept)", "berth run -- true (bridge kept)", "crun run (same rounds)")
+ratio("berth run / crun run (network none, as crun's spec)", "berth run -- true (network none)", "crun run")
 rb = [med["berth run -- true"][x][0] / med["bwrap"][x][0] for x in ("b2b", "alone")]
-print(f"  ratio berth run / bwrap:    {rb[0]:.2f}x back to back, {rb[1]:.2f}x alone  (for reference)")
+print(f"  {'berth run / bwrap (for reference)':58} {rb[0]:5.2f}x back to back, {rb[1]:5.2f}x alone")
 rows = [list(map(int, l.split())) for l in open(f"{w}/seq.txt")]
 print()
 print(f"{seq} sequential `berth run -- true`: first / last / max (grows = last > first)")

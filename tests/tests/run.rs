@@ -455,3 +455,111 @@ fn run_beside_the_dev_environment_publishes_elsewhere_and_quiet_prints_only_the_
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// A `rootfs:` base is not read and hashed again while its metadata stamp is unchanged
+/// (`images/*.tree-stamp`), and a change that keeps each file's size and mtime (written in
+/// place, mtime put back as `touch -d` would) is still found: the ctime moved, berth hashes
+/// the tree again and refuses to run against berth.lock, saying to run `berth up --update`.
+#[test]
+fn a_rootfs_base_changed_in_place_with_its_old_mtime_is_refused_against_the_lock() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let stamps = || {
+        std::fs::read_dir(b.home.path().join("images"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".tree-stamp"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // A tree changed within the last seconds is hashed and not stamped (a change within the
+    // same clock tick could hide): let the fresh rootfs settle.
+    std::thread::sleep(Duration::from_millis(3200));
+    for _ in 0..2 {
+        let o = b.run_in(p.path(), &["-q", "run", "--", "true"]);
+        assert!(o.status.success(), "{:?}", text(&o));
+    }
+    assert_eq!(stamps(), 1, "the unchanged base is stamped");
+    assert!(p.path().join("berth.lock").is_file());
+
+    let f = p.path().join("rootfs/etc/passwd");
+    let before = std::fs::metadata(&f).unwrap();
+    let content = std::fs::read_to_string(&f).unwrap();
+    let changed = content.replacen("root:x", "toor:x", 1);
+    assert_eq!(changed.len(), content.len());
+    std::fs::write(&f, changed).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let after = std::fs::metadata(&f).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap()),
+        "same size and mtime"
+    );
+    let o = b.run_in(p.path(), &["-q", "run", "--", "true"]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("no longer matches") && err.contains("--update"),
+        "{err}"
+    );
+    assert_eq!(envs_left(&b), 0);
+}
+
+/// Folders of finished runs being removed in the background (`tmp/run-removal-<pid>-<hex>`).
+fn removals(b: &Berth) -> Vec<String> {
+    std::fs::read_dir(b.home.path().join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("run-removal-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `berth run` reports the exit code once the environment is stopped and its folder is out
+/// of `envs/`; a child removes the folder afterwards. Killed before it could (the fault
+/// injected at `run-removal` aborts it, as a `kill -9` would), its folder stays in `tmp/`
+/// and the next berth command removes it.
+#[test]
+fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = b.run_in(p.path(), &["-q", "run", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0);
+    wait_for("the background removal", || removals(&b).is_empty());
+
+    let o = b
+        .cmd()
+        .current_dir(p.path())
+        .env("BERTH_ABORT_AT", "run-removal")
+        .args(["-q", "run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0, "out of envs/ before berth run returns");
+    // The removal process aborted: its folder stays, named after the dead process.
+    wait_for("the removal process to die", || {
+        let left = removals(&b);
+        left.len() == 1
+            && left[0]
+                .split('-')
+                .nth(2)
+                .and_then(|pid| pid.parse::<i32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    let o = b.run_in(p.path(), &["ls"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(removals(&b).is_empty(), "swept by the next command");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}

@@ -202,7 +202,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         );
     }
     if !keep {
-        envs.destroy(&env_id, false, Duration::from_secs(5))
+        envs.remove_run(&env_id, Duration::from_secs(5))
             .map_err(env_error)?;
     }
     let teardown = t_down.elapsed();

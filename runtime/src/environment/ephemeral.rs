@@ -6,12 +6,14 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
 use super::environments::Environments;
 use super::error::EnvError;
+use super::live_sync;
 use super::record::EnvRecord;
 use crate::state::{self, StateError};
 
@@ -77,6 +79,93 @@ impl Environments {
             }
         }
         Ok((run, env_id))
+    }
+}
+
+impl Environments {
+    /// Tears down the finished `berth run` environment `env_id` like
+    /// [`destroy`](Self::destroy), except that its folder (writable layer, logs, state) is
+    /// only renamed out of `envs/` here, into the home's `tmp/` as
+    /// `run-removal-<pid>-<hex>`, and removed by a detached child process: `berth run`
+    /// reports the command's exit code without waiting for the file system (some twenty
+    /// metadata updates, each of which can wait for a journal commit on a busy disk).
+    /// Processes, cgroups, mounts and network are gone before this returns, and the name is
+    /// free for the next run. A removal cut short (the child killed) is finished by the next
+    /// berth command's sweep of `tmp/`, as for the staging folder of any dead process.
+    pub fn remove_run(&self, env_id: &str, timeout: Duration) -> Result<(), EnvError> {
+        let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
+        let locked = self.lock(env_id, &quiet)?;
+        live_sync::stop(&locked.dir);
+        self.backend_at(&locked.dir).destroy(&locked.dir, timeout)?;
+        let aside = self.home().tmp_dir().join(format!(
+            "{REMOVAL_PURPOSE}-{}-{}",
+            std::process::id(),
+            state::unique_suffix()
+        ));
+        // The lock file moves with the folder; a command waiting for it then finds no
+        // environment, as after `destroy`.
+        if fs::rename(&locked.dir, &aside).is_err() {
+            drop(locked);
+            return self.destroy(env_id, false, timeout);
+        }
+        drop(locked);
+        remove_detached(&aside);
+        Ok(())
+    }
+}
+
+/// The `tmp/` purpose of a run's folder being removed (see [`Environments::remove_run`]).
+const REMOVAL_PURPOSE: &str = "run-removal";
+
+/// Removes `aside` (a folder in the home's `tmp/` named `<purpose>-<pid>-<hex>`) in a
+/// grandchild process that outlives this one; best effort: whatever it leaves is the next
+/// command's to sweep. Falls back to removing it here when no process can be forked.
+fn remove_detached(aside: &Path) {
+    use nix::unistd::{fork, ForkResult};
+    // SAFETY: berth's commands are single-threaded when they tear down an environment (as in
+    // `remove_tree_as_mapped_root`); the child only renames, removes files and `_exit`s
+    // (glibc's fork handlers keep malloc usable in it).
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { child }) => {
+            // The intermediate child exits at once: the grandchild is nobody's zombie.
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Ok(ForkResult::Child) => {
+            // SAFETY: as above.
+            if let Ok(ForkResult::Parent { .. }) = unsafe { fork() } {
+                // SAFETY: leave the intermediate child without running destructors.
+                unsafe { libc::_exit(0) }
+            }
+            let _ = nix::unistd::setsid();
+            // Nothing keeps the caller's pipes open: `$(berth run …)` ends with berth.
+            if let Ok(null) = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                for fd in 0..3 {
+                    let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+                }
+            }
+            // Named after this process, so a sweep leaves it alone while it works.
+            let mine = aside.with_file_name(format!(
+                "{REMOVAL_PURPOSE}-{}-{}",
+                std::process::id(),
+                state::unique_suffix()
+            ));
+            let target = if fs::rename(aside, &mine).is_ok() {
+                mine
+            } else {
+                aside.to_path_buf()
+            };
+            crate::host::fault_injection::checkpoint("run-removal");
+            let ok = state::remove_tree(&target).is_ok();
+            // SAFETY: leave the forked child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+        }
+        Err(_) => {
+            let _ = state::remove_tree(aside);
+        }
     }
 }
 

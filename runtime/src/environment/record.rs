@@ -7,7 +7,10 @@ use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
 use crate::host::process::ProcessIdentity;
-use crate::state::{read_json, write_json_if_changed, EnvLayersInUse, StateError};
+use crate::state::{
+    read_json, write_json_durable_once, write_json_if_changed, write_json_volatile, EnvLayersInUse,
+    StateError,
+};
 
 /// File name of the record inside the environment's folder.
 pub const RECORD_FILE: &str = crate::state::ENV_RECORD_FILE;
@@ -68,8 +71,32 @@ impl EnvRecord {
         read_json(&env_dir.join(RECORD_FILE))
     }
 
+    /// Writes the record atomically. Durably (fsync) when it is a kept environment's, or the
+    /// first record of a throw-away one (so that after a power cut garbage collection still
+    /// finds a readable record naming its dead owner); a throw-away environment's later
+    /// updates are only atomic: a `kill -9` keeps them (the page cache outlives the process),
+    /// and after a power cut the `berth run` that owned them is gone anyway.
     pub fn save(&self, env_dir: &Path) -> Result<(), StateError> {
-        write_json_if_changed(&env_dir.join(RECORD_FILE), self)
+        let path = env_dir.join(RECORD_FILE);
+        if self.ephemeral.is_some() {
+            return write_json_durable_once(&path, self);
+        }
+        // `converged` alone flipped (a cold `up` finishing, `down`): only atomic. Lost to a
+        // power cut, the record says converged when nothing runs (the next `up` sees the
+        // environment stopped and starts it) or not converged (the next `up` restarts it):
+        // both as after the reboot itself.
+        let flipped = EnvRecord {
+            converged: !self.converged,
+            ..self.clone()
+        };
+        if std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<EnvRecord>(&b).ok())
+            .is_some_and(|old| old == flipped)
+        {
+            return write_json_volatile(&path, self);
+        }
+        write_json_if_changed(&path, self)
     }
 
     /// The layers this record keeps in use, as the image store reads them back

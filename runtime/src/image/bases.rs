@@ -22,6 +22,7 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::store::ImageStore;
+use super::tree_stamp::{StampRecord, TreeStamp};
 use crate::host::clock::now_secs;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -218,6 +219,18 @@ impl ImageStore {
         name: Option<&str>,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
+        self.import_rootfs_dir_counted(dir, name, progress)
+            .map(|(r, _)| r)
+    }
+
+    /// [`import_rootfs_dir`](Self::import_rootfs_dir), saying whether the tree's content was
+    /// read and hashed (`true`) or found unchanged by its [`TreeStamp`] (`false`).
+    fn import_rootfs_dir_counted(
+        &self,
+        dir: &Path,
+        name: Option<&str>,
+        progress: &Progress,
+    ) -> Result<(ImageRecord, bool), ImageError> {
         let _lock = self.lock_shared()?;
         if !dir.is_dir() {
             return Err(ImageError::Base(format!(
@@ -225,21 +238,63 @@ impl ImageStore {
                 dir.display()
             )));
         }
+        let name = name
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("rootfs:{}", dir.display()));
+        // An unreadable tree has no stamp: hashing it reports the error.
+        let stamp = TreeStamp::take(dir).ok();
+        if let Some(r) = self.unchanged_rootfs(dir, &name, stamp.as_ref())? {
+            return Ok((r, false));
+        }
         let layer = self.add_tree_layer(
             dir,
             WhiteoutMode::Plain,
             &format!("rootfs {}", dir.display()),
             progress,
         )?;
-        let name = name
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("rootfs:{}", dir.display()));
-        if let Some(r) = self.records.get(&name)? {
-            if r.layers.len() == 1 && r.layers[0] == layer {
-                return Ok(r);
+        let diff_id = layer.diff_id.clone();
+        let record = match self.records.get(&name)? {
+            Some(r) if r.layers.len() == 1 && r.layers[0] == layer => r,
+            _ => self.record_local_image(&name, vec![layer], Self::default_run_config())?,
+        };
+        // Kept only when the tree did not change while it was hashed, and no entry changed
+        // so recently that a change within the same clock tick could hide (see tree_stamp).
+        if let Some(s) = stamp.filter(|s| !s.racy) {
+            if TreeStamp::take(dir).is_ok_and(|after| after == s) {
+                StampRecord {
+                    dir: dir.to_path_buf(),
+                    stamp: s.digest,
+                    diff_id,
+                }
+                .save(&self.home.images_dir(), &name);
             }
         }
-        self.record_local_image(&name, vec![layer], Self::default_run_config())
+        Ok((record, true))
+    }
+
+    /// The record of the `rootfs:` image `name` when the tree at `dir` still has the stamp
+    /// its layer was hashed with, and the layer and blob are still in the store.
+    fn unchanged_rootfs(
+        &self,
+        dir: &Path,
+        name: &str,
+        stamp: Option<&TreeStamp>,
+    ) -> Result<Option<ImageRecord>, ImageError> {
+        let Some(stamp) = stamp.filter(|s| !s.racy) else {
+            return Ok(None);
+        };
+        let Some(kept) = StampRecord::load(&self.home.images_dir(), name) else {
+            return Ok(None);
+        };
+        if kept.dir != dir || kept.stamp != stamp.digest {
+            return Ok(None);
+        }
+        Ok(self.records.get(name)?.filter(|r| {
+            r.layers.len() == 1
+                && r.layers[0].diff_id == kept.diff_id
+                && self.is_complete(r)
+                && self.blobs.contains(&r.layers[0].digest)
+        }))
     }
 
     /// `tar:FILE` and `berth image import FILE`: a root filesystem tar (optionally gzip or
@@ -558,15 +613,78 @@ mod tests {
         );
     }
 
+    /// A store in `dir/home` and a rootfs folder `dir/root` holding `bin/hello`.
+    fn store_and_root(dir: &Path) -> (ImageStore, Progress, PathBuf) {
+        let home = crate::state::BerthHome::at(dir.join("home")).unwrap();
+        let p: Progress = std::sync::Arc::new(crate::image::progress::QuietProgress);
+        let root = dir.join("root");
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::write(root.join("bin/hello"), b"hi").unwrap();
+        (ImageStore::open(&home), p, root)
+    }
+
+    /// The stamp cache: an unchanged tree is not read again, and a content change that keeps
+    /// the size and puts the mtime back (`touch -d`) is still hashed and found.
+    #[test]
+    fn an_unchanged_rootfs_is_not_hashed_again_and_a_same_size_same_mtime_change_is() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let (store, p, root) = store_and_root(d.path());
+        let (fresh, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(hashed);
+        let (_, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(
+            hashed,
+            "a tree changed a moment ago is hashed again (racy stamp)"
+        );
+        std::thread::sleep(
+            super::super::tree_stamp::RACY_MARGIN + std::time::Duration::from_millis(100),
+        );
+        let (r1, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(hashed, "no stamp was kept yet");
+        assert_eq!(r1, fresh);
+        let (r2, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(!hashed, "unchanged: the stamp vouches for it");
+        assert_eq!(r2, r1);
+
+        let f = root.join("bin/hello");
+        let old = fs::metadata(&f).unwrap();
+        fs::write(&f, b"ho").unwrap();
+        let t = nix::sys::time::TimeSpec::new(old.mtime(), old.mtime_nsec());
+        nix::sys::stat::utimensat(
+            None,
+            &f,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let now = fs::metadata(&f).unwrap();
+        assert_eq!(
+            (now.len(), now.mtime(), now.mtime_nsec()),
+            (old.len(), old.mtime(), old.mtime_nsec())
+        );
+        let (r3, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(hashed, "the ctime moved: hashed again");
+        assert_ne!(r3.layers[0].diff_id, r1.layers[0].diff_id);
+        assert_eq!(r3.layers[0].diff_id, tree_digest(&root).unwrap());
+
+        // A stamp whose layer went away (image prune) is not trusted either.
+        std::thread::sleep(
+            super::super::tree_stamp::RACY_MARGIN + std::time::Duration::from_millis(100),
+        );
+        store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(!store.import_rootfs_dir_counted(&root, None, &p).unwrap().1);
+        crate::state::remove_tree(&store.layers.path(&r3.layers[0].diff_id)).unwrap();
+        let (r4, hashed) = store.import_rootfs_dir_counted(&root, None, &p).unwrap();
+        assert!(hashed);
+        assert!(store.is_complete(&r4));
+    }
+
     #[test]
     fn rootfs_dir_and_tar_become_single_layer_images_keyed_by_content() {
         let d = tempfile::tempdir().unwrap();
-        let home = crate::state::BerthHome::at(d.path().join("home")).unwrap();
-        let store = ImageStore::open(&home);
-        let p: Progress = std::sync::Arc::new(crate::image::progress::QuietProgress);
-        let root = d.path().join("root");
-        fs::create_dir_all(root.join("bin")).unwrap();
-        fs::write(root.join("bin/hello"), b"hi").unwrap();
+        let (store, p, root) = store_and_root(d.path());
         let r1 = store.import_rootfs_dir(&root, None, &p).unwrap();
         let r2 = store.import_rootfs_dir(&root, None, &p).unwrap();
         assert_eq!(r1, r2);

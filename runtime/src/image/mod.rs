@@ -38,6 +38,7 @@ pub mod pull;
 pub mod registry;
 pub mod sparse;
 pub mod store;
+pub mod tree_stamp;
 pub mod unpack;
 pub mod xattrs;
 

@@ -243,8 +243,9 @@ impl Bridge {
         };
         // Recorded before anything is created: a crash from here on leaves a lease that
         // `detach` (or the next user's clean-up of departed holders) removes.
-        self.store()?.save(lock, &st)?;
-        let bridge_index = prepare_bridge(nl, &st, dns_stub)?;
+        let store = self.store()?;
+        store.save(lock, &st)?;
+        let bridge_index = prepare_bridge(nl, &st, dns_stub, &store.dir().join(APPLIED_FILE))?;
         let lease = Lease {
             address: entry.address,
             gateway: st.subnet.gateway(),
@@ -343,6 +344,7 @@ fn settle(
     if !st.leases.is_empty() {
         return store.save(&lock, st);
     }
+    let _ = std::fs::remove_file(store.dir().join(APPLIED_FILE));
     NatRules::remove(&st.nft_table)?;
     nl.delete_link_named(&st.bridge)
         .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
@@ -350,20 +352,27 @@ fn settle(
     store.remove(lock)
 }
 
+/// Beside the bridge's record: the nftables ruleset generation right after berth applied
+/// its table, and a hash of the ruleset applied (`<generation> <hex>`).
+const APPLIED_FILE: &str = "nft-applied";
+
 /// Creates the bridge, its address, the NAT table and forwarding when they are missing;
-/// returns the bridge's interface index. A known bridge still gets them re-asserted (cheap,
-/// idempotent), in case someone flushed the ruleset or the host rebooted.
+/// returns the bridge's interface index. A known bridge still gets them re-asserted
+/// (idempotent), in case someone flushed the ruleset or the host rebooted; the NAT table
+/// only when the ruleset changed since berth applied it (see [`nat_table_is_current`]).
 fn prepare_bridge(
     nl: &mut Netlink,
     st: &BridgeState,
     dns_stub: Option<Ipv4Addr>,
+    applied: &std::path::Path,
 ) -> Result<u32, NetError> {
     let name = &st.bridge;
     let lookup = |nl: &mut Netlink| {
         nl.link_index(name)
             .map_err(|e| NetError::link(format!("look up bridge {name}"), e))
     };
-    let index = match lookup(nl)? {
+    let existed = lookup(nl)?;
+    let index = match existed {
         Some(i) => i,
         None => {
             nl.create_bridge(name, bridge_mac(name))
@@ -390,15 +399,39 @@ fn prepare_bridge(
     if dns_stub.is_some() {
         nat::allow_loopback_destinations(name)?;
     }
-    NatRules {
+    let rules = NatRules {
         table: st.nft_table.clone(),
         bridge: name.clone(),
         subnet: st.subnet,
         dns_stub,
+    };
+    let ruleset = hex::encode(sha2::Sha256::digest(rules.ruleset().as_bytes()));
+    if existed.is_none() || !nat_table_is_current(applied, &ruleset) {
+        let _ = std::fs::remove_file(applied);
+        rules.apply()?;
+        // Read right after the transaction: a change by someone else from here on moves it.
+        if let Ok(generation) = super::nft_generation::current() {
+            let _ = std::fs::write(applied, format!("{generation} {ruleset}\n"));
+        }
     }
-    .apply()?;
     nat::enable_ipv4_forwarding()?;
     Ok(index)
+}
+
+/// Whether berth's NAT table is still exactly the `ruleset` (hash) berth applied last: the
+/// ruleset generation has not moved since (nobody changed any table, ours included, nor
+/// flushed the ruleset; a reboot empties `/run` with the record).
+fn nat_table_is_current(applied: &std::path::Path, ruleset: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(applied) else {
+        return false;
+    };
+    let mut words = text.split_whitespace();
+    let (Some(generation), Some(hash)) = (words.next(), words.next()) else {
+        return false;
+    };
+    hash == ruleset
+        && super::nft_generation::current()
+            .is_ok_and(|now| generation.parse::<u32>().is_ok_and(|g| g == now))
 }
 
 /// The bridge's own hardware address: stable (from its name), locally administered,
@@ -569,6 +602,55 @@ mod tests {
             );
             assert!(b.store().is_err(), "{bad:?}");
         }
+    }
+
+    /// The NAT table is not re-applied while the ruleset generation says nobody touched it,
+    /// and is when someone did: a table deleted behind berth's back (`nft flush ruleset`,
+    /// an admin) is back after the next attach to the kept bridge.
+    #[test]
+    fn a_nat_table_removed_behind_berths_back_is_applied_again_by_the_next_attach() {
+        use crate::net::nat::NatRules;
+        use crate::net::network::{assert_released, test_network, DetachOnDrop};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "n") else {
+            return;
+        };
+        let table = net.options().bridge.nft_table.clone();
+        let applied = LeaseStore::for_bridge(&net.options().bridge.name)
+            .dir()
+            .join(APPLIED_FILE);
+        let _a = DetachOnDrop {
+            net: &net,
+            env_id: "gen-a",
+        };
+        let _b = DetachOnDrop {
+            net: &net,
+            env_id: "gen-b",
+        };
+        net.plumb_tap("gen-a").unwrap();
+        assert!(NatRules::exists(&table));
+        let noted = std::fs::read_to_string(&applied).unwrap();
+        let generation: u32 = noted.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            super::super::nft_generation::current().unwrap() >= generation,
+            "{noted}"
+        );
+
+        let deleted = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &table])
+            .status()
+            .unwrap();
+        assert!(deleted.success());
+        assert!(!NatRules::exists(&table));
+        let t = net.plumb_tap("gen-b").unwrap();
+        assert!(NatRules::exists(&table), "applied again");
+        assert_ne!(std::fs::read_to_string(&applied).unwrap(), noted);
+
+        net.detach("gen-a").unwrap();
+        net.detach("gen-b").unwrap();
+        assert_released(&net, "gen-b", &t.tap);
+        assert!(!applied.exists(), "removed with the bridge's record");
     }
 
     #[test]

@@ -69,6 +69,7 @@ pub mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod network;
+pub mod nft_generation;
 pub mod pasta;
 pub mod port_nat;
 pub mod port_owner;

@@ -183,7 +183,9 @@ impl Network {
     fn save(&self, env_id: &str, record: &NetRecord) -> Result<(), NetError> {
         let path = self.record_path(env_id);
         state::create_dir_all(&self.home.env_dir(env_id))?;
-        Ok(state::write_json(&path, record)?)
+        // Interfaces and leases do not outlive a reboot: durable when first recorded, then
+        // only atomic (see `write_json_durable_once`).
+        Ok(state::write_json_durable_once(&path, record)?)
     }
 
     /// The recorded network of an environment, if it is attached.

@@ -111,6 +111,20 @@ pub fn write_json_volatile<T: serde::Serialize>(path: &Path, value: &T) -> Resul
     replace_volatile(path, &bytes)
 }
 
+/// Runtime state that a reboot makes meaningless (which interfaces, processes, throw-away
+/// environments exist): written durably when the file is created, so that after a power cut
+/// the record is there and readable for whoever cleans up, and replaced atomically but
+/// without fsync afterwards (a killed writer still leaves the old or the new content; a
+/// power cut may bring back the previous one, which then describes something equally gone).
+pub fn write_json_durable_once<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<(), StateError> {
+    let bytes = json_bytes(path, value)?;
+    let exists = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file());
+    replace_file(path, &bytes, !exists)
+}
+
 /// Reads JSON written by [`write_json`]; `Ok(None)` when the file does not exist.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {

@@ -34,8 +34,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use atomic_file::{
-    atomic_write, read_json, replace_volatile, write_json, write_json_if_changed,
-    write_json_volatile,
+    atomic_write, read_json, replace_volatile, write_json, write_json_durable_once,
+    write_json_if_changed, write_json_volatile,
 };
 pub use beneath::{
     fd_path, open_beneath, open_dir_nofollow, openat2, refuse_link, RESOLVE_BENEATH,
