@@ -1,106 +1,272 @@
-//! Garbage collection of throw-away environments whose `berth run` process is gone (killed
-//! with SIGKILL, crashed, machine rebooted). Every berth command that touches environments
-//! runs it first, so nothing a killed run created outlives the next command. The same pass
-//! releases the network of a VM whose VMM was killed, and the bridge leases of environments
-//! of any berth home that are gone.
+//! Garbage collection: what a killed process left is removed by the next berth command, at a
+//! cost that does not grow with the number of environments (every command runs it).
+//!
+//! What it must catch, and where each command finds it without reading every record:
+//!
+//! - A throw-away environment of `berth run` whose process is gone (SIGKILL, crash, reboot),
+//!   however far it got (a copied project, a half-started container, a running one): its
+//!   `watch/<env-id>.run` marker (`state::WatchList`), written before anything of the
+//!   environment exists and removed after its folder is. One small file per live run.
+//! - The tap, lease and NAT of a VM whose VMM was killed: `watch/<env-id>.vm`, one per VM.
+//! - Leases on berth's bridge held by environments of any home that are gone (a deleted home,
+//!   a dead namespace): released machine-wide by the bridge's next user, by `berth ls`, and by
+//!   any command once at least [`DEPARTED_INTERVAL`] after the last such check (the lease
+//!   record holds every networked environment of the machine).
+//! - After a reboot, and in a home of an older berth (records without markers): a full sweep
+//!   of every record by the home's next command ([`Environments::sweep`]), which also writes
+//!   the markers that were missing and narrows environment folders of older versions.
+//!
+//! `berth ls`, which reads every record anyway, sweeps on every call.
 
 use std::time::Duration;
 
+use envfile_spec::plan::BackendKind;
 use serde::Deserialize;
 
 use super::environments::Environments;
+use super::error::EnvError;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
+use crate::host::process::ProcessIdentity;
 use crate::net::{Network, NetworkOptions};
-use crate::state::{read_json, FileLock, LockMode, ENV_LOCK_FILE};
+use crate::state::{read_json, FileLock, LockMode, WatchList, Watched, ENV_LOCK_FILE};
 
 /// An environment's network record and VM state (see `vm/vm_record.rs`).
 const NETWORK_FILE: &str = "network.json";
 const VM_FILE: &str = "vm.json";
 
-/// The one field of `env.json` garbage collection looks at first.
+/// How long a command may rely on the last check of the bridge's leases.
+pub const DEPARTED_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The fields of `env.json` garbage collection looks at.
 #[derive(Deserialize)]
-struct EphemeralField {
+struct GcFields {
     #[serde(default)]
     ephemeral: Option<Ephemeral>,
+    plan: GcPlanFields,
+}
+
+#[derive(Deserialize)]
+struct GcPlanFields {
+    backend: BackendKind,
+}
+
+/// An environment as the full sweep sees it.
+struct Found {
+    env_id: String,
+    ephemeral: Option<Ephemeral>,
+    backend: BackendKind,
 }
 
 impl Environments {
-    /// Destroys every ephemeral environment whose owner process no longer exists. Returns
-    /// the ids removed. Environments locked by a live command are left alone.
+    /// What every berth command runs first: the watched environments (see the module
+    /// documentation), the full sweep when one is due, and the bridge's departed leases when
+    /// their last check is old. Returns the ids of the environments removed. Environments
+    /// locked by a live command are left alone.
     pub fn collect_garbage(&self) -> Vec<String> {
-        let mut removed = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
-            return removed;
-        };
-        // Every command runs this, over every environment: read only the `ephemeral` field
-        // of each record (most are not), and the whole record only of orphans.
-        let mut orphans: Vec<EnvRecord> = rd
-            .flatten()
-            .filter(|e| {
-                read_json::<EphemeralField>(&e.path().join(RECORD_FILE))
-                    .ok()
-                    .flatten()
-                    .and_then(|f| f.ephemeral)
-                    .is_some_and(|e| !e.owner.alive())
-            })
-            .filter_map(|e| EnvRecord::load(&e.path()).ok().flatten())
-            .collect();
-        orphans.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));
-        for r in orphans {
-            let Some(e) = r.ephemeral else { continue };
-            if e.owner.alive() {
-                continue;
-            }
-            let dir = self.home().env_dir(&r.env_id);
-            // Someone else (another gc, or the owner's own teardown) holds it: skip.
-            let Ok(Some(lock)) =
-                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
-            else {
-                continue;
-            };
-            drop(lock);
-            if self
-                .destroy(&r.env_id, false, Duration::from_secs(2))
-                .is_ok()
-            {
-                removed.push(r.env_id);
+        let due = self.home.gc_due(DEPARTED_INTERVAL);
+        if due.sweep {
+            return self.sweep();
+        }
+        let removed = self.collect_watched();
+        if due.departed {
+            self.collect_departed();
+        }
+        removed
+    }
+
+    /// Reads every environment's record: destroys throw-away environments whose owner is gone
+    /// (with or without a marker), releases the networks of VMs whose VMM is gone, marks what
+    /// later commands must watch, narrows folders of older versions, checks the bridge's
+    /// leases, and records the sweep. Returns the ids removed.
+    pub fn sweep(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.home.envs_dir()) {
+            for e in rd.flatten() {
+                let Some(env_id) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if let Ok(Some(f)) = read_json::<GcFields>(&e.path().join(RECORD_FILE)) {
+                    found.push(Found {
+                        env_id,
+                        ephemeral: f.ephemeral,
+                        backend: f.plan.backend,
+                    });
+                }
             }
         }
+        self.sweep_found(found)
+    }
+
+    /// [`Environments::sweep`] over the records `berth ls` has read already.
+    pub(super) fn sweep_records(&self, records: &[EnvRecord]) -> Vec<String> {
+        self.sweep_found(
+            records
+                .iter()
+                .map(|r| Found {
+                    env_id: r.env_id.clone(),
+                    ephemeral: r.ephemeral,
+                    backend: r.plan.backend,
+                })
+                .collect(),
+        )
+    }
+
+    fn sweep_found(&self, found: Vec<Found>) -> Vec<String> {
+        let mut removed = self.collect_watched();
+        let _ = self.home.narrow_env_dirs();
+        let watch = WatchList::of(&self.home);
+        let mut orphans = Vec::new();
+        for f in found {
+            if removed.contains(&f.env_id) {
+                continue;
+            }
+            if f.backend == BackendKind::Vm {
+                let _ = watch.add_vm(&f.env_id);
+            }
+            match f.ephemeral {
+                Some(e) if !e.owner.alive() => orphans.push(f.env_id),
+                // A run of an older berth, which wrote no marker.
+                Some(e) => {
+                    let _ = watch.add_run(&f.env_id, e.owner);
+                }
+                None => {}
+            }
+        }
+        orphans.sort();
+        removed.extend(orphans.into_iter().filter(|id| self.collect_env(id)));
         self.release_dead_vm_networks();
-        // Leases on berth's bridge of environments of any home that are gone (a deleted
-        // home, a killed VMM whose home went with it): released machine-wide.
-        let _ = Network::new(self.home(), NetworkOptions::default()).collect_departed();
+        self.collect_departed();
+        let _ = self.home.mark_swept();
         removed
+    }
+
+    /// The environments on the watch list: throw-away environments whose owner is gone are
+    /// destroyed, VMs whose VMM is gone lose their network, markers of folders that are gone
+    /// are dropped. Returns the ids removed.
+    fn collect_watched(&self) -> Vec<String> {
+        let watch = WatchList::of(&self.home);
+        let mut removed = Vec::new();
+        for w in watch.entries() {
+            match w {
+                Watched::Run { env_id, owner } => {
+                    if owner.is_some_and(|o| o.alive()) {
+                        continue;
+                    }
+                    let dir = self.home.env_dir(&env_id);
+                    if !dir.exists() {
+                        let _ = watch.remove(&env_id);
+                        continue;
+                    }
+                    match read_json::<GcFields>(&dir.join(RECORD_FILE)) {
+                        // Kept (`run --keep`) by a command killed before it dropped the marker.
+                        Ok(Some(GcFields {
+                            ephemeral: None, ..
+                        })) => {
+                            let _ = watch.remove_run(&env_id);
+                        }
+                        // Another `berth run` of the same name that lives.
+                        Ok(Some(GcFields {
+                            ephemeral: Some(e),
+                            ..
+                        })) if e.owner.alive() => {}
+                        // Its owner is gone: however far its `up` got (no record yet, a
+                        // half-started environment, a running one).
+                        _ => {
+                            if self.collect_env(&env_id) {
+                                removed.push(env_id);
+                            }
+                        }
+                    }
+                }
+                Watched::Vm { env_id } => {
+                    let dir = self.home.env_dir(&env_id);
+                    if !dir.exists() {
+                        let _ = watch.remove(&env_id);
+                    } else {
+                        self.release_dead_vm_network(&dir);
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Destroys the environment `env_id` unless a command holds it (another gc, the owner's
+    /// own teardown); whether it is gone.
+    fn collect_env(&self, env_id: &str) -> bool {
+        let dir = self.home.env_dir(env_id);
+        let Ok(Some(lock)) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        drop(lock);
+        self.destroy(env_id, false, Duration::from_secs(2)).is_ok()
+    }
+
+    /// Leases on berth's bridge of environments of any home that are gone (a deleted home, a
+    /// killed VMM whose home went with it): released machine-wide.
+    fn collect_departed(&self) {
+        let _ = Network::new(self.home(), NetworkOptions::default()).collect_departed();
+        let _ = self.home.mark_departed_checked();
+    }
+
+    /// Marks, before anything of it is created, an environment that garbage collection must
+    /// watch from now on: a throw-away environment of `owner` (a `berth run`), a VM.
+    pub(super) fn watch(
+        &self,
+        env_id: &str,
+        backend: BackendKind,
+        ephemeral: Option<Ephemeral>,
+    ) -> Result<(), EnvError> {
+        let watch = WatchList::of(&self.home);
+        if let Some(e) = ephemeral {
+            watch.add_run(env_id, e.owner)?;
+        }
+        if backend == BackendKind::Vm {
+            watch.add_vm(env_id)?;
+        }
+        Ok(())
+    }
+
+    /// [`Environments::watch`] of a throw-away environment this process owns, before it
+    /// creates anything in its folder (`berth run --copy-source` copies the project first).
+    pub(super) fn watch_own_run(&self, env_id: &str) -> Result<(), EnvError> {
+        if let Some(owner) = ProcessIdentity::current() {
+            WatchList::of(&self.home).add_run(env_id, owner)?;
+        }
+        Ok(())
     }
 
     /// Releases the tap, lease and NAT of VMs whose VMM is gone without releasing them
     /// (killed with SIGKILL; a VMM that ends otherwise releases them itself). `vm.json` stays,
     /// so the environment still shows as dead until `down` or `up`. Environments locked by a
-    /// command (a start plumbing its tap) are left alone. Returns the ids released.
+    /// command (a start plumbing its tap) are left alone. Reads every environment folder (the
+    /// full sweep); returns the ids released.
     pub fn release_dead_vm_networks(&self) -> Vec<String> {
         let mut released = Vec::new();
         let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
             return released;
         };
         for e in rd.flatten() {
-            let dir = e.path();
-            // Cheap checks first: every command runs this over every environment.
-            if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
-                continue;
-            }
-            let Ok(Some(_lock)) =
-                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
-            else {
-                continue;
-            };
-            if self.vms.is_running(&dir) {
-                continue;
-            }
-            if self.vms.release_network(&dir).is_ok() {
+            if self.release_dead_vm_network(&e.path()) {
                 released.extend(e.file_name().to_str().map(str::to_string));
             }
         }
         released
+    }
+
+    /// [`Environments::release_dead_vm_networks`] of the environment in `dir`; whether its
+    /// network was released.
+    fn release_dead_vm_network(&self, dir: &std::path::Path) -> bool {
+        // Cheap checks first.
+        if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
+            return false;
+        }
+        let Ok(Some(_lock)) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        !self.vms.is_running(dir) && self.vms.release_network(dir).is_ok()
     }
 
     /// Whether a record's environment belongs to a `berth run` that is gone.
