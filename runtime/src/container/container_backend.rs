@@ -594,9 +594,7 @@ fn status_of(state: &ContainerState, alive: Option<ProcessIdentity>) -> EnvStatu
         (Phase::Stopped, _) => EnvStatus::Stopped,
         (Phase::Running, Some(_)) => EnvStatus::Running,
         (Phase::Starting, Some(_)) => EnvStatus::Starting,
-        (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => {
-            EnvStatus::Starting
-        }
+        (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => EnvStatus::Starting,
         _ => EnvStatus::Dead,
     }
 }

@@ -88,6 +88,9 @@ impl Environments {
                 FileLock::acquire(&path, LockMode::Exclusive)?
             }
         };
+        // Crash tests: a `berth run` killed here has its folder (and project copy) but no
+        // record yet.
+        crate::host::fault_injection::checkpoint("env-locked");
         Ok(Locked { dir, _lock: lock })
     }
 

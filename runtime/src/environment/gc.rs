@@ -166,8 +166,7 @@ impl Environments {
                         }
                         // Another `berth run` of the same name that lives.
                         Ok(Some(GcFields {
-                            ephemeral: Some(e),
-                            ..
+                            ephemeral: Some(e), ..
                         })) if e.owner.alive() => {}
                         // Its owner is gone: however far its `up` got (no record yet, a
                         // half-started environment, a running one).
@@ -281,6 +280,245 @@ mod tests {
     use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
     use crate::state::{write_json, BerthHome};
     use crate::vm::{Provider, VmState};
+
+    /// The identity of a process that has ended.
+    fn dead_process() -> ProcessIdentity {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = ProcessIdentity::of(child.id() as i32).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!id.alive());
+        id
+    }
+
+    /// Saves the record of an environment `env_id` (a throw-away one of `owner`) as `up` does.
+    fn record(home: &BerthHome, env_id: &str, toml: &str, owner: Option<ProcessIdentity>) {
+        let file = home.root().join(format!("{env_id}.toml"));
+        let plan = envfile_spec::parse(toml.as_bytes(), &file).unwrap().plan;
+        let dir = home.env_dir(env_id);
+        crate::state::create_private_dir(&dir).unwrap();
+        EnvRecord {
+            env_id: env_id.into(),
+            name: plan.name.clone(),
+            file,
+            plan_hash: plan.hash(),
+            plan,
+            converged: true,
+            image: None,
+            layers: Vec::new(),
+            privileged: false,
+            created_at: 1,
+            ephemeral: owner.map(|owner| Ephemeral { owner }),
+            build_key: None,
+            on_create_done: None,
+        }
+        .save(&dir)
+        .unwrap();
+    }
+
+    const CONTAINER: &str = "name = \"web\"\n[image]\nfrom = \"docker.io/library/alpine:3.20\"\n";
+
+    /// An ordinary command reads the watch list, not the records: a run's marker is what gets
+    /// its environment collected once its owner is gone; a record alone is left for the sweep.
+    #[test]
+    fn a_run_is_collected_through_its_marker_without_reading_other_records() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let dead = dead_process();
+        record(&home, "web-run-1", CONTAINER, Some(dead));
+        assert!(envs.collect_garbage().is_empty(), "records are not read");
+        assert!(home.env_dir("web-run-1").exists());
+
+        envs.watch(
+            "web-run-1",
+            BackendKind::Container,
+            Some(Ephemeral { owner: dead }),
+        )
+        .unwrap();
+        assert_eq!(envs.collect_garbage(), vec!["web-run-1".to_string()]);
+        assert!(!home.env_dir("web-run-1").exists());
+        assert!(
+            WatchList::of(&home).entries().is_empty(),
+            "its marker went too"
+        );
+    }
+
+    /// A run killed before its record was written (its folder holds only a copy of the
+    /// project) is collected through its marker; a live run's is left alone, however
+    /// incomplete.
+    #[test]
+    fn a_run_killed_before_its_record_is_collected_and_a_live_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let watch = WatchList::of(&home);
+        for (id, owner) in [
+            ("dead-run-1", dead_process()),
+            ("live-run-1", ProcessIdentity::current().unwrap()),
+        ] {
+            watch.add_run(id, owner).unwrap();
+            std::fs::create_dir_all(home.env_dir(id).join("source/sub")).unwrap();
+        }
+        assert_eq!(envs.collect_garbage(), vec!["dead-run-1".to_string()]);
+        assert!(!home.env_dir("dead-run-1").exists());
+        assert!(home.env_dir("live-run-1").join("source/sub").is_dir());
+        // Gone without its marker (a kill between the two): the marker goes next time.
+        std::fs::remove_dir_all(home.env_dir("live-run-1")).unwrap();
+        watch.add_run("live-run-1", dead_process()).unwrap();
+        assert!(envs.collect_garbage().is_empty());
+        assert!(watch.entries().is_empty());
+    }
+
+    /// `run --keep` killed after it rewrote the record but before it dropped the marker: the
+    /// environment is kept, the marker goes.
+    #[test]
+    fn a_kept_runs_leftover_marker_goes_and_the_environment_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        record(&home, "web-run-2", CONTAINER, None);
+        WatchList::of(&home)
+            .add_run("web-run-2", dead_process())
+            .unwrap();
+        assert!(envs.collect_garbage().is_empty());
+        assert!(EnvRecord::load(&home.env_dir("web-run-2"))
+            .unwrap()
+            .is_some());
+        assert!(WatchList::of(&home).entries().is_empty());
+        // `keep` itself drops it.
+        record(&home, "web-run-3", CONTAINER, Some(dead_process()));
+        WatchList::of(&home)
+            .add_run("web-run-3", dead_process())
+            .unwrap();
+        envs.keep("web-run-3").unwrap();
+        assert!(WatchList::of(&home).entries().is_empty());
+        assert!(envs.collect_garbage().is_empty());
+        assert!(home.env_dir("web-run-3").exists());
+    }
+
+    /// After a reboot (another boot id) or in a home of an older berth (no `gc.json`), the
+    /// next command reads every record: orphans without a marker go, live runs and VMs get
+    /// the markers later commands rely on, folders of older versions are narrowed.
+    #[test]
+    fn after_a_reboot_or_in_an_older_home_the_next_command_sweeps_every_record() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        let me = ProcessIdentity::current().unwrap();
+        for older_home in [true, false] {
+            if older_home {
+                let _ = std::fs::remove_file(home.root().join("gc.json"));
+            } else {
+                home.mark_swept().unwrap();
+                let other_boot = serde_json::json!({
+                    "boot_id": "00000000-0000-0000-0000-000000000000",
+                    "swept_at": 1,
+                    "departed_at": 1,
+                });
+                write_json(&home.root().join("gc.json"), &other_boot).unwrap();
+            }
+            record(&home, "web-run-1", CONTAINER, Some(dead_process()));
+            record(&home, "web-run-2", CONTAINER, Some(me));
+            record(
+                &home,
+                "box-1",
+                "name = \"box\"\nbackend = \"vm\"\n[image]\nfrom = \"docker.io/library/debian:bookworm\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\n",
+                None,
+            );
+            std::fs::set_permissions(
+                home.env_dir("box-1"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+            assert_eq!(envs.collect_garbage(), vec!["web-run-1".to_string()]);
+            assert!(!home.env_dir("web-run-1").exists());
+            assert!(home.env_dir("web-run-2").exists());
+            assert_eq!(
+                WatchList::of(&home).entries(),
+                vec![
+                    Watched::Vm {
+                        env_id: "box-1".into()
+                    },
+                    Watched::Run {
+                        env_id: "web-run-2".into(),
+                        owner: Some(me)
+                    },
+                ]
+            );
+            let mode = std::fs::metadata(home.env_dir("box-1"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o710,
+                "older folders are narrowed by the sweep"
+            );
+            assert!(!home.gc_due(DEPARTED_INTERVAL).sweep, "swept in this boot");
+        }
+    }
+
+    /// `berth ls` sweeps whatever the schedule says: an orphan without a marker is neither
+    /// kept nor listed.
+    #[test]
+    fn ls_sweeps_every_record_and_does_not_list_what_it_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        record(&home, "web-run-1", CONTAINER, Some(dead_process()));
+        record(&home, "web-2", CONTAINER, None);
+        let listed: Vec<String> = envs.list().unwrap().into_iter().map(|e| e.env_id).collect();
+        assert_eq!(listed, vec!["web-2".to_string()]);
+        assert!(!home.env_dir("web-run-1").exists());
+    }
+
+    /// kill -9 of a networked VMM in a home already swept in this boot: the VM's marker (as
+    /// `up` writes it) gets its network released by the next command; without the marker an
+    /// ordinary command does not look.
+    #[test]
+    fn the_network_of_a_killed_vmm_is_released_through_its_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "e") else {
+            return;
+        };
+        let id = "vmnet-watch";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let env = home.env_dir(id);
+        let t = net.plumb_tap(id).unwrap();
+        write_json(
+            &env.join(VM_FILE),
+            &VmState::stand_in(Provider::Kvm, &env, dead_process().pid as u32),
+        )
+        .unwrap();
+        envs.collect_garbage();
+        assert_eq!(
+            master_of(&t.tap).as_deref(),
+            Some(net.options().bridge.name.as_str()),
+            "no marker: an ordinary command reads no environment folder"
+        );
+        envs.watch(id, BackendKind::Vm, None).unwrap();
+        envs.collect_garbage();
+        assert_released(&net, id, &t.tap);
+        assert!(
+            env.join(VM_FILE).exists(),
+            "still shown as dead until down/up"
+        );
+    }
 
     /// kill -9 of a networked VMM: the next command's garbage collection removes the tap,
     /// lease, NAT and bridge; a live VMM's, and a locked environment's, are left alone.

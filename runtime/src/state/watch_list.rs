@@ -216,8 +216,7 @@ impl BerthHome {
         let now = now_secs();
         GcDue {
             sweep: boot_id().is_some_and(|b| b != rec.boot_id),
-            departed: now < rec.departed_at
-                || now - rec.departed_at >= departed_interval.as_secs(),
+            departed: now < rec.departed_at || now - rec.departed_at >= departed_interval.as_secs(),
         }
     }
 
@@ -308,7 +307,11 @@ mod tests {
             sweep: true,
             departed: true,
         };
-        assert_eq!(home.gc_due(interval), all, "never swept (or an older berth's)");
+        assert_eq!(
+            home.gc_due(interval),
+            all,
+            "never swept (or an older berth's)"
+        );
         home.mark_departed_checked().unwrap();
         assert_eq!(home.gc_due(interval), all, "only a sweep records itself");
         home.mark_swept().unwrap();
