@@ -16,7 +16,9 @@
 # Usage: bench/scale.sh      STEPS="1 10 100 1000" RUNS=15 (interleaved rounds per step)
 #   NET=isolated (default: every environment on its own bridge BERTH_BRIDGE=berthscale, so the
 #   bench never crowds the machine's berth0; a Linux bridge takes at most 1024 ports) or none.
-#   BERTH_BIN=path: measure that binary instead of the release build (e.g. an older build).
+#   BERTH_BIN=path: measure that binary instead of the release build.
+#   COMPARE_BIN=path: also time another build (e.g. the previous version) on the same
+#   environments, in the same rounds, and count its system calls ("before" vs "after").
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-15}
@@ -115,7 +117,13 @@ for n in $STEPS; do
   mem_json "$W/mem-$n.json"
   B="env BERTH_HOME=$BERTH_HOME $BERTH -C $W/s/1"
   R="env BERTH_HOME=$REF_HOME $BERTH -C $REF"
-  PAUSE=0 interleave "$W/cmds-$n.json" \
+  C="env BERTH_HOME=$BERTH_HOME ${COMPARE_BIN:-} -C $W/s/1"
+  compare=()
+  if [ -n "${COMPARE_BIN:-}" ]; then
+    compare=("$(spec "up C" host "" "$C -q up")" "$(spec "exec C" host "" "$C exec -- true")"
+      "$(spec "status C" host "" "$C status")" "$(spec "ls C" host "" "${C% -C *} ls")")
+  fi
+  PAUSE=0 interleave "$W/cmds-$n.json" ${compare[@]+"${compare[@]}"} \
     "$(spec "up N" host "" "$B -q up")" \
     "$(spec "up 1" host "" "$R -q up")" \
     "$(spec "exec N" host "" "$B exec -- true")" \
@@ -129,6 +137,12 @@ for n in $STEPS; do
     echo "ls $(syscalls "$W/strace-ls-$n.txt" "$BERTH" ls)"
     echo "up $(syscalls "$W/strace-up-$n.txt" "$BERTH" -C "$W/s/1" -q up)"
     echo "exec $(syscalls "$W/strace-exec-$n.txt" "$BERTH" -C "$W/s/1" exec -- true)"
+    if [ -n "${COMPARE_BIN:-}" ]; then
+      echo "status_C $(syscalls "$W/strace-c-status-$n.txt" "$COMPARE_BIN" -C "$W/s/1" status)"
+      echo "ls_C $(syscalls "$W/strace-c-ls-$n.txt" "$COMPARE_BIN" ls)"
+      echo "up_C $(syscalls "$W/strace-c-up-$n.txt" "$COMPARE_BIN" -C "$W/s/1" -q up)"
+      echo "exec_C $(syscalls "$W/strace-c-exec-$n.txt" "$COMPARE_BIN" -C "$W/s/1" exec -- true)"
+    fi
   } > "$W/syscalls-$n.txt"
   [ "$("$BERTH" ls | grep -c ' scale-[0-9]')" = "$n" ] || {
     echo "bench: berth ls does not list the $n environments" >&2
@@ -167,6 +181,9 @@ for n in steps:
     print(f"{n:5d} {start:8.1f}ms {mib:7.2f} {cell('up'):>14} {cell('exec'):>14} {cell('status'):>14} {med['ls N']:7.2f}       "
           f"  {sc['status']:>6} {sc['ls']:>6} {sc['up']:>5} {sc['exec']:>5}")
     rows[n] = (med, m)
+    if "status C" in med:
+        print(f"{'':>5} {'COMPARE_BIN':>17} {med['up C']:14.2f} {med['exec C']:14.2f} {med['status C']:14.2f} {med['ls C']:7.2f}       "
+              f"  {sc['status_C']:>6} {sc['ls_C']:>6} {sc['up_C']:>5} {sc['exec_C']:>5}")
 n = steps[-1]
 med = rows[n][0]
 def verdict(ok): return "met" if ok else "MISSED"

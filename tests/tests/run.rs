@@ -498,17 +498,21 @@ fn a_run_killed_at_any_point_is_collected_by_the_next_command_and_by_ls() {
     };
     b.ok(p.path(), &["-q", "run", "--", "true"]);
 
-    aborted_run(&p, &b, "env-locked", &["--copy-source"]);
+    // Killed after copying the project, before `up` recorded anything.
+    aborted_run(&p, &b, "up-watch", &["--copy-source"]);
     next_command();
     assert_eq!(
         envs_left(&b),
         0,
         "the copy of a run killed before its record"
     );
-
-    aborted_run(&p, &b, "env-locked", &["--copy-source"]);
+    aborted_run(&p, &b, "up-watch", &["--copy-source"]);
     assert!(b.run_in(p.path(), &["ls"]).status.success());
     assert_eq!(envs_left(&b), 0, "ls left the copy of a killed run");
+    // Killed with its folder locked, no record yet.
+    aborted_run(&p, &b, "env-locked", &[]);
+    next_command();
+    assert_eq!(envs_left(&b), 0, "a run killed before its record");
 
     aborted_run(&p, &b, "cgroups-created", &[]);
     next_command();

@@ -217,6 +217,9 @@ impl Environments {
         backend: BackendKind,
         ephemeral: Option<Ephemeral>,
     ) -> Result<(), EnvError> {
+        // Crash tests: a `berth run --copy-source` killed here has copied the project into the
+        // environment's folder, and only its own marker says whose it is.
+        crate::host::fault_injection::checkpoint("up-watch");
         let watch = WatchList::of(&self.home);
         if let Some(e) = ephemeral {
             watch.add_run(env_id, e.owner)?;
