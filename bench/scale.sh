@@ -29,6 +29,8 @@ export BERTH_BRIDGE=berthscale
 bench_setup
 BERTH=${BERTH_BIN:-$BERTH}
 need strace
+# No crun here: interleave.py runs every command in the host namespace.
+CRUN_NS=
 MAX=$(for n in $STEPS; do echo "$n"; done | sort -n | tail -1)
 NET_TOML=$([ "$NET" = none ] && printf '[network]\nmode = "none"\n' || true)
 
@@ -144,7 +146,7 @@ for n in $STEPS; do
       echo "exec_C $(syscalls "$W/strace-c-exec-$n.txt" "$COMPARE_BIN" -C "$W/s/1" exec -- true)"
     fi
   } > "$W/syscalls-$n.txt"
-  [ "$("$BERTH" ls | grep -c ' scale-[0-9]')" = "$n" ] || {
+  [ "$("$BERTH" ls | grep -c '^scale-[0-9]')" = "$n" ] || {
     echo "bench: berth ls does not list the $n environments" >&2
     "$BERTH" ls >&2
     exit 1
@@ -160,8 +162,8 @@ t3=$(date +%s%N)
 after_cg=$(cg_dirs | wc -l)
 after_mounts=$(count_mounts)
 after_procs=$(count_procs)
-bridge_left=$(ip -o link show berthscale 2>/dev/null | wc -l)
-envs_left=$(find "$BERTH_HOME/envs" "$REF_HOME/envs" -mindepth 1 -maxdepth 1 | wc -l)
+bridge_left=$( (ip -o link show berthscale 2>/dev/null || true) | wc -l)
+envs_left=$( (find "$BERTH_HOME/envs" "$REF_HOME/envs" -mindepth 1 -maxdepth 1 2>/dev/null || true) | wc -l)
 
 python3 - "$W" "$STEPS" "$RUNS" "$(( (t3 - t2) / 1000000 ))" "$uptime_during" "$NET" <<'PY' > "$W/table.txt"
 import json, sys
