@@ -561,5 +561,73 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let o = b.run_in(p.path(), &["ls"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(removals(&b).is_empty(), "swept by the next command");
+/// A `berth run` killed at `point` (`BERTH_ABORT_AT`, the process aborts as on SIGKILL).
+fn aborted_run(p: &Project, b: &Berth, point: &str, extra: &[&str]) {
+    let mut args = vec!["-q", "run"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "true"]);
+    let o = b
+        .cmd()
+        .current_dir(p.path())
+        .env("BERTH_ABORT_AT", point)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "not aborted at {point}: {:?}",
+        text(&o)
+    );
+    assert_eq!(envs_left(b), 1, "the run killed at {point} left nothing");
+}
+
+/// Garbage collection reads no other environment's record on an ordinary command, yet a
+/// killed `berth run` is still removed by the next command of any project, however far it
+/// got: before its record existed (its folder holds only the project's copy), halfway
+/// through its start (cgroups made, no supervisor), or running; and by `berth ls`.
+#[test]
+fn a_run_killed_at_any_point_is_collected_by_the_next_command_and_by_ls() {
+    require_root!();
+    let p = project();
+    let other = Project::new(
+        "berth-run-other-",
+        "o",
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n",
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    // Another project's command, which has nothing to do with the run.
+    let next_command = || {
+        let o = b.run_in(other.path(), &["status"]);
+        assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    };
+    b.ok(p.path(), &["-q", "run", "--", "true"]);
+
+    // Killed after copying the project, before `up` recorded anything.
+    aborted_run(&p, &b, "up-watch", &["--copy-source"]);
+    next_command();
+    assert_eq!(
+        envs_left(&b),
+        0,
+        "the copy of a run killed before its record"
+    );
+    aborted_run(&p, &b, "up-watch", &["--copy-source"]);
+    assert!(b.run_in(p.path(), &["ls"]).status.success());
+    assert_eq!(envs_left(&b), 0, "ls left the copy of a killed run");
+    // Killed with its folder locked, no record yet.
+    aborted_run(&p, &b, "env-locked", &[]);
+    next_command();
+    assert_eq!(envs_left(&b), 0, "a run killed before its record");
+
+    aborted_run(&p, &b, "cgroups-created", &[]);
+    next_command();
+    assert_eq!(envs_left(&b), 0, "a run killed halfway through its start");
+
+    let mut child = start_long_run(&p, &b);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(envs_left(&b), 1);
+    next_command();
+    assert_eq!(envs_left(&b), 0, "a running run whose berth was killed");
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

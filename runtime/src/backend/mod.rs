@@ -101,6 +101,13 @@ pub trait Backend {
     /// removes the environment's folder afterwards.
     fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
     fn status(&self, state_dir: &Path) -> Result<StatusReport, BackendError>;
+    /// Only the state [`Backend::status`] reports, as cheaply as the backend can tell it
+    /// (`berth ls` asks it of every environment): by default the full status.
+    fn liveness(&self, state_dir: &Path) -> EnvStatus {
+        self.status(state_dir)
+            .map(|s| s.status)
+            .unwrap_or(EnvStatus::Dead)
+    }
     /// Whether the environment still answers: a command that failed while it does not
     /// failed because the environment stopped under it.
     fn still_running(&self, state_dir: &Path) -> bool;

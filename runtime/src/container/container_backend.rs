@@ -284,15 +284,7 @@ impl ContainerBackend {
     pub fn status(&self, state_dir: &Path) -> Result<StatusReport> {
         let state = ContainerState::load(state_dir)?;
         let alive = state.supervisor.filter(|s| s.alive());
-        let status = match (state.phase, alive) {
-            (Phase::Stopped, _) => EnvStatus::Stopped,
-            (Phase::Running, Some(_)) => EnvStatus::Running,
-            (Phase::Starting, Some(_)) => EnvStatus::Starting,
-            (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => {
-                EnvStatus::Starting
-            }
-            _ => EnvStatus::Dead,
-        };
+        let status = status_of(&state, alive);
         let mut report = StatusReport {
             status,
             pid: alive.map(|s| s.pid),
@@ -314,6 +306,15 @@ impl ContainerBackend {
             }
         }
         Ok(report)
+    }
+
+    /// Only the state of [`ContainerBackend::status`]: the record and whether its processes
+    /// live, without the cgroup's usage or a round trip to the supervisor.
+    pub fn liveness(&self, state_dir: &Path) -> EnvStatus {
+        match ContainerState::load(state_dir) {
+            Ok(state) => status_of(&state, state.supervisor.filter(|s| s.alive())),
+            Err(_) => EnvStatus::Dead,
+        }
     }
 
     fn running_socket(&self, state_dir: &Path) -> Result<std::path::PathBuf> {
@@ -585,4 +586,15 @@ fn check_reachable_by_mapped_root(spec: &ContainerSpec, mapping: &IdMapping) -> 
         }
     }
     Ok(())
+}
+
+/// An environment's state from its record and its live supervisor (`alive`).
+fn status_of(state: &ContainerState, alive: Option<ProcessIdentity>) -> EnvStatus {
+    match (state.phase, alive) {
+        (Phase::Stopped, _) => EnvStatus::Stopped,
+        (Phase::Running, Some(_)) => EnvStatus::Running,
+        (Phase::Starting, Some(_)) => EnvStatus::Starting,
+        (Phase::Starting, None) if state.starter.is_some_and(|s| s.alive()) => EnvStatus::Starting,
+        _ => EnvStatus::Dead,
+    }
 }

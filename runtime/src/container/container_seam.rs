@@ -72,6 +72,10 @@ impl Backend for ContainerBackend {
     fn status(&self, state_dir: &Path) -> std::result::Result<StatusReport, BackendError> {
         Ok(ContainerBackend::status(self, state_dir)?)
     }
+    /// From the state record and a look at the recorded processes: no cgroup, no supervisor.
+    fn liveness(&self, state_dir: &Path) -> EnvStatus {
+        ContainerBackend::liveness(self, state_dir)
+    }
     /// Running, and its supervisor still answers.
     fn still_running(&self, state_dir: &Path) -> bool {
         matches!(

@@ -13,7 +13,7 @@ use crate::backend::{Backend, BackendError, EnvStatus};
 use crate::container::ContainerBackend;
 use crate::image::{ImageStore, Progress};
 use crate::net::{NetRecord, Network, NetworkOptions};
-use crate::state::{self, BerthHome, FileLock, LockMode, ENV_LOCK_FILE};
+use crate::state::{self, BerthHome, FileLock, LockMode, WatchList, ENV_LOCK_FILE};
 use crate::vm::VmBackend;
 
 /// All environments under one berth home.
@@ -88,6 +88,9 @@ impl Environments {
                 FileLock::acquire(&path, LockMode::Exclusive)?
             }
         };
+        // Crash tests: a `berth run` killed here has its folder (and project copy) but no
+        // record yet.
+        crate::host::fault_injection::checkpoint("env-locked");
         Ok(Locked { dir, _lock: lock })
     }
 
@@ -152,6 +155,8 @@ impl Environments {
             r.ephemeral = None;
             r.save(&dir)?;
         }
+        // After the record: a marker left by a kill in between is dropped by the next gc.
+        WatchList::of(&self.home).remove_run(env_id)?;
         Ok(())
     }
 
@@ -210,5 +215,12 @@ pub(super) fn remove_env_dir(dir: &Path) -> Result<(), EnvError> {
     }
     let _ = fs::remove_file(dir.join(ENV_LOCK_FILE));
     let _ = fs::remove_dir(dir);
+    // Garbage collection no longer watches it (a marker left by a kill before this line goes
+    // with the next gc, which finds no folder).
+    if !dir.exists() {
+        if let Some((watch, env_id)) = WatchList::of_env_dir(dir) {
+            let _ = watch.remove(&env_id);
+        }
+    }
     Ok(())
 }

@@ -60,6 +60,7 @@ impl Environments {
         }
         if opts.copy_source {
             let copy = dir.join("source");
+            self.watch_own_run(&env_id)?;
             state::create_private_dir(&dir)?;
             copy_tree(&plan.project_dir, &copy)
                 .and_then(|()| give_roots_files_to_env_root(&copy))

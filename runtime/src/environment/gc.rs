@@ -1,106 +1,274 @@
-//! Garbage collection of throw-away environments whose `berth run` process is gone (killed
-//! with SIGKILL, crashed, machine rebooted). Every berth command that touches environments
-//! runs it first, so nothing a killed run created outlives the next command. The same pass
-//! releases the network of a VM whose VMM was killed, and the bridge leases of environments
-//! of any berth home that are gone.
+//! Garbage collection: what a killed process left is removed by the next berth command, at a
+//! cost that does not grow with the number of environments (every command runs it).
+//!
+//! What it must catch, and where each command finds it without reading every record:
+//!
+//! - A throw-away environment of `berth run` whose process is gone (SIGKILL, crash, reboot),
+//!   however far it got (a copied project, a half-started container, a running one): its
+//!   `watch/<env-id>.run` marker (`state::WatchList`), written before anything of the
+//!   environment exists and removed after its folder is. One small file per live run.
+//! - The tap, lease and NAT of a VM whose VMM was killed: `watch/<env-id>.vm`, one per VM.
+//! - Leases on berth's bridge held by environments of any home that are gone (a deleted home,
+//!   a dead namespace): released machine-wide by the bridge's next user, by `berth ls`, and by
+//!   any command once at least [`DEPARTED_INTERVAL`] after the last such check (the lease
+//!   record holds every networked environment of the machine).
+//! - After a reboot, and in a home of an older berth (records without markers): a full sweep
+//!   of every record by the home's next command ([`Environments::sweep`]), which also writes
+//!   the markers that were missing and narrows environment folders of older versions.
+//!
+//! `berth ls`, which reads every record anyway, sweeps on every call.
 
 use std::time::Duration;
 
+use envfile_spec::plan::BackendKind;
 use serde::Deserialize;
 
 use super::environments::Environments;
+use super::error::EnvError;
 use super::record::{EnvRecord, Ephemeral, RECORD_FILE};
+use crate::host::process::ProcessIdentity;
 use crate::net::{Network, NetworkOptions};
-use crate::state::{read_json, FileLock, LockMode, ENV_LOCK_FILE};
+use crate::state::{read_json, FileLock, LockMode, WatchList, Watched, ENV_LOCK_FILE};
 
 /// An environment's network record and VM state (see `vm/vm_record.rs`).
 const NETWORK_FILE: &str = "network.json";
 const VM_FILE: &str = "vm.json";
 
-/// The one field of `env.json` garbage collection looks at first.
+/// How long a command may rely on the last check of the bridge's leases.
+pub const DEPARTED_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The fields of `env.json` garbage collection looks at.
 #[derive(Deserialize)]
-struct EphemeralField {
+struct GcFields {
     #[serde(default)]
     ephemeral: Option<Ephemeral>,
+    plan: GcPlanFields,
+}
+
+#[derive(Deserialize)]
+struct GcPlanFields {
+    backend: BackendKind,
+}
+
+/// An environment as the full sweep sees it.
+struct Found {
+    env_id: String,
+    ephemeral: Option<Ephemeral>,
+    backend: BackendKind,
 }
 
 impl Environments {
-    /// Destroys every ephemeral environment whose owner process no longer exists. Returns
-    /// the ids removed. Environments locked by a live command are left alone.
+    /// What every berth command runs first: the watched environments (see the module
+    /// documentation), the full sweep when one is due, and the bridge's departed leases when
+    /// their last check is old. Returns the ids of the environments removed. Environments
+    /// locked by a live command are left alone.
     pub fn collect_garbage(&self) -> Vec<String> {
-        let mut removed = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
-            return removed;
-        };
-        // Every command runs this, over every environment: read only the `ephemeral` field
-        // of each record (most are not), and the whole record only of orphans.
-        let mut orphans: Vec<EnvRecord> = rd
-            .flatten()
-            .filter(|e| {
-                read_json::<EphemeralField>(&e.path().join(RECORD_FILE))
-                    .ok()
-                    .flatten()
-                    .and_then(|f| f.ephemeral)
-                    .is_some_and(|e| !e.owner.alive())
-            })
-            .filter_map(|e| EnvRecord::load(&e.path()).ok().flatten())
-            .collect();
-        orphans.sort_by(|a, b| a.name.cmp(&b.name).then(a.env_id.cmp(&b.env_id)));
-        for r in orphans {
-            let Some(e) = r.ephemeral else { continue };
-            if e.owner.alive() {
-                continue;
-            }
-            let dir = self.home().env_dir(&r.env_id);
-            // Someone else (another gc, or the owner's own teardown) holds it: skip.
-            let Ok(Some(lock)) =
-                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
-            else {
-                continue;
-            };
-            drop(lock);
-            if self
-                .destroy(&r.env_id, false, Duration::from_secs(2))
-                .is_ok()
-            {
-                removed.push(r.env_id);
+        let due = self.home.gc_due(DEPARTED_INTERVAL);
+        if due.sweep {
+            return self.sweep();
+        }
+        let removed = self.collect_watched();
+        if due.departed {
+            self.collect_departed();
+        }
+        removed
+    }
+
+    /// Reads every environment's record: destroys throw-away environments whose owner is gone
+    /// (with or without a marker), releases the networks of VMs whose VMM is gone, marks what
+    /// later commands must watch, narrows folders of older versions, checks the bridge's
+    /// leases, and records the sweep. Returns the ids removed.
+    pub fn sweep(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.home.envs_dir()) {
+            for e in rd.flatten() {
+                let Some(env_id) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if let Ok(Some(f)) = read_json::<GcFields>(&e.path().join(RECORD_FILE)) {
+                    found.push(Found {
+                        env_id,
+                        ephemeral: f.ephemeral,
+                        backend: f.plan.backend,
+                    });
+                }
             }
         }
+        self.sweep_found(found)
+    }
+
+    /// [`Environments::sweep`] over the records `berth ls` has read already.
+    pub(super) fn sweep_records(&self, records: &[EnvRecord]) -> Vec<String> {
+        self.sweep_found(
+            records
+                .iter()
+                .map(|r| Found {
+                    env_id: r.env_id.clone(),
+                    ephemeral: r.ephemeral,
+                    backend: r.plan.backend,
+                })
+                .collect(),
+        )
+    }
+
+    fn sweep_found(&self, found: Vec<Found>) -> Vec<String> {
+        let mut removed = self.collect_watched();
+        let _ = self.home.narrow_env_dirs();
+        let watch = WatchList::of(&self.home);
+        let mut orphans = Vec::new();
+        for f in found {
+            if removed.contains(&f.env_id) {
+                continue;
+            }
+            if f.backend == BackendKind::Vm {
+                let _ = watch.add_vm(&f.env_id);
+            }
+            match f.ephemeral {
+                Some(e) if !e.owner.alive() => orphans.push(f.env_id),
+                // A run of an older berth, which wrote no marker.
+                Some(e) => {
+                    let _ = watch.add_run(&f.env_id, e.owner);
+                }
+                None => {}
+            }
+        }
+        orphans.sort();
+        removed.extend(orphans.into_iter().filter(|id| self.collect_env(id)));
         self.release_dead_vm_networks();
-        // Leases on berth's bridge of environments of any home that are gone (a deleted
-        // home, a killed VMM whose home went with it): released machine-wide.
-        let _ = Network::new(self.home(), NetworkOptions::default()).collect_departed();
+        self.collect_departed();
+        let _ = self.home.mark_swept();
         removed
+    }
+
+    /// The environments on the watch list: throw-away environments whose owner is gone are
+    /// destroyed, VMs whose VMM is gone lose their network, markers of folders that are gone
+    /// are dropped. Returns the ids removed.
+    fn collect_watched(&self) -> Vec<String> {
+        let watch = WatchList::of(&self.home);
+        let mut removed = Vec::new();
+        for w in watch.entries() {
+            match w {
+                Watched::Run { env_id, owner } => {
+                    if owner.is_some_and(|o| o.alive()) {
+                        continue;
+                    }
+                    let dir = self.home.env_dir(&env_id);
+                    if !dir.exists() {
+                        let _ = watch.remove(&env_id);
+                        continue;
+                    }
+                    match read_json::<GcFields>(&dir.join(RECORD_FILE)) {
+                        // Kept (`run --keep`) by a command killed before it dropped the marker.
+                        Ok(Some(GcFields {
+                            ephemeral: None, ..
+                        })) => {
+                            let _ = watch.remove_run(&env_id);
+                        }
+                        // Another `berth run` of the same name that lives.
+                        Ok(Some(GcFields {
+                            ephemeral: Some(e), ..
+                        })) if e.owner.alive() => {}
+                        // Its owner is gone: however far its `up` got (no record yet, a
+                        // half-started environment, a running one).
+                        _ => {
+                            if self.collect_env(&env_id) {
+                                removed.push(env_id);
+                            }
+                        }
+                    }
+                }
+                Watched::Vm { env_id } => {
+                    let dir = self.home.env_dir(&env_id);
+                    if !dir.exists() {
+                        let _ = watch.remove(&env_id);
+                    } else {
+                        self.release_dead_vm_network(&dir);
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Destroys the environment `env_id` unless a command holds it (another gc, the owner's
+    /// own teardown); whether it is gone.
+    fn collect_env(&self, env_id: &str) -> bool {
+        let dir = self.home.env_dir(env_id);
+        let Ok(Some(lock)) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        drop(lock);
+        self.destroy(env_id, false, Duration::from_secs(2)).is_ok()
+    }
+
+    /// Leases on berth's bridge of environments of any home that are gone (a deleted home, a
+    /// killed VMM whose home went with it): released machine-wide.
+    fn collect_departed(&self) {
+        let _ = Network::new(self.home(), NetworkOptions::default()).collect_departed();
+        let _ = self.home.mark_departed_checked();
+    }
+
+    /// Marks, before anything of it is created, an environment that garbage collection must
+    /// watch from now on: a throw-away environment of `owner` (a `berth run`), a VM.
+    pub(super) fn watch(
+        &self,
+        env_id: &str,
+        backend: BackendKind,
+        ephemeral: Option<Ephemeral>,
+    ) -> Result<(), EnvError> {
+        // Crash tests: a `berth run --copy-source` killed here has copied the project into the
+        // environment's folder, and only its own marker says whose it is.
+        crate::host::fault_injection::checkpoint("up-watch");
+        let watch = WatchList::of(&self.home);
+        if let Some(e) = ephemeral {
+            watch.add_run(env_id, e.owner)?;
+        }
+        if backend == BackendKind::Vm {
+            watch.add_vm(env_id)?;
+        }
+        Ok(())
+    }
+
+    /// [`Environments::watch`] of a throw-away environment this process owns, before it
+    /// creates anything in its folder (`berth run --copy-source` copies the project first).
+    pub(super) fn watch_own_run(&self, env_id: &str) -> Result<(), EnvError> {
+        if let Some(owner) = ProcessIdentity::current() {
+            WatchList::of(&self.home).add_run(env_id, owner)?;
+        }
+        Ok(())
     }
 
     /// Releases the tap, lease and NAT of VMs whose VMM is gone without releasing them
     /// (killed with SIGKILL; a VMM that ends otherwise releases them itself). `vm.json` stays,
     /// so the environment still shows as dead until `down` or `up`. Environments locked by a
-    /// command (a start plumbing its tap) are left alone. Returns the ids released.
+    /// command (a start plumbing its tap) are left alone. Reads every environment folder (the
+    /// full sweep); returns the ids released.
     pub fn release_dead_vm_networks(&self) -> Vec<String> {
         let mut released = Vec::new();
         let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
             return released;
         };
         for e in rd.flatten() {
-            let dir = e.path();
-            // Cheap checks first: every command runs this over every environment.
-            if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
-                continue;
-            }
-            let Ok(Some(_lock)) =
-                FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
-            else {
-                continue;
-            };
-            if self.vms.is_running(&dir) {
-                continue;
-            }
-            if self.vms.release_network(&dir).is_ok() {
+            if self.release_dead_vm_network(&e.path()) {
                 released.extend(e.file_name().to_str().map(str::to_string));
             }
         }
         released
+    }
+
+    /// [`Environments::release_dead_vm_networks`] of the environment in `dir`; whether its
+    /// network was released.
+    fn release_dead_vm_network(&self, dir: &std::path::Path) -> bool {
+        // Cheap checks first.
+        if !dir.join(NETWORK_FILE).exists() || !dir.join(VM_FILE).exists() {
+            return false;
+        }
+        let Ok(Some(_lock)) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        !self.vms.is_running(dir) && self.vms.release_network(dir).is_ok()
     }
 
     /// Whether a record's environment belongs to a `berth run` that is gone.
@@ -115,6 +283,245 @@ mod tests {
     use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
     use crate::state::{write_json, BerthHome};
     use crate::vm::{Provider, VmState};
+
+    /// The identity of a process that has ended.
+    fn dead_process() -> ProcessIdentity {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let id = ProcessIdentity::of(child.id() as i32).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!id.alive());
+        id
+    }
+
+    /// Saves the record of an environment `env_id` (a throw-away one of `owner`) as `up` does.
+    fn record(home: &BerthHome, env_id: &str, toml: &str, owner: Option<ProcessIdentity>) {
+        let file = home.root().join(format!("{env_id}.toml"));
+        let plan = envfile_spec::parse(toml.as_bytes(), &file).unwrap().plan;
+        let dir = home.env_dir(env_id);
+        crate::state::create_private_dir(&dir).unwrap();
+        EnvRecord {
+            env_id: env_id.into(),
+            name: plan.name.clone(),
+            file,
+            plan_hash: plan.hash(),
+            plan,
+            converged: true,
+            image: None,
+            layers: Vec::new(),
+            privileged: false,
+            created_at: 1,
+            ephemeral: owner.map(|owner| Ephemeral { owner }),
+            build_key: None,
+            on_create_done: None,
+        }
+        .save(&dir)
+        .unwrap();
+    }
+
+    const CONTAINER: &str = "name = \"web\"\n[image]\nfrom = \"docker.io/library/alpine:3.20\"\n";
+
+    /// An ordinary command reads the watch list, not the records: a run's marker is what gets
+    /// its environment collected once its owner is gone; a record alone is left for the sweep.
+    #[test]
+    fn a_run_is_collected_through_its_marker_without_reading_other_records() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let dead = dead_process();
+        record(&home, "web-run-1", CONTAINER, Some(dead));
+        assert!(envs.collect_garbage().is_empty(), "records are not read");
+        assert!(home.env_dir("web-run-1").exists());
+
+        envs.watch(
+            "web-run-1",
+            BackendKind::Container,
+            Some(Ephemeral { owner: dead }),
+        )
+        .unwrap();
+        assert_eq!(envs.collect_garbage(), vec!["web-run-1".to_string()]);
+        assert!(!home.env_dir("web-run-1").exists());
+        assert!(
+            WatchList::of(&home).entries().is_empty(),
+            "its marker went too"
+        );
+    }
+
+    /// A run killed before its record was written (its folder holds only a copy of the
+    /// project) is collected through its marker; a live run's is left alone, however
+    /// incomplete.
+    #[test]
+    fn a_run_killed_before_its_record_is_collected_and_a_live_one_is_not() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let watch = WatchList::of(&home);
+        for (id, owner) in [
+            ("dead-run-1", dead_process()),
+            ("live-run-1", ProcessIdentity::current().unwrap()),
+        ] {
+            watch.add_run(id, owner).unwrap();
+            std::fs::create_dir_all(home.env_dir(id).join("source/sub")).unwrap();
+        }
+        assert_eq!(envs.collect_garbage(), vec!["dead-run-1".to_string()]);
+        assert!(!home.env_dir("dead-run-1").exists());
+        assert!(home.env_dir("live-run-1").join("source/sub").is_dir());
+        // Gone without its marker (a kill between the two): the marker goes next time.
+        std::fs::remove_dir_all(home.env_dir("live-run-1")).unwrap();
+        watch.add_run("live-run-1", dead_process()).unwrap();
+        assert!(envs.collect_garbage().is_empty());
+        assert!(watch.entries().is_empty());
+    }
+
+    /// `run --keep` killed after it rewrote the record but before it dropped the marker: the
+    /// environment is kept, the marker goes.
+    #[test]
+    fn a_kept_runs_leftover_marker_goes_and_the_environment_stays() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        record(&home, "web-run-2", CONTAINER, None);
+        WatchList::of(&home)
+            .add_run("web-run-2", dead_process())
+            .unwrap();
+        assert!(envs.collect_garbage().is_empty());
+        assert!(EnvRecord::load(&home.env_dir("web-run-2"))
+            .unwrap()
+            .is_some());
+        assert!(WatchList::of(&home).entries().is_empty());
+        // `keep` itself drops it.
+        record(&home, "web-run-3", CONTAINER, Some(dead_process()));
+        WatchList::of(&home)
+            .add_run("web-run-3", dead_process())
+            .unwrap();
+        envs.keep("web-run-3").unwrap();
+        assert!(WatchList::of(&home).entries().is_empty());
+        assert!(envs.collect_garbage().is_empty());
+        assert!(home.env_dir("web-run-3").exists());
+    }
+
+    /// After a reboot (another boot id) or in a home of an older berth (no `gc.json`), the
+    /// next command reads every record: orphans without a marker go, live runs and VMs get
+    /// the markers later commands rely on, folders of older versions are narrowed.
+    #[test]
+    fn after_a_reboot_or_in_an_older_home_the_next_command_sweeps_every_record() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        let me = ProcessIdentity::current().unwrap();
+        for older_home in [true, false] {
+            if older_home {
+                let _ = std::fs::remove_file(home.root().join("gc.json"));
+            } else {
+                home.mark_swept().unwrap();
+                let other_boot = serde_json::json!({
+                    "boot_id": "00000000-0000-0000-0000-000000000000",
+                    "swept_at": 1,
+                    "departed_at": 1,
+                });
+                write_json(&home.root().join("gc.json"), &other_boot).unwrap();
+            }
+            record(&home, "web-run-1", CONTAINER, Some(dead_process()));
+            record(&home, "web-run-2", CONTAINER, Some(me));
+            record(
+                &home,
+                "box-1",
+                "name = \"box\"\nbackend = \"vm\"\n[image]\nfrom = \"docker.io/library/debian:bookworm\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\n",
+                None,
+            );
+            std::fs::set_permissions(
+                home.env_dir("box-1"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+            assert_eq!(envs.collect_garbage(), vec!["web-run-1".to_string()]);
+            assert!(!home.env_dir("web-run-1").exists());
+            assert!(home.env_dir("web-run-2").exists());
+            assert_eq!(
+                WatchList::of(&home).entries(),
+                vec![
+                    Watched::Vm {
+                        env_id: "box-1".into()
+                    },
+                    Watched::Run {
+                        env_id: "web-run-2".into(),
+                        owner: Some(me)
+                    },
+                ]
+            );
+            let mode = std::fs::metadata(home.env_dir("box-1"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(
+                mode & 0o777,
+                0o710,
+                "older folders are narrowed by the sweep"
+            );
+            assert!(!home.gc_due(DEPARTED_INTERVAL).sweep, "swept in this boot");
+        }
+    }
+
+    /// `berth ls` sweeps whatever the schedule says: an orphan without a marker is neither
+    /// kept nor listed.
+    #[test]
+    fn ls_sweeps_every_record_and_does_not_list_what_it_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        record(&home, "web-run-1", CONTAINER, Some(dead_process()));
+        record(&home, "web-2", CONTAINER, None);
+        let listed: Vec<String> = envs.list().unwrap().into_iter().map(|e| e.env_id).collect();
+        assert_eq!(listed, vec!["web-2".to_string()]);
+        assert!(!home.env_dir("web-run-1").exists());
+    }
+
+    /// kill -9 of a networked VMM in a home already swept in this boot: the VM's marker (as
+    /// `up` writes it) gets its network released by the next command; without the marker an
+    /// ordinary command does not look.
+    #[test]
+    fn the_network_of_a_killed_vmm_is_released_through_its_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let Some(net) = test_network(&home, "e") else {
+            return;
+        };
+        let id = "vmnet-watch";
+        let _cleanup = DetachOnDrop {
+            net: &net,
+            env_id: id,
+        };
+        let envs = Environments::open(&home);
+        home.mark_swept().unwrap();
+        let env = home.env_dir(id);
+        let t = net.plumb_tap(id).unwrap();
+        write_json(
+            &env.join(VM_FILE),
+            &VmState::stand_in(Provider::Kvm, &env, dead_process().pid as u32),
+        )
+        .unwrap();
+        envs.collect_garbage();
+        assert_eq!(
+            master_of(&t.tap).as_deref(),
+            Some(net.options().bridge.name.as_str()),
+            "no marker: an ordinary command reads no environment folder"
+        );
+        envs.watch(id, BackendKind::Vm, None).unwrap();
+        envs.collect_garbage();
+        assert_released(&net, id, &t.tap);
+        assert!(
+            env.join(VM_FILE).exists(),
+            "still shown as dead until down/up"
+        );
+    }
 
     /// kill -9 of a networked VMM: the next command's garbage collection removes the tap,
     /// lease, NAT and bridge; a live VMM's, and a locked environment's, are left alone.

@@ -61,16 +61,20 @@ impl Environments {
         })
     }
 
-    /// Every environment with its state.
+    /// Every environment with its state. One read of each record, on which garbage
+    /// collection's full sweep runs first (the environments it removes are not listed); per
+    /// environment, the backend's cheapest look at its state ([`Backend::liveness`]: for a
+    /// container its state record and whether its supervisor lives).
+    ///
+    /// [`Backend::liveness`]: crate::backend::Backend::liveness
     pub fn list(&self) -> Result<Vec<EnvSummary>, EnvError> {
-        self.collect_garbage();
+        let records = self.records()?;
+        let removed = self.sweep_records(&records);
         let mut out = Vec::new();
-        for r in self.records()? {
+        for r in records.into_iter().filter(|r| !removed.contains(&r.env_id)) {
             let status = self
                 .backend(r.plan.backend)
-                .status(&self.home.env_dir(&r.env_id))
-                .map(|s| s.status)
-                .unwrap_or(EnvStatus::Dead);
+                .liveness(&self.home.env_dir(&r.env_id));
             out.push(EnvSummary {
                 env_id: r.env_id,
                 name: r.name,

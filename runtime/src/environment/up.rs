@@ -82,6 +82,7 @@ impl Environments {
             self.home.root(),
             &self.home.env_dir(&env_id),
         )?;
+        self.watch(&env_id, plan.backend, opts.ephemeral)?;
         let locked = self.lock(&env_id, &opts.progress)?;
         let previous = EnvRecord::load(&locked.dir)?;
         let first = previous.is_none();

@@ -117,7 +117,9 @@ impl BerthHome {
         ] {
             create_dir_all(&dir)?;
         }
-        home.restrict_access(nix::unistd::geteuid().is_root())?;
+        // The environment folders are narrowed by garbage collection's full sweep (due in a
+        // home of an older berth), not here: every command would read all of them.
+        home.restrict_store(nix::unistd::geteuid().is_root())?;
         Ok(home)
     }
 
@@ -129,8 +131,16 @@ impl BerthHome {
     /// the environment's root is the user); `layers/`, `blobs/`, `images/`, `tmp/`,
     /// `volumes/`, `kernels/` and `locks/` are `0700` (only berth's root-side processes open
     /// them); each `envs/<id>/` loses every permission for others. A home made by an older
-    /// berth is tightened here, by the next command, without touching its content.
+    /// berth is tightened by its next command, without touching its content: the store's
+    /// folders by [`BerthHome::at`], the environment folders by the full sweep of garbage
+    /// collection ([`BerthHome::narrow_env_dirs`]; see [`BerthHome::gc_due`]).
     pub fn restrict_access(&self, as_root: bool) -> Result<(), StateError> {
+        self.restrict_store(as_root)?;
+        self.narrow_env_dirs()
+    }
+
+    /// The home, `envs/` and the store's folders (see [`BerthHome::restrict_access`]).
+    fn restrict_store(&self, as_root: bool) -> Result<(), StateError> {
         let traversable = if as_root { 0o711 } else { 0o700 };
         set_mode(&self.root, traversable)?;
         set_mode(&self.envs_dir(), traversable)?;
@@ -145,6 +155,12 @@ impl BerthHome {
         ] {
             set_mode(&dir, 0o700)?;
         }
+        Ok(())
+    }
+
+    /// Takes every permission for others (and group read/write) from each `envs/<id>/`, as
+    /// older versions made them 0755: one read of `envs/` and a stat per environment.
+    pub fn narrow_env_dirs(&self) -> Result<(), StateError> {
         let Ok(envs) = fs::read_dir(self.envs_dir()) else {
             return Ok(());
         };

@@ -12,6 +12,8 @@
 //! kernels/<version>/        VM kernels and modules
 //! tmp/                      staging area on the same filesystem, so renames are atomic
 //! locks/                    store-wide locks (image store)
+//! watch/                    environments garbage collection watches (see `watch_list.rs`)
+//! gc.json                   the boot in which the home was last swept whole
 //! ```
 //!
 //! Every state file is written with [`atomic_write`]: write to a temporary file in the same
@@ -28,6 +30,7 @@ mod home;
 mod lock;
 mod private_dir;
 mod staging;
+mod watch_list;
 
 use std::fs;
 use std::io;
@@ -46,6 +49,7 @@ pub use home::{env_id, remove_staging_on_signals, BerthHome, ENV_LOCK_FILE};
 pub use lock::{FileLock, LockMode};
 pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
 pub use staging::{remove_tree, unique_suffix, StagingDir};
+pub use watch_list::{GcDue, WatchList, Watched};
 
 /// Errors about berth's own state directory.
 #[derive(Debug, thiserror::Error)]
