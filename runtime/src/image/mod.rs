@@ -23,6 +23,7 @@ pub mod bases;
 pub mod blob_store;
 pub mod build;
 pub mod build_inputs;
+pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod export;
