@@ -36,10 +36,12 @@ pub mod lockfile;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod registry;
 pub mod sparse;
 pub mod store;
 pub mod unpack;
+pub mod upload;
 pub mod xattrs;
 
 pub use digest::Digest;
@@ -53,6 +55,7 @@ pub use progress::{
     human_duration, LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress,
 };
 pub use pull::PullOptions;
+pub use push::{LayerCompression, PushOptions, PushReport};
 pub use registry::RegistryOptions;
 pub use store::{
     ImageListing, ImageStore, ImageSummary, PruneReport, ResolveOptions, ResolvedImage,

@@ -195,7 +195,8 @@ impl RegistryClient {
                 .http
                 .request(method.clone(), url)
                 .headers(headers.clone());
-            if let Some(a) = auth {
+            // Credentials go to the registry only (an upload URL may point elsewhere).
+            if let Some(a) = auth.filter(|_| self.same_origin(url)) {
                 req = req.header(AUTHORIZATION, a);
             }
             if let Some(b) = body {
