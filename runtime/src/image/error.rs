@@ -55,6 +55,8 @@ pub enum ImageError {
         repository: String,
         detail: String,
     },
+    #[error("registry {registry} refused the login ({detail}); check the user name and password: nothing was saved")]
+    LoginRefused { registry: String, detail: String },
     #[error("registry credentials in {path}: {detail}")]
     CredentialFile { path: PathBuf, detail: String },
     #[error("credential helper {helper} {detail}")]

@@ -33,6 +33,7 @@ pub mod layer_copies;
 pub mod layer_store;
 pub mod layer_writer;
 pub mod lockfile;
+pub mod login;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
