@@ -56,7 +56,9 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
         let saved = nix::sys::termios::tcgetattr(tty.as_fd()).ok();
         if let Some(s) = &saved {
             let mut quiet = s.clone();
-            quiet.local_flags.remove(nix::sys::termios::LocalFlags::ECHO);
+            quiet
+                .local_flags
+                .remove(nix::sys::termios::LocalFlags::ECHO);
             let _ = nix::sys::termios::tcsetattr(
                 tty.as_fd(),
                 nix::sys::termios::SetArg::TCSAFLUSH,
@@ -78,7 +80,8 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
 }
 
 pub fn login(args: &LoginArgs, g: &GlobalArgs) -> Result<i32, CliError> {
-    let registry = login::registry_host(&args.registry).map_err(|e| CliError::usage(e.to_string()))?;
+    let registry =
+        login::registry_host(&args.registry).map_err(|e| CliError::usage(e.to_string()))?;
     let username = match &args.username {
         Some(u) => u.clone(),
         None if args.password_stdin => {
@@ -123,7 +126,8 @@ pub fn login(args: &LoginArgs, g: &GlobalArgs) -> Result<i32, CliError> {
 }
 
 pub fn logout(args: &LogoutArgs, g: &GlobalArgs) -> Result<i32, CliError> {
-    let registry = login::registry_host(&args.registry).map_err(|e| CliError::usage(e.to_string()))?;
+    let registry =
+        login::registry_host(&args.registry).map_err(|e| CliError::usage(e.to_string()))?;
     match login::remove(&registry).map_err(fail)? {
         Some(from) => {
             if !g.quiet {

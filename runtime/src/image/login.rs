@@ -130,24 +130,24 @@ pub fn save(registry: &str, credentials: &Credentials) -> Result<CredentialStore
         helper_store(&helper, registry, credentials)?;
         return Ok(CredentialStore::Helper(helper));
     }
-    let obj = cfg.as_object_mut().ok_or_else(|| ImageError::CredentialFile {
-        path: path.clone(),
-        detail: "it is not a JSON object; fix or move it away".into(),
-    })?;
-    let auths = obj
-        .entry("auths")
-        .or_insert_with(|| serde_json::json!({}));
-    let auths = auths.as_object_mut().ok_or_else(|| ImageError::CredentialFile {
-        path: path.clone(),
-        detail: "`auths` is not an object; fix or move it away".into(),
-    })?;
+    let obj = cfg
+        .as_object_mut()
+        .ok_or_else(|| ImageError::CredentialFile {
+            path: path.clone(),
+            detail: "it is not a JSON object; fix or move it away".into(),
+        })?;
+    let auths = obj.entry("auths").or_insert_with(|| serde_json::json!({}));
+    let auths = auths
+        .as_object_mut()
+        .ok_or_else(|| ImageError::CredentialFile {
+            path: path.clone(),
+            detail: "`auths` is not an object; fix or move it away".into(),
+        })?;
     let key = find_key(auths, registry)
         .cloned()
         .unwrap_or_else(|| server_key(registry));
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        credentials.username, credentials.password
-    ));
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", credentials.username, credentials.password));
     auths.insert(key, serde_json::json!({ "auth": auth }));
     write_config(&path, &cfg)?;
     Ok(CredentialStore::File(path))
