@@ -3,7 +3,7 @@
 //! `auths` of docker's config file, written atomically with mode 0600, other keys kept).
 //! Reading them back is [`super::credentials`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use envfile_spec::reference::ImageReference;
@@ -105,7 +105,7 @@ fn helper_for(cfg: &serde_json::Value, registry: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-fn write_config(path: &PathBuf, cfg: &serde_json::Value) -> Result<(), ImageError> {
+fn write_config(path: &Path, cfg: &serde_json::Value) -> Result<(), ImageError> {
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             use std::os::unix::fs::DirBuilderExt;

@@ -25,7 +25,7 @@ use super::manifest::{
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
 use super::store::ImageStore;
-use super::upload::{chunk_size_from_env, push_blob, BlobOutcome, UploadJournal};
+use super::upload::{chunk_size_from_env, push_blob, BlobOutcome, LocalBlob, UploadJournal};
 use crate::state::{read_json, write_json};
 
 /// How uncompressed layers are compressed for the registry.
@@ -336,16 +336,12 @@ impl ImageStore {
         });
         let send = |o: &Outgoing, sources: &[String]| -> Result<(), ImageError> {
             let mut bar = opts.progress.start(&o.label, Some(o.size));
-            let outcome = push_blob(
-                &client,
-                &journal,
-                &o.path,
-                &o.digest,
-                o.size,
-                sources,
-                chunk,
-                bar.as_mut(),
-            )?;
+            let blob = LocalBlob {
+                path: &o.path,
+                digest: &o.digest,
+                size: o.size,
+            };
+            let outcome = push_blob(&client, &journal, &blob, sources, chunk, bar.as_mut())?;
             let note = match outcome {
                 BlobOutcome::Existed => "already there".to_string(),
                 BlobOutcome::Mounted => "mounted from another repository".to_string(),

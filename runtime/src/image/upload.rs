@@ -236,6 +236,12 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// Closes an upload session that will not be used (best effort: the registry expires
+    /// it anyway).
+    pub fn cancel_upload(&self, location: &str) {
+        let _ = self.request(Method::DELETE, location, HeaderMap::new(), None);
+    }
+
     /// Stores a manifest or index under `reference` (a tag or its digest).
     pub fn put_manifest(
         &self,
@@ -342,34 +348,46 @@ impl UploadJournal {
     }
 }
 
-/// Puts the blob at `path` (`digest`, `size` bytes) into the client's repository: nothing
-/// when it is there, a mount from one of `mount_from` when the registry allows, else an
-/// upload (continuing an interrupted one of this home when the registry still has it).
+/// A blob of the local store to put into a repository.
+pub struct LocalBlob<'a> {
+    pub path: &'a Path,
+    pub digest: &'a Digest,
+    pub size: u64,
+}
+
+/// Puts `blob` into the client's repository: nothing when it is there, a mount from one of
+/// `mount_from` when the registry allows, else an upload (continuing an interrupted one of
+/// this home when the registry still has it).
 pub fn push_blob(
     client: &RegistryClient,
     journal: &UploadJournal,
-    path: &Path,
-    digest: &Digest,
-    size: u64,
+    blob: &LocalBlob<'_>,
     mount_from: &[String],
     chunk: u64,
     progress: &mut dyn TransferProgress,
 ) -> Result<BlobOutcome, ImageError> {
+    let (path, digest, size) = (blob.path, blob.digest, blob.size);
     if client.blob_exists(digest)? {
         journal.remove(client, digest);
         return Ok(BlobOutcome::Existed);
     }
+    // A registry that cannot mount from a source opens an upload session instead: it is
+    // closed when another source remains to try, else used for the upload.
+    let sources: Vec<&String> = mount_from
+        .iter()
+        .rev()
+        .filter(|f| *f != client.repository())
+        .take(3)
+        .collect();
     let mut session = None;
-    for from in mount_from.iter().filter(|f| *f != client.repository()) {
+    for (i, from) in sources.iter().enumerate() {
         match client.mount_blob(digest, from)? {
             Mount::Mounted => {
                 journal.remove(client, digest);
                 return Ok(BlobOutcome::Mounted);
             }
-            Mount::Upload(loc) => {
-                session = Some(loc);
-                break;
-            }
+            Mount::Upload(loc) if i + 1 < sources.len() => client.cancel_upload(&loc),
+            Mount::Upload(loc) => session = Some(loc),
         }
     }
     let mut file = File::open(path).map_err(ImageError::io(path))?;
