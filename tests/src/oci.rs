@@ -459,6 +459,8 @@ impl Drop for Registry {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     map: BTreeMap<String, (String, Vec<u8>)>,
+    /// Upload sessions: `POST /v2/<repo>/blobs/uploads/` answers 202 with this `Location`.
+    uploads: BTreeMap<String, String>,
 }
 
 impl Routes {
@@ -480,6 +482,11 @@ impl Routes {
             format!("/v2/{repo}/manifests/{reference}"),
             (media_type.into(), bytes.to_vec()),
         );
+    }
+    /// Uploads to `repo` are sent to `location` (which may be anywhere: a hostile registry).
+    pub fn upload_location(&mut self, repo: &str, location: &str) {
+        self.uploads
+            .insert(format!("/v2/{repo}/blobs/uploads/"), location.to_string());
     }
 }
 
@@ -666,6 +673,16 @@ fn serve(
     }
     if path == "/v2/" {
         return respond(&mut out, "200 OK", "", b"{}");
+    }
+    if method == "POST" {
+        if let Some(location) = routes.uploads.get(path) {
+            return respond(
+                &mut out,
+                "202 Accepted",
+                &format!("Location: {location}\r\n"),
+                b"",
+            );
+        }
     }
     let Some((ctype, body)) = routes.map.get(path) else {
         return respond(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use berth_e2e::host::busybox_rootfs;
-use berth_e2e::oci::Registry;
+use berth_e2e::oci::{FakeRegistry, Registry, Routes};
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
@@ -580,4 +580,53 @@ setup = ["echo built-by-setup > /greeting"]
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&list.stdout), "built-by-setup\n");
     b.ok(project.path(), &["destroy"]);
+}
+
+#[test]
+fn credentials_never_follow_an_upload_sent_to_another_host() {
+    // A hostile registry (bearer tokens, with credentials from docker's file) answers the
+    // upload request with a Location on another host: berth must not go there, least of
+    // all with the registry's token or the user's password.
+    let elsewhere = FakeRegistry::start(Routes::default(), false);
+    let mut routes = Routes::default();
+    routes.upload_location(
+        "team/app",
+        &format!("http://{}/v2/steal/blobs/uploads/x", elsewhere.addr),
+    );
+    let hostile = FakeRegistry::start_with(routes, true, Some("ci-user:s3cret"));
+    let b = Berth::new();
+    let src = tempfile::tempdir().unwrap();
+    local_image(&b, &src.path().join("rootfs"), "local/app", 10_000, 6);
+    let cfg = tempfile::tempdir().unwrap();
+    fs::write(
+        cfg.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"Y2ktdXNlcjpzM2NyZXQ="}}}}}}"#,
+            hostile.addr
+        ),
+    )
+    .unwrap();
+    let err = fails(
+        &b,
+        &[("DOCKER_CONFIG", cfg.path().to_str().unwrap())],
+        &[
+            "image",
+            "push",
+            &format!("{}/team/app:v1", hostile.addr),
+            "local/app",
+        ],
+    );
+    assert!(err.contains("uploads only to the registry itself"), "{err}");
+    // The hostile registry was reached with its token (the push scope was granted)...
+    assert!(
+        hostile.requests().iter().any(|r| r.authorized),
+        "{:?}",
+        hostile.requests()
+    );
+    // ...and nothing at all went elsewhere.
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
 }
