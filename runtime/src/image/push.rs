@@ -25,7 +25,7 @@ use super::manifest::{
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
 use super::store::ImageStore;
-use super::upload::{chunk_size_from_env, push_blob, BlobOutcome, LocalBlob, UploadJournal};
+use super::upload::{chunk_size_from_env, private_dirs, push_blob, BlobOutcome, LocalBlob, UploadJournal};
 use crate::state::{read_json, write_json};
 
 /// How uncompressed layers are compressed for the registry.
@@ -154,7 +154,7 @@ impl ImageStore {
                 self.blobs.put_stream(enc, &origin)?
             }
         };
-        std::fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+        private_dirs(&dir)?;
         write_json(
             &memo,
             &Compressed {
@@ -190,7 +190,7 @@ impl ImageStore {
         if all.len() > 16 {
             all.remove(0);
         }
-        std::fs::create_dir_all(&dir).map_err(ImageError::io(&dir))?;
+        private_dirs(&dir)?;
         Ok(write_json(&path, &all)?)
     }
 

@@ -268,6 +268,16 @@ impl RegistryClient {
     }
 }
 
+/// Creates `dir` and missing parents with mode 0700 (the home's own folders are private).
+pub(super) fn private_dirs(dir: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(ImageError::io(dir))
+}
+
 fn length_zero() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
@@ -333,7 +343,7 @@ impl UploadJournal {
         digest: &Digest,
         location: &str,
     ) -> Result<(), ImageError> {
-        std::fs::create_dir_all(&self.dir).map_err(ImageError::io(&self.dir))?;
+        private_dirs(&self.dir)?;
         let rec = OpenUpload {
             registry: client.registry.clone(),
             repository: client.repository.clone(),
