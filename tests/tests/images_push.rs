@@ -67,6 +67,14 @@ fn local_image(b: &Berth, dir: &Path, name: &str, size: usize, seed: u8) {
     );
 }
 
+/// A fresh home holding `local/app` ([`local_image`]; its source tree is gone after).
+fn home_with_image(size: usize, seed: u8) -> Berth {
+    let b = Berth::new();
+    let src = tempfile::tempdir().unwrap();
+    local_image(&b, &src.path().join("rootfs"), "local/app", size, seed);
+    b
+}
+
 /// The digest berth printed for a push (`REF@sha256:…` on stdout).
 fn pushed_digest(out: &str) -> String {
     out.trim()
@@ -89,9 +97,7 @@ fn uploads(requests: &[String]) -> Vec<&String> {
 #[test]
 fn pushed_images_pull_back_with_identical_digests_and_skopeo_reads_them() {
     let Some(reg) = Registry::start() else { return };
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 300_000, 1);
+    let b = home_with_image(300_000, 1);
     let target = format!("{}/team/app:v1", reg.addr);
     let (out, err) = ok(&b, &[], &["image", "push", &target, "local/app"]);
     let digest = pushed_digest(&out);
@@ -174,9 +180,7 @@ fn skopeo_manifest(reference: &str) -> serde_json::Value {
 #[test]
 fn a_second_push_sends_nothing_and_another_repository_mounts_the_blobs() {
     let Some(reg) = Registry::start() else { return };
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 200_000, 2);
+    let b = home_with_image(200_000, 2);
     let first = format!("{}/team/app:v1", reg.addr);
     let (out, _) = ok(&b, &[], &["image", "push", &first, "local/app"]);
     let digest = pushed_digest(&out);
@@ -229,9 +233,7 @@ fn an_interrupted_push_resumes_and_a_registry_that_is_down_is_named() {
     let Some(mut reg) = Registry::start() else {
         return;
     };
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 1 << 20, 3);
+    let b = home_with_image(1 << 20, 3);
     let target = format!("{}/team/app:v1", reg.addr);
     let chunk = [("BERTH_PUSH_CHUNK_SIZE", "262144")];
 
@@ -360,9 +362,7 @@ fn login_push_pull_logout_with_a_password_protected_registry() {
     let Some(reg) = Registry::start_with_htpasswd("alice", MARKER_PASSWORD) else {
         return;
     };
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 100_000, 4);
+    let b = home_with_image(100_000, 4);
     let cfg = tempfile::tempdir().unwrap();
     let cfg_file = cfg.path().join("config.json");
     // Other settings and logins in docker's file are kept.
@@ -448,9 +448,7 @@ fn credential_helpers_and_podmans_auth_file_are_used() {
     let Some(reg) = Registry::start_with_htpasswd("alice", MARKER_PASSWORD) else {
         return;
     };
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 50_000, 5);
+    let b = home_with_image(50_000, 5);
     let tools = tempfile::tempdir().unwrap();
     let store = tools.path().join("stored.json");
     let helper = tools.path().join("docker-credential-test");
@@ -594,9 +592,7 @@ fn credentials_never_follow_an_upload_sent_to_another_host() {
         &format!("http://{}/v2/steal/blobs/uploads/x", elsewhere.addr),
     );
     let hostile = FakeRegistry::start_with(routes, true, Some("ci-user:s3cret"));
-    let b = Berth::new();
-    let src = tempfile::tempdir().unwrap();
-    local_image(&b, &src.path().join("rootfs"), "local/app", 10_000, 6);
+    let b = home_with_image(10_000, 6);
     let cfg = tempfile::tempdir().unwrap();
     fs::write(
         cfg.path().join("config.json"),

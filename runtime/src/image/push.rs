@@ -25,7 +25,9 @@ use super::manifest::{
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
 use super::store::ImageStore;
-use super::upload::{chunk_size_from_env, private_dirs, push_blob, BlobOutcome, LocalBlob, UploadJournal};
+use super::upload::{
+    chunk_size_from_env, private_dirs, push_blob, BlobOutcome, LocalBlob, UploadJournal,
+};
 use crate::state::{read_json, write_json};
 
 /// How uncompressed layers are compressed for the registry.
