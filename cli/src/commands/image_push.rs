@@ -56,6 +56,11 @@ pub fn run(args: &PushArgs, g: &GlobalArgs) -> Result<i32, CliError> {
                     ),
                 )
             })?;
+            if record.plan_hash != current.plan.hash() && !g.quiet {
+                eprintln!(
+                    "notice: berth.toml changed since the last `berth up`; pushing the image that `up` built (run `berth up` first to push the current one)"
+                );
+            }
             image.name.clone()
         }
     };

@@ -438,3 +438,48 @@ impl ImageStore {
         Ok(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::progress::QuietProgress;
+    use crate::image::unpack::tests::tar_of;
+
+    #[test]
+    fn the_same_layer_always_compresses_to_the_same_blob() {
+        let d = tempfile::tempdir().unwrap();
+        let home = crate::state::BerthHome::at(d.path()).unwrap();
+        let store = ImageStore::open(&home);
+        let tar = tar_of(&[("a/", 'd', ""), ("a/f", 'f', "content")]);
+        let layer = store.blobs.put_bytes(&tar, None, "t").unwrap();
+        let progress: Progress = std::sync::Arc::new(QuietProgress);
+        for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
+            let first = store
+                .compressed_layer(&layer, compression, &progress)
+                .unwrap();
+            // Forget the memo and the blob: compressing again gives the same bytes.
+            std::fs::remove_dir_all(store.push_dir()).unwrap();
+            store.blobs.remove(&first.0).unwrap();
+            let again = store
+                .compressed_layer(&layer, compression, &progress)
+                .unwrap();
+            assert_eq!(first, again, "{compression:?}");
+            let bytes = store.blobs.read(&again.0).unwrap();
+            match compression {
+                // gzip: no modification time (bytes 4..8) and no file name flag.
+                LayerCompression::Gzip => {
+                    assert_eq!(&bytes[..4], &[0x1f, 0x8b, 8, 0]);
+                    assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
+                }
+                LayerCompression::Zstd => assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]),
+            }
+            // The memo is used the next time (no new blob written).
+            assert_eq!(
+                store
+                    .compressed_layer(&layer, compression, &progress)
+                    .unwrap(),
+                again
+            );
+        }
+    }
+}
