@@ -626,3 +626,53 @@ fn credentials_never_follow_an_upload_sent_to_another_host() {
         elsewhere.requests()
     );
 }
+
+#[test]
+fn the_password_prompt_on_a_terminal_does_not_echo() {
+    if !berth_e2e::host::have("expect", "-v") {
+        eprintln!("SKIP: expect is not installed (apt-get install expect)");
+        return;
+    }
+    let Some(reg) = Registry::start_with_htpasswd("alice", MARKER_PASSWORD) else {
+        return;
+    };
+    let b = Berth::new();
+    let cfg = tempfile::tempdir().unwrap();
+    // Everything the terminal shows is in expect's output (log_user is on).
+    let script = format!(
+        r#"set timeout 60
+spawn {exe} login {addr}
+expect {{
+    timeout {{ exit 99 }}
+    "Username: "
+}}
+send "alice\r"
+expect {{
+    timeout {{ exit 99 }}
+    "Password: "
+}}
+send "{MARKER_PASSWORD}\r"
+expect {{
+    timeout {{ exit 99 }}
+    eof
+}}
+catch wait result
+exit [lindex $result 3]
+"#,
+        exe = berth_e2e::berth_bin().display(),
+        addr = reg.addr
+    );
+    let o = Command::new("expect")
+        .args(["-c", &script])
+        .env("BERTH_HOME", b.home.path())
+        .env("DOCKER_CONFIG", cfg.path())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("Login Succeeded"), "{out}");
+    assert!(out.contains("alice"), "the user name is echoed: {out}");
+    assert_no_secret(b.home.path(), &format!("{out}{err}"));
+    let saved = fs::read_to_string(cfg.path().join("config.json")).unwrap();
+    assert!(saved.contains(&reg.addr), "{saved}");
+}

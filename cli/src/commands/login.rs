@@ -2,7 +2,7 @@
 //! docker's flags and files: the password comes from stdin or a prompt that does not echo,
 //! never from the command line; it is checked against the registry before it is saved.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
 
 use berth_runtime::image::auth::Credentials;
@@ -52,6 +52,7 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
     let mut out = &tty;
     let _ = write!(out, "{prompt}");
     let _ = out.flush();
+    // Echo off without discarding what was typed already (TCSANOW, not TCSAFLUSH).
     let saved = if secret {
         let saved = nix::sys::termios::tcgetattr(tty.as_fd()).ok();
         if let Some(s) = &saved {
@@ -61,7 +62,7 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
                 .remove(nix::sys::termios::LocalFlags::ECHO);
             let _ = nix::sys::termios::tcsetattr(
                 tty.as_fd(),
-                nix::sys::termios::SetArg::TCSAFLUSH,
+                nix::sys::termios::SetArg::TCSANOW,
                 &quiet,
             );
         }
@@ -69,13 +70,26 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
     } else {
         None
     };
-    let mut line = String::new();
-    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    // Byte by byte: a buffered read could take the next answer's line too.
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = &tty;
+    let read = loop {
+        match reader.read(&mut byte) {
+            Ok(0) => break Ok(()),
+            Ok(_) if byte[0] == b'\n' => break Ok(()),
+            Ok(_) => bytes.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e),
+        }
+    };
     if let Some(s) = saved {
-        let _ = nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSAFLUSH, &s);
+        let _ = nix::sys::termios::tcsetattr(tty.as_fd(), nix::sys::termios::SetArg::TCSANOW, &s);
         let _ = writeln!(out);
     }
     read.map_err(|e| CliError::new(EXIT_ERROR, format!("cannot read from the terminal: {e}")))?;
+    let line =
+        String::from_utf8(bytes).map_err(|_| CliError::usage("the answer is not UTF-8 text"))?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
