@@ -4,19 +4,28 @@
 #     `tar -xzf` of the same ~200 MB gzip layer;
 #  2. pull: `berth image pull` of a 4-layer image from a loopback docker-registry (download,
 #     verify, unpack) vs `skopeo copy` of it to a local OCI dir (download only), and vs
-#     `skopeo copy` + `umoci unpack` (download and unpack, like berth).
+#     `skopeo copy` + `umoci unpack` (download and unpack, like berth);
+#  3. push: `berth image push` of that pulled image (compressed layers, sent as they are) vs
+#     `skopeo copy` of the same OCI layout, each to an empty second loopback registry.
 # Needs: hyperfine, docker-registry, skopeo, umoci, python3. Run as root (tar keeps owners).
-# Usage: bench/images.sh [MB]   (default 200)
+# Usage: bench/images.sh [MB]   (default 200; RUNS=5, BERTH_BIN=path to skip the release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-200}
 RUNS=${RUNS:-5}
-cargo build --release -p berth-cli >&2
-BERTH=$PWD/target/release/berth
+# BERTH_BIN: a berth binary to measure instead of building the release one (a script check).
+if [ -n "${BERTH_BIN:-}" ]; then
+  BERTH=$BERTH_BIN
+else
+  cargo build --release -p berth-cli >&2
+  BERTH=$PWD/target/release/berth
+fi
 W=$(mktemp -d /var/tmp/berth-bench.XXXXXX)
 REG_PID=
 cleanup() {
-  [ -n "$REG_PID" ] && kill "$REG_PID" 2>/dev/null && wait "$REG_PID" 2>/dev/null
+  # Each step may fail (a process already gone) without ending the cleanup (set -e).
+  if [ -f "$W/push.pid" ]; then kill "$(cat "$W/push.pid")" 2>/dev/null || true; fi
+  if [ -n "$REG_PID" ]; then kill "$REG_PID" 2>/dev/null || true; wait "$REG_PID" 2>/dev/null || true; fi
   rm -rf "$W"
 }
 trap cleanup EXIT INT TERM
@@ -59,11 +68,34 @@ hyperfine --runs "$RUNS" --export-json "$W/pull.json" \
   -n "skopeo copy + umoci unpack" "skopeo copy -q --src-tls-verify=false docker://$REF oci:$W/d:latest && umoci unpack --image $W/d:latest $W/b >/dev/null" \
   -n "berth image pull" "BERTH_HOME=$W/h $BERTH -q image pull $REF"
 
-python3 - "$W/unpack.json" "$W/pull.json" "$RAW" <<'PY'
+echo "== push: the same image to an empty loopback registry (restarted empty before each run)" >&2
+PPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat > "$W/push-reg.yml" <<YML
+version: 0.1
+log: {level: error}
+storage: {filesystem: {rootdirectory: $W/push-reg}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$PPORT}
+YML
+cat > "$W/fresh-push-registry.sh" <<SH
+#!/bin/sh
+[ -f $W/push.pid ] && kill \$(cat $W/push.pid) 2>/dev/null && sleep 0.2
+rm -rf $W/push-reg $W/hp/push
+docker-registry serve $W/push-reg.yml >/dev/null 2>&1 &
+echo \$! > $W/push.pid
+for _ in \$(seq 100); do curl -fs http://127.0.0.1:$PPORT/v2/ >/dev/null && break; sleep 0.05; done
+SH
+chmod +x "$W/fresh-push-registry.sh"
+BERTH_HOME=$W/hp $BERTH -q image pull "$REF" >/dev/null
+hyperfine --runs "$RUNS" --export-json "$W/push.json" \
+  --prepare "$W/fresh-push-registry.sh" \
+  -n "skopeo copy (push)" "skopeo copy -q --dest-tls-verify=false oci:$W/oci:bench docker://127.0.0.1:$PPORT/bench:latest" \
+  -n "berth image push" "BERTH_HOME=$W/hp $BERTH -q image push 127.0.0.1:$PPORT/bench:latest $REF"
+
+python3 - "$W/unpack.json" "$W/pull.json" "$RAW" "$W/push.json" <<'PY'
 import json, sys
 def med(path):
     return {r["command"]: r["median"] for r in json.load(open(path))["results"]}
-u, p, raw = med(sys.argv[1]), med(sys.argv[2]), int(sys.argv[3])
+u, p, raw, s = med(sys.argv[1]), med(sys.argv[2]), int(sys.argv[3]), med(sys.argv[4])
 print()
 print("unpack of a %d MB layer (median):" % (raw // 1000000))
 for k, v in u.items():
@@ -74,4 +106,8 @@ for k, v in p.items():
     print("  %-28s %7.2f s" % (k, v))
 print("  ratio berth/skopeo copy: %.2fx (target < 1.0x; berth also unpacks)" % (p["berth image pull"] / p["skopeo copy"]))
 print("  ratio berth/(skopeo copy + umoci unpack): %.2fx" % (p["berth image pull"] / p["skopeo copy + umoci unpack"]))
+print("push of the 4-layer image to an empty loopback registry (median):")
+for k, v in s.items():
+    print("  %-28s %7.2f s" % (k, v))
+print("  ratio berth/skopeo copy: %.2fx (target <= 1.0x)" % (s["berth image push"] / s["skopeo copy (push)"]))
 PY

@@ -10,6 +10,7 @@ use crate::commands::down::{DestroyArgs, DownArgs};
 use crate::commands::exec::{ExecArgs, ShellArgs};
 use crate::commands::image::ImageCommand;
 use crate::commands::init::InitArgs;
+use crate::commands::login::{LoginArgs, LogoutArgs};
 use crate::commands::logs::LogsArgs;
 use crate::commands::run::RunArgs;
 use crate::commands::snapshot::SnapshotCommand;
@@ -60,6 +61,10 @@ pub enum Command {
     /// Manage images and layers.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Log in to a registry (credentials saved as docker saves them).
+    Login(LoginArgs),
+    /// Remove the saved credentials of a registry.
+    Logout(LogoutArgs),
     /// Save and restore the environment's writable layer.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),

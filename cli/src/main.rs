@@ -92,6 +92,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
         Command::Run(args) => commands::run::run(g, &args),
+        Command::Login(args) => commands::login::login(&args, g),
+        Command::Logout(args) => commands::login::logout(&args, g),
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
         Command::SyncProcess { env_dir } => {
             Ok(berth_runtime::environment::live_sync::main(&env_dir))

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -243,17 +243,28 @@ fn free_port() -> u16 {
 }
 
 /// Debian's `docker-registry` serving on a random loopback port from a temp folder; killed
-/// on drop.
+/// on drop. Its access log (one line per request) is kept for tests that count requests.
 pub struct Registry {
     child: Child,
     pub addr: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    bin: &'static str,
     http: reqwest::blocking::Client,
 }
 
 impl Registry {
     /// Starts the registry, or `None` (with a message) when it is not installed.
     pub fn start() -> Option<Registry> {
+        Self::start_with(None)
+    }
+
+    /// A registry demanding `user`/`password` (htpasswd, bcrypt, as `htpasswd -B` writes
+    /// it), or `None` (with a message) when `docker-registry` or `htpasswd` is missing.
+    pub fn start_with_htpasswd(user: &str, password: &str) -> Option<Registry> {
+        Self::start_with(Some((user, password)))
+    }
+
+    fn start_with(auth: Option<(&str, &str)>) -> Option<Registry> {
         let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
             .into_iter()
             .find(|p| Path::new(p).exists());
@@ -262,45 +273,109 @@ impl Registry {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let cfg = dir.path().join("config.yml");
+        let auth_cfg = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let out = match Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                {
+                    Ok(o) if o.status.success() => o.stdout,
+                    _ => {
+                        eprintln!(
+                            "SKIP: htpasswd is not installed (apt-get install apache2-utils)"
+                        );
+                        return None;
+                    }
+                };
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, out).unwrap();
+                format!(
+                    "auth: {{htpasswd: {{realm: berth-test, path: {}}}}}\n",
+                    file.display()
+                )
+            }
+        };
+        let addr = format!("127.0.0.1:{}", free_port());
         std::fs::write(
-            &cfg,
+            dir.path().join("config.yml"),
             format!(
-                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}}}\n",
+                "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: {addr}, secret: berth-test-upload-state}}\n{auth_cfg}",
                 dir.path().join("data").display()
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let reg = Registry {
+        let child = Self::spawn(bin, dir.path());
+        let mut reg = Registry {
             child,
             addr,
-            _dir: dir,
+            dir,
+            bin,
             http: reqwest::blocking::Client::new(),
         };
+        reg.wait_up();
+        Some(reg)
+    }
+
+    fn spawn(bin: &str, dir: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("registry.log"))
+            .unwrap();
+        Command::new(bin)
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry")
+    }
+
+    fn wait_up(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = reg.http.get(format!("http://{}/v2/", reg.addr)).send() {
-                if r.status().is_success() {
+            if let Ok(r) = self.http.get(format!("http://{}/v2/", self.addr)).send() {
+                if r.status().is_success() || r.status().as_u16() == 401 {
                     break;
                 }
             }
             assert!(
                 Instant::now() < deadline,
                 "docker-registry did not come up on {}",
-                reg.addr
+                self.addr
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        Some(reg)
+    }
+
+    /// Stops the registry (as a crash would); [`Registry::restart`] brings it back on the
+    /// same port with the same content (and the same `http.secret`, so upload sessions
+    /// opened before stay valid, as on a production registry).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.bin, self.dir.path());
+        self.wait_up();
+    }
+
+    /// The requests served so far, as `METHOD /path?query STATUS` (from the access log).
+    pub fn requests(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("] \"")?;
+                let (req, after) = rest.split_once('"')?;
+                let mut parts = req.split(' ');
+                let (method, path) = (parts.next()?, parts.next()?);
+                let status = after.split_whitespace().next()?;
+                Some(format!("{method} {path} {status}"))
+            })
+            .collect()
     }
 
     pub fn push_blob(&self, repo: &str, bytes: &[u8]) {
@@ -384,6 +459,8 @@ impl Drop for Registry {
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
     map: BTreeMap<String, (String, Vec<u8>)>,
+    /// Upload sessions: `POST /v2/<repo>/blobs/uploads/` answers 202 with this `Location`.
+    uploads: BTreeMap<String, String>,
 }
 
 impl Routes {
@@ -405,6 +482,11 @@ impl Routes {
             format!("/v2/{repo}/manifests/{reference}"),
             (media_type.into(), bytes.to_vec()),
         );
+    }
+    /// Uploads to `repo` are sent to `location` (which may be anywhere: a hostile registry).
+    pub fn upload_location(&mut self, repo: &str, location: &str) {
+        self.uploads
+            .insert(format!("/v2/{repo}/blobs/uploads/"), location.to_string());
     }
 }
 
@@ -591,6 +673,16 @@ fn serve(
     }
     if path == "/v2/" {
         return respond(&mut out, "200 OK", "", b"{}");
+    }
+    if method == "POST" {
+        if let Some(location) = routes.uploads.get(path) {
+            return respond(
+                &mut out,
+                "202 Accepted",
+                &format!("Location: {location}\r\n"),
+                b"",
+            );
+        }
     }
     let Some((ctype, body)) = routes.map.get(path) else {
         return respond(

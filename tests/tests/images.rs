@@ -820,7 +820,7 @@ fn token_service_gets_credentials_from_docker_config() {
     let b = Berth::new();
     let err = fails(&b, &["image", "pull", &reference]);
     assert!(
-        err.contains("refused access") && err.contains("docker login"),
+        err.contains("refused access") && err.contains("berth login"),
         "{err}"
     );
     // With ~/.docker/config.json-style credentials (auths.<host>.auth = base64 user:password).

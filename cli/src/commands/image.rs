@@ -1,4 +1,4 @@
-//! `berth image pull|ls|rm|prune|import|export`.
+//! `berth image pull|push|ls|rm|prune|import|export` (push in `image_push.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -26,6 +26,8 @@ pub enum ImageCommand {
         #[arg(long)]
         insecure: bool,
     },
+    /// Push an image (or, in a project folder, the environment's built image) to a registry.
+    Push(super::image_push::PushArgs),
     /// List images and their sizes (shared layers counted once).
     Ls(JsonFlag),
     /// Remove an image (its layers go with `prune` when nothing else uses them).
@@ -72,6 +74,7 @@ fn fail(e: impl std::error::Error) -> CliError {
 pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
     let (home, store) = store()?;
     match cmd {
+        ImageCommand::Push(args) => super::image_push::run(&args, g),
         ImageCommand::Pull {
             reference,
             insecure,

@@ -49,12 +49,18 @@ pub enum ImageError {
         status: u16,
         body: String,
     },
-    #[error("registry {registry} refused access to {repository} ({detail}); log in with `docker login {registry}` (berth reads ~/.docker/config.json) or check the repository name")]
+    #[error("registry {registry} refused access to {repository} ({detail}); log in with `berth login {registry}` (berth reads docker's ~/.docker/config.json and credential helpers, and podman's auth.json) or check the repository name")]
     Unauthorized {
         registry: String,
         repository: String,
         detail: String,
     },
+    #[error("registry {registry} refused the login ({detail}); check the user name and password: nothing was saved")]
+    LoginRefused { registry: String, detail: String },
+    #[error("registry credentials in {path}: {detail}")]
+    CredentialFile { path: PathBuf, detail: String },
+    #[error("credential helper {helper} {detail}")]
+    CredentialHelper { helper: String, detail: String },
     #[error("{reference} was not found in registry {registry}; check the name and tag")]
     ManifestNotFound { registry: String, reference: String },
     #[error("{what} from registry {registry} is not a supported image ({media_type}); berth reads OCI and Docker v2 schema 2 images")]

@@ -23,6 +23,7 @@ pub mod bases;
 pub mod blob_store;
 pub mod build;
 pub mod build_inputs;
+pub mod credentials;
 pub mod digest;
 pub mod error;
 pub mod export;
@@ -32,14 +33,17 @@ pub mod layer_copies;
 pub mod layer_store;
 pub mod layer_writer;
 pub mod lockfile;
+pub mod login;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod push;
 pub mod registry;
 pub mod sparse;
 pub mod store;
 pub mod tree_stamp;
 pub mod unpack;
+pub mod upload;
 pub mod xattrs;
 
 pub use digest::Digest;
@@ -53,6 +57,7 @@ pub use progress::{
     human_duration, LineProgress, Progress, ProgressReporter, QuietProgress, TransferProgress,
 };
 pub use pull::PullOptions;
+pub use push::{LayerCompression, PushOptions, PushReport};
 pub use registry::RegistryOptions;
 pub use store::{
     ImageListing, ImageStore, ImageSummary, PruneReport, ResolveOptions, ResolvedImage,

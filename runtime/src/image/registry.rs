@@ -1,5 +1,6 @@
 //! A client for the OCI distribution API v2 (pull side): manifests, indexes, blobs with
-//! resume, anonymous and bearer-token access, Docker config credentials.
+//! resume, anonymous, basic and bearer-token access with the user's registry credentials
+//! ([`super::credentials`]). The push side is in [`super::upload`].
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -8,10 +9,12 @@ use std::time::Duration;
 use envfile_spec::reference::ImageReference;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
+use reqwest::Method;
 use reqwest::StatusCode;
 
-use super::auth::{docker_credentials, Challenge, Credentials};
+use super::auth::{Challenge, Credentials};
 use super::blob_store::PartialBlob;
+use super::credentials;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::manifest::{Descriptor, MANIFEST_ACCEPT};
@@ -35,12 +38,16 @@ pub struct FetchedManifest {
 
 /// One repository of one registry.
 pub struct RegistryClient {
-    http: Client,
+    pub(super) http: Client,
     timeouts: RegistryTimeouts,
-    base: String,
-    registry: String,
-    repository: String,
-    credentials: Option<Credentials>,
+    pub(super) base: String,
+    pub(super) registry: String,
+    pub(super) repository: String,
+    /// Looked up on the first challenge (a credential helper runs only when needed); set
+    /// from the start by [`RegistryClient::with_credentials`].
+    credentials: Mutex<Option<Option<Credentials>>>,
+    /// Scopes asked of a token service besides the challenge's own (push, mount sources).
+    pub(super) scopes: Vec<String>,
     /// The `Authorization` value that last worked (a bearer token or basic credentials).
     authorization: Mutex<Option<String>>,
 }
@@ -91,9 +98,47 @@ impl RegistryClient {
             base,
             registry: reference.registry.clone(),
             repository: reference.repository.clone(),
-            credentials: docker_credentials(&reference.registry),
+            credentials: Mutex::new(None),
+            scopes: Vec::new(),
             authorization: Mutex::new(None),
         })
+    }
+
+    /// A client that authenticates with `credentials` instead of looking them up (for
+    /// `berth login`, which checks them before saving).
+    pub fn with_credentials(
+        reference: &ImageReference,
+        opts: &RegistryOptions,
+        credentials: Credentials,
+    ) -> Result<Self, ImageError> {
+        let c = Self::new(reference, opts)?;
+        if let Ok(mut g) = c.credentials.lock() {
+            *g = Some(Some(credentials));
+        }
+        Ok(c)
+    }
+
+    /// The user's credentials for this registry, looked up once.
+    fn credentials(&self) -> Result<Option<Credentials>, ImageError> {
+        let mut g = self
+            .credentials
+            .lock()
+            .map_err(|_| ImageError::Base("credential lookup panicked".into()))?;
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let found = credentials::lookup(&self.registry)?;
+        *g = Some(found.clone());
+        Ok(found)
+    }
+
+    /// Where the credentials in use come from, for messages (`None`: anonymous).
+    fn credentials_origin(&self) -> Option<String> {
+        self.credentials
+            .lock()
+            .ok()
+            .and_then(|g| g.clone().flatten())
+            .map(|c| c.origin)
     }
 
     /// `registry/repository`, for messages.
@@ -101,7 +146,7 @@ impl RegistryClient {
         format!("{}/{}", self.registry, self.repository)
     }
 
-    fn http_err(&self, url: &str, source: reqwest::Error) -> ImageError {
+    pub(super) fn http_err(&self, url: &str, source: reqwest::Error) -> ImageError {
         if source.is_timeout() {
             return self.timeout_err(url, source.is_connect());
         }
@@ -133,10 +178,29 @@ impl RegistryClient {
 
     /// GET with the current authorization; on 401 answers the challenge once and retries.
     fn get(&self, url: &str, headers: HeaderMap) -> Result<Response, ImageError> {
+        self.request(Method::GET, url, headers, None)
+    }
+
+    /// A request with the current authorization; on 401 answers the challenge once and
+    /// sends it again (with the same body).
+    pub(super) fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<&[u8]>,
+    ) -> Result<Response, ImageError> {
         let send = |auth: Option<&String>| {
-            let mut req = self.http.get(url).headers(headers.clone());
-            if let Some(a) = auth {
+            let mut req = self
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            // Credentials go to the registry only (an upload URL may point elsewhere).
+            if let Some(a) = auth.filter(|_| self.same_origin(url)) {
                 req = req.header(AUTHORIZATION, a);
+            }
+            if let Some(b) = body {
+                req = req.body(b.to_vec());
             }
             req.send().map_err(|e| self.http_err(url, e))
         };
@@ -155,7 +219,7 @@ impl RegistryClient {
         };
         let auth = match challenge.scheme.as_str() {
             "bearer" => format!("Bearer {}", self.fetch_token(&challenge)?),
-            "basic" => match &self.credentials {
+            "basic" => match self.credentials()? {
                 Some(c) => c.basic_header(),
                 None => {
                     return Err(self.unauthorized("the registry needs a user name and password"))
@@ -172,15 +236,23 @@ impl RegistryClient {
         }
         let resp = send(Some(&auth))?;
         if resp.status() == StatusCode::UNAUTHORIZED || resp.status() == StatusCode::FORBIDDEN {
-            return Err(self.unauthorized(&format!(
-                "still {} after authenticating",
-                resp.status().as_u16()
-            )));
+            let detail = match (resp.status(), self.credentials_origin()) {
+                (StatusCode::UNAUTHORIZED, Some(origin)) => format!(
+                    "the user name and password from {origin} were refused: wrong password, or expired"
+                ),
+                (StatusCode::FORBIDDEN, Some(origin)) => format!(
+                    "the user of {origin} is not allowed to {} it",
+                    if method == Method::GET || method == Method::HEAD { "read" } else { "write" }
+                ),
+                (status, None) => format!("still {} without credentials", status.as_u16()),
+                (status, Some(_)) => format!("still {} after authenticating", status.as_u16()),
+            };
+            return Err(self.unauthorized(&detail));
         }
         Ok(resp)
     }
 
-    fn unauthorized(&self, detail: &str) -> ImageError {
+    pub(super) fn unauthorized(&self, detail: &str) -> ImageError {
         ImageError::Unauthorized {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
@@ -194,25 +266,38 @@ impl RegistryClient {
             .params
             .get("realm")
             .ok_or_else(|| self.unauthorized("the bearer challenge names no realm"))?;
-        let scope = c
-            .params
-            .get("scope")
-            .cloned()
-            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-        let mut query: Vec<(&str, &str)> = vec![("scope", scope.as_str())];
+        let mut scopes: Vec<String> = Vec::new();
+        match c.params.get("scope") {
+            Some(s) => scopes.extend(s.split(' ').map(str::to_string)),
+            None if !self.repository.is_empty() => {
+                scopes.push(format!("repository:{}:pull", self.repository))
+            }
+            None => {}
+        }
+        for s in &self.scopes {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
+            }
+        }
+        let mut query: Vec<(&str, &str)> = scopes.iter().map(|s| ("scope", s.as_str())).collect();
         if let Some(s) = c.params.get("service") {
             query.push(("service", s.as_str()));
         }
         let mut req = self.http.get(realm).query(&query);
-        if let Some(cred) = &self.credentials {
+        let credentials = self.credentials()?;
+        if let Some(cred) = &credentials {
             req = req.header(AUTHORIZATION, cred.basic_header());
         }
         let resp = req.send().map_err(|e| self.http_err(realm, e))?;
         if !resp.status().is_success() {
-            return Err(self.unauthorized(&format!(
-                "the token service {realm} answered {}",
-                resp.status().as_u16()
-            )));
+            let why = match (&credentials, resp.status().as_u16()) {
+                (Some(c), 401 | 403) => format!(
+                    "the token service {realm} refused the user name and password from {}: wrong password, or expired",
+                    c.origin
+                ),
+                (_, status) => format!("the token service {realm} answered {status}"),
+            };
+            return Err(self.unauthorized(&why));
         }
         let v: serde_json::Value = resp.json().map_err(|e| self.http_err(realm, e))?;
         v.get("token")
@@ -224,7 +309,7 @@ impl RegistryClient {
             })
     }
 
-    fn status_error(&self, url: &str, resp: Response) -> ImageError {
+    pub(super) fn status_error(&self, url: &str, resp: Response) -> ImageError {
         let status = resp.status().as_u16();
         let mut body = String::new();
         let _ = resp.take(2048).read_to_string(&mut body);

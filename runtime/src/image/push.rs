@@ -1,0 +1,485 @@
+//! Pushing an image of the local store to a registry: its layers (uncompressed layers of
+//! berth's own builds compressed first, gzip or zstd, deterministically, so the same layer
+//! always gives the same blob and a second push sends nothing), its config, its manifest by
+//! digest and an index (one entry, the image's platform) under the tag.
+//!
+//! What berth knows of where blobs already are (the repository an image was pulled from,
+//! the repositories it pushed a blob to) is kept in `push/known/` of the berth home and
+//! lets the registry mount a blob from another repository instead of receiving it again.
+//! Compressed copies are ordinary blobs of the blob store; `push/compressed/` remembers
+//! which blob a layer compresses to (written only once the blob is stored).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use envfile_spec::reference::ImageReference;
+use serde::{Deserialize, Serialize};
+
+use super::digest::Digest;
+use super::error::ImageError;
+use super::image_store::ImageRecord;
+use super::manifest::{
+    Descriptor, Index, Manifest, ManifestKind, Platform, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
+use super::progress::Progress;
+use super::registry::{RegistryClient, RegistryOptions};
+use super::store::ImageStore;
+use super::upload::{
+    chunk_size_from_env, private_dirs, push_blob, BlobOutcome, LocalBlob, UploadJournal,
+};
+use crate::state::{read_json, write_json};
+
+/// How uncompressed layers are compressed for the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LayerCompression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl LayerCompression {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gzip" => Some(LayerCompression::Gzip),
+            "zstd" => Some(LayerCompression::Zstd),
+            _ => None,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => "gzip",
+            LayerCompression::Zstd => "zstd",
+        }
+    }
+    fn media_type(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => OCI_LAYER_GZIP,
+            LayerCompression::Zstd => OCI_LAYER_ZSTD,
+        }
+    }
+}
+
+/// How to push.
+#[derive(Clone)]
+pub struct PushOptions {
+    pub registry: RegistryOptions,
+    pub compression: LayerCompression,
+    pub progress: Progress,
+    /// Blobs sent at the same time.
+    pub jobs: usize,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            registry: RegistryOptions::default(),
+            compression: LayerCompression::Gzip,
+            progress: std::sync::Arc::new(super::progress::QuietProgress),
+            jobs: 4,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PushReport {
+    /// `registry/repository:tag`.
+    pub reference: String,
+    pub manifest_digest: String,
+    /// The index stored under the tag.
+    pub index_digest: String,
+    /// Blobs (layers and config) sent, and their bytes.
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    /// Blobs the repository had already.
+    pub existed: usize,
+    /// Blobs mounted from another repository.
+    pub mounted: usize,
+    /// Uploads that continued an interrupted one.
+    pub resumed: usize,
+}
+
+/// A blob to send.
+struct Outgoing {
+    label: String,
+    path: PathBuf,
+    digest: Digest,
+    size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Compressed {
+    digest: Digest,
+    size: u64,
+}
+
+impl ImageStore {
+    fn push_dir(&self) -> PathBuf {
+        self.home.root().join("push")
+    }
+
+    /// The blob `layer` (an uncompressed tar blob of the store) compresses to, compressing
+    /// it now unless that was done before.
+    fn compressed_layer(
+        &self,
+        layer: &Digest,
+        compression: LayerCompression,
+        progress: &Progress,
+    ) -> Result<(Digest, u64), ImageError> {
+        let dir = self.push_dir().join("compressed");
+        let memo = dir.join(format!("{}.{}.json", layer.hex(), compression.name()));
+        if let Ok(Some(c)) = read_json::<Compressed>(&memo) {
+            if self.blobs.size(&c.digest) == Some(c.size) {
+                return Ok((c.digest, c.size));
+            }
+        }
+        let src = self.blobs.path(layer);
+        let file = std::fs::File::open(&src).map_err(ImageError::io(&src))?;
+        let input = std::io::BufReader::with_capacity(1 << 20, file);
+        progress.message(&format!(
+            "layer {}: compressing ({})",
+            layer.short(),
+            compression.name()
+        ));
+        let origin = src.display().to_string();
+        // Fixed settings and no timestamps or names in the headers: the same tar always
+        // gives the same bytes.
+        let (digest, size) = match compression {
+            LayerCompression::Gzip => self.blobs.put_stream(
+                flate2::bufread::GzEncoder::new(input, flate2::Compression::new(6)),
+                &origin,
+            )?,
+            LayerCompression::Zstd => {
+                let enc =
+                    zstd::stream::read::Encoder::new(input, 3).map_err(ImageError::io(&src))?;
+                self.blobs.put_stream(enc, &origin)?
+            }
+        };
+        private_dirs(&dir)?;
+        write_json(
+            &memo,
+            &Compressed {
+                digest: digest.clone(),
+                size,
+            },
+        )?;
+        Ok((digest, size))
+    }
+
+    /// Repositories of `registry` known to hold `digest`.
+    fn known_locations(&self, digest: &Digest, registry: &str) -> Vec<String> {
+        let path = self
+            .push_dir()
+            .join("known")
+            .join(format!("{}.json", digest.hex()));
+        let all: Vec<String> = read_json(&path).ok().flatten().unwrap_or_default();
+        all.iter()
+            .filter_map(|l| l.strip_prefix(registry)?.strip_prefix('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn remember_location(&self, digest: &Digest, location: &str) -> Result<(), ImageError> {
+        let dir = self.push_dir().join("known");
+        let path = dir.join(format!("{}.json", digest.hex()));
+        let mut all: Vec<String> = read_json(&path).ok().flatten().unwrap_or_default();
+        if all.iter().any(|l| l == location) {
+            return Ok(());
+        }
+        all.push(location.to_string());
+        // A blob in many repositories: the most recent few are enough to mount from.
+        if all.len() > 16 {
+            all.remove(0);
+        }
+        private_dirs(&dir)?;
+        Ok(write_json(&path, &all)?)
+    }
+
+    /// Pushes `record` to `target` (which must name a tag).
+    pub fn push(
+        &self,
+        record: &ImageRecord,
+        target: &ImageReference,
+        opts: &PushOptions,
+    ) -> Result<PushReport, ImageError> {
+        if target.digest.is_some() {
+            return Err(ImageError::Base(format!(
+                "cannot push to {target}: name a tag (e.g. {}/{}:latest), not a digest; the digest is what the push prints",
+                target.registry, target.repository
+            )));
+        }
+        let tag = target.tag.clone().unwrap_or_else(|| "latest".into());
+        let _lock = self.lock_shared()?;
+        let chunk = chunk_size_from_env()?;
+        let missing = |d: &Digest| {
+            ImageError::Base(format!(
+                "blob {d} of {} is missing from the store; pull or build the image again",
+                record.name
+            ))
+        };
+        let manifest_bytes = self
+            .blobs
+            .read(&record.manifest_digest)
+            .map_err(|_| missing(&record.manifest_digest))?;
+        let original = match ManifestKind::parse(&manifest_bytes, "", &record.name)? {
+            ManifestKind::Image(m) => m,
+            ManifestKind::Index(_) => {
+                return Err(ImageError::malformed(
+                    format!("manifest of {}", record.name),
+                    "it is an index",
+                ))
+            }
+        };
+        let docker = original.media_type.as_deref() == Some(DOCKER_MANIFEST);
+        let mut layers = Vec::new();
+        let mut changed = false;
+        for l in &record.layers {
+            let uncompressed = l.media_type == OCI_LAYER_TAR
+                || l.media_type == "application/vnd.docker.image.rootfs.diff.tar";
+            if uncompressed {
+                if !self.blobs.contains(&l.digest) {
+                    return Err(missing(&l.digest));
+                }
+                let (digest, size) =
+                    self.compressed_layer(&l.digest, opts.compression, &opts.progress)?;
+                let media_type = if docker && opts.compression == LayerCompression::Gzip {
+                    DOCKER_LAYER_GZIP
+                } else {
+                    opts.compression.media_type()
+                };
+                changed = true;
+                layers.push(Descriptor {
+                    media_type: media_type.into(),
+                    digest,
+                    size,
+                    platform: None,
+                    annotations: None,
+                });
+            } else {
+                if self.blobs.size(&l.digest) != Some(l.size) {
+                    return Err(missing(&l.digest));
+                }
+                layers.push(Descriptor {
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    platform: None,
+                    annotations: None,
+                });
+            }
+        }
+        let (manifest_bytes, manifest_media) = if changed {
+            let m = Manifest {
+                schema_version: 2,
+                media_type: Some(if docker && opts.compression == LayerCompression::Gzip {
+                    DOCKER_MANIFEST.into()
+                } else {
+                    OCI_MANIFEST.into()
+                }),
+                config: original.config.clone(),
+                layers: layers.clone(),
+                annotations: original.annotations.clone(),
+            };
+            let bytes = serde_json::to_vec(&m).map_err(|e| ImageError::malformed("manifest", e))?;
+            (bytes, m.media_type.unwrap_or_default())
+        } else {
+            let media = original
+                .media_type
+                .clone()
+                .unwrap_or_else(|| OCI_MANIFEST.into());
+            (manifest_bytes, media)
+        };
+        let manifest_digest = Digest::of(&manifest_bytes);
+        let config = &original.config;
+        if self.blobs.size(&config.digest) != Some(config.size) {
+            return Err(missing(&config.digest));
+        }
+
+        // Where the blobs may already be, on this registry.
+        let pulled_from = ImageReference::parse(&record.name)
+            .ok()
+            .filter(|r| r.registry == target.registry && r.repository != target.repository)
+            .map(|r| r.repository);
+        let mut outgoing: Vec<(Outgoing, Vec<String>)> = Vec::new();
+        let mut all_sources: Vec<String> = Vec::new();
+        for (i, d) in layers.iter().enumerate() {
+            let mut sources = self.known_locations(&d.digest, &target.registry);
+            if !changed {
+                sources.extend(pulled_from.clone());
+            }
+            sources.retain(|s| s != &target.repository);
+            sources.dedup();
+            all_sources.extend(sources.iter().cloned());
+            if outgoing.iter().any(|(o, _)| o.digest == d.digest) {
+                continue;
+            }
+            outgoing.push((
+                Outgoing {
+                    label: format!("layer {}/{} {}", i + 1, layers.len(), d.digest.short()),
+                    path: self.blobs.path(&d.digest),
+                    digest: d.digest.clone(),
+                    size: d.size,
+                },
+                sources,
+            ));
+        }
+        let mut config_sources = self.known_locations(&config.digest, &target.registry);
+        config_sources.extend(pulled_from.clone());
+        config_sources.retain(|s| s != &target.repository);
+        all_sources.extend(config_sources.iter().cloned());
+        all_sources.sort();
+        all_sources.dedup();
+        let client = RegistryClient::for_push(target, &opts.registry, &all_sources)?;
+        let journal = UploadJournal::new(self.push_dir().join("uploads"));
+        let report = Mutex::new(PushReport {
+            reference: format!("{}/{}:{tag}", target.registry, target.repository),
+            ..PushReport::default()
+        });
+        let send = |o: &Outgoing, sources: &[String]| -> Result<(), ImageError> {
+            let mut bar = opts.progress.start(&o.label, Some(o.size));
+            let blob = LocalBlob {
+                path: &o.path,
+                digest: &o.digest,
+                size: o.size,
+            };
+            let outcome = push_blob(&client, &journal, &blob, sources, chunk, bar.as_mut())?;
+            let note = match outcome {
+                BlobOutcome::Existed => "already there".to_string(),
+                BlobOutcome::Mounted => "mounted from another repository".to_string(),
+                BlobOutcome::Uploaded { resumed_at: 0, .. } => "pushed".to_string(),
+                BlobOutcome::Uploaded { resumed_at, .. } => {
+                    format!("pushed (resumed an interrupted upload at byte {resumed_at})")
+                }
+            };
+            bar.finish(&note);
+            self.remember_location(
+                &o.digest,
+                &format!("{}/{}", target.registry, target.repository),
+            )?;
+            let mut r = report
+                .lock()
+                .map_err(|_| ImageError::Base("push panicked".into()))?;
+            match outcome {
+                BlobOutcome::Existed => r.existed += 1,
+                BlobOutcome::Mounted => r.mounted += 1,
+                BlobOutcome::Uploaded { bytes, resumed_at } => {
+                    r.uploaded += 1;
+                    r.uploaded_bytes += bytes;
+                    if resumed_at > 0 {
+                        r.resumed += 1;
+                    }
+                }
+            }
+            Ok(())
+        };
+
+        // Layers in parallel, then the config (a registry may check that a manifest's
+        // blobs exist, so they all go first).
+        let queue = Mutex::new(outgoing.iter());
+        let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..opts.jobs.clamp(1, 8) {
+                s.spawn(|| loop {
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        return;
+                    }
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some((o, sources)) = next else { return };
+                    if let Err(e) = send(o, sources) {
+                        if let Ok(mut g) = first_error.lock() {
+                            g.get_or_insert(e);
+                        }
+                        return;
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().ok().flatten() {
+            return Err(e);
+        }
+
+        send(
+            &Outgoing {
+                label: format!("config {}", config.digest.short()),
+                path: self.blobs.path(&config.digest),
+                digest: config.digest.clone(),
+                size: config.size,
+            },
+            &config_sources,
+        )?;
+
+        client.put_manifest(manifest_digest.as_str(), &manifest_media, &manifest_bytes)?;
+        let platform = Platform::parse(&record.platform).ok();
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(if manifest_media == DOCKER_MANIFEST {
+                DOCKER_MANIFEST_LIST.into()
+            } else {
+                OCI_INDEX.into()
+            }),
+            manifests: vec![Descriptor {
+                media_type: manifest_media.clone(),
+                digest: manifest_digest.clone(),
+                size: manifest_bytes.len() as u64,
+                platform,
+                annotations: None,
+            }],
+        };
+        let index_bytes =
+            serde_json::to_vec(&index).map_err(|e| ImageError::malformed("index", e))?;
+        let index_media = index.media_type.clone().unwrap_or_default();
+        client.put_manifest(&tag, &index_media, &index_bytes)?;
+        let mut r = report
+            .into_inner()
+            .map_err(|_| ImageError::Base("push panicked".into()))?;
+        r.manifest_digest = manifest_digest.to_string();
+        r.index_digest = Digest::of(&index_bytes).to_string();
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::progress::QuietProgress;
+    use crate::image::unpack::tests::tar_of;
+
+    #[test]
+    fn the_same_layer_always_compresses_to_the_same_blob() {
+        let d = tempfile::tempdir().unwrap();
+        let home = crate::state::BerthHome::at(d.path()).unwrap();
+        let store = ImageStore::open(&home);
+        let tar = tar_of(&[("a/", 'd', ""), ("a/f", 'f', "content")]);
+        let layer = store.blobs.put_bytes(&tar, None, "t").unwrap();
+        let progress: Progress = std::sync::Arc::new(QuietProgress);
+        for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
+            let first = store
+                .compressed_layer(&layer, compression, &progress)
+                .unwrap();
+            // Forget the memo and the blob: compressing again gives the same bytes.
+            std::fs::remove_dir_all(store.push_dir()).unwrap();
+            store.blobs.remove(&first.0).unwrap();
+            let again = store
+                .compressed_layer(&layer, compression, &progress)
+                .unwrap();
+            assert_eq!(first, again, "{compression:?}");
+            let bytes = store.blobs.read(&again.0).unwrap();
+            match compression {
+                // gzip: no modification time (bytes 4..8) and no file name flag.
+                LayerCompression::Gzip => {
+                    assert_eq!(&bytes[..4], &[0x1f, 0x8b, 8, 0]);
+                    assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
+                }
+                LayerCompression::Zstd => assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]),
+            }
+            // The memo is used the next time (no new blob written).
+            assert_eq!(
+                store
+                    .compressed_layer(&layer, compression, &progress)
+                    .unwrap(),
+                again
+            );
+        }
+    }
+}
