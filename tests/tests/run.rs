@@ -561,6 +561,9 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let o = b.run_in(p.path(), &["ls"]);
     assert!(o.status.success(), "{:?}", text(&o));
     assert!(removals(&b).is_empty(), "swept by the next command");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
 /// A `berth run` killed at `point` (`BERTH_ABORT_AT`, the process aborts as on SIGKILL).
 fn aborted_run(p: &Project, b: &Berth, point: &str, extra: &[&str]) {
     let mut args = vec!["-q", "run"];
