@@ -537,6 +537,11 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let o = b.run_in(p.path(), &["-q", "run", "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{:?}", text(&o));
     assert_eq!(envs_left(&b), 0);
+    // Garbage collection stops watching the run when its folder leaves `envs/`.
+    let watched = std::fs::read_dir(b.home.path().join("watch"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(watched, 0, "a finished run is still on the watch list");
     wait_for("the background removal", || removals(&b).is_empty());
 
     let o = b

@@ -109,6 +109,10 @@ impl Environments {
             drop(locked);
             return self.destroy(env_id, false, timeout);
         }
+        // Garbage collection no longer watches it: its folder is out of `envs/`.
+        if let Some((watch, env_id)) = crate::state::WatchList::of_env_dir(&locked.dir) {
+            let _ = watch.remove(&env_id);
+        }
         drop(locked);
         remove_detached(&aside);
         Ok(())
