@@ -28,6 +28,11 @@ fn main() {
             std::path::Path::new(&dir),
         ));
     }
+    // Inside an environment, berth's own binary (run there by the SSH endpoint through the
+    // exec path) serves SFTP and port forwarding: see `berth_runtime::ssh`.
+    if let Some(code) = berth_runtime::ssh::inside_main(std::env::args_os().skip(1)) {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {
@@ -65,6 +70,8 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Shell(args) => commands::exec::shell(g, &args),
         Command::Logs(args) => commands::logs::run(g, &args),
         Command::Run(args) => commands::run::run(g, &args),
+        Command::Ssh(args) => commands::ssh::run(g, &args),
+        Command::SshConfig(args) => commands::ssh::config(g, &args),
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
         Command::SyncProcess { env_dir } => {
             Ok(berth_runtime::environment::live_sync::main(&env_dir))

@@ -9,6 +9,7 @@ pub mod environment;
 pub mod host;
 pub mod image;
 pub mod net;
+pub mod ssh;
 pub mod state;
 pub mod sync;
 pub mod vm;

@@ -1,0 +1,74 @@
+//! berth's built-in SSH endpoint: an SSH server spoken over stdin/stdout (`berth ssh
+//! --stdio NAME`, a `ProxyCommand`), no sshd in the image and no TCP port anywhere. Its
+//! sessions run on the backends' exec path ([`Backend::exec_start`](crate::backend::Backend::exec_start)),
+//! so they work the same in containers and VMs, as the `[shell]` user with `[env]` in the
+//! shell's workdir.
+//!
+//! - `server`: the SSH protocol side (authentication, channels, requests).
+//! - `session`: one command of a session channel, relayed to the client.
+//! - `host_key`: the environment's ed25519 host key, made once, kept private.
+//! - `client_config`: what the OpenSSH client needs (`Host` entries, the known-hosts file
+//!   berth keeps, `berth ssh-config --install`).
+
+mod client_config;
+mod host_key;
+mod server;
+mod session;
+mod sftp;
+
+pub use client_config::{
+    host_alias, install_config, installed_file, known_hosts_path, ssh_command, ssh_config_text,
+    write_known_hosts, HostEntry, Installed,
+};
+pub use host_key::{load_or_create as host_key, public_line, HOST_KEY_FILE};
+pub use server::{accepted_env, serve_stdio};
+pub use sftp::{serve_stdio as serve_sftp_stdio, SFTP_SERVER_ARG};
+
+use crate::environment::{EnvError, EnvRecord};
+use crate::state::BerthHome;
+
+/// What can go wrong serving or configuring SSH.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("SSH host key: {0}")]
+    HostKey(String),
+    #[error("SSH connection failed: {0}; berth ssh --stdio speaks SSH on stdin/stdout and is meant to be run by ssh as a ProxyCommand (use `berth ssh NAME` or the entries of `berth ssh-config`)")]
+    Protocol(russh::Error),
+}
+
+impl SshError {
+    pub(crate) fn io(context: &str, source: std::io::Error) -> SshError {
+        SshError::Io {
+            context: context.to_string(),
+            source,
+        }
+    }
+}
+
+/// Environment `record` as OpenSSH's client sees it (its host key made now if it has none
+/// yet).
+pub fn host_entry(home: &BerthHome, record: &EnvRecord) -> Result<HostEntry, SshError> {
+    let key = host_key::load_or_create(&home.env_dir(&record.env_id))?;
+    Ok(HostEntry {
+        env_name: record.name.clone(),
+        user: record.plan.shell.user.clone(),
+        host_key: public_line(&key)?,
+    })
+}
+
+/// The hidden modes of berth's binary that the SSH endpoint runs inside an environment
+/// (`__sftp-server`): the exit code when `args` (without the program name) name one.
+pub fn inside_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<i32> {
+    let first = args.next()?;
+    if first == SFTP_SERVER_ARG {
+        return Some(serve_sftp_stdio());
+    }
+    None
+}

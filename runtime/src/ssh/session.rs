@@ -1,0 +1,194 @@
+//! One command of an SSH session channel (`exec`, `shell`), run on berth's own exec path:
+//! [`Environments::exec_start`] with three pipes, so it works the same for containers and
+//! VMs. A thread owns the [`CommandSession`] (waits for it, delivers window changes and
+//! signals); tasks copy the client's data to the command's stdin and its stdout/stderr to
+//! the channel, then send `exit-status`, EOF and close.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use russh::server::Handle;
+use russh::ChannelId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+
+use super::server::Context;
+use crate::backend::ExecRequest;
+use crate::environment::Environments;
+
+/// What the SSH side asks of a running command.
+pub(super) enum Control {
+    Resize(u16, u16),
+    Signal(i32),
+    /// The client went away: SIGHUP to the command (as a hung-up terminal would), stop.
+    Hangup,
+}
+
+/// The SSH side's hold on a running command.
+pub(super) struct Running {
+    /// Client data for the command's stdin; `None` is the client's EOF.
+    pub stdin: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    pub control: std_mpsc::Sender<Control>,
+    pub thread: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Hangs up on the command and waits until its thread has passed that on.
+    pub fn hang_up(&mut self) {
+        let _ = self.control.send(Control::Hangup);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+/// Starts `req` for `channel`; the command's output and end reach the client through
+/// `handle`.
+pub(super) fn start(
+    ctx: Arc<Context>,
+    req: ExecRequest,
+    channel: ChannelId,
+    handle: Handle,
+) -> std::io::Result<Running> {
+    let (in_r, in_w) = pipe_pair()?;
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let (started_tx, started_rx) = oneshot::channel::<Result<(), String>>();
+    let (exit_tx, exit_rx) = oneshot::channel::<Result<i32, String>>();
+    let (control_tx, control_rx) = std_mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ssh-command".into())
+        .spawn(move || {
+            run_command(
+                &ctx,
+                &req,
+                [in_r, out_w, err_w],
+                started_tx,
+                exit_tx,
+                control_rx,
+            )
+        })?;
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+    let stdin = pipe::Sender::from_owned_fd(in_w)?;
+    let stdout = pipe::Receiver::from_owned_fd(out_r)?;
+    let stderr = pipe::Receiver::from_owned_fd(err_r)?;
+    tokio::spawn(feed_stdin(stdin, stdin_rx));
+    let out_task = tokio::spawn(copy_out(stdout, handle.clone(), channel, None));
+    let err_task = tokio::spawn(copy_out(stderr, handle.clone(), channel, Some(1)));
+    tokio::spawn(async move {
+        let code = match started_rx.await {
+            Ok(Ok(())) => exit_rx.await.unwrap_or_else(|_| Err("lost".into())),
+            Ok(Err(e)) => {
+                let _ = handle
+                    .extended_data(channel, 1, format!("berth: {e}\r\n").into_bytes())
+                    .await;
+                Err(e)
+            }
+            Err(_) => Err("lost".into()),
+        };
+        let _ = out_task.await;
+        let _ = err_task.await;
+        // 255 as OpenSSH's client reports a session that failed without a status.
+        let status = code.unwrap_or(255);
+        let _ = handle.exit_status_request(channel, status as u32).await;
+        let _ = handle.eof(channel).await;
+        let _ = handle.close(channel).await;
+    });
+    Ok(Running {
+        stdin: stdin_tx,
+        control: control_tx,
+        thread: Some(thread),
+    })
+}
+
+/// The command's thread: starts it, passes on window changes and signals, reports its exit.
+fn run_command(
+    ctx: &Context,
+    req: &ExecRequest,
+    stdio: [OwnedFd; 3],
+    started: oneshot::Sender<Result<(), String>>,
+    exited: oneshot::Sender<Result<i32, String>>,
+    control: std_mpsc::Receiver<Control>,
+) {
+    let envs = Environments::open(&ctx.home);
+    let session = envs.exec_start(
+        &ctx.record,
+        req,
+        [stdio[0].as_fd(), stdio[1].as_fd(), stdio[2].as_fd()],
+    );
+    // The command holds its own copies now; ours would keep its output open.
+    drop(stdio);
+    let mut session = match session {
+        Ok(s) => {
+            let _ = started.send(Ok(()));
+            s
+        }
+        Err(e) => {
+            let _ = started.send(Err(e.to_string()));
+            return;
+        }
+    };
+    loop {
+        loop {
+            match control.try_recv() {
+                Ok(Control::Resize(rows, cols)) => {
+                    let _ = session.resize(rows, cols);
+                }
+                Ok(Control::Signal(sig)) => {
+                    let _ = session.signal(sig);
+                }
+                Ok(Control::Hangup) | Err(std_mpsc::TryRecvError::Disconnected) => {
+                    let _ = session.signal(libc::SIGHUP);
+                    return;
+                }
+                Err(std_mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        match session.wait_timeout(Duration::from_millis(10)) {
+            Ok(None) => {}
+            Ok(Some(code)) => {
+                let _ = exited.send(Ok(code));
+                return;
+            }
+            Err(e) => {
+                let _ = exited.send(Err(e.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+async fn feed_stdin(mut stdin: pipe::Sender, mut data: mpsc::UnboundedReceiver<Option<Vec<u8>>>) {
+    while let Some(Some(chunk)) = data.recv().await {
+        if stdin.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    // The client's EOF (or its channel gone): dropping the pipe is the command's EOF.
+}
+
+async fn copy_out(mut from: pipe::Receiver, handle: Handle, channel: ChannelId, ext: Option<u32>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let chunk = buf[..n].to_vec();
+        let sent = match ext {
+            None => handle.data(channel, chunk).await,
+            Some(code) => handle.extended_data(channel, code, chunk).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
