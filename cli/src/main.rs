@@ -28,11 +28,6 @@ fn main() {
             std::path::Path::new(&dir),
         ));
     }
-    // Inside an environment, berth's own binary (run there by the SSH endpoint through the
-    // exec path) serves SFTP and port forwarding: see `berth_runtime::ssh`.
-    if let Some(code) = berth_runtime::ssh::inside_main(std::env::args_os().skip(1)) {
-        std::process::exit(code);
-    }
     let cli = Cli::parse();
     if let Some(dir) = &cli.global.directory {
         if let Err(e) = std::env::set_current_dir(dir) {

@@ -10,6 +10,7 @@ pub mod host;
 pub mod image;
 pub mod net;
 pub mod ssh;
+pub mod ssh_inside;
 pub mod state;
 pub mod sync;
 pub mod vm;

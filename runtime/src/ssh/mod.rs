@@ -14,7 +14,6 @@ mod client_config;
 mod host_key;
 mod server;
 mod session;
-mod sftp;
 
 pub use client_config::{
     host_alias, install_config, installed_file, known_hosts_path, ssh_command, ssh_config_text,
@@ -22,7 +21,6 @@ pub use client_config::{
 };
 pub use host_key::{load_or_create as host_key, public_line, HOST_KEY_FILE};
 pub use server::{accepted_env, serve_stdio};
-pub use sftp::{serve_stdio as serve_sftp_stdio, SFTP_SERVER_ARG};
 
 use crate::environment::{EnvError, EnvRecord};
 use crate::state::BerthHome;
@@ -61,14 +59,4 @@ pub fn host_entry(home: &BerthHome, record: &EnvRecord) -> Result<HostEntry, Ssh
         user: record.plan.shell.user.clone(),
         host_key: public_line(&key)?,
     })
-}
-
-/// The hidden modes of berth's binary that the SSH endpoint runs inside an environment
-/// (`__sftp-server`): the exit code when `args` (without the program name) name one.
-pub fn inside_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> Option<i32> {
-    let first = args.next()?;
-    if first == SFTP_SERVER_ARG {
-        return Some(serve_sftp_stdio());
-    }
-    None
 }

@@ -6,20 +6,24 @@
 //! not an identity here, so it cannot be used to become anyone else).
 //!
 //! Served: session channels with `exec`, `shell`, `pty-req`, `window-change`, `signal`,
-//! `env` (LANG and LC_*, as sshd's AcceptEnv default). Refused with a reason the client
-//! shows: every other channel type (`direct-tcpip`, `x11`, …), subsystems (`sftp`),
-//! agent forwarding and remote forwarding.
+//! `env` (LANG and LC_*, as sshd's AcceptEnv default), the `sftp` subsystem and
+//! `direct-tcpip` channels (`ssh -L`), both through builtins run inside the environment
+//! ([`crate::ssh_inside`]; containers only, refused with a reason for a VM). Refused: other
+//! channel types (`x11`, `direct-streamlocal`, …), other subsystems, agent forwarding and
+//! remote forwarding (`tcpip-forward`), as the SSH protocol answers an unknown request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, Session};
-use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+use envfile_spec::plan::BackendKind;
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
 use super::session::{self, Control, Running};
 use super::SshError;
 use crate::backend::ExecRequest;
+use crate::ssh_inside;
 use crate::environment::{EnvRecord, Environments};
 use crate::state::BerthHome;
 
@@ -107,10 +111,30 @@ impl Connection {
         }
     }
 
+    /// Why a builtin cannot run in this environment, if it cannot.
+    fn builtins_refused(&self) -> Option<String> {
+        (self.ctx.record.plan.backend == BackendKind::Vm).then(|| {
+            "berth's SSH endpoint serves sftp/scp and port forwarding in containers only so far; in a VM use `ssh berth-NAME cat FILE` or `berth sync`".to_string()
+        })
+    }
+
     fn start(
         &mut self,
         channel: ChannelId,
         command: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        let Some(state) = self.channels.get(&channel) else {
+            return session.channel_failure(channel);
+        };
+        let req = self.request(state, command);
+        self.start_request(channel, req, session)
+    }
+
+    fn start_request(
+        &mut self,
+        channel: ChannelId,
+        req: ExecRequest,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         let handle = session.handle();
@@ -121,8 +145,7 @@ impl Connection {
             // One command per session channel (RFC 4254 6.5).
             return session.channel_failure(channel);
         }
-        let req = self.request(state, command);
-        match session::start(self.ctx.clone(), req, channel, handle) {
+        match session::start(self.ctx.clone(), req, channel, handle, None) {
             Ok(running) => {
                 if let Some(state) = self.channels.get_mut(&channel) {
                     state.running = Some(running);
@@ -350,12 +373,73 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.extended_data(
-            channel,
-            1,
-            format!("berth: no subsystem {name:?} here\r\n").into_bytes(),
-        )?;
-        session.channel_failure(channel)
+        let refused = match name {
+            "sftp" => self.builtins_refused(),
+            _ => Some(format!("no subsystem {name:?} here (berth serves \"sftp\")")),
+        };
+        if let Some(why) = refused {
+            session.extended_data(channel, 1, format!("berth: {why}\r\n").into_bytes())?;
+            return session.channel_failure(channel);
+        }
+        let shell = &self.ctx.record.plan.shell;
+        let req = ExecRequest {
+            argv: vec![ssh_inside::SFTP_SERVER.into()],
+            env: Vec::new(),
+            cwd: shell.workdir.clone(),
+            user: shell.user.clone(),
+            tty: false,
+            winsize: None,
+        };
+        self.start_request(channel, req, session)
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(why) = self.builtins_refused() {
+            eprintln!("berth: {why}");
+            reply
+                .reject(ChannelOpenFailure::Other {
+                    code: 1, // SSH_OPEN_ADMINISTRATIVELY_PROHIBITED
+                    reason: why,
+                })
+                .await;
+            return Ok(());
+        }
+        let shell = &self.ctx.record.plan.shell;
+        let req = ExecRequest {
+            argv: vec![
+                ssh_inside::TCP_RELAY.into(),
+                host_to_connect.to_string(),
+                port_to_connect.to_string(),
+            ],
+            env: Vec::new(),
+            cwd: shell.workdir.clone(),
+            user: shell.user.clone(),
+            tty: false,
+            winsize: None,
+        };
+        let id = channel.id();
+        match session::start(self.ctx.clone(), req, id, session.handle(), Some(reply)) {
+            Ok(running) => {
+                self.channels.insert(
+                    id,
+                    ChannelState {
+                        running: Some(running),
+                        ..Default::default()
+                    },
+                );
+            }
+            Err(e) => eprintln!("berth: port forwarding: cannot start the relay: {e}"),
+        }
+        Ok(())
     }
 }
 

@@ -3,6 +3,10 @@
 //! VMs. A thread owns the [`CommandSession`] (waits for it, delivers window changes and
 //! signals); tasks copy the client's data to the command's stdin and its stdout/stderr to
 //! the channel, then send `exit-status`, EOF and close.
+//!
+//! A `direct-tcpip` channel is the same with the TCP relay builtin as the command: the
+//! channel is accepted once the relay's first byte says it connected, refused with the
+//! relay's error otherwise, and it ends without an exit status.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc as std_mpsc;
@@ -10,8 +14,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use russh::server::Handle;
-use russh::ChannelId;
+use russh::server::{ChannelOpenHandle, Handle};
+use russh::{ChannelId, ChannelOpenFailure};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
@@ -51,12 +55,14 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Starts `req` for `channel`; the command's output and end reach the client through
-/// `handle`.
+/// `handle`. With `tunnel` (a `direct-tcpip` channel's open request), the command is the
+/// TCP relay and the channel is accepted or refused by its first byte.
 pub(super) fn start(
     ctx: Arc<Context>,
     req: ExecRequest,
     channel: ChannelId,
     handle: Handle,
+    tunnel: Option<ChannelOpenHandle>,
 ) -> std::io::Result<Running> {
     let (in_r, in_w) = pipe_pair()?;
     let (out_r, out_w) = pipe_pair()?;
@@ -81,6 +87,14 @@ pub(super) fn start(
     let stdout = pipe::Receiver::from_owned_fd(out_r)?;
     let stderr = pipe::Receiver::from_owned_fd(err_r)?;
     tokio::spawn(feed_stdin(stdin, stdin_rx));
+    if let Some(reply) = tunnel {
+        tokio::spawn(tunnel_task(stdout, stderr, reply, channel, handle));
+        return Ok(Running {
+            stdin: stdin_tx,
+            control: control_tx,
+            thread: Some(thread),
+        });
+    }
     let out_task = tokio::spawn(copy_out(stdout, handle.clone(), channel, None));
     let err_task = tokio::spawn(copy_out(stderr, handle.clone(), channel, Some(1)));
     tokio::spawn(async move {
@@ -191,4 +205,38 @@ async fn copy_out(mut from: pipe::Receiver, handle: Handle, channel: ChannelId, 
             return;
         }
     }
+}
+
+/// The relay's answer decides the channel: accepted after its `\0`, else refused with what
+/// it wrote on stderr (also shown on berth's stderr, which ssh prints).
+async fn tunnel_task(
+    mut stdout: pipe::Receiver,
+    mut stderr: pipe::Receiver,
+    reply: ChannelOpenHandle,
+    channel: ChannelId,
+    handle: Handle,
+) {
+    let mut first = [0u8; 1];
+    if matches!(stdout.read(&mut first).await, Ok(1)) && first[0] == 0 {
+        reply.accept().await;
+        copy_out(stdout, handle.clone(), channel, None).await;
+        let _ = handle.eof(channel).await;
+        let _ = handle.close(channel).await;
+        return;
+    }
+    let mut why = Vec::new();
+    let _ = (&mut stderr).take(4096).read_to_end(&mut why).await;
+    let why = String::from_utf8_lossy(&why).trim().to_string();
+    let why = if why.is_empty() {
+        "the relay inside the environment ended without connecting".to_string()
+    } else {
+        why
+    };
+    eprintln!("berth: port forwarding: {why}");
+    reply
+        .reject(ChannelOpenFailure::Other {
+            code: 2, // SSH_OPEN_CONNECT_FAILED
+            reason: why,
+        })
+        .await;
 }

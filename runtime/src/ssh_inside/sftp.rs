@@ -1,8 +1,8 @@
 //! The SFTP server behind the `sftp` subsystem (and OpenSSH 9's `scp`). It runs *inside*
-//! the environment: the SSH side starts berth's own binary there through the exec path
-//! (`berth __sftp-server`, as the `[shell]` user, in the shell's workdir) and relays the
-//! channel to its stdin/stdout, so every file operation happens with that user's rights in
-//! the environment's own filesystem view (nothing is resolved on the host).
+//! the environment as a builtin of the exec path (see [`super`]: as the `[shell]` user, in
+//! the shell's workdir) and speaks on its stdin/stdout, which the SSH side relays to the
+//! channel, so every file operation happens with that user's rights in the environment's
+//! own filesystem view (nothing is resolved on the host).
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,9 +18,6 @@ use russh_sftp::protocol::{
 };
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// The hidden subcommand that runs [`serve_stdio`] (inside the environment).
-pub const SFTP_SERVER_ARG: &str = "__sftp-server";
 
 /// Largest read answered at once (OpenSSH's sftp-server limit).
 const MAX_READ: u32 = 256 * 1024;
