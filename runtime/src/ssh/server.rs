@@ -20,7 +20,7 @@ use russh::server::{Auth, Msg, Session};
 use envfile_spec::plan::BackendKind;
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
-use super::session::{self, Control, Running};
+use super::session::{self, Control, Input, Running};
 use super::SshError;
 use crate::backend::ExecRequest;
 use crate::ssh_inside;
@@ -303,8 +303,8 @@ impl russh::server::Handler for Connection {
         if let Some(state) = self.channels.get_mut(&channel) {
             if let Some(p) = state.pty.as_mut() {
                 (p.rows, p.cols) = (rows, cols);
-                if state.running.is_some() {
-                    self.control(channel, Control::Resize(rows, cols));
+                if let Some(r) = &state.running {
+                    let _ = r.input.send(Input::Resize(rows, cols));
                 }
             }
         }
@@ -334,7 +334,7 @@ impl russh::server::Handler for Connection {
             .get(&channel)
             .and_then(|s| s.running.as_ref())
         {
-            let _ = r.stdin.send(Some(data.to_vec()));
+            let _ = r.input.send(Input::Data(data.to_vec()));
         }
         Ok(())
     }
@@ -349,7 +349,7 @@ impl russh::server::Handler for Connection {
             .get(&channel)
             .and_then(|s| s.running.as_ref())
         {
-            let _ = r.stdin.send(None);
+            let _ = r.input.send(Input::Eof);
         }
         Ok(())
     }

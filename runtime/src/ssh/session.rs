@@ -26,16 +26,24 @@ use crate::environment::Environments;
 
 /// What the SSH side asks of a running command.
 pub(super) enum Control {
-    Resize(u16, u16),
+    /// A window change; the sender is told once it is applied.
+    Resize(u16, u16, oneshot::Sender<()>),
     Signal(i32),
     /// The client went away: SIGHUP to the command (as a hung-up terminal would), stop.
     Hangup,
 }
 
+/// What the client sends a command, in the order it came: a window change is applied
+/// before the bytes typed after it reach the terminal (as `stty size` expects).
+pub(super) enum Input {
+    Data(Vec<u8>),
+    Resize(u16, u16),
+    Eof,
+}
+
 /// The SSH side's hold on a running command.
 pub(super) struct Running {
-    /// Client data for the command's stdin; `None` is the client's EOF.
-    pub stdin: mpsc::UnboundedSender<Option<Vec<u8>>>,
+    pub input: mpsc::UnboundedSender<Input>,
     pub control: std_mpsc::Sender<Control>,
     pub thread: Option<JoinHandle<()>>,
 }
@@ -84,13 +92,14 @@ pub(super) fn start(
         })?;
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
     let stdin = pipe::Sender::from_owned_fd(in_w)?;
+    let resize = control_tx.clone();
     let stdout = pipe::Receiver::from_owned_fd(out_r)?;
     let stderr = pipe::Receiver::from_owned_fd(err_r)?;
-    tokio::spawn(feed_stdin(stdin, stdin_rx));
+    tokio::spawn(feed_stdin(stdin, stdin_rx, resize));
     if let Some(reply) = tunnel {
-        tokio::spawn(tunnel_task(stdout, stderr, reply, channel, handle));
+        tokio::spawn(tunnel_task(stdout, stderr, reply, channel, handle, exit_rx));
         return Ok(Running {
-            stdin: stdin_tx,
+            input: stdin_tx,
             control: control_tx,
             thread: Some(thread),
         });
@@ -117,7 +126,7 @@ pub(super) fn start(
         let _ = handle.close(channel).await;
     });
     Ok(Running {
-        stdin: stdin_tx,
+        input: stdin_tx,
         control: control_tx,
         thread: Some(thread),
     })
@@ -150,14 +159,21 @@ fn run_command(
             return;
         }
     };
+    // Short commands end within the first poll; a long one is polled less often (a window
+    // change or signal waits at most the current period).
+    const LONGEST: Duration = Duration::from_millis(20);
+    let mut period = Duration::from_millis(2);
     loop {
         loop {
             match control.try_recv() {
-                Ok(Control::Resize(rows, cols)) => {
+                Ok(Control::Resize(rows, cols, applied)) => {
                     let _ = session.resize(rows, cols);
+                    let _ = applied.send(());
+                    period = Duration::from_millis(2);
                 }
                 Ok(Control::Signal(sig)) => {
                     let _ = session.signal(sig);
+                    period = Duration::from_millis(2);
                 }
                 Ok(Control::Hangup) | Err(std_mpsc::TryRecvError::Disconnected) => {
                     let _ = session.signal(libc::SIGHUP);
@@ -166,8 +182,8 @@ fn run_command(
                 Err(std_mpsc::TryRecvError::Empty) => break,
             }
         }
-        match session.wait_timeout(Duration::from_millis(10)) {
-            Ok(None) => {}
+        match session.wait_timeout(period) {
+            Ok(None) => period = (period * 2).min(LONGEST),
             Ok(Some(code)) => {
                 let _ = exited.send(Ok(code));
                 return;
@@ -180,13 +196,30 @@ fn run_command(
     }
 }
 
-async fn feed_stdin(mut stdin: pipe::Sender, mut data: mpsc::UnboundedReceiver<Option<Vec<u8>>>) {
-    while let Some(Some(chunk)) = data.recv().await {
-        if stdin.write_all(&chunk).await.is_err() {
-            return;
+async fn feed_stdin(
+    mut stdin: pipe::Sender,
+    mut input: mpsc::UnboundedReceiver<Input>,
+    control: std_mpsc::Sender<Control>,
+) {
+    let mut open = true;
+    while let Some(i) = input.recv().await {
+        match i {
+            Input::Data(chunk) if open => {
+                if stdin.write_all(&chunk).await.is_err() {
+                    open = false;
+                }
+            }
+            Input::Data(_) => {}
+            Input::Resize(rows, cols) => {
+                let (tx, rx) = oneshot::channel();
+                if control.send(Control::Resize(rows, cols, tx)).is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            // The client's EOF: dropping the pipe is the command's EOF.
+            Input::Eof => break,
         }
     }
-    // The client's EOF (or its channel gone): dropping the pipe is the command's EOF.
 }
 
 async fn copy_out(mut from: pipe::Receiver, handle: Handle, channel: ChannelId, ext: Option<u32>) {
@@ -215,12 +248,16 @@ async fn tunnel_task(
     reply: ChannelOpenHandle,
     channel: ChannelId,
     handle: Handle,
+    exited: oneshot::Receiver<Result<i32, String>>,
 ) {
     let mut first = [0u8; 1];
     if matches!(stdout.read(&mut first).await, Ok(1)) && first[0] == 0 {
         reply.accept().await;
         copy_out(stdout, handle.clone(), channel, None).await;
+        // The far end closed its side; the channel closes once the client's side is done
+        // too (the relay exits after the client's EOF), as a half-closed TCP connection.
         let _ = handle.eof(channel).await;
+        let _ = exited.await;
         let _ = handle.close(channel).await;
         return;
     }
