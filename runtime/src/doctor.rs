@@ -543,7 +543,11 @@ mod tests {
         assert!(r.vmm_auto.contains("own KVM VMM"));
         assert_eq!(find(&r, "qemu").status, CheckStatus::Ok);
         assert_eq!(find(&r, "ssh").status, CheckStatus::Warn);
-        assert!(find(&r, "ssh").fix.as_deref().unwrap().contains("openssh-client"));
+        assert!(find(&r, "ssh")
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("openssh-client"));
         assert!(find(&r, "kvm").detail.contains("hardware KVM (kvm_intel,"));
         // AMD (also what qemu's `-cpu max` emulates in the nested test guest).
         fs::remove_dir(d.path().join("sys/module/kvm_intel")).unwrap();

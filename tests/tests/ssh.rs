@@ -28,7 +28,9 @@ macro_rules! require_ssh_clients {
     () => {
         for tool in ["ssh", "scp", "sftp", "expect"] {
             if !have(tool, "-V") && !have(tool, "-v") {
-                eprintln!("skipped: {tool} is not installed (apt-get install openssh-client expect)");
+                eprintln!(
+                    "skipped: {tool} is not installed (apt-get install openssh-client expect)"
+                );
                 return;
             }
         }
@@ -109,7 +111,12 @@ fn ssh_exec_terminal_scp_sftp_and_port_forwarding_in_a_container() {
     let o = Command::new("timeout")
         .args(["60", "ssh", "-F"])
         .arg(&cfg)
-        .args(["-o", "SendEnv=LANG BERTH_NOT_ACCEPTED", &host, "echo \"$LANG/$BERTH_NOT_ACCEPTED\""])
+        .args([
+            "-o",
+            "SendEnv=LANG BERTH_NOT_ACCEPTED",
+            &host,
+            "echo \"$LANG/$BERTH_NOT_ACCEPTED\"",
+        ])
         .env("LANG", "C.UTF-8")
         .env("BERTH_NOT_ACCEPTED", "leak")
         .output()
@@ -177,7 +184,10 @@ puts "EXIT=[lindex $result 3]"
         &[&format!("{host}:/tmp/up.bin"), down.to_str().unwrap()],
         None,
     );
-    assert!(std::fs::read(&down).unwrap() == payload, "scp round trip changed the file");
+    assert!(
+        std::fs::read(&down).unwrap() == payload,
+        "scp round trip changed the file"
+    );
     let out = client_ok(
         "sftp",
         &cfg,
@@ -191,7 +201,10 @@ puts "EXIT=[lindex $result 3]"
     assert!(out.contains("Remote working directory: /work"), "{out}");
     assert!(out.contains("b.bin") && out.contains("300000"), "{out}");
     assert!(std::fs::read(p.path().join("sftp.bin")).unwrap() == payload);
-    let gone = b.ok(p.path(), &["exec", "--", "sh", "-c", "ls /tmp/d 2>&1 || true"]);
+    let gone = b.ok(
+        p.path(),
+        &["exec", "--", "sh", "-c", "ls /tmp/d 2>&1 || true"],
+    );
     assert!(gone.contains("No such file"), "{gone}");
 
     // ssh -L to a listener inside the environment (its own loopback, not the host's).
@@ -202,7 +215,10 @@ puts "EXIT=[lindex $result 3]"
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    wait_for(|| {
+        b.ok(p.path(), &["exec", "--", "netstat", "-ltn"])
+            .contains(":9000 ")
+    });
     let port = free_port();
     let mut fwd = Command::new("ssh")
         .arg("-F")
@@ -234,7 +250,14 @@ puts "EXIT=[lindex $result 3]"
     let o = client(
         "ssh",
         &cfg,
-        &["-o", "ExitOnForwardFailure=yes", "-R", "127.0.0.1:0:127.0.0.1:1", &host, "true"],
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "127.0.0.1:0:127.0.0.1:1",
+            &host,
+            "true",
+        ],
         None,
     );
     assert!(!o.status.success(), "remote forwarding was not refused");
@@ -243,7 +266,11 @@ puts "EXIT=[lindex $result 3]"
     assert!(!o.status.success());
     // (The reason sent on stderr just before may or may not be printed by ssh, which exits
     // at the refusal.)
-    assert!(text(&o).1.contains("subsystem request failed"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("subsystem request failed"),
+        "{}",
+        text(&o).1
+    );
 
     // A client that goes away hangs up on its command: nothing is left running inside.
     let mut gone_client = Command::new("ssh")
@@ -330,7 +357,12 @@ fn read_forwarded_refused(_: u16, host: &str, cfg: &Path) -> String {
     let mut fwd = Command::new("ssh")
         .arg("-F")
         .arg(cfg)
-        .args(["-N", "-L", &format!("127.0.0.1:{port}:127.0.0.1:9001"), host])
+        .args([
+            "-N",
+            "-L",
+            &format!("127.0.0.1:{port}:127.0.0.1:9001"),
+            host,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -355,7 +387,11 @@ fn stdio_refuses_bad_input_clearly_and_leaves_nothing_running() {
     // A name that does not exist.
     let o = b.run_in(p.path(), &["ssh", "--stdio", "no-such-env"]);
     assert_eq!(o.status.code(), Some(3));
-    assert!(text(&o).1.contains("no environment no-such-env"), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("no environment no-such-env"),
+        "{}",
+        text(&o).1
+    );
 
     b.ok(p.path(), &["up"]);
     let cfg = ssh_config(&b, &p);
@@ -404,7 +440,13 @@ fn stdio_refuses_bad_input_clearly_and_leaves_nothing_running() {
     b.ok(p.path(), &["down"]);
     let o = client("ssh", &cfg, &[&host, "true"], None);
     assert_eq!(o.status.code(), Some(255));
-    assert!(text(&o).1.contains("is not running; start it with `berth up`"), "{}", text(&o).1);
+    assert!(
+        text(&o)
+            .1
+            .contains("is not running; start it with `berth up`"),
+        "{}",
+        text(&o).1
+    );
     let o = b.run_in(p.path(), &["ssh", "--", "true"]);
     assert_eq!(o.status.code(), Some(3));
     assert!(text(&o).1.contains("is not running"), "{}", text(&o).1);
@@ -449,7 +491,11 @@ fn ssh_config_install_adds_one_include_and_keeps_the_users_config() {
         assert!(o.status.success(), "{}", text(&o).1);
         let config = std::fs::read_to_string(ssh_dir.join("config")).unwrap();
         assert!(config.ends_with(mine), "round {round}: {config}");
-        assert_eq!(config.matches("Include").count(), 1, "round {round}: {config}");
+        assert_eq!(
+            config.matches("Include").count(),
+            1,
+            "round {round}: {config}"
+        );
         let ours = std::fs::read_to_string(ssh_dir.join("berth_config")).unwrap();
         assert!(ours.contains(&format!("Host berth-{}\n", p.name)), "{ours}");
     }

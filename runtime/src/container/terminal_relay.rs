@@ -87,7 +87,10 @@ impl CommandSession for RelayedTerminal {
     fn signal(&mut self, signal: i32) -> std::result::Result<(), BackendError> {
         Ok(self.session.signal(signal)?)
     }
-    fn wait_timeout(&mut self, timeout: Duration) -> std::result::Result<Option<i32>, BackendError> {
+    fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> std::result::Result<Option<i32>, BackendError> {
         let r = CommandSession::wait_timeout(&mut self.session, timeout);
         if !matches!(r, Ok(None)) {
             self.finish();

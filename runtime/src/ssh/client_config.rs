@@ -130,8 +130,9 @@ pub fn write_known_hosts(home: &BerthHome, entries: &[HostEntry]) -> Result<(), 
         .mode(0o600)
         .open(&lock_path)
         .map_err(|e| SshError::io(&format!("cannot open {}", lock_path.display()), e))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| SshError::io(&format!("cannot lock {}", lock_path.display()), e.into()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, e)| SshError::io(&format!("cannot lock {}", lock_path.display()), e.into()),
+    )?;
     let old = fs::read_to_string(&path).unwrap_or_default();
     let ours: Vec<String> = entries.iter().map(|e| host_alias(&e.env_name)).collect();
     let mut text: String = old
@@ -225,7 +226,12 @@ pub fn install_config(ssh_dir: &Path, text: &str) -> Result<Installed, SshError>
     let existing = match fs::read(&config) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(SshError::io(&format!("cannot read {}", config.display()), e)),
+        Err(e) => {
+            return Err(SshError::io(
+                &format!("cannot read {}", config.display()),
+                e,
+            ))
+        }
     };
     let old = existing.clone().unwrap_or_default();
     if String::from_utf8_lossy(&old)
@@ -288,7 +294,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("h%%1"), "{text}");
-        assert!(text.contains("  User dev\n  HostKeyAlias berth-web\n"), "{text}");
+        assert!(
+            text.contains("  User dev\n  HostKeyAlias berth-web\n"),
+            "{text}"
+        );
         assert!(text.contains("StrictHostKeyChecking yes"), "{text}");
     }
 

@@ -108,7 +108,10 @@ mod tests {
     fn made_once_private_and_stable() {
         let dir = tempfile::tempdir().unwrap();
         let a = load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(key_path(dir.path())).unwrap().permissions().mode();
+        let mode = fs::metadata(key_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = load_or_create(dir.path()).unwrap();
         assert_eq!(public_line(&a).unwrap(), public_line(&b).unwrap());

@@ -15,16 +15,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use envfile_spec::plan::BackendKind;
 use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, Session};
-use envfile_spec::plan::BackendKind;
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
 use super::session::{self, Control, Input, Running};
 use super::SshError;
 use crate::backend::ExecRequest;
-use crate::ssh_inside;
 use crate::environment::{EnvRecord, Environments};
+use crate::ssh_inside;
 use crate::state::BerthHome;
 
 /// What every channel of the connection shares.
@@ -164,11 +164,7 @@ impl Connection {
     }
 
     fn control(&self, channel: ChannelId, c: Control) {
-        if let Some(r) = self
-            .channels
-            .get(&channel)
-            .and_then(|s| s.running.as_ref())
-        {
+        if let Some(r) = self.channels.get(&channel).and_then(|s| s.running.as_ref()) {
             let _ = r.control.send(c);
         }
     }
@@ -329,11 +325,7 @@ impl russh::server::Handler for Connection {
         data: &[u8],
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(r) = self
-            .channels
-            .get(&channel)
-            .and_then(|s| s.running.as_ref())
-        {
+        if let Some(r) = self.channels.get(&channel).and_then(|s| s.running.as_ref()) {
             let _ = r.input.send(Input::Data(data.to_vec()));
         }
         Ok(())
@@ -344,11 +336,7 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(r) = self
-            .channels
-            .get(&channel)
-            .and_then(|s| s.running.as_ref())
-        {
+        if let Some(r) = self.channels.get(&channel).and_then(|s| s.running.as_ref()) {
             let _ = r.input.send(Input::Eof);
         }
         Ok(())
@@ -375,7 +363,9 @@ impl russh::server::Handler for Connection {
     ) -> Result<(), Self::Error> {
         let refused = match name {
             "sftp" => self.builtins_refused(),
-            _ => Some(format!("no subsystem {name:?} here (berth serves \"sftp\")")),
+            _ => Some(format!(
+                "no subsystem {name:?} here (berth serves \"sftp\")"
+            )),
         };
         if let Some(why) = refused {
             session.extended_data(channel, 1, format!("berth: {why}\r\n").into_bytes())?;

@@ -25,7 +25,10 @@ const MAX_READ: u32 = 256 * 1024;
 enum Open {
     File(File),
     /// A directory: its listing, sent once, then EOF.
-    Dir { path: PathBuf, sent: bool },
+    Dir {
+        path: PathBuf,
+        sent: bool,
+    },
 }
 
 struct Server {
@@ -152,7 +155,9 @@ fn apply_attrs(path: Option<&Path>, file: Option<&File>, a: &FileAttributes) -> 
             TimeSpec::new(i64::from(mt), 0),
         );
         match (file, path) {
-            (Some(f), _) => futimens(std::os::fd::AsRawFd::as_raw_fd(f), &at, &mt).map_err(io::Error::from)?,
+            (Some(f), _) => {
+                futimens(std::os::fd::AsRawFd::as_raw_fd(f), &at, &mt).map_err(io::Error::from)?
+            }
             (None, Some(p)) => utimensat(None, p, &at, &mt, UtimensatFlags::FollowSymlink)
                 .map_err(io::Error::from)?,
             _ => {}
@@ -307,9 +312,7 @@ impl russh_sftp::server::Handler for Server {
     ) -> Result<Status, Self::Error> {
         match self.handles.get(&handle) {
             Some(Open::File(f)) => apply_attrs(None, Some(f), &attrs).map_err(reply)?,
-            Some(Open::Dir { path, .. }) => {
-                apply_attrs(Some(path), None, &attrs).map_err(reply)?
-            }
+            Some(Open::Dir { path, .. }) => apply_attrs(Some(path), None, &attrs).map_err(reply)?,
             None => return Err(StatusCode::Failure.with_message("no such handle")),
         }
         Ok(ok(id))

@@ -21,7 +21,9 @@ fn connect(host: &str, port: &str) -> Result<TcpStream, String> {
     for a in addrs {
         match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
             Ok(s) => return Ok(s),
-            Err(e) => last = format!("cannot connect to {host}:{port} ({a}) inside the environment: {e}"),
+            Err(e) => {
+                last = format!("cannot connect to {host}:{port} ({a}) inside the environment: {e}")
+            }
         }
     }
     Err(last)
