@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::SshError;
+use super::error::SshError;
 use crate::state::BerthHome;
 
 /// The `Host` name of environment `name`.

@@ -12,7 +12,7 @@ use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::PrivateKey;
 
-use super::SshError;
+use super::error::SshError;
 
 /// The key file's name in the environment's folder.
 pub const HOST_KEY_FILE: &str = "ssh_host_ed25519_key";

@@ -11,6 +11,7 @@
 //!   berth keeps, `berth ssh-config --install`).
 
 mod client_config;
+mod error;
 mod host_key;
 mod server;
 mod session;
@@ -19,36 +20,12 @@ pub use client_config::{
     host_alias, install_config, installed_file, known_hosts_path, ssh_command, ssh_config_text,
     write_known_hosts, HostEntry, Installed,
 };
+pub use error::SshError;
 pub use host_key::{load_or_create as host_key, public_line, HOST_KEY_FILE};
 pub use server::{accepted_env, serve_stdio};
 
-use crate::environment::{EnvError, EnvRecord};
+use crate::environment::EnvRecord;
 use crate::state::BerthHome;
-
-/// What can go wrong serving or configuring SSH.
-#[derive(Debug, thiserror::Error)]
-pub enum SshError {
-    #[error(transparent)]
-    Env(#[from] EnvError),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
-    #[error("SSH host key: {0}")]
-    HostKey(String),
-    #[error("SSH connection failed: {0}; berth ssh --stdio speaks SSH on stdin/stdout and is meant to be run by ssh as a ProxyCommand (use `berth ssh NAME` or the entries of `berth ssh-config`)")]
-    Protocol(russh::Error),
-}
-
-impl SshError {
-    pub(crate) fn io(context: &str, source: std::io::Error) -> SshError {
-        SshError::Io {
-            context: context.to_string(),
-            source,
-        }
-    }
-}
 
 /// Environment `record` as OpenSSH's client sees it (its host key made now if it has none
 /// yet).

@@ -20,18 +20,12 @@ use russh::keys::PrivateKey;
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
-use super::session::{self, Control, Input, Running};
-use super::SshError;
+use super::error::SshError;
+use super::session::{self, Context, Control, Input, Running};
 use crate::backend::ExecRequest;
 use crate::environment::{EnvRecord, Environments};
 use crate::ssh_inside;
 use crate::state::BerthHome;
-
-/// What every channel of the connection shares.
-pub(super) struct Context {
-    pub home: BerthHome,
-    pub record: EnvRecord,
-}
 
 /// A `pty-req`'s terminal.
 struct PtyWanted {

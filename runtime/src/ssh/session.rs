@@ -20,9 +20,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
-use super::server::Context;
 use crate::backend::ExecRequest;
-use crate::environment::Environments;
+use crate::environment::{EnvRecord, Environments};
+use crate::state::BerthHome;
+
+/// What every channel of the connection shares.
+pub(super) struct Context {
+    pub home: BerthHome,
+    pub record: EnvRecord,
+}
 
 /// What the SSH side asks of a running command.
 pub(super) enum Control {
