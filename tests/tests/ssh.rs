@@ -208,43 +208,45 @@ puts "EXIT=[lindex $result 3]"
     assert!(gone.contains("No such file"), "{gone}");
 
     // ssh -L to a listener inside the environment (its own loopback, not the host's).
-    let mut listener = b
-        .cmd()
-        .current_dir(p.path())
-        .args(["exec", "--", "sh", "-c", "echo from-inside | nc -l -p 9000"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut listener = Reaped(
+        b.cmd()
+            .current_dir(p.path())
+            .args(["exec", "--", "sh", "-c", "echo from-inside | nc -l -p 9000"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     wait_for(|| {
         b.ok(p.path(), &["exec", "--", "netstat", "-ltn"])
             .contains(":9000 ")
     });
     let port = free_port();
-    let mut fwd = Command::new("ssh")
-        .arg("-F")
-        .arg(&cfg)
-        .args([
-            "-N",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-L",
-            &format!("127.0.0.1:{port}:127.0.0.1:9000"),
-            &host,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let fwd = Reaped(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("127.0.0.1:{port}:127.0.0.1:9000"),
+                &host,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let got = read_forwarded(port, b"to-inside\n");
-    let _ = listener.wait();
+    let _ = listener.0.wait();
     let mut sent = String::new();
-    std::io::Read::read_to_string(&mut listener.stdout.take().unwrap(), &mut sent).unwrap();
+    std::io::Read::read_to_string(&mut listener.0.stdout.take().unwrap(), &mut sent).unwrap();
     assert_eq!(got, "from-inside\n");
     assert_eq!(sent, "to-inside\n");
     // Nothing listens on 9001 inside: the channel is refused with the reason.
     let refused = read_forwarded_refused(port, &host, &cfg);
     assert!(refused.contains("Connection refused"), "{refused}");
-    let _ = fwd.kill();
-    let _ = fwd.wait();
+    drop(fwd);
 
     // Refused cleanly: remote forwarding, an unknown subsystem.
     let o = client(
@@ -273,16 +275,18 @@ puts "EXIT=[lindex $result 3]"
     );
 
     // A client that goes away hangs up on its command: nothing is left running inside.
-    let mut gone_client = Command::new("ssh")
-        .arg("-F")
-        .arg(&cfg)
-        .args([&host, "sleep 4321"])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut gone_client = Reaped(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args([&host, "sleep 4321"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for(|| b.ok(p.path(), &["exec", "--", "ps"]).contains("sleep 4321"));
-    gone_client.kill().unwrap();
-    gone_client.wait().unwrap();
+    gone_client.0.kill().unwrap();
+    gone_client.0.wait().unwrap();
     wait_for(|| !b.ok(p.path(), &["exec", "--", "ps"]).contains("sleep 4321"));
 
     // The host key: private to berth's home, not in env.json, the same after down/up.
@@ -305,6 +309,16 @@ puts "EXIT=[lindex $result 3]"
 
     b.ok(p.path(), &["destroy"]);
     p.snapshot(&b).assert_nothing_leaked(&before);
+}
+
+/// A child process killed and reaped when dropped (also when an assertion fails first).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn env_id(b: &Berth, p: &Project) -> String {
@@ -354,25 +368,32 @@ fn read_forwarded(port: u16, send: &[u8]) -> String {
 fn read_forwarded_refused(_: u16, host: &str, cfg: &Path) -> String {
     use std::io::Read;
     let port = free_port();
-    let mut fwd = Command::new("ssh")
-        .arg("-F")
-        .arg(cfg)
-        .args([
-            "-N",
-            "-L",
-            &format!("127.0.0.1:{port}:127.0.0.1:9001"),
-            host,
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut fwd = Reaped(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(cfg)
+            .args([
+                "-N",
+                "-L",
+                &format!("127.0.0.1:{port}:127.0.0.1:9001"),
+                host,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let got = read_forwarded(port, b"x");
     assert_eq!(got, "", "a refused channel carried data");
     std::thread::sleep(Duration::from_millis(300));
-    let _ = fwd.kill();
-    let _ = fwd.wait();
+    let _ = fwd.0.kill();
+    let _ = fwd.0.wait();
     let mut err = String::new();
-    fwd.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    fwd.0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     err
 }
 
