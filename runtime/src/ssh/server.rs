@@ -40,6 +40,8 @@ struct ChannelState {
     /// `KEY=VALUE` from accepted `env` requests.
     env: Vec<String>,
     running: Option<Running>,
+    /// A `direct-tcpip` channel (its command is the TCP relay).
+    tunnel: bool,
 }
 
 struct Connection {
@@ -341,9 +343,17 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(mut state) = self.channels.remove(&channel) {
-            if let Some(r) = state.running.as_mut() {
-                r.hang_up();
+        // What the client sent before closing still reaches the command, in order; then a
+        // session's command is hung up on. A forwarded connection's relay gets a moment to
+        // pass the last bytes and its end on to the far side first.
+        if let Some(state) = self.channels.remove(&channel) {
+            if let Some(r) = &state.running {
+                let grace = if state.tunnel {
+                    std::time::Duration::from_secs(2)
+                } else {
+                    std::time::Duration::ZERO
+                };
+                let _ = r.input.send(Input::Close { grace });
             }
         }
         Ok(())
@@ -417,6 +427,7 @@ impl russh::server::Handler for Connection {
                     id,
                     ChannelState {
                         running: Some(running),
+                        tunnel: true,
                         ..Default::default()
                     },
                 );

@@ -45,6 +45,11 @@ pub(super) enum Input {
     Data(Vec<u8>),
     Resize(u16, u16),
     Eof,
+    /// The client closed the channel: after what it sent before, stdin ends and, `grace`
+    /// later, the command is hung up on.
+    Close {
+        grace: Duration,
+    },
 }
 
 /// The SSH side's hold on a running command.
@@ -203,27 +208,35 @@ fn run_command(
 }
 
 async fn feed_stdin(
-    mut stdin: pipe::Sender,
+    stdin: pipe::Sender,
     mut input: mpsc::UnboundedReceiver<Input>,
     control: std_mpsc::Sender<Control>,
 ) {
-    let mut open = true;
+    // `None` once the client's EOF closed it (or a write failed).
+    let mut stdin = Some(stdin);
     while let Some(i) = input.recv().await {
         match i {
-            Input::Data(chunk) if open => {
-                if stdin.write_all(&chunk).await.is_err() {
-                    open = false;
+            Input::Data(chunk) => {
+                if let Some(s) = stdin.as_mut() {
+                    if s.write_all(&chunk).await.is_err() {
+                        stdin = None;
+                    }
                 }
             }
-            Input::Data(_) => {}
             Input::Resize(rows, cols) => {
                 let (tx, rx) = oneshot::channel();
                 if control.send(Control::Resize(rows, cols, tx)).is_ok() {
                     let _ = rx.await;
                 }
             }
-            // The client's EOF: dropping the pipe is the command's EOF.
-            Input::Eof => break,
+            // The client's EOF: closing the pipe is the command's EOF.
+            Input::Eof => stdin = None,
+            Input::Close { grace } => {
+                drop(stdin);
+                tokio::time::sleep(grace).await;
+                let _ = control.send(Control::Hangup);
+                return;
+            }
         }
     }
 }
