@@ -14,6 +14,7 @@ use crate::commands::login::{LoginArgs, LogoutArgs};
 use crate::commands::logs::LogsArgs;
 use crate::commands::run::RunArgs;
 use crate::commands::snapshot::SnapshotCommand;
+use crate::commands::ssh::{SshArgs, SshConfigArgs};
 use crate::commands::sync::SyncArgs;
 use crate::commands::up::UpArgs;
 use crate::global_args::{GlobalArgs, JsonFlag};
@@ -50,6 +51,10 @@ pub enum Command {
     Shell(ShellArgs),
     /// Run a command inside the running environment.
     Exec(ExecArgs),
+    /// Connect with OpenSSH's `ssh` (berth's own SSH endpoint, no sshd needed inside).
+    Ssh(SshArgs),
+    /// Print `Host berth-NAME` entries for ssh and IDEs (`--install`: into ~/.ssh).
+    SshConfig(SshConfigArgs),
     /// Run a command in a fresh, throw-away environment (for CI).
     Run(RunArgs),
     /// Show the environment's state, address, ports and resource usage.

@@ -162,6 +162,13 @@ pub fn diagnose(host: &HostRoot) -> DoctorReport {
         "needed for NAT of isolated networks when running as root",
         "apt-get install nftables",
     ));
+    checks.push(check_tool(
+        host,
+        "ssh",
+        &["ssh"],
+        "needed for `berth ssh` (berth ssh --stdio, the ProxyCommand of `berth ssh-config`, works without it)",
+        "apt-get install openssh-client",
+    ));
     let vmm_auto = match kvm {
         KvmKind::Hardware => "berth's own KVM VMM (hardware KVM present)".to_string(),
         KvmKind::Pvm => {
@@ -535,6 +542,12 @@ mod tests {
         assert_eq!(r.kvm, KvmKind::Hardware);
         assert!(r.vmm_auto.contains("own KVM VMM"));
         assert_eq!(find(&r, "qemu").status, CheckStatus::Ok);
+        assert_eq!(find(&r, "ssh").status, CheckStatus::Warn);
+        assert!(find(&r, "ssh")
+            .fix
+            .as_deref()
+            .unwrap()
+            .contains("openssh-client"));
         assert!(find(&r, "kvm").detail.contains("hardware KVM (kvm_intel,"));
         // AMD (also what qemu's `-cpu max` emulates in the nested test guest).
         fs::remove_dir(d.path().join("sys/module/kvm_intel")).unwrap();

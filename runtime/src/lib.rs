@@ -9,6 +9,8 @@ pub mod environment;
 pub mod host;
 pub mod image;
 pub mod net;
+pub mod ssh;
+pub mod ssh_inside;
 pub mod state;
 pub mod sync;
 pub mod vm;

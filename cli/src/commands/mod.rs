@@ -12,6 +12,7 @@ pub mod logs;
 pub mod run;
 pub mod schema;
 pub mod snapshot;
+pub mod ssh;
 pub mod status;
 pub mod sync;
 pub mod up;

@@ -30,4 +30,7 @@ pub trait CommandSession {
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, BackendError>;
     /// Waits for the exit code.
     fn wait(self: Box<Self>) -> Result<i32, BackendError>;
+    /// Sets the size (rows, columns) of the command's terminal: for a command started with
+    /// `tty` (an error, or no effect, for one without a terminal).
+    fn resize(&mut self, rows: u16, cols: u16) -> Result<(), BackendError>;
 }

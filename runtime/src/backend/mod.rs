@@ -122,6 +122,9 @@ pub trait Backend {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<i32, BackendError>;
     /// Starts a command without waiting for it, to forward signals or enforce a deadline.
+    /// With `req.tty` it runs on a new terminal inside: the bytes read from `stdio[0]` are
+    /// typed on it, everything it shows is written to `stdio[1]` (`stdio[2]` stays unused),
+    /// and [`CommandSession::resize`] changes its size (the SSH endpoint's PTY sessions).
     fn exec_start(
         &self,
         state_dir: &Path,

@@ -16,6 +16,7 @@ use super::control::{self, ExecSession};
 use super::error::ContainerError;
 use super::network_attach;
 use super::spec::ContainerSpec;
+use super::terminal_relay::RelayedTerminal;
 use crate::backend::{
     Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, SavedSnapshot,
     SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint,
@@ -100,6 +101,15 @@ impl Backend for ContainerBackend {
         req: &ExecRequest,
         stdio: [BorrowedFd<'_>; 3],
     ) -> std::result::Result<Box<dyn CommandSession>, BackendError> {
+        if req.tty {
+            let session = self.exec_tty(state_dir, req)?;
+            return Ok(Box::new(RelayedTerminal::start(
+                session,
+                stdio[0],
+                stdio[1],
+                req.winsize,
+            )?));
+        }
         Ok(Box::new(ContainerBackend::exec_start(
             self, state_dir, req, stdio,
         )?))
@@ -201,5 +211,9 @@ impl CommandSession for ExecSession {
     }
     fn wait(self: Box<Self>) -> std::result::Result<i32, BackendError> {
         Ok(ExecSession::wait(*self)?)
+    }
+    /// A command on a terminal is a [`RelayedTerminal`]; this one has none.
+    fn resize(&mut self, _: u16, _: u16) -> std::result::Result<(), BackendError> {
+        Err(ContainerError::Invalid("this command has no terminal to resize".into()).into())
     }
 }

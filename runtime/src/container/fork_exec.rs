@@ -97,7 +97,13 @@ impl ProcessStarter {
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or(DEFAULT_PATH)
             .to_string();
-        let program = find_program(&argv[0], &path_var);
+        // The SSH endpoint's builtins run in the child itself instead of an `execve`.
+        let builtin = crate::ssh_inside::builtin(argv);
+        let program = if builtin.is_some() {
+            argv[0].clone()
+        } else {
+            find_program(&argv[0], &path_var)
+        };
         let cwd = cwd.map_or_else(
             || default_cwd(self.spec.image.workdir.as_deref()),
             str::to_string,
@@ -133,6 +139,7 @@ impl ProcessStarter {
                     &c_argv,
                     &c_env,
                     &c_cwd,
+                    builtin,
                 );
                 let msg = exec_failure_message(&argv[0], &cwd, err);
                 // SAFETY: writing to our stderr and exiting without unwinding.
@@ -203,6 +210,7 @@ fn child_exec(
     argv: &[CString],
     env: &[CString],
     cwd: &CString,
+    builtin: Option<Box<dyn FnOnce() -> i32>>,
 ) -> (&'static str, i32) {
     let errno = || {
         io::Error::last_os_error()
@@ -286,6 +294,11 @@ fn child_exec(
     }
     if let Err(step) = security.apply_before_exec() {
         return (step, errno());
+    }
+    if let Some(run) = builtin {
+        let code = run();
+        // SAFETY: ending the child without running the supervisor's exit handlers.
+        unsafe { libc::_exit(code) };
     }
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());

@@ -95,6 +95,7 @@ pub mod step;
 pub mod supervisor;
 pub mod sync_root;
 pub mod terminal;
+mod terminal_relay;
 
 pub use container_backend::ContainerBackend;
 pub use error::ContainerError;

@@ -49,7 +49,7 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
 }
 
-fn set_window_size(fd: BorrowedFd<'_>, (rows, cols): (u16, u16)) {
+pub(crate) fn set_window_size(fd: BorrowedFd<'_>, (rows, cols): (u16, u16)) {
     let ws = libc::winsize {
         ws_row: rows,
         ws_col: cols,
@@ -60,7 +60,7 @@ fn set_window_size(fd: BorrowedFd<'_>, (rows, cols): (u16, u16)) {
     unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> bool {
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         match nix::unistd::write(fd, buf) {
             Ok(n) => buf = &buf[n..],

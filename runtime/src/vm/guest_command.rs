@@ -94,6 +94,11 @@ impl VmCommand {
         Ok(self.handle.signal(signal)?)
     }
 
+    /// Sets the size of the guest terminal of a command started with `tty`.
+    pub fn resize(&mut self, rows: u16, cols: u16) -> Result<(), VmError> {
+        Ok(self.handle.resize(rows, cols)?)
+    }
+
     /// The exit code (128 + signal when killed) once the command has ended, waiting at most
     /// `timeout`; `None` while it still runs.
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<i32>, VmError> {

@@ -130,6 +130,9 @@ impl CommandSession for VmCommand {
     fn wait(self: Box<Self>) -> Result<i32, BackendError> {
         Ok(VmCommand::wait(*self)?)
     }
+    fn resize(&mut self, rows: u16, cols: u16) -> Result<(), BackendError> {
+        Ok(VmCommand::resize(self, rows, cols)?)
+    }
 }
 
 impl Backend for VmBackend {
@@ -180,6 +183,14 @@ impl Backend for VmBackend {
         req: &ExecRequest,
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<Box<dyn CommandSession>, BackendError> {
+        if req.tty {
+            let exec = self.exec_for(state_dir, req)?;
+            return Ok(Box::new(VmCommand::start(
+                self.connect(state_dir)?,
+                exec,
+                stdio,
+            )?));
+        }
         Ok(Box::new(self.command(state_dir, req, stdio)?))
     }
     fn shell(&self, state_dir: &Path, req: &ExecRequest) -> Result<i32, BackendError> {

@@ -1,0 +1,30 @@
+//! The parts of the SSH endpoint that run *inside* an environment, as the `[shell]` user:
+//! the SFTP server (`sftp`, `scp`) and the TCP relay of `direct-tcpip` (`ssh -L`). The SSH
+//! server ([`crate::ssh`]) starts them through the exec path as *builtins*: a command whose
+//! `argv[0]` is one of the names below is not looked up in the environment's filesystem
+//! (whose image may have no dynamic loader berth's binary could use) but run by the forked
+//! child of the supervisor itself, after it switched to the user, working directory and
+//! security profile exactly as for an `execve`.
+//!
+//! This module uses nothing else of berth, so the container backend can call it.
+
+mod sftp;
+mod tcp_relay;
+
+/// `argv[0]` of the SFTP server builtin.
+pub const SFTP_SERVER: &str = "berth-builtin:sftp-server";
+/// `argv[0]` of the TCP relay builtin (`argv[1]` host, `argv[2]` port).
+pub const TCP_RELAY: &str = "berth-builtin:tcp-relay";
+
+/// The builtin named by `argv`, as a function to run in place of `execve` (its exit code).
+pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
+    match argv.first().map(String::as_str) {
+        Some(SFTP_SERVER) => Some(Box::new(sftp::serve_stdio)),
+        Some(TCP_RELAY) => {
+            let host = argv.get(1).cloned().unwrap_or_default();
+            let port = argv.get(2).cloned().unwrap_or_default();
+            Some(Box::new(move || tcp_relay::relay_stdio(&host, &port)))
+        }
+        _ => None,
+    }
+}
