@@ -212,6 +212,7 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
         if fds[1].revents != 0 {
             return;
         }
+        let mut got = false;
         loop {
             // SAFETY: reads into `buf`, whose length is passed.
             let len =
@@ -230,12 +231,23 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
                     }
                 }
             }
+            got |= len > 0;
             if !handle_buffer(&mut tree, &buf[..len as usize], sink) {
                 return;
             }
         }
+        if got {
+            // Let the events of a burst gather before reading again: read one by one, a
+            // writer's burst woke this thread (and the engine) once per event, which cost
+            // more CPU than synchronizing. A single save is not delayed: its first event is
+            // read at once, and the engine waits a few ms for the quiet anyway.
+            std::thread::sleep(COALESCE);
+        }
     }
 }
+
+/// Pause after reading events before waiting for more ([`run`]).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// One raw event from the buffer.
 struct Raw<'a> {
