@@ -23,7 +23,7 @@ impl Worker<'_> {
             let _ = tx
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .send(Msg::Watch(side, ev));
+                .send(Msg::Watch(side, ev, Instant::now()));
         });
         self.watchers[idx(side)] = None;
         let w = self.side(side).watch(sink, force_poll)?;
@@ -174,7 +174,7 @@ impl Worker<'_> {
         waiters: &mut Vec<Sender<Result<(), String>>>,
     ) -> Result<(), SyncError> {
         match msg {
-            Msg::Watch(side, ev) => self.on_event(side, ev),
+            Msg::Watch(side, ev, at) => self.on_event(side, ev, at),
             Msg::Flush(r) => {
                 waiters.push(r);
                 Ok(())
@@ -182,7 +182,9 @@ impl Worker<'_> {
         }
     }
 
-    fn on_event(&mut self, side: Side, ev: WatchEvent) -> Result<(), SyncError> {
+    /// An event reported by `side`'s watcher at `at` (when it was sent: the debounce counts
+    /// from there, not from when the loop took it).
+    fn on_event(&mut self, side: Side, ev: WatchEvent, at: Instant) -> Result<(), SyncError> {
         match ev {
             WatchEvent::Failed { message, limit } => {
                 let msg = if limit {
@@ -204,9 +206,9 @@ impl Worker<'_> {
                     s.polling = Some(msg.clone());
                     s.last_error = Some(msg);
                 });
-                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
+                self.dirty.add(None, WatchEvent::Rescan, at);
             }
-            ev => self.dirty.add(Some(side), ev, Instant::now()),
+            ev => self.dirty.add(Some(side), ev, at),
         }
         Ok(())
     }
