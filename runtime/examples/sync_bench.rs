@@ -8,6 +8,12 @@
 //!   CPU times much less.
 //!
 //! Usage: `sync_bench [WORKDIR] [EDITS]` (default: a temporary folder under /var/tmp, 1000).
+//!
+//! `sync_bench curve WORKDIR [SIZES] [EDITS]`: the sync curve, one line per tree size (default
+//! `1000,10000,100000` files, 100 per folder): the initial pass of an engine started on a
+//! tree only the host side has (until it reports `Watching`) against `rsync -a` of the same
+//! tree, single-edit latency with that tree in place (p50/p95 over EDITS edits, default 200),
+//! and the converge after every file is rewritten against rsync of the same change.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,6 +26,9 @@ use berth_runtime::sync::{LocalTransport, SyncConfig, SyncEngine, SyncState, Tra
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("curve") {
+        return curve(&args[2..]);
+    }
     let work = match args.get(1) {
         Some(p) => PathBuf::from(p),
         None => std::env::temp_dir().join(format!("berth-sync-bench-{}", std::process::id())),
@@ -79,7 +88,7 @@ fn main() {
     // 2. 10,000-file tree: initial copy.
     let cpu = engine_cpu_ms();
     let t = Instant::now();
-    write_tree(&host.join("tree"), "v1");
+    write_tree(&host.join("tree"), "v1", 10_000);
     let write_ms = ms(t.elapsed());
     let t = Instant::now();
     engine.flush(Duration::from_secs(600)).unwrap();
@@ -94,7 +103,7 @@ fn main() {
     // 3. 10,000-file change (every file rewritten).
     let cpu = engine_cpu_ms();
     let t = Instant::now();
-    write_tree(&host.join("tree"), "v2");
+    write_tree(&host.join("tree"), "v2", 10_000);
     let write_ms = ms(t.elapsed());
     let t = Instant::now();
     engine.flush(Duration::from_secs(600)).unwrap();
@@ -161,17 +170,106 @@ fn report(what: &str, v: &mut [f64]) {
     );
 }
 
-fn write_tree(root: &Path, version: &str) {
-    for i in 0..100 {
+/// `files` files of about 200 bytes, 100 per folder (`d00/f00.txt`, ...).
+fn write_tree(root: &Path, version: &str, files: usize) {
+    for i in 0..files.div_ceil(100) {
         let d = root.join(format!("d{i:02}"));
         fs::create_dir_all(&d).unwrap();
-        for j in 0..100 {
+        for j in 0..100.min(files - i * 100) {
             fs::write(
                 d.join(format!("f{j:02}.txt")),
                 format!("{version} {i} {j}\n{}", "x".repeat(200)),
             )
             .unwrap();
         }
+    }
+}
+
+/// The sync curve (see the module documentation).
+fn curve(args: &[String]) {
+    let work = PathBuf::from(
+        args.first()
+            .expect("usage: sync_bench curve WORKDIR [SIZES] [EDITS]"),
+    );
+    let sizes: Vec<usize> = args
+        .get(1)
+        .map(|s| {
+            s.split(',')
+                .map(|n| n.parse().expect("SIZES: numbers separated by commas"))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![1_000, 10_000, 100_000]);
+    let edits: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200);
+    println!("| files | initial pass berth / rsync (ratio; CPU berth / rsync) | single edit p50 / p95 | converge after a full change berth / rsync (ratio; CPU berth / rsync) |");
+    println!("|---|---|---|---|");
+    for n in sizes {
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).unwrap();
+        let guard = Cleanup(work.clone());
+        let (host, env, state, rsync_dst) = (
+            work.join("host"),
+            work.join("env"),
+            work.join("state"),
+            work.join("rsync"),
+        );
+        for d in [&host, &env, &rsync_dst] {
+            fs::create_dir_all(d).unwrap();
+        }
+        write_tree(&host.join("tree"), "v1", n);
+        // Initial pass: the engine starts on a tree only the host side has.
+        let h: Arc<dyn Transport> = Arc::new(LocalTransport::open("host", &host).unwrap());
+        let e: Arc<dyn Transport> = Arc::new(LocalTransport::open("env", &env).unwrap());
+        let engine = Arc::new(SyncEngine::new(SyncConfig::new("bench", &state), h, e));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpu = engine_cpu_ms();
+        let t = Instant::now();
+        let runner = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::spawn(move || engine.run(&stop))
+        };
+        while engine.status().state != SyncState::Watching {
+            assert!(
+                !runner.is_finished(),
+                "the engine stopped: {:?}",
+                engine.status().last_error
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let initial = ms(t.elapsed());
+        let initial_cpu = engine_cpu_ms() - cpu;
+        let (rsync_initial, rsync_initial_cpu) = rsync(&host, &rsync_dst);
+        // Single edits with the tree in place.
+        let mut lat = Vec::with_capacity(edits);
+        for i in 0..edits {
+            let k = (i * 7919) % n;
+            let name = format!("tree/d{:02}/f{:02}.txt", k / 100, k % 100);
+            let content = format!("edit {i}\n");
+            let t = Instant::now();
+            fs::write(host.join(&name), &content).unwrap();
+            wait_content(&env.join(&name), &content, &mut lat, t);
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+        let (p50, p95) = (pct(0.5), pct(0.95));
+        engine.flush(Duration::from_secs(600)).unwrap();
+        rsync(&host, &rsync_dst);
+        // Converge after every file is rewritten.
+        let cpu = engine_cpu_ms();
+        write_tree(&host.join("tree"), "v2", n);
+        let t = Instant::now();
+        engine.flush(Duration::from_secs(1200)).unwrap();
+        let change = ms(t.elapsed());
+        let change_cpu = engine_cpu_ms() - cpu;
+        let (rsync_change, rsync_change_cpu) = rsync(&host, &rsync_dst);
+        assert_eq!(engine.status().last_error, None, "engine reported an error");
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap().unwrap();
+        println!(
+            "| {n} | {initial:.0} / {rsync_initial:.0} ms ({:.2}; CPU {initial_cpu:.0} / {rsync_initial_cpu:.0} ms) | {p50:.1} / {p95:.1} ms | {change:.0} / {rsync_change:.0} ms ({:.2}; CPU {change_cpu:.0} / {rsync_change_cpu:.0} ms) |",
+            initial / rsync_initial,
+            change / rsync_change
+        );
+        drop(guard);
     }
 }
 

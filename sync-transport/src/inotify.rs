@@ -184,6 +184,7 @@ pub fn start(root: &Path, sink: Arc<EventSink>) -> Result<InotifyWatch, StartErr
 /// The reader thread: waits for events or the stop byte, reports events until stopped.
 fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut last_events: Option<std::time::Instant> = None;
     loop {
         let mut fds = [
             libc::pollfd {
@@ -212,6 +213,7 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
         if fds[1].revents != 0 {
             return;
         }
+        let mut got = false;
         loop {
             // SAFETY: reads into `buf`, whose length is passed.
             let len =
@@ -230,12 +232,30 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
                     }
                 }
             }
+            got |= len > 0;
             if !handle_buffer(&mut tree, &buf[..len as usize], sink) {
                 return;
             }
         }
+        if got {
+            // During a burst (events again within BURST of the previous ones), let the
+            // events gather before reading again: read one by one, a writer's burst woke
+            // this thread (and the engine) once per event, which cost more CPU than
+            // synchronizing. The events of a single save are read as they come.
+            let now = std::time::Instant::now();
+            let burst = last_events.is_some_and(|t| now.duration_since(t) < BURST);
+            last_events = Some(now);
+            if burst {
+                std::thread::sleep(COALESCE);
+            }
+        }
     }
 }
+
+/// Pause after reading events of a burst before waiting for more ([`run`]).
+const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
+/// Events read this soon after the previous ones make a burst.
+const BURST: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One raw event from the buffer.
 struct Raw<'a> {

@@ -114,6 +114,12 @@ pub trait Transport: Send + Sync {
     /// The entry at `rel` (`lstat`), `None` when missing or of a kind not synchronized.
     fn stat(&self, rel: &str) -> Result<Option<Entry>, TransportError>;
 
+    /// [`Self::stat`] of many paths, in order. A transport that can do better than one lookup
+    /// at a time (the local one opens each folder once for its consecutive paths) overrides it.
+    fn stat_many(&self, rels: &[&str]) -> Vec<Result<Option<Entry>, TransportError>> {
+        rels.iter().map(|r| self.stat(r)).collect()
+    }
+
     /// Hex sha256 of the file at `rel`; `None` when it is not a regular file.
     fn hash(&self, rel: &str) -> Result<Option<String>, TransportError>;
 

@@ -80,8 +80,9 @@ impl Dirty {
             WatchEvent::Rescan => self.rescan = true,
             WatchEvent::Failed { .. } => return,
         }
-        self.first.get_or_insert(now);
-        self.last = Some(now);
+        // Events of the two sides' watchers may be taken slightly out of order.
+        self.first = Some(self.first.map_or(now, |f| f.min(now)));
+        self.last = Some(self.last.map_or(now, |l| l.max(now)));
     }
 
     /// Marks a path for another look (after a transfer was interrupted by a change).
@@ -150,6 +151,38 @@ mod tests {
         let b = dirty.take();
         assert_eq!(b.paths.len(), 2);
         assert!(dirty.is_empty());
+    }
+
+    #[test]
+    fn events_taken_out_of_order_keep_the_latest_and_earliest_times() {
+        // The loop takes queued events late and the two sides' watchers interleave: the
+        // quiet period counts from the latest event sent, the cap from the earliest.
+        let d = Debounce {
+            quiet: Duration::from_millis(5),
+            max_delay: Duration::from_millis(50),
+        };
+        let t0 = Instant::now();
+        let mut dirty = Dirty::default();
+        dirty.add(
+            Some(Side::Host),
+            ch("a", false),
+            t0 + Duration::from_millis(3),
+        );
+        dirty.add(
+            Some(Side::Env),
+            ch("b", false),
+            t0 + Duration::from_millis(1),
+        );
+        assert_eq!(dirty.due_in(t0, d), Some(Duration::from_millis(8)));
+        for i in 0..20 {
+            dirty.add(
+                Some(Side::Host),
+                ch("c", false),
+                t0 + Duration::from_millis(3 * i + 2),
+            );
+        }
+        // Capped at 50 ms after the earliest event (t0 + 1 ms).
+        assert_eq!(dirty.due_in(t0, d), Some(Duration::from_millis(51)));
     }
 
     #[test]

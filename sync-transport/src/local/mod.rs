@@ -309,6 +309,31 @@ impl Transport for LocalTransport {
             .map_err(|e| self.err("stat", rel, e))
     }
 
+    fn stat_many(&self, rels: &[&str]) -> Vec<Result<Option<Entry>, TransportError>> {
+        // The folder of the previous path, kept while the next paths are in it too.
+        let mut dir: Option<(&str, OwnedFd)> = None;
+        let mut out = Vec::with_capacity(rels.len());
+        for &rel in rels {
+            let p = parent(rel);
+            if dir.as_ref().is_none_or(|(d, _)| *d != p) {
+                dir = None;
+                if self.check(rel).is_ok() {
+                    if let Ok(fd) = self.open_beneath(p, libc::O_PATH | libc::O_DIRECTORY) {
+                        dir = Some((p, fd));
+                    }
+                }
+            }
+            out.push(match &dir {
+                Some((_, fd)) => self
+                    .lstat_at(fd, file_name(rel))
+                    .map_err(|e| self.err("stat", rel, e)),
+                // Missing folder, symlink on the way, bad path: as `stat` says it.
+                None => self.stat(rel),
+            });
+        }
+        out
+    }
+
     fn hash(&self, rel: &str) -> Result<Option<String>, TransportError> {
         let mut f = match self.read_file(rel) {
             Ok((_, f)) => f,
@@ -327,8 +352,12 @@ impl Transport for LocalTransport {
         let fd = self
             .open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK)
             .map_err(|e| self.err("open", rel, e))?;
-        let mut f = LocalSource(File::from(fd));
+        let mut f = LocalSource {
+            file: File::from(fd),
+            left: 0,
+        };
         let entry = f.entry_now().map_err(|e| self.err("stat", rel, e))?;
+        f.left = entry.size;
         if entry.kind != EntryKind::File {
             return Err(self.err(
                 "read",
@@ -348,7 +377,7 @@ impl Transport for LocalTransport {
     ) -> Result<Staged, TransportError> {
         let dir = self.ensure_parent(rel)?;
         let temp_name = self.temp_name(file_name(rel));
-        let result = (|| -> io::Result<()> {
+        let result = (|| -> io::Result<Entry> {
             let mut f = File::from(openat2_beneath_mode(
                 &dir,
                 &temp_name,
@@ -367,20 +396,34 @@ impl Transport for LocalTransport {
                     f.write_all(&buf[..n])?;
                 }
             })?;
-            if let Some((u, g)) = self.owner {
-                std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
-            }
-            let meta = f.metadata()?;
-            let mode = self.allowed_mode(mode, meta.uid(), meta.gid());
+            // The owner decides which setuid/setgid bits are allowed: the one given, or
+            // (asked only when it matters) the one the file got.
+            let (uid, gid) = match self.owner {
+                Some((u, g)) => {
+                    std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
+                    (u, g)
+                }
+                None if self.no_root_setid => {
+                    let meta = f.metadata()?;
+                    (meta.uid(), meta.gid())
+                }
+                None => (u32::MAX, u32::MAX),
+            };
+            let mode = self.allowed_mode(mode, uid, gid);
             f.set_permissions(fs::Permissions::from_mode(mode))?;
             f.set_times(FileTimes::new().set_modified(time_from_ns(mtime_ns)))?;
-            Ok(())
+            // What the rename will put in place (a rename changes none of it).
+            Entry::from_metadata(&f.metadata()?, None)
+                .ok_or_else(|| io::Error::other("the temporary file is not a regular file"))
         })();
         match result {
-            Ok(()) => Ok(Staged {
+            Ok(written) => Ok(Staged {
                 rel: rel.to_string(),
                 temp_name,
-                handle: Some(Box::new(dir)),
+                handle: Some(Box::new(StagedHere {
+                    dir,
+                    written: Some(written),
+                })),
             }),
             Err(e) => {
                 let _ = unlink_at(&dir, &temp_name, false);
@@ -403,7 +446,7 @@ impl Transport for LocalTransport {
         Ok(Staged {
             rel: rel.to_string(),
             temp_name,
-            handle: Some(Box::new(dir)),
+            handle: Some(Box::new(StagedHere { dir, written: None })),
         })
     }
 
@@ -411,11 +454,11 @@ impl Transport for LocalTransport {
         let kept = staged
             .handle
             .take()
-            .and_then(|h| h.downcast::<OwnedFd>().ok());
-        let dir = match kept {
-            Some(d) => *d,
+            .and_then(|h| h.downcast::<StagedHere>().ok());
+        let (dir, written) = match kept {
+            Some(k) => (k.dir, k.written),
             None => match self.parent_fd(&staged.rel) {
-                Ok(d) => d,
+                Ok(d) => (d, None),
                 Err(e) => {
                     self.discard(staged);
                     return Err(e);
@@ -440,6 +483,12 @@ impl Transport for LocalTransport {
             let _ = unlink_at(&dir, &staged.temp_name, false);
             return Err(self.err("rename into place", &staged.rel, e));
         }
+        // A file: what was written (mode, size, mtime set on the temporary file). Recording
+        // that rather than a new look also keeps an edit made right after the rename from
+        // being taken for the engine's own write.
+        if let Some(w) = written {
+            return Ok(w);
+        }
         match self.lstat_at(&dir, name) {
             Ok(Some(e)) => Ok(e),
             Ok(None) => Err(TransportError::Changed {
@@ -451,9 +500,9 @@ impl Transport for LocalTransport {
     }
 
     fn discard(&self, staged: Staged) {
-        match staged.handle.and_then(|h| h.downcast::<OwnedFd>().ok()) {
-            Some(dir) => {
-                let _ = unlink_at(&dir, &staged.temp_name, false);
+        match staged.handle.and_then(|h| h.downcast::<StagedHere>().ok()) {
+            Some(k) => {
+                let _ = unlink_at(&k.dir, &staged.temp_name, false);
             }
             None => {
                 if let Ok(dir) = self.parent_fd(&staged.rel) {
@@ -539,18 +588,37 @@ thread_local! {
     static COPY_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A file opened for copying; its entry is re-read from the descriptor.
-struct LocalSource(File);
+/// A staged entry's folder, and for a file the entry it will have once renamed into place.
+struct StagedHere {
+    dir: OwnedFd,
+    written: Option<Entry>,
+}
+
+/// A file opened for copying; its entry is re-read from the descriptor. Reads stop after the
+/// size the file had when opened (no `read` just to see the end): a file that grew meanwhile
+/// has another size or mtime in [`SourceFile::entry_now`], and the copy is retried.
+struct LocalSource {
+    file: File,
+    left: u64,
+}
 
 impl Read for LocalSource {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        if self.left == 0 || buf.is_empty() {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.file.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 
 impl SourceFile for LocalSource {
     fn entry_now(&mut self) -> io::Result<Entry> {
-        let meta = self.0.metadata()?;
+        let meta = self.file.metadata()?;
         Entry::from_metadata(&meta, None).ok_or_else(|| io::Error::other("not a regular file"))
     }
 }
@@ -629,6 +697,83 @@ mod tests {
             tr.stat("../x"),
             Err(TransportError::Escapes { .. })
         ));
+    }
+
+    #[test]
+    fn stat_many_answers_as_stat_and_never_looks_through_symlinks() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"s").unwrap();
+        fs::create_dir_all(d.path().join("a/b")).unwrap();
+        fs::write(d.path().join("a/1"), "1").unwrap();
+        fs::write(d.path().join("a/b/x"), "x").unwrap();
+        fs::write(d.path().join("a/2"), "22").unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), d.path().join("a/link")).unwrap();
+        let tr = t(d.path());
+        let paths = [
+            "a/1",
+            "a/b/x",
+            "a/2",
+            "a/missing",
+            "missing/x",
+            "link/secret",
+            "link",
+            "a/link",
+            "a/link/secret",
+            "a/1/under-a-file",
+            "../x",
+            "a/../a/1",
+        ];
+        let many = tr.stat_many(&paths);
+        assert_eq!(many.len(), paths.len());
+        let shape = |r: &Result<Option<Entry>, TransportError>| match r {
+            Ok(e) => format!("{e:?}"),
+            Err(TransportError::Escapes { .. }) => "escapes".to_string(),
+            Err(e) => format!("error {e}"),
+        };
+        for (p, r) in paths.iter().zip(&many) {
+            assert_eq!(shape(r), shape(&tr.stat(p)), "{p}");
+        }
+        // Nothing behind a symlink is ever described (the folder outside has `secret`).
+        for (i, p) in paths.iter().enumerate() {
+            if p.ends_with("secret") {
+                assert!(
+                    matches!(many[i], Ok(None) | Err(TransportError::Escapes { .. })),
+                    "{p}: {:?}",
+                    shape(&many[i])
+                );
+            }
+        }
+        assert_eq!(many[2].as_ref().unwrap().as_ref().unwrap().size, 2);
+        assert_eq!(
+            many[6].as_ref().unwrap().as_ref().unwrap().kind,
+            EntryKind::Symlink
+        );
+    }
+
+    #[test]
+    fn commit_returns_the_entry_written_and_reads_stop_at_the_size_seen_at_open() {
+        let d = tempfile::tempdir().unwrap();
+        let tr = t(d.path());
+        let s = tr
+            .stage_file("f", &mut &b"hello"[..], 0o640, 1_600_000_000_000_000_001)
+            .unwrap();
+        let written = tr.commit(s, None).unwrap();
+        assert_eq!(Some(written), tr.stat("f").unwrap());
+        let (entry, mut src) = tr.read_file("f").unwrap();
+        assert_eq!(entry.size, 5);
+        // Grows after the open: the copy reads what it saw, and the new entry tells it changed.
+        fs::OpenOptions::new()
+            .append(true)
+            .open(d.path().join("f"))
+            .unwrap()
+            .write_all(b" world")
+            .unwrap();
+        let mut got = Vec::new();
+        src.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hello");
+        assert!(!src.entry_now().unwrap().same_state(&entry));
     }
 
     #[test]

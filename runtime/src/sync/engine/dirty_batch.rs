@@ -215,10 +215,14 @@ impl Worker<'_> {
                 }
             }
         }
+        // In path order, so that the paths of one folder come one after another.
+        todo[0].sort_unstable();
+        todo[1].sort_unstable();
         let stat_all = |t: &Arc<dyn Transport>, paths: &[&str]| {
             paths
                 .iter()
-                .map(|p| (p.to_string(), t.stat(p)))
+                .map(|p| p.to_string())
+                .zip(t.stat_many(paths))
                 .collect::<HashMap<_, _>>()
         };
         let (host, env) = (&self.engine.host, &self.engine.env);

@@ -78,7 +78,7 @@ impl SyncConfig {
 }
 
 enum Msg {
-    Watch(Side, WatchEvent),
+    Watch(Side, WatchEvent, Instant),
     Flush(Sender<Result<(), String>>),
 }
 

@@ -3,7 +3,7 @@
 //! full passes until one finds nothing to do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ impl Worker<'_> {
             let _ = tx
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .send(Msg::Watch(side, ev));
+                .send(Msg::Watch(side, ev, Instant::now()));
         });
         self.watchers[idx(side)] = None;
         let w = self.side(side).watch(sink, force_poll)?;
@@ -67,11 +67,29 @@ impl Worker<'_> {
                 .due_in(Instant::now(), debounce)
                 .unwrap_or(Duration::from_millis(100))
                 .min(Duration::from_millis(100));
-            match rx.recv_timeout(wait) {
-                Ok(Msg::Watch(side, ev)) => self.on_event(side, ev)?,
-                Ok(Msg::Flush(r)) => waiters.push(r),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            // While a debounce runs, sleep until it is due and then take every event that
+            // arrived meanwhile: during a burst (thousands of events a second) waking up per
+            // event cost more CPU than the copies. Idle, block until the next message. A
+            // flush request waits at most one debounce step (`quiet`, a few ms).
+            let first = if self.dirty.is_empty() {
+                match rx.recv_timeout(wait) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                std::thread::sleep(wait.min(debounce.quiet));
+                None
+            };
+            if let Some(msg) = first {
+                self.on_msg(msg, &mut waiters)?;
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(msg) => self.on_msg(msg, &mut waiters)?,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return Ok(()),
+                }
             }
             let now = Instant::now();
             if self
@@ -150,7 +168,23 @@ impl Worker<'_> {
         });
     }
 
-    fn on_event(&mut self, side: Side, ev: WatchEvent) -> Result<(), SyncError> {
+    fn on_msg(
+        &mut self,
+        msg: Msg,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        match msg {
+            Msg::Watch(side, ev, at) => self.on_event(side, ev, at),
+            Msg::Flush(r) => {
+                waiters.push(r);
+                Ok(())
+            }
+        }
+    }
+
+    /// An event reported by `side`'s watcher at `at` (when it was sent: the debounce counts
+    /// from there, not from when the loop took it).
+    fn on_event(&mut self, side: Side, ev: WatchEvent, at: Instant) -> Result<(), SyncError> {
         match ev {
             WatchEvent::Failed { message, limit } => {
                 let msg = if limit {
@@ -172,9 +206,9 @@ impl Worker<'_> {
                     s.polling = Some(msg.clone());
                     s.last_error = Some(msg);
                 });
-                self.dirty.add(None, WatchEvent::Rescan, Instant::now());
+                self.dirty.add(None, WatchEvent::Rescan, at);
             }
-            ev => self.dirty.add(Some(side), ev, Instant::now()),
+            ev => self.dirty.add(Some(side), ev, at),
         }
         Ok(())
     }
@@ -223,10 +257,7 @@ impl Worker<'_> {
         waiters: &mut Vec<Sender<Result<(), String>>>,
     ) -> Result<(), SyncError> {
         while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Msg::Watch(side, ev) => self.on_event(side, ev)?,
-                Msg::Flush(r) => waiters.push(r),
-            }
+            self.on_msg(msg, waiters)?;
         }
         let dropped = self.dirty.take();
         trace(format_args!(
