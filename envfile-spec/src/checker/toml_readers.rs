@@ -24,7 +24,7 @@ pub(super) struct Tbl<'d> {
 }
 
 impl<'d> Tbl<'d> {
-    fn key_display(&self, key: &str) -> String {
+    pub(super) fn key_display(&self, key: &str) -> String {
         if self.display.is_empty() {
             key.to_string()
         } else {
@@ -413,14 +413,27 @@ impl Checker<'_> {
         key: &'static str,
         example: &str,
     ) -> Option<Tbl<'d>> {
+        self.sub_table_at(parent, key, key, example)
+    }
+
+    /// [`Self::sub_table`] of a table below the top level: `spec` is its path in the key
+    /// table (`"services.*.resources"`); messages name it after its parent (`services.db.resources`).
+    pub(super) fn sub_table_at<'d>(
+        &mut self,
+        parent: &Tbl<'d>,
+        key: &str,
+        spec: &'static str,
+        example: &str,
+    ) -> Option<Tbl<'d>> {
         let (item, _) = parent.get(key)?;
         let span = self.item_head(item, parent.key_span(key));
-        let t = self.table(item, span.clone(), key, example)?;
+        let display = parent.key_display(key);
+        let t = self.table(item, span.clone(), &display, example)?;
         let tbl = Tbl {
             t,
             span,
-            spec: key,
-            display: key.to_string(),
+            spec,
+            display,
         };
         self.unknown_keys(&tbl);
         Some(tbl)
@@ -439,13 +452,25 @@ impl Checker<'_> {
 
     /// The elements of an array of tables (`[[mounts]]` or `mounts = [{…}, {…}]`).
     pub(super) fn table_array<'d>(&mut self, parent: &Tbl<'d>, key: &'static str) -> Vec<Tbl<'d>> {
-        let Some((item, span)) = parent.get(key) else {
-            return Vec::new();
-        };
         let spec = match key {
             "mounts" => "mounts[]",
             _ => "ports[]",
         };
+        self.table_array_at(parent, key, spec)
+    }
+
+    /// [`Self::table_array`] with the elements' path in the key table given
+    /// (`"services.*.mounts[]"`); messages name the array after its parent (`services.db.mounts`).
+    pub(super) fn table_array_at<'d>(
+        &mut self,
+        parent: &Tbl<'d>,
+        key: &str,
+        spec: &'static str,
+    ) -> Vec<Tbl<'d>> {
+        let Some((item, span)) = parent.get(key) else {
+            return Vec::new();
+        };
+        let shown = parent.key_display(key);
         let mut out = Vec::new();
         match item {
             Item::ArrayOfTables(aot) => {
@@ -455,7 +480,7 @@ impl Checker<'_> {
                         t,
                         span: tspan,
                         spec,
-                        display: key.to_string(),
+                        display: shown.clone(),
                     });
                 }
             }
@@ -467,16 +492,18 @@ impl Checker<'_> {
                             t,
                             span: vspan,
                             spec,
-                            display: key.to_string(),
+                            display: shown.clone(),
                         }),
                         None => {
                             let found = value_type_with_article(v);
                             self.error(
                                 ErrorKind::WrongType,
                                 vspan,
-                                format!("every element of `{key}` must be a table, found {found}"),
+                                format!(
+                                    "every element of `{shown}` must be a table, found {found}"
+                                ),
                                 Some(format!(
-                                    "write each entry as a [[{key}]] table or as {{ … }}"
+                                    "write each entry as a [[{shown}]] table or as {{ … }}"
                                 )),
                             );
                         }
@@ -488,10 +515,10 @@ impl Checker<'_> {
                 self.wrong_type(
                     other,
                     hspan,
-                    key,
+                    &shown,
                     "an array of tables",
                     Some(format!(
-                        "write each entry under its own [[{key}]] header (double brackets)"
+                        "write each entry under its own [[{shown}]] header (double brackets)"
                     )),
                 );
             }
