@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::HostDevice;
 use super::error::{ContainerError, Result};
+use super::sidecar::JoinSpec;
 use crate::backend::ImageDefaults;
 use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
@@ -67,6 +68,10 @@ pub struct ContainerSpec {
     /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
     #[serde(default)]
     pub devices: Vec<HostDevice>,
+    /// A sidecar: joins this running environment's user and network namespaces instead of
+    /// making its own (see [`super::sidecar`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -141,6 +146,7 @@ impl ContainerSpec {
             net_home: None,
             hold_services: false,
             devices: Vec::new(),
+            join: None,
         }
     }
 
@@ -240,6 +246,9 @@ impl ContainerSpec {
                 "hostname {:?} must have 1 to 64 characters",
                 self.hostname
             )));
+        }
+        if let Some(join) = &self.join {
+            super::sidecar::check_spec(self, &join.env_dir)?;
         }
         if let Some(c) = self.resources.cpus {
             if !(c.is_finite() && c > 0.0) {

@@ -69,6 +69,14 @@ impl ProcessIdentity {
         }
     }
 
+    /// A pidfd of the process if it is still this one (opened before the identity is
+    /// checked, so it never refers to a process that reused the pid); `None` when it is gone
+    /// or the kernel has no pidfds.
+    pub fn pidfd(&self) -> Option<OwnedFd> {
+        let pidfd = open_pidfd(self.pid)?;
+        self.alive().then_some(pidfd)
+    }
+
     /// Waits up to `timeout` for the process to end; whether it did. Reaps it when it is a
     /// child of this process (its zombie would otherwise linger until this process exits).
     pub fn wait_exit(&self, timeout: Duration) -> bool {
