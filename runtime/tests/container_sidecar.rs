@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use berth_runtime::backend::Backend;
-use berth_runtime::container::sidecar::JoinSpec;
+use berth_runtime::container::spec::JoinSpec;
 use berth_runtime::container::ContainerBackend;
 use envfile_spec::plan::{RestartPolicy, ServicePlan};
 use support::{BusyboxRootfs, Env, LeakCheck};

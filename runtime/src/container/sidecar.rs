@@ -6,25 +6,16 @@
 //! of choosing one, and the launcher's namespace child enters both namespaces at once through
 //! a pidfd of the environment's supervisor ([`Joined::enter`]) where a fresh container
 //! unshares them. Nothing of the environment's network (veth, pasta, ports) is touched: its
-//! record stays the environment's.
+//! record stays the environment's. (`JoinSpec` and what a sidecar's spec may not ask for
+//! are with the rest of the spec, in `spec.rs`.)
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-
-use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Context, Result};
 use super::idmap::IdMapping;
 use super::run_state::{ContainerState, Phase};
-use super::spec::ContainerSpec;
-
-/// Which environment a sidecar container joins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JoinSpec {
-    /// The environment's state dir (`envs/<id>`).
-    pub env_dir: PathBuf,
-}
+use super::spec::{ContainerSpec, JoinSpec};
 
 /// The running environment a sidecar joins: a pidfd of its supervisor (so a reused pid is
 /// never entered) and its id mapping (`None`: a privileged environment, no user namespace).
@@ -80,26 +71,4 @@ impl Joined {
         }
         Ok(())
     }
-}
-
-/// What a sidecar's spec may not ask for: its network is the environment's, so no ports of
-/// its own, no network set up for it, and not the host's network.
-pub fn check_spec(spec: &ContainerSpec, env_dir: &Path) -> Result<()> {
-    let refuse = |what: &str| {
-        Err(ContainerError::Invalid(format!(
-            "sidecar {} joins the network of the environment in {}, so it cannot have {what}",
-            spec.env_id,
-            env_dir.display()
-        )))
-    };
-    if !spec.ports.is_empty() {
-        return refuse("ports of its own (forward them with the environment's [[ports]])");
-    }
-    if spec.net_home.is_some() {
-        return refuse("a network set up for it");
-    }
-    if spec.network == envfile_spec::plan::NetworkMode::Host {
-        return refuse("the host's network");
-    }
-    Ok(())
 }

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::devices::HostDevice;
 use super::error::{ContainerError, Result};
-use super::sidecar::JoinSpec;
 use crate::backend::ImageDefaults;
 use crate::net::forward::ForwardSpec;
 use crate::state::BerthHome;
@@ -105,6 +104,14 @@ impl MountSpec {
             | MountSpec::Tmpfs { target, .. } => target,
         }
     }
+}
+
+/// Which running environment a sidecar container joins (its user and network namespaces;
+/// see [`super::sidecar`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// The environment's state dir (`envs/<id>`).
+    pub env_dir: PathBuf,
 }
 
 /// How user ids inside map to the host.
@@ -248,7 +255,7 @@ impl ContainerSpec {
             )));
         }
         if let Some(join) = &self.join {
-            super::sidecar::check_spec(self, &join.env_dir)?;
+            self.validate_join(join)?;
         }
         if let Some(c) = self.resources.cpus {
             if !(c.is_finite() && c > 0.0) {
@@ -256,6 +263,28 @@ impl ContainerSpec {
                     "cpus = {c} must be a positive number"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// What a sidecar's spec may not ask for: its network is the environment's, so no ports
+    /// of its own, no network set up for it, and not the host's network.
+    fn validate_join(&self, join: &JoinSpec) -> Result<()> {
+        let refuse = |what: &str| {
+            Err(ContainerError::Invalid(format!(
+                "sidecar {} joins the network of the environment in {}, so it cannot have {what}",
+                self.env_id,
+                join.env_dir.display()
+            )))
+        };
+        if !self.ports.is_empty() {
+            return refuse("ports of its own (forward them with the environment's [[ports]])");
+        }
+        if self.net_home.is_some() {
+            return refuse("a network set up for it");
+        }
+        if self.network == NetworkMode::Host {
+            return refuse("the host's network");
         }
         Ok(())
     }
@@ -290,6 +319,29 @@ mod tests {
         assert!(s.validate().is_err());
         s.lower_layers.clear();
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn a_sidecar_has_no_network_of_its_own() {
+        let mut s = ContainerSpec::new("sc", "sc", Path::new("/s"), vec![PathBuf::from("/l")]);
+        s.join = Some(JoinSpec {
+            env_dir: "/home/envs/app".into(),
+        });
+        assert!(s.validate().is_ok());
+        let refused = |s: &ContainerSpec| s.validate().unwrap_err().to_string();
+        let mut ported = s.clone();
+        ported.ports.push(ForwardSpec {
+            protocol: envfile_spec::plan::Protocol::Tcp,
+            host: "127.0.0.1:8080".parse().unwrap(),
+            guest_port: 80,
+            shared: false,
+        });
+        assert!(refused(&ported).contains("ports of its own"));
+        let mut networked = s.clone();
+        networked.net_home = Some("/home".into());
+        assert!(refused(&networked).contains("a network set up for it"));
+        s.network = NetworkMode::Host;
+        assert!(refused(&s).contains("the host's network"));
     }
 
     #[test]
