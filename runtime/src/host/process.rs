@@ -192,6 +192,24 @@ mod tests {
     }
 
     #[test]
+    fn a_pidfd_is_given_only_for_the_same_process() {
+        let me = ProcessIdentity::current().unwrap();
+        let fd = me.pidfd().expect("a pidfd of this process");
+        // It refers to this process: its fdinfo names its pid.
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        assert!(
+            info.lines().any(|l| l == format!("Pid:\t{}", me.pid)),
+            "{info}"
+        );
+        let reused = ProcessIdentity {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(reused.pidfd().is_none(), "a reused pid gives no pidfd");
+    }
+
+    #[test]
     fn tracks_a_child_and_its_death() {
         let mut child = std::process::Command::new("sleep")
             .arg("30")
