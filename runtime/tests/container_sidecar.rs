@@ -11,10 +11,17 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::time::Duration;
+
 use berth_runtime::backend::Backend;
+use berth_runtime::container::sidecar::sidecar_spec;
 use berth_runtime::container::spec::JoinSpec;
 use berth_runtime::container::ContainerBackend;
-use envfile_spec::plan::{RestartPolicy, ServicePlan};
+use berth_runtime::image::ImageConfig;
+use berth_runtime::state::BerthHome;
+use envfile_spec::plan::{
+    ImageSource, MountKind, MountPlan, Resources, RestartPolicy, ServicePlan, SidecarPlan,
+};
 use support::{BusyboxRootfs, Env, LeakCheck};
 
 fn main() {
@@ -35,6 +42,10 @@ fn main() {
         (
             "a_sidecar_of_a_stopped_environment_is_refused",
             a_sidecar_of_a_stopped_environment_is_refused,
+        ),
+        (
+            "a_sidecar_from_its_plan_keeps_its_volume_when_destroyed",
+            a_sidecar_from_its_plan_keeps_its_volume_when_destroyed,
         ),
     ]);
 }
@@ -144,6 +155,99 @@ fn a_sidecar_of_a_stopped_environment_is_refused() {
         let err = ContainerBackend.start(&spec).unwrap_err().to_string();
         assert!(err.contains("cannot have a network set up for it"), "{err}");
         drop(home);
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// berth.toml's `[services.pages]` with `image`, over an image whose entrypoint and cmd run a
+/// web server on 127.0.0.1:7777 serving its volume `/data`.
+fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("app", rootfs.path());
+        let app = Env::start(spec, home);
+        let berth_home = BerthHome::at(app.home.path()).unwrap();
+        let plan = SidecarPlan {
+            image: ImageSource::Rootfs {
+                path: rootfs.path().to_path_buf(),
+            },
+            command: None,
+            restart: RestartPolicy::No,
+            env: BTreeMap::from([("PAGES".to_string(), "/data".to_string())]),
+            workdir: None,
+            mounts: vec![MountPlan {
+                source: Some("pages".into()),
+                target: "/data".into(),
+                kind: MountKind::Volume,
+                readonly: false,
+                ignore: Vec::new(),
+                size: None,
+                unsafe_host_path: false,
+            }],
+            resources: Resources {
+                memory: None,
+                cpus: None,
+                pids: Some(64),
+            },
+            ready: None,
+            after: Vec::new(),
+        };
+        let config = ImageConfig {
+            entrypoint: vec!["/bin/sh".into(), "-c".into()],
+            cmd: vec!["exec httpd -f -p 127.0.0.1:7777 -h $PAGES".into()],
+            working_dir: Some("/data".into()),
+            ..ImageConfig::default()
+        };
+        let spec = sidecar_spec(
+            &berth_home,
+            &app.spec.env_id,
+            "pages",
+            &plan,
+            vec![rootfs.path().to_path_buf()],
+            &config,
+        )
+        .unwrap();
+        let pages = Env::start(spec, support::temp_dir());
+        assert_eq!(
+            pages.run(&["pwd"]).1.trim(),
+            "/data",
+            "the image's working folder"
+        );
+        assert_eq!(
+            pages
+                .sh("echo kept > /data/index.html && echo gone > /in-the-writable-layer")
+                .0,
+            0
+        );
+        assert_eq!(
+            eventually(&app, "wget -qO- http://127.0.0.1:7777/index.html"),
+            "kept\n"
+        );
+        // Its limits are its own: its cgroup (v1's or v2's) has pids.max 64.
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(pages.dir().join("state.json")).unwrap())
+                .unwrap();
+        let cg = &state["cgroups"];
+        let dir = match cg["version"].as_str() {
+            Some("v2") => cg["dir"].as_str().unwrap(),
+            _ => cg["dirs"]["pids"].as_str().unwrap(),
+        };
+        let max = std::fs::read_to_string(Path::new(dir).join("pids.max")).unwrap();
+        assert_eq!(max.trim(), "64", "{dir}");
+
+        // Destroyed (writable layer and all) and started afresh: the volume is still there.
+        ContainerBackend
+            .destroy(pages.dir(), Duration::from_secs(5))
+            .unwrap();
+        assert!(!pages.dir().exists());
+        assert_ne!(app.sh("wget -qO- http://127.0.0.1:7777/index.html").0, 0);
+        ContainerBackend.start(&pages.spec).unwrap();
+        assert_eq!(
+            eventually(&app, "wget -qO- http://127.0.0.1:7777/index.html"),
+            "kept\n"
+        );
+        assert_ne!(pages.sh("test -e /in-the-writable-layer").0, 0);
     }
     LeakCheck::snapshot().assert_same(&before);
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
+use envfile_spec::plan::{MountKind, MountPlan, NetworkMode, Plan, Resources, ServicePlan};
 use serde::{Deserialize, Serialize};
 
 use super::devices::HostDevice;
@@ -71,6 +71,41 @@ pub struct ContainerSpec {
     /// making its own (see [`super::sidecar`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinSpec>,
+}
+
+/// The mounts of a plan (the environment's or a sidecar's) with their host paths: volumes
+/// under `home`'s `volumes/`. `sync` mounts are left out: they are not mounted.
+pub fn mount_specs(mounts: &[MountPlan], home: &BerthHome) -> Result<Vec<MountSpec>> {
+    let mut out = Vec::new();
+    for m in mounts {
+        let source = || {
+            m.source.clone().ok_or_else(|| {
+                ContainerError::Invalid(format!(
+                    "mount at {} has no source; give `source` in berth.toml",
+                    m.target
+                ))
+            })
+        };
+        out.push(match m.kind {
+            MountKind::Bind => MountSpec::Bind {
+                source: PathBuf::from(source()?),
+                target: m.target.clone(),
+                readonly: m.readonly,
+                idmap: true,
+            },
+            MountKind::Sync => continue,
+            MountKind::Volume => MountSpec::Volume {
+                source: home.volumes_dir().join(source()?),
+                target: m.target.clone(),
+                readonly: m.readonly,
+            },
+            MountKind::Tmpfs => MountSpec::Tmpfs {
+                target: m.target.clone(),
+                size: m.size,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -169,36 +204,9 @@ impl ContainerSpec {
     ) -> Result<(Self, Vec<String>)> {
         let mut spec = ContainerSpec::new(env_id, &plan.name, &home.env_dir(env_id), lower_layers);
         let mut notices: Vec<String> = Vec::new();
-        for m in &plan.mounts {
-            let source = m.source.clone();
-            let need_source = || {
-                source.clone().ok_or_else(|| {
-                    ContainerError::Invalid(format!(
-                        "mount at {} has no source; give `source` in berth.toml",
-                        m.target
-                    ))
-                })
-            };
-            spec.mounts.push(match m.kind {
-                MountKind::Bind => MountSpec::Bind {
-                    source: PathBuf::from(need_source()?),
-                    target: m.target.clone(),
-                    readonly: m.readonly,
-                    idmap: true,
-                },
-                // Kept in sync by berth's sync process (environment::live_sync), not mounted.
-                MountKind::Sync => continue,
-                MountKind::Volume => MountSpec::Volume {
-                    source: home.volumes_dir().join(need_source()?),
-                    target: m.target.clone(),
-                    readonly: m.readonly,
-                },
-                MountKind::Tmpfs => MountSpec::Tmpfs {
-                    target: m.target.clone(),
-                    size: m.size,
-                },
-            });
-        }
+        // `sync` mounts are kept in sync by berth's sync process (environment::live_sync), not
+        // mounted.
+        spec.mounts = mount_specs(&plan.mounts, home)?;
         spec.env = plan.env.clone();
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;
