@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use berth_runtime::backend::Backend;
-use berth_runtime::container::sidecar::sidecar_spec;
+use berth_runtime::container::sidecar::{sidecar_spec, Joined};
 use berth_runtime::container::spec::JoinSpec;
 use berth_runtime::container::ContainerBackend;
 use berth_runtime::image::ImageConfig;
@@ -50,13 +50,13 @@ fn main() {
     ]);
 }
 
-/// A web server on 127.0.0.1:7777 serving `pong from the sidecar`.
+/// A web server on 127.0.0.1:47613 serving `pong from the sidecar`.
 fn server() -> ServicePlan {
     ServicePlan {
         command: vec![
             "/bin/sh".into(),
             "-c".into(),
-            "mkdir -p /www && echo pong from the sidecar > /www/index.html && exec httpd -f -p 127.0.0.1:7777 -h /www".into(),
+            "mkdir -p /www && echo pong from the sidecar > /www/index.html && exec httpd -f -p 127.0.0.1:47613 -h /www".into(),
         ],
         restart: RestartPolicy::No,
         env: BTreeMap::new(),
@@ -95,8 +95,16 @@ fn a_sidecar_shares_localhost_and_ids_but_not_its_root_or_pids() {
         spec.services.insert("web".into(), server());
         let cache = Env::start(spec, home);
 
-        // The environment reaches the sidecar's server on its own localhost.
-        let page = eventually(&app, "wget -qO- http://127.0.0.1:7777/index.html");
+        // The environment reaches the sidecar's server on its own localhost; so does the
+        // readiness probe (`ready = { tcp = 47613 }`), from the host, and only there.
+        let page = eventually(&app, "wget -qO- http://127.0.0.1:47613/index.html");
+        let probe = Joined::environment(app.dir()).unwrap();
+        assert!(probe.tcp_answers(47613).unwrap());
+        assert!(!probe.tcp_answers(47614).unwrap());
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", 47613)).is_err(),
+            "the host's own localhost has no such server"
+        );
         assert_eq!(page, "pong from the sidecar\n");
         // One network and one user namespace (the same ids); mounts, pids, hostname its own.
         assert_eq!(ns(&app, "net"), ns(&cache, "net"));
@@ -126,7 +134,8 @@ fn a_sidecar_shares_localhost_and_ids_but_not_its_root_or_pids() {
 
         // Stopping the sidecar ends its server and leaves the environment running.
         cache.stop();
-        assert_ne!(app.sh("wget -qO- http://127.0.0.1:7777/index.html").0, 0);
+        assert_ne!(app.sh("wget -qO- http://127.0.0.1:47613/index.html").0, 0);
+        assert!(!probe.tcp_answers(47613).unwrap());
         assert_eq!(app.run(&["true"]).0, 0);
         assert!(ContainerBackend.still_running(app.dir()));
     }
@@ -150,6 +159,10 @@ fn a_sidecar_of_a_stopped_environment_is_refused() {
             err.contains("is not running") && err.contains("start the environment first"),
             "{err}"
         );
+        assert!(
+            Joined::environment(app.dir()).is_err(),
+            "no probe of a stopped environment"
+        );
         // A sidecar asking for a network of its own is refused before anything starts.
         spec.net_home = Some(home.path().to_path_buf());
         let err = ContainerBackend.start(&spec).unwrap_err().to_string();
@@ -160,7 +173,7 @@ fn a_sidecar_of_a_stopped_environment_is_refused() {
 }
 
 /// berth.toml's `[services.pages]` with `image`, over an image whose entrypoint and cmd run a
-/// web server on 127.0.0.1:7777 serving its volume `/data`.
+/// web server on 127.0.0.1:47613 serving its volume `/data`.
 fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
     let before = LeakCheck::snapshot();
     {
@@ -195,7 +208,7 @@ fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
         };
         let config = ImageConfig {
             entrypoint: vec!["/bin/sh".into(), "-c".into()],
-            cmd: vec!["exec httpd -f -p 127.0.0.1:7777 -h $PAGES".into()],
+            cmd: vec!["exec httpd -f -p 127.0.0.1:47613 -h $PAGES".into()],
             working_dir: Some("/data".into()),
             ..ImageConfig::default()
         };
@@ -221,7 +234,7 @@ fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
             0
         );
         assert_eq!(
-            eventually(&app, "wget -qO- http://127.0.0.1:7777/index.html"),
+            eventually(&app, "wget -qO- http://127.0.0.1:47613/index.html"),
             "kept\n"
         );
         // Its limits are its own: its cgroup (v1's or v2's) has pids.max 64.
@@ -241,10 +254,10 @@ fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
             .destroy(pages.dir(), Duration::from_secs(5))
             .unwrap();
         assert!(!pages.dir().exists());
-        assert_ne!(app.sh("wget -qO- http://127.0.0.1:7777/index.html").0, 0);
+        assert_ne!(app.sh("wget -qO- http://127.0.0.1:47613/index.html").0, 0);
         ContainerBackend.start(&pages.spec).unwrap();
         assert_eq!(
-            eventually(&app, "wget -qO- http://127.0.0.1:7777/index.html"),
+            eventually(&app, "wget -qO- http://127.0.0.1:47613/index.html"),
             "kept\n"
         );
         assert_ne!(pages.sh("test -e /in-the-writable-layer").0, 0);

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use envfile_spec::plan::{MountKind, ServicePlan, SidecarPlan};
 
@@ -101,10 +101,64 @@ pub struct Joined {
 }
 
 impl Joined {
-    /// Opens the environment of `spec.join`, which must be running, and checks that the
-    /// sidecar's spec fits it.
-    pub fn open(spec: &ContainerSpec, join: &JoinSpec) -> Result<Joined> {
-        let env_dir = &join.env_dir;
+    /// Whether a TCP connection to `127.0.0.1:port` in the environment's network namespace
+    /// succeeds now (a sidecar's `ready = { tcp = PORT }`): from a forked child that enters
+    /// the namespace, so this process stays where it is. The child makes only system calls
+    /// (it may be forked from a process with threads).
+    pub fn tcp_answers(&self, port: u16) -> Result<bool> {
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let flags = self.namespace_flags();
+        let pidfd = self.pidfd.as_raw_fd();
+        // SAFETY: the child calls only async-signal-safe system calls and `_exit`s.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error())
+                .context(|| "cannot fork the readiness probe".to_string()),
+            0 => {
+                // SAFETY: setns/socket/connect with valid arguments; `addr` lives on this
+                // stack; `_exit` ends the child without running the parent's destructors.
+                unsafe {
+                    if libc::setns(pidfd, flags) != 0 {
+                        libc::_exit(2);
+                    }
+                    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if fd < 0 {
+                        libc::_exit(2);
+                    }
+                    let ok = libc::connect(
+                        fd,
+                        (&addr as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    ) == 0;
+                    libc::_exit(if ok { 0 } else { 1 })
+                }
+            }
+            child => match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(true),
+                Ok(nix::sys::wait::WaitStatus::Exited(_, 1)) => Ok(false),
+                other => Err(ContainerError::Setup(format!(
+                    "the readiness probe could not enter the environment's network namespace ({other:?})"
+                ))),
+            },
+        }
+    }
+
+    fn namespace_flags(&self) -> libc::c_int {
+        let mut flags = libc::CLONE_NEWNET;
+        if self.mapping.is_some() {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        flags
+    }
+
+    /// The running environment whose state dir is `env_dir`.
+    pub fn environment(env_dir: &Path) -> Result<Joined> {
         let not_running = || {
             ContainerError::Invalid(format!(
                 "the environment in {} is not running; a sidecar joins a running environment, so start the environment first",
@@ -119,27 +173,31 @@ impl Joined {
             .supervisor
             .and_then(|s| s.pidfd())
             .ok_or_else(not_running)?;
-        if state.mapping.is_none() != spec.privileged {
-            return Err(ContainerError::Invalid(format!(
-                "sidecar {} and the environment in {} differ in --privileged; a sidecar runs with the environment's user namespace, so both must be privileged or neither",
-                spec.env_id,
-                env_dir.display()
-            )));
-        }
         Ok(Joined {
             pidfd,
             mapping: state.mapping,
         })
     }
 
+    /// Opens the environment of `spec.join`, which must be running, and checks that the
+    /// sidecar's spec fits it.
+    pub fn open(spec: &ContainerSpec, join: &JoinSpec) -> Result<Joined> {
+        let joined = Joined::environment(&join.env_dir)?;
+        if joined.mapping.is_none() != spec.privileged {
+            return Err(ContainerError::Invalid(format!(
+                "sidecar {} and the environment in {} differ in --privileged; a sidecar runs with the environment's user namespace, so both must be privileged or neither",
+                spec.env_id,
+                join.env_dir.display()
+            )));
+        }
+        Ok(joined)
+    }
+
     /// Enters the environment's user namespace (when it has one) and its network namespace,
     /// in one `setns` (the network namespace is then entered with the rights the joined user
     /// namespace gives). The calling process must be single-threaded.
     pub fn enter(&self) -> Result<()> {
-        let mut flags = libc::CLONE_NEWNET;
-        if self.mapping.is_some() {
-            flags |= libc::CLONE_NEWUSER;
-        }
+        let flags = self.namespace_flags();
         // SAFETY: setns with a pidfd this struct owns and namespace flags; no memory passed.
         if unsafe { libc::setns(self.pidfd.as_raw_fd(), flags) } != 0 {
             return Err(io::Error::last_os_error())
