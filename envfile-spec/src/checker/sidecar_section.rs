@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use toml_edit::{Item, Value};
 
-use super::toml_readers::Tbl;
+use super::toml_readers::{Quantity, Tbl};
 use super::{Checker, Span};
 use crate::diagnostic::ErrorKind;
 use crate::duration::{self, parse_duration_ms};
@@ -35,6 +35,17 @@ pub(super) struct SidecarLinks {
     /// Every `ready.tcp`: (service, port, span of the port).
     tcp: Vec<(String, u16, Span)>,
 }
+
+/// Durations in milliseconds (a TOML integer is seconds).
+const DURATION: Quantity = Quantity {
+    noun: "a duration",
+    kind: ErrorKind::BadDuration,
+    parse: |s| parse_duration_ms(s).map_err(|e| e.to_string()),
+    per_integer: 1000,
+    expected: "a duration (a string such as \"30s\", or a number of seconds)",
+    units_help: duration::UNITS_HELP,
+    zero_help: "give the server time to start, e.g. \"30s\"",
+};
 
 /// Keys a process service does not take.
 const SIDECAR_ONLY: [&str; 4] = ["mounts", "resources", "ready", "after"];
@@ -107,7 +118,7 @@ impl Checker<'_> {
             }
         });
         let timeout_ms = match t.get("timeout") {
-            Some((item, span)) => self.duration(item, span, &format!("{at}.timeout")),
+            Some((item, span)) => self.quantity(item, span, &format!("{at}.timeout"), &DURATION),
             None => Some(DEFAULT_READY_TIMEOUT_MS),
         };
         if t.get("command").is_some() && t.get("tcp").is_some() {
@@ -137,59 +148,6 @@ impl Checker<'_> {
             probe,
             timeout_ms: timeout_ms?,
         })
-    }
-
-    /// A duration in milliseconds: a string with units, or an integer number of seconds.
-    fn duration(&mut self, item: &Item, span: Span, what: &str) -> Option<u64> {
-        let ms = match item.as_value() {
-            Some(Value::String(s)) => match parse_duration_ms(s.value()) {
-                Ok(ms) => ms,
-                Err(e) => {
-                    self.error(
-                        ErrorKind::BadDuration,
-                        span,
-                        format!("`{what}` is not a duration: {e}"),
-                        Some(duration::UNITS_HELP.into()),
-                    );
-                    return None;
-                }
-            },
-            Some(Value::Integer(i)) => match u64::try_from(*i.value())
-                .ok()
-                .and_then(|s| s.checked_mul(1000))
-            {
-                Some(ms) => ms,
-                None => {
-                    self.error(
-                        ErrorKind::BadDuration,
-                        span,
-                        format!("`{what}` is negative or too long"),
-                        Some(duration::UNITS_HELP.into()),
-                    );
-                    return None;
-                }
-            },
-            _ => {
-                self.wrong_type(
-                    item,
-                    span,
-                    what,
-                    "a duration (a string such as \"30s\", or a number of seconds)",
-                    Some(duration::UNITS_HELP.into()),
-                );
-                return None;
-            }
-        };
-        if ms == 0 {
-            self.error(
-                ErrorKind::OutOfRange,
-                span,
-                format!("`{what}` is zero"),
-                Some("give the server time to start, e.g. \"30s\"".into()),
-            );
-            return None;
-        }
-        Some(ms)
     }
 
     /// `mounts`, `resources`, `ready`, `after` on a service without `image`.

@@ -12,6 +12,34 @@ use crate::diagnostic::ErrorKind;
 use crate::keys::{self, KeyType};
 use crate::size::{self, parse_size};
 
+/// A kind of number with a unit (sizes, durations), read by [`Checker::quantity`].
+pub(super) struct Quantity {
+    /// What it is, with its article, in messages (`a size`).
+    pub(super) noun: &'static str,
+    /// The error of a value that cannot be read.
+    pub(super) kind: ErrorKind,
+    /// Reads the string form.
+    pub(super) parse: fn(&str) -> Result<u64, String>,
+    /// What one of a TOML integer is worth (1 byte; 1000 ms for a second).
+    pub(super) per_integer: u64,
+    /// The expected type, for `wrong-type`.
+    pub(super) expected: &'static str,
+    pub(super) units_help: &'static str,
+    /// The help for zero.
+    pub(super) zero_help: &'static str,
+}
+
+/// Sizes in bytes.
+pub(super) const SIZE: Quantity = Quantity {
+    noun: "a size",
+    kind: ErrorKind::BadSize,
+    parse: |s| parse_size(s).map_err(|e| e.to_string()),
+    per_integer: 1,
+    expected: "a size (a string such as \"2GiB\", or a number of bytes)",
+    units_help: size::UNITS_HELP,
+    zero_help: "give a size above zero, e.g. \"512MiB\", or remove the key",
+};
+
 /// A table being checked: its contents, where it is, and its path in the key table.
 pub(super) struct Tbl<'d> {
     pub(super) t: &'d dyn TableLike,
@@ -226,52 +254,65 @@ impl Checker<'_> {
 
     /// A size: a string with a unit, or an integer number of bytes. Zero is refused.
     pub(super) fn size(&mut self, item: &Item, span: Span, what: &str) -> Option<u64> {
-        let bytes = match item.as_value() {
-            Some(Value::String(s)) => match parse_size(s.value()) {
-                Ok(b) => b,
+        self.quantity(item, span, what, &SIZE)
+    }
+
+    /// A number with a unit ([`Quantity`]): a string read by its parser, or a TOML integer
+    /// in its integer unit. Zero is refused.
+    pub(super) fn quantity(
+        &mut self,
+        item: &Item,
+        span: Span,
+        what: &str,
+        q: &Quantity,
+    ) -> Option<u64> {
+        let value = match item.as_value() {
+            Some(Value::String(s)) => match (q.parse)(s.value()) {
+                Ok(v) => v,
                 Err(e) => {
                     self.error(
-                        ErrorKind::BadSize,
+                        q.kind,
                         span,
-                        format!("`{what}` is not a size: {e}"),
-                        Some(size::UNITS_HELP.into()),
+                        format!("`{what}` is not {}: {e}", q.noun),
+                        Some(q.units_help.into()),
                     );
                     return None;
                 }
             },
-            Some(Value::Integer(i)) => match u64::try_from(*i.value()) {
-                Ok(b) => b,
-                Err(_) => {
-                    self.error(
-                        ErrorKind::BadSize,
-                        span,
-                        format!("`{what}` is negative"),
-                        Some(size::UNITS_HELP.into()),
-                    );
-                    return None;
+            Some(Value::Integer(i)) => {
+                match u64::try_from(*i.value()).map(|n| n.checked_mul(q.per_integer)) {
+                    Ok(Some(v)) => v,
+                    bad => {
+                        let why = if bad.is_err() {
+                            "negative"
+                        } else {
+                            "too large"
+                        };
+                        self.error(
+                            q.kind,
+                            span,
+                            format!("`{what}` is {why}"),
+                            Some(q.units_help.into()),
+                        );
+                        return None;
+                    }
                 }
-            },
+            }
             _ => {
-                self.wrong_type(
-                    item,
-                    span,
-                    what,
-                    "a size (a string such as \"2GiB\", or a number of bytes)",
-                    Some(size::UNITS_HELP.into()),
-                );
+                self.wrong_type(item, span, what, q.expected, Some(q.units_help.into()));
                 return None;
             }
         };
-        if bytes == 0 {
+        if value == 0 {
             self.error(
                 ErrorKind::OutOfRange,
                 span,
                 format!("`{what}` is zero"),
-                Some("give a size above zero, e.g. \"512MiB\", or remove the key".into()),
+                Some(q.zero_help.into()),
             );
             return None;
         }
-        Some(bytes)
+        Some(value)
     }
 
     /// An array of strings (each element checked); `non_empty_items` refuses "" elements.
