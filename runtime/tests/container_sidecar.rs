@@ -47,6 +47,10 @@ fn main() {
             "a_sidecar_from_its_plan_keeps_its_volume_when_destroyed",
             a_sidecar_from_its_plan_keeps_its_volume_when_destroyed,
         ),
+        (
+            "a_privileged_environment_takes_only_a_privileged_sidecar",
+            a_privileged_environment_takes_only_a_privileged_sidecar,
+        ),
     ]);
 }
 
@@ -261,6 +265,50 @@ fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
             "kept\n"
         );
         assert_ne!(pages.sh("test -e /in-the-writable-layer").0, 0);
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// `up --privileged` has no user namespace: its sidecar joins only the network namespace,
+/// and only a privileged sidecar may (an unprivileged one would run as the host's root).
+fn a_privileged_environment_takes_only_a_privileged_sidecar() {
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (mut spec, home) = Env::spec("privapp", rootfs.path());
+        spec.privileged = true;
+        let app = Env::start(spec, home);
+        let (mut spec, home) = Env::spec("privcache", rootfs.path());
+        spec.join = Some(JoinSpec {
+            env_dir: app.dir().to_path_buf(),
+        });
+        spec.services.insert("web".into(), server());
+        let err = ContainerBackend.start(&spec).unwrap_err().to_string();
+        assert!(err.contains("differ in --privileged"), "{err}");
+        spec.privileged = true;
+        let cache = Env::start(spec, home);
+        eventually(&app, "wget -qO- http://127.0.0.1:47613/index.html");
+        assert!(Joined::environment(app.dir())
+            .unwrap()
+            .tcp_answers(47613)
+            .unwrap());
+        assert_eq!(ns(&app, "net"), ns(&cache, "net"));
+        assert_ne!(ns(&app, "mnt"), ns(&cache, "mnt"));
+        // No user namespace on either side: both are the host's.
+        let host_user = std::fs::read_link("/proc/self/ns/user").unwrap();
+        assert_eq!(ns(&cache, "user"), host_user.to_string_lossy());
+
+        // And an unprivileged environment takes no privileged sidecar.
+        let (spec, home) = Env::spec("plainapp", rootfs.path());
+        let plain = Env::start(spec, home);
+        let (mut spec, _home) = Env::spec("rootcache", rootfs.path());
+        spec.join = Some(JoinSpec {
+            env_dir: plain.dir().to_path_buf(),
+        });
+        spec.privileged = true;
+        spec.services.insert("web".into(), server());
+        let err = ContainerBackend.start(&spec).unwrap_err().to_string();
+        assert!(err.contains("differ in --privileged"), "{err}");
     }
     LeakCheck::snapshot().assert_same(&before);
 }
