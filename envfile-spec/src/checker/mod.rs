@@ -135,7 +135,8 @@ impl<'a> Checker<'a> {
         let ports = self.ports(&root, network.mode);
         let resources = self.resources(&root);
         let shell = self.shell(&root, &mounts);
-        let (services, sidecars) = self.services(&root, shell.workdir.as_deref().unwrap_or("/"));
+        let (services, sidecars) =
+            self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
 
         Plan {

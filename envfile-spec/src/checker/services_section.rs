@@ -17,6 +17,7 @@ impl Checker<'_> {
         &mut self,
         root: &Tbl<'_>,
         default_workdir: &str,
+        backend: BackendKind,
     ) -> (BTreeMap<String, ServicePlan>, BTreeMap<String, SidecarPlan>) {
         let mut out = BTreeMap::new();
         let mut sidecars = BTreeMap::new();
@@ -149,7 +150,7 @@ impl Checker<'_> {
                 }
             }
         }
-        self.check_sidecar_links(&links);
+        self.check_sidecar_links(&links, backend);
         (out, sidecars)
     }
 }

@@ -170,8 +170,8 @@ impl Checker<'_> {
     }
 
     /// The checks across services, once every service is read; then the one part of
-    /// sidecars this berth cannot do yet.
-    pub(super) fn check_sidecar_links(&mut self, links: &SidecarLinks) {
+    /// sidecars this berth cannot do yet: sidecars of a VM environment.
+    pub(super) fn check_sidecar_links(&mut self, links: &SidecarLinks, backend: BackendKind) {
         let is_sidecar = |n: &str| {
             links.sidecars.iter().any(|(s, _)| s == n) || links.sidecar_names.iter().any(|s| s == n)
         };
@@ -252,12 +252,15 @@ impl Checker<'_> {
                 }
             }
         }
+        if backend != BackendKind::Vm {
+            return;
+        }
         for (name, span) in &links.sidecars {
             self.error(
                 ErrorKind::NotBuiltYet,
                 span.clone(),
-                format!("`services.{name}.image`: this berth checks sidecar services but cannot start them yet (their lifecycle is not built)"),
-                Some(format!("for now install the server with [image].packages and run it as a process service: [services.{name}] command = [\"…\"] without `image`")),
+                format!("`services.{name}.image`: this berth runs sidecar services beside container environments only; beside a VM they are not built yet"),
+                Some(format!("use the container backend for this project, or install the server with [image].packages and run it as a process service: [services.{name}] command = [\"…\"] without `image`")),
             );
         }
     }
@@ -334,8 +337,8 @@ mod tests {
     use super::*;
     use crate::diagnostic::{Report, Severity};
 
-    /// The plan the checker builds and every error but `not-built-yet` (which every sidecar
-    /// gets until their lifecycle is built), as (kind, line, column).
+    /// The plan the checker builds and every error but `not-built-yet` (which a sidecar
+    /// beside a VM gets), as (kind, line, column).
     fn check(text: &str) -> (Plan, Vec<(ErrorKind, usize, usize)>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
@@ -423,21 +426,27 @@ mod tests {
     }
 
     #[test]
-    fn every_sidecar_is_refused_until_its_lifecycle_is_built() {
-        let text = format!(
+    fn only_a_sidecar_beside_a_vm_is_refused_as_not_built_yet() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        let container = format!(
             "{IMAGE}[services.db]\nimage = \"redis:7\"\n[services.web]\ncommand = [\"./app\"]\n"
         );
-        let dir = tempfile::tempdir().unwrap();
-        let report = crate::parse(text.as_bytes(), &dir.path().join("berth.toml")).unwrap_err();
+        let loaded = crate::parse(container.as_bytes(), &file).unwrap();
+        assert_eq!(loaded.plan.sidecars.keys().collect::<Vec<_>>(), ["db"]);
+        let vm = format!(
+            "backend = \"vm\"\n{IMAGE}[vm]\nkernel = \"debian:linux-image-amd64\"\n[services.db]\nimage = \"redis:7\"\n[services.web]\ncommand = [\"./app\"]\n"
+        );
+        let report = crate::parse(vm.as_bytes(), &file).unwrap_err();
         let found: Vec<_> = report
             .diagnostics
             .iter()
             .map(|d| (d.kind, d.line, d.column))
             .collect();
-        assert_eq!(found, [(ErrorKind::NotBuiltYet, 4, 9)]);
+        assert_eq!(found, [(ErrorKind::NotBuiltYet, 7, 9)]);
         let d = &report.diagnostics[0];
-        assert!(d.message.contains("cannot start them yet"), "{}", d.message);
-        assert!(d.help.as_deref().unwrap().contains("process service"));
+        assert!(d.message.contains("beside a VM"), "{}", d.message);
+        assert!(d.help.as_deref().unwrap().contains("container backend"));
     }
 
     #[test]
