@@ -9,12 +9,13 @@ use berth_e2e::host::copy_program_with_libs;
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
-/// An app environment whose `on_up` asks the Redis sidecar for PING (so `up` fails if
-/// `on_up` ran before the server listens); the server starts a second late and keeps its
-/// data in the volume `redis-data`.
+/// An app environment whose `on_up` asks the Redis sidecar for PING and the web sidecar for
+/// a page (so `up` fails if `on_up` ran before the servers listen); both start a second late.
+/// Redis keeps its data in the volume `redis-data`; the web sidecar starts after it and is
+/// probed by a command inside it.
 const WITH_REDIS: &str = r#"
 name = "{name}"
-on_up = ["redis-cli -h 127.0.0.1 ping > /tmp/on_up_answer 2>&1"]
+on_up = ["redis-cli -h 127.0.0.1 ping > /tmp/on_up_answer 2>&1", "wget -qO- http://127.0.0.1:8080/page >> /tmp/on_up_answer"]
 [image]
 from = "rootfs:./rootfs"
 [services.db]
@@ -22,6 +23,11 @@ image = "rootfs:./redis-rootfs"
 command = ["/bin/sh", "-c", "echo redis sidecar starting; sleep 1; exec /usr/bin/redis-server --bind 127.0.0.1 --port 6379 --dir /data --appendonly yes"]
 mounts = [{ source = "redis-data", target = "/data", type = "volume" }]
 ready = { tcp = 6379, timeout = "30s" }
+[services.web]
+image = "rootfs:./rootfs"
+after = ["db"]
+command = ["/bin/sh", "-c", "sleep 1; mkdir -p /www; echo served by the web sidecar > /www/page; exec httpd -f -p 127.0.0.1:8080 -h /www"]
+ready = { command = "wget -qO- http://127.0.0.1:8080/page", timeout = "30s" }
 "#;
 
 /// A project with redis-cli in the app's rootfs and redis-server in `redis-rootfs/`; `None`
@@ -58,13 +64,17 @@ fn a_redis_sidecar_is_ready_before_on_up_and_keeps_its_data_in_its_volume() {
     let b = Berth::new();
     let before = p.snapshot(&b);
     let (_, err) = b.ok_both(p.path(), &["up"]);
-    assert!(
-        err.contains("waiting for sidecar db to be ready (tcp 6379)"),
-        "{err}"
+    let db = err.find("waiting for sidecar db to be ready (tcp 6379)");
+    let web = err.find(
+        "waiting for sidecar web to be ready (command `wget -qO- http://127.0.0.1:8080/page`)",
     );
-    // `ready` gated `on_up`: the server answered it.
+    assert!(
+        db.is_some() && web.is_some() && db < web,
+        "db, then web (after = [\"db\"]):\n{err}"
+    );
+    // `ready` gated `on_up`: both servers answered it.
     let answer = b.ok(p.path(), &["exec", "--", "cat", "/tmp/on_up_answer"]);
-    assert_eq!(answer.trim(), "PONG");
+    assert_eq!(answer, "PONG\nserved by the web sidecar\n");
     // The app reaches the sidecar on its own localhost; the host's localhost has no such
     // server on that port (unless something else of the host's listens there).
     assert_eq!(redis(&b, &p, &["ping"]), "PONG");
@@ -113,19 +123,41 @@ fn a_redis_sidecar_is_ready_before_on_up_and_keeps_its_data_in_its_volume() {
     b.ok(p.path(), &["up"]);
     assert_eq!(redis(&b, &p, &["get", "greeting"]), "kept across down");
 
-    // A changed sidecar is restarted alone: the environment keeps running (same pid).
-    let pid_before = status_pid(&b, &p);
+    // A changed sidecar is restarted alone: the environment and the other sidecar keep
+    // running (same pids).
+    let pids_before = pids(&b, &p);
     p.write(&WITH_REDIS.replace("--appendonly yes", "--appendonly yes --databases 4"));
     b.ok(p.path(), &["up"]);
+    let pids_after = pids(&b, &p);
     assert_eq!(
-        status_pid(&b, &p),
-        pid_before,
+        pids_after[0], pids_before[0],
         "the environment was restarted"
+    );
+    assert_ne!(
+        pids_after[1], pids_before[1],
+        "the changed sidecar db was not restarted"
+    );
+    assert_eq!(
+        pids_after[2], pids_before[2],
+        "the unchanged sidecar web was restarted"
     );
     assert_eq!(
         redis(&b, &p, &["config", "get", "databases"]),
         "databases\n4"
     );
+    assert_eq!(redis(&b, &p, &["get", "greeting"]), "kept across down");
+
+    // A changed environment is restarted, and every sidecar with it (its network namespace
+    // is a new one).
+    p.write(&format!(
+        "{}[env]\nCHANGED = \"yes\"\n",
+        WITH_REDIS.replace("--appendonly yes", "--appendonly yes --databases 4")
+    ));
+    b.ok(p.path(), &["up"]);
+    let pids_restarted = pids(&b, &p);
+    for i in 0..3 {
+        assert_ne!(pids_restarted[i], pids_after[i], "{i}: not restarted");
+    }
     assert_eq!(redis(&b, &p, &["get", "greeting"]), "kept across down");
 
     // destroy keeps the volume; destroy --volumes removes it.
@@ -142,10 +174,16 @@ fn a_redis_sidecar_is_ready_before_on_up_and_keeps_its_data_in_its_volume() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
-fn status_pid(b: &Berth, p: &Project) -> u64 {
+/// The supervisor pids of the environment, its sidecar db and its sidecar web.
+fn pids(b: &Berth, p: &Project) -> [u64; 3] {
     let json: serde_json::Value =
         serde_json::from_str(&b.ok(p.path(), &["status", "--json"])).unwrap();
-    json["pid"].as_u64().unwrap_or_else(|| panic!("{json}"))
+    let pid = |v: &serde_json::Value| v["pid"].as_u64().unwrap_or_else(|| panic!("{json}"));
+    [
+        pid(&json),
+        pid(&json["sidecars"][0]),
+        pid(&json["sidecars"][1]),
+    ]
 }
 
 /// `berth run` brings its own sidecars: ready before the command, in a network namespace
