@@ -60,5 +60,5 @@ pub enum EnvError {
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
     #[error(transparent)]
-    Sidecar(#[from] super::sidecars::SidecarError),
+    Sidecar(#[from] super::sidecar_error::SidecarError),
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::environments::Environments;
 use super::error::EnvError;
 use super::record::EnvRecord;
+use super::sidecar_error::SidecarError;
 use super::up::{UpOptions, UpReport};
 use super::up_decision::UpAction;
 use crate::backend::{Backend, EnvStatus, ExecRequest, StatusReport};
@@ -30,34 +31,6 @@ use crate::state;
 const LOG_TAIL_LINES: usize = 20;
 /// Pause between two readiness probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Why a sidecar could not be started.
-#[derive(Debug, thiserror::Error)]
-pub enum SidecarError {
-    #[error("sidecar {name} did not become ready within {waited} ({probe}); `berth up` stopped it, the other sidecars and the environment. Its last log lines:\n{log}\nFix the server or its `ready` in berth.toml (services.{name}), then run `berth up` again")]
-    NotReady {
-        name: String,
-        waited: String,
-        probe: String,
-        log: String,
-    },
-    #[error("{env} has no sidecar {name:?} (its sidecars: {known}); sidecars are the [services.NAME] entries with `image` in berth.toml")]
-    Unknown {
-        name: String,
-        env: String,
-        known: String,
-    },
-    #[error("sidecar {name} is not running; start it (with its environment) with `berth up`")]
-    NotRunning { name: String },
-    #[error(
-        "sidecar {name}: {source}; `berth up` stopped it, the other sidecars and the environment"
-    )]
-    Start {
-        name: String,
-        #[source]
-        source: Box<EnvError>,
-    },
-}
 
 /// One sidecar in `berth status`.
 #[derive(Debug, Clone, Serialize)]
@@ -242,7 +215,7 @@ impl Environments {
                     EnvError::Sidecar(_) => e,
                     other => EnvError::Sidecar(SidecarError::Start {
                         name: name.to_string(),
-                        source: Box::new(other),
+                        message: other.to_string(),
                     }),
                 })?;
             notices.extend(started);
