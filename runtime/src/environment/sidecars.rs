@@ -186,6 +186,7 @@ impl Environments {
         if result.is_err() {
             let timeout = Duration::from_secs(5);
             let _ = self.stop_sidecars(env_dir, timeout);
+            super::live_sync::stop(env_dir);
             let _ = ContainerBackend.stop(env_dir, timeout);
         }
         result
