@@ -111,6 +111,28 @@ fn a_redis_sidecar_is_ready_before_on_up_and_keeps_its_data_in_its_volume() {
         ],
     );
     assert_eq!(inside.trim(), "/usr/bin/redis-server");
+    // shell --service opens the sidecar's /bin/sh (here on a pipe: no terminal).
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["shell", "--service", "db"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hostname; ls /usr/bin/redis-server\nexit 3\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "db\n/usr/bin/redis-server\n"
+    );
 
     // down stops the server; up starts it again over the same volume.
     b.ok(p.path(), &["down"]);
