@@ -69,6 +69,16 @@ pub enum ErrorKind {
     EmptyCommand,
     /// An environment variable name outside `[A-Za-z_][A-Za-z0-9_]*`.
     BadEnvName,
+    /// A duration that cannot be read (`30s`, `2m`, `500ms`, an integer of seconds).
+    BadDuration,
+    /// A service's `after` names no sidecar of the file.
+    UnknownService,
+    /// Sidecars whose `after` lists wait for each other in a circle.
+    ServiceCycle,
+    /// Two services that listen on the same port of the shared `localhost`.
+    DuplicateServicePort,
+    /// A part of the format this berth checks but cannot run yet (sidecar services).
+    NotBuiltYet,
     /// (warning) A setting that has no effect in this combination.
     IgnoredSetting,
     /// The file could not be read at all.
@@ -76,7 +86,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 31] = [
+    pub const ALL: [ErrorKind; 36] = [
         ErrorKind::NotUtf8,
         ErrorKind::TomlSyntax,
         ErrorKind::UnknownKey,
@@ -106,6 +116,11 @@ impl ErrorKind {
         ErrorKind::BadKernel,
         ErrorKind::EmptyCommand,
         ErrorKind::BadEnvName,
+        ErrorKind::BadDuration,
+        ErrorKind::UnknownService,
+        ErrorKind::ServiceCycle,
+        ErrorKind::DuplicateServicePort,
+        ErrorKind::NotBuiltYet,
         ErrorKind::IgnoredSetting,
         ErrorKind::Unreadable,
     ];
@@ -142,6 +157,11 @@ impl ErrorKind {
             ErrorKind::BadKernel => "bad-kernel",
             ErrorKind::EmptyCommand => "empty-command",
             ErrorKind::BadEnvName => "bad-env-name",
+            ErrorKind::BadDuration => "bad-duration",
+            ErrorKind::UnknownService => "unknown-service",
+            ErrorKind::ServiceCycle => "service-cycle",
+            ErrorKind::DuplicateServicePort => "duplicate-service-port",
+            ErrorKind::NotBuiltYet => "not-built-yet",
             ErrorKind::IgnoredSetting => "ignored-setting",
             ErrorKind::Unreadable => "unreadable",
         }

@@ -16,6 +16,8 @@ pub enum KeyType {
     Number,
     /// A string with a unit (`"2GiB"`) or an integer number of bytes.
     Size,
+    /// A string with a unit (`"30s"`, `"2m"`) or an integer number of seconds.
+    Duration,
     /// An array of strings.
     StringArray,
     /// An array of strings, or one string run with `/bin/sh -c`.
@@ -94,6 +96,24 @@ pub const KEYS: &[KeySpec] = &[
     k("services.*.restart", KeyType::Enum(RESTART_POLICIES)),
     k("services.*.env", KeyType::StringMap),
     k("services.*.workdir", KeyType::String),
+    k("services.*.image", KeyType::String),
+    k("services.*.after", KeyType::StringArray),
+    k("services.*.ready", KeyType::Table),
+    k("services.*.ready.command", KeyType::Command),
+    k("services.*.ready.tcp", KeyType::Integer),
+    k("services.*.ready.timeout", KeyType::Duration),
+    k("services.*.mounts", KeyType::ArrayOfTables),
+    k("services.*.mounts[].source", KeyType::String),
+    k("services.*.mounts[].target", KeyType::String),
+    k("services.*.mounts[].type", KeyType::Enum(MOUNT_TYPES)),
+    k("services.*.mounts[].readonly", KeyType::Boolean),
+    k("services.*.mounts[].ignore", KeyType::StringArray),
+    k("services.*.mounts[].size", KeyType::Size),
+    k("services.*.mounts[].unsafe_host_path", KeyType::Boolean),
+    k("services.*.resources", KeyType::Table),
+    k("services.*.resources.memory", KeyType::Size),
+    k("services.*.resources.cpus", KeyType::Number),
+    k("services.*.resources.pids", KeyType::Integer),
     k("vm", KeyType::Table),
     k("vm.kernel", KeyType::String),
     k("vm.memory", KeyType::Size),
@@ -174,8 +194,21 @@ mod tests {
         );
         assert_eq!(
             children("services.*"),
-            ["command", "restart", "env", "workdir"]
+            [
+                "command",
+                "restart",
+                "env",
+                "workdir",
+                "image",
+                "after",
+                "ready",
+                "mounts",
+                "resources"
+            ]
         );
+        assert_eq!(children("services.*.ready"), ["command", "tcp", "timeout"]);
+        assert_eq!(children("services.*.mounts[]"), children("mounts[]"));
+        assert_eq!(children("services.*.resources"), children("resources"));
         assert!(children("env").is_empty());
     }
 

@@ -12,6 +12,7 @@ mod checker;
 pub mod devcontainer;
 pub mod devices;
 pub mod diagnostic;
+pub mod duration;
 pub mod inputs;
 pub mod keys;
 mod load;

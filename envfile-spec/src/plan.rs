@@ -41,6 +41,12 @@ pub struct Plan {
     pub network: NetworkPlan,
     pub shell: ShellPlan,
     pub services: BTreeMap<String, ServicePlan>,
+    /// `[services.NAME]` entries with `image = "…"`: servers from their own image beside the
+    /// environment (see [`SidecarPlan`]). Service names are unique across `services` and
+    /// `sidecars`. Empty (the default) is left out of the serialized plan, so plans from
+    /// before the key hash as they did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sidecars: BTreeMap<String, SidecarPlan>,
     /// Present exactly when `backend = "vm"`.
     pub vm: Option<VmPlan>,
 }
@@ -186,6 +192,78 @@ pub struct ServicePlan {
     pub workdir: Option<String>,
 }
 
+/// A sidecar: a service run from its own image, as its own container sharing the
+/// environment's network (the pod model: the environment reaches it on `localhost`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SidecarPlan {
+    /// Where its root filesystem comes from (any `from` form of `[image]`).
+    pub image: ImageSource,
+    /// The whole command line, replacing the image's entrypoint and cmd; `None`: the image's
+    /// entrypoint followed by its cmd.
+    pub command: Option<Vec<String>>,
+    pub restart: RestartPolicy,
+    /// Its variables (over the image's own; the environment's `[env]` does not apply).
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside; `None`: the image's.
+    pub workdir: Option<String>,
+    /// Its own mounts (`bind`, `volume`, `tmpfs`; no `sync`).
+    pub mounts: Vec<MountPlan>,
+    /// Its own limits, in a cgroup nested under the environment's.
+    pub resources: Resources,
+    /// How `up` knows it serves; `None`: started is ready.
+    pub ready: Option<ReadyPlan>,
+    /// Sidecars started (and ready) before this one; stopped after it.
+    pub after: Vec<String>,
+}
+
+/// A readiness probe and how long `up` waits for it to pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyPlan {
+    pub probe: ReadyProbe,
+    /// Milliseconds `up` waits before it gives up (default 60 s).
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ReadyProbe {
+    /// Ready when this command, run inside the sidecar, exits 0.
+    Command { command: Vec<String> },
+    /// Ready when a TCP connection to this port on the shared `localhost` succeeds.
+    Tcp { port: u16 },
+}
+
+/// Default `ready.timeout`.
+pub const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+
+impl Plan {
+    /// The sidecars in start order: each after every sidecar its `after` names, ties broken
+    /// by name (the checker refuses unknown names and cycles, so every sidecar is listed).
+    pub fn sidecar_start_order(&self) -> Vec<&str> {
+        let mut order: Vec<&str> = Vec::new();
+        while order.len() < self.sidecars.len() {
+            let next = self.sidecars.iter().find(|(name, s)| {
+                !order.contains(&name.as_str())
+                    && s.after
+                        .iter()
+                        .all(|a| order.contains(&a.as_str()) || !self.sidecars.contains_key(a))
+            });
+            match next {
+                Some((name, _)) => order.push(name),
+                // A cycle (only in a plan the checker refused): the rest by name.
+                None => order.extend(
+                    self.sidecars
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|n| !order.contains(n))
+                        .collect::<Vec<_>>(),
+                ),
+            }
+        }
+        order
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
@@ -243,10 +321,11 @@ pub enum Section {
     OnUp,
     Vm,
     Devices,
+    Sidecars,
 }
 
 impl Section {
-    pub const ALL: [Section; 14] = [
+    pub const ALL: [Section; 15] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -261,6 +340,7 @@ impl Section {
         Section::OnUp,
         Section::Vm,
         Section::Devices,
+        Section::Sidecars,
     ];
 
     /// The name used for this section in berth.toml and in messages.
@@ -280,6 +360,7 @@ impl Section {
             Section::OnUp => "on_up",
             Section::Vm => "vm",
             Section::Devices => "devices",
+            Section::Sidecars => "sidecars",
         }
     }
 }
@@ -321,6 +402,7 @@ impl Plan {
             Section::OnUp => sha256_json(&self.on_up),
             Section::Vm => sha256_json(&self.vm),
             Section::Devices => sha256_json(&self.devices),
+            Section::Sidecars => sha256_json(&self.sidecars),
         }
     }
 

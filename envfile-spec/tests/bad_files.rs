@@ -157,6 +157,35 @@ const CASES: &[Case] = &[
     // --- characters and positions ----------------------------------------------------------------
     case("column counts characters", "[image]\nfrom = \"debian\"\n[env]\n\"ÄÖ-X\" = \"1\"\n[[mounts]]\nsource = \".\" # é\ntarget = \"é\"\n", &[(K::BadEnvName, 4, 1), (K::RelativePath, 7, 10)]),
     case("tabs and CRLF", "[image]\r\nfrom = \"debian\"\r\n[network]\r\n\tmode = \"bridged\"\r\n", &[(K::BadEnum, 4, 9)]),
+    // --- sidecars (services with `image`) -------------------------------------------------------
+    case("a sidecar beside a VM is checked but not built yet", "backend = \"vm\"\n[image]\nfrom = \"debian\"\n[vm]\nkernel = \"debian:linux-image-amd64\"\n[services.db]\nimage = \"redis:7\"\n", &[(K::NotBuiltYet, 7, 9)]),
+    case("after names an unknown and a process service", "[image]\nfrom = \"debian\"\n[services.db]\nimage = \"redis:7\"\nafter = [\"cache\", \"web\"]\n[services.web]\ncommand = [\"./app\"]\n", &[(K::UnknownService, 5, 10), (K::UnknownService, 5, 19)]),
+    case("sidecars waiting in a circle and on themselves", "[image]\nfrom = \"debian\"\n[services.a]\nimage = \"redis:7\"\nafter = [\"b\"]\n[services.b]\nimage = \"redis:7\"\nafter = [\"a\"]\n[services.c]\nimage = \"redis:7\"\nafter = [\"c\"]\n", &[(K::ServiceCycle, 8, 10), (K::ServiceCycle, 11, 10)]),
+    case(
+        "ready probes: a shared port, a bad timeout, two probes, none",
+        "[image]\nfrom = \"debian\"\n[services]\na = { image = \"redis:7\", ready = { tcp = 6379 } }\nb = { image = \"redis:7\", ready = { tcp = 6379, timeout = \"30sec\" } }\nc = { image = \"redis:7\", ready = { tcp = 1, command = [\"true\"] } }\nd = { image = \"redis:7\", ready = { timeout = 0 } }\ne = { image = \"redis:7\", ready = { tcp = 70000 } }\n",
+        &[
+            (K::DuplicateServicePort, 5, 42),
+            (K::BadDuration, 5, 58),
+            (K::InvalidValue, 6, 36),
+            (K::MissingKey, 7, 34),
+            (K::OutOfRange, 7, 46),
+            (K::BadPort, 8, 42),
+        ],
+    ),
+    case(
+        "sidecar keys on a process service, a sync mount and a bad image on a sidecar",
+        "[image]\nfrom = \"debian\"\n[services.web]\ncommand = [\"./app\"]\nafter = [\"db\"]\nready = { tcp = 80 }\nmounts = [{ source = \"data\", target = \"/data\", type = \"volume\" }]\nresources = { pids = 10 }\n[services.db]\nimage = \"rootfs:./nope\"\nmounts = [{ source = \".\", target = \"/src\", type = \"sync\" }]\nresources = { memory = \"1XB\" }\n",
+        &[
+            (K::MisplacedKey, 5, 1),
+            (K::MisplacedKey, 6, 1),
+            (K::MisplacedKey, 7, 1),
+            (K::MisplacedKey, 8, 1),
+            (K::PathNotFound, 10, 9),
+            (K::MisplacedKey, 11, 51),
+            (K::BadSize, 12, 24),
+        ],
+    ),
     // --- many errors at once --------------------------------------------------------------------
     case(
         "every error is reported",

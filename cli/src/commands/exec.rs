@@ -18,6 +18,9 @@ pub struct ShellArgs {
     /// Working directory inside the environment.
     #[arg(short, long)]
     pub workdir: Option<String>,
+    /// A shell inside this sidecar (a `[services.NAME]` with `image`): its `/bin/sh`.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -34,6 +37,9 @@ pub struct ExecArgs {
     /// Allocate a terminal even when stdin is not one.
     #[arg(short = 't', long)]
     pub tty: bool,
+    /// Run inside this sidecar (a `[services.NAME]` with `image`) instead of the environment.
+    #[arg(long, value_name = "NAME")]
+    pub service: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -69,10 +75,22 @@ pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
         tty: args.tty,
         winsize: None,
     };
+    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    if let Some(name) = &args.service {
+        // The sidecar's own image: its defaults, not the environment's shell settings.
+        let req = ExecRequest {
+            cwd: args.workdir.clone(),
+            user: args.user.clone(),
+            ..req
+        };
+        return cur
+            .envs
+            .exec_in_sidecar(record, name, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
+            .map_err(env_error);
+    }
     if args.tty {
         return cur.envs.shell(record, &req).map_err(env_error);
     }
-    let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     cur.envs
         .exec(record, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
         .map_err(env_error)
@@ -81,6 +99,21 @@ pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
 pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let record = cur.require()?;
+    if let Some(name) = &args.service {
+        let req = ExecRequest {
+            argv: vec!["/bin/sh".into()],
+            env: Vec::new(),
+            cwd: args.workdir.clone(),
+            user: args.user.clone(),
+            tty: std::io::stdin().is_terminal(),
+            winsize: None,
+        };
+        let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+        return cur
+            .envs
+            .exec_in_sidecar(record, name, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
+            .map_err(env_error);
+    }
     let req = ExecRequest {
         argv: cur.plan.shell.command.clone(),
         env: Vec::new(),

@@ -23,8 +23,14 @@ pub fn run(g: &GlobalArgs, args: &LogsArgs) -> Result<i32, CliError> {
     let record = cur.require()?;
     let services = match &args.service {
         Some(s) => {
-            if !record.plan.services.contains_key(s) {
-                let known: Vec<&str> = record.plan.services.keys().map(String::as_str).collect();
+            if !record.plan.services.contains_key(s) && !record.plan.sidecars.contains_key(s) {
+                let known: Vec<&str> = record
+                    .plan
+                    .services
+                    .keys()
+                    .chain(record.plan.sidecars.keys())
+                    .map(String::as_str)
+                    .collect();
                 return Err(CliError::new(
                     EXIT_ERROR,
                     format!(

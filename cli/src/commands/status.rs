@@ -131,6 +131,9 @@ pub fn status(g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             s.name, s.restarts
         );
     }
+    for s in &view.sidecars {
+        println!("sidecar:  {}", sidecar_line(s));
+    }
     for line in crate::commands::sync::status_lines(&cur.envs, record) {
         println!("sync:     {line}");
     }
@@ -194,4 +197,31 @@ fn short_image(name: &str) -> String {
         Some(key) if key.len() > 12 => format!("build:{}", &key[..12]),
         _ => name.to_string(),
     }
+}
+
+/// `db running, ready, 12.3 MiB, from rootfs:/p/redis-rootfs` for one sidecar.
+fn sidecar_line(s: &berth_runtime::environment::SidecarView) -> String {
+    let r = &s.report;
+    let mut parts = vec![format!("{} {}", s.name, status_word(r.status))];
+    match s.ready {
+        Some(true) => parts.push("ready".into()),
+        Some(false) => parts.push("not ready".into()),
+        None => {}
+    }
+    if let Some(m) = r.usage.as_ref().and_then(|u| u.memory_current) {
+        parts.push(human_bytes(m));
+    }
+    if let Some(svc) = r.services.first() {
+        if svc.restarts > 0 {
+            parts.push(format!("{} restart(s)", svc.restarts));
+        }
+        if let Some(c) = &svc.crash_loop {
+            parts.push(c.describe());
+        }
+    }
+    let mut line = parts.join(", ");
+    if let Some(image) = &s.image {
+        line.push_str(&format!(" (image {image}; `berth logs {}`)", s.name));
+    }
+    line
 }

@@ -58,7 +58,7 @@ impl Checker<'_> {
             }
             Some((item, span)) => self
                 .string(item, span.clone(), "image.from")
-                .and_then(|s| self.image_source(&s, span)),
+                .and_then(|s| self.image_source(&s, span, "image.from")),
         };
         let packages = match img.get("packages") {
             Some((item, span)) => self
@@ -188,7 +188,8 @@ impl Checker<'_> {
         patterns
     }
 
-    fn image_source(&mut self, s: &str, span: Span) -> Option<ImageSource> {
+    /// One `from` form (`what` names the key in messages: `image.from`, `services.db.image`).
+    pub(super) fn image_source(&mut self, s: &str, span: Span, what: &str) -> Option<ImageSource> {
         let help = "use an OCI reference such as \"docker.io/library/debian:bookworm\", or \"debootstrap:bookworm\", \"rootfs:./dir\", \"tar:./rootfs.tar\"";
         if let Some(suite) = s.strip_prefix("debootstrap:") {
             let ok = !suite.is_empty()
@@ -215,12 +216,12 @@ impl Checker<'_> {
         }
         if let Some(path) = s.strip_prefix("rootfs:") {
             return self
-                .existing_path(path, span, "image.from (rootfs:)", Some(true))
+                .existing_path(path, span, &format!("{what} (rootfs:)"), Some(true))
                 .map(|path| ImageSource::Rootfs { path });
         }
         if let Some(path) = s.strip_prefix("tar:") {
             return self
-                .existing_path(path, span, "image.from (tar:)", Some(false))
+                .existing_path(path, span, &format!("{what} (tar:)"), Some(false))
                 .map(|path| ImageSource::Tar { path });
         }
         if let Some((scheme, _)) = s.split_once("://") {
@@ -241,7 +242,7 @@ impl Checker<'_> {
                 self.error(
                     ErrorKind::BadImage,
                     span,
-                    format!("`image.from` is not a valid image: {e}"),
+                    format!("`{what}` is not a valid image: {e}"),
                     Some(help.into()),
                 );
                 None

@@ -12,6 +12,7 @@ mod ports_section;
 mod resources_section;
 mod services_section;
 mod shell_section;
+mod sidecar_section;
 mod toml_readers;
 mod vm_section;
 
@@ -134,7 +135,8 @@ impl<'a> Checker<'a> {
         let ports = self.ports(&root, network.mode);
         let resources = self.resources(&root);
         let shell = self.shell(&root, &mounts);
-        let services = self.services(&root, shell.workdir.as_deref().unwrap_or("/"));
+        let (services, sidecars) =
+            self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
 
         Plan {
@@ -153,6 +155,7 @@ impl<'a> Checker<'a> {
             network,
             shell,
             services,
+            sidecars,
             vm,
         }
     }

@@ -11,13 +11,20 @@ use crate::plan::*;
 
 impl Checker<'_> {
     pub(super) fn mounts(&mut self, root: &Tbl<'_>) -> Vec<MountPlan> {
-        let tables = self.table_array(root, "mounts");
+        self.mounts_of(root, "mounts[]")
+    }
+
+    /// The `mounts` of `parent` (the top level, or a sidecar with `spec` `"services.*.mounts[]"`).
+    pub(super) fn mounts_of(&mut self, parent: &Tbl<'_>, spec: &'static str) -> Vec<MountPlan> {
+        let tables = self.table_array_at(parent, "mounts", spec);
+        let at = parent.key_display("mounts");
+        let what = |key: &str| format!("{at}.{key}");
         let mut out: Vec<MountPlan> = Vec::new();
         let mut seen: BTreeMap<String, Span> = BTreeMap::new();
         for m in &tables {
             let kind = match m.get("type") {
                 Some((item, span)) => {
-                    self.enumeration(item, span, "mounts.type", keys::MOUNT_TYPES)
+                    self.enumeration(item, span, &what("type"), keys::MOUNT_TYPES)
                 }
                 None => Some("bind"),
             };
@@ -42,8 +49,8 @@ impl Checker<'_> {
                     None
                 }
                 Some((item, span)) => self
-                    .string(item, span.clone(), "mounts.target")
-                    .and_then(|t| self.guest_path(&t, span.clone(), "mounts.target", true))
+                    .string(item, span.clone(), &what("target"))
+                    .and_then(|t| self.guest_path(&t, span.clone(), &what("target"), true))
                     .map(|t| (t, span)),
             };
             if let Some((t, span)) = &target {
@@ -60,12 +67,12 @@ impl Checker<'_> {
                 }
             }
             let readonly = match m.get("readonly") {
-                Some((item, span)) => self.boolean(item, span, "mounts.readonly").unwrap_or(false),
+                Some((item, span)) => self.boolean(item, span, &what("readonly")).unwrap_or(false),
                 None => false,
             };
             let unsafe_host_path = match m.get("unsafe_host_path") {
                 Some((item, span)) => {
-                    let v = self.boolean(item, span, "mounts.unsafe_host_path");
+                    let v = self.boolean(item, span, &what("unsafe_host_path"));
                     if matches!(kind, Some(MountKind::Volume | MountKind::Tmpfs)) {
                         self.error(
                             ErrorKind::MisplacedKey,
@@ -100,7 +107,7 @@ impl Checker<'_> {
                     None
                 }
                 (Some(MountKind::Volume), Some((item, span))) => {
-                    self.string(item, span.clone(), "mounts.source").and_then(|v| {
+                    self.string(item, span.clone(), &what("source")).and_then(|v| {
                         if is_volume_name(&v) {
                             Some(v)
                         } else {
@@ -115,9 +122,9 @@ impl Checker<'_> {
                     })
                 }
                 (Some(_), Some((item, span))) => self
-                    .string(item, span.clone(), "mounts.source")
+                    .string(item, span.clone(), &what("source"))
                     .and_then(|s| {
-                        let p = self.existing_path(&s, span.clone(), "mounts.source", None)?;
+                        let p = self.existing_path(&s, span.clone(), &what("source"), None)?;
                         if !unsafe_host_path {
                             if let Some(why) = unsafe_source(&s, &p, &self.project_dir) {
                                 self.error(
@@ -136,7 +143,7 @@ impl Checker<'_> {
             let ignore = match m.get("ignore") {
                 Some((item, span)) => {
                     let list = self
-                        .string_array(item, span, "mounts.ignore", true)
+                        .string_array(item, span, &what("ignore"), true)
                         .unwrap_or_default();
                     if kind.is_some() && kind != Some(MountKind::Sync) {
                         self.error(
@@ -152,7 +159,7 @@ impl Checker<'_> {
             };
             let size = match m.get("size") {
                 Some((item, span)) => {
-                    let s = self.size(item, span, "mounts.size");
+                    let s = self.size(item, span, &what("size"));
                     if kind.is_some() && kind != Some(MountKind::Tmpfs) {
                         self.error(
                             ErrorKind::MisplacedKey,

@@ -15,23 +15,31 @@ pub const MAX_PIDS: i64 = 4_194_304;
 
 impl Checker<'_> {
     pub(super) fn resources(&mut self, root: &Tbl<'_>) -> Resources {
+        self.resources_of(root, "resources")
+    }
+
+    /// The `resources` of `parent` (the top level, or a sidecar with `spec`
+    /// `"services.*.resources"`).
+    pub(super) fn resources_of(&mut self, parent: &Tbl<'_>, spec: &'static str) -> Resources {
         let mut r = Resources::default();
-        let Some(t) = self.sub_table(
-            root,
+        let at = parent.key_display("resources");
+        let Some(t) = self.sub_table_at(
+            parent,
             "resources",
-            "write `[resources]` with memory/cpus/pids",
+            spec,
+            &format!("write `[{at}]` with memory/cpus/pids"),
         ) else {
             return r;
         };
         if let Some((item, span)) = t.get("memory") {
-            r.memory = self.size(item, span, "resources.memory");
+            r.memory = self.size(item, span, &format!("{at}.memory"));
         }
         if let Some((item, span)) = t.get("cpus") {
             let n = match item.as_value() {
                 Some(Value::Integer(i)) => Some(*i.value() as f64),
                 Some(Value::Float(f)) => Some(*f.value()),
                 _ => {
-                    self.wrong_type(item, span.clone(), "resources.cpus", "a number", None);
+                    self.wrong_type(item, span.clone(), &format!("{at}.cpus"), "a number", None);
                     None
                 }
             };
@@ -42,23 +50,21 @@ impl Checker<'_> {
                     self.error(
                         ErrorKind::OutOfRange,
                         span,
-                        format!(
-                            "`resources.cpus` is {n}; it must be above 0 (and at most {MAX_CPUS})"
-                        ),
+                        format!("`{at}.cpus` is {n}; it must be above 0 (and at most {MAX_CPUS})"),
                         Some("e.g. cpus = 1.5 for one and a half cores".into()),
                     );
                 }
             }
         }
         if let Some((item, span)) = t.get("pids") {
-            if let Some(n) = self.integer(item, span.clone(), "resources.pids") {
+            if let Some(n) = self.integer(item, span.clone(), &format!("{at}.pids")) {
                 if (1..=MAX_PIDS).contains(&n) {
                     r.pids = Some(n as u64);
                 } else {
                     self.error(
                         ErrorKind::OutOfRange,
                         span,
-                        format!("`resources.pids` is {n}; it must be between 1 and {MAX_PIDS}"),
+                        format!("`{at}.pids` is {n}; it must be between 1 and {MAX_PIDS}"),
                         Some("e.g. pids = 1024".into()),
                     );
                 }

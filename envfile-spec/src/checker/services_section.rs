@@ -1,7 +1,9 @@
-//! `[services.*]`: long-running processes, their commands, restart policy and working folder.
+//! `[services.*]`: long-running processes, their commands, restart policy and working folder;
+//! a service with `image` is a sidecar, whose own keys are read in `sidecar_section.rs`.
 
 use std::collections::BTreeMap;
 
+use super::sidecar_section::SidecarLinks;
 use super::toml_readers::{show_key, Tbl};
 use super::Checker;
 use crate::diagnostic::ErrorKind;
@@ -9,23 +11,28 @@ use crate::keys;
 use crate::plan::*;
 
 impl Checker<'_> {
+    /// `[services]`: process services (with `command`) and sidecars (with `image`; the keys
+    /// only they take are read in `sidecar_section.rs`).
     pub(super) fn services(
         &mut self,
         root: &Tbl<'_>,
         default_workdir: &str,
-    ) -> BTreeMap<String, ServicePlan> {
+        backend: BackendKind,
+    ) -> (BTreeMap<String, ServicePlan>, BTreeMap<String, SidecarPlan>) {
         let mut out = BTreeMap::new();
+        let mut sidecars = BTreeMap::new();
+        let mut links = SidecarLinks::default();
         let Some((item, _)) = root.get("services") else {
-            return out;
+            return (out, sidecars);
         };
         let span = self.item_head(item, root.key_span("services"));
         let Some(t) = self.table(
             item,
             span,
             "services",
-            "write each service as [services.NAME] with command = [...]",
+            "write each service as [services.NAME] with command = [...] (or image = \"…\")",
         ) else {
-            return out;
+            return (out, sidecars);
         };
         for (name, sitem) in t.iter() {
             let kspan = t
@@ -57,16 +64,24 @@ impl Checker<'_> {
                 display: display.clone(),
             };
             self.unknown_keys(&svc);
+            let image = svc.get("image").map(|(item, span)| {
+                let what = format!("{display}.image");
+                let source = self
+                    .non_empty_string(item, span.clone(), &what)
+                    .and_then(|s| self.image_source(&s, span.clone(), &what));
+                (source, span)
+            });
             let command = match svc.get("command") {
-                None => {
+                None if image.is_none() => {
                     self.error(
                         ErrorKind::MissingKey,
                         svc.span.clone(),
                         format!("service `{name}` has no `command`"),
-                        Some("add command = [\"program\", \"arg\"]".into()),
+                        Some("add command = [\"program\", \"arg\"] (or image = \"…\" to run a server from its own image beside the environment)".into()),
                     );
                     None
                 }
+                None => None,
                 Some((item, span)) => self.command(item, span, &format!("{display}.command")),
             };
             let restart = match svc.get("restart") {
@@ -93,23 +108,54 @@ impl Checker<'_> {
                 self.string(item, span.clone(), &what)
                     .and_then(|w| self.guest_path(&w, span, &what, false))
             });
-            if let Some(command) = command {
-                out.insert(
-                    name.to_string(),
-                    ServicePlan {
-                        command,
-                        restart,
-                        env,
-                        workdir: Some(workdir.unwrap_or_else(|| default_workdir.to_string())),
-                    },
-                );
+            // Read (and type-checked) on every service; kept only on sidecars.
+            let parts = self.sidecar_parts(&svc, name, &mut links);
+            match image {
+                Some((Some(image), image_span)) => {
+                    links.sidecars.push((name.to_string(), image_span));
+                    sidecars.insert(
+                        name.to_string(),
+                        SidecarPlan {
+                            image,
+                            command,
+                            restart,
+                            env,
+                            workdir,
+                            mounts: parts.mounts,
+                            resources: parts.resources,
+                            ready: parts.ready,
+                            after: parts.after,
+                        },
+                    );
+                }
+                Some((None, _)) => links.sidecar_names.push(name.to_string()),
+                None => {
+                    if svc.get("command").is_some() {
+                        self.sidecar_keys_on_a_process_service(&svc, name);
+                    }
+                    links.process_names.push(name.to_string());
+                    if let Some(command) = command {
+                        out.insert(
+                            name.to_string(),
+                            ServicePlan {
+                                command,
+                                restart,
+                                env,
+                                workdir: Some(
+                                    workdir.unwrap_or_else(|| default_workdir.to_string()),
+                                ),
+                            },
+                        );
+                    }
+                }
             }
         }
-        out
+        self.check_sidecar_links(&links, backend);
+        (out, sidecars)
     }
 }
 
-fn is_service_name(s: &str) -> bool {
+pub(super) fn is_service_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())

@@ -12,6 +12,34 @@ use crate::diagnostic::ErrorKind;
 use crate::keys::{self, KeyType};
 use crate::size::{self, parse_size};
 
+/// A kind of number with a unit (sizes, durations), read by [`Checker::quantity`].
+pub(super) struct Quantity {
+    /// What it is, with its article, in messages (`a size`).
+    pub(super) noun: &'static str,
+    /// The error of a value that cannot be read.
+    pub(super) kind: ErrorKind,
+    /// Reads the string form.
+    pub(super) parse: fn(&str) -> Result<u64, String>,
+    /// What one of a TOML integer is worth (1 byte; 1000 ms for a second).
+    pub(super) per_integer: u64,
+    /// The expected type, for `wrong-type`.
+    pub(super) expected: &'static str,
+    pub(super) units_help: &'static str,
+    /// The help for zero.
+    pub(super) zero_help: &'static str,
+}
+
+/// Sizes in bytes.
+pub(super) const SIZE: Quantity = Quantity {
+    noun: "a size",
+    kind: ErrorKind::BadSize,
+    parse: |s| parse_size(s).map_err(|e| e.to_string()),
+    per_integer: 1,
+    expected: "a size (a string such as \"2GiB\", or a number of bytes)",
+    units_help: size::UNITS_HELP,
+    zero_help: "give a size above zero, e.g. \"512MiB\", or remove the key",
+};
+
 /// A table being checked: its contents, where it is, and its path in the key table.
 pub(super) struct Tbl<'d> {
     pub(super) t: &'d dyn TableLike,
@@ -24,7 +52,7 @@ pub(super) struct Tbl<'d> {
 }
 
 impl<'d> Tbl<'d> {
-    fn key_display(&self, key: &str) -> String {
+    pub(super) fn key_display(&self, key: &str) -> String {
         if self.display.is_empty() {
             key.to_string()
         } else {
@@ -226,52 +254,65 @@ impl Checker<'_> {
 
     /// A size: a string with a unit, or an integer number of bytes. Zero is refused.
     pub(super) fn size(&mut self, item: &Item, span: Span, what: &str) -> Option<u64> {
-        let bytes = match item.as_value() {
-            Some(Value::String(s)) => match parse_size(s.value()) {
-                Ok(b) => b,
+        self.quantity(item, span, what, &SIZE)
+    }
+
+    /// A number with a unit ([`Quantity`]): a string read by its parser, or a TOML integer
+    /// in its integer unit. Zero is refused.
+    pub(super) fn quantity(
+        &mut self,
+        item: &Item,
+        span: Span,
+        what: &str,
+        q: &Quantity,
+    ) -> Option<u64> {
+        let value = match item.as_value() {
+            Some(Value::String(s)) => match (q.parse)(s.value()) {
+                Ok(v) => v,
                 Err(e) => {
                     self.error(
-                        ErrorKind::BadSize,
+                        q.kind,
                         span,
-                        format!("`{what}` is not a size: {e}"),
-                        Some(size::UNITS_HELP.into()),
+                        format!("`{what}` is not {}: {e}", q.noun),
+                        Some(q.units_help.into()),
                     );
                     return None;
                 }
             },
-            Some(Value::Integer(i)) => match u64::try_from(*i.value()) {
-                Ok(b) => b,
-                Err(_) => {
-                    self.error(
-                        ErrorKind::BadSize,
-                        span,
-                        format!("`{what}` is negative"),
-                        Some(size::UNITS_HELP.into()),
-                    );
-                    return None;
+            Some(Value::Integer(i)) => {
+                match u64::try_from(*i.value()).map(|n| n.checked_mul(q.per_integer)) {
+                    Ok(Some(v)) => v,
+                    bad => {
+                        let why = if bad.is_err() {
+                            "negative"
+                        } else {
+                            "too large"
+                        };
+                        self.error(
+                            q.kind,
+                            span,
+                            format!("`{what}` is {why}"),
+                            Some(q.units_help.into()),
+                        );
+                        return None;
+                    }
                 }
-            },
+            }
             _ => {
-                self.wrong_type(
-                    item,
-                    span,
-                    what,
-                    "a size (a string such as \"2GiB\", or a number of bytes)",
-                    Some(size::UNITS_HELP.into()),
-                );
+                self.wrong_type(item, span, what, q.expected, Some(q.units_help.into()));
                 return None;
             }
         };
-        if bytes == 0 {
+        if value == 0 {
             self.error(
                 ErrorKind::OutOfRange,
                 span,
                 format!("`{what}` is zero"),
-                Some("give a size above zero, e.g. \"512MiB\", or remove the key".into()),
+                Some(q.zero_help.into()),
             );
             return None;
         }
-        Some(bytes)
+        Some(value)
     }
 
     /// An array of strings (each element checked); `non_empty_items` refuses "" elements.
@@ -413,14 +454,27 @@ impl Checker<'_> {
         key: &'static str,
         example: &str,
     ) -> Option<Tbl<'d>> {
+        self.sub_table_at(parent, key, key, example)
+    }
+
+    /// [`Self::sub_table`] of a table below the top level: `spec` is its path in the key
+    /// table (`"services.*.resources"`); messages name it after its parent (`services.db.resources`).
+    pub(super) fn sub_table_at<'d>(
+        &mut self,
+        parent: &Tbl<'d>,
+        key: &str,
+        spec: &'static str,
+        example: &str,
+    ) -> Option<Tbl<'d>> {
         let (item, _) = parent.get(key)?;
         let span = self.item_head(item, parent.key_span(key));
-        let t = self.table(item, span.clone(), key, example)?;
+        let display = parent.key_display(key);
+        let t = self.table(item, span.clone(), &display, example)?;
         let tbl = Tbl {
             t,
             span,
-            spec: key,
-            display: key.to_string(),
+            spec,
+            display,
         };
         self.unknown_keys(&tbl);
         Some(tbl)
@@ -439,13 +493,25 @@ impl Checker<'_> {
 
     /// The elements of an array of tables (`[[mounts]]` or `mounts = [{…}, {…}]`).
     pub(super) fn table_array<'d>(&mut self, parent: &Tbl<'d>, key: &'static str) -> Vec<Tbl<'d>> {
-        let Some((item, span)) = parent.get(key) else {
-            return Vec::new();
-        };
         let spec = match key {
             "mounts" => "mounts[]",
             _ => "ports[]",
         };
+        self.table_array_at(parent, key, spec)
+    }
+
+    /// [`Self::table_array`] with the elements' path in the key table given
+    /// (`"services.*.mounts[]"`); messages name the array after its parent (`services.db.mounts`).
+    pub(super) fn table_array_at<'d>(
+        &mut self,
+        parent: &Tbl<'d>,
+        key: &str,
+        spec: &'static str,
+    ) -> Vec<Tbl<'d>> {
+        let Some((item, span)) = parent.get(key) else {
+            return Vec::new();
+        };
+        let shown = parent.key_display(key);
         let mut out = Vec::new();
         match item {
             Item::ArrayOfTables(aot) => {
@@ -455,7 +521,7 @@ impl Checker<'_> {
                         t,
                         span: tspan,
                         spec,
-                        display: key.to_string(),
+                        display: shown.clone(),
                     });
                 }
             }
@@ -467,16 +533,18 @@ impl Checker<'_> {
                             t,
                             span: vspan,
                             spec,
-                            display: key.to_string(),
+                            display: shown.clone(),
                         }),
                         None => {
                             let found = value_type_with_article(v);
                             self.error(
                                 ErrorKind::WrongType,
                                 vspan,
-                                format!("every element of `{key}` must be a table, found {found}"),
+                                format!(
+                                    "every element of `{shown}` must be a table, found {found}"
+                                ),
                                 Some(format!(
-                                    "write each entry as a [[{key}]] table or as {{ … }}"
+                                    "write each entry as a [[{shown}]] table or as {{ … }}"
                                 )),
                             );
                         }
@@ -488,10 +556,10 @@ impl Checker<'_> {
                 self.wrong_type(
                     other,
                     hspan,
-                    key,
+                    &shown,
                     "an array of tables",
                     Some(format!(
-                        "write each entry under its own [[{key}]] header (double brackets)"
+                        "write each entry under its own [[{shown}]] header (double brackets)"
                     )),
                 );
             }

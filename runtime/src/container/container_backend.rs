@@ -67,7 +67,11 @@ impl ContainerBackend {
             self.cleanup(dir, &mut state)?;
         }
         let who = Invoker::current();
-        let (mapping, mapping_notice) = stable_mapping(spec, &who, recorded.as_ref())?;
+        let (mapping, mapping_notice) = match &spec.join {
+            // A sidecar lives in the environment's user namespace: its mapping, not one of its own.
+            Some(join) => (super::sidecar::Joined::open(spec, join)?.mapping, None),
+            None => stable_mapping(spec, &who, recorded.as_ref())?,
+        };
         let mut notices: Vec<String> = mapping_notice.into_iter().collect();
         if let (Some(m), true) = (&mapping, who.uid == 0) {
             check_reachable_by_mapped_root(spec, m)?;

@@ -24,6 +24,7 @@ use super::namespaces::{
 };
 use super::rootfs::OverlayRootfs;
 use super::run_state::ContainerState;
+use super::sidecar::Joined;
 use super::spec::ContainerSpec;
 use super::supervisor;
 use crate::host::fault_injection::checkpoint;
@@ -104,6 +105,11 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
     }
     checkpoint("cgroups-joined");
     let mapping = state.mapping.clone();
+    // A sidecar enters the environment's user and network namespaces instead of making them.
+    let joined = match &spec.join {
+        Some(join) => Some(tryr!(super::sidecar::Joined::open(&spec, join))),
+        None => None,
+    };
     let is_root = nix::unistd::geteuid().is_root();
     let host_side_mounts = mapping.is_none() || is_root;
     if host_side_mounts {
@@ -134,6 +140,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
             let r = namespace_child(
                 &spec,
                 mapping.as_ref(),
+                joined.as_ref(),
                 host_side_mounts,
                 to_child_r,
                 from_child_w,
@@ -165,7 +172,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                 ));
             }
             let result = (|| -> Result<()> {
-                if let Some(m) = &mapping {
+                if let (Some(m), None) = (&mapping, &joined) {
                     m.write_for(child.as_raw())?;
                 }
                 checkpoint("userns-mapped");
@@ -201,6 +208,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
 fn namespace_child(
     spec: &ContainerSpec,
     mapping: Option<&IdMapping>,
+    joined: Option<&Joined>,
     host_side_mounts: bool,
     go: OwnedFd,
     ready: OwnedFd,
@@ -211,8 +219,10 @@ fn namespace_child(
     ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> Result<()> {
-    if mapping.is_some() {
-        enter(CloneFlags::CLONE_NEWUSER)?;
+    match joined {
+        Some(j) => j.enter()?,
+        None if mapping.is_some() => enter(CloneFlags::CLONE_NEWUSER)?,
+        None => {}
     }
     send_byte(&ready, 1);
     if recv_byte(&go) != Some(1) {
@@ -227,7 +237,11 @@ fn namespace_child(
         private_mount_namespace()?;
         OverlayRootfs::new(spec, mapping).mount_layers(None, None)?;
     }
-    enter(environment_flags(spec.network))?;
+    let mut flags = environment_flags(spec.network);
+    if joined.is_some() {
+        flags.remove(CloneFlags::CLONE_NEWNET);
+    }
+    enter(flags)?;
     if !host_side_mounts {
         make_mounts_private()?;
     }

@@ -90,6 +90,7 @@ mod seccomp_syscalls;
 pub mod security;
 pub mod selfexe;
 mod services;
+pub mod sidecar;
 pub mod spec;
 pub mod step;
 pub mod supervisor;

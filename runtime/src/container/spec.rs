@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use envfile_spec::plan::{MountKind, NetworkMode, Plan, Resources, ServicePlan};
+use envfile_spec::plan::{MountKind, MountPlan, NetworkMode, Plan, Resources, ServicePlan};
 use serde::{Deserialize, Serialize};
 
 use super::devices::HostDevice;
@@ -67,6 +67,45 @@ pub struct ContainerSpec {
     /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
     #[serde(default)]
     pub devices: Vec<HostDevice>,
+    /// A sidecar: joins this running environment's user and network namespaces instead of
+    /// making its own (see [`super::sidecar`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join: Option<JoinSpec>,
+}
+
+/// The mounts of a plan (the environment's or a sidecar's) with their host paths: volumes
+/// under `home`'s `volumes/`. `sync` mounts are left out: they are not mounted.
+pub fn mount_specs(mounts: &[MountPlan], home: &BerthHome) -> Result<Vec<MountSpec>> {
+    let mut out = Vec::new();
+    for m in mounts {
+        let source = || {
+            m.source.clone().ok_or_else(|| {
+                ContainerError::Invalid(format!(
+                    "mount at {} has no source; give `source` in berth.toml",
+                    m.target
+                ))
+            })
+        };
+        out.push(match m.kind {
+            MountKind::Bind => MountSpec::Bind {
+                source: PathBuf::from(source()?),
+                target: m.target.clone(),
+                readonly: m.readonly,
+                idmap: true,
+            },
+            MountKind::Sync => continue,
+            MountKind::Volume => MountSpec::Volume {
+                source: home.volumes_dir().join(source()?),
+                target: m.target.clone(),
+                readonly: m.readonly,
+            },
+            MountKind::Tmpfs => MountSpec::Tmpfs {
+                target: m.target.clone(),
+                size: m.size,
+            },
+        });
+    }
+    Ok(out)
 }
 
 /// One mount inside the environment, host paths already resolved.
@@ -100,6 +139,14 @@ impl MountSpec {
             | MountSpec::Tmpfs { target, .. } => target,
         }
     }
+}
+
+/// Which running environment a sidecar container joins (its user and network namespaces;
+/// see [`super::sidecar`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSpec {
+    /// The environment's state dir (`envs/<id>`).
+    pub env_dir: PathBuf,
 }
 
 /// How user ids inside map to the host.
@@ -141,6 +188,7 @@ impl ContainerSpec {
             net_home: None,
             hold_services: false,
             devices: Vec::new(),
+            join: None,
         }
     }
 
@@ -156,36 +204,9 @@ impl ContainerSpec {
     ) -> Result<(Self, Vec<String>)> {
         let mut spec = ContainerSpec::new(env_id, &plan.name, &home.env_dir(env_id), lower_layers);
         let mut notices: Vec<String> = Vec::new();
-        for m in &plan.mounts {
-            let source = m.source.clone();
-            let need_source = || {
-                source.clone().ok_or_else(|| {
-                    ContainerError::Invalid(format!(
-                        "mount at {} has no source; give `source` in berth.toml",
-                        m.target
-                    ))
-                })
-            };
-            spec.mounts.push(match m.kind {
-                MountKind::Bind => MountSpec::Bind {
-                    source: PathBuf::from(need_source()?),
-                    target: m.target.clone(),
-                    readonly: m.readonly,
-                    idmap: true,
-                },
-                // Kept in sync by berth's sync process (environment::live_sync), not mounted.
-                MountKind::Sync => continue,
-                MountKind::Volume => MountSpec::Volume {
-                    source: home.volumes_dir().join(need_source()?),
-                    target: m.target.clone(),
-                    readonly: m.readonly,
-                },
-                MountKind::Tmpfs => MountSpec::Tmpfs {
-                    target: m.target.clone(),
-                    size: m.size,
-                },
-            });
-        }
+        // `sync` mounts are kept in sync by berth's sync process (environment::live_sync), not
+        // mounted.
+        spec.mounts = mount_specs(&plan.mounts, home)?;
         spec.env = plan.env.clone();
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;
@@ -241,12 +262,37 @@ impl ContainerSpec {
                 self.hostname
             )));
         }
+        if let Some(join) = &self.join {
+            self.validate_join(join)?;
+        }
         if let Some(c) = self.resources.cpus {
             if !(c.is_finite() && c > 0.0) {
                 return Err(ContainerError::Invalid(format!(
                     "cpus = {c} must be a positive number"
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// What a sidecar's spec may not ask for: its network is the environment's, so no ports
+    /// of its own, no network set up for it, and not the host's network.
+    fn validate_join(&self, join: &JoinSpec) -> Result<()> {
+        let refuse = |what: &str| {
+            Err(ContainerError::Invalid(format!(
+                "sidecar {} joins the network of the environment in {}, so it cannot have {what}",
+                self.env_id,
+                join.env_dir.display()
+            )))
+        };
+        if !self.ports.is_empty() {
+            return refuse("ports of its own (forward them with the environment's [[ports]])");
+        }
+        if self.net_home.is_some() {
+            return refuse("a network set up for it");
+        }
+        if self.network == NetworkMode::Host {
+            return refuse("the host's network");
         }
         Ok(())
     }
@@ -281,6 +327,29 @@ mod tests {
         assert!(s.validate().is_err());
         s.lower_layers.clear();
         assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn a_sidecar_has_no_network_of_its_own() {
+        let mut s = ContainerSpec::new("sc", "sc", Path::new("/s"), vec![PathBuf::from("/l")]);
+        s.join = Some(JoinSpec {
+            env_dir: "/home/envs/app".into(),
+        });
+        assert!(s.validate().is_ok());
+        let refused = |s: &ContainerSpec| s.validate().unwrap_err().to_string();
+        let mut ported = s.clone();
+        ported.ports.push(ForwardSpec {
+            protocol: envfile_spec::plan::Protocol::Tcp,
+            host: "127.0.0.1:8080".parse().unwrap(),
+            guest_port: 80,
+            shared: false,
+        });
+        assert!(refused(&ported).contains("ports of its own"));
+        let mut networked = s.clone();
+        networked.net_home = Some("/home".into());
+        assert!(refused(&networked).contains("a network set up for it"));
+        s.network = NetworkMode::Host;
+        assert!(refused(&s).contains("the host's network"));
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl Environments {
                 format!("{}-run-{suffix}", base.trim_end_matches('-'))
             }
         };
+        super::sidecars::private_run_volumes(&mut run);
         let env_id = Self::env_id(&run);
         let dir = self.home().env_dir(&env_id);
         // Checked on the project itself: its copy would hide a link out of it.

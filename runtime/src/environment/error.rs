@@ -59,4 +59,6 @@ pub enum EnvError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Backend(#[from] crate::backend::BackendError),
+    #[error(transparent)]
+    Sidecar(#[from] super::sidecar_error::SidecarError),
 }

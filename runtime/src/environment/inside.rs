@@ -58,7 +58,10 @@ impl Environments {
         tail: Option<usize>,
         follow: bool,
     ) -> Result<i32, EnvError> {
-        let dir = self.home.env_dir(&record.env_id);
+        let dir = match services.as_slice() {
+            [one] if record.plan.sidecars.contains_key(one) => self.sidecar_dir(record, one)?,
+            _ => self.home.env_dir(&record.env_id),
+        };
         let req = LogsRequest {
             services,
             tail,

@@ -37,6 +37,9 @@ pub struct EnvView {
     pub report: StatusReport,
     /// Address, gateway and forwarded ports while it runs.
     pub network: Option<NetRecord>,
+    /// Its sidecars (`[services.NAME]` with `image`), in start order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sidecars: Vec<super::sidecars::SidecarView>,
 }
 
 impl Environments {
@@ -58,6 +61,7 @@ impl Environments {
                 .unwrap_or_default(),
             report,
             network,
+            sidecars: self.sidecar_views(record),
         })
     }
 

@@ -14,7 +14,8 @@
 //! Files by operation: `environments.rs` (the set, backend choice, locks), `up.rs`,
 //! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
 //! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
-//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`).
+//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`),
+//! `sidecars.rs` (servers from their own images beside a container environment).
 
 mod build_plan;
 mod build_runner;
@@ -28,6 +29,8 @@ mod inspect;
 pub mod live_sync;
 mod mount_source;
 mod record;
+mod sidecar_error;
+mod sidecars;
 mod snapshot;
 mod teardown;
 mod up;
@@ -39,6 +42,8 @@ pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;
 pub use inspect::{EnvSummary, EnvView};
 pub use record::{EnvRecord, Ephemeral, ImageUse, RECORD_FILE};
+pub use sidecar_error::SidecarError;
+pub use sidecars::SidecarView;
 pub use snapshot::SnapshotInfo;
 pub use teardown::VolumesRemoved;
 pub use up::{UpOptions, UpReport};

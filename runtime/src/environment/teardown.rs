@@ -9,6 +9,7 @@ use super::environments::{remove_env_dir, Environments};
 use super::error::EnvError;
 use super::live_sync;
 use super::record::EnvRecord;
+use super::sidecars::sidecar_volume_mounts;
 use crate::backend::EnvStatus;
 use crate::image::{Progress, QuietProgress};
 use crate::state;
@@ -30,6 +31,7 @@ impl Environments {
         let was = backend.status(&locked.dir)?.status;
         // The sync process goes first: it reads the environment through its supervisor.
         live_sync::stop(&locked.dir);
+        self.stop_sidecars(&locked.dir, timeout)?;
         backend.stop(&locked.dir, timeout)?;
         if let Some(mut r) = EnvRecord::load(&locked.dir)? {
             r.converged = false;
@@ -43,10 +45,11 @@ impl Environments {
     pub fn destroy(&self, env_id: &str, volumes: bool, timeout: Duration) -> Result<(), EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
         live_sync::stop(&locked.dir);
+        self.destroy_sidecars(&locked.dir, timeout)?;
         self.backend_at(&locked.dir).destroy(&locked.dir, timeout)?;
         if volumes {
             if let Some(r) = EnvRecord::load(&locked.dir)? {
-                for m in &r.plan.mounts {
+                for m in r.plan.mounts.iter().chain(sidecar_volume_mounts(&r.plan)) {
                     if m.kind == MountKind::Volume {
                         if let Some(name) = &m.source {
                             state::remove_tree(&self.home.volumes_dir().join(name)).map_err(
@@ -74,6 +77,7 @@ impl Environments {
         for name in plan
             .mounts
             .iter()
+            .chain(sidecar_volume_mounts(plan))
             .filter(|m| m.kind == MountKind::Volume)
             .filter_map(|m| m.source.as_ref())
         {
@@ -81,6 +85,7 @@ impl Environments {
                 r.plan
                     .mounts
                     .iter()
+                    .chain(sidecar_volume_mounts(&r.plan))
                     .any(|m| m.kind == MountKind::Volume && m.source.as_ref() == Some(name))
             }) {
                 in_use.push((name.clone(), user.name.clone()));

@@ -105,6 +105,7 @@ impl Environments {
     /// error the caller reports is the `up`'s.
     fn undo_first_up(&self, dir: &std::path::Path, backend: &dyn Backend) {
         live_sync::stop(dir);
+        let _ = self.destroy_sidecars(dir, Duration::from_secs(2));
         if backend.destroy(dir, Duration::from_secs(2)).is_ok() {
             let _ = remove_env_dir(dir);
         }
@@ -144,6 +145,16 @@ impl Environments {
             &build_key,
             wanted,
         );
+        if let Some(report) = self.reconcile_sidecars(
+            plan,
+            opts,
+            previous.as_ref(),
+            &current,
+            &decision.action,
+            dir,
+        )? {
+            return Ok(report);
+        }
         if let (UpAction::Unchanged, Some(prev)) = (&decision.action, &previous) {
             // A qemu VM a killed `snapshot save` left paused would not answer (we hold
             // the lock: no save is under way).
@@ -204,6 +215,7 @@ impl Environments {
 
         if decision.stop_first {
             live_sync::stop(dir);
+            self.stop_sidecars(dir, opts.stop_timeout)?;
             running_on.stop(dir, opts.stop_timeout)?;
         }
 
@@ -246,6 +258,8 @@ impl Environments {
         record.save(dir)?;
         let create_key = hooks::on_create_key(plan);
         let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
+        // Sidecars start before the environment's own services and `on_create`/`on_up`.
+        let hold_services = on_create_pending || !plan.sidecars.is_empty();
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -261,15 +275,18 @@ impl Environments {
             privileged: opts.privileged,
             publish_auto: opts.publish_auto,
             // `on_create` runs before the services where the backend can hold them back.
-            hold_services: on_create_pending,
+            hold_services,
         })?;
         notices.extend(started.notices.iter().cloned());
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
+        notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);
         if on_create_pending {
             hooks::run(backend, dir, plan, Hook::OnCreate, &opts.progress)?;
             record.on_create_done = create_key;
             record.save(dir)?;
+        }
+        if hold_services {
             backend.start_services(dir)?;
         }
         hooks::run(backend, dir, plan, Hook::OnUp, &opts.progress)?;

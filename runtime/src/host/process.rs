@@ -69,6 +69,14 @@ impl ProcessIdentity {
         }
     }
 
+    /// A pidfd of the process if it is still this one (opened before the identity is
+    /// checked, so it never refers to a process that reused the pid); `None` when it is gone
+    /// or the kernel has no pidfds.
+    pub fn pidfd(&self) -> Option<OwnedFd> {
+        let pidfd = open_pidfd(self.pid)?;
+        self.alive().then_some(pidfd)
+    }
+
     /// Waits up to `timeout` for the process to end; whether it did. Reaps it when it is a
     /// child of this process (its zombie would otherwise linger until this process exits).
     pub fn wait_exit(&self, timeout: Duration) -> bool {
@@ -181,6 +189,24 @@ mod tests {
         );
         assert!(ProcessIdentity::of(i32::MAX).is_none());
         assert!(ProcessIdentity::of(0).is_none() && ProcessIdentity::of(-1).is_none());
+    }
+
+    #[test]
+    fn a_pidfd_is_given_only_for_the_same_process() {
+        let me = ProcessIdentity::current().unwrap();
+        let fd = me.pidfd().expect("a pidfd of this process");
+        // It refers to this process: its fdinfo names its pid.
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).unwrap();
+        assert!(
+            info.lines().any(|l| l == format!("Pid:\t{}", me.pid)),
+            "{info}"
+        );
+        let reused = ProcessIdentity {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(reused.pidfd().is_none(), "a reused pid gives no pidfd");
     }
 
     #[test]

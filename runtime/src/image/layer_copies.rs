@@ -120,9 +120,17 @@ impl LayerCopies {
             return Ok(out);
         };
         for e in rd.flatten() {
-            let rec: Option<CopiesInUse> = read_json(&e.path().join(ENV_RECORD))?;
-            if let Some(r) = rec {
-                out.extend(r.layers.into_iter().map(|l| (r.range.clone(), l)));
+            // The environment's own container and its sidecars (`sidecars/<name>/`).
+            let sidecars = fs::read_dir(e.path().join("sidecars"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|s| s.path());
+            for dir in std::iter::once(e.path()).chain(sidecars) {
+                let rec: Option<CopiesInUse> = read_json(&dir.join(ENV_RECORD))?;
+                if let Some(r) = rec {
+                    out.extend(r.layers.into_iter().map(|l| (r.range.clone(), l)));
+                }
             }
         }
         Ok(out)
@@ -255,6 +263,29 @@ mod tests {
         fs::write(env.join(ENV_RECORD), b"{not json").unwrap();
         assert!(c.prune().is_err());
         assert!(dir.is_dir());
+    }
+
+    #[test]
+    fn prune_keeps_the_copies_a_sidecar_records() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        fs::create_dir_all(h.join("tmp")).unwrap();
+        let c = LayerCopies::new(h);
+        for layer in ["env-layer", "redis-layer"] {
+            fs::create_dir_all(c.range_dir("r1").unwrap().join(layer)).unwrap();
+        }
+        let env = h.join("envs/web-1");
+        let sidecar = env.join("sidecars/db");
+        fs::create_dir_all(&sidecar).unwrap();
+        for (dir, layer) in [(&env, "env-layer"), (&sidecar, "redis-layer")] {
+            let used = CopiesInUse {
+                range: "r1".into(),
+                layers: vec![layer.into()],
+            };
+            LayerCopies::record_use(dir, Some(&used)).unwrap();
+        }
+        assert_eq!(c.prune().unwrap().0, 0);
+        assert!(c.path("r1", "redis-layer").is_dir());
     }
 
     #[test]
