@@ -98,6 +98,8 @@ impl Environments {
         let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
         let locked = self.lock(env_id, &quiet)?;
         live_sync::stop(&locked.dir);
+        // Its sidecars and their throw-away volumes go now, as with `destroy`.
+        self.destroy_sidecars(&locked.dir, timeout)?;
         self.backend_at(&locked.dir).destroy(&locked.dir, timeout)?;
         let aside = self.home().tmp_dir().join(format!(
             "{REMOVAL_PURPOSE}-{}-{}",
