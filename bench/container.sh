@@ -98,42 +98,12 @@ RUNS=10 PAUSE=0 interleave "$W/warm-dense.json" \
   "$(spec "berth up (no change)" host "" "$BERTH -C $W/d/1 -q up")" \
   "$(spec "berth exec -- true" host "" "$BERTH -C $W/d/1 exec -- true")"
 avail_after=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
-python3 - "$BERTH_HOME" "$DENSITY" "$W/density.json" "$avail_before" "$avail_after" <<'PY'
+python3 - "$BERTH_HOME" "$DENSITY" "$W/density.json" "$avail_before" "$avail_after" "$(dirname "$0")" <<'PY'
 import json, os, sys, subprocess
 home, n, out, av0, av1 = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-sup = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-    except OSError:
-        continue
-    if b"__supervisor" in cmd and any(home.encode() in a for a in cmd):
-        sup.append(pid)
-def kib(path, key):
-    for line in open(path):
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-rss = sum(kib(f"/proc/{p}/status", "VmRSS:") for p in sup)
-pss = sum(kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in sup)
-cg_usage, cg_rss, cgs = 0, 0, set()
-for p in sup:
-    for line in open(f"/proc/{p}/cgroup"):
-        _, ctrls, path = line.rstrip("\n").split(":", 2)
-        if "memory" in ctrls.split(","):
-            d = "/sys/fs/cgroup/memory" + path
-        elif ctrls == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-            d = "/sys/fs/cgroup" + path
-        else:
-            continue
-        if d in cgs:
-            continue
-        cgs.add(d)
-        for f in ("memory.usage_in_bytes", "memory.current"):
-            if os.path.exists(f"{d}/{f}"):
-                cg_usage += int(open(f"{d}/{f}").read())
-        st = {l.split()[0]: int(l.split()[1]) for l in open(f"{d}/memory.stat")}
-        cg_rss += st.get("rss", st.get("anon", 0))
+sys.path.insert(0, sys.argv[6])
+from supervisor_memory import measure
+m = measure(home)
 envs = os.path.join(home, "envs")
 disk = []
 for e in sorted(os.listdir(envs)):
@@ -142,9 +112,7 @@ for e in sorted(os.listdir(envs)):
     ukb = int(subprocess.run(["du", "-sk", up], capture_output=True, text=True).stdout.split()[0]) if os.path.exists(up) else 0
     disk.append((kb, ukb))
 layers = int(subprocess.run(["du", "-sk", os.path.join(home, "layers")], capture_output=True, text=True).stdout.split()[0])
-json.dump({"supervisors": len(sup), "rss_kib": rss, "pss_kib": pss, "cgroups": len(cgs),
-           "cg_usage_kib": cg_usage // 1024, "cg_anon_kib": cg_rss // 1024,
-           "avail_drop_kib": av0 - av1, "env_disk_kib": [d[0] for d in disk],
+json.dump({**m, "avail_drop_kib": av0 - av1, "env_disk_kib": [d[0] for d in disk],
            "upper_kib": [d[1] for d in disk], "layers_kib": layers}, open(out, "w"))
 PY
 running_cg=$(cg_dirs | wc -l)

@@ -57,43 +57,13 @@ in_ref -C "$REF" -q up
 
 # mem_json OUT: the memory of the big home's idle environments (see container.sh).
 mem_json() {
-  python3 - "$BERTH_HOME" "$1" <<'PY'
-import json, os, sys
+  python3 - "$BERTH_HOME" "$1" "$(dirname "$0")" <<'PY'
+import json, sys
 home, out = sys.argv[1], sys.argv[2]
-sup = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        cmd = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-    except OSError:
-        continue
-    if b"__supervisor" in cmd and any((home + "/").encode() in a for a in cmd):
-        sup.append(pid)
-def kib(path, key):
-    for line in open(path):
-        if line.startswith(key):
-            return int(line.split()[1])
-    return 0
-pss = sum(kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in sup)
-usage, anon, cgs = 0, 0, set()
-for p in sup:
-    for line in open(f"/proc/{p}/cgroup"):
-        _, ctrls, path = line.rstrip("\n").split(":", 2)
-        if "memory" in ctrls.split(","):
-            d = "/sys/fs/cgroup/memory" + path
-        elif ctrls == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-            d = "/sys/fs/cgroup" + path
-        else:
-            continue
-        if d in cgs:
-            continue
-        cgs.add(d)
-        for f in ("memory.usage_in_bytes", "memory.current"):
-            if os.path.exists(f"{d}/{f}"):
-                usage += int(open(f"{d}/{f}").read())
-        st = {l.split()[0]: int(l.split()[1]) for l in open(f"{d}/memory.stat")}
-        anon += st.get("rss", st.get("anon", 0))
-json.dump({"supervisors": len(sup), "pss_kib": pss, "cg_usage_kib": usage // 1024,
-           "cg_anon_kib": anon // 1024}, open(out, "w"))
+sys.path.insert(0, sys.argv[3])
+from supervisor_memory import measure
+m = measure(home)
+json.dump({k: m[k] for k in ("supervisors", "pss_kib", "cg_usage_kib", "cg_anon_kib")}, open(out, "w"))
 PY
 }
 
