@@ -7,6 +7,7 @@ pub mod debian;
 pub mod host;
 pub mod nested;
 pub mod oci;
+pub mod ports;
 pub mod probe;
 pub mod project;
 pub mod user;
@@ -104,6 +105,11 @@ impl Berth {
             o.status
         );
         (out, err)
+    }
+
+    /// `berth status --json` in `dir`, parsed (asserting that it succeeded).
+    pub fn status_json(&self, dir: &Path) -> serde_json::Value {
+        serde_json::from_str(&self.ok(dir, &["status", "--json"])).unwrap()
     }
 
     /// [`ok_both`](Self::ok_both), returning stdout.

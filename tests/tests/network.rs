@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::host::{copy_program_with_libs, root_skip_reason, veth_name, HostSnapshot};
+use berth_e2e::ports::{free_port, host_ipv4};
 use berth_e2e::project::Project;
 use berth_e2e::user::TestUser;
 use berth_e2e::{require_root, text, Berth};
@@ -40,19 +41,6 @@ fn snapshot(b: &Berth, projects: &[&Project], env_ids: &[String]) -> HostSnapsho
     tags.extend(env_ids.iter().map(|e| veth_name(e)));
     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     HostSnapshot::take(&tags)
-}
-
-/// A host port nobody uses right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn status_json(b: &Berth, dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&b.ok(dir, &["status", "--json"])).unwrap()
 }
 
 fn link_exists(name: &str) -> bool {
@@ -141,7 +129,7 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
         "up prints the forwarded ports: {out}"
     );
     assert!(out.contains(&format!("127.0.0.1:{udp} → 53/udp")), "{out}");
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let net = &st["network"];
     let address: Ipv4Addr = net["address"].as_str().unwrap().parse().unwrap();
@@ -285,7 +273,7 @@ fn outbound_reaches_a_host_server_by_address_and_names_resolve() {
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let gateway: Ipv4Addr = st["network"]["gateway"].as_str().unwrap().parse().unwrap();
 
@@ -370,8 +358,8 @@ fn environments_cannot_reach_each_other_but_can_use_forwarded_host_ports() {
     let before = snapshot(&b, &[&a, &c], &[]);
     b.ok(a.path(), &["up"]);
     b.ok(c.path(), &["up"]);
-    let sa = status_json(&b, a.path());
-    let sc = status_json(&b, c.path());
+    let sa = b.status_json(a.path());
+    let sc = b.status_json(c.path());
     let ids = vec![
         sa["env_id"].as_str().unwrap().to_string(),
         sc["env_id"].as_str().unwrap().to_string(),
@@ -615,7 +603,7 @@ fn down_after_a_killed_supervisor_removes_veth_bridge_and_rules() {
     let b = Berth::new();
     let before = snapshot(&b, &[&p], &[]);
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let pid = st["pid"].as_i64().unwrap() as i32;
     wait_http((Ipv4Addr::LOCALHOST, tcp).into());
@@ -668,7 +656,7 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
         b"hello from inside\n"
     );
     assert!(!link_exists(&b.bridge), "none mode made a bridge");
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     assert_eq!(st["network"]["mode"], "none", "{st}");
     b.ok(p.path(), &["destroy"]);
@@ -690,23 +678,6 @@ fn none_mode_has_loopback_only_with_ports_forwarded_and_host_mode_shares_the_hos
     assert!(!link_exists(&b.bridge));
     b.ok(h.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p, &h], &[env_id]));
-}
-
-/// The host's own IPv4 address on an interface that is neither loopback nor a bridge of
-/// berth's (the one carrying its default route, or any other), for "outbound to the host".
-fn host_ipv4() -> Option<Ipv4Addr> {
-    let out = Command::new("ip")
-        .args(["-o", "-4", "addr", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (iface, addr) = (f.get(1)?, f.get(3)?);
-        if *iface == "lo" || iface.starts_with("berth") || iface.starts_with("bv") {
-            return None;
-        }
-        addr.split('/').next()?.parse().ok()
-    })
 }
 
 /// The host-side interface berth recorded for an environment of `b`.
@@ -766,7 +737,7 @@ fn two_homes_share_one_bridge_without_sharing_addresses_or_tearing_it_down() {
 
     one.ok(p.path(), &["up"]);
     two.ok(p.path(), &["up"]);
-    let (st1, st2) = (status_json(&one, p.path()), status_json(&two, p.path()));
+    let (st1, st2) = (one.status_json(p.path()), two.status_json(p.path()));
     let id = st1["env_id"].as_str().unwrap().to_string();
     assert_eq!(
         st2["env_id"].as_str(),
@@ -850,7 +821,7 @@ fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
         )),
         "{err}"
     );
-    let st = status_json(&b, second.path());
+    let st = b.status_json(second.path());
     let bound: SocketAddr = st["network"]["ports"][0]["bound"]
         .as_str()
         .unwrap()
@@ -860,7 +831,7 @@ fn a_port_held_by_another_environment_names_it_and_publish_auto_moves_aside() {
     let ids: Vec<String> = [&holder, &second]
         .iter()
         .map(|p| {
-            status_json(&b, p.path())["env_id"]
+            b.status_json(p.path())["env_id"]
                 .as_str()
                 .unwrap()
                 .to_string()

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_e2e::host::{copy_program_with_libs, veth_name, HostSnapshot};
+use berth_e2e::ports::{free_port, host_ipv4};
 use berth_e2e::project::Project;
 use berth_e2e::user::TestUser;
 use berth_e2e::{require_root, text, Berth};
@@ -45,18 +46,6 @@ fn project(toml: &str) -> Project {
     let p = Project::new("berth-pnat-", "pn", toml);
     copy_program_with_libs(Path::new("/usr/bin/socat"), &p.path().join("rootfs"));
     p
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn status_json(b: &Berth, dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&b.ok(dir, &["status", "--json"])).unwrap()
 }
 
 fn snapshot(b: &Berth, p: &Project, env_ids: &[&str]) -> HostSnapshot {
@@ -108,22 +97,6 @@ fn wait_peer(addr: SocketAddr) -> String {
     }
 }
 
-/// The host's own IPv4 address on an interface that is neither loopback nor berth's.
-fn host_ipv4() -> Option<Ipv4Addr> {
-    let out = Command::new("ip")
-        .args(["-o", "-4", "addr", "show"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (iface, addr) = (f.get(1)?, f.get(3)?);
-        if *iface == "lo" || iface.starts_with("berth") || iface.starts_with("bv") {
-            return None;
-        }
-        addr.split('/').next()?.parse().ok()
-    })
-}
-
 fn refused(addr: SocketAddr) -> bool {
     match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
         Err(_) => true,
@@ -147,7 +120,7 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
     let b = Berth::new();
     let before = snapshot(&b, &p, &[]);
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let gateway = st["network"]["gateway"].as_str().unwrap().to_string();
     let gw: Ipv4Addr = gateway.parse().unwrap();
@@ -226,7 +199,7 @@ fn host_connections_reach_a_loopback_server_inside_through_the_kernel_and_follow
     // A changed [[ports]] changes the rules with `up`.
     p.write(&ports_toml(&[(moved, "127.0.0.1", 80)]));
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id2 = st["env_id"].as_str().unwrap().to_string();
     let moved_addr: SocketAddr = (Ipv4Addr::LOCALHOST, moved).into();
     assert_eq!(wait_peer(moved_addr), gateway);
@@ -255,7 +228,7 @@ fn port_rules_go_with_a_killed_supervisor_at_the_next_command_and_with_run() {
     let b = Berth::new();
     let before = snapshot(&b, &p, &[]);
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let pid = st["pid"].as_i64().unwrap() as i32;
     let addr: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
@@ -376,7 +349,7 @@ fn an_environment_cannot_reach_the_hosts_loopback_through_its_gateway() {
     udp.set_nonblocking(true).unwrap();
     let u = udp.local_addr().unwrap().port();
     b.ok(p.path(), &["up"]);
-    let st = status_json(&b, p.path());
+    let st = b.status_json(p.path());
     let env_id = st["env_id"].as_str().unwrap().to_string();
     let address: Ipv4Addr = st["network"]["address"].as_str().unwrap().parse().unwrap();
     wait_peer((Ipv4Addr::LOCALHOST, port).into());

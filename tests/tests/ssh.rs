@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::host::have;
+use berth_e2e::ports::free_port;
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
@@ -333,14 +334,6 @@ fn wait_for(mut cond: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "condition not met within 20 s");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Connects to the forwarded port (retrying while ssh sets it up), sends `send`, returns

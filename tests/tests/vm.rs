@@ -18,6 +18,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use berth_e2e::host::{busybox_rootfs, have, root_skip_reason, HostSnapshot};
+use berth_e2e::ports::free_port;
 use berth_e2e::{berth_bin, text, Berth};
 
 /// Whether the VMs run under berth's own VMM (`BERTH_TEST_VMM=kvm`, only inside the nested
@@ -239,15 +240,6 @@ source = "cache"
 target = "/cache"
 type = "volume"
 "#;
-
-/// A host port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A berth home using the shared kernel cache, berth installed with its agent, and a
 /// project folder (prefix `prefix`) holding a busybox `rootfs/` and `src/hello.txt`.
