@@ -13,7 +13,6 @@ use envfile_spec::Plan;
 
 use super::environments::Environments;
 use super::error::EnvError;
-use super::live_sync;
 use super::record::EnvRecord;
 use crate::state::{self, StateError};
 
@@ -97,10 +96,7 @@ impl Environments {
     pub fn remove_run(&self, env_id: &str, timeout: Duration) -> Result<(), EnvError> {
         let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
         let locked = self.lock(env_id, &quiet)?;
-        live_sync::stop(&locked.dir);
-        // Its sidecars and their throw-away volumes go now, as with `destroy`.
-        self.destroy_sidecars(&locked.dir, timeout)?;
-        self.backend_at(&locked.dir).destroy(&locked.dir, timeout)?;
+        self.end_processes(&locked.dir, timeout)?;
         let aside = self.home().tmp_dir().join(format!(
             "{REMOVAL_PURPOSE}-{}-{}",
             std::process::id(),

@@ -44,9 +44,7 @@ impl Environments {
     /// `volumes`, also the named volumes its plan uses.
     pub fn destroy(&self, env_id: &str, volumes: bool, timeout: Duration) -> Result<(), EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
-        live_sync::stop(&locked.dir);
-        self.destroy_sidecars(&locked.dir, timeout)?;
-        self.backend_at(&locked.dir).destroy(&locked.dir, timeout)?;
+        self.end_processes(&locked.dir, timeout)?;
         if volumes {
             if let Some(r) = EnvRecord::load(&locked.dir)? {
                 for m in r.plan.mounts.iter().chain(sidecar_volume_mounts(&r.plan)) {
@@ -65,6 +63,20 @@ impl Environments {
         }
         // Remove everything but the lock we hold, then the folder itself.
         remove_env_dir(&locked.dir)?;
+        Ok(())
+    }
+
+    /// What `destroy` and `berth run`'s removal both do before the folder goes: the sync
+    /// process, the sidecars (their throw-away volumes of a run with them) and the backend's
+    /// processes, cgroups, mounts and network.
+    pub(super) fn end_processes(
+        &self,
+        dir: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(), EnvError> {
+        live_sync::stop(dir);
+        self.destroy_sidecars(dir, timeout)?;
+        self.backend_at(dir).destroy(dir, timeout)?;
         Ok(())
     }
 
