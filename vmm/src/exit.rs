@@ -10,8 +10,9 @@ pub enum ExitReason {
     Reset,
     /// A vCPU halted with no interrupt controller to wake it (tiny guests).
     Halted,
-    /// Triple fault or KVM shutdown exit.
-    Shutdown,
+    /// Triple fault or KVM shutdown exit, with the vCPU's registers at that point
+    /// ([`crate::vcpu::cpu_state`]: where the guest was, for its log).
+    Shutdown(String),
     /// The host asked the VM to stop.
     Stopped,
     /// A vCPU failed.

@@ -71,6 +71,33 @@ fn i8042_reset_is_a_clean_exit() {
 }
 
 #[test]
+fn a_guest_that_cannot_take_an_exception_stops_naming_where_it_was() {
+    if !kvm_usable() {
+        return;
+    }
+    // An empty interrupt table: the breakpoint cannot be delivered, nor the #GP that
+    // follows, nor the double fault after it.
+    let code = vec![
+        0x0f, 0x01, 0x1e, 0x08, 0x10, // lidt [0x1008]: limit 0, base 0 (stored below)
+        0xcc, // int3 at code offset 5
+        0xf4, // hlt (never reached)
+        0x90, // padding
+        0, 0, 0, 0, 0, 0, // at 0x1008: the table's limit and base
+    ];
+    let (cfg, _) = machine(code, vec![]);
+    let reason = Machine::create(cfg).unwrap().run().unwrap();
+    // KVM reports it as a shutdown exit; this host's kvm_pvm, which emulates real mode, as
+    // an internal error. Either way the reason says where the guest was.
+    let state = match reason {
+        ExitReason::Shutdown(state) => state,
+        ExitReason::Error(e) if e.contains("InternalError") => e,
+        other => panic!("expected a triple fault, got {other:?}"),
+    };
+    // The empty table the guest loaded shows: these are its registers.
+    assert!(state.contains("rip=") && state.contains("idt=0x0+0x0"), "{state}");
+}
+
+#[test]
 fn irqchip_pit_and_irqfds_with_serial_and_reset() {
     if !kvm_usable() {
         return;

@@ -146,13 +146,35 @@ pub fn run_loop(mut vcpu: VcpuFd, pio: Bus, mmio: Bus, exit: Arc<ExitSignal>) {
                 mmio.write(addr, data);
             }
             Ok(VcpuExit::Hlt) => exit.request(ExitReason::Halted),
-            Ok(VcpuExit::Shutdown) => exit.request(ExitReason::Shutdown),
+            // A triple fault: where the guest was is the only clue to why.
+            Ok(VcpuExit::Shutdown) => exit.request(ExitReason::Shutdown(cpu_state(&vcpu))),
             Ok(VcpuExit::Intr) => {}
-            Ok(other) => exit.request(ExitReason::Error(format!(
-                "unexpected vCPU exit: {other:?}"
-            ))),
+            Ok(other) => {
+                let what = format!("{other:?}");
+                exit.request(ExitReason::Error(format!(
+                    "unexpected vCPU exit: {what} at {}",
+                    cpu_state(&vcpu)
+                )))
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
             Err(e) => exit.request(ExitReason::Error(format!("KVM_RUN failed: {e}"))),
         }
     }
+}
+
+/// The registers that say where a vCPU was and in which mode (`rip`, `rsp`, the control
+/// registers, `efer`), for the log of a guest that stopped unexpectedly.
+pub fn cpu_state(vcpu: &VcpuFd) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+        Err(e) => format!("registers unreadable ({e})"),
+    };
+    let sregs = match vcpu.get_sregs() {
+        Ok(s) => format!(
+            "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} idt={:#x}+{:#x}",
+            s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.idt.base, s.idt.limit
+        ),
+        Err(e) => format!("segment registers unreadable ({e})"),
+    };
+    format!("{regs} {sregs}")
 }
