@@ -544,16 +544,22 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     assert_eq!(watched, 0, "a finished run is still on the watch list");
     wait_for("the background removal", || removals(&b).is_empty());
 
-    let o = b
+    let run = b
         .cmd()
         .current_dir(p.path())
         .env("BERTH_ABORT_AT", "run-removal")
         .args(["-q", "run", "--", "true"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let run_pid = run.id() as i32;
+    let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     assert_eq!(envs_left(&b), 0, "out of envs/ before berth run returns");
-    // The removal process aborted: its folder stays, named after the dead process.
+    // The removal process aborted: its folder stays, named after the dead process. (Until
+    // that process renames it, the folder is named after `berth run`, which is gone too:
+    // a sweep then would race the removal process's rename.)
     wait_for("the removal process to die", || {
         let left = removals(&b);
         left.len() == 1
@@ -561,11 +567,14 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
                 .split('-')
                 .nth(2)
                 .and_then(|pid| pid.parse::<i32>().ok())
-                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+                .is_some_and(|pid| {
+                    pid != run_pid && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
     });
     let o = b.run_in(p.path(), &["ls"]);
     assert!(o.status.success(), "{:?}", text(&o));
-    assert!(removals(&b).is_empty(), "swept by the next command");
+    let left = removals(&b);
+    assert!(left.is_empty(), "not swept by the next command: {left:?}");
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
