@@ -94,7 +94,10 @@ fn a_guest_that_cannot_take_an_exception_stops_naming_where_it_was() {
         other => panic!("expected a triple fault, got {other:?}"),
     };
     // The empty table the guest loaded shows: these are its registers.
-    assert!(state.contains("rip=") && state.contains("idt=0x0+0x0"), "{state}");
+    assert!(
+        state.contains("rip=") && state.contains("idt=0x0+0x0"),
+        "{state}"
+    );
 }
 
 #[test]
