@@ -10,8 +10,9 @@ pub enum ExitReason {
     Reset,
     /// A vCPU halted with no interrupt controller to wake it (tiny guests).
     Halted,
-    /// Triple fault or KVM shutdown exit, with the vCPU's registers at that point
-    /// ([`crate::vcpu::cpu_state`]: where the guest was, for its log).
+    /// Triple fault or KVM shutdown exit, with the vCPU's registers as KVM reports them at
+    /// that exit ([`crate::vcpu::cpu_state`], for the log: where the guest was on Intel, the
+    /// reset state on AMD).
     Shutdown(String),
     /// The host asked the VM to stop.
     Stopped,

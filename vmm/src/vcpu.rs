@@ -146,7 +146,9 @@ pub fn run_loop(mut vcpu: VcpuFd, pio: Bus, mmio: Bus, exit: Arc<ExitSignal>) {
                 mmio.write(addr, data);
             }
             Ok(VcpuExit::Hlt) => exit.request(ExitReason::Halted),
-            // A triple fault: where the guest was is the only clue to why.
+            // A triple fault. On Intel the registers still say where the guest was; on AMD,
+            // KVM has already put the vCPU through INIT (the VMCB is undefined after a
+            // shutdown intercept), so they show the reset state, which says so much.
             Ok(VcpuExit::Shutdown) => exit.request(ExitReason::Shutdown(cpu_state(&vcpu))),
             Ok(VcpuExit::Intr) => {}
             Ok(other) => {
