@@ -17,6 +17,13 @@ fn boot(opts: &Options) -> (std::sync::MutexGuard<'static, ()>, L1) {
     (guard, L1::boot(opts))
 }
 
+/// Whether a VM test's output shows berth's VMM stopping on a triple fault before the guest's
+/// agent was up: the guest ran nothing of berth's yet (see `berths_vmm_passes_the_vm_tests_in_l1`).
+fn emulated_svm_triple_fault(output: &str) -> bool {
+    output.contains("the VMM exited before the agent was ready")
+        && output.contains("VM stopped: Shutdown")
+}
+
 /// On this host (`/dev/kvm` is kvm_pvm) `berth doctor` warns that KVM cannot safely boot a
 /// kernel and `vmm = "auto"` picks qemu under TCG.
 #[test]
@@ -117,12 +124,30 @@ fn berths_vmm_passes_the_vm_tests_in_l1() {
         "vm_environment_through_the_cli",
         "vm_folders_without_virtio_fs_are_synced",
     ] {
-        let o = l1.run_test(
+        let mut o = l1.run_test(
             &vm_tests,
             &[name],
             &[("BERTH_TEST_VMM", "kvm")],
             Duration::from_secs(1500),
         );
+        // TCG's emulated SVM is not exact: 2 of 39 L2 boots of the same kernel, initramfs,
+        // command line and VMM (repeated `berth run`s in one L1) triple-faulted in early boot,
+        // before the agent ran, at different points (L1 itself also reset once, without a
+        // panic). That case, and only that one, is run again, once, saying so; a second
+        // failure fails the test.
+        if !o.success() && emulated_svm_triple_fault(&o.output) {
+            eprintln!(
+                "nested: {name}: an L2 guest triple-faulted in early boot under TCG's emulated \
+                 SVM; running it again once:\n{}",
+                l1.failure(name, &o)
+            );
+            o = l1.run_test(
+                &vm_tests,
+                &[name],
+                &[("BERTH_TEST_VMM", "kvm")],
+                Duration::from_secs(1500),
+            );
+        }
         assert!(
             o.success(),
             "{}",
@@ -133,4 +158,19 @@ fn berths_vmm_passes_the_vm_tests_in_l1() {
             o.elapsed.as_secs_f64()
         );
     }
+}
+
+/// Only berth's early-boot triple fault is retried: not a guest that rebooted, not a failure
+/// once the agent ran.
+#[test]
+fn only_an_early_boot_triple_fault_counts_as_the_emulators() {
+    let early = "error: the VM did not become ready: the VMM exited before the agent was ready; \
+                 its log /x/vmm.log ends with:\nberth internal-vmm: VM stopped: Shutdown(\"rip=0xfff0\")";
+    assert!(emulated_svm_triple_fault(early));
+    assert!(!emulated_svm_triple_fault(
+        &early.replace("Shutdown(\"rip=0xfff0\")", "Reset")
+    ));
+    assert!(!emulated_svm_triple_fault(
+        "assertion failed: exec exit code\nberth internal-vmm: VM stopped: Shutdown"
+    ));
 }
