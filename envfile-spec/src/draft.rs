@@ -30,6 +30,21 @@ pub trait Sources {
     /// A variable of the environment `berth init` runs in (`${localEnv:VAR}`, compose's
     /// `${VAR}`).
     fn local_env(&self, name: &str) -> Option<String>;
+    /// A Dev Container Feature (`ghcr.io/devcontainers/features/node:1`, or a folder
+    /// `./local-feature` relative to the devcontainer.json's folder), made available as a
+    /// folder of the project. Callers that fetch nothing say so in the error.
+    fn feature(&self, id: &str) -> Result<FeatureFiles, String> {
+        Err(format!("{id}: this caller does not fetch features"))
+    }
+}
+
+/// A Dev Container Feature as a folder of the project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeatureFiles {
+    /// Its folder (holding `install.sh`), relative to the project folder.
+    pub folder: String,
+    /// The text of its `devcontainer-feature.json`.
+    pub metadata: String,
 }
 
 /// [`Sources`] from memory, for tests and callers that read everything up front.
@@ -37,6 +52,7 @@ pub trait Sources {
 pub struct MemorySources {
     pub files: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
+    pub features: BTreeMap<String, FeatureFiles>,
 }
 
 impl Sources for MemorySources {
@@ -45,6 +61,12 @@ impl Sources for MemorySources {
     }
     fn local_env(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
+    }
+    fn feature(&self, id: &str) -> Result<FeatureFiles, String> {
+        self.features
+            .get(id)
+            .cloned()
+            .ok_or_else(|| format!("{id}: no such feature"))
     }
 }
 
@@ -138,6 +160,10 @@ pub struct Draft {
     /// Process services (`[services.NAME]` with `command`), run inside the environment.
     pub processes: Vec<ProcessDraft>,
     pub sidecars: Vec<SidecarDraft>,
+    /// Top-level `devices`.
+    pub devices: Vec<String>,
+    /// `[network] mode`.
+    pub network_mode: Option<String>,
 }
 
 /// A process service run inside the environment.
@@ -195,6 +221,10 @@ impl Draft {
             }
             out.push_str("]\n");
         }
+        if !self.devices.is_empty() {
+            let d: Vec<String> = self.devices.iter().map(|d| q(d)).collect();
+            out.push_str(&format!("devices = [{}]\n", d.join(", ")));
+        }
         self.render_image(&mut out);
         if !self.env.is_empty() {
             out.push_str("\n[env]\n");
@@ -225,6 +255,9 @@ impl Draft {
                 out.push_str(&f);
                 out.push('\n');
             }
+        }
+        if let Some(m) = &self.network_mode {
+            out.push_str(&format!("\n[network]\nmode = {}\n", q(m)));
         }
         if self.shell_user.is_some() || self.shell_workdir.is_some() {
             out.push_str("\n[shell]\n");

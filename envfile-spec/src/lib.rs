@@ -14,6 +14,7 @@ pub mod devcontainer;
 pub mod devices;
 pub mod diagnostic;
 pub mod draft;
+pub mod folder_sources;
 pub mod duration;
 pub mod inputs;
 pub mod keys;

@@ -10,7 +10,7 @@
 
 mod fields;
 mod interpolate;
-mod services;
+pub(crate) mod services;
 
 use std::path::Path;
 

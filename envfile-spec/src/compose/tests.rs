@@ -16,6 +16,7 @@ fn sources(files: &[(&str, &str)], env: &[(&str, &str)]) -> MemorySources {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..Default::default()
     }
 }
 
