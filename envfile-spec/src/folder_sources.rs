@@ -66,12 +66,15 @@ impl Sources for FolderSources<'_> {
             crate::compose::join(&self.json_dir, id)
         } else {
             let Some(fetch) = self.fetch else {
-                return Err(format!("{id} is in a registry and this command fetches nothing"));
+                return Err(format!(
+                    "{id} is in a registry and this command fetches nothing"
+                ));
             };
             // `ghcr.io/devcontainers/features/node:1` → `berth-features/node`.
             let last = id.rsplit('/').next().unwrap_or(id);
             let name = crate::draft::service_name(last.split([':', '@']).next().unwrap_or(last));
-            let folder = crate::compose::join(&self.json_dir, &format!("{FETCHED_FEATURES}/{name}"));
+            let folder =
+                crate::compose::join(&self.json_dir, &format!("{FETCHED_FEATURES}/{name}"));
             let path = self.inside(&folder)?;
             fetch(id, &path)?;
             folder
@@ -97,19 +100,33 @@ mod tests {
         std::fs::create_dir_all(project.join(".devcontainer/f")).unwrap();
         std::fs::write(outer.path().join("secret.env"), "TOKEN=x").unwrap();
         std::fs::write(project.join("a.env"), "A=1").unwrap();
-        std::os::unix::fs::symlink(outer.path().join("secret.env"), project.join("link.env")).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("secret.env"), project.join("link.env"))
+            .unwrap();
         let s = FolderSources::new(&project, ".devcontainer", None);
         assert_eq!(s.read("a.env").unwrap().as_deref(), Some("A=1"));
         assert_eq!(s.read("none.env").unwrap(), None);
-        assert!(s.read("../secret.env").unwrap_err().contains("outside the project"));
-        assert!(s.read("/etc/passwd").unwrap_err().contains("outside the project"));
+        assert!(s
+            .read("../secret.env")
+            .unwrap_err()
+            .contains("outside the project"));
+        assert!(s
+            .read("/etc/passwd")
+            .unwrap_err()
+            .contains("outside the project"));
         assert!(s.read("link.env").unwrap_err().contains("symbolic link"));
         // A local feature needs its install.sh; a registry one needs a fetcher.
         assert!(s.feature("./f").unwrap_err().contains("install.sh"));
         std::fs::write(project.join(".devcontainer/f/install.sh"), "#!/bin/sh\n").unwrap();
-        std::fs::write(project.join(".devcontainer/f/devcontainer-feature.json"), "{\"id\": \"f\"}").unwrap();
+        std::fs::write(
+            project.join(".devcontainer/f/devcontainer-feature.json"),
+            "{\"id\": \"f\"}",
+        )
+        .unwrap();
         assert_eq!(s.feature("./f").unwrap().folder, ".devcontainer/f");
         assert!(s.feature("../../x").unwrap_err().contains("outside"));
-        assert!(s.feature("ghcr.io/x/y:1").unwrap_err().contains("fetches nothing"));
+        assert!(s
+            .feature("ghcr.io/x/y:1")
+            .unwrap_err()
+            .contains("fetches nothing"));
     }
 }

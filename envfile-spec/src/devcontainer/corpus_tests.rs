@@ -81,8 +81,11 @@ fn unexpected_diagnostics(c: &Converted) -> Vec<String> {
         .iter()
         .filter(|d| {
             let code = d.kind.code();
-            let waits = (code == "unknown-key" && dockerfile_keys.iter().any(|k| d.message.contains(k)))
-                || (code == "missing-key" && d.message.contains("from") && c.conversion.toml.contains("\ndockerfile = "));
+            let waits = (code == "unknown-key"
+                && dockerfile_keys.iter().any(|k| d.message.contains(k)))
+                || (code == "missing-key"
+                    && d.message.contains("from")
+                    && c.conversion.toml.contains("\ndockerfile = "));
             let home_file = code == "path-not-found" && d.message.contains("~/");
             !(waits || home_file)
         })
@@ -92,14 +95,28 @@ fn unexpected_diagnostics(c: &Converted) -> Vec<String> {
 
 /// Keys whose values name where things are rather than being copied (paths resolved against
 /// the devcontainer.json's folder, the compose service): checked by the tests of each case.
-const STRUCTURAL: &[&str] = &["dockerComposeFile", "service", "build.dockerfile", "build.context", "workspaceFolder", "name", "$schema", "customizations", "updateRemoteUserUID"];
+const STRUCTURAL: &[&str] = &[
+    "dockerComposeFile",
+    "service",
+    "build.dockerfile",
+    "build.context",
+    "workspaceFolder",
+    "name",
+    "$schema",
+    "customizations",
+    "updateRemoteUserUID",
+];
 
 /// Every leaf value of the devcontainer.json with its key path.
 fn leaves(v: &Value, path: String, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(m) => {
             for (k, v) in m {
-                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 leaves(v, p, out);
             }
         }
@@ -114,8 +131,18 @@ fn leaves(v: &Value, path: String, out: &mut Vec<(String, String)>) {
 }
 
 fn assert_nothing_silently_dropped(c: &Converted) {
-    let body: String = c.conversion.toml.lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>().join("\n");
-    assert!(!body.contains("${"), "a variable is left in the output:\n{}", c.conversion.toml);
+    let body: String = c
+        .conversion
+        .toml
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !body.contains("${"),
+        "a variable is left in the output:\n{}",
+        c.conversion.toml
+    );
     // Listed: under its key (or a parent key), or by its value (runArgs list an option and its
     // value under the option's index).
     let listed = |path: &str, value: &str| {
@@ -129,7 +156,12 @@ fn assert_nothing_silently_dropped(c: &Converted) {
     let mut all = Vec::new();
     leaves(&c.source, String::new(), &mut all);
     for (path, value) in all {
-        if STRUCTURAL.iter().any(|s| path == *s || path.starts_with(&format!("{s}."))) || listed(&path, &value) || value.contains("${") {
+        if STRUCTURAL
+            .iter()
+            .any(|s| path == *s || path.starts_with(&format!("{s}.")))
+            || listed(&path, &value)
+            || value.contains("${")
+        {
             continue;
         }
         // An array command is written word by word, a mount string key by key.
@@ -158,14 +190,25 @@ fn doc(c: &Converted) -> toml_edit::DocumentMut {
 #[test]
 fn node_postgres_compose_template() {
     let c = convert_case("node-postgres");
-    assert_eq!(unexpected_diagnostics(&c), Vec::<String>::new(), "{}", c.conversion.toml);
+    assert_eq!(
+        unexpected_diagnostics(&c),
+        Vec::<String>::new(),
+        "{}",
+        c.conversion.toml
+    );
     assert_nothing_silently_dropped(&c);
     let d = doc(&c);
-    assert_eq!(d["image"]["dockerfile"].as_str(), Some(".devcontainer/Dockerfile"));
+    assert_eq!(
+        d["image"]["dockerfile"].as_str(),
+        Some(".devcontainer/Dockerfile")
+    );
     assert_eq!(d["image"]["context"].as_str(), Some(".devcontainer"));
     let db = &d["services"]["db"];
     assert_eq!(db["env"]["POSTGRES_PASSWORD"].as_str(), Some("postgres"));
-    assert_eq!(db["ready"]["command"].as_str(), Some("pg_isready -U postgres"));
+    assert_eq!(
+        db["ready"]["command"].as_str(),
+        Some("pg_isready -U postgres")
+    );
     assert_eq!(db["restart"].as_str(), Some("always"));
     let m = d["mounts"].as_array_of_tables().unwrap().get(0).unwrap();
     assert_eq!(m["target"].as_str(), Some("/workspaces/node-postgres"));
@@ -176,15 +219,37 @@ fn node_postgres_compose_template() {
 #[test]
 fn python_dockerfile_image() {
     let c = convert_case("python-dockerfile");
-    assert_eq!(unexpected_diagnostics(&c), Vec::<String>::new(), "{}", c.conversion.toml);
+    assert_eq!(
+        unexpected_diagnostics(&c),
+        Vec::<String>::new(),
+        "{}",
+        c.conversion.toml
+    );
     assert_nothing_silently_dropped(&c);
     let d = doc(&c);
-    assert_eq!(d["image"]["dockerfile"].as_str(), Some(".devcontainer/Dockerfile"));
+    assert_eq!(
+        d["image"]["dockerfile"].as_str(),
+        Some(".devcontainer/Dockerfile")
+    );
     assert_eq!(d["image"]["context"].as_str(), Some("."));
-    assert_eq!(d["image"]["args"]["VARIANT"].as_str(), Some("3.12-bookworm"));
+    assert_eq!(
+        d["image"]["args"]["VARIANT"].as_str(),
+        Some("3.12-bookworm")
+    );
     assert_eq!(d["resources"]["memory"].as_str(), Some("2g"));
-    let keys: Vec<&str> = c.conversion.skipped.iter().map(|s| s.key.as_str()).collect();
-    for k in ["remoteEnv.PATH", "runArgs[0]", "runArgs[1]", "portsAttributes", "postAttachCommand"] {
+    let keys: Vec<&str> = c
+        .conversion
+        .skipped
+        .iter()
+        .map(|s| s.key.as_str())
+        .collect();
+    for k in [
+        "remoteEnv.PATH",
+        "runArgs[0]",
+        "runArgs[1]",
+        "portsAttributes",
+        "postAttachCommand",
+    ] {
         assert!(keys.contains(&k), "{k} not in {keys:?}");
     }
 }
@@ -192,30 +257,85 @@ fn python_dockerfile_image() {
 #[test]
 fn go_image_with_features() {
     let c = convert_case("go-features");
-    assert_eq!(unexpected_diagnostics(&c), Vec::<String>::new(), "{}", c.conversion.toml);
+    assert_eq!(
+        unexpected_diagnostics(&c),
+        Vec::<String>::new(),
+        "{}",
+        c.conversion.toml
+    );
     assert_nothing_silently_dropped(&c);
     let d = doc(&c);
-    let inputs: Vec<&str> = d["image"]["inputs"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert_eq!(inputs, [".devcontainer/berth-features/node", ".devcontainer/local-tools"], "installsAfter: local-tools after node");
-    let setup: Vec<&str> = d["image"]["setup"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert!(setup[0].contains("VERSION=lts") && setup[0].contains("NODEGYPDEPENDENCIES=false") && setup[0].contains("NVMINSTALLPATH=/usr/local/share/nvm"), "{setup:?}");
-    assert!(setup[1].contains("GREETING='hello from a local feature'"), "{setup:?}");
+    let inputs: Vec<&str> = d["image"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            ".devcontainer/berth-features/node",
+            ".devcontainer/local-tools"
+        ],
+        "installsAfter: local-tools after node"
+    );
+    let setup: Vec<&str> = d["image"]["setup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        setup[0].contains("VERSION=lts")
+            && setup[0].contains("NODEGYPDEPENDENCIES=false")
+            && setup[0].contains("NVMINSTALLPATH=/usr/local/share/nvm"),
+        "{setup:?}"
+    );
+    assert!(
+        setup[1].contains("GREETING='hello from a local feature'"),
+        "{setup:?}"
+    );
     assert!(setup[2].starts_with("id -u vscode"), "{setup:?}");
     assert_eq!(d["env"]["NVM_DIR"].as_str(), Some("/usr/local/share/nvm"));
-    assert_eq!(d["on_create"][0].as_str(), Some("cat /etc/greeting"), "feature hooks run before the file's own");
+    assert_eq!(
+        d["on_create"][0].as_str(),
+        Some("cat /etc/greeting"),
+        "feature hooks run before the file's own"
+    );
     let m = d["mounts"].as_array_of_tables().unwrap();
-    assert!(m.iter().any(|m| m["source"].as_str() == Some("go-mod-cache-go-features")), "{}", c.conversion.toml);
+    assert!(
+        m.iter()
+            .any(|m| m["source"].as_str() == Some("go-mod-cache-go-features")),
+        "{}",
+        c.conversion.toml
+    );
 }
 
 #[test]
 fn rust_template_with_a_template_option() {
     let c = convert_case("rust-template");
-    assert_eq!(unexpected_diagnostics(&c), Vec::<String>::new(), "{}", c.conversion.toml);
+    assert_eq!(
+        unexpected_diagnostics(&c),
+        Vec::<String>::new(),
+        "{}",
+        c.conversion.toml
+    );
     assert_nothing_silently_dropped(&c);
     let d = doc(&c);
-    assert_eq!(d["image"]["from"].as_str(), Some("mcr.microsoft.com/devcontainers/rust:1-1-bookworm"));
-    assert_eq!(d["env"]["CARGO_TARGET_DIR"].as_str(), Some("/workspaces/rust-template/target-dev"));
+    assert_eq!(
+        d["image"]["from"].as_str(),
+        Some("mcr.microsoft.com/devcontainers/rust:1-1-bookworm")
+    );
+    assert_eq!(
+        d["env"]["CARGO_TARGET_DIR"].as_str(),
+        Some("/workspaces/rust-template/target-dev")
+    );
     // The registry feature could not be fetched here: listed, with why.
-    let f = c.conversion.skipped.iter().find(|s| s.key == "features.ghcr.io/devcontainers/features/rust:1").unwrap();
+    let f = c
+        .conversion
+        .skipped
+        .iter()
+        .find(|s| s.key == "features.ghcr.io/devcontainers/features/rust:1")
+        .unwrap();
     assert!(f.reason.contains("no registry in this test"), "{f:?}");
 }

@@ -39,7 +39,13 @@ fn unversioned(id: &str) -> &str {
 pub fn option_variable(name: &str) -> String {
     let s: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let trimmed = s.trim_start_matches(|c: char| c.is_ascii_digit() || c == '_');
     let s = if trimmed.len() != s.len() {
@@ -82,7 +88,10 @@ pub fn apply(
             Value::Bool(true) => Map::new(),
             Value::Bool(false) => continue,
             _ => {
-                skip(key, "its options are neither an object nor a version string".into());
+                skip(
+                    key,
+                    "its options are neither an object nor a version string".into(),
+                );
                 continue;
             }
         };
@@ -100,7 +109,10 @@ pub fn apply(
                 continue;
             }
             Err(e) => {
-                skip(key, format!("its devcontainer-feature.json is not valid JSON: {e}"));
+                skip(
+                    key,
+                    format!("its devcontainer-feature.json is not valid JSON: {e}"),
+                );
                 continue;
             }
         };
@@ -114,13 +126,21 @@ pub fn apply(
         }
         for name in options.keys() {
             if !declared.is_some_and(|d| d.contains_key(name)) {
-                skip(format!("{key}.{name}"), "the feature declares no such option".into());
+                skip(
+                    format!("{key}.{name}"),
+                    "the feature declares no such option".into(),
+                );
             }
         }
         let installs_after = meta
             .get("installsAfter")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(|s| unversioned(s).to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(|s| unversioned(s).to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         list.push(Feature {
             id: id.clone(),
@@ -133,7 +153,12 @@ pub fn apply(
     let order: Vec<String> = obj
         .get("overrideFeatureInstallOrder")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(|s| unversioned(s).to_string()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|s| unversioned(s).to_string())
+                .collect()
+        })
         .unwrap_or_default();
     for f in install_order(list, &order) {
         add(f, users, draft, skip);
@@ -151,10 +176,17 @@ fn install_order(mut pending: Vec<Feature>, first: &[String]) -> Vec<Feature> {
     });
     let mut done: Vec<Feature> = Vec::new();
     while !pending.is_empty() {
-        let present: Vec<String> = pending.iter().map(|f| unversioned(&f.id).to_string()).collect();
+        let present: Vec<String> = pending
+            .iter()
+            .map(|f| unversioned(&f.id).to_string())
+            .collect();
         let ready = pending
             .iter()
-            .position(|f| !f.installs_after.iter().any(|a| present.contains(a) && a != unversioned(&f.id)))
+            .position(|f| {
+                !f.installs_after
+                    .iter()
+                    .any(|a| present.contains(a) && a != unversioned(&f.id))
+            })
             // A circle of soft dependencies: install in file order, as the spec allows.
             .unwrap_or(0);
         done.push(pending.remove(ready));
@@ -173,7 +205,10 @@ fn add(f: Feature, users: &Users<'_>, draft: &mut Draft, skip: &mut dyn FnMut(St
     ] {
         vars.push((k.to_string(), v));
     }
-    let assignments: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={}", shell_quote(v))).collect();
+    let assignments: Vec<String> = vars
+        .iter()
+        .map(|(k, v)| format!("{k}={}", shell_quote(v)))
+        .collect();
     draft.image.inputs.push(f.folder.clone());
     draft.image.setup.push(format!(
         "cd {} && chmod +x ./install.sh && env {} ./install.sh",
@@ -227,7 +262,15 @@ mod tests {
         MemorySources {
             features: features
                 .iter()
-                .map(|(id, folder, meta)| (id.to_string(), FeatureFiles { folder: folder.to_string(), metadata: meta.to_string() }))
+                .map(|(id, folder, meta)| {
+                    (
+                        id.to_string(),
+                        FeatureFiles {
+                            folder: folder.to_string(),
+                            metadata: meta.to_string(),
+                        },
+                    )
+                })
                 .collect(),
             ..Default::default()
         }
@@ -236,32 +279,73 @@ mod tests {
     #[test]
     fn features_become_ordered_setup_steps_with_their_options() {
         let s = source(&[
-            ("ghcr.io/devcontainers/features/node:1", ".devcontainer/berth-features/node", r#"{"id": "node", "options": {"version": {"type": "string", "default": "lts"}, "nodeGypDependencies": {"type": "boolean", "default": true}}, "installsAfter": ["ghcr.io/devcontainers/features/common-utils"], "containerEnv": {"NVM_DIR": "/usr/local/share/nvm", "PATH": "/usr/local/share/nvm/current/bin:${PATH}"}}"#),
-            ("ghcr.io/devcontainers/features/common-utils:2", ".devcontainer/berth-features/common-utils", r#"{"id": "common-utils", "options": {"username": {"type": "string", "default": "automatic"}}, "privileged": false}"#),
-            ("./local", ".devcontainer/local", r#"{"id": "local", "postCreateCommand": "local-setup"}"#),
+            (
+                "ghcr.io/devcontainers/features/node:1",
+                ".devcontainer/berth-features/node",
+                r#"{"id": "node", "options": {"version": {"type": "string", "default": "lts"}, "nodeGypDependencies": {"type": "boolean", "default": true}}, "installsAfter": ["ghcr.io/devcontainers/features/common-utils"], "containerEnv": {"NVM_DIR": "/usr/local/share/nvm", "PATH": "/usr/local/share/nvm/current/bin:${PATH}"}}"#,
+            ),
+            (
+                "ghcr.io/devcontainers/features/common-utils:2",
+                ".devcontainer/berth-features/common-utils",
+                r#"{"id": "common-utils", "options": {"username": {"type": "string", "default": "automatic"}}, "privileged": false}"#,
+            ),
+            (
+                "./local",
+                ".devcontainer/local",
+                r#"{"id": "local", "postCreateCommand": "local-setup"}"#,
+            ),
         ]);
-        let obj: Map<String, Value> = serde_json::from_str(r#"{"features": {
+        let obj: Map<String, Value> = serde_json::from_str(
+            r#"{"features": {
             "ghcr.io/devcontainers/features/node:1": {"version": "20", "bogus": 1},
             "ghcr.io/devcontainers/features/common-utils:2": {},
             "./local": true,
             "ghcr.io/devcontainers/features/missing:1": "latest"
-        }}"#).unwrap();
+        }}"#,
+        )
+        .unwrap();
         let mut d = Draft::default();
         let mut skipped = Vec::new();
-        apply(&obj, &s, &Users { remote: "node", container: "root" }, &mut d, &mut |k, r| skipped.push((k, r)));
+        apply(
+            &obj,
+            &s,
+            &Users {
+                remote: "node",
+                container: "root",
+            },
+            &mut d,
+            &mut |k, r| skipped.push((k, r)),
+        );
         // serde_json objects iterate in key order; installsAfter puts common-utils before node.
-        assert_eq!(d.image.inputs, [".devcontainer/local", ".devcontainer/berth-features/common-utils", ".devcontainer/berth-features/node"]);
+        assert_eq!(
+            d.image.inputs,
+            [
+                ".devcontainer/local",
+                ".devcontainer/berth-features/common-utils",
+                ".devcontainer/berth-features/node"
+            ]
+        );
         assert!(d.image.setup[1].starts_with("cd .devcontainer/berth-features/common-utils && chmod +x ./install.sh && env USERNAME=automatic _REMOTE_USER=node _REMOTE_USER_HOME=/home/node _CONTAINER_USER=root _CONTAINER_USER_HOME=/root ./install.sh"), "{:?}", d.image.setup);
-        assert!(d.image.setup[2].contains("env NODEGYPDEPENDENCIES=true VERSION=20 _REMOTE_USER=node"), "{:?}", d.image.setup);
-        assert_eq!(d.env, [("NVM_DIR".to_string(), "/usr/local/share/nvm".to_string())]);
+        assert!(
+            d.image.setup[2].contains("env NODEGYPDEPENDENCIES=true VERSION=20 _REMOTE_USER=node"),
+            "{:?}",
+            d.image.setup
+        );
+        assert_eq!(
+            d.env,
+            [("NVM_DIR".to_string(), "/usr/local/share/nvm".to_string())]
+        );
         assert_eq!(d.on_create, ["local-setup"]);
         let keys: Vec<&str> = skipped.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, [
-            "features.ghcr.io/devcontainers/features/missing:1",
-            "features.ghcr.io/devcontainers/features/node:1.bogus",
-            "features.ghcr.io/devcontainers/features/common-utils:2.privileged",
-            "features.ghcr.io/devcontainers/features/node:1.containerEnv.PATH",
-        ]);
+        assert_eq!(
+            keys,
+            [
+                "features.ghcr.io/devcontainers/features/missing:1",
+                "features.ghcr.io/devcontainers/features/node:1.bogus",
+                "features.ghcr.io/devcontainers/features/common-utils:2.privileged",
+                "features.ghcr.io/devcontainers/features/node:1.containerEnv.PATH",
+            ]
+        );
     }
 
     #[test]
@@ -272,10 +356,23 @@ mod tests {
         assert_eq!(unversioned("ghcr.io/a/b:1.2"), "ghcr.io/a/b");
         assert_eq!(unversioned("localhost:5000/a/b"), "localhost:5000/a/b");
         assert_eq!(unversioned("ghcr.io/a/b@sha256:00"), "ghcr.io/a/b");
-        let s = source(&[("a:1", "fa", r#"{"installsAfter": ["b"]}"#), ("b:1", "fb", r#"{}"#), ("c:1", "fc", r#"{}"#)]);
+        let s = source(&[
+            ("a:1", "fa", r#"{"installsAfter": ["b"]}"#),
+            ("b:1", "fb", r#"{}"#),
+            ("c:1", "fc", r#"{}"#),
+        ]);
         let obj: Map<String, Value> = serde_json::from_str(r#"{"features": {"a:1": {}, "b:1": {}, "c:1": {}}, "overrideFeatureInstallOrder": ["c"]}"#).unwrap();
         let mut d = Draft::default();
-        apply(&obj, &s, &Users { remote: "root", container: "root" }, &mut d, &mut |_, _| {});
+        apply(
+            &obj,
+            &s,
+            &Users {
+                remote: "root",
+                container: "root",
+            },
+            &mut d,
+            &mut |_, _| {},
+        );
         assert_eq!(d.image.inputs, ["fc", "fb", "fa"]);
     }
 }

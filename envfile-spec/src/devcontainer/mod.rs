@@ -192,13 +192,19 @@ impl Converter<'_> {
             Some(Value::String(w)) => match self.resolve(w, "workspaceFolder", Place::Inside) {
                 Some(w) if w.starts_with('/') => w,
                 Some(w) => {
-                    self.skip("workspaceFolder", format!("{w:?} is not an absolute path; using {default_target}"));
+                    self.skip(
+                        "workspaceFolder",
+                        format!("{w:?} is not an absolute path; using {default_target}"),
+                    );
                     default_target.clone()
                 }
                 None => default_target.clone(),
             },
             Some(other) => {
-                self.skip("workspaceFolder", format!("{other} is not a path; using {default_target}"));
+                self.skip(
+                    "workspaceFolder",
+                    format!("{other} is not a path; using {default_target}"),
+                );
                 default_target.clone()
             }
             None => default_target.clone(),
@@ -213,16 +219,34 @@ impl Converter<'_> {
             self.image(obj);
             self.workspace_mount(obj, &workdir);
         }
-        let container_user = obj.get("containerUser").and_then(Value::as_str).unwrap_or("root").to_string();
-        let remote_user = obj.get("remoteUser").and_then(Value::as_str).map(str::to_string).unwrap_or(container_user.clone());
+        let container_user = obj
+            .get("containerUser")
+            .and_then(Value::as_str)
+            .unwrap_or("root")
+            .to_string();
+        let remote_user = obj
+            .get("remoteUser")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or(container_user.clone());
         features::apply(
             obj,
             sources,
-            &features::Users { remote: &remote_user, container: &container_user },
+            &features::Users {
+                remote: &remote_user,
+                container: &container_user,
+            },
             &mut self.draft,
             &mut |k, r| self.skipped.push(Skipped { key: k, reason: r }),
         );
-        let on_create = self.lifecycle_commands(obj, &["onCreateCommand", "updateContentCommand", "postCreateCommand"]);
+        let on_create = self.lifecycle_commands(
+            obj,
+            &[
+                "onCreateCommand",
+                "updateContentCommand",
+                "postCreateCommand",
+            ],
+        );
         self.draft.on_create.extend(on_create);
         let on_up = self.lifecycle_commands(obj, &["postStartCommand"]);
         self.draft.on_up.extend(on_up);
@@ -230,7 +254,9 @@ impl Converter<'_> {
         self.mounts(obj);
         self.ports(obj);
         self.host_requirements(obj);
-        run_args::apply(obj.get("runArgs"), &mut self.draft, &mut |k, r| self.skipped.push(Skipped { key: k, reason: r }));
+        run_args::apply(obj.get("runArgs"), &mut self.draft, &mut |k, r| {
+            self.skipped.push(Skipped { key: k, reason: r })
+        });
         self.user(obj, ctx);
         self.draft.shell_workdir = Some(workdir);
         for (key, value) in obj {
@@ -253,7 +279,10 @@ impl Converter<'_> {
                     self.draft.image.from = Some(i);
                 }
                 if dockerfile.is_some() {
-                    self.skip("build", "`image` is given too: berth uses the image, as the dev container CLI does");
+                    self.skip(
+                        "build",
+                        "`image` is given too: berth uses the image, as the dev container CLI does",
+                    );
                 }
             }
             (_, Some(dockerfile)) => {
@@ -269,13 +298,24 @@ impl Converter<'_> {
                     if let Some(t) = b.get("target").and_then(Value::as_str) {
                         self.draft.image.target = Some(t.to_string());
                     }
-                    for (k, v) in b.get("args").and_then(Value::as_object).into_iter().flatten() {
+                    for (k, v) in b
+                        .get("args")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flatten()
+                    {
                         let key = format!("build.args.{k}");
-                        if let Some(v) = v.as_str().and_then(|v| self.resolve(v, &key, Place::Inside)) {
+                        if let Some(v) = v
+                            .as_str()
+                            .and_then(|v| self.resolve(v, &key, Place::Inside))
+                        {
                             crate::draft::set_var(&mut self.draft.image.args, k, v);
                         }
                     }
-                    for k in b.keys().filter(|k| !["dockerfile", "dockerFile", "context", "target", "args"].contains(&k.as_str())) {
+                    for k in b.keys().filter(|k| {
+                        !["dockerfile", "dockerFile", "context", "target", "args"]
+                            .contains(&k.as_str())
+                    }) {
                         self.skip(format!("build.{k}"), "no berth equivalent");
                     }
                 }
@@ -300,26 +340,45 @@ impl Converter<'_> {
         let files: Vec<&str> = match obj.get("dockerComposeFile") {
             Some(Value::String(f)) => vec![f.as_str()],
             Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => return Err(DevcontainerError::Shape("dockerComposeFile must be a path or a list of paths".into())),
+            _ => {
+                return Err(DevcontainerError::Shape(
+                    "dockerComposeFile must be a path or a list of paths".into(),
+                ))
+            }
         };
         let mut texts = Vec::new();
         for f in files {
             let path = compose::join(&self.json_dir, f);
             match read(sources, &path)? {
                 Some(t) => texts.push((path, with_options(&t)?)),
-                None => return Err(DevcontainerError::Unreadable { file: path, why: "no such file (dockerComposeFile names it)".into() }),
+                None => {
+                    return Err(DevcontainerError::Unreadable {
+                        file: path,
+                        why: "no such file (dockerComposeFile names it)".into(),
+                    })
+                }
             }
         }
         let Some(service) = obj.get("service").and_then(Value::as_str) else {
-            return Err(DevcontainerError::Shape("dockerComposeFile needs `service`: the compose service you work in".into()));
+            return Err(DevcontainerError::Shape(
+                "dockerComposeFile needs `service`: the compose service you work in".into(),
+            ));
         };
         let loaded = compose::load(&texts, sources)?;
-        let run_services = obj.get("runServices").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect());
+        let run_services = obj.get("runServices").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        });
         let place = Placement {
             project_dir: ctx.project_dir.to_path_buf(),
             base_dir: parent(&texts[0].0).to_string(),
             // The project name the dev container CLI gives compose.
-            project_name: loaded.name.clone().unwrap_or_else(|| format!("{}_devcontainer", derive_name(&self.vars.folder_name))),
+            project_name: loaded
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}_devcontainer", derive_name(&self.vars.folder_name))),
             environment: Some(service.to_string()),
             run_services,
         };
@@ -330,7 +389,10 @@ impl Converter<'_> {
             let name = crate::draft::service_name(service);
             if self.draft.processes.iter().any(|p| p.name == name) {
                 self.draft.processes.retain(|p| p.name != name);
-                self.skip(format!("services.{service}.command"), "overridden by the dev container (overrideCommand is not false)");
+                self.skip(
+                    format!("services.{service}.command"),
+                    "overridden by the dev container (overrideCommand is not false)",
+                );
             }
         }
         Ok(())
@@ -364,7 +426,9 @@ impl Converter<'_> {
         };
         self.draft.shell_user = Some(user.clone());
         let valid = !user.is_empty()
-            && user.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            && user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
             && !user.starts_with('-');
         if user == "root" || user.chars().all(|c| c.is_ascii_digit()) || !valid {
             return;
@@ -373,19 +437,19 @@ impl Converter<'_> {
         let update_uid = obj.get("updateRemoteUserUID") != Some(&Value::Bool(false));
         let uid = ctx.host_uid.filter(|&u| u != 0 && bind && update_uid);
         let u = shell_quote(&user);
-        let (useradd, adduser) = match uid {
-            Some(uid) => (
-                format!("{{ useradd -m -u {uid} {u} || useradd -m {u}; }}"),
-                format!("{{ adduser -D -u {uid} {u} || adduser -D {u}; }}"),
-            ),
-            None => (format!("useradd -m {u}"), format!("adduser -D {u}")),
-        };
+        let want = uid.unwrap_or(1000);
+        // The wanted uid when free, else the next free one; useradd (Debian, Fedora), adduser
+        // (Alpine, busybox), else the entries written by hand (a bare image).
         self.draft.image.setup.push(format!(
-            "id -u {u} >/dev/null 2>&1 || if command -v useradd >/dev/null 2>&1; then {useradd}; else {adduser}; fi"
+            "id -u {u} >/dev/null 2>&1 || {{ uid={want}; while cut -d: -f3 /etc/passwd | grep -qx \"$uid\"; do uid=$((uid+1)); done; \
+if command -v useradd >/dev/null 2>&1; then useradd -m -u \"$uid\" {u}; \
+elif command -v adduser >/dev/null 2>&1; then adduser -D -u \"$uid\" {u}; \
+else echo \"{user}:x:$uid:$uid::/home/{user}:/bin/sh\" >> /etc/passwd && echo \"{user}:x:$uid:\" >> /etc/group && mkdir -p /home/{user} && chown \"$uid:$uid\" /home/{user}; fi; }}"
         ));
         self.draft.image.comments.push(format!(
             "The last setup step creates the user {user} when the image has none{}.",
-            uid.map(|u| format!(" (uid {u}, yours, as updateRemoteUserUID would)")).unwrap_or_default()
+            uid.map(|u| format!(" (uid {u}, yours, as updateRemoteUserUID would)"))
+                .unwrap_or_default()
         ));
     }
 
@@ -404,7 +468,9 @@ impl Converter<'_> {
                     }
                 }
                 Some(v) => match command_line(v) {
-                    Some(c) if !c.trim().is_empty() => out.extend(self.resolve(&c, key, Place::Inside)),
+                    Some(c) if !c.trim().is_empty() => {
+                        out.extend(self.resolve(&c, key, Place::Inside))
+                    }
                     Some(_) => {}
                     None => self.skip(key, "not a string, an array of strings, or an object"),
                 },
@@ -471,19 +537,30 @@ impl Converter<'_> {
         for key in ["forwardPorts", "appPort"] {
             let items: Vec<(String, &Value)> = match obj.get(key) {
                 None => continue,
-                Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (format!("{key}[{i}]"), v)).collect(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("{key}[{i}]"), v))
+                    .collect(),
                 Some(v) => vec![(key.to_string(), v)],
             };
             for (k, v) in items {
                 let pair = match v {
-                    Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()).map(|n| (n, n)),
+                    Value::Number(n) => n
+                        .as_u64()
+                        .and_then(|n| u16::try_from(n).ok())
+                        .map(|n| (n, n)),
                     Value::String(s) => match s.split_once(':') {
                         None => s.trim().parse::<u16>().ok().map(|n| (n, n)),
                         Some((h, g)) => match (h.trim().parse::<u16>(), g.trim().parse::<u16>()) {
                             (Ok(h), Ok(g)) => Some((h, g)),
                             _ => {
                                 // `db:5432`: a port of a compose service, which shares localhost.
-                                let shared = self.draft.sidecars.iter().any(|s| s.name == crate::draft::service_name(h));
+                                let shared = self
+                                    .draft
+                                    .sidecars
+                                    .iter()
+                                    .any(|s| s.name == crate::draft::service_name(h));
                                 match g.trim().parse::<u16>() {
                                     Ok(g) if shared => Some((g, g)),
                                     _ => {
@@ -500,7 +577,12 @@ impl Converter<'_> {
                     Some((h, g)) if h > 0 && g > 0 => {
                         // A port compose already publishes is the same forward.
                         if !self.draft.ports.iter().any(|p| p.host == h && !p.udp) {
-                            self.draft.add_port(PortDraft { host: h, guest: g, udp: false, address: None });
+                            self.draft.add_port(PortDraft {
+                                host: h,
+                                guest: g,
+                                udp: false,
+                                address: None,
+                            });
                         }
                     }
                     _ => self.skip(k, format!("{v} is not a port number")),
@@ -517,12 +599,17 @@ impl Converter<'_> {
             self.draft.resources.cpus = Some(c as f64);
         }
         match req.get("memory").and_then(Value::as_str) {
-            Some(m) if parse_size(m).is_ok_and(|b| b > 0) => self.draft.resources.memory = Some(m.to_string()),
+            Some(m) if parse_size(m).is_ok_and(|b| b > 0) => {
+                self.draft.resources.memory = Some(m.to_string())
+            }
             Some(m) => self.skip("hostRequirements.memory", format!("{m:?} is not a size")),
             None => {}
         }
         for k in req.keys().filter(|k| *k != "cpus" && *k != "memory") {
-            self.skip(format!("hostRequirements.{k}"), "berth does not check this requirement (cpus and memory become [resources] limits)");
+            self.skip(
+                format!("hostRequirements.{k}"),
+                "berth does not check this requirement (cpus and memory become [resources] limits)",
+            );
         }
     }
 
@@ -563,7 +650,11 @@ impl Converter<'_> {
                 return None;
             }
             (k, Some(src)) => {
-                let place = if k == "bind" { Place::HostPath } else { Place::Inside };
+                let place = if k == "bind" {
+                    Place::HostPath
+                } else {
+                    Place::Inside
+                };
                 let mut v = self.resolve(&src, key, place)?;
                 if v.starts_with("./") && v.len() > 2 {
                     v = v[2..].to_string();
@@ -575,7 +666,12 @@ impl Converter<'_> {
             }
         };
         let readonly = matches!(get(&["readonly", "ro"]).as_deref(), Some("true" | "1"));
-        Some(MountDraft { source, target, kind, readonly })
+        Some(MountDraft {
+            source,
+            target,
+            kind,
+            readonly,
+        })
     }
 }
 
@@ -605,7 +701,8 @@ fn command_line(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Array(parts) => {
-            let words: Option<Vec<String>> = parts.iter().map(|p| p.as_str().map(shell_quote)).collect();
+            let words: Option<Vec<String>> =
+                parts.iter().map(|p| p.as_str().map(shell_quote)).collect();
             words.map(|w| w.join(" "))
         }
         _ => None,
@@ -613,6 +710,6 @@ fn command_line(v: &Value) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod corpus_tests;
+#[cfg(test)]
+mod tests;

@@ -9,11 +9,44 @@ use crate::draft::{Draft, MountDraft, PortDraft};
 
 /// Options that take a value (as the next argument unless written `--opt=value`).
 const WITH_VALUE: &[&str] = &[
-    "--device", "-e", "--env", "-p", "--publish", "-m", "--memory", "--cpus", "--pids-limit",
-    "--network", "--net", "--tmpfs", "-v", "--volume", "--cap-add", "--cap-drop",
-    "--security-opt", "--name", "--hostname", "-h", "--shm-size", "--add-host", "--label",
-    "-l", "--ulimit", "--user", "-u", "--workdir", "-w", "--mount", "--env-file",
-    "--entrypoint", "--dns", "--gpus", "--ipc", "--pid", "--runtime", "--platform",
+    "--device",
+    "-e",
+    "--env",
+    "-p",
+    "--publish",
+    "-m",
+    "--memory",
+    "--cpus",
+    "--pids-limit",
+    "--network",
+    "--net",
+    "--tmpfs",
+    "-v",
+    "--volume",
+    "--cap-add",
+    "--cap-drop",
+    "--security-opt",
+    "--name",
+    "--hostname",
+    "-h",
+    "--shm-size",
+    "--add-host",
+    "--label",
+    "-l",
+    "--ulimit",
+    "--user",
+    "-u",
+    "--workdir",
+    "-w",
+    "--mount",
+    "--env-file",
+    "--entrypoint",
+    "--dns",
+    "--gpus",
+    "--ipc",
+    "--pid",
+    "--runtime",
+    "--platform",
 ];
 
 pub fn apply(v: Option<&Value>, draft: &mut Draft, skip: &mut dyn FnMut(String, String)) {
@@ -22,7 +55,10 @@ pub fn apply(v: Option<&Value>, draft: &mut Draft, skip: &mut dyn FnMut(String, 
         skip("runArgs".into(), "not an array".into());
         return;
     };
-    let args: Vec<String> = items.iter().map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string)).collect();
+    let args: Vec<String> = items
+        .iter()
+        .map(|a| a.as_str().map_or_else(|| a.to_string(), str::to_string))
+        .collect();
     let mut i = 0;
     while i < args.len() {
         let key = format!("runArgs[{i}]");
@@ -74,9 +110,17 @@ pub fn apply(v: Option<&Value>, draft: &mut Draft, skip: &mut dyn FnMut(String, 
                 _ => false,
             },
             "-p" | "--publish" => match value.rsplit_once(':') {
-                Some((h, g)) => match (h.rsplit(':').next().unwrap_or("").parse::<u16>(), g.parse::<u16>()) {
+                Some((h, g)) => match (
+                    h.rsplit(':').next().unwrap_or("").parse::<u16>(),
+                    g.parse::<u16>(),
+                ) {
                     (Ok(h), Ok(g)) if h > 0 && g > 0 => {
-                        draft.add_port(PortDraft { host: h, guest: g, udp: false, address: None });
+                        draft.add_port(PortDraft {
+                            host: h,
+                            guest: g,
+                            udp: false,
+                            address: None,
+                        });
                         true
                     }
                     _ => false,
@@ -106,7 +150,12 @@ pub fn apply(v: Option<&Value>, draft: &mut Draft, skip: &mut dyn FnMut(String, 
                 true
             }
             "--tmpfs" => {
-                draft.mounts.push(MountDraft { source: None, target: value.split(':').next().unwrap_or("").to_string(), kind: "tmpfs".into(), readonly: false });
+                draft.mounts.push(MountDraft {
+                    source: None,
+                    target: value.split(':').next().unwrap_or("").to_string(),
+                    kind: "tmpfs".into(),
+                    readonly: false,
+                });
                 true
             }
             "--cap-add" => {
@@ -139,7 +188,16 @@ mod tests {
         assert_eq!((d.ports[0].host, d.ports[0].guest), (8080, 80));
         assert_eq!(d.mounts[0].target, "/scratch");
         let keys: Vec<&str> = skipped.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["runArgs[1]", "runArgs[2]", "runArgs[14]", "runArgs[15]", "runArgs[16]"]);
+        assert_eq!(
+            keys,
+            [
+                "runArgs[1]",
+                "runArgs[2]",
+                "runArgs[14]",
+                "runArgs[15]",
+                "runArgs[16]"
+            ]
+        );
         assert!(skipped[0].1.contains("--privileged"), "{skipped:?}");
     }
 }

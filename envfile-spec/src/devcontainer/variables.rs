@@ -40,9 +40,18 @@ impl std::fmt::Display for Unresolved {
 /// Variable names whose value berth does not copy into berth.toml: the file is committed.
 fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH", "PAT"]
-        .iter()
-        .any(|w| n.split('_').any(|part| part == *w) || n.ends_with(w))
+    [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "KEY",
+        "CREDENTIAL",
+        "AUTH",
+        "PAT",
+    ]
+    .iter()
+    .any(|w| n.split('_').any(|part| part == *w) || n.ends_with(w))
 }
 
 impl Vars<'_> {
@@ -63,7 +72,13 @@ impl Vars<'_> {
         Ok(out)
     }
 
-    fn one(&self, var: &str, whole: &str, place: Place, at_start: bool) -> Result<String, Unresolved> {
+    fn one(
+        &self,
+        var: &str,
+        whole: &str,
+        place: Place,
+        at_start: bool,
+    ) -> Result<String, Unresolved> {
         let host = place == Place::HostPath && at_start;
         match var {
             "localWorkspaceFolder" if host => Ok(".".into()),
@@ -73,10 +88,15 @@ impl Vars<'_> {
             "devcontainerId" => Ok(crate::name::derive_name(&self.folder_name)),
             "containerWorkspaceFolder" | "containerWorkspaceFolderBasename" => {
                 let Some(w) = &self.workdir else {
-                    return Err(Unresolved(format!("{whole:?}: ${{{var}}} is not known here")));
+                    return Err(Unresolved(format!(
+                        "{whole:?}: ${{{var}}} is not known here"
+                    )));
                 };
                 Ok(if var.ends_with("Basename") {
-                    w.rsplit('/').find(|c| !c.is_empty()).unwrap_or("").to_string()
+                    w.rsplit('/')
+                        .find(|c| !c.is_empty())
+                        .unwrap_or("")
+                        .to_string()
                 } else {
                     w.clone()
                 })
@@ -156,19 +176,53 @@ mod tests {
         let env = |n: &str| (n == "USER").then(|| "ann".to_string());
         let v = vars(&env);
         let r = |s: &str, p| v.resolve(s, p);
-        assert_eq!(r("${localWorkspaceFolder}/x", Place::HostPath).unwrap(), "./x");
-        assert_eq!(r("${localWorkspaceFolder}/x", Place::Inside).unwrap(), "/home/ann/proj/x");
-        assert_eq!(r("/w/${localWorkspaceFolderBasename}", Place::Inside).unwrap(), "/w/proj");
-        assert_eq!(r("${containerWorkspaceFolder}/a", Place::Inside).unwrap(), "/workspaces/proj/a");
-        assert_eq!(r("${containerWorkspaceFolderBasename}", Place::Inside).unwrap(), "proj");
+        assert_eq!(
+            r("${localWorkspaceFolder}/x", Place::HostPath).unwrap(),
+            "./x"
+        );
+        assert_eq!(
+            r("${localWorkspaceFolder}/x", Place::Inside).unwrap(),
+            "/home/ann/proj/x"
+        );
+        assert_eq!(
+            r("/w/${localWorkspaceFolderBasename}", Place::Inside).unwrap(),
+            "/w/proj"
+        );
+        assert_eq!(
+            r("${containerWorkspaceFolder}/a", Place::Inside).unwrap(),
+            "/workspaces/proj/a"
+        );
+        assert_eq!(
+            r("${containerWorkspaceFolderBasename}", Place::Inside).unwrap(),
+            "proj"
+        );
         assert_eq!(r("${localEnv:USER}", Place::Inside).unwrap(), "ann");
-        assert_eq!(r("${localEnv:NOPE:fallback}", Place::Inside).unwrap(), "fallback");
-        assert_eq!(r("${localEnv:HOME}/.ssh", Place::HostPath).unwrap(), "~/.ssh");
-        assert_eq!(r("${containerEnv:APP_HOME}/bin", Place::Inside).unwrap(), "/opt/app/bin");
-        for bad in ["${localEnv:NOPE}", "${containerEnv:PATH}", "${templateOption:x}", "${foo}", "${localEnv:GITHUB_TOKEN}", "${x"] {
+        assert_eq!(
+            r("${localEnv:NOPE:fallback}", Place::Inside).unwrap(),
+            "fallback"
+        );
+        assert_eq!(
+            r("${localEnv:HOME}/.ssh", Place::HostPath).unwrap(),
+            "~/.ssh"
+        );
+        assert_eq!(
+            r("${containerEnv:APP_HOME}/bin", Place::Inside).unwrap(),
+            "/opt/app/bin"
+        );
+        for bad in [
+            "${localEnv:NOPE}",
+            "${containerEnv:PATH}",
+            "${templateOption:x}",
+            "${foo}",
+            "${localEnv:GITHUB_TOKEN}",
+            "${x",
+        ] {
             assert!(r(bad, Place::Inside).is_err(), "{bad}");
         }
-        assert!(r("${localEnv:GITHUB_TOKEN}", Place::Inside).unwrap_err().0.contains("secret"));
+        assert!(r("${localEnv:GITHUB_TOKEN}", Place::Inside)
+            .unwrap_err()
+            .0
+            .contains("secret"));
     }
 
     #[test]
