@@ -407,7 +407,7 @@ fn command(c: &CommandDraft) -> String {
 
 /// A berth duration for a number of milliseconds (`"90s"`, `"1500ms"`).
 pub fn duration(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")

@@ -90,7 +90,7 @@ fn long_port(m: &Mapping) -> Result<Vec<PortDraft>, String> {
         Some(p) => return Err(format!("protocol {p:?}: berth forwards tcp and udp")),
     };
     let address = get(m, "host_ip").and_then(scalar);
-    pairs(&published, &target, udp, address, &format!("{target}"))
+    pairs(&published, &target, udp, address, &target)
 }
 
 fn pairs(

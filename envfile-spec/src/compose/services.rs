@@ -279,7 +279,7 @@ impl Ctx<'_> {
         for (k, v) in self.env_vars(name, def)? {
             draft.set_env(&k, v);
         }
-        let mounts = self.mounts(def, &key, true);
+        let mounts = self.mounts(def, &key);
         draft.mounts.extend(mounts);
         self.ports(def, &key, draft);
         if let Some(w) = get(def, "working_dir").and_then(scalar) {
@@ -339,7 +339,7 @@ impl Ctx<'_> {
         let key = format!("services.{name}");
         let image = get(def, "image").and_then(scalar).unwrap_or_default();
         let env = self.env_vars(name, def)?;
-        let mounts = self.mounts(def, &key, false);
+        let mounts = self.mounts(def, &key);
         self.ports(def, &key, draft);
         let command = self
             .command(def, &key)
@@ -563,7 +563,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn mounts(&mut self, def: &Mapping, key: &str, environment: bool) -> Vec<MountDraft> {
+    fn mounts(&mut self, def: &Mapping, key: &str) -> Vec<MountDraft> {
         let mut out = Vec::new();
         if let Some(t) = get(def, "tmpfs") {
             out.extend(fields::tmpfs(t));
@@ -623,7 +623,6 @@ impl Ctx<'_> {
                 }
             }
         }
-        let _ = environment;
         out
     }
 
