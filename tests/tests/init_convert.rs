@@ -69,6 +69,34 @@ fn push_artifact(
     reg.push_manifest(repo, tag, OCI_MANIFEST, &manifest);
 }
 
+/// The images of the sidecar tests, pushed: busybox with redis-cli (`e2e/app:1`, the app), with
+/// redis-server and redis-cli (`e2e/redis:7`: the server and its health check).
+fn push_redis_images(reg: &Registry, server: &Path, cli: &Path) -> tempfile::TempDir {
+    let images = tempfile::tempdir().unwrap();
+    let (app, redis) = (images.path().join("app"), images.path().join("redis"));
+    busybox_rootfs(&app);
+    copy_program_with_libs(cli, &app);
+    busybox_rootfs(&redis);
+    copy_program_with_libs(server, &redis);
+    copy_program_with_libs(cli, &redis);
+    push_dir_image(reg, "e2e/app", "1", &app);
+    push_dir_image(reg, "e2e/redis", "7", &redis);
+    images
+}
+
+/// Debian's redis-server and redis-cli, or `None` (the test says why and passes).
+fn redis_programs() -> Option<(&'static Path, &'static Path)> {
+    let (server, cli) = (
+        Path::new("/usr/bin/redis-server"),
+        Path::new("/usr/bin/redis-cli"),
+    );
+    if !server.exists() || !cli.exists() {
+        eprintln!("skipped: needs redis-server and redis-cli (scripts/install-deps installs them)");
+        return None;
+    }
+    Some((server, cli))
+}
+
 /// A project folder with no berth.toml (the conversion writes it).
 fn empty_project(prefix: &str) -> Project {
     let p = Project::builder(prefix, "cv-").without_rootfs().create("");
@@ -114,18 +142,7 @@ fn a_compose_file_with_an_app_and_a_redis_sidecar_imports_and_comes_up() {
         return;
     }
     let Some(reg) = Registry::start() else { return };
-    // The images of the sidecar tests: busybox with redis-cli (the app), with redis-server and
-    // redis-cli (the server and its health check).
-    let images = tempfile::tempdir().unwrap();
-    let (app, redis) = (images.path().join("app"), images.path().join("redis"));
-    busybox_rootfs(&app);
-    copy_program_with_libs(cli, &app);
-    busybox_rootfs(&redis);
-    copy_program_with_libs(server, &redis);
-    copy_program_with_libs(cli, &redis);
-    push_dir_image(&reg, "e2e/app", "1", &app);
-    push_dir_image(&reg, "e2e/redis", "7", &redis);
-
+    let _images = push_redis_images(&reg, server, cli);
     let p = empty_project("berth-compose-");
     std::fs::write(
         p.path().join("compose.yaml"),
@@ -324,4 +341,78 @@ fn bad_input_fails_with_where_and_what_and_writes_nothing() {
         "{}",
         text(&out).1
     );
+}
+
+/// The devcontainers/templates compose layout (`../..:/workspaces`, `sleep infinity`,
+/// `network_mode: service:…`) on the registry images.
+const DEVCONTAINER_COMPOSE: &str = r#"
+services:
+  app:
+    image: {registry}/e2e/app:1
+    volumes:
+      - ../..:/workspaces:cached
+    command: sleep infinity
+    network_mode: service:cache
+  cache:
+    image: {registry}/e2e/redis:7
+    restart: unless-stopped
+    entrypoint: ["/usr/bin/redis-server"]
+    command: ["--bind", "127.0.0.1", "--port", "6379"]
+    healthcheck:
+      test: ["CMD-SHELL", "redis-cli -h 127.0.0.1 ping | grep -q PONG"]
+      interval: 1s
+"#;
+
+#[test]
+fn a_devcontainer_on_a_compose_file_converts_and_comes_up_with_its_sidecar() {
+    require_root!();
+    let Some((server, cli)) = redis_programs() else {
+        return;
+    };
+    let Some(reg) = Registry::start() else { return };
+    let _images = push_redis_images(&reg, server, cli);
+    let p = empty_project("berth-dc-compose-");
+    let dc = p.path().join(".devcontainer");
+    std::fs::create_dir(&dc).unwrap();
+    std::fs::write(
+        dc.join("docker-compose.yml"),
+        DEVCONTAINER_COMPOSE.replace("{registry}", &reg.addr),
+    )
+    .unwrap();
+    std::fs::write(
+        dc.join("devcontainer.json"),
+        r#"{
+            "name": "Redis app",
+            "dockerComposeFile": "docker-compose.yml",
+            "service": "app",
+            "workspaceFolder": "/workspaces/${localWorkspaceFolderBasename}",
+            "forwardPorts": ["cache:6379"],
+            "postStartCommand": "redis-cli -h 127.0.0.1 ping > /tmp/pong"
+        }"#,
+    )
+    .unwrap();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let (_, err) = b.ok_both(p.path(), &["init", "--from-devcontainer"]);
+    assert!(err.contains("services.app.command"), "{err}");
+    b.ok(p.path(), &["up"]);
+    // postStartCommand ran after the sidecar was ready; the project is where the template
+    // puts it, and the shell starts there.
+    let folder = p.path().file_name().unwrap().to_string_lossy().into_owned();
+    let got = b.ok(
+        p.path(),
+        &[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/pong; ls /workspaces/*/.devcontainer/devcontainer.json",
+        ],
+    );
+    assert_eq!(
+        got,
+        format!("PONG\n/workspaces/{folder}/.devcontainer/devcontainer.json\n")
+    );
+    b.ok(p.path(), &["destroy", "--volumes"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
 }

@@ -151,10 +151,15 @@ pub fn apply(
             set
         }
     };
-    // Sidecars are the running services other than the environment that have an image.
+    // Sidecars are the running services other than the environment that have an image;
+    // services under `profiles` start only when their profile is asked for.
     let mut sidecar_names = Vec::new();
     for (name, def) in &c.services {
         if Some(name) == place.environment.as_ref() || !running.contains(name.as_str()) {
+            continue;
+        }
+        if get(def, "profiles").is_some() {
+            skip(skipped, format!("services.{name}"), "has `profiles`: compose starts it only when one is asked for (--profile); add it as [services.NAME] with image = \"…\" if you want it");
             continue;
         }
         if get(def, "image").and_then(scalar).is_some() {
@@ -286,7 +291,17 @@ impl Ctx<'_> {
             draft.shell_workdir = Some(w);
         }
         if let Some(u) = get(def, "user").and_then(scalar) {
-            draft.shell_user = Some(u);
+            let (user, group) = u
+                .split_once(':')
+                .map_or((u.as_str(), None), |(u, g)| (u, Some(g)));
+            if let Some(g) = group {
+                skip(
+                    self.skipped,
+                    format!("{key}.user"),
+                    format!("group {g:?}: berth's shell runs with the user's own groups"),
+                );
+            }
+            draft.shell_user = Some(user.to_string());
         }
         draft.resources = fields::resources(def, &key, &mut |k, r| skip(self.skipped, k, r));
         let restart = get(def, "restart").and_then(|r| {

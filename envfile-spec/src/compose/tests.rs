@@ -187,7 +187,7 @@ services:
     image: docker.io/library/python:3.12
     volumes: ["./src:/src:ro", "/etc/hosts:/host-hosts:ro", "~/.cache/pip:/root/.cache/pip"]
     ports: ["8000"]
-    user: "1000"
+    user: "1000:1000"
     command: ["python", "-m", "http.server"]
     restart: on-failure:3
   redis:
@@ -230,10 +230,11 @@ volumes:
     );
     let k = keys(&c);
     assert!(
-        k.contains(&"services.web.restart") && k.contains(&"services.redis.command"),
+        k.contains(&"services.web.restart")
+            && k.contains(&"services.redis.command")
+            && k.contains(&"services.web.user"),
         "{k:?}"
     );
-    std::fs::create_dir_all(std::env::temp_dir()).unwrap();
     // Relative sources must exist for the checker: validate in a folder that has ./src.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
@@ -258,7 +259,7 @@ volumes:
 
 #[test]
 fn compose_files_without_an_app_make_every_service_a_sidecar() {
-    let text = "services:\n  db:\n    image: postgres:16\n    environment: [POSTGRES_PASSWORD=x]\n";
+    let text = "services:\n  db:\n    image: postgres:16\n    environment: [POSTGRES_PASSWORD=x]\n  debug:\n    image: busybox\n    profiles: [debug]\n";
     let c = convert(
         "docker-compose.yml",
         text,
@@ -273,6 +274,8 @@ fn compose_files_without_an_app_make_every_service_a_sidecar() {
         c.toml
     );
     assert!(c.toml.contains("target = \"/work\""), "{}", c.toml);
+    assert!(!c.toml.contains("[services.debug]"), "{}", c.toml);
+    assert_eq!(keys(&c), ["services.debug"]);
     validate(&c.toml).unwrap();
 }
 
