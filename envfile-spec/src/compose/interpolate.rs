@@ -120,7 +120,7 @@ fn braced(
     let Some(kind) = op.chars().next() else {
         return Ok(value_or_unset(name, lookup, found));
     };
-    let arg = &op[1..];
+    let arg = &op[kind.len_utf8()..];
     match kind {
         '-' if set => Ok(value.unwrap_or_default()),
         '-' => expand(arg, lookup, found),
@@ -221,6 +221,11 @@ mod tests {
         ));
         assert!(matches!(
             run("${USER/x/y}"),
+            Err(ComposeError::Interpolation { .. })
+        ));
+        // A multi-byte character where the operator goes is an error, not a panic.
+        assert!(matches!(
+            run("${USER€x}"),
             Err(ComposeError::Interpolation { .. })
         ));
     }
