@@ -79,6 +79,9 @@ fn shown_path(path: &Path, cwd: &Path) -> PathBuf {
 // Used by the environment commands (up, shell, exec, …) as they land.
 #[allow(dead_code)]
 pub fn load_plan(global: &GlobalArgs) -> Result<Loaded, CliError> {
+    if global.devcontainer {
+        return crate::devcontainer_source::load_plan(global);
+    }
     let path = locate(global)?;
     let color = stderr_color();
     match envfile_spec::load(&path) {

@@ -267,6 +267,18 @@ fn a_devcontainer_with_a_registry_feature_converts_fetches_and_builds_it() {
     assert!(!out.status.success());
     assert!(err.contains("berth init --from-devcontainer"), "{err}");
 
+    // --devcontainer uses it directly: converted in memory, the feature fetched and built,
+    // no berth.toml written; every command takes the flag.
+    let (_, err) = b.ok_both(p.path(), &["up", "--devcontainer"]);
+    assert!(err.contains("fetching feature"), "{err}");
+    let greeting = b.ok(
+        p.path(),
+        &["--devcontainer", "exec", "--", "cat", "/etc/greeting"],
+    );
+    assert_eq!(greeting, "hi there, world (dev)\n");
+    assert!(!p.path().join("berth.toml").exists());
+    b.ok(p.path(), &["--devcontainer", "destroy"]);
+
     let (_, err) = b.ok_both(p.path(), &["init", "--from-devcontainer"]);
     assert!(err.contains("fetching feature"), "{err}");
     let fetched = p.path().join(".devcontainer/berth-features/greeter");

@@ -2,40 +2,20 @@
 //! (`envfile_spec::devcontainer` / `compose`), write berth.toml, print what was not converted
 //! and whether the result validates.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use berth_runtime::image::dev_feature::fetch_feature;
 use berth_runtime::image::RegistryOptions;
+use envfile_spec::compose;
 use envfile_spec::draft::Conversion;
 use envfile_spec::folder_sources::FolderSources;
-use envfile_spec::{compose, devcontainer};
 
 use super::init::{set_name, write, InitArgs};
+use crate::devcontainer_source::{self, relative, Refetch};
 use crate::envfile::stderr_color;
 use crate::exit::{CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 
-/// `file` relative to the project folder, `/`-separated; an error when it is outside.
-fn relative(file: &Path, project: &Path, flag: &str) -> Result<String, CliError> {
-    let rel = file.strip_prefix(project).map_err(|_| {
-        CliError::usage(format!(
-            "{} is outside the project folder {}; run berth init in the folder that holds it ({flag})",
-            file.display(),
-            project.display()
-        ))
-    })?;
-    Ok(rel
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("/"))
-}
-
-fn read(file: &Path, flag: &str) -> Result<String, CliError> {
+pub(crate) fn read(file: &Path, flag: &str) -> Result<String, CliError> {
     std::fs::read_to_string(file).map_err(|e| {
         CliError::new(
             EXIT_ERROR,
@@ -55,27 +35,11 @@ pub fn from_devcontainer(
     shown: &Path,
 ) -> Result<i32, CliError> {
     let project = target.parent().unwrap_or(Path::new("/"));
-    let text = read(json_path, "--from-devcontainer")?;
-    let rel = relative(json_path, project, "--from-devcontainer")?;
-    let json_dir = rel.rsplit_once('/').map_or("", |(d, _)| d).to_string();
     let opts = RegistryOptions {
         insecure: args.insecure,
     };
-    let quiet = global.quiet;
-    let fetch = |id: &str, dest: &Path| -> Result<(), String> {
-        if !quiet {
-            eprintln!("fetching feature {id}");
-        }
-        fetch_feature(id, dest, &opts).map_err(|e| format!("cannot fetch it: {e}"))
-    };
-    let sources = FolderSources::new(project, &json_dir, Some(&fetch));
-    let ctx = devcontainer::Context {
-        project_dir: project,
-        json_path: &rel,
-        host_uid: std::fs::metadata(project).ok().map(|m| m.uid()),
-    };
-    let conversion = devcontainer::convert(&text, &ctx, &sources)
-        .map_err(|e| CliError::new(EXIT_ERROR, format!("{}: {e}", json_path.display())))?;
+    let conversion =
+        devcontainer_source::convert(json_path, project, &opts, Refetch::Always, global.quiet)?;
     finish(global, args, conversion, json_path, target, shown)
 }
 

@@ -7,7 +7,7 @@ pub mod exec;
 pub mod image;
 pub mod image_push;
 pub mod init;
-mod init_convert;
+pub(crate) mod init_convert;
 pub mod login;
 pub mod logs;
 pub mod run;
