@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::draft::{FeatureFiles, Sources};
 
-/// Fetches a feature published in a registry into a folder of the project; returns the
-/// folder's text of `devcontainer-feature.json`.
+/// Fetches a feature published in a registry (its id) into a folder of the project (the path):
+/// `Ok` once the folder holds it, else why not.
 pub type FeatureFetcher<'a> = dyn Fn(&str, &Path) -> Result<(), String> + 'a;
 
 pub struct FolderSources<'a> {

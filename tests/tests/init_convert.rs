@@ -151,8 +151,12 @@ fn a_compose_file_with_an_app_and_a_redis_sidecar_imports_and_comes_up() {
     .unwrap();
     let b = Berth::new();
     let before = p.snapshot(&b);
-    let (out, err) = b.ok_both(p.path(), &["init", "--from-compose", "compose.yaml"]);
-    assert!(out.contains("created berth.toml from"), "{out}");
+    // Without a path, the names docker compose looks for (compose.yaml first).
+    let (out, err) = b.ok_both(p.path(), &["init", "--from-compose"]);
+    assert!(
+        out.contains("created berth.toml from") && out.contains("compose.yaml"),
+        "{out}"
+    );
     // What does not map is listed, on stderr and in the file.
     assert!(
         err.contains("services.cache.networks: no berth equivalent"),

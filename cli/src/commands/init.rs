@@ -10,6 +10,16 @@ use crate::envfile::stderr_color;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 
+/// What `--from-compose` without a path stands for.
+const DEFAULT_COMPOSE: &str = "docker-compose.yml";
+/// The names docker compose looks for, in its order.
+const COMPOSE_NAMES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Template to start from (see --list).
@@ -22,7 +32,8 @@ pub struct InitArgs {
     /// Features it names are fetched from their registry into .devcontainer/berth-features/.
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = ".devcontainer/devcontainer.json", conflicts_with = "from_compose")]
     pub from_devcontainer: Option<PathBuf>,
-    /// Convert a Docker Compose file: one service becomes the environment, the others sidecars.
+    /// Convert a Docker Compose file: one service becomes the environment, the others sidecars
+    /// (default: compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml).
     #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "docker-compose.yml")]
     pub from_compose: Option<PathBuf>,
     /// With --from-compose: the service you work in (default: the one built from or mounting
@@ -81,7 +92,16 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
             super::init_convert::from_devcontainer(global, args, &cwd.join(json), &target, &shown)
         }
         (None, Some(file)) => {
-            super::init_convert::from_compose(global, args, &cwd.join(file), &target, &shown)
+            // Without a path: the first of the names docker compose looks for.
+            let file = match file.to_str() {
+                Some(DEFAULT_COMPOSE) => COMPOSE_NAMES
+                    .iter()
+                    .map(|n| cwd.join(n))
+                    .find(|p| p.is_file())
+                    .unwrap_or_else(|| cwd.join(DEFAULT_COMPOSE)),
+                _ => cwd.join(file),
+            };
+            super::init_convert::from_compose(global, args, &file, &target, &shown)
         }
         (None, None) => from_template(global, args, &target, &shown),
     }
