@@ -28,12 +28,12 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::compose::{self, ComposeError, Placement};
-use crate::draft::{shell_quote, Draft, MountDraft, PortDraft, Skipped, Sources};
+use crate::draft::{shell_quote, Draft, MountDraft, PortDraft, Sources};
 use crate::name::derive_name;
 use crate::size::parse_size;
 use variables::{Place, Vars};
 
-pub use crate::draft::Conversion;
+pub use crate::draft::{Conversion, Skipped};
 pub use features::option_variable;
 pub use variables::apply_template_options;
 
