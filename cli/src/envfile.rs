@@ -37,13 +37,33 @@ pub fn locate(global: &GlobalArgs) -> Result<PathBuf, CliError> {
     }
     match envfile_spec::discover(&cwd) {
         Some(found) => Ok(shown_path(&found, &cwd)),
-        None => Err(CliError::new(
-            EXIT_ERROR,
-            format!(
-                "no berth.toml in {} or any parent folder; run `berth init` to create one (or pass -f FILE)",
-                cwd.display()
-            ),
-        )),
+        None => {
+            // A project that describes itself another way: say how to convert it.
+            let hint = if cwd.join(".devcontainer/devcontainer.json").is_file() {
+                "; this folder has a dev container: `berth init --from-devcontainer` converts it"
+            } else if cwd.join(".devcontainer.json").is_file() {
+                "; this folder has a dev container: `berth init --from-devcontainer .devcontainer.json` converts it"
+            } else if [
+                "compose.yaml",
+                "compose.yml",
+                "docker-compose.yml",
+                "docker-compose.yaml",
+            ]
+            .iter()
+            .any(|f| cwd.join(f).is_file())
+            {
+                "; this folder has a compose file: `berth init --from-compose FILE` converts it"
+            } else {
+                ""
+            };
+            Err(CliError::new(
+                EXIT_ERROR,
+                format!(
+                    "no berth.toml in {} or any parent folder; run `berth init` to create one (or pass -f FILE){hint}",
+                    cwd.display()
+                ),
+            ))
+        }
     }
 }
 
@@ -59,6 +79,9 @@ fn shown_path(path: &Path, cwd: &Path) -> PathBuf {
 // Used by the environment commands (up, shell, exec, …) as they land.
 #[allow(dead_code)]
 pub fn load_plan(global: &GlobalArgs) -> Result<Loaded, CliError> {
+    if global.devcontainer {
+        return crate::devcontainer_source::load_plan(global);
+    }
     let path = locate(global)?;
     let color = stderr_color();
     match envfile_spec::load(&path) {

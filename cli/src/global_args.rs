@@ -1,4 +1,4 @@
-//! The options every command takes (`-f`, `-C`, `--environment`, `-q`) and the `--json`
+//! The options every command takes (`-f`, `-C`, `--environment`, `-q`, `--devcontainer`) and the `--json`
 //! flag several share. Below the commands: `args.rs` (the command enum) and each
 //! `commands/<command>.rs` use them.
 
@@ -21,6 +21,10 @@ pub struct GlobalArgs {
     /// Print less: only errors and requested output.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Use .devcontainer/devcontainer.json (converted in memory, as `berth init
+    /// --from-devcontainer` would write it) instead of a berth.toml.
+    #[arg(long, global = true, conflicts_with = "file")]
+    pub devcontainer: bool,
 }
 
 #[derive(Debug, Args, Clone, Copy)]

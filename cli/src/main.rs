@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod devcontainer_source;
 mod envfile;
 mod environment;
 mod exit;

@@ -9,10 +9,13 @@
 //! `berth.schema.json` ([`schema::json_schema`]).
 
 mod checker;
+pub mod compose;
 pub mod devcontainer;
 pub mod devices;
 pub mod diagnostic;
+pub mod draft;
 pub mod duration;
+pub mod folder_sources;
 pub mod inputs;
 pub mod keys;
 mod load;

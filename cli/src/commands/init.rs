@@ -1,25 +1,48 @@
-//! `berth init`: writes a starter berth.toml from a template, or converts a devcontainer.json.
+//! `berth init`: writes a starter berth.toml from a template, or converts a devcontainer.json
+//! or a compose file (`init_convert`).
 
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use envfile_spec::{devcontainer, name, templates};
+use envfile_spec::{name, templates};
 
 use crate::envfile::stderr_color;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 
+/// What `--from-compose` without a path stands for.
+const DEFAULT_COMPOSE: &str = "docker-compose.yml";
+/// The names docker compose looks for, in its order.
+const COMPOSE_NAMES: [&str; 4] = [
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+];
+
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Template to start from (see --list).
-    #[arg(short, long, value_name = "NAME", conflicts_with = "from_devcontainer")]
+    #[arg(short, long, value_name = "NAME", conflicts_with_all = ["from_devcontainer", "from_compose"])]
     pub template: Option<String>,
     /// List the templates and exit.
     #[arg(long)]
     pub list: bool,
     /// Convert a .devcontainer/devcontainer.json (default: the one in this folder).
-    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = ".devcontainer/devcontainer.json")]
+    /// Features it names are fetched from their registry into .devcontainer/berth-features/.
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = ".devcontainer/devcontainer.json", conflicts_with = "from_compose")]
     pub from_devcontainer: Option<PathBuf>,
+    /// Convert a Docker Compose file: one service becomes the environment, the others sidecars
+    /// (default: compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml).
+    #[arg(long, value_name = "PATH", num_args = 0..=1, default_missing_value = "docker-compose.yml")]
+    pub from_compose: Option<PathBuf>,
+    /// With --from-compose: the service you work in (default: the one built from or mounting
+    /// the project; none: every service becomes a sidecar).
+    #[arg(long, value_name = "NAME", requires = "from_compose")]
+    pub service: Option<String>,
+    /// Speak plain HTTP (or HTTPS without certificate checks) to a registry features come from.
+    #[arg(long)]
+    pub insecure: bool,
     /// Overwrite an existing berth.toml.
     #[arg(long)]
     pub force: bool,
@@ -64,9 +87,23 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
             ),
         ));
     }
-    match &args.from_devcontainer {
-        Some(json) => from_devcontainer(global, args, &cwd.join(json), &target, &shown),
-        None => from_template(global, args, &target, &shown),
+    match (&args.from_devcontainer, &args.from_compose) {
+        (Some(json), _) => {
+            super::init_convert::from_devcontainer(global, args, &cwd.join(json), &target, &shown)
+        }
+        (None, Some(file)) => {
+            // Without a path: the first of the names docker compose looks for.
+            let file = match file.to_str() {
+                Some(DEFAULT_COMPOSE) => COMPOSE_NAMES
+                    .iter()
+                    .map(|n| cwd.join(n))
+                    .find(|p| p.is_file())
+                    .unwrap_or_else(|| cwd.join(DEFAULT_COMPOSE)),
+                _ => cwd.join(file),
+            };
+            super::init_convert::from_compose(global, args, &file, &target, &shown)
+        }
+        (None, None) => from_template(global, args, &target, &shown),
     }
 }
 
@@ -105,73 +142,8 @@ fn from_template(
     Ok(0)
 }
 
-fn from_devcontainer(
-    global: &GlobalArgs,
-    args: &InitArgs,
-    json_path: &Path,
-    target: &Path,
-    shown: &Path,
-) -> Result<i32, CliError> {
-    let text = std::fs::read_to_string(json_path).map_err(|e| {
-        CliError::new(
-            EXIT_ERROR,
-            format!(
-                "cannot read {}: {e}; pass the path of a devcontainer.json to --from-devcontainer",
-                json_path.display()
-            ),
-        )
-    })?;
-    let folder_name = target
-        .parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let conversion = devcontainer::convert(&text, &folder_name).map_err(|e| {
-        CliError::new(
-            EXIT_ERROR,
-            format!("{}: {e}; fix the file and retry", json_path.display()),
-        )
-    })?;
-    let mut toml = conversion.toml;
-    if let Some(n) = &args.name {
-        toml = set_name(&toml, n);
-    }
-    write(target, &toml)?;
-    if !global.quiet {
-        println!("created {} from {}", shown.display(), json_path.display());
-    }
-    if !conversion.skipped.is_empty() {
-        eprintln!(
-            "not converted (edit {} by hand if you need these):",
-            shown.display()
-        );
-        for s in &conversion.skipped {
-            eprintln!("  - {}: {}", s.key, s.reason);
-        }
-    }
-    match envfile_spec::load(target) {
-        Ok(loaded) => {
-            if !loaded.warnings.is_empty() {
-                eprint!("{}", loaded.warnings.render(stderr_color()));
-            }
-            Ok(0)
-        }
-        Err(mut report) => {
-            report.file = shown.to_path_buf();
-            eprint!("{}", report.render(stderr_color()));
-            Err(CliError::new(
-                EXIT_ERROR,
-                format!(
-                    "{} was written but does not validate yet; fix the problems above, then run `berth validate`",
-                    shown.display()
-                ),
-            ))
-        }
-    }
-}
-
 /// Sets the top-level `name` of a berth.toml text, keeping its comments and layout.
-fn set_name(toml: &str, name: &str) -> String {
+pub(super) fn set_name(toml: &str, name: &str) -> String {
     match toml.parse::<toml_edit::DocumentMut>() {
         Ok(mut doc) => {
             doc["name"] = toml_edit::value(name);
@@ -181,7 +153,7 @@ fn set_name(toml: &str, name: &str) -> String {
     }
 }
 
-fn write(target: &Path, text: &str) -> Result<(), CliError> {
+pub(super) fn write(target: &Path, text: &str) -> Result<(), CliError> {
     berth_runtime::state::atomic_write(target, text.as_bytes())
         .map_err(|e| from_error(EXIT_ERROR, &e))
 }

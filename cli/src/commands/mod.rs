@@ -7,6 +7,7 @@ pub mod exec;
 pub mod image;
 pub mod image_push;
 pub mod init;
+pub(crate) mod init_convert;
 pub mod login;
 pub mod logs;
 pub mod run;
