@@ -37,6 +37,9 @@ impl StepRunner for ContainerStepRunner {
             workdir: Some(command.workdir.to_string()),
             scratch: self.scratch.clone(),
             net_home: Some(self.net_home.clone()),
+            user: command.user.map(str::to_string),
+            cache_mounts: command.cache_mounts.to_vec(),
+            no_network: command.no_network,
         };
         run_step(&req, &mut |_, bytes| output(bytes)).map_err(|e| Box::new(e) as StepRunnerError)
     }

@@ -25,6 +25,7 @@ pub mod build;
 pub mod build_inputs;
 pub mod credentials;
 pub mod digest;
+pub mod dockerfile;
 pub mod error;
 pub mod export;
 pub mod host_ca;
