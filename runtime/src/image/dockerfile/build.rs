@@ -17,17 +17,17 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::super::build::{cache_name, StepCommand, StepRunner};
+use super::super::build::{cache_name, StepRunner};
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::super::manifest::{ConfigFile, RunConfig};
 use super::super::progress::{human_duration, Progress};
 use super::super::store::{ImageStore, ResolveOptions, ResolvedImage};
 use super::config::{self, chain, Scope, StageState};
-use super::context::{self, DockerIgnore};
-use super::copy::{self, Attrs, Below, Item};
+use super::context::DockerIgnore;
+use super::copy::{self, Below};
 use super::error::{DockerfileError, Located};
-use super::parse::{self, Args, Instruction};
+use super::parse::{self, Instruction};
 use super::plan::{self, flag_value, Base, BuildPlan};
 use super::words;
 use envfile_spec::plan::ImageSource;
@@ -70,16 +70,16 @@ pub fn default_name(dockerfile: &Path, target: Option<&str>) -> String {
 }
 
 /// Everything a build step needs besides its stage.
-struct Run<'a> {
-    store: &'a ImageStore,
-    build: &'a DockerfileBuild,
-    plan: &'a BuildPlan,
-    ignore: DockerIgnore,
-    runner: &'a dyn StepRunner,
-    progress: &'a Progress,
+pub(super) struct Run<'a> {
+    pub(super) store: &'a ImageStore,
+    pub(super) build: &'a DockerfileBuild,
+    pub(super) plan: &'a BuildPlan,
+    pub(super) ignore: DockerIgnore,
+    pub(super) runner: &'a dyn StepRunner,
+    pub(super) progress: &'a Progress,
     file: String,
     source: String,
-    done: BTreeMap<usize, StageState>,
+    pub(super) done: BTreeMap<usize, StageState>,
     notices: Vec<String>,
     ran: usize,
     cached: usize,
@@ -149,7 +149,7 @@ impl ImageStore {
 }
 
 impl Run<'_> {
-    fn err(&self, l: Located) -> DockerfileError {
+    pub(super) fn err(&self, l: Located) -> DockerfileError {
         l.in_file(&self.file, &self.source)
     }
 
@@ -225,7 +225,7 @@ impl Run<'_> {
     }
 
     /// A registry image as the start of a stage.
-    fn base_image(
+    pub(super) fn base_image(
         &mut self,
         reference: &str,
         pos: super::error::Pos,
@@ -263,7 +263,7 @@ impl Run<'_> {
         ))
     }
 
-    fn layer_paths(&self, st: &StageState) -> Vec<PathBuf> {
+    pub(super) fn layer_paths(&self, st: &StageState) -> Vec<PathBuf> {
         st.layers
             .iter()
             .map(|l| self.store.layers.path(&l.diff_id))
@@ -272,7 +272,7 @@ impl Run<'_> {
 
     /// A step that makes a layer: reuses the cached one under `key`, else has `write` fill
     /// a fresh upper folder and stores it as the next layer.
-    fn layer_step(
+    pub(super) fn layer_step(
         &mut self,
         st: &mut StageState,
         label: &str,
@@ -316,175 +316,6 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn run_step(
-        &mut self,
-        st: &mut StageState,
-        ins: &Instruction,
-        label: &str,
-    ) -> Result<(), DockerfileError> {
-        let escape = self.plan.escape;
-        let lookup = |n: &str| st.lookup(n);
-        let mut cache_mounts: Vec<(PathBuf, String)> = Vec::new();
-        let mut no_network = false;
-        for f in &ins.flags {
-            let v = flag_value(f, escape, &lookup).map_err(|l| self.err(l))?;
-            match f.name.as_str() {
-                "network" => match v.as_str() {
-                    "none" => no_network = true,
-                    "default" => no_network = false,
-                    other => {
-                        return Err(self.err(Located::new(f.pos, format!("--network={other} is not supported"), "use --network=none or --network=default (the build's own network with NAT)")))
-                    }
-                },
-                _ => cache_mounts.push(self.cache_mount(&v, f.pos, st)?),
-            }
-        }
-        let argv = self.run_command(st, ins)?;
-        let env = st.run_env();
-        let workdir = st.workdir();
-        let user = st.config.user.clone();
-        let key = chain(
-            &st.key,
-            &[
-                b"RUN",
-                serde_json::to_string(&argv).unwrap_or_default().as_bytes(),
-                serde_json::to_string(&env).unwrap_or_default().as_bytes(),
-                workdir.as_bytes(),
-                user.as_deref().unwrap_or("").as_bytes(),
-                serde_json::to_string(&cache_mounts.iter().map(|m| &m.1).collect::<Vec<_>>())
-                    .unwrap_or_default()
-                    .as_bytes(),
-                if no_network { b"none" } else { b"default" },
-            ],
-        );
-        let store = self.store;
-        let runner = self.runner;
-        let progress = self.progress;
-        let targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
-        self.layer_step(
-            st,
-            label,
-            key,
-            WhiteoutMode::FromOverlay,
-            &mut |upper, lowers| {
-                store.run_command_step(
-                    label,
-                    lowers,
-                    upper,
-                    &StepCommand {
-                        argv: &argv,
-                        workdir: &workdir,
-                        env: &env,
-                        user: user.as_deref(),
-                        cache_mounts: &cache_mounts,
-                        no_network,
-                    },
-                    runner,
-                    progress,
-                )?;
-                for t in &targets {
-                    remove_mountpoint(upper, t, lowers);
-                }
-                Ok(())
-            },
-        )
-    }
-
-    /// `--mount=type=cache,target=/x[,id=…][,sharing=…]` → its folder in berth's home (kept
-    /// across builds, one per id) and its target.
-    fn cache_mount(
-        &self,
-        spec: &str,
-        pos: super::error::Pos,
-        st: &StageState,
-    ) -> Result<(PathBuf, String), DockerfileError> {
-        let mut kind = "bind";
-        let mut target = None;
-        let mut id = None;
-        for part in spec.split(',') {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            match k {
-                "type" => kind = if v == "cache" { "cache" } else { v },
-                "target" | "dst" | "destination" => target = Some(v.to_string()),
-                "id" => id = Some(v.to_string()),
-                // The cache folder is locked by the build (one build at a time per home
-                // uses it), so every sharing mode behaves as `locked`.
-                "sharing" | "mode" | "uid" | "gid" => {}
-                other => {
-                    return Err(self.err(Located::new(
-                        pos,
-                        format!("--mount option `{other}` is not supported"),
-                        "berth supports --mount=type=cache,target=PATH[,id=ID][,sharing=…]",
-                    )))
-                }
-            }
-        }
-        if kind != "cache" {
-            return Err(self.err(Located::new(
-                pos,
-                format!("--mount=type={kind} is not supported"),
-                "berth supports type=cache mounts; COPY the files instead of a bind mount",
-            )));
-        }
-        let Some(target) = target.filter(|t| !t.is_empty()) else {
-            return Err(self.err(Located::new(
-                pos,
-                "a cache mount needs target=PATH",
-                "write --mount=type=cache,target=/root/.cache",
-            )));
-        };
-        let target = if target.starts_with('/') {
-            target
-        } else {
-            format!("{}/{target}", st.workdir().trim_end_matches('/'))
-        };
-        let id = id.unwrap_or_else(|| target.clone());
-        let dir = self
-            .store
-            .home
-            .root()
-            .join("build-cache")
-            .join(&hex::encode(Sha256::digest(id.as_bytes()))[..32]);
-        fs::create_dir_all(self.store.home.root().join("build-cache"))
-            .map_err(ImageError::io(&dir))?;
-        Ok((dir, target))
-    }
-
-    /// The argv of a `RUN`: exec form as is; shell form through the stage's shell; a
-    /// heredoc alone is the script.
-    fn run_command(
-        &self,
-        st: &StageState,
-        ins: &Instruction,
-    ) -> Result<Vec<String>, DockerfileError> {
-        let mut argv = st.shell.clone();
-        match (&ins.args, ins.heredocs.as_slice()) {
-            (Args::Exec(v), _) => return Ok(v.clone()),
-            (Args::Shell(s), [doc])
-                if s.split_whitespace().count() == 1 && s.trim_start().starts_with("<<") =>
-            {
-                if doc.body.starts_with("#!") {
-                    return Err(self.err(Located::new(
-                        ins.args_pos,
-                        "a RUN heredoc with its own `#!` interpreter is not supported",
-                        "pipe it to the interpreter instead: `RUN python3 <<EOF`",
-                    )));
-                }
-                argv.push(doc.body.clone());
-            }
-            (Args::Shell(s), docs) => {
-                let mut script = s.clone();
-                for d in docs {
-                    script.push('\n');
-                    script.push_str(&d.body);
-                    script.push_str(&d.name);
-                }
-                argv.push(script);
-            }
-        }
-        Ok(argv)
-    }
-
     fn workdir_step(
         &mut self,
         st: &mut StageState,
@@ -516,375 +347,6 @@ impl Run<'_> {
                 .map_err(|e| ImageError::io(upper)(e).into())
         })
     }
-
-    fn copy_step(
-        &mut self,
-        st: &mut StageState,
-        ins: &Instruction,
-        label: &str,
-    ) -> Result<(), DockerfileError> {
-        let escape = self.plan.escape;
-        let is_add = ins.keyword == "ADD";
-        let lookup = |n: &str| st.lookup(n);
-        let mut from = None;
-        let mut chown = None;
-        let mut chmod = None;
-        let mut checksum = None;
-        for f in &ins.flags {
-            let v = flag_value(f, escape, &lookup).map_err(|l| self.err(l))?;
-            match f.name.as_str() {
-                "from" => from = Some((v, f.pos)),
-                "chown" => chown = Some((v, f.pos)),
-                "chmod" => {
-                    chmod = Some(
-                        u32::from_str_radix(&v, 8)
-                            .ok()
-                            .filter(|m| *m <= 0o7777)
-                            .ok_or_else(|| {
-                                self.err(Located::new(
-                                    f.pos,
-                                    format!("--chmod={v} is not an octal mode"),
-                                    "write e.g. --chmod=755 (symbolic modes are not supported)",
-                                ))
-                            })?,
-                    )
-                }
-                "checksum" => checksum = Some(v),
-                _ => {} // --link: layers are independent of their parents anyway
-            }
-        }
-        let mut parts: Vec<String> = match &ins.args {
-            Args::Exec(v) => v
-                .iter()
-                .map(|w| words::word(w, escape, &lookup))
-                .collect::<Result<_, _>>(),
-            Args::Shell(s) => words::words(s, escape, &lookup),
-        }
-        .map_err(|e| self.err(Located::new(ins.args_pos, e, "fix the quoting")))?;
-        // Heredoc sources (`COPY <<EOF /dest`) are files of their own.
-        let heredoc_names: Vec<String> = ins
-            .heredocs
-            .iter()
-            .map(|d| format!("<<{}", d.name))
-            .collect();
-        if parts.len() < 2 {
-            return Err(self.err(Located::new(
-                ins.args_pos,
-                format!("{} needs a source and a destination", ins.keyword),
-                format!("write {} SRC... DEST", ins.keyword),
-            )));
-        }
-        let dest_raw = parts.pop().expect("two or more");
-        let dest_dir_hint = dest_raw.ends_with('/');
-        let dest = if dest_raw.starts_with('/') {
-            dest_raw.clone()
-        } else {
-            format!("{}/{dest_raw}", st.workdir().trim_end_matches('/'))
-        };
-        let owner = match &chown {
-            Some((spec, pos)) => {
-                Some(copy::owner_ids(spec, &self.layer_paths(st)).map_err(|e| {
-                    self.err(Located::new(
-                        *pos,
-                        e,
-                        "add the user to the image first (RUN useradd …) or give numeric ids",
-                    ))
-                })?)
-            }
-            None => None,
-        };
-        // Sources: (absolute path on the host, what it is named by, is a folder).
-        let mut items_src: Vec<(PathBuf, String, bool)> = Vec::new();
-        let mut key_parts: Vec<Vec<u8>> = vec![
-            ins.keyword.as_bytes().to_vec(),
-            dest.as_bytes().to_vec(),
-            format!("{owner:?} {chmod:?} {dest_dir_hint}").into_bytes(),
-        ];
-        let heredoc_dir = self
-            .store
-            .home
-            .staging_dir("heredoc")
-            .map_err(ImageError::from)?;
-        match &from {
-            Some((name, pos)) => {
-                let (root_layers, source_key) = self.from_source(name, *pos)?;
-                key_parts.push(source_key.into_bytes());
-                key_parts.extend(parts.iter().map(|p| p.as_bytes().to_vec()));
-                let items =
-                    self.items_from_layers(&root_layers, &parts, name, &dest, dest_dir_hint, ins)?;
-                let key = chain(
-                    &st.key,
-                    &key_parts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-                );
-                let attrs = Attrs {
-                    owner,
-                    keep_owner: true,
-                    chmod,
-                };
-                return self.layer_step(
-                    st,
-                    label,
-                    key,
-                    WhiteoutMode::Plain,
-                    &mut |upper, lowers| {
-                        copy::write_items(upper, &items, attrs, &Below { layers: lowers }).map_err(
-                            |e| {
-                                ImageError::Build {
-                                    step: label.to_string(),
-                                    detail: format!("cannot copy: {e}"),
-                                }
-                                .into()
-                            },
-                        )
-                    },
-                );
-            }
-            None => {
-                for p in &parts {
-                    if let Some(i) = heredoc_names.iter().position(|n| n == p) {
-                        let doc = &ins.heredocs[i];
-                        let path = heredoc_dir.path().join(&doc.name);
-                        let body = if doc.expand {
-                            words::expand_only(&doc.body, &lookup).map_err(|e| {
-                                self.err(Located::new(
-                                    ins.args_pos,
-                                    e,
-                                    "fix the variable in the heredoc",
-                                ))
-                            })?
-                        } else {
-                            doc.body.clone()
-                        };
-                        fs::write(&path, &body).map_err(ImageError::io(&path))?;
-                        key_parts.push(body.into_bytes());
-                        items_src.push((path, doc.name.clone(), false));
-                        continue;
-                    }
-                    if p.contains("://") || p.starts_with("git@") {
-                        return Err(self.err(Located::new(ins.args_pos, format!("`{p}` is a remote URL"), if is_add && checksum.is_some() { "berth's builder does not download in ADD; fetch it in a RUN step (curl + sha256sum -c) instead" } else { "berth does not download during COPY/ADD; fetch it in a RUN step and check its checksum" })));
-                    }
-                    let matched = context::match_sources(&self.build.context, p, &self.ignore)
-                        .map_err(|e| {
-                            self.err(Located::new(
-                                ins.args_pos,
-                                e,
-                                "check the path relative to the build context (and .dockerignore)",
-                            ))
-                        })?;
-                    for m in matched {
-                        items_src.push((
-                            context::inside(&self.build.context, &m.rel),
-                            m.rel,
-                            m.is_dir,
-                        ));
-                    }
-                }
-            }
-        }
-        // Context (and heredoc) sources: content hash and the list of copies.
-        let multi = items_src.len() > 1;
-        if multi && !dest_dir_hint {
-            return Err(self.err(Located::new(
-                ins.args_pos,
-                format!(
-                    "{} of several sources needs a destination folder ending in `/`",
-                    ins.keyword
-                ),
-                format!("write `{dest_raw}/`"),
-            )));
-        }
-        let mut h = Sha256::new();
-        let mut items = Vec::new();
-        let mut archives = Vec::new();
-        for (abs, rel, is_dir) in &items_src {
-            let is_heredoc = !abs.starts_with(&self.build.context);
-            if *is_dir {
-                for r in context::walk(&self.build.context, rel, &self.ignore)
-                    .map_err(ImageError::io(abs))?
-                {
-                    let from_path = context::inside(&self.build.context, &r);
-                    context::hash_entry(&mut h, &r, &from_path)
-                        .map_err(ImageError::io(&from_path))?;
-                    let sub = r
-                        .strip_prefix(rel.as_str())
-                        .unwrap_or(&r)
-                        .trim_start_matches('/');
-                    let to = if sub.is_empty() {
-                        dest.clone()
-                    } else {
-                        format!("{}/{sub}", dest.trim_end_matches('/'))
-                    };
-                    items.push(Item {
-                        from: from_path,
-                        to,
-                    });
-                }
-                continue;
-            }
-            context::hash_entry(&mut h, rel, abs).map_err(ImageError::io(abs))?;
-            let to = if multi || dest_dir_hint {
-                format!("{}/{}", dest.trim_end_matches('/'), base_name(rel))
-            } else {
-                dest.clone()
-            };
-            if is_add && !is_heredoc {
-                if let Some(kind) = copy::archive_kind(abs).map_err(ImageError::io(abs))? {
-                    archives.push((abs.clone(), kind, dest.clone()));
-                    continue;
-                }
-            }
-            items.push(Item {
-                from: abs.clone(),
-                to,
-            });
-        }
-        key_parts.push(h.finalize().to_vec());
-        let key = chain(
-            &st.key,
-            &key_parts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-        );
-        let attrs = Attrs {
-            owner,
-            keep_owner: false,
-            chmod,
-        };
-        let result = self.layer_step(st, label, key, WhiteoutMode::Plain, &mut |upper, lowers| {
-            let below = Below { layers: lowers };
-            copy::write_items(upper, &items, attrs, &below).map_err(|e| ImageError::Build {
-                step: label.to_string(),
-                detail: format!("cannot copy: {e}"),
-            })?;
-            for (path, kind, to) in &archives {
-                copy::unpack_archive(upper, path, *kind, to, &below).map_err(|e| {
-                    ImageError::Build {
-                        step: label.to_string(),
-                        detail: format!("cannot unpack {}: {e}", path.display()),
-                    }
-                })?;
-            }
-            Ok(())
-        });
-        drop(heredoc_dir);
-        result
-    }
-
-    /// What `COPY --from` copies: each pattern matched in the merged view of `layers`; a
-    /// folder's content goes into `dest`, files into `dest/` or onto `dest`.
-    fn items_from_layers(
-        &self,
-        layers: &[PathBuf],
-        patterns: &[String],
-        name: &str,
-        dest: &str,
-        dest_dir_hint: bool,
-        ins: &Instruction,
-    ) -> Result<Vec<Item>, DockerfileError> {
-        let view = super::super::export::merged_view(layers).map_err(|e| ImageError::Build {
-            step: format!("COPY --from={name}"),
-            detail: format!("cannot read the source: {e}"),
-        })?;
-        let mut matches: Vec<(PathBuf, bool)> = Vec::new();
-        for p in patterns {
-            let segs: Vec<String> = p
-                .split('/')
-                .filter(|s| !s.is_empty() && *s != ".")
-                .map(String::from)
-                .collect();
-            if segs.is_empty() {
-                matches.push((PathBuf::new(), true));
-                continue;
-            }
-            let before = matches.len();
-            for (rel, &i) in &view {
-                let comps: Vec<&str> = rel.iter().map(|c| c.to_str().unwrap_or("")).collect();
-                if context::path_match(&segs, &comps) {
-                    let is_dir =
-                        fs::symlink_metadata(layers[i].join(rel)).is_ok_and(|m| m.is_dir());
-                    matches.push((rel.clone(), is_dir));
-                }
-            }
-            if matches.len() == before {
-                return Err(self.err(Located::new(
-                    ins.args_pos,
-                    format!("`{p}` does not exist in `{name}`"),
-                    "check the path in the stage or image you copy from",
-                )));
-            }
-        }
-        let multi = matches.len() > 1;
-        if multi && !dest_dir_hint {
-            return Err(self.err(Located::new(
-                ins.args_pos,
-                "COPY of several sources needs a destination folder ending in `/`",
-                format!("write `{dest}/`"),
-            )));
-        }
-        let mut items = Vec::new();
-        for (rel, is_dir) in &matches {
-            if *is_dir {
-                for (k, &i) in view
-                    .range(rel.clone()..)
-                    .take_while(|(k, _)| k.starts_with(rel))
-                {
-                    let sub = k.strip_prefix(rel).unwrap_or(k);
-                    let to = if sub.as_os_str().is_empty() {
-                        dest.to_string()
-                    } else {
-                        format!("{}/{}", dest.trim_end_matches('/'), sub.display())
-                    };
-                    items.push(Item {
-                        from: layers[i].join(k),
-                        to,
-                    });
-                }
-            } else {
-                let to = if multi || dest_dir_hint {
-                    format!(
-                        "{}/{}",
-                        dest.trim_end_matches('/'),
-                        base_name(&rel.to_string_lossy())
-                    )
-                } else {
-                    dest.to_string()
-                };
-                items.push(Item {
-                    from: layers[view[rel]].join(rel),
-                    to,
-                });
-            }
-        }
-        Ok(items)
-    }
-
-    /// The layers and key of what `COPY --from=name` copies from: a stage (by name or
-    /// number) or an image.
-    fn from_source(
-        &mut self,
-        name: &str,
-        pos: super::error::Pos,
-    ) -> Result<(Vec<PathBuf>, String), DockerfileError> {
-        let stage = self
-            .plan
-            .stages
-            .iter()
-            .find(|s| s.name.as_deref() == Some(&name.to_ascii_lowercase()))
-            .map(|s| s.index)
-            .or_else(|| name.parse::<usize>().ok());
-        if let Some(i) = stage {
-            let st = self
-                .done
-                .get(&i)
-                .expect("stages a step needs are built before it");
-            return Ok((self.layer_paths(st), st.key.clone()));
-        }
-        let st = self.base_image(name, pos)?;
-        Ok((self.layer_paths(&st), st.key))
-    }
-}
-
-/// The last segment of a `/` path.
-fn base_name(rel: &str) -> &str {
-    rel.rsplit('/').find(|s| !s.is_empty()).unwrap_or(rel)
 }
 
 /// `/a/./b/../c` → `/a/c`.
@@ -900,23 +362,6 @@ fn normalize(p: &str) -> String {
         }
     }
     format!("/{}", out.join("/"))
-}
-
-/// Removes the folder a cache mount was mounted on when the step only made it for the
-/// mount (empty, and not in the layers below), with its parents made for it too.
-fn remove_mountpoint(upper: &Path, target: &str, lowers: &[PathBuf]) {
-    let mut rel = PathBuf::from(target.trim_start_matches('/'));
-    loop {
-        if rel.as_os_str().is_empty() || lowers.iter().any(|l| l.join(&rel).exists()) {
-            return;
-        }
-        if fs::remove_dir(upper.join(&rel)).is_err() {
-            return;
-        }
-        if !rel.pop() {
-            return;
-        }
-    }
 }
 
 /// An instruction's text for a progress line.
