@@ -198,11 +198,12 @@ impl Run<'_> {
         };
         self.progress
             .message(&format!("[{label}] FROM {}", stage.from.args.text()));
-        let total = stage.instructions.len();
+        // Numbered as buildah does: FROM is step 1.
+        let total = stage.instructions.len() + 1;
         for (n, ins) in stage.instructions.iter().enumerate() {
             let step_label = format!(
                 "[{label} {}/{total}] {} {}",
-                n + 1,
+                n + 2,
                 ins.keyword,
                 short(&ins.args.text())
             );
