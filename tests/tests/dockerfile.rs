@@ -486,3 +486,53 @@ fn bad_dockerfiles_fail_at_their_line_and_keep_nothing() {
         .unwrap_or_default();
     assert!(tmp.is_empty(), "staging left behind: {tmp:?}");
 }
+
+#[test]
+fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::Builder::new()
+        .prefix("berth-df-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    let name = format!("df-{}", std::process::id());
+    fs::write(
+        p.join("Dockerfile"),
+        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\n",
+    )
+    .unwrap();
+    fs::write(p.join("index.html"), "<h1>one</h1>\n").unwrap();
+    fs::write(
+        p.join("berth.toml"),
+        format!(
+            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let (out, err) = b.ok_both(p, &["up"]);
+    assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert!(
+        format!("{out}{err}").contains("build argument UNUSED is not declared"),
+        "{out}{err}"
+    );
+    let exec = |cmd: &str| b.ok(p, &["exec", "--", "sh", "-c", cmd]);
+    assert_eq!(exec("cat /opt/site/index.html"), "<h1>one</h1>\n");
+    assert_eq!(exec("cat /opt/site/stamp"), "built for docs\n");
+
+    // Unchanged: nothing is built.
+    let (_, err) = b.ok_both(p, &["up"]);
+    assert!(!err.contains(" …"), "{err}");
+
+    // A changed context file rebuilds from its COPY on.
+    fs::write(p.join("index.html"), "<h1>two</h1>\n").unwrap();
+    let (_, err) = b.ok_both(p, &["up"]);
+    assert!(err.contains("WORKDIR /opt/site (cached)"), "{err}");
+    assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert_eq!(exec("cat /opt/site/index.html"), "<h1>two</h1>\n");
+    b.ok(p, &["destroy"]);
+}

@@ -19,8 +19,7 @@ impl Checker<'_> {
         let target = img.get("target").and_then(|(item, span)| {
             let t = self.non_empty_string(item, span.clone(), "image.target")?;
             let ok = t.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && t
-                    .chars()
+                && t.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
             if !ok {
                 self.error(

@@ -64,7 +64,9 @@ impl Checker<'_> {
                     ErrorKind::MisplacedKey,
                     img.key_span("from"),
                     "`[image]` has both `from` and `dockerfile`",
-                    Some("the Dockerfile's FROM is the base: remove `from` (or `dockerfile`)".into()),
+                    Some(
+                        "the Dockerfile's FROM is the base: remove `from` (or `dockerfile`)".into(),
+                    ),
                 );
                 None
             }

@@ -105,6 +105,27 @@ impl ImageStore {
         let parsed = parse::parse(&source).map_err(|l| l.in_file(&file, &source))?;
         let plan = plan::plan(&parsed, &build.args, build.target.as_deref())
             .map_err(|l| l.in_file(&file, &source))?;
+        // Build arguments no ARG declares change nothing (BuildKit warns as well).
+        let declared: Vec<String> = parsed
+            .instructions
+            .iter()
+            .filter(|i| i.keyword == "ARG")
+            .flat_map(|i| {
+                i.args
+                    .text()
+                    .split_whitespace()
+                    .map(|w| w.split('=').next().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let unused: Vec<String> = build
+            .args
+            .keys()
+            .filter(|k| !declared.contains(k))
+            .map(|k| {
+                format!("build argument {k} is not declared by any ARG in {file}; it has no effect")
+            })
+            .collect();
         let ignore = DockerIgnore::load(&build.context).map_err(|e| DockerfileError::Read {
             path: build.context.join(".dockerignore"),
             source: e,
@@ -120,7 +141,7 @@ impl ImageStore {
             file,
             source,
             done: BTreeMap::new(),
-            notices: Vec::new(),
+            notices: unused,
             ran: 0,
             cached: 0,
         };

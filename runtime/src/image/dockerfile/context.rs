@@ -299,6 +299,19 @@ pub fn hash_entry(h: &mut Sha256, rel: &str, path: &Path) -> std::io::Result<()>
     Ok(())
 }
 
+/// Hash of a Dockerfile and every file of its build context that `.dockerignore` keeps:
+/// what `up` compares to know that a Dockerfile base must be built again.
+pub fn content_key(dockerfile: &Path, context: &Path) -> std::io::Result<String> {
+    let mut h = Sha256::new();
+    h.update(fs::read(dockerfile)?);
+    h.update(b"\0");
+    let ignore = DockerIgnore::load(context)?;
+    for rel in walk(context, "", &ignore)? {
+        hash_entry(&mut h, &rel, &inside(context, &rel))?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// The absolute path inside `root` of `rel` (`rel` already checked).
 pub fn inside(root: &Path, rel: &str) -> PathBuf {
     if rel.is_empty() {
