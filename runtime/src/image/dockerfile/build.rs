@@ -69,6 +69,9 @@ pub fn default_name(dockerfile: &Path, target: Option<&str>) -> String {
     }
 }
 
+/// Fills a step's upper folder (first argument) over the layers so far (second).
+pub(super) type LayerWriter<'a> = dyn FnMut(&Path, &[PathBuf]) -> Result<(), DockerfileError> + 'a;
+
 /// Everything a build step needs besides its stage.
 pub(super) struct Run<'a> {
     pub(super) store: &'a ImageStore,
@@ -300,7 +303,7 @@ impl Run<'_> {
         label: &str,
         key: String,
         mode: WhiteoutMode,
-        write: &mut dyn FnMut(&Path, &[PathBuf]) -> Result<(), DockerfileError>,
+        write: &mut LayerWriter<'_>,
     ) -> Result<(), DockerfileError> {
         let name = cache_name(&key);
         if let Some(r) = self

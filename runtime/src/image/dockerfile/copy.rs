@@ -228,9 +228,9 @@ pub fn unpack_archive(
         let mut e = entry?;
         let kind = e.header().entry_type();
         let name = e.path()?.to_string_lossy().into_owned();
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link())
-            && !matches!(kind, tar::EntryType::GNULongName | tar::EntryType::XHeader)
-        {
+        let plain = kind.is_file() || kind.is_dir() || kind.is_symlink() || kind.is_hard_link();
+        let meta = matches!(kind, tar::EntryType::GNULongName | tar::EntryType::XHeader);
+        if !(plain || meta) {
             return Err(io::Error::other(format!(
                 "archive entry `{name}` is a device, pipe or other special file; berth's ADD unpacks files, folders and links only"
             )));

@@ -110,7 +110,7 @@ impl Run<'_> {
             .map_err(ImageError::from)?;
         match &from {
             Some((name, pos)) => {
-                let (root_layers, source_key) = self.from_source(name, *pos)?;
+                let (root_layers, source_key) = self.copy_source(name, *pos)?;
                 key_parts.push(source_key.into_bytes());
                 key_parts.extend(parts.iter().map(|p| p.as_bytes().to_vec()));
                 let items =
@@ -361,7 +361,7 @@ impl Run<'_> {
 
     /// The layers and key of what `COPY --from=name` copies from: a stage (by name or
     /// number) or an image.
-    fn from_source(
+    fn copy_source(
         &mut self,
         name: &str,
         pos: super::error::Pos,

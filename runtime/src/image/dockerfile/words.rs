@@ -68,8 +68,9 @@ fn lex(s: &str, escape: char, vars: Lookup<'_>, split: bool) -> Result<Vec<Strin
                         i += 1;
                         break;
                     }
-                    if c == escape && matches!(chars.get(i + 1), Some('"' | '$') | Some('\\'))
-                        || c == escape && chars.get(i + 1) == Some(&escape)
+                    let next = chars.get(i + 1).copied();
+                    if c == escape
+                        && (matches!(next, Some('"' | '$' | '\\')) || next == Some(escape))
                     {
                         cur.push(chars[i + 1]);
                         i += 2;
