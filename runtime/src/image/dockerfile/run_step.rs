@@ -11,6 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepCommand;
 use super::super::error::ImageError;
+use crate::state::{FileLock, LockMode};
 use super::super::layer_writer::WhiteoutMode;
 use super::build::Run;
 use super::config::{chain, StageState};
@@ -70,7 +71,14 @@ impl Run<'_> {
             key,
             WhiteoutMode::FromOverlay,
             &mut |upper, lowers| {
-                store.run_command_step(
+                let _locks = cache_mounts
+                .iter()
+                .map(|(dir, _)| {
+                    FileLock::acquire(&dir.with_extension("lock"), LockMode::Exclusive)
+                        .map_err(ImageError::from)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            store.run_command_step(
                     label,
                     lowers,
                     upper,
@@ -116,14 +124,14 @@ impl Run<'_> {
                 "type" => kind = if v == "cache" { "cache" } else { v },
                 "target" | "dst" | "destination" => target = Some(v.to_string()),
                 "id" => id = Some(v.to_string()),
-                // The cache folder is locked by the build (one build at a time per home
-                // uses it), so every sharing mode behaves as `locked`.
-                "sharing" | "mode" | "uid" | "gid" => {}
+                // A step holds its cache folders' locks while it runs (one step at a time
+                // uses a folder), so every sharing mode behaves as `locked`.
+                "sharing" if matches!(v, "locked" | "shared" | "private") => {}
                 other => {
                     return Err(self.err(Located::new(
                         pos,
-                        format!("--mount option `{other}` is not supported"),
-                        "berth supports --mount=type=cache,target=PATH[,id=ID][,sharing=…]",
+                        format!("--mount option `{part}` is not supported"),
+                        format!("berth supports --mount=type=cache,target=PATH[,id=ID][,sharing=locked|shared|private]; remove `{other}`"),
                     )))
                 }
             }
