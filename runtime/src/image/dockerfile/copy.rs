@@ -315,6 +315,60 @@ mod tests {
     }
 
     #[test]
+    fn a_copied_symlink_never_leads_a_later_copy_outside_the_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        let upper = d.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("b/evil")).unwrap();
+        std::os::unix::fs::symlink(&outside, src.join("evil")).unwrap();
+        fs::write(src.join("b/evil/pwned"), "x").unwrap();
+        let below = Below { layers: &[] };
+        write_items(
+            &upper,
+            &[
+                Item {
+                    from: src.join("evil"),
+                    to: "/out/evil".into(),
+                },
+                Item {
+                    from: src.join("b/evil/pwned"),
+                    to: "/out/evil/pwned".into(),
+                },
+            ],
+            Attrs::default(),
+            &below,
+        )
+        .unwrap();
+        assert!(
+            !outside.join("pwned").exists(),
+            "written through the symlink"
+        );
+        assert!(upper.join("out/evil").is_dir());
+        assert_eq!(
+            fs::read_to_string(upper.join("out/evil/pwned")).unwrap(),
+            "x"
+        );
+        // An archive entry climbing out is refused.
+        let mut t = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_cksum();
+        t.append_link(&mut h, "link", &outside).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_cksum();
+        t.append_data(&mut h, "link/pwned2", &b"x"[..]).unwrap();
+        let ar = d.path().join("a.tar");
+        fs::write(&ar, t.into_inner().unwrap()).unwrap();
+        assert!(unpack_archive(&upper, &ar, Compression::None, "/opt", &below).is_err());
+        assert!(!outside.join("pwned2").exists());
+    }
+
+    #[test]
     fn parents_below_keep_owner_and_mode() {
         let d = tempfile::tempdir().unwrap();
         let lower = d.path().join("lower");

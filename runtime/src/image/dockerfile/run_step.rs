@@ -11,13 +11,13 @@ use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepCommand;
 use super::super::error::ImageError;
-use crate::state::{FileLock, LockMode};
 use super::super::layer_writer::WhiteoutMode;
 use super::build::Run;
 use super::config::{chain, StageState};
 use super::error::{DockerfileError, Located};
 use super::parse::{Args, Instruction};
 use super::plan::flag_value;
+use crate::state::{FileLock, LockMode};
 
 impl Run<'_> {
     pub(super) fn run_step(
@@ -72,13 +72,13 @@ impl Run<'_> {
             WhiteoutMode::FromOverlay,
             &mut |upper, lowers| {
                 let _locks = cache_mounts
-                .iter()
-                .map(|(dir, _)| {
-                    FileLock::acquire(&dir.with_extension("lock"), LockMode::Exclusive)
-                        .map_err(ImageError::from)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            store.run_command_step(
+                    .iter()
+                    .map(|(dir, _)| {
+                        FileLock::acquire(&dir.with_extension("lock"), LockMode::Exclusive)
+                            .map_err(ImageError::from)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                store.run_command_step(
                     label,
                     lowers,
                     upper,
