@@ -536,3 +536,88 @@ fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes(
     assert_eq!(exec("cat /opt/site/index.html"), "<h1>two</h1>\n");
     b.ok(p, &["destroy"]);
 }
+
+/// Python's http.server on a loopback port serving `dir`; killed on drop.
+struct FileServer(std::process::Child, u16);
+
+impl FileServer {
+    fn start(dir: &Path) -> FileServer {
+        let port = berth_e2e::ports::free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FileServer(child, port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn add_downloads_a_url_only_with_its_checksum() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let served = tempfile::tempdir().unwrap();
+    fs::write(served.path().join("tool.tar.gz"), b"not unpacked\n").unwrap();
+    let server = FileServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/tool.tar.gz", server.1);
+    let good = hex::encode(Sha256::digest(b"not unpacked\n"));
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    let b = Berth::new();
+    let write = |flags: &str| {
+        fs::write(
+            p.join("Dockerfile"),
+            format!("FROM {}/base:1\nADD {flags}{url} /opt/\n", reg.addr),
+        )
+        .unwrap()
+    };
+
+    write(&format!("--checksum=sha256:{good} "));
+    build(&b, p, &["-t", "dl", "."]);
+    let out = p.join("out.tar");
+    b.ok(p, &["image", "export", "dl", "-o", out.to_str().unwrap()]);
+    let l = listing(&out);
+    assert!(l["opt/tool.tar.gz"].starts_with("600 0:0"), "{l:?}");
+    assert!(
+        l["opt/tool.tar.gz"].ends_with(&good),
+        "a remote archive is not unpacked: {l:?}"
+    );
+
+    write(&format!("--checksum=sha256:{} ", "0".repeat(64)));
+    let o = b.run_in(p, &["image", "build", "-t", "dl2", "."]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("has checksum sha256:{good}")),
+        "{err}"
+    );
+
+    write("");
+    let o = b.run_in(p, &["image", "build", "-t", "dl3", "."]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("Dockerfile:2:5:") && err.contains("without a checksum"),
+        "{err}"
+    );
+    drop(server);
+}

@@ -17,6 +17,7 @@ use super::copy::{self, Attrs, Below, Item};
 use super::error::{DockerfileError, Located};
 use super::parse::{Args, Instruction};
 use super::plan::flag_value;
+use super::remote;
 use super::words;
 
 impl Run<'_> {
@@ -103,6 +104,8 @@ impl Run<'_> {
             dest.as_bytes().to_vec(),
             format!("{owner:?} {chmod:?} {dest_dir_hint}").into_bytes(),
         ];
+        // Remote files of ADD (URL, sha256 hex): fetched only when the step runs.
+        let mut remotes: Vec<(String, String)> = Vec::new();
         let heredoc_dir = self
             .store
             .home
@@ -164,7 +167,23 @@ impl Run<'_> {
                         continue;
                     }
                     if p.contains("://") || p.starts_with("git@") {
-                        return Err(self.err(Located::new(ins.args_pos, format!("`{p}` is a remote URL"), if is_add && checksum.is_some() { "berth's builder does not download in ADD; fetch it in a RUN step (curl + sha256sum -c) instead" } else { "berth does not download during COPY/ADD; fetch it in a RUN step and check its checksum" })));
+                        let (Some(sum), true) = (&checksum, is_add) else {
+                            return Err(self.err(Located::new(
+                                ins.args_pos,
+                                format!("`{p}` is a remote URL, and {} without a checksum is refused", ins.keyword),
+                                "use ADD --checksum=sha256:<hex> URL DEST (the file must have that checksum), or fetch it in a RUN step",
+                            )));
+                        };
+                        let sha = remote::parse_checksum(sum).map_err(|e| {
+                            self.err(Located::new(
+                                ins.args_pos,
+                                e,
+                                "give --checksum=sha256:<64 hex digits>",
+                            ))
+                        })?;
+                        key_parts.push(format!("{p}\0{sha}").into_bytes());
+                        remotes.push((p.clone(), sha));
+                        continue;
                     }
                     let matched = context::match_sources(&self.build.context, p, &self.ignore)
                         .map_err(|e| {
@@ -185,7 +204,7 @@ impl Run<'_> {
             }
         }
         // Context (and heredoc) sources: content hash and the list of copies.
-        let multi = items_src.len() > 1;
+        let multi = items_src.len() + remotes.len() > 1;
         if multi && !dest_dir_hint {
             return Err(self.err(Located::new(
                 ins.args_pos,
@@ -251,8 +270,27 @@ impl Run<'_> {
             keep_owner: false,
             chmod,
         };
+        let heredoc_path = heredoc_dir.path().to_path_buf();
         let result = self.layer_step(st, label, key, WhiteoutMode::Plain, &mut |upper, lowers| {
             let below = Below { layers: lowers };
+            let mut items = items.clone();
+            for (url, sha) in &remotes {
+                let name = remote::file_name(url);
+                let file = heredoc_path.join(format!("remote-{sha}"));
+                remote::fetch(url, sha, &file).map_err(|e| ImageError::Build {
+                    step: label.to_string(),
+                    detail: e,
+                })?;
+                // Downloaded files are 0600, as in Docker.
+                fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                    .map_err(ImageError::io(&file))?;
+                let to = if multi || dest_dir_hint {
+                    format!("{}/{name}", dest.trim_end_matches('/'))
+                } else {
+                    dest.clone()
+                };
+                items.push(Item { from: file, to });
+            }
             copy::write_items(upper, &items, attrs, &below).map_err(|e| ImageError::Build {
                 step: label.to_string(),
                 detail: format!("cannot copy: {e}"),

@@ -15,6 +15,7 @@ pub mod copy_step;
 pub mod error;
 pub mod parse;
 pub mod plan;
+pub mod remote;
 pub mod run_step;
 pub mod words;
 
