@@ -74,6 +74,26 @@ pub struct ImagePlan {
     /// Make the host's trusted CA certificates available to builds and environments.
     #[serde(default = "yes")]
     pub host_ca: bool,
+    /// `dockerfile` (with `context`, `target`, `args`): the base is built from a Dockerfile
+    /// by berth's own builder, and `from` is unused. Omitted from the plan when absent, so
+    /// plans (and their hashes) of files without it stay as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<DockerfilePlan>,
+}
+
+/// A Dockerfile to build the base image from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerfilePlan {
+    /// The Dockerfile (absolute).
+    pub path: PathBuf,
+    /// The build context folder (absolute; default: the project folder).
+    pub context: PathBuf,
+    /// The stage to build (`None`: the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Build arguments (`ARG` values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
 }
 
 fn root_folder() -> String {

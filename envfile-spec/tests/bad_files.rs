@@ -47,6 +47,13 @@ const CASES: &[Case] = &[
     // --- structure ------------------------------------------------------------------------------
     case("empty file", "", &[(K::MissingKey, 1, 1)]),
     case("no from", "[image]\npackages = []\n", &[(K::MissingKey, 1, 1)]),
+    case("from and dockerfile", "[image]\nfrom = \"debian\"\ndockerfile = \"file.txt\"\n", &[(K::MisplacedKey, 2, 1)]),
+    case("dockerfile missing", "[image]\ndockerfile = \"Dockerfile\"\n", &[(K::PathNotFound, 2, 14)]),
+    case("dockerfile is a folder", "[image]\ndockerfile = \"src\"\n", &[(K::PathNotFound, 2, 14)]),
+    case("context without dockerfile", "[image]\nfrom = \"debian\"\ncontext = \"src\"\ntarget = \"dev\"\n", &[(K::MisplacedKey, 3, 1), (K::MisplacedKey, 4, 1)]),
+    case("context not a folder", "[image]\ndockerfile = \"file.txt\"\ncontext = \"file.txt\"\n", &[(K::PathNotFound, 3, 11)]),
+    case("target not a stage name", "[image]\ndockerfile = \"file.txt\"\ntarget = \"1 x\"\n", &[(K::InvalidValue, 3, 10)]),
+    case("args not text", "[image]\ndockerfile = \"file.txt\"\nargs = { V = 20 }\n", &[(K::WrongType, 3, 14)]),
     case("image is a string", "image = \"debian\"\n", &[(K::WrongType, 1, 9)]),
     case("unknown top-level table", "[imgae]\nfrom = \"debian\"\n[image]\nfrom = \"debian\"\n", &[(K::UnknownKey, 1, 2)]),
     case("unknown key in image", "[image]\nfrom = \"debian\"\npackage = [\"git\"]\n", &[(K::UnknownKey, 3, 1)]),

@@ -189,6 +189,7 @@ modules = "./kernel/modules"
             // The first mount of the project folder (`./src` is not it).
             workdir: "/sync".into(),
             host_ca: true,
+            dockerfile: None,
         }
     );
     assert_eq!(
@@ -605,4 +606,28 @@ fn changes_are_described_with_what_changed() {
         &base.replace("from = \"alpine\"", "from = \"debian\"\nsetup = [\"true\"]"),
     );
     assert_eq!(a.describe_changes(&d), ["image (from, setup)"]);
+}
+
+#[test]
+fn a_dockerfile_base_with_context_target_and_args() {
+    let d = tempfile::tempdir().unwrap();
+    let d = d.path();
+    std::fs::create_dir_all(d.join("docker/ctx")).unwrap();
+    std::fs::write(d.join("docker/Dockerfile"), "FROM x\n").unwrap();
+    let plan = ok(
+        d,
+        "[image]\ndockerfile = \"docker/Dockerfile\"\ncontext = \"docker/ctx\"\ntarget = \"dev\"\nargs = { NODE_VERSION = \"20\" }\npackages = [\"git\"]\n",
+    );
+    let df = plan.image.dockerfile.clone().unwrap();
+    assert_eq!(df.path, d.join("docker/Dockerfile"));
+    assert_eq!(df.context, d.join("docker/ctx"));
+    assert_eq!(df.target.as_deref(), Some("dev"));
+    assert_eq!(df.args["NODE_VERSION"], "20");
+    assert_eq!(plan.image.packages, ["git"]);
+    // The default context is the project folder.
+    let plan = ok(d, "[image]\ndockerfile = \"docker/Dockerfile\"\n");
+    assert_eq!(plan.image.dockerfile.unwrap().context, d);
+    // Files without it keep the plans (and hashes) they had.
+    let plan = ok(d, "[image]\nfrom = \"debian\"\n");
+    assert!(!serde_json::to_string(&plan).unwrap().contains("dockerfile"));
 }

@@ -667,6 +667,9 @@ fn build_step_runs_once_and_keeps_upper() {
             workdir: None,
             scratch: scratch.clone(),
             net_home: None,
+            user: None,
+            cache_mounts: Vec::new(),
+            no_network: false,
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run_step(&req, &mut |s, b| match s {

@@ -1,4 +1,5 @@
-//! `berth image pull|push|ls|rm|prune|import|export` (push in `image_push.rs`).
+//! `berth image pull|push|build|ls|rm|prune|import|export` (push in `image_push.rs`, build
+//! in `image_build.rs`).
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub enum ImageCommand {
     },
     /// Push an image (or, in a project folder, the environment's built image) to a registry.
     Push(super::image_push::PushArgs),
+    /// Build a Dockerfile with berth's own cached builder (no daemon).
+    Build(super::image_build::BuildArgs),
     /// List images and their sizes (shared layers counted once).
     Ls(JsonFlag),
     /// Remove an image (its layers go with `prune` when nothing else uses them).
@@ -75,6 +78,7 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
     let (home, store) = store()?;
     match cmd {
         ImageCommand::Push(args) => super::image_push::run(&args, g),
+        ImageCommand::Build(args) => super::image_build::run(&args, g),
         ImageCommand::Pull {
             reference,
             insecure,

@@ -5,6 +5,7 @@ pub mod doctor;
 pub mod down;
 pub mod exec;
 pub mod image;
+pub mod image_build;
 pub mod image_push;
 pub mod init;
 pub(crate) mod init_convert;

@@ -20,6 +20,7 @@ impl Checker<'_> {
             inputs: Vec::new(),
             workdir: String::new(),
             host_ca: true,
+            dockerfile: None,
         };
         if root.get("image").is_none() {
             self.error(
@@ -46,13 +47,26 @@ impl Checker<'_> {
         else {
             return fallback;
         };
+        let dockerfile = self.dockerfile(&img);
         let from = match img.get("from") {
+            None if img.get("dockerfile").is_some() => None,
             None => {
                 self.error(
                     ErrorKind::MissingKey,
                     img.span.clone(),
                     "`[image]` has no `from`",
-                    Some("add from = \"docker.io/library/debian:bookworm\" (or \"debootstrap:SUITE\", \"rootfs:./dir\", \"tar:./rootfs.tar\")".into()),
+                    Some("add from = \"docker.io/library/debian:bookworm\" (or \"debootstrap:SUITE\", \"rootfs:./dir\", \"tar:./rootfs.tar\"), or dockerfile = \"Dockerfile\" to build the base from a Dockerfile".into()),
+                );
+                None
+            }
+            Some(_) if img.get("dockerfile").is_some() => {
+                self.error(
+                    ErrorKind::MisplacedKey,
+                    img.key_span("from"),
+                    "`[image]` has both `from` and `dockerfile`",
+                    Some(
+                        "the Dockerfile's FROM is the base: remove `from` (or `dockerfile`)".into(),
+                    ),
                 );
                 None
             }
@@ -135,6 +149,7 @@ impl Checker<'_> {
             inputs,
             workdir,
             host_ca,
+            dockerfile,
         }
     }
 

@@ -14,7 +14,7 @@ use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
 use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
-use super::spec::{ContainerSpec, UserMappingChoice};
+use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
 use crate::backend::ExecRequest;
 use crate::state::BerthHome;
 
@@ -43,6 +43,12 @@ pub struct StepRequest {
     /// The berth home whose bridge, leases and NAT give the step its network, as for an
     /// isolated environment; `None`: loopback only.
     pub net_home: Option<PathBuf>,
+    /// The user the command runs as; `None`: root.
+    pub user: Option<String>,
+    /// (host folder, path inside): folders kept across builds, mounted read-write.
+    pub cache_mounts: Vec<(PathBuf, String)>,
+    /// Loopback only.
+    pub no_network: bool,
 }
 
 /// Runs one step; returns the command's exit code.
@@ -75,8 +81,21 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
     spec.upper_dir = req.upper.clone();
     spec.work_dir = req.work.clone();
     spec.user_mapping = UserMappingChoice::Auto;
-    spec.network = step_network();
+    spec.network = if req.no_network {
+        NetworkMode::None
+    } else {
+        step_network()
+    };
     spec.net_home = req.net_home.clone();
+    spec.mounts = req
+        .cache_mounts
+        .iter()
+        .map(|(source, target)| MountSpec::Volume {
+            source: source.clone(),
+            target: target.clone(),
+            readonly: false,
+        })
+        .collect();
     let who = Invoker::current();
     // Root's mapping is known before the start: the upper's top folder must belong to the
     // step's root, or it could not write to `/`.
@@ -100,6 +119,7 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
             argv: req.argv.clone(),
             env: req.env.clone(),
             cwd: req.workdir.clone(),
+            user: req.user.clone(),
             ..Default::default()
         };
         let session = backend.exec_start(

@@ -34,3 +34,21 @@ pub(super) fn build_spec(plan: &Plan) -> Result<BuildSpec, EnvError> {
         host_ca,
     })
 }
+
+/// [`BuildSpec::content_key`] of `spec`, with the content of the plan's Dockerfile and its
+/// build context when the base is built from one (an edit there rebuilds on `up`).
+pub(super) fn build_key(plan: &Plan, spec: &BuildSpec) -> Result<Option<String>, EnvError> {
+    let Some(df) = &plan.image.dockerfile else {
+        return Ok(spec.content_key());
+    };
+    let docker = crate::image::dockerfile::context::content_key(&df.path, &df.context).map_err(
+        |source| crate::state::StateError::Read {
+            path: df.context.clone(),
+            source,
+        },
+    )?;
+    Ok(Some(format!(
+        "{}+dockerfile:{docker}",
+        spec.content_key().unwrap_or_default()
+    )))
+}

@@ -37,7 +37,28 @@ impl StepRunner for ContainerStepRunner {
             workdir: Some(command.workdir.to_string()),
             scratch: self.scratch.clone(),
             net_home: Some(self.net_home.clone()),
+            user: command.user.map(str::to_string),
+            cache_mounts: command.cache_mounts.to_vec(),
+            no_network: command.no_network,
         };
         run_step(&req, &mut |_, bytes| output(bytes)).map_err(|e| Box::new(e) as StepRunnerError)
     }
+}
+
+/// Builds a Dockerfile ([`crate::image::dockerfile`]) with its `RUN` steps in the build
+/// sandbox, as `berth image build` and `up` of an `[image] dockerfile` do.
+pub fn build_dockerfile(
+    home: &crate::state::BerthHome,
+    build: &crate::image::dockerfile::DockerfileBuild,
+    progress: &crate::image::Progress,
+) -> Result<crate::image::dockerfile::DockerfileOutcome, crate::image::dockerfile::DockerfileError>
+{
+    let scratch = home
+        .staging_dir("build")
+        .map_err(crate::image::ImageError::from)?;
+    let runner = ContainerStepRunner {
+        scratch: scratch.path().to_path_buf(),
+        net_home: home.root().to_path_buf(),
+    };
+    crate::image::ImageStore::open(home).build_dockerfile(build, &runner, progress)
 }

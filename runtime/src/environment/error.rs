@@ -52,6 +52,8 @@ pub enum EnvError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
+    Dockerfile(#[from] crate::image::dockerfile::DockerfileError),
+    #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
     State(#[from] StateError),

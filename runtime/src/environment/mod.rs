@@ -36,7 +36,7 @@ mod teardown;
 mod up;
 mod up_decision;
 
-pub use build_runner::ContainerStepRunner;
+pub use build_runner::{build_dockerfile, ContainerStepRunner};
 pub use environments::Environments;
 pub use ephemeral::{copy_tree, RunPlanOptions};
 pub use error::EnvError;

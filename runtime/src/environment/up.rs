@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use envfile_spec::Plan;
 use serde::Serialize;
 
-use super::build_plan::build_spec;
+use super::build_plan::{build_key, build_spec};
 use super::build_runner::ContainerStepRunner;
 use super::environments::{remove_env_dir, Environments};
 use super::error::EnvError;
@@ -15,6 +15,8 @@ use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
 use crate::backend::{Backend, ImageDefaults, StartRequest};
 use crate::host::clock::now_secs;
+use crate::image::dockerfile::build::default_name;
+use crate::image::dockerfile::DockerfileBuild;
 use crate::image::lockfile::lock_path_for;
 use crate::image::{Progress, PullOptions, QuietProgress, ResolveOptions};
 use crate::net::NetRecord;
@@ -131,7 +133,7 @@ impl Environments {
         let hash = plan.hash();
         // What the build reads besides the plan (inputs, host certificates).
         let spec = build_spec(plan)?;
-        let build_key = spec.content_key();
+        let build_key = build_key(plan, &spec)?;
         let wanted = Wanted {
             rebuild: opts.rebuild,
             update: opts.update,
@@ -200,13 +202,33 @@ impl Environments {
         let t_image = Instant::now();
         // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
         let _store = self.images.lock_shared()?;
-        let (base, _) =
-            self.images
-                .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?;
         let scratch = self.home.staging_dir("build")?;
         let runner = ContainerStepRunner {
             scratch: scratch.path().to_path_buf(),
             net_home: self.home.root().to_path_buf(),
+        };
+        let base = match &plan.image.dockerfile {
+            // The base built from the Dockerfile (`from` is unused then).
+            Some(df) => {
+                let build = DockerfileBuild {
+                    dockerfile: df.path.clone(),
+                    context: df.context.clone(),
+                    target: df.target.clone(),
+                    args: df.args.clone(),
+                    name: default_name(&df.path, df.target.as_deref()),
+                    resolve: resolve.clone(),
+                };
+                let out = self
+                    .images
+                    .build_dockerfile(&build, &runner, &opts.progress)?;
+                notices.extend(out.notices);
+                out.image
+            }
+            None => {
+                self.images
+                    .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?
+                    .0
+            }
         };
         let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
         drop(scratch);

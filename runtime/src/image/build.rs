@@ -38,6 +38,13 @@ pub struct StepCommand<'a> {
     pub workdir: &'a str,
     /// Its whole environment.
     pub env: &'a [(String, String)],
+    /// The user it runs as (`name`, `uid` or `uid:gid`); `None`: root.
+    pub user: Option<&'a str>,
+    /// Host folders kept across builds, mounted read-write at a path inside
+    /// (`RUN --mount=type=cache`).
+    pub cache_mounts: &'a [(PathBuf, String)],
+    /// Loopback only, no outside network (`RUN --network=none`).
+    pub no_network: bool,
 }
 
 /// Runs one build step in a throw-away container.
@@ -353,6 +360,7 @@ impl ImageStore {
             entrypoint: Some(base.config.entrypoint.clone()).filter(|c| !c.is_empty()),
             working_dir: base.config.working_dir.clone(),
             user: base.config.user.clone(),
+            ..RunConfig::default()
         };
         // Cached steps are named only when a later step runs (which of them were reused);
         // when every step is cached, one line says so instead of a line per step (berth's own
@@ -424,12 +432,15 @@ impl ImageStore {
                     env,
                 } => self.run_command_step(
                     &step.label,
-                    &current,
+                    &current.layers,
                     upper.path(),
                     &StepCommand {
                         argv: command,
                         workdir,
                         env,
+                        user: None,
+                        cache_mounts: &[],
+                        no_network: false,
                     },
                     runner,
                     progress,
@@ -456,10 +467,10 @@ impl ImageStore {
     }
 
     /// Runs one command step over `current` with `upper` as the overlay's upper folder.
-    fn run_command_step(
+    pub(crate) fn run_command_step(
         &self,
         label: &str,
-        current: &ResolvedImage,
+        lower_layers: &[PathBuf],
         upper: &Path,
         command: &StepCommand<'_>,
         runner: &dyn StepRunner,
@@ -481,7 +492,7 @@ impl ImageStore {
                     }
                 }
             };
-            runner.run_step(&current.layers, upper, work.path(), command, &mut sink)
+            runner.run_step(lower_layers, upper, work.path(), command, &mut sink)
         };
         if !partial.is_empty() {
             tail.push_back(String::from_utf8_lossy(&partial).into_owned());

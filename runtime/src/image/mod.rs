@@ -26,6 +26,7 @@ pub mod build_inputs;
 pub mod credentials;
 pub mod dev_feature;
 pub mod digest;
+pub mod dockerfile;
 pub mod error;
 pub mod export;
 pub mod host_ca;

@@ -1,0 +1,238 @@
+//! `RUN` steps of a Dockerfile build: the command (exec form, shell form through `SHELL`,
+//! heredocs), `--mount=type=cache` folders kept in berth's home across builds,
+//! `--network=none`, and the step's key (command, environment with the build arguments in
+//! scope, user, folder, mounts, network). The command runs through the build sandbox's
+//! [`StepRunner`](super::super::build::StepRunner).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+use super::super::build::StepCommand;
+use super::super::error::ImageError;
+use super::super::layer_writer::WhiteoutMode;
+use super::build::Run;
+use super::config::{chain, StageState};
+use super::error::{DockerfileError, Located};
+use super::parse::{Args, Instruction};
+use super::plan::flag_value;
+use crate::state::{FileLock, LockMode};
+
+impl Run<'_> {
+    pub(super) fn run_step(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        label: &str,
+    ) -> Result<(), DockerfileError> {
+        let escape = self.plan.escape;
+        let lookup = |n: &str| st.lookup(n);
+        let mut cache_mounts: Vec<(PathBuf, String)> = Vec::new();
+        let mut no_network = false;
+        for f in &ins.flags {
+            let v = flag_value(f, escape, &lookup).map_err(|l| self.err(l))?;
+            match f.name.as_str() {
+                "network" => match v.as_str() {
+                    "none" => no_network = true,
+                    "default" => no_network = false,
+                    other => {
+                        return Err(self.err(Located::new(f.pos, format!("--network={other} is not supported"), "use --network=none or --network=default (the build's own network with NAT)")))
+                    }
+                },
+                _ => cache_mounts.push(self.cache_mount(&v, f.pos, st)?),
+            }
+        }
+        let argv = self.run_command(st, ins)?;
+        let env = st.run_env();
+        let workdir = st.workdir();
+        let user = st.config.user.clone();
+        let key = chain(
+            &st.key,
+            &[
+                b"RUN",
+                serde_json::to_string(&argv).unwrap_or_default().as_bytes(),
+                serde_json::to_string(&env).unwrap_or_default().as_bytes(),
+                workdir.as_bytes(),
+                user.as_deref().unwrap_or("").as_bytes(),
+                serde_json::to_string(&cache_mounts.iter().map(|m| &m.1).collect::<Vec<_>>())
+                    .unwrap_or_default()
+                    .as_bytes(),
+                if no_network { b"none" } else { b"default" },
+            ],
+        );
+        let store = self.store;
+        let runner = self.runner;
+        let progress = self.progress;
+        let targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
+        self.layer_step(
+            st,
+            label,
+            key,
+            WhiteoutMode::FromOverlay,
+            &mut |upper, lowers| {
+                let _locks = cache_mounts
+                    .iter()
+                    .map(|(dir, _)| {
+                        FileLock::acquire(&dir.with_extension("lock"), LockMode::Exclusive)
+                            .map_err(ImageError::from)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                store.run_command_step(
+                    label,
+                    lowers,
+                    upper,
+                    &StepCommand {
+                        argv: &argv,
+                        workdir: &workdir,
+                        env: &env,
+                        user: user.as_deref(),
+                        cache_mounts: &cache_mounts,
+                        no_network,
+                    },
+                    runner,
+                    progress,
+                )?;
+                // What the sandbox made only to mount something on (cache mounts, /proc,
+                // /etc/hosts, ...) is not part of the step's result.
+                for t in targets
+                    .iter()
+                    .map(String::as_str)
+                    .chain(SANDBOX_MOUNTPOINTS)
+                {
+                    remove_mountpoint(upper, t, lowers);
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// `--mount=type=cache,target=/x[,id=…][,sharing=…]` → its folder in berth's home (kept
+    /// across builds, one per id) and its target.
+    fn cache_mount(
+        &self,
+        spec: &str,
+        pos: super::error::Pos,
+        st: &StageState,
+    ) -> Result<(PathBuf, String), DockerfileError> {
+        let mut kind = "bind";
+        let mut target = None;
+        let mut id = None;
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            match k {
+                "type" => kind = if v == "cache" { "cache" } else { v },
+                "target" | "dst" | "destination" => target = Some(v.to_string()),
+                "id" => id = Some(v.to_string()),
+                // A step holds its cache folders' locks while it runs (one step at a time
+                // uses a folder), so every sharing mode behaves as `locked`.
+                "sharing" if matches!(v, "locked" | "shared" | "private") => {}
+                other => {
+                    return Err(self.err(Located::new(
+                        pos,
+                        format!("--mount option `{part}` is not supported"),
+                        format!("berth supports --mount=type=cache,target=PATH[,id=ID][,sharing=locked|shared|private]; remove `{other}`"),
+                    )))
+                }
+            }
+        }
+        if kind != "cache" {
+            return Err(self.err(Located::new(
+                pos,
+                format!("--mount=type={kind} is not supported"),
+                "berth supports type=cache mounts; COPY the files instead of a bind mount",
+            )));
+        }
+        let Some(target) = target.filter(|t| !t.is_empty()) else {
+            return Err(self.err(Located::new(
+                pos,
+                "a cache mount needs target=PATH",
+                "write --mount=type=cache,target=/root/.cache",
+            )));
+        };
+        let target = if target.starts_with('/') {
+            target
+        } else {
+            format!("{}/{target}", st.workdir().trim_end_matches('/'))
+        };
+        let id = id.unwrap_or_else(|| target.clone());
+        let dir = self
+            .store
+            .home
+            .root()
+            .join("build-cache")
+            .join(&hex::encode(Sha256::digest(id.as_bytes()))[..32]);
+        fs::create_dir_all(self.store.home.root().join("build-cache"))
+            .map_err(ImageError::io(&dir))?;
+        Ok((dir, target))
+    }
+
+    /// The argv of a `RUN`: exec form as is; shell form through the stage's shell; a
+    /// heredoc alone is the script.
+    fn run_command(
+        &self,
+        st: &StageState,
+        ins: &Instruction,
+    ) -> Result<Vec<String>, DockerfileError> {
+        let mut argv = st.shell.clone();
+        match (&ins.args, ins.heredocs.as_slice()) {
+            (Args::Exec(v), _) => return Ok(v.clone()),
+            (Args::Shell(s), [doc])
+                if s.split_whitespace().count() == 1 && s.trim_start().starts_with("<<") =>
+            {
+                if doc.body.starts_with("#!") {
+                    return Err(self.err(Located::new(
+                        ins.args_pos,
+                        "a RUN heredoc with its own `#!` interpreter is not supported",
+                        "pipe it to the interpreter instead: `RUN python3 <<EOF`",
+                    )));
+                }
+                argv.push(doc.body.clone());
+            }
+            (Args::Shell(s), docs) => {
+                let mut script = s.clone();
+                for d in docs {
+                    script.push('\n');
+                    script.push_str(&d.body);
+                    script.push_str(&d.name);
+                }
+                argv.push(script);
+            }
+        }
+        Ok(argv)
+    }
+}
+
+/// Where the build sandbox mounts things when the image lacks them.
+const SANDBOX_MOUNTPOINTS: [&str; 6] = [
+    "/dev",
+    "/proc",
+    "/sys",
+    "/etc/hostname",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+];
+
+/// Removes the folder or file something was mounted on when the step made it only for the
+/// mount (empty, and not in the layers below), with the parents made for it too.
+fn remove_mountpoint(upper: &Path, target: &str, lowers: &[PathBuf]) {
+    let mut rel = PathBuf::from(target.trim_start_matches('/'));
+    loop {
+        if rel.as_os_str().is_empty()
+            || lowers
+                .iter()
+                .any(|l| fs::symlink_metadata(l.join(&rel)).is_ok())
+        {
+            return;
+        }
+        let p = upper.join(&rel);
+        let removed = match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => fs::remove_dir(&p).is_ok(),
+            Ok(m) if m.is_file() && m.len() == 0 => fs::remove_file(&p).is_ok(),
+            _ => false,
+        };
+        if !removed || !rel.pop() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,638 @@
+//! `berth image build` of Dockerfiles shaped like real projects' (a Node-style app: manifest
+//! first, install with a cache mount, sources, build; a slim final stage), their `FROM`
+//! pointing at a busybox image this test pushes to a loopback `docker-registry`. The same
+//! Dockerfile built by `buildah bud` (Debian's) gives the same file tree; a changed source
+//! file reruns the build from its COPY only; the cache mount survives; heredocs, `--chown`
+//! and the image config work; bad Dockerfiles fail with `Dockerfile:LINE:COL`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use berth_e2e::host::busybox_rootfs;
+use berth_e2e::oci::{sha256, Compression, Image, Layer, Registry};
+use berth_e2e::{require_root, text, Berth};
+use sha2::{Digest, Sha256};
+
+/// A registry holding `base:1`: busybox with a user `app` (1000:1000).
+fn registry_with_base() -> Option<Registry> {
+    registry_with(false)
+}
+
+/// [`registry_with_base`]; `distro_files`: with the files every distribution image has and
+/// a build sandbox mounts over (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`, `/run`),
+/// which buildah leaves behind (empty, mode 755) in an image that lacks them.
+fn registry_with(distro_files: bool) -> Option<Registry> {
+    let reg = Registry::start()?;
+    let root = tempfile::tempdir().unwrap();
+    busybox_rootfs(root.path());
+    if distro_files {
+        for f in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+            fs::write(root.path().join(f), "").unwrap();
+        }
+        fs::create_dir_all(root.path().join("run")).unwrap();
+    }
+    fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(root.path().join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    t.follow_symlinks(false);
+    t.append_dir_all(".", root.path()).unwrap();
+    let layer = Layer::new(t.into_inner().unwrap(), Compression::Gzip);
+    // With a history entry per layer, as buildah wants of a base.
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id()]},
+        "history": [{"created_by": "busybox rootfs"}],
+    }))
+    .unwrap();
+    let mut image = Image::new(vec![layer], "amd64");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
+    manifest["config"]["digest"] = sha256(&config).into();
+    manifest["config"]["size"] = config.len().into();
+    image.manifest = serde_json::to_vec(&manifest).unwrap();
+    image.config = config;
+    reg.push_image("base", "1", &image);
+    Some(reg)
+}
+
+const APP_DOCKERFILE: &str = r#"# syntax=docker/dockerfile:1
+ARG REGISTRY
+FROM ${REGISTRY}/base:1 AS deps
+WORKDIR /app
+COPY package.json ./
+RUN --mount=type=cache,target=/root/.npm \
+    echo "install $(cat package.json)" >> /root/.npm/runs \
+ && mkdir -p node_modules/left-pad \
+ && cp package.json node_modules/left-pad/ \
+ && wc -l < /root/.npm/runs | tr -d ' ' > /app/installs
+
+FROM deps AS build
+ARG MODE=production
+ENV NODE_ENV=$MODE
+COPY src ./src
+RUN mkdir -p dist && cat src/*.js > dist/bundle.js && echo "$NODE_ENV" > dist/mode
+
+FROM ${REGISTRY}/base:1
+LABEL org.opencontainers.image.title="demo app"
+WORKDIR /srv
+COPY --chmod=640 config/app.conf /etc/app.conf
+COPY --from=deps /app/node_modules ./node_modules
+COPY --from=build --chown=app:app /app/dist ./dist
+RUN mkdir -p /srv/logs && echo ready > /srv/logs/state
+USER app
+EXPOSE 3000
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["cat /srv/dist/bundle.js"]
+"#;
+
+fn app_project(dir: &Path) {
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::create_dir_all(dir.join("config")).unwrap();
+    fs::create_dir_all(dir.join("node_modules/junk")).unwrap();
+    fs::write(dir.join("package.json"), "{\"name\":\"demo\"}\n").unwrap();
+    fs::write(dir.join("src/a.js"), "console.log('a');\n").unwrap();
+    fs::write(dir.join("src/b.js"), "console.log('b');\n").unwrap();
+    fs::write(dir.join("src/debug.log"), "noise\n").unwrap();
+    fs::write(dir.join("config/app.conf"), "port=3000\n").unwrap();
+    fs::write(dir.join("node_modules/junk/x"), "x").unwrap();
+    fs::write(dir.join(".dockerignore"), "node_modules\n**/*.log\n").unwrap();
+    fs::write(dir.join("Dockerfile"), APP_DOCKERFILE).unwrap();
+}
+
+/// Every entry of a rootfs tar: path → (kind, mode, uid, gid, content hash or link).
+fn listing(tar_path: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut ar = tar::Archive::new(fs::File::open(tar_path).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let path = path
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if path.is_empty() || path == "." {
+            continue;
+        }
+        let kind = e.header().entry_type();
+        let link = e
+            .header()
+            .link_name()
+            .unwrap()
+            .map(|l| l.display().to_string());
+        let what = if kind.is_symlink() {
+            format!("-> {}", link.unwrap_or_default())
+        } else if kind.is_hard_link() {
+            format!("hardlink {}", link.unwrap_or_default())
+        } else if kind.is_file() {
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).unwrap();
+            hex::encode(Sha256::digest(&buf))
+        } else {
+            format!("{kind:?}")
+        };
+        let h = e.header();
+        out.insert(
+            path,
+            format!(
+                "{:o} {}:{} {what}",
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                h.gid().unwrap()
+            ),
+        );
+    }
+    out
+}
+
+fn build(b: &Berth, dir: &Path, args: &[&str]) -> (String, String) {
+    let mut all = vec!["image", "build"];
+    all.extend_from_slice(args);
+    b.ok_both(dir, &all)
+}
+
+fn buildah_available() -> bool {
+    Command::new("buildah")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `buildah bud` with its own storage under `root` (vfs, chroot isolation: no daemon, no
+/// overlay mounts left behind), writing the image's root filesystem as a tar.
+fn buildah_bud(root: &Path, context: &Path, args: &[&str], out: &Path) {
+    let mut c = Command::new("buildah");
+    c.arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", "vfs", "bud", "--isolation", "chroot"])
+        .args(["--tls-verify=false", "--layers"])
+        .args(args)
+        .arg("-o")
+        .arg(format!("type=tar,dest={}", out.display()))
+        .arg(context);
+    let o = c.output().unwrap();
+    let (so, se) = text(&o);
+    assert!(o.status.success(), "buildah bud failed:\n{so}\n{se}");
+}
+
+/// Removes buildah's storage (vfs layers are plain folders) when the test ends.
+struct BuildahRoot(tempfile::TempDir);
+
+impl Drop for BuildahRoot {
+    fn drop(&mut self) {
+        let _ = Command::new("buildah")
+            .arg("--root")
+            .arg(self.0.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.0.path().join("run"))
+            .args(["--storage-driver", "vfs", "rm", "--all"])
+            .output();
+    }
+}
+
+#[test]
+fn multi_stage_build_gives_the_file_tree_buildah_gives() {
+    require_root!();
+    if !buildah_available() {
+        eprintln!("skipped: buildah is not installed (apt-get install buildah)");
+        return;
+    }
+    let Some(reg) = registry_with(true) else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    app_project(project.path());
+    let b = Berth::new();
+    let reg_arg = format!("REGISTRY={}", reg.addr);
+    let (out, err) = build(
+        &b,
+        project.path(),
+        &["-t", "demo:1", "--build-arg", &reg_arg, "."],
+    );
+    assert!(out.starts_with("demo:1 sha256:"), "{out}");
+    assert!(
+        err.contains("EXPOSE 3000/tcp") && err.contains("[[ports]]"),
+        "{err}"
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let ours = scratch.path().join("berth.tar");
+    b.ok(
+        project.path(),
+        &["image", "export", "demo:1", "-o", ours.to_str().unwrap()],
+    );
+
+    let bh = BuildahRoot(tempfile::tempdir().unwrap());
+    let theirs = scratch.path().join("buildah.tar");
+    buildah_bud(
+        bh.0.path(),
+        project.path(),
+        &["--build-arg", &reg_arg],
+        &theirs,
+    );
+
+    let (a, z) = (listing(&ours), listing(&theirs));
+    let differ: Vec<String> = a
+        .keys()
+        .chain(z.keys())
+        .filter(|k| a.get(*k) != z.get(*k))
+        .map(|k| format!("{k}: berth {:?} buildah {:?}", a.get(k), z.get(k)))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "file trees differ:\n{}",
+        differ.join("\n")
+    );
+    // The tree is what the Dockerfile says (so an empty comparison would not pass).
+    assert!(
+        a["srv/dist/bundle.js"].starts_with("644 1000:1000"),
+        "{a:?}"
+    );
+    assert!(a["etc/app.conf"].starts_with("640 0:0"), "{a:?}");
+    assert!(a.contains_key("srv/node_modules/left-pad/package.json"));
+    assert!(a.contains_key("srv/logs/state"));
+    assert!(
+        !a.keys().any(|k| k.contains("junk") || k.ends_with(".log")),
+        "{a:?}"
+    );
+
+    // The OCI export carries the config others run it with.
+    let oci = scratch.path().join("oci");
+    b.ok(
+        project.path(),
+        &[
+            "image",
+            "export",
+            "demo:1",
+            "--oci",
+            "-o",
+            oci.to_str().unwrap(),
+        ],
+    );
+    let o = Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:1", oci.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let cfg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = &cfg["config"];
+    assert_eq!(c["User"], "app", "{cfg}");
+    assert_eq!(c["WorkingDir"], "/srv");
+    assert_eq!(c["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(c["Cmd"], serde_json::json!(["cat /srv/dist/bundle.js"]));
+    assert_eq!(c["Labels"]["org.opencontainers.image.title"], "demo app");
+    assert!(c["ExposedPorts"].get("3000/tcp").is_some(), "{cfg}");
+}
+
+#[test]
+fn a_changed_source_reruns_from_its_copy_and_the_cache_mount_survives() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    app_project(project.path());
+    let b = Berth::new();
+    let reg_arg = format!("REGISTRY={}", reg.addr);
+    let args = ["-t", "app", "--build-arg", &reg_arg, "."];
+    let (_, first) = build(&b, project.path(), &args);
+    assert!(first.contains("10 steps run, 0 cached"), "{first}");
+
+    let (_, again) = build(&b, project.path(), &args);
+    assert!(again.contains("0 steps run, 10 cached"), "{again}");
+
+    // One source file changes: the steps before its COPY are cached, it and the later
+    // ones of its stage run, the final stage recopies what changed.
+    fs::write(project.path().join("src/b.js"), "console.log('B');\n").unwrap();
+    let (_, edit) = build(&b, project.path(), &args);
+    assert!(
+        edit.contains("[deps 3/4] COPY package.json ./ (cached)"),
+        "{edit}"
+    );
+    assert!(
+        edit.contains("[deps 4/4] RUN echo \"install $(cat package.json)\""),
+        "{edit}"
+    );
+    assert!(edit.contains("[build 4/5] COPY src ./src …"), "{edit}");
+    assert!(edit.contains("[build 5/5] RUN mkdir -p dist"), "{edit}");
+    assert!(!edit.contains("[build 5/5] RUN mkdir -p dist && cat src/*.js > dist/bundle.js && echo \"$NODE_ENV\" > … (cached)"), "{edit}");
+    assert!(edit.contains("COPY /app/dist ./dist …"), "{edit}");
+    assert!(
+        edit.contains("COPY /app/node_modules ./node_modules (cached)"),
+        "{edit}"
+    );
+    assert!(edit.contains("4 steps run, 6 cached"), "{edit}");
+
+    // A new manifest reruns the install with the cache mount of the first one.
+    fs::write(
+        project.path().join("package.json"),
+        "{\"name\":\"demo2\"}\n",
+    )
+    .unwrap();
+    build(
+        &b,
+        project.path(),
+        &[
+            "-t",
+            "deps",
+            "--target",
+            "deps",
+            "--build-arg",
+            &reg_arg,
+            ".",
+        ],
+    );
+    let tar = project.path().join("deps.tar");
+    b.ok(
+        project.path(),
+        &["image", "export", "deps", "-o", tar.to_str().unwrap()],
+    );
+    let mut installs = String::new();
+    let mut ar = tar::Archive::new(fs::File::open(&tar).unwrap());
+    let mut names = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        if p.trim_start_matches("./") == "app/installs" {
+            e.read_to_string(&mut installs).unwrap();
+        }
+        names.push(p);
+    }
+    assert_eq!(
+        installs, "2\n",
+        "the cache mount kept the first install's record"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.contains(".npm") || n == "etc/hosts" || n == "etc/resolv.conf"),
+        "mount points are not part of a layer: {names:?}"
+    );
+    fs::remove_file(&tar).unwrap();
+}
+
+#[test]
+fn heredocs_chown_and_add_archives() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    let mut t = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o755);
+    h.set_uid(7);
+    h.set_gid(8);
+    h.set_cksum();
+    t.append_data(&mut h, "tool/run", &b"hi\n"[..]).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &t.into_inner().unwrap()).unwrap();
+    fs::write(p.join("tool.tar.gz"), gz.finish().unwrap()).unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {}/base:1
+ARG GREETING=hello
+RUN <<EOF
+set -e
+mkdir -p /opt/made
+echo "$GREETING from a heredoc" > /opt/made/by-run
+EOF
+COPY --chown=app <<CONF /etc/app/conf
+greeting=$GREETING
+CONF
+ADD tool.tar.gz /opt/
+"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    build(&b, p, &["-t", "hd", "."]);
+    let out = p.join("out.tar");
+    b.ok(p, &["image", "export", "hd", "-o", out.to_str().unwrap()]);
+    let l = listing(&out);
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    let mut files = BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut s = Vec::new();
+        if e.header().entry_type().is_file() {
+            e.read_to_end(&mut s).unwrap();
+            files.insert(path, String::from_utf8_lossy(&s).into_owned());
+        }
+    }
+    assert_eq!(files["opt/made/by-run"], "hello from a heredoc\n");
+    assert_eq!(files["etc/app/conf"], "greeting=hello\n");
+    assert!(l["etc/app/conf"].starts_with("644 1000:1000"), "{l:?}");
+    assert!(
+        l["opt/tool/run"].starts_with("755 7:8"),
+        "archive owners kept: {l:?}"
+    );
+    assert!(!l.contains_key("opt/tool.tar.gz"));
+}
+
+#[test]
+fn bad_dockerfiles_fail_at_their_line_and_keep_nothing() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(p.join("present.txt"), "x").unwrap();
+    let b = Berth::new();
+    let cases: [(&str, &str, &str); 5] = [
+        (
+            "FROM {R}/base:1\nRUN true\nVOLUMES /data\n",
+            "Dockerfile:3:1: unknown instruction `VOLUMES`",
+            "   3 | VOLUMES /data",
+        ),
+        (
+            "FROM {R}/base:1\nCOPY present.txt missing.txt /x/\n",
+            "Dockerfile:2:6: `missing.txt` does not exist in the build context",
+            "COPY present.txt",
+        ),
+        (
+            "FROM {R}/base:1 AS a\nCOPY --from=b /x /x\nFROM {R}/base:1 AS b\nCOPY --from=a /y /y\n",
+            "Dockerfile:2:6: stage `a` depends on itself through stage `b` (a cycle)",
+            "   2 | COPY --from=b /x /x",
+        ),
+        (
+            "FROM {R}/base:1\nRUN <<EOF\necho never closed\n",
+            "Dockerfile:2:5: heredoc `EOF` is never closed",
+            "RUN <<EOF",
+        ),
+        (
+            "FROM {R}/base:1\nRUN --mount=type=secret,id=x cat /run/secrets/x\n",
+            "Dockerfile:2:5: --mount=type=secret is not supported",
+            "RUN --mount",
+        ),
+    ];
+    for (file, want, snippet) in cases {
+        fs::write(p.join("Dockerfile"), file.replace("{R}", &reg.addr)).unwrap();
+        let o = b.run_in(p, &["image", "build", "-t", "bad", "."]);
+        let (out, err) = text(&o);
+        assert!(!o.status.success(), "{file} built:\n{out}\n{err}");
+        assert!(err.contains(want), "want `{want}` in:\n{err}");
+        assert!(err.contains(snippet), "want `{snippet}` in:\n{err}");
+        let ls = b.ok(p, &["image", "ls"]);
+        assert!(!ls.contains("bad"), "{ls}");
+    }
+    let tmp: Vec<PathBuf> = fs::read_dir(b.home.path().join("tmp"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "staging left behind: {tmp:?}");
+}
+
+#[test]
+fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::Builder::new()
+        .prefix("berth-df-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    let name = format!("df-{}", std::process::id());
+    fs::write(
+        p.join("Dockerfile"),
+        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\n",
+    )
+    .unwrap();
+    fs::write(p.join("index.html"), "<h1>one</h1>\n").unwrap();
+    fs::write(
+        p.join("berth.toml"),
+        format!(
+            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let (out, err) = b.ok_both(p, &["up"]);
+    assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert!(
+        format!("{out}{err}").contains("build argument UNUSED is not declared"),
+        "{out}{err}"
+    );
+    let exec = |cmd: &str| b.ok(p, &["exec", "--", "sh", "-c", cmd]);
+    assert_eq!(exec("cat /opt/site/index.html"), "<h1>one</h1>\n");
+    assert_eq!(exec("cat /opt/site/stamp"), "built for docs\n");
+
+    // Unchanged: nothing is built.
+    let (_, err) = b.ok_both(p, &["up"]);
+    assert!(!err.contains(" …"), "{err}");
+
+    // A changed context file rebuilds from its COPY on.
+    fs::write(p.join("index.html"), "<h1>two</h1>\n").unwrap();
+    let (_, err) = b.ok_both(p, &["up"]);
+    assert!(err.contains("WORKDIR /opt/site (cached)"), "{err}");
+    assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert_eq!(exec("cat /opt/site/index.html"), "<h1>two</h1>\n");
+    b.ok(p, &["destroy"]);
+}
+
+/// Python's http.server on a loopback port serving `dir`; killed on drop.
+struct FileServer(std::process::Child, u16);
+
+impl FileServer {
+    fn start(dir: &Path) -> FileServer {
+        let port = berth_e2e::ports::free_port();
+        let child = Command::new("python3")
+            .args(["-m", "http.server", "--bind", "127.0.0.1"])
+            .arg(port.to_string())
+            .arg("--directory")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        FileServer(child, port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn add_downloads_a_url_only_with_its_checksum() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let served = tempfile::tempdir().unwrap();
+    fs::write(served.path().join("tool.tar.gz"), b"not unpacked\n").unwrap();
+    let server = FileServer::start(served.path());
+    let url = format!("http://127.0.0.1:{}/tool.tar.gz", server.1);
+    let good = hex::encode(Sha256::digest(b"not unpacked\n"));
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    let b = Berth::new();
+    let write = |flags: &str| {
+        fs::write(
+            p.join("Dockerfile"),
+            format!("FROM {}/base:1\nADD {flags}{url} /opt/\n", reg.addr),
+        )
+        .unwrap()
+    };
+
+    write(&format!("--checksum=sha256:{good} "));
+    build(&b, p, &["-t", "dl", "."]);
+    let out = p.join("out.tar");
+    b.ok(p, &["image", "export", "dl", "-o", out.to_str().unwrap()]);
+    let l = listing(&out);
+    assert!(l["opt/tool.tar.gz"].starts_with("600 0:0"), "{l:?}");
+    assert!(
+        l["opt/tool.tar.gz"].ends_with(&good),
+        "a remote archive is not unpacked: {l:?}"
+    );
+
+    write(&format!("--checksum=sha256:{} ", "0".repeat(64)));
+    let o = b.run_in(p, &["image", "build", "-t", "dl2", "."]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&format!("has checksum sha256:{good}")),
+        "{err}"
+    );
+
+    write("");
+    let o = b.run_in(p, &["image", "build", "-t", "dl3", "."]);
+    let (_, err) = text(&o);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("Dockerfile:2:5:") && err.contains("without a checksum"),
+        "{err}"
+    );
+    drop(server);
+}
