@@ -1,9 +1,8 @@
 //! Real-shaped dev containers (`tests/devcontainer-corpus/`, modelled on devcontainers/templates
 //! and devcontainers/images: node+postgres with compose, python with a Dockerfile, go with
 //! features, rust with a template option) converted from a copy of their folder: every output
-//! validates with the checker (except the `[image]` Dockerfile keys, which the Dockerfile
-//! builder's branch teaches the checker), and every value of the source either shows in the
-//! output or is listed as not converted.
+//! validates with the checker (the `[image] dockerfile` keys included), and every value of the
+//! source either shows in the output or is listed as not converted.
 
 use std::path::{Path, PathBuf};
 
@@ -67,28 +66,18 @@ fn convert_case(case: &str) -> Converted {
     }
 }
 
-/// Validates the output; returns the diagnostics other than those expected to wait for the
-/// Dockerfile builder's keys (and a bind mount of a `~/` file this machine's home lacks).
+/// Validates the output; returns its diagnostics but a bind mount of a `~/` file this
+/// machine's home lacks.
 fn unexpected_diagnostics(c: &Converted) -> Vec<String> {
     let file = c.project.join("berth.toml");
     std::fs::write(&file, &c.conversion.toml).unwrap();
     let Err(report) = crate::load(&file) else {
         return Vec::new();
     };
-    let dockerfile_keys = ["`dockerfile`", "`context`", "`target`", "`args`"];
     report
         .diagnostics
         .iter()
-        .filter(|d| {
-            let code = d.kind.code();
-            let waits = (code == "unknown-key"
-                && dockerfile_keys.iter().any(|k| d.message.contains(k)))
-                || (code == "missing-key"
-                    && d.message.contains("from")
-                    && c.conversion.toml.contains("\ndockerfile = "));
-            let home_file = code == "path-not-found" && d.message.contains("~/");
-            !(waits || home_file)
-        })
+        .filter(|d| !(d.kind.code() == "path-not-found" && d.message.contains("~/")))
         .map(|d| format!("{}: {}", d.kind.code(), d.message))
         .collect()
 }
