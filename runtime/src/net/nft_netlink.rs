@@ -580,8 +580,11 @@ fn malformed() -> io::Error {
     )
 }
 
-/// The messages in one datagram: type, flags, sequence number, payload.
-fn messages(buf: &[u8]) -> io::Result<Vec<(u16, u16, u32, &[u8])>> {
+/// One netlink message of a reply: type, flags, sequence number, payload.
+type Reply<'a> = (u16, u16, u32, &'a [u8]);
+
+/// The messages in one datagram.
+fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + HEADER_LEN <= buf.len() {
