@@ -421,3 +421,103 @@ fn ipv6_stub_resolver_is_relayed_from_the_bridge() {
     drop(att);
     s.network.detach("env-6").unwrap();
 }
+
+/// Sends `len` bytes in one UDP datagram that must not be fragmented (`IP_PMTUDISC_DO`): the
+/// kernel refuses one larger than the path's MTU with `EMSGSIZE`.
+fn send_unfragmented(to: SocketAddr, len: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let on: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: setsockopt with a valid int option value on an open socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    s.send_to(&vec![7u8; len], to).map(drop)
+}
+
+/// The MTU `berth` gives an environment's outbound route: that of the host's uplink.
+fn host_uplink_mtu() -> u32 {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "route", "show", "default"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let dev = text
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1)
+        .map(str::to_string);
+    dev.and_then(|d| std::fs::read_to_string(format!("/sys/class/net/{d}/mtu")).ok())
+        .and_then(|m| m.trim().parse().ok())
+        .unwrap_or(1500)
+}
+
+/// The host ↔ environment path carries loopback-sized packets (veth pair and bridge at
+/// 65535: a 30,000-byte datagram that must not be fragmented reaches the environment in one
+/// piece), while the environment's default route keeps the uplink's MTU, so outbound packets
+/// never need fragmenting on the way out.
+#[test]
+fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
+    if !have_root("the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-m".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let env = TestNetns::new();
+    let att = attach(&s.network, "env-m", &env, &[]);
+    let mtu = |dev: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(mtu(&veth_name("env-m")), "65535");
+    assert_eq!(mtu(&s.bridge), "65535", "the bridge follows its only port");
+    let inside = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        env.run(move || {
+            let o = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).to_string()
+        })
+    };
+    assert!(
+        inside(&["-o", "link", "show", "eth0"]).contains("mtu 65535"),
+        "{}",
+        inside(&["-o", "link", "show", "eth0"])
+    );
+    let route = inside(&["-o", "route", "show", "default"]);
+    let uplink = host_uplink_mtu();
+    if uplink < 65535 {
+        assert!(route.contains(&format!(" mtu {uplink}")), "{route}");
+    }
+
+    let address = att.address.unwrap();
+    let receiver = env.run(move || UdpSocket::bind((address, 0)).unwrap());
+    receiver.set_read_timeout(Some(HANG)).unwrap();
+    send_unfragmented(receiver.local_addr().unwrap(), 30_000).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let n = receiver.recv(&mut buf).unwrap();
+    assert_eq!(n, 30_000, "one datagram, whole");
+
+    // Outbound (any address off the subnet goes by the default route): the uplink's MTU.
+    let far = SocketAddr::from(([192, 0, 2, 1], 9));
+    let e = env.run(move || send_unfragmented(far, 30_000)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
+    drop(att);
+    s.network.detach("env-m").unwrap();
+}

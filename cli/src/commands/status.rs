@@ -168,13 +168,17 @@ pub fn ls(_g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
         println!("no environments; run `berth up` in a project folder");
         return Ok(0);
     }
-    println!("{:<24} {:<9} {:<40} FILE", "NAME", "STATUS", "IMAGE");
+    // One write for the whole table, not one per line: with 1000 environments the lines'
+    // writes were a fifth of `ls`'s system calls.
+    use std::fmt::Write as _;
+    let mut out = format!("{:<24} {:<9} {:<40} FILE\n", "NAME", "STATUS", "IMAGE");
     for e in list {
         let status = match e.status {
             EnvStatus::Dead => "dead",
             s => status_word(s),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "{:<24} {:<9} {:<40} {}",
             if e.ephemeral {
                 format!("{} (run)", e.name)
@@ -188,6 +192,7 @@ pub fn ls(_g: &GlobalArgs, json: bool) -> Result<i32, CliError> {
             e.file.display()
         );
     }
+    print!("{out}");
     Ok(0)
 }
 

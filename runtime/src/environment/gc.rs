@@ -246,11 +246,23 @@ impl Environments {
     /// full sweep); returns the ids released.
     pub fn release_dead_vm_networks(&self) -> Vec<String> {
         let mut released = Vec::new();
-        let Ok(rd) = std::fs::read_dir(self.home().envs_dir()) else {
+        let envs = self.home().envs_dir();
+        let (Ok(rd), Ok(dir)) = (std::fs::read_dir(&envs), std::fs::File::open(&envs)) else {
             return released;
         };
+        // The cheap check for every folder, relative to the open `envs/` (no walk of the whole
+        // path): a container has no `vm.json`.
+        let has_vm_file = |name: &std::ffi::OsStr| {
+            use std::os::fd::AsRawFd;
+            nix::sys::stat::fstatat(
+                Some(dir.as_raw_fd()),
+                &std::path::Path::new(name).join(VM_FILE),
+                nix::fcntl::AtFlags::empty(),
+            )
+            .is_ok()
+        };
         for e in rd.flatten() {
-            if self.release_dead_vm_network(&e.path()) {
+            if has_vm_file(&e.file_name()) && self.release_dead_vm_network(&e.path()) {
                 released.extend(e.file_name().to_str().map(str::to_string));
             }
         }

@@ -460,6 +460,14 @@ fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder
     });
 }
 
+/// MTU of both ends of an environment's veth pair: loopback's. Traffic between the host and
+/// the environment (forwarded ports through the kernel, the gateway's services, DNS) then
+/// moves in packets as large as on loopback; the bridge takes the smallest MTU of its ports,
+/// so it follows while only veths are plugged in (a VM's tap at the uplink's MTU pulls it
+/// down, which keeps packets from the host to that VM within what the tap carries). Outbound
+/// traffic keeps the uplink's MTU by the `mtu` of the environment's default route.
+pub const ENV_LINK_MTU: u32 = 65535;
+
 /// MTU of the interface carrying the host's default route (1500 when unknown), so that
 /// environments never send packets the uplink must fragment.
 fn uplink_mtu() -> u32 {
@@ -493,7 +501,7 @@ fn plug_veth(
         bridge_index,
         GUEST_INTERFACE,
         netns.as_fd(),
-        uplink_mtu(),
+        ENV_LINK_MTU,
     )
     .map_err(|e| NetError::link(format!("create veth {veth}"), e))?;
     let index = nl
@@ -509,7 +517,7 @@ fn plug_veth(
         .map_err(|e| NetError::link(format!("isolate bridge port {veth}"), e))?;
     nl.set_up(index)
         .map_err(|e| NetError::link(format!("bring veth {veth} up"), e))?;
-    configure_guest(netns, lease)
+    configure_guest(netns, lease, uplink_mtu())
 }
 
 fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetError> {
@@ -533,8 +541,10 @@ fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetErr
     Ok(())
 }
 
-/// Inside the environment: loopback up, `eth0` addressed and up, default route via the bridge.
-fn configure_guest(netns: &File, lease: &Lease) -> Result<(), NetError> {
+/// Inside the environment: loopback up, `eth0` addressed and up, default route via the bridge
+/// carrying packets of at most `outbound_mtu` (the uplink's; `eth0` itself has
+/// [`ENV_LINK_MTU`] for the host and the gateway on the subnet).
+fn configure_guest(netns: &File, lease: &Lease, outbound_mtu: u32) -> Result<(), NetError> {
     let mut nl = Netlink::open_in(netns).map_err(NetError::Namespace)?;
     let step = |what: &str, r: std::io::Result<()>| {
         r.map_err(|e| NetError::link(format!("{what} inside the environment"), e))
@@ -558,7 +568,8 @@ fn configure_guest(netns: &File, lease: &Lease) -> Result<(), NetError> {
         _ => {}
     }
     step("bring eth0 up", nl.set_up(eth))?;
-    match nl.add_default_route(lease.gateway, eth) {
+    let route_mtu = (outbound_mtu < ENV_LINK_MTU).then_some(outbound_mtu);
+    match nl.add_default_route(lease.gateway, eth, route_mtu) {
         Err(e) if e.raw_os_error() != Some(libc::EEXIST) => step(
             &format!("add the default route via {}", lease.gateway),
             Err(e),

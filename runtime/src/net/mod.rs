@@ -70,6 +70,7 @@ pub mod netlink;
 pub mod netns;
 pub mod network;
 pub mod nft_generation;
+pub mod nft_netlink;
 pub mod pasta;
 pub mod port_nat;
 pub mod port_owner;

@@ -7,8 +7,11 @@
 //! 127.0.0.1 to its gateway (kube-proxy's CVE-2020-8558), so the table's `input` chain drops
 //! packets from the bridge to 127.0.0.0/8 unless berth's own DNAT rules put that address there.
 //!
-//! The table belongs to berth alone (`inet berth` by default) and is replaced in one `nft -f`
-//! transaction, so it is never half-applied and never touches anyone else's rules.
+//! The table belongs to berth alone (`inet berth` by default) and is replaced in one nftables
+//! transaction, so it is never half-applied and never touches anyone else's rules. berth
+//! sends that transaction itself over netlink ([`super::nft_netlink`]; the text form
+//! [`NatRules::ruleset`] is what it encodes, and what a test compares it with through `nft`),
+//! so making and removing the bridge starts no `nft` process.
 
 use std::fs;
 use std::io::{self, Write};
@@ -25,6 +28,12 @@ pub enum NatError {
     Spawn(io::Error),
     #[error("nft rejected berth's ruleset for table inet {table}: {stderr}; check that the kernel has nf_tables (modprobe nf_tables nft_masq)")]
     Rejected { table: String, stderr: String },
+    #[error("the kernel refused to {what} nftables table inet {table}: {source}; check that the kernel has nf_tables (modprobe nf_tables nft_masq nft_nat nft_ct)")]
+    Netlink {
+        what: &'static str,
+        table: String,
+        source: io::Error,
+    },
     #[error("cannot enable IPv4 forwarding ({IP_FORWARD}): {0}; environments would have no outbound network")]
     Forwarding(io::Error),
     #[error(
@@ -94,29 +103,25 @@ impl NatRules {
         )
     }
 
-    /// Installs (or refreshes) the table.
+    /// Installs (or refreshes) the table: [`ruleset`](Self::ruleset) in one transaction,
+    /// sent over netlink.
     pub fn apply(&self) -> Result<(), NatError> {
-        nft(&self.ruleset()).map_err(|e| match e {
-            NftFailure::Spawn(e) => NatError::Spawn(e),
-            NftFailure::Rejected(stderr) => NatError::Rejected {
+        super::nft_netlink::apply(&self.table, &self.bridge, &self.subnet, self.dns_stub).map_err(
+            |source| NatError::Netlink {
+                what: "create",
                 table: self.table.clone(),
-                stderr,
+                source,
             },
-        })
+        )
     }
 
     /// Removes the table; a table that is already gone is fine.
     pub fn remove(table: &str) -> Result<(), NatError> {
-        match nft(&format!(
-            "table inet {table} {{}}\ndelete table inet {table}\n"
-        )) {
-            Ok(()) => Ok(()),
-            Err(NftFailure::Spawn(e)) => Err(NatError::Spawn(e)),
-            Err(NftFailure::Rejected(stderr)) => Err(NatError::Rejected {
-                table: table.to_string(),
-                stderr,
-            }),
-        }
+        super::nft_netlink::delete_table(table).map_err(|source| NatError::Netlink {
+            what: "delete",
+            table: table.to_string(),
+            source,
+        })
     }
 
     /// Whether the table exists.
@@ -224,16 +229,10 @@ pub fn release_ipv4_forwarding(own_table: &str) -> Result<(), NatError> {
 
 /// Whether nftables holds an `inet` table of berth's (named `berth…`) besides `own_table`.
 fn other_berth_tables(own_table: &str) -> bool {
-    let Ok(out) = Command::new("nft")
-        .args(["list", "tables", "inet"])
-        .output()
-    else {
-        return false;
-    };
-    String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-        l.strip_prefix("table inet ")
-            .map(|name| name.trim())
-            .is_some_and(|name| name.starts_with("berth") && name != own_table)
+    super::nft_netlink::inet_tables().is_ok_and(|tables| {
+        tables
+            .iter()
+            .any(|name| name.starts_with("berth") && name != own_table)
     })
 }
 

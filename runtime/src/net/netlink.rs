@@ -45,6 +45,8 @@ const IFA_LOCAL: u16 = 2;
 
 const RTA_GATEWAY: u16 = 5;
 const RTA_OIF: u16 = 4;
+const RTA_METRICS: u16 = 8;
+const RTAX_MTU: u16 = 2;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
@@ -350,8 +352,14 @@ impl Netlink {
         self.request(msg).map(drop)
     }
 
-    /// Adds the IPv4 default route via `gateway` on interface `index`.
-    pub fn add_default_route(&mut self, gateway: Ipv4Addr, index: u32) -> io::Result<()> {
+    /// Adds the IPv4 default route via `gateway` on interface `index`; `mtu`: the largest
+    /// packet sent along it (the route's `mtu` metric), when smaller than the interface's.
+    pub fn add_default_route(
+        &mut self,
+        gateway: Ipv4Addr,
+        index: u32,
+        mtu: Option<u32>,
+    ) -> io::Result<()> {
         let mut msg = Message::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL);
         msg.buf.extend_from_slice(&[
             libc::AF_INET as u8,
@@ -364,9 +372,17 @@ impl Netlink {
             RTN_UNICAST,
         ]);
         msg.buf.extend_from_slice(&0u32.to_ne_bytes());
-        let msg = msg
+        let mut msg = msg
             .attr(RTA_GATEWAY, &gateway.octets())
             .u32_attr(RTA_OIF, index);
+        if let Some(mtu) = mtu {
+            // RTA_METRICS holds `struct rtattr`s: RTAX_MTU and its value.
+            let mut metrics = Vec::with_capacity(8);
+            metrics.extend_from_slice(&8u16.to_ne_bytes());
+            metrics.extend_from_slice(&RTAX_MTU.to_ne_bytes());
+            metrics.extend_from_slice(&mtu.to_ne_bytes());
+            msg = msg.attr(RTA_METRICS, &metrics);
+        }
         self.request(msg).map(drop)
     }
 

@@ -166,7 +166,8 @@ impl BerthHome {
         };
         for entry in envs.flatten() {
             let path = entry.path();
-            let Ok(meta) = fs::symlink_metadata(&path) else {
+            // Relative to the open folder (no walk of the whole path), links not followed.
+            let Ok(meta) = entry.metadata() else {
                 continue;
             };
             use std::os::unix::fs::PermissionsExt;
