@@ -120,6 +120,10 @@ pub const KEYS: &[KeySpec] = &[
     k("vm.vcpus", KeyType::Integer),
     k("vm.vmm", KeyType::Enum(VMMS)),
     k("vm.modules", KeyType::String),
+    k("credentials", KeyType::Table),
+    k("credentials.ssh_agent", KeyType::Boolean),
+    k("credentials.git", KeyType::Boolean),
+    k("credentials.git_credentials", KeyType::Boolean),
 ];
 
 /// The keys allowed directly inside `parent` (`""` for the top level, `"mounts[]"`,

@@ -49,6 +49,39 @@ pub struct Plan {
     pub sidecars: BTreeMap<String, SidecarPlan>,
     /// Present exactly when `backend = "vm"`.
     pub vm: Option<VmPlan>,
+    /// `[credentials]`: what of the host's credentials every way in gets. All on (the
+    /// default) is left out of the serialized plan, so plans from before the key hash as
+    /// they did.
+    #[serde(default, skip_serializing_if = "CredentialsPlan::is_default")]
+    pub credentials: CredentialsPlan,
+}
+
+/// `[credentials]`: the host's credentials forwarded into `shell`, `exec` and SSH sessions
+/// (never copied in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsPlan {
+    /// The host's SSH agent (`SSH_AUTH_SOCK`) as a socket inside.
+    pub ssh_agent: bool,
+    /// The host user's git identity (`user.name`, `user.email`).
+    pub git: bool,
+    /// A git credential helper inside that asks the host's `git credential fill`.
+    pub git_credentials: bool,
+}
+
+impl Default for CredentialsPlan {
+    fn default() -> Self {
+        CredentialsPlan {
+            ssh_agent: true,
+            git: true,
+            git_credentials: true,
+        }
+    }
+}
+
+impl CredentialsPlan {
+    pub fn is_default(&self) -> bool {
+        *self == CredentialsPlan::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

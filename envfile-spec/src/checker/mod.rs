@@ -11,6 +11,7 @@ mod mounts_section;
 mod ports_section;
 mod resources_section;
 mod services_section;
+mod credentials_section;
 mod shell_section;
 mod sidecar_section;
 mod toml_readers;
@@ -138,6 +139,7 @@ impl<'a> Checker<'a> {
         let (services, sidecars) =
             self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
+        let credentials = self.credentials(&root);
 
         Plan {
             name,
@@ -157,6 +159,7 @@ impl<'a> Checker<'a> {
             services,
             sidecars,
             vm,
+            credentials,
         }
     }
 }
