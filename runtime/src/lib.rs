@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod container;
+pub mod credentials;
 pub mod detach;
 pub mod doctor;
 pub mod environment;

@@ -45,15 +45,24 @@ mod tests {
     #[test]
     fn all_on_by_default_and_each_can_be_turned_off() {
         assert_eq!(check(BASE).unwrap(), CredentialsPlan::default());
-        let p = check(&format!("{BASE}[credentials]\nssh_agent = false\ngit_credentials = false\n")).unwrap();
+        let p = check(&format!(
+            "{BASE}[credentials]\nssh_agent = false\ngit_credentials = false\n"
+        ))
+        .unwrap();
         assert!(!p.ssh_agent && p.git && !p.git_credentials);
     }
 
     #[test]
     fn wrong_type_and_unknown_key_are_errors_with_line_and_column() {
         let e = check(&format!("{BASE}[credentials]\nssh_agent = \"no\"\n")).unwrap_err();
-        assert!(e.contains("credentials.ssh_agent") && e.contains(":5:"), "{e}");
+        assert!(
+            e.contains("credentials.ssh_agent") && e.contains(":5:"),
+            "{e}"
+        );
         let e = check(&format!("{BASE}[credentials]\nssh_agnet = false\n")).unwrap_err();
-        assert!(e.contains("ssh_agnet") && e.contains("ssh_agent") && e.contains(":5:"), "{e}");
+        assert!(
+            e.contains("ssh_agnet") && e.contains("ssh_agent") && e.contains(":5:"),
+            "{e}"
+        );
     }
 }

@@ -5,13 +5,13 @@
 //! The span-keeping readers of TOML values are in [`toml_readers`] (and host/guest paths in
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
+mod credentials_section;
 mod host_paths;
 mod image_section;
 mod mounts_section;
 mod ports_section;
 mod resources_section;
 mod services_section;
-mod credentials_section;
 mod shell_section;
 mod sidecar_section;
 mod toml_readers;

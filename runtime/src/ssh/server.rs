@@ -8,8 +8,11 @@
 //! Served: session channels with `exec`, `shell`, `pty-req`, `window-change`, `signal`,
 //! `env` (LANG and LC_*, as sshd's AcceptEnv default), the `sftp` subsystem and
 //! `direct-tcpip` channels (`ssh -L`), both through builtins run inside the environment
-//! ([`crate::ssh_inside`]; containers only, refused with a reason for a VM). Refused: other
-//! channel types (`x11`, `direct-streamlocal`, …), other subsystems, agent forwarding and
+//! ([`crate::ssh_inside`]; containers only, refused with a reason for a VM), and agent
+//! forwarding (`auth-agent-req@openssh.com`: agent connections inside go to the client's
+//! agent channel; without it, a session gets the agent of this process's `SSH_AUTH_SOCK`,
+//! and the git identity and credentials, as `shell` and `exec` do: [`crate::credentials`]).
+//! Refused: other channel types (`x11`, `direct-streamlocal`, …), other subsystems and
 //! remote forwarding (`tcpip-forward`), as the SSH protocol answers an unknown request.
 
 use std::collections::HashMap;
@@ -23,6 +26,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, 
 use super::error::SshError;
 use super::session::{self, Context, Control, Input, Running};
 use crate::backend::ExecRequest;
+use crate::credentials::AgentTarget;
 use crate::environment::{EnvRecord, Environments};
 use crate::ssh_inside;
 use crate::state::BerthHome;
@@ -42,6 +46,8 @@ struct ChannelState {
     running: Option<Running>,
     /// A `direct-tcpip` channel (its command is the TCP relay).
     tunnel: bool,
+    /// The client asked for agent forwarding (`auth-agent-req@openssh.com`, `ssh -A`).
+    agent: bool,
 }
 
 struct Connection {
@@ -124,13 +130,19 @@ impl Connection {
             return session.channel_failure(channel);
         };
         let req = self.request(state, command);
-        self.start_request(channel, req, session)
+        // The host's credentials: the client's agent when it asked (`ssh -A`), else the
+        // agent of this process's SSH_AUTH_SOCK (see `credentials::Wanted::from_host`).
+        let agent = state
+            .agent
+            .then(|| AgentTarget::SshClient(session.handle()));
+        self.start_request(channel, req, Some(agent), session)
     }
 
     fn start_request(
         &mut self,
         channel: ChannelId,
         req: ExecRequest,
+        credentials: Option<Option<AgentTarget>>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         let handle = session.handle();
@@ -141,7 +153,7 @@ impl Connection {
             // One command per session channel (RFC 4254 6.5).
             return session.channel_failure(channel);
         }
-        match session::start(self.ctx.clone(), req, channel, handle, None) {
+        match session::start(self.ctx.clone(), req, channel, handle, None, credentials) {
             Ok(running) => {
                 if let Some(state) = self.channels.get_mut(&channel) {
                     state.running = Some(running);
@@ -384,7 +396,24 @@ impl russh::server::Handler for Connection {
             tty: false,
             winsize: None,
         };
-        self.start_request(channel, req, session)
+        self.start_request(channel, req, None, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let allowed = self.ctx.record.plan.credentials.ssh_agent
+            && self.ctx.record.plan.backend == BackendKind::Container;
+        match self.channels.get_mut(&channel) {
+            // russh sends the reply itself, from the answer.
+            Some(state) if allowed && state.running.is_none() => {
+                state.agent = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn channel_open_direct_tcpip(
@@ -421,7 +450,14 @@ impl russh::server::Handler for Connection {
             winsize: None,
         };
         let id = channel.id();
-        match session::start(self.ctx.clone(), req, id, session.handle(), Some(reply)) {
+        match session::start(
+            self.ctx.clone(),
+            req,
+            id,
+            session.handle(),
+            Some(reply),
+            None,
+        ) {
             Ok(running) => {
                 self.channels.insert(
                     id,

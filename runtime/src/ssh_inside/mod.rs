@@ -16,7 +16,7 @@ mod session_sockets;
 mod sftp;
 mod tcp_relay;
 
-pub use session_sockets::{valid_socket_name, GITCONFIG_FILE};
+pub use session_sockets::{valid_socket_name, GITCONFIG_FILE, SESSION_DIR_PLACEHOLDER};
 
 /// `argv[0]` of the SFTP server builtin.
 pub const SFTP_SERVER: &str = "berth-builtin:sftp-server";

@@ -23,6 +23,8 @@ use std::os::unix::net::UnixListener;
 const PARENT: &str = "/tmp";
 /// The session's git configuration file inside the folder.
 pub const GITCONFIG_FILE: &str = "gitconfig";
+/// Stands for the folder's path in the gitconfig text (the host side cannot know it yet).
+pub const SESSION_DIR_PLACEHOLDER: &str = "@BERTH_SESSION_DIR@";
 
 /// Whether `name` may be a socket's file name in the folder (no path, no oddities).
 pub fn valid_socket_name(name: &str) -> bool {
@@ -66,8 +68,10 @@ fn make_private_dir() -> Result<(String, OwnedFd), String> {
             nix::sys::stat::Mode::empty(),
         )
         .map_err(|e| format!("cannot open {path}: {e}"))?;
+        // SAFETY: a descriptor just opened, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The umask may have taken bits away, never added: set exactly 0700.
-        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::S_IRWXU)
+        nix::sys::stat::fchmod(fd.as_raw_fd(), nix::sys::stat::Mode::S_IRWXU)
             .map_err(|e| format!("cannot set the mode of {path}: {e}"))?;
         return Ok((path, fd));
     }
@@ -76,7 +80,7 @@ fn make_private_dir() -> Result<(String, OwnedFd), String> {
 
 fn write_gitconfig(dir: &OwnedFd, text: &str) -> Result<(), String> {
     let fd = nix::fcntl::openat(
-        dir,
+        Some(dir.as_raw_fd()),
         GITCONFIG_FILE,
         nix::fcntl::OFlag::O_WRONLY
             | nix::fcntl::OFlag::O_CREAT
@@ -86,6 +90,8 @@ fn write_gitconfig(dir: &OwnedFd, text: &str) -> Result<(), String> {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .map_err(|e| format!("cannot write the session's gitconfig: {e}"))?;
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut f = std::fs::File::from(fd);
     f.write_all(text.as_bytes())
         .map_err(|e| format!("cannot write the session's gitconfig: {e}"))
@@ -94,8 +100,9 @@ fn write_gitconfig(dir: &OwnedFd, text: &str) -> Result<(), String> {
 /// Sends the folder's path and the listening sockets over `to` (the host side's end).
 fn send(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), String> {
     let iov = [io::IoSlice::new(path.as_bytes())];
-    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(fds)];
-    nix::sys::socket::sendmsg::<()>(to, &iov, &cmsg, nix::sys::socket::MsgFlags::empty(), None)
+    let rights = [nix::sys::socket::ControlMessage::ScmRights(fds)];
+    let cmsg: &[_] = if fds.is_empty() { &[] } else { &rights };
+    nix::sys::socket::sendmsg::<()>(to, &iov, cmsg, nix::sys::socket::MsgFlags::empty(), None)
         .map_err(|e| format!("cannot pass the sockets to berth: {e}"))?;
     Ok(())
 }
@@ -103,7 +110,11 @@ fn send(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), String> {
 /// Removes what [`serve_stdin`] made, by names relative to the folder's descriptor.
 fn clean_up(path: &str, dir: &OwnedFd, names: &[&str]) {
     for n in names.iter().copied().chain([GITCONFIG_FILE]) {
-        let _ = nix::unistd::unlinkat(dir, n, nix::unistd::UnlinkatFlags::NoRemoveDir);
+        let _ = nix::unistd::unlinkat(
+            Some(dir.as_raw_fd()),
+            n,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
     if let Ok(c) = CString::new(path) {
         // SAFETY: rmdir with a NUL-terminated path; it removes an empty folder only, never
@@ -114,9 +125,19 @@ fn clean_up(path: &str, dir: &OwnedFd, names: &[&str]) {
 
 /// The builtin: see the module's documentation. Returns the exit code.
 pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
+    // The supervisor hangs up on a session's processes when its caller goes away; the
+    // caller's end of stdin closes then too, and that is when the folder is removed.
+    // SAFETY: setting a signal's disposition to "ignore" in this single-threaded process.
+    unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
     let names: Vec<&str> = sockets.split(',').filter(|s| !s.is_empty()).collect();
-    if names.is_empty() || names.len() > 4 || !names.iter().all(|n| valid_socket_name(n)) {
-        let _ = writeln!(io::stderr(), "session-sockets: bad socket names {sockets:?}");
+    if (names.is_empty() && gitconfig.is_none())
+        || names.len() > 4
+        || !names.iter().all(|n| valid_socket_name(n))
+    {
+        let _ = writeln!(
+            io::stderr(),
+            "session-sockets: bad socket names {sockets:?}"
+        );
         return 2;
     }
     let (path, dir) = match make_private_dir() {
@@ -134,7 +155,7 @@ pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
             listeners.push(l);
         }
         if let Some(text) = gitconfig {
-            write_gitconfig(&dir, text)?;
+            write_gitconfig(&dir, &text.replace(SESSION_DIR_PLACEHOLDER, &path))?;
         }
         let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         send(0, &path, &fds)
