@@ -403,3 +403,261 @@ fn a_hostile_environment_cannot_point_the_forwarded_agent_elsewhere() {
     );
     berth_ok(&b, &p, None, &["destroy"]);
 }
+
+/// A bare repository served by `git http-backend` behind busybox httpd with basic auth, on
+/// the host's loopback. Stopped on drop.
+struct GitServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    _httpd: Reaped,
+}
+
+impl GitServer {
+    fn start(user: &str, password: &str) -> GitServer {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-git-http-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("www/cgi-bin")).unwrap();
+        let st = Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(d.join("repos/r.git"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let cgi = d.join("www/cgi-bin/git");
+        std::fs::write(
+            &cgi,
+            format!(
+                "#!/bin/sh\nGIT_PROJECT_ROOT={} GIT_HTTP_EXPORT_ALL=1 exec /usr/bin/git http-backend\n",
+                d.join("repos").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            d.join("httpd.conf"),
+            format!("/cgi-bin:{user}:{password}\n"),
+        )
+        .unwrap();
+        let port = berth_e2e::ports::free_port();
+        let httpd = Reaped(
+            Command::new("busybox")
+                .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
+                .arg(d.join("www"))
+                .arg("-c")
+                .arg(d.join("httpd.conf"))
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("busybox httpd", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        GitServer {
+            dir,
+            port,
+            _httpd: httpd,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/cgi-bin/git/r.git", self.port)
+    }
+
+    /// The commit subjects and authors on `main`.
+    fn log(&self) -> String {
+        let o = Command::new("git")
+            .arg("--git-dir")
+            .arg(self.dir.path().join("repos/r.git"))
+            .args(["log", "--format=%s|%an|%ae", "main"])
+            .output()
+            .unwrap();
+        text(&o).0
+    }
+}
+
+/// Every file under `dir` whose content contains `marker` (symlinks not followed).
+fn files_containing(dir: &Path, marker: &str, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let Ok(t) = e.file_type() else { continue };
+        if t.is_dir() {
+            files_containing(&p, marker, found);
+        } else if t.is_file() {
+            if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                    found.push(p);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn git_push_inside_uses_the_hosts_identity_and_credentials_without_copying_them() {
+    require_root!();
+    require_tools!("git", "busybox");
+    let password = format!("pw-marker-{}", std::process::id());
+    let server = GitServer::start("ada", &password);
+    // The host user's git: identity and a credential store holding the password.
+    let host_home = tempfile::Builder::new()
+        .prefix("berth-git-home-")
+        .tempdir()
+        .unwrap();
+    let store = host_home.path().join("credentials");
+    std::fs::write(
+        &store,
+        format!("http://ada:{password}@127.0.0.1%3a{}\n", server.port),
+    )
+    .unwrap();
+    std::fs::write(
+        host_home.path().join(".gitconfig"),
+        format!(
+            "[user]\n\tname = Ada Host\n\temail = ada@host.example\n[credential]\n\thelper = store --file {}\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+
+    let p = project(
+        r#"
+name = "{name}"
+[image]
+from = "rootfs:./rootfs"
+[network]
+mode = "host"
+[[mounts]]
+source = "."
+target = "/work"
+[shell]
+user = "dev"
+workdir = "/home/dev"
+"#,
+    );
+    let rootfs = p.path().join("rootfs");
+    copy_program_with_libs(Path::new("/usr/bin/git"), &rootfs);
+    copy_program_with_libs(Path::new("/usr/lib/git-core/git-remote-http"), &rootfs);
+    // The project folder is a repository of the host user's, writable from inside: its
+    // config must not configure what berth runs on the host.
+    let host_marker = host_home.path().join("hostile-helper-ran");
+    let st = Command::new("git")
+        .args(["init", "-q"])
+        .arg(p.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = Berth::new();
+    let berth_git = |args: &[&str]| {
+        let mut c = b.cmd();
+        c.current_dir(p.path())
+            .args(args)
+            .env("HOME", host_home.path())
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("GIT_CONFIG_GLOBAL")
+            .stdin(Stdio::null());
+        let o = c.output().unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "berth {args:?}: {out}\n{err}");
+        format!("{out}{err}")
+    };
+    berth_git(&["up"]);
+    // Hostile: a credential helper in the project's .git/config (consulted for a host the
+    // store has nothing for: `localhost` below), written here on the host;
+    // an environment can where its project folder is writable from inside: rootless, a
+    // checkout owned by the shell's user).
+    let mut git_config = std::fs::OpenOptions::new()
+        .append(true)
+        .open(p.path().join(".git/config"))
+        .unwrap();
+    write!(
+        git_config,
+        "[credential]\n\thelper = \"!touch {}\"\n",
+        host_marker.display()
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; cd /home/dev; git clone -q {url} r 2>&1; cd r; \
+         git config --show-origin user.name; \
+         echo one > f; git add f; git commit -q -m from-inside; \
+         git push -q origin HEAD:main 2>&1; echo pushed; \
+         GIT_TERMINAL_PROMPT=0 git ls-remote http://localhost:{port}/cgi-bin/git/r.git >/dev/null 2>&1 || true; \
+         env | grep -c '{password}' || true; \
+         if grep -rqs '{password}' /home/dev /tmp; then echo LEAKED-INSIDE; fi",
+        url = server.url(),
+        port = server.port,
+    );
+    let out = berth_git(&["exec", "--", "sh", "-c", &script]);
+    assert!(out.contains("pushed"), "{out}");
+    assert!(
+        out.contains("/tmp/berth-") && out.contains("Ada Host"),
+        "identity from the session's system gitconfig: {out}"
+    );
+    assert!(!out.contains("LEAKED-INSIDE"), "{out}");
+    assert_eq!(server.log().trim(), "from-inside|Ada Host|ada@host.example");
+    assert!(
+        !host_marker.exists(),
+        "berth ran a credential helper the environment configured"
+    );
+    // An SSH session pushes the same way.
+    let config = berth_git(&["ssh-config"]);
+    let cfg = p.path().join("ssh_config");
+    std::fs::write(
+        &cfg,
+        config
+            .lines()
+            .filter(|l| !l.starts_with("berth"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let o = Command::new("timeout")
+        .args(["60", "ssh", "-F"])
+        .arg(&cfg)
+        .arg(format!("berth-{}", p.name))
+        .arg("cd /home/dev/r && echo two >> f && git commit -qam over-ssh && git push -q origin HEAD:main 2>&1 && echo pushed")
+        .env("HOME", host_home.path())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains("pushed"), "{:?}", text(&o));
+    assert!(
+        server.log().starts_with("over-ssh|Ada Host|"),
+        "{}",
+        server.log()
+    );
+
+    // `[credentials] git_credentials = false`: the same push is refused.
+    let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap();
+    std::fs::write(
+        p.path().join("berth.toml"),
+        format!("{toml}[credentials]\ngit_credentials = false\ngit = false\n"),
+    )
+    .unwrap();
+    berth_git(&["up"]);
+    let out = berth_git(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "cd /home/dev/r; echo ${GIT_CONFIG_SYSTEM:-no-gitconfig}; GIT_TERMINAL_PROMPT=0 git push origin HEAD:main 2>&1; echo rc=$?",
+    ]);
+    assert!(
+        out.contains("no-gitconfig") && !out.contains("rc=0"),
+        "{out}"
+    );
+
+    // The password is nowhere under the berth home (state, logs, the writable layer) nor
+    // in status.
+    let status = berth_git(&["status", "--json"]);
+    assert!(!status.contains(&password));
+    let mut found = Vec::new();
+    files_containing(b.home.path(), &password, &mut found);
+    assert!(found.is_empty(), "the password was written to {found:?}");
+    berth_git(&["destroy"]);
+}
