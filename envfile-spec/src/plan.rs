@@ -54,6 +54,32 @@ pub struct Plan {
     /// they did.
     #[serde(default, skip_serializing_if = "CredentialsPlan::is_default")]
     pub credentials: CredentialsPlan,
+    /// `[secrets]`: where each secret comes from on the host (never its value, which is
+    /// read at `up` and only ever held in memory and in the environment's tmpfs). Empty
+    /// (the default) is left out of the serialized plan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretPlan>,
+}
+
+/// One `[secrets]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPlan {
+    pub source: SecretSource,
+    /// Also a variable of that name in every session and service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_env: bool,
+}
+
+/// Where a secret's value is read on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// A variable of berth's own environment.
+    FromEnv(String),
+    /// A file (absolute path; `~/` and relative paths resolved when checked).
+    FromFile(PathBuf),
+    /// A command's standard output (one trailing newline removed).
+    FromCommand(Vec<String>),
 }
 
 /// `[credentials]`: the host's credentials forwarded into `shell`, `exec` and SSH sessions

@@ -6,6 +6,7 @@
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
 mod credentials_section;
+mod secrets_section;
 mod host_paths;
 mod image_section;
 mod mounts_section;
@@ -140,6 +141,7 @@ impl<'a> Checker<'a> {
             self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
         let credentials = self.credentials(&root);
+        let secrets = self.secrets(&root, backend);
 
         Plan {
             name,
@@ -160,6 +162,7 @@ impl<'a> Checker<'a> {
             sidecars,
             vm,
             credentials,
+            secrets,
         }
     }
 }
