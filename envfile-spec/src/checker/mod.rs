@@ -6,12 +6,12 @@
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
 mod credentials_section;
-mod secrets_section;
 mod host_paths;
 mod image_section;
 mod mounts_section;
 mod ports_section;
 mod resources_section;
+mod secrets_section;
 mod services_section;
 mod shell_section;
 mod sidecar_section;

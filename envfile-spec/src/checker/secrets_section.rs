@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use super::toml_readers::show_key;
 use super::toml_readers::Tbl;
 use super::Checker;
 use crate::diagnostic::ErrorKind;
 use crate::plan::{BackendKind, SecretPlan, SecretSource};
-use super::toml_readers::show_key;
 
 /// A secret's name: a file name under /run/secrets and a variable name.
 pub fn is_secret_name(name: &str) -> bool {
@@ -78,8 +78,7 @@ impl Checker<'_> {
             self.unknown_keys(&s);
             let mut sources = Vec::new();
             if let Some((item, span)) = s.get("from_env") {
-                if let Some(v) = self.non_empty_string(item, span, &format!("{display}.from_env"))
-                {
+                if let Some(v) = self.non_empty_string(item, span, &format!("{display}.from_env")) {
                     sources.push(SecretSource::FromEnv(v));
                 }
             }
@@ -155,8 +154,14 @@ mod tests {
 
     #[test]
     fn bad_names_sources_and_vms_are_errors_with_line_and_column() {
-        let e = check(&format!("{BASE}[secrets]\n\"a/b\" = {{ from_env = \"X\" }}\n")).unwrap_err();
-        assert!(e.contains("not a valid secret name") && e.contains(":5:"), "{e}");
+        let e = check(&format!(
+            "{BASE}[secrets]\n\"a/b\" = {{ from_env = \"X\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.contains("not a valid secret name") && e.contains(":5:"),
+            "{e}"
+        );
         let e = check(&format!("{BASE}[secrets]\nA = {{ as_env = true }}\n")).unwrap_err();
         assert!(e.contains("exactly one of") && e.contains(":5:"), "{e}");
         let e = check(&format!(

@@ -121,6 +121,8 @@ impl Environments {
         previous: Option<EnvRecord>,
     ) -> Result<UpReport, EnvError> {
         let backend = self.backend(plan.backend);
+        // `[secrets]` are read first: a missing one stops `up` before anything changed.
+        let secrets = crate::secrets::resolve(plan)?;
         // A running environment is stopped by the backend it runs on, which is the plan's
         // only if the backend did not change.
         let running_on = match &previous {
@@ -159,6 +161,10 @@ impl Environments {
             // A qemu VM a killed `snapshot save` left paused would not answer (we hold
             // the lock: no save is under way).
             let mut notices: Vec<String> = backend.resume_if_paused(dir)?.into_iter().collect();
+            // Secrets are read again at every `up`: a changed value reaches the files.
+            if !secrets.is_empty() {
+                crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
+            }
             if live_sync::ensure(&self.home, backend, prev)? {
                 notices.push(
                     "the sync process was not running; it was restarted and caught up".into(),
@@ -259,7 +265,9 @@ impl Environments {
         let create_key = hooks::on_create_key(plan);
         let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
         // Sidecars start before the environment's own services and `on_create`/`on_up`.
-        let hold_services = on_create_pending || !plan.sidecars.is_empty();
+        // Secrets are written before the services start (they may read them).
+        let hold_services =
+            on_create_pending || !plan.sidecars.is_empty() || !plan.secrets.is_empty();
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -278,6 +286,10 @@ impl Environments {
             hold_services,
         })?;
         notices.extend(started.notices.iter().cloned());
+        if !secrets.is_empty() {
+            crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
+        }
+        drop(secrets);
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);

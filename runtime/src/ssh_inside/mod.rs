@@ -10,12 +10,16 @@
 //! private folder and listening sockets of a session's SSH agent and git credentials), for
 //! `shell` and `exec` as well as SSH sessions.
 //!
+//! `secret_files` writes `[secrets]` into the environment's `/run/secrets` tmpfs at `up`.
+//!
 //! This module uses nothing else of berth, so the container backend can call it.
 
+mod secret_files;
 mod session_sockets;
 mod sftp;
 mod tcp_relay;
 
+pub use secret_files::{MAX_SECRET, SECRETS_DIR};
 pub use session_sockets::{valid_socket_name, GITCONFIG_FILE, SESSION_DIR_PLACEHOLDER};
 
 /// `argv[0]` of the SFTP server builtin.
@@ -26,6 +30,9 @@ pub const TCP_RELAY: &str = "berth-builtin:tcp-relay";
 /// separated; `argv[2]`, optional, the session's gitconfig text). Its stdin must be a Unix
 /// socket: it receives the folder's path and the listening sockets.
 pub const SESSION_SOCKETS: &str = "berth-builtin:session-sockets";
+/// `argv[0]` of the `[secrets]` builtin (`argv[1]` the owner, the `[shell]` user); run as
+/// root inside, it writes the secrets read from stdin into `/run/secrets`.
+pub const WRITE_SECRETS: &str = "berth-builtin:write-secrets";
 
 /// The builtin named by `argv`, as a function to run in place of `execve` (its exit code).
 pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
@@ -42,6 +49,10 @@ pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
             Some(Box::new(move || {
                 session_sockets::serve_stdin(&sockets, gitconfig.as_deref())
             }))
+        }
+        Some(WRITE_SECRETS) => {
+            let owner = argv.get(1).cloned().unwrap_or_default();
+            Some(Box::new(move || secret_files::write_stdin(&owner)))
         }
         _ => None,
     }
