@@ -17,4 +17,5 @@ mod session;
 
 pub use agent_relay::AgentTarget;
 pub use error::CredentialsError;
+pub(crate) use session::receive_handover;
 pub use session::{SessionCredentials, Wanted};

@@ -226,34 +226,39 @@ impl Drop for SessionCredentials {
     }
 }
 
-/// Receives the folder's path and `count` listening sockets from the builtin.
-fn receive(from: &StdStream, count: usize) -> Result<(String, Vec<StdListener>), String> {
+/// Receives a builtin's handover (its short text and the descriptors it passed) on `from`,
+/// waiting at most [`HANDOVER_TIMEOUT`]. The descriptors are the caller's to check.
+pub(crate) fn receive_handover(from: &StdStream) -> Result<(Vec<u8>, Vec<OwnedFd>), String> {
     from.set_read_timeout(Some(HANDOVER_TIMEOUT))
         .map_err(|e| e.to_string())?;
     let mut buf = [0u8; 512];
     let mut space = nix::cmsg_space!([RawFd; 4]);
-    let (n, fds) = {
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let msg = socket::recvmsg::<()>(
-            from.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            socket::MsgFlags::MSG_CMSG_CLOEXEC,
-        )
-        .map_err(|e| format!("no answer from inside the environment: {e}"))?;
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().map_err(|e| e.to_string())? {
-            if let socket::ControlMessageOwned::ScmRights(r) = c {
-                // SAFETY: descriptors just received, owned by nobody else in this process.
-                fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let msg = socket::recvmsg::<()>(
+        from.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        socket::MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("no answer from inside the environment: {e}"))?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| e.to_string())? {
+        if let socket::ControlMessageOwned::ScmRights(r) = c {
+            // SAFETY: descriptors just received, owned by nobody else in this process.
+            fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
         }
-        (msg.bytes, fds)
-    };
-    if n == 0 {
-        return Err("the environment's side ended without making the session's sockets".into());
     }
-    let dir = std::str::from_utf8(&buf[..n])
+    let n = msg.bytes;
+    if n == 0 {
+        return Err("the environment's side ended without passing anything".into());
+    }
+    Ok((buf[..n].to_vec(), fds))
+}
+
+/// Receives the folder's path and `count` listening sockets from the builtin.
+fn receive(from: &StdStream, count: usize) -> Result<(String, Vec<StdListener>), String> {
+    let (text, fds) = receive_handover(from)?;
+    let dir = std::str::from_utf8(&text)
         .ok()
         .filter(|d| valid_session_dir(d))
         .ok_or("the environment's side named an unexpected folder")?

@@ -15,6 +15,7 @@ mod client_config;
 mod error;
 mod host_key;
 mod ide_launch;
+mod remote_forward;
 mod server;
 mod session;
 

@@ -12,8 +12,10 @@
 //! forwarding (`auth-agent-req@openssh.com`: agent connections inside go to the client's
 //! agent channel; without it, a session gets the agent of this process's `SSH_AUTH_SOCK`,
 //! and the git identity and credentials, as `shell` and `exec` do: [`crate::credentials`]).
-//! Refused: other channel types (`x11`, `direct-streamlocal`, …), other subsystems and
-//! remote forwarding (`tcpip-forward`), as the SSH protocol answers an unknown request.
+//! Remote forwarding (`tcpip-forward`, `ssh -R`): a listener inside the environment whose
+//! connections come back as `forwarded-tcpip` channels (containers only). Refused: other
+//! channel types (`x11`, `direct-streamlocal`, …) and other subsystems, as the SSH protocol
+//! answers an unknown request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
 use super::error::SshError;
+use super::remote_forward::{self, RemoteForward};
 use super::session::{self, Context, Control, Input, Running};
 use crate::backend::ExecRequest;
 use crate::credentials::AgentTarget;
@@ -53,6 +56,8 @@ struct ChannelState {
 struct Connection {
     ctx: Arc<Context>,
     channels: HashMap<ChannelId, ChannelState>,
+    /// Active remote forwardings (`ssh -R`) by the address and port the client asked for.
+    forwards: HashMap<(String, u32), RemoteForward>,
 }
 
 /// Variables a client may set (`env` requests), like sshd's default `AcceptEnv LANG LC_*`.
@@ -179,6 +184,7 @@ impl Connection {
 
     /// Hangs up on every command still running (the client went away).
     fn hang_up_all(&mut self) {
+        self.forwards.clear();
         for (_, mut state) in self.channels.drain() {
             if let Some(r) = state.running.as_mut() {
                 r.hang_up();
@@ -416,6 +422,46 @@ impl russh::server::Handler for Connection {
         }
     }
 
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(why) = self.builtins_refused() {
+            eprintln!("berth: remote forwarding: {why}");
+            return Ok(false);
+        }
+        let Ok(wanted) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let key = (address.to_string(), *port);
+        if self.forwards.contains_key(&key) {
+            return Ok(false);
+        }
+        match remote_forward::start(self.ctx.clone(), address, wanted, session.handle()) {
+            Ok(f) => {
+                *port = u32::from(f.port);
+                // A request for port 0 is cancelled with the port it got.
+                self.forwards.insert((address.to_string(), *port), f);
+                Ok(true)
+            }
+            Err(e) => {
+                eprintln!("berth: remote forwarding of {address}:{wanted}: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.forwards.remove(&(address.to_string(), port)).is_some())
+    }
+
     async fn channel_open_direct_tcpip(
         &mut self,
         channel: Channel<Msg>,
@@ -508,6 +554,7 @@ async fn serve(ctx: Arc<Context>, key: PrivateKey) -> Result<(), SshError> {
     let conn = Connection {
         ctx,
         channels: HashMap::new(),
+        forwards: HashMap::new(),
     };
     // The connection (and with it every command still running, see its Drop) ends with the
     // session, cleanly or not.

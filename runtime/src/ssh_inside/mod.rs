@@ -17,6 +17,7 @@
 mod secret_files;
 mod session_sockets;
 mod sftp;
+mod tcp_listen;
 mod tcp_relay;
 
 pub use secret_files::{MAX_SECRET, SECRETS_DIR};
@@ -33,6 +34,9 @@ pub const SESSION_SOCKETS: &str = "berth-builtin:session-sockets";
 /// `argv[0]` of the `[secrets]` builtin (`argv[1]` the owner, the `[shell]` user); run as
 /// root inside, it writes the secrets read from stdin into `/run/secrets`.
 pub const WRITE_SECRETS: &str = "berth-builtin:write-secrets";
+/// `argv[0]` of the remote forwarding builtin (`argv[1]` address, `argv[2]` port; stdin a
+/// Unix socket that receives the listener).
+pub const TCP_LISTEN: &str = "berth-builtin:tcp-listen";
 
 /// The builtin named by `argv`, as a function to run in place of `execve` (its exit code).
 pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
@@ -49,6 +53,11 @@ pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
             Some(Box::new(move || {
                 session_sockets::serve_stdin(&sockets, gitconfig.as_deref())
             }))
+        }
+        Some(TCP_LISTEN) => {
+            let addr = argv.get(1).cloned().unwrap_or_default();
+            let port = argv.get(2).cloned().unwrap_or_default();
+            Some(Box::new(move || tcp_listen::serve_stdin(&addr, &port)))
         }
         Some(WRITE_SECRETS) => {
             let owner = argv.get(1).cloned().unwrap_or_default();

@@ -97,8 +97,9 @@ fn write_gitconfig(dir: &OwnedFd, text: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write the session's gitconfig: {e}"))
 }
 
-/// Sends the folder's path and the listening sockets over `to` (the host side's end).
-fn send(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), String> {
+/// Sends `path` (any short text) and the listening sockets `fds` over `to` (the host
+/// side's end).
+pub(super) fn pass_fds(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), String> {
     let iov = [io::IoSlice::new(path.as_bytes())];
     let rights = [nix::sys::socket::ControlMessage::ScmRights(fds)];
     let cmsg: &[_] = if fds.is_empty() { &[] } else { &rights };
@@ -158,7 +159,7 @@ pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
             write_gitconfig(&dir, &text.replace(SESSION_DIR_PLACEHOLDER, &path))?;
         }
         let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
-        send(0, &path, &fds)
+        pass_fds(0, &path, &fds)
         // Our copies close here: the host side's are the only ones.
     })();
     if let Err(e) = result {
