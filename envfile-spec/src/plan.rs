@@ -381,10 +381,12 @@ pub enum Section {
     Vm,
     Devices,
     Sidecars,
+    Credentials,
+    Secrets,
 }
 
 impl Section {
-    pub const ALL: [Section; 15] = [
+    pub const ALL: [Section; 17] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -400,6 +402,8 @@ impl Section {
         Section::Vm,
         Section::Devices,
         Section::Sidecars,
+        Section::Credentials,
+        Section::Secrets,
     ];
 
     /// The name used for this section in berth.toml and in messages.
@@ -420,6 +424,8 @@ impl Section {
             Section::Vm => "vm",
             Section::Devices => "devices",
             Section::Sidecars => "sidecars",
+            Section::Credentials => "credentials",
+            Section::Secrets => "secrets",
         }
     }
 }
@@ -462,6 +468,8 @@ impl Plan {
             Section::Vm => sha256_json(&self.vm),
             Section::Devices => sha256_json(&self.devices),
             Section::Sidecars => sha256_json(&self.sidecars),
+            Section::Credentials => sha256_json(&self.credentials),
+            Section::Secrets => sha256_json(&self.secrets),
         }
     }
 

@@ -317,8 +317,13 @@ fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
     assert!(out.contains(KEY_COMMENT), "berth's own forwarding: {out}");
 
     // `[credentials] ssh_agent = false` turns it off.
+    let pid = b.status_json(p.path())["pid"].as_i64();
+    assert!(pid.is_some());
     p.write(&format!("{DEV_TOML}[credentials]\nssh_agent = false\n"));
-    berth_ok(&b, &p, None, &["up"]);
+    let out = text(&berth(&b, &p, None, &["up"])).1;
+    assert!(out.contains("[credentials] changed"), "{out}");
+    // No restart for that.
+    assert_eq!(b.status_json(p.path())["pid"].as_i64(), pid);
     let out = berth_ok(
         &b,
         &p,

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use envfile_spec::plan::Section;
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use super::hooks::{self, Hook};
 use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
-use crate::backend::{Backend, ImageDefaults, StartRequest};
+use crate::backend::{Backend, EnvStatus, ImageDefaults, StartRequest};
 use crate::host::clock::now_secs;
 use crate::image::lockfile::lock_path_for;
 use crate::image::{Progress, PullOptions, QuietProgress, ResolveOptions};
@@ -156,6 +157,34 @@ impl Environments {
             dir,
         )? {
             return Ok(report);
+        }
+        // `[credentials]` is read by each new session from the record: a change of it alone
+        // needs no restart.
+        let only_credentials = matches!(&decision.action, UpAction::Recreated { changed, .. } if changed == &[Section::Credentials]);
+        if let (true, Some(prev)) = (only_credentials, &previous) {
+            if current.status == EnvStatus::Running
+                && prev.converged
+                && prev.privileged == opts.privileged
+                && !opts.rebuild
+                && !opts.update
+            {
+                EnvRecord {
+                    plan: plan.clone(),
+                    plan_hash: hash.clone(),
+                    ..prev.clone()
+                }
+                .save(dir)?;
+                return Ok(UpReport {
+                    network: self.network_record(&env_id),
+                    env_id,
+                    name: plan.name.clone(),
+                    action: UpAction::Unchanged,
+                    pid: current.pid,
+                    elapsed: t0.elapsed(),
+                    image_elapsed: Duration::ZERO,
+                    notices: vec!["[credentials] changed: new sessions (shell, exec, ssh) follow it; no restart needed".into()],
+                });
+            }
         }
         if let (UpAction::Unchanged, Some(prev)) = (&decision.action, &previous) {
             // A qemu VM a killed `snapshot save` left paused would not answer (we hold
