@@ -14,7 +14,7 @@ use crate::commands::login::{LoginArgs, LogoutArgs};
 use crate::commands::logs::LogsArgs;
 use crate::commands::run::RunArgs;
 use crate::commands::snapshot::SnapshotCommand;
-use crate::commands::ssh::{SshArgs, SshConfigArgs};
+use crate::commands::ssh::{OpenArgs, SshArgs, SshConfigArgs};
 use crate::commands::sync::SyncArgs;
 use crate::commands::up::UpArgs;
 use crate::global_args::{GlobalArgs, JsonFlag};
@@ -55,6 +55,8 @@ pub enum Command {
     Ssh(SshArgs),
     /// Print `Host berth-NAME` entries for ssh and IDEs (`--install`: into ~/.ssh).
     SshConfig(SshConfigArgs),
+    /// Open the environment in an IDE over SSH (VS Code, Cursor, Zed, JetBrains Gateway).
+    Open(OpenArgs),
     /// Run a command in a fresh, throw-away environment (for CI).
     Run(RunArgs),
     /// Show the environment's state, address, ports and resource usage.

@@ -97,6 +97,7 @@ fn run(cli: Cli) -> Result<i32, CliError> {
         Command::Logout(args) => commands::login::logout(&args, g),
         Command::Ssh(args) => commands::ssh::run(g, &args),
         Command::SshConfig(args) => commands::ssh::config(g, &args),
+        Command::Open(args) => commands::ssh::open(g, &args),
         Command::Snapshot(cmd) => commands::snapshot::run(g, &cmd),
         Command::SyncProcess { env_dir } => {
             Ok(berth_runtime::environment::live_sync::main(&env_dir))

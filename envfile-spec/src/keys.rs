@@ -124,6 +124,15 @@ pub const KEYS: &[KeySpec] = &[
     k("vm.vcpus", KeyType::Integer),
     k("vm.vmm", KeyType::Enum(VMMS)),
     k("vm.modules", KeyType::String),
+    k("credentials", KeyType::Table),
+    k("credentials.ssh_agent", KeyType::Boolean),
+    k("credentials.git", KeyType::Boolean),
+    k("credentials.git_credentials", KeyType::Boolean),
+    k("secrets", KeyType::TableMap),
+    k("secrets.*.from_env", KeyType::String),
+    k("secrets.*.from_file", KeyType::String),
+    k("secrets.*.from_command", KeyType::StringArray),
+    k("secrets.*.as_env", KeyType::Boolean),
 ];
 
 /// The keys allowed directly inside `parent` (`""` for the top level, `"mounts[]"`,
@@ -181,7 +190,9 @@ mod tests {
                 "network",
                 "shell",
                 "services",
-                "vm"
+                "vm",
+                "credentials",
+                "secrets"
             ]
         );
         assert_eq!(

@@ -49,6 +49,65 @@ pub struct Plan {
     pub sidecars: BTreeMap<String, SidecarPlan>,
     /// Present exactly when `backend = "vm"`.
     pub vm: Option<VmPlan>,
+    /// `[credentials]`: what of the host's credentials every way in gets. All on (the
+    /// default) is left out of the serialized plan, so plans from before the key hash as
+    /// they did.
+    #[serde(default, skip_serializing_if = "CredentialsPlan::is_default")]
+    pub credentials: CredentialsPlan,
+    /// `[secrets]`: where each secret comes from on the host (never its value, which is
+    /// read at `up` and only ever held in memory and in the environment's tmpfs). Empty
+    /// (the default) is left out of the serialized plan.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretPlan>,
+}
+
+/// One `[secrets]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretPlan {
+    pub source: SecretSource,
+    /// Also a variable of that name in every session and service.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub as_env: bool,
+}
+
+/// Where a secret's value is read on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// A variable of berth's own environment.
+    FromEnv(String),
+    /// A file (absolute path; `~/` and relative paths resolved when checked).
+    FromFile(PathBuf),
+    /// A command's standard output (one trailing newline removed).
+    FromCommand(Vec<String>),
+}
+
+/// `[credentials]`: the host's credentials forwarded into `shell`, `exec` and SSH sessions
+/// (never copied in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CredentialsPlan {
+    /// The host's SSH agent (`SSH_AUTH_SOCK`) as a socket inside.
+    pub ssh_agent: bool,
+    /// The host user's git identity (`user.name`, `user.email`).
+    pub git: bool,
+    /// A git credential helper inside that asks the host's `git credential fill`.
+    pub git_credentials: bool,
+}
+
+impl Default for CredentialsPlan {
+    fn default() -> Self {
+        CredentialsPlan {
+            ssh_agent: true,
+            git: true,
+            git_credentials: true,
+        }
+    }
+}
+
+impl CredentialsPlan {
+    pub fn is_default(&self) -> bool {
+        *self == CredentialsPlan::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,10 +401,12 @@ pub enum Section {
     Vm,
     Devices,
     Sidecars,
+    Credentials,
+    Secrets,
 }
 
 impl Section {
-    pub const ALL: [Section; 15] = [
+    pub const ALL: [Section; 17] = [
         Section::Name,
         Section::Backend,
         Section::Image,
@@ -361,6 +422,8 @@ impl Section {
         Section::Vm,
         Section::Devices,
         Section::Sidecars,
+        Section::Credentials,
+        Section::Secrets,
     ];
 
     /// The name used for this section in berth.toml and in messages.
@@ -381,6 +444,8 @@ impl Section {
             Section::Vm => "vm",
             Section::Devices => "devices",
             Section::Sidecars => "sidecars",
+            Section::Credentials => "credentials",
+            Section::Secrets => "secrets",
         }
     }
 }
@@ -423,6 +488,8 @@ impl Plan {
             Section::Vm => sha256_json(&self.vm),
             Section::Devices => sha256_json(&self.devices),
             Section::Sidecars => sha256_json(&self.sidecars),
+            Section::Credentials => sha256_json(&self.credentials),
+            Section::Secrets => sha256_json(&self.secrets),
         }
     }
 

@@ -3,12 +3,14 @@
 
 pub mod backend;
 pub mod container;
+pub mod credentials;
 pub mod detach;
 pub mod doctor;
 pub mod environment;
 pub mod host;
 pub mod image;
 pub mod net;
+pub mod secrets;
 pub mod ssh;
 pub mod ssh_inside;
 pub mod state;

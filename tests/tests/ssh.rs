@@ -249,7 +249,40 @@ puts "EXIT=[lindex $result 3]"
     assert!(refused.contains("Connection refused"), "{refused}");
     drop(fwd);
 
-    // Refused cleanly: remote forwarding, an unknown subsystem.
+    // ssh -R: a port inside the environment (its loopback) reaches a server on the host.
+    let host_server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = host_server.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = host_server.accept().unwrap();
+        c.write_all(b"from-host\n").unwrap();
+    });
+    let _reverse = Reaped(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                &format!("127.0.0.1:9100:127.0.0.1:{host_port}"),
+                &host,
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(|| {
+        b.ok(p.path(), &["exec", "--", "netstat", "-ltn"])
+            .contains("127.0.0.1:9100 ")
+    });
+    let got = b.ok(
+        p.path(),
+        &["exec", "--", "sh", "-c", "nc 127.0.0.1 9100 </dev/null"],
+    );
+    assert_eq!(got, "from-host\n");
+    server.join().unwrap();
+    // A port the environment's user may not bind is refused with the reason.
     let o = client(
         "ssh",
         &cfg,
@@ -257,14 +290,21 @@ puts "EXIT=[lindex $result 3]"
             "-o",
             "ExitOnForwardFailure=yes",
             "-R",
-            "127.0.0.1:0:127.0.0.1:1",
+            "127.0.0.1:9100:127.0.0.1:1",
             &host,
             "true",
         ],
         None,
     );
-    assert!(!o.status.success(), "remote forwarding was not refused");
-    assert!(text(&o).1.contains("forwarding failed"), "{}", text(&o).1);
+    assert!(!o.status.success(), "a taken port was forwarded");
+    let err = text(&o).1;
+    assert!(
+        err.contains("forwarding failed") && err.contains("in use"),
+        "{err}"
+    );
+    drop(_reverse);
+
+    // Refused cleanly: an unknown subsystem.
     let o = client("ssh", &cfg, &["-s", &host, "netconf"], None);
     assert!(!o.status.success());
     // (The reason sent on stderr just before may or may not be printed by ssh, which exits

@@ -4,6 +4,8 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
 use berth_runtime::backend::ExecRequest;
+use berth_runtime::credentials::{SessionCredentials, Wanted};
+use berth_runtime::environment::{EnvRecord, Environments};
 use clap::Args;
 
 use crate::environment::{env_error, Current};
@@ -61,10 +63,32 @@ pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {
     Ok(pairs.to_vec())
 }
 
+/// The host's credentials for a session of `req` (`[credentials]` of the environment); a
+/// failure is a warning, the command runs without them.
+fn forward_credentials(
+    envs: &Environments,
+    record: &EnvRecord,
+    req: &mut ExecRequest,
+) -> Option<SessionCredentials> {
+    let wanted = Wanted::from_host(&record.plan.credentials, None);
+    match SessionCredentials::start(envs, record, req.user.as_deref(), wanted) {
+        Ok(c) => {
+            if let Some(c) = &c {
+                c.add_env(req);
+            }
+            c
+        }
+        Err(e) => {
+            eprintln!("berth: warning: {e}");
+            None
+        }
+    }
+}
+
 pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
     let cur = Current::load(g)?;
     let record = cur.require()?;
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         argv: args.command.clone(),
         env: parse_env(&args.env)?,
         cwd: args
@@ -88,6 +112,7 @@ pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
             .exec_in_sidecar(record, name, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
             .map_err(env_error);
     }
+    let _credentials = forward_credentials(&cur.envs, record, &mut req);
     if args.tty {
         return cur.envs.shell(record, &req).map_err(env_error);
     }
@@ -114,7 +139,7 @@ pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
             .exec_in_sidecar(record, name, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
             .map_err(env_error);
     }
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         argv: cur.plan.shell.command.clone(),
         env: Vec::new(),
         cwd: args
@@ -125,5 +150,6 @@ pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
         tty: std::io::stdin().is_terminal(),
         winsize: None,
     };
+    let _credentials = forward_credentials(&cur.envs, record, &mut req);
     cur.envs.shell(record, &req).map_err(env_error)
 }

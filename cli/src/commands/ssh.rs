@@ -32,6 +32,15 @@ pub struct SshConfigArgs {
     pub install: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct OpenArgs {
+    /// The IDE: code (VS Code), cursor, zed or jetbrains (JetBrains Gateway).
+    #[arg(long, default_value = "code", value_name = "IDE")]
+    pub ide: String,
+    /// The environment (default: the one of the current berth.toml).
+    pub name: Option<String>,
+}
+
 fn ssh_error(e: SshError) -> CliError {
     match e {
         SshError::Env(e) => env_error(e),
@@ -120,17 +129,24 @@ pub fn config(g: &GlobalArgs, args: &SshConfigArgs) -> Result<i32, CliError> {
         print!("{text}");
         return Ok(0);
     }
+    install(&text, entries.len())?;
+    Ok(0)
+}
+
+/// Writes `text` (the entries of every environment) into `~/.ssh/berth_config`, included
+/// from `~/.ssh/config`, and says so.
+fn install(text: &str, count: usize) -> Result<(), CliError> {
     let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) else {
         return Err(CliError::new(
             EXIT_ERROR,
             "--install writes under ~/.ssh, but HOME is not set; print the entries with `berth ssh-config` and add them yourself",
         ));
     };
-    let done = ssh::install_config(&PathBuf::from(home).join(".ssh"), &text).map_err(ssh_error)?;
+    let done = ssh::install_config(&PathBuf::from(home).join(".ssh"), text).map_err(ssh_error)?;
     eprintln!(
         "wrote {} entr{} to {}",
-        entries.len(),
-        if entries.len() == 1 { "y" } else { "ies" },
+        count,
+        if count == 1 { "y" } else { "ies" },
         done.file.display()
     );
     if done.include_added {
@@ -142,5 +158,56 @@ pub fn config(g: &GlobalArgs, args: &SshConfigArgs) -> Result<i32, CliError> {
                 .unwrap_or_default()
         );
     }
-    Ok(0)
+    Ok(())
+}
+
+/// `berth open`: installs the `Host` entries of every environment (as `ssh-config
+/// --install`), prints the IDE's command for the environment's workdir and runs it when
+/// the IDE's launcher is on PATH.
+pub fn open(g: &GlobalArgs, args: &OpenArgs) -> Result<i32, CliError> {
+    let Some(ide) = ssh::Ide::from_name(&args.ide) else {
+        return Err(CliError::new(
+            EXIT_USAGE,
+            format!(
+                "unknown IDE {:?}: use one of {}",
+                args.ide,
+                ssh::Ide::NAMES.join(", ")
+            ),
+        ));
+    };
+    let (envs, rec) = record(g, args.name.as_deref())?;
+    envs.running_dir(&rec).map_err(env_error)?;
+    let entries: Vec<HostEntry> = envs
+        .records()
+        .map_err(env_error)?
+        .iter()
+        .filter(|r| r.ephemeral.is_none())
+        .map(|r| ssh::host_entry(envs.home(), r))
+        .collect::<Result<_, _>>()
+        .map_err(ssh_error)?;
+    ssh::write_known_hosts(envs.home(), &entries).map_err(ssh_error)?;
+    let text = ssh::ssh_config_text(&berth_exe()?, envs.home(), &entries);
+    install(&text, entries.len())?;
+    let workdir = rec.plan.shell.workdir.as_deref().unwrap_or("/");
+    let uri = ssh::open_uri(ide, &rec.name, rec.plan.shell.user.as_deref(), workdir);
+    let launcher_args = ssh::launcher_args(ide, &uri);
+    println!("{} {}", ide.launcher(), launcher_args.join(" "));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let Some(launcher) = ssh::find_on_path(ide.launcher(), &path) else {
+        eprintln!(
+            "{} is not on PATH: run the command above where the IDE is installed (or open the URI)",
+            ide.launcher()
+        );
+        return Ok(0);
+    };
+    let status = std::process::Command::new(&launcher)
+        .args(&launcher_args)
+        .status()
+        .map_err(|e| {
+            CliError::new(
+                EXIT_ERROR,
+                format!("cannot run {}: {e}", launcher.display()),
+            )
+        })?;
+    Ok(status.code().unwrap_or(EXIT_ERROR))
 }

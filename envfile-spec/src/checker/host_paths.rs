@@ -10,7 +10,7 @@ use crate::diagnostic::ErrorKind;
 impl Checker<'_> {
     /// A host path from the file: `~/…` is under $HOME, a relative path is under the folder of
     /// the berth.toml; the result is absolute and lexically normalized.
-    fn host_path(&self, s: &str) -> PathBuf {
+    pub(super) fn host_path(&self, s: &str) -> PathBuf {
         let p = if s == "~" || s.starts_with("~/") {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)

@@ -6,11 +6,13 @@
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
 mod dockerfile_section;
+mod credentials_section;
 mod host_paths;
 mod image_section;
 mod mounts_section;
 mod ports_section;
 mod resources_section;
+mod secrets_section;
 mod services_section;
 mod shell_section;
 mod sidecar_section;
@@ -139,6 +141,8 @@ impl<'a> Checker<'a> {
         let (services, sidecars) =
             self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
+        let credentials = self.credentials(&root);
+        let secrets = self.secrets(&root, backend);
 
         Plan {
             name,
@@ -158,6 +162,8 @@ impl<'a> Checker<'a> {
             services,
             sidecars,
             vm,
+            credentials,
+            secrets,
         }
     }
 }

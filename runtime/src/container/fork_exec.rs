@@ -332,6 +332,17 @@ pub fn compose_env(spec: &ContainerSpec, home: &str, tty: bool, extra: &[String]
     for (k, v) in &spec.env {
         set(k, v);
     }
+    // `[secrets]` with `as_env`, from their tmpfs (not there yet: left out).
+    for name in &spec.secret_env {
+        let path = format!("{}/{name}", crate::ssh_inside::SECRETS_DIR);
+        if let Ok(v) = fs::read(&path) {
+            if let Ok(v) = String::from_utf8(v) {
+                if !v.contains('\0') {
+                    set(name, &v);
+                }
+            }
+        }
+    }
     for e in extra {
         if let Some((k, v)) = e.split_once('=') {
             set(k, v);

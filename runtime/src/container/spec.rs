@@ -71,6 +71,10 @@ pub struct ContainerSpec {
     /// making its own (see [`super::sidecar`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub join: Option<JoinSpec>,
+    /// `[secrets]` also wanted as variables: their names only (the values are in the
+    /// `/run/secrets` tmpfs, read by the supervisor when it starts a process).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<String>,
 }
 
 /// The mounts of a plan (the environment's or a sidecar's) with their host paths: volumes
@@ -189,6 +193,7 @@ impl ContainerSpec {
             hold_services: false,
             devices: Vec::new(),
             join: None,
+            secret_env: Vec::new(),
         }
     }
 
@@ -207,6 +212,31 @@ impl ContainerSpec {
         // `sync` mounts are kept in sync by berth's sync process (environment::live_sync), not
         // mounted.
         spec.mounts = mount_specs(&plan.mounts, home)?;
+        if !plan.secrets.is_empty() {
+            // `[secrets]` live in memory only: a tmpfs of their own, which no mount of the
+            // user's may replace (it could be a disk).
+            if let Some(m) = plan
+                .mounts
+                .iter()
+                .find(|m| Path::new(&m.target).starts_with(crate::ssh_inside::SECRETS_DIR))
+            {
+                return Err(ContainerError::Invalid(format!(
+                    "the mount at {} would hide or replace the tmpfs [secrets] are kept in at {}; mount it elsewhere",
+                    m.target,
+                    crate::ssh_inside::SECRETS_DIR
+                )));
+            }
+            spec.mounts.push(MountSpec::Tmpfs {
+                target: crate::ssh_inside::SECRETS_DIR.into(),
+                size: Some(4 << 20),
+            });
+            spec.secret_env = plan
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.as_env)
+                .map(|(n, _)| n.clone())
+                .collect();
+        }
         spec.env = plan.env.clone();
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;

@@ -63,4 +63,6 @@ pub enum EnvError {
     Backend(#[from] crate::backend::BackendError),
     #[error(transparent)]
     Sidecar(#[from] super::sidecar_error::SidecarError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretsError),
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use envfile_spec::plan::Section;
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -13,7 +14,7 @@ use super::hooks::{self, Hook};
 use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
-use crate::backend::{Backend, ImageDefaults, StartRequest};
+use crate::backend::{Backend, EnvStatus, ImageDefaults, StartRequest};
 use crate::host::clock::now_secs;
 use crate::image::dockerfile::build::default_name;
 use crate::image::dockerfile::DockerfileBuild;
@@ -123,6 +124,8 @@ impl Environments {
         previous: Option<EnvRecord>,
     ) -> Result<UpReport, EnvError> {
         let backend = self.backend(plan.backend);
+        // `[secrets]` are read first: a missing one stops `up` before anything changed.
+        let secrets = crate::secrets::resolve(plan)?;
         // A running environment is stopped by the backend it runs on, which is the plan's
         // only if the backend did not change.
         let running_on = match &previous {
@@ -157,10 +160,42 @@ impl Environments {
         )? {
             return Ok(report);
         }
+        // `[credentials]` is read by each new session from the record: a change of it alone
+        // needs no restart.
+        let only_credentials = matches!(&decision.action, UpAction::Recreated { changed, .. } if changed == &[Section::Credentials]);
+        if let (true, Some(prev)) = (only_credentials, &previous) {
+            if current.status == EnvStatus::Running
+                && prev.converged
+                && prev.privileged == opts.privileged
+                && !opts.rebuild
+                && !opts.update
+            {
+                EnvRecord {
+                    plan: plan.clone(),
+                    plan_hash: hash.clone(),
+                    ..prev.clone()
+                }
+                .save(dir)?;
+                return Ok(UpReport {
+                    network: self.network_record(&env_id),
+                    env_id,
+                    name: plan.name.clone(),
+                    action: UpAction::Unchanged,
+                    pid: current.pid,
+                    elapsed: t0.elapsed(),
+                    image_elapsed: Duration::ZERO,
+                    notices: vec!["[credentials] changed: new sessions (shell, exec, ssh) follow it; no restart needed".into()],
+                });
+            }
+        }
         if let (UpAction::Unchanged, Some(prev)) = (&decision.action, &previous) {
             // A qemu VM a killed `snapshot save` left paused would not answer (we hold
             // the lock: no save is under way).
             let mut notices: Vec<String> = backend.resume_if_paused(dir)?.into_iter().collect();
+            // Secrets are read again at every `up`: a changed value reaches the files.
+            if !secrets.is_empty() {
+                crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
+            }
             if live_sync::ensure(&self.home, backend, prev)? {
                 notices.push(
                     "the sync process was not running; it was restarted and caught up".into(),
@@ -281,7 +316,9 @@ impl Environments {
         let create_key = hooks::on_create_key(plan);
         let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
         // Sidecars start before the environment's own services and `on_create`/`on_up`.
-        let hold_services = on_create_pending || !plan.sidecars.is_empty();
+        // Secrets are written before the services start (they may read them).
+        let hold_services =
+            on_create_pending || !plan.sidecars.is_empty() || !plan.secrets.is_empty();
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -300,6 +337,10 @@ impl Environments {
             hold_services,
         })?;
         notices.extend(started.notices.iter().cloned());
+        if !secrets.is_empty() {
+            crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
+        }
+        drop(secrets);
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);

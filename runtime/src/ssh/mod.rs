@@ -9,10 +9,13 @@
 //! - `host_key`: the environment's ed25519 host key, made once, kept private.
 //! - `client_config`: what the OpenSSH client needs (`Host` entries, the known-hosts file
 //!   berth keeps, `berth ssh-config --install`).
+//! - `ide_launch`: `berth open`'s URI and launcher command for each IDE.
 
 mod client_config;
 mod error;
 mod host_key;
+mod ide_launch;
+mod remote_forward;
 mod server;
 mod session;
 
@@ -22,6 +25,7 @@ pub use client_config::{
 };
 pub use error::SshError;
 pub use host_key::{load_or_create as host_key, public_line, HOST_KEY_FILE};
+pub use ide_launch::{find_on_path, launcher_args, open_uri, Ide};
 pub use server::{accepted_env, serve_stdio};
 
 use crate::environment::EnvRecord;

@@ -8,9 +8,14 @@
 //! Served: session channels with `exec`, `shell`, `pty-req`, `window-change`, `signal`,
 //! `env` (LANG and LC_*, as sshd's AcceptEnv default), the `sftp` subsystem and
 //! `direct-tcpip` channels (`ssh -L`), both through builtins run inside the environment
-//! ([`crate::ssh_inside`]; containers only, refused with a reason for a VM). Refused: other
-//! channel types (`x11`, `direct-streamlocal`, …), other subsystems, agent forwarding and
-//! remote forwarding (`tcpip-forward`), as the SSH protocol answers an unknown request.
+//! ([`crate::ssh_inside`]; containers only, refused with a reason for a VM), and agent
+//! forwarding (`auth-agent-req@openssh.com`: agent connections inside go to the client's
+//! agent channel; without it, a session gets the agent of this process's `SSH_AUTH_SOCK`,
+//! and the git identity and credentials, as `shell` and `exec` do: [`crate::credentials`]).
+//! Remote forwarding (`tcpip-forward`, `ssh -R`): a listener inside the environment whose
+//! connections come back as `forwarded-tcpip` channels (containers only). Refused: other
+//! channel types (`x11`, `direct-streamlocal`, …) and other subsystems, as the SSH protocol
+//! answers an unknown request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,8 +26,10 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty, Sig};
 
 use super::error::SshError;
+use super::remote_forward::{self, RemoteForward};
 use super::session::{self, Context, Control, Input, Running};
 use crate::backend::ExecRequest;
+use crate::credentials::AgentTarget;
 use crate::environment::{EnvRecord, Environments};
 use crate::ssh_inside;
 use crate::state::BerthHome;
@@ -42,11 +49,15 @@ struct ChannelState {
     running: Option<Running>,
     /// A `direct-tcpip` channel (its command is the TCP relay).
     tunnel: bool,
+    /// The client asked for agent forwarding (`auth-agent-req@openssh.com`, `ssh -A`).
+    agent: bool,
 }
 
 struct Connection {
     ctx: Arc<Context>,
     channels: HashMap<ChannelId, ChannelState>,
+    /// Active remote forwardings (`ssh -R`) by the address and port the client asked for.
+    forwards: HashMap<(String, u32), RemoteForward>,
 }
 
 /// Variables a client may set (`env` requests), like sshd's default `AcceptEnv LANG LC_*`.
@@ -124,13 +135,19 @@ impl Connection {
             return session.channel_failure(channel);
         };
         let req = self.request(state, command);
-        self.start_request(channel, req, session)
+        // The host's credentials: the client's agent when it asked (`ssh -A`), else the
+        // agent of this process's SSH_AUTH_SOCK (see `credentials::Wanted::from_host`).
+        let agent = state
+            .agent
+            .then(|| AgentTarget::SshClient(session.handle()));
+        self.start_request(channel, req, Some(agent), session)
     }
 
     fn start_request(
         &mut self,
         channel: ChannelId,
         req: ExecRequest,
+        credentials: Option<Option<AgentTarget>>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
         let handle = session.handle();
@@ -141,7 +158,7 @@ impl Connection {
             // One command per session channel (RFC 4254 6.5).
             return session.channel_failure(channel);
         }
-        match session::start(self.ctx.clone(), req, channel, handle, None) {
+        match session::start(self.ctx.clone(), req, channel, handle, None, credentials) {
             Ok(running) => {
                 if let Some(state) = self.channels.get_mut(&channel) {
                     state.running = Some(running);
@@ -167,6 +184,7 @@ impl Connection {
 
     /// Hangs up on every command still running (the client went away).
     fn hang_up_all(&mut self) {
+        self.forwards.clear();
         for (_, mut state) in self.channels.drain() {
             if let Some(r) = state.running.as_mut() {
                 r.hang_up();
@@ -384,7 +402,64 @@ impl russh::server::Handler for Connection {
             tty: false,
             winsize: None,
         };
-        self.start_request(channel, req, session)
+        self.start_request(channel, req, None, session)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let allowed = self.ctx.record.plan.credentials.ssh_agent
+            && self.ctx.record.plan.backend == BackendKind::Container;
+        match self.channels.get_mut(&channel) {
+            // russh sends the reply itself, from the answer.
+            Some(state) if allowed && state.running.is_none() => {
+                state.agent = true;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(why) = self.builtins_refused() {
+            eprintln!("berth: remote forwarding: {why}");
+            return Ok(false);
+        }
+        let Ok(wanted) = u16::try_from(*port) else {
+            return Ok(false);
+        };
+        let key = (address.to_string(), *port);
+        if self.forwards.contains_key(&key) {
+            return Ok(false);
+        }
+        match remote_forward::start(self.ctx.clone(), address, wanted, session.handle()) {
+            Ok(f) => {
+                *port = u32::from(f.port);
+                // A request for port 0 is cancelled with the port it got.
+                self.forwards.insert((address.to_string(), *port), f);
+                Ok(true)
+            }
+            Err(e) => {
+                eprintln!("berth: remote forwarding of {address}:{wanted}: {e}");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(self.forwards.remove(&(address.to_string(), port)).is_some())
     }
 
     async fn channel_open_direct_tcpip(
@@ -421,7 +496,14 @@ impl russh::server::Handler for Connection {
             winsize: None,
         };
         let id = channel.id();
-        match session::start(self.ctx.clone(), req, id, session.handle(), Some(reply)) {
+        match session::start(
+            self.ctx.clone(),
+            req,
+            id,
+            session.handle(),
+            Some(reply),
+            None,
+        ) {
             Ok(running) => {
                 self.channels.insert(
                     id,
@@ -472,6 +554,7 @@ async fn serve(ctx: Arc<Context>, key: PrivateKey) -> Result<(), SshError> {
     let conn = Connection {
         ctx,
         channels: HashMap::new(),
+        forwards: HashMap::new(),
     };
     // The connection (and with it every command still running, see its Drop) ends with the
     // session, cleanly or not.

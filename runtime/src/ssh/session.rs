@@ -21,6 +21,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::ExecRequest;
+use crate::credentials::{AgentTarget, SessionCredentials, Wanted};
 use crate::environment::{EnvRecord, Environments};
 use crate::state::BerthHome;
 
@@ -75,13 +76,16 @@ fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
 
 /// Starts `req` for `channel`; the command's output and end reach the client through
 /// `handle`. With `tunnel` (a `direct-tcpip` channel's open request), the command is the
-/// TCP relay and the channel is accepted or refused by its first byte.
+/// TCP relay and the channel is accepted or refused by its first byte. With `credentials`
+/// (a session's command), the host's credentials are forwarded for as long as it runs, its
+/// agent connections to the given target (else the host's `SSH_AUTH_SOCK`).
 pub(super) fn start(
     ctx: Arc<Context>,
     req: ExecRequest,
     channel: ChannelId,
     handle: Handle,
     tunnel: Option<ChannelOpenHandle>,
+    credentials: Option<Option<AgentTarget>>,
 ) -> std::io::Result<Running> {
     let (in_r, in_w) = pipe_pair()?;
     let (out_r, out_w) = pipe_pair()?;
@@ -94,7 +98,8 @@ pub(super) fn start(
         .spawn(move || {
             run_command(
                 &ctx,
-                &req,
+                req,
+                credentials,
                 [in_r, out_w, err_w],
                 started_tx,
                 exit_tx,
@@ -146,16 +151,35 @@ pub(super) fn start(
 /// The command's thread: starts it, passes on window changes and signals, reports its exit.
 fn run_command(
     ctx: &Context,
-    req: &ExecRequest,
+    mut req: ExecRequest,
+    credentials: Option<Option<AgentTarget>>,
     stdio: [OwnedFd; 3],
     started: oneshot::Sender<Result<(), String>>,
     exited: oneshot::Sender<Result<i32, String>>,
     control: std_mpsc::Receiver<Control>,
 ) {
     let envs = Environments::open(&ctx.home);
+    // Ended (its folder inside removed) when the command has ended, at the end of this
+    // function.
+    let _credentials = credentials.and_then(|agent| {
+        let wanted = Wanted::from_host(&ctx.record.plan.credentials, agent);
+        match SessionCredentials::start(&envs, &ctx.record, req.user.as_deref(), wanted) {
+            Ok(c) => {
+                if let Some(c) = &c {
+                    c.add_env(&mut req);
+                }
+                c
+            }
+            Err(e) => {
+                let msg = format!("berth: warning: {e}\r\n");
+                let _ = nix::unistd::write(stdio[2].as_fd(), msg.as_bytes());
+                None
+            }
+        }
+    });
     let session = envs.exec_start(
         &ctx.record,
-        req,
+        &req,
         [stdio[0].as_fd(), stdio[1].as_fd(), stdio[2].as_fd()],
     );
     // The command holds its own copies now; ours would keep its output open.

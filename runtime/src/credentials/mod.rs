@@ -1,0 +1,21 @@
+//! The host's credentials in every way into an environment (`shell`, `exec`, SSH sessions),
+//! forwarded, never copied in: the SSH agent as a socket inside, the host user's git
+//! identity and a git credential helper answered by the host's `git credential fill`
+//! (`[credentials]` in berth.toml turns each off).
+//!
+//! - `session`: one session's forwarding: the inside builtin's private folder and sockets,
+//!   checked and served on a thread of its own.
+//! - `agent_relay`: where agent connections go (the host's `SSH_AUTH_SOCK`, or the SSH
+//!   client's agent channel for `ssh -A`).
+//! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
+//!   and never prompting.
+
+mod agent_relay;
+mod error;
+mod host_git;
+mod session;
+
+pub use agent_relay::AgentTarget;
+pub use error::CredentialsError;
+pub(crate) use session::receive_handover;
+pub use session::{SessionCredentials, Wanted};

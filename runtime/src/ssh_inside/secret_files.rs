@@ -1,0 +1,162 @@
+//! The inside half of `[secrets]` (`berth-builtin:write-secrets OWNER`): run as root inside
+//! by `up`, it reads the secrets from its stdin (`NAME\n`, `LENGTH\n`, then LENGTH bytes,
+//! repeated) and writes each as `/run/secrets/NAME`, mode 0400, owned by OWNER (the
+//! `[shell]` user; empty: root), replacing the previous set. It refuses to write unless
+//! `/run/secrets` is a tmpfs reached without a symlink (the one the container was started
+//! with), so a secret never lands on a disk, whatever the environment did to its `/run`.
+
+use std::io::{self, BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Where the secrets are.
+pub const SECRETS_DIR: &str = "/run/secrets";
+/// Largest secret accepted.
+pub const MAX_SECRET: usize = 1 << 20;
+
+fn fail(msg: String) -> i32 {
+    let _ = writeln!(io::stderr(), "{msg}");
+    1
+}
+
+fn read_entry(input: &mut impl BufRead) -> Result<Option<(String, Vec<u8>)>, String> {
+    let mut name = String::new();
+    if input.read_line(&mut name).map_err(|e| e.to_string())? == 0 {
+        return Ok(None);
+    }
+    let name = name.trim_end_matches('\n').to_string();
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Err("bad secret name".into());
+    }
+    let mut len = String::new();
+    input.read_line(&mut len).map_err(|e| e.to_string())?;
+    let len: usize = len.trim_end().parse().map_err(|_| "bad secret length")?;
+    if len > MAX_SECRET {
+        return Err(format!("secret {name} is larger than 1 MiB"));
+    }
+    let mut value = vec![0u8; len];
+    input.read_exact(&mut value).map_err(|e| e.to_string())?;
+    Ok(Some((name, value)))
+}
+
+/// Opens `/run/secrets` without following a link and checks it is a tmpfs.
+fn open_secrets_dir() -> Result<OwnedFd, String> {
+    let open = |path: &str, flags: nix::fcntl::OFlag| {
+        nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
+            // SAFETY: a descriptor just opened, owned by nobody else.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let dir_flags = nix::fcntl::OFlag::O_DIRECTORY
+        | nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let run = open("/run", dir_flags).map_err(|e| format!("cannot open /run: {e}"))?;
+    let fd = nix::fcntl::openat(
+        Some(run.as_raw_fd()),
+        "secrets",
+        dir_flags,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {SECRETS_DIR}: {e}"))?;
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fs =
+        nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("cannot inspect {SECRETS_DIR}: {e}"))?;
+    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+        return Err(format!(
+            "{SECRETS_DIR} is not the tmpfs berth mounted: secrets are not written to it (restart the environment: berth down && berth up)"
+        ));
+    }
+    Ok(fd)
+}
+
+fn owner(user: &str) -> Result<(u32, u32), String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let who = berth_agent_proto::users::resolve(Some(user), &passwd, &group)?;
+    Ok((who.uid, who.gid))
+}
+
+fn write_one(dir: &OwnedFd, name: &str, value: &[u8], uid: u32, gid: u32) -> Result<(), String> {
+    let tmp = format!(".{name}.new");
+    let _ = nix::unistd::unlinkat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let fd = nix::fcntl::openat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        nix::fcntl::OFlag::O_WRONLY
+            | nix::fcntl::OFlag::O_CREAT
+            | nix::fcntl::OFlag::O_EXCL
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::from_bits_truncate(0o400),
+    )
+    .map_err(|e| format!("cannot write secret {name}: {e}"))?;
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    nix::unistd::fchown(
+        f.as_raw_fd(),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| format!("cannot give secret {name} to its user: {e}"))?;
+    f.write_all(value)
+        .map_err(|e| format!("cannot write secret {name}: {e}"))?;
+    nix::fcntl::renameat(
+        Some(dir.as_raw_fd()),
+        tmp.as_str(),
+        Some(dir.as_raw_fd()),
+        name,
+    )
+    .map_err(|e| format!("cannot write secret {name}: {e}"))
+}
+
+/// The builtin; see the module's documentation. Returns the exit code.
+pub fn write_stdin(user: &str) -> i32 {
+    let dir = match open_secrets_dir() {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let (uid, gid) = match owner(if user.is_empty() { "0" } else { user }) {
+        Ok(o) => o,
+        Err(e) => return fail(format!("secrets: {e}")),
+    };
+    if let Err(e) = nix::sys::stat::fchmod(
+        dir.as_raw_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(0o755),
+    ) {
+        return fail(format!("cannot set the mode of {SECRETS_DIR}: {e}"));
+    }
+    let mut input = io::BufReader::new(io::stdin().lock());
+    let mut names = Vec::new();
+    loop {
+        match read_entry(&mut input) {
+            Ok(Some((name, value))) => {
+                if let Err(e) = write_one(&dir, &name, &value, uid, gid) {
+                    return fail(e);
+                }
+                names.push(name);
+            }
+            Ok(None) => break,
+            Err(e) => return fail(format!("secrets: {e}")),
+        }
+    }
+    // Secrets no longer configured go.
+    if let Ok(entries) = std::fs::read_dir(SECRETS_DIR) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !names.contains(&n) {
+                let _ = nix::unistd::unlinkat(
+                    Some(dir.as_raw_fd()),
+                    n.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+            }
+        }
+    }
+    0
+}
