@@ -67,6 +67,8 @@ pub const KEYS: &[KeySpec] = &[
     k("image.inputs", KeyType::StringArray),
     k("image.workdir", KeyType::String),
     k("image.host_ca", KeyType::Boolean),
+    k("image.cache", KeyType::String),
+    k("image.cache_push", KeyType::Boolean),
     k("env", KeyType::StringMap),
     k("mounts", KeyType::ArrayOfTables),
     k("mounts[].source", KeyType::String),

@@ -74,6 +74,17 @@ pub struct ImagePlan {
     /// Make the host's trusted CA certificates available to builds and environments.
     #[serde(default = "yes")]
     pub host_ca: bool,
+    /// `cache`: the registry repository holding cached build steps
+    /// (`registry/repository`, no tag), read before each step is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// `cache_push`: also push the steps built here to `cache`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache_push: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn root_folder() -> String {

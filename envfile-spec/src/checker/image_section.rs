@@ -20,6 +20,8 @@ impl Checker<'_> {
             inputs: Vec::new(),
             workdir: String::new(),
             host_ca: true,
+            cache: None,
+            cache_push: false,
         };
         if root.get("image").is_none() {
             self.error(
@@ -128,6 +130,7 @@ impl Checker<'_> {
             .get("host_ca")
             .and_then(|(item, span)| self.boolean(item, span, "image.host_ca"))
             .unwrap_or(true);
+        let (cache, cache_push) = self.image_cache(&img);
         ImagePlan {
             from,
             packages,
@@ -135,6 +138,8 @@ impl Checker<'_> {
             inputs,
             workdir,
             host_ca,
+            cache,
+            cache_push,
         }
     }
 

@@ -6,6 +6,7 @@
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
 mod host_paths;
+mod image_cache;
 mod image_section;
 mod mounts_section;
 mod ports_section;

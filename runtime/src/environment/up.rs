@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use envfile_spec::reference::ImageReference;
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -15,6 +16,7 @@ use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
 use crate::backend::{Backend, ImageDefaults, StartRequest};
 use crate::host::clock::now_secs;
+use crate::image::build_cache::{BuildCache, BuildCacheSettings};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{Progress, PullOptions, QuietProgress, ResolveOptions};
 use crate::net::NetRecord;
@@ -38,6 +40,10 @@ pub struct UpOptions {
     pub stop_timeout: Duration,
     /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
     pub publish_auto: bool,
+    /// `--cache-from`: the registry build cache to read (over `[image].cache`).
+    pub cache_from: Option<ImageReference>,
+    /// `--cache-to`: the registry build cache to push the built steps to.
+    pub cache_to: Option<ImageReference>,
 }
 
 impl Default for UpOptions {
@@ -51,6 +57,8 @@ impl Default for UpOptions {
             ephemeral: None,
             stop_timeout: Duration::from_secs(10),
             publish_auto: false,
+            cache_from: None,
+            cache_to: None,
         }
     }
 }
@@ -208,7 +216,19 @@ impl Environments {
             scratch: scratch.path().to_path_buf(),
             net_home: self.home.root().to_path_buf(),
         };
-        let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
+        let cache = BuildCache::new(
+            BuildCacheSettings::new(
+                plan.image.cache.as_deref(),
+                plan.image.cache_push,
+                opts.cache_from.as_ref(),
+                opts.cache_to.as_ref(),
+            )?,
+            opts.progress.clone(),
+        )?;
+        let image = self
+            .images
+            .build_cached(&base, &spec, &runner, &opts.progress, &cache)?;
+        notices.extend(cache.notices());
         drop(scratch);
         let layer_dirs = image.layers.clone();
         let image_elapsed = t_image.elapsed();
