@@ -189,6 +189,8 @@ modules = "./kernel/modules"
             // The first mount of the project folder (`./src` is not it).
             workdir: "/sync".into(),
             host_ca: true,
+            cache: None,
+            cache_push: false,
         }
     );
     assert_eq!(
