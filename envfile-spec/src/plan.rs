@@ -83,6 +83,18 @@ pub struct ImagePlan {
     pub cache_push: bool,
 }
 
+impl ImagePlan {
+    /// The plan without `cache`/`cache_push`: where built steps are shared changes nothing
+    /// of the environment, so it is left out of the plan's hashes (no restart for it).
+    pub fn without_build_cache(&self) -> ImagePlan {
+        ImagePlan {
+            cache: None,
+            cache_push: false,
+            ..self.clone()
+        }
+    }
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -386,6 +398,11 @@ fn sha256_json<T: Serialize>(value: &T) -> String {
 impl Plan {
     /// Stable content hash (hex sha256) of the whole plan, format version included.
     pub fn hash(&self) -> String {
+        if self.image.cache.is_some() || self.image.cache_push {
+            let mut p = self.clone();
+            p.image = self.image.without_build_cache();
+            return sha256_json(&(FORMAT_VERSION, &p));
+        }
         sha256_json(&(FORMAT_VERSION, self))
     }
 
@@ -401,7 +418,7 @@ impl Plan {
         match section {
             Section::Name => sha256_json(&self.name),
             Section::Backend => sha256_json(&self.backend),
-            Section::Image => sha256_json(&self.image),
+            Section::Image => sha256_json(&self.image.without_build_cache()),
             Section::Env => sha256_json(&self.env),
             Section::Mounts => sha256_json(&self.mounts),
             Section::Ports => sha256_json(&self.ports),

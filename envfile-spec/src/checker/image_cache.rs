@@ -82,10 +82,19 @@ mod tests {
         assert_eq!(errors, []);
         assert_eq!(plan.image.cache.as_deref(), Some("docker.io/team/cache"));
         assert!(plan.image.cache_push);
-        // Without the keys a plan serializes as before (its hash is unchanged).
+        // Without the keys a plan serializes as before, and the keys change no hash: where
+        // steps are shared does not restart an environment.
         let (plain, _) = check("[image]\nfrom = \"debian\"\n");
         let json = serde_json::to_string(&plain.image).unwrap();
         assert!(!json.contains("cache"), "{json}");
+        let mut without = plan.clone();
+        without.image.cache = None;
+        without.image.cache_push = false;
+        assert_eq!(plan.hash(), without.hash());
+        assert_eq!(
+            plan.section_hash(crate::plan::Section::Image),
+            without.section_hash(crate::plan::Section::Image)
+        );
     }
 
     #[test]
