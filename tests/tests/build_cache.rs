@@ -261,13 +261,31 @@ fn berth_toml_cache_is_read_only_unless_cache_push_is_on() {
             .any(|r| r.contains("/manifests/cache-")),
         "the cache was asked"
     );
-    assert!(!err.contains("notice"), "a miss is no notice:\n{err}");
+    // The repository does not exist yet: one notice saying so, then no more lookups.
+    let notices: Vec<&str> = err.lines().filter(|l| l.starts_with("notice:")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("does not exist"), "{notices:?}");
+    let lookups = reg
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/manifests/cache-"))
+        .count();
+    assert_eq!(lookups, 1, "{:?}", reg.requests());
 
     p.write(&toml(
         "echo two > /two.txt",
         &format!("cache = \"{cache}\"\ncache_push = true"),
     ));
+    // The cache keys do not restart an environment (nothing of it changed): `up` leaves it
+    // as it is; `--rebuild` goes through the (locally cached) steps and pushes them.
+    let before = reg.requests().len();
     ok(&a, p.path(), &[], &["up"]);
+    assert_eq!(
+        reg.requests().len(),
+        before,
+        "an unchanged up asks no registry"
+    );
+    ok(&a, p.path(), &[], &["up", "--rebuild"]);
     let pushed: Vec<String> = writes(&reg)
         .into_iter()
         .filter(|r| r.contains("/manifests/cache-"))

@@ -133,6 +133,8 @@ pub struct BuildCache {
     /// Set after the first problem reading / pushing: not asked again in this build.
     read_off: AtomicBool,
     push_off: AtomicBool,
+    /// Whether the first miss checked that the repository exists.
+    checked_repository: AtomicBool,
     notices: Mutex<Vec<String>>,
     counts: Mutex<CacheCounts>,
 }
@@ -174,6 +176,7 @@ impl BuildCache {
             writer: OnceLock::new(),
             read_off: AtomicBool::new(false),
             push_off: AtomicBool::new(false),
+            checked_repository: AtomicBool::new(false),
             notices: Mutex::new(Vec::new()),
             counts: Mutex::new(CacheCounts::default()),
         })
@@ -284,9 +287,27 @@ impl BuildCache {
         let client = self.client(&self.reader, target, false)?;
         let fetched = match client.manifest(&entry_tag(key)) {
             Ok(m) => m,
-            Err(ImageError::ManifestNotFound { .. }) => return Ok(None),
-            // A repository the registry does not know is a miss too.
-            Err(ImageError::RegistryStatus { status: 404, .. }) => return Ok(None),
+            Err(ImageError::ManifestNotFound { .. })
+            | Err(ImageError::RegistryStatus { status: 404, .. }) => {
+                // The first miss: is there a cache at all? Without one, say so once and
+                // ask no more.
+                if !self.checked_repository.swap(true, Ordering::Relaxed)
+                    && !repository_exists(client).map_err(|e| e.to_string())?
+                {
+                    self.read_off.store(true, Ordering::Relaxed);
+                    // (No notice when this build is the one filling it.)
+                    let filling = self.settings.to.as_ref().is_some_and(|to| {
+                        to.registry == target.registry && to.repository == target.repository
+                    });
+                    if !filling {
+                        self.notice(format!(
+                        "build cache {}/{}: the repository does not exist (yet): every step is built here; a build with --cache-to (or cache_push = true) fills it",
+                        target.registry, target.repository
+                    ));
+                    }
+                }
+                return Ok(None);
+            }
             Err(e) => return Err(e.to_string()),
         };
         let entry = CacheEntry::parse(&fetched.bytes, key).map_err(|why| {
@@ -510,6 +531,25 @@ impl BuildCache {
             .put_manifest(&tag, OCI_MANIFEST, &bytes)
             .map_err(err)?;
         Ok(true)
+    }
+}
+
+/// Whether the client's repository exists (has any tag): `GET /v2/<repo>/tags/list`.
+fn repository_exists(client: &RegistryClient) -> Result<bool, ImageError> {
+    let url = format!("{}/v2/{}/tags/list?n=1", client.base, client.repository);
+    let resp = client.request(
+        reqwest::Method::GET,
+        &url,
+        reqwest::header::HeaderMap::new(),
+        None,
+    )?;
+    match resp.status().as_u16() {
+        404 => Ok(false),
+        s if (200..300).contains(&s) => {
+            let v: serde_json::Value = resp.json().unwrap_or_default();
+            Ok(v["tags"].as_array().is_some_and(|t| !t.is_empty()))
+        }
+        _ => Err(client.status_error(&url, resp)),
     }
 }
 
