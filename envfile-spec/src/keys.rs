@@ -71,6 +71,8 @@ pub const KEYS: &[KeySpec] = &[
     k("image.context", KeyType::String),
     k("image.target", KeyType::String),
     k("image.args", KeyType::StringMap),
+    k("image.cache", KeyType::String),
+    k("image.cache_push", KeyType::Boolean),
     k("env", KeyType::StringMap),
     k("mounts", KeyType::ArrayOfTables),
     k("mounts[].source", KeyType::String),

@@ -138,6 +138,13 @@ pub struct ImagePlan {
     /// plans (and their hashes) of files without it stay as they were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile: Option<DockerfilePlan>,
+    /// `cache`: the registry repository holding cached build steps
+    /// (`registry/repository`, no tag), read before each step is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// `cache_push`: also push the steps built here to `cache`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cache_push: bool,
 }
 
 /// A Dockerfile to build the base image from.
@@ -153,6 +160,22 @@ pub struct DockerfilePlan {
     /// Build arguments (`ARG` values).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub args: BTreeMap<String, String>,
+}
+
+impl ImagePlan {
+    /// The plan without `cache`/`cache_push`: where built steps are shared changes nothing
+    /// of the environment, so it is left out of the plan's hashes (no restart for it).
+    pub fn without_build_cache(&self) -> ImagePlan {
+        ImagePlan {
+            cache: None,
+            cache_push: false,
+            ..self.clone()
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn root_folder() -> String {
@@ -460,6 +483,11 @@ fn sha256_json<T: Serialize>(value: &T) -> String {
 impl Plan {
     /// Stable content hash (hex sha256) of the whole plan, format version included.
     pub fn hash(&self) -> String {
+        if self.image.cache.is_some() || self.image.cache_push {
+            let mut p = self.clone();
+            p.image = self.image.without_build_cache();
+            return sha256_json(&(FORMAT_VERSION, &p));
+        }
         sha256_json(&(FORMAT_VERSION, self))
     }
 
@@ -475,7 +503,7 @@ impl Plan {
         match section {
             Section::Name => sha256_json(&self.name),
             Section::Backend => sha256_json(&self.backend),
-            Section::Image => sha256_json(&self.image),
+            Section::Image => sha256_json(&self.image.without_build_cache()),
             Section::Env => sha256_json(&self.env),
             Section::Mounts => sha256_json(&self.mounts),
             Section::Ports => sha256_json(&self.ports),

@@ -107,6 +107,21 @@ impl ImageReference {
         })
     }
 
+    /// A repository without tag or digest (`registry.example.com/team/cache`), as a build
+    /// cache names one (berth picks a tag per build step): the reference with `tag: None`.
+    pub fn parse_repository(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        let after_slash = &s[s.rfind('/').map_or(0, |i| i + 1)..];
+        if s.contains('@') || after_slash.contains(':') {
+            return Err(format!(
+                "{s:?} names a tag or digest; a cache is a repository (berth tags one entry per build step), e.g. \"registry.example.com/team/project-cache\""
+            ));
+        }
+        let mut r = Self::parse(s).map_err(|e| e.to_string())?;
+        r.tag = None;
+        Ok(r)
+    }
+
     /// The host to talk to for this registry's API (Docker Hub's API lives elsewhere).
     pub fn api_host(&self) -> &str {
         if self.registry == DEFAULT_REGISTRY {

@@ -190,6 +190,8 @@ modules = "./kernel/modules"
             workdir: "/sync".into(),
             host_ca: true,
             dockerfile: None,
+            cache: None,
+            cache_push: false,
         }
     );
     assert_eq!(

@@ -1,5 +1,6 @@
 //! One module per command: its arguments (clap) beside the code that runs it.
 
+pub mod cache_args;
 pub mod completions;
 pub mod doctor;
 pub mod down;

@@ -49,6 +49,8 @@ pub struct RunArgs {
     /// for scripts that pass it).
     #[arg(long)]
     pub publish_auto: bool,
+    #[command(flatten)]
+    pub cache: super::cache_args::CacheArgs,
     /// Print a JSON summary at the end.
     #[arg(long)]
     pub json: bool,
@@ -154,6 +156,8 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         // A run next to the project's own running environment (or another run) must not
         // fail on the ports that one holds: publish elsewhere and say where.
         publish_auto: true,
+        cache_from: args.cache.cache_from.clone(),
+        cache_to: args.cache.cache_to.clone(),
         ..UpOptions::default()
     };
     let up = match envs.up(&run_plan, &opts) {

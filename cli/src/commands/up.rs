@@ -3,6 +3,7 @@
 use berth_runtime::environment::{UpAction, UpOptions, UpReport};
 use clap::Args;
 
+use super::cache_args::CacheArgs;
 use crate::environment::{env_error, human_duration, network_lines, replaced_port_lines, Current};
 use crate::exit::CliError;
 use crate::global_args::GlobalArgs;
@@ -23,6 +24,8 @@ pub struct UpArgs {
     /// Publish on a free host port when a declared one is taken (saying which).
     #[arg(long)]
     pub publish_auto: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(g: &GlobalArgs, args: &UpArgs) -> Result<i32, CliError> {
@@ -33,6 +36,8 @@ pub fn run(g: &GlobalArgs, args: &UpArgs) -> Result<i32, CliError> {
         privileged: args.privileged,
         publish_auto: args.publish_auto,
         progress: progress(g),
+        cache_from: args.cache.cache_from.clone(),
+        cache_to: args.cache.cache_to.clone(),
         ..UpOptions::default()
     };
     let report = cur.envs.up(&cur.plan, &opts).map_err(env_error)?;

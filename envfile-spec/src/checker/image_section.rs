@@ -21,6 +21,8 @@ impl Checker<'_> {
             workdir: String::new(),
             host_ca: true,
             dockerfile: None,
+            cache: None,
+            cache_push: false,
         };
         if root.get("image").is_none() {
             self.error(
@@ -142,6 +144,7 @@ impl Checker<'_> {
             .get("host_ca")
             .and_then(|(item, span)| self.boolean(item, span, "image.host_ca"))
             .unwrap_or(true);
+        let (cache, cache_push) = self.image_cache(&img);
         ImagePlan {
             from,
             packages,
@@ -150,6 +153,8 @@ impl Checker<'_> {
             workdir,
             host_ca,
             dockerfile,
+            cache,
+            cache_push,
         }
     }
 

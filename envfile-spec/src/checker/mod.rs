@@ -8,6 +8,7 @@
 mod dockerfile_section;
 mod credentials_section;
 mod host_paths;
+mod image_cache;
 mod image_section;
 mod mounts_section;
 mod ports_section;

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use envfile_spec::plan::Section;
+use envfile_spec::reference::ImageReference;
 use envfile_spec::Plan;
 use serde::Serialize;
 
@@ -18,6 +19,7 @@ use crate::backend::{Backend, EnvStatus, ImageDefaults, StartRequest};
 use crate::host::clock::now_secs;
 use crate::image::dockerfile::build::default_name;
 use crate::image::dockerfile::DockerfileBuild;
+use crate::image::build_cache::{BuildCache, BuildCacheSettings};
 use crate::image::lockfile::lock_path_for;
 use crate::image::{Progress, PullOptions, QuietProgress, ResolveOptions};
 use crate::net::NetRecord;
@@ -41,6 +43,10 @@ pub struct UpOptions {
     pub stop_timeout: Duration,
     /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
     pub publish_auto: bool,
+    /// `--cache-from`: the registry build cache to read (over `[image].cache`).
+    pub cache_from: Option<ImageReference>,
+    /// `--cache-to`: the registry build cache to push the built steps to.
+    pub cache_to: Option<ImageReference>,
 }
 
 impl Default for UpOptions {
@@ -54,6 +60,8 @@ impl Default for UpOptions {
             ephemeral: None,
             stop_timeout: Duration::from_secs(10),
             publish_auto: false,
+            cache_from: None,
+            cache_to: None,
         }
     }
 }
@@ -265,7 +273,19 @@ impl Environments {
                     .0
             }
         };
-        let image = self.images.build(&base, &spec, &runner, &opts.progress)?;
+        let cache = BuildCache::new(
+            BuildCacheSettings::new(
+                plan.image.cache.as_deref(),
+                plan.image.cache_push,
+                opts.cache_from.as_ref(),
+                opts.cache_to.as_ref(),
+            )?,
+            opts.progress.clone(),
+        )?;
+        let image = self
+            .images
+            .build_cached(&base, &spec, &runner, &opts.progress, &cache)?;
+        notices.extend(cache.notices());
         drop(scratch);
         let layer_dirs = image.layers.clone();
         let image_elapsed = t_image.elapsed();

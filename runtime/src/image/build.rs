@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use super::build_cache::BuildCache;
 pub use super::build_inputs::BuildInputs;
 use super::error::ImageError;
 pub use super::host_ca::HostCas;
@@ -25,6 +26,7 @@ use super::host_ca::CA_ENV;
 use super::layer_writer::WhiteoutMode;
 use super::manifest::RunConfig;
 use super::progress::Progress;
+use super::step_cache::StepOrigin;
 use super::store::{ImageStore, ResolvedImage};
 
 /// Error of a step runner (the backend's own error type, boxed).
@@ -343,6 +345,19 @@ impl ImageStore {
         runner: &dyn StepRunner,
         progress: &Progress,
     ) -> Result<ResolvedImage, ImageError> {
+        self.build_cached(base, spec, runner, progress, &BuildCache::none())
+    }
+
+    /// [`ImageStore::build`] with a registry build cache: each step missing locally is
+    /// looked up there before it runs, and pushed there after (when pushing is on).
+    pub fn build_cached(
+        &self,
+        base: &ResolvedImage,
+        spec: &BuildSpec,
+        runner: &dyn StepRunner,
+        progress: &Progress,
+        cache: &BuildCache,
+    ) -> Result<ResolvedImage, ImageError> {
         let steps = plan_steps(base, spec)?;
         if steps.is_empty() {
             return Ok(base.clone());
@@ -387,21 +402,34 @@ impl ImageStore {
                 });
                 env.extend(HostCas::env().into_iter().map(|(k, v)| format!("{k}={v}")));
             }
-            let name = cache_name(&step.key);
-            if let Some(r) = self.records.get(&name)?.filter(|r| self.is_complete(r)) {
-                if ran {
-                    progress.message(&format!("{} (cached)", step.label));
-                } else {
-                    cached.push(step.label.clone());
+            let found = self.cached_step(&step.key, &layers, &run_config, cache, &step.label)?;
+            let (found, origin) = match found {
+                Some((r, origin)) => (Some(r), origin),
+                None => (None, StepOrigin::Local),
+            };
+            // (`ran`: something else than the local cache answered; every step is named.)
+            if origin == StepOrigin::Registry || found.is_none() {
+                for label in cached.drain(..) {
+                    progress.message(&format!("{label} (cached)"));
+                }
+                ran = true;
+            }
+            if let Some(r) = found {
+                match origin {
+                    StepOrigin::Registry => progress.message(&format!(
+                        "{} (pulled from the cache {})",
+                        step.label,
+                        cache.source().unwrap_or_default()
+                    )),
+                    StepOrigin::Local if ran => {
+                        progress.message(&format!("{} (cached)", step.label))
+                    }
+                    StepOrigin::Local => cached.push(step.label.clone()),
                 }
                 layers = r.layers.clone();
                 current = self.resolved(&r);
                 continue;
             }
-            for label in cached.drain(..) {
-                progress.message(&format!("{label} (cached)"));
-            }
-            ran = true;
             progress.message(&format!("{} …", step.label));
             let started = std::time::Instant::now();
             let upper = self.home.staging_dir("build-upper")?;
@@ -451,14 +479,16 @@ impl ImageStore {
                 _ => WhiteoutMode::Plain,
             };
             let layer = self.add_tree_layer(upper.path(), mode, &step.label, progress)?;
-            layers.push(layer);
-            let record = self.record_local_image(&name, layers.clone(), run_config.clone())?;
-            current = self.resolved(&record);
             progress.message(&format!(
                 "{} done in {}",
                 step.label,
                 super::progress::human_duration(started.elapsed())
             ));
+            let below = std::mem::take(&mut layers);
+            let record =
+                self.record_step(&step.key, below, layer, &run_config, cache, &step.label)?;
+            layers = record.layers.clone();
+            current = self.resolved(&record);
         }
         if !ran && total > 0 {
             progress.message(&all_cached_line(total));

@@ -153,7 +153,9 @@ impl Puller<'_> {
         })
     }
 
-    fn fetch_layers(
+    /// Fetches the blobs of `pairs` (descriptor, diff-id) not in the store yet, each
+    /// verified, and unpacks them (safely, checked against the diff-id).
+    pub(crate) fn fetch_layers(
         &self,
         client: &RegistryClient,
         pairs: &[(Descriptor, Digest)],

@@ -115,13 +115,13 @@ struct Compressed {
 }
 
 impl ImageStore {
-    fn push_dir(&self) -> PathBuf {
+    pub(super) fn push_dir(&self) -> PathBuf {
         self.home.root().join("push")
     }
 
     /// The blob `layer` (an uncompressed tar blob of the store) compresses to, compressing
     /// it now unless that was done before.
-    fn compressed_layer(
+    pub(super) fn compressed_layer(
         &self,
         layer: &Digest,
         compression: LayerCompression,

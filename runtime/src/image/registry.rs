@@ -59,7 +59,16 @@ impl RegistryClient {
     /// HTTP. With `insecure`, another registry is tried over HTTPS without certificate checks
     /// first and over plain HTTP when that fails (as Docker's insecure registries are).
     pub fn new(reference: &ImageReference, opts: &RegistryOptions) -> Result<Self, ImageError> {
-        let timeouts = RegistryTimeouts::from_env()?;
+        Self::with_timeouts(reference, opts, RegistryTimeouts::from_env()?)
+    }
+
+    /// [`RegistryClient::new`] with other timeouts than the environment's (a build cache
+    /// gives up on a stalled registry sooner than a pull does).
+    pub fn with_timeouts(
+        reference: &ImageReference,
+        opts: &RegistryOptions,
+        timeouts: RegistryTimeouts,
+    ) -> Result<Self, ImageError> {
         // The blocking client's `timeout` bounds the wait for an answer and then each read
         // of the body on its own (an idle timeout, not a total one: a large layer may take
         // hours, but a registry that goes quiet for `read` fails the pull).

@@ -1,0 +1,579 @@
+//! The registry build cache (`[image].cache`, `berth up --cache-from/--cache-to`) through the
+//! real binary: two berth homes are two machines sharing Debian's real `docker-registry` on
+//! loopback (with and without htpasswd). A hostile cache is a hand-written server serving
+//! entries under the real step keys with layers that do not verify or try to leave their
+//! folder.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use berth_e2e::oci::{Compression, FakeRegistry, Layer, Registry, Routes, TarBuilder};
+use berth_e2e::project::Project;
+use berth_e2e::{require_root, text, Berth};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn toml(setup2: &str, extra: &str) -> String {
+    format!(
+        r#"name = "{{name}}"
+[image]
+from = "rootfs:./rootfs"
+setup = ["echo RAN-STEP-ONE; echo one > /one.txt", "{setup2}"]
+{extra}
+"#
+    )
+}
+
+fn run(b: &Berth, dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut c = b.cmd();
+    c.current_dir(dir).args(args);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Runs berth, which must succeed; its stderr.
+fn ok(b: &Berth, dir: &Path, envs: &[(&str, &str)], args: &[&str]) -> String {
+    let o = run(b, dir, envs, args);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "berth {args:?} failed:\n{out}\n{err}");
+    err
+}
+
+/// The cached build steps of a home: (name, image id, manifest digest), sorted.
+fn build_images(b: &Berth) -> Vec<(String, String, String)> {
+    let o = run(b, Path::new("/"), &[], &["image", "ls", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut out: Vec<(String, String, String)> = v["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["name"].as_str().unwrap().starts_with("build:"))
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["id"].as_str().unwrap().to_string(),
+                i["manifest_digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The layers the environment of `dir` runs on (from `env.json`).
+fn env_layers(b: &Berth, name: &str) -> Vec<String> {
+    let envs = b.home.path().join("envs");
+    for e in fs::read_dir(&envs).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with(name) {
+            let v: serde_json::Value =
+                serde_json::from_slice(&fs::read(e.path().join("env.json")).unwrap()).unwrap();
+            return v["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_string())
+                .collect();
+        }
+    }
+    panic!("no environment {name} in {}", envs.display());
+}
+
+/// Requests that write to the registry (from its access log).
+fn writes(reg: &Registry) -> Vec<String> {
+    reg.requests()
+        .into_iter()
+        .filter(|r| {
+            ["PUT ", "POST ", "PATCH ", "DELETE "]
+                .iter()
+                .any(|m| r.starts_with(m))
+        })
+        .collect()
+}
+
+/// Lines of a build's output that show a setup step running: what the steps print
+/// (`  | RAN-STEP-…`), and the line starting each one (`setup[N]: … …`).
+fn ran_steps(err: &str) -> Vec<&str> {
+    err.lines()
+        .filter(|l| {
+            l.trim_start().starts_with("| RAN-STEP")
+                || (l.starts_with("setup[") && l.ends_with(" …"))
+        })
+        .collect()
+}
+
+/// Whether a build's output shows the first setup step running.
+fn ran_first(err: &str) -> bool {
+    err.lines()
+        .any(|l| l.trim_start().starts_with("| RAN-STEP-ONE"))
+}
+
+#[test]
+fn a_second_machine_takes_every_step_from_the_cache_and_ends_with_the_same_image_and_lock() {
+    require_root!();
+    let Some(reg) = Registry::start() else { return };
+    let cache = format!("{}/team/cache", reg.addr);
+    let p = Project::new(
+        "berth-cache-",
+        "cache-",
+        &toml(
+            "echo RAN-STEP-TWO; echo two > /two.txt; rm /etc/hostname || true",
+            "",
+        ),
+    );
+
+    // Machine A: builds every step and pushes it.
+    let a = Berth::new();
+    let err = ok(
+        &a,
+        p.path(),
+        &[],
+        &["up", "--cache-from", &cache, "--cache-to", &cache],
+    );
+    assert_eq!(ran_steps(&err).len(), 4, "A builds both steps:\n{err}");
+    assert!(!err.contains("notice"), "{err}");
+    let pushed: Vec<String> = writes(&reg)
+        .into_iter()
+        .filter(|r| r.contains("/manifests/cache-"))
+        .collect();
+    // The certificates' layer (when the host has certificates) and both setup steps.
+    let ca = usize::from(Path::new("/etc/ssl/certs/ca-certificates.crt").exists());
+    assert_eq!(pushed.len(), 2 + ca, "{pushed:?}");
+    let lock_a = fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    let images_a = build_images(&a);
+    let layers_a = env_layers(&a, &p.name);
+    ok(&a, p.path(), &[], &["destroy"]);
+
+    // skopeo reads an entry as an ordinary one-layer image.
+    let tag = pushed[0]
+        .split("/manifests/")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let inspect = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{cache}:{tag}"))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1, "{m}");
+
+    // Machine B: a fresh home runs no step; every step is named as pulled from the cache.
+    fs::remove_file(p.path().join("berth.lock")).unwrap();
+    let b = Berth::new();
+    let before = reg.requests().len();
+    let err = ok(&b, p.path(), &[], &["up", "--cache-from", &cache]);
+    assert_eq!(ran_steps(&err), Vec::<&str>::new(), "B ran a step:\n{err}");
+    for step in ["setup[0]", "setup[1]"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(step) && l.contains("(pulled from the cache")),
+            "{step} not pulled:\n{err}"
+        );
+    }
+    assert!(!err.contains("notice"), "{err}");
+    assert_eq!(
+        build_images(&b),
+        images_a,
+        "same records, ids and manifests"
+    );
+    assert_eq!(env_layers(&b, &p.name), layers_a, "same layers");
+    assert_eq!(
+        fs::read_to_string(p.path().join("berth.lock")).unwrap(),
+        lock_a
+    );
+    let out = run(
+        &b,
+        p.path(),
+        &[],
+        &["exec", "--", "cat", "/one.txt", "/two.txt"],
+    );
+    assert_eq!(text(&out).0, "one\ntwo\n");
+    // B only read.
+    let b_writes: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|r| !r.starts_with("GET ") && !r.starts_with("HEAD "))
+        .cloned()
+        .collect();
+    assert_eq!(b_writes, Vec::<String>::new());
+
+    // A changed second step: B rebuilds it only (the first comes from its own cache) and
+    // pushes the new layer; A then takes it without running anything.
+    p.write(&toml("echo RAN-STEP-TWO-B; echo three > /two.txt", ""));
+    let before = reg.requests().len();
+    let err = ok(
+        &b,
+        p.path(),
+        &[],
+        &["up", "--cache-from", &cache, "--cache-to", &cache],
+    );
+    let ran = ran_steps(&err);
+    assert!(
+        !ran_first(&err) && ran.iter().all(|l| !l.starts_with("setup[0]")),
+        "{err}"
+    );
+    assert!(ran.iter().any(|l| l.contains("| RAN-STEP-TWO-B")), "{err}");
+    let new_entries: Vec<String> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("/manifests/cache-"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        new_entries.len(),
+        1,
+        "only the changed step is pushed: {new_entries:?}"
+    );
+    let err = ok(&a, p.path(), &[], &["up", "--cache-from", &cache]);
+    assert_eq!(ran_steps(&err), Vec::<&str>::new(), "{err}");
+    assert_eq!(build_images(&a).last(), build_images(&b).last());
+}
+
+#[test]
+fn berth_toml_cache_is_read_only_unless_cache_push_is_on() {
+    require_root!();
+    let Some(reg) = Registry::start() else { return };
+    let cache = format!("{}/team/ro", reg.addr);
+    let p = Project::new(
+        "berth-cache-ro-",
+        "cachero-",
+        &toml("echo two > /two.txt", &format!("cache = \"{cache}\"")),
+    );
+    let a = Berth::new();
+    let err = ok(&a, p.path(), &[], &["up"]);
+    assert_eq!(
+        writes(&reg),
+        Vec::<String>::new(),
+        "read-only by default:\n{err}"
+    );
+    assert!(
+        reg.requests()
+            .iter()
+            .any(|r| r.contains("/manifests/cache-")),
+        "the cache was asked"
+    );
+    // The repository does not exist yet: one notice saying so, then no more lookups.
+    let notices: Vec<&str> = err.lines().filter(|l| l.starts_with("notice:")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("does not exist"), "{notices:?}");
+    let lookups = reg
+        .requests()
+        .iter()
+        .filter(|r| r.contains("/manifests/cache-"))
+        .count();
+    assert_eq!(lookups, 1, "{:?}", reg.requests());
+
+    p.write(&toml(
+        "echo two > /two.txt",
+        &format!("cache = \"{cache}\"\ncache_push = true"),
+    ));
+    // The cache keys do not restart an environment (nothing of it changed): `up` leaves it
+    // as it is; `--rebuild` goes through the (locally cached) steps and pushes them.
+    let before = reg.requests().len();
+    ok(&a, p.path(), &[], &["up"]);
+    assert_eq!(
+        reg.requests().len(),
+        before,
+        "an unchanged up asks no registry"
+    );
+    ok(&a, p.path(), &[], &["up", "--rebuild"]);
+    let pushed: Vec<String> = writes(&reg)
+        .into_iter()
+        .filter(|r| r.contains("/manifests/cache-"))
+        .collect();
+    assert!(
+        pushed.len() >= 2,
+        "cache_push pushes the steps built before: {pushed:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_or_stalled_cache_is_a_notice_and_the_build_goes_on() {
+    require_root!();
+    // Nothing listens on a closed port; a listener that never accepts stalls every request.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stalled_port = stalled.local_addr().unwrap().port();
+    for (port, what) in [(closed, "closed"), (stalled_port, "stalled")] {
+        let cache = format!("127.0.0.1:{port}/team/cache");
+        let p = Project::new("berth-cache-down-", "cachedown-", &toml("echo two", ""));
+        let b = Berth::new();
+        let t0 = Instant::now();
+        let err = ok(
+            &b,
+            p.path(),
+            &[("BERTH_CACHE_TIMEOUT", "1")],
+            &["up", "--cache-from", &cache, "--cache-to", &cache],
+        );
+        let took = t0.elapsed();
+        assert!(ran_first(&err), "{what}: built locally:\n{err}");
+        let notices: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("notice: build cache"))
+            .collect();
+        assert!(!notices.is_empty(), "{what}: {err}");
+        assert!(notices.iter().all(|n| n.contains(&cache)), "{notices:?}");
+        // The cache is given up after the first failure, not waited for at every step.
+        assert!(notices.len() <= 2, "{what}: {notices:?}");
+        assert!(took < Duration::from_secs(60), "{what}: took {took:?}");
+        ok(&b, p.path(), &[], &["destroy"]);
+        assert_eq!(
+            fs::read_dir(b.home.path().join("tmp")).unwrap().count(),
+            0,
+            "{what}: nothing half-written"
+        );
+    }
+    drop(stalled);
+}
+
+#[test]
+fn a_wrong_password_or_no_credentials_is_a_notice_and_no_secret_is_printed() {
+    require_root!();
+    let Some(reg) = Registry::start_with_htpasswd("alice", "Right-Pw-2231") else {
+        return;
+    };
+    let cache = format!("{}/team/cache", reg.addr);
+    let p = Project::new("berth-cache-auth-", "cacheauth-", &toml("echo two", ""));
+    let docker = tempfile::tempdir().unwrap();
+    let config = |password: &str| {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+        fs::write(
+            docker.path().join("config.json"),
+            format!(
+                "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+                reg.addr
+            ),
+        )
+        .unwrap();
+    };
+    let env = [("DOCKER_CONFIG", docker.path().to_str().unwrap())];
+
+    // With the right password, A pushes.
+    config("Right-Pw-2231");
+    let a = Berth::new();
+    let err = ok(&a, p.path(), &env, &["up", "--cache-to", &cache]);
+    assert!(!err.contains("notice"), "{err}");
+    assert!(writes(&reg)
+        .iter()
+        .any(|r| r.contains("/manifests/cache-") && r.ends_with(" 201")));
+
+    // A wrong password: a notice naming the refusal, a local build, no password shown.
+    config("Wrong-Pw-7781");
+    let b = Berth::new();
+    let err = ok(&b, p.path(), &env, &["up", "--cache-from", &cache]);
+    assert!(ran_first(&err), "{err}");
+    let notice = err
+        .lines()
+        .find(|l| l.starts_with("notice: build cache"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        notice.contains("refused") || notice.contains("wrong password"),
+        "{notice}"
+    );
+    assert!(!err.contains("Wrong-Pw-7781") && !err.contains("Right-Pw-2231"));
+    ok(&b, p.path(), &[], &["destroy"]);
+
+    // No credentials at all.
+    fs::write(docker.path().join("config.json"), "{}").unwrap();
+    let c = Berth::new();
+    let err = ok(&c, p.path(), &env, &["up", "--cache-from", &cache]);
+    let notice = err
+        .lines()
+        .find(|l| l.starts_with("notice: build cache"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(notice.contains("user name and password"), "{notice}");
+    for home in [&a, &b, &c] {
+        for f in walk(home.home.path()) {
+            let bytes = fs::read(&f).unwrap_or_default();
+            let s = String::from_utf8_lossy(&bytes);
+            assert!(
+                !s.contains("Right-Pw-2231") && !s.contains("Wrong-Pw-7781"),
+                "{}",
+                f.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            // Layers hold the images' files, not berth's.
+            if e.file_name() != "layers" {
+                out.extend(walk(&e.path()));
+            }
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// The real entries machine A pushed for `p` (tag → manifest), read from the registry.
+fn real_entries(reg: &Registry, repo: &str) -> Vec<(String, serde_json::Value)> {
+    let http = reqwest::blocking::Client::new();
+    let tags: serde_json::Value = http
+        .get(format!("http://{}/v2/{repo}/tags/list", reg.addr))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let t = t.as_str().unwrap().to_string();
+            let m: serde_json::Value = http
+                .get(format!("http://{}/v2/{repo}/manifests/{t}", reg.addr))
+                .header("Accept", OCI_MANIFEST)
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            (t, m)
+        })
+        .collect()
+}
+
+/// A hostile cache: under every tag machine A pushed, an entry with A's annotations (so
+/// it applies) whose layer is `layer` served as `served` (the same bytes, or others).
+fn hostile_cache(
+    entries: &[(String, serde_json::Value)],
+    layer: &Layer,
+    served: &[u8],
+) -> FakeRegistry {
+    let mut routes = Routes::default();
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[]}}";
+    routes.blob("team/cache", config);
+    routes.blob_as("team/cache", &layer.digest(), served);
+    for (tag, real) in entries {
+        let mut m = real.clone();
+        m["layers"] = serde_json::json!([{
+            "mediaType": layer.media_type, "digest": layer.digest(), "size": layer.blob.len()
+        }]);
+        m["annotations"]["dev.berth.cache.diff-id"] = serde_json::json!(layer.diff_id());
+        routes.manifest(
+            "team/cache",
+            tag,
+            OCI_MANIFEST,
+            &serde_json::to_vec(&m).unwrap(),
+        );
+    }
+    FakeRegistry::start(routes, false)
+}
+
+/// Builds `p` on a fresh home from `cache`; the build must succeed without the cache's
+/// layer, say why, and keep nothing of it.
+fn build_refusing(p: &Project, cache: &FakeRegistry, layer: &Layer, why: &[&str]) {
+    let b = Berth::new();
+    let from = format!("{}/team/cache", cache.addr);
+    let err = ok(&b, p.path(), &[], &["up", "--cache-from", &from]);
+    assert!(ran_first(&err), "built locally:\n{err}");
+    let notice = err
+        .lines()
+        .find(|l| l.starts_with("notice: build cache"))
+        .unwrap_or_else(|| panic!("no notice:\n{err}"));
+    assert!(notice.contains("refused"), "{notice}");
+    assert!(why.iter().any(|w| notice.contains(w)), "{notice}");
+    assert!(
+        cache
+            .requests()
+            .iter()
+            .any(|r| r.path.contains(&layer.digest())),
+        "the layer was asked for"
+    );
+    let home = b.home.path();
+    for d in [layer.digest(), layer.diff_id()] {
+        let hex = d.trim_start_matches("sha256:");
+        assert!(
+            !home.join("blobs/sha256").join(hex).exists(),
+            "blob {d} kept"
+        );
+        assert!(!home.join("layers").join(hex).exists(), "layer {d} kept");
+    }
+    let tmp: Vec<_> = fs::read_dir(home.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "tmp/: {tmp:?}");
+    ok(&b, p.path(), &[], &["destroy"]);
+}
+
+#[test]
+fn a_hostile_cache_layer_that_does_not_match_its_digest_or_leaves_its_folder_is_refused() {
+    require_root!();
+    let Some(reg) = Registry::start() else { return };
+    let p = Project::new("berth-cache-evil-", "cacheevil-", &toml("echo two", ""));
+    let a = Berth::new();
+    let real = format!("{}/team/cache", reg.addr);
+    ok(&a, p.path(), &[], &["up", "--cache-to", &real]);
+    ok(&a, p.path(), &[], &["destroy"]);
+    let entries = real_entries(&reg, "team/cache");
+    assert!(entries.len() >= 2, "{entries:?}");
+
+    // 1. A layer whose bytes are not those of its digest.
+    let good = Layer::new(
+        TarBuilder::new().file("ok.txt", b"fine").finish(),
+        Compression::Gzip,
+    );
+    let evil = Layer::new(
+        TarBuilder::new().file("ok.txt", b"EVIL").finish(),
+        Compression::Gzip,
+    );
+    let cache = hostile_cache(&entries, &good, &evil.blob);
+    build_refusing(&p, &cache, &good, &["corrupt", "size"]);
+    drop(cache);
+
+    // 2. A layer (digest and diff-id right) whose entries leave the layer's folder: through
+    // a symlink to a folder outside, and with `..`.
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside
+        .path()
+        .to_str()
+        .unwrap()
+        .trim_start_matches('/')
+        .to_string();
+    let ups = "../".repeat(12);
+    let tar = TarBuilder::new()
+        .symlink("escape", outside.path().to_str().unwrap())
+        .file("escape/pwned-through-link", b"x")
+        .finish();
+    let traversal = Layer::new(tar, Compression::Gzip);
+    let cache = hostile_cache(&entries, &traversal, &traversal.blob);
+    build_refusing(&p, &cache, &traversal, &["symbolic link"]);
+    drop(cache);
+    let dotdot = Layer::new(
+        TarBuilder::new()
+            .file(&format!("{ups}{target}/pwned-by-dotdot"), b"x")
+            .finish(),
+        Compression::Gzip,
+    );
+    let cache = hostile_cache(&entries, &dotdot, &dotdot.blob);
+    build_refusing(&p, &cache, &dotdot, &["`..`"]);
+    let written: Vec<_> = fs::read_dir(outside.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "the layer wrote outside its folder: {written:?}"
+    );
+}
