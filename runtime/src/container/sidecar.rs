@@ -30,11 +30,55 @@ pub fn sidecar_dir(home: &BerthHome, env_id: &str, name: &str) -> PathBuf {
 }
 
 /// The container spec of sidecar `name` (berth.toml's `[services.NAME]` with `image`) of the
-/// environment `env_id`, over its image's `lower_layers` and `config`: its server is the one
-/// service of its own supervisor (its `command`, else the image's entrypoint and cmd), under
-/// its own name (`berth logs NAME`), with its restart policy, variables, working folder (else
-/// the image's), mounts (volumes under `home`) and limits; it joins the environment.
+/// container environment `env_id`, over its image's `lower_layers` and `config`: its server
+/// is the one service of its own supervisor (its `command`, else the image's entrypoint and
+/// cmd), under its own name (`berth logs NAME`), with its restart policy, variables, working
+/// folder (else the image's), mounts (volumes under `home`) and limits; it joins the
+/// environment.
 pub fn sidecar_spec(
+    home: &BerthHome,
+    env_id: &str,
+    name: &str,
+    plan: &SidecarPlan,
+    lower_layers: Vec<PathBuf>,
+    config: &ImageConfig,
+) -> Result<ContainerSpec> {
+    let mut spec = sidecar_base(home, env_id, name, plan, lower_layers, config)?;
+    spec.join = Some(JoinSpec {
+        env_dir: home.env_dir(env_id),
+    });
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// The network id of sidecar `name` of a VM environment: its own folder under `envs/`
+/// (`<env id>/sidecars/<name>`), where its `network.json` lives and which its lease on the
+/// bridge names.
+pub fn bridged_sidecar_net_id(env_id: &str, name: &str) -> String {
+    format!("{env_id}/sidecars/{name}")
+}
+
+/// The container spec of sidecar `name` of the VM environment `env_id`: as [`sidecar_spec`],
+/// but a container of its own on berth's bridge (own user and network namespaces, a veth and
+/// an address of its own, set up in `home` as a container environment's network is), which
+/// the VM reaches by the sidecar's name.
+pub fn bridged_sidecar_spec(
+    home: &BerthHome,
+    env_id: &str,
+    name: &str,
+    plan: &SidecarPlan,
+    lower_layers: Vec<PathBuf>,
+    config: &ImageConfig,
+) -> Result<ContainerSpec> {
+    let mut spec = sidecar_base(home, env_id, name, plan, lower_layers, config)?;
+    spec.network = envfile_spec::plan::NetworkMode::Isolated;
+    spec.net_home = Some(home.root().to_path_buf());
+    spec.net_id = Some(bridged_sidecar_net_id(env_id, name));
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn sidecar_base(
     home: &BerthHome,
     env_id: &str,
     name: &str,
@@ -86,10 +130,6 @@ pub fn sidecar_spec(
         workdir: config.working_dir.clone(),
         user: config.user.clone(),
     };
-    spec.join = Some(JoinSpec {
-        env_dir: home.env_dir(env_id),
-    });
-    spec.validate()?;
     Ok(spec)
 }
 

@@ -60,6 +60,12 @@ pub struct ContainerSpec {
     /// environment with its own network namespace then has loopback only.
     #[serde(default)]
     pub net_home: Option<PathBuf>,
+    /// The id `net_home` keeps the network under (`envs/<net_id>/network.json`, the holder
+    /// of its lease on the bridge); `None`: `env_id`. A VM's sidecar, a container of its own
+    /// on the bridge, uses `<env id>/sidecars/<name>`: its own folder, which lives exactly as
+    /// long as the sidecar does (see [`super::sidecar::bridged_sidecar_spec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_id: Option<String>,
     /// Services wait for a `start_services` request (`on_create` runs first).
     #[serde(default)]
     pub hold_services: bool,
@@ -186,6 +192,7 @@ impl ContainerSpec {
             ports: Vec::new(),
             publish_auto: false,
             net_home: None,
+            net_id: None,
             hold_services: false,
             devices: Vec::new(),
             join: None,
@@ -295,6 +302,11 @@ impl ContainerSpec {
             return refuse("the host's network");
         }
         Ok(())
+    }
+
+    /// The id its network is recorded and leased under (see `net_id`).
+    pub fn network_id(&self) -> &str {
+        self.net_id.as_deref().unwrap_or(&self.env_id)
     }
 
     pub fn control_socket(&self) -> PathBuf {

@@ -17,6 +17,8 @@ pub enum SidecarError {
         env: String,
         known: String,
     },
+    #[error("{env} has sidecars it could not reach: {why}")]
+    Unreachable { env: String, why: String },
     #[error("sidecar {name} is not running; start it (with its environment) with `berth up`")]
     NotRunning { name: String },
     #[error(
