@@ -81,7 +81,10 @@ mod tests {
             two,
             format!("{image}192.168.1.9\tmine\n{BEGIN}\n10.88.0.4\tdb\n10.88.0.5\tcache\n{END}\n")
         );
-        assert_eq!(with_sidecar_hosts(&two, &[]), format!("{image}192.168.1.9\tmine\n"));
+        assert_eq!(
+            with_sidecar_hosts(&two, &[]),
+            format!("{image}192.168.1.9\tmine\n")
+        );
         assert_eq!(with_sidecar_hosts(image, &[]), image);
     }
 
@@ -89,7 +92,12 @@ mod tests {
     fn names_that_would_make_other_entries_are_left_out() {
         let out = with_sidecar_hosts(
             "",
-            &h(&[("a b", "10.0.0.1"), ("c", "10.0.0.2 evil"), ("d#", "10.0.0.3"), ("e", "10.0.0.4")]),
+            &h(&[
+                ("a b", "10.0.0.1"),
+                ("c", "10.0.0.2 evil"),
+                ("d#", "10.0.0.3"),
+                ("e", "10.0.0.4"),
+            ]),
         );
         assert_eq!(out, format!("{BEGIN}\n10.0.0.4\te\n{END}\n"));
     }
@@ -102,8 +110,13 @@ mod tests {
         assert!(!path.exists());
         std::fs::write(&path, "127.0.0.1 localhost\n").unwrap();
         update(&path, &h(&[("cache", "10.88.0.3")])).unwrap();
-        assert!(std::fs::read_to_string(&path).unwrap().contains("10.88.0.3\tcache\n"));
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("10.88.0.3\tcache\n"));
         update(&path, &[]).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1 localhost\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "127.0.0.1 localhost\n"
+        );
     }
 }

@@ -74,6 +74,7 @@ pub fn bridged_sidecar_spec(
     spec.network = envfile_spec::plan::NetworkMode::Isolated;
     spec.net_home = Some(home.root().to_path_buf());
     spec.net_id = Some(bridged_sidecar_net_id(env_id, name));
+    spec.searchable_parents = vec![home.env_dir(env_id)];
     spec.validate()?;
     Ok(spec)
 }

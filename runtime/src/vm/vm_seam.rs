@@ -140,7 +140,11 @@ impl Backend for VmBackend {
         let t0 = Instant::now();
         let (mut spec, notices) =
             VmSpec::from_plan(req.plan, req.state_dir, req.layers.clone(), &req.image)?;
-        spec.hosts = req.hosts.iter().map(|(n, a)| (n.clone(), a.to_string())).collect();
+        spec.hosts = req
+            .hosts
+            .iter()
+            .map(|(n, a)| (n.clone(), a.to_string()))
+            .collect();
         let st = VmBackend::start(self, &spec)?;
         let pid = st.process.map(|p| p.pid).ok_or(VmError::NotRunning)?;
         Ok(Started {
@@ -161,7 +165,10 @@ impl Backend for VmBackend {
         hosts: &[(String, std::net::Ipv4Addr)],
     ) -> Result<(), BackendError> {
         let setup = super::agent_proto::Setup {
-            hosts: hosts.iter().map(|(n, a)| (n.clone(), a.to_string())).collect(),
+            hosts: hosts
+                .iter()
+                .map(|(n, a)| (n.clone(), a.to_string()))
+                .collect(),
             ..Default::default()
         };
         let mut conn = self.connect(state_dir)?;
