@@ -256,6 +256,54 @@ fn berth_run_gets_fresh_sidecars_of_its_own_and_removes_them() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+/// `berth run --keep-volumes NAME`: that sidecar volume is the named one itself (its data
+/// outlives the run and reaches the next run that keeps it); without it a run's volume is
+/// empty and removed; a name no sidecar mounts is refused before anything starts.
+#[test]
+fn berth_run_keeps_only_the_sidecar_volumes_it_names() {
+    require_root!();
+    let Some(p) = redis_project("berth-sidecar-keep-", WITH_REDIS) else {
+        return;
+    };
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let cli = |extra: &[&str], script: &str| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        b.ok(p.path(), &args).trim().to_string()
+    };
+    let set = "redis-cli -h 127.0.0.1 set kept yes >/dev/null && redis-cli -h 127.0.0.1 save";
+    let get = "redis-cli -h 127.0.0.1 get kept";
+    assert_eq!(cli(&["--keep-volumes", "redis-data"], set), "OK");
+    let volume = b.home.path().join("volumes/redis-data");
+    assert!(volume.join("dump.rdb").exists() || volume.join("appendonlydir").exists());
+    assert_eq!(cli(&["--keep-volumes", "redis-data"], get), "yes");
+    // Without --keep-volumes the run's volume is its own, empty one.
+    assert_eq!(cli(&[], get), "");
+    let left: Vec<_> = std::fs::read_dir(b.home.path().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["redis-data"], "only the kept volume stays");
+
+    let out = b.run_in(
+        p.path(),
+        &["run", "--keep-volumes", "redis-dat", "--", "true"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--keep-volumes redis-dat: no sidecar mounts a volume of that name (the sidecars' volumes: redis-data)"),
+        "{stderr}"
+    );
+    let ls = b.ok(p.path(), &["ls", "--json"]);
+    assert_eq!(ls.trim(), "[]", "{ls}");
+    std::fs::remove_dir_all(&volume).unwrap();
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
 #[test]
 fn a_sidecar_that_never_becomes_ready_fails_up_with_its_log_and_leaves_nothing() {
     require_root!();

@@ -81,16 +81,33 @@ pub(super) fn sidecar_volume_mounts(plan: &Plan) -> impl Iterator<Item = &MountP
 
 /// Gives the sidecars of a `berth run`'s plan volumes of their own (`<run name>-<volume>`):
 /// each run starts with empty ones, parallel runs do not share data, and they are removed
-/// with the run's environment ([`Environments::destroy_sidecars`]).
-pub(super) fn private_run_volumes(run: &mut Plan) {
+/// with the run's environment ([`Environments::destroy_sidecars`]). The volumes named in
+/// `keep` (`run --keep-volumes`) stay the named volumes themselves; a name no sidecar
+/// mounts is an error.
+pub(super) fn private_run_volumes(run: &mut Plan, keep: &[String]) -> Result<(), EnvError> {
+    let known: Vec<String> = sidecar_volume_mounts(run)
+        .filter_map(|m| m.source.clone())
+        .collect();
+    if let Some(unknown) = keep.iter().find(|k| !known.contains(k)) {
+        return Err(EnvError::Sidecar(SidecarError::UnknownVolume {
+            name: unknown.clone(),
+            known: match known.is_empty() {
+                true => "none".into(),
+                false => known.join(", "),
+            },
+        }));
+    }
     let prefix = run.name.clone();
     for m in run.sidecars.values_mut().flat_map(|s| s.mounts.iter_mut()) {
         if m.kind == MountKind::Volume {
             if let Some(source) = &mut m.source {
-                *source = format!("{prefix}-{source}");
+                if !keep.contains(source) {
+                    *source = format!("{prefix}-{source}");
+                }
             }
         }
     }
+    Ok(())
 }
 
 /// The sidecar folders of the environment in `env_dir`, by name.
@@ -612,6 +629,30 @@ mod tests {
         assert_eq!(plan_hash(&sidecar, "i1"), plan_hash(&sidecar, "i1"));
         assert_ne!(plan_hash(&sidecar, "i1"), plan_hash(&other, "i1"));
         assert_ne!(plan_hash(&sidecar, "i1"), plan_hash(&sidecar, "i2"));
+    }
+
+    #[test]
+    fn a_run_gets_volumes_of_its_own_except_those_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let file = dir.path().join("berth.toml");
+        let toml = "name = \"app-run-x1\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[services.db]\nimage = \"rootfs:./rootfs\"\nmounts = [{ source = \"db-data\", target = \"/data\", type = \"volume\" }, { source = \"db-logs\", target = \"/logs\", type = \"volume\" }]\n";
+        let plan = envfile_spec::parse(toml.as_bytes(), &file).unwrap().plan;
+        let mut run = plan.clone();
+        private_run_volumes(&mut run, &["db-logs".into()]).unwrap();
+        let sources: Vec<_> = run.sidecars["db"]
+            .mounts
+            .iter()
+            .map(|m| m.source.clone().unwrap())
+            .collect();
+        assert_eq!(sources, ["app-run-x1-db-data", "db-logs"]);
+        let err = private_run_volumes(&mut plan.clone(), &["db-dat".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--keep-volumes db-dat") && err.contains("db-data, db-logs"),
+            "{err}"
+        );
     }
 
     #[test]
