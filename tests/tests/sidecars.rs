@@ -304,6 +304,78 @@ fn berth_run_keeps_only_the_sidecar_volumes_it_names() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+/// berth.lock pins a sidecar's registry image by its manifest digest, beside the
+/// environment's image: after the tag moves, `up` still runs the locked image, until
+/// `up --update` pins the new one.
+#[test]
+fn berth_lock_pins_the_sidecars_image_until_update() {
+    require_root!();
+    use berth_e2e::oci::{busybox_layer, Compression, Image, Layer, Registry, TarBuilder};
+    let Some(reg) = Registry::start() else { return };
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let version = |v: &str| {
+        let mut t = TarBuilder::new();
+        t.file("version", v.as_bytes());
+        Image::new(
+            vec![
+                busybox_layer(Compression::Gzip),
+                Layer::new(t.finish(), Compression::Gzip),
+            ],
+            arch,
+        )
+    };
+    let (v1, v2) = (version("one"), version("two"));
+    reg.push_image("server", "stable", &v1);
+    let p = Project::new(
+        "berth-sidecar-lock-",
+        "sc-",
+        &format!(
+            "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[services.db]\nimage = \"{}/server:stable\"\ncommand = [\"sleep\", \"1000\"]\n",
+            reg.addr
+        ),
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let served = |b: &Berth| {
+        b.ok(
+            p.path(),
+            &["exec", "--service", "db", "--", "cat", "/version"],
+        )
+    };
+    b.ok(p.path(), &["up"]);
+    assert_eq!(served(&b), "one");
+    let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    let entry = lock
+        .split("[sidecars.db]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{lock}"));
+    assert!(
+        entry.contains(&format!("source = \"{}/server:stable\"", reg.addr))
+            && entry.contains(&v1.manifest_digest()),
+        "{lock}"
+    );
+
+    b.ok(p.path(), &["destroy"]);
+
+    // The tag moves; another machine (a home with an empty store) still gets the locked
+    // image, until `up --update`.
+    reg.push_image("server", "stable", &v2);
+    let other = Berth::new();
+    let before_other = p.snapshot(&other);
+    other.ok(p.path(), &["up"]);
+    assert_eq!(served(&other), "one");
+    other.ok(p.path(), &["up", "--update"]);
+    assert_eq!(served(&other), "two");
+    let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    assert!(lock.contains(&v2.manifest_digest()), "{lock}");
+    other.ok(p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+    before_other.assert_nothing_leaked(&p.snapshot(&other));
+}
+
 #[test]
 fn a_sidecar_that_never_becomes_ready_fails_up_with_its_log_and_leaves_nothing() {
     require_root!();

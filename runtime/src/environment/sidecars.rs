@@ -27,6 +27,7 @@ use super::up_decision::UpAction;
 use crate::backend::{Backend, EnvStatus, ExecRequest, StatusReport};
 use crate::container::sidecar::{bridged_sidecar_spec, sidecar_dir, sidecar_spec, Joined};
 use crate::container::ContainerBackend;
+use crate::image::lockfile::{lock_path_for, LockFile, LockSlot};
 use crate::image::{human_duration, Progress, PullOptions, ResolveOptions};
 use crate::state;
 
@@ -167,7 +168,7 @@ impl Environments {
         {
             return Ok(None);
         }
-        let notices = self.up_sidecars(plan, &prev.env_id, dir, &opts.progress)?;
+        let notices = self.up_sidecars(plan, &prev.env_id, dir, &opts.progress, false)?;
         if bridged_sidecars::on_bridge(plan) {
             // A restarted sidecar may have another address on the bridge.
             let hosts = bridged_sidecars::hosts(&self.home, plan, &prev.env_id)?;
@@ -203,11 +204,12 @@ impl Environments {
         env_id: &str,
         env_dir: &Path,
         progress: &Progress,
+        update: bool,
     ) -> Result<Vec<String>, EnvError> {
         if plan.sidecars.is_empty() && sidecar_dirs(env_dir).is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.up_sidecars_inner(plan, env_id, env_dir, progress);
+        let result = self.up_sidecars_inner(plan, env_id, env_dir, progress, update);
         if result.is_err() {
             self.stop_group(plan, env_dir);
         }
@@ -229,6 +231,7 @@ impl Environments {
         env_id: &str,
         env_dir: &Path,
         progress: &Progress,
+        update: bool,
     ) -> Result<Vec<String>, EnvError> {
         let backend: &dyn Backend = &ContainerBackend;
         for (name, dir) in sidecar_dirs(env_dir) {
@@ -242,11 +245,19 @@ impl Environments {
         } else {
             Group::Joined(net_namespace(backend, env_dir))
         };
+        let start = GroupStart {
+            env_id,
+            env_dir,
+            group,
+            progress,
+            lock_path: lock_path_for(&plan.file),
+            update,
+        };
         let mut notices = Vec::new();
         for name in plan.sidecar_start_order() {
             let sidecar = &plan.sidecars[name];
             let started = self
-                .up_sidecar(name, sidecar, env_id, env_dir, &group, progress)
+                .up_sidecar(name, sidecar, &start)
                 .map_err(|e| match e {
                     EnvError::Sidecar(_) => e,
                     other => EnvError::Sidecar(SidecarError::Start {
@@ -256,6 +267,8 @@ impl Environments {
                 })?;
             notices.extend(started);
         }
+        // Entries of sidecars gone from berth.toml leave the lock file.
+        LockFile::keep_sidecars(&start.lock_path, &plan.sidecar_start_order())?;
         Ok(notices)
     }
 
@@ -264,24 +277,34 @@ impl Environments {
         &self,
         name: &str,
         sidecar: &SidecarPlan,
-        env_id: &str,
-        env_dir: &Path,
-        group: &Group,
-        progress: &Progress,
+        start: &GroupStart<'_>,
     ) -> Result<Vec<String>, EnvError> {
+        let GroupStart {
+            env_id,
+            env_dir,
+            group,
+            progress,
+            ..
+        } = start;
+        let (env_id, env_dir) = (*env_id, *env_dir);
         let backend: &dyn Backend = &ContainerBackend;
         let dir = sidecar_dir(&self.home, env_id, name);
         // Resolved as the environment's base image is (pulled, imported, bootstrapped;
-        // cached in the layer store); berth.lock pins the environment's image only.
+        // cached in the layer store) and pinned in berth.lock in an entry of its own.
         let resolve = ResolveOptions {
             pull: PullOptions {
-                progress: progress.clone(),
+                progress: (*progress).clone(),
                 ..PullOptions::default()
             },
-            update: false,
+            update: start.update,
             pinned: None,
         };
-        let image = self.images.resolve(&sidecar.image, &resolve)?;
+        let (image, _) = self.images.resolve_in_lock(
+            &sidecar.image,
+            &start.lock_path,
+            LockSlot::Sidecar(name),
+            &resolve,
+        )?;
         let hash = plan_hash(sidecar, &image.id.to_string());
         let running = backend.status(&dir)?;
         let same_group = running.status == EnvStatus::Running
@@ -511,6 +534,18 @@ impl Environments {
         }
         Ok(())
     }
+}
+
+/// What the start of each sidecar of a group needs.
+struct GroupStart<'a> {
+    env_id: &'a str,
+    env_dir: &'a Path,
+    group: Group,
+    progress: &'a Progress,
+    /// The project's berth.lock, which pins each sidecar's image.
+    lock_path: PathBuf,
+    /// `up --update`: resolve the images afresh and pin them again.
+    update: bool,
 }
 
 /// How the sidecars of an environment are networked.

@@ -266,7 +266,13 @@ impl Environments {
         let bridged = bridged_sidecars::on_bridge(plan);
         let hosts = match bridged {
             true => {
-                notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);
+                notices.extend(self.up_sidecars(
+                    plan,
+                    &env_id,
+                    dir,
+                    &opts.progress,
+                    opts.update,
+                )?);
                 bridged_sidecars::hosts(&self.home, plan, &env_id)?
             }
             false => Vec::new(),
@@ -303,7 +309,7 @@ impl Environments {
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         if !bridged {
-            notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);
+            notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress, opts.update)?);
         }
         if on_create_pending {
             hooks::run(backend, dir, plan, Hook::OnCreate, &opts.progress)?;
