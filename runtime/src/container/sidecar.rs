@@ -134,10 +134,13 @@ fn sidecar_base(
     Ok(spec)
 }
 
-/// The running environment a sidecar joins: a pidfd of its supervisor (so a reused pid is
-/// never entered) and its id mapping (`None`: a privileged environment, no user namespace).
+/// The running environment a sidecar joins: its user and network namespaces, handed over by
+/// its supervisor on its control socket (the supervisor is not dumpable, so a rootless owner
+/// cannot open them through /proc, nor `setns` through a pidfd of it), and its id mapping
+/// (`None`: a privileged environment, no user namespace).
 pub struct Joined {
-    pidfd: OwnedFd,
+    user: OwnedFd,
+    net: OwnedFd,
     pub mapping: Option<IdMapping>,
 }
 
@@ -155,8 +158,7 @@ impl Joined {
             },
             sin_zero: [0; 8],
         };
-        let flags = self.namespace_flags();
-        let pidfd = self.pidfd.as_raw_fd();
+        let (user, net) = (self.user_fd(), self.net.as_raw_fd());
         // SAFETY: the child calls only async-signal-safe system calls and `_exit`s.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error())
@@ -165,7 +167,10 @@ impl Joined {
                 // SAFETY: setns/socket/connect with valid arguments; `addr` lives on this
                 // stack; `_exit` ends the child without running the parent's destructors.
                 unsafe {
-                    if libc::setns(pidfd, flags) != 0 {
+                    if user >= 0 && libc::setns(user, libc::CLONE_NEWUSER) != 0 {
+                        libc::_exit(2);
+                    }
+                    if libc::setns(net, libc::CLONE_NEWNET) != 0 {
                         libc::_exit(2);
                     }
                     let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -190,12 +195,12 @@ impl Joined {
         }
     }
 
-    fn namespace_flags(&self) -> libc::c_int {
-        let mut flags = libc::CLONE_NEWNET;
-        if self.mapping.is_some() {
-            flags |= libc::CLONE_NEWUSER;
+    /// The user namespace to enter first, -1 for a privileged environment (none of its own).
+    fn user_fd(&self) -> libc::c_int {
+        match self.mapping {
+            Some(_) => self.user.as_raw_fd(),
+            None => -1,
         }
-        flags
     }
 
     /// The running environment whose state dir is `env_dir`.
@@ -207,15 +212,13 @@ impl Joined {
             ))
         };
         let state = ContainerState::load(env_dir)?;
-        if state.phase != Phase::Running {
+        if state.phase != Phase::Running || !state.supervisor.is_some_and(|s| s.alive()) {
             return Err(not_running());
         }
-        let pidfd = state
-            .supervisor
-            .and_then(|s| s.pidfd())
-            .ok_or_else(not_running)?;
+        let (user, net) = super::control::namespaces(&env_dir.join("control.sock"))?;
         Ok(Joined {
-            pidfd,
+            user,
+            net,
             mapping: state.mapping,
         })
     }
@@ -234,15 +237,20 @@ impl Joined {
         Ok(joined)
     }
 
-    /// Enters the environment's user namespace (when it has one) and its network namespace,
-    /// in one `setns` (the network namespace is then entered with the rights the joined user
-    /// namespace gives). The calling process must be single-threaded.
+    /// Enters the environment's user namespace (when it has one), then its network
+    /// namespace with the rights the joined user namespace gives. The calling process must
+    /// be single-threaded.
     pub fn enter(&self) -> Result<()> {
-        let flags = self.namespace_flags();
-        // SAFETY: setns with a pidfd this struct owns and namespace flags; no memory passed.
-        if unsafe { libc::setns(self.pidfd.as_raw_fd(), flags) } != 0 {
+        let user = self.user_fd();
+        // SAFETY: setns with descriptors this struct owns and a namespace flag; no memory passed.
+        if user >= 0 && unsafe { libc::setns(user, libc::CLONE_NEWUSER) } != 0 {
             return Err(io::Error::last_os_error())
-                .context(|| "cannot enter the environment's namespaces".to_string());
+                .context(|| "cannot enter the environment's user namespace".to_string());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setns(self.net.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| "cannot enter the environment's network namespace".to_string());
         }
         Ok(())
     }
