@@ -269,7 +269,7 @@ impl ImageStore {
                 .filter(|l| l.source == key)
         };
         if let ImageSource::Debootstrap { suite, .. } = source {
-            return self.resolve_locked_bootstrap(source, suite, &key, lock, lock_path, slot, opts);
+            return self.resolve_locked_bootstrap(source, suite, lock, lock_path, slot, opts);
         }
         if let Some(lock) = lock {
             let mut o = opts.clone();
@@ -310,12 +310,12 @@ impl ImageStore {
         &self,
         source: &ImageSource,
         suite: &str,
-        key: &str,
         lock: Option<LockedImage>,
         lock_path: &Path,
         slot: LockSlot<'_>,
         opts: &ResolveOptions,
     ) -> Result<(ResolvedImage, LockOutcome), ImageError> {
+        let key = &source_key(source, lock_path.parent().unwrap_or(Path::new(".")));
         let resolved = self.resolve(source, opts)?;
         let record = self
             .records
