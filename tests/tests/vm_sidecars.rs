@@ -3,7 +3,7 @@
 //! redis-server in busybox root filesystems), each a container of its own on berth's bridge,
 //! both on port 6379; the guest reaches each by its name (the agent's block of the guest's
 //! `/etc/hosts`), a changed sidecar restarts alone (the VM keeps running and still reaches it
-//! by name), and `destroy` leaves nothing: no process, veth, lease, mount or cgroup.
+//! by name), `down` stops the group, and `destroy` leaves nothing: no process, veth, lease, mount or cgroup.
 //!
 //! Needs root, qemu, mkfs.ext4, busybox-static, redis-server and a reachable Debian mirror
 //! (for the kernel, cached in `target/berth-test-cache/kernels`); skips saying why otherwise.
@@ -202,6 +202,13 @@ fn a_vm_reaches_its_redis_sidecars_by_name_on_the_bridge() {
         "databases\n4"
     );
     assert_eq!(vm.redis("cache", &["get", "who"]), "the cache");
+
+    // down stops the VM, then its sidecars (the reverse of their start).
+    vm.ok(&["down"]);
+    let down = vm.status();
+    for s in down["sidecars"].as_array().unwrap() {
+        assert_ne!(s["status"], "running", "{down}");
+    }
 
     // destroy --volumes removes the VM, the sidecars, their veths, leases and volume.
     let volume = berth.home.path().join("volumes/cache-data");
