@@ -84,6 +84,11 @@ pub struct Setup {
     /// Environment for every process the agent starts.
     pub env: Vec<(String, String)>,
     pub services: Vec<ServiceSpec>,
+    /// Names the guest resolves through `/etc/hosts` (name, IPv4 address): the sidecars of
+    /// the environment, on berth's bridge. The agent replaces its own block of the file with
+    /// them (an empty list removes it); a `Setup` with only `hosts` updates them on a running
+    /// guest.
+    pub hosts: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -171,6 +176,7 @@ impl Message {
                     w.opt(&svc.cwd);
                     w.u8(svc.restart as u8);
                 }
+                w.pairs(&s.hosts);
             }
             Message::SetupDone | Message::Poweroff => {}
             Message::Exec(e) => {
@@ -246,11 +252,13 @@ impl Message {
                         },
                     });
                 }
+                let hosts = r.pairs("hosts")?;
                 Message::Setup(Setup {
                     hostname,
                     mounts,
                     env,
                     services,
+                    hosts,
                 })
             }
             5 => Message::SetupDone,

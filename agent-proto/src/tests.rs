@@ -40,6 +40,7 @@ fn samples() -> Vec<Frame> {
                     cwd: Some("/".into()),
                     restart: Restart::OnFailure,
                 }],
+                hosts: vec![("cache".into(), "10.88.0.3".into())],
             }),
         ),
         f(0, Message::SetupDone),

@@ -431,6 +431,9 @@ impl Server {
                 )
             })?;
         }
+        // Before the services start: they may reach the sidecars by name at once.
+        crate::hosts_file::update(std::path::Path::new("/etc/hosts"), &setup.hosts)
+            .map_err(|e| format!("cannot write the sidecars' names into /etc/hosts: {e}"))?;
         for (k, v) in setup.env {
             self.env.retain(|(ek, _)| *ek != k);
             self.env.push((k, v));

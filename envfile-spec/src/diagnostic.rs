@@ -77,8 +77,6 @@ pub enum ErrorKind {
     ServiceCycle,
     /// Two services that listen on the same port of the shared `localhost`.
     DuplicateServicePort,
-    /// A part of the format this berth checks but cannot run yet (sidecar services).
-    NotBuiltYet,
     /// (warning) A setting that has no effect in this combination.
     IgnoredSetting,
     /// The file could not be read at all.
@@ -86,7 +84,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 36] = [
+    pub const ALL: [ErrorKind; 35] = [
         ErrorKind::NotUtf8,
         ErrorKind::TomlSyntax,
         ErrorKind::UnknownKey,
@@ -120,7 +118,6 @@ impl ErrorKind {
         ErrorKind::UnknownService,
         ErrorKind::ServiceCycle,
         ErrorKind::DuplicateServicePort,
-        ErrorKind::NotBuiltYet,
         ErrorKind::IgnoredSetting,
         ErrorKind::Unreadable,
     ];
@@ -161,7 +158,6 @@ impl ErrorKind {
             ErrorKind::UnknownService => "unknown-service",
             ErrorKind::ServiceCycle => "service-cycle",
             ErrorKind::DuplicateServicePort => "duplicate-service-port",
-            ErrorKind::NotBuiltYet => "not-built-yet",
             ErrorKind::IgnoredSetting => "ignored-setting",
             ErrorKind::Unreadable => "unreadable",
         }

@@ -165,7 +165,6 @@ const CASES: &[Case] = &[
     case("column counts characters", "[image]\nfrom = \"debian\"\n[env]\n\"ÄÖ-X\" = \"1\"\n[[mounts]]\nsource = \".\" # é\ntarget = \"é\"\n", &[(K::BadEnvName, 4, 1), (K::RelativePath, 7, 10)]),
     case("tabs and CRLF", "[image]\r\nfrom = \"debian\"\r\n[network]\r\n\tmode = \"bridged\"\r\n", &[(K::BadEnum, 4, 9)]),
     // --- sidecars (services with `image`) -------------------------------------------------------
-    case("a sidecar beside a VM is checked but not built yet", "backend = \"vm\"\n[image]\nfrom = \"debian\"\n[vm]\nkernel = \"debian:linux-image-amd64\"\n[services.db]\nimage = \"redis:7\"\n", &[(K::NotBuiltYet, 7, 9)]),
     case("after names an unknown and a process service", "[image]\nfrom = \"debian\"\n[services.db]\nimage = \"redis:7\"\nafter = [\"cache\", \"web\"]\n[services.web]\ncommand = [\"./app\"]\n", &[(K::UnknownService, 5, 10), (K::UnknownService, 5, 19)]),
     case("sidecars waiting in a circle and on themselves", "[image]\nfrom = \"debian\"\n[services.a]\nimage = \"redis:7\"\nafter = [\"b\"]\n[services.b]\nimage = \"redis:7\"\nafter = [\"a\"]\n[services.c]\nimage = \"redis:7\"\nafter = [\"c\"]\n", &[(K::ServiceCycle, 8, 10), (K::ServiceCycle, 11, 10)]),
     case(

@@ -69,6 +69,7 @@ fn main() {
         disk_size: Some(256 << 20),
         agent: Some(need("--agent").into()),
         boot_timeout: Duration::from_secs(300),
+        hosts: Vec::new(),
     };
     let t = Instant::now();
     let result = backend.start(&spec);

@@ -104,6 +104,7 @@ fn real_kernel_under_berths_vmm() {
         disk_size: Some(128 << 20),
         agent: Some(agent),
         boot_timeout: Duration::from_secs(30),
+        hosts: Vec::new(),
     };
     let st = match backend.start(&spec) {
         Ok(st) => st,

@@ -122,6 +122,7 @@ fn debian_kernel_under_qemu_tcg() {
         disk_size: Some(256 << 20),
         agent: Some(static_agent()),
         boot_timeout: Duration::from_secs(120),
+        hosts: Vec::new(),
     };
     let _guard = VmGuard {
         backend: &backend,

@@ -81,3 +81,64 @@ fn an_unprivileged_user_runs_the_daily_loop() {
         .collect();
     assert!(live.is_empty(), "processes left: {live:?}");
 }
+
+/// A rootless environment with a sidecar: the sidecar joins the environment's user and
+/// network namespaces (handed over by the environment's supervisor, which the user cannot
+/// open through /proc), its `ready` probe gates `on_up`, and the app reaches it on its own
+/// localhost.
+#[test]
+fn an_unprivileged_user_gets_a_sidecar_on_the_environments_localhost() {
+    if let Some(why) = root_skip_reason() {
+        eprintln!("skipped: {why} (to create the test user)");
+        return;
+    }
+    let user = TestUser::create("berthsc");
+    let proj = tempfile::Builder::new()
+        .prefix("berth-rootless-sidecar-")
+        .tempdir()
+        .unwrap();
+    busybox_rootfs(&proj.path().join("rootfs"));
+    std::fs::write(
+        proj.path().join("berth.toml"),
+        r#"name = "rlsc"
+on_up = ["wget -qO- http://127.0.0.1:8080/page > /tmp/answer"]
+[image]
+from = "rootfs:./rootfs"
+[services.web]
+image = "rootfs:./rootfs"
+command = ["/bin/sh", "-c", "sleep 1; mkdir -p /www; echo served by the sidecar > /www/page; exec httpd -f -p 127.0.0.1:8080 -h /www"]
+ready = { tcp = 8080, timeout = "20s" }
+"#,
+    )
+    .unwrap();
+    user.own(proj.path());
+    let ok = |args: &[&str]| {
+        let o = user.berth(proj.path(), args);
+        assert!(
+            o.status.success(),
+            "berth {args:?} as {}: {:?}",
+            user.name,
+            text(&o)
+        );
+        text(&o)
+    };
+    let (_, err) = ok(&["up"]);
+    assert!(
+        err.contains("sidecar web is ready"),
+        "the probe did not gate on_up:\n{err}"
+    );
+    assert_eq!(
+        ok(&["exec", "--", "cat", "/tmp/answer"]).0,
+        "served by the sidecar\n"
+    );
+    let (status, _) = ok(&["status"]);
+    assert!(status.contains("web running, ready"), "{status}");
+    ok(&["down"]);
+    let o = user.berth(proj.path(), &["exec", "--service", "web", "--", "true"]);
+    assert_ne!(
+        o.status.code(),
+        Some(0),
+        "the sidecar still runs after down"
+    );
+    ok(&["destroy"]);
+}

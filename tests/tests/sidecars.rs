@@ -1,7 +1,7 @@
 //! Sidecar services (`[services.NAME]` with `image`) through the real binary, with a real
 //! Redis server (Debian's redis-server, copied with its libraries into a busybox root
 //! filesystem: the sidecar's own image) beside an app environment that has redis-cli.
-//! A sidecar beside a VM is still refused with `not-built-yet` at its `image` line.
+//! Sidecars beside a VM: tests/vm_sidecars.rs.
 
 use std::path::Path;
 
@@ -256,6 +256,126 @@ fn berth_run_gets_fresh_sidecars_of_its_own_and_removes_them() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+/// `berth run --keep-volumes NAME`: that sidecar volume is the named one itself (its data
+/// outlives the run and reaches the next run that keeps it); without it a run's volume is
+/// empty and removed; a name no sidecar mounts is refused before anything starts.
+#[test]
+fn berth_run_keeps_only_the_sidecar_volumes_it_names() {
+    require_root!();
+    let Some(p) = redis_project("berth-sidecar-keep-", WITH_REDIS) else {
+        return;
+    };
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let cli = |extra: &[&str], script: &str| {
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        b.ok(p.path(), &args).trim().to_string()
+    };
+    let set = "redis-cli -h 127.0.0.1 set kept yes >/dev/null && redis-cli -h 127.0.0.1 save";
+    let get = "redis-cli -h 127.0.0.1 get kept";
+    assert_eq!(cli(&["--keep-volumes", "redis-data"], set), "OK");
+    let volume = b.home.path().join("volumes/redis-data");
+    assert!(volume.join("dump.rdb").exists() || volume.join("appendonlydir").exists());
+    assert_eq!(cli(&["--keep-volumes", "redis-data"], get), "yes");
+    // Without --keep-volumes the run's volume is its own, empty one.
+    assert_eq!(cli(&[], get), "");
+    let left: Vec<_> = std::fs::read_dir(b.home.path().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["redis-data"], "only the kept volume stays");
+
+    let out = b.run_in(
+        p.path(),
+        &["run", "--keep-volumes", "redis-dat", "--", "true"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("--keep-volumes redis-dat: no sidecar mounts a volume of that name (the sidecars' volumes: redis-data)"),
+        "{stderr}"
+    );
+    let ls = b.ok(p.path(), &["ls", "--json"]);
+    assert_eq!(ls.trim(), "[]", "{ls}");
+    std::fs::remove_dir_all(&volume).unwrap();
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+/// berth.lock pins a sidecar's registry image by its manifest digest, beside the
+/// environment's image: after the tag moves, `up` still runs the locked image, until
+/// `up --update` pins the new one.
+#[test]
+fn berth_lock_pins_the_sidecars_image_until_update() {
+    require_root!();
+    use berth_e2e::oci::{busybox_layer, Compression, Image, Layer, Registry, TarBuilder};
+    let Some(reg) = Registry::start() else { return };
+    let arch = match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        _ => "amd64",
+    };
+    let version = |v: &str| {
+        let mut t = TarBuilder::new();
+        t.file("version", v.as_bytes());
+        Image::new(
+            vec![
+                busybox_layer(Compression::Gzip),
+                Layer::new(t.finish(), Compression::Gzip),
+            ],
+            arch,
+        )
+    };
+    let (v1, v2) = (version("one"), version("two"));
+    reg.push_image("server", "stable", &v1);
+    let p = Project::new(
+        "berth-sidecar-lock-",
+        "sc-",
+        &format!(
+            "name = \"{{name}}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[services.db]\nimage = \"{}/server:stable\"\ncommand = [\"sleep\", \"1000\"]\n",
+            reg.addr
+        ),
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let served = |b: &Berth| {
+        b.ok(
+            p.path(),
+            &["exec", "--service", "db", "--", "cat", "/version"],
+        )
+    };
+    b.ok(p.path(), &["up"]);
+    assert_eq!(served(&b), "one");
+    let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    let entry = lock
+        .split("[sidecars.db]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{lock}"));
+    assert!(
+        entry.contains(&format!("source = \"{}/server:stable\"", reg.addr))
+            && entry.contains(&v1.manifest_digest()),
+        "{lock}"
+    );
+
+    b.ok(p.path(), &["destroy"]);
+
+    // The tag moves; another machine (a home with an empty store) still gets the locked
+    // image, until `up --update`.
+    reg.push_image("server", "stable", &v2);
+    let other = Berth::new();
+    let before_other = p.snapshot(&other);
+    other.ok(p.path(), &["up"]);
+    assert_eq!(served(&other), "one");
+    other.ok(p.path(), &["up", "--update"]);
+    assert_eq!(served(&other), "two");
+    let lock = std::fs::read_to_string(p.path().join("berth.lock")).unwrap();
+    assert!(lock.contains(&v2.manifest_digest()), "{lock}");
+    other.ok(p.path(), &["destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+    before_other.assert_nothing_leaked(&p.snapshot(&other));
+}
+
 #[test]
 fn a_sidecar_that_never_becomes_ready_fails_up_with_its_log_and_leaves_nothing() {
     require_root!();
@@ -304,15 +424,19 @@ ready = { tcp = 1, timeout = "2s" }
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+/// A VM's sidecars run on berth's bridge (tests/vm_sidecars.rs); a VM that could not reach
+/// them (`network.mode = "none"`; without root, no bridge) is refused before anything starts.
 #[test]
-fn a_sidecar_beside_a_vm_is_refused_at_its_line_and_starts_nothing() {
+fn a_vm_that_could_not_reach_its_sidecars_is_refused_and_starts_nothing() {
+    require_root!();
     let b = Berth::new();
     let p = Project::new(
         "berth-sidecar-vm-",
         "sc-",
-        "name = \"{name}\"\nbackend = \"vm\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[services.cache]\nimage = \"rootfs:./rootfs\"\ncommand = [\"sleep\", \"1000\"]\n",
+        "name = \"{name}\"\nbackend = \"vm\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\nvmm = \"qemu\"\n[network]\nmode = \"none\"\n[services.cache]\nimage = \"rootfs:./rootfs\"\ncommand = [\"sleep\", \"1000\"]\n",
     );
-    for args in [&["validate"][..], &["up"][..], &["run", "--", "true"][..]] {
+    b.ok(p.path(), &["validate"]);
+    for args in [&["up"][..], &["run", "--", "true"][..]] {
         let out = b.run_in(p.path(), args);
         let (stdout, stderr) = text(&out);
         assert_eq!(
@@ -321,9 +445,9 @@ fn a_sidecar_beside_a_vm_is_refused_at_its_line_and_starts_nothing() {
             "berth {args:?}:\n{stdout}\n{stderr}"
         );
         for expected in [
-            "error[not-built-yet]: `services.cache.image`",
-            "--> berth.toml:6:9",
-            "beside a VM they are not built yet",
+            "has sidecars it could not reach",
+            "network.mode = \"none\"",
+            "Remove network.mode",
         ] {
             assert!(
                 stderr.contains(expected),

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Give the run a private copy of the project instead of a live mount.
     #[arg(long)]
     pub copy_source: bool,
+    /// Sidecar volumes to use as they are (shared with `up` and other runs, kept
+    /// afterwards); the others are empty ones of this run, removed with it.
+    #[arg(long = "keep-volumes", value_name = "VOLUME", num_args = 1.., action = clap::ArgAction::Append)]
+    pub keep_volumes: Vec<String>,
     /// Pick free host ports when the declared ones are taken (what `run` always does; kept
     /// for scripts that pass it).
     #[arg(long)]
@@ -145,6 +149,7 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
             &RunPlanOptions {
                 name: args.name.clone(),
                 copy_source: args.copy_source,
+                keep_volumes: args.keep_volumes.clone(),
             },
         )
         .map_err(env_error)?;

@@ -169,8 +169,9 @@ impl Checker<'_> {
         }
     }
 
-    /// The checks across services, once every service is read; then the one part of
-    /// sidecars this berth cannot do yet: sidecars of a VM environment.
+    /// The checks across services, once every service is read. A VM's sidecars each have a
+    /// network of their own (on berth's bridge), so two of them may probe the same port; a
+    /// container's share the environment's `localhost`, so they may not.
     pub(super) fn check_sidecar_links(&mut self, links: &SidecarLinks, backend: BackendKind) {
         let is_sidecar = |n: &str| {
             links.sidecars.iter().any(|(s, _)| s == n) || links.sidecar_names.iter().any(|s| s == n)
@@ -232,6 +233,9 @@ impl Checker<'_> {
                 Some("remove one of these `after` entries".into()),
             );
         }
+        if backend == BackendKind::Vm {
+            return;
+        }
         let mut ports: BTreeMap<u16, (&str, &Span)> = BTreeMap::new();
         for (name, port, span) in &links.tcp {
             if !is_sidecar(name) {
@@ -251,17 +255,6 @@ impl Checker<'_> {
                     ports.insert(*port, (name, span));
                 }
             }
-        }
-        if backend != BackendKind::Vm {
-            return;
-        }
-        for (name, span) in &links.sidecars {
-            self.error(
-                ErrorKind::NotBuiltYet,
-                span.clone(),
-                format!("`services.{name}.image`: this berth runs sidecar services beside container environments only; beside a VM they are not built yet"),
-                Some(format!("use the container backend for this project, or install the server with [image].packages and run it as a process service: [services.{name}] command = [\"…\"] without `image`")),
-            );
         }
     }
 }
@@ -337,8 +330,7 @@ mod tests {
     use super::*;
     use crate::diagnostic::{Report, Severity};
 
-    /// The plan the checker builds and every error but `not-built-yet` (which a sidecar
-    /// beside a VM gets), as (kind, line, column).
+    /// The plan the checker builds and its errors, as (kind, line, column).
     fn check(text: &str) -> (Plan, Vec<(ErrorKind, usize, usize)>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
@@ -352,7 +344,7 @@ mod tests {
         let errors = report
             .diagnostics
             .iter()
-            .filter(|d| d.severity == Severity::Error && d.kind != ErrorKind::NotBuiltYet)
+            .filter(|d| d.severity == Severity::Error)
             .map(|d| (d.kind, d.line, d.column))
             .collect();
         (plan, errors)
@@ -426,27 +418,23 @@ mod tests {
     }
 
     #[test]
-    fn only_a_sidecar_beside_a_vm_is_refused_as_not_built_yet() {
+    fn a_vms_sidecars_are_planned_and_may_probe_the_same_port() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("berth.toml");
-        let container = format!(
-            "{IMAGE}[services.db]\nimage = \"redis:7\"\n[services.web]\ncommand = [\"./app\"]\n"
-        );
-        let loaded = crate::parse(container.as_bytes(), &file).unwrap();
-        assert_eq!(loaded.plan.sidecars.keys().collect::<Vec<_>>(), ["db"]);
+        let sidecars = "[services.db]\nimage = \"redis:7\"\nready = { tcp = 6379 }\n[services.cache]\nimage = \"redis:7\"\nready = { tcp = 6379 }\n[services.web]\ncommand = [\"./app\"]\n";
         let vm = format!(
-            "backend = \"vm\"\n{IMAGE}[vm]\nkernel = \"debian:linux-image-amd64\"\n[services.db]\nimage = \"redis:7\"\n[services.web]\ncommand = [\"./app\"]\n"
+            "backend = \"vm\"\n{IMAGE}[vm]\nkernel = \"debian:linux-image-amd64\"\n{sidecars}"
         );
-        let report = crate::parse(vm.as_bytes(), &file).unwrap_err();
-        let found: Vec<_> = report
-            .diagnostics
-            .iter()
-            .map(|d| (d.kind, d.line, d.column))
-            .collect();
-        assert_eq!(found, [(ErrorKind::NotBuiltYet, 7, 9)]);
-        let d = &report.diagnostics[0];
-        assert!(d.message.contains("beside a VM"), "{}", d.message);
-        assert!(d.help.as_deref().unwrap().contains("container backend"));
+        let loaded = crate::parse(vm.as_bytes(), &file).unwrap();
+        assert_eq!(
+            loaded.plan.sidecars.keys().collect::<Vec<_>>(),
+            ["cache", "db"]
+        );
+        // Beside a container they share its localhost: the same port is refused.
+        let container = format!("{IMAGE}{sidecars}");
+        let report = crate::parse(container.as_bytes(), &file).unwrap_err();
+        let found: Vec<_> = report.diagnostics.iter().map(|d| d.kind).collect();
+        assert_eq!(found, [ErrorKind::DuplicateServicePort]);
     }
 
     #[test]

@@ -93,6 +93,14 @@ pub trait Backend {
     /// Starts the services of an environment started with `hold_services` (a no-op where
     /// services start with the environment).
     fn start_services(&self, state_dir: &Path) -> Result<(), BackendError>;
+    /// Replaces the names (name, address) the running environment resolves for its sidecars
+    /// (`StartRequest::hosts`): a VM's `/etc/hosts` block, after a sidecar restarted with
+    /// another address. A container's sidecars share its `localhost`: nothing to do.
+    fn set_hosts(
+        &self,
+        state_dir: &Path,
+        hosts: &[(String, std::net::Ipv4Addr)],
+    ) -> Result<(), BackendError>;
     /// SIGTERM to everything inside, SIGKILL after `timeout`, then removes what the start
     /// created (except the writable layer or disk). Also repairs a crashed or half-started
     /// one.

@@ -33,4 +33,7 @@ pub struct StartRequest<'a> {
     /// Start without the services: `on_create` runs first, then
     /// [`Backend::start_services`](super::Backend::start_services).
     pub hold_services: bool,
+    /// Names the environment resolves (name, address): the sidecars of a VM, each on berth's
+    /// bridge with an address of its own (a container's sidecars share its `localhost`).
+    pub hosts: Vec<(String, std::net::Ipv4Addr)>,
 }

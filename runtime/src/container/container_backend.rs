@@ -74,6 +74,9 @@ impl ContainerBackend {
         };
         let mut notices: Vec<String> = mapping_notice.into_iter().collect();
         if let (Some(m), true) = (&mapping, who.uid == 0) {
+            for parent in &spec.searchable_parents {
+                open_state_dir_to(parent, m.host_gid(0))?;
+            }
             check_reachable_by_mapped_root(spec, m)?;
             // Root-owned bind sources others can reach stay read-only to the environment's
             // root: say so once here rather than let it meet EACCES inside.

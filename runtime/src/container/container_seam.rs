@@ -59,6 +59,14 @@ impl Backend for ContainerBackend {
     fn start_services(&self, state_dir: &Path) -> std::result::Result<(), BackendError> {
         Ok(ContainerBackend::start_services(self, state_dir)?)
     }
+    /// A container's sidecars share its network namespace: they are on its `localhost`.
+    fn set_hosts(
+        &self,
+        _: &Path,
+        _: &[(String, std::net::Ipv4Addr)],
+    ) -> std::result::Result<(), BackendError> {
+        Ok(())
+    }
     fn stop(&self, state_dir: &Path, timeout: Duration) -> std::result::Result<(), BackendError> {
         Ok(ContainerBackend::stop(self, state_dir, timeout)?)
     }

@@ -47,6 +47,10 @@ pub enum Request {
     Stop {
         grace_ms: u64,
     },
+    /// The environment's user and network namespaces, for a sidecar joining them: answered
+    /// `Namespaces` with two fds (its `/proc/self/ns/user` and `/proc/self/ns/net`). The
+    /// supervisor is not dumpable, so its owner (not root) cannot open them through /proc.
+    Namespaces,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +67,8 @@ pub enum Response {
     },
     Status(SupervisorStatus),
     Stopping,
+    /// The answer to `Namespaces`: the frame carries the user and the network namespace.
+    Namespaces,
     Error {
         message: String,
     },
@@ -427,6 +433,26 @@ pub fn start_services(socket: &Path) -> Result<()> {
         Response::Pong => Ok(()),
         other => Err(ContainerError::Protocol(format!(
             "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// The user and network namespaces of the environment whose supervisor serves `socket`.
+pub fn namespaces(socket: &Path) -> Result<(OwnedFd, OwnedFd)> {
+    let mut client = ControlClient::connect_for_reply(socket)?;
+    client.send(&Request::Namespaces, &[])?;
+    match client.receive()? {
+        (Response::Namespaces, fds) if fds.len() == 2 => {
+            let mut fds = fds.into_iter();
+            Ok((
+                fds.next().unwrap_or_else(|| unreachable!()),
+                fds.next().unwrap_or_else(|| unreachable!()),
+            ))
+        }
+        (Response::Error { message }, _) => Err(ContainerError::Protocol(message)),
+        (other, fds) => Err(ContainerError::Protocol(format!(
+            "unexpected answer {other:?} with {} descriptors",
+            fds.len()
         ))),
     }
 }

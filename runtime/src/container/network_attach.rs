@@ -68,7 +68,7 @@ pub fn attach(
     match mode {
         NetworkMode::Host => return Ok(()),
         NetworkMode::None => {
-            network.record_loopback_only(&spec.env_id)?;
+            network.record_loopback_only(spec.network_id())?;
             write_resolv_conf(spec, NO_DNS_RESOLV_CONF)?;
         }
         NetworkMode::Isolated => {
@@ -91,7 +91,7 @@ pub fn attach(
                 false => None,
             };
             let plumbing = network.plumb(
-                &spec.env_id,
+                spec.network_id(),
                 EnvNamespaces {
                     net: &net,
                     user: user.as_ref(),
@@ -109,12 +109,12 @@ pub fn attach(
                 .as_deref()
                 .unwrap_or(NO_DNS_RESOLV_CONF);
             write_resolv_conf(spec, conf)?;
-            if let Err(e) = network.forward_in_kernel(&spec.env_id, &net, ports) {
+            if let Err(e) = network.forward_in_kernel(spec.network_id(), &net, ports) {
                 eprintln!("berth: notice: {e}; the ports of {} are forwarded in user space instead (slower)", spec.hostname);
             }
         }
     }
-    network.record_ports(&spec.env_id, ports)?;
+    network.record_ports(spec.network_id(), ports)?;
     Ok(())
 }
 
@@ -129,7 +129,7 @@ pub fn detach(state_dir: &Path) -> Result<()> {
     let Some(home) = &spec.net_home else {
         return Ok(());
     };
-    network_in(home)?.detach(&spec.env_id)?;
+    network_in(home)?.detach(spec.network_id())?;
     Ok(())
 }
 

@@ -30,11 +30,56 @@ pub fn sidecar_dir(home: &BerthHome, env_id: &str, name: &str) -> PathBuf {
 }
 
 /// The container spec of sidecar `name` (berth.toml's `[services.NAME]` with `image`) of the
-/// environment `env_id`, over its image's `lower_layers` and `config`: its server is the one
-/// service of its own supervisor (its `command`, else the image's entrypoint and cmd), under
-/// its own name (`berth logs NAME`), with its restart policy, variables, working folder (else
-/// the image's), mounts (volumes under `home`) and limits; it joins the environment.
+/// container environment `env_id`, over its image's `lower_layers` and `config`: its server
+/// is the one service of its own supervisor (its `command`, else the image's entrypoint and
+/// cmd), under its own name (`berth logs NAME`), with its restart policy, variables, working
+/// folder (else the image's), mounts (volumes under `home`) and limits; it joins the
+/// environment.
 pub fn sidecar_spec(
+    home: &BerthHome,
+    env_id: &str,
+    name: &str,
+    plan: &SidecarPlan,
+    lower_layers: Vec<PathBuf>,
+    config: &ImageConfig,
+) -> Result<ContainerSpec> {
+    let mut spec = sidecar_base(home, env_id, name, plan, lower_layers, config)?;
+    spec.join = Some(JoinSpec {
+        env_dir: home.env_dir(env_id),
+    });
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// The network id of sidecar `name` of a VM environment: its own folder under `envs/`
+/// (`<env id>/sidecars/<name>`), where its `network.json` lives and which its lease on the
+/// bridge names.
+pub fn bridged_sidecar_net_id(env_id: &str, name: &str) -> String {
+    format!("{env_id}/sidecars/{name}")
+}
+
+/// The container spec of sidecar `name` of the VM environment `env_id`: as [`sidecar_spec`],
+/// but a container of its own on berth's bridge (own user and network namespaces, a veth and
+/// an address of its own, set up in `home` as a container environment's network is), which
+/// the VM reaches by the sidecar's name.
+pub fn bridged_sidecar_spec(
+    home: &BerthHome,
+    env_id: &str,
+    name: &str,
+    plan: &SidecarPlan,
+    lower_layers: Vec<PathBuf>,
+    config: &ImageConfig,
+) -> Result<ContainerSpec> {
+    let mut spec = sidecar_base(home, env_id, name, plan, lower_layers, config)?;
+    spec.network = envfile_spec::plan::NetworkMode::Isolated;
+    spec.net_home = Some(home.root().to_path_buf());
+    spec.net_id = Some(bridged_sidecar_net_id(env_id, name));
+    spec.searchable_parents = vec![home.env_dir(env_id)];
+    spec.validate()?;
+    Ok(spec)
+}
+
+fn sidecar_base(
     home: &BerthHome,
     env_id: &str,
     name: &str,
@@ -86,17 +131,16 @@ pub fn sidecar_spec(
         workdir: config.working_dir.clone(),
         user: config.user.clone(),
     };
-    spec.join = Some(JoinSpec {
-        env_dir: home.env_dir(env_id),
-    });
-    spec.validate()?;
     Ok(spec)
 }
 
-/// The running environment a sidecar joins: a pidfd of its supervisor (so a reused pid is
-/// never entered) and its id mapping (`None`: a privileged environment, no user namespace).
+/// The running environment a sidecar joins: its user and network namespaces, handed over by
+/// its supervisor on its control socket (the supervisor is not dumpable, so a rootless owner
+/// cannot open them through /proc, nor `setns` through a pidfd of it), and its id mapping
+/// (`None`: a privileged environment, no user namespace).
 pub struct Joined {
-    pidfd: OwnedFd,
+    user: OwnedFd,
+    net: OwnedFd,
     pub mapping: Option<IdMapping>,
 }
 
@@ -114,8 +158,7 @@ impl Joined {
             },
             sin_zero: [0; 8],
         };
-        let flags = self.namespace_flags();
-        let pidfd = self.pidfd.as_raw_fd();
+        let (user, net) = (self.user_fd(), self.net.as_raw_fd());
         // SAFETY: the child calls only async-signal-safe system calls and `_exit`s.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error())
@@ -124,7 +167,10 @@ impl Joined {
                 // SAFETY: setns/socket/connect with valid arguments; `addr` lives on this
                 // stack; `_exit` ends the child without running the parent's destructors.
                 unsafe {
-                    if libc::setns(pidfd, flags) != 0 {
+                    if user >= 0 && libc::setns(user, libc::CLONE_NEWUSER) != 0 {
+                        libc::_exit(2);
+                    }
+                    if libc::setns(net, libc::CLONE_NEWNET) != 0 {
                         libc::_exit(2);
                     }
                     let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -149,12 +195,12 @@ impl Joined {
         }
     }
 
-    fn namespace_flags(&self) -> libc::c_int {
-        let mut flags = libc::CLONE_NEWNET;
-        if self.mapping.is_some() {
-            flags |= libc::CLONE_NEWUSER;
+    /// The user namespace to enter first, -1 for a privileged environment (none of its own).
+    fn user_fd(&self) -> libc::c_int {
+        match self.mapping {
+            Some(_) => self.user.as_raw_fd(),
+            None => -1,
         }
-        flags
     }
 
     /// The running environment whose state dir is `env_dir`.
@@ -166,15 +212,13 @@ impl Joined {
             ))
         };
         let state = ContainerState::load(env_dir)?;
-        if state.phase != Phase::Running {
+        if state.phase != Phase::Running || !state.supervisor.is_some_and(|s| s.alive()) {
             return Err(not_running());
         }
-        let pidfd = state
-            .supervisor
-            .and_then(|s| s.pidfd())
-            .ok_or_else(not_running)?;
+        let (user, net) = super::control::namespaces(&env_dir.join("control.sock"))?;
         Ok(Joined {
-            pidfd,
+            user,
+            net,
             mapping: state.mapping,
         })
     }
@@ -193,15 +237,20 @@ impl Joined {
         Ok(joined)
     }
 
-    /// Enters the environment's user namespace (when it has one) and its network namespace,
-    /// in one `setns` (the network namespace is then entered with the rights the joined user
-    /// namespace gives). The calling process must be single-threaded.
+    /// Enters the environment's user namespace (when it has one), then its network
+    /// namespace with the rights the joined user namespace gives. The calling process must
+    /// be single-threaded.
     pub fn enter(&self) -> Result<()> {
-        let flags = self.namespace_flags();
-        // SAFETY: setns with a pidfd this struct owns and namespace flags; no memory passed.
-        if unsafe { libc::setns(self.pidfd.as_raw_fd(), flags) } != 0 {
+        let user = self.user_fd();
+        // SAFETY: setns with descriptors this struct owns and a namespace flag; no memory passed.
+        if user >= 0 && unsafe { libc::setns(user, libc::CLONE_NEWUSER) } != 0 {
             return Err(io::Error::last_os_error())
-                .context(|| "cannot enter the environment's namespaces".to_string());
+                .context(|| "cannot enter the environment's user namespace".to_string());
+        }
+        // SAFETY: as above.
+        if unsafe { libc::setns(self.net.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error())
+                .context(|| "cannot enter the environment's network namespace".to_string());
         }
         Ok(())
     }

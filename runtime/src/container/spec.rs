@@ -60,6 +60,18 @@ pub struct ContainerSpec {
     /// environment with its own network namespace then has loopback only.
     #[serde(default)]
     pub net_home: Option<PathBuf>,
+    /// The id `net_home` keeps the network under (`envs/<net_id>/network.json`, the holder
+    /// of its lease on the bridge); `None`: `env_id`. A VM's sidecar, a container of its own
+    /// on the bridge, uses `<env id>/sidecars/<name>`: its own folder, which lives exactly as
+    /// long as the sidecar does (see [`super::sidecar::bridged_sidecar_spec`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_id: Option<String>,
+    /// Folders above `state_dir` that each start opens to the environment's root as it opens
+    /// `state_dir` (group = that root's host gid, mode 0710: search only), so the root
+    /// reaches its folder: a VM's folder above its bridged sidecars, which no container
+    /// start of the VM's own opens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searchable_parents: Vec<PathBuf>,
     /// Services wait for a `start_services` request (`on_create` runs first).
     #[serde(default)]
     pub hold_services: bool,
@@ -190,6 +202,8 @@ impl ContainerSpec {
             ports: Vec::new(),
             publish_auto: false,
             net_home: None,
+            net_id: None,
+            searchable_parents: Vec::new(),
             hold_services: false,
             devices: Vec::new(),
             join: None,
@@ -295,6 +309,17 @@ impl ContainerSpec {
         if let Some(join) = &self.join {
             self.validate_join(join)?;
         }
+        if let Some(p) = self
+            .searchable_parents
+            .iter()
+            .find(|p| !self.state_dir.starts_with(p) || self.state_dir == **p)
+        {
+            return Err(ContainerError::Invalid(format!(
+                "{} is not a folder above the state folder {}: only those are opened to the environment's root",
+                p.display(),
+                self.state_dir.display()
+            )));
+        }
         if let Some(c) = self.resources.cpus {
             if !(c.is_finite() && c > 0.0) {
                 return Err(ContainerError::Invalid(format!(
@@ -325,6 +350,11 @@ impl ContainerSpec {
             return refuse("the host's network");
         }
         Ok(())
+    }
+
+    /// The id its network is recorded and leased under (see `net_id`).
+    pub fn network_id(&self) -> &str {
+        self.net_id.as_deref().unwrap_or(&self.env_id)
     }
 
     pub fn control_socket(&self) -> PathBuf {

@@ -449,6 +449,23 @@ impl Supervisor {
     fn handle(&mut self, id: u64, req: Request) {
         match req {
             Request::Ping => self.respond(id, &Response::Pong, &[]),
+            Request::Namespaces => {
+                let open = |kind: &str| fs::File::open(format!("/proc/self/ns/{kind}"));
+                match (open("user"), open("net")) {
+                    (Ok(user), Ok(net)) => self.respond(
+                        id,
+                        &Response::Namespaces,
+                        &[user.as_raw_fd(), net.as_raw_fd()],
+                    ),
+                    (Err(e), _) | (_, Err(e)) => self.respond(
+                        id,
+                        &Response::Error {
+                            message: format!("cannot open the environment's namespaces: {e}"),
+                        },
+                        &[],
+                    ),
+                }
+            }
             Request::StartServices => {
                 self.services.release_held();
                 self.start_services();

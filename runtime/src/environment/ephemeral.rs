@@ -23,6 +23,9 @@ pub struct RunPlanOptions {
     pub name: Option<String>,
     /// Give the run a private copy of the project folder instead of live mounts of it.
     pub copy_source: bool,
+    /// Sidecar volumes the run uses as they are (`run --keep-volumes`: shared with `up` and
+    /// other runs, kept afterwards) instead of empty ones of its own.
+    pub keep_volumes: Vec<String>,
 }
 
 impl Environments {
@@ -50,7 +53,7 @@ impl Environments {
                 format!("{}-run-{suffix}", base.trim_end_matches('-'))
             }
         };
-        super::sidecars::private_run_volumes(&mut run);
+        super::sidecars::private_run_volumes(&mut run, &opts.keep_volumes)?;
         let env_id = Self::env_id(&run);
         let dir = self.home().env_dir(&env_id);
         // Checked on the project itself: its copy would hide a link out of it.

@@ -15,8 +15,10 @@
 //! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
 //! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
 //! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`),
-//! `sidecars.rs` (servers from their own images beside a container environment).
+//! `sidecars.rs` (servers from their own images beside an environment), `bridged_sidecars.rs`
+//! (those of a VM, on berth's bridge).
 
+mod bridged_sidecars;
 mod build_plan;
 mod build_runner;
 mod environments;

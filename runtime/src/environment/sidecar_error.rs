@@ -17,6 +17,10 @@ pub enum SidecarError {
         env: String,
         known: String,
     },
+    #[error("{env} has sidecars it could not reach: {why}")]
+    Unreachable { env: String, why: String },
+    #[error("--keep-volumes {name}: no sidecar mounts a volume of that name (the sidecars' volumes: {known}); a run's sidecar volumes are its own unless named here")]
+    UnknownVolume { name: String, known: String },
     #[error("sidecar {name} is not running; start it (with its environment) with `berth up`")]
     NotRunning { name: String },
     #[error(

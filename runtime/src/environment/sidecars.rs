@@ -1,20 +1,23 @@
-//! Sidecars of a container environment (runtime/README.md, "Sidecars"): started by `up`
-//! after the environment's container and before its own services and `on_up`, in
-//! [`Plan::sidecar_start_order`], each waited for by its `ready` probe; stopped by `down`
+//! Sidecars of an environment (runtime/README.md, "Sidecars"): started by `up` after a
+//! container environment's container (before a VM) and before its own services and `on_up`,
+//! in [`Plan::sidecar_start_order`], each waited for by its `ready` probe; stopped by `down`
 //! in reverse order before the environment; removed by `destroy`. A sidecar is a container
-//! of its own (`envs/<id>/sidecars/<name>/`) joined to the environment's user and network
-//! namespaces (`container::sidecar`); its record (`sidecar.json` in its folder) holds the
-//! hash of its plan, so a reconciling `up` restarts only the sidecars that changed.
+//! of its own (`envs/<id>/sidecars/<name>/`), joined to a container environment's user and
+//! network namespaces (`container::sidecar`), or on berth's bridge beside a VM
+//! (`bridged_sidecars.rs`); its record (`sidecar.json` in its folder) holds the hash of its
+//! plan, so a reconciling `up` restarts only the sidecars that changed.
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use envfile_spec::plan::{BackendKind, MountKind, MountPlan, ReadyProbe, Section, SidecarPlan};
+use envfile_spec::plan::{MountKind, MountPlan, ReadyProbe, Section, SidecarPlan};
 use envfile_spec::Plan;
 use serde::{Deserialize, Serialize};
 
+use super::bridged_sidecars;
 use super::environments::Environments;
 use super::error::EnvError;
 use super::record::EnvRecord;
@@ -22,8 +25,9 @@ use super::sidecar_error::SidecarError;
 use super::up::{UpOptions, UpReport};
 use super::up_decision::UpAction;
 use crate::backend::{Backend, EnvStatus, ExecRequest, StatusReport};
-use crate::container::sidecar::{sidecar_dir, sidecar_spec, Joined};
+use crate::container::sidecar::{bridged_sidecar_spec, sidecar_dir, sidecar_spec, Joined};
 use crate::container::ContainerBackend;
+use crate::image::lockfile::{lock_path_for, LockFile, LockSlot};
 use crate::image::{human_duration, Progress, PullOptions, ResolveOptions};
 use crate::state;
 
@@ -78,16 +82,33 @@ pub(super) fn sidecar_volume_mounts(plan: &Plan) -> impl Iterator<Item = &MountP
 
 /// Gives the sidecars of a `berth run`'s plan volumes of their own (`<run name>-<volume>`):
 /// each run starts with empty ones, parallel runs do not share data, and they are removed
-/// with the run's environment ([`Environments::destroy_sidecars`]).
-pub(super) fn private_run_volumes(run: &mut Plan) {
+/// with the run's environment ([`Environments::destroy_sidecars`]). The volumes named in
+/// `keep` (`run --keep-volumes`) stay the named volumes themselves; a name no sidecar
+/// mounts is an error.
+pub(super) fn private_run_volumes(run: &mut Plan, keep: &[String]) -> Result<(), EnvError> {
+    let known: Vec<String> = sidecar_volume_mounts(run)
+        .filter_map(|m| m.source.clone())
+        .collect();
+    if let Some(unknown) = keep.iter().find(|k| !known.contains(k)) {
+        return Err(EnvError::Sidecar(SidecarError::UnknownVolume {
+            name: unknown.clone(),
+            known: match known.is_empty() {
+                true => "none".into(),
+                false => known.join(", "),
+            },
+        }));
+    }
     let prefix = run.name.clone();
     for m in run.sidecars.values_mut().flat_map(|s| s.mounts.iter_mut()) {
         if m.kind == MountKind::Volume {
             if let Some(source) = &mut m.source {
-                *source = format!("{prefix}-{source}");
+                if !keep.contains(source) {
+                    *source = format!("{prefix}-{source}");
+                }
             }
         }
     }
+    Ok(())
 }
 
 /// The sidecar folders of the environment in `env_dir`, by name.
@@ -144,11 +165,15 @@ impl Environments {
             || prev.privileged != opts.privileged
             || opts.rebuild
             || opts.update
-            || plan.backend != BackendKind::Container
         {
             return Ok(None);
         }
-        let notices = self.up_sidecars(plan, &prev.env_id, dir, &opts.progress)?;
+        let notices = self.up_sidecars(plan, &prev.env_id, dir, &opts.progress, false)?;
+        if bridged_sidecars::on_bridge(plan) {
+            // A restarted sidecar may have another address on the bridge.
+            let hosts = bridged_sidecars::hosts(&self.home, plan, &prev.env_id)?;
+            self.backend(plan.backend).set_hosts(dir, &hosts)?;
+        }
         EnvRecord {
             plan: plan.clone(),
             plan_hash: plan.hash(),
@@ -167,29 +192,37 @@ impl Environments {
         }))
     }
 
-    /// Starts the sidecars of `plan` beside the running environment in `env_dir`, in start
-    /// order, each waited for by its `ready` probe; a sidecar already running in the
-    /// environment's network namespace with the same plan and image stays as it is, sidecars
-    /// no longer in the plan are stopped and removed (their volumes stay). On any failure
-    /// every sidecar and the environment are stopped: nothing of the group is left running.
+    /// Starts the sidecars of `plan` beside the running container environment in `env_dir`
+    /// (a VM's: on the bridge, before the VM starts), in start order, each waited for by its
+    /// `ready` probe; a sidecar already running as planned (a container's: in the
+    /// environment's network namespace) stays as it is, sidecars no longer in the plan are
+    /// stopped and removed (their volumes stay). On any failure every sidecar and the
+    /// environment are stopped: nothing of the group is left running.
     pub(super) fn up_sidecars(
         &self,
         plan: &Plan,
         env_id: &str,
         env_dir: &Path,
         progress: &Progress,
+        update: bool,
     ) -> Result<Vec<String>, EnvError> {
         if plan.sidecars.is_empty() && sidecar_dirs(env_dir).is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.up_sidecars_inner(plan, env_id, env_dir, progress);
+        let result = self.up_sidecars_inner(plan, env_id, env_dir, progress, update);
         if result.is_err() {
-            let timeout = Duration::from_secs(5);
-            let _ = self.stop_sidecars(env_dir, timeout);
-            super::live_sync::stop(env_dir);
-            let _ = ContainerBackend.stop(env_dir, timeout);
+            self.stop_group(plan, env_dir);
         }
         result
+    }
+
+    /// Stops every sidecar and the environment in `env_dir` after a failed start of the
+    /// group (best effort: the caller reports the failure).
+    pub(super) fn stop_group(&self, plan: &Plan, env_dir: &Path) {
+        let timeout = Duration::from_secs(5);
+        let _ = self.stop_sidecars(env_dir, timeout);
+        super::live_sync::stop(env_dir);
+        let _ = self.backend(plan.backend).stop(env_dir, timeout);
     }
 
     fn up_sidecars_inner(
@@ -198,6 +231,7 @@ impl Environments {
         env_id: &str,
         env_dir: &Path,
         progress: &Progress,
+        update: bool,
     ) -> Result<Vec<String>, EnvError> {
         let backend: &dyn Backend = &ContainerBackend;
         for (name, dir) in sidecar_dirs(env_dir) {
@@ -206,12 +240,24 @@ impl Environments {
                 remove_dir(&dir)?;
             }
         }
-        let env_net = net_namespace(backend, env_dir);
+        let group = if bridged_sidecars::on_bridge(plan) {
+            Group::Bridge
+        } else {
+            Group::Joined(net_namespace(backend, env_dir))
+        };
+        let start = GroupStart {
+            env_id,
+            env_dir,
+            group,
+            progress,
+            lock_path: lock_path_for(&plan.file),
+            update,
+        };
         let mut notices = Vec::new();
         for name in plan.sidecar_start_order() {
             let sidecar = &plan.sidecars[name];
             let started = self
-                .up_sidecar(name, sidecar, env_id, env_dir, env_net.as_deref(), progress)
+                .up_sidecar(name, sidecar, &start)
                 .map_err(|e| match e {
                     EnvError::Sidecar(_) => e,
                     other => EnvError::Sidecar(SidecarError::Start {
@@ -221,6 +267,8 @@ impl Environments {
                 })?;
             notices.extend(started);
         }
+        // Entries of sidecars gone from berth.toml leave the lock file.
+        LockFile::keep_sidecars(&start.lock_path, &plan.sidecar_start_order())?;
         Ok(notices)
     }
 
@@ -229,29 +277,43 @@ impl Environments {
         &self,
         name: &str,
         sidecar: &SidecarPlan,
-        env_id: &str,
-        env_dir: &Path,
-        env_net: Option<&str>,
-        progress: &Progress,
+        start: &GroupStart<'_>,
     ) -> Result<Vec<String>, EnvError> {
+        let GroupStart {
+            env_id,
+            env_dir,
+            group,
+            progress,
+            ..
+        } = start;
+        let (env_id, env_dir) = (*env_id, *env_dir);
         let backend: &dyn Backend = &ContainerBackend;
         let dir = sidecar_dir(&self.home, env_id, name);
         // Resolved as the environment's base image is (pulled, imported, bootstrapped;
-        // cached in the layer store); berth.lock pins the environment's image only.
+        // cached in the layer store) and pinned in berth.lock in an entry of its own.
         let resolve = ResolveOptions {
             pull: PullOptions {
-                progress: progress.clone(),
+                progress: (*progress).clone(),
                 ..PullOptions::default()
             },
-            update: false,
+            update: start.update,
             pinned: None,
         };
-        let image = self.images.resolve(&sidecar.image, &resolve)?;
+        let (image, _) = self.images.resolve_in_lock(
+            &sidecar.image,
+            &start.lock_path,
+            LockSlot::Sidecar(name),
+            &resolve,
+        )?;
         let hash = plan_hash(sidecar, &image.id.to_string());
         let running = backend.status(&dir)?;
         let same_group = running.status == EnvStatus::Running
-            && env_net.is_some()
-            && net_namespace(backend, &dir).as_deref() == env_net;
+            && match group {
+                Group::Joined(env_net) => {
+                    env_net.is_some() && &net_namespace(backend, &dir) == env_net
+                }
+                Group::Bridge => true,
+            };
         if same_group && load_record(&dir).is_some_and(|r| r.plan_hash == hash) {
             return Ok(Vec::new());
         }
@@ -259,15 +321,18 @@ impl Environments {
             progress.message(&format!("restarting sidecar {name}"));
             backend.stop(&dir, Duration::from_secs(10))?;
         }
-        let mut spec = sidecar_spec(
-            &self.home,
-            env_id,
-            name,
-            sidecar,
-            image.layers.clone(),
-            &image.config,
-        )?;
-        spec.privileged = Joined::environment(env_dir)?.mapping.is_none();
+        let layers = image.layers.clone();
+        let spec = match group {
+            Group::Joined(_) => {
+                let mut spec =
+                    sidecar_spec(&self.home, env_id, name, sidecar, layers, &image.config)?;
+                spec.privileged = Joined::environment(env_dir)?.mapping.is_none();
+                spec
+            }
+            Group::Bridge => {
+                bridged_sidecar_spec(&self.home, env_id, name, sidecar, layers, &image.config)?
+            }
+        };
         let record = SidecarRecord {
             plan_hash: hash,
             image: image.name.clone(),
@@ -276,7 +341,8 @@ impl Environments {
         state::create_private_dir(&dir)?;
         state::write_json(&dir.join(SIDECAR_RECORD), &record)?;
         let started = ContainerBackend.start(&spec)?;
-        self.wait_ready(name, sidecar, env_dir, &dir, progress)?;
+        let target = TcpTarget::of(group, env_dir, &self.home, env_id, name)?;
+        self.wait_ready(name, sidecar, &target, &dir, progress)?;
         Ok(started.notices)
     }
 
@@ -285,7 +351,7 @@ impl Environments {
         &self,
         name: &str,
         sidecar: &SidecarPlan,
-        env_dir: &Path,
+        target: &TcpTarget,
         dir: &Path,
         progress: &Progress,
     ) -> Result<(), EnvError> {
@@ -301,10 +367,9 @@ impl Environments {
         ));
         let t0 = Instant::now();
         let timeout = Duration::from_millis(ready.timeout_ms);
-        let joined = Joined::environment(env_dir)?;
         loop {
             let ok = match &ready.probe {
-                ReadyProbe::Tcp { port } => joined.tcp_answers(*port)?,
+                ReadyProbe::Tcp { port } => target.answers(*port)?,
                 ReadyProbe::Command { command } => command_passes(dir, command)?,
             };
             if ok {
@@ -331,6 +396,10 @@ impl Environments {
     pub(super) fn sidecar_views(&self, record: &EnvRecord) -> Vec<SidecarView> {
         let env_dir = self.home.env_dir(&record.env_id);
         let backend: &dyn Backend = &ContainerBackend;
+        let group = match bridged_sidecars::on_bridge(&record.plan) {
+            true => Group::Bridge,
+            false => Group::Joined(None),
+        };
         record
             .plan
             .sidecar_start_order()
@@ -349,9 +418,11 @@ impl Environments {
                 });
                 let ready = match (&record.plan.sidecars[name].ready, report.status) {
                     (Some(ready), EnvStatus::Running) => Some(match &ready.probe {
-                        ReadyProbe::Tcp { port } => Joined::environment(&env_dir)
-                            .and_then(|j| j.tcp_answers(*port))
-                            .unwrap_or(false),
+                        ReadyProbe::Tcp { port } => {
+                            TcpTarget::of(&group, &env_dir, &self.home, &record.env_id, name)
+                                .and_then(|t| t.answers(*port))
+                                .unwrap_or(false)
+                        }
                         ReadyProbe::Command { command } => {
                             command_passes(&dir, command).unwrap_or(false)
                         }
@@ -465,6 +536,58 @@ impl Environments {
     }
 }
 
+/// What the start of each sidecar of a group needs.
+struct GroupStart<'a> {
+    env_id: &'a str,
+    env_dir: &'a Path,
+    group: Group,
+    progress: &'a Progress,
+    /// The project's berth.lock, which pins each sidecar's image.
+    lock_path: PathBuf,
+    /// `up --update`: resolve the images afresh and pin them again.
+    update: bool,
+}
+
+/// How the sidecars of an environment are networked.
+enum Group {
+    /// In the container environment's network namespace (`net:[inode]` of its supervisor,
+    /// `None` when it is not running).
+    Joined(Option<String>),
+    /// Each on berth's bridge with an address of its own (a VM's).
+    Bridge,
+}
+
+/// Where a sidecar's `ready = { tcp = PORT }` connects: the container environment's
+/// `localhost` (entered from a forked child), or the sidecar's address on the bridge (from
+/// the host, as the VM's traffic arrives).
+enum TcpTarget {
+    Localhost(Joined),
+    Bridge(Option<Ipv4Addr>),
+}
+
+impl TcpTarget {
+    fn of(
+        group: &Group,
+        env_dir: &Path,
+        home: &state::BerthHome,
+        env_id: &str,
+        name: &str,
+    ) -> Result<TcpTarget, EnvError> {
+        Ok(match group {
+            Group::Joined(_) => TcpTarget::Localhost(Joined::environment(env_dir)?),
+            Group::Bridge => TcpTarget::Bridge(bridged_sidecars::address(home, env_id, name)),
+        })
+    }
+
+    fn answers(&self, port: u16) -> Result<bool, EnvError> {
+        Ok(match self {
+            TcpTarget::Localhost(joined) => joined.tcp_answers(port)?,
+            TcpTarget::Bridge(Some(address)) => bridged_sidecars::tcp_answers(*address, port),
+            TcpTarget::Bridge(None) => false,
+        })
+    }
+}
+
 /// The network namespace (`net:[inode]`) the supervisor of the container in `dir` is in.
 fn net_namespace(backend: &dyn Backend, dir: &Path) -> Option<String> {
     let pid = backend.status(dir).ok()?.pid?;
@@ -541,6 +664,30 @@ mod tests {
         assert_eq!(plan_hash(&sidecar, "i1"), plan_hash(&sidecar, "i1"));
         assert_ne!(plan_hash(&sidecar, "i1"), plan_hash(&other, "i1"));
         assert_ne!(plan_hash(&sidecar, "i1"), plan_hash(&sidecar, "i2"));
+    }
+
+    #[test]
+    fn a_run_gets_volumes_of_its_own_except_those_it_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("rootfs")).unwrap();
+        let file = dir.path().join("berth.toml");
+        let toml = "name = \"app-run-x1\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[services.db]\nimage = \"rootfs:./rootfs\"\nmounts = [{ source = \"db-data\", target = \"/data\", type = \"volume\" }, { source = \"db-logs\", target = \"/logs\", type = \"volume\" }]\n";
+        let plan = envfile_spec::parse(toml.as_bytes(), &file).unwrap().plan;
+        let mut run = plan.clone();
+        private_run_volumes(&mut run, &["db-logs".into()]).unwrap();
+        let sources: Vec<_> = run.sidecars["db"]
+            .mounts
+            .iter()
+            .map(|m| m.source.clone().unwrap())
+            .collect();
+        assert_eq!(sources, ["app-run-x1-db-data", "db-logs"]);
+        let err = private_run_volumes(&mut plan.clone(), &["db-dat".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--keep-volumes db-dat") && err.contains("db-data, db-logs"),
+            "{err}"
+        );
     }
 
     #[test]

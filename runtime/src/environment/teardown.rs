@@ -31,8 +31,16 @@ impl Environments {
         let was = backend.status(&locked.dir)?.status;
         // The sync process goes first: it reads the environment through its supervisor.
         live_sync::stop(&locked.dir);
+        // In reverse start order: a container's sidecars started after it, a VM's before it.
+        let vm_first = EnvRecord::load(&locked.dir)?
+            .is_some_and(|r| super::bridged_sidecars::on_bridge(&r.plan));
+        if vm_first {
+            backend.stop(&locked.dir, timeout)?;
+        }
         self.stop_sidecars(&locked.dir, timeout)?;
-        backend.stop(&locked.dir, timeout)?;
+        if !vm_first {
+            backend.stop(&locked.dir, timeout)?;
+        }
         if let Some(mut r) = EnvRecord::load(&locked.dir)? {
             r.converged = false;
             r.save(&locked.dir)?;

@@ -7,6 +7,7 @@ use envfile_spec::reference::ImageReference;
 use envfile_spec::Plan;
 use serde::Serialize;
 
+use super::bridged_sidecars;
 use super::build_plan::{build_key, build_spec};
 use super::build_runner::ContainerStepRunner;
 use super::environments::{remove_env_dir, Environments};
@@ -93,6 +94,8 @@ impl Environments {
             self.home.root(),
             &self.home.env_dir(&env_id),
         )?;
+        // Before anything starts: a VM that could not reach its sidecars.
+        bridged_sidecars::check_reachable(plan)?;
         self.watch(&env_id, plan.backend, opts.ephemeral)?;
         let locked = self.lock(&env_id, &opts.progress)?;
         let previous = EnvRecord::load(&locked.dir)?;
@@ -335,10 +338,26 @@ impl Environments {
         record.save(dir)?;
         let create_key = hooks::on_create_key(plan);
         let on_create_pending = create_key.is_some() && record.on_create_done != create_key;
-        // Sidecars start before the environment's own services and `on_create`/`on_up`.
+        // Sidecars start before the environment's own services and `on_create`/`on_up`. A
+        // VM's, on the bridge, start before the VM: its `/etc/hosts` names them at boot.
+        let bridged = bridged_sidecars::on_bridge(plan);
+        let hosts = match bridged {
+            true => {
+                notices.extend(self.up_sidecars(
+                    plan,
+                    &env_id,
+                    dir,
+                    &opts.progress,
+                    opts.update,
+                )?);
+                bridged_sidecars::hosts(&self.home, plan, &env_id)?
+            }
+            false => Vec::new(),
+        };
         // Secrets are written before the services start (they may read them).
-        let hold_services =
-            on_create_pending || !plan.sidecars.is_empty() || !plan.secrets.is_empty();
+        let hold_services = on_create_pending
+            || (!bridged && !plan.sidecars.is_empty())
+            || !plan.secrets.is_empty();
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -355,7 +374,17 @@ impl Environments {
             publish_auto: opts.publish_auto,
             // `on_create` runs before the services where the backend can hold them back.
             hold_services,
-        })?;
+            hosts,
+        });
+        let started = match started {
+            Ok(started) => started,
+            Err(e) => {
+                if bridged {
+                    self.stop_group(plan, dir);
+                }
+                return Err(e.into());
+            }
+        };
         notices.extend(started.notices.iter().cloned());
         if !secrets.is_empty() {
             crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
@@ -363,7 +392,9 @@ impl Environments {
         drop(secrets);
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
-        notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress)?);
+        if !bridged {
+            notices.extend(self.up_sidecars(plan, &env_id, dir, &opts.progress, opts.update)?);
+        }
         if on_create_pending {
             hooks::run(backend, dir, plan, Hook::OnCreate, &opts.progress)?;
             record.on_create_done = create_key;

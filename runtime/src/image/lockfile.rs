@@ -1,8 +1,11 @@
 //! `berth.lock`, beside berth.toml: the image a project resolved to, so everyone who clones
 //! the project gets the same bytes. Written on the first resolve, honoured afterwards (a
 //! registry image is pulled by the locked manifest digest, whatever its tag points to now),
-//! refreshed by `--update`. The format is described in `envfile-spec/SPEC.md` (section `berth.lock`).
+//! refreshed by `--update`. The sidecars' images (`[services.NAME]` with `image`) are locked
+//! the same way, each in its own `[sidecars.NAME]` table. The format is described in
+//! `envfile-spec/SPEC.md` (section `berth.lock`).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use envfile_spec::plan::ImageSource;
@@ -22,9 +25,30 @@ const HEADER: &str = "# berth.lock: the exact image this project uses. Written b
 pub struct LockFile {
     pub version: u32,
     pub image: LockedImage,
+    /// The image of each sidecar, by service name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sidecars: BTreeMap<String, LockedImage>,
 }
 
-/// The resolved image of `[image].from`.
+/// Which image of the project an entry of the lock file pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockSlot<'a> {
+    /// `[image].from` (the table `[image]`).
+    Image,
+    /// The `image` of sidecar NAME (the table `[sidecars.NAME]`).
+    Sidecar(&'a str),
+}
+
+impl LockSlot<'_> {
+    fn describe(&self, key: &str) -> String {
+        match self {
+            LockSlot::Image => key.to_string(),
+            LockSlot::Sidecar(name) => format!("sidecar {name}'s image {key}"),
+        }
+    }
+}
+
+/// The resolved image of `[image].from` (or of a sidecar's `image`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockedImage {
     /// `[image].from` as locked (`docker.io/library/debian:bookworm`, `rootfs:./root`, …).
@@ -68,6 +92,9 @@ pub enum LockOutcome {
     Honoured,
     /// The lock file was written (first resolve, changed `from`, or `--update`).
     Written,
+    /// A sidecar's image while the lock file locks no environment image yet (it is written
+    /// with the environment's image first): resolved, not pinned.
+    NotWritten,
 }
 
 /// The lock file of a project whose berth.toml is `envfile`.
@@ -96,19 +123,16 @@ pub fn source_key(source: &ImageSource, project_dir: &Path) -> String {
     }
 }
 
-impl LockFile {
-    pub fn for_record(source: String, record: &ImageRecord) -> LockFile {
-        LockFile {
-            version: LOCK_VERSION,
-            image: LockedImage {
-                source,
-                manifest: Some(record.manifest_digest.clone()),
-                config: Some(record.config_digest.clone()),
-                platform: record.platform.clone(),
-                layers: record.layers.iter().map(|l| l.digest.clone()).collect(),
-                diff_ids: record.diff_ids(),
-                debootstrap: None,
-            },
+impl LockedImage {
+    pub fn for_record(source: String, record: &ImageRecord) -> LockedImage {
+        LockedImage {
+            source,
+            manifest: Some(record.manifest_digest.clone()),
+            config: Some(record.config_digest.clone()),
+            platform: record.platform.clone(),
+            layers: record.layers.iter().map(|l| l.digest.clone()).collect(),
+            diff_ids: record.diff_ids(),
+            debootstrap: None,
         }
     }
 
@@ -117,19 +141,68 @@ impl LockFile {
         source: String,
         record: &ImageRecord,
         bootstrap: LockedBootstrap,
-    ) -> LockFile {
-        LockFile {
-            version: LOCK_VERSION,
-            image: LockedImage {
-                source,
-                manifest: None,
-                config: None,
-                platform: record.platform.clone(),
-                layers: Vec::new(),
-                diff_ids: Vec::new(),
-                debootstrap: Some(bootstrap),
-            },
+    ) -> LockedImage {
+        LockedImage {
+            source,
+            manifest: None,
+            config: None,
+            platform: record.platform.clone(),
+            layers: Vec::new(),
+            diff_ids: Vec::new(),
+            debootstrap: Some(bootstrap),
         }
+    }
+}
+
+impl LockFile {
+    /// The entry of `slot`, if the file has one.
+    pub fn entry(&self, slot: LockSlot<'_>) -> Option<&LockedImage> {
+        match slot {
+            LockSlot::Image => Some(&self.image),
+            LockSlot::Sidecar(name) => self.sidecars.get(name),
+        }
+    }
+
+    /// Puts `entry` in `slot` of the lock file at `path`, keeping its other entries (read
+    /// again here: the file may have changed since the caller read it). Without a file, a
+    /// sidecar's entry is not written (the environment's image is locked first).
+    fn store(
+        path: &Path,
+        slot: LockSlot<'_>,
+        entry: LockedImage,
+    ) -> Result<LockOutcome, ImageError> {
+        let file = match (LockFile::read(path)?, slot) {
+            (Some(mut file), LockSlot::Image) => {
+                file.image = entry;
+                file
+            }
+            (Some(mut file), LockSlot::Sidecar(name)) => {
+                file.sidecars.insert(name.to_string(), entry);
+                file
+            }
+            (None, LockSlot::Image) => LockFile {
+                version: LOCK_VERSION,
+                image: entry,
+                sidecars: BTreeMap::new(),
+            },
+            (None, LockSlot::Sidecar(_)) => return Ok(LockOutcome::NotWritten),
+        };
+        file.write(path)?;
+        Ok(LockOutcome::Written)
+    }
+
+    /// Removes the entries of sidecars not in `names` (gone from berth.toml) from the lock
+    /// file at `path`, if it has any.
+    pub fn keep_sidecars(path: &Path, names: &[&str]) -> Result<(), ImageError> {
+        let Some(mut file) = LockFile::read(path)? else {
+            return Ok(());
+        };
+        let before = file.sidecars.len();
+        file.sidecars.retain(|n, _| names.contains(&n.as_str()));
+        if file.sidecars.len() != before {
+            file.write(path)?;
+        }
+        Ok(())
     }
 
     pub fn read(path: &Path) -> Result<Option<LockFile>, ImageError> {
@@ -174,34 +247,49 @@ impl ImageStore {
         lock_path: &Path,
         opts: &ResolveOptions,
     ) -> Result<(ResolvedImage, LockOutcome), ImageError> {
+        self.resolve_in_lock(source, lock_path, LockSlot::Image, opts)
+    }
+
+    /// [`resolve_locked`](Self::resolve_locked) for the image of `slot` (the environment's
+    /// or a sidecar's), which the lock file pins in its own entry.
+    pub fn resolve_in_lock(
+        &self,
+        source: &ImageSource,
+        lock_path: &Path,
+        slot: LockSlot<'_>,
+        opts: &ResolveOptions,
+    ) -> Result<(ResolvedImage, LockOutcome), ImageError> {
         let project_dir = lock_path.parent().unwrap_or(Path::new("."));
         let key = source_key(source, project_dir);
         let lock = if opts.update {
             None
         } else {
-            LockFile::read(lock_path)?.filter(|l| l.image.source == key)
+            LockFile::read(lock_path)?
+                .and_then(|l| l.entry(slot).cloned())
+                .filter(|l| l.source == key)
         };
         if let ImageSource::Debootstrap { suite, .. } = source {
-            return self.resolve_locked_bootstrap(source, suite, &key, lock, lock_path, opts);
+            return self.resolve_locked_bootstrap(source, suite, lock, lock_path, slot, opts);
         }
         if let Some(lock) = lock {
             let mut o = opts.clone();
             if matches!(source, ImageSource::Oci { .. }) {
-                let manifest = lock.image.manifest.clone().ok_or_else(|| {
+                let manifest = lock.manifest.clone().ok_or_else(|| {
                     ImageError::malformed(
                         lock_path.display().to_string(),
-                        format!("it locks {key} without image.manifest; run `berth up --update` to write it again"),
+                        format!("it locks {} without a manifest digest; run `berth up --update` to write it again", slot.describe(&key)),
                     )
                 })?;
                 o.pinned = Some(manifest);
             }
             let resolved = self.resolve(source, &o)?;
-            if resolved.diff_ids != lock.image.diff_ids {
+            if resolved.diff_ids != lock.diff_ids {
                 return Err(ImageError::Base(format!(
-                    "{key} no longer matches {}: it now has layers {} but the lock file says {}; run `berth up --update` to accept the new content",
+                    "{} no longer matches {}: it now has layers {} but the lock file says {}; run `berth up --update` to accept the new content",
+                    slot.describe(&key),
                     lock_path.display(),
                     short_list(&resolved.diff_ids),
-                    short_list(&lock.image.diff_ids)
+                    short_list(&lock.diff_ids)
                 )));
             }
             return Ok((resolved, LockOutcome::Honoured));
@@ -211,8 +299,8 @@ impl ImageStore {
             .records
             .get(&resolved.name)?
             .ok_or_else(|| ImageError::NotFound(resolved.name.clone()))?;
-        LockFile::for_record(key, &record).write(lock_path)?;
-        Ok((resolved, LockOutcome::Written))
+        let outcome = LockFile::store(lock_path, slot, LockedImage::for_record(key, &record))?;
+        Ok((resolved, outcome))
     }
 
     /// A `debootstrap:` base against its lock: the package sets must be equal. A lock that
@@ -222,11 +310,12 @@ impl ImageStore {
         &self,
         source: &ImageSource,
         suite: &str,
-        key: &str,
-        lock: Option<LockFile>,
+        lock: Option<LockedImage>,
         lock_path: &Path,
+        slot: LockSlot<'_>,
         opts: &ResolveOptions,
     ) -> Result<(ResolvedImage, LockOutcome), ImageError> {
+        let key = &source_key(source, lock_path.parent().unwrap_or(Path::new(".")));
         let resolved = self.resolve(source, opts)?;
         let record = self
             .records
@@ -240,14 +329,15 @@ impl ImageStore {
             .nth(1)
             .unwrap_or_default()
             .to_string();
-        if let Some(locked) = lock.as_ref().and_then(|l| l.image.debootstrap.as_ref()) {
+        if let Some(locked) = lock.as_ref().and_then(|l| l.debootstrap.as_ref()) {
             if locked.packages == packages {
                 return Ok((resolved, LockOutcome::Honoured));
             }
             return Err(ImageError::Base(format!(
-                "{key} bootstrapped on this machine (from {mirror}) does not match {}, written from {}: {}. \
+                "{} bootstrapped on this machine (from {mirror}) does not match {}, written from {}: {}. \
                  Run `berth up --update` to bootstrap {suite} again and record this machine's packages in berth.lock (commit it), \
                  or bring the locking machine's image with `berth image export --cache DIR` there and `berth image import --cache DIR` here",
+                slot.describe(key),
                 lock_path.display(),
                 locked.mirror,
                 package_difference(&locked.packages, &packages)
@@ -258,8 +348,9 @@ impl ImageStore {
             mirror,
             packages,
         };
-        LockFile::for_bootstrap(key.to_string(), &record, bootstrap).write(lock_path)?;
-        Ok((resolved, LockOutcome::Written))
+        let entry = LockedImage::for_bootstrap(key.to_string(), &record, bootstrap);
+        let outcome = LockFile::store(lock_path, slot, entry)?;
+        Ok((resolved, outcome))
     }
 }
 
@@ -391,5 +482,68 @@ mod tests {
         assert_ne!(r3.diff_ids, r1.diff_ids);
         fs::write(&lock, "version = 99\n[image]\n").unwrap();
         assert!(LockFile::read(&lock).is_err());
+    }
+
+    #[test]
+    fn sidecar_images_are_locked_in_entries_of_their_own_beside_the_image() {
+        let d = tempfile::tempdir().unwrap();
+        let home = crate::state::BerthHome::at(d.path().join("home")).unwrap();
+        let store = ImageStore::open(&home);
+        let project = d.path().join("proj");
+        let tree = |name: &str, content: &[u8]| {
+            let root = project.join(name);
+            fs::create_dir_all(&root).unwrap();
+            fs::write(root.join("f"), content).unwrap();
+            ImageSource::Rootfs { path: root }
+        };
+        let (app, db) = (tree("app", b"app"), tree("db", b"db 1"));
+        let lock = project.join(LOCK_FILE_NAME);
+        let opts = ResolveOptions::default();
+        // No lock file yet: a sidecar's image is resolved but not pinned.
+        let (_, o) = store
+            .resolve_in_lock(&db, &lock, LockSlot::Sidecar("db"), &opts)
+            .unwrap();
+        assert_eq!(o, LockOutcome::NotWritten);
+        assert!(!lock.exists());
+        let (app1, _) = store.resolve_locked(&app, &lock, &opts).unwrap();
+        let (db1, o) = store
+            .resolve_in_lock(&db, &lock, LockSlot::Sidecar("db"), &opts)
+            .unwrap();
+        assert_eq!(o, LockOutcome::Written);
+        let file = LockFile::read(&lock).unwrap().unwrap();
+        assert_eq!(file.image.source, "rootfs:./app");
+        assert_eq!(file.image.diff_ids, app1.diff_ids);
+        assert_eq!(file.sidecars["db"].source, "rootfs:./db");
+        assert_eq!(file.sidecars["db"].diff_ids, db1.diff_ids);
+        let text = fs::read_to_string(&lock).unwrap();
+        assert!(text.contains("[sidecars.db]"), "{text}");
+        // Honoured; a changed sidecar image is refused naming the sidecar.
+        let (_, o) = store
+            .resolve_in_lock(&db, &lock, LockSlot::Sidecar("db"), &opts)
+            .unwrap();
+        assert_eq!(o, LockOutcome::Honoured);
+        fs::write(project.join("db/f"), b"db 2").unwrap();
+        let err = store
+            .resolve_in_lock(&db, &lock, LockSlot::Sidecar("db"), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sidecar db's image rootfs:./db no longer matches")
+                && err.contains("--update"),
+            "{err}"
+        );
+        // Rewriting the environment's entry keeps the sidecars'; a sidecar gone from
+        // berth.toml leaves the file.
+        fs::write(project.join("app/f"), b"app 2").unwrap();
+        let update = ResolveOptions {
+            update: true,
+            ..ResolveOptions::default()
+        };
+        store.resolve_locked(&app, &lock, &update).unwrap();
+        let file = LockFile::read(&lock).unwrap().unwrap();
+        assert_ne!(file.image.diff_ids, app1.diff_ids);
+        assert_eq!(file.sidecars["db"].diff_ids, db1.diff_ids);
+        LockFile::keep_sidecars(&lock, &["cache"]).unwrap();
+        assert!(LockFile::read(&lock).unwrap().unwrap().sidecars.is_empty());
     }
 }

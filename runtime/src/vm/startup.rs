@@ -373,6 +373,7 @@ impl VmBackend {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             services: services(spec),
+            hosts: spec.hosts.clone(),
         };
         conn.client.setup(setup, Duration::from_secs(30))?;
         state::write_json(&vm_json(&spec.state_dir), &st)?;

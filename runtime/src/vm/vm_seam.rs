@@ -138,8 +138,13 @@ impl CommandSession for VmCommand {
 impl Backend for VmBackend {
     fn start(&self, req: &StartRequest<'_>) -> Result<Started, BackendError> {
         let t0 = Instant::now();
-        let (spec, notices) =
+        let (mut spec, notices) =
             VmSpec::from_plan(req.plan, req.state_dir, req.layers.clone(), &req.image)?;
+        spec.hosts = req
+            .hosts
+            .iter()
+            .map(|(n, a)| (n.clone(), a.to_string()))
+            .collect();
         let st = VmBackend::start(self, &spec)?;
         let pid = st.process.map(|p| p.pid).ok_or(VmError::NotRunning)?;
         Ok(Started {
@@ -151,6 +156,25 @@ impl Backend for VmBackend {
     }
     /// The agent starts the services with the VM.
     fn start_services(&self, _: &Path) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// A `Setup` carrying only the names: the agent rewrites its block of `/etc/hosts`.
+    fn set_hosts(
+        &self,
+        state_dir: &Path,
+        hosts: &[(String, std::net::Ipv4Addr)],
+    ) -> Result<(), BackendError> {
+        let setup = super::agent_proto::Setup {
+            hosts: hosts
+                .iter()
+                .map(|(n, a)| (n.clone(), a.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut conn = self.connect(state_dir)?;
+        conn.client
+            .setup(setup, Duration::from_secs(30))
+            .map_err(VmError::from)?;
         Ok(())
     }
     fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError> {

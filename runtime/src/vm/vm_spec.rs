@@ -67,6 +67,9 @@ pub struct VmSpec {
     pub agent: Option<PathBuf>,
     /// How long to wait for the agent after the VMM started.
     pub boot_timeout: Duration,
+    /// Names the guest resolves through its `/etc/hosts` (name, IPv4 address): the
+    /// environment's sidecars on berth's bridge (`StartRequest::hosts`).
+    pub hosts: Vec<(String, String)>,
 }
 
 /// Chooses the provider for `vmm` on a host with `kind` KVM.
@@ -135,6 +138,7 @@ impl VmSpec {
             disk_size: None,
             agent: None,
             boot_timeout: BOOT_TIMEOUT,
+            hosts: Vec::new(),
         };
         Ok((
             spec,
