@@ -5,8 +5,8 @@
 //! The span-keeping readers of TOML values are in [`toml_readers`] (and host/guest paths in
 //! [`host_paths`]); the rules of each section are in a `*_section` file.
 
-mod dockerfile_section;
 mod credentials_section;
+mod dockerfile_section;
 mod host_paths;
 mod image_cache;
 mod image_section;
