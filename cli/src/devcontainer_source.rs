@@ -12,9 +12,22 @@ use envfile_spec::draft::Conversion;
 use envfile_spec::folder_sources::FolderSources;
 use envfile_spec::Loaded;
 
-use crate::envfile::stderr_color;
+use crate::color::stderr_color;
 use crate::exit::{CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
+
+/// The text of a file to convert; an error naming it and the flag `flag` that gives it.
+pub fn read_source(file: &Path, flag: &str) -> Result<String, CliError> {
+    std::fs::read_to_string(file).map_err(|e| {
+        CliError::new(
+            EXIT_ERROR,
+            format!(
+                "cannot read {}: {e}; pass the path of the file to {flag}",
+                file.display()
+            ),
+        )
+    })
+}
 
 /// Whether a feature already fetched into the project is fetched again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +65,7 @@ pub fn convert(
     refetch: Refetch,
     quiet: bool,
 ) -> Result<Conversion, CliError> {
-    let text = crate::commands::init_convert::read(json_path, "--from-devcontainer")?;
+    let text = read_source(json_path, "--from-devcontainer")?;
     let rel = relative(json_path, project, "--from-devcontainer")?;
     let json_dir = rel.rsplit_once('/').map_or("", |(d, _)| d).to_string();
     let fetch = |id: &str, dest: &Path| -> Result<(), String> {

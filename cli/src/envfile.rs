@@ -1,18 +1,13 @@
 //! Finding and loading the berth.toml a command works on: `-f FILE`, else discovery from the
 //! current folder (already changed by `-C DIR` in `main`) upwards, like Cargo.toml.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use envfile_spec::Loaded;
 
-use crate::exit::{CliError, EXIT_ERROR};
+use crate::color::stderr_color;
+use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
-
-/// Whether to color what goes to stderr: only on a terminal, and never with NO_COLOR set.
-pub fn stderr_color() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
-}
 
 /// The berth.toml to use, as a path to show the user (relative to the current folder when it
 /// is inside it).
@@ -93,4 +88,10 @@ pub fn load_plan(global: &GlobalArgs) -> Result<Loaded, CliError> {
         }
         Err(report) => Err(CliError::rendered(EXIT_ERROR, report.render(color))),
     }
+}
+
+/// Writes a berth.toml (atomically: a reader sees the old file or the new one).
+pub fn write(target: &Path, text: &str) -> Result<(), CliError> {
+    berth_runtime::state::atomic_write(target, text.as_bytes())
+        .map_err(|e| from_error(EXIT_ERROR, &e))
 }

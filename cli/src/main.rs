@@ -2,6 +2,7 @@
 //! and errors. No runtime logic lives here.
 
 mod args;
+mod color;
 mod commands;
 mod devcontainer_source;
 mod envfile;

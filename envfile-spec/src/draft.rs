@@ -4,6 +4,10 @@
 
 use std::collections::BTreeMap;
 
+/// Image of a converted environment whose source names none (a devcontainer.json without
+/// image, Dockerfile or compose file; a compose file none of whose services is the app).
+pub const FALLBACK_IMAGE: &str = "docker.io/library/debian:bookworm";
+
 /// The result of a conversion.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Conversion {

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use envfile_spec::{name, templates};
 
-use crate::envfile::stderr_color;
-use crate::exit::{from_error, CliError, EXIT_ERROR};
+use super::init_convert::{self, ConvertOptions};
+use crate::color::stderr_color;
+use crate::envfile::write;
+use crate::exit::{CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 
 /// What `--from-compose` without a path stands for.
@@ -87,9 +89,14 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
             ),
         ));
     }
+    let convert = ConvertOptions {
+        name: args.name.as_deref(),
+        insecure: args.insecure,
+        service: args.service.as_deref(),
+    };
     match (&args.from_devcontainer, &args.from_compose) {
         (Some(json), _) => {
-            super::init_convert::from_devcontainer(global, args, &cwd.join(json), &target, &shown)
+            init_convert::from_devcontainer(global, &convert, &cwd.join(json), &target, &shown)
         }
         (None, Some(file)) => {
             // Without a path: the first of the names docker compose looks for.
@@ -101,7 +108,7 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> Result<i32, CliError> {
                     .unwrap_or_else(|| cwd.join(DEFAULT_COMPOSE)),
                 _ => cwd.join(file),
             };
-            super::init_convert::from_compose(global, args, &file, &target, &shown)
+            init_convert::from_compose(global, &convert, &file, &target, &shown)
         }
         (None, None) => from_template(global, args, &target, &shown),
     }
@@ -140,20 +147,4 @@ fn from_template(
         println!("next: `berth up`, then `berth shell`");
     }
     Ok(0)
-}
-
-/// Sets the top-level `name` of a berth.toml text, keeping its comments and layout.
-pub(super) fn set_name(toml: &str, name: &str) -> String {
-    match toml.parse::<toml_edit::DocumentMut>() {
-        Ok(mut doc) => {
-            doc["name"] = toml_edit::value(name);
-            doc.to_string()
-        }
-        Err(_) => toml.to_string(),
-    }
-}
-
-pub(super) fn write(target: &Path, text: &str) -> Result<(), CliError> {
-    berth_runtime::state::atomic_write(target, text.as_bytes())
-        .map_err(|e| from_error(EXIT_ERROR, &e))
 }

@@ -9,27 +9,25 @@ use envfile_spec::compose;
 use envfile_spec::draft::Conversion;
 use envfile_spec::folder_sources::FolderSources;
 
-use super::init::{set_name, write, InitArgs};
-use crate::devcontainer_source::{self, relative, Refetch};
-use crate::envfile::stderr_color;
+use crate::color::stderr_color;
+use crate::devcontainer_source::{self, read_source, relative, Refetch};
+use crate::envfile::write;
 use crate::exit::{CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 
-pub(crate) fn read(file: &Path, flag: &str) -> Result<String, CliError> {
-    std::fs::read_to_string(file).map_err(|e| {
-        CliError::new(
-            EXIT_ERROR,
-            format!(
-                "cannot read {}: {e}; pass the path of the file to {flag}",
-                file.display()
-            ),
-        )
-    })
+/// What `berth init` asks of a conversion.
+pub struct ConvertOptions<'a> {
+    /// The environment's name (default: the converted file's).
+    pub name: Option<&'a str>,
+    /// Plain HTTP to a features registry.
+    pub insecure: bool,
+    /// The compose service to work in.
+    pub service: Option<&'a str>,
 }
 
 pub fn from_devcontainer(
     global: &GlobalArgs,
-    args: &InitArgs,
+    args: &ConvertOptions<'_>,
     json_path: &Path,
     target: &Path,
     shown: &Path,
@@ -45,16 +43,16 @@ pub fn from_devcontainer(
 
 pub fn from_compose(
     global: &GlobalArgs,
-    args: &InitArgs,
+    args: &ConvertOptions<'_>,
     file: &Path,
     target: &Path,
     shown: &Path,
 ) -> Result<i32, CliError> {
     let project = target.parent().unwrap_or(Path::new("/"));
-    let text = read(file, "--from-compose")?;
+    let text = read_source(file, "--from-compose")?;
     let rel = relative(file, project, "--from-compose")?;
     let sources = FolderSources::new(project, "", None);
-    let conversion = compose::convert(&rel, &text, project, args.service.as_deref(), &sources)
+    let conversion = compose::convert(&rel, &text, project, args.service, &sources)
         .map_err(|e| CliError::new(EXIT_ERROR, e.to_string()))?;
     finish(global, args, conversion, file, target, shown)
 }
@@ -62,14 +60,14 @@ pub fn from_compose(
 /// Writes the converted file, lists what was not converted, validates.
 fn finish(
     global: &GlobalArgs,
-    args: &InitArgs,
+    args: &ConvertOptions<'_>,
     conversion: Conversion,
     source: &Path,
     target: &Path,
     shown: &Path,
 ) -> Result<i32, CliError> {
     let mut toml = conversion.toml;
-    if let Some(n) = &args.name {
+    if let Some(n) = args.name {
         toml = set_name(&toml, n);
     }
     write(target, &toml)?;
@@ -103,5 +101,16 @@ fn finish(
                 ),
             ))
         }
+    }
+}
+
+/// Sets the top-level `name` of a berth.toml text, keeping its comments and layout.
+fn set_name(toml: &str, name: &str) -> String {
+    match toml.parse::<toml_edit::DocumentMut>() {
+        Ok(mut doc) => {
+            doc["name"] = toml_edit::value(name);
+            doc.to_string()
+        }
+        Err(_) => toml.to_string(),
     }
 }

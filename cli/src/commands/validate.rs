@@ -2,7 +2,8 @@
 
 use serde_json::json;
 
-use crate::envfile::{locate, stderr_color};
+use crate::color::stderr_color;
+use crate::envfile::locate;
 use crate::exit::{CliError, EXIT_ERROR};
 use crate::global_args::{GlobalArgs, JsonFlag};
 

@@ -239,7 +239,7 @@ pub fn convert(
     services::apply(&compose, &placement, sources, &mut draft, &mut skipped)?;
     if draft.image.from.is_none() && draft.image.dockerfile.is_none() {
         // No service is the app: a plain Debian environment with the project on /work.
-        draft.image.from = Some(crate::devcontainer::FALLBACK_IMAGE.to_string());
+        draft.image.from = Some(crate::draft::FALLBACK_IMAGE.to_string());
         draft.mounts.insert(
             0,
             crate::draft::MountDraft {

@@ -55,8 +55,7 @@ pub enum DevcontainerError {
     Compose(#[from] ComposeError),
 }
 
-/// Image used when the devcontainer.json names none.
-pub const FALLBACK_IMAGE: &str = "docker.io/library/debian:bookworm";
+use crate::draft::FALLBACK_IMAGE;
 
 /// Where the devcontainer.json is and who runs `berth init`.
 #[derive(Debug, Clone)]

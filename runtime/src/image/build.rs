@@ -322,11 +322,6 @@ fn set_all(env: &mut Vec<(String, String)>, vars: &[(String, String)]) {
     }
 }
 
-/// Name of the image record that caches a step.
-pub fn cache_name(key: &str) -> String {
-    format!("{}{key}", super::store::BUILD_PREFIX)
-}
-
 const TAIL_LINES: usize = 20;
 
 /// The one line a build prints when every step was cached.

@@ -4,13 +4,17 @@
 //! after it ran. The local cache is the image record `build:<key>`; behind it the registry
 //! cache ([`super::build_cache::BuildCache`]) is asked and fed.
 
-use super::build::cache_name;
 use super::build_cache::BuildCache;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::image_store::{ImageRecord, LayerRecord};
 use super::manifest::RunConfig;
 use super::store::ImageStore;
+
+/// Name of the image record that caches a step.
+pub fn cache_name(key: &str) -> String {
+    format!("{}{key}", super::store::BUILD_PREFIX)
+}
 
 /// Where a step that did not run came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

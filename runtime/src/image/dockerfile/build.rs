@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::super::build::{cache_name, StepRunner};
+use super::super::build::StepRunner;
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::super::manifest::{ConfigFile, RunConfig};
 use super::super::progress::{human_duration, Progress};
+use super::super::step_cache::cache_name;
 use super::super::store::{ImageStore, ResolveOptions, ResolvedImage};
 use super::config::{self, chain, Scope, StageState};
 use super::context::DockerIgnore;
