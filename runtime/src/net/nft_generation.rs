@@ -5,9 +5,9 @@
 //! (which costs an `nft` process). One netlink round trip, no process.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const NETLINK_NETFILTER: i32 = 12;
+use super::nft_netlink::{error_code, find_attr, malformed, messages, Socket};
+
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFT_MSG_NEWGEN: u16 = 15;
@@ -20,19 +20,7 @@ const NFGENMSG_LEN: usize = 4;
 
 /// The current ruleset generation of the calling thread's network namespace.
 pub fn current() -> io::Result<u32> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::open()?;
     let ty = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN;
     let len = HEADER_LEN + NFGENMSG_LEN;
     let mut msg = vec![0u8; len];
@@ -41,62 +29,30 @@ pub fn current() -> io::Result<u32> {
     msg[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
     // nfgenmsg: AF_UNSPEC, NFNETLINK_V0, resource id 0.
-    // SAFETY: `msg` is a valid buffer of the given length; the kernel is the destination of
-    // an unconnected netlink socket's send.
-    if unsafe { libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    socket.send(&msg)?;
     let mut buf = vec![0u8; 8192];
-    let n = loop {
-        // SAFETY: `buf` is valid for `buf.len()` writable bytes.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    let n = socket.recv(&mut buf, 0)?;
     parse_reply(&buf[..n])
 }
 
 /// The generation id in a reply to `NFT_MSG_GETGEN`.
 fn parse_reply(buf: &[u8]) -> io::Result<u32> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed nftables reply");
-    if buf.len() < HEADER_LEN {
-        return Err(bad());
-    }
-    let len = u32::from_ne_bytes(buf[0..4].try_into().map_err(|_| bad())?) as usize;
-    let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-    if len < HEADER_LEN || len > buf.len() {
-        return Err(bad());
-    }
+    let Some(&(ty, _, _, body)) = messages(buf)?.first() else {
+        return Err(malformed());
+    };
     if ty == NLMSG_ERROR {
-        let code = buf
-            .get(HEADER_LEN..HEADER_LEN + 4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .ok_or_else(bad)?;
-        return Err(io::Error::from_raw_os_error(-code));
+        return Err(io::Error::from_raw_os_error(-error_code(body)?));
     }
     if ty != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-        return Err(bad());
+        return Err(malformed());
     }
-    let mut off = HEADER_LEN + NFGENMSG_LEN;
-    while off + 4 <= len {
-        let alen = u16::from_ne_bytes([buf[off], buf[off + 1]]) as usize;
-        let aty = u16::from_ne_bytes([buf[off + 2], buf[off + 3]]) & 0x3fff;
-        if alen < 4 || off + alen > len {
-            return Err(bad());
-        }
-        if aty == NFTA_GEN_ID && alen >= 8 {
-            let v = &buf[off + 4..off + 8];
-            // nftables attributes are in network byte order.
-            return Ok(u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
-        }
-        off += (alen + 3) & !3;
-    }
-    Err(bad())
+    let id = body
+        .get(NFGENMSG_LEN..)
+        .and_then(|attrs| find_attr(attrs, NFTA_GEN_ID))
+        .and_then(|v| v.get(..4))
+        .ok_or_else(malformed)?;
+    // nftables attributes are in network byte order.
+    Ok(u32::from_be_bytes([id[0], id[1], id[2], id[3]]))
 }
 
 #[cfg(test)]

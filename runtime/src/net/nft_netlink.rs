@@ -573,7 +573,7 @@ pub fn inet_tables() -> io::Result<Vec<String>> {
     }
 }
 
-fn malformed() -> io::Error {
+pub(super) fn malformed() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         "malformed nftables netlink reply",
@@ -581,10 +581,10 @@ fn malformed() -> io::Error {
 }
 
 /// One netlink message of a reply: type, flags, sequence number, payload.
-type Reply<'a> = (u16, u16, u32, &'a [u8]);
+pub(super) type Reply<'a> = (u16, u16, u32, &'a [u8]);
 
 /// The messages in one datagram.
-fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
+pub(super) fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
     let mut out = Vec::new();
     let mut off = 0;
     while off + HEADER_LEN <= buf.len() {
@@ -603,14 +603,14 @@ fn messages(buf: &[u8]) -> io::Result<Vec<Reply<'_>>> {
 }
 
 /// The (negative) errno of an `NLMSG_ERROR` payload; 0 is an acknowledgement.
-fn error_code(body: &[u8]) -> io::Result<i32> {
+pub(super) fn error_code(body: &[u8]) -> io::Result<i32> {
     body.get(..4)
         .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
         .ok_or_else(malformed)
 }
 
 /// The payload of the first attribute of type `ty` in `attrs`.
-fn find_attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
+pub(super) fn find_attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
     let mut off = 0;
     while off + 4 <= attrs.len() {
         let len = usize::from(u16::from_ne_bytes([attrs[off], attrs[off + 1]]));
@@ -627,10 +627,10 @@ fn find_attr(attrs: &[u8], ty: u16) -> Option<&[u8]> {
 }
 
 /// A `NETLINK_NETFILTER` socket.
-struct Socket(OwnedFd);
+pub(super) struct Socket(OwnedFd);
 
 impl Socket {
-    fn open() -> io::Result<Socket> {
+    pub(super) fn open() -> io::Result<Socket> {
         // SAFETY: plain socket(2) call; the result is checked before use.
         let fd = unsafe {
             libc::socket(
@@ -646,7 +646,7 @@ impl Socket {
         Ok(Socket(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
 
-    fn send(&self, bytes: &[u8]) -> io::Result<()> {
+    pub(super) fn send(&self, bytes: &[u8]) -> io::Result<()> {
         // SAFETY: `bytes` is a valid buffer of the given length; the kernel is the
         // destination of an unconnected netlink socket's send.
         let rc = unsafe { libc::send(self.0.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
@@ -656,7 +656,7 @@ impl Socket {
         Ok(())
     }
 
-    fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
+    pub(super) fn recv(&self, buf: &mut [u8], flags: i32) -> io::Result<usize> {
         loop {
             // SAFETY: `buf` is valid for `buf.len()` writable bytes.
             let n = unsafe {
