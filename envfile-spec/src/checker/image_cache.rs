@@ -46,23 +46,14 @@ impl Checker<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnostic::{Report, Severity};
     use crate::plan::Plan;
 
     fn check(text: &str) -> (Plan, Vec<(ErrorKind, usize, usize, String)>) {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("berth.toml");
-        let doc = toml_edit::ImDocument::parse(text).unwrap();
-        let report = Report::new(file.clone(), text.to_string());
-        let mut checker = Checker::new(report, text, dir.path().to_path_buf());
-        let plan = checker.check(doc.as_table(), file);
-        let mut report = checker.report;
-        report.sort();
-        let errors = report
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| (d.kind, d.line, d.column, d.message.clone()))
+        let (plan, errors) = super::super::checked(dir.path(), text);
+        let errors = errors
+            .into_iter()
+            .map(|d| (d.kind, d.line, d.column, d.message))
             .collect();
         (plan, errors)
     }

@@ -168,3 +168,22 @@ impl<'a> Checker<'a> {
         }
     }
 }
+
+/// The plan the checker builds of `text` as the berth.toml of the project folder `dir`, and
+/// its errors in file order (the section tests' one way in).
+#[cfg(test)]
+pub(super) fn checked(dir: &Path, text: &str) -> (Plan, Vec<crate::diagnostic::Diagnostic>) {
+    let file = dir.join("berth.toml");
+    let doc = toml_edit::ImDocument::parse(text).unwrap();
+    let report = Report::new(file.clone(), text.to_string());
+    let mut checker = Checker::new(report, text, dir.to_path_buf());
+    let plan = checker.check(doc.as_table(), file);
+    let mut report = checker.report;
+    report.sort();
+    let errors = report
+        .diagnostics
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .collect();
+    (plan, errors)
+}

@@ -328,25 +328,13 @@ fn cycles<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::diagnostic::{Report, Severity};
 
     /// The plan the checker builds and its errors, as (kind, line, column).
     fn check(text: &str) -> (Plan, Vec<(ErrorKind, usize, usize)>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("rootfs")).unwrap();
-        let file = dir.path().join("berth.toml");
-        let doc = toml_edit::ImDocument::parse(text).unwrap();
-        let report = Report::new(file.clone(), text.to_string());
-        let mut checker = Checker::new(report, text, dir.path().to_path_buf());
-        let plan = checker.check(doc.as_table(), file);
-        let mut report = checker.report;
-        report.sort();
-        let errors = report
-            .diagnostics
-            .iter()
-            .filter(|d| d.severity == Severity::Error)
-            .map(|d| (d.kind, d.line, d.column))
-            .collect();
+        let (plan, errors) = super::super::checked(dir.path(), text);
+        let errors = errors.iter().map(|d| (d.kind, d.line, d.column)).collect();
         (plan, errors)
     }
 
