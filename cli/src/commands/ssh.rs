@@ -117,6 +117,18 @@ pub fn config(g: &GlobalArgs, args: &SshConfigArgs) -> Result<i32, CliError> {
             (envs, recs)
         }
     };
+    let (text, count) = config_text(&envs, &records)?;
+    if !args.install {
+        print!("{text}");
+        return Ok(0);
+    }
+    install(&text, count)?;
+    Ok(0)
+}
+
+/// The `Host` entries of `records` (throw-away runs left out) and how many there are; berth's
+/// known-hosts file is brought up to date with them.
+fn config_text(envs: &Environments, records: &[EnvRecord]) -> Result<(String, usize), CliError> {
     let entries: Vec<HostEntry> = records
         .iter()
         .filter(|r| r.ephemeral.is_none())
@@ -124,13 +136,10 @@ pub fn config(g: &GlobalArgs, args: &SshConfigArgs) -> Result<i32, CliError> {
         .collect::<Result<_, _>>()
         .map_err(ssh_error)?;
     ssh::write_known_hosts(envs.home(), &entries).map_err(ssh_error)?;
-    let text = ssh::ssh_config_text(&berth_exe()?, envs.home(), &entries);
-    if !args.install {
-        print!("{text}");
-        return Ok(0);
-    }
-    install(&text, entries.len())?;
-    Ok(0)
+    Ok((
+        ssh::ssh_config_text(&berth_exe()?, envs.home(), &entries),
+        entries.len(),
+    ))
 }
 
 /// Writes `text` (the entries of every environment) into `~/.ssh/berth_config`, included
@@ -177,17 +186,8 @@ pub fn open(g: &GlobalArgs, args: &OpenArgs) -> Result<i32, CliError> {
     };
     let (envs, rec) = record(g, args.name.as_deref())?;
     envs.running_dir(&rec).map_err(env_error)?;
-    let entries: Vec<HostEntry> = envs
-        .records()
-        .map_err(env_error)?
-        .iter()
-        .filter(|r| r.ephemeral.is_none())
-        .map(|r| ssh::host_entry(envs.home(), r))
-        .collect::<Result<_, _>>()
-        .map_err(ssh_error)?;
-    ssh::write_known_hosts(envs.home(), &entries).map_err(ssh_error)?;
-    let text = ssh::ssh_config_text(&berth_exe()?, envs.home(), &entries);
-    install(&text, entries.len())?;
+    let (text, count) = config_text(&envs, &envs.records().map_err(env_error)?)?;
+    install(&text, count)?;
     let workdir = rec.plan.shell.workdir.as_deref().unwrap_or("/");
     let uri = ssh::open_uri(ide, &rec.name, rec.plan.shell.user.as_deref(), workdir);
     let launcher_args = ssh::launcher_args(ide, &uri);
