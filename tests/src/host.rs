@@ -273,3 +273,24 @@ pub fn busybox_rootfs(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
+
+/// Every regular file under `dir` whose content contains `marker` (symlinks not followed),
+/// for the scans that prove a secret was written nowhere.
+pub fn files_containing(dir: &Path, marker: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+                    found.push(e.path());
+                }
+            }
+        }
+    }
+    found
+}

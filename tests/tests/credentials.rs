@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::host::{copy_program_with_libs, have};
+use berth_e2e::host::{copy_program_with_libs, files_containing, have};
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
@@ -483,26 +483,6 @@ impl GitServer {
     }
 }
 
-/// Every file under `dir` whose content contains `marker` (symlinks not followed).
-fn files_containing(dir: &Path, marker: &str, found: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let Ok(t) = e.file_type() else { continue };
-        if t.is_dir() {
-            files_containing(&p, marker, found);
-        } else if t.is_file() {
-            if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                    found.push(p);
-                }
-            }
-        }
-    }
-}
-
 #[test]
 fn git_push_inside_uses_the_hosts_identity_and_credentials_without_copying_them() {
     require_root!();
@@ -661,8 +641,7 @@ workdir = "/home/dev"
     // in status.
     let status = berth_git(&["status", "--json"]);
     assert!(!status.contains(&password));
-    let mut found = Vec::new();
-    files_containing(b.home.path(), &password, &mut found);
+    let found = files_containing(b.home.path(), &password);
     assert!(found.is_empty(), "the password was written to {found:?}");
     berth_git(&["destroy"]);
 }

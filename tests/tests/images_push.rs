@@ -5,10 +5,10 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use berth_e2e::host::busybox_rootfs;
+use berth_e2e::host::{busybox_rootfs, files_containing};
 use berth_e2e::oci::{FakeRegistry, Registry, Routes};
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
@@ -305,35 +305,10 @@ fn an_interrupted_push_resumes_and_a_registry_that_is_down_is_named() {
     );
 }
 
-/// Every file under `dir`, for secret scans.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
-}
-
 fn assert_no_secret(home: &Path, outputs: &str) {
     assert!(!outputs.contains(MARKER_PASSWORD), "{outputs}");
-    for f in files_under(home) {
-        let bytes = fs::read(&f).unwrap_or_default();
-        assert!(
-            !bytes
-                .windows(MARKER_PASSWORD.len())
-                .any(|w| w == MARKER_PASSWORD.as_bytes()),
-            "the password is in {}",
-            f.display()
-        );
-    }
+    let found = files_containing(home, MARKER_PASSWORD);
+    assert!(found.is_empty(), "the password is in {found:?}");
 }
 
 fn login(b: &Berth, envs: &[(&str, &str)], registry: &str, password: &str) -> Output {

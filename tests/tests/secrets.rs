@@ -3,9 +3,9 @@
 //! asked, found nowhere under the berth home (state, logs, writable layer, image store), in
 //! `status --json`, `berth up`'s or `berth logs`' output.
 
-use std::path::Path;
 use std::process::Stdio;
 
+use berth_e2e::host::files_containing;
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
@@ -30,26 +30,6 @@ fn project(toml: &str) -> Project {
     passwd.push_str("dev:x:1000:1000::/tmp:/bin/sh\neve:x:1001:1001::/tmp:/bin/sh\n");
     std::fs::write(rootfs.join("etc/passwd"), passwd).unwrap();
     p
-}
-
-/// Every file under `dir` whose content contains `marker` (symlinks not followed).
-fn files_containing(dir: &Path, marker: &str, found: &mut Vec<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let Ok(t) = e.file_type() else { continue };
-        if t.is_dir() {
-            files_containing(&p, marker, found);
-        } else if t.is_file() {
-            if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                    found.push(p.display().to_string());
-                }
-            }
-        }
-    }
 }
 
 #[test]
@@ -144,11 +124,9 @@ fn secrets_are_readable_inside_and_written_nowhere() {
         !printed.contains(&mark),
         "berth printed a secret:\n{printed}"
     );
-    let mut control = Vec::new();
-    files_containing(p.path(), &mark, &mut control);
+    let control = files_containing(p.path(), &mark);
     assert!(!control.is_empty(), "the search does not find secret.txt");
-    let mut found = Vec::new();
-    files_containing(b.home.path(), &mark, &mut found);
+    let found = files_containing(b.home.path(), &mark);
     assert!(found.is_empty(), "a secret was written to {found:?}");
 
     berth(&["destroy"], "");
