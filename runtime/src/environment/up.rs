@@ -153,7 +153,7 @@ impl Environments {
             update: opts.update,
             privileged: opts.privileged,
         };
-        let decision = decide(
+        let mut decision = decide(
             previous.as_ref(),
             current.status,
             plan,
@@ -172,8 +172,10 @@ impl Environments {
             return Ok(report);
         }
         // `[credentials]` is read by each new session from the record: a change of it alone
-        // needs no restart.
+        // needs no restart. The record takes the new plan, and `up` goes on as for an
+        // unchanged environment.
         let only_credentials = matches!(&decision.action, UpAction::Recreated { changed, .. } if changed == &[Section::Credentials]);
+        let mut credentials_notice = None;
         if let (true, Some(prev)) = (only_credentials, &previous) {
             if current.status == EnvStatus::Running
                 && prev.converged
@@ -187,22 +189,20 @@ impl Environments {
                     ..prev.clone()
                 }
                 .save(dir)?;
-                return Ok(UpReport {
-                    network: self.network_record(&env_id),
-                    env_id,
-                    name: plan.name.clone(),
-                    action: UpAction::Unchanged,
-                    pid: current.pid,
-                    elapsed: t0.elapsed(),
-                    image_elapsed: Duration::ZERO,
-                    notices: vec!["[credentials] changed: new sessions (shell, exec, ssh) follow it; no restart needed".into()],
-                });
+                decision.action = UpAction::Unchanged;
+                credentials_notice = Some(
+                    "[credentials] changed: new sessions (shell, exec, ssh) follow it; no restart needed"
+                        .to_string(),
+                );
             }
         }
         if let (UpAction::Unchanged, Some(prev)) = (&decision.action, &previous) {
             // A qemu VM a killed `snapshot save` left paused would not answer (we hold
             // the lock: no save is under way).
-            let mut notices: Vec<String> = backend.resume_if_paused(dir)?.into_iter().collect();
+            let mut notices: Vec<String> = credentials_notice
+                .into_iter()
+                .chain(backend.resume_if_paused(dir)?)
+                .collect();
             // Secrets are read again at every `up`: a changed value reaches the files.
             if !secrets.is_empty() {
                 crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
