@@ -49,6 +49,10 @@ pub struct DockerfileBuild {
     pub name: String,
     /// How base images are pulled.
     pub resolve: ResolveOptions,
+    /// What `RUN --mount=type=secret,id=NAME` may mount (read only when such a step runs).
+    pub secrets: super::run_mount_stage::BuildSecrets,
+    /// The host's SSH agent socket that `RUN --mount=type=ssh` relays to; `None`: none.
+    pub ssh_agent: Option<PathBuf>,
 }
 
 /// What a build made.
@@ -176,6 +180,10 @@ impl ImageStore {
 impl Run<'_> {
     pub(super) fn err(&self, l: Located) -> DockerfileError {
         l.in_file(&self.file, &self.source)
+    }
+
+    pub(super) fn file_and_source(&self) -> (&str, &str) {
+        (&self.file, &self.source)
     }
 
     fn scope(&self) -> Scope<'_> {

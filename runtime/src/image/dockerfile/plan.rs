@@ -243,22 +243,43 @@ fn stage_deps(
         out.push((b, stage.from.args_pos));
     }
     for ins in &stage.instructions {
-        if ins.keyword != "COPY" {
-            continue;
-        }
-        if let Some(f) = ins.flags.iter().find(|f| f.name == "from") {
-            let v = flag_value(f, escape, vars)?;
+        // `COPY --from=X` and `RUN --mount=type=bind,from=X` (a mount the run step cannot
+        // read yet, e.g. one naming a stage's own variable, is reported by that step).
+        let from: Vec<(String, Pos)> = match ins.keyword.as_str() {
+            "COPY" => ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "from")
+                .map(|f| Ok((flag_value(f, escape, vars)?, f.pos)))
+                .collect::<Result<_, Located>>()?,
+            "RUN" => ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "mount")
+                .filter_map(|f| {
+                    let v = flag_value(f, escape, vars).ok()?;
+                    match super::run_mount::parse_mount(&v, "/").ok()? {
+                        super::run_mount::MountRequest::Bind { from: Some(s), .. } => {
+                            Some((s, f.pos))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect(),
+            _ => continue,
+        };
+        for (v, pos) in from {
             if let Some(&i) = names.get(&v.to_ascii_lowercase()) {
-                out.push((i, f.pos));
+                out.push((i, pos));
             } else if let Ok(i) = v.parse::<usize>() {
                 if i >= count {
                     return Err(Located::new(
-                        f.pos,
+                        pos,
                         format!("--from={i}: the Dockerfile has only {count} stages"),
                         "name an earlier stage by its number (from 0) or its `AS` name",
                     ));
                 }
-                out.push((i, f.pos));
+                out.push((i, pos));
             }
         }
     }
