@@ -889,3 +889,73 @@ RUN ls /src /tool /scratch /hosttools /tmp/t /run/secrets /root/.npmrc /run/buil
 fn files_containing_token(dir: &Path, token: &str) -> bool {
     !berth_e2e::host::files_containing(dir, token).is_empty()
 }
+
+#[test]
+fn onbuild_triggers_run_when_a_later_from_uses_the_image_and_only_then() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(p.join("marker.txt"), "from-the-context\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {}/base:1 AS parent
+ONBUILD COPY marker.txt /from-trigger
+ONBUILD RUN echo "ran for $(cat /from-trigger)" >> /onbuild-ran
+RUN echo parent > /parent
+
+FROM parent AS child
+RUN cat /onbuild-ran > /child-saw
+
+FROM child
+RUN echo grandchild > /grandchild
+"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    build(&b, p, &["-t", "parent:1", "--target", "parent", "."]);
+    let oci = p.join("oci");
+    b.ok(
+        p,
+        &[
+            "image",
+            "export",
+            "parent:1",
+            "--oci",
+            "-o",
+            oci.to_str().unwrap(),
+        ],
+    );
+    let o = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("oci:{}:1", oci.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let cfg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        cfg["config"]["OnBuild"],
+        serde_json::json!([
+            "COPY marker.txt /from-trigger",
+            "RUN echo \"ran for $(cat /from-trigger)\" >> /onbuild-ran"
+        ]),
+        "{cfg}"
+    );
+    build(&b, p, &["-t", "grandchild", "."]);
+    let out = p.join("out.tar");
+    b.ok(
+        p,
+        &["image", "export", "grandchild", "-o", out.to_str().unwrap()],
+    );
+    let files = tar_files(&out);
+    assert_eq!(files["parent"], "parent\n");
+    assert_eq!(files["child-saw"], "ran for from-the-context\n");
+    // Triggers do not pass on: the grandchild's FROM child ran none again.
+    assert_eq!(files["onbuild-ran"], "ran for from-the-context\n");
+    assert_eq!(files["grandchild"], "grandchild\n");
+}

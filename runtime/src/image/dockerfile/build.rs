@@ -231,6 +231,20 @@ impl Run<'_> {
         };
         self.progress
             .message(&format!("[{label}] FROM {}", stage.from.args.text()));
+        // The base's ONBUILD triggers run first, as if written right after FROM (errors
+        // point at the FROM); they do not pass on to images built from this one.
+        let triggers = st.config.on_build.take().unwrap_or_default();
+        for (n, text) in triggers.iter().enumerate() {
+            let ins = plan::onbuild_trigger(text, stage.from.args_pos).map_err(|l| self.err(l))?;
+            let step_label = format!(
+                "[{label} onbuild {}/{}] {} {}",
+                n + 1,
+                triggers.len(),
+                ins.keyword,
+                short(&ins.args.text())
+            );
+            self.instruction(&mut st, &ins, &step_label)?;
+        }
         // Numbered as buildah does: FROM is step 1.
         let total = stage.instructions.len() + 1;
         for (n, ins) in stage.instructions.iter().enumerate() {
@@ -240,22 +254,32 @@ impl Run<'_> {
                 ins.keyword,
                 short(&ins.args.text())
             );
-            let scope = self.scope();
-            let mut notices = Vec::new();
-            let handled =
-                config::apply(&mut st, ins, &scope, &mut notices).map_err(|l| self.err(l))?;
-            self.notices.extend(notices);
-            if handled {
-                continue;
-            }
-            match ins.keyword.as_str() {
-                "RUN" => self.run_step(&mut st, ins, &step_label)?,
-                "COPY" | "ADD" => self.copy_step(&mut st, ins, &step_label)?,
-                "WORKDIR" => self.workdir_step(&mut st, ins, &step_label)?,
-                other => unreachable!("plan accepts only known instructions, got {other}"),
-            }
+            self.instruction(&mut st, ins, &step_label)?;
         }
         Ok(st)
+    }
+
+    /// One instruction of a stage: config ones change the config and key, the others make
+    /// a layer.
+    fn instruction(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        step_label: &str,
+    ) -> Result<(), DockerfileError> {
+        let scope = self.scope();
+        let mut notices = Vec::new();
+        let handled = config::apply(st, ins, &scope, &mut notices).map_err(|l| self.err(l))?;
+        self.notices.extend(notices);
+        if handled {
+            return Ok(());
+        }
+        match ins.keyword.as_str() {
+            "RUN" => self.run_step(st, ins, step_label),
+            "COPY" | "ADD" => self.copy_step(st, ins, step_label),
+            "WORKDIR" => self.workdir_step(st, ins, step_label),
+            other => unreachable!("plan accepts only known instructions, got {other}"),
+        }
     }
 
     /// A registry image as the start of a stage.

@@ -379,6 +379,35 @@ pub fn arg_decls(
     Ok(out)
 }
 
+/// The instruction of an `ONBUILD` trigger, checked (errors at `pos`, where the trigger
+/// is written or the `FROM` that runs it).
+pub fn onbuild_trigger(text: &str, pos: Pos) -> Result<Instruction, Located> {
+    let at = |l: Located| Located::new(pos, format!("ONBUILD `{text}`: {}", l.message), l.hint);
+    let parsed = super::parse::parse(text).map_err(at)?;
+    let [ins] = parsed.instructions.as_slice() else {
+        return Err(Located::new(
+            pos,
+            "ONBUILD needs one instruction",
+            "write e.g. `ONBUILD COPY . /app`",
+        ));
+    };
+    if matches!(ins.keyword.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+        return Err(Located::new(
+            pos,
+            format!("ONBUILD {} is not allowed", ins.keyword),
+            "an ONBUILD trigger is any other instruction (Docker's rule)",
+        ));
+    }
+    check_instruction(ins).map_err(at)?;
+    let mut ins = ins.clone();
+    ins.pos = pos;
+    ins.args_pos = pos;
+    for f in &mut ins.flags {
+        f.pos = pos;
+    }
+    Ok(ins)
+}
+
 /// Known instruction, accepted flags, arguments present.
 fn check_instruction(ins: &Instruction) -> Result<(), Located> {
     if !SUPPORTED.contains(&ins.keyword.as_str()) {
@@ -389,11 +418,7 @@ fn check_instruction(ins: &Instruction) -> Result<(), Located> {
         ));
     }
     if ins.keyword == "ONBUILD" {
-        return Err(Located::new(
-            ins.pos,
-            "ONBUILD is not supported by berth's builder",
-            "run those instructions in the Dockerfile that uses this image instead, or build with `buildah bud`",
-        ));
+        onbuild_trigger(&ins.args.text(), ins.args_pos)?;
     }
     for f in &ins.flags {
         if !allowed_flags(&ins.keyword).contains(&f.name.as_str()) {
@@ -473,8 +498,25 @@ mod tests {
         let e = plan_of("FROM x\nRUN --security=insecure a\n", None).unwrap_err();
         assert_eq!((e.pos.line, e.pos.col), (2, 5));
         assert!(e.message.contains("--security"), "{e:?}");
-        let e = plan_of("FROM x\nONBUILD RUN a\n", None).unwrap_err();
-        assert!(e.message.contains("ONBUILD"));
+        let e = plan_of("FROM x\nONBUILD ONBUILD RUN a\n", None).unwrap_err();
+        assert!(
+            e.message.contains("ONBUILD ONBUILD is not allowed"),
+            "{e:?}"
+        );
+        assert_eq!((e.pos.line, e.pos.col), (2, 9));
+        let e = plan_of("FROM x\nONBUILD FROM y\n", None).unwrap_err();
+        assert!(e.message.contains("ONBUILD FROM is not allowed"), "{e:?}");
+        let e = plan_of("FROM x\nONBUILD COPY --nope a b\n", None).unwrap_err();
+        assert!(
+            e.message
+                .contains("ONBUILD `COPY --nope a b`: COPY does not support the flag --nope"),
+            "{e:?}"
+        );
+        assert!(plan_of(
+            "FROM x\nONBUILD RUN echo $HOME\nONBUILD COPY . /app\n",
+            None
+        )
+        .is_ok());
         let e = plan_of("RUN a\nFROM x\n", None).unwrap_err();
         assert!(e.message.contains("before the first FROM"));
         let e = plan_of(
