@@ -959,3 +959,47 @@ RUN echo grandchild > /grandchild
     assert_eq!(files["onbuild-ran"], "ran for from-the-context\n");
     assert_eq!(files["grandchild"], "grandchild\n");
 }
+
+#[test]
+fn independent_stages_build_at_once_and_the_result_is_the_same() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1 AS slow
+RUN sleep 3 && echo slow > /slow
+
+FROM {r}/base:1 AS quick
+RUN echo quick > /quick
+
+FROM {r}/base:1
+COPY --from=slow /slow /out/slow
+COPY --from=quick /quick /out/quick
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let (_, err) = build(&b, p, &["-t", "par", "."]);
+    // The quick stage does not wait for the slow one: it starts while `sleep 3` runs.
+    let slow_done = err
+        .find("[slow 2/2] RUN sleep 3 && echo slow > /slow done")
+        .unwrap();
+    let quick_from = err.find("[quick] FROM").unwrap();
+    assert!(
+        quick_from < slow_done,
+        "stages ran one after the other:\n{err}"
+    );
+    assert!(err.contains("4 steps run, 0 cached"), "{err}");
+    let out = p.join("out.tar");
+    b.ok(p, &["image", "export", "par", "-o", out.to_str().unwrap()]);
+    let files = tar_files(&out);
+    assert_eq!(files["out/slow"], "slow\n");
+    assert_eq!(files["out/quick"], "quick\n");
+}

@@ -1,4 +1,5 @@
-//! Building a Dockerfile over the image store: the stages the target needs, in order, each
+//! Building a Dockerfile over the image store: the stages the target needs (independent ones
+//! at once, [`super::stage_pool`]), each
 //! instruction that changes files a cached layer (`RUN`, `COPY`, `ADD`, a `WORKDIR` that
 //! does not exist yet), the others folded into the config and the cache key.
 //!
@@ -83,7 +84,7 @@ pub(super) struct Run<'a> {
     pub(super) build: &'a DockerfileBuild,
     pub(super) plan: &'a BuildPlan,
     pub(super) ignore: DockerIgnore,
-    pub(super) runner: &'a dyn StepRunner,
+    pub(super) runner: &'a (dyn StepRunner + Sync),
     pub(super) progress: &'a Progress,
     file: String,
     source: String,
@@ -99,7 +100,7 @@ impl ImageStore {
     pub fn build_dockerfile(
         &self,
         build: &DockerfileBuild,
-        runner: &dyn StepRunner,
+        runner: &(dyn StepRunner + Sync),
         progress: &Progress,
     ) -> Result<DockerfileOutcome, DockerfileError> {
         let source = fs::read_to_string(&build.dockerfile).map_err(|e| DockerfileError::Read {
@@ -153,10 +154,7 @@ impl ImageStore {
             ran: 0,
             cached: 0,
         };
-        for &i in &plan.order {
-            let st = run.stage(i)?;
-            run.done.insert(i, st);
-        }
+        run.build_stages()?;
         let last = *plan.order.last().expect("the target is in the order");
         let st = run.done.remove(&last).expect("built");
         let record = self.record_local_image(&build.name, st.layers, st.config)?;
@@ -186,6 +184,35 @@ impl Run<'_> {
         (&self.file, &self.source)
     }
 
+    /// A run for one stage, on the same build, knowing the finished stages `done`.
+    pub(super) fn fork(&self, done: BTreeMap<usize, StageState>) -> Run<'_> {
+        Run {
+            store: self.store,
+            build: self.build,
+            plan: self.plan,
+            ignore: self.ignore.clone(),
+            runner: self.runner,
+            progress: self.progress,
+            file: self.file.clone(),
+            source: self.source.clone(),
+            done,
+            notices: Vec::new(),
+            ran: 0,
+            cached: 0,
+        }
+    }
+
+    /// Its notices and step counts, taken.
+    pub(super) fn take_counts(&mut self) -> (Vec<String>, usize, usize) {
+        (std::mem::take(&mut self.notices), self.ran, self.cached)
+    }
+
+    pub(super) fn add_counts(&mut self, notices: Vec<String>, ran: usize, cached: usize) {
+        self.notices.extend(notices);
+        self.ran += ran;
+        self.cached += cached;
+    }
+
     fn scope(&self) -> Scope<'_> {
         Scope {
             escape: self.plan.escape,
@@ -195,7 +222,7 @@ impl Run<'_> {
         }
     }
 
-    fn stage(&mut self, i: usize) -> Result<StageState, DockerfileError> {
+    pub(super) fn stage(&mut self, i: usize) -> Result<StageState, DockerfileError> {
         let stage = &self.plan.stages[i];
         let label = stage.name.clone().unwrap_or_else(|| format!("stage {i}"));
         for f in &stage.from.flags {

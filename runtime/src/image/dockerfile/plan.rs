@@ -41,6 +41,9 @@ pub struct BuildPlan {
     pub stages: Vec<Stage>,
     /// The stages to build, each after the ones it needs; the last is the target.
     pub order: Vec<usize>,
+    /// For each stage of `order`, the stages it needs (its base, `COPY --from`,
+    /// `RUN --mount=…,from=`): stages that do not need each other build at once.
+    pub needs: BTreeMap<usize, Vec<usize>>,
 }
 
 /// The flags each instruction accepts.
@@ -168,6 +171,7 @@ pub fn plan(
     };
     let mut order = Vec::new();
     let mut state = vec![Visit::New; stages.len()];
+    let mut needs = BTreeMap::new();
     let lookup = |n: &str| lookup_args(&global_args, n);
     visit(
         target_index,
@@ -176,13 +180,14 @@ pub fn plan(
         file.escape,
         &lookup,
         &mut state,
-        &mut order,
+        &mut (&mut order, &mut needs),
     )?;
     Ok(BuildPlan {
         escape: file.escape,
         global_args,
         stages,
         order,
+        needs,
     })
 }
 
@@ -201,10 +206,14 @@ fn visit(
     escape: char,
     vars: words::Lookup<'_>,
     state: &mut Vec<Visit>,
-    order: &mut Vec<usize>,
+    out: &mut (&mut Vec<usize>, &mut BTreeMap<usize, Vec<usize>>),
 ) -> Result<(), Located> {
     state[i] = Visit::Active;
-    for (dep, pos) in stage_deps(&stages[i], stages.len(), names, escape, vars)? {
+    let deps = stage_deps(&stages[i], stages.len(), names, escape, vars)?;
+    let mut needed: Vec<usize> = deps.iter().map(|(d, _)| *d).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    for (dep, pos) in deps {
         match state[dep] {
             Visit::Done => {}
             Visit::Active => {
@@ -218,11 +227,12 @@ fn visit(
                     "a stage can only use stages that do not use it; reorder the FROM/COPY --from",
                 ))
             }
-            Visit::New => visit(dep, stages, names, escape, vars, state, order)?,
+            Visit::New => visit(dep, stages, names, escape, vars, state, out)?,
         }
     }
     state[i] = Visit::Done;
-    order.push(i);
+    out.0.push(i);
+    out.1.insert(i, needed);
     Ok(())
 }
 
@@ -475,12 +485,20 @@ mod tests {
         assert_eq!(p.stages[1].base, Base::Stage(0));
         assert_eq!(p.stages[2].base, Base::Scratch);
         assert_eq!(p.order, [0, 1, 3], "the unused stage is not built");
+        assert_eq!(p.needs[&3], [1], "{:?}", p.needs);
+        assert_eq!(p.needs[&1], [0]);
+        assert!(p.needs[&0].is_empty());
+
         let p = plan(&f, &args, Some("BUILD")).unwrap();
         assert_eq!(p.order, [0, 1]);
         assert!(plan(&f, &args, Some("nope"))
             .unwrap_err()
             .message
             .contains("no stage named `nope`"));
+        let f2 = parse("FROM r/a AS a\nFROM r/b AS b\nRUN --mount=type=bind,from=a,target=/a x\nFROM r/c\nCOPY --from=b /x /x\nCOPY --from=a /y /y\n").unwrap();
+        let p2 = plan(&f2, &args, None).unwrap();
+        assert_eq!(p2.needs[&1], [0], "a mount's from= is a dependency");
+        assert_eq!(p2.needs[&2], [0, 1]);
     }
 
     #[test]
