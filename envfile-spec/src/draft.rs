@@ -137,6 +137,8 @@ pub struct SidecarDraft {
     pub name: String,
     pub image: String,
     pub command: Option<CommandDraft>,
+    /// Arguments to the image's entrypoint (compose's `command` without `entrypoint`).
+    pub args: Option<Vec<String>>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
     pub mounts: Vec<MountDraft>,
@@ -329,6 +331,12 @@ fn render_sidecar(s: &SidecarDraft, out: &mut String) {
     if let Some(c) = &s.command {
         out.push_str(&format!("command = {}\n", command(c)));
     }
+    if let Some(a) = &s.args {
+        out.push_str(&format!(
+            "args = {}\n",
+            command(&CommandDraft::Argv(a.clone()))
+        ));
+    }
     if !s.env.is_empty() {
         out.push_str(&format!("env = {}\n", inline_table(&s.env)));
     }
@@ -516,6 +524,7 @@ mod tests {
             name: "db".into(),
             image: "postgres:16".into(),
             command: Some(CommandDraft::Argv(vec!["postgres".into(), "-c".into()])),
+            args: None,
             env: vec![("POSTGRES_PASSWORD".into(), "x\"y".into())],
             workdir: None,
             mounts: vec![MountDraft {

@@ -99,6 +99,7 @@ pub const KEYS: &[KeySpec] = &[
     k("shell.command", KeyType::Command),
     k("services", KeyType::TableMap),
     k("services.*.command", KeyType::Command),
+    k("services.*.args", KeyType::StringArray),
     k("services.*.restart", KeyType::Enum(RESTART_POLICIES)),
     k("services.*.env", KeyType::StringMap),
     k("services.*.workdir", KeyType::String),
@@ -213,6 +214,7 @@ mod tests {
             children("services.*"),
             [
                 "command",
+                "args",
                 "restart",
                 "env",
                 "workdir",

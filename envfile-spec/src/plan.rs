@@ -301,8 +301,12 @@ pub struct SidecarPlan {
     /// Where its root filesystem comes from (any `from` form of `[image]`).
     pub image: ImageSource,
     /// The whole command line, replacing the image's entrypoint and cmd; `None`: the image's
-    /// entrypoint followed by its cmd.
+    /// entrypoint followed by its cmd (or by `args`).
     pub command: Option<Vec<String>>,
+    /// Arguments to the image's entrypoint, replacing only its cmd (compose's and Docker's
+    /// `command`); never with `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
     pub restart: RestartPolicy,
     /// Its variables (over the image's own; the environment's `[env]` does not apply).
     pub env: BTreeMap<String, String>,

@@ -670,6 +670,7 @@ fn build_step_runs_once_and_keeps_upper() {
             user: None,
             cache_mounts: Vec::new(),
             no_network: false,
+            mounts: Vec::new(),
         };
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = run_step(&req, &mut |s, b| match s {

@@ -190,6 +190,7 @@ fn a_sidecar_from_its_plan_keeps_its_volume_when_destroyed() {
                 path: rootfs.path().to_path_buf(),
             },
             command: None,
+            args: None,
             restart: RestartPolicy::No,
             env: BTreeMap::from([("PAGES".to_string(), "/data".to_string())]),
             workdir: None,

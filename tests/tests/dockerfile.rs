@@ -459,7 +459,9 @@ fn bad_dockerfiles_fail_at_their_line_and_keep_nothing() {
     let p = project.path();
     fs::write(p.join("present.txt"), "x").unwrap();
     let b = Berth::new();
-    let cases: [(&str, &str, &str); 5] = [
+    // A bind mount's source cannot leave the context: not by `..`, not by a symlink.
+    std::os::unix::fs::symlink("/etc", p.join("hostetc")).unwrap();
+    let cases: [(&str, &str, &str); 7] = [
         (
             "FROM {R}/base:1\nRUN true\nVOLUMES /data\n",
             "Dockerfile:3:1: unknown instruction `VOLUMES`",
@@ -481,8 +483,18 @@ fn bad_dockerfiles_fail_at_their_line_and_keep_nothing() {
             "RUN <<EOF",
         ),
         (
-            "FROM {R}/base:1\nRUN --mount=type=secret,id=x cat /run/secrets/x\n",
-            "Dockerfile:2:5: --mount=type=secret is not supported",
+            "FROM {R}/base:1\nRUN --mount=type=secret,id=x,required cat /run/secrets/x\n",
+            "Dockerfile:2:5: the required secret `x` is not given",
+            "RUN --mount",
+        ),
+        (
+            "FROM {R}/base:1\nRUN --mount=type=bind,source=../../etc,target=/e cat /e/shadow\n",
+            "Dockerfile:2:5: `../../etc` is outside the build context",
+            "RUN --mount",
+        ),
+        (
+            "FROM {R}/base:1\nRUN --mount=type=bind,source=hostetc,target=/e cat /e/shadow\n",
+            "Dockerfile:2:5: the bind source `hostetc` is a symlink",
             "RUN --mount",
         ),
     ];
@@ -635,4 +647,359 @@ fn add_downloads_a_url_only_with_its_checksum() {
         "{err}"
     );
     drop(server);
+}
+
+/// A host program and the libraries it loads, into `dir` (run inside as
+/// `dir/ld-linux-x86-64.so.2 --library-path dir dir/NAME`).
+fn host_program(program: &str, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let o = Command::new("ldd").arg(program).output().unwrap();
+    let mut files = vec![PathBuf::from(program)];
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for f in files {
+        fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+}
+
+/// An `ssh-agent` of the test's own on a socket in a temp folder, killed on drop.
+struct Agent(std::process::Child, tempfile::TempDir);
+
+impl Agent {
+    fn start() -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Agent(child, dir)
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.1.path().join("agent.sock")
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The regular files of an exported rootfs tar: path → content.
+fn tar_files(tar_path: &Path) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut ar = tar::Archive::new(fs::File::open(tar_path).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        let mut s = Vec::new();
+        if e.header().entry_type().is_file() {
+            e.read_to_end(&mut s).unwrap();
+        }
+        files.insert(path, String::from_utf8_lossy(&s).into_owned());
+    }
+    files
+}
+
+#[test]
+fn run_mounts_give_one_step_binds_tmpfs_secrets_and_the_agent_and_keep_none_of_them() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    let outside = tempfile::tempdir().unwrap();
+    let marker = "HOST-FILE-OUTSIDE-THE-CONTEXT-5b1d";
+    fs::write(outside.path().join("private"), marker).unwrap();
+    fs::create_dir_all(p.join("src")).unwrap();
+    fs::write(p.join("src/main.c"), "int main;\n").unwrap();
+    fs::write(p.join("src/debug.log"), "ignored\n").unwrap();
+    fs::write(p.join(".dockerignore"), "**/*.log\n").unwrap();
+    // Inside a bound folder, a symlink to a host file resolves inside the step, not on the host.
+    std::os::unix::fs::symlink(outside.path().join("private"), p.join("src/link")).unwrap();
+    host_program("/usr/bin/ssh-add", &p.join("tools"));
+    let token = "TOKEN-VALUE-never-in-a-layer-91f3";
+    let secret_file = outside.path().join("token");
+    fs::write(&secret_file, token).unwrap();
+    let agent = Agent::start();
+    let key = outside.path().join("id_ed25519");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "berth-test", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = Command::new("ssh-add")
+        .arg(&key)
+        .env("SSH_AUTH_SOCK", agent.sock())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1 AS tools
+RUN mkdir -p /opt/tool && echo tool-v1 > /opt/tool/version
+
+FROM {r}/base:1
+WORKDIR /work
+RUN --mount=type=bind,source=src,target=/src \
+    --mount=type=bind,from=tools,source=/opt/tool,target=/tool \
+    --mount=type=bind,source=src,target=/scratch,rw \
+    --mount=type=bind,source=tools,target=/hosttools \
+    --mount=type=tmpfs,target=/tmp/t \
+    --mount=type=secret,id=token,required \
+    --mount=type=secret,id=npmrc,target=/root/.npmrc,mode=0440,uid=1000,gid=1000 \
+    --mount=type=secret,id=absent \
+    --mount=type=ssh,required \
+    cat /src/main.c > seen-src \
+ && ls /src > src-list \
+ && cat /tool/version > seen-tool \
+ && {{ touch /src/new 2>/dev/null && echo writable || echo read-only; }} > src-ro \
+ && echo scribble > /scratch/written && cat /scratch/written > scratch-rw \
+ && echo t > /tmp/t/file && grep ' /tmp/t ' /proc/mounts | cut -d' ' -f3 > tmp-fs \
+ && sha256sum /run/secrets/token | cut -c1-64 > token-hash \
+ && stat -c '%a %u:%g' /root/.npmrc > npmrc-mode \
+ && {{ test -e /run/secrets/absent && echo there || echo absent; }} > absent \
+ && {{ cat /src/link 2>&1 || true; }} > link-read \
+ && /hosttools/ld-linux-x86-64.so.2 --library-path /hosttools /hosttools/ssh-add -l > agent-keys
+RUN ls /src /tool /scratch /hosttools /tmp/t /run/secrets /root/.npmrc /run/buildkit > after 2>&1 || true
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let secret_arg = format!("id=token,src={}", secret_file.display());
+    let sock = agent.sock();
+    let ssh_arg = format!("--ssh=default={}", sock.display());
+    let npmrc_file = outside.path().join("npmrc");
+    fs::write(&npmrc_file, "//registry/:_authToken=x\n").unwrap();
+    let npmrc_arg = format!("id=npmrc,src={}", npmrc_file.display());
+    let args = [
+        "-t",
+        "mounts",
+        "--secret",
+        &secret_arg,
+        "--secret",
+        &npmrc_arg,
+        &ssh_arg,
+        ".",
+    ];
+    build(&b, p, &args);
+    let out = p.join("out.tar");
+    b.ok(
+        p,
+        &["image", "export", "mounts", "-o", out.to_str().unwrap()],
+    );
+    let files = tar_files(&out);
+    let f = |k: &str| files.get(k).map(String::as_str).unwrap_or("<missing>");
+    assert_eq!(f("work/seen-src"), "int main;\n");
+    assert_eq!(
+        f("work/src-list"),
+        "link\nmain.c\n",
+        ".dockerignore applies"
+    );
+    assert_eq!(f("work/seen-tool"), "tool-v1\n");
+    assert_eq!(f("work/src-ro"), "read-only\n");
+    assert_eq!(f("work/scratch-rw"), "scribble\n");
+    assert_eq!(f("work/tmp-fs"), "tmpfs\n");
+    assert_eq!(
+        f("work/token-hash").trim(),
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    assert_eq!(f("work/npmrc-mode"), "440 1000:1000\n");
+    assert_eq!(f("work/absent"), "absent\n");
+    assert!(
+        !f("work/link-read").contains(marker),
+        "{}",
+        f("work/link-read")
+    );
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fp = String::from_utf8_lossy(&fingerprint.stdout);
+    let fp = fp.split_whitespace().nth(1).unwrap();
+    assert!(
+        f("work/agent-keys").contains(fp),
+        "{}",
+        f("work/agent-keys")
+    );
+    // Nothing of the mounts stays: not in the image, not in the context, not in berth's home.
+    let after = f("work/after");
+    for gone in [
+        "/src",
+        "/tool",
+        "/scratch",
+        "/hosttools",
+        "/tmp/t",
+        "/run/secrets",
+        "/root/.npmrc",
+        "/run/buildkit",
+    ] {
+        assert!(
+            after.contains(&format!("{gone}: No such file")),
+            "{gone} left: {after}"
+        );
+    }
+    assert!(!p.join("src/written").exists() && !p.join("src/new").exists());
+    assert!(
+        !files.values().any(|c| c.contains(token)),
+        "the token is in the image"
+    );
+    let leaked = berth_e2e::host::files_containing(b.home.path(), token);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
+    let shm: Vec<_> = fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("berth-run-"))
+        .filter(|e| files_containing_token(&e.path(), token))
+        .collect();
+    assert!(shm.is_empty(), "secret folders left in /dev/shm: {shm:?}");
+    // The secret's value is not part of the key: another token reruns nothing.
+    fs::write(&secret_file, "ANOTHER-TOKEN").unwrap();
+    let (_, err) = build(&b, p, &args);
+    assert!(err.contains("0 steps run"), "{err}");
+}
+
+fn files_containing_token(dir: &Path, token: &str) -> bool {
+    !berth_e2e::host::files_containing(dir, token).is_empty()
+}
+
+#[test]
+fn onbuild_triggers_run_when_a_later_from_uses_the_image_and_only_then() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(p.join("marker.txt"), "from-the-context\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {}/base:1 AS parent
+ONBUILD COPY marker.txt /from-trigger
+ONBUILD RUN echo "ran for $(cat /from-trigger)" >> /onbuild-ran
+RUN echo parent > /parent
+
+FROM parent AS child
+RUN cat /onbuild-ran > /child-saw
+
+FROM child
+RUN echo grandchild > /grandchild
+"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    build(&b, p, &["-t", "parent:1", "--target", "parent", "."]);
+    let oci = p.join("oci");
+    b.ok(
+        p,
+        &[
+            "image",
+            "export",
+            "parent:1",
+            "--oci",
+            "-o",
+            oci.to_str().unwrap(),
+        ],
+    );
+    let o = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("oci:{}:1", oci.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    let cfg: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        cfg["config"]["OnBuild"],
+        serde_json::json!([
+            "COPY marker.txt /from-trigger",
+            "RUN echo \"ran for $(cat /from-trigger)\" >> /onbuild-ran"
+        ]),
+        "{cfg}"
+    );
+    build(&b, p, &["-t", "grandchild", "."]);
+    let out = p.join("out.tar");
+    b.ok(
+        p,
+        &["image", "export", "grandchild", "-o", out.to_str().unwrap()],
+    );
+    let files = tar_files(&out);
+    assert_eq!(files["parent"], "parent\n");
+    assert_eq!(files["child-saw"], "ran for from-the-context\n");
+    // Triggers do not pass on: the grandchild's FROM child ran none again.
+    assert_eq!(files["onbuild-ran"], "ran for from-the-context\n");
+    assert_eq!(files["grandchild"], "grandchild\n");
+}
+
+#[test]
+fn independent_stages_build_at_once_and_the_result_is_the_same() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1 AS slow
+RUN sleep 3 && echo slow > /slow
+
+FROM {r}/base:1 AS quick
+RUN echo quick > /quick
+
+FROM {r}/base:1
+COPY --from=slow /slow /out/slow
+COPY --from=quick /quick /out/quick
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let (_, err) = build(&b, p, &["-t", "par", "."]);
+    // The quick stage does not wait for the slow one: it starts while `sleep 3` runs.
+    let slow_done = err
+        .find("[slow 2/2] RUN sleep 3 && echo slow > /slow done")
+        .unwrap();
+    let quick_from = err.find("[quick] FROM").unwrap();
+    assert!(
+        quick_from < slow_done,
+        "stages ran one after the other:\n{err}"
+    );
+    assert!(err.contains("4 steps run, 0 cached"), "{err}");
+    let out = p.join("out.tar");
+    b.ok(p, &["image", "export", "par", "-o", out.to_str().unwrap()]);
+    let files = tar_files(&out);
+    assert_eq!(files["out/slow"], "slow\n");
+    assert_eq!(files["out/quick"], "quick\n");
 }

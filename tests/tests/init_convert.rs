@@ -31,10 +31,22 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
 
 /// Pushes `dir` as a one-layer image `repo:tag` with `PATH` covering /usr/bin.
 fn push_dir_image(reg: &Registry, repo: &str, tag: &str, dir: &Path) {
+    push_dir_image_running(reg, repo, tag, dir, &[], &["/bin/sh"]);
+}
+
+/// [`push_dir_image`] with the image's `Entrypoint` and `Cmd`.
+fn push_dir_image_running(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    dir: &Path,
+    entrypoint: &[&str],
+    cmd: &[&str],
+) {
     let layer = Layer::new(tar_dir(dir), Compression::Gzip);
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Cmd": ["/bin/sh"]},
+        "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin"], "Entrypoint": entrypoint, "Cmd": cmd},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id()]},
     }))
     .unwrap();
@@ -80,7 +92,15 @@ fn push_redis_images(reg: &Registry, server: &Path, cli: &Path) -> tempfile::Tem
     copy_program_with_libs(server, &redis);
     copy_program_with_libs(cli, &redis);
     push_dir_image(reg, "e2e/app", "1", &app);
-    push_dir_image(reg, "e2e/redis", "7", &redis);
+    // Like the redis image: the server is the entrypoint, the cmd its arguments.
+    push_dir_image_running(
+        reg,
+        "e2e/redis",
+        "7",
+        &redis,
+        &["/usr/bin/redis-server"],
+        &["--port", "6379"],
+    );
     images
 }
 
@@ -117,7 +137,7 @@ services:
         condition: service_healthy
   cache:
     image: {registry}/e2e/redis:7
-    command: ["/usr/bin/redis-server", "--bind", "127.0.0.1", "--port", "6379", "--dir", "/data", "--appendonly", "yes"]
+    command: ["--bind", "127.0.0.1", "--port", "6379", "--dir", "/data", "--appendonly", "yes"]
     volumes: ["cache-data:/data"]
     healthcheck:
       test: ["CMD", "redis-cli", "-h", "127.0.0.1", "ping"]
@@ -165,6 +185,12 @@ fn a_compose_file_with_an_app_and_a_redis_sidecar_imports_and_comes_up() {
     let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap();
     assert!(toml.contains("#   - services.cache.networks"), "{toml}");
     assert!(toml.contains("[services.cache]"), "{toml}");
+    // `command` without `entrypoint` keeps the image's entrypoint, as compose runs it.
+    assert!(
+        toml.contains("args = [\"--bind\", \"127.0.0.1\"")
+            && !err.contains("services.cache.command"),
+        "{toml}\n{err}"
+    );
     b.ok(p.path(), &["validate"]);
 
     let (_, err) = b.ok_both(p.path(), &["up"]);

@@ -10,6 +10,7 @@ use berth_runtime::image::dockerfile::DockerfileBuild;
 use berth_runtime::image::{PullOptions, RegistryOptions, ResolveOptions};
 use berth_runtime::state::BerthHome;
 use clap::Args;
+use envfile_spec::plan::SecretSource;
 
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
@@ -37,6 +38,67 @@ pub struct BuildArgs {
     /// Ask the registry again for base images already in the store.
     #[arg(long)]
     pub pull: bool,
+    /// A secret for `RUN --mount=type=secret,id=NAME`: `id=NAME,src=FILE` or
+    /// `id=NAME,env=VAR` (repeatable; read only when a step mounts it).
+    #[arg(long = "secret", value_name = "id=NAME,src=FILE|env=VAR")]
+    pub secrets: Vec<String>,
+    /// Relay the host's SSH agent (`SSH_AUTH_SOCK`, or `default=/path/to/socket`) to
+    /// `RUN --mount=type=ssh` steps.
+    #[arg(long, value_name = "default", num_args = 0..=1, default_missing_value = "default")]
+    pub ssh: Option<String>,
+}
+
+/// `--secret id=NAME,src=FILE|env=VAR` → (NAME, source), as docker buildx reads it.
+fn secret_arg(text: &str) -> Result<(String, SecretSource), CliError> {
+    let mut id = None;
+    let mut source = None;
+    for part in text.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) if !v.is_empty() => id = Some(v.to_string()),
+            Some(("src" | "source", v)) if !v.is_empty() => {
+                source = Some(SecretSource::FromFile(PathBuf::from(v)))
+            }
+            Some(("env", v)) if !v.is_empty() => source = Some(SecretSource::FromEnv(v.to_string())),
+            Some(("type", "file" | "env")) => {}
+            _ => {
+                return Err(CliError::usage(format!(
+                    "--secret {text}: `{part}` is not understood; write --secret id=NAME,src=FILE or --secret id=NAME,env=VAR"
+                )))
+            }
+        }
+    }
+    let id = id.ok_or_else(|| CliError::usage(format!("--secret {text}: id=NAME is missing")))?;
+    // Docker's default source: the variable of the same name.
+    let source = source.unwrap_or_else(|| SecretSource::FromEnv(id.clone()));
+    Ok((id, source))
+}
+
+/// `--ssh [default[=PATH]]` → the host agent socket.
+fn ssh_arg(value: Option<&str>) -> Result<Option<PathBuf>, CliError> {
+    let Some(v) = value else { return Ok(None) };
+    let path = match v.split_once('=') {
+        Some(("default", p)) => PathBuf::from(p),
+        None if v == "default" => match std::env::var_os("SSH_AUTH_SOCK") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                return Err(CliError::usage(
+                    "--ssh: SSH_AUTH_SOCK is not set; start an agent (`eval $(ssh-agent)`) or give --ssh default=/path/to/agent.sock",
+                ))
+            }
+        },
+        _ => {
+            return Err(CliError::usage(format!(
+                "--ssh {v}: berth relays one agent, `default`; write --ssh or --ssh default=/path/to/agent.sock"
+            )))
+        }
+    };
+    if !path.is_absolute() {
+        return Err(CliError::usage(format!(
+            "--ssh: {} is not an absolute path",
+            path.display()
+        )));
+    }
+    Ok(Some(path))
 }
 
 pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
@@ -93,6 +155,12 @@ pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
             update: args.pull,
             pinned: None,
         },
+        secrets: args
+            .secrets
+            .iter()
+            .map(|s| secret_arg(s))
+            .collect::<Result<_, _>>()?,
+        ssh_agent: ssh_arg(args.ssh.as_deref())?,
     };
     let started = std::time::Instant::now();
     let out = build_dockerfile(&home, &build, &p).map_err(|e| from_error(EXIT_ERROR, &e))?;

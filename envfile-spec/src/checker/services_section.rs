@@ -108,6 +108,20 @@ impl Checker<'_> {
                 self.string(item, span.clone(), &what)
                     .and_then(|w| self.guest_path(&w, span, &what, false))
             });
+            // Arguments to the image's entrypoint (a sidecar's cmd), instead of `command`.
+            let args = svc.get("args").and_then(|(item, span)| {
+                // (On a process service `args` itself is the error, below.)
+                if svc.get("command").is_some() && image.is_some() {
+                    self.error(
+                        ErrorKind::MisplacedKey,
+                        span.clone(),
+                        format!("service `{name}` has both `command` and `args`"),
+                        Some("`command` replaces the image's entrypoint and cmd, `args` only its cmd: keep one".into()),
+                    );
+                }
+                self.string_array(item, span, &format!("{display}.args"), false)
+                    .map(|v| v.into_iter().map(|(a, _)| a).collect::<Vec<_>>())
+            });
             // Read (and type-checked) on every service; kept only on sidecars.
             let parts = self.sidecar_parts(&svc, name, &mut links);
             match image {
@@ -118,6 +132,7 @@ impl Checker<'_> {
                         SidecarPlan {
                             image,
                             command,
+                            args,
                             restart,
                             env,
                             workdir,
@@ -130,7 +145,7 @@ impl Checker<'_> {
                 }
                 Some((None, _)) => links.sidecar_names.push(name.to_string()),
                 None => {
-                    if svc.get("command").is_some() {
+                    if svc.get("command").is_some() || svc.get("args").is_some() {
                         self.sidecar_keys_on_a_process_service(&svc, name);
                     }
                     links.process_names.push(name.to_string());

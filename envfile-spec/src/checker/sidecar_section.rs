@@ -48,7 +48,7 @@ const DURATION: Quantity = Quantity {
 };
 
 /// Keys a process service does not take.
-const SIDECAR_ONLY: [&str; 4] = ["mounts", "resources", "ready", "after"];
+const SIDECAR_ONLY: [&str; 5] = ["args", "mounts", "resources", "ready", "after"];
 
 impl Checker<'_> {
     pub(super) fn sidecar_parts(
@@ -158,6 +158,7 @@ impl Checker<'_> {
             }
             let why = match key {
                 "mounts" | "resources" => "a process service runs inside the environment, with its [[mounts]] and [resources]",
+                "args" => "a process service's `command` is its whole command line (there is no image entrypoint to give arguments to)",
                 _ => "process services start after every sidecar is ready",
             };
             self.error(
@@ -391,6 +392,28 @@ mod tests {
         // The top-level mounts and resources stay the environment's.
         assert!(plan.mounts.is_empty());
         assert_eq!(plan.resources, Resources::default());
+    }
+
+    #[test]
+    fn args_go_to_the_images_entrypoint_on_sidecars_only_and_never_with_command() {
+        let (plan, errors) = check(&format!(
+            "{IMAGE}[services.cache]\nimage = \"redis:7\"\nargs = [\"--appendonly\", \"yes\"]\n"
+        ));
+        assert_eq!(errors, []);
+        let cache = &plan.sidecars["cache"];
+        assert_eq!(cache.command, None);
+        assert_eq!(
+            cache.args.as_deref(),
+            Some(&["--appendonly".to_string(), "yes".to_string()][..])
+        );
+        let (_, errors) = check(&format!(
+            "{IMAGE}[services.cache]\nimage = \"redis:7\"\ncommand = [\"redis-server\"]\nargs = [\"--port\", \"1\"]\n"
+        ));
+        assert_eq!(errors, [(ErrorKind::MisplacedKey, 6, 8)]);
+        let (_, errors) = check(&format!(
+            "{IMAGE}[services.web]\ncommand = [\"./app\"]\nargs = [\"-v\"]\n"
+        ));
+        assert_eq!(errors, [(ErrorKind::MisplacedKey, 5, 1)]);
     }
 
     #[test]

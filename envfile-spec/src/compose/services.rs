@@ -356,10 +356,8 @@ impl Ctx<'_> {
         let env = self.env_vars(name, def)?;
         let mounts = self.mounts(def, &key);
         self.ports(def, &key, draft);
-        let command = self
-            .command(def, &key)
-            .filter(|w| !w.is_empty())
-            .map(CommandDraft::Argv);
+        let (command, args) = self.sidecar_command(def, &key);
+        let command = command.filter(|w| !w.is_empty()).map(CommandDraft::Argv);
         let ready = match get(def, "healthcheck") {
             Some(Value::Mapping(h)) => {
                 fields::healthcheck(h, &format!("{key}.healthcheck"), &mut |k, r| {
@@ -401,6 +399,7 @@ impl Ctx<'_> {
             name: crate::draft::service_name(name),
             image,
             command,
+            args,
             env,
             workdir: get(def, "working_dir").and_then(scalar),
             mounts,
@@ -484,6 +483,32 @@ impl Ctx<'_> {
                     );
                 }
             }
+        }
+    }
+
+    /// A sidecar's `entrypoint`/`command` as berth's `command` (the whole line: an
+    /// `entrypoint` was given) or `args` (only `command`: the image's entrypoint stays and
+    /// gets these, as compose runs it).
+    fn sidecar_command(
+        &mut self,
+        def: &Mapping,
+        key: &str,
+    ) -> (Option<Vec<String>>, Option<Vec<String>>) {
+        let mut parts = |field: &str| match get(def, field).map(fields::words) {
+            Some(Ok(w)) => Some(w),
+            Some(Err(why)) => {
+                skip(self.skipped, format!("{key}.{field}"), why);
+                None
+            }
+            None => None,
+        };
+        match (parts("entrypoint"), parts("command")) {
+            (Some(mut e), c) => {
+                e.extend(c.unwrap_or_default());
+                (Some(e), None)
+            }
+            (None, Some(c)) if !c.is_empty() => (None, Some(c)),
+            _ => (None, None),
         }
     }
 

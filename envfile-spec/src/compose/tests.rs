@@ -215,7 +215,13 @@ volumes:
         doc["services"]["redis"]["mounts"][1]["source"].as_str(),
         Some("cache")
     );
-    let cmd: Vec<&str> = doc["services"]["redis"]["command"]
+    // `command` without `entrypoint`: arguments to the image's entrypoint, as compose.
+    assert!(
+        doc["services"]["redis"].get("command").is_none(),
+        "{}",
+        c.toml
+    );
+    let cmd: Vec<&str> = doc["services"]["redis"]["args"]
         .as_array()
         .unwrap()
         .iter()
@@ -229,7 +235,7 @@ volumes:
     let k = keys(&c);
     assert!(
         k.contains(&"services.web.restart")
-            && k.contains(&"services.redis.command")
+            && !k.contains(&"services.redis.command")
             && k.contains(&"services.web.user"),
         "{k:?}"
     );

@@ -101,9 +101,11 @@ fn sidecar_base(
         )));
     }
     spec.mounts = mount_specs(&plan.mounts, home)?;
-    let command = match &plan.command {
-        Some(c) => c.clone(),
-        None => config
+    let command = match (&plan.command, &plan.args) {
+        (Some(c), _) => c.clone(),
+        // `args`: the image's entrypoint keeps running, with these instead of its cmd.
+        (None, Some(args)) => config.entrypoint.iter().chain(args).cloned().collect(),
+        (None, None) => config
             .entrypoint
             .iter()
             .chain(&config.cmd)
@@ -265,6 +267,7 @@ mod tests {
         SidecarPlan {
             image: envfile_spec::plan::ImageSource::Rootfs { path: "/r".into() },
             command: command.map(|c| c.iter().map(|s| s.to_string()).collect()),
+            args: None,
             restart: RestartPolicy::OnFailure,
             env: BTreeMap::from([("A".into(), "1".into())]),
             workdir: None,
@@ -359,6 +362,22 @@ mod tests {
             own.services["cache"].command,
             ["redis-server", "--appendonly", "yes"],
             "command replaces the entrypoint too"
+        );
+        let mut with_args = plan(None);
+        with_args.args = Some(vec!["--appendonly".into(), "yes".into()]);
+        let args = sidecar_spec(
+            &home,
+            "app-1234abcd",
+            "cache",
+            &with_args,
+            layers.clone(),
+            &config(),
+        )
+        .unwrap();
+        assert_eq!(
+            args.services["cache"].command,
+            ["docker-entrypoint.sh", "--appendonly", "yes"],
+            "args replace the cmd only, as compose's command"
         );
 
         let err = sidecar_spec(

@@ -16,6 +16,7 @@ use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
 use crate::backend::ExecRequest;
+use crate::image::build::StepMount;
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.
@@ -49,6 +50,8 @@ pub struct StepRequest {
     pub cache_mounts: Vec<(PathBuf, String)>,
     /// Loopback only.
     pub no_network: bool,
+    /// The step's own mounts (bind, tmpfs, secret, ssh agent; see [`StepMount`]).
+    pub mounts: Vec<StepMount>,
 }
 
 /// Runs one step; returns the command's exit code.
@@ -108,6 +111,8 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         std::os::unix::fs::lchown(&req.upper, u, g)
             .context(|| format!("cannot hand {} to the build step", req.upper.display()))?;
     }
+    spec.mounts
+        .extend(step_mounts(&req.mounts, mapping.as_ref())?);
     let backend = ContainerBackend;
     let result = (|| {
         backend.start(&spec)?;
@@ -148,6 +153,56 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         }
     }
     Ok(code)
+}
+
+/// The step's own mounts as container mounts. A staged source's owners are ids inside:
+/// as root they move onto the step's range (the staged copies are the step's alone and
+/// thrown away afterwards), rootless the user's files already show as the step's root. A
+/// staged source must not be a symlink: a bind follows it on the host.
+fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Result<Vec<MountSpec>> {
+    use super::layer_ids::{chown_keeping_setid, walk_tree};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for m in mounts {
+        match m {
+            StepMount::Staged {
+                source,
+                target,
+                readonly,
+            } => {
+                let meta = std::fs::symlink_metadata(source)
+                    .context(|| format!("cannot inspect the mount source {}", source.display()))?;
+                if meta.file_type().is_symlink() {
+                    return Err(ContainerError::Invalid(format!(
+                        "the build step's mount source {} is a symlink",
+                        source.display()
+                    )));
+                }
+                if let Some(map) = mapping {
+                    walk_tree(source, &mut |path, meta| {
+                        chown_keeping_setid(
+                            path,
+                            meta,
+                            map.host_uid(meta.uid()),
+                            map.host_gid(meta.gid()),
+                        )
+                        .context(|| format!("cannot hand {} to the build step", path.display()))
+                    })?;
+                }
+                out.push(MountSpec::Bind {
+                    source: source.clone(),
+                    target: target.clone(),
+                    readonly: *readonly,
+                    idmap: false,
+                });
+            }
+            StepMount::Tmpfs { target, size } => out.push(MountSpec::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            }),
+        }
+    }
+    Ok(out)
 }
 
 /// Build steps get a network namespace of their own: on berth's bridge as root; rootless

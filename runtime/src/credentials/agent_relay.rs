@@ -53,3 +53,68 @@ pub async fn relay(mut inside: UnixStream, target: AgentTarget) {
         }
     }
 }
+
+/// Connections one [`RelayThread`] relays at once.
+const THREAD_CONNECTIONS: usize = 16;
+
+/// Relays every connection made to a listening socket to a fixed target, on a thread of its
+/// own (a build step's `RUN --mount=type=ssh`), until dropped.
+pub struct RelayThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RelayThread {
+    /// Serves `listener` (a listening Unix socket berth made) for `target`.
+    pub fn start(
+        listener: std::os::unix::net::UnixListener,
+        target: AgentTarget,
+    ) -> std::io::Result<RelayThread> {
+        listener.set_nonblocking(true)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let thread = std::thread::Builder::new()
+            .name("agent-relay".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let Ok(l) = tokio::net::UnixListener::from_std(listener) else {
+                        return;
+                    };
+                    let limit =
+                        std::sync::Arc::new(tokio::sync::Semaphore::new(THREAD_CONNECTIONS));
+                    let accept = tokio::spawn(async move {
+                        while let Ok((conn, _)) = l.accept().await {
+                            let Ok(permit) = limit.clone().acquire_owned().await else {
+                                return;
+                            };
+                            let target = target.clone();
+                            tokio::spawn(async move {
+                                relay(conn, target).await;
+                                drop(permit);
+                            });
+                        }
+                    });
+                    let _ = stopped.await;
+                    accept.abort();
+                });
+                rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            })?;
+        Ok(RelayThread {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for RelayThread {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -15,7 +15,7 @@ mod error;
 mod host_git;
 mod session;
 
-pub use agent_relay::AgentTarget;
+pub use agent_relay::{AgentTarget, RelayThread};
 pub use error::CredentialsError;
 pub(crate) use session::receive_handover;
 pub use session::{SessionCredentials, Wanted};

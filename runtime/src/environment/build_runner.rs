@@ -40,6 +40,7 @@ impl StepRunner for ContainerStepRunner {
             user: command.user.map(str::to_string),
             cache_mounts: command.cache_mounts.to_vec(),
             no_network: command.no_network,
+            mounts: command.mounts.to_vec(),
         };
         run_step(&req, &mut |_, bytes| output(bytes)).map_err(|e| Box::new(e) as StepRunnerError)
     }

@@ -263,6 +263,20 @@ impl Environments {
                     args: df.args.clone(),
                     name: default_name(&df.path, df.target.as_deref()),
                     resolve: resolve.clone(),
+                    secrets: plan
+                        .secrets
+                        .iter()
+                        .map(|(k, s)| (k.clone(), s.source.clone()))
+                        .collect(),
+                    ssh_agent: plan
+                        .credentials
+                        .ssh_agent
+                        .then(crate::credentials::AgentTarget::of_this_process)
+                        .flatten()
+                        .and_then(|t| match t {
+                            crate::credentials::AgentTarget::HostSocket(p) => Some(p),
+                            crate::credentials::AgentTarget::SshClient(_) => None,
+                        }),
                 };
                 let out = self
                     .images

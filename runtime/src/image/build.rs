@@ -47,6 +47,32 @@ pub struct StepCommand<'a> {
     pub cache_mounts: &'a [(PathBuf, String)],
     /// Loopback only, no outside network (`RUN --network=none`).
     pub no_network: bool,
+    /// What else the step mounts (`RUN --mount=type=bind|tmpfs|secret|ssh`).
+    pub mounts: &'a [StepMount],
+}
+
+/// A mount of one build step only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepMount {
+    /// A file, folder or socket berth staged for this step alone (a copy of part of the
+    /// build context or of a stage, a secret's file on a tmpfs, the SSH agent's relay
+    /// socket), never a symlink. Its owners are ids inside: the runner moves them onto the
+    /// step's id range before the start. Nothing written there is kept.
+    Staged {
+        source: PathBuf,
+        target: String,
+        readonly: bool,
+    },
+    /// A fresh tmpfs (size in bytes; `None`: the kernel's default).
+    Tmpfs { target: String, size: Option<u64> },
+}
+
+impl StepMount {
+    pub fn target(&self) -> &str {
+        match self {
+            StepMount::Staged { target, .. } | StepMount::Tmpfs { target, .. } => target,
+        }
+    }
 }
 
 /// Runs one build step in a throw-away container.
@@ -464,6 +490,7 @@ impl ImageStore {
                         user: None,
                         cache_mounts: &[],
                         no_network: false,
+                        mounts: &[],
                     },
                     runner,
                     progress,

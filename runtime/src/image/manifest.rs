@@ -184,6 +184,9 @@ pub struct RunConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub healthcheck: Option<Healthcheck>,
+    /// `ONBUILD` triggers: instructions run when a later `FROM` uses the image.
+    #[serde(rename = "OnBuild", default, skip_serializing_if = "Option::is_none")]
+    pub on_build: Option<Vec<String>>,
 }
 
 /// `{}`: the value of each `ExposedPorts` and `Volumes` entry.

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::Path;
 
-pub use resolve::{resolve, SecretValue};
+pub use resolve::{read_one, resolve, SecretValue};
 
 use crate::backend::{Backend, ExecRequest};
 use crate::ssh_inside;

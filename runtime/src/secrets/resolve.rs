@@ -28,15 +28,7 @@ pub fn resolve(plan: &Plan) -> Result<Vec<SecretValue>, SecretsError> {
     plan.secrets
         .iter()
         .map(|(name, s)| {
-            let value = read(name, &s.source)?;
-            if value.len() > MAX_SECRET {
-                return Err(SecretsError::Source {
-                    name: name.clone(),
-                    why: "it is larger than 1 MiB".into(),
-                    fix: "secrets are small values (tokens, keys); mount larger files instead"
-                        .into(),
-                });
-            }
+            let value = read_one(name, &s.source)?;
             if s.as_env && value.contains(&0) {
                 return Err(SecretsError::Source {
                     name: name.clone(),
@@ -51,6 +43,19 @@ pub fn resolve(plan: &Plan) -> Result<Vec<SecretValue>, SecretsError> {
             })
         })
         .collect()
+}
+
+/// Reads the secret `name` from `source` (at most 1 MiB), on the host.
+pub fn read_one(name: &str, source: &SecretSource) -> Result<Vec<u8>, SecretsError> {
+    let value = read(name, source)?;
+    if value.len() > MAX_SECRET {
+        return Err(SecretsError::Source {
+            name: name.to_string(),
+            why: "it is larger than 1 MiB".into(),
+            fix: "secrets are small values (tokens, keys); mount larger files instead".into(),
+        });
+    }
+    Ok(value)
 }
 
 fn read(name: &str, source: &SecretSource) -> Result<Vec<u8>, SecretsError> {

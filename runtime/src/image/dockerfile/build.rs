@@ -1,4 +1,5 @@
-//! Building a Dockerfile over the image store: the stages the target needs, in order, each
+//! Building a Dockerfile over the image store: the stages the target needs (independent ones
+//! at once, [`super::stage_pool`]), each
 //! instruction that changes files a cached layer (`RUN`, `COPY`, `ADD`, a `WORKDIR` that
 //! does not exist yet), the others folded into the config and the cache key.
 //!
@@ -49,6 +50,10 @@ pub struct DockerfileBuild {
     pub name: String,
     /// How base images are pulled.
     pub resolve: ResolveOptions,
+    /// What `RUN --mount=type=secret,id=NAME` may mount (read only when such a step runs).
+    pub secrets: super::run_mount_stage::BuildSecrets,
+    /// The host's SSH agent socket that `RUN --mount=type=ssh` relays to; `None`: none.
+    pub ssh_agent: Option<PathBuf>,
 }
 
 /// What a build made.
@@ -79,7 +84,7 @@ pub(super) struct Run<'a> {
     pub(super) build: &'a DockerfileBuild,
     pub(super) plan: &'a BuildPlan,
     pub(super) ignore: DockerIgnore,
-    pub(super) runner: &'a dyn StepRunner,
+    pub(super) runner: &'a (dyn StepRunner + Sync),
     pub(super) progress: &'a Progress,
     file: String,
     source: String,
@@ -95,7 +100,7 @@ impl ImageStore {
     pub fn build_dockerfile(
         &self,
         build: &DockerfileBuild,
-        runner: &dyn StepRunner,
+        runner: &(dyn StepRunner + Sync),
         progress: &Progress,
     ) -> Result<DockerfileOutcome, DockerfileError> {
         let source = fs::read_to_string(&build.dockerfile).map_err(|e| DockerfileError::Read {
@@ -149,10 +154,7 @@ impl ImageStore {
             ran: 0,
             cached: 0,
         };
-        for &i in &plan.order {
-            let st = run.stage(i)?;
-            run.done.insert(i, st);
-        }
+        run.build_stages()?;
         let last = *plan.order.last().expect("the target is in the order");
         let st = run.done.remove(&last).expect("built");
         let record = self.record_local_image(&build.name, st.layers, st.config)?;
@@ -178,6 +180,39 @@ impl Run<'_> {
         l.in_file(&self.file, &self.source)
     }
 
+    pub(super) fn file_and_source(&self) -> (&str, &str) {
+        (&self.file, &self.source)
+    }
+
+    /// A run for one stage, on the same build, knowing the finished stages `done`.
+    pub(super) fn fork(&self, done: BTreeMap<usize, StageState>) -> Run<'_> {
+        Run {
+            store: self.store,
+            build: self.build,
+            plan: self.plan,
+            ignore: self.ignore.clone(),
+            runner: self.runner,
+            progress: self.progress,
+            file: self.file.clone(),
+            source: self.source.clone(),
+            done,
+            notices: Vec::new(),
+            ran: 0,
+            cached: 0,
+        }
+    }
+
+    /// Its notices and step counts, taken.
+    pub(super) fn take_counts(&mut self) -> (Vec<String>, usize, usize) {
+        (std::mem::take(&mut self.notices), self.ran, self.cached)
+    }
+
+    pub(super) fn add_counts(&mut self, notices: Vec<String>, ran: usize, cached: usize) {
+        self.notices.extend(notices);
+        self.ran += ran;
+        self.cached += cached;
+    }
+
     fn scope(&self) -> Scope<'_> {
         Scope {
             escape: self.plan.escape,
@@ -187,7 +222,7 @@ impl Run<'_> {
         }
     }
 
-    fn stage(&mut self, i: usize) -> Result<StageState, DockerfileError> {
+    pub(super) fn stage(&mut self, i: usize) -> Result<StageState, DockerfileError> {
         let stage = &self.plan.stages[i];
         let label = stage.name.clone().unwrap_or_else(|| format!("stage {i}"));
         for f in &stage.from.flags {
@@ -223,6 +258,20 @@ impl Run<'_> {
         };
         self.progress
             .message(&format!("[{label}] FROM {}", stage.from.args.text()));
+        // The base's ONBUILD triggers run first, as if written right after FROM (errors
+        // point at the FROM); they do not pass on to images built from this one.
+        let triggers = st.config.on_build.take().unwrap_or_default();
+        for (n, text) in triggers.iter().enumerate() {
+            let ins = plan::onbuild_trigger(text, stage.from.args_pos).map_err(|l| self.err(l))?;
+            let step_label = format!(
+                "[{label} onbuild {}/{}] {} {}",
+                n + 1,
+                triggers.len(),
+                ins.keyword,
+                short(&ins.args.text())
+            );
+            self.instruction(&mut st, &ins, &step_label)?;
+        }
         // Numbered as buildah does: FROM is step 1.
         let total = stage.instructions.len() + 1;
         for (n, ins) in stage.instructions.iter().enumerate() {
@@ -232,22 +281,32 @@ impl Run<'_> {
                 ins.keyword,
                 short(&ins.args.text())
             );
-            let scope = self.scope();
-            let mut notices = Vec::new();
-            let handled =
-                config::apply(&mut st, ins, &scope, &mut notices).map_err(|l| self.err(l))?;
-            self.notices.extend(notices);
-            if handled {
-                continue;
-            }
-            match ins.keyword.as_str() {
-                "RUN" => self.run_step(&mut st, ins, &step_label)?,
-                "COPY" | "ADD" => self.copy_step(&mut st, ins, &step_label)?,
-                "WORKDIR" => self.workdir_step(&mut st, ins, &step_label)?,
-                other => unreachable!("plan accepts only known instructions, got {other}"),
-            }
+            self.instruction(&mut st, ins, &step_label)?;
         }
         Ok(st)
+    }
+
+    /// One instruction of a stage: config ones change the config and key, the others make
+    /// a layer.
+    fn instruction(
+        &mut self,
+        st: &mut StageState,
+        ins: &Instruction,
+        step_label: &str,
+    ) -> Result<(), DockerfileError> {
+        let scope = self.scope();
+        let mut notices = Vec::new();
+        let handled = config::apply(st, ins, &scope, &mut notices).map_err(|l| self.err(l))?;
+        self.notices.extend(notices);
+        if handled {
+            return Ok(());
+        }
+        match ins.keyword.as_str() {
+            "RUN" => self.run_step(st, ins, step_label),
+            "COPY" | "ADD" => self.copy_step(st, ins, step_label),
+            "WORKDIR" => self.workdir_step(st, ins, step_label),
+            other => unreachable!("plan accepts only known instructions, got {other}"),
+        }
     }
 
     /// A registry image as the start of a stage.

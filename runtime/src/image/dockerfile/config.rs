@@ -273,6 +273,15 @@ pub fn apply(
             st.shell = v.clone();
             canon = serde_json::to_string(v).unwrap_or_default();
         }
+        "ONBUILD" => {
+            // Kept as written, expanded when a later FROM runs it (as Docker).
+            let trigger = text.trim().to_string();
+            st.config
+                .on_build
+                .get_or_insert_with(Vec::new)
+                .push(trigger.clone());
+            canon = trigger;
+        }
         "HEALTHCHECK" => {
             let hc = healthcheck(ins, st, scope)?;
             canon = serde_json::to_string(&hc).unwrap_or_default();
@@ -467,6 +476,31 @@ mod tests {
         };
         apply(&mut st, &f.instructions[0], &scope, &mut Vec::new()).unwrap();
         assert_eq!(st.config.cmd, None);
+    }
+
+    #[test]
+    fn onbuild_records_its_trigger_as_written_and_changes_the_key() {
+        let f = parse("ONBUILD RUN echo $HOME\nONBUILD COPY . /app\n").unwrap();
+        let mut st = StageState::new(Vec::new(), RunConfig::default(), "k".into());
+        let scope = Scope {
+            escape: '\\',
+            global_args: &[],
+            build_args: &BTreeMap::new(),
+            file: "D",
+        };
+        for ins in &f.instructions {
+            assert!(apply(&mut st, ins, &scope, &mut Vec::new()).unwrap());
+        }
+        assert_eq!(
+            st.config.on_build,
+            Some(vec![
+                "RUN echo $HOME".to_string(),
+                "COPY . /app".to_string()
+            ])
+        );
+        assert_ne!(st.key, "k");
+        let json = serde_json::to_value(&st.config).unwrap();
+        assert_eq!(json["OnBuild"][1], "COPY . /app");
     }
 
     #[test]

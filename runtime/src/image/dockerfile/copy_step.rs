@@ -311,7 +311,7 @@ impl Run<'_> {
 
     /// What `COPY --from` copies: each pattern matched in the merged view of `layers`; a
     /// folder's content goes into `dest`, files into `dest/` or onto `dest`.
-    fn items_from_layers(
+    pub(super) fn items_from_layers(
         &self,
         layers: &[PathBuf],
         patterns: &[String],
@@ -399,7 +399,7 @@ impl Run<'_> {
 
     /// The layers and key of what `COPY --from=name` copies from: a stage (by name or
     /// number) or an image.
-    fn copy_source(
+    pub(super) fn copy_source(
         &mut self,
         name: &str,
         pos: super::error::Pos,
@@ -412,10 +412,15 @@ impl Run<'_> {
             .map(|s| s.index)
             .or_else(|| name.parse::<usize>().ok());
         if let Some(i) = stage {
-            let st = self
-                .done
-                .get(&i)
-                .expect("stages a step needs are built before it");
+            // The plan builds every stage a step names before it; only a name the plan
+            // could not read (made of a stage's own variables) reaches here unbuilt.
+            let Some(st) = self.done.get(&i) else {
+                return Err(self.err(Located::new(
+                    pos,
+                    format!("stage `{name}` is not built before this step"),
+                    "name the stage literally (or with a global ARG) so berth builds it first",
+                )));
+            };
             return Ok((self.layer_paths(st), st.key.clone()));
         }
         let st = self.base_image(name, pos)?;

@@ -16,7 +16,10 @@ pub mod error;
 pub mod parse;
 pub mod plan;
 pub mod remote;
+pub mod run_mount;
+pub mod run_mount_stage;
 pub mod run_step;
+pub mod stage_pool;
 pub mod words;
 
 pub use build::{DockerfileBuild, DockerfileOutcome};

@@ -41,6 +41,9 @@ pub struct BuildPlan {
     pub stages: Vec<Stage>,
     /// The stages to build, each after the ones it needs; the last is the target.
     pub order: Vec<usize>,
+    /// For each stage of `order`, the stages it needs (its base, `COPY --from`,
+    /// `RUN --mount=…,from=`): stages that do not need each other build at once.
+    pub needs: BTreeMap<usize, Vec<usize>>,
 }
 
 /// The flags each instruction accepts.
@@ -168,6 +171,7 @@ pub fn plan(
     };
     let mut order = Vec::new();
     let mut state = vec![Visit::New; stages.len()];
+    let mut needs = BTreeMap::new();
     let lookup = |n: &str| lookup_args(&global_args, n);
     visit(
         target_index,
@@ -176,13 +180,14 @@ pub fn plan(
         file.escape,
         &lookup,
         &mut state,
-        &mut order,
+        &mut (&mut order, &mut needs),
     )?;
     Ok(BuildPlan {
         escape: file.escape,
         global_args,
         stages,
         order,
+        needs,
     })
 }
 
@@ -201,10 +206,14 @@ fn visit(
     escape: char,
     vars: words::Lookup<'_>,
     state: &mut Vec<Visit>,
-    order: &mut Vec<usize>,
+    out: &mut (&mut Vec<usize>, &mut BTreeMap<usize, Vec<usize>>),
 ) -> Result<(), Located> {
     state[i] = Visit::Active;
-    for (dep, pos) in stage_deps(&stages[i], stages.len(), names, escape, vars)? {
+    let deps = stage_deps(&stages[i], stages.len(), names, escape, vars)?;
+    let mut needed: Vec<usize> = deps.iter().map(|(d, _)| *d).collect();
+    needed.sort_unstable();
+    needed.dedup();
+    for (dep, pos) in deps {
         match state[dep] {
             Visit::Done => {}
             Visit::Active => {
@@ -218,11 +227,12 @@ fn visit(
                     "a stage can only use stages that do not use it; reorder the FROM/COPY --from",
                 ))
             }
-            Visit::New => visit(dep, stages, names, escape, vars, state, order)?,
+            Visit::New => visit(dep, stages, names, escape, vars, state, out)?,
         }
     }
     state[i] = Visit::Done;
-    order.push(i);
+    out.0.push(i);
+    out.1.insert(i, needed);
     Ok(())
 }
 
@@ -243,22 +253,43 @@ fn stage_deps(
         out.push((b, stage.from.args_pos));
     }
     for ins in &stage.instructions {
-        if ins.keyword != "COPY" {
-            continue;
-        }
-        if let Some(f) = ins.flags.iter().find(|f| f.name == "from") {
-            let v = flag_value(f, escape, vars)?;
+        // `COPY --from=X` and `RUN --mount=type=bind,from=X` (a mount the run step cannot
+        // read yet, e.g. one naming a stage's own variable, is reported by that step).
+        let from: Vec<(String, Pos)> = match ins.keyword.as_str() {
+            "COPY" => ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "from")
+                .map(|f| Ok((flag_value(f, escape, vars)?, f.pos)))
+                .collect::<Result<_, Located>>()?,
+            "RUN" => ins
+                .flags
+                .iter()
+                .filter(|f| f.name == "mount")
+                .filter_map(|f| {
+                    let v = flag_value(f, escape, vars).ok()?;
+                    match super::run_mount::parse_mount(&v, "/").ok()? {
+                        super::run_mount::MountRequest::Bind { from: Some(s), .. } => {
+                            Some((s, f.pos))
+                        }
+                        _ => None,
+                    }
+                })
+                .collect(),
+            _ => continue,
+        };
+        for (v, pos) in from {
             if let Some(&i) = names.get(&v.to_ascii_lowercase()) {
-                out.push((i, f.pos));
+                out.push((i, pos));
             } else if let Ok(i) = v.parse::<usize>() {
                 if i >= count {
                     return Err(Located::new(
-                        f.pos,
+                        pos,
                         format!("--from={i}: the Dockerfile has only {count} stages"),
                         "name an earlier stage by its number (from 0) or its `AS` name",
                     ));
                 }
-                out.push((i, f.pos));
+                out.push((i, pos));
             }
         }
     }
@@ -358,6 +389,35 @@ pub fn arg_decls(
     Ok(out)
 }
 
+/// The instruction of an `ONBUILD` trigger, checked (errors at `pos`, where the trigger
+/// is written or the `FROM` that runs it).
+pub fn onbuild_trigger(text: &str, pos: Pos) -> Result<Instruction, Located> {
+    let at = |l: Located| Located::new(pos, format!("ONBUILD `{text}`: {}", l.message), l.hint);
+    let parsed = super::parse::parse(text).map_err(at)?;
+    let [ins] = parsed.instructions.as_slice() else {
+        return Err(Located::new(
+            pos,
+            "ONBUILD needs one instruction",
+            "write e.g. `ONBUILD COPY . /app`",
+        ));
+    };
+    if matches!(ins.keyword.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") {
+        return Err(Located::new(
+            pos,
+            format!("ONBUILD {} is not allowed", ins.keyword),
+            "an ONBUILD trigger is any other instruction (Docker's rule)",
+        ));
+    }
+    check_instruction(ins).map_err(at)?;
+    let mut ins = ins.clone();
+    ins.pos = pos;
+    ins.args_pos = pos;
+    for f in &mut ins.flags {
+        f.pos = pos;
+    }
+    Ok(ins)
+}
+
 /// Known instruction, accepted flags, arguments present.
 fn check_instruction(ins: &Instruction) -> Result<(), Located> {
     if !SUPPORTED.contains(&ins.keyword.as_str()) {
@@ -368,11 +428,7 @@ fn check_instruction(ins: &Instruction) -> Result<(), Located> {
         ));
     }
     if ins.keyword == "ONBUILD" {
-        return Err(Located::new(
-            ins.pos,
-            "ONBUILD is not supported by berth's builder",
-            "run those instructions in the Dockerfile that uses this image instead, or build with `buildah bud`",
-        ));
+        onbuild_trigger(&ins.args.text(), ins.args_pos)?;
     }
     for f in &ins.flags {
         if !allowed_flags(&ins.keyword).contains(&f.name.as_str()) {
@@ -429,12 +485,20 @@ mod tests {
         assert_eq!(p.stages[1].base, Base::Stage(0));
         assert_eq!(p.stages[2].base, Base::Scratch);
         assert_eq!(p.order, [0, 1, 3], "the unused stage is not built");
+        assert_eq!(p.needs[&3], [1], "{:?}", p.needs);
+        assert_eq!(p.needs[&1], [0]);
+        assert!(p.needs[&0].is_empty());
+
         let p = plan(&f, &args, Some("BUILD")).unwrap();
         assert_eq!(p.order, [0, 1]);
         assert!(plan(&f, &args, Some("nope"))
             .unwrap_err()
             .message
             .contains("no stage named `nope`"));
+        let f2 = parse("FROM r/a AS a\nFROM r/b AS b\nRUN --mount=type=bind,from=a,target=/a x\nFROM r/c\nCOPY --from=b /x /x\nCOPY --from=a /y /y\n").unwrap();
+        let p2 = plan(&f2, &args, None).unwrap();
+        assert_eq!(p2.needs[&1], [0], "a mount's from= is a dependency");
+        assert_eq!(p2.needs[&2], [0, 1]);
     }
 
     #[test]
@@ -452,8 +516,25 @@ mod tests {
         let e = plan_of("FROM x\nRUN --security=insecure a\n", None).unwrap_err();
         assert_eq!((e.pos.line, e.pos.col), (2, 5));
         assert!(e.message.contains("--security"), "{e:?}");
-        let e = plan_of("FROM x\nONBUILD RUN a\n", None).unwrap_err();
-        assert!(e.message.contains("ONBUILD"));
+        let e = plan_of("FROM x\nONBUILD ONBUILD RUN a\n", None).unwrap_err();
+        assert!(
+            e.message.contains("ONBUILD ONBUILD is not allowed"),
+            "{e:?}"
+        );
+        assert_eq!((e.pos.line, e.pos.col), (2, 9));
+        let e = plan_of("FROM x\nONBUILD FROM y\n", None).unwrap_err();
+        assert!(e.message.contains("ONBUILD FROM is not allowed"), "{e:?}");
+        let e = plan_of("FROM x\nONBUILD COPY --nope a b\n", None).unwrap_err();
+        assert!(
+            e.message
+                .contains("ONBUILD `COPY --nope a b`: COPY does not support the flag --nope"),
+            "{e:?}"
+        );
+        assert!(plan_of(
+            "FROM x\nONBUILD RUN echo $HOME\nONBUILD COPY . /app\n",
+            None
+        )
+        .is_ok());
         let e = plan_of("RUN a\nFROM x\n", None).unwrap_err();
         assert!(e.message.contains("before the first FROM"));
         let e = plan_of(

@@ -17,6 +17,8 @@ use super::config::{chain, StageState};
 use super::error::{DockerfileError, Located};
 use super::parse::{Args, Instruction};
 use super::plan::flag_value;
+use super::run_mount::{parse_mount, MountRequest};
+use super::run_mount_stage::prepare;
 use crate::state::{FileLock, LockMode};
 
 impl Run<'_> {
@@ -29,6 +31,7 @@ impl Run<'_> {
         let escape = self.plan.escape;
         let lookup = |n: &str| st.lookup(n);
         let mut cache_mounts: Vec<(PathBuf, String)> = Vec::new();
+        let mut requests = Vec::new();
         let mut no_network = false;
         for f in &ins.flags {
             let v = flag_value(f, escape, &lookup).map_err(|l| self.err(l))?;
@@ -40,9 +43,18 @@ impl Run<'_> {
                         return Err(self.err(Located::new(f.pos, format!("--network={other} is not supported"), "use --network=none or --network=default (the build's own network with NAT)")))
                     }
                 },
-                _ => cache_mounts.push(self.cache_mount(&v, f.pos, st)?),
+                _ => {
+                    let req = parse_mount(&v, &st.workdir())
+                        .map_err(|e| self.err(Located::new(f.pos, e.message, e.hint)))?;
+                    if let MountRequest::Cache { target, id } = &req {
+                        cache_mounts.push(self.cache_mount(target, id.as_deref())?);
+                    } else {
+                        requests.push((req, f.pos));
+                    }
+                }
             }
         }
+        let (mount_plans, mount_key) = self.step_mounts(ins, requests)?;
         let argv = self.run_command(st, ins)?;
         let env = st.run_env();
         let workdir = st.workdir();
@@ -61,10 +73,20 @@ impl Run<'_> {
                 if no_network { b"none" } else { b"default" },
             ],
         );
+        // Steps without other mounts keep the keys they had before those existed.
+        let key = if mount_key.is_empty() {
+            key
+        } else {
+            chain(
+                &key,
+                &mount_key.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            )
+        };
         let store = self.store;
         let runner = self.runner;
         let progress = self.progress;
-        let targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
+        let home = &self.store.home;
+        let mut targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
         self.layer_step(
             st,
             label,
@@ -78,6 +100,10 @@ impl Run<'_> {
                             .map_err(ImageError::from)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
+                let prepared = prepare(&mount_plans, home, label)?;
+                targets.extend(prepared.mounts.iter().map(|m| m.target().to_string()));
+                let mut env = env.clone();
+                env.extend(prepared.env.iter().cloned());
                 store.run_command_step(
                     label,
                     lowers,
@@ -89,6 +115,7 @@ impl Run<'_> {
                         user: user.as_deref(),
                         cache_mounts: &cache_mounts,
                         no_network,
+                        mounts: &prepared.mounts,
                     },
                     runner,
                     progress,
@@ -102,60 +129,21 @@ impl Run<'_> {
                 {
                     remove_mountpoint(upper, t, lowers);
                 }
+                drop(prepared);
                 Ok(())
             },
         )
     }
 
-    /// `--mount=type=cache,target=/x[,id=…][,sharing=…]` → its folder in berth's home (kept
-    /// across builds, one per id) and its target.
+    /// `--mount=type=cache,target=/x[,id=…]` → its folder in berth's home (kept across
+    /// builds, one per id) and its target.
     fn cache_mount(
         &self,
-        spec: &str,
-        pos: super::error::Pos,
-        st: &StageState,
+        target: &str,
+        id: Option<&str>,
     ) -> Result<(PathBuf, String), DockerfileError> {
-        let mut kind = "bind";
-        let mut target = None;
-        let mut id = None;
-        for part in spec.split(',') {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            match k {
-                "type" => kind = if v == "cache" { "cache" } else { v },
-                "target" | "dst" | "destination" => target = Some(v.to_string()),
-                "id" => id = Some(v.to_string()),
-                // A step holds its cache folders' locks while it runs (one step at a time
-                // uses a folder), so every sharing mode behaves as `locked`.
-                "sharing" if matches!(v, "locked" | "shared" | "private") => {}
-                other => {
-                    return Err(self.err(Located::new(
-                        pos,
-                        format!("--mount option `{part}` is not supported"),
-                        format!("berth supports --mount=type=cache,target=PATH[,id=ID][,sharing=locked|shared|private]; remove `{other}`"),
-                    )))
-                }
-            }
-        }
-        if kind != "cache" {
-            return Err(self.err(Located::new(
-                pos,
-                format!("--mount=type={kind} is not supported"),
-                "berth supports type=cache mounts; COPY the files instead of a bind mount",
-            )));
-        }
-        let Some(target) = target.filter(|t| !t.is_empty()) else {
-            return Err(self.err(Located::new(
-                pos,
-                "a cache mount needs target=PATH",
-                "write --mount=type=cache,target=/root/.cache",
-            )));
-        };
-        let target = if target.starts_with('/') {
-            target
-        } else {
-            format!("{}/{target}", st.workdir().trim_end_matches('/'))
-        };
-        let id = id.unwrap_or_else(|| target.clone());
+        let target = target.to_string();
+        let id = id.map_or_else(|| target.clone(), str::to_string);
         let dir = self
             .store
             .home

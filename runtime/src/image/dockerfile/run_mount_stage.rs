@@ -1,0 +1,439 @@
+//! What a `RUN` step's `--mount`s (other than `type=cache`) mount, in two halves: before the
+//! cache lookup, each mount is resolved and keyed ([`Run::step_mounts`]: a bind's files and
+//! their content hash, a secret's id but never its value, a missing required secret or
+//! agent an error at its line); when the step really runs, [`prepare`] stages them for that
+//! step alone and removes them afterwards (the [`PreparedMounts`] guard):
+//!
+//! - `type=bind`: a copy of the source (build context, `.dockerignore` applied, never
+//!   outside it, no symlink followed; or a stage or image with `from=`) in a staging folder,
+//!   mounted read-only unless `rw` (writes then land in the copy and are thrown away);
+//! - `type=tmpfs`: a fresh tmpfs;
+//! - `type=secret`: the value read on the host (`[secrets]` of berth.toml, `--secret` of
+//!   `berth image build`) into a file on a private tmpfs folder (`/dev/shm`), never on disk,
+//!   in no layer and no cache key;
+//! - `type=ssh`: a socket relayed to the host's SSH agent, `SSH_AUTH_SOCK` set to it.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use envfile_spec::plan::SecretSource;
+use sha2::{Digest as _, Sha256};
+
+use super::super::build::StepMount;
+use super::super::error::ImageError;
+use super::build::Run;
+use super::context;
+use super::copy::{self, Attrs, Below, Item};
+use super::error::{DockerfileError, Located, Pos};
+use super::parse::Instruction;
+use super::run_mount::MountRequest;
+use crate::credentials::{AgentTarget, RelayThread};
+use crate::state::{BerthHome, StagingDir};
+
+/// Where the first agent socket goes when an ssh mount names no target (as BuildKit).
+const SSH_TARGET: &str = "/run/buildkit/ssh_agent";
+
+/// A mount resolved before the cache lookup.
+pub(super) enum MountPlan {
+    /// Files to copy into a staging folder and bind there.
+    Copy {
+        items: Vec<Item>,
+        attrs: Attrs,
+        target: String,
+        writable: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+    Secret {
+        id: String,
+        /// `None`: not given and not required; nothing is mounted.
+        source: Option<SecretSource>,
+        target: String,
+        mode: u32,
+        owner: (u32, u32),
+        at: Place,
+    },
+    Ssh {
+        /// The host's agent socket; `None`: no agent and not required.
+        agent: Option<PathBuf>,
+        target: String,
+        mode: u32,
+        owner: (u32, u32),
+    },
+}
+
+/// A place in the Dockerfile, for errors found when the step runs.
+pub(super) struct Place {
+    file: String,
+    source: String,
+    pos: Pos,
+}
+
+impl Place {
+    fn error(&self, message: String, hint: &str) -> DockerfileError {
+        Located::new(self.pos, message, hint).in_file(&self.file, &self.source)
+    }
+}
+
+/// The mounts of one running step; dropping it removes what was staged.
+#[derive(Default)]
+pub(super) struct PreparedMounts {
+    pub mounts: Vec<StepMount>,
+    /// Variables the step gets (`SSH_AUTH_SOCK`).
+    pub env: Vec<(String, String)>,
+    // Dropped in this order: the relays stop before their folder goes.
+    relays: Vec<RelayThread>,
+    private: Vec<PrivateTmpfsDir>,
+    staged: Vec<StagingDir>,
+}
+
+impl Run<'_> {
+    /// Resolves the step's non-cache mounts: what each mounts, and the parts of the step's
+    /// key they add.
+    pub(super) fn step_mounts(
+        &mut self,
+        ins: &Instruction,
+        requests: Vec<(MountRequest, Pos)>,
+    ) -> Result<(Vec<MountPlan>, Vec<Vec<u8>>), DockerfileError> {
+        let mut plans = Vec::new();
+        let mut key = Vec::new();
+        let mut ssh_n = 0;
+        for (req, pos) in requests {
+            match req {
+                MountRequest::Cache { .. } => {}
+                MountRequest::Bind {
+                    target,
+                    source,
+                    from,
+                    writable,
+                } => {
+                    let (items, attrs, content) = match &from {
+                        None => self.context_bind(&source, pos)?,
+                        Some(name) => {
+                            let (layers, stage_key) = self.copy_source(name, pos)?;
+                            let src = if source.is_empty() {
+                                "/".to_string()
+                            } else {
+                                source.clone()
+                            };
+                            let items =
+                                self.items_from_layers(&layers, &[src], name, "/m", false, ins)?;
+                            if let Some(top) = items.iter().find(|i| i.to == "/m") {
+                                self.refuse_symlink(&top.from, &source, pos)?;
+                            }
+                            let attrs = Attrs {
+                                keep_owner: true,
+                                ..Attrs::default()
+                            };
+                            (items, attrs, stage_key)
+                        }
+                    };
+                    key.push(
+                        format!("bind\0{target}\0{source}\0{from:?}\0{writable}\0{content}")
+                            .into_bytes(),
+                    );
+                    plans.push(MountPlan::Copy {
+                        items,
+                        attrs,
+                        target,
+                        writable,
+                    });
+                }
+                MountRequest::Tmpfs { target, size } => {
+                    key.push(format!("tmpfs\0{target}\0{size:?}").into_bytes());
+                    plans.push(MountPlan::Tmpfs { target, size });
+                }
+                MountRequest::Secret {
+                    id,
+                    target,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                } => {
+                    let source = self.build.secrets.get(&id).cloned();
+                    if source.is_none() && required {
+                        return Err(self.err(Located::new(
+                            pos,
+                            format!("the required secret `{id}` is not given"),
+                            format!("add `[secrets] {id} = {{ from_env = \"VAR\" }}` (or from_file/from_command) to berth.toml, or pass `--secret id={id},env=VAR` to berth image build"),
+                        )));
+                    }
+                    // The id, never the value: a changed token reruns nothing.
+                    key.push(format!("secret\0{id}\0{target}\0{mode:o}\0{uid}:{gid}").into_bytes());
+                    plans.push(MountPlan::Secret {
+                        id,
+                        source,
+                        target,
+                        mode,
+                        owner: (uid, gid),
+                        at: self.place(pos),
+                    });
+                }
+                MountRequest::Ssh {
+                    target,
+                    required,
+                    mode,
+                    uid,
+                    gid,
+                    ..
+                } => {
+                    let target = target.unwrap_or_else(|| format!("{SSH_TARGET}.{ssh_n}"));
+                    ssh_n += 1;
+                    let agent = self.build.ssh_agent.clone();
+                    if agent.is_none() && required {
+                        return Err(self.err(Located::new(
+                            pos,
+                            "this step requires the SSH agent, and berth forwards none",
+                            "start an agent (`eval $(ssh-agent)`, `ssh-add`) so SSH_AUTH_SOCK is set; `berth image build` needs --ssh, berth.toml `[credentials] ssh_agent = true`",
+                        )));
+                    }
+                    key.push(format!("ssh\0{target}\0{mode:o}\0{uid}:{gid}").into_bytes());
+                    plans.push(MountPlan::Ssh {
+                        agent,
+                        target,
+                        mode,
+                        owner: (uid, gid),
+                    });
+                }
+            }
+        }
+        Ok((plans, key))
+    }
+
+    fn place(&self, pos: Pos) -> Place {
+        let (file, source) = self.file_and_source();
+        Place {
+            file: file.to_string(),
+            source: source.to_string(),
+            pos,
+        }
+    }
+
+    /// A bind of the build context's `source`: the files to copy (`.dockerignore` applied,
+    /// nothing outside the context, no symlink followed) and their content hash.
+    fn context_bind(
+        &self,
+        source: &str,
+        pos: Pos,
+    ) -> Result<(Vec<Item>, Attrs, String), DockerfileError> {
+        let root = &self.build.context;
+        let located = |e: String| {
+            self.err(Located::new(
+                pos,
+                e,
+                "a bind mount's source is a path inside the build context (or use from=STAGE)",
+            ))
+        };
+        let matched = context::match_sources(root, source, &self.ignore).map_err(located)?;
+        let [m] = matched.as_slice() else {
+            return Err(located(format!(
+                "`{source}` names {} paths; a bind mount takes one",
+                matched.len()
+            )));
+        };
+        let top = context::inside(root, &m.rel);
+        self.refuse_symlink(&top, source, pos)?;
+        let mut h = Sha256::new();
+        let mut items = Vec::new();
+        let rels = context::walk(root, &m.rel, &self.ignore)
+            .map_err(|e| located(format!("cannot read `{source}`: {e}")))?;
+        for rel in rels {
+            let sub = rel
+                .strip_prefix(&m.rel)
+                .unwrap_or(&rel)
+                .trim_start_matches('/');
+            let path = context::inside(root, &rel);
+            context::hash_entry(&mut h, sub, &path)
+                .map_err(|e| located(format!("cannot read `{rel}`: {e}")))?;
+            items.push(Item {
+                from: path,
+                to: if sub.is_empty() {
+                    "m".to_string()
+                } else {
+                    format!("m/{sub}")
+                },
+            });
+        }
+        Ok((items, Attrs::default(), hex::encode(h.finalize())))
+    }
+
+    /// A bind source that is a symlink would be followed on the host: refused.
+    fn refuse_symlink(&self, path: &Path, source: &str, pos: Pos) -> Result<(), DockerfileError> {
+        if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(self.err(Located::new(
+                pos,
+                format!("the bind source `{source}` is a symlink"),
+                "name the file or folder it points to (inside the build context) instead",
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Stages `plans` for one run of the step.
+pub(super) fn prepare(
+    plans: &[MountPlan],
+    home: &BerthHome,
+    label: &str,
+) -> Result<PreparedMounts, DockerfileError> {
+    let mut out = PreparedMounts::default();
+    let build_err = |detail: String| {
+        DockerfileError::from(ImageError::Build {
+            step: label.to_string(),
+            detail,
+        })
+    };
+    for p in plans {
+        match p {
+            MountPlan::Copy {
+                items,
+                attrs,
+                target,
+                writable,
+            } => {
+                let dir = home.staging_dir("run-mount").map_err(ImageError::from)?;
+                copy::write_items(dir.path(), items, *attrs, &Below { layers: &[] }).map_err(
+                    |e| build_err(format!("cannot stage the bind mount of {target}: {e}")),
+                )?;
+                out.mounts.push(StepMount::Staged {
+                    source: dir.path().join("m"),
+                    target: target.clone(),
+                    readonly: !writable,
+                });
+                out.staged.push(dir);
+            }
+            MountPlan::Tmpfs { target, size } => out.mounts.push(StepMount::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            }),
+            MountPlan::Secret {
+                id,
+                source,
+                target,
+                mode,
+                owner,
+                at,
+            } => {
+                let Some(source) = source else { continue };
+                let value = crate::secrets::read_one(id, source).map_err(|e| {
+                    at.error(
+                        format!("cannot read the secret for this step: {e}"),
+                        "fix the secret's source; the step did not run",
+                    )
+                })?;
+                let dir = private_dir(&mut out.private, label)?;
+                let file = dir.join("secret");
+                write_private(&file, &value, *mode, *owner)
+                    .map_err(|e| build_err(format!("cannot stage the secret {id}: {e}")))?;
+                out.mounts.push(StepMount::Staged {
+                    source: file,
+                    target: target.clone(),
+                    readonly: true,
+                });
+            }
+            MountPlan::Ssh {
+                agent,
+                target,
+                mode,
+                owner,
+            } => {
+                let Some(agent) = agent else { continue };
+                let dir = private_dir(&mut out.private, label)?;
+                let sock = dir.join("agent.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&sock)
+                    .and_then(|l| {
+                        fs::set_permissions(&sock, fs::Permissions::from_mode(*mode))?;
+                        give(&sock, *owner)?;
+                        Ok(l)
+                    })
+                    .map_err(|e| build_err(format!("cannot make the SSH agent socket: {e}")))?;
+                let relay = RelayThread::start(listener, AgentTarget::HostSocket(agent.clone()))
+                    .map_err(|e| build_err(format!("cannot relay the SSH agent: {e}")))?;
+                out.relays.push(relay);
+                if !out.env.iter().any(|(k, _)| k == "SSH_AUTH_SOCK") {
+                    out.env.push(("SSH_AUTH_SOCK".into(), target.clone()));
+                }
+                out.mounts.push(StepMount::Staged {
+                    source: sock,
+                    target: target.clone(),
+                    readonly: false,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A new private folder (0700) on the tmpfs `/dev/shm`: a secret never touches a disk.
+fn private_dir(dirs: &mut Vec<PrivateTmpfsDir>, label: &str) -> Result<PathBuf, DockerfileError> {
+    let d = PrivateTmpfsDir::new().map_err(|e| ImageError::Build {
+        step: label.to_string(),
+        detail: format!("{e}; secret and ssh mounts need the tmpfs /dev/shm"),
+    })?;
+    let p = d.0.clone();
+    dirs.push(d);
+    Ok(p)
+}
+
+/// Writes `value` to a new file of `mode` owned by `owner` (ids inside; as root only:
+/// rootless, the user's own files are the step root's).
+fn write_private(path: &Path, value: &[u8], mode: u32, owner: (u32, u32)) -> std::io::Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(value)?;
+    give(path, owner)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
+fn give(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// `/dev/shm/berth-run-<pid>-<n>`, 0700, removed on drop.
+struct PrivateTmpfsDir(PathBuf);
+
+impl PrivateTmpfsDir {
+    fn new() -> std::io::Result<Self> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let base = Path::new("/dev/shm");
+        let fs_type = nix::sys::statfs::statfs(base)
+            .map_err(|e| std::io::Error::other(format!("/dev/shm: {e}")))?
+            .filesystem_type();
+        if fs_type != nix::sys::statfs::TMPFS_MAGIC {
+            return Err(std::io::Error::other("/dev/shm is not a tmpfs"));
+        }
+        let p = base.join(format!(
+            "berth-run-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .map_err(|e| std::io::Error::other(format!("cannot create {}: {e}", p.display())))?;
+        Ok(PrivateTmpfsDir(p))
+    }
+}
+
+impl Drop for PrivateTmpfsDir {
+    fn drop(&mut self) {
+        let _ = crate::state::remove_tree(&self.0);
+    }
+}
+
+/// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
+/// `berth image build`.
+pub type BuildSecrets = BTreeMap<String, SecretSource>;
