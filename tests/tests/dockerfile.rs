@@ -876,7 +876,11 @@ RUN ls /src /tool /scratch /hosttools /tmp/t /run/secrets /root/.npmrc /run/buil
     let shm: Vec<_> = fs::read_dir("/dev/shm")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("berth-run-"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("berth-build-mount-")
+        })
         .filter(|e| files_containing_token(&e.path(), token))
         .collect();
     assert!(shm.is_empty(), "secret folders left in /dev/shm: {shm:?}");

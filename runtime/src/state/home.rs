@@ -51,8 +51,10 @@ impl BerthHome {
     /// Removes what killed berth processes left in `tmp/`: staging folders and temporary
     /// files named `<purpose>-<pid>-<suffix>` whose process is gone (a `kill -9`, a crash,
     /// a power loss), and partial downloads nobody resumed for a day (a download in progress
-    /// holds its lock and is never touched). Runs at the start of every command.
+    /// holds its lock and is never touched), and this user's private `/dev/shm` folders
+    /// ([`super::ShmDir`]) of dead processes. Runs at the start of every command.
     pub fn sweep_tmp(&self) {
+        super::shm_dir::sweep_shm_dirs(None);
         const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
         let Ok(rd) = fs::read_dir(self.tmp_dir()) else {
             return;

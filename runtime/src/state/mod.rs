@@ -29,6 +29,7 @@ mod env_layers;
 mod home;
 mod lock;
 mod private_dir;
+mod shm_dir;
 mod staging;
 mod watch_list;
 
@@ -48,6 +49,7 @@ pub use env_layers::{EnvLayersInUse, ENV_RECORD_FILE};
 pub use home::{env_id, remove_staging_on_signals, BerthHome, ENV_LOCK_FILE};
 pub use lock::{FileLock, LockMode};
 pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
+pub use shm_dir::{sweep_shm_dirs, ShmDir};
 pub use staging::{remove_tree, unique_suffix, StagingDir};
 pub use watch_list::{GcDue, WatchList, Watched};
 

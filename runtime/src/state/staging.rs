@@ -46,6 +46,7 @@ pub fn remove_staging_on_signals(tmp: PathBuf) -> io::Result<()> {
                         }
                     }
                 }
+                super::shm_dir::sweep_shm_dirs(Some(me));
                 std::process::exit(128 + i32::from(b[0]));
             }
         })?;

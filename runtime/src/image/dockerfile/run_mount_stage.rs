@@ -16,9 +16,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use envfile_spec::plan::SecretSource;
 use sha2::{Digest as _, Sha256};
@@ -32,7 +31,7 @@ use super::error::{DockerfileError, Located, Pos};
 use super::parse::Instruction;
 use super::run_mount::MountRequest;
 use crate::credentials::{AgentTarget, RelayThread};
-use crate::state::{BerthHome, StagingDir};
+use crate::state::{BerthHome, ShmDir, StagingDir};
 
 /// Where the first agent socket goes when an ssh mount names no target (as BuildKit).
 const SSH_TARGET: &str = "/run/buildkit/ssh_agent";
@@ -89,7 +88,7 @@ pub(super) struct PreparedMounts {
     pub env: Vec<(String, String)>,
     // Dropped in this order: the relays stop before their folder goes.
     relays: Vec<RelayThread>,
-    private: Vec<PrivateTmpfsDir>,
+    private: Vec<ShmDir>,
     staged: Vec<StagingDir>,
 }
 
@@ -372,12 +371,12 @@ pub(super) fn prepare(
 }
 
 /// A new private folder (0700) on the tmpfs `/dev/shm`: a secret never touches a disk.
-fn private_dir(dirs: &mut Vec<PrivateTmpfsDir>, label: &str) -> Result<PathBuf, DockerfileError> {
-    let d = PrivateTmpfsDir::new().map_err(|e| ImageError::Build {
+fn private_dir(dirs: &mut Vec<ShmDir>, label: &str) -> Result<PathBuf, DockerfileError> {
+    let d = ShmDir::new("build-mount").map_err(|e| ImageError::Build {
         step: label.to_string(),
         detail: format!("{e}; secret and ssh mounts need the tmpfs /dev/shm"),
     })?;
-    let p = d.0.clone();
+    let p = d.path().to_path_buf();
     dirs.push(d);
     Ok(p)
 }
@@ -400,38 +399,6 @@ fn give(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
         std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     }
     Ok(())
-}
-
-/// `/dev/shm/berth-run-<pid>-<n>`, 0700, removed on drop.
-struct PrivateTmpfsDir(PathBuf);
-
-impl PrivateTmpfsDir {
-    fn new() -> std::io::Result<Self> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let base = Path::new("/dev/shm");
-        let fs_type = nix::sys::statfs::statfs(base)
-            .map_err(|e| std::io::Error::other(format!("/dev/shm: {e}")))?
-            .filesystem_type();
-        if fs_type != nix::sys::statfs::TMPFS_MAGIC {
-            return Err(std::io::Error::other("/dev/shm is not a tmpfs"));
-        }
-        let p = base.join(format!(
-            "berth-run-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&p)
-            .map_err(|e| std::io::Error::other(format!("cannot create {}: {e}", p.display())))?;
-        Ok(PrivateTmpfsDir(p))
-    }
-}
-
-impl Drop for PrivateTmpfsDir {
-    fn drop(&mut self) {
-        let _ = crate::state::remove_tree(&self.0);
-    }
 }
 
 /// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
