@@ -433,9 +433,5 @@ mod tests {
         assert_eq!(advertised_mtu(67), None, "below IPv4's minimum");
         assert_eq!(advertised_mtu(0), None);
         assert_eq!(advertised_mtu(1 << 20), Some(65535));
-        assert!(
-            ETH_HLEN + 65535 <= MAX_FRAME,
-            "a 65535 MTU frame is read whole"
-        );
     }
 }
