@@ -3,8 +3,10 @@
 # server on the loopback of a fresh network namespace, interleaved in one run: direct loopback
 # (the floor), berth as root (the namespace on a bridge `berthbench`, the port forwarded by
 # nftables DNAT, runtime/src/net/port_nat.rs), berth's userspace splice forwarder (rootless
-# containers, and the fallback), and pasta -t on the same namespace as a reference when pasta
-# runs here. Needs root (network namespace, bridge, nftables).
+# containers, and the fallback), a floor straight to the namespace's bridge address without
+# NAT (what crossing into the namespace costs, apart from the address rewrites), and pasta -t
+# on the same namespace as a reference when pasta runs here. Needs root (network namespace,
+# bridge, nftables).
 #
 #   bench/net.sh [MiB per throughput run, default 1024] [connections for latency, default 2000]
 set -euo pipefail

@@ -1,8 +1,10 @@
 //! The guest's network at boot, without external tools: loopback up, and when the kernel
 //! command line has `berth.ip=ADDR/PREFIX` (with `berth.gw=` and `berth.dns=` — one address or
-//! several separated by commas), the first
-//! Ethernet interface gets that address, a default route via the gateway, and
-//! `/etc/resolv.conf` names the DNS server. Plain ioctls (SIOCSIFADDR, SIOCSIFNETMASK,
+//! several separated by commas, and `berth.mtu=`), the first
+//! Ethernet interface gets that address, a default route via the gateway (carrying packets of
+//! at most `berth.mtu` bytes: the host's uplink's, while the interface itself has the larger
+//! MTU of berth's bridge that the device advertises), and `/etc/resolv.conf` names the DNS
+//! server. Plain ioctls (SIOCSIFADDR, SIOCSIFNETMASK,
 //! SIOCSIFFLAGS, SIOCADDRT) on an AF_INET socket.
 
 use std::io;
@@ -20,6 +22,8 @@ pub struct NetConfig {
     pub gateway: Option<Ipv4Addr>,
     /// Resolvers, in order (addresses that do not parse are left out).
     pub dns: Vec<Ipv4Addr>,
+    /// The default route's MTU (`berth.mtu`; IPv4's minimum 68 and above).
+    pub route_mtu: Option<u32>,
 }
 
 impl NetConfig {
@@ -40,6 +44,9 @@ impl NetConfig {
             dns: value("berth.dns")
                 .map(|d| d.split(',').filter_map(|a| a.parse().ok()).collect())
                 .unwrap_or_default(),
+            route_mtu: value("berth.mtu")
+                .and_then(|m| m.parse().ok())
+                .filter(|m| *m >= 68),
         })
     }
 
@@ -134,19 +141,21 @@ impl InetSocket {
         self.ioctl(libc::SIOCSIFNETMASK, &mut r, &format!("netmask of {name}"))
     }
 
-    fn add_default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
+    fn add_default_route(&self, gateway: Ipv4Addr, mtu: Option<u32>) -> io::Result<()> {
         let mut rt = RtEntry {
             rt_pad1: 0,
             rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
             rt_gateway: sockaddr_in(gateway),
             rt_genmask: sockaddr_in(Ipv4Addr::UNSPECIFIED),
-            rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
+            rt_flags: libc::RTF_UP
+                | libc::RTF_GATEWAY
+                | if mtu.is_some() { libc::RTF_MTU } else { 0 },
             rt_pad2: 0,
             rt_pad3: 0,
             rt_pad4: std::ptr::null_mut(),
             rt_metric: 0,
             rt_dev: std::ptr::null_mut(),
-            rt_mtu: 0,
+            rt_mtu: mtu.map_or(0, libc::c_ulong::from),
             rt_window: 0,
             rt_irtt: 0,
         };
@@ -193,7 +202,8 @@ pub fn configure(cmdline: &str) -> Result<Option<String>, String> {
     sock.set_address(&name, &cfg).map_err(|e| e.to_string())?;
     sock.set_up(&name).map_err(|e| e.to_string())?;
     if let Some(gw) = cfg.gateway {
-        sock.add_default_route(gw).map_err(|e| e.to_string())?;
+        sock.add_default_route(gw, cfg.route_mtu)
+            .map_err(|e| e.to_string())?;
     }
     if !cfg.dns.is_empty() {
         // A dangling symlink (systemd-resolved's stub) would make the write fail.
@@ -229,6 +239,13 @@ mod tests {
         assert_eq!(c.netmask(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(c.gateway, None);
         assert!(c.dns.is_empty());
+        assert_eq!(c.route_mtu, None);
+        let c = NetConfig::from_cmdline("berth.ip=10.1.2.3/24 berth.mtu=1500").unwrap();
+        assert_eq!(c.route_mtu, Some(1500));
+        for bad in ["berth.mtu=67", "berth.mtu=big", "berth.mtu="] {
+            let c = NetConfig::from_cmdline(&format!("berth.ip=10.1.2.3/24 {bad}")).unwrap();
+            assert_eq!(c.route_mtu, None, "{bad}");
+        }
         let c = NetConfig::from_cmdline("berth.ip=10.1.2.3/24 berth.dns=10.1.2.1,bogus,9.9.9.9")
             .unwrap();
         assert_eq!(

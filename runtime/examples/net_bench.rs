@@ -6,7 +6,10 @@
 //!   port forwarded by nftables DNAT (`Network::forward_in_kernel`), the forwarder behind it;
 //! - splice: berth's userspace forwarder (`PortForwarder`, rootless containers and the
 //!   fallback), dialing into the namespace;
-//! - pasta `-t` on the same namespace, as a reference (when pasta is installed).
+//! - pasta `-t` on the same namespace, as a reference (when pasta is installed);
+//! - veth, no NAT: straight to the namespace's address on the bridge (a server there on
+//!   `0.0.0.0`), the floor of any path into another namespace: the kernel path less its two
+//!   address rewrites (host DNAT + masquerade, the namespace's redirect to its loopback).
 //!
 //! Run as root: `cargo run --release -p berth-runtime --example net_bench [MiB] [connections]`
 //! (or `bench/net.sh`).
@@ -148,6 +151,8 @@ struct KernelPath {
     _home: tempfile::TempDir,
     _forwarder: PortForwarder,
     addr: SocketAddr,
+    /// The namespace's own address on the bridge.
+    env_address: Ipv4Addr,
 }
 
 const BENCH_ENV: &str = "net-bench";
@@ -168,16 +173,18 @@ impl KernelPath {
                 ..NetworkOptions::default()
             },
         );
-        net.plumb(
-            BENCH_ENV,
-            EnvNamespaces {
-                net: ns,
-                user: None,
-            },
-            NetworkMode::Isolated,
-            &[],
-        )
-        .expect("plumb the bench namespace onto bridge berthbench");
+        let plumbing = net
+            .plumb(
+                BENCH_ENV,
+                EnvNamespaces {
+                    net: ns,
+                    user: None,
+                },
+                NetworkMode::Isolated,
+                &[],
+            )
+            .expect("plumb the bench namespace onto bridge berthbench");
+        let env_address = plumbing.address.expect("an address on the bridge");
         let fwd = PortForwarder::start(
             &[ForwardSpec {
                 protocol: Protocol::Tcp,
@@ -198,6 +205,7 @@ impl KernelPath {
             _home: home_dir,
             _forwarder: fwd,
             addr,
+            env_address,
         }
     }
 }
@@ -233,6 +241,11 @@ fn main() {
     })
     .unwrap();
     serve(inside);
+    let on_eth0 = run_in_netns(&ns, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5202)).unwrap()
+    })
+    .unwrap();
+    serve(on_eth0);
     let kernel = KernelPath::start(&ns, 5201);
     let fwd = PortForwarder::start(
         &[ForwardSpec {
@@ -281,6 +294,10 @@ fn main() {
         mode("direct loopback", direct_addr),
         mode("kernel DNAT (root)", kernel.addr),
         mode("splice (rootless)", fwd.ports()[0].bound),
+        mode(
+            "veth, no NAT (floor)",
+            SocketAddr::from((kernel.env_address, 5202)),
+        ),
     ];
     if pasta_ok {
         modes.push(mode("pasta -t (ref.)", pasta_addr));
@@ -343,6 +360,17 @@ fn main() {
             }
         );
     }
+    let floor_ratio = median(
+        modes[1]
+            .tp
+            .iter()
+            .zip(&modes[3].tp)
+            .map(|(k, v)| k.0 / v.0)
+            .collect(),
+    );
+    println!(
+        "  kernel DNAT / veth floor {floor_ratio:.2} (what the two address rewrites cost; the rest of the gap to direct is crossing into the namespace)"
+    );
     println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
     let d50 = pct(&modes[0].lat, 0.5);
     let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;

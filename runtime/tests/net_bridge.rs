@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
-use berth_runtime::net::bridge::{veth_name, BridgeConfig};
+use berth_runtime::net::bridge::{veth_name, BridgeConfig, ENV_LINK_MTU};
 use berth_runtime::net::dns::ResolverSources;
 use berth_runtime::net::nat::NatRules;
 use berth_runtime::net::netlink::Netlink;
@@ -460,9 +460,10 @@ fn host_uplink_mtu() -> u32 {
 }
 
 /// The host ↔ environment path carries loopback-sized packets (veth pair and bridge at
-/// 65535: a 30,000-byte datagram that must not be fragmented reaches the environment in one
-/// piece), while the environment's default route keeps the uplink's MTU, so outbound packets
-/// never need fragmenting on the way out.
+/// [`ENV_LINK_MTU`]: a 30,000-byte datagram that must not be fragmented reaches the
+/// environment in one piece), while the environment's default route keeps the uplink's MTU,
+/// so outbound packets never need fragmenting on the way out. A VM's tap joins at the same
+/// MTU, so it does not pull the bridge (and the host ↔ container path) down to 1500.
 #[test]
 fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
     if !have_root("the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks") {
@@ -471,20 +472,21 @@ fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
     let s = setup("nameserver 192.0.2.53\n");
     let _cleanup = Cleanup {
         network: s.network.clone(),
-        envs: vec!["env-m".into()],
+        envs: vec!["env-m".into(), "vm-m".into()],
         bridge: s.bridge.clone(),
         table: s.table.clone(),
     };
     let env = TestNetns::new();
     let att = attach(&s.network, "env-m", &env, &[]);
+    let link_mtu = ENV_LINK_MTU.to_string();
     let mtu = |dev: &str| {
         std::fs::read_to_string(format!("/sys/class/net/{dev}/mtu"))
             .unwrap()
             .trim()
             .to_string()
     };
-    assert_eq!(mtu(&veth_name("env-m")), "65535");
-    assert_eq!(mtu(&s.bridge), "65535", "the bridge follows its only port");
+    assert_eq!(mtu(&veth_name("env-m")), link_mtu);
+    assert_eq!(mtu(&s.bridge), link_mtu, "the bridge follows its only port");
     let inside = |args: &[&str]| {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         env.run(move || {
@@ -496,13 +498,13 @@ fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
         })
     };
     assert!(
-        inside(&["-o", "link", "show", "eth0"]).contains("mtu 65535"),
+        inside(&["-o", "link", "show", "eth0"]).contains(&format!("mtu {link_mtu}")),
         "{}",
         inside(&["-o", "link", "show", "eth0"])
     );
     let route = inside(&["-o", "route", "show", "default"]);
     let uplink = host_uplink_mtu();
-    if uplink < 65535 {
+    if uplink < ENV_LINK_MTU {
         assert!(route.contains(&format!(" mtu {uplink}")), "{route}");
     }
 
@@ -513,6 +515,19 @@ fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
     let mut buf = vec![0u8; 65536];
     let n = receiver.recv(&mut buf).unwrap();
     assert_eq!(n, 30_000, "one datagram, whole");
+
+    // A VM's tap on the same bridge: at the same MTU, the bridge keeps it.
+    let tap = s.network.plumb_tap("vm-m").unwrap();
+    assert_eq!(mtu(&tap.tap), link_mtu, "the tap joins at the bridge's MTU");
+    assert_eq!(
+        mtu(&s.bridge),
+        link_mtu,
+        "the VM does not pull the bridge down"
+    );
+    send_unfragmented(receiver.local_addr().unwrap(), 30_000).unwrap();
+    let n = receiver.recv(&mut buf).unwrap();
+    assert_eq!(n, 30_000, "one datagram, whole, with the VM on the bridge");
+    s.network.detach("vm-m").unwrap();
 
     // Outbound (any address off the subnet goes by the default route): the uplink's MTU.
     let far = SocketAddr::from(([192, 0, 2, 1], 9));

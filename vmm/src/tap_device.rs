@@ -85,6 +85,23 @@ impl Tap {
         .map(drop)
     }
 
+    /// The interface's MTU (`SIOCGIFMTU`): the largest frame payload the host side carries,
+    /// which the virtio-net device advertises to the guest.
+    pub fn mtu(&self) -> io::Result<u32> {
+        let mut req = ifreq(&self.name, 0)?;
+        // SAFETY: socket has no pointer arguments; the descriptor is owned right away.
+        let raw =
+            cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: SIOCGIFMTU fills the ifreq we exclusively borrow.
+        cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) })
+            .map_err(|e| io::Error::new(e.kind(), format!("MTU of tap {}: {e}", self.name)))?;
+        // SAFETY: SIOCGIFMTU filled the mtu member of the union.
+        let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+        Ok(u32::try_from(mtu).unwrap_or(0))
+    }
+
     /// Reads one frame; `WouldBlock` when none is waiting.
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

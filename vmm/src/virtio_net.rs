@@ -1,8 +1,11 @@
 //! virtio-net backed by a tap interface on the host (see [`crate::tap_device`]).
 //!
-//! Features: `VIRTIO_F_VERSION_1` and `VIRTIO_NET_F_MAC` only: no checksum or segmentation
-//! offloads and no mergeable receive buffers, so every frame travels whole, fully
-//! checksummed, behind a 12-byte `virtio_net_hdr_v1` that carries nothing but
+//! Features: `VIRTIO_F_VERSION_1`, `VIRTIO_NET_F_MAC` and `VIRTIO_NET_F_MTU` (the tap's MTU,
+//! read when the device opens it: berth's bridge ports have 65535, so a VM on the bridge
+//! neither pulls the bridge's MTU down nor has its large frames dropped; a guest driver
+//! given an MTU above 1500 posts receive buffers large enough for it). No checksum or
+//! segmentation offloads and no mergeable receive buffers, so every frame travels whole,
+//! fully checksummed, behind a 12-byte `virtio_net_hdr_v1` that carries nothing but
 //! `num_buffers = 1` (receive) and is ignored (transmit). The tap has no vnet header either.
 //!
 //! Transmit is served in the vCPU thread that notified the queue. Receive is event-driven: a
@@ -30,12 +33,19 @@ use crate::tap_device::Tap;
 pub const DEVICE_TYPE_NET: u32 = 1;
 /// The device has a MAC address (in the configuration space).
 pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
+/// The device advises the driver of its maximum MTU (the `mtu` field of the configuration
+/// space).
+pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
 /// `struct virtio_net_hdr_v1`: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
 /// num_buffers.
 pub const HDR_LEN: usize = 12;
 /// The largest frame accepted from the guest or read from the tap (without GSO frames are
 /// MTU-sized; this leaves room for any MTU the tap is given).
 pub const MAX_FRAME: usize = 65_550;
+/// Ethernet header (destination, source, ethertype): a frame is the MTU plus this.
+const ETH_HLEN: usize = 14;
+/// The smallest MTU advertised: the driver refuses `VIRTIO_NET_F_MTU` below IPv4's 68.
+const MIN_MTU: u32 = 68;
 const QUEUE_SIZE: u16 = 256;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -58,11 +68,22 @@ struct Shared {
 
 pub struct VirtioNet {
     mac: [u8; 6],
+    /// The MTU advertised to the guest (the tap's, at most what a frame of [`MAX_FRAME`]
+    /// carries); `None` when the tap's could not be read (no `VIRTIO_NET_F_MTU`: the driver
+    /// keeps 1500).
+    mtu: Option<u16>,
     tap: Arc<Tap>,
     shared: Arc<Mutex<Shared>>,
     kick: Arc<EventFd>,
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// The MTU to advertise for a tap of MTU `tap_mtu`: capped so a frame fits [`MAX_FRAME`] and
+/// the 16-bit field; `None` below the driver's minimum.
+fn advertised_mtu(tap_mtu: u32) -> Option<u16> {
+    let cap = (MAX_FRAME - ETH_HLEN).min(usize::from(u16::MAX)) as u32;
+    (tap_mtu >= MIN_MTU).then(|| tap_mtu.min(cap) as u16)
 }
 
 fn lock(s: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -87,8 +108,9 @@ impl VirtioNet {
         Self::with_tap(tap, mac)
     }
 
-    /// The device on an open tap.
+    /// The device on an open tap; it advertises the tap's MTU to the guest.
     pub fn with_tap(tap: Tap, mac: [u8; 6]) -> Result<Self, VmmError> {
+        let mtu = tap.mtu().ok().and_then(advertised_mtu);
         let tap = Arc::new(tap);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let kick = Arc::new(eventfd()?);
@@ -100,6 +122,7 @@ impl VirtioNet {
             .map_err(|e| VmmError::Net(format!("cannot start the receive thread: {e}")))?;
         Ok(VirtioNet {
             mac,
+            mtu,
             tap,
             shared,
             kick,
@@ -350,7 +373,12 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC
+        let mtu = if self.mtu.is_some() {
+            VIRTIO_NET_F_MTU
+        } else {
+            0
+        };
+        VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | mtu
     }
 
     fn queue_max_sizes(&self) -> Vec<u16> {
@@ -358,9 +386,10 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // mac[6], then status, max_virtqueue_pairs and mtu, unused without their features.
+        // mac[6], status and max_virtqueue_pairs (unused without their features), mtu.
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&self.mac);
+        config[10..12].copy_from_slice(&self.mtu.unwrap_or(0).to_le_bytes());
         read_config_bytes(&config, offset, data);
     }
 
@@ -388,5 +417,21 @@ impl VirtioDevice for VirtioNet {
         g.active = None;
         g.pending = None;
         g.broken = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_mtu_is_the_taps_within_what_a_frame_and_the_field_hold() {
+        assert_eq!(advertised_mtu(1500), Some(1500));
+        assert_eq!(advertised_mtu(9000), Some(9000));
+        assert_eq!(advertised_mtu(65535), Some(65535));
+        assert_eq!(advertised_mtu(68), Some(68));
+        assert_eq!(advertised_mtu(67), None, "below IPv4's minimum");
+        assert_eq!(advertised_mtu(0), None);
+        assert_eq!(advertised_mtu(1 << 20), Some(65535));
     }
 }

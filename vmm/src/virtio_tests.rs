@@ -468,7 +468,7 @@ mod net {
 
         /// The next frame with `ethertype` that the interface received (from the device).
         fn recv(&self, ethertype: u16) -> Vec<u8> {
-            let mut buf = vec![0u8; 2048];
+            let mut buf = vec![0u8; 1 << 17];
             loop {
                 // SAFETY: sockaddr_ll is plain data; zeroes are valid.
                 let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -501,8 +501,8 @@ mod net {
     }
 
     /// Sets the interface `name` up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP`) and
-    /// returns its index.
-    fn link_up(name: &str) -> u32 {
+    /// returns its index; with `mtu`, sets its MTU first (`SIOCSIFMTU`).
+    fn link_up(name: &str, mtu: Option<u32>) -> u32 {
         let cname = std::ffi::CString::new(name).unwrap();
         // SAFETY: if_nametoindex reads the NUL-terminated string we own.
         let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
@@ -516,6 +516,17 @@ mod net {
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
+        }
+        if let Some(mtu) = mtu {
+            req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+            // SAFETY: SIOCSIFMTU reads the ifreq we pass.
+            let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFMTU, &req) };
+            assert_eq!(
+                rc,
+                0,
+                "SIOCSIFMTU {name}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         // SAFETY: SIOCGIFFLAGS fills the ifreq we exclusively borrow.
         let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) };
@@ -549,9 +560,14 @@ mod net {
     /// A device on a fresh tap `name` (up, IPv6 off so the host sends nothing by itself), a
     /// driver with both queues, and the host-side socket. `None`: skipped (not root).
     fn rig(name: &str) -> Option<Rig> {
+        rig_with_mtu(name, None)
+    }
+
+    /// [`rig`] on a tap given `mtu` before the device opens it.
+    fn rig_with_mtu(name: &str, mtu: Option<u32>) -> Option<Rig> {
         let tap = test_tap(name)?;
         let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
-        let index = link_up(name);
+        let index = link_up(name, mtu);
         let host = PacketSocket::bind(index);
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let dev = VirtioNet::with_tap(tap, GUEST_MAC).unwrap();
@@ -706,6 +722,61 @@ mod net {
             Driver::reg_read(&mut r.t, 0x70) & STATUS_DEVICE_NEEDS_RESET,
             0
         );
+    }
+
+    /// The tap's MTU reaches the guest (`VIRTIO_NET_F_MTU` and the configuration space), and
+    /// frames of that size cross whole both ways: a receive buffer of several descriptors
+    /// takes one, a transmit chain carries one out.
+    #[test]
+    fn the_taps_large_mtu_is_advertised_and_its_frames_cross_whole() {
+        let name = format!("bnm{}", std::process::id() % 10_000_000);
+        let Some(mut r) = rig_with_mtu(&name, Some(65521)) else {
+            return;
+        };
+        Driver::reg_write(&mut r.t, 0x14, 0);
+        assert_ne!(
+            Driver::reg_read(&mut r.t, 0x10) & (1 << 3),
+            0,
+            "VIRTIO_NET_F_MTU offered"
+        );
+        let mut mtu = [0u8; 2];
+        r.t.read(0x100 + 10, &mut mtu);
+        assert_eq!(
+            u16::from_le_bytes(mtu),
+            65521,
+            "mtu in the configuration space"
+        );
+
+        let payload: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+        let out = frame([0xff; 6], GUEST_MAC, ETHERTYPE_TX, &payload);
+        guest_send(&mut r, &out);
+        assert_eq!(
+            r.host.recv(ETHERTYPE_TX),
+            out,
+            "60,000-byte frame out whole"
+        );
+
+        // Four 16 KiB descriptors, the way a driver posts big receive buffers.
+        let bufs: Vec<(u64, u32, bool)> = (0..4)
+            .map(|i| (0x90000 + i * 0x4000, 0x4000, true))
+            .collect();
+        r.rx.add_chain(&bufs);
+        Driver::reg_write(&mut r.t, 0x50, 0);
+        let inbound = frame(GUEST_MAC, HOST_MAC, ETHERTYPE_RX, &payload);
+        r.host.send(&inbound);
+        wait_used(&r.rx, 1);
+        assert_eq!(r.rx.used_elem(0).1 as usize, HDR_LEN + inbound.len());
+        let mut got = vec![0u8; inbound.len()];
+        r.mem
+            .read_slice(&mut got, GuestAddress(0x90000 + HDR_LEN as u64))
+            .unwrap();
+        assert_eq!(got, inbound, "60,000-byte frame in whole");
+
+        // A tap at the default MTU advertises 1500.
+        let name = format!("bnn{}", std::process::id() % 10_000_000);
+        let mut r = rig(&name).unwrap();
+        r.t.read(0x100 + 10, &mut mtu);
+        assert_eq!(u16::from_le_bytes(mtu), 1500);
     }
 
     fn assert_needs_reset(t: &mut MmioTransport) {

@@ -460,17 +460,19 @@ fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder
     });
 }
 
-/// MTU of both ends of an environment's veth pair: loopback's. Traffic between the host and
-/// the environment (forwarded ports through the kernel, the gateway's services, DNS) then
-/// moves in packets as large as on loopback; the bridge takes the smallest MTU of its ports,
-/// so it follows while only veths are plugged in (a VM's tap at the uplink's MTU pulls it
-/// down, which keeps packets from the host to that VM within what the tap carries). Outbound
-/// traffic keeps the uplink's MTU by the `mtu` of the environment's default route.
-pub const ENV_LINK_MTU: u32 = 65535;
+/// MTU of every port of berth's bridge: both ends of an environment's veth pair and a VM's
+/// tap (whose device advertises it to the guest, `VIRTIO_NET_F_MTU`). Traffic between the
+/// host and an environment (forwarded ports through the kernel, the gateway's services, DNS)
+/// and between environments and VMs then moves in packets about as large as on loopback.
+/// It is the largest MTU a tap takes (65535 less the Ethernet header): the bridge takes the
+/// smallest MTU of its ports, and a port below the others would drop their larger packets.
+/// Outbound traffic keeps the uplink's MTU by the `mtu` of the environment's default route
+/// (a VM's by `berth.mtu=` on its kernel command line).
+pub const ENV_LINK_MTU: u32 = 65521;
 
 /// MTU of the interface carrying the host's default route (1500 when unknown), so that
 /// environments never send packets the uplink must fragment.
-fn uplink_mtu() -> u32 {
+pub(crate) fn uplink_mtu() -> u32 {
     let iface = std::fs::read_to_string("/proc/net/route")
         .ok()
         .and_then(|t| {
@@ -530,6 +532,8 @@ fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetErr
         let index = nl
             .link_index(tap)?
             .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV))?;
+        // Before joining: a port below the bridge's MTU would pull the bridge down with it.
+        nl.set_mtu(index, ENV_LINK_MTU)?;
         nl.set_master(index, bridge_index)?;
         nl.set_bridge_port_isolated(index)?;
         nl.set_up(index)

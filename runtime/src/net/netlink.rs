@@ -323,6 +323,14 @@ impl Netlink {
         self.request(msg).map(drop)
     }
 
+    /// Sets an interface's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let msg = Message::new(RTM_NEWLINK, 0)
+            .ifinfo(libc::AF_UNSPEC as u8, index, 0, 0)
+            .u32_attr(IFLA_MTU, mtu);
+        self.request(msg).map(drop)
+    }
+
     /// Brings an interface up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let msg = Message::new(RTM_NEWLINK, 0).ifinfo(libc::AF_UNSPEC as u8, index, IFF_UP, IFF_UP);

@@ -107,16 +107,26 @@ pub fn vmm_networked(mode: NetworkMode) -> bool {
     mode != NetworkMode::None && nix::unistd::geteuid().is_root()
 }
 
-/// The guest's address plan for the agent (see `agent/src/net.rs`).
+/// The guest's address plan for the agent (see `agent/src/net.rs`): with `berth.mtu`, the
+/// uplink's MTU for its default route when below the bridge's (the guest's interface has the
+/// bridge's, which the virtio-net device advertises), as a container's route gets.
 pub(super) fn guest_net_cmdline(t: &TapPlumbing) -> String {
+    guest_net_cmdline_with(t, crate::net::bridge::uplink_mtu())
+}
+
+fn guest_net_cmdline_with(t: &TapPlumbing, uplink_mtu: u32) -> String {
     let dns: Vec<String> = t.nameservers.iter().map(|d| d.to_string()).collect();
-    format!(
+    let mut line = format!(
         "berth.ip={}/{} berth.gw={} berth.dns={}",
         t.address,
         t.prefix,
         t.gateway,
         dns.join(",")
-    )
+    );
+    if uplink_mtu < crate::net::bridge::ENV_LINK_MTU {
+        line.push_str(&format!(" berth.mtu={uplink_mtu}"));
+    }
+    line
 }
 
 /// The tap, lease and NAT of a VM being started: detached again when dropped armed, so a
@@ -460,6 +470,26 @@ fn console_excerpt(console_log: &Path) -> String {
 mod tests {
     use super::*;
     use crate::state::BerthHome;
+
+    #[test]
+    fn the_guests_default_route_gets_the_uplinks_mtu_below_the_bridges() {
+        use std::net::Ipv4Addr;
+        let t = TapPlumbing {
+            tap: "bt0".into(),
+            address: Ipv4Addr::new(10, 88, 0, 5),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 88, 0, 1),
+            nameservers: vec![Ipv4Addr::new(10, 88, 0, 1), Ipv4Addr::new(9, 9, 9, 9)],
+            dns_relay: None,
+        };
+        assert_eq!(
+            guest_net_cmdline_with(&t, 1500),
+            "berth.ip=10.88.0.5/24 berth.gw=10.88.0.1 berth.dns=10.88.0.1,9.9.9.9 berth.mtu=1500"
+        );
+        let bridge = crate::net::bridge::ENV_LINK_MTU;
+        assert!(!guest_net_cmdline_with(&t, bridge).contains("berth.mtu"));
+        assert!(!guest_net_cmdline_with(&t, 65536).contains("berth.mtu"));
+    }
 
     /// A start that fails between plumbing the tap and launching the VMM removes the tap,
     /// lease and NAT again; once the VMM runs, the tap stays for it.
