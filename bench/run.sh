@@ -10,11 +10,14 @@
 # Needs root, crun, bwrap (bubblewrap), busybox-static, jq, python3, GNU time.
 # Commands are timed interleaved (bench/interleave.py), so load from other work on the machine
 # hits berth and its peers alike.
-# Usage: bench/run.sh        RUNS=30 (rounds), SEQ=100 (sequential runs)
+#  3. CPU time and page faults of the whole process tree of one `berth run -- true` and one
+#     `crun run` (perf stat, when perf is installed): the comparison that load leaves alone.
+# Usage: bench/run.sh        RUNS=30 (rounds), SEQ=100 (sequential runs), CPU_RUNS=15
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 RUNS=${RUNS:-30}
 SEQ=${SEQ:-100}
+CPU_RUNS=${CPU_RUNS:-15}
 need /usr/bin/time
 bench_setup
 
@@ -57,6 +60,30 @@ for mode in b2b alone; do
 done
 "$BERTH" -C "$PK" -q down
 
+# CPU time and page faults of the whole process tree (perf stat, inherited by children), which
+# load on the machine does not change much, unlike wall times: berth's detached removal of the
+# run's folder is waited for (0.3 s) and counted; the cost of the wrappers is subtracted.
+: > "$W/cpu.txt"
+if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+  echo "== CPU time of berth run and crun run (perf stat -r $CPU_RUNS)" >&2
+  cpu() { # cpu LABEL CMD…: "LABEL ms faults switches", means of CPU_RUNS runs
+    local label=$1
+    shift
+    perf stat -x, -r "$CPU_RUNS" -e task-clock,page-faults,context-switches -- "$@" 2>&1 >/dev/null |
+      awk -F, -v l="$label" '$3 ~ /^task-clock/ {t=$1} $3 ~ /^page-faults/ {f=$1} $3 ~ /^context-switches/ {c=$1}
+        END {printf "%s %.2f %.0f %.0f\n", l, t, f, c}'
+  }
+  {
+    cpu berth-wrap sh -c "sleep 0.3"
+    cpu berth-isolated sh -c "$BERTH -C $P -q run -- true; sleep 0.3"
+    cpu berth-none sh -c "$BERTH -C $PN -q run -- true; sleep 0.3"
+    cpu crun-wrap nsenter --mount="$CRUN_NS" true
+    cpu crun nsenter --mount="$CRUN_NS" crun run -b "$B_TRUE" "bench-cpu-$$"
+  } > "$W/cpu.txt"
+else
+  echo "== perf is missing or not permitted: no CPU time section (apt-get install linux-perf)" >&2
+fi
+
 echo "== $SEQ sequential berth run -- true" >&2
 sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
   echo "$1 $(wc -l < /proc/self/mountinfo) $(count_mounts) $(cg_dirs | wc -l) $(find "$BERTH_HOME/envs" -mindepth 1 -maxdepth 1 | wc -l) $(du -sk "$BERTH_HOME" | cut -f1)"
@@ -94,6 +121,18 @@ ratio("berth run / crun run (isolated network, bridge kept)", "berth run -- true
 ratio("berth run / crun run (network none, as crun's spec)", "berth run -- true (network none)", "crun run")
 rb = [med["berth run -- true"][x][0] / med["bwrap"][x][0] for x in ("b2b", "alone")]
 print(f"  {'berth run / bwrap (for reference)':58} {rb[0]:5.2f}x back to back, {rb[1]:5.2f}x alone")
+cpu = {l.split()[0]: list(map(float, l.split()[1:])) for l in open(f"{w}/cpu.txt") if l.strip()}
+if cpu:
+    print()
+    print("CPU time of the whole process tree (perf stat, mean; wrappers subtracted)")
+    print(f"  {'command':40} {'CPU ms':>8} {'page faults':>12} {'ctx switches':>13}")
+    net = {}
+    for k, wrap in (("berth-isolated", "berth-wrap"), ("berth-none", "berth-wrap"), ("crun", "crun-wrap")):
+        net[k] = [a - b for a, b in zip(cpu[k], cpu[wrap])]
+        print(f"  {k:40} {net[k][0]:8.2f} {net[k][1]:12.0f} {net[k][2]:13.0f}")
+    for k in ("berth-isolated", "berth-none"):
+        r = net[k][0] / net["crun"][0]
+        print(f"  {k + ' / crun, CPU time':58} {r:5.2f}x  target <= 1.0x ({'met' if r <= 1.0 else 'MISSED'})")
 rows = [list(map(int, l.split())) for l in open(f"{w}/seq.txt")]
 print()
 print(f"{seq} sequential `berth run -- true`: first / last / max (grows = last > first)")
