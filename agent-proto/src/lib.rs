@@ -22,6 +22,14 @@ pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHand
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Frame, Message, MountRequest, Restart, ServiceSpec, Setup};
 
+/// berth's own tmpfs inside an environment (container or VM): what berth writes there at
+/// `up` lives in memory only.
+pub const RUN_DIR: &str = "/run/berth";
+/// The environment's system gitconfig, written at `up` (the host user's git identity, after
+/// an include of the image's `/etc/gitconfig`). Every process started inside gets
+/// `GIT_CONFIG_SYSTEM` pointing at it while it exists (a variable of `[env]` wins).
+pub const GITCONFIG_PATH: &str = "/run/berth/gitconfig";
+
 /// Where the agent writes each `[services]` entry's output in the guest: `<dir>/<name>.log`.
 pub const SERVICE_LOG_DIR: &str = "/var/log/berth";
 

@@ -70,7 +70,8 @@ fn forward_credentials(
     record: &EnvRecord,
     req: &mut ExecRequest,
 ) -> Option<SessionCredentials> {
-    let wanted = Wanted::from_host(&record.plan.credentials, None);
+    let dir = envs.home().env_dir(&record.env_id);
+    let wanted = Wanted::for_session(&dir, &record.plan.credentials, None);
     match SessionCredentials::start(envs, record, req.user.as_deref(), wanted) {
         Ok(c) => {
             if let Some(c) = &c {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use envfile_spec::Plan;
 
 pub use error::BackendError;
-pub use exec_request::{CommandSession, ExecRequest};
+pub use exec_request::{run_fed, CommandSession, ExecRequest};
 pub use report::{
     service_restart, CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts,
     VmProvider,

@@ -207,6 +207,14 @@ impl Environments {
             if !secrets.is_empty() {
                 crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
             }
+            // The host's git identity, when it changed since the last `up`.
+            notices.extend(crate::credentials::install_identity(
+                backend,
+                plan.backend,
+                dir,
+                &plan.credentials,
+                false,
+            ));
             if live_sync::ensure(&self.home, backend, prev)? {
                 notices.push(
                     "the sync process was not running; it was restarted and caught up".into(),
@@ -390,6 +398,13 @@ impl Environments {
             crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
         }
         drop(secrets);
+        notices.extend(crate::credentials::install_identity(
+            backend,
+            plan.backend,
+            dir,
+            &plan.credentials,
+            true,
+        ));
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         if !bridged {

@@ -7,13 +7,11 @@
 
 mod resolve;
 
-use std::io::Write;
-use std::os::fd::AsFd;
 use std::path::Path;
 
 pub use resolve::{resolve, SecretValue};
 
-use crate::backend::{Backend, ExecRequest};
+use crate::backend::Backend;
 use crate::ssh_inside;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,38 +39,14 @@ pub fn install(
         payload.extend_from_slice(format!("{}\n{}\n", s.name, s.value.len()).as_bytes());
         payload.extend_from_slice(&s.value);
     }
-    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| SecretsError::Install(format!("pipe: {e}")))?;
-    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| SecretsError::Install(format!("pipe: {e}")))?;
-    let feeder = std::thread::spawn(move || {
-        let mut w = std::fs::File::from(w);
-        let _ = w.write_all(&payload);
-    });
-    let devnull = std::fs::File::open("/dev/null")
-        .map_err(|e| SecretsError::Install(format!("/dev/null: {e}")))?;
-    let req = ExecRequest {
-        argv: vec![
+    crate::backend::run_fed(
+        backend,
+        dir,
+        vec![
             ssh_inside::WRITE_SECRETS.into(),
             owner.unwrap_or_default().to_string(),
         ],
-        env: Vec::new(),
-        cwd: Some("/".into()),
-        user: Some("0".into()),
-        tty: false,
-        winsize: None,
-    };
-    let code = backend.exec(dir, &req, [r.as_fd(), devnull.as_fd(), err_w.as_fd()]);
-    drop((r, err_w));
-    let _ = feeder.join();
-    let mut why = String::new();
-    let _ = std::io::Read::read_to_string(
-        &mut std::io::Read::take(std::fs::File::from(err_r), 4096),
-        &mut why,
-    );
-    match code {
-        Ok(0) => Ok(()),
-        Ok(c) => Err(SecretsError::Install(format!("{} (exit {c})", why.trim()))),
-        Err(e) => Err(SecretsError::Install(e.to_string())),
-    }
+        payload,
+    )
+    .map_err(SecretsError::Install)
 }
