@@ -165,6 +165,9 @@ fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
     );
     assert!(out.contains(KEY_COMMENT), "{out}");
     assert!(out.contains("dir=700:1000"), "{out}");
+    // `berth run`'s command, in its throw-away environment.
+    let out = berth_ok(&b, &p, Some(&sock), &["-q", "run", "--", "ssh-add", "-l"]);
+    assert!(out.contains(KEY_COMMENT), "{out}");
     // shell (stdin not a terminal: the shell reads its commands from it).
     let mut c = b.cmd();
     let mut shell = c
@@ -522,6 +525,8 @@ target = "/work"
 [shell]
 user = "dev"
 workdir = "/home/dev"
+[services.who]
+command = ["sh", "-c", "git config user.name; exec sleep 1000"]
 "#,
     );
     let rootfs = p.path().join("rootfs");
@@ -576,6 +581,9 @@ workdir = "/home/dev"
         url = server.url(),
         port = server.port,
     );
+    // A service gets the identity too (written before the services start).
+    let logs = berth_git(&["logs", "who"]);
+    assert!(logs.contains("Ada Host"), "{logs}");
     let out = berth_git(&["exec", "--", "sh", "-c", &script]);
     assert!(out.contains("pushed"), "{out}");
     assert!(

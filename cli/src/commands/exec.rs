@@ -65,7 +65,7 @@ pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {
 
 /// The host's credentials for a session of `req` (`[credentials]` of the environment); a
 /// failure is a warning, the command runs without them.
-fn forward_credentials(
+pub(crate) fn forward_credentials(
     envs: &Environments,
     record: &EnvRecord,
     req: &mut ExecRequest,

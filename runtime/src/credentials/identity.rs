@@ -37,7 +37,7 @@ pub struct HostGit {
 
 impl HostGit {
     /// What `policy` gives of the host's current git configuration (one `git config`).
-    pub(super) fn of_host(policy: &CredentialsPlan) -> HostGit {
+    pub fn of_host(policy: &CredentialsPlan) -> HostGit {
         let host = if policy.git || policy.git_credentials {
             host_git::read_config()
         } else {
@@ -57,18 +57,17 @@ impl HostGit {
     }
 }
 
-/// Brings the environment in `dir` (running, on `backend`) up to date with the host's git
-/// under `policy`. `fresh`: the environment was (re)started by this `up`, so its tmpfs holds
-/// nothing yet. Returns a notice when the identity could not be written inside (sessions
-/// then carry it).
+/// Brings the environment in `dir` (running, on `backend`) up to date with `now`, the
+/// host's git as [`HostGit::of_host`] just found it. `fresh`: the environment was
+/// (re)started by this `up`, so its tmpfs holds nothing yet. Returns a notice when the
+/// identity could not be written inside (sessions then carry it).
 pub fn install_identity(
     backend: &dyn Backend,
     kind: BackendKind,
     dir: &Path,
-    policy: &CredentialsPlan,
+    mut now: HostGit,
     fresh: bool,
 ) -> Option<String> {
-    let mut now = HostGit::of_host(policy);
     let before = if fresh { None } else { HostGit::load(dir) };
     let was_inside = before.as_ref().is_some_and(|b| b.inside);
     let same = before.as_ref().is_some_and(|b| b.identity == now.identity);

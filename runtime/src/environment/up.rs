@@ -17,6 +17,7 @@ use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
 use crate::backend::{Backend, EnvStatus, ImageDefaults, StartRequest};
+use crate::credentials::HostGit;
 use crate::host::clock::now_secs;
 use crate::image::build_cache::{BuildCache, BuildCacheSettings};
 use crate::image::dockerfile::build::default_name;
@@ -212,7 +213,7 @@ impl Environments {
                 backend,
                 plan.backend,
                 dir,
-                &plan.credentials,
+                HostGit::of_host(&plan.credentials),
                 false,
             ));
             if live_sync::ensure(&self.home, backend, prev)? {
@@ -362,10 +363,15 @@ impl Environments {
             }
             false => Vec::new(),
         };
-        // Secrets are written before the services start (they may read them).
+        // Secrets and the host's git identity are written before the services start (they
+        // may read them).
+        let host_git = HostGit::of_host(&plan.credentials);
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
-            || !plan.secrets.is_empty();
+            || !plan.secrets.is_empty()
+            || (host_git.identity.is_some()
+                && !plan.services.is_empty()
+                && plan.backend != envfile_spec::plan::BackendKind::Vm);
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -402,7 +408,7 @@ impl Environments {
             backend,
             plan.backend,
             dir,
-            &plan.credentials,
+            host_git,
             true,
         ));
         // `on_create` and `on_up` run once the synced folders are in.
