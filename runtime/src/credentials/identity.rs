@@ -1,24 +1,22 @@
 //! The host user's git identity, written into the environment once at `up` instead of at
 //! every session: `up` reads the host's git configuration (one `git config`), writes the
 //! identity into the environment's tmpfs as its system gitconfig
-//! ([`ssh_inside::GITCONFIG_PATH`], through the `write-gitconfig` builtin) and records
+//! (`/run/berth/gitconfig`, through `Backend::put_run_files`) and records
 //! what it found in [`STATE_FILE`] beside the environment's record. A later `up` writes
 //! again only when the identity changed (or the environment was restarted: its tmpfs is
 //! new). Sessions then read the record instead of running the host's git: `exec` pays
 //! nothing for the identity, only for the agent and credential sockets it forwards.
 //!
-//! An environment that cannot take the file (started by an older berth, or a VM whose
-//! agent has no such builtin) is recorded as such, and its sessions get the identity in
-//! their own gitconfig as before.
+//! An environment that cannot take the file (started by an older berth) is recorded as
+//! such, and its sessions get the identity in their own gitconfig as before.
 
 use std::path::Path;
 
-use envfile_spec::plan::{BackendKind, CredentialsPlan};
+use envfile_spec::plan::CredentialsPlan;
 use serde::{Deserialize, Serialize};
 
 use super::host_git;
-use crate::backend::Backend;
-use crate::ssh_inside;
+use crate::backend::{Backend, RunFiles};
 use crate::state;
 
 /// Beside the environment's record: what the last `up` found of the host's git.
@@ -63,7 +61,6 @@ impl HostGit {
 /// identity could not be written inside (sessions then carry it).
 pub fn install_identity(
     backend: &dyn Backend,
-    kind: BackendKind,
     dir: &Path,
     mut now: HostGit,
     fresh: bool,
@@ -72,28 +69,18 @@ pub fn install_identity(
     let was_inside = before.as_ref().is_some_and(|b| b.inside);
     let same = before.as_ref().is_some_and(|b| b.identity == now.identity);
     let mut notice = None;
-    if kind == BackendKind::Vm {
-        // The guest agent has no builtin to write it: sessions carry the identity.
-    } else if same && (was_inside || now.identity.is_none()) {
+    if same && (was_inside || now.identity.is_none()) {
         now.inside = was_inside;
     } else if now.identity.is_none() && !was_inside {
         // Nothing inside to remove: a fresh tmpfs, or the identity was never written.
     } else {
-        let text = now
-            .identity
-            .as_ref()
-            .map(|(name, email)| {
-                host_git::gitconfig_text("/etc/gitconfig", name.as_deref(), email.as_deref(), None)
-            })
-            .unwrap_or_default();
-        match crate::backend::run_fed(
-            backend,
-            dir,
-            vec![ssh_inside::WRITE_GITCONFIG.into()],
-            text.into_bytes(),
-        ) {
+        let text = now.identity.as_ref().map(|(name, email)| {
+            host_git::gitconfig_text("/etc/gitconfig", name.as_deref(), email.as_deref(), None)
+        });
+        match backend.put_run_files(dir, RunFiles::Gitconfig(text.as_deref())) {
             Ok(()) => now.inside = now.identity.is_some(),
-            Err(why) => {
+            Err(e) => {
+                let why = e.to_string();
                 notice = Some(format!(
                     "the host's git identity could not be written into the environment ({why}); each session carries it instead (`berth down && berth up` restarts the environment with this berth)"
                 ));

@@ -211,7 +211,6 @@ impl Environments {
             // The host's git identity, when it changed since the last `up`.
             notices.extend(crate::credentials::install_identity(
                 backend,
-                plan.backend,
                 dir,
                 HostGit::of_host(&plan.credentials),
                 false,
@@ -369,9 +368,7 @@ impl Environments {
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
             || !plan.secrets.is_empty()
-            || (host_git.identity.is_some()
-                && !plan.services.is_empty()
-                && plan.backend != envfile_spec::plan::BackendKind::Vm);
+            || (host_git.identity.is_some() && !plan.services.is_empty());
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -405,11 +402,7 @@ impl Environments {
         }
         drop(secrets);
         notices.extend(crate::credentials::install_identity(
-            backend,
-            plan.backend,
-            dir,
-            host_git,
-            true,
+            backend, dir, host_git, true,
         ));
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;

@@ -1,6 +1,6 @@
 //! `[secrets]`: named values read on the host at `up` ([`resolve`]) and written into the
-//! running environment's `/run/secrets` tmpfs ([`install`], through the `write-secrets`
-//! builtin run as root inside). They are never part of a plan, record, spec, log or image:
+//! running environment's `/run/secrets` tmpfs ([`install`]: `Backend::put_run_files`, the
+//! `write-secrets` builtin run as root in a container, the agent in a VM). They are never part of a plan, record, spec, log or image:
 //! the plan holds only where each comes from, the container spec only the names of those
 //! also wanted as variables (the supervisor reads those from the tmpfs when it starts a
 //! process).
@@ -11,8 +11,7 @@ use std::path::Path;
 
 pub use resolve::{resolve, SecretValue};
 
-use crate::backend::Backend;
-use crate::ssh_inside;
+use crate::backend::{Backend, RunFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
@@ -34,19 +33,17 @@ pub fn install(
     owner: Option<&str>,
     secrets: &[SecretValue],
 ) -> Result<(), SecretsError> {
-    let mut payload = Vec::new();
-    for s in secrets {
-        payload.extend_from_slice(format!("{}\n{}\n", s.name, s.value.len()).as_bytes());
-        payload.extend_from_slice(&s.value);
-    }
-    crate::backend::run_fed(
-        backend,
-        dir,
-        vec![
-            ssh_inside::WRITE_SECRETS.into(),
-            owner.unwrap_or_default().to_string(),
-        ],
-        payload,
-    )
-    .map_err(SecretsError::Install)
+    let files: Vec<(String, Vec<u8>)> = secrets
+        .iter()
+        .map(|s| (s.name.clone(), s.value.clone()))
+        .collect();
+    backend
+        .put_run_files(
+            dir,
+            RunFiles::Secrets {
+                owner,
+                files: &files,
+            },
+        )
+        .map_err(|e| SecretsError::Install(e.to_string()))
 }

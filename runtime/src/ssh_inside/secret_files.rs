@@ -9,7 +9,7 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Where the secrets are.
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub use berth_agent_proto::SECRETS_DIR;
 /// Largest secret accepted.
 pub const MAX_SECRET: usize = 1 << 20;
 

@@ -70,6 +70,12 @@ pub struct VmSpec {
     /// Names the guest resolves through its `/etc/hosts` (name, IPv4 address): the
     /// environment's sidecars on berth's bridge (`StartRequest::hosts`).
     pub hosts: Vec<(String, String)>,
+    /// The plan has `[secrets]`: the guest gets a tmpfs at `/run/secrets` for them.
+    pub secrets: bool,
+    /// `[secrets]` wanted as variables (names only).
+    pub secret_env: Vec<String>,
+    /// The agent holds the services until `start_services` (`StartRequest::hold_services`).
+    pub hold_services: bool,
 }
 
 /// Chooses the provider for `vmm` on a host with `kind` KVM.
@@ -139,6 +145,14 @@ impl VmSpec {
             agent: None,
             boot_timeout: BOOT_TIMEOUT,
             hosts: Vec::new(),
+            secrets: !plan.secrets.is_empty(),
+            secret_env: plan
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.as_env)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            hold_services: false,
         };
         Ok((
             spec,
