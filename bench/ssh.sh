@@ -20,9 +20,7 @@ RUNS=${RUNS:-10}
 SIZE_MB=${SIZE_MB:-200}
 need ssh scp ssh-keygen
 [ -x /usr/sbin/sshd ] || { echo "bench: /usr/sbin/sshd is missing (apt-get install openssh-server)" >&2; exit 1; }
-OVERRIDE_BERTH=${BERTH:-}
 bench_setup
-[ -n "$OVERRIDE_BERTH" ] && BERTH=$(realpath "$OVERRIDE_BERTH")
 
 # The environment: busybox, root, network none (nothing of the network is measured).
 P=$W/proj

@@ -41,7 +41,7 @@ pub(super) fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
 
 /// tmpfs mounts, then the shared folders (virtio-fs tags) in their place; `ro` is read by
 /// the agent as the read-only flag.
-fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
+pub(super) fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
     let tmpfs = spec
         .mounts
         .iter()
