@@ -169,8 +169,9 @@ impl Backend for VmBackend {
     /// `PutFile` for each file, then `KeepFiles` (the agent writes into its tmpfs folders).
     fn put_run_files(&self, state_dir: &Path, files: RunFiles<'_>) -> Result<(), BackendError> {
         use super::agent_proto::{Message, PutFile, GITCONFIG_PATH, RUN_DIR, SECRETS_DIR};
-        let (dir, owner, mode, list): (&str, Option<&str>, u32, Vec<(String, &[u8])>) = match files
-        {
+        // (name, content) of each file.
+        type Files<'a> = Vec<(String, &'a [u8])>;
+        let (dir, owner, mode, list): (&str, Option<&str>, u32, Files<'_>) = match files {
             RunFiles::Secrets { owner, files } => (
                 SECRETS_DIR,
                 owner,
