@@ -87,10 +87,10 @@ ssh -F "$BCFG" berth-bench-ssh true
 
 # spec_argv NAME ARGV…: one command for interleave.py, argv kept as given.
 spec_argv() {
-  local name=$1
-  shift
-  jq -nc --arg n "$name" '{name: $n, ns: false, prepare: null, cmd: $ARGS.positional}' --args "$@"
+  python3 -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "ns": False, "prepare": None, "cmd": sys.argv[2:]}))' "$@"
 }
+# interleave.py's namespace for crun (unused here: every command runs on the host).
+crun_ns_start
 
 echo "== round trip of true ($RUNS interleaved rounds)" >&2
 interleave "$W/rtt.json" \
