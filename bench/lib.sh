@@ -1,7 +1,7 @@
 # Shared parts of bench/container.sh and bench/run.sh (sourced, not run).
 #
-# After `bench_setup`: $BERTH (release binary), $W (scratch dir, removed on exit),
-# BERTH_HOME=$W/home (exported), $ROOTFS (busybox rootfs), $BUNDLES (crun bundles) and the
+# After `bench_setup`: $BERTH (the release binary, built; or the one BERTH=path names), $W
+# (scratch dir, removed on exit), BERTH_HOME=$W/home (exported), $ROOTFS (busybox rootfs), $BUNDLES (crun bundles) and the
 # helpers below. Scripts add their own cleanup with `on_exit CMD…` (run in reverse order).
 
 BENCH_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,8 +39,13 @@ need() {
 bench_setup() {
   [ "$(id -u)" = 0 ] || { echo "bench: run as root (crun and cgroups need it)" >&2; exit 1; }
   need crun bwrap unshare python3 jq
-  (cd "$BENCH_ROOT" && cargo build --release -p berth-cli) >&2
-  BERTH=$BENCH_ROOT/target/release/berth
+  if [ -n "${BERTH:-}" ]; then
+    # A given binary (BERTH=path) is used as it is.
+    BERTH=$(realpath "$BERTH")
+  else
+    (cd "$BENCH_ROOT" && cargo build --release -p berth-cli) >&2
+    BERTH=$BENCH_ROOT/target/release/berth
+  fi
   W=$(mktemp -d /var/tmp/berth-bench.XXXXXX)
   trap bench_cleanup EXIT
   trap 'exit 130' INT TERM

@@ -242,6 +242,19 @@ impl Client {
         }
     }
 
+    /// Sends `message` (a `PutFile` or `KeepFiles`) and waits for the agent's answer.
+    pub fn put_files(&mut self, message: Message, timeout: Duration) -> Result<(), ClientError> {
+        let deadline = Instant::now() + timeout;
+        send(&self.writer, 0, message)?;
+        loop {
+            match self.recv(Some(deadline), "files")?.message {
+                Message::SetupDone => return Ok(()),
+                Message::Error { message } => return Err(ClientError::Agent(message)),
+                _ => {}
+            }
+        }
+    }
+
     /// Starts a process; follow with [`Client::wait`].
     pub fn start(&mut self, exec: Exec) -> Result<SessionHandle, ClientError> {
         let id = self.next_session;

@@ -20,7 +20,17 @@ pub mod users;
 
 pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
-pub use message::{Exec, Frame, Message, MountRequest, Restart, ServiceSpec, Setup};
+pub use message::{Exec, Frame, Message, MountRequest, PutFile, Restart, ServiceSpec, Setup};
+
+/// berth's own tmpfs inside an environment (container or VM): what berth writes there at
+/// `up` lives in memory only.
+pub const RUN_DIR: &str = "/run/berth";
+/// The environment's system gitconfig, written at `up` (the host user's git identity, after
+/// an include of the image's `/etc/gitconfig`). Every process started inside gets
+/// `GIT_CONFIG_SYSTEM` pointing at it while it exists (a variable of `[env]` wins).
+pub const GITCONFIG_PATH: &str = "/run/berth/gitconfig";
+/// `[secrets]` inside an environment: one file each, on a tmpfs.
+pub const SECRETS_DIR: &str = "/run/secrets";
 
 /// Where the agent writes each `[services]` entry's output in the guest: `<dir>/<name>.log`.
 pub const SERVICE_LOG_DIR: &str = "/var/log/berth";

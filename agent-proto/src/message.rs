@@ -63,6 +63,44 @@ pub enum Message {
     },
     /// Host → agent: sync and stop the VM.
     Poweroff,
+    /// Host → agent: write one file into one of berth's tmpfs folders in the guest
+    /// (`[secrets]`, the environment's gitconfig); answered by `SetupDone` or `Error`.
+    PutFile(PutFile),
+    /// Host → agent: remove every file of `dir` (one of berth's tmpfs folders) not named in
+    /// `keep`; answered by `SetupDone` or `Error`.
+    KeepFiles {
+        dir: String,
+        keep: Vec<String>,
+    },
+    /// Host → agent: start the services a `Setup` held back; answered by `SetupDone`.
+    StartServices,
+}
+
+/// A file for one of berth's tmpfs folders in the guest. Its `Debug` never shows the
+/// content (a secret).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PutFile {
+    /// `/run/secrets` or `/run/berth`; the agent refuses any other.
+    pub dir: String,
+    pub name: String,
+    /// User name or uid:gid the file is given to; `None`: root.
+    pub owner: Option<String>,
+    pub mode: u32,
+    pub content: Vec<u8>,
+}
+
+impl std::fmt::Debug for PutFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PutFile({}/{}, owner {:?}, mode {:o}, {} bytes)",
+            self.dir,
+            self.name,
+            self.owner,
+            self.mode,
+            self.content.len()
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,6 +127,12 @@ pub struct Setup {
     /// them (an empty list removes it); a `Setup` with only `hosts` updates them on a running
     /// guest.
     pub hosts: Vec<(String, String)>,
+    /// `[secrets]` wanted as variables (names only): every process the agent starts gets
+    /// each from `/run/secrets/NAME` as it is then.
+    pub secret_env: Vec<String>,
+    /// The services wait for `StartServices` (the host writes `[secrets]` and runs
+    /// `on_create` first).
+    pub hold_services: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -133,6 +177,9 @@ impl Message {
             Message::Signal { .. } => 13,
             Message::Error { .. } => 14,
             Message::Poweroff => 15,
+            Message::PutFile(_) => 16,
+            Message::KeepFiles { .. } => 17,
+            Message::StartServices => 18,
         }
     }
 
@@ -177,8 +224,22 @@ impl Message {
                     w.u8(svc.restart as u8);
                 }
                 w.pairs(&s.hosts);
+                w.strs(&s.secret_env);
+                w.bool(s.hold_services);
             }
-            Message::SetupDone | Message::Poweroff => {}
+            Message::PutFile(p) => {
+                w.str(&p.dir);
+                w.str(&p.name);
+                w.opt(&p.owner);
+                w.u32(p.mode);
+                w.u32(p.content.len() as u32);
+                w.0.extend_from_slice(&p.content);
+            }
+            Message::KeepFiles { dir, keep } => {
+                w.str(dir);
+                w.strs(keep);
+            }
+            Message::SetupDone | Message::Poweroff | Message::StartServices => {}
             Message::Exec(e) => {
                 w.strs(&e.argv);
                 w.pairs(&e.env);
@@ -253,12 +314,16 @@ impl Message {
                     });
                 }
                 let hosts = r.pairs("hosts")?;
+                let secret_env = r.strs("secret_env")?;
+                let hold_services = r.bool("hold_services")?;
                 Message::Setup(Setup {
                     hostname,
                     mounts,
                     env,
                     services,
                     hosts,
+                    secret_env,
+                    hold_services,
                 })
             }
             5 => Message::SetupDone,
@@ -290,6 +355,21 @@ impl Message {
                 message: r.str("message")?,
             },
             15 => Message::Poweroff,
+            16 => Message::PutFile(PutFile {
+                dir: r.str("dir")?,
+                name: r.str("name")?,
+                owner: r.opt("owner")?,
+                mode: r.u32("mode")?,
+                content: {
+                    let n = r.u32("content")? as usize;
+                    r.take(n, "content")?.to_vec()
+                },
+            }),
+            18 => Message::StartServices,
+            17 => Message::KeepFiles {
+                dir: r.str("dir")?,
+                keep: r.strs("keep")?,
+            },
             k => return Err(ProtoError::UnknownKind(k)),
         };
         if !r.buf.is_empty() {

@@ -41,9 +41,29 @@ fn samples() -> Vec<Frame> {
                     restart: Restart::OnFailure,
                 }],
                 hosts: vec![("cache".into(), "10.88.0.3".into())],
+                secret_env: vec!["TOKEN".into()],
+                hold_services: true,
             }),
         ),
         f(0, Message::SetupDone),
+        f(0, Message::StartServices),
+        f(
+            0,
+            Message::PutFile(PutFile {
+                dir: "/run/secrets".into(),
+                name: "TOKEN".into(),
+                owner: Some("1000".into()),
+                mode: 0o400,
+                content: b"s3cr3t\0bytes".to_vec(),
+            }),
+        ),
+        f(
+            0,
+            Message::KeepFiles {
+                dir: "/run/secrets".into(),
+                keep: vec!["TOKEN".into()],
+            },
+        ),
         f(
             7,
             Message::Exec(Exec {
@@ -272,4 +292,20 @@ proptest! {
         let bytes = encode(&frame).unwrap();
         prop_assert_eq!(decode(&bytes).unwrap().unwrap().0, frame);
     }
+}
+
+#[test]
+fn a_put_files_debug_never_shows_the_content() {
+    let m = Message::PutFile(PutFile {
+        dir: "/run/secrets".into(),
+        name: "TOKEN".into(),
+        owner: None,
+        mode: 0o400,
+        content: b"marker-value".to_vec(),
+    });
+    let shown = format!("{m:?}");
+    assert!(
+        !shown.contains("marker-value") && shown.contains("TOKEN"),
+        "{shown}"
+    );
 }

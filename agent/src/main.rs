@@ -11,6 +11,7 @@ mod channel;
 mod hosts_file;
 mod init;
 mod net;
+mod run_files;
 mod serve;
 mod spawn;
 mod sync_serve;

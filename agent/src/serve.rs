@@ -35,6 +35,8 @@ struct Service {
     restart_at: Option<Instant>,
     /// Restarts and recent exits: the restart policy's back-off, as in a container.
     runs: ServiceRuns,
+    /// Not started yet: waits for `StartServices`.
+    held: bool,
 }
 
 impl Service {
@@ -75,6 +77,8 @@ pub struct Server {
     sessions: HashMap<Key, Session>,
     services: Vec<Service>,
     env: Vec<(String, String)>,
+    /// `[secrets]` wanted as variables: read from `/run/secrets` at each start.
+    secret_env: Vec<String>,
     chans: Vec<Chan>,
     poweroff: bool,
 }
@@ -95,6 +99,7 @@ impl Server {
             sessions: HashMap::new(),
             services: Vec::new(),
             env: default_env(),
+            secret_env: Vec::new(),
             chans: Vec::new(),
             poweroff: false,
         }
@@ -352,6 +357,25 @@ impl Server {
                 Ok(()) => self.send(ctl, id, Message::SetupDone),
                 Err(e) => self.send(ctl, id, Message::Error { message: e }),
             },
+            Message::StartServices => {
+                let now = Instant::now();
+                for svc in &mut self.services {
+                    if svc.held {
+                        svc.held = false;
+                        svc.restart_at = Some(now);
+                    }
+                }
+                self.restart_services();
+                self.send(ctl, id, Message::SetupDone);
+            }
+            Message::PutFile(p) => match crate::run_files::put(&p) {
+                Ok(()) => self.send(ctl, id, Message::SetupDone),
+                Err(e) => self.send(ctl, id, Message::Error { message: e }),
+            },
+            Message::KeepFiles { dir, keep } => match crate::run_files::keep(&dir, &keep) {
+                Ok(()) => self.send(ctl, id, Message::SetupDone),
+                Err(e) => self.send(ctl, id, Message::Error { message: e }),
+            },
             Message::Exec(exec) => self.start_exec(key, exec),
             Message::Stdin(data) => {
                 if let Some(s) = self.sessions.get_mut(&key) {
@@ -438,11 +462,15 @@ impl Server {
             self.env.retain(|(ek, _)| *ek != k);
             self.env.push((k, v));
         }
+        if !setup.secret_env.is_empty() {
+            self.secret_env = setup.secret_env;
+        }
         for spec in setup.services {
             self.services.push(Service {
                 spec,
                 pid: None,
-                restart_at: Some(Instant::now()),
+                restart_at: (!setup.hold_services).then(Instant::now),
+                held: setup.hold_services,
                 runs: ServiceRuns::default(),
             });
         }
@@ -480,7 +508,7 @@ impl Server {
                 }
             },
         };
-        let mut env = self.env.clone();
+        let mut env = self.process_env();
         env.retain(|(k, _)| k != "HOME");
         env.push(("HOME".into(), user.home.clone()));
         for (k, v) in exec.env {
@@ -530,6 +558,36 @@ impl Server {
                 );
             }
         }
+    }
+
+    /// The variables of every process started now: the environment's gitconfig while it
+    /// exists (a variable of `[env]` wins), `Setup`'s variables, then the `[secrets]` wanted
+    /// as variables, read from their tmpfs (not there yet: left out).
+    fn process_env(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if std::path::Path::new(berth_agent_proto::GITCONFIG_PATH).exists() {
+            env.push((
+                "GIT_CONFIG_SYSTEM".to_string(),
+                berth_agent_proto::GITCONFIG_PATH.to_string(),
+            ));
+        }
+        for (k, v) in &self.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        for name in &self.secret_env {
+            let path = format!("{}/{name}", berth_agent_proto::SECRETS_DIR);
+            let Ok(v) = std::fs::read(&path) else {
+                continue;
+            };
+            if let Ok(v) = String::from_utf8(v) {
+                if !v.contains('\0') {
+                    env.retain(|(ek, _)| ek != name);
+                    env.push((name.clone(), v));
+                }
+            }
+        }
+        env
     }
 
     fn flush_stdin(&mut self, key: Key) {
@@ -662,7 +720,7 @@ impl Server {
 
     fn restart_services(&mut self) {
         let now = Instant::now();
-        let env = self.env.clone();
+        let env = self.process_env();
         for svc in &mut self.services {
             let Some(at) = svc.restart_at else { continue };
             if at > now {
@@ -733,6 +791,7 @@ mod tests {
             pid: Some(7),
             restart_at: None,
             runs: Default::default(),
+            held: false,
         }
     }
 

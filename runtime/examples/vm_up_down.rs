@@ -70,6 +70,9 @@ fn main() {
         agent: Some(need("--agent").into()),
         boot_timeout: Duration::from_secs(300),
         hosts: Vec::new(),
+        secrets: false,
+        secret_env: Vec::new(),
+        hold_services: false,
     };
     let t = Instant::now();
     let result = backend.start(&spec);

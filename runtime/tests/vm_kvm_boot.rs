@@ -105,6 +105,9 @@ fn real_kernel_under_berths_vmm() {
         agent: Some(agent),
         boot_timeout: Duration::from_secs(30),
         hosts: Vec::new(),
+        secrets: false,
+        secret_env: Vec::new(),
+        hold_services: false,
     };
     let st = match backend.start(&spec) {
         Ok(st) => st,

@@ -123,6 +123,9 @@ fn debian_kernel_under_qemu_tcg() {
         agent: Some(static_agent()),
         boot_timeout: Duration::from_secs(120),
         hosts: Vec::new(),
+        secrets: false,
+        secret_env: Vec::new(),
+        hold_services: false,
     };
     let _guard = VmGuard {
         backend: &backend,

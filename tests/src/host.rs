@@ -274,6 +274,33 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
+/// Whether the file at `path` contains `marker`: read in 8 MiB chunks (a VM's disk image is
+/// gigabytes) that overlap by the marker's length less one, searched with `memmem`.
+fn file_contains(path: &Path, marker: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let finder = memchr::memmem::Finder::new(marker);
+    let keep = marker.len().saturating_sub(1);
+    let mut buf = vec![0u8; 8 << 20];
+    let mut filled = 0;
+    loop {
+        let n = match f.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        filled += n;
+        if finder.find(&buf[..filled]).is_some() {
+            return true;
+        }
+        // The last bytes may start the marker: they stay for the next chunk.
+        let tail = filled.min(keep);
+        buf.copy_within(filled - tail..filled, 0);
+        filled = tail;
+    }
+}
+
 /// Every regular file under `dir` whose content contains `marker` (symlinks not followed),
 /// for the scans that prove a secret was written nowhere.
 pub fn files_containing(dir: &Path, marker: &str) -> Vec<std::path::PathBuf> {
@@ -284,13 +311,38 @@ pub fn files_containing(dir: &Path, marker: &str) -> Vec<std::path::PathBuf> {
             let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
                 stack.push(e.path());
-            } else if t.is_file() {
-                let bytes = std::fs::read(e.path()).unwrap_or_default();
-                if bytes.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                    found.push(e.path());
-                }
+            } else if t.is_file() && file_contains(&e.path(), marker.as_bytes()) {
+                found.push(e.path());
             }
         }
     }
     found
+}
+
+#[cfg(test)]
+mod file_scan_tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_across_a_chunk_boundary_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = "secret-marker-123";
+        for at in [
+            0usize,
+            (8 << 20) - 5,
+            (8 << 20) + 3,
+            (16 << 20) - marker.len(),
+        ] {
+            let mut bytes = vec![0u8; 16 << 20];
+            bytes[at..at + marker.len()].copy_from_slice(marker.as_bytes());
+            std::fs::write(dir.path().join("f"), &bytes).unwrap();
+            assert_eq!(
+                files_containing(dir.path(), marker),
+                [dir.path().join("f")],
+                "{at}"
+            );
+        }
+        std::fs::write(dir.path().join("f"), vec![0u8; 9 << 20]).unwrap();
+        assert!(files_containing(dir.path(), marker).is_empty());
+    }
 }

@@ -165,6 +165,9 @@ fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
     );
     assert!(out.contains(KEY_COMMENT), "{out}");
     assert!(out.contains("dir=700:1000"), "{out}");
+    // `berth run`'s command, in its throw-away environment.
+    let out = berth_ok(&b, &p, Some(&sock), &["-q", "run", "--", "ssh-add", "-l"]);
+    assert!(out.contains(KEY_COMMENT), "{out}");
     // shell (stdin not a terminal: the shell reads its commands from it).
     let mut c = b.cmd();
     let mut shell = c
@@ -522,6 +525,8 @@ target = "/work"
 [shell]
 user = "dev"
 workdir = "/home/dev"
+[services.who]
+command = ["sh", "-c", "git config user.name; exec sleep 1000"]
 "#,
     );
     let rootfs = p.path().join("rootfs");
@@ -576,11 +581,14 @@ workdir = "/home/dev"
         url = server.url(),
         port = server.port,
     );
+    // A service gets the identity too (written before the services start).
+    let logs = berth_git(&["logs", "who"]);
+    assert!(logs.contains("Ada Host"), "{logs}");
     let out = berth_git(&["exec", "--", "sh", "-c", &script]);
     assert!(out.contains("pushed"), "{out}");
     assert!(
-        out.contains("/tmp/berth-") && out.contains("Ada Host"),
-        "identity from the session's system gitconfig: {out}"
+        out.contains("file:/run/berth/gitconfig") && out.contains("Ada Host"),
+        "identity from the environment's gitconfig, written at `up`: {out}"
     );
     assert!(!out.contains("LEAKED-INSIDE"), "{out}");
     assert_eq!(server.log().trim(), "from-inside|Ada Host|ada@host.example");
@@ -617,13 +625,58 @@ workdir = "/home/dev"
         server.log()
     );
 
-    // `[credentials] git_credentials = false`: the same push is refused.
+    // `[credentials] git_credentials = false`, and the host user renamed: the next `up`
+    // writes the new identity into the environment's gitconfig, and `exec` forwards
+    // nothing per session (no private folder made inside, no host git run).
     let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap();
     std::fs::write(
         p.path().join("berth.toml"),
-        format!("{toml}[credentials]\ngit_credentials = false\ngit = false\n"),
+        format!("{toml}[credentials]\ngit_credentials = false\n"),
     )
     .unwrap();
+    let gitconfig = host_home.path().join(".gitconfig");
+    let renamed = std::fs::read_to_string(&gitconfig)
+        .unwrap()
+        .replace("Ada Host", "Ada Renamed");
+    std::fs::write(&gitconfig, renamed).unwrap();
+    berth_git(&["up"]);
+    // A host git that fails: `exec` must not run it.
+    let no_git = host_home.path().join("no-git");
+    std::fs::create_dir(&no_git).unwrap();
+    std::fs::write(no_git.join("git"), "#!/bin/sh\ntouch \"$0.ran\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        no_git.join("git"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let o = b
+        .cmd()
+        .current_dir(p.path())
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "echo $GIT_CONFIG_SYSTEM; git config user.name; ls /tmp",
+        ])
+        .env("HOME", host_home.path())
+        .env("PATH", format!("{}:/usr/bin:/bin", no_git.display()))
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.starts_with("/run/berth/gitconfig\nAda Renamed\n") && !out.contains("berth-"),
+        "{out}{err}"
+    );
+    assert!(!no_git.join("git.ran").exists(), "exec ran the host's git");
+
+    // `[credentials] git_credentials = false` and `git = false`: the same push is refused,
+    // and the environment's gitconfig is gone.
+    let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap();
+    std::fs::write(p.path().join("berth.toml"), format!("{toml}git = false\n")).unwrap();
     berth_git(&["up"]);
     let out = berth_git(&[
         "exec",

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use berth_e2e::host::{busybox_rootfs, have, root_skip_reason, HostSnapshot};
+use berth_e2e::host::{
+    busybox_rootfs, copy_program_with_libs, files_containing, have, root_skip_reason, HostSnapshot,
+};
 use berth_e2e::ports::free_port;
 use berth_e2e::{berth_bin, text, Berth};
 
@@ -221,8 +223,10 @@ vmm = "qemu"
 memory = "256MiB"
 vcpus = 1
 [services]
-ticker = { command = ["sh", "-c", "echo tick $GREETING; echo tock; sleep 1000"] }
+ticker = { command = ["sh", "-c", "echo tick $GREETING ${VM_TOKEN:+token-set}; echo tock; sleep 1000"] }
 web = { command = ["sh", "-c", "mkdir -p /srv && echo served-from-the-guest > /srv/index.html && exec httpd -f -p 80 -h /srv"] }
+[secrets]
+VM_TOKEN = { from_file = "secret.txt", as_env = true }
 [[ports]]
 host = {port}
 guest = 80
@@ -395,11 +399,34 @@ fn vm_environment_through_the_cli() {
         ),
     )
     .unwrap();
+    // `[secrets]` and the host user's git identity reach the guest (its tmpfs), never a
+    // host file: the VM's disk, records and logs are searched for the marker at the end.
+    let marker = format!("vm-secret-marker-{}", std::process::id());
+    std::fs::write(project.path().join("secret.txt"), &marker).unwrap();
+    let git_home = tempfile::Builder::new()
+        .prefix("berth-vm-git-home-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        git_home.path().join(".gitconfig"),
+        "[user]\n\tname = Ada Vm\n\temail = ada@vm.example\n",
+    )
+    .unwrap();
+    copy_program_with_libs(Path::new("/usr/bin/git"), &project.path().join("rootfs"));
     let vm = Vm {
         berth: &berth,
         exe: installed.dir.path().join("berth"),
         project: project.path().to_path_buf(),
-        env: Vec::new(),
+        env: vec![(
+            "HOME",
+            Box::leak(
+                git_home
+                    .path()
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_boxed_str(),
+            ),
+        )],
     };
     let home = berth.home.path().to_string_lossy().into_owned();
     let before = HostSnapshot::take(&[&home]);
@@ -510,6 +537,22 @@ fn vm_environment_through_the_cli() {
     assert_eq!(
         String::from_utf8_lossy(&o.stdout),
         "got hello x1\nhello from the plan\non-up-ran\n"
+    );
+
+    // The secret: a file on the guest's tmpfs, 0400, the shell user's (root here), and a
+    // variable; the host's git identity in the guest's system gitconfig.
+    let out = vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "cat /run/secrets/VM_TOKEN; echo; stat -c '%a %U' /run/secrets/VM_TOKEN; \
+         grep ' /run/secrets ' /proc/mounts | cut -d' ' -f3; echo \"env=$VM_TOKEN\"; \
+         git config user.name; echo $GIT_CONFIG_SYSTEM",
+    ]);
+    assert_eq!(
+        out,
+        format!("{marker}\n400 root\ntmpfs\nenv={marker}\nAda Vm\n/run/berth/gitconfig\n")
     );
 
     // ports: the guest's NIC is up (qemu's user network; under berth's VMM virtio-net on a tap
@@ -652,7 +695,7 @@ fn vm_environment_through_the_cli() {
     assert_eq!(logs, "ticker | tock\n");
     assert_eq!(
         vm.ok(&["logs", "ticker"]),
-        "tick hello from the plan\ntock\n"
+        "tick hello from the plan token-set\ntock\n"
     );
     assert_ne!(vm.run(&["logs", "nope"]).status.code(), Some(0));
 
@@ -846,6 +889,10 @@ exit [lindex $result 3]
     for f in ["control.sock", "qemu.pid", "vm.json"] {
         assert!(!env_dir.join(f).exists(), "{f} left after a failed up");
     }
+
+    // The secret is on no host file: not the VM's disk, records, logs or snapshots.
+    let found = files_containing(berth.home.path(), &marker);
+    assert!(found.is_empty(), "the secret was written to {found:?}");
 
     // destroy removes the environment's folder (its disk with it).
     vm.ok(&["destroy"]);

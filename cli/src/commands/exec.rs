@@ -65,12 +65,13 @@ pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {
 
 /// The host's credentials for a session of `req` (`[credentials]` of the environment); a
 /// failure is a warning, the command runs without them.
-fn forward_credentials(
+pub(crate) fn forward_credentials(
     envs: &Environments,
     record: &EnvRecord,
     req: &mut ExecRequest,
 ) -> Option<SessionCredentials> {
-    let wanted = Wanted::from_host(&record.plan.credentials, None);
+    let dir = envs.home().env_dir(&record.env_id);
+    let wanted = Wanted::for_session(&dir, &record.plan.credentials, None);
     match SessionCredentials::start(envs, record, req.user.as_deref(), wanted) {
         Ok(c) => {
             if let Some(c) = &c {

@@ -13,7 +13,7 @@ use clap::Args;
 use envfile_spec::Loaded;
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::commands::exec::parse_env;
+use crate::commands::exec::{forward_credentials, parse_env};
 use crate::envfile::load_plan;
 use crate::environment::{
     env_error, environments, human_duration, network_lines, replaced_port_lines,
@@ -255,7 +255,7 @@ fn run_command(
     timeout: Option<Duration>,
 ) -> Result<(i32, bool), CliError> {
     let record = envs.find(env_id).map_err(env_error)?;
-    let req = ExecRequest {
+    let mut req = ExecRequest {
         argv: args.command.clone(),
         env,
         cwd: args.workdir.clone().or_else(|| plan.shell.workdir.clone()),
@@ -265,6 +265,8 @@ fn run_command(
     };
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let stdio: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];
+    // The host's agent and git credentials, as for `exec` (ended with the command).
+    let _credentials = forward_credentials(envs, &record, &mut req);
     let mut session = envs.exec_start(&record, &req, stdio).map_err(env_error)?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut term_sent: Option<Instant> = None;

@@ -143,7 +143,7 @@ impl<'a> Checker<'a> {
             self.services(&root, shell.workdir.as_deref().unwrap_or("/"), backend);
         let vm = self.vm(&root, backend, backend_span, backend_known);
         let credentials = self.credentials(&root);
-        let secrets = self.secrets(&root, backend);
+        let secrets = self.secrets(&root);
 
         Plan {
             name,

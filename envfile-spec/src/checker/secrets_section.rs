@@ -7,7 +7,7 @@ use super::toml_readers::show_key;
 use super::toml_readers::Tbl;
 use super::Checker;
 use crate::diagnostic::ErrorKind;
-use crate::plan::{BackendKind, SecretPlan, SecretSource};
+use crate::plan::{SecretPlan, SecretSource};
 
 /// A secret's name: a file name under /run/secrets and a variable name.
 pub fn is_secret_name(name: &str) -> bool {
@@ -18,11 +18,7 @@ pub fn is_secret_name(name: &str) -> bool {
 }
 
 impl Checker<'_> {
-    pub(super) fn secrets(
-        &mut self,
-        root: &Tbl<'_>,
-        backend: BackendKind,
-    ) -> BTreeMap<String, SecretPlan> {
+    pub(super) fn secrets(&mut self, root: &Tbl<'_>) -> BTreeMap<String, SecretPlan> {
         let mut out = BTreeMap::new();
         let Some((item, _)) = root.get("secrets") else {
             return out;
@@ -36,15 +32,6 @@ impl Checker<'_> {
         ) else {
             return out;
         };
-        if backend == BackendKind::Vm && !t.is_empty() {
-            self.error(
-                ErrorKind::InvalidValue,
-                span,
-                "`[secrets]` is available for containers only so far",
-                Some("remove [secrets] or use backend = \"container\"".into()),
-            );
-            return out;
-        }
         for (name, sitem) in t.iter() {
             let kspan = t
                 .get_key_value(name)
@@ -153,7 +140,7 @@ mod tests {
     }
 
     #[test]
-    fn bad_names_sources_and_vms_are_errors_with_line_and_column() {
+    fn bad_names_and_sources_are_errors_with_line_and_column() {
         let e = check(&format!(
             "{BASE}[secrets]\n\"a/b\" = {{ from_env = \"X\" }}\n"
         ))
@@ -171,10 +158,10 @@ mod tests {
         assert!(e.contains("exactly one of"), "{e}");
         let e = check(&format!("{BASE}[secrets]\nA = {{ from_envv = \"X\" }}\n")).unwrap_err();
         assert!(e.contains("from_envv") && e.contains(":5:"), "{e}");
-        let e = check(
-            "name = \"c\"\nbackend = \"vm\"\n[image]\nfrom = \"debian:12\"\n[secrets]\nA = { from_env = \"X\" }\n",
-        )
-        .unwrap_err();
-        assert!(e.contains("containers only"), "{e}");
+        // A VM takes them too (the guest's agent writes them into its tmpfs).
+        let vm = check(
+            "name = \"c\"\nbackend = \"vm\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\n[image]\nfrom = \"debian:12\"\n[secrets]\nA = { from_env = \"X\" }\n",
+        );
+        assert!(vm.is_ok(), "{vm:?}");
     }
 }

@@ -34,3 +34,46 @@ pub trait CommandSession {
     /// `tty` (an error, or no effect, for one without a terminal).
     fn resize(&mut self, rows: u16, cols: u16) -> Result<(), BackendError>;
 }
+
+/// Runs `argv` as root inside the running environment in `dir` with `input` on its stdin
+/// (fed from a thread of its own, so a large input cannot block on a full pipe); `Err`
+/// holds what the command wrote to stderr (at most 4 KiB) and its exit code, or why it
+/// could not run. For berth's own builtins that write into the environment at `up`.
+pub fn run_fed(
+    backend: &dyn super::Backend,
+    dir: &std::path::Path,
+    argv: Vec<String>,
+    input: Vec<u8>,
+) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    let feeder = std::thread::spawn(move || {
+        let mut w = std::fs::File::from(w);
+        let _ = w.write_all(&input);
+    });
+    let devnull = std::fs::File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
+    let req = ExecRequest {
+        argv,
+        env: Vec::new(),
+        cwd: Some("/".into()),
+        user: Some("0".into()),
+        tty: false,
+        winsize: None,
+    };
+    let code = backend.exec(dir, &req, [r.as_fd(), devnull.as_fd(), err_w.as_fd()]);
+    drop((r, err_w));
+    let _ = feeder.join();
+    let mut why = String::new();
+    let _ = std::fs::File::from(err_r)
+        .take(4096)
+        .read_to_string(&mut why);
+    match code {
+        Ok(0) => Ok(()),
+        Ok(c) => Err(format!("{} (exit {c})", why.trim())),
+        Err(e) => Err(e.to_string()),
+    }
+}

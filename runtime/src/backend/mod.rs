@@ -20,7 +20,7 @@ use std::time::Duration;
 use envfile_spec::Plan;
 
 pub use error::BackendError;
-pub use exec_request::{CommandSession, ExecRequest};
+pub use exec_request::{run_fed, CommandSession, ExecRequest};
 pub use report::{
     service_restart, CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts,
     VmProvider,
@@ -30,6 +30,18 @@ pub use start::{ImageDefaults, StartRequest};
 use crate::image::Progress;
 use crate::state::BerthHome;
 use crate::sync::Transport;
+
+/// berth's own files for [`Backend::put_run_files`].
+pub enum RunFiles<'a> {
+    /// `[secrets]` (name, value): each `/run/secrets/NAME`, mode 0400, owned by `owner` (the
+    /// `[shell]` user; `None`: root); the folder's other files are removed.
+    Secrets {
+        owner: Option<&'a str>,
+        files: &'a [(String, Vec<u8>)],
+    },
+    /// The environment's gitconfig (`/run/berth/gitconfig`, 0644, root's); `None` removes it.
+    Gitconfig(Option<&'a str>),
+}
 
 /// What `berth logs` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +113,10 @@ pub trait Backend {
         state_dir: &Path,
         hosts: &[(String, std::net::Ipv4Addr)],
     ) -> Result<(), BackendError>;
+    /// Writes berth's own files into the running environment's tmpfs folders (never onto a
+    /// disk): `[secrets]` into `/run/secrets`, or the environment's gitconfig into
+    /// `/run/berth`; see [`RunFiles`].
+    fn put_run_files(&self, state_dir: &Path, files: RunFiles<'_>) -> Result<(), BackendError>;
     /// SIGTERM to everything inside, SIGKILL after `timeout`, then removes what the start
     /// created (except the writable layer or disk). Also repairs a crashed or half-started
     /// one.

@@ -18,8 +18,8 @@ use super::network_attach;
 use super::spec::ContainerSpec;
 use super::terminal_relay::RelayedTerminal;
 use crate::backend::{
-    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, SavedSnapshot,
-    SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint,
+    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, RunFiles,
+    SavedSnapshot, SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint,
 };
 use crate::image::Progress;
 use crate::state::BerthHome;
@@ -58,6 +58,35 @@ impl Backend for ContainerBackend {
     }
     fn start_services(&self, state_dir: &Path) -> std::result::Result<(), BackendError> {
         Ok(ContainerBackend::start_services(self, state_dir)?)
+    }
+    /// Through the builtins `write-secrets` and `write-gitconfig`, run as root inside.
+    fn put_run_files(
+        &self,
+        state_dir: &Path,
+        files: RunFiles<'_>,
+    ) -> std::result::Result<(), BackendError> {
+        let (argv, input) = match files {
+            RunFiles::Secrets { owner, files } => {
+                let mut payload = Vec::new();
+                for (name, value) in files {
+                    payload.extend_from_slice(format!("{name}\n{}\n", value.len()).as_bytes());
+                    payload.extend_from_slice(value);
+                }
+                (
+                    vec![
+                        crate::ssh_inside::WRITE_SECRETS.to_string(),
+                        owner.unwrap_or_default().to_string(),
+                    ],
+                    payload,
+                )
+            }
+            RunFiles::Gitconfig(text) => (
+                vec![crate::ssh_inside::WRITE_GITCONFIG.to_string()],
+                text.unwrap_or_default().as_bytes().to_vec(),
+            ),
+        };
+        crate::backend::run_fed(self, state_dir, argv, input)
+            .map_err(|why| BackendError::new(std::io::Error::other(why)))
     }
     /// A container's sidecars share its network namespace: they are on its `localhost`.
     fn set_hosts(

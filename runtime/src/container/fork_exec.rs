@@ -324,6 +324,10 @@ pub fn compose_env(spec: &ContainerSpec, home: &str, tty: bool, extra: &[String]
         Some(e) => e.1 = v.to_string(),
         None => vars.push((k.to_string(), v.to_string())),
     };
+    // The environment's gitconfig written at `up` (the host's git identity); the image's and `[env]`'s variables win.
+    if Path::new(crate::ssh_inside::GITCONFIG_PATH).exists() {
+        set("GIT_CONFIG_SYSTEM", crate::ssh_inside::GITCONFIG_PATH);
+    }
     for e in &spec.image.env {
         if let Some((k, v)) = e.split_once('=') {
             set(k, v);

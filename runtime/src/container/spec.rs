@@ -251,6 +251,11 @@ impl ContainerSpec {
                 .map(|(n, _)| n.clone())
                 .collect();
         }
+        // berth's own tmpfs (the environment's gitconfig, written at `up`).
+        spec.mounts.push(MountSpec::Tmpfs {
+            target: crate::ssh_inside::RUN_DIR.into(),
+            size: Some(256 << 10),
+        });
         spec.env = plan.env.clone();
         spec.resources = plan.resources.clone();
         spec.network = plan.network.mode;

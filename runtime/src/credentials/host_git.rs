@@ -99,15 +99,16 @@ fn quoted(v: &str) -> String {
     format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-/// The session's system gitconfig: the image's `/etc/gitconfig` first (included), then the
-/// host's identity and the credential helper; `dir` is the session folder's path (or the
-/// placeholder the inside builtin replaces).
+/// A system gitconfig: `include` first (the image's `/etc/gitconfig`, or the environment's
+/// gitconfig that includes it), then the host's identity and the credential helper's socket
+/// (in a session's folder: its path or the placeholder the inside builtin replaces).
 pub fn gitconfig_text(
+    include: &str,
     name: Option<&str>,
     email: Option<&str>,
     helper_socket: Option<&str>,
 ) -> String {
-    let mut t = String::from("[include]\n\tpath = /etc/gitconfig\n");
+    let mut t = format!("[include]\n\tpath = {}\n", quoted(include));
     if name.is_some() || email.is_some() {
         t.push_str("[user]\n");
         if let Some(n) = name {
@@ -204,15 +205,23 @@ mod tests {
 
     #[test]
     fn gitconfig_quotes_values_and_names_the_helper() {
-        let t = gitconfig_text(Some("Ann \"A\" \\ B"), Some("a@b"), Some("/tmp/x/g.sock"));
-        assert!(t.starts_with("[include]\n\tpath = /etc/gitconfig\n"), "{t}");
+        let t = gitconfig_text(
+            "/etc/gitconfig",
+            Some("Ann \"A\" \\ B"),
+            Some("a@b"),
+            Some("/tmp/x/g.sock"),
+        );
+        assert!(
+            t.starts_with("[include]\n\tpath = \"/etc/gitconfig\"\n"),
+            "{t}"
+        );
         assert!(t.contains("\tname = \"Ann \\\"A\\\" \\\\ B\"\n"), "{t}");
         assert!(t.contains("\temail = \"a@b\"\n"), "{t}");
         assert!(
             t.contains("\thelper = \"cache --socket /tmp/x/g.sock\"\n"),
             "{t}"
         );
-        assert!(!gitconfig_text(None, None, None).contains("[user]"));
+        assert!(!gitconfig_text("/etc/gitconfig", None, None, None).contains("[user]"));
     }
 
     #[test]

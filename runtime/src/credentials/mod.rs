@@ -7,15 +7,19 @@
 //!   checked and served on a thread of its own.
 //! - `agent_relay`: where agent connections go (the host's `SSH_AUTH_SOCK`, or the SSH
 //!   client's agent channel for `ssh -A`).
+//! - `identity`: the host's git identity written into the environment once at `up`, and
+//!   what that `up` found of the host's git (sessions read it instead of asking git).
 //! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
 //!   and never prompting.
 
 mod agent_relay;
 mod error;
 mod host_git;
+mod identity;
 mod session;
 
 pub use agent_relay::{AgentTarget, RelayThread};
 pub use error::CredentialsError;
+pub use identity::{install_identity, HostGit};
 pub(crate) use session::receive_handover;
 pub use session::{SessionCredentials, Wanted};

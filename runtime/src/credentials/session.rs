@@ -11,6 +11,7 @@
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,9 +25,10 @@ use tokio::sync::{oneshot, Semaphore};
 use super::agent_relay::{self, AgentTarget};
 use super::error::CredentialsError;
 use super::host_git;
+use super::identity::HostGit;
 use crate::backend::{CommandSession, ExecRequest};
 use crate::environment::{EnvRecord, Environments};
-use crate::ssh_inside::{self, GITCONFIG_FILE, SESSION_DIR_PLACEHOLDER};
+use crate::ssh_inside::{self, GITCONFIG_FILE, GITCONFIG_PATH, SESSION_DIR_PLACEHOLDER};
 
 const AGENT_SOCKET: &str = "agent.sock";
 const GIT_SOCKET: &str = "git-credential.sock";
@@ -41,32 +43,33 @@ const HANDOVER_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone, Default)]
 pub struct Wanted {
     pub agent: Option<AgentTarget>,
-    /// The host user's `user.name` and `user.email` (`None`: no identity forwarded).
+    /// The host user's `user.name` and `user.email` for the session's own gitconfig
+    /// (`None`: none forwarded, or already in the environment's gitconfig).
     pub identity: Option<(Option<String>, Option<String>)>,
     pub git_credentials: bool,
+    /// The environment's gitconfig ([`GITCONFIG_PATH`]) holds the identity: a session's
+    /// gitconfig includes it.
+    pub identity_inside: bool,
 }
 
 impl Wanted {
-    /// What a session started by this berth process gets under `policy`: the agent of its
-    /// `SSH_AUTH_SOCK` (unless `agent` names another target), the host user's git identity,
-    /// the host's git credentials.
-    pub fn from_host(policy: &CredentialsPlan, agent: Option<AgentTarget>) -> Wanted {
+    /// What a session started by this berth process in the environment whose folder is
+    /// `dir` gets under `policy`: the agent of its `SSH_AUTH_SOCK` (unless `agent` names
+    /// another target), and the host's git identity and credentials as the last `up` found
+    /// them ([`HostGit`]; the host's git is asked only when no `up` recorded it).
+    pub fn for_session(dir: &Path, policy: &CredentialsPlan, agent: Option<AgentTarget>) -> Wanted {
         let agent = if policy.ssh_agent {
             agent.or_else(AgentTarget::of_this_process)
         } else {
             None
         };
-        let host = if policy.git || policy.git_credentials {
-            host_git::read_config()
-        } else {
-            host_git::HostGitConfig::default()
-        };
-        let identity = (policy.git && (host.name.is_some() || host.email.is_some()))
-            .then(|| (host.name.clone(), host.email.clone()));
+        let git = HostGit::load(dir).unwrap_or_else(|| HostGit::of_host(policy));
+        let identity_inside = policy.git && git.inside;
         Wanted {
             agent,
-            identity,
-            git_credentials: policy.git_credentials && host.has_helper,
+            identity: git.identity.filter(|_| policy.git && !identity_inside),
+            git_credentials: policy.git_credentials && git.has_helper,
+            identity_inside,
         }
     }
 
@@ -109,6 +112,11 @@ impl SessionCredentials {
             let (name, email) = wanted.identity.clone().unwrap_or_default();
             let helper = format!("{SESSION_DIR_PLACEHOLDER}/{GIT_SOCKET}");
             host_git::gitconfig_text(
+                if wanted.identity_inside {
+                    GITCONFIG_PATH
+                } else {
+                    "/etc/gitconfig"
+                },
                 name.as_deref(),
                 email.as_deref(),
                 wanted.git_credentials.then_some(helper.as_str()),

@@ -17,6 +17,7 @@ use super::live_sync;
 use super::record::{EnvRecord, Ephemeral, ImageUse};
 use super::up_decision::{decide, UpAction, Wanted};
 use crate::backend::{Backend, EnvStatus, ImageDefaults, StartRequest};
+use crate::credentials::HostGit;
 use crate::host::clock::now_secs;
 use crate::image::build_cache::{BuildCache, BuildCacheSettings};
 use crate::image::dockerfile::build::default_name;
@@ -207,6 +208,13 @@ impl Environments {
             if !secrets.is_empty() {
                 crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
             }
+            // The host's git identity, when it changed since the last `up`.
+            notices.extend(crate::credentials::install_identity(
+                backend,
+                dir,
+                HostGit::of_host(&plan.credentials),
+                false,
+            ));
             if live_sync::ensure(&self.home, backend, prev)? {
                 notices.push(
                     "the sync process was not running; it was restarted and caught up".into(),
@@ -368,10 +376,13 @@ impl Environments {
             }
             false => Vec::new(),
         };
-        // Secrets are written before the services start (they may read them).
+        // Secrets and the host's git identity are written before the services start (they
+        // may read them).
+        let host_git = HostGit::of_host(&plan.credentials);
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
-            || !plan.secrets.is_empty();
+            || !plan.secrets.is_empty()
+            || (host_git.identity.is_some() && !plan.services.is_empty());
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -404,6 +415,9 @@ impl Environments {
             crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
         }
         drop(secrets);
+        notices.extend(crate::credentials::install_identity(
+            backend, dir, host_git, true,
+        ));
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         if !bridged {

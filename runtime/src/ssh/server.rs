@@ -136,7 +136,7 @@ impl Connection {
         };
         let req = self.request(state, command);
         // The host's credentials: the client's agent when it asked (`ssh -A`), else the
-        // agent of this process's SSH_AUTH_SOCK (see `credentials::Wanted::from_host`).
+        // agent of this process's SSH_AUTH_SOCK (see `credentials::Wanted::for_session`).
         let agent = state
             .agent
             .then(|| AgentTarget::SshClient(session.handle()));

@@ -162,7 +162,8 @@ fn run_command(
     // Ended (its folder inside removed) when the command has ended, at the end of this
     // function.
     let _credentials = credentials.and_then(|agent| {
-        let wanted = Wanted::from_host(&ctx.record.plan.credentials, agent);
+        let dir = ctx.home.env_dir(&ctx.record.env_id);
+        let wanted = Wanted::for_session(&dir, &ctx.record.plan.credentials, agent);
         match SessionCredentials::start(&envs, &ctx.record, req.user.as_deref(), wanted) {
             Ok(c) => {
                 if let Some(c) = &c {

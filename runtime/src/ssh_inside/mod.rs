@@ -10,16 +10,19 @@
 //! private folder and listening sockets of a session's SSH agent and git credentials), for
 //! `shell` and `exec` as well as SSH sessions.
 //!
-//! `secret_files` writes `[secrets]` into the environment's `/run/secrets` tmpfs at `up`.
+//! `secret_files` writes `[secrets]` into the environment's `/run/secrets` tmpfs at `up`,
+//! `gitconfig_file` the host user's git identity into berth's own tmpfs `/run/berth`.
 //!
 //! This module uses nothing else of berth, so the container backend can call it.
 
+mod gitconfig_file;
 mod secret_files;
 mod session_sockets;
 mod sftp;
 mod tcp_listen;
 mod tcp_relay;
 
+pub use gitconfig_file::{GITCONFIG_PATH, RUN_DIR};
 pub use secret_files::{MAX_SECRET, SECRETS_DIR};
 pub use session_sockets::{valid_socket_name, GITCONFIG_FILE, SESSION_DIR_PLACEHOLDER};
 
@@ -34,6 +37,9 @@ pub const SESSION_SOCKETS: &str = "berth-builtin:session-sockets";
 /// `argv[0]` of the `[secrets]` builtin (`argv[1]` the owner, the `[shell]` user); run as
 /// root inside, it writes the secrets read from stdin into `/run/secrets`.
 pub const WRITE_SECRETS: &str = "berth-builtin:write-secrets";
+/// `argv[0]` of the environment's gitconfig builtin: run as root inside, it writes stdin as
+/// [`GITCONFIG_PATH`] (empty stdin: removes it).
+pub const WRITE_GITCONFIG: &str = "berth-builtin:write-gitconfig";
 /// `argv[0]` of the remote forwarding builtin (`argv[1]` address, `argv[2]` port; stdin a
 /// Unix socket that receives the listener).
 pub const TCP_LISTEN: &str = "berth-builtin:tcp-listen";
@@ -59,6 +65,7 @@ pub fn builtin(argv: &[String]) -> Option<Box<dyn FnOnce() -> i32>> {
             let port = argv.get(2).cloned().unwrap_or_default();
             Some(Box::new(move || tcp_listen::serve_stdin(&addr, &port)))
         }
+        Some(WRITE_GITCONFIG) => Some(Box::new(gitconfig_file::write_stdin)),
         Some(WRITE_SECRETS) => {
             let owner = argv.get(1).cloned().unwrap_or_default();
             Some(Box::new(move || secret_files::write_stdin(&owner)))

@@ -9,7 +9,7 @@ use std::io::{self, BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// Where the secrets are.
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub use berth_agent_proto::SECRETS_DIR;
 /// Largest secret accepted.
 pub const MAX_SECRET: usize = 1 << 20;
 
@@ -41,31 +41,30 @@ fn read_entry(input: &mut impl BufRead) -> Result<Option<(String, Vec<u8>)>, Str
     Ok(Some((name, value)))
 }
 
-/// Opens `/run/secrets` without following a link and checks it is a tmpfs.
-fn open_secrets_dir() -> Result<OwnedFd, String> {
-    let open = |path: &str, flags: nix::fcntl::OFlag| {
-        nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())
-            // SAFETY: a descriptor just opened, owned by nobody else.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-    };
+/// Opens `/run/NAME` without following a link and checks it is a tmpfs (what berth
+/// mounted there), so what is written into it never lands on a disk.
+pub(super) fn open_run_tmpfs(name: &str) -> Result<OwnedFd, String> {
+    let path = format!("/run/{name}");
     let dir_flags = nix::fcntl::OFlag::O_DIRECTORY
         | nix::fcntl::OFlag::O_NOFOLLOW
         | nix::fcntl::OFlag::O_CLOEXEC;
-    let run = open("/run", dir_flags).map_err(|e| format!("cannot open /run: {e}"))?;
+    let run = nix::fcntl::open("/run", dir_flags, nix::sys::stat::Mode::empty())
+        .map_err(|e| format!("cannot open /run: {e}"))?;
+    // SAFETY: a descriptor just opened, owned by nobody else.
+    let run = unsafe { OwnedFd::from_raw_fd(run) };
     let fd = nix::fcntl::openat(
         Some(run.as_raw_fd()),
-        "secrets",
+        name,
         dir_flags,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("cannot open {SECRETS_DIR}: {e}"))?;
+    .map_err(|e| format!("cannot open {path}: {e}"))?;
     // SAFETY: a descriptor just opened, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let fs =
-        nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("cannot inspect {SECRETS_DIR}: {e}"))?;
+    let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("cannot inspect {path}: {e}"))?;
     if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
         return Err(format!(
-            "{SECRETS_DIR} is not the tmpfs berth mounted: secrets are not written to it (restart the environment: berth down && berth up)"
+            "{path} is not the tmpfs berth mounted: nothing is written to it (restart the environment: berth down && berth up)"
         ));
     }
     Ok(fd)
@@ -117,7 +116,7 @@ fn write_one(dir: &OwnedFd, name: &str, value: &[u8], uid: u32, gid: u32) -> Res
 
 /// The builtin; see the module's documentation. Returns the exit code.
 pub fn write_stdin(user: &str) -> i32 {
-    let dir = match open_secrets_dir() {
+    let dir = match open_run_tmpfs("secrets") {
         Ok(d) => d,
         Err(e) => return fail(e),
     };

@@ -41,7 +41,7 @@ pub(super) fn services(spec: &VmSpec) -> Vec<ServiceSpec> {
 
 /// tmpfs mounts, then the shared folders (virtio-fs tags) in their place; `ro` is read by
 /// the agent as the read-only flag.
-fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
+pub(super) fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
     let tmpfs = spec
         .mounts
         .iter()
@@ -62,7 +62,21 @@ fn guest_mounts(spec: &VmSpec, shares: &[SharedFolder]) -> Vec<MountRequest> {
             String::new()
         },
     });
-    tmpfs.chain(shared).collect()
+    // berth's own tmpfs folders: the environment's gitconfig, and `[secrets]`.
+    let own = [
+        Some((super::agent_proto::RUN_DIR, "size=262144,mode=755")),
+        spec.secrets
+            .then_some((super::agent_proto::SECRETS_DIR, "size=4194304,mode=755")),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|(target, options)| MountRequest {
+        source: "tmpfs".into(),
+        target: target.into(),
+        fstype: "tmpfs".into(),
+        options: options.into(),
+    });
+    tmpfs.chain(shared).chain(own).collect()
 }
 
 /// Starts one virtiofsd per shared folder; on failure ends those already started.
@@ -384,6 +398,8 @@ impl VmBackend {
                 .collect(),
             services: services(spec),
             hosts: spec.hosts.clone(),
+            secret_env: spec.secret_env.clone(),
+            hold_services: spec.hold_services,
         };
         conn.client.setup(setup, Duration::from_secs(30))?;
         state::write_json(&vm_json(&spec.state_dir), &st)?;

@@ -20,8 +20,8 @@ use super::vm_record::{vm_json, VmState, PAUSED_NOTICE};
 use super::vm_spec::{shares_folders, VmSpec};
 use super::{VmBackend, VmError};
 use crate::backend::{
-    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, SavedSnapshot,
-    SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint, VmFacts,
+    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, RunFiles,
+    SavedSnapshot, SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint, VmFacts,
 };
 use crate::host::clock::now_ms;
 use crate::image::Progress;
@@ -145,6 +145,7 @@ impl Backend for VmBackend {
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
             .collect();
+        spec.hold_services = req.hold_services;
         let st = VmBackend::start(self, &spec)?;
         let pid = st.process.map(|p| p.pid).ok_or(VmError::NotRunning)?;
         Ok(Started {
@@ -154,8 +155,75 @@ impl Backend for VmBackend {
             notices,
         })
     }
-    /// The agent starts the services with the VM.
-    fn start_services(&self, _: &Path) -> Result<(), BackendError> {
+    /// The agent held them back (`Setup::hold_services`).
+    fn start_services(&self, state_dir: &Path) -> Result<(), BackendError> {
+        let mut conn = self.connect(state_dir)?;
+        conn.client
+            .put_files(
+                super::agent_proto::Message::StartServices,
+                Duration::from_secs(30),
+            )
+            .map_err(VmError::from)?;
+        Ok(())
+    }
+    /// `PutFile` for each file, then `KeepFiles` (the agent writes into its tmpfs folders).
+    fn put_run_files(&self, state_dir: &Path, files: RunFiles<'_>) -> Result<(), BackendError> {
+        use super::agent_proto::{Message, PutFile, GITCONFIG_PATH, RUN_DIR, SECRETS_DIR};
+        // (name, content) of each file.
+        type Files<'a> = Vec<(String, &'a [u8])>;
+        let (dir, owner, mode, list): (&str, Option<&str>, u32, Files<'_>) = match files {
+            RunFiles::Secrets { owner, files } => (
+                SECRETS_DIR,
+                owner,
+                0o400,
+                files
+                    .iter()
+                    .map(|(n, v)| (n.clone(), v.as_slice()))
+                    .collect(),
+            ),
+            RunFiles::Gitconfig(text) => (
+                RUN_DIR,
+                None,
+                0o644,
+                text.map(|t| {
+                    let name = GITCONFIG_PATH.rsplit('/').next().unwrap_or_default();
+                    (name.to_string(), t.as_bytes())
+                })
+                .into_iter()
+                .collect(),
+            ),
+        };
+        let mut conn = self.connect(state_dir)?;
+        let timeout = Duration::from_secs(30);
+        for (name, content) in &list {
+            if content.len() + 4096 > super::agent_proto::MAX_PAYLOAD {
+                return Err(VmError::Config(format!(
+                    "{dir}/{name} is larger than a VM's agent takes at once ({} KiB); keep it under 1020 KiB",
+                    super::agent_proto::MAX_PAYLOAD / 1024
+                ))
+                .into());
+            }
+            let put = PutFile {
+                dir: dir.to_string(),
+                name: name.clone(),
+                owner: owner.filter(|o| !o.is_empty()).map(str::to_string),
+                mode,
+                content: content.to_vec(),
+            };
+            conn.client
+                .put_files(Message::PutFile(put), timeout)
+                .map_err(VmError::from)?;
+        }
+        let keep = list.into_iter().map(|(n, _)| n).collect();
+        conn.client
+            .put_files(
+                Message::KeepFiles {
+                    dir: dir.to_string(),
+                    keep,
+                },
+                timeout,
+            )
+            .map_err(VmError::from)?;
         Ok(())
     }
     /// A `Setup` carrying only the names: the agent rewrites its block of `/etc/hosts`.

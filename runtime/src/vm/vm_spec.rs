@@ -70,6 +70,12 @@ pub struct VmSpec {
     /// Names the guest resolves through its `/etc/hosts` (name, IPv4 address): the
     /// environment's sidecars on berth's bridge (`StartRequest::hosts`).
     pub hosts: Vec<(String, String)>,
+    /// The plan has `[secrets]`: the guest gets a tmpfs at `/run/secrets` for them.
+    pub secrets: bool,
+    /// `[secrets]` wanted as variables (names only).
+    pub secret_env: Vec<String>,
+    /// The agent holds the services until `start_services` (`StartRequest::hold_services`).
+    pub hold_services: bool,
 }
 
 /// Chooses the provider for `vmm` on a host with `kind` KVM.
@@ -107,6 +113,20 @@ impl VmSpec {
         let vm = plan.vm.as_ref().ok_or_else(|| {
             VmError::Config("backend = \"vm\" needs a [vm] section with at least `kernel`".into())
         })?;
+        // `[secrets]` live in the guest's memory only: no mount of the user's (a synced or
+        // shared folder would carry them back to the host's disk) may cover their tmpfs.
+        if !plan.secrets.is_empty() {
+            let secrets_dir = Path::new(super::agent_proto::SECRETS_DIR);
+            if let Some(m) = plan.mounts.iter().find(|m| {
+                Path::new(&m.target).starts_with(secrets_dir) || secrets_dir.starts_with(&m.target)
+            }) {
+                return Err(VmError::Config(format!(
+                    "the mount at {} would cover the tmpfs [secrets] are kept in at {}; mount it elsewhere",
+                    m.target,
+                    secrets_dir.display()
+                )));
+            }
+        }
         let provider = choose_provider(vm.vmm, kvm_kind(&HostRoot::real()))?;
         let mut env = plan.env.clone();
         // The image's own variables (PATH, …) under the plan's, as for containers.
@@ -139,6 +159,14 @@ impl VmSpec {
             agent: None,
             boot_timeout: BOOT_TIMEOUT,
             hosts: Vec::new(),
+            secrets: !plan.secrets.is_empty(),
+            secret_env: plan
+                .secrets
+                .iter()
+                .filter(|(_, s)| s.as_env)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            hold_services: false,
         };
         Ok((
             spec,
@@ -413,5 +441,63 @@ mod tests {
         let (spec, _) =
             VmSpec::from_plan(&plan, Path::new("/s"), vec![], &ImageDefaults::default()).unwrap();
         assert!(spec.env.is_empty() && spec.workdir.is_none() && spec.user.is_none());
+    }
+
+    /// `[secrets]` in a VM: a tmpfs of their own in the guest (and berth's `/run/berth`), the
+    /// `as_env` names for the agent, and no mount of the user's over them.
+    #[test]
+    fn a_vms_secrets_get_their_tmpfs_and_no_mount_covers_it() {
+        let mut plan: Plan = serde_json::from_value(serde_json::json!({
+            "name": "x", "file": "/p/berth.toml", "project_dir": "/p", "backend": "vm",
+            "on_up": [], "image": {"from": {"kind": "rootfs", "path": "/r"}, "packages": [], "setup": []},
+            "env": {}, "mounts": [], "ports": [], "resources": {},
+            "network": {"mode": "none"},
+            "shell": {"user": null, "workdir": "/", "command": ["/bin/sh"]},
+            "services": {},
+            "secrets": {
+                "A": {"source": {"from_env": "X"}, "as_env": true},
+                "B": {"source": {"from_file": "/p/b"}}
+            },
+            "vm": {"kernel": {"kind": "debian", "package": "linux-image-cloud-amd64", "version": null},
+                   "memory": 268435456, "vcpus": 1, "vmm": "qemu", "modules": null}
+        }))
+        .unwrap();
+        let (spec, _) =
+            VmSpec::from_plan(&plan, Path::new("/s"), vec![], &ImageDefaults::default()).unwrap();
+        assert_eq!(spec.secret_env, ["A"]);
+        let mounts = super::super::startup::guest_mounts(&spec, &[]);
+        let tmpfs: Vec<(&str, &str)> = mounts
+            .iter()
+            .filter(|m| m.fstype == "tmpfs")
+            .map(|m| (m.target.as_str(), m.options.as_str()))
+            .collect();
+        assert_eq!(
+            tmpfs,
+            [
+                ("/run/berth", "size=262144,mode=755"),
+                ("/run/secrets", "size=4194304,mode=755")
+            ]
+        );
+        for target in ["/run/secrets", "/run/secrets/A", "/run"] {
+            plan.mounts = vec![serde_json::from_value(serde_json::json!({
+                "source": "/p/src", "target": target, "kind": "sync", "readonly": false,
+                "ignore": [], "size": null
+            }))
+            .unwrap()];
+            let e = VmSpec::from_plan(&plan, Path::new("/s"), vec![], &ImageDefaults::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("would cover the tmpfs [secrets]"),
+                "{target}: {e}"
+            );
+        }
+        // Without secrets, only berth's own folder.
+        plan.secrets.clear();
+        plan.mounts.clear();
+        let (spec, _) =
+            VmSpec::from_plan(&plan, Path::new("/s"), vec![], &ImageDefaults::default()).unwrap();
+        let mounts = super::super::startup::guest_mounts(&spec, &[]);
+        assert_eq!(mounts.len(), 1, "{mounts:?}");
     }
 }
