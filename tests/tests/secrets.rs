@@ -16,9 +16,9 @@ from = "rootfs:./rootfs"
 [shell]
 user = "dev"
 [secrets]
-TOKEN = { from_env = "BERTH_TEST_TOKEN", as_env = true }
-FILE_SECRET = { from_file = "secret.txt" }
-CMD_SECRET = { from_command = ["sh", "-c", "echo cmd-$BERTH_TEST_MARK"] }
+TOKEN = { env = "BERTH_TEST_TOKEN", as_env = true }
+FILE_SECRET = { file = "secret.txt" }
+CMD_SECRET = { command = ["sh", "-c", "echo cmd-$BERTH_TEST_MARK"] }
 [services.probe]
 command = ["sh", "-c", "[ -n \"$TOKEN\" ] && echo token-set; [ -r /run/secrets/CMD_SECRET ] && echo file-readable; exec sleep 1000"]
 "#;
@@ -142,7 +142,7 @@ name = "{name}"
 [image]
 from = "rootfs:./rootfs"
 [secrets]
-API = { from_command = ["sh", "-c", "printf 'leaked-%s' output-marker; exit 3"] }
+API = { command = ["sh", "-c", "printf 'leaked-%s' output-marker; exit 3"] }
 "#,
     );
     let b = Berth::new();
@@ -162,7 +162,7 @@ name = "{name}"
 [image]
 from = "rootfs:./rootfs"
 [secrets]
-API = { from_env = "BERTH_TEST_SURELY_UNSET" }
+API = { env = "BERTH_TEST_SURELY_UNSET" }
 "#,
     );
     let o = b.run_in(p.path(), &["up"]);

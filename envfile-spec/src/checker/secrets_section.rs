@@ -1,5 +1,6 @@
-//! `[secrets]`: named secrets read on the host at `up` (`from_env`, `from_file`,
-//! `from_command`), exactly one source each, optionally also a variable (`as_env`).
+//! `[secrets]`: named secrets read on the host at `up` (`env`, `file`, `command`; the first
+//! spelling `from_env`, `from_file`, `from_command` is the same key), exactly one source
+//! each, optionally also a variable (`as_env`).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,13 @@ pub fn is_secret_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// The sources of a secret, each with its first spelling (still read, as the same key).
+const SOURCE_KEYS: [(&str, &str); 3] = [
+    ("env", "from_env"),
+    ("file", "from_file"),
+    ("command", "from_command"),
+];
+
 impl Checker<'_> {
     pub(super) fn secrets(&mut self, root: &Tbl<'_>) -> BTreeMap<String, SecretPlan> {
         let mut out = BTreeMap::new();
@@ -28,7 +36,7 @@ impl Checker<'_> {
             item,
             span.clone(),
             "secrets",
-            "write each secret as NAME = { from_env = \"HOST_VAR\" } (or from_file / from_command)",
+            "write each secret as NAME = { env = \"HOST_VAR\" } (or file / command)",
         ) else {
             return out;
         };
@@ -52,7 +60,7 @@ impl Checker<'_> {
                 sitem,
                 head.clone(),
                 &display,
-                &format!("write {name} = {{ from_env = \"HOST_VAR\" }}"),
+                &format!("write {name} = {{ env = \"HOST_VAR\" }}"),
             ) else {
                 continue;
             };
@@ -64,31 +72,32 @@ impl Checker<'_> {
             };
             self.unknown_keys(&s);
             let mut sources = Vec::new();
-            if let Some((item, span)) = s.get("from_env") {
-                if let Some(v) = self.non_empty_string(item, span, &format!("{display}.from_env")) {
-                    sources.push(SecretSource::FromEnv(v));
-                }
-            }
-            if let Some((item, span)) = s.get("from_file") {
-                if let Some(v) = self.non_empty_string(item, span, &format!("{display}.from_file"))
-                {
-                    sources.push(SecretSource::FromFile(self.host_path(&v)));
-                }
-            }
-            if let Some((item, span)) = s.get("from_command") {
-                let what = format!("{display}.from_command");
-                if let Some(v) = self.command(item, span, &what) {
-                    sources.push(SecretSource::FromCommand(v));
+            let mut present = 0;
+            for (key, first_spelling) in SOURCE_KEYS {
+                for k in [key, first_spelling] {
+                    let Some((item, span)) = s.get(k) else {
+                        continue;
+                    };
+                    present += 1;
+                    let what = format!("{display}.{k}");
+                    let source = match key {
+                        "env" => self
+                            .non_empty_string(item, span, &what)
+                            .map(SecretSource::FromEnv),
+                        "file" => self
+                            .non_empty_string(item, span, &what)
+                            .map(|v| SecretSource::FromFile(self.host_path(&v))),
+                        _ => self
+                            .command(item, span, &what)
+                            .map(SecretSource::FromCommand),
+                    };
+                    sources.extend(source);
                 }
             }
             let as_env = s
                 .get("as_env")
                 .and_then(|(item, span)| self.boolean(item, span, &format!("{display}.as_env")))
                 .unwrap_or(false);
-            let present = ["from_env", "from_file", "from_command"]
-                .iter()
-                .filter(|k| s.get(k).is_some())
-                .count();
             if present != 1 {
                 self.error(
                     if present == 0 {
@@ -97,8 +106,8 @@ impl Checker<'_> {
                         ErrorKind::InvalidValue
                     },
                     s.span.clone(),
-                    format!("secret `{name}` needs exactly one of from_env, from_file, from_command"),
-                    Some(format!("write {name} = {{ from_env = \"HOST_VAR\" }}, {{ from_file = \"~/.token\" }} or {{ from_command = [\"pass\", \"show\", \"x\"] }}")),
+                    format!("secret `{name}` needs exactly one of env, file, command"),
+                    Some(format!("write {name} = {{ env = \"HOST_VAR\" }}, {{ file = \"~/.token\" }} or {{ command = [\"pass\", \"show\", \"x\"] }}")),
                 );
                 continue;
             }
@@ -126,7 +135,7 @@ mod tests {
     #[test]
     fn each_source_and_as_env() {
         let s = check(&format!(
-            "{BASE}[secrets]\nA = {{ from_env = \"TOKEN\", as_env = true }}\nB = {{ from_file = \"keys/b\" }}\nC = {{ from_command = [\"pass\", \"c\"] }}\n"
+            "{BASE}[secrets]\nA = {{ env = \"TOKEN\", as_env = true }}\nB = {{ file = \"keys/b\" }}\nC = {{ command = [\"pass\", \"c\"] }}\n"
         ))
         .unwrap();
         assert_eq!(s["A"].source, SecretSource::FromEnv("TOKEN".into()));
@@ -137,6 +146,12 @@ mod tests {
             SecretSource::FromCommand(vec!["pass".into(), "c".into()])
         );
         assert!(check(BASE).unwrap().is_empty());
+        // The first spelling is the same key.
+        let first = check(&format!(
+            "{BASE}[secrets]\nA = {{ from_env = \"TOKEN\", as_env = true }}\nB = {{ from_file = \"keys/b\" }}\nC = {{ from_command = [\"pass\", \"c\"] }}\n"
+        ))
+        .unwrap();
+        assert_eq!(first, s);
     }
 
     #[test]
@@ -156,11 +171,16 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.contains("exactly one of"), "{e}");
+        let e = check(&format!(
+            "{BASE}[secrets]\nA = {{ env = \"X\", from_env = \"X\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.contains("exactly one of env, file, command"), "{e}");
         let e = check(&format!("{BASE}[secrets]\nA = {{ from_envv = \"X\" }}\n")).unwrap_err();
         assert!(e.contains("from_envv") && e.contains(":5:"), "{e}");
         // A VM takes them too (the guest's agent writes them into its tmpfs).
         let vm = check(
-            "name = \"c\"\nbackend = \"vm\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\n[image]\nfrom = \"debian:12\"\n[secrets]\nA = { from_env = \"X\" }\n",
+            "name = \"c\"\nbackend = \"vm\"\n[vm]\nkernel = \"debian:linux-image-cloud-amd64\"\n[image]\nfrom = \"debian:12\"\n[secrets]\nA = { env = \"X\" }\n",
         );
         assert!(vm.is_ok(), "{vm:?}");
     }

@@ -70,7 +70,7 @@ fn read(name: &str, source: &SecretSource) -> Result<Vec<u8>, SecretsError> {
             .ok_or_else(|| {
                 err(
                     format!("the host variable {var} is not set"),
-                    "set it in the shell that runs berth, or change from_env in [secrets]",
+                    "set it in the shell that runs berth, or change env in [secrets]",
                 )
             }),
         SecretSource::FromFile(path) => {
@@ -80,7 +80,7 @@ fn read(name: &str, source: &SecretSource) -> Result<Vec<u8>, SecretsError> {
                 .map_err(|e| {
                     err(
                         format!("cannot read {}: {e}", path.display()),
-                        "check the path of from_file in [secrets]",
+                        "check the path of file in [secrets]",
                     )
                 })?;
             Ok(out)
@@ -98,7 +98,7 @@ fn read(name: &str, source: &SecretSource) -> Result<Vec<u8>, SecretsError> {
                 .map_err(|e| {
                     err(
                         format!("cannot run `{shown}`: {e}"),
-                        "check that the program of from_command is installed",
+                        "check that the program of command is installed",
                     )
                 })?;
             let mut out = Vec::new();

@@ -161,7 +161,7 @@ impl Run<'_> {
                         return Err(self.err(Located::new(
                             pos,
                             format!("the required secret `{id}` is not given"),
-                            format!("add `[secrets] {id} = {{ from_env = \"VAR\" }}` (or from_file/from_command) to berth.toml, or pass `--secret id={id},env=VAR` to berth image build"),
+                            format!("add `[secrets] {id} = {{ env = \"VAR\" }}` (or file/command) to berth.toml, or pass `--secret id={id},env=VAR` to berth image build"),
                         )));
                     }
                     // The id, never the value: a changed token reruns nothing.
