@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_runtime::environment::build_dockerfile;
+use berth_runtime::image::build_cache::BuildCacheSettings;
 use berth_runtime::image::dockerfile::build::default_name;
 use berth_runtime::image::dockerfile::DockerfileBuild;
 use berth_runtime::image::{PullOptions, RegistryOptions, ResolveOptions};
 use berth_runtime::state::BerthHome;
 use clap::Args;
 
+use super::cache_args::CacheArgs;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 use crate::progress::progress;
@@ -37,6 +39,8 @@ pub struct BuildArgs {
     /// Ask the registry again for base images already in the store.
     #[arg(long)]
     pub pull: bool,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
@@ -95,13 +99,25 @@ pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
         },
     };
     let started = std::time::Instant::now();
-    let out = build_dockerfile(&home, &build, &p).map_err(|e| from_error(EXIT_ERROR, &e))?;
+    let cache = BuildCacheSettings::new(
+        None,
+        false,
+        args.cache.cache_from.as_ref(),
+        args.cache.cache_to.as_ref(),
+    )
+    .map_err(|e| from_error(EXIT_ERROR, &e))?;
+    let out = build_dockerfile(&home, &build, cache, &p).map_err(|e| from_error(EXIT_ERROR, &e))?;
     if !g.quiet {
         for n in &out.notices {
             eprintln!("notice: {n}");
         }
+        let pulled = if out.steps_pulled > 0 {
+            format!(" ({} pulled from the registry cache)", out.steps_pulled)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "built {} in {}: {} steps run, {} cached",
+            "built {} in {}: {} steps run, {} cached{pulled}",
             out.image.name,
             berth_runtime::image::human_duration(started.elapsed()),
             out.steps_run,

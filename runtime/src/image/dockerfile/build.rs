@@ -7,7 +7,9 @@
 //! the build arguments in scope, user, folder, cache mounts and network; for `COPY`/`ADD`
 //! the content of the copied files, or the key of the stage they come from). A cached step
 //! is the image record `build:<key>`, as for berth.toml's own build steps, so
-//! `berth image prune` treats both alike. `RUN` steps run through the [`StepRunner`] of
+//! `berth image prune` treats both alike; and like those, a step goes through the step
+//! cache's seam ([`ImageStore::cached_step`] / [`ImageStore::record_step`]), which asks and
+//! feeds the registry build cache (`--cache-from` / `--cache-to`, `[image].cache`). `RUN` steps run through the [`StepRunner`] of
 //! every build step (the container sandbox: user namespace, own network namespace with
 //! NAT, device allowlist, seccomp).
 
@@ -18,11 +20,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepRunner;
+use super::super::build_cache::BuildCache;
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::super::manifest::{ConfigFile, RunConfig};
 use super::super::progress::{human_duration, Progress};
-use super::super::step_cache::cache_name;
+use super::super::step_cache::StepOrigin;
 use super::super::store::{ImageStore, ResolveOptions, ResolvedImage};
 use super::config::{self, chain, Scope, StageState};
 use super::context::DockerIgnore;
@@ -57,9 +60,11 @@ pub struct DockerfileOutcome {
     pub image: ResolvedImage,
     /// Things the user should know (an `EXPOSE` that berth.toml does not publish, ...).
     pub notices: Vec<String>,
-    /// Layer steps run and found cached.
+    /// Layer steps run and found cached (locally or in the registry cache).
     pub steps_run: usize,
     pub steps_cached: usize,
+    /// Of the cached steps, those taken from the registry cache.
+    pub steps_pulled: usize,
 }
 
 /// The name a Dockerfile's image gets when none is given.
@@ -81,12 +86,14 @@ pub(super) struct Run<'a> {
     pub(super) ignore: DockerIgnore,
     pub(super) runner: &'a dyn StepRunner,
     pub(super) progress: &'a Progress,
+    cache: &'a BuildCache,
     file: String,
     source: String,
     pub(super) done: BTreeMap<usize, StageState>,
     notices: Vec<String>,
     ran: usize,
     cached: usize,
+    pulled: usize,
 }
 
 impl ImageStore {
@@ -97,6 +104,19 @@ impl ImageStore {
         build: &DockerfileBuild,
         runner: &dyn StepRunner,
         progress: &Progress,
+    ) -> Result<DockerfileOutcome, DockerfileError> {
+        self.build_dockerfile_cached(build, runner, progress, &BuildCache::none())
+    }
+
+    /// [`ImageStore::build_dockerfile`] with the registry build cache: each layer step is
+    /// looked up in it before it runs and pushed to it after (when `cache` pushes). The
+    /// cache's notices stay in `cache` for the caller to show.
+    pub fn build_dockerfile_cached(
+        &self,
+        build: &DockerfileBuild,
+        runner: &dyn StepRunner,
+        progress: &Progress,
+        cache: &BuildCache,
     ) -> Result<DockerfileOutcome, DockerfileError> {
         let source = fs::read_to_string(&build.dockerfile).map_err(|e| DockerfileError::Read {
             path: build.dockerfile.clone(),
@@ -142,12 +162,14 @@ impl ImageStore {
             ignore,
             runner,
             progress,
+            cache,
             file,
             source,
             done: BTreeMap::new(),
             notices: unused,
             ran: 0,
             cached: 0,
+            pulled: 0,
         };
         for &i in &plan.order {
             let st = run.stage(i)?;
@@ -161,6 +183,7 @@ impl ImageStore {
             notices: run.notices,
             steps_run: run.ran,
             steps_cached: run.cached,
+            steps_pulled: run.pulled,
         })
     }
 
@@ -306,14 +329,20 @@ impl Run<'_> {
         mode: WhiteoutMode,
         write: &mut LayerWriter<'_>,
     ) -> Result<(), DockerfileError> {
-        let name = cache_name(&key);
-        if let Some(r) = self
+        if let Some((r, origin)) = self
             .store
-            .records
-            .get(&name)?
-            .filter(|r| self.store.is_complete(r))
+            .cached_step(&key, &st.layers, &st.config, self.cache, label)?
         {
-            self.progress.message(&format!("{label} (cached)"));
+            match origin {
+                StepOrigin::Local => self.progress.message(&format!("{label} (cached)")),
+                StepOrigin::Registry => {
+                    self.progress.message(&format!(
+                        "{label} (pulled from the cache {})",
+                        self.cache.source().unwrap_or_default()
+                    ));
+                    self.pulled += 1;
+                }
+            }
             st.layers = r.layers;
             st.key = key;
             self.cached += 1;
@@ -330,9 +359,11 @@ impl Run<'_> {
         let layer = self
             .store
             .add_tree_layer(upper.path(), mode, label, self.progress)?;
-        st.layers.push(layer);
-        self.store
-            .record_local_image(&name, st.layers.clone(), st.config.clone())?;
+        let below = std::mem::take(&mut st.layers);
+        st.layers = self
+            .store
+            .record_step(&key, below, layer, &st.config, self.cache, label)?
+            .layers;
         st.key = key;
         self.ran += 1;
         self.progress.message(&format!(
