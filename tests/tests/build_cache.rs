@@ -236,6 +236,88 @@ fn a_second_machine_takes_every_step_from_the_cache_and_ends_with_the_same_image
     let err = ok(&a, p.path(), &[], &["up", "--cache-from", &cache]);
     assert_eq!(ran_steps(&err), Vec::<&str>::new(), "{err}");
     assert_eq!(build_images(&a).last(), build_images(&b).last());
+
+    dockerfile_instructions_come_from_the_cache(&reg, &cache);
+}
+
+/// `berth image build --cache-to` on one machine, `--cache-from` on a fresh one: the second
+/// runs no instruction (each is named as pulled) and ends with the same image.
+fn dockerfile_instructions_come_from_the_cache(reg: &Registry, cache: &str) {
+    let root = tempfile::tempdir().unwrap();
+    berth_e2e::host::busybox_rootfs(root.path());
+    let mut t = tar::Builder::new(Vec::new());
+    t.follow_symlinks(false);
+    t.append_dir_all(".", root.path()).unwrap();
+    let image = berth_e2e::oci::Image::new(
+        vec![Layer::new(t.into_inner().unwrap(), Compression::Gzip)],
+        "amd64",
+    );
+    reg.push_image("base", "1", &image);
+    let ctx = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("hello.txt"), "hello from the context\n").unwrap();
+    fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}/base:1\nWORKDIR /app\nCOPY hello.txt ./\nRUN echo RAN-$((40+2)); cp hello.txt copied.txt\nENV DONE=1\n",
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let build = |b: &Berth, flag: &str| {
+        let o = run(
+            b,
+            ctx.path(),
+            &[],
+            &["image", "build", "-t", "df", flag, cache, "."],
+        );
+        let (out, err) = text(&o);
+        assert!(
+            o.status.success(),
+            "image build {flag} failed:\n{out}\n{err}"
+        );
+        (out, err)
+    };
+    // A manifest (the result's) of the image `df` in a home.
+    let manifest_of = |b: &Berth| {
+        let o = run(b, Path::new("/"), &[], &["image", "ls", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "df")
+            .map(|i| i["manifest_digest"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    let a = Berth::new();
+    let before = reg.requests().len();
+    let (out_a, err_a) = build(&a, "--cache-to");
+    // (What the RUN prints, not its label.)
+    assert!(err_a.contains("RAN-42"), "{err_a}");
+    let pushed = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("/manifests/cache-"))
+        .count();
+    assert_eq!(pushed, 3, "WORKDIR, COPY and RUN pushed");
+
+    let b = Berth::new();
+    let (out_b, err_b) = build(&b, "--cache-from");
+    assert!(!err_b.contains("RAN-42"), "B ran the RUN:\n{err_b}");
+    for step in ["WORKDIR /app", "COPY hello.txt", "RUN echo"] {
+        assert!(
+            err_b
+                .lines()
+                .any(|l| l.contains(step) && l.contains("(pulled from the cache")),
+            "{step} not pulled:\n{err_b}"
+        );
+    }
+    assert!(
+        err_b.contains("0 steps run, 3 cached (3 pulled from the registry cache)"),
+        "{err_b}"
+    );
+    assert!(!err_b.contains("notice"), "{err_b}");
+    assert_eq!(out_b, out_a, "same image id");
+    assert_eq!(manifest_of(&b), manifest_of(&a), "same manifest");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! `--cache-from` / `--cache-to`: the registry build cache of `berth up` and `berth run`
-//! (over `[image].cache` and `cache_push` of berth.toml).
+//! `--cache-from` / `--cache-to`: the registry build cache of `berth up`, `berth run` (over
+//! `[image].cache` and `cache_push` of berth.toml) and `berth image build`.
 
 use clap::Args;
 use envfile_spec::reference::ImageReference;

@@ -30,7 +30,7 @@ pub enum ImageCommand {
     /// Push an image (or, in a project folder, the environment's built image) to a registry.
     Push(super::image_push::PushArgs),
     /// Build a Dockerfile with berth's own cached builder (no daemon).
-    Build(super::image_build::BuildArgs),
+    Build(Box<super::image_build::BuildArgs>),
     /// List images and their sizes (shared layers counted once).
     Ls(JsonFlag),
     /// Remove an image (its layers go with `prune` when nothing else uses them).

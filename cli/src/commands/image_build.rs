@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_runtime::environment::build_dockerfile;
+use berth_runtime::image::build_cache::BuildCacheSettings;
 use berth_runtime::image::dockerfile::build::default_name;
 use berth_runtime::image::dockerfile::DockerfileBuild;
 use berth_runtime::image::{PullOptions, RegistryOptions, ResolveOptions};
@@ -12,6 +13,7 @@ use berth_runtime::state::BerthHome;
 use clap::Args;
 use envfile_spec::plan::SecretSource;
 
+use super::cache_args::CacheArgs;
 use crate::exit::{from_error, CliError, EXIT_ERROR};
 use crate::global_args::GlobalArgs;
 use crate::progress::progress;
@@ -46,6 +48,8 @@ pub struct BuildArgs {
     /// `RUN --mount=type=ssh` steps.
     #[arg(long, value_name = "default", num_args = 0..=1, default_missing_value = "default")]
     pub ssh: Option<String>,
+    #[command(flatten)]
+    pub cache: CacheArgs,
 }
 
 /// `--secret id=NAME,src=FILE|env=VAR` → (NAME, source), as docker buildx reads it.
@@ -163,13 +167,25 @@ pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
         ssh_agent: ssh_arg(args.ssh.as_deref())?,
     };
     let started = std::time::Instant::now();
-    let out = build_dockerfile(&home, &build, &p).map_err(|e| from_error(EXIT_ERROR, &e))?;
+    let cache = BuildCacheSettings::new(
+        None,
+        false,
+        args.cache.cache_from.as_ref(),
+        args.cache.cache_to.as_ref(),
+    )
+    .map_err(|e| from_error(EXIT_ERROR, &e))?;
+    let out = build_dockerfile(&home, &build, cache, &p).map_err(|e| from_error(EXIT_ERROR, &e))?;
     if !g.quiet {
         for n in &out.notices {
             eprintln!("notice: {n}");
         }
+        let pulled = if out.steps_pulled > 0 {
+            format!(" ({} pulled from the registry cache)", out.steps_pulled)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "built {} in {}: {} steps run, {} cached",
+            "built {} in {}: {} steps run, {} cached{pulled}",
             out.image.name,
             berth_runtime::image::human_duration(started.elapsed()),
             out.steps_run,

@@ -47,13 +47,17 @@ impl StepRunner for ContainerStepRunner {
 }
 
 /// Builds a Dockerfile ([`crate::image::dockerfile`]) with its `RUN` steps in the build
-/// sandbox, as `berth image build` and `up` of an `[image] dockerfile` do.
+/// sandbox, as `berth image build` and `up` of an `[image] dockerfile` do, each instruction
+/// looked up in (and pushed to) the registry build cache of `cache`; the cache's notices
+/// join the outcome's.
 pub fn build_dockerfile(
     home: &crate::state::BerthHome,
     build: &crate::image::dockerfile::DockerfileBuild,
+    cache: crate::image::build_cache::BuildCacheSettings,
     progress: &crate::image::Progress,
 ) -> Result<crate::image::dockerfile::DockerfileOutcome, crate::image::dockerfile::DockerfileError>
 {
+    let cache = crate::image::build_cache::BuildCache::new(cache, progress.clone())?;
     let scratch = home
         .staging_dir("build")
         .map_err(crate::image::ImageError::from)?;
@@ -61,5 +65,8 @@ pub fn build_dockerfile(
         scratch: scratch.path().to_path_buf(),
         net_home: home.root().to_path_buf(),
     };
-    crate::image::ImageStore::open(home).build_dockerfile(build, &runner, progress)
+    let mut out = crate::image::ImageStore::open(home)
+        .build_dockerfile_cached(build, &runner, progress, &cache)?;
+    out.notices.extend(cache.notices());
+    Ok(out)
 }

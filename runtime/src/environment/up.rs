@@ -261,6 +261,16 @@ impl Environments {
             scratch: scratch.path().to_path_buf(),
             net_home: self.home.root().to_path_buf(),
         };
+        let cache = BuildCache::new(
+            BuildCacheSettings::new(
+                plan.image.cache.as_deref(),
+                plan.image.cache_push,
+                opts.cache_from.as_ref(),
+                opts.cache_to.as_ref(),
+            )?,
+            opts.progress.clone(),
+        )?;
+        // The registry build cache serves the Dockerfile's instructions and the steps alike.
         let base = match &plan.image.dockerfile {
             // The base built from the Dockerfile (`from` is unused then).
             Some(df) => {
@@ -286,9 +296,9 @@ impl Environments {
                             crate::credentials::AgentTarget::SshClient(_) => None,
                         }),
                 };
-                let out = self
-                    .images
-                    .build_dockerfile(&build, &runner, &opts.progress)?;
+                let out =
+                    self.images
+                        .build_dockerfile_cached(&build, &runner, &opts.progress, &cache)?;
                 notices.extend(out.notices);
                 out.image
             }
@@ -298,15 +308,6 @@ impl Environments {
                     .0
             }
         };
-        let cache = BuildCache::new(
-            BuildCacheSettings::new(
-                plan.image.cache.as_deref(),
-                plan.image.cache_push,
-                opts.cache_from.as_ref(),
-                opts.cache_to.as_ref(),
-            )?,
-            opts.progress.clone(),
-        )?;
         let image = self
             .images
             .build_cached(&base, &spec, &runner, &opts.progress, &cache)?;

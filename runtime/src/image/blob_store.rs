@@ -120,6 +120,18 @@ impl BlobStore {
         mut reader: impl Read,
         origin: &str,
     ) -> Result<(Digest, u64), ImageError> {
+        let mut w = self.writer()?;
+        io::copy(&mut reader, &mut w).map_err(|e| ImageError::Io {
+            path: PathBuf::from(origin),
+            source: e,
+        })?;
+        w.commit(None)
+    }
+
+    /// A blob written as a stream (by [`BlobStore::put_stream`], or as a copy of bytes
+    /// something else reads, see [`TeeRead`]): stored under its digest by
+    /// [`BlobWriter::commit`], gone when dropped before.
+    pub fn writer(&self) -> Result<BlobWriter, ImageError> {
         let tmp = self.tmp.join(format!(
             "blob-import-{}-{}",
             std::process::id(),
@@ -131,23 +143,12 @@ impl BlobStore {
             .create_new(true)
             .open(&tmp)
             .map_err(ImageError::io(&tmp))?;
-        let mut w = super::digest::Hashing::new(io::BufWriter::with_capacity(1 << 20, file));
-        io::copy(&mut reader, &mut w).map_err(|e| ImageError::Io {
-            path: PathBuf::from(origin),
-            source: e,
-        })?;
-        let (bw, digest, size) = w.finish();
-        let file = bw
-            .into_inner()
-            .map_err(|e| ImageError::io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(ImageError::io(&tmp))?;
-        drop(file);
-        let dest = self.path(&digest);
-        if !dest.exists() {
-            fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
-        }
-        drop(guard);
-        Ok((digest, size))
+        Ok(BlobWriter {
+            w: super::digest::Hashing::new(io::BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            dir: self.dir.clone(),
+            _guard: guard,
+        })
     }
 
     /// Opens (or resumes) the partial download of `digest`. Only one process writes a given
@@ -420,6 +421,71 @@ impl Read for TeeReader {
 }
 
 /// Removes a temporary file on drop (if it still exists).
+/// A blob being written (see [`BlobStore::writer`]).
+pub struct BlobWriter {
+    w: super::digest::Hashing<io::BufWriter<File>>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    _guard: TempFile,
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+impl BlobWriter {
+    /// Stores what was written under its digest (durably), unless `expected` is given and
+    /// differs: then nothing is stored and the mismatch is the error. Returns the digest
+    /// and size.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
+        let BlobWriter {
+            w,
+            tmp,
+            dir,
+            _guard,
+        } = self;
+        let (bw, digest, size) = w.finish();
+        if let Some(exp) = expected {
+            if *exp != digest {
+                return Err(ImageError::DigestMismatch {
+                    digest: exp.to_string(),
+                    origin: tmp.display().to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        let file = bw
+            .into_inner()
+            .map_err(|e| ImageError::io(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(ImageError::io(&tmp))?;
+        drop(file);
+        let dest = dir.join(digest.hex());
+        if !dest.exists() {
+            fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
+        }
+        Ok((digest, size))
+    }
+}
+
+/// A reader that writes every byte it reads to `copy` as well.
+pub struct TeeRead<'a, R> {
+    pub inner: R,
+    pub copy: &'a mut dyn Write,
+}
+
+impl<R: Read> Read for TeeRead<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.copy.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 pub(crate) struct TempFile(pub(crate) Option<PathBuf>);
 
 impl Drop for TempFile {
@@ -448,6 +514,48 @@ mod tests {
         let home = BerthHome::at(d.path()).unwrap();
         let s = BlobStore::new(&home);
         (d, s)
+    }
+
+    #[test]
+    fn a_copy_made_while_reading_is_stored_only_when_it_matches() {
+        let (_d, s) = store();
+        let data = b"the bytes someone else reads".to_vec();
+        let digest = Digest::of(&data);
+        let leftovers = || fs::read_dir(s.tmp_dir()).unwrap().count();
+        let before = leftovers();
+        // A wrong expectation stores nothing and leaves no temporary file.
+        let mut w = s.writer().unwrap();
+        let mut read = Vec::new();
+        TeeRead {
+            inner: &data[..],
+            copy: &mut w,
+        }
+        .read_to_end(&mut read)
+        .unwrap();
+        assert_eq!(read, data);
+        let wrong = Digest::of(b"other");
+        assert!(matches!(
+            w.commit(Some(&wrong)),
+            Err(ImageError::DigestMismatch { .. })
+        ));
+        assert!(!s.contains(&wrong) && !s.contains(&digest));
+        assert_eq!(leftovers(), before);
+        // The right one is stored under its digest.
+        let mut w = s.writer().unwrap();
+        std::io::copy(
+            &mut TeeRead {
+                inner: &data[..],
+                copy: &mut w,
+            },
+            &mut std::io::sink(),
+        )
+        .unwrap();
+        assert_eq!(
+            w.commit(Some(&digest)).unwrap(),
+            (digest.clone(), data.len() as u64)
+        );
+        assert_eq!(s.read(&digest).unwrap(), data);
+        assert_eq!(leftovers(), before);
     }
 
     #[test]

@@ -365,6 +365,7 @@ impl BuildCache {
         let opts = PullOptions {
             progress: self.progress.clone(),
             jobs: 1,
+            keep_tar: true,
             ..PullOptions::default()
         };
         let fetched = puller
@@ -373,7 +374,9 @@ impl BuildCache {
                 if store.blobs.contains(diff_id) {
                     return Ok(());
                 }
-                // The layer tar as the building machine stored it: its diff-id names it.
+                // The layer tar as the building machine stored it: its diff-id names it
+                // (made during the download's unpacking; here only when the layer was
+                // unpacked before).
                 let src = store.blobs.path(&desc.digest);
                 let file = std::fs::File::open(&src).map_err(ImageError::io(&src))?;
                 let tar = decompressed(file).map_err(ImageError::io(&src))?;

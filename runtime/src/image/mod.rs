@@ -38,6 +38,7 @@ pub mod layer_writer;
 pub mod lockfile;
 pub mod login;
 pub mod manifest;
+pub mod parallel_gzip;
 pub mod progress;
 pub mod pull;
 pub mod push;

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use envfile_spec::reference::ImageReference;
 
 use super::blob_store::BlobStore;
+use super::blob_store::TeeRead;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::image_store::{ImageConfig, ImageRecord, LayerRecord};
@@ -28,6 +29,10 @@ pub struct PullOptions {
     pub progress: Progress,
     /// Layers fetched at the same time.
     pub jobs: usize,
+    /// Also store each downloaded layer's uncompressed tar under its diff-id (as a layer
+    /// berth built is stored), copied while the download is unpacked instead of
+    /// decompressed a second time (the registry build cache).
+    pub keep_tar: bool,
 }
 
 impl Default for PullOptions {
@@ -37,6 +42,7 @@ impl Default for PullOptions {
             platform: Platform::host(),
             progress: std::sync::Arc::new(super::progress::QuietProgress),
             jobs: 4,
+            keep_tar: false,
         }
     }
 }
@@ -270,8 +276,36 @@ impl Puller<'_> {
                                 layer: layer_label.clone(),
                                 source: e,
                             })?;
-                            self.layers
-                                .unpack_stream(r, Some(diff_id), &layer_label, &mut |_| {})
+                            if !opts.keep_tar || self.blobs.contains(diff_id) {
+                                return self.layers.unpack_stream(
+                                    r,
+                                    Some(diff_id),
+                                    &layer_label,
+                                    &mut |_| {},
+                                );
+                            }
+                            let mut copy = self.blobs.writer()?;
+                            let mut tee = TeeRead {
+                                inner: r,
+                                copy: &mut copy,
+                            };
+                            let meta = self.layers.unpack_stream(
+                                &mut tee,
+                                Some(diff_id),
+                                &layer_label,
+                                &mut |_| {},
+                            )?;
+                            // (Whatever follows the tar's end belongs to the diff-id too.)
+                            std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| {
+                                ImageError::BadArchive {
+                                    layer: layer_label.clone(),
+                                    source: e,
+                                }
+                            })?;
+                            // A copy that does not match is dropped; the caller then makes
+                            // the tar from the blob.
+                            let _ = copy.commit(Some(diff_id));
+                            Ok(meta)
                         })
                     });
                     // Committing or dropping the partial blob ends the tee: the unpacker

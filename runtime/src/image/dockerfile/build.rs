@@ -8,7 +8,9 @@
 //! the build arguments in scope, user, folder, cache mounts and network; for `COPY`/`ADD`
 //! the content of the copied files, or the key of the stage they come from). A cached step
 //! is the image record `build:<key>`, as for berth.toml's own build steps, so
-//! `berth image prune` treats both alike. `RUN` steps run through the [`StepRunner`] of
+//! `berth image prune` treats both alike; and like those, a step goes through the step
+//! cache's seam ([`ImageStore::cached_step`] / [`ImageStore::record_step`]), which asks and
+//! feeds the registry build cache (`--cache-from` / `--cache-to`, `[image].cache`). `RUN` steps run through the [`StepRunner`] of
 //! every build step (the container sandbox: user namespace, own network namespace with
 //! NAT, device allowlist, seccomp).
 
@@ -19,11 +21,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepRunner;
+use super::super::build_cache::BuildCache;
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::super::manifest::{ConfigFile, RunConfig};
 use super::super::progress::{human_duration, Progress};
-use super::super::step_cache::cache_name;
+use super::super::step_cache::StepOrigin;
 use super::super::store::{ImageStore, ResolveOptions, ResolvedImage};
 use super::config::{self, chain, Scope, StageState};
 use super::context::DockerIgnore;
@@ -62,9 +65,11 @@ pub struct DockerfileOutcome {
     pub image: ResolvedImage,
     /// Things the user should know (an `EXPOSE` that berth.toml does not publish, ...).
     pub notices: Vec<String>,
-    /// Layer steps run and found cached.
+    /// Layer steps run and found cached (locally or in the registry cache).
     pub steps_run: usize,
     pub steps_cached: usize,
+    /// Of the cached steps, those taken from the registry cache.
+    pub steps_pulled: usize,
 }
 
 /// The name a Dockerfile's image gets when none is given.
@@ -86,12 +91,14 @@ pub(super) struct Run<'a> {
     pub(super) ignore: DockerIgnore,
     pub(super) runner: &'a (dyn StepRunner + Sync),
     pub(super) progress: &'a Progress,
+    cache: &'a BuildCache,
     file: String,
     source: String,
     pub(super) done: BTreeMap<usize, StageState>,
     notices: Vec<String>,
     ran: usize,
     cached: usize,
+    pulled: usize,
 }
 
 impl ImageStore {
@@ -102,6 +109,19 @@ impl ImageStore {
         build: &DockerfileBuild,
         runner: &(dyn StepRunner + Sync),
         progress: &Progress,
+    ) -> Result<DockerfileOutcome, DockerfileError> {
+        self.build_dockerfile_cached(build, runner, progress, &BuildCache::none())
+    }
+
+    /// [`ImageStore::build_dockerfile`] with the registry build cache: each layer step is
+    /// looked up in it before it runs and pushed to it after (when `cache` pushes). The
+    /// cache's notices stay in `cache` for the caller to show.
+    pub fn build_dockerfile_cached(
+        &self,
+        build: &DockerfileBuild,
+        runner: &(dyn StepRunner + Sync),
+        progress: &Progress,
+        cache: &BuildCache,
     ) -> Result<DockerfileOutcome, DockerfileError> {
         let source = fs::read_to_string(&build.dockerfile).map_err(|e| DockerfileError::Read {
             path: build.dockerfile.clone(),
@@ -147,12 +167,14 @@ impl ImageStore {
             ignore,
             runner,
             progress,
+            cache,
             file,
             source,
             done: BTreeMap::new(),
             notices: unused,
             ran: 0,
             cached: 0,
+            pulled: 0,
         };
         run.build_stages()?;
         let last = *plan.order.last().expect("the target is in the order");
@@ -163,6 +185,7 @@ impl ImageStore {
             notices: run.notices,
             steps_run: run.ran,
             steps_cached: run.cached,
+            steps_pulled: run.pulled,
         })
     }
 
@@ -193,24 +216,30 @@ impl Run<'_> {
             ignore: self.ignore.clone(),
             runner: self.runner,
             progress: self.progress,
+            cache: self.cache,
             file: self.file.clone(),
             source: self.source.clone(),
             done,
             notices: Vec::new(),
             ran: 0,
             cached: 0,
+            pulled: 0,
         }
     }
 
-    /// Its notices and step counts, taken.
-    pub(super) fn take_counts(&mut self) -> (Vec<String>, usize, usize) {
-        (std::mem::take(&mut self.notices), self.ran, self.cached)
+    /// Its notices and step counts (run, cached, of those pulled), taken.
+    pub(super) fn take_counts(&mut self) -> (Vec<String>, [usize; 3]) {
+        (
+            std::mem::take(&mut self.notices),
+            [self.ran, self.cached, self.pulled],
+        )
     }
 
-    pub(super) fn add_counts(&mut self, notices: Vec<String>, ran: usize, cached: usize) {
+    pub(super) fn add_counts(&mut self, notices: Vec<String>, [ran, cached, pulled]: [usize; 3]) {
         self.notices.extend(notices);
         self.ran += ran;
         self.cached += cached;
+        self.pulled += pulled;
     }
 
     fn scope(&self) -> Scope<'_> {
@@ -365,14 +394,20 @@ impl Run<'_> {
         mode: WhiteoutMode,
         write: &mut LayerWriter<'_>,
     ) -> Result<(), DockerfileError> {
-        let name = cache_name(&key);
-        if let Some(r) = self
+        if let Some((r, origin)) = self
             .store
-            .records
-            .get(&name)?
-            .filter(|r| self.store.is_complete(r))
+            .cached_step(&key, &st.layers, &st.config, self.cache, label)?
         {
-            self.progress.message(&format!("{label} (cached)"));
+            match origin {
+                StepOrigin::Local => self.progress.message(&format!("{label} (cached)")),
+                StepOrigin::Registry => {
+                    self.progress.message(&format!(
+                        "{label} (pulled from the cache {})",
+                        self.cache.source().unwrap_or_default()
+                    ));
+                    self.pulled += 1;
+                }
+            }
             st.layers = r.layers;
             st.key = key;
             self.cached += 1;
@@ -389,9 +424,11 @@ impl Run<'_> {
         let layer = self
             .store
             .add_tree_layer(upper.path(), mode, label, self.progress)?;
-        st.layers.push(layer);
-        self.store
-            .record_local_image(&name, st.layers.clone(), st.config.clone())?;
+        let below = std::mem::take(&mut st.layers);
+        st.layers = self
+            .store
+            .record_step(&key, below, layer, &st.config, self.cache, label)?
+            .layers;
         st.key = key;
         self.ran += 1;
         self.progress.message(&format!(

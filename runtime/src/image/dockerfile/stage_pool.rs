@@ -20,8 +20,8 @@ pub const STAGE_WORKERS: usize = 2;
 struct Board {
     done: BTreeMap<usize, StageState>,
     started: BTreeSet<usize>,
-    /// Per stage: its notices, steps run and steps cached.
-    counts: BTreeMap<usize, (Vec<String>, usize, usize)>,
+    /// Per stage: its notices, and steps run, cached and (of those) pulled.
+    counts: BTreeMap<usize, (Vec<String>, [usize; 3])>,
     failed: Option<DockerfileError>,
 }
 
@@ -46,8 +46,8 @@ impl Run<'_> {
             return Err(e);
         }
         for i in &order {
-            if let Some((notices, ran, cached)) = board.counts.get(i) {
-                self.add_counts(notices.clone(), *ran, *cached);
+            if let Some((notices, counts)) = board.counts.get(i) {
+                self.add_counts(notices.clone(), *counts);
             }
         }
         self.done = board.done;
@@ -84,8 +84,7 @@ impl Run<'_> {
             match result {
                 Ok(st) => {
                     b.done.insert(i, st);
-                    let (notices, ran, cached) = run.take_counts();
-                    b.counts.insert(i, (notices, ran, cached));
+                    b.counts.insert(i, run.take_counts());
                 }
                 Err(e) => {
                     if b.failed.is_none() {
