@@ -10,6 +10,7 @@ pub mod environment;
 pub mod host;
 pub mod image;
 pub mod net;
+pub mod progress;
 pub mod secrets;
 pub mod ssh;
 pub mod ssh_inside;

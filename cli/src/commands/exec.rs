@@ -72,7 +72,7 @@ pub(crate) fn forward_credentials(
 ) -> Option<SessionCredentials> {
     let dir = envs.home().env_dir(&record.env_id);
     let wanted = Wanted::for_session(&dir, &record.plan.credentials, None);
-    match SessionCredentials::start(envs, record, req.user.as_deref(), wanted) {
+    match envs.session_credentials(record, req.user.as_deref(), wanted) {
         Ok(c) => {
             if let Some(c) = &c {
                 c.add_env(req);

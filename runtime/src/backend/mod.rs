@@ -27,7 +27,7 @@ pub use report::{
 };
 pub use start::{ImageDefaults, StartRequest};
 
-use crate::image::Progress;
+use crate::progress::Progress;
 use crate::state::BerthHome;
 use crate::sync::Transport;
 

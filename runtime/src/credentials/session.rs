@@ -27,7 +27,6 @@ use super::error::CredentialsError;
 use super::host_git;
 use super::identity::HostGit;
 use crate::backend::{CommandSession, ExecRequest};
-use crate::environment::{EnvRecord, Environments};
 use crate::ssh_inside::{self, GITCONFIG_FILE, GITCONFIG_PATH, SESSION_DIR_PLACEHOLDER};
 
 const AGENT_SOCKET: &str = "agent.sock";
@@ -89,16 +88,20 @@ pub struct SessionCredentials {
 }
 
 impl SessionCredentials {
-    /// Starts forwarding `wanted` for a session of `user` (`None`: the image's user) in
-    /// `record`'s running environment. `Ok(None)` when there is nothing to forward or the
-    /// environment is a VM (whose agent has no socket forwarding).
+    /// Starts forwarding `wanted` for a session of `user` (`None`: the image's user) in a
+    /// running environment of `backend`, whose builtin `exec_start` starts inside (as
+    /// `Environments::session_credentials` does). `Ok(None)` when there is nothing to
+    /// forward or the environment is a VM (whose agent has no socket forwarding).
     pub fn start(
-        envs: &Environments,
-        record: &EnvRecord,
+        backend: BackendKind,
         user: Option<&str>,
         wanted: Wanted,
+        exec_start: impl FnOnce(
+            &ExecRequest,
+            [std::os::fd::BorrowedFd<'_>; 3],
+        ) -> Result<Box<dyn CommandSession>, String>,
     ) -> Result<Option<SessionCredentials>, CredentialsError> {
-        if wanted.is_empty() || record.plan.backend == BackendKind::Vm {
+        if wanted.is_empty() || backend == BackendKind::Vm {
             return Ok(None);
         }
         let mut names = Vec::new();
@@ -140,13 +143,8 @@ impl SessionCredentials {
             tty: false,
             winsize: None,
         };
-        let mut builtin = envs
-            .exec_start(
-                record,
-                &req,
-                [theirs.as_fd(), devnull.as_fd(), err_w.as_fd()],
-            )
-            .map_err(|e| CredentialsError::Inside(e.to_string()))?;
+        let mut builtin = exec_start(&req, [theirs.as_fd(), devnull.as_fd(), err_w.as_fd()])
+            .map_err(CredentialsError::Inside)?;
         drop((theirs, err_w));
         let received = receive(&ours, names.len());
         let (dir, listeners) = match received {

@@ -7,6 +7,7 @@ use super::environments::Environments;
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::backend::{CommandSession, ExecRequest, LogsRequest};
+use crate::credentials::{CredentialsError, SessionCredentials, Wanted};
 
 impl Environments {
     /// Runs a command inside the running environment with the given stdio.
@@ -33,6 +34,20 @@ impl Environments {
             .backend(record.plan.backend)
             .exec_start(&dir, req, stdio);
         self.unless_stopped(record, &dir, r)
+    }
+
+    /// The host's credentials forwarded to a session of `user` in `record`'s running
+    /// environment (see [`SessionCredentials::start`]).
+    pub fn session_credentials(
+        &self,
+        record: &EnvRecord,
+        user: Option<&str>,
+        wanted: Wanted,
+    ) -> Result<Option<SessionCredentials>, CredentialsError> {
+        SessionCredentials::start(record.plan.backend, user, wanted, |req, stdio| {
+            self.exec_start(record, req, stdio)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// An interactive command on the caller's terminal (or plain stdio when not a terminal).

@@ -39,7 +39,7 @@ pub mod lockfile;
 pub mod login;
 pub mod manifest;
 pub mod parallel_gzip;
-pub mod progress;
+pub use crate::progress;
 pub mod pull;
 pub mod push;
 pub mod registry;

@@ -21,7 +21,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::ExecRequest;
-use crate::credentials::{AgentTarget, SessionCredentials, Wanted};
+use crate::credentials::{AgentTarget, Wanted};
 use crate::environment::{EnvRecord, Environments};
 use crate::state::BerthHome;
 
@@ -164,7 +164,7 @@ fn run_command(
     let _credentials = credentials.and_then(|agent| {
         let dir = ctx.home.env_dir(&ctx.record.env_id);
         let wanted = Wanted::for_session(&dir, &ctx.record.plan.credentials, agent);
-        match SessionCredentials::start(&envs, &ctx.record, req.user.as_deref(), wanted) {
+        match envs.session_credentials(&ctx.record, req.user.as_deref(), wanted) {
             Ok(c) => {
                 if let Some(c) = &c {
                     c.add_env(&mut req);

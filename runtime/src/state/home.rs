@@ -235,7 +235,9 @@ impl BerthHome {
 /// home's `tmp/` before the process exits with 128 + the signal (see
 /// [`staging::remove_staging_on_signals`]).
 pub fn remove_staging_on_signals(home: &BerthHome) -> std::io::Result<()> {
-    staging::remove_staging_on_signals(home.tmp_dir())
+    staging::remove_staging_on_signals(home.tmp_dir(), |pid| {
+        super::shm_dir::sweep_shm_dirs(Some(pid))
+    })
 }
 
 /// An identifier for an environment that is stable for one berth.toml: its name plus a short

@@ -23,8 +23,9 @@ extern "C" fn on_stop_signal(sig: libc::c_int) {
 /// `tmp/` (half-unpacked layers, imports) before the process exits with 128 + the signal,
 /// as a shell reports it. Partial downloads stay: the next pull resumes them. For commands
 /// whose only lasting work is in `tmp/` until a final rename (image pulls); a `kill -9` is
-/// covered by `BerthHome::sweep_tmp` at the next command. `tmp` is the home's `tmp/`.
-pub fn remove_staging_on_signals(tmp: PathBuf) -> io::Result<()> {
+/// covered by `BerthHome::sweep_tmp` at the next command. `tmp` is the home's `tmp/`; `also`
+/// removes what else the stopping process (its pid given) leaves elsewhere.
+pub fn remove_staging_on_signals(tmp: PathBuf, also: fn(i32)) -> io::Result<()> {
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     std::thread::Builder::new()
@@ -46,7 +47,7 @@ pub fn remove_staging_on_signals(tmp: PathBuf) -> io::Result<()> {
                         }
                     }
                 }
-                super::shm_dir::sweep_shm_dirs(Some(me));
+                also(me);
                 std::process::exit(128 + i32::from(b[0]));
             }
         })?;

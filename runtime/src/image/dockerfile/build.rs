@@ -54,10 +54,14 @@ pub struct DockerfileBuild {
     /// How base images are pulled.
     pub resolve: ResolveOptions,
     /// What `RUN --mount=type=secret,id=NAME` may mount (read only when such a step runs).
-    pub secrets: super::run_mount_stage::BuildSecrets,
+    pub secrets: BuildSecrets,
     /// The host's SSH agent socket that `RUN --mount=type=ssh` relays to; `None`: none.
     pub ssh_agent: Option<PathBuf>,
 }
+
+/// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
+/// `berth image build`.
+pub type BuildSecrets = BTreeMap<String, envfile_spec::plan::SecretSource>;
 
 /// What a build made.
 #[derive(Debug, Clone)]

@@ -13,7 +13,6 @@
 //!   in no layer and no cache key;
 //! - `type=ssh`: a socket relayed to the host's SSH agent, `SSH_AUTH_SOCK` set to it.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
@@ -400,7 +399,3 @@ fn give(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
-/// `berth image build`.
-pub type BuildSecrets = BTreeMap<String, SecretSource>;
