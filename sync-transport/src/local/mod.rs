@@ -12,6 +12,7 @@
 //! Those calls are in [`dir_fd_calls`].
 
 mod dir_fd_calls;
+mod kept_folder;
 #[cfg(test)]
 mod staging_tests;
 
@@ -21,6 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ignore::IgnoreRules;
@@ -176,6 +178,28 @@ impl LocalTransport {
                 .map_err(|e| self.err("open folder", dir, e))?;
         }
         Ok(cur)
+    }
+
+    /// This transport's key among the folders kept by a thread.
+    fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// The folder of `rel` for writing into (created when missing): the one kept open by
+    /// this thread ([`Transport::keep_folder`]) when it is that folder, else looked up.
+    fn staging_parent(&self, rel: &str) -> Result<Arc<OwnedFd>, TransportError> {
+        self.check(rel)?;
+        let folder = parent(rel);
+        match kept_folder::get(self.key(), folder) {
+            Some(Some(fd)) => Ok(fd),
+            kept => {
+                let fd = Arc::new(self.ensure_parent(rel)?);
+                if kept.is_some() {
+                    kept_folder::store(self.key(), folder, &fd);
+                }
+                Ok(fd)
+            }
+        }
     }
 
     fn lstat_at(&self, dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
@@ -374,9 +398,25 @@ impl Transport for LocalTransport {
 
     fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
         self.check(rel)?;
-        let fd = self
-            .open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK)
-            .map_err(|e| self.err("open", rel, e))?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+        let folder = parent(rel);
+        let fd = match kept_folder::get(self.key(), folder) {
+            // The folder kept open by this thread: the final name alone (it was opened
+            // beneath the root without following symlinks, as `open_beneath` would).
+            Some(kept) => {
+                let dir = match kept {
+                    Some(d) => d,
+                    None => {
+                        let d = Arc::new(self.parent_fd(rel)?);
+                        kept_folder::store(self.key(), folder, &d);
+                        d
+                    }
+                };
+                openat2_beneath(&dir, file_name(rel), flags)
+            }
+            None => self.open_beneath(rel, flags),
+        }
+        .map_err(|e| self.err("open", rel, e))?;
         let mut f = LocalSource {
             file: File::from(fd),
             left: 0,
@@ -400,7 +440,7 @@ impl Transport for LocalTransport {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<Staged, TransportError> {
-        let dir = self.ensure_parent(rel)?;
+        let dir = self.staging_parent(rel)?;
         let temp_name = self.temp_name(file_name(rel));
         let result = (|| -> io::Result<Entry> {
             let mut f = File::from(openat2_beneath_mode(
@@ -457,7 +497,7 @@ impl Transport for LocalTransport {
     }
 
     fn stage_symlink(&self, rel: &str, target: &str) -> Result<Staged, TransportError> {
-        let dir = self.ensure_parent(rel)?;
+        let dir = Arc::new(self.ensure_parent(rel)?);
         let temp_name = self.temp_name(file_name(rel));
         nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), temp_name.as_str())
             .map_err(|e| self.err("symlink", rel, e.into()))?;
@@ -482,7 +522,7 @@ impl Transport for LocalTransport {
         let (dir, written) = match kept {
             Some(k) => (k.dir, k.written),
             None => match self.parent_fd(&staged.rel) {
-                Ok(d) => (d, None),
+                Ok(d) => (Arc::new(d), None),
                 Err(e) => {
                     self.discard(staged);
                     return Err(e);
@@ -603,6 +643,14 @@ impl Transport for LocalTransport {
         })
     }
 
+    fn keep_folder(&self, folder: &str) {
+        kept_folder::keep(self.key(), folder);
+    }
+
+    fn release_folder(&self) {
+        kept_folder::release(self.key());
+    }
+
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {
         watch_tree(
             &self.label,
@@ -621,7 +669,7 @@ thread_local! {
 
 /// A staged entry's folder, and for a file the entry it will have once renamed into place.
 struct StagedHere {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     written: Option<Entry>,
 }
 

@@ -1,5 +1,5 @@
-//! Tests of staging a file: the exact mode in the end, and no more access for anyone while
-//! the temporary file is being written than the final file gives.
+//! Tests of staging a file: the exact mode in the end, no more access for anyone while
+//! the temporary file is being written than the final file gives, and folders kept open.
 
 use std::fs;
 use std::io::{self, Read};
@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::{temp_create_mode, LocalTransport};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 use crate::tree::is_temp_name;
 
 fn t(dir: &Path) -> LocalTransport {
@@ -112,4 +112,45 @@ fn staged_files_get_exact_modes_and_no_early_access() {
         );
         assert_eq!(e.mode, mode);
     }
+}
+
+#[test]
+fn a_kept_folder_is_reused_and_never_swapped_for_a_symlink() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    fs::write(d.path().join("a/src"), b"one").unwrap();
+    let tr = t(d.path());
+    tr.keep_folder("a");
+    let (_, mut src) = tr.read_file("a/src").unwrap();
+    let s = tr.stage_file("a/1", &mut src, 0o644, 0).unwrap();
+    tr.commit(s, None).unwrap();
+    // The folder is swapped for a symlink to a folder outside while it is kept open: what
+    // follows lands in the folder that was opened (now `b`), never behind the symlink.
+    fs::rename(d.path().join("a"), d.path().join("b")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), d.path().join("a")).unwrap();
+    fs::write(outside.path().join("src"), b"outside").unwrap();
+    let (_, mut src) = tr.read_file("a/src").unwrap();
+    let mut got = Vec::new();
+    src.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"one", "read from the kept folder");
+    let s = tr.stage_file("a/2", &mut &b"two"[..], 0o644, 0).unwrap();
+    tr.commit(s, None).unwrap();
+    assert_eq!(fs::read(d.path().join("b/2")).unwrap(), b"two");
+    assert!(!outside.path().join("2").exists());
+    // Other folders are looked up as always, and once released so is this one.
+    assert!(matches!(
+        tr.stage_file("a/x/3", &mut &b"3"[..], 0o644, 0),
+        Err(TransportError::Escapes { .. })
+    ));
+    tr.release_folder();
+    assert!(matches!(
+        tr.stage_file("a/3", &mut &b"3"[..], 0o644, 0),
+        Err(TransportError::Escapes { .. })
+    ));
+    assert!(matches!(
+        tr.read_file("a/src").map(|_| ()),
+        Err(TransportError::Escapes { .. })
+    ));
+    assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
 }
