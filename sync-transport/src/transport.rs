@@ -159,6 +159,15 @@ pub trait Transport: Send + Sync {
     /// Sets the permission bits of the file or folder at `rel`.
     fn set_mode(&self, rel: &str, mode: u32) -> Result<Entry, TransportError>;
 
+    /// Until [`Self::release_folder`], calls made by this thread for entries directly in
+    /// `folder` may keep that folder open (a copy thread working through one folder's
+    /// files) instead of looking it up for each entry. A no-op unless a transport can do
+    /// better.
+    fn keep_folder(&self, _folder: &str) {}
+
+    /// Ends [`Self::keep_folder`] for this thread.
+    fn release_folder(&self) {}
+
     /// Starts watching the tree; events go to `sink` until the returned guard is dropped.
     /// `force_poll` asks for the polling watcher (used after the inotify limit was hit).
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError>;

@@ -125,6 +125,19 @@ pub(super) fn rename_at(a: &OwnedFd, from: &str, b: &OwnedFd, to: &str) -> io::R
         .map_err(io::Error::from)
 }
 
+/// `renameat2(dir, from, dir, to, RENAME_NOREPLACE)`: fails with `EEXIST` when `to` exists
+/// (whatever it is), with `EINVAL` on a filesystem without the flag.
+pub(super) fn rename_noreplace_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        Some(dir.as_raw_fd()),
+        from,
+        Some(dir.as_raw_fd()),
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(io::Error::from)
+}
+
 /// `openat2(dir, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: opens `rel` below `dir`
 /// refusing `..` escapes and every symlink (including the last component, unless `O_PATH |
 /// O_NOFOLLOW` is given).

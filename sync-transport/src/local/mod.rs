@@ -12,6 +12,9 @@
 //! Those calls are in [`dir_fd_calls`].
 
 mod dir_fd_calls;
+mod kept_folder;
+#[cfg(test)]
+mod staging_tests;
 
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, Read, Write};
@@ -19,6 +22,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ignore::IgnoreRules;
@@ -30,7 +34,7 @@ use crate::tree::{
 use crate::watch::watch_tree;
 use dir_fd_calls::{
     chown_at, fd_path, list_dir, lstat_at, mkdir_at, openat2_beneath, openat2_beneath_mode,
-    rename_at, unlink_at,
+    rename_at, rename_noreplace_at, unlink_at,
 };
 
 /// A synced folder reachable by path.
@@ -176,6 +180,28 @@ impl LocalTransport {
         Ok(cur)
     }
 
+    /// This transport's key among the folders kept by a thread.
+    fn key(&self) -> usize {
+        self as *const Self as usize
+    }
+
+    /// The folder of `rel` for writing into (created when missing): the one kept open by
+    /// this thread ([`Transport::keep_folder`]) when it is that folder, else looked up.
+    fn staging_parent(&self, rel: &str) -> Result<Arc<OwnedFd>, TransportError> {
+        self.check(rel)?;
+        let folder = parent(rel);
+        match kept_folder::get(self.key(), folder) {
+            Some(Some(fd)) => Ok(fd),
+            kept => {
+                let fd = Arc::new(self.ensure_parent(rel)?);
+                if kept.is_some() {
+                    kept_folder::store(self.key(), folder, &fd);
+                }
+                Ok(fd)
+            }
+        }
+    }
+
     fn lstat_at(&self, dir: &OwnedFd, name: &str) -> io::Result<Option<Entry>> {
         lstat_at(dir, name)
     }
@@ -190,6 +216,29 @@ impl LocalTransport {
             .map(|(_, c)| c)
             .collect::<String>();
         format!(".{keep}{suffix}")
+    }
+
+    /// The entry a commit put in place at `rel` (in the folder `dir`). A file: what was
+    /// written (mode, size, mtime set on the temporary file); recording that rather than a
+    /// new look also keeps an edit made right after the rename from being taken for the
+    /// engine's own write.
+    fn committed(
+        &self,
+        dir: &OwnedFd,
+        rel: &str,
+        written: Option<Entry>,
+    ) -> Result<Entry, TransportError> {
+        if let Some(w) = written {
+            return Ok(w);
+        }
+        match self.lstat_at(dir, file_name(rel)) {
+            Ok(Some(e)) => Ok(e),
+            Ok(None) => Err(TransportError::Changed {
+                side: self.label.clone(),
+                path: rel.to_string(),
+            }),
+            Err(e) => Err(self.err("stat", rel, e)),
+        }
     }
 
     fn walk(
@@ -349,9 +398,25 @@ impl Transport for LocalTransport {
 
     fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
         self.check(rel)?;
-        let fd = self
-            .open_beneath(rel, libc::O_RDONLY | libc::O_NONBLOCK)
-            .map_err(|e| self.err("open", rel, e))?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+        let folder = parent(rel);
+        let fd = match kept_folder::get(self.key(), folder) {
+            // The folder kept open by this thread: the final name alone (it was opened
+            // beneath the root without following symlinks, as `open_beneath` would).
+            Some(kept) => {
+                let dir = match kept {
+                    Some(d) => d,
+                    None => {
+                        let d = Arc::new(self.parent_fd(rel)?);
+                        kept_folder::store(self.key(), folder, &d);
+                        d
+                    }
+                };
+                openat2_beneath(&dir, file_name(rel), flags)
+            }
+            None => self.open_beneath(rel, flags),
+        }
+        .map_err(|e| self.err("open", rel, e))?;
         let mut f = LocalSource {
             file: File::from(fd),
             left: 0,
@@ -375,14 +440,14 @@ impl Transport for LocalTransport {
         mode: u32,
         mtime_ns: i64,
     ) -> Result<Staged, TransportError> {
-        let dir = self.ensure_parent(rel)?;
+        let dir = self.staging_parent(rel)?;
         let temp_name = self.temp_name(file_name(rel));
         let result = (|| -> io::Result<Entry> {
             let mut f = File::from(openat2_beneath_mode(
                 &dir,
                 &temp_name,
                 libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                0o600,
+                temp_create_mode(mode, self.owner.is_some()),
             )?);
             COPY_BUF.with_borrow_mut(|buf| -> io::Result<()> {
                 buf.resize(128 * 1024, 0);
@@ -396,25 +461,24 @@ impl Transport for LocalTransport {
                     f.write_all(&buf[..n])?;
                 }
             })?;
-            // The owner decides which setuid/setgid bits are allowed: the one given, or
-            // (asked only when it matters) the one the file got.
-            let (uid, gid) = match self.owner {
-                Some((u, g)) => {
-                    std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
-                    (u, g)
-                }
-                None if self.no_root_setid => {
-                    let meta = f.metadata()?;
-                    (meta.uid(), meta.gid())
-                }
-                None => (u32::MAX, u32::MAX),
-            };
-            let mode = self.allowed_mode(mode, uid, gid);
-            f.set_permissions(fs::Permissions::from_mode(mode))?;
+            if let Some((u, g)) = self.owner {
+                std::os::unix::fs::fchown(&f, Some(u), Some(g))?;
+            }
             f.set_times(FileTimes::new().set_modified(time_from_ns(mtime_ns)))?;
-            // What the rename will put in place (a rename changes none of it).
-            Entry::from_metadata(&f.metadata()?, None)
-                .ok_or_else(|| io::Error::other("the temporary file is not a regular file"))
+            // What the rename will put in place (a rename changes none of it). One look
+            // serves both for the owner (which decides the setuid/setgid bits allowed) and
+            // for the entry written; the mode is set only where creating did not already
+            // give the exact bits (umask, default ACL, setid/sticky bits, group bits held
+            // back until the owner was set), and a chmod changes neither size nor mtime.
+            let meta = f.metadata()?;
+            let mut written = Entry::from_metadata(&meta, None)
+                .ok_or_else(|| io::Error::other("the temporary file is not a regular file"))?;
+            let mode = self.allowed_mode(mode, meta.uid(), meta.gid());
+            if written.mode != mode {
+                f.set_permissions(fs::Permissions::from_mode(mode))?;
+                written.mode = mode;
+            }
+            Ok(written)
         })();
         match result {
             Ok(written) => Ok(Staged {
@@ -433,7 +497,7 @@ impl Transport for LocalTransport {
     }
 
     fn stage_symlink(&self, rel: &str, target: &str) -> Result<Staged, TransportError> {
-        let dir = self.ensure_parent(rel)?;
+        let dir = Arc::new(self.ensure_parent(rel)?);
         let temp_name = self.temp_name(file_name(rel));
         nix::unistd::symlinkat(target, Some(dir.as_raw_fd()), temp_name.as_str())
             .map_err(|e| self.err("symlink", rel, e.into()))?;
@@ -458,7 +522,7 @@ impl Transport for LocalTransport {
         let (dir, written) = match kept {
             Some(k) => (k.dir, k.written),
             None => match self.parent_fd(&staged.rel) {
-                Ok(d) => (d, None),
+                Ok(d) => (Arc::new(d), None),
                 Err(e) => {
                     self.discard(staged);
                     return Err(e);
@@ -466,6 +530,26 @@ impl Transport for LocalTransport {
             },
         };
         let name = file_name(&staged.rel);
+        // A new entry: one rename that refuses to replace anything (no look first, and no
+        // window between the look and the rename). Filesystems without the flag take the
+        // look-then-rename way below.
+        if expect.is_none() {
+            match rename_noreplace_at(&dir, &staged.temp_name, name) {
+                Ok(()) => return self.committed(&dir, &staged.rel, written),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let _ = unlink_at(&dir, &staged.temp_name, false);
+                    return Err(TransportError::Changed {
+                        side: self.label.clone(),
+                        path: staged.rel,
+                    });
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => {
+                    let _ = unlink_at(&dir, &staged.temp_name, false);
+                    return Err(self.err("rename into place", &staged.rel, e));
+                }
+            }
+        }
         let current = self.lstat_at(&dir, name);
         let unchanged = match (&current, expect) {
             (Ok(None), None) => true,
@@ -483,20 +567,7 @@ impl Transport for LocalTransport {
             let _ = unlink_at(&dir, &staged.temp_name, false);
             return Err(self.err("rename into place", &staged.rel, e));
         }
-        // A file: what was written (mode, size, mtime set on the temporary file). Recording
-        // that rather than a new look also keeps an edit made right after the rename from
-        // being taken for the engine's own write.
-        if let Some(w) = written {
-            return Ok(w);
-        }
-        match self.lstat_at(&dir, name) {
-            Ok(Some(e)) => Ok(e),
-            Ok(None) => Err(TransportError::Changed {
-                side: self.label.clone(),
-                path: staged.rel,
-            }),
-            Err(e) => Err(self.err("stat", &staged.rel, e)),
-        }
+        self.committed(&dir, &staged.rel, written)
     }
 
     fn discard(&self, staged: Staged) {
@@ -572,6 +643,14 @@ impl Transport for LocalTransport {
         })
     }
 
+    fn keep_folder(&self, folder: &str) {
+        kept_folder::keep(self.key(), folder);
+    }
+
+    fn release_folder(&self) {
+        kept_folder::release(self.key());
+    }
+
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {
         watch_tree(
             &self.label,
@@ -590,7 +669,7 @@ thread_local! {
 
 /// A staged entry's folder, and for a file the entry it will have once renamed into place.
 struct StagedHere {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     written: Option<Entry>,
 }
 
@@ -620,6 +699,22 @@ impl SourceFile for LocalSource {
     fn entry_now(&mut self) -> io::Result<Entry> {
         let meta = self.file.metadata()?;
         Entry::from_metadata(&meta, None).ok_or_else(|| io::Error::other("not a regular file"))
+    }
+}
+
+/// The mode a temporary file is created with before its content is written: never more
+/// access for anyone than the final `mode` gives (the final bits are set after the owner,
+/// since a chown clears setuid/setgid bits). Until `fchown` gives the file its owner
+/// (`chown_later`), it belongs to this process's user and group: the group bits then go
+/// only as far as the bits everyone gets, so that members of this process's group (root's,
+/// as a rule) can read nothing the final file would not show them as others.
+fn temp_create_mode(mode: u32, chown_later: bool) -> u32 {
+    let mode = mode & 0o777;
+    if chown_later {
+        let others = mode & 0o007;
+        (mode & 0o707) | (mode & 0o070 & (others << 3))
+    } else {
+        mode
     }
 }
 

@@ -30,6 +30,11 @@ impl Worker<'_> {
                 scope.spawn(|| loop {
                     let g = next.fetch_add(1, Ordering::Relaxed);
                     let Some(group) = groups.get(g) else { break };
+                    // The group's folder stays open on both sides while its files are
+                    // copied (one lookup of it instead of one per file).
+                    let _kept = group
+                        .first()
+                        .map(|&k| KeptFolder::new([host, env], parent(&jobs[k].rel)));
                     for &k in group {
                         if stop.load(Ordering::Relaxed) {
                             return;
@@ -59,6 +64,26 @@ impl Worker<'_> {
                     })
             })
             .collect()
+    }
+}
+
+/// Both sides keep a folder open ([`Transport::keep_folder`]) until this is dropped.
+struct KeptFolder<'a>([&'a dyn Transport; 2]);
+
+impl<'a> KeptFolder<'a> {
+    fn new(sides: [&'a dyn Transport; 2], folder: &str) -> Self {
+        for side in sides {
+            side.keep_folder(folder);
+        }
+        KeptFolder(sides)
+    }
+}
+
+impl Drop for KeptFolder<'_> {
+    fn drop(&mut self) {
+        for side in self.0 {
+            side.release_folder();
+        }
     }
 }
 
