@@ -423,22 +423,7 @@ ADD tool.tar.gz /opt/
     let out = p.join("out.tar");
     b.ok(p, &["image", "export", "hd", "-o", out.to_str().unwrap()]);
     let l = listing(&out);
-    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
-    let mut files = BTreeMap::new();
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let path = e
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .to_string();
-        let mut s = Vec::new();
-        if e.header().entry_type().is_file() {
-            e.read_to_end(&mut s).unwrap();
-            files.insert(path, String::from_utf8_lossy(&s).into_owned());
-        }
-    }
+    let files = tar_files(&out);
     assert_eq!(files["opt/made/by-run"], "hello from a heredoc\n");
     assert_eq!(files["etc/app/conf"], "greeting=hello\n");
     assert!(l["etc/app/conf"].starts_with("644 1000:1000"), "{l:?}");

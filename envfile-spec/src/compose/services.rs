@@ -494,15 +494,7 @@ impl Ctx<'_> {
         def: &Mapping,
         key: &str,
     ) -> (Option<Vec<String>>, Option<Vec<String>>) {
-        let mut parts = |field: &str| match get(def, field).map(fields::words) {
-            Some(Ok(w)) => Some(w),
-            Some(Err(why)) => {
-                skip(self.skipped, format!("{key}.{field}"), why);
-                None
-            }
-            None => None,
-        };
-        match (parts("entrypoint"), parts("command")) {
+        match self.entrypoint_and_command(def, key) {
             (Some(mut e), c) => {
                 e.extend(c.unwrap_or_default());
                 (Some(e), None)
@@ -512,7 +504,13 @@ impl Ctx<'_> {
         }
     }
 
-    fn command(&mut self, def: &Mapping, key: &str) -> Option<Vec<String>> {
+    /// A service's `entrypoint` and `command` as words (one that cannot be read is listed
+    /// as skipped and taken as absent).
+    fn entrypoint_and_command(
+        &mut self,
+        def: &Mapping,
+        key: &str,
+    ) -> (Option<Vec<String>>, Option<Vec<String>>) {
         let mut parts = |field: &str| match get(def, field).map(fields::words) {
             Some(Ok(w)) => Some(w),
             Some(Err(why)) => {
@@ -521,7 +519,11 @@ impl Ctx<'_> {
             }
             None => None,
         };
-        match (parts("entrypoint"), parts("command")) {
+        (parts("entrypoint"), parts("command"))
+    }
+
+    fn command(&mut self, def: &Mapping, key: &str) -> Option<Vec<String>> {
+        match self.entrypoint_and_command(def, key) {
             (Some(mut e), c) => {
                 e.extend(c.unwrap_or_default());
                 Some(e)
