@@ -6,11 +6,11 @@
 //! tmpfs reached without a symlink.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 pub use berth_agent_proto::{GITCONFIG_PATH, RUN_DIR};
 
-use super::secret_files::open_run_tmpfs;
+use super::secret_files::{open_run_tmpfs, write_replacing};
 
 /// Largest gitconfig accepted.
 const MAX_GITCONFIG: u64 = 64 * 1024;
@@ -19,35 +19,6 @@ const FILE: &str = "gitconfig";
 fn fail(msg: String) -> i32 {
     let _ = writeln!(io::stderr(), "{msg}");
     1
-}
-
-fn write_file(dir: &OwnedFd, text: &[u8]) -> Result<(), String> {
-    let tmp = ".gitconfig.new";
-    let at = Some(dir.as_raw_fd());
-    let _ = nix::unistd::unlinkat(at, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
-    let fd = nix::fcntl::openat(
-        at,
-        tmp,
-        nix::fcntl::OFlag::O_WRONLY
-            | nix::fcntl::OFlag::O_CREAT
-            | nix::fcntl::OFlag::O_EXCL
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .map_err(|e| format!("cannot write {GITCONFIG_PATH}: {e}"))?;
-    // SAFETY: a descriptor just opened, owned by nobody else.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    // The umask may have taken bits away: readable by every user inside.
-    nix::sys::stat::fchmod(
-        f.as_raw_fd(),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .map_err(|e| format!("cannot set the mode of {GITCONFIG_PATH}: {e}"))?;
-    f.write_all(text)
-        .map_err(|e| format!("cannot write {GITCONFIG_PATH}: {e}"))?;
-    nix::fcntl::renameat(at, tmp, at, FILE)
-        .map_err(|e| format!("cannot write {GITCONFIG_PATH}: {e}"))
 }
 
 /// The builtin; see the module's documentation. Returns the exit code.
@@ -77,7 +48,8 @@ pub fn write_stdin() -> i32 {
             Err(e) => Err(format!("cannot remove {GITCONFIG_PATH}: {e}")),
         }
     } else {
-        write_file(&dir, &text)
+        // Readable by every user inside.
+        write_replacing(&dir, FILE, &text, 0o644, None, GITCONFIG_PATH)
     };
     match done {
         Ok(()) => 0,

@@ -77,13 +77,24 @@ fn owner(user: &str) -> Result<(u32, u32), String> {
     Ok((who.uid, who.gid))
 }
 
-fn write_one(dir: &OwnedFd, name: &str, value: &[u8], uid: u32, gid: u32) -> Result<(), String> {
+/// Writes `value` as `name` in `dir` (one of berth's tmpfs folders): under a temporary name
+/// created without following a link, given to `owner` (when set) and exactly `mode` (the
+/// umask may have taken bits away), then renamed into place. `what` names the file in errors.
+pub(super) fn write_replacing(
+    dir: &OwnedFd,
+    name: &str,
+    value: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    what: &str,
+) -> Result<(), String> {
     let tmp = format!(".{name}.new");
     let _ = nix::unistd::unlinkat(
         Some(dir.as_raw_fd()),
         tmp.as_str(),
         nix::unistd::UnlinkatFlags::NoRemoveDir,
     );
+    let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
     let fd = nix::fcntl::openat(
         Some(dir.as_raw_fd()),
         tmp.as_str(),
@@ -92,26 +103,30 @@ fn write_one(dir: &OwnedFd, name: &str, value: &[u8], uid: u32, gid: u32) -> Res
             | nix::fcntl::OFlag::O_EXCL
             | nix::fcntl::OFlag::O_NOFOLLOW
             | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::from_bits_truncate(0o400),
+        mode,
     )
-    .map_err(|e| format!("cannot write secret {name}: {e}"))?;
+    .map_err(|e| format!("cannot write {what}: {e}"))?;
     // SAFETY: a descriptor just opened, owned by nobody else.
     let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    nix::unistd::fchown(
-        f.as_raw_fd(),
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    )
-    .map_err(|e| format!("cannot give secret {name} to its user: {e}"))?;
+    if let Some((uid, gid)) = owner {
+        nix::unistd::fchown(
+            f.as_raw_fd(),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| format!("cannot give {what} to its user: {e}"))?;
+    }
+    nix::sys::stat::fchmod(f.as_raw_fd(), mode)
+        .map_err(|e| format!("cannot set the mode of {what}: {e}"))?;
     f.write_all(value)
-        .map_err(|e| format!("cannot write secret {name}: {e}"))?;
+        .map_err(|e| format!("cannot write {what}: {e}"))?;
     nix::fcntl::renameat(
         Some(dir.as_raw_fd()),
         tmp.as_str(),
         Some(dir.as_raw_fd()),
         name,
     )
-    .map_err(|e| format!("cannot write secret {name}: {e}"))
+    .map_err(|e| format!("cannot write {what}: {e}"))
 }
 
 /// The builtin; see the module's documentation. Returns the exit code.
@@ -135,7 +150,9 @@ pub fn write_stdin(user: &str) -> i32 {
     loop {
         match read_entry(&mut input) {
             Ok(Some((name, value))) => {
-                if let Err(e) = write_one(&dir, &name, &value, uid, gid) {
+                let what = format!("secret {name}");
+                if let Err(e) = write_replacing(&dir, &name, &value, 0o400, Some((uid, gid)), &what)
+                {
                     return fail(e);
                 }
                 names.push(name);
