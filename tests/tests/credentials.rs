@@ -581,8 +581,13 @@ command = ["sh", "-c", "git config user.name; exec sleep 1000"]
         url = server.url(),
         port = server.port,
     );
-    // A service gets the identity too (written before the services start).
-    let logs = berth_git(&["logs", "who"]);
+    // A service gets the identity too (written before the services start). Its line
+    // reaches the log when the service has run, which `up` does not wait for.
+    let mut logs = String::new();
+    wait_for("the service's first line", || {
+        logs = berth_git(&["logs", "who"]);
+        !logs.trim().is_empty()
+    });
     assert!(logs.contains("Ada Host"), "{logs}");
     let out = berth_git(&["exec", "--", "sh", "-c", &script]);
     assert!(out.contains("pushed"), "{out}");
