@@ -50,9 +50,9 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
             )
         })?;
     let mut out = &tty;
-    let _ = write!(out, "{prompt}");
-    let _ = out.flush();
-    // Echo off without discarding what was typed already (TCSANOW, not TCSAFLUSH).
+    // Echo off before the prompt shows, so that an answer typed (or sent by
+    // a script) as soon as the prompt appears is never echoed; TCSANOW, not
+    // TCSAFLUSH, keeps what was typed already.
     let saved = if secret {
         let saved = nix::sys::termios::tcgetattr(tty.as_fd()).ok();
         if let Some(s) = &saved {
@@ -70,6 +70,8 @@ fn ask(prompt: &str, secret: bool) -> Result<String, CliError> {
     } else {
         None
     };
+    let _ = write!(out, "{prompt}");
+    let _ = out.flush();
     // Byte by byte: a buffered read could take the next answer's line too.
     let mut bytes = Vec::new();
     let mut byte = [0u8; 1];
