@@ -274,22 +274,72 @@ pub fn busybox_rootfs(dir: &Path) {
     std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
 }
 
-/// Whether the file at `path` contains `marker`: read in 8 MiB chunks (a VM's disk image is
-/// gigabytes) that overlap by the marker's length less one, searched with `memmem`.
+/// Whether the file at `path` contains `marker`. Only the file's data extents are read
+/// (`SEEK_DATA`/`SEEK_HOLE`: a VM's sparse disk image is gigabytes, mostly holes, which read
+/// as zeros and cannot hold a marker), in 8 MiB chunks that overlap by the marker's length
+/// less one, searched with `memmem`.
 fn file_contains(path: &Path, marker: &[u8]) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok(f) = std::fs::File::open(path) else {
         return false;
     };
     let finder = memchr::memmem::Finder::new(marker);
-    let keep = marker.len().saturating_sub(1);
     let mut buf = vec![0u8; 8 << 20];
+    data_extents(&f)
+        .into_iter()
+        .any(|(start, end)| extent_contains(&f, start, end, &finder, &mut buf))
+}
+
+/// The `[start, end)` byte ranges of `f` that hold data: adjacent extents come back as one
+/// (`SEEK_HOLE` stops at the next hole), so a marker cannot straddle two ranges. A filesystem
+/// without `SEEK_DATA` reports the whole file as data.
+fn data_extents(f: &std::fs::File) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return Vec::new();
+    };
+    let seek = |at: u64, whence: libc::c_int| -> Option<u64> {
+        // SAFETY: lseek on a descriptor this function borrows; it changes only its offset,
+        // which every read below sets itself (pread).
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+        (r >= 0).then_some(r as u64)
+    };
+    let mut extents = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let Some(start) = seek(at, libc::SEEK_DATA) else {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole from `at` to the end
+            }
+            return vec![(0, len)];
+        };
+        let end = seek(start, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        if end <= start {
+            break;
+        }
+        extents.push((start, end));
+        at = end;
+    }
+    extents
+}
+
+fn extent_contains(
+    f: &std::fs::File,
+    start: u64,
+    end: u64,
+    finder: &memchr::memmem::Finder,
+    buf: &mut [u8],
+) -> bool {
+    use std::os::unix::fs::FileExt;
+    let keep = finder.needle().len().saturating_sub(1);
+    let mut at = start;
     let mut filled = 0;
-    loop {
-        let n = match f.read(&mut buf[filled..]) {
+    while at < end {
+        let want = (buf.len() - filled).min((end - at) as usize);
+        let n = match f.read_at(&mut buf[filled..filled + want], at) {
             Ok(0) | Err(_) => return false,
             Ok(n) => n,
         };
+        at += n as u64;
         filled += n;
         if finder.find(&buf[..filled]).is_some() {
             return true;
@@ -299,6 +349,7 @@ fn file_contains(path: &Path, marker: &[u8]) -> bool {
         buf.copy_within(filled - tail..filled, 0);
         filled = tail;
     }
+    false
 }
 
 /// Every regular file under `dir` whose content contains `marker` (symlinks not followed),
@@ -344,5 +395,44 @@ mod file_scan_tests {
         }
         std::fs::write(dir.path().join("f"), vec![0u8; 9 << 20]).unwrap();
         assert!(files_containing(dir.path(), marker).is_empty());
+    }
+
+    /// A sparse file: markers after a hole, at the end of a data extent and in the file's
+    /// last bytes are found, and the holes are not read (a 64 GiB file scans at once).
+    #[test]
+    fn markers_between_holes_are_found_and_holes_skipped() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let marker = b"secret-marker-456";
+        let len: u64 = 64 << 30;
+        for at in [
+            0u64,
+            1 << 30,
+            (2 << 30) + 4096 - marker.len() as u64,
+            len - marker.len() as u64,
+        ] {
+            let f = std::fs::File::create(&path).unwrap();
+            f.set_len(len).unwrap();
+            f.write_all_at(b"some data", 5 << 30).unwrap();
+            f.write_all_at(marker, at).unwrap();
+            drop(f);
+            assert_eq!(
+                files_containing(dir.path(), "secret-marker-456"),
+                [path.clone()],
+                "{at}"
+            );
+            let f = std::fs::File::open(&path).unwrap();
+            let data: u64 = data_extents(&f).iter().map(|(s, e)| e - s).sum();
+            assert!(
+                data < 64 << 20,
+                "{data} bytes of data extents: the holes were read"
+            );
+        }
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(len).unwrap();
+        f.write_all_at(b"secret-marker-45", 3 << 30).unwrap();
+        drop(f);
+        assert!(files_containing(dir.path(), "secret-marker-456").is_empty());
     }
 }
