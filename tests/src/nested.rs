@@ -10,7 +10,8 @@
 //! read-only through `virtiofsd` under a tmpfs-upper overlay, and enters it with `switch_root`
 //! (a `chroot`ed process could not create user namespaces). So every path of the host is there,
 //! with the same contents: the test binaries under `target/`, `berth`, qemu, virtiofsd, nft.
-//! Writes land in L1's memory and are gone when it stops. `/tmp` and `/run` are fresh tmpfs;
+//! Writes land in L1's memory and are gone when it stops. `/etc` is a copy taken at boot (the
+//! host's tests add and remove users while L1 runs). `/tmp` and `/run` are fresh tmpfs;
 //! `TMPDIR` (where [`crate::Berth`] homes and project folders go) is on a raw ext4 disk made on
 //! the host ([`HomeFs::Ext4`], mounted at `/nested-disk`) or on the overlay root
 //! ([`HomeFs::OverlayRoot`]). L1 has no network card: tests run there find the kernel and the
@@ -618,6 +619,9 @@ $B mkdir -p /host /upper
 $B mount -t virtiofs host /host -o ro || fail "cannot mount the host's root"
 $B mount -t tmpfs -o mode=0755 upper /upper
 $B mkdir -p /upper/data /upper/work
+# L1's own /etc: a copy in the upper layer, so the host replacing /etc/passwd (its tests run
+# useradd/userdel while L1 runs) never changes a file under L1's feet through the lower layer.
+$B cp -a /host/etc /upper/data/etc || fail "cannot copy the host's /etc"
 $B mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/data,workdir=/upper/work /newroot || fail "cannot mount the overlay root"
 $B mkdir -p /newroot/nested-xfer /newroot/nested-disk
 $B mount -t virtiofs xfer /newroot/nested-xfer || fail "cannot mount the exchange folder"

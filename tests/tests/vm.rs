@@ -124,7 +124,8 @@ impl Vm<'_> {
         out
     }
 
-    /// The guests' console logs and the sync processes' logs, for failure messages.
+    /// The guests' console logs, the VMMs' own logs and the sync processes' logs, for failure
+    /// messages.
     fn consoles(&self) -> String {
         let mut all = String::new();
         for e in std::fs::read_dir(self.berth.home.path().join("envs"))
@@ -132,9 +133,11 @@ impl Vm<'_> {
             .flatten()
             .flatten()
         {
-            for name in ["console.log", "sync.log"] {
+            for name in ["console.log", "vmm.log", "qemu.log", "sync.log"] {
                 let log = e.path().join("logs").join(name);
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let Ok(text) = std::fs::read_to_string(&log) else {
+                    continue;
+                };
                 all.push_str(&format!("--- {} ---\n{text}\n", log.display()));
             }
         }
