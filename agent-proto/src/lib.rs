@@ -20,7 +20,11 @@ pub mod users;
 
 pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
-pub use message::{Exec, Frame, Message, MountRequest, PutFile, Restart, ServiceSpec, Setup};
+pub use message::{
+    Exec, Forward, Frame, Message, MountRequest, PutFile, Restart, ServiceSpec, Setup, StreamKind,
+    AGENT_SOCKET, GIT_SOCKET, MAX_FORWARD_GITCONFIG, MAX_STREAMS, MAX_STREAM_BUFFER,
+    SESSION_DIR_PLACEHOLDER, SESSION_GITCONFIG, STREAM_CHUNK,
+};
 
 /// berth's own tmpfs inside an environment (container or VM): what berth writes there at
 /// `up` lives in memory only.
