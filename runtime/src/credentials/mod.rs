@@ -5,6 +5,8 @@
 //!
 //! - `session`: one session's forwarding: the inside builtin's private folder and sockets,
 //!   checked and served on a thread of its own.
+//! - `guest_relay`: the same for a VM, whose agent makes the folder and sockets and opens a
+//!   stream per connection: the host ends of those streams, served the same way.
 //! - `agent_relay`: where agent connections go (the host's `SSH_AUTH_SOCK`, or the SSH
 //!   client's agent channel for `ssh -A`).
 //! - `identity`: the host's git identity written into the environment once at `up`, and
@@ -14,6 +16,7 @@
 
 mod agent_relay;
 mod error;
+mod guest_relay;
 mod host_git;
 mod identity;
 mod session;

@@ -116,7 +116,7 @@ impl VmBackend {
     ) -> Result<VmCommand, VmError> {
         let mut exec = self.exec_for(dir, req)?;
         exec.tty = false;
-        VmCommand::start(self.connect(dir)?, exec, stdio)
+        VmCommand::start(self.connect(dir)?, exec, req.forward.as_ref(), stdio)
     }
 }
 
@@ -280,6 +280,7 @@ impl Backend for VmBackend {
             return Ok(Box::new(VmCommand::start(
                 self.connect(state_dir)?,
                 exec,
+                req.forward.as_ref(),
                 stdio,
             )?));
         }
@@ -291,7 +292,7 @@ impl Backend for VmBackend {
         let r = if req.tty && std::io::IsTerminal::is_terminal(&i) {
             self.exec_for(state_dir, req).and_then(|exec| {
                 self.connect(state_dir)
-                    .and_then(|conn| run_terminal(conn, exec, stdio))
+                    .and_then(|conn| run_terminal(conn, exec, req.forward.as_ref(), stdio))
             })
         } else {
             self.command(state_dir, req, stdio)
@@ -312,6 +313,7 @@ impl Backend for VmBackend {
             user: Some("root".into()),
             tty: false,
             winsize: None,
+            forward: None,
         };
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         let r = self
@@ -544,6 +546,7 @@ mod tests {
             user: Some("dev".into()),
             tty: true,
             winsize: Some((40, 120)),
+            forward: None,
         };
         let e = exec_of(&req, None);
         assert_eq!(
