@@ -284,3 +284,197 @@ fn read_side(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_agent_proto::{Client, Exec, Frame, FrameBuffer};
+    use std::time::{Duration, Instant};
+
+    /// Hands out one end of a fresh socket pair per connection and keeps the other (the
+    /// "host service") for the test.
+    #[derive(Default)]
+    struct Pairs(Mutex<Vec<(ForwardKind, UnixStream)>>);
+
+    impl ForwardConnector for Pairs {
+        fn connect(&self, kind: ForwardKind) -> Option<UnixStream> {
+            let (ours, theirs) = UnixStream::pair().ok()?;
+            self.0.lock().unwrap().push((kind, theirs));
+            Some(ours)
+        }
+    }
+
+    /// The agent's end of the connection: reads the frames the host sends.
+    struct AgentEnd {
+        stream: UnixStream,
+        frames: FrameBuffer,
+    }
+
+    impl AgentEnd {
+        fn next(&mut self) -> Option<Frame> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut buf = [0u8; 65536];
+            loop {
+                if let Some(f) = self.frames.next_frame().unwrap() {
+                    return Some(f);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                self.stream.set_read_timeout(Some(left)).unwrap();
+                match self.stream.read(&mut buf) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.frames.push(&buf[..n]),
+                }
+            }
+        }
+
+        /// The next frame that is not stream data (data frames are collected into `data`).
+        fn next_control(&mut self, data: &mut Vec<u8>) -> Message {
+            loop {
+                let f = self.next().expect("a frame from the host");
+                match f.message {
+                    Message::StreamData { data: d, .. } => data.extend(d),
+                    m => return m,
+                }
+            }
+        }
+    }
+
+    fn setup(agent: bool, git: bool) -> (GuestStreams, AgentEnd, Arc<Pairs>) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut client = Client::new(host).unwrap();
+        let handle = client.start(Exec::default()).unwrap();
+        let mut end = AgentEnd {
+            stream: guest,
+            frames: FrameBuffer::new(),
+        };
+        assert!(matches!(end.next().unwrap().message, Message::Exec(_)));
+        let pairs = Arc::new(Pairs::default());
+        let fwd = GuestForwarding {
+            agent,
+            git_credentials: git,
+            gitconfig: None,
+            connector: pairs.clone(),
+        };
+        (GuestStreams::new(handle, fwd, None), end, pairs)
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn a_stream_is_relayed_both_ways_with_half_closes() {
+        let (mut streams, mut end, pairs) = setup(false, true);
+        streams.handle(Message::StreamOpen {
+            stream: 5,
+            kind: StreamKind::GitCredential,
+        });
+        streams.handle(Message::StreamData {
+            stream: 5,
+            data: b"action=get\n".to_vec(),
+        });
+        streams.handle(Message::StreamEof { stream: 5 });
+        wait_until("the connection", || pairs.0.lock().unwrap().len() == 1);
+        let (kind, mut far) = pairs.0.lock().unwrap().pop().unwrap();
+        assert_eq!(kind, ForwardKind::GitCredential);
+        let mut request = String::new();
+        far.read_to_string(&mut request).unwrap();
+        assert_eq!(request, "action=get\n");
+        far.write_all(b"password=x\n").unwrap();
+        drop(far);
+        let mut answer = Vec::new();
+        assert_eq!(
+            end.next_control(&mut answer),
+            Message::StreamEof { stream: 5 }
+        );
+        assert_eq!(answer, b"password=x\n");
+        wait_until("the stream's threads to end", || streams.live() == 0);
+    }
+
+    /// What the guest cannot do: open a kind the session does not forward, reuse an open
+    /// stream's id, or hold more than MAX_STREAMS at once; none of it reaches the host.
+    #[test]
+    fn streams_the_session_did_not_ask_for_are_refused() {
+        let (mut streams, mut end, pairs) = setup(true, false);
+        let mut data = Vec::new();
+        streams.handle(Message::StreamOpen {
+            stream: 1,
+            kind: StreamKind::GitCredential,
+        });
+        assert_eq!(
+            end.next_control(&mut data),
+            Message::StreamClose { stream: 1 }
+        );
+        for id in 10..10 + MAX_STREAMS as u32 {
+            streams.handle(Message::StreamOpen {
+                stream: id,
+                kind: StreamKind::SshAgent,
+            });
+        }
+        streams.handle(Message::StreamOpen {
+            stream: 99,
+            kind: StreamKind::SshAgent,
+        });
+        assert_eq!(
+            end.next_control(&mut data),
+            Message::StreamClose { stream: 99 },
+            "more than MAX_STREAMS at once"
+        );
+        wait_until("the connections", || {
+            pairs.0.lock().unwrap().len() == MAX_STREAMS
+        });
+        streams.handle(Message::StreamOpen {
+            stream: 10,
+            kind: StreamKind::SshAgent,
+        });
+        assert_eq!(
+            end.next_control(&mut data),
+            Message::StreamClose { stream: 10 },
+            "an id in use"
+        );
+        assert!(pairs
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(k, _)| *k == ForwardKind::SshAgent));
+        assert_eq!(pairs.0.lock().unwrap().len(), MAX_STREAMS);
+        assert!(data.is_empty());
+        // The session's end closes every host socket.
+        drop(streams);
+        for (_, mut far) in pairs.0.lock().unwrap().drain(..) {
+            far.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut rest = Vec::new();
+            assert!(far.read_to_end(&mut rest).is_ok() && rest.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_host_end_that_does_not_read_is_cut_off() {
+        let (mut streams, mut end, pairs) = setup(true, false);
+        streams.handle(Message::StreamOpen {
+            stream: 2,
+            kind: StreamKind::SshAgent,
+        });
+        wait_until("the connection", || pairs.0.lock().unwrap().len() == 1);
+        for _ in 0..(4 * MAX_STREAM_BUFFER / STREAM_CHUNK) {
+            streams.handle(Message::StreamData {
+                stream: 2,
+                data: vec![0; STREAM_CHUNK],
+            });
+        }
+        let mut data = Vec::new();
+        assert_eq!(
+            end.next_control(&mut data),
+            Message::StreamClose { stream: 2 }
+        );
+        wait_until("the stream's threads to end", || streams.live() == 0);
+    }
+}
