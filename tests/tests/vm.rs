@@ -371,6 +371,115 @@ fn snapshot_of_the_running_qemu_vm(vm: &Vm, env_dir: &Path, pid: i64) -> i64 {
     pid
 }
 
+/// The host's SSH agent and git credential helper in the VM's sessions, through streams the
+/// agent opens on the command's channel: `ssh-add -l` lists the host agent's key in `exec`,
+/// `shell` and an SSH session; `git push` over HTTP authenticates with the host's credential
+/// store (added to `~/.gitconfig` after `up`: the next `up` notices); the session's folder is
+/// private and goes with the session; `[credentials]` turns both off (and back on).
+/// `listen`/`host_address`: where a host server listens and how the guest reaches it.
+fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, host_address: &str) {
+    use berth_e2e::forwarded::{GitServer, SshAgent, KEY_COMMENT};
+    let agent = SshAgent::start();
+    let password = format!("vm-pw-marker-{}", std::process::id());
+    let server = GitServer::start(listen, "ada", &password);
+    let store = git_home.join("credentials");
+    std::fs::write(
+        &store,
+        format!("http://ada:{password}@{host_address}%3a{}\n", server.port),
+    )
+    .unwrap();
+    let gitconfig = git_home.join(".gitconfig");
+    let mut text_before = std::fs::read_to_string(&gitconfig).unwrap();
+    let original = text_before.clone();
+    text_before.push_str(&format!(
+        "[credential]\n\thelper = store --file {}\n",
+        store.display()
+    ));
+    std::fs::write(&gitconfig, text_before).unwrap();
+    vm.ok(&["up"]);
+    let sock = agent.socket();
+    let with_agent = |args: &[&str]| -> String {
+        let o = vm
+            .cmd(args)
+            .env("SSH_AUTH_SOCK", &sock)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "berth {args:?}: {out}\n{err}");
+        format!("{out}{err}")
+    };
+    let script = format!(
+        "set -e; ssh-add -l; d=$(dirname $SSH_AUTH_SOCK); stat -c \"dir=%a:%u\" $d; echo $d > /tmp/where; \
+         cd /root; rm -rf r; git init -q r; cd r; echo one > f; git add f; git commit -q -m from-the-vm; \
+         git push -q {url} HEAD:main 2>&1; echo pushed; \
+         if grep -rqs {password} /root /tmp; then echo LEAKED-INSIDE; fi",
+        url = server.url_via(host_address)
+    );
+    let out = with_agent(&["exec", "--", "sh", "-c", &script]);
+    assert!(
+        out.contains(KEY_COMMENT) && out.contains("dir=700:0") && out.contains("pushed"),
+        "{out}"
+    );
+    assert!(!out.contains("LEAKED-INSIDE"), "{out}");
+    assert_eq!(server.log().trim(), "from-the-vm|Ada Vm|ada@vm.example");
+    // The session's folder went with it.
+    let gone = vm.ok(&["exec", "--", "sh", "-c", "test -e $(cat /tmp/where) || echo gone"]);
+    assert_eq!(gone, "gone\n");
+    // shell (stdin not a terminal: the shell reads its commands from it).
+    let mut shell = vm
+        .cmd(&["shell"])
+        .env("SSH_AUTH_SOCK", &sock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ssh-add -l\n")
+        .unwrap();
+    let o = shell.wait_with_output().unwrap();
+    assert!(text(&o).0.contains(KEY_COMMENT), "shell: {:?}", text(&o));
+    // An SSH session: berth's own forwarding of the ProxyCommand's SSH_AUTH_SOCK.
+    let cfg = git_home.join("ssh_config");
+    std::fs::write(&cfg, vm.ok(&["ssh-config"])).unwrap();
+    let o = Command::new("timeout")
+        .args(["120", "ssh", "-F"])
+        .arg(&cfg)
+        .args(["-o", "ForwardAgent=no", &format!("berth-{name}"), "ssh-add -l"])
+        .env("SSH_AUTH_SOCK", &sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains(KEY_COMMENT), "ssh: {:?}", text(&o));
+    // `[credentials]` turns both off (no restart), and back on.
+    let toml_path = vm.project.join("berth.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    std::fs::write(
+        &toml_path,
+        format!("{toml}[credentials]\nssh_agent = false\ngit_credentials = false\n"),
+    )
+    .unwrap();
+    vm.ok(&["up"]);
+    let out = with_agent(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo agent=${SSH_AUTH_SOCK:-none}; git config --get-all credential.helper || echo no-helper",
+    ]);
+    assert_eq!(out, "agent=none\nno-helper\n");
+    std::fs::write(&toml_path, toml).unwrap();
+    std::fs::write(&gitconfig, original).unwrap();
+    vm.ok(&["up"]);
+    let found = berth_e2e::host::files_containing(vm.berth.home.path(), &password);
+    assert!(found.is_empty(), "the password was written to {found:?}");
+}
+
 #[test]
 fn vm_environment_through_the_cli() {
     if let Some(why) = skip_reason() {
@@ -412,7 +521,14 @@ fn vm_environment_through_the_cli() {
         "[user]\n\tname = Ada Vm\n\temail = ada@vm.example\n",
     )
     .unwrap();
-    copy_program_with_libs(Path::new("/usr/bin/git"), &project.path().join("rootfs"));
+    let rootfs = project.path().join("rootfs");
+    for program in [
+        "/usr/bin/git",
+        "/usr/lib/git-core/git-remote-http",
+        "/usr/bin/ssh-add",
+    ] {
+        copy_program_with_libs(Path::new(program), &rootfs);
+    }
     let vm = Vm {
         berth: &berth,
         exe: installed.dir.path().join("berth"),
@@ -604,6 +720,8 @@ fn vm_environment_through_the_cli() {
         &format!("echo out-of-the-guest | nc -w 5 {host_address} {outside_port}"),
     ]);
     assert_eq!(accepted.join().unwrap(), "out-of-the-guest\n");
+
+    forwarded_credentials(&vm, &name, git_home.path(), listen, &host_address);
 
     // The sync mount (live sync over the agent channel): `up` waited for the first pass,
     // changes go both ways (visible after `berth sync --flush`), the ignored folder stays

@@ -11,11 +11,14 @@
 //!   client's agent channel for `ssh -A`).
 //! - `identity`: the host's git identity written into the environment once at `up`, and
 //!   what that `up` found of the host's git (sessions read it instead of asking git).
+//! - `git_stamp`: whether the files and variables git's configuration comes from changed
+//!   since `up` read them (a warm `up` runs git only then).
 //! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
 //!   and never prompting.
 
 mod agent_relay;
 mod error;
+mod git_stamp;
 mod guest_relay;
 mod host_git;
 mod identity;
