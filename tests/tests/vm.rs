@@ -411,9 +411,9 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
     };
     let script = format!(
         "set -e; ssh-add -l; d=$(dirname $SSH_AUTH_SOCK); stat -c \"dir=%a:%u\" $d; echo $d > /tmp/where; \
-         cd /root; rm -rf r; git init -q r; cd r; echo one > f; git add f; git commit -q -m from-the-vm; \
+         cd /tmp; git init -q r; cd r; echo one > f; git add f; git commit -q -m from-the-vm; \
          git push -q {url} HEAD:main 2>&1; echo pushed; \
-         if grep -rqs {password} /root /tmp; then echo LEAKED-INSIDE; fi",
+         if grep -rqs {password} /root /tmp; then echo LEAKED-INSIDE; fi; cd /; rm -rf /tmp/r",
         url = server.url_via(host_address)
     );
     let out = with_agent(&["exec", "--", "sh", "-c", &script]);
