@@ -374,7 +374,8 @@ fn snapshot_of_the_running_qemu_vm(vm: &Vm, env_dir: &Path, pid: i64) -> i64 {
 /// The host's SSH agent and git credential helper in the VM's sessions, through streams the
 /// agent opens on the command's channel: `ssh-add -l` lists the host agent's key in `exec`,
 /// `shell` and an SSH session; `git push` over HTTP authenticates with the host's credential
-/// store (added to `~/.gitconfig` after `up`: the next `up` notices); the session's folder is
+/// store (added to `~/.gitconfig` after `up`: the next `up` notices, while a warm `up` of an
+/// unchanged configuration runs no git); the session's folder is
 /// private and goes with the session; `[credentials]` turns both off (and back on).
 /// `listen`/`host_address`: where a host server listens and how the guest reaches it.
 fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, host_address: &str) {
@@ -388,6 +389,22 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
         format!("http://ada:{password}@{host_address}%3a{}\n", server.port),
     )
     .unwrap();
+    // A warm `up` runs no git while nothing git reads changed (a git that fails and leaves
+    // a mark stands in for the host's), and runs it again once `~/.gitconfig` changed: the
+    // credential helper added below reaches the sessions.
+    vm.ok(&["up"]);
+    let fake = git_home.join("fake-bin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("git"), "#!/bin/sh\ntouch \"$0.ran\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        fake.join("git"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = vm.cmd(&["up"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(!fake.join("git.ran").exists(), "a warm up ran the host's git");
     let gitconfig = git_home.join(".gitconfig");
     let mut text_before = std::fs::read_to_string(&gitconfig).unwrap();
     let original = text_before.clone();
