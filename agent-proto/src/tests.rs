@@ -331,7 +331,13 @@ proptest! {
 /// gitconfig.
 #[test]
 fn stream_frames_are_bounded_and_typed() {
-    let frame = |message| encode(&Frame { session: 1, message }).unwrap();
+    let frame = |message| {
+        encode(&Frame {
+            session: 1,
+            message,
+        })
+        .unwrap()
+    };
     let ok = frame(Message::StreamData {
         stream: 1,
         data: vec![7; STREAM_CHUNK],
@@ -346,7 +352,10 @@ fn stream_frames_are_bounded_and_typed() {
         kind: StreamKind::SshAgent,
     });
     *bad_kind.last_mut().unwrap() = 9;
-    assert_eq!(decode(&bad_kind), Err(ProtoError::Invalid { field: "kind" }));
+    assert_eq!(
+        decode(&bad_kind),
+        Err(ProtoError::Invalid { field: "kind" })
+    );
     for gitconfig in ["x".repeat(MAX_FORWARD_GITCONFIG + 1), "a\0b".into()] {
         let b = frame(Message::Forward(Forward {
             gitconfig: Some(gitconfig),

@@ -277,7 +277,11 @@ impl Forwarding {
                 stream: id,
                 data: buf[..n].to_vec(),
             }),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => self.close(id, out),
         }
     }
@@ -448,11 +452,17 @@ mod tests {
             "{gitconfig}"
         );
         assert_eq!(
-            std::fs::metadata(format!("{path}/gitconfig")).unwrap().mode() & 0o777,
+            std::fs::metadata(format!("{path}/gitconfig"))
+                .unwrap()
+                .mode()
+                & 0o777,
             0o600
         );
         drop(fwd);
-        assert!(!Path::new(&path).exists(), "the folder outlived the session");
+        assert!(
+            !Path::new(&path).exists(),
+            "the folder outlived the session"
+        );
     }
 
     use std::path::Path;

@@ -419,7 +419,8 @@ impl Server {
                 if self.pending_forwards.len() >= MAX_PENDING_FORWARDS
                     && !self.pending_forwards.contains_key(&key)
                 {
-                    let message = "too many credential forwardings waiting for their command".into();
+                    let message =
+                        "too many credential forwardings waiting for their command".into();
                     self.send(ctl, id, Message::Error { message });
                 } else {
                     self.pending_forwards.insert(key, f);

@@ -266,17 +266,24 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
     let out = String::from_utf8_lossy(&out).into_owned();
     assert_eq!(st.code, 0, "{out}{}", String::from_utf8_lossy(&err));
     let sock = out.lines().next().unwrap().to_string();
-    let dir = sock.strip_suffix("/agent.sock").expect("a socket in the folder");
+    let dir = sock
+        .strip_suffix("/agent.sock")
+        .expect("a socket in the folder");
     assert!(dir.starts_with("/tmp/berth-"), "{out}");
     assert!(
-        out.contains("\n700\n") && out.contains("The agent has no identities.") && out.contains("rc=1"),
+        out.contains("\n700\n")
+            && out.contains("The agent has no identities.")
+            && out.contains("rc=1"),
         "{out}"
     );
     assert!(
         matches!(seen.first(), Some(Message::StreamOpen { .. })),
         "{seen:?}"
     );
-    assert!(!std::path::Path::new(dir).exists(), "the folder outlived its command");
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the folder outlived its command"
+    );
     let plain = a
         .client
         .run(&["/bin/sh", "-c", "echo ${SSH_AUTH_SOCK:-none}"])

@@ -404,7 +404,10 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
     let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
     let o = vm.cmd(&["up"]).env("PATH", &path).output().unwrap();
     assert!(o.status.success(), "{:?}", text(&o));
-    assert!(!fake.join("git.ran").exists(), "a warm up ran the host's git");
+    assert!(
+        !fake.join("git.ran").exists(),
+        "a warm up ran the host's git"
+    );
     let gitconfig = git_home.join(".gitconfig");
     let mut text_before = std::fs::read_to_string(&gitconfig).unwrap();
     let original = text_before.clone();
@@ -441,7 +444,13 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
     assert!(!out.contains("LEAKED-INSIDE"), "{out}");
     assert_eq!(server.log().trim(), "from-the-vm|Ada Vm|ada@vm.example");
     // The session's folder went with it.
-    let gone = vm.ok(&["exec", "--", "sh", "-c", "test -e $(cat /tmp/where) || echo gone"]);
+    let gone = vm.ok(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "test -e $(cat /tmp/where) || echo gone",
+    ]);
     assert_eq!(gone, "gone\n");
     // shell (stdin not a terminal: the shell reads its commands from it).
     let mut shell = vm
@@ -467,7 +476,12 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
     let o = Command::new("timeout")
         .args(["120", "ssh", "-F"])
         .arg(&cfg)
-        .args(["-o", "ForwardAgent=no", &format!("berth-{name}"), "ssh-add -l"])
+        .args([
+            "-o",
+            "ForwardAgent=no",
+            &format!("berth-{name}"),
+            "ssh-add -l",
+        ])
         .env("SSH_AUTH_SOCK", &sock)
         .stdin(Stdio::null())
         .output()

@@ -83,8 +83,8 @@ pub fn files_read(listing: &[u8], home: Option<&str>) -> Vec<PathBuf> {
             files.push(path);
             continue;
         };
-        let include = key == "include.path"
-            || (key.starts_with("includeif.") && key.ends_with(".path"));
+        let include =
+            key == "include.path" || (key.starts_with("includeif.") && key.ends_with(".path"));
         if include && !value.is_empty() {
             let target = match (value.strip_prefix("~/"), home) {
                 (Some(rest), Some(h)) => Path::new(h).join(rest),
@@ -140,11 +140,7 @@ impl ConfigStamp {
         {
             return None;
         }
-        Some(ConfigStamp {
-            policy,
-            env,
-            files,
-        })
+        Some(ConfigStamp { policy, env, files })
     }
 
     /// Whether every file and variable is as stamped, under `policy` and `env` now.
@@ -207,12 +203,18 @@ mod tests {
 
         let stamp = ConfigStamp::take((true, true), env.clone(), files.clone(), later()).unwrap();
         std::fs::write(home.path().join("inc"), "[user]\n\temail = a@b\n").unwrap();
-        assert!(!stamp.still_current((true, true), &env), "an include appeared");
+        assert!(
+            !stamp.still_current((true, true), &env),
+            "an include appeared"
+        );
 
         let stamp = ConfigStamp::take((true, true), env.clone(), files.clone(), later()).unwrap();
         std::fs::create_dir_all(home.path().join(".config/git")).unwrap();
         std::fs::write(home.path().join(".config/git/config"), "").unwrap();
-        assert!(!stamp.still_current((true, true), &env), "an XDG file appeared");
+        assert!(
+            !stamp.still_current((true, true), &env),
+            "an XDG file appeared"
+        );
 
         let stamp = ConfigStamp::take((true, true), env.clone(), files.clone(), later()).unwrap();
         let mut other = env.clone();
@@ -227,7 +229,13 @@ mod tests {
     fn include_paths_resolve_like_gits() {
         let listing = b"file:/h/.gitconfig\0include.path\n~/x\0file:/h/.gitconfig\0includeif.gitdir:/w/.path\n/abs\0file:/etc/gitconfig\0include.path\nrel/y\0";
         let read = files_read(listing, Some("/h"));
-        for p in ["/h/x", "/abs", "/etc/rel/y", "/h/.gitconfig", "/etc/gitconfig"] {
+        for p in [
+            "/h/x",
+            "/abs",
+            "/etc/rel/y",
+            "/h/.gitconfig",
+            "/etc/gitconfig",
+        ] {
             assert!(read.contains(&PathBuf::from(p)), "{p}: {read:?}");
         }
     }

@@ -36,7 +36,10 @@ impl GuestRelay {
         agent: Option<AgentTarget>,
         git: bool,
         limit: usize,
-    ) -> (GuestRelay, impl FnOnce(oneshot::Receiver<()>) + Send + 'static) {
+    ) -> (
+        GuestRelay,
+        impl FnOnce(oneshot::Receiver<()>) + Send + 'static,
+    ) {
         let (to_serve, mut queue) = mpsc::unbounded_channel::<(ForwardKind, StdStream)>();
         let serve = move |stopped: oneshot::Receiver<()>| {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()

@@ -237,7 +237,9 @@ mod tests {
         assert_eq!(c.name.as_deref(), Some("B"));
         assert_eq!(c.email.as_deref(), Some("b@c"));
         assert!(c.has_helper);
-        let c = parse_config(b"file:/a\0credential.helper\nstore\0command line:\0credential.helper\n\0");
+        let c = parse_config(
+            b"file:/a\0credential.helper\nstore\0command line:\0credential.helper\n\0",
+        );
         assert!(!c.has_helper && c.name.is_none());
     }
 

@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::git_stamp::{self, ConfigStamp};
 use super::host_git;
-use std::time::SystemTime;
 use crate::backend::{Backend, RunFiles};
 use crate::state;
+use std::time::SystemTime;
 
 /// Beside the environment's record: what the last `up` found of the host's git.
 pub const STATE_FILE: &str = "host-git.json";
@@ -46,8 +46,7 @@ impl HostGit {
         let key = (policy.git, policy.git_credentials);
         let env = git_stamp::steering_env(std::env::vars_os());
         let standard = git_stamp::standard_files(&env);
-        let before =
-            ConfigStamp::take(key, env.clone(), standard.clone(), SystemTime::now());
+        let before = ConfigStamp::take(key, env.clone(), standard.clone(), SystemTime::now());
         let (host, read) = if policy.git || policy.git_credentials {
             host_git::read_config()
         } else {

@@ -220,8 +220,11 @@ impl SessionCredentials {
     /// A VM session's forwarding: the serving thread, and what the command's request
     /// carries to the agent ([`GuestForwarding`]).
     fn for_guest(wanted: Wanted) -> Result<SessionCredentials, CredentialsError> {
-        let (relay, serve) =
-            GuestRelay::new(wanted.agent.clone(), wanted.git_credentials, MAX_CONNECTIONS);
+        let (relay, serve) = GuestRelay::new(
+            wanted.agent.clone(),
+            wanted.git_credentials,
+            MAX_CONNECTIONS,
+        );
         let (stop, stopped) = oneshot::channel();
         let serving = std::thread::Builder::new()
             .name("credentials".into())

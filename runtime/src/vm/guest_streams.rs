@@ -61,7 +61,12 @@ struct Shared {
 impl Shared {
     fn shut(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        if let Some(s) = self.socket.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
