@@ -327,7 +327,7 @@ impl Forwarding {
 
     /// A stream frame from the host; returns the messages for the host. Frames for a stream
     /// not open (closed meanwhile) are dropped.
-    pub fn from_host(&mut self, message: Message) -> Vec<Message> {
+    pub fn host_sent(&mut self, message: Message) -> Vec<Message> {
         let mut out = Vec::new();
         match message {
             Message::StreamData { stream, data } => {
@@ -498,18 +498,18 @@ mod tests {
             ]
         );
         assert!(fwd
-            .from_host(Message::StreamData {
+            .host_sent(Message::StreamData {
                 stream: 1,
                 data: b"password=x\n".to_vec(),
             })
             .is_empty());
-        assert!(fwd.from_host(Message::StreamEof { stream: 1 }).is_empty());
+        assert!(fwd.host_sent(Message::StreamEof { stream: 1 }).is_empty());
         let mut answer = String::new();
         client.read_to_string(&mut answer).unwrap();
         assert_eq!(answer, "password=x\n");
         assert_eq!(fwd.open_streams(), 0, "a stream ended both ways is dropped");
         // Frames for a stream that is gone are ignored.
-        assert!(fwd.from_host(Message::StreamEof { stream: 1 }).is_empty());
+        assert!(fwd.host_sent(Message::StreamEof { stream: 1 }).is_empty());
     }
 
     #[test]
@@ -538,7 +538,7 @@ mod tests {
         // The host floods stream 1, whose process never reads.
         let mut closed = Vec::new();
         for _ in 0..(2 * MAX_STREAM_BUFFER / STREAM_CHUNK + 8) {
-            closed.extend(fwd.from_host(Message::StreamData {
+            closed.extend(fwd.host_sent(Message::StreamData {
                 stream: 1,
                 data: vec![0; STREAM_CHUNK],
             }));

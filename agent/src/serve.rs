@@ -430,7 +430,7 @@ impl Server {
             | Message::StreamEof { .. }
             | Message::StreamClose { .. }) => {
                 if let Some(f) = self.sessions.get_mut(&key).and_then(|s| s.forward.as_mut()) {
-                    for m in f.from_host(m) {
+                    for m in f.host_sent(m) {
                         self.send(ctl, id, m);
                     }
                 }

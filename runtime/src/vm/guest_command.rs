@@ -60,16 +60,13 @@ impl VmCommand {
         let tty = exec.tty;
         let mut client = conn.client;
         let handle = client.start_forwarding(exec, forward.map(forward_request))?;
-        let mut streams = match forward {
-            Some(f) => Some(GuestStreams::new(
-                handle.clone(),
-                f.clone(),
-                err.try_clone()
-                    .ok()
-                    .map(|w| Box::new(w) as Box<dyn Write + Send>),
-            )),
-            None => None,
-        };
+        let mut streams = forward.map(|f| {
+            let warn = err
+                .try_clone()
+                .ok()
+                .map(|w| Box::new(w) as Box<dyn Write + Send>);
+            GuestStreams::new(handle.clone(), f.clone(), warn)
+        });
         // Blocked before the forwarder thread exists, so it inherits the mask and its
         // signalfd is the only receiver of SIGWINCH.
         let mut winch = SigSet::empty();
