@@ -380,6 +380,7 @@ fn snapshot_of_the_running_qemu_vm(vm: &Vm, env_dir: &Path, pid: i64) -> i64 {
 /// `listen`/`host_address`: where a host server listens and how the guest reaches it.
 fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, host_address: &str) {
     use berth_e2e::forwarded::{GitServer, SshAgent, KEY_COMMENT};
+    let t0 = std::time::Instant::now();
     let agent = SshAgent::start();
     let password = format!("vm-pw-marker-{}", std::process::id());
     let server = GitServer::start(listen, "ada", &password);
@@ -509,6 +510,7 @@ fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, hos
     vm.ok(&["up"]);
     let found = berth_e2e::host::files_containing(vm.berth.home.path(), &password);
     assert!(found.is_empty(), "the password was written to {found:?}");
+    eprintln!("forwarded credentials: {:?}", t0.elapsed());
 }
 
 #[test]
