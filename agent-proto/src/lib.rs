@@ -7,7 +7,10 @@
 //! magic "BF" (2) | version (1) | kind (1) | session u32 LE (4) | payload length u32 LE (4)
 //! ```
 //!
-//! `session` ties stream frames to one `Exec` (0 for control messages). Payload fields are
+//! `session` ties stream frames to one `Exec` (0 for control messages). A session whose
+//! `Exec` followed a `Forward` may also carry streams the agent opens (`StreamOpen`, then
+//! `StreamData`/`StreamEof`/`StreamClose` both ways, named by a stream id): connections a
+//! process made to the credential sockets the agent made for it. Payload fields are
 //! little-endian integers, strings and byte strings prefixed by a u32 length, lists prefixed by
 //! a u32 count. Decoding never panics: a malformed, truncated or oversized frame is a
 //! [`ProtoError`].
