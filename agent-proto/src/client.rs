@@ -6,7 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{encode, Exec, Frame, FrameBuffer, Message, ProtoError, Setup, MAX_PAYLOAD};
+use crate::{
+    encode, Exec, Forward, Frame, FrameBuffer, Message, ProtoError, Setup, MAX_PAYLOAD,
+    STREAM_CHUNK,
+};
 
 #[derive(Debug)]
 pub enum ClientError {
@@ -108,6 +111,26 @@ impl SessionHandle {
 
     pub fn signal(&self, signal: i32) -> Result<(), ClientError> {
         send(&self.writer, self.id, Message::Signal { signal })
+    }
+
+    /// Sends bytes of forwarded stream `stream` (cut into frames of at most
+    /// [`STREAM_CHUNK`] bytes).
+    pub fn stream_data(&self, stream: u32, data: &[u8]) -> Result<(), ClientError> {
+        for chunk in data.chunks(STREAM_CHUNK) {
+            let data = chunk.to_vec();
+            send(&self.writer, self.id, Message::StreamData { stream, data })?;
+        }
+        Ok(())
+    }
+
+    /// Says that the host side of `stream` sends nothing more.
+    pub fn stream_eof(&self, stream: u32) -> Result<(), ClientError> {
+        send(&self.writer, self.id, Message::StreamEof { stream })
+    }
+
+    /// Ends (or refuses) `stream`.
+    pub fn stream_close(&self, stream: u32) -> Result<(), ClientError> {
+        send(&self.writer, self.id, Message::StreamClose { stream })
     }
 
     /// Copies `input` to the process's stdin on a background thread, then signals its end.
@@ -257,8 +280,21 @@ impl Client {
 
     /// Starts a process; follow with [`Client::wait`].
     pub fn start(&mut self, exec: Exec) -> Result<SessionHandle, ClientError> {
+        self.start_forwarding(exec, None)
+    }
+
+    /// Starts a process with the host's credentials `forward`ed to it (a [`Message::Forward`]
+    /// right before its `Exec`); its streams arrive through [`Client::wait_routing`].
+    pub fn start_forwarding(
+        &mut self,
+        exec: Exec,
+        forward: Option<Forward>,
+    ) -> Result<SessionHandle, ClientError> {
         let id = self.next_session;
         self.next_session = self.next_session.wrapping_add(1).max(1);
+        if let Some(f) = forward.filter(|f| !f.is_empty()) {
+            send(&self.writer, id, Message::Forward(f))?;
+        }
         send(&self.writer, id, Message::Exec(exec))?;
         Ok(SessionHandle {
             id,
@@ -274,12 +310,33 @@ impl Client {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<ExitStatus, ClientError> {
+        self.wait_routing(session, stdout, stderr, &mut |_| {})
+    }
+
+    /// [`Client::wait`], handing the session's stream frames (`StreamOpen`, `StreamData`,
+    /// `StreamEof`, `StreamClose`) and the errors of session 0 (an agent refusing a message)
+    /// to `other`, in the order they arrive.
+    pub fn wait_routing(
+        &mut self,
+        session: &SessionHandle,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+        other: &mut dyn FnMut(Message),
+    ) -> Result<ExitStatus, ClientError> {
         loop {
             let f = self.recv(None, "exec")?;
+            if f.session == 0 && matches!(f.message, Message::Error { .. }) {
+                other(f.message);
+                continue;
+            }
             if f.session != session.id {
                 continue;
             }
             match f.message {
+                m @ (Message::StreamOpen { .. }
+                | Message::StreamData { .. }
+                | Message::StreamEof { .. }
+                | Message::StreamClose { .. }) => other(m),
                 Message::Stdout(d) => {
                     stdout.write_all(&d)?;
                     stdout.flush()?;

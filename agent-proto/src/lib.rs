@@ -7,7 +7,10 @@
 //! magic "BF" (2) | version (1) | kind (1) | session u32 LE (4) | payload length u32 LE (4)
 //! ```
 //!
-//! `session` ties stream frames to one `Exec` (0 for control messages). Payload fields are
+//! `session` ties stream frames to one `Exec` (0 for control messages). A session whose
+//! `Exec` followed a `Forward` may also carry streams the agent opens (`StreamOpen`, then
+//! `StreamData`/`StreamEof`/`StreamClose` both ways, named by a stream id): connections a
+//! process made to the credential sockets the agent made for it. Payload fields are
 //! little-endian integers, strings and byte strings prefixed by a u32 length, lists prefixed by
 //! a u32 count. Decoding never panics: a malformed, truncated or oversized frame is a
 //! [`ProtoError`].
@@ -20,7 +23,11 @@ pub mod users;
 
 pub use client::{AgentInfo, Client, ClientError, ExitStatus, Output, SessionHandle};
 pub use codec::{decode, encode, FrameBuffer, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
-pub use message::{Exec, Frame, Message, MountRequest, PutFile, Restart, ServiceSpec, Setup};
+pub use message::{
+    Exec, Forward, Frame, Message, MountRequest, PutFile, Restart, ServiceSpec, Setup, StreamKind,
+    AGENT_SOCKET, GIT_SOCKET, MAX_FORWARD_GITCONFIG, MAX_STREAMS, MAX_STREAM_BUFFER,
+    SESSION_DIR_PLACEHOLDER, SESSION_GITCONFIG, STREAM_CHUNK,
+};
 
 /// berth's own tmpfs inside an environment (container or VM): what berth writes there at
 /// `up` lives in memory only.

@@ -74,6 +74,78 @@ pub enum Message {
     },
     /// Host → agent: start the services a `Setup` held back; answered by `SetupDone`.
     StartServices,
+    /// Host → agent, right before the `Exec` of the same session: forward the host's
+    /// credentials to that command (see [`Forward`]). Not answered; an agent that does not
+    /// know it reports an `Error` on session 0 and runs the command without them.
+    Forward(Forward),
+    /// Agent → host: a process of the session connected to one of its forwarded sockets;
+    /// `stream` (chosen by the agent, unique among the session's open streams) names the
+    /// connection in the frames that follow.
+    StreamOpen {
+        stream: u32,
+        kind: StreamKind,
+    },
+    /// Either way: bytes of an open stream (at most [`STREAM_CHUNK`] per frame).
+    StreamData {
+        stream: u32,
+        data: Vec<u8>,
+    },
+    /// Either way: the sender sends nothing more on `stream` (its half is shut down).
+    StreamEof {
+        stream: u32,
+    },
+    /// Either way: `stream` is over (both halves); also a refusal of a `StreamOpen`.
+    StreamClose {
+        stream: u32,
+    },
+}
+
+/// Most bytes one `StreamData` frame carries (a larger one is a protocol error).
+pub const STREAM_CHUNK: usize = 64 * 1024;
+/// Most streams one session has open at once; a `StreamOpen` beyond is refused.
+pub const MAX_STREAMS: usize = 32;
+/// Most bytes either side holds for one stream that its local end has not taken yet; a
+/// stream whose reader falls that far behind is closed (the forwarded protocols, the SSH
+/// agent's and git's credential requests, are small requests and answers).
+pub const MAX_STREAM_BUFFER: usize = 512 * 1024;
+/// Largest session gitconfig a `Forward` carries.
+pub const MAX_FORWARD_GITCONFIG: usize = 64 * 1024;
+/// Stands for the session folder's path in a `Forward`'s gitconfig (the host cannot know it).
+pub const SESSION_DIR_PLACEHOLDER: &str = "@BERTH_SESSION_DIR@";
+/// The forwarded sockets' and the gitconfig's names in a session's folder.
+pub const AGENT_SOCKET: &str = "agent.sock";
+pub const GIT_SOCKET: &str = "git-credential.sock";
+pub const SESSION_GITCONFIG: &str = "gitconfig";
+
+/// What a forwarded stream leads to on the host: the one thing the host connects it to,
+/// fixed by the host when the session started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamKind {
+    /// The SSH agent (`SSH_AUTH_SOCK` inside).
+    SshAgent = 1,
+    /// git's `credential-cache` protocol, answered by the host's credential helper.
+    GitCredential = 2,
+}
+
+/// The host's credentials for one session's command: the agent makes a private folder
+/// `/tmp/berth-<16 hex>` (0700, the command's user's), binds the sockets asked for in it,
+/// writes the gitconfig, gives the command `SSH_AUTH_SOCK` / `GIT_CONFIG_SYSTEM`, relays
+/// each connection as a stream to the host, and removes it all when the command ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forward {
+    /// Bind [`AGENT_SOCKET`].
+    pub agent: bool,
+    /// Bind [`GIT_SOCKET`].
+    pub git_credentials: bool,
+    /// The session's gitconfig ([`SESSION_DIR_PLACEHOLDER`] for the folder), if any.
+    pub gitconfig: Option<String>,
+}
+
+impl Forward {
+    /// Whether it asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.agent && !self.git_credentials && self.gitconfig.is_none()
+    }
 }
 
 /// A file for one of berth's tmpfs folders in the guest. Its `Debug` never shows the
@@ -180,6 +252,11 @@ impl Message {
             Message::PutFile(_) => 16,
             Message::KeepFiles { .. } => 17,
             Message::StartServices => 18,
+            Message::Forward(_) => 19,
+            Message::StreamOpen { .. } => 20,
+            Message::StreamData { .. } => 21,
+            Message::StreamEof { .. } => 22,
+            Message::StreamClose { .. } => 23,
         }
     }
 
@@ -261,6 +338,20 @@ impl Message {
             }
             Message::Signal { signal } => w.u32(*signal as u32),
             Message::Error { message } => w.str(message),
+            Message::Forward(f) => {
+                w.bool(f.agent);
+                w.bool(f.git_credentials);
+                w.opt(&f.gitconfig);
+            }
+            Message::StreamOpen { stream, kind } => {
+                w.u32(*stream);
+                w.u8(*kind as u8);
+            }
+            Message::StreamData { stream, data } => {
+                w.u32(*stream);
+                w.0.extend_from_slice(data);
+            }
+            Message::StreamEof { stream } | Message::StreamClose { stream } => w.u32(*stream),
         }
     }
 
@@ -369,6 +460,44 @@ impl Message {
             17 => Message::KeepFiles {
                 dir: r.str("dir")?,
                 keep: r.strs("keep")?,
+            },
+            19 => {
+                let agent = r.bool("agent")?;
+                let git_credentials = r.bool("git_credentials")?;
+                let gitconfig = r.opt("gitconfig")?;
+                if gitconfig
+                    .as_ref()
+                    .is_some_and(|g| g.len() > MAX_FORWARD_GITCONFIG || g.contains('\0'))
+                {
+                    return Err(ProtoError::Invalid { field: "gitconfig" });
+                }
+                Message::Forward(Forward {
+                    agent,
+                    git_credentials,
+                    gitconfig,
+                })
+            }
+            20 => Message::StreamOpen {
+                stream: r.u32("stream")?,
+                kind: match r.u8("kind")? {
+                    1 => StreamKind::SshAgent,
+                    2 => StreamKind::GitCredential,
+                    _ => return Err(ProtoError::Invalid { field: "kind" }),
+                },
+            },
+            21 => {
+                let stream = r.u32("stream")?;
+                let data = r.rest();
+                if data.is_empty() || data.len() > STREAM_CHUNK {
+                    return Err(ProtoError::Invalid { field: "data" });
+                }
+                Message::StreamData { stream, data }
+            }
+            22 => Message::StreamEof {
+                stream: r.u32("stream")?,
+            },
+            23 => Message::StreamClose {
+                stream: r.u32("stream")?,
             },
             k => return Err(ProtoError::UnknownKind(k)),
         };

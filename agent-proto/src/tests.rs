@@ -103,6 +103,31 @@ fn samples() -> Vec<Frame> {
             },
         ),
         f(0, Message::Poweroff),
+        f(
+            8,
+            Message::Forward(Forward {
+                agent: true,
+                git_credentials: false,
+                gitconfig: Some("[include]\n\tpath = /etc/gitconfig\n".into()),
+            }),
+        ),
+        f(8, Message::Forward(Forward::default())),
+        f(
+            8,
+            Message::StreamOpen {
+                stream: 3,
+                kind: StreamKind::GitCredential,
+            },
+        ),
+        f(
+            8,
+            Message::StreamData {
+                stream: 3,
+                data: b"action=get\n".to_vec(),
+            },
+        ),
+        f(8, Message::StreamEof { stream: 3 }),
+        f(8, Message::StreamClose { stream: 3 }),
     ]
 }
 
@@ -140,11 +165,18 @@ fn payload_shortened_inside_the_frame_is_a_typed_error() {
                 // Stream payloads are raw bytes: any length is valid.
                 Ok(Some((
                     Frame {
-                        message: Message::Stdin(_) | Message::Stdout(_) | Message::Stderr(_),
+                        message:
+                            Message::Stdin(_)
+                            | Message::Stdout(_)
+                            | Message::Stderr(_)
+                            | Message::StreamData { .. },
                         ..
                     },
                     _,
                 ))) => {}
+                // A stream frame with no bytes left is refused.
+                Err(ProtoError::Invalid { field: "data" })
+                    if matches!(frame.message, Message::StreamData { .. }) => {}
                 other => panic!("{frame:?} shortened to {short}: {other:?}"),
             }
         }
@@ -279,7 +311,7 @@ proptest! {
     }
 
     #[test]
-    fn valid_header_random_payload_never_panics(kind in 0u8..20, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
+    fn valid_header_random_payload_never_panics(kind in 0u8..26, payload in proptest::collection::vec(any::<u8>(), 0..128)) {
         let mut b = vec![b'B', b'F', VERSION, kind, 1, 0, 0, 0];
         b.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         b.extend_from_slice(&payload);
@@ -292,6 +324,46 @@ proptest! {
         let bytes = encode(&frame).unwrap();
         prop_assert_eq!(decode(&bytes).unwrap().unwrap().0, frame);
     }
+}
+
+/// What the guest sends on a forwarded stream is bounded and typed: no empty or oversized
+/// data frame, no stream kind the host does not know, no oversized or NUL-carrying session
+/// gitconfig.
+#[test]
+fn stream_frames_are_bounded_and_typed() {
+    let frame = |message| {
+        encode(&Frame {
+            session: 1,
+            message,
+        })
+        .unwrap()
+    };
+    let ok = frame(Message::StreamData {
+        stream: 1,
+        data: vec![7; STREAM_CHUNK],
+    });
+    assert!(decode(&ok).unwrap().is_some());
+    for data in [vec![], vec![7; STREAM_CHUNK + 1]] {
+        let b = frame(Message::StreamData { stream: 1, data });
+        assert_eq!(decode(&b), Err(ProtoError::Invalid { field: "data" }));
+    }
+    let mut bad_kind = frame(Message::StreamOpen {
+        stream: 1,
+        kind: StreamKind::SshAgent,
+    });
+    *bad_kind.last_mut().unwrap() = 9;
+    assert_eq!(
+        decode(&bad_kind),
+        Err(ProtoError::Invalid { field: "kind" })
+    );
+    for gitconfig in ["x".repeat(MAX_FORWARD_GITCONFIG + 1), "a\0b".into()] {
+        let b = frame(Message::Forward(Forward {
+            gitconfig: Some(gitconfig),
+            ..Forward::default()
+        }));
+        assert_eq!(decode(&b), Err(ProtoError::Invalid { field: "gitconfig" }));
+    }
+    assert!(Forward::default().is_empty());
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! `/proc/1/exe`; see `sync_serve`).
 
 mod channel;
+mod forward;
 mod hosts_file;
 mod init;
 mod net;

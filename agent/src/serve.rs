@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use berth_agent_proto::restart::{exit_note, ServiceRuns};
 use berth_agent_proto::{
-    encode, Exec, Frame, FrameBuffer, Message, ServiceSpec, Setup, MAX_PAYLOAD,
+    encode, Exec, Forward, Frame, FrameBuffer, Message, ServiceSpec, Setup, MAX_PAYLOAD,
 };
 
 use crate::channel::Channel;
+use crate::forward::{Forwarding, Watch};
 use crate::spawn::{spawn, SpawnRequest};
 use crate::sys;
 use crate::users;
@@ -27,7 +28,12 @@ struct Session {
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
     status: Option<(i32, i32)>,
+    /// The host's credentials forwarded to this command (its folder goes with the session).
+    forward: Option<Forwarding>,
 }
+
+/// `Forward` requests waiting for their `Exec` at most (a host sending more is refused).
+const MAX_PENDING_FORWARDS: usize = 16;
 
 struct Service {
     spec: ServiceSpec,
@@ -81,6 +87,8 @@ pub struct Server {
     secret_env: Vec<String>,
     chans: Vec<Chan>,
     poweroff: bool,
+    /// `Forward` requests waiting for the `Exec` of their session.
+    pending_forwards: HashMap<Key, Forward>,
 }
 
 fn default_env() -> Vec<(String, String)> {
@@ -102,6 +110,7 @@ impl Server {
             secret_env: Vec::new(),
             chans: Vec::new(),
             poweroff: false,
+            pending_forwards: HashMap::new(),
         }
     }
 
@@ -161,6 +170,20 @@ impl Server {
                         revents: 0,
                     });
                     owners.push((key, 0));
+                }
+            }
+            let first_forward = fds.len();
+            let mut forward_owners: Vec<(Key, Watch)> = Vec::new();
+            for (&key, s) in &self.sessions {
+                if let Some(f) = &s.forward {
+                    for (fd, events, watch) in f.watches() {
+                        fds.push(libc::pollfd {
+                            fd,
+                            events,
+                            revents: 0,
+                        });
+                        forward_owners.push((key, watch));
+                    }
                 }
             }
             let mut timeout = self.poll_timeout();
@@ -224,6 +247,11 @@ impl Server {
                     self.flush_stdin(*key);
                 } else {
                     self.pump_output(*key, *which, &mut buf);
+                }
+            }
+            for (i, (key, watch)) in forward_owners.into_iter().enumerate() {
+                if fds[first_forward + i].revents != 0 {
+                    self.forward_ready(key, watch, &mut buf);
                 }
             }
             self.finish_sessions();
@@ -317,10 +345,21 @@ impl Server {
         }
     }
 
+    /// A forwarded socket or stream of session `key` is ready: relays what it has.
+    fn forward_ready(&mut self, key: Key, watch: Watch, buf: &mut [u8]) {
+        let Some(f) = self.sessions.get_mut(&key).and_then(|s| s.forward.as_mut()) else {
+            return;
+        };
+        for m in f.ready(watch, buf) {
+            self.send(key.0, key.1, m);
+        }
+    }
+
     /// The host closed channel `chan`: its sessions end (like a hung-up terminal).
     fn host_disconnected(&mut self, chan: usize) {
         self.chans[chan].connected = false;
         self.chans[chan].frames = FrameBuffer::new();
+        self.pending_forwards.retain(|k, _| k.0 != chan);
         for (key, s) in &self.sessions {
             if key.0 == chan {
                 // SAFETY: kill on the session's process group; no memory involved.
@@ -376,6 +415,26 @@ impl Server {
                 Ok(()) => self.send(ctl, id, Message::SetupDone),
                 Err(e) => self.send(ctl, id, Message::Error { message: e }),
             },
+            Message::Forward(f) => {
+                if self.pending_forwards.len() >= MAX_PENDING_FORWARDS
+                    && !self.pending_forwards.contains_key(&key)
+                {
+                    let message =
+                        "too many credential forwardings waiting for their command".into();
+                    self.send(ctl, id, Message::Error { message });
+                } else {
+                    self.pending_forwards.insert(key, f);
+                }
+            }
+            m @ (Message::StreamData { .. }
+            | Message::StreamEof { .. }
+            | Message::StreamClose { .. }) => {
+                if let Some(f) = self.sessions.get_mut(&key).and_then(|s| s.forward.as_mut()) {
+                    for m in f.host_sent(m) {
+                        self.send(ctl, id, m);
+                    }
+                }
+            }
             Message::Exec(exec) => self.start_exec(key, exec),
             Message::Stdin(data) => {
                 if let Some(s) = self.sessions.get_mut(&key) {
@@ -480,6 +539,7 @@ impl Server {
 
     fn start_exec(&mut self, key: Key, exec: Exec) {
         let (ctl, id) = key;
+        let forward = self.pending_forwards.remove(&key);
         if self.sessions.contains_key(&key) {
             self.send(
                 ctl,
@@ -511,6 +571,20 @@ impl Server {
         let mut env = self.process_env();
         env.retain(|(k, _)| k != "HOME");
         env.push(("HOME".into(), user.home.clone()));
+        // A forwarding that cannot be made is said; the command runs without it.
+        let forward = match forward.map(|f| Forwarding::create(&f, &user)) {
+            Some(Ok(f)) => Some(f),
+            Some(Err(e)) => {
+                let message = format!("the host's credentials are not forwarded: {e}");
+                self.send(ctl, id, Message::Error { message });
+                None
+            }
+            None => None,
+        };
+        for (k, v) in forward.iter().flat_map(|f| f.env()) {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
         for (k, v) in exec.env {
             env.retain(|(ek, _)| *ek != k);
             env.push((k, v));
@@ -537,6 +611,7 @@ impl Server {
                         stdout: p.stdout,
                         stderr: p.stderr,
                         status: None,
+                        forward,
                     },
                 );
             }

@@ -208,3 +208,85 @@ fn a_crashing_service_restarts_with_a_growing_back_off() {
         "{log}"
     );
 }
+
+/// A command started with `Forward` gets a private folder with the sockets asked for, and a
+/// real client's connection (`ssh-add -l`) arrives on the host as a stream of that session:
+/// the host answers the agent protocol by hand ("no identities"). The folder goes with the
+/// command; a command started without `Forward` gets nothing.
+#[test]
+fn a_forwarded_socket_becomes_a_stream_of_its_session() {
+    use berth_agent_proto::{Forward, Message, StreamKind};
+    if !std::path::Path::new("/usr/bin/ssh-add").exists() {
+        eprintln!("skipped: ssh-add is not installed (apt-get install openssh-client)");
+        return;
+    }
+    let mut a = start();
+    let h = a
+        .client
+        .start_forwarding(
+            Exec {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "echo $SSH_AUTH_SOCK; stat -c %a $(dirname $SSH_AUTH_SOCK); ssh-add -l; echo rc=$?"
+                        .into(),
+                ],
+                ..Exec::default()
+            },
+            Some(Forward {
+                agent: true,
+                git_credentials: false,
+                gitconfig: None,
+            }),
+        )
+        .unwrap();
+    h.stdin(&[]).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let mut seen = Vec::new();
+    let answer = h.clone();
+    let st = a
+        .client
+        .wait_routing(&h, &mut out, &mut err, &mut |m| {
+            match &m {
+                Message::StreamOpen { stream, kind } => {
+                    assert_eq!(*kind, StreamKind::SshAgent);
+                    let _ = stream;
+                }
+                // SSH2_AGENTC_REQUEST_IDENTITIES → SSH2_AGENT_IDENTITIES_ANSWER, none.
+                Message::StreamData { stream, data } if data == &[0, 0, 0, 1, 11] => {
+                    answer
+                        .stream_data(*stream, &[0, 0, 0, 5, 12, 0, 0, 0, 0])
+                        .unwrap();
+                }
+                _ => {}
+            }
+            seen.push(m);
+        })
+        .unwrap();
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert_eq!(st.code, 0, "{out}{}", String::from_utf8_lossy(&err));
+    let sock = out.lines().next().unwrap().to_string();
+    let dir = sock
+        .strip_suffix("/agent.sock")
+        .expect("a socket in the folder");
+    assert!(dir.starts_with("/tmp/berth-"), "{out}");
+    assert!(
+        out.contains("\n700\n")
+            && out.contains("The agent has no identities.")
+            && out.contains("rc=1"),
+        "{out}"
+    );
+    assert!(
+        matches!(seen.first(), Some(Message::StreamOpen { .. })),
+        "{seen:?}"
+    );
+    assert!(
+        !std::path::Path::new(dir).exists(),
+        "the folder outlived its command"
+    );
+    let plain = a
+        .client
+        .run(&["/bin/sh", "-c", "echo ${SSH_AUTH_SOCK:-none}"])
+        .unwrap();
+    assert_eq!(plain.stdout, b"none\n");
+}

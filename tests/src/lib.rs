@@ -4,6 +4,7 @@
 //! (mounts, cgroups, processes, network devices) for leak checks.
 
 pub mod debian;
+pub mod forwarded;
 pub mod host;
 pub mod nested;
 pub mod oci;

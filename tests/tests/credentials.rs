@@ -6,81 +6,13 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use berth_e2e::forwarded::{wait_for, GitServer, Reaped, SshAgent, KEY_COMMENT};
 use berth_e2e::host::{copy_program_with_libs, files_containing, have};
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
-
-/// A child process killed and reaped on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A real `ssh-agent` on a socket in a temporary folder, holding one fresh ed25519 key
-/// whose comment is [`KEY_COMMENT`].
-struct Agent {
-    dir: tempfile::TempDir,
-    _process: Reaped,
-}
-
-const KEY_COMMENT: &str = "berth-forwarded-test-key";
-
-impl Agent {
-    fn start() -> Agent {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-agent-test-")
-            .tempdir()
-            .unwrap();
-        let sock = dir.path().join("agent.sock");
-        let process = Reaped(
-            Command::new("ssh-agent")
-                .args(["-D", "-a"])
-                .arg(&sock)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let key = dir.path().join("id_ed25519");
-        let st = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", KEY_COMMENT, "-f"])
-            .arg(&key)
-            .status()
-            .unwrap();
-        assert!(st.success());
-        wait_for("ssh-agent's socket", || sock.exists());
-        let o = Command::new("ssh-add")
-            .arg(&key)
-            .env("SSH_AUTH_SOCK", &sock)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "ssh-add: {}", text(&o).1);
-        Agent {
-            dir,
-            _process: process,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 macro_rules! require_tools {
     ($($tool:literal),*) => {
@@ -143,7 +75,7 @@ fn berth_ok(b: &Berth, p: &Project, agent: Option<&Path>, args: &[&str]) -> Stri
 fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
     require_root!();
     require_tools!("ssh-agent", "ssh-add", "ssh-keygen", "ssh");
-    let agent = Agent::start();
+    let agent = SshAgent::start();
     let p = project(DEV_TOML);
     let b = Berth::new();
     let before = p.snapshot(&b);
@@ -349,7 +281,7 @@ fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
 fn a_hostile_environment_cannot_point_the_forwarded_agent_elsewhere() {
     require_root!();
     require_tools!("ssh-agent", "ssh-add", "ssh-keygen");
-    let agent = Agent::start();
+    let agent = SshAgent::start();
     let p = project(DEV_TOML);
     let b = Berth::new();
     berth_ok(&b, &p, None, &["up"]);
@@ -412,86 +344,12 @@ fn a_hostile_environment_cannot_point_the_forwarded_agent_elsewhere() {
     berth_ok(&b, &p, None, &["destroy"]);
 }
 
-/// A bare repository served by `git http-backend` behind busybox httpd with basic auth, on
-/// the host's loopback. Stopped on drop.
-struct GitServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    _httpd: Reaped,
-}
-
-impl GitServer {
-    fn start(user: &str, password: &str) -> GitServer {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-git-http-")
-            .tempdir()
-            .unwrap();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("www/cgi-bin")).unwrap();
-        let st = Command::new("git")
-            .args(["init", "-q", "--bare"])
-            .arg(d.join("repos/r.git"))
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let cgi = d.join("www/cgi-bin/git");
-        std::fs::write(
-            &cgi,
-            format!(
-                "#!/bin/sh\nGIT_PROJECT_ROOT={} GIT_HTTP_EXPORT_ALL=1 exec /usr/bin/git http-backend\n",
-                d.join("repos").display()
-            ),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(
-            d.join("httpd.conf"),
-            format!("/cgi-bin:{user}:{password}\n"),
-        )
-        .unwrap();
-        let port = berth_e2e::ports::free_port();
-        let httpd = Reaped(
-            Command::new("busybox")
-                .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
-                .arg(d.join("www"))
-                .arg("-c")
-                .arg(d.join("httpd.conf"))
-                .spawn()
-                .unwrap(),
-        );
-        wait_for("busybox httpd", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        GitServer {
-            dir,
-            port,
-            _httpd: httpd,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/cgi-bin/git/r.git", self.port)
-    }
-
-    /// The commit subjects and authors on `main`.
-    fn log(&self) -> String {
-        let o = Command::new("git")
-            .arg("--git-dir")
-            .arg(self.dir.path().join("repos/r.git"))
-            .args(["log", "--format=%s|%an|%ae", "main"])
-            .output()
-            .unwrap();
-        text(&o).0
-    }
-}
-
 #[test]
 fn git_push_inside_uses_the_hosts_identity_and_credentials_without_copying_them() {
     require_root!();
     require_tools!("git", "busybox");
     let password = format!("pw-marker-{}", std::process::id());
-    let server = GitServer::start("ada", &password);
+    let server = GitServer::start("127.0.0.1", "ada", &password);
     // The host user's git: identity and a credential store holding the password.
     let host_home = tempfile::Builder::new()
         .prefix("berth-git-home-")
@@ -578,7 +436,7 @@ command = ["sh", "-c", "git config user.name; exec sleep 1000"]
          GIT_TERMINAL_PROMPT=0 git ls-remote http://localhost:{port}/cgi-bin/git/r.git >/dev/null 2>&1 || true; \
          env | grep -c '{password}' || true; \
          if grep -rqs '{password}' /home/dev /tmp; then echo LEAKED-INSIDE; fi",
-        url = server.url(),
+        url = server.url_via("127.0.0.1"),
         port = server.port,
     );
     // A service gets the identity too (written before the services start). Its line
@@ -630,20 +488,25 @@ command = ["sh", "-c", "git config user.name; exec sleep 1000"]
         server.log()
     );
 
-    // `[credentials] git_credentials = false`, and the host user renamed: the next `up`
-    // writes the new identity into the environment's gitconfig, and `exec` forwards
-    // nothing per session (no private folder made inside, no host git run).
+    // The host user renamed: a warm `up` (which runs the host's git only when a file git
+    // read changed) writes the new identity into the environment's gitconfig.
+    berth_git(&["up"]);
+    let gitconfig = host_home.path().join(".gitconfig");
+    let renamed = std::fs::read_to_string(&gitconfig)
+        .unwrap()
+        .replace("Ada Host", "Ada Renamed");
+    std::fs::write(&gitconfig, renamed).unwrap();
+    berth_git(&["up"]);
+    let out = berth_git(&["exec", "--", "git", "config", "user.name"]);
+    assert_eq!(out, "Ada Renamed\n");
+    // `[credentials] git_credentials = false`: `exec` forwards nothing per session (no
+    // private folder made inside, no host git run).
     let toml = std::fs::read_to_string(p.path().join("berth.toml")).unwrap();
     std::fs::write(
         p.path().join("berth.toml"),
         format!("{toml}[credentials]\ngit_credentials = false\n"),
     )
     .unwrap();
-    let gitconfig = host_home.path().join(".gitconfig");
-    let renamed = std::fs::read_to_string(&gitconfig)
-        .unwrap()
-        .replace("Ada Host", "Ada Renamed");
-    std::fs::write(&gitconfig, renamed).unwrap();
     berth_git(&["up"]);
     // A host git that fails: `exec` must not run it.
     let no_git = host_home.path().join("no-git");

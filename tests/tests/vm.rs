@@ -374,6 +374,133 @@ fn snapshot_of_the_running_qemu_vm(vm: &Vm, env_dir: &Path, pid: i64) -> i64 {
     pid
 }
 
+/// The host's SSH agent and git credential helper in the VM's sessions, through streams the
+/// agent opens on the command's channel: `ssh-add -l` lists the host agent's key in `exec`,
+/// `shell` and an SSH session; `git push` over HTTP authenticates with the host's credential
+/// store (added to `~/.gitconfig` after `up`: the next `up` notices, while a warm `up` of an
+/// unchanged configuration runs no git); the session's folder is
+/// private and goes with the session; `[credentials]` turns both off (left off).
+/// `listen`/`host_address`: where a host server listens and how the guest reaches it.
+fn forwarded_credentials(vm: &Vm, name: &str, git_home: &Path, listen: &str, host_address: &str) {
+    use berth_e2e::forwarded::{GitServer, SshAgent, KEY_COMMENT};
+    let t0 = std::time::Instant::now();
+    let agent = SshAgent::start();
+    let password = format!("vm-pw-marker-{}", std::process::id());
+    let server = GitServer::start(listen, "ada", &password);
+    let store = git_home.join("credentials");
+    std::fs::write(
+        &store,
+        format!("http://ada:{password}@{host_address}%3a{}\n", server.port),
+    )
+    .unwrap();
+    // A warm `up` runs no git while nothing git reads changed since the last (a git that
+    // fails and leaves a mark stands in for the host's), and runs it again once
+    // `~/.gitconfig` changed: the credential helper added below reaches the sessions.
+    let fake = git_home.join("fake-bin");
+    std::fs::create_dir(&fake).unwrap();
+    std::fs::write(fake.join("git"), "#!/bin/sh\ntouch \"$0.ran\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        fake.join("git"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", fake.display(), std::env::var("PATH").unwrap());
+    let o = vm.cmd(&["up"]).env("PATH", &path).output().unwrap();
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert!(
+        !fake.join("git.ran").exists(),
+        "a warm up ran the host's git"
+    );
+    let gitconfig = git_home.join(".gitconfig");
+    let mut text_before = std::fs::read_to_string(&gitconfig).unwrap();
+    text_before.push_str(&format!(
+        "[credential]\n\thelper = store --file {}\n",
+        store.display()
+    ));
+    std::fs::write(&gitconfig, text_before).unwrap();
+    vm.ok(&["up"]);
+    let sock = agent.socket();
+    let with_agent = |args: &[&str]| -> String {
+        let o = vm
+            .cmd(args)
+            .env("SSH_AUTH_SOCK", &sock)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "berth {args:?}: {out}\n{err}");
+        format!("{out}{err}")
+    };
+    let script = format!(
+        "set -e; ssh-add -l; d=$(dirname $SSH_AUTH_SOCK); stat -c \"dir=%a:%u\" $d; echo $d > /tmp/where; \
+         cd /tmp; git init -q r; cd r; echo one > f; git add f; git commit -q -m from-the-vm; \
+         git push -q {url} HEAD:main 2>&1; echo pushed; \
+         if grep -rqs {password} /root /tmp; then echo LEAKED-INSIDE; fi; cd /; rm -rf /tmp/r",
+        url = server.url_via(host_address)
+    );
+    let out = with_agent(&["exec", "--", "sh", "-c", &script]);
+    assert!(
+        out.contains(KEY_COMMENT) && out.contains("dir=700:0") && out.contains("pushed"),
+        "{out}"
+    );
+    assert!(!out.contains("LEAKED-INSIDE"), "{out}");
+    assert_eq!(server.log().trim(), "from-the-vm|Ada Vm|ada@vm.example");
+    // shell (stdin not a terminal: the shell reads its commands from it).
+    let mut shell = vm
+        .cmd(&["shell"])
+        .env("SSH_AUTH_SOCK", &sock)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ssh-add -l\n")
+        .unwrap();
+    let o = shell.wait_with_output().unwrap();
+    assert!(text(&o).0.contains(KEY_COMMENT), "shell: {:?}", text(&o));
+    // An SSH session: berth's own forwarding of the ProxyCommand's SSH_AUTH_SOCK.
+    let cfg = git_home.join("ssh_config");
+    std::fs::write(&cfg, vm.ok(&["ssh-config"])).unwrap();
+    let o = Command::new("timeout")
+        .args(["120", "ssh", "-F"])
+        .arg(&cfg)
+        .args([
+            "-o",
+            "ForwardAgent=no",
+            &format!("berth-{name}"),
+            "ssh-add -l",
+        ])
+        .env("SSH_AUTH_SOCK", &sock)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(text(&o).0.contains(KEY_COMMENT), "ssh: {:?}", text(&o));
+    // `[credentials]` turns both off (no restart); the first session's folder went with it.
+    let toml_path = vm.project.join("berth.toml");
+    let toml = std::fs::read_to_string(&toml_path).unwrap();
+    std::fs::write(
+        &toml_path,
+        format!("{toml}[credentials]\nssh_agent = false\ngit_credentials = false\n"),
+    )
+    .unwrap();
+    vm.ok(&["up"]);
+    let out = with_agent(&[
+        "exec",
+        "--",
+        "sh",
+        "-c",
+        "echo agent=${SSH_AUTH_SOCK:-none}; git config --get-all credential.helper || echo no-helper; \
+         test -e $(cat /tmp/where) || echo gone",
+    ]);
+    assert_eq!(out, "agent=none\nno-helper\ngone\n");
+    eprintln!("forwarded credentials: {:?}", t0.elapsed());
+}
+
 #[test]
 fn vm_environment_through_the_cli() {
     if let Some(why) = skip_reason() {
@@ -415,7 +542,14 @@ fn vm_environment_through_the_cli() {
         "[user]\n\tname = Ada Vm\n\temail = ada@vm.example\n",
     )
     .unwrap();
-    copy_program_with_libs(Path::new("/usr/bin/git"), &project.path().join("rootfs"));
+    let rootfs = project.path().join("rootfs");
+    for program in [
+        "/usr/bin/git",
+        "/usr/lib/git-core/git-remote-http",
+        "/usr/bin/ssh-add",
+    ] {
+        copy_program_with_libs(Path::new(program), &rootfs);
+    }
     let vm = Vm {
         berth: &berth,
         exe: installed.dir.path().join("berth"),
@@ -738,6 +872,8 @@ exit [lindex $result 3]
     let out = vm.ok(&["up"]);
     assert!(out.contains("is up to date"), "{out}");
     assert_eq!(vm.status()["pid"].as_i64(), Some(pid));
+    // (Leaves `[credentials]` off.)
+    forwarded_credentials(&vm, &name, git_home.path(), listen, &host_address);
     // kill -9 of the sync process: the next `up` (nothing else changed) restarts it, and it
     // catches up with what changed meanwhile.
     // SAFETY: SIGKILL to the sync process this test's `up` started.

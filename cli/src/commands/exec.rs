@@ -99,6 +99,7 @@ pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
         user: args.user.clone().or_else(|| cur.plan.shell.user.clone()),
         tty: args.tty,
         winsize: None,
+        forward: None,
     };
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     if let Some(name) = &args.service {
@@ -133,6 +134,7 @@ pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
             user: args.user.clone(),
             tty: std::io::stdin().is_terminal(),
             winsize: None,
+            forward: None,
         };
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         return cur
@@ -150,6 +152,7 @@ pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
         user: args.user.clone().or_else(|| cur.plan.shell.user.clone()),
         tty: std::io::stdin().is_terminal(),
         winsize: None,
+        forward: None,
     };
     let _credentials = forward_credentials(&cur.envs, record, &mut req);
     cur.envs.shell(record, &req).map_err(env_error)

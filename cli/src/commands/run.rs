@@ -262,6 +262,7 @@ fn run_command(
         user: plan.shell.user.clone(),
         tty: false,
         winsize: None,
+        forward: None,
     };
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let stdio: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];

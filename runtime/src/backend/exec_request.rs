@@ -18,6 +18,11 @@ pub struct ExecRequest {
     pub tty: bool,
     /// Initial window size (rows, columns) for a tty.
     pub winsize: Option<(u16, u16)>,
+    /// The host's credentials for a backend that relays them itself (a VM's agent; set by
+    /// `SessionCredentials::add_env`). Never serialized: a container's come through sockets
+    /// made before its command starts.
+    #[serde(skip)]
+    pub forward: Option<super::GuestForwarding>,
 }
 
 /// A command started by [`Backend::exec_start`](super::Backend::exec_start), still running:
@@ -63,6 +68,7 @@ pub fn run_fed(
         user: Some("0".into()),
         tty: false,
         winsize: None,
+        forward: None,
     };
     let code = backend.exec(dir, &req, [r.as_fd(), devnull.as_fd(), err_w.as_fd()]);
     drop((r, err_w));

@@ -8,6 +8,7 @@
 
 mod error;
 mod exec_request;
+mod guest_forwarding;
 mod report;
 mod start;
 
@@ -21,6 +22,7 @@ use envfile_spec::Plan;
 
 pub use error::BackendError;
 pub use exec_request::{run_fed, CommandSession, ExecRequest};
+pub use guest_forwarding::{ForwardConnector, ForwardKind, GuestForwarding};
 pub use report::{
     service_restart, CrashLoop, EnvStatus, ServiceStatus, Started, StatusReport, Usage, VmFacts,
     VmProvider,

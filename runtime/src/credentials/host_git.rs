@@ -6,6 +6,7 @@
 //! request from inside cannot put a password dialog in front of the user.
 
 use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -52,26 +53,30 @@ pub struct HostGitConfig {
 }
 
 /// The host user's git configuration (empty when git is missing), read with one `git
-/// config` outside any repository.
-pub fn read_config() -> HostGitConfig {
-    let out = host_git(&[
-        "config",
-        "--null",
-        "--get-regexp",
-        r"^(user\.name|user\.email|credential\..*helper)$",
-    ])
-    .stdout(Stdio::piped())
-    .output();
+/// config` outside any repository, and the files it came from
+/// ([`super::git_stamp::files_read`]; `None` when git did not run or failed).
+pub fn read_config() -> (HostGitConfig, Option<Vec<PathBuf>>) {
+    let out = host_git(&["config", "--show-origin", "--null", "--list"])
+        .stdout(Stdio::piped())
+        .output();
     let Ok(out) = out else {
-        return HostGitConfig::default();
+        return (HostGitConfig::default(), None);
     };
-    parse_config(&out.stdout)
+    let config = parse_config(&out.stdout);
+    let home = std::env::var("HOME").ok();
+    let files = out
+        .status
+        .success()
+        .then(|| super::git_stamp::files_read(&out.stdout, home.as_deref()));
+    (config, files)
 }
 
-/// `git config --null --get-regexp` output (`key\nvalue\0` entries) as [`HostGitConfig`].
+/// `git config --show-origin --null --list` output (`origin\0key\nvalue\0` entries) as
+/// [`HostGitConfig`].
 fn parse_config(bytes: &[u8]) -> HostGitConfig {
     let mut c = HostGitConfig::default();
-    for entry in bytes.split(|b| *b == 0) {
+    // Every other field is an origin (`file:PATH`, `command line:`).
+    for entry in bytes.split(|b| *b == 0).skip(1).step_by(2) {
         let Ok(entry) = std::str::from_utf8(entry) else {
             continue;
         };
@@ -227,12 +232,14 @@ mod tests {
     #[test]
     fn host_config_takes_the_last_value_and_notices_helpers() {
         let c = parse_config(
-            b"user.name\nA\0user.name\nB\0user.email\nb@c\0credential.https://x.helper\nstore\0",
+            b"file:/a\0user.name\nA\0file:/b\0user.name\nB\0file:/b\0user.email\nb@c\0file:/b\0credential.https://x.helper\nstore\0file:/b\0core.pager\nless\0",
         );
         assert_eq!(c.name.as_deref(), Some("B"));
         assert_eq!(c.email.as_deref(), Some("b@c"));
         assert!(c.has_helper);
-        let c = parse_config(b"credential.helper\nstore\0credential.helper\n\0");
+        let c = parse_config(
+            b"file:/a\0credential.helper\nstore\0command line:\0credential.helper\n\0",
+        );
         assert!(!c.has_helper && c.name.is_none());
     }
 

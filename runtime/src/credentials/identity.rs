@@ -15,9 +15,11 @@ use std::path::Path;
 use envfile_spec::plan::CredentialsPlan;
 use serde::{Deserialize, Serialize};
 
+use super::git_stamp::{self, ConfigStamp};
 use super::host_git;
 use crate::backend::{Backend, RunFiles};
 use crate::state;
+use std::time::SystemTime;
 
 /// Beside the environment's record: what the last `up` found of the host's git.
 pub const STATE_FILE: &str = "host-git.json";
@@ -31,22 +33,55 @@ pub struct HostGit {
     pub has_helper: bool,
     /// The identity is in the environment's gitconfig file (`false`: sessions carry it).
     pub inside: bool,
+    /// What the host's configuration looked like when it was read (no stamp: read again
+    /// next time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<ConfigStamp>,
 }
 
 impl HostGit {
-    /// What `policy` gives of the host's current git configuration (one `git config`).
+    /// What `policy` gives of the host's current git configuration (one `git config`),
+    /// with the stamp of what it read.
     pub fn of_host(policy: &CredentialsPlan) -> HostGit {
-        let host = if policy.git || policy.git_credentials {
+        let key = (policy.git, policy.git_credentials);
+        let env = git_stamp::steering_env(std::env::vars_os());
+        let standard = git_stamp::standard_files(&env);
+        let before = ConfigStamp::take(key, env.clone(), standard.clone(), SystemTime::now());
+        let (host, read) = if policy.git || policy.git_credentials {
             host_git::read_config()
         } else {
-            host_git::HostGitConfig::default()
+            (host_git::HostGitConfig::default(), Some(Vec::new()))
         };
+        let stamp = read.zip(before).and_then(|(mut files, before)| {
+            files.extend(standard);
+            let after = ConfigStamp::take(key, env, files, SystemTime::now())?;
+            // A standard file that changed while git ran: read again next time.
+            after.agrees_with(&before).then_some(after)
+        });
         HostGit {
             identity: (policy.git && (host.name.is_some() || host.email.is_some()))
                 .then(|| (host.name.clone(), host.email.clone())),
             has_helper: policy.git_credentials && host.has_helper,
             inside: false,
+            stamp,
         }
+    }
+
+    /// What `policy` gives of the host's git configuration now: the record in `dir` when
+    /// nothing git reads changed since it was made (no git run), else [`Self::of_host`].
+    pub fn current(dir: &Path, policy: &CredentialsPlan) -> HostGit {
+        let key = (policy.git, policy.git_credentials);
+        if let Some(prev) = HostGit::load(dir) {
+            let env = git_stamp::steering_env(std::env::vars_os());
+            if prev
+                .stamp
+                .as_ref()
+                .is_some_and(|s| s.still_current(key, &env))
+            {
+                return prev;
+            }
+        }
+        HostGit::of_host(policy)
     }
 
     /// The record `up` left in the environment's folder `dir`, if any.

@@ -5,15 +5,21 @@
 //!
 //! - `session`: one session's forwarding: the inside builtin's private folder and sockets,
 //!   checked and served on a thread of its own.
+//! - `guest_relay`: the same for a VM, whose agent makes the folder and sockets and opens a
+//!   stream per connection: the host ends of those streams, served the same way.
 //! - `agent_relay`: where agent connections go (the host's `SSH_AUTH_SOCK`, or the SSH
 //!   client's agent channel for `ssh -A`).
 //! - `identity`: the host's git identity written into the environment once at `up`, and
 //!   what that `up` found of the host's git (sessions read it instead of asking git).
+//! - `git_stamp`: whether the files and variables git's configuration comes from changed
+//!   since `up` read them (a warm `up` runs git only then).
 //! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
 //!   and never prompting.
 
 mod agent_relay;
 mod error;
+mod git_stamp;
+mod guest_relay;
 mod host_git;
 mod identity;
 mod session;

@@ -24,13 +24,14 @@ use tokio::sync::{oneshot, Semaphore};
 
 use super::agent_relay::{self, AgentTarget};
 use super::error::CredentialsError;
+use super::guest_relay::GuestRelay;
 use super::host_git;
 use super::identity::HostGit;
-use crate::backend::{CommandSession, ExecRequest};
+use crate::backend::{CommandSession, ExecRequest, GuestForwarding};
 use crate::ssh_inside::{self, GITCONFIG_FILE, GITCONFIG_PATH, SESSION_DIR_PLACEHOLDER};
 
-const AGENT_SOCKET: &str = "agent.sock";
-const GIT_SOCKET: &str = "git-credential.sock";
+// The same names in a container's folder as in a VM's.
+use berth_agent_proto::{AGENT_SOCKET, GIT_SOCKET};
 /// Connections relayed at once per session (an environment opening thousands gets no more).
 const MAX_CONNECTIONS: usize = 32;
 /// Largest git credential request read from inside.
@@ -75,6 +76,26 @@ impl Wanted {
     fn is_empty(&self) -> bool {
         self.agent.is_none() && self.identity.is_none() && !self.git_credentials
     }
+
+    /// The session's own gitconfig, when it has an identity or the credential helper to
+    /// add: after an include of the environment's gitconfig (or the image's), the helper's
+    /// socket in the session's folder ([`SESSION_DIR_PLACEHOLDER`] until it is made).
+    fn gitconfig(&self) -> Option<String> {
+        (self.identity.is_some() || self.git_credentials).then(|| {
+            let (name, email) = self.identity.clone().unwrap_or_default();
+            let helper = format!("{SESSION_DIR_PLACEHOLDER}/{GIT_SOCKET}");
+            host_git::gitconfig_text(
+                if self.identity_inside {
+                    GITCONFIG_PATH
+                } else {
+                    "/etc/gitconfig"
+                },
+                name.as_deref(),
+                email.as_deref(),
+                self.git_credentials.then_some(helper.as_str()),
+            )
+        })
+    }
 }
 
 /// A running session's forwarded credentials; see the module's documentation.
@@ -85,13 +106,16 @@ pub struct SessionCredentials {
     /// Our end of the builtin's stdin: closing it tells the builtin to clean up.
     handover: Option<StdStream>,
     builtin: Option<Box<dyn CommandSession>>,
+    /// A VM's: what its agent forwards, and the connector of its streams.
+    forward: Option<GuestForwarding>,
 }
 
 impl SessionCredentials {
     /// Starts forwarding `wanted` for a session of `user` (`None`: the image's user) in a
     /// running environment of `backend`, whose builtin `exec_start` starts inside (as
     /// `Environments::session_credentials` does). `Ok(None)` when there is nothing to
-    /// forward or the environment is a VM (whose agent has no socket forwarding).
+    /// forward. A VM's agent makes the folder and sockets itself when the command starts
+    /// (see [`Self::add_env`]): nothing runs inside before.
     pub fn start(
         backend: BackendKind,
         user: Option<&str>,
@@ -101,8 +125,11 @@ impl SessionCredentials {
             [std::os::fd::BorrowedFd<'_>; 3],
         ) -> Result<Box<dyn CommandSession>, String>,
     ) -> Result<Option<SessionCredentials>, CredentialsError> {
-        if wanted.is_empty() || backend == BackendKind::Vm {
+        if wanted.is_empty() {
             return Ok(None);
+        }
+        if backend == BackendKind::Vm {
+            return Self::for_guest(wanted).map(Some);
         }
         let mut names = Vec::new();
         if wanted.agent.is_some() {
@@ -111,20 +138,7 @@ impl SessionCredentials {
         if wanted.git_credentials {
             names.push(GIT_SOCKET);
         }
-        let gitconfig = (wanted.identity.is_some() || wanted.git_credentials).then(|| {
-            let (name, email) = wanted.identity.clone().unwrap_or_default();
-            let helper = format!("{SESSION_DIR_PLACEHOLDER}/{GIT_SOCKET}");
-            host_git::gitconfig_text(
-                if wanted.identity_inside {
-                    GITCONFIG_PATH
-                } else {
-                    "/etc/gitconfig"
-                },
-                name.as_deref(),
-                email.as_deref(),
-                wanted.git_credentials.then_some(helper.as_str()),
-            )
-        });
+        let gitconfig = wanted.gitconfig();
         let mut argv = vec![ssh_inside::SESSION_SOCKETS.to_string(), names.join(",")];
         if let Some(g) = &gitconfig {
             argv.push(g.clone());
@@ -142,6 +156,7 @@ impl SessionCredentials {
             user: user.map(str::to_string),
             tty: false,
             winsize: None,
+            forward: None,
         };
         let mut builtin = exec_start(&req, [theirs.as_fd(), devnull.as_fd(), err_w.as_fd()])
             .map_err(CredentialsError::Inside)?;
@@ -198,7 +213,36 @@ impl SessionCredentials {
             serving: Some(serving),
             handover: Some(ours),
             builtin: Some(builtin),
+            forward: None,
         }))
+    }
+
+    /// A VM session's forwarding: the serving thread, and what the command's request
+    /// carries to the agent ([`GuestForwarding`]).
+    fn for_guest(wanted: Wanted) -> Result<SessionCredentials, CredentialsError> {
+        let (relay, serve) = GuestRelay::new(
+            wanted.agent.clone(),
+            wanted.git_credentials,
+            MAX_CONNECTIONS,
+        );
+        let (stop, stopped) = oneshot::channel();
+        let serving = std::thread::Builder::new()
+            .name("credentials".into())
+            .spawn(move || serve(stopped))
+            .map_err(|e| CredentialsError::io("thread", e))?;
+        Ok(SessionCredentials {
+            env: Vec::new(),
+            stop: Some(stop),
+            serving: Some(serving),
+            handover: None,
+            builtin: None,
+            forward: Some(GuestForwarding {
+                agent: wanted.agent.is_some(),
+                git_credentials: wanted.git_credentials,
+                gitconfig: wanted.gitconfig(),
+                connector: Arc::new(relay),
+            }),
+        })
     }
 
     /// The variables the session's command gets (`SSH_AUTH_SOCK`, `GIT_CONFIG_SYSTEM`).
@@ -206,11 +250,16 @@ impl SessionCredentials {
         &self.env
     }
 
-    /// Puts [`Self::env`] before `req`'s own variables (which win).
+    /// Puts [`Self::env`] before `req`'s own variables (which win); for a VM, gives `req`
+    /// the forwarding its agent sets up (the variables are the agent's to add, also before
+    /// the request's own).
     pub fn add_env(&self, req: &mut ExecRequest) {
         let mut env = self.env.clone();
         env.append(&mut req.env);
         req.env = env;
+        if self.forward.is_some() {
+            req.forward = self.forward.clone();
+        }
     }
 }
 
@@ -363,7 +412,7 @@ async fn accept_git(l: UnixListener, limit: Arc<Semaphore>) {
 /// One request of git's `credential-cache` client: read to its end (the client shuts its
 /// side down), answer a `get` with the host's credential, ignore `store`/`erase` (the
 /// host's store is not changed from inside).
-async fn answer_git(mut conn: UnixStream) {
+pub(super) async fn answer_git(mut conn: UnixStream) {
     let mut req = Vec::new();
     let read = tokio::time::timeout(
         Duration::from_secs(10),

@@ -115,6 +115,7 @@ pub(super) fn run(
             user: plan.shell.user.clone(),
             tty: false,
             winsize: None,
+            forward: None,
         };
         let devnull =
             fs::File::open("/dev/null").map_err(|source| crate::state::StateError::Read {

@@ -212,7 +212,7 @@ impl Environments {
             notices.extend(crate::credentials::install_identity(
                 backend,
                 dir,
-                HostGit::of_host(&plan.credentials),
+                HostGit::current(dir, &plan.credentials),
                 false,
             ));
             if live_sync::ensure(&self.home, backend, prev)? {

@@ -74,6 +74,7 @@ pub(super) fn start(
         user: ctx.record.plan.shell.user.clone(),
         tty: false,
         winsize: None,
+        forward: None,
     };
     // A thread owns the builtin's session for as long as the forwarding lasts.
     std::thread::Builder::new()

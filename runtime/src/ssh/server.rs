@@ -115,6 +115,7 @@ impl Connection {
             user: shell.user.clone(),
             tty: state.pty.is_some(),
             winsize: state.pty.as_ref().map(|p| (p.rows, p.cols)),
+            forward: None,
         }
     }
 
@@ -401,6 +402,7 @@ impl russh::server::Handler for Connection {
             user: shell.user.clone(),
             tty: false,
             winsize: None,
+            forward: None,
         };
         self.start_request(channel, req, None, session)
     }
@@ -494,6 +496,7 @@ impl russh::server::Handler for Connection {
             user: shell.user.clone(),
             tty: false,
             winsize: None,
+            forward: None,
         };
         let id = channel.id();
         match session::start(

@@ -22,9 +22,10 @@ use std::os::unix::net::UnixListener;
 /// Where the private folders are made.
 const PARENT: &str = "/tmp";
 /// The session's git configuration file inside the folder.
-pub const GITCONFIG_FILE: &str = "gitconfig";
+pub const GITCONFIG_FILE: &str = berth_agent_proto::SESSION_GITCONFIG;
 /// Stands for the folder's path in the gitconfig text (the host side cannot know it yet).
-pub const SESSION_DIR_PLACEHOLDER: &str = "@BERTH_SESSION_DIR@";
+/// (The same a VM's agent replaces.)
+pub const SESSION_DIR_PLACEHOLDER: &str = berth_agent_proto::SESSION_DIR_PLACEHOLDER;
 
 /// Whether `name` may be a socket's file name in the folder (no path, no oddities).
 pub fn valid_socket_name(name: &str) -> bool {

@@ -158,6 +158,7 @@ mod tests {
             folders_shared: Some(false),
             image_workdir: None,
             image_user: None,
+            agent_streams: true,
         };
         state::write_json(&env.join("vm.json"), &st).unwrap();
         // qemu's monitor serves one client at a time: a connection per step.

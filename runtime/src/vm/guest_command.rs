@@ -20,7 +20,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
+use super::guest_streams::{forward_request, GuestStreams};
 use super::{VmConnection, VmError};
+use crate::backend::GuestForwarding;
 use crate::container::terminal::{window_size, RawMode};
 
 /// A command started in the VM, still running.
@@ -42,12 +44,14 @@ fn dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, VmError> {
 }
 
 impl VmCommand {
-    /// Starts `exec` over `conn` with the given stdin, stdout and stderr. With `exec.tty`,
-    /// stdin is forwarded byte for byte and SIGWINCH resizes the guest's terminal (put the
-    /// terminal in raw mode yourself, or use [`run_terminal`]).
+    /// Starts `exec` over `conn` with the given stdin, stdout and stderr, with the host's
+    /// credentials `forward`ed to it (the agent's streams relayed by [`GuestStreams`] while
+    /// it runs). With `exec.tty`, stdin is forwarded byte for byte and SIGWINCH resizes the
+    /// guest's terminal (put the terminal in raw mode yourself, or use [`run_terminal`]).
     pub fn start(
         conn: VmConnection,
         exec: Exec,
+        forward: Option<&GuestForwarding>,
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<VmCommand, VmError> {
         let input = dup(stdio[0])?;
@@ -55,7 +59,14 @@ impl VmCommand {
         let mut err = File::from(dup(stdio[2])?);
         let tty = exec.tty;
         let mut client = conn.client;
-        let handle = client.start(exec)?;
+        let handle = client.start_forwarding(exec, forward.map(forward_request))?;
+        let mut streams = forward.map(|f| {
+            let warn = err
+                .try_clone()
+                .ok()
+                .map(|w| Box::new(w) as Box<dyn Write + Send>);
+            GuestStreams::new(handle.clone(), f.clone(), warn)
+        });
         // Blocked before the forwarder thread exists, so it inherits the mask and its
         // signalfd is the only receiver of SIGWINCH.
         let mut winch = SigSet::empty();
@@ -73,8 +84,14 @@ impl VmCommand {
         let wait_handle = handle.clone();
         let waiter = std::thread::spawn(move || {
             let r = client
-                .wait(&wait_handle, &mut out, &mut err)
+                .wait_routing(&wait_handle, &mut out, &mut err, &mut |m| {
+                    if let Some(s) = streams.as_mut() {
+                        s.handle(m);
+                    }
+                })
                 .map(|s| s.code);
+            // The session's forwarded streams end with it.
+            drop(streams);
             let _ = out.flush();
             let _ = err.flush();
             let _ = tx.send(r);
@@ -234,6 +251,7 @@ impl InputForwarder {
 pub fn run_terminal(
     conn: VmConnection,
     mut exec: Exec,
+    forward: Option<&GuestForwarding>,
     stdio: [BorrowedFd<'_>; 3],
 ) -> Result<i32, VmError> {
     exec.tty = true;
@@ -242,5 +260,5 @@ pub fn run_terminal(
         exec.cols = cols;
     }
     let _raw = RawMode::enter(stdio[0]);
-    VmCommand::start(conn, exec, stdio)?.wait()
+    VmCommand::start(conn, exec, forward, stdio)?.wait()
 }

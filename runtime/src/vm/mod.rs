@@ -9,6 +9,7 @@ pub mod disk_snapshot;
 pub mod error;
 pub mod guest_command;
 pub mod guest_logs;
+pub mod guest_streams;
 pub mod kernel;
 pub mod qemu;
 pub mod qmp;

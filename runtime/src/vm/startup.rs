@@ -296,6 +296,7 @@ impl VmBackend {
             folders_shared: Some(folders_shared),
             image_workdir: spec.workdir.clone(),
             image_user: spec.user.clone(),
+            agent_streams: true,
         };
         state::write_json(&vm_json(&spec.state_dir), &st)?;
         let started = Instant::now();

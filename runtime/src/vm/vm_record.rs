@@ -45,6 +45,10 @@ pub struct VmState {
     pub image_workdir: Option<String>,
     #[serde(default)]
     pub image_user: Option<String>,
+    /// The agent booted with the VM forwards credentials (`Forward` and its streams); one
+    /// booted by an older berth does not, and a `Forward` could cost it the `Exec` after it.
+    #[serde(default)]
+    pub agent_streams: bool,
 }
 
 #[cfg(test)]
@@ -71,6 +75,7 @@ impl VmState {
             folders_shared: Some(false),
             image_workdir: None,
             image_user: None,
+            agent_streams: true,
         }
     }
 }

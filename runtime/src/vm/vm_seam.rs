@@ -20,8 +20,9 @@ use super::vm_record::{vm_json, VmState, PAUSED_NOTICE};
 use super::vm_spec::{shares_folders, VmSpec};
 use super::{VmBackend, VmError};
 use crate::backend::{
-    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, LogsRequest, RunFiles,
-    SavedSnapshot, SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint, VmFacts,
+    Backend, BackendError, CommandSession, EnvStatus, ExecRequest, GuestForwarding, LogsRequest,
+    RunFiles, SavedSnapshot, SnapshotForm, StartRequest, Started, StatusReport, SyncEndpoint,
+    VmFacts,
 };
 use crate::host::clock::now_ms;
 use crate::image::Progress;
@@ -101,10 +102,33 @@ pub fn exec_of(req: &ExecRequest, st: Option<&VmState>) -> Exec {
     }
 }
 
+/// The credentials `req` forwards, if the VM's agent takes them (one booted by an older
+/// berth does not: the command runs without them, and `stderr` says why).
+fn forwarding<'a>(
+    req: &'a ExecRequest,
+    st: &VmState,
+    stderr: BorrowedFd<'_>,
+) -> Option<&'a GuestForwarding> {
+    let f = req.forward.as_ref()?;
+    if st.agent_streams {
+        return Some(f);
+    }
+    let warning = "berth: warning: the VM's agent forwards no credentials (the VM was started by an older berth): `berth down && berth up` restarts it with this one\n";
+    let _ = nix::unistd::write(stderr, warning.as_bytes());
+    None
+}
+
 impl VmBackend {
-    /// The agent's form of `req` for the running VM in `dir`.
-    fn exec_for(&self, dir: &Path, req: &ExecRequest) -> Result<Exec, VmError> {
-        Ok(exec_of(req, Some(&self.running_state(dir)?)))
+    /// The agent's form of `req` for the running VM in `dir`, and the credentials it
+    /// forwards ([`forwarding`]).
+    fn exec_for<'a>(
+        &self,
+        dir: &Path,
+        req: &'a ExecRequest,
+        stderr: BorrowedFd<'_>,
+    ) -> Result<(Exec, Option<&'a GuestForwarding>), VmError> {
+        let st = self.running_state(dir)?;
+        Ok((exec_of(req, Some(&st)), forwarding(req, &st, stderr)))
     }
 
     /// Starts `req` in the VM in `dir` with the given stdio (never on a terminal).
@@ -114,9 +138,9 @@ impl VmBackend {
         req: &ExecRequest,
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<VmCommand, VmError> {
-        let mut exec = self.exec_for(dir, req)?;
+        let (mut exec, forward) = self.exec_for(dir, req, stdio[2])?;
         exec.tty = false;
-        VmCommand::start(self.connect(dir)?, exec, stdio)
+        VmCommand::start(self.connect(dir)?, exec, forward, stdio)
     }
 }
 
@@ -276,10 +300,11 @@ impl Backend for VmBackend {
         stdio: [BorrowedFd<'_>; 3],
     ) -> Result<Box<dyn CommandSession>, BackendError> {
         if req.tty {
-            let exec = self.exec_for(state_dir, req)?;
+            let (exec, forward) = self.exec_for(state_dir, req, stdio[2])?;
             return Ok(Box::new(VmCommand::start(
                 self.connect(state_dir)?,
                 exec,
+                forward,
                 stdio,
             )?));
         }
@@ -289,10 +314,11 @@ impl Backend for VmBackend {
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         let stdio = [i.as_fd(), o.as_fd(), e.as_fd()];
         let r = if req.tty && std::io::IsTerminal::is_terminal(&i) {
-            self.exec_for(state_dir, req).and_then(|exec| {
-                self.connect(state_dir)
-                    .and_then(|conn| run_terminal(conn, exec, stdio))
-            })
+            self.exec_for(state_dir, req, stdio[2])
+                .and_then(|(exec, forward)| {
+                    self.connect(state_dir)
+                        .and_then(|conn| run_terminal(conn, exec, forward, stdio))
+                })
         } else {
             self.command(state_dir, req, stdio)
                 .and_then(VmCommand::wait)
@@ -312,6 +338,7 @@ impl Backend for VmBackend {
             user: Some("root".into()),
             tty: false,
             winsize: None,
+            forward: None,
         };
         let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
         let r = self
@@ -544,6 +571,7 @@ mod tests {
             user: Some("dev".into()),
             tty: true,
             winsize: Some((40, 120)),
+            forward: None,
         };
         let e = exec_of(&req, None);
         assert_eq!(
@@ -615,6 +643,54 @@ mod tests {
         let e = exec_of(&own, Some(&st));
         assert_eq!(e.cwd.as_deref(), Some("/tmp"));
         assert_eq!(e.user.as_deref(), Some("root"));
+    }
+
+    /// A VM booted by an older berth (no `agent_streams` in its record) gets no `Forward`
+    /// (its agent could drop the `Exec` after it): the command runs without credentials and
+    /// a warning says why.
+    #[test]
+    fn an_older_agent_gets_no_forwarding_and_the_user_is_told() {
+        struct Nowhere;
+        impl crate::backend::ForwardConnector for Nowhere {
+            fn connect(
+                &self,
+                _: crate::backend::ForwardKind,
+            ) -> Option<std::os::unix::net::UnixStream> {
+                None
+            }
+        }
+        let d = tempfile::tempdir().unwrap();
+        let req = ExecRequest {
+            forward: Some(GuestForwarding {
+                agent: true,
+                git_credentials: false,
+                gitconfig: None,
+                connector: Arc::new(Nowhere),
+            }),
+            ..ExecRequest::default()
+        };
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut st = VmState::stand_in(Provider::Qemu, d.path(), std::process::id());
+        assert!(forwarding(&req, &st, w.as_fd()).is_some());
+        let old: VmState = serde_json::from_value(
+            serde_json::to_value(&st)
+                .map(|mut v| {
+                    v.as_object_mut().unwrap().remove("agent_streams");
+                    v
+                })
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            !old.agent_streams,
+            "a record without the field is an older agent's"
+        );
+        st.agent_streams = false;
+        assert!(forwarding(&req, &st, w.as_fd()).is_none());
+        drop(w);
+        let mut said = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(r), &mut said).unwrap();
+        assert!(said.contains("started by an older berth"), "{said}");
     }
 
     #[test]
