@@ -616,6 +616,7 @@ impl Server {
                 );
             }
             Err(e) => {
+                drop(forward);
                 self.send(
                     ctl,
                     id,
@@ -788,6 +789,9 @@ impl Server {
             }
             if let Some(s) = self.sessions.remove(&key) {
                 let (code, signal) = s.status.unwrap_or((0, 0));
+                // The session's forwarded folder and streams go before the host hears of
+                // the exit: a command that returned leaves nothing behind.
+                drop(s);
                 self.send(key.0, key.1, Message::Exit { code, signal });
             }
         }
