@@ -332,6 +332,31 @@ fn a_changed_source_reruns_from_its_copy_and_the_cache_mount_survives() {
     );
     assert!(edit.contains("4 steps run, 6 cached"), "{edit}");
 
+    // The rebuilt image holds the same files as a cold build of the edited project in a
+    // home that never built it (the rerun steps' layers are their upper folders, the cached
+    // ones those of the first build).
+    let tars = tempfile::tempdir().unwrap();
+    let rebuilt = tars.path().join("rebuilt.tar");
+    b.ok(
+        project.path(),
+        &["image", "export", "app", "-o", rebuilt.to_str().unwrap()],
+    );
+    let cold_home = Berth::new();
+    let (_, cold) = build(&cold_home, project.path(), &args);
+    assert!(cold.contains("10 steps run, 0 cached"), "{cold}");
+    let cold_tar = tars.path().join("cold.tar");
+    cold_home.ok(
+        project.path(),
+        &["image", "export", "app", "-o", cold_tar.to_str().unwrap()],
+    );
+    let (r, c) = (listing(&rebuilt), listing(&cold_tar));
+    assert_eq!(r, c, "the rebuild's file tree differs from a cold build's");
+    assert!(
+        r.get("srv/dist/bundle.js")
+            .is_some_and(|v| v.starts_with("644 1000:1000")),
+        "{r:?}"
+    );
+
     // A new manifest reruns the install with the cache mount of the first one.
     fs::write(
         project.path().join("package.json"),

@@ -500,7 +500,7 @@ impl ImageStore {
                 StepAction::Run { .. } => WhiteoutMode::FromOverlay,
                 _ => WhiteoutMode::Plain,
             };
-            let layer = self.add_tree_layer(upper.path(), mode, &step.label, progress)?;
+            let layer = self.add_upper_layer(upper, mode, &step.label, progress)?;
             progress.message(&format!(
                 "{} done in {}",
                 step.label,

@@ -5,6 +5,10 @@
 //! With [`WhiteoutMode::FromOverlay`] an overlay upper directory is converted back to OCI
 //! form: character devices 0:0 become `.wh.NAME` entries and opaque directories get a
 //! `.wh..wh..opq` entry; overlay's own attributes are dropped.
+//!
+//! [`write_tree_adopting`] also turns the tree, as it writes it, into exactly what unpacking
+//! that tar gives, so a build step's upper folder can become its layer folder without the
+//! tar being unpacked again (see [`super::upper_layer`]).
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,17 +33,27 @@ pub struct LayerTarWriter<W: Write> {
     builder: tar::Builder<W>,
     links: HashMap<(u64, u64), PathBuf>,
     mode: WhiteoutMode,
+    adopting: Option<Adopting>,
+}
+
+/// How [`write_tree_adopting`] makes a tree the same as unpacking its tar (as root) gives:
+/// overlay attributes removed (an opaque folder keeps only `opaque_xattr`, as an unpacked
+/// `.wh..wh..opq` does), sockets (which a tar leaves out) removed, and every entry's times
+/// set to its whole-second mtime, folders after their content.
+#[derive(Debug, Clone)]
+pub struct Adopting {
+    /// The attribute an unpacked opaque folder gets.
+    pub opaque_xattr: &'static str,
+    /// Bytes of regular file content written so far.
+    pub content_size: u64,
 }
 
 fn is_overlay_xattr(k: &str) -> bool {
     k.starts_with("trusted.overlay.") || k.starts_with("user.overlay.")
 }
 
-fn is_opaque(path: &Path) -> bool {
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|k| xattrs::get(path, k).as_deref() == Some(b"y"))
-}
+/// The attributes that mark an opaque folder (as root, and without root).
+const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
 
 impl<W: Write> LayerTarWriter<W> {
     pub fn new(out: W, mode: WhiteoutMode) -> Self {
@@ -50,14 +64,28 @@ impl<W: Write> LayerTarWriter<W> {
             builder,
             links: HashMap::new(),
             mode,
+            adopting: None,
         }
     }
 
     /// Appends the file at `abs` as `rel` (relative, no leading `/`).
     pub fn append(&mut self, rel: &Path, abs: &Path) -> io::Result<()> {
         let meta = fs::symlink_metadata(abs)?;
+        self.append_entry(rel, abs, &meta)?;
+        if !meta.is_dir() {
+            self.adopted(abs, &meta)?;
+        }
+        Ok(())
+    }
+
+    /// Appends `abs` (whose metadata is `meta`) as `rel`; with [`Adopting`], also makes its
+    /// attributes those an unpack gives (times excepted: [`Self::adopted`]).
+    fn append_entry(&mut self, rel: &Path, abs: &Path, meta: &fs::Metadata) -> io::Result<()> {
         let ft = meta.file_type();
         if ft.is_socket() {
+            if self.adopting.is_some() {
+                fs::remove_file(abs)?;
+            }
             return Ok(());
         }
         if self.mode == WhiteoutMode::FromOverlay && ft.is_char_device() && meta.rdev() == 0 {
@@ -72,16 +100,30 @@ impl<W: Write> LayerTarWriter<W> {
             h.set_mtime(meta.mtime().max(0) as u64);
             return self.builder.append_data(&mut h, p, io::empty());
         }
-        let xattrs: Vec<(String, Vec<u8>)> = xattrs::list(abs)
+        let (overlay, xattrs): (Vec<_>, Vec<_>) = xattrs::list(abs)
             .unwrap_or_default()
             .into_iter()
-            .filter(|(k, _)| !is_overlay_xattr(k))
-            .collect();
+            .partition(|(k, _)| is_overlay_xattr(k));
         if !xattrs.is_empty() {
             self.append_pax_xattrs(&xattrs)?;
         }
+        let opaque = ft.is_dir()
+            && self.mode == WhiteoutMode::FromOverlay
+            && overlay
+                .iter()
+                .any(|(k, v)| OPAQUE_XATTRS.contains(&k.as_str()) && v == b"y");
+        if let Some(a) = &self.adopting {
+            if !overlay.is_empty() {
+                for (k, _) in &overlay {
+                    xattrs::remove(abs, k)?;
+                }
+                if opaque {
+                    xattrs::set(abs, a.opaque_xattr, b"y")?;
+                }
+            }
+        }
         let mut h = tar::Header::new_gnu();
-        h.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        h.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
         h.set_mtime(meta.mtime().max(0) as u64);
         if !ft.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
@@ -99,7 +141,7 @@ impl<W: Write> LayerTarWriter<W> {
             h.set_size(0);
             self.builder
                 .append_data(&mut h, Path::new(&name), io::empty())?;
-            if self.mode == WhiteoutMode::FromOverlay && is_opaque(abs) {
+            if opaque {
                 let mut oh = tar::Header::new_gnu();
                 oh.set_entry_type(tar::EntryType::Regular);
                 oh.set_mode(0o644);
@@ -114,6 +156,9 @@ impl<W: Write> LayerTarWriter<W> {
             h.set_size(0);
             self.builder.append_link(&mut h, rel, target)
         } else if ft.is_file() {
+            if let Some(a) = &mut self.adopting {
+                a.content_size += meta.len();
+            }
             let f = fs::File::open(abs)?;
             self.builder
                 .append_data(&mut h, rel, io::BufReader::with_capacity(1 << 20, f))
@@ -165,12 +210,31 @@ impl<W: Write> LayerTarWriter<W> {
         for name in names {
             let a = abs.join(&name);
             let r = rel.join(&name);
-            self.append(&r, &a)?;
-            if fs::symlink_metadata(&a)?.is_dir() {
+            let meta = fs::symlink_metadata(&a)?;
+            self.append_entry(&r, &a, &meta)?;
+            if meta.is_dir() {
                 self.walk(&a, &r)?;
             }
+            self.adopted(&a, &meta)?;
         }
         Ok(())
+    }
+
+    /// With [`Adopting`]: gives `abs` the times an unpack gives it (both its whole-second
+    /// mtime, as in the tar header), once nothing below it changes any more.
+    fn adopted(&self, abs: &Path, meta: &fs::Metadata) -> io::Result<()> {
+        if self.adopting.is_none() || meta.file_type().is_socket() {
+            return Ok(());
+        }
+        let t = nix::sys::time::TimeSpec::new(meta.mtime().max(0), 0);
+        nix::sys::stat::utimensat(
+            None,
+            abs,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io::Error::from)
     }
 
     pub fn finish(self) -> io::Result<W> {
@@ -183,6 +247,30 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, mode: WhiteoutMode) -> io::Resul
     let mut w = LayerTarWriter::new(out, mode);
     w.append_tree(dir)?;
     w.finish()
+}
+
+/// [`write_tree`], making `dir` what unpacking the tar as root gives as it goes (see
+/// [`Adopting`]; `dir` itself, which the tar does not hold, loses its overlay attributes
+/// only). Returns the output and the bytes of file content.
+pub fn write_tree_adopting<W: Write>(
+    dir: &Path,
+    out: W,
+    mode: WhiteoutMode,
+    opaque_xattr: &'static str,
+) -> io::Result<(W, u64)> {
+    let mut w = LayerTarWriter::new(out, mode);
+    w.adopting = Some(Adopting {
+        opaque_xattr,
+        content_size: 0,
+    });
+    for (k, _) in xattrs::list(dir)? {
+        if is_overlay_xattr(&k) {
+            xattrs::remove(dir, &k)?;
+        }
+    }
+    w.append_tree(dir)?;
+    let size = w.adopting.as_ref().map_or(0, |a| a.content_size);
+    Ok((w.finish()?, size))
 }
 
 #[cfg(test)]

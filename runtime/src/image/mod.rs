@@ -49,6 +49,7 @@ pub mod store;
 pub mod tree_stamp;
 pub mod unpack;
 pub mod upload;
+pub mod upper_layer;
 pub mod xattrs;
 
 pub use digest::Digest;

@@ -58,6 +58,24 @@ fn set_path(p: &CString, key: &str, value: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Removes `key` from `path` (not following a final symlink); an attribute that is not there
+/// is not an error.
+pub fn remove(path: &Path, key: &str) -> io::Result<()> {
+    let invalid = |_| io::Error::from(io::ErrorKind::InvalidInput);
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(invalid)?;
+    let k = CString::new(key.as_bytes()).map_err(invalid)?;
+    // SAFETY: both C strings are valid and NUL-terminated.
+    let rc = unsafe { libc::lremovexattr(p.as_ptr(), k.as_ptr()) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODATA) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// All extended attributes of `path` (not following a final symlink), sorted by name.
 pub fn list(path: &Path) -> io::Result<Vec<(String, Vec<u8>)>> {
     let p = CString::new(path.as_os_str().as_bytes())

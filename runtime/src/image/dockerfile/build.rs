@@ -427,7 +427,7 @@ impl Run<'_> {
         write(upper.path(), &self.layer_paths(st))?;
         let layer = self
             .store
-            .add_tree_layer(upper.path(), mode, label, self.progress)?;
+            .add_upper_layer(upper, mode, label, self.progress)?;
         let below = std::mem::take(&mut st.layers);
         st.layers = self
             .store
