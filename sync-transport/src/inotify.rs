@@ -236,6 +236,12 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
             if !handle_buffer(&mut tree, &buf[..len as usize], sink) {
                 return;
             }
+            if !may_hold_more(len as usize, buf.len()) {
+                // The queue was emptied by this read. Reading again at once would only
+                // catch what arrived since: during a burst, one event per `read` (as many
+                // reads as events); the pause below lets them gather instead.
+                break;
+            }
         }
         if got {
             // During a burst (events again within BURST of the previous ones), let the
@@ -250,6 +256,14 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
             }
         }
     }
+}
+
+/// Whether a `read` of `len` bytes into a buffer of `cap` may have left events queued: it
+/// returns as many whole events as fit, so only when less room than the largest event was
+/// left (its header and a name of up to 255 bytes, with its NUL, padded to 16 bytes).
+fn may_hold_more(len: usize, cap: usize) -> bool {
+    const LARGEST_EVENT: usize = std::mem::size_of::<libc::inotify_event>() + 256;
+    cap.saturating_sub(len) < LARGEST_EVENT
 }
 
 /// Pause after reading events of a burst before waiting for more ([`run`]).
@@ -439,6 +453,41 @@ mod tests {
         fs::write(r.join("last"), "").unwrap();
         let before = until(&rx, &ch("last", true));
         assert!(before.is_empty(), "{before:?}");
+    }
+
+    #[test]
+    fn a_burst_read_in_gathered_batches_reports_every_event() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let (_w, rx) = watch(r);
+        // Three events per file (create, modify, close after writing), read while they come.
+        const FILES: usize = 3000;
+        for i in 0..FILES {
+            fs::write(r.join(format!("f{i}")), "x").unwrap();
+        }
+        fs::write(r.join("last"), "").unwrap();
+        let seen: std::collections::HashSet<String> = until(&rx, &ch("last", true))
+            .into_iter()
+            .filter_map(|e| match e {
+                WatchEvent::Changed { rel, .. } => Some(rel),
+                _ => None,
+            })
+            .collect();
+        for i in 0..FILES {
+            assert!(seen.contains(&format!("f{i}")), "f{i} never reported");
+        }
+    }
+
+    #[test]
+    fn only_a_read_that_filled_the_buffer_is_followed_by_another_at_once() {
+        const CAP: usize = 64 * 1024;
+        let head = std::mem::size_of::<libc::inotify_event>();
+        // The queue was emptied: one event, or a buffer with room for the largest one.
+        assert!(!may_hold_more(head + 16, CAP));
+        assert!(!may_hold_more(CAP - head - 256, CAP));
+        // Not room for the largest event left: more may be queued.
+        assert!(may_hold_more(CAP - head - 255, CAP));
+        assert!(may_hold_more(CAP, CAP));
     }
 
     #[test]
