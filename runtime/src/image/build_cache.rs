@@ -451,14 +451,6 @@ impl BuildCache {
             Err(e) => return Err(e.to_string()),
         }
         let err = |e: ImageError| e.to_string();
-        let (blob, size, media_type) = if layer.media_type == OCI_LAYER_TAR {
-            let (d, s) = store
-                .compressed_layer(&layer.digest, LayerCompression::Gzip, &self.progress)
-                .map_err(err)?;
-            (d, s, super::manifest::OCI_LAYER_GZIP.to_string())
-        } else {
-            (layer.digest.clone(), layer.size, layer.media_type.clone())
-        };
         let config = ConfigFile {
             architecture: Platform::host().architecture,
             os: Platform::host().os,
@@ -476,23 +468,49 @@ impl BuildCache {
             .map_err(err)?;
         let chunk = chunk_size_from_env().map_err(err)?;
         let journal = UploadJournal::new(store.push_dir().join("uploads"));
-        let mut bar = self
-            .progress
-            .start(&format!("cache push {}", blob.short()), Some(size));
-        push_blob(
-            client,
-            &journal,
-            &LocalBlob {
-                path: &store.blobs.path(&blob),
-                digest: &blob,
-                size,
-            },
-            &[],
-            chunk,
-            bar.as_mut(),
-        )
-        .map_err(err)?;
-        bar.finish("pushed");
+        // berth's own layers are compressed while they are sent.
+        let (blob, size, media_type) = if layer.media_type == OCI_LAYER_TAR {
+            let mut bar = self
+                .progress
+                .start(&format!("cache push {}", layer.digest.short()), None);
+            let pushed = store
+                .push_compressing(
+                    client,
+                    &journal,
+                    &layer.digest,
+                    LayerCompression::Gzip,
+                    chunk,
+                    &[],
+                    bar.as_mut(),
+                )
+                .map_err(err)?;
+            bar.finish("pushed");
+            (
+                pushed.digest,
+                pushed.size,
+                super::manifest::OCI_LAYER_GZIP.to_string(),
+            )
+        } else {
+            let mut bar = self.progress.start(
+                &format!("cache push {}", layer.digest.short()),
+                Some(layer.size),
+            );
+            push_blob(
+                client,
+                &journal,
+                &LocalBlob {
+                    path: &store.blobs.path(&layer.digest),
+                    digest: &layer.digest,
+                    size: layer.size,
+                },
+                &[],
+                chunk,
+                bar.as_mut(),
+            )
+            .map_err(err)?;
+            bar.finish("pushed");
+            (layer.digest.clone(), layer.size, layer.media_type.clone())
+        };
         let mut quiet = QuietProgress.start("", None);
         push_blob(
             client,
