@@ -26,6 +26,9 @@
 //! verify — each is a notice, the step is built here, and after the first error the cache
 //! is not asked again during that build.
 
+#[path = "build_cache_prefetch.rs"]
+mod prefetch;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -137,6 +140,8 @@ pub struct BuildCache {
     checked_repository: AtomicBool,
     notices: Mutex<Vec<String>>,
     counts: Mutex<CacheCounts>,
+    /// Answers looked up and fetched ahead of the steps.
+    prefetch: prefetch::Prefetch,
 }
 
 impl BuildCache {
@@ -179,6 +184,7 @@ impl BuildCache {
             checked_repository: AtomicBool::new(false),
             notices: Mutex::new(Vec::new()),
             counts: Mutex::new(CacheCounts::default()),
+            prefetch: prefetch::Prefetch::default(),
         })
     }
 
@@ -257,7 +263,11 @@ impl BuildCache {
         if !self.reads() {
             return None;
         }
-        match self.try_fetch(store, target, key, below) {
+        let answer = match self.prefetched(key, below) {
+            Some(a) => a,
+            None => self.try_fetch(store, target, key, below),
+        };
+        match answer {
             Ok(Some(layer)) => {
                 self.count(|c| c.pulled += 1);
                 Some(layer)
@@ -285,6 +295,31 @@ impl BuildCache {
         below: &[Digest],
     ) -> Result<Option<LayerRecord>, String> {
         let client = self.client(&self.reader, target, false)?;
+        let Some(entry) = self.lookup(client, target, key)? else {
+            return Ok(None);
+        };
+        if entry.below != below_digest(below) {
+            // Built on other lower layers than this machine's: not taken (a notice, but the
+            // cache stays on for the next steps).
+            self.notice(format!(
+                "build cache {}/{}: the entry for a step was built on other layers than this machine's (built here earlier); building it here",
+                target.registry, target.repository
+            ));
+            return Ok(None);
+        }
+        self.take_layer(store, client, &entry)
+            .map(Some)
+            .map_err(|e| format!("refused its layer {}: {e}", entry.layer.digest))
+    }
+
+    /// The entry for `key` in the cache, `None` on a miss (the first miss also checks that
+    /// the repository exists: without one, it says so once and turns the cache off).
+    fn lookup(
+        &self,
+        client: &RegistryClient,
+        target: &ImageReference,
+        key: &str,
+    ) -> Result<Option<CacheEntry>, String> {
         let fetched = match client.manifest(&entry_tag(key)) {
             Ok(m) => m,
             Err(ImageError::ManifestNotFound { .. })
@@ -316,18 +351,7 @@ impl BuildCache {
                 entry_tag(key)
             )
         })?;
-        if entry.below != below_digest(below) {
-            // Built on other lower layers than this machine's: not taken (a notice, but the
-            // cache stays on for the next steps).
-            self.notice(format!(
-                "build cache {}/{}: the entry for a step was built on other layers than this machine's (built here earlier); building it here",
-                target.registry, target.repository
-            ));
-            return Ok(None);
-        }
-        self.take_layer(store, client, &entry)
-            .map(Some)
-            .map_err(|e| format!("refused its layer {}: {e}", entry.layer.digest))
+        Ok(Some(entry))
     }
 
     /// Downloads (verified), unpacks (safely, checked against the diff-id) and stores the
