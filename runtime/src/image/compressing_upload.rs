@@ -68,6 +68,7 @@ impl ImageStore {
     /// the remembered compressed blob the ordinary way (`mount_from`: repositories to mount
     /// it from), or — never compressed before — compressed while it is uploaded. The
     /// compressed blob ends in the store and is remembered either way.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn push_compressing(
         &self,
         client: &RegistryClient,
