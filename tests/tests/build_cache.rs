@@ -199,6 +199,21 @@ fn a_second_machine_takes_every_step_from_the_cache_and_ends_with_the_same_image
         &["exec", "--", "cat", "/one.txt", "/two.txt"],
     );
     assert_eq!(text(&out).0, "one\ntwo\n");
+    // B looked every step up at once (one request each, all answered before the first
+    // layer download), not one round trip per step before its layer.
+    let b_reads: Vec<String> = reg.requests()[before..].to_vec();
+    let cache_path = format!("/v2/{}/", cache.split_once('/').unwrap().1);
+    let lookups: Vec<usize> = (0..b_reads.len())
+        .filter(|&i| b_reads[i].starts_with(&format!("GET {cache_path}manifests/cache-")))
+        .collect();
+    let downloads: Vec<usize> = (0..b_reads.len())
+        .filter(|&i| b_reads[i].starts_with(&format!("GET {cache_path}blobs/")))
+        .collect();
+    assert_eq!(lookups.len(), pushed.len(), "{b_reads:#?}");
+    assert!(
+        !downloads.is_empty() && lookups.last() < downloads.first(),
+        "{b_reads:#?}"
+    );
     // B only read.
     let b_writes: Vec<String> = reg.requests()[before..]
         .iter()

@@ -388,134 +388,149 @@ impl ImageStore {
             .records
             .get(&base.name)?
             .ok_or_else(|| ImageError::NotFound(base.name.clone()))?;
-        let mut current = base.clone();
-        let mut layers = base_record.layers.clone();
-        let mut run_config = RunConfig {
-            env: Some(base.config.env.clone()),
-            cmd: Some(base.config.cmd.clone()).filter(|c| !c.is_empty()),
-            entrypoint: Some(base.config.entrypoint.clone()).filter(|c| !c.is_empty()),
-            working_dir: base.config.working_dir.clone(),
-            user: base.config.user.clone(),
-            ..RunConfig::default()
-        };
-        // Cached steps are named only when a later step runs (which of them were reused);
-        // when every step is cached, one line says so instead of a line per step (berth's own
-        // layers, the certificates and a workdir without inputs, are not counted).
-        let total = steps
-            .iter()
-            .filter(|s| match s.action {
-                StepAction::HostCa => false,
-                StepAction::Inputs => spec.inputs.is_some(),
-                StepAction::Run { .. } => true,
-            })
-            .count();
-        let mut cached: Vec<String> = Vec::new();
-        let mut ran = false;
-        for step in steps {
-            if step.action == StepAction::HostCa {
-                // From this layer on, the image's own variables point at the bundle (under
-                // the plan's `[env]`, like every image variable).
-                let env = run_config.env.get_or_insert_with(Vec::new);
-                env.retain(|kv| {
-                    !CA_ENV
-                        .iter()
-                        .any(|k| kv.split_once('=').is_some_and(|(n, _)| n == *k))
-                });
-                env.extend(HostCas::env().into_iter().map(|(k, v)| format!("{k}={v}")));
+        // Every step missing here is looked up in the registry cache at once, and the
+        // layers of the chain it holds are fetched beside the build (see
+        // build_cache_prefetch); each step below takes its answer from there.
+        let keys: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
+        let prefetching = cache.plan_prefetch(self, &keys);
+        std::thread::scope(|s| {
+            if prefetching {
+                s.spawn(|| cache.run_prefetch(self, &keys, &base_record.layers));
             }
-            let found = self.cached_step(&step.key, &layers, &run_config, cache, &step.label)?;
-            let (found, origin) = match found {
-                Some((r, origin)) => (Some(r), origin),
-                None => (None, StepOrigin::Local),
-            };
-            // (`ran`: something else than the local cache answered; every step is named.)
-            if origin == StepOrigin::Registry || found.is_none() {
-                for label in cached.drain(..) {
-                    progress.message(&format!("{label} (cached)"));
-                }
-                ran = true;
-            }
-            if let Some(r) = found {
-                match origin {
-                    StepOrigin::Registry => progress.message(&format!(
-                        "{} (pulled from the cache {})",
-                        step.label,
-                        cache.source().unwrap_or_default()
-                    )),
-                    StepOrigin::Local if ran => {
-                        progress.message(&format!("{} (cached)", step.label))
+            let built = (|| -> Result<ResolvedImage, ImageError> {
+                let mut current = base.clone();
+                let mut layers = base_record.layers.clone();
+                let mut run_config = RunConfig {
+                    env: Some(base.config.env.clone()),
+                    cmd: Some(base.config.cmd.clone()).filter(|c| !c.is_empty()),
+                    entrypoint: Some(base.config.entrypoint.clone()).filter(|c| !c.is_empty()),
+                    working_dir: base.config.working_dir.clone(),
+                    user: base.config.user.clone(),
+                    ..RunConfig::default()
+                };
+                // Cached steps are named only when a later step runs (which of them were reused);
+                // when every step is cached, one line says so instead of a line per step (berth's own
+                // layers, the certificates and a workdir without inputs, are not counted).
+                let total = steps
+                    .iter()
+                    .filter(|s| match s.action {
+                        StepAction::HostCa => false,
+                        StepAction::Inputs => spec.inputs.is_some(),
+                        StepAction::Run { .. } => true,
+                    })
+                    .count();
+                let mut cached: Vec<String> = Vec::new();
+                let mut ran = false;
+                for step in steps {
+                    if step.action == StepAction::HostCa {
+                        // From this layer on, the image's own variables point at the bundle (under
+                        // the plan's `[env]`, like every image variable).
+                        let env = run_config.env.get_or_insert_with(Vec::new);
+                        env.retain(|kv| {
+                            !CA_ENV
+                                .iter()
+                                .any(|k| kv.split_once('=').is_some_and(|(n, _)| n == *k))
+                        });
+                        env.extend(HostCas::env().into_iter().map(|(k, v)| format!("{k}={v}")));
                     }
-                    StepOrigin::Local => cached.push(step.label.clone()),
-                }
-                layers = r.layers.clone();
-                current = self.resolved(&r);
-                continue;
-            }
-            progress.message(&format!("{} …", step.label));
-            let started = std::time::Instant::now();
-            let upper = self.home.staging_dir("build-upper")?;
-            match &step.action {
-                StepAction::HostCa => {
-                    let cas = spec.host_ca.as_ref().expect("planned with host CAs");
-                    cas.write_tree(&current.layers, upper.path())
-                        .map_err(|e| ImageError::Build {
-                            step: step.label.clone(),
-                            detail: format!("cannot write the certificates: {e}; set `host_ca = false` under [image] to build without them"),
-                        })?;
-                }
-                StepAction::Inputs => {
-                    let written = match &spec.inputs {
-                        Some(i) => i.write_tree(upper.path(), &spec.workdir),
-                        None => std::fs::DirBuilder::new()
-                            .recursive(true)
-                            .create(upper.path().join(spec.workdir.trim_start_matches('/'))),
+                    let found =
+                        self.cached_step(&step.key, &layers, &run_config, cache, &step.label)?;
+                    let (found, origin) = match found {
+                        Some((r, origin)) => (Some(r), origin),
+                        None => (None, StepOrigin::Local),
                     };
-                    written.map_err(|e| ImageError::Build {
-                        step: step.label.clone(),
-                        detail: format!("cannot copy the inputs: {e}"),
-                    })?;
+                    // (`ran`: something else than the local cache answered; every step is named.)
+                    if origin == StepOrigin::Registry || found.is_none() {
+                        for label in cached.drain(..) {
+                            progress.message(&format!("{label} (cached)"));
+                        }
+                        ran = true;
+                    }
+                    if let Some(r) = found {
+                        match origin {
+                            StepOrigin::Registry => progress.message(&format!(
+                                "{} (pulled from the cache {})",
+                                step.label,
+                                cache.source().unwrap_or_default()
+                            )),
+                            StepOrigin::Local if ran => {
+                                progress.message(&format!("{} (cached)", step.label))
+                            }
+                            StepOrigin::Local => cached.push(step.label.clone()),
+                        }
+                        layers = r.layers.clone();
+                        current = self.resolved(&r);
+                        continue;
+                    }
+                    progress.message(&format!("{} …", step.label));
+                    let started = std::time::Instant::now();
+                    let upper = self.home.staging_dir("build-upper")?;
+                    match &step.action {
+                        StepAction::HostCa => {
+                            let cas = spec.host_ca.as_ref().expect("planned with host CAs");
+                            cas.write_tree(&current.layers, upper.path())
+                                .map_err(|e| ImageError::Build {
+                                    step: step.label.clone(),
+                                    detail: format!("cannot write the certificates: {e}; set `host_ca = false` under [image] to build without them"),
+                                })?;
+                        }
+                        StepAction::Inputs => {
+                            let written = match &spec.inputs {
+                                Some(i) => i.write_tree(upper.path(), &spec.workdir),
+                                None => std::fs::DirBuilder::new().recursive(true).create(
+                                    upper.path().join(spec.workdir.trim_start_matches('/')),
+                                ),
+                            };
+                            written.map_err(|e| ImageError::Build {
+                                step: step.label.clone(),
+                                detail: format!("cannot copy the inputs: {e}"),
+                            })?;
+                        }
+                        StepAction::Run {
+                            command,
+                            workdir,
+                            env,
+                        } => self.run_command_step(
+                            &step.label,
+                            &current.layers,
+                            upper.path(),
+                            &StepCommand {
+                                argv: command,
+                                workdir,
+                                env,
+                                user: None,
+                                cache_mounts: &[],
+                                no_network: false,
+                                mounts: &[],
+                            },
+                            runner,
+                            progress,
+                        )?,
+                    }
+                    let mode = match step.action {
+                        StepAction::Run { .. } => WhiteoutMode::FromOverlay,
+                        _ => WhiteoutMode::Plain,
+                    };
+                    let layer = self.add_upper_layer(upper, mode, &step.label, progress)?;
+                    progress.message(&format!(
+                        "{} done in {}",
+                        step.label,
+                        super::progress::human_duration(started.elapsed())
+                    ));
+                    let below = std::mem::take(&mut layers);
+                    let record =
+                        self.record_step(&step.key, below, layer, &run_config, cache, &step.label)?;
+                    layers = record.layers.clone();
+                    current = self.resolved(&record);
                 }
-                StepAction::Run {
-                    command,
-                    workdir,
-                    env,
-                } => self.run_command_step(
-                    &step.label,
-                    &current.layers,
-                    upper.path(),
-                    &StepCommand {
-                        argv: command,
-                        workdir,
-                        env,
-                        user: None,
-                        cache_mounts: &[],
-                        no_network: false,
-                        mounts: &[],
-                    },
-                    runner,
-                    progress,
-                )?,
-            }
-            let mode = match step.action {
-                StepAction::Run { .. } => WhiteoutMode::FromOverlay,
-                _ => WhiteoutMode::Plain,
-            };
-            let layer = self.add_upper_layer(upper, mode, &step.label, progress)?;
-            progress.message(&format!(
-                "{} done in {}",
-                step.label,
-                super::progress::human_duration(started.elapsed())
-            ));
-            let below = std::mem::take(&mut layers);
-            let record =
-                self.record_step(&step.key, below, layer, &run_config, cache, &step.label)?;
-            layers = record.layers.clone();
-            current = self.resolved(&record);
-        }
-        if !ran && total > 0 {
-            progress.message(&all_cached_line(total));
-        }
-        Ok(current)
+                if !ran && total > 0 {
+                    progress.message(&all_cached_line(total));
+                }
+                Ok(current)
+            })();
+            cache.stop_prefetch();
+            built
+        })
     }
 
     /// Runs one command step over `current` with `upper` as the overlay's upper folder.

@@ -26,6 +26,9 @@
 //! verify — each is a notice, the step is built here, and after the first error the cache
 //! is not asked again during that build.
 
+#[path = "build_cache_prefetch.rs"]
+mod prefetch;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -137,6 +140,8 @@ pub struct BuildCache {
     checked_repository: AtomicBool,
     notices: Mutex<Vec<String>>,
     counts: Mutex<CacheCounts>,
+    /// Answers looked up and fetched ahead of the steps.
+    prefetch: prefetch::Prefetch,
 }
 
 impl BuildCache {
@@ -179,6 +184,7 @@ impl BuildCache {
             checked_repository: AtomicBool::new(false),
             notices: Mutex::new(Vec::new()),
             counts: Mutex::new(CacheCounts::default()),
+            prefetch: prefetch::Prefetch::default(),
         })
     }
 
@@ -257,7 +263,11 @@ impl BuildCache {
         if !self.reads() {
             return None;
         }
-        match self.try_fetch(store, target, key, below) {
+        let answer = match self.prefetched(key, below) {
+            Some(a) => a,
+            None => self.try_fetch(store, target, key, below),
+        };
+        match answer {
             Ok(Some(layer)) => {
                 self.count(|c| c.pulled += 1);
                 Some(layer)
@@ -285,6 +295,31 @@ impl BuildCache {
         below: &[Digest],
     ) -> Result<Option<LayerRecord>, String> {
         let client = self.client(&self.reader, target, false)?;
+        let Some(entry) = self.lookup(client, target, key)? else {
+            return Ok(None);
+        };
+        if entry.below != below_digest(below) {
+            // Built on other lower layers than this machine's: not taken (a notice, but the
+            // cache stays on for the next steps).
+            self.notice(format!(
+                "build cache {}/{}: the entry for a step was built on other layers than this machine's (built here earlier); building it here",
+                target.registry, target.repository
+            ));
+            return Ok(None);
+        }
+        self.take_layer(store, client, &entry)
+            .map(Some)
+            .map_err(|e| format!("refused its layer {}: {e}", entry.layer.digest))
+    }
+
+    /// The entry for `key` in the cache, `None` on a miss (the first miss also checks that
+    /// the repository exists: without one, it says so once and turns the cache off).
+    fn lookup(
+        &self,
+        client: &RegistryClient,
+        target: &ImageReference,
+        key: &str,
+    ) -> Result<Option<CacheEntry>, String> {
         let fetched = match client.manifest(&entry_tag(key)) {
             Ok(m) => m,
             Err(ImageError::ManifestNotFound { .. })
@@ -316,18 +351,7 @@ impl BuildCache {
                 entry_tag(key)
             )
         })?;
-        if entry.below != below_digest(below) {
-            // Built on other lower layers than this machine's: not taken (a notice, but the
-            // cache stays on for the next steps).
-            self.notice(format!(
-                "build cache {}/{}: the entry for a step was built on other layers than this machine's (built here earlier); building it here",
-                target.registry, target.repository
-            ));
-            return Ok(None);
-        }
-        self.take_layer(store, client, &entry)
-            .map(Some)
-            .map_err(|e| format!("refused its layer {}: {e}", entry.layer.digest))
+        Ok(Some(entry))
     }
 
     /// Downloads (verified), unpacks (safely, checked against the diff-id) and stores the
@@ -451,14 +475,6 @@ impl BuildCache {
             Err(e) => return Err(e.to_string()),
         }
         let err = |e: ImageError| e.to_string();
-        let (blob, size, media_type) = if layer.media_type == OCI_LAYER_TAR {
-            let (d, s) = store
-                .compressed_layer(&layer.digest, LayerCompression::Gzip, &self.progress)
-                .map_err(err)?;
-            (d, s, super::manifest::OCI_LAYER_GZIP.to_string())
-        } else {
-            (layer.digest.clone(), layer.size, layer.media_type.clone())
-        };
         let config = ConfigFile {
             architecture: Platform::host().architecture,
             os: Platform::host().os,
@@ -476,23 +492,49 @@ impl BuildCache {
             .map_err(err)?;
         let chunk = chunk_size_from_env().map_err(err)?;
         let journal = UploadJournal::new(store.push_dir().join("uploads"));
-        let mut bar = self
-            .progress
-            .start(&format!("cache push {}", blob.short()), Some(size));
-        push_blob(
-            client,
-            &journal,
-            &LocalBlob {
-                path: &store.blobs.path(&blob),
-                digest: &blob,
-                size,
-            },
-            &[],
-            chunk,
-            bar.as_mut(),
-        )
-        .map_err(err)?;
-        bar.finish("pushed");
+        // berth's own layers are compressed while they are sent.
+        let (blob, size, media_type) = if layer.media_type == OCI_LAYER_TAR {
+            let mut bar = self
+                .progress
+                .start(&format!("cache push {}", layer.digest.short()), None);
+            let pushed = store
+                .push_compressing(
+                    client,
+                    &journal,
+                    &layer.digest,
+                    LayerCompression::Gzip,
+                    chunk,
+                    &[],
+                    bar.as_mut(),
+                )
+                .map_err(err)?;
+            bar.finish("pushed");
+            (
+                pushed.digest,
+                pushed.size,
+                super::manifest::OCI_LAYER_GZIP.to_string(),
+            )
+        } else {
+            let mut bar = self.progress.start(
+                &format!("cache push {}", layer.digest.short()),
+                Some(layer.size),
+            );
+            push_blob(
+                client,
+                &journal,
+                &LocalBlob {
+                    path: &store.blobs.path(&layer.digest),
+                    digest: &layer.digest,
+                    size: layer.size,
+                },
+                &[],
+                chunk,
+                bar.as_mut(),
+            )
+            .map_err(err)?;
+            bar.finish("pushed");
+            (layer.digest.clone(), layer.size, layer.media_type.clone())
+        };
         let mut quiet = QuietProgress.start("", None);
         push_blob(
             client,

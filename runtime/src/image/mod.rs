@@ -24,6 +24,7 @@ pub mod blob_store;
 pub mod build;
 pub mod build_cache;
 pub mod build_inputs;
+pub mod compressing_upload;
 pub mod credentials;
 pub mod dev_feature;
 pub mod digest;

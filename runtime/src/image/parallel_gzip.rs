@@ -7,8 +7,16 @@
 //! (pigz's `--independent` mode; klauspost/pgzip, which skopeo uses, cuts 1 MB blocks the
 //! same way). Layer digests stay stable, so a second push of a layer finds it in the
 //! registry and cache keys keep matching.
+//!
+//! The pieces are a pipeline: worker threads compress the next pieces while the reader of
+//! the output (hashing, writing, uploading it) takes the earlier ones, so neither waits for
+//! the other as long as the window of pieces in flight is not empty.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 /// Uncompressed bytes per independently compressed piece. Changing it changes every
 /// compressed layer's digest: it is part of the format, not a tuning knob.
@@ -18,19 +26,79 @@ pub const CHUNK: usize = 1 << 20;
 /// pgzip's default (klauspost's level 5, a fast matcher) costs and gives.
 pub const LEVEL: u32 = 3;
 
+/// What the compressed bytes depend on besides the input ([`CHUNK`], [`LEVEL`], the piece
+/// layout): an interrupted upload of a compressed stream is continued only by a berth that
+/// makes the same bytes.
+pub const FORMAT: &str = "gzip-pieces-1MiB-level3-v1";
+
 /// Header: magic, deflate, no flags, no modification time, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// A piece to compress and where its result goes.
+struct Job {
+    data: Vec<u8>,
+    last: bool,
+    reply: SyncSender<io::Result<Vec<u8>>>,
+}
+
+/// Threads compressing pieces; they end when the job channel closes.
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..threads)
+            .map(|_| {
+                let rx = Arc::clone(&rx);
+                std::thread::spawn(move || loop {
+                    // (The lock is held only to take a job, not while compressing it.)
+                    let job = match rx.lock() {
+                        Ok(g) => g.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let out = deflate_piece(&job.data, job.last);
+                    // The reader may be gone (dropped mid-stream): nothing to deliver to.
+                    let _ = job.reply.send(out);
+                })
+            })
+            .collect();
+        Pool {
+            jobs: Some(tx),
+            threads,
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
 
 /// A reader giving the gzip compression of `inner`.
 pub struct ParallelGzip<R> {
     inner: R,
-    threads: usize,
     chunk: usize,
+    /// Pieces compressed ahead of the reader.
+    window: usize,
+    /// `None`: one thread, pieces compressed inline.
+    pool: Option<Pool>,
+    pending: VecDeque<Receiver<io::Result<Vec<u8>>>>,
     crc: crc32fast::Hasher,
     len: u64,
     out: Vec<u8>,
     pos: usize,
-    started: bool,
+    /// The piece finishing the stream was handed out to be compressed.
+    input_done: bool,
+    /// The trailer is in `out`.
     done: bool,
 }
 
@@ -50,15 +118,18 @@ impl<R: Read> ParallelGzip<R> {
 
     /// Pieces of `chunk` bytes (tests: small pieces, small inputs).
     fn with_chunk(inner: R, threads: usize, chunk: usize) -> Self {
+        let threads = threads.max(1);
         ParallelGzip {
             inner,
-            threads: threads.max(1),
             chunk,
+            window: threads * 3,
+            pool: (threads > 1).then(|| Pool::new(threads)),
+            pending: VecDeque::new(),
             crc: crc32fast::Hasher::new(),
             len: 0,
-            out: Vec::new(),
+            out: HEADER.to_vec(),
             pos: 0,
-            started: false,
+            input_done: false,
             done: false,
         }
     }
@@ -74,64 +145,45 @@ impl<R: Read> ParallelGzip<R> {
         Ok(chunk)
     }
 
-    /// Compresses the next batch of pieces (a few per thread) into `out`.
+    /// Hands pieces to the pool until the window is full or the input is all handed out.
+    /// A piece shorter than [`CHUNK`] is the last; a full last piece is only known to be
+    /// last once the next read comes back empty: that empty piece then finishes the stream
+    /// (an empty final block, 2 bytes).
+    fn submit(&mut self) -> io::Result<()> {
+        while !self.input_done && self.pending.len() < self.window {
+            let data = self.read_chunk()?;
+            let last = data.len() < self.chunk;
+            self.input_done = last;
+            let (reply, rx) = mpsc::sync_channel(1);
+            let job = Job { data, last, reply };
+            match self.pool.as_ref().and_then(|p| p.jobs.as_ref()) {
+                Some(jobs) => jobs
+                    .send(job)
+                    .map_err(|_| io::Error::other("the gzip threads are gone"))?,
+                None => {
+                    let _ = job.reply.send(deflate_piece(&job.data, job.last));
+                }
+            }
+            self.pending.push_back(rx);
+        }
+        Ok(())
+    }
+
+    /// Puts the next compressed piece (and after the last, the trailer) into `out`.
     fn fill(&mut self) -> io::Result<()> {
         self.out.clear();
         self.pos = 0;
-        if !self.started {
-            self.started = true;
-            self.out.extend_from_slice(&HEADER);
-        }
-        let mut chunks = Vec::with_capacity(self.threads * 2);
-        let mut last = false;
-        while chunks.len() < self.threads * 2 {
-            let chunk = self.read_chunk()?;
-            if chunk.len() < self.chunk {
-                last = true;
-                chunks.push(chunk);
-                break;
-            }
-            chunks.push(chunk);
-        }
-        // A full last piece is only known to be last once the next read comes back empty:
-        // that empty piece then finishes the stream (an empty final block, 2 bytes).
-        let count = chunks.len();
-        let compressed: Vec<io::Result<Vec<u8>>> = if self.threads == 1 || count == 1 {
-            chunks
-                .iter()
-                .enumerate()
-                .map(|(i, c)| deflate_piece(c, last && i + 1 == count))
-                .collect()
-        } else {
-            let per = count.div_ceil(self.threads);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = chunks
-                    .chunks(per)
-                    .enumerate()
-                    .map(|(g, group)| {
-                        s.spawn(move || {
-                            group
-                                .iter()
-                                .enumerate()
-                                .map(|(j, c)| deflate_piece(c, last && g * per + j + 1 == count))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            vec![Err(io::Error::other("a gzip thread panicked"))]
-                        })
-                    })
-                    .collect()
-            })
+        self.submit()?;
+        let Some(next) = self.pending.pop_front() else {
+            return Err(io::Error::other("no gzip piece in flight"));
         };
-        for piece in compressed {
-            self.out.extend_from_slice(&piece?);
-        }
-        if last {
+        let piece = next
+            .recv()
+            .map_err(|_| io::Error::other("a gzip thread panicked"))??;
+        // Hand out the next piece before this one is read, so the pool stays busy.
+        self.submit()?;
+        self.out = piece;
+        if self.input_done && self.pending.is_empty() {
             self.done = true;
             self.out
                 .extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
@@ -244,5 +296,15 @@ mod tests {
         writer.join().unwrap();
         assert!(out.status.success());
         assert!(out.stdout == data);
+    }
+
+    #[test]
+    fn a_reader_dropped_mid_stream_ends_its_threads() {
+        let data = sample(30 * PIECE);
+        let mut gz = ParallelGzip::with_chunk(&data[..], 4, PIECE);
+        let mut some = [0u8; 100];
+        gz.read_exact(&mut some).unwrap();
+        // Dropping joins the pool: this returns (does not hang) with pieces in flight.
+        drop(gz);
     }
 }

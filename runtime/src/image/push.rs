@@ -9,6 +9,7 @@
 //! Compressed copies are ordinary blobs of the blob store; `push/compressed/` remembers
 //! which blob a layer compresses to (written only once the blob is stored).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -46,12 +47,39 @@ impl LayerCompression {
             _ => None,
         }
     }
-    fn name(self) -> &'static str {
+    /// The compressed bytes of `input`. Fixed settings and no timestamps or names in the
+    /// headers: the same tar always gives the same bytes (gzip: fixed 1 MiB pieces
+    /// compressed on all cores, see parallel_gzip).
+    pub(super) fn encoder(
+        self,
+        input: std::fs::File,
+        origin: &str,
+    ) -> Result<Box<dyn std::io::Read + Send>, ImageError> {
+        let input = std::io::BufReader::with_capacity(1 << 20, input);
+        Ok(match self {
+            LayerCompression::Gzip => Box::new(super::parallel_gzip::ParallelGzip::new(input)),
+            LayerCompression::Zstd => Box::new(
+                zstd::stream::read::Encoder::new(input, 3).map_err(ImageError::io(origin))?,
+            ),
+        })
+    }
+
+    /// What the compressed bytes depend on besides the input: an interrupted upload of a
+    /// compressed stream is continued only by a berth that makes the same bytes.
+    pub(super) fn format(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => super::parallel_gzip::FORMAT,
+            LayerCompression::Zstd => "zstd-level3-v1",
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
         match self {
             LayerCompression::Gzip => "gzip",
             LayerCompression::Zstd => "zstd",
         }
     }
+
     fn media_type(self) -> &'static str {
         match self {
             LayerCompression::Gzip => OCI_LAYER_GZIP,
@@ -100,12 +128,28 @@ pub struct PushReport {
     pub resumed: usize,
 }
 
+/// A layer of the image being pushed.
+enum PushLayer {
+    /// A blob of the store, sent as it is.
+    Blob(Descriptor),
+    /// An uncompressed layer (its digest), sent compressed.
+    Compress(Digest),
+}
+
+/// How a blob to send is made.
+#[derive(Clone, Copy)]
+enum Made {
+    /// The store's blob `digest` as it is.
+    Blob { size: u64 },
+    /// The compression of the uncompressed layer `digest`.
+    Compress,
+}
+
 /// A blob to send.
 struct Outgoing {
     label: String,
-    path: PathBuf,
     digest: Digest,
-    size: u64,
+    what: Made,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,51 +163,62 @@ impl ImageStore {
         self.home.root().join("push")
     }
 
-    /// The blob `layer` (an uncompressed tar blob of the store) compresses to, compressing
-    /// it now unless that was done before.
-    pub(super) fn compressed_layer(
+    fn compression_memo(&self, layer: &Digest, compression: LayerCompression) -> PathBuf {
+        self.push_dir().join("compressed").join(format!(
+            "{}.{}.json",
+            layer.hex(),
+            compression.name()
+        ))
+    }
+
+    /// The blob `layer` compressed to before, when it is still in the store.
+    pub(super) fn remembered_compression(
         &self,
         layer: &Digest,
         compression: LayerCompression,
-        progress: &Progress,
-    ) -> Result<(Digest, u64), ImageError> {
-        let dir = self.push_dir().join("compressed");
-        let memo = dir.join(format!("{}.{}.json", layer.hex(), compression.name()));
-        if let Ok(Some(c)) = read_json::<Compressed>(&memo) {
-            if self.blobs.size(&c.digest) == Some(c.size) {
-                return Ok((c.digest, c.size));
-            }
-        }
-        let src = self.blobs.path(layer);
-        let file = std::fs::File::open(&src).map_err(ImageError::io(&src))?;
-        let input = std::io::BufReader::with_capacity(1 << 20, file);
-        progress.message(&format!(
-            "layer {}: compressing ({})",
-            layer.short(),
-            compression.name()
-        ));
-        let origin = src.display().to_string();
-        // Fixed settings and no timestamps or names in the headers: the same tar always
-        // gives the same bytes (gzip: fixed 1 MiB pieces compressed on all cores, see
-        // parallel_gzip).
-        let (digest, size) = match compression {
-            LayerCompression::Gzip => self
-                .blobs
-                .put_stream(super::parallel_gzip::ParallelGzip::new(input), &origin)?,
-            LayerCompression::Zstd => {
-                let enc =
-                    zstd::stream::read::Encoder::new(input, 3).map_err(ImageError::io(&src))?;
-                self.blobs.put_stream(enc, &origin)?
-            }
-        };
-        private_dirs(&dir)?;
-        write_json(
-            &memo,
+    ) -> Option<(Digest, u64)> {
+        let c = read_json::<Compressed>(&self.compression_memo(layer, compression))
+            .ok()
+            .flatten()?;
+        (self.blobs.size(&c.digest) == Some(c.size)).then_some((c.digest, c.size))
+    }
+
+    /// Remembers that `layer` compresses to the stored blob `digest`.
+    pub(super) fn remember_compression(
+        &self,
+        layer: &Digest,
+        compression: LayerCompression,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), ImageError> {
+        private_dirs(&self.push_dir().join("compressed"))?;
+        Ok(write_json(
+            &self.compression_memo(layer, compression),
             &Compressed {
                 digest: digest.clone(),
                 size,
             },
-        )?;
+        )?)
+    }
+
+    /// The blob `layer` (an uncompressed tar blob of the store) compresses to, compressing
+    /// it now (with the compressor pushes use) unless that was done before.
+    #[cfg(test)]
+    pub(super) fn compressed_layer(
+        &self,
+        layer: &Digest,
+        compression: LayerCompression,
+    ) -> Result<(Digest, u64), ImageError> {
+        if let Some(known) = self.remembered_compression(layer, compression) {
+            return Ok(known);
+        }
+        let src = self.blobs.path(layer);
+        let file = std::fs::File::open(&src).map_err(ImageError::io(&src))?;
+        let origin = src.display().to_string();
+        let (digest, size) = self
+            .blobs
+            .put_stream(compression.encoder(file, &origin)?, &origin)?;
+        self.remember_compression(layer, compression, &digest, size)?;
         Ok((digest, size))
     }
 
@@ -232,7 +287,15 @@ impl ImageStore {
             }
         };
         let docker = original.media_type.as_deref() == Some(DOCKER_MANIFEST);
-        let mut layers = Vec::new();
+        let compressed_media = if docker && opts.compression == LayerCompression::Gzip {
+            DOCKER_LAYER_GZIP
+        } else {
+            opts.compression.media_type()
+        };
+        // Each layer as the registry gets it: a blob of the store as it is, or an
+        // uncompressed layer compressed now (its digest known after, see
+        // compressing_upload), or compressed before (remembered).
+        let mut layers: Vec<PushLayer> = Vec::new();
         let mut changed = false;
         for l in &record.layers {
             let uncompressed = l.media_type == OCI_LAYER_TAR
@@ -241,56 +304,21 @@ impl ImageStore {
                 if !self.blobs.contains(&l.digest) {
                     return Err(missing(&l.digest));
                 }
-                let (digest, size) =
-                    self.compressed_layer(&l.digest, opts.compression, &opts.progress)?;
-                let media_type = if docker && opts.compression == LayerCompression::Gzip {
-                    DOCKER_LAYER_GZIP
-                } else {
-                    opts.compression.media_type()
-                };
                 changed = true;
-                layers.push(Descriptor {
-                    media_type: media_type.into(),
-                    digest,
-                    size,
-                    platform: None,
-                    annotations: None,
-                });
+                layers.push(PushLayer::Compress(l.digest.clone()));
             } else {
                 if self.blobs.size(&l.digest) != Some(l.size) {
                     return Err(missing(&l.digest));
                 }
-                layers.push(Descriptor {
+                layers.push(PushLayer::Blob(Descriptor {
                     media_type: l.media_type.clone(),
                     digest: l.digest.clone(),
                     size: l.size,
                     platform: None,
                     annotations: None,
-                });
+                }));
             }
         }
-        let (manifest_bytes, manifest_media) = if changed {
-            let m = Manifest {
-                schema_version: 2,
-                media_type: Some(if docker && opts.compression == LayerCompression::Gzip {
-                    DOCKER_MANIFEST.into()
-                } else {
-                    OCI_MANIFEST.into()
-                }),
-                config: original.config.clone(),
-                layers: layers.clone(),
-                annotations: original.annotations.clone(),
-            };
-            let bytes = serde_json::to_vec(&m).map_err(|e| ImageError::malformed("manifest", e))?;
-            (bytes, m.media_type.unwrap_or_default())
-        } else {
-            let media = original
-                .media_type
-                .clone()
-                .unwrap_or_else(|| OCI_MANIFEST.into());
-            (manifest_bytes, media)
-        };
-        let manifest_digest = Digest::of(&manifest_bytes);
         let config = &original.config;
         if self.blobs.size(&config.digest) != Some(config.size) {
             return Err(missing(&config.digest));
@@ -303,23 +331,34 @@ impl ImageStore {
             .map(|r| r.repository);
         let mut outgoing: Vec<(Outgoing, Vec<String>)> = Vec::new();
         let mut all_sources: Vec<String> = Vec::new();
-        for (i, d) in layers.iter().enumerate() {
-            let mut sources = self.known_locations(&d.digest, &target.registry);
+        let count = layers.len();
+        for (i, l) in layers.iter().enumerate() {
+            // (A layer never compressed has no known places.)
+            let digest = match l {
+                PushLayer::Blob(d) => d.digest.clone(),
+                PushLayer::Compress(layer) => self
+                    .remembered_compression(layer, opts.compression)
+                    .map_or_else(|| layer.clone(), |(d, _)| d),
+            };
+            let mut sources = self.known_locations(&digest, &target.registry);
             if !changed {
                 sources.extend(pulled_from.clone());
             }
             sources.retain(|s| s != &target.repository);
             sources.dedup();
             all_sources.extend(sources.iter().cloned());
-            if outgoing.iter().any(|(o, _)| o.digest == d.digest) {
+            let (key, what) = match l {
+                PushLayer::Blob(d) => (&d.digest, Made::Blob { size: d.size }),
+                PushLayer::Compress(layer) => (layer, Made::Compress),
+            };
+            if outgoing.iter().any(|(o, _)| &o.digest == key) {
                 continue;
             }
             outgoing.push((
                 Outgoing {
-                    label: format!("layer {}/{} {}", i + 1, layers.len(), d.digest.short()),
-                    path: self.blobs.path(&d.digest),
-                    digest: d.digest.clone(),
-                    size: d.size,
+                    label: format!("layer {}/{count} {}", i + 1, key.short()),
+                    digest: key.clone(),
+                    what,
                 },
                 sources,
             ));
@@ -336,14 +375,47 @@ impl ImageStore {
             reference: format!("{}/{}:{tag}", target.registry, target.repository),
             ..PushReport::default()
         });
+        // Uncompressed layer → the blob it compressed to.
+        let compressed: Mutex<HashMap<Digest, (Digest, u64)>> = Mutex::new(HashMap::new());
         let send = |o: &Outgoing, sources: &[String]| -> Result<(), ImageError> {
-            let mut bar = opts.progress.start(&o.label, Some(o.size));
-            let blob = LocalBlob {
-                path: &o.path,
-                digest: &o.digest,
-                size: o.size,
+            let (digest, outcome, mut bar) = match o.what {
+                Made::Blob { size } => {
+                    let mut bar = opts.progress.start(&o.label, Some(size));
+                    let blob = LocalBlob {
+                        path: &self.blobs.path(&o.digest),
+                        digest: &o.digest,
+                        size,
+                    };
+                    let outcome =
+                        push_blob(&client, &journal, &blob, sources, chunk, bar.as_mut())?;
+                    (o.digest.clone(), outcome, bar)
+                }
+                Made::Compress => {
+                    let known = self.remembered_compression(&o.digest, opts.compression);
+                    if known.is_none() {
+                        opts.progress.message(&format!(
+                            "layer {}: compressing ({}) while it is pushed",
+                            o.digest.short(),
+                            opts.compression.name()
+                        ));
+                    }
+                    let mut bar = opts.progress.start(&o.label, known.map(|k| k.1));
+                    let pushed = self.push_compressing(
+                        &client,
+                        &journal,
+                        &o.digest,
+                        opts.compression,
+                        chunk,
+                        sources,
+                        bar.as_mut(),
+                    )?;
+                    compressed
+                        .lock()
+                        .map_err(|_| ImageError::Base("push panicked".into()))?
+                        .insert(o.digest.clone(), (pushed.digest.clone(), pushed.size));
+                    (pushed.digest, pushed.outcome, bar)
+                }
             };
-            let outcome = push_blob(&client, &journal, &blob, sources, chunk, bar.as_mut())?;
             let note = match outcome {
                 BlobOutcome::Existed => "already there".to_string(),
                 BlobOutcome::Mounted => "mounted from another repository".to_string(),
@@ -354,7 +426,7 @@ impl ImageStore {
             };
             bar.finish(&note);
             self.remember_location(
-                &o.digest,
+                &digest,
                 &format!("{}/{}", target.registry, target.repository),
             )?;
             let mut r = report
@@ -374,8 +446,9 @@ impl ImageStore {
             Ok(())
         };
 
-        // Layers in parallel, then the config (a registry may check that a manifest's
-        // blobs exist, so they all go first).
+        // Layers in parallel (each compressed while it is sent when it must be), then the
+        // config (a registry may check that a manifest's blobs exist, so they all go
+        // first).
         let queue = Mutex::new(outgoing.iter());
         let first_error: Mutex<Option<ImageError>> = Mutex::new(None);
         std::thread::scope(|s| {
@@ -402,13 +475,56 @@ impl ImageStore {
         send(
             &Outgoing {
                 label: format!("config {}", config.digest.short()),
-                path: self.blobs.path(&config.digest),
                 digest: config.digest.clone(),
-                size: config.size,
+                what: Made::Blob { size: config.size },
             },
             &config_sources,
         )?;
 
+        let compressed = compressed
+            .into_inner()
+            .map_err(|_| ImageError::Base("push panicked".into()))?;
+        let layers: Vec<Descriptor> = layers
+            .into_iter()
+            .map(|l| match l {
+                PushLayer::Blob(d) => Ok(d),
+                PushLayer::Compress(layer) => {
+                    let (digest, size) = compressed
+                        .get(&layer)
+                        .cloned()
+                        .ok_or_else(|| ImageError::Base(format!("layer {layer} was not pushed")))?;
+                    Ok(Descriptor {
+                        media_type: compressed_media.into(),
+                        digest,
+                        size,
+                        platform: None,
+                        annotations: None,
+                    })
+                }
+            })
+            .collect::<Result<_, ImageError>>()?;
+        let (manifest_bytes, manifest_media) = if changed {
+            let m = Manifest {
+                schema_version: 2,
+                media_type: Some(if docker && opts.compression == LayerCompression::Gzip {
+                    DOCKER_MANIFEST.into()
+                } else {
+                    OCI_MANIFEST.into()
+                }),
+                config: original.config.clone(),
+                layers,
+                annotations: original.annotations.clone(),
+            };
+            let bytes = serde_json::to_vec(&m).map_err(|e| ImageError::malformed("manifest", e))?;
+            (bytes, m.media_type.unwrap_or_default())
+        } else {
+            let media = original
+                .media_type
+                .clone()
+                .unwrap_or_else(|| OCI_MANIFEST.into());
+            (manifest_bytes, media)
+        };
+        let manifest_digest = Digest::of(&manifest_bytes);
         client.put_manifest(manifest_digest.as_str(), &manifest_media, &manifest_bytes)?;
         let platform = Platform::parse(&record.platform).ok();
         let index = Index {
@@ -442,7 +558,6 @@ impl ImageStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::progress::QuietProgress;
     use crate::image::unpack::tests::tar_of;
 
     #[test]
@@ -452,17 +567,12 @@ mod tests {
         let store = ImageStore::open(&home);
         let tar = tar_of(&[("a/", 'd', ""), ("a/f", 'f', "content")]);
         let layer = store.blobs.put_bytes(&tar, None, "t").unwrap();
-        let progress: Progress = std::sync::Arc::new(QuietProgress);
         for compression in [LayerCompression::Gzip, LayerCompression::Zstd] {
-            let first = store
-                .compressed_layer(&layer, compression, &progress)
-                .unwrap();
+            let first = store.compressed_layer(&layer, compression).unwrap();
             // Forget the memo and the blob: compressing again gives the same bytes.
             std::fs::remove_dir_all(store.push_dir()).unwrap();
             store.blobs.remove(&first.0).unwrap();
-            let again = store
-                .compressed_layer(&layer, compression, &progress)
-                .unwrap();
+            let again = store.compressed_layer(&layer, compression).unwrap();
             assert_eq!(first, again, "{compression:?}");
             let bytes = store.blobs.read(&again.0).unwrap();
             match compression {
@@ -474,12 +584,7 @@ mod tests {
                 LayerCompression::Zstd => assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd]),
             }
             // The memo is used the next time (no new blob written).
-            assert_eq!(
-                store
-                    .compressed_layer(&layer, compression, &progress)
-                    .unwrap(),
-                again
-            );
+            assert_eq!(store.compressed_layer(&layer, compression).unwrap(), again);
         }
     }
 }

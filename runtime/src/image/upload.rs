@@ -315,6 +315,10 @@ struct OpenUpload {
     repository: String,
     digest: Digest,
     location: String,
+    /// An upload of `digest` (an uncompressed layer) compressed while it was sent, with this
+    /// compression format (the blob's own digest was not known yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    compressed_as: Option<String>,
 }
 
 impl UploadJournal {
@@ -322,17 +326,40 @@ impl UploadJournal {
         UploadJournal { dir }
     }
 
-    fn path(&self, client: &RegistryClient, digest: &Digest) -> PathBuf {
-        let key = format!("{}/{}@{}", client.registry, client.repository, digest);
+    fn path(
+        &self,
+        client: &RegistryClient,
+        digest: &Digest,
+        compressed_as: Option<&str>,
+    ) -> PathBuf {
+        let mut key = format!("{}/{}@{}", client.registry, client.repository, digest);
+        if let Some(c) = compressed_as {
+            key.push_str(" compressed as ");
+            key.push_str(c);
+        }
         self.dir
             .join(format!("{}.json", hex::encode(Sha256::digest(key))))
     }
 
     fn load(&self, client: &RegistryClient, digest: &Digest) -> Option<String> {
-        let rec: OpenUpload = read_json(&self.path(client, digest)).ok().flatten()?;
+        self.load_as(client, digest, None)
+    }
+
+    /// The open upload of `digest` (compressed as `compressed_as` while it is sent, when
+    /// given) to the client's repository.
+    pub(super) fn load_as(
+        &self,
+        client: &RegistryClient,
+        digest: &Digest,
+        compressed_as: Option<&str>,
+    ) -> Option<String> {
+        let rec: OpenUpload = read_json(&self.path(client, digest, compressed_as))
+            .ok()
+            .flatten()?;
         (rec.registry == client.registry
             && rec.repository == client.repository
             && &rec.digest == digest
+            && rec.compressed_as.as_deref() == compressed_as
             && client.same_origin(&rec.location))
         .then_some(rec.location)
     }
@@ -343,18 +370,38 @@ impl UploadJournal {
         digest: &Digest,
         location: &str,
     ) -> Result<(), ImageError> {
+        self.save_as(client, digest, None, location)
+    }
+
+    pub(super) fn save_as(
+        &self,
+        client: &RegistryClient,
+        digest: &Digest,
+        compressed_as: Option<&str>,
+        location: &str,
+    ) -> Result<(), ImageError> {
         private_dirs(&self.dir)?;
         let rec = OpenUpload {
             registry: client.registry.clone(),
             repository: client.repository.clone(),
             digest: digest.clone(),
             location: location.to_string(),
+            compressed_as: compressed_as.map(str::to_string),
         };
-        Ok(write_json(&self.path(client, digest), &rec)?)
+        Ok(write_json(&self.path(client, digest, compressed_as), &rec)?)
     }
 
     fn remove(&self, client: &RegistryClient, digest: &Digest) {
-        let _ = std::fs::remove_file(self.path(client, digest));
+        self.remove_as(client, digest, None)
+    }
+
+    pub(super) fn remove_as(
+        &self,
+        client: &RegistryClient,
+        digest: &Digest,
+        compressed_as: Option<&str>,
+    ) {
+        let _ = std::fs::remove_file(self.path(client, digest, compressed_as));
     }
 }
 
