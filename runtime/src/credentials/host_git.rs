@@ -54,18 +54,38 @@ pub struct HostGitConfig {
 /// The host user's git configuration (empty when git is missing), read with one `git
 /// config` outside any repository.
 pub fn read_config() -> HostGitConfig {
-    let out = host_git(&[
-        "config",
-        "--null",
-        "--get-regexp",
-        r"^(user\.name|user\.email|credential\..*helper)$",
-    ])
-    .stdout(Stdio::piped())
-    .output();
+    read_config_with_includes().0
+}
+
+/// [`read_config`], and whether the configuration has an `include` or `includeIf` (whose
+/// files an answer then depends on too).
+pub fn read_config_with_includes() -> (HostGitConfig, bool) {
+    read_config_from(host_git(CONFIG_ARGS))
+}
+
+/// `git config` of what berth reads, includes named (see [`read_config_with_includes`]).
+const CONFIG_ARGS: &[&str] = &[
+    "config",
+    "--null",
+    "--get-regexp",
+    r"^(user\.name|user\.email|credential\..*helper|include\..*|includeif\..*)$",
+];
+
+fn read_config_from(mut git: Command) -> (HostGitConfig, bool) {
+    let out = git.stdout(Stdio::piped()).output();
     let Ok(out) = out else {
-        return HostGitConfig::default();
+        return (HostGitConfig::default(), false);
     };
-    parse_config(&out.stdout)
+    (parse_config(&out.stdout), has_include(&out.stdout))
+}
+
+/// Whether `git config --null --get-regexp` output has an `include.*` or `includeif.*` key.
+fn has_include(bytes: &[u8]) -> bool {
+    bytes.split(|b| *b == 0).any(|entry| {
+        let key = entry.split(|b| *b == b'\n').next().unwrap_or_default();
+        let key = String::from_utf8_lossy(key).to_ascii_lowercase();
+        key.starts_with("include.") || key.starts_with("includeif.")
+    })
 }
 
 /// `git config --null --get-regexp` output (`key\nvalue\0` entries) as [`HostGitConfig`].
@@ -222,6 +242,34 @@ mod tests {
             "{t}"
         );
         assert!(!gitconfig_text("/etc/gitconfig", None, None, None).contains("[user]"));
+    }
+
+    #[test]
+    fn an_identity_from_an_included_file_is_read_and_the_include_noticed() {
+        if Command::new("git").arg("--version").output().is_err() {
+            eprintln!("skipped: git is not installed");
+            return;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let git = |gitconfig: &str| {
+            std::fs::write(home.path().join(".gitconfig"), gitconfig).unwrap();
+            let mut c = host_git(CONFIG_ARGS);
+            c.env("HOME", home.path())
+                .env_remove("XDG_CONFIG_HOME")
+                .env_remove("GIT_CONFIG_GLOBAL")
+                .env("GIT_CONFIG_NOSYSTEM", "1");
+            read_config_from(c)
+        };
+        std::fs::write(home.path().join("more"), "[user]\n\tname = Inc\n").unwrap();
+        let (c, included) = git("[include]\n\tpath = more\n[user]\n\temail = a@b\n");
+        assert_eq!(c.name.as_deref(), Some("Inc"));
+        assert_eq!(c.email.as_deref(), Some("a@b"));
+        assert!(included, "include.path noticed");
+        let (_, included) = git("[includeIf \"gitdir:/x/\"]\n\tpath = more\n");
+        assert!(included, "includeIf noticed");
+        let (c, included) = git("[user]\n\tname = Plain\n");
+        assert_eq!(c.name.as_deref(), Some("Plain"));
+        assert!(!included);
     }
 
     #[test]

@@ -36,11 +36,22 @@ pub struct HostGit {
 impl HostGit {
     /// What `policy` gives of the host's current git configuration (one `git config`).
     pub fn of_host(policy: &CredentialsPlan) -> HostGit {
-        let host = if policy.git || policy.git_credentials {
-            host_git::read_config()
-        } else {
-            host_git::HostGitConfig::default()
-        };
+        let wanted = policy.git || policy.git_credentials;
+        Self::of_config(policy, wanted.then(host_git::read_config))
+    }
+
+    /// [`of_host`](Self::of_host), with git asked only when a file or variable its answer
+    /// depends on changed since the answer kept in `home` (see `host_git_cache`).
+    pub fn of_host_cached(policy: &CredentialsPlan, home: &crate::state::BerthHome) -> HostGit {
+        let wanted = policy.git || policy.git_credentials;
+        Self::of_config(
+            policy,
+            wanted.then(|| super::host_git_cache::read_config_cached(home.root())),
+        )
+    }
+
+    fn of_config(policy: &CredentialsPlan, host: Option<host_git::HostGitConfig>) -> HostGit {
+        let host = host.unwrap_or_default();
         HostGit {
             identity: (policy.git && (host.name.is_some() || host.email.is_some()))
                 .then(|| (host.name.clone(), host.email.clone())),
@@ -87,8 +98,10 @@ pub fn install_identity(
             }
         }
     }
+    // Atomic, not fsynced: it describes the running environment's tmpfs, which a reboot
+    // empties (the `up` that restarts the environment is `fresh` and ignores this record).
     if before.as_ref() != Some(&now) {
-        if let Err(e) = state::write_json(&dir.join(STATE_FILE), &now) {
+        if let Err(e) = state::write_json_volatile(&dir.join(STATE_FILE), &now) {
             notice.get_or_insert(format!("cannot record the host's git identity: {e}"));
         }
     }

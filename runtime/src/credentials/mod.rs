@@ -11,10 +11,13 @@
 //!   what that `up` found of the host's git (sessions read it instead of asking git).
 //! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
 //!   and never prompting.
+//! - `host_git_cache`: its configuration kept in the home with a stamp of what it depends
+//!   on, so `up` and `run` start git only when that changed.
 
 mod agent_relay;
 mod error;
 mod host_git;
+mod host_git_cache;
 mod identity;
 mod session;
 
