@@ -419,7 +419,7 @@ mod file_scan_tests {
             drop(f);
             assert_eq!(
                 files_containing(dir.path(), "secret-marker-456"),
-                [path.clone()],
+                std::slice::from_ref(&path),
                 "{at}"
             );
             let f = std::fs::File::open(&path).unwrap();

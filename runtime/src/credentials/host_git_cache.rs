@@ -109,9 +109,16 @@ fn key_of(vars: impl Iterator<Item = (OsString, OsString)>) -> Key {
         Some(f) => files.push(FileStamp::of(f)),
         None => {
             files.push(FileStamp::of("/etc/gitconfig".into()));
-            // A git built with another prefix reads `<prefix>/etc/gitconfig`.
-            if let Some(prefix) = git.as_deref().and_then(Path::parent).and_then(Path::parent) {
-                files.push(FileStamp::of(prefix.join("etc/gitconfig")));
+            // A git built with another prefix reads `<prefix>/etc/gitconfig` (the prefix of
+            // the binary a link in `PATH` leads to, and of the link itself).
+            let real = git.as_deref().and_then(|g| std::fs::canonicalize(g).ok());
+            for bin in [git.as_deref(), real.as_deref()].into_iter().flatten() {
+                if let Some(prefix) = bin.parent().and_then(Path::parent) {
+                    let f = prefix.join("etc/gitconfig");
+                    if !files.iter().any(|s| s.path == f) {
+                        files.push(FileStamp::of(f));
+                    }
+                }
             }
         }
     }
