@@ -640,6 +640,17 @@ fn a_run_killed_at_any_point_is_collected_by_the_next_command_and_by_ls() {
     next_command();
     assert_eq!(envs_left(&b), 0, "a run killed halfway through its start");
 
+    // Killed with its supervisor running and its network plumbed (veth, lease, bridge, NAT),
+    // before `state.json` was written a second time: the supervisor's pid is in no record,
+    // only the cgroups hold it.
+    aborted_run(&p, &b, "network-attached", &[]);
+    next_command();
+    assert_eq!(
+        envs_left(&b),
+        0,
+        "a run killed after its network was plumbed, its supervisor not yet recorded"
+    );
+
     let mut child = start_long_run(&p, &b);
     child.kill().unwrap();
     child.wait().unwrap();

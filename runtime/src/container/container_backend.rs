@@ -498,8 +498,15 @@ fn read_launch_events(
             Ok(LaunchEvent::Pid { pid: p }) => {
                 pid = Some(p);
                 state.supervisor = ProcessIdentity::of(p);
-                state.save(dir)?;
+                // With cgroups, every process of the environment is in them (recorded
+                // before they were made), so a stop finds the supervisor without its pid:
+                // it is recorded with `running`, in one write. Without cgroups (rootless,
+                // none delegated) its pid is the only handle, recorded before anything else.
+                if state.cgroups.is_none() {
+                    state.save(dir)?;
+                }
                 network_attach::attach(spec, p, own_userns, &ports)?;
+                checkpoint("network-attached");
                 hook(p)?;
                 if let Some(g) = go.take() {
                     send_byte(&g, 1);

@@ -2,13 +2,16 @@
 //! berth die (`BERTH_ABORT_AT=<step>`, see [`crate::host::fault_injection`]).
 
 /// Steps in the order `start` reaches them.
-pub const STEPS: [&str; 8] = [
+pub const STEPS: [&str; 9] = [
     "state-written",
     "cgroups-created",
     "supervisor-spawned",
     "cgroups-joined",
     "userns-mapped",
     "rootfs-mounted",
+    // The starter plumbed the network; the supervisor's pid is in no record yet when the
+    // cgroups hold it (see `read_launch_events`).
+    "network-attached",
     "namespaces-entered",
     "ready",
 ];

@@ -114,7 +114,10 @@ pub fn attach(
             }
         }
     }
-    network.record_ports(spec.network_id(), ports)?;
+    // The record written above already lists no ports: rewritten only when there are some.
+    if !ports.is_empty() {
+        network.record_ports(spec.network_id(), ports)?;
+    }
     Ok(())
 }
 

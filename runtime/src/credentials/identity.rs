@@ -24,6 +24,9 @@ use std::time::SystemTime;
 /// Beside the environment's record: what the last `up` found of the host's git.
 pub const STATE_FILE: &str = "host-git.json";
 
+/// In the berth home: the last stamped answer of the host's git, for new environments.
+pub const HOME_CACHE_FILE: &str = "host-git-cache.json";
+
 /// The host's git as the last `up` found it (under that `up`'s `[credentials]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostGit {
@@ -67,21 +70,32 @@ impl HostGit {
         }
     }
 
-    /// What `policy` gives of the host's git configuration now: the record in `dir` when
-    /// nothing git reads changed since it was made (no git run), else [`Self::of_host`].
-    pub fn current(dir: &Path, policy: &CredentialsPlan) -> HostGit {
+    /// What `policy` gives of the host's git configuration now, without running git when
+    /// nothing it reads changed: the record in the environment's folder `dir` (a warm `up`),
+    /// else the home's [`HOME_CACHE_FILE`] (the last answer of any `up` or `run` of this
+    /// home: a new environment), else [`Self::of_host`], whose stamped answer the home then
+    /// keeps.
+    pub fn current(dir: &Path, home: &Path, policy: &CredentialsPlan) -> HostGit {
         let key = (policy.git, policy.git_credentials);
-        if let Some(prev) = HostGit::load(dir) {
-            let env = git_stamp::steering_env(std::env::vars_os());
-            if prev
-                .stamp
-                .as_ref()
-                .is_some_and(|s| s.still_current(key, &env))
-            {
-                return prev;
-            }
+        let env = git_stamp::steering_env(std::env::vars_os());
+        let still_current =
+            |h: &HostGit| h.stamp.as_ref().is_some_and(|s| s.still_current(key, &env));
+        if let Some(prev) = HostGit::load(dir).filter(still_current) {
+            return prev;
         }
-        HostGit::of_host(policy)
+        let cache = home.join(HOME_CACHE_FILE);
+        let cached: Option<HostGit> = state::read_json(&cache).ok().flatten();
+        if let Some(mut prev) = cached.filter(still_current) {
+            // Whether the identity is inside is the environment's, not the home's.
+            prev.inside = false;
+            return prev;
+        }
+        let now = HostGit::of_host(policy);
+        if now.stamp.is_some() {
+            // A cache: lost on a crash, it is only asked again.
+            let _ = state::write_json_volatile(&cache, &now);
+        }
+        now
     }
 
     /// The record `up` left in the environment's folder `dir`, if any.
@@ -128,4 +142,44 @@ pub fn install_identity(
         }
     }
     notice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stamp of no file under this process's variables: current until they change.
+    fn answer(name: &str, inside: bool) -> HostGit {
+        let env = git_stamp::steering_env(std::env::vars_os());
+        HostGit {
+            identity: Some((Some(name.into()), None)),
+            has_helper: false,
+            inside,
+            stamp: ConfigStamp::take((true, true), env, Vec::new(), SystemTime::now()),
+        }
+    }
+
+    #[test]
+    fn a_new_environment_takes_the_homes_answer_and_a_warm_one_its_own() {
+        let home = tempfile::tempdir().unwrap();
+        let env_dir = tempfile::tempdir().unwrap();
+        let policy = CredentialsPlan::default();
+        state::write_json(&home.path().join(HOME_CACHE_FILE), &answer("Home", true)).unwrap();
+        // A new environment: the home's answer, and nothing of it is inside yet.
+        let got = HostGit::current(env_dir.path(), home.path(), &policy);
+        assert_eq!(got.identity, Some((Some("Home".into()), None)));
+        assert!(!got.inside);
+        // A warm `up`: the environment's own record wins.
+        state::write_json(&env_dir.path().join(STATE_FILE), &answer("Env", true)).unwrap();
+        let got = HostGit::current(env_dir.path(), home.path(), &policy);
+        assert_eq!(got.identity, Some((Some("Env".into()), None)));
+        assert!(got.inside);
+        // An answer under another `[credentials]` is not taken.
+        let other = CredentialsPlan {
+            git_credentials: false,
+            ..policy
+        };
+        let got = HostGit::current(tempfile::tempdir().unwrap().path(), home.path(), &other);
+        assert_ne!(got.identity, Some((Some("Home".into()), None)));
+    }
 }

@@ -212,7 +212,7 @@ impl Environments {
             notices.extend(crate::credentials::install_identity(
                 backend,
                 dir,
-                HostGit::current(dir, &plan.credentials),
+                HostGit::current(dir, self.home.root(), &plan.credentials),
                 false,
             ));
             if live_sync::ensure(&self.home, backend, prev)? {
@@ -379,7 +379,7 @@ impl Environments {
         };
         // Secrets and the host's git identity are written before the services start (they
         // may read them).
-        let host_git = HostGit::of_host(&plan.credentials);
+        let host_git = HostGit::current(dir, self.home.root(), &plan.credentials);
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
             || !plan.secrets.is_empty()

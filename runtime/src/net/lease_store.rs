@@ -209,8 +209,10 @@ impl LeaseStore {
         Ok(state::read_json(&self.state_path())?)
     }
 
+    /// Atomic, not fsynced: the record lives on `/run` and means nothing after a reboot,
+    /// which removes the bridge too.
     pub fn save(&self, _lock: &StoreLock, st: &BridgeState) -> Result<(), NetError> {
-        Ok(state::write_json(&self.state_path(), st)?)
+        Ok(state::write_json_volatile(&self.state_path(), st)?)
     }
 
     /// Removes the record, the lock file and the folder (the bridge has no users left).

@@ -16,6 +16,19 @@ use super::{check_owner, StateError};
 /// removes the environment holds it exclusively (`up`, `down`, `destroy`, `snapshot`, gc).
 pub const ENV_LOCK_FILE: &str = "lock";
 
+/// A home folder as [`BerthHome::at`] remembers it: path, device, inode and birth time (a
+/// folder made anew may get the inode number of a removed one, not its birth time).
+type HomeIdentity = (PathBuf, u64, u64, Option<std::time::SystemTime>);
+
+/// Homes whose layout this process made and checked (see [`BerthHome::at`]).
+static PREPARED: std::sync::OnceLock<std::sync::Mutex<Vec<HomeIdentity>>> =
+    std::sync::OnceLock::new();
+
+fn home_identity(root: &Path, m: &fs::Metadata) -> HomeIdentity {
+    use std::os::unix::fs::MetadataExt;
+    (root.to_path_buf(), m.dev(), m.ino(), m.created().ok())
+}
+
 /// The root of berth's on-disk state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BerthHome {
@@ -103,6 +116,16 @@ impl BerthHome {
         } else {
             root
         };
+        // One command opens its home several times (the CLI, the network, the container
+        // backend): the layout is made and checked once per process and home folder (the
+        // same folder: see `HomeIdentity`; a home removed and made anew is checked again).
+        let identity = fs::metadata(&root).ok().map(|m| home_identity(&root, &m));
+        let prepared = PREPARED.get_or_init(Default::default);
+        if let Some(id) = &identity {
+            if prepared.lock().is_ok_and(|p| p.contains(id)) {
+                return Ok(BerthHome { root });
+            }
+        }
         // Someone else's home (BERTH_HOME pointing at root's /var/lib/berth): refused whole,
         // before anything is created in it or read from it.
         check_owner(&root)?;
@@ -122,6 +145,9 @@ impl BerthHome {
         // The environment folders are narrowed by garbage collection's full sweep (due in a
         // home of an older berth), not here: every command would read all of them.
         home.restrict_store(nix::unistd::geteuid().is_root())?;
+        if let (Ok(m), Ok(mut p)) = (fs::metadata(&home.root), prepared.lock()) {
+            p.push(home_identity(&home.root, &m));
+        }
         Ok(home)
     }
 
@@ -334,6 +360,24 @@ mod tests {
             b"x"
         );
         assert!(home.env_dir("e-1").join("upper").is_dir());
+    }
+
+    #[test]
+    fn a_home_is_prepared_once_per_process_and_again_when_made_anew() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("h");
+        let home = BerthHome::at(&root).unwrap();
+        // Opened again by the same process: the layout is not made again.
+        fs::remove_dir(home.kernels_dir()).unwrap();
+        BerthHome::at(&root).unwrap();
+        assert!(!home.kernels_dir().exists(), "prepared once per process");
+        // The home removed and made anew (another inode): prepared again.
+        fs::remove_dir_all(&root).unwrap();
+        fs::create_dir(&root).unwrap();
+        let again = BerthHome::at(&root).unwrap();
+        for dir in [again.envs_dir(), again.tmp_dir(), again.kernels_dir()] {
+            assert!(dir.is_dir(), "{} made again", dir.display());
+        }
     }
 
     #[test]
