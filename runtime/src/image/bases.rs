@@ -162,6 +162,23 @@ impl ImageStore {
         })
     }
 
+    /// A new, empty temporary file in the home's `tmp/` for a layer's tar, removed when
+    /// the guard drops (unless renamed into the blob store before).
+    pub(super) fn new_tree_tar(&self) -> Result<(PathBuf, TempFile, std::fs::File), ImageError> {
+        let tmp = self.home.tmp_dir().join(format!(
+            "tree-{}-{}.tar",
+            std::process::id(),
+            super::unique_suffix()
+        ));
+        let guard = TempFile(Some(tmp.clone()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(ImageError::io(&tmp))?;
+        Ok((tmp, guard, file))
+    }
+
     /// Writes the tree at `dir` as an uncompressed layer tar into the blob store (its digest
     /// is then also its diff-id) and unpacks it.
     pub(crate) fn add_tree_layer(
@@ -171,17 +188,7 @@ impl ImageStore {
         label: &str,
         progress: &Progress,
     ) -> Result<LayerRecord, ImageError> {
-        let tmp = self.home.tmp_dir().join(format!(
-            "tree-{}-{}.tar",
-            std::process::id(),
-            super::unique_suffix()
-        ));
-        let _guard = TempFile(Some(tmp.clone()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(ImageError::io(&tmp))?;
+        let (tmp, _guard, file) = self.new_tree_tar()?;
         let out = write_tree(
             dir,
             Hashing::new(io::BufWriter::with_capacity(1 << 20, file)),

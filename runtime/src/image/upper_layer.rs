@@ -10,10 +10,9 @@
 //! Without root, the step's files belong to subordinate ids that an unpack would not keep,
 //! so the tar is unpacked as before and the upper removed.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 
-use super::blob_store::TempFile;
 use super::digest::Hashing;
 use super::error::ImageError;
 use super::image_store::LayerRecord;
@@ -41,17 +40,7 @@ impl ImageStore {
         if !opts.privileged {
             return self.add_tree_layer(upper.path(), mode, label, progress);
         }
-        let tmp = self.home.tmp_dir().join(format!(
-            "tree-{}-{}.tar",
-            std::process::id(),
-            super::unique_suffix()
-        ));
-        let _guard = TempFile(Some(tmp.clone()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(ImageError::io(&tmp))?;
+        let (tmp, _guard, file) = self.new_tree_tar()?;
         let (out, content_size) = write_tree_adopting(
             upper.path(),
             Hashing::new(io::BufWriter::with_capacity(1 << 20, file)),
