@@ -13,7 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::agent_relay::{self, AgentTarget};
-use super::session::answer_git;
+use super::git_answer::answer_git;
 use crate::backend::{ForwardConnector, ForwardKind};
 
 /// Hands each new stream's far end to the serving thread.

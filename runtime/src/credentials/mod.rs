@@ -11,13 +11,17 @@
 //!   client's agent channel for `ssh -A`).
 //! - `identity`: the host's git identity written into the environment once at `up`, and
 //!   what that `up` found of the host's git (sessions read it instead of asking git).
+//! - `git_answer`: one git credential request from inside (a container's connection or a
+//!   VM's stream) answered by the host's `credential fill` (`get` only).
 //! - `git_stamp`: whether the files and variables git's configuration comes from changed
-//!   since `up` read them (a warm `up` runs git only then).
+//!   since git was last asked (a warm `up`, or a new environment with the home's cached
+//!   answer, runs git only then).
 //! - `host_git`: the host's git (identity, `credential fill`), run outside any repository
 //!   and never prompting.
 
 mod agent_relay;
 mod error;
+mod git_answer;
 mod git_stamp;
 mod guest_relay;
 mod host_git;

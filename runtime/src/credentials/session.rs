@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use envfile_spec::plan::{BackendKind, CredentialsPlan};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockType, SockaddrLike, SockaddrStorage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::{oneshot, Semaphore};
 
 use super::agent_relay::{self, AgentTarget};
 use super::error::CredentialsError;
+use super::git_answer::answer_git;
 use super::guest_relay::GuestRelay;
 use super::host_git;
 use super::identity::HostGit;
@@ -34,8 +34,6 @@ use crate::ssh_inside::{self, GITCONFIG_FILE, GITCONFIG_PATH, SESSION_DIR_PLACEH
 use berth_agent_proto::{AGENT_SOCKET, GIT_SOCKET};
 /// Connections relayed at once per session (an environment opening thousands gets no more).
 const MAX_CONNECTIONS: usize = 32;
-/// Largest git credential request read from inside.
-const MAX_GIT_REQUEST: u64 = 64 * 1024;
 /// How long the inside builtin may take to hand its sockets over.
 const HANDOVER_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -407,35 +405,6 @@ async fn accept_git(l: UnixListener, limit: Arc<Semaphore>) {
             drop(permit);
         });
     }
-}
-
-/// One request of git's `credential-cache` client: read to its end (the client shuts its
-/// side down), answer a `get` with the host's credential, ignore `store`/`erase` (the
-/// host's store is not changed from inside).
-pub(super) async fn answer_git(mut conn: UnixStream) {
-    let mut req = Vec::new();
-    let read = tokio::time::timeout(
-        Duration::from_secs(10),
-        (&mut conn).take(MAX_GIT_REQUEST).read_to_end(&mut req),
-    )
-    .await;
-    if !matches!(read, Ok(Ok(_))) {
-        return;
-    }
-    let Ok(text) = String::from_utf8(req) else {
-        return;
-    };
-    let Some((action, attrs)) = host_git::parse_request(&text) else {
-        return;
-    };
-    if action != "get" {
-        return;
-    }
-    let Ok(answer) = tokio::task::spawn_blocking(move || host_git::fill(&attrs)).await else {
-        return;
-    };
-    let _ = conn.write_all(answer.as_bytes()).await;
-    let _ = conn.shutdown().await;
 }
 
 #[cfg(test)]
