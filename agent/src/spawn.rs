@@ -138,6 +138,7 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
                     libc::dup2(*fd, target as i32);
                 }
             }
+            sys::close_from(3);
             if tty {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }
@@ -184,6 +185,7 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     /// Runs `argv` as root with `home` and `cwd`; returns (exit code, stdout, stderr).
     fn run(argv: &[&str], home: &str, cwd: Option<&str>) -> (i32, String, String) {
@@ -247,6 +249,25 @@ mod tests {
                  No such file or directory (os error 2)\n"
             )
         );
+    }
+
+    /// A descriptor the agent holds without close-on-exec (its channel in `--serve-fd` mode,
+    /// anything a future change forgets to mark) never reaches a command: with it, a guest
+    /// command could speak the agent protocol to the host as the agent.
+    #[test]
+    fn a_command_inherits_only_its_three_standard_descriptors() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe() fills two descriptors, deliberately without O_CLOEXEC.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: pipe() returned these; the test owns them from here.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let script = format!(
+            "for n in {} {}; do [ -e /proc/$$/fd/$n ] && echo leaked $n; done; echo done",
+            r.as_raw_fd(),
+            w.as_raw_fd()
+        );
+        let (code, out, err) = run(&["/bin/sh", "-c", &script], "/", None);
+        assert_eq!((code, out.as_str()), (0, "done\n"), "stderr: {err}");
     }
 
     #[test]

@@ -244,6 +244,7 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut seen = Vec::new();
     let answer = h.clone();
+    let mut request = Vec::new();
     let st = a
         .client
         .wait_routing(&h, &mut out, &mut err, &mut |m| {
@@ -252,11 +253,16 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
                     assert_eq!(*kind, StreamKind::SshAgent);
                     let _ = stream;
                 }
-                // SSH2_AGENTC_REQUEST_IDENTITIES → SSH2_AGENT_IDENTITIES_ANSWER, none.
-                Message::StreamData { stream, data } if data == &[0, 0, 0, 1, 11] => {
-                    answer
-                        .stream_data(*stream, &[0, 0, 0, 5, 12, 0, 0, 0, 0])
-                        .unwrap();
+                // SSH2_AGENTC_REQUEST_IDENTITIES → SSH2_AGENT_IDENTITIES_ANSWER, none. ssh-add
+                // writes the length and the message separately, so the request may come in
+                // more than one piece.
+                Message::StreamData { stream, data } => {
+                    request.extend_from_slice(data);
+                    if request == [0, 0, 0, 1, 11] {
+                        answer
+                            .stream_data(*stream, &[0, 0, 0, 5, 12, 0, 0, 0, 0])
+                            .unwrap();
+                    }
                 }
                 _ => {}
             }
