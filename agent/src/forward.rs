@@ -8,7 +8,8 @@
 //! it leads. At most [`MAX_STREAMS`] at once (more wait in the listener's backlog), and at
 //! most [`MAX_STREAM_BUFFER`] bytes held for a process that does not read (the stream is
 //! closed beyond). Everything goes when the session ends ([`Drop`]). The folder is a
-//! [`SessionFolder`], the same a container's session gets.
+//! [`SessionFolder`], the same a container's session gets: a folder left by a killed agent
+//! goes with the next session's.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};

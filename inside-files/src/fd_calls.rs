@@ -96,3 +96,64 @@ pub(crate) fn random_hex() -> io::Result<String> {
     }
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+fn stat(fd: &OwnedFd) -> Option<libc::stat> {
+    // SAFETY: a zeroed stat, filled by fstat below.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on a descriptor we own into a valid stat.
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } == 0).then_some(st)
+}
+
+fn stat_at(dir: &OwnedFd, name: &str) -> Option<libc::stat> {
+    let c = cstr(name).ok()?;
+    // SAFETY: a zeroed stat, filled by fstatat below.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid name relative to a directory descriptor we own; links not followed.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    (rc == 0).then_some(st)
+}
+
+/// Whether `a` and `b` are the same file.
+pub(crate) fn same_file(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (stat(a), stat(b)) {
+        (Some(x), Some(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+/// Whether the entry `name` of `dir` is the file `fd` (a link is not followed).
+pub(crate) fn same_file_at(dir: &OwnedFd, name: &str, fd: &OwnedFd) -> bool {
+    match (stat_at(dir, name), stat(fd)) {
+        (Some(x), Some(y)) => (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino),
+        _ => false,
+    }
+}
+
+/// The type bits (`S_IFMT`) of the entry `name` of `dir`, a link not followed.
+pub(crate) fn file_type_at(dir: &OwnedFd, name: &str) -> Option<libc::mode_t> {
+    stat_at(dir, name).map(|st| st.st_mode & libc::S_IFMT)
+}
+
+/// Takes the exclusive lock of `fd`'s file, waiting while another holds it.
+pub(crate) fn lock(fd: &OwnedFd) -> io::Result<()> {
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        match check(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r.map(drop),
+        }
+    }
+}
+
+/// Takes the exclusive lock of `fd`'s file if nobody holds it.
+pub(crate) fn try_lock(fd: &OwnedFd) -> bool {
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}

@@ -5,6 +5,13 @@
 //! or root, who hands it over to the user once it is filled ([`SessionFolder::give_to`]: a
 //! VM's agent). What it made goes when it is dropped, removed by names relative to the
 //! folder's descriptor (a name swapped in meanwhile is not followed).
+//!
+//! A process killed before its drop runs (SIGKILL, a VM or container stopped hard) cannot
+//! remove its folder. So its maker holds a lock on the folder (`flock` on the folder's
+//! descriptor) for as long as the folder lives, and the next folder made in the same place
+//! first removes the folders nobody holds any more ([`remove_stale_in`]): the lock is
+//! released by the kernel with the last descriptor of a dead process, never while its
+//! maker runs.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
@@ -22,6 +29,66 @@ const PREFIX: &str = "berth-";
 pub fn is_folder_name(name: &str) -> bool {
     name.strip_prefix(PREFIX)
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The session folders in `parent` whose maker is gone (nobody holds their lock), by name.
+/// Folders this process cannot open (another user's) are not seen.
+pub fn stale_in(parent: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    each_stale(parent, |_, name, _| out.push(name.to_string()));
+    out
+}
+
+/// Removes the session folders in `parent` whose maker is gone: in each only what a session
+/// folder holds (sockets, the gitconfig), then the folder if that emptied it (a folder
+/// holding anything else stays, and so does one this process cannot open).
+pub fn remove_stale_in(parent: &str) {
+    each_stale(parent, |parent_dir, name, dir| {
+        let Ok(entries) = std::fs::read_dir(format!("{parent}/{name}")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(entry) = e.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let kind = fd_calls::file_type_at(dir, &entry);
+            if kind == Some(libc::S_IFSOCK)
+                || (entry == SESSION_GITCONFIG && kind == Some(libc::S_IFREG))
+            {
+                let _ = fd_calls::unlink_at(dir, &entry, 0);
+            }
+        }
+        // Only the folder that was locked: not one swapped in under its name meanwhile.
+        if fd_calls::same_file_at(parent_dir, name, dir) {
+            let _ = fd_calls::unlink_at(parent_dir, name, libc::AT_REMOVEDIR);
+        }
+    });
+}
+
+/// Calls `f(parent's descriptor, name, folder's descriptor)` for each folder in `parent`
+/// named like a session folder whose lock this process could take (held during the call).
+fn each_stale(parent: &str, mut f: impl FnMut(&OwnedFd, &str, &OwnedFd)) {
+    let Ok(parent_dir) = fd_calls::open_dir_at(libc::AT_FDCWD, parent) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !is_folder_name(&name) {
+            continue;
+        }
+        // A link is not followed; a folder of another user does not open.
+        let Ok(dir) = fd_calls::open_dir_at(parent_dir.as_raw_fd(), &name) else {
+            continue;
+        };
+        if fd_calls::try_lock(&dir) {
+            f(&parent_dir, &name, &dir);
+        }
+    }
 }
 
 /// Whether `path` is a session folder's path: `/tmp/berth-<16 hex>`.
@@ -46,8 +113,10 @@ impl SessionFolder {
         Self::make_in(PARENT)
     }
 
-    /// Makes a fresh folder `<parent>/berth-<16 hex>`, the caller's and 0700.
+    /// Makes a fresh folder `<parent>/berth-<16 hex>`, the caller's and 0700, after removing
+    /// the folders left there by makers that are gone ([`remove_stale_in`]).
     pub fn make_in(parent: &str) -> Result<SessionFolder, String> {
+        remove_stale_in(parent);
         for _ in 0..16 {
             let hex = fd_calls::random_hex().map_err(|e| format!("no random bytes: {e}"))?;
             let path = format!("{parent}/{PREFIX}{hex}");
@@ -58,8 +127,21 @@ impl SessionFolder {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
                 Err(e) => return Err(format!("cannot make {path}: {e}")),
             }
-            let dir = fd_calls::open_dir_at(libc::AT_FDCWD, &path)
-                .map_err(|e| format!("cannot open {path}: {e}"))?;
+            let dir = match fd_calls::open_dir_at(libc::AT_FDCWD, &path) {
+                Ok(dir) => dir,
+                // Taken for a stale folder by another maker's sweep before it was locked.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => return Err(format!("cannot open {path}: {e}")),
+            };
+            // Held until the folder goes (see the module's documentation). Another maker's
+            // sweep holds it for a moment at most.
+            fd_calls::lock(&dir).map_err(|e| format!("cannot lock {path}: {e}"))?;
+            // A sweep may have removed the folder between mkdir and the lock: then another
+            // name.
+            let at_path = fd_calls::open_dir_at(libc::AT_FDCWD, &path);
+            if !at_path.is_ok_and(|d| fd_calls::same_file(&d, &dir)) {
+                continue;
+            }
             let folder = SessionFolder {
                 path,
                 dir,
@@ -167,6 +249,47 @@ mod tests {
             !Path::new(&path).exists(),
             "the folder outlived its session"
         );
+    }
+
+    /// A folder whose maker is gone (nobody holds its lock) goes with the next folder made
+    /// beside it; a live one, one holding something else, a link and other names stay.
+    #[test]
+    fn the_next_folder_removes_those_whose_maker_is_gone() {
+        let parent = tempfile::tempdir().unwrap();
+        let p = parent.path();
+        let parent_str = p.to_str().unwrap();
+        // Left by a killed maker: a socket and a gitconfig, no lock.
+        let stale = p.join("berth-00000000000000aa");
+        std::fs::create_dir(&stale).unwrap();
+        let _bound = UnixListener::bind(stale.join("agent.sock")).unwrap();
+        std::fs::write(stale.join(SESSION_GITCONFIG), "x").unwrap();
+        // Left too, but holding a file a session folder never holds.
+        let other = p.join("berth-00000000000000bb");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::write(other.join("notes.txt"), "mine").unwrap();
+        // Not folders of berth's.
+        let unrelated = p.join("berth-share");
+        std::fs::create_dir(&unrelated).unwrap();
+        let target = p.join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join(SESSION_GITCONFIG), "kept").unwrap();
+        std::os::unix::fs::symlink(&target, p.join("berth-00000000000000cc")).unwrap();
+        let live = SessionFolder::make_in(parent_str).unwrap();
+        assert!(!stale.exists(), "a stale folder stayed");
+        assert_eq!(
+            stale_in(parent_str),
+            ["berth-00000000000000bb".to_string()],
+            "the live folder counts as stale, or the link was followed"
+        );
+        let second = SessionFolder::make_in(parent_str).unwrap();
+        assert!(Path::new(live.path()).exists(), "a live folder was removed");
+        assert!(other.join("notes.txt").exists() && unrelated.exists());
+        assert!(
+            target.join(SESSION_GITCONFIG).exists(),
+            "a link was followed"
+        );
+        drop((live, second));
+        assert_eq!(stale_in(parent_str), ["berth-00000000000000bb".to_string()]);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! The builtin then waits for its stdin to end (the session is over, or the host side
 //! died) and removes what it made, through the folder's descriptor (a name swapped in the
 //! meantime is not followed). The folder is a [`SessionFolder`], the same a VM's agent
-//! makes for a session.
+//! makes for a session. A builtin killed before it could remove its folder leaves it
+//! unlocked; the next session's builtin of the same user removes it.
 //!
 //! `argv`: `[SESSION_SOCKETS, "agent.sock,git-credential.sock", GITCONFIG_TEXT?]`.
 
