@@ -7,24 +7,22 @@
 //! `StreamData`, `StreamEof`, `StreamClose`), relayed to the host, which alone decides where
 //! it leads. At most [`MAX_STREAMS`] at once (more wait in the listener's backlog), and at
 //! most [`MAX_STREAM_BUFFER`] bytes held for a process that does not read (the stream is
-//! closed beyond). Everything goes when the session ends ([`Drop`]).
+//! closed beyond). Everything goes when the session ends ([`Drop`]). The folder is a
+//! [`SessionFolder`], the same a container's session gets: a folder left by a killed agent
+//! goes with the next session's.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use berth_agent_proto::{
     Forward, Message, StreamKind, AGENT_SOCKET, GIT_SOCKET, MAX_STREAMS, MAX_STREAM_BUFFER,
-    SESSION_DIR_PLACEHOLDER, SESSION_GITCONFIG, STREAM_CHUNK,
+    STREAM_CHUNK,
 };
+use berth_inside_files::session_folder::{SessionFolder, PARENT};
 
-use crate::sys;
 use crate::users::User;
-
-/// Where the private folders are made.
-pub const PARENT: &str = "/tmp";
 
 /// What became ready in a poll, for [`Forwarding::ready`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,91 +45,12 @@ struct Stream {
 
 /// One session's forwarded sockets and their open streams; see the module's documentation.
 pub struct Forwarding {
-    path: String,
-    dir: OwnedFd,
-    names: Vec<&'static str>,
     listeners: Vec<(StreamKind, UnixListener)>,
     streams: BTreeMap<u32, Stream>,
     next_stream: u32,
     env: Vec<(String, String)>,
-}
-
-fn random_hex() -> io::Result<String> {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn open_dir_nofollow(path: &str) -> io::Result<OwnedFd> {
-    let c = sys::cstr(path)?;
-    // SAFETY: a valid path; the returned descriptor is owned below.
-    let fd = sys::check(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_RDONLY,
-        )
-    })?;
-    // SAFETY: open returned a fresh descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Makes a fresh folder `<parent>/berth-<random>` (mkdir fails on any name already there, a
-/// link included), root's and 0700 until it is handed over.
-fn make_private_dir(parent: &str) -> Result<(String, OwnedFd), String> {
-    for _ in 0..16 {
-        let hex = random_hex().map_err(|e| format!("no random bytes: {e}"))?;
-        let path = format!("{parent}/berth-{hex}");
-        let c = sys::cstr(&path).map_err(|e| e.to_string())?;
-        // SAFETY: mkdir with a NUL-terminated path.
-        match sys::check(unsafe { libc::mkdir(c.as_ptr(), 0o700) }) {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-            Err(e) => return Err(format!("cannot make {path}: {e}")),
-        }
-        let fd = open_dir_nofollow(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
-        // SAFETY: fchmod on a descriptor we own (the umask may have taken bits away).
-        sys::check(unsafe { libc::fchmod(fd.as_raw_fd(), 0o700) })
-            .map_err(|e| format!("cannot set the mode of {path}: {e}"))?;
-        return Ok((path, fd));
-    }
-    Err(format!("cannot find a free name in {parent}"))
-}
-
-fn chown_at(dir: &OwnedFd, name: &str, user: &User) -> io::Result<()> {
-    let c = sys::cstr(name)?;
-    // SAFETY: a valid name relative to a directory descriptor we own; links not followed.
-    sys::check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            user.uid,
-            user.gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
-}
-
-fn write_gitconfig(dir: &OwnedFd, text: &str, user: &User) -> io::Result<()> {
-    let c = sys::cstr(SESSION_GITCONFIG)?;
-    // SAFETY: a valid name relative to a directory descriptor we own.
-    let fd = sys::check(unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o600,
-        )
-    })?;
-    // SAFETY: openat returned a fresh descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: fchown on a descriptor we own.
-    sys::check(unsafe { libc::fchown(fd.as_raw_fd(), user.uid, user.gid) })?;
-    sys::write_all(fd.as_raw_fd(), text.as_bytes())
+    /// Dropped after the sockets: what it holds goes, then the folder.
+    _folder: SessionFolder,
 }
 
 impl Forwarding {
@@ -141,54 +60,38 @@ impl Forwarding {
     }
 
     fn create_in(parent: &str, req: &Forward, user: &User) -> Result<Forwarding, String> {
-        let (path, dir) = make_private_dir(parent)?;
-        let mut fwd = Forwarding {
-            path,
-            dir,
-            names: Vec::new(),
-            listeners: Vec::new(),
-            streams: BTreeMap::new(),
-            next_stream: 1,
-            env: Vec::new(),
-        };
-        // On an error `fwd` is dropped: what was made goes.
+        // On an error what was made goes with `folder`.
+        let mut folder = SessionFolder::make_in(parent)?;
+        let mut listeners = Vec::new();
         let wanted = [
             (req.agent, AGENT_SOCKET, StreamKind::SshAgent),
             (req.git_credentials, GIT_SOCKET, StreamKind::GitCredential),
         ];
         for (_, name, kind) in wanted.into_iter().filter(|w| w.0) {
-            let at = format!("{}/{name}", fwd.path);
-            let l = UnixListener::bind(&at).map_err(|e| format!("cannot listen on {at}: {e}"))?;
-            fwd.names.push(name);
+            let l = folder.listen(name)?;
             l.set_nonblocking(true)
-                .map_err(|e| format!("cannot listen on {at}: {e}"))?;
-            chown_at(&fwd.dir, name, user).map_err(|e| format!("cannot hand {at} over: {e}"))?;
-            fwd.listeners.push((kind, l));
+                .map_err(|e| format!("cannot listen on {}/{name}: {e}", folder.path()))?;
+            listeners.push((kind, l));
         }
+        let mut env = Vec::new();
         if let Some(text) = &req.gitconfig {
-            fwd.names.push(SESSION_GITCONFIG);
-            write_gitconfig(
-                &fwd.dir,
-                &text.replace(SESSION_DIR_PLACEHOLDER, &fwd.path),
-                user,
-            )
-            .map_err(|e| format!("cannot write {}/{SESSION_GITCONFIG}: {e}", fwd.path))?;
-            fwd.env.push((
-                "GIT_CONFIG_SYSTEM".into(),
-                format!("{}/{SESSION_GITCONFIG}", fwd.path),
-            ));
+            env.push(("GIT_CONFIG_SYSTEM".into(), folder.write_gitconfig(text)?));
         }
         if req.agent {
-            fwd.env.push((
+            env.push((
                 "SSH_AUTH_SOCK".into(),
-                format!("{}/{AGENT_SOCKET}", fwd.path),
+                format!("{}/{AGENT_SOCKET}", folder.path()),
             ));
         }
         // Last: until now only root could enter it.
-        // SAFETY: fchown on a descriptor we own.
-        sys::check(unsafe { libc::fchown(fwd.dir.as_raw_fd(), user.uid, user.gid) })
-            .map_err(|e| format!("cannot hand {} over: {e}", fwd.path))?;
-        Ok(fwd)
+        folder.give_to(user.uid, user.gid)?;
+        Ok(Forwarding {
+            listeners,
+            streams: BTreeMap::new(),
+            next_stream: 1,
+            env,
+            _folder: folder,
+        })
     }
 
     /// The variables the command gets (before its own, which win).
@@ -363,25 +266,16 @@ impl Forwarding {
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
+        // The sockets close before the folder's drop removes their names.
         self.streams.clear();
         self.listeners.clear();
-        for n in &self.names {
-            if let Ok(c) = CString::new(*n) {
-                // SAFETY: a valid name relative to a directory descriptor we own.
-                unsafe { libc::unlinkat(self.dir.as_raw_fd(), c.as_ptr(), 0) };
-            }
-        }
-        if let Ok(c) = CString::new(self.path.as_str()) {
-            // SAFETY: rmdir with a NUL-terminated path; it removes an empty folder only and
-            // never follows a link.
-            unsafe { libc::rmdir(c.as_ptr()) };
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_agent_proto::SESSION_DIR_PLACEHOLDER;
     use std::os::unix::fs::MetadataExt;
 
     fn me() -> User {
@@ -433,7 +327,7 @@ mod tests {
     fn a_session_folder_is_private_and_goes_with_the_session() {
         let parent = tempfile::tempdir().unwrap();
         let fwd = Forwarding::create_in(parent.path().to_str().unwrap(), &both(), &me()).unwrap();
-        let path = fwd.path.clone();
+        let path = fwd._folder.path().to_string();
         let hex = path.rsplit("/berth-").next().unwrap();
         assert!(hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
         let meta = std::fs::metadata(&path).unwrap();
@@ -472,7 +366,8 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut fwd =
             Forwarding::create_in(parent.path().to_str().unwrap(), &both(), &me()).unwrap();
-        let mut client = UnixStream::connect(format!("{}/{GIT_SOCKET}", fwd.path)).unwrap();
+        let mut client =
+            UnixStream::connect(format!("{}/{GIT_SOCKET}", fwd._folder.path())).unwrap();
         let opened = pump(&mut fwd);
         assert_eq!(
             opened,
@@ -517,7 +412,7 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let mut fwd =
             Forwarding::create_in(parent.path().to_str().unwrap(), &both(), &me()).unwrap();
-        let at = format!("{}/{AGENT_SOCKET}", fwd.path);
+        let at = format!("{}/{AGENT_SOCKET}", fwd._folder.path());
         let clients: Vec<UnixStream> = (0..MAX_STREAMS + 3)
             .map(|_| UnixStream::connect(&at).unwrap())
             .collect();

@@ -244,6 +244,8 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut seen = Vec::new();
     let answer = h.clone();
+    // What the stream brought so far: ssh-add writes the request's length and its body with
+    // two writes, which may arrive as two frames.
     let mut request = Vec::new();
     let st = a
         .client
@@ -253,11 +255,9 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
                     assert_eq!(*kind, StreamKind::SshAgent);
                     let _ = stream;
                 }
-                // SSH2_AGENTC_REQUEST_IDENTITIES → SSH2_AGENT_IDENTITIES_ANSWER, none. ssh-add
-                // writes the length and the message separately, so the request may come in
-                // more than one piece.
                 Message::StreamData { stream, data } => {
                     request.extend_from_slice(data);
+                    // SSH2_AGENTC_REQUEST_IDENTITIES → SSH2_AGENT_IDENTITIES_ANSWER, none.
                     if request == [0, 0, 0, 1, 11] {
                         answer
                             .stream_data(*stream, &[0, 0, 0, 5, 12, 0, 0, 0, 0])
@@ -295,4 +295,97 @@ fn a_forwarded_socket_becomes_a_stream_of_its_session() {
         .run(&["/bin/sh", "-c", "echo ${SSH_AUTH_SOCK:-none}"])
         .unwrap();
     assert_eq!(plain.stdout, b"none\n");
+}
+
+/// Kills a process by its pid when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid and a signal; no memory involved.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// An agent killed while a session's forwarded folder exists (as a harness that gives up on
+/// a test kills it) cannot remove the folder; the next forwarding does, since nobody holds
+/// the folder's lock any more. A live session's folder is left alone meanwhile.
+#[test]
+fn a_folder_left_by_a_killed_agent_goes_with_the_next_forwarding() {
+    use berth_agent_proto::Forward;
+    let forward = || {
+        Some(Forward {
+            agent: true,
+            git_credentials: false,
+            gitconfig: None,
+        })
+    };
+    let marks = tempfile::tempdir().unwrap();
+    let mark = marks.path().join("folder");
+    let mut killed = start();
+    let _h = killed
+        .client
+        .start_forwarding(
+            Exec {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    format!(
+                        "echo $$ $(dirname $SSH_AUTH_SOCK) > {0}.new && mv {0}.new {0} && exec sleep 60",
+                        mark.display()
+                    ),
+                ],
+                ..Exec::default()
+            },
+            forward(),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !mark.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&mark).unwrap();
+    let (pid, dir) = text.trim().split_once(' ').unwrap();
+    let _sleep = KillOnDrop(pid.parse().unwrap());
+    let dir = std::path::PathBuf::from(dir);
+    assert!(
+        dir.starts_with("/tmp") && dir.join("agent.sock").exists(),
+        "{text}"
+    );
+    drop(killed);
+    assert!(
+        dir.exists(),
+        "a killed agent cleaned up: this test tests nothing"
+    );
+    // The next agent's forwarding: its own folder is made, the dead one's goes.
+    let mut next = start();
+    let h = next
+        .client
+        .start_forwarding(
+            Exec {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "test -S $SSH_AUTH_SOCK".into(),
+                ],
+                ..Exec::default()
+            },
+            forward(),
+        )
+        .unwrap();
+    h.stdin(&[]).unwrap();
+    let st = next
+        .client
+        .wait(&h, &mut Vec::new(), &mut Vec::new())
+        .unwrap();
+    assert_eq!(st.code, 0);
+    assert!(
+        !dir.exists(),
+        "the folder of a killed agent's session stayed: {}",
+        dir.display()
+    );
 }

@@ -1,5 +1,6 @@
 //! Host resources a berth command can leave behind, snapshotted before and after a test:
-//! mounts, cgroup folders under every controller, processes, network devices. A test asserts
+//! mounts, cgroup folders under every controller, processes, network devices, session
+//! folders of forwarded credentials whose maker is gone. A test asserts
 //! the two snapshots are equal once it has torn down what it made.
 
 use std::collections::BTreeSet;
@@ -20,6 +21,10 @@ pub struct HostSnapshot {
     pub nft_tables: BTreeSet<String>,
     /// Machine-wide bridge records (`/run/berth/net/<bridge>`).
     pub bridge_records: BTreeSet<String>,
+    /// Session folders of forwarded credentials on the host (`/tmp/berth-<16 hex>`) whose
+    /// maker is gone: nobody holds their lock, nobody removes them but the next session.
+    /// A live session's folder is locked and not listed.
+    pub stale_session_folders: BTreeSet<String>,
 }
 
 impl HostSnapshot {
@@ -35,6 +40,8 @@ impl HostSnapshot {
         keep(&mut s.net_devices);
         keep(&mut s.nft_tables);
         keep(&mut s.bridge_records);
+        // Kept whatever the tags: a folder's name says nothing of who made it, and a stale
+        // one is a leak whoever made it.
         s
     }
 
@@ -130,6 +137,11 @@ impl HostSnapshot {
                     .collect()
             })
             .unwrap_or_default();
+        let stale_session_folders = berth_inside_files::session_folder::stale_in(
+            berth_inside_files::session_folder::PARENT,
+        )
+        .into_iter()
+        .collect();
         HostSnapshot {
             mounts,
             cgroups,
@@ -137,6 +149,7 @@ impl HostSnapshot {
             net_devices,
             nft_tables,
             bridge_records,
+            stale_session_folders,
         }
     }
 
@@ -160,6 +173,10 @@ impl HostSnapshot {
             (
                 "bridge records",
                 diff(&self.bridge_records, &after.bridge_records),
+            ),
+            (
+                "session folders in /tmp whose maker is gone",
+                diff(&self.stale_session_folders, &after.stale_session_folders),
             ),
         ];
         let found: Vec<String> = leaks
@@ -434,5 +451,49 @@ mod file_scan_tests {
         f.write_all_at(b"secret-marker-45", 3 << 30).unwrap();
         drop(f);
         assert!(files_containing(dir.path(), "secret-marker-456").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+
+    /// Removes a folder when dropped.
+    struct RemoveDir(std::path::PathBuf);
+
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A session folder left in /tmp (nobody holds its lock) is a leak the snapshots see,
+    /// whatever the tags; a live one (its maker holds the lock) is not.
+    #[test]
+    fn a_session_folder_whose_maker_is_gone_is_a_leak() {
+        let before = HostSnapshot::take(&["no-such-tag"]);
+        let hex: String = std::process::id()
+            .to_be_bytes()
+            .iter()
+            .chain(b"leak")
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let name = format!("berth-{hex}");
+        let left = RemoveDir(Path::new(berth_inside_files::session_folder::PARENT).join(&name));
+        std::fs::create_dir(&left.0).unwrap();
+        let after = HostSnapshot::take(&["no-such-tag"]);
+        assert!(
+            after.stale_session_folders.contains(&name),
+            "{:?}",
+            after.stale_session_folders
+        );
+        let seen = std::panic::catch_unwind(|| before.assert_nothing_leaked(&after));
+        assert!(seen.is_err(), "the leak was not reported");
+        drop(left);
+        let live = berth_inside_files::session_folder::SessionFolder::make().unwrap();
+        let live_name = live.path().rsplit('/').next().unwrap().to_string();
+        assert!(!HostSnapshot::take_all()
+            .stale_session_folders
+            .contains(&live_name));
     }
 }

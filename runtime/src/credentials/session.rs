@@ -331,8 +331,7 @@ fn receive(from: &StdStream, count: usize) -> Result<(String, Vec<StdListener>),
 
 /// `/tmp/berth-<16 hex>`, what the builtin makes.
 pub(super) fn valid_session_dir(d: &str) -> bool {
-    d.strip_prefix("/tmp/berth-")
-        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    berth_inside_files::session_folder::is_folder_path(d)
 }
 
 /// `fd` as a listener if it is a listening Unix stream socket, else why not.

@@ -6,11 +6,9 @@
 //! tmpfs reached without a symlink.
 
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
 
 pub use berth_agent_proto::{GITCONFIG_PATH, RUN_DIR};
-
-use super::secret_files::{open_run_tmpfs, write_replacing};
+use berth_inside_files::run_tmpfs;
 
 /// Largest gitconfig accepted.
 const MAX_GITCONFIG: u64 = 64 * 1024;
@@ -23,7 +21,7 @@ fn fail(msg: String) -> i32 {
 
 /// The builtin; see the module's documentation. Returns the exit code.
 pub fn write_stdin() -> i32 {
-    let dir = match open_run_tmpfs("berth") {
+    let dir = match run_tmpfs::open(RUN_DIR) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -39,17 +37,15 @@ pub fn write_stdin() -> i32 {
         return fail("the gitconfig is larger than 64 KiB".into());
     }
     let done = if text.is_empty() {
-        match nix::unistd::unlinkat(
-            Some(dir.as_raw_fd()),
-            FILE,
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
-            Ok(()) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-            Err(e) => Err(format!("cannot remove {GITCONFIG_PATH}: {e}")),
+        match run_tmpfs::remove(&dir, FILE) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(format!("cannot remove {GITCONFIG_PATH}: {e}"))
+            }
+            _ => Ok(()),
         }
     } else {
         // Readable by every user inside.
-        write_replacing(&dir, FILE, &text, 0o644, None, GITCONFIG_PATH)
+        run_tmpfs::write_replacing(&dir, FILE, &text, 0o644, None, GITCONFIG_PATH)
     };
     match done {
         Ok(()) => 0,

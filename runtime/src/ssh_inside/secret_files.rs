@@ -6,7 +6,9 @@
 //! with), so a secret never lands on a disk, whatever the environment did to its `/run`.
 
 use std::io::{self, BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+
+use berth_inside_files::run_tmpfs::{self, write_replacing};
 
 /// Where the secrets are.
 pub use berth_agent_proto::SECRETS_DIR;
@@ -41,35 +43,6 @@ fn read_entry(input: &mut impl BufRead) -> Result<Option<(String, Vec<u8>)>, Str
     Ok(Some((name, value)))
 }
 
-/// Opens `/run/NAME` without following a link and checks it is a tmpfs (what berth
-/// mounted there), so what is written into it never lands on a disk.
-pub(super) fn open_run_tmpfs(name: &str) -> Result<OwnedFd, String> {
-    let path = format!("/run/{name}");
-    let dir_flags = nix::fcntl::OFlag::O_DIRECTORY
-        | nix::fcntl::OFlag::O_NOFOLLOW
-        | nix::fcntl::OFlag::O_CLOEXEC;
-    let run = nix::fcntl::open("/run", dir_flags, nix::sys::stat::Mode::empty())
-        .map_err(|e| format!("cannot open /run: {e}"))?;
-    // SAFETY: a descriptor just opened, owned by nobody else.
-    let run = unsafe { OwnedFd::from_raw_fd(run) };
-    let fd = nix::fcntl::openat(
-        Some(run.as_raw_fd()),
-        name,
-        dir_flags,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open {path}: {e}"))?;
-    // SAFETY: a descriptor just opened, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let fs = nix::sys::statfs::fstatfs(&fd).map_err(|e| format!("cannot inspect {path}: {e}"))?;
-    if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
-        return Err(format!(
-            "{path} is not the tmpfs berth mounted: nothing is written to it (restart the environment: berth down && berth up)"
-        ));
-    }
-    Ok(fd)
-}
-
 fn owner(user: &str) -> Result<(u32, u32), String> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
@@ -77,61 +50,9 @@ fn owner(user: &str) -> Result<(u32, u32), String> {
     Ok((who.uid, who.gid))
 }
 
-/// Writes `value` as `name` in `dir` (one of berth's tmpfs folders): under a temporary name
-/// created without following a link, given to `owner` (when set) and exactly `mode` (the
-/// umask may have taken bits away), then renamed into place. `what` names the file in errors.
-pub(super) fn write_replacing(
-    dir: &OwnedFd,
-    name: &str,
-    value: &[u8],
-    mode: u32,
-    owner: Option<(u32, u32)>,
-    what: &str,
-) -> Result<(), String> {
-    let tmp = format!(".{name}.new");
-    let _ = nix::unistd::unlinkat(
-        Some(dir.as_raw_fd()),
-        tmp.as_str(),
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
-    let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
-        tmp.as_str(),
-        nix::fcntl::OFlag::O_WRONLY
-            | nix::fcntl::OFlag::O_CREAT
-            | nix::fcntl::OFlag::O_EXCL
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        mode,
-    )
-    .map_err(|e| format!("cannot write {what}: {e}"))?;
-    // SAFETY: a descriptor just opened, owned by nobody else.
-    let mut f = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-    if let Some((uid, gid)) = owner {
-        nix::unistd::fchown(
-            f.as_raw_fd(),
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-        )
-        .map_err(|e| format!("cannot give {what} to its user: {e}"))?;
-    }
-    nix::sys::stat::fchmod(f.as_raw_fd(), mode)
-        .map_err(|e| format!("cannot set the mode of {what}: {e}"))?;
-    f.write_all(value)
-        .map_err(|e| format!("cannot write {what}: {e}"))?;
-    nix::fcntl::renameat(
-        Some(dir.as_raw_fd()),
-        tmp.as_str(),
-        Some(dir.as_raw_fd()),
-        name,
-    )
-    .map_err(|e| format!("cannot write {what}: {e}"))
-}
-
 /// The builtin; see the module's documentation. Returns the exit code.
 pub fn write_stdin(user: &str) -> i32 {
-    let dir = match open_run_tmpfs("secrets") {
+    let dir = match run_tmpfs::open(SECRETS_DIR) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
@@ -166,11 +87,7 @@ pub fn write_stdin(user: &str) -> i32 {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if !names.contains(&n) {
-                let _ = nix::unistd::unlinkat(
-                    Some(dir.as_raw_fd()),
-                    n.as_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
+                let _ = run_tmpfs::remove(&dir, &n);
             }
         }
     }

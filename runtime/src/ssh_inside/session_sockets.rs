@@ -10,17 +10,17 @@
 //!
 //! The builtin then waits for its stdin to end (the session is over, or the host side
 //! died) and removes what it made, through the folder's descriptor (a name swapped in the
-//! meantime is not followed).
+//! meantime is not followed). The folder is a [`SessionFolder`], the same a VM's agent
+//! makes for a session. A builtin killed before it could remove its folder leaves it
+//! unlocked; the next session's builtin of the same user removes it.
 //!
 //! `argv`: `[SESSION_SOCKETS, "agent.sock,git-credential.sock", GITCONFIG_TEXT?]`.
 
-use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixListener;
 
-/// Where the private folders are made.
-const PARENT: &str = "/tmp";
+use berth_inside_files::session_folder::SessionFolder;
+
 /// The session's git configuration file inside the folder.
 pub const GITCONFIG_FILE: &str = berth_agent_proto::SESSION_GITCONFIG;
 /// Stands for the folder's path in the gitconfig text (the host side cannot know it yet).
@@ -38,66 +38,6 @@ pub fn valid_socket_name(name: &str) -> bool {
         && name != GITCONFIG_FILE
 }
 
-fn random_hex() -> io::Result<String> {
-    let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into buf.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != buf.len() as isize {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Makes a fresh folder `/tmp/berth-<random>` (never one that existed: `mkdir` fails on any
-/// name already there, a symlink included) and returns its path and descriptor.
-fn make_private_dir() -> Result<(String, OwnedFd), String> {
-    for _ in 0..16 {
-        let path = format!(
-            "{PARENT}/berth-{}",
-            random_hex().map_err(|e| format!("no random bytes: {e}"))?
-        );
-        match nix::unistd::mkdir(path.as_str(), nix::sys::stat::Mode::S_IRWXU) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EEXIST) => continue,
-            Err(e) => return Err(format!("cannot make {path}: {e}")),
-        }
-        let fd = nix::fcntl::open(
-            path.as_str(),
-            nix::fcntl::OFlag::O_DIRECTORY
-                | nix::fcntl::OFlag::O_NOFOLLOW
-                | nix::fcntl::OFlag::O_CLOEXEC,
-            nix::sys::stat::Mode::empty(),
-        )
-        .map_err(|e| format!("cannot open {path}: {e}"))?;
-        // SAFETY: a descriptor just opened, owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The umask may have taken bits away, never added: set exactly 0700.
-        nix::sys::stat::fchmod(fd.as_raw_fd(), nix::sys::stat::Mode::S_IRWXU)
-            .map_err(|e| format!("cannot set the mode of {path}: {e}"))?;
-        return Ok((path, fd));
-    }
-    Err(format!("cannot find a free name in {PARENT}"))
-}
-
-fn write_gitconfig(dir: &OwnedFd, text: &str) -> Result<(), String> {
-    let fd = nix::fcntl::openat(
-        Some(dir.as_raw_fd()),
-        GITCONFIG_FILE,
-        nix::fcntl::OFlag::O_WRONLY
-            | nix::fcntl::OFlag::O_CREAT
-            | nix::fcntl::OFlag::O_EXCL
-            | nix::fcntl::OFlag::O_NOFOLLOW
-            | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::from_bits_truncate(0o600),
-    )
-    .map_err(|e| format!("cannot write the session's gitconfig: {e}"))?;
-    // SAFETY: a descriptor just opened, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut f = std::fs::File::from(fd);
-    f.write_all(text.as_bytes())
-        .map_err(|e| format!("cannot write the session's gitconfig: {e}"))
-}
-
 /// Sends `path` (any short text) and the listening sockets `fds` over `to` (the host
 /// side's end).
 pub(super) fn pass_fds(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), String> {
@@ -107,22 +47,6 @@ pub(super) fn pass_fds(to: RawFd, path: &str, fds: &[RawFd]) -> Result<(), Strin
     nix::sys::socket::sendmsg::<()>(to, &iov, cmsg, nix::sys::socket::MsgFlags::empty(), None)
         .map_err(|e| format!("cannot pass the sockets to berth: {e}"))?;
     Ok(())
-}
-
-/// Removes what [`serve_stdin`] made, by names relative to the folder's descriptor.
-fn clean_up(path: &str, dir: &OwnedFd, names: &[&str]) {
-    for n in names.iter().copied().chain([GITCONFIG_FILE]) {
-        let _ = nix::unistd::unlinkat(
-            Some(dir.as_raw_fd()),
-            n,
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        );
-    }
-    if let Ok(c) = CString::new(path) {
-        // SAFETY: rmdir with a NUL-terminated path; it removes an empty folder only, never
-        // follows a link.
-        unsafe { libc::rmdir(c.as_ptr()) };
-    }
 }
 
 /// The builtin: see the module's documentation. Returns the exit code.
@@ -142,8 +66,8 @@ pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
         );
         return 2;
     }
-    let (path, dir) = match make_private_dir() {
-        Ok(d) => d,
+    let mut folder = match SessionFolder::make() {
+        Ok(f) => f,
         Err(e) => {
             let _ = writeln!(io::stderr(), "{e}");
             return 1;
@@ -152,20 +76,17 @@ pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
     let result = (|| {
         let mut listeners = Vec::new();
         for n in &names {
-            let l = UnixListener::bind(format!("{path}/{n}"))
-                .map_err(|e| format!("cannot listen on {path}/{n}: {e}"))?;
-            listeners.push(l);
+            listeners.push(folder.listen(n)?);
         }
         if let Some(text) = gitconfig {
-            write_gitconfig(&dir, &text.replace(SESSION_DIR_PLACEHOLDER, &path))?;
+            folder.write_gitconfig(text)?;
         }
         let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
-        pass_fds(0, &path, &fds)
+        pass_fds(0, folder.path(), &fds)
         // Our copies close here: the host side's are the only ones.
     })();
     if let Err(e) = result {
         let _ = writeln!(io::stderr(), "{e}");
-        clean_up(&path, &dir, &names);
         return 1;
     }
     // SAFETY: fd 0 is our stdin, owned by this process from here on.
@@ -179,6 +100,6 @@ pub fn serve_stdin(sockets: &str, gitconfig: Option<&str>) -> i32 {
             Err(_) => break,
         }
     }
-    clean_up(&path, &dir, &names);
+    drop(folder);
     0
 }
