@@ -536,20 +536,30 @@ fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes(
         .unwrap();
     let p = project.path();
     let name = format!("df-{}", std::process::id());
+    // Two steps mount a secret whose `command` counts its runs in a host file.
     fs::write(
         p.join("Dockerfile"),
-        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\n",
+        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\nRUN --mount=type=secret,id=tok,required sha256sum /run/secrets/tok | cut -c1-64 > tok1\nRUN --mount=type=secret,id=tok,required sha256sum /run/secrets/tok | cut -c1-64 > tok2\n",
     )
     .unwrap();
     fs::write(p.join("index.html"), "<h1>one</h1>\n").unwrap();
+    let counter = tempfile::tempdir().unwrap();
+    let runs_file = counter.path().join("runs");
+    let token = "TOKEN-from-a-command-6e0c";
     fs::write(
         p.join("berth.toml"),
         format!(
-            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n",
-            reg.addr
+            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n[secrets]\ntok = {{ command = [\"sh\", \"-c\", \"echo run >> {}; echo {token}\"] }}\n",
+            reg.addr,
+            runs_file.display()
         ),
     )
     .unwrap();
+    let runs = || {
+        fs::read_to_string(&runs_file)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     let b = Berth::new();
     let (out, err) = b.ok_both(p, &["up"]);
     assert!(err.contains("COPY index.html ./ …"), "{err}");
@@ -560,18 +570,29 @@ fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes(
     let exec = |cmd: &str| b.ok(p, &["exec", "--", "sh", "-c", cmd]);
     assert_eq!(exec("cat /opt/site/index.html"), "<h1>one</h1>\n");
     assert_eq!(exec("cat /opt/site/stamp"), "built for docs\n");
+    let hash = format!("{}\n", hex::encode(Sha256::digest(token.as_bytes())));
+    assert_eq!(exec("cat /opt/site/tok1"), hash);
+    assert_eq!(exec("cat /opt/site/tok2"), hash);
+    // `up` read the secret once (for the environment's /run/secrets); the two build steps
+    // that mounted it ran no command of their own.
+    assert_eq!(runs(), 1, "the secret's command ran {} times", runs());
 
-    // Unchanged: nothing is built.
+    // Unchanged: nothing is built; the environment's secret is read again, once.
     let (_, err) = b.ok_both(p, &["up"]);
     assert!(!err.contains(" …"), "{err}");
+    assert_eq!(runs(), 2);
 
-    // A changed context file rebuilds from its COPY on.
+    // A changed context file rebuilds from its COPY on; the secret is read once more.
     fs::write(p.join("index.html"), "<h1>two</h1>\n").unwrap();
     let (_, err) = b.ok_both(p, &["up"]);
     assert!(err.contains("WORKDIR /opt/site (cached)"), "{err}");
     assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert!(err.contains("tok2 …"), "{err}");
     assert_eq!(exec("cat /opt/site/index.html"), "<h1>two</h1>\n");
+    assert_eq!(runs(), 3);
     b.ok(p, &["destroy"]);
+    let leaked = berth_e2e::host::files_containing(b.home.path(), token);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
 }
 
 /// Python's http.server on a loopback port serving `dir`; killed on drop.
@@ -1016,4 +1037,83 @@ COPY --from=quick /quick /out/quick
     let files = tar_files(&out);
     assert_eq!(files["out/slow"], "slow\n");
     assert_eq!(files["out/quick"], "quick\n");
+}
+
+/// Rootless, a secret mount's `uid`/`gid`/`mode` are applied as BuildKit does: the file
+/// shows inside with that owner and mode, its owner reads it, another user of the step
+/// does not, and nothing of it stays.
+#[test]
+fn rootless_secret_mounts_get_their_owner_and_mode() {
+    if let Some(why) = berth_e2e::host::root_skip_reason() {
+        eprintln!("skipped: {why} (to create the test user)");
+        return;
+    }
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let user = berth_e2e::user::TestUser::create("berthds");
+    let project = tempfile::Builder::new()
+        .prefix("berth-dfrl-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    let token = "ROOTLESS-TOKEN-4c2a-never-on-disk";
+    fs::write(p.join("token"), token).unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000,mode=0440 \
+    stat -c '%a %u:%g' /run/secrets/tok > /as-root
+USER app
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
+    sha256sum /run/secrets/tok | cut -c1-64 > /tmp/owner-read
+USER 1001:1001
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
+    {{ cat /run/secrets/tok 2>/dev/null || echo denied; }} > /tmp/other-read
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    user.own(p);
+    let o = user.berth(
+        p,
+        &[
+            "image",
+            "build",
+            "-t",
+            "rl",
+            "--secret",
+            "id=tok,src=token",
+            ".",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "rootless build failed:\n{out}\n{err}");
+    let tar = p.join("out.tar");
+    let o = user.berth(p, &["image", "export", "rl", "-o", tar.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let files = tar_files(&tar);
+    let f = |k: &str| files.get(k).map(String::as_str).unwrap_or("<missing>");
+    assert_eq!(f("as-root"), "440 1000:1000\n");
+    assert_eq!(
+        f("tmp/owner-read").trim(),
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    assert_eq!(f("tmp/other-read"), "denied\n");
+    assert!(
+        !files.values().any(|c| c.contains(token)),
+        "token in the image"
+    );
+    assert!(!files.contains_key("run/secrets/tok"));
+    let home = PathBuf::from(user.home()).join(".local/share/berth");
+    let leaked = berth_e2e::host::files_containing(&home, token);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
+    let shm: Vec<_> = fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| files_containing_token(&e.path(), token))
+        .collect();
+    assert!(shm.is_empty(), "secret files left in /dev/shm: {shm:?}");
 }

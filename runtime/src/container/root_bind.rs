@@ -156,6 +156,7 @@ pub fn notices(spec: &ContainerSpec) -> Vec<String> {
             target,
             readonly: false,
             idmap: true,
+            ..
         } = m
         else {
             continue;

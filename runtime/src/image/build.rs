@@ -62,6 +62,9 @@ pub enum StepMount {
         source: PathBuf,
         target: String,
         readonly: bool,
+        /// For a single file or socket: the (uid, gid) inside it must show with, given by
+        /// the runner in the step's user namespace (rootless too); `None`: as staged.
+        owner: Option<(u32, u32)>,
     },
     /// A fresh tmpfs (size in bytes; `None`: the kernel's default).
     Tmpfs { target: String, size: Option<u64> },

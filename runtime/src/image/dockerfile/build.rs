@@ -60,8 +60,8 @@ pub struct DockerfileBuild {
 }
 
 /// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
-/// `berth image build`.
-pub type BuildSecrets = BTreeMap<String, envfile_spec::plan::SecretSource>;
+/// `berth image build`; each read at most once per build, when a step that mounts it runs.
+pub type BuildSecrets = crate::secrets::LazySecrets;
 
 /// What a build made.
 #[derive(Debug, Clone)]

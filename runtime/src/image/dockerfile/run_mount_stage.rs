@@ -18,12 +18,11 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use envfile_spec::plan::SecretSource;
 use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepMount;
 use super::super::error::ImageError;
-use super::build::Run;
+use super::build::{BuildSecrets, Run};
 use super::context;
 use super::copy::{self, Attrs, Below, Item};
 use super::error::{DockerfileError, Located, Pos};
@@ -50,8 +49,8 @@ pub(super) enum MountPlan {
     },
     Secret {
         id: String,
-        /// `None`: not given and not required; nothing is mounted.
-        source: Option<SecretSource>,
+        /// `false`: not given and not required; nothing is mounted.
+        given: bool,
         target: String,
         mode: u32,
         owner: (u32, u32),
@@ -155,8 +154,8 @@ impl Run<'_> {
                     uid,
                     gid,
                 } => {
-                    let source = self.build.secrets.get(&id).cloned();
-                    if source.is_none() && required {
+                    let given = self.build.secrets.contains(&id);
+                    if !given && required {
                         return Err(self.err(Located::new(
                             pos,
                             format!("the required secret `{id}` is not given"),
@@ -167,7 +166,7 @@ impl Run<'_> {
                     key.push(format!("secret\0{id}\0{target}\0{mode:o}\0{uid}:{gid}").into_bytes());
                     plans.push(MountPlan::Secret {
                         id,
-                        source,
+                        given,
                         target,
                         mode,
                         owner: (uid, gid),
@@ -278,6 +277,7 @@ impl Run<'_> {
 /// Stages `plans` for one run of the step.
 pub(super) fn prepare(
     plans: &[MountPlan],
+    secrets: &BuildSecrets,
     home: &BerthHome,
     label: &str,
 ) -> Result<PreparedMounts, DockerfileError> {
@@ -304,6 +304,7 @@ pub(super) fn prepare(
                     source: dir.path().join("m"),
                     target: target.clone(),
                     readonly: !writable,
+                    owner: None,
                 });
                 out.staged.push(dir);
             }
@@ -313,14 +314,20 @@ pub(super) fn prepare(
             }),
             MountPlan::Secret {
                 id,
-                source,
+                given,
                 target,
                 mode,
                 owner,
                 at,
             } => {
-                let Some(source) = source else { continue };
-                let value = crate::secrets::read_one(id, source).map_err(|e| {
+                if !given {
+                    continue;
+                }
+                // Read on the first run of a step that mounts it, once per build.
+                let Some(value) = secrets.value(id) else {
+                    continue;
+                };
+                let value = value.map_err(|e| {
                     at.error(
                         format!("cannot read the secret for this step: {e}"),
                         "fix the secret's source; the step did not run",
@@ -328,12 +335,13 @@ pub(super) fn prepare(
                 })?;
                 let dir = private_dir(&mut out.private, label)?;
                 let file = dir.join("secret");
-                write_private(&file, &value, *mode, *owner)
+                write_private(&file, &value, *mode)
                     .map_err(|e| build_err(format!("cannot stage the secret {id}: {e}")))?;
                 out.mounts.push(StepMount::Staged {
                     source: file,
                     target: target.clone(),
                     readonly: true,
+                    owner: Some(*owner),
                 });
             }
             MountPlan::Ssh {
@@ -348,7 +356,6 @@ pub(super) fn prepare(
                 let listener = std::os::unix::net::UnixListener::bind(&sock)
                     .and_then(|l| {
                         fs::set_permissions(&sock, fs::Permissions::from_mode(*mode))?;
-                        give(&sock, *owner)?;
                         Ok(l)
                     })
                     .map_err(|e| build_err(format!("cannot make the SSH agent socket: {e}")))?;
@@ -362,6 +369,7 @@ pub(super) fn prepare(
                     source: sock,
                     target: target.clone(),
                     readonly: false,
+                    owner: Some(*owner),
                 });
             }
         }
@@ -380,22 +388,14 @@ fn private_dir(dirs: &mut Vec<ShmDir>, label: &str) -> Result<PathBuf, Dockerfil
     Ok(p)
 }
 
-/// Writes `value` to a new file of `mode` owned by `owner` (ids inside; as root only:
-/// rootless, the user's own files are the step root's).
-fn write_private(path: &Path, value: &[u8], mode: u32, owner: (u32, u32)) -> std::io::Result<()> {
+/// Writes `value` to a new file of `mode` (the runner gives it its owner inside, in the
+/// step's user namespace).
+fn write_private(path: &Path, value: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
     f.write_all(value)?;
-    give(path, owner)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
-}
-
-fn give(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    }
-    Ok(())
 }
