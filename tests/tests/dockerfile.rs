@@ -1117,3 +1117,118 @@ RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
         .collect();
     assert!(shm.is_empty(), "secret files left in /dev/shm: {shm:?}");
 }
+
+/// `RUN --mount=type=bind` mounts the source itself (no copy: times and hard links are the
+/// source's), read-only unless `rw`, and `rw` writes land in a throw-away layer of the step,
+/// never in the context, a stage or berth's store. Sources that try to leave the context or
+/// a stage (`..`, a symlink on the way, a stage's symlink to a host path) read nothing of the
+/// host.
+#[test]
+fn bind_mounts_are_the_sources_themselves_and_never_lead_outside() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    let outside = tempfile::tempdir().unwrap();
+    let marker = "HOST-MARKER-outside-the-context-e81d";
+    fs::create_dir_all(outside.path().join("inner")).unwrap();
+    fs::write(outside.path().join("inner/private"), marker).unwrap();
+    fs::write(outside.path().join("private"), marker).unwrap();
+    fs::create_dir_all(p.join("src")).unwrap();
+    fs::write(p.join("src/old.c"), "old\n").unwrap();
+    fs::hard_link(p.join("src/old.c"), p.join("src/twin.c")).unwrap();
+    let o = Command::new("touch")
+        .args(["-h", "-d", "@1000000000"])
+        .arg(p.join("src/old.c"))
+        .status()
+        .unwrap();
+    assert!(o.success());
+    std::os::unix::fs::symlink(outside.path(), p.join("lnk")).unwrap();
+    // Written by the step as `RW-WRITE""-never…`: the Dockerfile (kept in the image's
+    // history) does not hold it whole.
+    let rw_marker = "RW-WRITE-never-kept-77b0";
+    let rw_split = "RW-WRITE\"\"-never-kept-77b0";
+    let o = outside.path().display();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1 AS stage
+RUN mkdir -p /opt/real && echo stage-file > /opt/real/f && touch -d @1100000000 /opt/real/f \
+ && ln -s {o} /opt/hostlink && ln -s {o}/private /opt/real/hostfile
+
+FROM {r}/base:1
+RUN --mount=type=bind,source=src,target=/src \
+    --mount=type=bind,from=stage,source=/opt/real,target=/real \
+    --mount=type=bind,source=src,target=/rw,rw \
+    --mount=type=bind,from=stage,source=/opt/real,target=/stage-rw,rw \
+    stat -c '%Y %h' /src/old.c > /ctx-stat \
+ && stat -c '%Y' /real/f > /stage-stat \
+ && {{ cat /real/hostfile 2>&1 || true; }} > /stage-link \
+ && {{ touch /src/new 2>/dev/null && echo writable || echo read-only; }} > /ctx-ro \
+ && {{ touch /real/new 2>/dev/null && echo writable || echo read-only; }} > /stage-ro \
+ && echo {rw_split} > /rw/old.c && echo {rw_split} > /rw/made \
+ && echo {rw_split} > /stage-rw/f && cat /rw/old.c /stage-rw/f | sha256sum | cut -c1-64 > /rw-seen
+RUN --mount=type=bind,source=src,target=/src --mount=type=bind,from=stage,source=/opt/real,target=/real \
+    cat /src/old.c /real/f > /after
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    build(&b, p, &["-t", "binds", "."]);
+    let out = p.join("out.tar");
+    b.ok(
+        p,
+        &["image", "export", "binds", "-o", out.to_str().unwrap()],
+    );
+    let files = tar_files(&out);
+    let f = |k: &str| files.get(k).map(String::as_str).unwrap_or("<missing>");
+    // The source itself: its time and its hard link, not a copy's.
+    assert_eq!(f("ctx-stat"), "1000000000 2\n");
+    assert_eq!(f("stage-stat"), "1100000000\n");
+    assert!(!f("stage-link").contains(marker), "{}", f("stage-link"));
+    assert_eq!(f("ctx-ro"), "read-only\n");
+    assert_eq!(f("stage-ro"), "read-only\n");
+    assert_eq!(
+        f("rw-seen").trim(),
+        hex::encode(Sha256::digest(format!("{rw_marker}\n{rw_marker}\n")))
+    );
+    // rw writes went nowhere: not into the context, the stage, the store or the image.
+    assert_eq!(f("after"), "old\nstage-file\n");
+    assert_eq!(fs::read_to_string(p.join("src/old.c")).unwrap(), "old\n");
+    assert!(!p.join("src/made").exists());
+    assert!(!files.values().any(|c| c.contains(rw_marker)));
+    let kept = berth_e2e::host::files_containing(b.home.path(), rw_marker);
+    assert!(kept.is_empty(), "rw writes kept in {kept:?}");
+    assert!(berth_e2e::host::files_containing(p, rw_marker).is_empty());
+    // Ways out of the context or a stage fail at their line and read nothing.
+    for (source, says) in [
+        ("source=../outside", "outside the build context"),
+        ("source=lnk/inner", "symlinks are not followed"),
+        ("source=lnk", "is a symlink"),
+        ("from=stage,source=/opt/hostlink", "is a symlink"),
+        ("from=stage,source=/opt/hostlink/inner", "does not exist"),
+        ("from=stage,source=/../../..", "does not exist"),
+    ] {
+        fs::write(
+            p.join("Dockerfile.bad"),
+            format!(
+                "FROM {r}/base:1 AS stage\nRUN mkdir -p /opt && ln -s {o} /opt/hostlink\nFROM {r}/base:1\nRUN --mount=type=bind,{source},target=/x cat /x/private /x/inner/private > /got\n",
+                r = reg.addr
+            ),
+        )
+        .unwrap();
+        let o = b.run_in(
+            p,
+            &["image", "build", "-f", "Dockerfile.bad", "-t", "bad", "."],
+        );
+        let (so, se) = text(&o);
+        assert!(!o.status.success(), "{source}: built:\n{so}\n{se}");
+        assert!(se.contains("Dockerfile.bad:4:"), "{source}: {se}");
+        assert!(se.contains(says), "{source}: {se}");
+        assert!(!format!("{so}{se}").contains(marker));
+    }
+}

@@ -208,7 +208,7 @@ impl<'a> OverlayRootfs<'a> {
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
         create_nested_mount_points(&mounts, owner.is_some())?;
         let mut mounted: Option<Vec<(u64, u64)>> = None;
-        for m in mounts {
+        for (n, m) in mounts.into_iter().enumerate() {
             match m {
                 MountSpec::Bind {
                     source,
@@ -292,6 +292,27 @@ impl<'a> OverlayRootfs<'a> {
                     attach_clone(source, &fd_path(&t), None, flags)?;
                 }
                 MountSpec::Tmpfs { .. } => {}
+                MountSpec::OverlayBind {
+                    lowers,
+                    upper,
+                    sub,
+                    target,
+                } => super::overlay_bind::mount_overlay_bind(
+                    &super::overlay_bind::OverlayBind {
+                        lowers,
+                        upper: upper.as_ref(),
+                        sub,
+                        target,
+                    },
+                    n,
+                    &spec.state_dir,
+                    root.as_fd(),
+                    idmap_userns,
+                    self.mapping,
+                    owner.is_none() && self.mapping.is_some(),
+                    owner,
+                    spec.net_home.as_deref(),
+                )?,
             }
         }
         self.write_etc_files(root.as_fd(), owner)?;

@@ -151,6 +151,15 @@ pub enum MountSpec {
     },
     /// A fresh tmpfs, optionally size-limited (bytes).
     Tmpfs { target: String, size: Option<u64> },
+    /// One path (`sub`) of an overlay of `lowers` (top first), read-only, or writable into
+    /// `upper` (upper and work folders, thrown away by their owner): a build step's bind
+    /// mount (see [`super::overlay_bind`]).
+    OverlayBind {
+        lowers: Vec<super::overlay_bind::OverlayLower>,
+        upper: Option<(PathBuf, PathBuf)>,
+        sub: String,
+        target: String,
+    },
 }
 
 impl MountSpec {
@@ -158,7 +167,8 @@ impl MountSpec {
         match self {
             MountSpec::Bind { target, .. }
             | MountSpec::Volume { target, .. }
-            | MountSpec::Tmpfs { target, .. } => target,
+            | MountSpec::Tmpfs { target, .. }
+            | MountSpec::OverlayBind { target, .. } => target,
         }
     }
 }

@@ -16,7 +16,7 @@ use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
 use crate::backend::ExecRequest;
-use crate::image::build::StepMount;
+use crate::image::build::{StepLower, StepMount};
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.
@@ -206,6 +206,50 @@ fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Resu
                 target: target.clone(),
                 size: *size,
             }),
+            StepMount::Overlay {
+                lowers,
+                upper,
+                sub,
+                target,
+            } => {
+                use super::overlay_bind::{LowerIds, OverlayLower};
+                let upper = match upper {
+                    Some(dir) => {
+                        let (u, w) = (dir.join("upper"), dir.join("work"));
+                        for d in [&u, &w] {
+                            std::fs::create_dir(d)
+                                .context(|| format!("cannot create {}", d.display()))?;
+                            // The step's root writes there (as root: a host id of its range).
+                            if let Some(map) = mapping {
+                                std::os::unix::fs::lchown(d, map.host_uid(0), map.host_gid(0))
+                                    .context(|| {
+                                        format!("cannot hand {} to the build step", d.display())
+                                    })?;
+                            }
+                        }
+                        Some((u, w))
+                    }
+                    None => None,
+                };
+                out.push(MountSpec::OverlayBind {
+                    lowers: lowers
+                        .iter()
+                        .map(|l| match l {
+                            StepLower::Layer(p) => OverlayLower {
+                                path: p.clone(),
+                                ids: LowerIds::Layer,
+                            },
+                            StepLower::HostFolder(p) => OverlayLower {
+                                path: p.clone(),
+                                ids: LowerIds::Owner,
+                            },
+                        })
+                        .collect(),
+                    upper,
+                    sub: sub.clone(),
+                    target: target.clone(),
+                });
+            }
         }
     }
     Ok(out)
