@@ -1059,6 +1059,10 @@ fn rootless_secret_mounts_get_their_owner_and_mode() {
     let p = project.path();
     let token = "ROOTLESS-TOKEN-4c2a-never-on-disk";
     fs::write(p.join("token"), token).unwrap();
+    fs::create_dir_all(p.join("src")).unwrap();
+    fs::write(p.join("src/main.c"), "int main;\n").unwrap();
+    fs::write(p.join("src/debug.log"), "ignored\n").unwrap();
+    fs::write(p.join(".dockerignore"), "**/*.log\ntoken\n").unwrap();
     fs::write(
         p.join("Dockerfile"),
         format!(
@@ -1071,12 +1075,24 @@ RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
 USER 1001:1001
 RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
     {{ cat /run/secrets/tok 2>/dev/null || echo denied; }} > /tmp/other-read
+USER root
+RUN --mount=type=bind,source=src,target=/src \
+    --mount=type=bind,source=src,target=/scratch,rw \
+    ls /src > /src-list && stat -c '%u:%g' /src/main.c > /src-owner \
+ && {{ touch /src/new 2>/dev/null && echo writable || echo read-only; }} > /src-ro \
+ && echo scribble > /scratch/main.c && chown 1000:1000 /scratch/main.c && cat /scratch/main.c > /scratch-rw
 "#,
             r = reg.addr
         ),
     )
     .unwrap();
-    user.own(p);
+    // The user's checkout: their user and group (both the step's root).
+    let st = Command::new("chown")
+        .args(["-R", &format!("{}:", user.name)])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
     let o = user.berth(
         p,
         &[
@@ -1102,6 +1118,21 @@ RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
         hex::encode(Sha256::digest(token.as_bytes()))
     );
     assert_eq!(f("tmp/other-read"), "denied\n");
+    // Bind mounts work rootless too: .dockerignore applies, the user's files show as root,
+    // read-only unless rw, and rw writes (by another id too) reach neither the context nor
+    // the image, and leave nothing behind.
+    assert_eq!(f("src-list"), "main.c\n");
+    assert_eq!(f("src-owner"), "0:0\n");
+    assert_eq!(f("src-ro"), "read-only\n");
+    assert_eq!(f("scratch-rw"), "scribble\n");
+    assert_eq!(
+        fs::read_to_string(p.join("src/main.c")).unwrap(),
+        "int main;\n"
+    );
+    let tmp: Vec<_> = fs::read_dir(PathBuf::from(user.home()).join(".local/share/berth/tmp"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "staging left behind: {tmp:?}");
     assert!(
         !files.values().any(|c| c.contains(token)),
         "token in the image"
