@@ -358,6 +358,27 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_lists_what_it_leaves_out_for_the_bind_mask() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("src/node_modules/x")).unwrap();
+        fs::write(r.join("src/a.js"), "").unwrap();
+        fs::write(r.join("src/b.log"), "").unwrap();
+        fs::write(r.join("top.log"), "").unwrap();
+        let ig = DockerIgnore::parse("**/*.log\nsrc/node_modules\n");
+        assert_eq!(walk(r, "src", &ig).unwrap(), ["src", "src/a.js"]);
+        // The excluded folder stands for its content; only paths under `src`.
+        assert_eq!(
+            excluded_under(r, "src", &ig).unwrap(),
+            ["src/b.log", "src/node_modules"]
+        );
+        assert_eq!(
+            excluded_under(r, "", &ig).unwrap(),
+            ["src/b.log", "src/node_modules", "top.log"]
+        );
+    }
+
+    #[test]
     fn dockerignore_excludes_folders_with_their_content_and_honours_exceptions() {
         let ig = DockerIgnore::parse(
             "# comment\nnode_modules\n**/*.log\n/target\ndocs/*\n!docs/keep.md\n",

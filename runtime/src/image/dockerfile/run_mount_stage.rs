@@ -515,3 +515,47 @@ fn write_private(path: &Path, value: &[u8], mode: u32) -> std::io::Result<()> {
     f.write_all(value)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
+    #[test]
+    fn a_stage_path_is_cleaned_and_never_leaves_its_root() {
+        assert_eq!(clean_rel("/opt/./tool/").as_deref(), Some("opt/tool"));
+        assert_eq!(clean_rel("/").as_deref(), Some(""));
+        assert_eq!(clean_rel("a/../b").as_deref(), Some("b"));
+        assert_eq!(clean_rel("/../etc"), None);
+        assert_eq!(clean_rel("a/../../b"), None);
+    }
+
+    #[test]
+    fn the_mask_hides_each_excluded_path_in_folders_like_the_contexts() {
+        let ctx = tempfile::tempdir().unwrap();
+        let c = ctx.path();
+        fs::create_dir_all(c.join("src/deep")).unwrap();
+        fs::set_permissions(c.join("src"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(c.join("src/deep/x.log"), "").unwrap();
+        fs::write(c.join("top.log"), "").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let at = out.path().join("mask");
+        write_mask(c, &at, &["src/deep/x.log".into(), "top.log".into()]).unwrap();
+        for w in ["src/deep/x.log", "top.log"] {
+            let m = fs::symlink_metadata(at.join(w)).unwrap();
+            assert!(m.file_type().is_char_device() && m.rdev() == 0, "{w}");
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&at.join("src")), 0o750);
+        assert_eq!(mode(&at.join("src/deep")), mode(&c.join("src/deep")));
+        assert_eq!(mode(&at), mode(c));
+        // Nothing else: the mask holds only the whiteouts and their folders.
+        let mut names: Vec<String> = fs::read_dir(&at)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["src", "top.log"]);
+    }
+}
