@@ -1203,6 +1203,8 @@ RUN --mount=type=bind,source=src,target=/src \
  && echo {rw_split} > /stage-rw/f && cat /rw/old.c /stage-rw/f | sha256sum | cut -c1-64 > /rw-seen
 RUN --mount=type=bind,source=src,target=/src --mount=type=bind,from=stage,source=/opt/real,target=/real \
     cat /src/old.c /real/f > /after
+COPY src/old.c /copied.c
+COPY --from=stage /opt/real/f /copied-from-stage
 "#,
             r = reg.addr
         ),
@@ -1220,6 +1222,24 @@ RUN --mount=type=bind,source=src,target=/src --mount=type=bind,from=stage,source
     // The source itself: its time and its hard link, not a copy's.
     assert_eq!(f("ctx-stat"), "1000000000 2\n");
     assert_eq!(f("stage-stat"), "1100000000\n");
+    // COPY keeps the source's modification time, as Docker's does.
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    let mtimes: BTreeMap<String, u64> = ar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            (path, e.header().mtime().unwrap())
+        })
+        .collect();
+    assert_eq!(mtimes["copied.c"], 1_000_000_000);
+    assert_eq!(mtimes["copied-from-stage"], 1_100_000_000);
     assert!(!f("stage-link").contains(marker), "{}", f("stage-link"));
     assert_eq!(f("ctx-ro"), "read-only\n");
     assert_eq!(f("stage-ro"), "read-only\n");
