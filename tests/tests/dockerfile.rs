@@ -1255,6 +1255,42 @@ COPY --from=stage /opt/real/f /copied-from-stage
     let kept = berth_e2e::host::files_containing(b.home.path(), rw_marker);
     assert!(kept.is_empty(), "rw writes kept in {kept:?}");
     assert!(berth_e2e::host::files_containing(p, rw_marker).is_empty());
+    // COPY --from is keyed by what it copies: a source stage that runs again and makes the
+    // same file reruns nothing after it.
+    fs::write(
+        p.join("Dockerfile.gen"),
+        format!(
+            "FROM {r}/base:1 AS gen\nARG V=1\nRUN echo \"$V\" > /v && echo fixed > /out\nFROM {r}/base:1\nCOPY --from=gen /out /out\nRUN cat /out > /after-copy\n",
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let gen = |v: &str| {
+        let arg = format!("V={v}");
+        build(
+            &b,
+            p,
+            &[
+                "-f",
+                "Dockerfile.gen",
+                "-t",
+                "gen",
+                "--build-arg",
+                &arg,
+                ".",
+            ],
+        )
+        .1
+    };
+    let first = gen("1");
+    assert!(first.contains("3 steps run, 0 cached"), "{first}");
+    let again = gen("2");
+    assert!(
+        again.contains("COPY /out /out (cached)"),
+        "{again}"
+    );
+    assert!(again.contains("1 steps run, 2 cached"), "{again}");
+
     // Ways out of the context or a stage fail at their line and read nothing.
     for (source, says) in [
         ("source=../outside", "outside the build context"),
