@@ -1053,7 +1053,7 @@ fn rootless_secret_mounts_get_their_owner_and_mode() {
     };
     let user = berth_e2e::user::TestUser::create("berthds");
     let project = tempfile::Builder::new()
-        .prefix("berth-dfrl-")
+        .prefix("berth-dfrl:a,b-")
         .tempdir()
         .unwrap();
     let p = project.path();
@@ -1160,7 +1160,11 @@ fn bind_mounts_are_the_sources_themselves_and_never_lead_outside() {
     let Some(reg) = registry_with_base() else {
         return;
     };
-    let project = tempfile::tempdir().unwrap();
+    // A context folder whose name holds the overlay's option separators.
+    let project = tempfile::Builder::new()
+        .prefix("berth-ctx:a,b-")
+        .tempdir()
+        .unwrap();
     let p = project.path();
     let outside = tempfile::tempdir().unwrap();
     let marker = "HOST-MARKER-outside-the-context-e81d";
@@ -1285,10 +1289,7 @@ COPY --from=stage /opt/real/f /copied-from-stage
     let first = gen("1");
     assert!(first.contains("3 steps run, 0 cached"), "{first}");
     let again = gen("2");
-    assert!(
-        again.contains("COPY /out /out (cached)"),
-        "{again}"
-    );
+    assert!(again.contains("COPY /out /out (cached)"), "{again}");
     assert!(again.contains("1 steps run, 2 cached"), "{again}");
 
     // Ways out of the context or a stage fail at their line and read nothing.

@@ -114,15 +114,15 @@ pub fn mount_overlay_bind(
         "lowerdir={}",
         lowers
             .iter()
-            .map(|p| p.to_string_lossy().replace(',', "\\,"))
+            .map(|p| escaped(p))
             .collect::<Vec<_>>()
             .join(":")
     );
     if let Some((upper, work)) = m.upper {
         opts.push_str(&format!(
             ",upperdir={},workdir={}",
-            upper.display(),
-            work.display()
+            escaped(upper),
+            escaped(work)
         ));
     }
     if inside_userns {
@@ -173,4 +173,32 @@ pub fn mount_overlay_bind(
         nodev: true,
     };
     attach_clone(&fd_path(&src), &fd_path(&t), None, clone)
+}
+
+/// A path as an overlay option value: `\\`, `:` and `,` escaped, so a folder named
+/// `a:/etc` is one lower folder, never two.
+fn escaped(p: &Path) -> String {
+    let mut out = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, '\\' | ':' | ',') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_separators_in_a_path_are_escaped() {
+        assert_eq!(escaped(Path::new("/ctx/plain")), "/ctx/plain");
+        assert_eq!(escaped(Path::new("/home/u/a:/etc")), "/home/u/a\\:/etc");
+        assert_eq!(
+            escaped(Path::new("/x,upperdir=/y\\z")),
+            "/x\\,upperdir=/y\\\\z"
+        );
+    }
 }
