@@ -101,6 +101,7 @@ fn isolation_exec_and_cleanup() {
             target: "/work".into(),
             readonly: false,
             idmap: true,
+            owner_inside: None,
         });
         spec.env.insert("GREETING".into(), "hi".into());
         let env = Env::start(spec, home);
@@ -600,12 +601,14 @@ fn volume_tmpfs_and_readonly_mounts() {
             target: "/ro".into(),
             readonly: true,
             idmap: true,
+            owner_inside: None,
         });
         spec.mounts.push(MountSpec::Bind {
             source: ro.path().to_path_buf(),
             target: "/ro-plain".into(),
             readonly: true,
             idmap: false,
+            owner_inside: None,
         });
         let env = Env::start(spec.clone(), home);
         assert_eq!(env.sh("echo kept > /data/x && id -u > /data/who").0, 0);

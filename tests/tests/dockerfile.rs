@@ -536,20 +536,30 @@ fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes(
         .unwrap();
     let p = project.path();
     let name = format!("df-{}", std::process::id());
+    // Two steps mount a secret whose `command` counts its runs in a host file.
     fs::write(
         p.join("Dockerfile"),
-        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\n",
+        "ARG REGISTRY\nFROM ${REGISTRY}/base:1\nARG SITE=nobody\nWORKDIR /opt/site\nCOPY index.html ./\nRUN echo \"built for $SITE\" > stamp\nRUN --mount=type=secret,id=tok,required sha256sum /run/secrets/tok | cut -c1-64 > tok1\nRUN --mount=type=secret,id=tok,required sha256sum /run/secrets/tok | cut -c1-64 > tok2\n",
     )
     .unwrap();
     fs::write(p.join("index.html"), "<h1>one</h1>\n").unwrap();
+    let counter = tempfile::tempdir().unwrap();
+    let runs_file = counter.path().join("runs");
+    let token = "TOKEN-from-a-command-6e0c";
     fs::write(
         p.join("berth.toml"),
         format!(
-            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n",
-            reg.addr
+            "name = \"{name}\"\n[image]\ndockerfile = \"Dockerfile\"\nargs = {{ REGISTRY = \"{}\", SITE = \"docs\", UNUSED = \"x\" }}\n[secrets]\ntok = {{ command = [\"sh\", \"-c\", \"echo run >> {}; echo {token}\"] }}\n",
+            reg.addr,
+            runs_file.display()
         ),
     )
     .unwrap();
+    let runs = || {
+        fs::read_to_string(&runs_file)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
     let b = Berth::new();
     let (out, err) = b.ok_both(p, &["up"]);
     assert!(err.contains("COPY index.html ./ …"), "{err}");
@@ -560,18 +570,29 @@ fn up_builds_the_base_from_the_dockerfile_and_rebuilds_when_the_context_changes(
     let exec = |cmd: &str| b.ok(p, &["exec", "--", "sh", "-c", cmd]);
     assert_eq!(exec("cat /opt/site/index.html"), "<h1>one</h1>\n");
     assert_eq!(exec("cat /opt/site/stamp"), "built for docs\n");
+    let hash = format!("{}\n", hex::encode(Sha256::digest(token.as_bytes())));
+    assert_eq!(exec("cat /opt/site/tok1"), hash);
+    assert_eq!(exec("cat /opt/site/tok2"), hash);
+    // `up` read the secret once (for the environment's /run/secrets); the two build steps
+    // that mounted it ran no command of their own.
+    assert_eq!(runs(), 1, "the secret's command ran {} times", runs());
 
-    // Unchanged: nothing is built.
+    // Unchanged: nothing is built; the environment's secret is read again, once.
     let (_, err) = b.ok_both(p, &["up"]);
     assert!(!err.contains(" …"), "{err}");
+    assert_eq!(runs(), 2);
 
-    // A changed context file rebuilds from its COPY on.
+    // A changed context file rebuilds from its COPY on; the secret is read once more.
     fs::write(p.join("index.html"), "<h1>two</h1>\n").unwrap();
     let (_, err) = b.ok_both(p, &["up"]);
     assert!(err.contains("WORKDIR /opt/site (cached)"), "{err}");
     assert!(err.contains("COPY index.html ./ …"), "{err}");
+    assert!(err.contains("tok2 …"), "{err}");
     assert_eq!(exec("cat /opt/site/index.html"), "<h1>two</h1>\n");
+    assert_eq!(runs(), 3);
     b.ok(p, &["destroy"]);
+    let leaked = berth_e2e::host::files_containing(b.home.path(), token);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
 }
 
 /// Python's http.server on a loopback port serving `dir`; killed on drop.
@@ -1016,4 +1037,286 @@ COPY --from=quick /quick /out/quick
     let files = tar_files(&out);
     assert_eq!(files["out/slow"], "slow\n");
     assert_eq!(files["out/quick"], "quick\n");
+}
+
+/// Rootless, a secret mount's `uid`/`gid`/`mode` are applied as BuildKit does: the file
+/// shows inside with that owner and mode, its owner reads it, another user of the step
+/// does not, and nothing of it stays.
+#[test]
+fn rootless_secret_mounts_get_their_owner_and_mode() {
+    if let Some(why) = berth_e2e::host::root_skip_reason() {
+        eprintln!("skipped: {why} (to create the test user)");
+        return;
+    }
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let user = berth_e2e::user::TestUser::create("berthds");
+    let project = tempfile::Builder::new()
+        .prefix("berth-dfrl:a,b-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    let token = "ROOTLESS-TOKEN-4c2a-never-on-disk";
+    fs::write(p.join("token"), token).unwrap();
+    fs::create_dir_all(p.join("src")).unwrap();
+    fs::write(p.join("src/main.c"), "int main;\n").unwrap();
+    fs::write(p.join("src/debug.log"), "ignored\n").unwrap();
+    fs::write(p.join(".dockerignore"), "**/*.log\ntoken\n").unwrap();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000,mode=0440 \
+    stat -c '%a %u:%g' /run/secrets/tok > /as-root
+USER app
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
+    sha256sum /run/secrets/tok | cut -c1-64 > /tmp/owner-read
+USER 1001:1001
+RUN --mount=type=secret,id=tok,uid=1000,gid=1000 \
+    {{ cat /run/secrets/tok 2>/dev/null || echo denied; }} > /tmp/other-read
+USER root
+RUN --mount=type=bind,source=src,target=/src \
+    --mount=type=bind,source=src,target=/scratch,rw \
+    ls /src > /src-list && stat -c '%u:%g' /src/main.c > /src-owner \
+ && {{ touch /src/new 2>/dev/null && echo writable || echo read-only; }} > /src-ro \
+ && echo scribble > /scratch/main.c && chown 1000:1000 /scratch/main.c && cat /scratch/main.c > /scratch-rw
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    // The user's checkout: their user and group (both the step's root).
+    let st = Command::new("chown")
+        .args(["-R", &format!("{}:", user.name)])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = user.berth(
+        p,
+        &[
+            "image",
+            "build",
+            "-t",
+            "rl",
+            "--secret",
+            "id=tok,src=token",
+            ".",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "rootless build failed:\n{out}\n{err}");
+    let tar = p.join("out.tar");
+    let o = user.berth(p, &["image", "export", "rl", "-o", tar.to_str().unwrap()]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let files = tar_files(&tar);
+    let f = |k: &str| files.get(k).map(String::as_str).unwrap_or("<missing>");
+    assert_eq!(f("as-root"), "440 1000:1000\n");
+    assert_eq!(
+        f("tmp/owner-read").trim(),
+        hex::encode(Sha256::digest(token.as_bytes()))
+    );
+    assert_eq!(f("tmp/other-read"), "denied\n");
+    // Bind mounts work rootless too: .dockerignore applies, the user's files show as root,
+    // read-only unless rw, and rw writes (by another id too) reach neither the context nor
+    // the image, and leave nothing behind.
+    assert_eq!(f("src-list"), "main.c\n");
+    assert_eq!(f("src-owner"), "0:0\n");
+    assert_eq!(f("src-ro"), "read-only\n");
+    assert_eq!(f("scratch-rw"), "scribble\n");
+    assert_eq!(
+        fs::read_to_string(p.join("src/main.c")).unwrap(),
+        "int main;\n"
+    );
+    let tmp: Vec<_> = fs::read_dir(PathBuf::from(user.home()).join(".local/share/berth/tmp"))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(tmp.is_empty(), "staging left behind: {tmp:?}");
+    assert!(
+        !files.values().any(|c| c.contains(token)),
+        "token in the image"
+    );
+    assert!(!files.contains_key("run/secrets/tok"));
+    let home = PathBuf::from(user.home()).join(".local/share/berth");
+    let leaked = berth_e2e::host::files_containing(&home, token);
+    assert!(leaked.is_empty(), "the token is in {leaked:?}");
+    let shm: Vec<_> = fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| files_containing_token(&e.path(), token))
+        .collect();
+    assert!(shm.is_empty(), "secret files left in /dev/shm: {shm:?}");
+}
+
+/// `RUN --mount=type=bind` mounts the source itself (no copy: times and hard links are the
+/// source's), read-only unless `rw`, and `rw` writes land in a throw-away layer of the step,
+/// never in the context, a stage or berth's store. Sources that try to leave the context or
+/// a stage (`..`, a symlink on the way, a stage's symlink to a host path) read nothing of the
+/// host.
+#[test]
+fn bind_mounts_are_the_sources_themselves_and_never_lead_outside() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    // A context folder whose name holds the overlay's option separators.
+    let project = tempfile::Builder::new()
+        .prefix("berth-ctx:a,b-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    let outside = tempfile::tempdir().unwrap();
+    let marker = "HOST-MARKER-outside-the-context-e81d";
+    fs::create_dir_all(outside.path().join("inner")).unwrap();
+    fs::write(outside.path().join("inner/private"), marker).unwrap();
+    fs::write(outside.path().join("private"), marker).unwrap();
+    fs::create_dir_all(p.join("src")).unwrap();
+    fs::write(p.join("src/old.c"), "old\n").unwrap();
+    fs::hard_link(p.join("src/old.c"), p.join("src/twin.c")).unwrap();
+    let o = Command::new("touch")
+        .args(["-h", "-d", "@1000000000"])
+        .arg(p.join("src/old.c"))
+        .status()
+        .unwrap();
+    assert!(o.success());
+    std::os::unix::fs::symlink(outside.path(), p.join("lnk")).unwrap();
+    // Written by the step as `RW-WRITE""-never…`: the Dockerfile (kept in the image's
+    // history) does not hold it whole.
+    let rw_marker = "RW-WRITE-never-kept-77b0";
+    let rw_split = "RW-WRITE\"\"-never-kept-77b0";
+    let o = outside.path().display();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1 AS stage
+RUN mkdir -p /opt/real && echo stage-file > /opt/real/f && touch -d @1100000000 /opt/real/f \
+ && ln -s {o} /opt/hostlink && ln -s {o}/private /opt/real/hostfile
+
+FROM {r}/base:1
+RUN --mount=type=bind,source=src,target=/src \
+    --mount=type=bind,from=stage,source=/opt/real,target=/real \
+    --mount=type=bind,source=src,target=/rw,rw \
+    --mount=type=bind,from=stage,source=/opt/real,target=/stage-rw,rw \
+    stat -c '%Y %h' /src/old.c > /ctx-stat \
+ && stat -c '%Y' /real/f > /stage-stat \
+ && {{ cat /real/hostfile 2>&1 || true; }} > /stage-link \
+ && {{ touch /src/new 2>/dev/null && echo writable || echo read-only; }} > /ctx-ro \
+ && {{ touch /real/new 2>/dev/null && echo writable || echo read-only; }} > /stage-ro \
+ && echo {rw_split} > /rw/old.c && echo {rw_split} > /rw/made \
+ && echo {rw_split} > /stage-rw/f && cat /rw/old.c /stage-rw/f | sha256sum | cut -c1-64 > /rw-seen
+RUN --mount=type=bind,source=src,target=/src --mount=type=bind,from=stage,source=/opt/real,target=/real \
+    cat /src/old.c /real/f > /after
+COPY src/old.c /copied.c
+COPY --from=stage /opt/real/f /copied-from-stage
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    build(&b, p, &["-t", "binds", "."]);
+    let out = p.join("out.tar");
+    b.ok(
+        p,
+        &["image", "export", "binds", "-o", out.to_str().unwrap()],
+    );
+    let files = tar_files(&out);
+    let f = |k: &str| files.get(k).map(String::as_str).unwrap_or("<missing>");
+    // The source itself: its time and its hard link, not a copy's.
+    assert_eq!(f("ctx-stat"), "1000000000 2\n");
+    assert_eq!(f("stage-stat"), "1100000000\n");
+    // COPY keeps the source's modification time, as Docker's does.
+    let mut ar = tar::Archive::new(fs::File::open(&out).unwrap());
+    let mtimes: BTreeMap<String, u64> = ar
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let path = e
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            (path, e.header().mtime().unwrap())
+        })
+        .collect();
+    assert_eq!(mtimes["copied.c"], 1_000_000_000);
+    assert_eq!(mtimes["copied-from-stage"], 1_100_000_000);
+    assert!(!f("stage-link").contains(marker), "{}", f("stage-link"));
+    assert_eq!(f("ctx-ro"), "read-only\n");
+    assert_eq!(f("stage-ro"), "read-only\n");
+    assert_eq!(
+        f("rw-seen").trim(),
+        hex::encode(Sha256::digest(format!("{rw_marker}\n{rw_marker}\n")))
+    );
+    // rw writes went nowhere: not into the context, the stage, the store or the image.
+    assert_eq!(f("after"), "old\nstage-file\n");
+    assert_eq!(fs::read_to_string(p.join("src/old.c")).unwrap(), "old\n");
+    assert!(!p.join("src/made").exists());
+    assert!(!files.values().any(|c| c.contains(rw_marker)));
+    let kept = berth_e2e::host::files_containing(b.home.path(), rw_marker);
+    assert!(kept.is_empty(), "rw writes kept in {kept:?}");
+    assert!(berth_e2e::host::files_containing(p, rw_marker).is_empty());
+    // COPY --from is keyed by what it copies: a source stage that runs again and makes the
+    // same file reruns nothing after it.
+    fs::write(
+        p.join("Dockerfile.gen"),
+        format!(
+            "FROM {r}/base:1 AS gen\nARG V=1\nRUN echo \"$V\" > /v && echo fixed > /out\nFROM {r}/base:1\nCOPY --from=gen /out /out\nRUN cat /out > /after-copy\n",
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let gen = |v: &str| {
+        let arg = format!("V={v}");
+        build(
+            &b,
+            p,
+            &[
+                "-f",
+                "Dockerfile.gen",
+                "-t",
+                "gen",
+                "--build-arg",
+                &arg,
+                ".",
+            ],
+        )
+        .1
+    };
+    let first = gen("1");
+    assert!(first.contains("3 steps run, 0 cached"), "{first}");
+    let again = gen("2");
+    assert!(again.contains("COPY /out /out (cached)"), "{again}");
+    assert!(again.contains("1 steps run, 2 cached"), "{again}");
+
+    // Ways out of the context or a stage fail at their line and read nothing.
+    for (source, says) in [
+        ("source=../outside", "outside the build context"),
+        ("source=lnk/inner", "symlinks are not followed"),
+        ("source=lnk", "is a symlink"),
+        ("from=stage,source=/opt/hostlink", "is a symlink"),
+        ("from=stage,source=/opt/hostlink/inner", "does not exist"),
+        ("from=stage,source=/../../..", "does not exist"),
+    ] {
+        fs::write(
+            p.join("Dockerfile.bad"),
+            format!(
+                "FROM {r}/base:1 AS stage\nRUN mkdir -p /opt && ln -s {o} /opt/hostlink\nFROM {r}/base:1\nRUN --mount=type=bind,{source},target=/x cat /x/private /x/inner/private > /got\n",
+                r = reg.addr
+            ),
+        )
+        .unwrap();
+        let o = b.run_in(
+            p,
+            &["image", "build", "-f", "Dockerfile.bad", "-t", "bad", "."],
+        );
+        let (so, se) = text(&o);
+        assert!(!o.status.success(), "{source}: built:\n{so}\n{se}");
+        assert!(se.contains("Dockerfile.bad:4:"), "{source}: {se}");
+        assert!(se.contains(says), "{source}: {se}");
+        assert!(!format!("{so}{se}").contains(marker));
+    }
 }

@@ -81,6 +81,7 @@ pub mod logs;
 pub mod mount_api;
 pub mod namespaces;
 pub mod network_attach;
+pub mod overlay_bind;
 pub mod root_bind;
 pub mod rootfs;
 pub mod rootfs_enter;

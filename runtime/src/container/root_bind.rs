@@ -139,7 +139,7 @@ pub fn mounted_sources(spec: &ContainerSpec) -> Vec<(u64, u64)> {
             MountSpec::Bind { source, .. } | MountSpec::Volume { source, .. } => {
                 fs::metadata(source).ok().map(|m| (m.dev(), m.ino()))
             }
-            MountSpec::Tmpfs { .. } => None,
+            MountSpec::Tmpfs { .. } | MountSpec::OverlayBind { .. } => None,
         })
         .collect()
 }
@@ -156,6 +156,7 @@ pub fn notices(spec: &ContainerSpec) -> Vec<String> {
             target,
             readonly: false,
             idmap: true,
+            ..
         } = m
         else {
             continue;

@@ -88,6 +88,43 @@ fn create_nested_mount_points(mounts: &[&MountSpec], chown: bool) -> Result<()> 
     Ok(())
 }
 
+/// Gives the staged file `opened` (a build step's secret or agent socket, made for this
+/// container alone) the owner `(uid, gid)` inside: from the host side (berth is root) the
+/// host ids they map to; from inside the user namespace (rootless) the ids themselves, which
+/// the namespace's root may set on its own files when both are mapped.
+fn give_inside(
+    opened: &fs::File,
+    source: &Path,
+    (uid, gid): (u32, u32),
+    mapping: Option<&IdMapping>,
+    host_side: bool,
+) -> Result<()> {
+    let unmapped = || {
+        ContainerError::Invalid(format!(
+            "uid={uid},gid={gid} has no id in the build step's user namespace; rootless, ids other than your own need ranges for your user in /etc/subuid and /etc/subgid (and newuidmap/newgidmap installed), or leave uid=/gid= out"
+        ))
+    };
+    let ids = match (mapping, host_side) {
+        (Some(m), true) => (m.host_uid(uid), m.host_gid(gid)),
+        (Some(m), false) => (m.host_uid(uid).map(|_| uid), m.host_gid(gid).map(|_| gid)),
+        (None, _) => (Some(uid), Some(gid)),
+    };
+    let (Some(u), Some(g)) = ids else {
+        return Err(unmapped());
+    };
+    // Through the descriptor's own link: the object opened, never a path swapped meanwhile.
+    std::os::unix::fs::chown(fd_path(opened), Some(u), Some(g)).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            unmapped()
+        } else {
+            ContainerError::Setup(format!(
+                "cannot give {} to {uid}:{gid} inside: {e}",
+                source.display()
+            ))
+        }
+    })
+}
+
 /// The root filesystem of one environment, mounted at `<state_dir>/rootfs`.
 pub struct OverlayRootfs<'a> {
     pub(super) spec: &'a ContainerSpec,
@@ -171,13 +208,14 @@ impl<'a> OverlayRootfs<'a> {
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
         create_nested_mount_points(&mounts, owner.is_some())?;
         let mut mounted: Option<Vec<(u64, u64)>> = None;
-        for m in mounts {
+        for (n, m) in mounts.into_iter().enumerate() {
             match m {
                 MountSpec::Bind {
                     source,
                     target,
                     readonly,
                     idmap,
+                    owner_inside,
                 } => {
                     // Opened once: the owner, the folders above and the mount are all of
                     // this one object, whatever happens to the path meanwhile.
@@ -187,6 +225,9 @@ impl<'a> OverlayRootfs<'a> {
                             source.display()
                         )
                     })?;
+                    if let Some(ids) = owner_inside {
+                        give_inside(&opened, source, *ids, self.mapping, owner.is_some())?;
+                    }
                     let meta = opened
                         .metadata()
                         .context(|| format!("cannot read the mount source {}", source.display()))?;
@@ -251,6 +292,27 @@ impl<'a> OverlayRootfs<'a> {
                     attach_clone(source, &fd_path(&t), None, flags)?;
                 }
                 MountSpec::Tmpfs { .. } => {}
+                MountSpec::OverlayBind {
+                    lowers,
+                    upper,
+                    sub,
+                    target,
+                } => super::overlay_bind::mount_overlay_bind(
+                    &super::overlay_bind::OverlayBind {
+                        lowers,
+                        upper: upper.as_ref(),
+                        sub,
+                        target,
+                    },
+                    n,
+                    &spec.state_dir,
+                    root.as_fd(),
+                    idmap_userns,
+                    self.mapping,
+                    owner.is_none() && self.mapping.is_some(),
+                    owner,
+                    spec.net_home.as_deref(),
+                )?,
             }
         }
         self.write_etc_files(root.as_fd(), owner)?;

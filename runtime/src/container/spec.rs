@@ -108,6 +108,7 @@ pub fn mount_specs(mounts: &[MountPlan], home: &BerthHome) -> Result<Vec<MountSp
                 target: m.target.clone(),
                 readonly: m.readonly,
                 idmap: true,
+                owner_inside: None,
             },
             MountKind::Sync => continue,
             MountKind::Volume => MountSpec::Volume {
@@ -135,6 +136,11 @@ pub enum MountSpec {
         target: String,
         readonly: bool,
         idmap: bool,
+        /// A file berth staged for this container alone (a build step's secret or agent
+        /// socket) is given this (uid, gid) inside before it is bound: from the host side
+        /// as the mapped host ids, from inside the user namespace (rootless) as they are.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner_inside: Option<(u32, u32)>,
     },
     /// A named volume: a folder under `volumes/`, created on demand, owned by the
     /// environment's root.
@@ -145,6 +151,15 @@ pub enum MountSpec {
     },
     /// A fresh tmpfs, optionally size-limited (bytes).
     Tmpfs { target: String, size: Option<u64> },
+    /// One path (`sub`) of an overlay of `lowers` (top first), read-only, or writable into
+    /// `upper` (upper and work folders, thrown away by their owner): a build step's bind
+    /// mount (see [`super::overlay_bind`]).
+    OverlayBind {
+        lowers: Vec<super::overlay_bind::OverlayLower>,
+        upper: Option<(PathBuf, PathBuf)>,
+        sub: String,
+        target: String,
+    },
 }
 
 impl MountSpec {
@@ -152,7 +167,8 @@ impl MountSpec {
         match self {
             MountSpec::Bind { target, .. }
             | MountSpec::Volume { target, .. }
-            | MountSpec::Tmpfs { target, .. } => target,
+            | MountSpec::Tmpfs { target, .. }
+            | MountSpec::OverlayBind { target, .. } => target,
         }
     }
 }
@@ -425,6 +441,7 @@ mod tests {
             target: "/w".into(),
             readonly: true,
             idmap: true,
+            owner_inside: None,
         });
         s.user_mapping = UserMappingChoice::Range {
             host_start: 200000,

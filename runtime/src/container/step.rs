@@ -16,7 +16,7 @@ use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
 use crate::backend::ExecRequest;
-use crate::image::build::StepMount;
+use crate::image::build::{StepLower, StepMount};
 use crate::state::BerthHome;
 
 /// Which output stream bytes came from.
@@ -158,7 +158,9 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
 /// The step's own mounts as container mounts. A staged source's owners are ids inside:
 /// as root they move onto the step's range (the staged copies are the step's alone and
 /// thrown away afterwards), rootless the user's files already show as the step's root. A
-/// staged source must not be a symlink: a bind follows it on the host.
+/// staged file with an owner of its own (a secret's `uid`/`gid`) gets it when it is
+/// mounted, inside the step's user namespace rootless. A staged source must not be a
+/// symlink: a bind follows it on the host.
 fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Result<Vec<MountSpec>> {
     use super::layer_ids::{chown_keeping_setid, walk_tree};
     use std::os::unix::fs::MetadataExt;
@@ -169,6 +171,7 @@ fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Resu
                 source,
                 target,
                 readonly,
+                owner,
             } => {
                 let meta = std::fs::symlink_metadata(source)
                     .context(|| format!("cannot inspect the mount source {}", source.display()))?;
@@ -178,7 +181,9 @@ fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Resu
                         source.display()
                     )));
                 }
-                if let Some(map) = mapping {
+                // A single file with an owner inside gets it at the mount (`owner_inside`),
+                // rootless too.
+                if let (Some(map), None) = (mapping, owner) {
                     walk_tree(source, &mut |path, meta| {
                         chown_keeping_setid(
                             path,
@@ -194,12 +199,57 @@ fn step_mounts(mounts: &[StepMount], mapping: Option<&idmap::IdMapping>) -> Resu
                     target: target.clone(),
                     readonly: *readonly,
                     idmap: false,
+                    owner_inside: *owner,
                 });
             }
             StepMount::Tmpfs { target, size } => out.push(MountSpec::Tmpfs {
                 target: target.clone(),
                 size: *size,
             }),
+            StepMount::Overlay {
+                lowers,
+                upper,
+                sub,
+                target,
+            } => {
+                use super::overlay_bind::{LowerIds, OverlayLower};
+                let upper = match upper {
+                    Some(dir) => {
+                        let (u, w) = (dir.join("upper"), dir.join("work"));
+                        for d in [&u, &w] {
+                            std::fs::create_dir(d)
+                                .context(|| format!("cannot create {}", d.display()))?;
+                            // The step's root writes there (as root: a host id of its range).
+                            if let Some(map) = mapping {
+                                std::os::unix::fs::lchown(d, map.host_uid(0), map.host_gid(0))
+                                    .context(|| {
+                                        format!("cannot hand {} to the build step", d.display())
+                                    })?;
+                            }
+                        }
+                        Some((u, w))
+                    }
+                    None => None,
+                };
+                out.push(MountSpec::OverlayBind {
+                    lowers: lowers
+                        .iter()
+                        .map(|l| match l {
+                            StepLower::Layer(p) => OverlayLower {
+                                path: p.clone(),
+                                ids: LowerIds::Layer,
+                            },
+                            StepLower::HostFolder(p) => OverlayLower {
+                                path: p.clone(),
+                                ids: LowerIds::Owner,
+                            },
+                        })
+                        .collect(),
+                    upper,
+                    sub: sub.clone(),
+                    target: target.clone(),
+                });
+            }
         }
     }
     Ok(out)

@@ -281,11 +281,14 @@ impl Environments {
                     args: df.args.clone(),
                     name: default_name(&df.path, df.target.as_deref()),
                     resolve: resolve.clone(),
+                    // The values `up` read for the environment: a command source does
+                    // not run again for the build.
                     secrets: plan
                         .secrets
                         .iter()
                         .map(|(k, s)| (k.clone(), s.source.clone()))
-                        .collect(),
+                        .collect::<crate::secrets::LazySecrets>()
+                        .with_values(&secrets),
                     ssh_agent: plan
                         .credentials
                         .ssh_agent

@@ -62,15 +62,40 @@ pub enum StepMount {
         source: PathBuf,
         target: String,
         readonly: bool,
+        /// For a single file or socket: the (uid, gid) inside it must show with, given by
+        /// the runner in the step's user namespace (rootless too); `None`: as staged.
+        owner: Option<(u32, u32)>,
     },
     /// A fresh tmpfs (size in bytes; `None`: the kernel's default).
     Tmpfs { target: String, size: Option<u64> },
+    /// The path `sub` (relative, resolved without following any symlink) of an overlay of
+    /// `lowers` (top first), bound at `target`: read-only, or, with `upper` (an empty folder
+    /// berth made for this step alone and removes after it), writable with every write
+    /// landing there, never in a lower.
+    Overlay {
+        lowers: Vec<StepLower>,
+        upper: Option<PathBuf>,
+        sub: String,
+        target: String,
+    },
+}
+
+/// A lower folder of a [`StepMount::Overlay`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepLower {
+    /// A layer of the image store (its ids shown as the layers of the step's root).
+    Layer(PathBuf),
+    /// A host folder (the build context, or a mask berth made over it): its owner shows as
+    /// the step's root.
+    HostFolder(PathBuf),
 }
 
 impl StepMount {
     pub fn target(&self) -> &str {
         match self {
-            StepMount::Staged { target, .. } | StepMount::Tmpfs { target, .. } => target,
+            StepMount::Staged { target, .. }
+            | StepMount::Tmpfs { target, .. }
+            | StepMount::Overlay { target, .. } => target,
         }
     }
 }

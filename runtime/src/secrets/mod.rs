@@ -5,10 +5,12 @@
 //! also wanted as variables (the supervisor reads those from the tmpfs when it starts a
 //! process).
 
+mod lazy;
 mod resolve;
 
 use std::path::Path;
 
+pub use lazy::LazySecrets;
 pub use resolve::{read_one, resolve, SecretValue};
 
 use crate::backend::{Backend, RunFiles};

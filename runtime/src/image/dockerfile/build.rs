@@ -6,7 +6,7 @@
 //! Keys chain like BuildKit's: a step's key is the hash of its parent's key and the step
 //! (instruction text after expansion; for `RUN` the command, its environment, including
 //! the build arguments in scope, user, folder, cache mounts and network; for `COPY`/`ADD`
-//! the content of the copied files, or the key of the stage they come from). A cached step
+//! the content of the copied files, from the context or a stage). A cached step
 //! is the image record `build:<key>`, as for berth.toml's own build steps, so
 //! `berth image prune` treats both alike; and like those, a step goes through the step
 //! cache's seam ([`ImageStore::cached_step`] / [`ImageStore::record_step`]), which asks and
@@ -60,8 +60,8 @@ pub struct DockerfileBuild {
 }
 
 /// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of
-/// `berth image build`.
-pub type BuildSecrets = BTreeMap<String, envfile_spec::plan::SecretSource>;
+/// `berth image build`; each read at most once per build, when a step that mounts it runs.
+pub type BuildSecrets = crate::secrets::LazySecrets;
 
 /// What a build made.
 #[derive(Debug, Clone)]

@@ -245,7 +245,27 @@ fn walk_glob(
 /// Every path below (and including) `rel` in `root`, parents first, leaving out what
 /// `ignore` excludes (the exclusion is checked against the path relative to `root`).
 pub fn walk(root: &Path, rel: &str, ignore: &DockerIgnore) -> std::io::Result<Vec<String>> {
+    Ok(walk_split(root, rel, ignore)?.0)
+}
+
+/// The paths below `rel` in `root` that `ignore` excludes (the top ones only: an excluded
+/// folder stands for its content), sorted. A bind mount of `rel` hides them.
+pub fn excluded_under(
+    root: &Path,
+    rel: &str,
+    ignore: &DockerIgnore,
+) -> std::io::Result<Vec<String>> {
+    Ok(walk_split(root, rel, ignore)?.1)
+}
+
+/// [`walk`]'s paths, and the excluded ones it left out.
+fn walk_split(
+    root: &Path,
+    rel: &str,
+    ignore: &DockerIgnore,
+) -> std::io::Result<(Vec<String>, Vec<String>)> {
     let mut out = vec![rel.to_string()];
+    let mut excluded = Vec::new();
     let mut stack = vec![rel.to_string()];
     while let Some(r) = stack.pop() {
         let p = root.join(&r);
@@ -261,6 +281,7 @@ pub fn walk(root: &Path, rel: &str, ignore: &DockerIgnore) -> std::io::Result<Ve
         for n in names {
             let c = if r.is_empty() { n } else { format!("{r}/{n}") };
             if ignore.excluded(&c) {
+                excluded.push(c);
                 continue;
             }
             out.push(c.clone());
@@ -271,7 +292,8 @@ pub fn walk(root: &Path, rel: &str, ignore: &DockerIgnore) -> std::io::Result<Ve
         stack.extend(dirs.into_iter().rev());
     }
     out.sort();
-    Ok(out)
+    excluded.sort();
+    Ok((out, excluded))
 }
 
 /// Feeds a file's kind, mode, size and content (or link target) into `h`.
@@ -333,6 +355,27 @@ mod tests {
         assert!(glob_match("[a-c]x", "bx"));
         assert!(!glob_match("[^a-c]x", "bx"));
         assert!(glob_match("\\*", "*"));
+    }
+
+    #[test]
+    fn a_walk_lists_what_it_leaves_out_for_the_bind_mask() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        fs::create_dir_all(r.join("src/node_modules/x")).unwrap();
+        fs::write(r.join("src/a.js"), "").unwrap();
+        fs::write(r.join("src/b.log"), "").unwrap();
+        fs::write(r.join("top.log"), "").unwrap();
+        let ig = DockerIgnore::parse("**/*.log\nsrc/node_modules\n");
+        assert_eq!(walk(r, "src", &ig).unwrap(), ["src", "src/a.js"]);
+        // The excluded folder stands for its content; only paths under `src`.
+        assert_eq!(
+            excluded_under(r, "src", &ig).unwrap(),
+            ["src/b.log", "src/node_modules"]
+        );
+        assert_eq!(
+            excluded_under(r, "", &ig).unwrap(),
+            ["src/b.log", "src/node_modules", "top.log"]
+        );
     }
 
     #[test]

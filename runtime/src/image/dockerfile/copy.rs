@@ -107,13 +107,14 @@ pub fn make_dir(
 }
 
 /// Copies each item (`from` a file, folder or symlink, never followed) to its `to` under
-/// `upper`, with `attrs`.
+/// `upper`, with `attrs`, keeping its modification time (as Docker's `COPY`).
 pub fn write_items(
     upper: &Path,
     items: &[Item],
     attrs: Attrs,
     below: &Below<'_>,
 ) -> io::Result<()> {
+    let mut times = Vec::with_capacity(items.len());
     for it in items {
         let to = segments(&it.to).join("/");
         make_parents(upper, &to, below, attrs.owner)?;
@@ -146,6 +147,7 @@ pub fn write_items(
             if ft.is_symlink() {
                 std::os::unix::fs::symlink(fs::read_link(&it.from)?, &dest)?;
                 std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))?;
+                times.push((dest, meta));
                 continue;
             } else if ft.is_file() {
                 let mut src = fs::File::open(&it.from)?;
@@ -163,6 +165,19 @@ pub fn write_items(
         }
         std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))?;
         fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+        times.push((dest, meta));
+    }
+    // Last, deepest first: writing into a folder changes its time.
+    for (dest, meta) in times.iter().rev() {
+        let mtime = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+        nix::sys::stat::utimensat(
+            None,
+            dest,
+            &mtime,
+            &mtime,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .map_err(io::Error::from)?;
     }
     Ok(())
 }
@@ -366,6 +381,53 @@ mod tests {
         fs::write(&ar, t.into_inner().unwrap()).unwrap();
         assert!(unpack_archive(&upper, &ar, Compression::None, "/opt", &below).is_err());
         assert!(!outside.join("pwned2").exists());
+    }
+
+    #[test]
+    fn copies_keep_the_modification_times_of_files_folders_and_links() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        fs::create_dir_all(src.join("dir")).unwrap();
+        fs::write(src.join("dir/f"), "x").unwrap();
+        std::os::unix::fs::symlink("f", src.join("dir/l")).unwrap();
+        let at = |p: &str, secs: i64| {
+            let t = nix::sys::time::TimeSpec::new(secs, 5);
+            nix::sys::stat::utimensat(
+                None,
+                &src.join(p),
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .unwrap();
+        };
+        at("dir/f", 1_000_000_000);
+        at("dir/l", 1_100_000_000);
+        at("dir", 1_200_000_000);
+        let upper = d.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        let item = |from: &str, to: &str| Item {
+            from: src.join(from),
+            to: to.into(),
+        };
+        write_items(
+            &upper,
+            &[
+                item("dir", "/app"),
+                item("dir/f", "/app/f"),
+                item("dir/l", "/app/l"),
+            ],
+            Attrs::default(),
+            &Below { layers: &[] },
+        )
+        .unwrap();
+        let mtime = |p: &str| {
+            let m = fs::symlink_metadata(upper.join(p)).unwrap();
+            (m.mtime(), m.mtime_nsec())
+        };
+        assert_eq!(mtime("app/f"), (1_000_000_000, 5));
+        assert_eq!(mtime("app/l"), (1_100_000_000, 5));
+        assert_eq!(mtime("app"), (1_200_000_000, 5));
     }
 
     #[test]

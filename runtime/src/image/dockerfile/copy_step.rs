@@ -1,7 +1,7 @@
 //! `COPY` and `ADD` steps of a Dockerfile build: sources from the build context (globs,
 //! `.dockerignore`, heredocs) or from a stage or image (`--from`), `--chown`, `--chmod`,
 //! local archives unpacked by `ADD`, Docker's destination rules. The key holds the content
-//! hash of what is copied (or the key of the stage it comes from).
+//! hash of what is copied, from the context or from a stage (owners included).
 
 use std::fs;
 use std::path::PathBuf;
@@ -113,11 +113,19 @@ impl Run<'_> {
             .map_err(ImageError::from)?;
         match &from {
             Some((name, pos)) => {
-                let (root_layers, source_key) = self.copy_source(name, *pos)?;
-                key_parts.push(source_key.into_bytes());
+                let (root_layers, _) = self.copy_source(name, *pos)?;
                 key_parts.extend(parts.iter().map(|p| p.as_bytes().to_vec()));
                 let items =
                     self.items_from_layers(&root_layers, &parts, name, &dest, dest_dir_hint, ins)?;
+                // Keyed by what is copied (as BuildKit): a source stage that ran again
+                // and made the same files reruns nothing here.
+                let content = copied_content_key(&self.store.home, &items).map_err(|e| {
+                    ImageError::Build {
+                        step: label.to_string(),
+                        detail: format!("cannot read what is copied: {e}"),
+                    }
+                })?;
+                key_parts.push(format!("content\0{content}").into_bytes());
                 let key = chain(
                     &st.key,
                     &key_parts.iter().map(Vec::as_slice).collect::<Vec<_>>(),
@@ -426,6 +434,40 @@ impl Run<'_> {
         let st = self.base_image(name, pos)?;
         Ok((self.layer_paths(&st), st.key))
     }
+}
+
+/// The content hash of `items` copied from layers of the store, owners included (a
+/// `COPY --from` keeps them): each entry's destination, kind, mode, owner, size and bytes
+/// (or link target). The layers never change, so the hash is kept in `copy-keys/` under a
+/// hash of the items' paths, and a build whose steps are all cached reads no file again.
+fn copied_content_key(home: &crate::state::BerthHome, items: &[Item]) -> std::io::Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut which = Sha256::new();
+    for it in items {
+        which.update(it.from.as_os_str().as_encoded_bytes());
+        which.update(b"\0");
+        which.update(it.to.as_bytes());
+        which.update(b"\0");
+    }
+    let dir = home.root().join("copy-keys");
+    let memo = dir.join(hex::encode(which.finalize()));
+    if let Ok(k) = fs::read_to_string(&memo) {
+        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(k);
+        }
+    }
+    let mut h = Sha256::new();
+    for it in items {
+        let meta = fs::symlink_metadata(&it.from)?;
+        h.update(format!("{}:{}\0", meta.uid(), meta.gid()).as_bytes());
+        context::hash_entry(&mut h, &it.to, &it.from)?;
+    }
+    let key = hex::encode(h.finalize());
+    // Only a cache: a failed write costs a hash next time.
+    if crate::state::create_private_dir(&dir).is_ok() {
+        let _ = crate::state::atomic_write(&memo, key.as_bytes());
+    }
+    Ok(key)
 }
 
 /// The last segment of a `/` path.

@@ -18,14 +18,12 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use envfile_spec::plan::SecretSource;
 use sha2::{Digest as _, Sha256};
 
-use super::super::build::StepMount;
+use super::super::build::{StepLower, StepMount};
 use super::super::error::ImageError;
-use super::build::Run;
+use super::build::{BuildSecrets, Run};
 use super::context;
-use super::copy::{self, Attrs, Below, Item};
 use super::error::{DockerfileError, Located, Pos};
 use super::parse::Instruction;
 use super::run_mount::MountRequest;
@@ -37,10 +35,14 @@ const SSH_TARGET: &str = "/run/buildkit/ssh_agent";
 
 /// A mount resolved before the cache lookup.
 pub(super) enum MountPlan {
-    /// Files to copy into a staging folder and bind there.
-    Copy {
-        items: Vec<Item>,
-        attrs: Attrs,
+    /// A path of the build context or of a stage's (image's) layers, bound as it is:
+    /// read-only, or writable into a folder of the step's own that is thrown away.
+    Bind {
+        lowers: Lowers,
+        /// Paths of the context `.dockerignore` excludes (hidden by a mask over it).
+        mask: Vec<String>,
+        /// The path bound, relative to the context or the stage's root.
+        sub: String,
         target: String,
         writable: bool,
     },
@@ -50,8 +52,8 @@ pub(super) enum MountPlan {
     },
     Secret {
         id: String,
-        /// `None`: not given and not required; nothing is mounted.
-        source: Option<SecretSource>,
+        /// `false`: not given and not required; nothing is mounted.
+        given: bool,
         target: String,
         mode: u32,
         owner: (u32, u32),
@@ -64,6 +66,84 @@ pub(super) enum MountPlan {
         mode: u32,
         owner: (u32, u32),
     },
+}
+
+/// What a bind mount is a path of.
+pub(super) enum Lowers {
+    /// The build context folder.
+    Context,
+    /// A stage's or an image's layers, bottom first.
+    Layers(Vec<PathBuf>),
+}
+
+/// `/a/./b/` → `a/b`; `None` when `..` leaves the root.
+fn clean_rel(p: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for s in p.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            s => out.push(s),
+        }
+    }
+    Some(out.join("/"))
+}
+
+/// Makes `at` a mask over the context `root`: a whiteout (the overlay's mark of a removed
+/// entry) for each path of `hidden`, in folders that copy the context's own modes (and, as
+/// root, owners), so the overlay shows the context without what `.dockerignore` excludes.
+fn write_mask(root: &Path, at: &Path, hidden: &[String]) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let copy_dir = |rel: &str, to: &Path| -> std::io::Result<()> {
+        let meta = fs::symlink_metadata(context::inside(root, rel))?;
+        if fs::symlink_metadata(to).is_err() {
+            fs::create_dir(to)?;
+        }
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))?;
+        }
+        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
+    };
+    // Folders first (their owners may refuse writes once set), then the whiteouts.
+    let mut dirs: Vec<String> = vec![String::new()];
+    for h in hidden {
+        let mut sofar = String::new();
+        for seg in h
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |x| x.1)
+        {
+            sofar = if sofar.is_empty() {
+                seg.to_string()
+            } else {
+                format!("{sofar}/{seg}")
+            };
+            if !dirs.contains(&sofar) {
+                dirs.push(sofar.clone());
+            }
+        }
+    }
+    for d in &dirs {
+        fs::create_dir_all(context::inside(at, d))?;
+    }
+    for h in hidden {
+        nix::sys::stat::mknod(
+            &at.join(h),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .map_err(std::io::Error::from)?;
+    }
+    // Deepest first, so a folder's mode never stops the ones below it.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.matches('/').count() + usize::from(!d.is_empty())));
+    for d in &dirs {
+        copy_dir(d, &context::inside(at, d))?;
+    }
+    Ok(())
 }
 
 /// A place in the Dockerfile, for errors found when the step runs.
@@ -111,8 +191,11 @@ impl Run<'_> {
                     from,
                     writable,
                 } => {
-                    let (items, attrs, content) = match &from {
-                        None => self.context_bind(&source, pos)?,
+                    let (lowers, sub, mask, content) = match &from {
+                        None => {
+                            let (rel, mask, content) = self.context_bind(&source, pos)?;
+                            (Lowers::Context, rel, mask, content)
+                        }
                         Some(name) => {
                             let (layers, stage_key) = self.copy_source(name, pos)?;
                             let src = if source.is_empty() {
@@ -120,25 +203,33 @@ impl Run<'_> {
                             } else {
                                 source.clone()
                             };
+                            // Checked in the stage's tree now (it exists, through folders
+                            // only); the mount resolves it again without following links.
                             let items =
                                 self.items_from_layers(&layers, &[src], name, "/m", false, ins)?;
                             if let Some(top) = items.iter().find(|i| i.to == "/m") {
                                 self.refuse_symlink(&top.from, &source, pos)?;
                             }
-                            let attrs = Attrs {
-                                keep_owner: true,
-                                ..Attrs::default()
-                            };
-                            (items, attrs, stage_key)
+                            let sub = clean_rel(&source).ok_or_else(|| {
+                                self.err(Located::new(
+                                    pos,
+                                    format!(
+                                        "the bind source `{source}` leaves the root of `{name}`"
+                                    ),
+                                    "name a path inside the stage or image",
+                                ))
+                            })?;
+                            (Lowers::Layers(layers), sub, Vec::new(), stage_key)
                         }
                     };
                     key.push(
                         format!("bind\0{target}\0{source}\0{from:?}\0{writable}\0{content}")
                             .into_bytes(),
                     );
-                    plans.push(MountPlan::Copy {
-                        items,
-                        attrs,
+                    plans.push(MountPlan::Bind {
+                        lowers,
+                        mask,
+                        sub,
                         target,
                         writable,
                     });
@@ -155,8 +246,8 @@ impl Run<'_> {
                     uid,
                     gid,
                 } => {
-                    let source = self.build.secrets.get(&id).cloned();
-                    if source.is_none() && required {
+                    let given = self.build.secrets.contains(&id);
+                    if !given && required {
                         return Err(self.err(Located::new(
                             pos,
                             format!("the required secret `{id}` is not given"),
@@ -167,7 +258,7 @@ impl Run<'_> {
                     key.push(format!("secret\0{id}\0{target}\0{mode:o}\0{uid}:{gid}").into_bytes());
                     plans.push(MountPlan::Secret {
                         id,
-                        source,
+                        given,
                         target,
                         mode,
                         owner: (uid, gid),
@@ -214,13 +305,14 @@ impl Run<'_> {
         }
     }
 
-    /// A bind of the build context's `source`: the files to copy (`.dockerignore` applied,
-    /// nothing outside the context, no symlink followed) and their content hash.
+    /// A bind of the build context's `source`: its path in the context (nothing outside
+    /// it, no symlink on the way), what `.dockerignore` excludes under it (hidden from the
+    /// step), and the content hash of what the step sees.
     fn context_bind(
         &self,
         source: &str,
         pos: Pos,
-    ) -> Result<(Vec<Item>, Attrs, String), DockerfileError> {
+    ) -> Result<(String, Vec<String>, String), DockerfileError> {
         let root = &self.build.context;
         let located = |e: String| {
             self.err(Located::new(
@@ -239,7 +331,6 @@ impl Run<'_> {
         let top = context::inside(root, &m.rel);
         self.refuse_symlink(&top, source, pos)?;
         let mut h = Sha256::new();
-        let mut items = Vec::new();
         let rels = context::walk(root, &m.rel, &self.ignore)
             .map_err(|e| located(format!("cannot read `{source}`: {e}")))?;
         for rel in rels {
@@ -250,16 +341,10 @@ impl Run<'_> {
             let path = context::inside(root, &rel);
             context::hash_entry(&mut h, sub, &path)
                 .map_err(|e| located(format!("cannot read `{rel}`: {e}")))?;
-            items.push(Item {
-                from: path,
-                to: if sub.is_empty() {
-                    "m".to_string()
-                } else {
-                    format!("m/{sub}")
-                },
-            });
         }
-        Ok((items, Attrs::default(), hex::encode(h.finalize())))
+        let mask = context::excluded_under(root, &m.rel, &self.ignore)
+            .map_err(|e| located(format!("cannot read `{source}`: {e}")))?;
+        Ok((m.rel.clone(), mask, hex::encode(h.finalize())))
     }
 
     /// A bind source that is a symlink would be followed on the host: refused.
@@ -278,10 +363,13 @@ impl Run<'_> {
 /// Stages `plans` for one run of the step.
 pub(super) fn prepare(
     plans: &[MountPlan],
+    secrets: &BuildSecrets,
+    context_dir: &Path,
     home: &BerthHome,
     label: &str,
 ) -> Result<PreparedMounts, DockerfileError> {
     let mut out = PreparedMounts::default();
+    let context = context_dir;
     let build_err = |detail: String| {
         DockerfileError::from(ImageError::Build {
             step: label.to_string(),
@@ -290,22 +378,51 @@ pub(super) fn prepare(
     };
     for p in plans {
         match p {
-            MountPlan::Copy {
-                items,
-                attrs,
+            MountPlan::Bind {
+                lowers,
+                mask,
+                sub,
                 target,
                 writable,
             } => {
-                let dir = home.staging_dir("run-mount").map_err(ImageError::from)?;
-                copy::write_items(dir.path(), items, *attrs, &Below { layers: &[] }).map_err(
-                    |e| build_err(format!("cannot stage the bind mount of {target}: {e}")),
-                )?;
-                out.mounts.push(StepMount::Staged {
-                    source: dir.path().join("m"),
+                let mut step_lowers = Vec::new();
+                match lowers {
+                    Lowers::Context => {
+                        if !mask.is_empty() {
+                            let dir = home.staging_dir("run-mount").map_err(ImageError::from)?;
+                            let at = dir.path().join("mask");
+                            write_mask(context, &at, mask).map_err(|e| {
+                                build_err(format!("cannot stage the bind mount of {target}: {e}"))
+                            })?;
+                            out.staged.push(dir);
+                            step_lowers.push(StepLower::HostFolder(at));
+                        }
+                        step_lowers.push(StepLower::HostFolder(context.to_path_buf()));
+                    }
+                    Lowers::Layers(layers) => {
+                        step_lowers.extend(layers.iter().rev().cloned().map(StepLower::Layer));
+                        if step_lowers.is_empty() {
+                            // An empty stage (`FROM scratch` alone): an empty folder.
+                            let dir = home.staging_dir("run-mount").map_err(ImageError::from)?;
+                            step_lowers.push(StepLower::HostFolder(dir.path().to_path_buf()));
+                            out.staged.push(dir);
+                        }
+                    }
+                }
+                let upper = if *writable {
+                    let dir = home.staging_dir("run-mount").map_err(ImageError::from)?;
+                    let p = dir.path().to_path_buf();
+                    out.staged.push(dir);
+                    Some(p)
+                } else {
+                    None
+                };
+                out.mounts.push(StepMount::Overlay {
+                    lowers: step_lowers,
+                    upper,
+                    sub: sub.clone(),
                     target: target.clone(),
-                    readonly: !writable,
                 });
-                out.staged.push(dir);
             }
             MountPlan::Tmpfs { target, size } => out.mounts.push(StepMount::Tmpfs {
                 target: target.clone(),
@@ -313,14 +430,20 @@ pub(super) fn prepare(
             }),
             MountPlan::Secret {
                 id,
-                source,
+                given,
                 target,
                 mode,
                 owner,
                 at,
             } => {
-                let Some(source) = source else { continue };
-                let value = crate::secrets::read_one(id, source).map_err(|e| {
+                if !given {
+                    continue;
+                }
+                // Read on the first run of a step that mounts it, once per build.
+                let Some(value) = secrets.value(id) else {
+                    continue;
+                };
+                let value = value.map_err(|e| {
                     at.error(
                         format!("cannot read the secret for this step: {e}"),
                         "fix the secret's source; the step did not run",
@@ -328,12 +451,13 @@ pub(super) fn prepare(
                 })?;
                 let dir = private_dir(&mut out.private, label)?;
                 let file = dir.join("secret");
-                write_private(&file, &value, *mode, *owner)
+                write_private(&file, &value, *mode)
                     .map_err(|e| build_err(format!("cannot stage the secret {id}: {e}")))?;
                 out.mounts.push(StepMount::Staged {
                     source: file,
                     target: target.clone(),
                     readonly: true,
+                    owner: Some(*owner),
                 });
             }
             MountPlan::Ssh {
@@ -348,7 +472,6 @@ pub(super) fn prepare(
                 let listener = std::os::unix::net::UnixListener::bind(&sock)
                     .and_then(|l| {
                         fs::set_permissions(&sock, fs::Permissions::from_mode(*mode))?;
-                        give(&sock, *owner)?;
                         Ok(l)
                     })
                     .map_err(|e| build_err(format!("cannot make the SSH agent socket: {e}")))?;
@@ -362,6 +485,7 @@ pub(super) fn prepare(
                     source: sock,
                     target: target.clone(),
                     readonly: false,
+                    owner: Some(*owner),
                 });
             }
         }
@@ -380,22 +504,58 @@ fn private_dir(dirs: &mut Vec<ShmDir>, label: &str) -> Result<PathBuf, Dockerfil
     Ok(p)
 }
 
-/// Writes `value` to a new file of `mode` owned by `owner` (ids inside; as root only:
-/// rootless, the user's own files are the step root's).
-fn write_private(path: &Path, value: &[u8], mode: u32, owner: (u32, u32)) -> std::io::Result<()> {
+/// Writes `value` to a new file of `mode` (the runner gives it its owner inside, in the
+/// step's user namespace).
+fn write_private(path: &Path, value: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
     f.write_all(value)?;
-    give(path, owner)?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
 }
 
-fn give(path: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+
+    #[test]
+    fn a_stage_path_is_cleaned_and_never_leaves_its_root() {
+        assert_eq!(clean_rel("/opt/./tool/").as_deref(), Some("opt/tool"));
+        assert_eq!(clean_rel("/").as_deref(), Some(""));
+        assert_eq!(clean_rel("a/../b").as_deref(), Some("b"));
+        assert_eq!(clean_rel("/../etc"), None);
+        assert_eq!(clean_rel("a/../../b"), None);
     }
-    Ok(())
+
+    #[test]
+    fn the_mask_hides_each_excluded_path_in_folders_like_the_contexts() {
+        let ctx = tempfile::tempdir().unwrap();
+        let c = ctx.path();
+        fs::create_dir_all(c.join("src/deep")).unwrap();
+        fs::set_permissions(c.join("src"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(c.join("src/deep/x.log"), "").unwrap();
+        fs::write(c.join("top.log"), "").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let at = out.path().join("mask");
+        write_mask(c, &at, &["src/deep/x.log".into(), "top.log".into()]).unwrap();
+        for w in ["src/deep/x.log", "top.log"] {
+            let m = fs::symlink_metadata(at.join(w)).unwrap();
+            assert!(m.file_type().is_char_device() && m.rdev() == 0, "{w}");
+        }
+        let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&at.join("src")), 0o750);
+        assert_eq!(mode(&at.join("src/deep")), mode(&c.join("src/deep")));
+        assert_eq!(mode(&at), mode(c));
+        // Nothing else: the mask holds only the whiteouts and their folders.
+        let mut names: Vec<String> = fs::read_dir(&at)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["src", "top.log"]);
+    }
 }

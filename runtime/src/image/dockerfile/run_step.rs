@@ -86,6 +86,8 @@ impl Run<'_> {
         let runner = self.runner;
         let progress = self.progress;
         let home = &self.store.home;
+        let secrets = &self.build.secrets;
+        let context_dir = self.build.context.as_path();
         let mut targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
         self.layer_step(
             st,
@@ -100,7 +102,7 @@ impl Run<'_> {
                             .map_err(ImageError::from)
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let prepared = prepare(&mount_plans, home, label)?;
+                let prepared = prepare(&mount_plans, secrets, context_dir, home, label)?;
                 targets.extend(prepared.mounts.iter().map(|m| m.target().to_string()));
                 let mut env = env.clone();
                 env.extend(prepared.env.iter().cloned());
