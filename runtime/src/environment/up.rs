@@ -147,7 +147,7 @@ impl Environments {
         let current = running_on.status(dir)?;
         let hash = plan.hash();
         // What the build reads besides the plan (inputs, host certificates).
-        let spec = build_spec(plan)?;
+        let spec = build_spec(plan, &self.home)?;
         let build_key = build_key(plan, &spec)?;
         let wanted = Wanted {
             rebuild: opts.rebuild,
