@@ -4,17 +4,19 @@ use envfile_spec::Plan;
 
 use super::error::EnvError;
 use crate::image::build::{BuildInputs, BuildSpec, HostCas};
+use crate::state::BerthHome;
 
 /// What `up` builds over the base image: the plan's `[image]` build keys, its `[env]`, the
-/// expanded inputs and (unless `host_ca = false`) the host's CA certificates.
-pub(super) fn build_spec(plan: &Plan) -> Result<BuildSpec, EnvError> {
+/// expanded inputs and (unless `host_ca = false`) the host's CA certificates (their key from
+/// the stamp cache in the berth home `home` when the host's files did not change).
+pub(super) fn build_spec(plan: &Plan, home: &BerthHome) -> Result<BuildSpec, EnvError> {
     let inputs = if plan.image.inputs.is_empty() {
         None
     } else {
         Some(BuildInputs::collect(&plan.project_dir, &plan.image.inputs)?)
     };
     let host_ca = if plan.image.host_ca {
-        HostCas::from_host().map_err(|source| crate::state::StateError::Read {
+        HostCas::from_host_cached(home.root()).map_err(|source| crate::state::StateError::Read {
             path: "/etc/ssl/certs".into(),
             source,
         })?

@@ -184,7 +184,14 @@ impl Environments {
     /// The environment's folder, when it is running.
     pub fn running_dir(&self, record: &EnvRecord) -> Result<PathBuf, EnvError> {
         let dir = self.home.env_dir(&record.env_id);
-        match self.backend(record.plan.backend).status(&dir)?.status {
+        let backend = self.backend(record.plan.backend);
+        // The cheap answer first (a container's: its state file and supervisor, without the
+        // cgroups' usage figures every `exec` and `run` would read for nothing); the full
+        // status only to report why it is not running.
+        if backend.liveness(&dir) == EnvStatus::Running {
+            return Ok(dir);
+        }
+        match backend.status(&dir)?.status {
             EnvStatus::Running => Ok(dir),
             _ => Err(EnvError::NotRunning {
                 name: record.name.clone(),

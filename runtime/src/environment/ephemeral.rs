@@ -124,25 +124,24 @@ impl Environments {
 /// The `tmp/` purpose of a run's folder being removed (see [`Environments::remove_run`]).
 const REMOVAL_PURPOSE: &str = "run-removal";
 
-/// Removes `aside` (a folder in the home's `tmp/` named `<purpose>-<pid>-<hex>`) in a
-/// grandchild process that outlives this one; best effort: whatever it leaves is the next
-/// command's to sweep. Falls back to removing it here when no process can be forked.
+/// Removes `aside` (a folder in the home's `tmp/` named `<purpose>-<pid>-<hex>`) in a child
+/// process that outlives this one; best effort: whatever it leaves is the next command's to
+/// sweep. Falls back to removing it here when no process can be forked.
+///
+/// One fork, not the classic two: `berth run` returns right after this, and its child is
+/// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
+/// child is a zombie of this short-lived process, which costs nothing. A second fork would
+/// copy the address space once more for every run.
 fn remove_detached(aside: &Path) {
     use nix::unistd::{fork, ForkResult};
     // SAFETY: berth's commands are single-threaded when they tear down an environment (as in
     // `remove_tree_as_mapped_root`); the child only renames, removes files and `_exit`s
     // (glibc's fork handlers keep malloc usable in it).
     match unsafe { fork() } {
-        Ok(ForkResult::Parent { child }) => {
-            // The intermediate child exits at once: the grandchild is nobody's zombie.
-            let _ = nix::sys::wait::waitpid(child, None);
-        }
+        Ok(ForkResult::Parent { .. }) => {}
         Ok(ForkResult::Child) => {
-            // SAFETY: as above.
-            if let Ok(ForkResult::Parent { .. }) = unsafe { fork() } {
-                // SAFETY: leave the intermediate child without running destructors.
-                unsafe { libc::_exit(0) }
-            }
+            // Out of the caller's session: a Ctrl-C or hangup after `berth run` returned
+            // does not cut the removal short.
             let _ = nix::unistd::setsid();
             // Nothing keeps the caller's pipes open: `$(berth run …)` ends with berth.
             if let Ok(null) = fs::OpenOptions::new()

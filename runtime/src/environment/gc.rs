@@ -78,23 +78,33 @@ impl Environments {
     /// (with or without a marker), releases the networks of VMs whose VMM is gone, marks what
     /// later commands must watch, narrows folders of older versions, checks the bridge's
     /// leases, and records the sweep. Returns the ids removed.
+    ///
+    /// Also destroyed: folders of an earlier boot that hold no record, or one that was never
+    /// written out (see [`never_recorded`]). A throw-away environment's record is written
+    /// without fsync (it names an owner a reboot ends anyway), so a power cut may leave its
+    /// folder without a readable one; a kept environment's record is durable before anything
+    /// of it exists, so such a folder is never one of its.
     pub fn sweep(&self) -> Vec<String> {
         let mut found = Vec::new();
+        let mut unrecorded = Vec::new();
+        let booted = crate::state::booted_at();
         if let Ok(rd) = std::fs::read_dir(self.home.envs_dir()) {
             for e in rd.flatten() {
                 let Some(env_id) = e.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if let Ok(Some(f)) = read_json::<GcFields>(&e.path().join(RECORD_FILE)) {
-                    found.push(Found {
+                match read_json::<GcFields>(&e.path().join(RECORD_FILE)) {
+                    Ok(Some(f)) => found.push(Found {
                         env_id,
                         ephemeral: f.ephemeral,
                         backend: f.plan.backend,
-                    });
+                    }),
+                    _ if never_recorded(&e.path(), booted) => unrecorded.push(env_id),
+                    _ => {}
                 }
             }
         }
-        self.sweep_found(found)
+        self.sweep_found(found, unrecorded)
     }
 
     /// [`Environments::sweep`] over the records `berth ls` has read already.
@@ -108,10 +118,13 @@ impl Environments {
                     backend: r.plan.backend,
                 })
                 .collect(),
+            Vec::new(),
         )
     }
 
-    fn sweep_found(&self, found: Vec<Found>) -> Vec<String> {
+    /// The sweep of the environments `found` by their records, and of the folders
+    /// `unrecorded` of an earlier boot whose record was never written out.
+    fn sweep_found(&self, found: Vec<Found>, unrecorded: Vec<String>) -> Vec<String> {
         let mut removed = self.collect_watched();
         let _ = self.home.narrow_env_dirs();
         let watch = WatchList::of(&self.home);
@@ -132,6 +145,7 @@ impl Environments {
                 None => {}
             }
         }
+        orphans.extend(unrecorded.into_iter().filter(|id| !removed.contains(id)));
         orphans.sort();
         removed.extend(orphans.into_iter().filter(|id| self.collect_env(id)));
         self.release_dead_vm_networks();
@@ -286,6 +300,28 @@ impl Environments {
     /// Whether a record's environment belongs to a `berth run` that is gone.
     pub fn is_orphan(record: &EnvRecord) -> bool {
         record.ephemeral.is_some_and(|e| !e.owner.alive())
+    }
+}
+
+/// Whether the environment folder `dir` is from before the boot that began at `booted` and
+/// has no record, or one that was never written out: absent, empty, or only zero bytes and
+/// white space (what a power cut leaves of a file renamed into place without fsync). A
+/// command of this boot can have made neither (it would not be older than the boot), and no
+/// kept environment has one (its record is durable before anything of it is created). A
+/// record that is merely corrupt is left alone: `berth` reports it and the user decides.
+fn never_recorded(dir: &std::path::Path, booted: Option<std::time::SystemTime>) -> bool {
+    let Some(booted) = booted else {
+        return false;
+    };
+    let before_boot = std::fs::symlink_metadata(dir)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t < booted);
+    if !before_boot {
+        return false;
+    }
+    match std::fs::read(dir.join(RECORD_FILE)) {
+        Ok(bytes) => bytes.iter().all(|b| *b == 0 || b.is_ascii_whitespace()),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -479,6 +515,65 @@ mod tests {
             );
             assert!(!home.gc_due(DEPARTED_INTERVAL).sweep, "swept in this boot");
         }
+    }
+
+    /// A throw-away environment's record is written without fsync, so a power cut may leave
+    /// its folder with no record or one never written out: the first sweep after the reboot
+    /// destroys such folders of an earlier boot. A folder of this boot (a command may be
+    /// making it), a corrupt record that was written, and a kept environment stay.
+    #[test]
+    fn the_sweep_after_a_reboot_destroys_folders_of_an_earlier_boot_never_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        let booted = crate::state::booted_at().expect("/proc/stat names the boot time");
+        let earlier = booted - Duration::from_secs(60);
+        record(&home, "web-1", CONTAINER, None);
+        let contents: [(&str, Option<&[u8]>); 5] = [
+            ("lost-run-1", Some(b"")),
+            ("zeros-run-1", Some(&[0u8; 512])),
+            ("bare-run-1", None),
+            ("corrupt-1", Some(b"{not json")),
+            ("fresh-run-1", Some(b"")),
+        ];
+        for (id, record) in contents {
+            let dir = home.env_dir(id);
+            std::fs::create_dir_all(dir.join("upper/home")).unwrap();
+            std::fs::write(dir.join("upper/home/file"), "work").unwrap();
+            std::fs::write(dir.join(ENV_LOCK_FILE), "").unwrap();
+            if let Some(bytes) = record {
+                std::fs::write(dir.join(RECORD_FILE), bytes).unwrap();
+            }
+        }
+        for id in [
+            "web-1",
+            "lost-run-1",
+            "zeros-run-1",
+            "bare-run-1",
+            "corrupt-1",
+        ] {
+            let dir = std::fs::File::open(home.env_dir(id)).unwrap();
+            dir.set_modified(earlier).unwrap();
+        }
+        let other_boot = serde_json::json!({
+            "boot_id": "00000000-0000-0000-0000-000000000000",
+            "swept_at": 1,
+            "departed_at": 1,
+        });
+        write_json(&home.root().join("gc.json"), &other_boot).unwrap();
+        let mut removed = envs.collect_garbage();
+        removed.sort();
+        assert_eq!(removed, vec!["bare-run-1", "lost-run-1", "zeros-run-1"]);
+        for id in ["bare-run-1", "lost-run-1", "zeros-run-1"] {
+            assert!(!home.env_dir(id).exists(), "{id} stayed");
+        }
+        for id in ["corrupt-1", "fresh-run-1"] {
+            assert!(
+                home.env_dir(id).join("upper/home/file").exists(),
+                "{id} went"
+            );
+        }
+        assert!(EnvRecord::load(&home.env_dir("web-1")).unwrap().is_some());
     }
 
     /// `berth ls` sweeps whatever the schedule says: an orphan without a marker is neither

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::process::ProcessIdentity;
 use crate::state::{
-    read_json, write_json_durable_once, write_json_if_changed, write_json_volatile, EnvLayersInUse,
-    StateError,
+    read_json, write_json_if_changed, write_json_volatile, EnvLayersInUse, StateError,
 };
 
 /// File name of the record inside the environment's folder.
@@ -71,15 +70,15 @@ impl EnvRecord {
         read_json(&env_dir.join(RECORD_FILE))
     }
 
-    /// Writes the record atomically. Durably (fsync) when it is a kept environment's, or the
-    /// first record of a throw-away one (so that after a power cut garbage collection still
-    /// finds a readable record naming its dead owner); a throw-away environment's later
-    /// updates are only atomic: a `kill -9` keeps them (the page cache outlives the process),
-    /// and after a power cut the `berth run` that owned them is gone anyway.
+    /// Writes the record atomically. Durably (fsync of the file and the folder) when it is a
+    /// kept environment's. A throw-away environment's only atomically: a `kill -9` keeps it
+    /// (the page cache outlives the process), and a power cut ends its `berth run` owner
+    /// anyway; the folder it may leave without a readable record is destroyed by the first
+    /// full sweep after the reboot (`gc::never_recorded`), as its record would have had it.
     pub fn save(&self, env_dir: &Path) -> Result<(), StateError> {
         let path = env_dir.join(RECORD_FILE);
         if self.ephemeral.is_some() {
-            return write_json_durable_once(&path, self);
+            return write_json_volatile(&path, self);
         }
         // `converged` alone flipped (a cold `up` finishing, `down`): only atomic. Lost to a
         // power cut, the record says converged when nothing runs (the next `up` sees the

@@ -521,7 +521,10 @@ impl Environments {
             remove_dir(&dir)?;
         }
         remove_dir(&env_dir.join("sidecars"))?;
-        if let Some(record) = EnvRecord::load(env_dir)?.filter(|r| r.ephemeral.is_some()) {
+        // An unreadable record (a run's never written out before a power cut, a corrupt one
+        // `destroy` is asked to remove) names no volumes of a run: nothing more to remove.
+        let record = EnvRecord::load(env_dir).ok().flatten();
+        if let Some(record) = record.filter(|r| r.ephemeral.is_some()) {
             let prefix = format!("{}-", record.name);
             for m in sidecar_volume_mounts(&record.plan) {
                 match &m.source {

@@ -147,7 +147,7 @@ impl Environments {
         let current = running_on.status(dir)?;
         let hash = plan.hash();
         // What the build reads besides the plan (inputs, host certificates).
-        let spec = build_spec(plan)?;
+        let spec = build_spec(plan, &self.home)?;
         let build_key = build_key(plan, &spec)?;
         let wanted = Wanted {
             rebuild: opts.rebuild,
@@ -256,11 +256,7 @@ impl Environments {
         let t_image = Instant::now();
         // Held until env.json lists the layers, so a concurrent `image prune` keeps them.
         let _store = self.images.lock_shared()?;
-        let scratch = self.home.staging_dir("build")?;
-        let runner = ContainerStepRunner {
-            scratch: scratch.path().to_path_buf(),
-            net_home: self.home.root().to_path_buf(),
-        };
+        let runner = ContainerStepRunner::new(&self.home);
         let cache = BuildCache::new(
             BuildCacheSettings::new(
                 plan.image.cache.as_deref(),
@@ -315,7 +311,7 @@ impl Environments {
             .images
             .build_cached(&base, &spec, &runner, &opts.progress, &cache)?;
         notices.extend(cache.notices());
-        drop(scratch);
+        drop(runner);
         let layer_dirs = image.layers.clone();
         let image_elapsed = t_image.elapsed();
 
@@ -345,7 +341,11 @@ impl Environments {
             file: plan.file.clone(),
             plan: plan.clone(),
             plan_hash: hash,
-            converged: false,
+            // A throw-away environment's record is written once, converged already: nothing
+            // can see it before this `up` ends (the lock is held; a failed first `up` is
+            // undone, and `berth run` destroys the environment on any error of `up`; a killed
+            // one is garbage), so a second write would only cost a file.
+            converged: opts.ephemeral.is_some(),
             image: Some(ImageUse {
                 name: image.name.clone(),
                 id: image.id.to_string(),
@@ -436,11 +436,13 @@ impl Environments {
             backend.start_services(dir)?;
         }
         hooks::run(backend, dir, plan, Hook::OnUp, &opts.progress)?;
-        let record = EnvRecord {
-            converged: true,
-            ..record
-        };
-        record.save(dir)?;
+        if !record.converged {
+            let record = EnvRecord {
+                converged: true,
+                ..record
+            };
+            record.save(dir)?;
+        }
         Ok(UpReport {
             network: self.network_record(&env_id),
             env_id,

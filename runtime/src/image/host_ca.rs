@@ -70,14 +70,82 @@ pub struct HostCas {
     /// The local certificates as files (name, content).
     local: Vec<(String, Vec<u8>)>,
     key: String,
+    /// Where they were read from; `false` when only the key is known (from the stamp cache,
+    /// [`HostCas::from_host_cached`]): [`HostCas::write_tree`] reads them first.
+    loaded: bool,
+    /// The host's bundle candidates and local folder (the host's own outside tests).
+    bundles: Vec<PathBuf>,
+    local_dir: PathBuf,
 }
 
 impl HostCas {
     /// The host's certificates, or `None` when the host has neither a bundle nor local
     /// certificates.
     pub fn from_host() -> io::Result<Option<HostCas>> {
-        let bundle = HOST_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
-        Self::from_paths(bundle, Path::new(HOST_LOCAL_DIR))
+        let bundles: Vec<PathBuf> = HOST_BUNDLES.iter().map(PathBuf::from).collect();
+        Self::from_candidates(&bundles, Path::new(HOST_LOCAL_DIR))
+    }
+
+    /// [`HostCas::from_host`], answered from a cache in the berth home `home` when the
+    /// metadata of every file it reads is what it was when the cache was written: reading
+    /// and hashing the bundle (some 200 KiB, 140 certificates) was a good part of the CPU of
+    /// every `berth run` and cold `up`. The certificates themselves are read only when a
+    /// layer is written ([`HostCas::write_tree`]). See `host_ca_stamp`.
+    pub fn from_host_cached(home: &Path) -> io::Result<Option<HostCas>> {
+        let bundles: Vec<PathBuf> = HOST_BUNDLES.iter().map(PathBuf::from).collect();
+        super::host_ca_stamp::cached(
+            &bundles,
+            Path::new(HOST_LOCAL_DIR),
+            &home.join(super::host_ca_stamp::CACHE_FILE),
+            super::tree_stamp::RACY_MARGIN,
+        )
+    }
+
+    /// From the first of `bundles` that is a file, and the local certificates under
+    /// `local_dir`.
+    pub(super) fn from_candidates(
+        bundles: &[PathBuf],
+        local_dir: &Path,
+    ) -> io::Result<Option<HostCas>> {
+        let bundle = bundles.iter().map(PathBuf::as_path).find(|p| p.is_file());
+        let mut cas = Self::from_paths(bundle, local_dir)?;
+        if let Some(c) = &mut cas {
+            c.bundles = bundles.to_vec();
+            c.local_dir = local_dir.to_path_buf();
+        }
+        Ok(cas)
+    }
+
+    /// The certificates of the key `key` read from `bundles` and `local_dir` only when
+    /// needed (see [`HostCas::from_host_cached`]).
+    pub(super) fn unread(key: String, bundles: &[PathBuf], local_dir: &Path) -> HostCas {
+        HostCas {
+            certificates: Vec::new(),
+            local: Vec::new(),
+            key,
+            loaded: false,
+            bundles: bundles.to_vec(),
+            local_dir: local_dir.to_path_buf(),
+        }
+    }
+
+    /// Whether the certificates were read (not only their key known).
+    pub fn is_read(&self) -> bool {
+        self.loaded
+    }
+
+    /// These certificates, read now when only their key was known; an error when the host's
+    /// are no longer those of the key.
+    fn read(&self) -> io::Result<std::borrow::Cow<'_, HostCas>> {
+        if self.loaded {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        match Self::from_candidates(&self.bundles, &self.local_dir)? {
+            Some(c) if c.key == self.key => Ok(std::borrow::Cow::Owned(c)),
+            _ => Err(io::Error::other(
+                "the host's CA certificates changed while berth was using them; run the command again",
+            )),
+        }
     }
 
     /// From a bundle file and a folder of local `.crt` files (searched recursively).
@@ -113,6 +181,9 @@ impl HostCas {
             certificates,
             local,
             key: hex::encode(h.finalize()),
+            loaded: true,
+            bundles: bundle.map(Path::to_path_buf).into_iter().collect(),
+            local_dir: local_dir.to_path_buf(),
         }))
     }
 
@@ -132,6 +203,8 @@ impl HostCas {
     /// Writes the layer's files into `dir` (an empty folder), merging with what `layers`
     /// (bottom → top) already hold.
     pub fn write_tree(&self, layers: &[PathBuf], dir: &Path) -> io::Result<()> {
+        let read = self.read()?;
+        let this: &HostCas = &read;
         // The berth bundle: the image's first store, then the host's certificates.
         let mut stores_found = false;
         let mut image_blocks: Vec<String> = Vec::new();
@@ -139,7 +212,7 @@ impl HostCas {
             match lookup(layers, store)? {
                 Found::File(bytes) => {
                     stores_found = true;
-                    let merged = merge(pem_blocks(&bytes), &self.certificates);
+                    let merged = merge(pem_blocks(&bytes), &this.certificates);
                     if image_blocks.is_empty() {
                         image_blocks = merged.clone();
                     }
@@ -150,9 +223,9 @@ impl HostCas {
             }
         }
         if !stores_found && creatable(layers, IMAGE_STORES[0])? {
-            write_file(dir, IMAGE_STORES[0], self.certificates.concat().as_bytes())?;
+            write_file(dir, IMAGE_STORES[0], this.certificates.concat().as_bytes())?;
         }
-        let bundle = merge(image_blocks, &self.certificates);
+        let bundle = merge(image_blocks, &this.certificates);
         let rel = BUNDLE_PATH.trim_start_matches('/');
         if !creatable(layers, rel)? {
             return Err(io::Error::other(format!(
@@ -161,7 +234,7 @@ impl HostCas {
         }
         write_file(dir, rel, bundle.concat().as_bytes())?;
         let local_dir = "usr/local/share/ca-certificates/berth-host";
-        for (name, bytes) in &self.local {
+        for (name, bytes) in &this.local {
             let rel = format!("{local_dir}/{}", name.replace('/', "_"));
             if creatable(layers, &rel)? {
                 write_file(dir, &rel, bytes)?;

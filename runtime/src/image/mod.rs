@@ -32,6 +32,7 @@ pub mod dockerfile;
 pub mod error;
 pub mod export;
 pub mod host_ca;
+mod host_ca_stamp;
 pub mod image_store;
 pub mod layer_copies;
 pub mod layer_store;

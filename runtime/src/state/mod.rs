@@ -51,7 +51,7 @@ pub use lock::{FileLock, LockMode};
 pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
 pub use shm_dir::{sweep_shm_dirs, ShmDir};
 pub use staging::{remove_tree, unique_suffix, StagingDir};
-pub use watch_list::{GcDue, WatchList, Watched};
+pub use watch_list::{booted_at, GcDue, WatchList, Watched};
 
 /// Errors about berth's own state directory.
 #[derive(Debug, thiserror::Error)]

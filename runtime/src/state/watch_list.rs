@@ -185,6 +185,19 @@ fn boot_id() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// When the current boot began (`btime` of `/proc/stat`, wall-clock seconds); `None` where
+/// the kernel does not say.
+pub fn booted_at() -> Option<std::time::SystemTime> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let secs = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
 /// What [`BerthHome::gc_due`] found due.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GcDue {
