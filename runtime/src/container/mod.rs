@@ -62,6 +62,7 @@ pub mod cgroups;
 pub mod container_backend;
 pub mod container_seam;
 pub mod control;
+pub mod detached_overlay;
 pub mod devices;
 pub mod error;
 pub mod fault;
