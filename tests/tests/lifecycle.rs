@@ -278,7 +278,10 @@ fn killed_supervisor_is_reported_dead_and_repaired() {
     let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("started"), "{out}");
     assert_eq!(b.ok(p.path(), &["exec", "--", "echo", "back"]), "back\n");
-    let root_mount = b.ok(p.path(), &["exec", "--", "head", "-1", "/proc/self/mountinfo"]);
+    let root_mount = b.ok(
+        p.path(),
+        &["exec", "--", "head", "-1", "/proc/self/mountinfo"],
+    );
     assert!(
         root_mount.contains(" / / ") && !root_mount.contains("/lower/"),
         "the root overlay names per-start layer folders: {root_mount}"

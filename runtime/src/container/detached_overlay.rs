@@ -4,8 +4,9 @@
 //! to a folder: no `lower/N` folder per start, no mount of them in any mount namespace, and
 //! nothing to clean up whatever kills the launcher (a detached mount goes with its last
 //! reference; the overlay holds its own). Kernels before `lowerdir+` took descriptors
-//! (Linux 6.13) answer [`Made::Unsupported`], and the caller attaches the clones to folders
-//! for a classic `mount(2)` instead.
+//! (Linux 6.13) answer [`Made::Unsupported`]; 6.13 and 6.14 refuse detached and `O_PATH`
+//! descriptors with an error. Either way the caller attaches the clones to folders for a
+//! classic `mount(2)` instead.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -212,8 +212,8 @@ impl<'a> OverlayRootfs<'a> {
         Ok(())
     }
 
-    /// The overlay over id-mapped clones of the layers. Where the kernel takes layers as
-    /// descriptors ([`detached_overlay`]) the clones stay detached; otherwise each is attached
+    /// The overlay over id-mapped clones of the layers. Where the kernel takes the clones as
+    /// layer descriptors ([`detached_overlay`]) they stay detached; otherwise each is attached
     /// at `lower/N` of the state folder for a classic mount.
     fn mount_idmapped_overlay(&self, ns: &OwnedFd, target: &Path) -> Result<()> {
         let spec = self.spec;
@@ -238,8 +238,10 @@ impl<'a> OverlayRootfs<'a> {
                     )
                 })
             }
-            Ok(Made::Unsupported) => {}
-            Err(e) => return Err(upper_refused(&spec.upper_dir, false).unwrap_or(e)),
+            // Refused: descriptor layers came with 6.13, detached and O_PATH ones (such as
+            // these clones) with 6.15. The classic mount below reports any real problem (an
+            // upper the kernel refuses, a missing layer) as it always did.
+            Ok(Made::Unsupported) | Err(_) => {}
         }
         let mut lowers = Vec::with_capacity(trees.len());
         for (i, tree) in trees.iter().rev().enumerate() {
