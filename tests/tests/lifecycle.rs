@@ -265,9 +265,27 @@ fn killed_supervisor_is_reported_dead_and_repaired() {
     let o = b.run_in(p.path(), &["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["status"], "dead", "{:?}", text(&o));
+    // The image layers are detached id-mapped mounts held by the overlay alone: no
+    // `lower/N` folder in the environment's folder, none left after the kill.
+    for e in std::fs::read_dir(b.home.path().join("envs")).unwrap() {
+        let dir = e.unwrap().path();
+        assert!(
+            !dir.join("lower").exists(),
+            "{} holds per-start layer folders",
+            dir.display()
+        );
+    }
     let out = b.ok(p.path(), &["up"]);
     assert!(out.contains("started"), "{out}");
     assert_eq!(b.ok(p.path(), &["exec", "--", "echo", "back"]), "back\n");
+    let root_mount = b.ok(
+        p.path(),
+        &["exec", "--", "head", "-1", "/proc/self/mountinfo"],
+    );
+    assert!(
+        root_mount.contains(" / / ") && !root_mount.contains("/lower/"),
+        "the root overlay names per-start layer folders: {root_mount}"
+    );
     b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

@@ -5,10 +5,11 @@
 //!
 //! ```text
 //! berth (caller)  ── writes state.json, creates cgroups, spec.json
-//!   └─ berth __supervisor <state-dir>   "launcher", host namespaces (re-exec'd from a sealed memfd)
+//!   └─ berth __supervisor <state-dir>   "launcher", host namespaces (re-exec'd; sealed if privileged)
 //!        joins the cgroups, private mount namespace (root), control socket
 //!        └─ child: unshare(user) → launcher writes uid/gid maps → launcher mounts the
-//!           (id-mapped) overlay and binds → child unshare(mnt, uts, ipc, net, cgroup, pid)
+//!           overlay (of detached id-mapped layers) and binds → child unshare(mnt, uts, ipc,
+//!           net, cgroup, pid)
 //!             └─ grandchild = PID 1 = supervisor: /proc, /sys, /dev, pivot_root, masks,
 //!                hostname, services, control loop
 //! ```
@@ -43,8 +44,8 @@
 //! `socket`, `personality` and `clone`, other ABIs killed), installed by the supervisor on
 //! itself so PID 1, services and exec sessions all run under it; all fds from 3 up closed
 //! before exec. The supervisor is not dumpable (no ptrace, no
-//! `/proc/1/exe` from inside); without a user namespace it also runs from a sealed memfd
-//! ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
+//! `/proc/1/exe` from inside); without a user namespace it also runs from a sealed view of
+//! berth's binary: through a detached read-only overlay, else a sealed memfd copy ([`selfexe`]). Mount targets are resolved with `openat2(RESOLVE_IN_ROOT)`, so image
 //! symlinks cannot redirect mounts onto the host.
 //!
 //! **Crash safety.** `state.json` ([`run_state`]) records the id mapping and the cgroup paths
@@ -62,6 +63,7 @@ pub mod cgroups;
 pub mod container_backend;
 pub mod container_seam;
 pub mod control;
+pub mod detached_overlay;
 pub mod devices;
 pub mod error;
 pub mod fault;

@@ -109,6 +109,25 @@ pub fn attach_clone(
     userns: Option<&OwnedFd>,
     flags: CloneFlags,
 ) -> Result<()> {
+    let tree = clone_tree(source, userns, flags)?;
+    attach_tree(&tree, target).map_err(|e| {
+        ContainerError::io(
+            format!(
+                "cannot attach the id-mapped mount of {} at {}",
+                source.display(),
+                target.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// A detached clone of the mount at `source` (`open_tree(OPEN_TREE_CLONE)`), with the
+/// attributes of `flags` and, with `userns`, id-mapped into that user namespace. It belongs
+/// to no mount namespace: it is gone when the last descriptor of it (or of a mount made
+/// from it, such as an overlay with it as a layer) is closed, whatever kills the process.
+/// Recursive unless id-mapped, as in [`attach_clone`].
+pub fn clone_tree(source: &Path, userns: Option<&OwnedFd>, flags: CloneFlags) -> Result<OwnedFd> {
     let src = cstr(source)?;
     let recursive = if userns.is_none() { AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
@@ -140,14 +159,13 @@ pub fn attach_clone(
         propagation: 0,
         userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
-    let empty = c"";
     if attr.attr_set != 0 {
         // SAFETY: mount_setattr on our detached tree fd with a correctly sized mount_attr.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_mount_setattr,
                 tree.as_raw_fd(),
-                empty.as_ptr(),
+                c"".as_ptr(),
                 libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
@@ -163,27 +181,27 @@ pub fn attach_clone(
             ));
         }
     }
-    let dst = cstr(target)?;
+    Ok(tree)
+}
+
+/// Attaches the detached mount `tree` (from [`clone_tree`] or `fsmount`) at `target`, resolved
+/// by the kernel (following magic links such as `/proc/self/fd/N`).
+pub fn attach_tree(tree: &OwnedFd, target: &Path) -> std::io::Result<()> {
+    let dst = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: move_mount of our tree fd onto a NUL-terminated target path.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_raw_fd(),
-            empty.as_ptr(),
+            c"".as_ptr(),
             libc::AT_FDCWD,
             dst.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS,
         )
     };
     if rc < 0 {
-        return Err(ContainerError::io(
-            format!(
-                "cannot attach the id-mapped mount of {} at {}",
-                source.display(),
-                target.display()
-            ),
-            std::io::Error::last_os_error(),
-        ));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -19,12 +19,14 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
+use super::detached_overlay::{self, Made};
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{
     attach_clone, idmapped_bind, owner_group, user_namespace_with, CloneFlags, IdMapping,
 };
 use super::idmap_probe;
 pub use super::in_root::{ensure_in_root, Owner};
+use super::mount_api::{attach_tree, clone_tree};
 use super::root_bind;
 pub use super::rootfs_enter::{DEVICES, MASKED_PATHS, READONLY_PATHS};
 use super::spec::{ContainerSpec, MountSpec};
@@ -148,60 +150,12 @@ impl<'a> OverlayRootfs<'a> {
         let spec = self.spec;
         let target = self.mount_point();
         mkdir_p(&target)?;
-        let mut lowers = Vec::new();
-        for (i, layer) in spec.lower_layers.iter().enumerate() {
-            match idmap_userns.filter(|_| !spec.premapped_lowers) {
-                Some(ns) => {
-                    let at = spec.state_dir.join("lower").join(i.to_string());
-                    mkdir_p(&at)?;
-                    let flags = CloneFlags {
-                        readonly: true,
-                        nosuid: false,
-                        nodev: true,
-                    };
-                    idmapped_bind(layer, &at, ns, flags)?;
-                    lowers.push(at);
-                }
-                None => lowers.push(layer.clone()),
+        match idmap_userns.filter(|_| !spec.premapped_lowers) {
+            Some(ns) => self.mount_idmapped_overlay(ns, &target)?,
+            None => {
+                let userxattr = owner.is_none() && self.mapping.is_some();
+                self.mount_overlay(&spec.lower_layers, &target, userxattr)?
             }
-        }
-        // overlayfs lists lowerdirs top first.
-        let lowerdir: Vec<String> = lowers
-            .iter()
-            .rev()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        let mut opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowerdir.join(":"),
-            spec.upper_dir.display(),
-            spec.work_dir.display()
-        );
-        if owner.is_none() && self.mapping.is_some() {
-            // Mounted from inside a user namespace: trusted.* xattrs are not available.
-            opts.push_str(",userxattr");
-        }
-        // nodev: a device node of an image (or one copied up) must never open through the
-        // environment's root; the devices it may use are bound into its own /dev.
-        if let Err(e) = mount(
-            Some("overlay"),
-            &target,
-            Some("overlay"),
-            MsFlags::MS_NODEV,
-            Some(opts.as_str()),
-        ) {
-            if let Some(refused) =
-                upper_refused(&spec.upper_dir, owner.is_none() && self.mapping.is_some())
-            {
-                return Err(refused);
-            }
-            return Err(ContainerError::sys(
-                format!(
-                    "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
-                    target.display()
-                ),
-                e,
-            ));
         }
         let root = open_dir(&target)?;
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
@@ -317,6 +271,96 @@ impl<'a> OverlayRootfs<'a> {
         }
         self.write_etc_files(root.as_fd(), owner)?;
         self.stage_devices(owner)?;
+        Ok(())
+    }
+
+    /// The overlay over id-mapped clones of the layers. Where the kernel takes the clones as
+    /// layer descriptors ([`detached_overlay`]) they stay detached; otherwise each is attached
+    /// at `lower/N` of the state folder for a classic mount.
+    fn mount_idmapped_overlay(&self, ns: &OwnedFd, target: &Path) -> Result<()> {
+        let spec = self.spec;
+        let flags = CloneFlags {
+            readonly: true,
+            nosuid: false,
+            nodev: true,
+        };
+        // overlayfs lists lowerdirs top first.
+        let trees = spec
+            .lower_layers
+            .iter()
+            .rev()
+            .map(|layer| clone_tree(layer, Some(ns), flags))
+            .collect::<Result<Vec<_>>>()?;
+        match detached_overlay::overlay_from_layer_fds(&trees, &spec.upper_dir, &spec.work_dir) {
+            Ok(Made::Mount(overlay)) => {
+                return attach_tree(&overlay, target).context(|| {
+                    format!(
+                        "cannot attach the overlay root filesystem at {}",
+                        target.display()
+                    )
+                })
+            }
+            // Refused: descriptor layers came with 6.13, detached and O_PATH ones (such as
+            // these clones) with 6.15. The classic mount below reports any real problem (an
+            // upper the kernel refuses, a missing layer) as it always did.
+            Ok(Made::Unsupported) | Err(_) => {}
+        }
+        let mut lowers = Vec::with_capacity(trees.len());
+        for (i, tree) in trees.iter().rev().enumerate() {
+            let at = spec.state_dir.join("lower").join(i.to_string());
+            mkdir_p(&at)?;
+            attach_tree(tree, &at).context(|| {
+                format!(
+                    "cannot attach the id-mapped mount of {} at {}",
+                    spec.lower_layers[i].display(),
+                    at.display()
+                )
+            })?;
+            lowers.push(at);
+        }
+        self.mount_overlay(&lowers, target, false)
+    }
+
+    /// The overlay of `lowers` (bottom first) by `mount(2)`; `userxattr` when mounted from
+    /// inside a user namespace (trusted.* xattrs are not available there).
+    fn mount_overlay(&self, lowers: &[PathBuf], target: &Path, userxattr: bool) -> Result<()> {
+        let spec = self.spec;
+        // overlayfs lists lowerdirs top first.
+        let lowerdir: Vec<String> = lowers
+            .iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowerdir.join(":"),
+            spec.upper_dir.display(),
+            spec.work_dir.display()
+        );
+        if userxattr {
+            // Mounted from inside a user namespace: trusted.* xattrs are not available.
+            opts.push_str(",userxattr");
+        }
+        // nodev: a device node of an image (or one copied up) must never open through the
+        // environment's root; the devices it may use are bound into its own /dev.
+        if let Err(e) = mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        ) {
+            if let Some(refused) = upper_refused(&spec.upper_dir, userxattr) {
+                return Err(refused);
+            }
+            return Err(ContainerError::sys(
+                format!(
+                    "cannot mount the overlay root filesystem at {} ({opts}); check that the layers exist and that the upper and work dirs are on one filesystem",
+                    target.display()
+                ),
+                e,
+            ));
+        }
         Ok(())
     }
 

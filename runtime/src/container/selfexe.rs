@@ -6,14 +6,17 @@
 //!   children forked from it stay non-dumpable until their own `execve`.
 //! - When the environment's root is the host's root (no user namespace: `privileged`, or
 //!   build steps), where an open `/proc/<pid>/exe` could be written through, the launcher and
-//!   supervisor run from a sealed, read-only memfd copy of berth's binary instead: the file
-//!   reachable there is anonymous and immutable. With a user namespace the environment's root
-//!   is an unprivileged host id that cannot write berth's binary anyway, and skipping the copy
-//!   keeps each idle environment from pinning its own copy of the binary in memory.
+//!   supervisor run from a sealed view of berth's binary instead: the binary seen through a
+//!   detached read-only overlay (as runc does; no copy, its page cache is the binary's own,
+//!   shared by every run), else a sealed, read-only memfd copy. Either file is immutable and
+//!   no path of the host leads to it. With a user namespace the environment's root is an
+//!   unprivileged host id that cannot write berth's binary anyway, and runs from the binary.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,16 +25,129 @@ use super::launch::SUPERVISOR_ARG;
 
 static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
 
-/// A sealed memfd holding a copy of the running executable (made once per process).
+/// An immutable handle on the running executable (made once per process): the binary
+/// through a detached read-only overlay ([`overlay_view`]), else a sealed memfd copy.
 pub fn sealed_self() -> io::Result<&'static OwnedFd> {
     SEALED
-        .get_or_init(|| make_sealed(Path::new("/proc/self/exe")).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            overlay_view(Path::new("/proc/self/exe"))
+                .or_else(|_| make_sealed(Path::new("/proc/self/exe")))
+                .map_err(|e| e.to_string())
+        })
         .as_ref()
         .map_err(|e| {
             io::Error::other(format!(
                 "cannot copy berth's binary into a sealed memfd: {e}"
             ))
         })
+}
+
+/// The executable behind `exe` (a path or a magic link such as `/proc/self/exe`) opened
+/// (`O_PATH`) through a detached overlay of its folder and an empty tmpfs, with no upper
+/// layer: read-only at the superblock, so it can be neither written nor remounted writable,
+/// and mounted nowhere, so nothing reaches the folder through it. No copy is made. Refused
+/// (an error) without root, before Linux 6.15 (detached layers), when the binary was
+/// replaced on disk since it started, or when the file seen is not the one running.
+pub fn overlay_view(exe: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::read_link(exe).or_else(|_| exe.canonicalize())?;
+    let (dir, name) = match (real.parent(), real.file_name()) {
+        (Some(d), Some(n)) if real.is_absolute() => (d, n),
+        _ => return Err(io::Error::other("the executable has no folder")),
+    };
+    let empty = fs_mount(
+        c"tmpfs",
+        &[(c"size", c"4k")],
+        libc::MOUNT_ATTR_RDONLY as u32,
+    )?;
+    let empty_path = CString::new(format!("/proc/self/fd/{}", empty.as_raw_fd()))?;
+    let dir = CString::new(dir.as_os_str().as_bytes())?;
+    let overlay = fs_mount(
+        c"overlay",
+        &[
+            (c"lowerdir+", dir.as_c_str()),
+            (c"lowerdir+", empty_path.as_c_str()),
+            (c"xino", c"off"),
+        ],
+        (libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV) as u32,
+    )?;
+    let name = CString::new(name.as_bytes())?;
+    // SAFETY: openat on our overlay's root descriptor with a NUL-terminated file name.
+    let fd = unsafe {
+        libc::openat(
+            overlay.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let file = unsafe { OwnedFd::from_raw_fd(fd) };
+    let seen = std::fs::metadata(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let running = std::fs::metadata(exe)?;
+    let same = seen.ino() == running.ino()
+        && seen.size() == running.size()
+        && (seen.mtime(), seen.mtime_nsec()) == (running.mtime(), running.mtime_nsec())
+        && seen.is_file();
+    if !same {
+        return Err(io::Error::other(
+            "the binary on disk is not the one running",
+        ));
+    }
+    Ok(file)
+}
+
+/// A new detached mount of filesystem `fstype` with string options `opts` and mount
+/// attributes `attrs` (`fsopen` + `fsconfig` + `fsmount`).
+fn fs_mount(fstype: &CStr, opts: &[(&CStr, &CStr)], attrs: u32) -> io::Result<OwnedFd> {
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    // SAFETY: fsopen with a NUL-terminated type name; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), 1 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    for (key, value) in opts {
+        // SAFETY: fsconfig on our context with NUL-terminated key and value.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: fsconfig command on our context; no key or value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            ctx.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fsmount of our created context (FSMOUNT_CLOEXEC); returns a new fd or -1.
+    let m = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 1 as libc::c_uint, attrs) };
+    if m < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
 }
 
 /// Copies `exe` into a new memfd and seals it against any change.
@@ -74,6 +190,47 @@ pub fn supervisor_command(state_dir: &Path, sealed: bool) -> io::Result<Command>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The overlay view runs, is the running binary, refuses writes, and names no host path.
+    #[test]
+    fn the_overlay_view_is_the_running_binary_and_refuses_writes() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: fsopen of overlayfs needs root");
+            return;
+        }
+        let fd = match overlay_view(Path::new("/proc/self/exe")) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("skipped: no overlay view on this kernel ({e})");
+                return;
+            }
+        };
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        // The same file: size, inode and the first 64 KiB (the whole test binary is large).
+        let head = |p: &str| {
+            let mut b = vec![0u8; 64 * 1024];
+            let n = std::io::Read::read(&mut File::open(p).unwrap(), &mut b).unwrap();
+            b.truncate(n);
+            b
+        };
+        use std::os::unix::fs::MetadataExt;
+        let (v, r) = (
+            std::fs::metadata(&path).unwrap(),
+            std::fs::metadata("/proc/self/exe").unwrap(),
+        );
+        assert_eq!((v.len(), v.ino()), (r.len(), r.ino()));
+        assert_eq!(head(&path), head("/proc/self/exe"));
+        let w = std::fs::OpenOptions::new().write(true).open(&path);
+        assert_eq!(
+            w.err().and_then(|e| e.raw_os_error()),
+            Some(libc::EROFS),
+            "the view must be read-only"
+        );
+        let shown = std::fs::read_link(&path).unwrap();
+        let real = std::fs::read_link("/proc/self/exe").unwrap();
+        assert_ne!(shown, real, "the view must not name the binary's host path");
+        assert_eq!(shown.parent(), Some(Path::new("/")));
+    }
 
     #[test]
     fn sealed_copy_is_identical_and_immutable() {

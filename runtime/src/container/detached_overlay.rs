@@ -1,0 +1,276 @@
+//! The environment's overlay made from layer descriptors: `fsopen("overlay")`, one
+//! `lowerdir+` per layer given as the descriptor of its detached, id-mapped clone
+//! ([`clone_tree`](super::mount_api::clone_tree)), `fsmount`. The clones are never attached
+//! to a folder: no `lower/N` folder per start, no mount of them in any mount namespace, and
+//! nothing to clean up whatever kills the launcher (a detached mount goes with its last
+//! reference; the overlay holds its own). Kernels before `lowerdir+` took descriptors
+//! (Linux 6.13) answer [`Made::Unsupported`]; 6.13 and 6.14 refuse detached and `O_PATH`
+//! descriptors with an error. Either way the caller attaches the clones to folders for a
+//! classic `mount(2)` instead.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::error::{ContainerError, Result};
+
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_SET_FD: libc::c_uint = 5;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x0000_0004;
+
+/// What [`overlay_from_layer_fds`] made.
+#[derive(Debug)]
+pub enum Made {
+    /// The overlay, detached (`nodev`), for [`attach_tree`](super::mount_api::attach_tree).
+    Mount(OwnedFd),
+    /// This kernel cannot take layers as descriptors; nothing was made.
+    Unsupported,
+}
+
+/// An overlay of `lowers` (top first, each a detached mount) under the writable `upper` with
+/// `work`, detached and `nodev`. Errors name the kernel's own explanation where it gave one.
+pub fn overlay_from_layer_fds(lowers: &[OwnedFd], upper: &Path, work: &Path) -> Result<Made> {
+    // SAFETY: fsopen with a static NUL-terminated name; returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOSYS | libc::ENODEV | libc::EPERM) => Ok(Made::Unsupported),
+            _ => Err(ContainerError::io(
+                "cannot open an overlay context (fsopen)",
+                e,
+            )),
+        };
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let ctx = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    for (i, lower) in lowers.iter().enumerate() {
+        // SAFETY: fsconfig on our context with a static key and a descriptor we own.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                FSCONFIG_SET_FD,
+                c"lowerdir+".as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                lower.as_raw_fd(),
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if i == 0 && e.raw_os_error() == Some(libc::EINVAL) {
+                return Ok(Made::Unsupported);
+            }
+            return Err(failed(
+                &ctx,
+                &format!("cannot add layer {i} to the overlay"),
+                e,
+            ));
+        }
+    }
+    for (key, dir) in [(c"upperdir", upper), (c"workdir", work)] {
+        let value = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
+            ContainerError::Invalid(format!("{} contains a NUL byte", dir.display()))
+        })?;
+        // SAFETY: fsconfig on our context with NUL-terminated key and value.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                ctx.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(failed(
+                &ctx,
+                &format!("cannot use {} in the overlay", dir.display()),
+                e,
+            ));
+        }
+    }
+    // SAFETY: fsconfig command on our context, no key or value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            ctx.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(failed(&ctx, "cannot create the overlay", e));
+    }
+    // SAFETY: fsmount of our created context; returns a new fd or -1.
+    let m = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            ctx.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_NODEV,
+        )
+    };
+    if m < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(failed(&ctx, "cannot mount the overlay (fsmount)", e));
+    }
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(Made::Mount(unsafe { OwnedFd::from_raw_fd(m as i32) }))
+}
+
+/// The error of a failed step, with the messages the kernel logged on the context.
+fn failed(ctx: &OwnedFd, what: &str, e: std::io::Error) -> ContainerError {
+    let log = kernel_log(ctx);
+    let context = if log.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what} (the kernel says: {})", log.join("; "))
+    };
+    ContainerError::io(context, e)
+}
+
+/// The messages queued on a filesystem context (`e overlay: …` lines), oldest first.
+fn kernel_log(ctx: &OwnedFd) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    for _ in 0..16 {
+        // SAFETY: read into our own buffer from our own descriptor.
+        let n = unsafe { libc::read(ctx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf[..n as usize]);
+        out.push(line.trim_end().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::idmap::{IdMapping, IdRange, MapWriter};
+    use super::super::mount_api::{clone_tree, user_namespace_with, CloneFlags};
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mount_count() -> usize {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count()
+    }
+
+    /// The layers appear id-mapped through the overlay, writes land in the upper owned by
+    /// the environment's root, and nothing of it exists outside its descriptors: no folder
+    /// per layer, no mount in this namespace, nothing left once the descriptors are gone
+    /// (as when a `kill -9` closes them).
+    #[test]
+    fn an_overlay_of_detached_id_mapped_layers_leaves_no_folder_or_mount_behind() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: id-mapped mounts need root");
+            return;
+        }
+        let t = tempfile::Builder::new()
+            .prefix("berth-detached-overlay")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let d = t.path();
+        for sub in ["l0", "l1", "upper", "work"] {
+            fs::create_dir(d.join(sub)).unwrap();
+        }
+        fs::write(d.join("l0/a"), "bottom").unwrap();
+        fs::write(d.join("l0/shadowed"), "bottom").unwrap();
+        fs::write(d.join("l1/shadowed"), "top").unwrap();
+        let before: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mounts_before = mount_count();
+
+        let range = |outside| {
+            vec![IdRange {
+                inside: 0,
+                outside,
+                count: 65536,
+            }]
+        };
+        let userns = user_namespace_with(&IdMapping {
+            uids: range(300_000),
+            gids: range(300_000),
+            writer: MapWriter::Direct,
+            deny_setgroups: false,
+        })
+        .unwrap();
+        let flags = CloneFlags {
+            readonly: true,
+            nosuid: false,
+            nodev: true,
+        };
+        // Top first, as overlayfs lists them.
+        let lowers = [d.join("l1"), d.join("l0")]
+            .iter()
+            .map(|l| clone_tree(l, Some(&userns), flags).unwrap())
+            .collect::<Vec<_>>();
+        let mount =
+            match overlay_from_layer_fds(&lowers, &d.join("upper"), &d.join("work")).unwrap() {
+                Made::Mount(m) => m,
+                Made::Unsupported => {
+                    eprintln!("skipped: this kernel takes no overlay layers as descriptors");
+                    return;
+                }
+            };
+        drop(lowers);
+        let root = format!("/proc/self/fd/{}", mount.as_raw_fd());
+        assert_eq!(fs::read_to_string(format!("{root}/a")).unwrap(), "bottom");
+        assert_eq!(
+            fs::read_to_string(format!("{root}/shadowed")).unwrap(),
+            "top"
+        );
+        // Root's files of the layers, seen through the id-mapped layers: the mapped root.
+        assert_eq!(fs::metadata(format!("{root}/a")).unwrap().uid(), 300_000);
+        fs::write(format!("{root}/new"), "written").unwrap();
+        assert_eq!(fs::read_to_string(d.join("upper/new")).unwrap(), "written");
+        assert_eq!(
+            mount_count(),
+            mounts_before,
+            "a detached overlay must not appear in the mount table"
+        );
+        let after: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after, "no folder may be made for the layers");
+        drop(mount);
+        assert_eq!(mount_count(), mounts_before);
+    }
+
+    #[test]
+    fn a_bad_upper_is_named_with_the_kernels_reason() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let d = t.path();
+        fs::create_dir(d.join("l0")).unwrap();
+        let lowers = vec![clone_tree(&d.join("l0"), None, CloneFlags::default()).unwrap()];
+        match overlay_from_layer_fds(&lowers, &d.join("missing-upper"), &d.join("missing-work")) {
+            Ok(Made::Unsupported) => eprintln!("skipped: no descriptor layers on this kernel"),
+            Ok(Made::Mount(_)) => panic!("an overlay over a missing upper must fail"),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("missing-upper"), "{text}");
+            }
+        }
+    }
+}
