@@ -12,7 +12,9 @@
 # Needs root, docker-registry, curl, python3, debootstrap (or DEBIAN_CACHE=DIR: a folder
 # written by `berth image export --cache` that holds debootstrap:bookworm), the Debian
 # mirror and PyPI. Prints medians and the ratio; asserts nothing.
-# Usage: bench/cache.sh   (RUNS=3, BERTH_BIN=path to skip the release build)
+# Usage: bench/cache.sh   (RUNS=3, BERTH_BIN=path to skip the release build; BERTH_BEFORE=path
+# adds a third command, that binary's `up --cache-from` on fresh homes, to the same interleaved
+# run: a change's before/after under the same load)
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || { echo "bench: run as root" >&2; exit 1; }
@@ -74,7 +76,7 @@ setup = ["python3 -m venv /opt/venv && /opt/venv/bin/pip install -q six==1.16.0"
 source = "."
 target = "/work"
 TOML
-for h in a cold cache; do
+for h in a cold cache before; do
   on_exit "BERTH_HOME=$W/$h $BERTH -C $P -q destroy"
 done
 
@@ -87,7 +89,7 @@ A_SECS=$(python3 -c "print(f'{$t1 - $t0:.1f}')")
 BERTH_HOME=$W/a "$BERTH" -C "$P" -q destroy
 
 echo "== fresh machines: cold up vs up --cache-from, interleaved, $RUNS runs" >&2
-for h in cold cache; do
+for h in cold cache before; do
   cat > "$W/fresh-$h.sh" <<SH
 #!/bin/sh
 BERTH_HOME=$W/$h $BERTH -C $P -q destroy >/dev/null 2>&1
@@ -95,9 +97,14 @@ rm -rf $W/$h
 SH
   chmod +x "$W/fresh-$h.sh"
 done
+BEFORE_CMD=()
+if [ -n "${BERTH_BEFORE:-}" ]; then
+  BEFORE_CMD=("{\"name\": \"up --cache-from (before)\", \"prepare\": [\"$W/fresh-before.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/before\", \"$BERTH_BEFORE\", \"-C\", \"$P\", \"-q\", \"up\", \"--cache-from\", \"$REG/bench/cache\"]}")
+fi
 python3 "$(dirname "$0")/interleave.py" --runs "$RUNS" --warmup 0 --json "$W/cache.json" \
   "{\"name\": \"cold up\", \"prepare\": [\"$W/fresh-cold.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/cold\", \"$BERTH\", \"-C\", \"$P\", \"-q\", \"up\"]}" \
-  "{\"name\": \"up --cache-from\", \"prepare\": [\"$W/fresh-cache.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/cache\", \"$BERTH\", \"-C\", \"$P\", \"-q\", \"up\", \"--cache-from\", \"$REG/bench/cache\"]}"
+  "{\"name\": \"up --cache-from\", \"prepare\": [\"$W/fresh-cache.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/cache\", \"$BERTH\", \"-C\", \"$P\", \"-q\", \"up\", \"--cache-from\", \"$REG/bench/cache\"]}" \
+  "${BEFORE_CMD[@]}"
 
 # One more cached run on a fresh home, not timed, with its output: it runs no step, every
 # step says where it came from.
@@ -120,4 +127,10 @@ print("fresh machine, first up (median of %d, interleaved):" % len(r["cold up"][
 print("  %-28s %7.1f s  (runs: %s)" % ("cold (builds every step)", cold, ", ".join("%.1f" % t for t in r["cold up"]["times"])))
 print("  %-28s %7.1f s  (runs: %s)" % ("--cache-from (no step runs)", cache, ", ".join("%.1f" % t for t in r["up --cache-from"]["times"])))
 print("  ratio cache/cold: %.2fx (target <= 0.2x)" % (cache / cold))
+ct, kt = r["cold up"]["times"], r["up --cache-from"]["times"]
+print("  per round: %s" % ", ".join("%.2fx" % (k / c) for c, k in zip(ct, kt)))
+if "up --cache-from (before)" in r:
+    b = r["up --cache-from (before)"]
+    print("  %-28s %7.1f s  (runs: %s)" % ("--cache-from, BERTH_BEFORE", b["median"], ", ".join("%.1f" % t for t in b["times"])))
+    print("  ratio before/cold: %.2fx; after/before: %.2fx" % (b["median"] / cold, cache / b["median"]))
 PY

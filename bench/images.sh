@@ -13,7 +13,9 @@
 #     each to an empty registry, interleaved (bench/interleave.py) so load hits both alike.
 # Needs: hyperfine, docker-registry, skopeo, umoci, python3. Run as root (tar keeps owners).
 # Usage: bench/images.sh [MB]   (default 200; RUNS=5, BERTH_BIN=path to skip the release build,
-#        SECTIONS="unpack pull push push-built" to run only some)
+#        SECTIONS="unpack pull push push-built" to run only some; PUSH_COMPRESSION=zstd
+#        makes push-built compress with zstd (both tools); BERTH_BEFORE=path adds that binary's
+#        push to the same interleaved push-built run, for a change's before/after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MB=${1:-200}
@@ -112,9 +114,15 @@ if want push-built; then
   sed -e "s|rm -rf $W/push-reg $W/hp/push|rm -rf $W/push-reg $W/hb/push|" \
     "$W/fresh-push-registry.sh" > "$W/fresh-push-built.sh"
   chmod +x "$W/fresh-push-built.sh"
+  PC=${PUSH_COMPRESSION:-gzip}
+  BEFORE_CMD=()
+  if [ -n "${BERTH_BEFORE:-}" ]; then
+    BEFORE_CMD=("{\"name\": \"berth image push (before)\", \"prepare\": [\"$W/fresh-push-built.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/hb\", \"$BERTH_BEFORE\", \"-q\", \"image\", \"push\", \"--compression\", \"$PC\", \"127.0.0.1:$PPORT/built:latest\", \"bench/built\"]}")
+  fi
   python3 "$(dirname "$0")/interleave.py" --runs "$RUNS" --warmup 1 --json "$W/push-built.json" \
-    "{\"name\": \"skopeo copy --dest-compress\", \"prepare\": [\"$W/fresh-push-built.sh\"], \"cmd\": [\"skopeo\", \"copy\", \"-q\", \"--dest-compress\", \"--dest-compress-format\", \"gzip\", \"--dest-tls-verify=false\", \"oci:$W/oci-built\", \"docker://127.0.0.1:$PPORT/built:latest\"]}" \
-    "{\"name\": \"berth image push\", \"prepare\": [\"$W/fresh-push-built.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/hb\", \"$BERTH\", \"-q\", \"image\", \"push\", \"127.0.0.1:$PPORT/built:latest\", \"bench/built\"]}"
+    "{\"name\": \"skopeo copy --dest-compress\", \"prepare\": [\"$W/fresh-push-built.sh\"], \"cmd\": [\"skopeo\", \"copy\", \"-q\", \"--dest-compress\", \"--dest-compress-format\", \"$PC\", \"--dest-tls-verify=false\", \"oci:$W/oci-built\", \"docker://127.0.0.1:$PPORT/built:latest\"]}" \
+    "{\"name\": \"berth image push\", \"prepare\": [\"$W/fresh-push-built.sh\"], \"cmd\": [\"env\", \"BERTH_HOME=$W/hb\", \"$BERTH\", \"-q\", \"image\", \"push\", \"--compression\", \"$PC\", \"127.0.0.1:$PPORT/built:latest\", \"bench/built\"]}" \
+    "${BEFORE_CMD[@]}"
 fi
 
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

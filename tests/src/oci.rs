@@ -317,6 +317,17 @@ impl Registry {
         Some(reg)
     }
 
+    /// The file the registry keeps the blob `digest` (`sha256:…`) in (to damage it).
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     fn spawn(bin: &str, dir: &Path) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -673,4 +673,55 @@ fn a_hostile_cache_layer_that_does_not_match_its_digest_or_leaves_its_folder_is_
         written.is_empty(),
         "the layer wrote outside its folder: {written:?}"
     );
+    drop(cache);
+
+    // 3. The real registry, its stored copy of a step's layer damaged on disk (a corrupted
+    // or tampered registry): the blob no longer matches its digest. A fresh machine says
+    // so, builds that step and the next here, with the right result, and keeps nothing of
+    // the bad blob.
+    let (_, entry) = entries
+        .iter()
+        .find(|(_, m)| {
+            m["annotations"]["dev.berth.cache.step"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("setup[0]"))
+        })
+        .unwrap_or_else(|| panic!("no entry for setup[0]: {entries:?}"));
+    let bad = entry["layers"][0]["digest"].as_str().unwrap().to_string();
+    let file = reg.blob_file(&bad);
+    let mut bytes = fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    fs::write(&file, &bytes).unwrap();
+    let b = Berth::new();
+    let err = ok(&b, p.path(), &[], &["up", "--cache-from", &real]);
+    assert!(ran_first(&err), "setup[0] built here:\n{err}");
+    let notice = err
+        .lines()
+        .find(|l| l.starts_with("notice: build cache"))
+        .unwrap_or_else(|| panic!("no notice:\n{err}"));
+    assert!(
+        notice.contains(&format!("refused its layer {bad}"))
+            && notice.contains("is corrupt")
+            && notice.contains("setup[0]")
+            && notice.contains("built here without the cache"),
+        "{notice}"
+    );
+    let out = run(&b, p.path(), &[], &["exec", "--", "cat", "/one.txt"]);
+    assert_eq!(text(&out).0, "one\n", "the local build's result");
+    let home = b.home.path();
+    let hex = bad.trim_start_matches("sha256:");
+    assert!(
+        !home.join("blobs/sha256").join(hex).exists(),
+        "the bad blob was kept"
+    );
+    let tmp: Vec<_> = fs::read_dir(home.join("tmp"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "tmp/: {tmp:?}");
+    ok(&b, p.path(), &[], &["destroy"]);
 }

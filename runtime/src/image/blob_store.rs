@@ -132,6 +132,18 @@ impl BlobStore {
     /// something else reads, see [`TeeRead`]): stored under its digest by
     /// [`BlobWriter::commit`], gone when dropped before.
     pub fn writer(&self) -> Result<BlobWriter, ImageError> {
+        self.new_writer(true)
+    }
+
+    /// A [`BlobStore::writer`] that does not hash what it is given: for a copy of bytes
+    /// whose digest the reader computes anyway (an unpacked layer's tar: the unpacker
+    /// hashes it for its diff-id), stored with [`BlobWriter::commit_verified`] — one
+    /// SHA-256 pass over the layer instead of two.
+    pub fn writer_unhashed(&self) -> Result<BlobWriter, ImageError> {
+        self.new_writer(false)
+    }
+
+    fn new_writer(&self, hashing: bool) -> Result<BlobWriter, ImageError> {
         let tmp = self.tmp.join(format!(
             "blob-import-{}-{}",
             std::process::id(),
@@ -143,8 +155,13 @@ impl BlobStore {
             .create_new(true)
             .open(&tmp)
             .map_err(ImageError::io(&tmp))?;
+        let out = io::BufWriter::with_capacity(1 << 20, WritebackFile::new(file, 0));
         Ok(BlobWriter {
-            w: super::digest::Hashing::new(io::BufWriter::with_capacity(1 << 20, file)),
+            w: if hashing {
+                BlobSink::Hashing(super::digest::Hashing::new(out))
+            } else {
+                BlobSink::Plain(out, 0)
+            },
             tmp,
             dir: self.dir.clone(),
             _guard: guard,
@@ -196,13 +213,104 @@ impl BlobStore {
             expected_size,
             origin: origin.to_string(),
             path,
-            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            file: Some(io::BufWriter::with_capacity(
+                1 << 20,
+                WritebackFile::new(file, len),
+            )),
+            keep: true,
             hasher,
             len,
             tee: None,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
+
+    /// A download that is verified (size and digest) but not kept: for a blob that is only
+    /// the way to something else (a cache layer's compressed blob, whose uncompressed tar
+    /// is what the store keeps), read through [`PartialBlob::tee`]. Nothing is written to
+    /// disk, so nothing is resumed either: an interrupted download starts over.
+    pub fn begin_transient(
+        &self,
+        digest: &Digest,
+        expected_size: u64,
+        origin: &str,
+    ) -> PartialBlob {
+        PartialBlob {
+            store: self.clone(),
+            digest: digest.clone(),
+            expected_size,
+            origin: origin.to_string(),
+            path: self.partial_path(digest),
+            file: None,
+            keep: false,
+            hasher: Sha256::new(),
+            len: 0,
+            tee: None,
+            _lock: None,
+        }
+    }
+}
+
+/// Bytes written to a blob file between two requests to the kernel to start writing them
+/// to disk: the `fsync` that ends the blob then waits for the last few MiB only, instead of
+/// for the whole blob, which was written back while the rest arrived.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+/// A blob file being written, whose pages are handed to the disk every
+/// [`WRITEBACK_STEP`] bytes (`sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts the write-out,
+/// does not wait for it).
+struct WritebackFile {
+    file: File,
+    /// Offset up to which write-out was started.
+    started: u64,
+    /// Offset of the next write.
+    at: u64,
+}
+
+impl WritebackFile {
+    fn new(file: File, at: u64) -> Self {
+        WritebackFile {
+            file,
+            started: at,
+            at,
+        }
+    }
+
+    /// Continues at `at` (after a truncation or seek).
+    fn reset(&mut self, at: u64) {
+        self.started = at;
+        self.at = at;
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.at += n as u64;
+        if self.at - self.started >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.started, self.at - self.started);
+            self.started = self.at;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` of `file` to disk, without
+/// waiting. Only a hint: the blob's `fsync` is what makes it durable, so an error here
+/// changes nothing.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range on a file descriptor this process owns and keeps open for
+    // the call; it reads no memory of ours.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
 }
 
 /// A blob being downloaded: append bytes, then [`PartialBlob::commit`].
@@ -212,11 +320,15 @@ pub struct PartialBlob {
     expected_size: u64,
     origin: String,
     path: PathBuf,
-    file: Option<io::BufWriter<File>>,
+    /// The partial file; `None` once committed or dropped, and for a transient blob.
+    file: Option<io::BufWriter<WritebackFile>>,
+    /// Whether the blob is written to disk and stored (else only verified and teed:
+    /// [`BlobStore::begin_transient`]).
+    keep: bool,
     hasher: Sha256,
     len: u64,
     tee: Option<BlobTee>,
-    _lock: FileLock,
+    _lock: Option<FileLock>,
 }
 
 impl PartialBlob {
@@ -261,18 +373,23 @@ impl PartialBlob {
 
     /// Writes buffered bytes to the partial file.
     pub fn flush(&mut self) -> Result<(), ImageError> {
-        let f = self.file.as_mut().expect("open until commit");
-        f.flush().map_err(ImageError::io(&self.path))
+        match self.file.as_mut() {
+            Some(f) => f.flush().map_err(ImageError::io(&self.path)),
+            None => Ok(()),
+        }
     }
 
     /// Drops what was there (the server ignored a range request).
     pub fn restart(&mut self) -> Result<(), ImageError> {
-        let f = self.file.as_mut().expect("open until commit");
-        f.flush().map_err(ImageError::io(&self.path))?;
-        f.get_mut().set_len(0).map_err(ImageError::io(&self.path))?;
-        f.get_mut()
-            .seek(SeekFrom::Start(0))
-            .map_err(ImageError::io(&self.path))?;
+        if let Some(f) = self.file.as_mut() {
+            f.flush().map_err(ImageError::io(&self.path))?;
+            let w = f.get_mut();
+            w.file.set_len(0).map_err(ImageError::io(&self.path))?;
+            w.file
+                .seek(SeekFrom::Start(0))
+                .map_err(ImageError::io(&self.path))?;
+            w.reset(0);
+        }
         self.hasher = Sha256::new();
         self.len = 0;
         if let Some(t) = self.tee.as_mut() {
@@ -292,8 +409,10 @@ impl PartialBlob {
                 actual,
             });
         }
-        let f = self.file.as_mut().expect("open until commit");
-        f.write_all(bytes).map_err(ImageError::io(&self.path))?;
+        if self.keep {
+            let f = self.file.as_mut().expect("open until commit");
+            f.write_all(bytes).map_err(ImageError::io(&self.path))?;
+        }
         self.hasher.update(bytes);
         self.len += bytes.len() as u64;
         if let Some(t) = self.tee.as_mut() {
@@ -303,13 +422,19 @@ impl PartialBlob {
     }
 
     /// Verifies size and digest and renames the blob into the store; on a mismatch the
-    /// partial file is deleted.
-    pub fn commit(mut self) -> Result<PathBuf, ImageError> {
-        let mut f = self.file.take().expect("open until commit");
-        f.flush().map_err(ImageError::io(&self.path))?;
-        let file = f
-            .into_inner()
-            .map_err(|e| ImageError::io(&self.path)(e.into_error()))?;
+    /// partial file is deleted. A transient blob ([`BlobStore::begin_transient`]) is only
+    /// verified (its tee then ends cleanly) and `None` returned: nothing is stored.
+    pub fn commit(mut self) -> Result<Option<PathBuf>, ImageError> {
+        let file = match self.file.take() {
+            Some(mut f) => {
+                f.flush().map_err(ImageError::io(&self.path))?;
+                let w = f
+                    .into_inner()
+                    .map_err(|e| ImageError::io(&self.path)(e.into_error()))?;
+                Some(w.file)
+            }
+            None => None,
+        };
         if self.len != self.expected_size {
             let actual = self.len;
             self.discard();
@@ -329,6 +454,12 @@ impl PartialBlob {
                 actual: actual.to_string(),
             });
         }
+        let Some(file) = file.filter(|_| self.keep) else {
+            if let Some(t) = self.tee.as_mut() {
+                t.end();
+            }
+            return Ok(None);
+        };
         file.sync_all().map_err(ImageError::io(&self.path))?;
         drop(file);
         let dest = self.store.path(&self.digest);
@@ -336,7 +467,7 @@ impl PartialBlob {
         if let Some(t) = self.tee.as_mut() {
             t.end();
         }
-        Ok(dest)
+        Ok(Some(dest))
     }
 
     /// Gives up without keeping anything (the blob arrived by another way).
@@ -349,7 +480,9 @@ impl PartialBlob {
         if let Some(t) = self.tee.as_mut() {
             t.abort();
         }
-        let _ = fs::remove_file(&self.path);
+        if self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -420,28 +553,44 @@ impl Read for TeeReader {
     }
 }
 
-/// Removes a temporary file on drop (if it still exists).
 /// A blob being written (see [`BlobStore::writer`]).
 pub struct BlobWriter {
-    w: super::digest::Hashing<io::BufWriter<File>>,
+    w: BlobSink,
     tmp: PathBuf,
     dir: PathBuf,
     _guard: TempFile,
 }
 
+/// Where a [`BlobWriter`]'s bytes go: hashed on the way, or only counted.
+enum BlobSink {
+    Hashing(super::digest::Hashing<io::BufWriter<WritebackFile>>),
+    Plain(io::BufWriter<WritebackFile>, u64),
+}
+
 impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.w.write(buf)
+        match &mut self.w {
+            BlobSink::Hashing(w) => w.write(buf),
+            BlobSink::Plain(w, count) => {
+                let n = w.write(buf)?;
+                *count += n as u64;
+                Ok(n)
+            }
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.w.flush()
+        match &mut self.w {
+            BlobSink::Hashing(w) => w.flush(),
+            BlobSink::Plain(w, _) => w.flush(),
+        }
     }
 }
 
 impl BlobWriter {
     /// Stores what was written under its digest (durably), unless `expected` is given and
     /// differs: then nothing is stored and the mismatch is the error. Returns the digest
-    /// and size.
+    /// and size. (A writer from [`BlobStore::writer_unhashed`] has no digest of its own:
+    /// it is stored only when `expected` is given and its size is `expected`'s.)
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
         let BlobWriter {
             w,
@@ -449,7 +598,15 @@ impl BlobWriter {
             dir,
             _guard,
         } = self;
-        let (bw, digest, size) = w.finish();
+        let (bw, digest, size) = match w {
+            BlobSink::Hashing(w) => w.finish(),
+            BlobSink::Plain(..) => {
+                return Err(ImageError::Base(format!(
+                    "{}: an unhashed blob is stored only with commit_verified",
+                    tmp.display()
+                )))
+            }
+        };
         if let Some(exp) = expected {
             if *exp != digest {
                 return Err(ImageError::DigestMismatch {
@@ -459,17 +616,63 @@ impl BlobWriter {
                 });
             }
         }
-        let file = bw
-            .into_inner()
-            .map_err(|e| ImageError::io(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(ImageError::io(&tmp))?;
-        drop(file);
-        let dest = dir.join(digest.hex());
-        if !dest.exists() {
-            fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
-        }
+        store_written(bw, &tmp, &dir, &digest)?;
         Ok((digest, size))
     }
+
+    /// Stores what was written under `digest`, which the caller computed over exactly the
+    /// bytes it wrote here (`size` of them: checked), without hashing them again.
+    pub fn commit_verified(self, digest: &Digest, size: u64) -> Result<(), ImageError> {
+        let BlobWriter {
+            w,
+            tmp,
+            dir,
+            _guard,
+        } = self;
+        let (bw, count) = match w {
+            BlobSink::Hashing(w) => {
+                let (bw, actual, count) = w.finish();
+                if actual != *digest {
+                    return Err(ImageError::DigestMismatch {
+                        digest: digest.to_string(),
+                        origin: tmp.display().to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
+                (bw, count)
+            }
+            BlobSink::Plain(bw, count) => (bw, count),
+        };
+        if count != size {
+            return Err(ImageError::SizeMismatch {
+                digest: digest.to_string(),
+                origin: tmp.display().to_string(),
+                expected: size,
+                actual: count,
+            });
+        }
+        store_written(bw, &tmp, &dir, digest)
+    }
+}
+
+/// Flushes, syncs and renames a written blob file in as `digest`.
+fn store_written(
+    bw: io::BufWriter<WritebackFile>,
+    tmp: &Path,
+    dir: &Path,
+    digest: &Digest,
+) -> Result<(), ImageError> {
+    let file = bw
+        .into_inner()
+        .map_err(|e| ImageError::io(tmp)(e.into_error()))?
+        .file;
+    file.sync_all().map_err(ImageError::io(tmp))?;
+    drop(file);
+    let dest = dir.join(digest.hex());
+    if !dest.exists() {
+        fs::rename(tmp, &dest).map_err(ImageError::io(&dest))?;
+    }
+    Ok(())
 }
 
 /// A reader that writes every byte it reads to `copy` as well.
@@ -486,6 +689,7 @@ impl<R: Read> Read for TeeRead<'_, R> {
     }
 }
 
+/// Removes a temporary file on drop (if it still exists).
 pub(crate) struct TempFile(pub(crate) Option<PathBuf>);
 
 impl Drop for TempFile {
@@ -559,6 +763,75 @@ mod tests {
     }
 
     #[test]
+    fn a_transient_blob_is_verified_and_teed_but_never_written() {
+        let (_d, s) = store();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let digest = Digest::of(&data);
+        let files = || fs::read_dir(s.tmp_dir()).unwrap().count() + s.list().unwrap().len();
+        let before = files();
+        let mut p = s.begin_transient(&digest, data.len() as u64, "t");
+        let mut tee = p.tee().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            tee.read_to_end(&mut got).map(|_| got)
+        });
+        for piece in data.chunks(70_000) {
+            p.append(piece).unwrap();
+            assert_eq!(files(), before, "nothing of a transient blob goes to disk");
+        }
+        assert!(p.tee_intact());
+        assert_eq!(p.commit().unwrap(), None);
+        assert_eq!(reader.join().unwrap().unwrap(), data);
+        assert!(!s.contains(&digest) && files() == before);
+        // A wrong blob fails the reader, and still leaves nothing.
+        let mut p = s.begin_transient(&digest, 5, "t");
+        let mut tee = p.tee().unwrap();
+        let reader = std::thread::spawn(move || tee.read_to_end(&mut Vec::new()));
+        p.append(b"other").unwrap();
+        assert!(matches!(p.commit(), Err(ImageError::DigestMismatch { .. })));
+        assert!(reader.join().unwrap().is_err());
+        assert_eq!(files(), before);
+    }
+
+    #[test]
+    fn large_blobs_written_back_early_and_an_unhashed_copy_are_stored_intact() {
+        let (_d, s) = store();
+        // Over two write-back steps, in odd pieces.
+        let data: Vec<u8> = (0..(2 * WRITEBACK_STEP as usize + 12_345))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let digest = Digest::of(&data);
+        let mut p = s.begin(&digest, data.len() as u64, "t").unwrap();
+        for piece in data.chunks(3_000_001) {
+            p.append(piece).unwrap();
+        }
+        assert_eq!(fs::read(p.commit().unwrap().unwrap()).unwrap(), data);
+        s.remove(&digest).unwrap();
+        // The unhashed copy: stored under the digest its reader computed, checked by size.
+        let mut w = s.writer_unhashed().unwrap();
+        w.write_all(&data).unwrap();
+        assert!(matches!(
+            w.commit_verified(&digest, data.len() as u64 + 1),
+            Err(ImageError::SizeMismatch { .. })
+        ));
+        assert!(!s.contains(&digest));
+        let mut w = s.writer_unhashed().unwrap();
+        w.write_all(&data).unwrap();
+        w.commit_verified(&digest, data.len() as u64).unwrap();
+        assert_eq!(s.read(&digest).unwrap(), data);
+        // A hashing writer still checks the digest it is told.
+        let mut w = s.writer().unwrap();
+        w.write_all(b"x").unwrap();
+        assert!(w.commit_verified(&digest, 1).is_err());
+        let mut w = s.writer_unhashed().unwrap();
+        w.write_all(b"x").unwrap();
+        assert!(
+            w.commit(None).is_err(),
+            "an unhashed blob has no digest of its own"
+        );
+    }
+
+    #[test]
     fn partial_download_resumes_and_verifies() {
         let (_d, s) = store();
         let data = b"hello world, this is a blob".to_vec();
@@ -569,7 +842,7 @@ mod tests {
         let mut p = s.begin(&digest, data.len() as u64, "test").unwrap();
         assert_eq!(p.len(), 10);
         p.append(&data[10..]).unwrap();
-        let path = p.commit().unwrap();
+        let path = p.commit().unwrap().unwrap();
         assert_eq!(fs::read(path).unwrap(), data);
         assert!(s.contains(&digest));
     }

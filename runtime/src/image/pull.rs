@@ -250,11 +250,21 @@ impl Puller<'_> {
     ) -> Result<(), ImageError> {
         let label = format!("layer {}", desc.digest.short());
         let layer_label = format!("{} ({})", desc.digest, client.origin());
+        // With `keep_tar`, a layer new here is stored as its tar: its compressed blob is
+        // only the way there, verified while it streams through but never written.
+        let transient = opts.keep_tar
+            && !self.blobs.contains(&desc.digest)
+            && !self.layers.contains(diff_id)
+            && !self.blobs.contains(diff_id);
         if !self.blobs.contains(&desc.digest) {
-            let mut partial = self
-                .blobs
-                .begin(&desc.digest, desc.size, &client.origin())?;
-            if self.blobs.contains(&desc.digest) {
+            let mut partial = if transient {
+                self.blobs
+                    .begin_transient(&desc.digest, desc.size, &client.origin())
+            } else {
+                self.blobs
+                    .begin(&desc.digest, desc.size, &client.origin())?
+            };
+            if !transient && self.blobs.contains(&desc.digest) {
                 // Another berth fetched it while this one waited.
                 partial.abandon();
             } else {
@@ -284,7 +294,9 @@ impl Puller<'_> {
                                     &mut |_| {},
                                 );
                             }
-                            let mut copy = self.blobs.writer()?;
+                            // The tar is copied as it is unpacked; the unpacker hashes it
+                            // (the diff-id), so the copy is not hashed a second time.
+                            let mut copy = self.blobs.writer_unhashed()?;
                             let mut tee = TeeRead {
                                 inner: r,
                                 copy: &mut copy,
@@ -295,16 +307,13 @@ impl Puller<'_> {
                                 &layer_label,
                                 &mut |_| {},
                             )?;
-                            // (Whatever follows the tar's end belongs to the diff-id too.)
-                            std::io::copy(&mut tee, &mut std::io::sink()).map_err(|e| {
-                                ImageError::BadArchive {
-                                    layer: layer_label.clone(),
-                                    source: e,
-                                }
-                            })?;
-                            // A copy that does not match is dropped; the caller then makes
-                            // the tar from the blob.
-                            let _ = copy.commit(Some(diff_id));
+                            // The unpacker read the stream to its end: the copy holds
+                            // exactly the bytes of the verified diff-id (its size says so).
+                            let stored = copy.commit_verified(diff_id, meta.tar_size);
+                            // Without the compressed blob there is no other way to the tar.
+                            if transient {
+                                stored?;
+                            }
                             Ok(meta)
                         })
                     });
@@ -332,6 +341,14 @@ impl Puller<'_> {
                 match streamed {
                     (Err(e), _) => return Err(e),
                     (Ok(true), Some(Err(e))) => return Err(e),
+                    (Ok(_), Some(Ok(_))) => {}
+                    // A transient blob exists only in the stream: unpacked from it, or
+                    // not at all.
+                    _ if transient => {
+                        return Err(ImageError::Base(format!(
+                            "the download of {layer_label} was restarted midway, so it was not unpacked while it arrived; try again"
+                        )))
+                    }
                     _ => {}
                 }
                 bar.finish("downloaded");

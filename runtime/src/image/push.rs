@@ -58,9 +58,16 @@ impl LayerCompression {
         let input = std::io::BufReader::with_capacity(1 << 20, input);
         Ok(match self {
             LayerCompression::Gzip => Box::new(super::parallel_gzip::ParallelGzip::new(input)),
-            LayerCompression::Zstd => Box::new(
-                zstd::stream::read::Encoder::new(input, 3).map_err(ImageError::io(origin))?,
-            ),
+            LayerCompression::Zstd => {
+                let mut e =
+                    zstd::stream::read::Encoder::new(input, 3).map_err(ImageError::io(origin))?;
+                // zstd's own worker threads (independent jobs, overlapping windows): the
+                // output depends on the level and job size only, not on how many workers
+                // made it, so every machine still gives the same bytes.
+                e.multithread(compression_workers())
+                    .map_err(ImageError::io(origin))?;
+                Box::new(e)
+            }
         })
     }
 
@@ -69,7 +76,7 @@ impl LayerCompression {
     pub(super) fn format(self) -> &'static str {
         match self {
             LayerCompression::Gzip => super::parallel_gzip::FORMAT,
-            LayerCompression::Zstd => "zstd-level3-v1",
+            LayerCompression::Zstd => "zstd-level3-mt-v1",
         }
     }
 
@@ -86,6 +93,11 @@ impl LayerCompression {
             LayerCompression::Zstd => OCI_LAYER_ZSTD,
         }
     }
+}
+
+/// Threads zstd compresses a layer with: the cores (at most 8).
+fn compression_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8) as u32)
 }
 
 /// How to push.
@@ -586,5 +598,28 @@ mod tests {
             // The memo is used the next time (no new blob written).
             assert_eq!(store.compressed_layer(&layer, compression).unwrap(), again);
         }
+    }
+
+    #[test]
+    fn zstd_gives_the_same_bytes_whatever_the_number_of_workers() {
+        // Several of zstd's jobs (a job is a few MiB at level 3), compressible but not trivial.
+        let mut data = Vec::with_capacity(24 << 20);
+        let mut x: u32 = 1;
+        while data.len() < 24 << 20 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            data.extend_from_slice(format!("line {} of a layer\n", x >> 20).as_bytes());
+        }
+        let compress = |workers: u32| {
+            use std::io::Read;
+            let mut e = zstd::stream::read::Encoder::new(&data[..], 3).unwrap();
+            e.multithread(workers).unwrap();
+            let mut out = Vec::new();
+            e.read_to_end(&mut out).unwrap();
+            out
+        };
+        let one = compress(1);
+        assert_eq!(one, compress(4));
+        assert_eq!(one, compress(compression_workers()));
+        assert_eq!(zstd::stream::decode_all(&one[..]).unwrap(), data);
     }
 }
