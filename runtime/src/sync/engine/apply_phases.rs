@@ -209,6 +209,7 @@ impl Worker<'_> {
             applied: applied + conflicts,
             retries: retry.len() as u64,
             failure: failed.clone(),
+            needs_full_pass: conflicts > 0,
         };
         self.update_status(false, |s| {
             s.applied += applied;

@@ -130,7 +130,9 @@ impl SyncEngine {
         result
     }
 
-    /// Blocks until both sides are identical (a complete rescan found nothing left to do).
+    /// Blocks until every change made before the call is synchronized: a complete scan of
+    /// both sides, then rounds over the paths changed meanwhile (as the watchers report them)
+    /// until one finds nothing left to do (see `flush_passes`).
     pub fn flush(&self, timeout: Duration) -> Result<(), SyncError> {
         let tx = self
             .control
@@ -203,6 +205,11 @@ struct PassResult {
     retries: u64,
     /// The last failure that is not transient.
     failure: Option<String>,
+    /// What was applied can only be confirmed by a complete look at both sides, not by the
+    /// watchers' events: a conflict copy was made on one side only (the other side gets it
+    /// on the next pass), or a `.gitignore` changed (the sides were scanned with the old
+    /// rules, which may hide paths the new ones include).
+    needs_full_pass: bool,
 }
 
 /// What applying one path achieved.

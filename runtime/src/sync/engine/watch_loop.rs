@@ -98,7 +98,7 @@ impl Worker<'_> {
                 .is_some_and(|d| d.is_zero())
             {
                 let batch = self.dirty.take();
-                if let Err(e) = self.apply_batch(batch, stop) {
+                if let Err(e) = self.apply_batch(batch, stop).map(drop) {
                     // E.g. a side's folder became unreadable: report, look again in a second.
                     let msg = e.to_string();
                     self.update_status(true, |s| {
@@ -213,28 +213,57 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Full passes until one finds nothing to do: both sides are then identical.
-    /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
-    /// after them).
+    /// Serves a flush: a full pass (both sides scanned completely: it finds every change
+    /// made before the request, seen by a watcher or not), then confirmation rounds until one
+    /// finds nothing to do. A confirmation looks only at the paths the watchers reported or
+    /// the engine must retry since the previous round: the engine knows what it wrote
+    /// (recorded in the base as agreed by both sides), and any other change of either side
+    /// during the round is an event. It is a full pass again when events may have been lost
+    /// (a watcher's queue overflowed, a watcher failed) or when the last round's result can
+    /// only be seen by scanning ([`PassResult::needs_full_pass`]: a conflict copy made on one
+    /// side, a `.gitignore` written) or a path failed. Flush requests that arrive meanwhile
+    /// join `waiters` (this flush's last round starts after them).
     fn flush_passes(
         &mut self,
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
         stop: &AtomicBool,
     ) -> Result<(), String> {
+        let mut full = true;
         for _ in 0..MAX_FLUSH_PASSES {
             self.update_status(true, |s| s.state = SyncState::Scanning);
-            if let Err(e) = self.drop_covered_events(rx, waiters) {
-                return Err(e.to_string());
-            }
-            match self.full_pass(stop) {
-                Ok(p) if p.applied == 0 && p.retries == 0 => {
+            let round = if full {
+                if let Err(e) = self.drop_covered_events(rx, waiters) {
+                    return Err(e.to_string());
+                }
+                self.full_pass(stop)
+            } else {
+                if let Err(e) = self.take_messages(rx, waiters) {
+                    return Err(e.to_string());
+                }
+                if self.dirty.rescan_pending() {
+                    full = true;
+                    continue;
+                }
+                let batch = self.dirty.take();
+                if batch.paths.is_empty() {
+                    return Ok(());
+                }
+                self.apply_batch(batch, stop)
+            };
+            match round {
+                Ok(p)
+                    if p.applied == 0
+                        && p.retries == 0
+                        && !p.needs_full_pass
+                        && !self.dirty.rescan_pending() =>
+                {
                     return match p.failure {
                         None => Ok(()),
                         Some(f) => Err(f),
                     }
                 }
-                Ok(_) => {}
+                Ok(p) => full = p.needs_full_pass || p.failure.is_some(),
                 Err(e) => return Err(e.to_string()),
             }
             if stop.load(Ordering::Relaxed) {
@@ -242,8 +271,20 @@ impl Worker<'_> {
             }
         }
         Err(format!(
-            "changes kept arriving during {MAX_FLUSH_PASSES} complete passes"
+            "changes kept arriving during {MAX_FLUSH_PASSES} rounds of a flush"
         ))
+    }
+
+    /// Takes every message already received (events join the dirty paths).
+    fn take_messages(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        while let Ok(msg) = rx.try_recv() {
+            self.on_msg(msg, waiters)?;
+        }
+        Ok(())
     }
 
     /// Before a full pass: takes every message already received and forgets the paths
@@ -256,9 +297,7 @@ impl Worker<'_> {
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
     ) -> Result<(), SyncError> {
-        while let Ok(msg) = rx.try_recv() {
-            self.on_msg(msg, waiters)?;
-        }
+        self.take_messages(rx, waiters)?;
         let dropped = self.dirty.take();
         trace(format_args!(
             "full pass covers {} waiting paths{}",
