@@ -80,6 +80,8 @@ impl SyncConfig {
 enum Msg {
     Watch(Side, WatchEvent, Instant),
     Flush(Sender<Result<(), String>>),
+    /// A side's watcher has reported every change made before barrier number `n` was asked.
+    Barrier(Side, u64),
 }
 
 /// A two-way sync between two transports. [`SyncEngine::run`] does the work on the calling
@@ -188,6 +190,9 @@ struct Worker<'a> {
     status_written: Option<Instant>,
     flushed: u64,
     first_pass: bool,
+    /// The last watcher barrier asked for, and the last one each side answered.
+    barrier_asked: u64,
+    barrier_answered: [u64; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -239,6 +244,8 @@ impl<'a> Worker<'a> {
             status_written: None,
             flushed,
             first_pass: true,
+            barrier_asked: 0,
+            barrier_answered: [0, 0],
         })
     }
 
