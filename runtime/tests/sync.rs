@@ -607,7 +607,6 @@ fn polling_fallback_syncs() {
     r.stop();
 }
 
-
 /// A flush confirms its full pass by the watchers' events, not by a second complete scan.
 /// With watchers that report nothing (polling once an hour), it must still converge: what
 /// changed before the flush through its full pass, and what that pass leaves for a second

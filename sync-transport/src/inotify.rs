@@ -85,7 +85,13 @@ impl BarrierRequests {
     fn take(&self) -> Vec<Box<dyn FnOnce() + Send>> {
         let mut count = [0u8; 8];
         // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a valid buffer.
-        unsafe { libc::read(self.wake.as_raw_fd(), count.as_mut_ptr().cast(), count.len()) };
+        unsafe {
+            libc::read(
+                self.wake.as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
         std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
@@ -528,7 +534,9 @@ mod tests {
         let sink: EventSink = Box::new(move |e| {
             let _ = sink_tx.lock().unwrap().send(e);
         });
-        let w = start(r, Arc::new(sink)).map_err(|e| format!("{e:?}")).unwrap();
+        let w = start(r, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
         let barrier = w.barrier();
         let marker = |n: u32| WatchEvent::Failed {
             message: format!("barrier {n}"),

@@ -132,9 +132,10 @@ impl SyncEngine {
         result
     }
 
-    /// Blocks until every change made before the call is synchronized: a complete scan of
-    /// both sides, then rounds over the paths changed meanwhile (as the watchers report them)
-    /// until one finds nothing left to do (see `flush_passes`).
+    /// Blocks until every change made before the call is synchronized: rounds over the paths
+    /// the inotify watchers reported (a complete scan of both sides first when a side polls
+    /// or is reached over the wire, or events may have been lost), until one finds nothing
+    /// left to do (see `flush_passes`).
     pub fn flush(&self, timeout: Duration) -> Result<(), SyncError> {
         let tx = self
             .control
