@@ -21,7 +21,7 @@ use crate::sync::SyncError;
 const PARALLEL_COPIES_FROM: usize = 8;
 
 /// How long after a failed path everything is looked at again.
-const FAILURE_RETRY: Duration = Duration::from_secs(5);
+pub(super) const FAILURE_RETRY: Duration = Duration::from_secs(5);
 
 impl Worker<'_> {
     /// Decides and applies every path. Returns what was done and the paths to retry.

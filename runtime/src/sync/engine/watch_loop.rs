@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::apply_phases::FAILURE_RETRY;
 use super::{idx, trace, Msg, Worker};
 use crate::sync::base::Side;
 use crate::sync::status::{self, SyncState};
@@ -101,14 +102,23 @@ impl Worker<'_> {
                 .is_some_and(|d| d.is_zero())
             {
                 let batch = self.dirty.take();
-                if let Err(e) = self.apply_batch(batch, stop).map(drop) {
-                    // E.g. a side's folder became unreadable: report, look again in a second.
-                    let msg = e.to_string();
-                    self.update_status(true, |s| {
-                        s.last_error = Some(msg);
-                        s.state = SyncState::Watching;
-                    });
-                    self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                match self.apply_batch(batch, stop) {
+                    // A path that could not be read gets no new event: a full pass looks at
+                    // it again (and a flush meanwhile scans instead of trusting events).
+                    Ok(p) if p.failure.is_some() && self.rescan_at.is_none() => {
+                        self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // E.g. a side's folder became unreadable: report, look again in a
+                        // second.
+                        let msg = e.to_string();
+                        self.update_status(true, |s| {
+                            s.last_error = Some(msg);
+                            s.state = SyncState::Watching;
+                        });
+                        self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
                 }
             }
             if self.rescan_at.is_some_and(|t| Instant::now() >= t) {
