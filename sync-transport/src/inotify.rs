@@ -542,8 +542,8 @@ mod tests {
             message: format!("barrier {n}"),
             limit: false,
         };
-        for round in 0..3u32 {
-            const FILES: usize = 2000;
+        for round in 0..2u32 {
+            const FILES: usize = 1000;
             for i in 0..FILES {
                 fs::write(r.join(format!("r{round}-{i}")), "x").unwrap();
             }
