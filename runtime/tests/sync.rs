@@ -607,6 +607,68 @@ fn polling_fallback_syncs() {
     r.stop();
 }
 
+/// A flush confirms its full pass by the watchers' events, not by a second complete scan.
+/// With watchers that report nothing (polling once an hour), it must still converge: what
+/// changed before the flush through its full pass, and what that pass leaves for a second
+/// look (a conflict copy made on the loser's side only; paths a `.gitignore` it copied no
+/// longer hides) through the full pass it then runs again.
+#[test]
+fn flush_converges_what_no_watcher_reported() {
+    let d = dirs();
+    fs::write(d.host.join(".gitignore"), "*.log\n").unwrap();
+    fs::write(d.host.join("notes.txt"), "base\n").unwrap();
+    let blind = |label: &str, root: &Path| -> Arc<dyn Transport> {
+        Arc::new(
+            LocalTransport::open(label, root)
+                .unwrap()
+                .with_poll_interval(Duration::from_secs(3600)),
+        )
+    };
+    let mut c = cfg(&d);
+    c.force_poll = true;
+    let r = Running::with(c, blind("host", &d.host), blind("env", &d.env));
+    r.flush();
+    assert_same(&d);
+
+    // A change made out of the watchers' view: found by the flush's full pass.
+    fs::write(d.host.join("unseen.txt"), "made while nobody watched\n").unwrap();
+    r.flush();
+    assert_eq!(
+        read(&d.env.join("unseen.txt")).as_deref(),
+        Some("made while nobody watched\n")
+    );
+
+    // Both sides edit one file (env's edit newer): host's version is kept as a conflict
+    // copy on the host, and the flush also brings that copy to the env side.
+    fs::write(d.host.join("notes.txt"), "host edit\n").unwrap();
+    set_mtime(&d.host.join("notes.txt"), 100);
+    fs::write(d.env.join("notes.txt"), "env edit\n").unwrap();
+    set_mtime(&d.env.join("notes.txt"), 10);
+    r.flush();
+    assert_same(&d);
+    let copies: Vec<_> = fs::read_dir(&d.env)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("notes.txt.berth-conflict-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "conflict copy on the env side: {copies:?}");
+    assert_eq!(
+        read(&d.env.join(&copies[0])).as_deref(),
+        Some("host edit\n")
+    );
+
+    // The host stops ignoring logs: the flush copies the new .gitignore and then the log,
+    // which the env side's old .gitignore still hid while the first pass decided.
+    fs::write(d.host.join("build.log"), "now synchronized\n").unwrap();
+    fs::write(d.host.join(".gitignore"), "*.tmp\n").unwrap();
+    r.flush();
+    assert_eq!(
+        read(&d.env.join("build.log")).as_deref(),
+        Some("now synchronized\n")
+    );
+    assert_same(&d);
+    r.stop();
+}
 #[test]
 fn env_reached_through_proc_pid_root() {
     let d = dirs();

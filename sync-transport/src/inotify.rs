@@ -14,10 +14,10 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::transport::{EventSink, WatchEvent};
+use crate::transport::{Barrier, EventSink, WatchEvent};
 use crate::tree::is_temp_name;
 
 /// The events watched on every folder.
@@ -50,7 +50,60 @@ pub enum StartError {
 pub struct InotifyWatch {
     /// An eventfd shared with the thread; any write stops it.
     stop: Arc<OwnedFd>,
+    barriers: Arc<BarrierRequests>,
     thread: Option<JoinHandle<()>>,
+}
+
+impl InotifyWatch {
+    /// The [`Barrier`] of this watch: the function runs on the reader thread after it has
+    /// read the inotify queue to its end and reported every event in it.
+    pub fn barrier(&self) -> Barrier {
+        let b = self.barriers.clone();
+        Box::new(move |f| b.request(f))
+    }
+}
+
+/// Functions waiting for the reader thread to empty the queue, and the eventfd that wakes it.
+struct BarrierRequests {
+    wake: OwnedFd,
+    waiting: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
+}
+
+impl BarrierRequests {
+    fn request(&self, f: Box<dyn FnOnce() + Send>) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes the 8-byte counter increment an eventfd expects from a valid buffer.
+        unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Resets the wake counter and takes the waiting functions: every one of them was
+    /// requested before the queue is read next.
+    fn take(&self) -> Vec<Box<dyn FnOnce() + Send>> {
+        let mut count = [0u8; 8];
+        // SAFETY: reads the 8-byte counter of a non-blocking eventfd into a valid buffer.
+        unsafe {
+            libc::read(
+                self.wake.as_raw_fd(),
+                count.as_mut_ptr().cast(),
+                count.len(),
+            )
+        };
+        std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+fn new_eventfd(flags: i32) -> Result<OwnedFd, StartError> {
+    // SAFETY: plain syscall; the result is checked before use.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | flags) };
+    if fd < 0 {
+        return Err(StartError::Other(io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Drop for InotifyWatch {
@@ -163,26 +216,26 @@ pub fn start(root: &Path, sink: Arc<EventSink>) -> Result<InotifyWatch, StartErr
         wds: HashMap::new(),
     };
     tree.add_recursive("")?;
-    // SAFETY: plain syscall; the result is checked before use.
-    let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-    if stop < 0 {
-        return Err(StartError::Other(io::Error::last_os_error()));
-    }
-    // SAFETY: `stop` is a new descriptor nobody else owns.
-    let stop = Arc::new(unsafe { OwnedFd::from_raw_fd(stop) });
-    let thread_stop = stop.clone();
+    let stop = Arc::new(new_eventfd(0)?);
+    let barriers = Arc::new(BarrierRequests {
+        wake: new_eventfd(libc::EFD_NONBLOCK)?,
+        waiting: Mutex::new(Vec::new()),
+    });
+    let (thread_stop, thread_barriers) = (stop.clone(), barriers.clone());
     let thread = std::thread::Builder::new()
         .name("berth-inotify".into())
-        .spawn(move || run(tree, &thread_stop, &sink))
+        .spawn(move || run(tree, &thread_stop, &thread_barriers, &sink))
         .map_err(StartError::Other)?;
     Ok(InotifyWatch {
         stop,
+        barriers,
         thread: Some(thread),
     })
 }
 
-/// The reader thread: waits for events or the stop byte, reports events until stopped.
-fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
+/// The reader thread: waits for events, barrier requests or the stop byte, reports events
+/// until stopped. A barrier's functions run once a read found the queue empty.
+fn run(mut tree: Tree, stop: &OwnedFd, barriers: &BarrierRequests, sink: &EventSink) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_events: Option<std::time::Instant> = None;
     loop {
@@ -197,9 +250,14 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: barriers.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: `fds` is a valid array of two pollfd structures.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `fds` is a valid array of three pollfd structures.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if n < 0 {
             if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -213,6 +271,13 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
         if fds[1].revents != 0 {
             return;
         }
+        // Taken before the queue is read: everything queued before they were requested is
+        // read by the loop below, up to the read that finds the queue empty.
+        let due = if fds[2].revents != 0 {
+            barriers.take()
+        } else {
+            Vec::new()
+        };
         let mut got = false;
         loop {
             // SAFETY: reads into `buf`, whose length is passed.
@@ -236,12 +301,15 @@ fn run(mut tree: Tree, stop: &OwnedFd, sink: &EventSink) {
             if !handle_buffer(&mut tree, &buf[..len as usize], sink) {
                 return;
             }
-            if !may_hold_more(len as usize, buf.len()) {
+            if due.is_empty() && !may_hold_more(len as usize, buf.len()) {
                 // The queue was emptied by this read. Reading again at once would only
                 // catch what arrived since: during a burst, one event per `read` (as many
                 // reads as events); the pause below lets them gather instead.
                 break;
             }
+        }
+        for f in due {
+            f();
         }
         if got {
             // During a burst (events again within BURST of the previous ones), let the
@@ -453,6 +521,55 @@ mod tests {
         fs::write(r.join("last"), "").unwrap();
         let before = until(&rx, &ch("last", true));
         assert!(before.is_empty(), "{before:?}");
+    }
+
+    /// What a flush relies on: the barrier's function runs after the events of every change
+    /// made before the request were reported, however many wait in the queue.
+    #[test]
+    fn a_barrier_runs_after_every_event_queued_before_it() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        let (tx, rx) = mpsc::channel();
+        let sink_tx = std::sync::Mutex::new(tx.clone());
+        let sink: EventSink = Box::new(move |e| {
+            let _ = sink_tx.lock().unwrap().send(e);
+        });
+        let w = start(r, Arc::new(sink))
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        let barrier = w.barrier();
+        let marker = |n: u32| WatchEvent::Failed {
+            message: format!("barrier {n}"),
+            limit: false,
+        };
+        for round in 0..2u32 {
+            const FILES: usize = 1000;
+            for i in 0..FILES {
+                fs::write(r.join(format!("r{round}-{i}")), "x").unwrap();
+            }
+            let tx = tx.clone();
+            barrier(Box::new(move || {
+                let _ = tx.send(marker(round));
+            }));
+            let seen: std::collections::HashSet<String> = until(&rx, &marker(round))
+                .into_iter()
+                .filter_map(|e| match e {
+                    WatchEvent::Changed { rel, .. } => Some(rel),
+                    _ => None,
+                })
+                .collect();
+            for i in 0..FILES {
+                let rel = format!("r{round}-{i}");
+                assert!(seen.contains(&rel), "{rel} reported after the barrier");
+            }
+        }
+        // A barrier while nothing happens runs too.
+        let tx2 = tx.clone();
+        barrier(Box::new(move || {
+            let _ = tx2.send(marker(9));
+        }));
+        assert!(until(&rx, &marker(9)).is_empty());
+        drop(w);
     }
 
     #[test]

@@ -94,11 +94,20 @@ pub enum WatchEvent {
 /// Receives watch events; called from the watcher's own thread.
 pub type EventSink = Box<dyn Fn(WatchEvent) + Send + Sync>;
 
+/// Hands a function to a watcher's own thread, which runs it once it has passed every event
+/// queued before the call to the sink: a message the function sends on the channel the sink
+/// feeds arrives after the events of every change made before the call.
+pub type Barrier = Box<dyn Fn(Box<dyn FnOnce() + Send>) + Send + Sync>;
+
 /// A running watcher; dropping it stops the watch.
 pub struct Watching {
     pub guard: Box<dyn Send>,
     /// `Some(reason)` when the watcher polls instead of using inotify.
     pub polling: Option<String>,
+    /// For a watcher whose events are complete (inotify: the kernel queues an event before
+    /// the change's system call returns), its [`Barrier`]; `None` for the polling watcher and
+    /// for a watcher reached over the wire.
+    pub barrier: Option<Barrier>,
 }
 
 /// One side of a sync.

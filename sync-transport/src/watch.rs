@@ -51,6 +51,7 @@ pub fn watch_tree(
         match inotify::start(root, sink.clone()) {
             Ok(w) => {
                 return Ok(Watching {
+                    barrier: Some(w.barrier()),
                     guard: Box::new(w),
                     polling: None,
                 })
@@ -91,6 +92,7 @@ pub fn watch_tree(
     Ok(Watching {
         guard: Box::new(w),
         polling,
+        barrier: None,
     })
 }
 

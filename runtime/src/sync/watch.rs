@@ -98,6 +98,11 @@ impl Dirty {
         self.paths.len()
     }
 
+    /// Whether a complete rescan was asked for (a watcher's queue overflowed, rules changed).
+    pub fn rescan_pending(&self) -> bool {
+        self.rescan
+    }
+
     /// How long until the batch is due; `None` when there is nothing to do.
     pub fn due_in(&self, now: Instant, d: Debounce) -> Option<Duration> {
         let (first, last) = (self.first?, self.last?);

@@ -6,7 +6,8 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{temp_create_mode, LocalTransport};
+use super::staging::temp_create_mode;
+use super::LocalTransport;
 use crate::transport::{Transport, TransportError};
 use crate::tree::is_temp_name;
 

@@ -473,6 +473,7 @@ impl Transport for RemoteTransport {
                     id,
                 }),
                 polling,
+                barrier: None,
             }),
             Ok(_) => {
                 lock(&sh.sinks).remove(&id);

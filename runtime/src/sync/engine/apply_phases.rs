@@ -21,7 +21,7 @@ use crate::sync::SyncError;
 const PARALLEL_COPIES_FROM: usize = 8;
 
 /// How long after a failed path everything is looked at again.
-const FAILURE_RETRY: Duration = Duration::from_secs(5);
+pub(super) const FAILURE_RETRY: Duration = Duration::from_secs(5);
 
 impl Worker<'_> {
     /// Decides and applies every path. Returns what was done and the paths to retry.
@@ -209,6 +209,7 @@ impl Worker<'_> {
             applied: applied + conflicts,
             retries: retry.len() as u64,
             failure: failed.clone(),
+            needs_full_pass: conflicts > 0,
         };
         self.update_status(false, |s| {
             s.applied += applied;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::full_scan::without_unknown;
-use super::{idx, trace, Worker};
+use super::{idx, trace, PassResult, Worker};
 use crate::sync::base::Side;
 use crate::sync::status::SyncState;
 use crate::sync::transport::{Transport, TransportError, WatchEvent};
@@ -24,8 +24,14 @@ const PREFETCH_FROM: usize = 64;
 const MAX_ECHOES: usize = 200_000;
 
 impl Worker<'_> {
-    /// Reconciles the paths a batch of events named.
-    pub(super) fn apply_batch(&mut self, batch: Batch, stop: &AtomicBool) -> Result<(), SyncError> {
+    /// Reconciles the paths a batch of events named. A path that could not be read on some
+    /// side is left alone (its state is unknown, not deleted) and named in the result's
+    /// `failure`; rules changed by a `.gitignore` queue a rescan.
+    pub(super) fn apply_batch(
+        &mut self,
+        batch: Batch,
+        stop: &AtomicBool,
+    ) -> Result<PassResult, SyncError> {
         let t = Instant::now();
         let (n, rescan) = (batch.paths.len(), batch.rescan);
         let r = self.apply_batch_inner(batch, stop);
@@ -37,16 +43,21 @@ impl Worker<'_> {
         r
     }
 
-    fn apply_batch_inner(&mut self, batch: Batch, stop: &AtomicBool) -> Result<(), SyncError> {
+    fn apply_batch_inner(
+        &mut self,
+        batch: Batch,
+        stop: &AtomicBool,
+    ) -> Result<PassResult, SyncError> {
         if batch.rescan {
             self.update_status(false, |s| s.state = SyncState::Scanning);
-            self.full_pass(stop)?;
+            let r = self.full_pass(stop)?;
             self.update_status(true, |s| {
                 s.state = SyncState::Watching;
                 s.pending = 0;
             });
-            return Ok(());
+            return Ok(r);
         }
+        let mut unknown = None;
         let mut trees = [Tree::new(), Tree::new()];
         let mut paths = BTreeSet::new();
         let mut scanned: HashSet<String> = HashSet::new();
@@ -71,7 +82,9 @@ impl Worker<'_> {
                 self.look(Side::Host, &rel, &mut pre),
                 self.look(Side::Env, &rel, &mut pre),
             ) else {
-                continue; // could not be read: unknown, not deleted; the error is in the status
+                // Could not be read: unknown, not deleted; the error is in the status.
+                unknown = Some(format!("{rel}: could not be read (see the last error)"));
+                continue;
             };
             let is_dir = |x: &Option<Entry>| x.as_ref().map(|e| e.kind) == Some(EntryKind::Dir);
             let base_dir = self.base.get(&rel).map(|b| b.kind) == Some(EntryKind::Dir);
@@ -93,6 +106,7 @@ impl Worker<'_> {
                         .into_iter()
                         .find_map(|r| r.err())
                         .map(|e| e.to_string());
+                    unknown.clone_from(&msg);
                     self.update_status(true, |s| s.last_error = msg);
                     continue;
                 };
@@ -122,7 +136,10 @@ impl Worker<'_> {
         let paths = self.filter_ignored(paths, &trees);
         let paths = without_unknown(paths, &unreadable);
         let [mut host, mut env] = trees;
-        let (_, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        let (mut result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        if result.failure.is_none() {
+            result.failure = unknown;
+        }
         let now = Instant::now();
         for r in retry {
             self.dirty.retry(r, now);
@@ -135,7 +152,7 @@ impl Worker<'_> {
             s.state = SyncState::Watching;
             s.pending = 0;
         });
-        Ok(())
+        Ok(result)
     }
 
     /// `stat` of one side for reconciling: `Some(None)` when the path is not in the tree

@@ -77,7 +77,9 @@ impl Worker<'_> {
             self.gitignores[idx(side)] = scan.gitignores;
             trees[idx(side)] = scan.entries;
         }
-        self.rebuild_rules();
+        // Each side was scanned with the rules of the previous pass: when a `.gitignore`
+        // changed since, a path the old rules hid may be missing from these trees.
+        let rules_changed = self.rebuild_rules();
         trace(format_args!(
             "full pass: both sides scanned in {:?}",
             t.elapsed()
@@ -95,7 +97,8 @@ impl Worker<'_> {
             t.elapsed()
         ));
         let [mut host, mut env] = trees;
-        let (result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        let (mut result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        result.needs_full_pass |= rules_changed;
         let now = Instant::now();
         for r in retry {
             self.dirty.retry(r, now);

@@ -80,6 +80,8 @@ impl SyncConfig {
 enum Msg {
     Watch(Side, WatchEvent, Instant),
     Flush(Sender<Result<(), String>>),
+    /// A side's watcher has reported every change made before barrier number `n` was asked.
+    Barrier(Side, u64),
 }
 
 /// A two-way sync between two transports. [`SyncEngine::run`] does the work on the calling
@@ -130,7 +132,10 @@ impl SyncEngine {
         result
     }
 
-    /// Blocks until both sides are identical (a complete rescan found nothing left to do).
+    /// Blocks until every change made before the call is synchronized: rounds over the paths
+    /// the inotify watchers reported (a complete scan of both sides first when a side polls
+    /// or is reached over the wire, or events may have been lost), until one finds nothing
+    /// left to do (see `flush_passes`).
     pub fn flush(&self, timeout: Duration) -> Result<(), SyncError> {
         let tx = self
             .control
@@ -186,6 +191,9 @@ struct Worker<'a> {
     status_written: Option<Instant>,
     flushed: u64,
     first_pass: bool,
+    /// The last watcher barrier asked for, and the last one each side answered.
+    barrier_asked: u64,
+    barrier_answered: [u64; 2],
 }
 
 fn idx(side: Side) -> usize {
@@ -203,6 +211,11 @@ struct PassResult {
     retries: u64,
     /// The last failure that is not transient.
     failure: Option<String>,
+    /// What was applied can only be confirmed by a complete look at both sides, not by the
+    /// watchers' events: a conflict copy was made on one side only (the other side gets it
+    /// on the next pass), or a `.gitignore` changed (the sides were scanned with the old
+    /// rules, which may hide paths the new ones include).
+    needs_full_pass: bool,
 }
 
 /// What applying one path achieved.
@@ -232,6 +245,8 @@ impl<'a> Worker<'a> {
             status_written: None,
             flushed,
             first_pass: true,
+            barrier_asked: 0,
+            barrier_answered: [0, 0],
         })
     }
 

@@ -7,6 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::apply_phases::FAILURE_RETRY;
 use super::{idx, trace, Msg, Worker};
 use crate::sync::base::Side;
 use crate::sync::status::{self, SyncState};
@@ -15,6 +16,9 @@ use crate::sync::SyncError;
 
 /// Flush passes before giving up on reaching a quiet state (changes keep arriving).
 const MAX_FLUSH_PASSES: usize = 20;
+
+/// How long a flush waits for the watchers to answer its barrier before it scans instead.
+const BARRIER_WAIT: Duration = Duration::from_secs(5);
 
 impl Worker<'_> {
     fn start_watch(&mut self, side: Side, force_poll: bool) -> Result<(), SyncError> {
@@ -98,14 +102,23 @@ impl Worker<'_> {
                 .is_some_and(|d| d.is_zero())
             {
                 let batch = self.dirty.take();
-                if let Err(e) = self.apply_batch(batch, stop) {
-                    // E.g. a side's folder became unreadable: report, look again in a second.
-                    let msg = e.to_string();
-                    self.update_status(true, |s| {
-                        s.last_error = Some(msg);
-                        s.state = SyncState::Watching;
-                    });
-                    self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                match self.apply_batch(batch, stop) {
+                    // A path that could not be read gets no new event: a full pass looks at
+                    // it again (and a flush meanwhile scans instead of trusting events).
+                    Ok(p) if p.failure.is_some() && self.rescan_at.is_none() => {
+                        self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        // E.g. a side's folder became unreadable: report, look again in a
+                        // second.
+                        let msg = e.to_string();
+                        self.update_status(true, |s| {
+                            s.last_error = Some(msg);
+                            s.state = SyncState::Watching;
+                        });
+                        self.rescan_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
                 }
             }
             if self.rescan_at.is_some_and(|t| Instant::now() >= t) {
@@ -179,6 +192,11 @@ impl Worker<'_> {
                 waiters.push(r);
                 Ok(())
             }
+            Msg::Barrier(side, n) => {
+                let answered = &mut self.barrier_answered[idx(side)];
+                *answered = (*answered).max(n);
+                Ok(())
+            }
         }
     }
 
@@ -213,28 +231,70 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Full passes until one finds nothing to do: both sides are then identical.
-    /// Flush requests that arrive meanwhile join `waiters` (this flush's last pass starts
-    /// after them).
+    /// Serves a flush: rounds until one finds nothing to do. When both watchers' events are
+    /// complete ([`Worker::events_cover_changes`]), the first round looks only at the paths
+    /// they reported; otherwise it is a full pass (both sides scanned completely: it finds
+    /// every change made before the request, seen by a watcher or not). The rounds after
+    /// look only at the paths the watchers reported or the engine must retry since the
+    /// previous round: the engine knows what it wrote (recorded in the base as agreed by both
+    /// sides), and any other change of either side during the round is an event. A round is
+    /// a full pass again when events may have been lost (a watcher's queue overflowed, a
+    /// watcher failed) or when the last round's result can only be seen by scanning
+    /// ([`PassResult::needs_full_pass`]: a conflict copy made on one side, a `.gitignore`
+    /// changed) or a path failed. Flush requests that arrive meanwhile join `waiters` (this
+    /// flush's last round starts after them).
     fn flush_passes(
         &mut self,
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
         stop: &AtomicBool,
     ) -> Result<(), String> {
+        let mut full = match self.events_cover_changes(rx, waiters) {
+            Ok(covered) => !covered,
+            Err(e) => return Err(e.to_string()),
+        };
+        trace(format_args!(
+            "flush starts with {}",
+            if full {
+                "a full pass"
+            } else {
+                "the watchers' events"
+            }
+        ));
         for _ in 0..MAX_FLUSH_PASSES {
             self.update_status(true, |s| s.state = SyncState::Scanning);
-            if let Err(e) = self.drop_covered_events(rx, waiters) {
-                return Err(e.to_string());
-            }
-            match self.full_pass(stop) {
-                Ok(p) if p.applied == 0 && p.retries == 0 => {
+            let round = if full {
+                if let Err(e) = self.drop_covered_events(rx, waiters) {
+                    return Err(e.to_string());
+                }
+                self.full_pass(stop)
+            } else {
+                if let Err(e) = self.take_messages(rx, waiters) {
+                    return Err(e.to_string());
+                }
+                if self.dirty.rescan_pending() {
+                    full = true;
+                    continue;
+                }
+                let batch = self.dirty.take();
+                if batch.paths.is_empty() {
+                    return Ok(());
+                }
+                self.apply_batch(batch, stop)
+            };
+            match round {
+                Ok(p)
+                    if p.applied == 0
+                        && p.retries == 0
+                        && !p.needs_full_pass
+                        && !self.dirty.rescan_pending() =>
+                {
                     return match p.failure {
                         None => Ok(()),
                         Some(f) => Err(f),
                     }
                 }
-                Ok(_) => {}
+                Ok(p) => full = p.needs_full_pass || p.failure.is_some(),
                 Err(e) => return Err(e.to_string()),
             }
             if stop.load(Ordering::Relaxed) {
@@ -242,8 +302,64 @@ impl Worker<'_> {
             }
         }
         Err(format!(
-            "changes kept arriving during {MAX_FLUSH_PASSES} complete passes"
+            "changes kept arriving during {MAX_FLUSH_PASSES} rounds of a flush"
         ))
+    }
+
+    /// Whether the events received cover every change made before now, so that a flush
+    /// needs no full pass: both sides are watched by inotify (the kernel queues an event
+    /// before the change's system call returns), nothing was lost or failed since the last
+    /// full pass (no overflow or rescan pending, no failed path waiting for its retry), and
+    /// each watcher has answered a barrier asked now (every event queued before it is then
+    /// in `dirty`). A watcher that does not answer within [`BARRIER_WAIT`] gives `false`.
+    fn events_cover_changes(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<bool, SyncError> {
+        if self.rescan_at.is_some() || self.dirty.rescan_pending() {
+            return Ok(false);
+        }
+        self.barrier_asked += 1;
+        let n = self.barrier_asked;
+        for side in [Side::Host, Side::Env] {
+            let Some(barrier) = self.watchers[idx(side)]
+                .as_ref()
+                .filter(|w| w.polling.is_none())
+                .and_then(|w| w.barrier.as_ref())
+            else {
+                return Ok(false);
+            };
+            let tx = self.tx.clone();
+            barrier(Box::new(move || {
+                let _ = tx.send(Msg::Barrier(side, n));
+            }));
+        }
+        let deadline = Instant::now() + BARRIER_WAIT;
+        while self.barrier_answered.iter().any(|&a| a < n) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(msg) => self.on_msg(msg, waiters)?,
+                Err(_) => return Ok(false),
+            }
+            // A watcher that failed meanwhile was replaced by polling (and asked a rescan).
+            if self.dirty.rescan_pending() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Takes every message already received (events join the dirty paths).
+    fn take_messages(
+        &mut self,
+        rx: &mpsc::Receiver<Msg>,
+        waiters: &mut Vec<Sender<Result<(), String>>>,
+    ) -> Result<(), SyncError> {
+        while let Ok(msg) = rx.try_recv() {
+            self.on_msg(msg, waiters)?;
+        }
+        Ok(())
     }
 
     /// Before a full pass: takes every message already received and forgets the paths
@@ -256,9 +372,7 @@ impl Worker<'_> {
         rx: &mpsc::Receiver<Msg>,
         waiters: &mut Vec<Sender<Result<(), String>>>,
     ) -> Result<(), SyncError> {
-        while let Ok(msg) = rx.try_recv() {
-            self.on_msg(msg, waiters)?;
-        }
+        self.take_messages(rx, waiters)?;
         let dropped = self.dirty.take();
         trace(format_args!(
             "full pass covers {} waiting paths{}",
