@@ -9,18 +9,14 @@
 //! classic `mount(2)` instead.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::error::{ContainerError, Result};
+use super::fs_context::FsContext;
 
-const FSOPEN_CLOEXEC: libc::c_uint = 1;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_SET_FD: libc::c_uint = 5;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-const MOUNT_ATTR_NODEV: libc::c_uint = 0x0000_0004;
+const MOUNT_ATTR_NODEV: u32 = 0x0000_0004;
 
 /// What [`overlay_from_layer_fds`] made.
 #[derive(Debug)]
@@ -34,34 +30,20 @@ pub enum Made {
 /// An overlay of `lowers` (top first, each a detached mount) under the writable `upper` with
 /// `work`, detached and `nodev`. Errors name the kernel's own explanation where it gave one.
 pub fn overlay_from_layer_fds(lowers: &[OwnedFd], upper: &Path, work: &Path) -> Result<Made> {
-    // SAFETY: fsopen with a static NUL-terminated name; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOSYS | libc::ENODEV | libc::EPERM) => Ok(Made::Unsupported),
-            _ => Err(ContainerError::io(
-                "cannot open an overlay context (fsopen)",
-                e,
-            )),
-        };
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    let ctx = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let ctx = match FsContext::open(c"overlay") {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            return match e.raw_os_error() {
+                Some(libc::ENOSYS | libc::ENODEV | libc::EPERM) => Ok(Made::Unsupported),
+                _ => Err(ContainerError::io(
+                    "cannot open an overlay context (fsopen)",
+                    e,
+                )),
+            }
+        }
+    };
     for (i, lower) in lowers.iter().enumerate() {
-        // SAFETY: fsconfig on our context with a static key and a descriptor we own.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                ctx.as_raw_fd(),
-                FSCONFIG_SET_FD,
-                c"lowerdir+".as_ptr(),
-                std::ptr::null::<libc::c_char>(),
-                lower.as_raw_fd(),
-            )
-        };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
+        if let Err(e) = ctx.set_fd(c"lowerdir+", lower.as_fd()) {
             if i == 0 && e.raw_os_error() == Some(libc::EINVAL) {
                 return Ok(Made::Unsupported);
             }
@@ -76,83 +58,31 @@ pub fn overlay_from_layer_fds(lowers: &[OwnedFd], upper: &Path, work: &Path) -> 
         let value = CString::new(dir.as_os_str().as_bytes()).map_err(|_| {
             ContainerError::Invalid(format!("{} contains a NUL byte", dir.display()))
         })?;
-        // SAFETY: fsconfig on our context with NUL-terminated key and value.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                ctx.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            )
-        };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            return Err(failed(
+        ctx.set_string(key, &value).map_err(|e| {
+            failed(
                 &ctx,
                 &format!("cannot use {} in the overlay", dir.display()),
                 e,
-            ));
-        }
+            )
+        })?;
     }
-    // SAFETY: fsconfig command on our context, no key or value.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            ctx.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_char>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(failed(&ctx, "cannot create the overlay", e));
-    }
-    // SAFETY: fsmount of our created context; returns a new fd or -1.
-    let m = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            ctx.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_NODEV,
-        )
-    };
-    if m < 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(failed(&ctx, "cannot mount the overlay (fsmount)", e));
-    }
-    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    Ok(Made::Mount(unsafe { OwnedFd::from_raw_fd(m as i32) }))
+    ctx.create()
+        .map_err(|e| failed(&ctx, "cannot create the overlay", e))?;
+    let m = ctx
+        .mount(MOUNT_ATTR_NODEV)
+        .map_err(|e| failed(&ctx, "cannot mount the overlay (fsmount)", e))?;
+    Ok(Made::Mount(m))
 }
 
 /// The error of a failed step, with the messages the kernel logged on the context.
-fn failed(ctx: &OwnedFd, what: &str, e: std::io::Error) -> ContainerError {
-    let log = kernel_log(ctx);
+fn failed(ctx: &FsContext, what: &str, e: std::io::Error) -> ContainerError {
+    let log = ctx.kernel_log();
     let context = if log.is_empty() {
         what.to_string()
     } else {
         format!("{what} (the kernel says: {})", log.join("; "))
     };
     ContainerError::io(context, e)
-}
-
-/// The messages queued on a filesystem context (`e overlay: …` lines), oldest first.
-fn kernel_log(ctx: &OwnedFd) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 512];
-    for _ in 0..16 {
-        // SAFETY: read into our own buffer from our own descriptor.
-        let n = unsafe { libc::read(ctx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            break;
-        }
-        let line = String::from_utf8_lossy(&buf[..n as usize]);
-        out.push(line.trim_end().to_string());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -162,6 +92,7 @@ mod tests {
     use super::*;
     use std::fs;
     use std::os::unix::fs::MetadataExt;
+    use std::os::fd::AsRawFd;
 
     fn mount_count() -> usize {
         fs::read_to_string("/proc/self/mountinfo")

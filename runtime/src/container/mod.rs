@@ -68,6 +68,7 @@ pub mod devices;
 pub mod error;
 pub mod fault;
 pub mod fork_exec;
+pub mod fs_context;
 pub mod idmap;
 pub mod idmap_choice;
 pub mod idmap_probe;

@@ -21,6 +21,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use super::fs_context::FsContext;
 use super::launch::SUPERVISOR_ARG;
 
 static SEALED: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
@@ -100,54 +101,14 @@ pub fn overlay_view(exe: &Path) -> io::Result<OwnedFd> {
 }
 
 /// A new detached mount of filesystem `fstype` with string options `opts` and mount
-/// attributes `attrs` (`fsopen` + `fsconfig` + `fsmount`).
+/// attributes `attrs`.
 fn fs_mount(fstype: &CStr, opts: &[(&CStr, &CStr)], attrs: u32) -> io::Result<OwnedFd> {
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    // SAFETY: fsopen with a NUL-terminated type name; returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), 1 as libc::c_uint) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    let ctx = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let ctx = FsContext::open(fstype)?;
     for (key, value) in opts {
-        // SAFETY: fsconfig on our context with NUL-terminated key and value.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                ctx.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        ctx.set_string(key, value)?;
     }
-    // SAFETY: fsconfig command on our context; no key or value.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            ctx.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_char>(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fsmount of our created context (FSMOUNT_CLOEXEC); returns a new fd or -1.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, ctx.as_raw_fd(), 1 as libc::c_uint, attrs) };
-    if m < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(m as i32) })
+    ctx.create()?;
+    ctx.mount(attrs)
 }
 
 /// Copies `exe` into a new memfd and seals it against any change.
