@@ -91,8 +91,8 @@ mod tests {
     use super::super::mount_api::{clone_tree, user_namespace_with, CloneFlags};
     use super::*;
     use std::fs;
-    use std::os::unix::fs::MetadataExt;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
 
     fn mount_count() -> usize {
         fs::read_to_string("/proc/self/mountinfo")

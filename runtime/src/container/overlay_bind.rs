@@ -11,37 +11,20 @@
 //! image layer's ids as the environment's) or, for a host folder, with its owner shown as the
 //! environment's root; rootless they are shown as they are.
 
+use std::fs;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
-use serde::{Deserialize, Serialize};
 
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{idmapped_bind, owner_group, user_namespace_with, CloneFlags, IdMapping};
 use super::idmap_probe;
 use super::in_root::{ensure_in_root, Owner};
 use super::mount_api::attach_clone;
+pub use super::spec::{LowerIds, OverlayLower};
 use crate::state::{fd_path, openat2, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
-
-/// One lower folder of an [`MountSpec::OverlayBind`](super::spec::MountSpec::OverlayBind).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverlayLower {
-    pub path: PathBuf,
-    pub ids: LowerIds,
-}
-
-/// How the owners of a lower folder show inside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LowerIds {
-    /// An image layer of the store: id-mapped into the environment like the rootfs layers.
-    Layer,
-    /// A host folder (the build context, or a mask berth made over it): the owner of the
-    /// folder shows as the environment's root.
-    Owner,
-}
 
 /// What to mount.
 pub struct OverlayBind<'a> {
@@ -71,7 +54,7 @@ pub fn mount_overlay_bind(
 ) -> Result<()> {
     let base = state_dir.join("bind-overlay").join(n.to_string());
     let merged = base.join("merged");
-    super::rootfs::mkdir_p(&merged)?;
+    fs::create_dir_all(&merged).context(|| format!("cannot create {}", merged.display()))?;
     let mut lowers = Vec::new();
     for (i, l) in m.lowers.iter().enumerate() {
         let ns = match (idmap_userns, mapping, l.ids) {
@@ -92,7 +75,7 @@ pub fn mount_overlay_bind(
         match ns {
             Some(ns) => {
                 let at = base.join("lower").join(i.to_string());
-                super::rootfs::mkdir_p(&at)?;
+                fs::create_dir_all(&at).context(|| format!("cannot create {}", at.display()))?;
                 let flags = CloneFlags {
                     readonly: true,
                     nosuid: true,
@@ -107,7 +90,7 @@ pub fn mount_overlay_bind(
     if lowers.len() == 1 && m.upper.is_none() {
         // A read-only overlay needs two lowers: an empty one under the only one.
         let empty = base.join("empty");
-        super::rootfs::mkdir_p(&empty)?;
+        fs::create_dir_all(&empty).context(|| format!("cannot create {}", empty.display()))?;
         lowers.push(empty);
     }
     let mut opts = format!(
@@ -145,7 +128,9 @@ pub fn mount_overlay_bind(
             e,
         )
     })?;
-    let top = super::rootfs::open_dir(&merged)?;
+    let top = OwnedFd::from(
+        fs::File::open(&merged).context(|| format!("cannot open {}", merged.display()))?,
+    );
     let sub = if m.sub.is_empty() { "." } else { m.sub };
     let src = openat2(
         top.as_fd(),

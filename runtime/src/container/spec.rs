@@ -155,7 +155,7 @@ pub enum MountSpec {
     /// `upper` (upper and work folders, thrown away by their owner): a build step's bind
     /// mount (see [`super::overlay_bind`]).
     OverlayBind {
-        lowers: Vec<super::overlay_bind::OverlayLower>,
+        lowers: Vec<OverlayLower>,
         upper: Option<(PathBuf, PathBuf)>,
         sub: String,
         target: String,
@@ -387,6 +387,24 @@ impl ContainerSpec {
     pub fn spec_file(&self) -> PathBuf {
         self.state_dir.join("spec.json")
     }
+}
+
+/// One lower folder of an [`MountSpec::OverlayBind`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayLower {
+    pub path: PathBuf,
+    pub ids: LowerIds,
+}
+
+/// How the owners of a lower folder show inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LowerIds {
+    /// An image layer of the store: id-mapped into the environment like the rootfs layers.
+    Layer,
+    /// A host folder (the build context, or a mask berth made over it): the owner of the
+    /// folder shows as the environment's root.
+    Owner,
 }
 
 #[cfg(test)]

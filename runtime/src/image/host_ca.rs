@@ -43,7 +43,7 @@ pub const CA_ENV: &[&str] = &[
 
 /// Host bundles, in the order distributions use them (Debian/Ubuntu/Alpine, Fedora/RHEL,
 /// openSUSE, Arch/macOS-style).
-const HOST_BUNDLES: &[&str] = &[
+pub(super) const HOST_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/ca-bundle.pem",
@@ -51,7 +51,7 @@ const HOST_BUNDLES: &[&str] = &[
 ];
 
 /// The local certificates `update-ca-certificates` adds to the bundle.
-const HOST_LOCAL_DIR: &str = "/usr/local/share/ca-certificates";
+pub(super) const HOST_LOCAL_DIR: &str = "/usr/local/share/ca-certificates";
 
 /// Image stores merged when they are regular files.
 const IMAGE_STORES: &[&str] = &[
@@ -84,21 +84,6 @@ impl HostCas {
     pub fn from_host() -> io::Result<Option<HostCas>> {
         let bundles: Vec<PathBuf> = HOST_BUNDLES.iter().map(PathBuf::from).collect();
         Self::from_candidates(&bundles, Path::new(HOST_LOCAL_DIR))
-    }
-
-    /// [`HostCas::from_host`], answered from a cache in the berth home `home` when the
-    /// metadata of every file it reads is what it was when the cache was written: reading
-    /// and hashing the bundle (some 200 KiB, 140 certificates) was a good part of the CPU of
-    /// every `berth run` and cold `up`. The certificates themselves are read only when a
-    /// layer is written ([`HostCas::write_tree`]). See `host_ca_stamp`.
-    pub fn from_host_cached(home: &Path) -> io::Result<Option<HostCas>> {
-        let bundles: Vec<PathBuf> = HOST_BUNDLES.iter().map(PathBuf::from).collect();
-        super::host_ca_stamp::cached(
-            &bundles,
-            Path::new(HOST_LOCAL_DIR),
-            &home.join(super::host_ca_stamp::CACHE_FILE),
-            super::tree_stamp::RACY_MARGIN,
-        )
     }
 
     /// From the first of `bundles` that is a file, and the local certificates under

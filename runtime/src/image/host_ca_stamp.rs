@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::host_ca::HostCas;
+use super::host_ca::{HostCas, HOST_BUNDLES, HOST_LOCAL_DIR};
 use crate::state::{read_json, write_json_volatile};
 
 /// The file of the berth home the stamp and key are kept in.
@@ -34,6 +34,23 @@ struct CaCache {
     stamp: String,
     /// The certificates' key; `None`: the host had none.
     key: Option<String>,
+}
+
+impl HostCas {
+    /// [`HostCas::from_host`], answered from a cache in the berth home `home` when the
+    /// metadata of every file it reads is what it was when the cache was written: reading
+    /// and hashing the bundle (some 200 KiB, 140 certificates) was a good part of the CPU of
+    /// every `berth run` and cold `up`. The certificates themselves are read only when a
+    /// layer is written ([`HostCas::write_tree`]). See `host_ca_stamp`.
+    pub fn from_host_cached(home: &Path) -> io::Result<Option<HostCas>> {
+        let bundles: Vec<PathBuf> = HOST_BUNDLES.iter().map(PathBuf::from).collect();
+        cached(
+            &bundles,
+            Path::new(HOST_LOCAL_DIR),
+            &home.join(CACHE_FILE),
+            super::tree_stamp::RACY_MARGIN,
+        )
+    }
 }
 
 /// [`HostCas::from_host_cached`] for the bundle candidates `bundles` and the local folder
