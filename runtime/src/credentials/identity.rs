@@ -137,7 +137,10 @@ pub fn install_identity(
         }
     }
     if before.as_ref() != Some(&now) {
-        if let Err(e) = state::write_json(&dir.join(STATE_FILE), &now) {
+        // Without fsync: it describes the environment's tmpfs, which a reboot empties (the
+        // next `up` restarts the environment, `fresh`, and reads no record), and a record a
+        // power cut left unreadable is read as none (`load`).
+        if let Err(e) = state::write_json_volatile(&dir.join(STATE_FILE), &now) {
             notice.get_or_insert(format!("cannot record the host's git identity: {e}"));
         }
     }
