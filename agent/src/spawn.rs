@@ -138,7 +138,7 @@ pub fn spawn(req: &SpawnRequest) -> io::Result<Spawned> {
                     libc::dup2(*fd, target as i32);
                 }
             }
-            sys::close_from(3);
+            berth_inside_files::descriptors::close_from(3);
             if tty {
                 libc::ioctl(0, libc::TIOCSCTTY, 0);
             }

@@ -229,28 +229,3 @@ pub fn uptime_ms() -> u64 {
         .map(|s| (s * 1000.0) as u64)
         .unwrap_or(0)
 }
-
-/// Closes every descriptor from `first` up: what a command gets is its three standard
-/// descriptors and nothing the agent holds, close-on-exec or not. Only raw syscalls, so it
-/// may run in a forked child; kernels without close_range(2) (before 5.9) get one close(2)
-/// per possible descriptor up to the soft limit.
-pub fn close_from(first: i32) {
-    // SAFETY: close_range only closes descriptors; the caller keeps none at or above `first`.
-    if unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, 0) } == 0 {
-        return;
-    }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills the struct we pass.
-    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur.min(1 << 20) as i32
-    } else {
-        1024
-    };
-    for fd in first..max {
-        // SAFETY: closing a descriptor number; ones not open answer EBADF.
-        unsafe { libc::close(fd) };
-    }
-}

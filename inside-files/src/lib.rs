@@ -6,9 +6,11 @@
 //!   sockets of its forwarded credentials and its gitconfig, removed with the session.
 //! - [`run_tmpfs`]: berth's tmpfs folders `/run/secrets` and `/run/berth`, opened without
 //!   following a link and written only while they are a tmpfs.
+//! - [`descriptors`]: what a command started inside keeps of its parent's descriptors.
 //!
 //! It uses libc alone: the agent is linked statically and stays small.
 
+pub mod descriptors;
 mod fd_calls;
 pub mod run_tmpfs;
 pub mod session_folder;

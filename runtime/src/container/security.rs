@@ -106,17 +106,8 @@ impl ProcessSecurity {
     }
 }
 
-/// Closes every fd ≥ `first` (close_range(2), with a /proc fallback for old kernels).
-pub fn close_fds_from(first: u32) {
-    // SAFETY: close_range only closes descriptors; the caller owns none above `first` it needs.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    if rc != 0 {
-        for fd in first..4096 {
-            // SAFETY: closing possibly-unused descriptor numbers is harmless.
-            unsafe { libc::close(fd as i32) };
-        }
-    }
-}
+/// Closes every fd ≥ `first`: the one implementation the VM agent shares.
+pub use berth_inside_files::descriptors::close_from as close_fds_from;
 
 /// Closes every fd except 0-2 and `keep` (the supervisor drops what the launcher chain left
 /// open: sync pipes, duplicate report fds).
