@@ -20,7 +20,7 @@
 //!
 //! Steps 2 to 4 are one binary search over runs of call numbers that get the same answer
 //! (about 70 runs, so a call meets 7 comparisons, not a chain of one per listed call): the
-//! program is about 200 instructions instead of 700, which the kernel checks, translates,
+//! program is under 200 instructions instead of 682, which the kernel checks, translates,
 //! JIT-compiles and walks once per call number (its cache of always-allowed calls) at every
 //! start of an environment. It is built once per process.
 //!
