@@ -295,21 +295,15 @@ fn the_git_identity_comes_with_the_start_and_the_command_is_the_first_process_in
         "[user]\n\tname = Ada Run\n\temail = ada@run.example\n",
     )
     .unwrap();
-    let o = b
-        .cmd()
-        .current_dir(p.path())
-        .args([
-            "-q",
-            "run",
-            "--",
-            "sh",
-            "-c",
-            "echo $$; cat \"$GIT_CONFIG_SYSTEM\"",
-        ])
-        .env("HOME", host_home.path())
+    // The host user's git only (no agent to forward: no session builtin either).
+    let mut run = b.cmd();
+    run.env("HOME", host_home.path())
         .env_remove("GIT_CONFIG_GLOBAL")
-        .env_remove("SSH_AUTH_SOCK")
-        .stdin(Stdio::null())
+        .env_remove("SSH_AUTH_SOCK");
+    let script = "echo $$; cat \"$GIT_CONFIG_SYSTEM\"";
+    let o = run
+        .current_dir(p.path())
+        .args(["-q", "run", "--", "sh", "-c", script])
         .output()
         .unwrap();
     let (out, err) = text(&o);
