@@ -396,7 +396,7 @@ impl Server {
                     ..
                 }) = self.sessions.get(&key)
                 {
-                    sys::set_winsize(m.as_raw_fd(), rows, cols);
+                    berth_inside_files::window_size::set(m.as_raw_fd(), rows, cols);
                 }
             }
             Message::Signal { signal } => {

@@ -170,17 +170,6 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((m, s))
 }
 
-pub fn set_winsize(fd: RawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize struct.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-}
-
 /// A signalfd for SIGCHLD (the signal is blocked so it is only seen here).
 pub fn sigchld_fd() -> io::Result<OwnedFd> {
     // SAFETY: sigset operations on a local, then signalfd with it.

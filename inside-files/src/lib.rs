@@ -7,6 +7,7 @@
 //! - [`run_tmpfs`]: berth's tmpfs folders `/run/secrets` and `/run/berth`, opened without
 //!   following a link and written only while they are a tmpfs.
 //! - [`descriptors`]: what a command started inside keeps of its parent's descriptors.
+//! - [`window_size`]: a terminal's rows and columns.
 //!
 //! It uses libc alone: the agent is linked statically and stays small.
 
@@ -14,3 +15,4 @@ pub mod descriptors;
 mod fd_calls;
 pub mod run_tmpfs;
 pub mod session_folder;
+pub mod window_size;

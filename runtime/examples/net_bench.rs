@@ -1,6 +1,7 @@
-//! Port forwarding benchmark: throughput and per-connection latency through a forwarded port
-//! into a server listening on the loopback of a fresh network namespace, against a direct
-//! loopback connection to the same kind of server, all in the same run and interleaved:
+//! Port forwarding benchmark: throughput (upload: the client sends; download: the server
+//! sends) and per-connection latency through a forwarded port into a server listening on the
+//! loopback of a fresh network namespace, against a direct loopback connection to the same
+//! kind of server, all in the same run and interleaved:
 //!
 //! - kernel: berth as root, the namespace on a bridge of berth's (`Network::plumb`) and the
 //!   port forwarded by nftables DNAT (`Network::forward_in_kernel`), the forwarder behind it;
@@ -9,7 +10,10 @@
 //! - pasta `-t` on the same namespace, as a reference (when pasta is installed);
 //! - veth, no NAT: straight to the namespace's address on the bridge (a server there on
 //!   `0.0.0.0`), the floor of any path into another namespace: the kernel path less its two
-//!   address rewrites (host DNAT + masquerade, the namespace's redirect to its loopback).
+//!   address rewrites (host DNAT + masquerade, the namespace's redirect to its loopback);
+//! - the same floor with 64 KiB packets: a second namespace on a second bridge whose bridge
+//!   and host-side veth are set back to the kernel's default largest packet (as before
+//!   `bridge::ENV_LINK_PACKET`), to show what BIG TCP on the host's side gives in the same run.
 //!
 //! Run as root: `cargo run --release -p berth-runtime --example net_bench [MiB] [connections]`
 //! (or `bench/net.sh`).
@@ -20,7 +24,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_runtime::net::bridge::BridgeConfig;
+use berth_runtime::net::bridge::{veth_name, BridgeConfig};
 use berth_runtime::net::dialer::NetnsDialer;
 use berth_runtime::net::forward::{ForwardSpec, PortForwarder};
 use berth_runtime::net::netlink::Netlink;
@@ -46,8 +50,9 @@ fn new_netns() -> File {
     f
 }
 
-/// Serves two kinds of connection: first byte `s` = sink (read to EOF, answer 8-byte count),
-/// `p` = ping (answer one byte, close).
+/// Serves three kinds of connection: first byte `s` = sink (read to EOF, answer 8-byte
+/// count), `d` = source (read an 8-byte count, send that many bytes, close), `p` = ping
+/// (answer one byte, close).
 fn serve(l: TcpListener) {
     std::thread::spawn(move || {
         for s in l.incoming().flatten() {
@@ -63,6 +68,22 @@ fn serve(l: TcpListener) {
                     return;
                 }
                 let mut buf = vec![0u8; 1 << 18];
+                if kind[0] == b'd' {
+                    let mut count = [0u8; 8];
+                    if s.read_exact(&mut count).is_err() {
+                        return;
+                    }
+                    let mut left = u64::from_le_bytes(count);
+                    buf.fill(0x5a);
+                    while left > 0 {
+                        let n = left.min(buf.len() as u64) as usize;
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        left -= n as u64;
+                    }
+                    return;
+                }
                 let mut total = 0u64;
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 {
@@ -84,24 +105,47 @@ fn cpu_seconds() -> f64 {
     t(r.user_time()) + t(r.system_time())
 }
 
-/// (Gbit/s, CPU seconds per GiB moved) of one bulk upload.
-fn throughput(addr: SocketAddr, bytes: u64) -> (f64, f64) {
+/// Which way the bytes of a throughput run go.
+#[derive(Clone, Copy, PartialEq)]
+enum Direction {
+    /// The client (on the host) sends, the server (in the namespace) reads.
+    Upload,
+    /// The server sends, the client reads: a server answering through the forwarded port.
+    Download,
+}
+
+/// (Gbit/s, CPU seconds per GiB moved) of one bulk transfer.
+fn throughput(addr: SocketAddr, bytes: u64, direction: Direction) -> (f64, f64) {
     let cpu0 = cpu_seconds();
     let mut c = TcpStream::connect(addr).unwrap();
-    let buf = vec![0x5au8; 1 << 18];
+    let mut buf = vec![0x5au8; 1 << 18];
     let start = Instant::now();
-    c.write_all(b"s").unwrap();
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        c.write_all(&buf[..n]).unwrap();
-        left -= n as u64;
+    if direction == Direction::Download {
+        c.write_all(b"d").unwrap();
+        c.write_all(&bytes.to_le_bytes()).unwrap();
+        let mut got = 0u64;
+        loop {
+            let n = c.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+        assert_eq!(got, bytes, "client got everything");
+    } else {
+        c.write_all(b"s").unwrap();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            c.write_all(&buf[..n]).unwrap();
+            left -= n as u64;
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut count = [0u8; 8];
+        c.read_exact(&mut count).unwrap();
+        assert_eq!(u64::from_le_bytes(count), bytes, "server got everything");
     }
-    c.shutdown(Shutdown::Write).unwrap();
-    let mut count = [0u8; 8];
-    c.read_exact(&mut count).unwrap();
     let secs = start.elapsed().as_secs_f64();
-    assert_eq!(u64::from_le_bytes(count), bytes, "server got everything");
     let cpu = (cpu_seconds() - cpu0) / (bytes as f64 / (1u64 << 30) as f64);
     (bytes as f64 * 8.0 / secs / 1e9, cpu)
 }
@@ -148,6 +192,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
 /// same socket behind it as berth's supervisor does. Detached on drop.
 struct KernelPath {
     net: Network,
+    env: &'static str,
     _home: tempfile::TempDir,
     _forwarder: PortForwarder,
     addr: SocketAddr,
@@ -155,18 +200,24 @@ struct KernelPath {
     env_address: Ipv4Addr,
 }
 
-const BENCH_ENV: &str = "net-bench";
-
 impl KernelPath {
-    fn start(ns: &File, guest: u16) -> KernelPath {
+    /// `env`: the environment id on `bridge`; `packet`: when set, the largest IPv4 packet of
+    /// the bridge and the host's end of the veth pair is set back to it after berth made them.
+    fn start(
+        ns: &File,
+        guest: u16,
+        env: &'static str,
+        bridge: &str,
+        packet: Option<u32>,
+    ) -> KernelPath {
         let home_dir = tempfile::tempdir().unwrap();
         let home = BerthHome::at(home_dir.path()).unwrap();
         let net = Network::new(
             &home,
             NetworkOptions {
                 bridge: BridgeConfig {
-                    name: "berthbench".into(),
-                    nft_table: "berthbench".into(),
+                    name: bridge.into(),
+                    nft_table: bridge.into(),
                     subnet: None,
                 },
                 user_mode: Some(false),
@@ -175,7 +226,7 @@ impl KernelPath {
         );
         let plumbing = net
             .plumb(
-                BENCH_ENV,
+                env,
                 EnvNamespaces {
                     net: ns,
                     user: None,
@@ -185,6 +236,13 @@ impl KernelPath {
             )
             .expect("plumb the bench namespace onto bridge berthbench");
         let env_address = plumbing.address.expect("an address on the bridge");
+        if let Some(bytes) = packet {
+            let mut nl = Netlink::open().unwrap();
+            for dev in [veth_name(env), bridge.to_string()] {
+                let index = nl.link_index(&dev).unwrap().expect("berth's interface");
+                nl.set_ipv4_packet_size(index, bytes).unwrap();
+            }
+        }
         let fwd = PortForwarder::start(
             &[ForwardSpec {
                 protocol: Protocol::Tcp,
@@ -196,12 +254,13 @@ impl KernelPath {
         )
         .unwrap();
         let kernel = net
-            .forward_in_kernel(BENCH_ENV, ns, fwd.ports())
+            .forward_in_kernel(env, ns, fwd.ports())
             .expect("install the kernel port forwarding");
         assert!(kernel, "the kernel forwards nothing");
         let addr = fwd.ports()[0].bound;
         KernelPath {
             net,
+            env,
             _home: home_dir,
             _forwarder: fwd,
             addr,
@@ -212,18 +271,71 @@ impl KernelPath {
 
 impl Drop for KernelPath {
     fn drop(&mut self) {
-        let _ = self.net.detach(BENCH_ENV);
+        let _ = self.net.detach(self.env);
     }
 }
 
 struct Mode {
     name: &'static str,
     addr: SocketAddr,
-    tp: Vec<(f64, f64)>,
+    /// (Gbit/s, CPU s per GiB) of each upload run, then of each download run.
+    up: Vec<(f64, f64)>,
+    down: Vec<(f64, f64)>,
     lat: Vec<f64>,
     /// CPU seconds (all threads of this process, user + system) spent on the connections.
     lat_cpu: f64,
 }
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median of the per-round ratios of `a`'s throughput to `b`'s.
+fn ratio(a: &[(f64, f64)], b: &[(f64, f64)]) -> f64 {
+    median(a.iter().zip(b).map(|(x, y)| x.0 / y.0).collect())
+}
+
+fn print_throughput(modes: &[Mode], direction: Direction, mib: u64, rounds: usize) {
+    let runs = |m: &Mode| -> Vec<(f64, f64)> {
+        match direction {
+            Direction::Upload => m.up.clone(),
+            Direction::Download => m.down.clone(),
+        }
+    };
+    let what = match direction {
+        Direction::Upload => "upload (the host's client sends)",
+        Direction::Download => "download (the namespace's server sends)",
+    };
+    println!("throughput, {what}, {mib} MiB per run, {rounds} interleaved rounds, median (Gbit/s; ratio to direct, median of per-round ratios; CPU s per GiB, all threads of this process, and its ratio to direct's):");
+    let direct = runs(&modes[0]);
+    let direct_cpu = median(direct.iter().map(|x| x.1).collect());
+    for m in modes {
+        let r = runs(m);
+        let cpu = median(r.iter().map(|x| x.1).collect());
+        println!(
+            "  {:<28} {:8.2}   ratio {:.2}   cpu {:.3} ({:.2}x){}",
+            m.name,
+            median(r.iter().map(|x| x.0).collect()),
+            ratio(&r, &direct),
+            cpu,
+            cpu / direct_cpu,
+            if m.name.starts_with("pasta") {
+                " [pasta's own process not counted]"
+            } else {
+                ""
+            }
+        );
+    }
+    println!(
+        "  kernel DNAT / veth floor {:.2} (what the two address rewrites cost; the rest of the gap to direct is crossing into the namespace)",
+        ratio(&runs(&modes[KERNEL]), &runs(&modes[FLOOR]))
+    );
+}
+
+/// Where the modes are in the list.
+const KERNEL: usize = 1;
+const FLOOR: usize = 3;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -246,7 +358,15 @@ fn main() {
     })
     .unwrap();
     serve(on_eth0);
-    let kernel = KernelPath::start(&ns, 5201);
+    let kernel = KernelPath::start(&ns, 5201, "net-bench", "berthbench", None);
+    // The floor again in a namespace of its own, on a bridge with 64 KiB packets.
+    let ns_64k = new_netns();
+    let on_eth0_64k = run_in_netns(&ns_64k, || {
+        TcpListener::bind((Ipv4Addr::UNSPECIFIED, 5202)).unwrap()
+    })
+    .unwrap();
+    serve(on_eth0_64k);
+    let floor_64k = KernelPath::start(&ns_64k, 5201, "net-bench-64k", "berthbench64k", Some(65536));
     let fwd = PortForwarder::start(
         &[ForwardSpec {
             protocol: Protocol::Tcp,
@@ -286,7 +406,8 @@ fn main() {
     let mode = |name, addr| Mode {
         name,
         addr,
-        tp: Vec::new(),
+        up: Vec::new(),
+        down: Vec::new(),
         lat: Vec::new(),
         lat_cpu: 0.0,
     };
@@ -298,23 +419,30 @@ fn main() {
             "veth, no NAT (floor)",
             SocketAddr::from((kernel.env_address, 5202)),
         ),
+        mode(
+            "floor, 64 KiB packets",
+            SocketAddr::from((floor_64k.env_address, 5202)),
+        ),
     ];
     if pasta_ok {
         modes.push(mode("pasta -t (ref.)", pasta_addr));
     }
     // Warm up every path.
     for m in &modes {
-        throughput(m.addr, 64 << 20);
+        throughput(m.addr, 64 << 20, Direction::Upload);
+        throughput(m.addr, 64 << 20, Direction::Download);
         latencies(m.addr, 100);
     }
-    // Interleaved: each round measures every mode once, starting one mode later each time,
-    // so load from other work on the machine hits all of them alike.
+    // Interleaved: each round measures every mode once each way, starting one mode later
+    // each time, so load from other work on the machine hits all of them alike.
     let rounds = 5;
     for r in 0..rounds {
         for i in 0..modes.len() {
             let k = (i + r) % modes.len();
-            let t = throughput(modes[k].addr, bytes);
-            modes[k].tp.push(t);
+            let t = throughput(modes[k].addr, bytes, Direction::Upload);
+            modes[k].up.push(t);
+            let t = throughput(modes[k].addr, bytes, Direction::Download);
+            modes[k].down.push(t);
         }
     }
     let per_round = conns.div_ceil(10).max(1);
@@ -330,54 +458,15 @@ fn main() {
     for m in &mut modes {
         m.lat.sort_by(|a, b| a.total_cmp(b));
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    let gbit = |m: &Mode| median(m.tp.iter().map(|x| x.0).collect());
-    let cpu = |m: &Mode| median(m.tp.iter().map(|x| x.1).collect());
-    // Per-round ratio to the direct run of the same round, then the median of those.
-    let ratio = |m: &Mode| {
-        median(
-            m.tp.iter()
-                .zip(&modes[0].tp)
-                .map(|(x, d)| x.0 / d.0)
-                .collect(),
-        )
-    };
-    println!("throughput, {mib} MiB per run, {rounds} interleaved rounds, median (Gbit/s; ratio to direct, median of per-round ratios; CPU s per GiB, all threads of this process):");
-    for m in &modes {
-        println!(
-            "  {:<20} {:8.2}   ratio {:.2}   cpu {:.3}{}",
-            m.name,
-            gbit(m),
-            ratio(m),
-            cpu(m),
-            if m.name.starts_with("pasta") {
-                " [pasta's own process not counted]"
-            } else {
-                ""
-            }
-        );
-    }
-    let floor_ratio = median(
-        modes[1]
-            .tp
-            .iter()
-            .zip(&modes[3].tp)
-            .map(|(k, v)| k.0 / v.0)
-            .collect(),
-    );
-    println!(
-        "  kernel DNAT / veth floor {floor_ratio:.2} (what the two address rewrites cost; the rest of the gap to direct is crossing into the namespace)"
-    );
+    print_throughput(&modes, Direction::Upload, mib, rounds);
+    print_throughput(&modes, Direction::Download, mib, rounds);
     println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
     let d50 = pct(&modes[0].lat, 0.5);
     let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;
     for m in &modes {
         let cpu = m.lat_cpu / m.lat.len() as f64 * 1e6;
         println!(
-            "  {:<20} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
+            "  {:<28} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
             m.name,
             pct(&m.lat, 0.5),
             pct(&m.lat, 0.9),
@@ -389,6 +478,7 @@ fn main() {
         );
     }
     drop(fwd);
+    drop(floor_64k);
     drop(kernel);
     if let Some(p) = pasta.as_mut() {
         let _ = p.kill();

@@ -358,6 +358,7 @@ fn outbound_traffic_is_routed_and_masqueraded() {
         "uplink0",
         std::os::fd::AsFd::as_fd(&outside.file),
         1500,
+        None,
     )
     .unwrap();
     let idx = nl.link_index(&uplink.name).unwrap().unwrap();
@@ -535,4 +536,172 @@ fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
     assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE), "{e}");
     drop(att);
     s.network.detach("env-m").unwrap();
+}
+
+/// Whether the running kernel builds IPv4 packets above 64 KiB (BIG TCP for IPv4: Linux 6.3).
+fn kernel_has_ipv4_big_tcp() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok())
+        .collect::<Vec<_>>()
+        .into_iter();
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 3)
+}
+
+/// A packet socket on interface `index` of the calling thread's namespace, seeing every
+/// packet (sent and received) as the stack hands it over, before any segmentation the
+/// device does not need.
+fn capture_on(index: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let all = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            all.into(),
+        )
+    };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain old data.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = all;
+    addr.sll_ifindex = index as i32;
+    // SAFETY: `addr` is a valid sockaddr_ll of the given size.
+    let rc = unsafe {
+        libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    let big: libc::c_int = 32 << 20;
+    // SAFETY: setsockopt with an int value of the right size.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&big as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    fd
+}
+
+/// The largest packet captured so far, (sent, received), draining the socket.
+fn largest_captured(fd: &std::os::fd::OwnedFd) -> (usize, usize) {
+    let (mut sent, mut received) = (0, 0);
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: sockaddr_ll is plain old data, filled in by recvfrom.
+        let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `buf` and `from` are valid for the sizes given; MSG_TRUNC returns the
+        // packet's real length without copying more than `buf` holds.
+        let n = unsafe {
+            libc::recvfrom(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
+        };
+        if n < 0 {
+            return (sent, received);
+        }
+        let n = n as usize;
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
+            sent = sent.max(n);
+        } else {
+            received = received.max(n);
+        }
+    }
+}
+
+/// Sends `bytes` from a fresh connection to `addr` and checks that the listener `l` got them
+/// all.
+fn bulk(connect: impl FnOnce() -> TcpStream, l: TcpListener, bytes: usize) {
+    let reader = std::thread::spawn(move || {
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(HANG)).unwrap();
+        let mut sink = Vec::new();
+        c.read_to_end(&mut sink).unwrap();
+        sink.len()
+    });
+    let mut c = connect();
+    let chunk = vec![0x5au8; 1 << 20];
+    for _ in 0..bytes / chunk.len() {
+        c.write_all(&chunk).unwrap();
+    }
+    drop(c);
+    assert_eq!(reader.join().unwrap(), bytes, "every byte arrived");
+}
+
+/// The host sends to an environment in packets larger than loopback's 64 KiB (BIG TCP on the
+/// bridge and the host's end of the veth pair, `ENV_LINK_PACKET`): its `eth0` receives them
+/// whole, so the bridge, conntrack and the veth handle each once per half MiB instead of per
+/// 64 KiB. Fails with the kernel's default sizes (at most 65,536 bytes). The environment's
+/// own packets stay at 64 KiB: larger ones would be cut up in software on the way out through
+/// the uplink.
+#[test]
+fn the_host_path_moves_packets_larger_than_loopbacks() {
+    if !have_root("the_host_path_moves_packets_larger_than_loopbacks") {
+        return;
+    }
+    if !kernel_has_ipv4_big_tcp() {
+        eprintln!("skipping the_host_path_moves_packets_larger_than_loopbacks: IPv4 packets above 64 KiB need Linux 6.3");
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-g".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let env = TestNetns::new();
+    let att = attach(&s.network, "env-g", &env, &[]);
+    let (address, gateway) = (att.address.unwrap(), att.gateway.unwrap());
+    let capture = env.run(|| {
+        let mut nl = Netlink::open().unwrap();
+        capture_on(nl.link_index("eth0").unwrap().unwrap())
+    });
+    let bytes = 16 << 20;
+    // The environment sends to the host (the gateway address).
+    let host = TcpListener::bind((gateway, 0)).unwrap();
+    let to_host = host.local_addr().unwrap();
+    bulk(
+        || env.run(move || TcpStream::connect_timeout(&to_host, HANG).unwrap()),
+        host,
+        bytes,
+    );
+    // Drained between the two: a full capture buffer would drop the second's packets.
+    let (sent, _) = largest_captured(&capture);
+    // The host sends to the environment's address.
+    let inside = env.run(move || TcpListener::bind((address, 0)).unwrap());
+    let to_env = inside.local_addr().unwrap();
+    bulk(
+        || TcpStream::connect_timeout(&to_env, HANG).unwrap(),
+        inside,
+        bytes,
+    );
+    let (_, received) = largest_captured(&capture);
+    assert!(
+        (1..=65_536).contains(&sent),
+        "the environment's largest packet out was {sent} bytes"
+    );
+    assert!(
+        received > 65_536,
+        "the environment's largest packet in was {received} bytes"
+    );
+    drop(att);
+    s.network.detach("env-g").unwrap();
 }

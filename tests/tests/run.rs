@@ -273,6 +273,53 @@ fn json_summary_reports_durations() {
     }
 }
 
+/// The host's git identity comes with the start of a run's environment: its supervisor
+/// writes `/run/berth/gitconfig` before anything runs inside, so the command is the first
+/// process it starts. (Before, a `write-gitconfig` builtin ran first, through its own
+/// control round trip and fork, and the command was the supervisor's second child.)
+#[test]
+fn the_git_identity_comes_with_the_start_and_the_command_is_the_first_process_inside() {
+    require_root!();
+    if Command::new("git").arg("--version").output().is_err() {
+        eprintln!("skipped: git is not installed (scripts/install-deps installs it)");
+        return;
+    }
+    let p = project();
+    let b = Berth::new();
+    let host_home = tempfile::Builder::new()
+        .prefix("berth-run-git-home-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        host_home.path().join(".gitconfig"),
+        "[user]\n\tname = Ada Run\n\temail = ada@run.example\n",
+    )
+    .unwrap();
+    // The host user's git only (no agent to forward: no session builtin either).
+    let mut run = b.cmd();
+    run.env("HOME", host_home.path())
+        .env_remove("GIT_CONFIG_GLOBAL")
+        .env_remove("SSH_AUTH_SOCK");
+    let script = "echo $$; cat \"$GIT_CONFIG_SYSTEM\"";
+    let o = run
+        .current_dir(p.path())
+        .args(["-q", "run", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("2"),
+        "the command is the supervisor's first child: {out}{err}"
+    );
+    assert!(
+        out.contains("Ada Run") && out.contains("ada@run.example"),
+        "{out}{err}"
+    );
+    assert_eq!(envs_left(&b), 0);
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..300 {
         if f() {

@@ -19,6 +19,10 @@ pub struct Started {
     /// `/etc/subuid` changed).
     #[serde(default)]
     pub notices: Vec<String>,
+    /// Why the gitconfig the start was given ([`StartRequest::gitconfig`](super::StartRequest))
+    /// is not inside (`None`: it was written, or none was given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitconfig_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

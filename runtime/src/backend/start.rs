@@ -36,4 +36,10 @@ pub struct StartRequest<'a> {
     /// Names the environment resolves (name, address): the sidecars of a VM, each on berth's
     /// bridge with an address of its own (a container's sidecars share its `localhost`).
     pub hosts: Vec<(String, std::net::Ipv4Addr)>,
+    /// The environment's gitconfig (the host's git identity, [`RunFiles::Gitconfig`]),
+    /// inside before any service or command starts; whether it got there is
+    /// [`Started::gitconfig_error`](super::Started::gitconfig_error).
+    ///
+    /// [`RunFiles::Gitconfig`]: super::RunFiles::Gitconfig
+    pub gitconfig: Option<String>,
 }

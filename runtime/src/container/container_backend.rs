@@ -102,7 +102,10 @@ impl ContainerBackend {
         state.save(dir)?;
         checkpoint("state-written");
         match self.launch(spec, &mut state, mapping.as_ref(), who.uid == 0, hook) {
-            Ok(pid) => {
+            Ok(Launched {
+                pid,
+                gitconfig_error,
+            }) => {
                 checkpoint("started");
                 state.phase = Phase::Running;
                 state.starter = None;
@@ -113,6 +116,7 @@ impl ContainerBackend {
                     control_socket: spec.control_socket(),
                     elapsed: t0.elapsed(),
                     notices,
+                    gitconfig_error,
                 })
             }
             Err(e) => {
@@ -131,7 +135,7 @@ impl ContainerBackend {
         mapping: Option<&IdMapping>,
         is_root: bool,
         hook: &mut dyn FnMut(i32) -> Result<()>,
-    ) -> Result<i32> {
+    ) -> Result<Launched> {
         let owner = match (mapping, is_root) {
             (Some(m), true) => m.host_uid(0).zip(m.host_gid(0)),
             _ => None,
@@ -218,6 +222,19 @@ impl ContainerBackend {
     /// its cgroups and control socket. Also cleans up after a crashed supervisor or a start
     /// that was interrupted. Stopping a stopped environment is a no-op.
     pub fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        self.stop_recording(state_dir, timeout, true)
+    }
+
+    /// [`stop`](Self::stop) for an environment whose folder goes next (`Backend::destroy`):
+    /// everything ends and is removed as by `stop`, but `stopped` is not recorded, which
+    /// would only write a file about to be removed (one state write per `berth run`). A
+    /// removal that then fails leaves a record of a supervisor that is gone: reported dead,
+    /// and the next `stop` or `destroy` cleans up again (every step is idempotent).
+    pub fn stop_for_removal(&self, state_dir: &Path, timeout: Duration) -> Result<()> {
+        self.stop_recording(state_dir, timeout, false)
+    }
+
+    fn stop_recording(&self, state_dir: &Path, timeout: Duration, record: bool) -> Result<()> {
         if !state_dir.exists() {
             return Ok(());
         }
@@ -232,11 +249,21 @@ impl ContainerBackend {
                 s.wait_exit(Duration::from_secs(5));
             }
         }
-        self.cleanup(state_dir, &mut state)
+        self.end_what_is_left(state_dir, &mut state)?;
+        if record {
+            state.save(state_dir)?;
+        }
+        Ok(())
     }
 
     /// Kills whatever is left and removes cgroups and socket; records `stopped`.
     fn cleanup(&self, dir: &Path, state: &mut ContainerState) -> Result<()> {
+        self.end_what_is_left(dir, state)?;
+        state.save(dir)
+    }
+
+    /// [`cleanup`](Self::cleanup) without writing the record: `state` says `stopped`.
+    fn end_what_is_left(&self, dir: &Path, state: &mut ContainerState) -> Result<()> {
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
             s.kill(Signal::SIGKILL);
             s.wait_exit(Duration::from_secs(5));
@@ -252,7 +279,7 @@ impl ContainerBackend {
         state.starter = None;
         state.cgroups = None;
         state.started_at = None;
-        state.save(dir)
+        Ok(())
     }
 
     /// Stops the environment and removes its state folder: writable layer, logs, state.
@@ -469,6 +496,14 @@ fn open_state_dir_to(dir: &Path, gid: Option<u32>) -> Result<()> {
         .context(|| format!("cannot chmod {}", dir.display()))
 }
 
+/// What the launcher chain reported of a successful start.
+struct Launched {
+    /// The supervisor's host pid.
+    pid: i32,
+    /// Why the spec's gitconfig is not inside (`LaunchEvent::GitconfigFailed`).
+    gitconfig_error: Option<String>,
+}
+
 fn read_launch_events(
     report_r: OwnedFd,
     go_w: OwnedFd,
@@ -476,10 +511,11 @@ fn read_launch_events(
     spec: &ContainerSpec,
     own_userns: bool,
     hook: &mut dyn FnMut(i32) -> Result<()>,
-) -> Result<i32> {
+) -> Result<Launched> {
     let dir = &spec.state_dir;
     let mut reader = BufReader::new(fs::File::from(report_r));
     let mut pid = None;
+    let mut gitconfig_error = None;
     let mut ports = Vec::new();
     let mut go = Some(go_w);
     let mut line = String::new();
@@ -513,9 +549,14 @@ fn read_launch_events(
                 }
             }
             Ok(LaunchEvent::Ports { ports: p }) => ports = p,
+            Ok(LaunchEvent::GitconfigFailed { message }) => gitconfig_error = Some(message),
             Ok(LaunchEvent::Ready) => {
-                return pid.ok_or_else(|| {
+                let pid = pid.ok_or_else(|| {
                     ContainerError::Setup("the supervisor reported ready without a pid".into())
+                })?;
+                return Ok(Launched {
+                    pid,
+                    gitconfig_error,
                 });
             }
             Ok(LaunchEvent::Error { message }) => return Err(ContainerError::Setup(message)),

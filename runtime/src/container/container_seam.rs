@@ -45,6 +45,8 @@ impl Backend for ContainerBackend {
         )?;
         spec.publish_auto = req.publish_auto;
         spec.hold_services = req.hold_services;
+        // Written by the supervisor before anything runs inside (no builtin round trip).
+        spec.gitconfig = req.gitconfig.clone();
         if let (_, Some(n)) = network_attach::effective_mode(
             &crate::net::Network::new(req.home, crate::net::NetworkOptions::default()),
             spec.network,
@@ -99,13 +101,16 @@ impl Backend for ContainerBackend {
     fn stop(&self, state_dir: &Path, timeout: Duration) -> std::result::Result<(), BackendError> {
         Ok(ContainerBackend::stop(self, state_dir, timeout)?)
     }
-    /// The writable layer is in the environment's folder, which the caller removes.
+    /// The writable layer is in the environment's folder, which the caller removes (so
+    /// `stopped` is not recorded in it).
     fn destroy(
         &self,
         state_dir: &Path,
         timeout: Duration,
     ) -> std::result::Result<(), BackendError> {
-        Ok(ContainerBackend::stop(self, state_dir, timeout)?)
+        Ok(ContainerBackend::stop_for_removal(
+            self, state_dir, timeout,
+        )?)
     }
     fn status(&self, state_dir: &Path) -> std::result::Result<StatusReport, BackendError> {
         Ok(ContainerBackend::status(self, state_dir)?)

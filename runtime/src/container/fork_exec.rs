@@ -384,14 +384,7 @@ fn open_pty(winsize: Option<(u16, u16)>) -> std::result::Result<(OwnedFd, CStrin
     unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
     let name = ptsname_r(&master).map_err(|e| format!("ptsname: {e}"))?;
     if let Some((rows, cols)) = winsize {
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ with a valid winsize struct on our master fd.
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        berth_inside_files::window_size::set(master.as_raw_fd(), rows, cols);
     }
     use std::os::fd::IntoRawFd;
     // SAFETY: PtyMaster gives up its fd; the OwnedFd is its only owner.

@@ -23,6 +23,11 @@ pub enum LaunchEvent {
     Ports {
         ports: Vec<ForwardedPort>,
     },
+    /// The gitconfig of the spec (`ContainerSpec::gitconfig`) could not be written inside
+    /// (sent before [`LaunchEvent::Ready`]): the start goes on, sessions carry the identity.
+    GitconfigFailed {
+        message: String,
+    },
     Ready,
     Error {
         message: String,

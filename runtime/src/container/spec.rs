@@ -87,6 +87,10 @@ pub struct ContainerSpec {
     /// `/run/secrets` tmpfs, read by the supervisor when it starts a process).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secret_env: Vec<String>,
+    /// The environment's gitconfig (the host's git identity), written by the supervisor into
+    /// berth's tmpfs before anything runs inside (`StartRequest::gitconfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitconfig: Option<String>,
 }
 
 /// The mounts of a plan (the environment's or a sidecar's) with their host paths: volumes
@@ -224,6 +228,7 @@ impl ContainerSpec {
             devices: Vec::new(),
             join: None,
             secret_env: Vec::new(),
+            gitconfig: None,
         }
     }
 

@@ -118,6 +118,13 @@ fn setup_and_serve(
     nix::unistd::sethostname(&spec.hostname)
         .context(|| format!("cannot set the hostname to {}", spec.hostname))?;
     checkpoint("namespaces-entered");
+    // The host's git identity, before any process (service or command) can start: a start
+    // that brings it needs no `write-gitconfig` builtin (a fork and a control round trip).
+    if let Some(text) = &spec.gitconfig {
+        if let Err(message) = crate::ssh_inside::write_gitconfig(text.as_bytes()) {
+            report(report_fd, &LaunchEvent::GitconfigFailed { message });
+        }
+    }
     if let Err(e) = super::login_env::write(std::path::Path::new("/"), &spec.env) {
         eprintln!("berth: {e}; login shells may not see berth.toml's [env]");
     }

@@ -38,26 +38,11 @@ impl Drop for RawMode<'_> {
 
 /// (rows, columns) of a terminal.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCGWINSZ fills the winsize struct we pass.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0 && ws.ws_row > 0).then_some((ws.ws_row, ws.ws_col))
+    berth_inside_files::window_size::get(fd.as_raw_fd())
 }
 
 pub(crate) fn set_window_size(fd: BorrowedFd<'_>, (rows, cols): (u16, u16)) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads the winsize struct we pass.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    berth_inside_files::window_size::set(fd.as_raw_fd(), rows, cols);
 }
 
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> bool {

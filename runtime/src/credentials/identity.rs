@@ -1,10 +1,11 @@
 //! The host user's git identity, written into the environment once at `up` instead of at
-//! every session: `up` reads the host's git configuration (one `git config`), writes the
-//! identity into the environment's tmpfs as its system gitconfig
-//! (`/run/berth/gitconfig`, through `Backend::put_run_files`) and records
-//! what it found in [`STATE_FILE`] beside the environment's record. A later `up` writes
-//! again only when the identity changed (or the environment was restarted: its tmpfs is
-//! new). Sessions then read the record instead of running the host's git: `exec` pays
+//! every session: `up` reads the host's git configuration (one `git config`, or its stamped
+//! answer), gives the identity to the start as the environment's system gitconfig
+//! (`/run/berth/gitconfig` in its tmpfs, `StartRequest::gitconfig`: written before anything
+//! runs inside, with no command of its own) and records what it found in [`STATE_FILE`]
+//! beside the environment's record. A later `up` of the running environment writes again
+//! (through `Backend::put_run_files`) only when the identity changed; a restart brings it
+//! with the start again (its tmpfs is new). Sessions then read the record instead of running the host's git: `exec` pays
 //! nothing for the identity, only for the agent and credential sockets it forwards.
 //!
 //! An environment that cannot take the file (started by an older berth) is recorded as
@@ -104,47 +105,81 @@ impl HostGit {
     }
 }
 
-/// Brings the environment in `dir` (running, on `backend`) up to date with `now`, the
-/// host's git as [`HostGit::of_host`] just found it. `fresh`: the environment was
-/// (re)started by this `up`, so its tmpfs holds nothing yet. Returns a notice when the
-/// identity could not be written inside (sessions then carry it).
-pub fn install_identity(
-    backend: &dyn Backend,
+/// The environment's gitconfig for `now`'s identity (`None`: there is none to give).
+fn gitconfig_of(now: &HostGit) -> Option<String> {
+    now.identity.as_ref().map(|(name, email)| {
+        host_git::gitconfig_text("/etc/gitconfig", name.as_deref(), email.as_deref(), None)
+    })
+}
+
+/// What a (re)start of an environment brings inside for `now`, the host's git as
+/// [`HostGit::current`] found it ([`StartRequest::gitconfig`]): its tmpfs is new, so the
+/// backend writes the gitconfig before anything runs there, without a command of its own.
+/// Record the outcome with [`record_started_identity`].
+///
+/// [`StartRequest::gitconfig`]: crate::backend::StartRequest::gitconfig
+pub fn start_gitconfig(now: &HostGit) -> Option<String> {
+    gitconfig_of(now)
+}
+
+/// Records `now` for the environment in `dir` just started with [`start_gitconfig`]`(&now)`;
+/// `error`: why the backend could not write it ([`Started::gitconfig_error`]). Returns a
+/// notice when the identity is not inside (sessions then carry it).
+///
+/// [`Started::gitconfig_error`]: crate::backend::Started::gitconfig_error
+pub fn record_started_identity(
     dir: &Path,
     mut now: HostGit,
-    fresh: bool,
+    error: Option<String>,
 ) -> Option<String> {
-    let before = if fresh { None } else { HostGit::load(dir) };
+    now.inside = now.identity.is_some() && error.is_none();
+    let recorded = record(dir, &now);
+    error.map(|why| not_inside_notice(&why)).or(recorded)
+}
+
+/// Brings the running environment in `dir` (on `backend`), which a previous `up` started, up
+/// to date with `now`, the host's git as [`HostGit::current`] found it: the gitconfig is
+/// written (through [`Backend::put_run_files`]) only when the identity changed since the
+/// record. Returns a notice when the identity could not be written inside (sessions then
+/// carry it).
+pub fn install_identity(backend: &dyn Backend, dir: &Path, mut now: HostGit) -> Option<String> {
+    let before = HostGit::load(dir);
     let was_inside = before.as_ref().is_some_and(|b| b.inside);
     let same = before.as_ref().is_some_and(|b| b.identity == now.identity);
     let mut notice = None;
     if same && (was_inside || now.identity.is_none()) {
         now.inside = was_inside;
     } else if now.identity.is_none() && !was_inside {
-        // Nothing inside to remove: a fresh tmpfs, or the identity was never written.
+        // Nothing inside to remove: the identity was never written.
     } else {
-        let text = now.identity.as_ref().map(|(name, email)| {
-            host_git::gitconfig_text("/etc/gitconfig", name.as_deref(), email.as_deref(), None)
-        });
+        let text = gitconfig_of(&now);
         match backend.put_run_files(dir, RunFiles::Gitconfig(text.as_deref())) {
             Ok(()) => now.inside = now.identity.is_some(),
-            Err(e) => {
-                let why = e.to_string();
-                notice = Some(format!(
-                    "the host's git identity could not be written into the environment ({why}); each session carries it instead (`berth down && berth up` restarts the environment with this berth)"
-                ));
-            }
+            Err(e) => notice = Some(not_inside_notice(&e.to_string())),
         }
     }
     if before.as_ref() != Some(&now) {
-        // Without fsync: it describes the environment's tmpfs, which a reboot empties (the
-        // next `up` restarts the environment, `fresh`, and reads no record), and a record a
-        // power cut left unreadable is read as none (`load`).
-        if let Err(e) = state::write_json_volatile(&dir.join(STATE_FILE), &now) {
-            notice.get_or_insert(format!("cannot record the host's git identity: {e}"));
+        if let Some(n) = record(dir, &now) {
+            notice.get_or_insert(n);
         }
     }
     notice
+}
+
+fn not_inside_notice(why: &str) -> String {
+    format!(
+        "the host's git identity could not be written into the environment ({why}); each session carries it instead (`berth down && berth up` restarts the environment with this berth)"
+    )
+}
+
+/// Writes `now` as the environment's [`STATE_FILE`]; a notice when it cannot.
+fn record(dir: &Path, now: &HostGit) -> Option<String> {
+    // Without fsync: it describes the environment's tmpfs, which a reboot empties (the next
+    // `up` restarts the environment and writes it anew), and a record a power cut left
+    // unreadable is read as none (`load`).
+    state::write_json_volatile(&dir.join(STATE_FILE), now)
+        .err()
+        .map(|e| format!("cannot record the host's git identity: {e}"))
 }
 
 #[cfg(test)]

@@ -213,7 +213,6 @@ impl Environments {
                 backend,
                 dir,
                 HostGit::current(dir, self.home.root(), &plan.credentials),
-                false,
             ));
             if live_sync::ensure(&self.home, backend, prev)? {
                 notices.push(
@@ -380,13 +379,12 @@ impl Environments {
             }
             false => Vec::new(),
         };
-        // Secrets and the host's git identity are written before the services start (they
-        // may read them).
+        // Secrets are written before the services start (they may read them); the host's
+        // git identity comes with the start itself, before anything runs inside.
         let host_git = HostGit::current(dir, self.home.root(), &plan.credentials);
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
-            || !plan.secrets.is_empty()
-            || (host_git.identity.is_some() && !plan.services.is_empty());
+            || !plan.secrets.is_empty();
 
         let started = backend.start(&StartRequest {
             home: &self.home,
@@ -404,6 +402,7 @@ impl Environments {
             // `on_create` runs before the services where the backend can hold them back.
             hold_services,
             hosts,
+            gitconfig: crate::credentials::start_gitconfig(&host_git),
         });
         let started = match started {
             Ok(started) => started,
@@ -419,8 +418,10 @@ impl Environments {
             crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
         }
         drop(secrets);
-        notices.extend(crate::credentials::install_identity(
-            backend, dir, host_git, true,
+        notices.extend(crate::credentials::record_started_identity(
+            dir,
+            host_git,
+            started.gitconfig_error.clone(),
         ));
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;

@@ -35,6 +35,8 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_PROTINFO: u16 = 12;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -113,6 +115,21 @@ impl Message {
 
     fn u32_attr(self, ty: u16, v: u32) -> Message {
         self.attr(ty, &v.to_ne_bytes())
+    }
+
+    /// The largest IPv4 packet the stack builds for (GSO) and merges on (GRO) an interface:
+    /// above 64 KiB is "BIG TCP" (Linux 6.3+). The kernel refuses (`EINVAL`) a value above the
+    /// device's `tso_max_size`: 524,280 for a veth; a bridge has the smallest of its ports'
+    /// (64 KiB while it has none, or has a tap). `None`: the kernel's default (64 KiB). A
+    /// kernel without these attributes ignores them (link messages are parsed liberally), and
+    /// the interface works at 64 KiB.
+    fn ipv4_packet_size(self, bytes: Option<u32>) -> Message {
+        match bytes {
+            Some(b) => self
+                .u32_attr(IFLA_GSO_IPV4_MAX_SIZE, b)
+                .u32_attr(IFLA_GRO_IPV4_MAX_SIZE, b),
+            None => self,
+        }
     }
 
     fn nest(mut self, ty: u16) -> Message {
@@ -283,7 +300,7 @@ impl Netlink {
 
     /// Creates a veth pair: `host_name` here, attached to bridge `master` (0: none);
     /// `peer_name` created directly inside the network namespace `peer_netns`. Both ends get
-    /// `mtu`.
+    /// `mtu`; the host's end `host_ipv4_packets` ([`Message::ipv4_packet_size`]).
     pub fn create_veth(
         &mut self,
         host_name: &str,
@@ -291,11 +308,13 @@ impl Netlink {
         peer_name: &str,
         peer_netns: BorrowedFd<'_>,
         mtu: u32,
+        host_ipv4_packets: Option<u32>,
     ) -> io::Result<()> {
         let mut msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(libc::AF_UNSPEC as u8, 0, 0, 0)
             .str_attr(IFLA_IFNAME, host_name)
-            .u32_attr(IFLA_MTU, mtu);
+            .u32_attr(IFLA_MTU, mtu)
+            .ipv4_packet_size(host_ipv4_packets);
         if master != 0 {
             msg = msg.u32_attr(IFLA_MASTER, master);
         }
@@ -328,6 +347,15 @@ impl Netlink {
         let msg = Message::new(RTM_NEWLINK, 0)
             .ifinfo(libc::AF_UNSPEC as u8, index, 0, 0)
             .u32_attr(IFLA_MTU, mtu);
+        self.request(msg).map(drop)
+    }
+
+    /// Sets the largest IPv4 packet the stack builds and merges on an existing interface
+    /// ([`Message::ipv4_packet_size`]; `EINVAL` above the device's `tso_max_size`).
+    pub fn set_ipv4_packet_size(&mut self, index: u32, bytes: u32) -> io::Result<()> {
+        let msg = Message::new(RTM_NEWLINK, 0)
+            .ifinfo(libc::AF_UNSPEC as u8, index, 0, 0)
+            .ipv4_packet_size(Some(bytes));
         self.request(msg).map(drop)
     }
 

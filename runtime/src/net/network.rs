@@ -183,9 +183,26 @@ impl Network {
     fn save(&self, env_id: &str, record: &NetRecord) -> Result<(), NetError> {
         let path = self.record_path(env_id);
         state::create_dir_all(&self.home.env_dir(env_id))?;
-        // Interfaces and leases do not outlive a reboot: durable when first recorded, then
-        // only atomic (see `write_json_durable_once`).
-        Ok(state::write_json_durable_once(&path, record)?)
+        // Nothing it names outlives a reboot (interfaces, leases on /run, rules, a pasta
+        // process): replaced atomically, never fsynced. A power cut may leave it empty or
+        // zero-filled, which `detach` reads as nothing to remove.
+        Ok(state::write_json_volatile(&path, record)?)
+    }
+
+    /// [`record`](Self::record) for [`detach`](Self::detach): a record that is empty or only
+    /// zero bytes and white space (what a power cut leaves of a file renamed into place
+    /// without fsync; berth never writes one) names nothing that survived the reboot, and is
+    /// read as none. Any other unreadable record stays an error.
+    fn record_to_detach(&self, env_id: &str) -> Result<Option<NetRecord>, NetError> {
+        match self.record(env_id) {
+            Err(NetError::State(state::StateError::Corrupt { .. }))
+                if std::fs::read(self.record_path(env_id))
+                    .is_ok_and(|b| b.iter().all(|c| *c == 0 || c.is_ascii_whitespace())) =>
+            {
+                Ok(None)
+            }
+            r => r,
+        }
     }
 
     /// The recorded network of an environment, if it is attached.
@@ -475,7 +492,7 @@ impl Network {
         netns: &File,
         ports: &[ForwardedPort],
     ) -> Result<bool, NetError> {
-        let Some(record) = self.record(env_id)? else {
+        let Some(record) = self.record_to_detach(env_id)? else {
             return Ok(false);
         };
         let (
@@ -516,7 +533,8 @@ impl Network {
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
     /// Forwarders live in the attaching process and end with its [`NetAttachment`].
     pub fn detach(&self, env_id: &str) -> Result<(), NetError> {
-        let Some(record) = self.record(env_id)? else {
+        let Some(record) = self.record_to_detach(env_id)? else {
+            let _ = std::fs::remove_file(self.record_path(env_id));
             return Ok(());
         };
         match &record.plumbing {
@@ -645,4 +663,29 @@ pub fn loopback_up(netns: &File) -> Result<(), NetError> {
             .map_err(|e| NetError::link("bring lo up inside the environment", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_a_power_cut_left_empty_is_detached_as_nothing_and_a_corrupt_one_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(t.path()).unwrap();
+        let net = Network::new(&home, NetworkOptions::default());
+        let path = home.env_dir("e").join("network.json");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // What `save` writes now goes without fsync: after a power cut the file may be
+        // there with its size but no content.
+        for torn in [&b""[..], &[0u8; 117][..], &b"\0\0\n"[..]] {
+            std::fs::write(&path, torn).unwrap();
+            net.detach("e").unwrap();
+            assert!(!path.exists(), "the torn record is removed");
+        }
+        // Not a power cut's: berth does not guess what it named.
+        std::fs::write(&path, b"{\"mode\": ").unwrap();
+        assert!(net.detach("e").is_err());
+        assert!(path.exists());
+    }
 }

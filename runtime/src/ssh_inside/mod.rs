@@ -22,7 +22,7 @@ mod sftp;
 mod tcp_listen;
 mod tcp_relay;
 
-pub use gitconfig_file::{GITCONFIG_PATH, RUN_DIR};
+pub use gitconfig_file::{write as write_gitconfig, GITCONFIG_PATH, RUN_DIR};
 pub use secret_files::{MAX_SECRET, SECRETS_DIR};
 pub use session_sockets::{valid_socket_name, GITCONFIG_FILE, SESSION_DIR_PLACEHOLDER};
 

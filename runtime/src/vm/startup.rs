@@ -221,7 +221,7 @@ impl VmBackend {
         state::create_dir_all(&logs)?;
         let agent = super::agent_binary::locate(spec.agent.as_deref())?;
         let kernels = KernelStore::new(self.home.clone());
-        let kernel = kernels.ensure(&spec.kernel, spec.modules.as_deref(), &self.mirror)?;
+        let kernel = kernels.ensure(&spec.kernel, spec.modules.as_deref(), self.mirror())?;
         let initramfs = kernels.initramfs(&kernel, &agent)?;
         let base = RootDisks::new(self.home.clone()).base_image(&spec.layers, spec.disk_size)?;
         // qemu gets a qcow2 overlay when qemu-img is there (or the environment already has

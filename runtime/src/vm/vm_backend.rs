@@ -26,7 +26,10 @@ use crate::state::{self, BerthHome};
 
 pub struct VmBackend {
     pub(super) home: BerthHome,
-    pub(super) mirror: Mirror,
+    /// Where kernels come from: found on first use (a VM start), not by every command that
+    /// opens the backends (`Environments::open`: `berth run` of a container read the host's
+    /// apt sources for nothing).
+    mirror: std::sync::OnceLock<Mirror>,
     net_options: NetworkOptions,
 }
 
@@ -56,7 +59,7 @@ impl VmBackend {
     pub fn new(home: BerthHome) -> Self {
         VmBackend {
             home,
-            mirror: Mirror::discover(),
+            mirror: std::sync::OnceLock::new(),
             net_options: NetworkOptions::default(),
         }
     }
@@ -64,9 +67,14 @@ impl VmBackend {
     pub fn with_mirror(home: BerthHome, mirror: Mirror) -> Self {
         VmBackend {
             home,
-            mirror,
+            mirror: std::sync::OnceLock::from(mirror),
             net_options: NetworkOptions::default(),
         }
+    }
+
+    /// The Debian mirror kernels are fetched from ([`Mirror::discover`] on first use).
+    pub(super) fn mirror(&self) -> &Mirror {
+        self.mirror.get_or_init(Mirror::discover)
     }
 
     pub fn status(&self, state_dir: &Path) -> Result<VmStatus, VmError> {

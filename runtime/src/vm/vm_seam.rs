@@ -169,14 +169,26 @@ impl Backend for VmBackend {
             .iter()
             .map(|(n, a)| (n.clone(), a.to_string()))
             .collect();
-        spec.hold_services = req.hold_services;
+        // The gitconfig goes in through the agent once the guest answers, and the services
+        // wait for it (unless the caller holds them itself and starts them later).
+        let hold_for_gitconfig = req.gitconfig.is_some() && !req.hold_services;
+        spec.hold_services = req.hold_services || hold_for_gitconfig;
         let st = VmBackend::start(self, &spec)?;
         let pid = st.process.map(|p| p.pid).ok_or(VmError::NotRunning)?;
+        let gitconfig_error = req.gitconfig.as_deref().and_then(|text| {
+            self.put_run_files(req.state_dir, RunFiles::Gitconfig(Some(text)))
+                .err()
+                .map(|e| e.to_string())
+        });
+        if hold_for_gitconfig {
+            Backend::start_services(self, req.state_dir)?;
+        }
         Ok(Started {
             pid,
             control_socket: st.control_socket.clone(),
             elapsed: t0.elapsed(),
             notices,
+            gitconfig_error,
         })
     }
     /// The agent held them back (`Setup::hold_services`).
