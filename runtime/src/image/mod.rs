@@ -25,6 +25,8 @@ pub mod build;
 pub mod build_cache;
 pub mod build_inputs;
 pub mod compressing_upload;
+pub mod context_digests;
+pub mod copy_keys;
 pub mod credentials;
 pub mod dev_feature;
 pub mod digest;
