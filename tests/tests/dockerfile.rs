@@ -468,3 +468,70 @@ COPY --from=quick /quick /out/quick
     assert_eq!(files["out/slow"], "slow\n");
     assert_eq!(files["out/quick"], "quick\n");
 }
+
+/// A dev container built from a Dockerfile (`build.dockerfile`, `context`, `target`, `args`)
+/// converts and comes up: `berth up --devcontainer` builds the target stage with the
+/// arguments, `containerEnv` and `remoteUser` apply; `init --from-devcontainer` writes the
+/// `[image] dockerfile` keys, and that berth.toml comes up the same.
+#[test]
+fn a_devcontainer_with_a_dockerfile_converts_and_comes_up() {
+    require_root!();
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::Builder::new()
+        .prefix("berth-dcdf-")
+        .tempdir()
+        .unwrap();
+    let p = project.path();
+    fs::create_dir_all(p.join(".devcontainer")).unwrap();
+    fs::write(p.join("tool.txt"), "from the context\n").unwrap();
+    fs::write(
+        p.join(".devcontainer/Dockerfile"),
+        "ARG REGISTRY\nFROM ${REGISTRY}/base:1 AS dev\nARG FLAVOUR=plain\nCOPY tool.txt /opt/tool.txt\nRUN echo \"$FLAVOUR\" > /opt/flavour\n\nFROM dev AS release\nRUN echo release > /opt/flavour\n",
+    )
+    .unwrap();
+    fs::write(
+        p.join(".devcontainer/devcontainer.json"),
+        format!(
+            r#"{{
+  // As the devcontainers templates write it: the context is the project folder.
+  "name": "dfdev",
+  "build": {{ "dockerfile": "Dockerfile", "context": "..", "target": "dev",
+             "args": {{ "REGISTRY": "{}", "FLAVOUR": "spicy" }} }},
+  "containerEnv": {{ "GREETING": "hi" }},
+  "remoteUser": "app"
+}}"#,
+            reg.addr
+        ),
+    )
+    .unwrap();
+    let b = Berth::new();
+    let check = |flags: &[&str]| {
+        let exec = |cmd: &str| {
+            let mut a = flags.to_vec();
+            a.extend_from_slice(&["exec", "--", "sh", "-c", cmd]);
+            b.ok(p, &a)
+        };
+        assert_eq!(
+            exec("cat /opt/tool.txt /opt/flavour"),
+            "from the context\nspicy\n"
+        );
+        assert_eq!(exec("echo $GREETING; id -un"), "hi\napp\n");
+        let mut a = flags.to_vec();
+        a.push("destroy");
+        b.ok(p, &a);
+    };
+    let (_, err) = b.ok_both(p, &["up", "--devcontainer"]);
+    assert!(err.contains("[dev 4/4] RUN echo \"$FLAVOUR\""), "{err}");
+    assert!(!err.contains("[release"), "only the target's stages: {err}");
+    check(&["--devcontainer"]);
+    assert!(!p.join("berth.toml").exists());
+
+    b.ok(p, &["init", "--from-devcontainer"]);
+    let toml = fs::read_to_string(p.join("berth.toml")).unwrap();
+    assert!(toml.contains(".devcontainer/Dockerfile"), "{toml}");
+    assert!(toml.contains("target = \"dev\""), "{toml}");
+    b.ok(p, &["up"]);
+    check(&[]);
+}
