@@ -275,14 +275,23 @@ pub fn hash_entry(
 /// Removes the memos of contexts that no longer exist (and unreadable ones) from the berth
 /// home `home`; the number removed and their bytes.
 pub fn prune(home: &Path) -> (usize, u64) {
+    remove_stale(&home.join(MEMO_DIR), |m: &Memo| !m.context.is_dir())
+}
+
+/// Removes the JSON files of `dir` that do not read as a `T` or that `stale` says are;
+/// the number removed and their bytes.
+pub(super) fn remove_stale<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    stale: impl Fn(&T) -> bool,
+) -> (usize, u64) {
     let mut removed = (0, 0);
-    let Ok(rd) = fs::read_dir(home.join(MEMO_DIR)) else {
+    let Ok(rd) = fs::read_dir(dir) else {
         return removed;
     };
     for e in rd.flatten() {
         let path = e.path();
-        let gone = match read_json::<Memo>(&path) {
-            Ok(Some(m)) => !m.context.is_dir(),
+        let gone = match read_json::<T>(&path) {
+            Ok(Some(m)) => stale(&m),
             _ => true,
         };
         if gone {
@@ -327,17 +336,13 @@ mod tests {
         assert_eq!(entry_hash("big.txt", &f, Some(&second)), h1);
         assert_eq!(second.files_read(), 0, "answered from the stamp");
 
-        let old = fs::metadata(&f).unwrap();
-        let mtime = nix::sys::time::TimeSpec::new(old.mtime(), old.mtime_nsec());
-        fs::write(&f, b"two").unwrap();
-        nix::sys::stat::utimensat(
-            None,
-            &f,
-            &mtime,
-            &mtime,
-            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-        )
-        .unwrap();
+        // Same size, the mtime put back: only the change time tells.
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+        std::io::Write::write_all(&mut &file, b"two").unwrap();
+        file.set_modified(mtime).unwrap();
+        drop(file);
+        assert_eq!(fs::metadata(&f).unwrap().modified().unwrap(), mtime);
         let third = ContextDigests::load(home.path(), ctx.path());
         let h3 = entry_hash("big.txt", &f, Some(&third));
         assert_eq!(third.files_read(), 1, "the change time moved: read again");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::context_digests::hash_entry;
+use super::context_digests::{hash_entry, remove_stale};
 use crate::state::{create_private_dir, read_json, write_json_volatile};
 
 /// The folder of the berth home the keys are kept in.
@@ -72,25 +72,9 @@ pub fn content_key(
 /// from the berth home `home`: the number removed and their bytes. Run after the layers were
 /// pruned, under the store's exclusive lock (no build is adding keys).
 pub fn prune(home: &Path) -> (usize, u64) {
-    let mut removed = (0, 0);
-    let Ok(rd) = fs::read_dir(home.join(KEYS_DIR)) else {
-        return removed;
-    };
-    for e in rd.flatten() {
-        let path = e.path();
-        let gone = match read_json::<KeptKey>(&path) {
-            Ok(Some(k)) => k.layers.iter().any(|l| !l.is_dir()),
-            _ => true,
-        };
-        if gone {
-            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
-            if fs::remove_file(&path).is_ok() {
-                removed.0 += 1;
-                removed.1 += size;
-            }
-        }
-    }
-    removed
+    remove_stale(&home.join(KEYS_DIR), |k: &KeptKey| {
+        k.layers.iter().any(|l| !l.is_dir())
+    })
 }
 
 #[cfg(test)]
