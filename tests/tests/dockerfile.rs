@@ -184,6 +184,8 @@ COPY --chown=app <<CONF /etc/app/conf
 greeting=$GREETING
 CONF
 ADD tool.tar.gz /opt/
+RUN --network=none tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' > /opt/nets-none
+RUN tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort > /opt/nets-default
 "#,
             reg.addr
         ),
@@ -203,6 +205,10 @@ ADD tool.tar.gz /opt/
         "archive owners kept: {l:?}"
     );
     assert!(!l.contains_key("opt/tool.tar.gz"));
+    // `--network=none`: loopback only; by default the step has a network of its own.
+    assert_eq!(files["opt/nets-none"], "lo\n");
+    let default: Vec<&str> = files["opt/nets-default"].lines().collect();
+    assert!(default.contains(&"lo") && default.len() >= 2, "{default:?}");
 }
 
 #[test]
