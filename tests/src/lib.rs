@@ -4,6 +4,7 @@
 //! (mounts, cgroups, processes, network devices) for leak checks.
 
 pub mod debian;
+pub mod dockerfile;
 pub mod forwarded;
 pub mod host;
 pub mod nested;

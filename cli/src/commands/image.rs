@@ -150,11 +150,12 @@ pub fn run(cmd: ImageCommand, g: &GlobalArgs) -> Result<i32, CliError> {
             let r = store.prune().map_err(fail)?;
             if !g.quiet {
                 eprintln!(
-                    "removed {} cached build steps, {} layers, {} layer copies and {} blobs, freed {}",
+                    "removed {} cached build steps, {} layers, {} layer copies, {} blobs and {} build keys, freed {}",
                     r.build_steps_removed,
                     r.layers_removed,
                     r.layer_copies_removed,
                     r.blobs_removed,
+                    r.build_memos_removed,
                     human_bytes(r.bytes_freed)
                 );
             }

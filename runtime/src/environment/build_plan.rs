@@ -38,17 +38,21 @@ pub(super) fn build_spec(plan: &Plan, home: &BerthHome) -> Result<BuildSpec, Env
 }
 
 /// [`BuildSpec::content_key`] of `spec`, with the content of the plan's Dockerfile and its
-/// build context when the base is built from one (an edit there rebuilds on `up`).
-pub(super) fn build_key(plan: &Plan, spec: &BuildSpec) -> Result<Option<String>, EnvError> {
+/// build context when the base is built from one (an edit there rebuilds on `up`; unchanged
+/// files are answered from their stamps in the berth home `home`, not read).
+pub(super) fn build_key(
+    plan: &Plan,
+    spec: &BuildSpec,
+    home: &BerthHome,
+) -> Result<Option<String>, EnvError> {
     let Some(df) = &plan.image.dockerfile else {
         return Ok(spec.content_key());
     };
-    let docker = crate::image::dockerfile::context::content_key(&df.path, &df.context).map_err(
-        |source| crate::state::StateError::Read {
+    let docker = crate::image::dockerfile::context::content_key(&df.path, &df.context, home.root())
+        .map_err(|source| crate::state::StateError::Read {
             path: df.context.clone(),
             source,
-        },
-    )?;
+        })?;
     Ok(Some(format!(
         "{}+dockerfile:{docker}",
         spec.content_key().unwrap_or_default()

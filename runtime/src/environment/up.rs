@@ -148,7 +148,7 @@ impl Environments {
         let hash = plan.hash();
         // What the build reads besides the plan (inputs, host certificates).
         let spec = build_spec(plan, &self.home)?;
-        let build_key = build_key(plan, &spec)?;
+        let build_key = build_key(plan, &spec, &self.home)?;
         let wanted = Wanted {
             rebuild: opts.rebuild,
             update: opts.update,

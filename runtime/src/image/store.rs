@@ -86,6 +86,9 @@ pub struct PruneReport {
     /// Copies of layers owned by an id range (homes without id-mapped mounts) that no
     /// environment uses.
     pub layer_copies_removed: usize,
+    /// Kept content keys of Dockerfile builds whose layers or context are gone
+    /// (`copy-keys/`, `context-digests/`).
+    pub build_memos_removed: usize,
     pub bytes_freed: u64,
 }
 
@@ -437,6 +440,14 @@ impl ImageStore {
             .map_err(|e| ImageError::Base(format!("{e}; prune removed no layer copies")))?;
         report.layer_copies_removed = copies;
         report.bytes_freed += copy_bytes;
+        // After the layers: a kept key goes with the layers it was read from.
+        for (n, bytes) in [
+            super::copy_keys::prune(self.home.root()),
+            super::context_digests::prune(self.home.root()),
+        ] {
+            report.build_memos_removed += n;
+            report.bytes_freed += bytes;
+        }
         for d in self.blobs.list()? {
             if !keep_blobs.contains(&d) {
                 report.bytes_freed += self.blobs.size(&d).unwrap_or(0);

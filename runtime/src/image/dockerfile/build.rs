@@ -22,6 +22,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::super::build::StepRunner;
 use super::super::build_cache::BuildCache;
+use super::super::context_digests::ContextDigests;
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::super::manifest::{ConfigFile, RunConfig};
@@ -93,6 +94,8 @@ pub(super) struct Run<'a> {
     pub(super) build: &'a DockerfileBuild,
     pub(super) plan: &'a BuildPlan,
     pub(super) ignore: DockerIgnore,
+    /// The content hashes of the context's files, from their stamps where unchanged.
+    pub(super) digests: &'a ContextDigests,
     pub(super) runner: &'a (dyn StepRunner + Sync),
     pub(super) progress: &'a Progress,
     cache: &'a BuildCache,
@@ -164,11 +167,13 @@ impl ImageStore {
             source: e,
         })?;
         let _lock = self.lock_shared()?;
+        let digests = ContextDigests::load(self.home.root(), &build.context);
         let mut run = Run {
             store: self,
             build,
             plan: &plan,
             ignore,
+            digests: &digests,
             runner,
             progress,
             cache,
@@ -180,7 +185,10 @@ impl ImageStore {
             cached: 0,
             pulled: 0,
         };
-        run.build_stages()?;
+        let built = run.build_stages();
+        // Kept whether or not the build succeeded: the files read stay read.
+        digests.save();
+        built?;
         let last = *plan.order.last().expect("the target is in the order");
         let st = run.done.remove(&last).expect("built");
         let record = self.record_local_image(&build.name, st.layers, st.config)?;
@@ -218,6 +226,7 @@ impl Run<'_> {
             build: self.build,
             plan: self.plan,
             ignore: self.ignore.clone(),
+            digests: self.digests,
             runner: self.runner,
             progress: self.progress,
             cache: self.cache,

@@ -4,11 +4,11 @@
 //! hash of what they copy (part of the step's cache key).
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
+
+use super::super::context_digests::{hash_entry, ContextDigests};
 
 /// The rules of a `.dockerignore`.
 #[derive(Debug, Clone, Default)]
@@ -296,41 +296,20 @@ fn walk_split(
     Ok((out, excluded))
 }
 
-/// Feeds a file's kind, mode, size and content (or link target) into `h`.
-pub fn hash_entry(h: &mut Sha256, rel: &str, path: &Path) -> std::io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    h.update(rel.as_bytes());
-    h.update(b"\0");
-    h.update(format!("{:o}\0", meta.permissions().mode()).as_bytes());
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        h.update(fs::read_link(path)?.as_os_str().as_encoded_bytes());
-    } else if ft.is_file() {
-        h.update(meta.size().to_le_bytes());
-        let mut f = fs::File::open(path)?;
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-    }
-    h.update(b"\n");
-    Ok(())
-}
-
 /// Hash of a Dockerfile and every file of its build context that `.dockerignore` keeps:
-/// what `up` compares to know that a Dockerfile base must be built again.
-pub fn content_key(dockerfile: &Path, context: &Path) -> std::io::Result<String> {
+/// what `up` compares to know that a Dockerfile base must be built again. The files' content
+/// hashes come from the memo of the berth home `home` where their stamps are unchanged
+/// ([`ContextDigests`]).
+pub fn content_key(dockerfile: &Path, context: &Path, home: &Path) -> std::io::Result<String> {
     let mut h = Sha256::new();
     h.update(fs::read(dockerfile)?);
     h.update(b"\0");
     let ignore = DockerIgnore::load(context)?;
+    let digests = ContextDigests::load(home, context);
     for rel in walk(context, "", &ignore)? {
-        hash_entry(&mut h, &rel, &inside(context, &rel))?;
+        hash_entry(&mut h, &rel, &inside(context, &rel), Some(&digests))?;
     }
+    digests.save();
     Ok(hex::encode(h.finalize()))
 }
 

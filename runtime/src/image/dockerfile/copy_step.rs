@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use super::super::context_digests::hash_entry;
+use super::super::copy_keys;
 use super::super::error::ImageError;
 use super::super::layer_writer::WhiteoutMode;
 use super::build::Run;
@@ -119,12 +121,13 @@ impl Run<'_> {
                     self.items_from_layers(&root_layers, &parts, name, &dest, dest_dir_hint, ins)?;
                 // Keyed by what is copied (as BuildKit): a source stage that ran again
                 // and made the same files reruns nothing here.
-                let content = copied_content_key(&self.store.home, &items).map_err(|e| {
-                    ImageError::Build {
-                        step: label.to_string(),
-                        detail: format!("cannot read what is copied: {e}"),
-                    }
-                })?;
+                let content =
+                    copied_content_key(&self.store.home, &root_layers, &items).map_err(|e| {
+                        ImageError::Build {
+                            step: label.to_string(),
+                            detail: format!("cannot read what is copied: {e}"),
+                        }
+                    })?;
                 key_parts.push(format!("content\0{content}").into_bytes());
                 let key = chain(
                     &st.key,
@@ -233,7 +236,7 @@ impl Run<'_> {
                     .map_err(ImageError::io(abs))?
                 {
                     let from_path = context::inside(&self.build.context, &r);
-                    context::hash_entry(&mut h, &r, &from_path)
+                    hash_entry(&mut h, &r, &from_path, Some(self.digests))
                         .map_err(ImageError::io(&from_path))?;
                     let sub = r
                         .strip_prefix(rel.as_str())
@@ -251,7 +254,7 @@ impl Run<'_> {
                 }
                 continue;
             }
-            context::hash_entry(&mut h, rel, abs).map_err(ImageError::io(abs))?;
+            hash_entry(&mut h, rel, abs, Some(self.digests)).map_err(ImageError::io(abs))?;
             let to = if multi || dest_dir_hint {
                 format!("{}/{}", dest.trim_end_matches('/'), base_name(rel))
             } else {
@@ -436,38 +439,18 @@ impl Run<'_> {
     }
 }
 
-/// The content hash of `items` copied from layers of the store, owners included (a
-/// `COPY --from` keeps them): each entry's destination, kind, mode, owner, size and bytes
-/// (or link target). The layers never change, so the hash is kept in `copy-keys/` under a
-/// hash of the items' paths, and a build whose steps are all cached reads no file again.
-fn copied_content_key(home: &crate::state::BerthHome, items: &[Item]) -> std::io::Result<String> {
-    use std::os::unix::fs::MetadataExt as _;
-    let mut which = Sha256::new();
-    for it in items {
-        which.update(it.from.as_os_str().as_encoded_bytes());
-        which.update(b"\0");
-        which.update(it.to.as_bytes());
-        which.update(b"\0");
-    }
-    let dir = home.root().join("copy-keys");
-    let memo = dir.join(hex::encode(which.finalize()));
-    if let Ok(k) = fs::read_to_string(&memo) {
-        if k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(k);
-        }
-    }
-    let mut h = Sha256::new();
-    for it in items {
-        let meta = fs::symlink_metadata(&it.from)?;
-        h.update(format!("{}:{}\0", meta.uid(), meta.gid()).as_bytes());
-        context::hash_entry(&mut h, &it.to, &it.from)?;
-    }
-    let key = hex::encode(h.finalize());
-    // Only a cache: a failed write costs a hash next time.
-    if crate::state::create_private_dir(&dir).is_ok() {
-        let _ = crate::state::atomic_write(&memo, key.as_bytes());
-    }
-    Ok(key)
+/// The content key of `items` copied from `layers` (owners included: a `COPY --from` keeps
+/// them), kept in the berth home ([`copy_keys`]).
+pub(super) fn copied_content_key(
+    home: &crate::state::BerthHome,
+    layers: &[PathBuf],
+    items: &[Item],
+) -> std::io::Result<String> {
+    let entries: Vec<(&std::path::Path, &str)> = items
+        .iter()
+        .map(|it| (it.from.as_path(), it.to.as_str()))
+        .collect();
+    copy_keys::content_key(home.root(), layers, &entries)
 }
 
 /// The last segment of a `/` path.

@@ -4,9 +4,11 @@
 //! agent an error at its line); when the step really runs, [`prepare`] stages them for that
 //! step alone and removes them afterwards (the [`PreparedMounts`] guard):
 //!
-//! - `type=bind`: a copy of the source (build context, `.dockerignore` applied, never
-//!   outside it, no symlink followed; or a stage or image with `from=`) in a staging folder,
-//!   mounted read-only unless `rw` (writes then land in the copy and are thrown away);
+//! - `type=bind`: the source itself, as an overlay of the build context (`.dockerignore`d
+//!   paths hidden by a mask of whiteouts; never outside it, no symlink followed) or of a
+//!   stage's or image's layers (`from=`), read-only unless `rw` (writes then land in a
+//!   throw-away upper folder); keyed by the content of what the step sees (context files
+//!   through their stamps, a stage's files through `copy_keys`), never by the stage's key;
 //! - `type=tmpfs`: a fresh tmpfs;
 //! - `type=secret`: the value read on the host (`[secrets]` of berth.toml, `--secret` of
 //!   `berth image build`) into a file on a private tmpfs folder (`/dev/shm`), never on disk,
@@ -21,9 +23,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::super::build::{StepLower, StepMount};
+use super::super::context_digests::hash_entry;
 use super::super::error::ImageError;
 use super::build::{BuildSecrets, Run};
 use super::context;
+use super::copy_step::copied_content_key;
 use super::error::{DockerfileError, Located, Pos};
 use super::parse::Instruction;
 use super::run_mount::MountRequest;
@@ -197,7 +201,7 @@ impl Run<'_> {
                             (Lowers::Context, rel, mask, content)
                         }
                         Some(name) => {
-                            let (layers, stage_key) = self.copy_source(name, pos)?;
+                            let (layers, _) = self.copy_source(name, pos)?;
                             let src = if source.is_empty() {
                                 "/".to_string()
                             } else {
@@ -219,7 +223,17 @@ impl Run<'_> {
                                     "name a path inside the stage or image",
                                 ))
                             })?;
-                            (Lowers::Layers(layers), sub, Vec::new(), stage_key)
+                            // Keyed by what the step sees (as `COPY --from`): a source
+                            // stage that ran again and made the same files reruns nothing.
+                            let content = copied_content_key(&self.store.home, &layers, &items)
+                                .map_err(|e| {
+                                    self.err(Located::new(
+                                        pos,
+                                        format!("cannot read `{source}` of `{name}`: {e}"),
+                                        "check that the berth home's layers are intact (berth image prune, then build again)",
+                                    ))
+                                })?;
+                            (Lowers::Layers(layers), sub, Vec::new(), content)
                         }
                     };
                     key.push(
@@ -339,7 +353,7 @@ impl Run<'_> {
                 .unwrap_or(&rel)
                 .trim_start_matches('/');
             let path = context::inside(root, &rel);
-            context::hash_entry(&mut h, sub, &path)
+            hash_entry(&mut h, sub, &path, Some(self.digests))
                 .map_err(|e| located(format!("cannot read `{rel}`: {e}")))?;
         }
         let mask = context::excluded_under(root, &m.rel, &self.ignore)
