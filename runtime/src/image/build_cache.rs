@@ -522,11 +522,7 @@ impl BuildCache {
             push_blob(
                 client,
                 &journal,
-                &LocalBlob {
-                    path: &store.blobs.path(&layer.digest),
-                    digest: &layer.digest,
-                    size: layer.size,
-                },
+                &LocalBlob::stored(&store.blobs, &layer.digest, layer.size),
                 &[],
                 chunk,
                 bar.as_mut(),
@@ -539,11 +535,7 @@ impl BuildCache {
         push_blob(
             client,
             &journal,
-            &LocalBlob {
-                path: &store.blobs.path(&config_digest),
-                digest: &config_digest,
-                size: config_bytes.len() as u64,
-            },
+            &LocalBlob::stored(&store.blobs, &config_digest, config_bytes.len() as u64),
             &[],
             chunk,
             quiet.as_mut(),

@@ -80,23 +80,7 @@ impl ImageStore {
         progress: &mut dyn TransferProgress,
     ) -> Result<CompressedPush, ImageError> {
         if let Some((digest, size)) = self.remembered_compression(layer, compression) {
-            let outcome = push_blob(
-                client,
-                journal,
-                &LocalBlob {
-                    path: &self.blobs.path(&digest),
-                    digest: &digest,
-                    size,
-                },
-                mount_from,
-                chunk,
-                progress,
-            )?;
-            return Ok(CompressedPush {
-                digest,
-                size,
-                outcome,
-            });
+            return self.push_stored(client, journal, digest, size, mount_from, chunk, progress);
         }
         let chunk = stream_chunk(chunk) as usize;
         let format = compression.format();
@@ -166,23 +150,15 @@ impl ImageStore {
         let (digest, size) = compressed?;
         let again = |journal: &UploadJournal, progress: &mut dyn TransferProgress| {
             journal.remove_as(client, layer, Some(format));
-            let outcome = push_blob(
+            self.push_stored(
                 client,
                 journal,
-                &LocalBlob {
-                    path: &self.blobs.path(&digest),
-                    digest: &digest,
-                    size,
-                },
+                digest.clone(),
+                size,
                 &[],
                 chunk as u64,
                 progress,
-            )?;
-            Ok::<_, ImageError>(CompressedPush {
-                digest: digest.clone(),
-                size,
-                outcome,
-            })
+            )
         };
         let outcome = match streamed? {
             Streamed::Whole { location, bytes } => {
@@ -211,6 +187,30 @@ impl ImageStore {
             Streamed::Refused => return again(journal, progress),
         };
         journal.remove_as(client, layer, Some(format));
+        Ok(CompressedPush {
+            digest,
+            size,
+            outcome,
+        })
+    }
+}
+
+impl ImageStore {
+    /// Puts the compressed blob `digest` of the store, `size` bytes, into the client's
+    /// repository the ordinary way ([`push_blob`]: existence check, mount, upload).
+    #[allow(clippy::too_many_arguments)]
+    fn push_stored(
+        &self,
+        client: &RegistryClient,
+        journal: &UploadJournal,
+        digest: Digest,
+        size: u64,
+        mount_from: &[String],
+        chunk: u64,
+        progress: &mut dyn TransferProgress,
+    ) -> Result<CompressedPush, ImageError> {
+        let blob = LocalBlob::stored(&self.blobs, &digest, size);
+        let outcome = push_blob(client, journal, &blob, mount_from, chunk, progress)?;
         Ok(CompressedPush {
             digest,
             size,

@@ -20,7 +20,9 @@
 
 pub mod auth;
 pub mod bases;
+mod blob_download;
 pub mod blob_store;
+mod blob_writer;
 pub mod build;
 pub mod build_cache;
 pub mod build_inputs;
