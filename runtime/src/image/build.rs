@@ -126,19 +126,28 @@ pub enum PackageManager {
 }
 
 impl PackageManager {
+    /// Every package manager berth knows, in the order [`PackageManager::detect`] prefers.
+    pub const ALL: [PackageManager; 4] = [
+        PackageManager::Apt,
+        PackageManager::Apk,
+        PackageManager::Dnf,
+        PackageManager::Yum,
+    ];
+
     /// Looks for the package tools in the merged view of `layers` (top layer first; a
     /// whiteout hides what is below it).
     pub fn detect(layers: &[PathBuf]) -> Option<Self> {
-        let candidates = [
-            ("usr/bin/apt-get", PackageManager::Apt),
-            ("sbin/apk", PackageManager::Apk),
-            ("usr/bin/dnf", PackageManager::Dnf),
-            ("usr/bin/yum", PackageManager::Yum),
-        ];
-        candidates
-            .into_iter()
-            .find(|(p, _)| visible(layers, p))
-            .map(|(_, m)| m)
+        Self::ALL.into_iter().find(|m| visible(layers, m.tool()))
+    }
+
+    /// The tool whose presence shows the package manager (a path in the image).
+    fn tool(self) -> &'static str {
+        match self {
+            PackageManager::Apt => "usr/bin/apt-get",
+            PackageManager::Apk => "sbin/apk",
+            PackageManager::Dnf => "usr/bin/dnf",
+            PackageManager::Yum => "usr/bin/yum",
+        }
     }
 
     /// The command that installs `packages`.
@@ -249,6 +258,17 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// `packages`, the inputs, each `setup` command. Each key chains its parent's, so a step
 /// reruns exactly when it or anything below it changed.
 pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedStep>, ImageError> {
+    plan_steps_with(base, spec, || PackageManager::detect(&base.layers))
+}
+
+/// [`plan_steps`] with the package manager told by `package_manager` (asked only when
+/// there are packages), not looked for in `base`'s layers: the keys of an image whose
+/// layers are not unpacked yet (the registry build cache looks them up during the pull).
+pub(crate) fn plan_steps_with(
+    base: &ResolvedImage,
+    spec: &BuildSpec,
+    package_manager: impl FnOnce() -> Option<PackageManager>,
+) -> Result<Vec<PlannedStep>, ImageError> {
     // Variables of every command step: the image's, a PATH, the CA variables.
     let mut step_env = base.config.env_pairs();
     if !step_env.iter().any(|(k, _)| k == "PATH") {
@@ -293,7 +313,7 @@ pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedS
                 detail: format!("`{bad}` is not a valid package name"),
             });
         }
-        let pm = PackageManager::detect(&base.layers).ok_or_else(|| ImageError::Build {
+        let pm = package_manager().ok_or_else(|| ImageError::Build {
             step: "packages".into(),
             detail: format!(
                 "the image {} has no apt-get, apk, dnf or yum; install packages in a `setup` step instead",
