@@ -183,14 +183,7 @@ impl PartialBlob {
 
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), ImageError> {
         if self.len + bytes.len() as u64 > self.expected_size {
-            let actual = self.len + bytes.len() as u64;
-            self.discard();
-            return Err(ImageError::SizeMismatch {
-                digest: self.digest.to_string(),
-                origin: self.origin.clone(),
-                expected: self.expected_size,
-                actual,
-            });
+            return Err(self.size_mismatch(self.len + bytes.len() as u64));
         }
         if self.keep {
             let f = self.file.as_mut().expect("open until commit");
@@ -205,8 +198,9 @@ impl PartialBlob {
     }
 
     /// Verifies size and digest and renames the blob into the store; on a mismatch the
-    /// partial file is deleted. A transient blob ([`super::blob_store::BlobStore::begin_transient`]) is only
-    /// verified (its tee then ends cleanly) and `None` returned: nothing is stored.
+    /// partial file is deleted. A transient blob
+    /// ([`super::blob_store::BlobStore::begin_transient`]) is only verified (its tee then
+    /// ends cleanly) and `None` returned: nothing is stored.
     pub fn commit(mut self) -> Result<Option<PathBuf>, ImageError> {
         let file = match self.file.take() {
             Some(mut f) => {
@@ -219,14 +213,7 @@ impl PartialBlob {
             None => None,
         };
         if self.len != self.expected_size {
-            let actual = self.len;
-            self.discard();
-            return Err(ImageError::SizeMismatch {
-                digest: self.digest.to_string(),
-                origin: self.origin.clone(),
-                expected: self.expected_size,
-                actual,
-            });
+            return Err(self.size_mismatch(self.len));
         }
         let actual = Digest::from_hasher(std::mem::take(&mut self.hasher));
         if actual != self.digest {
@@ -251,6 +238,17 @@ impl PartialBlob {
             t.end();
         }
         Ok(Some(dest))
+    }
+
+    /// Deletes what was written: the blob is `actual` bytes, not the size expected.
+    fn size_mismatch(&mut self, actual: u64) -> ImageError {
+        self.discard();
+        ImageError::SizeMismatch {
+            digest: self.digest.to_string(),
+            origin: self.origin.clone(),
+            expected: self.expected_size,
+            actual,
+        }
     }
 
     /// Gives up without keeping anything (the blob arrived by another way).
@@ -339,15 +337,7 @@ impl Read for TeeReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::blob_store::BlobStore;
-    use crate::state::BerthHome;
-
-    fn store() -> (tempfile::TempDir, BlobStore) {
-        let d = tempfile::tempdir().unwrap();
-        let home = BerthHome::at(d.path()).unwrap();
-        let s = BlobStore::new(&home);
-        (d, s)
-    }
+    use crate::image::blob_store::tests::store;
 
     #[test]
     fn a_transient_blob_is_verified_and_teed_but_never_written() {

@@ -197,3 +197,16 @@ pub fn file_digest(path: &Path) -> Result<(Digest, u64), ImageError> {
     let (_, d, n) = h.finish();
     Ok((d, n))
 }
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A blob store in a home of its own (the folder goes with the first value).
+    pub(in crate::image) fn store() -> (tempfile::TempDir, BlobStore) {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let s = BlobStore::new(&home);
+        (d, s)
+    }
+}

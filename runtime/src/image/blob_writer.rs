@@ -129,8 +129,9 @@ impl BlobWriter {
 
     /// Stores what was written under its digest (durably), unless `expected` is given and
     /// differs: then nothing is stored and the mismatch is the error. Returns the digest
-    /// and size. (A writer from [`super::blob_store::BlobStore::writer_unhashed`] has no digest of its own:
-    /// it is stored only when `expected` is given and its size is `expected`'s.)
+    /// and size. (A writer from [`super::blob_store::BlobStore::writer_unhashed`] has no
+    /// digest of its own: it is stored only when `expected` is given and its size is
+    /// `expected`'s.)
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
         let BlobWriter {
             w,
@@ -243,15 +244,7 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::blob_store::BlobStore;
-    use crate::state::BerthHome;
-
-    fn store() -> (tempfile::TempDir, BlobStore) {
-        let d = tempfile::tempdir().unwrap();
-        let home = BerthHome::at(d.path()).unwrap();
-        let s = BlobStore::new(&home);
-        (d, s)
-    }
+    use crate::image::blob_store::tests::store;
 
     #[test]
     fn a_copy_made_while_reading_is_stored_only_when_it_matches() {
