@@ -133,6 +133,17 @@ impl BlobWriter {
     /// digest of its own: it is stored only when `expected` is given and its size is
     /// `expected`'s.)
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), ImageError> {
+        self.commit_with(expected, |_, _| {})
+    }
+
+    /// [`BlobWriter::commit`], telling `known` the digest and size once they are known and
+    /// checked, before the file is synced and renamed in (work that needs only the digest
+    /// goes on meanwhile: closing an upload of the same bytes).
+    pub fn commit_with(
+        self,
+        expected: Option<&Digest>,
+        known: impl FnOnce(&Digest, u64),
+    ) -> Result<(Digest, u64), ImageError> {
         let BlobWriter {
             w,
             tmp,
@@ -157,6 +168,7 @@ impl BlobWriter {
                 });
             }
         }
+        known(&digest, size);
         store_written(bw, &tmp, &dir, &digest)?;
         Ok((digest, size))
     }
