@@ -305,7 +305,7 @@ impl Environments {
             // The steps are looked up in the cache while the base's layers download.
             None => cache.while_pulling(
                 &self.images,
-                &spec,
+                |id, config| crate::image::early_keys::early_chains(id, config, &spec),
                 resolve.pull.clone(),
                 |pull| {
                     let resolve = ResolveOptions { pull, ..resolve };

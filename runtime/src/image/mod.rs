@@ -31,6 +31,7 @@ pub mod credentials;
 pub mod dev_feature;
 pub mod digest;
 pub mod dockerfile;
+pub mod early_keys;
 pub mod error;
 pub mod export;
 pub mod host_ca;
