@@ -509,12 +509,27 @@ pub struct Seen {
     pub authorized: bool,
 }
 
+/// Holds back the body of a blob whose path contains `what` until a request whose path
+/// contains `until` has arrived, or `limit` has passed (see [`FakeRegistry::hold`]).
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    pub what: String,
+    pub until: String,
+    pub limit: Duration,
+    /// Bodies sent because the awaited request came, and because the limit passed.
+    pub released_by_request: usize,
+    pub released_by_limit: usize,
+}
+
 /// A minimal registry on loopback (HTTP/1.1, one connection per request).
 pub struct FakeRegistry {
     pub addr: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// While set, blob bodies are sent slowly (64 KiB every 25 ms).
     pub slow: Arc<AtomicBool>,
+    /// While set, the blob bodies it names wait for a request (to show what a client asks
+    /// while a download is still under way).
+    pub hold: Arc<Mutex<Option<Hold>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -557,8 +572,10 @@ impl FakeRegistry {
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let slow = Arc::new(AtomicBool::new(false));
+        let hold: Arc<Mutex<Option<Hold>>> = Arc::new(Mutex::new(None));
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, sl2, st2, a2) = (seen.clone(), slow.clone(), stop.clone(), addr.clone());
+        let h2 = hold.clone();
         let routes = Arc::new(routes);
         let thread = std::thread::spawn(move || {
             while !st2.load(Ordering::SeqCst) {
@@ -566,8 +583,17 @@ impl FakeRegistry {
                     Ok((stream, _)) => {
                         let (r, s, sl, a) = (routes.clone(), s2.clone(), sl2.clone(), a2.clone());
                         let basic = token_basic.clone();
+                        let h = h2.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(stream, &r, &s, &sl, require_token, basic.as_deref(), &a);
+                            let _ = serve(
+                                stream,
+                                &r,
+                                &s,
+                                (&sl, &h),
+                                require_token,
+                                basic.as_deref(),
+                                &a,
+                            );
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -578,6 +604,7 @@ impl FakeRegistry {
             addr,
             seen,
             slow,
+            hold,
             stop,
             thread: Some(thread),
         }
@@ -605,7 +632,7 @@ fn serve(
     stream: TcpStream,
     routes: &Routes,
     seen: &Mutex<Vec<Seen>>,
-    slow: &AtomicBool,
+    (slow, hold): (&AtomicBool, &Mutex<Option<Hold>>),
     require_token: bool,
     token_basic: Option<&str>,
     addr: &str,
@@ -738,6 +765,9 @@ fn serve(
         "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
         slice.len()
     )?;
+    if path.contains("/blobs/") {
+        wait_for_hold(path, hold, seen);
+    }
     if path.contains("/blobs/") && slow.load(Ordering::SeqCst) {
         for chunk in slice.chunks(64 * 1024) {
             out.write_all(chunk)?;
@@ -747,6 +777,38 @@ fn serve(
         Ok(())
     } else {
         out.write_all(slice)
+    }
+}
+
+/// Waits while `hold` holds `path` back (see [`Hold`]), and counts why it ended.
+fn wait_for_hold(path: &str, hold: &Mutex<Option<Hold>>, seen: &Mutex<Vec<Seen>>) {
+    let Some(h) = hold.lock().unwrap().clone() else {
+        return;
+    };
+    if !path.contains(&h.what) {
+        return;
+    }
+    let start = Instant::now();
+    let came = loop {
+        if seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.path.contains(&h.until))
+        {
+            break true;
+        }
+        if start.elapsed() >= h.limit {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    if let Some(h) = hold.lock().unwrap().as_mut() {
+        if came {
+            h.released_by_request += 1;
+        } else {
+            h.released_by_limit += 1;
+        }
     }
 }
 

@@ -725,3 +725,131 @@ fn a_hostile_cache_layer_that_does_not_match_its_digest_or_leaves_its_folder_is_
     assert!(tmp.is_empty(), "tmp/: {tmp:?}");
     ok(&b, p.path(), &[], &["destroy"]);
 }
+
+/// The raw bytes of `path` (`/v2/…`) on the real registry.
+fn raw(reg: &Registry, path: &str, accept: &str) -> Vec<u8> {
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("http://{}{path}", reg.addr))
+        .header("Accept", accept)
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.bytes().unwrap().to_vec()
+}
+
+#[test]
+fn the_steps_are_looked_up_and_their_layers_fetched_while_the_base_downloads() {
+    require_root!();
+    let Some(reg) = Registry::start() else { return };
+    // A registry base whose package manager is apk (a script standing in for it): the
+    // `packages` step's key depends on the package manager, which the layers tell.
+    let root = tempfile::tempdir().unwrap();
+    berth_e2e::host::busybox_rootfs(root.path());
+    fs::create_dir_all(root.path().join("sbin")).unwrap();
+    fs::write(
+        root.path().join("sbin/apk"),
+        "#!/bin/sh\necho RAN-PACKAGES; echo \"$*\" > /apk-ran\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        root.path().join("sbin/apk"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../sbin/apk", root.path().join("bin/apk")).unwrap();
+    let mut t = tar::Builder::new(Vec::new());
+    t.follow_symlinks(false);
+    t.append_dir_all(".", root.path()).unwrap();
+    let base = berth_e2e::oci::Image::new(
+        vec![Layer::new(t.into_inner().unwrap(), Compression::Gzip)],
+        match std::env::consts::ARCH {
+            "aarch64" => "arm64",
+            _ => "amd64",
+        },
+    );
+    let served = |extra: &Routes| {
+        let mut routes = extra.clone();
+        base.routes("team/base", "1", &mut routes);
+        FakeRegistry::start(routes, false)
+    };
+    let project_on = |registry: &str| {
+        format!(
+            r#"name = "{{name}}"
+[image]
+from = "{registry}/team/base:1"
+packages = ["fake-tool"]
+setup = ["echo RAN-STEP-ONE; echo one > /one.txt"]
+"#
+        )
+    };
+
+    // Machine A: builds every step and pushes it to the real registry.
+    let first = served(&Routes::default());
+    let p = Project::new(
+        "berth-cache-early-",
+        "cacheearly-",
+        &project_on(&first.addr),
+    );
+    let a = Berth::new();
+    let real = format!("{}/team/cache", reg.addr);
+    let err = ok(&a, p.path(), &[], &["up", "--cache-to", &real]);
+    assert!(err.contains("| RAN-PACKAGES"), "{err}");
+    let layers_a = env_layers(&a, &p.name);
+    ok(&a, p.path(), &[], &["destroy"]);
+    drop(first);
+
+    // Machine B: base and cache from one server, which holds the base's layer back until
+    // a cache entry is asked for. Looking the steps up only after the base is pulled, B
+    // would ask nothing while the layer is held (it is sent after the limit then).
+    let mut routes = Routes::default();
+    for (tag, m) in real_entries(&reg, "team/cache") {
+        let bytes = raw(
+            &reg,
+            &format!("/v2/team/cache/manifests/{tag}"),
+            OCI_MANIFEST,
+        );
+        routes.manifest("team/cache", &tag, OCI_MANIFEST, &bytes);
+        for d in [&m["config"]["digest"], &m["layers"][0]["digest"]] {
+            let d = d.as_str().unwrap();
+            let blob = raw(&reg, &format!("/v2/team/cache/blobs/{d}"), "*/*");
+            routes.blob("team/cache", &blob);
+        }
+    }
+    let second = served(&routes);
+    *second.hold.lock().unwrap() = Some(berth_e2e::oci::Hold {
+        what: base.layers[0].digest(),
+        until: "/manifests/cache-".into(),
+        limit: Duration::from_secs(20),
+        ..Default::default()
+    });
+    p.write(&project_on(&second.addr));
+    fs::remove_file(p.path().join("berth.lock")).unwrap();
+    let b = Berth::new();
+    let cache = format!("{}/team/cache", second.addr);
+    let err = ok(&b, p.path(), &[], &["up", "--cache-from", &cache]);
+    let hold = second.hold.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        (hold.released_by_request, hold.released_by_limit),
+        (1, 0),
+        "no step was looked up while the base's layer downloaded:\n{err}"
+    );
+    assert!(!err.contains("| RAN-"), "B ran a step:\n{err}");
+    for step in ["packages: fake-tool", "setup[0]"] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(step) && l.contains("(pulled from the cache")),
+            "{step} not pulled:\n{err}"
+        );
+    }
+    assert!(!err.contains("notice"), "{err}");
+    assert_eq!(env_layers(&b, &p.name), layers_a, "same layers");
+    let out = run(
+        &b,
+        p.path(),
+        &[],
+        &["exec", "--", "cat", "/apk-ran", "/one.txt"],
+    );
+    assert_eq!(text(&out).0, "add --no-cache fake-tool\none\n");
+    ok(&b, p.path(), &[], &["destroy"]);
+}

@@ -266,7 +266,7 @@ impl Environments {
             opts.progress.clone(),
         )?;
         // The registry build cache serves the Dockerfile's instructions and the steps alike.
-        let base = match &plan.image.dockerfile {
+        let image = match &plan.image.dockerfile {
             // The base built from the Dockerfile (`from` is unused then).
             Some(df) => {
                 let build = DockerfileBuild {
@@ -298,17 +298,28 @@ impl Environments {
                     self.images
                         .build_dockerfile_cached(&build, &runner, &opts.progress, &cache)?;
                 notices.extend(out.notices);
-                out.image
-            }
-            None => {
                 self.images
-                    .resolve_locked(&plan.image.from, &lock_path_for(&plan.file), &resolve)?
-                    .0
+                    .build_cached(&out.image, &spec, &runner, &opts.progress, &cache)?
             }
+            // The steps are looked up in the cache while the base's layers download.
+            None => cache.while_pulling(
+                &self.images,
+                |id, config| crate::image::early_keys::early_chains(id, config, &spec),
+                resolve.pull.clone(),
+                |pull| {
+                    let resolve = ResolveOptions { pull, ..resolve };
+                    let lock = lock_path_for(&plan.file);
+                    Ok(self
+                        .images
+                        .resolve_locked(&plan.image.from, &lock, &resolve)?
+                        .0)
+                },
+                |base| {
+                    self.images
+                        .build_cached(base, &spec, &runner, &opts.progress, &cache)
+                },
+            )?,
         };
-        let image = self
-            .images
-            .build_cached(&base, &spec, &runner, &opts.progress, &cache)?;
         notices.extend(cache.notices());
         drop(runner);
         let layer_dirs = image.layers.clone();

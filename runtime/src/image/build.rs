@@ -107,6 +107,17 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// `packages`, the inputs, each `setup` command. Each key chains its parent's, so a step
 /// reruns exactly when it or anything below it changed.
 pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedStep>, ImageError> {
+    plan_steps_with(base, spec, || PackageManager::detect(&base.layers))
+}
+
+/// [`plan_steps`] with the package manager told by `package_manager` (asked only when
+/// there are packages), not looked for in `base`'s layers: the keys of an image whose
+/// layers are not unpacked yet (the registry build cache looks them up during the pull).
+pub(crate) fn plan_steps_with(
+    base: &ResolvedImage,
+    spec: &BuildSpec,
+    package_manager: impl FnOnce() -> Option<PackageManager>,
+) -> Result<Vec<PlannedStep>, ImageError> {
     // Variables of every command step: the image's, a PATH, the CA variables.
     let mut step_env = base.config.env_pairs();
     if !step_env.iter().any(|(k, _)| k == "PATH") {
@@ -151,7 +162,7 @@ pub fn plan_steps(base: &ResolvedImage, spec: &BuildSpec) -> Result<Vec<PlannedS
                 detail: format!("`{bad}` is not a valid package name"),
             });
         }
-        let pm = PackageManager::detect(&base.layers).ok_or_else(|| ImageError::Build {
+        let pm = package_manager().ok_or_else(|| ImageError::Build {
             step: "packages".into(),
             detail: format!(
                 "the image {} has no apt-get, apk, dnf or yum; install packages in a `setup` step instead",

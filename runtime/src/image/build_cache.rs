@@ -320,29 +320,39 @@ impl BuildCache {
         target: &ImageReference,
         key: &str,
     ) -> Result<Option<CacheEntry>, String> {
+        let found = self.lookup_quiet(client, key)?;
+        // The first miss: is there a cache at all? Without one, say so once and ask no
+        // more.
+        if found.is_none()
+            && !self.checked_repository.swap(true, Ordering::Relaxed)
+            && !repository_exists(client).map_err(|e| e.to_string())?
+        {
+            self.read_off.store(true, Ordering::Relaxed);
+            // (No notice when this build is the one filling it.)
+            let filling = self.settings.to.as_ref().is_some_and(|to| {
+                to.registry == target.registry && to.repository == target.repository
+            });
+            if !filling {
+                self.notice(format!(
+                    "build cache {}/{}: the repository does not exist (yet): every step is built here; a build with --cache-to (or cache_push = true) fills it",
+                    target.registry, target.repository
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// The entry for `key` in the cache, `None` on a miss, which says nothing more (a key
+    /// asked on speculation: see `build_cache_prefetch.rs`).
+    fn lookup_quiet(
+        &self,
+        client: &RegistryClient,
+        key: &str,
+    ) -> Result<Option<CacheEntry>, String> {
         let fetched = match client.manifest(&entry_tag(key)) {
             Ok(m) => m,
             Err(ImageError::ManifestNotFound { .. })
-            | Err(ImageError::RegistryStatus { status: 404, .. }) => {
-                // The first miss: is there a cache at all? Without one, say so once and
-                // ask no more.
-                if !self.checked_repository.swap(true, Ordering::Relaxed)
-                    && !repository_exists(client).map_err(|e| e.to_string())?
-                {
-                    self.read_off.store(true, Ordering::Relaxed);
-                    // (No notice when this build is the one filling it.)
-                    let filling = self.settings.to.as_ref().is_some_and(|to| {
-                        to.registry == target.registry && to.repository == target.repository
-                    });
-                    if !filling {
-                        self.notice(format!(
-                        "build cache {}/{}: the repository does not exist (yet): every step is built here; a build with --cache-to (or cache_push = true) fills it",
-                        target.registry, target.repository
-                    ));
-                    }
-                }
-                return Ok(None);
-            }
+            | Err(ImageError::RegistryStatus { status: 404, .. }) => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
         let entry = CacheEntry::parse(&fetched.bytes, key).map_err(|why| {
@@ -522,11 +532,7 @@ impl BuildCache {
             push_blob(
                 client,
                 &journal,
-                &LocalBlob {
-                    path: &store.blobs.path(&layer.digest),
-                    digest: &layer.digest,
-                    size: layer.size,
-                },
+                &LocalBlob::stored(&store.blobs, &layer.digest, layer.size),
                 &[],
                 chunk,
                 bar.as_mut(),
@@ -539,11 +545,7 @@ impl BuildCache {
         push_blob(
             client,
             &journal,
-            &LocalBlob {
-                path: &store.blobs.path(&config_digest),
-                digest: &config_digest,
-                size: config_bytes.len() as u64,
-            },
+            &LocalBlob::stored(&store.blobs, &config_digest, config_bytes.len() as u64),
             &[],
             chunk,
             quiet.as_mut(),

@@ -80,23 +80,7 @@ impl ImageStore {
         progress: &mut dyn TransferProgress,
     ) -> Result<CompressedPush, ImageError> {
         if let Some((digest, size)) = self.remembered_compression(layer, compression) {
-            let outcome = push_blob(
-                client,
-                journal,
-                &LocalBlob {
-                    path: &self.blobs.path(&digest),
-                    digest: &digest,
-                    size,
-                },
-                mount_from,
-                chunk,
-                progress,
-            )?;
-            return Ok(CompressedPush {
-                digest,
-                size,
-                outcome,
-            });
+            return self.push_stored(client, journal, digest, size, mount_from, chunk, progress);
         }
         let chunk = stream_chunk(chunk) as usize;
         let format = compression.format();
@@ -117,8 +101,10 @@ impl ImageStore {
         journal.save_as(client, layer, Some(format), &location)?;
 
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
+        // The blob's digest and size, as soon as it is compressed (before it is synced).
+        let (known_tx, known_rx) = mpsc::channel::<(Digest, u64)>();
         let origin = src.display().to_string();
-        let (compressed, streamed) = std::thread::scope(|s| {
+        let (compressed, closed) = std::thread::scope(|s| {
             let compressor = s.spawn(move || -> Result<(Digest, u64), ImageError> {
                 let mut encoder = compression.encoder(file, &origin)?;
                 let mut blob = self.blobs.writer()?;
@@ -146,7 +132,9 @@ impl ImageStore {
                     }
                 }
                 drop(uploader);
-                let (digest, size) = blob.commit(None)?;
+                let (digest, size) = blob.commit_with(None, |digest, size| {
+                    let _ = known_tx.send((digest.clone(), size));
+                })?;
                 self.remember_compression(layer, compression, &digest, size)?;
                 Ok((digest, size))
             });
@@ -155,62 +143,103 @@ impl ImageStore {
             );
             // The compressor must not wait on a full queue for an uploader that stopped.
             drop(rx);
+            // Closing the upload needs only the digest: it goes while the blob is synced
+            // to the store.
+            let closed = match (streamed, known_rx.recv()) {
+                (Ok(streamed), Ok((digest, size))) => Some(close_stream(
+                    client, streamed, &digest, size, resumed_at, progress,
+                )),
+                (Err(e), _) => Some(Err(e)),
+                // The compressor failed: its error is the answer.
+                (Ok(_), Err(_)) => None,
+            };
             let compressed = compressor.join().unwrap_or_else(|_| {
                 Err(ImageError::Base(format!(
                     "compressing layer {} panicked",
                     layer.short()
                 )))
             });
-            (compressed, streamed)
+            (compressed, closed)
         });
         let (digest, size) = compressed?;
-        let again = |journal: &UploadJournal, progress: &mut dyn TransferProgress| {
-            journal.remove_as(client, layer, Some(format));
-            let outcome = push_blob(
-                client,
-                journal,
-                &LocalBlob {
-                    path: &self.blobs.path(&digest),
-                    digest: &digest,
+        let outcome = match closed {
+            Some(Ok(Some(outcome))) => outcome,
+            Some(Err(e)) => return Err(e),
+            // What was sent does not end in this blob (or the registry refused a chunk):
+            // the blob is stored now, send all of it.
+            Some(Ok(None)) | None => {
+                journal.remove_as(client, layer, Some(format));
+                return self.push_stored(
+                    client,
+                    journal,
+                    digest,
                     size,
-                },
-                &[],
-                chunk as u64,
-                progress,
-            )?;
-            Ok::<_, ImageError>(CompressedPush {
-                digest: digest.clone(),
-                size,
-                outcome,
-            })
-        };
-        let outcome = match streamed? {
-            Streamed::Whole { location, bytes } => {
-                client.finish_upload(&location, &digest, &bytes)?;
-                progress.advance(bytes.len() as u64);
-                BlobOutcome::Uploaded {
-                    bytes: size,
-                    resumed_at: 0,
-                }
+                    &[],
+                    chunk as u64,
+                    progress,
+                );
             }
-            Streamed::Sent { location, sent } => {
-                match client.finish_upload(&location, &digest, &[]) {
-                    Ok(()) => BlobOutcome::Uploaded {
-                        bytes: sent,
-                        resumed_at,
-                    },
-                    // What an earlier berth sent was not these bytes after all: the blob
-                    // is stored now, send all of it.
-                    Err(ImageError::RegistryStatus { status: 400, .. }) if resumed_at > 0 => {
-                        client.cancel_upload(&location);
-                        return again(journal, progress);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Streamed::Refused => return again(journal, progress),
         };
         journal.remove_as(client, layer, Some(format));
+        Ok(CompressedPush {
+            digest,
+            size,
+            outcome,
+        })
+    }
+}
+
+/// Closes the upload the stream went to, as the blob `digest` (`size` bytes): its outcome,
+/// or `None` when it must be sent again whole (a chunk was refused, or what an earlier
+/// berth sent before `resumed_at` was not these bytes after all).
+fn close_stream(
+    client: &RegistryClient,
+    streamed: Streamed,
+    digest: &Digest,
+    size: u64,
+    resumed_at: u64,
+    progress: &mut dyn TransferProgress,
+) -> Result<Option<BlobOutcome>, ImageError> {
+    match streamed {
+        Streamed::Whole { location, bytes } => {
+            client.finish_upload(&location, digest, &bytes)?;
+            progress.advance(bytes.len() as u64);
+            Ok(Some(BlobOutcome::Uploaded {
+                bytes: size,
+                resumed_at: 0,
+            }))
+        }
+        Streamed::Sent { location, sent } => match client.finish_upload(&location, digest, &[]) {
+            Ok(()) => Ok(Some(BlobOutcome::Uploaded {
+                bytes: sent,
+                resumed_at,
+            })),
+            Err(ImageError::RegistryStatus { status: 400, .. }) if resumed_at > 0 => {
+                client.cancel_upload(&location);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
+        Streamed::Refused => Ok(None),
+    }
+}
+
+impl ImageStore {
+    /// Puts the compressed blob `digest` of the store, `size` bytes, into the client's
+    /// repository the ordinary way ([`push_blob`]: existence check, mount, upload).
+    #[allow(clippy::too_many_arguments)]
+    fn push_stored(
+        &self,
+        client: &RegistryClient,
+        journal: &UploadJournal,
+        digest: Digest,
+        size: u64,
+        mount_from: &[String],
+        chunk: u64,
+        progress: &mut dyn TransferProgress,
+    ) -> Result<CompressedPush, ImageError> {
+        let blob = LocalBlob::stored(&self.blobs, &digest, size);
+        let outcome = push_blob(client, journal, &blob, mount_from, chunk, progress)?;
         Ok(CompressedPush {
             digest,
             size,

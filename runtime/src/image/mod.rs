@@ -20,7 +20,9 @@
 
 pub mod auth;
 pub mod bases;
+mod blob_download;
 pub mod blob_store;
+mod blob_writer;
 pub mod build;
 pub mod build_cache;
 pub mod build_inputs;
@@ -31,6 +33,7 @@ pub mod credentials;
 pub mod dev_feature;
 pub mod digest;
 pub mod dockerfile;
+pub mod early_keys;
 pub mod error;
 pub mod export;
 pub mod host_ca;

@@ -13,19 +13,28 @@ pub enum PackageManager {
 }
 
 impl PackageManager {
+    /// Every package manager berth knows, in the order [`PackageManager::detect`] prefers.
+    pub const ALL: [PackageManager; 4] = [
+        PackageManager::Apt,
+        PackageManager::Apk,
+        PackageManager::Dnf,
+        PackageManager::Yum,
+    ];
+
     /// Looks for the package tools in the merged view of `layers` (top layer first; a
     /// whiteout hides what is below it).
     pub fn detect(layers: &[PathBuf]) -> Option<Self> {
-        let candidates = [
-            ("usr/bin/apt-get", PackageManager::Apt),
-            ("sbin/apk", PackageManager::Apk),
-            ("usr/bin/dnf", PackageManager::Dnf),
-            ("usr/bin/yum", PackageManager::Yum),
-        ];
-        candidates
-            .into_iter()
-            .find(|(p, _)| visible(layers, p))
-            .map(|(_, m)| m)
+        Self::ALL.into_iter().find(|m| visible(layers, m.tool()))
+    }
+
+    /// The tool whose presence shows the package manager (a path in the image).
+    fn tool(self) -> &'static str {
+        match self {
+            PackageManager::Apt => "usr/bin/apt-get",
+            PackageManager::Apk => "sbin/apk",
+            PackageManager::Dnf => "usr/bin/dnf",
+            PackageManager::Yum => "usr/bin/yum",
+        }
     }
 
     /// The command that installs `packages`.

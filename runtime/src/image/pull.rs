@@ -33,7 +33,14 @@ pub struct PullOptions {
     /// berth built is stored), copied while the download is unpacked instead of
     /// decompressed a second time (the registry build cache).
     pub keep_tar: bool,
+    /// Told the image's id (its config's digest) and config as soon as a pull has them,
+    /// before any layer is fetched (the registry build cache looks the build's steps up
+    /// while the base's layers download).
+    pub on_config: Option<ConfigSeen>,
 }
+
+/// See [`PullOptions::on_config`].
+pub type ConfigSeen = std::sync::Arc<dyn Fn(&Digest, &ConfigFile) + Send + Sync>;
 
 impl Default for PullOptions {
     fn default() -> Self {
@@ -43,6 +50,7 @@ impl Default for PullOptions {
             progress: std::sync::Arc::new(super::progress::QuietProgress),
             jobs: 4,
             keep_tar: false,
+            on_config: None,
         }
     }
 }
@@ -134,6 +142,9 @@ impl Puller<'_> {
             .cloned()
             .zip(config.rootfs.diff_ids.iter().cloned())
             .collect();
+        if let Some(seen) = &opts.on_config {
+            seen(&manifest.config.digest, &config);
+        }
         self.fetch_layers(&client, &pairs, opts)?;
         self.blobs
             .put_bytes(&config_bytes, Some(&manifest.config.digest), &origin)?;

@@ -393,11 +393,7 @@ impl ImageStore {
             let (digest, outcome, mut bar) = match o.what {
                 Made::Blob { size } => {
                     let mut bar = opts.progress.start(&o.label, Some(size));
-                    let blob = LocalBlob {
-                        path: &self.blobs.path(&o.digest),
-                        digest: &o.digest,
-                        size,
-                    };
+                    let blob = LocalBlob::stored(&self.blobs, &o.digest, size);
                     let outcome =
                         push_blob(&client, &journal, &blob, sources, chunk, bar.as_mut())?;
                     (o.digest.clone(), outcome, bar)

@@ -16,6 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+use super::blob_store::BlobStore;
 use super::digest::Digest;
 use super::error::ImageError;
 use super::progress::TransferProgress;
@@ -407,9 +408,20 @@ impl UploadJournal {
 
 /// A blob of the local store to put into a repository.
 pub struct LocalBlob<'a> {
-    pub path: &'a Path,
+    pub path: PathBuf,
     pub digest: &'a Digest,
     pub size: u64,
+}
+
+impl<'a> LocalBlob<'a> {
+    /// The blob `digest` (of `size` bytes) of the store `blobs`.
+    pub fn stored(blobs: &BlobStore, digest: &'a Digest, size: u64) -> Self {
+        LocalBlob {
+            path: blobs.path(digest),
+            digest,
+            size,
+        }
+    }
 }
 
 /// Puts `blob` into the client's repository: nothing when it is there, a mount from one of
@@ -423,7 +435,7 @@ pub fn push_blob(
     chunk: u64,
     progress: &mut dyn TransferProgress,
 ) -> Result<BlobOutcome, ImageError> {
-    let (path, digest, size) = (blob.path, blob.digest, blob.size);
+    let (path, digest, size) = (blob.path.as_path(), blob.digest, blob.size);
     if client.blob_exists(digest)? {
         journal.remove(client, digest);
         return Ok(BlobOutcome::Existed);
