@@ -708,6 +708,37 @@ fn the_id_mapping_survives_a_change_of_etc_subuid() {
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 
+/// A build step takes its ids as an environment's start does: when /etc/subuid moved root's
+/// range after the home's first start, the home keeps its first range, and a step must run
+/// in it too. (A step once chose from /etc/subuid alone and handed its writable root to ids
+/// the start then did not map: `mkdir` in `/` failed with "Permission denied".)
+#[test]
+fn a_build_step_runs_in_the_homes_kept_id_range_after_etc_subuid_changes() {
+    require_root!();
+    let (a, b_start) = (2_100_000_000u32, 2_200_000_000u32);
+    let first = project("name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n");
+    let b = Berth::new();
+    let before = first.snapshot(&b);
+    let subids = RootSubids::new();
+    subids.give_root(a);
+    // The home's first start records root's range.
+    b.ok(first.path(), &["-q", "run", "--", "true"]);
+    subids.give_root(b_start);
+    let step = project(
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n\
+         setup = [\"mkdir /step-made && touch /step-made/f\"]\n",
+    );
+    let o = b.run_in(
+        step.path(),
+        &["-q", "run", "--", "stat", "-c", "%u:%g", "/step-made/f"],
+    );
+    let (out, err) = text(&o);
+    drop(subids);
+    assert!(o.status.success(), "the step failed:\n{out}\n{err}");
+    assert_eq!(out, "0:0\n", "{err}");
+    before.assert_nothing_leaked(&first.snapshot(&b));
+}
+
 /// `berth ls | head -0` and `berth status --json | head -c1`: a reader that goes away ends the
 /// printing command quietly (as `ls` or `tail` end), never with a panic and exit code 101.
 #[test]

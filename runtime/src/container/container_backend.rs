@@ -70,7 +70,10 @@ impl ContainerBackend {
         let (mapping, mapping_notice) = match &spec.join {
             // A sidecar lives in the environment's user namespace: its mapping, not one of its own.
             Some(join) => (super::sidecar::Joined::open(spec, join)?.mapping, None),
-            None => stable_mapping(spec, &who, recorded.as_ref())?,
+            None => match &spec.chosen_mapping {
+                Some(chosen) => (Some(chosen.clone()), None),
+                None => stable_mapping(spec, &who, recorded.as_ref())?,
+            },
         };
         let mut notices: Vec<String> = mapping_notice.into_iter().collect();
         if let (Some(m), true) = (&mapping, who.uid == 0) {

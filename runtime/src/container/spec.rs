@@ -91,6 +91,11 @@ pub struct ContainerSpec {
     /// berth's tmpfs before anything runs inside (`StartRequest::gitconfig`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gitconfig: Option<String>,
+    /// The id mapping already chosen by the caller (a build step chooses before the start,
+    /// since its writable root must belong to the step's root): the start uses exactly this
+    /// one instead of choosing again, so /etc/subuid changing in between cannot split them.
+    #[serde(default)]
+    pub chosen_mapping: Option<super::idmap::IdMapping>,
 }
 
 /// The mounts of a plan (the environment's or a sidecar's) with their host paths: volumes
@@ -229,6 +234,7 @@ impl ContainerSpec {
             join: None,
             secret_env: Vec::new(),
             gitconfig: None,
+            chosen_mapping: None,
         }
     }
 

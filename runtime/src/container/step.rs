@@ -12,6 +12,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use super::container_backend::ContainerBackend;
 use super::error::{ContainerError, Context, Result};
 use super::idmap::{self, Invoker};
+use super::idmap_record::stable_mapping;
 use super::layer_ids::unmap_tree;
 use super::run_state::ContainerState;
 use super::spec::{ContainerSpec, MountSpec, UserMappingChoice};
@@ -101,11 +102,14 @@ pub fn run_step(req: &StepRequest, on_output: &mut dyn FnMut(OutputStream, &[u8]
         .collect();
     let who = Invoker::current();
     // Root's mapping is known before the start: the upper's top folder must belong to the
-    // step's root, or it could not write to `/`.
+    // step's root, or it could not write to `/`. It is chosen as an environment's start
+    // chooses (the home's kept range when /etc/subuid moved since, `idmap_record`), and the
+    // start is given this very mapping.
     let mapping = match who.uid {
-        0 => idmap::choose(spec.user_mapping, false, &who)?,
+        0 => stable_mapping(&spec, &who, None)?.0,
         _ => None,
     };
+    spec.chosen_mapping = mapping.clone();
     if let Some(m) = &mapping {
         let (u, g) = (m.host_uid(0), m.host_gid(0));
         std::os::unix::fs::lchown(&req.upper, u, g)
