@@ -88,6 +88,18 @@ impl BaseEntry {
             Side::Env => self.env_mtime_ns,
         }
     }
+
+    /// The entry `side` had when both sides agreed (without the hash).
+    pub fn entry_of(&self, side: Side) -> Entry {
+        Entry {
+            kind: self.kind,
+            mode: self.mode,
+            size: self.size,
+            mtime_ns: self.mtime(side),
+            target: self.target.clone(),
+            hash: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
