@@ -7,7 +7,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,6 +19,9 @@ use berth_runtime::sync::transport::{
 };
 use berth_runtime::sync::tree::{Entry, Scan};
 use berth_runtime::sync::{LocalTransport, SyncConfig, SyncEngine, SyncState, Transport};
+
+mod sync_dirs;
+use sync_dirs::dirs;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -178,26 +181,6 @@ impl Drop for Running {
             }
         }
     }
-}
-
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    host: PathBuf,
-    env: PathBuf,
-    state: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = Dirs {
-        host: tmp.path().join("host"),
-        env: tmp.path().join("env"),
-        state: tmp.path().join("state"),
-        _tmp: tmp,
-    };
-    fs::create_dir(&d.host).unwrap();
-    fs::create_dir(&d.env).unwrap();
-    d
 }
 
 fn read(p: &Path) -> String {
