@@ -17,6 +17,9 @@ use berth_runtime::sync::{
 use sha2::{Digest, Sha256};
 use std::os::unix::net::UnixStream;
 
+mod sync_dirs;
+use sync_dirs::{dirs, Dirs};
+
 const WAIT: Duration = Duration::from_secs(60);
 
 /// A running engine between two folders; stopped and joined on drop.
@@ -120,26 +123,6 @@ impl Drop for ShutdownOnDrop {
     fn drop(&mut self) {
         let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
-}
-
-struct Dirs {
-    _tmp: tempfile::TempDir,
-    host: PathBuf,
-    env: PathBuf,
-    state: PathBuf,
-}
-
-fn dirs() -> Dirs {
-    let tmp = tempfile::tempdir().unwrap();
-    let d = Dirs {
-        host: tmp.path().join("host"),
-        env: tmp.path().join("env"),
-        state: tmp.path().join("state"),
-        _tmp: tmp,
-    };
-    fs::create_dir(&d.host).unwrap();
-    fs::create_dir(&d.env).unwrap();
-    d
 }
 
 fn cfg(d: &Dirs) -> SyncConfig {

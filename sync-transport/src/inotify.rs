@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::own_renames::WatcherRunning;
 use crate::transport::{Barrier, EventSink, WatchEvent};
-use crate::tree::is_temp_name;
+use crate::tree::{is_temp_name, parent};
 
 /// The events watched on every folder.
 const MASK: u32 = libc::IN_CLOSE_WRITE
@@ -122,6 +123,11 @@ struct Tree {
     fd: OwnedFd,
     root: PathBuf,
     wds: HashMap<i32, String>,
+    /// The renames of the transport writing this tree, whose events are dropped
+    /// ([`crate::own_renames`]), and the cookies of those seen leaving their temporary name
+    /// (→ the path they are renamed to).
+    own: Option<WatcherRunning>,
+    own_moves: HashMap<u32, String>,
 }
 
 impl Tree {
@@ -201,8 +207,13 @@ impl Tree {
     }
 }
 
-/// Starts watching `root`: every folder gets its watch before this returns.
-pub fn start(root: &Path, sink: Arc<EventSink>) -> Result<InotifyWatch, StartError> {
+/// Starts watching `root`: every folder gets its watch before this returns. `own`: the renames
+/// of the transport writing the tree, whose events are not reported ([`crate::own_renames`]).
+pub fn start(
+    root: &Path,
+    sink: Arc<EventSink>,
+    own: Option<WatcherRunning>,
+) -> Result<InotifyWatch, StartError> {
     // SAFETY: plain syscall; the result is checked before use.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if fd < 0 {
@@ -214,6 +225,8 @@ pub fn start(root: &Path, sink: Arc<EventSink>) -> Result<InotifyWatch, StartErr
         fd,
         root: root.to_path_buf(),
         wds: HashMap::new(),
+        own,
+        own_moves: HashMap::new(),
     };
     tree.add_recursive("")?;
     let stop = Arc::new(new_eventfd(0)?);
@@ -343,6 +356,7 @@ const BURST: std::time::Duration = std::time::Duration::from_millis(2);
 struct Raw<'a> {
     wd: i32,
     mask: u32,
+    cookie: u32,
     name: &'a [u8],
 }
 
@@ -361,6 +375,7 @@ fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
         out.push(Raw {
             wd: ev.wd,
             mask: ev.mask,
+            cookie: ev.cookie,
             name,
         });
         at = end;
@@ -370,12 +385,18 @@ fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
 
 /// Reports the events of one buffer; `false` when the watch is over (its limit was hit).
 fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
+    // The file last reported (watch, name, deep), to report a run of its events once.
+    let mut last: Option<(i32, &[u8], bool)> = None;
     for raw in parse(buf) {
         if raw.mask & libc::IN_Q_OVERFLOW != 0 {
             // Folders created meanwhile may have no watch yet: add what is missing first.
             if let Err(e) = tree.add_recursive("") {
                 return limit_reached(e, sink);
             }
+            if let Some(own) = &tree.own {
+                own.renames().forget_all();
+            }
+            tree.own_moves.clear();
             sink(WatchEvent::Rescan);
             continue;
         }
@@ -399,8 +420,28 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         };
         let is_dir = raw.mask & libc::IN_ISDIR != 0;
         // The engine's own temporary files (most events of the side it writes to) are
-        // dropped before anything is allocated for them.
+        // dropped before anything is allocated for them. One leaving its name may be the
+        // transport's rename into place: its arrival is dropped below.
         if !is_dir && is_temp_name(name) {
+            if raw.mask & libc::IN_MOVED_FROM != 0 {
+                if let Some(to) = tree.own.as_ref().and_then(|o| o.renames().take(name)) {
+                    if parent(&to) == dir.as_str() {
+                        if tree.own_moves.len() >= 1024 {
+                            tree.own_moves.clear();
+                        }
+                        tree.own_moves.insert(raw.cookie, to);
+                    }
+                }
+            }
+            continue;
+        }
+        // Creations, removals and renames may concern whole folders.
+        let deep = raw.mask
+            & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
+            != 0;
+        // The events of one write to a file (truncate, write, close) come one after another:
+        // the path is reported once (the engine looks at it once anyway).
+        if !is_dir && last.is_some_and(|(wd, n, d)| wd == raw.wd && n == raw.name && (d || !deep)) {
             continue;
         }
         let rel = if dir.is_empty() {
@@ -419,13 +460,22 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if rel.split('/').any(is_temp_name) {
             continue;
         }
-        // Creations, removals and renames may concern whole folders.
-        let deep = raw.mask
-            & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
-            != 0;
+        if !is_dir && raw.mask & libc::IN_MOVED_TO != 0 && own_rename(tree, raw.cookie, &rel) {
+            continue;
+        }
+        last = (!is_dir).then_some((raw.wd, raw.name, deep));
         sink(WatchEvent::Changed { rel, deep });
     }
     true
+}
+
+/// Whether the arrival of `rel` by the rename with `cookie` is the transport's own rename of
+/// its temporary file to exactly this path (then not reported).
+fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
+    if tree.own_moves.is_empty() {
+        return false;
+    }
+    tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
@@ -459,7 +509,7 @@ mod tests {
         let sink: EventSink = Box::new(move |e| {
             let _ = tx.lock().unwrap().send(e);
         });
-        let w = start(root, Arc::new(sink))
+        let w = start(root, Arc::new(sink), None)
             .map_err(|e| format!("{e:?}"))
             .unwrap();
         (w, rx)
@@ -493,8 +543,8 @@ mod tests {
         fs::write(r.join("kept"), "k").unwrap();
         let (_w, rx) = watch(r);
         fs::write(r.join("f"), "1").unwrap();
+        // Its write and close come right after and are folded into this report.
         until(&rx, &ch("f", true));
-        until(&rx, &ch("f", false)); // its close after writing
         fs::set_permissions(r.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
         until(&rx, &ch("f", false));
         fs::rename(r.join("f"), r.join("g")).unwrap();
@@ -534,7 +584,7 @@ mod tests {
         let sink: EventSink = Box::new(move |e| {
             let _ = sink_tx.lock().unwrap().send(e);
         });
-        let w = start(r, Arc::new(sink))
+        let w = start(r, Arc::new(sink), None)
             .map_err(|e| format!("{e:?}"))
             .unwrap();
         let barrier = w.barrier();
@@ -593,6 +643,91 @@ mod tests {
         for i in 0..FILES {
             assert!(seen.contains(&format!("f{i}")), "f{i} never reported");
         }
+    }
+
+    /// One raw event as the kernel writes it (name padded with NULs to 16 bytes).
+    fn raw_event(wd: i32, mask: u32, cookie: u32, name: &str) -> Vec<u8> {
+        let len = (name.len() + 1).next_multiple_of(16);
+        let head = libc::inotify_event {
+            wd,
+            mask,
+            cookie,
+            len: len as u32,
+        };
+        // SAFETY: `inotify_event` is a plain C struct; its bytes are read within its size.
+        let mut out = unsafe {
+            std::slice::from_raw_parts(
+                (&head as *const libc::inotify_event).cast::<u8>(),
+                std::mem::size_of::<libc::inotify_event>(),
+            )
+        }
+        .to_vec();
+        out.extend_from_slice(name.as_bytes());
+        out.resize(out.len() + len - name.len(), 0);
+        out
+    }
+
+    #[test]
+    fn a_files_run_of_events_is_reported_once_and_only_own_exact_renames_are_dropped() {
+        use crate::own_renames::OwnRenames;
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let own = Arc::new(OwnRenames::default());
+        let mut tree = Tree {
+            // SAFETY: `fd` is a new descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: PathBuf::from("/nonexistent"),
+            wds: HashMap::from([(1, "d".to_string())]),
+            own: Some(own.watcher_started()),
+            own_moves: HashMap::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let sink: EventSink = Box::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        });
+        let tmp = |n: &str| format!(".{n}.berth-sync-tmp-1-1");
+        assert!(own.expect(&tmp("a"), "d/a"));
+        assert!(own.expect(&tmp("b"), "d/b"));
+        let events: Vec<Vec<u8>> = vec![
+            // A write by path: truncate, write, close; a creation and its writes.
+            raw_event(1, libc::IN_MODIFY, 0, "f"),
+            raw_event(1, libc::IN_MODIFY, 0, "f"),
+            raw_event(1, libc::IN_CLOSE_WRITE, 0, "f"),
+            raw_event(1, libc::IN_CREATE, 0, "g"),
+            raw_event(1, libc::IN_MODIFY, 0, "g"),
+            raw_event(1, libc::IN_CLOSE_WRITE, 0, "g"),
+            // Not deep, then deep: both reported.
+            raw_event(1, libc::IN_MODIFY, 0, "h"),
+            raw_event(1, libc::IN_DELETE, 0, "h"),
+            // The transport's rename of its temporary file to the name it was staged for.
+            raw_event(1, libc::IN_MOVED_FROM, 7, &tmp("a")),
+            raw_event(1, libc::IN_MOVED_TO, 7, "a"),
+            // Its temporary file moved by someone else to another name.
+            raw_event(1, libc::IN_MOVED_FROM, 8, &tmp("b")),
+            raw_event(1, libc::IN_MOVED_TO, 8, "x"),
+            // A temporary-looking name the transport never staged.
+            raw_event(1, libc::IN_MOVED_FROM, 9, &tmp("c")),
+            raw_event(1, libc::IN_MOVED_TO, 9, "c"),
+            // A later change of the renamed file.
+            raw_event(1, libc::IN_MODIFY, 0, "a"),
+        ];
+        assert!(handle_buffer(&mut tree, &events.concat(), &sink));
+        drop(sink);
+        let got: Vec<WatchEvent> = rx.iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ch("d/f", false),
+                ch("d/g", true),
+                ch("d/h", false),
+                ch("d/h", true),
+                ch("d/x", true),
+                ch("d/c", true),
+                ch("d/a", false),
+            ]
+        );
     }
 
     #[test]
@@ -681,7 +816,7 @@ mod tests {
                 let _ = go.recv();
             }
         });
-        let _w = start(r, Arc::new(sink))
+        let _w = start(r, Arc::new(sink), None)
             .map_err(|e| format!("{e:?}"))
             .unwrap();
         fs::set_permissions(r.join("a"), fs::Permissions::from_mode(0o600)).unwrap();

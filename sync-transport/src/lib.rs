@@ -8,6 +8,7 @@
 //! | [`local`] | a transport for a folder reachable by path (host, `/proc/<pid>/root/…`, a VM guest's own folder) |
 //! | [`watch`] | the watcher of a tree: inotify, or polling as a fallback |
 //! | [`inotify`] | berth's recursive inotify watcher (one thread, only the events the engine needs) |
+//! | [`own_renames`] | a local transport's renames into place, whose events its watcher drops |
 //! | [`wire`] | the byte-stream protocol that carries a transport (frames, messages, errors) |
 //! | [`serve`](mod@serve) | answers that protocol with any transport (`berth-agent sync-serve`) |
 //! | [`remote`] | `RemoteTransport`: a transport on the far end of such a stream |
@@ -19,6 +20,7 @@ pub mod delta;
 pub mod ignore;
 pub mod inotify;
 pub mod local;
+pub mod own_renames;
 pub mod remote;
 pub mod serve;
 pub mod transport;

@@ -135,6 +135,18 @@ pub trait Transport: Send + Sync {
     /// Opens the file at `rel` for reading (refusing symlinks). Returns its entry at opening.
     fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError>;
 
+    /// [`Self::read_file`] of a file whose entry the caller just looked up (`seen`): a
+    /// transport may return `seen` as the entry instead of looking again. The caller compares
+    /// it with [`SourceFile::entry_now`] after reading, as always, so a change between the
+    /// look and the opening makes the copy start over.
+    fn read_file_seen(
+        &self,
+        rel: &str,
+        _seen: &Entry,
+    ) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
+        self.read_file(rel)
+    }
+
     /// Writes `data` to a temporary file beside `rel` (creating missing parent folders), with
     /// permission bits `mode` and modification time `mtime_ns`.
     fn stage_file(

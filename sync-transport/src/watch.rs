@@ -10,17 +10,21 @@ use std::time::Duration;
 use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::inotify::{self, StartError};
+use crate::own_renames::OwnRenames;
 
 use crate::transport::{EventSink, TransportError, WatchEvent, Watching};
 use crate::tree::is_temp_name;
 
-/// Watches `root` recursively; see the module documentation. `label` names the side.
+/// Watches `root` recursively; see the module documentation. `label` names the side. `own`:
+/// the renames of the transport writing the tree, whose events the inotify watcher drops
+/// ([`crate::own_renames`]).
 pub fn watch_tree(
     label: &str,
     root: &Path,
     sink: EventSink,
     force_poll: bool,
     poll_interval: Duration,
+    own: Option<&Arc<OwnRenames>>,
 ) -> Result<Watching, TransportError> {
     let sink: Arc<EventSink> = Arc::new(sink);
     let make_handler = || {
@@ -48,7 +52,7 @@ pub fn watch_tree(
     };
     let mut polling = force_poll.then(|| "polling requested".to_string());
     if !force_poll {
-        match inotify::start(root, sink.clone()) {
+        match inotify::start(root, sink.clone(), own.map(|o| o.watcher_started())) {
             Ok(w) => {
                 return Ok(Watching {
                     barrier: Some(w.barrier()),

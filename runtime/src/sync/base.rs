@@ -88,6 +88,18 @@ impl BaseEntry {
             Side::Env => self.env_mtime_ns,
         }
     }
+
+    /// The entry `side` had when both sides agreed (without the hash).
+    pub fn entry_of(&self, side: Side) -> Entry {
+        Entry {
+            kind: self.kind,
+            mode: self.mode,
+            size: self.size,
+            mtime_ns: self.mtime(side),
+            target: self.target.clone(),
+            hash: None,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -96,14 +108,25 @@ struct Snapshot {
     entries: BTreeMap<String, BaseEntry>,
 }
 
+/// [`Snapshot`] as written, borrowing the entries.
+#[derive(Serialize)]
+struct SnapshotOut<'a> {
+    version: u32,
+    entries: &'a BTreeMap<String, BaseEntry>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct JournalLine {
     p: String,
     e: Option<BaseEntry>,
 }
 
-/// Journal lines after which the journal is folded into the snapshot.
+/// Journal lines after which the journal is folded into the snapshot: at least this many, and
+/// at least [`COMPACT_PER_ENTRY`] per entry of the base, so that writing the snapshot (all
+/// entries) costs a bounded amount per journal line however big the tree is (a 100,000-file
+/// tree's snapshot was rewritten every 20,000 lines).
 const COMPACT_AFTER: usize = 20_000;
+const COMPACT_PER_ENTRY: usize = 4;
 
 /// The persisted base state.
 pub struct BaseStore {
@@ -213,7 +236,7 @@ impl BaseStore {
         if self.pending.len() >= PENDING_MAX {
             self.write_journal()?;
         }
-        if self.journal_lines >= COMPACT_AFTER {
+        if self.journal_lines >= COMPACT_AFTER.max(COMPACT_PER_ENTRY * self.entries.len()) {
             self.compact()?;
         }
         Ok(())
@@ -236,9 +259,9 @@ impl BaseStore {
 
     /// Writes a fresh snapshot and empties the journal.
     pub fn compact(&mut self) -> Result<(), StateError> {
-        let bytes = serde_json::to_vec(&Snapshot {
+        let bytes = serde_json::to_vec(&SnapshotOut {
             version: 1,
-            entries: self.entries.clone(),
+            entries: &self.entries,
         })
         .map_err(|e| StateError::Write {
             path: self.snapshot.clone(),
@@ -360,6 +383,35 @@ mod tests {
         std::mem::forget(s);
         let s = BaseStore::open(d.path()).unwrap();
         assert!(s.get("many/0").is_some());
+    }
+
+    #[test]
+    fn the_snapshot_is_rewritten_after_lines_in_proportion_to_the_entries() {
+        let d = tempfile::tempdir().unwrap();
+        let snapshot = d.path().join("base.json");
+        // Opening wrote the (empty) snapshot.
+        let mut s = BaseStore::open(d.path()).unwrap();
+        let written = fs::metadata(&snapshot).unwrap().modified().unwrap();
+        let size = fs::metadata(&snapshot).unwrap().len();
+        // COMPACT_AFTER entries written, then each rewritten twice: 3 lines per entry, fewer
+        // than COMPACT_PER_ENTRY, so the journal holds them all (the snapshot was rewritten
+        // every COMPACT_AFTER lines before).
+        let entries = COMPACT_AFTER;
+        for round in 1..4 {
+            for i in 0..entries {
+                s.set(&format!("f{i}"), Some(be(round))).unwrap();
+            }
+        }
+        assert_eq!(fs::metadata(&snapshot).unwrap().len(), size);
+        assert_eq!(
+            fs::metadata(&snapshot).unwrap().modified().unwrap(),
+            written
+        );
+        s.write_journal().unwrap();
+        std::mem::forget(s);
+        let s = BaseStore::open(d.path()).unwrap();
+        assert_eq!(s.get("f0"), Some(&be(3)));
+        assert_eq!(s.len(), entries);
     }
 
     #[test]

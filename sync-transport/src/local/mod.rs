@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ignore::IgnoreRules;
+use crate::own_renames::OwnRenames;
 use crate::transport::{EventSink, SourceFile, Staged, Transport, TransportError, Watching};
 use crate::tree::{file_name, hash_reader, is_normal_rel, parent, Entry, EntryKind, Scan};
 use crate::watch::watch_tree;
@@ -56,6 +57,8 @@ pub struct LocalTransport {
     counter: AtomicU64,
     /// This process's id, part of every temporary name (asked once: `getpid` is a system call).
     pid: u32,
+    /// Renames of staged entries into place, for this transport's watcher to drop.
+    own_renames: Arc<OwnRenames>,
 }
 
 impl LocalTransport {
@@ -82,6 +85,7 @@ impl LocalTransport {
             poll_interval: Duration::from_millis(500),
             counter: AtomicU64::new(0),
             pid: std::process::id(),
+            own_renames: Arc::new(OwnRenames::default()),
         })
     }
 
@@ -245,7 +249,15 @@ impl Transport for LocalTransport {
     }
 
     fn read_file(&self, rel: &str) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
-        self.open_source(rel)
+        self.open_source(rel, None)
+    }
+
+    fn read_file_seen(
+        &self,
+        rel: &str,
+        seen: &Entry,
+    ) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
+        self.open_source(rel, Some(seen))
     }
 
     fn stage_file(
@@ -345,6 +357,7 @@ impl Transport for LocalTransport {
             sink,
             force_poll,
             self.poll_interval,
+            Some(&self.own_renames),
         )
     }
 }

@@ -1,5 +1,6 @@
 //! Reading a file to copy it: opened beneath the root (or by its final name in the folder this
-//! thread keeps open), read no further than the size it had when opened.
+//! thread keeps open), read no further than the size it had when opened (or when the caller
+//! looked it up just before: then not looked at again here).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -11,9 +12,14 @@ use crate::transport::{SourceFile, TransportError};
 use crate::tree::{file_name, parent, Entry, EntryKind};
 
 impl LocalTransport {
+    /// Opens `rel` to copy it. `seen`: its entry as the caller just looked it up, returned as
+    /// the entry at opening instead of a `fstat` (the caller's look after reading tells
+    /// whether anything changed since; a folder or device put there meanwhile reads nothing
+    /// as a file and is no regular file then).
     pub(super) fn open_source(
         &self,
         rel: &str,
+        seen: Option<&Entry>,
     ) -> Result<(Entry, Box<dyn SourceFile>), TransportError> {
         self.check(rel)?;
         let flags = libc::O_RDONLY | libc::O_NONBLOCK;
@@ -39,7 +45,13 @@ impl LocalTransport {
             file: File::from(fd),
             left: 0,
         };
-        let entry = f.entry_now().map_err(|e| self.err("stat", rel, e))?;
+        let entry = match seen {
+            Some(e) if e.kind == EntryKind::File => Entry {
+                hash: None,
+                ..e.clone()
+            },
+            _ => f.entry_now().map_err(|e| self.err("stat", rel, e))?,
+        };
         f.left = entry.size;
         if entry.kind != EntryKind::File {
             return Err(self.err(

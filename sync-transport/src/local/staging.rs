@@ -154,6 +154,16 @@ impl LocalTransport {
             },
         };
         let name = file_name(&staged.rel);
+        // The watcher is told first, so that it can drop this rename's event (the engine's
+        // own write) whenever it reads it; a rename that does not happen is taken back.
+        let told = self.own_renames.expect(&staged.temp_name, &staged.rel);
+        let fail = |e: TransportError| {
+            if told {
+                self.own_renames.cancel(&staged.temp_name);
+            }
+            let _ = unlink_at(&dir, &staged.temp_name, false);
+            Err(e)
+        };
         // A new entry: one rename that refuses to replace anything (no look first, and no
         // window between the look and the rename). Filesystems without the flag take the
         // look-then-rename way below.
@@ -161,17 +171,13 @@ impl LocalTransport {
             match rename_noreplace_at(&dir, &staged.temp_name, name) {
                 Ok(()) => return self.committed(&dir, &staged.rel, written),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    let _ = unlink_at(&dir, &staged.temp_name, false);
-                    return Err(TransportError::Changed {
+                    return fail(TransportError::Changed {
                         side: self.label.clone(),
-                        path: staged.rel,
+                        path: staged.rel.clone(),
                     });
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => {
-                    let _ = unlink_at(&dir, &staged.temp_name, false);
-                    return Err(self.err("rename into place", &staged.rel, e));
-                }
+                Err(e) => return fail(self.err("rename into place", &staged.rel, e)),
             }
         }
         let current = self.lstat_at(&dir, name);
@@ -181,15 +187,13 @@ impl LocalTransport {
             _ => false,
         };
         if !unchanged {
-            let _ = unlink_at(&dir, &staged.temp_name, false);
-            return Err(TransportError::Changed {
+            return fail(TransportError::Changed {
                 side: self.label.clone(),
-                path: staged.rel,
+                path: staged.rel.clone(),
             });
         }
         if let Err(e) = rename_at(&dir, &staged.temp_name, &dir, name) {
-            let _ = unlink_at(&dir, &staged.temp_name, false);
-            return Err(self.err("rename into place", &staged.rel, e));
+            return fail(self.err("rename into place", &staged.rel, e));
         }
         self.committed(&dir, &staged.rel, written)
     }

@@ -200,3 +200,75 @@ fn mkdir_and_set_mode() {
     fs::write(d.path().join("x/f"), "1").unwrap();
     assert_eq!(tr.set_mode("x/f", 0o751).unwrap().mode, 0o751);
 }
+
+/// The transport's own renames into place are not reported by its watcher (the engine's own
+/// writes coming back as changes to look at); every other change of those paths still is.
+#[test]
+fn the_watcher_passes_over_the_transports_own_renames_into_place_only() {
+    use crate::transport::WatchEvent;
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("sub")).unwrap();
+    let tr = t(d.path());
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let w = tr
+        .watch(
+            Box::new(move |e| {
+                let _ = tx.lock().unwrap().send(e);
+            }),
+            false,
+        )
+        .unwrap();
+    assert!(w.polling.is_none(), "inotify is needed: {:?}", w.polling);
+    // Everything reported up to the creation of `mark` (events come in order).
+    let reported_until = |mark: &str| -> Vec<String> {
+        fs::write(d.path().join(mark), "").unwrap();
+        let mut seen = Vec::new();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(WatchEvent::Changed { rel, .. }) if rel == mark => return seen,
+                Ok(WatchEvent::Changed { rel, .. }) => seen.push(rel),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => panic!("{mark} never reported ({e}); got {seen:?}"),
+            }
+        }
+    };
+    // A new file and a replaced one, written by the transport.
+    let s = tr.stage_file("sub/a", &mut &b"1"[..], 0o644, 1).unwrap();
+    let first = tr.commit(s, None).unwrap();
+    let s = tr.stage_file("sub/a", &mut &b"22"[..], 0o644, 2).unwrap();
+    tr.commit(s, Some(&first)).unwrap();
+    let s = tr.stage_symlink("sub/l", "a").unwrap();
+    tr.commit(s, None).unwrap();
+    assert_eq!(reported_until("m1"), Vec::<String>::new());
+    // Someone else's rename of a name that looks like a temporary file of the transport, a
+    // write and a chmod of a file the transport wrote: reported.
+    let fake = d
+        .path()
+        .join(format!("sub/.b{TEMP_MARKER}{}-0", std::process::id()));
+    fs::write(&fake, "x").unwrap();
+    fs::rename(&fake, d.path().join("sub/b")).unwrap();
+    let seen = reported_until("m2");
+    assert!(seen.contains(&"sub/b".to_string()), "{seen:?}");
+    fs::write(d.path().join("sub/a"), "333").unwrap();
+    let seen = reported_until("m3");
+    assert!(seen.contains(&"sub/a".to_string()), "{seen:?}");
+    fs::set_permissions(d.path().join("sub/a"), fs::Permissions::from_mode(0o600)).unwrap();
+    let seen = reported_until("m4");
+    assert!(seen.contains(&"sub/a".to_string()), "{seen:?}");
+    // A staged file moved by someone else to another name than its own: reported, and the
+    // commit then fails (nothing to rename).
+    let s = tr.stage_file("sub/c", &mut &b"c"[..], 0o644, 3).unwrap();
+    fs::rename(
+        d.path().join("sub").join(&s.temp_name),
+        d.path().join("sub/elsewhere"),
+    )
+    .unwrap();
+    assert!(tr.commit(s, None).is_err());
+    let seen = reported_until("m5");
+    assert!(seen.contains(&"sub/elsewhere".to_string()), "{seen:?}");
+    assert!(!seen.contains(&"sub/c".to_string()), "{seen:?}");
+    drop(w);
+}

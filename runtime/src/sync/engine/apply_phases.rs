@@ -3,7 +3,7 @@
 //! records (parents first); then the file copies. Every change is recorded in the base and the
 //! round's journal lines are written when it ends.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -25,30 +25,44 @@ pub(super) const FAILURE_RETRY: Duration = Duration::from_secs(5);
 
 impl Worker<'_> {
     /// Decides and applies every path. Returns what was done and the paths to retry.
+    /// `assumed`: paths whose entry on that side is taken from the base, not looked up
+    /// ([`Worker::unreported_as_base`]); where the decision would act on it unchecked, the
+    /// side is looked at first.
     pub(super) fn apply(
         &mut self,
         paths: Vec<String>,
         host: &mut Tree,
         env: &mut Tree,
+        assumed: &HashMap<String, Side>,
         stop: &AtomicBool,
     ) -> Result<(PassResult, Vec<String>), SyncError> {
         let mut decisions = Vec::new();
+        let mut unknown = None;
         for p in paths {
-            let mut d = decide(host.get(&p), env.get(&p), self.base.get(&p));
-            if let Decision::NeedHash { host: hh, env: he } = d {
-                if hh {
-                    self.fill_hash(Side::Host, &p, host);
+            let Some(mut d) = self.decide_path(&p, host, env) else {
+                continue;
+            };
+            if let Some(&side) = assumed.get(&p) {
+                if !self.checked_when_applied(&p, d, host, env) {
+                    let tree = tree_mut(side, host, env);
+                    match self.side(side).stat(&p) {
+                        Ok(Some(e)) => {
+                            tree.insert(p.clone(), e);
+                        }
+                        Ok(None) | Err(TransportError::Escapes { .. }) => {
+                            tree.remove(&p);
+                        }
+                        Err(e) => {
+                            // Unknown, not deleted: left for the next look.
+                            unknown = Some(e.to_string());
+                            continue;
+                        }
+                    }
+                    match self.decide_path(&p, host, env) {
+                        Some(now) => d = now,
+                        None => continue,
+                    }
                 }
-                if he {
-                    self.fill_hash(Side::Env, &p, env);
-                }
-                d = decide(host.get(&p), env.get(&p), self.base.get(&p));
-                if let Decision::NeedHash { .. } = d {
-                    continue; // vanished while hashed; its event will bring it back
-                }
-            }
-            if self.cfg().host_to_env_only {
-                d = host_wins(d);
             }
             if d != Decision::Nothing {
                 decisions.push((p, d));
@@ -181,7 +195,13 @@ impl Worker<'_> {
                     Side::Host => (&self.engine.host, &self.engine.env),
                     Side::Env => (&self.engine.env, &self.engine.host),
                 };
-                results.push(copy_file(&**src, &**dst, &job.rel, job.dst_expect.as_ref()));
+                results.push(copy_file(
+                    &**src,
+                    &**dst,
+                    &job.rel,
+                    Some(&job.src_seen),
+                    job.dst_expect.as_ref(),
+                ));
             }
             results
         };
@@ -202,6 +222,9 @@ impl Worker<'_> {
         if let Err(e) = self.base.write_journal() {
             failed = Some(e.to_string());
         }
+        if failed.is_none() {
+            failed = unknown;
+        }
         if failed.is_some() && self.rescan_at.is_none() {
             self.rescan_at = Some(Instant::now() + FAILURE_RETRY);
         }
@@ -219,6 +242,52 @@ impl Worker<'_> {
             }
         });
         Ok((result, retry))
+    }
+
+    /// Whether applying decision `d` for `rel` checks the target's entry before it acts, so
+    /// that an entry taken from the base instead of looked up ([`Worker::unreported_as_base`])
+    /// cannot be acted on when it is out of date: nothing to do, a removal (it compares the
+    /// entry first), a file copy or symlink (committed only over the expected entry), a folder
+    /// replacing a non-folder (removed first). A change of permission bits alone is not
+    /// checked (nor is a conflict, which cannot arise from an entry equal to the base).
+    fn checked_when_applied(&self, rel: &str, d: Decision, host: &Tree, env: &Tree) -> bool {
+        match d {
+            Decision::Nothing => true,
+            Decision::Propagate { from } => {
+                let (src, dst) = pick(from, host, env, rel);
+                match (src, dst) {
+                    (None, _) => true,
+                    (Some(s), dst) => match s.kind {
+                        EntryKind::File => !self.mode_only_applies(from, rel, s, dst),
+                        EntryKind::Symlink => true,
+                        EntryKind::Dir => dst.is_some_and(|d| d.kind != EntryKind::Dir),
+                    },
+                }
+            }
+            Decision::Record | Decision::Conflict { .. } | Decision::NeedHash { .. } => false,
+        }
+    }
+
+    /// The decision for `rel` (hashing what it needs); `None` when a file vanished while it
+    /// was hashed (its event brings it back).
+    fn decide_path(&self, rel: &str, host: &mut Tree, env: &mut Tree) -> Option<Decision> {
+        let mut d = decide(host.get(rel), env.get(rel), self.base.get(rel));
+        if let Decision::NeedHash { host: hh, env: he } = d {
+            if hh {
+                self.fill_hash(Side::Host, rel, host);
+            }
+            if he {
+                self.fill_hash(Side::Env, rel, env);
+            }
+            d = decide(host.get(rel), env.get(rel), self.base.get(rel));
+            if let Decision::NeedHash { .. } = d {
+                return None;
+            }
+        }
+        if self.cfg().host_to_env_only {
+            d = host_wins(d);
+        }
+        Some(d)
     }
 
     fn transport_failure(&self, e: TransportError) -> Outcome {
@@ -288,7 +357,7 @@ impl Worker<'_> {
                     (src, new)
                 } else {
                     let src_t = self.side(from).clone();
-                    copy_file(&*src_t, &*dst, rel, dst_now.as_ref())?
+                    copy_file(&*src_t, &*dst, rel, Some(src), dst_now.as_ref())?
                 }
             }
         };
@@ -324,6 +393,7 @@ impl Worker<'_> {
         Some(CopyJob {
             from,
             rel: rel.to_string(),
+            src_seen: src.clone(),
             dst_expect: dst.cloned(),
         })
     }

@@ -63,6 +63,7 @@ impl Worker<'_> {
         let mut scanned: HashSet<String> = HashSet::new();
         let mut gitignore_dirs = BTreeSet::new();
         let mut unreadable = Vec::new();
+        let mut assumed = HashMap::new();
         // Deep paths first, shortest first, so their subtrees cover the rest.
         let mut order: Vec<(String, DirtyPath)> = batch.paths.into_iter().collect();
         order.sort_by_key(|(p, d)| (!d.deep, p.len()));
@@ -78,10 +79,12 @@ impl Worker<'_> {
             if file_name(&rel) == ".gitignore" {
                 gitignore_dirs.insert(parent(&rel).to_string());
             }
-            let (Some(h), Some(e)) = (
-                self.look(Side::Host, &rel, &mut pre),
-                self.look(Side::Env, &rel, &mut pre),
-            ) else {
+            let as_base = self.unreported_as_base(&rel, dp);
+            let mut look = |w: &mut Self, side: Side| match &as_base {
+                Some((s, b)) if *s == side => Some(Some(b.clone())),
+                _ => w.look(side, &rel, &mut pre),
+            };
+            let (Some(h), Some(e)) = (look(self, Side::Host), look(self, Side::Env)) else {
                 // Could not be read: unknown, not deleted; the error is in the status.
                 unknown = Some(format!("{rel}: could not be read (see the last error)"));
                 continue;
@@ -130,13 +133,16 @@ impl Worker<'_> {
                 if let Some(e) = e {
                     trees[1].insert(rel.clone(), e);
                 }
+                if let Some((side, _)) = as_base {
+                    assumed.insert(rel.clone(), side);
+                }
                 paths.insert(rel);
             }
         }
         let paths = self.filter_ignored(paths, &trees);
         let paths = without_unknown(paths, &unreadable);
         let [mut host, mut env] = trees;
-        let (mut result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        let (mut result, retry) = self.apply(paths, &mut host, &mut env, &assumed, stop)?;
         if result.failure.is_none() {
             result.failure = unknown;
         }
@@ -153,6 +159,18 @@ impl Worker<'_> {
             s.pending = 0;
         });
         Ok(result)
+    }
+
+    /// The side that did not report `rel` and the entry it had in the base, when the engine
+    /// takes that entry as its state instead of looking: one side alone reported a change of
+    /// a file (not deep) that both sides agreed on. Whatever is done with it checks the entry
+    /// first (a copy's commit and a removal look at the target before they act; see
+    /// [`Worker::apply`] for the rest), so a change of that side whose event is still on its
+    /// way makes the operation report `Changed` and the path is looked at again.
+    fn unreported_as_base(&self, rel: &str, dp: DirtyPath) -> Option<(Side, Entry)> {
+        let other = dp.only_side().filter(|_| !dp.deep)?.other();
+        let b = self.base.get(rel).filter(|b| b.kind == EntryKind::File)?;
+        Some((other, b.entry_of(other)))
     }
 
     /// `stat` of one side for reconciling: `Some(None)` when the path is not in the tree
@@ -204,9 +222,10 @@ impl Worker<'_> {
     }
 
     /// For a big batch, the `stat` of both sides of every path not below a deep path (those
-    /// are usually covered by a scan of that folder), taken by one thread per side at once;
-    /// for a likely echo of the engine's own write, only of the side it wrote. Small batches
-    /// (a single save) are looked at path by path.
+    /// are usually covered by a scan of that folder; the deep path itself is looked at
+    /// first), taken by one thread per side at once; for a likely echo of the engine's own
+    /// write, only of the side it wrote. Small batches (a single save) are looked at path by
+    /// path.
     fn prefetch_stats(&self, order: &[(String, DirtyPath)]) -> Prefetched {
         if order.len() < PREFETCH_FROM {
             return [HashMap::new(), HashMap::new()];
@@ -218,7 +237,7 @@ impl Worker<'_> {
             .collect();
         let mut todo: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
         for (p, d) in order {
-            if d.deep || covered(p, &deep) {
+            if !p.is_empty() && covered(parent(p), &deep) {
                 continue;
             }
             let echo_side = self
@@ -226,8 +245,9 @@ impl Worker<'_> {
                 .get(p)
                 .map(|(side, _)| *side)
                 .filter(|side| d.only_side() == Some(*side));
+            let as_base = self.unreported_as_base(p, *d).map(|(side, _)| side);
             for side in [Side::Host, Side::Env] {
-                if echo_side.is_none_or(|e| e == side) {
+                if echo_side.is_none_or(|e| e == side) && as_base != Some(side) {
                     todo[idx(side)].push(p.as_str());
                 }
             }
@@ -243,6 +263,9 @@ impl Worker<'_> {
                 .collect::<HashMap<_, _>>()
         };
         let (host, env) = (&self.engine.host, &self.engine.env);
+        if todo[0].is_empty() || todo[1].is_empty() {
+            return [stat_all(host, &todo[0]), stat_all(env, &todo[1])];
+        }
         std::thread::scope(|s| {
             let h = s.spawn(|| stat_all(host, &todo[0]));
             let e = stat_all(env, &todo[1]);

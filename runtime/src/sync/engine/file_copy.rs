@@ -44,7 +44,13 @@ impl Worker<'_> {
                             Side::Host => (host, env),
                             Side::Env => (env, host),
                         };
-                        let r = copy_file(src, dst, &job.rel, job.dst_expect.as_ref());
+                        let r = copy_file(
+                            src,
+                            dst,
+                            &job.rel,
+                            Some(&job.src_seen),
+                            job.dst_expect.as_ref(),
+                        );
                         *slots[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
                     }
                 });
@@ -94,6 +100,8 @@ type CopyResult = Result<(Entry, Entry), TransportError>;
 pub(super) struct CopyJob {
     pub(super) from: Side,
     pub(super) rel: String,
+    /// The source's entry as looked up for the decision.
+    pub(super) src_seen: Entry,
     pub(super) dst_expect: Option<Entry>,
 }
 
@@ -127,18 +135,25 @@ fn copy_threads() -> usize {
 }
 
 /// Copies a file whole from `src` to `dst`, retrying while the source changes under the copy.
+/// `src_seen`: the source's entry as the engine just looked it up (the first attempt starts
+/// from it instead of looking again).
 pub(super) fn copy_file(
     src: &dyn Transport,
     dst: &dyn Transport,
     rel: &str,
+    src_seen: Option<&Entry>,
     dst_expect: Option<&Entry>,
 ) -> Result<(Entry, Entry), TransportError> {
     let changed = || TransportError::Changed {
         side: src.describe(),
         path: rel.to_string(),
     };
-    for _ in 0..COPY_ATTEMPTS {
-        let (before, file) = match src.read_file(rel) {
+    for attempt in 0..COPY_ATTEMPTS {
+        let opened = match src_seen.filter(|_| attempt == 0) {
+            Some(seen) => src.read_file_seen(rel, seen),
+            None => src.read_file(rel),
+        };
+        let (before, file) = match opened {
             Ok(f) => f,
             Err(TransportError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -148,12 +163,19 @@ pub(super) fn copy_file(
             Err(e) => return Err(e),
         };
         let mut reader = HashingReader::new(file);
-        let staged = dst.stage_file(rel, &mut reader, before.mode, before.mtime_ns)?;
+        let staged = dst.stage_file(rel, &mut reader, before.mode, before.mtime_ns);
         let (hash, bytes, mut file) = reader.finish_with_inner();
         // Written to while we read it? (A file replaced by a rename is fine: we copied
-        // the old one whole, and the rename brings its own event.)
+        // the old one whole, and the rename brings its own event.) A source that failed to
+        // read because it is no longer the file looked up (a folder now) is changed too.
         let after = file.entry_now().ok();
-        if bytes != before.size || after.is_none_or(|a| !a.same_state(&before)) {
+        let unchanged = after.is_some_and(|a| a.same_state(&before));
+        let staged = match staged {
+            Ok(s) => s,
+            Err(_) if !unchanged => continue,
+            Err(e) => return Err(e),
+        };
+        if bytes != before.size || !unchanged {
             dst.discard(staged);
             continue;
         }
@@ -174,6 +196,14 @@ mod tests {
         let job = |rel: &str| CopyJob {
             from: Side::Host,
             rel: rel.to_string(),
+            src_seen: Entry {
+                kind: crate::sync::tree::EntryKind::File,
+                mode: 0o644,
+                size: 0,
+                mtime_ns: 0,
+                target: None,
+                hash: None,
+            },
             dst_expect: None,
         };
         // Path order interleaves a folder's files with its subfolder's.

@@ -97,7 +97,8 @@ impl Worker<'_> {
             t.elapsed()
         ));
         let [mut host, mut env] = trees;
-        let (mut result, retry) = self.apply(paths, &mut host, &mut env, stop)?;
+        let (mut result, retry) =
+            self.apply(paths, &mut host, &mut env, &Default::default(), stop)?;
         result.needs_full_pass |= rules_changed;
         let now = Instant::now();
         for r in retry {

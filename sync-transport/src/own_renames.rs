@@ -1,0 +1,118 @@
+//! The renames a [`crate::LocalTransport`] makes to put its staged files in place, told to the
+//! inotify watcher of the same tree ([`crate::inotify`]), which drops their events where it
+//! reads them: the engine's own writes do not come back to it as changes to look at (one
+//! event, one message, one `stat` per copied file before).
+//!
+//! Only an exact rename is dropped: the temporary name this transport staged (unique: pid and
+//! counter) moved to the one name it was staged for, in the same folder, seen as the kernel's
+//! `IN_MOVED_FROM`/`IN_MOVED_TO` pair (same cookie). Anything else on that path (a write, a
+//! chmod, another rename over it, the temporary file moved anywhere else by someone else) is
+//! reported as always. Renames are recorded only while an inotify watcher of the tree runs;
+//! what a watcher never sees (a failed rename, a queue overflow) is forgotten, so the record
+//! stays bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// At most this many renames waiting for their event; more means events are not being read
+/// (the watcher stalls): forget them (their events are then reported, as without this).
+const MAX_PENDING: usize = 65_536;
+
+/// See the module documentation.
+#[derive(Default)]
+pub struct OwnRenames {
+    /// inotify watchers of the tree running now.
+    watchers: AtomicUsize,
+    /// Temporary name → the relative path it is renamed to.
+    pending: Mutex<HashMap<String, String>>,
+}
+
+impl OwnRenames {
+    /// Before renaming the temporary file `temp` (in the folder of `rel`) to `rel`: records it
+    /// when a watcher will see it. Returns whether it was recorded (then [`Self::cancel`] it if
+    /// the rename fails).
+    pub fn expect(&self, temp: &str, rel: &str) -> bool {
+        if self.watchers.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() >= MAX_PENDING {
+            p.clear();
+        }
+        p.insert(temp.to_string(), rel.to_string());
+        true
+    }
+
+    /// The rename recorded for `temp` did not happen.
+    pub fn cancel(&self, temp: &str) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(temp);
+    }
+
+    /// For the watcher: the temporary file `temp` was moved away; the path it was to be renamed
+    /// to, when the rename was this transport's.
+    pub fn take(&self, temp: &str) -> Option<String> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(temp)
+    }
+
+    /// For the watcher: its events were lost (queue overflow); the renames waiting for them are
+    /// forgotten.
+    pub fn forget_all(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// A watcher of the tree starts; the returned guard says when it stops.
+    pub fn watcher_started(self: &std::sync::Arc<Self>) -> WatcherRunning {
+        self.watchers.fetch_add(1, Ordering::AcqRel);
+        WatcherRunning(self.clone())
+    }
+}
+
+/// Held by a running watcher ([`OwnRenames::watcher_started`]).
+pub struct WatcherRunning(std::sync::Arc<OwnRenames>);
+
+impl WatcherRunning {
+    pub fn renames(&self) -> &OwnRenames {
+        &self.0
+    }
+}
+
+impl Drop for WatcherRunning {
+    fn drop(&mut self) {
+        if self.0.watchers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.forget_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renames_are_recorded_only_while_a_watcher_runs() {
+        let r = Arc::new(OwnRenames::default());
+        assert!(!r.expect(".a.tmp", "a"), "nobody would see it");
+        assert_eq!(r.take(".a.tmp"), None);
+        let w = r.watcher_started();
+        assert!(r.expect(".a.tmp", "d/a"));
+        assert!(r.expect(".b.tmp", "d/b"));
+        r.cancel(".b.tmp");
+        assert_eq!(w.renames().take(".a.tmp"), Some("d/a".to_string()));
+        assert_eq!(w.renames().take(".a.tmp"), None, "taken once");
+        assert_eq!(w.renames().take(".b.tmp"), None, "cancelled");
+        assert!(r.expect(".c.tmp", "c"));
+        drop(w);
+        assert_eq!(r.take(".c.tmp"), None, "forgotten with the last watcher");
+    }
+}
