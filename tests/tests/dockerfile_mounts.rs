@@ -373,3 +373,84 @@ COPY --from=stage /opt/real/f /copied-from-stage
         assert!(!format!("{so}{se}").contains(marker));
     }
 }
+
+/// `RUN` steps trust the host's CA certificates (a TLS-intercepting proxy's among them), as
+/// berth.toml's setup steps do: the image's bundle merged with the host's, mounted read-only
+/// for the step alone and named by the TLS variables. Nothing of it is in the image, and the
+/// step's key is the one a build without it has (`--no-host-ca` finds the step cached).
+#[test]
+fn run_steps_trust_the_hosts_ca_certificates_and_keep_none_of_them() {
+    require_root!();
+    let Ok(host_bundle) = fs::read_to_string("/etc/ssl/certs/ca-certificates.crt") else {
+        eprintln!("skipped: the host has no /etc/ssl/certs/ca-certificates.crt (ca-certificates)");
+        return;
+    };
+    let Some(reg) = registry_with_base() else {
+        return;
+    };
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path();
+    fs::write(
+        p.join("Dockerfile"),
+        format!(
+            r#"FROM {r}/base:1
+RUN echo "${{SSL_CERT_FILE:-none}} ${{CURL_CA_BUNDLE:-none}}" > /seen-env \
+ && cat "${{SSL_CERT_FILE:-/dev/null}}" > /seen.crt \
+ && {{ echo x >> "${{SSL_CERT_FILE:-/dev/null/x}}" 2>/dev/null && echo writable || echo read-only; }} > /seen-ro
+"#,
+            r = reg.addr
+        ),
+    )
+    .unwrap();
+    let export = |b: &Berth, tag: &str| {
+        let out = p.join(format!("{tag}.tar"));
+        b.ok(p, &["image", "export", tag, "-o", out.to_str().unwrap()]);
+        let files = tar_files(&out);
+        fs::remove_file(&out).unwrap();
+        files
+    };
+    let b = Berth::new();
+    build(&b, p, &["-t", "with-ca", "."]);
+    let files = export(&b, "with-ca");
+    let f = |k: &str| files.get(k).cloned().unwrap_or_else(|| "<missing>".into());
+    assert_eq!(
+        f("seen-env"),
+        "/etc/berth/ca-certificates.crt /etc/berth/ca-certificates.crt\n"
+    );
+    assert_eq!(f("seen-ro"), "read-only\n");
+    let seen = f("seen.crt");
+    let blocks: Vec<&str> = host_bundle
+        .split("-----END CERTIFICATE-----")
+        .filter_map(|b| {
+            b.split_once("-----BEGIN CERTIFICATE-----")
+                .map(|(_, body)| body)
+        })
+        .collect();
+    assert!(!blocks.is_empty(), "no certificate in the host's bundle");
+    for body in &blocks {
+        assert!(
+            seen.contains(body.trim()),
+            "a host certificate is missing from the step's bundle"
+        );
+    }
+    assert!(
+        !files.keys().any(|k| k.starts_with("etc/berth")),
+        "the bundle stayed in the image: {:?}",
+        files
+            .keys()
+            .filter(|k| k.starts_with("etc/"))
+            .collect::<Vec<_>>()
+    );
+    // The key does not hold the certificates: the same build without them is cached.
+    let (_, err) = build(&b, p, &["--no-host-ca", "-t", "again", "."]);
+    assert!(err.contains("(cached)"), "{err}");
+    // A home that never had them runs the step without them.
+    let fresh = Berth::new();
+    build(&fresh, p, &["--no-host-ca", "-t", "without-ca", "."]);
+    let files = export(&fresh, "without-ca");
+    assert_eq!(
+        files.get("seen-env").map(String::as_str),
+        Some("none none\n")
+    );
+    assert_eq!(files.get("seen.crt").map(String::as_str), Some(""));
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use berth_runtime::environment::build_dockerfile;
+use berth_runtime::image::build::HostCas;
 use berth_runtime::image::build_cache::BuildCacheSettings;
 use berth_runtime::image::dockerfile::build::default_name;
 use berth_runtime::image::dockerfile::DockerfileBuild;
@@ -48,6 +49,11 @@ pub struct BuildArgs {
     /// `RUN --mount=type=ssh` steps.
     #[arg(long, value_name = "default", num_args = 0..=1, default_missing_value = "default")]
     pub ssh: Option<String>,
+    /// Run the `RUN` steps without the host's CA certificates (by default they trust them,
+    /// as berth.toml's setup steps do: needed behind a TLS-intercepting proxy; they are
+    /// mounted for each step only, never part of the image or its cache keys).
+    #[arg(long)]
+    pub no_host_ca: bool,
     #[command(flatten)]
     pub cache: CacheArgs,
 }
@@ -165,6 +171,16 @@ pub fn run(args: &BuildArgs, g: &GlobalArgs) -> Result<i32, CliError> {
             .map(|s| secret_arg(s))
             .collect::<Result<_, _>>()?,
         ssh_agent: ssh_arg(args.ssh.as_deref())?,
+        host_ca: if args.no_host_ca {
+            None
+        } else {
+            HostCas::from_host_cached(home.root()).map_err(|e| {
+                CliError::new(
+                    EXIT_ERROR,
+                    format!("cannot read the host's CA certificates: {e}; build with --no-host-ca to run the steps without them"),
+                )
+            })?
+        },
     };
     let started = std::time::Instant::now();
     let cache = BuildCacheSettings::new(

@@ -293,6 +293,8 @@ impl Environments {
                             crate::credentials::AgentTarget::HostSocket(p) => Some(p),
                             crate::credentials::AgentTarget::SshClient(_) => None,
                         }),
+                    // Its RUN steps trust the host's CAs as the setup steps do.
+                    host_ca: spec.host_ca.clone(),
                 };
                 let out =
                     self.images

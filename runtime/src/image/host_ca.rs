@@ -185,6 +185,29 @@ impl HostCas {
             .collect()
     }
 
+    /// The bundle of [`BUNDLE_PATH`] for an image of `layers` (bottom → top): the image's
+    /// first store, then the host's certificates. A Dockerfile's `RUN` steps get it mounted
+    /// for their run only (`dockerfile::run_step`).
+    pub fn bundle(&self, layers: &[PathBuf]) -> io::Result<Vec<u8>> {
+        let rel = BUNDLE_PATH.trim_start_matches('/');
+        if !creatable(layers, rel)? {
+            return Err(io::Error::other(format!(
+                "the image has something other than a folder on the way to {BUNDLE_PATH}"
+            )));
+        }
+        let read = self.read()?;
+        let mut image_blocks = Vec::new();
+        for store in IMAGE_STORES {
+            if let Found::File(bytes) = lookup(layers, store)? {
+                image_blocks = pem_blocks(&bytes);
+                break;
+            }
+        }
+        Ok(merge(image_blocks, &read.certificates)
+            .concat()
+            .into_bytes())
+    }
+
     /// Writes the layer's files into `dir` (an empty folder), merging with what `layers`
     /// (bottom → top) already hold.
     pub fn write_tree(&self, layers: &[PathBuf], dir: &Path) -> io::Result<()> {

@@ -58,6 +58,12 @@ pub struct DockerfileBuild {
     pub secrets: BuildSecrets,
     /// The host's SSH agent socket that `RUN --mount=type=ssh` relays to; `None`: none.
     pub ssh_agent: Option<PathBuf>,
+    /// The host's CA certificates every `RUN` step trusts (`[image].host_ca`, on by default;
+    /// `berth image build --no-host-ca` turns it off): the image's bundle merged with them
+    /// is mounted read-only at [`BUNDLE_PATH`](crate::image::host_ca::BUNDLE_PATH) for the
+    /// step's run only and the TLS variables point at it. Like a secret it is in no layer and
+    /// no step key: the image and its cache keys are those of a build without it.
+    pub host_ca: Option<crate::image::build::HostCas>,
 }
 
 /// The secrets a build may mount: `[secrets]` of berth.toml, or `--secret` of

@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::super::build::StepCommand;
+use super::super::build::{HostCas, StepCommand, StepMount};
 use super::super::error::ImageError;
+use super::super::host_ca::BUNDLE_PATH;
 use super::super::layer_writer::WhiteoutMode;
 use super::build::Run;
 use super::config::{chain, StageState};
@@ -87,6 +88,7 @@ impl Run<'_> {
         let progress = self.progress;
         let home = &self.store.home;
         let secrets = &self.build.secrets;
+        let host_ca = self.build.host_ca.as_ref();
         let context_dir = self.build.context.as_path();
         let mut targets: Vec<String> = cache_mounts.iter().map(|m| m.1.clone()).collect();
         self.layer_step(
@@ -103,9 +105,23 @@ impl Run<'_> {
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 let prepared = prepare(&mount_plans, secrets, context_dir, home, label)?;
-                targets.extend(prepared.mounts.iter().map(|m| m.target().to_string()));
+                let mut mounts = prepared.mounts.clone();
                 let mut env = env.clone();
                 env.extend(prepared.env.iter().cloned());
+                let staged_ca = match host_ca {
+                    Some(cas) => Some(StagedBundle::write(cas, lowers, home, label)?),
+                    None => None,
+                };
+                if let Some(ca) = &staged_ca {
+                    mounts.push(ca.mount());
+                    // A variable the Dockerfile sets itself stays as it set it.
+                    for (k, v) in HostCas::env() {
+                        if !env.iter().any(|(name, _)| *name == k) {
+                            env.push((k, v));
+                        }
+                    }
+                }
+                targets.extend(mounts.iter().map(|m| m.target().to_string()));
                 store.run_command_step(
                     label,
                     lowers,
@@ -117,7 +133,7 @@ impl Run<'_> {
                         user: user.as_deref(),
                         cache_mounts: &cache_mounts,
                         no_network,
-                        mounts: &prepared.mounts,
+                        mounts: &mounts,
                     },
                     runner,
                     progress,
@@ -131,7 +147,7 @@ impl Run<'_> {
                 {
                     remove_mountpoint(upper, t, lowers);
                 }
-                drop(prepared);
+                drop((prepared, staged_ca));
                 Ok(())
             },
         )
@@ -190,6 +206,50 @@ impl Run<'_> {
             }
         }
         Ok(argv)
+    }
+}
+
+/// The CA bundle a `RUN` step trusts ([`HostCas::bundle`]: the image's own store merged with
+/// the host's certificates), written to a folder of its own in the home's `tmp/` that goes
+/// with it, and mounted read-only at [`BUNDLE_PATH`] for the step's run only.
+struct StagedBundle {
+    dir: tempfile::TempDir,
+}
+
+impl StagedBundle {
+    fn write(
+        cas: &HostCas,
+        lowers: &[PathBuf],
+        home: &crate::state::BerthHome,
+        label: &str,
+    ) -> Result<StagedBundle, ImageError> {
+        let failed = |e: std::io::Error| {
+            ImageError::Build {
+            step: label.to_string(),
+            detail: format!(
+                "cannot give the step the host's CA certificates: {e}; build with `--no-host-ca` (or `host_ca = false` under [image]) to run it without them"
+            ),
+        }
+        };
+        let bytes = cas.bundle(lowers).map_err(failed)?;
+        let dir = tempfile::Builder::new()
+            .prefix("ca-bundle-")
+            .tempdir_in(home.tmp_dir())
+            .map_err(failed)?;
+        let file = dir.path().join("ca-certificates.crt");
+        fs::write(&file, bytes).map_err(failed)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).map_err(failed)?;
+        Ok(StagedBundle { dir })
+    }
+
+    fn mount(&self) -> StepMount {
+        StepMount::Staged {
+            source: self.dir.path().join("ca-certificates.crt"),
+            target: BUNDLE_PATH.to_string(),
+            readonly: true,
+            owner: None,
+        }
     }
 }
 
