@@ -530,11 +530,60 @@ pub struct FakeRegistry {
     /// While set, the blob bodies it names wait for a request (to show what a client asks
     /// while a download is still under way).
     pub hold: Arc<Mutex<Option<Hold>>>,
+    /// The bearer tokens its `/token` endpoint handed out, and how long they stay valid.
+    pub tokens: Arc<TokenClock>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 const TOKEN: &str = "fixture-token-3f9a";
+
+/// The bearer tokens a [`FakeRegistry`] handed out (`fixture-token-3f9a-N`, N in order of
+/// issue). Valid forever unless [`TokenClock::expire_after`] was called: then each is valid
+/// that long after its issue, and a request with an older one is answered 401 with the
+/// challenge again, as a real token service's registry answers an expired token.
+#[derive(Debug, Default)]
+pub struct TokenClock {
+    lifetime: Mutex<Option<Duration>>,
+    issued: Mutex<Vec<Instant>>,
+}
+
+impl TokenClock {
+    /// Tokens issued from now on (and those before) expire `lifetime` after their issue.
+    pub fn expire_after(&self, lifetime: Duration) {
+        *self.lifetime.lock().unwrap() = Some(lifetime);
+    }
+
+    /// How many tokens were handed out.
+    pub fn issued(&self) -> usize {
+        self.issued.lock().unwrap().len()
+    }
+
+    fn issue(&self) -> String {
+        let mut issued = self.issued.lock().unwrap();
+        issued.push(Instant::now());
+        format!("{TOKEN}-{}", issued.len() - 1)
+    }
+
+    /// Whether `authorization` carries a token handed out and not expired.
+    fn accepts(&self, authorization: Option<&str>) -> bool {
+        let Some(n) = authorization
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(|t| t.strip_prefix(TOKEN))
+            .and_then(|t| t.strip_prefix('-'))
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            return false;
+        };
+        let Some(at) = self.issued.lock().unwrap().get(n).copied() else {
+            return false;
+        };
+        self.lifetime
+            .lock()
+            .unwrap()
+            .is_none_or(|lifetime| at.elapsed() < lifetime)
+    }
+}
 
 impl FakeRegistry {
     /// Serves `routes`; with `require_token`, every /v2/ request needs the bearer token that
@@ -573,6 +622,8 @@ impl FakeRegistry {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let slow = Arc::new(AtomicBool::new(false));
         let hold: Arc<Mutex<Option<Hold>>> = Arc::new(Mutex::new(None));
+        let tokens = Arc::new(TokenClock::default());
+        let t2 = tokens.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, sl2, st2, a2) = (seen.clone(), slow.clone(), stop.clone(), addr.clone());
         let h2 = hold.clone();
@@ -584,12 +635,13 @@ impl FakeRegistry {
                         let (r, s, sl, a) = (routes.clone(), s2.clone(), sl2.clone(), a2.clone());
                         let basic = token_basic.clone();
                         let h = h2.clone();
+                        let t = t2.clone();
                         std::thread::spawn(move || {
                             let _ = serve(
                                 stream,
                                 &r,
                                 &s,
-                                (&sl, &h),
+                                (&sl, &h, &t),
                                 require_token,
                                 basic.as_deref(),
                                 &a,
@@ -605,6 +657,7 @@ impl FakeRegistry {
             seen,
             slow,
             hold,
+            tokens,
             stop,
             thread: Some(thread),
         }
@@ -632,7 +685,7 @@ fn serve(
     stream: TcpStream,
     routes: &Routes,
     seen: &Mutex<Vec<Seen>>,
-    (slow, hold): (&AtomicBool, &Mutex<Option<Hold>>),
+    (slow, hold, tokens): (&AtomicBool, &Mutex<Option<Hold>>, &TokenClock),
     require_token: bool,
     token_basic: Option<&str>,
     addr: &str,
@@ -656,8 +709,7 @@ fn serve(
         }
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let authorized =
-        headers.get("authorization").map(String::as_str) == Some(&format!("Bearer {TOKEN}"));
+    let authorized = tokens.accepts(headers.get("authorization").map(String::as_str));
     seen.lock().unwrap().push(Seen {
         path: path.to_string(),
         range: headers.get("range").cloned(),
@@ -680,7 +732,7 @@ fn serve(
             && token_basic
                 .is_none_or(|b| headers.get("authorization").map(String::as_str) == Some(b));
         if ok {
-            let body = format!(r#"{{"token":"{TOKEN}"}}"#);
+            let body = format!(r#"{{"token":"{}"}}"#, tokens.issue());
             return respond(
                 &mut out,
                 "200 OK",

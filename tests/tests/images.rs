@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use berth_e2e::oci::{
-    assert_blobs_intact, busybox_layer, layer_dir, tree_bytes, Compression, FakeRegistry, Image,
-    Layer, Registry, Routes, TarBuilder,
+    assert_blobs_intact, busybox_layer, layer_dir, sha256, tree_bytes, Compression, FakeRegistry,
+    Image, Layer, Registry, Routes, TarBuilder,
 };
 use berth_e2e::{text, Berth};
 
@@ -260,6 +260,56 @@ fn bearer_token_challenge_and_a_second_pull_fetches_no_blobs() {
         "second pull fetched blobs: {again:?}"
     );
     assert!(again.iter().any(|s| s.path.contains("/manifests/")));
+}
+
+/// A bearer token that expires in the middle of a pull (a real token service gives them a
+/// lifetime of minutes; a big pull or a long build outlives one) is answered by asking for a
+/// new one, and the pull goes on: every 401 after the first token is followed by a fresh
+/// token and the same request again.
+#[test]
+fn a_bearer_token_that_expires_during_a_pull_is_renewed() {
+    let mut second = TarBuilder::new();
+    second.file("data/second", &[7u8; 4096]);
+    let img = Image::new(
+        vec![
+            busybox_layer(Compression::Gzip),
+            Layer::new(second.finish(), Compression::Gzip),
+        ],
+        host_arch(),
+    );
+    let mut routes = Routes::default();
+    img.routes("team/expiring", "v1", &mut routes);
+    let fake = FakeRegistry::start(routes, true);
+    fake.tokens.expire_after(Duration::from_millis(300));
+    // The config's body is held back past the first token's lifetime: the layers are asked
+    // for with an expired token.
+    *fake.hold.lock().unwrap() = Some(berth_e2e::oci::Hold {
+        what: sha256(&img.config),
+        until: "/never-asked".into(),
+        limit: Duration::from_millis(900),
+        ..Default::default()
+    });
+    let b = Berth::new();
+    ok(
+        &b,
+        &["image", "pull", &format!("{}/team/expiring:v1", fake.addr)],
+    );
+    let hold = fake.hold.lock().unwrap().clone().unwrap();
+    assert_eq!(hold.released_by_limit, 1, "the config was not held back");
+    let seen = fake.requests();
+    let refused_after_first_token = seen
+        .iter()
+        .skip_while(|s| s.path != "/token")
+        .filter(|s| s.path.starts_with("/v2/") && !s.authorized)
+        .count();
+    assert!(
+        refused_after_first_token >= 1 && fake.tokens.issued() >= 2,
+        "the token never expired during the pull ({} tokens): {seen:?}",
+        fake.tokens.issued()
+    );
+    for l in &img.layers {
+        assert!(layer_dir(b.home.path(), &l.diff_id()).is_dir());
+    }
 }
 
 #[test]
