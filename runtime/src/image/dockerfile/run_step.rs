@@ -210,10 +210,11 @@ impl Run<'_> {
 }
 
 /// The CA bundle a `RUN` step trusts ([`HostCas::bundle`]: the image's own store merged with
-/// the host's certificates), written to a folder of its own in the home's `tmp/` that goes
-/// with it, and mounted read-only at [`BUNDLE_PATH`] for the step's run only.
+/// the host's certificates), written to a staging folder of its own in the home's `tmp/`
+/// (`ca-bundle-<pid>-<hex>`: removed with it, on SIGINT/SIGTERM, or by the next command's sweep
+/// after a `kill -9`), and mounted read-only at [`BUNDLE_PATH`] for the step's run only.
 struct StagedBundle {
-    dir: tempfile::TempDir,
+    dir: crate::state::StagingDir,
 }
 
 impl StagedBundle {
@@ -232,10 +233,7 @@ impl StagedBundle {
         }
         };
         let bytes = cas.bundle(lowers).map_err(failed)?;
-        let dir = tempfile::Builder::new()
-            .prefix("ca-bundle-")
-            .tempdir_in(home.tmp_dir())
-            .map_err(failed)?;
+        let dir = home.staging_dir("ca-bundle")?;
         let file = dir.path().join("ca-certificates.crt");
         fs::write(&file, bytes).map_err(failed)?;
         use std::os::unix::fs::PermissionsExt;
