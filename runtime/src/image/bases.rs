@@ -4,7 +4,7 @@
 //! the tree), and a config and manifest are synthesized, so these images export and lock
 //! like pulled ones.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -170,12 +170,7 @@ impl ImageStore {
             std::process::id(),
             super::unique_suffix()
         ));
-        let guard = TempFile(Some(tmp.clone()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(ImageError::io(&tmp))?;
+        let (guard, file) = TempFile::create_new(&tmp)?;
         Ok((tmp, guard, file))
     }
 

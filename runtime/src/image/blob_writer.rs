@@ -108,12 +108,7 @@ impl BlobWriter {
     /// A writer into the new file `tmp` (removed unless committed), stored into `dir`;
     /// `hashing`: whether it computes the digest of what it is given.
     pub(super) fn create(tmp: PathBuf, dir: PathBuf, hashing: bool) -> Result<Self, ImageError> {
-        let guard = TempFile(Some(tmp.clone()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(ImageError::io(&tmp))?;
+        let (guard, file) = TempFile::create_new(&tmp)?;
         let out = io::BufWriter::with_capacity(1 << 20, WritebackFile::new(file, 0));
         Ok(BlobWriter {
             w: if hashing {
@@ -244,6 +239,19 @@ impl<R: Read> Read for TeeRead<'_, R> {
 
 /// Removes a temporary file on drop (if it still exists).
 pub(crate) struct TempFile(pub(crate) Option<PathBuf>);
+
+impl TempFile {
+    /// Creates the new file `path` (never an existing one) with its guard.
+    pub(crate) fn create_new(path: &Path) -> Result<(TempFile, File), ImageError> {
+        let guard = TempFile(Some(path.to_path_buf()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(ImageError::io(path))?;
+        Ok((guard, file))
+    }
+}
 
 impl Drop for TempFile {
     fn drop(&mut self) {

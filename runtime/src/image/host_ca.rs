@@ -189,12 +189,7 @@ impl HostCas {
     /// first store, then the host's certificates. A Dockerfile's `RUN` steps get it mounted
     /// for their run only (`dockerfile::run_step`).
     pub fn bundle(&self, layers: &[PathBuf]) -> io::Result<Vec<u8>> {
-        let rel = BUNDLE_PATH.trim_start_matches('/');
-        if !creatable(layers, rel)? {
-            return Err(io::Error::other(format!(
-                "the image has something other than a folder on the way to {BUNDLE_PATH}"
-            )));
-        }
+        bundle_rel(layers)?;
         let read = self.read()?;
         let mut image_blocks = Vec::new();
         for store in IMAGE_STORES {
@@ -234,12 +229,7 @@ impl HostCas {
             write_file(dir, IMAGE_STORES[0], this.certificates.concat().as_bytes())?;
         }
         let bundle = merge(image_blocks, &this.certificates);
-        let rel = BUNDLE_PATH.trim_start_matches('/');
-        if !creatable(layers, rel)? {
-            return Err(io::Error::other(format!(
-                "the image has something other than a folder on the way to {BUNDLE_PATH}"
-            )));
-        }
+        let rel = bundle_rel(layers)?;
         write_file(dir, rel, bundle.concat().as_bytes())?;
         let local_dir = "usr/local/share/ca-certificates/berth-host";
         for (name, bytes) in &this.local {
@@ -352,6 +342,18 @@ fn lookup(layers: &[PathBuf], rel: &str) -> io::Result<Found> {
 
 /// Whether berth's layer can put a file at `rel`: every folder on the way is a folder or
 /// missing in the image.
+/// [`BUNDLE_PATH`] relative to the root, when an image of `layers` can hold it there (folders
+/// on the way, and a file or nothing at the end); else the error that says why not.
+fn bundle_rel(layers: &[PathBuf]) -> io::Result<&'static str> {
+    let rel = BUNDLE_PATH.trim_start_matches('/');
+    if !creatable(layers, rel)? {
+        return Err(io::Error::other(format!(
+            "the image has something other than a folder on the way to {BUNDLE_PATH}"
+        )));
+    }
+    Ok(rel)
+}
+
 fn creatable(layers: &[PathBuf], rel: &str) -> io::Result<bool> {
     let parts: Vec<&str> = rel.split('/').collect();
     for i in 1..parts.len() {
