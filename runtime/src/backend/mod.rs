@@ -127,6 +127,12 @@ pub trait Backend {
     /// removes the environment's folder afterwards.
     fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
     fn status(&self, state_dir: &Path) -> Result<StatusReport, BackendError>;
+    /// [`Backend::status`] without the resource usage (`usage` is `None`): what `up`
+    /// decides with (the state, the pid, the services), at every warm `up`. By default the
+    /// full status.
+    fn status_without_usage(&self, state_dir: &Path) -> Result<StatusReport, BackendError> {
+        self.status(state_dir)
+    }
     /// Only the state [`Backend::status`] reports, as cheaply as the backend can tell it
     /// (`berth ls` asks it of every environment): by default the full status.
     fn liveness(&self, state_dir: &Path) -> EnvStatus {

@@ -319,6 +319,11 @@ impl ContainerBackend {
 
     /// Running, stopped or dead, with live usage from the cgroup.
     pub fn status(&self, state_dir: &Path) -> Result<StatusReport> {
+        self.report(state_dir, true)
+    }
+
+    /// [`ContainerBackend::status`], reading the cgroup's usage only when `with_usage`.
+    pub fn report(&self, state_dir: &Path, with_usage: bool) -> Result<StatusReport> {
         let state = ContainerState::load(state_dir)?;
         let alive = state.supervisor.filter(|s| s.alive());
         let status = status_of(&state, alive);
@@ -336,7 +341,9 @@ impl ContainerBackend {
             report.uptime = state
                 .started_at
                 .map(|t| Duration::from_secs(now_secs().saturating_sub(t)));
-            report.usage = state.cgroups.as_ref().map(|l| l.driver().usage());
+            if with_usage {
+                report.usage = state.cgroups.as_ref().map(|l| l.driver().usage());
+            }
             if let Ok(s) = control::status(&state_dir.join("control.sock")) {
                 report.services = s.services;
                 report.processes = Some(s.processes);

@@ -115,6 +115,13 @@ impl Backend for ContainerBackend {
     fn status(&self, state_dir: &Path) -> std::result::Result<StatusReport, BackendError> {
         Ok(ContainerBackend::status(self, state_dir)?)
     }
+    /// No cgroup file read (five files, each opened, read and closed, in cgroup v1).
+    fn status_without_usage(
+        &self,
+        state_dir: &Path,
+    ) -> std::result::Result<StatusReport, BackendError> {
+        Ok(ContainerBackend::report(self, state_dir, false)?)
+    }
     /// From the state record and a look at the recorded processes: no cgroup, no supervisor.
     fn liveness(&self, state_dir: &Path) -> EnvStatus {
         ContainerBackend::liveness(self, state_dir)

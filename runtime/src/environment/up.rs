@@ -144,7 +144,8 @@ impl Environments {
             Some(p) => self.backend(p.plan.backend),
             None => backend,
         };
-        let current = running_on.status(dir)?;
+        // The state, the pid and the services' crash loops; not the usage (cgroup reads).
+        let current = running_on.status_without_usage(dir)?;
         let hash = plan.hash();
         // What the build reads besides the plan (inputs, host certificates).
         let spec = build_spec(plan, &self.home)?;
