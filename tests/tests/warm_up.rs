@@ -22,7 +22,7 @@ fn strace_available() -> bool {
 }
 
 #[test]
-fn a_warm_up_reads_no_cgroup_usage() {
+fn a_warm_up_reads_no_cgroup_usage_and_makes_no_folder() {
     require_root!();
     if !strace_available() {
         eprintln!("skipped: needs strace to see the files a warm `up` opens");
@@ -36,7 +36,13 @@ fn a_warm_up_reads_no_cgroup_usage() {
     let berth = b.cmd();
     let mut traced = Command::new("strace");
     traced
-        .args(["-f", "-qq", "-e", "trace=open,openat,openat2", "-o"])
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=open,openat,openat2,mkdir,mkdirat",
+            "-o",
+        ])
         .arg(&trace)
         .arg(berth.get_program())
         .args(["-q", "up"])
@@ -59,6 +65,15 @@ fn a_warm_up_reads_no_cgroup_usage() {
         cgroup_reads.is_empty(),
         "a warm `up` read the cgroup's usage:\n{}",
         cgroup_reads.join("\n")
+    );
+    // Nor is any folder made again: the home's layout, the environment's folder and the
+    // folders of its locks are each seen with one `stat` (a failed `mkdir` and a `stat` each
+    // before: 11 `mkdir`s per warm `up`).
+    let mkdirs: Vec<&str> = opened.lines().filter(|l| l.contains(" mkdir")).collect();
+    assert!(
+        mkdirs.is_empty(),
+        "a warm `up` made folders again:\n{}",
+        mkdirs.join("\n")
     );
     b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));

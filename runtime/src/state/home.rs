@@ -130,21 +130,9 @@ impl BerthHome {
         // before anything is created in it or read from it.
         check_owner(&root)?;
         let home = BerthHome { root };
-        for dir in [
-            home.blobs_dir(),
-            home.layers_dir(),
-            home.images_dir(),
-            home.envs_dir(),
-            home.volumes_dir(),
-            home.kernels_dir(),
-            home.tmp_dir(),
-            home.locks_dir(),
-        ] {
-            create_dir_all(&dir)?;
-        }
         // The environment folders are narrowed by garbage collection's full sweep (due in a
         // home of an older berth), not here: every command would read all of them.
-        home.restrict_store(nix::unistd::geteuid().is_root())?;
+        home.prepare_store(nix::unistd::geteuid().is_root())?;
         if let (Ok(m), Ok(mut p)) = (fs::metadata(&home.root), prepared.lock()) {
             p.push(home_identity(&home.root, &m));
         }
@@ -168,6 +156,39 @@ impl BerthHome {
     }
 
     /// The home, `envs/` and the store's folders (see [`BerthHome::restrict_access`]).
+    /// Makes the store's folders and gives them the modes of [`BerthHome::restrict_access`]:
+    /// one `lstat` for each folder already as it should be (every command after the first),
+    /// else what a missing folder or one with other permissions needs.
+    fn prepare_store(&self, as_root: bool) -> Result<(), StateError> {
+        use std::os::unix::fs::PermissionsExt;
+        let traversable = if as_root { 0o711 } else { 0o700 };
+        // Each folder and the mode it must have (`None`: any).
+        let dirs = [
+            (self.root.clone(), Some(traversable)),
+            (self.root.join("blobs"), Some(0o700)),
+            (self.blobs_dir(), None),
+            (self.layers_dir(), Some(0o700)),
+            (self.images_dir(), Some(0o700)),
+            (self.envs_dir(), Some(traversable)),
+            (self.volumes_dir(), Some(0o700)),
+            (self.kernels_dir(), Some(0o700)),
+            (self.tmp_dir(), Some(0o700)),
+            (self.locks_dir(), Some(0o700)),
+        ];
+        for (dir, mode) in dirs {
+            let ready = fs::symlink_metadata(&dir).is_ok_and(|m| {
+                m.is_dir() && mode.is_none_or(|want| m.permissions().mode() & 0o7777 == want)
+            });
+            if !ready {
+                create_dir_all(&dir)?;
+                if let Some(mode) = mode {
+                    set_mode(&dir, mode)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn restrict_store(&self, as_root: bool) -> Result<(), StateError> {
         let traversable = if as_root { 0o711 } else { 0o700 };
         set_mode(&self.root, traversable)?;

@@ -71,28 +71,38 @@ impl FileLock {
     }
 
     fn open(path: &Path) -> Result<File, StateError> {
-        if let Some(dir) = path.parent() {
-            create_dir_all(dir)?;
-        }
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|source| {
-                if source.kind() == io::ErrorKind::PermissionDenied {
-                    if let Err(e) = check_owner(path.parent().unwrap_or(Path::new("/"))) {
-                        return e;
-                    }
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+        };
+        // The folder is made when the open finds it missing, not checked before every open.
+        let opened = match open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+                Some(dir) => {
+                    create_dir_all(dir)?;
+                    open()
                 }
-                StateError::Lock {
-                    path: path.to_path_buf(),
-                    source,
+                None => Err(e),
+            },
+            opened => opened,
+        };
+        opened.map_err(|source| {
+            if source.kind() == io::ErrorKind::PermissionDenied {
+                if let Err(e) = check_owner(path.parent().unwrap_or(Path::new("/"))) {
+                    return e;
                 }
-            })
+            }
+            StateError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
     }
 }
 

@@ -16,6 +16,11 @@ pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
         path: path.to_path_buf(),
         source,
     };
+    // The common case (every command after the first): a folder already private, seen with
+    // one `lstat` (what the steps below end with anyway).
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o067 == 0) {
+        return Ok(());
+    }
     if let Some(parent) = path.parent() {
         create_dir_all(parent)?;
     }
@@ -70,6 +75,11 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 }
 
 pub fn create_dir_all(path: &Path) -> Result<(), StateError> {
+    // A folder that exists (the common case) costs one `stat`, not a failed `mkdir` and the
+    // `stat` that `fs::create_dir_all` makes after it.
+    if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
     fs::create_dir_all(path).map_err(|source| StateError::CreateDir {
         path: path.to_path_buf(),
         source,
