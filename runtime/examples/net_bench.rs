@@ -12,8 +12,11 @@
 //!   `0.0.0.0`), the floor of any path into another namespace: the kernel path less its two
 //!   address rewrites (host DNAT + masquerade, the namespace's redirect to its loopback);
 //! - the same floor with 64 KiB packets: a second namespace on a second bridge whose bridge
-//!   and host-side veth are set back to the kernel's default largest packet (as before
-//!   `bridge::ENV_LINK_PACKET`), to show what BIG TCP on the host's side gives in the same run.
+//!   and veth pair are set back to the kernel's default largest packet (as before
+//!   `bridge::ENV_LINK_PACKET`), to show what BIG TCP gives in the same run.
+//!
+//! With `NET_BENCH_HOLD=1` it sets everything up, prints each mode's address and waits until
+//! its stdin closes, for profiling one path at a time with other tools (`perf`, `ss`).
 //!
 //! Run as root: `cargo run --release -p berth-runtime --example net_bench [MiB] [connections]`
 //! (or `bench/net.sh`).
@@ -202,7 +205,7 @@ struct KernelPath {
 
 impl KernelPath {
     /// `env`: the environment id on `bridge`; `packet`: when set, the largest IPv4 packet of
-    /// the bridge and the host's end of the veth pair is set back to it after berth made them.
+    /// the bridge and both ends of the veth pair is set back to it after berth made them.
     fn start(
         ns: &File,
         guest: u16,
@@ -242,6 +245,12 @@ impl KernelPath {
                 let index = nl.link_index(&dev).unwrap().expect("berth's interface");
                 nl.set_ipv4_packet_size(index, bytes).unwrap();
             }
+            run_in_netns(ns, || {
+                let mut nl = Netlink::open().unwrap();
+                let index = nl.link_index("eth0").unwrap().expect("eth0 inside");
+                nl.set_ipv4_packet_size(index, bytes).unwrap();
+            })
+            .unwrap();
         }
         let fwd = PortForwarder::start(
             &[ForwardSpec {
@@ -426,6 +435,15 @@ fn main() {
     ];
     if pasta_ok {
         modes.push(mode("pasta -t (ref.)", pasta_addr));
+    }
+    if std::env::var_os("NET_BENCH_HOLD").is_some() {
+        // For profiling one path at a time with outside tools: every mode's address, then
+        // wait until stdin closes.
+        for m in &modes {
+            println!("{}\t{}", m.name, m.addr);
+        }
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        return;
     }
     // Warm up every path.
     for m in &modes {
