@@ -557,6 +557,26 @@ fn kernel_has_ipv4_big_tcp() -> bool {
     (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 3)
 }
 
+/// A test bridge with its cleanup for environment `env`, when the test can run: as root, on a
+/// kernel that builds IPv4 packets above 64 KiB (`test` names the test in the skip notice).
+fn big_tcp_setup(test: &str, env: &str) -> Option<(Setup, Cleanup)> {
+    if !have_root(test) {
+        return None;
+    }
+    if !kernel_has_ipv4_big_tcp() {
+        eprintln!("skipping {test}: IPv4 packets above 64 KiB need Linux 6.3");
+        return None;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec![env.into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    Some((s, cleanup))
+}
+
 /// A packet socket on interface `index` of the calling thread's namespace, seeing every
 /// packet (sent and received) as the stack hands it over, before any segmentation the
 /// device does not need.
@@ -661,19 +681,10 @@ fn bulk(connect: impl FnOnce() -> TcpStream, l: TcpListener, bytes: usize) {
 /// (`bridge::outbound_segments`): larger ones would be cut up in software on the way out.
 #[test]
 fn the_host_path_moves_packets_larger_than_loopbacks() {
-    if !have_root("the_host_path_moves_packets_larger_than_loopbacks") {
+    let Some((s, _cleanup)) =
+        big_tcp_setup("the_host_path_moves_packets_larger_than_loopbacks", "env-g")
+    else {
         return;
-    }
-    if !kernel_has_ipv4_big_tcp() {
-        eprintln!("skipping the_host_path_moves_packets_larger_than_loopbacks: IPv4 packets above 64 KiB need Linux 6.3");
-        return;
-    }
-    let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-g".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
     };
     let (_uplink, outside, _, far_ip) = outside_world(&s);
     let env = TestNetns::new();
@@ -735,19 +746,11 @@ fn the_host_path_moves_packets_larger_than_loopbacks() {
 /// per packet). Fails on the old code (65,521 bytes at most: `eth0` kept 64 KiB).
 #[test]
 fn a_forwarded_port_answers_in_packets_larger_than_loopbacks() {
-    if !have_root("a_forwarded_port_answers_in_packets_larger_than_loopbacks") {
+    let Some((s, _cleanup)) = big_tcp_setup(
+        "a_forwarded_port_answers_in_packets_larger_than_loopbacks",
+        "env-d",
+    ) else {
         return;
-    }
-    if !kernel_has_ipv4_big_tcp() {
-        eprintln!("skipping a_forwarded_port_answers_in_packets_larger_than_loopbacks: IPv4 packets above 64 KiB need Linux 6.3");
-        return;
-    }
-    let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-d".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
     };
     let env = TestNetns::new();
     let bytes: usize = 16 << 20;
