@@ -291,6 +291,8 @@ struct Mode {
     up: Vec<(f64, f64)>,
     down: Vec<(f64, f64)>,
     lat: Vec<f64>,
+    /// Median latency of each interleaved round (for differences paired by round).
+    lat_rounds: Vec<f64>,
     /// CPU seconds (all threads of this process, user + system) spent on the connections.
     lat_cpu: f64,
 }
@@ -418,6 +420,7 @@ fn main() {
         up: Vec::new(),
         down: Vec::new(),
         lat: Vec::new(),
+        lat_rounds: Vec::new(),
         lat_cpu: 0.0,
     };
     let mut modes = vec![
@@ -470,6 +473,7 @@ fn main() {
             let cpu0 = cpu_seconds();
             let l = latencies(modes[k].addr, per_round);
             modes[k].lat_cpu += cpu_seconds() - cpu0;
+            modes[k].lat_rounds.push(pct(&l, 0.5));
             modes[k].lat.extend(l);
         }
     }
@@ -478,18 +482,25 @@ fn main() {
     }
     print_throughput(&modes, Direction::Upload, mib, rounds);
     print_throughput(&modes, Direction::Download, mib, rounds);
-    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
+    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved in 10 rounds (µs; added: median of all minus direct's, and the median over rounds of each round's difference of medians, which load changing between rounds moves less; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
     let d50 = pct(&modes[0].lat, 0.5);
     let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;
     for m in &modes {
         let cpu = m.lat_cpu / m.lat.len() as f64 * 1e6;
         println!(
-            "  {:<28} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
+            "  {:<28} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}, by round {:+6.1}   cpu {:6.1} ({:+6.1}){}",
             m.name,
             pct(&m.lat, 0.5),
             pct(&m.lat, 0.9),
             pct(&m.lat, 0.99),
             pct(&m.lat, 0.5) - d50,
+            median(
+                m.lat_rounds
+                    .iter()
+                    .zip(&modes[0].lat_rounds)
+                    .map(|(a, d)| a - d)
+                    .collect()
+            ),
             cpu,
             cpu - dcpu,
             if m.name.starts_with("pasta") { " [without pasta's process]" } else { "" }
