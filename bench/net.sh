@@ -6,7 +6,7 @@
 # forwarded by nftables DNAT, runtime/src/net/port_nat.rs), berth's userspace splice forwarder
 # (rootless containers, and the fallback), a floor straight to the namespace's bridge address
 # without NAT (what crossing into the namespace costs, apart from the address rewrites), the
-# same floor on a second bridge set back to 64 KiB packets (what BIG TCP on the host's side,
+# same floor on a second bridge set back to 64 KiB packets (what BIG TCP on the veth pairs,
 # bridge::ENV_LINK_PACKET, gives), and pasta -t on the same namespace as a reference when
 # pasta runs here. Needs root (network namespaces, bridges, nftables).
 #

@@ -12,8 +12,11 @@
 //!   `0.0.0.0`), the floor of any path into another namespace: the kernel path less its two
 //!   address rewrites (host DNAT + masquerade, the namespace's redirect to its loopback);
 //! - the same floor with 64 KiB packets: a second namespace on a second bridge whose bridge
-//!   and host-side veth are set back to the kernel's default largest packet (as before
-//!   `bridge::ENV_LINK_PACKET`), to show what BIG TCP on the host's side gives in the same run.
+//!   and veth pair are set back to the kernel's default largest packet (as before
+//!   `bridge::ENV_LINK_PACKET`), to show what BIG TCP gives in the same run.
+//!
+//! With `NET_BENCH_HOLD=1` it sets everything up, prints each mode's address and waits until
+//! its stdin closes, for profiling one path at a time with other tools (`perf`, `ss`).
 //!
 //! Run as root: `cargo run --release -p berth-runtime --example net_bench [MiB] [connections]`
 //! (or `bench/net.sh`).
@@ -202,7 +205,7 @@ struct KernelPath {
 
 impl KernelPath {
     /// `env`: the environment id on `bridge`; `packet`: when set, the largest IPv4 packet of
-    /// the bridge and the host's end of the veth pair is set back to it after berth made them.
+    /// the bridge and both ends of the veth pair is set back to it after berth made them.
     fn start(
         ns: &File,
         guest: u16,
@@ -242,6 +245,12 @@ impl KernelPath {
                 let index = nl.link_index(&dev).unwrap().expect("berth's interface");
                 nl.set_ipv4_packet_size(index, bytes).unwrap();
             }
+            run_in_netns(ns, || {
+                let mut nl = Netlink::open().unwrap();
+                let index = nl.link_index("eth0").unwrap().expect("eth0 inside");
+                nl.set_ipv4_packet_size(index, bytes).unwrap();
+            })
+            .unwrap();
         }
         let fwd = PortForwarder::start(
             &[ForwardSpec {
@@ -282,6 +291,8 @@ struct Mode {
     up: Vec<(f64, f64)>,
     down: Vec<(f64, f64)>,
     lat: Vec<f64>,
+    /// Median latency of each interleaved round (for differences paired by round).
+    lat_rounds: Vec<f64>,
     /// CPU seconds (all threads of this process, user + system) spent on the connections.
     lat_cpu: f64,
 }
@@ -409,6 +420,7 @@ fn main() {
         up: Vec::new(),
         down: Vec::new(),
         lat: Vec::new(),
+        lat_rounds: Vec::new(),
         lat_cpu: 0.0,
     };
     let mut modes = vec![
@@ -426,6 +438,15 @@ fn main() {
     ];
     if pasta_ok {
         modes.push(mode("pasta -t (ref.)", pasta_addr));
+    }
+    if std::env::var_os("NET_BENCH_HOLD").is_some() {
+        // For profiling one path at a time with outside tools: every mode's address, then
+        // wait until stdin closes.
+        for m in &modes {
+            println!("{}\t{}", m.name, m.addr);
+        }
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        return;
     }
     // Warm up every path.
     for m in &modes {
@@ -452,6 +473,7 @@ fn main() {
             let cpu0 = cpu_seconds();
             let l = latencies(modes[k].addr, per_round);
             modes[k].lat_cpu += cpu_seconds() - cpu0;
+            modes[k].lat_rounds.push(pct(&l, 0.5));
             modes[k].lat.extend(l);
         }
     }
@@ -460,18 +482,25 @@ fn main() {
     }
     print_throughput(&modes, Direction::Upload, mib, rounds);
     print_throughput(&modes, Direction::Download, mib, rounds);
-    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved (µs; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
+    println!("connection latency, connect + 1-byte request/answer, {} sequential per mode, interleaved in 10 rounds (µs; added: median of all minus direct's, and the median over rounds of each round's difference of medians, which load changing between rounds moves less; CPU µs per connection of this process, which the load of other work does not inflate as much):", per_round * 10);
     let d50 = pct(&modes[0].lat, 0.5);
     let dcpu = modes[0].lat_cpu / modes[0].lat.len() as f64 * 1e6;
     for m in &modes {
         let cpu = m.lat_cpu / m.lat.len() as f64 * 1e6;
         println!(
-            "  {:<28} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}   cpu {:6.1} ({:+6.1}){}",
+            "  {:<28} median {:7.1}  p90 {:7.1}  p99 {:7.1}   added (median) {:+6.1}, by round {:+6.1}   cpu {:6.1} ({:+6.1}){}",
             m.name,
             pct(&m.lat, 0.5),
             pct(&m.lat, 0.9),
             pct(&m.lat, 0.99),
             pct(&m.lat, 0.5) - d50,
+            median(
+                m.lat_rounds
+                    .iter()
+                    .zip(&modes[0].lat_rounds)
+                    .map(|(a, d)| a - d)
+                    .collect()
+            ),
             cpu,
             cpu - dcpu,
             if m.name.starts_with("pasta") { " [without pasta's process]" } else { "" }

@@ -23,7 +23,7 @@ use crate::state::BerthHome;
 use super::error::NetError;
 use super::lease_store::{port_name, BridgeState, Holder, LeaseEntry, LeaseStore, StoreLock};
 use super::nat::{self, NatRules};
-use super::netlink::Netlink;
+use super::netlink::{Netlink, PacketLimits};
 use super::subnet::{self, Subnet};
 
 /// Name of the interface inside the environment.
@@ -479,11 +479,30 @@ pub const ENV_LINK_MTU: u32 = 65521;
 /// the CPU per GiB). The wire is unchanged (the MTU is [`ENV_LINK_MTU`]). A VM's tap takes
 /// 64 KiB, and the bridge adopts that until the next veth joins after the tap left.
 ///
-/// The environment's own end (`eth0`) keeps the kernel's 64 KiB on purpose: its packets to
-/// the internet leave through the uplink, which takes at most 64 KiB, and a larger packet
-/// would be cut into MTU-sized ones in software on the way (measured: 2.5-3x the CPU per byte
-/// sent out, at 0.3-0.4x the rate).
+/// The environment's own end (`eth0`) takes the same size for what it sends to the host (a
+/// server answering through a forwarded port, whose replies go to the gateway address:
+/// `bench/net.sh`'s download, 0.6x direct loopback's CPU per GiB instead of 1.2-1.3x), but with at most [`outbound_segments`] segments per packet:
+/// its packets to the internet leave through the uplink, which takes at most 64 KiB, and a
+/// larger packet would be cut into MTU-sized ones in software on the way (measured: 2.5-3x the
+/// CPU per byte sent out, at 0.3-0.4x the rate). Outbound connections have the uplink's
+/// segment size (the default route's MTU), so that many of them fill 64 KiB; connections to
+/// the host have the bridge's (about 64 KiB each), so 8 of them fill 524,280 bytes. (A UDP
+/// sender batching more datagrams than the limit with `UDP_SEGMENT` has them split at `eth0`,
+/// in software, rather than on the way out.)
 pub const ENV_LINK_PACKET: u32 = 524_280;
+
+/// The largest packet the uplink (and any device on the way out with the kernel's defaults)
+/// takes whole: 64 KiB, less the most a TCP stack keeps for headers (`MAX_TCP_HEADER`, 320
+/// bytes, and one).
+const UPLINK_PACKET: u32 = 65_536 - 321;
+
+/// Most segments in one packet the environment's `eth0` builds, so that a packet of a
+/// connection through the default route, whose segments are at most `outbound_mtu` less 40
+/// bytes of IPv4 and TCP headers, stays within 64 KiB ([`UPLINK_PACKET`]): 47 for an MTU of
+/// 1400, 44 for 1500, 7 for 9000; at least 1.
+pub fn outbound_segments(outbound_mtu: u32) -> u32 {
+    (UPLINK_PACKET / outbound_mtu.saturating_sub(40).max(1)).max(1)
+}
 
 /// MTU of the interface carrying the host's default route (1500 when unknown), so that
 /// environments never send packets the uplink must fragment.
@@ -510,6 +529,7 @@ fn plug_veth(
     lease: &Lease,
 ) -> Result<(), NetError> {
     let veth = &lease.port;
+    let outbound_mtu = uplink_mtu();
     // A veth of an earlier run whose namespace is still alive: replace it.
     nl.delete_link_named(veth)
         .map_err(|e| NetError::link(format!("delete stale veth {veth}"), e))?;
@@ -520,6 +540,10 @@ fn plug_veth(
         netns.as_fd(),
         ENV_LINK_MTU,
         Some(ENV_LINK_PACKET),
+        Some(PacketLimits {
+            ipv4_bytes: ENV_LINK_PACKET,
+            segments: Some(outbound_segments(outbound_mtu)),
+        }),
     )
     .map_err(|e| NetError::link(format!("create veth {veth}"), e))?;
     let index = nl
@@ -546,7 +570,7 @@ fn plug_veth(
         }
         _ => {}
     }
-    configure_guest(netns, lease, uplink_mtu())
+    configure_guest(netns, lease, outbound_mtu)
 }
 
 fn plug_tap(nl: &mut Netlink, tap: &str, bridge_index: u32) -> Result<(), NetError> {
@@ -612,6 +636,18 @@ fn configure_guest(netns: &File, lease: &Lease, outbound_mtu: u32) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbound_packets_of_the_environment_fit_the_uplinks_64_kib() {
+        for (mtu, segs) in [(1400, 47), (1500, 44), (9000, 7)] {
+            assert_eq!(outbound_segments(mtu), segs, "MTU {mtu}");
+            assert!(segs * (mtu - 40) + 320 < 65_536, "MTU {mtu}");
+        }
+        // No room for two: one segment, one packet of the MTU, as without a limit.
+        assert_eq!(outbound_segments(ENV_LINK_MTU), 1);
+        // Connections to the host (segments of the bridge's MTU) still fill 8 per packet.
+        assert!(outbound_segments(1500) * (ENV_LINK_MTU - 40) >= ENV_LINK_PACKET - 320);
+    }
 
     #[test]
     fn bridge_names_must_be_berths_and_fit_both_namespaces() {

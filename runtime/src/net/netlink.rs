@@ -35,6 +35,7 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_PROTINFO: u16 = 12;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_GSO_MAX_SEGS: u16 = 40;
 const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
 const IFLA_INFO_KIND: u16 = 1;
@@ -56,6 +57,16 @@ const RTN_UNICAST: u8 = 1;
 
 const IFF_UP: u32 = 1;
 const HEADER_LEN: usize = 16;
+
+/// The packets the stack builds (GSO) and merges (GRO) on an interface at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketLimits {
+    /// Largest IPv4 packet, bytes ([`Message::ipv4_packet_size`]).
+    pub ipv4_bytes: u32,
+    /// Most TCP segments (or UDP datagrams) in one packet built (`gso_max_segs`); `None`:
+    /// the kernel's (65,535).
+    pub segments: Option<u32>,
+}
 
 /// One request being assembled: header, fixed part, attributes.
 struct Message {
@@ -129,6 +140,19 @@ impl Message {
                 .u32_attr(IFLA_GSO_IPV4_MAX_SIZE, b)
                 .u32_attr(IFLA_GRO_IPV4_MAX_SIZE, b),
             None => self,
+        }
+    }
+
+    /// [`ipv4_packet_size`](Self::ipv4_packet_size) and, when given, the most segments the
+    /// stack puts in one packet it builds (`gso_max_segs`; at most 65,535, the kernel's).
+    fn packet_limits(self, limits: Option<PacketLimits>) -> Message {
+        let Some(limits) = limits else {
+            return self;
+        };
+        let msg = self.ipv4_packet_size(Some(limits.ipv4_bytes));
+        match limits.segments {
+            Some(segs) => msg.u32_attr(IFLA_GSO_MAX_SEGS, segs),
+            None => msg,
         }
     }
 
@@ -300,7 +324,9 @@ impl Netlink {
 
     /// Creates a veth pair: `host_name` here, attached to bridge `master` (0: none);
     /// `peer_name` created directly inside the network namespace `peer_netns`. Both ends get
-    /// `mtu`; the host's end `host_ipv4_packets` ([`Message::ipv4_packet_size`]).
+    /// `mtu`; the host's end `host_ipv4_packets` ([`Message::ipv4_packet_size`]), the peer
+    /// `peer_packets` (`None`: the kernel's defaults).
+    #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
         host_name: &str,
@@ -309,6 +335,7 @@ impl Netlink {
         peer_netns: BorrowedFd<'_>,
         mtu: u32,
         host_ipv4_packets: Option<u32>,
+        peer_packets: Option<PacketLimits>,
     ) -> io::Result<()> {
         let mut msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(libc::AF_UNSPEC as u8, 0, 0, 0)
@@ -328,6 +355,7 @@ impl Netlink {
             .str_attr(IFLA_IFNAME, peer_name)
             .u32_attr(IFLA_MTU, mtu)
             .u32_attr(IFLA_NET_NS_FD, peer_netns.as_raw_fd() as u32)
+            .packet_limits(peer_packets)
             .end()
             .end()
             .end();
