@@ -125,6 +125,31 @@ impl Berth {
         let (out, err) = self.ok_both(dir, args);
         format!("{out}{err}")
     }
+
+    /// Waits (at most 15 s) until no live process is removing a finished `berth run` in the
+    /// background: its folder `tmp/run-removal-<pid>-<hex>` and, when the run was the
+    /// bridge's last user, the bridge, which that process removes first. Folders of a
+    /// remover that died stay (the next berth command's to sweep) and are not waited for.
+    pub fn wait_for_run_removals(&self) {
+        let live = || {
+            std::fs::read_dir(self.home.path().join("tmp"))
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_prefix("run-removal-")
+                            .and_then(|rest| rest.split('-').next())
+                            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                    })
+                })
+                .unwrap_or(false)
+        };
+        for _ in 0..300 {
+            if !live() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Berth {
