@@ -62,7 +62,8 @@ done
 
 # CPU time and page faults of the whole process tree (perf stat, inherited by children), which
 # load on the machine does not change much, unlike wall times: berth's detached removal of the
-# run's folder is waited for (0.3 s) and counted; the cost of the wrappers is subtracted.
+# run's folder, and of the bridge it left idle (0.5 s later), is waited for (0.8 s) and counted;
+# the cost of the wrappers is subtracted.
 : > "$W/cpu.txt"
 if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
   echo "== CPU time of berth run and crun run (perf stat -r $CPU_RUNS)" >&2
@@ -74,9 +75,9 @@ if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; t
         END {printf "%s %.2f %.0f %.0f\n", l, t, f, c}'
   }
   {
-    cpu berth-wrap sh -c "sleep 0.3"
-    cpu berth-isolated sh -c "$BERTH -C $P -q run -- true; sleep 0.3"
-    cpu berth-none sh -c "$BERTH -C $PN -q run -- true; sleep 0.3"
+    cpu berth-wrap sh -c "sleep 0.8"
+    cpu berth-isolated sh -c "$BERTH -C $P -q run -- true; sleep 0.8"
+    cpu berth-none sh -c "$BERTH -C $PN -q run -- true; sleep 0.8"
     cpu crun-wrap nsenter --mount="$CRUN_NS" true
     cpu crun nsenter --mount="$CRUN_NS" crun run -b "$B_TRUE" "bench-cpu-$$"
   } > "$W/cpu.txt"

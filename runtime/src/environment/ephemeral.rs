@@ -101,9 +101,11 @@ impl Environments {
     ///
     /// The same child removes berth's bridge when this run was its last user (left idle by
     /// the network's detach, [`Network::leave_bridge_idle`]): deleting a bridge waits for the
-    /// kernel's RCU grace periods (some 50 ms). It does so under the bridge's lock with its
-    /// leases read again, so an environment that attached meanwhile keeps it; one killed
-    /// first leaves an idle bridge that the next attach uses and garbage collection removes.
+    /// kernel's RCU grace periods (some 50 ms). It waits [`IDLE_BRIDGE_GRACE`] first, so that
+    /// the next run of a test loop finds the bridge and its NAT table made, then removes
+    /// them under the bridge's lock with its leases read again: an environment that
+    /// attached meanwhile keeps them. A child killed first leaves an idle bridge that the next
+    /// attach uses and garbage collection removes.
     pub fn remove_run(&self, env_id: &str, timeout: Duration) -> Result<(), EnvError> {
         let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
         let locked = self.lock(env_id, &quiet)?;
@@ -138,6 +140,13 @@ impl Environments {
     }
 }
 
+/// How long the child of a run that left the bridge idle waits before it removes the bridge:
+/// `berth run` in a loop (a test suite, CI) then makes and removes it once, not for every
+/// run (making it costs a NAT table transaction and three interface changes; removing it,
+/// some 50 ms of RCU grace periods that the next run's attach would wait for under the
+/// bridge's lock). Short, so that nothing berth made outlives its last environment for long.
+const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
+
 /// Removes the bridge a run left idle, unless an environment uses it again (see
 /// [`IdleBridge::remove_if_unused`]); best effort, as the removal of the run's folder:
 /// garbage collection removes what this leaves.
@@ -151,7 +160,8 @@ fn remove_idle_bridge(idle: Option<&IdleBridge>) {
 const REMOVAL_PURPOSE: &str = "run-removal";
 
 /// Removes `aside` (a folder in the home's `tmp/` named `<purpose>-<pid>-<hex>`), and first
-/// the bridge `idle` unless it is used again, in a child process that outlives this one;
+/// the bridge `idle` unless it is used again ([`IDLE_BRIDGE_GRACE`] later), in a child
+/// process that outlives this one;
 /// best effort: whatever it leaves is the next command's to sweep. Falls back to removing
 /// them here when no process can be forked.
 ///
@@ -192,6 +202,9 @@ fn remove_detached(aside: &Path, idle: Option<&IdleBridge>) {
                 aside.to_path_buf()
             };
             crate::host::fault_injection::checkpoint("run-removal");
+            if idle.is_some() {
+                std::thread::sleep(IDLE_BRIDGE_GRACE);
+            }
             remove_idle_bridge(idle);
             let ok = state::remove_tree(&target).is_ok();
             // SAFETY: leave the forked child without running the parent's destructors.
