@@ -6,6 +6,22 @@ use std::time::Duration;
 
 use super::*;
 use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
+use crate::net::Network;
+
+/// Runs `test` with a bridge of its own (when root and nft are there), detaching the
+/// environments `ids` at the end whatever happens.
+fn with_test_network(tag: &str, ids: &[&'static str], test: impl FnOnce(&Network)) {
+    let d = tempfile::tempdir().unwrap();
+    let home = BerthHome::at(d.path()).unwrap();
+    let Some(net) = test_network(&home, tag) else {
+        return;
+    };
+    let _detach: Vec<DetachOnDrop> = ids
+        .iter()
+        .map(|env_id| DetachOnDrop { net: &net, env_id })
+        .collect();
+    test(&net);
+}
 
 fn leases_of(bridge: &str) -> Option<usize> {
     LeaseStore::for_bridge(bridge)
@@ -16,7 +32,7 @@ fn leases_of(bridge: &str) -> Option<usize> {
 
 /// Makes `env_id` the bridge's only user and leaves the bridge idle as its last detach;
 /// returns the bridge to remove.
-fn leave_idle(net: &crate::net::Network, env_id: &str) -> IdleBridge {
+fn leave_idle(net: &Network, env_id: &str) -> IdleBridge {
     let t = net.plumb_tap(env_id).unwrap();
     let idle = net
         .leave_bridge_idle(env_id)
@@ -32,21 +48,14 @@ fn leave_idle(net: &crate::net::Network, env_id: &str) -> IdleBridge {
 
 #[test]
 fn an_idle_bridge_is_used_again_by_the_next_attach_and_removed_only_when_unused() {
-    let d = tempfile::tempdir().unwrap();
-    let home = BerthHome::at(d.path()).unwrap();
-    let Some(net) = test_network(&home, "i") else {
-        return;
-    };
+    with_test_network("i", &["idle-a", "idle-b"], |net| {
+        used_again_and_removed_only_when_unused(net)
+    });
+}
+
+fn used_again_and_removed_only_when_unused(net: &Network) {
     let name = net.options().bridge.name.clone();
-    let _a = DetachOnDrop {
-        net: &net,
-        env_id: "idle-a",
-    };
-    let _b = DetachOnDrop {
-        net: &net,
-        env_id: "idle-b",
-    };
-    let idle = leave_idle(&net, "idle-a");
+    let idle = leave_idle(net, "idle-a");
     assert_eq!(idle.name, name);
     assert!(NatRules::exists(&idle.nft_table), "NAT table kept");
     let mut nl = Netlink::open().unwrap();
@@ -64,7 +73,7 @@ fn an_idle_bridge_is_used_again_by_the_next_attach_and_removed_only_when_unused(
     net.leave_bridge_idle("idle-b").unwrap();
     net.detach("idle-b").unwrap();
     assert!(idle.remove_if_unused().unwrap());
-    assert_released(&net, "idle-b", &b.tap);
+    assert_released(net, "idle-b", &b.tap);
     assert!(!idle.remove_if_unused().unwrap(), "idempotent");
 }
 
@@ -74,23 +83,14 @@ fn an_idle_bridge_is_used_again_by_the_next_attach_and_removed_only_when_unused(
 /// left after it. Both orders must have happened.
 #[test]
 fn removing_an_idle_bridge_never_takes_it_from_an_environment_attaching_meanwhile() {
-    let d = tempfile::tempdir().unwrap();
-    let home = BerthHome::at(d.path()).unwrap();
-    let Some(net) = test_network(&home, "r") else {
-        return;
-    };
+    with_test_network("r", &["race-prev", "race-next"], race_removal_and_attach);
+}
+
+fn race_removal_and_attach(net: &Network) {
     let name = net.options().bridge.name.clone();
-    let _prev = DetachOnDrop {
-        net: &net,
-        env_id: "race-prev",
-    };
-    let _next = DetachOnDrop {
-        net: &net,
-        env_id: "race-next",
-    };
     let mut outcomes = [0usize; 2];
     for round in 0..16u64 {
-        let idle = leave_idle(&net, "race-prev");
+        let idle = leave_idle(net, "race-prev");
         let delay = Duration::from_micros(round / 2 * 400);
         let (remover_waits, attach_waits) = if round % 2 == 0 {
             (delay, Duration::ZERO)
@@ -113,7 +113,7 @@ fn removing_an_idle_bridge_never_takes_it_from_an_environment_attaching_meanwhil
         assert!(NatRules::exists(&name), "round {round}: NAT table gone");
         assert_eq!(leases_of(&name), Some(1), "round {round}");
         net.detach("race-next").unwrap();
-        assert_released(&net, "race-next", &t.tap);
+        assert_released(net, "race-next", &t.tap);
     }
     assert!(
         outcomes.iter().all(|n| *n > 0),
