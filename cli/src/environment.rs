@@ -153,6 +153,7 @@ mod tests {
                     bound: "127.0.0.1:40000".parse().unwrap(),
                 },
             ],
+            leaves_bridge_idle: false,
         };
         assert_eq!(
             network_lines(&rec),
@@ -168,6 +169,7 @@ mod tests {
             address: None,
             gateway: None,
             ports: Vec::new(),
+            leaves_bridge_idle: false,
         };
         assert_eq!(network_lines(&none), ["loopback only, no outbound network"]);
     }

@@ -125,6 +125,44 @@ impl Berth {
         let (out, err) = self.ok_both(dir, args);
         format!("{out}{err}")
     }
+
+    /// Waits (at most 15 s) until no live process is removing a finished `berth run` in the
+    /// background: its folder `tmp/run-removal-<pid>-<hex>` and, when the run was the
+    /// bridge's last user, this test's bridge, which that process removes first (idle until
+    /// then: its record lists no lease). Folders of a remover that died stay (the next berth
+    /// command's to sweep) and are not waited for.
+    pub fn wait_for_run_removals(&self) {
+        // Also while the folder still has the name of `berth run`, which is gone, and its
+        // removal process has not renamed it yet.
+        let bridge_idle = || {
+            std::fs::read(
+                Path::new(host::BRIDGE_RECORDS)
+                    .join(&self.bridge)
+                    .join("leases.json"),
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|r| r["leases"].as_array().is_some_and(|l| l.is_empty()))
+        };
+        let live = || {
+            std::fs::read_dir(self.home.path().join("tmp"))
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.strip_prefix("run-removal-")
+                            .and_then(|rest| rest.split('-').next())
+                            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                    })
+                })
+                .unwrap_or(false)
+        };
+        for _ in 0..300 {
+            if !live() && !bridge_idle() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Berth {

@@ -61,8 +61,11 @@ impl Project {
         .unwrap();
     }
 
-    /// Host resources that belong to this test: its environment, berth home and bridge.
+    /// Host resources that belong to this test: its environment, berth home and bridge;
+    /// taken once the background removals of finished runs are done (see
+    /// [`Berth::wait_for_run_removals`]).
     pub fn snapshot(&self, b: &Berth) -> HostSnapshot {
+        b.wait_for_run_removals();
         HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
     }
 }

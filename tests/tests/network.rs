@@ -35,6 +35,7 @@ fn project(toml: &str) -> Project {
 /// Host resources of this test: its home, project, bridge (and table), and the veths of
 /// the given environments.
 fn snapshot(b: &Berth, projects: &[&Project], env_ids: &[String]) -> HostSnapshot {
+    b.wait_for_run_removals();
     let home = b.home.path().to_string_lossy().into_owned();
     let mut tags: Vec<String> = vec![home, b.bridge.clone()];
     tags.extend(projects.iter().map(|p| p.name.clone()));
@@ -536,6 +537,8 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
         })
         .collect();
     assert_ne!(addrs[0], addrs[1], "parallel runs share an address");
+    // The last run's child removes the bridge after `berth run` returned.
+    b.wait_for_run_removals();
     assert!(!link_exists(&b.bridge), "the runs left the bridge");
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &ids));
 }

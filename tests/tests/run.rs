@@ -572,9 +572,11 @@ fn removals(b: &Berth) -> Vec<String> {
 }
 
 /// `berth run` reports the exit code once the environment is stopped and its folder is out
-/// of `envs/`; a child removes the folder afterwards. Killed before it could (the fault
-/// injected at `run-removal` aborts it, as a `kill -9` would), its folder stays in `tmp/`
-/// and the next berth command removes it.
+/// of `envs/`; a child removes the folder afterwards, and first the bridge when the run was
+/// its last user (deleting a bridge waits for the kernel's RCU grace periods, some 50 ms).
+/// Killed before it could (the fault injected at `run-removal` aborts it, as a `kill -9`
+/// would), its folder stays in `tmp/` and the bridge idle, and the next berth command
+/// removes both.
 #[test]
 fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     require_root!();
@@ -604,6 +606,7 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     assert_eq!(envs_left(&b), 0, "out of envs/ before berth run returns");
+    let bridge = std::path::Path::new("/sys/class/net").join(&b.bridge);
     // The removal process aborted: its folder stays, named after the dead process. (Until
     // that process renames it, the folder is named after `berth run`, which is gone too:
     // a sweep then would race the removal process's rename.)
@@ -618,10 +621,19 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
                     pid != run_pid && !std::path::Path::new(&format!("/proc/{pid}")).exists()
                 })
     });
+    // Not removed by `berth run` itself: its removal process died before it got to it.
+    assert!(
+        bridge.exists(),
+        "berth run removed the bridge itself, before it reported the exit code"
+    );
     let o = b.run_in(p.path(), &["ls"]);
     assert!(o.status.success(), "{:?}", text(&o));
     let left = removals(&b);
     assert!(left.is_empty(), "not swept by the next command: {left:?}");
+    assert!(
+        !bridge.exists(),
+        "the idle bridge was not removed by the next command"
+    );
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 

@@ -3,7 +3,12 @@
 //!
 //! The bridge (`berth0`), its nftables table and IPv4 forwarding are host-wide: they exist
 //! while at least one environment of any berth home holds a lease, and the last release
-//! removes them. The shared state (subnet, every home's leases) is the machine-wide record
+//! removes them; or, for a caller that asked ([`LastUser::LeavesIdle`], `berth run`, which
+//! then removes it in its detached child: [`IdleBridge::remove_if_unused`]), leaves them
+//! *idle*: up, with a record of no leases. An idle bridge is used again as it is by the next
+//! attach (when it has the subnet that attach would choose), and removed by whoever next
+//! finds it unused under the lock: its caller's child, or any garbage collection
+//! ([`Bridge::collect_departed`]), so a remover killed on the way leaks nothing for long. The shared state (subnet, every home's leases) is the machine-wide record
 //! of [`super::lease_store`] (`/run/berth/net/<bridge>/`), changed only under its lock. Each
 //! lease is recorded *before* the host is changed, so a crash at any point leaves a record
 //! that `detach` (or the next user's release of departed holders) cleans up from.
@@ -133,7 +138,10 @@ impl Bridge {
     /// `/run/berth/net`, so it must be a plain interface name (also when it comes from an
     /// environment's `network.json`): at most 15 lowercase letters, digits or `_`.
     fn store(&self) -> Result<LeaseStore, NetError> {
-        let name = &self.config.name;
+        Bridge::store_of(&self.config.name)
+    }
+
+    fn store_of(name: &str) -> Result<LeaseStore, NetError> {
         let plain = !name.is_empty()
             && name.len() <= 15
             && name
@@ -217,14 +225,27 @@ impl Bridge {
                 self.check_same_subnet(&st)?;
                 st
             }
-            _ => {
+            unused => {
                 let subnet = subnet::choose_subnet(
                     self.config.subnet.as_deref(),
                     &subnet::host_routes(),
                     &name,
                 )
                 .map_err(NetError::Subnet)?;
-                BridgeState::new(&name, subnet, &self.config.nft_table)
+                match unused {
+                    // An idle bridge (its last user left it up): used again as it is.
+                    Some(idle)
+                        if idle.subnet == subnet && idle.nft_table == self.config.nft_table =>
+                    {
+                        idle
+                    }
+                    // Idle, but not what this attach asks for: removed, then made anew.
+                    Some(idle) => {
+                        remove_from_host(lock, nl, &idle)?;
+                        BridgeState::new(&name, subnet, &self.config.nft_table)
+                    }
+                    None => BridgeState::new(&name, subnet, &self.config.nft_table),
+                }
             }
         };
         let holder = self.holder(env_id);
@@ -275,10 +296,16 @@ impl Bridge {
 
     /// Unplugs `env_id` (its veth or tap), drops its lease and, when it was the bridge's
     /// last user in any berth home, removes the NAT table, the bridge and the record, and
-    /// restores IPv4 forwarding (unless another berth bridge still needs it). `recorded_port`:
-    /// the interface the environment's own record names, used when the lease is already
-    /// gone. Idempotent.
-    pub fn detach(&self, env_id: &str, recorded_port: Option<&str>) -> Result<(), NetError> {
+    /// restores IPv4 forwarding (unless another berth bridge still needs it); or, with
+    /// [`LastUser::LeavesIdle`], leaves them idle for [`IdleBridge::remove_if_unused`].
+    /// `recorded_port`: the interface the environment's own record names, used when the
+    /// lease is already gone. Idempotent.
+    pub fn detach(
+        &self,
+        env_id: &str,
+        recorded_port: Option<&str>,
+        last: LastUser,
+    ) -> Result<(), NetError> {
         let store = self.store()?;
         let lock = store.lock()?;
         let mut nl = netlink()?;
@@ -304,13 +331,17 @@ impl Bridge {
             return store.remove(lock);
         };
         release_departed(&mut st, &mut nl, Some(&holder));
+        if last == LastUser::LeavesIdle && st.leases.is_empty() {
+            return store.save(&lock, &st);
+        }
         settle(&store, lock, &mut nl, &st)
     }
 
     /// Garbage collection: releases the leases of holders that are gone (their
     /// environment folder or their interface; see [`release_departed`]) and, when none is
-    /// left, removes the bridge, NAT table and record. Skips when the bridge has no record or
-    /// another process is changing it (that one releases them). Returns how many leases went.
+    /// left (an idle bridge too, whose remover was killed), removes the bridge, NAT table and
+    /// record. Skips when the bridge has no record or another process is changing it (that
+    /// one releases them, or uses the bridge). Returns how many leases went.
     pub fn collect_departed(&self) -> Result<usize, NetError> {
         let store = self.store()?;
         if !store.dir().exists() {
@@ -326,10 +357,52 @@ impl Bridge {
         let before = st.leases.len();
         release_departed(&mut st, &mut nl, None);
         let released = before - st.leases.len();
-        if released > 0 {
+        if released > 0 || st.leases.is_empty() {
             settle(&store, lock, &mut nl, &st)?;
         }
         Ok(released)
+    }
+}
+
+/// What [`Bridge::detach`] does when it releases the bridge's last lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastUser {
+    /// Removes the bridge, its NAT table, forwarding and record before it returns.
+    RemovesBridge,
+    /// Leaves them idle (a record of no leases): the caller removes them later, off its
+    /// critical path, with [`IdleBridge::remove_if_unused`] (a RTM_DELLINK of a bridge waits
+    /// for RCU grace periods, some 50 ms).
+    LeavesIdle,
+}
+
+/// A bridge its last user may have left idle ([`LastUser::LeavesIdle`]), to be removed
+/// unless someone uses it again meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdleBridge {
+    pub name: String,
+    pub nft_table: String,
+}
+
+impl IdleBridge {
+    /// Under the bridge's lock, with its holders checked again: removes the bridge, NAT
+    /// table, forwarding and record when no lease is left (those of holders that are gone
+    /// released first), and leaves everything as it is when an environment attached
+    /// meanwhile. Returns whether it removed the bridge. Idempotent.
+    pub fn remove_if_unused(&self) -> Result<bool, NetError> {
+        let store = Bridge::store_of(&self.name)?;
+        if !store.dir().exists() {
+            return Ok(false);
+        }
+        let lock = store.lock()?;
+        let Some(mut st) = store.load(&lock)? else {
+            return store.remove(lock).map(|()| false);
+        };
+        let mut nl = netlink()?;
+        release_departed(&mut st, &mut nl, None);
+        if !st.leases.is_empty() {
+            return store.save(&lock, &st).map(|()| false);
+        }
+        settle(&store, lock, &mut nl, &st).map(|()| true)
     }
 }
 
@@ -344,12 +417,21 @@ fn settle(
     if !st.leases.is_empty() {
         return store.save(&lock, st);
     }
+    remove_from_host(&lock, nl, st)?;
+    store.remove(lock)
+}
+
+/// Removes the bridge of `st`, its NAT table and the note of the ruleset applied, and
+/// restores IPv4 forwarding (unless another berth bridge needs it); the record stays. Under
+/// the lock, for a bridge no lease uses.
+fn remove_from_host(_lock: &StoreLock, nl: &mut Netlink, st: &BridgeState) -> Result<(), NetError> {
+    let store = Bridge::store_of(&st.bridge)?;
     let _ = std::fs::remove_file(store.dir().join(APPLIED_FILE));
     NatRules::remove(&st.nft_table)?;
     nl.delete_link_named(&st.bridge)
         .map_err(|e| NetError::link(format!("delete bridge {}", st.bridge), e))?;
     nat::release_ipv4_forwarding(&st.nft_table)?;
-    store.remove(lock)
+    Ok(())
 }
 
 /// Beside the bridge's record: the nftables ruleset generation right after berth applied
@@ -746,3 +828,7 @@ mod tests {
         assert_ne!(a, veth_name("web-87654321"));
     }
 }
+
+#[cfg(test)]
+#[path = "bridge_idle_tests.rs"]
+mod idle_tests;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{self, BerthHome};
 
-use super::bridge::{Bridge, BridgeConfig};
+use super::bridge::{Bridge, BridgeConfig, IdleBridge, LastUser};
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
@@ -72,6 +72,10 @@ pub struct NetRecord {
     pub address: Option<Ipv4Addr>,
     pub gateway: Option<Ipv4Addr>,
     pub ports: Vec<ForwardedPort>,
+    /// Set by [`Network::leave_bridge_idle`]: when this environment is the bridge's last
+    /// user, [`Network::detach`] leaves the bridge idle for the caller to remove.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaves_bridge_idle: bool,
 }
 
 /// The host-side plumbing of an environment's network, as [`Network::plumb`] made it. It
@@ -305,6 +309,7 @@ impl Network {
             address: None,
             gateway: None,
             ports: Vec::new(),
+            leaves_bridge_idle: false,
         };
         let mut rollback = Rollback {
             net: self,
@@ -399,6 +404,7 @@ impl Network {
             address: None,
             gateway: None,
             ports: Vec::new(),
+            leaves_bridge_idle: false,
         };
         let mut rollback = Rollback {
             net: self,
@@ -462,6 +468,7 @@ impl Network {
             address: None,
             gateway: None,
             ports: Vec::new(),
+            leaves_bridge_idle: false,
         };
         self.save(env_id, &record)
     }
@@ -475,6 +482,7 @@ impl Network {
             address: None,
             gateway: None,
             ports: Vec::new(),
+            leaves_bridge_idle: false,
         });
         record.ports = ports.to_vec();
         self.save(env_id, &record)
@@ -528,6 +536,30 @@ impl Network {
         Bridge::new(&self.home, self.options.bridge.clone()).collect_departed()
     }
 
+    /// Asks [`detach`](Self::detach) of `env_id` to leave the bridge idle when `env_id` is
+    /// its last user (see [`LastUser::LeavesIdle`]): `berth run` removes it in the child
+    /// that outlives it, off the path to the command's exit code. Returns the bridge to
+    /// remove with [`IdleBridge::remove_if_unused`] after the detach, or `None` when
+    /// `env_id` is on no bridge (nothing was changed then).
+    pub fn leave_bridge_idle(&self, env_id: &str) -> Result<Option<IdleBridge>, NetError> {
+        let Some(mut record) = self.record(env_id)? else {
+            return Ok(None);
+        };
+        let Plumbing::Bridge {
+            bridge, nft_table, ..
+        } = &record.plumbing
+        else {
+            return Ok(None);
+        };
+        let idle = IdleBridge {
+            name: bridge.clone(),
+            nft_table: nft_table.clone(),
+        };
+        record.leaves_bridge_idle = true;
+        self.save(env_id, &record)?;
+        Ok(Some(idle))
+    }
+
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
     /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
@@ -553,7 +585,12 @@ impl Network {
                     nft_table: nft_table.clone(),
                     subnet: None,
                 };
-                Bridge::new(&self.home, cfg).detach(env_id, port.as_deref())?;
+                let last = if record.leaves_bridge_idle {
+                    LastUser::LeavesIdle
+                } else {
+                    LastUser::RemovesBridge
+                };
+                Bridge::new(&self.home, cfg).detach(env_id, port.as_deref(), last)?;
             }
             Plumbing::Pasta { pid: Some(pid) } => pasta::stop(*pid),
             Plumbing::Pasta { pid: None } | Plumbing::Nothing => {}
