@@ -224,19 +224,18 @@ impl PartialBlob {
                 actual: actual.to_string(),
             });
         }
+        // Verified: the tee's reader may finish (its unpacker commit the layer) while the
+        // blob is synced, instead of waiting for the disk.
+        if let Some(t) = self.tee.as_mut() {
+            t.end();
+        }
         let Some(file) = file.filter(|_| self.keep) else {
-            if let Some(t) = self.tee.as_mut() {
-                t.end();
-            }
             return Ok(None);
         };
         file.sync_all().map_err(ImageError::io(&self.path))?;
         drop(file);
         let dest = self.dir.join(self.digest.hex());
         fs::rename(&self.path, &dest).map_err(ImageError::io(&dest))?;
-        if let Some(t) = self.tee.as_mut() {
-            t.end();
-        }
         Ok(Some(dest))
     }
 
@@ -422,6 +421,29 @@ mod tests {
         assert!(!p.tee_intact());
         drop(p);
         assert!(reader.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn the_tee_ends_once_the_blob_is_verified_not_once_it_is_stored() {
+        // The unpacker reading the tee need not wait for the blob's fsync and rename: its
+        // stream ends cleanly as soon as the digest matched, even when storing then fails.
+        let (_d, s) = store();
+        let data = b"verified, then the store is gone".to_vec();
+        let digest = Digest::of(&data);
+        let mut p = s.begin(&digest, data.len() as u64, "t").unwrap();
+        let mut r = p.tee().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        });
+        p.append(&data).unwrap();
+        let dir = s.path(&digest).parent().unwrap().to_path_buf();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            p.commit().is_err(),
+            "the rename into {dir:?} cannot succeed"
+        );
+        assert_eq!(reader.join().unwrap().unwrap(), data);
     }
 
     #[test]

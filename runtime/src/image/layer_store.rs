@@ -41,7 +41,7 @@ pub struct LayerStore {
 /// A reader that reports how many bytes passed.
 struct Counting<'a, R> {
     inner: R,
-    on_read: &'a mut dyn FnMut(u64),
+    on_read: &'a mut (dyn FnMut(u64) + Send),
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -96,7 +96,7 @@ impl LayerStore {
         blob: &Path,
         expected: Option<&Digest>,
         label: &str,
-        on_read: &mut dyn FnMut(u64),
+        on_read: &mut (dyn FnMut(u64) + Send),
     ) -> Result<LayerMeta, ImageError> {
         if let Some(d) = expected {
             if self.contains(d) {
@@ -111,10 +111,10 @@ impl LayerStore {
     /// Like [`LayerStore::unpack_blob`] for an uncompressed tar stream.
     pub fn unpack_stream(
         &self,
-        reader: impl Read,
+        reader: impl Read + Send,
         expected: Option<&Digest>,
         label: &str,
-        on_read: &mut dyn FnMut(u64),
+        on_read: &mut (dyn FnMut(u64) + Send),
     ) -> Result<LayerMeta, ImageError> {
         let staging = self.home.staging_dir("layer")?;
         let opts = UnpackOptions::for_current_user();
