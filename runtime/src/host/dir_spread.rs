@@ -6,7 +6,7 @@
 //! layer unpacked after a prune, or after the last one's staging folder was removed) cost a
 //! scan each. A spread folder rarely lands in such a group.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,36 +19,28 @@ const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 /// spread over the filesystem. `Ok(false)` when the filesystem has no such flag (tmpfs, xfs,
 /// btrfs, overlayfs): a placement hint only, nothing to fix.
 pub fn spread_subfolders(dir: &Path) -> io::Result<bool> {
-    let d = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(dir)?;
-    let mut flags: libc::c_int = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which is valid for that.
-    if unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
-        return unsupported(io::Error::last_os_error());
-    }
+    let Some((d, flags)) = flags_of(dir)? else {
+        return Ok(false);
+    };
     if flags & FS_TOPDIR_FL != 0 {
         return Ok(true);
     }
-    flags |= FS_TOPDIR_FL;
+    let flags = flags | FS_TOPDIR_FL;
     // SAFETY: FS_IOC_SETFLAGS reads one int from the pointer, which is valid for that.
     if unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } != 0 {
-        return unsupported(io::Error::last_os_error());
+        return unsupported(io::Error::last_os_error()).map(|_| false);
     }
     Ok(true)
 }
 
-/// `Ok(false)` for the errors of a filesystem without the flag, the error otherwise.
-fn unsupported(e: io::Error) -> io::Result<bool> {
-    match e.raw_os_error() {
-        Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(false),
-        _ => Err(e),
-    }
-}
-
 /// Whether `dir` carries the flag (`None` where the filesystem has no such flags).
 pub fn spreads_subfolders(dir: &Path) -> io::Result<Option<bool>> {
+    Ok(flags_of(dir)?.map(|(_, flags)| flags & FS_TOPDIR_FL != 0))
+}
+
+/// The folder `dir` open (never through a symbolic link) and its inode flags; `None` where
+/// the filesystem has none.
+fn flags_of(dir: &Path) -> io::Result<Option<(File, libc::c_int)>> {
     let d = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -56,9 +48,17 @@ pub fn spreads_subfolders(dir: &Path) -> io::Result<Option<bool>> {
     let mut flags: libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS writes one int to the pointer, which is valid for that.
     if unsafe { libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } != 0 {
-        return unsupported(io::Error::last_os_error()).map(|_| None);
+        return unsupported(io::Error::last_os_error()).map(|()| None);
     }
-    Ok(Some(flags & FS_TOPDIR_FL != 0))
+    Ok(Some((d, flags)))
+}
+
+/// `Ok(())` for the errors of a filesystem without the flags, the error otherwise.
+fn unsupported(e: io::Error) -> io::Result<()> {
+    match e.raw_os_error() {
+        Some(libc::ENOTTY | libc::EOPNOTSUPP | libc::EINVAL) => Ok(()),
+        _ => Err(e),
+    }
 }
 
 #[cfg(test)]

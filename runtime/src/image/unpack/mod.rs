@@ -42,6 +42,7 @@ mod write;
 use meta::{DirMeta, Meta};
 pub use path::clean_components;
 use path::open_dir_path;
+pub use read_ahead::Chunk;
 use read_ahead::{read_ahead, AheadReader};
 pub use whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 

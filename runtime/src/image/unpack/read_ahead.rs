@@ -19,8 +19,35 @@ pub(super) struct AheadReader {
     rx: Receiver<io::Result<Vec<u8>>>,
     /// Emptied chunks go back to the reading thread, to be filled again.
     spent: Sender<Vec<u8>>,
-    chunk: Vec<u8>,
+    chunk: Chunk,
+}
+
+/// Bytes received from another thread, read out in pieces.
+#[derive(Default)]
+pub struct Chunk {
+    bytes: Vec<u8>,
     pos: usize,
+}
+
+impl Chunk {
+    /// Whether every byte was read out.
+    pub fn is_spent(&self) -> bool {
+        self.pos == self.bytes.len()
+    }
+
+    /// Takes `next` to read out; returns the spent buffer (to be filled again).
+    pub fn replace(&mut self, next: Vec<u8>) -> Vec<u8> {
+        self.pos = 0;
+        std::mem::replace(&mut self.bytes, next)
+    }
+
+    /// Copies out as many of the bytes left as `buf` holds.
+    pub fn copy_to(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.bytes.len() - self.pos);
+        buf[..n].copy_from_slice(&self.bytes[self.pos..self.pos + n]);
+        self.pos += n;
+        n
+    }
 }
 
 /// The reading thread: when it ends, the sha256 and length of every byte it read.
@@ -39,8 +66,7 @@ pub(super) fn read_ahead<'scope, R: Read + Send + 'scope>(
     let reader = AheadReader {
         rx,
         spent,
-        chunk: Vec::new(),
-        pos: 0,
+        chunk: Chunk::default(),
     };
     (reader, thread)
 }
@@ -87,24 +113,20 @@ impl Read for AheadReader {
         if buf.is_empty() {
             return Ok(0);
         }
-        while self.pos == self.chunk.len() {
+        while self.chunk.is_spent() {
             let next = match self.rx.recv() {
                 Ok(Ok(next)) => next,
                 Ok(Err(e)) => return Err(e),
                 // The source ended: its thread finished and dropped its sender.
                 Err(_) => return Ok(0),
             };
-            let spent = std::mem::replace(&mut self.chunk, next);
-            self.pos = 0;
+            let spent = self.chunk.replace(next);
             if spent.capacity() > 0 {
                 // The reading thread may have ended: then the buffer is simply freed.
                 let _ = self.spent.send(spent);
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(self.chunk.copy_to(buf))
     }
 }
 
