@@ -2,10 +2,12 @@
 //! from them (the lowest floor): a process identity that survives pid reuse ([`process`]),
 //! wall-clock timestamps ([`clock`]), the fault-injection hook of the crash-safety tests
 //! ([`fault_injection`]), and read-only probes of the machine ([`probe`]: the root to probe
-//! below, [`kvm`]: which KVM backs `/dev/kvm`, [`cgroup_layout`]: how cgroups are mounted).
+//! below, [`kvm`]: which KVM backs `/dev/kvm`, [`cgroup_layout`]: how cgroups are mounted),
+//! and where ext4 places new folders ([`dir_spread`]).
 
 pub mod cgroup_layout;
 pub mod clock;
+pub mod dir_spread;
 pub mod fault_injection;
 pub mod kvm;
 pub mod probe;

@@ -12,6 +12,7 @@ use sha2::{Digest as _, Sha256};
 use super::blob_writer::WritebackFile;
 use super::digest::Digest;
 use super::error::ImageError;
+use super::unpack::Chunk;
 use crate::state::FileLock;
 
 /// A blob being downloaded: append bytes, then [`PartialBlob::commit`].
@@ -143,8 +144,7 @@ impl PartialBlob {
         });
         Some(TeeReader {
             rx,
-            chunk: Vec::new(),
-            pos: 0,
+            chunk: Chunk::default(),
             done: false,
         })
     }
@@ -224,19 +224,18 @@ impl PartialBlob {
                 actual: actual.to_string(),
             });
         }
+        // Verified: the tee's reader may finish (its unpacker commit the layer) while the
+        // blob is synced, instead of waiting for the disk.
+        if let Some(t) = self.tee.as_mut() {
+            t.end();
+        }
         let Some(file) = file.filter(|_| self.keep) else {
-            if let Some(t) = self.tee.as_mut() {
-                t.end();
-            }
             return Ok(None);
         };
         file.sync_all().map_err(ImageError::io(&self.path))?;
         drop(file);
         let dest = self.dir.join(self.digest.hex());
         fs::rename(&self.path, &dest).map_err(ImageError::io(&dest))?;
-        if let Some(t) = self.tee.as_mut() {
-            t.end();
-        }
         Ok(Some(dest))
     }
 
@@ -302,21 +301,19 @@ impl BlobTee {
 /// Reads the bytes of a blob as they are downloaded.
 pub struct TeeReader {
     rx: std::sync::mpsc::Receiver<TeeMsg>,
-    chunk: Vec<u8>,
-    pos: usize,
+    chunk: Chunk,
     done: bool,
 }
 
 impl Read for TeeReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.chunk.len() {
+        while self.chunk.is_spent() {
             if self.done {
                 return Ok(0);
             }
             match self.rx.recv() {
                 Ok(TeeMsg::Data(d)) => {
-                    self.chunk = d;
-                    self.pos = 0;
+                    self.chunk.replace(d);
                 }
                 Ok(TeeMsg::End) => self.done = true,
                 Err(_) => {
@@ -327,10 +324,7 @@ impl Read for TeeReader {
                 }
             }
         }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(self.chunk.copy_to(buf))
     }
 }
 
@@ -386,17 +380,22 @@ mod tests {
         assert!(s.contains(&digest));
     }
 
+    /// Reads `p`'s tee to its end on a thread of its own.
+    fn read_tee(p: &mut PartialBlob) -> std::thread::JoinHandle<io::Result<Vec<u8>>> {
+        let mut r = p.tee().unwrap();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            r.read_to_end(&mut v).map(|_| v)
+        })
+    }
+
     #[test]
     fn tee_sees_a_verified_blob_and_fails_on_a_corrupt_or_restarted_one() {
         let (_d, s) = store();
         let data = b"streamed while downloading".to_vec();
         let digest = Digest::of(&data);
         let mut p = s.begin(&digest, data.len() as u64, "t").unwrap();
-        let mut r = p.tee().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut v = Vec::new();
-            r.read_to_end(&mut v).map(|_| v)
-        });
+        let reader = read_tee(&mut p);
         p.append(&data[..5]).unwrap();
         p.append(&data[5..]).unwrap();
         assert!(p.tee_intact());
@@ -405,8 +404,7 @@ mod tests {
 
         let bad = Digest::of(b"other");
         let mut p = s.begin(&bad, 5, "t").unwrap();
-        let mut r = p.tee().unwrap();
-        let reader = std::thread::spawn(move || r.read_to_end(&mut Vec::new()));
+        let reader = read_tee(&mut p);
         p.append(b"wrong").unwrap();
         assert!(p.commit().is_err());
         assert!(
@@ -415,13 +413,31 @@ mod tests {
         );
 
         let mut p = s.begin(&bad, 5, "t").unwrap();
-        let mut r = p.tee().unwrap();
-        let reader = std::thread::spawn(move || r.read_to_end(&mut Vec::new()));
+        let reader = read_tee(&mut p);
         p.append(b"ot").unwrap();
         p.restart().unwrap();
         assert!(!p.tee_intact());
         drop(p);
         assert!(reader.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn the_tee_ends_once_the_blob_is_verified_not_once_it_is_stored() {
+        // The unpacker reading the tee need not wait for the blob's fsync and rename: its
+        // stream ends cleanly as soon as the digest matched, even when storing then fails.
+        let (_d, s) = store();
+        let data = b"verified, then the store is gone".to_vec();
+        let digest = Digest::of(&data);
+        let mut p = s.begin(&digest, data.len() as u64, "t").unwrap();
+        let reader = read_tee(&mut p);
+        p.append(&data).unwrap();
+        let dir = s.path(&digest).parent().unwrap().to_path_buf();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            p.commit().is_err(),
+            "the rename into {dir:?} cannot succeed"
+        );
+        assert_eq!(reader.join().unwrap().unwrap(), data);
     }
 
     #[test]

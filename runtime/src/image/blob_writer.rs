@@ -226,7 +226,7 @@ fn store_written(
 /// A reader that writes every byte it reads to `copy` as well.
 pub struct TeeRead<'a, R> {
     pub inner: R,
-    pub copy: &'a mut dyn Write,
+    pub copy: &'a mut (dyn Write + Send),
 }
 
 impl<R: Read> Read for TeeRead<'_, R> {

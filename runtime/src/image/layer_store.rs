@@ -41,7 +41,7 @@ pub struct LayerStore {
 /// A reader that reports how many bytes passed.
 struct Counting<'a, R> {
     inner: R,
-    on_read: &'a mut dyn FnMut(u64),
+    on_read: &'a mut (dyn FnMut(u64) + Send),
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -96,7 +96,7 @@ impl LayerStore {
         blob: &Path,
         expected: Option<&Digest>,
         label: &str,
-        on_read: &mut dyn FnMut(u64),
+        on_read: &mut (dyn FnMut(u64) + Send),
     ) -> Result<LayerMeta, ImageError> {
         if let Some(d) = expected {
             if self.contains(d) {
@@ -111,11 +111,16 @@ impl LayerStore {
     /// Like [`LayerStore::unpack_blob`] for an uncompressed tar stream.
     pub fn unpack_stream(
         &self,
-        reader: impl Read,
+        reader: impl Read + Send,
         expected: Option<&Digest>,
         label: &str,
-        on_read: &mut dyn FnMut(u64),
+        on_read: &mut (dyn FnMut(u64) + Send),
     ) -> Result<LayerMeta, ImageError> {
+        // Each layer's folders go to a block group of their own on ext4, not the one where
+        // the last layers (or a prune) just freed thousands of inodes: without a journal,
+        // ext4 skips those one by one for every file created there (host::dir_spread). A
+        // placement hint: a filesystem without it, or a refusal, changes nothing else.
+        let _ = crate::host::dir_spread::spread_subfolders(&self.home.tmp_dir());
         let staging = self.home.staging_dir("layer")?;
         let opts = UnpackOptions::for_current_user();
         // A layer may use the free space of the home's filesystem but one reserve (5%,
@@ -201,5 +206,29 @@ impl LayerStore {
             remove_tree(&tmp).map_err(ImageError::io(&tmp))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::dir_spread::spreads_subfolders;
+
+    #[test]
+    fn layers_are_staged_in_a_folder_whose_subfolders_ext4_spreads() {
+        // /var/tmp: a disk filesystem here (ext4), where the flag exists.
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        let home = BerthHome::at(d.path().join("home")).unwrap();
+        if spreads_subfolders(&home.tmp_dir()).unwrap().is_none() {
+            eprintln!("skipped: the filesystem of /var/tmp has no FS_TOPDIR_FL (not ext2/3/4)");
+            return;
+        }
+        let store = LayerStore::new(&home);
+        let tar = crate::image::unpack::tests::tar_of(&[("etc/", 'd', ""), ("etc/a", 'f', "1")]);
+        let meta = store
+            .unpack_stream(&tar[..], None, "t", &mut |_| {})
+            .unwrap();
+        assert!(store.contains(&meta.diff_id));
+        assert_eq!(spreads_subfolders(&home.tmp_dir()).unwrap(), Some(true));
     }
 }

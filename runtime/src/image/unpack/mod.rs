@@ -29,18 +29,21 @@ use std::path::{Path, PathBuf};
 
 use nix::unistd;
 
-use super::digest::{Digest, Hashing};
+use super::digest::Digest;
 use super::error::ImageError;
 use super::sparse;
 
 mod meta;
 mod path;
+mod read_ahead;
 mod whiteout;
 mod write;
 
 use meta::{DirMeta, Meta};
 pub use path::clean_components;
 use path::open_dir_path;
+pub use read_ahead::Chunk;
+use read_ahead::{read_ahead, AheadReader};
 pub use whiteout::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// What the unpacker may do beyond an ordinary user's rights.
@@ -84,7 +87,7 @@ pub struct UnpackReport {
 /// Unpacks the (already decompressed) tar stream `reader` into the existing, empty directory
 /// `dest`. `layer` names the layer in errors.
 pub fn unpack(
-    reader: impl Read,
+    reader: impl Read + Send,
     dest: &Path,
     layer: &str,
     opts: UnpackOptions,
@@ -96,14 +99,43 @@ pub fn unpack(
 /// than `budget` bytes of disk. Runs of zeros (declared sparse holes, or zeros a dense entry
 /// carries) are not written but skipped over, so they take no space and do not count.
 /// On an error `dest` is left half-filled: the caller removes it (a staging folder).
+/// The stream is read (decompressed, hashed) on a thread of its own while this one writes
+/// the files (`read_ahead.rs`).
 pub fn unpack_bounded(
-    reader: impl Read,
+    reader: impl Read + Send,
     dest: &Path,
     layer: &str,
     opts: UnpackOptions,
     budget: u64,
 ) -> Result<UnpackReport, ImageError> {
     let root = open_dir_path(dest).map_err(ImageError::io(dest))?;
+    std::thread::scope(|s| {
+        let (stream, hashed) = read_ahead(s, reader);
+        let u = unpack_from(stream, root, dest, layer, opts, budget)?;
+        let (diff_id, tar_size) = hashed.join().map_err(|_| ImageError::BadArchive {
+            layer: layer.to_string(),
+            source: io::Error::other("the thread reading the layer's stream panicked"),
+        })?;
+        Ok(UnpackReport {
+            diff_id,
+            tar_size,
+            content_size: u.report_content,
+            entries: u.entries,
+            skipped_devices: u.skipped_devices,
+        })
+    })
+}
+
+/// The unpacking of [`unpack_bounded`] over the read-ahead `stream` (whose thread hashes
+/// it): the unpacker, with its counts, once every entry is written.
+fn unpack_from<'a>(
+    stream: AheadReader,
+    root: OwnedFd,
+    dest: &'a Path,
+    layer: &'a str,
+    opts: UnpackOptions,
+    budget: u64,
+) -> Result<Unpacker<'a>, ImageError> {
     let mut u = Unpacker {
         root,
         dest,
@@ -119,7 +151,7 @@ pub fn unpack_bounded(
         entries: 0,
         skipped_devices: 0,
     };
-    let mut archive = tar::Archive::new(EofPadding::new(Hashing::new(reader)));
+    let mut archive = tar::Archive::new(EofPadding::new(stream));
     let bad = |source| ImageError::BadArchive {
         layer: layer.to_string(),
         source,
@@ -129,16 +161,10 @@ pub fn unpack_bounded(
         u.entry(&mut entry)?;
     }
     u.finish_dirs()?;
+    // The rest of the stream (end blocks, padding) is read so its thread hashes all of it.
     let mut padded = archive.into_inner();
     io::copy(&mut padded, &mut io::sink()).map_err(bad)?;
-    let (_, diff_id, tar_size) = padded.inner.finish();
-    Ok(UnpackReport {
-        diff_id,
-        tar_size,
-        content_size: u.report_content,
-        entries: u.entries,
-        skipped_devices: u.skipped_devices,
-    })
+    Ok(u)
 }
 
 /// Completes a tar stream that ends without its final padding and end-of-archive blocks

@@ -60,23 +60,40 @@ impl Unpacker<'_> {
         meta: &Meta,
         path: &Path,
     ) -> Result<(), ImageError> {
-        self.clear(parent, name, false)
-            .map_err(|e| self.io_entry(path, e))?;
-        let fd = openat(
-            Some(parent),
-            name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o600),
-        )
+        let create = || {
+            openat(
+                Some(parent),
+                name,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+        };
+        // Created afresh (O_EXCL): what an earlier entry left under the name is cleared
+        // first, looked at only when there is something (most names are new).
+        let fd = match create() {
+            Err(Errno::EEXIST) => {
+                self.clear(parent, name, false)
+                    .map_err(|e| self.io_entry(path, e))?;
+                create()
+            }
+            other => other,
+        }
         .map_err(|e| self.io_entry(path, io::Error::from(e)))?;
         // SAFETY: openat returned a fresh descriptor that nothing else owns.
         let mut file = unsafe { File::from_raw_fd(fd) };
+        let allocated = self.allocated;
         let size = match sparse {
             None => self.copy_data(entry, &mut file, path, u64::MAX)?,
             Some(sp) => self.copy_pax_sparse(entry, &mut file, path, sp)?,
         };
-        // A trailing hole: the length the entry declared.
-        file.set_len(size).map_err(|e| self.io_entry(path, e))?;
+        // Holes were skipped over, perhaps at the end: the length the entry declared.
+        if self.allocated - allocated != size {
+            file.set_len(size).map_err(|e| self.io_entry(path, e))?;
+        }
         let fd = file.as_raw_fd();
         self.set_owner_xattrs(fd, None, meta, path)?;
         stat::fchmod(fd, Mode::from_bits_truncate(meta.mode))
