@@ -22,7 +22,7 @@ use super::namespaces::{
     enter, environment_flags, make_mounts_private, pipe, private_mount_namespace, recv_byte,
     send_byte,
 };
-use super::rootfs::OverlayRootfs;
+use super::rootfs::{LayerClones, OverlayRootfs};
 use super::run_state::ContainerState;
 use super::sidecar::Joined;
 use super::spec::ContainerSpec;
@@ -171,11 +171,12 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                     ContainerError::Setup("the namespace setup process failed".into()),
                 ));
             }
-            let result = (|| -> Result<()> {
+            let result = (|| -> Result<Option<LayerClones>> {
                 if let (Some(m), None) = (&mapping, &joined) {
                     m.write_for(child.as_raw())?;
                 }
                 checkpoint("userns-mapped");
+                let mut clones = None;
                 if host_side_mounts {
                     let ns = match &mapping {
                         Some(_) => Some(OwnedFd::from(
@@ -185,16 +186,21 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                         )),
                         None => None,
                     };
-                    OverlayRootfs::new(&spec, mapping.as_ref()).mount_layers(ns.as_ref(), owner)?;
+                    clones = Some(
+                        OverlayRootfs::new(&spec, mapping.as_ref())
+                            .mount_layers(ns.as_ref(), owner)?,
+                    );
                 }
                 checkpoint("rootfs-mounted");
-                Ok(())
+                Ok(clones)
             })();
             send_byte(&to_child_w, if result.is_ok() { 1 } else { 0 });
             let st = waitpid(child, None);
-            if let Err(e) = result {
-                return Err((Some(report_fd), e));
-            }
+            // The layers' clones go only now, with the environment under way (see LayerClones).
+            let _clones = match result {
+                Ok(clones) => clones,
+                Err(e) => return Err((Some(report_fd), e)),
+            };
             match st {
                 Ok(WaitStatus::Exited(_, 0)) => Ok(()),
                 // The child reported its own error.
@@ -235,7 +241,8 @@ fn namespace_child(
     }
     if !host_side_mounts {
         private_mount_namespace()?;
-        OverlayRootfs::new(spec, mapping).mount_layers(None, None)?;
+        // Without a user namespace to map into there are no clones to keep.
+        drop(OverlayRootfs::new(spec, mapping).mount_layers(None, None)?);
     }
     let mut flags = environment_flags(spec.network);
     if joined.is_some() {

@@ -127,6 +127,16 @@ fn give_inside(
     })
 }
 
+/// The detached id-mapped clones of the layers the overlay was made from (the overlay holds
+/// its own references). Closing the last descriptor of a detached mount dissolves it, and
+/// the kernel waits for an RCU grace period there (`synchronize_rcu_expedited` in
+/// `namespace_unlock`, milliseconds on a busy machine, once per layer): the launcher keeps
+/// them until it has let the environment go on, so that wait is off the path of the start.
+#[must_use = "dropping the clones waits for RCU grace periods: keep them off the start's path"]
+pub struct LayerClones {
+    _held: Vec<OwnedFd>,
+}
+
 /// The root filesystem of one environment, mounted at `<state_dir>/rootfs`.
 pub struct OverlayRootfs<'a> {
     pub(super) spec: &'a ContainerSpec,
@@ -146,17 +156,23 @@ impl<'a> OverlayRootfs<'a> {
     /// the files under /etc. `idmap_userns` is the environment's user namespace when berth is
     /// root (layers and `idmap` binds are id-mapped into it); `owner` is the host id pair of the
     /// environment's root, for files berth creates (`None` when already inside the namespace).
-    pub fn mount_layers(&self, idmap_userns: Option<&OwnedFd>, owner: Owner) -> Result<()> {
+    /// The caller keeps the returned [`LayerClones`] until the environment has been let go on.
+    pub fn mount_layers(
+        &self,
+        idmap_userns: Option<&OwnedFd>,
+        owner: Owner,
+    ) -> Result<LayerClones> {
         let spec = self.spec;
         let target = self.mount_point();
         mkdir_p(&target)?;
-        match idmap_userns.filter(|_| !spec.premapped_lowers) {
+        let clones = match idmap_userns.filter(|_| !spec.premapped_lowers) {
             Some(ns) => self.mount_idmapped_overlay(ns, &target)?,
             None => {
                 let userxattr = owner.is_none() && self.mapping.is_some();
-                self.mount_overlay(&spec.lower_layers, &target, userxattr)?
+                self.mount_overlay(&spec.lower_layers, &target, userxattr)?;
+                LayerClones { _held: Vec::new() }
             }
-        }
+        };
         let root = open_dir(&target)?;
         let mut mounts: Vec<&MountSpec> = spec.mounts.iter().collect();
         mounts.sort_by_key(|m| m.target().split('/').filter(|c| !c.is_empty()).count());
@@ -271,13 +287,13 @@ impl<'a> OverlayRootfs<'a> {
         }
         self.write_etc_files(root.as_fd(), owner)?;
         self.stage_devices(owner)?;
-        Ok(())
+        Ok(clones)
     }
 
     /// The overlay over id-mapped clones of the layers. Where the kernel takes the clones as
     /// layer descriptors ([`detached_overlay`]) they stay detached; otherwise each is attached
     /// at `lower/N` of the state folder for a classic mount.
-    fn mount_idmapped_overlay(&self, ns: &OwnedFd, target: &Path) -> Result<()> {
+    fn mount_idmapped_overlay(&self, ns: &OwnedFd, target: &Path) -> Result<LayerClones> {
         let spec = self.spec;
         let flags = CloneFlags {
             readonly: true,
@@ -293,12 +309,13 @@ impl<'a> OverlayRootfs<'a> {
             .collect::<Result<Vec<_>>>()?;
         match detached_overlay::overlay_from_layer_fds(&trees, &spec.upper_dir, &spec.work_dir) {
             Ok(Made::Mount(overlay)) => {
-                return attach_tree(&overlay, target).context(|| {
+                attach_tree(&overlay, target).context(|| {
                     format!(
                         "cannot attach the overlay root filesystem at {}",
                         target.display()
                     )
-                })
+                })?;
+                return Ok(LayerClones { _held: trees });
             }
             // Refused: descriptor layers came with 6.13, detached and O_PATH ones (such as
             // these clones) with 6.15. The classic mount below reports any real problem (an
@@ -318,7 +335,8 @@ impl<'a> OverlayRootfs<'a> {
             })?;
             lowers.push(at);
         }
-        self.mount_overlay(&lowers, target, false)
+        self.mount_overlay(&lowers, target, false)?;
+        Ok(LayerClones { _held: trees })
     }
 
     /// The overlay of `lowers` (bottom first) by `mount(2)`; `userxattr` when mounted from

@@ -35,6 +35,8 @@ const IFLA_MASTER: u16 = 10;
 const IFLA_PROTINFO: u16 = 12;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_NUM_TX_QUEUES: u16 = 31;
+const IFLA_NUM_RX_QUEUES: u16 = 32;
 const IFLA_GSO_MAX_SEGS: u16 = 40;
 const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
 const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
@@ -141,6 +143,16 @@ impl Message {
                 .u32_attr(IFLA_GRO_IPV4_MAX_SIZE, b),
             None => self,
         }
+    }
+
+    /// One transmit and one receive queue, asked for at creation. A veth made without them
+    /// gets a queue per possible CPU and is cut down to one right after it is registered,
+    /// which waits for an RCU grace period (`synchronize_net` in
+    /// `netif_set_real_num_tx_queues`), once per end: milliseconds of every start on a busy
+    /// machine, for the same single queue.
+    fn single_queue(self) -> Message {
+        self.u32_attr(IFLA_NUM_TX_QUEUES, 1)
+            .u32_attr(IFLA_NUM_RX_QUEUES, 1)
     }
 
     /// [`ipv4_packet_size`](Self::ipv4_packet_size) and, when given, the most segments the
@@ -340,6 +352,7 @@ impl Netlink {
         let mut msg = Message::new(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
             .ifinfo(libc::AF_UNSPEC as u8, 0, 0, 0)
             .str_attr(IFLA_IFNAME, host_name)
+            .single_queue()
             .u32_attr(IFLA_MTU, mtu)
             .ipv4_packet_size(host_ipv4_packets);
         if master != 0 {
@@ -353,6 +366,7 @@ impl Netlink {
         msg.ifinfo_raw(libc::AF_UNSPEC as u8, 0, 0, 0);
         let msg = msg
             .str_attr(IFLA_IFNAME, peer_name)
+            .single_queue()
             .u32_attr(IFLA_MTU, mtu)
             .u32_attr(IFLA_NET_NS_FD, peer_netns.as_raw_fd() as u32)
             .packet_limits(peer_packets)
