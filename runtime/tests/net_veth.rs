@@ -49,6 +49,7 @@ fn both_ends_of_an_environments_veth_are_made_with_one_queue() {
             std::os::fd::AsFd::as_fd(&env_side.file),
             1500,
             None,
+            None,
         )
         .unwrap();
         assert_eq!(queues("vq-host"), (1, 1), "the host's end");
