@@ -62,6 +62,22 @@ fn an_unprivileged_user_runs_the_daily_loop() {
     );
     let o = user.berth(proj.path(), &["exec", "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7));
+    // A throw-away run's writable layer is volatile for an unprivileged user too (mounted
+    // from inside the user namespace).
+    let o = ok(&[
+        "-q",
+        "run",
+        "--",
+        "awk",
+        "$5 == \"/\" { print $NF }",
+        "/proc/self/mountinfo",
+    ]);
+    assert!(
+        o.trim()
+            .split(',')
+            .any(|x| x == "volatile" || x == "fsync=volatile"),
+        "a rootless run's / is a plain overlay: {o}"
+    );
     ok(&["down"]);
     ok(&["destroy"]);
     // Live processes only: an exited supervisor may sit as a zombie until the host's init

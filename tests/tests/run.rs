@@ -718,3 +718,53 @@ fn a_run_killed_at_any_point_is_collected_by_the_next_command_and_by_ls() {
     assert_eq!(envs_left(&b), 0, "a running run whose berth was killed");
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// The mount options of the environment's `/` as its own process sees them (mountinfo's
+/// super options of the mount at `/`).
+fn root_mount_options(b: &Berth, p: &Project, args: &[&str]) -> String {
+    let mut argv = vec!["-q", "run"];
+    argv.extend_from_slice(args);
+    argv.extend_from_slice(&[
+        "--",
+        "awk",
+        "$5 == \"/\" { print $NF }",
+        "/proc/self/mountinfo",
+    ]);
+    let o = b.run_in(p.path(), &argv);
+    assert!(o.status.success(), "{:?}", text(&o));
+    text(&o).0
+}
+
+/// Whether overlay options `opts` make the writable layer volatile (`volatile`, shown as
+/// `fsync=volatile` by Linux 6.17 and later).
+fn is_volatile(opts: &str) -> bool {
+    opts.trim()
+        .split(',')
+        .any(|o| o == "volatile" || o == "fsync=volatile")
+}
+
+#[test]
+fn a_throw_away_runs_writable_layer_is_volatile_and_a_kept_runs_can_start_again() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    // Unmounting a plain overlay writes back the whole filesystem its upper folder is on
+    // (some 10-20 ms at the end of every run on a busy disk, and every other program's
+    // writes with it); a layer removed right after need not be.
+    let opts = root_mount_options(&b, &p, &[]);
+    assert!(
+        is_volatile(&opts),
+        "a throw-away run's / is a plain overlay: {opts}"
+    );
+    // A kept run may be started again, which overlayfs refuses for a volatile layer.
+    let env = format!("{}-kept", p.name);
+    let opts = root_mount_options(&b, &p, &["--keep", "--name", &env]);
+    assert!(!is_volatile(&opts), "a kept run's / is volatile: {opts}");
+    b.ok(p.path(), &["--environment", &env, "down"]);
+    b.ok(p.path(), &["--environment", &env, "up"]);
+    let o = b.run_in(p.path(), &["--environment", &env, "exec", "--", "true"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    b.ok(p.path(), &["--environment", &env, "destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}

@@ -158,6 +158,8 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         progress: progress(g),
         env_id: Some(env_id.clone()),
         ephemeral: owner,
+        // Removed after this one start unless it may be kept for a look inside.
+        throwaway: !args.keep && !args.keep_on_failure,
         // A run next to the project's own running environment (or another run) must not
         // fail on the ports that one holds: publish elsewhere and say where.
         publish_auto: true,

@@ -42,4 +42,9 @@ pub struct StartRequest<'a> {
     ///
     /// [`RunFiles::Gitconfig`]: super::RunFiles::Gitconfig
     pub gitconfig: Option<String>,
+    /// The environment is removed after this start, never started again (`berth run`
+    /// without `--keep`): its writable layer need survive neither a crash nor a restart, so
+    /// the backend may skip making it durable (containers: overlayfs's `volatile`; a VM's
+    /// disk is written as always).
+    pub throwaway: bool,
 }

@@ -45,6 +45,7 @@ impl Backend for ContainerBackend {
         )?;
         spec.publish_auto = req.publish_auto;
         spec.hold_services = req.hold_services;
+        spec.volatile_upper = req.throwaway;
         // Written by the supervisor before anything runs inside (no builtin round trip).
         spec.gitconfig = req.gitconfig.clone();
         if let (_, Some(n)) = network_attach::effective_mode(

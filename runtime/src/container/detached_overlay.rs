@@ -28,8 +28,16 @@ pub enum Made {
 }
 
 /// An overlay of `lowers` (top first, each a detached mount) under the writable `upper` with
-/// `work`, detached and `nodev`. Errors name the kernel's own explanation where it gave one.
-pub fn overlay_from_layer_fds(lowers: &[OwnedFd], upper: &Path, work: &Path) -> Result<Made> {
+/// `work`, detached and `nodev`; `volatile`: see [`ContainerSpec::volatile_upper`]. Errors
+/// name the kernel's own explanation where it gave one.
+///
+/// [`ContainerSpec::volatile_upper`]: super::spec::ContainerSpec::volatile_upper
+pub fn overlay_from_layer_fds(
+    lowers: &[OwnedFd],
+    upper: &Path,
+    work: &Path,
+    volatile: bool,
+) -> Result<Made> {
     let ctx = match FsContext::open(c"overlay") {
         Ok(ctx) => ctx,
         Err(e) => {
@@ -65,6 +73,10 @@ pub fn overlay_from_layer_fds(lowers: &[OwnedFd], upper: &Path, work: &Path) -> 
                 e,
             )
         })?;
+    }
+    if volatile {
+        ctx.set_flag(c"volatile")
+            .map_err(|e| failed(&ctx, "cannot make the overlay volatile", e))?;
     }
     ctx.create()
         .map_err(|e| failed(&ctx, "cannot create the overlay", e))?;
@@ -152,14 +164,15 @@ mod tests {
             .iter()
             .map(|l| clone_tree(l, Some(&userns), flags).unwrap())
             .collect::<Vec<_>>();
-        let mount =
-            match overlay_from_layer_fds(&lowers, &d.join("upper"), &d.join("work")).unwrap() {
-                Made::Mount(m) => m,
-                Made::Unsupported => {
-                    eprintln!("skipped: this kernel takes no overlay layers as descriptors");
-                    return;
-                }
-            };
+        let mount = match overlay_from_layer_fds(&lowers, &d.join("upper"), &d.join("work"), false)
+            .unwrap()
+        {
+            Made::Mount(m) => m,
+            Made::Unsupported => {
+                eprintln!("skipped: this kernel takes no overlay layers as descriptors");
+                return;
+            }
+        };
         drop(lowers);
         let root = format!("/proc/self/fd/{}", mount.as_raw_fd());
         assert_eq!(fs::read_to_string(format!("{root}/a")).unwrap(), "bottom");
@@ -195,7 +208,12 @@ mod tests {
         let d = t.path();
         fs::create_dir(d.join("l0")).unwrap();
         let lowers = vec![clone_tree(&d.join("l0"), None, CloneFlags::default()).unwrap()];
-        match overlay_from_layer_fds(&lowers, &d.join("missing-upper"), &d.join("missing-work")) {
+        match overlay_from_layer_fds(
+            &lowers,
+            &d.join("missing-upper"),
+            &d.join("missing-work"),
+            false,
+        ) {
             Ok(Made::Unsupported) => eprintln!("skipped: no descriptor layers on this kernel"),
             Ok(Made::Mount(_)) => panic!("an overlay over a missing upper must fail"),
             Err(e) => {

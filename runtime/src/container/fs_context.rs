@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_SET_FD: libc::c_uint = 5;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -48,6 +49,11 @@ impl FsContext {
     /// Sets option `key` to the string `value`.
     pub fn set_string(&self, key: &CStr, value: &CStr) -> io::Result<()> {
         self.config(FSCONFIG_SET_STRING, key.as_ptr(), value.as_ptr(), 0)
+    }
+
+    /// Sets the flag option `key` (one without a value, e.g. overlayfs's `volatile`).
+    pub fn set_flag(&self, key: &CStr) -> io::Result<()> {
+        self.config(FSCONFIG_SET_FLAG, key.as_ptr(), std::ptr::null(), 0)
     }
 
     /// Sets option `key` to the descriptor `fd` (e.g. overlayfs's `lowerdir+`, Linux 6.13+).

@@ -307,7 +307,12 @@ impl<'a> OverlayRootfs<'a> {
             .rev()
             .map(|layer| clone_tree(layer, Some(ns), flags))
             .collect::<Result<Vec<_>>>()?;
-        match detached_overlay::overlay_from_layer_fds(&trees, &spec.upper_dir, &spec.work_dir) {
+        match detached_overlay::overlay_from_layer_fds(
+            &trees,
+            &spec.upper_dir,
+            &spec.work_dir,
+            spec.volatile_upper,
+        ) {
             Ok(Made::Mount(overlay)) => {
                 attach_tree(&overlay, target).context(|| {
                     format!(
@@ -358,6 +363,9 @@ impl<'a> OverlayRootfs<'a> {
         if userxattr {
             // Mounted from inside a user namespace: trusted.* xattrs are not available.
             opts.push_str(",userxattr");
+        }
+        if spec.volatile_upper {
+            opts.push_str(",volatile");
         }
         // nodev: a device node of an image (or one copied up) must never open through the
         // environment's root; the devices it may use are bound into its own /dev.

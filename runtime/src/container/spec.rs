@@ -75,6 +75,13 @@ pub struct ContainerSpec {
     /// Services wait for a `start_services` request (`on_create` runs first).
     #[serde(default)]
     pub hold_services: bool,
+    /// The writable layer need not outlive this one start (`berth run` without `--keep`):
+    /// overlayfs's `volatile`, so neither its unmount nor a `syncfs` inside writes back the
+    /// whole filesystem under the berth home (every unmount of a plain overlay does, some
+    /// 10-20 ms on a busy disk, and flushes every other program's writes with it). Such a
+    /// layer cannot be mounted again (overlayfs marks its work folder): a throw-away
+    /// environment is removed after its one start.
+    pub volatile_upper: bool,
     /// Host devices the environment may use (berth.toml's `devices`, resolved on the host):
     /// bound into its `/dev` and allowed in its devices cgroup beside the defaults.
     #[serde(default)]
@@ -230,6 +237,7 @@ impl ContainerSpec {
             net_id: None,
             searchable_parents: Vec::new(),
             hold_services: false,
+            volatile_upper: false,
             devices: Vec::new(),
             join: None,
             secret_env: Vec::new(),

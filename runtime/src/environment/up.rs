@@ -41,6 +41,9 @@ pub struct UpOptions {
     pub env_id: Option<String>,
     /// For `berth run`: the process that owns the throw-away environment.
     pub ephemeral: Option<Ephemeral>,
+    /// For `berth run` without `--keep`/`--keep-on-failure`: the environment is removed
+    /// after this start ([`StartRequest::throwaway`]).
+    pub throwaway: bool,
     /// Grace period when a running environment must be restarted.
     pub stop_timeout: Duration,
     /// Replace taken host ports of `[[ports]]` by free ones (`berth run --publish-auto`).
@@ -60,6 +63,7 @@ impl Default for UpOptions {
             progress: std::sync::Arc::new(QuietProgress),
             env_id: None,
             ephemeral: None,
+            throwaway: false,
             stop_timeout: Duration::from_secs(10),
             publish_auto: false,
             cache_from: None,
@@ -417,6 +421,7 @@ impl Environments {
             hold_services,
             hosts,
             gitconfig: crate::credentials::start_gitconfig(&host_git),
+            throwaway: opts.throwaway && opts.ephemeral.is_some(),
         });
         let started = match started {
             Ok(started) => started,
