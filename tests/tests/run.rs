@@ -609,7 +609,11 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let run_pid = run.id() as i32;
     let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
-    assert_eq!(envs_left(&b), 0, "out of envs/ once its removal process stopped it");
+    assert_eq!(
+        envs_left(&b),
+        0,
+        "out of envs/ once its removal process stopped it"
+    );
     let bridge = std::path::Path::new("/sys/class/net").join(&b.bridge);
     // The removal process aborted: its folder stays, named after the dead process. (Until
     // that process renames it, the folder is named after `berth run`, which is gone too:
@@ -687,9 +691,23 @@ fn runs_of_one_name_back_to_back_wait_for_the_last_removal() {
     for code in ["3", "4"] {
         let o = b.run_in(
             p.path(),
-            &["-q", "run", "--name", "same-run", "--", "sh", "-c", &format!("exit {code}")],
+            &[
+                "-q",
+                "run",
+                "--name",
+                "same-run",
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ],
         );
-        assert_eq!(o.status.code(), Some(code.parse().unwrap()), "{:?}", text(&o));
+        assert_eq!(
+            o.status.code(),
+            Some(code.parse().unwrap()),
+            "{:?}",
+            text(&o)
+        );
     }
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));

@@ -88,6 +88,16 @@ impl Environments {
         Ok(true)
     }
 
+    /// Whether `record` is that of a finished `berth run` (its `berth run` is gone) whose
+    /// environment a command holds: its removal process, stopping it.
+    pub(super) fn run_being_removed(&self, record: &EnvRecord) -> bool {
+        record.ephemeral.is_some_and(|e| !e.owner.alive())
+            && matches!(
+                FileLock::try_acquire(&self.home().env_lock(&record.env_id), LockMode::Exclusive),
+                Ok(None)
+            )
+    }
+
     /// What [`remove_run`](Self::remove_run)'s child does (`detached`), or `remove_run`
     /// itself when it cannot fork: ends the run's processes, moves its folder out of `envs/`,
     /// then removes the bridge it left idle and the folder.
