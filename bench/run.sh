@@ -94,9 +94,17 @@ sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
 : > "$W/seq.txt"
 for i in $(seq "$SEQ"); do
   /usr/bin/time -f %M -o "$W/rss" "$BERTH" -C "$P" -q run -- true
-  # A run's folder is removed by a detached child after berth returns: count what stays.
+  # A run's environment is stopped (its folder locked in envs/ meanwhile) and its folder
+  # removed by a detached child after berth returns: count what stays.
+  stopping() {
+    local l
+    for l in "$BERTH_HOME"/envs/*/lock; do
+      [ -e "$l" ] && ! flock -n -s "$l" true && return 0
+    done
+    return 1
+  }
   for _ in $(seq 200); do
-    compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || break
+    stopping || compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || break
     sleep 0.01
   done
   sample "$(cat "$W/rss")" >> "$W/seq.txt"

@@ -127,13 +127,19 @@ impl Berth {
     }
 
     /// Waits (at most 15 s) until no live process is removing a finished `berth run` in the
-    /// background: its folder `tmp/run-removal-<pid>-<hex>` and, when the run was the
-    /// bridge's last user, this test's bridge, which that process removes first (idle until
-    /// then: its record lists no lease). Folders of a remover that died stay (the next berth
-    /// command's to sweep) and are not waited for.
+    /// background: its environment, still in `envs/` and locked while that process stops it,
+    /// then its folder `tmp/run-removal-<pid>-<hex>` and, when the run was the bridge's last
+    /// user, this test's bridge, which that process removes first (idle until then: its
+    /// record lists no lease). What a remover that died leaves (the next berth command's to
+    /// collect) is not waited for.
     pub fn wait_for_run_removals(&self) {
-        // Also while the folder still has the name of `berth run`, which is gone, and its
-        // removal process has not renamed it yet.
+        // An environment folder whose lock someone holds: a run's removal process stopping
+        // it (no other berth command runs while a test waits here).
+        let stopping = || {
+            std::fs::read_dir(self.home.path().join("envs"))
+                .map(|d| d.flatten().any(|e| lock_held(&e.path().join("lock"))))
+                .unwrap_or(false)
+        };
         let bridge_idle = || {
             std::fs::read(
                 Path::new(host::BRIDGE_RECORDS)
@@ -157,12 +163,24 @@ impl Berth {
                 .unwrap_or(false)
         };
         for _ in 0..300 {
-            if !live() && !bridge_idle() {
+            if !stopping() && !live() && !bridge_idle() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+}
+
+/// Whether another process holds the `flock` of the file at `path` (taken shared and let go
+/// at once when free: berth's commands take it exclusive).
+fn lock_held(path: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 impl Drop for Berth {

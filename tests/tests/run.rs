@@ -4,6 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use berth_e2e::host::HostSnapshot;
 use berth_e2e::project::Project;
 use berth_e2e::{require_root, text, Berth};
 
@@ -21,7 +22,9 @@ fn project() -> Project {
     p
 }
 
+/// Environments left in the home once the background removals of finished runs are done.
 fn envs_left(b: &Berth) -> usize {
+    b.wait_for_run_removals();
     std::fs::read_dir(b.home.path().join("envs"))
         .map(|d| d.count())
         .unwrap_or(0)
@@ -571,9 +574,9 @@ fn removals(b: &Berth) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `berth run` reports the exit code once the environment is stopped and its folder is out
-/// of `envs/`; a child removes the folder afterwards, and first the bridge when the run was
-/// its last user (deleting a bridge waits for the kernel's RCU grace periods, some 50 ms).
+/// `berth run` reports the exit code as soon as the command ended; a child stops the
+/// environment, moves its folder out of `envs/` and removes it afterwards, and first the
+/// bridge when the run was its last user (deleting a bridge waits for the kernel's RCU grace periods, some 50 ms).
 /// Killed before it could (the fault injected at `run-removal` aborts it, as a `kill -9`
 /// would), its folder stays in `tmp/` and the bridge idle, and the next berth command
 /// removes both.
@@ -586,7 +589,8 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let o = b.run_in(p.path(), &["-q", "run", "--", "sh", "-c", "exit 7"]);
     assert_eq!(o.status.code(), Some(7), "{:?}", text(&o));
     assert_eq!(envs_left(&b), 0);
-    // Garbage collection stops watching the run when its folder leaves `envs/`.
+    // Garbage collection stops watching the run when its folder leaves `envs/` (which
+    // `envs_left` waited for).
     let watched = std::fs::read_dir(b.home.path().join("watch"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -605,7 +609,11 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
     let run_pid = run.id() as i32;
     let o = run.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
-    assert_eq!(envs_left(&b), 0, "out of envs/ before berth run returns");
+    assert_eq!(
+        envs_left(&b),
+        0,
+        "out of envs/ once its removal process stopped it"
+    );
     let bridge = std::path::Path::new("/sys/class/net").join(&b.bridge);
     // The removal process aborted: its folder stays, named after the dead process. (Until
     // that process renames it, the folder is named after `berth run`, which is gone too:
@@ -634,6 +642,74 @@ fn a_run_folder_whose_removal_was_killed_is_swept_by_the_next_command() {
         !bridge.exists(),
         "the idle bridge was not removed by the next command"
     );
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+/// `berth run` reports the exit code as soon as the command's status is known: stopping the
+/// supervisor, removing the cgroups and the network are its detached removal process's work.
+/// That process killed before it stopped anything (the fault injected at `run-stop` aborts it,
+/// as a `kill -9` would) leaves the environment running, unlocked, with the record of a
+/// `berth run` that is gone: the next berth command's garbage collection removes all of it
+/// (processes, cgroups, network, folder). Fails on a `berth run` that stops the environment
+/// itself before it returns (nothing is left for the next command then).
+#[test]
+fn a_run_whose_removal_was_killed_before_the_stop_is_collected_by_the_next_command() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = b
+        .cmd()
+        .current_dir(p.path())
+        .env("BERTH_ABORT_AT", "run-stop")
+        .args(["-q", "run", "--", "sh", "-c", "exit 5"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(5), "{:?}", text(&o));
+    // `envs_left` waits for the removal process: it died with the environment running.
+    assert_eq!(envs_left(&b), 1, "berth run stopped the environment itself");
+    let left = HostSnapshot::take(&[&p.name, &b.home.path().to_string_lossy(), &b.bridge]);
+    assert!(
+        !left.cgroups.is_empty() && !left.berth_processes.is_empty(),
+        "the killed removal process's environment is not running: {left:?}"
+    );
+    let o = b.run_in(p.path(), &["ls"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0, "not collected by the next command");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+/// Runs of one name back to back: the second waits for the first one's removal process
+/// (which holds the environment's lock until its folder is out of `envs/`) instead of
+/// finding the name taken.
+#[test]
+fn runs_of_one_name_back_to_back_wait_for_the_last_removal() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    for code in ["3", "4"] {
+        let o = b.run_in(
+            p.path(),
+            &[
+                "-q",
+                "run",
+                "--name",
+                "same-run",
+                "--",
+                "sh",
+                "-c",
+                &format!("exit {code}"),
+            ],
+        );
+        assert_eq!(
+            o.status.code(),
+            Some(code.parse().unwrap()),
+            "{:?}",
+            text(&o)
+        );
+    }
+    assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
 

@@ -6,7 +6,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
 
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
@@ -14,8 +13,6 @@ use envfile_spec::Plan;
 use super::environments::Environments;
 use super::error::EnvError;
 use super::record::EnvRecord;
-use crate::net::bridge::IdleBridge;
-use crate::net::{Network, NetworkOptions};
 use crate::state::{self, StateError};
 
 /// How a run's plan differs from the project's.
@@ -60,7 +57,8 @@ impl Environments {
         let dir = self.home().env_dir(&env_id);
         // Checked on the project itself: its copy would hide a link out of it.
         super::mount_source::check_mount_sources(plan, self.home().root(), &dir)?;
-        if EnvRecord::load(&dir)?.is_some() {
+        // A finished run of the same name may still be being stopped by its removal process.
+        if EnvRecord::load(&dir)?.is_some() && !self.wait_for_run_removal(&env_id)? {
             return Err(EnvError::RunNameTaken { name: run.name });
         }
         if opts.copy_source {
@@ -85,135 +83,6 @@ impl Environments {
             }
         }
         Ok((run, env_id))
-    }
-}
-
-impl Environments {
-    /// Tears down the finished `berth run` environment `env_id` like
-    /// [`destroy`](Self::destroy), except that its folder (writable layer, logs, state) is
-    /// only renamed out of `envs/` here, into the home's `tmp/` as
-    /// `run-removal-<pid>-<hex>`, and removed by a detached child process: `berth run`
-    /// reports the command's exit code without waiting for the file system (some twenty
-    /// metadata updates, each of which can wait for a journal commit on a busy disk).
-    /// Processes, cgroups, mounts and network are gone before this returns, and the name is
-    /// free for the next run. A removal cut short (the child killed) is finished by the next
-    /// berth command's sweep of `tmp/`, as for the staging folder of any dead process.
-    ///
-    /// The same child removes berth's bridge when this run was its last user (left idle by
-    /// the network's detach, [`Network::leave_bridge_idle`]): deleting a bridge waits for the
-    /// kernel's RCU grace periods (some 50 ms). It waits [`IDLE_BRIDGE_GRACE`] first, so that
-    /// the next run of a test loop finds the bridge and its NAT table made, then removes
-    /// them under the bridge's lock with its leases read again: an environment that
-    /// attached meanwhile keeps them. A child killed first leaves an idle bridge that the next
-    /// attach uses and garbage collection removes.
-    pub fn remove_run(&self, env_id: &str, timeout: Duration) -> Result<(), EnvError> {
-        let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
-        let locked = self.lock(env_id, &quiet)?;
-        // Best effort: unmarked, the detach removes the bridge itself, as `destroy` does.
-        let idle = Network::new(self.home(), NetworkOptions::default())
-            .leave_bridge_idle(env_id)
-            .ok()
-            .flatten();
-        if let Err(e) = self.end_processes(&locked.dir, timeout) {
-            remove_idle_bridge(idle.as_ref());
-            return Err(e);
-        }
-        let aside = self.home().tmp_dir().join(format!(
-            "{REMOVAL_PURPOSE}-{}-{}",
-            std::process::id(),
-            state::unique_suffix()
-        ));
-        // The lock file moves with the folder; a command waiting for it then finds no
-        // environment, as after `destroy`.
-        if fs::rename(&locked.dir, &aside).is_err() {
-            drop(locked);
-            remove_idle_bridge(idle.as_ref());
-            return self.destroy(env_id, false, timeout);
-        }
-        // Garbage collection no longer watches it: its folder is out of `envs/`.
-        if let Some((watch, env_id)) = crate::state::WatchList::of_env_dir(&locked.dir) {
-            let _ = watch.remove(&env_id);
-        }
-        drop(locked);
-        remove_detached(&aside, idle.as_ref());
-        Ok(())
-    }
-}
-
-/// How long the child of a run that left the bridge idle waits before it removes the bridge:
-/// `berth run` in a loop (a test suite, CI) then makes and removes it once, not for every
-/// run (making it costs a NAT table transaction and three interface changes; removing it,
-/// some 50 ms of RCU grace periods that the next run's attach would wait for under the
-/// bridge's lock). Short, so that nothing berth made outlives its last environment for long.
-const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
-
-/// Removes the bridge a run left idle, unless an environment uses it again (see
-/// [`IdleBridge::remove_if_unused`]); best effort, as the removal of the run's folder:
-/// garbage collection removes what this leaves.
-fn remove_idle_bridge(idle: Option<&IdleBridge>) {
-    if let Some(idle) = idle {
-        let _ = idle.remove_if_unused();
-    }
-}
-
-/// The `tmp/` purpose of a run's folder being removed (see [`Environments::remove_run`]).
-const REMOVAL_PURPOSE: &str = "run-removal";
-
-/// Removes `aside` (a folder in the home's `tmp/` named `<purpose>-<pid>-<hex>`), and first
-/// the bridge `idle` unless it is used again ([`IDLE_BRIDGE_GRACE`] later), in a child
-/// process that outlives this one;
-/// best effort: whatever it leaves is the next command's to sweep. Falls back to removing
-/// them here when no process can be forked.
-///
-/// One fork, not the classic two: `berth run` returns right after this, and its child is
-/// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
-/// child is a zombie of this short-lived process, which costs nothing. A second fork would
-/// copy the address space once more for every run.
-fn remove_detached(aside: &Path, idle: Option<&IdleBridge>) {
-    use nix::unistd::{fork, ForkResult};
-    // SAFETY: berth's commands are single-threaded when they tear down an environment (as in
-    // `remove_tree_as_mapped_root`); the child only renames, removes files and `_exit`s
-    // (glibc's fork handlers keep malloc usable in it).
-    match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => {}
-        Ok(ForkResult::Child) => {
-            // Out of the caller's session: a Ctrl-C or hangup after `berth run` returned
-            // does not cut the removal short.
-            let _ = nix::unistd::setsid();
-            // Nothing keeps the caller's pipes open: `$(berth run …)` ends with berth.
-            if let Ok(null) = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                for fd in 0..3 {
-                    let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
-                }
-            }
-            // Named after this process, so a sweep leaves it alone while it works.
-            let mine = aside.with_file_name(format!(
-                "{REMOVAL_PURPOSE}-{}-{}",
-                std::process::id(),
-                state::unique_suffix()
-            ));
-            let target = if fs::rename(aside, &mine).is_ok() {
-                mine
-            } else {
-                aside.to_path_buf()
-            };
-            crate::host::fault_injection::checkpoint("run-removal");
-            if idle.is_some() {
-                std::thread::sleep(IDLE_BRIDGE_GRACE);
-            }
-            remove_idle_bridge(idle);
-            let ok = state::remove_tree(&target).is_ok();
-            // SAFETY: leave the forked child without running the parent's destructors.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        Err(_) => {
-            remove_idle_bridge(idle);
-            let _ = state::remove_tree(aside);
-        }
     }
 }
 

@@ -75,7 +75,11 @@ impl Environments {
         let records = self.records()?;
         let removed = self.sweep_records(&records);
         let mut out = Vec::new();
-        for r in records.into_iter().filter(|r| !removed.contains(&r.env_id)) {
+        // A finished run whose removal process is stopping it is as good as gone.
+        for r in records
+            .into_iter()
+            .filter(|r| !removed.contains(&r.env_id) && !self.run_being_removed(r))
+        {
             let status = self
                 .backend(r.plan.backend)
                 .liveness(&self.home.env_dir(&r.env_id));

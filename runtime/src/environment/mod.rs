@@ -14,7 +14,8 @@
 //! Files by operation: `environments.rs` (the set, backend choice, locks), `up.rs`,
 //! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
 //! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
-//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `gc.rs` (`berth run`),
+//! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `run_removal.rs` + `gc.rs`
+//! (`berth run`),
 //! `sidecars.rs` (servers from their own images beside an environment), `bridged_sidecars.rs`
 //! (those of a VM, on berth's bridge).
 
@@ -31,6 +32,7 @@ mod inspect;
 pub mod live_sync;
 mod mount_source;
 mod record;
+mod run_removal;
 mod sidecar_error;
 mod sidecars;
 mod snapshot;

@@ -1,0 +1,190 @@
+//! The end of a `berth run`: the command's exit code is reported as soon as it is known, and a
+//! detached child process stops what the throw-away environment left running and removes it.
+
+use std::fs;
+use std::time::Duration;
+
+use super::environments::{Environments, Locked};
+use super::error::EnvError;
+use super::record::EnvRecord;
+use crate::host::fault_injection::checkpoint;
+use crate::net::bridge::IdleBridge;
+use crate::net::{Network, NetworkOptions};
+use crate::state::{self, FileLock, LockMode};
+
+impl Environments {
+    /// Tears down the finished `berth run` environment `env_id` like
+    /// [`destroy`](Self::destroy), in a detached child process: `berth run` reports the
+    /// command's exit code without waiting for the supervisor to stop (its exit and reaping
+    /// wait for the mount namespace's teardown and RCU grace periods, 10–20 ms), the cgroups
+    /// and the network to go, or the file system (some twenty metadata updates).
+    ///
+    /// The child takes over the environment's lock (the same open file, inherited), ends its
+    /// processes, cgroups, mounts and network, then renames the folder out of `envs/` into
+    /// the home's `tmp/` as `run-removal-<pid>-<hex>`, lets the lock go and removes the
+    /// folder. Until the rename the environment stays in `envs/`, locked, with the record of
+    /// a `berth run` that is gone: a command that needs its name waits for the lock
+    /// ([`wait_for_run_removal`](Self::wait_for_run_removal)). A child killed before the
+    /// rename leaves it unlocked on the watch list, and the next command's garbage collection
+    /// destroys it as that of any killed `berth run` (cgroups included); killed after, the
+    /// next command's sweep of `tmp/` removes its folder.
+    ///
+    /// The same child removes berth's bridge when this run was its last user (left idle by
+    /// the network's detach, [`Network::leave_bridge_idle`]): deleting a bridge waits for the
+    /// kernel's RCU grace periods (some 50 ms). It waits [`IDLE_BRIDGE_GRACE`] first, so that
+    /// the next run of a test loop finds the bridge and its NAT table made, then removes
+    /// them under the bridge's lock with its leases read again: an environment that
+    /// attached meanwhile keeps them. A child killed first leaves an idle bridge that the next
+    /// attach uses and garbage collection removes.
+    ///
+    /// Sidecars are stopped before that, here (see below). When no process can be forked,
+    /// all of it is done here before returning.
+    pub fn remove_run(&self, env_id: &str, timeout: Duration) -> Result<(), EnvError> {
+        let quiet: crate::image::Progress = std::sync::Arc::new(crate::image::QuietProgress);
+        let locked = self.lock(env_id, &quiet)?;
+        // Sidecars stop here, before the exit code: what their servers write as they stop
+        // (a database's last dump) is in a volume kept for the next command
+        // (`--keep-volumes`) when that command starts.
+        if locked.dir.join("sidecars").exists() {
+            self.destroy_sidecars(&locked.dir, timeout)?;
+        }
+        use nix::unistd::{fork, ForkResult};
+        // SAFETY: berth's commands are single-threaded when they tear down an environment (as
+        // in `remove_tree_as_mapped_root`); glibc's fork handlers keep malloc usable in the
+        // child, which ends with `_exit`.
+        match unsafe { fork() } {
+            // The child's copy of the lock's descriptor keeps the lock once this one closes.
+            Ok(ForkResult::Parent { .. }) => Ok(()),
+            Ok(ForkResult::Child) => {
+                detach_from_caller();
+                checkpoint("run-stop");
+                let ok = self.end_run(env_id, locked, timeout, true).is_ok();
+                // SAFETY: leave the forked child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            Err(_) => self.end_run(env_id, locked, timeout, false),
+        }
+    }
+
+    /// Waits until the removal process of a finished `berth run` named like `env_id` (a
+    /// throw-away environment whose `berth run` is gone) lets its lock go, and destroys the
+    /// environment when that process died before it could. Whether the name is free now;
+    /// `false` for an environment of a live command or a kept one.
+    pub(super) fn wait_for_run_removal(&self, env_id: &str) -> Result<bool, EnvError> {
+        let dir = self.home().env_dir(env_id);
+        let dead_run = EnvRecord::load(&dir)?
+            .and_then(|r| r.ephemeral)
+            .is_some_and(|e| !e.owner.alive());
+        if !dead_run {
+            return Ok(false);
+        }
+        // The lock file moves out of `envs/` with the folder: held until then.
+        if let Ok(held) = FileLock::acquire(&self.home().env_lock(env_id), LockMode::Exclusive) {
+            drop(held);
+        }
+        if EnvRecord::load(&dir)?.is_some() {
+            self.destroy(env_id, false, Duration::from_secs(2))?;
+        }
+        Ok(true)
+    }
+
+    /// Whether `record` is that of a finished `berth run` (its `berth run` is gone) whose
+    /// environment a command holds: its removal process, stopping it.
+    pub(super) fn run_being_removed(&self, record: &EnvRecord) -> bool {
+        record.ephemeral.is_some_and(|e| !e.owner.alive())
+            && matches!(
+                FileLock::try_acquire(&self.home().env_lock(&record.env_id), LockMode::Exclusive),
+                Ok(None)
+            )
+    }
+
+    /// What [`remove_run`](Self::remove_run)'s child does (`detached`), or `remove_run`
+    /// itself when it cannot fork: ends the run's processes, moves its folder out of `envs/`,
+    /// then removes the bridge it left idle and the folder.
+    fn end_run(
+        &self,
+        env_id: &str,
+        locked: Locked,
+        timeout: Duration,
+        detached: bool,
+    ) -> Result<(), EnvError> {
+        // Best effort: unmarked, the detach removes the bridge itself, as `destroy` does.
+        let idle = Network::new(self.home(), NetworkOptions::default())
+            .leave_bridge_idle(env_id)
+            .ok()
+            .flatten();
+        if let Err(e) = self.end_processes(&locked.dir, timeout) {
+            remove_idle_bridge(idle.as_ref());
+            return Err(e);
+        }
+        // Named after this process, so a sweep leaves it alone while it works.
+        let aside = self.home().tmp_dir().join(format!(
+            "{REMOVAL_PURPOSE}-{}-{}",
+            std::process::id(),
+            state::unique_suffix()
+        ));
+        // The lock file moves with the folder; a command waiting for it then finds no
+        // environment, as after `destroy`.
+        if fs::rename(&locked.dir, &aside).is_err() {
+            drop(locked);
+            remove_idle_bridge(idle.as_ref());
+            return self.destroy(env_id, false, timeout);
+        }
+        // Garbage collection no longer watches it: its folder is out of `envs/`.
+        if let Some((watch, env_id)) = crate::state::WatchList::of_env_dir(&locked.dir) {
+            let _ = watch.remove(&env_id);
+        }
+        drop(locked);
+        checkpoint("run-removal");
+        if detached && idle.is_some() {
+            std::thread::sleep(IDLE_BRIDGE_GRACE);
+        }
+        remove_idle_bridge(idle.as_ref());
+        state::remove_tree(&aside).map_err(|source| state::StateError::Write {
+            path: aside.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+/// Makes the forked child of [`Environments::remove_run`] independent of the `berth run`
+/// that returns meanwhile: out of the caller's session (a Ctrl-C or hangup after `berth run`
+/// returned does not cut the removal short), and holding none of the caller's pipes
+/// (`$(berth run …)` ends with berth).
+///
+/// One fork, not the classic two: `berth run` returns right after it, and its child is
+/// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
+/// child is a zombie of this short-lived process, which costs nothing. A second fork would
+/// copy the address space once more for every run.
+fn detach_from_caller() {
+    let _ = nix::unistd::setsid();
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+}
+
+/// How long the child of a run that left the bridge idle waits before it removes the bridge:
+/// `berth run` in a loop (a test suite, CI) then makes and removes it once, not for every
+/// run (making it costs a NAT table transaction and three interface changes; removing it,
+/// some 50 ms of RCU grace periods that the next run's attach would wait for under the
+/// bridge's lock). Short, so that nothing berth made outlives its last environment for long.
+const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
+
+/// Removes the bridge a run left idle, unless an environment uses it again (see
+/// [`IdleBridge::remove_if_unused`]); best effort, as the removal of the run's folder:
+/// garbage collection removes what this leaves.
+fn remove_idle_bridge(idle: Option<&IdleBridge>) {
+    if let Some(idle) = idle {
+        let _ = idle.remove_if_unused();
+    }
+}
+
+/// The `tmp/` purpose of a run's folder being removed (see [`Environments::remove_run`]).
+const REMOVAL_PURPOSE: &str = "run-removal";
