@@ -68,8 +68,19 @@ mod tests {
             nl.link_index(&name).unwrap().is_some(),
             "persistent tap kept"
         );
-        // A second opener attaches to the same interface.
-        let again = Tap::open(&name).unwrap();
+        // A second opener attaches to the same interface. (Busy while a child another test
+        // thread forked still holds a copy of the first descriptor, until it execs: its
+        // close-on-exec copy goes then.)
+        let again = (0..100)
+            .find_map(|_| match Tap::open(&name) {
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    None
+                }
+                other => Some(other),
+            })
+            .expect("the tap stayed busy for a second")
+            .unwrap();
         let mut buf = [0u8; 64];
         assert_eq!(
             again.read(&mut buf).unwrap_err().kind(),
