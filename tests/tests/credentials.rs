@@ -160,7 +160,7 @@ fn the_host_agent_reaches_exec_shell_and_ssh_sessions_and_nobody_else() {
             &b,
             &p,
             None,
-            &["exec", "--", "sh", "-c", "test -S $(cat /tmp/where)"],
+            &["exec", "--", "sh", "-c", "test -S \"$(cat /tmp/where)\""],
         )
         .status
         .success()
