@@ -89,12 +89,14 @@ impl Environments {
     }
 
     /// Whether `record` is that of a finished `berth run` (its `berth run` is gone) whose
-    /// environment a command holds: its removal process, stopping it.
+    /// environment a command holds (its removal process, stopping it) or that is gone since
+    /// the record was read (its folder moved out of `envs/`). Looked at without taking the
+    /// lock: a lock taken after the folder moved would make `envs/<id>/lock` again.
     pub(super) fn run_being_removed(&self, record: &EnvRecord) -> bool {
         record.ephemeral.is_some_and(|e| !e.owner.alive())
             && matches!(
-                FileLock::try_acquire(&self.home().env_lock(&record.env_id), LockMode::Exclusive),
-                Ok(None)
+                FileLock::held_by_another(&self.home().env_lock(&record.env_id)),
+                Ok(Some(true) | None)
             )
     }
 

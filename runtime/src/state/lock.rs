@@ -59,6 +59,27 @@ impl FileLock {
         &self.path
     }
 
+    /// Whether another process holds a lock on the file at `path`, asked without creating
+    /// the file or its folder (`None`: there is no such file) and without keeping a lock.
+    /// For a look from outside at a folder another process may remove meanwhile: taking
+    /// the lock with [`try_acquire`](Self::try_acquire) would make the folder again.
+    pub fn held_by_another(path: &Path) -> io::Result<Option<bool>> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match flock(&file, LockMode::Exclusive, true) {
+            Ok(()) => Ok(Some(false)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(true)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Whether the locked file is still the one at [`path`](Self::path): `false` once
     /// someone removed (or replaced) it, after which the lock guards nothing. Locks on files
     /// that get removed (the last user cleans up) must re-acquire when this says `false`.
@@ -130,6 +151,27 @@ fn flock(file: &File, mode: LockMode, nonblocking: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_holder_is_seen_without_making_the_file_or_keeping_a_lock() {
+        // `berth ls` looks at the lock of a run's folder that its removal process may move
+        // out of `envs/` meanwhile: the look must not make `envs/<id>/lock` again.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("env").join("lock");
+        assert_eq!(FileLock::held_by_another(&p).unwrap(), None);
+        assert!(!d.path().join("env").exists(), "the look made the folder");
+        let held = FileLock::acquire(&p, LockMode::Exclusive).unwrap();
+        // flock locks belong to the open file: another open conflicts, in this process too.
+        assert_eq!(FileLock::held_by_another(&p).unwrap(), Some(true));
+        drop(held);
+        assert_eq!(FileLock::held_by_another(&p).unwrap(), Some(false));
+        assert!(
+            FileLock::try_acquire(&p, LockMode::Exclusive)
+                .unwrap()
+                .is_some(),
+            "the look kept the lock"
+        );
+    }
 
     #[test]
     fn exclusive_lock_excludes_and_is_released_on_drop() {
