@@ -60,7 +60,11 @@ fn setup(resolv_conf: &str) -> Setup {
     let home_dir = tempfile::tempdir().unwrap();
     let home = BerthHome::at(home_dir.path().join("home")).unwrap();
     let suffix = random_suffix();
-    let octet = u8::from_str_radix(&suffix[..2], 16).unwrap();
+    // A subnet of its own for each test of this binary (they run at once: one taken from
+    // the random suffix's first byte collided once in CI, 1 in 256 for each pair).
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let octet = (std::process::id().wrapping_mul(16).wrapping_add(n) % 256) as u8;
     let subnet_prefix = format!("10.231.{octet}");
     let resolv = home_dir.path().join("resolv.conf");
     std::fs::write(
