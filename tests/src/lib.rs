@@ -137,7 +137,12 @@ impl Berth {
         // it (no other berth command runs while a test waits here).
         let stopping = || {
             std::fs::read_dir(self.home.path().join("envs"))
-                .map(|d| d.flatten().any(|e| lock_held(&e.path().join("lock"))))
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        berth_runtime::state::FileLock::held_by_another(&e.path().join("lock"))
+                            .is_ok_and(|held| held == Some(true))
+                    })
+                })
                 .unwrap_or(false)
         };
         let bridge_idle = || {
@@ -169,18 +174,6 @@ impl Berth {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
-}
-
-/// Whether another process holds the `flock` of the file at `path` (taken shared and let go
-/// at once when free: berth's commands take it exclusive).
-fn lock_held(path: &Path) -> bool {
-    use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EWOULDBLOCK)
 }
 
 impl Drop for Berth {
