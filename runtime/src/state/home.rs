@@ -155,15 +155,12 @@ impl BerthHome {
         self.narrow_env_dirs()
     }
 
-    /// The home, `envs/` and the store's folders (see [`BerthHome::restrict_access`]).
-    /// Makes the store's folders and gives them the modes of [`BerthHome::restrict_access`]:
-    /// one `lstat` for each folder already as it should be (every command after the first),
-    /// else what a missing folder or one with other permissions needs.
-    fn prepare_store(&self, as_root: bool) -> Result<(), StateError> {
-        use std::os::unix::fs::PermissionsExt;
+    /// The home, `envs/` and the store's folders, each with the mode it must have (`None`:
+    /// any): traversable by the environments' mapped roots where they must reach in
+    /// (`as_root`), private otherwise.
+    fn store_dirs(&self, as_root: bool) -> [(PathBuf, Option<u32>); 10] {
         let traversable = if as_root { 0o711 } else { 0o700 };
-        // Each folder and the mode it must have (`None`: any).
-        let dirs = [
+        [
             (self.root.clone(), Some(traversable)),
             (self.root.join("blobs"), Some(0o700)),
             (self.blobs_dir(), None),
@@ -174,8 +171,15 @@ impl BerthHome {
             (self.kernels_dir(), Some(0o700)),
             (self.tmp_dir(), Some(0o700)),
             (self.locks_dir(), Some(0o700)),
-        ];
-        for (dir, mode) in dirs {
+        ]
+    }
+
+    /// Makes the store's folders ([`BerthHome::store_dirs`]) and gives them their modes:
+    /// one `lstat` for each folder already as it should be (every command after the first),
+    /// else what a missing folder or one with other permissions needs.
+    fn prepare_store(&self, as_root: bool) -> Result<(), StateError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (dir, mode) in self.store_dirs(as_root) {
             let ready = fs::symlink_metadata(&dir).is_ok_and(|m| {
                 m.is_dir() && mode.is_none_or(|want| m.permissions().mode() & 0o7777 == want)
             });
@@ -189,20 +193,13 @@ impl BerthHome {
         Ok(())
     }
 
+    /// Gives the home, `envs/` and the store's folders their modes (see
+    /// [`BerthHome::restrict_access`]).
     fn restrict_store(&self, as_root: bool) -> Result<(), StateError> {
-        let traversable = if as_root { 0o711 } else { 0o700 };
-        set_mode(&self.root, traversable)?;
-        set_mode(&self.envs_dir(), traversable)?;
-        for dir in [
-            self.root.join("blobs"),
-            self.layers_dir(),
-            self.images_dir(),
-            self.volumes_dir(),
-            self.kernels_dir(),
-            self.tmp_dir(),
-            self.locks_dir(),
-        ] {
-            set_mode(&dir, 0o700)?;
+        for (dir, mode) in self.store_dirs(as_root) {
+            if let Some(mode) = mode {
+                set_mode(&dir, mode)?;
+            }
         }
         Ok(())
     }
