@@ -10,7 +10,7 @@ use super::record::EnvRecord;
 use crate::host::fault_injection::checkpoint;
 use crate::net::bridge::IdleBridge;
 use crate::net::{Network, NetworkOptions};
-use crate::state::{self, FileLock, LockMode};
+use crate::state::{self, FileLock};
 
 impl Environments {
     /// Tears down the finished `berth run` environment `env_id` like
@@ -78,10 +78,13 @@ impl Environments {
         if !dead_run {
             return Ok(false);
         }
-        // The lock file moves out of `envs/` with the folder: held until then.
-        if let Ok(held) = FileLock::acquire(&self.home().env_lock(env_id), LockMode::Exclusive) {
-            drop(held);
-        }
+        // The lock file moves out of `envs/` with the folder: held until then. Waited for
+        // without taking it (a lock taken after the move would make `envs/<id>/` again).
+        let lock = self.home().env_lock(env_id);
+        FileLock::wait_until_released(&lock).map_err(|source| state::StateError::Lock {
+            path: lock.clone(),
+            source,
+        })?;
         if EnvRecord::load(&dir)?.is_some() {
             self.destroy(env_id, false, Duration::from_secs(2))?;
         }

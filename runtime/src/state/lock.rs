@@ -64,18 +64,36 @@ impl FileLock {
     /// For a look from outside at a folder another process may remove meanwhile: taking
     /// the lock with [`try_acquire`](Self::try_acquire) would make the folder again.
     pub fn held_by_another(path: &Path) -> io::Result<Option<bool>> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(file) = Self::open_existing(path)? else {
+            return Ok(None);
         };
         match flock(&file, LockMode::Exclusive, true) {
             Ok(()) => Ok(Some(false)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Some(true)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Blocks until no other process holds a lock on the file at `path`, without creating
+    /// the file or its folder (returns at once when there is no such file) and without
+    /// keeping a lock: for a wait on a folder its holder may remove meanwhile (as
+    /// [`held_by_another`](Self::held_by_another) looks at one).
+    pub fn wait_until_released(path: &Path) -> io::Result<()> {
+        match Self::open_existing(path)? {
+            Some(file) => flock(&file, LockMode::Exclusive, false),
+            None => Ok(()),
+        }
+    }
+
+    /// The file at `path` opened for a lock, or `None` when there is none: never made.
+    fn open_existing(path: &Path) -> io::Result<Option<File>> {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -170,6 +188,41 @@ mod tests {
                 .unwrap()
                 .is_some(),
             "the look kept the lock"
+        );
+    }
+
+    #[test]
+    fn a_wait_for_release_blocks_while_held_and_makes_nothing() {
+        // A command waits for a run's removal process, which moves the folder (and its
+        // lock file) out of `envs/` before it lets the lock go: the wait must not make
+        // `envs/<id>/lock` again.
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("env").join("lock");
+        FileLock::wait_until_released(&p).unwrap();
+        assert!(!d.path().join("env").exists(), "the wait made the folder");
+        let held = FileLock::acquire(&p, LockMode::Shared).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                FileLock::wait_until_released(&p).unwrap();
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the wait returned while the lock was held"
+        );
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the wait did not return once the lock was let go");
+        waiter.join().unwrap();
+        assert!(
+            FileLock::try_acquire(&p, LockMode::Exclusive)
+                .unwrap()
+                .is_some(),
+            "the wait kept the lock"
         );
     }
 
