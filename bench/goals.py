@@ -151,6 +151,12 @@ def main():
     print()
     for name, figure, verdict in sorted(rows, key=lambda r: r[2] == "-"):
         print(f"  {name:{width}}  {figure:40}  {verdict}")
+    curve = read(out, "synccurve")
+    if curve:
+        print("\nsync curve (tmpfs; bench/sync.sh curve):")
+        for line in curve.splitlines():
+            if line.startswith("|"):
+                print(f"  {line}")
     missed = sum(1 for r in rows if r[2] == "MISSED")
     print(f"\n{len(rows)} goals, {missed} missed")
 
