@@ -137,13 +137,17 @@ impl PartialBlob {
         if self.len > 0 {
             return None;
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(32);
+        let (tx, rx) = std::sync::mpsc::sync_channel(TEE_DEPTH);
+        let (spent, recycled) = std::sync::mpsc::channel();
         self.tee = Some(BlobTee {
             tx: Some(tx),
+            pending: Vec::new(),
+            recycled,
             intact: true,
         });
         Some(TeeReader {
             rx,
+            spent,
             chunk: Chunk::default(),
             done: false,
         })
@@ -266,6 +270,13 @@ impl PartialBlob {
     }
 }
 
+/// Bytes of a download gathered before they are passed to the tee's reader: a network read
+/// gives a few KiB at a time, and a message (a wake-up of the reader) per read costs more
+/// than the bytes.
+const TEE_CHUNK: usize = 256 * 1024;
+/// Chunks in flight to the tee's reader (bounds its memory to about `TEE_DEPTH * TEE_CHUNK`).
+const TEE_DEPTH: usize = 8;
+
 enum TeeMsg {
     Data(Vec<u8>),
     /// The blob was verified: the stream is complete.
@@ -275,13 +286,36 @@ enum TeeMsg {
 /// The sending side of [`PartialBlob::tee`]. Dropping it without `end` aborts the reader.
 struct BlobTee {
     tx: Option<std::sync::mpsc::SyncSender<TeeMsg>>,
+    /// Bytes not sent yet (up to [`TEE_CHUNK`]).
+    pending: Vec<u8>,
+    /// Chunks the reader emptied, to be filled again instead of allocated.
+    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
     intact: bool,
 }
 
 impl BlobTee {
     fn send(&mut self, bytes: &[u8]) {
+        if self.tx.is_none() {
+            return;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending = self.recycled.try_recv().unwrap_or_default();
+            self.pending.clear();
+            self.pending.reserve(TEE_CHUNK);
+        }
+        self.pending.extend_from_slice(bytes);
+        if self.pending.len() >= TEE_CHUNK {
+            self.flush();
+        }
+    }
+    /// Passes the pending bytes on.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let chunk = std::mem::take(&mut self.pending);
         if let Some(tx) = &self.tx {
-            if tx.send(TeeMsg::Data(bytes.to_vec())).is_err() {
+            if tx.send(TeeMsg::Data(chunk)).is_err() {
                 // The reader stopped (its unpack failed); the download goes on.
                 self.tx = None;
             }
@@ -289,31 +323,37 @@ impl BlobTee {
     }
     fn abort(&mut self) {
         self.tx = None;
+        self.pending = Vec::new();
         self.intact = false;
     }
     fn end(&mut self) {
+        self.flush();
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(TeeMsg::End);
         }
     }
 }
 
-/// Reads the bytes of a blob as they are downloaded.
+/// Reads the bytes of a blob as they are downloaded. As a [`BufRead`](io::BufRead) it lends
+/// out the chunks received, so a decompressor reads them without another copy.
 pub struct TeeReader {
     rx: std::sync::mpsc::Receiver<TeeMsg>,
+    /// Emptied chunks go back to the download, to be filled again.
+    spent: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Chunk,
     done: bool,
 }
 
-impl Read for TeeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_spent() {
-            if self.done {
-                return Ok(0);
-            }
+impl io::BufRead for TeeReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.chunk.is_spent() && !self.done {
             match self.rx.recv() {
                 Ok(TeeMsg::Data(d)) => {
-                    self.chunk.replace(d);
+                    let spent = self.chunk.replace(d);
+                    if spent.capacity() > 0 {
+                        // The download may be over: then the buffer is simply freed.
+                        let _ = self.spent.send(spent);
+                    }
                 }
                 Ok(TeeMsg::End) => self.done = true,
                 Err(_) => {
@@ -324,7 +364,21 @@ impl Read for TeeReader {
                 }
             }
         }
-        Ok(self.chunk.copy_to(buf))
+        Ok(self.chunk.rest())
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.chunk.consume(amount);
+    }
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rest = io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(rest.len());
+        buf[..n].copy_from_slice(&rest[..n]);
+        self.chunk.consume(n);
+        Ok(n)
     }
 }
 
@@ -362,6 +416,38 @@ mod tests {
         assert!(matches!(p.commit(), Err(ImageError::DigestMismatch { .. })));
         assert!(reader.join().unwrap().is_err());
         assert_eq!(files(), before);
+    }
+
+    #[test]
+    fn a_layer_whose_download_trickles_in_a_byte_at_a_time_is_still_seen_as_gzip() {
+        // The unpacker tells gzip from zstd from a plain tar by the first read of the tee:
+        // it must hold the magic bytes even when the registry's first packet held one byte
+        // (it held only that byte before the tee gathered bytes, and the gzip layer was then
+        // unpacked as a plain tar, and failed).
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let (_d, s) = store();
+        let digest = Digest::of(&gz);
+        let mut p = s.begin(&digest, gz.len() as u64, "t").unwrap();
+        let mut tee = p.tee().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut first = [0u8; 4];
+            let n = tee.read(&mut first).unwrap();
+            let mut rest = Vec::new();
+            let r =
+                crate::image::unpack::decompressed(io::Cursor::new(first[..n].to_vec()).chain(tee));
+            r.unwrap().read_to_end(&mut rest).map(|_| (n, rest))
+        });
+        for byte in &gz[..64] {
+            p.append(std::slice::from_ref(byte)).unwrap();
+        }
+        p.append(&gz[64..]).unwrap();
+        p.commit().unwrap();
+        let (first, unpacked) = reader.join().unwrap().unwrap();
+        assert_eq!(first, 4, "the first read of the tee holds the magic bytes");
+        assert!(unpacked == plain, "the layer was decompressed");
     }
 
     #[test]
