@@ -1,7 +1,7 @@
 //! A blob being downloaded: [`PartialBlob`] appends to a partial file (resumed by the next
 //! download after an interruption), hashes and verifies it before it is renamed into the
 //! store, and can pass every byte on to a reader as it arrives ([`PartialBlob::tee`]: a
-//! layer is unpacked while it downloads).
+//! layer is unpacked while it downloads; the tee itself is `blob_tee.rs`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use super::blob_tee::{tee, BlobTee, TeeReader};
 use super::blob_writer::WritebackFile;
 use super::digest::Digest;
 use super::error::ImageError;
-use super::unpack::Chunk;
 use crate::state::FileLock;
 
 /// A blob being downloaded: append bytes, then [`PartialBlob::commit`].
@@ -137,25 +137,14 @@ impl PartialBlob {
         if self.len > 0 {
             return None;
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(TEE_DEPTH);
-        let (spent, recycled) = std::sync::mpsc::channel();
-        self.tee = Some(BlobTee {
-            tx: Some(tx),
-            pending: Vec::new(),
-            recycled,
-            intact: true,
-        });
-        Some(TeeReader {
-            rx,
-            spent,
-            chunk: Chunk::default(),
-            done: false,
-        })
+        let (writer, reader) = tee();
+        self.tee = Some(writer);
+        Some(reader)
     }
 
     /// Whether the tee (if any) saw every byte of the blob exactly once.
     pub fn tee_intact(&self) -> bool {
-        self.tee.as_ref().is_some_and(|t| t.intact)
+        self.tee.as_ref().is_some_and(|t| t.intact())
     }
 
     /// Writes buffered bytes to the partial file.
@@ -267,118 +256,6 @@ impl PartialBlob {
         if self.keep {
             let _ = fs::remove_file(&self.path);
         }
-    }
-}
-
-/// Bytes of a download gathered before they are passed to the tee's reader: a network read
-/// gives a few KiB at a time, and a message (a wake-up of the reader) per read costs more
-/// than the bytes.
-const TEE_CHUNK: usize = 256 * 1024;
-/// Chunks in flight to the tee's reader (bounds its memory to about `TEE_DEPTH * TEE_CHUNK`).
-const TEE_DEPTH: usize = 8;
-
-enum TeeMsg {
-    Data(Vec<u8>),
-    /// The blob was verified: the stream is complete.
-    End,
-}
-
-/// The sending side of [`PartialBlob::tee`]. Dropping it without `end` aborts the reader.
-struct BlobTee {
-    tx: Option<std::sync::mpsc::SyncSender<TeeMsg>>,
-    /// Bytes not sent yet (up to [`TEE_CHUNK`]).
-    pending: Vec<u8>,
-    /// Chunks the reader emptied, to be filled again instead of allocated.
-    recycled: std::sync::mpsc::Receiver<Vec<u8>>,
-    intact: bool,
-}
-
-impl BlobTee {
-    fn send(&mut self, bytes: &[u8]) {
-        if self.tx.is_none() {
-            return;
-        }
-        if self.pending.capacity() == 0 {
-            self.pending = self.recycled.try_recv().unwrap_or_default();
-            self.pending.clear();
-            self.pending.reserve(TEE_CHUNK);
-        }
-        self.pending.extend_from_slice(bytes);
-        if self.pending.len() >= TEE_CHUNK {
-            self.flush();
-        }
-    }
-    /// Passes the pending bytes on.
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let chunk = std::mem::take(&mut self.pending);
-        if let Some(tx) = &self.tx {
-            if tx.send(TeeMsg::Data(chunk)).is_err() {
-                // The reader stopped (its unpack failed); the download goes on.
-                self.tx = None;
-            }
-        }
-    }
-    fn abort(&mut self) {
-        self.tx = None;
-        self.pending = Vec::new();
-        self.intact = false;
-    }
-    fn end(&mut self) {
-        self.flush();
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(TeeMsg::End);
-        }
-    }
-}
-
-/// Reads the bytes of a blob as they are downloaded. As a [`BufRead`](io::BufRead) it lends
-/// out the chunks received, so a decompressor reads them without another copy.
-pub struct TeeReader {
-    rx: std::sync::mpsc::Receiver<TeeMsg>,
-    /// Emptied chunks go back to the download, to be filled again.
-    spent: std::sync::mpsc::Sender<Vec<u8>>,
-    chunk: Chunk,
-    done: bool,
-}
-
-impl io::BufRead for TeeReader {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.chunk.is_spent() && !self.done {
-            match self.rx.recv() {
-                Ok(TeeMsg::Data(d)) => {
-                    let spent = self.chunk.replace(d);
-                    if spent.capacity() > 0 {
-                        // The download may be over: then the buffer is simply freed.
-                        let _ = self.spent.send(spent);
-                    }
-                }
-                Ok(TeeMsg::End) => self.done = true,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the download was interrupted or did not verify",
-                    ))
-                }
-            }
-        }
-        Ok(self.chunk.rest())
-    }
-
-    fn consume(&mut self, amount: usize) {
-        self.chunk.consume(amount);
-    }
-}
-
-impl Read for TeeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let rest = io::BufRead::fill_buf(self)?;
-        let n = buf.len().min(rest.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.chunk.consume(n);
-        Ok(n)
     }
 }
 
