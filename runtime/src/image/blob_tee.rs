@@ -3,16 +3,18 @@
 //! buffer the two share. The reader takes all that arrived since its last read in one go,
 //! so while it is busy (decompressing) the network's small reads gather into large chunks
 //! with one wake-up each, and while it waits every byte reaches it at once (a registry that
-//! pauses does not hold back what it already sent). The download waits when it is more than
-//! [`AHEAD`] bytes ahead of the reader. Emptied buffers go back to be filled again.
+//! pauses does not hold back what it already sent). Two buffers of [`CAP`] bytes take turns
+//! (the one being filled, the one being read), allocated once: the download waits while its
+//! buffer is full, and each side wakes the other only when it waits.
 
 use std::io::{self, BufRead, Read};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::unpack::Chunk;
 
-/// Bytes the download may be ahead of the tee's reader (bounds the tee's memory).
-const AHEAD: usize = 2 << 20;
+/// Bytes gathered for the reader at most (unless one append is larger): the download waits
+/// while its buffer is full, so the tee holds at most two of them.
+const CAP: usize = 1 << 20;
 /// Bytes the reader's first read holds at least, unless the blob is shorter: enough for the
 /// magic bytes the unpacker tells gzip, zstd and a plain tar apart by.
 const FIRST: usize = 4;
@@ -34,6 +36,9 @@ struct Shared {
     end: End,
     /// The reader was dropped (its unpack failed): the download goes on without it.
     reader_gone: bool,
+    /// Who waits for the other (to be woken only then).
+    reader_waiting: bool,
+    writer_waiting: bool,
 }
 
 struct Pipe {
@@ -60,6 +65,8 @@ pub(super) fn tee() -> (BlobTee, TeeReader) {
             spare: Vec::new(),
             end: End::Open,
             reader_gone: false,
+            reader_waiting: false,
+            writer_waiting: false,
         }),
         changed: Condvar::new(),
     });
@@ -84,12 +91,14 @@ pub(super) struct BlobTee {
 }
 
 impl BlobTee {
-    /// Passes `bytes` on (waiting while the reader is [`AHEAD`] bytes behind).
+    /// Passes `bytes` on (waiting while the reader has not taken a full buffer yet).
     pub(super) fn send(&mut self, bytes: &[u8]) {
         let Some(pipe) = &self.pipe else { return };
         let mut s = pipe.lock();
-        while s.pending.len() >= AHEAD && !s.reader_gone && s.end == End::Open {
+        while !s.reader_gone && !s.pending.is_empty() && s.pending.len() + bytes.len() > CAP {
+            s.writer_waiting = true;
             s = pipe.wait(s);
+            s.writer_waiting = false;
         }
         if s.reader_gone {
             drop(s);
@@ -98,10 +107,14 @@ impl BlobTee {
         }
         if s.pending.capacity() == 0 {
             s.pending = std::mem::take(&mut s.spare);
+            s.pending.reserve_exact(CAP.max(bytes.len()));
         }
         s.pending.extend_from_slice(bytes);
+        let wake = s.reader_waiting;
         drop(s);
-        pipe.changed.notify_all();
+        if wake {
+            pipe.changed.notify_all();
+        }
     }
 
     /// Whether the reader saw (or will see) every byte of the blob exactly once.
@@ -150,7 +163,9 @@ impl BufRead for TeeReader {
             let need = if self.started { 1 } else { FIRST };
             let mut s = self.pipe.lock();
             while s.pending.len() < need && s.end == End::Open {
+                s.reader_waiting = true;
                 s = self.pipe.wait(s);
+                s.reader_waiting = false;
             }
             if s.end == End::Aborted {
                 return Err(io::Error::new(
@@ -169,8 +184,11 @@ impl BufRead for TeeReader {
                 }
                 self.started = true;
             }
+            let wake = s.writer_waiting;
             drop(s);
-            self.pipe.changed.notify_all();
+            if wake {
+                self.pipe.changed.notify_all();
+            }
         }
         Ok(self.chunk.rest())
     }
@@ -234,7 +252,7 @@ mod tests {
     fn a_download_far_ahead_waits_and_a_gone_reader_releases_it() {
         let (mut tx, rx) = tee();
         let piece = vec![7u8; 64 * 1024];
-        for _ in 0..AHEAD / piece.len() {
+        for _ in 0..CAP / piece.len() {
             tx.send(&piece);
         }
         // The next piece would wait for the reader: dropping it lets the download go on.
