@@ -152,7 +152,7 @@ if p:
     print("pull of a 4-layer image from loopback (median):")
     for k, v in p.items():
         print("  %-28s %7.2f s" % (k, v))
-    print("  ratio berth/skopeo copy: %.2fx (target < 1.0x; berth also unpacks)" % (p["berth image pull"] / p["skopeo copy"]))
+    print("  ratio berth/skopeo copy: %.2fx (target <= 0.9x; berth also unpacks)" % (p["berth image pull"] / p["skopeo copy"]))
     print("  ratio berth/(skopeo copy + umoci unpack): %.2fx" % (p["berth image pull"] / p["skopeo copy + umoci unpack"]))
     floor = os.path.join(w, "floor.txt")
     if os.path.exists(floor):
