@@ -1,7 +1,7 @@
 //! A blob being downloaded: [`PartialBlob`] appends to a partial file (resumed by the next
 //! download after an interruption), hashes and verifies it before it is renamed into the
 //! store, and can pass every byte on to a reader as it arrives ([`PartialBlob::tee`]: a
-//! layer is unpacked while it downloads).
+//! layer is unpacked while it downloads; the tee itself is `blob_tee.rs`).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -9,10 +9,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use super::blob_tee::{tee, BlobTee, TeeReader};
 use super::blob_writer::WritebackFile;
 use super::digest::Digest;
 use super::error::ImageError;
-use super::unpack::Chunk;
 use crate::state::FileLock;
 
 /// A blob being downloaded: append bytes, then [`PartialBlob::commit`].
@@ -137,21 +137,14 @@ impl PartialBlob {
         if self.len > 0 {
             return None;
         }
-        let (tx, rx) = std::sync::mpsc::sync_channel(32);
-        self.tee = Some(BlobTee {
-            tx: Some(tx),
-            intact: true,
-        });
-        Some(TeeReader {
-            rx,
-            chunk: Chunk::default(),
-            done: false,
-        })
+        let (writer, reader) = tee();
+        self.tee = Some(writer);
+        Some(reader)
     }
 
     /// Whether the tee (if any) saw every byte of the blob exactly once.
     pub fn tee_intact(&self) -> bool {
-        self.tee.as_ref().is_some_and(|t| t.intact)
+        self.tee.as_ref().is_some_and(|t| t.intact())
     }
 
     /// Writes buffered bytes to the partial file.
@@ -266,68 +259,6 @@ impl PartialBlob {
     }
 }
 
-enum TeeMsg {
-    Data(Vec<u8>),
-    /// The blob was verified: the stream is complete.
-    End,
-}
-
-/// The sending side of [`PartialBlob::tee`]. Dropping it without `end` aborts the reader.
-struct BlobTee {
-    tx: Option<std::sync::mpsc::SyncSender<TeeMsg>>,
-    intact: bool,
-}
-
-impl BlobTee {
-    fn send(&mut self, bytes: &[u8]) {
-        if let Some(tx) = &self.tx {
-            if tx.send(TeeMsg::Data(bytes.to_vec())).is_err() {
-                // The reader stopped (its unpack failed); the download goes on.
-                self.tx = None;
-            }
-        }
-    }
-    fn abort(&mut self) {
-        self.tx = None;
-        self.intact = false;
-    }
-    fn end(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(TeeMsg::End);
-        }
-    }
-}
-
-/// Reads the bytes of a blob as they are downloaded.
-pub struct TeeReader {
-    rx: std::sync::mpsc::Receiver<TeeMsg>,
-    chunk: Chunk,
-    done: bool,
-}
-
-impl Read for TeeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_spent() {
-            if self.done {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(TeeMsg::Data(d)) => {
-                    self.chunk.replace(d);
-                }
-                Ok(TeeMsg::End) => self.done = true,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the download was interrupted or did not verify",
-                    ))
-                }
-            }
-        }
-        Ok(self.chunk.copy_to(buf))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,6 +293,38 @@ mod tests {
         assert!(matches!(p.commit(), Err(ImageError::DigestMismatch { .. })));
         assert!(reader.join().unwrap().is_err());
         assert_eq!(files(), before);
+    }
+
+    #[test]
+    fn a_layer_whose_download_trickles_in_a_byte_at_a_time_is_still_seen_as_gzip() {
+        // The unpacker tells gzip from zstd from a plain tar by the first read of the tee:
+        // it must hold the magic bytes even when the registry's first packet held one byte
+        // (it held only that byte before the tee gathered bytes, and the gzip layer was then
+        // unpacked as a plain tar, and failed).
+        let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&plain).unwrap();
+        let gz = gz.finish().unwrap();
+        let (_d, s) = store();
+        let digest = Digest::of(&gz);
+        let mut p = s.begin(&digest, gz.len() as u64, "t").unwrap();
+        let mut tee = p.tee().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut first = [0u8; 4];
+            let n = tee.read(&mut first).unwrap();
+            let mut rest = Vec::new();
+            let r =
+                crate::image::unpack::decompressed(io::Cursor::new(first[..n].to_vec()).chain(tee));
+            r.unwrap().read_to_end(&mut rest).map(|_| (n, rest))
+        });
+        for byte in &gz[..64] {
+            p.append(std::slice::from_ref(byte)).unwrap();
+        }
+        p.append(&gz[64..]).unwrap();
+        p.commit().unwrap();
+        let (first, unpacked) = reader.join().unwrap().unwrap();
+        assert_eq!(first, 4, "the first read of the tee holds the magic bytes");
+        assert!(unpacked == plain, "the layer was decompressed");
     }
 
     #[test]

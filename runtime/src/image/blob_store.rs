@@ -10,7 +10,8 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-pub use super::blob_download::{PartialBlob, TeeReader};
+pub use super::blob_download::PartialBlob;
+pub use super::blob_tee::TeeReader;
 pub(crate) use super::blob_writer::TempFile;
 pub use super::blob_writer::{BlobWriter, TeeRead};
 use super::digest::Digest;

@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bases;
 mod blob_download;
 pub mod blob_store;
+mod blob_tee;
 mod blob_writer;
 pub mod build;
 pub mod build_cache;

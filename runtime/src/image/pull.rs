@@ -17,7 +17,7 @@ use super::manifest::{
 };
 use super::progress::Progress;
 use super::registry::{RegistryClient, RegistryOptions};
-use super::unpack::decompressed;
+use super::unpack::decompressed_buffered;
 use crate::host::clock::now_secs;
 use crate::host::fault_injection::checkpoint;
 
@@ -293,9 +293,11 @@ impl Puller<'_> {
                 let streamed = std::thread::scope(|s| {
                     let unpacker = tee.map(|reader| {
                         s.spawn(|| {
-                            let r = decompressed(reader).map_err(|e| ImageError::BadArchive {
-                                layer: layer_label.clone(),
-                                source: e,
+                            let r = decompressed_buffered(reader).map_err(|e| {
+                                ImageError::BadArchive {
+                                    layer: layer_label.clone(),
+                                    source: e,
+                                }
                             })?;
                             if !opts.keep_tar || self.blobs.contains(diff_id) {
                                 return self.layers.unpack_stream(

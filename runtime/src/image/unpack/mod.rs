@@ -99,8 +99,8 @@ pub fn unpack(
 /// than `budget` bytes of disk. Runs of zeros (declared sparse holes, or zeros a dense entry
 /// carries) are not written but skipped over, so they take no space and do not count.
 /// On an error `dest` is left half-filled: the caller removes it (a staging folder).
-/// The stream is read (decompressed, hashed) on a thread of its own while this one writes
-/// the files (`read_ahead.rs`).
+/// The stream is read (decompressed) on a thread of its own while this one hashes it and
+/// writes the files (`read_ahead.rs`).
 pub fn unpack_bounded(
     reader: impl Read + Send,
     dest: &Path,
@@ -110,12 +110,14 @@ pub fn unpack_bounded(
 ) -> Result<UnpackReport, ImageError> {
     let root = open_dir_path(dest).map_err(ImageError::io(dest))?;
     std::thread::scope(|s| {
-        let (stream, hashed) = read_ahead(s, reader);
-        let u = unpack_from(stream, root, dest, layer, opts, budget)?;
-        let (diff_id, tar_size) = hashed.join().map_err(|_| ImageError::BadArchive {
+        let (stream, filling) = read_ahead(s, reader);
+        let (u, stream) = unpack_from(stream, root, dest, layer, opts, budget)?;
+        // A reading thread that panicked ended the stream early: not a layer.
+        filling.join().map_err(|_| ImageError::BadArchive {
             layer: layer.to_string(),
             source: io::Error::other("the thread reading the layer's stream panicked"),
         })?;
+        let (diff_id, tar_size) = stream.finish();
         Ok(UnpackReport {
             diff_id,
             tar_size,
@@ -126,8 +128,8 @@ pub fn unpack_bounded(
     })
 }
 
-/// The unpacking of [`unpack_bounded`] over the read-ahead `stream` (whose thread hashes
-/// it): the unpacker, with its counts, once every entry is written.
+/// The unpacking of [`unpack_bounded`] over the read-ahead `stream`: the unpacker, with its
+/// counts, once every entry is written, and the stream read to its end (to be hashed whole).
 fn unpack_from<'a>(
     stream: AheadReader,
     root: OwnedFd,
@@ -135,7 +137,7 @@ fn unpack_from<'a>(
     layer: &'a str,
     opts: UnpackOptions,
     budget: u64,
-) -> Result<Unpacker<'a>, ImageError> {
+) -> Result<(Unpacker<'a>, AheadReader), ImageError> {
     let mut u = Unpacker {
         root,
         dest,
@@ -161,10 +163,10 @@ fn unpack_from<'a>(
         u.entry(&mut entry)?;
     }
     u.finish_dirs()?;
-    // The rest of the stream (end blocks, padding) is read so its thread hashes all of it.
+    // The rest of the stream (end blocks, padding) is read so all of it is hashed.
     let mut padded = archive.into_inner();
     io::copy(&mut padded, &mut io::sink()).map_err(bad)?;
-    Ok(u)
+    Ok((u, padded.inner))
 }
 
 /// Completes a tar stream that ends without its final padding and end-of-archive blocks
@@ -332,10 +334,18 @@ impl Unpacker<'_> {
 /// Opens a layer blob for reading, decompressing gzip or zstd as its first bytes say (the
 /// media type is not trusted for this).
 pub fn decompressed(source: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
-    let mut r = io::BufReader::with_capacity(1 << 20, source);
-    let head = io::BufRead::fill_buf(&mut r)?;
+    decompressed_buffered(io::BufReader::with_capacity(1 << 20, source))
+}
+
+/// [`decompressed`] of a source that has its own buffer (read by the decompressor where it
+/// is, without a copy into another). Its first read must hold the magic bytes: four, or all
+/// of a shorter blob.
+pub fn decompressed_buffered(
+    mut r: impl io::BufRead + Send + 'static,
+) -> io::Result<Box<dyn Read + Send>> {
+    let head = r.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::MultiGzDecoder::new(r)))
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Ok(Box::new(zstd::Decoder::with_buffer(r)?))
     } else {
