@@ -136,6 +136,21 @@ pub fn detach(state_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The part of [`detach`] that frees the environment's forwarded host ports (their rules on
+/// the host, a pasta process), for a stop that leaves the rest for later. Idempotent; the
+/// later [`detach`] finds it done.
+pub fn release_ports(state_dir: &Path) -> Result<()> {
+    let spec: Option<ContainerSpec> = crate::state::read_json(&state_dir.join("spec.json"))?;
+    let Some(spec) = spec else {
+        return Ok(());
+    };
+    let Some(home) = &spec.net_home else {
+        return Ok(());
+    };
+    network_in(home)?.release_forwarded_ports(spec.network_id())?;
+    Ok(())
+}
+
 /// Where the environment's `/etc/resolv.conf` comes from: a file in its state folder, bound
 /// over the image's by [`OverlayRootfs`](super::rootfs::OverlayRootfs).
 pub fn resolv_conf_file(spec: &ContainerSpec) -> PathBuf {

@@ -159,7 +159,7 @@ impl Environments {
 /// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
 /// child is a zombie of this short-lived process, which costs nothing. A second fork would
 /// copy the address space once more for every run.
-fn detach_from_caller() {
+pub(super) fn detach_from_caller() {
     let _ = nix::unistd::setsid();
     if let Ok(null) = fs::OpenOptions::new()
         .read(true)
@@ -177,12 +177,12 @@ fn detach_from_caller() {
 /// run (making it costs a NAT table transaction and three interface changes; removing it,
 /// some 50 ms of RCU grace periods that the next run's attach would wait for under the
 /// bridge's lock). Short, so that nothing berth made outlives its last environment for long.
-const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
+pub(super) const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
 
 /// Removes the bridge a run left idle, unless an environment uses it again (see
 /// [`IdleBridge::remove_if_unused`]); best effort, as the removal of the run's folder:
 /// garbage collection removes what this leaves.
-fn remove_idle_bridge(idle: Option<&IdleBridge>) {
+pub(super) fn remove_idle_bridge(idle: Option<&IdleBridge>) {
     if let Some(idle) = idle {
         let _ = idle.remove_if_unused();
     }

@@ -560,6 +560,22 @@ impl Network {
         Ok(Some(idle))
     }
 
+    /// The first step of [`detach`](Self::detach), for a caller that leaves the rest for
+    /// later: frees `env_id`'s forwarded host ports, the kernel's port rules (which must not
+    /// outlive the address they send to) or its pasta process. Idempotent.
+    pub fn release_forwarded_ports(&self, env_id: &str) -> Result<(), NetError> {
+        match self.record_to_detach(env_id)?.map(|r| r.plumbing) {
+            Some(Plumbing::Bridge {
+                port: Some(port), ..
+            }) => Ok(port_nat::remove(&port)?),
+            Some(Plumbing::Pasta { pid: Some(pid) }) => {
+                pasta::stop(pid);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,
     /// its lease, the bridge, NAT table and forwarding when it was the last environment; its
     /// pasta process. Idempotent: detaching an environment that is not attached succeeds.
