@@ -9,7 +9,7 @@ use super::environments::{remove_env_dir, Environments, Locked};
 use super::error::EnvError;
 use super::live_sync;
 use super::record::EnvRecord;
-use super::run_removal::{detach_from_caller, remove_idle_bridge, IDLE_BRIDGE_GRACE};
+use super::run_removal::{detach_from_caller, remove_idle_bridge};
 use super::sidecars::sidecar_volume_mounts;
 use crate::backend::EnvStatus;
 use crate::host::fault_injection::checkpoint;
@@ -74,7 +74,8 @@ impl Environments {
     /// forked child that takes over the environment's lock (the same open file, inherited)
     /// and outlives the command: it waits for the supervisor's exit, removes the cgroups and
     /// the network, drops the marker, lets the lock go, and then removes berth's bridge if
-    /// this environment was its last user and nobody attached within [`IDLE_BRIDGE_GRACE`]
+    /// this environment was its last user and nobody attached within
+    /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE)
     /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
     /// unlocked environment that garbage collection finishes. When no process can be forked,
     /// all of it is done here before returning.
@@ -123,10 +124,7 @@ impl Environments {
             WatchList::of(&self.home).remove_stop(env_id)?;
         }
         drop(locked);
-        if idle.is_some() {
-            std::thread::sleep(IDLE_BRIDGE_GRACE);
-        }
-        remove_idle_bridge(idle.as_ref());
+        remove_idle_bridge(idle.as_ref(), detached);
         Ok(finished?)
     }
 

@@ -539,7 +539,7 @@ impl Network {
     /// Asks [`detach`](Self::detach) of `env_id` to leave the bridge idle when `env_id` is
     /// its last user (see [`LastUser::LeavesIdle`]): `berth run` removes it in the child
     /// that outlives it, off the path to the command's exit code. Returns the bridge to
-    /// remove with [`IdleBridge::remove_if_unused`] after the detach, or `None` when
+    /// remove with [`IdleBridge::remove_if_idle_for`] after the detach, or `None` when
     /// `env_id` is on no bridge (nothing was changed then).
     pub fn leave_bridge_idle(&self, env_id: &str) -> Result<Option<IdleBridge>, NetError> {
         let Some(mut record) = self.record(env_id)? else {
