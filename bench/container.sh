@@ -90,6 +90,7 @@ traced_up --seccomp-bpf -tt -T -o "$W/trace.txt" \
 "$BERTH" -C "$P" -q down
 
 echo "== density: $DENSITY idle environments of one image" >&2
+wait_background_teardowns
 before_cg=$(cg_dirs | wc -l)
 before_mounts=$(count_mounts)
 before_procs=$(count_procs)
