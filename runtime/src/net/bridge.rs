@@ -385,7 +385,11 @@ pub(super) fn settle(
 /// Removes the bridge of `st`, its NAT table and the note of the ruleset applied, and
 /// restores IPv4 forwarding (unless another berth bridge needs it); the record stays. Under
 /// the lock, for a bridge no lease uses.
-pub(super) fn remove_from_host(_lock: &StoreLock, nl: &mut Netlink, st: &BridgeState) -> Result<(), NetError> {
+pub(super) fn remove_from_host(
+    _lock: &StoreLock,
+    nl: &mut Netlink,
+    st: &BridgeState,
+) -> Result<(), NetError> {
     let store = Bridge::store_of(&st.bridge)?;
     let _ = std::fs::remove_file(store.dir().join(APPLIED_FILE));
     NatRules::remove(&st.nft_table)?;
@@ -789,4 +793,3 @@ mod tests {
         assert_ne!(a, veth_name("web-87654321"));
     }
 }
-

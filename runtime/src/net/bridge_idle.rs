@@ -88,4 +88,3 @@ pub(super) fn idle_too_briefly(st: &BridgeState, min_idle: Duration) -> bool {
 #[cfg(test)]
 #[path = "bridge_idle_tests.rs"]
 mod tests;
-

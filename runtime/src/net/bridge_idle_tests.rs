@@ -67,7 +67,10 @@ fn used_again_and_removed_only_when_unused(net: &Network) {
     let b = net.plumb_tap("idle-b").unwrap();
     assert_eq!(nl.link_index(&name).unwrap(), index, "made anew");
     assert_eq!(master_of(&b.tap).as_deref(), Some(name.as_str()));
-    assert!(!idle.remove_if_idle_for(Duration::ZERO).unwrap(), "removed a bridge in use");
+    assert!(
+        !idle.remove_if_idle_for(Duration::ZERO).unwrap(),
+        "removed a bridge in use"
+    );
     assert_eq!(master_of(&b.tap).as_deref(), Some(name.as_str()));
     assert_eq!(leases_of(&name), Some(1));
 
@@ -76,7 +79,10 @@ fn used_again_and_removed_only_when_unused(net: &Network) {
     net.detach("idle-b").unwrap();
     assert!(idle.remove_if_idle_for(Duration::ZERO).unwrap());
     assert_released(net, "idle-b", &b.tap);
-    assert!(!idle.remove_if_idle_for(Duration::ZERO).unwrap(), "idempotent");
+    assert!(
+        !idle.remove_if_idle_for(Duration::ZERO).unwrap(),
+        "idempotent"
+    );
 }
 
 /// The removal of an idle bridge races an environment attaching to it, one or the other
@@ -137,9 +143,16 @@ fn an_earlier_rounds_remover_leaves_a_bridge_idled_again_since_to_the_later_one(
             !earlier.remove_if_idle_for(IDLE_BRIDGE_GRACE).unwrap(),
             "an earlier round's remover removed a bridge idle for moments"
         );
-        let bridge = Bridge::new(&BerthHome::at(tempfile::tempdir().unwrap().path()).unwrap(), net.options().bridge.clone());
+        let bridge = Bridge::new(
+            &BerthHome::at(tempfile::tempdir().unwrap().path()).unwrap(),
+            net.options().bridge.clone(),
+        );
         assert_eq!(bridge.collect_departed().unwrap(), 0);
-        assert_eq!(leases_of(&later.name), Some(0), "garbage collection removed it");
+        assert_eq!(
+            leases_of(&later.name),
+            Some(0),
+            "garbage collection removed it"
+        );
         std::thread::sleep(IDLE_BRIDGE_GRACE);
         assert!(later.remove_if_idle_for(IDLE_BRIDGE_GRACE).unwrap());
         assert_eq!(leases_of(&later.name), None, "removed with its record");
