@@ -166,7 +166,8 @@ count_procs() { pgrep -fc -- "$W" || true; }
 # after its command returned: a `berth run`'s removal process or a `berth down`'s child, each
 # holding its environment's lock until it is done (then a run's folder `tmp/run-removal-*`
 # goes), and, when it was the bridge's last user, removing the bridge after it was idle for
-# half a second (its record lists no lease until then).
+# half a second (its record lists no lease until then); then until such a child is gone (a
+# `down` of a project under $W).
 wait_background_teardowns() {
   local l _
   stopping() {
@@ -179,7 +180,8 @@ wait_background_teardowns() {
     grep -qs '"leases": \[\]' "/run/berth/net/${BERTH_BRIDGE:-berth0}/leases.json"
   }
   for _ in $(seq 200); do
-    stopping || compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || bridge_idle || return 0
+    stopping || compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || bridge_idle ||
+      pgrep -f -- "$W/.* down( |$)" >/dev/null || return 0
     sleep 0.01
   done
 }
