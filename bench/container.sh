@@ -37,6 +37,12 @@ in_crun_ns crun run -d -b "$B_SLEEP" "bench-sleep-$$" </dev/null >/dev/null 2>&1
 printf '%s -C %s -q up && %s -C %s exec -- true && %s -C %s -q down\n' \
   "$BERTH" "$P" "$BERTH" "$P" "$BERTH" "$P" > "$W/cycle.sh"
 
+# The cold rows' preparation: `berth down`, then a wait for its background child (it holds the
+# environment's lock while it removes cgroups and network after `down` returned), so that the
+# timed `up` measures a start from a stopped environment, not that teardown's tail.
+printf '#!/bin/sh\n"$1" -C "$2" -q down || exit\nfor l in "$BERTH_HOME"/envs/*/lock; do flock -s "$l" true; done\n' \
+  > "$W/settle.sh"
+
 crun_ns_start
 # The user-namespace start measured with crun as well, for a like-for-like ratio.
 mkdir -p "$BUNDLES/true-userns"
@@ -58,9 +64,9 @@ for mode in b2b alone; do
     "$(spec "crun exec" ns "" "crun exec bench-sleep-$$ /bin/true")"
   echo "== cold ($mode): berth up after berth down vs crun run, bwrap ($RUNS interleaved rounds)" >&2
   PAUSE=$pause interleave "$W/cold-$mode.json" \
-    "$(spec "berth up (cold)" host "$BERTH -C $P -q down" "$BERTH -C $P -q up")" \
-    "$(spec "berth up + exec -- true + down (cold)" host "$BERTH -C $P -q down" "sh $W/cycle.sh")" \
-    "$(spec "berth up --privileged (cold)" host "$BERTH -C $PP -q down" "$BERTH -C $PP -q up --privileged")" \
+    "$(spec "berth up (cold)" host "sh $W/settle.sh $BERTH $P" "$BERTH -C $P -q up")" \
+    "$(spec "berth up + exec -- true + down (cold)" host "sh $W/settle.sh $BERTH $P" "sh $W/cycle.sh")" \
+    "$(spec "berth up --privileged (cold)" host "sh $W/settle.sh $BERTH $PP" "$BERTH -C $PP -q up --privileged")" \
     "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
     "$(spec "crun run (user namespace)" ns "" "crun run -b $BUNDLES/true-userns bench-true-u-$$")" \
     "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")" \
@@ -75,6 +81,7 @@ echo "== breakdown of one cold berth up (strace -f)" >&2
 # once `berth up` returns (strace writes its summary and exits 143 on SIGTERM).
 traced_up() {
   "$BERTH" -C "$P" -q down
+  wait_background_teardowns
   strace -I2 -f "$@" sh -c '"$0" -C "$1" -q up; kill -TERM $PPID' "$BERTH" "$P" || true
 }
 # Only the calls below stop the process (--seccomp-bpf), so strace adds little time.
@@ -83,6 +90,7 @@ traced_up --seccomp-bpf -tt -T -o "$W/trace.txt" \
 "$BERTH" -C "$P" -q down
 
 echo "== density: $DENSITY idle environments of one image" >&2
+wait_background_teardowns
 before_cg=$(cg_dirs | wc -l)
 before_mounts=$(count_mounts)
 before_procs=$(count_procs)
@@ -119,19 +127,22 @@ running_cg=$(cg_dirs | wc -l)
 t2=$(date +%s%N)
 for i in $(seq "$DENSITY"); do "$BERTH" -C "$W/d/$i" -q down; done
 t3=$(date +%s%N)
+# Each `down` returns once the processes are gone; its child removes cgroups and network.
+wait_background_teardowns
+t4=$(date +%s%N)
 after_cg=$(cg_dirs | wc -l)
 after_mounts=$(count_mounts)
 after_procs=$(count_procs)
 
 # ---------------------------------------------------------------------------------------
-python3 - "$W" "$RUNS" "$DENSITY" "$(( (t1 - t0) / 1000000 ))" "$(( (t3 - t2) / 1000000 ))" \
+python3 - "$W" "$RUNS" "$DENSITY" "$(( (t1 - t0) / 1000000 ))" "$(( (t3 - t2) / 1000000 ))" "$(( (t4 - t3) / 1000000 ))" \
   "$before_cg $running_cg $after_cg" "$before_mounts $after_mounts" "$before_procs $after_procs" \
   <<'PY' > "$W/table.txt"
 import json, sys, re
-w, runs, n, up_ms, down_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-cg0, cg1, cg2 = map(int, sys.argv[6].split())
-m0, m1 = map(int, sys.argv[7].split())
-p0, p1 = map(int, sys.argv[8].split())
+w, runs, n, up_ms, down_ms, rest_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+cg0, cg1, cg2 = map(int, sys.argv[7].split())
+m0, m1 = map(int, sys.argv[8].split())
+p0, p1 = map(int, sys.argv[9].split())
 med = {}
 for mode in ("b2b", "alone"):
     for f in ("warm", "cold"):
@@ -214,7 +225,7 @@ print()
 d = json.load(open(f"{w}/density.json"))
 mib = lambda k: k / 1024
 print()
-print(f"density: {n} idle environments of one image (started one after another in {up_ms} ms, {up_ms / n:.1f} ms each; stopped in {down_ms} ms)")
+print(f"density: {n} idle environments of one image (started one after another in {up_ms} ms, {up_ms / n:.1f} ms each; stopped in {down_ms} ms, their background teardown done {rest_ms} ms later)")
 print(f"  supervisor processes found: {d['supervisors']}, memory cgroups: {d['cgroups']}")
 print(f"  per environment: host RSS {mib(d['rss_kib'] / n):.2f} MiB, PSS {mib(d['pss_kib'] / n):.2f} MiB, "
       f"cgroup usage {mib(d['cg_usage_kib'] / n):.2f} MiB (anon {mib(d['cg_anon_kib'] / n):.2f} MiB), "

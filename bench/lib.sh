@@ -162,6 +162,30 @@ cg_dirs() {
 count_mounts() { grep -c "$W" /proc/self/mountinfo || true; }
 count_procs() { pgrep -fc -- "$W" || true; }
 
+# wait_background_teardowns: waits (at most 2 s) while a berth process finishes a teardown
+# after its command returned: a `berth run`'s removal process or a `berth down`'s child, each
+# holding its environment's lock until it is done (then a run's folder `tmp/run-removal-*`
+# goes), and, when it was the bridge's last user, removing the bridge after it was idle for
+# half a second (its record lists no lease until then); then until such a child is gone (a
+# `down` of a project under $W).
+wait_background_teardowns() {
+  local l _
+  stopping() {
+    for l in "$BERTH_HOME"/envs/*/lock; do
+      [ -e "$l" ] && ! flock -n -s "$l" true && return 0
+    done
+    return 1
+  }
+  bridge_idle() {
+    grep -qs '"leases": \[\]' "/run/berth/net/${BERTH_BRIDGE:-berth0}/leases.json"
+  }
+  for _ in $(seq 200); do
+    stopping || compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || bridge_idle ||
+      pgrep -f -- "$W/.* down( |$)" >/dev/null || return 0
+    sleep 0.01
+  done
+}
+
 # host_report: date, machine and load average for the report header.
 host_report() {
   echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"

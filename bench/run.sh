@@ -96,17 +96,7 @@ for i in $(seq "$SEQ"); do
   /usr/bin/time -f %M -o "$W/rss" "$BERTH" -C "$P" -q run -- true
   # A run's environment is stopped (its folder locked in envs/ meanwhile) and its folder
   # removed by a detached child after berth returns: count what stays.
-  stopping() {
-    local l
-    for l in "$BERTH_HOME"/envs/*/lock; do
-      [ -e "$l" ] && ! flock -n -s "$l" true && return 0
-    done
-    return 1
-  }
-  for _ in $(seq 200); do
-    stopping || compgen -G "$BERTH_HOME/tmp/run-removal-*" >/dev/null || break
-    sleep 0.01
-  done
+  wait_background_teardowns
   sample "$(cat "$W/rss")" >> "$W/seq.txt"
 done
 

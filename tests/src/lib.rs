@@ -126,15 +126,17 @@ impl Berth {
         format!("{out}{err}")
     }
 
-    /// Waits (at most 15 s) until no live process is removing a finished `berth run` in the
-    /// background: its environment, still in `envs/` and locked while that process stops it,
-    /// then its folder `tmp/run-removal-<pid>-<hex>` and, when the run was the bridge's last
-    /// user, this test's bridge, which that process removes first (idle until then: its
-    /// record lists no lease). What a remover that died leaves (the next berth command's to
-    /// collect) is not waited for.
-    pub fn wait_for_run_removals(&self) {
-        // An environment folder whose lock someone holds: a run's removal process stopping
-        // it (no other berth command runs while a test waits here).
+    /// Waits (at most 15 s) until no live process is tearing an environment down in the
+    /// background: a finished `berth run`'s removal process (its environment, still in
+    /// `envs/` and locked while that process stops it, then its folder
+    /// `tmp/run-removal-<pid>-<hex>`), or the child of a `berth down` that finishes the stop
+    /// (the environment locked while it removes cgroups and network); and, when either was
+    /// the bridge's last user, this test's bridge, which that process removes last (idle
+    /// until then: its record lists no lease). What a process that died leaves (the next
+    /// berth command's to collect) is not waited for.
+    pub fn wait_for_background_teardowns(&self) {
+        // An environment folder whose lock someone holds: a run's removal process or a
+        // `down`'s child stopping it (no other berth command runs while a test waits here).
         let stopping = || {
             std::fs::read_dir(self.home.path().join("envs"))
                 .map(|d| {

@@ -63,9 +63,9 @@ impl Project {
 
     /// Host resources that belong to this test: its environment, berth home and bridge;
     /// taken once the background removals of finished runs are done (see
-    /// [`Berth::wait_for_run_removals`]).
+    /// [`Berth::wait_for_background_teardowns`]).
     pub fn snapshot(&self, b: &Berth) -> HostSnapshot {
-        b.wait_for_run_removals();
+        b.wait_for_background_teardowns();
         HostSnapshot::take(&[&self.name, &b.home.path().to_string_lossy(), &b.bridge])
     }
 }

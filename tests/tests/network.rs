@@ -35,7 +35,7 @@ fn project(toml: &str) -> Project {
 /// Host resources of this test: its home, project, bridge (and table), and the veths of
 /// the given environments.
 fn snapshot(b: &Berth, projects: &[&Project], env_ids: &[String]) -> HostSnapshot {
-    b.wait_for_run_removals();
+    b.wait_for_background_teardowns();
     let home = b.home.path().to_string_lossy().into_owned();
     let mut tags: Vec<String> = vec![home, b.bridge.clone()];
     tags.extend(projects.iter().map(|p| p.name.clone()));
@@ -207,13 +207,15 @@ fn forwarded_ports_carry_tcp_and_udp_traffic_and_down_removes_the_network() {
     assert!(echoed >= 90, "only {echoed} of 100 datagrams came back");
 
     b.ok(p.path(), &["down"]);
-    assert!(!link_exists(&veth), "down left veth {veth}");
-    assert!(!link_exists(&b.bridge), "down left the bridge");
-    assert!(!nft_table_exists(&b.bridge), "down left the nftables table");
     assert!(
         TcpStream::connect_timeout(&web, Duration::from_secs(2)).is_err(),
         "the forwarded port outlived the environment"
     );
+    // The interfaces and the table go in `down`'s background child.
+    b.wait_for_background_teardowns();
+    assert!(!link_exists(&veth), "down left veth {veth}");
+    assert!(!link_exists(&b.bridge), "down left the bridge");
+    assert!(!nft_table_exists(&b.bridge), "down left the nftables table");
     b.ok(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &[env_id]));
 }
@@ -410,9 +412,11 @@ fn environments_cannot_reach_each_other_but_can_use_forwarded_host_ports() {
     }
     // The bridge stays while one environment is on it, and goes with the last.
     b.ok(a.path(), &["down"]);
+    b.wait_for_background_teardowns();
     assert!(!link_exists(&veth_name(&ids[0])));
     assert!(link_exists(&b.bridge) && nft_table_exists(&b.bridge));
     b.ok(c.path(), &["down"]);
+    b.wait_for_background_teardowns();
     assert!(!link_exists(&b.bridge) && !nft_table_exists(&b.bridge));
     b.ok(a.path(), &["destroy"]);
     b.ok(c.path(), &["destroy"]);
@@ -538,7 +542,7 @@ fn parallel_runs_get_their_own_network_and_publish_auto_picks_free_ports() {
         .collect();
     assert_ne!(addrs[0], addrs[1], "parallel runs share an address");
     // The last run's child removes the bridge after `berth run` returned.
-    b.wait_for_run_removals();
+    b.wait_for_background_teardowns();
     assert!(!link_exists(&b.bridge), "the runs left the bridge");
     before.assert_nothing_leaked(&snapshot(&b, &[&p], &ids));
 }

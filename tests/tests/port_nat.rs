@@ -49,7 +49,7 @@ fn project(toml: &str) -> Project {
 }
 
 fn snapshot(b: &Berth, p: &Project, env_ids: &[&str]) -> HostSnapshot {
-    b.wait_for_run_removals();
+    b.wait_for_background_teardowns();
     let home = b.home.path().to_string_lossy().into_owned();
     let mut tags = vec![home, b.bridge.clone(), p.name.clone()];
     tags.extend(env_ids.iter().map(|e| veth_name(e)));
@@ -274,7 +274,7 @@ fn port_rules_go_with_a_killed_supervisor_at_the_next_command_and_with_run() {
         "the run is still listed: {ls}"
     );
     // The run was the bridge's last user: its child removes bridge and table.
-    b.wait_for_run_removals();
+    b.wait_for_background_teardowns();
     let leftover = Command::new("nft")
         .args(["list", "tables"])
         .output()

@@ -24,7 +24,7 @@ fn project() -> Project {
 
 /// Environments left in the home once the background removals of finished runs are done.
 fn envs_left(b: &Berth) -> usize {
-    b.wait_for_run_removals();
+    b.wait_for_background_teardowns();
     std::fs::read_dir(b.home.path().join("envs"))
         .map(|d| d.count())
         .unwrap_or(0)

@@ -1049,7 +1049,7 @@ exit [lindex $result 3]
     assert_eq!(text(&o).0.trim(), release);
     assert!(text(&o).1.contains("run-err"), "{:?}", text(&o));
     // The VM is stopped and removed by the run's removal process, after the exit code.
-    berth.wait_for_run_removals();
+    berth.wait_for_background_teardowns();
     let left: Vec<_> = std::fs::read_dir(berth.home.path().join("envs"))
         .map(|rd| rd.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();

@@ -123,6 +123,21 @@ pub trait Backend {
     /// created (except the writable layer or disk). Also repairs a crashed or half-started
     /// one.
     fn stop(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;
+    /// The part of [`Backend::stop`] a caller must wait for: when it returns, the
+    /// environment's processes are gone and its forwarded host ports are free. Whether
+    /// something is left for [`Backend::finish_stop`] (the environment's lock held until
+    /// then; the next `stop` does it as well). By default all of `stop`.
+    fn stop_processes(&self, state_dir: &Path, timeout: Duration) -> Result<bool, BackendError> {
+        self.stop(state_dir, timeout)?;
+        Ok(false)
+    }
+    /// The rest of a stop that [`Backend::stop_processes`] left (waiting for the kernel's
+    /// teardown of what the processes leave, removing cgroups and network); nothing for an
+    /// environment started again since. By default nothing: the default `stop_processes`
+    /// leaves nothing.
+    fn finish_stop(&self, _state_dir: &Path, _timeout: Duration) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Stops the environment and deletes what a stop keeps (a VM's disk); the caller
     /// removes the environment's folder afterwards.
     fn destroy(&self, state_dir: &Path, timeout: Duration) -> Result<(), BackendError>;

@@ -244,19 +244,93 @@ impl ContainerBackend {
         let mut state = ContainerState::load(state_dir)?;
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
             let socket = state_dir.join("control.sock");
-            if control::request_stop(&socket, timeout.as_millis() as u64).is_ok() {
-                s.wait_exit(timeout + Duration::from_secs(3));
-            }
-            if s.alive() {
-                s.kill(Signal::SIGKILL);
-                s.wait_exit(Duration::from_secs(5));
-            }
+            let asked = control::request_stop(&socket, timeout.as_millis() as u64).is_ok();
+            self.end_supervisor(&s, timeout, asked);
         }
         self.end_what_is_left(state_dir, &mut state)?;
         if record {
             state.save(state_dir)?;
         }
         Ok(())
+    }
+
+    /// The part of [`stop`](Self::stop) a caller must wait for: the environment's processes
+    /// end (the supervisor's stop, SIGKILL after `timeout`) and its forwarded ports are
+    /// released (the supervisor's sockets, the host's port rules). When that is all done
+    /// while the supervisor is still exiting (its mount namespace's teardown, an overlay's
+    /// sync of its filesystem: 3 to 70 ms, longer on a busy disk), `stopped` is recorded with
+    /// the supervisor and cgroups still named, and this returns [`StopLeft::Teardown`]: the
+    /// rest (waiting for that exit, the cgroups, the network, the control socket) is
+    /// [`finish_stop`](Self::finish_stop)'s, or that of the next `stop` (every step is
+    /// idempotent). Otherwise it does all of `stop` and returns [`StopLeft::Nothing`].
+    ///
+    /// "Ended" is checked, not assumed: the supervisor closed its end of the stop request's
+    /// connection (it only does so by exiting, once nothing it started is left; its exit
+    /// closed its descriptors, the ports' sockets among them) and its cgroup holds no process
+    /// but the supervisor. Without cgroups to look at, or with any doubt, all of `stop` is
+    /// done here.
+    pub fn stop_processes(&self, state_dir: &Path, timeout: Duration) -> Result<StopLeft> {
+        if !state_dir.exists() {
+            return Ok(StopLeft::Nothing);
+        }
+        let mut state = ContainerState::load(state_dir)?;
+        let (Some(s), Some(cgroups), Phase::Running) = (
+            state.supervisor.filter(|s| s.alive()),
+            state.cgroups.clone(),
+            state.phase,
+        ) else {
+            self.stop_recording(state_dir, timeout, true)?;
+            return Ok(StopLeft::Nothing);
+        };
+        let closed = control::stop_and_wait_for_close(
+            &state_dir.join("control.sock"),
+            timeout.as_millis() as u64,
+            timeout + STOP_GRACE_SLACK,
+        );
+        if !matches!(closed, Ok(true)) || cgroups.driver().procs().iter().any(|p| *p != s.pid) {
+            // A supervisor that closed exits now; one that did not within the wait is killed.
+            self.end_supervisor(&s, timeout, matches!(closed, Ok(true)));
+            self.end_what_is_left(state_dir, &mut state)?;
+            state.save(state_dir)?;
+            return Ok(StopLeft::Nothing);
+        }
+        network_attach::release_ports(state_dir)?;
+        state.phase = Phase::Stopped;
+        state.save(state_dir)?;
+        Ok(StopLeft::Teardown)
+    }
+
+    /// What [`stop_processes`](Self::stop_processes) left when it returned
+    /// [`StopLeft::Teardown`]: waits for the supervisor's exit, then removes its cgroups,
+    /// control socket and network, and records the environment stopped without them.
+    /// Idempotent, as [`stop`](Self::stop), which does the same.
+    /// Nothing to do for an environment started again since (its start removed what was
+    /// left) or whose stop is finished.
+    pub fn finish_stop(&self, state_dir: &Path) -> Result<()> {
+        if !state_dir.exists() {
+            return Ok(());
+        }
+        let mut state = ContainerState::load(state_dir)?;
+        if state.phase != Phase::Stopped || (state.supervisor.is_none() && state.cgroups.is_none())
+        {
+            return Ok(());
+        }
+        if let Some(s) = state.supervisor {
+            s.wait_exit(SUPERVISOR_EXIT_WAIT);
+        }
+        self.cleanup(state_dir, &mut state)
+    }
+
+    /// Waits for the supervisor `s` asked to stop (`asked`) to exit, and SIGKILLs it when it
+    /// does not within `timeout` and some slack.
+    fn end_supervisor(&self, s: &ProcessIdentity, timeout: Duration, asked: bool) {
+        if asked {
+            s.wait_exit(timeout + STOP_GRACE_SLACK);
+        }
+        if s.alive() {
+            s.kill(Signal::SIGKILL);
+            s.wait_exit(SUPERVISOR_EXIT_WAIT);
+        }
     }
 
     /// Kills whatever is left and removes cgroups and socket; records `stopped`.
@@ -269,7 +343,7 @@ impl ContainerBackend {
     fn end_what_is_left(&self, dir: &Path, state: &mut ContainerState) -> Result<()> {
         if let Some(s) = state.supervisor.filter(|s| s.alive()) {
             s.kill(Signal::SIGKILL);
-            s.wait_exit(Duration::from_secs(5));
+            s.wait_exit(SUPERVISOR_EXIT_WAIT);
         }
         if let Some(l) = &state.cgroups {
             kill_and_remove(&*l.driver(), Duration::from_secs(10))?;
@@ -430,6 +504,23 @@ impl ContainerBackend {
         }
     }
 }
+
+/// What [`ContainerBackend::stop_processes`] left for [`ContainerBackend::finish_stop`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopLeft {
+    /// Nothing: the environment is stopped and everything of its start removed.
+    Nothing,
+    /// The supervisor's exit, the cgroups, the control socket and the network.
+    Teardown,
+}
+
+/// How much longer than the stop's grace the supervisor gets to exit (its SIGKILL to what
+/// is left comes at the end of the grace, and waits up to 2 s more).
+const STOP_GRACE_SLACK: Duration = Duration::from_secs(3);
+
+/// How long an exit is waited for after the processes are gone or killed (an exit waits
+/// for the kernel's teardown of the namespaces, and a D-state process for its I/O).
+const SUPERVISOR_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 fn choose_cgroups(spec: &ContainerSpec, is_root: bool) -> Result<Option<CgroupLayout>> {
     let wants_limits = spec.resources.memory.is_some()

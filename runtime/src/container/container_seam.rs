@@ -102,6 +102,19 @@ impl Backend for ContainerBackend {
     fn stop(&self, state_dir: &Path, timeout: Duration) -> std::result::Result<(), BackendError> {
         Ok(ContainerBackend::stop(self, state_dir, timeout)?)
     }
+    /// Returns once the processes are gone; their supervisor's exit (its mount namespace's
+    /// teardown) and the removal of cgroups and network are left for `finish_stop`.
+    fn stop_processes(
+        &self,
+        state_dir: &Path,
+        timeout: Duration,
+    ) -> std::result::Result<bool, BackendError> {
+        Ok(ContainerBackend::stop_processes(self, state_dir, timeout)?
+            == super::container_backend::StopLeft::Teardown)
+    }
+    fn finish_stop(&self, state_dir: &Path, _: Duration) -> std::result::Result<(), BackendError> {
+        Ok(ContainerBackend::finish_stop(self, state_dir)?)
+    }
     /// The writable layer is in the environment's folder, which the caller removes (so
     /// `stopped` is not recorded in it).
     fn destroy(

@@ -13,6 +13,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
@@ -464,6 +465,57 @@ pub fn request_stop(socket: &Path, grace_ms: u64) -> Result<()> {
         other => Err(ContainerError::Protocol(format!(
             "unexpected answer {other:?}"
         ))),
+    }
+}
+
+/// [`request_stop`], then waits up to `wait` for the supervisor to close the connection;
+/// whether it did. It closes it only by exiting, which it does once no process it started
+/// is left (or after its SIGKILL, with some stuck: the caller checks the cgroup); and its
+/// exit closes every descriptor it holds, the forwarded ports' sockets with them, before
+/// the kernel tears down its namespaces (the mount namespace's unmounts, an overlay's sync,
+/// RCU grace periods), which this does not wait for.
+pub fn stop_and_wait_for_close(socket: &Path, grace_ms: u64, wait: Duration) -> Result<bool> {
+    let mut client = ControlClient::connect_for_reply(socket)?;
+    match client.call(&Request::Stop { grace_ms })? {
+        Response::Stopping => {}
+        other => {
+            return Err(ContainerError::Protocol(format!(
+                "unexpected answer {other:?}"
+            )))
+        }
+    }
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        client
+            .stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| ContainerError::io("cannot set a timeout on the control socket", e))?;
+        match io::Read::read(&mut client.stream, &mut buf) {
+            Ok(0) => return Ok(true),
+            // Nothing else is sent on a stopping connection; read past it.
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => {
+                return Err(ContainerError::io(
+                    "cannot read from the stopping supervisor's control socket",
+                    e,
+                ))
+            }
+        }
     }
 }
 

@@ -125,15 +125,33 @@ pub fn attach(
 /// lease, bridge and NAT table when it was the last, pasta). Idempotent; a no-op for an
 /// environment that never had a network.
 pub fn detach(state_dir: &Path) -> Result<()> {
-    let spec: Option<ContainerSpec> = crate::state::read_json(&state_dir.join("spec.json"))?;
-    let Some(spec) = spec else {
-        return Ok(());
-    };
-    let Some(home) = &spec.net_home else {
-        return Ok(());
-    };
-    network_in(home)?.detach(spec.network_id())?;
+    if let Some((network, id)) = recorded_network(state_dir)? {
+        network.detach(&id)?;
+    }
     Ok(())
+}
+
+/// The part of [`detach`] that frees the environment's forwarded host ports (their rules on
+/// the host, a pasta process), for a stop that leaves the rest for later. Idempotent; the
+/// later [`detach`] finds it done.
+pub fn release_ports(state_dir: &Path) -> Result<()> {
+    if let Some((network, id)) = recorded_network(state_dir)? {
+        network.release_forwarded_ports(&id)?;
+    }
+    Ok(())
+}
+
+/// The network of the environment in `state_dir` and its id there, from its recorded spec;
+/// `None` for an environment that never had one.
+fn recorded_network(state_dir: &Path) -> Result<Option<(Network, String)>> {
+    let spec: Option<ContainerSpec> = crate::state::read_json(&state_dir.join("spec.json"))?;
+    match spec {
+        Some(spec) => match &spec.net_home {
+            Some(home) => Ok(Some((network_in(home)?, spec.network_id().to_string()))),
+            None => Ok(None),
+        },
+        None => Ok(None),
+    }
 }
 
 /// Where the environment's `/etc/resolv.conf` comes from: a file in its state folder, bound

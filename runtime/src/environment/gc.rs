@@ -8,6 +8,9 @@
 //!   `watch/<env-id>.run` marker (`state::WatchList`), written before anything of the
 //!   environment exists and removed after its folder is. One small file per live run.
 //! - The tap, lease and NAT of a VM whose VMM was killed: `watch/<env-id>.vm`, one per VM.
+//! - The cgroups and network of a stopped environment whose `berth down` returned before
+//!   they were removed, and whose detached child was killed: `watch/<env-id>.stop`
+//!   (`Environments::down`), on an environment nobody holds.
 //! - Leases on berth's bridge held by environments of any home that are gone (a deleted home,
 //!   a dead namespace): released machine-wide by the bridge's next user, by `berth ls`, and by
 //!   any command once at least [`DEPARTED_INTERVAL`] after the last such check (the lease
@@ -190,6 +193,9 @@ impl Environments {
                             }
                         }
                     }
+                }
+                Watched::Stop { env_id } => {
+                    self.collect_stop(&env_id);
                 }
                 Watched::Vm { env_id } => {
                     let dir = self.home.env_dir(&env_id);

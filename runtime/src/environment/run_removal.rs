@@ -8,7 +8,7 @@ use super::environments::{Environments, Locked};
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::host::fault_injection::checkpoint;
-use crate::net::bridge::IdleBridge;
+use crate::net::bridge::{IdleBridge, IDLE_BRIDGE_GRACE};
 use crate::net::{Network, NetworkOptions};
 use crate::state::{self, FileLock};
 
@@ -119,7 +119,7 @@ impl Environments {
             .ok()
             .flatten();
         if let Err(e) = self.end_processes(&locked.dir, timeout) {
-            remove_idle_bridge(idle.as_ref());
+            remove_idle_bridge(idle.as_ref(), false);
             return Err(e);
         }
         // Named after this process, so a sweep leaves it alone while it works.
@@ -132,7 +132,7 @@ impl Environments {
         // environment, as after `destroy`.
         if fs::rename(&locked.dir, &aside).is_err() {
             drop(locked);
-            remove_idle_bridge(idle.as_ref());
+            remove_idle_bridge(idle.as_ref(), false);
             return self.destroy(env_id, false, timeout);
         }
         // Garbage collection no longer watches it: its folder is out of `envs/`.
@@ -141,10 +141,7 @@ impl Environments {
         }
         drop(locked);
         checkpoint("run-removal");
-        if detached && idle.is_some() {
-            std::thread::sleep(IDLE_BRIDGE_GRACE);
-        }
-        remove_idle_bridge(idle.as_ref());
+        remove_idle_bridge(idle.as_ref(), detached);
         state::remove_tree(&aside).map_err(|source| state::StateError::Write {
             path: aside.clone(),
             source,
@@ -162,7 +159,7 @@ impl Environments {
 /// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
 /// child is a zombie of this short-lived process, which costs nothing. A second fork would
 /// copy the address space once more for every run.
-fn detach_from_caller() {
+pub(super) fn detach_from_caller() {
     let _ = nix::unistd::setsid();
     if let Ok(null) = fs::OpenOptions::new()
         .read(true)
@@ -175,19 +172,21 @@ fn detach_from_caller() {
     }
 }
 
-/// How long the child of a run that left the bridge idle waits before it removes the bridge:
-/// `berth run` in a loop (a test suite, CI) then makes and removes it once, not for every
-/// run (making it costs a NAT table transaction and three interface changes; removing it,
-/// some 50 ms of RCU grace periods that the next run's attach would wait for under the
-/// bridge's lock). Short, so that nothing berth made outlives its last environment for long.
-const IDLE_BRIDGE_GRACE: Duration = Duration::from_millis(500);
-
-/// Removes the bridge a run left idle, unless an environment uses it again (see
-/// [`IdleBridge::remove_if_unused`]); best effort, as the removal of the run's folder:
-/// garbage collection removes what this leaves.
-fn remove_idle_bridge(idle: Option<&IdleBridge>) {
+/// Removes the bridge a run or a `down` left idle once it has been idle for
+/// [`IDLE_BRIDGE_GRACE`], unless an environment uses it again (see
+/// [`IdleBridge::remove_if_idle_for`]); best effort: garbage collection removes what this
+/// leaves. Waits for the grace first when the bridge is idle now (`detached`: in a child
+/// that outlives the command).
+pub(super) fn remove_idle_bridge(idle: Option<&IdleBridge>, detached: bool) {
     if let Some(idle) = idle {
-        let _ = idle.remove_if_unused();
+        let min_idle = match detached && idle.is_idle() {
+            true => {
+                std::thread::sleep(IDLE_BRIDGE_GRACE);
+                IDLE_BRIDGE_GRACE
+            }
+            false => std::time::Duration::ZERO,
+        };
+        let _ = idle.remove_if_idle_for(min_idle);
     }
 }
 

@@ -5,14 +5,17 @@ use std::time::Duration;
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
-use super::environments::{remove_env_dir, Environments};
+use super::environments::{remove_env_dir, Environments, Locked};
 use super::error::EnvError;
 use super::live_sync;
 use super::record::EnvRecord;
+use super::run_removal::{detach_from_caller, remove_idle_bridge};
 use super::sidecars::sidecar_volume_mounts;
 use crate::backend::EnvStatus;
+use crate::host::fault_injection::checkpoint;
 use crate::image::{Progress, QuietProgress};
-use crate::state;
+use crate::net::{Network, NetworkOptions};
+use crate::state::{self, FileLock, LockMode, WatchList, ENV_LOCK_FILE};
 
 /// What [`Environments::remove_plan_volumes`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,10 +28,19 @@ pub struct VolumesRemoved {
 
 impl Environments {
     /// Stops the environment; its writable layer stays. Returns whether it was running.
+    ///
+    /// Returns once the environment's processes are gone and its forwarded host ports are
+    /// free. A container's supervisor is then still exiting (the kernel tears down its mount
+    /// namespace, and unmounting the writable layer syncs its filesystem), and its cgroups
+    /// and network are still there: a detached child finishes the stop
+    /// ([`finish_stop_detached`](Self::finish_stop_detached)) holding the environment's lock,
+    /// so a following `up` or `destroy` waits for it. The `watch/<env-id>.stop` marker,
+    /// written before the stop begins, lets garbage collection finish it when that child is
+    /// killed.
     pub fn down(&self, env_id: &str, timeout: Duration) -> Result<bool, EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
         let backend = self.backend_at(&locked.dir);
-        let was = backend.status(&locked.dir)?.status;
+        let was = backend.liveness(&locked.dir);
         // The sync process goes first: it reads the environment through its supervisor.
         live_sync::stop(&locked.dir);
         // In reverse start order: a container's sidecars started after it, a VM's before it.
@@ -38,14 +50,104 @@ impl Environments {
             backend.stop(&locked.dir, timeout)?;
         }
         self.stop_sidecars(&locked.dir, timeout)?;
-        if !vm_first {
-            backend.stop(&locked.dir, timeout)?;
-        }
+        let watch = WatchList::of(&self.home);
+        let left = match vm_first {
+            true => false,
+            false => {
+                watch.add_stop(env_id)?;
+                backend.stop_processes(&locked.dir, timeout)?
+            }
+        };
         if let Some(mut r) = EnvRecord::load(&locked.dir)? {
             r.converged = false;
             r.save(&locked.dir)?;
         }
+        if left {
+            self.finish_stop_detached(env_id, locked, timeout);
+        } else {
+            watch.remove_stop(env_id)?;
+        }
         Ok(was != EnvStatus::Stopped)
+    }
+
+    /// The rest of `down`'s stop ([`Backend::finish_stop`](crate::backend::Backend)), in a
+    /// forked child that takes over the environment's lock (the same open file, inherited)
+    /// and outlives the command: it waits for the supervisor's exit, removes the cgroups and
+    /// the network, drops the marker, lets the lock go, and then removes berth's bridge if
+    /// this environment was its last user and nobody attached within
+    /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE)
+    /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
+    /// unlocked environment that garbage collection finishes. When no process can be forked,
+    /// all of it is done here before returning.
+    fn finish_stop_detached(&self, env_id: &str, locked: Locked, timeout: Duration) {
+        use nix::unistd::{fork, ForkResult};
+        // SAFETY: berth's commands are single-threaded when they stop an environment (as in
+        // `remove_run`); glibc's fork handlers keep malloc usable in the child, which ends
+        // with `_exit`.
+        match unsafe { fork() } {
+            // The child's copy of the lock's descriptor keeps the lock once this one closes.
+            Ok(ForkResult::Parent { .. }) => {}
+            Ok(ForkResult::Child) => {
+                detach_from_caller();
+                checkpoint("down-finish");
+                let ok = self.finish_stop(env_id, locked, timeout, true).is_ok();
+                // SAFETY: leave the forked child without running the parent's destructors.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            Err(_) => {
+                let _ = self.finish_stop(env_id, locked, timeout, false);
+            }
+        }
+    }
+
+    /// What [`finish_stop_detached`](Self::finish_stop_detached)'s child does (`detached`), or
+    /// the command itself when it cannot fork.
+    fn finish_stop(
+        &self,
+        env_id: &str,
+        locked: Locked,
+        timeout: Duration,
+        detached: bool,
+    ) -> Result<(), EnvError> {
+        // Best effort: unmarked, the detach removes the bridge itself.
+        let idle = match detached {
+            true => Network::new(self.home(), NetworkOptions::default())
+                .leave_bridge_idle(env_id)
+                .ok()
+                .flatten(),
+            false => None,
+        };
+        let finished = self
+            .backend_at(&locked.dir)
+            .finish_stop(&locked.dir, timeout);
+        if finished.is_ok() {
+            WatchList::of(&self.home).remove_stop(env_id)?;
+        }
+        drop(locked);
+        remove_idle_bridge(idle.as_ref(), detached);
+        Ok(finished?)
+    }
+
+    /// Garbage collection of the stop of `env_id` whose detached child was killed (its
+    /// `.stop` marker is on an environment nobody holds): finishes it. Whether it did (or
+    /// found it done); `false` while a command holds the environment.
+    pub(super) fn collect_stop(&self, env_id: &str) -> bool {
+        let dir = self.home.env_dir(env_id);
+        let watch = WatchList::of(&self.home);
+        if !dir.exists() {
+            return watch.remove_stop(env_id).is_ok();
+        }
+        let Ok(Some(lock)) = FileLock::try_acquire(&dir.join(ENV_LOCK_FILE), LockMode::Exclusive)
+        else {
+            return false;
+        };
+        let finished = self
+            .backend_at(&dir)
+            .finish_stop(&dir, Duration::from_secs(2))
+            .is_ok()
+            && watch.remove_stop(env_id).is_ok();
+        drop(lock);
+        finished
     }
 
     /// Stops the environment and removes its folder (writable layer, logs, record); with

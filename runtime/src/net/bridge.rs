@@ -3,12 +3,9 @@
 //!
 //! The bridge (`berth0`), its nftables table and IPv4 forwarding are host-wide: they exist
 //! while at least one environment of any berth home holds a lease, and the last release
-//! removes them; or, for a caller that asked ([`LastUser::LeavesIdle`], `berth run`, which
-//! then removes it in its detached child: [`IdleBridge::remove_if_unused`]), leaves them
-//! *idle*: up, with a record of no leases. An idle bridge is used again as it is by the next
-//! attach (when it has the subnet that attach would choose), and removed by whoever next
-//! finds it unused under the lock: its caller's child, or any garbage collection
-//! ([`Bridge::collect_departed`]), so a remover killed on the way leaks nothing for long. The shared state (subnet, every home's leases) is the machine-wide record
+//! removes them; or, for a caller that asked ([`LastUser::LeavesIdle`], `berth run` and
+//! `berth down`, which then remove it in their detached child), leaves them *idle*
+//! ([`super::bridge_idle`]). The shared state (subnet, every home's leases) is the machine-wide record
 //! of [`super::lease_store`] (`/run/berth/net/<bridge>/`), changed only under its lock. Each
 //! lease is recorded *before* the host is changed, so a crash at any point leaves a record
 //! that `detach` (or the next user's release of departed holders) cleans up from.
@@ -23,8 +20,11 @@ use std::os::fd::AsFd;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use crate::host::clock::now_ms;
 use crate::state::BerthHome;
 
+use super::bridge_idle::idle_too_briefly;
+pub use super::bridge_idle::{IdleBridge, LastUser, IDLE_BRIDGE_GRACE};
 use super::error::NetError;
 use super::lease_store::{port_name, BridgeState, Holder, LeaseEntry, LeaseStore, StoreLock};
 use super::nat::{self, NatRules};
@@ -118,7 +118,7 @@ pub struct Bridge {
     config: BridgeConfig,
 }
 
-fn netlink() -> Result<Netlink, NetError> {
+pub(super) fn netlink() -> Result<Netlink, NetError> {
     Netlink::open().map_err(|e| NetError::link("open a netlink socket", e))
 }
 
@@ -141,7 +141,7 @@ impl Bridge {
         Bridge::store_of(&self.config.name)
     }
 
-    fn store_of(name: &str) -> Result<LeaseStore, NetError> {
+    pub(super) fn store_of(name: &str) -> Result<LeaseStore, NetError> {
         let plain = !name.is_empty()
             && name.len() <= 15
             && name
@@ -250,6 +250,7 @@ impl Bridge {
         };
         let holder = self.holder(env_id);
         release_departed(&mut st, nl, Some(&holder));
+        st.idle_since_ms = None;
         let entry = match st.lease_of(&holder) {
             Some(l) => l.clone(),
             None => {
@@ -297,7 +298,7 @@ impl Bridge {
     /// Unplugs `env_id` (its veth or tap), drops its lease and, when it was the bridge's
     /// last user in any berth home, removes the NAT table, the bridge and the record, and
     /// restores IPv4 forwarding (unless another berth bridge still needs it); or, with
-    /// [`LastUser::LeavesIdle`], leaves them idle for [`IdleBridge::remove_if_unused`].
+    /// [`LastUser::LeavesIdle`], leaves them idle for [`IdleBridge::remove_if_idle_for`].
     /// `recorded_port`: the interface the environment's own record names, used when the
     /// lease is already gone. Idempotent.
     pub fn detach(
@@ -332,6 +333,7 @@ impl Bridge {
         };
         release_departed(&mut st, &mut nl, Some(&holder));
         if last == LastUser::LeavesIdle && st.leases.is_empty() {
+            st.idle_since_ms = Some(now_ms());
             return store.save(&lock, &st);
         }
         settle(&store, lock, &mut nl, &st)
@@ -357,58 +359,17 @@ impl Bridge {
         let before = st.leases.len();
         release_departed(&mut st, &mut nl, None);
         let released = before - st.leases.len();
-        if released > 0 || st.leases.is_empty() {
+        // A bridge left idle moments ago is its last user's remover's (see `bridge_idle`).
+        if released > 0 || (st.leases.is_empty() && !idle_too_briefly(&st, IDLE_BRIDGE_GRACE)) {
             settle(&store, lock, &mut nl, &st)?;
         }
         Ok(released)
     }
 }
 
-/// What [`Bridge::detach`] does when it releases the bridge's last lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LastUser {
-    /// Removes the bridge, its NAT table, forwarding and record before it returns.
-    RemovesBridge,
-    /// Leaves them idle (a record of no leases): the caller removes them later, off its
-    /// critical path, with [`IdleBridge::remove_if_unused`] (a RTM_DELLINK of a bridge waits
-    /// for RCU grace periods, some 50 ms).
-    LeavesIdle,
-}
-
-/// A bridge its last user may have left idle ([`LastUser::LeavesIdle`]), to be removed
-/// unless someone uses it again meanwhile.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdleBridge {
-    pub name: String,
-    pub nft_table: String,
-}
-
-impl IdleBridge {
-    /// Under the bridge's lock, with its holders checked again: removes the bridge, NAT
-    /// table, forwarding and record when no lease is left (those of holders that are gone
-    /// released first), and leaves everything as it is when an environment attached
-    /// meanwhile. Returns whether it removed the bridge. Idempotent.
-    pub fn remove_if_unused(&self) -> Result<bool, NetError> {
-        let store = Bridge::store_of(&self.name)?;
-        if !store.dir().exists() {
-            return Ok(false);
-        }
-        let lock = store.lock()?;
-        let Some(mut st) = store.load(&lock)? else {
-            return store.remove(lock).map(|()| false);
-        };
-        let mut nl = netlink()?;
-        release_departed(&mut st, &mut nl, None);
-        if !st.leases.is_empty() {
-            return store.save(&lock, &st).map(|()| false);
-        }
-        settle(&store, lock, &mut nl, &st).map(|()| true)
-    }
-}
-
 /// Saves the record, or, when no lease is left, removes the NAT table, the bridge, the
 /// record and its lock, and restores IPv4 forwarding (unless another berth bridge needs it).
-fn settle(
+pub(super) fn settle(
     store: &LeaseStore,
     lock: StoreLock,
     nl: &mut Netlink,
@@ -424,7 +385,11 @@ fn settle(
 /// Removes the bridge of `st`, its NAT table and the note of the ruleset applied, and
 /// restores IPv4 forwarding (unless another berth bridge needs it); the record stays. Under
 /// the lock, for a bridge no lease uses.
-fn remove_from_host(_lock: &StoreLock, nl: &mut Netlink, st: &BridgeState) -> Result<(), NetError> {
+pub(super) fn remove_from_host(
+    _lock: &StoreLock,
+    nl: &mut Netlink,
+    st: &BridgeState,
+) -> Result<(), NetError> {
     let store = Bridge::store_of(&st.bridge)?;
     let _ = std::fs::remove_file(store.dir().join(APPLIED_FILE));
     NatRules::remove(&st.nft_table)?;
@@ -529,7 +494,7 @@ fn bridge_mac(name: &str) -> [u8; 6] {
 /// Releases the leases of holders that are gone, except `keep`'s: an environment whose
 /// interface no longer exists (its namespace died, which removes the veth pair with it),
 /// or whose folder is gone (its home was deleted; its tap, if any, is removed here).
-fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder>) {
+pub(super) fn release_departed(st: &mut BridgeState, nl: &mut Netlink, keep: Option<&Holder>) {
     st.leases.retain(|l| {
         if Some(&l.holder) == keep {
             return true;
@@ -828,7 +793,3 @@ mod tests {
         assert_ne!(a, veth_name("web-87654321"));
     }
 }
-
-#[cfg(test)]
-#[path = "bridge_idle_tests.rs"]
-mod idle_tests;

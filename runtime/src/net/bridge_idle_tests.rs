@@ -1,12 +1,14 @@
 //! The idle bridge a last detach leaves for its caller ([`LastUser::LeavesIdle`], `berth
-//! run`): used again by the next attach, removed only when no lease uses it, also when the
-//! removal races an attach.
-
-use std::time::Duration;
+//! run`, `berth down`): used again by the next attach, removed only when no lease uses it,
+//! also when the removal races an attach, and not by the remover of an earlier round.
 
 use super::*;
+use crate::net::lease_store::LeaseStore;
+use crate::net::nat::NatRules;
+use crate::net::netlink::Netlink;
 use crate::net::network::{assert_released, master_of, test_network, DetachOnDrop};
 use crate::net::Network;
+use crate::state::BerthHome;
 
 /// Runs `test` with a bridge of its own (when root and nft are there), detaching the
 /// environments `ids` at the end whatever happens.
@@ -65,16 +67,22 @@ fn used_again_and_removed_only_when_unused(net: &Network) {
     let b = net.plumb_tap("idle-b").unwrap();
     assert_eq!(nl.link_index(&name).unwrap(), index, "made anew");
     assert_eq!(master_of(&b.tap).as_deref(), Some(name.as_str()));
-    assert!(!idle.remove_if_unused().unwrap(), "removed a bridge in use");
+    assert!(
+        !idle.remove_if_idle_for(Duration::ZERO).unwrap(),
+        "removed a bridge in use"
+    );
     assert_eq!(master_of(&b.tap).as_deref(), Some(name.as_str()));
     assert_eq!(leases_of(&name), Some(1));
 
     // Left idle again by its last user; unused now, it goes with its table and record.
     net.leave_bridge_idle("idle-b").unwrap();
     net.detach("idle-b").unwrap();
-    assert!(idle.remove_if_unused().unwrap());
+    assert!(idle.remove_if_idle_for(Duration::ZERO).unwrap());
     assert_released(net, "idle-b", &b.tap);
-    assert!(!idle.remove_if_unused().unwrap(), "idempotent");
+    assert!(
+        !idle.remove_if_idle_for(Duration::ZERO).unwrap(),
+        "idempotent"
+    );
 }
 
 /// The removal of an idle bridge races an environment attaching to it, one or the other
@@ -99,7 +107,7 @@ fn race_removal_and_attach(net: &Network) {
         };
         let remover = std::thread::spawn(move || {
             std::thread::sleep(remover_waits);
-            idle.remove_if_unused().unwrap()
+            idle.remove_if_idle_for(Duration::ZERO).unwrap()
         });
         std::thread::sleep(attach_waits);
         let t = net.plumb_tap("race-next").unwrap();
@@ -119,4 +127,34 @@ fn race_removal_and_attach(net: &Network) {
         outcomes.iter().all(|n| *n > 0),
         "one order never happened (attach first, removal first): {outcomes:?}"
     );
+}
+
+/// `up`/`down` (or `run`s) in a loop: the remover of an earlier round wakes after its grace
+/// while a later round has used the bridge and left it idle again moments ago. It leaves the
+/// bridge to the later round's remover (which removes it once idle for the grace), and so
+/// does garbage collection; otherwise the next attach would wait for the bridge's removal
+/// and make it again. Fails on a remover that removes any unused bridge.
+#[test]
+fn an_earlier_rounds_remover_leaves_a_bridge_idled_again_since_to_the_later_one() {
+    with_test_network("g", &["round-1", "round-2"], |net| {
+        let earlier = leave_idle(net, "round-1");
+        let later = leave_idle(net, "round-2");
+        assert!(
+            !earlier.remove_if_idle_for(IDLE_BRIDGE_GRACE).unwrap(),
+            "an earlier round's remover removed a bridge idle for moments"
+        );
+        let bridge = Bridge::new(
+            &BerthHome::at(tempfile::tempdir().unwrap().path()).unwrap(),
+            net.options().bridge.clone(),
+        );
+        assert_eq!(bridge.collect_departed().unwrap(), 0);
+        assert_eq!(
+            leases_of(&later.name),
+            Some(0),
+            "garbage collection removed it"
+        );
+        std::thread::sleep(IDLE_BRIDGE_GRACE);
+        assert!(later.remove_if_idle_for(IDLE_BRIDGE_GRACE).unwrap());
+        assert_eq!(leases_of(&later.name), None, "removed with its record");
+    });
 }

@@ -70,6 +70,10 @@ pub struct BridgeState {
     pub subnet: Subnet,
     pub nft_table: String,
     pub leases: Vec<LeaseEntry>,
+    /// When the last lease went and the bridge was left idle (milliseconds since the epoch;
+    /// see `bridge_idle`); `None` while in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since_ms: Option<u64>,
 }
 
 impl BridgeState {
@@ -79,6 +83,7 @@ impl BridgeState {
             subnet,
             nft_table: nft_table.to_string(),
             leases: Vec::new(),
+            idle_since_ms: None,
         }
     }
 

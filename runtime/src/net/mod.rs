@@ -60,6 +60,7 @@
 //! [`Network::detach`] removes the tap like a veth.
 
 pub mod bridge;
+pub mod bridge_idle;
 pub mod dialer;
 pub mod dns;
 pub mod error;

@@ -539,7 +539,7 @@ impl Network {
     /// Asks [`detach`](Self::detach) of `env_id` to leave the bridge idle when `env_id` is
     /// its last user (see [`LastUser::LeavesIdle`]): `berth run` removes it in the child
     /// that outlives it, off the path to the command's exit code. Returns the bridge to
-    /// remove with [`IdleBridge::remove_if_unused`] after the detach, or `None` when
+    /// remove with [`IdleBridge::remove_if_idle_for`] after the detach, or `None` when
     /// `env_id` is on no bridge (nothing was changed then).
     pub fn leave_bridge_idle(&self, env_id: &str) -> Result<Option<IdleBridge>, NetError> {
         let Some(mut record) = self.record(env_id)? else {
@@ -558,6 +558,22 @@ impl Network {
         record.leaves_bridge_idle = true;
         self.save(env_id, &record)?;
         Ok(Some(idle))
+    }
+
+    /// The first step of [`detach`](Self::detach), for a caller that leaves the rest for
+    /// later: frees `env_id`'s forwarded host ports, the kernel's port rules (which must not
+    /// outlive the address they send to) or its pasta process. Idempotent.
+    pub fn release_forwarded_ports(&self, env_id: &str) -> Result<(), NetError> {
+        match self.record_to_detach(env_id)?.map(|r| r.plumbing) {
+            Some(Plumbing::Bridge {
+                port: Some(port), ..
+            }) => Ok(port_nat::remove(&port)?),
+            Some(Plumbing::Pasta { pid: Some(pid) }) => {
+                pasta::stop(pid);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Removes everything [`Network::attach`] created on the host for `env_id`: its veth,

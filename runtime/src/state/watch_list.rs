@@ -6,6 +6,11 @@
 //!   created and removed after its folder is; when the owner is gone, the environment is
 //!   garbage, however far its `up` got.
 //! - `watch/<env-id>.vm`: a VM environment, whose killed VMM leaves its tap and lease behind.
+//! - `watch/<env-id>.stop`: an environment whose `berth down` returned once its processes
+//!   were gone, and whose detached child finishes the stop (cgroups, network) under the
+//!   environment's lock, removing the marker before it lets the lock go. A marker whose
+//!   environment is not locked is that of a killed child: the stop is finished by the next
+//!   command.
 //! - `gc.json`: the boot (`/proc/sys/kernel/random/boot_id`) in which the home was last swept
 //!   whole. A home not yet swept in this boot (after a reboot; a home of an older berth, which
 //!   wrote no markers) gets a full sweep from its next command. It also says when the
@@ -34,6 +39,7 @@ const SWEEP_FILE: &str = "gc.json";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 const RUN_SUFFIX: &str = ".run";
 const VM_SUFFIX: &str = ".vm";
+const STOP_SUFFIX: &str = ".stop";
 
 /// One marker of the watch list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +52,8 @@ pub enum Watched {
     },
     /// A VM environment.
     Vm { env_id: String },
+    /// An environment whose stop a detached child finishes.
+    Stop { env_id: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,6 +112,16 @@ impl WatchList {
         if path.exists() {
             return Ok(());
         }
+        self.add_empty(path)
+    }
+
+    /// Marks `env_id` as an environment whose stop a detached child finishes.
+    pub fn add_stop(&self, env_id: &str) -> Result<(), StateError> {
+        self.add_empty(self.path(env_id, STOP_SUFFIX))
+    }
+
+    /// Creates the empty marker `path` (kept as it is when it exists).
+    fn add_empty(&self, path: PathBuf) -> Result<(), StateError> {
         create_private_dir(&self.dir)?;
         fs::OpenOptions::new()
             .write(true)
@@ -114,6 +132,11 @@ impl WatchList {
             .map_err(|source| StateError::Write { path, source })
     }
 
+    /// Forgets that `env_id`'s stop is to be finished (it is).
+    pub fn remove_stop(&self, env_id: &str) -> Result<(), StateError> {
+        remove_if_present(&self.path(env_id, STOP_SUFFIX))
+    }
+
     /// Forgets that `env_id` is a throw-away environment (`run --keep`).
     pub fn remove_run(&self, env_id: &str) -> Result<(), StateError> {
         remove_if_present(&self.path(env_id, RUN_SUFFIX))
@@ -122,7 +145,8 @@ impl WatchList {
     /// Forgets `env_id` entirely (its folder is gone).
     pub fn remove(&self, env_id: &str) -> Result<(), StateError> {
         remove_if_present(&self.path(env_id, RUN_SUFFIX))?;
-        remove_if_present(&self.path(env_id, VM_SUFFIX))
+        remove_if_present(&self.path(env_id, VM_SUFFIX))?;
+        remove_if_present(&self.path(env_id, STOP_SUFFIX))
     }
 
     /// Every marker, in name order. One read of the folder, and one small file per `berth
@@ -148,6 +172,10 @@ impl WatchList {
                         env_id: env_id.to_string(),
                         owner,
                     })
+                } else if let Some(env_id) = name.strip_suffix(STOP_SUFFIX) {
+                    Some(Watched::Stop {
+                        env_id: env_id.to_string(),
+                    })
                 } else {
                     name.strip_suffix(VM_SUFFIX).map(|env_id| Watched::Vm {
                         env_id: env_id.to_string(),
@@ -155,7 +183,9 @@ impl WatchList {
                 }
             })
             .filter(|w| match w {
-                Watched::Run { env_id, .. } | Watched::Vm { env_id } => plausible_env_id(env_id),
+                Watched::Run { env_id, .. } | Watched::Vm { env_id } | Watched::Stop { env_id } => {
+                    plausible_env_id(env_id)
+                }
             })
             .collect()
     }
@@ -278,9 +308,13 @@ mod tests {
         w.add_run("web-run-1", me()).unwrap();
         w.add_vm("vm-1").unwrap();
         w.add_vm("vm-1").unwrap();
+        w.add_stop("kept-1").unwrap();
         assert_eq!(
             w.entries(),
             vec![
+                Watched::Stop {
+                    env_id: "kept-1".into()
+                },
                 Watched::Vm {
                     env_id: "vm-1".into()
                 },
@@ -290,6 +324,14 @@ mod tests {
                 },
             ]
         );
+        w.remove_stop("kept-1").unwrap();
+        w.remove_stop("kept-1").unwrap();
+        w.add_stop("kept-2").unwrap();
+        WatchList::of_env_dir(&home.env_dir("kept-2"))
+            .unwrap()
+            .0
+            .remove("kept-2")
+            .unwrap();
         let (of_dir, id) = WatchList::of_env_dir(&home.env_dir("web-run-1")).unwrap();
         assert_eq!(id, "web-run-1");
         of_dir.remove(&id).unwrap();
