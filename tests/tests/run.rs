@@ -844,3 +844,135 @@ fn a_throw_away_runs_writable_layer_is_volatile_and_a_kept_runs_can_start_again(
     b.ok(p.path(), &["--environment", &env, "destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// The supervisor of the run whose command line carries `marker`, found from the host
+/// (`berth-init` by name; a forked one keeps `berth run`'s arguments, an exec'd one has
+/// `__supervisor` and the state folder, which holds the run's name).
+fn supervisor_of(marker: &str) -> Option<(u32, String)> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (comm.trim() == "berth-init" && cmdline.contains(marker)).then_some((pid, cmdline))
+    })
+}
+
+/// A throw-away run's launcher is a fork of `berth run`, not a second exec of berth's binary
+/// (`container::launcher_fork`: the exec, its loader and start-up were a tenth of a run's
+/// CPU), so PID 1 inside keeps `berth run`'s command line; a `--keep` run, whose environment
+/// may start again, keeps the exec'd `berth __supervisor` as `up` does. The forked supervisor
+/// holds nothing of `berth run`'s: stdin is /dev/null, stdout and stderr its log, and no
+/// descriptor reaches the environment's lock or anything else of the home but its logs and
+/// control socket.
+#[test]
+fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_descriptors() {
+    require_root!();
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains(" run ") && !out.contains("__supervisor"),
+        "PID 1 of a throw-away run is a fork of berth run: {out}{err}"
+    );
+    let kept = format!("{}-kept", p.name);
+    let o = b.run_in(
+        p.path(),
+        &[
+            "-q",
+            "run",
+            "--keep",
+            "--name",
+            &kept,
+            "--",
+            "sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/1/cmdline",
+        ],
+    );
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        out.contains("__supervisor"),
+        "a kept run's supervisor is exec'd: {out}{err}"
+    );
+    let o = b.run_in(p.path(), &["--environment", &kept, "destroy"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    let marker = format!("launcher-fork-{}", std::process::id());
+    let started = p.path().join("started");
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args([
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "touch /work/started; sleep 60",
+            &marker,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the command to start", || started.exists());
+    let (pid, cmdline) = supervisor_of(&marker).expect("the run's supervisor");
+    assert!(cmdline.contains(" run "), "{cmdline}");
+    let home = b.home.path().to_string_lossy().into_owned();
+    let mut held = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        held.push((fd, target));
+    }
+    let target = |fd: i32| held.iter().find(|(f, _)| *f == fd).map(|(_, t)| t.as_str());
+    assert_eq!(target(0), Some("/dev/null"), "{held:?}");
+    for fd in [1, 2] {
+        assert!(
+            target(fd).is_some_and(|t| t.ends_with("/logs/supervisor.log")),
+            "{held:?}"
+        );
+    }
+    for (fd, t) in &held {
+        assert!(
+            !t.ends_with("/lock"),
+            "fd {fd} is a lock of the home: {held:?}"
+        );
+        assert!(
+            !t.starts_with(&home) || t.contains("/logs") || t.ends_with("control.sock"),
+            "fd {fd} of berth run reached the supervisor: {held:?}"
+        );
+        assert!(
+            !t.starts_with("/dev/pts"),
+            "fd {fd} is a terminal: {held:?}"
+        );
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
