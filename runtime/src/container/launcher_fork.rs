@@ -23,6 +23,9 @@
 //!   it is not dumpable and its memory belongs to the host's user namespace, as an exec'd
 //!   supervisor's, so nothing inside can read it. Not for sidecars and not with `[[ports]]`,
 //!   whose holder is named from a supervisor's command line (`net::port_owner`).
+//! - **Command line**: such a supervisor keeps `berth run`'s (its name, `berth-init`, is
+//!   set as for every supervisor). Rewriting it needs `PR_SET_MM`, that is
+//!   `CAP_SYS_RESOURCE`, which root lacks on some hosts (this project's CI among them).
 
 use std::fs::File;
 use std::io::Write;
