@@ -888,9 +888,8 @@ fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
 /// CPU); a `--keep` run, whose environment may start again, keeps the exec as `up` does. The
 /// forked supervisor (found by `berth run`'s command line, which it keeps, and seen by the
 /// leak check as berth's) holds nothing of `berth run`'s: stdin is /dev/null, stdout and
-/// stderr its log, and no
-/// descriptor reaches the environment's lock or anything else of the home but its logs and
-/// control socket.
+/// stderr its log, and no descriptor reaches the environment's lock or anything else of the
+/// home but its logs and control socket.
 #[test]
 fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_descriptors() {
     require_root!();

@@ -137,8 +137,9 @@ fn reset_signals() -> std::io::Result<()> {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: sigaction with a null new action only reads the current one into `old`.
+        // SAFETY: an all-zero sigaction is a valid value of this C struct.
         let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: sigaction with a null new action only reads the current one into `old`.
         if unsafe { libc::sigaction(sig, std::ptr::null(), &mut old) } != 0 {
             continue;
         }
