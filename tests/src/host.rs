@@ -108,6 +108,18 @@ impl HostSnapshot {
                     || cmd.contains("virtiofsd")
                 {
                     berth_processes.insert(format!("{pid} {cmd}"));
+                } else if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "berth-init")
+                {
+                    // A throw-away run's supervisor, forked from `berth run` (its command
+                    // line is berth run's): named by the home it inherited.
+                    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+                    let home = environ
+                        .split(|b| *b == 0)
+                        .find_map(|v| v.strip_prefix(b"BERTH_HOME="))
+                        .map(|h| String::from_utf8_lossy(h).into_owned())
+                        .unwrap_or_default();
+                    berth_processes.insert(format!("{pid} {cmd} BERTH_HOME={home}"));
                 }
             }
         }

@@ -844,3 +844,150 @@ fn a_throw_away_runs_writable_layer_is_volatile_and_a_kept_runs_can_start_again(
     b.ok(p.path(), &["--environment", &env, "destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// The pid of the supervisor (`berth-init`) whose command line carries `tag`.
+fn supervisor_of(tag: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        (comm.trim() == "berth-init" && cmdline.contains(tag)).then_some(pid)
+    })
+}
+
+/// How many times `args` (run by berth in `p`) execs berth's binary, counted by strace.
+fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
+    let trace = p.path().join("execs.trace");
+    let o = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        .arg(&trace)
+        .arg(berth_e2e::berth_bin())
+        .args(args)
+        .env("BERTH_HOME", b.home.path())
+        .env("BERTH_BRIDGE", &b.bridge)
+        .env("BERTH_SUBNET", &b.subnet)
+        .current_dir(p.path())
+        .output()
+        .ok()?;
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(p.path().join("execs.trace"));
+    let bin = berth_e2e::berth_bin().to_string_lossy().into_owned();
+    Some(
+        trace
+            .lines()
+            .filter(|l| l.contains("execve(") && !l.contains("= -1"))
+            .filter(|l| l.contains(&format!("\"{bin}\"")) || l.contains("\"/proc/self/exe\""))
+            .count(),
+    )
+}
+
+/// A throw-away run's launcher is a fork of `berth run`, not a second exec of berth's binary
+/// (`container::launcher_fork`: the exec, its loader and start-up were a tenth of a run's
+/// CPU); a `--keep` run, whose environment may start again, keeps the exec as `up` does. The
+/// forked supervisor (found by `berth run`'s command line, which it keeps, and seen by the
+/// leak check as berth's) holds nothing of `berth run`'s: stdin is /dev/null, stdout and
+/// stderr its log, and no descriptor reaches the environment's lock or anything else of the
+/// home but its logs and control socket.
+#[test]
+fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_descriptors() {
+    require_root!();
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (scripts/install-deps installs it)");
+        return;
+    }
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let once = execs_of_berth(&b, &p, &["-q", "run", "--", "true"]);
+    assert_eq!(once, Some(1), "berth run execs berth once (itself)");
+    // PID 1's command line: berth run's when forked, `__supervisor`'s when exec'd.
+    let pid1 = "tr '\\0' ' ' < /proc/1/cmdline";
+    let o = b.run_in(p.path(), &["-q", "run", "--", "sh", "-c", pid1]);
+    let (out, err) = text(&o);
+    assert!(
+        out.contains(" run ") && !out.contains("__supervisor"),
+        "{out}{err}"
+    );
+    let kept = format!("{}-kept", p.name);
+    let args = [
+        "-q", "run", "--keep", "--name", &kept, "--", "sh", "-c", pid1,
+    ];
+    let o = b.run_in(p.path(), &args);
+    let (out, err) = text(&o);
+    assert!(
+        out.contains("__supervisor"),
+        "a kept run's launcher is exec'd: {out}{err}"
+    );
+    let o = b.run_in(p.path(), &["--environment", &kept, "destroy"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+
+    let started = p.path().join("started");
+    let marker = format!("launcher-fork-{}", p.name);
+    let mut child = b
+        .cmd()
+        .current_dir(p.path())
+        .args([
+            "-q",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "touch /work/started; sleep 60",
+            &marker,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the command to start", || started.exists());
+    let home = b.home.path().to_string_lossy().into_owned();
+    let pid = supervisor_of(&marker).expect("the run's supervisor");
+    let seen = HostSnapshot::take(&[&home]).berth_processes;
+    assert!(
+        seen.iter().any(|s| s.starts_with(&format!("{pid} "))),
+        "the leak check does not see the run's supervisor: {seen:?}"
+    );
+    let mut held = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let fd: i32 = e.file_name().to_str().unwrap().parse().unwrap();
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        held.push((fd, target));
+    }
+    let target = |fd: i32| held.iter().find(|(f, _)| *f == fd).map(|(_, t)| t.as_str());
+    assert_eq!(target(0), Some("/dev/null"), "{held:?}");
+    for fd in [1, 2] {
+        assert!(
+            target(fd).is_some_and(|t| t.ends_with("/logs/supervisor.log")),
+            "{held:?}"
+        );
+    }
+    for (fd, t) in &held {
+        assert!(
+            !t.ends_with("/lock"),
+            "fd {fd} is a lock of the home: {held:?}"
+        );
+        assert!(
+            !t.starts_with(&home) || t.contains("/logs") || t.ends_with("control.sock"),
+            "fd {fd} of berth run reached the supervisor: {held:?}"
+        );
+        assert!(
+            !t.starts_with("/dev/pts"),
+            "fd {fd} is a terminal: {held:?}"
+        );
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}

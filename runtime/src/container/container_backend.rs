@@ -28,6 +28,13 @@ use super::run_state::{ContainerState, Phase};
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
 
+/// The launcher process of a start: an exec of berth, or a fork of it for a throw-away run
+/// ([`launcher_fork`](super::launcher_fork)).
+enum Launcher {
+    Exec(std::process::Child),
+    Forked(nix::unistd::Pid),
+}
+
 /// Runs environments as containers. Stateless: everything lives in the state dir. The caller
 /// serializes commands on one environment with its lock (`envs/<id>/lock`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -162,18 +169,6 @@ impl ContainerBackend {
         let log = super::logs::open_logs_dir(&spec.state_dir)
             .and_then(|d| super::logs::open_for_append(&d, &logs_dir, "supervisor.log"))
             .context(|| format!("cannot open {}/supervisor.log", logs_dir.display()))?;
-        let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
-            .context(|| "cannot prepare berth's supervisor".to_string())?;
-        cmd.stdin(Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .context(|| "cannot duplicate the log fd".to_string())?,
-            )
-            .stderr(log)
-            .env_remove("RUST_BACKTRACE");
-        // The launcher enters the cgroups before it runs a single instruction of its own, so a
-        // stop racing with this start always finds (and kills) it. The forked child is
-        // single-threaded, so it may join through the per-thread file (see `self_join_file`).
         let procs_files: Vec<fs::File> = match &state.cgroups {
             Some(l) => l
                 .driver()
@@ -188,36 +183,69 @@ impl ContainerBackend {
                 .collect::<Result<_>>()?,
             None => Vec::new(),
         };
-        let procs_fds: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
-        let (rw, gr) = (report_w.as_raw_fd(), go_r.as_raw_fd());
-        // SAFETY: only async-signal-safe write/fcntl/dup2 calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &procs_fds {
-                    // "0" moves the writing process itself.
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+        // The launcher enters the cgroups before it runs a single instruction of its own, so a
+        // stop racing with this start always finds (and kills) it. The forked child is
+        // single-threaded, so it may join through the per-thread file (see `self_join_file`).
+        // A throw-away run's launcher is a fork of this process, not an exec (launcher_fork).
+        let launcher = if super::launcher_fork::may_fork(spec, mapping) {
+            let pid = super::launcher_fork::spawn(
+                &spec.state_dir,
+                &log,
+                &procs_files,
+                report_w.as_raw_fd(),
+                go_r.as_raw_fd(),
+            )?;
+            drop((report_w, go_r, procs_files, log));
+            Launcher::Forked(pid)
+        } else {
+            let mut cmd = supervisor_command(&spec.state_dir, mapping.is_none())
+                .context(|| "cannot prepare berth's supervisor".to_string())?;
+            cmd.stdin(Stdio::null())
+                .stdout(
+                    log.try_clone()
+                        .context(|| "cannot duplicate the log fd".to_string())?,
+                )
+                .stderr(log)
+                .env_remove("RUST_BACKTRACE");
+            let procs_fds: Vec<i32> = procs_files.iter().map(|f| f.as_raw_fd()).collect();
+            let (rw, gr) = (report_w.as_raw_fd(), go_r.as_raw_fd());
+            // SAFETY: only async-signal-safe write/fcntl/dup2 calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for fd in &procs_fds {
+                        // "0" moves the writing process itself.
+                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    let a = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
+                    let b = libc::fcntl(gr, libc::F_DUPFD_CLOEXEC, 10);
+                    if a < 0
+                        || b < 0
+                        || libc::dup2(a, super::launch::REPORT_FD) < 0
+                        || libc::dup2(b, super::launch::GO_FD) < 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
-                }
-                let a = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
-                let b = libc::fcntl(gr, libc::F_DUPFD_CLOEXEC, 10);
-                if a < 0
-                    || b < 0
-                    || libc::dup2(a, super::launch::REPORT_FD) < 0
-                    || libc::dup2(b, super::launch::GO_FD) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .context(|| "cannot start berth's supervisor process".to_string())?;
-        drop((report_w, go_r, procs_files));
+                    Ok(())
+                });
+            }
+            let child = cmd
+                .spawn()
+                .context(|| "cannot start berth's supervisor process".to_string())?;
+            drop((report_w, go_r, procs_files));
+            Launcher::Exec(child)
+        };
         checkpoint("supervisor-spawned");
         let outcome = read_launch_events(report_r, go_w, state, spec, mapping.is_some(), hook);
-        let _ = child.wait();
+        match launcher {
+            Launcher::Exec(mut child) => {
+                let _ = child.wait();
+            }
+            Launcher::Forked(pid) => {
+                let _ = nix::sys::wait::waitpid(pid, None);
+            }
+        }
         outcome
     }
 

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! berth (caller)  ── writes state.json, creates cgroups, spec.json
-//!   └─ berth __supervisor <state-dir>   "launcher", host namespaces (re-exec'd; sealed if privileged)
+//!   └─ berth __supervisor <state-dir>   "launcher", host namespaces (re-exec'd; sealed if
+//!        privileged; a throw-away run's is a fork of the caller instead: [`launcher_fork`])
 //!        joins the cgroups, private mount namespace (root), control socket
 //!        └─ child: unshare(user) → launcher writes uid/gid maps → launcher mounts the
 //!           overlay (of detached id-mapped layers) and binds → child unshare(mnt, uts, ipc,
@@ -76,6 +77,7 @@ pub mod idmap_record;
 pub mod in_root;
 pub mod launch;
 pub mod launch_report;
+pub mod launcher_fork;
 pub mod layer_copy;
 pub mod layer_ids;
 pub mod layer_snapshot;
