@@ -15,10 +15,12 @@
 //! `teardown.rs` (`down`, `destroy`), `inspect.rs` (`status`, `ls`), `inside.rs` (`exec`,
 //! `shell`, `run`'s command, `logs`), `hooks.rs` (`on_create`, `on_up`), `snapshot.rs`,
 //! `live_sync.rs` (the `__sync` process), `ephemeral.rs` + `run_removal.rs` + `gc.rs`
-//! (`berth run`),
+//! (`berth run`), `background_child.rs` (what `run` and `down` leave to a child that outlives
+//! them),
 //! `sidecars.rs` (servers from their own images beside an environment), `bridged_sidecars.rs`
 //! (those of a VM, on berth's bridge).
 
+mod background_child;
 mod bridged_sidecars;
 mod build_plan;
 mod build_runner;

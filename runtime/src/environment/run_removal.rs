@@ -4,11 +4,11 @@
 use std::fs;
 use std::time::Duration;
 
+use super::background_child::{in_background_child, remove_idle_bridge};
 use super::environments::{Environments, Locked};
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::host::fault_injection::checkpoint;
-use crate::net::bridge::{IdleBridge, IDLE_BRIDGE_GRACE};
 use crate::net::{Network, NetworkOptions};
 use crate::state::{self, FileLock};
 
@@ -31,7 +31,8 @@ impl Environments {
     ///
     /// The same child removes berth's bridge when this run was its last user (left idle by
     /// the network's detach, [`Network::leave_bridge_idle`]): deleting a bridge waits for the
-    /// kernel's RCU grace periods (some 50 ms). It waits [`IDLE_BRIDGE_GRACE`] first, so that
+    /// kernel's RCU grace periods (some 50 ms). It waits
+    /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE) first, so that
     /// the next run of a test loop finds the bridge and its NAT table made, then removes
     /// them under the bridge's lock with its leases read again: an environment that
     /// attached meanwhile keeps them. A child killed first leaves an idle bridge that the next
@@ -48,22 +49,9 @@ impl Environments {
         if locked.dir.join("sidecars").exists() {
             self.destroy_sidecars(&locked.dir, timeout)?;
         }
-        use nix::unistd::{fork, ForkResult};
-        // SAFETY: berth's commands are single-threaded when they tear down an environment (as
-        // in `remove_tree_as_mapped_root`); glibc's fork handlers keep malloc usable in the
-        // child, which ends with `_exit`.
-        match unsafe { fork() } {
-            // The child's copy of the lock's descriptor keeps the lock once this one closes.
-            Ok(ForkResult::Parent { .. }) => Ok(()),
-            Ok(ForkResult::Child) => {
-                detach_from_caller();
-                checkpoint("run-stop");
-                let ok = self.end_run(env_id, locked, timeout, true).is_ok();
-                // SAFETY: leave the forked child without running the parent's destructors.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            Err(_) => self.end_run(env_id, locked, timeout, false),
-        }
+        in_background_child("run-stop", |detached| {
+            self.end_run(env_id, locked, timeout, detached)
+        })
     }
 
     /// Waits until the removal process of a finished `berth run` named like `env_id` (a
@@ -147,46 +135,6 @@ impl Environments {
             source,
         })?;
         Ok(())
-    }
-}
-
-/// Makes the forked child of [`Environments::remove_run`] independent of the `berth run`
-/// that returns meanwhile: out of the caller's session (a Ctrl-C or hangup after `berth run`
-/// returned does not cut the removal short), and holding none of the caller's pipes
-/// (`$(berth run …)` ends with berth).
-///
-/// One fork, not the classic two: `berth run` returns right after it, and its child is
-/// then reparented to (and reaped by) init or the nearest subreaper; until then a finished
-/// child is a zombie of this short-lived process, which costs nothing. A second fork would
-/// copy the address space once more for every run.
-pub(super) fn detach_from_caller() {
-    let _ = nix::unistd::setsid();
-    if let Ok(null) = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
-        }
-    }
-}
-
-/// Removes the bridge a run or a `down` left idle once it has been idle for
-/// [`IDLE_BRIDGE_GRACE`], unless an environment uses it again (see
-/// [`IdleBridge::remove_if_idle_for`]); best effort: garbage collection removes what this
-/// leaves. Waits for the grace first when the bridge is idle now (`detached`: in a child
-/// that outlives the command).
-pub(super) fn remove_idle_bridge(idle: Option<&IdleBridge>, detached: bool) {
-    if let Some(idle) = idle {
-        let min_idle = match detached && idle.is_idle() {
-            true => {
-                std::thread::sleep(IDLE_BRIDGE_GRACE);
-                IDLE_BRIDGE_GRACE
-            }
-            false => std::time::Duration::ZERO,
-        };
-        let _ = idle.remove_if_idle_for(min_idle);
     }
 }
 

@@ -5,14 +5,13 @@ use std::time::Duration;
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
+use super::background_child::{in_background_child, remove_idle_bridge};
 use super::environments::{remove_env_dir, Environments, Locked};
 use super::error::EnvError;
 use super::live_sync;
 use super::record::EnvRecord;
-use super::run_removal::{detach_from_caller, remove_idle_bridge};
 use super::sidecars::sidecar_volume_mounts;
 use crate::backend::EnvStatus;
-use crate::host::fault_injection::checkpoint;
 use crate::image::{Progress, QuietProgress};
 use crate::net::{Network, NetworkOptions};
 use crate::state::{self, FileLock, LockMode, WatchList, ENV_LOCK_FILE};
@@ -63,7 +62,7 @@ impl Environments {
             r.save(&locked.dir)?;
         }
         if left {
-            self.finish_stop_detached(env_id, locked, timeout);
+            self.finish_stop_detached(env_id, locked, timeout)?;
         } else {
             watch.remove_stop(env_id)?;
         }
@@ -79,25 +78,15 @@ impl Environments {
     /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
     /// unlocked environment that garbage collection finishes. When no process can be forked,
     /// all of it is done here before returning.
-    fn finish_stop_detached(&self, env_id: &str, locked: Locked, timeout: Duration) {
-        use nix::unistd::{fork, ForkResult};
-        // SAFETY: berth's commands are single-threaded when they stop an environment (as in
-        // `remove_run`); glibc's fork handlers keep malloc usable in the child, which ends
-        // with `_exit`.
-        match unsafe { fork() } {
-            // The child's copy of the lock's descriptor keeps the lock once this one closes.
-            Ok(ForkResult::Parent { .. }) => {}
-            Ok(ForkResult::Child) => {
-                detach_from_caller();
-                checkpoint("down-finish");
-                let ok = self.finish_stop(env_id, locked, timeout, true).is_ok();
-                // SAFETY: leave the forked child without running the parent's destructors.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            Err(_) => {
-                let _ = self.finish_stop(env_id, locked, timeout, false);
-            }
-        }
+    fn finish_stop_detached(
+        &self,
+        env_id: &str,
+        locked: Locked,
+        timeout: Duration,
+    ) -> Result<(), EnvError> {
+        in_background_child("down-finish", |detached| {
+            self.finish_stop(env_id, locked, timeout, detached)
+        })
     }
 
     /// What [`finish_stop_detached`](Self::finish_stop_detached)'s child does (`detached`), or
