@@ -147,7 +147,7 @@ if u:
     print("unpack of a %d MB layer (median):" % (raw // 1000000))
     for k, v in u.items():
         print("  %-28s %7.2f s  %6.0f MB/s" % (k, v, raw / v / 1e6))
-    print("  ratio berth/tar: %.2fx (target <= 1.2x)" % (u["berth image import"] / u["tar -xzf"]))
+    print("  ratio berth/tar: %.2fx (target <= 0.7x)" % (u["berth image import"] / u["tar -xzf"]))
 if p:
     print("pull of a 4-layer image from loopback (median):")
     for k, v in p.items():
