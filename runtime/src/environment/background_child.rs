@@ -9,7 +9,8 @@ use std::fs;
 
 use super::error::EnvError;
 use crate::host::fault_injection::checkpoint;
-use crate::net::bridge::{IdleBridge, IDLE_BRIDGE_GRACE};
+use crate::net::bridge::IDLE_BRIDGE_GRACE;
+use crate::net::bridge_idle::IdleBridge;
 
 /// Runs `work(true)` in a forked child detached from the caller ([`detach_from_caller`]),
 /// after the fault point `fault_point`, and returns at once; or runs `work(false)` here and

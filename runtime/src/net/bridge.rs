@@ -23,8 +23,8 @@ use sha2::Digest;
 use crate::host::clock::now_ms;
 use crate::state::BerthHome;
 
-use super::bridge_idle::idle_too_briefly;
-pub use super::bridge_idle::{IdleBridge, LastUser, IDLE_BRIDGE_GRACE};
+use super::bridge_idle_policy::idle_too_briefly;
+pub use super::bridge_idle_policy::{LastUser, IDLE_BRIDGE_GRACE};
 use super::error::NetError;
 use super::lease_store::{port_name, BridgeState, Holder, LeaseEntry, LeaseStore, StoreLock};
 use super::nat::{self, NatRules};

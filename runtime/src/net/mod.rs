@@ -61,6 +61,7 @@
 
 pub mod bridge;
 pub mod bridge_idle;
+mod bridge_idle_policy;
 pub mod dialer;
 pub mod dns;
 pub mod error;

@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::state::{self, BerthHome};
 
-use super::bridge::{Bridge, BridgeConfig, IdleBridge, LastUser};
+use super::bridge::{Bridge, BridgeConfig, LastUser};
+use super::bridge_idle::IdleBridge;
 use super::dialer::NetnsDialer;
 use super::dns::{DnsForwarder, DnsPlan, ResolverSources};
 use super::error::NetError;
