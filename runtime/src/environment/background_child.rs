@@ -11,6 +11,8 @@ use super::error::EnvError;
 use crate::host::fault_injection::checkpoint;
 use crate::net::bridge::IDLE_BRIDGE_GRACE;
 use crate::net::bridge_idle::IdleBridge;
+use crate::net::{Network, NetworkOptions};
+use crate::state::BerthHome;
 
 /// Runs `work(true)` in a forked child detached from the caller ([`detach_from_caller`]),
 /// after the fault point `fault_point`, and returns at once; or runs `work(false)` here and
@@ -58,6 +60,16 @@ fn detach_from_caller() {
             let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
         }
     }
+}
+
+/// Marks `env_id`'s network to leave berth's bridge idle when it releases the bridge's last
+/// lease (see [`Network::leave_bridge_idle`]), for [`remove_idle_bridge`] after the detach.
+/// Best effort: unmarked, the detach removes the bridge itself, as `destroy` does.
+pub(super) fn leave_bridge_idle(home: &BerthHome, env_id: &str) -> Option<IdleBridge> {
+    Network::new(home, NetworkOptions::default())
+        .leave_bridge_idle(env_id)
+        .ok()
+        .flatten()
 }
 
 /// Removes the bridge a run or a `down` left idle once it has been idle for

@@ -4,12 +4,11 @@
 use std::fs;
 use std::time::Duration;
 
-use super::background_child::{in_background_child, remove_idle_bridge};
+use super::background_child::{in_background_child, leave_bridge_idle, remove_idle_bridge};
 use super::environments::{Environments, Locked};
 use super::error::EnvError;
 use super::record::EnvRecord;
 use crate::host::fault_injection::checkpoint;
-use crate::net::{Network, NetworkOptions};
 use crate::state::{self, FileLock};
 
 impl Environments {
@@ -30,8 +29,9 @@ impl Environments {
     /// next command's sweep of `tmp/` removes its folder.
     ///
     /// The same child removes berth's bridge when this run was its last user (left idle by
-    /// the network's detach, [`Network::leave_bridge_idle`]): deleting a bridge waits for the
-    /// kernel's RCU grace periods (some 50 ms). It waits
+    /// the network's detach,
+    /// [`Network::leave_bridge_idle`](crate::net::Network::leave_bridge_idle)): deleting a
+    /// bridge waits for the kernel's RCU grace periods (some 50 ms). It waits
     /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE) first, so that
     /// the next run of a test loop finds the bridge and its NAT table made, then removes
     /// them under the bridge's lock with its leases read again: an environment that
@@ -101,11 +101,7 @@ impl Environments {
         timeout: Duration,
         detached: bool,
     ) -> Result<(), EnvError> {
-        // Best effort: unmarked, the detach removes the bridge itself, as `destroy` does.
-        let idle = Network::new(self.home(), NetworkOptions::default())
-            .leave_bridge_idle(env_id)
-            .ok()
-            .flatten();
+        let idle = leave_bridge_idle(self.home(), env_id);
         if let Err(e) = self.end_processes(&locked.dir, timeout) {
             remove_idle_bridge(idle.as_ref(), false);
             return Err(e);

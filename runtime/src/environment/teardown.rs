@@ -5,7 +5,7 @@ use std::time::Duration;
 use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
-use super::background_child::{in_background_child, remove_idle_bridge};
+use super::background_child::{in_background_child, leave_bridge_idle, remove_idle_bridge};
 use super::environments::{remove_env_dir, Environments, Locked};
 use super::error::EnvError;
 use super::live_sync;
@@ -13,7 +13,6 @@ use super::record::EnvRecord;
 use super::sidecars::sidecar_volume_mounts;
 use crate::backend::EnvStatus;
 use crate::image::{Progress, QuietProgress};
-use crate::net::{Network, NetworkOptions};
 use crate::state::{self, FileLock, LockMode, WatchList, ENV_LOCK_FILE};
 
 /// What [`Environments::remove_plan_volumes`] did.
@@ -98,12 +97,8 @@ impl Environments {
         timeout: Duration,
         detached: bool,
     ) -> Result<(), EnvError> {
-        // Best effort: unmarked, the detach removes the bridge itself.
         let idle = match detached {
-            true => Network::new(self.home(), NetworkOptions::default())
-                .leave_bridge_idle(env_id)
-                .ok()
-                .flatten(),
+            true => leave_bridge_idle(self.home(), env_id),
             false => None,
         };
         let finished = self
