@@ -212,12 +212,7 @@ impl ContainerBackend {
             // SAFETY: only async-signal-safe write/fcntl/dup2 calls between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    for fd in &procs_fds {
-                        // "0" moves the writing process itself.
-                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                    }
+                    super::launcher_fork::join_cgroups(&procs_fds)?;
                     let a = libc::fcntl(rw, libc::F_DUPFD_CLOEXEC, 10);
                     let b = libc::fcntl(gr, libc::F_DUPFD_CLOEXEC, 10);
                     if a < 0

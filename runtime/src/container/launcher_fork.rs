@@ -106,13 +106,8 @@ fn into_launcher(
             Ok(r)
         }
     };
-    for f in procs {
-        // "0" moves the writing process itself.
-        // SAFETY: write of a 1-byte static buffer to an open descriptor.
-        if unsafe { libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+    let procs: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
+    join_cgroups(&procs)?;
     // SAFETY: fcntl/dup2 on descriptors this process holds; duplicates above 10 first, so
     // placing one at 3 or 4 cannot close the other before it is copied.
     unsafe {
@@ -128,6 +123,21 @@ fn into_launcher(
     }
     super::security::close_fds_from(GO_FD as u32 + 1);
     reset_signals()
+}
+
+/// Moves the calling process into the cgroups whose `cgroup.procs` (or per-thread join
+/// file) descriptors are `procs`, before it runs any work of its own: the launcher's first
+/// step, whether forked here or exec'd (`ContainerBackend`'s `pre_exec`). Only `write`: safe
+/// between fork and exec.
+pub(super) fn join_cgroups(procs: &[RawFd]) -> std::io::Result<()> {
+    for fd in procs {
+        // "0" moves the writing process itself.
+        // SAFETY: write of a 1-byte static buffer to a descriptor the caller holds open.
+        if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Caught signals back to their default action and an empty mask; ignored ones stay ignored
