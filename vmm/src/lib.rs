@@ -19,6 +19,7 @@ pub mod machine;
 pub mod paging;
 pub mod serial;
 pub mod tap_device;
+pub mod unix_listener;
 pub mod vcpu;
 pub mod virtio_blk;
 pub mod virtio_console;

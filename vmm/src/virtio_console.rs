@@ -42,8 +42,7 @@ pub struct VirtioConsole {
 impl VirtioConsole {
     /// Listens on `socket` (replacing a stale socket file).
     pub fn listen(socket: &Path) -> Result<Self, VmmError> {
-        let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket).map_err(|e| VmmError::Socket {
+        let listener = crate::unix_listener::listen_at(socket).map_err(|e| VmmError::Socket {
             path: socket.to_path_buf(),
             source: e,
         })?;

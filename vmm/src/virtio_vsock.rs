@@ -138,12 +138,11 @@ impl VirtioVsock {
     /// Guest context id `cid`; host connections arrive on `uds`, guest connections go to
     /// `<uds>_<port>`.
     pub fn new(cid: u64, uds: &Path) -> Result<Self, VmmError> {
-        let _ = std::fs::remove_file(uds);
         let sock_err = |e| VmmError::Socket {
             path: uds.to_path_buf(),
             source: e,
         };
-        let listener = UnixListener::bind(uds).map_err(sock_err)?;
+        let listener = crate::unix_listener::listen_at(uds).map_err(sock_err)?;
         listener.set_nonblocking(true).map_err(sock_err)?;
         let shared = Arc::new(Mutex::new(Shared {
             next_host_port: 1 << 30,

@@ -438,6 +438,16 @@ impl VmBackend {
                     Ok(c) => return Ok(c),
                     Err(VmError::Agent(berth_agent_proto::ClientError::Timeout(_))) => {}
                     Err(VmError::Agent(_)) => std::thread::sleep(Duration::from_millis(100)),
+                    // The VMM's socket exists but does not listen yet (qemu binds, then
+                    // listens), or it is being replaced: not ready, not failed.
+                    Err(VmError::Io { source, .. })
+                        if matches!(
+                            source.kind(),
+                            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+                        ) =>
+                    {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     Err(e) => return Err(e),
                 }
             } else {
@@ -534,6 +544,76 @@ mod tests {
         let qemu = VmState::stand_in(Provider::Qemu, d.path(), std::process::id());
         std::fs::write(d.path().join("qemu.log"), "qemu: could not load kernel\n").unwrap();
         assert!(vmm_exit_reason(&qemu).contains("qemu: could not load kernel"));
+    }
+
+    /// The control socket's path exists a moment before anyone listens on it (qemu binds,
+    /// then listens): `up` waiting for the agent takes "connection refused" there as "not
+    /// ready yet". Before, it failed at once with "control.sock: Connection refused" (seen in
+    /// the nested CI, where emulation widens the gap).
+    #[test]
+    fn a_control_socket_not_listening_yet_is_waited_for() {
+        use berth_agent_proto::{decode, encode, Frame, Message};
+        use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+        use std::io::{Read, Write};
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let b = VmBackend::with_mirror(home, crate::vm::kernel::Mirror::unreachable());
+        let st = VmState::stand_in(Provider::Kvm, d.path(), std::process::id());
+        // Bound, not listening: a client's connect is refused.
+        let bound = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&bound),
+            &UnixAddr::new(&st.control_socket).unwrap(),
+        )
+        .unwrap();
+        assert!(std::os::unix::net::UnixStream::connect(&st.control_socket).is_err());
+        let path = st.control_socket.clone();
+        let agent = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            // Now it listens (as an agent behind the VMM would answer).
+            drop(bound);
+            std::fs::remove_file(&path).unwrap();
+            let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 256];
+            let nonce = loop {
+                let n = c.read(&mut chunk).unwrap();
+                assert!(n > 0, "the client closed before its hello");
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some((f, _)) = decode(&buf).unwrap() {
+                    let Message::Hello { nonce } = f.message else {
+                        panic!("not a hello: {:?}", f.message);
+                    };
+                    break nonce;
+                }
+            };
+            let ack = Message::HelloAck {
+                nonce,
+                agent_version: "test".into(),
+                kernel_release: "6.1".into(),
+                ready: true,
+            };
+            c.write_all(
+                &encode(&Frame {
+                    session: 0,
+                    message: ack,
+                })
+                .unwrap(),
+            )
+            .unwrap();
+            c
+        });
+        let r = b.wait_ready(&st, Duration::from_secs(10), Instant::now());
+        // Checked before the join: after a failure the agent would wait for a client forever.
+        assert!(r.is_ok(), "{:?}", r.err());
+        drop(agent.join().unwrap());
     }
 
     #[test]
