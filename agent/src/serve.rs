@@ -308,9 +308,23 @@ impl Server {
     fn host_disconnected(&mut self, chan: usize) {
         self.chans[chan].connected = false;
         self.chans[chan].frames = FrameBuffer::new();
+        self.end_sessions_of(chan);
+    }
+
+    /// Ends the sessions and pending forwards of channel `chan`'s client, which is gone: their
+    /// processes are killed and they leave the table at once, so nothing of theirs (output,
+    /// exit) reaches the channel's next client, whose session numbers start at 1 again. The
+    /// processes are reaped like any child.
+    fn end_sessions_of(&mut self, chan: usize) {
         self.pending_forwards.retain(|k, _| k.0 != chan);
-        for (key, s) in &self.sessions {
-            if key.0 == chan {
+        let gone: Vec<Key> = self
+            .sessions
+            .keys()
+            .filter(|k| k.0 == chan)
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(s) = self.sessions.remove(&key) {
                 // SAFETY: kill on the session's process group; no memory involved.
                 unsafe { libc::kill(-s.pid, libc::SIGHUP) };
                 // SAFETY: as above, kill takes no memory.
@@ -324,6 +338,10 @@ impl Server {
         let key = (ctl, id);
         match frame.message {
             Message::Hello { nonce } => {
+                // A hello opens every host connection: whoever used this channel before is
+                // gone, even where the channel could not tell (berth's VMM's virtio-console
+                // has no port events, so a killed `berth exec` leaves its session running).
+                self.end_sessions_of(ctl);
                 let ack = Message::HelloAck {
                     nonce,
                     agent_version: env!("CARGO_PKG_VERSION").into(),

@@ -11,6 +11,8 @@ use berth_agent_proto::{Client, Exec, Restart, ServiceSpec, Setup};
 struct Agent {
     child: Child,
     client: Client,
+    /// The host's end of the channel, for a second client on it.
+    channel: UnixStream,
 }
 
 impl Drop for Agent {
@@ -66,6 +68,7 @@ fn start_agent(private_logs: bool) -> Agent {
     unsafe { libc::close(fd) };
     let mut agent = Agent {
         child,
+        channel: ours.try_clone().unwrap(),
         client: Client::new(ours).unwrap(),
     };
     let info = agent.client.hello(Duration::from_secs(10)).unwrap();
@@ -88,6 +91,41 @@ fn exit_codes_and_separate_streams() {
     let missing = a.client.run(&["definitely-not-a-command-berth"]).unwrap();
     assert_eq!(missing.status.code, 127);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot run"));
+}
+
+/// A client that leaves without the channel telling the agent (berth's VMM's console has no
+/// port events: a killed `berth exec`) leaves its session running. The next client on the
+/// channel numbers its sessions from 1 again: its hello ends the old sessions, so its first
+/// command starts, and nothing of the old one (output, exit) reaches it. Before, the agent
+/// answered "session 1 is already running" and later sent the old session's exit to the new
+/// client, which took it for its own (a VM's live sync then saw "the sync channel closed").
+#[test]
+fn a_new_client_on_a_channel_gets_nothing_of_the_sessions_of_the_one_before() {
+    let mut a = start();
+    let old = a
+        .client
+        .start(Exec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "sleep 1; echo stale".into()],
+            ..Exec::default()
+        })
+        .unwrap();
+    let mut next = Client::new(a.channel.try_clone().unwrap()).unwrap();
+    next.hello(Duration::from_secs(10)).unwrap();
+    let first = next.run(&["/bin/sh", "-c", "sleep 2; echo fresh"]).unwrap();
+    assert_eq!(
+        (first.status.code, first.stdout.as_slice()),
+        (0, b"fresh\n".as_slice()),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        first.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let second = next.run(&["echo", "again"]).unwrap();
+    assert_eq!(second.stdout, b"again\n");
+    drop(old);
 }
 
 #[test]
