@@ -63,13 +63,19 @@ impl Environments {
                 backend.stop_processes(&locked.dir, timeout)?
             }
         };
-        if let Some(mut r) = record.filter(|r| r.converged) {
-            r.converged = false;
-            r.save(&locked.dir)?;
-        }
+        // `converged` is read only of a running environment (`up`'s decision): the flip waits
+        // for the stop's end, with the detached child's work when there is some. Lost to a
+        // killed child, a stopped environment's record says converged, which `up` ignores.
+        let unconverged = record.filter(|r| r.converged).map(|r| EnvRecord {
+            converged: false,
+            ..r
+        });
         if left {
-            self.finish_stop_detached(env_id, locked, timeout, backend)?;
+            self.finish_stop_detached(env_id, locked, timeout, backend, unconverged)?;
         } else {
+            if let Some(r) = unconverged {
+                r.save(&locked.dir)?;
+            }
             watch.remove_stop(env_id)?;
         }
         Ok(was != EnvStatus::Stopped)
@@ -78,7 +84,7 @@ impl Environments {
     /// The rest of `down`'s stop ([`Backend::finish_stop`](crate::backend::Backend)), in a
     /// forked child that takes over the environment's lock (the same open file, inherited)
     /// and outlives the command: it waits for the supervisor's exit, removes the cgroups and
-    /// the network, drops the marker, lets the lock go, and then removes berth's bridge if
+    /// the network, records the environment not converged, drops the marker, lets the lock go, and then removes berth's bridge if
     /// this environment was its last user and nobody attached within
     /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE)
     /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
@@ -90,9 +96,10 @@ impl Environments {
         locked: Locked,
         timeout: Duration,
         backend: &dyn Backend,
+        unconverged: Option<EnvRecord>,
     ) -> Result<(), EnvError> {
         in_background_child("down-finish", |detached| {
-            self.finish_stop(env_id, locked, timeout, detached, backend)
+            self.finish_stop(env_id, locked, timeout, detached, backend, unconverged)
         })
     }
 
@@ -105,6 +112,7 @@ impl Environments {
         timeout: Duration,
         detached: bool,
         backend: &dyn Backend,
+        unconverged: Option<EnvRecord>,
     ) -> Result<(), EnvError> {
         let idle = match detached {
             true => leave_bridge_idle(self.home(), env_id),
@@ -112,6 +120,9 @@ impl Environments {
         };
         let finished = backend.finish_stop(&locked.dir, timeout);
         if finished.is_ok() {
+            if let Some(r) = unconverged {
+                r.save(&locked.dir)?;
+            }
             WatchList::of(&self.home).remove_stop(env_id)?;
         }
         drop(locked);
