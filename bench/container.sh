@@ -77,16 +77,19 @@ done
 "$BERTH" -C "$PP" -q down
 
 echo "== breakdown of one cold berth up (strace -f)" >&2
+# The same start as the timed cold rows: after settle.sh (`down`, then its background child's
+# end), with the bridge still up. (Waiting for every background teardown, the bridge's
+# removal 0.5 s later included, made it a first start instead.)
 # strace -f would wait for the supervisor (a daemon) to exit: the traced shell stops strace
-# once `berth up` returns (strace writes its summary and exits 143 on SIGTERM).
+# once `berth up` returns (strace writes its trace and exits 143 on SIGTERM).
 traced_up() {
-  "$BERTH" -C "$P" -q down
-  wait_background_teardowns
-  strace -I2 -f "$@" sh -c '"$0" -C "$1" -q up; kill -TERM $PPID' "$BERTH" "$P" || true
+  sh "$W/settle.sh" "$BERTH" "$P"
+  strace -I2 -f "$@" sh -c '"$0" -C "$1" -q up; kill -TERM $PPID' "$BERTH" "$P" 2>"$W/strace.err" || true
 }
-# Only the calls below stop the process (--seccomp-bpf), so strace adds little time.
+# Only the calls below stop the process (--seccomp-bpf), so strace adds little time. The root
+# is mounted through the new mount API (fsmount), bind mounts through mount.
 traced_up --seccomp-bpf -tt -T -o "$W/trace.txt" \
-  -e trace=execve,fsync,fdatasync,rename,mkdir,mount,pivot_root,write,wait4,exit_group
+  -e trace=execve,fsync,fdatasync,rename,mkdir,mount,fsmount,move_mount,pivot_root,write,wait4,exit_group
 "$BERTH" -C "$P" -q down
 
 echo "== density: $DENSITY idle environments of one image" >&2
@@ -193,12 +196,12 @@ for l in open(f"{w}/trace.txt"):
     events.append((t, pid, body, dur))
 t0 = events[0][0] if events else 0
 marks = [
-    (r'execve\("[^"]*/berth"', "berth up starts"),
+    (r'execve\("[^"]*", \["[^"]*", "-C"', "berth up starts"),
     (r'rename\(.*/state\.json"', "state.json: starting (plan read, image resolved, old state cleaned)"),
     (r'mkdir\("/sys/fs/cgroup', "cgroups being created"),
     (r'write\(\d+, "0", 1\)', "launcher moves into its cgroups"),
     (r'execve\("/proc/self/(exe|fd/)', "launcher exec'd (berth __supervisor)"),
-    (r'mount\("overlay"', "overlay root mounted"),
+    (r'(mount\("overlay"|fsmount\()', "overlay root mounted"),
     (r'write\(\d+, "\{\\"event\\":\\"pid', "supervisor forked, pid reported"),
     (r'pivot_root\(', "supervisor: pivot_root"),
     (r'write\(\d+, "\{\\"event\\":\\"ready', "supervisor ready"),
@@ -216,6 +219,10 @@ for t, pid, e, dur in events:
     if dur > 1.0 and not e.startswith(("wait4", "execve")):
         rows.append((t - t0, dur, pid, "slow: " + e[:70]))
 rows.sort()
+if not rows:
+    # Say why rather than print an empty timeline.
+    err = open(f"{w}/strace.err").read().strip().splitlines()[-3:]
+    print(f"  (no event: {len(events)} traced calls parsed from {w}/trace.txt; strace said: {' / '.join(err) or 'nothing'})")
 prev = rows[0][0] if rows else 0
 for start, dur, pid, label in rows:
     print(f"  {start:7.2f} (+{start - prev:6.2f})  pid {pid:<7} {label}" + (f"  [{dur:.2f} ms]" if dur > 1.0 else ""))

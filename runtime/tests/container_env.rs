@@ -70,6 +70,10 @@ fn main() {
             "network_namespace_hook_and_host_mode",
             network_namespace_hook_and_host_mode,
         ),
+        (
+            "root_is_entered_while_the_network_hook_runs",
+            root_is_entered_while_the_network_hook_runs,
+        ),
         ("concurrent_environments", concurrent_environments),
         (
             "cgroup_v2_driver_on_the_unified_hierarchy",
@@ -992,6 +996,50 @@ fn network_namespace_hook_and_host_mode() {
             dev.lines().count(),
             fs::read_to_string("/proc/net/dev").unwrap().lines().count()
         );
+    }
+    LeakCheck::snapshot().assert_same(&before);
+}
+
+/// The supervisor enters its root filesystem while the starter's network step (the hook)
+/// runs, not after it (issue 17's cold start: the two overlap), and starts nothing inside
+/// before the hook is done.
+fn root_is_entered_while_the_network_hook_runs() {
+    use std::os::unix::fs::MetadataExt;
+    let before = LeakCheck::snapshot();
+    {
+        let rootfs = BusyboxRootfs::new();
+        let (spec, home) = Env::spec("overlap", rootfs.path());
+        let host_root = fs::metadata("/").unwrap();
+        let mut entered = None;
+        ContainerBackend
+            .start_with_hook(&spec, &mut |pid| {
+                // /proc/<pid>/root is the host's root until the supervisor's pivot_root.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let inside = || {
+                    fs::metadata(format!("/proc/{pid}/root"))
+                        .is_ok_and(|m| (m.dev(), m.ino()) != (host_root.dev(), host_root.ino()))
+                };
+                while !inside() && std::time::Instant::now() < deadline {
+                    sleep_ms(5);
+                }
+                let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                    .unwrap_or_default();
+                entered = Some((inside(), children));
+                Ok(())
+            })
+            .unwrap();
+        let env = Env { spec, home };
+        let (inside, children) = entered.expect("hook not called");
+        assert!(
+            inside,
+            "the supervisor waited for the network step before entering its root"
+        );
+        assert_eq!(
+            children.trim(),
+            "",
+            "something ran inside before the network step ended"
+        );
+        assert_eq!(env.run(&["true"]).0, 0);
     }
     LeakCheck::snapshot().assert_same(&before);
 }

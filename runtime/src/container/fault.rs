@@ -1,7 +1,9 @@
 //! The named points of starting a container environment where the crash-safety tests make
 //! berth die (`BERTH_ABORT_AT=<step>`, see [`crate::host::fault_injection`]).
 
-/// Steps in the order `start` reaches them.
+/// Steps in the order `start` reaches them, but for `network-attached` and
+/// `namespaces-entered`: the starter plumbs the network while the supervisor enters its root
+/// filesystem, in either order; `ready` waits for both.
 pub const STEPS: [&str; 9] = [
     "state-written",
     "cgroups-created",

@@ -2,8 +2,9 @@
 //! It joins the cgroups, creates the namespaces in the right order with its child, mounts the
 //! root filesystem, and forks the supervisor (PID 1 of the environment); see the module
 //! documentation of `container` for the process tree. Progress and errors go to the starter
-//! as JSON lines on fd [`REPORT_FD`]; the supervisor waits for one byte on [`GO_FD`] (sent
-//! after the starter's network hook) before it sets up the rest.
+//! as JSON lines on fd [`REPORT_FD`]; the supervisor finishes the root filesystem while the
+//! starter runs its network hook, then waits for one byte on [`GO_FD`] (sent after that
+//! hook) before anything runs inside.
 
 use std::fs;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

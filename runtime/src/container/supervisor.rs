@@ -102,12 +102,9 @@ fn setup_and_serve(
     ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> Result<()> {
-    if recv_byte(&go) != Some(1) {
-        return Err(ContainerError::Setup(
-            "the starter gave up before the environment was ready".into(),
-        ));
-    }
-    drop(go);
+    // The root filesystem is finished while the starter plumbs the network namespace (the
+    // two touch nothing of each other's: the starter writes the bound resolv.conf in place);
+    // nothing runs inside before the starter's go says the network is there.
     let new_netns = spec.network != envfile_spec::plan::NetworkMode::Host;
     if new_netns {
         // Forwarded ports reach services through loopback; as the namespace's own root this
@@ -118,6 +115,12 @@ fn setup_and_serve(
     nix::unistd::sethostname(&spec.hostname)
         .context(|| format!("cannot set the hostname to {}", spec.hostname))?;
     checkpoint("namespaces-entered");
+    if recv_byte(&go) != Some(1) {
+        return Err(ContainerError::Setup(
+            "the starter gave up before the environment was ready".into(),
+        ));
+    }
+    drop(go);
     // The host's git identity, before any process (service or command) can start: a start
     // that brings it needs no `write-gitconfig` builtin (a fork and a control round trip).
     if let Some(text) = &spec.gitconfig {

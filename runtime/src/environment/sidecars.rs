@@ -130,6 +130,10 @@ fn sidecar_dirs(env_dir: &Path) -> Vec<(String, PathBuf)> {
 fn stop_order(env_dir: &Path) -> Vec<(String, PathBuf)> {
     let mut dirs = sidecar_dirs(env_dir);
     let mut order = Vec::new();
+    if dirs.is_empty() {
+        // No sidecar (the usual case): the record is not needed to order none.
+        return order;
+    }
     if let Ok(Some(record)) = EnvRecord::load(env_dir) {
         for name in record.plan.sidecar_start_order().into_iter().rev() {
             if let Some(i) = dirs.iter().position(|(n, _)| n == name) {

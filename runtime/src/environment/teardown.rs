@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use envfile_spec::plan::MountKind;
+use envfile_spec::plan::{BackendKind, MountKind};
 use envfile_spec::Plan;
 
 use super::background_child::{in_background_child, leave_bridge_idle, remove_idle_bridge};
@@ -11,7 +11,7 @@ use super::error::EnvError;
 use super::live_sync;
 use super::record::EnvRecord;
 use super::sidecars::sidecar_volume_mounts;
-use crate::backend::EnvStatus;
+use crate::backend::{Backend, EnvStatus};
 use crate::image::{Progress, QuietProgress};
 use crate::state::{self, FileLock, LockMode, WatchList, ENV_LOCK_FILE};
 
@@ -37,12 +37,19 @@ impl Environments {
     /// killed.
     pub fn down(&self, env_id: &str, timeout: Duration) -> Result<bool, EnvError> {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
-        let backend = self.backend_at(&locked.dir);
+        // Read once here, under the lock: nothing below changes it before `converged` flips.
+        let record = EnvRecord::load(&locked.dir)?;
+        let backend = self.backend(
+            record
+                .as_ref()
+                .map_or(BackendKind::Container, |r| r.plan.backend),
+        );
         let was = backend.liveness(&locked.dir);
         // The sync process goes first: it reads the environment through its supervisor.
         live_sync::stop(&locked.dir);
         // In reverse start order: a container's sidecars started after it, a VM's before it.
-        let vm_first = EnvRecord::load(&locked.dir)?
+        let vm_first = record
+            .as_ref()
             .is_some_and(|r| super::bridged_sidecars::on_bridge(&r.plan));
         if vm_first {
             backend.stop(&locked.dir, timeout)?;
@@ -56,13 +63,19 @@ impl Environments {
                 backend.stop_processes(&locked.dir, timeout)?
             }
         };
-        if let Some(mut r) = EnvRecord::load(&locked.dir)? {
-            r.converged = false;
-            r.save(&locked.dir)?;
-        }
+        // `converged` is read only of a running environment (`up`'s decision): the flip waits
+        // for the stop's end, with the detached child's work when there is some. Lost to a
+        // killed child, a stopped environment's record says converged, which `up` ignores.
+        let unconverged = record.filter(|r| r.converged).map(|r| EnvRecord {
+            converged: false,
+            ..r
+        });
         if left {
-            self.finish_stop_detached(env_id, locked, timeout)?;
+            self.finish_stop_detached(env_id, locked, timeout, backend, unconverged)?;
         } else {
+            if let Some(r) = unconverged {
+                r.save(&locked.dir)?;
+            }
             watch.remove_stop(env_id)?;
         }
         Ok(was != EnvStatus::Stopped)
@@ -71,7 +84,7 @@ impl Environments {
     /// The rest of `down`'s stop ([`Backend::finish_stop`](crate::backend::Backend)), in a
     /// forked child that takes over the environment's lock (the same open file, inherited)
     /// and outlives the command: it waits for the supervisor's exit, removes the cgroups and
-    /// the network, drops the marker, lets the lock go, and then removes berth's bridge if
+    /// the network, records the environment not converged, drops the marker, lets the lock go, and then removes berth's bridge if
     /// this environment was its last user and nobody attached within
     /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE)
     /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
@@ -82,9 +95,11 @@ impl Environments {
         env_id: &str,
         locked: Locked,
         timeout: Duration,
+        backend: &dyn Backend,
+        unconverged: Option<EnvRecord>,
     ) -> Result<(), EnvError> {
         in_background_child("down-finish", |detached| {
-            self.finish_stop(env_id, locked, timeout, detached)
+            self.finish_stop(env_id, locked, timeout, detached, backend, unconverged)
         })
     }
 
@@ -96,15 +111,18 @@ impl Environments {
         locked: Locked,
         timeout: Duration,
         detached: bool,
+        backend: &dyn Backend,
+        unconverged: Option<EnvRecord>,
     ) -> Result<(), EnvError> {
         let idle = match detached {
             true => leave_bridge_idle(self.home(), env_id),
             false => None,
         };
-        let finished = self
-            .backend_at(&locked.dir)
-            .finish_stop(&locked.dir, timeout);
+        let finished = backend.finish_stop(&locked.dir, timeout);
         if finished.is_ok() {
+            if let Some(r) = unconverged {
+                r.save(&locked.dir)?;
+            }
             WatchList::of(&self.home).remove_stop(env_id)?;
         }
         drop(locked);
