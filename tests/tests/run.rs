@@ -991,3 +991,92 @@ fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_des
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// The names of the files and folders `args` (run by berth in `p`) creates under the home's
+/// `envs/`, counted by strace (opens that create, the target of renames, folders).
+fn files_made_in_envs(b: &Berth, p: &Project, args: &[&str]) -> Option<Vec<String>> {
+    let trace = p.path().join("files.trace");
+    let o = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=openat,openat2,rename,renameat2,mkdir,mkdirat",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(berth_e2e::berth_bin())
+        .args(args)
+        .env("BERTH_HOME", b.home.path())
+        .env("BERTH_BRIDGE", &b.bridge)
+        .env("BERTH_SUBNET", &b.subnet)
+        .current_dir(p.path())
+        .output()
+        .ok()?;
+    assert!(o.status.success(), "{:?}", text(&o));
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(p.path().join("files.trace"));
+    let envs = format!("{}/envs/", b.home.path().display());
+    let mut made = Vec::new();
+    for l in trace.lines().filter(|l| !l.contains("= -1")) {
+        let creates = l.contains("O_CREAT") || l.contains("rename") || l.contains("mkdir");
+        // The last quoted path of the call: a rename's target, an open's or mkdir's path.
+        let path = l.rsplit('"').nth(1).unwrap_or_default();
+        if creates && path.starts_with(&envs) {
+            made.push(path.rsplit('/').next().unwrap_or_default().to_string());
+        }
+    }
+    Some(made)
+}
+
+/// A throw-away run keeps the host's git identity its start found in memory for its one
+/// command, instead of recording it in `host-git.json`, and with loopback only it records no
+/// `network.json` (nothing on the host to remove): files made and removed per run, and on ext4
+/// without a journal every inode freed makes the next ones' allocation slower. The command
+/// still gets the identity (`the_git_identity_comes_with_the_start_…`) and a run still says
+/// it has loopback only. A kept run, which later sessions and `status` reach, records both.
+#[test]
+fn a_throw_away_run_records_no_host_git_identity_nor_loopback_network_and_a_kept_run_does() {
+    require_root!();
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (scripts/install-deps installs it)");
+        return;
+    }
+    let p = Project::builder("berth-run-", "r").create(
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n",
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let made = files_made_in_envs(&b, &p, &["-q", "run", "--", "true"]).unwrap();
+    assert!(made.iter().any(|f| f == "env.json"), "{made:?}");
+    assert!(!made.iter().any(|f| f == "host-git.json"), "{made:?}");
+    assert!(!made.iter().any(|f| f == "network.json"), "{made:?}");
+    let o = b.run_in(p.path(), &["run", "--", "true"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        err.contains("loopback only, no outbound network"),
+        "{out}{err}"
+    );
+    // Not under strace: the kept environment's supervisor outlives the run.
+    let kept = format!("{}-kept", p.name);
+    let o = b.run_in(
+        p.path(),
+        &["-q", "run", "--keep", "--name", &kept, "--", "true"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let st = b.ok(p.path(), &["--environment", &kept, "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let dir = b
+        .home
+        .path()
+        .join("envs")
+        .join(st["env_id"].as_str().unwrap());
+    for f in ["host-git.json", "network.json"] {
+        assert!(dir.join(f).is_file(), "a kept run records {f}");
+    }
+    let o = b.run_in(p.path(), &["--environment", &kept, "destroy"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
