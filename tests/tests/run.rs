@@ -856,11 +856,13 @@ fn supervisor_of(tag: &str) -> Option<u32> {
     })
 }
 
-/// How many times `args` (run by berth in `p`) execs berth's binary, counted by strace.
-fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
-    let trace = p.path().join("execs.trace");
+/// The system calls `calls` (strace's `-e trace=`) of `args` run by berth in `p` and every
+/// process it starts, as strace prints them; `None` when strace cannot run. Not for a command
+/// that leaves a process behind (a kept environment's supervisor): strace waits for it.
+fn strace_of_berth(b: &Berth, p: &Project, calls: &str, args: &[&str]) -> Option<String> {
+    let trace = p.path().join("berth.trace");
     let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        .args(["-f", "-qq", "-e", &format!("trace={calls}"), "-o"])
         .arg(&trace)
         .arg(berth_e2e::berth_bin())
         .args(args)
@@ -871,8 +873,14 @@ fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
         .output()
         .ok()?;
     assert!(o.status.success(), "{:?}", text(&o));
-    let trace = std::fs::read_to_string(&trace).unwrap();
-    let _ = std::fs::remove_file(p.path().join("execs.trace"));
+    let out = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    Some(out)
+}
+
+/// How many times `args` (run by berth in `p`) execs berth's binary, counted by strace.
+fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
+    let trace = strace_of_berth(b, p, "execve", args)?;
     let bin = berth_e2e::berth_bin().to_string_lossy().into_owned();
     Some(
         trace
@@ -995,27 +1003,8 @@ fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_des
 /// The names of the files and folders `args` (run by berth in `p`) creates under the home's
 /// `envs/`, counted by strace (opens that create, the target of renames, folders).
 fn files_made_in_envs(b: &Berth, p: &Project, args: &[&str]) -> Option<Vec<String>> {
-    let trace = p.path().join("files.trace");
-    let o = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-e",
-            "trace=openat,openat2,rename,renameat2,mkdir,mkdirat",
-            "-o",
-        ])
-        .arg(&trace)
-        .arg(berth_e2e::berth_bin())
-        .args(args)
-        .env("BERTH_HOME", b.home.path())
-        .env("BERTH_BRIDGE", &b.bridge)
-        .env("BERTH_SUBNET", &b.subnet)
-        .current_dir(p.path())
-        .output()
-        .ok()?;
-    assert!(o.status.success(), "{:?}", text(&o));
-    let trace = std::fs::read_to_string(&trace).unwrap();
-    let _ = std::fs::remove_file(p.path().join("files.trace"));
+    let calls = "openat,openat2,rename,renameat2,mkdir,mkdirat";
+    let trace = strace_of_berth(b, p, calls, args)?;
     let envs = format!("{}/envs/", b.home.path().display());
     let mut made = Vec::new();
     for l in trace.lines().filter(|l| !l.contains("= -1")) {
