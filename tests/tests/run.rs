@@ -1069,3 +1069,39 @@ fn a_throw_away_run_records_no_host_git_identity_nor_loopback_network_and_a_kept
     assert_eq!(envs_left(&b), 0);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }
+
+/// A throw-away run's lock file is its watch marker under a second name (one inode made and
+/// freed per run instead of two; see `state::WatchList::link_run_marker`): both names stay
+/// while it runs, and once a SIGTERM ended it neither name nor anything else is left. (A
+/// kill at any point: `a_run_killed_at_any_point_is_collected_…`.)
+#[test]
+fn a_throw_away_runs_lock_file_is_its_watch_marker_under_a_second_name() {
+    require_root!();
+    use std::os::unix::fs::MetadataExt;
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let mut child = start_long_run(&p, &b);
+    let envs: Vec<_> = std::fs::read_dir(b.home.path().join("envs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(envs.len(), 1, "{envs:?}");
+    let lock = std::fs::metadata(b.home.path().join("envs").join(&envs[0]).join("lock")).unwrap();
+    let marker = b.home.path().join("watch").join(format!("{}.run", envs[0]));
+    let marker = std::fs::metadata(marker).unwrap();
+    assert_eq!((lock.dev(), lock.ino()), (marker.dev(), marker.ino()));
+    assert_eq!(lock.nlink(), 2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(envs_left(&b), 0);
+    let watched = std::fs::read_dir(b.home.path().join("watch"))
+        .unwrap()
+        .count();
+    assert_eq!(watched, 0, "a marker outlived its run");
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
