@@ -163,14 +163,9 @@ mod tests {
                 "127.0.0.1:40000 → 53/udp (127.0.0.1:5353 was taken)",
             ]
         );
-        let none = NetRecord {
-            mode: NetworkMode::None,
-            plumbing: Plumbing::Nothing,
-            address: None,
-            gateway: None,
-            ports: Vec::new(),
-            leaves_bridge_idle: false,
-        };
-        assert_eq!(network_lines(&none), ["loopback only, no outbound network"]);
+        assert_eq!(
+            network_lines(&NetRecord::loopback_only()),
+            ["loopback only, no outbound network"]
+        );
     }
 }

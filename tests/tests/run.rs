@@ -856,11 +856,13 @@ fn supervisor_of(tag: &str) -> Option<u32> {
     })
 }
 
-/// How many times `args` (run by berth in `p`) execs berth's binary, counted by strace.
-fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
-    let trace = p.path().join("execs.trace");
+/// The system calls `calls` (strace's `-e trace=`) of `args` run by berth in `p` and every
+/// process it starts, as strace prints them; `None` when strace cannot run. Not for a command
+/// that leaves a process behind (a kept environment's supervisor): strace waits for it.
+fn strace_of_berth(b: &Berth, p: &Project, calls: &str, args: &[&str]) -> Option<String> {
+    let trace = p.path().join("berth.trace");
     let o = Command::new("strace")
-        .args(["-f", "-qq", "-e", "trace=execve", "-o"])
+        .args(["-f", "-qq", "-e", &format!("trace={calls}"), "-o"])
         .arg(&trace)
         .arg(berth_e2e::berth_bin())
         .args(args)
@@ -871,8 +873,14 @@ fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
         .output()
         .ok()?;
     assert!(o.status.success(), "{:?}", text(&o));
-    let trace = std::fs::read_to_string(&trace).unwrap();
-    let _ = std::fs::remove_file(p.path().join("execs.trace"));
+    let out = std::fs::read_to_string(&trace).unwrap();
+    let _ = std::fs::remove_file(&trace);
+    Some(out)
+}
+
+/// How many times `args` (run by berth in `p`) execs berth's binary, counted by strace.
+fn execs_of_berth(b: &Berth, p: &Project, args: &[&str]) -> Option<usize> {
+    let trace = strace_of_berth(b, p, "execve", args)?;
     let bin = berth_e2e::berth_bin().to_string_lossy().into_owned();
     Some(
         trace
@@ -989,5 +997,111 @@ fn a_throw_away_runs_supervisor_is_forked_from_berth_run_with_nothing_of_its_des
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(143));
     assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+/// The names of the files and folders `args` (run by berth in `p`) creates under the home's
+/// `envs/`, counted by strace (opens that create, the target of renames, folders).
+fn files_made_in_envs(b: &Berth, p: &Project, args: &[&str]) -> Option<Vec<String>> {
+    let calls = "openat,openat2,rename,renameat2,mkdir,mkdirat";
+    let trace = strace_of_berth(b, p, calls, args)?;
+    let envs = format!("{}/envs/", b.home.path().display());
+    let mut made = Vec::new();
+    for l in trace.lines().filter(|l| !l.contains("= -1")) {
+        let creates = l.contains("O_CREAT") || l.contains("rename") || l.contains("mkdir");
+        // The last quoted path of the call: a rename's target, an open's or mkdir's path.
+        let path = l.rsplit('"').nth(1).unwrap_or_default();
+        if creates && path.starts_with(&envs) {
+            made.push(path.rsplit('/').next().unwrap_or_default().to_string());
+        }
+    }
+    Some(made)
+}
+
+/// A throw-away run keeps the host's git identity its start found in memory for its one
+/// command, instead of recording it in `host-git.json`, and with loopback only it records no
+/// `network.json` (nothing on the host to remove): files made and removed per run, and on ext4
+/// without a journal every inode freed makes the next ones' allocation slower. The command
+/// still gets the identity (`the_git_identity_comes_with_the_start_…`) and a run still says
+/// it has loopback only. A kept run, which later sessions and `status` reach, records both.
+#[test]
+fn a_throw_away_run_records_no_host_git_identity_nor_loopback_network_and_a_kept_run_does() {
+    require_root!();
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed (scripts/install-deps installs it)");
+        return;
+    }
+    let p = Project::builder("berth-run-", "r").create(
+        "name = \"{name}\"\n[image]\nfrom = \"rootfs:./rootfs\"\n[network]\nmode = \"none\"\n",
+    );
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let made = files_made_in_envs(&b, &p, &["-q", "run", "--", "true"]).unwrap();
+    assert!(made.iter().any(|f| f == "env.json"), "{made:?}");
+    assert!(!made.iter().any(|f| f == "host-git.json"), "{made:?}");
+    assert!(!made.iter().any(|f| f == "network.json"), "{made:?}");
+    let o = b.run_in(p.path(), &["run", "--", "true"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(
+        err.contains("loopback only, no outbound network"),
+        "{out}{err}"
+    );
+    // Not under strace: the kept environment's supervisor outlives the run.
+    let kept = format!("{}-kept", p.name);
+    let o = b.run_in(
+        p.path(),
+        &["-q", "run", "--keep", "--name", &kept, "--", "true"],
+    );
+    assert!(o.status.success(), "{:?}", text(&o));
+    let st = b.ok(p.path(), &["--environment", &kept, "status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let dir = b
+        .home
+        .path()
+        .join("envs")
+        .join(st["env_id"].as_str().unwrap());
+    for f in ["host-git.json", "network.json"] {
+        assert!(dir.join(f).is_file(), "a kept run records {f}");
+    }
+    let o = b.run_in(p.path(), &["--environment", &kept, "destroy"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    assert_eq!(envs_left(&b), 0);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
+/// A throw-away run's lock file is its watch marker under a second name (one inode made and
+/// freed per run instead of two; see `state::WatchList::link_run_marker`): both names stay
+/// while it runs, and once a SIGTERM ended it neither name nor anything else is left. (A
+/// kill at any point: `a_run_killed_at_any_point_is_collected_…`.)
+#[test]
+fn a_throw_away_runs_lock_file_is_its_watch_marker_under_a_second_name() {
+    require_root!();
+    use std::os::unix::fs::MetadataExt;
+    let p = project();
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    let mut child = start_long_run(&p, &b);
+    let envs: Vec<_> = std::fs::read_dir(b.home.path().join("envs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(envs.len(), 1, "{envs:?}");
+    let lock = std::fs::metadata(b.home.path().join("envs").join(&envs[0]).join("lock")).unwrap();
+    let marker = b.home.path().join("watch").join(format!("{}.run", envs[0]));
+    let marker = std::fs::metadata(marker).unwrap();
+    assert_eq!((lock.dev(), lock.ino()), (marker.dev(), marker.ino()));
+    assert_eq!(lock.nlink(), 2);
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert_eq!(envs_left(&b), 0);
+    let watched = std::fs::read_dir(b.home.path().join("watch"))
+        .unwrap()
+        .count();
+    assert_eq!(watched, 0, "a marker outlived its run");
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

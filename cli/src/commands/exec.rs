@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
 use berth_runtime::backend::ExecRequest;
-use berth_runtime::credentials::{SessionCredentials, Wanted};
+use berth_runtime::credentials::{HostGit, SessionCredentials, Wanted};
 use berth_runtime::environment::{EnvRecord, Environments};
 use clap::Args;
 
@@ -65,13 +65,19 @@ pub fn parse_env(pairs: &[String]) -> Result<Vec<String>, CliError> {
 
 /// The host's credentials for a session of `req` (`[credentials]` of the environment); a
 /// failure is a warning, the command runs without them.
+/// `host_git`: the host's git as the environment's start left it when no record has it (a
+/// throw-away run's, `UpReport::host_git`); `None`: the environment's record.
 pub(crate) fn forward_credentials(
     envs: &Environments,
     record: &EnvRecord,
     req: &mut ExecRequest,
+    host_git: Option<HostGit>,
 ) -> Option<SessionCredentials> {
-    let dir = envs.home().env_dir(&record.env_id);
-    let wanted = Wanted::for_session(&dir, &record.plan.credentials, None);
+    let policy = &record.plan.credentials;
+    let wanted = match host_git {
+        Some(git) => Wanted::of_host_git(git, policy, None),
+        None => Wanted::for_session(&envs.home().env_dir(&record.env_id), policy, None),
+    };
     match envs.session_credentials(record, req.user.as_deref(), wanted) {
         Ok(c) => {
             if let Some(c) = &c {
@@ -114,7 +120,7 @@ pub fn exec(g: &GlobalArgs, args: &ExecArgs) -> Result<i32, CliError> {
             .exec_in_sidecar(record, name, &req, [i.as_fd(), o.as_fd(), e.as_fd()])
             .map_err(env_error);
     }
-    let _credentials = forward_credentials(&cur.envs, record, &mut req);
+    let _credentials = forward_credentials(&cur.envs, record, &mut req, None);
     if args.tty {
         return cur.envs.shell(record, &req).map_err(env_error);
     }
@@ -154,6 +160,6 @@ pub fn shell(g: &GlobalArgs, args: &ShellArgs) -> Result<i32, CliError> {
         winsize: None,
         forward: None,
     };
-    let _credentials = forward_credentials(&cur.envs, record, &mut req);
+    let _credentials = forward_credentials(&cur.envs, record, &mut req, None);
     cur.envs.shell(record, &req).map_err(env_error)
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_runtime::backend::ExecRequest;
+use berth_runtime::credentials::HostGit;
 use berth_runtime::environment::{Environments, Ephemeral, RunPlanOptions, UpOptions};
 use berth_runtime::host::process::ProcessIdentity;
 use clap::Args;
@@ -192,13 +193,15 @@ pub fn run(g: &GlobalArgs, args: &RunArgs) -> Result<i32, CliError> {
         }
     }
     let t_run = Instant::now();
-    let (code, timed_out) = match run_command(&envs, &env_id, &run_plan, args, env, timeout) {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = envs.destroy(&env_id, false, Duration::from_secs(2));
-            return Err(e);
-        }
-    };
+    let host_git = up.host_git.clone();
+    let (code, timed_out) =
+        match run_command(&envs, &env_id, &run_plan, args, env, timeout, host_git) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = envs.destroy(&env_id, false, Duration::from_secs(2));
+                return Err(e);
+            }
+        };
     let run_elapsed = t_run.elapsed();
 
     let t_down = Instant::now();
@@ -255,6 +258,7 @@ fn run_command(
     args: &RunArgs,
     env: Vec<String>,
     timeout: Option<Duration>,
+    host_git: Option<HostGit>,
 ) -> Result<(i32, bool), CliError> {
     let record = envs.find(env_id).map_err(env_error)?;
     let mut req = ExecRequest {
@@ -269,7 +273,7 @@ fn run_command(
     let (i, o, e) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     let stdio: [BorrowedFd<'_>; 3] = [i.as_fd(), o.as_fd(), e.as_fd()];
     // The host's agent and git credentials, as for `exec` (ended with the command).
-    let _credentials = forward_credentials(envs, &record, &mut req);
+    let _credentials = forward_credentials(envs, &record, &mut req, host_git);
     let mut session = envs.exec_start(&record, &req, stdio).map_err(env_error)?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut term_sent: Option<Instant> = None;

@@ -68,7 +68,12 @@ pub fn attach(
     match mode {
         NetworkMode::Host => return Ok(()),
         NetworkMode::None => {
-            network.record_loopback_only(spec.network_id())?;
+            // Nothing on the host to remove: a throw-away run without ports makes no record
+            // (one file less made and removed per run; its `up` reports loopback only from
+            // the plan, and `detach` finds nothing to do without a record).
+            if !spec.volatile_upper || !ports.is_empty() {
+                network.record_loopback_only(spec.network_id())?;
+            }
             write_resolv_conf(spec, NO_DNS_RESOLV_CONF)?;
         }
         NetworkMode::Isolated => {

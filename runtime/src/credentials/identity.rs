@@ -122,19 +122,27 @@ pub fn start_gitconfig(now: &HostGit) -> Option<String> {
     gitconfig_of(now)
 }
 
-/// Records `now` for the environment in `dir` just started with [`start_gitconfig`]`(&now)`;
-/// `error`: why the backend could not write it ([`Started::gitconfig_error`]). Returns a
-/// notice when the identity is not inside (sessions then carry it).
+/// What the environment just started with [`start_gitconfig`]`(&now)` holds of `now`;
+/// `error`: why the backend could not write it ([`Started::gitconfig_error`]). Returns it
+/// with a notice when the identity is not inside (sessions then carry it). Record it with
+/// [`record_started_identity`], or keep it for the sessions of a throw-away run
+/// ([`Wanted::of_host_git`](super::Wanted::of_host_git)).
 ///
 /// [`Started::gitconfig_error`]: crate::backend::Started::gitconfig_error
+pub fn started_identity(mut now: HostGit, error: Option<String>) -> (HostGit, Option<String>) {
+    now.inside = now.identity.is_some() && error.is_none();
+    (now, error.map(|why| not_inside_notice(&why)))
+}
+
+/// Records `now`, as [`started_identity`] returned it, for the environment in `dir`; returns
+/// `notice` (that call's), else a notice when it cannot be recorded.
 pub fn record_started_identity(
     dir: &Path,
-    mut now: HostGit,
-    error: Option<String>,
+    now: &HostGit,
+    notice: Option<String>,
 ) -> Option<String> {
-    now.inside = now.identity.is_some() && error.is_none();
-    let recorded = record(dir, &now);
-    error.map(|why| not_inside_notice(&why)).or(recorded)
+    let recorded = record(dir, now);
+    notice.or(recorded)
 }
 
 /// Brings the running environment in `dir` (on `backend`), which a previous `up` started, up

@@ -30,6 +30,8 @@ mod session;
 
 pub use agent_relay::{AgentTarget, RelayThread};
 pub use error::CredentialsError;
-pub use identity::{install_identity, record_started_identity, start_gitconfig, HostGit};
+pub use identity::{
+    install_identity, record_started_identity, start_gitconfig, started_identity, HostGit,
+};
 pub(crate) use session::receive_handover;
 pub use session::{SessionCredentials, Wanted};

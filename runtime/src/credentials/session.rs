@@ -56,12 +56,23 @@ impl Wanted {
     /// another target), and the host's git identity and credentials as the last `up` found
     /// them ([`HostGit`]; the host's git is asked only when no `up` recorded it).
     pub fn for_session(dir: &Path, policy: &CredentialsPlan, agent: Option<AgentTarget>) -> Wanted {
+        let git = HostGit::load(dir).unwrap_or_else(|| HostGit::of_host(policy));
+        Self::of_host_git(git, policy, agent)
+    }
+
+    /// [`for_session`](Self::for_session) with the host's git as the start of the
+    /// environment left it (`git`), for the command of a throw-away `berth run`, whose `up`
+    /// keeps it in memory instead of a record file (`UpReport::host_git`).
+    pub fn of_host_git(
+        git: HostGit,
+        policy: &CredentialsPlan,
+        agent: Option<AgentTarget>,
+    ) -> Wanted {
         let agent = if policy.ssh_agent {
             agent.or_else(AgentTarget::of_this_process)
         } else {
             None
         };
-        let git = HostGit::load(dir).unwrap_or_else(|| HostGit::of_host(policy));
         let identity_inside = policy.git && git.inside;
         Wanted {
             agent,

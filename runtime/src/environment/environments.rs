@@ -79,6 +79,8 @@ impl Environments {
         let dir = self.home.env_dir(env_id);
         state::create_private_dir(&dir)?;
         let path = self.home.env_lock(env_id);
+        // A `berth run`'s new folder: its lock file is its marker under a second name.
+        WatchList::of(&self.home).link_run_marker(env_id, &path);
         let lock = match FileLock::try_acquire(&path, LockMode::Exclusive)? {
             Some(l) => l,
             None => {

@@ -193,6 +193,7 @@ impl Environments {
             elapsed: t0.elapsed(),
             image_elapsed: Duration::ZERO,
             notices,
+            host_git: None,
         }))
     }
 

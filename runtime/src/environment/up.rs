@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use envfile_spec::plan::Section;
+use envfile_spec::plan::{NetworkMode, Section};
 use envfile_spec::reference::ImageReference;
 use envfile_spec::Plan;
 use serde::Serialize;
@@ -86,6 +86,11 @@ pub struct UpReport {
     pub notices: Vec<String>,
     /// Address and forwarded ports (`None` when the environment shares the host's network).
     pub network: Option<NetRecord>,
+    /// The host's git as this start left it inside, when it is recorded nowhere: a
+    /// throw-away run's (its one command's credentials come from here, see
+    /// `credentials::Wanted::of_host_git`); `None` for every other `up`, whose
+    /// `host-git.json` sessions read.
+    pub host_git: Option<HostGit>,
 }
 
 impl Environments {
@@ -244,6 +249,7 @@ impl Environments {
                 elapsed: t0.elapsed(),
                 image_elapsed: Duration::ZERO,
                 notices,
+                host_git: None,
             });
         }
         let mut notices = Vec::new();
@@ -400,6 +406,7 @@ impl Environments {
         // Secrets are written before the services start (they may read them); the host's
         // git identity comes with the start itself, before anything runs inside.
         let host_git = HostGit::current(dir, self.home.root(), &plan.credentials);
+        let throwaway = opts.throwaway && opts.ephemeral.is_some();
         let hold_services = on_create_pending
             || (!bridged && !plan.sidecars.is_empty())
             || !plan.secrets.is_empty();
@@ -421,7 +428,7 @@ impl Environments {
             hold_services,
             hosts,
             gitconfig: crate::credentials::start_gitconfig(&host_git),
-            throwaway: opts.throwaway && opts.ephemeral.is_some(),
+            throwaway,
         });
         let started = match started {
             Ok(started) => started,
@@ -437,11 +444,23 @@ impl Environments {
             crate::secrets::install(backend, dir, plan.shell.user.as_deref(), &secrets)?;
         }
         drop(secrets);
-        notices.extend(crate::credentials::record_started_identity(
-            dir,
-            host_git,
-            started.gitconfig_error.clone(),
-        ));
+        let (host_git, git_notice) =
+            crate::credentials::started_identity(host_git, started.gitconfig_error.clone());
+        // A throw-away run keeps it for its command: no record file is created and removed
+        // per run (each inode made and freed costs every later one a longer search on ext4
+        // without a journal).
+        let host_git = match throwaway {
+            true => {
+                notices.extend(git_notice);
+                Some(host_git)
+            }
+            false => {
+                notices.extend(crate::credentials::record_started_identity(
+                    dir, &host_git, git_notice,
+                ));
+                None
+            }
+        };
         // `on_create` and `on_up` run once the synced folders are in.
         live_sync::start(&self.home, backend, &record)?;
         if !bridged {
@@ -463,8 +482,13 @@ impl Environments {
             };
             record.save(dir)?;
         }
+        // A throw-away run that has loopback only (`none`, or rootless without pasta)
+        // records no network (`container::network_attach`): reported as such all the same.
+        let network = self.network_record(&env_id).or_else(|| {
+            (throwaway && plan.network.mode != NetworkMode::Host).then(NetRecord::loopback_only)
+        });
         Ok(UpReport {
-            network: self.network_record(&env_id),
+            network,
             env_id,
             name: plan.name.clone(),
             action: decision.action,
@@ -472,6 +496,7 @@ impl Environments {
             elapsed: t0.elapsed(),
             image_elapsed,
             notices,
+            host_git,
         })
     }
 }

@@ -79,6 +79,20 @@ pub struct NetRecord {
     pub leaves_bridge_idle: bool,
 }
 
+impl NetRecord {
+    /// The record of an environment with loopback only (`none`): nothing on the host.
+    pub fn loopback_only() -> NetRecord {
+        NetRecord {
+            mode: NetworkMode::None,
+            plumbing: Plumbing::Nothing,
+            address: None,
+            gateway: None,
+            ports: Vec::new(),
+            leaves_bridge_idle: false,
+        }
+    }
+}
+
 /// The host-side plumbing of an environment's network, as [`Network::plumb`] made it. It
 /// lives until [`Network::detach`], whichever process made it (pasta keeps running too).
 #[derive(Debug)]
@@ -463,15 +477,7 @@ impl Network {
     /// supervisor does, also rootless, where nothing outside may enter its namespace): there
     /// is nothing on the host to set up or remove.
     pub fn record_loopback_only(&self, env_id: &str) -> Result<(), NetError> {
-        let record = NetRecord {
-            mode: NetworkMode::None,
-            plumbing: Plumbing::Nothing,
-            address: None,
-            gateway: None,
-            ports: Vec::new(),
-            leaves_bridge_idle: false,
-        };
-        self.save(env_id, &record)
+        self.save(env_id, &NetRecord::loopback_only())
     }
 
     /// Notes the forwarded ports in the environment's record, for `berth status` (the
