@@ -69,3 +69,84 @@ pub fn http_get_forwarded(port: u16, read_timeout: Duration) -> String {
     }
     panic!("the forwarded port {port} never answered: {last}");
 }
+
+/// Runs `cmd` like [`Command::output`], but for `limit` at most: a command still running
+/// then is killed, and the panic says which one hung, with the host's processes at that
+/// moment (state and kernel wait channel: a hung VM test in the nested guest otherwise shows
+/// only that the guest stopped answering). `context` is added (e.g. the VMs' logs).
+pub fn output_within(
+    cmd: &mut Command,
+    limit: Duration,
+    context: &dyn Fn() -> String,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let ps = Command::new("ps")
+                .args(["-eo", "pid,ppid,stat,wchan:32,etime,args"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_else(|e| format!("(ps: {e})"));
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} still ran after {limit:?}; killed. Processes then:\n{ps}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_past_its_limit_is_killed_and_named() {
+        let ok = output_within(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            Duration::from_secs(30),
+            &String::new,
+        );
+        assert_eq!(
+            (ok.stdout.as_slice(), ok.stderr.as_slice()),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+        let hung = std::panic::catch_unwind(|| {
+            output_within(
+                Command::new("sleep").arg("30"),
+                Duration::from_millis(300),
+                &|| "the logs".into(),
+            )
+        });
+        let why = *hung.unwrap_err().downcast::<String>().unwrap();
+        assert!(why.contains("\"sleep\" \"30\" still ran after"), "{why}");
+        assert!(why.contains("the logs") && why.contains("WCHAN"), "{why}");
+    }
+}

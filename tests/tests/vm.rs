@@ -88,6 +88,10 @@ impl Installed {
     }
 }
 
+/// The longest one berth command of these tests may take: a VM's first boot under the nested
+/// guest's emulation takes about a minute, a whole test in it three.
+const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
 struct Vm<'a> {
     berth: &'a Berth,
     exe: PathBuf,
@@ -108,8 +112,10 @@ impl Vm<'_> {
         c
     }
 
+    /// Runs berth with `args`; one that hangs fails the test within [`COMMAND_LIMIT`],
+    /// saying which command and what ran then.
     fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().unwrap()
+        berth_e2e::vm::output_within(&mut self.cmd(args), COMMAND_LIMIT, &|| self.consoles())
     }
 
     fn ok(&self, args: &[&str]) -> String {
