@@ -3,6 +3,7 @@
 //! ([`project`]), `require_root!` / `require_debian!` skips, and snapshots of host resources
 //! (mounts, cgroups, processes, network devices) for leak checks.
 
+pub mod bounded_wait;
 pub mod debian;
 pub mod dockerfile;
 pub mod forwarded;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_e2e::bounded_wait::wait_within;
 use berth_e2e::host::have;
 use berth_e2e::ports::free_port;
 use berth_e2e::project::Project;
@@ -491,7 +492,12 @@ fn stdio_refuses_bad_input_clearly_and_leaves_nothing_running() {
         let mut stdin = child.stdin.take().unwrap();
         let _ = stdin.write_all(&input);
         drop(stdin);
-        let o = wait_with_deadline(child, Duration::from_secs(20), what);
+        let o = wait_within(
+            child,
+            Duration::from_secs(20),
+            &|| format!("berth ssh --stdio (did not exit on {what})"),
+            &String::new,
+        );
         let err = text(&o).1;
         assert_eq!(o.status.code(), Some(1), "{what}: {err}");
         assert!(err.contains("SSH connection failed"), "{what}: {err}");
@@ -516,20 +522,6 @@ fn stdio_refuses_bad_input_clearly_and_leaves_nothing_running() {
 
     b.ok(p.path(), &["destroy"]);
     p.snapshot(&b).assert_nothing_leaked(&before);
-}
-
-fn wait_with_deadline(mut child: std::process::Child, limit: Duration, what: &str) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("berth ssh --stdio did not exit on {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -115,7 +115,9 @@ impl Vm<'_> {
     /// Runs berth with `args`; one that hangs fails the test within [`COMMAND_LIMIT`],
     /// saying which command and what ran then.
     fn run(&self, args: &[&str]) -> Output {
-        berth_e2e::vm::output_within(&mut self.cmd(args), COMMAND_LIMIT, &|| self.consoles())
+        berth_e2e::bounded_wait::output_within(&mut self.cmd(args), COMMAND_LIMIT, &|| {
+            self.consoles()
+        })
     }
 
     fn ok(&self, args: &[&str]) -> String {
