@@ -19,7 +19,8 @@
 //! veth + NAT as root, pasta rootless, loopback only for `none` or without pasta) and writes
 //! `/etc/resolv.conf` (in place: it is bound already) while the supervisor brings loopback up
 //! and enters its root filesystem; the supervisor starts nothing inside before the starter's
-//! go, and forwards the ports from inside for its lifetime; every stop removes the host side again, driven by `network.json`.
+//! go, and forwards the ports from inside for its lifetime; every stop removes the host side
+//! again, driven by `network.json`.
 //!
 //! The launcher and the child exit once the supervisor is ready; the supervisor stays, in its
 //! own session. All mounts live in private mount namespaces, so nothing leaks to the host's

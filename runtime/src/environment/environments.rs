@@ -66,12 +66,12 @@ impl Environments {
     /// The backend the record in `dir` says the environment runs on (a folder without a
     /// record holds at most a container's leftovers).
     pub(super) fn backend_at(&self, dir: &Path) -> &dyn Backend {
-        let kind = EnvRecord::load(dir)
-            .ok()
-            .flatten()
-            .map(|r| r.plan.backend)
-            .unwrap_or(BackendKind::Container);
-        self.backend(kind)
+        self.backend_of(EnvRecord::load(dir).ok().flatten().as_ref())
+    }
+
+    /// The backend of the environment whose record is `record` (a container's without one).
+    pub(super) fn backend_of(&self, record: Option<&EnvRecord>) -> &dyn Backend {
+        self.backend(record.map_or(BackendKind::Container, |r| r.plan.backend))
     }
 
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use envfile_spec::plan::{BackendKind, MountKind};
+use envfile_spec::plan::MountKind;
 use envfile_spec::Plan;
 
 use super::background_child::{in_background_child, leave_bridge_idle, remove_idle_bridge};
@@ -39,11 +39,7 @@ impl Environments {
         let locked = self.lock(env_id, &(std::sync::Arc::new(QuietProgress) as Progress))?;
         // Read once here, under the lock: nothing below changes it before `converged` flips.
         let record = EnvRecord::load(&locked.dir)?;
-        let backend = self.backend(
-            record
-                .as_ref()
-                .map_or(BackendKind::Container, |r| r.plan.backend),
-        );
+        let backend = self.backend_of(record.as_ref());
         let was = backend.liveness(&locked.dir);
         // The sync process goes first: it reads the environment through its supervisor.
         live_sync::stop(&locked.dir);
@@ -84,8 +80,9 @@ impl Environments {
     /// The rest of `down`'s stop ([`Backend::finish_stop`](crate::backend::Backend)), in a
     /// forked child that takes over the environment's lock (the same open file, inherited)
     /// and outlives the command: it waits for the supervisor's exit, removes the cgroups and
-    /// the network, records the environment not converged, drops the marker, lets the lock go, and then removes berth's bridge if
-    /// this environment was its last user and nobody attached within
+    /// the network, records the environment not converged, drops the marker, lets the lock
+    /// go, and then removes berth's bridge if this environment was its last user and nobody
+    /// attached within
     /// [`IDLE_BRIDGE_GRACE`](crate::net::bridge::IDLE_BRIDGE_GRACE)
     /// (a `down` then `up` finds it made). Killed on the way, it leaves a marker on an
     /// unlocked environment that garbage collection finishes. When no process can be forked,
