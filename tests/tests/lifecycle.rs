@@ -555,6 +555,46 @@ fn concurrent_commands_on_ten_environments() {
     }
 }
 
+/// `exec` while `down` waits for a service that ignores SIGTERM: the supervisor starts nothing
+/// more, and `exec` says the environment is not running (exit 3), as it does a moment later
+/// when the supervisor is gone; it is not a failure to start the environment (exit 1).
+#[test]
+fn exec_into_a_stopping_environment_reports_it_not_running() {
+    require_root!();
+    let toml = BASIC.replace(
+        "ticker = { command = [\"sh\", \"-c\", \"echo tick; sleep 1000\"] }",
+        "ticker = { command = [\"sh\", \"-c\", \"trap '' TERM; while true; do sleep 1; done\"] }",
+    );
+    let p = project(&toml);
+    let b = Berth::new();
+    let before = p.snapshot(&b);
+    b.ok(p.path(), &["-q", "up"]);
+    let mut down = b
+        .cmd()
+        .current_dir(p.path())
+        .args(["-q", "down", "--timeout", "6"])
+        .spawn()
+        .unwrap();
+    // Until the supervisor has the stop request, exec runs (0), or its `true` is stopped
+    // with the environment (143); then the environment is stopping.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let o = loop {
+        let o = b.run_in(p.path(), &["exec", "--", "true"]);
+        if !matches!(o.status.code(), Some(0 | 143)) || std::time::Instant::now() > deadline {
+            break o;
+        }
+    };
+    assert!(down.wait().unwrap().success());
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("is not running") && err.contains("berth up"),
+        "{err}"
+    );
+    b.ok(p.path(), &["-q", "destroy"]);
+    before.assert_nothing_leaked(&p.snapshot(&b));
+}
+
 #[test]
 fn a_state_folder_the_environment_cannot_reach_is_named() {
     require_root!();

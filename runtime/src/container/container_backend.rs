@@ -464,12 +464,7 @@ impl ContainerBackend {
             Some(s) if state.phase == Phase::Running && s.alive() => {
                 Ok(state_dir.join("control.sock"))
             }
-            _ => Err(ContainerError::NotRunning {
-                env_id: state_dir
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-            }),
+            _ => Err(ContainerError::not_running_at(state_dir)),
         }
     }
 

@@ -381,14 +381,14 @@ pub fn exec_start(
             "use exec_tty for a terminal".into(),
         ));
     }
-    let mut client = ControlClient::connect(socket)?;
+    let mut client = connect_for_exec(socket)?;
     let raw = [
         stdio[0].as_raw_fd(),
         stdio[1].as_raw_fd(),
         stdio[2].as_raw_fd(),
     ];
     client.send(&Request::Exec(req.clone()), &raw)?;
-    started(client)
+    started(client, socket)
 }
 
 /// Runs a process to completion with the given stdio; returns its exit code.
@@ -400,9 +400,9 @@ pub fn exec(socket: &Path, req: &ExecRequest, stdio: [BorrowedFd<'_>; 3]) -> Res
 pub fn exec_tty(socket: &Path, req: &ExecRequest) -> Result<ExecSession> {
     let mut req = req.clone();
     req.tty = true;
-    let mut client = ControlClient::connect(socket)?;
+    let mut client = connect_for_exec(socket)?;
     client.send(&Request::Exec(req), &[])?;
-    let s = started(client)?;
+    let s = started(client, socket)?;
     if s.master.is_none() {
         return Err(ContainerError::Protocol(
             "the supervisor sent no terminal".into(),
@@ -519,8 +519,32 @@ pub fn stop_and_wait_for_close(socket: &Path, grace_ms: u64, wait: Duration) -> 
     }
 }
 
-fn started(mut client: ControlClient) -> Result<ExecSession> {
+/// Connects to start a process. Between the check that the environment runs and this
+/// connection, a `down` may have ended the supervisor: its socket gone or refusing is then
+/// "not running", as the check would have said a moment later.
+fn connect_for_exec(socket: &Path) -> Result<ControlClient> {
+    ControlClient::connect(socket).map_err(|e| match e {
+        ContainerError::Io { source, .. }
+            if matches!(
+                source.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            not_running(socket)
+        }
+        e => e,
+    })
+}
+
+fn not_running(socket: &Path) -> ContainerError {
+    ContainerError::not_running_at(socket.parent().unwrap_or(socket))
+}
+
+/// The supervisor's answer to an `Exec`. A supervisor that is stopping starts nothing more
+/// and says so with `Stopping`: the environment is on its way down, i.e. not running.
+fn started(mut client: ControlClient, socket: &Path) -> Result<ExecSession> {
     match client.receive()? {
+        (Response::Stopping, _) => Err(not_running(socket)),
         (Response::Started { pid }, mut fds) => Ok(ExecSession {
             client,
             pid,
@@ -587,6 +611,39 @@ mod tests {
         let mut d = FrameDecoder::default();
         d.push(&[0, 0]);
         assert_eq!(d.next_frame().unwrap(), None);
+    }
+
+    #[test]
+    fn exec_to_a_gone_or_stopping_supervisor_reports_the_environment_not_running() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("abc");
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let stdio = [null.as_fd(), null.as_fd(), null.as_fd()];
+        let req = ExecRequest {
+            argv: vec!["true".into()],
+            ..Default::default()
+        };
+        let not_running = |e: ContainerError| matches!(&e, ContainerError::NotRunning { env_id } if env_id == "abc");
+        // No socket (the supervisor removed it on its way out).
+        assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
+        // A socket nobody listens on any more.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
+        std::fs::remove_file(&path).unwrap();
+        // A supervisor that is stopping answers `Stopping`.
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).unwrap();
+            c.write_all(&encode(&Response::Stopping)).unwrap();
+        });
+        assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
+        server.join().unwrap();
     }
 
     #[test]

@@ -50,6 +50,16 @@ impl ContainerError {
         }
     }
 
+    /// The environment whose state folder is `state_dir` is not running.
+    pub fn not_running_at(state_dir: &std::path::Path) -> Self {
+        ContainerError::NotRunning {
+            env_id: state_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn path_io(what: &str, path: &std::path::Path, source: io::Error) -> Self {
         Self::io(format!("{what} {}", path.display()), source)
     }

@@ -509,13 +509,9 @@ impl Supervisor {
             }
             Request::Exec(req) => {
                 if self.stop_deadline.is_some() {
-                    self.respond(
-                        id,
-                        &Response::Error {
-                            message: "the environment is stopping".into(),
-                        },
-                        &[],
-                    );
+                    // Nothing starts in a stopping environment; the client reports it as
+                    // not running.
+                    self.respond(id, &Response::Stopping, &[]);
                     return;
                 }
                 match self.exec(id, &req) {
