@@ -20,22 +20,28 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::dir_fd_calls::{openat2_beneath, unlink_at};
 
-/// The spare left at `name` in `dir`, emptied, when it may be written as a new file:
-/// `owner_set_later` when the transport gives every file its owner itself; otherwise the spare
-/// must already belong to this process's user and group. Otherwise it is unlinked and `None`.
-pub(super) fn take(dir: &OwnedFd, name: &str, owner_set_later: bool) -> Option<File> {
-    let f = reusable(dir, name, owner_set_later);
+/// The spare left at `name` in `dir`, emptied and with the mode `create_mode` (what a new
+/// temporary file is created with), when it may be written as a new file: `owner_set_later`
+/// when the transport gives every file its owner itself; otherwise the spare must already
+/// belong to this process's user and group. Otherwise it is unlinked and `None`.
+pub(super) fn take(
+    dir: &OwnedFd,
+    name: &str,
+    owner_set_later: bool,
+    create_mode: u32,
+) -> Option<File> {
+    let f = reusable(dir, name, owner_set_later, create_mode);
     if f.is_none() {
         let _ = unlink_at(dir, name, false);
     }
     f
 }
 
-fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool) -> Option<File> {
+fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool, create_mode: u32) -> Option<File> {
     let f = File::from(openat2_beneath(dir, name, libc::O_WRONLY | libc::O_NOFOLLOW).ok()?);
     if !held_by_nobody_else(&f) {
         return None;
@@ -52,7 +58,13 @@ fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool) -> Option<File> {
     if has_xattrs(&f) {
         return None;
     }
+    // Emptied, then no more access for anyone than a new temporary file gives, before the
+    // new content is written.
     f.set_len(0).ok()?;
+    if meta.mode() & 0o7777 != create_mode {
+        f.set_permissions(std::fs::Permissions::from_mode(create_mode))
+            .ok()?;
+    }
     Some(f)
 }
 

@@ -65,7 +65,7 @@ impl LocalTransport {
         // The old inode of a file replaced before in this folder, when nothing else reaches
         // it ([`spare_inode`]); else a new temporary file.
         let spare = kept_folder::take_spare(self.key(), parent(rel)).and_then(|name| {
-            let f = spare_inode::take(&dir, &name, self.owner.is_some())?;
+            let f = spare_inode::take(&dir, &name, self.owner.is_some(), create_mode)?;
             Some((name, f))
         });
         let (temp_name, spare) = match spare {
@@ -74,12 +74,7 @@ impl LocalTransport {
         };
         let result = (|| -> io::Result<Entry> {
             let mut f = match spare {
-                // Emptied; no more access for anyone than a new temporary file gives, before
-                // the content is written.
-                Some(f) => {
-                    f.set_permissions(fs::Permissions::from_mode(create_mode))?;
-                    f
-                }
+                Some(f) => f,
                 None => File::from(openat2_beneath_mode(
                     &dir,
                     &temp_name,
