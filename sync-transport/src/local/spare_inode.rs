@@ -24,6 +24,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use super::dir_fd_calls::{openat2_beneath, unlink_at};
 
+/// `fcntl` command choosing the signal a lease break sends (`<fcntl.h>`, Linux; the `libc`
+/// crate does not name it).
+const F_SETSIG: libc::c_int = 10;
+
 /// The spare left at `name` in `dir`, emptied and with the mode `create_mode` (what a new
 /// temporary file is created with), when it may be written as a new file: `owner_set_later`
 /// when the transport gives every file its owner itself; otherwise the spare must already
@@ -73,8 +77,16 @@ fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool, create_mode: u32) 
 /// The lease is given back at once: from then on only the temporary name reaches the inode.
 /// Not the file's owner without `CAP_LEASE`, leases disabled, a filesystem without them:
 /// `false`.
+///
+/// Someone opening the temporary name between the two calls breaks the lease, which signals
+/// the holder: `SIGURG` (ignored unless handled; berth handles it nowhere) instead of the
+/// default `SIGIO`, which would end this process.
 fn held_by_nobody_else(f: &File) -> bool {
     // SAFETY: fcntl on a descriptor we own, with an integer argument.
+    if unsafe { libc::fcntl(f.as_raw_fd(), F_SETSIG, libc::SIGURG) } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
     let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
     if rc != 0 {
         return false;
