@@ -125,11 +125,9 @@ struct Tree {
     wds: HashMap<i32, String>,
     /// The renames of the transport writing this tree, whose events are dropped
     /// ([`crate::own_renames`]), and the cookies of those seen leaving their temporary name
-    /// (→ the path they are renamed to, whether by exchange), and the paths such an exchange
-    /// moves to its temporary name next (that move is dropped too).
+    /// (→ the path they are renamed to).
     own: Option<WatcherRunning>,
-    own_moves: HashMap<u32, (String, bool)>,
-    swapped_out: Vec<String>,
+    own_moves: HashMap<u32, String>,
 }
 
 impl Tree {
@@ -229,7 +227,6 @@ pub fn start(
         wds: HashMap::new(),
         own,
         own_moves: HashMap::new(),
-        swapped_out: Vec::new(),
     };
     tree.add_recursive("")?;
     let stop = Arc::new(new_eventfd(0)?);
@@ -400,7 +397,6 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
                 own.renames().forget_all();
             }
             tree.own_moves.clear();
-            tree.swapped_out.clear();
             sink(WatchEvent::Rescan);
             continue;
         }
@@ -428,13 +424,12 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         // transport's rename into place: its arrival is dropped below.
         if !is_dir && is_temp_name(name) {
             if raw.mask & libc::IN_MOVED_FROM != 0 {
-                if let Some((to, exchange)) = tree.own.as_ref().and_then(|o| o.renames().take(name))
-                {
+                if let Some(to) = tree.own.as_ref().and_then(|o| o.renames().take(name)) {
                     if parent(&to) == dir.as_str() {
                         if tree.own_moves.len() >= 1024 {
                             tree.own_moves.clear();
                         }
-                        tree.own_moves.insert(raw.cookie, (to, exchange));
+                        tree.own_moves.insert(raw.cookie, to);
                     }
                 }
             }
@@ -468,15 +463,6 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if !is_dir && raw.mask & libc::IN_MOVED_TO != 0 && own_rename(tree, raw.cookie, &rel) {
             continue;
         }
-        // The second half of the transport's own exchange: the old file leaving for the
-        // temporary name. The kernel queues it right after the first half, before anything
-        // else can rename that path.
-        if !is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
-            if let Some(i) = tree.swapped_out.iter().position(|p| *p == rel) {
-                tree.swapped_out.swap_remove(i);
-                continue;
-            }
-        }
         last = (!is_dir).then_some((raw.wd, raw.name, deep));
         sink(WatchEvent::Changed { rel, deep });
     }
@@ -489,18 +475,7 @@ fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
     if tree.own_moves.is_empty() {
         return false;
     }
-    match tree.own_moves.remove(&cookie) {
-        Some((to, exchange)) if to == rel => {
-            if exchange {
-                if tree.swapped_out.len() >= 1024 {
-                    tree.swapped_out.clear();
-                }
-                tree.swapped_out.push(to);
-            }
-            true
-        }
-        _ => false,
-    }
+    tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
@@ -706,7 +681,6 @@ mod tests {
             wds: HashMap::from([(1, "d".to_string())]),
             own: Some(own.watcher_started()),
             own_moves: HashMap::new(),
-            swapped_out: Vec::new(),
         };
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Mutex::new(tx);

@@ -138,15 +138,15 @@ pub(super) fn rename_noreplace_at(dir: &OwnedFd, from: &str, to: &str) -> io::Re
     .map_err(io::Error::from)
 }
 
-/// `renameat2(dir, a, dir, b, RENAME_EXCHANGE)`: swaps the two names (both must exist); fails
-/// with `EINVAL` on a filesystem without the flag.
-pub(super) fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<()> {
-    nix::fcntl::renameat2(
+/// `linkat(dir, from, dir, to, 0)`: a second name for the entry `from` itself (a symbolic
+/// link is not followed).
+pub(super) fn link_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
+    nix::unistd::linkat(
         Some(dir.as_raw_fd()),
-        a,
+        from,
         Some(dir.as_raw_fd()),
-        b,
-        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        to,
+        nix::fcntl::AtFlags::empty(),
     )
     .map_err(io::Error::from)
 }
