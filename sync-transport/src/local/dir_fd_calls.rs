@@ -138,15 +138,15 @@ pub(super) fn rename_noreplace_at(dir: &OwnedFd, from: &str, to: &str) -> io::Re
     .map_err(io::Error::from)
 }
 
-/// `linkat(dir, from, dir, to, 0)`: a second name for the entry `from` itself (a symbolic
-/// link is not followed).
-pub(super) fn link_at(dir: &OwnedFd, from: &str, to: &str) -> io::Result<()> {
-    nix::unistd::linkat(
+/// `renameat2(dir, a, dir, b, RENAME_EXCHANGE)`: swaps the two names (both must exist); fails
+/// with `EINVAL` on a filesystem without the flag.
+pub(super) fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<()> {
+    nix::fcntl::renameat2(
         Some(dir.as_raw_fd()),
-        from,
+        a,
         Some(dir.as_raw_fd()),
-        to,
-        nix::fcntl::AtFlags::empty(),
+        b,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
     )
     .map_err(io::Error::from)
 }

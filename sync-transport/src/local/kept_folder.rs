@@ -95,11 +95,7 @@ pub(super) fn put_spare(transport: usize, folder: &str, name: &str) -> bool {
     })
 }
 
-/// Whether `folder` is the one kept open for `transport` on this thread, without a spare.
-pub(super) fn wants_spare(transport: usize, folder: &str) -> bool {
-    KEPT.with_borrow(|kept| {
-        kept.iter().any(|k| {
-            k.transport == transport && k.folder == folder && k.fd.is_some() && k.spare.is_none()
-        })
-    })
+/// Whether `folder` is the one kept open for `transport` on this thread.
+pub(super) fn is_kept_open(transport: usize, folder: &str) -> bool {
+    matches!(get(transport, folder), Some(Some(_)))
 }

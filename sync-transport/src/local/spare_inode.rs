@@ -1,6 +1,6 @@
-//! Replacing a file without a new inode: a replaced file's old inode, kept by a second
-//! (temporary) name linked to it just before the rename over it, is taken as the temporary
-//! file of the next file written in the same kept folder ([`super::kept_folder`]), instead of being
+//! Replacing a file without a new inode: a replaced file's old inode, which the engine's
+//! exchange into place left at its temporary name, is taken as the temporary file of the
+//! next file written in the same kept folder ([`super::kept_folder`]), instead of being
 //! freed while a new one is allocated.
 //!
 //! Why: on ext4 without a journal (as a machine's `/` may be), every inode allocated skips,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::dir_fd_calls::{
-    chown_at, link_at, openat2_beneath_mode, rename_at, rename_noreplace_at, unlink_at,
+    chown_at, openat2_beneath_mode, rename_at, rename_exchange_at, rename_noreplace_at, unlink_at,
 };
 use super::{kept_folder, spare_inode, LocalTransport};
 use crate::transport::{Staged, TransportError};
@@ -167,10 +167,19 @@ impl LocalTransport {
             },
         };
         let name = file_name(&staged.rel);
+        // A replaced file's old inode is kept for the next file of a kept folder: the two
+        // names are exchanged instead of the old one being freed by a rename over it.
+        let exchange =
+            expect.is_some() && kept_folder::is_kept_open(self.key(), parent(&staged.rel));
         // The watcher is told first, so that it can drop this rename's event (the engine's
         // own write) whenever it reads it; a rename that does not happen is taken back.
-        let told = self.own_renames.expect(&staged.temp_name, &staged.rel);
-        let fail = |e: TransportError| {
+        let mut told = if exchange {
+            self.own_renames
+                .expect_exchange(&staged.temp_name, &staged.rel)
+        } else {
+            self.own_renames.expect(&staged.temp_name, &staged.rel)
+        };
+        let fail = |told: bool, e: TransportError| {
             if told {
                 self.own_renames.cancel(&staged.temp_name);
             }
@@ -184,13 +193,16 @@ impl LocalTransport {
             match rename_noreplace_at(&dir, &staged.temp_name, name) {
                 Ok(()) => return self.committed(&dir, &staged.rel, written),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    return fail(TransportError::Changed {
-                        side: self.label.clone(),
-                        path: staged.rel.clone(),
-                    });
+                    return fail(
+                        told,
+                        TransportError::Changed {
+                            side: self.label.clone(),
+                            path: staged.rel.clone(),
+                        },
+                    );
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return fail(self.err("rename into place", &staged.rel, e)),
+                Err(e) => return fail(told, self.err("rename into place", &staged.rel, e)),
             }
         }
         let current = self.lstat_at(&dir, name);
@@ -200,27 +212,34 @@ impl LocalTransport {
             _ => false,
         };
         if !unchanged {
-            return fail(TransportError::Changed {
-                side: self.label.clone(),
-                path: staged.rel.clone(),
-            });
+            return fail(
+                told,
+                TransportError::Changed {
+                    side: self.label.clone(),
+                    path: staged.rel.clone(),
+                },
+            );
         }
-        // A replaced file's old inode is kept for the next file of a kept folder
-        // ([`spare_inode`]): a second name (a temporary one) keeps the rename from freeing it.
-        let folder = parent(&staged.rel);
-        let spare = (expect.is_some() && kept_folder::wants_spare(self.key(), folder))
-            .then(|| self.temp_name(name))
-            .filter(|spare| link_at(&dir, name, spare).is_ok());
+        if exchange {
+            match rename_exchange_at(&dir, &staged.temp_name, name) {
+                Ok(()) => {
+                    if !kept_folder::put_spare(self.key(), parent(&staged.rel), &staged.temp_name) {
+                        let _ = unlink_at(&dir, &staged.temp_name, false);
+                    }
+                    return self.committed(&dir, &staged.rel, written);
+                }
+                // A filesystem without the flag: a plain rename, told as one.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    if told {
+                        self.own_renames.cancel(&staged.temp_name);
+                        told = self.own_renames.expect(&staged.temp_name, &staged.rel);
+                    }
+                }
+                Err(e) => return fail(told, self.err("rename into place", &staged.rel, e)),
+            }
+        }
         if let Err(e) = rename_at(&dir, &staged.temp_name, &dir, name) {
-            if let Some(spare) = &spare {
-                let _ = unlink_at(&dir, spare, false);
-            }
-            return fail(self.err("rename into place", &staged.rel, e));
-        }
-        if let Some(spare) = spare {
-            if !kept_folder::put_spare(self.key(), folder, &spare) {
-                let _ = unlink_at(&dir, &spare, false);
-            }
+            return fail(told, self.err("rename into place", &staged.rel, e));
         }
         self.committed(&dir, &staged.rel, written)
     }

@@ -242,8 +242,8 @@ fn the_watcher_passes_over_the_transports_own_renames_into_place_only() {
     tr.commit(s, Some(&first)).unwrap();
     let s = tr.stage_symlink("sub/l", "a").unwrap();
     tr.commit(s, None).unwrap();
-    // Files replaced in a kept folder, each old inode kept by a temporary name and taken for
-    // the next file (`spare_inode`): not reported either.
+    // Files replaced in a kept folder: the names are exchanged, the old inode is taken for
+    // the next file (`spare_inode`): neither half of an exchange is reported.
     let written: Vec<_> = ["d", "e", "f"]
         .iter()
         .map(|n| {
@@ -262,7 +262,7 @@ fn the_watcher_passes_over_the_transports_own_renames_into_place_only() {
     }
     tr.release_folder();
     assert_eq!(reported_until("m1"), Vec::<String>::new());
-    // A file the transport put in place in a kept folder, renamed away by someone else right
+    // A file the transport put in place by an exchange, renamed away by someone else right
     // after: reported.
     let old = tr.stat("sub/d").unwrap().unwrap();
     tr.keep_folder("sub");
