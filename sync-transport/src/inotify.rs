@@ -125,9 +125,11 @@ struct Tree {
     wds: HashMap<i32, String>,
     /// The renames of the transport writing this tree, whose events are dropped
     /// ([`crate::own_renames`]), and the cookies of those seen leaving their temporary name
-    /// (→ the path they are renamed to).
+    /// (→ the path they are renamed to, whether by exchange), and the paths such an exchange
+    /// moves to its temporary name next (that move is dropped too).
     own: Option<WatcherRunning>,
-    own_moves: HashMap<u32, String>,
+    own_moves: HashMap<u32, (String, bool)>,
+    swapped_out: Vec<String>,
 }
 
 impl Tree {
@@ -227,6 +229,7 @@ pub fn start(
         wds: HashMap::new(),
         own,
         own_moves: HashMap::new(),
+        swapped_out: Vec::new(),
     };
     tree.add_recursive("")?;
     let stop = Arc::new(new_eventfd(0)?);
@@ -397,6 +400,7 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
                 own.renames().forget_all();
             }
             tree.own_moves.clear();
+            tree.swapped_out.clear();
             sink(WatchEvent::Rescan);
             continue;
         }
@@ -424,12 +428,13 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         // transport's rename into place: its arrival is dropped below.
         if !is_dir && is_temp_name(name) {
             if raw.mask & libc::IN_MOVED_FROM != 0 {
-                if let Some(to) = tree.own.as_ref().and_then(|o| o.renames().take(name)) {
+                if let Some((to, exchange)) = tree.own.as_ref().and_then(|o| o.renames().take(name))
+                {
                     if parent(&to) == dir.as_str() {
                         if tree.own_moves.len() >= 1024 {
                             tree.own_moves.clear();
                         }
-                        tree.own_moves.insert(raw.cookie, to);
+                        tree.own_moves.insert(raw.cookie, (to, exchange));
                     }
                 }
             }
@@ -463,6 +468,15 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if !is_dir && raw.mask & libc::IN_MOVED_TO != 0 && own_rename(tree, raw.cookie, &rel) {
             continue;
         }
+        // The second half of the transport's own exchange: the old file leaving for the
+        // temporary name. The kernel queues it right after the first half, before anything
+        // else can rename that path.
+        if !is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
+            if let Some(i) = tree.swapped_out.iter().position(|p| *p == rel) {
+                tree.swapped_out.swap_remove(i);
+                continue;
+            }
+        }
         last = (!is_dir).then_some((raw.wd, raw.name, deep));
         sink(WatchEvent::Changed { rel, deep });
     }
@@ -475,7 +489,18 @@ fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
     if tree.own_moves.is_empty() {
         return false;
     }
-    tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
+    match tree.own_moves.remove(&cookie) {
+        Some((to, exchange)) if to == rel => {
+            if exchange {
+                if tree.swapped_out.len() >= 1024 {
+                    tree.swapped_out.clear();
+                }
+                tree.swapped_out.push(to);
+            }
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
@@ -681,6 +706,7 @@ mod tests {
             wds: HashMap::from([(1, "d".to_string())]),
             own: Some(own.watcher_started()),
             own_moves: HashMap::new(),
+            swapped_out: Vec::new(),
         };
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Mutex::new(tx);

@@ -10,8 +10,14 @@
 //! reported as always. Renames are recorded only while an inotify watcher of the tree runs;
 //! what a watcher never sees (a failed rename, a queue overflow) is forgotten, so the record
 //! stays bounded.
+//!
+//! A replacement made by exchanging the two names (`RENAME_EXCHANGE`, which leaves the old
+//! inode at the temporary name for the next file: [`crate::local`]'s spare inode) is seen as
+//! that pair and then the target's own `IN_MOVED_FROM` to the temporary name: the watcher
+//! drops that one too. The same temporary name can then be staged again before the watcher
+//! read the first rename's events: the renames of one name are kept in order.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -24,8 +30,10 @@ const MAX_PENDING: usize = 65_536;
 pub struct OwnRenames {
     /// inotify watchers of the tree running now.
     watchers: AtomicUsize,
-    /// Temporary name → the relative path it is renamed to.
-    pending: Mutex<HashMap<String, String>>,
+    /// Temporary name → the relative paths it is renamed to, in order (whether by exchange).
+    pending: Mutex<HashMap<String, VecDeque<(String, bool)>>>,
+    /// Renames recorded in `pending`.
+    count: AtomicUsize,
 }
 
 impl OwnRenames {
@@ -33,41 +41,65 @@ impl OwnRenames {
     /// when a watcher will see it. Returns whether it was recorded (then [`Self::cancel`] it if
     /// the rename fails).
     pub fn expect(&self, temp: &str, rel: &str) -> bool {
+        self.expect_move(temp, rel, false)
+    }
+
+    /// [`Self::expect`] for an exchange of `temp` and `rel` (`RENAME_EXCHANGE`).
+    pub fn expect_exchange(&self, temp: &str, rel: &str) -> bool {
+        self.expect_move(temp, rel, true)
+    }
+
+    fn expect_move(&self, temp: &str, rel: &str, exchange: bool) -> bool {
         if self.watchers.load(Ordering::Acquire) == 0 {
             return false;
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.len() >= MAX_PENDING {
+        if self.count.load(Ordering::Relaxed) >= MAX_PENDING {
             p.clear();
+            self.count.store(0, Ordering::Relaxed);
         }
-        p.insert(temp.to_string(), rel.to_string());
+        p.entry(temp.to_string())
+            .or_default()
+            .push_back((rel.to_string(), exchange));
+        self.count.fetch_add(1, Ordering::Relaxed);
         true
     }
 
-    /// The rename recorded for `temp` did not happen.
+    /// The rename recorded last for `temp` did not happen.
     pub fn cancel(&self, temp: &str) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(temp);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = p.get_mut(temp) {
+            if q.pop_back().is_some() {
+                self.count.fetch_sub(1, Ordering::Relaxed);
+            }
+            if q.is_empty() {
+                p.remove(temp);
+            }
+        }
     }
 
     /// For the watcher: the temporary file `temp` was moved away; the path it was to be renamed
-    /// to, when the rename was this transport's.
-    pub fn take(&self, temp: &str) -> Option<String> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(temp)
+    /// to when the rename was this transport's (the first recorded for that name), and whether
+    /// it was an exchange.
+    pub fn take(&self, temp: &str) -> Option<(String, bool)> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let q = p.get_mut(temp)?;
+        let first = q.pop_front();
+        if q.is_empty() {
+            p.remove(temp);
+        }
+        if first.is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        first
     }
 
     /// For the watcher: its events were lost (queue overflow); the renames waiting for them are
     /// forgotten.
     pub fn forget_all(&self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.clear();
+        self.count.store(0, Ordering::Relaxed);
     }
 
     /// A watcher of the tree starts; the returned guard says when it stops.
@@ -108,9 +140,16 @@ mod tests {
         assert!(r.expect(".a.tmp", "d/a"));
         assert!(r.expect(".b.tmp", "d/b"));
         r.cancel(".b.tmp");
-        assert_eq!(w.renames().take(".a.tmp"), Some("d/a".to_string()));
+        assert_eq!(w.renames().take(".a.tmp"), Some(("d/a".to_string(), false)));
         assert_eq!(w.renames().take(".a.tmp"), None, "taken once");
         assert_eq!(w.renames().take(".b.tmp"), None, "cancelled");
+        // One temporary name staged again (a spare inode) before its first rename was seen:
+        // both renames are kept, in order.
+        assert!(r.expect_exchange(".s.tmp", "d/1"));
+        assert!(r.expect_exchange(".s.tmp", "d/2"));
+        assert_eq!(w.renames().take(".s.tmp"), Some(("d/1".to_string(), true)));
+        assert_eq!(w.renames().take(".s.tmp"), Some(("d/2".to_string(), true)));
+        assert_eq!(w.renames().take(".s.tmp"), None);
         assert!(r.expect(".c.tmp", "c"));
         drop(w);
         assert_eq!(r.take(".c.tmp"), None, "forgotten with the last watcher");

@@ -138,6 +138,19 @@ pub(super) fn rename_noreplace_at(dir: &OwnedFd, from: &str, to: &str) -> io::Re
     .map_err(io::Error::from)
 }
 
+/// `renameat2(dir, a, dir, b, RENAME_EXCHANGE)`: swaps the two names (both must exist); fails
+/// with `EINVAL` on a filesystem without the flag.
+pub(super) fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        Some(dir.as_raw_fd()),
+        a,
+        Some(dir.as_raw_fd()),
+        b,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .map_err(io::Error::from)
+}
+
 /// `openat2(dir, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: opens `rel` below `dir`
 /// refusing `..` escapes and every symlink (including the last component, unless `O_PATH |
 /// O_NOFOLLOW` is given).

@@ -2,7 +2,9 @@
 //! ([`crate::transport::Transport::keep_folder`]): the parent descriptor is opened (with the
 //! same `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` as always) once for the group instead
 //! of once per file, and each file is then reached by its final name alone. Kept per thread
-//! and per transport, only between `keep_folder` and `release_folder`.
+//! and per transport, only between `keep_folder` and `release_folder`. A kept folder also
+//! holds the temporary name of a replaced file's old inode, for the next file written there
+//! ([`super::spare_inode`]); releasing the folder unlinks it.
 
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -14,6 +16,8 @@ struct Kept {
     transport: usize,
     folder: String,
     fd: Option<Arc<OwnedFd>>,
+    /// A replaced file's old inode, at this temporary name in the folder.
+    spare: Option<String>,
 }
 
 thread_local! {
@@ -29,13 +33,19 @@ pub(super) fn keep(transport: usize, folder: &str) {
             transport,
             folder: folder.to_string(),
             fd: None,
+            spare: None,
         });
     });
 }
 
-/// Closes what `keep` let this thread keep for `transport`.
-pub(super) fn release(transport: usize) {
-    KEPT.with_borrow_mut(|kept| kept.retain(|k| k.transport != transport));
+/// Closes what `keep` let this thread keep for `transport`; returns the folder's descriptor
+/// and the spare's temporary name left there, for the caller to unlink.
+pub(super) fn release(transport: usize) -> Option<(Arc<OwnedFd>, String)> {
+    KEPT.with_borrow_mut(|kept| {
+        let i = kept.iter().position(|k| k.transport == transport)?;
+        let k = kept.remove(i);
+        Some((k.fd?, k.spare?))
+    })
 }
 
 /// Whether `folder` is the one kept for `transport` on this thread, and its descriptor if
@@ -58,4 +68,34 @@ pub(super) fn store(transport: usize, folder: &str, fd: &Arc<OwnedFd>) {
             k.fd = Some(fd.clone());
         }
     });
+}
+
+/// Takes the spare's temporary name kept in `folder` (when it is the kept one).
+pub(super) fn take_spare(transport: usize, folder: &str) -> Option<String> {
+    KEPT.with_borrow_mut(|kept| {
+        kept.iter_mut()
+            .find(|k| k.transport == transport && k.folder == folder && k.fd.is_some())
+            .and_then(|k| k.spare.take())
+    })
+}
+
+/// Keeps `name` as the spare of the kept `folder`. `false` (nothing kept) when `folder` is
+/// not the kept one or already has a spare: the caller unlinks it.
+pub(super) fn put_spare(transport: usize, folder: &str, name: &str) -> bool {
+    KEPT.with_borrow_mut(|kept| {
+        match kept.iter_mut().find(|k| {
+            k.transport == transport && k.folder == folder && k.fd.is_some() && k.spare.is_none()
+        }) {
+            Some(k) => {
+                k.spare = Some(name.to_string());
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Whether `folder` is the one kept open for `transport` on this thread.
+pub(super) fn is_kept_open(transport: usize, folder: &str) -> bool {
+    matches!(get(transport, folder), Some(Some(_)))
 }

@@ -22,6 +22,7 @@
 mod dir_fd_calls;
 mod kept_folder;
 mod source_file;
+mod spare_inode;
 mod staging;
 #[cfg(test)]
 mod staging_tests;
@@ -347,7 +348,9 @@ impl Transport for LocalTransport {
     }
 
     fn release_folder(&self) {
-        kept_folder::release(self.key());
+        if let Some((dir, spare)) = kept_folder::release(self.key()) {
+            let _ = unlink_at(&dir, &spare, false);
+        }
     }
 
     fn watch(&self, sink: EventSink, force_poll: bool) -> Result<Watching, TransportError> {

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::dir_fd_calls::{
-    chown_at, openat2_beneath_mode, rename_at, rename_noreplace_at, unlink_at,
+    chown_at, openat2_beneath_mode, rename_at, rename_exchange_at, rename_noreplace_at, unlink_at,
 };
-use super::LocalTransport;
+use super::{kept_folder, spare_inode, LocalTransport};
 use crate::transport::{Staged, TransportError};
-use crate::tree::{file_name, Entry, EntryKind, TEMP_MARKER};
+use crate::tree::{file_name, parent, Entry, EntryKind, TEMP_MARKER};
 
 impl LocalTransport {
     fn temp_name(&self, name: &str) -> String {
@@ -61,14 +61,27 @@ impl LocalTransport {
         mtime_ns: i64,
     ) -> Result<Staged, TransportError> {
         let dir = self.staging_parent(rel)?;
-        let temp_name = self.temp_name(file_name(rel));
+        let create_mode = temp_create_mode(mode, self.owner.is_some());
+        // The old inode of a file replaced before in this folder, when nothing else reaches
+        // it ([`spare_inode`]); else a new temporary file.
+        let spare = kept_folder::take_spare(self.key(), parent(rel)).and_then(|name| {
+            let f = spare_inode::take(&dir, &name, self.owner.is_some(), create_mode)?;
+            Some((name, f))
+        });
+        let (temp_name, spare) = match spare {
+            Some((name, f)) => (name, Some(f)),
+            None => (self.temp_name(file_name(rel)), None),
+        };
         let result = (|| -> io::Result<Entry> {
-            let mut f = File::from(openat2_beneath_mode(
-                &dir,
-                &temp_name,
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
-                temp_create_mode(mode, self.owner.is_some()),
-            )?);
+            let mut f = match spare {
+                Some(f) => f,
+                None => File::from(openat2_beneath_mode(
+                    &dir,
+                    &temp_name,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    create_mode,
+                )?),
+            };
             COPY_BUF.with_borrow_mut(|buf| -> io::Result<()> {
                 buf.resize(128 * 1024, 0);
                 loop {
@@ -154,10 +167,19 @@ impl LocalTransport {
             },
         };
         let name = file_name(&staged.rel);
+        // A replaced file's old inode is kept for the next file of a kept folder: the two
+        // names are exchanged instead of the old one being freed by a rename over it.
+        let exchange =
+            expect.is_some() && kept_folder::is_kept_open(self.key(), parent(&staged.rel));
         // The watcher is told first, so that it can drop this rename's event (the engine's
         // own write) whenever it reads it; a rename that does not happen is taken back.
-        let told = self.own_renames.expect(&staged.temp_name, &staged.rel);
-        let fail = |e: TransportError| {
+        let mut told = if exchange {
+            self.own_renames
+                .expect_exchange(&staged.temp_name, &staged.rel)
+        } else {
+            self.own_renames.expect(&staged.temp_name, &staged.rel)
+        };
+        let fail = |told: bool, e: TransportError| {
             if told {
                 self.own_renames.cancel(&staged.temp_name);
             }
@@ -171,13 +193,16 @@ impl LocalTransport {
             match rename_noreplace_at(&dir, &staged.temp_name, name) {
                 Ok(()) => return self.committed(&dir, &staged.rel, written),
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    return fail(TransportError::Changed {
-                        side: self.label.clone(),
-                        path: staged.rel.clone(),
-                    });
+                    return fail(
+                        told,
+                        TransportError::Changed {
+                            side: self.label.clone(),
+                            path: staged.rel.clone(),
+                        },
+                    );
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                Err(e) => return fail(self.err("rename into place", &staged.rel, e)),
+                Err(e) => return fail(told, self.err("rename into place", &staged.rel, e)),
             }
         }
         let current = self.lstat_at(&dir, name);
@@ -187,13 +212,34 @@ impl LocalTransport {
             _ => false,
         };
         if !unchanged {
-            return fail(TransportError::Changed {
-                side: self.label.clone(),
-                path: staged.rel.clone(),
-            });
+            return fail(
+                told,
+                TransportError::Changed {
+                    side: self.label.clone(),
+                    path: staged.rel.clone(),
+                },
+            );
+        }
+        if exchange {
+            match rename_exchange_at(&dir, &staged.temp_name, name) {
+                Ok(()) => {
+                    if !kept_folder::put_spare(self.key(), parent(&staged.rel), &staged.temp_name) {
+                        let _ = unlink_at(&dir, &staged.temp_name, false);
+                    }
+                    return self.committed(&dir, &staged.rel, written);
+                }
+                // A filesystem without the flag: a plain rename, told as one.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    if told {
+                        self.own_renames.cancel(&staged.temp_name);
+                        told = self.own_renames.expect(&staged.temp_name, &staged.rel);
+                    }
+                }
+                Err(e) => return fail(told, self.err("rename into place", &staged.rel, e)),
+            }
         }
         if let Err(e) = rename_at(&dir, &staged.temp_name, &dir, name) {
-            return fail(self.err("rename into place", &staged.rel, e));
+            return fail(told, self.err("rename into place", &staged.rel, e));
         }
         self.committed(&dir, &staged.rel, written)
     }

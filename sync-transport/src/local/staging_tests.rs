@@ -155,3 +155,107 @@ fn a_kept_folder_is_reused_and_never_swapped_for_a_symlink() {
     ));
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
 }
+
+/// An inode's identity: its number and its birth time (a number can be reused at once by a
+/// new inode, which is born later).
+type InodeId = (u64, std::time::SystemTime);
+
+fn inode_id(m: &fs::Metadata) -> InodeId {
+    (
+        m.ino(),
+        m.created().expect("the filesystem records birth times"),
+    )
+}
+
+/// The files of `names` in `a/` replaced one after another in a kept folder; returns their
+/// inodes before and after, and leaves the folder released.
+fn replace_in_kept_folder(
+    tr: &LocalTransport,
+    root: &Path,
+    names: &[&str],
+) -> Vec<(InodeId, InodeId)> {
+    let before: Vec<InodeId> = names
+        .iter()
+        .map(|n| inode_id(&fs::metadata(root.join("a").join(n)).unwrap()))
+        .collect();
+    // Births apart from the replacements' (birth times are as fine as the clock ticks).
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    tr.keep_folder("a");
+    for n in names {
+        let rel = format!("a/{n}");
+        let expect = tr.stat(&rel).unwrap().unwrap();
+        let new = format!("new {n}");
+        let s = tr
+            .stage_file(&rel, &mut new.as_bytes(), 0o640, 1_000_000_000)
+            .unwrap();
+        let e = tr.commit(s, Some(&expect)).unwrap();
+        assert_eq!((e.size, e.mode), (new.len() as u64, 0o640));
+    }
+    tr.release_folder();
+    let after = names
+        .iter()
+        .map(|n| {
+            let p = root.join("a").join(n);
+            assert_eq!(fs::read_to_string(&p).unwrap(), format!("new {n}"));
+            let m = fs::metadata(&p).unwrap();
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (0o640, 1));
+            inode_id(&m)
+        })
+        .collect::<Vec<_>>();
+    let left: Vec<_> = fs::read_dir(root.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| is_temp_name(n))
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    before.into_iter().zip(after).collect()
+}
+
+/// Replacing the files of a folder allocates one inode, not one per file: each replaced
+/// file's old inode, which nothing else reaches, becomes the next file (on ext4 without a
+/// journal every allocation steps over the inodes freed recently, see `spare_inode`).
+#[test]
+fn a_folders_replaced_files_take_the_inodes_the_previous_replacements_left() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    for n in ["1", "2", "3"] {
+        fs::write(
+            d.path().join("a").join(n),
+            format!("old {n} with more bytes"),
+        )
+        .unwrap();
+    }
+    let tr = t(d.path());
+    let inodes = replace_in_kept_folder(&tr, d.path(), &["1", "2", "3"]);
+    assert_eq!(inodes[1].1, inodes[0].0, "2 is written into 1's old inode");
+    assert_eq!(inodes[2].1, inodes[1].0, "3 is written into 2's old inode");
+}
+
+/// An old inode still reached by anything but the temporary name (a reader's descriptor, a
+/// mapping, another link, extended attributes) is never written into: it keeps its content
+/// and is let go as a rename over it would.
+#[test]
+fn a_replaced_file_still_held_or_linked_elsewhere_keeps_its_content() {
+    use std::io::{Seek, SeekFrom};
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    for n in ["1", "2", "3", "4", "5"] {
+        fs::write(d.path().join("a").join(n), format!("old {n}")).unwrap();
+    }
+    let mut reader = fs::File::open(d.path().join("a/1")).unwrap();
+    fs::hard_link(d.path().join("a/2"), d.path().join("linked")).unwrap();
+    let tr = t(d.path());
+    let inodes = replace_in_kept_folder(&tr, d.path(), &["1", "2", "3", "4"]);
+    let mut got = String::new();
+    reader.seek(SeekFrom::Start(0)).unwrap();
+    reader.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "old 1", "the reader's file was written into");
+    assert_ne!(inodes[1].1, inodes[0].0, "1's old inode is still open");
+    assert_eq!(
+        fs::read_to_string(d.path().join("linked")).unwrap(),
+        "old 2"
+    );
+    assert_ne!(inodes[2].1, inodes[1].0, "2's old inode has another link");
+    // 3's old inode, held by nobody, is taken for 4.
+    assert_eq!(inodes[3].1, inodes[2].0);
+}

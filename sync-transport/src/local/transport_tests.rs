@@ -242,7 +242,37 @@ fn the_watcher_passes_over_the_transports_own_renames_into_place_only() {
     tr.commit(s, Some(&first)).unwrap();
     let s = tr.stage_symlink("sub/l", "a").unwrap();
     tr.commit(s, None).unwrap();
+    // Files replaced in a kept folder: the names are exchanged, the old inode is taken for
+    // the next file (`spare_inode`): neither half of an exchange is reported.
+    let written: Vec<_> = ["d", "e", "f"]
+        .iter()
+        .map(|n| {
+            let s = tr
+                .stage_file(&format!("sub/{n}"), &mut &b"1"[..], 0o644, 1)
+                .unwrap();
+            tr.commit(s, None).unwrap()
+        })
+        .collect();
+    tr.keep_folder("sub");
+    for (n, old) in ["d", "e", "f"].iter().zip(&written) {
+        let s = tr
+            .stage_file(&format!("sub/{n}"), &mut &b"22"[..], 0o644, 2)
+            .unwrap();
+        tr.commit(s, Some(old)).unwrap();
+    }
+    tr.release_folder();
     assert_eq!(reported_until("m1"), Vec::<String>::new());
+    // A file the transport put in place by an exchange, renamed away by someone else right
+    // after: reported.
+    let old = tr.stat("sub/d").unwrap().unwrap();
+    tr.keep_folder("sub");
+    let s = tr.stage_file("sub/d", &mut &b"333"[..], 0o644, 3).unwrap();
+    tr.commit(s, Some(&old)).unwrap();
+    tr.release_folder();
+    fs::rename(d.path().join("sub/d"), d.path().join("sub/moved")).unwrap();
+    let seen = reported_until("m1b");
+    assert!(seen.contains(&"sub/d".to_string()), "{seen:?}");
+    assert!(seen.contains(&"sub/moved".to_string()), "{seen:?}");
     // Someone else's rename of a name that looks like a temporary file of the transport, a
     // write and a chmod of a file the transport wrote: reported.
     let fake = d
