@@ -125,11 +125,9 @@ struct Tree {
     wds: HashMap<i32, String>,
     /// The renames of the transport writing this tree, whose events are dropped
     /// ([`crate::own_renames`]), and the cookies of those seen leaving their temporary name
-    /// (→ the path they are renamed to, whether by exchange), and the paths such an exchange
-    /// moves to its temporary name next (that move is dropped too).
+    /// (→ the path they are renamed to).
     own: Option<WatcherRunning>,
-    own_moves: HashMap<u32, (String, bool)>,
-    swapped_out: Vec<String>,
+    own_moves: HashMap<u32, String>,
 }
 
 impl Tree {
@@ -229,7 +227,6 @@ pub fn start(
         wds: HashMap::new(),
         own,
         own_moves: HashMap::new(),
-        swapped_out: Vec::new(),
     };
     tree.add_recursive("")?;
     let stop = Arc::new(new_eventfd(0)?);
@@ -390,7 +387,8 @@ fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
 fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
     // The file last reported (watch, name, deep), to report a run of its events once.
     let mut last: Option<(i32, &[u8], bool)> = None;
-    for raw in parse(buf) {
+    let events = parse(buf);
+    for (i, raw) in events.iter().enumerate() {
         if raw.mask & libc::IN_Q_OVERFLOW != 0 {
             // Folders created meanwhile may have no watch yet: add what is missing first.
             if let Err(e) = tree.add_recursive("") {
@@ -400,7 +398,6 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
                 own.renames().forget_all();
             }
             tree.own_moves.clear();
-            tree.swapped_out.clear();
             sink(WatchEvent::Rescan);
             continue;
         }
@@ -428,13 +425,12 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         // transport's rename into place: its arrival is dropped below.
         if !is_dir && is_temp_name(name) {
             if raw.mask & libc::IN_MOVED_FROM != 0 {
-                if let Some((to, exchange)) = tree.own.as_ref().and_then(|o| o.renames().take(name))
-                {
+                if let Some((to, _)) = tree.own.as_ref().and_then(|o| o.renames().take(name)) {
                     if parent(&to) == dir.as_str() {
                         if tree.own_moves.len() >= 1024 {
                             tree.own_moves.clear();
                         }
-                        tree.own_moves.insert(raw.cookie, (to, exchange));
+                        tree.own_moves.insert(raw.cookie, to);
                     }
                 }
             }
@@ -468,14 +464,11 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if !is_dir && raw.mask & libc::IN_MOVED_TO != 0 && own_rename(tree, raw.cookie, &rel) {
             continue;
         }
-        // The second half of the transport's own exchange: the old file leaving for the
-        // temporary name. The kernel queues it right after the first half, before anything
-        // else can rename that path.
-        if !is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
-            if let Some(i) = tree.swapped_out.iter().position(|p| *p == rel) {
-                tree.swapped_out.swap_remove(i);
-                continue;
-            }
+        if !is_dir
+            && raw.mask & libc::IN_MOVED_FROM != 0
+            && own_exchange_out(tree, raw, events.get(i + 1), &rel)
+        {
+            continue;
         }
         last = (!is_dir).then_some((raw.wd, raw.name, deep));
         sink(WatchEvent::Changed { rel, deep });
@@ -489,18 +482,31 @@ fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
     if tree.own_moves.is_empty() {
         return false;
     }
-    match tree.own_moves.remove(&cookie) {
-        Some((to, exchange)) if to == rel => {
-            if exchange {
-                if tree.swapped_out.len() >= 1024 {
-                    tree.swapped_out.clear();
-                }
-                tree.swapped_out.push(to);
-            }
-            true
-        }
-        _ => false,
+    tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
+}
+
+/// Whether `from`, the file `rel` leaving its name, is the first half of the transport's own
+/// exchange of `rel` with its temporary file (`RENAME_EXCHANGE`, see
+/// [`crate::own_renames`]): the old file moving to the temporary name. The kernel queues
+/// that pair (`IN_MOVED_FROM` of `rel`, `IN_MOVED_TO` of the temporary name, one cookie) one
+/// right after the other, then the new file's arrival, which [`own_rename`] drops. A pair
+/// split between two reads is reported (a path the engine then finds as it wrote it).
+fn own_exchange_out(tree: &Tree, from: &Raw<'_>, next: Option<&Raw<'_>>, rel: &str) -> bool {
+    let Some(next) = next else {
+        return false;
+    };
+    if next.mask & libc::IN_MOVED_TO == 0 || next.cookie != from.cookie || next.wd != from.wd {
+        return false;
     }
+    let Ok(temp) = std::str::from_utf8(next.name) else {
+        return false;
+    };
+    is_temp_name(temp)
+        && tree
+            .own
+            .as_ref()
+            .and_then(|o| o.renames().peek(temp))
+            .is_some_and(|(to, exchange)| exchange && to == rel)
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
@@ -706,7 +712,6 @@ mod tests {
             wds: HashMap::from([(1, "d".to_string())]),
             own: Some(own.watcher_started()),
             own_moves: HashMap::new(),
-            swapped_out: Vec::new(),
         };
         let (tx, rx) = mpsc::channel();
         let tx = std::sync::Mutex::new(tx);

@@ -11,11 +11,12 @@
 //! what a watcher never sees (a failed rename, a queue overflow) is forgotten, so the record
 //! stays bounded.
 //!
-//! A replacement made by exchanging the two names (`RENAME_EXCHANGE`, which leaves the old
-//! inode at the temporary name for the next file: [`crate::local`]'s spare inode) is seen as
-//! that pair and then the target's own `IN_MOVED_FROM` to the temporary name: the watcher
-//! drops that one too. The same temporary name can then be staged again before the watcher
-//! read the first rename's events: the renames of one name are kept in order.
+//! A replacement made by exchanging the two names (`RENAME_EXCHANGE` of the target with the
+//! temporary name, which leaves the old inode at the temporary name for the next file:
+//! [`crate::local`]'s spare inode) is seen as the old file moving to the temporary name,
+//! then that pair: the watcher drops the first move too, recognised by [`OwnRenames::peek`].
+//! The same temporary name can then be staged again before the watcher read the first
+//! exchange's events: the renames of one name are kept in order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -94,6 +95,13 @@ impl OwnRenames {
         first
     }
 
+    /// For the watcher: the rename recorded first for `temp` (what [`Self::take`] would
+    /// return), left recorded.
+    pub fn peek(&self, temp: &str) -> Option<(String, bool)> {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.get(temp).and_then(|q| q.front().cloned())
+    }
+
     /// For the watcher: its events were lost (queue overflow); the renames waiting for them are
     /// forgotten.
     pub fn forget_all(&self) {
@@ -147,6 +155,7 @@ mod tests {
         // both renames are kept, in order.
         assert!(r.expect_exchange(".s.tmp", "d/1"));
         assert!(r.expect_exchange(".s.tmp", "d/2"));
+        assert_eq!(w.renames().peek(".s.tmp"), Some(("d/1".to_string(), true)));
         assert_eq!(w.renames().take(".s.tmp"), Some(("d/1".to_string(), true)));
         assert_eq!(w.renames().take(".s.tmp"), Some(("d/2".to_string(), true)));
         assert_eq!(w.renames().take(".s.tmp"), None);

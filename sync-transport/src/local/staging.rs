@@ -221,7 +221,10 @@ impl LocalTransport {
             );
         }
         if exchange {
-            match rename_exchange_at(&dir, &staged.temp_name, name) {
+            // The target first: other programs watching the folder see the old file move
+            // to the temporary name, then the new one arrive under the target's name, as
+            // after an editor's safe save, and the target's last event is its arrival.
+            match rename_exchange_at(&dir, name, &staged.temp_name) {
                 Ok(()) => {
                     if !kept_folder::put_spare(self.key(), parent(&staged.rel), &staged.temp_name) {
                         let _ = unlink_at(&dir, &staged.temp_name, false);

@@ -259,3 +259,71 @@ fn a_replaced_file_still_held_or_linked_elsewhere_keeps_its_content() {
     // 3's old inode, held by nobody, is taken for 4.
     assert_eq!(inodes[3].1, inodes[2].0);
 }
+
+/// The inotify events on `dir` since `fd` was set to watch it: (mask, name) in order.
+fn read_events(fd: &std::os::fd::OwnedFd) -> Vec<(u32, String)> {
+    use std::os::fd::AsRawFd;
+    const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: read into a buffer we own, of its length, from a descriptor we own.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = usize::try_from(n).unwrap_or(0);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + HEAD <= n {
+        // SAFETY: `HEAD` bytes are in bounds; read_unaligned copes with any alignment.
+        let ev: libc::inotify_event =
+            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+        let name = &buf[at + HEAD..at + HEAD + ev.len as usize];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        out.push((ev.mask, String::from_utf8_lossy(name).into_owned()));
+        at += HEAD + ev.len as usize;
+    }
+    out
+}
+
+/// Another program watching the folder (a dev server's watcher) sees each replaced file's
+/// name last arrive (`IN_MOVED_TO`), never leave: the exchange moves the old file away to
+/// the temporary name first, then the new one in, as an editor's safe save does.
+#[test]
+fn other_watchers_see_each_replaced_file_arrive_last() {
+    use std::os::fd::FromRawFd;
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    for n in ["1", "2", "3"] {
+        fs::write(d.path().join("a").join(n), format!("old {n}")).unwrap();
+    }
+    let tr = t(d.path());
+    // SAFETY: inotify_init1 takes flags only; the descriptor is owned at once.
+    let fd = unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
+    };
+    let dir =
+        std::ffi::CString::new(d.path().join("a").into_os_string().into_encoded_bytes()).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
+    let wd = unsafe {
+        libc::inotify_add_watch(
+            fd.as_raw_fd(),
+            dir.as_ptr(),
+            libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE,
+        )
+    };
+    assert!(wd >= 0);
+    let inodes = replace_in_kept_folder(&tr, d.path(), &["1", "2", "3"]);
+    // The inodes were reused (else this test would not see an exchange).
+    assert!(inodes.iter().skip(1).any(|(before, after)| before != after));
+    let events = read_events(&fd);
+    for n in ["1", "2", "3"] {
+        let of_name: Vec<u32> = events
+            .iter()
+            .filter(|(_, name)| name == n)
+            .map(|(m, _)| *m)
+            .collect();
+        assert_eq!(
+            of_name.last().map(|m| m & libc::IN_MOVED_TO != 0),
+            Some(true),
+            "{n}: {events:?}"
+        );
+    }
+}
