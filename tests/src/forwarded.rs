@@ -60,7 +60,10 @@ impl SshAgent {
             .status()
             .unwrap();
         assert!(st.success());
-        wait_for("ssh-agent's socket", || sock.exists());
+        // ssh-agent binds its socket, then listens.
+        wait_for("ssh-agent's socket", || {
+            berth_runtime::host::unix_socket::is_listening(&sock).unwrap()
+        });
         let o = Command::new("ssh-add")
             .arg(&key)
             .env("SSH_AUTH_SOCK", &sock)

@@ -452,7 +452,9 @@ impl L1 {
             .unwrap();
         self.children.push((format!("virtiofsd {name}"), child));
         for _ in 0..100 {
-            if sock.exists() {
+            // virtiofsd binds its socket, then listens (qemu's connection is refused in
+            // between).
+            if berth_runtime::host::unix_socket::is_listening(&sock).unwrap() {
                 return sock;
             }
             std::thread::sleep(Duration::from_millis(50));

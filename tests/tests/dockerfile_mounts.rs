@@ -43,7 +43,8 @@ impl Agent {
             .spawn()
             .unwrap();
         for _ in 0..100 {
-            if sock.exists() {
+            // ssh-agent binds its socket, then listens.
+            if berth_runtime::host::unix_socket::is_listening(&sock).unwrap() {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -3,7 +3,8 @@
 //! wall-clock timestamps ([`clock`]), the fault-injection hook of the crash-safety tests
 //! ([`fault_injection`]), and read-only probes of the machine ([`probe`]: the root to probe
 //! below, [`kvm`]: which KVM backs `/dev/kvm`, [`cgroup_layout`]: how cgroups are mounted),
-//! and where ext4 places new folders ([`dir_spread`]).
+//! where ext4 places new folders ([`dir_spread`]), and whether a Unix socket listens yet
+//! ([`unix_socket`]).
 
 pub mod cgroup_layout;
 pub mod clock;
@@ -12,3 +13,4 @@ pub mod fault_injection;
 pub mod kvm;
 pub mod probe;
 pub mod process;
+pub mod unix_socket;

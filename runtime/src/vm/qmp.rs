@@ -206,8 +206,8 @@ impl TestQemu {
                 return None;
             }
         };
-        // The socket appears once qemu is listening.
-        while !qmp.exists() {
+        // qemu binds the socket, then listens: wait for the second.
+        while !crate::host::unix_socket::is_listening(&qmp).unwrap() {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!("qemu exited before its monitor listened: {status}");
             }

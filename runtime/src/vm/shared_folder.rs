@@ -179,7 +179,7 @@ fn virtiofsd_args(exe: &Path, f: &SharedFolder, listen_fd: Option<i32>) -> Vec<S
     }
 }
 
-/// Starts virtiofsd for `f`, returns once it serves its socket (the socket exists, or, when
+/// Starts virtiofsd for `f`, returns once it serves its socket (the socket listens, or, when
 /// berth made the socket, virtiofsd waits in `accept`). Its messages go to `log`. As root, a
 /// `bind` share's virtiofsd acts as the folder's owner ([`ShareIdentity`]).
 pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessIdentity, VmError> {
@@ -267,7 +267,9 @@ pub fn start(exe: &Path, f: &SharedFolder, log: &Path) -> Result<ProcessIdentity
         let ready = match listen_fd {
             // It serves berth's socket once it waits for qemu's connection.
             Some(_) => waits_in_accept(child.id()),
-            None => f.socket.exists(),
+            // virtiofsd binds its socket, then listens: qemu's connection is refused in
+            // between (and a probe connection would be virtiofsd's one client).
+            None => crate::host::unix_socket::is_listening(&f.socket).unwrap_or(false),
         };
         if ready {
             if let Some(rec) = rec {
