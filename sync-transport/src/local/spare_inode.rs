@@ -46,12 +46,21 @@ pub(super) fn take(
 }
 
 fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool, create_mode: u32) -> Option<File> {
-    let f = File::from(openat2_beneath(dir, name, libc::O_WRONLY | libc::O_NOFOLLOW).ok()?);
-    if !held_by_nobody_else(&f) {
+    // The name is in a folder the other side may write: only a regular file is opened (a
+    // FIFO would wait for a reader, a device node would run its driver's open), so it is
+    // looked at through an `O_PATH` descriptor first, which opens nothing.
+    let path = File::from(openat2_beneath(dir, name, libc::O_PATH | libc::O_NOFOLLOW).ok()?);
+    let meta = path.metadata().ok()?;
+    if !meta.file_type().is_file() || meta.nlink() != 1 {
         return None;
     }
-    let meta = f.metadata().ok()?;
-    if !meta.file_type().is_file() || meta.nlink() != 1 {
+    // The same inode, now for writing (a name lookup could meet another file).
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
+        .ok()?;
+    drop(path);
+    if !held_by_nobody_else(&f) {
         return None;
     }
     // SAFETY: geteuid and getegid take no arguments and cannot fail.

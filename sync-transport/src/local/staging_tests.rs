@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::staging::temp_create_mode;
@@ -326,4 +326,69 @@ fn other_watchers_see_each_replaced_file_arrive_last() {
             "{n}: {events:?}"
         );
     }
+}
+
+/// The spare's temporary name is in a folder the other side may write (an environment's
+/// root): something put there instead of the old inode (a FIFO, a device node an image
+/// brought) is never opened, only unlinked. Opening a FIFO for writing would wait for a
+/// reader; opening a device runs its driver (a watchdog starts counting) as the engine's
+/// user, host root.
+#[test]
+fn a_spare_swapped_for_something_else_is_never_opened() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    for n in ["1", "2"] {
+        fs::write(d.path().join("a").join(n), format!("old {n}")).unwrap();
+    }
+    let tr = t(d.path());
+    tr.keep_folder("a");
+    let replace = |n: &str| {
+        let rel = format!("a/{n}");
+        let expect = tr.stat(&rel).unwrap().unwrap();
+        let s = tr
+            .stage_file(&rel, &mut &b"new"[..], 0o644, 1_000_000_000)
+            .unwrap();
+        tr.commit(s, Some(&expect)).unwrap();
+    };
+    replace("1");
+    let spare = fs::read_dir(d.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|n| is_temp_name(n))
+        .expect("1's old inode kept as the spare");
+    let fifo = d.path().join("a").join(&spare);
+    fs::remove_file(&fifo).unwrap();
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    // A reader, so that an open for writing would not wait forever but be seen.
+    let _reader = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    // SAFETY: inotify_init1 takes flags only; the descriptor is owned at once.
+    let watch = unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
+    };
+    let dir =
+        std::ffi::CString::new(d.path().join("a").into_os_string().into_encoded_bytes()).unwrap();
+    // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
+    assert!(
+        unsafe { libc::inotify_add_watch(watch.as_raw_fd(), dir.as_ptr(), libc::IN_OPEN) } >= 0
+    );
+    replace("2");
+    tr.release_folder();
+    let opened: Vec<_> = read_events(&watch)
+        .into_iter()
+        .filter(|(_, n)| *n == spare)
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "the FIFO at the spare's name was opened: {opened:?}"
+    );
+    assert!(
+        !fifo.exists(),
+        "the FIFO is unlinked as a spare would have been"
+    );
+    assert_eq!(fs::read_to_string(d.path().join("a/2")).unwrap(), "new");
 }
