@@ -373,9 +373,8 @@ fn a_spare_swapped_for_something_else_is_never_opened() {
     let dir =
         std::ffi::CString::new(d.path().join("a").into_os_string().into_encoded_bytes()).unwrap();
     // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
-    assert!(
-        unsafe { libc::inotify_add_watch(watch.as_raw_fd(), dir.as_ptr(), libc::IN_OPEN) } >= 0
-    );
+    let wd = unsafe { libc::inotify_add_watch(watch.as_raw_fd(), dir.as_ptr(), libc::IN_OPEN) };
+    assert!(wd >= 0);
     replace("2");
     tr.release_folder();
     let opened: Vec<_> = read_events(&watch)
