@@ -387,8 +387,7 @@ fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
 fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
     // The file last reported (watch, name, deep), to report a run of its events once.
     let mut last: Option<(i32, &[u8], bool)> = None;
-    let events = parse(buf);
-    for (i, raw) in events.iter().enumerate() {
+    for raw in parse(buf) {
         if raw.mask & libc::IN_Q_OVERFLOW != 0 {
             // Folders created meanwhile may have no watch yet: add what is missing first.
             if let Err(e) = tree.add_recursive("") {
@@ -436,6 +435,11 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
             }
             continue;
         }
+        // The old file of the transport's own exchange into place leaving for the temporary
+        // name (checked before the run-of-events rule below, so that it is always counted).
+        if !is_dir && raw.mask & libc::IN_MOVED_FROM != 0 && own_exchange_out(tree, dir, name) {
+            continue;
+        }
         // Creations, removals and renames may concern whole folders.
         let deep = raw.mask
             & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
@@ -464,12 +468,6 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if !is_dir && raw.mask & libc::IN_MOVED_TO != 0 && own_rename(tree, raw.cookie, &rel) {
             continue;
         }
-        if !is_dir
-            && raw.mask & libc::IN_MOVED_FROM != 0
-            && own_exchange_out(tree, raw, events.get(i + 1), &rel)
-        {
-            continue;
-        }
         last = (!is_dir).then_some((raw.wd, raw.name, deep));
         sink(WatchEvent::Changed { rel, deep });
     }
@@ -485,28 +483,21 @@ fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
     tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
 }
 
-/// Whether `from`, the file `rel` leaving its name, is the first half of the transport's own
-/// exchange of `rel` with its temporary file (`RENAME_EXCHANGE`, see
-/// [`crate::own_renames`]): the old file moving to the temporary name. The kernel queues
-/// that pair (`IN_MOVED_FROM` of `rel`, `IN_MOVED_TO` of the temporary name, one cookie) one
-/// right after the other, then the new file's arrival, which [`own_rename`] drops. A pair
-/// split between two reads is reported (a path the engine then finds as it wrote it).
-fn own_exchange_out(tree: &Tree, from: &Raw<'_>, next: Option<&Raw<'_>>, rel: &str) -> bool {
-    let Some(next) = next else {
+/// Whether the file `name` in the folder `dir` leaving its name is the first half of the
+/// transport's own exchange into place (`RENAME_EXCHANGE` of the target with its temporary
+/// file, see [`crate::own_renames`]): the old file moving to the temporary name. The kernel
+/// queues its `IN_MOVED_FROM` and `IN_MOVED_TO` one at a time, and events of other writers
+/// may come between them, so it is recognised by the exchange recorded for that path alone.
+fn own_exchange_out(tree: &Tree, dir: &str, name: &str) -> bool {
+    let Some(own) = &tree.own else {
         return false;
     };
-    if next.mask & libc::IN_MOVED_TO == 0 || next.cookie != from.cookie || next.wd != from.wd {
-        return false;
-    }
-    let Ok(temp) = std::str::from_utf8(next.name) else {
-        return false;
+    let rel = if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
     };
-    is_temp_name(temp)
-        && tree
-            .own
-            .as_ref()
-            .and_then(|o| o.renames().peek(temp))
-            .is_some_and(|(to, exchange)| exchange && to == rel)
+    own.renames().take_exchange_out(&rel)
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
@@ -758,6 +749,59 @@ mod tests {
                 ch("d/c", true),
                 ch("d/a", false),
             ]
+        );
+    }
+
+    /// The transport's exchange into place, its events split between reads and with another
+    /// writer's event between the two halves of a move (the kernel queues them one at a
+    /// time): dropped. The next leaving of the same path is someone else's: reported.
+    #[test]
+    fn an_exchange_with_others_events_between_its_halves_is_dropped_once() {
+        use crate::own_renames::OwnRenames;
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let own = Arc::new(OwnRenames::default());
+        let mut tree = Tree {
+            // SAFETY: `fd` is a new descriptor nobody else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: PathBuf::from("/nonexistent"),
+            wds: HashMap::from([(1, "d".to_string())]),
+            own: Some(own.watcher_started()),
+            own_moves: HashMap::new(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let tx = std::sync::Mutex::new(tx);
+        let sink: EventSink = Box::new(move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        });
+        let tmp = ".a.berth-sync-tmp-1-1";
+        assert!(own.expect_exchange(tmp, "d/a"));
+        let reads: Vec<Vec<Vec<u8>>> = vec![
+            // The old `a` leaves for the temporary name; the read ends there.
+            vec![raw_event(1, libc::IN_MOVED_FROM, 11, "a")],
+            vec![
+                // Another writer's event comes between the move's two halves.
+                raw_event(1, libc::IN_MODIFY, 0, "c"),
+                raw_event(1, libc::IN_MOVED_TO, 11, tmp),
+                // The new file arrives under `a`.
+                raw_event(1, libc::IN_MOVED_FROM, 12, tmp),
+                raw_event(1, libc::IN_MOVED_TO, 12, "a"),
+            ],
+            // Someone else moves `a`, then `b`, out of the tree.
+            vec![
+                raw_event(1, libc::IN_MOVED_FROM, 13, "a"),
+                raw_event(1, libc::IN_MOVED_FROM, 14, "b"),
+            ],
+        ];
+        for r in reads {
+            assert!(handle_buffer(&mut tree, &r.concat(), &sink));
+        }
+        drop(sink);
+        let got: Vec<WatchEvent> = rx.iter().collect();
+        assert_eq!(
+            got,
+            vec![ch("d/c", false), ch("d/a", true), ch("d/b", true)]
         );
     }
 

@@ -13,10 +13,13 @@
 //!
 //! A replacement made by exchanging the two names (`RENAME_EXCHANGE` of the target with the
 //! temporary name, which leaves the old inode at the temporary name for the next file:
-//! [`crate::local`]'s spare inode) is seen as the old file moving to the temporary name,
-//! then that pair: the watcher drops the first move too, recognised by [`OwnRenames::peek`].
-//! The same temporary name can then be staged again before the watcher read the first
-//! exchange's events: the renames of one name are kept in order.
+//! [`crate::local`]'s spare inode) is seen as the old file leaving the target's name for the
+//! temporary one, then that pair. The watcher drops the first move too: each recorded
+//! exchange into a path lets it drop one leaving of that path
+//! ([`OwnRenames::take_exchange_out`]; the moves' two events need not be consecutive, so the
+//! record is by path, not by the next event). The same temporary name can be staged again
+//! before the watcher read the first exchange's events: the renames of one name are kept in
+//! order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,6 +38,8 @@ pub struct OwnRenames {
     pending: Mutex<HashMap<String, VecDeque<(String, bool)>>>,
     /// Renames recorded in `pending`.
     count: AtomicUsize,
+    /// Path → exchanges recorded into it whose old file's leaving the watcher has not seen.
+    outs: Mutex<HashMap<String, usize>>,
 }
 
 impl OwnRenames {
@@ -55,13 +60,18 @@ impl OwnRenames {
             return false;
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut outs = self.outs.lock().unwrap_or_else(|e| e.into_inner());
         if self.count.load(Ordering::Relaxed) >= MAX_PENDING {
             p.clear();
+            outs.clear();
             self.count.store(0, Ordering::Relaxed);
         }
         p.entry(temp.to_string())
             .or_default()
             .push_back((rel.to_string(), exchange));
+        if exchange {
+            *outs.entry(rel.to_string()).or_default() += 1;
+        }
         self.count.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -70,8 +80,12 @@ impl OwnRenames {
     pub fn cancel(&self, temp: &str) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(q) = p.get_mut(temp) {
-            if q.pop_back().is_some() {
+            if let Some((rel, exchange)) = q.pop_back() {
                 self.count.fetch_sub(1, Ordering::Relaxed);
+                if exchange {
+                    let mut outs = self.outs.lock().unwrap_or_else(|e| e.into_inner());
+                    take_one(&mut outs, &rel);
+                }
             }
             if q.is_empty() {
                 p.remove(temp);
@@ -95,11 +109,11 @@ impl OwnRenames {
         first
     }
 
-    /// For the watcher: the rename recorded first for `temp` (what [`Self::take`] would
-    /// return), left recorded.
-    pub fn peek(&self, temp: &str) -> Option<(String, bool)> {
-        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        p.get(temp).and_then(|q| q.front().cloned())
+    /// For the watcher: the file `rel` left its name. Whether that was the old file of an
+    /// exchange into `rel` recorded by [`Self::expect_exchange`] (each counts once).
+    pub fn take_exchange_out(&self, rel: &str) -> bool {
+        let mut outs = self.outs.lock().unwrap_or_else(|e| e.into_inner());
+        !outs.is_empty() && take_one(&mut outs, rel)
     }
 
     /// For the watcher: its events were lost (queue overflow); the renames waiting for them are
@@ -107,6 +121,7 @@ impl OwnRenames {
     pub fn forget_all(&self) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         p.clear();
+        self.outs.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.count.store(0, Ordering::Relaxed);
     }
 
@@ -134,6 +149,21 @@ impl Drop for WatcherRunning {
     }
 }
 
+/// Counts one of `rel` off `outs`; whether there was one.
+fn take_one(outs: &mut HashMap<String, usize>, rel: &str) -> bool {
+    match outs.get_mut(rel) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            outs.remove(rel);
+            true
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,7 +185,12 @@ mod tests {
         // both renames are kept, in order.
         assert!(r.expect_exchange(".s.tmp", "d/1"));
         assert!(r.expect_exchange(".s.tmp", "d/2"));
-        assert_eq!(w.renames().peek(".s.tmp"), Some(("d/1".to_string(), true)));
+        // Each exchange lets one leaving of its path be dropped; a cancelled one none.
+        assert!(r.expect_exchange(".t.tmp", "d/1"));
+        r.cancel(".t.tmp");
+        assert!(w.renames().take_exchange_out("d/1"));
+        assert!(w.renames().take_exchange_out("d/2"));
+        assert!(!w.renames().take_exchange_out("d/1"), "counted once");
         assert_eq!(w.renames().take(".s.tmp"), Some(("d/1".to_string(), true)));
         assert_eq!(w.renames().take(".s.tmp"), Some(("d/2".to_string(), true)));
         assert_eq!(w.renames().take(".s.tmp"), None);
