@@ -226,6 +226,21 @@ impl LocalTransport {
             // after an editor's safe save, and the target's last event is its arrival.
             match rename_exchange_at(&dir, name, &staged.temp_name) {
                 Ok(()) => {
+                    // An exchange, unlike a rename over it, also moves a folder that replaced
+                    // the target since the look above: put back, as a rename would have
+                    // refused (EISDIR) to replace it.
+                    if let Ok(Some(e)) = self.lstat_at(&dir, &staged.temp_name) {
+                        if e.kind == EntryKind::Dir {
+                            let back = rename_exchange_at(&dir, name, &staged.temp_name);
+                            return fail(
+                                told && back.is_err(),
+                                TransportError::Changed {
+                                    side: self.label.clone(),
+                                    path: staged.rel.clone(),
+                                },
+                            );
+                        }
+                    }
                     if !kept_folder::put_spare(self.key(), parent(&staged.rel), &staged.temp_name) {
                         let _ = unlink_at(&dir, &staged.temp_name, false);
                     }
