@@ -140,7 +140,7 @@ pub(super) fn rename_noreplace_at(dir: &OwnedFd, from: &str, to: &str) -> io::Re
 
 /// `renameat2(dir, a, dir, b, RENAME_EXCHANGE)`: swaps the two names (both must exist); fails
 /// with `EINVAL` on a filesystem without the flag.
-pub(super) fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<()> {
+fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<()> {
     nix::fcntl::renameat2(
         Some(dir.as_raw_fd()),
         a,
@@ -149,6 +149,26 @@ pub(super) fn rename_exchange_at(dir: &OwnedFd, a: &str, b: &str) -> io::Result<
         nix::fcntl::RenameFlags::RENAME_EXCHANGE,
     )
     .map_err(io::Error::from)
+}
+
+/// Puts the file at `temp` in place of `target` by exchanging the two names (the target
+/// first: watchers see it leave, then the new file arrive), leaving the old file at `temp`.
+/// Returns `false` when what left `target` was a folder (one that replaced the target
+/// since the caller looked): it is exchanged back, as a rename over it would have refused to
+/// replace it (`EISDIR`). `EINVAL`: a filesystem without the flag.
+pub(super) fn exchange_file_into_place(
+    dir: &OwnedFd,
+    target: &str,
+    temp: &str,
+) -> io::Result<bool> {
+    use nix::fcntl::AtFlags;
+    rename_exchange_at(dir, target, temp)?;
+    let left = nix::sys::stat::fstatat(Some(dir.as_raw_fd()), temp, AtFlags::AT_SYMLINK_NOFOLLOW);
+    if left.is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR) {
+        rename_exchange_at(dir, target, temp)?;
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// `openat2(dir, rel, flags, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`: opens `rel` below `dir`
@@ -192,5 +212,36 @@ pub(super) fn openat2_beneath_mode(
             Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
             _ => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir_fd(p: &std::path::Path) -> OwnedFd {
+        OwnedFd::from(File::open(p).unwrap())
+    }
+
+    #[test]
+    fn a_file_is_exchanged_into_place_and_a_folder_in_its_place_is_put_back() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("target"), "old").unwrap();
+        fs::write(d.path().join(".tmp"), "new").unwrap();
+        let dir = dir_fd(d.path());
+        assert!(exchange_file_into_place(&dir, "target", ".tmp").unwrap());
+        assert_eq!(fs::read_to_string(d.path().join("target")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(d.path().join(".tmp")).unwrap(), "old");
+        // A folder that took the target's place since the caller's look: it stays where it
+        // is, with what it holds.
+        fs::remove_file(d.path().join("target")).unwrap();
+        fs::create_dir(d.path().join("target")).unwrap();
+        fs::write(d.path().join("target/kept"), "mine").unwrap();
+        assert!(!exchange_file_into_place(&dir, "target", ".tmp").unwrap());
+        assert_eq!(
+            fs::read_to_string(d.path().join("target/kept")).unwrap(),
+            "mine"
+        );
+        assert_eq!(fs::read_to_string(d.path().join(".tmp")).unwrap(), "old");
     }
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::dir_fd_calls::{
-    chown_at, openat2_beneath_mode, rename_at, rename_exchange_at, rename_noreplace_at, unlink_at,
+    chown_at, exchange_file_into_place, openat2_beneath_mode, rename_at, rename_noreplace_at,
+    unlink_at,
 };
 use super::{kept_folder, spare_inode, LocalTransport};
 use crate::transport::{Staged, TransportError};
@@ -224,23 +225,19 @@ impl LocalTransport {
             // The target first: other programs watching the folder see the old file move
             // to the temporary name, then the new one arrive under the target's name, as
             // after an editor's safe save, and the target's last event is its arrival.
-            match rename_exchange_at(&dir, name, &staged.temp_name) {
-                Ok(()) => {
-                    // An exchange, unlike a rename over it, also moves a folder that replaced
-                    // the target since the look above: put back, as a rename would have
-                    // refused (EISDIR) to replace it.
-                    if let Ok(Some(e)) = self.lstat_at(&dir, &staged.temp_name) {
-                        if e.kind == EntryKind::Dir {
-                            let back = rename_exchange_at(&dir, name, &staged.temp_name);
-                            return fail(
-                                told && back.is_err(),
-                                TransportError::Changed {
-                                    side: self.label.clone(),
-                                    path: staged.rel.clone(),
-                                },
-                            );
-                        }
-                    }
+            match exchange_file_into_place(&dir, name, &staged.temp_name) {
+                Ok(false) => {
+                    // A folder took the target's place since the look: put back. The
+                    // exchanges' events carry the folder's moves, reported.
+                    return fail(
+                        false,
+                        TransportError::Changed {
+                            side: self.label.clone(),
+                            path: staged.rel.clone(),
+                        },
+                    );
+                }
+                Ok(true) => {
                     if !kept_folder::put_spare(self.key(), parent(&staged.rel), &staged.temp_name) {
                         let _ = unlink_at(&dir, &staged.temp_name, false);
                     }
