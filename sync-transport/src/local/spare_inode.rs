@@ -54,30 +54,28 @@ fn reusable(dir: &OwnedFd, name: &str, owner_set_later: bool, create_mode: u32) 
     if !meta.file_type().is_file() || meta.nlink() != 1 {
         return None;
     }
+    // SAFETY: geteuid and getegid take no arguments and cannot fail.
+    let ours = unsafe { (libc::geteuid(), libc::getegid()) };
+    if !owner_set_later && (meta.uid(), meta.gid()) != ours {
+        return None;
+    }
     // The same inode, now for writing (a name lookup could meet another file).
     let f = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/self/fd/{}", path.as_raw_fd()))
         .ok()?;
     drop(path);
-    if !held_by_nobody_else(&f) {
-        return None;
-    }
-    // SAFETY: geteuid and getegid take no arguments and cannot fail.
-    let ours = unsafe { (libc::geteuid(), libc::getegid()) };
-    if !owner_set_later && (meta.uid(), meta.gid()) != ours {
-        return None;
-    }
-    if has_xattrs(&f) {
-        return None;
-    }
-    // Emptied, then no more access for anyone than a new temporary file gives, before the
-    // new content is written.
-    f.set_len(0).ok()?;
+    // No more access for anyone than a new temporary file gives, before the check that no
+    // one holds it: whoever opened it under the old mode is seen by that check, and whoever
+    // opens it later gets no more than a new temporary file would give.
     if meta.mode() & 0o7777 != create_mode {
         f.set_permissions(std::fs::Permissions::from_mode(create_mode))
             .ok()?;
     }
+    if !held_by_nobody_else(&f) || has_xattrs(&f) {
+        return None;
+    }
+    f.set_len(0).ok()?;
     Some(f)
 }
 
