@@ -168,10 +168,11 @@ impl LocalTransport {
             },
         };
         let name = file_name(&staged.rel);
-        // A replaced file's old inode is kept for the next file of a kept folder: the two
-        // names are exchanged instead of the old one being freed by a rename over it.
+        // A replaced file's old inode is kept for the next file of a kept folder (not on
+        // tmpfs): the two names are exchanged instead of the old one being freed by a rename
+        // over it.
         let exchange =
-            expect.is_some() && kept_folder::is_kept_open(self.key(), parent(&staged.rel));
+            expect.is_some() && kept_folder::keeps_spares(self.key(), parent(&staged.rel));
         // The watcher is told first, so that it can drop this rename's event (the engine's
         // own write) whenever it reads it; a rename that does not happen is taken back.
         let mut told = if exchange {

@@ -391,3 +391,38 @@ fn a_spare_swapped_for_something_else_is_never_opened() {
     );
     assert_eq!(fs::read_to_string(d.path().join("a/2")).unwrap(), "new");
 }
+
+/// On tmpfs an inode costs little: replaced files are renamed over as always, no old inode
+/// is kept (the checks a spare needs would cost more than they save).
+#[test]
+fn on_tmpfs_replaced_files_take_new_inodes() {
+    let shm = Path::new("/dev/shm");
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        eprintln!("SKIP: /dev/shm is not a tmpfs here");
+        return;
+    }
+    let d = tempfile::tempdir_in(shm).unwrap();
+    fs::create_dir(d.path().join("a")).unwrap();
+    for n in ["1", "2", "3"] {
+        fs::write(d.path().join("a").join(n), format!("old {n}")).unwrap();
+    }
+    let before: Vec<u64> = ["1", "2", "3"]
+        .iter()
+        .map(|n| fs::metadata(d.path().join("a").join(n)).unwrap().ino())
+        .collect();
+    let tr = t(d.path());
+    tr.keep_folder("a");
+    for n in ["1", "2", "3"] {
+        let rel = format!("a/{n}");
+        let expect = tr.stat(&rel).unwrap().unwrap();
+        let s = tr.stage_file(&rel, &mut &b"new"[..], 0o644, 1).unwrap();
+        tr.commit(s, Some(&expect)).unwrap();
+    }
+    tr.release_folder();
+    for n in ["1", "2", "3"] {
+        let ino = fs::metadata(d.path().join("a").join(n)).unwrap().ino();
+        assert!(!before.contains(&ino), "{n} took an old inode");
+    }
+}
