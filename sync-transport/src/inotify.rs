@@ -689,14 +689,19 @@ mod tests {
         out
     }
 
-    #[test]
-    fn a_files_run_of_events_is_reported_once_and_only_own_exact_renames_are_dropped() {
-        use crate::own_renames::OwnRenames;
+    /// A tree of one watched folder `d` (watch 1) whose transport records its renames, the
+    /// record, and a sink whose events `rx` receives.
+    fn tree_of_own_renames() -> (
+        Tree,
+        Arc<crate::own_renames::OwnRenames>,
+        EventSink,
+        mpsc::Receiver<WatchEvent>,
+    ) {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
         assert!(fd >= 0);
-        let own = Arc::new(OwnRenames::default());
-        let mut tree = Tree {
+        let own = Arc::new(crate::own_renames::OwnRenames::default());
+        let tree = Tree {
             // SAFETY: `fd` is a new descriptor nobody else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
             root: PathBuf::from("/nonexistent"),
@@ -709,6 +714,12 @@ mod tests {
         let sink: EventSink = Box::new(move |e| {
             let _ = tx.lock().unwrap().send(e);
         });
+        (tree, own, sink, rx)
+    }
+
+    #[test]
+    fn a_files_run_of_events_is_reported_once_and_only_own_exact_renames_are_dropped() {
+        let (mut tree, own, sink, rx) = tree_of_own_renames();
         let tmp = |n: &str| format!(".{n}.berth-sync-tmp-1-1");
         assert!(own.expect(&tmp("a"), "d/a"));
         assert!(own.expect(&tmp("b"), "d/b"));
@@ -757,24 +768,7 @@ mod tests {
     /// time): dropped. The next leaving of the same path is someone else's: reported.
     #[test]
     fn an_exchange_with_others_events_between_its_halves_is_dropped_once() {
-        use crate::own_renames::OwnRenames;
-        // SAFETY: plain syscall; the result is checked before use.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
-        assert!(fd >= 0);
-        let own = Arc::new(OwnRenames::default());
-        let mut tree = Tree {
-            // SAFETY: `fd` is a new descriptor nobody else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-            root: PathBuf::from("/nonexistent"),
-            wds: HashMap::from([(1, "d".to_string())]),
-            own: Some(own.watcher_started()),
-            own_moves: HashMap::new(),
-        };
-        let (tx, rx) = mpsc::channel();
-        let tx = std::sync::Mutex::new(tx);
-        let sink: EventSink = Box::new(move |e| {
-            let _ = tx.lock().unwrap().send(e);
-        });
+        let (mut tree, own, sink, rx) = tree_of_own_renames();
         let tmp = ".a.berth-sync-tmp-1-1";
         assert!(own.expect_exchange(tmp, "d/a"));
         let reads: Vec<Vec<Vec<u8>>> = vec![
