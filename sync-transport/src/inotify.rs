@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 
 use crate::own_renames::WatcherRunning;
 use crate::transport::{Barrier, EventSink, WatchEvent};
-use crate::tree::{is_temp_name, parent};
+use crate::tree::{is_temp_name, join, parent};
 
 /// The events watched on every folder.
 const MASK: u32 = libc::IN_CLOSE_WRITE
@@ -437,7 +437,11 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         }
         // The old file of the transport's own exchange into place leaving for the temporary
         // name (checked before the run-of-events rule below, so that it is always counted).
-        if !is_dir && raw.mask & libc::IN_MOVED_FROM != 0 && own_exchange_out(tree, dir, name) {
+        let file_left = (!is_dir && raw.mask & libc::IN_MOVED_FROM != 0).then(|| join(dir, name));
+        if file_left
+            .as_deref()
+            .is_some_and(|rel| own_exchange_out(tree, rel))
+        {
             continue;
         }
         // Creations, removals and renames may concern whole folders.
@@ -449,11 +453,7 @@ fn handle_buffer(tree: &mut Tree, buf: &[u8], sink: &EventSink) -> bool {
         if !is_dir && last.is_some_and(|(wd, n, d)| wd == raw.wd && n == raw.name && (d || !deep)) {
             continue;
         }
-        let rel = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
+        let rel = file_left.unwrap_or_else(|| join(dir, name));
         if is_dir && raw.mask & libc::IN_MOVED_FROM != 0 {
             tree.remove_recursive(&rel);
         }
@@ -483,21 +483,15 @@ fn own_rename(tree: &mut Tree, cookie: u32, rel: &str) -> bool {
     tree.own_moves.remove(&cookie).is_some_and(|to| to == rel)
 }
 
-/// Whether the file `name` in the folder `dir` leaving its name is the first half of the
-/// transport's own exchange into place (`RENAME_EXCHANGE` of the target with its temporary
-/// file, see [`crate::own_renames`]): the old file moving to the temporary name. The kernel
-/// queues its `IN_MOVED_FROM` and `IN_MOVED_TO` one at a time, and events of other writers
-/// may come between them, so it is recognised by the exchange recorded for that path alone.
-fn own_exchange_out(tree: &Tree, dir: &str, name: &str) -> bool {
-    let Some(own) = &tree.own else {
-        return false;
-    };
-    let rel = if dir.is_empty() {
-        name.to_string()
-    } else {
-        format!("{dir}/{name}")
-    };
-    own.renames().take_exchange_out(&rel)
+/// Whether the file `rel` leaving its name is the first half of the transport's own exchange
+/// into place (`RENAME_EXCHANGE` of the target with its temporary file, see
+/// [`crate::own_renames`]): the old file moving to the temporary name. The kernel queues its
+/// `IN_MOVED_FROM` and `IN_MOVED_TO` one at a time, and events of other writers may come
+/// between them, so it is recognised by the exchange recorded for that path alone.
+fn own_exchange_out(tree: &Tree, rel: &str) -> bool {
+    tree.own
+        .as_ref()
+        .is_some_and(|own| own.renames().take_exchange_out(rel))
 }
 
 /// Reports a watch limit hit while adding watches to new folders; the watch stops.
