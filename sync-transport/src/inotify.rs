@@ -353,15 +353,15 @@ const COALESCE: std::time::Duration = std::time::Duration::from_millis(1);
 const BURST: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One raw event from the buffer.
-struct Raw<'a> {
+pub(crate) struct Raw<'a> {
     wd: i32,
-    mask: u32,
+    pub(crate) mask: u32,
     cookie: u32,
-    name: &'a [u8],
+    pub(crate) name: &'a [u8],
 }
 
 /// Splits a buffer read from inotify into its events.
-fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
+pub(crate) fn parse(buf: &[u8]) -> Vec<Raw<'_>> {
     const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
     let mut out = Vec::new();
     let mut at = 0;

@@ -263,23 +263,14 @@ fn a_replaced_file_still_held_or_linked_elsewhere_keeps_its_content() {
 /// The inotify events on `dir` since `fd` was set to watch it: (mask, name) in order.
 fn read_events(fd: &std::os::fd::OwnedFd) -> Vec<(u32, String)> {
     use std::os::fd::AsRawFd;
-    const HEAD: usize = std::mem::size_of::<libc::inotify_event>();
     let mut buf = vec![0u8; 64 * 1024];
     // SAFETY: read into a buffer we own, of its length, from a descriptor we own.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
     let n = usize::try_from(n).unwrap_or(0);
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + HEAD <= n {
-        // SAFETY: `HEAD` bytes are in bounds; read_unaligned copes with any alignment.
-        let ev: libc::inotify_event =
-            unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
-        let name = &buf[at + HEAD..at + HEAD + ev.len as usize];
-        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-        out.push((ev.mask, String::from_utf8_lossy(name).into_owned()));
-        at += HEAD + ev.len as usize;
-    }
-    out
+    crate::inotify::parse(&buf[..n])
+        .into_iter()
+        .map(|e| (e.mask, String::from_utf8_lossy(e.name).into_owned()))
+        .collect()
 }
 
 /// Another program watching the folder (a dev server's watcher) sees each replaced file's
