@@ -260,6 +260,20 @@ fn a_replaced_file_still_held_or_linked_elsewhere_keeps_its_content() {
     assert_eq!(inodes[3].1, inodes[2].0);
 }
 
+/// A non-blocking inotify descriptor watching `dir` for the events of `mask`.
+fn watch_folder(dir: &Path, mask: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: inotify_init1 takes flags only; the descriptor is owned at once.
+    let fd = unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
+    };
+    let dir = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), dir.as_ptr(), mask) };
+    assert!(wd >= 0);
+    fd
+}
+
 /// The inotify events on `dir` since `fd` was set to watch it: (mask, name) in order.
 fn read_events(fd: &std::os::fd::OwnedFd) -> Vec<(u32, String)> {
     use std::os::fd::AsRawFd;
@@ -278,29 +292,16 @@ fn read_events(fd: &std::os::fd::OwnedFd) -> Vec<(u32, String)> {
 /// the temporary name first, then the new one in, as an editor's safe save does.
 #[test]
 fn other_watchers_see_each_replaced_file_arrive_last() {
-    use std::os::fd::FromRawFd;
     let d = tempfile::tempdir().unwrap();
     fs::create_dir(d.path().join("a")).unwrap();
     for n in ["1", "2", "3"] {
         fs::write(d.path().join("a").join(n), format!("old {n}")).unwrap();
     }
     let tr = t(d.path());
-    // SAFETY: inotify_init1 takes flags only; the descriptor is owned at once.
-    let fd = unsafe {
-        std::os::fd::OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
-    };
-    let dir =
-        std::ffi::CString::new(d.path().join("a").into_os_string().into_encoded_bytes()).unwrap();
-    use std::os::fd::AsRawFd;
-    // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
-    let wd = unsafe {
-        libc::inotify_add_watch(
-            fd.as_raw_fd(),
-            dir.as_ptr(),
-            libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE,
-        )
-    };
-    assert!(wd >= 0);
+    let fd = watch_folder(
+        &d.path().join("a"),
+        libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_CREATE | libc::IN_DELETE,
+    );
     let inodes = replace_in_kept_folder(&tr, d.path(), &["1", "2", "3"]);
     // The inodes were reused (else this test would not see an exchange).
     assert!(inodes.iter().skip(1).any(|(before, after)| before != after));
@@ -326,7 +327,6 @@ fn other_watchers_see_each_replaced_file_arrive_last() {
 /// user, host root.
 #[test]
 fn a_spare_swapped_for_something_else_is_never_opened() {
-    use std::os::fd::{AsRawFd, FromRawFd};
     let d = tempfile::tempdir().unwrap();
     fs::create_dir(d.path().join("a")).unwrap();
     for n in ["1", "2"] {
@@ -357,15 +357,7 @@ fn a_spare_swapped_for_something_else_is_never_opened() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .unwrap();
-    // SAFETY: inotify_init1 takes flags only; the descriptor is owned at once.
-    let watch = unsafe {
-        std::os::fd::OwnedFd::from_raw_fd(libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC))
-    };
-    let dir =
-        std::ffi::CString::new(d.path().join("a").into_os_string().into_encoded_bytes()).unwrap();
-    // SAFETY: a watch on a NUL-terminated path we own, on a descriptor we own.
-    let wd = unsafe { libc::inotify_add_watch(watch.as_raw_fd(), dir.as_ptr(), libc::IN_OPEN) };
-    assert!(wd >= 0);
+    let watch = watch_folder(&d.path().join("a"), libc::IN_OPEN);
     replace("2");
     tr.release_folder();
     let opened: Vec<_> = read_events(&watch)
