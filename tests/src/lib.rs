@@ -127,6 +127,24 @@ impl Berth {
         format!("{out}{err}")
     }
 
+    /// `berth logs <service>` in `dir` once it shows `needle` (at most 20 s): a service's
+    /// output reaches its log when the supervisor copies it, after `up` returned. Fails,
+    /// with the last log and the environment's status, when it never does.
+    pub fn log_once_it_shows(&self, dir: &Path, service: &str, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let logs = self.ok_combined(dir, &["logs", service]);
+            if logs.contains(needle) {
+                return logs;
+            }
+            if std::time::Instant::now() >= deadline {
+                let status = text(&self.run_in(dir, &["status", "--json"]));
+                panic!("the log of {service} never showed {needle:?} in 20 s: {logs:?}; status: {status:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Waits (at most 15 s) until no live process is tearing an environment down in the
     /// background: a finished `berth run`'s removal process (its environment, still in
     /// `envs/` and locked while that process stops it, then its folder

@@ -137,8 +137,8 @@ fn up_exec_status_down_destroy_leave_nothing_behind() {
     assert_eq!(v["status"], "running");
     assert!(v["usage"]["pids_current"].as_u64().unwrap() >= 2, "{st}");
 
-    let logs = b.ok(p.path(), &["logs", "ticker"]);
-    assert!(logs.contains("tick"), "{logs}");
+    let logs = b.log_once_it_shows(p.path(), "ticker", "tick");
+    assert!(logs.starts_with("tick\n"), "{logs}");
 
     b.ok(p.path(), &["down"]);
     let o = b.run_in(p.path(), &["status"]);

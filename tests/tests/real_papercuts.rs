@@ -138,16 +138,8 @@ probe = { command = ["sh", "-lc", "echo \"service PATH=$PATH\"; sleep 1000"] }
         &["exec", "--", "sh", "-lc", "echo exec PATH=$PATH"],
     );
     assert!(out.contains("exec PATH=/opt/tool/bin:"), "{out}");
-    let t0 = Instant::now();
-    loop {
-        let logs = b.ok_combined(p.path(), &["logs", "probe"]);
-        if logs.contains("service PATH=") {
-            assert!(logs.contains("service PATH=/opt/tool/bin:"), "{logs}");
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(20), "no output: {logs}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let logs = b.log_once_it_shows(p.path(), "probe", "service PATH=");
+    assert!(logs.contains("service PATH=/opt/tool/bin:"), "{logs}");
     b.ok_combined(p.path(), &["destroy"]);
     before.assert_nothing_leaked(&p.snapshot(&b));
 }

@@ -95,7 +95,7 @@ fn secrets_are_readable_inside_and_written_nowhere() {
         "{out}"
     );
     // The service got the variable and the files before it started.
-    let logs = berth(&["logs", "probe"], "");
+    let logs = b.log_once_it_shows(p.path(), "probe", "file-readable");
     assert!(
         logs.contains("token-set") && logs.contains("file-readable"),
         "{logs}"
