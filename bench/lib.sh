@@ -136,13 +136,21 @@ bench_cgroup() {
   done <<< "$table"
 }
 
+# Leaves this script's cgroups and removes them, waiting (up to 10 s) for what still runs in
+# them to end: a `berth run`'s detached removal process outlives the command that started it.
 bench_cgroup_remove() {
-  local d
+  local d i
   for d in ${BENCH_CGROUPS[@]+"${BENCH_CGROUPS[@]}"}; do
     [ -d "$d" ] || continue
     echo $$ > "$(dirname "$d")/cgroup.procs" 2>/dev/null || true
-    find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    for i in $(seq 100); do
+      find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+      [ -d "$d" ] || break
+      sleep 0.1
+    done
+    [ -d "$d" ] && echo "bench: $d is still in use; remove it with rmdir once its processes end" >&2
   done
+  return 0
 }
 
 # cg_dirs: berth's environment cgroup dirs below this script's cgroups, one per line.

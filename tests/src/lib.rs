@@ -199,7 +199,8 @@ impl Berth {
 
 impl Drop for Berth {
     /// Tears down every environment the test left (also when it failed half-way), so no
-    /// supervisor, mount or cgroup outlives the test.
+    /// supervisor, mount or cgroup outlives the test, and waits for the teardowns left to
+    /// background processes before the home goes.
     fn drop(&mut self) {
         let Ok(out) = self.cmd().args(["ls", "--json"]).output() else {
             return;
@@ -213,6 +214,9 @@ impl Drop for Berth {
                     .output();
             }
         }
+        // A finished `berth run`'s removal process or a `down`'s child may still be at work
+        // in this home: removed under it, its cgroups, bridge or folder would be left behind.
+        self.wait_for_background_teardowns();
     }
 }
 

@@ -77,7 +77,7 @@ impl Environments {
     /// Takes the environment's lock, waiting (and saying so) while another command holds it.
     pub(super) fn lock(&self, env_id: &str, progress: &Progress) -> Result<Locked, EnvError> {
         let dir = self.home.env_dir(env_id);
-        state::create_private_dir(&dir)?;
+        state::create_private_dir_in_place(&dir)?;
         let path = self.home.env_lock(env_id);
         // A `berth run`'s new folder: its lock file is its marker under a second name.
         WatchList::of(&self.home).link_run_marker(env_id, &path);

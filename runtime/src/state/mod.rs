@@ -48,7 +48,9 @@ pub use beneath::{
 pub use env_layers::{EnvLayersInUse, ENV_RECORD_FILE};
 pub use home::{env_id, remove_staging_on_signals, BerthHome, ENV_LOCK_FILE};
 pub use lock::{FileLock, LockMode};
-pub use private_dir::{create_dir_all, create_private_dir, free_bytes, set_mode};
+pub use private_dir::{
+    create_dir_all, create_private_dir, create_private_dir_in_place, free_bytes, set_mode,
+};
 pub use shm_dir::{sweep_shm_dirs, ShmDir};
 pub use staging::{remove_tree, unique_suffix, StagingDir};
 pub use watch_list::{booted_at, GcDue, WatchList, Watched};
@@ -60,6 +62,8 @@ pub enum StateError {
     NoHome,
     #[error("cannot create berth's state folder {path}: {source}; check its permissions or set BERTH_HOME to a writable folder")]
     CreateDir { path: PathBuf, source: io::Error },
+    #[error("{path} is gone: berth's home was removed while this command ran; nothing was made in it again (run the command again to start over in a fresh home)")]
+    HomeRemoved { path: PathBuf },
     #[error("cannot restrict {path} to mode {mode:04o} ({source}): berth keeps its store out of other users' reach; give the folder to the user running berth (`chown`) or set BERTH_HOME to a folder of your own")]
     Permissions {
         path: PathBuf,

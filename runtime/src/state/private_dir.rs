@@ -11,6 +11,19 @@ use super::{check_owner, StateError};
 /// narrows an existing one to at most 0710 (environment folders of older versions were 0755):
 /// environment folders hold `[env]` values, logs and the control socket, for their owner only.
 pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    make_private_dir(path, true)
+}
+
+/// [`create_private_dir`] of a folder whose parent must already exist: the folder of one
+/// environment in the home's `envs/`, which every process makes when it opens the home. A
+/// missing parent means the home was removed while this process ran (a test's temporary
+/// home, a user's `rm -rf`): [`StateError::HomeRemoved`], and nothing is made again there
+/// (a detached `berth run` removal or `down` child would otherwise leave a new, empty home).
+pub fn create_private_dir_in_place(path: &Path) -> Result<(), StateError> {
+    make_private_dir(path, false)
+}
+
+fn make_private_dir(path: &Path, parents: bool) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let err = |source| StateError::CreateDir {
         path: path.to_path_buf(),
@@ -21,11 +34,14 @@ pub fn create_private_dir(path: &Path) -> Result<(), StateError> {
     if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o067 == 0) {
         return Ok(());
     }
-    if let Some(parent) = path.parent() {
+    if let Some(parent) = path.parent().filter(|_| parents) {
         create_dir_all(parent)?;
     }
     match fs::DirBuilder::new().mode(0o700).create(path) {
         Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !parents => Err(StateError::HomeRemoved {
+            path: path.parent().unwrap_or(path).to_path_buf(),
+        }),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let m = fs::symlink_metadata(path).map_err(err)?;
             if !m.is_dir() {
@@ -111,5 +127,24 @@ mod tests {
         write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
         write_json_if_changed(&env.join("env.json"), &serde_json::json!({})).unwrap();
         assert_eq!(mode(&env.join("env.json")), 0o600);
+    }
+
+    #[test]
+    fn an_environment_folder_is_made_in_place_only_while_its_home_is_there() {
+        let d = tempfile::tempdir().unwrap();
+        let home = d.path().join("home");
+        fs::create_dir_all(home.join("envs")).unwrap();
+        create_private_dir_in_place(&home.join("envs/e1")).unwrap();
+        create_private_dir_in_place(&home.join("envs/e1")).unwrap();
+        // The home removed under a running process: an error naming it, nothing made again.
+        fs::remove_dir_all(&home).unwrap();
+        let e = create_private_dir_in_place(&home.join("envs/e1")).unwrap_err();
+        assert!(matches!(e, StateError::HomeRemoved { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&home.join("envs").display().to_string()),
+            "{e}"
+        );
+        assert!(!home.exists(), "the home was made again");
     }
 }
