@@ -381,14 +381,13 @@ pub fn exec_start(
             "use exec_tty for a terminal".into(),
         ));
     }
-    let mut client = connect_for_exec(socket)?;
+    let client = connect_for_exec(socket)?;
     let raw = [
         stdio[0].as_raw_fd(),
         stdio[1].as_raw_fd(),
         stdio[2].as_raw_fd(),
     ];
-    client.send(&Request::Exec(req.clone()), &raw)?;
-    started(client, socket)
+    start(client, socket, req.clone(), &raw)
 }
 
 /// Runs a process to completion with the given stdio; returns its exit code.
@@ -400,9 +399,8 @@ pub fn exec(socket: &Path, req: &ExecRequest, stdio: [BorrowedFd<'_>; 3]) -> Res
 pub fn exec_tty(socket: &Path, req: &ExecRequest) -> Result<ExecSession> {
     let mut req = req.clone();
     req.tty = true;
-    let mut client = connect_for_exec(socket)?;
-    client.send(&Request::Exec(req), &[])?;
-    let s = started(client, socket)?;
+    let client = connect_for_exec(socket)?;
+    let s = start(client, socket, req, &[])?;
     if s.master.is_none() {
         return Err(ContainerError::Protocol(
             "the supervisor sent no terminal".into(),
@@ -540,10 +538,32 @@ fn not_running(socket: &Path) -> ContainerError {
     ContainerError::not_running_at(socket.parent().unwrap_or(socket))
 }
 
-/// The supervisor's answer to an `Exec`. A supervisor that is stopping starts nothing more
-/// and says so with `Stopping`: the environment is on its way down, i.e. not running.
-fn started(mut client: ControlClient, socket: &Path) -> Result<ExecSession> {
-    match client.receive()? {
+/// Sends `Exec` with the descriptors `fds` and reads the supervisor's answer. A supervisor
+/// that is stopping starts nothing more and says so with `Stopping`: the environment is on
+/// its way down, i.e. not running. One that ended its stop after it accepted this connection,
+/// before it read it, closes it unanswered: when no supervisor listens on the socket any more,
+/// that is "not running" too.
+fn start(
+    mut client: ControlClient,
+    socket: &Path,
+    req: ExecRequest,
+    fds: &[RawFd],
+) -> Result<ExecSession> {
+    let gone_meanwhile = |e: ContainerError| {
+        if matches!(
+            connect_for_exec(socket),
+            Err(ContainerError::NotRunning { .. })
+        ) {
+            not_running(socket)
+        } else {
+            e
+        }
+    };
+    client
+        .send(&Request::Exec(req), fds)
+        .map_err(gone_meanwhile)?;
+    let answer = client.receive().map_err(gone_meanwhile)?;
+    match answer {
         (Response::Stopping, _) => Err(not_running(socket)),
         (Response::Started { pid }, mut fds) => Ok(ExecSession {
             client,
@@ -644,6 +664,31 @@ mod tests {
         });
         assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
         server.join().unwrap();
+        // A supervisor that ends its stop (exits) after it accepted the connection, before
+        // it answered: the connection and the listening socket close together.
+        std::fs::remove_file(&path).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).unwrap();
+            drop(l);
+        });
+        assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
+        server.join().unwrap();
+        // A live supervisor that closes a connection without an answer is not "not running".
+        std::fs::remove_file(&path).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf).unwrap();
+            drop(c);
+            l
+        });
+        let e = exec_start(&path, &req, stdio).err().unwrap();
+        assert!(!not_running(e), "a live supervisor's closed connection");
+        drop(server.join().unwrap());
     }
 
     #[test]
