@@ -635,7 +635,6 @@ mod tests {
 
     #[test]
     fn exec_to_a_gone_or_stopping_supervisor_reports_the_environment_not_running() {
-        use std::io::{Read, Write};
         use std::os::fd::AsFd;
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("abc");
@@ -653,42 +652,47 @@ mod tests {
         // A socket nobody listens on any more.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
-        std::fs::remove_file(&path).unwrap();
         // A supervisor that is stopping answers `Stopping`.
-        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf).unwrap();
+        let server = one_request_supervisor(&path, |mut c, _| {
+            use std::io::Write;
             c.write_all(&encode(&Response::Stopping)).unwrap();
         });
         assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
         server.join().unwrap();
         // A supervisor that ends its stop (exits) after it accepted the connection, before
-        // it answered: the connection and the listening socket close together.
-        std::fs::remove_file(&path).unwrap();
-        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf).unwrap();
+        // it answered: the listening socket closes first, then the connection.
+        let server = one_request_supervisor(&path, |c, l| {
             drop(l);
+            drop(c);
         });
         assert!(not_running(exec_start(&path, &req, stdio).err().unwrap()));
         server.join().unwrap();
         // A live supervisor that closes a connection without an answer is not "not running".
-        std::fs::remove_file(&path).unwrap();
-        let l = std::os::unix::net::UnixListener::bind(&path).unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut c, _) = l.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            let _ = c.read(&mut buf).unwrap();
+        let server = one_request_supervisor(&path, |c, l| {
             drop(c);
             l
         });
         let e = exec_start(&path, &req, stdio).err().unwrap();
         assert!(!not_running(e), "a live supervisor's closed connection");
         drop(server.join().unwrap());
+    }
+
+    /// A supervisor on a fresh socket at `path` that accepts one connection, reads its
+    /// request, then does `then` with the connection and the listening socket.
+    fn one_request_supervisor<T: Send + 'static>(
+        path: &Path,
+        then: impl FnOnce(std::os::unix::net::UnixStream, std::os::unix::net::UnixListener) -> T
+            + Send
+            + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        use std::io::Read;
+        let _ = std::fs::remove_file(path);
+        let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let _ = c.read(&mut [0u8; 4096]).unwrap();
+            then(c, l)
+        })
     }
 
     #[test]
