@@ -201,9 +201,9 @@ impl Network {
 
     fn save(&self, env_id: &str, record: &NetRecord) -> Result<(), NetError> {
         let path = self.record_path(env_id);
-        // Into the environment's folder as it is (made with its lock, or a sidecar's before
-        // its start): a folder gone means the home was removed under this process, and
-        // making it again would leave an empty home behind.
+        // Never inside a home removed under this process (a run's removal child): making it
+        // again would leave an empty home behind.
+        state::create_private_dir_in_place(&self.home.env_dir(env_id))?;
         // Nothing it names outlives a reboot (interfaces, leases on /run, rules, a pasta
         // process): replaced atomically, never fsynced. A power cut may leave it empty or
         // zero-filled, which `detach` reads as nothing to remove.
