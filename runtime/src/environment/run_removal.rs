@@ -60,9 +60,12 @@ impl Environments {
     /// `false` for an environment of a live command or a kept one.
     pub(super) fn wait_for_run_removal(&self, env_id: &str) -> Result<bool, EnvError> {
         let dir = self.home().env_dir(env_id);
-        let dead_run = EnvRecord::load(&dir)?
-            .and_then(|r| r.ephemeral)
-            .is_some_and(|e| !e.owner.alive());
+        // Gone since the caller saw it: the removal process moved the folder out of `envs/`
+        // in between, and the name is free.
+        let Some(record) = EnvRecord::load(&dir)? else {
+            return Ok(true);
+        };
+        let dead_run = record.ephemeral.is_some_and(|e| !e.owner.alive());
         if !dead_run {
             return Ok(false);
         }
@@ -136,3 +139,22 @@ impl Environments {
 
 /// The `tmp/` purpose of a run's folder being removed (see [`Environments::remove_run`]).
 const REMOVAL_PURPOSE: &str = "run-removal";
+
+#[cfg(test)]
+mod tests {
+    use crate::state::BerthHome;
+
+    use super::Environments;
+
+    /// The caller saw the record of a finished run, and its removal process moved the folder
+    /// out of `envs/` before this look (CI: `run --name` twice back to back found the name
+    /// taken).
+    #[test]
+    fn a_run_removed_since_the_caller_looked_leaves_its_name_free() {
+        let d = tempfile::tempdir().unwrap();
+        let home = BerthHome::at(d.path()).unwrap();
+        let envs = Environments::open(&home);
+        assert!(!home.env_dir("same-run").exists());
+        assert!(envs.wait_for_run_removal("same-run").unwrap());
+    }
+}
