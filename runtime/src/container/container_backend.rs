@@ -23,7 +23,7 @@ use super::idmap::{IdMapping, Invoker};
 use super::idmap_record::stable_mapping;
 use super::launch_report::LaunchEvent;
 use super::namespaces::{pipe, send_byte};
-use super::network_attach;
+use super::network_attach::{self, EnvNetns};
 use super::run_state::{ContainerState, Phase};
 use super::selfexe::supervisor_command;
 use super::spec::{ContainerSpec, MountSpec};
@@ -232,7 +232,19 @@ impl ContainerBackend {
             Launcher::Exec(child)
         };
         checkpoint("supervisor-spawned");
-        let outcome = read_launch_events(report_r, go_w, state, spec, mapping.is_some(), hook);
+        let launcher_pid = match &launcher {
+            Launcher::Exec(child) => child.id() as i32,
+            Launcher::Forked(pid) => pid.as_raw(),
+        };
+        let outcome = read_launch_events(
+            report_r,
+            go_w,
+            state,
+            spec,
+            mapping.is_some(),
+            launcher_pid,
+            hook,
+        );
         match launcher {
             Launcher::Exec(mut child) => {
                 let _ = child.wait();
@@ -629,6 +641,7 @@ fn read_launch_events(
     state: &mut ContainerState,
     spec: &ContainerSpec,
     own_userns: bool,
+    launcher_pid: i32,
     hook: &mut dyn FnMut(i32) -> Result<()>,
 ) -> Result<Launched> {
     let dir = &spec.state_dir;
@@ -637,6 +650,9 @@ fn read_launch_events(
     let mut gitconfig_error = None;
     let mut ports = Vec::new();
     let mut go = Some(go_w);
+    // The network namespace plumbed before the supervisor existed (`LaunchEvent::Netns`),
+    // and its resolv.conf, written once the launcher made the file.
+    let mut plumbed: Option<(fs::File, network_attach::ResolvConf)> = None;
     let mut line = String::new();
     loop {
         line.clear();
@@ -660,13 +676,36 @@ fn read_launch_events(
                 if state.cgroups.is_none() {
                     state.save(dir)?;
                 }
-                network_attach::attach(spec, p, own_userns, &ports)?;
-                checkpoint("network-attached");
+                match plumbed.take() {
+                    Some((net, resolv_conf)) => {
+                        same_netns(&net, p)?;
+                        resolv_conf.write(spec)?;
+                    }
+                    None => {
+                        network_attach::attach(spec, &EnvNetns::Of(p), own_userns, &ports)?
+                            .write(spec)?;
+                        checkpoint("network-attached");
+                    }
+                }
                 hook(p)?;
                 if let Some(g) = go.take() {
                     send_byte(&g, 1);
                 }
             }
+            // As root, the namespace is plumbed while the launcher maps the ids and mounts
+            // the root (rootless plumbing needs the mapped user namespace: at `Pid`). Opened
+            // only as the launcher's child, so a pid reused meanwhile is never plumbed.
+            Ok(LaunchEvent::Netns { pid: p }) if nix::unistd::geteuid().is_root() => {
+                if let Some(net) = crate::host::process::child_namespace(p, launcher_pid, "net") {
+                    let ns = EnvNetns::Open(net);
+                    let resolv_conf = network_attach::attach(spec, &ns, own_userns, &ports)?;
+                    checkpoint("network-attached");
+                    if let EnvNetns::Open(net) = ns {
+                        plumbed = Some((net, resolv_conf));
+                    }
+                }
+            }
+            Ok(LaunchEvent::Netns { .. }) => {}
             Ok(LaunchEvent::Ports { ports: p }) => ports = p,
             Ok(LaunchEvent::GitconfigFailed { message }) => gitconfig_error = Some(message),
             Ok(LaunchEvent::Ready) => {
@@ -682,6 +721,22 @@ fn read_launch_events(
             Err(_) => continue,
         }
     }
+}
+
+/// Checks that the supervisor `pid` is in the network namespace `net` plumbed for it.
+fn same_netns(net: &fs::File, pid: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let path = format!("/proc/{pid}/ns/net");
+    let theirs = fs::metadata(&path).context(|| format!("cannot look at {path}"))?;
+    let ours = net
+        .metadata()
+        .context(|| "cannot look at the plumbed network namespace".to_string())?;
+    if (theirs.dev(), theirs.ino()) != (ours.dev(), ours.ino()) {
+        return Err(ContainerError::Setup(
+            "the supervisor is not in the network namespace prepared for it".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Removes `path` from a child process in a new user namespace with `mapping`, as its root.

@@ -132,6 +132,9 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
     );
     let listener = tryr!(bind_control_socket(&spec));
     let logs = tryr!(open_logs_dir(&spec, owner));
+    // The environment's network namespace is made with its user namespace, first, so the
+    // starter plumbs it while this process maps the ids and mounts the root.
+    let early_net = joined.is_none() && spec.network != envfile_spec::plan::NetworkMode::Host;
     let (to_child_r, to_child_w) = tryr!(pipe());
     let (from_child_r, from_child_w) = tryr!(pipe());
     // SAFETY: this process is single-threaded (freshly exec'd, no threads started).
@@ -143,6 +146,7 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                 mapping.as_ref(),
                 joined.as_ref(),
                 host_side_mounts,
+                early_net,
                 to_child_r,
                 from_child_w,
                 listener,
@@ -171,6 +175,14 @@ fn launch(state_dir: &Path, report_fd: OwnedFd, go_fd: OwnedFd) -> Result<(), La
                     None,
                     ContainerError::Setup("the namespace setup process failed".into()),
                 ));
+            }
+            if early_net {
+                report(
+                    &report_fd,
+                    &LaunchEvent::Netns {
+                        pid: child.as_raw(),
+                    },
+                );
             }
             let result = (|| -> Result<Option<LayerClones>> {
                 if let (Some(m), None) = (&mapping, &joined) {
@@ -217,6 +229,7 @@ fn namespace_child(
     mapping: Option<&IdMapping>,
     joined: Option<&Joined>,
     host_side_mounts: bool,
+    early_net: bool,
     go: OwnedFd,
     ready: OwnedFd,
     listener: UnixListener,
@@ -226,9 +239,14 @@ fn namespace_child(
     ports: Vec<(ForwardedPort, OwnedFd)>,
     rootless: bool,
 ) -> Result<()> {
+    let net_now = match early_net {
+        true => CloneFlags::CLONE_NEWNET,
+        false => CloneFlags::empty(),
+    };
     match joined {
         Some(j) => j.enter()?,
-        None if mapping.is_some() => enter(CloneFlags::CLONE_NEWUSER)?,
+        None if mapping.is_some() => enter(CloneFlags::CLONE_NEWUSER | net_now)?,
+        None if early_net => enter(net_now)?,
         None => {}
     }
     send_byte(&ready, 1);
@@ -246,7 +264,7 @@ fn namespace_child(
         drop(OverlayRootfs::new(spec, mapping).mount_layers(None, None)?);
     }
     let mut flags = environment_flags(spec.network);
-    if joined.is_some() {
+    if joined.is_some() || early_net {
         flags.remove(CloneFlags::CLONE_NEWNET);
     }
     enter(flags)?;

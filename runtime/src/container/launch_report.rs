@@ -19,6 +19,12 @@ pub enum LaunchEvent {
     Pid {
         pid: i32,
     },
+    /// The namespace setup process (the launcher's child), in the environment's new network
+    /// namespace already while the launcher maps its ids and mounts its root (sent before
+    /// [`LaunchEvent::Pid`]): the starter may plumb that namespace meanwhile.
+    Netns {
+        pid: i32,
+    },
     /// The host ports the launcher bound for `[[ports]]` (sent before [`LaunchEvent::Pid`]).
     Ports {
         ports: Vec<ForwardedPort>,

@@ -48,25 +48,55 @@ pub fn effective_mode(network: &Network, wanted: NetworkMode) -> (NetworkMode, O
     (wanted, None)
 }
 
-/// The starter's network step for the environment whose supervisor has host pid `pid`;
-/// `ports` are the host ports the launcher bound. (`berth up` tells the user when the
-/// environment gets less network than it asked for, see [`effective_mode`].)
+/// Where the starter finds the environment's network namespace.
+pub enum EnvNetns {
+    /// That of the process with this host pid (the supervisor), and its user namespace too
+    /// where rootless plumbing needs it.
+    Of(i32),
+    /// Opened already (the namespace setup process's, [`LaunchEvent::Netns`]), for plumbing
+    /// as root: no user namespace is needed then.
+    ///
+    /// [`LaunchEvent::Netns`]: super::launch_report::LaunchEvent::Netns
+    Open(File),
+}
+
+/// The environment's `/etc/resolv.conf` as its network step chose it, for
+/// [`ResolvConf::write`] once the launcher made the file (with the root's mounts).
+#[must_use = "the environment's resolv.conf is written by ResolvConf::write"]
+pub struct ResolvConf(Option<String>);
+
+impl ResolvConf {
+    /// Writes the file (keeping its inode: it is bound into the environment); nothing when
+    /// the environment shares the host's network.
+    pub fn write(self, spec: &ContainerSpec) -> Result<()> {
+        match self.0 {
+            Some(content) => write_resolv_conf(spec, &content),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The starter's network step for the environment whose network namespace is `ns`; `ports`
+/// are the host ports the launcher bound. (`berth up` tells the user when the environment
+/// gets less network than it asked for, see [`effective_mode`].) Returns the environment's
+/// resolv.conf to write.
 pub fn attach(
     spec: &ContainerSpec,
-    pid: i32,
+    ns: &EnvNetns,
     own_userns: bool,
     ports: &[ForwardedPort],
-) -> Result<()> {
+) -> Result<ResolvConf> {
+    let nothing = ResolvConf(None);
     if spec.network == NetworkMode::Host {
-        return Ok(());
+        return Ok(nothing);
     }
     let Some(home) = &spec.net_home else {
-        return Ok(());
+        return Ok(nothing);
     };
     let network = network_in(home)?;
     let (mode, _) = effective_mode(&network, spec.network);
-    match mode {
-        NetworkMode::Host => return Ok(()),
+    let resolv_conf = match mode {
+        NetworkMode::Host => return Ok(nothing),
         NetworkMode::None => {
             // Nothing on the host to remove: a throw-away run without ports makes no record
             // (one file less made and removed per run; its `up` reports loopback only from
@@ -74,14 +104,15 @@ pub fn attach(
             if !spec.volatile_upper || !ports.is_empty() {
                 network.record_loopback_only(spec.network_id())?;
             }
-            write_resolv_conf(spec, NO_DNS_RESOLV_CONF)?;
+            NO_DNS_RESOLV_CONF.to_string()
         }
         NetworkMode::Isolated => {
             if !network.uses_pasta(mode) {
                 bridge_name_from_env().map_err(ContainerError::Invalid)?;
             }
-            let ns_path = |kind: &str| PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
-            let open = |p: PathBuf| {
+            crate::host::fault_injection::checkpoint("network-attach");
+            let open = |pid: i32, kind: &str| {
+                let p = PathBuf::from(format!("/proc/{pid}/ns/{kind}"));
                 File::open(&p).context(|| {
                     format!(
                         "cannot open {} of the starting environment (did its supervisor exit?)",
@@ -89,16 +120,23 @@ pub fn attach(
                     )
                 })
             };
-            let net = open(ns_path("net"))?;
             let rootless = !nix::unistd::geteuid().is_root();
-            let user = match own_userns && rootless {
-                true => Some(open(ns_path("user"))?),
-                false => None,
+            let opened;
+            let (net, user) = match ns {
+                EnvNetns::Of(pid) => {
+                    opened = open(*pid, "net")?;
+                    let user = match own_userns && rootless {
+                        true => Some(open(*pid, "user")?),
+                        false => None,
+                    };
+                    (&opened, user)
+                }
+                EnvNetns::Open(net) => (net, None),
             };
             let plumbing = network.plumb(
                 spec.network_id(),
                 EnvNamespaces {
-                    net: &net,
+                    net,
                     user: user.as_ref(),
                 },
                 mode,
@@ -109,21 +147,19 @@ pub fn attach(
                 // environment runs; a container has none.
                 eprintln!("berth: notice: the host's resolvers are IPv6-only, which the IPv4 bridge cannot reach: DNS inside {} will not work; give the host an IPv4 resolver", spec.hostname);
             }
-            let conf = plumbing
-                .resolv_conf
-                .as_deref()
-                .unwrap_or(NO_DNS_RESOLV_CONF);
-            write_resolv_conf(spec, conf)?;
-            if let Err(e) = network.forward_in_kernel(spec.network_id(), &net, ports) {
+            if let Err(e) = network.forward_in_kernel(spec.network_id(), net, ports) {
                 eprintln!("berth: notice: {e}; the ports of {} are forwarded in user space instead (slower)", spec.hostname);
             }
+            plumbing
+                .resolv_conf
+                .unwrap_or_else(|| NO_DNS_RESOLV_CONF.to_string())
         }
-    }
+    };
     // The record written above already lists no ports: rewritten only when there are some.
     if !ports.is_empty() {
         network.record_ports(spec.network_id(), ports)?;
     }
-    Ok(())
+    Ok(ResolvConf(Some(resolv_conf)))
 }
 
 /// Removes what [`attach`] set up on the host for the environment in `state_dir` (veth,

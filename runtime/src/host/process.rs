@@ -120,6 +120,36 @@ impl ProcessIdentity {
     }
 }
 
+/// The namespace `kind` (`net`, `user`, … under /proc/<pid>/ns) of process `pid`, opened only
+/// while `pid` is a child of `parent`: the /proc/<pid> folder opened first pins that one
+/// process (a pid reused later is another /proc folder, and the folder of a process that
+/// ended answers no more lookups), so a pid reused before the look cannot lend its namespace
+/// unless `parent` made it. `None` when the process is gone or not `parent`'s child.
+pub fn child_namespace(pid: i32, parent: i32, kind: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if pid <= 0 {
+        return None;
+    }
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(format!("/proc/{pid}"))
+        .ok()?;
+    let at = |name: &str| {
+        let dir_path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+        std::fs::File::open(dir_path)
+    };
+    let stat = std::io::read_to_string(at("stat").ok()?).ok()?;
+    // Field 4 (ppid), the second after the command name's closing parenthesis.
+    let ppid: i32 = stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    (ppid == parent).then_some(())?;
+    at(&format!("ns/{kind}")).ok()
+}
+
 /// Start time of a process, from /proc/<pid>/stat.
 pub fn start_time(pid: i32) -> Option<u64> {
     stat(pid).map(|(_, st)| st)
@@ -173,6 +203,29 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_childs_namespace_is_opened_only_as_that_parents_child() {
+        use std::os::unix::fs::MetadataExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        let ns = child_namespace(pid, me, "net").expect("our child's namespace");
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap();
+        assert_eq!(
+            ns.metadata().unwrap().ino(),
+            ours.ino(),
+            "the same namespace"
+        );
+        assert!(child_namespace(pid, 1, "net").is_none(), "not init's child");
+        assert!(child_namespace(me, pid, "net").is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(child_namespace(pid, me, "net").is_none(), "gone");
+    }
 
     #[test]
     fn own_process_is_alive_and_fake_one_is_not() {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::host::clock::now_ms;
+use crate::host::fault_injection::checkpoint;
 use crate::state::BerthHome;
 
 use super::bridge_idle_policy::idle_too_briefly;
@@ -176,8 +177,10 @@ impl Bridge {
         dns_stub: Option<Ipv4Addr>,
     ) -> Result<Lease, NetError> {
         let lock = self.store()?.lock()?;
+        checkpoint("bridge-locked");
         let mut nl = netlink()?;
         let (lease, bridge_index) = self.lease(&lock, &mut nl, env_id, dns_stub)?;
+        checkpoint("bridge-leased");
         plug_veth(&mut nl, bridge_index, netns, &lease)?;
         Ok(lease)
     }
@@ -593,6 +596,7 @@ fn plug_veth(
         }),
     )
     .map_err(|e| NetError::link(format!("create veth {veth}"), e))?;
+    checkpoint("veth-created");
     let index = nl
         .link_index(veth)
         .map_err(|e| NetError::link(format!("look up veth {veth}"), e))?
@@ -617,6 +621,7 @@ fn plug_veth(
         }
         _ => {}
     }
+    checkpoint("veth-up");
     configure_guest(netns, lease, outbound_mtu)
 }
 
