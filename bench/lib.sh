@@ -178,9 +178,14 @@ count_procs() { pgrep -fc -- "$W" || true; }
 # `down` of a project under $W).
 wait_background_teardowns() {
   local l _
+  # flock's 1 is "held"; its 66 ("cannot open") is a folder moved away meanwhile (a run's
+  # removal moves it to tmp/, which the next check sees).
   stopping() {
+    local rc
     for l in "$BERTH_HOME"/envs/*/lock; do
-      [ -e "$l" ] && ! flock -n -s "$l" true && return 0
+      rc=0
+      flock -n -s "$l" true 2>/dev/null || rc=$?
+      [ "$rc" = 1 ] && return 0
     done
     return 1
   }
