@@ -697,12 +697,10 @@ fn read_launch_events(
             // only as the launcher's child, so a pid reused meanwhile is never plumbed.
             Ok(LaunchEvent::Netns { pid: p }) if nix::unistd::geteuid().is_root() => {
                 if let Some(net) = crate::host::process::child_namespace(p, launcher_pid, "net") {
-                    let ns = EnvNetns::Open(net);
-                    let resolv_conf = network_attach::attach(spec, &ns, own_userns, &ports)?;
+                    let resolv_conf =
+                        network_attach::attach(spec, &EnvNetns::Open(&net), own_userns, &ports)?;
                     checkpoint("network-attached");
-                    if let EnvNetns::Open(net) = ns {
-                        plumbed = Some((net, resolv_conf));
-                    }
+                    plumbed = Some((net, resolv_conf));
                 }
             }
             Ok(LaunchEvent::Netns { .. }) => {}

@@ -49,7 +49,7 @@ pub fn effective_mode(network: &Network, wanted: NetworkMode) -> (NetworkMode, O
 }
 
 /// Where the starter finds the environment's network namespace.
-pub enum EnvNetns {
+pub enum EnvNetns<'a> {
     /// That of the process with this host pid (the supervisor), and its user namespace too
     /// where rootless plumbing needs it.
     Of(i32),
@@ -57,7 +57,7 @@ pub enum EnvNetns {
     /// as root: no user namespace is needed then.
     ///
     /// [`LaunchEvent::Netns`]: super::launch_report::LaunchEvent::Netns
-    Open(File),
+    Open(&'a File),
 }
 
 /// The environment's `/etc/resolv.conf` as its network step chose it, for
@@ -82,7 +82,7 @@ impl ResolvConf {
 /// resolv.conf to write.
 pub fn attach(
     spec: &ContainerSpec,
-    ns: &EnvNetns,
+    ns: &EnvNetns<'_>,
     own_userns: bool,
     ports: &[ForwardedPort],
 ) -> Result<ResolvConf> {
@@ -131,7 +131,7 @@ pub fn attach(
                     };
                     (&opened, user)
                 }
-                EnvNetns::Open(net) => (net, None),
+                EnvNetns::Open(net) => (*net, None),
             };
             let plumbing = network.plumb(
                 spec.network_id(),

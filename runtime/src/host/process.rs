@@ -140,12 +140,8 @@ pub fn child_namespace(pid: i32, parent: i32, kind: &str) -> Option<std::fs::Fil
         std::fs::File::open(dir_path)
     };
     let stat = std::io::read_to_string(at("stat").ok()?).ok()?;
-    // Field 4 (ppid), the second after the command name's closing parenthesis.
-    let ppid: i32 = stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
+    // Field 4 (ppid), the second after the command name.
+    let ppid: i32 = fields_after_comm(&stat)?.nth(1)?.parse().ok()?;
     (ppid == parent).then_some(())?;
     at(&format!("ns/{kind}")).ok()
 }
@@ -161,13 +157,17 @@ fn stat(pid: i32) -> Option<(char, u64)> {
         return None;
     }
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
-    let after = &s[s.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
+    let fields: Vec<&str> = fields_after_comm(&s)?.collect();
     // After ')' the first field is field 3 (state); start time is field 22.
     let state = fields.first()?.chars().next()?;
     let start_time = fields.get(19)?.parse().ok()?;
     Some((state, start_time))
+}
+
+/// The fields of a /proc/<pid>/stat line after the command name (field 2, which may contain
+/// spaces and parentheses: split after the last ')'), from field 3 (state) on.
+fn fields_after_comm(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
 }
 
 /// A pidfd for `pid` (readable once the process exits), or `None` without pidfd support.
