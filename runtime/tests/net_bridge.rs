@@ -322,6 +322,61 @@ fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
     assert!(!NatRules::exists(&s.table));
 }
 
+/// A leaving environment's veth (its namespace still alive, as when `berth run`'s removal
+/// detaches right after the command) is deleted before the bridge's lock is taken: a start
+/// waiting for that lock does not wait for the kernel to release the device as well (back to
+/// back `berth run`s waited 11–27 ms for it).
+#[test]
+fn a_leaving_environments_veth_goes_before_the_bridge_lock_is_waited_for() {
+    if !have_root("a_leaving_environments_veth_goes_before_the_bridge_lock_is_waited_for") {
+        return;
+    }
+    let s = setup("nameserver 192.0.2.53\n");
+    let _cleanup = Cleanup {
+        network: s.network.clone(),
+        envs: vec!["env-l".into(), "env-k".into()],
+        bridge: s.bridge.clone(),
+        table: s.table.clone(),
+    };
+    let leaving = TestNetns::new();
+    let keeper = TestNetns::new();
+    drop(attach(&s.network, "env-l", &leaving, &[]));
+    drop(attach(&s.network, "env-k", &keeper, &[]));
+    let port = veth_name("env-l");
+    assert!(link_exists(&port));
+    // Another command holds the bridge's lock (a start leasing its address).
+    let held = berth_runtime::net::lease_store::LeaseStore::for_bridge(&s.bridge)
+        .lock()
+        .unwrap();
+    let network = s.network.clone();
+    let detach = std::thread::spawn(move || network.detach("env-l"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while link_exists(&port) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let gone_while_locked = !link_exists(&port);
+    assert!(
+        !detach.is_finished(),
+        "detach must wait for the lock to drop the lease"
+    );
+    drop(held);
+    detach.join().unwrap().unwrap();
+    assert!(
+        gone_while_locked,
+        "the veth of env-l was still there after 10 s of another command's holding the lock"
+    );
+    // The lease went with it; the keeper's stayed.
+    let st = berth_runtime::net::lease_store::LeaseStore::for_bridge(&s.bridge)
+        .peek()
+        .unwrap()
+        .unwrap();
+    assert_eq!(st.leases.len(), 1);
+    assert_eq!(st.leases[0].holder.env_id, "env-k");
+    assert!(link_exists(&veth_name("env-k")));
+    s.network.detach("env-k").unwrap();
+    assert!(!link_exists(&s.bridge));
+}
+
 /// A veth from the host to a namespace standing for "the outside world", removed on drop.
 struct Uplink {
     name: String,

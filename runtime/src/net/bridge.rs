@@ -311,9 +311,23 @@ impl Bridge {
         last: LastUser,
     ) -> Result<(), NetError> {
         let store = self.store()?;
-        let lock = store.lock()?;
         let mut nl = netlink()?;
         let holder = self.holder(env_id);
+        // The environment's own port goes before the lock is taken: deleting a veth whose
+        // namespace is still alive waits for the kernel to let go of the device (tens of ms
+        // back to back), and a start waiting for this lock would wait for that too. The
+        // record, read without the lock, names the port while the lease is held, and no
+        // other lease gets that name meanwhile (`BridgeState::free_port_name`). Once the
+        // port is gone another command's `release_departed` may drop the lease first: then
+        // the locked part below finds none and deletes nothing another lease names.
+        if let Some(port) = store
+            .peek()?
+            .and_then(|st| st.lease_of(&holder).map(|l| l.port.clone()))
+        {
+            nl.delete_link_named(&port)
+                .map_err(|e| NetError::link(format!("delete interface {port}"), e))?;
+        }
+        let lock = store.lock()?;
         let mut st = self.load(&lock)?;
         let port = match st.as_mut().and_then(|st| st.release(&holder)) {
             Some(entry) => Some(entry.port),
