@@ -94,12 +94,13 @@ spec() {
 }
 
 # interleave OUT.json SPEC…: times the commands interleaved, $RUNS rounds after $WARMUP,
-# $PAUSE seconds apart (default 0.1: each start measured as if alone; see interleave.py).
+# $PAUSE seconds apart (default 0.1: each start measured as if alone; see interleave.py),
+# each command $IN_A_ROW times in a row per round (default 1; the first of a row untimed).
 interleave() {
   local out=$1
   shift
   python3 "$BENCH_ROOT/bench/interleave.py" --runs "$RUNS" --warmup "${WARMUP:-3}" \
-    --pause "${PAUSE:-0.1}" --json "$out" --mntns "$CRUN_NS" "$@"
+    --pause "${PAUSE:-0.1}" --in-a-row "${IN_A_ROW:-1}" --json "$out" --mntns "$CRUN_NS" "$@"
 }
 
 # crun_bundle NAME ARGS_JSON: a crun bundle over $ROOTFS (no terminal) running ARGS_JSON.

@@ -51,6 +51,14 @@ for mode in b2b alone; do
     "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")" \
     "$(spec "bwrap" host "" "bwrap --unshare-all --ro-bind $ROOTFS / --proc /proc --dev /dev /bin/true")"
 done
+# In a row: each command 5 times in a row per round (the first untimed), as a test loop of
+# one tool runs them: each timed run follows the same command, and meets what that one left
+# running (berth's removal child, the kernel's cleanup of the namespaces).
+echo "== berth run -- true vs crun run, 5 in a row ($RUNS interleaved rounds)" >&2
+PAUSE=0 IN_A_ROW=5 interleave "$W/run-row.json" \
+  "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
+  "$(spec "berth run -- true (network none)" host "" "$BERTH -C $PN -q run -- true")" \
+  "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")"
 on_exit "$BERTH -C $PK -q down -t 1"
 "$BERTH" -C "$PK" -q up
 for mode in b2b alone; do
@@ -60,6 +68,10 @@ for mode in b2b alone; do
     "$(spec "berth run -- true (bridge kept)" host "" "$BERTH -C $P -q run -- true")" \
     "$(spec "crun run (same rounds)" ns "" "crun run -b $B_TRUE bench-true-$$")"
 done
+echo "== berth run -- true with the bridge kept up by another environment, 5 in a row ($RUNS interleaved rounds)" >&2
+PAUSE=0 IN_A_ROW=5 interleave "$W/kept-row.json" \
+  "$(spec "berth run -- true (bridge kept)" host "" "$BERTH -C $P -q run -- true")" \
+  "$(spec "crun run (same rounds)" ns "" "crun run -b $B_TRUE bench-true-$$")"
 "$BERTH" -C "$PK" -q down
 
 # CPU time and page faults of the whole process tree (perf stat, inherited by children), which
@@ -104,19 +116,21 @@ python3 - "$W" "$RUNS" "$SEQ" <<'PY' > "$W/table.txt"
 import json, sys
 w, runs, seq = sys.argv[1], sys.argv[2], int(sys.argv[3])
 med = {}
-for mode in ("b2b", "alone"):
+for mode in ("b2b", "row", "alone"):
     for f in ("run", "kept"):
         for r in json.load(open(f"{w}/{f}-{mode}.json"))["results"]:
             med.setdefault(r["command"], {})[mode] = (r["median"] * 1000, r["stddev"] * 1000)
 print(f"berth run end to end: {runs} interleaved rounds; median (and stddev), ms")
-print("  back to back: one command right after the other; alone: 0.1 s of quiet before each")
-print(f"  {'command':40} {'back to back':>16} {'alone':>16}")
+print("  back to back: one command right after the other (each round in the same order);")
+print("  in a row: each command 5 times in a row, the last 4 timed; alone: 0.1 s of quiet before each")
+print(f"  {'command':40} {'back to back':>16} {'in a row':>16} {'alone':>16}")
+cell = lambda m, x: '%8.2f (%5.2f)' % m[x] if x in m else '-'
 for k, m in med.items():
-    print(f"  {k:40} {'%8.2f (%5.2f)' % m['b2b']:>16} {'%8.2f (%5.2f)' % m['alone']:>16}")
+    print(f"  {k:40} {cell(m, 'b2b'):>16} {cell(m, 'row'):>16} {cell(m, 'alone'):>16}")
 def ratio(label, a, b, target=1.0):
-    r = [med[a][x][0] / med[b][x][0] for x in ("b2b", "alone")]
+    r = [med[a][x][0] / med[b][x][0] for x in ("b2b", "row", "alone")]
     verdict = "/".join("met" if x <= target else "MISSED" for x in r)
-    print(f"  {label:58} {r[0]:5.2f}x back to back, {r[1]:5.2f}x alone  target <= {target}x ({verdict})")
+    print(f"  {label:58} {r[0]:5.2f}x back to back, {r[1]:5.2f}x in a row, {r[2]:5.2f}x alone  target <= {target}x ({verdict})")
 ratio("berth run / crun run (isolated network, only environment)", "berth run -- true", "crun run")
 ratio("berth run / crun run (isolated network, bridge kept)", "berth run -- true (bridge kept)", "crun run (same rounds)")
 ratio("berth run / crun run (network none, as crun's spec)", "berth run -- true (network none)", "crun run")
