@@ -56,6 +56,18 @@ struct Setup {
     subnet_prefix: String,
 }
 
+impl Setup {
+    /// Removes what the test leaves of the environments `envs` and of this bridge.
+    fn cleanup(&self, envs: &[&str]) -> Cleanup {
+        Cleanup {
+            network: self.network.clone(),
+            envs: envs.iter().map(|e| e.to_string()).collect(),
+            bridge: self.bridge.clone(),
+            table: self.table.clone(),
+        }
+    }
+}
+
 fn setup(resolv_conf: &str) -> Setup {
     let home_dir = tempfile::tempdir().unwrap();
     let home = BerthHome::at(home_dir.path().join("home")).unwrap();
@@ -161,12 +173,7 @@ fn two_environments_reach_the_host_by_name_and_not_each_other() {
     }
     // The host "uses a stub resolver on loopback": berth must forward DNS from the bridge.
     let s = setup("nameserver 127.0.0.77\nsearch example.test\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-a".into(), "env-b".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-a", "env-b"]);
     let gateway: Ipv4Addr = format!("{}.1", s.subnet_prefix).parse().unwrap();
     let stub = UdpSocket::bind("127.0.0.77:53").unwrap();
     fake_dns_server(stub, "host.berth.test", gateway);
@@ -256,12 +263,7 @@ fn ordinary_host_resolvers_are_used_directly() {
     // The host's resolver is an ordinary address (here: a fake one on the bridge address,
     // which the test starts once the bridge exists).
     let s = setup("nameserver GATEWAY\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-c".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-c"]);
     let ns = TestNetns::new();
     let att = attach(&s.network, "env-c", &ns, &[]);
     let gateway = att.gateway.unwrap();
@@ -285,12 +287,7 @@ fn detach_from_the_record_cleans_up_after_a_dead_supervisor() {
         return;
     }
     let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-x".into(), "env-y".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-x", "env-y"]);
     let x = TestNetns::new();
     let att_x = attach(&s.network, "env-x", &x, &[]);
     // The supervisor of env-x dies (kill -9): its attachment is never dropped and its
@@ -332,12 +329,7 @@ fn a_leaving_environments_veth_goes_before_the_bridge_lock_is_waited_for() {
         return;
     }
     let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-l".into(), "env-k".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-l", "env-k"]);
     let leaving = TestNetns::new();
     let keeper = TestNetns::new();
     drop(attach(&s.network, "env-l", &leaving, &[]));
@@ -430,12 +422,7 @@ fn outbound_traffic_is_routed_and_masqueraded() {
         return;
     }
     let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-o".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-o"]);
     let (_uplink, outside, host_ip, far_ip) = outside_world(&s);
     // The outside server tells each client the address it sees.
     let server = outside.run(move || TcpListener::bind((far_ip, 8080)).unwrap());
@@ -464,12 +451,7 @@ fn ipv6_stub_resolver_is_relayed_from_the_bridge() {
         return;
     }
     let s = setup("nameserver ::1\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-6".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-6"]);
     let stub = match UdpSocket::bind("[::1]:53") {
         Ok(stub) => stub,
         Err(e) => {
@@ -538,12 +520,7 @@ fn the_host_path_has_loopback_mtu_and_the_default_route_the_uplinks() {
         return;
     }
     let s = setup("nameserver 192.0.2.53\n");
-    let _cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec!["env-m".into(), "vm-m".into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let _cleanup = s.cleanup(&["env-m", "vm-m"]);
     let env = TestNetns::new();
     let att = attach(&s.network, "env-m", &env, &[]);
     let link_mtu = ENV_LINK_MTU.to_string();
@@ -627,12 +604,7 @@ fn big_tcp_setup(test: &str, env: &str) -> Option<(Setup, Cleanup)> {
         return None;
     }
     let s = setup("nameserver 192.0.2.53\n");
-    let cleanup = Cleanup {
-        network: s.network.clone(),
-        envs: vec![env.into()],
-        bridge: s.bridge.clone(),
-        table: s.table.clone(),
-    };
+    let cleanup = s.cleanup(&[env]);
     Some((s, cleanup))
 }
 
