@@ -1,10 +1,11 @@
 //! Where a filesystem puts the folders made under a folder: on ext4 one flagged as the top of
 //! a directory hierarchy (`FS_TOPDIR_FL`, `chattr +T`) has each new subfolder placed in a
 //! block group of its own choosing (the Orlov allocator's spread, as for home folders) instead
-//! of its parent's. Without a journal, ext4 skips, one by one, every inode of a group freed in
-//! the last minute before it reuses one: files created where thousands were just deleted (a
-//! layer unpacked after a prune, or after the last one's staging folder was removed) cost a
-//! scan each. A spread folder rarely lands in such a group.
+//! of its parent's. Without a journal, ext4 skips, one by one, every inode of a group freed
+//! recently before it reuses one (5 s, or 5 min while that part of the inode table waits to be
+//! written, which files created beside it keep it doing): files created where thousands were
+//! just deleted (a layer unpacked after a prune, an environment made after another's removal)
+//! cost a scan each. A spread folder rarely lands in such a group.
 
 use std::fs::{File, OpenOptions};
 use std::io;
