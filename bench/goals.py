@@ -60,6 +60,9 @@ def main():
             goal(f"`berth run -- true` ≤ 1.0x `crun run`, {what}",
                  f"{fmt(b2b)} back to back, {fmt(row)} in a row, {fmt(alone)} alone",
                  b2b <= 1.0 and row <= 1.0 and alone <= 1.0)
+        m = find(t, r"^\s*berth run / crun run \(network none, after a big run\)\s+([\d.]+)x", "after a big run")
+        goal("`berth run -- true` ≤ 1.0x `crun run`, right after a run that wrote 20,000 files",
+             fmt(float(m[1])), float(m[1]) <= 1.0)
         for label, what in (("berth-isolated", "isolated"), ("berth-none", "network none")):
             m = find(t, rf"^\s*{label} / crun, CPU time\s+([\d.]+)x", f"CPU {what}")
             goal(f"CPU of `berth run -- true` ≤ 1.0x `crun run`'s, {what}", fmt(float(m[1])), float(m[1]) <= 1.0)
