@@ -60,33 +60,6 @@ PAUSE=0 IN_A_ROW=5 interleave "$W/run-row.json" \
   "$(spec "berth run -- true" host "" "$BERTH -C $P -q run -- true")" \
   "$(spec "berth run -- true (network none)" host "" "$BERTH -C $PN -q run -- true")" \
   "$(spec "crun run" ns "" "crun run -b $B_TRUE bench-true-$$")"
-# After a big run: each timed run follows (untimed) one that wrote 20,000 files into its
-# writable layer and whose removal deleted them, as a test loop's `npm ci` run does. ext4
-# without a journal steps over recently freed inodes one by one wherever it creates files
-# (runtime/src/host/dir_spread.rs); crun's peer step deletes 20,000 files on the same
-# filesystem (its own state lives on /run).
-cat > "$W/after-big-berth" <<SH
-#!/bin/sh
-set -e
-"$BERTH" -C "$PN" -q run -- sh -c 'mkdir /w && cd /w && seq 20000 | xargs touch'
-for _ in \$(seq 1000); do
-  if [ -z "\$(ls -A "$BERTH_HOME/envs")" ] && ! ls -d "$BERTH_HOME"/tmp/run-removal-* >/dev/null 2>&1; then exit 0; fi
-  sleep 0.01
-done
-echo "bench: the big run's removal took more than 10 s" >&2
-exit 1
-SH
-cat > "$W/after-big-crun" <<SH
-#!/bin/sh
-set -e
-mkdir "$W/big" && cd "$W/big" && seq 20000 | xargs touch && cd / && rm -rf "$W/big"
-SH
-chmod +x "$W/after-big-berth" "$W/after-big-crun"
-echo "== berth run -- true after a run that wrote 20,000 files ($RUNS interleaved rounds)" >&2
-PAUSE=0 interleave "$W/big-b2b.json" \
-  "$(spec "berth run -- true (after a big run)" host "$W/after-big-berth" "$BERTH -C $PN -q run -- true")" \
-  "$(spec "crun run (after 20,000 files deleted)" ns "$W/after-big-crun" "crun run -b $B_TRUE bench-true-$$")"
-
 on_exit "$BERTH -C $PK -q down -t 1"
 "$BERTH" -C "$PK" -q up
 for mode in b2b alone; do
@@ -126,6 +99,38 @@ if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; t
 else
   echo "== perf is missing or not permitted: no CPU time section (apt-get install linux-perf)" >&2
 fi
+
+# After a big run: each timed run follows (untimed) one that wrote 20,000 files into its
+# writable layer and whose removal deleted them, as a test loop's `npm ci` run does. ext4
+# without a journal steps over recently freed inodes one by one wherever it creates files
+# (runtime/src/host/dir_spread.rs); crun's peer step deletes 20,000 files on the same
+# filesystem (its own state lives on /run). The last timed section: what it deletes would
+# weigh on the sections after it.
+cat > "$W/after-big-berth" <<SH
+#!/bin/sh
+set -e
+"$BERTH" -C "$PN" -q run -- sh -c 'mkdir /w && cd /w && seq 20000 | xargs touch'
+for _ in \$(seq 1000); do
+  busy=0
+  for f in "$BERTH_HOME"/envs/*-run-* "$BERTH_HOME"/tmp/run-removal-*; do
+    if [ -e "\$f" ]; then busy=1; fi
+  done
+  if [ \$busy = 0 ]; then exit 0; fi
+  sleep 0.01
+done
+echo "bench: the big run's removal took more than 10 s" >&2
+exit 1
+SH
+cat > "$W/after-big-crun" <<SH
+#!/bin/sh
+set -e
+mkdir "$W/big" && cd "$W/big" && seq 20000 | xargs touch && cd / && rm -rf "$W/big"
+SH
+chmod +x "$W/after-big-berth" "$W/after-big-crun"
+echo "== berth run -- true after a run that wrote 20,000 files ($RUNS interleaved rounds)" >&2
+PAUSE=0 interleave "$W/big-b2b.json" \
+  "$(spec "berth run -- true (after a big run)" host "$W/after-big-berth" "$BERTH -C $PN -q run -- true")" \
+  "$(spec "crun run (after 20,000 files deleted)" ns "$W/after-big-crun" "crun run -b $B_TRUE bench-true-$$")"
 
 echo "== $SEQ sequential berth run -- true" >&2
 sample() { # peak-RSS-KiB all-mounts bench-mounts cgroup-dirs env-dirs home-KiB
