@@ -194,7 +194,7 @@ impl BerthHome {
         // where the home's other folders are and where a `destroy`, a prune or the removal of
         // a big run just freed thousands of inodes: without a journal, ext4 steps over those
         // one by one for every file created there for minutes after (host::dir_spread), and a
-        // `berth run` creates some twenty (measured: 17 to 38 ms per run instead of 12 after
+        // `berth run` creates about thirty (measured: 17 to 38 ms per run instead of 12 after
         // 20,000 files were deleted beside them). Flagged here, once per process, so a home of
         // an older berth gets it too. A placement hint: a filesystem without it, or a
         // refusal, changes nothing else.
