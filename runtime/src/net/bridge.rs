@@ -320,16 +320,18 @@ impl Bridge {
         // other lease gets that name meanwhile (`BridgeState::free_port_name`). Once the
         // port is gone another command's `release_departed` may drop the lease first: then
         // the locked part below finds none and deletes nothing another lease names.
-        if let Some(port) = store
+        let deleted_early = store
             .peek()?
-            .and_then(|st| st.lease_of(&holder).map(|l| l.port.clone()))
-        {
-            nl.delete_link_named(&port)
+            .and_then(|st| st.lease_of(&holder).map(|l| l.port.clone()));
+        if let Some(port) = &deleted_early {
+            nl.delete_link_named(port)
                 .map_err(|e| NetError::link(format!("delete interface {port}"), e))?;
         }
         let lock = store.lock()?;
         let mut st = self.load(&lock)?;
         let port = match st.as_mut().and_then(|st| st.release(&holder)) {
+            // Gone already: the name was ours from the early delete until this release.
+            Some(entry) if deleted_early.as_ref() == Some(&entry.port) => None,
             Some(entry) => Some(entry.port),
             None => recorded_port
                 .map(str::to_string)
