@@ -329,14 +329,14 @@ mod tests {
         }
         assert_eq!(spreads_subfolders(&home.envs_dir()).unwrap(), Some(true));
         // A home an older berth made: its layout complete, `envs/` without the flag.
-        let old = d.path().join("old");
-        let new_layout = BerthHome::at(d.path().join("layout")).unwrap();
-        for (dir, _) in new_layout.store_dirs(nix::unistd::geteuid().is_root()) {
-            let rel = dir.strip_prefix(new_layout.root()).unwrap();
-            fs::create_dir_all(old.join(rel)).unwrap();
+        let old = BerthHome {
+            root: d.path().join("old"),
+        };
+        for (dir, _) in old.store_dirs(nix::unistd::geteuid().is_root()) {
+            fs::create_dir_all(dir).unwrap();
         }
-        assert_eq!(spreads_subfolders(&old.join("envs")).unwrap(), Some(false));
-        let home = BerthHome::at(&old).unwrap();
+        assert_eq!(spreads_subfolders(&old.envs_dir()).unwrap(), Some(false));
+        let home = BerthHome::at(old.root()).unwrap();
         assert_eq!(spreads_subfolders(&home.envs_dir()).unwrap(), Some(true));
     }
 
